@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Set up a virtual environment and run fhcnn in it; needs nothing but python3.
+
+    python3 dev.py demo [ARGS]    create .venv (torch==2.13.0 CPU + fhcnn), run `fhcnn demo`
+    python3 dev.py test [ARGS]    create .venv with test extras, run the test suite (pytest)
+    python3 dev.py fhcnn ARGS     run any fhcnn command in the environment
+
+Set FHCNN_VENV to use another folder than .venv. Installation is skipped when the
+environment is already up to date (it re-installs when pyproject.toml changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("FHCNN_VENV", ROOT / ".venv"))
+TORCH = "torch==2.13.0"  # pinned: an unpinned torch pulls a multi-GB CUDA build
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def _sh(*cmd: str | Path) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def setup(extras: str) -> None:
+    stamp = VENV / f".fhcnn-installed-{extras or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not _bin("python").exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    py = _bin("python")
+    _sh(py, "-m", "pip", "install", "-q", "--upgrade", "pip")
+    _sh(py, "-m", "pip", "install", "-q", TORCH)
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    _sh(py, "-m", "pip", "install", "-q", "-e", target)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "fhcnn"):
+        print(__doc__)
+        return 2
+    what, rest = argv[0], argv[1:]
+    if what == "test":
+        setup("test")
+        return subprocess.call([str(_bin("python")), "-m", "pytest", *rest], cwd=ROOT)
+    setup("io")
+    args = ["demo", *rest] if what == "demo" else rest
+    return subprocess.call([str(_bin("fhcnn")), *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

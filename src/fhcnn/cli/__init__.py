@@ -1,0 +1,86 @@
+"""The ``fhcnn`` command line: ``fhcnn <command> ...`` (also ``python -m fhcnn``).
+
+Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
+
+    HELP: str                                   # one line for ``fhcnn --help``
+    def add_arguments(parser) -> None           # fill its argparse sub-parser
+    def run(args) -> int                        # do the work, return the exit code
+
+Errors: ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
+``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
+code 2 (``--debug`` re-raises to show the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["main", "COMMANDS"]
+
+# command name -> module; a module that is not present (yet) is simply not offered
+COMMANDS: dict[str, str] = {
+    "info": "fhcnn.cli.info",
+    "demo": "fhcnn.cli.demo",
+    "train": "fhcnn.cli.train",
+    "segment": "fhcnn.cli.segment",
+    "change": "fhcnn.cli.change",
+    "vae": "fhcnn.cli.vae",
+    "bench": "fhcnn.cli.bench",
+}
+
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
+                NotADirectoryError, FileExistsError)
+
+
+def _load_commands() -> dict[str, object]:
+    mods = {}
+    for name, path in COMMANDS.items():
+        try:
+            mods[name] = importlib.import_module(path)
+        except ModuleNotFoundError as e:  # only skip a command whose own module is absent
+            if e.name != path:
+                raise
+    return mods
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fhcnn",
+        description="Fully hyperbolic (end-to-end reversible) CNNs: constant training memory "
+                    "in depth, exact inverse. Run 'fhcnn <command> --help' for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"fhcnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    mods = _load_commands()
+    for name, mod in mods.items():
+        p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", ""))
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show full tracebacks on errors")
+        mod.add_arguments(p)  # type: ignore[attr-defined]
+    return parser, mods
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, mods = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(mods[args.command].run(args) or 0)  # type: ignore[attr-defined]
+    except BrokenPipeError:  # e.g. `fhcnn info | head -1`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2

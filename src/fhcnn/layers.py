@@ -1,0 +1,159 @@
+"""The symmetric layer ``f(Y) = -K^T sigma(N(K Y + b))`` and its normalizations.
+
+``K`` is a 3x3 (2D) or 3x3x3 (3D) stride-1 "same" convolution from ``C`` channels to a
+hidden width ``M``; ``K^T`` is its adjoint with the *same* weights, computed as an ordinary
+convolution with ``K.transpose(0, 1).flip(spatial dims)`` (on CPU several times faster
+than ``conv_transpose3d``; both agree exactly, see the tests).
+
+Shapes: ``(N, C, *S) -> (N, C, *S)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SymmetricLayer", "Norm", "Activation", "frozen_norm_stats", "NORMS", "ACTIVATIONS"]
+
+Norm = Literal["none", "batch", "group", "instance"]
+Activation = Literal["relu", "leaky_relu", "tanh", "silu", "gelu", "softplus"]
+
+NORMS: tuple[str, ...] = ("none", "batch", "group", "instance")
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
+
+_CONV = {2: F.conv2d, 3: F.conv3d, 1: F.conv1d}
+_CONV_T = {2: F.conv_transpose2d, 3: F.conv_transpose3d, 1: F.conv_transpose1d}
+
+
+def _num_groups(channels: int, target: int = 8) -> int:
+    """Largest divisor of ``channels`` that is <= ``target``."""
+    for g in range(min(target, channels), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def make_norm(kind: str, channels: int, dim: int) -> nn.Module:
+    """Normalization over the hidden channels: ``none | batch | group | instance``.
+
+    ``instance`` is GroupNorm with one group per channel (affine, no running statistics),
+    so it behaves identically in train and eval mode and for any batch size.
+    """
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim](channels)
+    if kind == "group":
+        return nn.GroupNorm(_num_groups(channels), channels)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Within the block, batch norms in ``module`` use batch statistics (in training mode)
+    but do not update their running statistics or ``num_batches_tracked``.
+
+    Used when a layer is re-evaluated during a memory-free backward pass, so running
+    statistics are updated exactly once per training step.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.track_running_stats for m in bns]
+    for m in bns:
+        if m.training:
+            m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, s in zip(bns, saved):
+            m.track_running_stats = s
+
+
+class SymmetricLayer(nn.Module):
+    """``f(Y) = -K^T sigma(N(K Y + b))`` with ``K^T`` the adjoint of ``K`` (same weights).
+
+    The Jacobian ``-K^T D N' K`` is symmetric negative semi-definite for monotone
+    ``sigma`` without normalization, which makes the leapfrog network ``Y'' = f(Y)``
+    oscillatory (conservative) rather than dissipative or explosive.
+
+    Args:
+        channels: ``C``, channels of the state.
+        hidden: ``M``, channels of ``K Y`` (default ``C``).
+        dim: 1, 2 or 3 spatial axes.
+        kernel_size: odd kernel size (default 3).
+        norm: ``"none" | "batch" | "group" | "instance"`` applied to ``K Y + b``.
+        activation: one of ``ACTIVATIONS``.
+        adjoint: ``"conv"`` (flipped-kernel convolution, fast on CPU) or
+            ``"conv_transpose"`` (reference); both compute exactly ``K^T``.
+        init_scale: the weights are Kaiming-normal times this factor.
+
+    Shapes: ``(N, C, *S) -> (N, C, *S)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int | None = None,
+        dim: int = 2,
+        kernel_size: int = 3,
+        norm: Norm = "group",
+        activation: Activation = "relu",
+        adjoint: Literal["conv", "conv_transpose"] = "conv",
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if adjoint not in ("conv", "conv_transpose"):
+            raise ValueError(f"adjoint must be 'conv' or 'conv_transpose', got {adjoint!r}")
+        hidden = channels if hidden is None else hidden
+        if channels < 1 or hidden < 1:
+            raise ValueError(f"channels and hidden must be >= 1, got {channels}, {hidden}")
+        self.channels, self.hidden, self.dim = channels, hidden, dim
+        self.kernel_size, self.adjoint = kernel_size, adjoint
+        self.norm_kind, self.activation_kind = norm, activation
+        self.weight = nn.Parameter(torch.empty(hidden, channels, *([kernel_size] * dim)))
+        # a bias before a normalization is cancelled by it (the paper drops it with batch norm)
+        self.bias = nn.Parameter(torch.zeros(hidden)) if norm == "none" else None
+        self.norm = make_norm(norm, hidden, dim)
+        self.act = ACTIVATIONS[activation]()
+        fan_in = channels * kernel_size**dim
+        with torch.no_grad():
+            self.weight.normal_(0.0, init_scale * math.sqrt(2.0 / fan_in))
+
+    def conv(self, y: Tensor) -> Tensor:
+        """``K y + b``: ``(N, C, *S) -> (N, M, *S)``."""
+        return _CONV[self.dim](y, self.weight, self.bias, padding=self.kernel_size // 2)
+
+    def conv_adjoint(self, z: Tensor) -> Tensor:
+        """``K^T z``: ``(N, M, *S) -> (N, C, *S)`` with the same weights as :meth:`conv`."""
+        pad = self.kernel_size // 2
+        if self.adjoint == "conv_transpose":
+            return _CONV_T[self.dim](z, self.weight, padding=pad)
+        w = self.weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
+        return _CONV[self.dim](z, w, padding=pad)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return -self.conv_adjoint(self.act(self.norm(self.conv(y))))
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, hidden={self.hidden}, dim={self.dim}, "
+                f"kernel_size={self.kernel_size}, norm={self.norm_kind!r}, "
+                f"activation={self.activation_kind!r}")

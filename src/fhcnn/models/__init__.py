@@ -1,0 +1,5 @@
+"""Models built on :class:`fhcnn.HyperbolicNetwork`."""
+
+from .dense import DenseHyperbolicModel
+
+__all__ = ["DenseHyperbolicModel"]

@@ -1,0 +1,106 @@
+"""Dense prediction (segmentation) with a fully reversible hyperbolic network.
+
+    x (N, c, *S)
+      -> k Haar transforms            (N, c * 2**(dim k), *S / 2**k)     exact, no parameters
+      -> open to the network width     zero-pad channels ("zeros") or a 1x1 conv ("conv")
+      -> HyperbolicNetwork             must return to full resolution S
+      -> 1x1 classifier                (N, num_classes, *S)
+
+The paper's Table 2 nets: ``pre_levels=2`` 3D Haar transforms of the 6-channel input give
+384 channels at a quarter of the resolution, then units ``[(5,"up"),(6,"up"),(8,None)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..network import HyperbolicNetwork, Unit
+from ..wavelets import HaarDWT, check_divisible
+
+__all__ = ["DenseHyperbolicModel"]
+
+
+class DenseHyperbolicModel(nn.Module):
+    """``in_channels`` -> per-voxel logits over ``num_classes`` at the input resolution.
+
+    Args:
+        in_channels: ``c``, channels of the data.
+        num_classes: output classes.
+        width: channels of the network's first state (after the pre-transforms and opening).
+        units: the network's units (see :class:`HyperbolicNetwork`); their net refinement must
+            equal ``pre_levels`` so the output is at full resolution.
+        dim: 2 or 3.
+        pre_levels: ``k`` Haar transforms applied to the input before the network.
+        opening: ``"zeros"`` (append zero channels: exact, parameter-free) or ``"conv"``
+            (a learned 1x1 convolution).
+        network_options: keyword options for :class:`HyperbolicNetwork` (``h``, ``norm``,
+            ``hidden``, ``reversible``, ...).
+
+    Shapes: ``(N, c, *S) -> (N, num_classes, *S)``; every ``S_i`` divisible by
+    ``2**(pre_levels + network coarsenings)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int,
+        units: Sequence[Unit],
+        dim: int = 3,
+        pre_levels: int = 0,
+        opening: Literal["zeros", "conv"] = "zeros",
+        **network_options: Any,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or num_classes < 1:
+            raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
+        if pre_levels < 0:
+            raise ValueError(f"pre_levels must be >= 0, got {pre_levels}")
+        if opening not in ("zeros", "conv"):
+            raise ValueError(f"opening must be 'zeros' or 'conv', got {opening!r}")
+        self.in_channels, self.num_classes, self.dim = in_channels, num_classes, dim
+        self.pre_levels, self.opening_kind = pre_levels, opening
+        self.pre = HaarDWT(dim, pre_levels) if pre_levels > 0 else None
+        pre_channels = in_channels * 2 ** (dim * pre_levels)
+        if opening == "zeros" and width < pre_channels:
+            raise ValueError(f"width={width} is smaller than the {pre_channels} channels after "
+                             f"{pre_levels} Haar transform(s); use opening='conv' or a larger width")
+        self.open = nn.Conv3d(pre_channels, width, 1) if opening == "conv" and dim == 3 else \
+            nn.Conv2d(pre_channels, width, 1) if opening == "conv" else None
+        self.pre_channels = pre_channels
+        self.net = HyperbolicNetwork(width, units, dim=dim, **network_options)
+        if self.net.out_level != -pre_levels:
+            raise ValueError(
+                f"the network must end at the input resolution: {pre_levels} pre-transform(s) "
+                f"need {pre_levels} more 'up' than 'down' transitions, got "
+                f"{-self.net.out_level} (units={list(units)})")
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        self.classifier = conv(self.net.out_channels, num_classes, 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Every spatial size must be a multiple of this."""
+        return 2 ** (self.pre_levels + self.net.max_level)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The network's last state ``(N, C_out, *S)``."""
+        if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"input must be (N, {self.in_channels}, {'D, H, W' if self.dim == 3 else 'H, W'}),"
+                             f" got {tuple(x.shape)}")
+        levels = self.pre_levels + self.net.max_level
+        check_divisible(x.shape[2:], levels, what=f"input {tuple(x.shape)}")
+        if self.pre is not None:
+            x = self.pre(x)
+        if self.open is not None:
+            x = self.open(x)
+        elif x.shape[1] < self.net.channels:
+            x = F.pad(x, [0] * (2 * self.dim) + [0, self.net.channels - x.shape[1]])
+        return self.net(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes, *S)``."""
+        return self.classifier(self.features(x))

@@ -1,0 +1,213 @@
+"""Memory-free gradients for a sequence of invertible pair steps (the paper's Algorithm 5.1).
+
+A network is a list of *steps*, each mapping a state pair ``(Y_prev, Y_cur)`` to the next:
+
+* :class:`LeapfrogStep` -- ``(p, c) -> (c, 2c - p + h^2 f(c))``; with ``flip=True`` it is the
+  exact inverse map ``(c, n) -> (2c - n + h^2 f(c), c)``.
+* :class:`TransitionStep` -- ``(p, c) -> (W p, W c)`` with ``W`` an orthogonal wavelet
+  transform or its inverse.
+
+:func:`run_steps` evaluates the list either with plain autograd, or through
+:class:`ReversibleFunction`, which keeps only the final pair (plus, in block mode, the pair
+entering chosen steps). Its backward walks the steps in reverse, reconstructing every
+earlier pair from the later one through layers *and* wavelet transitions, and evaluates
+``f`` once per layer, with autograd, for both the reconstruction and the local
+vector-Jacobian product. Parameters enter the Function as explicit inputs, so their
+gradients arrive through the ordinary autograd path (optimizers, hooks, gradient clipping
+and DistributedDataParallel work unchanged). Batch-norm running statistics are updated in
+the forward pass only (see :func:`fhcnn.layers.frozen_norm_stats`).
+
+This module knows nothing about network layout; :mod:`fhcnn.network` builds the steps.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import frozen_norm_stats
+
+__all__ = ["LeapfrogStep", "TransitionStep", "ReversibleFunction", "run_steps", "Pair"]
+
+Pair = tuple[Tensor, Tensor]
+_Grads = dict[int, Tensor]
+
+
+def _trainable(module: nn.Module) -> list[Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        key = id(p)
+        store[key] = g if key not in store else store[key] + g
+
+
+class LeapfrogStep:
+    """One leapfrog layer ``(p, c) -> (c, 2c - p + h2 * f(c))`` (or its inverse if ``flip``).
+
+    Both the forward and the flipped map have the form ``new = 2*shared - other + h2*f(shared)``;
+    only the position of ``shared`` and ``new`` in the pair differs.
+    """
+
+    def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
+        self.f, self.h2, self.flip = f, h2, flip
+
+    def params(self) -> list[Tensor]:
+        return _trainable(self.f)
+
+    def inverted(self) -> "LeapfrogStep":
+        return LeapfrogStep(self.f, self.h2, not self.flip)
+
+    def apply(self, p: Tensor, c: Tensor) -> Pair:
+        if self.flip:
+            return 2 * p - c + self.h2 * self.f(p), p
+        return c, 2 * c - p + self.h2 * self.f(c)
+
+    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, grads: _Grads) -> tuple[Pair, Pair]:
+        """Reconstruct the input pair from ``out`` and pull ``grad`` back through the step.
+
+        ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
+        and the vector-Jacobian product. Parameter gradients are added to ``grads``.
+        """
+        if self.flip:
+            (new, shared), (g_new, g_shared) = out, grad
+        else:
+            (shared, new), (g_shared, g_new) = out, grad
+        params = self.params()
+        with torch.enable_grad(), frozen_norm_stats(self.f):
+            s = shared.detach().requires_grad_(True)
+            fs = self.f(s)
+        if known_input is not None:
+            other = known_input[1] if self.flip else known_input[0]
+        else:
+            with torch.no_grad():
+                other = 2 * shared - new + self.h2 * fs.detach()
+            other = other.to(new.dtype)
+        vjp = torch.autograd.grad(fs, [s, *params], grad_outputs=(self.h2 * g_new).to(fs.dtype),
+                                  allow_unused=True)
+        _accumulate(grads, params, vjp[1:])
+        g_s = vjp[0] if vjp[0] is not None else torch.zeros_like(shared)
+        g_shared_in = g_shared + 2 * g_new + g_s.to(g_shared.dtype)
+        g_other_in = -g_new
+        if self.flip:
+            return (shared, other), (g_shared_in, g_other_in)
+        return (other, shared), (g_other_in, g_shared_in)
+
+
+class TransitionStep:
+    """``(p, c) -> (W p, W c)`` with ``W`` an orthogonal wavelet (``inverse=False``) or ``W^-1``."""
+
+    def __init__(self, wavelet: nn.Module, inverse: bool = False) -> None:
+        self.wavelet, self.inverse = wavelet, inverse
+
+    def params(self) -> list[Tensor]:
+        return _trainable(self.wavelet)
+
+    def inverted(self) -> "TransitionStep":
+        return TransitionStep(self.wavelet, not self.inverse)
+
+    def _map(self, x: Tensor, inverse: bool) -> Tensor:
+        return self.wavelet.inverse(x) if inverse else self.wavelet(x)
+
+    def apply(self, p: Tensor, c: Tensor) -> Pair:
+        return self._map(p, self.inverse), self._map(c, self.inverse)
+
+    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, grads: _Grads) -> tuple[Pair, Pair]:
+        if known_input is None:
+            with torch.no_grad():
+                known_input = (self._map(out[0], not self.inverse), self._map(out[1], not self.inverse))
+        params = self.params()
+        if not params:
+            # W is orthogonal: its adjoint is its inverse.
+            with torch.no_grad():
+                g_in = (self._map(grad[0], not self.inverse), self._map(grad[1], not self.inverse))
+            return known_input, g_in
+        with torch.enable_grad():
+            ins = [t.detach().requires_grad_(True) for t in known_input]
+            outs = self.apply(*ins)
+        vjp = torch.autograd.grad(outs, [*ins, *params], grad_outputs=grad, allow_unused=True)
+        _accumulate(grads, params, vjp[2:])
+        return known_input, (vjp[0], vjp[1])
+
+
+Step = LeapfrogStep | TransitionStep
+
+
+class ReversibleFunction(torch.autograd.Function):
+    """Runs ``steps`` keeping only the final pair (and the input pairs of ``store`` steps).
+
+    ``apply(steps, store, p, c, *params)``; ``params`` must be every trainable tensor used by
+    the steps (they receive their gradients as ordinary Function-input gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, steps: Sequence[Step], store: frozenset[int], p: Tensor, c: Tensor,
+                *params: Tensor) -> Pair:  # type: ignore[override]
+        device_type = p.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
+                        torch.get_autocast_dtype(device_type))
+        ctx.steps, ctx.params = steps, params
+        stored: list[Tensor] = []
+        ctx.stored_at = []
+        x_p, x_c = p, c
+        for i, step in enumerate(steps):
+            if i in store:
+                stored.extend((p, c))
+                ctx.stored_at.append(i)
+            p, c = step.apply(p, c)
+        # outputs must be new tensors, never the inputs themselves
+        if p is x_p or p is x_c:
+            p = p.clone()
+        if c is x_p or c is x_c or c is p:
+            c = c.clone()
+        ctx.save_for_backward(p, c, *stored)
+        return p, c
+
+    @staticmethod
+    def backward(ctx, g_p: Tensor, g_c: Tensor):  # type: ignore[override]
+        p, c, *stored = ctx.saved_tensors
+        known = {i: (stored[2 * k], stored[2 * k + 1]) for k, i in enumerate(ctx.stored_at)}
+        grads: _Grads = {}
+        device_type, enabled, dtype = ctx.autocast
+        pair, g = (p, c), (g_p, g_c)
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for i in reversed(range(len(ctx.steps))):
+                pair, g = ctx.steps[i].backward(pair, g, known.get(i), grads)
+        param_grads = tuple(grads.get(id(t)) for t in ctx.params)
+        return (None, None, g[0], g[1], *param_grads)
+
+
+def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = True) -> Pair:
+    """Run ``steps`` on the pair ``(p, c)``.
+
+    Args:
+        steps: the step list.
+        p, c: the input pair (the same tensor twice is allowed).
+        mode: ``False`` plain autograd; ``True`` fully reversible (only the final pair is kept);
+            ``"block"`` reversible between transitions, the pair entering each
+            :class:`TransitionStep` stored.
+
+    Returns:
+        The output pair. Gradients (if needed) equal those of plain autograd up to
+        floating-point rounding in the reconstruction.
+    """
+    params = [t for s in steps for t in s.params()]
+    params = list({id(t): t for t in params}.values())
+    needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
+    if mode is False or not needs_grad:
+        for step in steps:
+            p, c = step.apply(p, c)
+        return p, c
+    if mode is True:
+        store: frozenset[int] = frozenset()
+    elif mode == "block":
+        store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
+    else:
+        raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
+    out = ReversibleFunction.apply(steps, store, p, c, *params)
+    return out[0], out[1]

@@ -1,0 +1,229 @@
+"""Orthogonal, separable, periodic discrete wavelet transforms (1D, 2D, 3D).
+
+A one-level transform ``T`` maps ``(N, C, S_1, ..., S_d) -> (N, 2**d * C, S_1/2, ..., S_d/2)``.
+It applies a two-channel orthogonal filter bank along every spatial axis with periodic
+boundaries, so ``T`` is an orthogonal matrix: ``T^-1 = T^T`` exactly, ``||T x|| = ||x||``.
+
+Output channel layout (subband-major): along each axis the low band is concatenated before
+the high band on the channel axis, axes processed first to last. The first ``C`` output
+channels are therefore the all-low-pass (coarse approximation) subband.
+
+The filter bank is the lattice ``R(theta_2) Lambda(z) R(theta_1)`` on the polyphase
+components ``(x[2k], x[2k+1])``:
+
+    a, b   = R(theta_1) (x_even, x_odd)       rotation
+    b[k]  <- b[k+1]                           one-sample delay of the second channel
+    lo, hi = R(theta_2) (a, b)                rotation
+
+Each step is orthogonal, so the transform is orthogonal for *every* pair of angles.
+The equivalent low-pass taps are ``(c1 c2, s1 c2, -s1 s2, c1 s2)``; ``theta = (pi/4, 0)``
+is Haar (two taps, no delay needed), ``theta = (pi/3, -pi/12)`` is Daubechies-4 (db2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "HaarDWT",
+    "LearnableWavelet",
+    "WaveletTransform",
+    "check_divisible",
+    "nearest_valid_size",
+    "lattice_filters",
+]
+
+_HAAR_ANGLES = (math.pi / 4, 0.0)
+_DB2_ANGLES = (math.pi / 3, -math.pi / 12)
+
+
+def nearest_valid_size(size: int, factor: int) -> int:
+    """The multiple of ``factor`` nearest to ``size`` (ties go up, never 0)."""
+    down = (size // factor) * factor
+    up = down + factor
+    if down == 0:
+        return up
+    return down if size - down < up - size else up
+
+
+def check_divisible(spatial: Sequence[int], levels: int, what: str = "input") -> None:
+    """Raise a ``ValueError`` unless every spatial size is divisible by ``2**levels``.
+
+    Args:
+        spatial: the spatial sizes ``(S_1, ..., S_d)``.
+        levels: number of halvings the sizes must survive.
+        what: name used in the message.
+
+    Raises:
+        ValueError: naming the first offending axis, its size and the nearest valid size.
+    """
+    factor = 2**levels
+    for axis, size in enumerate(spatial):
+        if size % factor != 0 or size == 0:
+            raise ValueError(
+                f"{what}: spatial axis {axis} has size {size}, which is not divisible by "
+                f"2**{levels}={factor} (needed for {levels} wavelet level(s)); nearest valid "
+                f"size is {nearest_valid_size(size, factor)}. Pad or crop the input."
+            )
+
+
+def lattice_filters(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
+    """Low- and high-pass analysis taps (4 each) of the lattice with angles ``theta``.
+
+    ``lo[k] = sum_i h[i] x[2k+i]``, ``hi[k] = sum_i g[i] x[2k+i]`` (periodic).
+    """
+    c1, s1, c2, s2 = torch.cos(theta1), torch.sin(theta1), torch.cos(theta2), torch.sin(theta2)
+    h = torch.stack([c1 * c2, s1 * c2, -s1 * s2, c1 * s2])
+    g = torch.stack([-c1 * s2, -s1 * s2, -s1 * c2, c1 * c2])
+    return h, g
+
+
+def _analysis_1d(x: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
+                 c2: Tensor | float | None, s2: Tensor | float | None) -> Tensor:
+    """One level along tensor dimension ``axis``; returns ``cat([lo, hi], dim=1)``."""
+    pairs = x.unflatten(axis, (x.shape[axis] // 2, 2))  # even size validated by caller
+    xe, xo = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
+    a = c1 * xe + s1 * xo
+    b = c1 * xo - s1 * xe
+    if c2 is not None:
+        b = torch.roll(b, shifts=-1, dims=axis)
+        a, b = c2 * a + s2 * b, c2 * b - s2 * a
+    return torch.cat([a, b], dim=1)
+
+
+def _synthesis_1d(y: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
+                  c2: Tensor | float | None, s2: Tensor | float | None) -> Tensor:
+    """Exact inverse (= transpose) of :func:`_analysis_1d`."""
+    a, b = y.chunk(2, dim=1)
+    if c2 is not None:
+        a, b = c2 * a - s2 * b, s2 * a + c2 * b
+        b = torch.roll(b, shifts=1, dims=axis)
+    xe = c1 * a - s1 * b
+    xo = s1 * a + c1 * b
+    return torch.stack([xe, xo], dim=axis + 1).flatten(axis, axis + 1)
+
+
+class WaveletTransform(nn.Module):
+    """Base class: a d-dimensional orthogonal DWT applied ``levels`` times.
+
+    Shapes (one level): ``(N, C, *S) -> (N, 2**dim * C, *S/2)``; ``levels`` levels
+    multiply channels by ``2**(dim*levels)`` and divide every spatial axis by ``2**levels``.
+    ``inverse`` is the exact inverse and transpose of ``forward``.
+    """
+
+    def __init__(self, dim: int, levels: int = 1) -> None:
+        super().__init__()
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        if not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"levels must be a positive int, got {levels!r}")
+        self.dim = dim
+        self.levels = levels
+
+    # subclasses return (c1, s1, c2, s2); c2/s2 None means "no delay stage" (Haar)
+    def _coefficients(self, ref: Tensor) -> tuple:
+        raise NotImplementedError
+
+    def _check(self, x: Tensor, name: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != self.dim + 2:
+            raise ValueError(
+                f"{name} must have shape (N, C, {', '.join('S%d' % i for i in range(1, self.dim + 1))})"
+                f" for a {self.dim}D wavelet, got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, *S) -> (N, 2**(dim*levels) C, *S / 2**levels)``."""
+        self._check(x, "wavelet input")
+        check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} input {tuple(x.shape)}")
+        coeffs = self._coefficients(x)
+        for _ in range(self.levels):
+            for axis in range(2, 2 + self.dim):
+                x = _analysis_1d(x, axis, *coeffs)
+        return x
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``(N, 2**(dim*levels) C, *S) -> (N, C, *S * 2**levels)``; exact inverse of forward."""
+        self._check(y, "wavelet inverse input")
+        factor = 2 ** (self.dim * self.levels)
+        if y.shape[1] % factor != 0:
+            raise ValueError(
+                f"{type(self).__name__}.inverse: channels={y.shape[1]} must be divisible by "
+                f"2**(dim*levels)={factor}"
+            )
+        coeffs = self._coefficients(y)
+        for _ in range(self.levels):
+            for axis in reversed(range(2, 2 + self.dim)):
+                y = _synthesis_1d(y, axis, *coeffs)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, levels={self.levels}"
+
+
+class HaarDWT(WaveletTransform):
+    """Orthonormal Haar transform (no parameters).
+
+    Args:
+        dim: number of spatial axes (1, 2 or 3).
+        levels: how many times to apply it (default 1).
+
+    Example:
+        >>> import torch
+        >>> T = HaarDWT(2)
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> T(x).shape
+        torch.Size([1, 12, 4, 4])
+        >>> torch.allclose(T.inverse(T(x)), x, atol=1e-6)
+        True
+    """
+
+    def _coefficients(self, ref: Tensor) -> tuple:
+        r = 1.0 / math.sqrt(2.0)
+        return (r, r, None, None)
+
+    def filters(self) -> Tensor:
+        """The low-pass taps ``(1/sqrt2, 1/sqrt2)``."""
+        r = 1.0 / math.sqrt(2.0)
+        return torch.tensor([r, r])
+
+
+class LearnableWavelet(WaveletTransform):
+    """4-tap orthogonal wavelet with exactly two learnable angles.
+
+    Orthogonality holds for every value of ``theta`` (it is built into the lattice
+    parameterization, not encouraged by a loss).
+
+    Args:
+        dim: number of spatial axes (1, 2 or 3).
+        init: ``"haar"`` (Haar up to a one-sample shift of the high band) or ``"db2"``
+            (Daubechies-4; taps equal PyWavelets' ``db2`` dec_lo reversed).
+        levels: number of levels (all share the same filters).
+    """
+
+    def __init__(self, dim: int, init: Literal["haar", "db2"] = "haar", levels: int = 1) -> None:
+        super().__init__(dim, levels)
+        angles = {"haar": _HAAR_ANGLES, "db2": _DB2_ANGLES}
+        if init not in angles:
+            raise ValueError(f"init must be one of {sorted(angles)}, got {init!r}")
+        self.init = init
+        self.theta = nn.Parameter(torch.tensor(angles[init], dtype=torch.get_default_dtype()))
+
+    def _coefficients(self, ref: Tensor) -> tuple:
+        theta = self.theta
+        if theta.dtype != ref.dtype and ref.is_floating_point() and not torch.is_autocast_enabled(ref.device.type):
+            theta = theta.to(ref.dtype)
+        c, s = torch.cos(theta), torch.sin(theta)
+        return (c[0], s[0], c[1], s[1])
+
+    def filters(self) -> Tensor:
+        """The 1D low-pass analysis taps, a tensor of 4 (differentiable in ``theta``)."""
+        return lattice_filters(self.theta[0], self.theta[1])[0]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, levels={self.levels}, init={self.init!r}"
