@@ -1,0 +1,47 @@
+"""Segmentation of ONE large volume from sparse labels (video, time-lapse hyperspectral).
+
+Engine API (stable; used by ``fhcnn segment`` and ``fhcnn change``)::
+
+    from fhcnn.segmentation import (SegmentConfig, ModelConfig, DataConfig, train_segmentation,
+                                    predict_volume, segmentation_metrics, IGNORE)
+
+    cfg = SegmentConfig()                      # or fhcnn.config.load_config(SegmentConfig, "video")
+    cfg.model.arch = "hyperbolic"              # or "unet" (3D U-Net baseline, same loss/training)
+    cfg.train.steps = 400
+    result = train_segmentation(
+        volume,                                # (C, D, H, W) float, raw values (normalized inside)
+        labels,                                # (D, H, W) ints in [0, K), IGNORE=255 = unlabelled
+        cfg,
+        out_dir=None,                          # or a folder: trainer metrics.jsonl + checkpoints/
+        num_classes=None,                      # default: max label + 1 (>= 2)
+        eval_labels=None,                      # optional (D, H, W) truth, 255 = not scored;
+                                               # scored every cfg.data.eval_every steps + at the end
+        eval_fn=None,                          # optional callable(result) -> {"name": float}
+        quiet=False)
+    result.model                               # VolumeSegmenter (nn.Module): raw (N,C,D,H,W) -> logits
+    result.predict_proba(volume)               # (K, D, H, W) float32 tensor, averaged over shifts/flip
+    result.predict(volume)                     # (D, H, W) uint8 labels
+    result.history                             # [{"step", "loss", "time_s", ["miou", "iou_k"]}, ...]
+    result.train_time_s, result.activation_bytes, result.window, result.num_classes, result.device
+
+    probs = predict_volume(model, volume_tensor, shifts=4, flip=True, window=(0, 0, 0))
+    m = segmentation_metrics(pred, truth, num_classes=None, ignore_index=255, per_frame=True)
+    # -> {"miou", "iou": [per class], "J" (binary: foreground IoU), "accuracy", "confusion",
+    #     "scored_voxels", "per_frame_miou": [...], "per_frame_iou": [[...], ...]}
+
+Any volume size works: training windows are cut with reflection past the ends, prediction
+continues the volume by reflection to a multiple of ``model.size_multiple`` and crops back.
+Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspectral cube
+``(dates, bands, H, W)`` use ``window_depth=0`` (all bands) and spatial windows.
+"""
+
+from .config import DataConfig, ModelConfig, SegmentConfig, TrainConfig
+from .engine import (SegmentationResult, num_classes_of, predict_volume, prepare_inputs,
+                     train_segmentation)
+from .metrics import IGNORE, confusion_matrix, segmentation_metrics
+from .models import UNet3D, VolumeSegmenter, build_model, parse_units
+
+__all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_segmentation",
+           "predict_volume", "prepare_inputs", "SegmentationResult", "segmentation_metrics",
+           "confusion_matrix", "IGNORE", "UNet3D", "VolumeSegmenter", "build_model",
+           "parse_units", "num_classes_of"]

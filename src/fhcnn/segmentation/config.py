@@ -1,0 +1,98 @@
+"""Configuration of a volume-segmentation run (model, windows/augmentation, training).
+
+Named configs live in ``fhcnn/configs/<name>.yaml`` (``video``, ``video-tiny``, ``paper-video``);
+``--set model.width=96`` style overrides address these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+try:  # the shared training infrastructure (issue 3)
+    from ..training import TrainConfig
+except ImportError:  # pragma: no cover - until it lands
+    @dataclass
+    class TrainConfig:  # type: ignore[no-redef]
+        steps: int = 1000
+        lr: float = 1e-3
+        optimizer: str = "adam"
+        weight_decay: float = 0.0
+        schedule: str = "cosine"
+        warmup_steps: int = 0
+        grad_clip: float | None = None
+        autocast: str = "none"
+        seed: int = 0
+        device: str = "auto"
+        log_every: int = 10
+        val_every: int = 0
+        checkpoint_every: int = 0
+        keep_last: int = 1
+        best_metric: str | None = None
+        best_mode: str = "max"
+
+__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "MEMORY_MODES"]
+
+MEMORY_MODES = {"reversible": True, "block": "block", "plain": False}
+
+
+@dataclass
+class ModelConfig:
+    """The network. ``arch="hyperbolic"``: :class:`fhcnn.models.DenseHyperbolicModel` with
+    ``pre_levels`` 3D Haar transforms of the input, an ``opening`` to ``width`` channels and
+    ``units`` like ``"5up,6up,8"`` (the paper's Table 2); ``arch="unet"``: the 3D U-Net
+    baseline (``unet_base`` channels, ``unet_levels`` poolings)."""
+
+    arch: str = "hyperbolic"
+    width: int = 192
+    pre_levels: int = 2
+    units: str = "2up,2up,2"
+    hidden: str = ""            # "" = the state's width; "64,16,8" = one per unit; "32" = all
+    h: float = 0.5
+    norm: str = "group"
+    activation: str = "relu"
+    opening: str = "conv"
+    wavelet: str = "haar"
+    init_scale: float = 1.0
+    memory: str = "reversible"  # reversible | block | plain (gradient mode of the hyperbolic net)
+    unet_base: int = 16
+    unet_levels: int = 2
+
+
+@dataclass
+class DataConfig:
+    """Training windows, augmentation, loss weighting and prediction.
+
+    Windows of ``window_depth x window_height x window_width`` voxels (0 = the whole axis,
+    rounded up to the network's size multiple) are cut at *any* position around a randomly
+    chosen labelled voxel (class-balanced choice), the volume continued by reflection, so
+    every labelled voxel is seen at every position modulo the network's stride.
+    Prediction averages the probabilities over ``predict_shifts`` shifted tilings
+    (and a horizontal flip if ``predict_flip``).
+    """
+
+    window_depth: int = 16
+    window_height: int = 64
+    window_width: int = 64
+    batch_size: int = 2
+    flip_width: bool = True
+    flip_height: bool = False
+    reverse_depth: bool = True
+    jitter: float = 0.1         # brightness/contrast jitter (in standard deviations)
+    noise: float = 0.02         # Gaussian noise (in standard deviations)
+    balance: float = 1.0        # class weights proportional to count**-balance
+    dice: float = 0.0           # weight of an added soft Dice loss
+    coords: bool = False        # append normalized (h, w) coordinates as input channels
+    predict_shifts: int = 4
+    predict_flip: bool = True
+    predict_depth: int = 0      # prediction window (0 = whole axis)
+    predict_height: int = 0
+    predict_width: int = 0
+    eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
+
+
+@dataclass
+class SegmentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=2e-3, schedule="cosine",
+                                                                   warmup_steps=20, grad_clip=1.0))

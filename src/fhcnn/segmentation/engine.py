@@ -1,0 +1,400 @@
+"""Train a dense 3D network on ONE volume from sparse labels, and predict the whole volume.
+
+The volume is ``(C, D, H, W)`` (video: RGB x time x height x width; hyperspectral: dates x
+bands x height x width), the labels ``(D, H, W)`` with ``IGNORE = 255`` for unlabelled voxels.
+What makes a strided (wavelet or pooling) network work from a few labelled slices:
+
+* training windows are cut at *any* position around a labelled voxel (the volume continued
+  by reflection past its ends), so every labelled voxel is seen at every position modulo the
+  network's stride ``2**levels`` -- otherwise slices at positions no label shares get garbage;
+* prediction averages class probabilities over several shifted tilings (and a flip);
+* the loss is class-balanced (weights ``count**-balance``), else it sits at "all background".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MEMORY_MODES, SegmentConfig
+from .metrics import IGNORE, segmentation_metrics
+from .models import VolumeSegmenter, build_model
+
+__all__ = ["SegmentationResult", "train_segmentation", "predict_volume", "prepare_inputs",
+           "reflect_indices", "activation_bytes", "num_classes_of"]
+
+
+def reflect_indices(start: int, length: int, n: int) -> Tensor:
+    """Indices ``start .. start+length-1`` folded into ``[0, n)`` by reflection (no edge repeat,
+    like ``numpy.pad(mode="reflect")``, for any overshoot)."""
+    idx = torch.arange(start, start + length)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * n - 2
+    idx = idx.remainder(period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def _gather(x: Tensor, starts: Sequence[int], sizes: Sequence[int]) -> Tensor:
+    """Window of ``x`` (``(..., D, H, W)``) at ``starts`` with ``sizes``, reflected past the ends."""
+    nd = len(starts)
+    for k, (s, w) in enumerate(zip(starts, sizes)):
+        axis = x.dim() - nd + k
+        x = x.index_select(axis, reflect_indices(s, w, x.shape[axis]))
+    return x
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def num_classes_of(labels: np.ndarray | Tensor) -> int:
+    """Classes in a label volume: largest label other than ``IGNORE`` plus one (at least 2)."""
+    lab = torch.as_tensor(np.asarray(labels))
+    vals = lab[lab != IGNORE]
+    return max(2, int(vals.max()) + 1) if vals.numel() else 2
+
+
+def prepare_inputs(volume: np.ndarray | Tensor, coords: bool = False) -> Tensor:
+    """``(C, D, H, W)`` float32 tensor, with two normalized (h, w) coordinate channels appended
+    if ``coords``."""
+    v = torch.as_tensor(np.asarray(volume), dtype=torch.float32)
+    if v.dim() != 4:
+        raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(v.shape)}")
+    if coords:
+        _, d, h, w = v.shape
+        yy = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(1, d, h, w)
+        xx = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(1, d, h, w)
+        v = torch.cat([v, yy, xx], 0)
+    return v
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: bool = False,
+                   window: Sequence[int] = (0, 0, 0), device: torch.device | str | None = None,
+                   ) -> Tensor:
+    """Class probabilities ``(K, D, H, W)`` (float32, CPU) of a whole volume ``(C, D, H, W)``.
+
+    The volume is continued by reflection to a multiple of ``model.size_multiple`` (any size
+    works), cut into windows of ``window`` voxels (0 = whole axis; overlapping by half), and
+    the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
+    every axis (and over a flip of the last axis if ``flip``); cropped back to ``(D, H, W)``.
+    """
+    if volume.dim() != 4:
+        raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(volume.shape)}")
+    m = int(getattr(model, "size_multiple", 1))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    _, *size = volume.shape
+    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
+    acc: Tensor | None = None
+    runs = 0
+    for o in offsets:
+        padded = [_round_up(n + o, m) for n in size]
+        win = [p if (w <= 0 or w >= p) else _round_up(w, m) for w, p in zip(window, padded)]
+        win = [min(w, p) for w, p in zip(win, padded)]
+        x = _gather(volume, [-o] * 3, padded)
+        axes_starts = []
+        for p, w in zip(padded, win):
+            stride = max(m, (w // 2) // m * m)
+            st = list(range(0, p - w + 1, stride))
+            if st[-1] != p - w:
+                st.append(p - w)
+            axes_starts.append(st)
+        for flipped in ([False, True] if flip else [False]):
+            xin = x.flip(-1) if flipped else x
+            out: Tensor | None = None
+            cnt = torch.zeros(padded)
+            for s0 in axes_starts[0]:
+                for s1 in axes_starts[1]:
+                    for s2 in axes_starts[2]:
+                        sl = (slice(s0, s0 + win[0]), slice(s1, s1 + win[1]), slice(s2, s2 + win[2]))
+                        xb = xin[(slice(None),) + sl][None].to(device)
+                        prob = torch.softmax(model(xb).float(), 1)[0].cpu()
+                        if out is None:
+                            out = torch.zeros((prob.shape[0], *padded))
+                        out[(slice(None),) + sl] += prob
+                        cnt[sl] += 1
+            assert out is not None
+            out = out / cnt
+            if flipped:
+                out = out.flip(-1)
+            out = out[:, o:o + size[0], o:o + size[1], o:o + size[2]]
+            acc = out if acc is None else acc + out
+            runs += 1
+    if was_training:
+        model.train()
+    assert acc is not None
+    return acc / runs
+
+
+def activation_bytes(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+                     ) -> int:
+    """Bytes autograd keeps for the backward pass of one training step on ``(x, y)``."""
+    from ..memory import saved_tensor_bytes
+
+    nbytes, loss = saved_tensor_bytes(lambda: loss_fn(model(x), y))
+    del loss
+    return nbytes
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`train_segmentation` returns.
+
+    Attributes:
+        model: the trained :class:`VolumeSegmenter` (on ``device``, eval mode).
+        config: the resolved :class:`SegmentConfig`.
+        num_classes: ``K``.
+        history: per-step dicts ``{"step", "loss", "time_s"}`` (training time, evaluation
+            excluded) and, at evaluations, ``"miou"`` etc.
+        train_time_s: wall time of training (evaluations excluded).
+        window: the training window ``(d, h, w)`` actually used.
+        activation_bytes: bytes saved for backward by one training step (one window batch).
+        device: where it trained.
+    """
+
+    model: VolumeSegmenter
+    config: SegmentConfig
+    num_classes: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time_s: float = 0.0
+    window: tuple[int, int, int] = (0, 0, 0)
+    activation_bytes: int = 0
+    device: torch.device = torch.device("cpu")
+
+    def predict_proba(self, volume: np.ndarray | Tensor, shifts: int | None = None) -> Tensor:
+        """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained)."""
+        d = self.config.data
+        v = prepare_inputs(volume, d.coords)
+        return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
+                              flip=d.predict_flip, device=self.device,
+                              window=(d.predict_depth, d.predict_height, d.predict_width))
+
+    def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
+        """``(D, H, W)`` uint8 label volume."""
+        return self.predict_proba(volume).argmax(0).numpy().astype(np.uint8)
+
+
+def _class_weights(labels: Tensor, k: int, balance: float) -> Tensor:
+    counts = torch.bincount(labels[labels != IGNORE].flatten().long(), minlength=k).float()
+    w = torch.where(counts > 0, counts.clamp_min(1) ** -balance, torch.zeros(()))
+    return w * (counts > 0).sum() / w.sum()
+
+
+def _loss(logits: Tensor, y: Tensor, weight: Tensor, dice: float) -> Tensor:
+    loss = F.cross_entropy(logits.float(), y, weight=weight.to(logits.device), ignore_index=IGNORE)
+    if dice > 0:
+        keep = (y != IGNORE).unsqueeze(1)
+        prob = torch.softmax(logits.float(), 1) * keep
+        onehot = F.one_hot(y.clamp_max(logits.shape[1] - 1), logits.shape[1]).movedim(-1, 1) * keep
+        dims = (0,) + tuple(range(2, logits.dim()))
+        inter, total = (prob * onehot).sum(dims), (prob + onehot).sum(dims)
+        present = onehot.sum(dims) > 0
+        d = 1 - (2 * inter + 1) / (total + 1)
+        loss = loss + dice * d[present].mean()
+    return loss
+
+
+def _fit(model: nn.Module, cfg: SegmentConfig, out_dir: Path | None, batch_fn: Callable,
+         loss_fn: Callable, val_fn: Callable | None, quiet: bool) -> torch.device:
+    """Train with :class:`fhcnn.training.Trainer` (a minimal loop until it is available)."""
+    try:
+        from ..training import Trainer
+    except ImportError:
+        Trainer = None
+    if Trainer is not None and out_dir is not None:
+        trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn,
+                          val_fn=val_fn, quiet=quiet)
+        trainer.fit()
+        return trainer.device
+    t = cfg.train
+    device = _resolve_device(t.device)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "cosine":
+            p = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    for step in range(t.steps):
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+        batch = tuple(b.to(device) for b in batch_fn(step, gen))
+        loss, logs = loss_fn(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        sched.step()
+        if val_fn is not None and t.val_every and (step + 1) % t.val_every == 0:
+            val_fn(model)
+        if not quiet and (step % max(1, t.log_every) == 0 or step + 1 == t.steps):
+            print(f"step {step + 1:5d}/{t.steps}  loss {logs['loss']:.4f}", flush=True)
+    return device
+
+
+def train_segmentation(
+    volume: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    config: SegmentConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    num_classes: int | None = None,
+    eval_labels: np.ndarray | Tensor | None = None,
+    eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
+    quiet: bool = False,
+) -> SegmentationResult:
+    """Train ``config.model`` on one volume from sparse labels.
+
+    Args:
+        volume: ``(C, D, H, W)`` float (raw values: normalization is learned from the volume
+            and stored in the model).
+        labels: ``(D, H, W)`` integer labels in ``[0, K)``, ``255`` = unlabelled; at least two
+            classes must be labelled somewhere.
+        config: :class:`SegmentConfig` (default: the ``video`` defaults).
+        out_dir: where the trainer writes ``metrics.jsonl`` and ``checkpoints/`` (None: nothing
+            is written).
+        num_classes: ``K`` (default: largest label + 1).
+        eval_labels: optional ``(D, H, W)`` truth (255 = not scored) scored every
+            ``config.data.eval_every`` steps and at the end into ``history`` (never trained on).
+        eval_fn: alternative custom evaluation ``result -> {"name": value}`` called likewise.
+        quiet: no progress output.
+
+    Returns:
+        :class:`SegmentationResult` (``.model``, ``.predict(volume)``, ``.history`` ...).
+
+    Raises:
+        ValueError: bad shapes, labels outside ``[0, K)``, fewer than two labelled classes.
+    """
+    cfg = config or SegmentConfig()
+    vol = prepare_inputs(volume, cfg.data.coords)
+    lab = torch.as_tensor(np.asarray(labels)).long()
+    if lab.shape != vol.shape[1:]:
+        raise ValueError(f"labels shape {tuple(lab.shape)} must equal the volume's (D, H, W) = "
+                         f"{tuple(vol.shape[1:])}")
+    k = num_classes or num_classes_of(lab)
+    bad = (lab != IGNORE) & ((lab < 0) | (lab >= k))
+    if bad.any():
+        raise ValueError(f"labels must lie in [0, {k}) or be {IGNORE}; found {lab[bad].unique()[:5].tolist()}")
+    present = [c for c in range(k) if (lab == c).any()]
+    if len(present) < 2:
+        raise ValueError(f"the labels must contain at least two classes; found only {present}")
+    if cfg.model.memory not in MEMORY_MODES:
+        raise ValueError(f"model.memory must be one of {sorted(MEMORY_MODES)}, got {cfg.model.memory!r}")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, vol.shape[0], k)
+    if cfg.model.arch == "hyperbolic":
+        model.core.net.reversible = MEMORY_MODES[cfg.model.memory]
+    flat = vol.flatten(1)
+    model.set_normalization(flat.mean(1), flat.std(1))
+    m = model.size_multiple
+    d = cfg.data
+    win = tuple(_round_up(w if w > 0 else n, m) for w, n in
+                zip((d.window_depth, d.window_height, d.window_width), vol.shape[1:]))
+    weight = _class_weights(lab, k, d.balance)
+    by_class = [torch.nonzero(lab == c) for c in present]
+    std = model.std.view(-1, 1, 1, 1)[: vol.shape[0] - (2 if d.coords else 0)]
+    nchan = std.shape[0]
+
+    def batch_fn(step: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for _ in range(d.batch_size):
+            pts = by_class[int(torch.randint(len(by_class), (1,), generator=gen))]
+            p = pts[int(torch.randint(len(pts), (1,), generator=gen))]
+            starts = [int(p[a]) - int(torch.randint(win[a], (1,), generator=gen)) for a in range(3)]
+            x, y = _gather(vol, starts, win), _gather(lab, starts, win)
+            r = torch.rand(5, generator=gen)
+            if d.flip_width and r[0] < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            if d.flip_height and r[1] < 0.5:
+                x, y = x.flip(-2), y.flip(-2)
+            if d.reverse_depth and r[2] < 0.5:
+                x, y = x.flip(-3), y.flip(-3)
+            if d.jitter > 0 or d.noise > 0:
+                x = x.clone()
+                xc = x[:nchan]
+                u = (torch.rand(2, nchan, 1, 1, 1, generator=gen) * 2 - 1) * d.jitter
+                mu = xc.mean((1, 2, 3), keepdim=True)
+                xc = mu + (xc - mu) * (1 + u[0]) + std * u[1]
+                if d.noise > 0:
+                    xc = xc + std * d.noise * torch.randn(xc.shape, generator=gen)
+                x[:nchan] = xc
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs), torch.stack(ys)
+
+    history: list[dict[str, Any]] = []
+    clock = {"start": time.perf_counter(), "excluded": 0.0, "step": 0}
+
+    def now() -> float:
+        return time.perf_counter() - clock["start"] - clock["excluded"]
+
+    def loss_fn(model_: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch
+        loss = _loss(model_(x), y, weight, d.dice)
+        clock["step"] += 1
+        history.append({"step": clock["step"], "loss": float(loss.detach()), "time_s": round(now(), 3)})
+        return loss, {"loss": float(loss.detach())}
+
+    result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win)
+    eval_t = torch.as_tensor(np.asarray(eval_labels)).long() if eval_labels is not None else None
+    if eval_t is not None and eval_t.shape != lab.shape:
+        raise ValueError(f"eval_labels shape {tuple(eval_t.shape)} must equal labels shape {tuple(lab.shape)}")
+
+    def evaluate() -> dict[str, float]:
+        t0 = time.perf_counter()
+        out: dict[str, float] = {}
+        if eval_t is not None:
+            pred = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
+                                  window=(d.predict_depth, d.predict_height, d.predict_width)).argmax(0)
+            met = segmentation_metrics(pred.numpy(), eval_t.numpy(), k, per_frame=False)
+            out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
+        if eval_fn is not None:
+            out.update(eval_fn(result))
+        if history:
+            history[-1].update(out)
+        clock["excluded"] += time.perf_counter() - t0
+        return out
+
+    do_eval = eval_t is not None or eval_fn is not None
+    val_fn = None
+    if do_eval and d.eval_every > 0:
+        def val_fn(model_: nn.Module) -> dict[str, float]:
+            if clock["step"] % d.eval_every == 0:
+                return evaluate()
+            return {}
+        cfg.train.val_every = 1
+    # memory of one training step (exact count of saved tensors), before training
+    x0, y0 = batch_fn(0, torch.Generator().manual_seed(0))
+    result.activation_bytes = activation_bytes(model, x0, y0, lambda lo, y: _loss(lo, y, weight, d.dice))
+    clock["start"] = time.perf_counter()
+    result.device = _fit(model, cfg, Path(out_dir) if out_dir is not None else None,
+                         batch_fn, loss_fn, val_fn, quiet)
+    result.train_time_s = now()
+    result.model = model.to(result.device)
+    if do_eval and (not history or "miou" not in history[-1] or eval_t is None):
+        evaluate()
+    model.eval()
+    return result
