@@ -1,0 +1,603 @@
+"""Typed, validated run configurations: dataclasses loaded from YAML or TOML, with overrides.
+
+An application describes its settings as a dataclass that nests other dataclasses, e.g.::
+
+    @dataclass
+    class SegmentConfig:
+        model: ModelConfig = field(default_factory=ModelConfig)
+        data: DataConfig = field(default_factory=DataConfig)
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+and loads it with :func:`load_config`::
+
+    cfg = load_config(SegmentConfig, "paper-video", overrides=["train.lr=3e-4"])
+
+Every key is checked against the dataclass: unknown keys and values of the wrong type raise
+:class:`fhcnn.errors.InputError` (a ``ValueError``) naming the key path (``train.lr``) and
+the file. Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``,
+``pathlib.Path``, ``Literal[...]``, ``X | None``, unions, ``list[X]``, ``tuple[X, ...]``,
+``tuple[X, Y]``, ``dict[str, X]``, nested dataclasses and ``Any``. A dataclass may validate
+its values further in ``__post_init__`` (raise ``ValueError``); the message is prefixed with
+the key path.
+
+Named configurations ship as ``src/fhcnn/configs/NAME.yaml`` (or ``.toml``) and are found by
+:func:`resolve_config`; anything else is a path to a ``.yaml``/``.yml``/``.toml``/``.json``
+file. :func:`save_config` writes the fully resolved config (YAML, atomically) so that
+``load_config(cls, saved_path)`` gives back an equal object.
+
+Command-line helpers: :func:`add_config_arguments` adds ``--config``, ``--set KEY=VALUE``,
+``--out``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device``; :func:`config_from_args`
+builds the config from them; :func:`prepare_output_dir` checks and creates the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import re
+import shutil
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence, TypeVar, Union
+
+import yaml
+
+from .atomic import atomic_write_text
+from .errors import InputError
+
+__all__ = [
+    "load_config", "save_config", "config_from_dict", "config_to_dict", "dump_config",
+    "apply_overrides", "resolve_config", "available_configs", "read_config_file",
+    "add_config_arguments", "config_from_args", "prepare_output_dir", "CONFIG_DIR",
+    "RUN_MARKERS",
+]
+
+T = TypeVar("T")
+
+#: Folder of the shipped named configurations.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+#: Entries whose presence marks a folder as holding an fhcnn run.
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+
+
+# --------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` / ``3E+4`` as floats (YAML 1.2 behaviour).
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so ``lr: 3e-4`` would be a string.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(tuple, lambda d, v: d.represent_list(list(v)))
+_Dumper.add_multi_representer(Path, lambda d, v: d.represent_str(str(v)))
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse one ``--set`` value with the same rules as a YAML file."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError:
+        return text
+
+
+# ------------------------------------------------------------------ files and names
+def available_configs() -> list[str]:
+    """Names of the shipped configurations (``fhcnn/configs/NAME.yaml``)."""
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted({p.stem for p in CONFIG_DIR.iterdir() if p.suffix in _SUFFIXES})
+
+
+def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:
+    """Turn ``paper-video`` into the shipped file's path; a path to an existing file is kept.
+
+    Raises:
+        InputError: neither an existing file nor a shipped name (the message lists the names).
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise InputError(f"config {str(p)!r} is not a file")
+    name = str(name_or_path)
+    if "/" not in name and os.sep not in name:
+        for suffix in _SUFFIXES:
+            cand = CONFIG_DIR / (name if name.endswith(suffix) else name + suffix)
+            if cand.is_file():
+                return cand
+    names = available_configs()
+    hint = difflib.get_close_matches(name, names, n=1)
+    raise InputError(
+        f"config {name!r}: no such file and no shipped config of that name"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + (f"; shipped: {', '.join(names)}" if names else ""))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML/TOML/JSON config file into a dict (top level must be a mapping)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read config file ({e.__class__.__name__}: {e})") from e
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
+                try:
+                    import tomli as tomllib  # type: ignore[no-redef]
+                except ModuleNotFoundError:
+                    raise InputError(f"{path}: reading TOML needs Python >= 3.11 or the 'tomli' "
+                                     f"package (pip install tomli); YAML works everywhere") from None
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506
+    except InputError:
+        raise
+    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
+        msg = " ".join(str(e).split())
+        raise InputError(f"{path}: not valid {suffix.lstrip('.') or 'YAML'} ({msg})") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+# ------------------------------------------------------------------ type checking
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return str(tp)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str or tp is Path or tp is Any:
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_accepts_str(a) for a in typing.get_args(tp))
+    return False
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert it (list -> tuple, int -> float, ...)."""
+    bad = f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}"
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise InputError(f"config key {key!r}: expected a mapping of {tp.__name__} fields, "
+                             f"got {type(value).__name__} {_show(value)}")
+        return _build(tp, value, key + ".")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        for a in args:
+            if value == a and type(value) is type(a):
+                return a
+        raise InputError(f"config key {key!r}: must be one of {', '.join(repr(a) for a in args)}, "
+                         f"got {_show(value)}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        # try exact-kind matches first so that e.g. `int | str` keeps 3 an int
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except InputError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise InputError(bad)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise InputError(bad)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(bad + " (write true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        raise InputError(bad)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(bad)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(bad)
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise InputError(bad)
+    if origin in (list, Sequence, typing.Sequence) or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(bad)
+        item = args[0] if args else Any
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(bad)
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            item = args[0] if args else Any
+            return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise InputError(f"config key {key!r}: expected {len(args)} items "
+                             f"({_type_name(tp)}), got {len(value)}: {_show(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise InputError(bad)
+        kt, vt = args if args else (Any, Any)
+        return {_convert(k, kt, f"{key} key"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise InputError(bad)
+    raise TypeError(f"config key {key!r}: unsupported field type {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        pass
+    # A dataclass defined inside a function with string annotations naming local classes:
+    # resolve field by field, falling back to the type of the default value.
+    module = sys.modules.get(cls.__module__)
+    globalns = dict(vars(module)) if module is not None else {}
+    hints: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp: Any = f.type
+        if isinstance(tp, str):
+            try:
+                tp = eval(tp, globalns, {"Literal": Literal, "Any": Any})  # noqa: S307
+            except Exception:
+                tp = None
+        if tp is None or isinstance(tp, str):
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                tp = type(f.default_factory())  # type: ignore[misc]
+            elif f.default is not dataclasses.MISSING and f.default is not None:
+                tp = type(f.default)
+            else:
+                tp = Any
+        hints[f.name] = tp
+    return hints
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    for k in data:
+        if k not in fields:
+            hint = difflib.get_close_matches(str(k), list(fields), n=1)
+            raise InputError(
+                f"unknown config key {prefix + str(k)!r}"
+                + (f" (did you mean {prefix + hint[0]!r}?)" if hint else "")
+                + f"; allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except InputError as e:
+        raise InputError(f"config {prefix.rstrip('.') or cls.__name__}: {e}") from e
+    except (ValueError, TypeError) as e:
+        raise InputError(f"config {prefix.rstrip('.') or cls.__name__}: {e}") from e
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build and validate a ``cls`` instance from nested plain data (as read from a file)."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise TypeError(f"cls must be a dataclass type, got {cls!r}")
+    if not isinstance(data, dict):
+        raise InputError(f"config must be a mapping, got {type(data).__name__}")
+    return _build(cls, data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested data (dicts, lists, scalars, ``Path`` as str) of a config dataclass."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+    if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+    return plain(cfg)
+
+
+def _field_type(cls: type, path: list[str], full: str) -> Any:
+    """The declared type at ``path`` (dataclass fields, then dict values)."""
+    tp: Any = cls
+    walked: list[str] = []
+    for part in path:
+        # unwrap Optional[Dataclass]
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            tp = dcs[0] if len(dcs) == 1 else tp
+        if dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp) if f.init]
+            if part not in names:
+                prefix = ".".join(walked + [""]) if walked else ""
+                hint = difflib.get_close_matches(part, names, n=1)
+                raise InputError(
+                    f"--set {full}: unknown config key {prefix + part!r}"
+                    + (f" (did you mean {prefix + hint[0]!r}?)" if hint else "")
+                    + f"; allowed: {', '.join(names)}")
+            tp = _hints(tp)[part]
+        elif typing.get_origin(tp) is dict or tp is dict:
+            args = typing.get_args(tp)
+            tp = args[1] if args else Any
+        elif tp is Any:
+            pass
+        else:
+            raise InputError(f"--set {full}: {'.'.join(walked)!r} is a {_type_name(tp)}, "
+                             f"it has no key {part!r}")
+        walked.append(part)
+    return tp
+
+
+def apply_overrides(cls: type, data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``KEY.PATH=VALUE`` strings to nested ``data`` (a copy is returned).
+
+    Values are parsed like YAML (``3e-4`` -> float, ``true`` -> bool, ``[1, 2]`` -> list,
+    ``null`` -> None); a value for a string field is kept verbatim.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        path = key.split(".")
+        if not key or any(not p for p in path):
+            raise InputError(f"--set {item!r}: empty key")
+        tp = _field_type(cls, path, item)
+        value = _parse_scalar(text)
+        if _accepts_str(tp) and not isinstance(value, str):
+            try:
+                _convert(value, tp, key)
+            except InputError:
+                value = text
+        node = out
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif dataclasses.is_dataclass(nxt) and not isinstance(nxt, type):
+                nxt = node[p] = config_to_dict(nxt)
+            if not isinstance(nxt, dict):
+                raise InputError(f"--set {item!r}: {p!r} is not a mapping in the config")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None,
+                overrides: Sequence[str] = ()) -> T:
+    """Load, override and validate a configuration.
+
+    Args:
+        cls: the config dataclass (every field needs a default).
+        path_or_name: a ``.yaml``/``.yml``/``.toml``/``.json`` file, a shipped name
+            (``"paper-video"``, see :func:`available_configs`) or ``None`` for the defaults.
+        overrides: ``"key.path=value"`` strings (``--set``), applied after the file.
+
+    Returns:
+        A validated ``cls`` instance.
+
+    Raises:
+        InputError: unreadable file, unknown key, wrong type or value (the message names the
+            file and the key path, e.g. ``config key 'train.lr': expected float, got str 'x'``).
+
+    Example:
+        >>> from fhcnn.training import TrainConfig
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class App:
+        ...     train: TrainConfig = field(default_factory=TrainConfig)
+        >>> load_config(App, None, ["train.lr=3e-4"]).train.lr
+        0.0003
+    """
+    data: dict[str, Any] = {}
+    source = None
+    if path_or_name is not None:
+        source = resolve_config(path_or_name)
+        data = read_config_file(source)
+    data = apply_overrides(cls, data, overrides)
+    try:
+        return config_from_dict(cls, data)
+    except InputError as e:
+        if source is not None:
+            raise InputError(f"{source}: {e}") from e
+        raise
+
+
+def dump_config(cfg: Any) -> str:
+    """The config as YAML text (the format :func:`save_config` writes)."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+                     allow_unicode=True)
+
+
+def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the fully resolved config atomically (YAML; JSON if the name ends in ``.json``).
+
+    ``load_config(type(cfg), path) == cfg`` afterwards.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
+    else:
+        from . import __version__
+        text = f"# resolved {type(cfg).__name__} written by fhcnn {__version__}\n" + dump_config(cfg)
+    atomic_write_text(path, text)
+    return path
+
+
+# ------------------------------------------------------------------ command line
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
+                         out_required: bool = False) -> None:
+    """Add the common run options to an argparse parser.
+
+    ``--config NAME|FILE``, ``--set KEY=VALUE`` (repeatable, stored in ``args.overrides``),
+    ``--out DIR``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device DEVICE``.
+    """
+    names = ", ".join(available_configs())
+    parser.add_argument("--config", default=default_config, metavar="NAME|FILE",
+                        help="a YAML/TOML config file or the name of a shipped one"
+                             + (f" ({names})" if names else "")
+                             + (f"; default {default_config}" if default_config else ""))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--out", required=out_required, metavar="DIR",
+                        help="output folder (refused if it holds another run, unless --resume "
+                             "or --overwrite)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest valid checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --out folder that holds one (its checkpoints "
+                             "and metrics are removed; other files are kept)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    parser.add_argument("--device", default=None,
+                        help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config from ``--config`` and ``--set`` (and ``--device`` into ``train.device``)."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    device = getattr(args, "device", None)
+    if device is not None:
+        hints = _hints(cls)
+        if "train" in hints and dataclasses.is_dataclass(hints["train"]) and \
+                "device" in {f.name for f in dataclasses.fields(hints["train"])}:
+            overrides.append(f"train.device={device}")
+        elif "device" in hints:
+            overrides.append(f"device={device}")
+    return load_config(cls, getattr(args, "config", None), overrides)
+
+
+def _is_relative_to(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwrite: bool = False,
+                       inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Check and create the output folder of a run; returns it as a ``Path``.
+
+    Refused (``InputError``) when:
+
+    * ``out`` is an existing file;
+    * ``out`` holds another run (``config.yaml``, ``metrics.jsonl`` or ``checkpoints/``) and
+      neither ``resume`` nor ``overwrite`` is set, or holds other files and ``overwrite`` is
+      not set (so nothing a user wrote is mixed up or lost);
+    * ``out`` is, or lies inside, an input folder; or is the folder holding an input file;
+      or an input lies inside ``out``.
+
+    With ``overwrite`` the previous run's ``checkpoints/`` and ``metrics.jsonl`` are removed
+    (only those); other files are replaced atomically when the new run writes them. With
+    ``resume`` the folder is kept as it is.
+    """
+    out_path = Path(out).expanduser()
+    out_abs = out_path.resolve()
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other; choose one")
+    for inp in inputs:
+        if inp is None:
+            continue
+        ip = Path(inp).expanduser().resolve()
+        folder = ip if ip.is_dir() else ip.parent
+        if ip.is_dir() and _is_relative_to(out_abs, ip):
+            raise InputError(f"output folder {out_path} is inside the input folder {inp}; "
+                             f"choose an output folder outside it (inputs are never written to)")
+        if not ip.is_dir() and out_abs == folder:
+            raise InputError(f"output folder {out_path} is the folder of the input file {inp}; "
+                             f"choose a separate output folder (inputs are never written to)")
+        if out_abs == ip:
+            raise InputError(f"output folder {out_path} is the input {inp}")
+        if _is_relative_to(ip, out_abs):
+            raise InputError(f"input {inp} lies inside the output folder {out_path}; "
+                             f"choose another output folder")
+    if out_abs.exists() and not out_abs.is_dir():
+        raise InputError(f"output {out_path} exists and is not a folder")
+    if out_abs.is_dir():
+        entries = [e for e in out_abs.iterdir()]
+        markers = [m for m in RUN_MARKERS if (out_abs / m).exists()]
+        if markers and not (resume or overwrite):
+            raise InputError(f"output folder {out_path} already holds a run ({', '.join(markers)}); "
+                             f"pass --resume to continue it or --overwrite to start over")
+        if entries and not markers and not overwrite:
+            if resume:
+                raise InputError(f"--resume: output folder {out_path} holds no run to resume "
+                                 f"(no {', '.join(RUN_MARKERS)})")
+            raise InputError(f"output folder {out_path} is not empty and holds no fhcnn run; "
+                             f"choose a new or empty folder (or pass --overwrite to write into it)")
+        if overwrite:
+            ckpt = out_abs / "checkpoints"
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)
+            for name in ("metrics.jsonl",):
+                if (out_abs / name).is_file():
+                    (out_abs / name).unlink()
+    out_abs.mkdir(parents=True, exist_ok=True)
+    return out_path

@@ -1,0 +1,27 @@
+"""Training infrastructure shared by every application.
+
+    from fhcnn.training import TrainConfig, Trainer
+    trainer = Trainer(model, cfg.train, out_dir, batch_fn, loss_fn, val_fn, quiet=False)
+    history = trainer.fit(resume=False)
+
+See :class:`Trainer` for the contract of ``batch_fn``/``loss_fn``/``val_fn``, and
+:mod:`fhcnn.training.checkpoint` for the checkpoint format.
+"""
+
+from ..config import prepare_output_dir
+from .checkpoint import (Checkpoint, CheckpointError, CheckpointManager, CheckpointWarning,
+                         latest_checkpoint, load_checkpoint, load_weights, verify_checkpoint)
+from .device import resolve_device
+from .distributed import (cleanup_distributed, dist_info, init_distributed, is_main_process,
+                          shard_batch)
+from .trainer import (NonFiniteLossError, TrainConfig, Trainer, TrainingError, lr_factor,
+                      move_to_device, seed_everything, step_generator, step_seed, unwrap_model)
+
+__all__ = [
+    "TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError",
+    "CheckpointError", "CheckpointWarning", "Checkpoint", "CheckpointManager",
+    "load_weights", "load_checkpoint", "latest_checkpoint", "verify_checkpoint",
+    "resolve_device", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",
+    "shard_batch", "seed_everything", "step_generator", "step_seed", "unwrap_model",
+    "move_to_device", "lr_factor", "prepare_output_dir",
+]
