@@ -8,27 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-try:  # the shared training infrastructure (issue 3)
-    from ..training import TrainConfig
-except ImportError:  # pragma: no cover - until it lands
-    @dataclass
-    class TrainConfig:  # type: ignore[no-redef]
-        steps: int = 1000
-        lr: float = 1e-3
-        optimizer: str = "adam"
-        weight_decay: float = 0.0
-        schedule: str = "cosine"
-        warmup_steps: int = 0
-        grad_clip: float | None = None
-        autocast: str = "none"
-        seed: int = 0
-        device: str = "auto"
-        log_every: int = 10
-        val_every: int = 0
-        checkpoint_every: int = 0
-        keep_last: int = 1
-        best_metric: str | None = None
-        best_mode: str = "max"
+from ..training import TrainConfig
 
 __all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "MEMORY_MODES"]
 
@@ -94,5 +74,6 @@ class DataConfig:
 class SegmentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=2e-3, schedule="cosine",
-                                                                   warmup_steps=20, grad_clip=1.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=600, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
+        keep_last=1, log_every=10))

@@ -13,7 +13,7 @@ What makes a strided (wavelet or pooling) network work from a few labelled slice
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +75,6 @@ def prepare_inputs(volume: np.ndarray | Tensor, coords: bool = False) -> Tensor:
         xx = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(1, d, h, w)
         v = torch.cat([v, yy, xx], 0)
     return v
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -212,47 +206,13 @@ def _loss(logits: Tensor, y: Tensor, weight: Tensor, dice: float) -> Tensor:
 
 
 def _fit(model: nn.Module, cfg: SegmentConfig, out_dir: Path | None, batch_fn: Callable,
-         loss_fn: Callable, val_fn: Callable | None, quiet: bool) -> torch.device:
-    """Train with :class:`fhcnn.training.Trainer` (a minimal loop until it is available)."""
-    try:
-        from ..training import Trainer
-    except ImportError:
-        Trainer = None
-    if Trainer is not None and out_dir is not None:
-        trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn,
-                          val_fn=val_fn, quiet=quiet)
-        trainer.fit()
-        return trainer.device
-    t = cfg.train
-    device = _resolve_device(t.device)
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+         loss_fn: Callable, val_fn: Callable | None, quiet: bool, resume: bool) -> torch.device:
+    from ..training import Trainer
 
-    def lr_at(step: int) -> float:
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.schedule == "cosine":
-            p = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
-        return 1.0
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    for step in range(t.steps):
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-        batch = tuple(b.to(device) for b in batch_fn(step, gen))
-        loss, logs = loss_fn(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        sched.step()
-        if val_fn is not None and t.val_every and (step + 1) % t.val_every == 0:
-            val_fn(model)
-        if not quiet and (step % max(1, t.log_every) == 0 or step + 1 == t.steps):
-            print(f"step {step + 1:5d}/{t.steps}  loss {logs['loss']:.4f}", flush=True)
-    return device
+    trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn,
+                      val_fn=val_fn, quiet=quiet)
+    trainer.fit(resume=resume)
+    return trainer.device
 
 
 def train_segmentation(
@@ -265,6 +225,7 @@ def train_segmentation(
     eval_labels: np.ndarray | Tensor | None = None,
     eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
     quiet: bool = False,
+    resume: bool = False,
 ) -> SegmentationResult:
     """Train ``config.model`` on one volume from sparse labels.
 
@@ -281,6 +242,7 @@ def train_segmentation(
             ``config.data.eval_every`` steps and at the end into ``history`` (never trained on).
         eval_fn: alternative custom evaluation ``result -> {"name": value}`` called likewise.
         quiet: no progress output.
+        resume: continue the run in ``out_dir`` from its latest checkpoint.
 
     Returns:
         :class:`SegmentationResult` (``.model``, ``.predict(volume)``, ``.history`` ...).
@@ -288,7 +250,7 @@ def train_segmentation(
     Raises:
         ValueError: bad shapes, labels outside ``[0, K)``, fewer than two labelled classes.
     """
-    cfg = config or SegmentConfig()
+    cfg = copy.deepcopy(config) if config is not None else SegmentConfig()
     vol = prepare_inputs(volume, cfg.data.coords)
     lab = torch.as_tensor(np.asarray(labels)).long()
     if lab.shape != vol.shape[1:]:
@@ -381,17 +343,16 @@ def train_segmentation(
     do_eval = eval_t is not None or eval_fn is not None
     val_fn = None
     if do_eval and d.eval_every > 0:
+        cfg.train.val_every = d.eval_every
+
         def val_fn(model_: nn.Module) -> dict[str, float]:
-            if clock["step"] % d.eval_every == 0:
-                return evaluate()
-            return {}
-        cfg.train.val_every = 1
+            return evaluate()
     # memory of one training step (exact count of saved tensors), before training
     x0, y0 = batch_fn(0, torch.Generator().manual_seed(0))
     result.activation_bytes = activation_bytes(model, x0, y0, lambda lo, y: _loss(lo, y, weight, d.dice))
     clock["start"] = time.perf_counter()
     result.device = _fit(model, cfg, Path(out_dir) if out_dir is not None else None,
-                         batch_fn, loss_fn, val_fn, quiet)
+                         batch_fn, loss_fn, val_fn, quiet, resume)
     result.train_time_s = now()
     result.model = model.to(result.device)
     if do_eval and (not history or "miou" not in history[-1] or eval_t is None):

@@ -1,0 +1,377 @@
+"""Video and mask readers/writers, and a synthetic video generator with ground truth.
+
+Readers (``read_video``): a folder of numbered frames (JPEG/PNG/BMP/TIFF, sorted by the number
+in the name; the DAVIS layout ``JPEGImages/480p/<seq>/00000.jpg`` is found from the dataset
+root or the sequence folder), a GIF, an MP4/AVI/MOV/MKV/WEBM (imageio with its ffmpeg plugin:
+``pip install fhcnn[io]``), or a ``.npy`` array ``(T, H, W, 3)`` / ``(T, H, W)``.
+
+Masks (``read_masks``): a folder of PNG masks named like the frames (DAVIS ``Annotations``:
+palette indices, 0 = background, any other value (e.g. 255 or object indices) an object); it
+may hold every frame or only some; or a ``.npy`` ``(T, H, W)`` label array. Mask *values*
+are mapped to classes ``0..K-1`` by :func:`mask_classes` (0 stays background).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+
+__all__ = ["read_video", "read_masks", "mask_classes", "apply_classes", "davis_palette",
+           "write_mask_png", "generate_video", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def _number_key(p: Path) -> tuple:
+    nums = re.findall(r"\d+", p.stem)
+    return (int(nums[-1]) if nums else -1, p.name)
+
+
+def _image_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+                   and not p.name.startswith(".")), key=_number_key)
+
+
+def _davis_sequence_folder(folder: Path, kind: str) -> Path:
+    """A DAVIS root (``JPEGImages/480p/<seq>``) with exactly one sequence -> that folder."""
+    base = folder / kind
+    if not base.is_dir():
+        return folder
+    res = [d for d in sorted(base.iterdir()) if d.is_dir()]
+    seqs = [s for r in res for s in sorted(r.iterdir()) if s.is_dir()] if res else []
+    if len(seqs) == 1:
+        return seqs[0]
+    if seqs:
+        raise InputError(f"{folder} holds {len(seqs)} DAVIS sequences ({', '.join(s.name for s in seqs[:6])}"
+                         f"{' ...' if len(seqs) > 6 else ''}); give the sequence folder, e.g. {seqs[0]}")
+    return folder
+
+
+def _to_uint8_rgb(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim == 3:
+        a = np.repeat(a[..., None], 3, -1)
+    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{what}: expected frames (T, H, W, 3) or (T, H, W), got shape {a.shape}")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, -1)
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError(f"{what}: frames contain NaN or infinite values")
+        if a.max() <= 1.0:
+            a = a * 255
+        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read a video as ``(T, H, W, 3)`` uint8 frames and their names (file stems or indices).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        InputError: unreadable file, no frames, frames of different sizes, unknown format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    if path.is_dir():
+        folder = _davis_sequence_folder(path, "JPEGImages")
+        files = _image_files(folder)
+        if not files:
+            raise InputError(f"no image frames ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in folder {folder}")
+        from PIL import Image
+
+        frames = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    frames.append(np.asarray(im.convert("RGB")))
+            except Exception as e:  # PIL raises many kinds
+                raise InputError(f"cannot read frame {f}: {e}") from None
+            if frames[-1].shape != frames[0].shape:
+                raise InputError(f"frame {f} has size {frames[-1].shape[:2]}, but {files[0].name} "
+                                 f"has {frames[0].shape[:2]}: all frames must have the same size")
+        return np.stack(frames), [f.stem for f in files]
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            a = np.load(path, allow_pickle=False)
+        elif suffix == ".gif":
+            from PIL import Image, ImageSequence
+
+            with Image.open(path) as im:
+                a = np.stack([np.asarray(fr.convert("RGB")) for fr in ImageSequence.Iterator(im)])
+        elif suffix in VIDEO_SUFFIXES:
+            import imageio.v2 as imageio
+
+            try:
+                reader = imageio.get_reader(path, format="FFMPEG")
+            except (ImportError, ValueError, RuntimeError) as e:
+                if "ffmpeg" in str(e).lower() and "could not find" not in str(e).lower():
+                    raise InputError(f"cannot read {path}: {e} (install the video reader: "
+                                     "pip install 'fhcnn[io]' or imageio-ffmpeg)") from None
+                raise
+            with reader:
+                a = np.stack([np.asarray(fr) for fr in reader])
+        elif suffix in IMAGE_SUFFIXES:
+            raise InputError(f"{path} is a single image; give the folder of frames instead")
+        else:
+            raise InputError(f"unknown video format {suffix!r} of {path}: use a folder of frames, "
+                             f".gif, {', '.join(VIDEO_SUFFIXES)} or .npy (T, H, W, 3)")
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read video {path}: {type(e).__name__}: {e}") from None
+    if a.ndim < 3 or a.shape[0] == 0:
+        raise InputError(f"{path}: no frames (array shape {a.shape})")
+    return _to_uint8_rgb(a, str(path)), [f"{i:05d}" for i in range(a.shape[0])]
+
+
+def _read_mask_png(f: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            if im.mode in ("P", "L", "1", "I", "I;16"):
+                return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64)
+            rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+    except Exception as e:
+        raise InputError(f"cannot read mask {f}: {e}") from None
+    # colour masks: encode each RGB colour as one value (black = background = 0)
+    return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+
+
+def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[int, int] | None = None
+               ) -> dict[int, np.ndarray]:
+    """Read masks as ``{frame index: (H, W) int64 raw mask values}``.
+
+    A folder's PNGs are matched to frames by name (``00007.png`` <-> frame ``00007``), else by
+    the number in the name, else (same count as frames) by order. A ``.npy`` is ``(T, H, W)``
+    (value 255 = unlabelled there is kept and means "not labelled").
+
+    Raises:
+        InputError: unreadable, no masks, a mask that matches no frame, or a size that differs
+            from ``frame_size``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"masks not found: {path}")
+    t = len(frame_names)
+    out: dict[int, np.ndarray] = {}
+    if path.is_dir():
+        folder = _davis_sequence_folder(path, "Annotations")
+        files = _image_files(folder)
+        if not files:
+            raise InputError(f"no mask images in folder {folder}")
+        by_name = {n: i for i, n in enumerate(frame_names)}
+        by_num: dict[int, int] = {}
+        for i, n in enumerate(frame_names):
+            nums = re.findall(r"\d+", n)
+            if nums:
+                by_num.setdefault(int(nums[-1]), i)
+        for f in files:
+            if f.stem in by_name:
+                idx = by_name[f.stem]
+            elif re.findall(r"\d+", f.stem) and int(re.findall(r"\d+", f.stem)[-1]) in by_num:
+                idx = by_num[int(re.findall(r"\d+", f.stem)[-1])]
+            elif len(files) == t:
+                idx = files.index(f)
+            else:
+                raise InputError(f"mask {f} matches no frame name (frames are named like "
+                                 f"{frame_names[0]}..{frame_names[-1]})")
+            out[idx] = _read_mask_png(f)
+    elif path.suffix.lower() == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"cannot read masks {path}: {e}") from None
+        if a.ndim != 3 or a.shape[0] != t:
+            raise InputError(f"masks {path} must have shape (T={t}, H, W), got {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
+            if np.issubdtype(a.dtype, np.floating) and np.all(a[np.isfinite(a)] == np.round(a[np.isfinite(a)])):
+                a = np.where(np.isfinite(a), a, 255)
+            else:
+                raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
+        out = {i: a[i].astype(np.int64) for i in range(t)}
+    else:
+        raise InputError(f"masks must be a folder of PNG masks or a .npy (T, H, W), got {path}")
+    if frame_size is not None:
+        for i, m in out.items():
+            if m.shape != tuple(frame_size):
+                raise InputError(f"mask of frame {frame_names[i]} in {path} has size {m.shape[0]}x{m.shape[1]}, "
+                                 f"but the frames are {frame_size[0]}x{frame_size[1]}")
+    return out
+
+
+def mask_classes(*mask_sets: dict[int, np.ndarray], ignore: int = 255, binary_255: bool = True
+                 ) -> list[int]:
+    """Sorted raw mask values that become classes ``0..K-1`` (0 first).
+
+    In integer-label masks (a ``.npy`` or a palette PNG with several objects) 255 means
+    "unlabelled" only if other object values exist; a mask whose only nonzero value is 255
+    (DAVIS 2016 / binary masks) has 255 as the object.
+    """
+    vals: set[int] = {0}
+    for ms in mask_sets:
+        for m in ms.values():
+            vals.update(int(v) for v in np.unique(m))
+    objects = sorted(v for v in vals if v != 0)
+    if ignore in objects and len(objects) > 1:
+        objects.remove(ignore)
+    return [0] + objects
+
+
+def apply_classes(mask: np.ndarray, classes: Sequence[int], ignore: int = 255) -> np.ndarray:
+    """Raw mask values -> uint8 class indices (values not in ``classes`` -> ``ignore``)."""
+    lut = {v: k for k, v in enumerate(classes)}
+    out = np.full(mask.shape, ignore, np.uint8)
+    for v, k in lut.items():
+        out[mask == v] = k
+    return out
+
+
+def davis_palette() -> list[int]:
+    """The DAVIS / PASCAL VOC 256-colour palette (flat list of 768 ints)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a ``(H, W)`` uint8 label mask as a palette PNG (DAVIS format), atomically."""
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    im.putpalette(davis_palette())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------- synthetic video
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return (f - f.mean()) / (f.std() + 1e-8)
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int], colors: np.ndarray, sigma: float) -> np.ndarray:
+    """A colour texture: two smooth fields mixing three colours, plus fine grain."""
+    a = 1 / (1 + np.exp(-2.0 * _smooth_field(rng, shape, sigma)))
+    b = 1 / (1 + np.exp(-2.0 * _smooth_field(rng, shape, sigma / 2.5)))
+    tex = (a[..., None] * colors[0] + (1 - a[..., None]) * colors[1]) * (1 - 0.35 * b[..., None]) \
+        + 0.35 * b[..., None] * colors[2]
+    tex += 0.04 * rng.standard_normal(shape + (3,))
+    return np.clip(tex, 0, 1)
+
+
+def generate_video(
+    out: str | Path | None = None,
+    frames: int = 48,
+    height: int = 96,
+    width: int = 160,
+    objects: int = 2,
+    seed: int = 0,
+    binary: bool = False,
+    name: str = "synthetic",
+) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic video with ground truth: textured objects that move, rotate, scale and
+    occlude each other over a textured, panning background.
+
+    Args:
+        out: if given, a DAVIS-layout root: ``out/JPEGImages/480p/<name>/00000.jpg`` and
+            ``out/Annotations/480p/<name>/00000.png`` (palette PNG, object k has index k).
+        frames, height, width: video size.
+        objects: number of objects (drawn back to front; later ones occlude earlier ones).
+        seed: random seed (same seed, same video).
+        binary: all objects get label 1 (else object k gets label k).
+        name: sequence name.
+
+    Returns:
+        ``(video (T, H, W, 3) uint8, masks (T, H, W) uint8)``.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if frames < 1 or height < 8 or width < 8 or objects < 1:
+        raise ValueError(f"need frames >= 1, height/width >= 8, objects >= 1; got {frames}, "
+                         f"{height}x{width}, {objects}")
+    rng = np.random.default_rng(seed)
+    # background: a large texture panned over time (camera motion)
+    bh, bw = height + frames + 40, width + 2 * frames + 40
+    bg_colors = rng.uniform(0.15, 0.85, (3, 3))
+    bg = _texture(rng, (bh, bw), bg_colors, sigma=6.0)
+    pan = rng.uniform(-1, 1, 2) * np.array([0.5, 1.2])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    objs = []
+    for k in range(objects):
+        size = rng.uniform(0.16, 0.26) * min(height, width) * (1.0 if objects < 3 else 0.8)
+        n_harm = 3
+        objs.append(dict(
+            tex=_texture(rng, (64, 64), np.clip(rng.uniform(0.05, 0.95, (3, 3)), 0, 1), sigma=4.0),
+            size=size,
+            radial=rng.uniform(-0.25, 0.25, n_harm) / np.arange(1, n_harm + 1),
+            phase=rng.uniform(0, 2 * np.pi, n_harm),
+            aspect=rng.uniform(0.6, 1.0),
+            c0=np.array([rng.uniform(0.25, 0.75) * height, rng.uniform(0.2, 0.8) * width]),
+            vel=rng.uniform(-1, 1, 2) * np.array([0.35, 0.9]) * 48 / max(frames, 1),
+            wobble=rng.uniform(2, 6, 2), wfreq=rng.uniform(0.05, 0.2),
+            rot0=rng.uniform(0, 2 * np.pi), rotv=rng.uniform(-0.06, 0.06) * 48 / max(frames, 1),
+            scale_amp=rng.uniform(0.1, 0.3), scale_freq=rng.uniform(0.03, 0.1),
+        ))
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    masks = np.zeros((frames, height, width), np.uint8)
+    for t in range(frames):
+        oy, ox = 20 + pan[0] * t + frames / 2, 20 + pan[1] * t + frames
+        img = np.stack([map_coordinates(bg[..., c], [yy + oy, xx + ox], order=1, mode="wrap")
+                        for c in range(3)], -1)
+        lab = np.zeros((height, width), np.uint8)
+        for k, o in enumerate(objs):
+            c = o["c0"] + o["vel"] * t + o["wobble"] * np.sin(o["wfreq"] * t + np.array([0, 1.3]))
+            # bounce inside the frame
+            for a, n in enumerate((height, width)):
+                lo, hi = 0.1 * n, 0.9 * n
+                span = hi - lo
+                v = (c[a] - lo) % (2 * span)
+                c[a] = lo + (v if v < span else 2 * span - v)
+            s = o["size"] * (1 + o["scale_amp"] * np.sin(o["scale_freq"] * t))
+            th = o["rot0"] + o["rotv"] * t
+            dy, dx = yy - c[0], xx - c[1]
+            u = (np.cos(th) * dx + np.sin(th) * dy) / s
+            v = (-np.sin(th) * dx + np.cos(th) * dy) / (s * o["aspect"])
+            r, ang = np.hypot(u, v), np.arctan2(v, u)
+            rad = 1 + sum(o["radial"][j] * np.cos((j + 2) * ang + o["phase"][j]) for j in range(len(o["radial"])))
+            inside = r < rad
+            tu, tv = (u * 0.45 + 0.5) * 63, (v * 0.45 + 0.5) * 63
+            tex = np.stack([map_coordinates(o["tex"][..., ch], [tv, tu], order=1, mode="reflect")
+                            for ch in range(3)], -1)
+            shade = (1 - 0.25 * np.clip(r / rad, 0, 1) ** 2)[..., None]
+            img = np.where(inside[..., None], tex * shade, img)
+            lab[inside] = 1 if binary else k + 1
+        video[t] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+        masks[t] = lab
+    if out is not None:
+        from PIL import Image
+
+        root = Path(out)
+        fdir, mdir = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+        for t in range(frames):
+            with atomic_path(fdir / f"{t:05d}.jpg") as tmp:
+                Image.fromarray(video[t]).save(tmp, format="JPEG", quality=92)
+            write_mask_png(mdir / f"{t:05d}.png", masks[t])
+    return video, masks
