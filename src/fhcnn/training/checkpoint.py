@@ -71,6 +71,13 @@ class Checkpoint:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+def _brief(e: BaseException) -> str:
+    """First line of an exception message, shortened (checkpoint errors stay one line)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -171,11 +178,11 @@ def load_checkpoint(folder: str | os.PathLike[str], map_location: str | torch.de
     try:
         model_state = load_file(str(folder / MODEL_FILE), device=str(map_location))
     except Exception as e:
-        raise CheckpointError(f"{folder / MODEL_FILE}: cannot load weights ({e})") from e
+        raise CheckpointError(f"{folder / MODEL_FILE}: cannot load weights ({_brief(e)})") from e
     try:
         state = torch.load(folder / STATE_FILE, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{folder / STATE_FILE}: cannot load training state ({e})") from e
+        raise CheckpointError(f"{folder / STATE_FILE}: cannot load training state ({_brief(e)})") from e
     return Checkpoint(folder, int(manifest["step"]), model_state, state, manifest)
 
 
@@ -268,7 +275,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], which: str = "b
         try:
             sd = load_file(str(p))
         except Exception as e:
-            raise CheckpointError(f"{p}: cannot load weights ({e})") from e
+            raise CheckpointError(f"{p}: cannot load weights ({_brief(e)})") from e
         manifest: dict[str, Any] = {}
     else:
         folder = find_checkpoint(p, which)

@@ -428,7 +428,7 @@ class Trainer:
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
             "best": self.best,
@@ -441,7 +441,7 @@ class Trainer:
         self._model.load_state_dict({k: v.to(self.device) for k, v in model_state.items()})
         self.optimizer.load_state_dict(state["optimizer"])
         sched = dict(state["scheduler"])
-        sched.pop("lr_lambdas", None)
+        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # ours are pure functions
         self.scheduler.load_state_dict(sched)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,54 @@
+"""Worker for tests/test_ddp.py, launched by torchrun with 2 processes (gloo on CPU).
+
+    torchrun --standalone --nproc-per-node 2 tests/_ddp_script.py OUT
+
+For each gradient mode (reversible True / "block" / False) it trains the same model as
+``tests/_train_script.py`` for a few steps with the Trainer (which joins the process group,
+wraps the model in DistributedDataParallel and gives each rank half of the global batch),
+and saves every rank's final weights to ``OUT/<mode>-rank<r>.safetensors``. The Trainer's own
+output goes to ``OUT/<mode>/rank<r>`` so the test can check that only rank 0 wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests._train_script import batch_fn, build, loss_fn  # noqa: E402
+
+from fhcnn.training import TrainConfig, Trainer, seed_everything  # noqa: E402
+
+MODES = {"true": True, "block": "block", "false": False}
+
+
+def ddp_config() -> TrainConfig:
+    return TrainConfig(steps=4, lr=1e-2, optimizer="adam", grad_clip=1.0, seed=5, device="cpu",
+                       log_every=2, checkpoint_every=2)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    for name, mode in MODES.items():
+        seed_everything(100 + rank)  # different init per rank: DDP must broadcast rank 0's
+        if rank == 0:
+            seed_everything(11)
+        model = build(mode)
+        trainer = Trainer(model, ddp_config(), out / name / f"rank{rank}", batch_fn, loss_fn,
+                          quiet=True)
+        assert trainer.world_size == 2 and trainer.rank == rank
+        trainer.fit()
+        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()},
+                  str(out / f"{name}-rank{rank}.safetensors"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

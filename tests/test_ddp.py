@@ -1,0 +1,69 @@
+"""DistributedDataParallel: 2 processes (torchrun, gloo) equal 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from fhcnn.training import Trainer, seed_everything, shard_batch
+from tests._ddp_script import MODES, ddp_config
+from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")]
+
+
+def test_two_processes_equal_one(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "_ddp_script.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    diffs = {}
+    for name, mode in MODES.items():
+        seed_everything(11)
+        single = Trainer(build(mode), ddp_config(), tmp_path / "single" / name, batch_fn, loss_fn,
+                         quiet=True)
+        single.fit()
+        ref = single.model.state_dict()
+        r0 = load_file(str(tmp_path / f"{name}-rank0.safetensors"))
+        r1 = load_file(str(tmp_path / f"{name}-rank1.safetensors"))
+        for k in ref:
+            assert torch.equal(r0[k], r1[k]), f"{name}: ranks disagree on {k}"
+        diffs[name] = max((r0[k].double() - ref[k].double()).abs().max().item() for k in ref)
+        moved = max((r0[k].double() - load_file(str(tmp_path / "single" / name / "checkpoints" /
+                                                       "step-000002" / "model.safetensors"))[k]
+                     .double()).abs().max().item() for k in ref)
+        assert moved > 1e-4, "training did not change the weights"
+        # only rank 0 wrote checkpoints and metrics
+        assert (tmp_path / name / "rank0" / "checkpoints" / "step-000004" / "manifest.json").exists()
+        assert (tmp_path / name / "rank0" / "metrics.jsonl").exists()
+        assert not (tmp_path / name / "rank1").exists()
+    print("DDP 2 processes vs 1 process, max |weight difference| after 4 steps:", json.dumps(diffs))
+    for name, d in diffs.items():
+        assert d < 1e-6, f"reversible={name}: 2-process weights differ from 1-process by {d:.3e}"
+
+
+def test_shard_batch_slices_and_validates() -> None:
+    x = torch.arange(8.0).reshape(4, 2)
+    batch = {"x": x, "y": (torch.arange(4), [torch.zeros(4, 3)]), "scale": 2.0}
+    a, b = shard_batch(batch, 0, 2), shard_batch(batch, 1, 2)
+    assert torch.equal(torch.cat([a["x"], b["x"]]), x)
+    assert a["y"][0].tolist() == [0, 1] and b["y"][0].tolist() == [2, 3]
+    assert a["y"][1][0].shape == (2, 3) and a["scale"] == 2.0
+    assert shard_batch(batch, 0, 1) is batch
+    with pytest.raises(ValueError, match="global batch size 4 is not divisible by the 3"):
+        shard_batch(batch, 0, 3)
+    with pytest.raises(ValueError, match="different leading"):
+        shard_batch((torch.zeros(4), torch.zeros(2)), 0, 2)
