@@ -81,7 +81,7 @@ class HyperbolicNetwork(nn.Module):
         reversible: ReversibleMode = True,
         *,
         hidden: int | Sequence[int] | None = None,
-        h: float = 0.2,
+        h: float = 0.1,
         norm: Norm = "group",
         activation: Activation = "relu",
         wavelet: Literal["haar", "learnable"] = "haar",

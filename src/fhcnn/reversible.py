@@ -35,8 +35,24 @@ Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
 
 
-def _trainable(module: nn.Module) -> list[Tensor]:
-    return [p for p in module.parameters() if p.requires_grad]
+Params = dict[str, Tensor]
+
+
+def _trainable(module: nn.Module) -> Params:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _call_with_detached_params(module: nn.Module, params: Params, *args: Tensor) -> tuple[object, list[Tensor]]:
+    """Evaluate ``module(*args)`` with detached copies of ``params`` (the tensors the forward
+    pass used, captured then: this stays right under ``torch.func.functional_call``).
+
+    The local vector-Jacobian product is taken w.r.t. these copies, so hooks registered on
+    the real parameters (``register_hook``, DDP) fire once per backward, with the final
+    gradient, exactly as under plain autograd.
+    """
+    local = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    out = torch.func.functional_call(module, local, args, strict=False)
+    return out, list(local.values())
 
 
 def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> None:
@@ -57,40 +73,43 @@ class LeapfrogStep:
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
         self.f, self.h2, self.flip = f, h2, flip
 
-    def params(self) -> list[Tensor]:
+    def params(self) -> Params:
         return _trainable(self.f)
 
     def inverted(self) -> "LeapfrogStep":
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
     def apply(self, p: Tensor, c: Tensor) -> Pair:
+        # ``c + ((c - p) + h2 f(c))`` equals ``2c - p + h2 f(c)``; the difference of two nearby
+        # states is exact in floating point, so this form rounds slightly less.
         if self.flip:
-            return 2 * p - c + self.h2 * self.f(p), p
-        return c, 2 * c - p + self.h2 * self.f(c)
+            return p + ((p - c) + self.h2 * self.f(p)), p
+        return c, c + ((c - p) + self.h2 * self.f(c))
 
-    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, grads: _Grads) -> tuple[Pair, Pair]:
+    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, params: Params,
+                 grads: _Grads) -> tuple[Pair, Pair]:
         """Reconstruct the input pair from ``out`` and pull ``grad`` back through the step.
 
         ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
-        and the vector-Jacobian product. Parameter gradients are added to ``grads``.
+        and the vector-Jacobian product. Gradients w.r.t. ``params`` (the tensors used in the
+        forward pass) are added to ``grads``, keyed by ``id``.
         """
         if self.flip:
             (new, shared), (g_new, g_shared) = out, grad
         else:
             (shared, new), (g_shared, g_new) = out, grad
-        params = self.params()
         with torch.enable_grad(), frozen_norm_stats(self.f):
             s = shared.detach().requires_grad_(True)
-            fs = self.f(s)
+            fs, local = _call_with_detached_params(self.f, params, s)
         if known_input is not None:
             other = known_input[1] if self.flip else known_input[0]
         else:
             with torch.no_grad():
-                other = 2 * shared - new + self.h2 * fs.detach()
+                other = shared + ((shared - new) + self.h2 * fs.detach())
             other = other.to(new.dtype)
-        vjp = torch.autograd.grad(fs, [s, *params], grad_outputs=(self.h2 * g_new).to(fs.dtype),
+        vjp = torch.autograd.grad(fs, [s, *local], grad_outputs=(self.h2 * g_new).to(fs.dtype),
                                   allow_unused=True)
-        _accumulate(grads, params, vjp[1:])
+        _accumulate(grads, list(params.values()), vjp[1:])
         g_s = vjp[0] if vjp[0] is not None else torch.zeros_like(shared)
         g_shared_in = g_shared + 2 * g_new + g_s.to(g_shared.dtype)
         g_other_in = -g_new
@@ -105,7 +124,7 @@ class TransitionStep:
     def __init__(self, wavelet: nn.Module, inverse: bool = False) -> None:
         self.wavelet, self.inverse = wavelet, inverse
 
-    def params(self) -> list[Tensor]:
+    def params(self) -> Params:
         return _trainable(self.wavelet)
 
     def inverted(self) -> "TransitionStep":
@@ -117,11 +136,11 @@ class TransitionStep:
     def apply(self, p: Tensor, c: Tensor) -> Pair:
         return self._map(p, self.inverse), self._map(c, self.inverse)
 
-    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, grads: _Grads) -> tuple[Pair, Pair]:
+    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, params: Params,
+                 grads: _Grads) -> tuple[Pair, Pair]:
         if known_input is None:
             with torch.no_grad():
                 known_input = (self._map(out[0], not self.inverse), self._map(out[1], not self.inverse))
-        params = self.params()
         if not params:
             # W is orthogonal: its adjoint is its inverse.
             with torch.no_grad():
@@ -129,10 +148,24 @@ class TransitionStep:
             return known_input, g_in
         with torch.enable_grad():
             ins = [t.detach().requires_grad_(True) for t in known_input]
-            outs = self.apply(*ins)
-        vjp = torch.autograd.grad(outs, [*ins, *params], grad_outputs=grad, allow_unused=True)
-        _accumulate(grads, params, vjp[2:])
+            inv = "inverse" if self.inverse else "forward"
+            both = {f"wavelet.{n}": t for n, t in params.items()}
+            outs, local = _call_with_detached_params(_Both(self.wavelet, inv), both, *ins)
+        vjp = torch.autograd.grad(outs, [*ins, *local], grad_outputs=grad, allow_unused=True)
+        _accumulate(grads, list(params.values()), vjp[2:])
         return known_input, (vjp[0], vjp[1])
+
+
+class _Both(nn.Module):
+    """Applies ``wavelet.<method>`` to both members of a pair (for ``functional_call``)."""
+
+    def __init__(self, wavelet: nn.Module, method: str) -> None:
+        super().__init__()
+        self.wavelet, self.method = wavelet, method
+
+    def forward(self, p: Tensor, c: Tensor) -> Pair:
+        fn = getattr(self.wavelet, self.method)
+        return fn(p), fn(c)
 
 
 Step = LeapfrogStep | TransitionStep
@@ -141,17 +174,18 @@ Step = LeapfrogStep | TransitionStep
 class ReversibleFunction(torch.autograd.Function):
     """Runs ``steps`` keeping only the final pair (and the input pairs of ``store`` steps).
 
-    ``apply(steps, store, p, c, *params)``; ``params`` must be every trainable tensor used by
-    the steps (they receive their gradients as ordinary Function-input gradients).
+    ``apply(steps, step_params, store, p, c, *params)``: ``step_params[i]`` are the trainable
+    tensors step ``i`` uses (by name), ``params`` all of them, de-duplicated; they receive
+    their gradients as ordinary Function-input gradients.
     """
 
     @staticmethod
-    def forward(ctx, steps: Sequence[Step], store: frozenset[int], p: Tensor, c: Tensor,
-                *params: Tensor) -> Pair:  # type: ignore[override]
+    def forward(ctx, steps: Sequence[Step], step_params: Sequence[Params], store: frozenset[int],
+                p: Tensor, c: Tensor, *params: Tensor) -> Pair:  # type: ignore[override]
         device_type = p.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
-        ctx.steps, ctx.params = steps, params
+        ctx.steps, ctx.step_params, ctx.params = steps, step_params, params
         stored: list[Tensor] = []
         ctx.stored_at = []
         x_p, x_c = p, c
@@ -177,9 +211,9 @@ class ReversibleFunction(torch.autograd.Function):
         pair, g = (p, c), (g_p, g_c)
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(ctx.steps))):
-                pair, g = ctx.steps[i].backward(pair, g, known.get(i), grads)
+                pair, g = ctx.steps[i].backward(pair, g, known.get(i), ctx.step_params[i], grads)
         param_grads = tuple(grads.get(id(t)) for t in ctx.params)
-        return (None, None, g[0], g[1], *param_grads)
+        return (None, None, None, g[0], g[1], *param_grads)
 
 
 def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = True) -> Pair:
@@ -196,8 +230,8 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
         The output pair. Gradients (if needed) equal those of plain autograd up to
         floating-point rounding in the reconstruction.
     """
-    params = [t for s in steps for t in s.params()]
-    params = list({id(t): t for t in params}.values())
+    step_params = [s.params() for s in steps]
+    params = list({id(t): t for sp in step_params for t in sp.values()}.values())
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
     if mode is False or not needs_grad:
         for step in steps:
@@ -209,5 +243,5 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
         store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
     else:
         raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
-    out = ReversibleFunction.apply(steps, store, p, c, *params)
+    out = ReversibleFunction.apply(steps, step_params, store, p, c, *params)
     return out[0], out[1]

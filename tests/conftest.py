@@ -1,0 +1,37 @@
+"""Shared fixtures and helpers for the fhcnn test suite."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def taylor_slopes(f, x, dx, g, hs):
+    """Slopes log2(r(h)/r(h/2)) of the first-order Taylor remainder: near 2 iff g is right."""
+    r = [abs(f(x + h * dx) - f(x) - h * (g * dx).sum().item()) for h in hs]
+    return [math.log2(a / b) for a, b in zip(r, r[1:])]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present (a fresh clone has no shared data)")
+    return SHARED_DATA

@@ -1,0 +1,50 @@
+"""Activation memory, counted deterministically (bytes saved for backward)."""
+
+from __future__ import annotations
+
+import torch
+
+from fhcnn import HyperbolicNetwork
+from fhcnn.memory import SavedTensorCounter, saved_tensor_bytes
+
+
+def _saved(depth: int, mode, transitions: int = 2) -> int:
+    n = depth // (2 * transitions)
+    units = [(n, "down")] * transitions + [(n, "up")] * transitions
+    torch.manual_seed(0)
+    net = HyperbolicNetwork(4, units, dim=2, reversible=mode, norm="batch")
+    x = torch.randn(1, 4, 16, 16)
+    nbytes, loss = saved_tensor_bytes(lambda: net(x).square().sum())
+    loss.backward()  # the graph is usable
+    return nbytes
+
+
+def test_reversible_memory_is_constant_in_depth_plain_grows_linearly():
+    rev = [_saved(d, True) for d in (8, 32, 128)]
+    plain = [_saved(d, False) for d in (8, 32, 128)]
+    block = [_saved(d, "block") for d in (8, 32, 128)]
+    assert rev[0] == rev[1] == rev[2]
+    assert rev[0] == 2 * 4 * 16 * 16 * 4  # exactly the final pair, float32
+    assert block[0] == block[1] == block[2]
+    # plain autograd: linear in depth (16x the layers -> ~16x the bytes)
+    assert 12 < plain[2] / plain[0] < 17
+    assert 3.5 < plain[1] / plain[0] < 4.5
+    assert plain[0] > rev[0] and plain[2] > 50 * rev[2]
+
+
+def test_block_memory_grows_with_the_number_of_transitions_only():
+    block = {t: _saved(32, "block", t) for t in (1, 2)}
+    rev = {t: _saved(32, True, t) for t in (1, 2)}
+    assert rev[1] == rev[2]
+    # one stored pair per transition: (down at full res, up at half res) vs 2 more at coarser levels
+    assert block[2] > block[1]
+    pair_full = 2 * 4 * 16 * 16 * 4
+    assert block[1] == rev[1] + 2 * pair_full  # pair before "down" + pair before "up"
+
+
+def test_counter_counts_unique_storages():
+    x = torch.randn(100, requires_grad=True)
+    with SavedTensorCounter() as c:
+        y = (x * x).sum()  # x saved twice, one storage
+    assert c.bytes == 400 and c.count == 2
+    y.backward()

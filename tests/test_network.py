@@ -1,0 +1,117 @@
+"""HyperbolicNetwork: exact inverse, determinism, modes sharing parameters, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fhcnn import HyperbolicNetwork
+
+from .conftest import rel_err
+
+DEEP_3D = [(20, "down"), (20, "down"), (20, "up"), (20, "up"), (20, None)]  # 100 layers
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_inverse_of_deep_3d_network(dtype, tol):
+    net = HyperbolicNetwork(4, DEEP_3D, dim=3).to(dtype)
+    assert net.depth == 100
+    x = torch.randn(1, 4, 8, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        yp, yc = net.forward_pair(x)
+        assert yc.shape == x.shape
+        assert rel_err(net.inverse(yp, yc), x) <= tol
+        # and the other order: forward(inverse(pair)) == pair
+        xp, xc = net.inverse(yp, yc, return_pair=True)
+        zp, zc = net.forward_pair(xp, xc)
+    assert rel_err(zc, yc) <= tol and rel_err(zp, yp) <= tol
+
+
+@pytest.mark.parametrize("wavelet", ["haar", "learnable"])
+@pytest.mark.parametrize("norm", ["none", "batch", "group", "instance"])
+def test_inverse_2d_all_options(wavelet, norm):
+    net = HyperbolicNetwork(3, [(3, "down"), (2, None), (3, "up")], dim=2, norm=norm,
+                            wavelet=wavelet, wavelet_init="db2").double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for mode in (True, False):
+        net.train(mode)
+        with torch.no_grad():
+            yp, yc = net.forward_pair(x)
+            assert rel_err(net.inverse(yp, yc), x) < 1e-12
+
+
+def test_starting_pair_can_be_two_tensors():
+    net = HyperbolicNetwork(2, [(4, "down"), (4, "up")], dim=2).double()
+    a, b = torch.randn(2, 1, 2, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        pair = net.forward_pair(a, b)
+        ra, rb = net.inverse(*pair, return_pair=True)
+    assert rel_err(ra, a) < 1e-12 and rel_err(rb, b) < 1e-12
+
+
+def test_coarse_start_like_the_papers_table2_net():
+    net = HyperbolicNetwork(384, [(1, "up"), (1, "up"), (1, None)], dim=3, hidden=8)
+    x = torch.randn(1, 384, 2, 2, 2)
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (1, 6, 8, 8, 8) and net.out_channels == 6
+    assert "384 channels" in net.describe() and "then up" in net.describe()
+    assert net.output_shape((1, 384, 2, 2, 2)) == (1, 6, 8, 8, 8)
+
+
+def test_same_seed_same_parameters_and_state_dict_shared_across_modes():
+    nets = []
+    for mode in (True, "block", False):
+        torch.manual_seed(123)
+        nets.append(HyperbolicNetwork(4, [(2, "down"), (2, "up")], dim=2, reversible=mode,
+                                      norm="batch", wavelet="learnable"))
+    sds = [n.state_dict() for n in nets]
+    for sd in sds[1:]:
+        assert sd.keys() == sds[0].keys()
+        assert all(torch.equal(sd[k], sds[0][k]) for k in sd)
+    nets[2].load_state_dict(sds[0])
+    x = torch.randn(2, 4, 8, 8)
+    nets[0].eval(), nets[2].eval()
+    with torch.no_grad():
+        assert torch.equal(nets[0](x), nets[2](x))
+
+
+def test_mode_switch_validation():
+    net = HyperbolicNetwork(4, [(2, None)])
+    net.reversible = "block"
+    net.reversible = False
+    for bad in ("yes", 2, None):
+        with pytest.raises(ValueError, match="reversible"):
+            net.reversible = bad
+
+
+def test_clear_errors_for_bad_inputs_and_options():
+    net = HyperbolicNetwork(4, [(2, "down"), (2, "down"), (2, "up"), (2, "up")], dim=2)
+    with pytest.raises(ValueError, match="3 channels, but the network expects 4"):
+        net(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"axis 1 has size 18.*2\*\*2=4.*nearest valid size is (16|20)"):
+        net(torch.randn(1, 4, 16, 18))
+    with pytest.raises(ValueError, match=r"shape \(N, C, H, W\)"):
+        net(torch.randn(4, 16, 16))
+    with pytest.raises(TypeError, match="floating-point"):
+        net(torch.zeros(1, 4, 16, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        net([1, 2, 3])
+    with pytest.raises(ValueError, match="differ"):
+        net.inverse(torch.randn(1, 4, 16, 16), torch.randn(2, 4, 16, 16))
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*dim"):
+        HyperbolicNetwork(6, [(1, "up")], dim=2)
+    with pytest.raises(ValueError, match="unit"):
+        HyperbolicNetwork(4, [(2, "sideways")])
+    with pytest.raises(ValueError, match="at least one layer"):
+        HyperbolicNetwork(4, [(0, "down")])
+    with pytest.raises(ValueError, match="h must be"):
+        HyperbolicNetwork(4, [(1, None)], h=0)
+    with pytest.raises(ValueError, match="hidden has 1 entries"):
+        HyperbolicNetwork(4, [(1, None), (1, None)], hidden=[3])
+
+
+def test_hidden_width_per_unit():
+    net = HyperbolicNetwork(4, [(1, "down"), (1, "up")], dim=2, hidden=[6, 10])
+    assert [layer.hidden for layer in net.layers] == [6, 10]
+    assert net.layers[1].channels == 16
