@@ -232,8 +232,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, a, key)
             except InputError as e:
                 errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1 and (dataclasses.is_dataclass(candidates[0])
+                                     or typing.get_origin(candidates[0]) is not None):
+            raise errors[0]  # e.g. a wrong key deep inside an Optional[Dataclass]
         raise InputError(bad)
     if tp is type(None):
         if value is None:
