@@ -177,3 +177,17 @@ def test_prepare_output_dir(tmp_path: Path) -> None:
         prepare_output_dir(tmp_path, inputs=[data / "video.npy"])
     with pytest.raises(InputError, match="exists and is not a folder"):
         prepare_output_dir(data / "video.npy")
+
+
+def test_only_rank_zero_checks_and_writes(tmp_path: Path, monkeypatch) -> None:
+    """Under torchrun (RANK set) ranks other than 0 neither refuse nor write."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    monkeypatch.setenv("RANK", "1")
+    assert prepare_output_dir(run) == run  # rank 0 did the checking
+    save_config(AppCfg(), tmp_path / "other.yaml")
+    assert not (tmp_path / "other.yaml").exists()
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(InputError, match="already holds a run"):
+        prepare_output_dir(run)

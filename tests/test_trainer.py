@@ -178,6 +178,11 @@ def test_validation_and_best_checkpoint(tmp_path: Path) -> None:
     assert kept == ["step-000010", "step-000020"]  # the last one and the best one
     vals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in vals if r["split"] == "val"] == [5, 10, 15, 20]
+    final = {k: v.clone() for k, v in t.model.state_dict().items()}
+    assert t.load_best()["step"] == 10
+    assert not torch.equal(final["weight"], t.model.weight)
+    t.load_best("latest")
+    assert torch.equal(final["weight"], t.model.weight)
 
 
 def test_fresh_fit_refuses_existing_checkpoints(tmp_path: Path) -> None:

@@ -478,12 +478,26 @@ def dump_config(cfg: Any) -> str:
                      allow_unicode=True)
 
 
+def _rank() -> int:
+    """This process's rank under torch.distributed / torchrun (0 otherwise)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     """Write the fully resolved config atomically (YAML; JSON if the name ends in ``.json``).
 
-    ``load_config(type(cfg), path) == cfg`` afterwards.
+    ``load_config(type(cfg), path) == cfg`` afterwards. Under multi-process training only
+    rank 0 writes (the others just return the path).
     """
     path = Path(path)
+    if _rank() != 0:
+        return path
     if path.suffix.lower() == ".json":
         text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
     else:
@@ -559,8 +573,14 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     With ``overwrite`` the previous run's ``checkpoints/`` and ``metrics.jsonl`` are removed
     (only those); other files are replaced atomically when the new run writes them. With
     ``resume`` the folder is kept as it is.
+
+    Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
+    creates the folder; the other ranks just return the path, so they never race with
+    rank 0's first writes.
     """
     out_path = Path(out).expanduser()
+    if _rank() != 0:
+        return out_path
     out_abs = out_path.resolve()
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")

@@ -389,6 +389,17 @@ class Trainer:
     def metrics_path(self) -> Path | None:
         return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
 
+    def load_best(self, which: str = "best") -> dict[str, Any]:
+        """Load the best (or ``"latest"``) verified checkpoint's weights into :attr:`model`.
+
+        Returns the checkpoint manifest. Without ``best_metric`` "best" is the latest.
+        """
+        if self.out_dir is None:
+            raise ValueError("load_best needs an out_dir")
+        from .checkpoint import load_weights
+
+        return load_weights(self._model, self.out_dir, which)
+
     # --------------------------------------------------------------- output
     def _warn(self, msg: str) -> None:
         if not self.is_main:
