@@ -1,0 +1,159 @@
+"""``fhcnn segment`` end to end on tiny generated videos, bad inputs, and (if present) DAVIS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fhcnn.cli import main
+from fhcnn.data.video import generate_video
+
+TINY = ["--config", "video-tiny", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segcli")
+    video, masks = generate_video(root / "davis", frames=6, height=16, width=24, objects=2, seed=5)
+    return root, video, masks
+
+
+def _check_outputs(out, t, h, w, eval_=True):
+    pred = np.load(out / "prediction.npy")
+    assert pred.shape == (t, h, w) and pred.dtype == np.uint8
+    pngs = sorted((out / "masks").glob("*.png"))
+    assert len(pngs) == t and Image.open(pngs[0]).mode == "P"
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[-1])), pred[-1])
+    for name in ("overlay.gif", "labelled_frames.png", "training_curves.png", "config.yaml",
+                 "model.safetensors", "metrics.json", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    if eval_:
+        assert 0 <= m["miou"] <= 1 and "per_frame_miou" in m and "copy_nearest_baseline" in m
+    return m
+
+
+def test_davis_layout_end_to_end(gen, tmp_path):
+    root, video, masks = gen
+    out = tmp_path / "out"
+    ann = root / "davis" / "Annotations" / "480p" / "synthetic"
+    rc = main(["segment", str(root / "davis"), "--labels", str(ann), "--label-frames", "0,5",
+               "--eval-labels", str(ann), "--out", str(out), "--scale", "1.5"] + TINY)
+    assert rc == 0
+    m = _check_outputs(out, 6, 16, 24)
+    assert m["label_frames"] == [0, 5] and m["scored_frames"] == [1, 2, 3, 4]
+    assert m["volume_size"] == [6, 24, 36] and m["classes"] == [0, 1, 2]
+    assert len(m["iou"]) == 3 and len(m["per_frame_miou"]) == 6 and m["per_frame_miou"][0] is None
+    # the score in metrics.json is the score of prediction.npy on the held-out frames
+    from fhcnn.segmentation import segmentation_metrics
+    truth = masks.copy()
+    truth[[0, 5]] = 255
+    assert segmentation_metrics(np.load(out / "prediction.npy"), truth, 3)["miou"] == pytest.approx(m["miou"])
+
+
+def test_png_folder_partial_masks_gif_and_npy(gen, tmp_path):
+    _, video, masks = gen
+    fdir, mdir = tmp_path / "frames", tmp_path / "masks"
+    fdir.mkdir()
+    mdir.mkdir()
+    for i, f in enumerate(video):
+        Image.fromarray(f).save(fdir / f"frame_{i}.png")
+    for i in (0, 2, 5):  # only the labelled frames, binary 0/255 masks
+        Image.fromarray(((masks[i] > 0) * 255).astype(np.uint8)).save(mdir / f"frame_{i}.png")
+    out = tmp_path / "o1"
+    assert main(["segment", str(fdir), "--labels", str(mdir), "--out", str(out)] + TINY) == 0
+    m = _check_outputs(out, 6, 16, 24, eval_=False)
+    assert m["label_frames"] == [0, 2, 5] and m["classes"] == [0, 255]
+
+    ims = [Image.fromarray(f) for f in video]
+    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
+    np.save(tmp_path / "m.npy", masks)
+    out = tmp_path / "o2"
+    assert main(["segment", str(tmp_path / "v.gif"), "--labels", str(tmp_path / "m.npy"),
+                 "--out", str(out), "--set", "model.arch=unet", "--set", "model.unet_base=4",
+                 "--set", "model.unet_levels=1"] + TINY) == 0
+    m = _check_outputs(out, 6, 16, 24)  # default label frames 0, 2, 5; others scored from --labels
+    assert m["label_frames"] == [0, 2, 5] and m["arch"] == "unet"
+
+    np.save(tmp_path / "v.npy", video)
+    out = tmp_path / "o3"
+    assert main(["segment", str(tmp_path / "v.npy"), "--labels", str(tmp_path / "m.npy"),
+                 "--label-frames", "1,-1", "--out", str(out)] + TINY) == 0
+    assert json.loads((out / "metrics.json").read_text())["label_frames"] == [1, 5]
+
+
+@pytest.fixture
+def inputs(gen, tmp_path):
+    _, video, masks = gen
+    np.save(tmp_path / "v.npy", video)
+    np.save(tmp_path / "m.npy", masks)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mask_size", "size"),
+    ("frame_range", "out of range"),
+    ("no_foreground", "no foreground"),
+    ("unreadable", "cannot read"),
+    ("missing", "not found"),
+    ("no_mask_for_frame", "no mask for label frame"),
+    ("bad_set", "model.widht"),
+])
+def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
+    v, m = inputs / "v.npy", inputs / "m.npy"
+    extra: list[str] = []
+    if case == "mask_size":
+        np.save(m, np.zeros((6, 8, 8), np.uint8))
+    elif case == "frame_range":
+        extra = ["--label-frames", "0,6"]
+    elif case == "no_foreground":
+        np.save(m, np.zeros((6, 16, 24), np.uint8))
+    elif case == "unreadable":
+        v = inputs / "v.gif"
+        v.write_bytes(b"garbage")
+    elif case == "missing":
+        v = inputs / "nothing.npy"
+    elif case == "no_mask_for_frame":
+        mdir = inputs / "mk"
+        mdir.mkdir()
+        Image.fromarray(np.zeros((16, 24), np.uint8)).save(mdir / "00000.png")
+        m = mdir
+        extra = ["--label-frames", "0,3"]
+    elif case == "bad_set":
+        extra = ["--set", "model.widht=3"]
+    out = inputs / "out"
+    rc = main(["segment", str(v), "--labels", str(m), "--out", str(out)] + extra + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
+
+
+def test_refuses_out_holding_a_run(inputs, capsys):
+    out = inputs / "o"
+    args = ["segment", str(inputs / "v.npy"), "--labels", str(inputs / "m.npy"), "--out", str(out)] + TINY
+    assert main(args) == 0
+    before = (out / "prediction.npy").read_bytes()
+    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "prediction.npy").read_bytes() == before
+
+
+def test_davis_real_sequence(shared_data, tmp_path):
+    seq = shared_data / "davis2016" / "DAVIS"
+    if not (seq / "JPEGImages" / "480p" / "blackswan").is_dir():
+        pytest.skip("DAVIS blackswan not present")
+    # a short copy of the sequence keeps the test fast (the real data is never modified)
+    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+        (tmp_path / kind).mkdir()
+        for i in range(6):
+            shutil.copy(seq / kind / "480p" / "blackswan" / f"{i:05d}.{ext}", tmp_path / kind)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "JPEGImages"), "--labels", str(tmp_path / "Annotations"),
+                 "--label-frames", "0,5", "--scale", "0.05", "--out", str(out)] + TINY) == 0
+    m = _check_outputs(out, 6, 480, 854)
+    assert m["classes"] == [0, 255] and m["volume_size"] == [6, 24, 43]
+    assert 0.4 < m["copy_nearest_baseline"]["miou"] <= 1

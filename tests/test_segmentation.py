@@ -1,0 +1,150 @@
+"""The volume-segmentation engine: metrics, windows, prediction over any size, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fhcnn.config import load_config
+from fhcnn.segmentation import (IGNORE, SegmentConfig, UNet3D, build_model, parse_units, predict_volume,
+                                segmentation_metrics, train_segmentation)
+from fhcnn.segmentation.engine import reflect_indices
+from fhcnn.segmentation.video import copy_nearest_baseline
+
+
+def test_metrics_hand_checked():
+    # 2 frames of 2x3; frame 1 has one ignored voxel
+    truth = np.array([[[0, 0, 1], [0, 1, 1]],
+                      [[0, 0, 0], [1, 1, IGNORE]]])
+    pred = np.array([[[0, 1, 1], [0, 1, 1]],
+                     [[0, 0, 0], [0, 1, 1]]])
+    m = segmentation_metrics(pred, truth, 2)
+    # class 0: tp = 2 + 3 = 5, truth 0 count = 3 + 3 = 6, pred 0 count = 2 + 4 = 6 -> 5 / 7
+    # class 1: tp = 3 + 1 = 4, truth 1 = 3 + 2 = 5, pred 1 = 4 + 1 (scored) = 5 -> 4 / 6
+    assert m["iou"][0] == pytest.approx(5 / 7) and m["iou"][1] == pytest.approx(4 / 6)
+    assert m["miou"] == pytest.approx((5 / 7 + 4 / 6) / 2) and m["J"] == pytest.approx(4 / 6)
+    assert m["scored_voxels"] == 11 and m["accuracy"] == pytest.approx(9 / 11)
+    assert m["confusion"] == [[5, 1], [1, 4]]
+    # per frame: frame 0: class0 2/3, class1 3/4; frame 1: class0 3/4, class1 1/2
+    assert m["per_frame_miou"] == pytest.approx([(2 / 3 + 3 / 4) / 2, (3 / 4 + 1 / 2) / 2])
+    assert m["per_frame_iou"][1] == pytest.approx([3 / 4, 1 / 2])
+
+
+def test_metrics_absent_class_and_errors():
+    m = segmentation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), 3, per_frame=False)
+    assert m["iou"] == [1.0, None, None] and m["miou"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        segmentation_metrics(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match="truth labels"):
+        segmentation_metrics(np.zeros((2, 2)), np.full((2, 2), 5), 2)
+
+
+def test_reflect_indices_any_overshoot():
+    assert reflect_indices(-3, 10, 4).tolist() == [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
+    assert reflect_indices(-2, 3, 1).tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(reflect_indices(-2, 9, 5).numpy(),
+                                  np.pad(np.arange(5), 2, mode="reflect"))
+
+
+def test_parse_units():
+    assert parse_units("5up,6up,8") == [(5, "up"), (6, "up"), (8, None)]
+    assert parse_units([[1, "down"], [2, None]]) == [(1, "down"), (2, None)]
+    with pytest.raises(ValueError, match="bad unit"):
+        parse_units("5sideways")
+
+
+def test_shipped_configs_build():
+    for name in ("video", "video-tiny", "paper-video"):
+        cfg = load_config(SegmentConfig, name)
+        model = build_model(cfg.model, 3, 2)
+        assert model.size_multiple in (2, 4, 8)
+    paper = load_config(SegmentConfig, "paper-video")
+    net = build_model(paper.model, 3, 2).core.net
+    assert [s.channels for s in net.stages] == [384, 48, 6] and net.depth == 19
+
+
+@pytest.mark.parametrize("arch", ["hyperbolic", "unet"])
+def test_predict_any_size_with_shifts(arch):
+    cfg = load_config(SegmentConfig, "video-tiny", [f"model.arch={arch}", "model.unet_base=4",
+                                                    "model.unet_levels=1"])
+    model = build_model(cfg.model, 3, 3)
+    vol = torch.rand(3, 5, 7, 9)  # odd sizes: continued by reflection, cropped back
+    p = predict_volume(model, vol, shifts=2, flip=True, window=(4, 0, 4))
+    assert p.shape == (3, 5, 7, 9)
+    torch.testing.assert_close(p.sum(0), torch.ones(5, 7, 9))
+
+
+def test_unet_shapes():
+    net = UNet3D(3, 4, base=4, levels=2)
+    assert net(torch.rand(1, 3, 4, 8, 12)).shape == (1, 4, 4, 8, 12) and net.size_multiple == 4
+
+
+def _toy(d=8, h=16, w=16):
+    """Bright box moving in time over noise: classes separable by colour."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((d, h, w), np.uint8)
+    for t in range(d):
+        truth[t, 4:11, 2 + t:9 + t] = 1
+    vol = rng.random((3, d, h, w)).astype(np.float32) * 0.5
+    vol[1][truth == 1] += 1.0
+    return vol, truth
+
+
+def test_train_learns_from_two_frames_and_reports():
+    vol, truth = _toy()
+    lab = np.full_like(truth, IGNORE)
+    lab[[0, 7]] = truth[[0, 7]]
+    cfg = load_config(SegmentConfig, "video-tiny", ["train.steps=30", "train.lr=0.01",
+                                                    "data.window_depth=4", "data.window_height=8",
+                                                    "data.window_width=8", "data.eval_every=30"])
+    held = truth.copy()
+    held[[0, 7]] = IGNORE
+    r = train_segmentation(vol, lab, cfg, eval_labels=held, quiet=True)
+    assert r.num_classes == 2 and r.window == (4, 8, 8) and r.activation_bytes > 0
+    assert len(r.history) == 30 and "miou" in r.history[-1]
+    pred = r.predict(vol)
+    assert pred.shape == truth.shape and pred.dtype == np.uint8
+    m = segmentation_metrics(pred, held, 2)
+    assert m["miou"] > 0.65, m["miou"]
+    assert r.history[-1]["miou"] == pytest.approx(m["miou"], abs=0.05)
+
+
+def test_partial_slice_labels_hyperspectral_style():
+    # (C, D, H, W) with only a few pixels of one D-slice labelled
+    vol, truth = _toy(d=4, h=8, w=8)
+    lab = np.full_like(truth, IGNORE)
+    lab[2, ::3, ::2] = truth[2, ::3, ::2]
+    cfg = load_config(SegmentConfig, "video-tiny", ["data.window_depth=0", "data.window_height=8",
+                                                    "data.window_width=8", "data.coords=true"])
+    r = train_segmentation(vol, lab, cfg, quiet=True)
+    assert r.predict_proba(vol).shape == (2, 4, 8, 8)
+
+
+def test_reversible_saves_less_memory_than_plain():
+    vol, truth = _toy()
+    lab = np.full_like(truth, IGNORE)
+    lab[[0, 7]] = truth[[0, 7]]
+    got = {}
+    for mode in ("plain", "reversible"):
+        cfg = load_config(SegmentConfig, "video-tiny", [f"model.memory={mode}", "train.steps=1",
+                                                        "model.units=3up,3"])
+        got[mode] = train_segmentation(vol, lab, cfg, quiet=True).activation_bytes
+    assert got["reversible"] * 2 < got["plain"]
+
+
+def test_engine_errors():
+    vol, truth = _toy(d=4, h=8, w=8)
+    cfg = load_config(SegmentConfig, "video-tiny")
+    with pytest.raises(ValueError, match="labels shape"):
+        train_segmentation(vol, truth[:3], cfg, quiet=True)
+    with pytest.raises(ValueError, match="at least two classes"):
+        train_segmentation(vol, np.zeros_like(truth), cfg, quiet=True)
+    with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
+        train_segmentation(vol, np.full_like(truth, 7), cfg, num_classes=2, quiet=True)
+
+
+def test_copy_nearest_baseline():
+    lab = np.full((5, 1, 1), IGNORE, np.uint8)
+    lab[0], lab[4] = 1, 2
+    assert copy_nearest_baseline(lab, [0, 4]).ravel().tolist() == [1, 1, 1, 2, 2]

@@ -1,0 +1,114 @@
+"""Video/mask readers and the synthetic video generator (fhcnn.data.video)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fhcnn.data.video import (apply_classes, davis_palette, generate_video, mask_classes, read_masks,
+                              read_video, write_mask_png)
+from fhcnn.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vid")
+    video, masks = generate_video(root / "davis", frames=6, height=24, width=32, objects=2, seed=3)
+    return root, video, masks
+
+
+def test_generator_is_deterministic_and_has_objects(tiny):
+    _, video, masks = tiny
+    v2, m2 = generate_video(None, frames=6, height=24, width=32, objects=2, seed=3)
+    assert video.shape == (6, 24, 32, 3) and video.dtype == np.uint8 and masks.shape == (6, 24, 32)
+    np.testing.assert_array_equal(video, v2)
+    np.testing.assert_array_equal(masks, m2)
+    assert set(np.unique(masks)) <= {0, 1, 2} and (masks == 1).any() and (masks == 0).any()
+    _, mb = generate_video(None, frames=3, height=24, width=32, objects=3, seed=1, binary=True)
+    assert set(np.unique(mb)) <= {0, 1}
+
+
+def test_davis_layout_roundtrip(tiny):
+    root, video, masks = tiny
+    seq = root / "davis" / "JPEGImages" / "480p" / "synthetic"
+    assert (seq / "00000.jpg").is_file()
+    for path in (root / "davis", seq):  # dataset root with one sequence, or the sequence folder
+        frames, names = read_video(path)
+        assert frames.shape == video.shape and names[:2] == ["00000", "00001"]
+        assert np.abs(frames.astype(int) - video).mean() < 12  # JPEG
+    ann = root / "davis" / "Annotations" / "480p" / "synthetic"
+    ms = read_masks(ann, names, (24, 32))
+    assert sorted(ms) == list(range(6))
+    np.testing.assert_array_equal(np.stack([ms[i] for i in range(6)]), masks)
+    assert Image.open(ann / "00000.png").mode == "P"
+
+
+def test_numbered_png_folder_partial_masks_gif_npy(tmp_path, tiny):
+    _, video, masks = tiny
+    (tmp_path / "f").mkdir()
+    (tmp_path / "m").mkdir()
+    for i, fr in enumerate(video):  # unpadded numbers: natural order, not lexical
+        Image.fromarray(fr).save(tmp_path / "f" / f"img{i * 5}.png")
+    for i in (0, 3):  # masks for some frames only, binary 0/255
+        Image.fromarray(((masks[i] > 0) * 255).astype(np.uint8)).save(tmp_path / "m" / f"img{i * 5}.png")
+    frames, names = read_video(tmp_path / "f")
+    np.testing.assert_array_equal(frames, video)
+    ms = read_masks(tmp_path / "m", names, (24, 32))
+    assert sorted(ms) == [0, 3] and mask_classes(ms) == [0, 255]
+    np.testing.assert_array_equal(apply_classes(ms[3], [0, 255]), masks[3] > 0)
+    ims = [Image.fromarray(f) for f in video]
+    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
+    g, _ = read_video(tmp_path / "v.gif")
+    assert g.shape == video.shape
+    np.save(tmp_path / "v.npy", video)
+    np.testing.assert_array_equal(read_video(tmp_path / "v.npy")[0], video)
+    np.save(tmp_path / "g.npy", video[..., 0].astype(np.float32) / 255)  # grey floats in [0, 1]
+    assert read_video(tmp_path / "g.npy")[0].shape == video.shape
+    np.save(tmp_path / "m.npy", masks)
+    assert len(read_masks(tmp_path / "m.npy", names)) == 6
+
+
+def test_mp4(tmp_path, tiny):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    _, video, _ = tiny
+    with imageio.get_writer(tmp_path / "v.mp4", fps=10, format="FFMPEG", macro_block_size=1) as w:
+        for f in video:
+            w.append_data(f)
+    frames, names = read_video(tmp_path / "v.mp4")
+    assert frames.shape == video.shape and len(names) == 6
+
+
+def test_multi_object_palette_and_255_void():
+    a = {0: np.array([[0, 1, 2], [255, 0, 1]])}
+    assert mask_classes(a) == [0, 1, 2]  # 255 = void (unlabelled) when other objects exist
+    np.testing.assert_array_equal(apply_classes(a[0], [0, 1, 2]), [[0, 1, 2], [255, 0, 1]])
+    assert mask_classes({0: np.array([[0, 255]])}) == [0, 255]  # DAVIS 2016: 255 is the object
+    pal = davis_palette()
+    assert len(pal) == 768 and pal[3:6] == [128, 0, 0]
+
+
+def test_write_mask_png(tmp_path):
+    m = np.array([[0, 1], [2, 0]], np.uint8)
+    write_mask_png(tmp_path / "a.png", m)
+    im = Image.open(tmp_path / "a.png")
+    assert im.mode == "P"
+    np.testing.assert_array_equal(np.asarray(im), m)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_video(tmp_path / "nope")
+    (tmp_path / "x.gif").write_bytes(b"not a gif")
+    with pytest.raises(InputError, match="cannot read video"):
+        read_video(tmp_path / "x.gif")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputError, match="no image frames"):
+        read_video(tmp_path / "e")
+    np.save(tmp_path / "m.npy", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(InputError, match="size"):
+        read_masks(tmp_path / "m.npy", ["a", "b"], (5, 4))
+    with pytest.raises(InputError, match="shape"):
+        read_masks(tmp_path / "m.npy", ["a", "b", "c"])
