@@ -181,7 +181,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors in nested tuples / lists / dicts moved to ``device`` (other leaves kept)."""
+    """Tensors (and NumPy arrays, converted) in nested tuples / lists / dicts moved to ``device``
+    (other leaves kept)."""
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(np.ascontiguousarray(batch))
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=device.type == "cuda")
     if isinstance(batch, dict):
@@ -504,7 +507,8 @@ class Trainer:
         gen = step_generator(cfg.seed, step)
         torch.manual_seed(step_seed(cfg.seed, step, 1 + self.rank))
         batch = self.batch_fn(step, gen)
-        batch = shard_batch(batch, self.rank, self.world_size)
+        if self.world_size > 1:
+            batch = shard_batch(move_to_device(batch, torch.device("cpu")), self.rank, self.world_size)
         batch = move_to_device(batch, self.device)
         with self._autocast():
             loss, metrics = self._call_loss(model, batch)
