@@ -8,6 +8,7 @@ writes the outputs.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -153,9 +154,13 @@ def _score(pred: np.ndarray, truth: np.ndarray, held_out: Sequence[int], k: int)
     return m
 
 
-def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path, *, scale: float = 1.0,
-                  quiet: bool = False, resume: bool = False, log=print) -> dict[str, Any]:
-    """Train on ``inputs`` and write every output into ``out`` (which must exist). Returns metrics."""
+def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, scale: float = 1.0,
+                  quiet: bool = False, resume: bool = False, log=print, eval_every: int = 0
+                  ) -> dict[str, Any]:
+    """Train on ``inputs`` and write every output into ``out`` (which must exist; ``None``: write
+    nothing). Returns the metrics (held-out scores at the input frame size if evaluation masks
+    exist). ``eval_every``: also score the held-out frames at the training resolution every so
+    many steps (into ``metrics["history"]``, for mIoU-versus-time curves)."""
     import torch
 
     from ..config import save_config
@@ -174,9 +179,17 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path, *, scale: 
         + (f"; scoring the other frames with {inputs.eval_source}" if inputs.eval_labels is not None else ""))
     vol = resize_video(inputs.frames, (h, w)).transpose(3, 0, 1, 2)
     labels = resize_labels(inputs.labels, (h, w))
-    save_config(cfg, out / "config.yaml")
+    if out is not None:
+        save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    result = train_segmentation(vol, labels, cfg, out, num_classes=k, quiet=quiet, resume=resume)
+    ev_small = None
+    if eval_every and inputs.eval_labels is not None:
+        ev_small = resize_labels(inputs.eval_labels, (h, w))
+        ev_small[inputs.label_frames] = IGNORE
+        cfg = copy.deepcopy(cfg)
+        cfg.data.eval_every = eval_every
+    result = train_segmentation(vol, labels, cfg, out, num_classes=k, quiet=quiet, resume=resume,
+                                eval_labels=ev_small)
     log(f"trained {cfg.train.steps} steps in {result.train_time_s:.0f} s on {result.device}; "
         f"activation memory of one step ({cfg.data.batch_size} windows of {result.window}): "
         f"{result.activation_bytes / 2**20:.1f} MiB")
@@ -213,7 +226,9 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path, *, scale: 
             + (f", J {ours['J']:.4f}" if "J" in ours and ours["J"] is not None else "")
             + f"  (copy-nearest-labelled-mask baseline: mIoU {base['miou']:.4f})")
     metrics["history"] = result.history
-    _write_outputs(out, inputs, pred, result, metrics)
+    if out is not None:
+        _write_outputs(out, inputs, pred, result, metrics)
+    metrics["prediction"] = pred
     return metrics
 
 
@@ -287,4 +302,5 @@ def _write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"classes": json.dumps(inputs.classes),
                                              "arch": result.config.model.arch})
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps({k: v for k, v in metrics.items() if k != "prediction"},
+                                                       indent=1) + "\n")
