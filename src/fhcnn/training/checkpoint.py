@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -200,9 +199,10 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 
 def _report(msg: str, log: Callable[[str], None] | None) -> None:
-    warnings.warn(msg, CheckpointWarning, stacklevel=3)
     if log is not None:
         log(msg)
+    else:
+        warnings.warn(msg, CheckpointWarning, stacklevel=3)
 
 
 def latest_checkpoint(root: str | os.PathLike[str], map_location: str | torch.device = "cpu",
@@ -210,8 +210,8 @@ def latest_checkpoint(root: str | os.PathLike[str], map_location: str | torch.de
                       ) -> Checkpoint | None:
     """The newest checkpoint under ``root`` that passes verification, or ``None`` if there is none.
 
-    Every skipped (incomplete or corrupt) folder is reported through ``warnings`` (a
-    :class:`CheckpointWarning`) and ``log``.
+    Every skipped (incomplete or corrupt) folder is reported through ``log`` (the Trainer
+    prints ``warning: ...`` to stderr), or as a :class:`CheckpointWarning` if ``log`` is None.
 
     Raises:
         CheckpointError: checkpoints exist but every complete one is corrupt (nothing valid to
@@ -350,5 +350,3 @@ class CheckpointManager:
         return latest_checkpoint(self.root, map_location, self.log, max_step)
 
 
-def _stderr(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)

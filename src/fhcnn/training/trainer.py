@@ -595,10 +595,12 @@ class Trainer:
                 elif self.is_main and not self.quiet:
                     print("resume: no checkpoint yet, starting from step 0", file=sys.stderr,
                           flush=True)
-            elif self.checkpoints is not None and self.is_main and any(
-                    (p / MANIFEST_FILE).exists() for _, p in list_checkpoints(self.checkpoints.root)):
-                raise InputError(f"{self.checkpoints.root} holds checkpoints of another run; "
-                                 f"resume it or use a new output folder")
+            elif self.checkpoints is not None:
+                taken = self.is_main and any((p / MANIFEST_FILE).exists()
+                                             for _, p in list_checkpoints(self.checkpoints.root))
+                if broadcast_object(taken):  # every rank stops, none waits for the others
+                    raise InputError(f"{self.checkpoints.root} holds checkpoints of another run; "
+                                     f"resume it or use a new output folder")
             self._reset_metrics_file(self.step)
             barrier()
             return self._loop()
