@@ -1,0 +1,38 @@
+"""Benchmarks: memory (Figure 1), Table 1, time, numerical drift, and peers.
+
+Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
+that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
+``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
+progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|all] --out DIR``
+or :func:`run_benchmarks`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+__all__ = ["BENCHMARKS", "load", "run_benchmarks"]
+
+# name -> module (``time`` lives in ``timing`` so it does not shadow the standard library)
+BENCHMARKS: dict[str, str] = {
+    "memory": "fhcnn.bench.memory",
+    "table1": "fhcnn.bench.table1",
+    "peers": "fhcnn.bench.peers",
+    "time": "fhcnn.bench.timing",
+    "drift": "fhcnn.bench.drift",
+}
+
+
+def load(name: str) -> ModuleType:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)} or all")
+    return importlib.import_module(BENCHMARKS[name])
+
+
+def run_benchmarks(names: list[str], out_dir: str | Path, quick: bool = False, device: str = "cpu",
+                   tick: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``names`` in order; returns ``{name: result dict}``."""
+    return {n: load(n).run(out_dir, quick=quick, device=device, tick=tick) for n in names}

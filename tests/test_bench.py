@@ -1,0 +1,151 @@
+"""Smoke tests of the benchmarks at tiny sizes: JSON keys, exact memory accounting, and
+that fully reversible memory does not grow with depth or coarsenings (never absolute times)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fhcnn.bench import BENCHMARKS, load
+from fhcnn.bench import drift, memory, peers, table1, timing
+from fhcnn.bench._common import build_net, measure_peak, state_numel, units_for
+from fhcnn.cli import main
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Benchmarks run single-threaded (as `fhcnn bench` does by default): on a shared
+    2-core machine two threads per process make these tiny runs many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = {"dim": 2, "channels": 4, "size": 16, "stages": 2, "depth": 5, "hidden_cap": 4}
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_units_for_spreads_depth():
+    assert units_for(11, 2) == [(3, "down"), (2, "down"), (2, "up"), (2, "up"), (2, None)]
+    assert sum(n for n, _ in units_for(44, 5)) == 44
+
+
+def test_memory_sweeps_exact_and_constant(tmp_path):
+    sweeps = {"depth": [dict(TINY, depth=d) for d in (5, 10, 20)],
+              "stages": [dict(TINY, stages=s, depth=10) for s in (0, 1, 2)]}
+    r = memory.run(tmp_path, measure_peaks=False, sweeps_override=sweeps)
+    saved = _load(tmp_path / "memory.json")
+    assert (tmp_path / "memory.png").stat().st_size > 0
+    assert set(saved) >= {"benchmark", "environment", "sweeps", "methods"}
+    for name, rec in r["sweeps"].items():
+        assert set(rec) >= {"x", "saved", "analytic", "paper_model", "peak", "state_bytes"}
+        assert rec["analytic_matches_saved"], name
+        rev, block, plain = rec["saved"]["reversible"], rec["saved"]["block"], rec["saved"]["plain"]
+        assert len(set(rev)) == 1, f"reversible memory changes along {name}: {rev}"
+        assert rev[0] == 2 * 4 * state_numel(rec["specs"][0])  # exactly the last pair
+        assert all(p > b >= r_ for p, b, r_ in zip(plain, block, rev) if p)
+    plain = r["sweeps"]["depth"]["saved"]["plain"]
+    assert plain[0] < plain[1] < plain[2]  # plain grows with depth
+    block = r["sweeps"]["stages"]["saved"]["block"]
+    assert block[0] < block[1] < block[2]  # block grows with coarsenings
+
+
+def test_measured_peak_worker():
+    r = measure_peak(dict(TINY, size=32), "reversible")
+    assert {"hwm", "rss", "method"} <= set(r)
+    assert r["hwm"] > 0
+
+
+def test_time_benchmark_keys(tmp_path):
+    specs = [dict(TINY, depth=d, stages=0) for d in (2, 4)]
+    r = timing.run(tmp_path, configs_override=(specs, 1))
+    assert (tmp_path / "time.png").exists()
+    row = _load(tmp_path / "time.json")["rows"][0]
+    assert set(row) >= {"depth", "seconds", "median", "ratio"}
+    assert set(row["ratio"]) == {"plain", "block", "reversible"} and row["ratio"]["plain"] == 1.0
+    assert r["theory"] == pytest.approx(4 / 3)
+
+
+def test_drift_benchmark(tmp_path):
+    st = dict(drift.settings(True), hs=[0.1, 1.0], max_depth=8, grad_depths=[1, 4],
+              init_scales=[1.0])
+    r = drift.run(tmp_path, settings_override=st)
+    saved = _load(tmp_path / "drift.json")
+    assert set(saved) >= {"inverse", "gradient", "first_depth_above_threshold", "init_scale_sweep"}
+    e64 = r["inverse"]["float64"]["0.1"]["error"]
+    assert max(e64) < 1e-12
+    g = r["gradient"]["0.1"]
+    assert set(g) >= {"reversible_fp32", "plain_fp32", "reversible_fp64"}
+    assert max(g["reversible_fp64"]) < 1e-10
+    assert drift.usable_depth([1, 2, 4], [1e-7, 1e-3, None]) == 2
+    assert drift.usable_depth([1, 2], [1e-7, 1e-6]) is None
+    assert drift.depth_grid(16) == [1, 2, 3, 4, 6, 8, 11, 16]
+
+
+def test_table1_exact_counts(tmp_path):
+    r = table1.run(tmp_path, measure_peaks=False, sizes_override=([[1, 1, 1], [2, 1, 1], [1, 1, 2]], []))
+    assert (tmp_path / "table1.png").exists()
+    assert r["formula_equals_saved_tensor_bytes"]
+    assert all(v["predicts_all_sizes"] for v in r["scaling_law"].values())
+    hs = r["rows"]["hyperspectral"]
+    state = 6 * 304 * 240 * 152 * 4
+    assert hs["state_bytes"] == state
+    assert hs["reversible"]["exact_saved_bytes"] == 2 * state
+    assert hs["block"]["exact_saved_bytes"] == 6 * state
+    assert hs["plain"]["exact_saved_bytes"] == hs["plain"]["law_bytes"]
+    # the paper's numbers are 19 (plain) and 3 (reversible) float32 states
+    assert hs["paper_in_states"]["plain"] == pytest.approx(19, abs=0.01)
+    assert hs["paper_in_states"]["reversible"] == pytest.approx(3, abs=0.01)
+
+
+def test_peers_same_network(tmp_path, monkeypatch):
+    cfg = {"spec": dict(TINY, size=16, depth=6, stages=1), "ks": [2, 3], "repeats": 1}
+    r = peers.run(tmp_path, measure_peaks=False, config_override=cfg)
+    saved = _load(tmp_path / "peers.json")
+    assert set(saved) >= {"rows", "methods", "best_checkpoint", "peer_import_errors", "spec"}
+    for m in r["methods"]:
+        assert {"median_s", "time_vs_reversible", "time_vs_plain"} <= set(r["rows"][m])
+        if m != "iunets":  # everything else computes exactly our function
+            assert r["rows"][m]["grad_rel_diff_vs_reversible"] < 1e-4, m
+    assert r["best_checkpoint"] in ("checkpoint:2", "checkpoint:3")
+
+
+def test_peers_skip_when_absent(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "peer_status",
+                        lambda: {"memcnn": "ModuleNotFoundError: x", "iunets": "ModuleNotFoundError: y"})
+    cfg = {"spec": dict(TINY, depth=3, stages=1), "ks": [1], "repeats": 1}
+    r = peers.run(tmp_path, measure_peaks=False, config_override=cfg)
+    assert "memcnn" not in r["methods"] and "iunets" not in r["methods"]
+    assert set(r["peer_import_errors"]) == {"memcnn", "iunets"}
+
+
+def test_memcnn_gradients_match_ours():
+    pytest.importorskip("memcnn")
+    spec = dict(TINY, depth=4, stages=1, dtype="float64")
+    net = build_net(spec)
+    model = peers.build_memcnn(spec)
+    x = torch.randn(1, 4, 16, 16, dtype=torch.float64)
+    net.reversible = True
+    net(x).square().sum().backward()  # memcnn does not support torch.autograd.grad
+    a = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    model(x).square().sum().backward()
+    b = [p.grad for p in model.parameters()]
+    assert len(a) == len(b) > 0
+    assert all(torch.allclose(u, v, rtol=1e-9, atol=1e-12) for u, v in zip(a, b))
+
+
+def test_cli_bench(tmp_path, capsys):
+    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift"}
+    with pytest.raises(ValueError):
+        load("nope")
+    assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
+    assert "error:" in capsys.readouterr().err
