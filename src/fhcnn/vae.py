@@ -1,0 +1,627 @@
+"""The hyperbolic VAE application: config, training recipe, evaluation, figures, run loading.
+
+Used by ``fhcnn vae`` (:mod:`fhcnn.cli.vae`) and ``benchmarks/vae_mnist.py``. The model is
+:class:`fhcnn.models.HyperbolicAutoencoder`; training goes through
+:class:`fhcnn.training.Trainer`.
+
+Training recipe (one optimizer for the network ``theta`` and ``P``):
+
+* ``P`` starts as the principal directions of ``F(X)`` of the untrained network
+  (``model.p_init: pca``; or ``identity`` / ``orthogonal``): still square and orthogonal, so
+  the autoencoder starts exact.
+* loss ``||X_hat - X||^2 + alpha ||P||_{1,2} + beta(t) E(Z)``; ``beta`` is 0 for the first
+  ``loss.energy_start`` of the run (the latent space is pruned first) and ramps up linearly
+  over ``loss.energy_ramp``.
+* after every optimizer step a proximal group soft-threshold with ``tau = lr * prox_weight``
+  sets columns of ``P`` with a norm below ``tau`` exactly to zero, and columns below
+  ``model.prune_threshold`` are switched off for good (the latent dimension shrinks).
+* at the end the dead columns are removed; the latent dimension is what survives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .atomic import atomic_path, atomic_write_text
+from .config import load_config, save_config
+from .data.images import ImageSet, load_dataset, read_image
+from .errors import InputError
+from .models.autoencoder import HyperbolicAutoencoder, energy_distance
+from .training import TrainConfig, Trainer, load_weights, unwrap_model
+
+__all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "train_vae",
+           "build_model", "load_run", "evaluate", "save_grid", "digit_classifier",
+           "classifier_confidence", "normality_report", "interpolate_latents"]
+
+UnitSpec = tuple[int, Literal["down", "up"] | None]
+
+
+@dataclass
+class VAEModelConfig:
+    """The autoencoder (see :class:`~fhcnn.models.HyperbolicAutoencoder`)."""
+
+    units: list[UnitSpec] = field(default_factory=lambda: [(2, "down"), (2, "down"), (2, None)])
+    pre_levels: int = 1
+    hidden: int | None = 16
+    h: float = 0.2
+    norm: Literal["none", "batch", "group", "instance"] = "group"
+    activation: str = "relu"
+    wavelet: Literal["haar", "learnable"] = "haar"
+    reversible: bool = True
+    sigma: float = 1.0
+    p_init: Literal["identity", "orthogonal", "pca"] = "pca"
+    prune_threshold: float = 1e-3
+    normalize: Literal["mean-image", "global"] = "mean-image"
+    # filled in from the data when the run starts (kept in the resolved config)
+    in_channels: int | None = None
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.prune_threshold < 0:
+            raise ValueError(f"prune_threshold must be >= 0, got {self.prune_threshold}")
+
+
+@dataclass
+class VAEDataConfig:
+    """Which images, and how they are split."""
+
+    dataset: Literal["digits", "lfw", "mnist-idx", "folder"] = "digits"
+    path: str | None = None
+    size: int | None = None          # digits 16, lfw/mnist 32; folder: resize to this (None: keep)
+    crop: int | None = None          # folder: centre square cut before resizing (None: largest)
+    limit: int | None = None         # use only the first N images
+    n_train: int | None = None       # None: all but n_eval
+    n_eval: float = 0.15             # held-out images (a fraction < 1, or a count)
+    split: Literal["random", "ordered"] = "random"
+    batch_size: int = 128
+
+
+@dataclass
+class VAELossConfig:
+    """Weights of the objective and the pruning schedule."""
+
+    alpha: float = 3.0               # group norm ||P||_{1,2}
+    beta: float = 5.0                # energy distance
+    energy_start: float = 0.3        # fraction of the run before the energy term starts
+    energy_ramp: float = 0.2         # fraction of the run over which beta ramps up
+    prox_weight: float = 1.0         # proximal step tau = lr * prox_weight after each step
+
+
+@dataclass
+class VAEEvalConfig:
+    """What is measured after training."""
+
+    n_eval: int = 500                # eval images for recon error / energy distance
+    n_samples: int = 500             # generated samples for the classifier check
+    classifier: bool = True          # digits / labelled MNIST: classify generated samples
+    seed: int = 1234
+
+
+@dataclass
+class VAEConfig:
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    data: VAEDataConfig = field(default_factory=VAEDataConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1500, lr=2e-3, schedule="constant", checkpoint_every=500, keep_last=1,
+        log_every=25, val_every=250))
+
+
+# ------------------------------------------------------------------------------ data
+def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
+    """``(train, eval)`` image sets of the config."""
+    d = cfg.data
+    images = load_dataset(d.dataset, d.path, d.size, d.crop, d.limit)
+    if len(images) < 4:
+        raise InputError(f"{images.name}: {len(images)} image(s); the autoencoder needs at least 4")
+    n_eval = d.n_eval
+    k = int(round(len(images) * n_eval)) if n_eval < 1 else int(n_eval)
+    k = max(2, min(k, len(images) - 2))
+    train, held = images.split(k, seed=cfg.train.seed, shuffle=d.split == "random")
+    if d.n_train is not None:
+        train = train.subset(slice(0, d.n_train))
+    return train, held
+
+
+def _required_factor(cfg: VAEModelConfig) -> int:
+    down = up = level = 0
+    peak = 0
+    for _, t in cfg.units:
+        if t == "down":
+            level += 1
+        elif t == "up":
+            level -= 1
+        peak = max(peak, level)
+    del down, up
+    return 2 ** (cfg.pre_levels + peak)
+
+
+def build_model(cfg: VAEConfig, train: ImageSet | None = None) -> HyperbolicAutoencoder:
+    """The autoencoder of ``cfg`` (normalization from ``train`` if given, else placeholders
+    that a checkpoint overwrites)."""
+    m = cfg.model
+    if m.in_channels is None or m.image_size is None:
+        raise InputError("model.in_channels and model.image_size are not set (they come from the data)")
+    h, w = m.image_size
+    factor = _required_factor(m)
+    if h % factor or w % factor:
+        raise InputError(f"images of {w}x{h} pixels do not fit the network: both sides must be "
+                         f"divisible by {factor} (pre_levels={m.pre_levels} plus the units' "
+                         f"coarsenings); use --resize (folders) or data.size")
+    mean: Any = 0.0
+    std: Any = 1.0
+    if train is not None:
+        x = train.batch(slice(0, 5000))
+        mean = x.mean(0) if m.normalize == "mean-image" else x.mean(dim=(0, 2, 3))
+        std = (x - (mean if m.normalize == "mean-image" else mean.view(1, -1, 1, 1))).std(dim=(0, 2, 3))
+        std = std.clamp_min(1e-3)
+    elif m.normalize == "mean-image":
+        mean = torch.zeros(m.in_channels, h, w)
+    p_init = "identity" if m.p_init == "pca" else m.p_init
+    return HyperbolicAutoencoder(
+        m.in_channels, (h, w), [tuple(u) for u in m.units], pre_levels=m.pre_levels,
+        sigma=m.sigma, p_init=p_init, prune_threshold=m.prune_threshold, mean=mean, std=std,
+        hidden=m.hidden, h=m.h, norm=m.norm, activation=m.activation, wavelet=m.wavelet,
+        reversible=m.reversible)
+
+
+# ------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def _latents(model: HyperbolicAutoencoder, x: Tensor, bs: int = 256) -> Tensor:
+    dev = model.P.device
+    return torch.cat([model.encode(x[i:i + bs].to(dev)).cpu() for i in range(0, len(x), bs)])
+
+
+@torch.no_grad()
+def _full_transform(model: HyperbolicAutoencoder, x: Tensor, bs: int = 256) -> Tensor:
+    dev = model.P.device
+    return torch.cat([model.transform(x[i:i + bs].to(dev)).cpu() for i in range(0, len(x), bs)])
+
+
+@torch.no_grad()
+def _reconstruct(model: Any, x: Tensor, bs: int = 256) -> Tensor:
+    dev = next(model.parameters()).device
+    return torch.cat([model(x[i:i + bs].to(dev))[0].cpu() for i in range(0, len(x), bs)])
+
+
+def _prior_energy(z: Tensor, sigma: float, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    prior = torch.randn(z.shape, generator=g, dtype=torch.float64) * sigma
+    return float(energy_distance(z.double(), prior))
+
+
+@torch.no_grad()
+def evaluate(model: Any, x: Tensor, seed: int = 1234) -> dict[str, float]:
+    """Reconstruction error (pixel units, images in [0, 1]) and the energy distance between
+    the latents of ``x`` and as many samples of the prior ``N(0, sigma^2 I)``."""
+    model_was = model.training
+    model.eval()
+    try:
+        x_hat = _reconstruct(model, x)
+        z = torch.cat([model.encode(x[i:i + 256].to(next(model.parameters()).device)).cpu()
+                       for i in range(0, len(x), 256)])
+    finally:
+        model.train(model_was)
+    return {"recon_mse": float((x_hat - x).square().mean()),
+            "recon_mse_clamped": float((x_hat.clamp(0, 1) - x).square().mean()),
+            "energy_distance": _prior_energy(z, model.sigma, seed),
+            "latent_dim": float(model.latent_dim)}
+
+
+def digit_classifier(images: ImageSet, crop: int | None = None, seed: int = 0) -> Any:
+    """A small MLP (scikit-learn) trained on ``images`` (with labels), on the centre
+    ``crop x crop`` pixels (digits: the original 8x8)."""
+    from sklearn.neural_network import MLPClassifier
+
+    if images.labels is None:
+        raise InputError(f"{images.name}: no labels, cannot train a classifier")
+    x = _classifier_input(images.batch(), crop)
+    clf = MLPClassifier((128,), max_iter=500, random_state=seed)
+    clf.fit(x, images.labels.numpy())
+    clf.crop_ = crop
+    return clf
+
+
+def _classifier_input(x: Tensor, crop: int | None) -> np.ndarray:
+    if crop is not None:
+        h, w = x.shape[-2:]
+        t, l = (h - crop) // 2, (w - crop) // 2
+        x = x[..., t:t + crop, l:l + crop]
+    return x.clamp(0, 1).flatten(1).numpy()
+
+
+def classifier_confidence(clf: Any, x: Tensor) -> float:
+    """Mean of the classifier's top class probability on images ``x`` (clamped to [0, 1])."""
+    return float(clf.predict_proba(_classifier_input(x, clf.crop_)).max(1).mean())
+
+
+# ---------------------------------------------------------------------------- figures
+def _to_uint8(x: Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` in [0, 1] -> ``(N, H, W, C)`` uint8."""
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def grid_array(x: Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` into one ``uint8`` array ``(rows*H', cols*W', C)``."""
+    a = _to_uint8(x)
+    n, h, w, c = a.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 64, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = a[i]
+    return out
+
+
+def save_grid(x: Tensor, path: str | Path, ncol: int | None = None, scale: int = 1) -> Path:
+    """Save images ``(N, C, H, W)`` in [0, 1] as one PNG grid (atomically)."""
+    from PIL import Image
+
+    a = grid_array(x, ncol)
+    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
+@torch.no_grad()
+def interpolate_latents(model: Any, xa: Tensor, xb: Tensor, steps: int) -> Tensor:
+    """Decode ``steps`` points on the line between the latents of ``xa`` and ``xb``
+    (``(1, C, H, W)`` each), endpoints included: ``(steps, C, H, W)``."""
+    dev = next(model.parameters()).device
+    za, zb = model.encode(xa.to(dev)), model.encode(xb.to(dev))
+    t = torch.linspace(0, 1, steps, device=dev)[:, None]
+    return model.decode((1 - t) * za + t * zb).cpu()
+
+
+def save_figure(path: Path, originals: Tensor, recons: Tensor, samples: Tensor, interp: Tensor,
+                norms_init: np.ndarray, norms_trained: np.ndarray, threshold: float,
+                title: str) -> None:
+    """The summary figure: reconstructions, samples, interpolation (figs 7-8) and the column
+    norms of ``P`` before and after training/pruning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(13, 8.5))
+    gs = fig.add_gridspec(2, 3, height_ratios=[1.0, 0.9])
+
+    def show(ax: Any, arr: np.ndarray, name: str) -> None:
+        ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+
+    n = min(8, len(originals))
+    pairs = torch.stack([originals[:n], recons[:n]], 1).flatten(0, 1)
+    show(fig.add_subplot(gs[0, 0]), grid_array(pairs, ncol=4), "originals | reconstructions")
+    show(fig.add_subplot(gs[0, 1]), grid_array(samples[:64], ncol=8), "samples z ~ N(0, s²I)")
+    show(fig.add_subplot(gs[0, 2]), grid_array(interp, ncol=int(math.ceil(math.sqrt(len(interp))))),
+         "latent interpolation (rows of pairs)")
+    ax = fig.add_subplot(gs[1, :])
+    k = len(norms_init)
+    order = np.argsort(-norms_trained, kind="stable")
+    floor = threshold / 10 if threshold > 0 else 1e-6
+    ax.semilogy(np.arange(k), np.maximum(np.sort(norms_init)[::-1], floor), "-", color="0.6",
+                label="initial P (all columns)")
+    ax.semilogy(np.arange(k), np.maximum(norms_trained[order], floor), ".-", color="C0",
+                label=f"trained P, before pruning ({int((norms_trained > 0).sum())} non-zero)")
+    if threshold > 0:
+        ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"pruning threshold {threshold:g}")
+    ax.set_xlabel("column of P (sorted by norm)")
+    ax.set_ylabel("column norm ||P[:, j]||")
+    ax.set_title(f"column norms of P: {int((norms_trained >= max(threshold, 1e-30)).sum())} of {k} survive "
+                 f"pruning (the latent dimension); zeros drawn at {floor:g}", fontsize=10)
+    ax.legend(fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------- training
+class _ProxHook:
+    """Global optimizer post-step hook: group soft-threshold of ``P`` after each step."""
+
+    def __init__(self, model: HyperbolicAutoencoder, weight: float) -> None:
+        self.model, self.weight = model, weight
+        self.handle: Any = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            if any(p is self.model.P for p in group["params"]):
+                self.model.prox_step(float(group["lr"]) * self.weight)
+                return
+
+    def __enter__(self) -> "_ProxHook":
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.handle = register_optimizer_step_post_hook(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def beta_at(cfg: VAELossConfig, step: int, steps: int) -> float:
+    """The energy weight at (1-based) ``step``: 0, then a linear ramp to ``beta``."""
+    t = step / max(steps, 1)
+    if cfg.energy_ramp <= 0:
+        return cfg.beta if t >= cfg.energy_start else 0.0
+    return cfg.beta * min(1.0, max(0.0, (t - cfg.energy_start) / cfg.energy_ramp))
+
+
+def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False,
+              log: Any = print) -> dict[str, Any]:
+    """Train the autoencoder of ``cfg`` and write the run into ``out_dir``.
+
+    Writes ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/`` (Trainer),
+    ``metrics.json``, ``figure.png``, ``samples.png``, ``reconstructions.png``,
+    ``interpolation.png``. Returns the metrics dict.
+    """
+    out = Path(out_dir)
+    t_start = time.perf_counter()
+    train, held = load_images(cfg)
+    cfg.model.in_channels = train.channels
+    cfg.model.image_size = train.size
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, train)
+    ev = cfg.eval
+    x_eval = held.batch(slice(0, ev.n_eval))
+    # energy distance of the untrained model with P = I (the full D-dimensional F(X))
+    f0 = _full_transform(model, x_eval)
+    e_before = _prior_energy(f0, model.sigma, ev.seed)
+    if cfg.model.p_init == "pca":
+        model.init_pca(train.batch(slice(0, 4000)))
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    norms_init = model.column_norms().numpy()
+    n_train, bs = len(train), min(cfg.data.batch_size, len(train))
+    log(f"vae: {train.name}: {n_train} training / {len(held)} held-out images of "
+        f"{train.channels}x{train.size[0]}x{train.size[1]}; D = {model.full_dim}")
+    if not quiet:
+        log(model.net.describe())
+
+    def batch_fn(step: int, gen: torch.Generator) -> Tensor:
+        return train.batch(torch.randint(0, n_train, (bs,), generator=gen))
+
+    trainer: Trainer | None = None
+    lc = cfg.loss
+
+    def loss_fn(m: Any, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        ae: HyperbolicAutoencoder = unwrap_model(m)  # type: ignore[assignment]
+        step = (trainer.step if trainer is not None else 0) + 1
+        beta = beta_at(lc, step, cfg.train.steps)
+        x_hat, z = m(x)
+        err = (x_hat - x) / ae.std
+        recon = err.square().flatten(1).sum(1).mean()
+        gn = ae.group_norm()
+        loss = recon + lc.alpha * gn
+        e_val = float("nan")
+        if beta > 0 and z.shape[0] > 1 and z.shape[1] > 0:
+            prior = torch.randn(z.shape, device=z.device, dtype=z.dtype) * ae.sigma
+            e = energy_distance(z, prior)
+            loss = loss + beta * e
+            e_val = float(e.detach())
+        return loss, {"recon": float(recon.detach()), "mse": float(err.detach().square().mean()),
+                      "latent_dim": float(ae.latent_dim), "group_norm": float(gn.detach()),
+                      "energy": e_val, "beta": beta}
+
+    def val_fn(m: Any) -> dict[str, float]:
+        return evaluate(unwrap_model(m), x_eval, ev.seed)
+
+    trainer = Trainer(model, cfg.train, out, batch_fn=batch_fn, loss_fn=loss_fn, val_fn=val_fn,
+                      quiet=quiet)
+    t_fit = time.perf_counter()
+    with _ProxHook(trainer.model, lc.prox_weight):  # type: ignore[arg-type]
+        history = trainer.fit(resume=resume)
+    fit_time = time.perf_counter() - t_fit
+    model = trainer.model  # type: ignore[assignment]
+    model.eval()
+    norms_trained = model.column_norms().cpu().numpy()
+    model.prune()
+    model.cpu()
+    metrics: dict[str, Any] = {"dataset": train.name, "n_train": n_train, "n_eval": len(x_eval),
+                               "full_dim": model.full_dim, "latent_dim": model.latent_dim}
+    res = evaluate(model, x_eval, ev.seed)
+    metrics.update(recon_mse=res["recon_mse"], recon_mse_clamped=res["recon_mse_clamped"],
+                   recon_mse_normalized=res["recon_mse"] / float(model.std.square().mean()),
+                   energy_distance_before=e_before, energy_distance_after=res["energy_distance"])
+    # same latent dimension before training: the untrained F with its first latent_dim
+    # principal directions (what the model would be without learning F and P)
+    untrained = build_model(cfg, train)
+    untrained.load_state_dict(init_state)
+    untrained.init_pca(train.batch(slice(0, 4000)))
+    with torch.no_grad():
+        keep = torch.zeros(untrained.full_dim, dtype=torch.bool)
+        keep[: model.latent_dim] = True
+        untrained.alive.copy_(keep)
+    untrained.prune()
+    metrics["energy_distance_before_same_dim"] = _prior_energy(_latents(untrained, x_eval),
+                                                               model.sigma, ev.seed)
+    # noise floor: two independent prior samples of the same size
+    g = torch.Generator().manual_seed(ev.seed + 1)
+    metrics["energy_distance_prior_vs_prior"] = float(energy_distance(
+        torch.randn(len(x_eval), model.latent_dim, generator=g, dtype=torch.float64) * model.sigma,
+        torch.randn(len(x_eval), model.latent_dim, generator=g, dtype=torch.float64) * model.sigma))
+    g = torch.Generator().manual_seed(ev.seed)
+    with torch.no_grad():
+        samples = model.sample(max(ev.n_samples, 64), generator=g).clamp(0, 1)
+    if ev.classifier and train.labels is not None:
+        crop = 8 if cfg.data.dataset == "digits" else None
+        clf = digit_classifier(train, crop)
+        metrics["classifier_confidence_samples"] = classifier_confidence(clf, samples[:ev.n_samples])
+        if held.labels is not None:
+            xh = held.batch()
+            metrics["classifier_confidence_real_eval"] = classifier_confidence(clf, xh)
+            metrics["classifier_accuracy_real_eval"] = float(
+                (clf.predict(_classifier_input(xh, crop)) == held.labels.numpy()).mean())
+    metrics.update(train_time_s=fit_time, total_time_s=time.perf_counter() - t_start,
+                   steps=cfg.train.steps, threads=torch.get_num_threads(),
+                   final_train=history.get("train", {}))
+    # figures
+    recons = _reconstruct(model, x_eval[:16]).clamp(0, 1)
+    n_pairs = min(4, len(x_eval) // 2)
+    interp = torch.cat([interpolate_latents(model, x_eval[2 * i:2 * i + 1], x_eval[2 * i + 1:2 * i + 2], 8)
+                        for i in range(n_pairs)]) if n_pairs else samples[:8]
+    save_grid(samples[:64], out / "samples.png", ncol=8, scale=max(1, 96 // train.size[1]))
+    save_grid(torch.stack([x_eval[:16], recons], 1).flatten(0, 1), out / "reconstructions.png",
+              ncol=8, scale=max(1, 96 // train.size[1]))
+    save_grid(interp, out / "interpolation.png", ncol=8, scale=max(1, 96 // train.size[1]))
+    save_figure(out / "figure.png", x_eval[:16], recons, samples, interp, norms_init,
+                norms_trained, model.prune_threshold,
+                f"hyperbolic VAE on {train.name}: latent dim {model.latent_dim} of {model.full_dim}, "
+                f"recon MSE {res['recon_mse']:.4f}, energy distance {e_before:.3g} -> "
+                f"{res['energy_distance']:.3g}")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ------------------------------------------------------------------------ loading runs
+def _find_config(path: Path) -> Path:
+    for folder in [path if path.is_dir() else path.parent, *list(path.parents)[:3]]:
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise InputError(f"{path}: no config.yaml found in it or the folders above it "
+                     f"(expected a run folder written by 'fhcnn vae train')")
+
+
+def load_run(path: str | Path, device: str = "cpu") -> tuple[VAEConfig, HyperbolicAutoencoder, Path]:
+    """Load a trained autoencoder: ``path`` is a run folder, its ``checkpoints/``, a
+    ``step-N`` folder or a ``model.safetensors`` file. Returns ``(config, model, run_dir)``
+    with the model pruned, in eval mode."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such checkpoint or run folder")
+    cfg_path = _find_config(p)
+    cfg = load_config(VAEConfig, cfg_path)
+    model = build_model(cfg)
+    load_weights(model, p, which="latest")
+    model.prune()
+    model.to(device).eval()
+    return cfg, model, cfg_path.parent
+
+
+def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder) -> Tensor:
+    """``spec``: an integer index into the run's training images, or an image file (converted
+    to the model's channels, centre-cropped to a square and resized to the model's size)."""
+    if spec.strip().lstrip("-").isdigit():
+        train, _ = load_images(cfg)
+        i = int(spec)
+        if not -len(train) <= i < len(train):
+            raise InputError(f"image index {i} is out of range: the training set has {len(train)} images")
+        return train.batch(slice(i, i + 1 if i != -1 else None))
+    from PIL import Image
+
+    p = Path(spec)
+    if not p.is_file():
+        raise InputError(f"{spec}: neither an image file nor an index into the training set")
+    a = read_image(p, "L" if model.in_channels == 1 else "RGB")
+    h, w = a.shape[:2]
+    side = min(h, w)
+    a = a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    H, W = model.image_size
+    a = np.asarray(Image.fromarray(a).resize((W, H), Image.Resampling.LANCZOS))
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[2] != model.in_channels:
+        raise InputError(f"{spec}: {a.shape[2]} channel(s), the model takes {model.in_channels}")
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+@torch.no_grad()
+def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | None,
+                     seed: int = 1234, directions: int = 16) -> dict[str, Any]:
+    """Energy distance of the latents of ``x`` to ``N(0, sigma^2 I)`` (and of the untrained
+    baseline of two prior samples), per-dimension mean/std/skew/excess kurtosis, and a
+    figure (paper fig. 9): histograms of projections on ``directions`` random unit vectors
+    against the prior density, per-dimension histograms and a Q-Q plot."""
+    z = _latents(model, x).double()
+    s = model.sigma
+    k = z.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    prior = torch.randn(z.shape, generator=g, dtype=torch.float64) * s
+    ed = float(energy_distance(z, prior))
+    floor = float(energy_distance(torch.randn(z.shape, generator=g, dtype=torch.float64) * s, prior))
+    zc = z - z.mean(0)
+    std = z.std(0)
+    skew = (zc**3).mean(0) / std.clamp_min(1e-12) ** 3
+    kurt = (zc**4).mean(0) / std.clamp_min(1e-12) ** 4 - 3
+    report: dict[str, Any] = {
+        "n": int(z.shape[0]), "latent_dim": k, "sigma": s, "energy_distance": ed,
+        "energy_distance_prior_vs_prior": floor,
+        "mean": z.mean(0).tolist(), "std": std.tolist(), "skew": skew.tolist(),
+        "excess_kurtosis": kurt.tolist()}
+    if out_dir is None:
+        return report
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    dirs = torch.randn(k, directions, generator=g, dtype=torch.float64)
+    dirs /= dirs.norm(dim=0, keepdim=True)
+    proj = (z @ dirs).numpy()
+    ncol = 8
+    nrow_p = int(math.ceil(directions / ncol))
+    nrow_d = int(math.ceil(k / ncol))
+    fig, axes = plt.subplots(nrow_p + nrow_d + 1, ncol, figsize=(2.0 * ncol, 1.7 * (nrow_p + nrow_d + 1)))
+    axes = np.atleast_2d(axes)
+    grid = np.linspace(-4 * s, 4 * s, 200)
+    pdf = stats.norm.pdf(grid, scale=s)
+    for i in range(nrow_p * ncol):
+        ax = axes[i // ncol, i % ncol]
+        if i < directions:
+            ax.hist(proj[:, i], bins=30, density=True, color="C0", alpha=0.7)
+            ax.plot(grid, pdf, "k-", lw=1)
+            ax.set_title(f"random dir {i}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for i in range(nrow_d * ncol):
+        ax = axes[nrow_p + i // ncol, i % ncol]
+        if i < k:
+            ax.hist(z[:, i].numpy(), bins=30, density=True, color="C1", alpha=0.7)
+            ax.plot(grid, pdf, "k-", lw=1)
+            ax.set_title(f"z[{i}] std {std[i]:.2f}", fontsize=7)
+        else:
+            ax.axis("off")
+        ax.tick_params(labelsize=6)
+    last = axes[-1]
+    for ax in last[1:]:
+        ax.axis("off")
+    ax = last[0]
+    q = np.sort(proj.ravel())
+    theo = stats.norm.ppf((np.arange(len(q)) + 0.5) / len(q), scale=s)
+    ax.plot(theo, q, ".", ms=1)
+    ax.plot(theo, theo, "k-", lw=1)
+    ax.set_title("Q-Q (projections)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.suptitle(f"latents vs N(0, {s:g}² I): energy distance {ed:.4f} "
+                 f"(two prior samples: {floor:.4f}); blue = random projections, orange = dims",
+                 fontsize=9)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "normality.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_text(out_dir / "normality.json", json.dumps(report, indent=2) + "\n")
+    return report
