@@ -116,7 +116,8 @@ def test_partial_slice_labels_hyperspectral_style():
     lab = np.full_like(truth, IGNORE)
     lab[2, ::3, ::2] = truth[2, ::3, ::2]
     cfg = load_config(SegmentConfig, "video-tiny", ["data.window_depth=0", "data.window_height=8",
-                                                    "data.window_width=8", "data.coords=true"])
+                                                    "data.window_width=8", "data.coords=true",
+                                                    "data.rotate=30", "data.zoom=0.2"])
     r = train_segmentation(vol, lab, cfg, quiet=True)
     assert r.predict_proba(vol).shape == (2, 4, 8, 8)
 
@@ -148,3 +149,18 @@ def test_copy_nearest_baseline():
     lab = np.full((5, 1, 1), IGNORE, np.uint8)
     lab[0], lab[4] = 1, 2
     assert copy_nearest_baseline(lab, [0, 4]).ravel().tolist() == [1, 1, 1, 2, 2]
+
+
+def test_rotate_zoom_is_rigid_and_keeps_labels():
+    from fhcnn.segmentation.engine import _rotate_zoom
+
+    x = torch.zeros(1, 1, 8, 16)
+    x[0, 0, 3:5, 2:14] = 1
+    y = x[0].long()
+    y[0, 0, 0] = IGNORE
+    xr, yr = _rotate_zoom(x, y, 90.0, 1.0)
+    assert set(yr.unique().tolist()) <= {0, 1, IGNORE}
+    assert yr[0, :, 7:9].eq(1).all() and yr[0, :, 2:6].eq(0).all()  # the bar is now vertical
+    xs, ys = _rotate_zoom(x, y, 0.0, 1.0)
+    torch.testing.assert_close(xs, x)
+    assert ys.eq(y).all()

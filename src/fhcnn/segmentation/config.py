@@ -57,6 +57,8 @@ class DataConfig:
     flip_width: bool = True
     flip_height: bool = False
     reverse_depth: bool = True
+    rotate: float = 0.0         # random in-plane rotation of each window, up to this many degrees
+    zoom: float = 0.0           # random zoom of each window by a factor in [1/(1+zoom), 1+zoom]
     jitter: float = 0.1         # brightness/contrast jitter (in standard deviations)
     noise: float = 0.02         # Gaussian noise (in standard deviations)
     balance: float = 1.0        # class weights proportional to count**-balance

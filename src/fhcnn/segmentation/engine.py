@@ -14,6 +14,7 @@ What makes a strided (wavelet or pooling) network work from a few labelled slice
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,22 @@ class SegmentationResult:
         return self.predict_proba(volume).argmax(0).numpy().astype(np.uint8)
 
 
+def _rotate_zoom(x: Tensor, y: Tensor, degrees: float, zoom: float) -> tuple[Tensor, Tensor]:
+    """Rotate every (h, w) slice of a window ``x`` ``(C, d, h, w)`` and its labels ``y`` ``(d, h, w)``
+    by ``degrees`` and magnify by ``zoom`` (content continued by reflection)."""
+    _, d, h, w = x.shape
+    a = math.radians(degrees)
+    # affine_grid works in normalized coordinates: the aspect factors keep the rotation rigid
+    theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 0.0],
+                          [math.sin(a) * w / h, math.cos(a), 0.0]], dtype=x.dtype) / zoom
+    grid = F.affine_grid(theta.expand(d, 2, 3), [d, 1, h, w], align_corners=False)
+    xs = F.grid_sample(x.transpose(0, 1), grid, mode="bilinear", padding_mode="reflection",
+                       align_corners=False).transpose(0, 1)
+    ys = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="reflection",
+                       align_corners=False)[:, 0].round().long()
+    return xs.contiguous(), ys
+
+
 def _class_weights(labels: Tensor, k: int, balance: float) -> Tensor:
     counts = torch.bincount(labels[labels != IGNORE].flatten().long(), minlength=k).float()
     w = torch.where(counts > 0, counts.clamp_min(1) ** -balance, torch.zeros(()))
@@ -294,6 +311,9 @@ def train_segmentation(
                 x, y = x.flip(-2), y.flip(-2)
             if d.reverse_depth and r[2] < 0.5:
                 x, y = x.flip(-3), y.flip(-3)
+            if d.rotate > 0 or d.zoom > 0:
+                x, y = _rotate_zoom(x, y, float(r[3] * 2 - 1) * d.rotate,
+                                    (1 + d.zoom) ** float(r[4] * 2 - 1))
             if d.jitter > 0 or d.noise > 0:
                 x = x.clone()
                 xc = x[:nchan]
