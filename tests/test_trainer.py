@@ -238,8 +238,13 @@ def test_progress_modes() -> None:
         p.update(1, loss=0.5)
     p.close()
     assert quiet.getvalue() == ""
+    log = io.StringIO()  # not a terminal: quiet by default, a few lines on request
+    p = Progress(10, stream=log)
+    for _ in range(10):
+        p.update(1, loss=0.5)
+    assert log.getvalue() == ""
     plain = io.StringIO()
-    p = Progress(10, stream=plain, lines=5)
+    p = Progress(10, stream=plain, lines=5, plain=True)
     for _ in range(10):
         p.update(1, loss=0.5)
     lines = plain.getvalue().splitlines()

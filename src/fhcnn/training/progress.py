@@ -27,12 +27,13 @@ class Progress:
 
     * ``quiet``: nothing at all.
     * ``stream`` is a terminal: a tqdm bar with the postfix values and tqdm's ETA.
-    * otherwise (logs, CI): about ``lines`` plain lines ``step k/n  loss ...  (elapsed, ETA)``.
+    * otherwise (logs, CI): nothing, unless ``plain`` is set: then about ``lines`` plain lines
+      ``step k/n  loss ...  (elapsed, ETA)``.
     """
 
     def __init__(self, total: int, initial: int = 0, quiet: bool = False, desc: str = "train",
-                 stream: TextIO | None = None, lines: int = 10) -> None:
-        self.total, self.initial, self.quiet, self.desc = total, initial, quiet, desc
+                 stream: TextIO | None = None, lines: int = 10, plain: bool = False) -> None:
+        self.total, self.initial, self.desc = total, initial, desc
         self.stream = stream if stream is not None else sys.stderr
         self.n = initial
         self.postfix: dict[str, Any] = {}
@@ -44,6 +45,7 @@ class Progress:
             tty = bool(isatty())
         except (ValueError, OSError):
             tty = False
+        self.quiet = quiet or not (tty or plain)
         if not quiet and tty:
             from tqdm.auto import tqdm
 
