@@ -11,6 +11,7 @@ output goes to ``OUT/<mode>/rank<r>`` so the test can check that only rank 0 wro
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,14 @@ MODES = {"true": True, "block": "block", "false": False}
 
 def ddp_config() -> TrainConfig:
     return TrainConfig(steps=4, lr=1e-2, optimizer="adam", grad_clip=1.0, seed=5, device="cpu",
-                       log_every=2, checkpoint_every=2)
+                       log_every=2, checkpoint_every=2, val_every=2, best_metric="wsum",
+                       best_mode="max")
+
+
+def val_fn(model: torch.nn.Module) -> dict[str, float]:
+    """Runs on rank 0 only; the trainer broadcasts the result."""
+    return {"wsum": float(sum(p.double().sum() for p in model.parameters())),
+            "rank": float(dist.get_rank()) if dist.is_initialized() else 0.0}
 
 
 def main() -> None:
@@ -42,9 +50,11 @@ def main() -> None:
             seed_everything(11)
         model = build(mode)
         trainer = Trainer(model, ddp_config(), out / name / f"rank{rank}", batch_fn, loss_fn,
-                          quiet=True)
+                          val_fn, quiet=True)
         assert trainer.world_size == 2 and trainer.rank == rank
-        trainer.fit()
+        hist = trainer.fit()
+        (out / f"{name}-rank{rank}.json").write_text(json.dumps(
+            {"val": hist["val"], "train": hist["train"], "best": hist["best"]}))
         save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()},
                   str(out / f"{name}-rank{rank}.safetensors"))
     dist.destroy_process_group()

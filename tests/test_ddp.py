@@ -14,7 +14,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from fhcnn.training import Trainer, seed_everything, shard_batch
-from tests._ddp_script import MODES, ddp_config
+from tests._ddp_script import MODES, ddp_config, val_fn
 from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
@@ -34,8 +34,8 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     for name, mode in MODES.items():
         seed_everything(11)
         single = Trainer(build(mode), ddp_config(), tmp_path / "single" / name, batch_fn, loss_fn,
-                         quiet=True)
-        single.fit()
+                         val_fn, quiet=True)
+        hist = single.fit()
         ref = single.model.state_dict()
         r0 = load_file(str(tmp_path / f"{name}-rank0.safetensors"))
         r1 = load_file(str(tmp_path / f"{name}-rank1.safetensors"))
@@ -46,6 +46,11 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
                                                        "step-000002" / "model.safetensors"))[k]
                      .double()).abs().max().item() for k in ref)
         assert moved > 1e-4, "training did not change the weights"
+        # validation ran on rank 0 and every rank got its result; losses averaged over ranks
+        h0, h1 = (json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1))
+        assert h0 == h1 and h0["val"]["rank"] == 0.0 and h0["best"]["step"] in (2, 4)
+        assert h0["val"]["wsum"] == pytest.approx(hist["val"]["wsum"], abs=1e-5)
+        assert h0["train"]["loss"] == pytest.approx(hist["train"]["loss"], rel=1e-5)
         # only rank 0 wrote checkpoints and metrics
         assert (tmp_path / name / "rank0" / "checkpoints" / "step-000004" / "manifest.json").exists()
         assert (tmp_path / name / "rank0" / "metrics.jsonl").exists()
