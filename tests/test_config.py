@@ -191,3 +191,14 @@ def test_only_rank_zero_checks_and_writes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(InputError, match="already holds a run"):
         prepare_output_dir(run)
+
+
+def test_errors_blame_the_file_or_the_override(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("train:\n  lr: 0.1\n")
+    bad.write_text("train:\n  lr: -0.1\n")
+    with pytest.raises(InputError, match=r"^--set train.lr=-1: config train: lr must be a positive"):
+        load_config(AppCfg, good, ["train.lr=-1"])
+    with pytest.raises(InputError, match=r"bad.yaml: config train: lr must be a positive"):
+        load_config(AppCfg, bad, ["train.steps=3"])
+    assert load_config(AppCfg, bad, ["train.lr=0.5"]).train.lr == 0.5  # --set repairs the file

@@ -463,12 +463,20 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
     if path_or_name is not None:
         source = resolve_config(path_or_name)
         data = read_config_file(source)
-    data = apply_overrides(cls, data, overrides)
+    merged = apply_overrides(cls, data, overrides)
     try:
-        return config_from_dict(cls, data)
+        return config_from_dict(cls, merged)
     except InputError as e:
-        if source is not None:
+        blame_file = source is not None and not overrides
+        if source is not None and overrides:
+            try:  # is the file alone already wrong?
+                config_from_dict(cls, data)
+            except InputError:
+                blame_file = True
+        if blame_file:
             raise InputError(f"{source}: {e}") from e
+        if overrides:
+            raise InputError(f"--set {' '.join(overrides)}: {e}") from e
         raise
 
 
