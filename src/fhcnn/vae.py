@@ -40,7 +40,8 @@ from .training import TrainConfig, Trainer, load_weights, unwrap_model
 
 __all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "train_vae",
            "build_model", "load_run", "evaluate", "save_grid", "digit_classifier",
-           "classifier_confidence", "normality_report", "interpolate_latents"]
+           "classifier_confidence", "normality_report", "interpolate_latents", "train_baseline",
+           "BaselineConfig"]
 
 UnitSpec = tuple[int, Literal["down", "up"] | None]
 
@@ -60,7 +61,8 @@ class VAEModelConfig:
     sigma: float = 1.0
     p_init: Literal["identity", "orthogonal", "pca"] = "pca"
     prune_threshold: float = 1e-3
-    normalize: Literal["mean-image", "global"] = "mean-image"
+    normalize: Literal["mean-image", "global"] = "mean-image"  # subtract the mean image or the
+    # per-channel mean; either way divide by the per-channel std of the pixel values
     # filled in from the data when the run starts (kept in the resolved config)
     in_channels: int | None = None
     image_size: tuple[int, int] | None = None
@@ -110,6 +112,9 @@ class VAEEvalConfig:
 
 @dataclass
 class VAEConfig:
+    #: torch CPU threads (None: torch's default). The digits net is made of many tiny
+    #: operations: one thread is fastest, and several threads on a busy machine are far slower.
+    threads: int | None = None
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     data: VAEDataConfig = field(default_factory=VAEDataConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
@@ -163,10 +168,11 @@ def build_model(cfg: VAEConfig, train: ImageSet | None = None) -> HyperbolicAuto
     mean: Any = 0.0
     std: Any = 1.0
     if train is not None:
+        # mean: the mean image or the per-channel mean; std: the per-channel standard
+        # deviation of the pixel values (not of the residual to the mean image)
         x = train.batch(slice(0, 5000))
         mean = x.mean(0) if m.normalize == "mean-image" else x.mean(dim=(0, 2, 3))
-        std = (x - (mean if m.normalize == "mean-image" else mean.view(1, -1, 1, 1))).std(dim=(0, 2, 3))
-        std = std.clamp_min(1e-3)
+        std = x.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-3)
     elif m.normalize == "mean-image":
         mean = torch.zeros(m.in_channels, h, w)
     p_init = "identity" if m.p_init == "pca" else m.p_init
@@ -313,8 +319,8 @@ def save_figure(path: Path, originals: Tensor, recons: Tensor, samples: Tensor, 
     pairs = torch.stack([originals[:n], recons[:n]], 1).flatten(0, 1)
     show(fig.add_subplot(gs[0, 0]), grid_array(pairs, ncol=4), "originals | reconstructions")
     show(fig.add_subplot(gs[0, 1]), grid_array(samples[:64], ncol=8), "samples z ~ N(0, s²I)")
-    show(fig.add_subplot(gs[0, 2]), grid_array(interp, ncol=int(math.ceil(math.sqrt(len(interp))))),
-         "latent interpolation (rows of pairs)")
+    show(fig.add_subplot(gs[0, 2]), grid_array(interp, ncol=min(8, len(interp))),
+         "latent interpolation (one pair per row)")
     ax = fig.add_subplot(gs[1, :])
     k = len(norms_init)
     order = np.argsort(-norms_trained, kind="stable")
@@ -380,6 +386,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
     """
     out = Path(out_dir)
     t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     train, held = load_images(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
@@ -584,7 +592,8 @@ def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | No
     proj = (z @ dirs).numpy()
     ncol = 8
     nrow_p = int(math.ceil(directions / ncol))
-    nrow_d = int(math.ceil(k / ncol))
+    shown = min(k, 16)  # per-dimension histograms of the first 16 dimensions
+    nrow_d = int(math.ceil(shown / ncol))
     fig, axes = plt.subplots(nrow_p + nrow_d + 1, ncol, figsize=(2.0 * ncol, 1.7 * (nrow_p + nrow_d + 1)))
     axes = np.atleast_2d(axes)
     grid = np.linspace(-4 * s, 4 * s, 200)
@@ -598,7 +607,7 @@ def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | No
         ax.tick_params(labelsize=6)
     for i in range(nrow_d * ncol):
         ax = axes[nrow_p + i // ncol, i % ncol]
-        if i < k:
+        if i < shown:
             ax.hist(z[:, i].numpy(), bins=30, density=True, color="C1", alpha=0.7)
             ax.plot(grid, pdf, "k-", lw=1)
             ax.set_title(f"z[{i}] std {std[i]:.2f}", fontsize=7)
@@ -625,3 +634,63 @@ def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | No
     plt.close(fig)
     atomic_write_text(out_dir / "normality.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+# ----------------------------------------------------------------------- the baseline
+@dataclass
+class BaselineConfig:
+    """The conventional convolutional VAE baseline (:class:`~fhcnn.models.ConvVAE`)."""
+
+    width: int = 32
+    levels: int = 2
+    kl_weight: float = 1.0
+    noise_scale: float = 0.35        # likelihood std in normalized units
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1500, lr=2e-3, checkpoint_every=0, keep_last=1, log_every=50))
+
+
+def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
+                   out_dir: str | Path | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Train a :class:`~fhcnn.models.ConvVAE` with ``latent_dim`` on the images of ``cfg`` and
+    measure it like :func:`train_vae` (recon MSE of the posterior mean, energy distance of the
+    posterior means to the prior, classifier confidence on samples). Returns the metrics."""
+    from .models.autoencoder import ConvVAE
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train, held = load_images(cfg)
+    x = train.batch(slice(0, 5000))
+    torch.manual_seed(base.train.seed)
+    vae = ConvVAE(train.channels, train.size, latent_dim, width=base.width, levels=base.levels,
+                  sigma=cfg.model.sigma, mean=float(x.mean()), std=float(x.std()))
+    n_train, bs = len(train), min(cfg.data.batch_size, len(train))
+
+    def batch_fn(step: int, gen: torch.Generator) -> Tensor:
+        return train.batch(torch.randint(0, n_train, (bs,), generator=gen))
+
+    def loss_fn(m: Any, xb: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return unwrap_model(m).loss(xb, base.kl_weight, base.noise_scale)
+
+    trainer = Trainer(vae, base.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, quiet=quiet)
+    t0 = time.perf_counter()
+    trainer.fit()
+    fit_time = time.perf_counter() - t0
+    vae = trainer.model.cpu().eval()  # type: ignore[assignment]
+    ev = cfg.eval
+    x_eval = held.batch(slice(0, ev.n_eval))
+    res = evaluate(vae, x_eval, ev.seed)
+    g = torch.Generator().manual_seed(ev.seed)
+    with torch.no_grad():
+        samples = vae.sample(max(ev.n_samples, 64), generator=g).clamp(0, 1)
+    metrics: dict[str, Any] = {"model": "ConvVAE", "latent_dim": latent_dim,
+                               "parameters": sum(p.numel() for p in vae.parameters()),
+                               "recon_mse": res["recon_mse"],
+                               "energy_distance_after": res["energy_distance"],
+                               "train_time_s": fit_time, "steps": base.train.steps}
+    if ev.classifier and train.labels is not None:
+        crop = 8 if cfg.data.dataset == "digits" else None
+        clf = digit_classifier(train, crop)
+        metrics["classifier_confidence_samples"] = classifier_confidence(clf, samples[:ev.n_samples])
+    metrics["_samples"] = samples[:64]
+    metrics["_recons"] = _reconstruct(vae, x_eval[:16]).clamp(0, 1)
+    return metrics

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     add_config_arguments(t, default_config="vae-digits", out_required=True)
     t.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+                   help="torch CPU threads (default: the config's 'threads', else torch's choice)")
 
     s = sub.add_parser("sample", help="decode samples of the latent prior N(0, s^2 I)")
     s.add_argument("--checkpoint", required=True, metavar="C",
@@ -69,12 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--split", choices=("eval", "train"), default="eval")
 
 
-def _dataset_overrides(args: argparse.Namespace) -> list[str]:
+def _dataset_overrides(args: argparse.Namespace, config_dataset: str) -> list[str]:
+    """``--set`` strings for ``--dataset/--resize/--crop/--limit``. A dataset other than the
+    config's gets its own default size (``data.size=null``: a folder is then resized only
+    with ``--resize``)."""
     from ..errors import InputError
 
     out: list[str] = []
     if args.dataset:
         name, *rest = args.dataset
+        if name != config_dataset:
+            out += ["data.size=null", "data.crop=null"]
         if name not in ("digits", "lfw", "mnist-idx", "folder"):
             raise InputError(f"--dataset must be digits, lfw, mnist-idx PATH or folder PATH, got {name!r}")
         if name in ("mnist-idx", "folder"):
@@ -95,15 +100,14 @@ def _dataset_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..config import config_from_args, prepare_output_dir
+    from ..config import config_from_args, load_config, prepare_output_dir
     from ..vae import VAEConfig, train_vae
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.overrides = _dataset_overrides(args) + list(args.overrides or [])
+    base = load_config(VAEConfig, args.config)
+    args.overrides = _dataset_overrides(args, base.data.dataset) + list(args.overrides or [])
     cfg = config_from_args(VAEConfig, args)
+    if args.threads:
+        cfg.threads = args.threads
     inputs = [cfg.data.path] if cfg.data.path else []
     out = prepare_output_dir(args.out, args.resume, args.overwrite, inputs=inputs)
     m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)

@@ -1,0 +1,124 @@
+"""``fhcnn vae``: train/sample/interpolate/normality on a tiny config; clear errors on bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhcnn.cli import main
+
+PIL = pytest.importorskip("PIL.Image")
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae") / "run"
+    rc = main(["vae", "train", "--dataset", "digits", "--config", "vae-tiny", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    return out
+
+
+def _png(path: Path) -> np.ndarray:
+    with PIL.open(path) as im:
+        im.load()
+        return np.asarray(im)
+
+
+def test_train_writes_metrics_figure_checkpoint_config(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("latent_dim", "recon_mse", "energy_distance_before", "energy_distance_after",
+                "full_dim", "train_time_s"):
+        assert key in m and np.isfinite(m[key])
+    assert 1 <= m["latent_dim"] <= m["full_dim"] == 64
+    for name in ("figure.png", "samples.png", "reconstructions.png", "interpolation.png"):
+        assert _png(run_dir / name).size > 0
+    assert (run_dir / "config.yaml").is_file()
+    assert any((run_dir / "checkpoints").glob("step-*/model.safetensors"))
+    text = (run_dir / "config.yaml").read_text()
+    assert "image_size" in text and "in_channels: 1" in text
+
+
+def test_sample(run_dir, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["vae", "sample", "--checkpoint", str(run_dir), "--n", "9", "--out", str(out),
+                 "--npy", str(tmp_path / "s.npy")]) == 0
+    a = _png(out)
+    assert a.ndim == 2 and a.shape[0] > 8
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (9, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
+    assert "9 samples" in capsys.readouterr().out
+
+
+def test_interpolate_by_index_and_by_file(run_dir, tmp_path):
+    out = tmp_path / "i.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "0", "--b", "5",
+                 "--steps", "4", "--out", str(out)]) == 0
+    row = _png(out)
+    img = tmp_path / "digit.png"
+    PIL.fromarray((np.random.default_rng(0).random((20, 24)) * 255).astype(np.uint8)).save(img)
+    out2 = tmp_path / "i2.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run_dir / "checkpoints"), "--a", str(img),
+                 "--b", "3", "--steps", "4", "--out", str(out2)]) == 0
+    assert _png(out2).shape == row.shape
+    assert row.shape[1] > 5 * row.shape[0]  # one row of 6 images
+
+
+def test_normality(run_dir, tmp_path):
+    assert main(["vae", "normality", "--checkpoint", str(run_dir), "--out", str(tmp_path / "n"),
+                 "--n", "20"]) == 0
+    r = json.loads((tmp_path / "n" / "normality.json").read_text())
+    assert np.isfinite(r["energy_distance"]) and len(r["std"]) == r["latent_dim"]
+    assert _png(tmp_path / "n" / "normality.png").size > 0
+
+
+def _error(argv, capsys) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.startswith("error: ")
+    return err
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "bad-images-idx3-ubyte"
+    bad.write_bytes(bytes([0x12, 0x34, 8, 3]) + bytes(12 + 16))
+    err = _error(["vae", "train", "--dataset", "mnist-idx", str(bad), "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o1")], capsys)
+    assert "not an IDX file" in err and "bad-images-idx3-ubyte" in err
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    PIL.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a.png")
+    PIL.fromarray(np.zeros((16, 16), np.uint8)).save(mixed / "b.png")
+    err = _error(["vae", "train", "--dataset", "folder", str(mixed), "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o2")], capsys)
+    assert "mixed sizes" in err and "--resize" in err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _error(["vae", "train", "--dataset", "folder", str(empty), "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o3")], capsys)
+    assert "no images" in err
+
+    err = _error(["vae", "train", "--dataset", "folder", "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o4")], capsys)
+    assert "needs exactly one PATH" in err
+
+    err = _error(["vae", "sample", "--checkpoint", str(tmp_path / "nothing"), "--out",
+                  str(tmp_path / "x.png")], capsys)
+    assert "no such" in err
+
+
+def test_folder_size_not_fitting_the_network(tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((10, 10), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    err = _error(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny",
+                  "--set", "data.n_eval=2", "--out", str(tmp_path / "o")], capsys)
+    assert "divisible by 4" in err and "--resize" in err
