@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from fhcnn.training import TrainConfig, Trainer, load_checkpoint, seed_everything
 
-from tests._train_script import one_thread
+from tests._train_script import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HERE = Path(__file__).resolve().parent
@@ -75,14 +75,14 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path) -> None:
     res_w, res_s = _final(killed_dir)
     _assert_bitwise_equal(ref_w, res_w, "model weights")
     # optimizer moments and step counters too
-    for (ka, a), (kb, b) in zip(ref_s["optimizer"]["state"].items(), res_s["optimizer"]["state"].items()):
+    for (ka, a), (_kb, b) in zip(ref_s["optimizer"]["state"].items(), res_s["optimizer"]["state"].items()):
         for name in a:
             assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), f"optimizer {ka}.{name}"
     assert ref_s["scheduler"]["last_epoch"] == res_s["scheduler"]["last_epoch"] == STEPS
     # metrics.jsonl: each step logged exactly once, in order (lines past the resumed
     # checkpoint were dropped), and the logged losses equal the uninterrupted run's
-    recs = [json.loads(l) for l in (killed_dir / "metrics.jsonl").read_text().splitlines()]
-    ref_recs = [json.loads(l) for l in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    ref_recs = [json.loads(line) for line in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [r["step"] for r in ref_recs] == list(range(2, STEPS + 1, 2))
     assert [r["loss"] for r in recs] == [r["loss"] for r in ref_recs]
     assert len(lines_before) >= 5

@@ -47,7 +47,7 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
     hist = t.fit()
     assert hist["step"] == 30 and hist["train"]["loss"] < 0.05
     assert set(hist["train"]) >= {"loss", "mae", "lr"}
-    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [5, 10, 15, 20, 25, 30]
     assert all(r["split"] == "train" and math.isfinite(r["loss"]) for r in recs)
     assert recs[-1]["loss"] < recs[0]["loss"]
@@ -176,7 +176,7 @@ def test_validation_and_best_checkpoint(tmp_path: Path) -> None:
     assert best["dir"] == "step-000010" and best["value"] == 0.9
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["step-000010", "step-000020"]  # the last one and the best one
-    vals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    vals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in vals if r["split"] == "val"] == [5, 10, 15, 20]
     final = {k: v.clone() for k, v in t.model.state_dict().items()}
     assert t.load_best()["step"] == 10
