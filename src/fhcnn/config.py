@@ -381,7 +381,7 @@ def _field_type(cls: type, path: list[str], full: str) -> Any:
                     f"--set {full}: unknown config key {prefix + part!r}"
                     + (f" (did you mean {prefix + hint[0]!r}?)" if hint else "")
                     + f"; allowed: {', '.join(names)}")
-            tp = _hints(tp)[part]
+            tp = _hints(tp)[part]  # type: ignore[arg-type]
         elif typing.get_origin(tp) is dict or tp is dict:
             args = typing.get_args(tp)
             tp = args[1] if args else Any

@@ -240,7 +240,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
 
 # ---------------------------------------------------------------- RNG state
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))  # type: ignore[arg-type]
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
