@@ -57,6 +57,16 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
     assert t.model is not None and next(t.model.parameters()).device == t.device
 
 
+def test_metric_named_loss_is_not_double_counted(tmp_path: Path) -> None:
+    def loss(model, x):
+        value = model(x).square().mean()
+        return value, {"loss": float(value), "twice": 2 * float(value)}
+    t = Trainer(nn.Linear(3, 1), _cfg(steps=4, log_every=2), tmp_path,
+                lambda s, g: torch.randn(4, 3, generator=g), loss, quiet=True)
+    hist = t.fit()
+    assert hist["train"]["twice"] == pytest.approx(2 * hist["train"]["loss"])
+
+
 def test_same_seed_same_weights_other_seed_differs() -> None:
     def run(seed: int) -> dict:
         seed_everything(0)  # same initialization

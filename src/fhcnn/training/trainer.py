@@ -635,7 +635,8 @@ class Trainer:
                 self.step = step
                 sums["loss"] = sums.get("loss", 0.0) + loss
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    if k != "loss":  # the trainer's own (rank-averaged) loss is logged as "loss"
+                        sums[k] = sums.get(k, 0.0) + v
                 if grad_norm is not None:
                     sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 count += 1
