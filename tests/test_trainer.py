@@ -60,7 +60,7 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path: Path) -> None:
 def test_metric_named_loss_is_not_double_counted(tmp_path: Path) -> None:
     def loss(model, x):
         value = model(x).square().mean()
-        return value, {"loss": float(value), "twice": 2 * float(value)}
+        return value, {"loss": float(value.detach()), "twice": 2 * float(value.detach())}
     t = Trainer(nn.Linear(3, 1), _cfg(steps=4, log_every=2), tmp_path,
                 lambda s, g: torch.randn(4, 3, generator=g), loss, quiet=True)
     hist = t.fit()
