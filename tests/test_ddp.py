@@ -55,6 +55,9 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
         assert (tmp_path / name / "rank0" / "checkpoints" / "step-000004" / "manifest.json").exists()
         assert (tmp_path / name / "rank0" / "metrics.jsonl").exists()
         assert not (tmp_path / name / "rank1").exists()
+    for r in (0, 1):
+        msg = (tmp_path / f"bypass-rank{r}.txt").read_text()
+        assert "parameters differ between the 2 processes after step 1" in msg, msg
     print("DDP 2 processes vs 1 process, max |weight difference| after 4 steps:", json.dumps(diffs))
     for name, d in diffs.items():
         assert d < 1e-6, f"reversible={name}: 2-process weights differ from 1-process by {d:.3e}"

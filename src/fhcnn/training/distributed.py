@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "is_main_process",
-           "shard_batch", "all_reduce_mean", "broadcast_object", "barrier"]
+           "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,27 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def params_in_sync(module: torch.nn.Module) -> bool:
+    """True if every rank holds bitwise the same parameters (checksum compared by all-reduce).
+
+    Under DistributedDataParallel every rank applies the same averaged gradient, so the
+    parameters stay identical; they drift apart when the loss bypasses DDP's ``forward``.
+    """
+    if not (_initialized() and dist.get_world_size() > 1):
+        return True
+    params = [p.detach() for p in module.parameters()]
+    if not params:
+        return True
+    with torch.no_grad():
+        # a position-weighted sum in float64 so that swapped values do not cancel
+        total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+        for i, p in enumerate(params):
+            flat = p.reshape(-1).double()
+            w = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+            total = total + (i + 1) * (flat * w).sum()
+        hi, lo = total.reshape(1).clone(), total.reshape(1).clone()
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return bool((hi == lo).item())

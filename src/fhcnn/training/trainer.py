@@ -30,7 +30,8 @@ from ..atomic import atomic_write_text
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
 from .device import resolve_device
-from .distributed import all_reduce_mean, barrier, broadcast_object, init_distributed, shard_batch
+from .distributed import (all_reduce_mean, barrier, broadcast_object, init_distributed, params_in_sync,
+                          shard_batch)
 from .progress import Progress
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "step_seed",
@@ -641,6 +642,13 @@ class Trainer:
                     sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 count += 1
                 last = step == cfg.steps
+                if self.dist.enabled and (step == start + 1 or step % cfg.log_every == 0 or last) \
+                        and not params_in_sync(self._model):
+                    raise TrainingError(
+                        f"the model's parameters differ between the {self.world_size} processes "
+                        f"after step {step}: loss_fn must compute everything that needs gradients "
+                        f"by calling model(...) (its forward), not unwrap_model(model) or other "
+                        f"methods, so that DistributedDataParallel averages the gradients")
                 if step % cfg.log_every == 0 or last:
                     names = sorted(sums)
                     local = torch.tensor([sums[k] / count for k in names], dtype=torch.float64)
