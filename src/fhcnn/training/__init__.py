@@ -13,7 +13,7 @@ from .checkpoint import (Checkpoint, CheckpointError, CheckpointManager, Checkpo
                          latest_checkpoint, load_checkpoint, load_weights, verify_checkpoint)
 from .device import resolve_device
 from .distributed import (cleanup_distributed, dist_info, init_distributed, is_main_process,
-                          shard_batch)
+                          params_in_sync, shard_batch)
 from .trainer import (NonFiniteLossError, TrainConfig, Trainer, TrainingError, lr_factor,
                       move_to_device, seed_everything, step_generator, step_seed, unwrap_model)
 
@@ -22,6 +22,6 @@ __all__ = [
     "CheckpointError", "CheckpointWarning", "Checkpoint", "CheckpointManager",
     "load_weights", "load_checkpoint", "latest_checkpoint", "verify_checkpoint",
     "resolve_device", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",
-    "shard_batch", "seed_everything", "step_generator", "step_seed", "unwrap_model",
+    "shard_batch", "params_in_sync", "seed_everything", "step_generator", "step_seed", "unwrap_model",
     "move_to_device", "lr_factor", "prepare_output_dir",
 ]
