@@ -105,10 +105,13 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             row[m]["exact_saved_MB"] = row[m]["exact_saved_bytes"] / 1e6
             row[m]["exact_saved_states"] = row[m]["exact_saved_bytes"] / state
         row["paper_in_states"] = {m: PAPER[name][m] * 1e6 / state for m in ("plain", "reversible")}
-        if measured:
-            last = measured[-1]
-            row["predicted_peak_bytes"] = {m: last[m]["peak_in_states"] * state
-                                           for m in ("plain", "reversible")}
+        if len(measured) >= 2:  # peak = a * voxels + b (b: parameter gradients, kernel copies)
+            m0, m1 = measured[0], measured[-1]
+            v0, v1 = math.prod(m0["coarse"]), math.prod(m1["coarse"])
+            row["predicted_peak_bytes"] = {}
+            for m in ("plain", "reversible"):
+                a = (m1[m]["peak"] - m0[m]["peak"]) / (v1 - v0)
+                row["predicted_peak_bytes"][m] = a * math.prod(coarse) + (m0[m]["peak"] - a * v0)
         rows[name] = row
     result = {
         "benchmark": NAME, "quick": quick, "environment": environment(device),

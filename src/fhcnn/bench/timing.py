@@ -72,6 +72,11 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     for m in result["methods"]:
         a1.plot(d, [r["median"][m] for r in rows], "o-", color=COLORS[m], label=m)
         a2.plot(d, [r["ratio"][m] for r in rows], "o-", color=COLORS[m], label=f"{m} / plain")
+    for r in result["rows"]:
+        if r["spec"].get("stages", 0):
+            for m in ("block", "reversible"):
+                a2.plot([r["depth"]], [r["ratio"][m]], "*", ms=11, color=COLORS[m],
+                        label=f"{m}, {r['spec']['stages']} coarsen + refine stages")
     a2.axhline(result["theory"], color="gray", ls="--", lw=1, label="theory 4/3")
     a2.axhline(result["target"], color="black", ls=":", lw=1, label=f"target {result['target']}")
     for a in (a1, a2):
