@@ -8,9 +8,12 @@ bands the *depth* of one 3D volume::
 
 each band standardized with the mean and standard deviation of both dates pooled (so the
 difference between dates is kept). The network maps it to a 3D logit volume ``(2, B, H, W)``;
-the 2D change map is the band-mean of the class probabilities. The loss is measured on x-y
-slices only: with ``change.target="all"`` (default) every band slice is asked to predict the
-same 2D labels, with ``"slice"`` only one band slice is labelled (the paper's choice).
+the loss is measured on a 2D x-y map: by default (``change.target="mean"``) the band-mean of
+the logits, ``(2, H, W)``, whose softmax is also the predicted change probability. Training
+windows always span the whole band axis (reflected up to the network's size multiple) and
+``window_height x window_width`` pixels around a labelled pixel. ``"all"`` (every band slice
+labelled, the segmentation engine's per-voxel loss) and ``"slice"`` (one labelled band slice)
+are the alternatives measured in ``benchmarks/change_detection.py``.
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ class ChangeOptions:
 
     Attributes:
         channels: ``"dates"`` (2 channels: before, after) or ``"dates+diff"`` (3: + after - before).
-        target: ``"all"``: every band slice of the output carries the 2D labels (loss on all
-            slices; prediction = mean over bands); ``"slice"``: only band ``slice_index``
-            carries them (the paper) and the prediction is read there.
+        target: where the 2D labels meet the 3D output ``(2, B, H, W)``: ``"mean"`` (default):
+            the loss is taken on the band-mean of the logits (a 2D x-y map), the prediction is
+            the softmax of that mean; ``"all"``: every band slice carries the labels (the
+            engine's per-voxel loss; prediction = band-mean of the probabilities);
+            ``"slice"``: only band ``slice_index`` carries them (the paper's wording) and the
+            prediction is read there.
         slice_index: band used with ``target="slice"`` (-1 = the middle band).
         normalize: ``"band"``: standardize each band over both dates; ``"none"``.
         scale: spatial resize factor applied before training (prediction is resized back).
@@ -49,7 +55,7 @@ class ChangeOptions:
     """
 
     channels: Literal["dates", "dates+diff"] = "dates"
-    target: Literal["all", "slice"] = "all"
+    target: Literal["mean", "all", "slice"] = "mean"
     slice_index: int = -1
     normalize: Literal["band", "none"] = "band"
     scale: float = 1.0
@@ -290,6 +296,218 @@ def _save_npy(path: Path, arr: Any) -> None:
 # run
 # --------------------------------------------------------------------------------------
 
+class _BandMean:
+    """Wraps a dense 3D model: logits averaged over the band (depth) axis, broadcast back, so
+    the engine's ``predict_volume`` returns ``softmax(mean_b logits)`` at every band."""
+
+    def __new__(cls, model: Any) -> Any:
+        from torch import nn
+
+        class BandMean(nn.Module):
+            def __init__(self, inner: nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            @property
+            def size_multiple(self) -> int:
+                return int(self.inner.size_multiple)
+
+            def forward(self, x: Any) -> Any:
+                lo = self.inner(x)
+                return lo.mean(2, keepdim=True).expand_as(lo)
+
+        return BandMean(model)
+
+
+def _reflect(start: int, length: int, n: int) -> Any:
+    import numpy as np
+
+    idx = np.arange(start, start + length)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * n - 2
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _train_band_mean(vol: Any, train_s: Any, cfg: Any, out_dir: Any, quiet: bool,
+                     eval_fn: Any) -> Any:
+    """Train with the loss on the band-mean logits (``change.target="mean"``)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.hyperspectral import IGNORE
+    from ..memory import saved_tensor_bytes
+    from ..segmentation.config import MEMORY_MODES
+    from ..segmentation.engine import SegmentationResult, predict_volume
+    from ..segmentation.models import build_model
+    from ..training import Trainer
+
+    torch.manual_seed(cfg.train.seed)
+    c, nb, h, w = vol.shape
+    core = build_model(cfg.model, c, 2)
+    if cfg.model.arch == "hyperbolic":
+        core.core.net.reversible = MEMORY_MODES[cfg.model.memory]
+    vt = torch.from_numpy(vol)
+    flat = vt.flatten(1)
+    core.set_normalization(flat.mean(1), flat.std(1))
+    model = _BandMean(core)
+    mult = model.size_multiple
+    depth = -(-nb // mult) * mult
+    d = cfg.data
+    wh = -(-(d.window_height or h) // mult) * mult
+    ww = -(-(d.window_width or w) // mult) * mult
+    dix = _reflect(0, depth, nb)
+    lab = torch.from_numpy(train_s.astype(np.int64))
+    pts = [torch.nonzero(lab == k) for k in (0, 1)]
+    counts = torch.tensor([float(len(p)) for p in pts])
+    weight = counts.clamp_min(1) ** -d.balance
+    weight = weight * 2 / weight.sum()
+    vol_d = vt[:, torch.from_numpy(dix)]
+
+    def batch_fn(step: int, gen: torch.Generator) -> tuple[Any, Any]:
+        xs, ys = [], []
+        for _ in range(d.batch_size):
+            p = pts[int(torch.randint(2, (1,), generator=gen))]
+            y0, x0 = (int(v) for v in p[int(torch.randint(len(p), (1,), generator=gen))])
+            sy = y0 - int(torch.randint(wh, (1,), generator=gen))
+            sx = x0 - int(torch.randint(ww, (1,), generator=gen))
+            iy, ix = torch.from_numpy(_reflect(sy, wh, h)), torch.from_numpy(_reflect(sx, ww, w))
+            x = vol_d[:, :, iy][:, :, :, ix]
+            y = lab[iy][:, ix]
+            r = torch.rand(3, generator=gen)
+            if d.flip_width and r[0] < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            if d.flip_height and r[1] < 0.5:
+                x, y = x.flip(-2), y.flip(-2)
+            if d.noise > 0:
+                x = x + d.noise * core.std.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs), torch.stack(ys)
+
+    history: list[dict[str, Any]] = []
+    clock = {"start": time.perf_counter(), "excluded": 0.0, "step": 0}
+
+    def loss_of(m: Any, x: Any, y: Any) -> Any:
+        logits = m.inner(x).mean(2)
+        return F.cross_entropy(logits.float(), y, weight=weight.to(logits.device), ignore_index=IGNORE)
+
+    def loss_fn(m: Any, batch: Any) -> tuple[Any, dict[str, float]]:
+        loss = loss_of(m, *batch)
+        clock["step"] += 1
+        history.append({"step": clock["step"], "loss": float(loss.detach()),
+                        "time_s": round(time.perf_counter() - clock["start"] - clock["excluded"], 3)})
+        return loss, {"loss": float(loss.detach())}
+
+    result = SegmentationResult(model=model, config=cfg, num_classes=2, history=history,
+                                window=(depth, wh, ww))
+    val_fn = None
+    if eval_fn is not None and d.eval_every > 0:
+        def val_fn(m: Any) -> dict[str, float]:
+            if clock["step"] % d.eval_every:
+                return {}
+            t0 = time.perf_counter()
+            out = eval_fn(result)
+            history[-1].update(out)
+            clock["excluded"] += time.perf_counter() - t0
+            return out
+        cfg.train.val_every = 1
+    x0, y0 = batch_fn(0, torch.Generator().manual_seed(0))
+    result.activation_bytes, _ = saved_tensor_bytes(lambda: loss_of(model, x0, y0))
+    clock["start"] = time.perf_counter()
+    trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, val_fn=val_fn,
+                      quiet=quiet)
+    trainer.fit()
+    result.model = trainer.model
+    result.device = trainer.device
+    result.train_time_s = time.perf_counter() - clock["start"] - clock["excluded"]
+    result.model.eval()
+    return result
+
+
+def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = None, *,
+               log: Any = print, quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
+               eval_fn: Any = None) -> dict[str, Any]:
+    """Train on one bitemporal scene and predict its change map (the work of ``fhcnn change``).
+
+    Args:
+        before, after: ``(H, W, B)`` float32 cubes.
+        train2d: ``(H, W)`` uint8 training labels (0, 1, 255 = unlabelled).
+        cfg: a ``ChangeConfig``.
+        out_dir: where the trainer writes its checkpoints/metrics (None: nothing written).
+        eval_fn: optional ``result -> dict`` called every ``cfg.data.eval_every`` steps.
+
+    Returns:
+        dict with ``pred`` (H, W) uint8, ``prob`` (H, W) float change probability, ``result``
+        (the engine's :class:`SegmentationResult`), ``volume``, ``padded``, times.
+    """
+    import numpy as np
+    import torch
+
+    from ..data.hyperspectral import IGNORE
+    from ..errors import InputError
+    from ..segmentation.config import SegmentConfig
+    from ..segmentation.engine import train_segmentation
+
+    ch = cfg.change
+    h, w, nb = before.shape
+    if ch.scale != 1.0:
+        size = (max(1, round(h * ch.scale)), max(1, round(w * ch.scale)))
+        before_s, after_s = _resize_cube(before, size), _resize_cube(after, size)
+        train_s = _resize_labels(train2d, size)
+        log(f"scaled {h}x{w} -> {size[0]}x{size[1]} (change.scale={ch.scale}); "
+            f"{int((train_s != IGNORE).sum())} labelled cells")
+    else:
+        before_s, after_s, train_s = before, after, train2d
+    vol = build_volume(before_s, after_s, ch.channels, ch.normalize)
+    c, nbv, hs, ws = vol.shape
+    slice_idx = (nbv // 2 if ch.slice_index < 0 else ch.slice_index)
+    if ch.target == "slice" and not 0 <= slice_idx < nbv:
+        raise InputError(f"change.slice_index={ch.slice_index} is outside the {nbv} bands")
+    if ch.target in ("all", "mean"):
+        lab3 = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
+    else:
+        lab3 = np.full((nbv, hs, ws), IGNORE, np.uint8)
+        lab3[slice_idx] = train_s
+    n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
+    log(f"scene {h}x{w} pixels, {nb} bands; volume (channels, bands, H, W) = {tuple(vol.shape)} "
+        f"[{ch.channels}; bands standardized: {ch.normalize}]")
+    log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
+        f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
+    seg_cfg = SegmentConfig(model=cfg.model, data=cfg.data, train=cfg.train)
+
+    def reduce(prob: Any) -> Any:
+        p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
+        if (hs, ws) != (h, w):
+            p = torch.nn.functional.interpolate(p[None, None], size=(h, w), mode="bilinear",
+                                                align_corners=False)[0, 0]
+        return p.numpy()
+
+    wrapped = None
+    if eval_fn is not None:
+        def wrapped(res: Any) -> dict[str, float]:
+            return eval_fn(reduce(res.predict_proba(vol, shifts=1)))
+    t0 = time.perf_counter()
+    if ch.target == "mean":
+        result = _train_band_mean(vol, train_s, cfg, out_dir, quiet, wrapped)
+    else:
+        result = train_segmentation(vol, lab3, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
+                                    eval_fn=wrapped)
+    train_time = time.perf_counter() - t0
+    m = result.model.size_multiple
+    pad = tuple(-(-n // m) * m for n in (nbv, hs, ws))
+    log(f"network takes sizes that are multiples of {m}: the (bands, H, W) = {(nbv, hs, ws)} volume "
+        f"is continued by reflection to {pad} for prediction and cropped back; "
+        f"training windows {tuple(result.window)}")
+    t1 = time.perf_counter()
+    p_change = reduce(result.predict_proba(vol))
+    pred = (p_change > ch.threshold).astype(np.uint8)
+    return {"pred": pred, "prob": p_change, "result": result, "volume": vol, "padded": pad,
+            "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1}
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -297,8 +515,6 @@ def run(args: argparse.Namespace) -> int:
     from ..config import config_from_args, prepare_output_dir, save_config
     from ..data.hyperspectral import IGNORE
     from ..errors import InputError
-    from ..segmentation.config import SegmentConfig
-    from ..segmentation.engine import train_segmentation
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     cls = __getattr__("ChangeConfig")
@@ -314,51 +530,13 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, args.resume, args.overwrite,
                              inputs=[p for p in (args.before, args.after, args.labels, args.changed,
                                                  args.unchanged, args.eval_labels) if p])
-    ch = cfg.change
     train2d = inp["train"]
-    if ch.scale != 1.0:
-        size = (max(1, round(h * ch.scale)), max(1, round(w * ch.scale)))
-        before_s, after_s = _resize_cube(before, size), _resize_cube(after, size)
-        train_s = _resize_labels(train2d, size)
-        log(f"scaled {h}x{w} -> {size[0]}x{size[1]} (change.scale={ch.scale}); "
-            f"{int((train_s != IGNORE).sum())} labelled cells")
-    else:
-        before_s, after_s, train_s = before, after, train2d
-    vol = build_volume(before_s, after_s, ch.channels, ch.normalize)
-    c, nbv, hs, ws = vol.shape
-    slice_idx = (nbv // 2 if ch.slice_index < 0 else ch.slice_index)
-    if ch.target == "slice" and not 0 <= slice_idx < nbv:
-        raise InputError(f"change.slice_index={ch.slice_index} is outside the {nbv} bands")
-    if ch.target == "all":
-        lab3 = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
-    else:
-        lab3 = np.full((nbv, hs, ws), IGNORE, np.uint8)
-        lab3[slice_idx] = train_s
-    n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     n_scored = int((inp["scored"] != IGNORE).sum())
-    log(f"scene {h}x{w} pixels, {nb} bands; volume (channels, bands, H, W) = {tuple(vol.shape)} "
-        f"[{ch.channels}; bands standardized: {ch.normalize}]")
-    log(f"labels ({inp['label_source']}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
-        f"of the scene; {n1} changed, {n0} unchanged); scored {n_scored} held-out pixels")
-    seg_cfg = SegmentConfig(model=cfg.model, data=cfg.data, train=cfg.train)
-    t0 = time.perf_counter()
-    result = train_segmentation(vol, lab3, seg_cfg, out_dir=out, num_classes=2, quiet=args.quiet)
-    train_time = time.perf_counter() - t0
-    m = result.model.size_multiple
-    pad = tuple(-(-n // m) * m for n in (nbv, hs, ws))
-    log(f"network takes sizes that are multiples of {m}: the (bands, H, W) = {(nbv, hs, ws)} volume "
-        f"is continued by reflection to {pad} for prediction and cropped back; "
-        f"training windows {tuple(result.window)}")
-    t1 = time.perf_counter()
-    prob = result.predict_proba(vol)        # (2, B, H, W)
-    p_change = (prob[1].mean(0) if ch.target == "all" else prob[1, slice_idx])
-    if (hs, ws) != (h, w):
-        p_change = torch.nn.functional.interpolate(p_change[None, None], size=(h, w), mode="bilinear",
-                                                   align_corners=False)[0, 0]
-    p_change = p_change.numpy()
-    pred = (p_change > ch.threshold).astype(np.uint8)
-    predict_time = time.perf_counter() - t1
-
+    fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=args.quiet,
+                     label_source=inp["label_source"], n_scored=n_scored)
+    result, vol, pad, pred, p_change = fit["result"], fit["volume"], fit["padded"], fit["pred"], fit["prob"]
+    train_time, predict_time, ch = fit["train_time_s"], fit["predict_time_s"], cfg.change
+    n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     scored = inp["scored"]
     metrics: dict[str, Any] = {
         "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(vol.shape),

@@ -314,13 +314,13 @@ def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
 def _finish(arr: np.ndarray, path: Path, what: str = "cube") -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{path}: {what} has non-numeric type {arr.dtype}")
-    out = np.asarray(arr, dtype=np.float32)
+    out = np.array(arr, dtype=np.float32, order="C")   # a writable copy (inputs may be memory maps)
     bad = ~np.isfinite(out)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InputError(f"{path}: {what} contains {int(bad.sum())} NaN/inf value(s) "
                          f"(first at index {idx}); fill or mask them before training")
-    return np.ascontiguousarray(out)
+    return out
 
 
 def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
@@ -630,7 +630,7 @@ class BitemporalScene:
 
 
 def make_bitemporal_scene(height: int = 96, width: int = 96, bands: int = 32, seed: int = 0,
-                          *, n_pivots: int = 3, n_crop_changes: int = 3, noise: float = 0.01,
+                          *, n_pivots: int | None = None, n_crop_changes: int | None = None, noise: float = 0.01,
                           field_size: int = 24) -> BitemporalScene:
     """Generate an agricultural two-date hyperspectral scene with exact change ground truth.
 
@@ -646,6 +646,10 @@ def make_bitemporal_scene(height: int = 96, width: int = 96, bands: int = 32, se
         height, width: scene size in pixels (>= 16).
         bands: spectral bands, evenly spaced in 0.4-2.5 um (>= 3).
         seed: every random choice comes from ``numpy.random.default_rng(seed)``.
+        n_pivots, n_crop_changes: number of each change (default: 15 % of the fields each,
+            at least 1).
+        noise: standard deviation of the additive sensor noise (reflectance units).
+        field_size: typical field side in pixels.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -672,6 +676,10 @@ def make_bitemporal_scene(height: int = 96, width: int = 96, bands: int = 32, se
             fields.append((ys[i], ys[i + 1], xs[j], xs[j + 1]))
     n_f = len(fields)
     cover_choices = ["crop_a", "crop_b", "grass", "soil"]
+    if n_pivots is None:
+        n_pivots = max(1, round(0.15 * n_f))
+    if n_crop_changes is None:
+        n_crop_changes = max(1, round(0.15 * n_f))
     cover = list(rng.choice(cover_choices, size=n_f, p=[0.3, 0.3, 0.25, 0.15]))
 
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)

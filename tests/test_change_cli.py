@@ -1,0 +1,156 @@
+"""``fhcnn change`` end to end on tiny generated scenes, metrics, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhcnn.cli import main
+from fhcnn.data.hyperspectral import IGNORE, make_bitemporal_scene, write_envi
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+TINY = ["--config", "change-tiny", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scene")
+    s = make_bitemporal_scene(20, 24, 6, seed=2, field_size=10)
+    np.save(d / "before.npy", s.before)
+    np.save(d / "after.npy", s.after)
+    np.save(d / "truth.npy", s.change)
+    return d, s
+
+
+def _outputs(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()}
+
+
+def test_change_end_to_end_label_fraction(scene, tmp_path):
+    d, s = scene
+    out = tmp_path / "out"
+    rc = main(["change", str(d / "before.npy"), str(d / "after.npy"), "--labels", str(d / "truth.npy"),
+               "--label-fraction", "0.2", "--out", str(out), *TINY])
+    assert rc == 0
+    assert {"prediction.npy", "prediction.png", "figure.png", "metrics.json", "config.yaml",
+            "model.safetensors", "change_probability.npy", "labels_train.npy"} <= _outputs(out)
+    pred = np.load(out / "prediction.npy")
+    assert pred.shape == (20, 24) and pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}
+    m = json.loads((out / "metrics.json").read_text())
+    train = np.load(out / "labels_train.npy")
+    scored = np.load(out / "labels_scored.npy")
+    # training and scored pixels partition the labelled scene, ~20 % of each class trained on
+    assert not ((train != IGNORE) & (scored != IGNORE)).any()
+    np.testing.assert_array_equal(np.where(train != IGNORE, train, scored), s.change)
+    assert m["labels"]["train_pixels"] == int((train != IGNORE).sum())
+    assert abs(m["labels"]["train_pixels"] - 0.2 * 480) <= 2
+    # metrics.json agrees with a recomputation on the held-out pixels
+    k = scored != IGNORE
+    p, t = pred[k], scored[k]
+    iou1 = ((p == 1) & (t == 1)).sum() / max(((p == 1) | (t == 1)).sum(), 1)
+    iou0 = ((p == 0) & (t == 0)).sum() / max(((p == 0) | (t == 0)).sum(), 1)
+    assert m["iou_positive"] == pytest.approx(iou1) and m["iou_negative"] == pytest.approx(iou0)
+    assert m["miou"] == pytest.approx((iou0 + iou1) / 2)
+    from fhcnn.cli.change import ChangeConfig
+    from fhcnn.config import load_config
+    cfg = load_config(ChangeConfig, out / "config.yaml")
+    assert cfg.train.steps == 3
+
+
+def test_change_metrics_hand_checked():
+    from fhcnn.cli.change import change_metrics
+
+    truth = np.array([[0, 0, 1, 1], [1, 255, 0, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [0, 1, 0, 0]], np.uint8)
+    # scored: 6 pixels. changed: truth {2,3,4}, pred {1,2,3} among scored -> inter 2, union 4
+    # unchanged: truth {0,1,6}, pred {0,4,6} -> inter 2, union 4
+    m = change_metrics(pred, truth)
+    assert m["iou_positive"] == pytest.approx(0.5) and m["iou_negative"] == pytest.approx(0.5)
+    assert m["miou"] == pytest.approx(0.5) and m["scored_pixels"] == 6
+    assert m["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_change_one_4d_file_masks_envi_and_scale(scene, tmp_path):
+    """One 4D .npy; --changed/--unchanged BMP masks; ENVI inputs; --scale."""
+    from PIL import Image
+
+    d, s = scene
+    np.save(tmp_path / "pair.npy", np.stack([s.before, s.after]))
+    ch = np.zeros((20, 24), np.uint8)
+    un = np.zeros((20, 24), np.uint8)
+    ys, xs = np.nonzero(s.change == 1)
+    ch[ys[::3], xs[::3]] = 255
+    ys, xs = np.nonzero(s.change == 0)
+    un[ys[::3], xs[::3]] = 255
+    Image.fromarray(ch).save(tmp_path / "change.bmp")
+    Image.fromarray(un).save(tmp_path / "unchanged.bmp")
+    out = tmp_path / "o1"
+    assert main(["change", str(tmp_path / "pair.npy"), "--changed", str(tmp_path / "change.bmp"),
+                 "--unchanged", str(tmp_path / "unchanged.bmp"), "--eval-labels", str(d / "truth.npy"),
+                 "--out", str(out), *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labels"]["train_pixels"] == int((ch > 0).sum() + (un > 0).sum())
+    assert m["heldout"]["scored_pixels"] == 480 - m["labels"]["train_pixels"]
+    write_envi(tmp_path / "t1", s.before.astype(np.float32), interleave="bil", header_suffix=".HDR")
+    write_envi(tmp_path / "t2", s.after.astype(np.float32), interleave="bip")
+    out2 = tmp_path / "o2"
+    assert main(["change", str(tmp_path / "t1.HDR"), str(tmp_path / "t2"), "--labels", str(d / "truth.npy"),
+                 "--label-fraction", "0.3", "--scale", "0.5", "--out", str(out2), *TINY]) == 0
+    assert np.load(out2 / "prediction.npy").shape == (20, 24)
+    assert json.loads((out2 / "metrics.json").read_text())["scene"]["scale"] == 0.5
+
+
+def _fails(argv, capsys, match):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+
+
+def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
+    d, s = scene
+    out = tmp_path / "out"
+    b, a, t = str(d / "before.npy"), str(d / "after.npy"), str(d / "truth.npy")
+    np.save(tmp_path / "small.npy", s.after[:, :20])
+    _fails(["change", b, str(tmp_path / "small.npy"), "--labels", t, "--out", str(out), *TINY], capsys,
+           "same size")
+    np.save(tmp_path / "lab_small.npy", s.change[:10])
+    _fails(["change", b, a, "--labels", str(tmp_path / "lab_small.npy"), "--out", str(out), *TINY], capsys,
+           "but the scene is 20x24")
+    np.save(tmp_path / "none.npy", np.full((20, 24), 255, np.uint8))
+    _fails(["change", b, a, "--labels", str(tmp_path / "none.npy"), "--out", str(out), *TINY], capsys,
+           "no labelled pixels")
+    np.save(tmp_path / "one.npy", np.where(s.change == 1, 255, 0).astype(np.uint8))
+    _fails(["change", b, a, "--labels", str(tmp_path / "one.npy"), "--out", str(out), *TINY], capsys,
+           "only unchanged")
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    _fails(["change", str(tmp_path / "junk.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
+           "cannot read")
+    _fails(["change", str(tmp_path / "missing.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
+           "no such file")
+    nan = s.before.copy()
+    nan[3, 4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    _fails(["change", str(tmp_path / "nan.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
+           "NaN")
+    _fails(["change", b, a, "--out", str(out), *TINY], capsys, "no labels")
+    _fails(["change", b, a, "--labels", t, "--out", str(out), "--set", "change.scale=0", *TINY], capsys,
+           "scale")
+    assert not out.exists()
+    # an existing folder holding a user's file is refused and left as it was
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    _fails(["change", b, a, "--labels", t, "--out", str(out), *TINY], capsys, "not empty")
+    assert _outputs(out) == {"mine.txt"} and (out / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.skipif(not (DATA / "landsat_cd_taizhou").is_dir(), reason="shared data not present")
+def test_change_reads_real_landsat_pair_bad_label_size(tmp_path, capsys):
+    d = DATA / "landsat_cd_taizhou" / "Taizhou"
+    np.save(tmp_path / "lab.npy", np.zeros((10, 10), np.uint8))
+    _fails(["change", str(d / "2000TM.HDR"), str(d / "2003TM"), "--labels", str(tmp_path / "lab.npy"),
+            "--out", str(tmp_path / "o"), *TINY], capsys, "but the scene is 400x400")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,263 @@
+"""Hyperspectral readers, change labels and the bitemporal generator (fhcnn.data.hyperspectral)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhcnn.data.hyperspectral import (IGNORE, check_labels, labels_from_masks, make_bitemporal_scene,
+                                      read_change_map, read_cube, read_envi, read_envi_header, read_pair,
+                                      sample_labels, write_envi)
+from fhcnn.errors import InputError
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture
+def cube() -> np.ndarray:
+    """(H, W, B) = (5, 7, 3) with every value distinct, so any axis mix-up shows."""
+    return (np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3) * 1.5 - 20)
+
+
+# ---------------------------------------------------------------- ENVI
+@pytest.mark.parametrize("interleave", ["bsq", "bil", "bip"])
+@pytest.mark.parametrize("suffix", [".hdr", ".HDR"])
+def test_envi_interleaves_and_header_case(tmp_path, cube, interleave, suffix):
+    header, data = write_envi(tmp_path / "scene", cube, interleave=interleave, header_suffix=suffix)
+    # the header path, or the raw data path, both work
+    np.testing.assert_array_equal(read_cube(header), cube)
+    np.testing.assert_array_equal(read_cube(data), cube)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float64])
+@pytest.mark.parametrize("byte_order", [0, 1])
+def test_envi_data_types_and_byte_order(tmp_path, cube, dtype, byte_order):
+    c = (cube - cube.min()).astype(dtype)
+    write_envi(tmp_path / "s.img", c, interleave="bil", byte_order=byte_order)
+    arr, h = read_envi(tmp_path / "s.img")
+    assert arr.shape == (5, 7, 3) and h["byte order"] == str(byte_order)
+    np.testing.assert_array_equal(arr, c)
+    # header next to a ".img" file: "s.img.hdr"; the conventional "s.hdr" works too
+    (tmp_path / "s.img.hdr").rename(tmp_path / "s.hdr")
+    np.testing.assert_array_equal(read_cube(tmp_path / "s.hdr"), c.astype(np.float32))
+
+
+def test_envi_hand_written_bsq_with_offset(tmp_path):
+    # 2 lines x 3 samples x 2 bands, big-endian int16, 4 bytes of header offset
+    bsq = np.array([[[1, 2, 3], [4, 5, 6]], [[10, 20, 30], [40, 50, 60]]], ">i2")  # (bands, lines, samples)
+    (tmp_path / "x").write_bytes(b"\0\0\0\0" + bsq.tobytes())
+    (tmp_path / "x.HDR").write_text("ENVI\ndescription = {\n a, b}\nsamples = 3\nlines = 2\nbands = 2\n"
+                                    "header offset = 4\ndata type = 2\ninterleave = BSQ\nbyte order = 1\n"
+                                    "wavelength = {\n 0.5, 0.6}\n")
+    c = read_cube(tmp_path / "x")
+    assert c.shape == (2, 3, 2)
+    assert c[1, 2].tolist() == [6, 60] and c[0, 0].tolist() == [1, 10]
+    h = read_envi_header(tmp_path / "x.HDR")
+    assert h["wavelength"] == ["0.5", "0.6"] and h["description"].startswith("a, b")
+
+
+def test_envi_errors(tmp_path, cube):
+    header, data = write_envi(tmp_path / "s", cube)
+    data.write_bytes(data.read_bytes()[:-8])
+    with pytest.raises(InputError, match="needs"):
+        read_cube(header)
+    (tmp_path / "lonely.raw").write_bytes(b"\0" * 10)
+    with pytest.raises(InputError, match="no ENVI header"):
+        read_cube(tmp_path / "lonely.raw")
+    (tmp_path / "bad.hdr").write_text("not envi\n")
+    (tmp_path / "bad").write_bytes(b"\0" * 10)
+    with pytest.raises(InputError, match="not an ENVI header"):
+        read_cube(tmp_path / "bad.hdr")
+    (tmp_path / "c.hdr").write_text("ENVI\nsamples = 2\nlines = 2\nbands = 1\ndata type = 6\n")
+    (tmp_path / "c").write_bytes(b"\0" * 64)
+    with pytest.raises(InputError, match="data type 6"):
+        read_cube(tmp_path / "c.hdr")
+
+
+def test_envi_matches_spectral_package(tmp_path, cube):
+    envi = pytest.importorskip("spectral.io.envi")
+    for inter in ("bsq", "bil", "bip"):
+        header, _ = write_envi(tmp_path / f"s_{inter}", cube, interleave=inter)
+        ref = np.asarray(envi.open(str(header)).load())
+        np.testing.assert_array_equal(read_cube(header), ref)
+
+
+# ---------------------------------------------------------------- .mat, TIFF, .npy
+def test_mat_v5_and_v73_agree(tmp_path, cube):
+    scipy_io = pytest.importorskip("scipy.io")
+    h5py = pytest.importorskip("h5py")
+    scipy_io.savemat(tmp_path / "v5.mat", {"img": cube, "other": np.ones(3)})
+    np.testing.assert_array_equal(read_cube(tmp_path / "v5.mat"), cube)
+    np.testing.assert_array_equal(read_cube(tmp_path / "v5.mat", key="img"), cube)
+    # v7.3 = HDF5 with a 512-byte MATLAB preamble; MATLAB writes column-major, so HDF5
+    # shows the axes reversed: (B, W, H)
+    with h5py.File(tmp_path / "v73.mat", "w", userblock_size=512) as f:
+        f.create_dataset("img", data=cube.T)
+    with open(tmp_path / "v73.mat", "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file")
+    np.testing.assert_array_equal(read_cube(tmp_path / "v73.mat"), cube)
+    with pytest.raises(InputError, match="no numeric variable 'nope'"):
+        read_cube(tmp_path / "v5.mat", key="nope")
+
+
+def test_mat_unmixing_layout(tmp_path, cube):
+    scipy_io = pytest.importorskip("scipy.io")
+    h, w, b = cube.shape
+    y = cube.reshape(h * w, b, order="F").T           # (bands, pixels), column-major pixels
+    scipy_io.savemat(tmp_path / "u.mat", {"Y": y, "nRow": h, "nCol": w})
+    np.testing.assert_array_equal(read_cube(tmp_path / "u.mat"), cube)
+
+
+@pytest.mark.parametrize("planar", [True, False])
+def test_tiff(tmp_path, cube, planar):
+    tifffile = pytest.importorskip("tifffile")
+    if planar:   # GeoTIFF-style band-first
+        tifffile.imwrite(tmp_path / "c.tif", np.moveaxis(cube, -1, 0), planarconfig="separate",
+                         photometric="minisblack")
+    else:
+        tifffile.imwrite(tmp_path / "c.tif", cube, planarconfig="contig", photometric="minisblack")
+    np.testing.assert_array_equal(read_cube(tmp_path / "c.tif"), cube)
+
+
+def test_npy_and_pair(tmp_path, cube):
+    np.save(tmp_path / "c.npy", cube)
+    np.testing.assert_array_equal(read_cube(tmp_path / "c.npy"), cube)
+    np.save(tmp_path / "p.npy", np.stack([cube, cube + 1]))
+    a, b = read_pair(tmp_path / "p.npy")
+    np.testing.assert_array_equal(b - a, np.ones_like(cube))
+    np.save(tmp_path / "q.npy", np.stack([cube, cube + 2], -1))
+    a, b = read_pair(tmp_path / "q.npy")
+    np.testing.assert_array_equal(b - a, np.full_like(cube, 2))
+    with pytest.raises(InputError, match="4D file"):
+        read_cube(tmp_path / "p.npy")
+    with pytest.raises(InputError, match="must be 4D"):
+        read_pair(tmp_path / "c.npy")
+
+
+def test_nan_and_unreadable_inputs(tmp_path, cube):
+    bad = cube.copy()
+    bad[1, 2, 0] = np.nan
+    np.save(tmp_path / "n.npy", bad)
+    with pytest.raises(InputError, match=r"NaN/inf.*\(1, 2, 0\)"):
+        read_cube(tmp_path / "n.npy")
+    (tmp_path / "junk.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        read_cube(tmp_path / "junk.npy")
+    (tmp_path / "junk.mat").write_bytes(b"garbage" * 30)
+    with pytest.raises(InputError, match="junk.mat"):
+        read_cube(tmp_path / "junk.mat")
+    (tmp_path / "x.xyz").write_bytes(b"1")
+    with pytest.raises(InputError, match="unknown hyperspectral format"):
+        read_cube(tmp_path / "x.xyz")
+    with pytest.raises(FileNotFoundError):
+        read_cube(tmp_path / "missing.npy")
+
+
+# ---------------------------------------------------------------- labels
+def test_change_map_formats(tmp_path):
+    from PIL import Image
+
+    m = np.array([[0, 1, 255], [1, 0, 0]], np.uint8)
+    np.save(tmp_path / "m.npy", m)
+    Image.fromarray(m).save(tmp_path / "m.png")
+    Image.fromarray(m).save(tmp_path / "m.bmp")
+    f = m.astype(np.float32)
+    f[0, 2] = np.nan
+    np.save(tmp_path / "f.npy", f)
+    for name in ("m.npy", "m.png", "m.bmp", "f.npy"):
+        np.testing.assert_array_equal(read_change_map(tmp_path / name, (2, 3)), m)
+    with pytest.raises(InputError, match=r"2x3 \(H x W\) but the scene is 3x3"):
+        read_change_map(tmp_path / "m.png", (3, 3))
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).save(tmp_path / "w.png")
+    with pytest.raises(InputError, match="only unchanged"):
+        check_labels(read_change_map(tmp_path / "w.png"))
+    np.save(tmp_path / "b.npy", np.array([[0, 2]]))
+    with pytest.raises(InputError, match="found 2"):
+        read_change_map(tmp_path / "b.npy")
+
+
+def test_masks_partial_and_full(tmp_path):
+    from PIL import Image
+
+    ch = np.zeros((3, 4), np.uint8)
+    un = np.zeros((3, 4), np.uint8)
+    ch[0, :2] = 255
+    un[2, :] = 255
+    Image.fromarray(ch).save(tmp_path / "change.bmp")
+    Image.fromarray(un).save(tmp_path / "unchanged.bmp")
+    lab = labels_from_masks(tmp_path / "change.bmp", tmp_path / "unchanged.bmp", (3, 4))
+    expect = np.full((3, 4), IGNORE, np.uint8)
+    expect[0, :2] = 1
+    expect[2, :] = 0
+    np.testing.assert_array_equal(lab, expect)
+    assert check_labels(lab) == {"unchanged": 4, "changed": 2}
+    full = labels_from_masks(tmp_path / "change.bmp", None)
+    np.testing.assert_array_equal(full, (ch > 0).astype(np.uint8))
+    un[0, 0] = 255
+    Image.fromarray(un).save(tmp_path / "unchanged.bmp")
+    with pytest.raises(InputError, match="both"):
+        labels_from_masks(tmp_path / "change.bmp", tmp_path / "unchanged.bmp")
+    with pytest.raises(InputError, match="no labelled pixels"):
+        check_labels(np.full((2, 2), IGNORE, np.uint8))
+
+
+def test_sample_labels_stratified_seeded():
+    rng = np.random.default_rng(0)
+    full = (rng.random((50, 60)) < 0.2).astype(np.uint8)
+    full[:5] = IGNORE
+    tr, ho = sample_labels(full, 0.1, seed=3)
+    tr2, _ = sample_labels(full, 0.1, seed=3)
+    np.testing.assert_array_equal(tr, tr2)
+    for c in (0, 1):
+        n = int((full == c).sum())
+        assert int((tr == c).sum()) == round(0.1 * n)
+    # a partition of the labelled pixels, each keeping its label
+    assert not ((tr != IGNORE) & (ho != IGNORE)).any()
+    both = np.where(tr != IGNORE, tr, ho)
+    np.testing.assert_array_equal(both, full)
+    assert not np.array_equal(sample_labels(full, 0.1, seed=4)[0], tr)
+
+
+# ---------------------------------------------------------------- generator
+def test_generator_ground_truth_consistent():
+    s = make_bitemporal_scene(48, 40, 16, seed=5, field_size=12)
+    assert s.before.shape == s.after.shape == (48, 40, 16) and s.before.dtype == np.float32
+    assert s.change.shape == (48, 40) and set(np.unique(s.change)) <= {0, 1}
+    np.testing.assert_allclose(s.abundance_before.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(s.abundance_after.sum(-1), 1, atol=1e-5)
+    # truth = dominant cover changed (half L1 abundance distance >= 0.5)
+    d = 0.5 * np.abs(s.abundance_after - s.abundance_before).sum(-1)
+    np.testing.assert_array_equal(s.change, (d >= 0.5).astype(np.uint8))
+    assert 0.05 < s.change.mean() < 0.6
+    # every event changes pixels; a centre pivot's centre is changed
+    kinds = {e["kind"] for e in s.events}
+    assert kinds == {"centre_pivot", "crop_change"}
+    for e in s.events:
+        if e["kind"] == "centre_pivot":
+            cy, cx = (int(round(v)) for v in e["centre"])
+            assert s.change[min(cy, 47), min(cx, 39)] == 1
+    # the spectra differ where nothing changed too (phenology/illumination): not trivial
+    assert np.abs(s.after - s.before)[s.change == 0].mean() > 0.005
+    # seeded
+    np.testing.assert_array_equal(make_bitemporal_scene(48, 40, 16, seed=5, field_size=12).after, s.after)
+
+
+# ---------------------------------------------------------------- real data (skipped when absent)
+@pytest.mark.skipif(not (DATA / "landsat_cd_taizhou").is_dir(), reason="shared data not present")
+def test_real_landsat_envi():
+    d = DATA / "landsat_cd_taizhou" / "Taizhou"
+    a = read_cube(d / "2000TM")
+    b = read_cube(d / "2003TM.HDR")
+    assert a.shape == b.shape == (400, 400, 6)
+    raw = np.fromfile(d / "2000TM", np.uint8).reshape(6, 400, 400)
+    np.testing.assert_array_equal(a, raw.transpose(1, 2, 0))
+    lab = labels_from_masks(d / "change.bmp", d / "unchanged.bmp", (400, 400))
+    assert check_labels(lab) == {"unchanged": 17163, "changed": 4227}
+
+
+@pytest.mark.skipif(not (DATA / "hsi_unmixing_samson_jasper").is_dir(), reason="shared data not present")
+def test_real_unmixing_mat():
+    c = read_cube(DATA / "hsi_unmixing_samson_jasper" / "Samson.mat", key="Y")
+    assert c.shape == (95, 95, 156)
