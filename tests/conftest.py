@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tiny tensors: one intra-op thread is much faster than two (and avoids oversubscription
+# when tests start subprocesses, e.g. the DDP and resume tests).
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

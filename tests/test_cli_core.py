@@ -38,3 +38,14 @@ def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):
     assert main(["info"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: input.npy: contains NaN"
+
+
+def test_training_failure_exits_1_with_one_line(monkeypatch, capsys):
+    import fhcnn.cli.info as info
+    from fhcnn.training import NonFiniteLossError
+
+    def boom(args):
+        raise NonFiniteLossError(step=2, value=float("nan"))
+    monkeypatch.setattr(info, "run", boom)
+    assert main(["info"]) == 1
+    assert "step 2" in capsys.readouterr().err

@@ -8,7 +8,8 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
 
 Errors: ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
 ``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
-code 2 (``--debug`` re-raises to show the traceback).
+code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) exits with code 1
+(``--debug`` re-raises either to show the traceback).
 """
 
 from __future__ import annotations
@@ -84,3 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a training failure (e.g. non-finite loss): exit 1, one line
+        from ..training import TrainingError
+
+        if not isinstance(e, TrainingError) or getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
