@@ -55,7 +55,7 @@ def test_parse_units():
 
 
 def test_shipped_configs_build():
-    for name in ("video", "video-tiny", "paper-video"):
+    for name in ("video", "video-tiny", "video-demo", "paper-video"):
         cfg = load_config(SegmentConfig, name)
         model = build_model(cfg.model, 3, 2)
         assert model.size_multiple in (2, 4, 8)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames of the generated video (default 32)")
     parser.add_argument("--size", default="64x96", help="frame size HxW (default 64x96)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
-    parser.add_argument("--config", default="video", help="network/training config (default video)")
+    parser.add_argument("--config", default="video-demo", help="network/training config (default video-demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated video")
