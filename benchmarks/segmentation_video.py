@@ -61,7 +61,8 @@ def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: i
                       log=lambda s: print("   " + s, file=sys.stderr, flush=True))
     curve = [{"step": r["step"], "time_s": r["time_s"], "miou": r["miou"]} for r in m["history"] if "miou" in r]
     k = len(inputs.classes)
-    res = {"name": name, "arch": cfg.model.arch, "miou": m["miou"], "iou": m["iou"], "J": m.get("J"),
+    res = {"name": name, "arch": cfg.model.arch, "label_frames": inputs.label_frames,
+           "frames": len(inputs.names), "miou": m["miou"], "iou": m["iou"], "J": m.get("J"),
            "copy_nearest_miou": m["copy_nearest_baseline"]["miou"],
            "copy_nearest_J": m["copy_nearest_baseline"].get("J"),
            "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
@@ -87,10 +88,15 @@ def generated_inputs(seed: int, frames: int, height: int, width: int) -> VideoIn
 
 
 def davis_inputs(seq: str, frames: int = 48) -> VideoInputs:
-    inp = load_video_inputs(DAVIS / "JPEGImages" / "480p" / seq, DAVIS / "Annotations" / "480p" / seq,
-                            ",".join(map(str, LABEL_FRAMES)))
-    inp.frames, inp.names = inp.frames[:frames], inp.names[:frames]
-    inp.labels, inp.eval_labels = inp.labels[:frames], inp.eval_labels[:frames]
+    """The first ``frames`` frames of a DAVIS sequence, labels on frames 0, 23, 47 (first,
+    middle, last if the sequence is shorter)."""
+    inp = load_video_inputs(DAVIS / "JPEGImages" / "480p" / seq, DAVIS / "Annotations" / "480p" / seq, "0")
+    t = min(frames, len(inp.names))
+    lf = LABEL_FRAMES if t == 48 else [0, (t - 1) // 2, t - 1]
+    inp.frames, inp.names, inp.eval_labels = inp.frames[:t], inp.names[:t], inp.eval_labels[:t]
+    inp.labels = np.full_like(inp.eval_labels, IGNORE)
+    inp.labels[lf] = inp.eval_labels[lf]
+    inp.label_frames = lf
     return inp
 
 
