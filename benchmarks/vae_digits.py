@@ -9,7 +9,7 @@ digits (pixels in [0, 1]), energy distance of the held-out latents to the prior
 ``N(0, s^2 I)``, and the mean top-class probability that an MLP classifier trained on the
 digits training split gives to 500 generated samples. Writes ``vae_digits.json`` and
 ``vae_digits.png`` (samples and reconstructions side by side); the hyperbolic run itself
-goes to ``<out>/vae_digits_run/``.
+goes to ``<out>/vae_digits_run/`` (or ``--reuse RUN`` takes a finished run).
 """
 
 from __future__ import annotations
@@ -32,14 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--steps", type=int, default=None, help="override train.steps (both models)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--reuse", metavar="RUN", default=None,
+                   help="take the hyperbolic numbers from this finished run (default config) "
+                        "instead of training it again")
     args = p.parse_args(argv)
     out = Path(args.out)
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
     cfg = load_config(VAEConfig, "vae-digits", overrides)
-    run = out / "vae_digits_run"
-    if run.exists():
-        shutil.rmtree(run)
-    ours = train_vae(cfg, run, quiet=True)
+    if args.reuse:  # a finished `fhcnn vae train --dataset digits` run of the same config
+        run = Path(args.reuse)
+        ours = json.loads((run / "metrics.json").read_text())
+        ours["reused_run"] = str(run)
+    else:
+        run = out / "vae_digits_run"
+        if run.exists():
+            shutil.rmtree(run)
+        ours = train_vae(cfg, run, quiet=True)
     print(f"hyperbolic: latent {ours['latent_dim']}, recon {ours['recon_mse']:.5f}, energy "
           f"{ours['energy_distance_before']:.3f} -> {ours['energy_distance_after']:.4f}, "
           f"confidence {ours.get('classifier_confidence_samples', float('nan')):.3f}, "
@@ -58,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     from PIL import Image
 
-    samples_ours = torch.from_numpy(
-        __import__("numpy").asarray(Image.open(run / "samples.png"))).float()
+    with Image.open(run / "samples.png") as im:
+        samples_ours = np.array(im)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
     axes[0].imshow(samples_ours, cmap="gray")
     axes[0].set_title(f"hyperbolic VAE samples (latent {ours['latent_dim']})", fontsize=10)
