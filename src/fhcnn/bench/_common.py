@@ -240,7 +240,7 @@ def clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)

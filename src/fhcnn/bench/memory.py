@@ -81,6 +81,21 @@ def paper_model_bytes(spec: Spec, method: str, itemsize: int = 4) -> int:
     return 2 * E
 
 
+def param_bytes(net: torch.nn.Module) -> int:
+    """Bytes of the parameters (= of their gradients, which every method allocates)."""
+    return sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+
+
+def add_param_bytes(result: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``param_bytes`` and ``peak_minus_param_grads`` of a result (e.g. an older JSON)."""
+    for rec in result["sweeps"].values():
+        rec["param_bytes"] = [param_bytes(build_net(s)) for s in rec["specs"]]
+        rec["peak_minus_param_grads"] = {
+            m: [None if p is None else p - b for p, b in zip(rec["peak"][m], rec["param_bytes"])]
+            for m in result["methods"]}
+    return result
+
+
 def sweeps(quick: bool) -> dict[str, list[Spec]]:
     """The three sweeps of Figure 1: depth, input size, number of coarsenings."""
     if quick:
@@ -122,6 +137,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
                               "methods": list(METHODS), "units": "bytes", "sweeps": {}}
     for sweep, specs in sw.items():
         rec: dict[str, Any] = {"x_name": sweep, "x": [], "specs": specs, "state_bytes": [],
+                               "param_bytes": [], "peak_minus_param_grads": {m: [] for m in METHODS},
                                "saved": {m: [] for m in METHODS},
                                "analytic": {m: [] for m in METHODS},
                                "paper_model": {m: [] for m in METHODS},
@@ -131,6 +147,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             rec["state_bytes"].append(state_numel(spec) * 4)
             net = build_net(spec, device)
             x = make_input(spec, device)
+            rec["param_bytes"].append(param_bytes(net))
             for m in METHODS:
                 b, _ = saved_tensor_bytes(lambda: forward_method(net, x, m))
                 rec["saved"][m].append(b)
@@ -146,6 +163,9 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             else:
                 for m in METHODS:
                     rec["peak"][m].append(None)
+        for m in METHODS:
+            rec["peak_minus_param_grads"][m] = [None if p is None else p - b for p, b in
+                                                zip(rec["peak"][m], rec["param_bytes"])]
         rec["analytic_matches_saved"] = all(
             a == s for m in METHODS for a, s in zip(rec["analytic"][m], rec["saved"][m]))
         result["sweeps"][sweep] = rec
@@ -174,13 +194,13 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         x = rec["x"]
         for m in result["methods"]:
             c = COLORS[m]
-            if any(v is not None for v in rec["peak"][m]):
-                ax.plot(x, [None if v is None else v / MiB for v in rec["peak"][m]], "o-", color=c,
-                        label=f"{m}: measured peak")
-            ax.plot(x, [v / MiB for v in rec["saved"][m]], "s--", color=c, ms=4, mfc="none",
-                    label=f"{m}: saved for backward (= formula)")
-            ax.plot(x, [v / MiB for v in rec["paper_model"][m]], ":", color=c, lw=1.5,
-                    label=f"{m}: paper model (states)")
+            act = rec.get("peak_minus_param_grads", {}).get(m, [None] * len(x))
+            if any(v is not None for v in act):
+                ax.plot(x, [None if v is None else max(v, 1) / MiB for v in act], "o-", color=c)
+                ax.plot(x, [None if v is None else v / MiB for v in rec["peak"][m]], "-.", lw=0.8,
+                        color=c)
+            ax.plot(x, [v / MiB for v in rec["saved"][m]], "s--", color=c, ms=4, mfc="none")
+            ax.plot(x, [v / MiB for v in rec["paper_model"][m]], ":", color=c, lw=1.5)
         s0 = rec["specs"][-1]
         ax.set_title(TITLES[name].format(stages=s0.get("stages"), size=spatial_of(s0)[0],
                                          depth=s0.get("depth")), fontsize=10)
@@ -190,9 +210,16 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         if name in ("depth", "size"):
             ax.set_xscale("log", base=2)
         ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.12))
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=COLORS[m], lw=6, label=m) for m in result["methods"]]
+    handles += [Line2D([], [], color="gray", marker="o", label="measured peak - parameter gradients"),
+                Line2D([], [], color="gray", ls="-.", lw=0.8, label="measured peak (raw)"),
+                Line2D([], [], color="gray", ls="--", marker="s", mfc="none", ms=4,
+                       label="saved for backward (= formula, exact)"),
+                Line2D([], [], color="gray", ls=":", lw=1.5, label="paper model: states x number stored")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.1))
     spec = next(iter(sw.values()))["specs"][0]
     fig.suptitle(f"Training memory, {spec['dim']}D, {spec['channels']} channels, batch "
                  f"{spec.get('batch', 1)}, float32 ({result['peak_method']})", fontsize=10)

@@ -229,10 +229,14 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         if m != "iunets":
             g = _grads(model_of(m), x, fwd(m), params=list(net.parameters()))
             rows[m]["grad_rel_diff_vs_reversible"] = float((g - ref).norm() / ref.norm())
+    for m in methods:
+        rows[m]["param_bytes"] = sum(p.numel() * p.element_size()
+                                     for p in model_of(m).parameters() if p.requires_grad)
     if measure_peaks:
         for m in methods:
             r = measured_activation_peaks(spec, [m], device)[m]
             rows[m]["peak"] = r["peak"]
+            rows[m]["peak_minus_param_grads"] = r["peak"] - rows[m]["param_bytes"]
             tick(f"peers peak {m}")
     raw = time_interleaved({m: (lambda m=m: train_step(model_of(m), x, fwd(m))) for m in methods},
                            repeats, warmup=1, device=device, progress=lambda: tick("peers time"))

@@ -25,16 +25,22 @@ def _mib(b: float | None) -> str:
 def _memory(r: dict[str, Any]) -> list[str]:
     out = []
     for name, rec in r["sweeps"].items():
-        out += [f"*{name} sweep* (MiB; saved for backward / measured peak above idle)", "",
-                f"| {rec['x_name']} | plain | block | reversible | plain / reversible (peak) |",
-                "|---:|---:|---:|---:|---:|"]
+        act = rec.get("peak_minus_param_grads", rec["peak"])
+        out += [f"*{name} sweep* — MiB: saved for backward / measured peak / peak − parameter "
+                "gradients", "",
+                f"| {rec['x_name']} | plain | block | reversible | param. grads | "
+                "plain / rev. (saved) | plain / rev. (peak − grads) | block / rev. (peak − grads) |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for i, x in enumerate(rec["x"]):
             cells = []
             for m in ("plain", "block", "reversible"):
-                cells.append(f"{_mib(rec['saved'][m][i])} / {_mib(rec['peak'][m][i])}")
-            pr, rr = rec["peak"]["plain"][i], rec["peak"]["reversible"][i]
-            ratio = f"{pr / rr:.1f}" if pr and rr else "–"
-            out.append(f"| {x} | " + " | ".join(cells) + f" | {ratio} |")
+                cells.append(f"{_mib(rec['saved'][m][i])} / {_mib(rec['peak'][m][i])} / "
+                             f"{_mib(act[m][i])}")
+            pb = rec.get("param_bytes", [None] * len(rec["x"]))[i]
+            sr = rec["saved"]["plain"][i] / rec["saved"]["reversible"][i]
+            pr, br, rr = (act[m][i] for m in ("plain", "block", "reversible"))
+            ratio = f"{pr / rr:.1f} | {br / rr:.1f}" if pr and rr and br else "– | –"
+            out.append(f"| {x} | " + " | ".join(cells) + f" | {_mib(pb)} | {sr:.0f} | {ratio} |")
         out.append("")
     return out
 
@@ -51,12 +57,13 @@ def _time(r: dict[str, Any]) -> list[str]:
 def _peers(r: dict[str, Any]) -> list[str]:
     rows = r["rows"]
     state = r["state_bytes"]
-    out = ["| method | peak MiB | peak / ours | step s | time / ours | time / plain |",
-           "|---|---:|---:|---:|---:|---:|"]
+    out = ["| method | peak MiB | peak − param. grads MiB | peak / ours | step s | time / ours | time / plain |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
     for m in r["methods"]:
         x = rows[m]
         best = " (best k)" if m == r.get("best_checkpoint") else ""
-        out.append(f"| {m}{best} | {_mib(x.get('peak'))} | {x.get('peak_vs_reversible', float('nan')):.2f} | "
+        out.append(f"| {m}{best} | {_mib(x.get('peak'))} | {_mib(x.get('peak_minus_param_grads'))} | "
+                   f"{x.get('peak_vs_reversible', float('nan')):.2f} | "
                    f"{x['median_s']:.3f} | {x['time_vs_reversible']:.2f} | {x['time_vs_plain']:.2f} |")
     out.append(f"\nOne state = {state / 2**20:.2f} MiB.")
     return out + [""]
@@ -78,8 +85,11 @@ def _table1(r: dict[str, Any]) -> list[str]:
 
 def _drift(r: dict[str, Any]) -> list[str]:
     fa = r["first_depth_above_threshold"]
-    out = ["| h | depth L where fp32 inverse error passes 1e-4 | fp32 inverse error at max depth | fp64 inverse error at max depth |",
-           "|---:|---:|---:|---:|"]
+    from .drift import usable_depth
+
+    out = ["| h | depth L where fp32 inverse error passes 1e-4 | fp32 inverse error at max depth | "
+           "fp64 inverse error at max depth | fp32 gradient error > 1e-4 from: reversible / plain |",
+           "|---:|---:|---:|---:|---:|"]
     for h in r["hs"]:
         e32 = r["inverse"]["float32"][str(h)]["error"][-1]
         e64 = r["inverse"]["float64"][str(h)]["error"][-1]
@@ -89,7 +99,11 @@ def _drift(r: dict[str, Any]) -> list[str]:
         if d is not None:
             i = depths.index(d)
             where = f"{depths[i - 1]} < L ≤ {d}" if i > 0 else f"≤ {d}"
-        out.append(f"| {h:g} | {where} | {e32:.1e} | {e64:.1e} |")
+        g = r["gradient"][str(h)]
+        gr = usable_depth(g["depth"], g["reversible_fp32"])
+        gp = usable_depth(g["depth"], g["plain_fp32"])
+        out.append(f"| {h:g} | {where} | {e32:.1e} | {e64:.1e} | "
+                   f"{gr if gr is not None else 'never'} / {gp if gp is not None else 'never'} |")
     return out + [""]
 
 
