@@ -170,7 +170,7 @@ def build_peer(spec: Spec, method: str) -> PeerModel:
 
 
 def peer_forward(model: nn.Module, x: Tensor, method: str) -> Tensor:
-    return model(x)
+    return _quiet_call(model, x)
 
 
 def configs(quick: bool) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
 
     def fwd(m: str) -> Callable[[], Tensor]:
         if m in models:
-            return lambda: models[m](x)
+            return lambda: _quiet_call(models[m], x)
         return lambda: forward_method(net, x, m)
 
     def model_of(m: str) -> nn.Module:
@@ -266,6 +266,17 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     write_json(out_dir / f"{NAME}.json", result)
     plot(result, out_dir / f"{NAME}.png")
     return result
+
+
+def _quiet_call(model: nn.Module, x: Tensor) -> Tensor:
+    """Call a peer model without its deprecation warnings (old torch APIs in iunets/memcnn)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return model(x)
 
 
 def _grads(model: nn.Module, x: Tensor, fwd: Callable[[], Tensor],
