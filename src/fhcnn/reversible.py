@@ -101,18 +101,35 @@ class LeapfrogStep:
         with torch.enable_grad(), frozen_norm_stats(self.f):
             s = shared.detach().requires_grad_(True)
             fs, local = _call_with_detached_params(self.f, params, s)
+        g_s = None
+        if g_new is not None:
+            vjp = torch.autograd.grad(fs, [s, *local], grad_outputs=(self.h2 * g_new).to(fs.dtype),
+                                      allow_unused=True)
+            _accumulate(grads, list(params.values()), vjp[1:])
+            g_s = vjp[0]
+            del vjp
+        del s, local
+        fs = fs.detach()
+        # reconstruct after the VJP, when the layer's graph is already freed (lower peak memory);
+        # same operations in the same order as ``apply``, in place on a fresh tensor
         if known_input is not None:
             other = known_input[1] if self.flip else known_input[0]
         else:
             with torch.no_grad():
-                other = shared + ((shared - new) + self.h2 * fs.detach())
-            other = other.to(new.dtype)
-        vjp = torch.autograd.grad(fs, [s, *local], grad_outputs=(self.h2 * g_new).to(fs.dtype),
-                                  allow_unused=True)
-        _accumulate(grads, list(params.values()), vjp[1:])
-        g_s = vjp[0] if vjp[0] is not None else torch.zeros_like(shared)
-        g_shared_in = g_shared + 2 * g_new + g_s.to(g_shared.dtype)
-        g_other_in = -g_new
+                other = torch.sub(shared, new)
+                other += self.h2 * fs
+                other += shared
+        del fs
+        # g_shared_in = g_shared + 2 g_new + J^T (h2 g_new), accumulated in one fresh tensor
+        g_shared_in = None if g_s is None else g_s.to(shared.dtype)
+        for t, alpha in ((g_new, 2.0), (g_shared, 1.0)):
+            if t is None:
+                continue
+            if g_shared_in is None:
+                g_shared_in = t * alpha
+            else:
+                g_shared_in.add_(t, alpha=alpha)
+        g_other_in = None if g_new is None else -g_new
         if self.flip:
             return (shared, other), (g_shared_in, g_other_in)
         return (other, shared), (g_other_in, g_shared_in)
@@ -142,15 +159,16 @@ class TransitionStep:
             with torch.no_grad():
                 known_input = (self._map(out[0], not self.inverse), self._map(out[1], not self.inverse))
         if not params:
-            # W is orthogonal: its adjoint is its inverse.
+            # W is orthogonal: its adjoint is its inverse (a missing gradient stays missing)
             with torch.no_grad():
-                g_in = (self._map(grad[0], not self.inverse), self._map(grad[1], not self.inverse))
-            return known_input, g_in
+                g_in = tuple(None if g is None else self._map(g, not self.inverse) for g in grad)
+            return known_input, (g_in[0], g_in[1])
         with torch.enable_grad():
             ins = [t.detach().requires_grad_(True) for t in known_input]
             inv = "inverse" if self.inverse else "forward"
             both = {f"wavelet.{n}": t for n, t in params.items()}
             outs, local = _call_with_detached_params(_Both(self.wavelet, inv), both, *ins)
+        grad = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad))
         vjp = torch.autograd.grad(outs, [*ins, *local], grad_outputs=grad, allow_unused=True)
         _accumulate(grads, list(params.values()), vjp[2:])
         return known_input, (vjp[0], vjp[1])
@@ -200,15 +218,17 @@ class ReversibleFunction(torch.autograd.Function):
         if c is x_p or c is x_c or c is p:
             c = c.clone()
         ctx.save_for_backward(p, c, *stored)
+        ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
         return p, c
 
     @staticmethod
     def backward(ctx, g_p: Tensor, g_c: Tensor):  # type: ignore[override]
-        p, c, *stored = ctx.saved_tensors
-        known = {i: (stored[2 * k], stored[2 * k + 1]) for k, i in enumerate(ctx.stored_at)}
+        saved = ctx.saved_tensors
+        known = {i: (saved[2 + 2 * k], saved[3 + 2 * k]) for k, i in enumerate(ctx.stored_at)}
         grads: _Grads = {}
         device_type, enabled, dtype = ctx.autocast
-        pair, g = (p, c), (g_p, g_c)
+        pair, g = (saved[0], saved[1]), (g_p, g_c)
+        del saved
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(ctx.steps))):
                 pair, g = ctx.steps[i].backward(pair, g, known.get(i), ctx.step_params[i], grads)
