@@ -331,7 +331,7 @@ def _reflect(start: int, length: int, n: int) -> Any:
 
 
 def _train_band_mean(vol: Any, train_s: Any, cfg: Any, out_dir: Any, quiet: bool,
-                     eval_fn: Any) -> Any:
+                     eval_fn: Any, resume: bool = False) -> Any:
     """Train with the loss on the band-mean logits (``change.target="mean"``)."""
     import numpy as np
     import torch
@@ -419,7 +419,7 @@ def _train_band_mean(vol: Any, train_s: Any, cfg: Any, out_dir: Any, quiet: bool
     clock["start"] = time.perf_counter()
     trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, val_fn=val_fn,
                       quiet=quiet)
-    trainer.fit()
+    trainer.fit(resume=resume)
     result.model = trainer.model
     result.device = trainer.device
     result.train_time_s = time.perf_counter() - clock["start"] - clock["excluded"]
@@ -429,7 +429,7 @@ def _train_band_mean(vol: Any, train_s: Any, cfg: Any, out_dir: Any, quiet: bool
 
 def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = None, *,
                log: Any = print, quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
-               eval_fn: Any = None) -> dict[str, Any]:
+               eval_fn: Any = None, resume: bool = False) -> dict[str, Any]:
     """Train on one bitemporal scene and predict its change map (the work of ``fhcnn change``).
 
     Args:
@@ -491,7 +491,7 @@ def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = N
             return eval_fn(reduce(res.predict_proba(vol, shifts=1)))
     t0 = time.perf_counter()
     if ch.target == "mean":
-        result = _train_band_mean(vol, train_s, cfg, out_dir, quiet, wrapped)
+        result = _train_band_mean(vol, train_s, cfg, out_dir, quiet, wrapped, resume)
     else:
         result = train_segmentation(vol, lab3, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
                                     eval_fn=wrapped)
@@ -533,7 +533,7 @@ def run(args: argparse.Namespace) -> int:
     train2d = inp["train"]
     n_scored = int((inp["scored"] != IGNORE).sum())
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=args.quiet,
-                     label_source=inp["label_source"], n_scored=n_scored)
+                     label_source=inp["label_source"], n_scored=n_scored, resume=args.resume)
     result, vol, pad, pred, p_change = fit["result"], fit["volume"], fit["padded"], fit["pred"], fit["prob"]
     train_time, predict_time, ch = fit["train_time_s"], fit["predict_time_s"], cfg.change
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
