@@ -94,7 +94,7 @@ class VAELossConfig:
     """Weights of the objective and the pruning schedule."""
 
     alpha: float = 3.0               # group norm ||P||_{1,2}
-    beta: float = 5.0                # energy distance
+    beta: float = 50.0               # energy distance
     energy_start: float = 0.3        # fraction of the run before the energy term starts
     energy_ramp: float = 0.2         # fraction of the run over which beta ramps up
     prox_weight: float = 1.0         # proximal step tau = lr * prox_weight after each step
@@ -120,8 +120,8 @@ class VAEConfig:
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1500, lr=2e-3, schedule="constant", checkpoint_every=500, keep_last=1,
-        log_every=25, val_every=250))
+        steps=3000, lr=2e-3, schedule="constant", checkpoint_every=1000, keep_last=1,
+        log_every=25, val_every=1000))
 
 
 # ------------------------------------------------------------------------------ data
