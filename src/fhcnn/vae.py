@@ -38,7 +38,8 @@ from .errors import InputError
 from .models.autoencoder import HyperbolicAutoencoder, energy_distance
 from .training import TrainConfig, Trainer, load_weights, unwrap_model
 
-__all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "train_vae",
+__all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "VAEEvalConfig",
+           "load_images", "resolve_image", "beta_at", "train_vae",
            "build_model", "load_run", "evaluate", "save_grid", "digit_classifier",
            "classifier_confidence", "normality_report", "interpolate_latents", "train_baseline",
            "BaselineConfig"]
@@ -141,15 +142,11 @@ def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
 
 
 def _required_factor(cfg: VAEModelConfig) -> int:
-    down = up = level = 0
-    peak = 0
+    """The image sides must be divisible by this (pre-transforms plus the deepest coarsening)."""
+    level = peak = 0
     for _, t in cfg.units:
-        if t == "down":
-            level += 1
-        elif t == "up":
-            level -= 1
+        level += 1 if t == "down" else -1 if t == "up" else 0
         peak = max(peak, level)
-    del down, up
     return 2 ** (cfg.pre_levels + peak)
 
 

@@ -49,7 +49,6 @@ import math
 from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..network import HyperbolicNetwork, Unit
