@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Train the hyperbolic autoencoder Z = P^T F(X), "
                                    "X_hat = F^-1(P Z) with group-norm pruning of P and an "
                                    "energy-distance Gaussianity term.")
-    t.add_argument("--dataset", nargs="+", metavar="NAME [PATH]",
+    t.add_argument("--dataset", nargs="+", metavar=("NAME", "PATH"),
                    help="digits | lfw | mnist-idx PATH | folder PATH (default: the config's "
                         "data.dataset)")
     t.add_argument("--resize", type=int, metavar="SIZE",
