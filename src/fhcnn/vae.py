@@ -440,6 +440,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
     with _ProxHook(trainer.model, lc.prox_weight):  # type: ignore[arg-type]
         history = trainer.fit(resume=resume)
     fit_time = time.perf_counter() - t_fit
+    if not trainer.is_main:  # under torchrun only rank 0 evaluates and writes outputs
+        return {}
     model = trainer.model  # type: ignore[assignment]
     model.eval()
     norms_trained = model.column_norms().cpu().numpy()

@@ -535,6 +535,10 @@ def run(args: argparse.Namespace) -> int:
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=args.quiet,
                      label_source=inp["label_source"], n_scored=n_scored, resume=args.resume)
     result, vol, pad, pred, p_change = fit["result"], fit["volume"], fit["padded"], fit["pred"], fit["prob"]
+    from ..training import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 writes outputs and prints
+        return 0
     train_time, predict_time, ch = fit["train_time_s"], fit["predict_time_s"], cfg.change
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     scored = inp["scored"]

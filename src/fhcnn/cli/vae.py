@@ -111,6 +111,8 @@ def _train(args: argparse.Namespace) -> int:
     inputs = [cfg.data.path] if cfg.data.path else []
     out = prepare_output_dir(args.out, args.resume, args.overwrite, inputs=inputs)
     m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)
+    if not m:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     print(f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
           f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
           + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
