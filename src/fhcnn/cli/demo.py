@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         mem[name] = saved_tensor_bytes(lambda: model(x).sum())[0]
     print(f"4. activation memory of one training window {tuple(metrics['train_window'])} (batch 1):")
     for name, b in mem.items():
-        print(f"     {name:17s} {b / 2**20:8.2f} MiB  ({mem['plain autograd'] / max(b, 1):.1f}x less than plain)")
+        ratio = "" if name == "plain autograd" else f"  ({mem['plain autograd'] / max(b, 1):.1f}x less)"
+        print(f"     {name:17s} {b / 2**20:8.2f} MiB{ratio}")
     summary = {"miou": metrics["miou"], "iou": metrics["iou"],
                "copy_nearest_baseline": metrics["copy_nearest_baseline"]["miou"],
                "train_time_s": metrics["train_time_s"], "activation_bytes": mem,
