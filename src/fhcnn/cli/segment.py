@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     metrics = segment_video(inputs, cfg, out, scale=args.scale, quiet=args.quiet, resume=args.resume,
                             log=log)
+    if not metrics:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     if "miou" in metrics:
         print(f"mIoU {metrics['miou']:.4f} on {len(metrics['scored_frames'])} held-out frames "
               f"(copy-nearest baseline {metrics['copy_nearest_baseline']['miou']:.4f}); outputs in {out}")

@@ -190,6 +190,10 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
         cfg.data.eval_every = eval_every
     result = train_segmentation(vol, labels, cfg, out, num_classes=k, quiet=quiet, resume=resume,
                                 eval_labels=ev_small)
+    from ..training import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 predicts, writes and reports
+        return {}
     log(f"trained {cfg.train.steps} steps in {result.train_time_s:.0f} s on {result.device}; "
         f"activation memory of one step ({cfg.data.batch_size} windows of {result.window}): "
         f"{result.activation_bytes / 2**20:.1f} MiB")
