@@ -97,6 +97,8 @@ def test_clear_errors_for_bad_inputs_and_options():
         net(torch.zeros(1, 4, 16, 16, dtype=torch.long))
     with pytest.raises(TypeError, match="torch.Tensor"):
         net([1, 2, 3])
+    with pytest.raises(ValueError, match=r"inverse y_prev .*axis 1 has size 18"):
+        net.inverse(torch.randn(1, 4, 16, 18), torch.randn(1, 4, 16, 18))
     with pytest.raises(ValueError, match="differ"):
         net.inverse(torch.randn(1, 4, 16, 16), torch.randn(2, 4, 16, 16))
     with pytest.raises(ValueError, match="divisible by 2\\*\\*dim"):

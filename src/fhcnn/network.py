@@ -197,7 +197,8 @@ class HyperbolicNetwork(nn.Module):
 
     # ------------------------------------------------------------- validation
     def _check_input(self, x: Tensor | None, shape: Sequence[int] | None = None,
-                     channels: int | None = None, what: str = "input") -> None:
+                     channels: int | None = None, what: str = "input", inverse: bool = False) -> None:
+        """Validate a forward input (or, with ``inverse``, a member of the output pair)."""
         if x is not None:
             if not isinstance(x, Tensor):
                 raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -213,8 +214,8 @@ class HyperbolicNetwork(nn.Module):
                              f"got {tuple(shape)}")
         if shape[1] != channels:
             raise ValueError(f"{what} has {shape[1]} channels, but the network expects {channels}")
-        levels = self.max_level if channels == self.channels and not what.startswith("inverse") \
-            else self.max_level - self.out_level
+        # coarsenings still ahead: from the input, or back from the output level
+        levels = self.max_level - self.out_level if inverse else self.max_level
         check_divisible(shape[2:], levels,
                         what=f"{what} {tuple(shape)} (the network coarsens it {levels} time(s))")
 
@@ -247,7 +248,7 @@ class HyperbolicNetwork(nn.Module):
         reconstructed initial pair (``x``), or the whole pair if ``return_pair``.
         """
         for name, t in (("y_prev", y_prev), ("y_cur", y_cur)):
-            self._check_input(t, channels=self.out_channels, what=f"inverse {name}")
+            self._check_input(t, channels=self.out_channels, what=f"inverse {name}", inverse=True)
         if y_prev.shape != y_cur.shape:
             raise ValueError(f"y_prev {tuple(y_prev.shape)} and y_cur {tuple(y_cur.shape)} differ")
         steps = [s.inverted() for s in reversed(self._steps())]
