@@ -69,8 +69,8 @@ class DenseHyperbolicModel(nn.Module):
         if opening == "zeros" and width < pre_channels:
             raise ValueError(f"width={width} is smaller than the {pre_channels} channels after "
                              f"{pre_levels} Haar transform(s); use opening='conv' or a larger width")
-        self.open = nn.Conv3d(pre_channels, width, 1) if opening == "conv" and dim == 3 else \
-            nn.Conv2d(pre_channels, width, 1) if opening == "conv" else None
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        self.open = conv(pre_channels, width, 1) if opening == "conv" else None
         self.pre_channels = pre_channels
         self.net = HyperbolicNetwork(width, units, dim=dim, **network_options)
         if self.net.out_level != -pre_levels:
@@ -78,7 +78,6 @@ class DenseHyperbolicModel(nn.Module):
                 f"the network must end at the input resolution: {pre_levels} pre-transform(s) "
                 f"need {pre_levels} more 'up' than 'down' transitions, got "
                 f"{-self.net.out_level} (units={list(units)})")
-        conv = nn.Conv3d if dim == 3 else nn.Conv2d
         self.classifier = conv(self.net.out_channels, num_classes, 1)
 
     @property
