@@ -75,6 +75,38 @@ def test_predict_any_size_with_shifts(arch):
     torch.testing.assert_close(p.sum(0), torch.ones(5, 7, 9))
 
 
+class _Pointwise(torch.nn.Module):
+    """A 1x1x1 convolution: every voxel's output depends on that voxel only."""
+
+    size_multiple = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_windowed_prediction_blends_to_the_whole_volume_prediction():
+    # windows overlap and are blended with centre-peaked weights: for a model without context
+    # the result must equal one pass over the whole volume (weights normalized exactly)
+    torch.manual_seed(0)
+    model, vol = _Pointwise(), torch.rand(3, 10, 13, 9)
+    whole = predict_volume(model, vol, shifts=3, flip=True, window=(0, 0, 0))
+    for window in [(4, 8, 4), (8, 0, 4), (4, 4, 4)]:
+        torch.testing.assert_close(predict_volume(model, vol, shifts=3, flip=True, window=window), whole)
+
+
+def test_prediction_window_defaults_to_the_training_window():
+    from fhcnn.segmentation.engine import prediction_window
+
+    cfg = SegmentConfig()
+    assert prediction_window(cfg, (16, 64, 64)) == (16, 64, 64)
+    cfg.data.predict_height = 0
+    assert prediction_window(cfg, (16, 64, 64)) == (16, 0, 64)
+
+
 def test_unet_shapes():
     net = UNet3D(3, 4, base=4, levels=2)
     assert net(torch.rand(1, 3, 4, 8, 12)).shape == (1, 4, 4, 8, 12) and net.size_multiple == 4

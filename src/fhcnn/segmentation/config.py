@@ -47,7 +47,11 @@ class DataConfig:
     chosen labelled voxel (class-balanced choice), the volume continued by reflection, so
     every labelled voxel is seen at every position modulo the network's stride.
     Prediction averages the probabilities over ``predict_shifts`` shifted tilings
-    (and a horizontal flip if ``predict_flip``).
+    (and a horizontal flip if ``predict_flip``). Prediction windows (``predict_depth`` ...)
+    default to the training window (``-1``): group normalization takes its statistics over
+    the window, so a net trained on small windows sees different statistics on the whole
+    volume (``0`` = whole axis). On DAVIS goat this alone moved held-out mIoU from 0.731
+    (whole volume) to 0.775 (training-size windows, overlapping by half).
     """
 
     window_depth: int = 16
@@ -66,9 +70,9 @@ class DataConfig:
     coords: bool = False        # append normalized (h, w) coordinates as input channels
     predict_shifts: int = 4
     predict_flip: bool = True
-    predict_depth: int = 0      # prediction window (0 = whole axis)
-    predict_height: int = 0
-    predict_width: int = 0
+    predict_depth: int = -1     # prediction window (-1 = the training window, 0 = whole axis)
+    predict_height: int = -1
+    predict_width: int = -1
     eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
 
 

@@ -30,6 +30,7 @@ from .metrics import IGNORE, segmentation_metrics
 from .models import VolumeSegmenter, build_model
 
 __all__ = ["SegmentationResult", "train_segmentation", "predict_volume", "prepare_inputs",
+           "prediction_window",
            "reflect_indices", "activation_bytes", "num_classes_of"]
 
 
@@ -78,6 +79,16 @@ def prepare_inputs(volume: np.ndarray | Tensor, coords: bool = False) -> Tensor:
     return v
 
 
+def _blend_weight(win: Sequence[int], padded: Sequence[int]) -> Tensor:
+    """``(d, h, w)`` positive weights of one prediction window: ``sin(pi (i + 1/2) / n)`` along
+    each axis the window cuts (smaller than the padded volume), 1 along the others."""
+    out = torch.ones(())
+    for ax, (w, p) in enumerate(zip(win, padded)):
+        v = torch.sin(math.pi * (torch.arange(w) + 0.5) / w) if w < p else torch.ones(w)
+        out = out[..., None] * v if ax else v
+    return out
+
+
 @torch.no_grad()
 def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: bool = False,
                    window: Sequence[int] = (0, 0, 0), device: torch.device | str | None = None,
@@ -85,7 +96,9 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
     """Class probabilities ``(K, D, H, W)`` (float32, CPU) of a whole volume ``(C, D, H, W)``.
 
     The volume is continued by reflection to a multiple of ``model.size_multiple`` (any size
-    works), cut into windows of ``window`` voxels (0 = whole axis; overlapping by half), and
+    works), cut into windows of ``window`` voxels (0 = whole axis; overlapping by half, blended
+    with weights ``sin(pi (i + 1/2) / w)`` along each cut axis, so a voxel's prediction comes
+    mostly from windows that hold it near their centre, where the net sees its context), and
     the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
     every axis (and over a flip of the last axis if ``flip``); cropped back to ``(D, H, W)``.
     """
@@ -115,6 +128,7 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
             xin = x.flip(-1) if flipped else x
             out: Tensor | None = None
             cnt = torch.zeros(padded)
+            weight = _blend_weight(win, padded)
             for s0 in axes_starts[0]:
                 for s1 in axes_starts[1]:
                     for s2 in axes_starts[2]:
@@ -123,8 +137,8 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
                         prob = torch.softmax(model(xb).float(), 1)[0].cpu()
                         if out is None:
                             out = torch.zeros((prob.shape[0], *padded))
-                        out[(slice(None),) + sl] += prob
-                        cnt[sl] += 1
+                        out[(slice(None),) + sl] += prob * weight
+                        cnt[sl] += weight
             assert out is not None
             out = out / cnt
             if flipped:
@@ -173,17 +187,29 @@ class SegmentationResult:
     activation_bytes: int = 0
     device: torch.device = torch.device("cpu")
 
+    @property
+    def predict_window(self) -> tuple[int, int, int]:
+        """The prediction window ``(d, h, w)``: the config's ``predict_*`` with ``-1`` replaced by
+        the training window (``0`` = whole axis)."""
+        return prediction_window(self.config, self.window)
+
     def predict_proba(self, volume: np.ndarray | Tensor, shifts: int | None = None) -> Tensor:
         """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained)."""
         d = self.config.data
         v = prepare_inputs(volume, d.coords)
         return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
-                              flip=d.predict_flip, device=self.device,
-                              window=(d.predict_depth, d.predict_height, d.predict_width))
+                              flip=d.predict_flip, device=self.device, window=self.predict_window)
 
     def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
         """``(D, H, W)`` uint8 label volume."""
         return self.predict_proba(volume).argmax(0).numpy().astype(np.uint8)
+
+
+def prediction_window(cfg: SegmentConfig, train_window: Sequence[int]) -> tuple[int, int, int]:
+    """``cfg.data.predict_*`` with ``-1`` (the default) replaced by ``train_window``."""
+    d = cfg.data
+    asked = (d.predict_depth, d.predict_height, d.predict_width)
+    return tuple(int(t) if a < 0 else int(a) for a, t in zip(asked, train_window))  # type: ignore[return-value]
 
 
 def _rotate_zoom(x: Tensor, y: Tensor, degrees: float, zoom: float) -> tuple[Tensor, Tensor]:
@@ -350,7 +376,7 @@ def train_segmentation(
         out: dict[str, float] = {}
         if eval_t is not None:
             pred = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
-                                  window=(d.predict_depth, d.predict_height, d.predict_width)).argmax(0)
+                                  window=result.predict_window).argmax(0)
             met = segmentation_metrics(pred.numpy(), eval_t.numpy(), k, per_frame=False)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
         if eval_fn is not None:
