@@ -196,3 +196,57 @@ def test_rotate_zoom_is_rigid_and_keeps_labels():
     xs, ys = _rotate_zoom(x, y, 0.0, 1.0)
     torch.testing.assert_close(xs, x)
     assert ys.eq(y).all()
+
+
+def _toy_depth_mean(d=6, h=12, w=12):
+    """(2, D, H, W) unit Gaussian noise; class-1 pixels (a box: the 2D (H, W) truth map) are
+    brighter by 1 in channel 1 at every depth: one voxel is ambiguous (a threshold gets 68 %
+    of them right), the depth mean much less so (88 %)."""
+    rng = np.random.default_rng(1)
+    truth = np.zeros((h, w), np.uint8)
+    truth[3:9, 2:8] = 1
+    vol = rng.normal(0, 1, (2, d, h, w)).astype(np.float32)
+    vol[1] += truth
+    return vol, truth
+
+
+def test_reduce_depth_learns_a_2d_map_from_the_depth_mean():
+    vol, truth = _toy_depth_mean()
+    lab = np.full_like(truth, IGNORE)
+    lab[::3, ::2] = truth[::3, ::2]
+    held = np.where(lab == IGNORE, truth, IGNORE).astype(np.uint8)
+    cfg = load_config(SegmentConfig, "video-tiny", [
+        "data.reduce_depth=true", "train.steps=30", "train.lr=0.01", "data.window_height=8",
+        "data.window_width=8", "data.eval_every=30", "data.flip_height=true", "data.rotate=20",
+        "data.zoom=0.1", "data.jitter=0.05", "data.noise=0.02", "data.reverse_depth=true"])
+    r = train_segmentation(vol, lab, cfg, eval_labels=held, quiet=True)
+    m = r.model.size_multiple
+    # the whole depth axis (6, rounded up to the size multiple), (H, W) windows as configured
+    assert r.window == (-(-6 // m) * m, 8, 8) and r.activation_bytes > 0
+    assert len(r.history) == 30 and "miou" in r.history[-1]
+    prob = r.predict_proba(vol)
+    assert prob.shape == (2, 6, 12, 12)
+    torch.testing.assert_close(prob, prob[:, :1].expand_as(prob))  # depth-mean, broadcast
+    pred = r.predict(vol)
+    assert pred.shape == (12, 12) and pred.dtype == np.uint8
+    np.testing.assert_array_equal(pred, prob.mean(1).argmax(0).numpy())
+    score = segmentation_metrics(pred, held, 2, per_frame=False)["miou"]
+    assert score > 0.7, score
+    assert r.history[-1]["miou"] == pytest.approx(score, abs=0.05)
+
+
+def test_reduce_depth_label_shape_errors_name_the_shapes():
+    vol, truth = _toy_depth_mean()
+    cfg = load_config(SegmentConfig, "video-tiny", ["data.reduce_depth=true"])
+    with pytest.raises(ValueError, match=r"labels shape \(6, 12, 12\) must equal the volume's "
+                                         r"\(H, W\) = \(12, 12\)"):
+        train_segmentation(vol, np.repeat(truth[None], 6, 0), cfg, quiet=True)
+    with pytest.raises(ValueError, match=r"labels shape \(12, 10\) .*\(H, W\) = \(12, 12\)"):
+        train_segmentation(vol, truth[:, :10], cfg, quiet=True)
+    with pytest.raises(ValueError, match=r"eval_labels shape \(6, 12, 12\) must equal labels shape "
+                                         r"\(12, 12\)"):
+        train_segmentation(vol, truth, cfg, eval_labels=np.repeat(truth[None], 6, 0), quiet=True)
+    plain = load_config(SegmentConfig, "video-tiny")
+    with pytest.raises(ValueError, match=r"labels shape \(12, 12\) must equal the volume's "
+                                         r"\(D, H, W\) = \(6, 12, 12\).*reduce_depth"):
+        train_segmentation(vol, truth, plain, quiet=True)

@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,8 @@ class ChangeOptions:
         channels: ``"dates"`` (2 channels: before, after) or ``"dates+diff"`` (3: + after - before).
         target: where the 2D labels meet the 3D output ``(2, B, H, W)``: ``"mean"`` (default):
             the loss is taken on the band-mean of the logits (a 2D x-y map), the prediction is
-            the softmax of that mean; ``"all"``: every band slice carries the labels (the
+            the softmax of that mean (the engine's ``data.reduce_depth``, which this option
+            sets: on for ``"mean"``, off otherwise); ``"all"``: every band slice carries the labels (the
             engine's per-voxel loss; prediction = band-mean of the probabilities);
             ``"slice"``: only band ``slice_index`` carries them (the paper's wording) and the
             prediction is read there.
@@ -296,137 +297,6 @@ def _save_npy(path: Path, arr: Any) -> None:
 # run
 # --------------------------------------------------------------------------------------
 
-class _BandMean:
-    """Wraps a dense 3D model: logits averaged over the band (depth) axis, broadcast back, so
-    the engine's ``predict_volume`` returns ``softmax(mean_b logits)`` at every band."""
-
-    def __new__(cls, model: Any) -> Any:
-        from torch import nn
-
-        class BandMean(nn.Module):
-            def __init__(self, inner: nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            @property
-            def size_multiple(self) -> int:
-                return int(self.inner.size_multiple)
-
-            def forward(self, x: Any) -> Any:
-                lo = self.inner(x)
-                return lo.mean(2, keepdim=True).expand_as(lo)
-
-        return BandMean(model)
-
-
-def _reflect(start: int, length: int, n: int) -> Any:
-    import numpy as np
-
-    idx = np.arange(start, start + length)
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * n - 2
-    idx = np.mod(idx, period)
-    return np.where(idx >= n, period - idx, idx)
-
-
-def _train_band_mean(vol: Any, train_s: Any, cfg: Any, out_dir: Any, quiet: bool,
-                     eval_fn: Any, resume: bool = False) -> Any:
-    """Train with the loss on the band-mean logits (``change.target="mean"``)."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from ..data.hyperspectral import IGNORE
-    from ..memory import saved_tensor_bytes
-    from ..segmentation.config import MEMORY_MODES
-    from ..segmentation.engine import SegmentationResult, predict_volume
-    from ..segmentation.models import build_model
-    from ..training import Trainer
-
-    torch.manual_seed(cfg.train.seed)
-    c, nb, h, w = vol.shape
-    core = build_model(cfg.model, c, 2)
-    if cfg.model.arch == "hyperbolic":
-        core.core.net.reversible = MEMORY_MODES[cfg.model.memory]
-    vt = torch.from_numpy(vol)
-    flat = vt.flatten(1)
-    core.set_normalization(flat.mean(1), flat.std(1))
-    model = _BandMean(core)
-    mult = model.size_multiple
-    depth = -(-nb // mult) * mult
-    d = cfg.data
-    wh = -(-(d.window_height or h) // mult) * mult
-    ww = -(-(d.window_width or w) // mult) * mult
-    dix = _reflect(0, depth, nb)
-    lab = torch.from_numpy(train_s.astype(np.int64))
-    pts = [torch.nonzero(lab == k) for k in (0, 1)]
-    counts = torch.tensor([float(len(p)) for p in pts])
-    weight = counts.clamp_min(1) ** -d.balance
-    weight = weight * 2 / weight.sum()
-    vol_d = vt[:, torch.from_numpy(dix)]
-
-    def batch_fn(step: int, gen: torch.Generator) -> tuple[Any, Any]:
-        xs, ys = [], []
-        for _ in range(d.batch_size):
-            p = pts[int(torch.randint(2, (1,), generator=gen))]
-            y0, x0 = (int(v) for v in p[int(torch.randint(len(p), (1,), generator=gen))])
-            sy = y0 - int(torch.randint(wh, (1,), generator=gen))
-            sx = x0 - int(torch.randint(ww, (1,), generator=gen))
-            iy, ix = torch.from_numpy(_reflect(sy, wh, h)), torch.from_numpy(_reflect(sx, ww, w))
-            x = vol_d[:, :, iy][:, :, :, ix]
-            y = lab[iy][:, ix]
-            r = torch.rand(3, generator=gen)
-            if d.flip_width and r[0] < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            if d.flip_height and r[1] < 0.5:
-                x, y = x.flip(-2), y.flip(-2)
-            if d.noise > 0:
-                x = x + d.noise * core.std.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=gen)
-            xs.append(x)
-            ys.append(y)
-        return torch.stack(xs), torch.stack(ys)
-
-    history: list[dict[str, Any]] = []
-    clock = {"start": time.perf_counter(), "excluded": 0.0, "step": 0}
-
-    def loss_of(m: Any, x: Any, y: Any) -> Any:
-        logits = m.inner(x).mean(2)
-        return F.cross_entropy(logits.float(), y, weight=weight.to(logits.device), ignore_index=IGNORE)
-
-    def loss_fn(m: Any, batch: Any) -> tuple[Any, dict[str, float]]:
-        loss = loss_of(m, *batch)
-        clock["step"] += 1
-        history.append({"step": clock["step"], "loss": float(loss.detach()),
-                        "time_s": round(time.perf_counter() - clock["start"] - clock["excluded"], 3)})
-        return loss, {"loss": float(loss.detach())}
-
-    result = SegmentationResult(model=model, config=cfg, num_classes=2, history=history,
-                                window=(depth, wh, ww))
-    val_fn = None
-    if eval_fn is not None and d.eval_every > 0:
-        def val_fn(m: Any) -> dict[str, float]:
-            if clock["step"] % d.eval_every:
-                return {}
-            t0 = time.perf_counter()
-            out = eval_fn(result)
-            history[-1].update(out)
-            clock["excluded"] += time.perf_counter() - t0
-            return out
-        cfg.train.val_every = 1
-    x0, y0 = batch_fn(0, torch.Generator().manual_seed(0))
-    result.activation_bytes, _ = saved_tensor_bytes(lambda: loss_of(model, x0, y0))
-    clock["start"] = time.perf_counter()
-    trainer = Trainer(model, cfg.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, val_fn=val_fn,
-                      quiet=quiet)
-    trainer.fit(resume=resume)
-    result.model = trainer.model
-    result.device = trainer.device
-    result.train_time_s = time.perf_counter() - clock["start"] - clock["excluded"]
-    result.model.eval()
-    return result
-
-
 def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = None, *,
                log: Any = print, quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
                eval_fn: Any = None, resume: bool = False) -> dict[str, Any]:
@@ -466,17 +336,20 @@ def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = N
     slice_idx = (nbv // 2 if ch.slice_index < 0 else ch.slice_index)
     if ch.target == "slice" and not 0 <= slice_idx < nbv:
         raise InputError(f"change.slice_index={ch.slice_index} is outside the {nbv} bands")
-    if ch.target in ("all", "mean"):
-        lab3 = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
+    if ch.target == "mean":     # one 2D map: the loss on the band-mean logits
+        lab = train_s
+    elif ch.target == "all":
+        lab = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
     else:
-        lab3 = np.full((nbv, hs, ws), IGNORE, np.uint8)
-        lab3[slice_idx] = train_s
+        lab = np.full((nbv, hs, ws), IGNORE, np.uint8)
+        lab[slice_idx] = train_s
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     log(f"scene {h}x{w} pixels, {nb} bands; volume (channels, bands, H, W) = {tuple(vol.shape)} "
         f"[{ch.channels}; bands standardized: {ch.normalize}]")
     log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
         f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
-    seg_cfg = SegmentConfig(model=cfg.model, data=cfg.data, train=cfg.train)
+    data = replace(cfg.data, reduce_depth=ch.target == "mean")
+    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train)
 
     def reduce(prob: Any) -> Any:
         p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
@@ -490,11 +363,8 @@ def fit_change(before: Any, after: Any, train2d: Any, cfg: Any, out_dir: Any = N
         def wrapped(res: Any) -> dict[str, float]:
             return eval_fn(reduce(res.predict_proba(vol, shifts=1)))
     t0 = time.perf_counter()
-    if ch.target == "mean":
-        result = _train_band_mean(vol, train_s, cfg, out_dir, quiet, wrapped, resume)
-    else:
-        result = train_segmentation(vol, lab3, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
-                                    eval_fn=wrapped)
+    result = train_segmentation(vol, lab, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
+                                eval_fn=wrapped, resume=resume)
     train_time = time.perf_counter() - t0
     m = result.model.size_multiple
     pad = tuple(-(-n // m) * m for n in (nbv, hs, ws))

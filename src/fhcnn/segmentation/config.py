@@ -52,6 +52,15 @@ class DataConfig:
     the window, so a net trained on small windows sees different statistics on the whole
     volume (``0`` = whole axis). On DAVIS goat this alone moved held-out mIoU from 0.731
     (whole volume) to 0.775 (training-size windows, overlapping by half).
+
+    ``reduce_depth``: the labels are one 2D ``(H, W)`` map (255 = unlabelled) for the whole
+    depth axis (e.g. a change map of a hyperspectral scene whose bands are the depth). The loss
+    (class-balanced cross entropy, plus ``dice``) is taken on the depth-mean of the logits,
+    ``(N, K, h, w)``; training windows always span the whole depth axis (rounded up to the
+    network's size multiple, continued by reflection; ``window_depth`` is not used) and are cut
+    in (H, W) around a labelled pixel. Flips, rotate/zoom, jitter and noise apply as usual;
+    ``reverse_depth`` is ignored (the band order is kept). The trained model returns the
+    depth-mean logits broadcast over depth (see :class:`~fhcnn.segmentation.engine.DepthMean`).
     """
 
     window_depth: int = 16
@@ -74,6 +83,7 @@ class DataConfig:
     predict_height: int = -1
     predict_width: int = -1
     eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
+    reduce_depth: bool = False  # 2D (H, W) labels, loss on the depth-mean logits (see above)
 
 
 @dataclass

@@ -9,6 +9,11 @@ What makes a strided (wavelet or pooling) network work from a few labelled slice
   network's stride ``2**levels`` -- otherwise slices at positions no label shares get garbage;
 * prediction averages class probabilities over several shifted tilings (and a flip);
 * the loss is class-balanced (weights ``count**-balance``), else it sits at "all background".
+
+With ``data.reduce_depth`` the labels are a 2D ``(H, W)`` map instead (e.g. a change map of a
+hyperspectral scene whose bands are the depth): the loss is taken on the depth-mean of the
+logits, training windows span the whole depth axis, and the model (:class:`DepthMean`) returns
+the depth-mean logits broadcast over depth, so :func:`predict_volume` works unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .metrics import IGNORE, segmentation_metrics
 from .models import VolumeSegmenter, build_model
 
 __all__ = ["SegmentationResult", "train_segmentation", "predict_volume", "prepare_inputs",
-           "prediction_window",
+           "prediction_window", "DepthMean",
            "reflect_indices", "activation_bytes", "num_classes_of"]
 
 
@@ -162,12 +167,33 @@ def activation_bytes(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[
     return nbytes
 
 
+class DepthMean(nn.Module):
+    """Wraps a dense 3D model (``(N, C, D, H, W) -> (N, K, D, H, W)`` logits): the logits
+    averaged over the depth axis and broadcast back (a view, no copy), so every depth slice
+    holds the same ``mean_d logits`` and :func:`predict_volume` returns ``softmax(mean_d logits)``
+    at every depth. The model of a ``data.reduce_depth`` run; the wrapped one is ``.inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.inner, "size_multiple", 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lo = self.inner(x)
+        return lo.mean(2, keepdim=True).expand_as(lo)
+
+
 @dataclass
 class SegmentationResult:
     """What :func:`train_segmentation` returns.
 
     Attributes:
-        model: the trained :class:`VolumeSegmenter` (on ``device``, eval mode).
+        model: the trained :class:`VolumeSegmenter` (on ``device``, eval mode); with
+            ``data.reduce_depth`` a :class:`DepthMean` around it (depth-mean logits broadcast
+            over depth).
         config: the resolved :class:`SegmentConfig`.
         num_classes: ``K``.
         history: per-step dicts ``{"step", "loss", "time_s"}`` (training time, evaluation
@@ -178,7 +204,7 @@ class SegmentationResult:
         device: where it trained.
     """
 
-    model: VolumeSegmenter
+    model: VolumeSegmenter | DepthMean
     config: SegmentConfig
     num_classes: int
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -194,27 +220,42 @@ class SegmentationResult:
         return prediction_window(self.config, self.window)
 
     def predict_proba(self, volume: np.ndarray | Tensor, shifts: int | None = None) -> Tensor:
-        """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained)."""
+        """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained).
+
+        With ``data.reduce_depth`` every depth slice holds the softmax of the depth-mean logits
+        (identical slices unless ``predict_depth`` cuts the depth axis into several windows);
+        ``.mean(1)`` gives the ``(K, H, W)`` map :meth:`predict` takes its argmax of."""
         d = self.config.data
         v = prepare_inputs(volume, d.coords)
         return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
                               flip=d.predict_flip, device=self.device, window=self.predict_window)
 
     def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
-        """``(D, H, W)`` uint8 label volume."""
-        return self.predict_proba(volume).argmax(0).numpy().astype(np.uint8)
+        """``(D, H, W)`` uint8 label volume; with ``data.reduce_depth`` the ``(H, W)`` label map
+        (argmax of the depth-mean probability), shaped like the labels it was trained on."""
+        return _labels_of(self.predict_proba(volume), self.config.data.reduce_depth).numpy().astype(np.uint8)
+
+
+def _labels_of(prob: Tensor, reduce_depth: bool) -> Tensor:
+    """Argmax labels of ``(K, D, H, W)`` probabilities: ``(D, H, W)``, or ``(H, W)`` (argmax of
+    the depth-mean probability) if ``reduce_depth``."""
+    return (prob.mean(1) if reduce_depth else prob).argmax(0)
 
 
 def prediction_window(cfg: SegmentConfig, train_window: Sequence[int]) -> tuple[int, int, int]:
-    """``cfg.data.predict_*`` with ``-1`` (the default) replaced by ``train_window``."""
+    """``cfg.data.predict_*`` with ``-1`` (the default) replaced by ``train_window``; with
+    ``data.reduce_depth`` a ``-1`` depth is ``0`` (the whole axis, as in training: one depth
+    window, so the depth mean is the same at every depth, whatever the tiling's shift)."""
     d = cfg.data
     asked = (d.predict_depth, d.predict_height, d.predict_width)
-    return tuple(int(t) if a < 0 else int(a) for a, t in zip(asked, train_window))  # type: ignore[return-value]
+    train = (0 if d.reduce_depth else train_window[0],) + tuple(train_window[1:])
+    return tuple(int(t) if a < 0 else int(a) for a, t in zip(asked, train))  # type: ignore[return-value]
 
 
 def _rotate_zoom(x: Tensor, y: Tensor, degrees: float, zoom: float) -> tuple[Tensor, Tensor]:
     """Rotate every (h, w) slice of a window ``x`` ``(C, d, h, w)`` and its labels ``y`` ``(d, h, w)``
-    by ``degrees`` and magnify by ``zoom`` (content continued by reflection)."""
+    (or ``(1, h, w)``: one label map for all slices) by ``degrees`` and magnify by ``zoom``
+    (content continued by reflection)."""
     _, d, h, w = x.shape
     a = math.radians(degrees)
     # affine_grid works in normalized coordinates: the aspect factors keep the rotation rigid
@@ -223,7 +264,7 @@ def _rotate_zoom(x: Tensor, y: Tensor, degrees: float, zoom: float) -> tuple[Ten
     grid = F.affine_grid(theta.expand(d, 2, 3), [d, 1, h, w], align_corners=False)
     xs = F.grid_sample(x.transpose(0, 1), grid, mode="bilinear", padding_mode="reflection",
                        align_corners=False).transpose(0, 1)
-    ys = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="reflection",
+    ys = F.grid_sample(y[:, None].to(x.dtype), grid[: y.shape[0]], mode="nearest", padding_mode="reflection",
                        align_corners=False)[:, 0].round().long()
     return xs.contiguous(), ys
 
@@ -276,13 +317,15 @@ def train_segmentation(
         volume: ``(C, D, H, W)`` float (raw values: normalization is learned from the volume
             and stored in the model).
         labels: ``(D, H, W)`` integer labels in ``[0, K)``, ``255`` = unlabelled; at least two
-            classes must be labelled somewhere.
+            classes must be labelled somewhere. With ``config.data.reduce_depth``: an ``(H, W)``
+            map, matched by the depth-mean of the logits.
         config: :class:`SegmentConfig` (default: the ``video`` defaults).
         out_dir: where the trainer writes ``metrics.jsonl`` and ``checkpoints/`` (None: nothing
             is written).
         num_classes: ``K`` (default: largest label + 1).
-        eval_labels: optional ``(D, H, W)`` truth (255 = not scored) scored every
-            ``config.data.eval_every`` steps and at the end into ``history`` (never trained on).
+        eval_labels: optional truth shaped like ``labels`` (255 = not scored) scored every
+            ``config.data.eval_every`` steps and at the end into ``history`` (never trained on);
+            with ``reduce_depth`` the argmax of the depth-mean probability is scored.
         eval_fn: alternative custom evaluation ``result -> {"name": value}`` called likewise.
         quiet: no progress output.
         resume: continue the run in ``out_dir`` from its latest checkpoint.
@@ -296,9 +339,17 @@ def train_segmentation(
     cfg = copy.deepcopy(config) if config is not None else SegmentConfig()
     vol = prepare_inputs(volume, cfg.data.coords)
     lab = torch.as_tensor(np.asarray(labels)).long()
-    if lab.shape != vol.shape[1:]:
+    d = cfg.data
+    reduce = bool(d.reduce_depth)
+    if reduce and lab.shape != vol.shape[2:]:
+        raise ValueError(f"labels shape {tuple(lab.shape)} must equal the volume's (H, W) = "
+                         f"{tuple(vol.shape[2:])}: with data.reduce_depth the labels are one 2D "
+                         f"map for the depth-mean of the logits")
+    if not reduce and lab.shape != vol.shape[1:]:
+        hint = (" (2D (H, W) labels need data.reduce_depth=true)"
+                if lab.shape == vol.shape[2:] else "")
         raise ValueError(f"labels shape {tuple(lab.shape)} must equal the volume's (D, H, W) = "
-                         f"{tuple(vol.shape[1:])}")
+                         f"{tuple(vol.shape[1:])}{hint}")
     k = num_classes or num_classes_of(lab)
     bad = (lab != IGNORE) & ((lab < 0) | (lab >= k))
     if bad.any():
@@ -308,19 +359,27 @@ def train_segmentation(
         raise ValueError(f"the labels must contain at least two classes; found only {present}")
     if cfg.model.memory not in MEMORY_MODES:
         raise ValueError(f"model.memory must be one of {sorted(MEMORY_MODES)}, got {cfg.model.memory!r}")
+    eval_t = torch.as_tensor(np.asarray(eval_labels)).long() if eval_labels is not None else None
+    if eval_t is not None and eval_t.shape != lab.shape:
+        raise ValueError(f"eval_labels shape {tuple(eval_t.shape)} must equal labels shape {tuple(lab.shape)}")
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, vol.shape[0], k)
+    seg = build_model(cfg.model, vol.shape[0], k)
     if cfg.model.arch == "hyperbolic":
-        model.core.net.reversible = MEMORY_MODES[cfg.model.memory]
+        seg.core.net.reversible = MEMORY_MODES[cfg.model.memory]
     flat = vol.flatten(1)
-    model.set_normalization(flat.mean(1), flat.std(1))
+    seg.set_normalization(flat.mean(1), flat.std(1))
+    model: VolumeSegmenter | DepthMean = DepthMean(seg) if reduce else seg
     m = model.size_multiple
-    d = cfg.data
     win = tuple(_round_up(w if w > 0 else n, m) for w, n in
                 zip((d.window_depth, d.window_height, d.window_width), vol.shape[1:]))
+    if reduce:  # the whole depth axis (continued by reflection), windows cut in (H, W) only
+        win = (_round_up(vol.shape[1], m),) + win[1:]
+        lab_axes = (1, 2)
+    else:
+        lab_axes = (0, 1, 2)
     weight = _class_weights(lab, k, d.balance)
     by_class = [torch.nonzero(lab == c) for c in present]
-    std = model.std.view(-1, 1, 1, 1)[: vol.shape[0] - (2 if d.coords else 0)]
+    std = seg.std.view(-1, 1, 1, 1)[: vol.shape[0] - (2 if d.coords else 0)]
     nchan = std.shape[0]
 
     def batch_fn(step: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -328,18 +387,23 @@ def train_segmentation(
         for _ in range(d.batch_size):
             pts = by_class[int(torch.randint(len(by_class), (1,), generator=gen))]
             p = pts[int(torch.randint(len(pts), (1,), generator=gen))]
-            starts = [int(p[a]) - int(torch.randint(win[a], (1,), generator=gen)) for a in range(3)]
-            x, y = _gather(vol, starts, win), _gather(lab, starts, win)
+            starts = [0, 0, 0]
+            for j, a in enumerate(lab_axes):
+                starts[a] = int(p[j]) - int(torch.randint(win[a], (1,), generator=gen))
+            x = _gather(vol, starts, win)
+            y = _gather(lab, [starts[a] for a in lab_axes], [win[a] for a in lab_axes])
             r = torch.rand(5, generator=gen)
             if d.flip_width and r[0] < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             if d.flip_height and r[1] < 0.5:
                 x, y = x.flip(-2), y.flip(-2)
-            if d.reverse_depth and r[2] < 0.5:
+            if d.reverse_depth and not reduce and r[2] < 0.5:
                 x, y = x.flip(-3), y.flip(-3)
             if d.rotate > 0 or d.zoom > 0:
+                y = y[None] if reduce else y
                 x, y = _rotate_zoom(x, y, float(r[3] * 2 - 1) * d.rotate,
                                     (1 + d.zoom) ** float(r[4] * 2 - 1))
+                y = y[0] if reduce else y
             if d.jitter > 0 or d.noise > 0:
                 x = x.clone()
                 xc = x[:nchan]
@@ -353,6 +417,10 @@ def train_segmentation(
             ys.append(y)
         return torch.stack(xs), torch.stack(ys)
 
+    def step_loss(logits: Tensor, y: Tensor) -> Tensor:
+        # reduce_depth: DepthMean's output is the depth-mean broadcast, so .mean(2) is that mean
+        return _loss(logits.mean(2) if reduce else logits, y, weight, d.dice)
+
     history: list[dict[str, Any]] = []
     clock = {"start": time.perf_counter(), "excluded": 0.0, "step": 0}
 
@@ -361,22 +429,20 @@ def train_segmentation(
 
     def loss_fn(model_: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
-        loss = _loss(model_(x), y, weight, d.dice)
+        loss = step_loss(model_(x), y)
         clock["step"] += 1
         history.append({"step": clock["step"], "loss": float(loss.detach()), "time_s": round(now(), 3)})
         return loss, {"loss": float(loss.detach())}
 
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win)
-    eval_t = torch.as_tensor(np.asarray(eval_labels)).long() if eval_labels is not None else None
-    if eval_t is not None and eval_t.shape != lab.shape:
-        raise ValueError(f"eval_labels shape {tuple(eval_t.shape)} must equal labels shape {tuple(lab.shape)}")
 
     def evaluate() -> dict[str, float]:
         t0 = time.perf_counter()
         out: dict[str, float] = {}
         if eval_t is not None:
-            pred = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
-                                  window=result.predict_window).argmax(0)
+            prob = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
+                                  window=result.predict_window)
+            pred = _labels_of(prob, reduce)
             met = segmentation_metrics(pred.numpy(), eval_t.numpy(), k, per_frame=False)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
         if eval_fn is not None:
@@ -395,7 +461,7 @@ def train_segmentation(
             return evaluate()
     # memory of one training step (exact count of saved tensors), before training
     x0, y0 = batch_fn(0, torch.Generator().manual_seed(0))
-    result.activation_bytes = activation_bytes(model, x0, y0, lambda lo, y: _loss(lo, y, weight, d.dice))
+    result.activation_bytes = activation_bytes(model, x0, y0, step_loss)
     clock["start"] = time.perf_counter()
     result.device = _fit(model, cfg, Path(out_dir) if out_dir is not None else None,
                          batch_fn, loss_fn, val_fn, quiet, resume)
