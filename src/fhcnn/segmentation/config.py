@@ -91,5 +91,5 @@ class SegmentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
+        steps=1000, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
         keep_last=1, log_every=10))
