@@ -52,6 +52,9 @@ class ChangeOptions:
         slice_index: band used with ``target="slice"`` (-1 = the middle band).
         normalize: ``"band"``: standardize each band over both dates; ``"none"``.
         scale: spatial resize factor applied before training (prediction is resized back).
+            Below 1 a downscaled cell mixes several pixels, so a scored (held-out) pixel can
+            share a cell with a training pixel and the held-out score is optimistic; score
+            with ``scale = 1`` when the numbers matter.
         threshold: change probability above which a pixel is called changed.
     """
 
@@ -128,7 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-labels", metavar="MAP", help="full change map to score against (never "
                    "trained on; training pixels are excluded from the score)")
     parser.add_argument("--scale", type=float, default=None,
-                        help="resize the scene by this factor before training (change.scale)")
+                        help="resize the scene by this factor before training (change.scale); "
+                             "below 1 a held-out pixel can share a downscaled cell with a "
+                             "training pixel, so held-out scores are optimistic")
     add_config_arguments(parser, default_config="change")
 
 
