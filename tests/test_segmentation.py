@@ -250,3 +250,22 @@ def test_reduce_depth_label_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"labels shape \(12, 12\) must equal the volume's "
                                          r"\(D, H, W\) = \(6, 12, 12\).*reduce_depth"):
         train_segmentation(vol, truth, plain, quiet=True)
+
+
+def test_prediction_can_keep_the_depth_phase():
+    # a model that sees only even depth slices: a depth shift changes its input, H/W shifts don't
+    class EvenDepth(torch.nn.Module):
+        size_multiple = 2
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            even = x[:, :1, ::2].repeat_interleave(2, 2)
+            return torch.cat([even, -even], 1) * self.w
+
+    vol = torch.rand(1, 6, 4, 4)
+    one = predict_volume(EvenDepth(), vol, shifts=1)
+    torch.testing.assert_close(predict_volume(EvenDepth(), vol, shifts=2, shift_depth=False), one)
+    assert not torch.allclose(predict_volume(EvenDepth(), vol, shifts=2), one)

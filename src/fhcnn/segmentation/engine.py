@@ -97,7 +97,7 @@ def _blend_weight(win: Sequence[int], padded: Sequence[int]) -> Tensor:
 @torch.no_grad()
 def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: bool = False,
                    window: Sequence[int] = (0, 0, 0), device: torch.device | str | None = None,
-                   ) -> Tensor:
+                   shift_depth: bool = True) -> Tensor:
     """Class probabilities ``(K, D, H, W)`` (float32, CPU) of a whole volume ``(C, D, H, W)``.
 
     The volume is continued by reflection to a multiple of ``model.size_multiple`` (any size
@@ -105,7 +105,8 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
     with weights ``sin(pi (i + 1/2) / w)`` along each cut axis, so a voxel's prediction comes
     mostly from windows that hold it near their centre, where the net sees its context), and
     the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
-    every axis (and over a flip of the last axis if ``flip``); cropped back to ``(D, H, W)``.
+    every axis (only H and W if not ``shift_depth``; and over a flip of the last axis if
+    ``flip``); cropped back to ``(D, H, W)``.
     """
     if volume.dim() != 4:
         raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(volume.shape)}")
@@ -118,10 +119,11 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
     acc: Tensor | None = None
     runs = 0
     for o in offsets:
-        padded = [_round_up(n + o, m) for n in size]
+        oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
+        padded = [_round_up(n + oa, m) for n, oa in zip(size, oo)]
         win = [p if (w <= 0 or w >= p) else _round_up(w, m) for w, p in zip(window, padded)]
         win = [min(w, p) for w, p in zip(win, padded)]
-        x = _gather(volume, [-o] * 3, padded)
+        x = _gather(volume, [-oa for oa in oo], padded)
         axes_starts = []
         for p, w in zip(padded, win):
             stride = max(m, (w // 2) // m * m)
@@ -148,7 +150,7 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
             out = out / cnt
             if flipped:
                 out = out.flip(-1)
-            out = out[:, o:o + size[0], o:o + size[1], o:o + size[2]]
+            out = out[:, oo[0]:oo[0] + size[0], oo[1]:oo[1] + size[1], oo[2]:oo[2] + size[2]]
             acc = out if acc is None else acc + out
             runs += 1
     if was_training:
@@ -228,7 +230,8 @@ class SegmentationResult:
         d = self.config.data
         v = prepare_inputs(volume, d.coords)
         return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
-                              flip=d.predict_flip, device=self.device, window=self.predict_window)
+                              flip=d.predict_flip, device=self.device, window=self.predict_window,
+                              shift_depth=not d.reduce_depth)
 
     def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
         """``(D, H, W)`` uint8 label volume; with ``data.reduce_depth`` the ``(H, W)`` label map
@@ -441,7 +444,7 @@ def train_segmentation(
         out: dict[str, float] = {}
         if eval_t is not None:
             prob = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
-                                  window=result.predict_window)
+                                  window=result.predict_window, shift_depth=not reduce)
             pred = _labels_of(prob, reduce)
             met = segmentation_metrics(pred.numpy(), eval_t.numpy(), k, per_frame=False)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
