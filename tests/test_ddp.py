@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:  # once seen under heavy load: retry the launch once, report both
         first = proc.stdout[-2000:] + proc.stderr[-2000:]
+        for child in tmp_path.iterdir():  # the retry must not meet the first launch's checkpoints
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, first + "\n--- retry ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
 
