@@ -227,10 +227,14 @@ class SegmentationResult:
         With ``data.reduce_depth`` every depth slice holds the softmax of the depth-mean logits
         (identical slices unless ``predict_depth`` cuts the depth axis into several windows);
         ``.mean(1)`` gives the ``(K, H, W)`` map :meth:`predict` takes its argmax of."""
+        return self._predict_prepared(prepare_inputs(volume, self.config.data.coords), shifts)
+
+    def _predict_prepared(self, v: Tensor, shifts: int | None = None) -> Tensor:
+        """:meth:`predict_proba` of an input already through :func:`prepare_inputs`, on the
+        model's device, with the config's shifts, flip and window."""
         d = self.config.data
-        v = prepare_inputs(volume, d.coords)
         return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
-                              flip=d.predict_flip, device=self.device, window=self.predict_window,
+                              flip=d.predict_flip, window=self.predict_window,
                               shift_depth=not d.reduce_depth)
 
     def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
@@ -443,9 +447,7 @@ def train_segmentation(
         t0 = time.perf_counter()
         out: dict[str, float] = {}
         if eval_t is not None:
-            prob = predict_volume(result.model, vol, shifts=d.predict_shifts, flip=d.predict_flip,
-                                  window=result.predict_window, shift_depth=not reduce)
-            pred = _labels_of(prob, reduce)
+            pred = _labels_of(result._predict_prepared(vol), reduce)
             met = segmentation_metrics(pred.numpy(), eval_t.numpy(), k, per_frame=False)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
         if eval_fn is not None:
