@@ -68,15 +68,29 @@ def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: i
            "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
            "wall_s": round(time.perf_counter() - t0, 1), "steps": cfg.train.steps,
            "window": m["train_window"], "batch": cfg.data.batch_size, "volume": m["volume_size"],
-           "parameters": m["parameters"], "curve": curve,
+           "parameters": m["parameters"], "curve": curve, **_precision_recall(m, inputs, k),
            "activation_bytes": memory_of(cfg, tuple(m["train_window"]), cfg.data.batch_size, k),
            "model": {k2: getattr(cfg.model, k2) for k2 in vars(cfg.model)}}
     print(f"{name:28s} {cfg.model.arch:10s} mIoU {res['miou']:.4f}"
           + (f" J {res['J']:.4f}" if res["J"] is not None else "")
+          + (f" P {res['fg_precision']:.3f} R {res['fg_recall']:.3f}" if "fg_precision" in res else "")
           + f" (copy {res['copy_nearest_miou']:.4f})  train {res['train_time_s']:.0f} s  "
           f"act {res['activation_bytes'].get('reversible', res['activation_bytes']['plain']) / 2**20:.1f} MiB",
           flush=True)
     return res
+
+
+def _precision_recall(m: dict, inputs: VideoInputs, k: int) -> dict:
+    """Foreground precision and recall on the scored frames (two classes only): tells whether
+    a low J comes from predicting too much foreground or too little."""
+    if k != 2 or inputs.eval_labels is None:
+        return {}
+    held = m["scored_frames"]
+    pred, truth = m["prediction"][held] == 1, inputs.eval_labels[held]
+    keep = truth != IGNORE
+    tp = float((pred & (truth == 1) & keep).sum())
+    return {"fg_precision": tp / max(float((pred & keep).sum()), 1.0),
+            "fg_recall": tp / max(float(((truth == 1) & keep).sum()), 1.0)}
 
 
 def generated_inputs(seed: int, frames: int, height: int, width: int) -> VideoInputs:
