@@ -33,7 +33,7 @@ from fhcnn.config import load_config
 from fhcnn.data.video import generate_video
 from fhcnn.memory import saved_tensor_bytes
 from fhcnn.segmentation import SegmentConfig, build_model
-from fhcnn.segmentation.metrics import IGNORE
+from fhcnn.segmentation.metrics import IGNORE, confusion_matrix
 from fhcnn.segmentation.video import VideoInputs, load_video_inputs, segment_video
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,11 +86,9 @@ def _precision_recall(m: dict, inputs: VideoInputs, k: int) -> dict:
     if k != 2 or inputs.eval_labels is None:
         return {}
     held = m["scored_frames"]
-    pred, truth = m["prediction"][held] == 1, inputs.eval_labels[held]
-    keep = truth != IGNORE
-    tp = float((pred & (truth == 1) & keep).sum())
-    return {"fg_precision": tp / max(float((pred & keep).sum()), 1.0),
-            "fg_recall": tp / max(float(((truth == 1) & keep).sum()), 1.0)}
+    cm = confusion_matrix(m["prediction"][held], inputs.eval_labels[held], 2)  # M[truth, pred]
+    return {"fg_precision": float(cm[1, 1]) / max(float(cm[:, 1].sum()), 1.0),
+            "fg_recall": float(cm[1, 1]) / max(float(cm[1, :].sum()), 1.0)}
 
 
 def generated_inputs(seed: int, frames: int, height: int, width: int) -> VideoInputs:
