@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -269,3 +271,25 @@ def test_prediction_can_keep_the_depth_phase():
     one = predict_volume(EvenDepth(), vol, shifts=1)
     torch.testing.assert_close(predict_volume(EvenDepth(), vol, shifts=2, shift_depth=False), one)
     assert not torch.allclose(predict_volume(EvenDepth(), vol, shifts=2), one)
+
+
+def test_dice_loss_hand_checked_and_blind_to_unlabelled_voxels():
+    from fhcnn.segmentation.engine import _loss
+
+    logits = torch.zeros(1, 2, 1, 2, 2, requires_grad=True)  # softmax 0.5 everywhere
+    y = torch.tensor([[[[0, 1], [1, IGNORE]]]])
+    w = torch.ones(2)
+    ce = math.log(2)
+    # three labelled voxels. class 0: intersection 0.5, |p| + |y| = 1.5 + 1 -> 1 - 2/3.5;
+    # class 1: intersection 1.0, |p| + |y| = 1.5 + 2 -> 1 - 3/4.5 (soft Dice, +1 smoothing)
+    dice = ((1 - 2 / 3.5) + (1 - 3 / 4.5)) / 2
+    loss = _loss(logits, y, w, 0.5)
+    assert loss.item() == pytest.approx(ce + 0.5 * dice, rel=1e-6)
+    assert _loss(logits, y, w, 0.0).item() == pytest.approx(ce, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, :, 0, 1, 1].abs().max() == 0  # the unlabelled voxel gets no gradient
+    assert logits.grad[0, :, 0, 0, 0].abs().max() > 0
+    # a class absent from the labels adds no Dice term: only class 0 labelled
+    y0 = torch.tensor([[[[0, 0], [0, IGNORE]]]])
+    d0 = 1 - (2 * 1.5 + 1) / (1.5 + 3 + 1)
+    assert _loss(logits.detach(), y0, w, 1.0).item() == pytest.approx(math.log(2) + d0, rel=1e-6)
