@@ -99,10 +99,10 @@ def generated_inputs(seed: int, frames: int, height: int, width: int) -> VideoIn
                        "generated ground truth", [0, 1, 2], {"video": f"generated seed {seed}"})
 
 
-def davis_inputs(seq: str, frames: int = 48) -> VideoInputs:
+def davis_inputs(seq: str, frames: int = 48, root: Path = DAVIS) -> VideoInputs:
     """The first ``frames`` frames of a DAVIS sequence, labels on frames 0, 23, 47 (first,
     middle, last if the sequence is shorter)."""
-    inp = load_video_inputs(DAVIS / "JPEGImages" / "480p" / seq, DAVIS / "Annotations" / "480p" / seq, "0")
+    inp = load_video_inputs(root / "JPEGImages" / "480p" / seq, root / "Annotations" / "480p" / seq, "0")
     t = min(frames, len(inp.names))
     lf = LABEL_FRAMES if t == 48 else [0, (t - 1) // 2, t - 1]
     inp.frames, inp.names, inp.eval_labels = inp.frames[:t], inp.names[:t], inp.eval_labels[:t]
@@ -155,6 +155,7 @@ def main() -> None:
     p.add_argument("--size", default="48x96x160", help="generated video TxHxW")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--davis", type=Path, default=DAVIS, help="DAVIS root (holds JPEGImages/480p, Annotations/480p)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,9 +166,9 @@ def main() -> None:
         cases = [(f"generated seed {s}", lambda s=int(s): generated_inputs(s, t, h, w), 1.0)
                  for s in args.seeds.split(",")]
     else:
-        if not DAVIS.is_dir():
-            sys.exit(f"DAVIS data not found at {DAVIS}")
-        cases = [(seq, lambda seq=seq: davis_inputs(seq), args.scale) for seq in args.sequences.split(",")]
+        if not args.davis.is_dir():
+            sys.exit(f"DAVIS data not found at {args.davis}")
+        cases = [(seq, lambda seq=seq: davis_inputs(seq, root=args.davis), args.scale) for seq in args.sequences.split(",")]
     for name, make, scale in cases:
         inputs = make()
         for arch in args.arch.split(","):
