@@ -178,8 +178,9 @@ def main() -> None:
             payload = {"mode": args.mode, "config": args.config, "overrides": args.overrides,
                        "unet_overrides": args.unet_set, "label_frames": LABEL_FRAMES,
                        "torch_threads": torch.get_num_threads(), "results": results}
-            atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
-            plot(results, out.with_suffix(".png"), f"video segmentation ({args.mode})")
+            # out.name + suffix, not with_suffix: a tag like "_balance0.5" holds a dot
+            atomic_write_text(out.parent / (out.name + ".json"), json.dumps(payload, indent=1) + "\n")
+            plot(results, out.parent / (out.name + ".png"), f"video segmentation ({args.mode})")
     print(f"wrote {out}.json and .png")
 
 
