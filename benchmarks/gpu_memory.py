@@ -113,7 +113,7 @@ def report(run_dir: Path, tag: str) -> Path:
     for i, k in enumerate(labels):
         b.text(cases[k]["peak_bytes"] / 2**30, i, f" {cases[k]['peak_bytes'] / 2**30:.2f}", va="center")
     fig.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
+    with atomic_path(RESULTS / f"gpu_{tag}.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out
