@@ -29,6 +29,7 @@ def depth_sweep() -> dict:
     import torch
 
     from fhcnn import HyperbolicNetwork
+    from fhcnn.memory import cuda_peak_bytes
 
     peaks: dict[str, list[int]] = {}
     for mode, name in ((False, "plain"), ("block", "block"), (True, "reversible")):
@@ -39,12 +40,7 @@ def depth_sweep() -> dict:
             x = torch.randn(1, 4, 512, 512, device="cuda")
             net(x).square().sum().backward()  # warm-up
             net.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            net(x).square().sum().backward()
-            torch.cuda.synchronize()
-            row.append(torch.cuda.max_memory_allocated() - base)
+            row.append(cuda_peak_bytes(lambda: net(x).square().sum().backward())[0])
             del net, x
         peaks[name] = row
     return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "input": [1, 4, 512, 512],
@@ -84,14 +80,14 @@ def report(run_dir: Path, tag: str) -> Path:
             cases[f"{mem}, {label}"] = {"peak_bytes": peak["max_memory_allocated_bytes"],
                                         "activation_bytes": metrics["activation_bytes"],
                                         "train_time_s": metrics["train_time_s"],
-                                        "steps": metrics.get("steps")}
+                                        "steps": peak["steps"]}
     train = load("pv_train_metrics.json")
     train_peak = load("pv_train.json")
     keep = ("miou", "J", "iou", "copy_nearest_baseline", "train_time_s", "predict_time_s", "activation_bytes",
             "parameters", "volume_size", "padded_size", "train_window", "label_frames", "scale", "frames")
     result = {"benchmark": "gpu_memory", "gpu": depth["gpu"], "torch": depth["torch"],
               "depth_sweep": depth, "paper_video_memory": cases,
-              "paper_video_training": {**{k: train.get(k) for k in keep}, "steps": train_peak.get("steps"),
+              "paper_video_training": {**{k: train.get(k) for k in keep}, "steps": train_peak["steps"],
                                        "peak_bytes": train_peak["max_memory_allocated_bytes"],
                                        "video": "DAVIS 2016 blackswan, first 48 frames"}}
     RESULTS.mkdir(exist_ok=True)

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fhcnn import HaarDWT, HyperbolicNetwork, LearnableWavelet
+from fhcnn import HyperbolicNetwork
+from fhcnn.memory import cuda_peak_bytes
 
 from .conftest import rel_err
+from .test_gradients import _grads
+from .test_wavelets import _transforms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
@@ -32,17 +35,10 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _transforms(dim: int):
-    random = LearnableWavelet(dim, "db2", levels=2)
-    with torch.no_grad():
-        random.theta.copy_(torch.randn(2) * 3)
-    return [HaarDWT(dim, 2), LearnableWavelet(dim, "haar", levels=2), random]
-
-
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_wavelets_on_cuda_invert_and_match_cpu(dim):
     shape = (2, 3) + (16,) * dim
-    for T in _transforms(dim):
+    for T in _transforms(dim, levels=2):
         T = T.double()
         x = torch.randn(shape, dtype=torch.float64)
         with torch.no_grad():
@@ -77,17 +73,6 @@ def test_network_output_matches_cpu():
         ref = net(x)
         got = net.to(CUDA)(x.to(CUDA)).cpu()
     assert rel_err(got, ref) <= 1e-10
-
-
-def _grads(net, x):
-    g = torch.Generator().manual_seed(7)
-    x = x.clone().requires_grad_(True)
-    yp, yc = net.forward_pair(x)
-    w1, w2 = (torch.randn(yc.shape, generator=g, dtype=yc.dtype).to(yc.device) for _ in range(2))
-    loss = (w1 * yc).sum() + 0.5 * (w2.abs() * yc.square()).sum() + (w1 * yp * yc).sum()
-    net.zero_grad()
-    loss.backward()
-    return {"input": x.grad.cpu(), **{n: p.grad.cpu() for n, p in net.named_parameters()}}
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -146,12 +131,7 @@ def _peak_training_bytes(depth: int, reversible) -> int:
     torch.manual_seed(0)
     net = HyperbolicNetwork(4, [(n, "down"), (n, "up")], dim=2, reversible=reversible).to(CUDA)
     x = torch.randn(1, 4, 512, 512, device=CUDA)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    net(x).square().sum().backward()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return cuda_peak_bytes(lambda: net(x).square().sum().backward())[0]
 
 
 def test_cuda_training_memory_constant_in_depth_for_reversible_only():

@@ -22,7 +22,7 @@ def _net(mode, dim=2, dtype=torch.float32, seed=0, **kw):
 def _loss(yp, yc):
     """A loss that no orthogonal map of the output leaves invariant (fixed random weights)."""
     g = torch.Generator().manual_seed(7)
-    w1, w2, w3 = (torch.randn(yc.shape, generator=g, dtype=yc.dtype) for _ in range(3))
+    w1, w2, w3 = (torch.randn(yc.shape, generator=g, dtype=yc.dtype).to(yc.device) for _ in range(3))
     return (w1 * yc).sum() + 0.5 * (w2.abs() * yc.square()).sum() + (w3 * yp * yc).sum()
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["saved_tensor_bytes", "SavedTensorCounter", "tensor_bytes"]
+__all__ = ["saved_tensor_bytes", "SavedTensorCounter", "tensor_bytes", "cuda_peak_bytes"]
 
 
 def tensor_bytes(t: Tensor) -> int:
@@ -70,3 +70,16 @@ def saved_tensor_bytes(fn: Callable[[], Any], include_parameters: bool = False) 
     with SavedTensorCounter(include_parameters) as counter:
         out = fn()
     return counter.bytes, out
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device | str | None = None) -> tuple[int, Any]:
+    """Run ``fn()`` and return ``(peak CUDA memory allocated while it ran, above what was
+    allocated before it, fn's result)``: ``torch.cuda.max_memory_allocated`` after a reset,
+    with the device synchronized before and after. Needs CUDA. Unlike
+    :func:`saved_tensor_bytes` it depends on the allocator (workspaces, transient buffers)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before, out

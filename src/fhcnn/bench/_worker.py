@@ -83,6 +83,7 @@ def build(spec: dict[str, Any], method: str, device: str):
 def main(argv: list[str]) -> int:
     import torch
 
+    from ..memory import cuda_peak_bytes
     from ._common import train_step
 
     job = json.loads(argv[0])
@@ -103,15 +104,15 @@ def main(argv: list[str]) -> int:
     if can_reset:
         _reset_peak()
         result["baseline"] = peak_rss()
+
+    def step() -> None:
+        if not job.get("idle"):
+            train_step(model, x, lambda: fwd(model, x))
+
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    if not job.get("idle"):
-        train_step(model, x, lambda: fwd(model, x))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        result["cuda_peak"] = torch.cuda.max_memory_allocated() - before
+        result["cuda_peak"] = cuda_peak_bytes(step, device)[0]
+    else:
+        step()
     result["hwm"] = peak_rss()
     result["rss"] = current_rss()
     print(json.dumps(result))
