@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fhcnn.atomic import atomic_path, atomic_write_text
-from fhcnn.cli.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
+from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import (IGNORE, labels_from_masks, make_bitemporal_scene, read_cube,
                                       sample_labels)

@@ -20,6 +20,7 @@ and ``.png``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -32,9 +33,8 @@ from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.config import load_config
 from fhcnn.data.video import generate_video
 from fhcnn.memory import saved_tensor_bytes
-from fhcnn.segmentation import SegmentConfig, build_model
-from fhcnn.segmentation.metrics import IGNORE, confusion_matrix
-from fhcnn.segmentation.video import VideoInputs, load_video_inputs, segment_video
+from fhcnn.apps.segment import VideoInputs, load_video_inputs, segment_video
+from fhcnn.engine import IGNORE, SegmentConfig, build_model, confusion_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "DAVIS"
@@ -44,20 +44,19 @@ LABEL_FRAMES = [0, 23, 47]
 def memory_of(cfg: SegmentConfig, window: tuple[int, int, int], batch: int, k: int) -> dict[str, int]:
     """Activation bytes of one training step for the configured net in each gradient mode."""
     out = {}
-    model = build_model(cfg.model, 3, k)
     x = torch.rand(batch, 3, *window)
-    if cfg.model.arch == "hyperbolic":
-        for mode, name in ((True, "reversible"), ("block", "block"), (False, "plain")):
-            model.core.net.reversible = mode
-            out[name] = saved_tensor_bytes(lambda: model(x).sum())[0]
-    else:
-        out["plain"] = saved_tensor_bytes(lambda: model(x).sum())[0]
+    modes = ("reversible", "block", "plain") if cfg.model.arch == "hyperbolic" else ("plain",)
+    for mode in modes:
+        model = build_model(cfg.model, 3, k, memory=mode)
+        out[mode] = saved_tensor_bytes(lambda: model(x).sum())[0]
     return out
 
 
 def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: int, name: str) -> dict:
     t0 = time.perf_counter()
-    m = segment_video(inputs, cfg, None, scale=scale, quiet=True, eval_every=eval_every,
+    cfg = copy.deepcopy(cfg)
+    cfg.data.scale = scale
+    m = segment_video(inputs, cfg, None, quiet=True, eval_every=eval_every,
                       log=lambda s: print("   " + s, file=sys.stderr, flush=True))
     curve = [{"step": r["step"], "time_s": r["time_s"], "miou": r["miou"]} for r in m["history"] if "miou" in r]
     k = len(inputs.classes)

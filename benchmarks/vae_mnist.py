@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fhcnn.atomic import atomic_write_text
     from fhcnn.config import load_config
-    from fhcnn.vae import VAEConfig, train_vae
+    from fhcnn.apps.vae import VAEConfig, train_vae
 
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

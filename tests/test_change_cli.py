@@ -54,14 +54,14 @@ def test_change_end_to_end_label_fraction(scene, tmp_path):
     iou0 = ((p == 0) & (t == 0)).sum() / max(((p == 0) | (t == 0)).sum(), 1)
     assert m["iou_positive"] == pytest.approx(iou1) and m["iou_negative"] == pytest.approx(iou0)
     assert m["miou"] == pytest.approx((iou0 + iou1) / 2)
-    from fhcnn.cli.change import ChangeConfig
+    from fhcnn.apps.change import ChangeConfig
     from fhcnn.config import load_config
     cfg = load_config(ChangeConfig, out / "config.yaml")
     assert cfg.train.steps == 3
 
 
 def test_change_metrics_hand_checked():
-    from fhcnn.cli.change import change_metrics
+    from fhcnn.apps.change import change_metrics
 
     truth = np.array([[0, 0, 1, 1], [1, 255, 0, 255]], np.uint8)
     pred = np.array([[0, 1, 1, 1], [0, 1, 0, 0]], np.uint8)
@@ -137,7 +137,7 @@ def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
     _fails(["change", str(tmp_path / "nan.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
            "NaN")
     _fails(["change", b, a, "--out", str(out), *TINY], capsys, "no labels")
-    _fails(["change", b, a, "--labels", t, "--out", str(out), "--set", "change.scale=0", *TINY], capsys,
+    _fails(["change", b, a, "--labels", t, "--out", str(out), "--set", "data.scale=0", *TINY], capsys,
            "scale")
     assert not out.exists()
     # an existing folder holding a user's file is refused and left as it was

@@ -9,8 +9,9 @@ from typing import Literal
 
 import pytest
 
-from fhcnn.config import (add_config_arguments, available_configs, config_from_args, dump_config,
-                          load_config, prepare_output_dir, resolve_config, save_config)
+from fhcnn.cli._options import add_config_arguments, config_from_args
+from fhcnn.config import available_configs, dump_config, load_config, resolve_config, save_config
+from fhcnn.rundir import prepare_output_dir
 from fhcnn.errors import InputError
 from fhcnn.training import TrainConfig
 

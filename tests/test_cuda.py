@@ -145,7 +145,7 @@ def test_cuda_training_memory_constant_in_depth_for_reversible_only():
 
 def test_segmentation_trains_and_predicts_on_cuda():
     from fhcnn.config import load_config
-    from fhcnn.segmentation import IGNORE, SegmentConfig, segmentation_metrics, train_segmentation
+    from fhcnn.engine import IGNORE, SegmentConfig, segmentation_metrics, train_segmentation
 
     rng = np.random.default_rng(0)
     d, h, w = 8, 16, 16

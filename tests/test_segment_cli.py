@@ -49,7 +49,7 @@ def test_davis_layout_end_to_end(gen, tmp_path):
     assert m["volume_size"] == [6, 24, 36] and m["classes"] == [0, 1, 2]
     assert len(m["iou"]) == 3 and len(m["per_frame_miou"]) == 6 and m["per_frame_miou"][0] is None
     # the score in metrics.json is the score of prediction.npy on the held-out frames
-    from fhcnn.segmentation import segmentation_metrics
+    from fhcnn.engine import segmentation_metrics
     truth = masks.copy()
     truth[[0, 5]] = 255
     assert segmentation_metrics(np.load(out / "prediction.npy"), truth, 3)["miou"] == pytest.approx(m["miou"])

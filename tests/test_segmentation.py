@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fhcnn.config import load_config
-from fhcnn.segmentation import (IGNORE, SegmentConfig, UNet3D, build_model, parse_units, predict_volume,
+from fhcnn.engine import (IGNORE, SegmentConfig, build_model, parse_units, predict_volume,
                                 segmentation_metrics, train_segmentation)
-from fhcnn.segmentation.engine import reflect_indices
-from fhcnn.segmentation.video import copy_nearest_baseline
+from fhcnn.apps.segment import copy_nearest_baseline
+from fhcnn.engine.sizes import reflect_indices
+from fhcnn.models import UNet3D
 
 
 def test_metrics_hand_checked():
@@ -101,7 +102,7 @@ def test_windowed_prediction_blends_to_the_whole_volume_prediction():
 
 
 def test_prediction_window_defaults_to_the_training_window():
-    from fhcnn.segmentation.engine import prediction_window
+    from fhcnn.engine.inference import prediction_window
 
     cfg = SegmentConfig()
     assert prediction_window(cfg, (16, 64, 64)) == (16, 64, 64)
@@ -186,7 +187,7 @@ def test_copy_nearest_baseline():
 
 
 def test_rotate_zoom_is_rigid_and_keeps_labels():
-    from fhcnn.segmentation.engine import _rotate_zoom
+    from fhcnn.engine.sampling import rotate_zoom as _rotate_zoom
 
     x = torch.zeros(1, 1, 8, 16)
     x[0, 0, 3:5, 2:14] = 1
@@ -274,7 +275,7 @@ def test_prediction_can_keep_the_depth_phase():
 
 
 def test_dice_loss_hand_checked_and_blind_to_unlabelled_voxels():
-    from fhcnn.segmentation.engine import _loss
+    from fhcnn.engine.losses import segmentation_loss as _loss
 
     logits = torch.zeros(1, 2, 1, 2, 2, requires_grad=True)  # softmax 0.5 everywhere
     y = torch.tensor([[[[0, 1], [1, IGNORE]]]])

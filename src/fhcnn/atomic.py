@@ -10,9 +10,19 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy"]
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -50,6 +60,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates the file 0600; give the result the permissions of an ordinary new file
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         with open(tmp, "rb+") as f:
             f.flush()
@@ -71,3 +83,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: "np.ndarray") -> None:
+    """Write ``array`` as a ``.npy`` file at ``path`` atomically (no pickled objects)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)

@@ -25,20 +25,17 @@ Named configurations ship as ``src/fhcnn/configs/NAME.yaml`` (or ``.toml``) and 
 file. :func:`save_config` writes the fully resolved config (YAML, atomically) so that
 ``load_config(cls, saved_path)`` gives back an equal object.
 
-Command-line helpers: :func:`add_config_arguments` adds ``--config``, ``--set KEY=VALUE``,
-``--out``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device``; :func:`config_from_args`
-builds the config from them; :func:`prepare_output_dir` checks and creates the output folder.
+The command-line options that fill a config live in :mod:`fhcnn.cli._options`; the rules of
+output folders in :mod:`fhcnn.rundir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
 import os
 import re
-import shutil
 import sys
 import types
 import typing
@@ -52,9 +49,8 @@ from .errors import InputError
 
 __all__ = [
     "load_config", "save_config", "config_from_dict", "config_to_dict", "dump_config",
-    "apply_overrides", "resolve_config", "available_configs", "read_config_file",
-    "add_config_arguments", "config_from_args", "prepare_output_dir", "CONFIG_DIR",
-    "RUN_MARKERS",
+    "apply_overrides", "resolve_config", "available_configs", "read_config_file", "CONFIG_DIR",
+    "field_types",
 ]
 
 T = TypeVar("T")
@@ -62,10 +58,6 @@ T = TypeVar("T")
 #: Folder of the shipped named configurations.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _SUFFIXES = (".yaml", ".yml", ".toml", ".json")
-
-#: Entries whose presence marks a folder as holding an fhcnn run.
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
-
 
 # --------------------------------------------------------------------------- YAML
 class _Loader(yaml.SafeLoader):
@@ -486,17 +478,6 @@ def dump_config(cfg: Any) -> str:
                      allow_unicode=True)
 
 
-def _rank() -> int:
-    """This process's rank under torch.distributed / torchrun (0 otherwise)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return int(dist.get_rank())
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     """Write the fully resolved config atomically (YAML; JSON if the name ends in ``.json``).
 
@@ -504,7 +485,9 @@ def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     rank 0 writes (the others just return the path).
     """
     path = Path(path)
-    if _rank() != 0:
+    from .training.distributed import is_main_process
+
+    if not is_main_process():
         return path
     if path.suffix.lower() == ".json":
         text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
@@ -515,119 +498,6 @@ def save_config(cfg: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ command line
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
-                         out_required: bool = False) -> None:
-    """Add the common run options to an argparse parser.
-
-    ``--config NAME|FILE``, ``--set KEY=VALUE`` (repeatable, stored in ``args.overrides``),
-    ``--out DIR``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device DEVICE``.
-    """
-    names = ", ".join(available_configs())
-    parser.add_argument("--config", default=default_config, metavar="NAME|FILE",
-                        help="a YAML/TOML config file or the name of a shipped one"
-                             + (f" ({names})" if names else "")
-                             + (f"; default {default_config}" if default_config else ""))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    parser.add_argument("--out", required=out_required, metavar="DIR",
-                        help="output folder (refused if it holds another run, unless --resume "
-                             "or --overwrite)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its latest valid checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in an --out folder that holds one (its checkpoints "
-                             "and metrics are removed; other files are kept)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    parser.add_argument("--device", default=None,
-                        help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the config from ``--config`` and ``--set`` (and ``--device`` into ``train.device``)."""
-    overrides = list(getattr(args, "overrides", None) or [])
-    device = getattr(args, "device", None)
-    if device is not None:
-        hints = _hints(cls)
-        if "train" in hints and dataclasses.is_dataclass(hints["train"]) and \
-                "device" in {f.name for f in dataclasses.fields(hints["train"])}:
-            overrides.append(f"train.device={device}")
-        elif "device" in hints:
-            overrides.append(f"device={device}")
-    return load_config(cls, getattr(args, "config", None), overrides)
-
-
-def _is_relative_to(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
-
-
-def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwrite: bool = False,
-                       inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
-    """Check and create the output folder of a run; returns it as a ``Path``.
-
-    Refused (``InputError``) when:
-
-    * ``out`` is an existing file;
-    * ``out`` holds another run (``config.yaml``, ``metrics.jsonl`` or ``checkpoints/``) and
-      neither ``resume`` nor ``overwrite`` is set, or holds other files and ``overwrite`` is
-      not set (so nothing a user wrote is mixed up or lost);
-    * ``out`` is, or lies inside, an input folder; or is the folder holding an input file;
-      or an input lies inside ``out``.
-
-    With ``overwrite`` the previous run's ``checkpoints/`` and ``metrics.jsonl`` are removed
-    (only those); other files are replaced atomically when the new run writes them. With
-    ``resume`` the folder is kept as it is.
-
-    Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
-    creates the folder; the other ranks just return the path, so they never race with
-    rank 0's first writes.
-    """
-    out_path = Path(out).expanduser()
-    if _rank() != 0:
-        return out_path
-    out_abs = out_path.resolve()
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite contradict each other; choose one")
-    for inp in inputs:
-        if inp is None:
-            continue
-        ip = Path(inp).expanduser().resolve()
-        folder = ip if ip.is_dir() else ip.parent
-        if ip.is_dir() and _is_relative_to(out_abs, ip):
-            raise InputError(f"output folder {out_path} is inside the input folder {inp}; "
-                             f"choose an output folder outside it (inputs are never written to)")
-        if not ip.is_dir() and out_abs == folder:
-            raise InputError(f"output folder {out_path} is the folder of the input file {inp}; "
-                             f"choose a separate output folder (inputs are never written to)")
-        if out_abs == ip:
-            raise InputError(f"output folder {out_path} is the input {inp}")
-        if _is_relative_to(ip, out_abs):
-            raise InputError(f"input {inp} lies inside the output folder {out_path}; "
-                             f"choose another output folder")
-    if out_abs.exists() and not out_abs.is_dir():
-        raise InputError(f"output {out_path} exists and is not a folder")
-    if out_abs.is_dir():
-        entries = [e for e in out_abs.iterdir()]
-        markers = [m for m in RUN_MARKERS if (out_abs / m).exists()]
-        if markers and not (resume or overwrite):
-            raise InputError(f"output folder {out_path} already holds a run ({', '.join(markers)}); "
-                             f"pass --resume to continue it or --overwrite to start over")
-        if entries and not markers and not overwrite:
-            if resume:
-                raise InputError(f"--resume: output folder {out_path} holds no run to resume "
-                                 f"(no {', '.join(RUN_MARKERS)})")
-            raise InputError(f"output folder {out_path} is not empty and holds no fhcnn run; "
-                             f"choose a new or empty folder (or pass --overwrite to write into it)")
-        if overwrite:
-            ckpt = out_abs / "checkpoints"
-            if ckpt.is_dir():
-                shutil.rmtree(ckpt)
-            for name in ("metrics.jsonl",):
-                if (out_abs / name).is_file():
-                    (out_abs / name).unlink()
-    out_abs.mkdir(parents=True, exist_ok=True)
-    return out_path
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of every field of the config dataclass ``cls``."""
+    return _hints(cls)

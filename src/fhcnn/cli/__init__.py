@@ -25,7 +25,6 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, str] = {
     "info": "fhcnn.cli.info",
     "demo": "fhcnn.cli.demo",
-    "train": "fhcnn.cli.train",
     "segment": "fhcnn.cli.segment",
     "change": "fhcnn.cli.change",
     "vae": "fhcnn.cli.vae",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "segment a video from a few labelled frames with a fully reversible 3D network"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import add_config_arguments
+    from ._options import add_config_arguments
 
     parser.add_argument("video", help="folder of frames (DAVIS JPEGImages/480p/<seq> or numbered "
                                       "JPEG/PNG), .gif, .mp4/.avi, or .npy (T, H, W, 3)")
@@ -21,32 +20,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "last; or the frames MASKS has masks for, if not all)")
     parser.add_argument("--eval-labels", default=None, metavar="FULL_MASKS",
                         help="masks to score the result on the other frames (never trained on)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="resize factor of the frames before training (default 1)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="resize factor of the frames before training (data.scale, default 1)")
     add_config_arguments(parser, default_config="video", out_required=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import config_from_args, prepare_output_dir
-    from ..errors import InputError
-    from ..segmentation import SegmentConfig
-    from ..segmentation.video import load_video_inputs, segment_video
+    from .. import log
+    from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
+    from ..rundir import prepare_output_dir
+    from ._options import config_from_args
 
-    if not 0 < args.scale <= 4:
-        raise InputError(f"--scale must be in (0, 4], got {args.scale}")
     # validate everything before creating --out
     cfg = config_from_args(SegmentConfig, args)
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
     out = prepare_output_dir(args.out, args.resume, args.overwrite,
                              inputs=[p for p in (args.video, args.labels, args.eval_labels) if p])
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    metrics = segment_video(inputs, cfg, out, scale=args.scale, quiet=args.quiet, resume=args.resume,
-                            log=log)
+    log.setup(args.quiet)
+    metrics = segment_video(inputs, cfg, out, quiet=args.quiet, resume=args.resume)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     if "miou" in metrics:
-        print(f"mIoU {metrics['miou']:.4f} on {len(metrics['scored_frames'])} held-out frames "
-              f"(copy-nearest baseline {metrics['copy_nearest_baseline']['miou']:.4f}); outputs in {out}")
+        log.result(f"mIoU {metrics['miou']:.4f} on {len(metrics['scored_frames'])} held-out frames "
+                   f"(copy-nearest baseline {metrics['copy_nearest_baseline']['miou']:.4f}); "
+                   f"outputs in {out}")
     else:
-        print(f"outputs in {out}")
+        log.result(f"outputs in {out}")
     return 0

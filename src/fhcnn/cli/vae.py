@@ -21,7 +21,7 @@ HELP = "hyperbolic autoencoder/VAE: train, sample, interpolate, normality (paper
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import add_config_arguments
+    from ._options import add_config_arguments
 
     sub = parser.add_subparsers(dest="vae_command", metavar="<action>")
     t = sub.add_parser("train", help="train an autoencoder; writes metrics.json, figure.png, "
@@ -69,120 +69,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--split", choices=("eval", "train"), default="eval")
 
 
-def _dataset_overrides(args: argparse.Namespace, config_dataset: str) -> list[str]:
-    """``--set`` strings for ``--dataset/--resize/--crop/--limit``. A dataset other than the
-    config's gets its own default size (``data.size=null``: a folder is then resized only
-    with ``--resize``)."""
-    from ..errors import InputError
-
-    out: list[str] = []
-    if args.dataset:
-        name, *rest = args.dataset
-        if name != config_dataset:
-            out += ["data.size=null", "data.crop=null"]
-        if name not in ("digits", "lfw", "mnist-idx", "folder"):
-            raise InputError(f"--dataset must be digits, lfw, mnist-idx PATH or folder PATH, got {name!r}")
-        if name in ("mnist-idx", "folder"):
-            if len(rest) != 1:
-                raise InputError(f"--dataset {name} needs exactly one PATH")
-            out += [f"data.dataset={name}", f"data.path={rest[0]}"]
-        else:
-            if rest:
-                raise InputError(f"--dataset {name} takes no PATH (got {' '.join(rest)})")
-            out += [f"data.dataset={name}", "data.path=null"]
-    if args.resize is not None:
-        out.append(f"data.size={args.resize}")
-    if args.crop is not None:
-        out.append(f"data.crop={args.crop}")
-    if args.limit is not None:
-        out.append(f"data.limit={args.limit}")
-    return out
-
-
 def _train(args: argparse.Namespace) -> int:
-    from ..config import config_from_args, load_config, prepare_output_dir
-    from ..vae import VAEConfig, train_vae
+    from .. import log
+    from ..apps.vae import VAEConfig, dataset_overrides, train_vae
+    from ..config import load_config
+    from ..rundir import prepare_output_dir
+    from ._options import config_from_args
 
     base = load_config(VAEConfig, args.config)
-    args.overrides = _dataset_overrides(args, base.data.dataset) + list(args.overrides or [])
+    args.overrides = dataset_overrides(args.dataset, base.data.dataset, args.resize, args.crop,
+                                       args.limit) + list(args.overrides or [])
     cfg = config_from_args(VAEConfig, args)
     if args.threads:
         cfg.threads = args.threads
-    inputs = [cfg.data.path] if cfg.data.path else []
-    out = prepare_output_dir(args.out, args.resume, args.overwrite, inputs=inputs)
+    out = prepare_output_dir(args.out, args.resume, args.overwrite,
+                             inputs=[cfg.data.path] if cfg.data.path else [])
+    log.setup(args.quiet)
     m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)
-    if not m:  # a non-zero rank under torchrun: rank 0 reports
-        return 0
-    print(f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
-          f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
-          + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
-             if "classifier_confidence_samples" in m else "")
-          + f"; {m['train_time_s']:.0f} s; wrote {out}")
+    if m:  # a non-zero rank under torchrun returns {}: rank 0 reports
+        log.result(f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
+                   f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
+                   + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
+                      if "classifier_confidence_samples" in m else "")
+                   + f"; {m['train_time_s']:.0f} s; wrote {out}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from .. import log
+    from ..apps.vae import sample
 
-    from ..atomic import atomic_path
-    from ..errors import InputError
-    from ..vae import load_run, save_grid
-
-    if args.n < 1:
-        raise InputError(f"--n must be >= 1, got {args.n}")
-    cfg, model, _ = load_run(args.checkpoint)
-    if args.sigma is not None:
-        if args.sigma <= 0:
-            raise InputError(f"--sigma must be > 0, got {args.sigma}")
-        model.sigma = args.sigma
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        x = model.sample(args.n, generator=g).clamp(0, 1)
-    scale = max(1, 64 // model.image_size[1])
-    save_grid(x, args.out, ncol=min(args.n, int(np.ceil(np.sqrt(args.n)))), scale=scale)
-    if args.npy:
-        with atomic_path(args.npy) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, x.numpy())
-    print(f"wrote {args.n} samples (latent dim {model.latent_dim}, s = {model.sigma:g}) to {args.out}")
+    r = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy)
+    log.result(f"wrote {r['n']} samples (latent dim {r['latent_dim']}, s = {r['sigma']:g}) to {args.out}")
     return 0
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    import torch
+    from .. import log
+    from ..apps.vae import interpolate
 
-    from ..errors import InputError
-    from ..vae import interpolate_latents, load_run, resolve_image, save_grid
-
-    if args.steps < 2:
-        raise InputError(f"--steps must be >= 2 (the endpoints), got {args.steps}")
-    cfg, model, _ = load_run(args.checkpoint)
-    xa, xb = resolve_image(args.a, cfg, model), resolve_image(args.b, cfg, model)
-    line = interpolate_latents(model, xa, xb, args.steps).clamp(0, 1)
-    row = torch.cat([xa, line, xb])
-    save_grid(row, args.out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
-    print(f"wrote [a, {args.steps} interpolated decodings, b] to {args.out}")
+    interpolate(args.checkpoint, args.a, args.b, args.steps, args.out)
+    log.result(f"wrote [a, {args.steps} interpolated decodings, b] to {args.out}")
     return 0
 
 
 def _normality(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .. import log
+    from ..apps.vae import normality
 
-    from ..errors import InputError
-    from ..vae import load_images, load_run, normality_report
-
-    if args.n < 2:
-        raise InputError(f"--n must be >= 2, got {args.n}")
-    cfg, model, run_dir = load_run(args.checkpoint)
-    train, held = load_images(cfg)
-    images = held if args.split == "eval" else train
-    x = images.batch(slice(0, args.n))
-    out = Path(args.out) if args.out else run_dir / "normality"
-    r = normality_report(model, x, out, seed=cfg.eval.seed)
-    print(f"energy distance of {r['n']} {args.split} latents (dim {r['latent_dim']}) to "
-          f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
-          f"{r['energy_distance_prior_vs_prior']:.4f}); wrote {out}/normality.png, normality.json")
+    r, out = normality(args.checkpoint, args.out, args.n, args.split)
+    log.result(f"energy distance of {r['n']} {args.split} latents (dim {r['latent_dim']}) to "
+               f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
+               f"{r['energy_distance_prior_vs_prior']:.4f}); wrote {out}/normality.png, normality.json")
     return 0
 
 

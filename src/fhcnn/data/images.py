@@ -30,12 +30,11 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..options import DATASETS, IMAGE_SUFFIXES
 
 __all__ = ["ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
-           "load_image_folder", "load_dataset", "read_image", "DATASETS", "IMAGE_SUFFIXES"]
+           "load_image_folder", "load_dataset", "read_image", "DATASETS"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DATASETS = ("digits", "lfw", "mnist-idx", "folder")
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtype
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -21,12 +21,11 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from ..options import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = ["read_video", "read_masks", "mask_classes", "apply_classes", "davis_palette",
-           "write_mask_png", "generate_video", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+           "write_mask_png", "generate_video"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def _number_key(p: Path) -> tuple:

@@ -8,7 +8,6 @@ See :class:`Trainer` for the contract of ``batch_fn``/``loss_fn``/``val_fn``, an
 :mod:`fhcnn.training.checkpoint` for the checkpoint format.
 """
 
-from ..config import prepare_output_dir
 from .checkpoint import (Checkpoint, CheckpointError, CheckpointManager, CheckpointWarning,
                          latest_checkpoint, load_checkpoint, load_weights, verify_checkpoint)
 from .device import resolve_device
@@ -23,5 +22,5 @@ __all__ = [
     "load_weights", "load_checkpoint", "latest_checkpoint", "verify_checkpoint",
     "resolve_device", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",
     "shard_batch", "params_in_sync", "seed_everything", "step_generator", "step_seed", "unwrap_model",
-    "move_to_device", "lr_factor", "prepare_output_dir",
+    "move_to_device", "lr_factor",
 ]

@@ -108,6 +108,16 @@ def _cpu_state(model_or_state: nn.Module | dict[str, Tensor]) -> dict[str, Tenso
     return out
 
 
+def save_weights(path: str | os.PathLike[str], model: nn.Module | dict[str, Tensor],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write a model's ``state_dict`` (buffers included) as one safetensors file, atomically:
+    the one writer of weights (final models and checkpoints alike)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(_cpu_state(model), str(tmp), metadata={"format": "pt", **(metadata or {})})
+    return path
+
+
 def save_checkpoint(folder: str | os.PathLike[str], step: int,
                     model: nn.Module | dict[str, Tensor], state: dict[str, Any],
                     metrics: dict[str, Any] | None = None) -> Path:
@@ -122,8 +132,7 @@ def save_checkpoint(folder: str | os.PathLike[str], step: int,
     if manifest_path.exists():
         manifest_path.unlink()
     files: dict[str, dict[str, Any]] = {}
-    with atomic_path(folder / MODEL_FILE) as tmp:
-        save_file(_cpu_state(model), str(tmp), metadata={"format": "pt", "step": str(step)})
+    save_weights(folder / MODEL_FILE, model, {"step": str(step)})
     with atomic_path(folder / STATE_FILE) as tmp:
         torch.save(state, tmp)
     for name in (MODEL_FILE, STATE_FILE):

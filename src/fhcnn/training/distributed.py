@@ -76,7 +76,14 @@ def cleanup_distributed() -> None:
 
 
 def is_main_process() -> bool:
-    return dist_info().is_main
+    """Whether this process is rank 0: of the initialized process group, else of the
+    ``torchrun`` environment (``RANK``), so it is right before the group is joined too."""
+    if _initialized():
+        return dist.get_rank() == 0
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
 
 
 def barrier() -> None:

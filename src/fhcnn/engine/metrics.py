@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_from_confusion", "segmentation_metrics", "IGNORE"]
+from ..options import IGNORE
 
-IGNORE = 255
+__all__ = ["confusion_matrix", "iou_from_confusion", "segmentation_metrics"]
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int,

@@ -1,18 +1,18 @@
 """Configuration of a volume-segmentation run (model, windows/augmentation, training).
 
 Named configs live in ``fhcnn/configs/<name>.yaml`` (``video``, ``video-tiny``, ``paper-video``);
-``--set model.width=96`` style overrides address these fields.
+``--set model.width=96`` style overrides address these fields. Every option string is a
+``Literal`` (see :mod:`fhcnn.options`), so a bad value is refused when the config is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..options import Activation, Arch, MemoryMode, Norm, Opening, WaveletKind
 from ..training import TrainConfig
 
-__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "MEMORY_MODES"]
-
-MEMORY_MODES = {"reversible": True, "block": "block", "plain": False}
+__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig"]
 
 
 @dataclass
@@ -20,27 +20,45 @@ class ModelConfig:
     """The network. ``arch="hyperbolic"``: :class:`fhcnn.models.DenseHyperbolicModel` with
     ``pre_levels`` 3D Haar transforms of the input, an ``opening`` to ``width`` channels and
     ``units`` like ``"5up,6up,8"`` (the paper's Table 2); ``arch="unet"``: the 3D U-Net
-    baseline (``unet_base`` channels, ``unet_levels`` poolings)."""
+    baseline (``unet_base`` channels, ``unet_levels`` poolings). ``memory`` is the gradient
+    mode of the hyperbolic net (``reversible``: memory-free; ``block``; ``plain`` autograd)."""
 
-    arch: str = "hyperbolic"
+    arch: Arch = "hyperbolic"
     width: int = 192
     pre_levels: int = 2
     units: str = "2up,2up,2"
     hidden: str = ""            # "" = the state's width; "64,16,8" = one per unit; "32" = all
     h: float = 0.5
-    norm: str = "group"
-    activation: str = "relu"
-    opening: str = "conv"
-    wavelet: str = "haar"
+    norm: Norm = "group"
+    activation: Activation = "relu"
+    opening: Opening = "conv"
+    wavelet: WaveletKind = "haar"
     init_scale: float = 1.0
-    memory: str = "reversible"  # reversible | block | plain (gradient mode of the hyperbolic net)
+    memory: MemoryMode = "reversible"
     unet_base: int = 16
     unet_levels: int = 2
+
+    def __post_init__(self) -> None:
+        from .models import parse_hidden, parse_units
+
+        parse_units(self.units)  # raises ValueError naming the bad unit
+        parse_hidden(self.hidden)
+        for name in ("width", "unet_base", "unet_levels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pre_levels < 0:
+            raise ValueError(f"pre_levels must be >= 0, got {self.pre_levels}")
+        if not self.h > 0:
+            raise ValueError(f"h must be > 0, got {self.h}")
 
 
 @dataclass
 class DataConfig:
-    """Training windows, augmentation, loss weighting and prediction.
+    """Scale, training windows, augmentation, loss weighting and prediction.
+
+    ``scale``: resize factor of the volume's (H, W) before training (prediction is resized
+    back to the input size). Below 1 a downscaled cell mixes several pixels, so a held-out
+    pixel can share a cell with a training pixel and held-out scores are optimistic.
 
     Windows of ``window_depth x window_height x window_width`` voxels (0 = the whole axis,
     rounded up to the network's size multiple) are cut at *any* position around a randomly
@@ -50,8 +68,7 @@ class DataConfig:
     (and a horizontal flip if ``predict_flip``). Prediction windows (``predict_depth`` ...)
     default to the training window (``-1``): group normalization takes its statistics over
     the window, so a net trained on small windows sees different statistics on the whole
-    volume (``0`` = whole axis). On DAVIS goat this alone moved held-out mIoU from 0.731
-    (whole volume) to 0.775 (training-size windows, overlapping by half).
+    volume (``0`` = whole axis).
 
     ``reduce_depth``: the labels are one 2D ``(H, W)`` map (255 = unlabelled) for the whole
     depth axis (e.g. a change map of a hyperspectral scene whose bands are the depth). The loss
@@ -60,12 +77,11 @@ class DataConfig:
     network's size multiple, continued by reflection; ``window_depth`` is not used) and are cut
     in (H, W) around a labelled pixel. Flips, rotate/zoom, jitter and noise apply as usual;
     ``reverse_depth`` is ignored (the band order is kept). Depth windows always start at
-    band 0, so the shifted prediction tilings shift only H and W (a depth shift pairs the
-    bands differently in the Haar transforms than training did: on the generated change scene
-    that cost 0.02 mIoU). The trained model returns the
-    depth-mean logits broadcast over depth (see :class:`~fhcnn.segmentation.engine.DepthMean`).
+    band 0, so the shifted prediction tilings shift only H and W. The trained model returns
+    the depth-mean logits broadcast over depth (see :class:`~fhcnn.engine.models.DepthMean`).
     """
 
+    scale: float = 1.0
     window_depth: int = 16
     window_height: int = 64
     window_width: int = 64
@@ -88,9 +104,31 @@ class DataConfig:
     eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
     reduce_depth: bool = False  # 2D (H, W) labels, loss on the depth-mean logits (see above)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.scale <= 4:
+            raise ValueError(f"scale must be in (0, 4], got {self.scale}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("window_depth", "window_height", "window_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = the whole axis), got {getattr(self, name)}")
+        for name in ("predict_depth", "predict_height", "predict_width"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name} must be >= 0, or -1 for the training window, "
+                                 f"got {getattr(self, name)}")
+        if self.predict_shifts < 1:
+            raise ValueError(f"predict_shifts must be >= 1, got {self.predict_shifts}")
+        for name in ("rotate", "zoom", "jitter", "noise", "balance", "dice"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
 
 @dataclass
 class SegmentConfig:
+    """A segmentation run: ``model``, ``data`` and ``train`` sections."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(

@@ -1,9 +1,9 @@
-"""Segmentation of ONE large volume from sparse labels (video, time-lapse hyperspectral).
+"""The dense engine: segmentation of ONE large volume from sparse labels (video, hyperspectral).
 
 Engine API (stable; used by ``fhcnn segment`` and ``fhcnn change``)::
 
-    from fhcnn.segmentation import (SegmentConfig, ModelConfig, DataConfig, train_segmentation,
-                                    predict_volume, segmentation_metrics, IGNORE)
+    from fhcnn.engine import (SegmentConfig, ModelConfig, DataConfig, train_segmentation,
+                           predict_volume, segmentation_metrics, IGNORE)
 
     cfg = SegmentConfig()                      # or fhcnn.config.load_config(SegmentConfig, "video")
     cfg.model.arch = "hyperbolic"              # or "unet" (3D U-Net baseline, same loss/training)
@@ -35,13 +35,16 @@ Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspe
 ``(dates, bands, H, W)`` use ``window_depth=0`` (all bands) and spatial windows.
 """
 
+from ..options import IGNORE
 from .config import DataConfig, ModelConfig, SegmentConfig, TrainConfig
-from .engine import (SegmentationResult, num_classes_of, predict_volume, prepare_inputs,
-                     train_segmentation)
-from .metrics import IGNORE, confusion_matrix, segmentation_metrics
-from .models import UNet3D, VolumeSegmenter, build_model, parse_units
+from .inference import predict_volume, prediction_window
+from .losses import class_weights, segmentation_loss
+from .metrics import confusion_matrix, segmentation_metrics
+from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
+from .train import SegmentationResult, activation_bytes, num_classes_of, prepare_inputs, train_segmentation
 
 __all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_segmentation",
-           "predict_volume", "prepare_inputs", "SegmentationResult", "segmentation_metrics",
-           "confusion_matrix", "IGNORE", "UNet3D", "VolumeSegmenter", "build_model",
-           "parse_units", "num_classes_of"]
+           "predict_volume", "prediction_window", "prepare_inputs", "SegmentationResult",
+           "segmentation_metrics", "confusion_matrix", "IGNORE", "VolumeSegmenter", "DepthMean",
+           "build_model", "parse_units", "size_multiple_of", "num_classes_of", "activation_bytes",
+           "class_weights", "segmentation_loss"]

@@ -1,6 +1,6 @@
-"""The hyperbolic VAE application: config, training recipe, evaluation, figures, run loading.
+"""The hyperbolic VAE: data, model, training recipe, run loading (behind ``fhcnn vae``).
 
-Used by ``fhcnn vae`` (:mod:`fhcnn.cli.vae`) and ``benchmarks/vae_mnist.py``. The model is
+Used by ``fhcnn vae`` and ``benchmarks/vae_*.py``. The model is
 :class:`fhcnn.models.HyperbolicAutoencoder`; training goes through
 :class:`fhcnn.training.Trainer`.
 
@@ -21,108 +21,27 @@ Training recipe (one optimizer for the network ``theta`` and ``P``):
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path, atomic_write_text
-from .config import load_config, save_config
-from .data.images import ImageSet, load_dataset, read_image
-from .errors import InputError
-from .models.autoencoder import HyperbolicAutoencoder, energy_distance
-from .training import TrainConfig, Trainer, load_weights, unwrap_model
+from ...atomic import atomic_write_text
+from ...config import load_config, save_config
+from ...data.images import ImageSet, load_dataset, read_image
+from ...errors import InputError
+from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
+from ...training import Trainer, load_weights, unwrap_model
+from .config import BaselineConfig, VAEConfig, VAELossConfig, VAEModelConfig
+from .evaluation import (classifier_confidence, classifier_input, digit_classifier, evaluate,
+                         full_transform, latents, prior_energy, reconstruct)
+from .outputs import interpolate_latents, save_figure, save_grid
 
-__all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "VAEEvalConfig",
-           "load_images", "resolve_image", "beta_at", "train_vae",
-           "build_model", "load_run", "evaluate", "save_grid", "digit_classifier",
-           "classifier_confidence", "normality_report", "interpolate_latents", "train_baseline",
-           "BaselineConfig"]
-
-UnitSpec = tuple[int, Literal["down", "up"] | None]
-
-
-@dataclass
-class VAEModelConfig:
-    """The autoencoder (see :class:`~fhcnn.models.HyperbolicAutoencoder`)."""
-
-    units: list[UnitSpec] = field(default_factory=lambda: [(2, "down"), (2, "down"), (2, None)])
-    pre_levels: int = 1
-    hidden: int | None = 16
-    h: float = 0.2
-    norm: Literal["none", "batch", "group", "instance"] = "group"
-    activation: str = "relu"
-    wavelet: Literal["haar", "learnable"] = "haar"
-    reversible: bool = True
-    sigma: float = 1.0
-    p_init: Literal["identity", "orthogonal", "pca"] = "pca"
-    prune_threshold: float = 1e-3
-    normalize: Literal["mean-image", "global"] = "mean-image"  # subtract the mean image or the
-    # per-channel mean; either way divide by the per-channel std of the pixel values
-    # filled in from the data when the run starts (kept in the resolved config)
-    in_channels: int | None = None
-    image_size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.prune_threshold < 0:
-            raise ValueError(f"prune_threshold must be >= 0, got {self.prune_threshold}")
-
-
-@dataclass
-class VAEDataConfig:
-    """Which images, and how they are split."""
-
-    dataset: Literal["digits", "lfw", "mnist-idx", "folder"] = "digits"
-    path: str | None = None
-    size: int | None = None          # digits 16, lfw/mnist 32; folder: resize to this (None: keep)
-    crop: int | None = None          # folder: centre square cut before resizing (None: largest)
-    limit: int | None = None         # use only the first N images
-    n_train: int | None = None       # None: all but n_eval
-    n_eval: float = 0.15             # held-out images (a fraction < 1, or a count)
-    split: Literal["random", "ordered"] = "random"
-    batch_size: int = 128
-
-
-@dataclass
-class VAELossConfig:
-    """Weights of the objective and the pruning schedule."""
-
-    alpha: float = 3.0               # group norm ||P||_{1,2}
-    beta: float = 50.0               # energy distance
-    energy_start: float = 0.3        # fraction of the run before the energy term starts
-    energy_ramp: float = 0.2         # fraction of the run over which beta ramps up
-    prox_weight: float = 1.0         # proximal step tau = lr * prox_weight after each step
-
-
-@dataclass
-class VAEEvalConfig:
-    """What is measured after training."""
-
-    n_eval: int = 500                # eval images for recon error / energy distance
-    n_samples: int = 500             # generated samples for the classifier check
-    classifier: bool = True          # digits / labelled MNIST: classify generated samples
-    seed: int = 1234
-
-
-@dataclass
-class VAEConfig:
-    #: torch CPU threads (None: torch's default). The digits net is made of many tiny
-    #: operations: one thread is fastest, and several threads on a busy machine are far slower.
-    threads: int | None = None
-    model: VAEModelConfig = field(default_factory=VAEModelConfig)
-    data: VAEDataConfig = field(default_factory=VAEDataConfig)
-    loss: VAELossConfig = field(default_factory=VAELossConfig)
-    eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3000, lr=2e-3, schedule="constant", checkpoint_every=1000, keep_last=1,
-        log_every=25, val_every=1000))
+__all__ = ["load_images", "build_model", "beta_at", "train_vae", "load_run", "resolve_image",
+           "train_baseline"]
 
 
 # ------------------------------------------------------------------------------ data
@@ -180,166 +99,6 @@ def build_model(cfg: VAEConfig, train: ImageSet | None = None) -> HyperbolicAuto
         reversible=m.reversible)
 
 
-# ------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def _latents(model: HyperbolicAutoencoder, x: Tensor, bs: int = 256) -> Tensor:
-    dev = model.P.device
-    return torch.cat([model.encode(x[i:i + bs].to(dev)).cpu() for i in range(0, len(x), bs)])
-
-
-@torch.no_grad()
-def _full_transform(model: HyperbolicAutoencoder, x: Tensor, bs: int = 256) -> Tensor:
-    dev = model.P.device
-    return torch.cat([model.transform(x[i:i + bs].to(dev)).cpu() for i in range(0, len(x), bs)])
-
-
-@torch.no_grad()
-def _reconstruct(model: Any, x: Tensor, bs: int = 256) -> Tensor:
-    dev = next(model.parameters()).device
-    return torch.cat([model(x[i:i + bs].to(dev))[0].cpu() for i in range(0, len(x), bs)])
-
-
-def _prior_energy(z: Tensor, sigma: float, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    prior = torch.randn(z.shape, generator=g, dtype=torch.float64) * sigma
-    return float(energy_distance(z.double(), prior))
-
-
-@torch.no_grad()
-def evaluate(model: Any, x: Tensor, seed: int = 1234) -> dict[str, float]:
-    """Reconstruction error (pixel units, images in [0, 1]) and the energy distance between
-    the latents of ``x`` and as many samples of the prior ``N(0, sigma^2 I)``."""
-    model_was = model.training
-    model.eval()
-    try:
-        x_hat = _reconstruct(model, x)
-        z = torch.cat([model.encode(x[i:i + 256].to(next(model.parameters()).device)).cpu()
-                       for i in range(0, len(x), 256)])
-    finally:
-        model.train(model_was)
-    return {"recon_mse": float((x_hat - x).square().mean()),
-            "recon_mse_clamped": float((x_hat.clamp(0, 1) - x).square().mean()),
-            "energy_distance": _prior_energy(z, model.sigma, seed),
-            "latent_dim": float(model.latent_dim)}
-
-
-def digit_classifier(images: ImageSet, crop: int | None = None, seed: int = 0) -> Any:
-    """A small MLP (scikit-learn) trained on ``images`` (with labels), on the centre
-    ``crop x crop`` pixels (digits: the original 8x8)."""
-    from sklearn.neural_network import MLPClassifier
-
-    if images.labels is None:
-        raise InputError(f"{images.name}: no labels, cannot train a classifier")
-    x = _classifier_input(images.batch(), crop)
-    clf = MLPClassifier((128,), max_iter=500, random_state=seed)
-    clf.fit(x, images.labels.numpy())
-    clf.crop_ = crop
-    return clf
-
-
-def _classifier_input(x: Tensor, crop: int | None) -> np.ndarray:
-    if crop is not None:
-        h, w = x.shape[-2:]
-        t, l = (h - crop) // 2, (w - crop) // 2
-        x = x[..., t:t + crop, l:l + crop]
-    return x.clamp(0, 1).flatten(1).numpy()
-
-
-def classifier_confidence(clf: Any, x: Tensor) -> float:
-    """Mean of the classifier's top class probability on images ``x`` (clamped to [0, 1])."""
-    return float(clf.predict_proba(_classifier_input(x, clf.crop_)).max(1).mean())
-
-
-# ---------------------------------------------------------------------------- figures
-def _to_uint8(x: Tensor) -> np.ndarray:
-    """``(N, C, H, W)`` in [0, 1] -> ``(N, H, W, C)`` uint8."""
-    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def grid_array(x: Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, C, H, W)`` into one ``uint8`` array ``(rows*H', cols*W', C)``."""
-    a = _to_uint8(x)
-    n, h, w, c = a.shape
-    ncol = ncol or int(math.ceil(math.sqrt(n)))
-    nrow = int(math.ceil(n / ncol))
-    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 64, dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, ncol)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = a[i]
-    return out
-
-
-def save_grid(x: Tensor, path: str | Path, ncol: int | None = None, scale: int = 1) -> Path:
-    """Save images ``(N, C, H, W)`` in [0, 1] as one PNG grid (atomically)."""
-    from PIL import Image
-
-    a = grid_array(x, ncol)
-    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
-    return path
-
-
-@torch.no_grad()
-def interpolate_latents(model: Any, xa: Tensor, xb: Tensor, steps: int) -> Tensor:
-    """Decode ``steps`` points on the line between the latents of ``xa`` and ``xb``
-    (``(1, C, H, W)`` each), endpoints included: ``(steps, C, H, W)``."""
-    dev = next(model.parameters()).device
-    za, zb = model.encode(xa.to(dev)), model.encode(xb.to(dev))
-    t = torch.linspace(0, 1, steps, device=dev)[:, None]
-    return model.decode((1 - t) * za + t * zb).cpu()
-
-
-def save_figure(path: Path, originals: Tensor, recons: Tensor, samples: Tensor, interp: Tensor,
-                norms_init: np.ndarray, norms_trained: np.ndarray, threshold: float,
-                title: str) -> None:
-    """The summary figure: reconstructions, samples, interpolation (figs 7-8) and the column
-    norms of ``P`` before and after training/pruning."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(13, 8.5))
-    gs = fig.add_gridspec(2, 3, height_ratios=[1.0, 0.9])
-
-    def show(ax: Any, arr: np.ndarray, name: str) -> None:
-        ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255,
-                  interpolation="nearest")
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
-
-    n = min(8, len(originals))
-    pairs = torch.stack([originals[:n], recons[:n]], 1).flatten(0, 1)
-    show(fig.add_subplot(gs[0, 0]), grid_array(pairs, ncol=4), "originals | reconstructions")
-    show(fig.add_subplot(gs[0, 1]), grid_array(samples[:64], ncol=8), "samples z ~ N(0, s²I)")
-    show(fig.add_subplot(gs[0, 2]), grid_array(interp, ncol=min(8, len(interp))),
-         "latent interpolation (one pair per row)")
-    ax = fig.add_subplot(gs[1, :])
-    k = len(norms_init)
-    order = np.argsort(-norms_trained, kind="stable")
-    floor = threshold / 10 if threshold > 0 else 1e-6
-    ax.semilogy(np.arange(k), np.maximum(np.sort(norms_init)[::-1], floor), "-", color="0.6",
-                label="initial P (all columns)")
-    ax.semilogy(np.arange(k), np.maximum(norms_trained[order], floor), ".-", color="C0",
-                label=f"trained P, before pruning ({int((norms_trained > 0).sum())} non-zero)")
-    if threshold > 0:
-        ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"pruning threshold {threshold:g}")
-    ax.set_xlabel("column of P (sorted by norm)")
-    ax.set_ylabel("column norm ||P[:, j]||")
-    ax.set_title(f"column norms of P: {int((norms_trained >= max(threshold, 1e-30)).sum())} of {k} survive "
-                 f"pruning (the latent dimension); zeros drawn at {floor:g}", fontsize=10)
-    ax.legend(fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------- training
 class _ProxHook:
     """Global optimizer post-step hook: group soft-threshold of ``P`` after each step."""
@@ -394,8 +153,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
     ev = cfg.eval
     x_eval = held.batch(slice(0, ev.n_eval))
     # energy distance of the untrained model with P = I (the full D-dimensional F(X))
-    f0 = _full_transform(model, x_eval)
-    e_before = _prior_energy(f0, model.sigma, ev.seed)
+    f0 = full_transform(model, x_eval)
+    e_before = prior_energy(f0, model.sigma, ev.seed)
     if cfg.model.p_init == "pca":
         model.init_pca(train.batch(slice(0, 4000)))
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -463,7 +222,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
         keep[: model.latent_dim] = True
         untrained.alive.copy_(keep)
     untrained.prune()
-    metrics["energy_distance_before_same_dim"] = _prior_energy(_latents(untrained, x_eval),
+    metrics["energy_distance_before_same_dim"] = prior_energy(latents(untrained, x_eval),
                                                                model.sigma, ev.seed)
     # noise floor: two independent prior samples of the same size
     g = torch.Generator().manual_seed(ev.seed + 1)
@@ -481,12 +240,12 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
             xh = held.batch()
             metrics["classifier_confidence_real_eval"] = classifier_confidence(clf, xh)
             metrics["classifier_accuracy_real_eval"] = float(
-                (clf.predict(_classifier_input(xh, crop)) == held.labels.numpy()).mean())
+                (clf.predict(classifier_input(xh, crop)) == held.labels.numpy()).mean())
     metrics.update(train_time_s=fit_time, total_time_s=time.perf_counter() - t_start,
                    steps=cfg.train.steps, threads=torch.get_num_threads(),
                    final_train=history.get("train", {}))
     # figures
-    recons = _reconstruct(model, x_eval[:16]).clamp(0, 1)
+    recons = reconstruct(model, x_eval[:16]).clamp(0, 1)
     n_pairs = min(4, len(x_eval) // 2)
     interp = torch.cat([interpolate_latents(model, x_eval[2 * i:2 * i + 1], x_eval[2 * i + 1:2 * i + 2], 8)
                         for i in range(n_pairs)]) if n_pairs else samples[:8]
@@ -555,105 +314,12 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder) -> Te
     return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255.0
 
 
-@torch.no_grad()
-def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | None,
-                     seed: int = 1234, directions: int = 16) -> dict[str, Any]:
-    """Energy distance of the latents of ``x`` to ``N(0, sigma^2 I)`` (and of the untrained
-    baseline of two prior samples), per-dimension mean/std/skew/excess kurtosis, and a
-    figure (paper fig. 9): histograms of projections on ``directions`` random unit vectors
-    against the prior density, per-dimension histograms and a Q-Q plot."""
-    z = _latents(model, x).double()
-    s = model.sigma
-    k = z.shape[1]
-    g = torch.Generator().manual_seed(seed)
-    prior = torch.randn(z.shape, generator=g, dtype=torch.float64) * s
-    ed = float(energy_distance(z, prior))
-    floor = float(energy_distance(torch.randn(z.shape, generator=g, dtype=torch.float64) * s, prior))
-    zc = z - z.mean(0)
-    std = z.std(0)
-    skew = (zc**3).mean(0) / std.clamp_min(1e-12) ** 3
-    kurt = (zc**4).mean(0) / std.clamp_min(1e-12) ** 4 - 3
-    report: dict[str, Any] = {
-        "n": int(z.shape[0]), "latent_dim": k, "sigma": s, "energy_distance": ed,
-        "energy_distance_prior_vs_prior": floor,
-        "mean": z.mean(0).tolist(), "std": std.tolist(), "skew": skew.tolist(),
-        "excess_kurtosis": kurt.tolist()}
-    if out_dir is None:
-        return report
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy import stats
-
-    dirs = torch.randn(k, directions, generator=g, dtype=torch.float64)
-    dirs /= dirs.norm(dim=0, keepdim=True)
-    proj = (z @ dirs).numpy()
-    ncol = 8
-    nrow_p = int(math.ceil(directions / ncol))
-    shown = min(k, 16)  # per-dimension histograms of the first 16 dimensions
-    nrow_d = int(math.ceil(shown / ncol))
-    fig, axes = plt.subplots(nrow_p + nrow_d + 1, ncol, figsize=(2.0 * ncol, 1.7 * (nrow_p + nrow_d + 1)))
-    axes = np.atleast_2d(axes)
-    grid = np.linspace(-4 * s, 4 * s, 200)
-    pdf = stats.norm.pdf(grid, scale=s)
-    for i in range(nrow_p * ncol):
-        ax = axes[i // ncol, i % ncol]
-        if i < directions:
-            ax.hist(proj[:, i], bins=30, density=True, color="C0", alpha=0.7)
-            ax.plot(grid, pdf, "k-", lw=1)
-            ax.set_title(f"random dir {i}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    for i in range(nrow_d * ncol):
-        ax = axes[nrow_p + i // ncol, i % ncol]
-        if i < shown:
-            ax.hist(z[:, i].numpy(), bins=30, density=True, color="C1", alpha=0.7)
-            ax.plot(grid, pdf, "k-", lw=1)
-            ax.set_title(f"z[{i}] std {std[i]:.2f}", fontsize=7)
-        else:
-            ax.axis("off")
-        ax.tick_params(labelsize=6)
-    last = axes[-1]
-    for ax in last[1:]:
-        ax.axis("off")
-    ax = last[0]
-    q = np.sort(proj.ravel())
-    theo = stats.norm.ppf((np.arange(len(q)) + 0.5) / len(q), scale=s)
-    ax.plot(theo, q, ".", ms=1)
-    ax.plot(theo, theo, "k-", lw=1)
-    ax.set_title("Q-Q (projections)", fontsize=7)
-    ax.tick_params(labelsize=6)
-    fig.suptitle(f"latents vs N(0, {s:g}² I): energy distance {ed:.4f} "
-                 f"(two prior samples: {floor:.4f}); blue = random projections, orange = dims",
-                 fontsize=9)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "normality.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_text(out_dir / "normality.json", json.dumps(report, indent=2) + "\n")
-    return report
-
-
-# ----------------------------------------------------------------------- the baseline
-@dataclass
-class BaselineConfig:
-    """The conventional convolutional VAE baseline (:class:`~fhcnn.models.ConvVAE`)."""
-
-    width: int = 32
-    levels: int = 2
-    kl_weight: float = 1.0
-    noise_scale: float = 0.35        # likelihood std in normalized units
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1500, lr=2e-3, checkpoint_every=0, keep_last=1, log_every=50))
-
-
 def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
                    out_dir: str | Path | None = None, quiet: bool = True) -> dict[str, Any]:
     """Train a :class:`~fhcnn.models.ConvVAE` with ``latent_dim`` on the images of ``cfg`` and
     measure it like :func:`train_vae` (recon MSE of the posterior mean, energy distance of the
     posterior means to the prior, classifier confidence on samples). Returns the metrics."""
-    from .models.autoencoder import ConvVAE
+    from ...models.autoencoder import ConvVAE
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -691,5 +357,5 @@ def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
         clf = digit_classifier(train, crop)
         metrics["classifier_confidence_samples"] = classifier_confidence(clf, samples[:ev.n_samples])
     metrics["_samples"] = samples[:64]
-    metrics["_recons"] = _reconstruct(vae, x_eval[:16]).clamp(0, 1)
+    metrics["_recons"] = reconstruct(vae, x_eval[:16]).clamp(0, 1)
     return metrics

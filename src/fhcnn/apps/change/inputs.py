@@ -1,0 +1,65 @@
+"""Reading and validating the inputs of ``fhcnn change``: the two dates and the labels.
+Everything is checked here, before any output is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...data.hyperspectral import (check_labels, labels_from_masks, read_change_map, read_cube,
+                                   read_pair, sample_labels)
+from ...errors import InputError
+from ...options import IGNORE
+
+__all__ = ["ChangeInputs", "load_inputs"]
+
+
+@dataclass
+class ChangeInputs:
+    """Validated inputs: the two dates ``(H, W, B)`` float32, the full label map, the training
+    labels and the held-out labels to score (``(H, W)`` uint8, 255 = none), and where the labels
+    came from."""
+
+    before: np.ndarray
+    after: np.ndarray
+    labels: np.ndarray
+    train: np.ndarray
+    scored: np.ndarray
+    label_source: str
+
+
+def load_inputs(before_path: str, after_path: str | None = None, *, key: str | None = None,
+                labels: str | None = None, changed: str | None = None, unchanged: str | None = None,
+                label_fraction: float | None = None, label_seed: int = 0,
+                eval_labels: str | None = None) -> ChangeInputs:
+    """Read and validate every input (nothing is written). Raises InputError/FileNotFoundError."""
+    if after_path is None:
+        before, after = read_pair(before_path, key=key)
+    else:
+        before, after = read_cube(before_path, key=key), read_cube(after_path, key=key)
+        if before.shape != after.shape:
+            raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
+                             f"{after_path} is {after.shape}; both dates must have the same size and bands")
+    shape = before.shape[:2]
+    if labels and (changed or unchanged):
+        raise InputError("give either --labels or --changed/--unchanged, not both")
+    if labels:
+        lab = read_change_map(labels, shape)
+        source = str(labels)
+    elif changed or unchanged:
+        lab = labels_from_masks(changed, unchanged, shape)
+        source = " + ".join(str(p) for p in (changed, unchanged) if p)
+    else:
+        raise InputError("no labels: give --labels MAP or --changed MASK [--unchanged MASK]")
+    check_labels(lab, source)
+    eval_map = read_change_map(eval_labels, shape) if eval_labels else None
+    if label_fraction is not None:
+        train, held = sample_labels(lab, label_fraction, label_seed)
+        check_labels(train, f"{source} with --label-fraction {label_fraction}")
+    else:
+        train, held = lab, np.full(lab.shape, IGNORE, np.uint8)
+    if eval_map is not None:
+        held = eval_map.copy()
+        held[train != IGNORE] = IGNORE
+    return ChangeInputs(before, after, lab, train, held, source)

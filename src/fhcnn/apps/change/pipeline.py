@@ -1,0 +1,167 @@
+"""Time-lapse (bitemporal) hyperspectral change detection from a few labelled pixels: the
+pipeline behind ``fhcnn change``.
+
+Layout (as in the paper, section 6.1.1): the two dates become the *channels* and the spectral
+bands the *depth* of one 3D volume::
+
+    volume[c, b, y, x]   c = 0: BEFORE band b, c = 1: AFTER band b   (shape (2, B, H, W))
+                         (+ c = 2: AFTER - BEFORE with change.channels="dates+diff")
+
+each band standardized with the mean and standard deviation of both dates pooled (so the
+difference between dates is kept). The network maps it to a 3D logit volume ``(2, B, H, W)``;
+the loss is measured on a 2D x-y map: by default (``change.target="mean"``) the band-mean of
+the logits, ``(2, H, W)``, whose softmax is also the predicted change probability. Training
+windows always span the whole band axis (reflected up to the network's size multiple) and
+``window_height x window_width`` pixels around a labelled pixel. ``"all"`` (every band slice
+labelled, the engine's per-voxel loss) and ``"slice"`` (one labelled band slice) are the
+alternatives measured in ``benchmarks/change_detection.py``. Scaling, padding and cropping
+are the engine's (:class:`~fhcnn.engine.sizes.Geometry`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from torch import Tensor
+
+from ... import log as _log
+from ...engine import SegmentConfig, SegmentationResult, size_multiple_of, train_segmentation
+from ...engine.sizes import Geometry
+from ...errors import InputError
+from ...options import IGNORE, BandNormalization, ChangeChannels
+from ...training import is_main_process
+from .config import ChangeConfig
+from .inputs import ChangeInputs
+from .outputs import change_metrics, write_outputs
+
+__all__ = ["build_volume", "fit_change", "run_change"]
+
+
+def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
+                 normalize: BandNormalization = "band") -> np.ndarray:
+    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring)."""
+    x = np.stack([before, after], 0).astype(np.float32)        # (2, H, W, B)
+    if normalize == "band":
+        mu = x.mean(axis=(0, 1, 2), keepdims=True)
+        sd = x.std(axis=(0, 1, 2), keepdims=True)
+        x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
+    if channels == "dates+diff":
+        x = np.concatenate([x, x[1:2] - x[0:1]], 0)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))       # (C, B, H, W)
+
+
+def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig,
+               out_dir: Path | None = None, *, log: Callable[[str], None] = _log.info,
+               quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
+               eval_fn: Callable[[np.ndarray], dict[str, float]] | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Train on one bitemporal scene and predict its change map (the work of ``fhcnn change``).
+
+    Args:
+        before, after: ``(H, W, B)`` float32 cubes.
+        train2d: ``(H, W)`` uint8 training labels (0, 1, 255 = unlabelled).
+        cfg: a :class:`ChangeConfig`.
+        out_dir: where the trainer writes its checkpoints/metrics (None: nothing written).
+        eval_fn: optional ``change probability (H, W) -> dict`` called every
+            ``cfg.data.eval_every`` steps.
+
+    Returns:
+        dict with ``pred`` (H, W) uint8, ``prob`` (H, W) float change probability, ``result``
+        (the engine's :class:`SegmentationResult`), ``volume`` (as trained on), ``padded``,
+        ``geometry``, times.
+    """
+    ch = cfg.change
+    h, w, nb = before.shape
+    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
+    vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
+    train_s = geom.labels(train2d, 2)
+    c, nbv, hs, ws = vol.shape
+    slice_idx = (nbv // 2 if ch.slice_index < 0 else ch.slice_index)
+    if ch.target == "slice" and not 0 <= slice_idx < nbv:
+        raise InputError(f"change.slice_index={ch.slice_index} is outside the {nbv} bands")
+    if ch.target == "mean":     # one 2D map: the loss on the band-mean logits
+        lab = train_s
+    elif ch.target == "all":
+        lab = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
+    else:
+        lab = np.full((nbv, hs, ws), IGNORE, np.uint8)
+        lab[slice_idx] = train_s
+    n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
+    log(f"scene {h}x{w} pixels, {nb} bands; volume (channels, bands, H, W) = {(c, nb, h, w)} "
+        f"[{ch.channels}; bands standardized: {ch.normalize}]; " + geom.describe())
+    log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
+        f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
+    data = replace(cfg.data, reduce_depth=ch.target == "mean")
+    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train)
+
+    def change_probability(prob: Tensor) -> np.ndarray:
+        p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
+        return geom.back(p[None])[0].numpy()
+
+    wrapped = None
+    if eval_fn is not None:
+        def wrapped(res: SegmentationResult) -> dict[str, float]:
+            return eval_fn(change_probability(res.predict_proba(vol, shifts=1)))
+    t0 = time.perf_counter()
+    result = train_segmentation(vol, lab, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
+                                eval_fn=wrapped, resume=resume)
+    train_time = time.perf_counter() - t0
+    log(f"training windows {tuple(result.window)}")
+    t1 = time.perf_counter()
+    p_change = change_probability(result.predict_proba(vol))
+    pred = (p_change > ch.threshold).astype(np.uint8)
+    return {"pred": pred, "prob": p_change, "result": result, "volume": vol, "padded": geom.padded,
+            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1}
+
+
+def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_fraction: float | None = None,
+               label_seed: int = 0, eval_labels: str | None = None, quiet: bool = False,
+               resume: bool = False, log: Callable[[str], None] = _log.info) -> dict[str, Any]:
+    """Train, predict, score the held-out pixels and write every output into ``out``; returns
+    the metrics (``{}`` on a non-zero rank under ``torchrun``: rank 0 writes and reports)."""
+    t_start = time.perf_counter()
+    before, after, train2d, scored = inputs.before, inputs.after, inputs.train, inputs.scored
+    h, w, nb = before.shape
+    n_scored = int((scored != IGNORE).sum())
+    fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
+                     label_source=inputs.label_source, n_scored=n_scored, resume=resume)
+    if not is_main_process():
+        return {}
+    result, pred = fit["result"], fit["pred"]
+    n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
+    metrics: dict[str, Any] = {
+        "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(fit["volume"].shape),
+                  "padded_shape": list(fit["padded"]), "scale": cfg.data.scale},
+        "labels": {"source": inputs.label_source, "label_fraction": label_fraction,
+                   "label_seed": label_seed, "train_pixels": n0 + n1, "train_changed": n1,
+                   "train_unchanged": n0, "scored_pixels": n_scored,
+                   "eval_labels": str(eval_labels) if eval_labels else None},
+        "heldout": change_metrics(pred, scored) if n_scored else None,
+        "train_fit": change_metrics(pred, train2d),
+        "predicted_change_fraction": float(pred.mean()),
+        "activation_bytes": int(result.activation_bytes),
+        "parameters": int(sum(p.numel() for p in result.model.parameters())),
+        "train_time_s": round(fit["train_time_s"], 2), "predict_time_s": round(fit["predict_time_s"], 2),
+        "total_time_s": round(time.perf_counter() - t_start, 2),
+        "device": str(result.device), "steps": int(cfg.train.steps),
+        "loss_curve": [[r["step"], round(r["loss"], 5)] for r in result.history],
+    }
+    if metrics["heldout"]:
+        hm = metrics["heldout"]
+        metrics.update(miou=hm["miou"], iou_positive=hm["iou_positive"], iou_negative=hm["iou_negative"])
+    from ...config import save_config
+
+    write_outputs(out, inputs, fit, metrics, show_eval=bool(eval_labels))
+    save_config(cfg, out / "config.yaml")
+    if metrics["heldout"]:
+        log(f"held-out mIoU {metrics['miou']:.4f} (positive {metrics['iou_positive']:.4f}, negative "
+            f"{metrics['iou_negative']:.4f}) on {n_scored} pixels")
+    else:
+        log("no held-out pixels (use --label-fraction or --eval-labels to score)")
+    log(f"activation memory {result.activation_bytes / 2**20:.1f} MiB per step, training "
+        f"{fit['train_time_s']:.1f} s, prediction {fit['predict_time_s']:.1f} s; outputs in {out}")
+    return metrics

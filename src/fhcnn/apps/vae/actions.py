@@ -1,0 +1,94 @@
+"""The ``fhcnn vae`` actions on a trained run: sample, interpolate, normality; and the
+``--dataset`` shortcut's config overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...atomic import atomic_save_npy
+from ...errors import InputError
+from ...options import DATASETS
+from .outputs import interpolate_latents, normality_report, save_grid
+from .pipeline import load_images, load_run, resolve_image
+
+__all__ = ["dataset_overrides", "sample", "interpolate", "normality"]
+
+
+def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize: int | None = None,
+                      crop: int | None = None, limit: int | None = None) -> list[str]:
+    """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``. A
+    dataset other than the config's gets its own default size (``data.size=null``: a folder is
+    then resized only with ``--resize``)."""
+    out: list[str] = []
+    if dataset:
+        name, *rest = dataset
+        if name != config_dataset:
+            out += ["data.size=null", "data.crop=null"]
+        if name not in DATASETS:
+            raise InputError(f"--dataset must be digits, lfw, mnist-idx PATH or folder PATH, got {name!r}")
+        if name in ("mnist-idx", "folder"):
+            if len(rest) != 1:
+                raise InputError(f"--dataset {name} needs exactly one PATH")
+            out += [f"data.dataset={name}", f"data.path={rest[0]}"]
+        else:
+            if rest:
+                raise InputError(f"--dataset {name} takes no PATH (got {' '.join(rest)})")
+            out += [f"data.dataset={name}", "data.path=null"]
+    if resize is not None:
+        out.append(f"data.size={resize}")
+    if crop is not None:
+        out.append(f"data.crop={crop}")
+    if limit is not None:
+        out.append(f"data.limit={limit}")
+    return out
+
+
+def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
+           npy: str | Path | None = None) -> dict[str, Any]:
+    """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
+    ``.npy`` if ``npy``)."""
+    if n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    if sigma is not None and sigma <= 0:
+        raise InputError(f"--sigma must be > 0, got {sigma}")
+    cfg, model, _ = load_run(checkpoint)
+    if sigma is not None:
+        model.sigma = sigma
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = model.sample(n, generator=g).clamp(0, 1)
+    scale = max(1, 64 // model.image_size[1])
+    save_grid(x, out, ncol=min(n, int(np.ceil(np.sqrt(n)))), scale=scale)
+    if npy:
+        atomic_save_npy(npy, x.numpy())
+    return {"n": n, "latent_dim": model.latent_dim, "sigma": model.sigma}
+
+
+def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) -> dict[str, Any]:
+    """Decode ``steps`` points on the line between the latents of images ``a`` and ``b`` (files,
+    or indices into the run's training images) into a PNG row ``[a, points..., b]``."""
+    if steps < 2:
+        raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
+    cfg, model, _ = load_run(checkpoint)
+    xa, xb = resolve_image(a, cfg, model), resolve_image(b, cfg, model)
+    line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
+    row = torch.cat([xa, line, xb])
+    save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
+    return {"steps": steps}
+
+
+def normality(checkpoint: str, out: str | Path | None, n: int, split: str) -> tuple[dict[str, Any], Path]:
+    """Energy distance, Q-Q plot and histograms of ``n`` latents of the run's ``split`` images
+    against the prior, into ``out`` (default ``<run>/normality``)."""
+    if n < 2:
+        raise InputError(f"--n must be >= 2, got {n}")
+    cfg, model, run_dir = load_run(checkpoint)
+    train, held = load_images(cfg)
+    images = held if split == "eval" else train
+    x = images.batch(slice(0, n))
+    folder = Path(out) if out else run_dir / "normality"
+    return normality_report(model, x, folder, seed=cfg.eval.seed), folder

@@ -1,0 +1,61 @@
+"""The run options every training command shares, and the config they build.
+
+``--config NAME|FILE``, ``--set KEY=VALUE`` (repeatable), ``--out DIR``, ``--resume``,
+``--overwrite``, ``--quiet``, ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import TypeVar
+
+from ..config import available_configs, field_types, load_config
+
+__all__ = ["add_config_arguments", "config_from_args"]
+
+T = TypeVar("T")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
+                         out_required: bool = False) -> None:
+    """Add the common run options to an argparse parser.
+
+    ``--config NAME|FILE``, ``--set KEY=VALUE`` (repeatable, stored in ``args.overrides``),
+    ``--out DIR``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device DEVICE``.
+    """
+    names = ", ".join(available_configs())
+    parser.add_argument("--config", default=default_config, metavar="NAME|FILE",
+                        help="a YAML/TOML config file or the name of a shipped one"
+                             + (f" ({names})" if names else "")
+                             + (f"; default {default_config}" if default_config else ""))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--out", required=out_required, metavar="DIR",
+                        help="output folder (refused if it holds another run, unless --resume "
+                             "or --overwrite)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest valid checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --out folder that holds one (its checkpoints "
+                             "and metrics are removed; other files are kept)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    parser.add_argument("--device", default=None,
+                        help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config from ``--config`` and ``--set`` (and ``--device`` into ``train.device``,
+    ``--scale`` into ``data.scale``, where the command has them)."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "scale", None) is not None:
+        overrides.append(f"data.scale={args.scale}")
+    device = getattr(args, "device", None)
+    if device is not None:
+        hints = field_types(cls)
+        if "train" in hints and dataclasses.is_dataclass(hints["train"]) and \
+                "device" in {f.name for f in dataclasses.fields(hints["train"])}:
+            overrides.append(f"train.device={device}")
+        elif "device" in hints:
+            overrides.append(f"device={device}")
+    return load_config(cls, getattr(args, "config", None), overrides)

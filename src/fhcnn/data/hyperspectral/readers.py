@@ -1,0 +1,360 @@
+"""Readers of hyperspectral cubes.
+
+Every cube reader returns a float32 array ``(H, W, B)`` (rows, columns, bands), whatever the
+layout on disk:
+
+=================  ===========================================================================
+format             how it is read
+=================  ===========================================================================
+``.npy``           ``(H, W, B)``; a 4D ``(2, H, W, B)`` array holds both dates (:func:`read_pair`)
+``.mat`` (v4-7)    ``scipy.io.loadmat``; the variable ``key`` or the only/largest >= 2D array,
+                   MATLAB's ``(rows, cols, bands)`` is already ``(H, W, B)``
+``.mat`` (v7.3)    HDF5 through ``h5py``; HDF5 shows MATLAB arrays with the axes *reversed*
+                   (``(B, W, H)``), so they are transposed back to ``(H, W, B)``
+``(B, H*W)`` .mat  unmixing-style matrices (Samson, Jasper Ridge) with ``nRow``/``nCol``
+                   scalars: pixels are columns in MATLAB (column-major) order
+ENVI               the header (``.hdr``/``.HDR``) or the raw data path; ``samples``, ``lines``,
+                   ``bands``, ``header offset``, ``data type``, ``interleave`` (BSQ/BIL/BIP)
+                   and ``byte order`` come from the header; read with ``numpy.memmap``
+TIFF / GeoTIFF     ``tifffile``; the page series' axes decide the layout (``SYX``/``QYX`` =
+                   band-first, ``YXS`` = band-last)
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+
+__all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "read_envi", "read_envi_header", "write_envi"]
+
+CUBE_SUFFIXES = (".npy", ".mat", ".hdr", ".tif", ".tiff", ".img", ".dat", ".raw", ".bsq",
+                 ".bil", ".bip", "(none: ENVI raw file next to a .hdr/.HDR header)")
+
+# ENVI "data type" codes -> numpy dtypes (complex types are not supported)
+_ENVI_DTYPES = {1: np.uint8, 2: np.int16, 3: np.int32, 4: np.float32, 5: np.float64,
+                12: np.uint16, 13: np.uint32, 14: np.int64, 15: np.uint64}
+_ENVI_DATA_EXTS = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip")
+
+
+# --------------------------------------------------------------------------------------
+# ENVI
+# --------------------------------------------------------------------------------------
+
+def read_envi_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse an ENVI header into a dict (keys lower-case; ``{...}`` lists become lists of str).
+
+    Raises:
+        InputError: the file does not start with ``ENVI`` or cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ENVI header ({e.strerror or e})") from None
+    if not text.lstrip().startswith("ENVI"):
+        raise InputError(f"{path}: not an ENVI header (the first word must be 'ENVI')")
+    out: dict[str, Any] = {}
+    lines = text.splitlines()[1:]
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        key, value = key.strip().lower(), value.strip()
+        if value.startswith("{"):
+            while "}" not in value and i < len(lines):
+                value += "\n" + lines[i]
+                i += 1
+            inner = value[1:value.rfind("}")] if "}" in value else value[1:]
+            if key in ("description", "coordinate system string"):
+                out[key] = inner.strip()
+            else:
+                out[key] = [v.strip() for v in inner.replace("\n", " ").split(",") if v.strip()]
+        else:
+            out[key] = value
+    return out
+
+
+def _header_int(h: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    if key not in h:
+        if default is None:
+            raise InputError(f"{path}: ENVI header has no '{key}'")
+        return default
+    try:
+        return int(str(h[key]).strip())
+    except ValueError:
+        raise InputError(f"{path}: ENVI header '{key} = {h[key]}' is not an integer") from None
+
+
+def _envi_paths(path: Path) -> tuple[Path, Path]:
+    """(header, data) for an ENVI header path or raw data path."""
+    if path.suffix.lower() == ".hdr":
+        header = path
+        stem = path.with_suffix("")
+        candidates = [Path(str(stem) + e) for e in _ENVI_DATA_EXTS] + \
+                     [Path(str(stem) + e.upper()) for e in _ENVI_DATA_EXTS if e]
+        data = next((c for c in candidates if c.is_file()), None)
+        if data is None:
+            raise InputError(f"{path}: ENVI header found but no data file next to it "
+                             f"(looked for {stem.name} with extensions none/.img/.dat/.raw/.bsq/.bil/.bip)")
+        return header, data
+    candidates = [Path(str(path) + ".hdr"), Path(str(path) + ".HDR"),
+                  path.with_suffix(".hdr"), path.with_suffix(".HDR")]
+    header = next((c for c in candidates if c.is_file()), None)
+    if header is None:
+        raise InputError(f"{path}: no ENVI header next to it (looked for {path.name}.hdr/.HDR"
+                         f"{' and ' + path.with_suffix('.hdr').name if path.suffix else ''})")
+    return header, path
+
+
+def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an ENVI image given its header or its raw data path.
+
+    Args:
+        path: ``scene.hdr``/``scene.HDR`` (the data file is ``scene``, ``scene.img``, ...)
+            or the raw data file (its header is ``scene.hdr``/``scene.HDR`` or
+            ``scene.img.hdr``).
+
+    Returns:
+        ``(cube, header)``: ``cube`` is ``(H, W, B)`` = (lines, samples, bands) in the file's
+        numeric type (a read-only view of a memory map), ``header`` the parsed header.
+
+    Raises:
+        InputError: missing/invalid header, unsupported data type or interleave, data file
+            shorter than the header says.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    header_path, data_path = _envi_paths(path)
+    h = read_envi_header(header_path)
+    samples = _header_int(h, "samples", header_path)
+    lines = _header_int(h, "lines", header_path)
+    bands = _header_int(h, "bands", header_path)
+    offset = _header_int(h, "header offset", header_path, default=0)
+    code = _header_int(h, "data type", header_path)
+    if code not in _ENVI_DTYPES:
+        raise InputError(f"{header_path}: ENVI data type {code} is not supported "
+                         f"(supported: {sorted(_ENVI_DTYPES)}; complex types are not)")
+    order = _header_int(h, "byte order", header_path, default=0)
+    if order not in (0, 1):
+        raise InputError(f"{header_path}: 'byte order = {order}' must be 0 (little) or 1 (big endian)")
+    dtype = np.dtype(_ENVI_DTYPES[code]).newbyteorder("<" if order == 0 else ">")
+    interleave = str(h.get("interleave", "bsq")).strip().lower()
+    shapes = {"bsq": (bands, lines, samples), "bil": (lines, bands, samples),
+              "bip": (lines, samples, bands)}
+    if interleave not in shapes:
+        raise InputError(f"{header_path}: interleave '{interleave}' must be bsq, bil or bip")
+    if min(samples, lines, bands) < 1:
+        raise InputError(f"{header_path}: samples/lines/bands must be >= 1, "
+                         f"got {samples}/{lines}/{bands}")
+    need = offset + samples * lines * bands * dtype.itemsize
+    size = data_path.stat().st_size
+    if size < need:
+        raise InputError(f"{data_path}: file has {size} bytes but the header "
+                         f"({header_path.name}: {lines}x{samples}x{bands} {interleave}, "
+                         f"{dtype.name}, offset {offset}) needs {need}")
+    raw = np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=shapes[interleave])
+    axes = {"bsq": (1, 2, 0), "bil": (0, 2, 1), "bip": (0, 1, 2)}[interleave]
+    return raw.transpose(axes), h
+
+
+def write_envi(path: str | os.PathLike[str], cube: np.ndarray, interleave: str = "bsq",
+               byte_order: int = 0, header_suffix: str = ".hdr",
+               wavelength: Sequence[float] | None = None) -> tuple[Path, Path]:
+    """Write ``cube`` ``(H, W, B)`` as a raw ENVI file ``path`` with header ``path + suffix``.
+
+    Used by the tests and to export generated scenes. Returns ``(header, data)``.
+    """
+    path = Path(path)
+    cube = np.asarray(cube)
+    if cube.ndim == 2:
+        cube = cube[:, :, None]
+    inv = {np.dtype(v).name: k for k, v in _ENVI_DTYPES.items()}
+    if cube.dtype.name not in inv:
+        raise ValueError(f"dtype {cube.dtype} has no ENVI data type code")
+    order = {"bsq": (2, 0, 1), "bil": (0, 2, 1), "bip": (0, 1, 2)}[interleave.lower()]
+    arr = np.ascontiguousarray(cube.transpose(order)).astype(
+        cube.dtype.newbyteorder("<" if byte_order == 0 else ">"))
+    path.write_bytes(arr.tobytes())
+    header = Path(str(path) + header_suffix)
+    h, w, b = cube.shape
+    text = (f"ENVI\ndescription = {{\n  written by fhcnn}}\nsamples = {w}\nlines   = {h}\n"
+            f"bands   = {b}\nheader offset = 0\nfile type = ENVI Standard\n"
+            f"data type = {inv[cube.dtype.name]}\ninterleave = {interleave.lower()}\n"
+            f"byte order = {byte_order}\n")
+    if wavelength is not None:
+        text += "wavelength = {\n " + ", ".join(f"{v:.6f}" for v in wavelength) + "}\n"
+    header.write_text(text)
+    return header, path
+
+
+# --------------------------------------------------------------------------------------
+# .mat, TIFF, .npy
+# --------------------------------------------------------------------------------------
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    return b"\x89HDF\r\n\x1a\n" in head[:8] or head[512:520] == b"\x89HDF\r\n\x1a\n"
+
+
+def _mat_variables(path: Path) -> dict[str, np.ndarray]:
+    """All numeric arrays of a .mat file, in (MATLAB) ``(rows, cols, ...)`` order."""
+    if _is_hdf5(path):
+        import h5py
+
+        out: dict[str, np.ndarray] = {}
+        with h5py.File(path, "r") as f:
+            for name, obj in f.items():
+                if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and not name.startswith("#"):
+                    # HDF5 stores MATLAB's column-major arrays with the axis order reversed
+                    out[name] = np.asarray(obj[()]).T
+        return out
+    import scipy.io
+
+    try:
+        raw = scipy.io.loadmat(str(path))
+    except Exception as e:  # scipy raises several types for corrupt files
+        raise InputError(f"{path}: cannot read as a MATLAB .mat file ({e})") from None
+    return {k: v for k, v in raw.items()
+            if not k.startswith("__") and isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+
+
+def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None,
+                   ndim: tuple[int, ...] = (2, 3)) -> np.ndarray:
+    if key is not None:
+        if key not in variables:
+            raise InputError(f"{path}: no numeric variable '{key}' (variables: {sorted(variables)})")
+        arr = variables[key]
+    else:
+        cands = {k: v for k, v in variables.items() if v.ndim in ndim and v.size > 1}
+        if not cands:
+            raise InputError(f"{path}: no {'/'.join(map(str, ndim))}-D numeric variable "
+                             f"(variables: {sorted(variables)}); pass the variable name")
+        arr = max(cands.values(), key=lambda v: v.size)
+    if arr.ndim == 2 and "nRow" in variables and "nCol" in variables:
+        # unmixing layout: (bands, rows*cols), pixels in MATLAB column-major order
+        rows, cols = int(np.squeeze(variables["nRow"])), int(np.squeeze(variables["nCol"]))
+        if arr.shape[1] == rows * cols:
+            arr = arr.reshape(arr.shape[0], rows, cols, order="F").transpose(1, 2, 0)
+        elif arr.shape[0] == rows * cols:
+            arr = arr.reshape(rows, cols, arr.shape[1], order="F")
+    return arr
+
+
+def _tiff_cube(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr, axes = series.asarray(), series.axes
+    except Exception as e:
+        raise InputError(f"{path}: cannot read as TIFF ({e})") from None
+    if arr.ndim == 3 and axes.endswith("YX"):   # band-first (planar / multi-page)
+        arr = np.moveaxis(arr, 0, -1)
+    elif arr.ndim == 4 and axes.endswith("YX"):  # (T, B, H, W) -> (T, H, W, B)
+        arr = np.moveaxis(arr, 1, -1)
+    return arr
+
+
+def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a hyperspectral file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            try:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as e:
+                raise InputError(f"{path}: cannot read as .npy ({e})") from None
+        if suffix == ".mat":
+            return _pick_mat_cube(path, _mat_variables(path), key, ndim)
+        if suffix in (".tif", ".tiff"):
+            return _tiff_cube(path)
+        if suffix == ".hdr" or suffix in _ENVI_DATA_EXTS or any(
+                Path(str(path) + e).is_file() for e in (".hdr", ".HDR")) or \
+                path.with_suffix(".hdr").is_file() or path.with_suffix(".HDR").is_file():
+            return read_envi(path)[0]
+    except PermissionError as e:
+        raise InputError(f"{path}: permission denied ({e.strerror})") from None
+    raise InputError(f"{path}: unknown hyperspectral format '{path.suffix}'; supported: "
+                     ".npy, .mat (v5 and v7.3), ENVI (.hdr/.HDR header or raw file), .tif/.tiff")
+
+
+def _finish(arr: np.ndarray, path: Path, what: str = "cube") -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{path}: {what} has non-numeric type {arr.dtype}")
+    out = np.array(arr, dtype=np.float32, order="C")   # a writable copy (inputs may be memory maps)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{path}: {what} contains {int(bad.sum())} NaN/inf value(s) "
+                         f"(first at index {idx}); fill or mask them before training")
+    return out
+
+
+def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
+    """Read one hyperspectral image as float32 ``(H, W, B)`` (see the module table).
+
+    Args:
+        path: ``.npy``, ``.mat``, ENVI header or raw file, ``.tif``/``.tiff``.
+        key: variable name inside a ``.mat`` file (default: the only/largest 2-3D array).
+
+    Raises:
+        FileNotFoundError, InputError: unreadable file, wrong rank, NaN/inf values.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.npy"; np.save(p, np.ones((4, 5, 3)))
+        >>> read_cube(p).shape
+        (4, 5, 3)
+    """
+    path = Path(path)
+    arr = _load_any(path, key, (2, 3))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise InputError(f"{path}: expected one image (H, W, bands), got shape {tuple(arr.shape)}"
+                         + ("; a 4D file holds both dates: give it alone as BEFORE" if arr.ndim == 4 else ""))
+    return _finish(arr, path)
+
+
+def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read both dates from one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``.
+
+    A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
+    as the pair in name order. TIFF: ``(2, B, H, W)`` pages series.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".mat" and key is None:
+        variables = _mat_variables(path) if path.exists() else {}
+        threes = {k: v for k, v in variables.items() if v.ndim == 3}
+        if len(threes) == 2 and not any(v.ndim == 4 for v in variables.values()):
+            (k1, a), (k2, b) = sorted(threes.items())
+            if a.shape != b.shape:
+                raise InputError(f"{path}: variables {k1} {a.shape} and {k2} {b.shape} differ in shape")
+            return _finish(a, path, k1), _finish(b, path, k2)
+    arr = _load_any(path, key, (4,))
+    if arr.ndim != 4:
+        raise InputError(f"{path}: a single input must be 4D (2, H, W, bands) holding both dates, "
+                         f"got shape {tuple(arr.shape)}; otherwise give BEFORE and AFTER")
+    if arr.shape[0] == 2:
+        a, b = arr[0], arr[1]
+    elif arr.shape[-1] == 2:
+        a, b = arr[..., 0], arr[..., 1]
+    else:
+        raise InputError(f"{path}: a 4D input needs a date axis of length 2 first or last, "
+                         f"got shape {tuple(arr.shape)}")
+    return _finish(a, path, "date 1"), _finish(b, path, "date 2")

@@ -1,0 +1,143 @@
+"""Networks of the dense engine, built from a :class:`~fhcnn.engine.config.ModelConfig`.
+
+Both architectures are wrapped in :class:`VolumeSegmenter`, which holds the input
+normalization (per-channel mean and standard deviation of the training volume, saved with the
+weights) so a checkpoint segments raw volumes by itself. :class:`DepthMean` is the model of a
+``data.reduce_depth`` run (one 2D label map for the whole depth axis).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..models import DenseHyperbolicModel, UNet3D
+from ..network import Unit
+from ..options import MEMORY_MODES, MemoryMode
+
+__all__ = ["parse_units", "parse_hidden", "VolumeSegmenter", "DepthMean", "build_model",
+           "size_multiple_of"]
+
+
+def parse_units(spec: str | Sequence[Any]) -> list[Unit]:
+    """``"5up,6up,8"`` (or ``[[5, "up"], [6, "up"], [8, None]]``) -> ``[(5, "up"), (6, "up"), (8, None)]``.
+
+    Raises:
+        ValueError: a unit that is not ``<layers>[up|down]``.
+    """
+    if isinstance(spec, str):
+        out: list[Unit] = []
+        for part in spec.replace(" ", "").split(","):
+            m = re.fullmatch(r"(\d+)(up|down)?", part)
+            if not m:
+                raise ValueError(f"bad unit {part!r} in units={spec!r}: use e.g. '5up,6up,8' "
+                                 "(layers, then an optional 'up' or 'down' transition)")
+            out.append((int(m.group(1)), m.group(2)))  # type: ignore[arg-type]
+        return out
+    units = [(int(n), t) for n, t in spec]
+    for n, t in units:
+        if t not in ("up", "down", None):
+            raise ValueError(f"bad transition {t!r} in units={spec!r}")
+    return units  # type: ignore[return-value]
+
+
+def parse_hidden(spec: str | int | Sequence[int] | None) -> int | list[int] | None:
+    """``""`` -> None (the state's width), ``"32"`` -> 32, ``"64,16,8"`` -> ``[64, 16, 8]``."""
+    if spec is None or isinstance(spec, int):
+        return spec
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text:
+            return None
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"hidden={spec!r}: use '' (the state's width), one int or "
+                             f"comma-separated ints, e.g. '64,16,8'") from None
+        if any(v < 1 for v in values):
+            raise ValueError(f"hidden={spec!r}: widths must be >= 1")
+        return values if "," in text else values[0]
+    return [int(v) for v in spec]
+
+
+def size_multiple_of(cfg: Any) -> int:
+    """What every spatial size must be a multiple of for the model ``cfg`` describes (without
+    building it): ``2**(pre_levels + deepest coarsening)`` or ``2**unet_levels``."""
+    if cfg.arch == "unet":
+        return 2 ** int(cfg.unet_levels)
+    level = deepest = 0
+    for _, t in parse_units(cfg.units):
+        level += {"down": 1, "up": -1, None: 0}[t]
+        deepest = max(deepest, level)
+    return 2 ** (int(cfg.pre_levels) + deepest)
+
+
+class VolumeSegmenter(nn.Module):
+    """Normalizes a raw volume (per-channel ``(x - mean) / std``, buffers saved with the weights)
+    and applies a dense network; ``(N, C, D, H, W) -> (N, K, D, H, W)`` logits."""
+
+    def __init__(self, core: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("mean", torch.zeros(in_channels))
+        self.register_buffer("std", torch.ones(in_channels))
+
+    @property
+    def size_multiple(self) -> int:
+        return int(self.core.size_multiple)
+
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self.core((x - self.mean.view(shape)) / self.std.view(shape))
+
+
+class DepthMean(nn.Module):
+    """Wraps a dense 3D model (``(N, C, D, H, W) -> (N, K, D, H, W)`` logits): the logits
+    averaged over the depth axis and broadcast back (a view, no copy), so every depth slice
+    holds the same ``mean_d logits`` and prediction returns ``softmax(mean_d logits)`` at every
+    depth. The model of a ``data.reduce_depth`` run; the wrapped one is ``.inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.inner, "size_multiple", 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lo = self.inner(x)
+        return lo.mean(2, keepdim=True).expand_as(lo)
+
+
+def build_model(cfg: Any, in_channels: int, num_classes: int,
+                memory: MemoryMode | None = None) -> VolumeSegmenter:
+    """A :class:`VolumeSegmenter` from a :class:`~fhcnn.engine.config.ModelConfig`.
+
+    Args:
+        cfg: the model config.
+        in_channels, num_classes: data channels and classes.
+        memory: gradient mode of the hyperbolic net (``"reversible" | "block" | "plain"``);
+            default ``cfg.memory``. Ignored by the U-Net.
+    """
+    memory = cfg.memory if memory is None else memory
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+    if cfg.arch == "unet":
+        core: nn.Module = UNet3D(in_channels, num_classes, cfg.unet_base, cfg.unet_levels)
+    elif cfg.arch == "hyperbolic":
+        core = DenseHyperbolicModel(
+            in_channels, num_classes, cfg.width, parse_units(cfg.units), dim=3,
+            pre_levels=cfg.pre_levels, opening=cfg.opening, reversible=MEMORY_MODES[memory],
+            hidden=parse_hidden(cfg.hidden), h=cfg.h, norm=cfg.norm, activation=cfg.activation,
+            wavelet=cfg.wavelet, init_scale=cfg.init_scale)
+    else:
+        raise ValueError(f"model.arch must be 'hyperbolic' or 'unet', got {cfg.arch!r}")
+    return VolumeSegmenter(core, in_channels)

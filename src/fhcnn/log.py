@@ -1,0 +1,36 @@
+"""One logging convention for every command: progress and log lines go to stderr (through
+the ``fhcnn`` logger), results go to stdout (:func:`result`), so ``fhcnn ... > result.txt``
+keeps only results.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["logger", "setup", "info", "result"]
+
+logger = logging.getLogger("fhcnn")
+
+
+def setup(quiet: bool = False) -> None:
+    """Send the ``fhcnn`` logger's messages to stderr (as plain lines); ``quiet``: warnings only."""
+    for h in list(logger.handlers):
+        if getattr(h, "_fhcnn", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._fhcnn = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def info(message: str) -> None:
+    """A log line (stderr, unless quiet)."""
+    logger.info(message)
+
+
+def result(message: str) -> None:
+    """A result line (stdout, always)."""
+    print(message, flush=True)
