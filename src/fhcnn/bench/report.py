@@ -86,7 +86,7 @@ def _time(r: dict[str, Any]) -> list[str]:
 def _peers(r: dict[str, Any]) -> list[str]:
     rows = r["rows"]
     state = r["state_bytes"]
-    out = ["| method | peak MiB | peak − param. grads MiB | peak / ours | step s | time / ours | time / plain |",
+    out = ["| method | peak MiB | peak − param. grads MiB | peak / fhcnn | step s | time / fhcnn | time / plain |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for m in r["methods"]:
         x = rows[m]
@@ -99,7 +99,7 @@ def _peers(r: dict[str, Any]) -> list[str]:
 
 
 def _table1(r: dict[str, Any]) -> list[str]:
-    out = ["| network | paper: reversible / non-reversible (MB) | ours exact, saved: reversible / block / plain (MB) | in states: paper | ours |",
+    out = ["| network | paper: reversible / non-reversible (MB) | fhcnn exact, saved: reversible / block / plain (MB) | in states: paper | fhcnn |",
            "|---|---:|---:|---:|---:|"]
     for name, row in r["rows"].items():
         p = row["paper_MB"]
