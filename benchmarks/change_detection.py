@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
+from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.config import load_config
-from fhcnn.data.hyperspectral import (IGNORE, labels_from_masks, make_bitemporal_scene, read_cube,
-                                      sample_labels)
+from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube, sample_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fhcnn.apps.segment import VideoInputs, load_video_inputs, segment_video
 from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.config import load_config
 from fhcnn.data.video import generate_video
-from fhcnn.memory import saved_tensor_bytes
-from fhcnn.apps.segment import VideoInputs, load_video_inputs, segment_video
 from fhcnn.engine import IGNORE, SegmentConfig, build_model, confusion_matrix
+from fhcnn.memory import saved_tensor_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "DAVIS"
@@ -167,7 +167,8 @@ def main() -> None:
     else:
         if not args.davis.is_dir():
             sys.exit(f"DAVIS data not found at {args.davis}")
-        cases = [(seq, lambda seq=seq: davis_inputs(seq, root=args.davis), args.scale) for seq in args.sequences.split(",")]
+        cases = [(seq, lambda seq=seq: davis_inputs(seq, root=args.davis), args.scale)
+                 for seq in args.sequences.split(",")]
     for name, make, scale in cases:
         inputs = make()
         for arch in args.arch.split(","):

@@ -24,9 +24,9 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fhcnn.apps.vae import BaselineConfig, VAEConfig, grid_array, train_baseline, train_vae
     from fhcnn.atomic import atomic_path, atomic_write_text
     from fhcnn.config import load_config
-    from fhcnn.apps.vae import BaselineConfig, VAEConfig, grid_array, train_baseline, train_vae
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results")

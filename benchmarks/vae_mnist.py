@@ -29,9 +29,9 @@ REDUCED = ["threads=1", "model.hidden=16", "model.h=0.2", "data.batch_size=64",
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from fhcnn.apps.vae import VAEConfig, train_vae
     from fhcnn.atomic import atomic_write_text
     from fhcnn.config import load_config
-    from fhcnn.apps.vae import VAEConfig, train_vae
 
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -22,10 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fhcnn.training import TrainConfig, Trainer, TrainingError, seed_everything, unwrap_model  # noqa: E402
 from tests._train_script import batch_fn, build, loss_fn  # noqa: E402
-
-from fhcnn.training import (TrainConfig, Trainer, TrainingError, seed_everything,  # noqa: E402
-                            unwrap_model)
 
 MODES = {"true": True, "block": "block", "false": False}
 

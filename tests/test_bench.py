@@ -8,11 +8,9 @@ import json
 import pytest
 import torch
 
-from fhcnn.bench import BENCHMARKS, load
-from fhcnn.bench import drift, memory, peers, table1, timing
+from fhcnn.bench import BENCHMARKS, drift, load, memory, peers, table1, timing
 from fhcnn.bench._common import build_net, measure_peak, state_numel, units_for
 from fhcnn.cli import main
-
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,15 @@ from torch import nn
 
 import fhcnn.atomic
 import fhcnn.training.checkpoint as ck
-from fhcnn.training import (CheckpointError, CheckpointManager, CheckpointWarning, latest_checkpoint,
-                            load_checkpoint, load_weights, verify_checkpoint)
+from fhcnn.training import (
+    CheckpointError,
+    CheckpointManager,
+    CheckpointWarning,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    verify_checkpoint,
+)
 
 
 def _model(seed: int) -> nn.Module:

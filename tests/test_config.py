@@ -11,8 +11,8 @@ import pytest
 
 from fhcnn.cli._options import add_config_arguments, config_from_args
 from fhcnn.config import available_configs, dump_config, load_config, resolve_config, save_config
-from fhcnn.rundir import prepare_output_dir
 from fhcnn.errors import InputError
+from fhcnn.rundir import prepare_output_dir
 from fhcnn.training import TrainConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fhcnn.models import DenseHyperbolicModel
 from fhcnn.memory import saved_tensor_bytes
+from fhcnn.models import DenseHyperbolicModel
 
 
 def test_table2_layout_and_shapes():

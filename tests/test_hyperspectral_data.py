@@ -7,9 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fhcnn.data.hyperspectral import (IGNORE, check_labels, labels_from_masks, make_bitemporal_scene,
-                                      read_change_map, read_cube, read_envi, read_envi_header, read_pair,
-                                      sample_labels, write_envi)
+from fhcnn.data.hyperspectral import (
+    IGNORE,
+    check_labels,
+    labels_from_masks,
+    make_bitemporal_scene,
+    read_change_map,
+    read_cube,
+    read_envi,
+    read_envi_header,
+    read_pair,
+    sample_labels,
+    write_envi,
+)
 from fhcnn.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

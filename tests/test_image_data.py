@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fhcnn.data.images import (ImageSet, load_dataset, load_digits, load_image_folder, load_lfw,
-                               load_mnist_idx, read_idx)
+from fhcnn.data.images import ImageSet, load_dataset, load_digits, load_image_folder, load_lfw, load_mnist_idx, read_idx
 from fhcnn.errors import InputError
 
 PIL = pytest.importorskip("PIL.Image")

@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from fhcnn.training import TrainConfig, Trainer, load_checkpoint, seed_everything
-
 from tests._train_script import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

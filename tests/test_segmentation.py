@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from fhcnn.config import load_config
-from fhcnn.engine import (IGNORE, SegmentConfig, build_model, parse_units, predict_volume,
-                                segmentation_metrics, train_segmentation)
 from fhcnn.apps.segment import copy_nearest_baseline
+from fhcnn.config import load_config
+from fhcnn.engine import (
+    IGNORE,
+    SegmentConfig,
+    build_model,
+    parse_units,
+    predict_volume,
+    segmentation_metrics,
+    train_segmentation,
+)
 from fhcnn.engine.sizes import reflect_indices
 from fhcnn.models import UNet3D
 

@@ -13,8 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fhcnn.errors import InputError
-from fhcnn.training import (NonFiniteLossError, TrainConfig, Trainer, lr_factor, resolve_device,
-                            seed_everything, step_generator)
+from fhcnn.training import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    lr_factor,
+    resolve_device,
+    seed_everything,
+    step_generator,
+)
 from fhcnn.training.progress import Progress
 from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fhcnn.data.video import (apply_classes, davis_palette, generate_video, mask_classes, read_masks,
-                              read_video, write_mask_png)
+from fhcnn.data.video import (
+    apply_classes,
+    davis_palette,
+    generate_video,
+    mask_classes,
+    read_masks,
+    read_video,
+    write_mask_png,
+)
 from fhcnn.errors import InputError
 
 

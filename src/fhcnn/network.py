@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer

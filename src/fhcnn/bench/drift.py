@@ -25,8 +25,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..reversible import run_steps
-from ._common import (DTYPES, build_net, clean, environment, make_input, net_steps, pyplot,
-                      save_figure, step_params, write_json)
+from ._common import (
+    DTYPES,
+    build_net,
+    clean,
+    environment,
+    make_input,
+    net_steps,
+    pyplot,
+    save_figure,
+    step_params,
+    write_json,
+)
 
 __all__ = ["run", "settings", "work", "usable_depth", "THRESHOLD"]
 

@@ -24,9 +24,24 @@ from typing import Any, Callable
 import torch
 
 from ..memory import saved_tensor_bytes
-from ._common import (MiB, Spec, build_net, clean, environment, forward_method, hidden_for,
-                      make_input, measured_activation_peaks, pyplot, save_figure, spatial_of,
-                      spec_units, state_numel, unit_levels, write_json)
+from ._common import (
+    MiB,
+    Spec,
+    build_net,
+    clean,
+    environment,
+    forward_method,
+    hidden_for,
+    make_input,
+    measured_activation_peaks,
+    pyplot,
+    save_figure,
+    spatial_of,
+    spec_units,
+    state_numel,
+    unit_levels,
+    write_json,
+)
 
 __all__ = ["run", "analytic_saved", "paper_model_bytes", "sweeps", "work", "METHODS"]
 

@@ -22,8 +22,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..memory import saved_tensor_bytes
-from ._common import (MiB, Spec, build_net, environment, forward_method, make_input,
-                      measured_activation_peaks, pyplot, save_figure, state_numel, write_json)
+from ._common import (
+    MiB,
+    Spec,
+    build_net,
+    environment,
+    forward_method,
+    make_input,
+    measured_activation_peaks,
+    pyplot,
+    save_figure,
+    state_numel,
+    write_json,
+)
 from .memory import analytic_saved
 
 __all__ = ["run", "table_spec", "PAPER", "work"]

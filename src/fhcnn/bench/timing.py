@@ -12,8 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ._common import (Spec, build_net, environment, forward_method, make_input, median, pyplot,
-                      save_figure, time_interleaved, train_step, write_json)
+from ._common import (
+    Spec,
+    build_net,
+    environment,
+    forward_method,
+    make_input,
+    median,
+    pyplot,
+    save_figure,
+    time_interleaved,
+    train_step,
+    write_json,
+)
 
 __all__ = ["run", "configs", "work", "METHODS", "TARGET"]
 

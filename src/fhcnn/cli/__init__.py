@@ -36,7 +36,7 @@ _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADi
 
 
 def _load_commands() -> dict[str, object]:
-    mods = {}
+    mods: dict[str, object] = {}
     for name, path in COMMANDS.items():
         try:
             mods[name] = importlib.import_module(path)

@@ -119,7 +119,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
                                      "pip install 'fhcnn[io]' or imageio-ffmpeg)") from None
                 raise
             with reader:
-                a = np.stack([np.asarray(fr) for fr in reader])
+                a = np.stack([np.asarray(fr) for fr in reader])  # type: ignore[attr-defined]
         elif suffix in IMAGE_SUFFIXES:
             raise InputError(f"{path} is a single image; give the folder of frames instead")
         else:
@@ -318,7 +318,7 @@ def generate_video(
     pan = rng.uniform(-1, 1, 2) * np.array([0.5, 1.2])
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     objs = []
-    for k in range(objects):
+    for _ in range(objects):
         size = rng.uniform(0.16, 0.26) * min(height, width) * (1.0 if objects < 3 else 0.8)
         n_harm = 3
         objs.append(dict(

@@ -84,7 +84,8 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int |
     if num_classes == 2:
         out["J"] = out["iou"][1]
     if per_frame and pred.ndim >= 2:
-        fm, fi = [], []
+        fm: list[float | None] = []
+        fi: list[list[float | None] | None] = []
         for k in range(pred.shape[0]):
             cmk = confusion_matrix(pred[k], truth[k], num_classes, ignore_index)
             if cmk.sum() == 0:

@@ -37,8 +37,8 @@ def parse_units(spec: str | Sequence[Any]) -> list[Unit]:
                                  "(layers, then an optional 'up' or 'down' transition)")
             out.append((int(m.group(1)), m.group(2)))  # type: ignore[arg-type]
         return out
-    units = [(int(n), t) for n, t in spec]
-    for n, t in units:
+    units = [(int(n), t) for n, t in spec]  # type: ignore[misc,str-unpack]
+    for _, t in units:
         if t not in ("up", "down", None):
             raise ValueError(f"bad transition {t!r} in units={spec!r}")
     return units  # type: ignore[return-value]
@@ -79,6 +79,9 @@ class VolumeSegmenter(nn.Module):
     """Normalizes a raw volume (per-channel ``(x - mean) / std``, buffers saved with the weights)
     and applies a dense network; ``(N, C, D, H, W) -> (N, K, D, H, W)`` logits."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, core: nn.Module, in_channels: int) -> None:
         super().__init__()
         self.core = core
@@ -87,7 +90,7 @@ class VolumeSegmenter(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return int(self.core.size_multiple)
+        return int(getattr(self.core, "size_multiple"))
 
     def set_normalization(self, mean: Tensor, std: Tensor) -> None:
         self.mean.copy_(mean)

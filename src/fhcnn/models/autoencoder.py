@@ -168,6 +168,11 @@ class HyperbolicAutoencoder(nn.Module):
         True
     """
 
+    alive: Tensor
+    column_ids: Tensor
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self,
         in_channels: int,
@@ -432,6 +437,9 @@ class ConvVAE(nn.Module):
     Shapes: ``encode``: ``(N, C, H, W) -> (N, latent_dim)`` (the mean); ``decode``:
     ``(N, latent_dim) -> (N, C, H, W)``.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, in_channels: int, image_size: Sequence[int], latent_dim: int,
                  width: int = 32, levels: int = 2, sigma: float = 1.0,

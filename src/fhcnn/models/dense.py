@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -8,13 +8,30 @@ See :class:`Trainer` for the contract of ``batch_fn``/``loss_fn``/``val_fn``, an
 :mod:`fhcnn.training.checkpoint` for the checkpoint format.
 """
 
-from .checkpoint import (Checkpoint, CheckpointError, CheckpointManager, CheckpointWarning,
-                         latest_checkpoint, load_checkpoint, load_weights, verify_checkpoint)
+from .checkpoint import (
+                         Checkpoint,
+                         CheckpointError,
+                         CheckpointManager,
+                         CheckpointWarning,
+                         latest_checkpoint,
+                         load_checkpoint,
+                         load_weights,
+                         verify_checkpoint,
+)
 from .device import resolve_device
-from .distributed import (cleanup_distributed, dist_info, init_distributed, is_main_process,
-                          params_in_sync, shard_batch)
-from .trainer import (NonFiniteLossError, TrainConfig, Trainer, TrainingError, lr_factor,
-                      move_to_device, seed_everything, step_generator, step_seed, unwrap_model)
+from .distributed import cleanup_distributed, dist_info, init_distributed, is_main_process, params_in_sync, shard_batch
+from .trainer import (
+                         NonFiniteLossError,
+                         TrainConfig,
+                         Trainer,
+                         TrainingError,
+                         lr_factor,
+                         move_to_device,
+                         seed_everything,
+                         step_generator,
+                         step_seed,
+                         unwrap_model,
+)
 
 __all__ = [
     "TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError",

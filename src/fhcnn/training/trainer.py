@@ -30,8 +30,7 @@ from ..atomic import atomic_write_text
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
 from .device import resolve_device
-from .distributed import (all_reduce_mean, barrier, broadcast_object, init_distributed, params_in_sync,
-                          shard_batch)
+from .distributed import all_reduce_mean, barrier, broadcast_object, init_distributed, params_in_sync, shard_batch
 from .progress import Progress
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "step_seed",

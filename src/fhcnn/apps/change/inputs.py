@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...data.hyperspectral import (check_labels, labels_from_masks, read_change_map, read_cube,
-                                   read_pair, sample_labels)
+from ...data.hyperspectral import check_labels, labels_from_masks, read_change_map, read_cube, read_pair, sample_labels
 from ...errors import InputError
 from ...options import IGNORE
 

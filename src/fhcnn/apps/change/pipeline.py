@@ -29,7 +29,7 @@ import numpy as np
 from torch import Tensor
 
 from ... import log as _log
-from ...engine import SegmentConfig, SegmentationResult, size_multiple_of, train_segmentation
+from ...engine import SegmentationResult, SegmentConfig, size_multiple_of, train_segmentation
 from ...engine.sizes import Geometry
 from ...errors import InputError
 from ...options import IGNORE, BandNormalization, ChangeChannels

@@ -96,7 +96,8 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     h, w = geom.scaled
     metrics: dict[str, Any] = {
         "video": inputs.sources, "frames": t, "frame_size": [h0, w0], "scale": cfg.data.scale,
-        "volume_size": [t, h, w], "padded_size": list(geom.padded), "size_multiple": geom.multiple, "classes": inputs.classes,
+        "volume_size": [t, h, w], "padded_size": list(geom.padded), "size_multiple": geom.multiple,
+        "classes": inputs.classes,
         "label_frames": inputs.label_frames, "train_time_s": round(result.train_time_s, 2),
         "predict_time_s": round(predict_s, 2), "total_time_s": round(time.perf_counter() - t0, 2),
         "activation_bytes": result.activation_bytes, "train_window": list(result.window),

@@ -5,12 +5,18 @@
 """
 
 from .actions import dataset_overrides, interpolate, normality, sample
-from .config import (DEFAULT_CONFIG, BaselineConfig, VAEConfig, VAEDataConfig, VAEEvalConfig,
-                     VAELossConfig, VAEModelConfig)
+from .config import (
+                     DEFAULT_CONFIG,
+                     BaselineConfig,
+                     VAEConfig,
+                     VAEDataConfig,
+                     VAEEvalConfig,
+                     VAELossConfig,
+                     VAEModelConfig,
+)
 from .evaluation import classifier_confidence, digit_classifier, evaluate
 from .outputs import grid_array, interpolate_latents, normality_report, save_figure, save_grid
-from .pipeline import (beta_at, build_model, load_images, load_run, resolve_image, train_baseline,
-                       train_vae)
+from .pipeline import beta_at, build_model, load_images, load_run, resolve_image, train_baseline, train_vae
 
 __all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "VAEEvalConfig",
            "BaselineConfig", "DEFAULT_CONFIG", "load_images", "resolve_image", "beta_at", "train_vae",

@@ -36,8 +36,16 @@ from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...training import Trainer, load_weights, unwrap_model
 from .config import BaselineConfig, VAEConfig, VAELossConfig, VAEModelConfig
-from .evaluation import (classifier_confidence, classifier_input, digit_classifier, evaluate,
-                         full_transform, latents, prior_energy, reconstruct)
+from .evaluation import (
+    classifier_confidence,
+    classifier_input,
+    digit_classifier,
+    evaluate,
+    full_transform,
+    latents,
+    prior_energy,
+    reconstruct,
+)
 from .outputs import interpolate_latents, save_figure, save_grid
 
 __all__ = ["load_images", "build_model", "beta_at", "train_vae", "load_run", "resolve_image",
@@ -93,7 +101,7 @@ def build_model(cfg: VAEConfig, train: ImageSet | None = None) -> HyperbolicAuto
         mean = torch.zeros(m.in_channels, h, w)
     p_init = "identity" if m.p_init == "pca" else m.p_init
     return HyperbolicAutoencoder(
-        m.in_channels, (h, w), [tuple(u) for u in m.units], pre_levels=m.pre_levels,
+        m.in_channels, (h, w), [(int(n), t) for n, t in m.units], pre_levels=m.pre_levels,
         sigma=m.sigma, p_init=p_init, prune_threshold=m.prune_threshold, mean=mean, std=std,
         hidden=m.hidden, h=m.h, norm=m.norm, activation=m.activation, wavelet=m.wavelet,
         reversible=m.reversible)
@@ -334,7 +342,7 @@ def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
         return train.batch(torch.randint(0, n_train, (bs,), generator=gen))
 
     def loss_fn(m: Any, xb: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return unwrap_model(m).loss(xb, base.kl_weight, base.noise_scale)
+        return unwrap_model(m).loss(xb, base.kl_weight, base.noise_scale)  # type: ignore[operator]
 
     trainer = Trainer(vae, base.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, quiet=quiet)
     t0 = time.perf_counter()

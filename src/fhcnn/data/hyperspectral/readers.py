@@ -108,11 +108,11 @@ def _envi_paths(path: Path) -> tuple[Path, Path]:
         return header, data
     candidates = [Path(str(path) + ".hdr"), Path(str(path) + ".HDR"),
                   path.with_suffix(".hdr"), path.with_suffix(".HDR")]
-    header = next((c for c in candidates if c.is_file()), None)
-    if header is None:
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
         raise InputError(f"{path}: no ENVI header next to it (looked for {path.name}.hdr/.HDR"
                          f"{' and ' + path.with_suffix('.hdr').name if path.suffix else ''})")
-    return header, path
+    return found, path
 
 
 def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -123,7 +123,7 @@ def make_bitemporal_scene(height: int = 96, width: int = 96, bands: int = 32, se
 
     ys, xs = cuts(height), cuts(width)
     field_id = np.zeros((height, width), np.int64)
-    fields = []
+    fields: list[tuple[int, int, int, int]] = []
     for i in range(len(ys) - 1):
         for j in range(len(xs) - 1):
             field_id[ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = len(fields)
