@@ -2,7 +2,8 @@
 """Set up a virtual environment and run fhcnn in it; needs nothing but python3.
 
     python3 dev.py demo [ARGS]    create .venv (torch==2.13.0 CPU + fhcnn), run `fhcnn demo`
-    python3 dev.py test [ARGS]    create .venv with test extras, run the test suite (pytest)
+    python3 dev.py test [ARGS]    create .venv with the dev extras, run the test suite (pytest)
+    python3 dev.py lint           ruff (lint) and mypy (types), as configured in pyproject.toml
     python3 dev.py fhcnn ARGS     run any fhcnn command in the environment
 
 Set FHCNN_VENV to use another folder than .venv. Installation is skipped when the
@@ -49,13 +50,19 @@ def setup(extras: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "fhcnn"):
+    if not argv or argv[0] not in ("demo", "test", "lint", "fhcnn"):
         print(__doc__)
         return 2
     what, rest = argv[0], argv[1:]
     if what == "test":
-        setup("test")
+        setup("dev")
         return subprocess.call([str(_bin("python")), "-m", "pytest", *rest], cwd=ROOT)
+    if what == "lint":
+        setup("dev")
+        py = str(_bin("python"))
+        ruff = subprocess.call([py, "-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py"], cwd=ROOT)
+        mypy = subprocess.call([py, "-m", "mypy"], cwd=ROOT)
+        return ruff or mypy
     setup("io")
     args = ["demo", *rest] if what == "demo" else rest
     return subprocess.call([str(_bin("fhcnn")), *args])

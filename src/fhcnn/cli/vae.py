@@ -1,17 +1,5 @@
-"""``fhcnn vae``: the hyperbolic autoencoder / VAE (paper section 4 and 6.2).
-
-    fhcnn vae train --dataset digits --out runs/digits            # default config vae-digits
-    fhcnn vae train --dataset lfw --out runs/lfw --set train.steps=3000
-    fhcnn vae train --dataset mnist-idx data/t10k-images-idx3-ubyte.gz --config vae-mnist --out runs/mnist
-    fhcnn vae train --dataset folder img_align_celeba --resize 64 --crop 140 --config vae-celeba --out runs/celeba
-    fhcnn vae sample --checkpoint runs/digits --n 64 --out samples.png
-    fhcnn vae interpolate --checkpoint runs/digits --a 3 --b 17 --steps 8 --out interp.png
-    fhcnn vae normality --checkpoint runs/digits --out runs/digits/normality
-
-``--a``/``--b`` of ``interpolate`` are either an integer index into the run's training
-images (the same split as in training) or an image file (converted to the model's
-channels, centre-cropped to a square and resized to the model's image size).
-"""
+"""``fhcnn vae``: train, sample, interpolate, normality of the hyperbolic autoencoder (paper
+sections 4 and 6.2); examples in ``docs/vae.md``."""
 
 from __future__ import annotations
 
@@ -71,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps.vae import VAEConfig, dataset_overrides, train_vae
+    from ..apps.vae import VAEConfig, dataset_overrides, train_summary, train_vae
     from ..config import load_config
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -80,54 +68,31 @@ def _train(args: argparse.Namespace) -> int:
     args.overrides = dataset_overrides(args.dataset, base.data.dataset, args.resize, args.crop,
                                        args.limit) + list(args.overrides or [])
     cfg = config_from_args(VAEConfig, args)
-    if args.threads:
-        cfg.threads = args.threads
+    cfg.threads = args.threads or cfg.threads
     out = prepare_output_dir(args.out, args.resume, args.overwrite,
                              inputs=[cfg.data.path] if cfg.data.path else [])
     log.setup(args.quiet)
     m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)
     if m:  # a non-zero rank under torchrun returns {}: rank 0 reports
-        log.result(f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
-                   f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
-                   + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
-                      if "classifier_confidence_samples" in m else "")
-                   + f"; {m['train_time_s']:.0f} s; wrote {out}")
-    return 0
-
-
-def _sample(args: argparse.Namespace) -> int:
-    from .. import log
-    from ..apps.vae import sample
-
-    r = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy)
-    log.result(f"wrote {r['n']} samples (latent dim {r['latent_dim']}, s = {r['sigma']:g}) to {args.out}")
-    return 0
-
-
-def _interpolate(args: argparse.Namespace) -> int:
-    from .. import log
-    from ..apps.vae import interpolate
-
-    interpolate(args.checkpoint, args.a, args.b, args.steps, args.out)
-    log.result(f"wrote [a, {args.steps} interpolated decodings, b] to {args.out}")
-    return 0
-
-
-def _normality(args: argparse.Namespace) -> int:
-    from .. import log
-    from ..apps.vae import normality
-
-    r, out = normality(args.checkpoint, args.out, args.n, args.split)
-    log.result(f"energy distance of {r['n']} {args.split} latents (dim {r['latent_dim']}) to "
-               f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
-               f"{r['energy_distance_prior_vs_prior']:.4f}); wrote {out}/normality.png, normality.json")
+        log.result(train_summary(m, out))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import log
+    from ..apps.vae import interpolate, normality, sample
+
     action = getattr(args, "vae_command", None)
     if action is None:
         print("usage: fhcnn vae {train,sample,interpolate,normality} ... (see fhcnn vae --help)")
         return 2
-    return {"train": _train, "sample": _sample, "interpolate": _interpolate,
-            "normality": _normality}[action](args)
+    if action == "train":
+        return _train(args)
+    if action == "sample":
+        message = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy)
+    elif action == "interpolate":
+        message = interpolate(args.checkpoint, args.a, args.b, args.steps, args.out)
+    else:
+        message = normality(args.checkpoint, args.out, args.n, args.split)
+    log.result(message)
+    return 0

@@ -90,7 +90,8 @@ class VolumeSegmenter(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return int(getattr(self.core, "size_multiple"))
+        multiple: int = self.core.size_multiple  # type: ignore[assignment]
+        return int(multiple)
 
     def set_normalization(self, mean: Tensor, std: Tensor) -> None:
         self.mean.copy_(mean)

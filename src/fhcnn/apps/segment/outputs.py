@@ -40,7 +40,8 @@ def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any,
         col = pal[pred[i]]
         a = (pred[i] > 0)[..., None] * 0.5
         ov = (fr * (1 - a) + col * a).clip(0, 255).astype(np.uint8)
-        ims.append(Image.fromarray(ov).resize(size, Image.Resampling.BILINEAR).convert("P", palette=Image.Palette.ADAPTIVE))
+        small = Image.fromarray(ov).resize(size, Image.Resampling.BILINEAR)
+        ims.append(small.convert("P", palette=Image.Palette.ADAPTIVE))
     with atomic_path(out / "overlay.gif") as tmp:
         ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=80, loop=0)
     # labelled frames figure

@@ -4,7 +4,7 @@
     metrics = train_vae(VAEConfig(), "runs/digits")
 """
 
-from .actions import dataset_overrides, interpolate, normality, sample
+from .actions import dataset_overrides, interpolate, normality, sample, train_summary
 from .config import (
                      DEFAULT_CONFIG,
                      BaselineConfig,
@@ -22,4 +22,5 @@ __all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "VAE
            "BaselineConfig", "DEFAULT_CONFIG", "load_images", "resolve_image", "beta_at", "train_vae",
            "build_model", "load_run", "evaluate", "save_grid", "grid_array", "save_figure",
            "digit_classifier", "classifier_confidence", "normality_report", "interpolate_latents",
-           "train_baseline", "dataset_overrides", "sample", "interpolate", "normality"]
+           "train_baseline", "dataset_overrides", "sample", "interpolate", "normality",
+           "train_summary"]

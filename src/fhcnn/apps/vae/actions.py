@@ -15,7 +15,7 @@ from ...options import DATASETS
 from .outputs import interpolate_latents, normality_report, save_grid
 from .pipeline import load_images, load_run, resolve_image
 
-__all__ = ["dataset_overrides", "sample", "interpolate", "normality"]
+__all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary"]
 
 
 def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize: int | None = None,
@@ -48,9 +48,9 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
 
 
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
-           npy: str | Path | None = None) -> dict[str, Any]:
+           npy: str | Path | None = None) -> str:
     """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
-    ``.npy`` if ``npy``)."""
+    ``.npy`` if ``npy``); returns the result line."""
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
     if sigma is not None and sigma <= 0:
@@ -65,12 +65,13 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
     save_grid(x, out, ncol=min(n, int(np.ceil(np.sqrt(n)))), scale=scale)
     if npy:
         atomic_save_npy(npy, x.numpy())
-    return {"n": n, "latent_dim": model.latent_dim, "sigma": model.sigma}
+    return f"wrote {n} samples (latent dim {model.latent_dim}, s = {model.sigma:g}) to {out}"
 
 
-def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) -> dict[str, Any]:
+def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) -> str:
     """Decode ``steps`` points on the line between the latents of images ``a`` and ``b`` (files,
-    or indices into the run's training images) into a PNG row ``[a, points..., b]``."""
+    or indices into the run's training images) into a PNG row ``[a, points..., b]``; returns the
+    result line."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
     cfg, model, _ = load_run(checkpoint)
@@ -78,12 +79,12 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) ->
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
     save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
-    return {"steps": steps}
+    return f"wrote [a, {steps} interpolated decodings, b] to {out}"
 
 
-def normality(checkpoint: str, out: str | Path | None, n: int, split: str) -> tuple[dict[str, Any], Path]:
+def normality(checkpoint: str, out: str | Path | None, n: int, split: str) -> str:
     """Energy distance, Q-Q plot and histograms of ``n`` latents of the run's ``split`` images
-    against the prior, into ``out`` (default ``<run>/normality``)."""
+    against the prior, into ``out`` (default ``<run>/normality``); returns the result line."""
     if n < 2:
         raise InputError(f"--n must be >= 2, got {n}")
     cfg, model, run_dir = load_run(checkpoint)
@@ -91,4 +92,16 @@ def normality(checkpoint: str, out: str | Path | None, n: int, split: str) -> tu
     images = held if split == "eval" else train
     x = images.batch(slice(0, n))
     folder = Path(out) if out else run_dir / "normality"
-    return normality_report(model, x, folder, seed=cfg.eval.seed), folder
+    r = normality_report(model, x, folder, seed=cfg.eval.seed)
+    return (f"energy distance of {r['n']} {split} latents (dim {r['latent_dim']}) to "
+            f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
+            f"{r['energy_distance_prior_vs_prior']:.4f}); wrote {folder}/normality.png, normality.json")
+
+
+def train_summary(m: dict[str, Any], out: Path) -> str:
+    """The result line of ``fhcnn vae train`` from its metrics."""
+    return (f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
+            f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
+            + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
+               if "classifier_confidence_samples" in m else "")
+            + f"; {m['train_time_s']:.0f} s; wrote {out}")
