@@ -102,6 +102,11 @@ class SpatialSplit:
     def data_size(self) -> int:
         return dist.get_world_size(self.data_group) if self.data_group is not None else 1
 
+    @property
+    def data_rank(self) -> int:
+        """This process's replica index in the data group (0 without one)."""
+        return dist.get_rank(self.data_group) if self.data_group is not None else 0
+
     def axis_name(self, axis: int) -> str:
         return AXIS_NAMES[self.dim][axis]
 
