@@ -21,16 +21,24 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from fhcnn.models import DenseHyperbolicModel
-from fhcnn.spatial import (SpatialSplit, count_comm, global_sum, init_spatial, reduce_gradients,
-                           size_multiple, split_module)
+from fhcnn.spatial import (
+    SpatialSplit,
+    count_comm,
+    global_sum,
+    init_spatial,
+    reduce_gradients,
+    size_multiple,
+    split_module,
+)
 
 UNITS = [(1, "down"), (1, "up"), (1, "up"), (1, None)]
 
@@ -108,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (args.out / "train.json").write_text(json.dumps(
             {"losses": result["losses"], "step_s": result["step_s"], "comm_bytes_rank0": result["comm_bytes"],
              "split": split.describe()}, indent=1))
-        print(f"{split.describe()}: losses {['%.4f' % v for v in result['losses']]}")
+        print(f"{split.describe()}: losses {[f'{v:.4f}' for v in result['losses']]}")
     if dist.is_initialized():
         dist.destroy_process_group()
 

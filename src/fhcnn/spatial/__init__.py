@@ -26,8 +26,22 @@ from .norm import SplitBatchNorm, SplitGroupNorm, split_norm
 from .split import SpatialSplit, init_spatial, nearest_valid_split
 
 __all__ = [
-    "SpatialSplit", "init_spatial", "nearest_valid_split",
-    "split_module", "reduce_gradients", "size_multiple", "global_sum",
-    "halo_pad", "HaloExchange", "AllReduceSum", "all_reduce_sum", "COMM", "count_comm",
-    "SplitSymmetricLayer", "SplitLearnableWavelet", "SplitGroupNorm", "SplitBatchNorm", "split_norm",
+    "COMM",
+    "AllReduceSum",
+    "HaloExchange",
+    "SpatialSplit",
+    "SplitBatchNorm",
+    "SplitGroupNorm",
+    "SplitLearnableWavelet",
+    "SplitSymmetricLayer",
+    "all_reduce_sum",
+    "count_comm",
+    "global_sum",
+    "halo_pad",
+    "init_spatial",
+    "nearest_valid_split",
+    "reduce_gradients",
+    "size_multiple",
+    "split_module",
+    "split_norm",
 ]

@@ -24,7 +24,7 @@ from .halo import COMM
 from .layers import SplitLearnableWavelet, SplitSymmetricLayer
 from .split import SpatialSplit
 
-__all__ = ["split_module", "reduce_gradients", "size_multiple", "global_sum"]
+__all__ = ["global_sum", "reduce_gradients", "size_multiple", "split_module"]
 
 _KNOWN_NORMS = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 

@@ -17,7 +17,8 @@ NCCL on GPUs). :data:`COMM` counts the bytes sent, for the benchmark.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from .split import SpatialSplit
 
-__all__ = ["halo_pad", "HaloExchange", "AllReduceSum", "all_reduce_sum", "COMM", "count_comm"]
+__all__ = ["COMM", "AllReduceSum", "HaloExchange", "all_reduce_sum", "count_comm", "halo_pad"]
 
 # bytes sent by this process: halo point-to-point messages and all-reduce inputs
 COMM: dict[str, int] = {"halo": 0, "allreduce": 0, "messages": 0}
@@ -42,8 +43,8 @@ def count_comm() -> Iterator[dict[str, int]]:
     try:
         yield out
     finally:
-        for k in COMM:
-            out[k] = COMM[k] - start[k]
+        for k, v in COMM.items():
+            out[k] = v - start[k]
 
 
 def _nbytes(t: Tensor) -> int:

@@ -26,7 +26,7 @@ from .halo import HaloExchange, halo_pad
 from .norm import split_norm
 from .split import SpatialSplit
 
-__all__ = ["SplitSymmetricLayer", "SplitLearnableWavelet"]
+__all__ = ["SplitLearnableWavelet", "SplitSymmetricLayer"]
 
 
 def _clone_as(module: nn.Module, cls: type) -> nn.Module:
@@ -50,7 +50,7 @@ class SplitSymmetricLayer(SymmetricLayer):
     split: SpatialSplit
 
     @classmethod
-    def from_layer(cls, layer: SymmetricLayer, split: SpatialSplit) -> "SplitSymmetricLayer":
+    def from_layer(cls, layer: SymmetricLayer, split: SpatialSplit) -> SplitSymmetricLayer:
         if split.dim != layer.dim:
             raise ValueError(f"the split is {split.dim}D but the layer is {layer.dim}D")
         new = _clone_as(layer, cls)
@@ -101,7 +101,7 @@ class SplitLearnableWavelet(LearnableWavelet):
     split: SpatialSplit
 
     @classmethod
-    def from_wavelet(cls, w: LearnableWavelet, split: SpatialSplit) -> "SplitLearnableWavelet":
+    def from_wavelet(cls, w: LearnableWavelet, split: SpatialSplit) -> SplitLearnableWavelet:
         if split.dim != w.dim:
             raise ValueError(f"the split is {split.dim}D but the wavelet is {w.dim}D")
         new = _clone_as(w, cls)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .halo import all_reduce_sum
 from .split import SpatialSplit
 
-__all__ = ["SplitGroupNorm", "SplitBatchNorm", "split_norm"]
+__all__ = ["SplitBatchNorm", "SplitGroupNorm", "split_norm"]
 
 
 def _moments(x: Tensor, split: SpatialSplit, dims: tuple[int, ...], count: int
@@ -40,7 +40,7 @@ class SplitGroupNorm(nn.GroupNorm):
         self.split = split
 
     @classmethod
-    def from_module(cls, m: nn.GroupNorm, split: SpatialSplit) -> "SplitGroupNorm":
+    def from_module(cls, m: nn.GroupNorm, split: SpatialSplit) -> SplitGroupNorm:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.num_groups, new.num_channels, new.eps, new.affine = m.num_groups, m.num_channels, m.eps, m.affine
@@ -75,7 +75,7 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
     split: SpatialSplit
 
     @classmethod
-    def from_module(cls, m: nn.modules.batchnorm._BatchNorm, split: SpatialSplit) -> "SplitBatchNorm":
+    def from_module(cls, m: nn.modules.batchnorm._BatchNorm, split: SpatialSplit) -> SplitBatchNorm:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         for k in ("num_features", "eps", "momentum", "affine", "track_running_stats"):

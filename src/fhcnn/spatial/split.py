@@ -13,14 +13,14 @@ computes coordinates, neighbours and slices, and validates sizes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["SpatialSplit", "init_spatial", "nearest_valid_split", "AXIS_NAMES"]
+__all__ = ["AXIS_NAMES", "SpatialSplit", "init_spatial", "nearest_valid_split"]
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
