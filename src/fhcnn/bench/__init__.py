@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "peers": "fhcnn.bench.peers",
     "time": "fhcnn.bench.timing",
     "drift": "fhcnn.bench.drift",
+    "spatial": "fhcnn.bench.spatial",
 }
 
 
