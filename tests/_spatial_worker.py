@@ -23,7 +23,13 @@ import torch.distributed as dist
 from fhcnn import HyperbolicNetwork
 from fhcnn.memory import saved_tensor_bytes
 from fhcnn.models import DenseHyperbolicModel
-from fhcnn.spatial import SpatialSplit, reduce_gradients, size_multiple, split_module
+from fhcnn.spatial import (
+    SpatialSplit,
+    global_mean_std,
+    reduce_gradients,
+    size_multiple,
+    split_module,
+)
 
 MODES: dict[str, Any] = {"true": True, "block": "block", "false": False}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -93,6 +99,10 @@ def check_case(split: SpatialSplit, kind: str, shape: tuple[int, ...], dtype: to
     mult = size_multiple(model)
     xl, wl, wpl = (split.scatter(t, mult) for t in (x, w, wp))
     res: dict[str, Any] = {}
+    mean, std = global_mean_std(xl, split)
+    if rank == 0:  # input standardization statistics of the whole volume
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        res["standardize"] = {"errors": {"mean": rel(mean, flat.mean(1)), "std": rel(std, flat.std(1))}}
     for mname, mode in MODES.items():
         set_mode(ref, mode)
         set_mode(model, mode)

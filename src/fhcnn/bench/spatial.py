@@ -27,14 +27,15 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ._common import MiB, environment, pyplot, save_figure, write_json
 
-__all__ = ["run", "work", "configs", "analytic_halo_bytes", "NS"]
+__all__ = ["NS", "analytic_halo_bytes", "configs", "run", "work"]
 
 NAME = "spatial"
 NS = (1, 2, 4)
@@ -53,7 +54,7 @@ def work(quick: bool) -> int:
     return 2 * len(NS)
 
 
-def _net(cfg: dict[str, Any]):  # noqa: ANN202 - a HyperbolicNetwork
+def _net(cfg: dict[str, Any]):
     from ..network import HyperbolicNetwork
 
     torch.manual_seed(0)
@@ -87,7 +88,13 @@ def _worker(rank: int, world: int, init_file: str, out: str, cfg: dict[str, Any]
     import torch.distributed as dist
 
     from ..memory import saved_tensor_bytes
-    from ..spatial import COMM, SpatialSplit, reduce_gradients, size_multiple, split_module
+    from ..spatial import (
+        COMM,
+        SpatialSplit,
+        reduce_gradients,
+        size_multiple,
+        split_module,
+    )
 
     torch.set_num_threads(1)
     if world > 1:

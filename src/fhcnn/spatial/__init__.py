@@ -22,7 +22,7 @@ Example (``torchrun --nproc-per-node 2 script.py``)::
 from .convert import global_sum, reduce_gradients, size_multiple, split_module
 from .halo import COMM, AllReduceSum, HaloExchange, all_reduce_sum, count_comm, halo_pad
 from .layers import SplitLearnableWavelet, SplitSymmetricLayer
-from .norm import SplitBatchNorm, SplitGroupNorm, split_norm
+from .norm import SplitBatchNorm, SplitGroupNorm, global_mean_std, split_norm
 from .split import SpatialSplit, init_spatial, nearest_valid_split
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "SplitSymmetricLayer",
     "all_reduce_sum",
     "count_comm",
+    "global_mean_std",
     "global_sum",
     "halo_pad",
     "init_spatial",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .halo import all_reduce_sum
 from .split import SpatialSplit
 
-__all__ = ["SplitBatchNorm", "SplitGroupNorm", "split_norm"]
+__all__ = ["SplitBatchNorm", "SplitGroupNorm", "global_mean_std", "split_norm"]
 
 
 def _moments(x: Tensor, split: SpatialSplit, dims: tuple[int, ...], count: int
@@ -117,6 +117,18 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
+
+
+def global_mean_std(x: Tensor, split: SpatialSplit) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (unbiased) standard deviation of the *global* volume from this
+    process's slab ``(N, C, *S_local)`` (two all-reduces), for input standardization
+    ``(x - mean) / std``, which is then pointwise and local. Not differentiable (statistics of
+    data). Returns two tensors of shape ``(C,)``."""
+    with torch.no_grad():
+        dims = (0, *range(2, x.dim()))
+        count = math.prod(x.shape[d] for d in dims) * split.size
+        mean, _, var = _moments(x, split, dims, count)
+    return mean.reshape(-1), (var.reshape(-1) * (count / max(count - 1, 1))).sqrt()
 
 
 def split_norm(m: nn.Module, split: SpatialSplit) -> nn.Module:
