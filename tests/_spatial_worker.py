@@ -40,7 +40,9 @@ UNITS = [(1, "down"), (1, "down"), (1, None), (1, "up"), (1, "up"), (1, None)]
 CASES: dict[int, list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], str]]] = {
     2: [("D/2 haar group", (0,), (2,), (8, 8, 4), "haar-group"),
         ("W/2 learnable batch", (2,), (2,), (8, 8, 8), "learnable-batch"),
-        ("D/2 dense model", (0,), (2,), (8, 4, 4), "dense")],
+        ("D/2 dense model", (0,), (2,), (8, 4, 4), "dense"),
+        ("2D W/2 learnable group", (1,), (2,), (8, 8), "learnable-group"),
+        ("D/2 kernel 5, conv_transpose adjoint", (0,), (2,), (16, 4, 4), "k5-transpose")],
     4: [("D/4 haar group", (0,), (4,), (16, 4, 4), "haar-group"),
         ("DxH 2x2 learnable group", (0, 1), (2, 2), (8, 8, 4), "learnable-group"),
         ("HxW 2x2 haar batch", (1, 2), (2, 2), (4, 8, 8), "haar-batch")],
@@ -52,15 +54,20 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def build(kind: str, dtype: torch.dtype) -> torch.nn.Module:
+def build(kind: str, dtype: torch.dtype, dim: int = 3) -> torch.nn.Module:
     torch.manual_seed(3)
     if kind == "dense":
         model: torch.nn.Module = DenseHyperbolicModel(
             2, 3, 16, [(1, "down"), (1, "up"), (1, "up"), (1, None)], dim=3, pre_levels=1,
             opening="conv", hidden=4, h=0.5)
+    elif kind == "k5-transpose":  # 2-plane halos; K^T as a transposed convolution
+        model = HyperbolicNetwork(2, [(1, "down"), (1, "up"), (1, None)], dim=3, hidden=4, h=0.5,
+                                  kernel_size=5)
+        for layer in model.layers:
+            layer.adjoint = "conv_transpose"
     else:
         wavelet, norm = kind.split("-")
-        model = HyperbolicNetwork(2, UNITS, dim=3, hidden=4, h=0.5, norm=norm, wavelet=wavelet,
+        model = HyperbolicNetwork(2, UNITS, dim=dim, hidden=4, h=0.5, norm=norm, wavelet=wavelet,
                                   wavelet_init="db2")
     return model.to(dtype)
 
@@ -89,7 +96,7 @@ def run_once(model: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, wp: torch
 
 def check_case(split: SpatialSplit, kind: str, shape: tuple[int, ...], dtype: torch.dtype,
                rank: int) -> dict[str, Any]:
-    ref = build(kind, dtype)
+    ref = build(kind, dtype, len(shape))
     model = split_module(copy.deepcopy(ref), split)
     g = torch.Generator().manual_seed(7)
     n_out = 3 if kind == "dense" else 2
@@ -140,7 +147,7 @@ def worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
         for name, axes, grid, shape, kind in CASES[world]:
-            split = SpatialSplit(3, axes, grid)
+            split = SpatialSplit(len(shape), axes, grid)
             for dname, dtype in DTYPES.items():
                 result[f"{name} {dname}"] = check_case(split, kind, shape, dtype, rank)
         dist.barrier()

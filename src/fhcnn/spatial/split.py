@@ -92,6 +92,14 @@ class SpatialSplit:
             r //= g
         self.coords = tuple(reversed(coords))
 
+    @classmethod
+    def from_mesh(cls, mesh: object, dim: int, axes: Sequence[int], grid: Sequence[int],
+                  space: str = "space", data: str | None = None) -> SpatialSplit:
+        """The split on the ``space`` axis of a ``DeviceMesh`` (and, with ``data``, the data-parallel
+        groups on that mesh axis)."""
+        return cls(dim, tuple(axes), tuple(grid), group=mesh.get_group(space),  # type: ignore[attr-defined]
+                   data_group=mesh.get_group(data) if data is not None else None)  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------ layout
     @property
     def size(self) -> int:
@@ -229,5 +237,4 @@ def init_spatial(dim: int, axes: Sequence[int], grid: Sequence[int], data: int =
     if world == 1:
         return SpatialSplit(dim, tuple(axes), tuple(grid))
     mesh = init_device_mesh(device_type, (data, space), mesh_dim_names=("data", "space"))
-    return SpatialSplit(dim, tuple(axes), tuple(grid), group=mesh.get_group("space"),
-                        data_group=mesh.get_group("data") if data > 1 else None)
+    return SpatialSplit.from_mesh(mesh, dim, axes, grid, "space", "data" if data > 1 else None)
