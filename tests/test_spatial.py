@@ -144,6 +144,8 @@ def test_split_module_shares_parameters_and_state_dict() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert size_multiple(model) == 4 and size_multiple(model.net) == 2
     assert "split=(1,) on axes (1,)" in repr(model.net.layers[0])
+    twin = copy.deepcopy(model)  # the split (process groups) is shared, not copied
+    assert twin.net.layers[0].split is model.net.layers[0].split
 
 
 def test_split_errors_name_the_axis_and_the_nearest_valid_split() -> None:

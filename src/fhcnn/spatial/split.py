@@ -92,6 +92,10 @@ class SpatialSplit:
             r //= g
         self.coords = tuple(reversed(coords))
 
+    def __deepcopy__(self, memo: dict) -> SpatialSplit:
+        # a split names process groups, which cannot be copied: copies of a split module share it
+        return self
+
     @classmethod
     def from_mesh(cls, mesh: object, dim: int, axes: Sequence[int], grid: Sequence[int],
                   space: str = "space", data: str | None = None) -> SpatialSplit:
