@@ -142,7 +142,6 @@ def check_case(split: SpatialSplit, kind: str, shape: tuple[int, ...], dtype: to
 
 def worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     result: dict[str, Any] = {}
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

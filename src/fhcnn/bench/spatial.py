@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -142,7 +143,8 @@ def _measure(cfg: dict[str, Any], volume: tuple[int, ...], n: int) -> dict[str, 
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        if sys.platform.startswith("linux"):  # loopback: independent of the host name's address
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         if n == 1:
             _worker(0, 1, "", out, cfg, volume)
         else:
