@@ -178,6 +178,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         b = base[r["scaling"]]
         r["saved_ratio"] = r["saved_bytes"] / b["saved_bytes"]
         r["time_ratio"] = r["step_s"] / b["step_s"]
+        r["halo_matches_analytic"] = r["halo_bytes"] == r["halo_analytic"]
     result = {"benchmark": NAME, "quick": quick, "config": {k: v for k, v in cfg.items()},
               "split_axis": "D", "rows": rows, "environment": environment("cpu"),
               "gpu": "none: no GPU was lent to this session; CPU (Gloo) only",

@@ -53,14 +53,21 @@ def _nbytes(t: Tensor) -> int:
 
 def _swap(split: SpatialSplit, sends: list[tuple[int, Tensor, int]],
           recvs: list[tuple[int, Tensor, int]]) -> None:
-    """Post every receive, then every send (``(group rank, tensor, tag)``), and wait for all."""
-    reqs = [dist.irecv(t, src=split.global_rank(r), group=split.group, tag=tag) for r, t, tag in recvs]
+    """Exchange ``(group rank, tensor, tag)`` messages in one ``batch_isend_irecv`` (a group of
+    point-to-point calls, which NCCL needs to avoid a send/receive deadlock) and wait.
+
+    Callers post sends to the next slab before sends to the previous one, and receives from the
+    previous slab before receives from the next one, so messages match in posting order too
+    (NCCL ignores tags; with two slabs and a periodic axis both neighbours are one process).
+    """
+    ops = [dist.P2POp(dist.irecv, t, split.global_rank(r), split.group, tag) for r, t, tag in recvs]
     for r, t, tag in sends:
-        reqs.append(dist.isend(t, dst=split.global_rank(r), group=split.group, tag=tag))
+        ops.append(dist.P2POp(dist.isend, t, split.global_rank(r), split.group, tag))
         COMM["halo"] += _nbytes(t)
         COMM["messages"] += 1
-    for q in reqs:
-        q.wait()
+    if ops:
+        for q in dist.batch_isend_irecv(ops):
+            q.wait()
 
 
 def _exchange(x: Tensor, split: SpatialSplit, i: int, lo: int, hi: int, periodic: bool) -> Tensor:
@@ -75,16 +82,14 @@ def _exchange(x: Tensor, split: SpatialSplit, i: int, lo: int, hi: int, periodic
     halo_lo = x.new_zeros(*x.shape[:d], lo, *x.shape[d + 1:])
     halo_hi = x.new_zeros(*x.shape[:d], hi, *x.shape[d + 1:])
     sends, recvs = [], []
-    if left is not None:
-        if hi:  # the previous slab's upper halo is my first ``hi`` planes
-            sends.append((left, x.narrow(d, 0, hi).contiguous(), _TAG_LEFTWARD))
-        if lo:
-            recvs.append((left, halo_lo, _TAG_RIGHTWARD))
-    if right is not None:
-        if lo:  # the next slab's lower halo is my last ``lo`` planes
-            sends.append((right, x.narrow(d, n - lo, lo).contiguous(), _TAG_RIGHTWARD))
-        if hi:
-            recvs.append((right, halo_hi, _TAG_LEFTWARD))
+    if right is not None and lo:  # the next slab's lower halo is my last ``lo`` planes
+        sends.append((right, x.narrow(d, n - lo, lo).contiguous(), _TAG_RIGHTWARD))
+    if left is not None and hi:  # the previous slab's upper halo is my first ``hi`` planes
+        sends.append((left, x.narrow(d, 0, hi).contiguous(), _TAG_LEFTWARD))
+    if left is not None and lo:
+        recvs.append((left, halo_lo, _TAG_RIGHTWARD))
+    if right is not None and hi:
+        recvs.append((right, halo_hi, _TAG_LEFTWARD))
     _swap(split, sends, recvs)
     return torch.cat([halo_lo, x, halo_hi], dim=d)
 
@@ -104,10 +109,10 @@ def _exchange_adjoint(g: Tensor, split: SpatialSplit, i: int, lo: int, hi: int, 
     sends, recvs = [], []
     from_left = out.new_empty(*out.shape[:d], hi, *out.shape[d + 1:]) if left is not None and hi else None
     from_right = out.new_empty(*out.shape[:d], lo, *out.shape[d + 1:]) if right is not None and lo else None
+    if right is not None and hi:  # my upper halo came from the next slab's first planes
+        sends.append((right, g_hi.contiguous(), _TAG_RIGHTWARD))
     if left is not None and lo:  # my lower halo came from the previous slab's last planes
         sends.append((left, g_lo.contiguous(), _TAG_LEFTWARD))
-    if right is not None and hi:
-        sends.append((right, g_hi.contiguous(), _TAG_RIGHTWARD))
     if from_left is not None:  # gradient of the previous slab's upper halo = my first planes
         recvs.append((left, from_left, _TAG_RIGHTWARD))
     if from_right is not None:
