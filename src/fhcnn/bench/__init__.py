@@ -3,7 +3,7 @@
 Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
 that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
-progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|all] --out DIR``
+progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|all] --out DIR``
 or :func:`run_benchmarks`.
 """
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "peers": "fhcnn.bench.peers",
     "time": "fhcnn.bench.timing",
     "drift": "fhcnn.bench.drift",
+    "spatial": "fhcnn.bench.spatial",
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 HELP = "benchmark memory (Figure 1), Table 1, step time, numerical drift and peers; writes JSON + PNG"
 
-CHOICES = ("memory", "time", "drift", "table1", "peers", "all")
+CHOICES = ("memory", "time", "drift", "table1", "peers", "spatial", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

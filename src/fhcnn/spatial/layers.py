@@ -1,0 +1,142 @@
+"""Split counterparts of the symmetric layer and the learnable wavelet.
+
+* :class:`SplitSymmetricLayer`: ``K`` and ``K^T`` pad the slab with ``kernel_size // 2``
+  halo planes from the neighbours (zeros at the volume's ends) and convolve without padding
+  along the split axes, so the result is the global operator on this slab; the normalization
+  is the global one (:mod:`fhcnn.spatial.norm`). Being a :class:`~fhcnn.layers.SymmetricLayer`
+  with the same parameter names, it runs unchanged inside the reversible backward
+  (``torch.func.functional_call``), where the exchanges happen again for the reconstruction
+  and, reversed, for the vector-Jacobian product.
+* :class:`SplitLearnableWavelet`: the lattice's one-sample delay is a periodic shift of the
+  second polyphase channel; along a split axis it takes one plane from the next slab
+  (analysis) or the previous one (synthesis), the last slab wrapping to the first.
+
+Haar transforms need nothing: kernel = stride = 2 is local when every slab's length is a
+multiple of ``2**levels``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import _CONV, _CONV_T, SymmetricLayer
+from ..wavelets import LearnableWavelet, check_divisible
+from .halo import HaloExchange, halo_pad
+from .norm import split_norm
+from .split import SpatialSplit
+
+__all__ = ["SplitLearnableWavelet", "SplitSymmetricLayer"]
+
+
+def _clone_as(module: nn.Module, cls: type) -> nn.Module:
+    """A shallow copy of ``module`` of class ``cls`` with its own module registries, sharing
+    the parameter and buffer tensors (so optimizers built on the original stay valid)."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    return new
+
+
+class SplitSymmetricLayer(SymmetricLayer):
+    """:class:`~fhcnn.layers.SymmetricLayer` on one slab of a split volume (see module doc).
+
+    Build it with :meth:`from_layer` (or :func:`fhcnn.spatial.split_module`).
+    Shapes: ``(N, C, *S_local) -> (N, C, *S_local)``.
+    """
+
+    split: SpatialSplit
+
+    @classmethod
+    def from_layer(cls, layer: SymmetricLayer, split: SpatialSplit) -> SplitSymmetricLayer:
+        if split.dim != layer.dim:
+            raise ValueError(f"the split is {split.dim}D but the layer is {layer.dim}D")
+        new = _clone_as(layer, cls)
+        new.split = split
+        new.norm = split_norm(layer.norm, split)
+        return new
+
+    def _padding(self, pad: int, split_pad: int) -> tuple[int, ...]:
+        return tuple(split_pad if a in self.split.axes else pad for a in range(self.dim))
+
+    def conv(self, y: Tensor) -> Tensor:
+        """``K y + b`` on the slab: ``(N, C, *S_local) -> (N, M, *S_local)``."""
+        p = self.kernel_size // 2
+        y = halo_pad(y, self.split, p)
+        return _CONV[self.dim](y, self.weight, self.bias, padding=self._padding(p, 0))
+
+    def conv_adjoint(self, z: Tensor) -> Tensor:
+        """``K^T z`` on the slab: ``(N, M, *S_local) -> (N, C, *S_local)``."""
+        p = self.kernel_size // 2
+        z = halo_pad(z, self.split, p)
+        if self.adjoint == "conv_transpose":
+            # the full transposed convolution of the padded slab, cropped by 2p on split axes
+            return _CONV_T[self.dim](z, self.weight, padding=self._padding(p, 2 * p))
+        w = self.weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
+        return _CONV[self.dim](z, w, padding=self._padding(p, 0))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
+
+
+def _shift(b: Tensor, axis: int, split: SpatialSplit, step: int) -> Tensor:
+    """``torch.roll(b, step, axis)`` of the *global* periodic tensor (``step`` = +-1)."""
+    i = split.split_index(axis)
+    if i is None:
+        return torch.roll(b, shifts=step, dims=axis)
+    n = b.shape[axis]
+    # roll by -1 takes one plane from the next slab; roll by +1 one from the previous
+    lo, hi = (0, 1) if step < 0 else (1, 0)
+    padded = HaloExchange.apply(b, split, i, lo, hi, True)
+    return padded.narrow(axis, 1 if step < 0 else 0, n)
+
+
+class SplitLearnableWavelet(LearnableWavelet):
+    """:class:`~fhcnn.wavelets.LearnableWavelet` on one slab of a split volume (periodic across
+    the slabs). Same parameters (``theta``). Shapes as the single-process transform, on slabs.
+    """
+
+    split: SpatialSplit
+
+    @classmethod
+    def from_wavelet(cls, w: LearnableWavelet, split: SpatialSplit) -> SplitLearnableWavelet:
+        if split.dim != w.dim:
+            raise ValueError(f"the split is {split.dim}D but the wavelet is {w.dim}D")
+        new = _clone_as(w, cls)
+        new.split = split
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, *S_local) -> (N, 2**(dim*levels) C, *S_local / 2**levels)``."""
+        self._check(x, "wavelet input")
+        check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} slab {tuple(x.shape)}")
+        c1, s1, c2, s2 = self._coefficients(x)
+        for _ in range(self.levels):
+            for axis in range(2, 2 + self.dim):
+                pairs = x.unflatten(axis, (x.shape[axis] // 2, 2))
+                xe, xo = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
+                a = c1 * xe + s1 * xo
+                b = _shift(c1 * xo - s1 * xe, axis, self.split, -1)
+                x = torch.cat([c2 * a + s2 * b, c2 * b - s2 * a], dim=1)
+        return x
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``(N, 2**(dim*levels) C, *S_local) -> (N, C, *S_local * 2**levels)``."""
+        self._check(y, "wavelet inverse input")
+        factor = 2 ** (self.dim * self.levels)
+        if y.shape[1] % factor != 0:
+            raise ValueError(f"{type(self).__name__}.inverse: channels={y.shape[1]} must be divisible "
+                             f"by 2**(dim*levels)={factor}")
+        c1, s1, c2, s2 = self._coefficients(y)
+        for _ in range(self.levels):
+            for axis in reversed(range(2, 2 + self.dim)):
+                a, b = y.chunk(2, dim=1)
+                a, b = c2 * a - s2 * b, _shift(s2 * a + c2 * b, axis, self.split, +1)
+                xe, xo = c1 * a - s1 * b, s1 * a + c1 * b
+                y = torch.stack([xe, xo], dim=axis + 1).flatten(axis, axis + 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
