@@ -72,9 +72,9 @@ def size_multiple(module: nn.Module) -> int:
     """What every slab's length must be a multiple of: ``2**coarsenings`` of a
     :class:`~fhcnn.HyperbolicNetwork` (or a dense model's ``size_multiple``); 1 otherwise."""
     if hasattr(module, "size_multiple"):
-        return int(module.size_multiple)
+        return int(module.size_multiple)  # type: ignore[arg-type]
     if hasattr(module, "max_level"):
-        return 2 ** int(module.max_level)
+        return 2 ** int(module.max_level)  # type: ignore[arg-type]
     return 1
 
 

@@ -106,16 +106,17 @@ def _exchange_adjoint(g: Tensor, split: SpatialSplit, i: int, lo: int, hi: int, 
             out.narrow(d, 0, hi).add_(g_hi)
         return out
     left, right = split.neighbour(i, -1, periodic), split.neighbour(i, +1, periodic)
-    sends, recvs = [], []
+    sends: list[tuple[int, Tensor, int]] = []
+    recvs: list[tuple[int, Tensor, int]] = []
     from_left = out.new_empty(*out.shape[:d], hi, *out.shape[d + 1:]) if left is not None and hi else None
     from_right = out.new_empty(*out.shape[:d], lo, *out.shape[d + 1:]) if right is not None and lo else None
     if right is not None and hi:  # my upper halo came from the next slab's first planes
         sends.append((right, g_hi.contiguous(), _TAG_RIGHTWARD))
     if left is not None and lo:  # my lower halo came from the previous slab's last planes
         sends.append((left, g_lo.contiguous(), _TAG_LEFTWARD))
-    if from_left is not None:  # gradient of the previous slab's upper halo = my first planes
+    if from_left is not None and left is not None:  # gradient of the previous slab's upper halo
         recvs.append((left, from_left, _TAG_RIGHTWARD))
-    if from_right is not None:
+    if from_right is not None and right is not None:
         recvs.append((right, from_right, _TAG_LEFTWARD))
     _swap(split, sends, recvs)
     if from_left is not None:

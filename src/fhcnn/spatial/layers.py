@@ -17,6 +17,8 @@ multiple of ``2**levels``.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 
@@ -28,8 +30,10 @@ from .split import SpatialSplit
 
 __all__ = ["SplitLearnableWavelet", "SplitSymmetricLayer"]
 
+_M = TypeVar("_M", bound=nn.Module)
 
-def _clone_as(module: nn.Module, cls: type) -> nn.Module:
+
+def _clone_as(module: nn.Module, cls: type[_M]) -> _M:
     """A shallow copy of ``module`` of class ``cls`` with its own module registries, sharing
     the parameter and buffer tensors (so optimizers built on the original stay valid)."""
     new = cls.__new__(cls)
@@ -54,7 +58,7 @@ class SplitSymmetricLayer(SymmetricLayer):
         if split.dim != layer.dim:
             raise ValueError(f"the split is {split.dim}D but the layer is {layer.dim}D")
         new = _clone_as(layer, cls)
-        new.split = split
+        new.split = split  # type: ignore[assignment]
         new.norm = split_norm(layer.norm, split)
         return new
 
@@ -105,7 +109,7 @@ class SplitLearnableWavelet(LearnableWavelet):
         if split.dim != w.dim:
             raise ValueError(f"the split is {split.dim}D but the wavelet is {w.dim}D")
         new = _clone_as(w, cls)
-        new.split = split
+        new.split = split  # type: ignore[assignment]
         return new
 
     def forward(self, x: Tensor) -> Tensor:

@@ -106,7 +106,8 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean, dev, var = _moments(x, self.split, dims, count)
         y = dev * torch.rsqrt(var + self.eps)
         shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-        if self.training and self.track_running_stats and self.running_mean is not None:
+        if self.training and self.track_running_stats and self.running_mean is not None \
+                and self.running_var is not None:
             with torch.no_grad():
                 self.running_mean.mul_(1 - factor).add_(mean.reshape(-1), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(var.reshape(-1) * (count / max(count - 1, 1)),

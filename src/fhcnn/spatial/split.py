@@ -193,7 +193,7 @@ class SpatialSplit:
         """This process's slab (a contiguous copy) of a global ``(N, C, *S)`` tensor that every
         process holds (e.g. generated from the same seed, or read by slab from disk)."""
         self.check(x.shape[2:], multiple, what=f"input {tuple(x.shape)}")
-        return x[(slice(None), slice(None), *self.local_slices(x.shape[2:]))].contiguous()
+        return x[(slice(None), slice(None)) + tuple(self.local_slices(x.shape[2:]))].contiguous()
 
     def gather(self, x: Tensor) -> Tensor:
         """The global tensor from every process's slab ``(N, C, *S_local)`` (all-gather; every
@@ -210,7 +210,7 @@ class SpatialSplit:
             for g in reversed(self.grid):
                 coords.append(q % g)
                 q //= g
-            out[(slice(None), slice(None), *self.local_slices(spatial, tuple(reversed(coords))))] = part
+            out[(slice(None), slice(None)) + tuple(self.local_slices(spatial, tuple(reversed(coords))))] = part
         return out
 
     def describe(self) -> str:
