@@ -91,3 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        from ..rundir import RunFolder
+
+        RunFolder.deactivate()

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.change import ChangeConfig, load_inputs, run_change
     from ..errors import InputError
+    from ..apps._setup import check_dense_setup, config_file_input
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
@@ -55,9 +56,14 @@ def run(args: argparse.Namespace) -> int:
                          changed=args.changed, unchanged=args.unchanged,
                          label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels)  # every input check happens before OUT exists
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[p for p in (args.before, args.after, args.labels, args.changed,
-                                                 args.unchanged, args.eval_labels) if p])
+    check_dense_setup(cfg, 3 if cfg.change.channels == "dates+diff" else 2, 2)
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"before": args.before, "after": args.after, "labels": args.labels,
+                                    "changed": args.changed, "unchanged": args.unchanged,
+                                    "eval_labels": args.eval_labels},
+                             extra={"key": args.key, "label_fraction": args.label_fraction,
+                                    "label_seed": args.label_seed})
     log.setup(args.quiet)
     metrics = run_change(inputs, cfg, out, label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels, quiet=args.quiet, resume=args.resume)

@@ -28,14 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
+    from ..apps._setup import check_dense_setup, config_file_input
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
-    # validate everything before creating --out
+    # validate everything (inputs, device, model) before creating --out
     cfg = config_from_args(SegmentConfig, args)
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[p for p in (args.video, args.labels, args.eval_labels) if p])
+    check_dense_setup(cfg, 3, len(inputs.classes))
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="segment", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"video": args.video, "labels": args.labels,
+                                    "eval_labels": args.eval_labels},
+                             extra={"label_frames": inputs.label_frames})
     log.setup(args.quiet)
     metrics = segment_video(inputs, cfg, out, quiet=args.quiet, resume=args.resume)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--sigma", type=float, default=None,
                    help="prior standard deviation (default: the model's)")
     s.add_argument("--npy", default=None, help="also save the samples as a .npy array (N, C, H, W)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing --out/--npy files")
 
     i = sub.add_parser("interpolate", help="decode the straight line between two latents")
     i.add_argument("--checkpoint", required=True, metavar="C")
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--b", required=True, metavar="IMG", help="as --a")
     i.add_argument("--steps", type=int, default=8, help="points on the line, endpoints included")
     i.add_argument("--out", required=True, help="PNG file: a row [a, decoded points..., b]")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     n = sub.add_parser("normality", help="energy distance, Q-Q plot and histograms of the "
                                          "latents against N(0, s^2 I)")
@@ -67,11 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="folder for normality.png/.json (default: <run>/normality)")
     n.add_argument("--n", type=int, default=1000, help="held-out images to encode (default 1000)")
     n.add_argument("--split", choices=("eval", "train"), default="eval")
+    n.add_argument("--overwrite", action="store_true", help="replace a previous normality report")
 
 
 def _train(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps.vae import VAEConfig, dataset_overrides, train_vae
+    from ..apps._setup import config_file_input
+    from ..apps.vae import VAEConfig, dataset_overrides, prepare_training, train_vae
     from ..config import load_config
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -82,10 +86,12 @@ def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(VAEConfig, args)
     if args.threads:
         cfg.threads = args.threads
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[cfg.data.path] if cfg.data.path else [])
+    data = prepare_training(cfg)  # images, device, model: checked before --out exists
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="vae", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"data": cfg.data.path})
     log.setup(args.quiet)
-    m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)
+    m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet, data=data)
     if m:  # a non-zero rank under torchrun returns {}: rank 0 reports
         log.result(f"latent_dim {m['latent_dim']} of {m['full_dim']}, recon MSE {m['recon_mse']:.5f}, "
                    f"energy distance {m['energy_distance_before']:.4g} -> {m['energy_distance_after']:.4g}"
@@ -99,7 +105,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.vae import sample
 
-    r = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy)
+    r = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy,
+               overwrite=args.overwrite)
     log.result(f"wrote {r['n']} samples (latent dim {r['latent_dim']}, s = {r['sigma']:g}) to {args.out}")
     return 0
 
@@ -108,7 +115,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.vae import interpolate
 
-    interpolate(args.checkpoint, args.a, args.b, args.steps, args.out)
+    interpolate(args.checkpoint, args.a, args.b, args.steps, args.out, overwrite=args.overwrite)
     log.result(f"wrote [a, {args.steps} interpolated decodings, b] to {args.out}")
     return 0
 
@@ -117,7 +124,7 @@ def _normality(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.vae import normality
 
-    r, out = normality(args.checkpoint, args.out, args.n, args.split)
+    r, out = normality(args.checkpoint, args.out, args.n, args.split, overwrite=args.overwrite)
     log.result(f"energy distance of {r['n']} {args.split} latents (dim {r['latent_dim']}) to "
                f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
                f"{r['energy_distance_prior_vs_prior']:.4f}); wrote {out}/normality.png, normality.json")
