@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of PNG masks named like the frames (0 = background; other "
                              "palette indices or 255 = objects), or .npy (T, H, W)")
     parser.add_argument("--label-frames", default=None, metavar="I,J,K",
-                        help="frames whose masks are used for training (default: first, middle, "
-                             "last; or the frames MASKS has masks for, if not all)")
+                        help="frames whose masks are used for training, 0-based; negative counts from "
+                             "the end (-1 = the last frame). Default: first, middle, last; or the "
+                             "frames MASKS has masks for, if not all")
     parser.add_argument("--eval-labels", default=None, metavar="FULL_MASKS",
                         help="masks to score the result on the other frames (never trained on)")
     parser.add_argument("--scale", type=float, default=None,

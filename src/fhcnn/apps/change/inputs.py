@@ -41,6 +41,10 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
         if before.shape != after.shape:
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
+    if np.array_equal(before, after):
+        raise InputError(f"BEFORE and AFTER are identical ({before_path}"
+                         f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "
+                         f"to detect; give two different dates")
     shape = before.shape[:2]
     if labels and (changed or unchanged):
         raise InputError("give either --labels or --changed/--unchanged, not both")
