@@ -109,9 +109,10 @@ class RunFolder:
 
     active: "RunFolder | None" = None
 
-    def __init__(self, root: Path, marker: dict[str, Any]) -> None:
+    def __init__(self, root: Path, marker: dict[str, Any], created: bool = False) -> None:
         self.root = root
         self.marker = marker
+        self.created = created  # the folder did not exist before this run
         self._files: set[str] = set(marker.get("files", []))
 
     def _save(self) -> None:
@@ -143,6 +144,20 @@ class RunFolder:
     def activate(self) -> None:
         RunFolder.active = self
         atomic.set_write_observer(self.record)
+
+    @staticmethod
+    def abandon() -> None:
+        """A run refused after its folder was made (e.g. a scene too small for the network,
+        found by the first training step): remove the folder if this run created it (only the
+        files fhcnn wrote; a folder that holds anything else stays)."""
+        run = RunFolder.active
+        RunFolder.deactivate()
+        if run is not None and run.created:
+            _remove_recorded(run.root, [*run._files, RUN_FILE])
+            try:
+                run.root.rmdir()
+            except OSError:
+                pass
 
     @staticmethod
     def deactivate() -> None:
@@ -292,8 +307,9 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
             # fhcnn's own files only, and below a name it wrote that holds other files:
             # those files stay (a clash above would refuse a foreign one at the top level)
             _remove_recorded(out_abs, marker.get("files", []))
+    created = not out_abs.exists()
     out_abs.mkdir(parents=True, exist_ok=True)
-    run = RunFolder(out_abs, new)
+    run = RunFolder(out_abs, new, created)
     run._save()
     run.activate()
     return out_path

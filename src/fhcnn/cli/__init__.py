@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _USER_ERRORS as e:
+        from ..rundir import RunFolder
+
+        RunFolder.abandon()  # a refused run leaves no OUT behind
         if getattr(args, "debug", False):
             raise
         print(f"error: {e}", file=sys.stderr)
