@@ -9,11 +9,11 @@ from typing import Literal
 
 import pytest
 
+from fhcnn.atomic import atomic_write_text
 from fhcnn.cli._options import add_config_arguments, config_from_args
 from fhcnn.config import available_configs, dump_config, load_config, resolve_config, save_config
-from fhcnn.atomic import atomic_write_text
-from fhcnn.rundir import RunFolder, prepare_output_dir
 from fhcnn.errors import InputError
+from fhcnn.rundir import RunFolder, prepare_output_dir
 from fhcnn.training import TrainConfig
 
 

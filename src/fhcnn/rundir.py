@@ -272,8 +272,9 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
         entries = [e.name for e in out_abs.iterdir()]
         if marker is not None and not (resume or overwrite):
             raise InputError(f"output folder {out_path} already holds a run of fhcnn "
-                             f"{marker.get('tool', '')} ({RUN_FILE}); pass --resume to continue it or --overwrite to replace "
-                             f"it (only the files fhcnn wrote there are removed)")
+                             f"{marker.get('tool', '')} ({RUN_FILE}); pass --resume to continue it "
+                             f"or --overwrite to replace it (only the files fhcnn wrote there are "
+                             f"removed)")
         if marker is None and resume:
             raise InputError(f"--resume: output folder {out_path} holds no fhcnn run to resume "
                              f"(no {RUN_FILE})")

@@ -81,7 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except _USER_ERRORS as e:
         from ..rundir import RunFolder
-
         RunFolder.abandon()  # a refused run leaves no OUT behind
         if getattr(args, "debug", False):
             raise
@@ -96,5 +95,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         from ..rundir import RunFolder
-
         RunFolder.deactivate()

@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
+    from ..apps._setup import check_dense_setup, config_file_input
     from ..apps.change import ChangeConfig, load_inputs, run_change
     from ..errors import InputError
-    from ..apps._setup import check_dense_setup, config_file_input
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 

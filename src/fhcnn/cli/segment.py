@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
     from ..apps._setup import check_dense_setup, config_file_input
+    from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 

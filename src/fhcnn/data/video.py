@@ -24,8 +24,8 @@ from ..errors import InputError
 from ..options import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ._npy import load_npy
 
-__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette",
-           "write_mask_png", "generate_video"]
+__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "check_mask_encodings",
+           "mask_classes", "apply_classes", "davis_palette", "write_mask_png", "generate_video"]
 
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data.video import (apply_classes, check_mask_encodings, mask_classes, read_masks,
-                           read_video)
+from ...data.video import apply_classes, check_mask_encodings, mask_classes, read_masks, read_video
 from ...errors import InputError
 from ...options import IGNORE
 
