@@ -113,6 +113,15 @@ def test_1_refusal_does_not_recommend_overwrite_for_foreign_folders(data, tmp_pa
     assert "--overwrite" not in msg
 
 
+def test_1_bench_never_writes_over_a_foreign_folder(tmp_path):
+    p = tmp_path / "results"
+    p.mkdir()
+    (p / "memory.json").write_text("my own results")
+    refused(["bench", "memory", "--out", p, "--quick", "--quiet"], "holds no fhcnn run")
+    refused(["bench", "memory", "--out", p, "--quick", "--quiet", "--overwrite"], "not written by fhcnn")
+    assert (p / "memory.json").read_text() == "my own results"
+
+
 # ------------------------------------------------------- 2. every output path
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory) -> Path:
@@ -297,19 +306,30 @@ def test_8_resume_with_other_inputs_or_config_is_refused(data, tmp_path, change,
 
 
 # ------------------------------------------------------------- 9. .mat pairs
-def test_9_mat_pair_says_which_variable_is_which_date_and_key_chooses(tmp_path, capsys):
+def test_9_mat_pair_says_which_variable_is_which_date_and_key_chooses(tmp_path):
     import scipy.io
 
     from fhcnn.data.hyperspectral import read_pair
 
-    a, b = np.random.default_rng(0).random((2, 6, 7, 4)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 8, 8, 3)).astype(np.float32)
     scipy.io.savemat(tmp_path / "pair.mat", {"T1": a, "T2": b})
-    x, y = read_pair(tmp_path / "pair.mat")
-    assert "BEFORE = 'T1', AFTER = 'T2'" in capsys.readouterr().err
+    src: dict[str, str] = {}
+    x, y = read_pair(tmp_path / "pair.mat", sources=src)
+    assert src["before"] == "variable T1" and src["after"] == "variable T2" and "--key T2,T1" in src["order"]
     np.testing.assert_array_equal(x, a)
     x, y = read_pair(tmp_path / "pair.mat", key="T2,T1")
     np.testing.assert_array_equal(x, b)
     np.testing.assert_array_equal(y, a)
+    # the command line logs it and records it in metrics.json
+    np.save(tmp_path / "lab.npy", np.eye(8, dtype=np.uint8))
+    base = ["change", tmp_path / "pair.mat", "--labels", tmp_path / "lab.npy", "--config", "change-tiny",
+            "--set", "train.steps=2"]
+    rc, err = run_cli([*base, "--out", tmp_path / "o1"])
+    assert rc == 0 and any("BEFORE = " in e and "variable T1" in e for e in err), err
+    assert run_cli([*base, "--out", tmp_path / "o2", "--key", "T2,T1", "--quiet"])[0] == 0
+    dates = json.loads((tmp_path / "o2" / "metrics.json").read_text())["scene"]["dates"]
+    assert dates["before"].endswith("variable T2") and dates["after"].endswith("variable T1")
 
 
 # ------------------------------------------------ 10. one line, not a traceback
@@ -321,8 +341,8 @@ def test_10_errors_are_one_line(data, tmp_path, monkeypatch):
     import tifffile
 
     cube = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
-    tifffile.imwrite(tmp_path / "a.tif", cube)
-    tifffile.imwrite(tmp_path / "b.tif", cube + 1)
+    tifffile.imwrite(tmp_path / "a.tif", cube, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "b.tif", cube + 1, photometric="minisblack")
     np.save(tmp_path / "lab.npy", np.eye(8, dtype=np.uint8))
     monkeypatch.setitem(sys.modules, "tifffile", None)
     refused(["change", tmp_path / "a.tif", tmp_path / "b.tif", "--labels", tmp_path / "lab.npy",

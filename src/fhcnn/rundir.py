@@ -64,14 +64,19 @@ def _file_print(p: Path) -> str:
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
     """A fingerprint of an input file or folder (every file below it, by relative name):
-    size and sha256 of files up to ``HASH_LIMIT`` bytes, size and mtime of larger ones."""
+    size and sha256 of a file up to ``HASH_LIMIT`` bytes (of every file of a folder whose
+    files add up to at most that), else size and mtime."""
     p = Path(path).expanduser()
     if p.is_file():
         return _file_print(p)
     if p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.is_file())
+        small = sum(f.stat().st_size for f in files) <= HASH_LIMIT  # else size and mtime per file
         h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(f"{f.relative_to(p).as_posix()}={_file_print(f)}\n".encode())
+        for f in files:
+            st = f.stat()
+            what = _file_print(f) if small else f"{st.st_size}:mtime:{st.st_mtime_ns}"
+            h.update(f"{f.relative_to(p).as_posix()}={what}\n".encode())
         return f"dir:sha256:{h.hexdigest()}"
     return "missing"
 

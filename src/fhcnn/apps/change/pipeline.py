@@ -127,6 +127,8 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     before, after, train2d, scored = inputs.before, inputs.after, inputs.train, inputs.scored
     h, w, nb = before.shape
     n_scored = int((scored != IGNORE).sum())
+    if inputs.dates.get("order"):
+        log(f"dates ({inputs.dates['order']}): BEFORE = {inputs.dates['before']}, AFTER = {inputs.dates['after']}")
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
                      label_source=inputs.label_source, n_scored=n_scored, resume=resume)
     if not is_main_process():
@@ -135,7 +137,7 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     metrics: dict[str, Any] = {
         "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(fit["volume"].shape),
-                  "padded_shape": list(fit["padded"]), "scale": cfg.data.scale},
+                  "padded_shape": list(fit["padded"]), "scale": cfg.data.scale, "dates": inputs.dates},
         "labels": {"source": inputs.label_source, "label_fraction": label_fraction,
                    "label_seed": label_seed, "train_pixels": n0 + n1, "train_changed": n1,
                    "train_unchanged": n0, "scored_pixels": n_scored,

@@ -24,7 +24,6 @@ TIFF / GeoTIFF     ``tifffile``; the page series' axes decide the layout (``SYX`
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -334,12 +333,13 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
     return _finish(arr, path)
 
 
-def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(path: str | os.PathLike[str], key: str | None = None,
+              sources: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read both dates from one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``.
 
     A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
-    as the pair in name order (which variable became which date is printed), or in the order
-    ``key="BEFORE_VAR,AFTER_VAR"`` says. TIFF: ``(2, B, H, W)`` pages series.
+    as the pair in name order, or in the order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
+    (a dict, if given) gets what became each date: ``{"before": "T1", "after": "T2"}``. TIFF: ``(2, B, H, W)`` pages series.
     """
     path = Path(path)
     if path.suffix.lower() == ".mat" and (key is None or "," in key):
@@ -356,11 +356,12 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.
                 threes = {}
             if threes:
                 (k1, a), (k2, b) = sorted(threes.items())
-                print(f"{path}: two 3D variables, taken in name order: BEFORE = {k1!r}, AFTER = "
-                      f"{k2!r} (say --key {k2},{k1} to swap them)", file=sys.stderr, flush=True)
         if key is not None or threes:
             if a.shape != b.shape:
                 raise InputError(f"{path}: variables {k1} {a.shape} and {k2} {b.shape} differ in shape")
+            if sources is not None:
+                sources.update(before=f"variable {k1}", after=f"variable {k2}",
+                               order="--key" if key is not None else f"name order (--key {k2},{k1} swaps)")
             return _finish(a, path, k1), _finish(b, path, k2)
     arr = _load_any(path, key, (4,))
     if arr.ndim != 4:
@@ -373,4 +374,8 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.
     else:
         raise InputError(f"{path}: a 4D input needs a date axis of length 2 first or last, "
                          f"got shape {tuple(arr.shape)}")
+    if sources is not None:
+        first = arr.shape[0] == 2
+        sources.update(before="index 0 of the " + ("first" if first else "last") + " axis",
+                       after="index 1 of the " + ("first" if first else "last") + " axis", order="axis")
     return _finish(a, path, "date 1"), _finish(b, path, "date 2")
