@@ -339,7 +339,8 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
 
     A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
     as the pair in name order, or in the order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
-    (a dict, if given) gets what became each date: ``{"before": "T1", "after": "T2"}``. TIFF: ``(2, B, H, W)`` pages series.
+    (a dict, if given) gets what became each date, e.g. ``{"before": "variable T1", ...}``.
+    TIFF: ``(2, B, H, W)`` pages series.
     """
     path = Path(path)
     if path.suffix.lower() == ".mat" and (key is None or "," in key):
