@@ -128,7 +128,8 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     h, w, nb = before.shape
     n_scored = int((scored != IGNORE).sum())
     if inputs.dates.get("order"):
-        log(f"dates ({inputs.dates['order']}): BEFORE = {inputs.dates['before']}, AFTER = {inputs.dates['after']}")
+        d = inputs.dates
+        log(f"dates: BEFORE = {d['before']}, AFTER = {d['after']} ({d['order']})")
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
                      label_source=inputs.label_source, n_scored=n_scored, resume=resume)
     if not is_main_process():

@@ -362,7 +362,8 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
                 raise InputError(f"{path}: variables {k1} {a.shape} and {k2} {b.shape} differ in shape")
             if sources is not None:
                 sources.update(before=f"variable {k1}", after=f"variable {k2}",
-                               order="--key" if key is not None else f"name order (--key {k2},{k1} swaps)")
+                               order="as --key says" if key is not None
+                               else f"taken in name order; --key {k2},{k1} swaps them")
             return _finish(a, path, k1), _finish(b, path, k2)
     arr = _load_any(path, key, (4,))
     if arr.ndim != 4:
@@ -378,5 +379,6 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
     if sources is not None:
         first = arr.shape[0] == 2
         sources.update(before="index 0 of the " + ("first" if first else "last") + " axis",
-                       after="index 1 of the " + ("first" if first else "last") + " axis", order="axis")
+                       after="index 1 of the " + ("first" if first else "last") + " axis",
+                       order="the date axis of the 4D array")
     return _finish(a, path, "date 1"), _finish(b, path, "date 2")
