@@ -175,7 +175,8 @@ def _remove_recorded(out: Path, files: Iterable[str]) -> None:
     parents: set[Path] = set()
     for rel in files:
         p = out / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts \
+                or not _is_relative_to(p.parent.resolve(), out.resolve()):  # e.g. a folder now a link
             continue
         if p.is_symlink() or p.is_file():
             p.unlink()
