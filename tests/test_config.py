@@ -9,10 +9,11 @@ from typing import Literal
 
 import pytest
 
+from fhcnn.atomic import atomic_write_text
 from fhcnn.cli._options import add_config_arguments, config_from_args
 from fhcnn.config import available_configs, dump_config, load_config, resolve_config, save_config
 from fhcnn.errors import InputError
-from fhcnn.rundir import prepare_output_dir
+from fhcnn.rundir import RunFolder, prepare_output_dir
 from fhcnn.training import TrainConfig
 
 
@@ -145,27 +146,26 @@ def test_prepare_output_dir(tmp_path: Path) -> None:
     data.mkdir()
     (data / "video.npy").write_bytes(b"x")
     out = prepare_output_dir(tmp_path / "runs" / "a", inputs=[data / "video.npy"])
-    assert out.is_dir()
-    # an empty folder is fine; a run inside it is refused without --resume / --overwrite
-    (out / "config.yaml").write_text("x: 1\n")
-    (out / "checkpoints").mkdir()
-    (out / "metrics.jsonl").write_text("{}\n")
+    assert out.is_dir() and (out / "run.json").is_file()
+    # files fhcnn writes (through fhcnn.atomic) are recorded in run.json
+    atomic_write_text(out / "config.yaml", "x: 1\n")
+    atomic_write_text(out / "checkpoints" / "step-1" / "model.safetensors", "w")
+    RunFolder.deactivate()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="already holds a run .*--resume.*--overwrite"):
         prepare_output_dir(out)
     assert prepare_output_dir(out, resume=True) == out and (out / "checkpoints").exists()
     prepare_output_dir(out, overwrite=True)
-    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    RunFolder.deactivate()
+    assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
     assert (out / "notes.txt").read_text() == "mine"  # nothing else is deleted
-    with pytest.raises(InputError, match="contradict"):
-        prepare_output_dir(out, resume=True, overwrite=True)
     # a non-empty folder that is not a run
     other = tmp_path / "photos"
     other.mkdir()
     (other / "a.jpg").write_bytes(b"x")
     with pytest.raises(InputError, match="not empty and holds no fhcnn run"):
         prepare_output_dir(other)
-    with pytest.raises(InputError, match="holds no run to resume"):
+    with pytest.raises(InputError, match="holds no fhcnn run to resume"):
         prepare_output_dir(other, resume=True)
     # never write inside an input folder, next to an input file, or around an input
     with pytest.raises(InputError, match="inside the input folder"):
@@ -184,7 +184,7 @@ def test_only_rank_zero_checks_and_writes(tmp_path: Path, monkeypatch) -> None:
     """Under torchrun (RANK set) ranks other than 0 neither refuse nor write."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("{}\n")
+    (run / "run.json").write_text('{"tool": "segment", "files": []}\n')
     monkeypatch.setenv("RANK", "1")
     assert prepare_output_dir(run) == run  # rank 0 did the checking
     save_config(AppCfg(), tmp_path / "other.yaml")

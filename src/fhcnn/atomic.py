@@ -10,12 +10,23 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
+           "set_write_observer"]
+
+#: Called with the destination of every atomic write, before the file is created (the run
+#: folder's record of the files fhcnn wrote, :class:`fhcnn.rundir.RunFolder`).
+_observer: Callable[[Path], None] | None = None
+
+
+def set_write_observer(fn: Callable[[Path], None] | None) -> None:
+    """Call ``fn(destination)`` before every atomic write (``None``: stop)."""
+    global _observer
+    _observer = fn
 
 
 def _umask() -> int:
@@ -55,6 +66,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         (3,)
     """
     dest = Path(path)
+    if _observer is not None:
+        _observer(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
     os.close(fd)

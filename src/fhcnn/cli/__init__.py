@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _USER_ERRORS as e:
+        from ..rundir import RunFolder
+        RunFolder.abandon()  # a refused run leaves no OUT behind
         if getattr(args, "debug", False):
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -91,3 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        from ..rundir import RunFolder
+        RunFolder.deactivate()

@@ -33,12 +33,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
                         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--out", required=out_required, metavar="DIR",
                         help="output folder (refused if it holds another run, unless --resume "
-                             "or --overwrite)")
+                             "or --overwrite, or other files)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest valid checkpoint")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in an --out folder that holds one (its checkpoints "
-                             "and metrics are removed; other files are kept)")
+                        help="start a new run in an --out folder that holds one (only the files "
+                             "fhcnn wrote there, listed in its run.json, are removed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     parser.add_argument("--device", default=None,
                         help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")

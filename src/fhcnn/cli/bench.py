@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default 1: stable timings on a shared machine; "
                              "0 keeps torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier 'fhcnn bench' in --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..bench import BENCHMARKS, load
+    from ..rundir import prepare_output_dir
 
     device = args.device
     if device == "auto":
@@ -43,11 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, tool="bench",
+                             outputs=[f"{n}{e}" for n in BENCHMARKS for e in (".json", ".png")])
     mods = {n: load(n) for n in names}
     total = sum(m.work(args.quick) for m in mods.values())
     t0 = time.perf_counter()

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OUT gets prediction.npy/.png, figure.png, metrics.json, config.yaml and the checkpoint.")
     parser.add_argument("before", metavar="BEFORE", help="date-1 image, or one 4D file with both dates")
     parser.add_argument("after", metavar="AFTER", nargs="?", help="date-2 image (same H, W, bands)")
-    parser.add_argument("--key", help="variable name inside .mat inputs (default: the largest array)")
+    parser.add_argument("--key", help="variable name inside .mat inputs (default: the largest array); for one .mat "
+                        "holding both dates: BEFORE_VAR,AFTER_VAR (default: the two 3D arrays in "
+                        "name order, printed)")
     g = parser.add_argument_group("labels")
     g.add_argument("--labels", metavar="MAP", help="2D change map .npy/.png/.bmp/.tif: 1 changed, "
                    "0 unchanged, 255 (or NaN) unlabelled")
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
+    from ..apps._setup import check_dense_setup, config_file_input
     from ..apps.change import ChangeConfig, load_inputs, run_change
     from ..errors import InputError
     from ..rundir import prepare_output_dir
@@ -55,9 +58,14 @@ def run(args: argparse.Namespace) -> int:
                          changed=args.changed, unchanged=args.unchanged,
                          label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels)  # every input check happens before OUT exists
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[p for p in (args.before, args.after, args.labels, args.changed,
-                                                 args.unchanged, args.eval_labels) if p])
+    check_dense_setup(cfg, 3 if cfg.change.channels == "dates+diff" else 2, 2)
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"before": args.before, "after": args.after, "labels": args.labels,
+                                    "changed": args.changed, "unchanged": args.unchanged,
+                                    "eval_labels": args.eval_labels},
+                             extra={"key": args.key, "label_fraction": args.label_fraction,
+                                    "label_seed": args.label_seed})
     log.setup(args.quiet)
     metrics = run_change(inputs, cfg, out, label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels, quiet=args.quiet, resume=args.resume)

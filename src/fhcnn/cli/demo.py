@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine import SegmentConfig
     from ..errors import InputError
-    from ..rundir import prepare_output_dir
+    from ..rundir import RunFolder, prepare_output_dir
 
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
     cfg = load_config(SegmentConfig, args.config, overrides)
     out = Path(args.out)
-    out = prepare_output_dir(out, overwrite=(out / "demo.json").is_file())
+    previous = RunFolder.open(out) if out.is_dir() else None  # the demo's own earlier run is replaced
+    out = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
+                             tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"))
     log.setup(args.quiet)
     run_demo(out, cfg, frames=args.frames, size=(h, w), seed=args.seed, quiet=args.quiet,
              say=log.result, log=lambda s: log.info("   " + s))

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of PNG masks named like the frames (0 = background; other "
                              "palette indices or 255 = objects), or .npy (T, H, W)")
     parser.add_argument("--label-frames", default=None, metavar="I,J,K",
-                        help="frames whose masks are used for training (default: first, middle, "
-                             "last; or the frames MASKS has masks for, if not all)")
+                        help="frames whose masks are used for training, 0-based; negative counts from "
+                             "the end (-1 = the last frame). Default: first, middle, last; or the "
+                             "frames MASKS has masks for, if not all")
     parser.add_argument("--eval-labels", default=None, metavar="FULL_MASKS",
                         help="masks to score the result on the other frames (never trained on)")
     parser.add_argument("--scale", type=float, default=None,
@@ -27,15 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
+    from ..apps._setup import check_dense_setup, config_file_input
     from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
-    # validate everything before creating --out
+    # validate everything (inputs, device, model) before creating --out
     cfg = config_from_args(SegmentConfig, args)
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[p for p in (args.video, args.labels, args.eval_labels) if p])
+    check_dense_setup(cfg, 3, len(inputs.classes))
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="segment", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"video": args.video, "labels": args.labels,
+                                    "eval_labels": args.eval_labels},
+                             extra={"label_frames": inputs.label_frames})
     log.setup(args.quiet)
     metrics = segment_video(inputs, cfg, out, quiet=args.quiet, resume=args.resume)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports

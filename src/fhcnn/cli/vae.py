@@ -18,8 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "X_hat = F^-1(P Z) with group-norm pruning of P and an "
                                    "energy-distance Gaussianity term.")
     t.add_argument("--dataset", nargs="+", metavar=("NAME", "PATH"),
-                   help="digits | lfw | mnist-idx PATH | folder PATH (default: the config's "
-                        "data.dataset)")
+                   help="digits | lfw | mnist-idx PATH | folder PATH (default: the config's)")
     t.add_argument("--resize", type=int, metavar="SIZE",
                    help="folders: centre-crop each image to a square and resize to SIZE x SIZE "
                         "(needed when the images have different sizes)")
@@ -31,17 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: the config's 'threads', else torch's choice)")
 
     s = sub.add_parser("sample", help="decode samples of the latent prior N(0, s^2 I)")
-    s.add_argument("--checkpoint", required=True, metavar="C",
-                   help="run folder, its checkpoints/ folder, a step-N folder or model.safetensors")
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--out", required=True, help="PNG file (a grid of the samples)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sigma", type=float, default=None,
-                   help="prior standard deviation (default: the model's)")
+    s.add_argument("--sigma", type=float, default=None, help="prior std (default: the model's)")
     s.add_argument("--npy", default=None, help="also save the samples as a .npy array (N, C, H, W)")
 
     i = sub.add_parser("interpolate", help="decode the straight line between two latents")
-    i.add_argument("--checkpoint", required=True, metavar="C")
     i.add_argument("--a", required=True, metavar="IMG",
                    help="an image file, or an integer index into the run's training images")
     i.add_argument("--b", required=True, metavar="IMG", help="as --a")
@@ -50,16 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     n = sub.add_parser("normality", help="energy distance, Q-Q plot and histograms of the "
                                          "latents against N(0, s^2 I)")
-    n.add_argument("--checkpoint", required=True, metavar="C")
-    n.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for normality.png/.json (default: <run>/normality)")
+    n.add_argument("--out", default=None, metavar="DIR", help="folder (default: <run>/normality)")
     n.add_argument("--n", type=int, default=1000, help="held-out images to encode (default 1000)")
     n.add_argument("--split", choices=("eval", "train"), default="eval")
+    for p in (s, i, n):
+        p.add_argument("--checkpoint", required=True, metavar="C",
+                       help="run folder, its checkpoints/ folder, a step-N folder or model.safetensors")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _train(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps.vae import VAEConfig, dataset_overrides, train_summary, train_vae
+    from ..apps._setup import config_file_input
+    from ..apps.vae import VAEConfig, dataset_overrides, prepare_training, train_summary, train_vae
     from ..config import load_config
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -69,10 +67,12 @@ def _train(args: argparse.Namespace) -> int:
                                        args.limit) + list(args.overrides or [])
     cfg = config_from_args(VAEConfig, args)
     cfg.threads = args.threads or cfg.threads
-    out = prepare_output_dir(args.out, args.resume, args.overwrite,
-                             inputs=[cfg.data.path] if cfg.data.path else [])
+    data = prepare_training(cfg)  # images, device, model: checked before --out exists
+    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="vae", config=cfg,
+                             config_file=config_file_input(args.config),
+                             roles={"data": cfg.data.path})
     log.setup(args.quiet)
-    m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet)
+    m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet, data=data)
     if m:  # a non-zero rank under torchrun returns {}: rank 0 reports
         log.result(train_summary(m, out))
     return 0
@@ -89,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
     if action == "train":
         return _train(args)
     if action == "sample":
-        message = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy)
+        message = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy,
+                         overwrite=args.overwrite)
     elif action == "interpolate":
-        message = interpolate(args.checkpoint, args.a, args.b, args.steps, args.out)
+        message = interpolate(args.checkpoint, args.a, args.b, args.steps, args.out, overwrite=args.overwrite)
     else:
-        message = normality(args.checkpoint, args.out, args.n, args.split)
+        message = normality(args.checkpoint, args.out, args.n, args.split, overwrite=args.overwrite)
     log.result(message)
     return 0

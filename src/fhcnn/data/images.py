@@ -300,6 +300,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
         raise InputError(f"color must be 'auto', 'rgb' or 'gray', got {color!r}")
     if size is not None and size < 1:
         raise InputError(f"size must be >= 1, got {size}")
+    if crop is not None and crop < 1:
+        raise InputError(f"--crop must be >= 1, got {crop}")
     mode: Literal["L", "RGB"] | None = {"rgb": "RGB", "gray": "L"}.get(color)  # type: ignore[assignment]
     if mode is None:
         mode = "L" if read_image(files[0]).ndim == 2 else "RGB"
@@ -316,6 +318,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
                     f"{first_shape[1]}x{first_shape[0]}, {f.name} is {a.shape[1]}x{a.shape[0]}); "
                     f"pass --resize SIZE to centre-crop and resize them all")
         else:
+            if crop is not None and crop > min(a.shape[:2]):
+                raise InputError(f"--crop {crop} is larger than the image {f} ({a.shape[1]}x{a.shape[0]})")
             a = _center_square(a, crop)
             im = Image.fromarray(a)
             a = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))

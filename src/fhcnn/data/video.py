@@ -22,9 +22,10 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..options import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ._npy import load_npy
 
-__all__ = ["read_video", "read_masks", "mask_classes", "apply_classes", "davis_palette",
-           "write_mask_png", "generate_video"]
+__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "check_mask_encodings",
+           "mask_classes", "apply_classes", "davis_palette", "write_mask_png", "generate_video"]
 
 
 
@@ -53,7 +54,8 @@ def _davis_sequence_folder(folder: Path, kind: str) -> Path:
     return folder
 
 
-def _to_uint8_rgb(a: np.ndarray, what: str) -> np.ndarray:
+def _to_rgb(a: np.ndarray, what: str) -> np.ndarray:
+    """``(T, H, W[, C])`` -> ``(T, H, W, 3)`` in the frames' own type (uint8, uint16, float ...)."""
     if a.ndim == 3:
         a = np.repeat(a[..., None], 3, -1)
     if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
@@ -61,22 +63,94 @@ def _to_uint8_rgb(a: np.ndarray, what: str) -> np.ndarray:
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, -1)
     a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = a.astype(np.float64)
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise InputError(f"{what}: frames contain NaN or infinite values")
-        if a.max() <= 1.0:
-            a = a * 255
-        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
+    elif a.dtype.kind not in "iu":
+        raise InputError(f"{what}: frames must be numbers, got dtype {a.dtype}")
     return np.ascontiguousarray(a)
 
 
+def frames_to_unit(frames: np.ndarray) -> np.ndarray:
+    """Frames of any bit depth -> float32 in [0, 1]: 8-bit frames are divided by 255, float
+    frames already in [0, 1] are kept, anything else (16-bit, 12-bit in uint16, float in
+    other units) is scaled from the video's own minimum and maximum."""
+    f = np.asarray(frames)
+    if f.dtype == np.uint8:
+        return f.astype(np.float32) / 255.0
+    v = f.astype(np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    if f.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return v
+    return (v - lo) / max(hi - lo, 1e-12)
+
+
+def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Frames of any bit depth as 8-bit for figures (:func:`frames_to_unit` times 255)."""
+    f = np.asarray(frames)
+    if f.dtype == np.uint8:
+        return f
+    return np.clip(np.round(frames_to_unit(f) * 255), 0, 255).astype(np.uint8)
+
+
+def _read_frame(f: Path) -> np.ndarray:
+    """One frame in its own bit depth: ``(H, W, 3)`` or ``(H, W)`` (uint8, uint16, float ...)."""
+    if f.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+        except ImportError:
+            tifffile = None  # type: ignore[assignment]
+        if tifffile is not None:
+            try:
+                return np.asarray(tifffile.imread(f))
+            except Exception as e:
+                raise InputError(f"cannot read frame {f}: {e}") from None
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: keep the values
+                return np.asarray(im)
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises many kinds
+        hint = " (install tifffile to read TIFF frames: pip install tifffile)" \
+            if f.suffix.lower() in (".tif", ".tiff") else ""
+        raise InputError(f"cannot read frame {f}: {e}{hint}") from None
+
+
+def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> None:
+    """Refuse a broken link among the images, an unnumbered image beside numbered ones, and two
+    files with the same number (each would shift or drop frames silently)."""
+    for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_SUFFIXES:
+            raise InputError(f"{what} {p} is a broken link (its target does not exist)")
+    numbers: dict[int, Path] = {}
+    unnumbered = [p for p in files if not re.findall(r"\d+", p.stem)]
+    if unnumbered and len(unnumbered) < len(files):
+        raise InputError(f"{unnumbered[0]} has no frame number in its name, unlike the other "
+                         f"{what}s in {folder}; move it out of the folder")
+    if unnumbered and len(files) > 1:
+        raise InputError(f"the {what}s in {folder} have no numbers in their names (e.g. "
+                         f"{unnumbered[0].name}); name them by frame number (00000.png, ...)")
+    for p in files:
+        nums = re.findall(r"\d+", p.stem)
+        if nums:
+            k = int(nums[-1])
+            if k in numbers:
+                raise InputError(f"{what}s {numbers[k]} and {p} have the same frame number {k}")
+            numbers[k] = p
+
+
 def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Read a video as ``(T, H, W, 3)`` uint8 frames and their names (file stems or indices).
+    """Read a video as ``(T, H, W, 3)`` frames in their own bit depth (uint8, uint16 PNG/TIFF/
+    ``.npy``, float ...; see :func:`frames_to_unit`) and their names (file stems or indices).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        InputError: unreadable file, no frames, frames of different sizes, unknown format.
+        InputError: unreadable file, no frames, frames of different sizes or bit depths, an
+            unnumbered image among numbered frames, a broken link, unknown format.
     """
     path = Path(path)
     if not path.exists():
@@ -86,23 +160,22 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
         files = _image_files(folder)
         if not files:
             raise InputError(f"no image frames ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in folder {folder}")
-        from PIL import Image
-
+        _check_frame_files(folder, files)
         frames = []
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    frames.append(np.asarray(im.convert("RGB")))
-            except Exception as e:  # PIL raises many kinds
-                raise InputError(f"cannot read frame {f}: {e}") from None
-            if frames[-1].shape != frames[0].shape:
+            frames.append(_read_frame(f))
+            if frames[-1].shape[:2] != frames[0].shape[:2]:
                 raise InputError(f"frame {f} has size {frames[-1].shape[:2]}, but {files[0].name} "
                                  f"has {frames[0].shape[:2]}: all frames must have the same size")
-        return np.stack(frames), [f.stem for f in files]
+            if frames[-1].dtype != frames[0].dtype or frames[-1].ndim != frames[0].ndim:
+                raise InputError(f"frame {f} is {frames[-1].dtype} {frames[-1].shape}, but "
+                                 f"{files[0].name} is {frames[0].dtype} {frames[0].shape}: all "
+                                 f"frames must have the same bit depth and channels")
+        return _to_rgb(np.stack(frames), str(folder)), [f.stem for f in files]
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            a = np.load(path, allow_pickle=False)
+            a = load_npy(path, "video")
         elif suffix == ".gif":
             from PIL import Image, ImageSequence
 
@@ -131,17 +204,29 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
         raise InputError(f"cannot read video {path}: {type(e).__name__}: {e}") from None
     if a.ndim < 3 or a.shape[0] == 0:
         raise InputError(f"{path}: no frames (array shape {a.shape})")
-    return _to_uint8_rgb(a, str(path)), [f"{i:05d}" for i in range(a.shape[0])]
+    return _to_rgb(a, str(path)), [f"{i:05d}" for i in range(a.shape[0])]
+
+
+#: Lossy image formats: never read as masks.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def _read_mask_png(f: Path) -> np.ndarray:
     from PIL import Image
 
+    if f.suffix.lower() in LOSSY_SUFFIXES:
+        raise InputError(f"mask {f} is a JPEG: lossy compression turns one label value into "
+                         f"many; save the masks as PNG")
     try:
         with Image.open(f) as im:
+            if im.format == "JPEG":
+                raise InputError(f"mask {f} holds JPEG data: lossy compression turns one label "
+                                 f"value into many; save the masks as PNG")
             if im.mode in ("P", "L", "1", "I", "I;16"):
                 return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64)
             rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"cannot read mask {f}: {e}") from None
     # colour masks: encode each RGB colour as one value (black = background = 0)
@@ -170,6 +255,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
         files = _image_files(folder)
         if not files:
             raise InputError(f"no mask images in folder {folder}")
+        _check_frame_files(folder, files, "mask")
         by_name = {n: i for i, n in enumerate(frame_names)}
         by_num: dict[int, int] = {}
         for i, n in enumerate(frame_names):
@@ -188,10 +274,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
                                  f"{frame_names[0]}..{frame_names[-1]})")
             out[idx] = _read_mask_png(f)
     elif path.suffix.lower() == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise InputError(f"cannot read masks {path}: {e}") from None
+        a = load_npy(path, "masks")
         if a.ndim != 3 or a.shape[0] != t:
             raise InputError(f"masks {path} must have shape (T={t}, H, W), got {a.shape}")
         if not np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
@@ -226,6 +309,31 @@ def mask_classes(*mask_sets: dict[int, np.ndarray], ignore: int = 255, binary_25
     if ignore in objects and len(objects) > 1:
         objects.remove(ignore)
     return [0] + objects
+
+
+def check_mask_encodings(mask_sets: Sequence[tuple[str, dict[int, np.ndarray]]],
+                         frame_names: Sequence[str], ignore: int = 255) -> None:
+    """Refuse masks that encode objects differently, e.g. one mask 0/1 and another 0/255
+    (given together, 255 would mean "unlabelled" and the 0/255 masks would lose their object).
+
+    ``mask_sets``: ``(source, {frame index: raw mask})`` pairs, e.g. ``--labels`` and
+    ``--eval-labels``; every mask of every set is compared with every other.
+    """
+    only_255: tuple[str, int] | None = None
+    other: tuple[str, int, list[int]] | None = None
+    for source, ms in mask_sets:
+        for k, m in sorted(ms.items()):
+            vals = [int(v) for v in np.unique(m) if v != 0]
+            if vals == [ignore]:
+                only_255 = only_255 or (source, k)
+            elif vals and ignore not in vals:
+                other = other or (source, k, vals[:4])
+    if only_255 and other:
+        (s1, k1), (s2, k2, v2) = only_255, other
+        raise InputError(f"masks disagree on how objects are encoded: {s1} frame {frame_names[k1]} "
+                         f"marks its object with {ignore}, {s2} frame {frame_names[k2]} with "
+                         f"{', '.join(map(str, v2))}; in masks with several values {ignore} means "
+                         f"unlabelled, so use one encoding for all masks (e.g. 0/1 or 0/255)")
 
 
 def apply_classes(mask: np.ndarray, classes: Sequence[int], ignore: int = 255) -> np.ndarray:

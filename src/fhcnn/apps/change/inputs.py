@@ -3,7 +3,7 @@ Everything is checked here, before any output is created."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class ChangeInputs:
     train: np.ndarray
     scored: np.ndarray
     label_source: str
+    dates: dict[str, str] = field(default_factory=dict)
 
 
 def load_inputs(before_path: str, after_path: str | None = None, *, key: str | None = None,
@@ -33,13 +34,20 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
                 label_fraction: float | None = None, label_seed: int = 0,
                 eval_labels: str | None = None) -> ChangeInputs:
     """Read and validate every input (nothing is written). Raises InputError/FileNotFoundError."""
+    dates: dict[str, str] = {}
     if after_path is None:
-        before, after = read_pair(before_path, key=key)
+        before, after = read_pair(before_path, key=key, sources=dates)
+        dates = {k: (f"{before_path}: {v}" if k != "order" else v) for k, v in dates.items()}
     else:
+        dates = {"before": str(before_path), "after": str(after_path)}
         before, after = read_cube(before_path, key=key), read_cube(after_path, key=key)
         if before.shape != after.shape:
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
+    if np.array_equal(before, after):
+        raise InputError(f"BEFORE and AFTER are identical ({before_path}"
+                         f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "
+                         f"to detect; give two different dates")
     shape = before.shape[:2]
     if labels and (changed or unchanged):
         raise InputError("give either --labels or --changed/--unchanged, not both")
@@ -61,4 +69,4 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
     if eval_map is not None:
         held = eval_map.copy()
         held[train != IGNORE] = IGNORE
-    return ChangeInputs(before, after, lab, train, held, source)
+    return ChangeInputs(before, after, lab, train, held, source, dates)

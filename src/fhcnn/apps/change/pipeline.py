@@ -127,6 +127,9 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     before, after, train2d, scored = inputs.before, inputs.after, inputs.train, inputs.scored
     h, w, nb = before.shape
     n_scored = int((scored != IGNORE).sum())
+    if inputs.dates.get("order"):
+        d = inputs.dates
+        log(f"dates: BEFORE = {d['before']}, AFTER = {d['after']} ({d['order']})")
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
                      label_source=inputs.label_source, n_scored=n_scored, resume=resume)
     if not is_main_process():
@@ -135,7 +138,7 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     metrics: dict[str, Any] = {
         "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(fit["volume"].shape),
-                  "padded_shape": list(fit["padded"]), "scale": cfg.data.scale},
+                  "padded_shape": list(fit["padded"]), "scale": cfg.data.scale, "dates": inputs.dates},
         "labels": {"source": inputs.label_source, "label_fraction": label_fraction,
                    "label_seed": label_seed, "train_pixels": n0 + n1, "train_changed": n1,
                    "train_unchanged": n0, "scored_pixels": n_scored,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data.video import apply_classes, mask_classes, read_masks, read_video
+from ...data.video import apply_classes, check_mask_encodings, mask_classes, read_masks, read_video
 from ...errors import InputError
 from ...options import IGNORE
 
@@ -17,7 +17,7 @@ __all__ = ["VideoInputs", "load_video_inputs", "parse_frames"]
 
 @dataclass
 class VideoInputs:
-    """Validated inputs: frames ``(T, H, W, 3)`` uint8, per-frame class masks ``(T, H, W)`` uint8
+    """Validated inputs: frames ``(T, H, W, 3)`` in their own bit depth, per-frame class masks ``(T, H, W)`` uint8
     (255 = no label), the training frames, optional evaluation masks, class values."""
 
     frames: np.ndarray
@@ -61,8 +61,13 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     """
     frames, names = read_video(video)
     t, h, w = frames.shape[:3]
+    if frames.min() == frames.max():
+        raise InputError(f"every pixel of every frame of {video} has the value {frames.flat[0]}: "
+                         f"nothing to segment")
     lab_raw = read_masks(masks, names, (h, w))
     ev_raw = read_masks(eval_labels, names, (h, w)) if eval_labels is not None else None
+    check_mask_encodings([(str(masks), lab_raw)] + ([(str(eval_labels), ev_raw)] if ev_raw else []),
+                         names)
     chosen = parse_frames(label_frames, t)
     if chosen is None:
         if len(lab_raw) >= t:

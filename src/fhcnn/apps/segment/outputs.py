@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...atomic import atomic_path, atomic_save_npy, atomic_write_text
-from ...data.video import davis_palette, write_mask_png
+from ...data.video import davis_palette, frames_to_uint8, write_mask_png
 from ...options import IGNORE
 from ...training.checkpoint import save_weights
 from .inputs import VideoInputs
@@ -27,6 +27,7 @@ def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any,
     from PIL import Image
 
     atomic_save_npy(out / "prediction.npy", pred)
+    shown = frames_to_uint8(inputs.frames)
     for i, name in enumerate(inputs.names):
         write_mask_png(out / "masks" / f"{name}.png", pred[i])
     # overlay GIF (frames at most 480 pixels wide)
@@ -36,7 +37,7 @@ def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any,
     size = (max(1, int(w * f)), max(1, int(h * f)))
     ims = []
     for i in range(t):
-        fr = inputs.frames[i].astype(np.float32)
+        fr = shown[i].astype(np.float32)
         col = pal[pred[i]]
         a = (pred[i] > 0)[..., None] * 0.5
         ov = (fr * (1 - a) + col * a).clip(0, 255).astype(np.uint8)
@@ -48,7 +49,7 @@ def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any,
     lf = inputs.label_frames
     fig, axes = plt.subplots(2, len(lf), figsize=(3.2 * len(lf), 4.6), squeeze=False)
     for j, kf in enumerate(lf):
-        axes[0, j].imshow(inputs.frames[kf])
+        axes[0, j].imshow(shown[kf])
         axes[0, j].set_title(f"frame {inputs.names[kf]} (labelled)", fontsize=9)
         lab = inputs.labels[kf]
         axes[1, j].imshow(pal[np.where(lab == IGNORE, 0, lab)].astype(np.uint8))

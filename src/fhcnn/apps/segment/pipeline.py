@@ -17,6 +17,7 @@ import numpy as np
 
 from ... import log as _log
 from ...config import save_config
+from ...data.video import frames_to_unit
 from ...engine import SegmentConfig, segmentation_metrics, size_multiple_of, train_segmentation
 from ...engine.sizes import Geometry
 from ...options import IGNORE
@@ -28,13 +29,10 @@ __all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume"]
 
 
 def frames_to_volume(frames: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` frames -> ``(3, T, H, W)`` float32 volume in [0, 1] (integer frames are
-    divided by their type's maximum, e.g. 255 or 65535; float frames are kept as they are)."""
-    f = np.asarray(frames)
-    v = f.astype(np.float32)
-    if np.issubdtype(f.dtype, np.integer):
-        v /= float(np.iinfo(f.dtype).max)
-    return np.ascontiguousarray(v.transpose(3, 0, 1, 2))
+    """``(T, H, W, 3)`` frames of any bit depth -> ``(3, T, H, W)`` float32 volume in [0, 1]
+    (:func:`~fhcnn.data.video.frames_to_unit`: 8-bit frames divided by 255, 16-bit, 12-bit or
+    other float frames scaled from the video's own range)."""
+    return np.ascontiguousarray(frames_to_unit(frames).transpose(3, 0, 1, 2))
 
 
 def copy_nearest_baseline(labels: np.ndarray, label_frames: Sequence[int]) -> np.ndarray:
@@ -105,8 +103,12 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "predicted_fraction": [float((pred == c).mean()) for c in range(k)],
     }
-    if inputs.eval_labels is not None:
-        held = [i for i in range(t) if i not in inputs.label_frames and (inputs.eval_labels[i] != IGNORE).any()]
+    held = [i for i in range(t) if i not in inputs.label_frames and inputs.eval_labels is not None
+            and (inputs.eval_labels[i] != IGNORE).any()]
+    if inputs.eval_labels is not None and not held:
+        metrics["scored_frames"] = []
+        log("no held-out frames to score (every frame with a mask is a label frame)")
+    elif inputs.eval_labels is not None:
         ours = _score(pred, inputs.eval_labels, held, k)
         base_pred = copy_nearest_baseline(inputs.labels, inputs.label_frames)
         base = _score(base_pred, inputs.eval_labels, held, k)

@@ -12,6 +12,7 @@ import torch
 from ...atomic import atomic_save_npy
 from ...errors import InputError
 from ...options import DATASETS
+from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
 from .pipeline import load_images, load_run, resolve_image
 
@@ -47,15 +48,32 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
     return out
 
 
+def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: Any, run_dir: Path,
+                 inputs: Sequence[str | Path | None] = ()) -> None:
+    """Every output file: not an input, not in an input folder or a run folder, not an existing
+    file unless ``overwrite``, and no two outputs the same file."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        check_output_file(path, overwrite, [run_dir, cfg.data.path, *inputs], what)
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise InputError(f"{what} and {seen[key]} are the same file {path}")
+        seen[key] = what
+
+
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
-           npy: str | Path | None = None) -> str:
+           npy: str | Path | None = None, overwrite: bool = False) -> str:
     """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
-    ``.npy`` if ``npy``); returns the result line."""
+    ``.npy`` if ``npy``); returns the result line. Existing files are refused unless
+    ``overwrite``."""
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
     if sigma is not None and sigma <= 0:
         raise InputError(f"--sigma must be > 0, got {sigma}")
-    cfg, model, _ = load_run(checkpoint)
+    cfg, model, run_dir = load_run(checkpoint)
+    _check_files({"--out": out, "--npy": npy}, overwrite, cfg, run_dir)
     if sigma is not None:
         model.sigma = sigma
     g = torch.Generator().manual_seed(seed)
@@ -68,13 +86,15 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
     return f"wrote {n} samples (latent dim {model.latent_dim}, s = {model.sigma:g}) to {out}"
 
 
-def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) -> str:
+def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
+                overwrite: bool = False) -> str:
     """Decode ``steps`` points on the line between the latents of images ``a`` and ``b`` (files,
     or indices into the run's training images) into a PNG row ``[a, points..., b]``; returns the
     result line."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
-    cfg, model, _ = load_run(checkpoint)
+    cfg, model, run_dir = load_run(checkpoint)
+    _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     xa, xb = resolve_image(a, cfg, model), resolve_image(b, cfg, model)
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
@@ -82,16 +102,31 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path) ->
     return f"wrote [a, {steps} interpolated decodings, b] to {out}"
 
 
-def normality(checkpoint: str, out: str | Path | None, n: int, split: str) -> str:
+def normality(checkpoint: str, out: str | Path | None, n: int, split: str,
+              overwrite: bool = False) -> str:
     """Energy distance, Q-Q plot and histograms of ``n`` latents of the run's ``split`` images
-    against the prior, into ``out`` (default ``<run>/normality``); returns the result line."""
+    against the prior, into ``out`` (default ``<run>/normality``, recorded in the run's
+    ``run.json``). ``out`` follows the rules of every output folder; an existing report is
+    replaced only with ``overwrite``; returns the result line."""
     if n < 2:
         raise InputError(f"--n must be >= 2, got {n}")
     cfg, model, run_dir = load_run(checkpoint)
     train, held = load_images(cfg)
     images = held if split == "eval" else train
     x = images.batch(slice(0, n))
-    folder = Path(out) if out else run_dir / "normality"
+    names = ("normality.png", "normality.json")
+    if out:
+        folder = prepare_output_dir(out, overwrite=overwrite, tool="vae-normality", outputs=names,
+                                    roles={"run": run_dir, "data": cfg.data.path})
+    else:
+        folder = run_dir / "normality"
+        for name in names:
+            if (folder / name).exists() and not overwrite:
+                raise InputError(f"{folder / name} exists; pass --overwrite to replace it or "
+                                 f"--out DIR for a new folder")
+        run = RunFolder.open(run_dir)
+        if run is not None:
+            run.activate()  # the report is recorded as a file of the run
     r = normality_report(model, x, folder, seed=cfg.eval.seed)
     return (f"energy distance of {r['n']} {split} latents (dim {r['latent_dim']}) to "
             f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "

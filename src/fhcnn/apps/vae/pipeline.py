@@ -48,7 +48,7 @@ from .evaluation import (
 )
 from .outputs import interpolate_latents, save_figure, save_grid
 
-__all__ = ["load_images", "build_model", "beta_at", "train_vae", "load_run", "resolve_image",
+__all__ = ["load_images", "prepare_training", "build_model", "beta_at", "train_vae", "load_run", "resolve_image",
            "train_baseline"]
 
 
@@ -140,8 +140,26 @@ def beta_at(cfg: VAELossConfig, step: int, steps: int) -> float:
     return cfg.beta * min(1.0, max(0.0, (t - cfg.energy_start) / cfg.energy_ramp))
 
 
+def prepare_training(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
+    """Everything :func:`train_vae` checks before its output folder exists: the images (their
+    channels and size go into ``cfg.model``), the device, and the model built once."""
+    from ...training.device import resolve_device
+
+    train, held = load_images(cfg)
+    cfg.model.in_channels = train.channels
+    cfg.model.image_size = train.size
+    resolve_device(cfg.train.device)
+    try:
+        build_model(cfg)
+    except InputError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InputError(f"the model of the config cannot be built: {e}") from None
+    return train, held
+
+
 def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False,
-              log: Any = print) -> dict[str, Any]:
+              log: Any = print, data: tuple[ImageSet, ImageSet] | None = None) -> dict[str, Any]:
     """Train the autoencoder of ``cfg`` and write the run into ``out_dir``.
 
     Writes ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/`` (Trainer),
@@ -152,7 +170,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
     t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train, held = load_images(cfg)
+    train, held = data if data is not None else load_images(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
     save_config(cfg, out / "config.yaml")

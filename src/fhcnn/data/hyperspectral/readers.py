@@ -252,7 +252,10 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
 
 
 def _tiff_cube(path: Path) -> np.ndarray:
-    import tifffile
+    try:
+        import tifffile
+    except ImportError:
+        raise InputError(f"{path}: reading TIFF needs the tifffile package (pip install tifffile)") from None
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -275,10 +278,9 @@ def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            try:
-                return np.load(path, mmap_mode="r", allow_pickle=False)
-            except Exception as e:
-                raise InputError(f"{path}: cannot read as .npy ({e})") from None
+            from .._npy import load_npy
+
+            return load_npy(path, "cube", mmap_mode="r")
         if suffix == ".mat":
             return _pick_mat_cube(path, _mat_variables(path), key, ndim)
         if suffix in (".tif", ".tiff"):
@@ -331,20 +333,37 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
     return _finish(arr, path)
 
 
-def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(path: str | os.PathLike[str], key: str | None = None,
+              sources: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read both dates from one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``.
 
     A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
-    as the pair in name order. TIFF: ``(2, B, H, W)`` pages series.
+    as the pair in name order, or in the order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
+    (a dict, if given) gets what became each date, e.g. ``{"before": "variable T1", ...}``.
+    TIFF: ``(2, B, H, W)`` pages series.
     """
     path = Path(path)
-    if path.suffix.lower() == ".mat" and key is None:
+    if path.suffix.lower() == ".mat" and (key is None or "," in key):
         variables = _mat_variables(path) if path.exists() else {}
-        threes = {k: v for k, v in variables.items() if v.ndim == 3}
-        if len(threes) == 2 and not any(v.ndim == 4 for v in variables.values()):
-            (k1, a), (k2, b) = sorted(threes.items())
+        if key is not None:  # --key BEFORE_VAR,AFTER_VAR
+            names = [k.strip() for k in key.split(",")]
+            if len(names) != 2 or not all(names):
+                raise InputError(f"--key {key!r}: give two variable names BEFORE,AFTER (e.g. T1,T2)")
+            a, b = (_pick_mat_cube(path, variables, k, (3,)) for k in names)
+            k1, k2 = names
+        else:
+            threes = {k: v for k, v in variables.items() if v.ndim == 3}
+            if not (len(threes) == 2 and not any(v.ndim == 4 for v in variables.values())):
+                threes = {}
+            if threes:
+                (k1, a), (k2, b) = sorted(threes.items())
+        if key is not None or threes:
             if a.shape != b.shape:
                 raise InputError(f"{path}: variables {k1} {a.shape} and {k2} {b.shape} differ in shape")
+            if sources is not None:
+                sources.update(before=f"variable {k1}", after=f"variable {k2}",
+                               order="as --key says" if key is not None
+                               else f"taken in name order; --key {k2},{k1} swaps them")
             return _finish(a, path, k1), _finish(b, path, k2)
     arr = _load_any(path, key, (4,))
     if arr.ndim != 4:
@@ -357,4 +376,9 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None) -> tuple[np.
     else:
         raise InputError(f"{path}: a 4D input needs a date axis of length 2 first or last, "
                          f"got shape {tuple(arr.shape)}")
+    if sources is not None:
+        first = arr.shape[0] == 2
+        sources.update(before="index 0 of the " + ("first" if first else "last") + " axis",
+                       after="index 1 of the " + ("first" if first else "last") + " axis",
+                       order="the date axis of the 4D array")
     return _finish(a, path, "date 1"), _finish(b, path, "date 2")
