@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.change import ChangeConfig, load_inputs, run_change
+    from ..apps.change.pipeline import check_parallel
     from ..errors import InputError
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                          changed=args.changed, unchanged=args.unchanged,
                          label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels)  # every input check happens before OUT exists
+    check_parallel(inputs, cfg)  # #17: a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite,
                              inputs=[p for p in (args.before, args.after, args.labels, args.changed,
                                                  args.unchanged, args.eval_labels) if p])

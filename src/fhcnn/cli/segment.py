@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
+    from ..apps.segment.pipeline import check_parallel
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
     # validate everything before creating --out
     cfg = config_from_args(SegmentConfig, args)
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
+    check_parallel(inputs, cfg)  # #17: a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite,
                              inputs=[p for p in (args.video, args.labels, args.eval_labels) if p])
     log.setup(args.quiet)
