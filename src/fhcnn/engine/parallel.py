@@ -139,6 +139,8 @@ def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, mu
     fix = f" (set {key}={near})" if key else ""
     alt = (f"; or split this axis into {ok[0]} slab(s) (valid: {ok})" if ok
            else f"; no number of slabs works for {size}")
+    if key is None:
+        alt += " or split H or W instead (parallel.axes=[1] or [2])"
     return (f"parallel.space: {what}: spatial axis {axis} ({_AXES[axis]}) of size {size} cannot be "
             f"split into {parts} slabs that are whole multiples of {multiple} (2**coarsenings of the "
             f"network): nearest valid size for {parts} slabs: {near}{fix}{alt}")

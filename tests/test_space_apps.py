@@ -1,0 +1,180 @@
+"""``fhcnn segment`` / ``fhcnn change`` with ``parallel.space``: the volume split in space over
+processes (``fhcnn.engine.parallel``, issue #17).
+
+One ``torchrun`` launch of 2 Gloo processes (``tests/_space_apps_script.py``) runs the split
+commands; the test runs the same on one process and compares weights, predictions and losses.
+It skips where ``torch.distributed``/Gloo is missing or the processes cannot join a group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from fhcnn.cli import main
+from fhcnn.config import load_config
+from fhcnn.engine import SegmentConfig
+from fhcnn.errors import InputError
+from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "lo" if sys.platform.startswith("linux") else None
+
+needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with Gloo is not available here")
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@needs_gloo
+def test_split_runs_equal_one_process(tmp_path: Path) -> None:
+    make_inputs(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    if LOOPBACK:
+        env["GLOO_SOCKET_IFNAME"] = LOOPBACK
+    # --standalone: torchrun picks a free port itself (other runs may use the machine at once)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "tests" / "_space_apps_script.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    skips = sorted(tmp_path.glob("skip-*.txt"))
+    if skips:
+        pytest.skip(f"cannot start Gloo processes here: {skips[0].read_text()[:300]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    found = {}
+    # fhcnn segment, split along W: weights, predicted labels, logged losses
+    assert main(segment_args(tmp_path, tmp_path / "segment-1", 1)) == 0
+    one, two = tmp_path / "segment-1", tmp_path / "segment-2"
+    w1 = load_file(str(one / "model.safetensors"))
+    found["segment weights"] = _max_diff(w1, load_file(str(two / "model.safetensors")))
+    np.testing.assert_array_equal(np.load(one / "prediction.npy"), np.load(two / "prediction.npy"))
+    losses = [[json.loads(line)["loss"] for line in open(d / "metrics.jsonl")] for d in (one, two)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    cfg = load_config(SegmentConfig, two / "config.yaml")
+    assert cfg.parallel.space == 2 and cfg.parallel.axes == [2]
+
+    # fhcnn change, split along the bands (depth mean of the logits all-reduced), with Dice
+    assert main(change_args(tmp_path, tmp_path / "change-1", 1)) == 0
+    one, two = tmp_path / "change-1", tmp_path / "change-2"
+    found["change weights"] = _max_diff(load_file(str(one / "model.safetensors")),
+                                        load_file(str(two / "model.safetensors")))
+    found["change probability"] = float(np.abs(np.load(one / "change_probability.npy")
+                                               - np.load(two / "change_probability.npy")).max())
+    np.testing.assert_array_equal(np.load(one / "prediction.npy"), np.load(two / "prediction.npy"))
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert [v for _, v in m2["loss_curve"]] == pytest.approx([v for _, v in m1["loss_curve"]], rel=1e-4)
+
+    # the engine, split along D: weights, probabilities, held-out scores during training
+    single = engine_run(tmp_path, 1)
+    split = torch.load(tmp_path / "engine-2.pt")
+    found["engine weights"] = _max_diff(single["state"], split["state"])
+    found["engine probabilities"] = (single["prob"] - split["prob"]).abs().max().item()
+    assert [h.get("miou") for h in split["history"]] == pytest.approx([h.get("miou") for h in single["history"]])
+    assert [h["loss"] for h in split["history"]] == pytest.approx([h["loss"] for h in single["history"]], rel=1e-5)
+    from fhcnn.engine import build_model
+
+    torch.manual_seed(0)  # train.seed: the weights training started from
+    start = build_model(load_config(SegmentConfig, "video-tiny").model, 3, 3).state_dict()
+    moved = max((single["state"][k] - v).abs().max().item() for k, v in start.items()
+                if k not in ("mean", "std"))
+    assert moved > 1e-3, f"training barely moved the weights ({moved:.1e})"
+
+    print("parallel.space=2 vs one process, max |difference|:", json.dumps({k: f"{v:.1e}" for k, v in found.items()}))
+    for what, diff in found.items():
+        assert diff < 1e-5, f"{what}: split run differs from the one-process run by {diff:.2e}"
+
+
+def _segment_inputs(tmp_path: Path) -> list[str]:
+    make_inputs(tmp_path)
+    return ["segment", str(tmp_path / "video.npy"), "--labels", str(tmp_path / "masks.npy"),
+            "--config", "video-tiny", "--quiet"]
+
+
+@pytest.mark.parametrize("world,sets,message", [
+    ("4", ["parallel.space=4"],
+     "spatial axis 0 (D) of size 4 cannot be split into 4 slabs that are whole multiples of 2 "
+     "(2**coarsenings of the network): nearest valid size for 4 slabs: 8 (set data.window_depth=8); "
+     "or split this axis into 2 slab(s) (valid: [2, 1])"),
+    ("2", ["parallel.space=2", "parallel.axes=[1]", "data.predict_height=0"],
+     "prediction window (4, 18, 16) (of the volume (6, 16, 24) continued to a multiple of 2, "
+     "data.predict_shifts=2): spatial axis 1 (H) of size 18 cannot be split into 2 slabs"),
+    ("2", ["parallel.space=2", "parallel.axes=[2]", "data.predict_width=0"],
+     "spatial axis 2 (W) of size 26 cannot be split into 2 slabs"),
+    ("1", ["parallel.space=2"], "but this run has 1: launch it with torchrun --nproc-per-node 2"),
+    ("3", ["parallel.space=2"], "but this run has 3"),
+    ("4", ["parallel.space=2"], "data.batch_size=1 is not divisible by the 2 data-parallel replicas"),
+    ("2", ["parallel.space=2", "model.arch=unet"], "model.arch=unet cannot"),
+])
+def test_bad_split_fails_before_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: str,
+                                    sets: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A split that cannot work stops with one line (exit 2) before OUT is created."""
+    monkeypatch.setenv("WORLD_SIZE", world)  # what torchrun sets; no process group is joined
+    monkeypatch.delenv("RANK", raising=False)
+    args = _segment_inputs(tmp_path)
+    out = tmp_path / "out"
+    overrides = [a for s in sets for a in ("--set", s)]
+    rc = main(args + ["--out", str(out)] + overrides)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert not out.exists()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_change_bad_band_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """6 bands (whole depth 6) cannot be cut in 2 slabs of a multiple of 2; the error says so
+    and points at the H/W axes."""
+    from fhcnn.data.hyperspectral import make_bitemporal_scene
+
+    s = make_bitemporal_scene(20, 24, 6, seed=2, field_size=10)
+    for name in ("before", "after", "change"):
+        np.save(tmp_path / f"{name}.npy", getattr(s, name))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    out = tmp_path / "out"
+    rc = main(["change", str(tmp_path / "before.npy"), str(tmp_path / "after.npy"), "--labels",
+               str(tmp_path / "change.npy"), "--out", str(out), "--config", "change-tiny", "--quiet",
+               "--set", "parallel.space=2", "--set", "parallel.axes=[0]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert ("training window (6, 16, 16) (the whole depth): spatial axis 0 (D) of size 6 cannot be split "
+            "into 2 slabs") in err and "nearest valid size for 2 slabs: 8" in err
+    assert "parallel.axes=[1] or [2]" in err
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["parallel.space=0"], "space must be >= 1"),
+    (["parallel.axes=[3]"], "axes must be distinct spatial axes among 0 (D), 1 (H), 2 (W)"),
+    (["parallel.space=2", "parallel.axes=[0, 1]"], "give parallel.grid"),
+    (["parallel.space=2", "parallel.axes=[0, 1]", "parallel.grid=[2, 2]"], "grid [2, 2] has 4 processes but space=2"),
+    (["parallel.spaces=2"], "unknown config key 'parallel.spaces'"),
+])
+def test_parallel_section_validated_on_load(sets: list[str], message: str) -> None:
+    with pytest.raises(InputError) as e:
+        load_config(SegmentConfig, "video-tiny", sets)
+    assert message in str(e.value)
+
+
+def test_default_is_no_split() -> None:
+    from fhcnn.apps.change import ChangeConfig
+
+    for cls, name in ((SegmentConfig, "video-tiny"), (ChangeConfig, "change-tiny")):
+        cfg = load_config(cls, name)
+        assert cfg.parallel.space == 1 and cfg.parallel.split_grid == (1,)
+    cfg = load_config(SegmentConfig, "video-tiny", ["parallel.space=4", "parallel.axes=[1, 2]",
+                                                    "parallel.grid=[2, 2]"])
+    assert cfg.parallel.split_grid == (2, 2) and cfg.parallel.describe() == "H/2 x W/2"
