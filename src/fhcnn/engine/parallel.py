@@ -45,11 +45,11 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..options import IGNORE
+from .losses import SegmentationLoss
 from .sizes import round_up, training_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..spatial import SpatialSplit
-    from .losses import SegmentationLoss
     from .models import VolumeSegmenter
 
 __all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "check_space_split",
@@ -203,7 +203,7 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
                     "data." + _PREDICT_KEYS[a], a, wins[a], g, m))
 
 
-class SplitSegmentationLoss:
+class SplitSegmentationLoss(SegmentationLoss):
     """This process's part of :class:`~fhcnn.engine.losses.SegmentationLoss` on its slab.
 
     Cross entropy: the weighted sum over this slab's labelled voxels divided by the total
@@ -218,7 +218,8 @@ class SplitSegmentationLoss:
     """
 
     def __init__(self, base: SegmentationLoss, split: SpatialSplit, depth_split: bool) -> None:
-        self.base, self.split, self.depth_split = base, split, depth_split
+        super().__init__(base.weight, base.dice, base.reduce_depth)
+        self.split, self.depth_split = split, depth_split
 
     def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
         from ..spatial import all_reduce_sum, global_sum
@@ -226,18 +227,18 @@ class SplitSegmentationLoss:
         split = self.split
         lo = logits.float()
         replicated = 1
-        if self.base.reduce_depth:
+        if self.reduce_depth:
             lo = lo.mean(2)
             if self.depth_split:  # the slabs' depth means -> the global one, on every process
                 lo = all_reduce_sum(lo, split) / split.size
                 replicated = split.size
         k = lo.shape[1]
-        weight = self.base.weight.to(lo.device)
+        weight = self.weight.to(lo.device)
         keep = y != IGNORE
         nll = F.cross_entropy(lo, y, weight=weight, ignore_index=IGNORE, reduction="sum")
         total_weight = global_sum(weight[y.clamp(0, k - 1)][keep].sum(), split)
         part = nll / total_weight
-        if self.base.dice > 0:
+        if self.dice > 0:
             keep1 = keep.unsqueeze(1)
             prob = torch.softmax(lo, 1) * keep1
             onehot = (F.one_hot(y.clamp(0, k - 1), k).movedim(-1, 1) * keep1).to(prob.dtype)
@@ -245,7 +246,7 @@ class SplitSegmentationLoss:
             sums = torch.stack([(prob * onehot).sum(dims), (prob + onehot).sum(dims), onehot.sum(dims)])
             inter, total, count = all_reduce_sum(sums, split) / replicated
             dice = 1 - (2 * inter + 1) / (total + 1)
-            part = part + self.base.dice * dice[count.detach() > 0].mean() / split.size
+            part = part + self.dice * dice[count.detach() > 0].mean() / split.size
         whole = global_sum(part, split)
         return part + (whole - part).detach()
 
