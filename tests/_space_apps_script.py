@@ -5,7 +5,8 @@
 ROOT holds the tiny inputs the test generated (:func:`make_inputs`). With ``parallel.space=2``
 each run splits the volume over the two processes:
 
-* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``;
+* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same stopped after 2 steps and
+  resumed -> ``ROOT/resumed-2``;
 * ``fhcnn change`` (split along the bands, the depth axis, with a Dice term) -> ``ROOT/change-2``;
 * the engine (``train_segmentation``, split along D, ``memory=block``, held-out scoring every
   2 steps) -> rank 0 saves the weights and the predicted probabilities to ``ROOT/engine-2.pt``.
@@ -90,6 +91,10 @@ def main() -> None:
         (root / f"skip-{rank}.txt").write_text(f"{type(e).__name__}: {e}")
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
+    # the same run stopped after 2 of its 3 steps and resumed (split checkpoints, exact resume)
+    part = segment_args(root, root / "resumed-2", 2) + ["--set", "train.checkpoint_every=1"]
+    assert cli(part + ["--set", "train.steps=2"]) == 0
+    assert cli(part + ["--resume"]) == 0
     assert cli(change_args(root, root / "change-2", 2)) == 0
     out = engine_run(root, 2)
     if rank == 0:

@@ -54,7 +54,7 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
         # once seen in a manual 4-process run on this loaded 2-core machine (a worker aborted, not
         # reproduced in 11 reruns): retry the launch once on fresh outputs, report both
         first = proc.stdout[-2000:] + proc.stderr[-2000:]
-        for old in ("segment-2", "change-2"):
+        for old in ("segment-2", "change-2", "resumed-2"):
             shutil.rmtree(tmp_path / old, ignore_errors=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0 or list(tmp_path.glob("skip-*.txt")), \
@@ -72,6 +72,9 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(one / "prediction.npy"), np.load(two / "prediction.npy"))
     losses = [[json.loads(line)["loss"] for line in open(d / "metrics.jsonl")] for d in (one, two)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    resumed = load_file(str(tmp_path / "resumed-2" / "model.safetensors"))
+    w2 = load_file(str(two / "model.safetensors"))
+    assert all(torch.equal(resumed[k], w2[k]) for k in w2), "a resumed split run differs"
     cfg = load_config(SegmentConfig, two / "config.yaml")
     assert cfg.parallel.space == 2 and cfg.parallel.axes == [2]
 
