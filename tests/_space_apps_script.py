@@ -11,8 +11,10 @@ each run splits the volume over the two processes:
 * the engine (``train_segmentation``, split along D, ``memory=block``, held-out scoring every
   2 steps) -> rank 0 saves the weights and the predicted probabilities to ``ROOT/engine-2.pt``.
 
-The test runs the same commands on one process and compares. A process that cannot join the
-Gloo group writes ``ROOT/skip-<rank>.txt`` and exits 0 (the test then skips).
+The test runs the same commands on one process and compares. With a second argument
+``mesh`` (4 processes) or ``ddp`` (2 processes) it runs only ``fhcnn segment`` with a batch of 2
+windows: 2 data-parallel replicas x 2 slabs, or plain data parallelism -> ``ROOT/<mode>``.
+A process that cannot join the Gloo group writes ``ROOT/skip-<rank>.txt`` and exits 0 (the test then skips).
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ def main() -> None:
     from fhcnn.cli import main as cli
 
     root = Path(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "split"
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     try:
         dist.init_process_group("gloo")
     except Exception as e:  # the platform cannot start Gloo processes
         (root / f"skip-{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+        return
+    if mode != "split":  # "mesh" (4 processes: 2 replicas x 2 slabs) or "ddp" (2 replicas)
+        space = 2 if mode == "mesh" else 1
+        assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
+        dist.destroy_process_group()
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
     # the same run stopped after 2 of its 3 steps and resumed (split checkpoints, exact resume)
