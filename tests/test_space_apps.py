@@ -210,3 +210,31 @@ def test_data_by_space_mesh_equals_data_parallel(tmp_path: Path) -> None:
     assert diff < 1e-5
     np.testing.assert_array_equal(np.load(tmp_path / "mesh" / "prediction.npy"),
                                   np.load(tmp_path / "ddp" / "prediction.npy"))
+
+
+@pytest.mark.parametrize("size,window,shifts,shift_depth", [
+    ((6, 16, 24), (4, 16, 16), 2, True),
+    ((6, 17, 23), (0, 0, 16), 4, True),
+    ((5, 20, 24), (0, 16, 0), 3, False),
+])
+def test_prediction_windows_are_the_ones_predict_volume_uses(size, window, shifts, shift_depth) -> None:
+    """The pre-check (before OUT exists) sees exactly the windows the tiled prediction evaluates,
+    so a split the check accepts cannot fail at prediction time."""
+    from fhcnn.engine import predict_volume
+    from fhcnn.engine.parallel import prediction_windows
+
+    class Recorder(torch.nn.Module):
+        size_multiple = 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen: set[tuple[int, ...]] = set()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.add(tuple(x.shape[2:]))
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    model = Recorder()
+    predict_volume(model, torch.randn(1, *size), shifts=shifts, window=window, shift_depth=shift_depth)
+    assert model.seen == set(prediction_windows(size, window, 4, shifts, shift_depth))
