@@ -238,3 +238,25 @@ def test_prediction_windows_are_the_ones_predict_volume_uses(size, window, shift
     model = Recorder()
     predict_volume(model, torch.randn(1, *size), shifts=shifts, window=window, shift_depth=shift_depth)
     assert model.seen == set(prediction_windows(size, window, 4, shifts, shift_depth))
+
+
+@pytest.mark.parametrize("dice,reduce_depth", [(0.0, False), (0.5, False), (0.5, True)])
+def test_split_loss_on_one_slab_is_the_loss(dice: float, reduce_depth: bool) -> None:
+    """On one process the split loss (value and gradient) is the engine's loss: a change to
+    ``fhcnn.engine.losses`` that the split loss does not follow fails here."""
+    from fhcnn.engine.losses import SegmentationLoss, class_weights
+    from fhcnn.engine.parallel import SplitSegmentationLoss
+    from fhcnn.spatial import SpatialSplit
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 4, 6, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 3, (2, 6, 8) if reduce_depth else (2, 4, 6, 8), generator=g)
+    y[..., :2] = 255
+    base = SegmentationLoss(class_weights(y, 3, 1.0), dice, reduce_depth)
+    split = SplitSegmentationLoss(base, SpatialSplit(3, (0,), (1,)), depth_split=True)
+    want, got = base(logits, y), split(logits, y)
+    (g_want,) = torch.autograd.grad(want, logits)
+    (g_got,) = torch.autograd.grad(got, logits)
+    # float32 sums in another order (in float64 both agree to the last bit)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
