@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps._setup import check_dense_setup, config_file_input
     from ..apps.change import ChangeConfig, load_inputs, run_change
+    from ..apps.change.pipeline import check_parallel
     from ..errors import InputError
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                          label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels)  # every input check happens before OUT exists
     check_dense_setup(cfg, 3 if cfg.change.channels == "dates+diff" else 2, 2)
+    check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
                              config_file=config_file_input(args.config),
                              roles={"before": args.before, "after": args.after, "labels": args.labels,

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps._setup import check_dense_setup, config_file_input
     from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
+    from ..apps.segment.pipeline import check_parallel
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(SegmentConfig, args)
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
     check_dense_setup(cfg, 3, len(inputs.classes))
+    check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="segment", config=cfg,
                              config_file=config_file_input(args.config),
                              roles={"video": args.video, "labels": args.labels,

@@ -29,6 +29,9 @@ Engine API (stable; used by ``fhcnn segment`` and ``fhcnn change``)::
     # -> {"miou", "iou": [per class], "J" (binary: foreground IoU), "accuracy", "confusion",
     #     "scored_voxels", "per_frame_miou": [...], "per_frame_iou": [[...], ...]}
 
+``cfg.parallel.space = S`` (under ``torchrun``) splits every window in space over ``S``
+processes (:mod:`fhcnn.engine.parallel`; ``docs/spatial.md``).
+
 Any volume size works: training windows are cut with reflection past the ends, prediction
 continues the volume by reflection to a multiple of ``model.size_multiple`` and crops back.
 Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspectral cube
@@ -41,10 +44,11 @@ from .inference import predict_volume, prediction_window
 from .losses import class_weights, segmentation_loss
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
+from .parallel import ParallelConfig
 from .train import SegmentationResult, activation_bytes, num_classes_of, prepare_inputs, train_segmentation
 
 __all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_segmentation",
            "predict_volume", "prediction_window", "prepare_inputs", "SegmentationResult",
            "segmentation_metrics", "confusion_matrix", "IGNORE", "VolumeSegmenter", "DepthMean",
            "build_model", "parse_units", "size_multiple_of", "num_classes_of", "activation_bytes",
-           "class_weights", "segmentation_loss"]
+           "class_weights", "segmentation_loss", "ParallelConfig"]

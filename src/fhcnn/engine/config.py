@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from ..options import Activation, Arch, MemoryMode, Norm, Opening, WaveletKind
 from ..training import TrainConfig
+from .parallel import ParallelConfig  # #17: the volume split in space over processes
 
-__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig"]
+__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig"]
 
 
 @dataclass
@@ -127,10 +128,11 @@ class DataConfig:
 
 @dataclass
 class SegmentConfig:
-    """A segmentation run: ``model``, ``data`` and ``train`` sections."""
+    """A segmentation run: ``model``, ``data``, ``train`` and ``parallel`` sections."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
         keep_last=1, log_every=10))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # #17: 1 = no split

@@ -35,6 +35,7 @@ from .inference import labels_of, predict_volume, prediction_window
 from .losses import SegmentationLoss, class_weights
 from .metrics import segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model
+from .parallel import SpaceRun
 from .sampling import WindowSampler
 from .sizes import training_window
 
@@ -267,11 +268,14 @@ def train_segmentation(
     model: VolumeSegmenter | DepthMean = DepthMean(seg) if reduce else seg
     win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
                           model.size_multiple, whole_depth=reduce)
+    # #17: parallel.space > 1 splits `seg` over the processes in space (None: no split)
+    space = SpaceRun.start(cfg, seg, tuple(vol.shape[1:]), reduce)
     data_channels = vol.shape[0] - (2 if d.coords else 0)
     sampler = WindowSampler(vol, lab, win, d, seg.std[:data_channels], present)
     history: list[dict[str, Any]] = []
     clock = _Clock()
-    step_loss = _StepLoss(SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce), history, clock)
+    seg_loss = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
+    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win)
     evaluate = _Evaluator(result, vol, truth, eval_fn, clock)
     if evaluate.active and d.eval_every > 0:
@@ -279,7 +283,8 @@ def train_segmentation(
 
     trainer = Trainer(model, cfg.train, Path(out_dir) if out_dir is not None else None,
                       batch_fn=sampler, loss_fn=step_loss,
-                      val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet)
+                      val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
+                      **(space.trainer_options() if space else {}))
     clock.start = time.perf_counter()
     trainer.fit(resume=resume)
     result.device = trainer.device
@@ -287,6 +292,8 @@ def train_segmentation(
     result.model = model.to(result.device)
     if step_loss.activation_bytes is None:  # nothing left to train (a finished run resumed)
         x0, y0 = sampler(0, torch.Generator().manual_seed(0))
+        if space:  # #17: this process's slab
+            x0, y0 = space.shard((x0, y0))
         step_loss.activation_bytes = activation_bytes(model, x0.to(result.device), y0.to(result.device),
                                                       step_loss.loss)
     result.activation_bytes = step_loss.activation_bytes

@@ -319,6 +319,14 @@ class Trainer:
             at the end, in eval mode without gradients, on rank 0 (``model`` is unwrapped).
         quiet: no progress output (also none when stderr is not a terminal, except a few
             plain lines).
+        shard_fn: ``shard_fn(batch) -> this process's part`` instead of :func:`shard_batch`
+            over all ranks (e.g. a replica's share, then a slab of each window:
+            :mod:`fhcnn.engine.parallel`).
+        grad_reduce: ``grad_reduce(model)`` reduces the gradients across processes after
+            ``backward`` (e.g. :func:`fhcnn.spatial.reduce_gradients`); the model is then not
+            wrapped in DistributedDataParallel.
+        val_all_ranks: run ``val_fn`` on every rank (a model split over processes needs them
+            all); rank 0's result is used.
 
     After :meth:`fit`, :attr:`model` is the trained (unwrapped) model on :attr:`device`.
 
@@ -341,7 +349,9 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, out_dir: str | os.PathLike[str] | None,
                  batch_fn: BatchFn, loss_fn: LossFn, val_fn: ValFn | None = None,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, *, shard_fn: Callable[[Any], Any] | None = None,
+                 grad_reduce: Callable[[nn.Module], None] | None = None,
+                 val_all_ranks: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -355,6 +365,8 @@ class Trainer:
         self.batch_fn, self.loss_fn, self.val_fn = batch_fn, loss_fn, val_fn
         self.quiet = quiet
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        # space-parallel runs (#17, fhcnn.engine.parallel): own sharding and gradient reduction
+        self.shard_fn, self.grad_reduce, self.val_all_ranks = shard_fn, grad_reduce, val_all_ranks
 
         # join torchrun's process group (if any) before choosing the device
         pre = resolve_device(config.device)
@@ -507,7 +519,9 @@ class Trainer:
         gen = step_generator(cfg.seed, step)
         torch.manual_seed(step_seed(cfg.seed, step, 1 + self.rank))
         batch = self.batch_fn(step, gen)
-        if self.world_size > 1:
+        if self.shard_fn is not None:  # #17: e.g. a replica's share, then this process's slab
+            batch = self.shard_fn(move_to_device(batch, torch.device("cpu")))
+        elif self.world_size > 1:
             batch = shard_batch(move_to_device(batch, torch.device("cpu")), self.rank, self.world_size)
         batch = move_to_device(batch, self.device)
         with self._autocast():
@@ -516,6 +530,8 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(step, loss_value, "loss", self.last_checkpoint)
         self.scaler.scale(loss).backward()
+        if self.grad_reduce is not None:  # #17: instead of DistributedDataParallel's all-reduce
+            self.grad_reduce(self._model)
         grad_norm = None
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -535,7 +551,7 @@ class Trainer:
         if self.val_fn is None:
             return {}
         result: dict[str, float] | None = None
-        if self.is_main:
+        if self.is_main or self.val_all_ranks:
             was_training = self._model.training
             self._model.eval()
             try:
@@ -607,7 +623,7 @@ class Trainer:
 
     def _ddp_model(self) -> nn.Module:
         if self._wrapped is None:
-            if self.dist.enabled:
+            if self.dist.enabled and self.grad_reduce is None:
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
                 ids = [self.device.index] if self.device.type == "cuda" else None

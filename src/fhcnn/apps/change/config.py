@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...engine.config import DataConfig, ModelConfig, TrainConfig
+from ...engine.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from ...options import BandNormalization, ChangeChannels, ChangeTarget
 
 __all__ = ["ChangeOptions", "ChangeConfig", "DEFAULT_CONFIG"]
@@ -52,3 +52,4 @@ class ChangeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     change: ChangeOptions = field(default_factory=ChangeOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # #17: 1 = no split

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ... import log as _log
 from ...engine import SegmentationResult, SegmentConfig, size_multiple_of, train_segmentation
+from ...engine.parallel import check_space_split
 from ...engine.sizes import Geometry
 from ...errors import InputError
 from ...options import IGNORE, BandNormalization, ChangeChannels
@@ -38,7 +39,7 @@ from .config import ChangeConfig
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["build_volume", "fit_change", "run_change"]
+__all__ = ["build_volume", "fit_change", "run_change", "check_parallel"]
 
 
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
@@ -96,7 +97,7 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
         f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
     data = replace(cfg.data, reduce_depth=ch.target == "mean")
-    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train)
+    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel)
 
     def change_probability(prob: Tensor) -> np.ndarray:
         p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
@@ -168,3 +169,13 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     log(f"activation memory {result.activation_bytes / 2**20:.1f} MiB per step, training "
         f"{fit['train_time_s']:.1f} s, prediction {fit['predict_time_s']:.1f} s; outputs in {out}")
     return metrics
+
+
+def check_parallel(inputs: ChangeInputs, cfg: ChangeConfig) -> None:
+    """Refuse (:class:`~fhcnn.errors.InputError`, one line) a ``parallel`` section that cannot
+    split this scene's volume; call before the output folder is created (#17)."""
+    h, w, nb = inputs.before.shape
+    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
+    data = replace(cfg.data, reduce_depth=cfg.change.target == "mean")
+    check_space_split(SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel),
+                      (nb, *geom.scaled), data.reduce_depth)

@@ -19,13 +19,14 @@ from ... import log as _log
 from ...config import save_config
 from ...data.video import frames_to_unit
 from ...engine import SegmentConfig, segmentation_metrics, size_multiple_of, train_segmentation
+from ...engine.parallel import check_space_split, follow_prediction
 from ...engine.sizes import Geometry
 from ...options import IGNORE
 from ...training import is_main_process
 from .inputs import VideoInputs
 from .outputs import write_outputs
 
-__all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume"]
+__all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume", "check_parallel"]
 
 
 def frames_to_volume(frames: np.ndarray) -> np.ndarray:
@@ -83,6 +84,7 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     result = train_segmentation(vol, labels, cfg, out, num_classes=k, quiet=quiet, resume=resume,
                                 eval_labels=ev_small)
     if not is_main_process():  # under torchrun only rank 0 predicts, writes and reports
+        follow_prediction(result, vol)  # #17: ... unless the volume is split (all processes predict)
         return {}
     log(f"trained {cfg.train.steps} steps in {result.train_time_s:.0f} s on {result.device}; "
         f"activation memory of one step ({cfg.data.batch_size} windows of {result.window}): "
@@ -130,3 +132,9 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     return metrics
 
 
+def check_parallel(inputs: VideoInputs, cfg: SegmentConfig) -> None:
+    """Refuse (:class:`~fhcnn.errors.InputError`, one line) a ``parallel`` section that cannot
+    split this video's volume; call before the output folder is created (#17)."""
+    t, h0, w0 = inputs.frames.shape[:3]
+    geom = Geometry.of((t, h0, w0), cfg.data.scale, size_multiple_of(cfg.model))
+    check_space_split(cfg, (t, *geom.scaled))

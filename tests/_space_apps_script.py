@@ -1,0 +1,124 @@
+"""Worker for tests/test_space_apps.py, launched by torchrun with 2 processes (Gloo on CPU).
+
+    torchrun --standalone --nproc-per-node 2 tests/_space_apps_script.py ROOT
+
+ROOT holds the tiny inputs the test generated (:func:`make_inputs`). With ``parallel.space=2``
+each run splits the volume over the two processes:
+
+* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same stopped after 2 steps and
+  resumed -> ``ROOT/resumed-2``;
+* ``fhcnn change`` (split along the bands, the depth axis, with a Dice term) -> ``ROOT/change-2``;
+* the engine (``train_segmentation``, split along D, ``memory=block``, held-out scoring every
+  2 steps) -> rank 0 saves the weights and the predicted probabilities to ``ROOT/engine-2.pt``.
+
+The test runs the same commands on one process and compares. With a second argument
+``mesh`` (4 processes) or ``ddp`` (2 processes) it runs only ``fhcnn segment`` with a batch of 2
+windows: 2 data-parallel replicas x 2 slabs, or plain data parallelism -> ``ROOT/<mode>``.
+A process that cannot join the Gloo group writes ``ROOT/skip-<rank>.txt`` and exits 0 (the test then skips).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# SGD, not Adam: Adam's first step is lr * sign(gradient) for every entry, so an entry whose
+# gradient is rounding noise around zero moves by +-lr in either run and would hide how closely
+# the split run follows the single-process one; an SGD step is proportional to the gradient.
+TRAIN = ["--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--device", "cpu", "--quiet"]
+
+
+def make_inputs(root: Path) -> None:
+    from fhcnn.data.hyperspectral import make_bitemporal_scene
+    from fhcnn.data.video import generate_video
+
+    video, masks = generate_video(root / "davis", frames=6, height=16, width=24, objects=2, seed=5)
+    np.save(root / "video.npy", video)
+    np.save(root / "masks.npy", masks)
+    s = make_bitemporal_scene(20, 24, 8, seed=2, field_size=10)
+    for name in ("before", "after", "change"):
+        np.save(root / f"{name}.npy", getattr(s, name))
+
+
+def segment_args(root: Path, out: Path, space: int) -> list[str]:
+    split = ["--set", f"parallel.space={space}", "--set", "parallel.axes=[2]"] if space > 1 else []
+    return ["segment", str(root / "video.npy"), "--labels", str(root / "masks.npy"), "--out", str(out),
+            "--config", "video-tiny", *TRAIN, *split]
+
+
+def change_args(root: Path, out: Path, space: int) -> list[str]:
+    split = ["--set", f"parallel.space={space}", "--set", "parallel.axes=[0]"] if space > 1 else []
+    return ["change", str(root / "before.npy"), str(root / "after.npy"), "--labels", str(root / "change.npy"),
+            "--label-fraction", "0.2", "--out", str(out), "--config", "change-tiny",
+            "--set", "data.dice=0.5", *TRAIN, *split]
+
+
+def engine_run(root: Path, space: int) -> dict[str, Any]:
+    """``train_segmentation`` split along D (block gradients, scoring every 2 steps)."""
+    from fhcnn.apps.segment import SegmentConfig
+    from fhcnn.apps.segment.pipeline import frames_to_volume
+    from fhcnn.config import load_config
+    from fhcnn.engine import train_segmentation
+
+    cfg = load_config(SegmentConfig, "video-tiny", [
+        "train.optimizer=sgd", "train.lr=0.05", "train.steps=4", "train.device=cpu",
+        "model.memory=block", "data.eval_every=2", f"parallel.space={space}", "parallel.axes=[0]"])
+    masks = np.load(root / "masks.npy")
+    labels = np.full_like(masks, 255)
+    labels[[0, 5]] = masks[[0, 5]]
+    vol = frames_to_volume(np.load(root / "video.npy"))
+    result = train_segmentation(vol, labels, cfg, num_classes=3, eval_labels=masks, quiet=True)
+    return {"state": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
+            "prob": result.predict_proba(vol), "history": result.history}
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    from fhcnn.cli import main as cli
+
+    root = Path(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "split"
+    torch.set_num_threads(1)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        dist.init_process_group("gloo")
+    except Exception as e:  # the platform cannot start Gloo processes
+        (root / f"skip-{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+        return
+    if mode != "split":  # "mesh" (4 processes: 2 replicas x 2 slabs) or "ddp" (2 replicas)
+        space = 2 if mode == "mesh" else 1
+        assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
+        dist.destroy_process_group()
+        return
+    assert cli(segment_args(root, root / "segment-2", 2)) == 0
+    # the same run stopped after 2 of its 3 steps and resumed (split checkpoints, exact resume):
+    # the run's last checkpoint removed, as if it had been killed before writing it
+    part = segment_args(root, root / "resumed-2", 2) + ["--set", "train.checkpoint_every=1",
+                                                        "--set", "train.keep_last=3"]
+    assert cli(part) == 0
+    dist.barrier()
+    if rank == 0:
+        from fhcnn.training.checkpoint import step_dir_name
+
+        shutil.rmtree(root / "resumed-2" / "checkpoints" / step_dir_name(3))
+    dist.barrier()
+    assert cli(part + ["--resume"]) == 0
+    assert cli(change_args(root, root / "change-2", 2)) == 0
+    out = engine_run(root, 2)
+    if rank == 0:
+        torch.save(out, root / "engine-2.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
