@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,23 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, s in zip(bns, saved):
             m.track_running_stats = s
+
+
+def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """``norm(z)`` with ``norm.weight``/``norm.bias`` taken from ``params`` (names
+    ``norm.weight``, ``norm.bias``) and no running-statistics update."""
+    if isinstance(norm, nn.Identity):
+        return z
+    weight = params.get("norm.weight", norm.weight)
+    bias = params.get("norm.bias", norm.bias)
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(z, norm.num_groups, weight, bias, norm.eps)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        batch_stats = norm.training or norm.running_mean is None
+        return F.batch_norm(z, None if batch_stats else norm.running_mean,
+                            None if batch_stats else norm.running_var, weight, bias,
+                            training=batch_stats, momentum=0.0, eps=norm.eps)
+    raise TypeError(f"no functional form for normalization {type(norm).__name__}")
 
 
 class SymmetricLayer(nn.Module):
@@ -151,7 +168,34 @@ class SymmetricLayer(nn.Module):
         return _CONV[self.dim](z, w, padding=pad)
 
     def forward(self, y: Tensor) -> Tensor:
-        return -self.conv_adjoint(self.act(self.norm(self.conv(y))))
+        return -self.neg_forward(y)
+
+    def neg_forward(self, y: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``-f(y) = K^T sigma(N(K y + b))``, optionally with other parameter tensors.
+
+        Args:
+            y: ``(N, C, *S)``.
+            params: ``None`` (the module's own parameters; batch norms update their running
+                statistics as in :meth:`forward`), or tensors by parameter name (missing names
+                fall back to the module's own). With ``params`` the evaluation is purely
+                functional: nothing on the module is read-modified-written, batch norms use
+                batch statistics in training mode and running statistics in eval mode, and
+                never update them (what a recomputation in a memory-free backward needs;
+                safe to run from several threads at once).
+
+        Returns:
+            ``(N, C, *S)``; ``forward(y) == -neg_forward(y)`` bit for bit.
+        """
+        if params is None:
+            return self.conv_adjoint(self.act(self.norm(self.conv(y))))
+        weight = params.get("weight", self.weight)
+        bias = params.get("bias", self.bias)
+        pad = self.kernel_size // 2
+        z = _CONV[self.dim](y, weight, bias, padding=pad)
+        z = self.act(_functional_norm(self.norm, z, params))
+        if self.adjoint == "conv_transpose":
+            return _CONV_T[self.dim](z, weight, padding=pad)
+        return _CONV[self.dim](z, weight.transpose(0, 1).flip(list(range(2, 2 + self.dim))), padding=pad)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden={self.hidden}, dim={self.dim}, "

@@ -153,7 +153,8 @@ class HyperbolicNetwork(nn.Module):
 
     @reversible.setter
     def reversible(self, mode: ReversibleMode) -> None:
-        if mode not in (True, False, "block") or isinstance(mode, int) and not isinstance(mode, bool):
+        # identity, not equality: 1, 1.0, 0 and numpy booleans compare equal to True/False
+        if mode is not True and mode is not False and not (isinstance(mode, str) and mode == "block"):
             raise ValueError(f"reversible must be True, False or 'block', got {mode!r}")
         self._reversible = mode
 

@@ -7,7 +7,8 @@ For plain autograd, block-reversible and fully reversible networks this records
 * ``analytic``: the same number from a formula (per layer ``(C + 2M) V`` floats -- the conv
   input, the conv output kept by the normalization and the activation output kept by the
   adjoint conv -- plus the flipped copy of ``K`` and the normalization statistics; block:
-  the pair entering every transition plus the last pair; reversible: the last pair);
+  the pair entering every transition plus the last pair plus the input; reversible: the last
+  pair plus the input, usually the caller's batch, which is held anyway);
 * ``paper_model``: the paper's model, state size x number of states stored (plain: one state
   per layer, block: two per transition plus the last pair, reversible: the last pair);
 * ``peak``: measured peak memory of one training step in a fresh process above its idle
@@ -48,10 +49,16 @@ def analytic_saved(spec: Spec, method: str, itemsize: int = 4) -> int:
     n_batch, dim, k = spec.get("batch", 1), spec["dim"], spec.get("kernel_size", 3)
     E = state_numel(spec)
     transitions = sum(1 for _, t in units if t is not None)
+    # reversible modes also keep the input (one storage: the pair starts at (x, x)), which a
+    # second backward (retain_graph=True) recomputes the released outputs from
     if method == "reversible":
-        return 2 * E * itemsize
+        return 3 * E * itemsize
     if method == "block":
-        return 2 * E * itemsize * (transitions + 1)
+        # the pair entering a first transition after 0 (1) layers is (x, x) ((x, Y_1)): it
+        # shares 2 (1) of its storages with the input
+        first_n, first_t = units[0]
+        shared = 0 if first_t is None else max(0, 2 - first_n)
+        return (2 * E * (transitions + 1) + E - E * shared) * itemsize
     if method != "plain":
         raise ValueError(f"no formula for {method!r}")
     vox = math.prod(spatial_of(spec)) * n_batch
