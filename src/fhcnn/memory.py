@@ -110,6 +110,7 @@ class LiveBytesTracker:
     def __init__(self) -> None:
         self._events: list[tuple[int, int]] = []
         self._marks: list[tuple[int, str]] = []
+        self._ranges: list[tuple[int, int, str]] = []
 
     def __enter__(self) -> "LiveBytesTracker":
         from torch.profiler import ProfilerActivity, profile
@@ -124,6 +125,8 @@ class LiveBytesTracker:
         self._events = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
         self._marks = sorted((e.start_ns(), e.name()[5:]) for e in events
                              if e.name().startswith("mark:"))
+        self._ranges = sorted((e.start_ns(), e.end_ns(), e.name()) for e in events
+                              if e.name().startswith("fhcnn."))
 
     @staticmethod
     def mark(name: str) -> Any:
@@ -145,6 +148,12 @@ class LiveBytesTracker:
     def marks(self) -> list[tuple[int, str]]:
         """``(time in ns, name)`` of every :meth:`mark`, in time order."""
         return list(self._marks)
+
+    def ranges(self, prefix: str = "fhcnn.") -> list[tuple[int, int, str]]:
+        """``(start ns, end ns, name)`` of the ``torch.profiler.record_function`` ranges
+        whose name starts with ``prefix`` (fhcnn's reversible backward names one per step:
+        ``fhcnn.backward.step:<i>``)."""
+        return [r for r in self._ranges if r[2].startswith(prefix)]
 
     def live_at(self, t_ns: int) -> int:
         """Live bytes (above the start) just before time ``t_ns``."""

@@ -73,7 +73,34 @@ def _writable(t: Tensor, *others: Tensor | None) -> bool:
     """Whether ``t`` (a result computed in backward) may be overwritten in place: dense and
     not sharing storage with any of ``others`` (autograd may hand back a gradient that *is*
     the incoming one, or a view of it)."""
-    return t.is_contiguous() and not _shares_storage(t, others)
+    return _dense(t) and not _shares_storage(t, others)
+
+
+def _dense(t: Tensor) -> bool:
+    return (t.is_contiguous() or t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+            or t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def internal_format(t: Tensor) -> torch.memory_format | None:
+    """The layout the steps compute in: channels-last for 2D/3D states (oneDNN convolutions
+    then need no layout reorders, which cost memory and time), ``None`` (as is) for 1D."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+
+
+def _layout(t: Tensor) -> torch.memory_format:
+    """The memory format ``t`` is in (contiguous unless it is only channels-last)."""
+    fmt = internal_format(t)
+    if fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
+        return fmt
+    return torch.contiguous_format
+
+
+def _to(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    return t if fmt is None else t.contiguous(memory_format=fmt)
+
+
+def _empty(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    return torch.empty_like(t, memory_format=torch.preserve_format if fmt is None else fmt)
 
 
 def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None],
@@ -97,6 +124,7 @@ class _State:
     grad: list[Tensor | None]
     owned: list[bool]
     grad_owned: list[bool]
+    fmt: torch.memory_format | None = None
 
 
 class LeapfrogStep:
@@ -134,7 +162,7 @@ class LeapfrogStep:
     def _split(self, p: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return (p, c) if self.flip else (c, p)
 
-    def apply(self, p: Tensor, c: Tensor) -> Pair:
+    def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         """The step with out-of-place operations (plain autograd records it)."""
         shared, other = self._split(p, c)
         g, a, _ = self._g(shared)
@@ -143,11 +171,12 @@ class LeapfrogStep:
         new = shared + ((shared - other) + a * g)
         return (new, shared) if self.flip else (shared, new)
 
-    def apply_(self, p: Tensor, c: Tensor) -> Pair:
-        """:meth:`apply` without autograd, one new tensor allocated; bit for bit the same."""
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+        """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
+        for bit the same values."""
         shared, other = self._split(p, c)
         g, a, fresh = self._g(shared)
-        new = torch.sub(shared, other)
+        new = torch.sub(shared, other, out=_empty(shared, fmt))
         new += g.mul_(a) if fresh else a * g
         del g
         new += shared
@@ -162,6 +191,13 @@ class LeapfrogStep:
         forward pass) are added to ``grads``, keyed by ``id``.
         """
         i_sh, i_new = (1, 0) if self.flip else (0, 1)
+        if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
+            for lst, own, i in ((st.pair, st.owned, i_sh), (st.grad, st.grad_owned, i_new)):
+                t = lst[i]
+                if t is not None and not t.is_contiguous(memory_format=st.fmt):
+                    lst[i], own[i] = None, True
+                    lst[i] = _to(t, st.fmt)
+                del t
         shared, g_new, g_shared = st.pair[i_sh], st.grad[i_new], st.grad[i_sh]
         local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
@@ -187,7 +223,7 @@ class LeapfrogStep:
                 if st.owned[i_new]:
                     other = new.sub_(shared).neg_()
                 else:
-                    other = torch.sub(shared, new)
+                    other = torch.sub(shared, new, out=_empty(shared, st.fmt))
                 del new
                 st.pair[i_new] = other  # drop the caller's reference to the old member
                 other += g.mul_(a) if fresh else a * g
@@ -241,8 +277,8 @@ class TransitionStep:
                                           {f"wavelet.{n}": t for n, t in params.items()}, (x,),
                                           strict=False)
 
-    def apply(self, p: Tensor, c: Tensor) -> Pair:
-        return self._map(p, self.inverse), self._map(c, self.inverse)
+    def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+        return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
 
     apply_ = apply
 
@@ -255,7 +291,7 @@ class TransitionStep:
                 x, owned = known_input[i], False
             else:
                 with torch.no_grad():
-                    x, owned = self._map(out, not self.inverse, params), True
+                    x, owned = _to(self._map(out, not self.inverse, params), st.fmt), True
             st.pair[i], st.owned[i] = x, owned
             del out
             if g_out is None:
@@ -264,7 +300,7 @@ class TransitionStep:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
-                    st.grad[i] = self._map(g_out, not self.inverse, params)
+                    st.grad[i] = _to(self._map(g_out, not self.inverse, params), st.fmt)
                 st.grad_owned[i] = True
                 continue
             local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
@@ -275,7 +311,7 @@ class TransitionStep:
                                       allow_unused=True)
             del y, xd
             _accumulate(grads, list(params.values()), vjp[1:])
-            st.grad[i] = vjp[0].to(x.dtype)
+            st.grad[i] = _to(vjp[0].to(x.dtype), st.fmt)
             st.grad_owned[i] = not _shares_storage(vjp[0], (g_out,))
             del vjp
 
@@ -324,19 +360,15 @@ class ReversibleFunction(torch.autograd.Function):
         # kept tensors are detached aliases (no reference cycle through grad_fn; released in
         # backward) whose version counters are checked there
         ctx.kept = {}
-        x_p, x_c = p, c
         # the inputs (usually the caller's batch) let a second backward (retain_graph=True,
         # e.g. gradcheck) recompute the outputs, which the first backward releases
         ctx.inp = ((p.detach(), c.detach()), (p._version, c._version))
-        for i, step in enumerate(steps):
+        ctx.fmt, ctx.out_fmt = internal_format(c), _layout(c)
+
+        def keep(i: int, p: Tensor, c: Tensor) -> None:
             if i in store:
                 ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
-            p, c = step.apply_(p, c)
-        # outputs must be new tensors, never the inputs themselves
-        if p is x_p or p is x_c:
-            p = p.clone()
-        if c is x_p or c is x_c or c is p:
-            c = c.clone()
+        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
         note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair)])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
@@ -356,10 +388,8 @@ class ReversibleFunction(torch.autograd.Function):
         _check_version(in_p, v_p, "input p")
         _check_version(in_c, v_c, "input c")
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
-            p, c = in_p, in_c
             with torch.no_grad():
-                for step in ctx.steps:
-                    p, c = step.apply_(p, c)
+                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt)
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
@@ -369,7 +399,7 @@ class ReversibleFunction(torch.autograd.Function):
         for (kp, kc), (vp, vc) in ctx.kept.values():
             _check_version(kp, vp, "a stored pair (block mode)")
             _check_version(kc, vc, "a stored pair (block mode)")
-        st = _State([out_p, out_c], [g_p, g_c], [False, False], [False, False])
+        st = _State([out_p, out_c], [g_p, g_c], [False, False], [False, False], ctx.fmt)
         ctx.out = None
         del out_p, out_c, g_p, g_c
         grads: _Grads = {}
@@ -377,12 +407,34 @@ class ReversibleFunction(torch.autograd.Function):
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(ctx.steps))):
                 known = ctx.kept[i][0] if i in ctx.kept else None
-                ctx.steps[i].backward(st, known, ctx.step_params[i], grads)
+                # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
+                with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
+                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads)
                 del known
         param_grads = tuple(grads.pop(id(t), None) for t in ctx.params)
         g_in = st.grad
         del st
         return (None, None, None, g_in[0], g_in[1], *param_grads)
+
+
+def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
+                     out_fmt: torch.memory_format,
+                     keep: Callable[[int, Tensor, Tensor], None] | None = None) -> Pair:
+    """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
+    outputs returned in ``out_fmt`` (the input's), always new tensors."""
+    x_p, x_c = p, c
+    p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
+    for i, step in enumerate(steps):
+        if keep is not None:
+            keep(i, p, c)
+        p, c = step.apply_(p, c, fmt)
+    p, c = p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
+    # outputs must be new tensors, never the inputs themselves
+    if p is x_p or p is x_c:
+        p = p.clone()
+    if c is x_p or c is x_c or c is p:
+        c = c.clone()
+    return p, c
 
 
 def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = True) -> Pair:
@@ -405,9 +457,12 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
     params = list({id(t): t for sp in step_params for t in sp.values()}.values())
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
     if mode is False or not needs_grad:
+        # same layouts as the reversible path: computed channels-last, returned as given
+        fmt, out_fmt = internal_format(c), _layout(c)
+        p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
         for step in steps:
-            p, c = step.apply(p, c)
-        return p, c
+            p, c = step.apply(p, c, fmt)
+        return p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
     if mode is True:
         store: frozenset[int] = frozenset()
     else:

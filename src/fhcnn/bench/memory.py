@@ -54,10 +54,16 @@ def analytic_saved(spec: Spec, method: str, itemsize: int = 4) -> int:
     if method == "reversible":
         return 3 * E * itemsize
     if method == "block":
-        # the pair entering a first transition after 0 (1) layers is (x, x) ((x, Y_1)): it
-        # shares 2 (1) of its storages with the input
+        # the pair entering a first transition after 0 (1) layers is (x, x) ((x, Y_1)), x in
+        # the computing layout: a channels-last copy in 2D/3D (one storage for (x, x)), the
+        # input itself in 1D (2 (1) storages shared with the input)
         first_n, first_t = units[0]
-        shared = 0 if first_t is None else max(0, 2 - first_n)
+        if first_t is None or first_n > 1:
+            shared = 0
+        elif dim in (2, 3):
+            shared = 1 if first_n == 0 else 0
+        else:
+            shared = 2 - first_n
         return (2 * E * (transitions + 1) + E - E * shared) * itemsize
     if method != "plain":
         raise ValueError(f"no formula for {method!r}")
