@@ -1,9 +1,9 @@
-"""Benchmarks: memory (Figure 1), Table 1, time, numerical drift, and peers.
+"""Benchmarks: memory (Figure 1), Table 1, time, numerical drift, peers, and the backward peak.
 
 Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
 that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
-progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|all] --out DIR``
+progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|backward|all] --out DIR``
 or :func:`run_benchmarks`.
 """
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "peers": "fhcnn.bench.peers",
     "time": "fhcnn.bench.timing",
     "drift": "fhcnn.bench.drift",
+    "backward": "fhcnn.bench.backward",
 }
 
 
