@@ -39,7 +39,7 @@ def test_functional_call_with_swapped_parameters(mode, wavelet):
     """Gradients w.r.t. parameters passed through ``functional_call`` (angles far from the
     module's own) equal plain autograd's: the backward reconstructs with the tensors the
     forward used, through layers and learnable transitions alike."""
-    kw = dict(wavelet=wavelet, wavelet_init="db2")
+    kw = {"wavelet": wavelet, "wavelet_init": "db2"}
     ref_net, net = _net(False, **kw), _net(mode, **kw)
     g = torch.Generator().manual_seed(11)
     swapped = {n: (p.detach() + 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)).requires_grad_()
@@ -159,7 +159,7 @@ def test_two_threads_backward_on_one_model(norm):
         got: list = [None, None]
         barrier = threading.Barrier(2)
 
-        def work(i):
+        def work(i, barrier=barrier, got=got):
             barrier.wait()
             got[i] = grads(xs[i])
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]

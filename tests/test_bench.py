@@ -8,11 +8,9 @@ import json
 import pytest
 import torch
 
-from fhcnn.bench import BENCHMARKS, load
-from fhcnn.bench import drift, memory, peers, table1, timing
+from fhcnn.bench import BENCHMARKS, drift, load, memory, peers, table1, timing
 from fhcnn.bench._common import build_net, measure_peak, state_numel, units_for
 from fhcnn.cli import main
-
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +142,22 @@ def test_memcnn_gradients_match_ours():
 
 
 def test_cli_bench(tmp_path, capsys):
-    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift"}
+    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "backward"}
     with pytest.raises(ValueError):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_backward_peak_benchmark(tmp_path):
+    from fhcnn.bench import backward
+
+    spec = dict(TINY, size=32, depth=6, stages=1)
+    r = backward.run(tmp_path, configs_override={"tiny": spec})
+    assert (tmp_path / "backward_peak.png").stat().st_size > 0
+    saved = _load(tmp_path / "backward_peak.json")
+    d = saved["rows"]["tiny"]["decomposition"]
+    assert set(d["parts_states"]) == set(backward.PARTS)
+    # the parts add up to the measured peak, exactly
+    assert sum(d["parts_bytes"].values()) == d["peak_bytes"]
+    assert r["rows"]["tiny"]["rss"]["plain"]["peak_bytes"] > 0

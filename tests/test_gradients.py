@@ -60,7 +60,7 @@ def test_learnable_wavelet_gradients(dim):
     (the angle gradients sum many cancelling terms, so fp32 plain autograd itself is only
     accurate to ~1e-5..1e-4 there)."""
     x = _input(dim, torch.float64)
-    kw = dict(wavelet="learnable", wavelet_init="db2")
+    kw = {"wavelet": "learnable", "wavelet_init": "db2"}
     truth = _grads(_net(False, dim, torch.float64, **kw), x)
     for mode in (True, "block"):
         got = _grads(_net(mode, dim, torch.float64, **kw), x)
@@ -94,7 +94,7 @@ def test_taylor_slopes_in_reversible_mode():
     x = _input(2, torch.float64)
     target = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     w = net.layers[4].weight
-    loss = lambda: ((net(x) - target) ** 2).sum().item()  # noqa: E731
+    loss = lambda: ((net(x) - target) ** 2).sum().item()
     ((net(x) - target) ** 2).sum().backward()
     g, w0, dw = w.grad.clone(), w.detach().clone(), torch.randn_like(w)
 

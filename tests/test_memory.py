@@ -81,8 +81,8 @@ def test_backward_writes_only_its_own_buffers():
         yp, yc = net.forward_pair(x)
         outs0 = (yp.detach().clone(), yc.detach().clone())
         seen = []
-        yp.register_hook(lambda g: seen.append((g, g.clone())))
-        yc.register_hook(lambda g: seen.append((g, g.clone())))
+        yp.register_hook(lambda g, seen=seen: seen.append((g, g.clone())))
+        yc.register_hook(lambda g, seen=seen: seen.append((g, g.clone())))
         (yp * yc).sum().backward()
         assert torch.equal(x.detach(), x0)
         assert torch.equal(yp.detach(), outs0[0]) and torch.equal(yc.detach(), outs0[1])

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Literal, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SymmetricLayer", "Norm", "Activation", "frozen_norm_stats", "NORMS", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "frozen_norm_stats"]
 
 Norm = Literal["none", "batch", "group", "instance"]
 Activation = Literal["relu", "leaky_relu", "tanh", "silu", "gelu", "softplus"]

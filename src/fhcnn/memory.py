@@ -7,13 +7,21 @@ number is exact and independent of allocator behaviour or machine load.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["saved_tensor_bytes", "SavedTensorCounter", "tensor_bytes", "cuda_peak_bytes",
-           "LiveBytesTracker", "live_bytes_peak", "note_kept"]
+__all__ = [
+    "LiveBytesTracker",
+    "SavedTensorCounter",
+    "cuda_peak_bytes",
+    "live_bytes_peak",
+    "note_kept",
+    "saved_tensor_bytes",
+    "tensor_bytes",
+]
 
 
 def tensor_bytes(t: Tensor) -> int:
@@ -43,8 +51,7 @@ class SavedTensorCounter:
 
     def _pack(self, t: Tensor) -> Tensor:
         self.count += 1
-        if self.include_parameters or not isinstance(t, torch.nn.Parameter):
-            if t.device.type != "meta":
+        if (self.include_parameters or not isinstance(t, torch.nn.Parameter)) and t.device.type != "meta":
                 st = t.untyped_storage()
                 self._storages[st.data_ptr()] = st.nbytes()
         return t
@@ -57,13 +64,13 @@ class SavedTensorCounter:
     def bytes(self) -> int:
         return sum(self._storages.values())
 
-    def __enter__(self) -> "SavedTensorCounter":
+    def __enter__(self) -> SavedTensorCounter:  # noqa: PYI034
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         _ACTIVE_COUNTERS.append(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         _ACTIVE_COUNTERS.remove(self)
         self._hooks.__exit__(*exc)
 
@@ -112,14 +119,14 @@ class LiveBytesTracker:
         self._marks: list[tuple[int, str]] = []
         self._ranges: list[tuple[int, int, str]] = []
 
-    def __enter__(self) -> "LiveBytesTracker":
+    def __enter__(self) -> LiveBytesTracker:  # noqa: PYI034
         from torch.profiler import ProfilerActivity, profile
 
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._prof.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._prof.__exit__(*exc)
         events = self._prof.profiler.kineto_results.events()  # type: ignore[union-attr]
         self._events = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")

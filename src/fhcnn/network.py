@@ -9,21 +9,21 @@ invertible, so any earlier pair (and finally ``X``) can be recomputed from the l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
 from .wavelets import HaarDWT, LearnableWavelet, check_divisible
 
-__all__ = ["HyperbolicNetwork", "Transition", "Unit", "ReversibleMode"]
+__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
 
-Transition = Literal["down", "up", None]
+Transition = Literal["down", "up"] | None
 Unit = tuple[int, Transition]
-ReversibleMode = Union[bool, Literal["block"]]
+ReversibleMode = bool | Literal["block"]
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ class HyperbolicNetwork(nn.Module):
 
     def describe(self) -> str:
         """A table of the resolution schedule: layers, channels and resolution per unit."""
-        lines = [f"HyperbolicNetwork: dim={self.dim}, depth={self.depth}, h={self.h}, "
-                 f"norm={self.norm_kind}, wavelet={self.wavelet_kind}, reversible={self.reversible}"]
+        lines = [(f"HyperbolicNetwork: dim={self.dim}, depth={self.depth}, h={self.h}, "
+                  f"norm={self.norm_kind}, wavelet={self.wavelet_kind}, reversible={self.reversible}")]
         for k, s in enumerate(self.stages):
             res = "input" if s.level == 0 else (f"input / 2**{s.level}" if s.level > 0
                                                  else f"input * 2**{-s.level}")

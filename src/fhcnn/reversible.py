@@ -44,8 +44,8 @@ This module knows nothing about network layout; :mod:`fhcnn.network` builds the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from .layers import frozen_norm_stats
 from .memory import note_kept
 
-__all__ = ["LeapfrogStep", "TransitionStep", "ReversibleFunction", "run_steps", "Pair"]
+__all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "run_steps"]
 
 Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
@@ -143,7 +143,7 @@ class LeapfrogStep:
     def params(self) -> Params:
         return _trainable(self.f)
 
-    def inverted(self) -> "LeapfrogStep":
+    def inverted(self) -> LeapfrogStep:
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
     def _g(self, y: Tensor, params: Params | None = None) -> tuple[Tensor, float, bool]:
@@ -262,7 +262,7 @@ class TransitionStep:
     def params(self) -> Params:
         return _trainable(self.wavelet)
 
-    def inverted(self) -> "TransitionStep":
+    def inverted(self) -> TransitionStep:
         return TransitionStep(self.wavelet, not self.inverse)
 
     def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None) -> Tensor:

@@ -23,7 +23,8 @@ is Haar (two taps, no delay needed), ``theta = (pi/3, -pi/12)`` is Daubechies-4 
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +34,8 @@ __all__ = [
     "LearnableWavelet",
     "WaveletTransform",
     "check_divisible",
-    "nearest_valid_size",
     "lattice_filters",
+    "nearest_valid_size",
 ]
 
 _HAAR_ANGLES = (math.pi / 4, 0.0)
@@ -134,7 +135,7 @@ class WaveletTransform(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != self.dim + 2:
             raise ValueError(
-                f"{name} must have shape (N, C, {', '.join('S%d' % i for i in range(1, self.dim + 1))})"
+                f"{name} must have shape (N, C, {', '.join(f'S{i}' for i in range(1, self.dim + 1))})"
                 f" for a {self.dim}D wavelet, got shape {tuple(x.shape)}"
             )
 

@@ -10,9 +10,10 @@ or :func:`run_benchmarks`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["BENCHMARKS", "load", "run_benchmarks"]
 

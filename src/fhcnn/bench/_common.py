@@ -20,8 +20,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,10 +32,33 @@ from ..network import HyperbolicNetwork
 from ..reversible import LeapfrogStep, TransitionStep, run_steps
 
 __all__ = [
-    "Spec", "units_for", "hidden_for", "build_net", "make_input", "spatial_of", "state_numel",
-    "net_steps", "step_params", "train_step", "loss_of", "time_interleaved", "write_json", "save_figure",
-    "environment", "MODES", "DTYPES", "forward_method", "checkpoint_forward", "measure_peak",
-    "measured_activation_peaks", "spec_units", "median", "clean", "pyplot", "MiB", "unit_levels",
+    "DTYPES",
+    "MODES",
+    "MiB",
+    "Spec",
+    "build_net",
+    "checkpoint_forward",
+    "clean",
+    "environment",
+    "forward_method",
+    "hidden_for",
+    "loss_of",
+    "make_input",
+    "measure_peak",
+    "measured_activation_peaks",
+    "median",
+    "net_steps",
+    "pyplot",
+    "save_figure",
+    "spatial_of",
+    "spec_units",
+    "state_numel",
+    "step_params",
+    "time_interleaved",
+    "train_step",
+    "unit_levels",
+    "units_for",
+    "write_json",
 ]
 
 Spec = dict[str, Any]
@@ -275,7 +299,7 @@ def measure_peak(spec: Spec, method: str, device: str = "cpu", idle: bool = Fals
     env.setdefault("PYTHONWARNINGS", "ignore")
     job = json.dumps({"spec": spec, "method": method, "device": device, "idle": idle,
                       "threads": threads or torch.get_num_threads()})
-    proc = subprocess.run([sys.executable, "-m", "fhcnn.bench._worker", job], env=env,
+    proc = subprocess.run([sys.executable, "-m", "fhcnn.bench._worker", job], check=False, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory worker failed for {method} on {spec}:\n{proc.stderr[-2000:]}")

@@ -28,17 +28,29 @@ Table-2-shaped one (2D, 96 channels at 256^2, units ``5 up, 6 up, 8``, default h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..memory import LiveBytesTracker
-from ._common import (Spec, build_net, environment, forward_method, loss_of, make_input,
-                      measured_activation_peaks, pyplot, save_figure, state_numel, write_json)
+from ._common import (
+    Spec,
+    build_net,
+    environment,
+    forward_method,
+    loss_of,
+    make_input,
+    measured_activation_peaks,
+    pyplot,
+    save_figure,
+    state_numel,
+    write_json,
+)
 from .peers import configs as peer_configs
 
-__all__ = ["run", "configs", "work", "decompose"]
+__all__ = ["configs", "decompose", "run", "work"]
 
 NAME = "backward_peak"
 TABLE2_SHAPED: Spec = {"dim": 2, "channels": 96, "size": 256,

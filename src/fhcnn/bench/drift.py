@@ -19,16 +19,27 @@ or smaller than that, and ``h**2 ||K||**2`` is what governs stability, so a swee
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..reversible import run_steps
-from ._common import (DTYPES, build_net, clean, environment, make_input, net_steps, pyplot,
-                      save_figure, step_params, write_json)
+from ._common import (
+    DTYPES,
+    build_net,
+    clean,
+    environment,
+    make_input,
+    net_steps,
+    pyplot,
+    save_figure,
+    step_params,
+    write_json,
+)
 
-__all__ = ["run", "settings", "work", "usable_depth", "THRESHOLD"]
+__all__ = ["THRESHOLD", "run", "settings", "usable_depth", "work"]
 
 NAME = "drift"
 THRESHOLD = 1e-4
@@ -51,7 +62,7 @@ def depth_grid(max_depth: int) -> list[int]:
     out = {1}
     k = 0.0
     while 2**k <= max_depth:
-        out.add(int(round(2**k)))
+        out.add(round(2**k))
         k += 0.5
     out.add(max_depth)
     return sorted(d for d in out if d <= max_depth)
@@ -208,7 +219,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     a_grow.legend(fontsize=8)
     for h in hs:
         r = result["gradient"][str(h)]
-        nan = lambda v: [x if x is not None else float("nan") for x in v]  # noqa: E731
+        nan = lambda v: [x if x is not None else float("nan") for x in v]
         a_g32.plot(r["depth"], nan(r["reversible_fp32"]), "o-", ms=3, color=col[str(h)],
                    label=f"reversible, h = {h:g}")
         a_g32.plot(r["depth"], nan(r["plain_fp32"]), "x--", ms=4, lw=0.8, color=col[str(h)],

@@ -19,17 +19,33 @@ For plain autograd, block-reversible and fully reversible networks this records
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..memory import saved_tensor_bytes
-from ._common import (MiB, Spec, build_net, clean, environment, forward_method, hidden_for,
-                      make_input, measured_activation_peaks, pyplot, save_figure, spatial_of,
-                      spec_units, state_numel, unit_levels, write_json)
+from ._common import (
+    MiB,
+    Spec,
+    build_net,
+    clean,
+    environment,
+    forward_method,
+    hidden_for,
+    make_input,
+    measured_activation_peaks,
+    pyplot,
+    save_figure,
+    spatial_of,
+    spec_units,
+    state_numel,
+    unit_levels,
+    write_json,
+)
 
-__all__ = ["run", "analytic_saved", "paper_model_bytes", "sweeps", "work", "METHODS"]
+__all__ = ["METHODS", "analytic_saved", "paper_model_bytes", "run", "sweeps", "work"]
 
 METHODS = ("plain", "block", "reversible")
 NAME = "memory"
@@ -162,7 +178,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             x = make_input(spec, device)
             rec["param_bytes"].append(param_bytes(net))
             for m in METHODS:
-                b, _ = saved_tensor_bytes(lambda: forward_method(net, x, m))
+                b, _ = saved_tensor_bytes(lambda net=net, x=x, m=m: forward_method(net, x, m))
                 rec["saved"][m].append(b)
                 rec["analytic"][m].append(analytic_saved(spec, m))
                 rec["paper_model"][m].append(paper_model_bytes(spec, m))

@@ -19,19 +19,33 @@ broken peer is reported with its import error and skipped.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..memory import saved_tensor_bytes
-from ._common import (Spec, build_net, environment, forward_method, make_input, median,
-                      measured_activation_peaks, pyplot, save_figure, spec_units, state_numel,
-                      time_interleaved, train_step, unit_levels, write_json)
+from ._common import (
+    Spec,
+    build_net,
+    environment,
+    forward_method,
+    make_input,
+    measured_activation_peaks,
+    median,
+    pyplot,
+    save_figure,
+    spec_units,
+    state_numel,
+    time_interleaved,
+    train_step,
+    unit_levels,
+    write_json,
+)
 
-__all__ = ["run", "build_peer", "peer_forward", "peer_status", "configs", "work"]
+__all__ = ["build_peer", "configs", "peer_forward", "peer_status", "run", "work"]
 
 NAME = "peers"
 OURS = ("plain", "block", "reversible")

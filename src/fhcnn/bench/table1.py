@@ -18,15 +18,27 @@ state it), group norm, float32, batch 1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..memory import saved_tensor_bytes
-from ._common import (MiB, Spec, build_net, environment, forward_method, make_input,
-                      measured_activation_peaks, pyplot, save_figure, state_numel, write_json)
+from ._common import (
+    MiB,
+    Spec,
+    build_net,
+    environment,
+    forward_method,
+    make_input,
+    measured_activation_peaks,
+    pyplot,
+    save_figure,
+    state_numel,
+    write_json,
+)
 from .memory import analytic_saved
 
-__all__ = ["run", "table_spec", "PAPER", "work"]
+__all__ = ["PAPER", "run", "table_spec", "work"]
 
 NAME = "table1"
 UNITS = [[5, "up"], [6, "up"], [8, None]]
@@ -68,7 +80,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         x = make_input(spec)
         row: dict[str, Any] = {"coarse": coarse, "voxels": math.prod(coarse)}
         for m in methods:
-            b, _ = saved_tensor_bytes(lambda: forward_method(net, x, m))
+            b, _ = saved_tensor_bytes(lambda net=net, x=x, m=m: forward_method(net, x, m))
             row[m] = {"saved": b, "formula": analytic_saved(spec, m)}
         checks.append(row)
         tick(f"table1 check {coarse}")
