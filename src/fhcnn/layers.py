@@ -88,8 +88,8 @@ def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor]) -
     ``norm.weight``, ``norm.bias``) and no running-statistics update."""
     if isinstance(norm, nn.Identity):
         return z
-    weight = params.get("norm.weight", norm.weight)
-    bias = params.get("norm.bias", norm.bias)
+    weight: Tensor | None = params.get("norm.weight", norm.weight)  # type: ignore[arg-type]
+    bias: Tensor | None = params.get("norm.bias", norm.bias)  # type: ignore[arg-type]
     if isinstance(norm, nn.GroupNorm):
         return F.group_norm(z, norm.num_groups, weight, bias, norm.eps)
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):

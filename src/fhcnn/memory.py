@@ -129,7 +129,8 @@ class LiveBytesTracker:
     def __exit__(self, *exc: object) -> None:
         self._prof.__exit__(*exc)
         events = self._prof.profiler.kineto_results.events()  # type: ignore[union-attr]
-        self._events = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        self._events = sorted((e.start_ns(), e.nbytes()) for e in events  # type: ignore[union-attr]
+                              if e.name() == "[memory]")
         self._marks = sorted((e.start_ns(), e.name()[5:]) for e in events
                              if e.name().startswith("mark:"))
         self._ranges = sorted((e.start_ns(), e.end_ns(), e.name()) for e in events

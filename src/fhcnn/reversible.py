@@ -192,12 +192,13 @@ class LeapfrogStep:
         """
         i_sh, i_new = (1, 0) if self.flip else (0, 1)
         if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
-            for lst, own, i in ((st.pair, st.owned, i_sh), (st.grad, st.grad_owned, i_new)):
-                t = lst[i]
-                if t is not None and not t.is_contiguous(memory_format=st.fmt):
-                    lst[i], own[i] = None, True
-                    lst[i] = _to(t, st.fmt)
-                del t
+            t: Tensor | None = st.pair[i_sh]
+            if t is not None and not t.is_contiguous(memory_format=st.fmt):
+                st.pair[i_sh], st.owned[i_sh] = _to(t, st.fmt), True
+            t = st.grad[i_new]
+            if t is not None and not t.is_contiguous(memory_format=st.fmt):
+                st.grad[i_new], st.grad_owned[i_new] = _to(t, st.fmt), True
+            del t
         shared, g_new, g_shared = st.pair[i_sh], st.grad[i_new], st.grad[i_sh]
         local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
@@ -269,8 +270,8 @@ class TransitionStep:
         """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
         module (``functional`` if the wavelet has it, else ``torch.func.functional_call``)."""
         if params is None:
-            return self.wavelet.inverse(x) if inverse else self.wavelet(x)
-        functional = getattr(self.wavelet, "functional", None)
+            return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
+        functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
         if functional is not None:
             return functional(x, params, inverse=inverse)
         return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),

@@ -100,9 +100,9 @@ def decompose(spec: Spec, device: str = "cpu") -> dict[str, Any]:
     schedule = net._steps()
     later: dict[int, torch.Tensor] = {}
     for s in schedule[index + 1:]:
-        for p in s.params().values():
-            later[id(p)] = p
-    param_grads = sum(p.numel() * p.element_size() for p in later.values())
+        for t in s.params().values():
+            later[id(t)] = t
+    param_grads = sum(t.numel() * t.element_size() for t in later.values())
     parts = {"saved_pair": 2 * state, "gradient_pair": (1 if first else 2) * state,
              "layer_internals": peak - at_start, "parameter_gradients": param_grads}
     parts["everything_else"] = peak - sum(parts.values())
