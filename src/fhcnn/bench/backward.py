@@ -100,9 +100,9 @@ def decompose(spec: Spec, device: str = "cpu") -> dict[str, Any]:
     schedule = net._steps()
     later: dict[int, torch.Tensor] = {}
     for s in schedule[index + 1:]:
-        for t in s.params().values():
-            later[id(t)] = t
-    param_grads = sum(t.numel() * t.element_size() for t in later.values())
+        for w in s.params().values():
+            later[id(w)] = w
+    param_grads = sum(w.numel() * w.element_size() for w in later.values())
     parts = {"saved_pair": 2 * state, "gradient_pair": (1 if first else 2) * state,
              "layer_internals": peak - at_start, "parameter_gradients": param_grads}
     parts["everything_else"] = peak - sum(parts.values())

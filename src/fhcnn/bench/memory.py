@@ -18,6 +18,7 @@ For plain autograd, block-reversible and fully reversible networks this records
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -178,7 +179,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             x = make_input(spec, device)
             rec["param_bytes"].append(param_bytes(net))
             for m in METHODS:
-                b, _ = saved_tensor_bytes(lambda net=net, x=x, m=m: forward_method(net, x, m))
+                b, _ = saved_tensor_bytes(functools.partial(forward_method, net, x, m))
                 rec["saved"][m].append(b)
                 rec["analytic"][m].append(analytic_saved(spec, m))
                 rec["paper_model"][m].append(paper_model_bytes(spec, m))

@@ -17,6 +17,7 @@ state it), group norm, float32, batch 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         x = make_input(spec)
         row: dict[str, Any] = {"coarse": coarse, "voxels": math.prod(coarse)}
         for m in methods:
-            b, _ = saved_tensor_bytes(lambda net=net, x=x, m=m: forward_method(net, x, m))
+            b, _ = saved_tensor_bytes(functools.partial(forward_method, net, x, m))
             row[m] = {"saved": b, "formula": analytic_saved(spec, m)}
         checks.append(row)
         tick(f"table1 check {coarse}")
