@@ -468,5 +468,13 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
         store: frozenset[int] = frozenset()
     else:
         store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
-    out = ReversibleFunction.apply(steps, step_params, store, p, c, *params)
+    out = _apply_eagerly(steps, step_params, store, p, c, params)
     return out[0], out[1]
+
+
+@torch.compiler.disable
+def _apply_eagerly(steps: Sequence[Step], step_params: Sequence[Params], store: frozenset[int],
+                   p: Tensor, c: Tensor, params: Sequence[Tensor]) -> Pair:
+    """Under ``torch.compile`` the Function runs eagerly (one graph break): its forward and
+    backward manage buffers by hand, which tracing would neither speed up nor keep."""
+    return ReversibleFunction.apply(steps, step_params, store, p, c, *params)
