@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from .layers import frozen_norm_stats
 from .memory import note_kept
 
-__all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "run_steps"]
+__all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "internal_format", "run_steps"]
 
 Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
@@ -110,9 +110,11 @@ def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor 
             continue
         key = id(p)
         if key in store:
-            store[key].add_(g, alpha=scale)
+            store[key].add_(g, alpha=scale)  # a tensor this backward owns (below)
+        elif _writable(g):
+            store[key] = g.mul_(scale) if scale != 1.0 else g
         else:
-            store[key] = g.mul_(scale) if scale != 1.0 and _writable(g) else g * scale if scale != 1.0 else g
+            store[key] = g * scale
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path, atomic_write_text
 from ..network import HyperbolicNetwork
-from ..reversible import LeapfrogStep, TransitionStep, run_steps
+from ..reversible import LeapfrogStep, TransitionStep, internal_format, run_steps
 
 __all__ = [
     "DTYPES",
@@ -129,6 +129,8 @@ def make_input(spec: Spec, device: str | torch.device = "cpu", spatial: Sequence
     shape = (spec.get("batch", 1), spec["channels"], *(spatial or spatial_of(spec)))
     # drawn in float32 and cast, so float32 and float64 runs see the same numbers
     x = torch.randn(shape, generator=g).to(DTYPES[spec.get("dtype", "float32")])
+    if spec.get("channels_last") and x.dim() in (4, 5):
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x.to(device)
 
 
@@ -171,10 +173,13 @@ def checkpoint_forward(steps: Sequence[Any], x: Tensor, every: int) -> Tensor:
     def segment(seg: Sequence[Any]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
         return lambda p, c: run_steps(seg, p, c, mode=False)
 
-    p, c = x, x
+    # computed in the network's layout (channels-last in 2D/3D), converted once each way, as
+    # the network itself does (each segment would otherwise convert its pair in and out)
+    fmt = internal_format(x)
+    p = c = x if fmt is None else x.contiguous(memory_format=fmt)
     for i in range(0, len(steps), every):
         p, c = checkpoint(segment(steps[i:i + every]), p, c, use_reentrant=False)
-    return c
+    return c.contiguous()
 
 
 def forward_method(net: HyperbolicNetwork, x: Tensor, method: str) -> Tensor:

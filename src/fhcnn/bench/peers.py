@@ -204,8 +204,11 @@ def work(quick: bool, measure_peaks: bool = True) -> int:
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None, measure_peaks: bool = True,
-        config_override: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Writes ``peers.json`` and ``peers.png``."""
+        config_override: dict[str, Any] | None = None, name: str = NAME) -> dict[str, Any]:
+    """Writes ``<name>.json`` and ``<name>.png`` (default ``peers``).
+
+    ``config_override``: ``{"spec", "ks", "repeats"}`` as in :func:`configs`; a spec with
+    ``"channels_last": True`` feeds every method a channels-last input."""
     tick = tick or (lambda msg: None)
     cfg = config_override or configs(quick)
     spec, ks, repeats = cfg["spec"], cfg["ks"], cfg["repeats"]
@@ -274,11 +277,16 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
               "best_checkpoint": best, "peer_import_errors": {k: v for k, v in status.items() if v},
               "peer_build_errors": errors, "repeats": repeats,
               "iunets_architecture": iunet_architecture(spec),
+              # ours (fully reversible) over each peer: < 1 means we use less / are faster
+              "reversible_over_peer": {
+                  p: {"time": rev["median_s"] / rows[p]["median_s"],
+                      **({"peak": rev["peak"] / rows[p]["peak"]} if measure_peaks else {})}
+                  for p in ("memcnn", "iunets") if p in rows},
               "notes": "ratios are X / ours (fully reversible); memcnn runs exactly our network; "
                        "iunets runs our layer in iUNet's layout"}
     out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
+    write_json(out_dir / f"{name}.json", result)
+    plot(result, out_dir / f"{name}.png")
     return result
 
 
