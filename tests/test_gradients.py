@@ -176,3 +176,22 @@ def test_no_graph_when_nothing_needs_gradients():
         p.requires_grad_(False)
     y = net(_input(2, torch.float32))
     assert y.grad_fn is None
+
+
+@pytest.mark.parametrize("mode", [True, "block"])
+def test_f_evaluated_once_per_layer_in_backward(mode, monkeypatch):
+    """Backward evaluates each layer's f once (reconstruction and local gradient share it)."""
+    from fhcnn.layers import SymmetricLayer
+
+    net = _net(mode)
+    calls = []
+    original = SymmetricLayer.neg_forward
+
+    def counting(self, y, params=None):
+        calls.append(params is not None)
+        return original(self, y, params)
+    monkeypatch.setattr(SymmetricLayer, "neg_forward", counting)
+    loss = net(_input(2, torch.float32)).square().sum()
+    assert calls == [False] * net.depth  # forward: once per layer, with the module's parameters
+    loss.backward()
+    assert calls[net.depth:] == [True] * net.depth  # backward: once per layer, captured tensors
