@@ -7,6 +7,7 @@ number is exact and independent of allocator behaviour or machine load.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -67,11 +68,11 @@ class SavedTensorCounter:
     def __enter__(self) -> SavedTensorCounter:  # noqa: PYI034
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
-        _ACTIVE_COUNTERS.append(self)
+        _active_counters().append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _ACTIVE_COUNTERS.remove(self)
+        _active_counters().remove(self)
         self._hooks.__exit__(*exc)
 
 
@@ -181,13 +182,19 @@ def live_bytes_peak(fn: Callable[[], Any]) -> tuple[int, Any]:
     return t.peak, out
 
 
-_ACTIVE_COUNTERS: list[SavedTensorCounter] = []
+_LOCAL = threading.local()  # like saved_tensors_hooks, counters are per thread
+
+
+def _active_counters() -> list[SavedTensorCounter]:
+    if not hasattr(_LOCAL, "counters"):
+        _LOCAL.counters = []
+    return _LOCAL.counters
 
 
 def note_kept(tensors: list[Tensor]) -> None:
     """Called by :class:`fhcnn.reversible.ReversibleFunction`, which keeps its outputs (and
     block-mode pairs) on ``ctx`` instead of ``save_for_backward`` (so backward can release
     them early): active :class:`SavedTensorCounter` s count them as saved."""
-    for counter in _ACTIVE_COUNTERS:
+    for counter in _active_counters():
         for t in tensors:
             counter._pack(t)
