@@ -48,7 +48,7 @@ def test_memory_sweeps_exact_and_constant(tmp_path):
         assert rec["analytic_matches_saved"], name
         rev, block, plain = rec["saved"]["reversible"], rec["saved"]["block"], rec["saved"]["plain"]
         assert len(set(rev)) == 1, f"reversible memory changes along {name}: {rev}"
-        assert rev[0] == 2 * 4 * state_numel(rec["specs"][0])  # exactly the last pair
+        assert rev[0] == 3 * 4 * state_numel(rec["specs"][0])  # exactly the last pair + input
         assert all(p > b >= r_ for p, b, r_ in zip(plain, block, rev) if p)
     plain = r["sweeps"]["depth"]["saved"]["plain"]
     assert plain[0] < plain[1] < plain[2]  # plain grows with depth
@@ -96,8 +96,8 @@ def test_table1_exact_counts(tmp_path):
     hs = r["rows"]["hyperspectral"]
     state = 6 * 304 * 240 * 152 * 4
     assert hs["state_bytes"] == state
-    assert hs["reversible"]["exact_saved_bytes"] == 2 * state
-    assert hs["block"]["exact_saved_bytes"] == 6 * state
+    assert hs["reversible"]["exact_saved_bytes"] == 3 * state  # last pair + input
+    assert hs["block"]["exact_saved_bytes"] == 7 * state
     assert hs["plain"]["exact_saved_bytes"] == hs["plain"]["law_bytes"]
     # the paper's numbers are 19 (plain) and 3 (reversible) float32 states
     assert hs["paper_in_states"]["plain"] == pytest.approx(19, abs=0.01)
@@ -142,7 +142,7 @@ def test_memcnn_gradients_match_ours():
 
 
 def test_cli_bench(tmp_path, capsys):
-    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "spatial"}
+    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward"}
     with pytest.raises(ValueError):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
@@ -195,3 +195,18 @@ def test_docs_tables_match_results():
     stale = update_docs(results, [root / "README.md", root / "docs"], check=True)
     assert not stale, (f"out of date: {[str(p.relative_to(root)) for p in stale]}; run "
                        "python -m fhcnn.bench.report benchmarks/results --docs README.md docs")
+
+
+def test_backward_peak_benchmark(tmp_path):
+    from fhcnn.bench import backward
+
+    spec = dict(TINY, size=32, depth=6, stages=1)
+    r = backward.run(tmp_path, configs_override={"tiny": spec})
+    assert (tmp_path / "backward_peak.png").stat().st_size > 0
+    saved = _load(tmp_path / "backward_peak.json")
+    d = saved["rows"]["tiny"]["decomposition"]
+    assert set(d["parts_states"]) == set(backward.PARTS)
+    # the parts add up to the measured peak, exactly
+    assert sum(d["parts_bytes"].values()) == d["peak_bytes"]
+    # process RSS above idle (allocator-dependent: a tiny net may fit in pages already held)
+    assert r["rows"]["tiny"]["rss"]["plain"]["peak_bytes"] >= 0

@@ -60,7 +60,7 @@ def test_learnable_wavelet_gradients(dim):
     (the angle gradients sum many cancelling terms, so fp32 plain autograd itself is only
     accurate to ~1e-5..1e-4 there)."""
     x = _input(dim, torch.float64)
-    kw = dict(wavelet="learnable", wavelet_init="db2")
+    kw = {"wavelet": "learnable", "wavelet_init": "db2"}
     truth = _grads(_net(False, dim, torch.float64, **kw), x)
     for mode in (True, "block"):
         got = _grads(_net(mode, dim, torch.float64, **kw), x)
@@ -94,7 +94,9 @@ def test_taylor_slopes_in_reversible_mode():
     x = _input(2, torch.float64)
     target = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     w = net.layers[4].weight
-    loss = lambda: ((net(x) - target) ** 2).sum().item()  # noqa: E731
+    def loss():
+        return ((net(x) - target) ** 2).sum().item()
+
     ((net(x) - target) ** 2).sum().backward()
     g, w0, dw = w.grad.clone(), w.detach().clone(), torch.randn_like(w)
 
@@ -176,3 +178,22 @@ def test_no_graph_when_nothing_needs_gradients():
         p.requires_grad_(False)
     y = net(_input(2, torch.float32))
     assert y.grad_fn is None
+
+
+@pytest.mark.parametrize("mode", [True, "block"])
+def test_f_evaluated_once_per_layer_in_backward(mode, monkeypatch):
+    """Backward evaluates each layer's f once (reconstruction and local gradient share it)."""
+    from fhcnn.layers import SymmetricLayer
+
+    net = _net(mode)
+    calls = []
+    original = SymmetricLayer.neg_forward
+
+    def counting(self, y, params=None):
+        calls.append(params is not None)
+        return original(self, y, params)
+    monkeypatch.setattr(SymmetricLayer, "neg_forward", counting)
+    loss = net(_input(2, torch.float32)).square().sum()
+    assert calls == [False] * net.depth  # forward: once per layer, with the module's parameters
+    loss.backward()
+    assert calls[net.depth:] == [True] * net.depth  # backward: once per layer, captured tensors

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SymmetricLayer", "Norm", "Activation", "frozen_norm_stats", "NORMS", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "frozen_norm_stats"]
 
 Norm = Literal["none", "batch", "group", "instance"]
 Activation = Literal["relu", "leaky_relu", "tanh", "silu", "gelu", "softplus"]
@@ -82,6 +83,28 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = s
 
 
+def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """``norm(z)`` with ``norm.weight``/``norm.bias`` taken from ``params`` (names
+    ``norm.weight``, ``norm.bias``) and no running-statistics update. A normalization module
+    with a ``functional(z, weight, bias)`` method (e.g. the split norms of
+    :mod:`fhcnn.spatial`) computes it itself."""
+    if isinstance(norm, nn.Identity):
+        return z
+    weight: Tensor | None = params.get("norm.weight", norm.weight)  # type: ignore[arg-type]
+    bias: Tensor | None = params.get("norm.bias", norm.bias)  # type: ignore[arg-type]
+    own: Callable[..., Tensor] | None = getattr(norm, "functional", None)
+    if own is not None:
+        return own(z, weight, bias)
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(z, norm.num_groups, weight, bias, norm.eps)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        batch_stats = norm.training or norm.running_mean is None
+        return F.batch_norm(z, None if batch_stats else norm.running_mean,
+                            None if batch_stats else norm.running_var, weight, bias,
+                            training=batch_stats, momentum=0.0, eps=norm.eps)
+    raise TypeError(f"no functional form for normalization {type(norm).__name__}")
+
+
 class SymmetricLayer(nn.Module):
     """``f(Y) = -K^T sigma(N(K Y + b))`` with ``K^T`` the adjoint of ``K`` (same weights).
 
@@ -140,18 +163,49 @@ class SymmetricLayer(nn.Module):
 
     def conv(self, y: Tensor) -> Tensor:
         """``K y + b``: ``(N, C, *S) -> (N, M, *S)``."""
-        return _CONV[self.dim](y, self.weight, self.bias, padding=self.kernel_size // 2)
+        return self._conv_with(y, self.weight, self.bias)
 
     def conv_adjoint(self, z: Tensor) -> Tensor:
         """``K^T z``: ``(N, M, *S) -> (N, C, *S)`` with the same weights as :meth:`conv`."""
+        return self._conv_adjoint_with(z, self.weight)
+
+    def _conv_with(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``K y + b`` with the given tensors (the one place a subclass changes the padding,
+        e.g. :class:`fhcnn.spatial.SplitSymmetricLayer`'s halo exchange)."""
+        return _CONV[self.dim](y, weight, bias, padding=self.kernel_size // 2)
+
+    def _conv_adjoint_with(self, z: Tensor, weight: Tensor) -> Tensor:
+        """``K^T z`` with the given weight (see :meth:`_conv_with`)."""
         pad = self.kernel_size // 2
         if self.adjoint == "conv_transpose":
-            return _CONV_T[self.dim](z, self.weight, padding=pad)
-        w = self.weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
-        return _CONV[self.dim](z, w, padding=pad)
+            return _CONV_T[self.dim](z, weight, padding=pad)
+        return _CONV[self.dim](z, weight.transpose(0, 1).flip(list(range(2, 2 + self.dim))), padding=pad)
 
     def forward(self, y: Tensor) -> Tensor:
-        return -self.conv_adjoint(self.act(self.norm(self.conv(y))))
+        return -self.neg_forward(y)
+
+    def neg_forward(self, y: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``-f(y) = K^T sigma(N(K y + b))``, optionally with other parameter tensors.
+
+        Args:
+            y: ``(N, C, *S)``.
+            params: ``None`` (the module's own parameters; batch norms update their running
+                statistics as in :meth:`forward`), or tensors by parameter name (missing names
+                fall back to the module's own). With ``params`` the evaluation is purely
+                functional: nothing on the module is read-modified-written, batch norms use
+                batch statistics in training mode and running statistics in eval mode, and
+                never update them (what a recomputation in a memory-free backward needs;
+                safe to run from several threads at once).
+
+        Returns:
+            ``(N, C, *S)``; ``forward(y) == -neg_forward(y)`` bit for bit.
+        """
+        if params is None:
+            return self.conv_adjoint(self.act(self.norm(self.conv(y))))
+        weight = params.get("weight", self.weight)
+        bias = params.get("bias", self.bias)
+        z = self.act(_functional_norm(self.norm, self._conv_with(y, weight, bias), params))
+        return self._conv_adjoint_with(z, weight)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden={self.hidden}, dim={self.dim}, "

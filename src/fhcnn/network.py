@@ -9,8 +9,9 @@ invertible, so any earlier pair (and finally ``X``) can be recomputed from the l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -18,11 +19,11 @@ from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
 from .wavelets import HaarDWT, LearnableWavelet, check_divisible
 
-__all__ = ["HyperbolicNetwork", "Transition", "Unit", "ReversibleMode"]
+__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
 
-Transition = Literal["down", "up", None]
+Transition = Literal["down", "up"] | None
 Unit = tuple[int, Transition]
-ReversibleMode = Union[bool, Literal["block"]]
+ReversibleMode = bool | Literal["block"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class HyperbolicNetwork(nn.Module):
             raise ValueError(f"wavelet must be 'haar' or 'learnable', got {wavelet!r}")
         if not (isinstance(h, (int, float)) and h > 0):
             raise ValueError(f"h must be a positive number, got {h!r}")
-        units = [tuple(u) for u in units]
+        units = [tuple(u) for u in units]  # type: ignore[misc]
         if not units:
             raise ValueError("units must hold at least one (n_layers, transition) pair")
         for u in units:
@@ -152,7 +153,8 @@ class HyperbolicNetwork(nn.Module):
 
     @reversible.setter
     def reversible(self, mode: ReversibleMode) -> None:
-        if mode not in (True, False, "block") or isinstance(mode, int) and not isinstance(mode, bool):
+        # identity, not equality: 1, 1.0, 0 and numpy booleans compare equal to True/False
+        if mode is not True and mode is not False and not (isinstance(mode, str) and mode == "block"):
             raise ValueError(f"reversible must be True, False or 'block', got {mode!r}")
         self._reversible = mode
 
@@ -180,8 +182,8 @@ class HyperbolicNetwork(nn.Module):
 
     def describe(self) -> str:
         """A table of the resolution schedule: layers, channels and resolution per unit."""
-        lines = [f"HyperbolicNetwork: dim={self.dim}, depth={self.depth}, h={self.h}, "
-                 f"norm={self.norm_kind}, wavelet={self.wavelet_kind}, reversible={self.reversible}"]
+        lines = [(f"HyperbolicNetwork: dim={self.dim}, depth={self.depth}, h={self.h}, "
+                  f"norm={self.norm_kind}, wavelet={self.wavelet_kind}, reversible={self.reversible}")]
         for k, s in enumerate(self.stages):
             res = "input" if s.level == 0 else (f"input / 2**{s.level}" if s.level > 0
                                                  else f"input * 2**{-s.level}")

@@ -14,27 +14,49 @@ earlier pair from the later one through layers *and* wavelet transitions, and ev
 ``f`` once per layer, with autograd, for both the reconstruction and the local
 vector-Jacobian product. Parameters enter the Function as explicit inputs, so their
 gradients arrive through the ordinary autograd path (optimizers, hooks, gradient clipping
-and DistributedDataParallel work unchanged). Batch-norm running statistics are updated in
-the forward pass only (see :func:`fhcnn.layers.frozen_norm_stats`).
+and DistributedDataParallel work unchanged).
+
+Memory: backward holds one state pair, one gradient pair and one layer's internals. Each
+earlier state is reconstructed into the buffer of the state it replaces, gradient pairs are
+accumulated in place, and every reconstructed tensor is dropped as soon as it is consumed
+(the Function keeps its outputs on ``ctx`` as detached aliases, released in backward). Only
+tensors the backward itself allocated are ever written in place; the outputs the caller
+sees, the incoming gradients and stored block-mode pairs are never modified.
+
+Correctness under other uses of autograd:
+
+* the parameter tensors the forward pass used are the ones the backward uses (also for the
+  reconstruction through learnable wavelets), so ``torch.func.functional_call`` and other
+  parameter swaps are right;
+* a parameter or an output modified in place between forward and backward raises, as in
+  plain autograd (version counters are checked);
+* double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
+  penalties or meta-learning;
+* backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
+  are evaluated functionally with the captured tensors (batch norms use batch statistics
+  and leave running statistics alone), so two threads may run backward on one model. Other
+  modules passed to :class:`LeapfrogStep` fall back to ``torch.func.functional_call`` and
+  :func:`fhcnn.layers.frozen_norm_stats`, which swap attributes on the module for the
+  duration of the call and are not thread-safe.
 
 This module knows nothing about network layout; :mod:`fhcnn.network` builds the steps.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .layers import frozen_norm_stats
+from .memory import note_kept
 
-__all__ = ["LeapfrogStep", "TransitionStep", "ReversibleFunction", "run_steps", "Pair"]
+__all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "internal_format", "run_steps"]
 
 Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
-
-
 Params = dict[str, Tensor]
 
 
@@ -42,32 +64,79 @@ def _trainable(module: nn.Module) -> Params:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
-def _call_with_detached_params(module: nn.Module, params: Params, *args: Tensor) -> tuple[object, list[Tensor]]:
-    """Evaluate ``module(*args)`` with detached copies of ``params`` (the tensors the forward
-    pass used, captured then: this stays right under ``torch.func.functional_call``).
-
-    The local vector-Jacobian product is taken w.r.t. these copies, so hooks registered on
-    the real parameters (``register_hook``, DDP) fire once per backward, with the final
-    gradient, exactly as under plain autograd.
-    """
-    local = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    out = torch.func.functional_call(module, local, args, strict=False)
-    return out, list(local.values())
+def _shares_storage(t: Tensor, others: Iterable[Tensor | None]) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return any(o is not None and o.untyped_storage().data_ptr() == ptr for o in others)
 
 
-def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> None:
+def _writable(t: Tensor, *others: Tensor | None) -> bool:
+    """Whether ``t`` (a result computed in backward) may be overwritten in place: dense and
+    not sharing storage with any of ``others`` (autograd may hand back a gradient that *is*
+    the incoming one, or a view of it)."""
+    return _dense(t) and not _shares_storage(t, others)
+
+
+def _dense(t: Tensor) -> bool:
+    return (t.is_contiguous() or t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+            or t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def internal_format(t: Tensor) -> torch.memory_format | None:
+    """The layout the steps compute in: channels-last for 2D/3D states (oneDNN convolutions
+    then need no layout reorders, which cost memory and time), ``None`` (as is) for 1D."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+
+
+def _layout(t: Tensor) -> torch.memory_format:
+    """The memory format ``t`` is in (contiguous unless it is only channels-last)."""
+    fmt = internal_format(t)
+    if fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
+        return fmt
+    return torch.contiguous_format
+
+
+def _to(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    return t if fmt is None else t.contiguous(memory_format=fmt)
+
+
+def _empty(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
+    return torch.empty_like(t, memory_format=torch.preserve_format if fmt is None else fmt)
+
+
+def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None],
+                scale: float = 1.0) -> None:
     for p, g in zip(params, grads):
         if g is None:
             continue
         key = id(p)
-        store[key] = g if key not in store else store[key] + g
+        if key in store:
+            store[key].add_(g, alpha=scale)  # a tensor this backward owns (below)
+        elif _writable(g):
+            store[key] = g.mul_(scale) if scale != 1.0 else g
+        else:
+            store[key] = g * scale
+
+
+@dataclass
+class _State:
+    """The pair and its gradient pair while backward walks the steps; ``owned[i]`` /
+    ``grad_owned[i]``: the tensor was allocated by this backward and may be overwritten."""
+
+    pair: list[Tensor]
+    grad: list[Tensor | None]
+    owned: list[bool]
+    grad_owned: list[bool]
+    fmt: torch.memory_format | None = None
 
 
 class LeapfrogStep:
     """One leapfrog layer ``(p, c) -> (c, 2c - p + h2 * f(c))`` (or its inverse if ``flip``).
 
     Both the forward and the flipped map have the form ``new = 2*shared - other + h2*f(shared)``;
-    only the position of ``shared`` and ``new`` in the pair differs.
+    only the position of ``shared`` and ``new`` in the pair differs. A module with a
+    ``neg_forward(y, params)`` method (``-f(y)``, functional when ``params`` is given, like
+    :class:`fhcnn.layers.SymmetricLayer`) is evaluated through it: no negation is stored or
+    differentiated, and backward never touches the module.
     """
 
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
@@ -76,63 +145,115 @@ class LeapfrogStep:
     def params(self) -> Params:
         return _trainable(self.f)
 
-    def inverted(self) -> "LeapfrogStep":
+    def inverted(self) -> LeapfrogStep:
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
-    def apply(self, p: Tensor, c: Tensor) -> Pair:
+    def _g(self, y: Tensor, params: Params | None = None) -> tuple[Tensor, float, bool]:
+        """``(g, a, fresh)`` with ``h2 f(y) = a g``; ``fresh``: ``g`` is a new tensor that
+        nothing else references. ``params`` given: a recomputation with those tensors."""
+        neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
+        if neg is not None:
+            return neg(y, params), -self.h2, True
+        if params is None:
+            g = self.f(y)
+        else:
+            with frozen_norm_stats(self.f):
+                g = torch.func.functional_call(self.f, params, (y,), strict=False)
+        return g, self.h2, False
+
+    def _split(self, p: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return (p, c) if self.flip else (c, p)
+
+    def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+        """The step with out-of-place operations (plain autograd records it)."""
+        shared, other = self._split(p, c)
+        g, a, _ = self._g(shared)
         # ``c + ((c - p) + h2 f(c))`` equals ``2c - p + h2 f(c)``; the difference of two nearby
         # states is exact in floating point, so this form rounds slightly less.
-        if self.flip:
-            return p + ((p - c) + self.h2 * self.f(p)), p
-        return c, c + ((c - p) + self.h2 * self.f(c))
+        new = shared + ((shared - other) + a * g)
+        return (new, shared) if self.flip else (shared, new)
 
-    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, params: Params,
-                 grads: _Grads) -> tuple[Pair, Pair]:
-        """Reconstruct the input pair from ``out`` and pull ``grad`` back through the step.
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+        """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
+        for bit the same values."""
+        shared, other = self._split(p, c)
+        g, a, fresh = self._g(shared)
+        new = torch.sub(shared, other, out=_empty(shared, fmt))
+        new += g.mul_(a) if fresh else a * g
+        del g
+        new += shared
+        return (new, shared) if self.flip else (shared, new)
+
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+        """Turn ``st`` (the step's output pair and its gradients) into its input pair and
+        gradients, in place.
 
         ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
         and the vector-Jacobian product. Gradients w.r.t. ``params`` (the tensors used in the
         forward pass) are added to ``grads``, keyed by ``id``.
         """
-        if self.flip:
-            (new, shared), (g_new, g_shared) = out, grad
-        else:
-            (shared, new), (g_shared, g_new) = out, grad
-        with torch.enable_grad(), frozen_norm_stats(self.f):
-            s = shared.detach().requires_grad_(True)
-            fs, local = _call_with_detached_params(self.f, params, s)
-        g_s = None
+        i_sh, i_new = (1, 0) if self.flip else (0, 1)
+        if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
+            t: Tensor | None = st.pair[i_sh]
+            if t is not None and not t.is_contiguous(memory_format=st.fmt):
+                st.pair[i_sh], st.owned[i_sh] = _to(t, st.fmt), True
+            t = st.grad[i_new]
+            if t is not None and not t.is_contiguous(memory_format=st.fmt):
+                st.grad[i_new], st.grad_owned[i_new] = _to(t, st.fmt), True
+            del t
+        shared, g_new, g_shared = st.pair[i_sh], st.grad[i_new], st.grad[i_sh]
+        local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
+        with torch.enable_grad() if g_new is not None else torch.no_grad():
+            s = shared.detach().requires_grad_(g_new is not None)
+            g, a, fresh = self._g(s, local)
+        v: Tensor | None = None
         if g_new is not None:
-            vjp = torch.autograd.grad(fs, [s, *local], grad_outputs=(self.h2 * g_new).to(fs.dtype),
+            vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_new.to(g.dtype),
                                       allow_unused=True)
-            _accumulate(grads, list(params.values()), vjp[1:])
-            g_s = vjp[0]
+            _accumulate(grads, list(params.values()), vjp[1:], a)
+            v = vjp[0]
             del vjp
         del s, local
-        fs = fs.detach()
-        # reconstruct after the VJP, when the layer's graph is already freed (lower peak memory);
-        # same operations in the same order as ``apply``, in place on a fresh tensor
+        g = g.detach()
+        fresh = fresh and _writable(g, shared, g_new)
+        # reconstruct the other member (same operations, same order as ``apply``), into the
+        # buffer of the member it replaces when this backward owns that buffer
         if known_input is not None:
-            other = known_input[1] if self.flip else known_input[0]
+            other, other_owned = known_input[i_sh], False
         else:
             with torch.no_grad():
-                other = torch.sub(shared, new)
-                other += self.h2 * fs
+                new = st.pair[i_new]
+                if st.owned[i_new]:
+                    other = new.sub_(shared).neg_()
+                else:
+                    other = torch.sub(shared, new, out=_empty(shared, st.fmt))
+                del new
+                st.pair[i_new] = other  # drop the caller's reference to the old member
+                other += g.mul_(a) if fresh else a * g
                 other += shared
-        del fs
-        # g_shared_in = g_shared + 2 g_new + J^T (h2 g_new), accumulated in one fresh tensor
-        g_shared_in = None if g_s is None else g_s.to(shared.dtype)
+            other_owned = True
+        del g
+        # g_shared_in = g_shared + 2 g_new + a J_g^T g_new;  g_other_in = -g_new
+        g_shared_in: Tensor | None = None
+        if v is not None:
+            v = v.to(shared.dtype)
+            g_shared_in = v.mul_(a) if _writable(v, g_new, g_shared) else a * v
+        del v
         for t, alpha in ((g_new, 2.0), (g_shared, 1.0)):
             if t is None:
                 continue
             if g_shared_in is None:
-                g_shared_in = t * alpha
+                g_shared_in = t * alpha if alpha != 1.0 or not st.grad_owned[i_sh] else t
             else:
                 g_shared_in.add_(t, alpha=alpha)
-        g_other_in = None if g_new is None else -g_new
-        if self.flip:
-            return (shared, other), (g_shared_in, g_other_in)
-        return (other, shared), (g_other_in, g_shared_in)
+        g_other_in: Tensor | None = None
+        if g_new is not None:
+            g_other_in = g_new.neg_() if st.grad_owned[i_new] else -g_new
+        del g_new, g_shared
+        st.pair[i_sh], st.pair[i_new] = other, shared
+        st.owned[i_sh], st.owned[i_new] = other_owned, st.owned[i_sh]
+        st.grad[i_sh], st.grad[i_new] = g_other_in, g_shared_in
+        st.grad_owned[i_sh], st.grad_owned[i_new] = True, True
 
 
 class TransitionStep:
@@ -144,49 +265,81 @@ class TransitionStep:
     def params(self) -> Params:
         return _trainable(self.wavelet)
 
-    def inverted(self) -> "TransitionStep":
+    def inverted(self) -> TransitionStep:
         return TransitionStep(self.wavelet, not self.inverse)
 
-    def _map(self, x: Tensor, inverse: bool) -> Tensor:
-        return self.wavelet.inverse(x) if inverse else self.wavelet(x)
+    def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
+        module (``functional`` if the wavelet has it, else ``torch.func.functional_call``)."""
+        if params is None:
+            return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
+        functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
+        if functional is not None:
+            return functional(x, params, inverse=inverse)
+        return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),
+                                          {f"wavelet.{n}": t for n, t in params.items()}, (x,),
+                                          strict=False)
 
-    def apply(self, p: Tensor, c: Tensor) -> Pair:
-        return self._map(p, self.inverse), self._map(c, self.inverse)
+    def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+        return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
 
-    def backward(self, out: Pair, grad: Pair, known_input: Pair | None, params: Params,
-                 grads: _Grads) -> tuple[Pair, Pair]:
-        if known_input is None:
-            with torch.no_grad():
-                known_input = (self._map(out[0], not self.inverse), self._map(out[1], not self.inverse))
-        if not params:
-            # W is orthogonal: its adjoint is its inverse (a missing gradient stays missing)
-            with torch.no_grad():
-                g_in = tuple(None if g is None else self._map(g, not self.inverse) for g in grad)
-            return known_input, (g_in[0], g_in[1])
-        with torch.enable_grad():
-            ins = [t.detach().requires_grad_(True) for t in known_input]
-            inv = "inverse" if self.inverse else "forward"
-            both = {f"wavelet.{n}": t for n, t in params.items()}
-            outs, local = _call_with_detached_params(_Both(self.wavelet, inv), both, *ins)
-        grad = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad))
-        vjp = torch.autograd.grad(outs, [*ins, *local], grad_outputs=grad, allow_unused=True)
-        _accumulate(grads, list(params.values()), vjp[2:])
-        return known_input, (vjp[0], vjp[1])
+    apply_ = apply
+
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+        """Like :meth:`LeapfrogStep.backward`: reconstruct (with the parameter tensors the
+        forward pass used) and pull the gradients back, one member at a time."""
+        for i in range(2):
+            out, g_out = st.pair[i], st.grad[i]
+            if known_input is not None:
+                x, owned = known_input[i], False
+            else:
+                with torch.no_grad():
+                    x, owned = _to(self._map(out, not self.inverse, params), st.fmt), True
+            st.pair[i], st.owned[i] = x, owned
+            del out
+            if g_out is None:
+                continue
+            if not params:
+                # W is orthogonal: its adjoint is its inverse
+                with torch.no_grad():
+                    st.grad[i] = None
+                    st.grad[i] = _to(self._map(g_out, not self.inverse, params), st.fmt)
+                st.grad_owned[i] = True
+                continue
+            local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
+            with torch.enable_grad():
+                xd = x.detach().requires_grad_(True)
+                y = self._map(xd, self.inverse, local)
+            vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
+                                      allow_unused=True)
+            del y, xd
+            _accumulate(grads, list(params.values()), vjp[1:])
+            st.grad[i] = _to(vjp[0].to(x.dtype), st.fmt)
+            st.grad_owned[i] = not _shares_storage(vjp[0], (g_out,))
+            del vjp
 
 
-class _Both(nn.Module):
-    """Applies ``wavelet.<method>`` to both members of a pair (for ``functional_call``)."""
+class _Method(nn.Module):
+    """``wavelet.<method>`` as a module's forward (for ``functional_call``)."""
 
     def __init__(self, wavelet: nn.Module, method: str) -> None:
         super().__init__()
         self.wavelet, self.method = wavelet, method
 
-    def forward(self, p: Tensor, c: Tensor) -> Pair:
-        fn = getattr(self.wavelet, self.method)
-        return fn(p), fn(c)
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.wavelet, self.method)(x)
 
 
 Step = LeapfrogStep | TransitionStep
+
+
+def _check_version(t: Tensor, expected: int, what: str) -> None:
+    if t._version != expected:
+        raise RuntimeError(
+            f"one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: {what} [{t.type()} {list(t.shape)}] is at version {t._version}; "
+            f"expected version {expected} instead (fhcnn's reversible backward reads it; do not "
+            f"modify it, e.g. with optimizer.step(), between forward and backward)")
 
 
 class ReversibleFunction(torch.autograd.Function):
@@ -194,7 +347,9 @@ class ReversibleFunction(torch.autograd.Function):
 
     ``apply(steps, step_params, store, p, c, *params)``: ``step_params[i]`` are the trainable
     tensors step ``i`` uses (by name), ``params`` all of them, de-duplicated; they receive
-    their gradients as ordinary Function-input gradients.
+    their gradients as ordinary Function-input gradients. The backward is not differentiable
+    (no ``create_graph``); it may run again (``retain_graph=True``), recomputing the outputs
+    (it releases them the first time) from the inputs, which it keeps.
     """
 
     @staticmethod
@@ -204,36 +359,85 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
         ctx.steps, ctx.step_params, ctx.params = steps, step_params, params
-        stored: list[Tensor] = []
-        ctx.stored_at = []
-        x_p, x_c = p, c
-        for i, step in enumerate(steps):
+        ctx.param_versions = [t._version for t in params]
+        # kept tensors are detached aliases (no reference cycle through grad_fn; released in
+        # backward) whose version counters are checked there
+        ctx.kept = {}
+        # the inputs (usually the caller's batch) let a second backward (retain_graph=True,
+        # e.g. gradcheck) recompute the outputs, which the first backward releases
+        ctx.inp = ((p.detach(), c.detach()), (p._version, c._version))
+        ctx.fmt, ctx.out_fmt = internal_format(c), _layout(c)
+
+        def keep(i: int, p: Tensor, c: Tensor) -> None:
             if i in store:
-                stored.extend((p, c))
-                ctx.stored_at.append(i)
-            p, c = step.apply(p, c)
-        # outputs must be new tensors, never the inputs themselves
-        if p is x_p or p is x_c:
-            p = p.clone()
-        if c is x_p or c is x_c or c is p:
-            c = c.clone()
-        ctx.save_for_backward(p, c, *stored)
+                ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
+        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
+        ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
+        note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair)])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
         return p, c
 
     @staticmethod
-    def backward(ctx, g_p: Tensor, g_c: Tensor):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        known = {i: (saved[2 + 2 * k], saved[3 + 2 * k]) for k, i in enumerate(ctx.stored_at)}
+    def backward(ctx, g_p: Tensor | None, g_c: Tensor | None):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "double backward (create_graph=True) through a reversible HyperbolicNetwork is "
+                "not supported: its backward recomputes states outside the graph. Use "
+                "reversible=False for gradient penalties, meta-learning or Hessian products.")
+        names = {id(t): f"parameter {n!r}" for sp in ctx.step_params for n, t in sp.items()}
+        for t, v in zip(ctx.params, ctx.param_versions):
+            _check_version(t, v, names.get(id(t), "a parameter"))
+        (in_p, in_c), (v_p, v_c) = ctx.inp
+        _check_version(in_p, v_p, "input p")
+        _check_version(in_c, v_c, "input c")
+        if ctx.out is None:  # a second backward: recompute the outputs the first one released
+            with torch.no_grad():
+                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt)
+            ctx.out = ((p, c), (p._version, c._version))
+            del p, c
+        del in_p, in_c
+        (out_p, out_c), (v_p, v_c) = ctx.out
+        _check_version(out_p, v_p, "output Y_prev")
+        _check_version(out_c, v_c, "output Y_cur")
+        for (kp, kc), (vp, vc) in ctx.kept.values():
+            _check_version(kp, vp, "a stored pair (block mode)")
+            _check_version(kc, vc, "a stored pair (block mode)")
+        st = _State([out_p, out_c], [g_p, g_c], [False, False], [False, False], ctx.fmt)
+        ctx.out = None
+        del out_p, out_c, g_p, g_c
         grads: _Grads = {}
         device_type, enabled, dtype = ctx.autocast
-        pair, g = (saved[0], saved[1]), (g_p, g_c)
-        del saved
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(ctx.steps))):
-                pair, g = ctx.steps[i].backward(pair, g, known.get(i), ctx.step_params[i], grads)
-        param_grads = tuple(grads.get(id(t)) for t in ctx.params)
-        return (None, None, None, g[0], g[1], *param_grads)
+                known = ctx.kept[i][0] if i in ctx.kept else None
+                # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
+                with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
+                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads)
+                del known
+        param_grads = tuple(grads.pop(id(t), None) for t in ctx.params)
+        g_in = st.grad
+        del st
+        return (None, None, None, g_in[0], g_in[1], *param_grads)
+
+
+def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
+                     out_fmt: torch.memory_format,
+                     keep: Callable[[int, Tensor, Tensor], None] | None = None) -> Pair:
+    """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
+    outputs returned in ``out_fmt`` (the input's), always new tensors."""
+    x_p, x_c = p, c
+    p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
+    for i, step in enumerate(steps):
+        if keep is not None:
+            keep(i, p, c)
+        p, c = step.apply_(p, c, fmt)
+    p, c = p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
+    # outputs must be new tensors, never the inputs themselves
+    if p is x_p or p is x_c:
+        p = p.clone()
+    if c is x_p or c is x_c or c is p:
+        c = c.clone()
+    return p, c
 
 
 def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = True) -> Pair:
@@ -250,18 +454,29 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
         The output pair. Gradients (if needed) equal those of plain autograd up to
         floating-point rounding in the reconstruction.
     """
+    if mode is not True and mode is not False and mode != "block":
+        raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
     step_params = [s.params() for s in steps]
     params = list({id(t): t for sp in step_params for t in sp.values()}.values())
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
     if mode is False or not needs_grad:
+        # same layouts as the reversible path: computed channels-last, returned as given
+        fmt, out_fmt = internal_format(c), _layout(c)
+        p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
         for step in steps:
-            p, c = step.apply(p, c)
-        return p, c
+            p, c = step.apply(p, c, fmt)
+        return p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
     if mode is True:
         store: frozenset[int] = frozenset()
-    elif mode == "block":
-        store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
     else:
-        raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
-    out = ReversibleFunction.apply(steps, step_params, store, p, c, *params)
+        store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
+    out = _apply_eagerly(steps, step_params, store, p, c, params)
     return out[0], out[1]
+
+
+@torch.compiler.disable
+def _apply_eagerly(steps: Sequence[Step], step_params: Sequence[Params], store: frozenset[int],
+                   p: Tensor, c: Tensor, params: Sequence[Tensor]) -> Pair:
+    """Under ``torch.compile`` the Function runs eagerly (one graph break): its forward and
+    backward manage buffers by hand, which tracing would neither speed up nor keep."""
+    return ReversibleFunction.apply(steps, step_params, store, p, c, *params)

@@ -23,7 +23,8 @@ is Haar (two taps, no delay needed), ``theta = (pi/3, -pi/12)`` is Daubechies-4 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +34,8 @@ __all__ = [
     "LearnableWavelet",
     "WaveletTransform",
     "check_divisible",
-    "nearest_valid_size",
     "lattice_filters",
+    "nearest_valid_size",
 ]
 
 _HAAR_ANGLES = (math.pi / 4, 0.0)
@@ -89,7 +90,7 @@ def _analysis_1d(x: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
     xe, xo = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
     a = c1 * xe + s1 * xo
     b = c1 * xo - s1 * xe
-    if c2 is not None:
+    if c2 is not None and s2 is not None:
         b = torch.roll(b, shifts=-1, dims=axis)
         a, b = c2 * a + s2 * b, c2 * b - s2 * a
     return torch.cat([a, b], dim=1)
@@ -99,7 +100,7 @@ def _synthesis_1d(y: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
                   c2: Tensor | float | None, s2: Tensor | float | None) -> Tensor:
     """Exact inverse (= transpose) of :func:`_analysis_1d`."""
     a, b = y.chunk(2, dim=1)
-    if c2 is not None:
+    if c2 is not None and s2 is not None:
         a, b = c2 * a - s2 * b, s2 * a + c2 * b
         b = torch.roll(b, shifts=1, dims=axis)
     xe = c1 * a - s1 * b
@@ -124,8 +125,9 @@ class WaveletTransform(nn.Module):
         self.dim = dim
         self.levels = levels
 
-    # subclasses return (c1, s1, c2, s2); c2/s2 None means "no delay stage" (Haar)
-    def _coefficients(self, ref: Tensor) -> tuple:
+    # subclasses return (c1, s1, c2, s2); c2/s2 None means "no delay stage" (Haar);
+    # ``params`` (by parameter name) replaces the module's own parameters where given
+    def _coefficients(self, ref: Tensor, params: Mapping[str, Tensor] | None = None) -> tuple:
         raise NotImplementedError
 
     def _check(self, x: Tensor, name: str) -> None:
@@ -133,15 +135,24 @@ class WaveletTransform(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != self.dim + 2:
             raise ValueError(
-                f"{name} must have shape (N, C, {', '.join('S%d' % i for i in range(1, self.dim + 1))})"
+                f"{name} must have shape (N, C, {', '.join(f'S{i}' for i in range(1, self.dim + 1))})"
                 f" for a {self.dim}D wavelet, got shape {tuple(x.shape)}"
             )
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *S) -> (N, 2**(dim*levels) C, *S / 2**levels)``."""
+        return self.functional(x)
+
+    def functional(self, x: Tensor, params: Mapping[str, Tensor] | None = None,
+                   inverse: bool = False) -> Tensor:
+        """``forward(x)`` (or ``inverse(x)``) with the parameter tensors in ``params`` (by
+        name; missing names fall back to the module's own) in place of the module's; nothing
+        on the module is modified, so it is safe to call from several threads at once."""
+        if inverse:
+            return self._inverse(x, params)
         self._check(x, "wavelet input")
         check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} input {tuple(x.shape)}")
-        coeffs = self._coefficients(x)
+        coeffs = self._coefficients(x, params)
         for _ in range(self.levels):
             for axis in range(2, 2 + self.dim):
                 x = _analysis_1d(x, axis, *coeffs)
@@ -149,6 +160,9 @@ class WaveletTransform(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         """``(N, 2**(dim*levels) C, *S) -> (N, C, *S * 2**levels)``; exact inverse of forward."""
+        return self._inverse(y, None)
+
+    def _inverse(self, y: Tensor, params: Mapping[str, Tensor] | None) -> Tensor:
         self._check(y, "wavelet inverse input")
         factor = 2 ** (self.dim * self.levels)
         if y.shape[1] % factor != 0:
@@ -156,7 +170,7 @@ class WaveletTransform(nn.Module):
                 f"{type(self).__name__}.inverse: channels={y.shape[1]} must be divisible by "
                 f"2**(dim*levels)={factor}"
             )
-        coeffs = self._coefficients(y)
+        coeffs = self._coefficients(y, params)
         for _ in range(self.levels):
             for axis in reversed(range(2, 2 + self.dim)):
                 y = _synthesis_1d(y, axis, *coeffs)
@@ -183,7 +197,7 @@ class HaarDWT(WaveletTransform):
         True
     """
 
-    def _coefficients(self, ref: Tensor) -> tuple:
+    def _coefficients(self, ref: Tensor, params: Mapping[str, Tensor] | None = None) -> tuple:
         r = 1.0 / math.sqrt(2.0)
         return (r, r, None, None)
 
@@ -214,8 +228,8 @@ class LearnableWavelet(WaveletTransform):
         self.init = init
         self.theta = nn.Parameter(torch.tensor(angles[init], dtype=torch.get_default_dtype()))
 
-    def _coefficients(self, ref: Tensor) -> tuple:
-        theta = self.theta
+    def _coefficients(self, ref: Tensor, params: Mapping[str, Tensor] | None = None) -> tuple:
+        theta = self.theta if params is None else params.get("theta", self.theta)
         if theta.dtype != ref.dtype and ref.is_floating_point() and not torch.is_autocast_enabled(ref.device.type):
             theta = theta.to(ref.dtype)
         c, s = torch.cos(theta), torch.sin(theta)

@@ -1,18 +1,19 @@
-"""Benchmarks: memory (Figure 1), Table 1, time, numerical drift, and peers.
+"""Benchmarks: memory (Figure 1), Table 1, time, numerical drift, peers, and the backward peak.
 
 Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
 that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
-progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|all] --out DIR``
+progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|backward|all] --out DIR``
 or :func:`run_benchmarks`.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["BENCHMARKS", "load", "run_benchmarks"]
 
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "time": "fhcnn.bench.timing",
     "drift": "fhcnn.bench.drift",
     "spatial": "fhcnn.bench.spatial",
+    "backward": "fhcnn.bench.backward",
 }
 
 

@@ -20,21 +20,45 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..atomic import atomic_path, atomic_write_text
 from ..network import HyperbolicNetwork
-from ..reversible import LeapfrogStep, TransitionStep, run_steps
+from ..reversible import LeapfrogStep, TransitionStep, internal_format, run_steps
 
 __all__ = [
-    "Spec", "units_for", "hidden_for", "build_net", "make_input", "spatial_of", "state_numel",
-    "net_steps", "step_params", "train_step", "loss_of", "time_interleaved", "write_json", "save_figure",
-    "environment", "MODES", "DTYPES", "forward_method", "checkpoint_forward", "measure_peak",
-    "measured_activation_peaks", "spec_units", "median", "clean", "pyplot", "MiB", "unit_levels",
+    "DTYPES",
+    "MODES",
+    "MiB",
+    "Spec",
+    "build_net",
+    "checkpoint_forward",
+    "clean",
+    "environment",
+    "forward_method",
+    "hidden_for",
+    "loss_of",
+    "make_input",
+    "measure_peak",
+    "measured_activation_peaks",
+    "median",
+    "net_steps",
+    "pyplot",
+    "save_figure",
+    "spatial_of",
+    "spec_units",
+    "state_numel",
+    "step_params",
+    "time_interleaved",
+    "train_step",
+    "unit_levels",
+    "units_for",
+    "write_json",
 ]
 
 Spec = dict[str, Any]
@@ -92,7 +116,7 @@ def build_net(spec: Spec, device: str | torch.device = "cpu") -> HyperbolicNetwo
     hidden = spec.get("hidden")
     if hidden is None and "hidden_cap" in spec:
         hidden = hidden_for(spec)
-    net = HyperbolicNetwork(spec["channels"], spec_units(spec), dim=spec["dim"], hidden=hidden,
+    net = HyperbolicNetwork(spec["channels"], spec_units(spec), dim=spec["dim"], hidden=hidden,  # type: ignore[arg-type]
                             h=spec.get("h", 0.2), norm=spec.get("norm", "group"),
                             init_scale=spec.get("init_scale", 1.0),
                             kernel_size=spec.get("kernel_size", 3))
@@ -105,6 +129,8 @@ def make_input(spec: Spec, device: str | torch.device = "cpu", spatial: Sequence
     shape = (spec.get("batch", 1), spec["channels"], *(spatial or spatial_of(spec)))
     # drawn in float32 and cast, so float32 and float64 runs see the same numbers
     x = torch.randn(shape, generator=g).to(DTYPES[spec.get("dtype", "float32")])
+    if spec.get("channels_last") and x.dim() in (4, 5):
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x.to(device)
 
 
@@ -147,16 +173,19 @@ def checkpoint_forward(steps: Sequence[Any], x: Tensor, every: int) -> Tensor:
     def segment(seg: Sequence[Any]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
         return lambda p, c: run_steps(seg, p, c, mode=False)
 
-    p, c = x, x
+    # computed in the network's layout (channels-last in 2D/3D), converted once each way, as
+    # the network itself does (each segment would otherwise convert its pair in and out)
+    fmt = internal_format(x)
+    p = c = x if fmt is None else x.contiguous(memory_format=fmt)
     for i in range(0, len(steps), every):
         p, c = checkpoint(segment(steps[i:i + every]), p, c, use_reentrant=False)
-    return c
+    return c.contiguous()
 
 
 def forward_method(net: HyperbolicNetwork, x: Tensor, method: str) -> Tensor:
     """``method``: ``plain | block | reversible | checkpoint:K``."""
     if method in MODES:
-        net.reversible = MODES[method]
+        net.reversible = MODES[method]  # type: ignore[assignment]
         return net(x)
     if method.startswith("checkpoint:"):
         return checkpoint_forward(net_steps(net), x, int(method.split(":", 1)[1]))
@@ -275,7 +304,7 @@ def measure_peak(spec: Spec, method: str, device: str = "cpu", idle: bool = Fals
     env.setdefault("PYTHONWARNINGS", "ignore")
     job = json.dumps({"spec": spec, "method": method, "device": device, "idle": idle,
                       "threads": threads or torch.get_num_threads()})
-    proc = subprocess.run([sys.executable, "-m", "fhcnn.bench._worker", job], env=env,
+    proc = subprocess.run([sys.executable, "-m", "fhcnn.bench._worker", job], check=False, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory worker failed for {method} on {spec}:\n{proc.stderr[-2000:]}")

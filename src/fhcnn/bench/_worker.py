@@ -19,6 +19,7 @@ before it.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import resource
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
     can_reset = device == "cpu" and _reset_peak()
     levels = max([0] + [lv for lv in _levels(spec)])
     xw = x if can_reset else make_x([2 ** levels * 2] * spec["dim"])
-    train_step(model, xw, lambda: fwd(model, xw))
+    train_step(model, xw, functools.partial(fwd, model, xw))
     del xw
     for p in model.parameters():
         p.grad = None

@@ -19,8 +19,9 @@ or smaller than that, and ``h**2 ||K||**2`` is what governs stability, so a swee
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ from ._common import (
     write_json,
 )
 
-__all__ = ["run", "settings", "work", "usable_depth", "THRESHOLD"]
+__all__ = ["THRESHOLD", "run", "settings", "usable_depth", "work"]
 
 NAME = "drift"
 THRESHOLD = 1e-4
@@ -61,7 +62,7 @@ def depth_grid(max_depth: int) -> list[int]:
     out = {1}
     k = 0.0
     while 2**k <= max_depth:
-        out.add(int(round(2**k)))
+        out.add(round(2**k))
         k += 0.5
     out.add(max_depth)
     return sorted(d for d in out if d <= max_depth)
@@ -107,7 +108,7 @@ def _grads(steps: Sequence[Any], params: Sequence[torch.Tensor], x: torch.Tensor
         p.grad = None
     _, c = run_steps(steps, x, x, mode)
     (c * w).sum().backward()
-    return torch.cat([x.grad.flatten(), *[p.grad.flatten() for p in params]])
+    return torch.cat([x.grad.flatten(), *[p.grad.flatten() for p in params]])  # type: ignore[union-attr]
 
 
 def gradient_errors(spec: dict[str, Any], depths: Sequence[int]) -> dict[str, list]:
@@ -216,9 +217,11 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
                     "o-", ms=3, color=col[str(h)], label=f"h = {h:g}")
     _loglog(a_grow, "state growth (float64)", r"$\|Y_L\| / \|X\|$", None)
     a_grow.legend(fontsize=8)
+    def nan(v: list[float | None]) -> list[float]:
+        return [x if x is not None else float("nan") for x in v]
+
     for h in hs:
         r = result["gradient"][str(h)]
-        nan = lambda v: [x if x is not None else float("nan") for x in v]  # noqa: E731
         a_g32.plot(r["depth"], nan(r["reversible_fp32"]), "o-", ms=3, color=col[str(h)],
                    label=f"reversible, h = {h:g}")
         a_g32.plot(r["depth"], nan(r["plain_fp32"]), "x--", ms=4, lw=0.8, color=col[str(h)],

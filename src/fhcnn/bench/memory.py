@@ -7,7 +7,8 @@ For plain autograd, block-reversible and fully reversible networks this records
 * ``analytic``: the same number from a formula (per layer ``(C + 2M) V`` floats -- the conv
   input, the conv output kept by the normalization and the activation output kept by the
   adjoint conv -- plus the flipped copy of ``K`` and the normalization statistics; block:
-  the pair entering every transition plus the last pair; reversible: the last pair);
+  the pair entering every transition plus the last pair plus the input; reversible: the last
+  pair plus the input, usually the caller's batch, which is held anyway);
 * ``paper_model``: the paper's model, state size x number of states stored (plain: one state
   per layer, block: two per transition plus the last pair, reversible: the last pair);
 * ``peak``: measured peak memory of one training step in a fresh process above its idle
@@ -17,9 +18,11 @@ For plain autograd, block-reversible and fully reversible networks this records
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -43,7 +46,7 @@ from ._common import (
     write_json,
 )
 
-__all__ = ["run", "analytic_saved", "paper_model_bytes", "sweeps", "work", "METHODS"]
+__all__ = ["METHODS", "analytic_saved", "paper_model_bytes", "run", "sweeps", "work"]
 
 METHODS = ("plain", "block", "reversible")
 NAME = "memory"
@@ -63,10 +66,22 @@ def analytic_saved(spec: Spec, method: str, itemsize: int = 4) -> int:
     n_batch, dim, k = spec.get("batch", 1), spec["dim"], spec.get("kernel_size", 3)
     E = state_numel(spec)
     transitions = sum(1 for _, t in units if t is not None)
+    # reversible modes also keep the input (one storage: the pair starts at (x, x)), which a
+    # second backward (retain_graph=True) recomputes the released outputs from
     if method == "reversible":
-        return 2 * E * itemsize
+        return 3 * E * itemsize
     if method == "block":
-        return 2 * E * itemsize * (transitions + 1)
+        # the pair entering a first transition after 0 (1) layers is (x, x) ((x, Y_1)), x in
+        # the computing layout: a channels-last copy in 2D/3D (one storage for (x, x)), the
+        # input itself in 1D (2 (1) storages shared with the input)
+        first_n, first_t = units[0]
+        if first_t is None or first_n > 1:
+            shared = 0
+        elif dim in (2, 3):
+            shared = 1 if first_n == 0 else 0
+        else:
+            shared = 2 - first_n
+        return (2 * E * (transitions + 1) + E - E * shared) * itemsize
     if method != "plain":
         raise ValueError(f"no formula for {method!r}")
     vox = math.prod(spatial_of(spec)) * n_batch
@@ -164,7 +179,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             x = make_input(spec, device)
             rec["param_bytes"].append(param_bytes(net))
             for m in METHODS:
-                b, _ = saved_tensor_bytes(lambda: forward_method(net, x, m))
+                b, _ = saved_tensor_bytes(functools.partial(forward_method, net, x, m))
                 rec["saved"][m].append(b)
                 rec["analytic"][m].append(analytic_saved(spec, m))
                 rec["paper_model"][m].append(paper_model_bytes(spec, m))

@@ -19,8 +19,9 @@ broken peer is reported with its import error and skipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ from ._common import (
     write_json,
 )
 
-__all__ = ["run", "build_peer", "peer_forward", "peer_status", "configs", "work"]
+__all__ = ["build_peer", "configs", "peer_forward", "peer_status", "run", "work"]
 
 NAME = "peers"
 OURS = ("plain", "block", "reversible")
@@ -92,7 +93,7 @@ class PairWavelet(nn.Module):
     def _map(self, x: Tensor, inverse: bool) -> Tensor:
         p, c = x.chunk(2, dim=1)
         m = self.wavelet.inverse if inverse else self.wavelet
-        return torch.cat([m(p), m(c)], dim=1)
+        return torch.cat([m(p), m(c)], dim=1)  # type: ignore[operator]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._map(x, self.up)
@@ -203,8 +204,11 @@ def work(quick: bool, measure_peaks: bool = True) -> int:
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None, measure_peaks: bool = True,
-        config_override: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Writes ``peers.json`` and ``peers.png``."""
+        config_override: dict[str, Any] | None = None, name: str = NAME) -> dict[str, Any]:
+    """Writes ``<name>.json`` and ``<name>.png`` (default ``peers``).
+
+    ``config_override``: ``{"spec", "ks", "repeats"}`` as in :func:`configs`; a spec with
+    ``"channels_last": True`` feeds every method a channels-last input."""
     tick = tick or (lambda msg: None)
     cfg = config_override or configs(quick)
     spec, ks, repeats = cfg["spec"], cfg["ks"], cfg["repeats"]
@@ -251,7 +255,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
             rows[m]["peak"] = r["peak"]
             rows[m]["peak_minus_param_grads"] = r["peak"] - rows[m]["param_bytes"]
             tick(f"peers peak {m}")
-    raw = time_interleaved({m: (lambda m=m: train_step(model_of(m), x, fwd(m))) for m in methods},
+    raw = time_interleaved({m: (lambda m=m: train_step(model_of(m), x, fwd(m))) for m in methods},  # type: ignore[misc]
                            repeats, warmup=1, device=device, progress=lambda: tick("peers time"))
     for m in methods:
         rows[m]["seconds"] = raw[m]
@@ -273,11 +277,16 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
               "best_checkpoint": best, "peer_import_errors": {k: v for k, v in status.items() if v},
               "peer_build_errors": errors, "repeats": repeats,
               "iunets_architecture": iunet_architecture(spec),
+              # ours (fully reversible) over each peer: < 1 means we use less / are faster
+              "reversible_over_peer": {
+                  p: {"time": rev["median_s"] / rows[p]["median_s"],
+                      **({"peak": rev["peak"] / rows[p]["peak"]} if measure_peaks else {})}
+                  for p in ("memcnn", "iunets") if p in rows},
               "notes": "ratios are X / ours (fully reversible); memcnn runs exactly our network; "
                        "iunets runs our layer in iUNet's layout"}
     out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
+    write_json(out_dir / f"{name}.json", result)
+    plot(result, out_dir / f"{name}.png")
     return result
 
 

@@ -17,9 +17,11 @@ state it), group norm, float32, batch 1.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..memory import saved_tensor_bytes
 from ._common import (
@@ -37,7 +39,7 @@ from ._common import (
 )
 from .memory import analytic_saved
 
-__all__ = ["run", "table_spec", "PAPER", "work"]
+__all__ = ["PAPER", "run", "table_spec", "work"]
 
 NAME = "table1"
 UNITS = [[5, "up"], [6, "up"], [8, None]]
@@ -79,7 +81,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         x = make_input(spec)
         row: dict[str, Any] = {"coarse": coarse, "voxels": math.prod(coarse)}
         for m in methods:
-            b, _ = saved_tensor_bytes(lambda: forward_method(net, x, m))
+            b, _ = saved_tensor_bytes(functools.partial(forward_method, net, x, m))
             row[m] = {"saved": b, "formula": analytic_saved(spec, m)}
         checks.append(row)
         tick(f"table1 check {coarse}")
@@ -92,7 +94,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         b = b0 - a * v0
         law[m] = {"bytes_per_coarse_voxel": a, "constant_bytes": b,
                   "predicts_all_sizes": all(a * r["voxels"] + b == r[m]["saved"] for r in checks)}
-    measured = []
+    measured: list[Any] = []
     if measure_peaks:
         for coarse in peak_sizes:
             spec = table_spec(coarse)
@@ -107,8 +109,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         coarse = [s // 4 for s in data]
         spec = table_spec(coarse)
         state = state_numel(spec) * 4
-        row: dict[str, Any] = {"data": data, "coarse": coarse, "state_bytes": state,
-                               "paper_MB": PAPER[name]}
+        row = {"data": data, "coarse": coarse, "state_bytes": state, "paper_MB": PAPER[name]}
         for m in methods:
             row[m] = {"exact_saved_bytes": analytic_saved(spec, m),
                       "law_bytes": law[m]["bytes_per_coarse_voxel"] * math.prod(coarse)

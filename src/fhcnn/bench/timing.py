@@ -9,8 +9,10 @@ rotating start), median of the repeats.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._common import (
     Spec,
@@ -26,7 +28,7 @@ from ._common import (
     write_json,
 )
 
-__all__ = ["run", "configs", "work", "METHODS", "TARGET"]
+__all__ = ["METHODS", "TARGET", "configs", "run", "work"]
 
 METHODS = ("plain", "block", "reversible")
 NAME = "time"
@@ -48,6 +50,10 @@ def work(quick: bool) -> int:
     return len(specs) * repeats
 
 
+def _step(net: Any, x: Any, method: str) -> float:
+    return train_step(net, x, functools.partial(forward_method, net, x, method))
+
+
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None,
         configs_override: tuple[list[Spec], int] | None = None) -> dict[str, Any]:
@@ -58,9 +64,9 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     for spec in specs:
         net = build_net(spec, device)
         x = make_input(spec, device)
-        fns = {m: (lambda m=m: train_step(net, x, lambda: forward_method(net, x, m))) for m in METHODS}
-        raw = time_interleaved(fns, repeats, warmup=1, device=device,
-                               progress=lambda: tick(f"time depth={spec['depth']}"))
+        fns = {m: functools.partial(_step, net, x, m) for m in METHODS}
+        raw = time_interleaved(fns, repeats, warmup=1, device=device,  # type: ignore[arg-type]
+                               progress=functools.partial(tick, f"time depth={spec['depth']}"))
         med = {m: median(raw[m]) for m in METHODS}
         rows.append({"spec": spec, "depth": spec["depth"], "seconds": raw, "median": med,
                      "ratio": {m: med[m] / med["plain"] for m in METHODS}})

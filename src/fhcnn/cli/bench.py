@@ -6,9 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
+from ..bench import BENCHMARKS
+
 HELP = "benchmark memory (Figure 1), Table 1, step time, numerical drift and peers; writes JSON + PNG"
 
-CHOICES = ("memory", "time", "drift", "table1", "peers", "spatial", "all")
+CHOICES = (*BENCHMARKS, "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ multiple of ``2**levels``.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Mapping, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -65,20 +65,20 @@ class SplitSymmetricLayer(SymmetricLayer):
     def _padding(self, pad: int, split_pad: int) -> tuple[int, ...]:
         return tuple(split_pad if a in self.split.axes else pad for a in range(self.dim))
 
-    def conv(self, y: Tensor) -> Tensor:
+    def _conv_with(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``K y + b`` on the slab: ``(N, C, *S_local) -> (N, M, *S_local)``."""
         p = self.kernel_size // 2
         y = halo_pad(y, self.split, p)
-        return _CONV[self.dim](y, self.weight, self.bias, padding=self._padding(p, 0))
+        return _CONV[self.dim](y, weight, bias, padding=self._padding(p, 0))
 
-    def conv_adjoint(self, z: Tensor) -> Tensor:
+    def _conv_adjoint_with(self, z: Tensor, weight: Tensor) -> Tensor:
         """``K^T z`` on the slab: ``(N, M, *S_local) -> (N, C, *S_local)``."""
         p = self.kernel_size // 2
         z = halo_pad(z, self.split, p)
         if self.adjoint == "conv_transpose":
             # the full transposed convolution of the padded slab, cropped by 2p on split axes
-            return _CONV_T[self.dim](z, self.weight, padding=self._padding(p, 2 * p))
-        w = self.weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
+            return _CONV_T[self.dim](z, weight, padding=self._padding(p, 2 * p))
+        w = weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
         return _CONV[self.dim](z, w, padding=self._padding(p, 0))
 
     def extra_repr(self) -> str:
@@ -114,9 +114,17 @@ class SplitLearnableWavelet(LearnableWavelet):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *S_local) -> (N, 2**(dim*levels) C, *S_local / 2**levels)``."""
+        return self.functional(x)
+
+    def functional(self, x: Tensor, params: Mapping[str, Tensor] | None = None,
+                   inverse: bool = False) -> Tensor:
+        """:meth:`forward` (or :meth:`inverse`) with the parameter tensors in ``params``
+        (the reversible backward's recomputation); nothing on the module is modified."""
+        if inverse:
+            return self._split_inverse(x, params)
         self._check(x, "wavelet input")
         check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} slab {tuple(x.shape)}")
-        c1, s1, c2, s2 = self._coefficients(x)
+        c1, s1, c2, s2 = self._coefficients(x, params)
         for _ in range(self.levels):
             for axis in range(2, 2 + self.dim):
                 pairs = x.unflatten(axis, (x.shape[axis] // 2, 2))
@@ -128,12 +136,15 @@ class SplitLearnableWavelet(LearnableWavelet):
 
     def inverse(self, y: Tensor) -> Tensor:
         """``(N, 2**(dim*levels) C, *S_local) -> (N, C, *S_local * 2**levels)``."""
+        return self._split_inverse(y, None)
+
+    def _split_inverse(self, y: Tensor, params: Mapping[str, Tensor] | None) -> Tensor:
         self._check(y, "wavelet inverse input")
         factor = 2 ** (self.dim * self.levels)
         if y.shape[1] % factor != 0:
             raise ValueError(f"{type(self).__name__}.inverse: channels={y.shape[1]} must be divisible "
                              f"by 2**(dim*levels)={factor}")
-        c1, s1, c2, s2 = self._coefficients(y)
+        c1, s1, c2, s2 = self._coefficients(y, params)
         for _ in range(self.levels):
             for axis in reversed(range(2, 2 + self.dim)):
                 a, b = y.chunk(2, dim=1)

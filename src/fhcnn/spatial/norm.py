@@ -50,14 +50,19 @@ class SplitGroupNorm(nn.GroupNorm):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.functional(x, self.weight, self.bias)
+
+    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """The global group norm with the given affine tensors (used by the reversible
+        backward's recomputation, :func:`fhcnn.layers._functional_norm`)."""
         n, c = x.shape[:2]
         xg = x.reshape(n, self.num_groups, -1)
         count = xg.shape[-1] * self.split.size
         _, dev, var = _moments(xg, self.split, (2,), count)
         y = (dev * torch.rsqrt(var + self.eps)).reshape(x.shape)
-        if self.affine:
+        if self.affine and weight is not None and bias is not None:
             shape = (1, c) + (1,) * (x.dim() - 2)
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+            y = y * weight.reshape(shape) + bias.reshape(shape)
         return y
 
     def extra_repr(self) -> str:
@@ -90,6 +95,23 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 3:
             raise ValueError(f"expected (N, C, *S) input, got shape {tuple(x.shape)}")
+
+    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """The global batch norm with the given affine tensors and no running-statistics update
+        (batch statistics in training mode, running ones in eval mode): the reversible
+        backward's recomputation (:func:`fhcnn.layers._functional_norm`)."""
+        self._check_input_dim(x)
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        if not use_batch:
+            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
+        dims = (0, *range(2, x.dim()))
+        count = math.prod(x.shape[d] for d in dims) * self.split.size
+        _, dev, var = _moments(x, self.split, dims, count)
+        y = dev * torch.rsqrt(var + self.eps)
+        if self.affine and weight is not None and bias is not None:
+            shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+            y = y * weight.reshape(shape) + bias.reshape(shape)
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
