@@ -38,20 +38,57 @@ from .config import ChangeConfig
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["build_volume", "fit_change", "run_change"]
+__all__ = ["build_volume", "change_features", "fit_change", "run_change"]
 
 
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
                  normalize: BandNormalization = "band") -> np.ndarray:
-    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring)."""
+    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring).
+
+    ``channels``: ``"dates"`` (C = 2: before, after), ``"dates+diff"`` (C = 3: + after - before
+    of the standardized bands) or ``"dates+diff+ratio+angle"`` (C = 5: + the log ratio of the
+    dates and their spectral angle, see :func:`change_features`).
+    """
     x = np.stack([before, after], 0).astype(np.float32)        # (2, H, W, B)
     if normalize == "band":
         mu = x.mean(axis=(0, 1, 2), keepdims=True)
         sd = x.std(axis=(0, 1, 2), keepdims=True)
         x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
-    if channels == "dates+diff":
+    if channels in ("dates+diff", "dates+diff+ratio+angle"):
         x = np.concatenate([x, x[1:2] - x[0:1]], 0)
+    if channels == "dates+diff+ratio+angle":
+        x = np.concatenate([x, change_features(before, after)], 0)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))       # (C, B, H, W)
+
+
+def change_features(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``(2, H, W, B)`` float32: the standardized log ratio of the dates, band by band, and the
+    standardized spectral angle between them (one value per pixel, repeated over the bands).
+
+    On the raw values (clipped at 0): ``log((after + e) / (before + e))`` with ``e`` 1 % of the
+    band's mean level over both dates (finite for zeros), and
+    ``arccos(<before, after> / (|before| |after|))`` (0 where a spectrum is all zeros).
+    Each is standardized over the scene (a constant feature becomes 0).
+
+    Example:
+        >>> change_features(np.zeros((4, 5, 3)), np.ones((4, 5, 3))).shape
+        (2, 4, 5, 3)
+    """
+    b = np.clip(np.asarray(before, np.float64), 0, None)
+    a = np.clip(np.asarray(after, np.float64), 0, None)
+    level = np.concatenate([b, a]).mean(axis=(0, 1))
+    eps = 0.01 * np.where(level > 0, level, 1.0)
+    ratio = np.log((a + eps) / (b + eps))
+    dot = (a * b).sum(-1)
+    norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    angle = np.arccos(np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0), -1.0, 1.0))
+    angle = np.broadcast_to(angle[..., None], ratio.shape)
+
+    def standardize(f: np.ndarray) -> np.ndarray:
+        sd = f.std()
+        return (f - f.mean()) / sd if sd > 1e-12 else np.zeros_like(f)
+
+    return np.stack([standardize(ratio), standardize(angle)], 0).astype(np.float32)
 
 
 def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig,
