@@ -34,7 +34,7 @@ from ...engine.sizes import Geometry
 from ...errors import InputError
 from ...options import IGNORE, BandNormalization, ChangeChannels
 from ...training import is_main_process
-from .config import ChangeConfig
+from .config import ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
@@ -109,11 +109,15 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     Returns:
         dict with ``pred`` (H, W) uint8, ``prob`` (H, W) float change probability, ``result``
         (the engine's :class:`SegmentationResult`), ``volume`` (as trained on), ``padded``,
-        ``geometry``, times.
+        ``geometry``, times, ``derived`` (the settings derived from the scene, see
+        :func:`~fhcnn.apps.change.config.derive_settings`, each logged) and ``config`` (the
+        config with them, as trained).
     """
-    ch = cfg.change
     h, w, nb = before.shape
     geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
+    n_labelled = int((np.asarray(train2d) != IGNORE).sum())
+    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(n_labelled * cfg.data.scale ** 2)))
+    ch = cfg.change
     vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
     train_s = geom.labels(train2d, 2)
     c, nbv, hs, ws = vol.shape
@@ -132,6 +136,8 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
         f"[{ch.channels}; bands standardized: {ch.normalize}]; " + geom.describe())
     log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
         f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
+    for name, item in derived.items():
+        log(f"derived {name} = {item['value']} ({item['why']})")
     data = replace(cfg.data, reduce_depth=ch.target == "mean")
     seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train)
 
@@ -152,7 +158,8 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     p_change = change_probability(result.predict_proba(vol))
     pred = (p_change > ch.threshold).astype(np.uint8)
     return {"pred": pred, "prob": p_change, "result": result, "volume": vol, "padded": geom.padded,
-            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1}
+            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1,
+            "derived": derived, "config": cfg}
 
 
 def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_fraction: float | None = None,
@@ -184,7 +191,8 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
         "parameters": int(sum(p.numel() for p in result.model.parameters())),
         "train_time_s": round(fit["train_time_s"], 2), "predict_time_s": round(fit["predict_time_s"], 2),
         "total_time_s": round(time.perf_counter() - t_start, 2),
-        "device": str(result.device), "steps": int(cfg.train.steps),
+        "device": str(result.device), "steps": int(fit["config"].train.steps),
+        "derived": fit["derived"],
         "loss_curve": [[r["step"], round(r["loss"], 5)] for r in result.history],
     }
     if metrics["heldout"]:
@@ -193,7 +201,7 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     from ...config import save_config
 
     write_outputs(out, inputs, fit, metrics, show_eval=bool(eval_labels))
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / "config.yaml")   # as given; the derived values are in metrics.json
     if metrics["heldout"]:
         log(f"held-out mIoU {metrics['miou']:.4f} (positive {metrics['iou_positive']:.4f}, negative "
             f"{metrics['iou_negative']:.4f}) on {n_scored} pixels")
