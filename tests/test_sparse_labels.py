@@ -171,3 +171,30 @@ def test_class_weights_are_the_unlabelled_terms_weights():
     lab = torch.tensor([0, 0, 0, 1, IGNORE])
     w = class_weights(lab, 2, 1.0)
     assert w[1] > w[0]
+
+
+def test_derived_prediction_passes_shrink_with_the_scene_and_are_logged():
+    from fhcnn.apps.change.config import PREDICT_BUDGET, derive_settings
+
+    cfg = load_config(ChangeConfig, "change", ["train.steps=300"])
+    passes = []
+    for side in (96, 400, 800, 1600):
+        new, rec = derive_settings(cfg, side, side, side * side // 10)
+        passes.append(new.data.predict_shifts * (2 if new.data.predict_flip else 1))
+        assert {"predict_shifts", "predict_flip", "label_density"} <= set(rec)
+        assert cfg.data.predict_shifts == 2 and cfg.data.predict_flip       # the input is not modified
+    assert passes == sorted(passes, reverse=True) and passes[0] == 4 and passes[-1] == 1
+    new, rec = derive_settings(cfg, 400, 400, 16000)
+    assert float(rec["predict_shifts"]["why"].split("time ")[1].split()[0]) <= PREDICT_BUDGET
+    off = load_config(ChangeConfig, "change", ["change.auto=false"])
+    assert derive_settings(off, 1600, 1600, 10) == (off, {})
+
+
+def test_fit_change_logs_the_derived_settings():
+    s = make_bitemporal_scene(24, 24, 6, seed=1, field_size=10)
+    train, _ = sparse_labels(s.change.astype(np.uint8), 0.05, "random", seed=0)
+    lines: list[str] = []
+    cfg = load_config(ChangeConfig, "change-tiny", ["train.steps=2"])
+    fit = fit_change(s.before, s.after, train, cfg, None, quiet=True, log=lines.append)
+    assert set(fit["derived"]) >= {"predict_shifts", "label_density"}
+    assert any(line.startswith("derived predict_shifts = ") for line in lines)
