@@ -198,3 +198,16 @@ def test_fit_change_logs_the_derived_settings():
     fit = fit_change(s.before, s.after, train, cfg, None, quiet=True, log=lines.append)
     assert set(fit["derived"]) >= {"predict_shifts", "label_density"}
     assert any(line.startswith("derived predict_shifts = ") for line in lines)
+
+
+def test_derived_steps_cover_a_large_scene_and_class_weights_are_recorded():
+    from fhcnn.apps.change.config import COVERAGE, derive_settings
+
+    cfg = load_config(ChangeConfig, "change", ["train.steps=300"])
+    small, rec = derive_settings(cfg, 96, 96, 900, 100)
+    assert small.train.steps == 300                                  # small scene: the config's
+    big, rec = derive_settings(cfg, 800, 800, 4400, 730)
+    d = big.data
+    assert big.train.steps * d.batch_size * d.window_height * d.window_width >= COVERAGE * 800 * 800
+    w = rec["class_weights"]["value"]
+    assert w[1] > w[0] and sum(w) == pytest.approx(2, abs=1e-2)

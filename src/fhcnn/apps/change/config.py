@@ -66,6 +66,12 @@ class ChangeConfig:
 #: labelled. The dense benchmarks label 4-9 % of the scene, the sparse ones 0.5-2 %.
 SPARSE_DENSITY = 0.03
 
+#: Times the training windows cover the scene (steps x batch x window pixels / scene pixels)
+#: at least: with labels spread over the scene, each labelled pixel is in about this many
+#: training windows. The tuned Taizhou default (400 x 400, 300 steps of 4 windows of 32 x 32)
+#: covers it 7.7 times.
+COVERAGE = 8.0
+
 #: Time of one prediction window's forward pass over that of one training step (a batch of
 #: windows: forward, inverse and backward). On a CPU both are dominated by per-call overhead
 #: at these window sizes, so this ratio hardly depends on the batch; measured on Taizhou
@@ -83,10 +89,15 @@ def _windows_along(n: int, w: int) -> int:
     return math.ceil((n - w) / max(1, w // 2)) + 1
 
 
-def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int
+def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_changed: int | None = None
                     ) -> tuple[ChangeConfig, dict[str, Any]]:
     """The settings the scene decides, from its size and its label density.
 
+    * **Steps** (``train.steps``): at least enough for the training windows to cover the scene
+      :data:`COVERAGE` times (the config's steps on small scenes; an 800 x 800 scene gets 1250
+      steps of 4 windows of 32 x 32).
+    * **Class weights**: ``count**-data.balance`` of the labelled pixels (computed by the
+      engine; recorded here).
     * **Prediction passes** (``data.predict_shifts``, ``data.predict_flip``): the most (from the
       config's down: halve the shifts, then drop the flip) whose estimated cost, prediction
       windows x passes x :data:`PREDICT_CALL` training steps, stays under
@@ -99,6 +110,7 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int
         cfg: the run's config (not modified).
         height, width: the scene's size in pixels (after ``data.scale``).
         n_train: labelled training pixels.
+        n_changed: how many of them are changed (for the class weights' record).
 
     Returns:
         ``(config, record)``: the config with the derived values, and ``{name: {"value",
@@ -113,6 +125,18 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int
 
     wh = d.window_height if d.window_height > 0 else height
     ww = d.window_width if d.window_width > 0 else width
+    need = math.ceil(COVERAGE * height * width / (d.batch_size * wh * ww))
+    if need > t.steps:
+        t = replace(t, steps=need)
+    cover = t.steps * d.batch_size * wh * ww / (height * width)
+    record["steps"] = {"value": t.steps, "why": f"windows cover the scene {cover:.1f} times (at least "
+                       f"{COVERAGE:g}; config: {cfg.train.steps} steps)"}
+    if n_changed is not None:
+        counts = [max(1, n_train - n_changed), max(1, n_changed)]
+        w = [c ** -d.balance for c in counts]
+        record["class_weights"] = {"value": [round(2 * x / sum(w), 3) for x in w],
+                                   "why": f"count**-{d.balance:g} of {counts[0]} unchanged and "
+                                          f"{counts[1]} changed pixels"}
     per_pass = _windows_along(height, wh) * _windows_along(width, ww) * PREDICT_CALL / max(1, t.steps)
     options = []
     shifts = d.predict_shifts
@@ -134,4 +158,4 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int
                                 f"(budget {PREDICT_BUDGET}; config: {cfg.data.predict_shifts} shifts, "
                                 f"flip {cfg.data.predict_flip})"}
     record["predict_flip"] = {"value": chosen[1], "why": "see predict_shifts"}
-    return replace(cfg, data=d), record
+    return replace(cfg, data=d, train=t), record

@@ -116,7 +116,9 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     h, w, nb = before.shape
     geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
     n_labelled = int((np.asarray(train2d) != IGNORE).sum())
-    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(n_labelled * cfg.data.scale ** 2)))
+    s2 = cfg.data.scale ** 2
+    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(n_labelled * s2)),
+                                   round(int((np.asarray(train2d) == 1).sum()) * s2))
     ch = cfg.change
     vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
     train_s = geom.labels(train2d, 2)
