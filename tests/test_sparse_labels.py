@@ -173,7 +173,7 @@ def test_class_weights_are_the_unlabelled_terms_weights():
     assert w[1] > w[0]
 
 
-def test_derived_prediction_passes_shrink_with_the_scene_and_are_logged():
+def test_derived_prediction_passes_fit_the_budget_and_are_logged():
     from fhcnn.apps.change.config import PREDICT_BUDGET, derive_settings
 
     cfg = load_config(ChangeConfig, "change", ["train.steps=300"])
@@ -183,9 +183,8 @@ def test_derived_prediction_passes_shrink_with_the_scene_and_are_logged():
         passes.append(new.data.predict_shifts * (2 if new.data.predict_flip else 1))
         assert {"predict_shifts", "predict_flip", "label_density"} <= set(rec)
         assert cfg.data.predict_shifts == 2 and cfg.data.predict_flip       # the input is not modified
-    assert passes == sorted(passes, reverse=True) and passes[0] == 4 and passes[-1] == 1
-    new, rec = derive_settings(cfg, 400, 400, 16000)
-    assert float(rec["predict_shifts"]["why"].split("time ")[1].split()[0]) <= PREDICT_BUDGET
+        assert float(rec["predict_shifts"]["why"].split("time ")[1].split()[0]) <= PREDICT_BUDGET
+    assert passes[0] == 4 and max(passes[1:]) < 4
     off = load_config(ChangeConfig, "change", ["change.auto=false"])
     assert derive_settings(off, 1600, 1600, 10) == (off, {})
 
