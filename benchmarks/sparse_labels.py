@@ -21,7 +21,8 @@ a 6-band pair). Margins are taken over the best of the four on the same labels.
 
 ``run`` trains the ``change`` config with the variant's ``--set`` overrides (one torch
 thread) on every (density, pattern, seed) and keeps each result in
-``results/sparse_<scene>_<variant>.json`` (a rerun skips the runs already there). ``report``
+``results/sparse_<scene>_<variant>.json`` (a rerun skips the runs already there; ``--part P``
+writes ``sparse_<scene>_<variant>@P.json`` instead, and ``report`` merges the parts). ``report``
 writes ``results/sparse_summary.json`` (mean, std, min, max over seeds, and the margin over the
 better baseline on every seed) and ``results/sparse_<scene>.png``, and prints the tables.
 """
@@ -110,7 +111,7 @@ def cmd_run(args: argparse.Namespace, baselines: bool) -> None:
     torch.set_num_threads(args.threads)
     case = load_scene(args.scene)
     name = "baselines" if baselines else args.variant
-    path = RESULTS / f"sparse_{args.scene}_{name}.json"
+    path = RESULTS / f"sparse_{args.scene}_{name}{'@' + args.part if args.part else ''}.json"
     rec = json.loads(path.read_text()) if path.exists() else {"scene": args.scene, "variant": name, "runs": {}}
     rec["description"] = case["description"]
     if not baselines:
@@ -177,6 +178,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                           "predict_time_s": _stats([x[3] for x in vals])}
             out[cell_key] = row
         summary[scene] = out
+        if not out:
+            continue
         print(f"\n## {scene}\n")
         names = sorted({v for row in out.values() for v in row if v not in BASELINES})
         print("| density | pattern | " + " | ".join(BASELINES + names) + " |")
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patterns", default="random,clustered")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--part", default="", help="write this part of the grid to its own file "
+                    "(sparse_<scene>_<variant>@<part>.json), so several processes can share a grid")
     args = ap.parse_args(argv)
     if args.command == "report":
         cmd_report(args)

@@ -193,9 +193,10 @@ def test_fit_change_logs_the_derived_settings():
     s = make_bitemporal_scene(24, 24, 6, seed=1, field_size=10)
     train, _ = sparse_labels(s.change.astype(np.uint8), 0.05, "random", seed=0)
     lines: list[str] = []
-    cfg = load_config(ChangeConfig, "change-tiny", ["train.steps=2"])
+    cfg = load_config(ChangeConfig, "change-tiny", ["train.steps=2", "change.auto=true"])
     fit = fit_change(s.before, s.after, train, cfg, None, quiet=True, log=lines.append)
-    assert set(fit["derived"]) >= {"predict_shifts", "label_density"}
+    assert set(fit["derived"]) >= {"predict_shifts", "label_density", "steps"}
+    assert fit["config"].train.steps > 2                                  # covers the scene
     assert any(line.startswith("derived predict_shifts = ") for line in lines)
 
 
@@ -210,3 +211,16 @@ def test_derived_steps_cover_a_large_scene_and_class_weights_are_recorded():
     assert big.train.steps * d.batch_size * d.window_height * d.window_width >= COVERAGE * 800 * 800
     w = rec["class_weights"]["value"]
     assert w[1] > w[0] and sum(w) == pytest.approx(2, abs=1e-2)
+
+
+def test_sparse_scenes_get_the_features_and_the_teacher():
+    from fhcnn.apps.change.config import SPARSE_DENSITY, derive_settings
+
+    cfg = load_config(ChangeConfig, "change", [])
+    n = 400 * 400
+    sparse, rec = derive_settings(cfg, 400, 400, int(0.5 * SPARSE_DENSITY * n))
+    assert sparse.change.channels == "dates+diff+ratio+angle" and sparse.data.unlabelled == "teacher"
+    assert "sparse labels" in rec["unlabelled"]["why"]
+    dense, rec = derive_settings(cfg, 400, 400, int(2 * SPARSE_DENSITY * n))
+    assert dense.change.channels == "dates" and dense.data.unlabelled == "none"
+    assert "channels" not in rec and "unlabelled" not in rec

@@ -103,8 +103,11 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
       windows x passes x :data:`PREDICT_CALL` training steps, stays under
       :data:`PREDICT_BUDGET` of the training steps, so prediction does not outgrow training
       on a large scene.
-    * **Sparse labels** (fewer than :data:`SPARSE_DENSITY` of the pixels labelled): see the
-      ``sparse`` entry in the returned record.
+    * **Sparse labels** (fewer than :data:`SPARSE_DENSITY` of the pixels labelled): the change
+      analyst's features as extra channels (``change.channels="dates+diff+ratio+angle"``, if
+      the config asks for ``"dates"``) and the mean-teacher term on the unlabelled pixels
+      (``data.unlabelled="teacher"``, if the config has none); measured in
+      ``benchmarks/sparse_labels.py`` (docs/change.md).
 
     Args:
         cfg: the run's config (not modified).
@@ -123,6 +126,15 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
     density = n_train / max(1, height * width)
     record["label_density"] = {"value": round(density, 5), "why": f"{n_train} of {height * width} pixels"}
 
+    ch = cfg.change
+    if density < SPARSE_DENSITY:
+        why = f"sparse labels: {100 * density:.2f} % of the pixels < {100 * SPARSE_DENSITY:g} %"
+        if ch.channels == "dates":
+            ch = replace(ch, channels="dates+diff+ratio+angle")
+            record["channels"] = {"value": ch.channels, "why": why}
+        if d.unlabelled == "none":
+            d = replace(d, unlabelled="teacher")
+            record["unlabelled"] = {"value": d.unlabelled, "why": why}
     wh = d.window_height if d.window_height > 0 else height
     ww = d.window_width if d.window_width > 0 else width
     need = math.ceil(COVERAGE * height * width / (d.batch_size * wh * ww))
@@ -158,4 +170,4 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
                                 f"(budget {PREDICT_BUDGET}; config: {cfg.data.predict_shifts} shifts, "
                                 f"flip {cfg.data.predict_flip})"}
     record["predict_flip"] = {"value": chosen[1], "why": "see predict_shifts"}
-    return replace(cfg, data=d, train=t), record
+    return replace(cfg, data=d, train=t, change=ch), record
