@@ -224,3 +224,26 @@ def test_sparse_scenes_get_the_features_and_the_teacher():
     dense, rec = derive_settings(cfg, 400, 400, int(2 * SPARSE_DENSITY * n))
     assert dense.change.channels == "dates" and dense.data.unlabelled == "none"
     assert "channels" not in rec and "unlabelled" not in rec
+
+
+@pytest.mark.parametrize("kind", ["entropy", "pseudo", "teacher"])
+def test_video_volume_trains_with_the_unlabelled_term(kind):
+    """The engine's per-voxel path (video: labelled frames only) takes the same terms."""
+    from fhcnn.engine import SegmentConfig, train_segmentation
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((8, 16, 16), np.uint8)
+    for t in range(8):
+        truth[t, 4:11, 2 + t:9 + t] = 1
+    vol = rng.random((3, 8, 16, 16)).astype(np.float32) * 0.5
+    vol[1][truth == 1] += 1.0
+    lab = np.full_like(truth, IGNORE)
+    lab[[0, 7]] = truth[[0, 7]]
+    cfg = load_config(SegmentConfig, "video-tiny", ["train.steps=20", "train.lr=0.01", "data.window_depth=4",
+                                                   "data.window_height=8", "data.window_width=8",
+                                                   "data.batch_size=2", f"data.unlabelled={kind}",
+                                                   "data.unlabelled_start=0.1", "data.pseudo_threshold=0.6",
+                                                   "data.context_windows=0.5"])
+    r = train_segmentation(vol, lab, cfg, quiet=True)
+    assert len(r.history) == 20 and all(np.isfinite(h["loss"]) for h in r.history)
+    assert r.predict(vol).shape == truth.shape
