@@ -213,17 +213,17 @@ def test_derived_steps_cover_a_large_scene_and_class_weights_are_recorded():
     assert w[1] > w[0] and sum(w) == pytest.approx(2, abs=1e-2)
 
 
-def test_sparse_scenes_get_the_features_and_the_teacher():
+def test_sparse_scenes_get_the_analyst_features():
     from fhcnn.apps.change.config import SPARSE_DENSITY, derive_settings
 
     cfg = load_config(ChangeConfig, "change", [])
     n = 400 * 400
     sparse, rec = derive_settings(cfg, 400, 400, int(0.5 * SPARSE_DENSITY * n))
-    assert sparse.change.channels == "dates+diff+ratio+angle" and sparse.data.unlabelled == "teacher"
-    assert "sparse labels" in rec["unlabelled"]["why"]
+    assert sparse.change.channels == "dates+diff+ratio+angle" and sparse.data.unlabelled == "none"
+    assert "sparse labels" in rec["channels"]["why"]
     dense, rec = derive_settings(cfg, 400, 400, int(2 * SPARSE_DENSITY * n))
     assert dense.change.channels == "dates" and dense.data.unlabelled == "none"
-    assert "channels" not in rec and "unlabelled" not in rec
+    assert "channels" not in rec
 
 
 @pytest.mark.parametrize("kind", ["entropy", "pseudo", "teacher"])
