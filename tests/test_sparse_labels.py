@@ -48,7 +48,7 @@ def test_unlabelled_term_ramp_and_reduce_depth():
     assert [term.ramp(s) for s in (0, 9, 10, 15, 20, 99)] == [0, 0, 0, 1.0, 2.0, 2.0]
     logits = torch.randn(1, 2, 4, 3, 3, requires_grad=True)     # (N, K, D, h, w)
     y = torch.full((1, 3, 3), IGNORE)                            # 2D labels: depth-mean logits
-    assert float(term(None, None, logits, y, 0)) == 0           # before the ramp: zero
+    assert float(term(None, None, logits, y, 0).detach()) == 0  # before the ramp: zero
     loss = term(None, None, logits, y, 15)
     p = torch.softmax(logits.mean(2), 1)
     assert float(loss) == pytest.approx(float(-(p * p.log()).sum(1).mean()), rel=1e-5)
