@@ -211,7 +211,7 @@ def _plot(scene: str, out: dict) -> None:
     for j, m in enumerate(methods):
         xs = [i + (j - (len(methods) - 1) / 2) * width for i, c in enumerate(cells) if m in out[c]]
         st = [out[c][m] for c in cells if m in out[c]]
-        ax.bar(xs, [s["mean"] for s in st], width, label=m,
+        ax.bar(xs, [s["mean"] for s in st], width, label=m, color=plt.cm.tab20(j % 20),
                yerr=[[s["mean"] - s["min"] for s in st], [s["max"] - s["mean"] for s in st]], capsize=2)
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels([f"{float(c.split('|')[0]):.1%}\n{c.split('|')[1]}" for c in cells], fontsize=8)
