@@ -113,8 +113,8 @@ class UnlabelledTerm:
         else:
             for t, s in zip(self.teacher.parameters(), model.parameters()):
                 t.mul_(self.ema).add_(s.detach(), alpha=1 - self.ema)
-            for t, s in zip(self.teacher.buffers(), model.buffers()):
-                t.copy_(s)
+            for tb, sb in zip(self.teacher.buffers(), model.buffers()):
+                tb.copy_(sb)
         return self.teacher
 
     def __call__(self, model: torch.nn.Module, x: Tensor, logits: Tensor, y: Tensor, step: int) -> Tensor:
