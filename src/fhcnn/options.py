@@ -36,8 +36,9 @@ MEMORY_MODES: dict[str, bool | str] = {"reversible": True, "block": "block", "pl
 Opening = Literal["conv", "zeros"]
 #: Wavelet of the network's transitions.
 WaveletKind = Literal["haar", "learnable"]
-#: Input channels of a change volume: the two dates, or the two dates and their difference.
-ChangeChannels = Literal["dates", "dates+diff"]
+#: Input channels of a change volume: the two dates, + their difference, + the log ratio of the
+#: dates and the spectral angle between them (the features a change analyst would compute).
+ChangeChannels = Literal["dates", "dates+diff", "dates+diff+ratio+angle"]
 #: Where 2D change labels meet the 3D output (see :class:`fhcnn.apps.change.ChangeOptions`).
 ChangeTarget = Literal["mean", "all", "slice"]
 #: Standardization of a hyperspectral scene's bands.

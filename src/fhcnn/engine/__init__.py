@@ -32,6 +32,10 @@ Engine API (stable; used by ``fhcnn segment`` and ``fhcnn change``)::
 ``cfg.parallel.space = S`` (under ``torchrun``) splits every window in space over ``S``
 processes (:mod:`fhcnn.engine.parallel`; ``docs/spatial.md``).
 
+Sparse labels: ``cfg.data.unlabelled = "entropy" | "pseudo" | "teacher"`` adds a loss on the
+unlabelled voxels of each window (:class:`~fhcnn.engine.losses.UnlabelledTerm`) and
+``cfg.data.context_windows`` places part of each batch at random, not around a label.
+
 Any volume size works: training windows are cut with reflection past the ends, prediction
 continues the volume by reflection to a multiple of ``model.size_multiple`` and crops back.
 Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspectral cube

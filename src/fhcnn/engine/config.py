@@ -8,12 +8,16 @@ Named configs live in ``fhcnn/configs/<name>.yaml`` (``video``, ``video-tiny``, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..options import Activation, Arch, MemoryMode, Norm, Opening, WaveletKind
 from ..training import TrainConfig
 from .parallel import ParallelConfig  # #17: the volume split in space over processes
 
-__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig"]
+__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig", "UnlabelledKind"]
+
+#: The loss on unlabelled voxels (see :class:`fhcnn.engine.losses.UnlabelledTerm`).
+UnlabelledKind = Literal["none", "entropy", "pseudo", "teacher"]
 
 
 @dataclass
@@ -80,6 +84,16 @@ class DataConfig:
     ``reverse_depth`` is ignored (the band order is kept). Depth windows always start at
     band 0, so the shifted prediction tilings shift only H and W. The trained model returns
     the depth-mean logits broadcast over depth (see :class:`~fhcnn.engine.models.DepthMean`).
+
+    Unlabelled data (:class:`~fhcnn.engine.losses.UnlabelledTerm`): ``unlabelled`` adds a loss on
+    the unlabelled voxels of each window (``"none"``, ``"entropy"``, ``"pseudo"``: confident
+    pseudo-labels, ``"teacher"``: a mean teacher's confident predictions on a flipped view),
+    weighted ``unlabelled_weight`` (ramped in from 0 at ``unlabelled_start`` to full at
+    ``unlabelled_full``, fractions of the training steps), on voxels whose reference
+    probability exceeds ``pseudo_threshold``; ``teacher_ema`` is the teacher's weight decay.
+    ``context_windows``: the fraction of each batch's windows placed uniformly at random in
+    the volume instead of around a labelled voxel (at least one window per batch stays
+    around a label), so unlabelled context is seen too.
     """
 
     scale: float = 1.0
@@ -104,6 +118,13 @@ class DataConfig:
     predict_width: int = -1
     eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
     reduce_depth: bool = False  # 2D (H, W) labels, loss on the depth-mean logits (see above)
+    unlabelled: UnlabelledKind = "none"  # loss on the unlabelled voxels (see above)
+    unlabelled_weight: float = 1.0
+    unlabelled_start: float = 0.2  # ramp of the unlabelled weight, fractions of train.steps
+    unlabelled_full: float = 0.5
+    pseudo_threshold: float = 0.9
+    teacher_ema: float = 0.99
+    context_windows: float = 0.0  # fraction of windows placed at random, not around a label
 
     def __post_init__(self) -> None:
         if not 0 < self.scale <= 4:
@@ -122,6 +143,15 @@ class DataConfig:
         for name in ("rotate", "zoom", "jitter", "noise", "balance", "dice"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("unlabelled_start", "unlabelled_full", "context_windows"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.unlabelled_weight < 0:
+            raise ValueError(f"unlabelled_weight must be >= 0, got {self.unlabelled_weight}")
+        if not 0 < self.pseudo_threshold < 1:
+            raise ValueError(f"pseudo_threshold must be in (0, 1), got {self.pseudo_threshold}")
+        if not 0 <= self.teacher_ema < 1:
+            raise ValueError(f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
 

@@ -3,6 +3,10 @@
 Unlabelled voxels (``IGNORE``) get no gradient; a class absent from a batch adds no Dice term.
 Class weights ``count**-balance`` (normalized to average 1 over the present classes) keep a
 rare foreground from sinking into "all background".
+
+:class:`UnlabelledTerm` adds a loss on the unlabelled voxels (entropy minimization, confident
+pseudo-labels, or a mean teacher's confident predictions), for scenes where the labels are a
+small fraction of the volume.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from torch import Tensor
 
 from ..options import IGNORE
 
-__all__ = ["class_weights", "segmentation_loss", "SegmentationLoss"]
+__all__ = ["class_weights", "segmentation_loss", "SegmentationLoss", "UnlabelledTerm"]
 
 
 def class_weights(labels: Tensor, num_classes: int, balance: float) -> Tensor:
@@ -52,3 +56,90 @@ class SegmentationLoss:
 
     def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
         return segmentation_loss(logits.mean(2) if self.reduce_depth else logits, y, self.weight, self.dice)
+
+
+def _reduce(logits: Tensor, reduce_depth: bool) -> Tensor:
+    return logits.mean(2) if reduce_depth else logits
+
+
+class UnlabelledTerm:
+    """A loss on the *unlabelled* voxels of a training batch (``y == IGNORE``), added to the
+    labelled loss; labelled voxels get no gradient from it.
+
+    Kinds:
+        ``"entropy"``: the mean softmax entropy of the unlabelled voxels (entropy minimization:
+            push the decision boundary away from the unlabelled data).
+        ``"pseudo"``: confident pseudo-labels from the same forward pass: where the detached
+            softmax exceeds ``threshold``, class-weighted cross entropy against its argmax.
+        ``"teacher"``: mean teacher: an exponential moving average (decay ``ema``) of the
+            model's weights predicts the batch flipped along the last axis (a second view of
+            the window, flipped back); where it is confident (``> threshold``), class-weighted
+            cross entropy of the student against the teacher's argmax. One extra forward pass
+            without gradient per step.
+
+    The weight ramps linearly from 0 at ``start`` to ``weight`` at ``full`` (steps): early on the
+    network's own guesses are noise. With ``reduce_depth`` the logits ``(N, K, D, h, w)`` are
+    averaged over depth first, as for the labels ``(N, h, w)``.
+
+    Call: ``term(model, x, logits, y, step) -> scalar tensor``.
+    """
+
+    def __init__(self, kind: str, weight: float, class_weight: Tensor, *, threshold: float = 0.9,
+                 ema: float = 0.99, start: int = 0, full: int = 0, reduce_depth: bool = False) -> None:
+        if kind not in ("entropy", "pseudo", "teacher"):
+            raise ValueError(f"kind must be 'entropy', 'pseudo' or 'teacher', got {kind!r}")
+        self.kind, self.weight, self.class_weight = kind, weight, class_weight
+        self.threshold, self.ema, self.start, self.full = threshold, ema, start, max(full, start)
+        self.reduce_depth = reduce_depth
+        self.teacher: torch.nn.Module | None = None
+        self.last: dict[str, float] = {}
+
+    def ramp(self, step: int) -> float:
+        """The weight at ``step``: 0 before ``start``, ``weight`` from ``full`` on, linear between."""
+        if step < self.start:
+            return 0.0
+        if self.full <= self.start:
+            return self.weight
+        return self.weight * min(1.0, (step - self.start) / (self.full - self.start))
+
+    @torch.no_grad()
+    def _update_teacher(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.teacher is None:
+            import copy
+
+            self.teacher = copy.deepcopy(model).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        else:
+            for t, s in zip(self.teacher.parameters(), model.parameters()):
+                t.mul_(self.ema).add_(s.detach(), alpha=1 - self.ema)
+            for tb, sb in zip(self.teacher.buffers(), model.buffers()):
+                tb.copy_(sb)
+        return self.teacher
+
+    def __call__(self, model: torch.nn.Module, x: Tensor, logits: Tensor, y: Tensor, step: int) -> Tensor:
+        if self.kind == "teacher":
+            teacher = self._update_teacher(model)   # kept up to date from the first step on
+        w = self.ramp(step)
+        unl = y == IGNORE
+        if w == 0 or not unl.any():
+            self.last = {}
+            return logits.sum() * 0
+        z = _reduce(logits, self.reduce_depth).float()
+        if self.kind == "entropy":
+            logp = torch.log_softmax(z, 1)
+            ent = -(logp.exp() * logp).sum(1)
+            self.last = {"unlabelled_entropy": float(ent[unl].mean().detach())}
+            return w * ent[unl].mean()
+        if self.kind == "pseudo":
+            ref = torch.softmax(z.detach(), 1)
+        else:
+            with torch.no_grad():
+                ref = torch.softmax(_reduce(teacher(x.flip(-1)), self.reduce_depth).float(), 1).flip(-1)
+        conf, target = ref.max(1)
+        use = unl & (conf > self.threshold)
+        self.last = {"pseudo_fraction": float(use.sum()) / max(1, int(unl.sum()))}
+        if not use.any():
+            return logits.sum() * 0
+        target = torch.where(use, target, torch.full_like(target, IGNORE))
+        return w * F.cross_entropy(z, target, weight=self.class_weight.to(z.device), ignore_index=IGNORE)

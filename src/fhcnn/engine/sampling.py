@@ -4,6 +4,8 @@ Windows are cut at *any* position around a randomly chosen labelled voxel (class
 choice: first a class, then one of its voxels), the volume continued by reflection, so every
 labelled voxel is seen at every position modulo the network's stride ``2**levels``; otherwise
 slices at positions no label shares get garbage from a strided (wavelet or pooling) network.
+With ``data.context_windows`` a fraction of each batch is placed uniformly at random instead
+(unlabelled context, for the unlabelled loss term).
 """
 
 from __future__ import annotations
@@ -99,10 +101,29 @@ class WindowSampler:
             x[:n] = xc
         return x, y
 
+    def window_anywhere(self, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One window at a uniformly random position (mostly unlabelled context)."""
+        starts = [0, 0, 0]
+        for a in self.lab_axes:
+            n = self.volume.shape[1 + a]
+            centre = int(torch.randint(n, (1,), generator=gen))
+            starts[a] = centre - int(torch.randint(self.window[a], (1,), generator=gen))
+        x = gather(self.volume, starts, self.window)
+        y = gather(self.labels, [starts[a] for a in self.lab_axes], [self.window[a] for a in self.lab_axes])
+        return x, y
+
+    @property
+    def context_count(self) -> int:
+        """Windows per batch placed at random (``data.context_windows`` of the batch, rounded,
+        at most ``batch_size - 1``)."""
+        n = self.data.batch_size
+        return min(n - 1, int(round(self.data.context_windows * n)))
+
     def __call__(self, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         xs, ys = [], []
-        for _ in range(self.data.batch_size):
-            x, y = self.augment(*self.window_at(gen), gen)
+        n_label = self.data.batch_size - self.context_count
+        for i in range(self.data.batch_size):
+            x, y = self.augment(*(self.window_at(gen) if i < n_label else self.window_anywhere(gen)), gen)
             xs.append(x)
             ys.append(y)
         return torch.stack(xs), torch.stack(ys)

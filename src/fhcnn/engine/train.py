@@ -32,7 +32,7 @@ from ..options import IGNORE
 from ..training import Trainer
 from .config import SegmentConfig
 from .inference import labels_of, predict_volume, prediction_window
-from .losses import SegmentationLoss, class_weights
+from .losses import SegmentationLoss, UnlabelledTerm, class_weights
 from .metrics import segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model
 from .parallel import SpaceRun
@@ -156,8 +156,9 @@ class _StepLoss:
     """The trainer's ``loss_fn``: the loss of one batch, a history record per step, and the
     activation memory counted during the first step (no extra forward pass)."""
 
-    def __init__(self, loss: SegmentationLoss, history: list[dict[str, Any]], clock: "_Clock") -> None:
-        self.loss, self.history, self.clock = loss, history, clock
+    def __init__(self, loss: SegmentationLoss, history: list[dict[str, Any]], clock: "_Clock",
+                 unlabelled: UnlabelledTerm | None = None) -> None:
+        self.loss, self.history, self.clock, self.unlabelled = loss, history, clock, unlabelled
         self.step = 0
         self.activation_bytes: int | None = None
 
@@ -165,13 +166,19 @@ class _StepLoss:
         x, y = batch
         if self.activation_bytes is None:
             with SavedTensorCounter() as counter:
-                loss = self.loss(model(x), y)
+                logits = model(x)
+                loss = self.loss(logits, y)
             self.activation_bytes = counter.bytes
         else:
-            loss = self.loss(model(x), y)
+            logits = model(x)
+            loss = self.loss(logits, y)
+        extra: dict[str, float] = {}
+        if self.unlabelled is not None:
+            loss = loss + self.unlabelled(model, x, logits, y, self.step)
+            extra = self.unlabelled.last
         self.step += 1
         value = float(loss.detach())
-        self.history.append({"step": self.step, "loss": value, "time_s": round(self.clock.now(), 3)})
+        self.history.append({"step": self.step, "loss": value, "time_s": round(self.clock.now(), 3), **extra})
         return loss, {"loss": value}
 
 
@@ -274,8 +281,17 @@ def train_segmentation(
     sampler = WindowSampler(vol, lab, win, d, seg.std[:data_channels], present)
     history: list[dict[str, Any]] = []
     clock = _Clock()
-    seg_loss = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
-    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock)
+    weight = class_weights(lab, k, d.balance)
+    unlabelled = None
+    if d.unlabelled != "none" and d.unlabelled_weight > 0:
+        if space:
+            raise ValueError("data.unlabelled is not supported with parallel.space > 1 yet")
+        n = cfg.train.steps
+        unlabelled = UnlabelledTerm(d.unlabelled, d.unlabelled_weight, weight, threshold=d.pseudo_threshold,
+                                    ema=d.teacher_ema, start=round(d.unlabelled_start * n),
+                                    full=round(d.unlabelled_full * n), reduce_depth=reduce)
+    seg_loss = SegmentationLoss(weight, d.dice, reduce)
+    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock, unlabelled)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win)
     evaluate = _Evaluator(result, vol, truth, eval_fn, clock)
     if evaluate.active and d.eval_every > 0:

@@ -35,24 +35,61 @@ from ...engine.sizes import Geometry
 from ...errors import InputError
 from ...options import IGNORE, BandNormalization, ChangeChannels
 from ...training import is_main_process
-from .config import ChangeConfig
+from .config import ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["build_volume", "fit_change", "run_change", "check_parallel"]
+__all__ = ["build_volume", "change_features", "fit_change", "run_change", "check_parallel"]
 
 
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
                  normalize: BandNormalization = "band") -> np.ndarray:
-    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring)."""
+    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring).
+
+    ``channels``: ``"dates"`` (C = 2: before, after), ``"dates+diff"`` (C = 3: + after - before
+    of the standardized bands) or ``"dates+diff+ratio+angle"`` (C = 5: + the log ratio of the
+    dates and their spectral angle, see :func:`change_features`).
+    """
     x = np.stack([before, after], 0).astype(np.float32)        # (2, H, W, B)
     if normalize == "band":
         mu = x.mean(axis=(0, 1, 2), keepdims=True)
         sd = x.std(axis=(0, 1, 2), keepdims=True)
         x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
-    if channels == "dates+diff":
+    if channels in ("dates+diff", "dates+diff+ratio+angle"):
         x = np.concatenate([x, x[1:2] - x[0:1]], 0)
+    if channels == "dates+diff+ratio+angle":
+        x = np.concatenate([x, change_features(before, after)], 0)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))       # (C, B, H, W)
+
+
+def change_features(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``(2, H, W, B)`` float32: the standardized log ratio of the dates, band by band, and the
+    standardized spectral angle between them (one value per pixel, repeated over the bands).
+
+    On the raw values (clipped at 0): ``log((after + e) / (before + e))`` with ``e`` 1 % of the
+    band's mean level over both dates (finite for zeros), and
+    ``arccos(<before, after> / (|before| |after|))`` (0 where a spectrum is all zeros).
+    Each is standardized over the scene (a constant feature becomes 0).
+
+    Example:
+        >>> change_features(np.zeros((4, 5, 3)), np.ones((4, 5, 3))).shape
+        (2, 4, 5, 3)
+    """
+    b = np.clip(np.asarray(before, np.float64), 0, None)
+    a = np.clip(np.asarray(after, np.float64), 0, None)
+    level = np.concatenate([b, a]).mean(axis=(0, 1))
+    eps = 0.01 * np.where(level > 0, level, 1.0)
+    ratio = np.log((a + eps) / (b + eps))
+    dot = (a * b).sum(-1)
+    norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    angle = np.arccos(np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0), -1.0, 1.0))
+    angle = np.broadcast_to(angle[..., None], ratio.shape)
+
+    def standardize(f: np.ndarray) -> np.ndarray:
+        sd = f.std()
+        return (f - f.mean()) / sd if sd > 1e-12 else np.zeros_like(f)
+
+    return np.stack([standardize(ratio), standardize(angle)], 0).astype(np.float32)
 
 
 def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig,
@@ -73,11 +110,17 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     Returns:
         dict with ``pred`` (H, W) uint8, ``prob`` (H, W) float change probability, ``result``
         (the engine's :class:`SegmentationResult`), ``volume`` (as trained on), ``padded``,
-        ``geometry``, times.
+        ``geometry``, times, ``derived`` (the settings derived from the scene, see
+        :func:`~fhcnn.apps.change.config.derive_settings`, each logged) and ``config`` (the
+        config with them, as trained).
     """
-    ch = cfg.change
     h, w, nb = before.shape
     geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
+    n_labelled = int((np.asarray(train2d) != IGNORE).sum())
+    s2 = cfg.data.scale ** 2
+    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(n_labelled * s2)),
+                                   round(int((np.asarray(train2d) == 1).sum()) * s2))
+    ch = cfg.change
     vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
     train_s = geom.labels(train2d, 2)
     c, nbv, hs, ws = vol.shape
@@ -96,6 +139,8 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
         f"[{ch.channels}; bands standardized: {ch.normalize}]; " + geom.describe())
     log(f"labels ({label_source}): training {n0 + n1} pixels ({100 * (n0 + n1) / (h * w):.2f}% "
         f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
+    for name, item in derived.items():
+        log(f"derived {name} = {item['value']} ({item['why']})")
     data = replace(cfg.data, reduce_depth=ch.target == "mean")
     seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel)
 
@@ -116,7 +161,8 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     p_change = change_probability(result.predict_proba(vol))
     pred = (p_change > ch.threshold).astype(np.uint8)
     return {"pred": pred, "prob": p_change, "result": result, "volume": vol, "padded": geom.padded,
-            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1}
+            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1,
+            "derived": derived, "config": cfg}
 
 
 def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_fraction: float | None = None,
@@ -151,7 +197,8 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
         "parameters": int(sum(p.numel() for p in result.model.parameters())),
         "train_time_s": round(fit["train_time_s"], 2), "predict_time_s": round(fit["predict_time_s"], 2),
         "total_time_s": round(time.perf_counter() - t_start, 2),
-        "device": str(result.device), "steps": int(cfg.train.steps),
+        "device": str(result.device), "steps": int(fit["config"].train.steps),
+        "derived": fit["derived"],
         "loss_curve": [[r["step"], round(r["loss"], 5)] for r in result.history],
     }
     if metrics["heldout"]:
@@ -160,7 +207,7 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     from ...config import save_config
 
     write_outputs(out, inputs, fit, metrics, show_eval=bool(eval_labels))
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / "config.yaml")   # as given; the derived values are in metrics.json
     if metrics["heldout"]:
         log(f"held-out mIoU {metrics['miou']:.4f} (positive {metrics['iou_positive']:.4f}, negative "
             f"{metrics['iou_negative']:.4f}) on {n_scored} pixels")
