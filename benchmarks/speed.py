@@ -1,0 +1,301 @@
+"""CPU speed of ``fhcnn segment`` / ``fhcnn change`` / ``fhcnn demo``: profiles and before/after runs.
+
+    python benchmarks/speed.py profile [--tag _before] [--threads 1]
+    python benchmarks/speed.py run [--cases segment,change,demo] [--variants before,after]
+                                   [--threads 0] [--compete 0] [--tag ""]
+
+``profile``: a ``torch.profiler`` table of one training step (after two warm-up steps) and of
+the prediction of the whole volume, by operator and by Python frame, for the ``video`` config
+on the generated 48x96x160 video and the ``change`` config on the generated 96x96x32 scene;
+written to ``benchmarks/results/profile_<case>_<train|predict><tag>.txt``.
+
+``run``: each case end to end (training + prediction, held-out score) once per variant, the
+variants alternating so both see the same machine load. ``before`` = the settings the package
+shipped before the speed work (the old schedules, one prediction window per forward, torch's
+default thread count), ``after`` = the shipped configs as they are now. ``--compete N`` starts N
+busy-looping processes for the whole run (a busy machine). Writes
+``benchmarks/results/speed<tag>.json`` and ``speed<tag>.png``; the load (``os.getloadavg``)
+before and after each run is recorded.
+
+Cases: ``segment`` (the generated 48x96x160 video, seed 0, labels on frames 0/23/47, the 45
+others scored), ``change`` (``make_bitemporal_scene(96, 96, 32, seed=0)``, 8.8 % of the pixels
+labelled, the rest scored; see ``change_detection.py``), ``landsat`` (Taizhou, 30 % of the
+reference trains, 70 % scored), ``demo`` (the demo's 32x64x96 video), ``davis:<seq>`` (DAVIS
+2016, first 48 frames, scale 0.2, scored at full size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: settings of the package before the speed work (issue #16), per config, as ``--set`` overrides
+BEFORE: dict[str, list[str]] = {
+    "video": ["train.steps=1000", "train.warmup_steps=20", "train.schedule=cosine", "train.lr=0.002",
+              "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
+              "data.predict_batch=1", "train.threads=-1"],
+    "video-demo": ["train.steps=400", "train.warmup_steps=10", "train.schedule=cosine", "train.lr=0.002",
+                   "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
+                   "data.predict_batch=1", "train.threads=-1"],
+    "change": ["train.steps=400", "train.warmup_steps=20", "train.schedule=cosine", "train.lr=0.002",
+               "data.batch_size=4", "data.predict_shifts=2", "data.predict_flip=true",
+               "data.predict_batch=1", "train.threads=-1"],
+}
+
+
+def _busy() -> None:  # a competing process: one core's worth of pure Python work
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- cases
+def _video_case(config: str, frames: int, height: int, width: int, overrides: list[str],
+                scale: float = 1.0, davis: str | None = None) -> dict[str, Any]:
+    import copy
+
+    from segmentation_video import davis_inputs, generated_inputs
+
+    from fhcnn.apps.segment import segment_video
+    from fhcnn.config import load_config
+    from fhcnn.engine import SegmentConfig
+
+    inputs = davis_inputs(davis) if davis else generated_inputs(0, frames, height, width)
+    cfg = load_config(SegmentConfig, config, overrides)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.scale = scale
+    t0 = time.perf_counter()
+    m = segment_video(inputs, cfg, None, quiet=True, log=lambda s: print("   " + s, file=sys.stderr, flush=True))
+    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": m["train_time_s"],
+            "predict_s": m["predict_time_s"], "miou": m["miou"], "steps": cfg.train.steps,
+            "threads": torch.get_num_threads()}
+
+
+def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> dict[str, Any]:
+    from change_detection import load_case, run_net
+
+    case = load_case(mode, None, 0)
+    from fhcnn.apps.change import ChangeConfig
+    from fhcnn.config import load_config
+
+    cfg = load_config(ChangeConfig, "change", overrides)
+    n = steps or cfg.train.steps
+    t0 = time.perf_counter()
+    r = run_net(case, "hyperbolic", n, 0, overrides)
+    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": round(r["train_time_s"], 2),
+            "predict_s": round(r["predict_time_s"], 2), "miou": r["metrics"]["miou"], "steps": n,
+            "threads": torch.get_num_threads()}
+
+
+def run_case(name: str, variant: str) -> dict[str, Any]:
+    """One case with one variant's settings."""
+    if name == "segment":
+        ovr = BEFORE["video"] if variant == "before" else []
+        return _video_case("video", 48, 96, 160, ovr)
+    if name == "demo":
+        ovr = BEFORE["video-demo"] if variant == "before" else []
+        return _video_case("video-demo", 32, 64, 96, ovr)
+    if name.startswith("davis:"):
+        ovr = BEFORE["video"] if variant == "before" else []
+        return _video_case("video", 48, 0, 0, ovr, scale=0.2, davis=name.split(":", 1)[1])
+    if name == "change":
+        return _change_case("generated", BEFORE["change"] if variant == "before" else [])
+    if name == "landsat":
+        ovr = BEFORE["change"] if variant == "before" else []
+        return _change_case("landsat", ovr, steps=300 if variant == "before" else None)
+    raise SystemExit(f"unknown case {name!r}")
+
+
+def _worker(name: str, variant: str, threads: int, q: Any) -> None:
+    if threads > 0:
+        os.environ["FHCNN_THREADS"] = str(threads)
+    try:
+        q.put(run_case(name, variant))
+    except BaseException as e:  # noqa: BLE001 - reported in the JSON
+        q.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def run(args: argparse.Namespace) -> None:
+    ctx = mp.get_context("spawn")
+    competitors = [ctx.Process(target=_busy, daemon=True) for _ in range(args.compete)]
+    for p in competitors:
+        p.start()
+    results: list[dict[str, Any]] = []
+    out = RESULTS / f"speed{args.tag}"
+    try:
+        for name in args.cases.split(","):
+            for variant in args.variants.split(","):
+                load0 = os.getloadavg()[0]
+                q = ctx.Queue()
+                p = ctx.Process(target=_worker, args=(name, variant, args.threads, q))
+                p.start()
+                r = q.get()
+                p.join()
+                r.update(case=name, variant=variant, load_before=round(load0, 2),
+                         load_after=round(os.getloadavg()[0], 2), compete=args.compete)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                payload = {"cpu_count": os.cpu_count(), "torch": torch.__version__,
+                           "compete": args.compete, "results": results}
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                (out.parent / (out.name + ".json")).write_text(json.dumps(payload, indent=1) + "\n")
+    finally:
+        for p in competitors:
+            p.terminate()
+    plot(results, out.parent / (out.name + ".png"))
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "wall_s" in r]
+    cases = list(dict.fromkeys(r["case"] for r in ok))
+    variants = list(dict.fromkeys(r["variant"] for r in ok))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    wdt = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        xs, walls, mious = [], [], []
+        for i, c in enumerate(cases):
+            rs = [r for r in ok if r["case"] == c and r["variant"] == v]
+            if rs:
+                xs.append(i + j * wdt)
+                walls.append(float(np.mean([r["wall_s"] for r in rs])))
+                mious.append(float(np.mean([r["miou"] for r in rs])))
+        ax[0].bar(xs, walls, wdt, label=v)
+        ax[1].bar(xs, mious, wdt, label=v)
+    for a, lab in zip(ax, ["wall time (s), training + prediction", "held-out mIoU"]):
+        a.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(cases))], cases, fontsize=8)
+        a.set_ylabel(lab)
+        a.legend()
+        a.grid(alpha=0.3, axis="y")
+    ax[1].set_ylim(0.5, 1.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- profile
+def _profile_tables(fn: Callable[[], Any], title: str) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_stack=True) as prof:
+        fn()
+    ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=45)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=35, max_shapes_column_width=70)
+    frames = prof.key_averages(group_by_stack_n=4).table(
+        sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=35, max_src_column_width=90)
+    return (f"# {title}\n# torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n\n## by operator\n{ops}\n"
+            f"## by operator and input shape\n{shapes}\n## by Python frame (top 4 frames)\n{frames}\n")
+
+
+def profile_case(kind: str, tag: str) -> None:
+    from fhcnn.apps.segment.pipeline import frames_to_volume
+    from fhcnn.config import load_config
+    from fhcnn.data.hyperspectral import make_bitemporal_scene, sample_labels
+    from fhcnn.data.video import generate_video
+    from fhcnn.engine import SegmentConfig
+    from fhcnn.engine.losses import SegmentationLoss, class_weights
+    from fhcnn.engine.models import DepthMean, build_model
+    from fhcnn.engine.sampling import WindowSampler
+    from fhcnn.engine.sizes import training_window
+    from fhcnn.engine.train import prepare_inputs
+    from fhcnn.training.trainer import step_generator
+
+    if kind == "video":
+        video, masks = generate_video(None, 48, 96, 160, objects=2, seed=0)
+        vol = prepare_inputs(frames_to_volume(video))
+        lab = torch.full(masks.shape, 255, dtype=torch.long)
+        lab[[0, 23, 47]] = torch.as_tensor(masks[[0, 23, 47]]).long()
+        cfg = load_config(SegmentConfig, "video", [])
+        k, reduce, present = 3, False, [0, 1, 2]
+    else:
+        from fhcnn.apps.change import ChangeConfig, build_volume
+
+        s = make_bitemporal_scene(96, 96, 32, seed=0)
+        train, _ = sample_labels(s.change, 0.088, 0)
+        vol = prepare_inputs(build_volume(s.before, s.after))
+        lab = torch.as_tensor(train).long()
+        cfg = load_config(ChangeConfig, "change", [])
+        k, reduce, present = 2, True, [0, 1]
+    d = cfg.data
+    seg = build_model(cfg.model, vol.shape[0], k)
+    flat = vol.flatten(1)
+    seg.set_normalization(flat.mean(1), flat.std(1))
+    model: torch.nn.Module = DepthMean(seg) if reduce else seg
+    # the shipped config's volume pad (the prediction pads itself)
+    win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
+                          seg.size_multiple, whole_depth=reduce)
+    sampler = WindowSampler(vol, lab, win, d, seg.std, present)
+    lossf = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step(s: int) -> None:
+        x, y = sampler(s, step_generator(0, s))
+        loss = lossf(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    for s in range(2):
+        step(s)
+    t0 = time.perf_counter()
+    step(2)
+    t_step = time.perf_counter() - t0
+    text = _profile_tables(lambda: step(3), f"one training step, {kind} ({cfg.data.batch_size} windows "
+                                            f"of {win}); unprofiled step {t_step:.3f} s")
+    (RESULTS / f"profile_{kind}_train{tag}.txt").write_text(text)
+    print(text[:3000])
+    from fhcnn.engine.inference import predict_volume
+    from fhcnn.engine.train import SegmentationResult
+
+    res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win)
+    kw = dict(shifts=d.predict_shifts, flip=d.predict_flip, window=res.predict_window,
+              shift_depth=not d.reduce_depth)
+    if hasattr(d, "predict_batch"):
+        kw["batch"] = d.predict_batch
+    t0 = time.perf_counter()
+    text = _profile_tables(lambda: predict_volume(model, vol, **kw),
+                           f"prediction of the whole volume {tuple(vol.shape)}, {kind} ({kw})")
+    text = text.replace("\n", f"; profiled wall {time.perf_counter() - t0:.1f} s\n", 1)
+    (RESULTS / f"profile_{kind}_predict{tag}.txt").write_text(text)
+    print(text[:3000])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["profile", "run"])
+    p.add_argument("--cases", default="segment,change,demo")
+    p.add_argument("--variants", default="before,after")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the package's choice)")
+    p.add_argument("--compete", type=int, default=0, help="busy-looping competitor processes")
+    p.add_argument("--kinds", default="video,change", help="profile: which networks")
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    if args.mode == "profile":
+        torch.set_num_threads(args.threads or 1)
+        for kind in args.kinds.split(","):
+            profile_case(kind, args.tag)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
