@@ -1,11 +1,12 @@
 """CPU speed of ``fhcnn segment`` / ``fhcnn change`` / ``fhcnn demo``: profiles and before/after runs.
 
-    python benchmarks/speed.py profile [--tag _before] [--threads 1]
+    python benchmarks/speed.py profile [--tag _before] [--threads 1] [--predict-batch 1]
     python benchmarks/speed.py run [--cases segment,change,demo] [--variants before,after]
                                    [--threads 0] [--compete 0] [--tag ""]
 
 ``profile``: a ``torch.profiler`` table of one training step (after two warm-up steps) and of
-the prediction of the whole volume, by operator and by Python frame, for the ``video`` config
+the prediction of the whole volume (one tiling: no shift, no flip), by operator and by Python
+frame, for the ``video`` config
 on the generated 48x96x160 video and the ``change`` config on the generated 96x96x32 scene;
 written to ``benchmarks/results/profile_<case>_<train|predict><tag>.txt``.
 
@@ -205,7 +206,7 @@ def _profile_tables(fn: Callable[[], Any], title: str) -> str:
             f"## by operator and input shape\n{shapes}\n## by Python frame (top 4 frames)\n{frames}\n")
 
 
-def profile_case(kind: str, tag: str) -> None:
+def profile_case(kind: str, tag: str, batch: int) -> None:
     from fhcnn.apps.segment.pipeline import frames_to_volume
     from fhcnn.config import load_config
     from fhcnn.data.hyperspectral import make_bitemporal_scene, sample_labels
@@ -267,10 +268,10 @@ def profile_case(kind: str, tag: str) -> None:
     from fhcnn.engine.train import SegmentationResult
 
     res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win)
-    kw = dict(shifts=d.predict_shifts, flip=d.predict_flip, window=res.predict_window,
-              shift_depth=not d.reduce_depth)
-    if hasattr(d, "predict_batch"):
-        kw["batch"] = d.predict_batch
+    # one tiling (no shift, no flip): the per-window cost; the full prediction repeats it
+    # predict_shifts * (1 + predict_flip) times
+    kw: dict[str, Any] = dict(shifts=1, flip=False, window=res.predict_window,
+                              shift_depth=not d.reduce_depth, batch=batch)
     t0 = time.perf_counter()
     text = _profile_tables(lambda: predict_volume(model, vol, **kw),
                            f"prediction of the whole volume {tuple(vol.shape)}, {kind} ({kw})")
@@ -288,11 +289,12 @@ def main() -> None:
     p.add_argument("--compete", type=int, default=0, help="busy-looping competitor processes")
     p.add_argument("--kinds", default="video,change", help="profile: which networks")
     p.add_argument("--tag", default="")
+    p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
     args = p.parse_args()
     if args.mode == "profile":
         torch.set_num_threads(args.threads or 1)
         for kind in args.kinds.split(","):
-            profile_case(kind, args.tag)
+            profile_case(kind, args.tag, args.predict_batch)
     else:
         run(args)
 
