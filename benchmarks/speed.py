@@ -84,6 +84,21 @@ def _video_case(config: str, frames: int, height: int, width: int, overrides: li
             "threads": torch.get_num_threads()}
 
 
+def _demo_case(overrides: list[str]) -> dict[str, Any]:
+    import tempfile
+
+    from fhcnn.apps.segment.demo import run_demo
+    from fhcnn.config import load_config
+    from fhcnn.engine import SegmentConfig
+
+    cfg = load_config(SegmentConfig, "video-demo", overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        s = run_demo(Path(tmp), cfg, quiet=True, say=lambda m: None)
+    return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": s["train_time_s"],
+            "miou": s["miou"], "steps": cfg.train.steps, "threads": torch.get_num_threads()}
+
+
 def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> dict[str, Any]:
     from change_detection import load_case, run_net
 
@@ -100,30 +115,29 @@ def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> d
             "threads": torch.get_num_threads()}
 
 
-def run_case(name: str, variant: str) -> dict[str, Any]:
-    """One case with one variant's settings."""
+def run_case(name: str, variant: str, extra: list[str] | None = None) -> dict[str, Any]:
+    """One case with one variant's settings (``extra``: overrides for both variants)."""
+    extra = list(extra or [])
+
+    def ovr(config: str) -> list[str]:
+        return (BEFORE[config] if variant == "before" else []) + extra
+
     if name == "segment":
-        ovr = BEFORE["video"] if variant == "before" else []
-        return _video_case("video", 48, 96, 160, ovr)
+        return _video_case("video", 48, 96, 160, ovr("video"))
     if name == "demo":
-        ovr = BEFORE["video-demo"] if variant == "before" else []
-        return _video_case("video-demo", 32, 64, 96, ovr)
+        return _demo_case(ovr("video-demo"))
     if name.startswith("davis:"):
-        ovr = BEFORE["video"] if variant == "before" else []
-        return _video_case("video", 48, 0, 0, ovr, scale=0.2, davis=name.split(":", 1)[1])
+        return _video_case("video", 48, 0, 0, ovr("video"), scale=0.2, davis=name.split(":", 1)[1])
     if name == "change":
-        return _change_case("generated", BEFORE["change"] if variant == "before" else [])
+        return _change_case("generated", ovr("change"))
     if name == "landsat":
-        ovr = BEFORE["change"] if variant == "before" else []
-        return _change_case("landsat", ovr, steps=300 if variant == "before" else None)
+        return _change_case("landsat", ovr("change"), steps=300 if variant == "before" else None)
     raise SystemExit(f"unknown case {name!r}")
 
 
 def _worker(name: str, variant: str, threads: int, q: Any) -> None:
-    if threads > 0:
-        os.environ["FHCNN_THREADS"] = str(threads)
     try:
-        q.put(run_case(name, variant))
+        q.put(run_case(name, variant, [f"train.threads={threads}"] if threads else []))
     except BaseException as e:  # noqa: BLE001 - reported in the JSON
         q.put({"error": f"{type(e).__name__}: {e}"})
 
