@@ -135,9 +135,45 @@ def run_case(name: str, variant: str, extra: list[str] | None = None) -> dict[st
     raise SystemExit(f"unknown case {name!r}")
 
 
-def _worker(name: str, variant: str, threads: int, q: Any) -> None:
+def _config_of(name: str) -> tuple[str, Any]:
+    from fhcnn.apps.change import ChangeConfig
+    from fhcnn.engine import SegmentConfig
+
+    if name in ("change", "landsat"):
+        return "change", ChangeConfig
+    return ("video-demo" if name == "demo" else "video"), SegmentConfig
+
+
+def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict[str, Any]:
+    """Train only ``sample`` steps (prediction in full): the wall time of the whole run is
+    projected as ``train_s / sample * steps + (wall_s - train_s)``; the score is not reported."""
+    from fhcnn.config import load_config
+
+    config, kind = _config_of(name)
+    full = load_config(kind, config, (BEFORE[config] if variant == "before" else []) + extra).train
+    steps = 300 if (name == "landsat" and variant == "before") else full.steps
+    short = [f"train.steps={sample}", f"train.warmup_steps={min(full.warmup_steps, sample)}"]
+    if name in ("change", "landsat"):
+        from change_detection import load_case, run_net
+
+        case = load_case("generated" if name == "change" else "landsat", None, 0)
+        ovr = (BEFORE["change"] if variant == "before" else []) + extra + short[1:]
+        t0 = time.perf_counter()
+        r = run_net(case, "hyperbolic", sample, 0, ovr)
+        wall, train_s, pred_s = time.perf_counter() - t0, r["train_time_s"], r["predict_time_s"]
+    else:
+        r = run_case(name, variant, extra + short)
+        wall, train_s, pred_s = r["wall_s"], r["train_s"], r.get("predict_s", 0.0)
+    return {"sampled_steps": sample, "steps": steps, "train_s_per_step": round(train_s / sample, 4),
+            "predict_s": round(pred_s, 2), "sample_wall_s": round(wall, 1),
+            "projected_wall_s": round(train_s / sample * steps + (wall - train_s), 1),
+            "threads": torch.get_num_threads()}
+
+
+def _worker(name: str, variant: str, threads: int, sample: int, q: Any) -> None:
+    extra = [f"train.threads={threads}"] if threads else []
     try:
-        q.put(run_case(name, variant, [f"train.threads={threads}"] if threads else []))
+        q.put(sampled_case(name, variant, extra, sample) if sample else run_case(name, variant, extra))
     except BaseException as e:  # noqa: BLE001 - reported in the JSON
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -154,7 +190,7 @@ def run(args: argparse.Namespace) -> None:
             for variant in args.variants.split(","):
                 load0 = os.getloadavg()[0]
                 q = ctx.Queue()
-                p = ctx.Process(target=_worker, args=(name, variant, args.threads, q))
+                p = ctx.Process(target=_worker, args=(name, variant, args.threads, args.sample, q))
                 p.start()
                 r = q.get()
                 p.join()
@@ -173,32 +209,33 @@ def run(args: argparse.Namespace) -> None:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Bars: wall time (measured, or projected from sampled steps) per case and variant,
+    labelled with the held-out mIoU where the run was complete."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if "wall_s" in r]
-    cases = list(dict.fromkeys(r["case"] for r in ok))
+    ok = [r for r in results if "wall_s" in r or "projected_wall_s" in r]
+    cases = list(dict.fromkeys(f"{r['case']} (+{r['compete']} busy)" for r in ok))
     variants = list(dict.fromkeys(r["variant"] for r in ok))
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases) + 2), 4))
     wdt = 0.8 / max(1, len(variants))
     for j, v in enumerate(variants):
-        xs, walls, mious = [], [], []
         for i, c in enumerate(cases):
-            rs = [r for r in ok if r["case"] == c and r["variant"] == v]
-            if rs:
-                xs.append(i + j * wdt)
-                walls.append(float(np.mean([r["wall_s"] for r in rs])))
-                mious.append(float(np.mean([r["miou"] for r in rs])))
-        ax[0].bar(xs, walls, wdt, label=v)
-        ax[1].bar(xs, mious, wdt, label=v)
-    for a, lab in zip(ax, ["wall time (s), training + prediction", "held-out mIoU"]):
-        a.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(cases))], cases, fontsize=8)
-        a.set_ylabel(lab)
-        a.legend()
-        a.grid(alpha=0.3, axis="y")
-    ax[1].set_ylim(0.5, 1.0)
+            rs = [r for r in ok if f"{r['case']} (+{r['compete']} busy)" == c and r["variant"] == v]
+            if not rs:
+                continue
+            wall = float(np.mean([r.get("wall_s", r.get("projected_wall_s")) for r in rs]))
+            ax.bar(i + j * wdt, wall, wdt, color=f"C{j}", label=v if i == 0 else None)
+            if "miou" in rs[0]:
+                ax.text(i + j * wdt, wall, f"{np.mean([r['miou'] for r in rs]):.3f}", ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(cases))], cases, fontsize=8)
+    ax.set_ylabel("wall time (s): training + prediction")
+    ax.set_title("CPU speed, before / after (labels: held-out mIoU)", fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -234,6 +271,7 @@ def profile_case(kind: str, tag: str, batch: int) -> None:
     from fhcnn.training.trainer import step_generator
 
     if kind == "video":
+
         video, masks = generate_video(None, 48, 96, 160, objects=2, seed=0)
         vol = prepare_inputs(frames_to_volume(video))
         lab = torch.full(masks.shape, 255, dtype=torch.long)
@@ -247,7 +285,10 @@ def profile_case(kind: str, tag: str, batch: int) -> None:
         train, _ = sample_labels(s.change, 0.088, 0)
         vol = prepare_inputs(build_volume(s.before, s.after))
         lab = torch.as_tensor(train).long()
-        cfg = load_config(ChangeConfig, "change", [])
+        from dataclasses import replace
+
+        ccfg = load_config(ChangeConfig, "change", [])
+        cfg = SegmentConfig(model=ccfg.model, data=replace(ccfg.data, reduce_depth=True), train=ccfg.train)
         k, reduce, present = 2, True, [0, 1]
     d = cfg.data
     seg = build_model(cfg.model, vol.shape[0], k)
@@ -301,6 +342,8 @@ def main() -> None:
     p.add_argument("--variants", default="before,after")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the package's choice)")
     p.add_argument("--compete", type=int, default=0, help="busy-looping competitor processes")
+    p.add_argument("--sample", type=int, default=0,
+                   help="run: train only this many steps, project the wall time (no score)")
     p.add_argument("--kinds", default="video,change", help="profile: which networks")
     p.add_argument("--tag", default="")
     p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
