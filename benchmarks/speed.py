@@ -73,7 +73,12 @@ def _video_case(config: str, frames: int, height: int, width: int, overrides: li
     from fhcnn.config import load_config
     from fhcnn.engine import SegmentConfig
 
-    inputs = davis_inputs(davis) if davis else generated_inputs(0, frames, height, width)
+    if davis:
+        inputs = davis_inputs(davis)
+    elif frames == 48:
+        inputs = generated_inputs(0, frames, height, width)
+    else:  # the demo's video: labels on the first, middle and last frame
+        inputs = _demo_inputs(frames, height, width)
     cfg = load_config(SegmentConfig, config, overrides)
     cfg = copy.deepcopy(cfg)
     cfg.data.scale = scale
@@ -81,7 +86,21 @@ def _video_case(config: str, frames: int, height: int, width: int, overrides: li
     m = segment_video(inputs, cfg, None, quiet=True, log=lambda s: print("   " + s, file=sys.stderr, flush=True))
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": m["train_time_s"],
             "predict_s": m["predict_time_s"], "miou": m["miou"], "steps": cfg.train.steps,
+            "volume": m["volume_size"],
             "threads": torch.get_num_threads()}
+
+
+def _demo_inputs(frames: int, height: int, width: int) -> Any:
+    from fhcnn.apps.segment import VideoInputs
+    from fhcnn.data.video import generate_video
+    from fhcnn.options import IGNORE
+
+    video, masks = generate_video(None, frames=frames, height=height, width=width, objects=2, seed=0)
+    lf = [0, (frames - 1) // 2, frames - 1]
+    lab = np.full_like(masks, IGNORE)
+    lab[lf] = masks[lf]
+    return VideoInputs(video, [f"{i:05d}" for i in range(frames)], lab, lf, masks,
+                       "generated ground truth", [0, 1, 2], {"video": "demo"})
 
 
 def _demo_case(overrides: list[str]) -> dict[str, Any]:
@@ -126,6 +145,8 @@ def run_case(name: str, variant: str, extra: list[str] | None = None) -> dict[st
         return _video_case("video", 48, 96, 160, ovr("video"))
     if name == "demo":
         return _demo_case(ovr("video-demo"))
+    if name == "demo-video":  # the demo's pipeline without the demo's extras (sampled runs)
+        return _video_case("video-demo", 32, 64, 96, ovr("video-demo"))
     if name.startswith("davis:"):
         return _video_case("video", 48, 0, 0, ovr("video"), scale=0.2, davis=name.split(":", 1)[1])
     if name == "change":
@@ -144,29 +165,60 @@ def _config_of(name: str) -> tuple[str, Any]:
     return ("video-demo" if name == "demo" else "video"), SegmentConfig
 
 
+def count_windows(size: list[int], multiple: int, window: list[int], shifts: int, flip: bool,
+                  shift_depth: bool) -> int:
+    """Network calls of one window that :func:`fhcnn.engine.predict_volume` makes (its tiling)."""
+    from fhcnn.engine.inference import _starts
+    from fhcnn.engine.sizes import round_up
+
+    total = 0
+    for o in sorted({int(round(i * multiple / shifts)) % multiple for i in range(shifts)}):
+        oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
+        padded = [round_up(n + oa, multiple) for n, oa in zip(size, oo)]
+        win = [p if (w <= 0 or w >= p) else round_up(w, multiple) for w, p in zip(window, padded)]
+        n = 1
+        for p_, w_ in zip(padded, win):
+            n *= len(_starts(p_, min(w_, p_), multiple))
+        total += n * (2 if flip else 1)
+    return total
+
+
 def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict[str, Any]:
-    """Train only ``sample`` steps (prediction in full): the wall time of the whole run is
-    projected as ``train_s / sample * steps + (wall_s - train_s)``; the score is not reported."""
+    """Train only ``sample`` steps and predict one tiling (no shift, no flip); the whole run's
+    wall time is projected as ``train_s / sample * steps + predict_s(one tiling) * windows(all
+    tilings) / windows(one tiling) + the rest``; the score is not reported."""
     from fhcnn.config import load_config
+    from fhcnn.engine import size_multiple_of
 
     config, kind = _config_of(name)
-    full = load_config(kind, config, (BEFORE[config] if variant == "before" else []) + extra).train
-    steps = 300 if (name == "landsat" and variant == "before") else full.steps
-    short = [f"train.steps={sample}", f"train.warmup_steps={min(full.warmup_steps, sample)}"]
+    base = (BEFORE[config] if variant == "before" else []) + extra
+    full = load_config(kind, config, base)
+    steps = 300 if (name == "landsat" and variant == "before") else full.train.steps
+    short = [f"train.steps={sample}", f"train.warmup_steps={min(full.train.warmup_steps, sample)}",
+             "data.predict_shifts=1", "data.predict_flip=false"]
+    d = full.data
     if name in ("change", "landsat"):
         from change_detection import load_case, run_net
 
         case = load_case("generated" if name == "change" else "landsat", None, 0)
-        ovr = (BEFORE["change"] if variant == "before" else []) + extra + short[1:]
         t0 = time.perf_counter()
-        r = run_net(case, "hyperbolic", sample, 0, ovr)
+        r = run_net(case, "hyperbolic", sample, 0, base + short[1:])
         wall, train_s, pred_s = time.perf_counter() - t0, r["train_time_s"], r["predict_time_s"]
+        h, w, b = case["before"].shape
+        size, win, shift_depth = [b, h, w], [0, d.window_height, d.window_width], False
     else:
-        r = run_case(name, variant, extra + short)
+        r = run_case("demo-video" if name == "demo" else name, variant, extra + short)
         wall, train_s, pred_s = r["wall_s"], r["train_s"], r.get("predict_s", 0.0)
+        size, shift_depth = r["volume"], True
+        win = [d.window_depth, d.window_height, d.window_width]
+    m = size_multiple_of(full.model)
+    ratio = (count_windows(size, m, win, d.predict_shifts, d.predict_flip, shift_depth)
+             / count_windows(size, m, win, 1, False, shift_depth))
     return {"sampled_steps": sample, "steps": steps, "train_s_per_step": round(train_s / sample, 4),
-            "predict_s": round(pred_s, 2), "sample_wall_s": round(wall, 1),
-            "projected_wall_s": round(train_s / sample * steps + (wall - train_s), 1),
+            "train_s": round(train_s / sample * steps, 1), "predict_s_one_tiling": round(pred_s, 2),
+            "predict_s": round(pred_s * ratio, 1), "tilings_windows_ratio": round(ratio, 2),
+            "sample_wall_s": round(wall, 1),
+            "projected_wall_s": round(train_s / sample * steps + pred_s * ratio + (wall - train_s - pred_s), 1),
             "threads": torch.get_num_threads()}
 
 
