@@ -387,9 +387,59 @@ def profile_case(kind: str, tag: str, batch: int) -> None:
     print(text[:3000])
 
 
+def threads_case(args: argparse.Namespace) -> None:
+    """Seconds per training step of the ``video`` config with torch's default thread count (all
+    cores) and with ``train.threads=0`` (the free physical cores), alternating, on the machine
+    as it is (plus ``--compete`` busy processes); writes ``speed_threads<tag>.json``."""
+    from segmentation_video import generated_inputs
+
+    from fhcnn.apps.segment.pipeline import frames_to_volume
+    from fhcnn.config import load_config
+    from fhcnn.engine import SegmentConfig, train_segmentation
+    from fhcnn.engine.train import prepare_inputs
+
+    ctx = mp.get_context("spawn")
+    competitors = [ctx.Process(target=_busy, daemon=True) for _ in range(args.compete)]
+    for p in competitors:
+        p.start()
+    inp = generated_inputs(0, 48, 96, 160)
+    vol = prepare_inputs(frames_to_volume(inp.frames))
+    rows = []
+    default = torch.get_num_threads()
+    try:
+        for rep in range(args.repeats):
+            for label, threads in (("torch default", -1), ("auto (train.threads=0)", 0)):
+                torch.set_num_threads(default)
+                cfg = load_config(SegmentConfig, "video", [f"train.steps={args.sample or 10}",
+                                                           f"train.threads={threads}"])
+                load0 = os.getloadavg()[0]
+                said: list[str] = []
+                handler = logging.Handler()
+                handler.emit = lambda r: said.append(r.getMessage())  # type: ignore[method-assign]
+                flog.logger.addHandler(handler)
+                flog.logger.setLevel(logging.INFO)
+                try:
+                    res = train_segmentation(vol, inp.labels, cfg, num_classes=3, quiet=True)
+                finally:
+                    flog.logger.removeHandler(handler)
+                chosen = [m for m in said if m.startswith("torch threads")] or [f"{default} (torch default)"]
+                row = {"setting": label, "repeat": rep, "steps": cfg.train.steps,
+                       "s_per_step": round(res.train_time_s / cfg.train.steps, 3), "load_before": round(load0, 2),
+                       "compete": args.compete, "threads_chosen": chosen}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        for p in competitors:
+            p.terminate()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"speed_threads{args.tag}.json").write_text(json.dumps(
+        {"cpu_count": os.cpu_count(), "default_threads": default, "rows": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["profile", "run"])
+    p.add_argument("mode", choices=["profile", "run", "threads"])
+    p.add_argument("--repeats", type=int, default=2, help="threads: alternating repeats")
     p.add_argument("--cases", default="segment,change,demo")
     p.add_argument("--variants", default="before,after")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the package's choice)")
@@ -400,7 +450,9 @@ def main() -> None:
     p.add_argument("--tag", default="")
     p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
     args = p.parse_args()
-    if args.mode == "profile":
+    if args.mode == "threads":
+        threads_case(args)
+    elif args.mode == "profile":
         torch.set_num_threads(args.threads or 1)
         for kind in args.kinds.split(","):
             profile_case(kind, args.tag, args.predict_batch)

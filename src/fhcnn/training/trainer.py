@@ -615,7 +615,7 @@ class Trainer:
             self._reset_metrics_file(self.step)
             barrier()
             threads = cfg.threads if self.device.type == "cpu" else None
-            with CpuThreads(threads, log=_log.info if self.is_main and not self.quiet else None) as t:
+            with CpuThreads(threads, log=_log.info if self.is_main else None) as t:
                 self._threads = t
                 try:
                     return self._loop()
