@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -393,6 +394,7 @@ def threads_case(args: argparse.Namespace) -> None:
     as it is (plus ``--compete`` busy processes); writes ``speed_threads<tag>.json``."""
     from segmentation_video import generated_inputs
 
+    from fhcnn import log as flog
     from fhcnn.apps.segment.pipeline import frames_to_volume
     from fhcnn.config import load_config
     from fhcnn.engine import SegmentConfig, train_segmentation
