@@ -128,8 +128,8 @@ def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> d
 
     cfg = load_config(ChangeConfig, "change", overrides)
     n = steps or cfg.train.steps
-    t0 = time.perf_counter()
-    r = run_net(case, "hyperbolic", n, 0, overrides)
+    t0 = time.perf_counter()  # run_net takes the steps as an argument: drop them from the overrides
+    r = run_net(case, "hyperbolic", n, 0, [o for o in overrides if not o.startswith("train.steps=")])
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": round(r["train_time_s"], 2),
             "predict_s": round(r["predict_time_s"], 2), "miou": r["metrics"]["miou"], "steps": n,
             "threads": torch.get_num_threads()}
@@ -203,7 +203,7 @@ def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict
 
         case = load_case("generated" if name == "change" else "landsat", None, 0)
         t0 = time.perf_counter()
-        r = run_net(case, "hyperbolic", sample, 0, base + short[1:])
+        r = run_net(case, "hyperbolic", sample, 0, [o for o in base if not o.startswith("train.steps=")] + short[1:])
         wall, train_s, pred_s = time.perf_counter() - t0, r["train_time_s"], r["predict_time_s"]
         h, w, b = case["before"].shape
         size, win, shift_depth = [b, h, w], [0, d.window_height, d.window_width], False
