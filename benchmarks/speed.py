@@ -1,6 +1,8 @@
 """CPU speed of ``fhcnn segment`` / ``fhcnn change`` / ``fhcnn demo``: profiles and before/after runs.
 
     python benchmarks/speed.py profile [--tag _before] [--threads 1] [--predict-batch 1]
+    python benchmarks/speed.py threads [--sample 6] [--repeats 2] [--compete 0]
+    python benchmarks/speed.py summary          # speed.json / speed.png from the files above
     python benchmarks/speed.py run [--cases segment,change,demo] [--variants before,after]
                                    [--threads 0] [--compete 0] [--tag ""]
 
@@ -438,9 +440,73 @@ def threads_case(args: argparse.Namespace) -> None:
         {"cpu_count": os.cpu_count(), "default_threads": default, "rows": rows}, indent=1) + "\n")
 
 
+def _load(name: str) -> dict[str, Any]:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _rows(name: str, case: str, variant: str) -> list[dict[str, Any]]:
+    return [r for r in _load(name).get("results", []) if r.get("case") == case and r.get("variant") == variant]
+
+
+def summarize() -> None:
+    """``speed.json`` / ``speed.png``: one before/after row per goal of issue #16, from the result
+    files the other modes wrote (before-scores of complete runs from the benchmarks' results)."""
+    goals = [  # (goal, case, sampled file, complete after-run file, before score, its source)
+        ("fhcnn segment, generated 48x96x160", "segment", "speed_sampled.json", "speed_after_segment.json",
+         0.984, "docs/segmentation.md (1000 steps, previous video config)"),
+        ("fhcnn change, generated 96x96x32", "change", "speed_sampled_change.json", "speed_after_cd.json",
+         _load("change_generated.json").get("results", {}).get("hyperbolic", {}).get("metrics", {}).get("miou"),
+         "change_generated.json"),
+        ("fhcnn change, Taizhou 400x400x6", "landsat", "speed_sampled_change.json", "speed_after_landsat.json",
+         _load("change_landsat.json").get("results", {}).get("hyperbolic", {}).get("metrics", {}).get("miou"),
+         "change_landsat.json"),
+        ("fhcnn demo, 32x64x96", "demo", "speed_sampled.json", "speed_after_demo320.json", 0.942,
+         "docs/segmentation.md (400 steps, previous video-demo config)"),
+        ("DAVIS goat, scale 0.2", "davis:goat", "", "speed_after_goat.json",
+         _load("davis_hyperbolic_goat.json").get("results", [{}])[0].get("miou"), "davis_hyperbolic_goat.json"),
+    ]
+    out, bars = [], []
+    for goal, case, sampled, after_file, before_miou, source in goals:
+        row: dict[str, Any] = {"goal": goal, "before_miou": before_miou, "before_miou_source": source}
+        for variant in ("before", "after"):
+            rs = _rows(sampled, case, variant) if sampled else []
+            if rs and variant == "after":  # re-projected to the shipped config's steps (it may have moved)
+                from fhcnn.config import load_config
+
+                config, kind = _config_of(case)
+                steps = load_config(kind, config, []).train.steps
+                rs = [{**r, "projected_wall_s": round(r["projected_wall_s"] - r["train_s"]
+                                                      + r["train_s_per_step"] * steps, 1)} for r in rs]
+            if rs:
+                row[f"{variant}_projected_wall_s"] = float(np.mean([r["projected_wall_s"] for r in rs]))
+                row[f"{variant}_load"] = rs[0]["load_before"]
+                bars.append({"case": case, "variant": variant, "compete": 0,
+                             "projected_wall_s": row[f"{variant}_projected_wall_s"],
+                             **({"miou": before_miou} if variant == "before" and before_miou else {})})
+        after = _rows(after_file, case, "after")
+        if after:
+            row.update(after_miou=after[-1]["miou"], after_complete_wall_s=after[-1]["wall_s"],
+                       after_complete_load=after[-1]["load_before"])
+            for b in bars:
+                if b["case"] == case and b["variant"] == "after":
+                    b["miou"] = after[-1]["miou"]
+        if "before_projected_wall_s" in row and "after_projected_wall_s" in row:
+            row["after_over_before"] = round(row["after_projected_wall_s"] / row["before_projected_wall_s"], 3)
+        pair = _load("speed_segment_pair.json").get("results", []) if case == "segment" else []
+        if pair:
+            row["side_by_side_complete_runs"] = pair
+        out.append(row)
+    threads = _load("speed_threads.json")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps({"goals": out, "threads": threads}, indent=1) + "\n")
+    plot(bars, RESULTS / "speed.png")
+    print(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["profile", "run", "threads"])
+    p.add_argument("mode", choices=["profile", "run", "threads", "summary"])
     p.add_argument("--repeats", type=int, default=2, help="threads: alternating repeats")
     p.add_argument("--cases", default="segment,change,demo")
     p.add_argument("--variants", default="before,after")
@@ -452,7 +518,9 @@ def main() -> None:
     p.add_argument("--tag", default="")
     p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
     args = p.parse_args()
-    if args.mode == "threads":
+    if args.mode == "summary":
+        summarize()
+    elif args.mode == "threads":
         threads_case(args)
     elif args.mode == "profile":
         torch.set_num_threads(args.threads or 1)
