@@ -287,8 +287,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                 ax.text(i + j * wdt, wall, f"{np.mean([r['miou'] for r in rs]):.3f}", ha="center",
                         va="bottom", fontsize=7)
     ax.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(cases))], cases, fontsize=8)
-    ax.set_ylabel("wall time (s): training + prediction")
-    ax.set_title("CPU speed, before / after (labels: held-out mIoU)", fontsize=9)
+    ax.set_ylabel("wall time (s): training + prediction\n(measured, or projected from sampled steps)")
+    ax.set_title("CPU speed, before / after side by side per case (the load differs between cases; "
+                 "labels: held-out mIoU)", fontsize=8)
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
