@@ -85,6 +85,22 @@ def test_predict_any_size_with_shifts(arch):
     torch.testing.assert_close(p.sum(0), torch.ones(5, 7, 9))
 
 
+@pytest.mark.parametrize("window", [(4, 0, 4), (0, 0, 0), (4, 4, 8)])
+def test_batched_prediction_equals_one_window_at_a_time(window):
+    # windows of several tilings (shifts, flips; whole-axis windows change size between
+    # shifts) share network calls; every normalization is per window, so the result is the same
+    torch.manual_seed(0)
+    cfg = load_config(SegmentConfig, "video-tiny", [])
+    model = build_model(cfg.model, 3, 3)
+    vol = torch.rand(3, 6, 7, 13)
+    one = predict_volume(model, vol, shifts=3, flip=True, window=window, batch=1)
+    for batch in (2, 3, 64):
+        torch.testing.assert_close(predict_volume(model, vol, shifts=3, flip=True, window=window,
+                                                  batch=batch), one, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch"):
+        predict_volume(model, vol, batch=0)
+
+
 class _Pointwise(torch.nn.Module):
     """A 1x1x1 convolution: every voxel's output depends on that voxel only."""
 

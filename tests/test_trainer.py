@@ -243,6 +243,45 @@ def test_device_selection(monkeypatch) -> None:
     assert resolve_device("auto").type == "mps"
 
 
+def test_cpu_threads_choice_is_logged_and_restored(monkeypatch) -> None:
+    from fhcnn.training import device
+
+    before = torch.get_num_threads()
+    said: list[str] = []
+    with device.CpuThreads(2, log=said.append) as t:
+        assert torch.get_num_threads() == 2 and t.chosen == 2
+        with device.CpuThreads(0, log=said.append) as inner:  # nested: leaves the choice alone
+            assert torch.get_num_threads() == 2 and inner.chosen == 2
+    assert torch.get_num_threads() == before and said == ["torch threads: 2 (2 requested)"]
+    with device.CpuThreads(None) as t:
+        assert t.chosen == before
+    # automatic: the physical cores minus those other processes keep busy, at least 1
+    monkeypatch.setattr(device, "physical_cores", lambda: 4)
+    for busy, want in ((0.0, 4), (1.0, 3), (1.5, 2), (2.9, 1), (8.0, 1)):
+        clock = iter([0.0, 1.0, 1.0, 2.0])
+        monkeypatch.setattr(device.time, "perf_counter", lambda: next(clock))
+        monkeypatch.setattr(device.time, "process_time", lambda: 0.0)
+        seconds = iter([100.0, 100.0 + busy])
+        monkeypatch.setattr(device, "_cpu_busy_seconds", lambda: next(seconds))
+        monkeypatch.setattr(device.time, "sleep", lambda s: None)
+        said.clear()
+        with device.CpuThreads(0, log=said.append) as t:
+            assert t.chosen == want and torch.get_num_threads() == want
+        assert said and said[0].startswith(f"torch threads: {want} (auto: 4 physical core(s)")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=-2)
+
+
+def test_fit_uses_and_logs_the_thread_choice(tmp_path: Path) -> None:
+    batch, loss = _linear_problem()
+    before = torch.get_num_threads()
+    Trainer(nn.Linear(3, 1), _cfg(steps=5, threads=2), tmp_path, batch, loss, quiet=True).fit()
+    assert torch.get_num_threads() == before
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["threads"] for r in lines if r["split"] == "train"} == {2}
+
+
 class _FakeTTY(io.StringIO):
     def isatty(self) -> bool:
         return True

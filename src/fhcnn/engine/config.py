@@ -116,6 +116,7 @@ class DataConfig:
     predict_depth: int = -1     # prediction window (-1 = the training window, 0 = whole axis)
     predict_height: int = -1
     predict_width: int = -1
+    predict_batch: int = 4      # prediction windows per network call (same result, faster)
     eval_every: int = 0         # score eval labels every N steps (0 = only at the end)
     reduce_depth: bool = False  # 2D (H, W) labels, loss on the depth-mean logits (see above)
     unlabelled: UnlabelledKind = "none"  # loss on the unlabelled voxels (see above)
@@ -138,6 +139,8 @@ class DataConfig:
             if getattr(self, name) < -1:
                 raise ValueError(f"{name} must be >= 0, or -1 for the training window, "
                                  f"got {getattr(self, name)}")
+        if self.predict_batch < 1:
+            raise ValueError(f"predict_batch must be >= 1, got {self.predict_batch}")
         if self.predict_shifts < 1:
             raise ValueError(f"predict_shifts must be >= 1, got {self.predict_shifts}")
         for name in ("rotate", "zoom", "jitter", "noise", "balance", "dice"):
@@ -164,5 +167,5 @@ class SegmentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
-        keep_last=1, log_every=10))
+        keep_last=1, log_every=10, threads=0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # #17: 1 = no split

@@ -6,8 +6,9 @@ sizes come from :mod:`fhcnn.engine.sizes`.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,10 +38,41 @@ def _starts(padded: int, win: int, multiple: int) -> list[int]:
     return st
 
 
+class _Tiling:
+    """One tiling of the padded volume (one shift, flipped or not): its input, the windows
+    still to predict, and the blended sum of their probabilities."""
+
+    def __init__(self, x: Tensor, flipped: bool, crop: Sequence[int], win: Sequence[int],
+                 padded: Sequence[int], weight: Tensor, windows: list[tuple[slice, ...]]) -> None:
+        self.x, self.flipped, self.crop, self.win = x, flipped, list(crop), tuple(win)
+        self.padded, self.weight, self.windows = list(padded), weight, windows
+        self.pending = len(windows)
+        self.out: Tensor | None = None
+        self.cnt = torch.zeros(self.padded)
+
+    def add(self, sl: tuple[slice, ...], prob: Tensor) -> None:
+        if self.out is None:
+            self.out = torch.zeros((prob.shape[0], *self.padded))
+        self.out[(slice(None),) + sl] += prob * self.weight
+        self.cnt[sl] += self.weight
+        self.pending -= 1
+
+    def result(self, size: Sequence[int]) -> Tensor:
+        """``(K, *size)``: the blended probabilities, flipped back and cropped."""
+        if self.out is None:
+            raise RuntimeError("no prediction window was evaluated")
+        out = self.out / self.cnt
+        if self.flipped:
+            out = out.flip(-1)
+        c = self.crop
+        return out[:, c[0]:c[0] + size[0], c[1]:c[1] + size[1], c[2]:c[2] + size[2]]
+
+
 @torch.no_grad()
 def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: bool = False,
                    window: Sequence[int] = (0, 0, 0), device: torch.device | str | None = None,
-                   shift_depth: bool = True) -> Tensor:
+                   shift_depth: bool = True, batch: int = 4,
+                   each_batch: Callable[[], None] | None = None) -> Tensor:
     """Class probabilities ``(K, D, H, W)`` (float32, CPU) of a whole volume ``(C, D, H, W)``.
 
     The volume is continued by reflection to a multiple of ``model.size_multiple`` (any size
@@ -50,47 +82,62 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
     the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
     every axis (only H and W if not ``shift_depth``; and over a flip of the last axis if
     ``flip``); cropped back to ``(D, H, W)``.
+
+    Up to ``batch`` windows of the same size (from one tiling or the next) go through the
+    network in one call: the result is the same as one window at a time (every normalization
+    of the network is per window) up to floating-point rounding, and on a CPU several times
+    faster (PyTorch runs a 3D convolution of a batch of one through a slow fallback).
+    ``each_batch`` is called after every network call (e.g. to adjust the CPU threads).
     """
     if volume.dim() != 4:
         raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(volume.shape)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     m = int(getattr(model, "size_multiple", 1))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     _, *size = volume.shape
     offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
+
+    def tilings() -> Iterator[_Tiling]:
+        for o in offsets:
+            oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
+            padded = [round_up(n + oa, m) for n, oa in zip(size, oo)]
+            win = [p if (w <= 0 or w >= p) else round_up(w, m) for w, p in zip(window, padded)]
+            win = [min(w, p) for w, p in zip(win, padded)]
+            x = gather(volume, [-oa for oa in oo], padded)
+            starts = [_starts(p, w, m) for p, w in zip(padded, win)]
+            windows = [tuple(slice(s, s + w) for s, w in zip(st, win)) for st in itertools.product(*starts)]
+            weight = blend_weight(win, padded)
+            for flipped in ([False, True] if flip else [False]):
+                yield _Tiling(x.flip(-1) if flipped else x, flipped, oo, win, padded, weight, windows)
+
     acc: Tensor | None = None
     runs = 0
-    for o in offsets:
-        oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
-        padded = [round_up(n + oa, m) for n, oa in zip(size, oo)]
-        win = [p if (w <= 0 or w >= p) else round_up(w, m) for w, p in zip(window, padded)]
-        win = [min(w, p) for w, p in zip(win, padded)]
-        x = gather(volume, [-oa for oa in oo], padded)
-        axes_starts = [_starts(p, w, m) for p, w in zip(padded, win)]
-        weight = blend_weight(win, padded)
-        for flipped in ([False, True] if flip else [False]):
-            xin = x.flip(-1) if flipped else x
-            out: Tensor | None = None
-            cnt = torch.zeros(padded)
-            for s0 in axes_starts[0]:
-                for s1 in axes_starts[1]:
-                    for s2 in axes_starts[2]:
-                        sl = (slice(s0, s0 + win[0]), slice(s1, s1 + win[1]), slice(s2, s2 + win[2]))
-                        xb = xin[(slice(None),) + sl][None].to(device)
-                        prob = torch.softmax(model(xb).float(), 1)[0].cpu()
-                        if out is None:
-                            out = torch.zeros((prob.shape[0], *padded))
-                        out[(slice(None),) + sl] += prob * weight
-                        cnt[sl] += weight
-            if out is None:
-                raise RuntimeError("no prediction window was evaluated")
-            out = out / cnt
-            if flipped:
-                out = out.flip(-1)
-            out = out[:, oo[0]:oo[0] + size[0], oo[1]:oo[1] + size[1], oo[2]:oo[2] + size[2]]
-            acc = out if acc is None else acc + out
-            runs += 1
+    chunk: list[tuple[_Tiling, tuple[slice, ...]]] = []
+
+    def run_chunk() -> None:
+        nonlocal acc, runs
+        xb = torch.stack([t.x[(slice(None),) + sl] for t, sl in chunk]).to(device)
+        prob = torch.softmax(model(xb).float(), 1).cpu()
+        if each_batch is not None:
+            each_batch()
+        for (t, sl), p in zip(chunk, prob):
+            t.add(sl, p)
+            if t.pending == 0:
+                out = t.result(size)
+                acc = out if acc is None else acc + out
+                runs += 1
+        chunk.clear()
+
+    for tiling in tilings():
+        for sl in tiling.windows:
+            if chunk and (len(chunk) == batch or chunk[0][0].win != tiling.win):
+                run_chunk()
+            chunk.append((tiling, sl))
+    if chunk:
+        run_chunk()
     if was_training:
         model.train()
     if acc is None:

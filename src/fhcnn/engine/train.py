@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import log as _log
 from ..memory import SavedTensorCounter
 from ..options import IGNORE
 from ..training import Trainer
+from ..training.device import CpuThreads
 from .config import SegmentConfig
 from .inference import labels_of, predict_volume, prediction_window
 from .losses import SegmentationLoss, UnlabelledTerm, class_weights
@@ -120,11 +122,15 @@ class SegmentationResult:
 
     def predict_prepared(self, v: Tensor, shifts: int | None = None) -> Tensor:
         """:meth:`predict_proba` of an input already through :func:`prepare_inputs`, with the
-        config's shifts, flip and window."""
+        config's shifts, flip, window and batch of windows; on a CPU with the config's
+        ``train.threads`` (see :class:`~fhcnn.training.device.CpuThreads`)."""
         d = self.config.data
-        return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
-                              flip=d.predict_flip, window=self.predict_window,
-                              shift_depth=not d.reduce_depth)
+        threads = self.config.train.threads if self.device.type == "cpu" else None
+        with CpuThreads(threads, log=_log.info, what=" (prediction)") as t:
+            return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
+                                  flip=d.predict_flip, window=self.predict_window,
+                                  shift_depth=not d.reduce_depth, batch=d.predict_batch,
+                                  each_batch=t.check)
 
     def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
         """``(D, H, W)`` uint8 label volume; with ``data.reduce_depth`` the ``(H, W)`` label map

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import log as _log
 from ..atomic import atomic_write_text
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
-from .device import resolve_device
+from .device import CpuThreads, resolve_device
 from .distributed import all_reduce_mean, barrier, broadcast_object, init_distributed, params_in_sync, shard_batch
 from .progress import Progress
 
@@ -70,6 +71,11 @@ class TrainConfig:
         best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
         find_unused_parameters: passed to DistributedDataParallel (set it if some parameters
             get no gradient in a step).
+        threads: torch CPU threads during ``fit`` on a CPU (see
+            :class:`~fhcnn.training.device.CpuThreads`): ``0`` = as many as physical cores
+            not kept busy by other processes, re-checked as the load changes, and logged;
+            ``N`` = exactly N; ``None`` or ``-1`` = leave torch's setting alone. The thread
+            count found at the start is restored at the end.
     """
 
     steps: int = 1000
@@ -91,6 +97,7 @@ class TrainConfig:
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
     find_unused_parameters: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -119,6 +126,9 @@ class TrainConfig:
              f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every!r}")
         need(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last!r}")
         need(self.best_mode in ("min", "max"), f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= -1),
+             f"threads must be >= 0 (0 = the free physical cores), -1 or null (torch's default), "
+             f"got {self.threads!r}")
 
 
 class TrainingError(RuntimeError):
@@ -393,6 +403,7 @@ class Trainer:
                                               log=self._warn)
                             if self.out_dir is not None else None)
         self._progress: Progress | None = None
+        self._threads: CpuThreads | None = None
 
     # --------------------------------------------------------------- properties
     @property
@@ -619,7 +630,13 @@ class Trainer:
                                      f"resume it or use a new output folder")
             self._reset_metrics_file(self.step)
             barrier()
-            return self._loop()
+            threads = cfg.threads if self.device.type == "cpu" else None
+            with CpuThreads(threads, log=_log.info if self.is_main else None) as t:
+                self._threads = t
+                try:
+                    return self._loop()
+                finally:
+                    self._threads = None
 
     def _ddp_model(self) -> nn.Module:
         if self._wrapped is None:
@@ -648,6 +665,8 @@ class Trainer:
             while self.step < cfg.steps:
                 step = self.step + 1
                 loss, metrics, grad_norm = self._train_step(model, step)
+                if self._threads is not None:
+                    self._threads.check()
                 self.step = step
                 sums["loss"] = sums.get("loss", 0.0) + loss
                 for k, v in metrics.items():
@@ -676,7 +695,8 @@ class Trainer:
                     rate = (step - step_last) / max(now - t_last, 1e-9)
                     t_last, step_last = now, step
                     self._log_metrics({"step": step, "split": "train", **train_avg,
-                                       "steps_per_s": rate, "time": time.time()})
+                                       "steps_per_s": rate, "threads": torch.get_num_threads(),
+                                       "time": time.time()})
                     self.history.update(step=step, train=dict(train_avg))
                     shown = {"loss": train_avg["loss"]}
                     extra = [k for k in metrics if k != "loss"]
