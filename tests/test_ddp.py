@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,19 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(HERE / "_ddp_script.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:  # once seen under heavy load: retry the launch once, report both
-        first = proc.stdout[-2000:] + proc.stderr[-2000:]
-        for child in tmp_path.iterdir():  # the retry must not meet the first launch's checkpoints
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    # A launch sometimes dies at once with "terminate called without an active exception" in a
+    # Gloo worker thread (seen under load and once in a CI-style run; not reproduced in 6
+    # concurrent reruns): up to 3 launches on fresh outputs, every failed one reported.
+    failures = []
+    for _ in range(3):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, first + "\n--- retry ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+        if proc.returncode == 0:
+            break
+        failures.append(proc.stdout[-2000:] + proc.stderr[-2000:])
+        for child in tmp_path.iterdir():  # a retry must not meet the failed launch's checkpoints
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        time.sleep(1.0)
+    assert proc.returncode == 0, "\n--- retry ---\n".join(failures)
 
     diffs = {}
     for name, mode in MODES.items():
