@@ -414,6 +414,47 @@ def _headline(d: Path) -> str:
     return "\n".join(out)
 
 
+def _sparse_cell(x: dict[str, Any] | None, margin: bool) -> str:
+    if x is None:
+        return "–"
+    text = f"{x['mean']:.3f} ± {x['std']:.3f}"
+    m = x.get("margin_over_better_baseline")
+    if margin and m is not None:
+        text += f" ({m['mean']:+.3f} / {m['min']:+.3f})"
+    return text
+
+
+_SPARSE_COLUMNS = {
+    "taizhou": [("linear, dates", "linear_dates"), ("forest, dates", "forest_dates"),
+                ("linear, features", "linear"), ("forest, features", "forest"),
+                ("fhcnn before: dates", "default_300"),
+                ("**fhcnn**: + analyst features (auto)", "features_300")],
+    "generated": [("linear, dates", "linear_dates"), ("forest, dates", "forest_dates"),
+                  ("linear, features", "linear"), ("forest, features", "forest"),
+                  ("fhcnn before: dates, 100 steps", "default"),
+                  ("**fhcnn**: + features, 100 steps", "features"),
+                  ("+ features, 400 steps", "features_400")],
+}
+
+
+def _sparse(scene: str) -> Callable[[Path], str]:
+    """Held-out mIoU (mean ± std over seeds; fhcnn with its margin over the best pixelwise
+    baseline, mean / worst seed) from ``sparse_summary.json``."""
+    def table(d: Path) -> str:
+        rows = _need(d, "sparse_summary")[scene]
+        cols = _SPARSE_COLUMNS[scene]
+        out = ["| labels | " + " | ".join(c for c, _ in cols) + " |",
+               "|---|" + "---:|" * len(cols)]
+        order = sorted(rows, key=lambda k: (float(k.split("|")[0]), k.split("|")[1] != "random"))
+        for key in order:
+            density, pattern = key.split("|")
+            cells = [_sparse_cell(rows[key].get(name), name.startswith(("default", "features")))
+                     for _, name in cols]
+            out.append(f"| {100 * float(density):.1f}% {pattern} | " + " | ".join(cells) + " |")
+        return "\n".join(out)
+    return table
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     **{name: _bench_table(name, fn) for name, fn in _BENCH},
     "memory_headline": _memory_headline,
@@ -425,6 +466,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "vae_digits": _vae_digits,
     "vae_mnist": _vae_mnist,
     "headline": _headline,
+    "sparse_taizhou": _sparse("taizhou"),
+    "sparse_generated": _sparse("generated"),
 }
 
 _MARKER = re.compile(r"<!-- (/?)table:([\w-]+) -->")
