@@ -136,6 +136,7 @@ def _segment_inputs(tmp_path: Path) -> list[str]:
     ("3", ["parallel.space=2"], "but this run has 3"),
     ("4", ["parallel.space=2"], "data.batch_size=1 is not divisible by the 2 data-parallel replicas"),
     ("2", ["parallel.space=2", "model.arch=unet"], "model.arch=unet cannot"),
+    ("2", ["parallel.space=2", "data.unlabelled=entropy"], "data.unlabelled=entropy is not supported"),
 ])
 def test_bad_split_fails_before_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: str,
                                     sets: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .config import SegmentConfig
 from .sizes import gather, round_up
 
-__all__ = ["predict_volume", "prediction_window", "blend_weight", "labels_of"]
+__all__ = ["predict_volume", "prediction_window", "blend_weight", "labels_of", "tiling_sizes"]
 
 
 def blend_weight(win: Sequence[int], padded: Sequence[int]) -> Tensor:
@@ -26,6 +26,23 @@ def blend_weight(win: Sequence[int], padded: Sequence[int]) -> Tensor:
     for ax, (w, p) in enumerate(zip(win, padded)):
         v = torch.sin(math.pi * (torch.arange(w) + 0.5) / w) if w < p else torch.ones(w)
         out = out[..., None] * v if ax else v
+    return out
+
+
+def tiling_sizes(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
+                 shift_depth: bool) -> list[tuple[list[int], list[int], list[int]]]:
+    """The shifted tilings :func:`predict_volume` evaluates on a volume of ``size`` ``(D, H, W)``:
+    ``(offset, padded, window)`` per tiling, the volume shifted by ``offset`` voxels (on every
+    axis, only H and W if not ``shift_depth``), continued by reflection to ``padded`` (a
+    multiple of ``multiple``) and cut into windows of ``window`` voxels (0 = the whole axis)."""
+    m = multiple
+    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
+    out = []
+    for o in offsets:
+        oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
+        padded = [round_up(int(n) + oa, m) for n, oa in zip(size, oo)]
+        win = [p if (w <= 0 or w >= p) else round_up(w, m) for w, p in zip(window, padded)]
+        out.append((oo, padded, [min(w, p) for w, p in zip(win, padded)]))
     return out
 
 
@@ -98,14 +115,9 @@ def predict_volume(model: nn.Module, volume: Tensor, *, shifts: int = 1, flip: b
     was_training = model.training
     model.eval()
     _, *size = volume.shape
-    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
 
     def tilings() -> Iterator[_Tiling]:
-        for o in offsets:
-            oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
-            padded = [round_up(n + oa, m) for n, oa in zip(size, oo)]
-            win = [p if (w <= 0 or w >= p) else round_up(w, m) for w, p in zip(window, padded)]
-            win = [min(w, p) for w, p in zip(win, padded)]
+        for oo, padded, win in tiling_sizes(size, window, m, shifts, shift_depth):
             x = gather(volume, [-oa for oa in oo], padded)
             starts = [_starts(p, w, m) for p, w in zip(padded, win)]
             windows = [tuple(slice(s, s + w) for s, w in zip(st, win)) for st in itertools.product(*starts)]

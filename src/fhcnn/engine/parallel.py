@@ -35,7 +35,6 @@ every process during prediction (``K`` channels, small next to the network's sta
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..options import IGNORE
 from .losses import SegmentationLoss
-from .sizes import round_up, training_window
+from .sizes import training_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..spatial import SpatialSplit
@@ -106,30 +105,13 @@ class ParallelConfig:
         return " x ".join(f"{_AXES[a]}/{g}" for a, g in zip(self.axes, self.split_grid))
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_world_size())
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
 def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
                        shift_depth: bool) -> list[tuple[int, ...]]:
     """The window sizes :func:`~fhcnn.engine.inference.predict_volume` evaluates on a volume of
-    ``size`` ``(D, H, W)``: one per shifted tiling (the same arithmetic as there)."""
-    m = multiple
-    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
-    out = []
-    for o in offsets:
-        oo = [o if (axis > 0 or shift_depth) else 0 for axis in range(3)]
-        padded = [round_up(int(n) + oa, m) for n, oa in zip(size, oo)]
-        win = [p if (w <= 0 or w >= p) else round_up(w, m) for w, p in zip(window, padded)]
-        out.append(tuple(min(w, p) for w, p in zip(win, padded)))
-    return out
+    ``size`` ``(D, H, W)``: one per shifted tiling (:func:`~fhcnn.engine.inference.tiling_sizes`)."""
+    from .inference import tiling_sizes
+
+    return [tuple(win) for _, _, win in tiling_sizes(size, window, multiple, shifts, shift_depth)]
 
 
 def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, multiple: int) -> str:
@@ -156,7 +138,7 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
         reduce_depth: the labels are one 2D map (the loss on the depth-mean logits).
 
     Raises:
-        InputError: the U-Net with ``space > 1``; a world size that is not a multiple of
+        InputError: the U-Net or an unlabelled-voxel term with ``space > 1``; a world size that is not a multiple of
             ``space``; a batch that the replicas cannot share; a training or prediction
             window whose slab along a split axis is not a whole multiple of the network's
             size multiple (naming the axis and the nearest valid size).
@@ -170,7 +152,12 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
     if cfg.model.arch != "hyperbolic":
         raise InputError(f"parallel.space={p.space}: only the hyperbolic network can be split in "
                          f"space; model.arch={cfg.model.arch} cannot (use parallel.space=1)")
-    world = _world_size()
+    if cfg.data.unlabelled != "none" and cfg.data.unlabelled_weight > 0:
+        raise InputError(f"parallel.space={p.space}: data.unlabelled={cfg.data.unlabelled} is not "
+                         f"supported on a volume split in space (use data.unlabelled=none)")
+    from ..training.distributed import world_size
+
+    world = world_size()
     if world % p.space:
         raise InputError(f"parallel.space={p.space} splits each volume over {p.space} processes, but "
                          f"this run has {world}: launch it with torchrun --nproc-per-node {p.space} "

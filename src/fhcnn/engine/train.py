@@ -289,9 +289,7 @@ def train_segmentation(
     clock = _Clock()
     weight = class_weights(lab, k, d.balance)
     unlabelled = None
-    if d.unlabelled != "none" and d.unlabelled_weight > 0:
-        if space:
-            raise ValueError("data.unlabelled is not supported with parallel.space > 1 yet")
+    if d.unlabelled != "none" and d.unlabelled_weight > 0:  # refused with a split (check_space_split)
         n = cfg.train.steps
         unlabelled = UnlabelledTerm(d.unlabelled, d.unlabelled_weight, weight, threshold=d.pseudo_threshold,
                                     ema=d.teacher_ema, start=round(d.unlabelled_start * n),

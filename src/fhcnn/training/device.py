@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
+from .distributed import world_size
 
 __all__ = ["resolve_device", "CpuThreads", "physical_cores"]
 
@@ -33,7 +34,7 @@ def resolve_device(spec: str | torch.device = "auto", local_rank: int | None = N
     Raises:
         InputError: an unknown spec, or a device that is not available here.
     """
-    if local_rank is None and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if local_rank is None and "LOCAL_RANK" in os.environ and world_size() > 1:
         local_rank = int(os.environ["LOCAL_RANK"])
     text = str(spec).strip().lower()
     if text == "auto":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "is_main_process",
+__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "is_main_process", "world_size",
            "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync"]
 
 
@@ -73,6 +73,17 @@ def cleanup_distributed() -> None:
     """Leave the process group (call once at the very end of a program)."""
     if _initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """Processes of the run: of the initialized process group, else of the ``torchrun``
+    environment (``WORLD_SIZE``), so it is right before the group is joined too."""
+    if _initialized():
+        return int(dist.get_world_size())
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def is_main_process() -> bool:
