@@ -43,14 +43,6 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
 HASH_LIMIT = 64 * 2**20
 
 
-def _is_relative_to(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
-
-
 def _file_print(p: Path) -> str:
     st = p.stat()
     if st.st_size <= HASH_LIMIT:
@@ -132,7 +124,7 @@ class RunFolder:
     def record(self, path: str | os.PathLike[str]) -> None:
         """Note ``path`` (inside the folder) as written by fhcnn."""
         p = Path(path).resolve()
-        if not _is_relative_to(p, self.root):
+        if not p.is_relative_to(self.root):
             return
         rel = p.relative_to(self.root).as_posix()
         if rel != RUN_FILE and rel not in self._files:
@@ -176,11 +168,11 @@ def _remove_recorded(out: Path, files: Iterable[str]) -> None:
     for rel in files:
         p = out / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts \
-                or not _is_relative_to(p.parent.resolve(), out.resolve()):  # e.g. a folder now a link
+                or not p.parent.resolve().is_relative_to(out.resolve()):  # e.g. a folder now a link
             continue
         if p.is_symlink() or p.is_file():
             p.unlink()
-        parents.update(q for q in p.parents if _is_relative_to(q, out) and q != out)
+        parents.update(q for q in p.parents if q.is_relative_to(out) and q != out)
     for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
         try:
             d.rmdir()  # only if empty
@@ -194,7 +186,7 @@ def _check_inputs(out_path: Path, out_abs: Path, inputs: Iterable[Any]) -> None:
             continue
         ip = Path(inp).expanduser().resolve()
         folder = ip if ip.is_dir() else ip.parent
-        if ip.is_dir() and _is_relative_to(out_abs, ip):
+        if ip.is_dir() and out_abs.is_relative_to(ip):
             raise InputError(f"output {out_path} is inside the input folder {inp}; "
                              f"choose an output outside it (inputs are never written to)")
         if not ip.is_dir() and out_abs == folder:
@@ -202,7 +194,7 @@ def _check_inputs(out_path: Path, out_abs: Path, inputs: Iterable[Any]) -> None:
                              f"choose a separate output folder (inputs are never written to)")
         if out_abs == ip:
             raise InputError(f"output {out_path} is the input {inp}")
-        if _is_relative_to(ip, out_abs):
+        if ip.is_relative_to(out_abs):
             raise InputError(f"input {inp} lies inside the output folder {out_path}; "
                              f"choose another output folder")
 
@@ -298,7 +290,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
             new["created"] = marker.get("created", new["created"])
         if config_file is not None:
             cf = Path(config_file).expanduser().resolve()
-            if _is_relative_to(cf, out_abs):
+            if cf.is_relative_to(out_abs):
                 rel = cf.relative_to(out_abs).as_posix()
                 if not (resume and marker is not None and rel in marker.get("files", [])):
                     raise InputError(f"--config {config_file} lies inside the output folder {out_path}, "
@@ -335,7 +327,7 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
         if inp is None:
             continue
         ip = Path(inp).expanduser().resolve()
-        if pa.resolve() == ip or (ip.is_dir() and _is_relative_to(pa.resolve(), ip)):
+        if pa.resolve() == ip or (ip.is_dir() and pa.resolve().is_relative_to(ip)):
             raise InputError(f"{what} {p} is {'inside ' if ip.is_dir() else ''}the input {inp}; "
                              f"choose another path (inputs are never written to)")
     for folder in [pa.parent, *pa.parent.parents]:
