@@ -12,14 +12,18 @@ __all__ = ["check_dense_setup", "config_file_input"]
 
 
 def check_dense_setup(cfg: Any, in_channels: int, num_classes: int) -> None:
-    """Resolve ``cfg.train.device`` and build the dense model of ``cfg.model`` once."""
+    """Resolve ``cfg.train.device`` and build the dense model of ``cfg.model`` once, on the
+    ``meta`` device (every shape check runs; no parameter memory is allocated or initialized)."""
+    import torch
+
     from ..engine.models import build_model
     from ..training.device import resolve_device
 
     resolve_device(cfg.train.device)
     channels = in_channels + (2 if getattr(cfg.data, "coords", False) else 0)
     try:
-        build_model(cfg.model, channels, num_classes)
+        with torch.device("meta"):
+            build_model(cfg.model, channels, num_classes)
     except InputError:
         raise
     except (ValueError, TypeError, RuntimeError) as e:
