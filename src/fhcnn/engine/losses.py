@@ -17,13 +17,20 @@ from torch import Tensor
 
 from ..options import IGNORE
 
-__all__ = ["class_weights", "segmentation_loss", "SegmentationLoss", "UnlabelledTerm"]
+__all__ = ["class_weights", "weights_of_counts", "segmentation_loss", "SegmentationLoss", "UnlabelledTerm"]
 
 
 def class_weights(labels: Tensor, num_classes: int, balance: float) -> Tensor:
     """``(K,)`` weights ``count**-balance`` of the labelled voxels (0 for an absent class),
     scaled so the present classes' weights average 1."""
-    counts = torch.bincount(labels[labels != IGNORE].flatten().long(), minlength=num_classes).float()
+    counts = torch.bincount(labels[labels != IGNORE].flatten().long(), minlength=num_classes)
+    return weights_of_counts(counts, balance)
+
+
+def weights_of_counts(counts: Tensor, balance: float) -> Tensor:
+    """``(K,)`` class weights ``count**-balance`` from ``(K,)`` labelled-voxel counts (0 for a
+    class with no voxel), scaled so the present classes' weights average 1."""
+    counts = counts.float()
     w = torch.where(counts > 0, counts.clamp_min(1) ** -balance, torch.zeros(()))
     return w * (counts > 0).sum() / w.sum()
 

@@ -8,7 +8,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from ...engine.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
+from ...engine.losses import weights_of_counts
 from ...options import BandNormalization, ChangeChannels, ChangeTarget
 
 __all__ = ["ChangeOptions", "ChangeConfig", "DEFAULT_CONFIG", "derive_settings", "SPARSE_DENSITY"]
@@ -144,8 +147,8 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
                        f"{COVERAGE:g}; config: {cfg.train.steps} steps)"}
     if n_changed is not None:
         counts = [max(1, n_train - n_changed), max(1, n_changed)]
-        w = [c ** -d.balance for c in counts]
-        record["class_weights"] = {"value": [round(2 * x / sum(w), 3) for x in w],
+        w = weights_of_counts(torch.tensor(counts), d.balance).tolist()
+        record["class_weights"] = {"value": [round(x, 3) for x in w],
                                    "why": f"count**-{d.balance:g} of {counts[0]} unchanged and "
                                           f"{counts[1]} changed pixels"}
     per_pass = _windows_along(height, wh) * _windows_along(width, ww) * PREDICT_CALL / max(1, t.steps)
