@@ -43,9 +43,9 @@ def setup(extras: str) -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     py = _bin("python")
     _sh(py, "-m", "pip", "install", "-q", "--upgrade", "pip")
-    _sh(py, "-m", "pip", "install", "-q", TORCH)
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
-    _sh(py, "-m", "pip", "install", "-q", "-e", target)
+    # the pin in the same resolve as the project: no dependency can swap in another torch build
+    _sh(py, "-m", "pip", "install", "-q", TORCH, "-e", target)
     stamp.write_text(digest)
 
 
