@@ -108,6 +108,65 @@ def _synthesis_1d(y: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
     return torch.stack([xe, xo], dim=axis + 1).flatten(axis, axis + 1)
 
 
+def _is_channels_last(t: Tensor) -> bool:
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
+
+def _haar_analysis(x: Tensor, dim: int) -> Tensor:
+    """One Haar level on all ``dim`` axes at once: ``(N, C, *S) -> (N, 2**dim C, *S/2)``, the
+    same values and channel order as :func:`_analysis_1d` axis by axis, in ``dim`` add/sub
+    passes into fresh buffers (no autograd graph; the output keeps a channels-last layout)."""
+    last = _is_channels_last(x)
+    cur = x.movedim(1, -1) if last else x
+    first = 1 if last else 2
+    for i in range(dim):
+        ax = first + 2 * i
+        cur = cur.unflatten(ax, (cur.shape[ax] // 2, 2))
+    for i in range(dim):
+        p = (2 + i) if last else (3 + 2 * i)
+        e, o = cur.select(p, 0), cur.select(p, 1)
+        q = (e.dim() - 1 - i) if last else 1
+        out = e.new_empty(e.shape[:q] + (2,) + e.shape[q:])
+        torch.add(e, o, out=out.select(q, 0))
+        torch.sub(o, e, out=out.select(q, 1))
+        cur = out
+    y = cur.flatten(1 + dim).movedim(-1, 1) if last else cur.flatten(1, 1 + dim)
+    return y.mul_(2.0 ** (-dim / 2))
+
+def _haar_synthesis(y: Tensor, dim: int) -> Tensor:
+    """Exact inverse (= transpose) of :func:`_haar_analysis`."""
+    last = _is_channels_last(y)
+    c = y.shape[1] // 2 ** dim
+    cur = y.movedim(1, -1).unflatten(-1, (2,) * dim + (c,)) if last else y.unflatten(1, (2,) * dim + (c,))
+    for k, i in enumerate(reversed(range(dim))):
+        bpos = (1 + dim + k) if last else 1
+        a, b = cur.select(bpos, 0), cur.select(bpos, 1)
+        p = (2 + i) if last else (3 + 2 * i)
+        out = a.new_empty(a.shape[:p] + (2,) + a.shape[p:])
+        torch.sub(a, b, out=out.select(p, 0))
+        torch.add(a, b, out=out.select(p, 1))
+        cur = out
+    first = 1 if last else 2
+    for i in range(dim):
+        cur = cur.flatten(first + i, first + i + 1)
+    x = cur.movedim(-1, 1) if last else cur
+    return x.mul_(2.0 ** (-dim / 2))
+
+
+class _Haar(torch.autograd.Function):
+    """One Haar level as an autograd node: the transform is orthogonal, so the gradient of
+    the analysis is the synthesis of the incoming gradient (and vice versa); nothing is saved."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, dim: int, inverse: bool) -> Tensor:
+        ctx.dim, ctx.inverse = dim, inverse  # type: ignore[attr-defined]
+        return _haar_synthesis(x, dim) if inverse else _haar_analysis(x, dim)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return _Haar.apply(grad, ctx.dim, not ctx.inverse), None, None  # type: ignore[attr-defined]
+
+
 class WaveletTransform(nn.Module):
     """Base class: a d-dimensional orthogonal DWT applied ``levels`` times.
 
@@ -154,8 +213,7 @@ class WaveletTransform(nn.Module):
         check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} input {tuple(x.shape)}")
         coeffs = self._coefficients(x, params)
         for _ in range(self.levels):
-            for axis in range(2, 2 + self.dim):
-                x = _analysis_1d(x, axis, *coeffs)
+            x = self._level(x, coeffs, inverse=False)
         return x
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -172,9 +230,18 @@ class WaveletTransform(nn.Module):
             )
         coeffs = self._coefficients(y, params)
         for _ in range(self.levels):
-            for axis in reversed(range(2, 2 + self.dim)):
-                y = _synthesis_1d(y, axis, *coeffs)
+            y = self._level(y, coeffs, inverse=True)
         return y
+
+    def _level(self, x: Tensor, coeffs: tuple, inverse: bool) -> Tensor:
+        """One level (analysis, or synthesis if ``inverse``), axis by axis."""
+        if inverse:
+            for axis in reversed(range(2, 2 + self.dim)):
+                x = _synthesis_1d(x, axis, *coeffs)
+        else:
+            for axis in range(2, 2 + self.dim):
+                x = _analysis_1d(x, axis, *coeffs)
+        return x
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, levels={self.levels}"
@@ -200,6 +267,10 @@ class HaarDWT(WaveletTransform):
     def _coefficients(self, ref: Tensor, params: Mapping[str, Tensor] | None = None) -> tuple:
         r = 1.0 / math.sqrt(2.0)
         return (r, r, None, None)
+
+    def _level(self, x: Tensor, coeffs: tuple, inverse: bool) -> Tensor:
+        # all axes in one pass per axis into fresh buffers, gradient by the transpose
+        return _Haar.apply(x, self.dim, inverse)
 
     def filters(self) -> Tensor:
         """The low-pass taps ``(1/sqrt2, 1/sqrt2)``."""
