@@ -11,19 +11,22 @@ from ..errors import InputError
 __all__ = ["check_dense_setup", "config_file_input"]
 
 
-def check_dense_setup(cfg: Any, in_channels: int, num_classes: int) -> None:
+def check_dense_setup(cfg: Any, in_channels: int, num_classes: int, depth: int | None = None) -> None:
     """Resolve ``cfg.train.device`` and build the dense model of ``cfg.model`` once, on the
-    ``meta`` device (every shape check runs; no parameter memory is allocated or initialized)."""
+    ``meta`` device (every shape check runs; no parameter memory is allocated or initialized).
+    ``depth``: the (rounded-up) depth of every window when the labels are one 2D map for the
+    whole depth axis (``fhcnn change``), else ``None``."""
     import torch
 
-    from ..engine.models import build_model
+    from ..engine.models import build_model, check_spectral_head
     from ..training.device import resolve_device
 
     resolve_device(cfg.train.device)
     channels = in_channels + (2 if getattr(cfg.data, "coords", False) else 0)
     try:
+        check_spectral_head(cfg, depth is not None)
         with torch.device("meta"):
-            build_model(cfg.model, channels, num_classes)
+            build_model(cfg.model, channels, num_classes, depth=depth)
     except InputError:
         raise
     except (ValueError, TypeError, RuntimeError) as e:

@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import check_dense_setup, config_file_input
+    from ..apps._setup import config_file_input
     from ..apps.change import ChangeConfig, load_inputs, run_change
-    from ..apps.change.pipeline import check_parallel
+    from ..apps.change.pipeline import check_parallel, check_setup
     from ..errors import InputError
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                          changed=args.changed, unchanged=args.unchanged,
                          label_fraction=args.label_fraction, label_seed=args.label_seed,
                          eval_labels=args.eval_labels)  # every input check happens before OUT exists
-    check_dense_setup(cfg, 3 if cfg.change.channels == "dates+diff" else 2, 2)
+    check_setup(inputs, cfg)  # device, and the model for this scene's channels and bands
     check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
                              config_file=config_file_input(args.config),

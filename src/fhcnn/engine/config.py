@@ -26,7 +26,10 @@ class ModelConfig:
     ``pre_levels`` 3D Haar transforms of the input, an ``opening`` to ``width`` channels and
     ``units`` like ``"5up,6up,8"`` (the paper's Table 2); ``arch="unet"``: the 3D U-Net
     baseline (``unet_base`` channels, ``unet_levels`` poolings). ``memory`` is the gradient
-    mode of the hyperbolic net (``reversible``: memory-free; ``block``; ``plain`` autograd)."""
+    mode of the hyperbolic net (``reversible``: memory-free; ``block``; ``plain`` autograd).
+    ``spectral_head``: hidden units of a :class:`fhcnn.models.SpectralHead` whose per-pixel
+    logits (from every channel's whole depth axis) are added to the network's; only with 2D
+    labels over the whole depth (``data.reduce_depth``; ``fhcnn change``), 0 = none."""
 
     arch: Arch = "hyperbolic"
     width: int = 192
@@ -42,6 +45,7 @@ class ModelConfig:
     memory: MemoryMode = "reversible"
     unet_base: int = 16
     unet_levels: int = 2
+    spectral_head: int = 0      # hidden units of a per-pixel MLP over the whole depth (0 = none)
 
     def __post_init__(self) -> None:
         from .models import parse_hidden, parse_units
@@ -53,6 +57,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pre_levels < 0:
             raise ValueError(f"pre_levels must be >= 0, got {self.pre_levels}")
+        if self.spectral_head < 0:
+            raise ValueError(f"spectral_head must be >= 0 (0 = none), got {self.spectral_head}")
         if not self.h > 0:
             raise ValueError(f"h must be > 0, got {self.h}")
 

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models import DenseHyperbolicModel, UNet3D
+from ..models import DenseHyperbolicModel, SpectralHead, UNet3D
 from ..network import Unit
 from ..options import MEMORY_MODES, MemoryMode
 
 __all__ = ["parse_units", "parse_hidden", "VolumeSegmenter", "DepthMean", "build_model",
-           "size_multiple_of"]
+           "check_spectral_head", "size_multiple_of"]
 
 
 def parse_units(spec: str | Sequence[Any]) -> list[Unit]:
@@ -75,16 +75,38 @@ def size_multiple_of(cfg: Any) -> int:
     return 2 ** (int(cfg.pre_levels) + deepest)
 
 
+def check_spectral_head(cfg: Any, reduce_depth: bool) -> None:
+    """Refuse a ``model.spectral_head`` the run cannot use: it needs one 2D label map for the
+    whole depth (``reduce_depth``) and prediction windows over the whole depth, as in training.
+
+    Raises:
+        ValueError: naming the setting to change.
+    """
+    hidden = cfg.model.spectral_head
+    if hidden <= 0:
+        return
+    if not reduce_depth:
+        raise ValueError(f"model.spectral_head={hidden} reads the whole depth axis of each pixel, so it "
+                         "needs one 2D label map for the whole depth (data.reduce_depth, as in "
+                         "fhcnn change); use model.spectral_head=0")
+    if cfg.data.predict_depth > 0:
+        raise ValueError(f"model.spectral_head={hidden} needs prediction windows over the whole depth "
+                         f"axis, as in training: data.predict_depth=-1 or 0, got {cfg.data.predict_depth}")
+
+
 class VolumeSegmenter(nn.Module):
     """Normalizes a raw volume (per-channel ``(x - mean) / std``, buffers saved with the weights)
-    and applies a dense network; ``(N, C, D, H, W) -> (N, K, D, H, W)`` logits."""
+    and applies a dense network; ``(N, C, D, H, W) -> (N, K, D, H, W)`` logits. With a ``head``
+    (a :class:`~fhcnn.models.SpectralHead`) its per-pixel logits ``(N, K, 1, H, W)`` are added
+    at every depth."""
 
     mean: Tensor
     std: Tensor
 
-    def __init__(self, core: nn.Module, in_channels: int) -> None:
+    def __init__(self, core: nn.Module, in_channels: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.core = core
+        self.head = head
         self.register_buffer("mean", torch.zeros(in_channels))
         self.register_buffer("std", torch.ones(in_channels))
 
@@ -99,7 +121,9 @@ class VolumeSegmenter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.core((x - self.mean.view(shape)) / self.std.view(shape))
+        z = (x - self.mean.view(shape)) / self.std.view(shape)
+        logits = self.core(z)
+        return logits if self.head is None else logits + self.head(z)
 
 
 class DepthMean(nn.Module):
@@ -122,7 +146,7 @@ class DepthMean(nn.Module):
 
 
 def build_model(cfg: Any, in_channels: int, num_classes: int,
-                memory: MemoryMode | None = None) -> VolumeSegmenter:
+                memory: MemoryMode | None = None, depth: int | None = None) -> VolumeSegmenter:
     """A :class:`VolumeSegmenter` from a :class:`~fhcnn.engine.config.ModelConfig`.
 
     Args:
@@ -130,10 +154,23 @@ def build_model(cfg: Any, in_channels: int, num_classes: int,
         in_channels, num_classes: data channels and classes.
         memory: gradient mode of the hyperbolic net (``"reversible" | "block" | "plain"``);
             default ``cfg.memory``. Ignored by the U-Net.
+        depth: the depth of every window the model will see, when the labels are one 2D map
+            for the whole depth axis (``data.reduce_depth``: windows span the whole, rounded-up
+            depth); needed by ``cfg.spectral_head``.
+
+    Raises:
+        ValueError: a bad option, or ``cfg.spectral_head`` without ``depth``.
     """
     memory = cfg.memory if memory is None else memory
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+    head = None
+    if cfg.spectral_head > 0:
+        if depth is None:
+            raise ValueError(f"model.spectral_head={cfg.spectral_head} reads the whole depth axis of "
+                             "each pixel, so it needs one 2D label map for the whole depth "
+                             "(data.reduce_depth, as in fhcnn change); use model.spectral_head=0")
+        head = SpectralHead(in_channels, depth, num_classes, cfg.spectral_head)
     if cfg.arch == "unet":
         core: nn.Module = UNet3D(in_channels, num_classes, cfg.unet_base, cfg.unet_levels)
     elif cfg.arch == "hyperbolic":
@@ -144,4 +181,4 @@ def build_model(cfg: Any, in_channels: int, num_classes: int,
             wavelet=cfg.wavelet, init_scale=cfg.init_scale)
     else:
         raise ValueError(f"model.arch must be 'hyperbolic' or 'unet', got {cfg.arch!r}")
-    return VolumeSegmenter(core, in_channels)
+    return VolumeSegmenter(core, in_channels, head)

@@ -36,7 +36,7 @@ from .config import SegmentConfig
 from .inference import labels_of, predict_volume, prediction_window
 from .losses import SegmentationLoss, UnlabelledTerm, class_weights
 from .metrics import segmentation_metrics
-from .models import DepthMean, VolumeSegmenter, build_model
+from .models import DepthMean, VolumeSegmenter, build_model, check_spectral_head, size_multiple_of
 from .parallel import SpaceRun
 from .sampling import WindowSampler
 from .sizes import training_window
@@ -275,12 +275,13 @@ def train_segmentation(
         raise ValueError(f"eval_labels shape {tuple(truth.shape)} must equal labels shape {tuple(lab.shape)}")
 
     torch.manual_seed(cfg.train.seed)
-    seg = build_model(cfg.model, vol.shape[0], k)
+    win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
+                          size_multiple_of(cfg.model), whole_depth=reduce)
+    check_spectral_head(cfg, reduce)
+    seg = build_model(cfg.model, vol.shape[0], k, depth=win[0] if reduce else None)
     flat = vol.flatten(1)
     seg.set_normalization(flat.mean(1), flat.std(1))
     model: VolumeSegmenter | DepthMean = DepthMean(seg) if reduce else seg
-    win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
-                          model.size_multiple, whole_depth=reduce)
     # #17: parallel.space > 1 splits `seg` over the processes in space (None: no split)
     space = SpaceRun.start(cfg, seg, tuple(vol.shape[1:]), reduce)
     data_channels = vol.shape[0] - (2 if d.coords else 0)

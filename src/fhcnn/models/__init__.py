@@ -2,6 +2,7 @@
 
 from .autoencoder import ConvVAE, HyperbolicAutoencoder
 from .dense import DenseHyperbolicModel
+from .heads import SpectralHead
 from .unet import UNet3D
 
-__all__ = ["DenseHyperbolicModel", "HyperbolicAutoencoder", "ConvVAE", "UNet3D"]
+__all__ = ["DenseHyperbolicModel", "HyperbolicAutoencoder", "ConvVAE", "SpectralHead", "UNet3D"]

@@ -39,7 +39,8 @@ from .config import ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["build_volume", "change_features", "fit_change", "run_change", "check_parallel"]
+__all__ = ["CHANNEL_COUNT", "build_volume", "change_features", "fit_change", "run_change", "check_parallel",
+           "check_setup"]
 
 
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
@@ -115,11 +116,7 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
         config with them, as trained).
     """
     h, w, nb = before.shape
-    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
-    n_labelled = int((np.asarray(train2d) != IGNORE).sum())
-    s2 = cfg.data.scale ** 2
-    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(n_labelled * s2)),
-                                   round(int((np.asarray(train2d) == 1).sum()) * s2))
+    cfg, derived, geom = _scene_settings(before, train2d, cfg)
     ch = cfg.change
     vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
     train_s = geom.labels(train2d, 2)
@@ -216,6 +213,33 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     log(f"activation memory {result.activation_bytes / 2**20:.1f} MiB per step, training "
         f"{fit['train_time_s']:.1f} s, prediction {fit['predict_time_s']:.1f} s; outputs in {out}")
     return metrics
+
+
+#: channels of the volume for each ``change.channels``
+CHANNEL_COUNT: dict[str, int] = {"dates": 2, "dates+diff": 3, "dates+diff+ratio+angle": 5}
+
+
+def _scene_settings(before: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
+                    ) -> tuple[ChangeConfig, dict[str, Any], Geometry]:
+    """The config with the settings derived from the scene (``change.auto``), what was derived,
+    and the geometry of the run."""
+    h, w, nb = before.shape
+    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
+    s2 = cfg.data.scale ** 2
+    labels = np.asarray(train2d)
+    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(int((labels != IGNORE).sum()) * s2)),
+                                   round(int((labels == 1).sum()) * s2))
+    return cfg, derived, geom
+
+
+def check_setup(inputs: ChangeInputs, cfg: ChangeConfig) -> None:
+    """The device and the model of the config (with the derived settings), built on the meta
+    device for this scene's channels and band depth; call before the output folder exists."""
+    from .._setup import check_dense_setup
+
+    cfg, _, geom = _scene_settings(inputs.before, inputs.train, cfg)
+    check_dense_setup(cfg, CHANNEL_COUNT[cfg.change.channels], 2,
+                      depth=geom.padded[0] if cfg.change.target == "mean" else None)
 
 
 def check_parallel(inputs: ChangeInputs, cfg: ChangeConfig) -> None:

@@ -1,0 +1,47 @@
+"""Per-pixel heads that sit beside a dense network.
+
+:class:`SpectralHead` classifies each ``(h, w)`` position from the *whole* depth axis of the
+input (e.g. every band of both dates of a hyperspectral pair): a one-hidden-layer perceptron on
+the ``C x D`` values of the pixel, as a convolution whose kernel spans the depth. A hyperbolic
+network works on wavelet coefficients at coarse resolutions and makes a sharp per-pixel
+decision only after many steps; the head makes it from the first step, and the network adds
+the spatial context. Its logits are added to the network's (broadcast over depth).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["SpectralHead"]
+
+
+class SpectralHead(nn.Module):
+    """``(N, C, D, H, W) -> (N, K, 1, H, W)``: per-pixel MLP over all ``C x D`` input values.
+
+    Args:
+        in_channels: ``C``.
+        depth: ``D``, the depth every input must have (the kernel spans it).
+        num_classes: ``K``.
+        hidden: hidden units (>= 1).
+
+    Invariant: the output at ``(h, w)`` depends on the input at ``(h, w)`` only.
+    """
+
+    def __init__(self, in_channels: int, depth: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        if min(in_channels, depth, num_classes, hidden) < 1:
+            raise ValueError(f"in_channels, depth, num_classes and hidden must be >= 1, got "
+                             f"{in_channels}, {depth}, {num_classes}, {hidden}")
+        self.depth = depth
+        self.spectrum = nn.Conv3d(in_channels, hidden, (depth, 1, 1))
+        self.act = nn.ReLU()
+        self.out = nn.Conv3d(hidden, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 5 or x.shape[2] != self.depth:
+            raise ValueError(f"SpectralHead: input must be (N, C, {self.depth}, H, W) (the whole depth "
+                             f"axis it was built for), got {tuple(x.shape)}")
+        return self.out(self.act(self.spectrum(x)))
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}"
