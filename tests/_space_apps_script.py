@@ -54,11 +54,12 @@ def segment_args(root: Path, out: Path, space: int) -> list[str]:
             "--config", "video-tiny", *TRAIN, *split]
 
 
-def change_args(root: Path, out: Path, space: int) -> list[str]:
-    split = ["--set", f"parallel.space={space}", "--set", "parallel.axes=[0]"] if space > 1 else []
+def change_args(root: Path, out: Path, space: int, axes: str = "[0]", head: int = 0) -> list[str]:
+    """``fhcnn change`` split along ``axes`` (the bands by default); ``head``: model.spectral_head."""
+    split = ["--set", f"parallel.space={space}", "--set", f"parallel.axes={axes}"] if space > 1 else []
     return ["change", str(root / "before.npy"), str(root / "after.npy"), "--labels", str(root / "change.npy"),
             "--label-fraction", "0.2", "--out", str(out), "--config", "change-tiny",
-            "--set", "data.dice=0.5", *TRAIN, *split]
+            "--set", "data.dice=0.5", "--set", f"model.spectral_head={head}", *TRAIN, *split]
 
 
 def engine_run(root: Path, space: int) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def main() -> None:
     dist.barrier()
     assert cli(part + ["--resume"]) == 0
     assert cli(change_args(root, root / "change-2", 2)) == 0
+    assert cli(change_args(root, root / "change-head-2", 2, axes="[1]", head=4)) == 0
     out = engine_run(root, 2)
     if rank == 0:
         torch.save(out, root / "engine-2.pt")

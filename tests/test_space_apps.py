@@ -68,7 +68,7 @@ def _launch(tmp_path: Path, nproc: int, *args: str, outputs: tuple[str, ...] = (
 @needs_gloo
 def test_split_runs_equal_one_process(tmp_path: Path) -> None:
     make_inputs(tmp_path)
-    _launch(tmp_path, 2, outputs=("segment-2", "change-2", "resumed-2"))
+    _launch(tmp_path, 2, outputs=("segment-2", "change-2", "change-head-2", "resumed-2"))
 
     found = {}
     # fhcnn segment, split along W: weights, predicted labels, logged losses
@@ -95,6 +95,15 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(one / "prediction.npy"), np.load(two / "prediction.npy"))
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert [v for _, v in m2["loss_curve"]] == pytest.approx([v for _, v in m1["loss_curve"]], rel=1e-4)
+
+    # fhcnn change with the spectral head (whole depth, pointwise in H/W), split along H
+    assert main(change_args(tmp_path, tmp_path / "change-head-1", 1, head=4)) == 0
+    one, two = tmp_path / "change-head-1", tmp_path / "change-head-2"
+    w1 = load_file(str(one / "model.safetensors"))
+    assert any(".head." in k for k in w1)
+    found["change + head weights"] = _max_diff(w1, load_file(str(two / "model.safetensors")))
+    found["change + head probability"] = float(np.abs(np.load(one / "change_probability.npy")
+                                                      - np.load(two / "change_probability.npy")).max())
 
     # the engine, split along D: weights, probabilities, held-out scores during training
     single = engine_run(tmp_path, 1)

@@ -114,7 +114,7 @@ def test_cli_change_with_head_and_refusals_before_out(tmp_path, capsys, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     _fails(args + ["--out", str(bad), "--set", "model.spectral_head=4", "--set", "parallel.space=2",
-                   "--set", "parallel.axes=[1]"], capsys, "model.spectral_head reads the whole depth")
+                   "--set", "parallel.axes=[0]"], capsys, "the depth axis 0 is not split with it")
     monkeypatch.delenv("WORLD_SIZE")
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -152,9 +152,10 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
     if cfg.model.arch != "hyperbolic":
         raise InputError(f"parallel.space={p.space}: only the hyperbolic network can be split in "
                          f"space; model.arch={cfg.model.arch} cannot (use parallel.space=1)")
-    if cfg.model.spectral_head > 0:
-        raise InputError(f"parallel.space={p.space}: model.spectral_head reads the whole depth axis of "
-                         f"each pixel and is not split in space (use model.spectral_head=0)")
+    if cfg.model.spectral_head > 0 and 0 in p.axes:
+        raise InputError(f"parallel.axes={list(p.axes)}: model.spectral_head reads the whole depth axis "
+                         f"of each pixel, so the depth axis 0 is not split with it (split H or W: "
+                         f"parallel.axes=[1] or [2]; or use model.spectral_head=0)")
     if cfg.data.unlabelled != "none" and cfg.data.unlabelled_weight > 0:
         raise InputError(f"parallel.space={p.space}: data.unlabelled={cfg.data.unlabelled} is not "
                          f"supported on a volume split in space (use data.unlabelled=none)")
