@@ -427,13 +427,15 @@ def _sparse_cell(x: dict[str, Any] | None, margin: bool) -> str:
 _SPARSE_COLUMNS = {
     "taizhou": [("linear, dates", "linear_dates"), ("forest, dates", "forest_dates"),
                 ("linear, features", "linear"), ("forest, features", "forest"),
-                ("fhcnn before: dates", "default_300"),
-                ("**fhcnn**: + analyst features (auto)", "features_300")],
+                ("fhcnn: dates", "default_300"),
+                ("fhcnn: + analyst features", "features_300"),
+                ("**fhcnn**: + features + spectral head (default)", "features+head_300")],
     "generated": [("linear, dates", "linear_dates"), ("forest, dates", "forest_dates"),
                   ("linear, features", "linear"), ("forest, features", "forest"),
-                  ("fhcnn before: dates, 100 steps", "default"),
-                  ("**fhcnn**: + features, 100 steps", "features"),
-                  ("+ features, 400 steps", "features_400")],
+                  ("fhcnn: dates, 100 steps", "default"),
+                  ("fhcnn: + features, 100 steps", "features"),
+                  ("+ features, 400 steps", "features_400"),
+                  ("**fhcnn**: + features + spectral head, 100 steps", "features+head")],
 }
 
 
