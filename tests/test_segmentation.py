@@ -317,3 +317,26 @@ def test_dice_loss_hand_checked_and_blind_to_unlabelled_voxels():
     y0 = torch.tensor([[[[0, 0], [0, IGNORE]]]])
     d0 = 1 - (2 * 1.5 + 1) / (1.5 + 3 + 1)
     assert _loss(logits.detach(), y0, w, 1.0).item() == pytest.approx(math.log(2) + d0, rel=1e-6)
+
+
+def test_held_out_frames_and_their_score():
+    """The frames a video run scores (and the pixelwise baselines of benchmarks/davis_pixelwise.py
+    with it): not the label frames, not frames without a mask; the score sees only them."""
+    from fhcnn.apps.segment import VideoInputs, held_out_frames, score_held_out
+
+    truth = np.zeros((5, 4, 4), np.uint8)
+    truth[:, :2] = 1
+    truth[3] = IGNORE                                          # frame 3 has no mask
+    lab = np.full_like(truth, IGNORE)
+    lab[[0, 4]] = truth[[0, 4]]
+    inputs = VideoInputs(np.zeros((5, 4, 4, 3), np.uint8), [str(i) for i in range(5)], lab, [0, 4], truth,
+                         "truth", [0, 1])
+    assert held_out_frames(inputs) == [1, 2]
+    assert held_out_frames(VideoInputs(inputs.frames, inputs.names, lab, [0, 4], None, None, [0, 1])) == []
+    pred = truth.copy()
+    pred[3] = 0
+    pred[[0, 4]] = 1 - truth[[0, 4]]                           # wrong only on the label frames
+    m = score_held_out(pred, truth, [1, 2], 2)
+    assert m["miou"] == 1.0 and m["scored_voxels"] == 2 * 16
+    pred[2, 0, 0] = 0                                          # one wrong pixel on a held-out frame
+    assert score_held_out(pred, truth, [1, 2], 2)["miou"] < 1.0

@@ -247,3 +247,31 @@ def test_video_volume_trains_with_the_unlabelled_term(kind):
     r = train_segmentation(vol, lab, cfg, quiet=True)
     assert len(r.history) == 20 and all(np.isfinite(h["loss"]) for h in r.history)
     assert r.predict(vol).shape == truth.shape
+
+
+def test_per_class_labels_counts_partition_and_seeds():
+    from fhcnn.apps.change.sparse import per_class_labels
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 4, (30, 40)).astype(np.uint8)
+    ref[:2] = 255                                              # no reference there
+    ref[5, :3] = 4                                             # a class of 3 pixels
+    train, held = per_class_labels(ref, 10, seed=1)
+    lab = train != 255
+    counts = np.bincount(train[lab], minlength=5)
+    assert counts.tolist() == [10, 10, 10, 10, 2]              # n per class; the tiny class keeps one to score
+    assert np.all(train[lab] == ref[lab])                      # the reference's classes
+    assert not np.any(lab & (held != 255))                     # no pixel is both trained on and scored
+    np.testing.assert_array_equal(np.where(lab, train, held), ref)  # every reference pixel in one of them
+    assert np.all(held[:2] == 255) and np.all(train[:2] == 255)
+    assert np.all(np.bincount(held[held != 255], minlength=5) >= 1)  # every class is scored
+    again, _ = per_class_labels(ref, 10, seed=1)
+    other, _ = per_class_labels(ref, 10, seed=2)
+    np.testing.assert_array_equal(again, train)
+    assert not np.array_equal(other, train)
+    more, _ = per_class_labels(ref, 20, seed=1)
+    assert np.bincount(more[more != 255], minlength=5).tolist() == [20, 20, 20, 20, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        per_class_labels(ref, 0)
+    with pytest.raises(ValueError, match="two classes"):
+        per_class_labels(np.zeros((4, 4), np.uint8), 2)

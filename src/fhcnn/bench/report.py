@@ -202,18 +202,31 @@ def _davis(d: Path) -> str:
         raise FileNotFoundError(f"{d}/davis_hyperbolic_<sequence>.json: none found")
     unet = _davis_runs(d, "davis_unet")
     unet1 = _davis_runs(d, "davis_unet_dice_balance1")
-    out = ["| sequence | frames (labelled) | copy nearest mask: mIoU / J | **fhcnn**: mIoU / J | "
+    pix = (_load(d, "davis_pixelwise") or {}).get("results", {})
+    out = ["| sequence | frames (labelled) | copy nearest mask: mIoU / J | pixel RGB, linear: mIoU / J | "
+           "pixel RGB, forest: mIoU / J | **fhcnn**: mIoU / J | fhcnn − better pixelwise (mIoU) | "
            "fg precision / recall | train + predict (s) | 3D U-Net, same loss: mIoU / J | "
            "3D U-Net, Dice + `count^-1` weights: mIoU / J |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---:|---|---|---|---|"]
+    margins = []
     for seq, x in hyp.items():
         frames = f"{x['frames']} ({', '.join(map(str, x['label_frames']))})"
+        p = pix.get(seq)
+        margin = "–"
+        if p is not None:
+            margins.append(x["miou"] - max(p["linear"]["miou"], p["forest"]["miou"]))
+            margin = f"{margins[-1]:+.3f}"
         out.append(f"| {seq} | {frames} | {x['copy_nearest_miou']:.3f} / {x['copy_nearest_J']:.3f} | "
-                   f"**{x['miou']:.3f} / {x['J']:.3f}** | {x['fg_precision']:.2f} / "
+                   f"{_miou_j(p and p['linear'])} | {_miou_j(p and p['forest'])} | "
+                   f"**{x['miou']:.3f} / {x['J']:.3f}** | {margin} | {x['fg_precision']:.2f} / "
                    f"{x['fg_recall']:.2f} | {x['train_time_s']:.0f} + {x['predict_time_s']:.0f} | "
                    f"{_miou_j(unet.get(seq))} | {_miou_j(unet1.get(seq))} |")
     copy = mean(x["copy_nearest_miou"] for x in hyp.values())
-    out.append(f"| **mean mIoU** | | {copy:.3f} | **{_mean_row(hyp, len(hyp))}** | | | "
+    lin = {s: p["linear"] for s, p in pix.items() if s in hyp}
+    forest = {s: p["forest"] for s, p in pix.items() if s in hyp}
+    worst = f"{mean(margins):+.3f} (worst {min(margins):+.3f})" if margins else "–"
+    out.append(f"| **mean mIoU** | | {copy:.3f} | {_mean_row(lin, len(hyp))} | {_mean_row(forest, len(hyp))} | "
+               f"**{_mean_row(hyp, len(hyp))}** | {worst} | | | "
                f"{_mean_row(unet, len(hyp))} | {_mean_row(unet1, len(hyp))} |")
     x = next(iter(hyp.values()))
     a = x["activation_bytes"]
@@ -457,6 +470,27 @@ def _sparse(scene: str) -> Callable[[Path], str]:
     return table
 
 
+def _sparse_hsi(d: Path) -> str:
+    """Held-out mIoU on the hyperspectral scenes from ``n`` labelled pixels per class (mean ±
+    std over seeds; fhcnn with its margin over the better pixelwise baseline, mean / worst
+    seed) from ``sparse_hsi_summary.json`` (``benchmarks/sparse_hsi.py report``)."""
+    summary = _need(d, "sparse_hsi_summary")
+    out = ["| scene | labelled pixels per class | linear (spectrum) | forest (spectrum) | "
+           "**fhcnn** (margin: mean / worst seed) | fhcnn steps | fhcnn train + predict (s) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summary.items():
+        scene = name.split("_")[0]
+        steps = next((o.split("=", 1)[1] for o in s["fhcnn"]["overrides"][::-1]
+                      if o.startswith("train.steps=")), "config")
+        for n, row in s["by_n"].items():
+            f = row.get("fhcnn")
+            times = "–" if f is None else (f"{f['train_time_s']['mean']:.0f} + "
+                                           f"{f['predict_time_s']['mean']:.0f}")
+            out.append(f"| {scene} | {n} | {_sparse_cell(row['linear'], False)} | "
+                       f"{_sparse_cell(row['forest'], False)} | {_sparse_cell(f, True)} | {steps} | {times} |")
+    return "\n".join(out)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     **{name: _bench_table(name, fn) for name, fn in _BENCH},
     "memory_headline": _memory_headline,
@@ -470,6 +504,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "headline": _headline,
     "sparse_taizhou": _sparse("taizhou"),
     "sparse_generated": _sparse("generated"),
+    "sparse_hsi": _sparse_hsi,
 }
 
 _MARKER = re.compile(r"<!-- (/?)table:([\w-]+) -->")

@@ -36,6 +36,11 @@ Sparse labels: ``cfg.data.unlabelled = "entropy" | "pseudo" | "teacher"`` adds a
 unlabelled voxels of each window (:class:`~fhcnn.engine.losses.UnlabelledTerm`) and
 ``cfg.data.context_windows`` places part of each batch at random, not around a label.
 
+One 2D label map of a single-date cube ``(H, W, bands)`` (bands as the depth, the loss on the
+depth-mean of the logits, any number of classes)::
+
+    fit = fit_map(cube_volume(cube), labels_2d, cfg)   # fit.pred (H, W), fit.prob (K, H, W)
+
 Any volume size works: training windows are cut with reflection past the ends, prediction
 continues the volume by reflection to a multiple of ``model.size_multiple`` and crops back.
 Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspectral cube
@@ -46,6 +51,7 @@ from ..options import IGNORE
 from .config import DataConfig, ModelConfig, SegmentConfig, TrainConfig
 from .inference import predict_volume, prediction_window
 from .losses import class_weights, segmentation_loss
+from .maps import MapFit, cube_volume, fit_map
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
 from .parallel import ParallelConfig
@@ -55,4 +61,4 @@ __all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_s
            "predict_volume", "prediction_window", "prepare_inputs", "SegmentationResult",
            "segmentation_metrics", "confusion_matrix", "IGNORE", "VolumeSegmenter", "DepthMean",
            "build_model", "parse_units", "size_multiple_of", "num_classes_of", "activation_bytes",
-           "class_weights", "segmentation_loss", "ParallelConfig"]
+           "class_weights", "segmentation_loss", "ParallelConfig", "MapFit", "cube_volume", "fit_map"]

@@ -3,7 +3,9 @@
 ``sparse_labels(reference, density, pattern, seed)`` keeps ``density`` of the *scene's* pixels
 (not of the reference's) as training labels, either spread at random (stratified by class) or
 in spatial clusters (the way an analyst labels: a few patches), and returns the rest of the
-reference as the held-out set. Used by ``benchmarks/sparse_labels.py``.
+reference as the held-out set. ``per_class_labels(reference, n, seed)`` keeps ``n`` pixels
+of every class instead (the "few labelled pixels per class" of a classification scene). Used by
+``benchmarks/sparse_labels.py`` and ``benchmarks/sparse_hsi.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from ...options import IGNORE
 
-__all__ = ["SparsePattern", "sparse_labels"]
+__all__ = ["SparsePattern", "per_class_labels", "sparse_labels"]
 
 #: How sparse labels are placed: uniformly at random, or in spatial clusters.
 SparsePattern = Literal["random", "clustered"]
@@ -102,3 +104,45 @@ def sparse_labels(reference: np.ndarray, density: float, pattern: SparsePattern 
     held = flat.copy()
     held[chosen] = IGNORE
     return train.reshape(ref.shape), held.reshape(ref.shape)
+
+
+def per_class_labels(reference: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Keep ``n`` reference pixels of every class (drawn uniformly at random within the class) as
+    training labels; the rest of the reference is held out.
+
+    Args:
+        reference: ``(H, W)`` uint8 labels (``IGNORE`` = 255 where there is no reference).
+        n: labelled pixels per class, at least 1 (a class with fewer pixels keeps all but one,
+            so that each class is also scored).
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        ``(train, held_out)`` as :func:`sparse_labels`: each reference pixel is in exactly one.
+
+    Raises:
+        ValueError: ``n < 1`` or a reference with fewer than two classes.
+
+    Example:
+        >>> ref = np.zeros((10, 10), np.uint8); ref[:3] = 1; ref[9, :2] = 2
+        >>> train, held = per_class_labels(ref, 5, seed=0)
+        >>> np.bincount(train[train != 255]).tolist(), int((held != 255).sum())
+        ([5, 5, 1], 89)
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    flat = np.asarray(reference).reshape(-1)
+    idx = np.flatnonzero(flat != IGNORE)
+    classes = np.unique(flat[idx])
+    if classes.size < 2:
+        raise ValueError(f"the reference must hold at least two classes, found {classes.tolist()}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        ci = idx[flat[idx] == c]
+        chosen.append(rng.choice(ci, size=min(n, max(1, ci.size - 1)), replace=False))
+    pick = np.concatenate(chosen)
+    train = np.full(flat.shape, IGNORE, np.uint8)
+    train[pick] = flat[pick]
+    held = flat.astype(np.uint8, copy=True)
+    held[pick] = IGNORE
+    return train.reshape(np.shape(reference)), held.reshape(np.shape(reference))

@@ -7,7 +7,7 @@
 
 from .config import DEFAULT_CONFIG, SegmentConfig
 from .inputs import VideoInputs, load_video_inputs, parse_frames
-from .pipeline import copy_nearest_baseline, frames_to_volume, segment_video
+from .pipeline import copy_nearest_baseline, frames_to_volume, held_out_frames, score_held_out, segment_video
 
 __all__ = ["SegmentConfig", "DEFAULT_CONFIG", "VideoInputs", "load_video_inputs", "parse_frames",
-           "segment_video", "copy_nearest_baseline", "frames_to_volume"]
+           "segment_video", "copy_nearest_baseline", "frames_to_volume", "held_out_frames", "score_held_out"]

@@ -26,7 +26,8 @@ from ...training import is_main_process
 from .inputs import VideoInputs
 from .outputs import write_outputs
 
-__all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume", "check_parallel"]
+__all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume", "check_parallel",
+           "held_out_frames", "score_held_out"]
 
 
 def frames_to_volume(frames: np.ndarray) -> np.ndarray:
@@ -45,7 +46,18 @@ def copy_nearest_baseline(labels: np.ndarray, label_frames: Sequence[int]) -> np
     return out
 
 
-def _score(pred: np.ndarray, truth: np.ndarray, held_out: Sequence[int], k: int) -> dict[str, Any]:
+def held_out_frames(inputs: VideoInputs) -> list[int]:
+    """The frames ``segment_video`` scores: every frame with an evaluation mask that is not a
+    label frame (none without evaluation masks)."""
+    if inputs.eval_labels is None:
+        return []
+    return [i for i in range(inputs.frames.shape[0]) if i not in inputs.label_frames
+            and (inputs.eval_labels[i] != IGNORE).any()]
+
+
+def score_held_out(pred: np.ndarray, truth: np.ndarray, held_out: Sequence[int], k: int) -> dict[str, Any]:
+    """Scores of ``pred`` ``(T, H, W)`` against ``truth`` on the ``held_out`` frames only (the
+    held-out mIoU every ``fhcnn segment`` result and its baselines report)."""
     tr = truth.copy()
     keep = np.zeros(tr.shape[0], bool)
     keep[list(held_out)] = True
@@ -105,15 +117,14 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "predicted_fraction": [float((pred == c).mean()) for c in range(k)],
     }
-    held = [i for i in range(t) if i not in inputs.label_frames and inputs.eval_labels is not None
-            and (inputs.eval_labels[i] != IGNORE).any()]
+    held = held_out_frames(inputs)
     if inputs.eval_labels is not None and not held:
         metrics["scored_frames"] = []
         log("no held-out frames to score (every frame with a mask is a label frame)")
     elif inputs.eval_labels is not None:
-        ours = _score(pred, inputs.eval_labels, held, k)
+        ours = score_held_out(pred, inputs.eval_labels, held, k)
         base_pred = copy_nearest_baseline(inputs.labels, inputs.label_frames)
-        base = _score(base_pred, inputs.eval_labels, held, k)
+        base = score_held_out(base_pred, inputs.eval_labels, held, k)
         metrics.update({
             "eval_labels": inputs.eval_source, "scored_frames": held,
             "miou": ours["miou"], "iou": ours["iou"], **({"J": ours["J"]} if "J" in ours else {}),

@@ -1,0 +1,101 @@
+"""One 2D label map of a 3D volume: a single-date hyperspectral cube segmented pixel by pixel.
+
+The volume is ``(C, D, H, W)`` (e.g. ``C = 1`` date, ``D`` = spectral bands) and the labels
+one ``(H, W)`` map with any number of classes. This is the engine's ``data.reduce_depth`` path
+(the loss on the depth-mean of the logits, windows spanning the whole depth, the prediction the
+softmax of that mean), with the sizes of :class:`~fhcnn.engine.sizes.Geometry` (``data.scale``,
+padding, resizing back), the same path ``fhcnn change`` takes with ``change.target=mean``::
+
+    fit = fit_map(cube_volume(cube), train2d, cfg)     # cube (H, W, B), train2d (H, W) uint8
+    fit.pred                                           # (H, W) uint8 argmax of fit.prob
+    fit.prob                                           # (K, H, W) float32 class probabilities
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import SegmentConfig
+from .models import size_multiple_of
+from .sizes import Geometry
+from .train import SegmentationResult, num_classes_of, train_segmentation
+
+__all__ = ["MapFit", "cube_volume", "fit_map"]
+
+
+def cube_volume(cube: np.ndarray, normalize: bool = True, bands: int = 0, band_index: bool = False
+                ) -> np.ndarray:
+    """``(1, B, H, W)`` float32 volume of one ``(H, W, B)`` cube (the bands are the depth), each
+    band standardized over the scene if ``normalize`` (a constant band becomes 0).
+
+    ``bands > 0`` first averages runs of adjacent bands down to ``bands`` bands (band ``i`` of
+    the result is the mean of input bands ``floor(i B / bands)`` to ``floor((i + 1) B / bands) - 1``):
+    a shallower volume, cheaper to train on, for smooth spectra. ``band_index`` appends a second
+    channel holding each band's position, ``-1`` to ``1`` (``(2, B, H, W)``): the network's
+    convolutions along the bands are the same at every band, and this tells them where they are.
+
+    Example:
+        >>> cube_volume(np.random.rand(4, 5, 12), bands=3).shape
+        (1, 3, 4, 5)
+    """
+    x = np.asarray(cube, np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"cube must have shape (H, W, B), got {x.shape}")
+    if 0 < bands < x.shape[2]:
+        edges = (np.arange(bands + 1) * x.shape[2]) // bands
+        x = np.stack([x[..., a:b].mean(-1) for a, b in zip(edges[:-1], edges[1:])], -1)
+    if normalize:
+        mu = x.mean(axis=(0, 1), keepdims=True)
+        sd = x.std(axis=(0, 1), keepdims=True)
+        x = (x - mu) / np.where(sd > 1e-12, sd, 1.0)
+    vol = x.transpose(2, 0, 1)[None]
+    if band_index:
+        pos = np.linspace(-1, 1, vol.shape[1], dtype=np.float32)[None, :, None, None]
+        vol = np.concatenate([vol, np.broadcast_to(pos, vol.shape)], 0)
+    return np.ascontiguousarray(vol)
+
+
+@dataclass
+class MapFit:
+    """What :func:`fit_map` returns: ``pred`` ``(H, W)`` uint8, ``prob`` ``(K, H, W)`` float32
+    (at the input's size), the engine's ``result``, the ``geometry`` and the times."""
+
+    pred: np.ndarray
+    prob: np.ndarray
+    result: SegmentationResult
+    geometry: Geometry
+    train_time_s: float
+    predict_time_s: float
+
+
+def fit_map(volume: np.ndarray, labels: np.ndarray, config: SegmentConfig, *,
+            num_classes: int | None = None, quiet: bool = True) -> MapFit:
+    """Train on ``volume`` ``(C, D, H, W)`` from the 2D ``labels`` ``(H, W)`` (uint8, ``IGNORE`` =
+    unlabelled) and predict every pixel's class.
+
+    ``config.data.reduce_depth`` is set (the labels are one map for the depth-mean of the
+    logits); ``config.data.scale`` resizes ``(H, W)`` for the network and the probabilities
+    are resized back. ``num_classes``: default the largest label + 1.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 4:
+        raise ValueError(f"volume must have shape (C, D, H, W), got {vol.shape}")
+    lab = np.asarray(labels)
+    if lab.shape != vol.shape[2:]:
+        raise ValueError(f"labels shape {lab.shape} must equal the volume's (H, W) = {vol.shape[2:]}")
+    cfg = copy.deepcopy(config)
+    cfg.data.reduce_depth = True
+    k = num_classes or num_classes_of(lab)
+    geom = Geometry.of(vol.shape, cfg.data.scale, size_multiple_of(cfg.model))
+    v = geom.volume(vol)
+    t0 = time.perf_counter()
+    result = train_segmentation(v, geom.labels(lab, k), cfg, num_classes=k, quiet=quiet)
+    train_time = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    prob = geom.back(result.predict_proba(v).mean(1)).numpy()        # (K, H, W)
+    return MapFit(prob.argmax(0).astype(np.uint8), prob, result, geom, train_time,
+                  time.perf_counter() - t1)
