@@ -33,15 +33,13 @@ from fhcnn.engine import IGNORE
 from fhcnn.engine.sizes import Geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pixelwise import baselines  # noqa: E402
 from segmentation_video import DAVIS, RESULTS, davis_inputs  # noqa: E402
 
 SEQUENCES = "blackswan,car-shadow,cows,dog,goat,horsejump-high,kite-surf,parkour"
 
 
 def run_sequence(seq: str, root: Path, scale: float, trees: int, forest_pixels: int, seed: int) -> dict:
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-
     inputs = davis_inputs(seq, root=root)
     t, h0, w0 = inputs.frames.shape[:3]
     k = len(inputs.classes)
@@ -56,9 +54,7 @@ def run_sequence(seq: str, root: Path, scale: float, trees: int, forest_pixels: 
     held = held_out_frames(inputs)
     out: dict = {"name": seq, "frames": t, "label_frames": inputs.label_frames, "scored_frames": len(held),
                  "volume": [t, *geom.scaled], "train_pixels": int(keep.size)}
-    for name, clf, idx in (("linear", LogisticRegression(max_iter=2000, class_weight="balanced"), keep),
-                           ("forest", RandomForestClassifier(trees, class_weight="balanced_subsample",
-                                                             n_jobs=1, random_state=seed), sub)):
+    for (name, clf), idx in zip(baselines(seed, trees=trees, max_iter=2000), (keep, sub)):
         t0 = time.perf_counter()
         clf.fit(feats[idx], lab[idx])
         fit_s = time.perf_counter() - t0

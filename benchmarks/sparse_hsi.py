@@ -50,6 +50,9 @@ from fhcnn.data.hyperspectral import IGNORE, read_cube
 from fhcnn.engine import SegmentConfig, segmentation_metrics
 from fhcnn.engine.maps import cube_volume, fit_map
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pixelwise import baselines, stats  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hsi_unmixing_samson_jasper"
 SCENES = {"samson": ("Samson.mat", "_EndSamson.mat", ["rock", "tree", "water"]),
@@ -78,16 +81,11 @@ def scores(pred: np.ndarray, held: np.ndarray, k: int) -> dict:
 
 
 def run_baselines(cube: np.ndarray, train: np.ndarray, held: np.ndarray, k: int, seed: int) -> dict:
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-
     feats = cube_volume(cube)[0].reshape(cube.shape[2], -1).T         # (H*W, B), standardized
     tr = train.reshape(-1)
     keep = tr != IGNORE
     out = {}
-    for name, clf in (("linear", LogisticRegression(max_iter=5000, class_weight="balanced")),
-                      ("forest", RandomForestClassifier(300, class_weight="balanced_subsample",
-                                                        n_jobs=1, random_state=seed))):
+    for name, clf in baselines(seed, max_iter=5000):
         t0 = time.perf_counter()
         clf.fit(feats[keep], tr[keep])
         pred = clf.predict(feats).reshape(train.shape).astype(np.uint8)
@@ -138,11 +136,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
 
 
-def _stats(values: list[float]) -> dict:
-    a = np.asarray(values, float)
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
-            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(a.size)}
-
 
 def summarize(rec: dict) -> dict:
     """``{n: {method: stats}}`` over the seeds; fhcnn also with its margin over the better
@@ -152,14 +145,14 @@ def summarize(rec: dict) -> dict:
         by_n.setdefault(int(key.split("|")[0]), []).append(r)
     out: dict = {}
     for n, runs in sorted(by_n.items()):
-        row: dict = {m: _stats([r[m]["miou"] for r in runs]) for m in BASELINES}
+        row: dict = {m: stats([r[m]["miou"] for r in runs]) for m in BASELINES}
         fh = [r for r in runs if "fhcnn" in r]
         if fh:
-            row["fhcnn"] = {**_stats([r["fhcnn"]["miou"] for r in fh]),
-                            "margin_over_better_baseline": _stats(
+            row["fhcnn"] = {**stats([r["fhcnn"]["miou"] for r in fh]),
+                            "margin_over_better_baseline": stats(
                                 [r["fhcnn"]["miou"] - max(r[m]["miou"] for m in BASELINES) for r in fh]),
-                            "train_time_s": _stats([r["fhcnn"]["train_time_s"] for r in fh]),
-                            "predict_time_s": _stats([r["fhcnn"]["predict_time_s"] for r in fh])}
+                            "train_time_s": stats([r["fhcnn"]["train_time_s"] for r in fh]),
+                            "predict_time_s": stats([r["fhcnn"]["predict_time_s"] for r in fh])}
         out[str(n)] = row
     return out
 

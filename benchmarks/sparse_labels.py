@@ -43,6 +43,9 @@ from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pixelwise import baselines, stats  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"
 SCENES = ("taizhou", "generated")
@@ -76,18 +79,13 @@ def short(m: dict) -> dict:
 
 
 def run_baselines(case: dict, train: np.ndarray, held: np.ndarray, seed: int) -> dict:
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-
     tr = train.reshape(-1)
     keep = tr != IGNORE
     out = {}
     for feat_name, channels in (("", "dates+diff+ratio+angle"), ("_dates", "dates")):
         vol = build_volume(case["before"], case["after"], channels)        # (C, B, H, W)
         feats = vol.reshape(-1, vol.shape[2] * vol.shape[3]).T             # (H*W, C*B)
-        for name, clf in (("linear", LogisticRegression(max_iter=3000, class_weight="balanced")),
-                          ("forest", RandomForestClassifier(300, class_weight="balanced_subsample",
-                                                            n_jobs=1, random_state=seed))):
+        for name, clf in baselines(seed):
             t0 = time.perf_counter()
             clf.fit(feats[keep], tr[keep])
             pred = clf.predict(feats).reshape(train.shape).astype(np.uint8)
@@ -138,11 +136,6 @@ def cmd_run(args: argparse.Namespace, baselines: bool) -> None:
         atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
 
 
-def _stats(values: list[float]) -> dict:
-    a = np.asarray(values, float)
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
-            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(a.size)}
-
 
 def cmd_report(args: argparse.Namespace) -> None:
     summary: dict = {}
@@ -169,13 +162,13 @@ def cmd_report(args: argparse.Namespace) -> None:
                     cell.setdefault(f"_{m}", {})[k] = b[m]["miou"]
         out: dict = {}
         for cell_key, cell in sorted(table.items()):
-            row: dict = {m: _stats(list(cell["_" + m].values())) for m in BASELINES}
+            row: dict = {m: stats(list(cell["_" + m].values())) for m in BASELINES}
             for v, vals in cell.items():
                 if v.startswith("_"):
                     continue
-                row[v] = {**_stats([x[0] for x in vals]), "margin_over_better_baseline": _stats([x[1] for x in vals]),
-                          "train_time_s": _stats([x[2] for x in vals]),
-                          "predict_time_s": _stats([x[3] for x in vals])}
+                row[v] = {**stats([x[0] for x in vals]), "margin_over_better_baseline": stats([x[1] for x in vals]),
+                          "train_time_s": stats([x[2] for x in vals]),
+                          "predict_time_s": stats([x[3] for x in vals])}
             out[cell_key] = row
         summary[scene] = out
         if not out:

@@ -4,7 +4,7 @@
     python benchmarks/speed.py threads [--sample 6] [--repeats 2] [--compete 0]
     python benchmarks/speed.py summary          # speed.json / speed.png from the files above
     python benchmarks/speed.py run [--cases segment,change,demo] [--variants before,after]
-                                   [--threads 0] [--compete 0] [--tag ""]
+                                   [--threads 0] [--compete 0] [--tag ""] [--after-set KEY=VALUE]
 
 ``profile``: a ``torch.profiler`` table of one training step (after two warm-up steps) and of
 the prediction of the whole volume (one tiling: no shift, no flip), by operator and by Python
@@ -225,8 +225,10 @@ def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict
             "threads": torch.get_num_threads()}
 
 
-def _worker(name: str, variant: str, threads: int, sample: int, q: Any) -> None:
+def _worker(name: str, variant: str, threads: int, sample: int, after: list[str], q: Any) -> None:
     extra = [f"train.threads={threads}"] if threads else []
+    if variant == "after":
+        extra += after
     try:
         q.put(sampled_case(name, variant, extra, sample) if sample else run_case(name, variant, extra))
     except BaseException as e:  # noqa: BLE001 - reported in the JSON
@@ -245,12 +247,13 @@ def run(args: argparse.Namespace) -> None:
             for variant in args.variants.split(","):
                 load0 = os.getloadavg()[0]
                 q = ctx.Queue()
-                p = ctx.Process(target=_worker, args=(name, variant, args.threads, args.sample, q))
+                p = ctx.Process(target=_worker, args=(name, variant, args.threads, args.sample,
+                                                       args.after_set, q))
                 p.start()
                 r = q.get()
                 p.join()
-                r.update(case=name, variant=variant, load_before=round(load0, 2),
-                         load_after=round(os.getloadavg()[0], 2), compete=args.compete)
+                r.update(case=name, variant=variant, after_set=args.after_set if variant == "after" else [],
+                         load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2), compete=args.compete)
                 results.append(r)
                 print(json.dumps(r), flush=True)
                 payload = {"cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -517,6 +520,8 @@ def main() -> None:
                    help="run: train only this many steps, project the wall time (no score)")
     p.add_argument("--kinds", default="video,change", help="profile: which networks")
     p.add_argument("--tag", default="")
+    p.add_argument("--after-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="run: an override of the shipped config for the 'after' variant only")
     p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
     args = p.parse_args()
     if args.mode == "summary":

@@ -475,19 +475,22 @@ def _sparse_hsi(d: Path) -> str:
     std over seeds; fhcnn with its margin over the better pixelwise baseline, mean / worst
     seed) from ``sparse_hsi_summary.json`` (``benchmarks/sparse_hsi.py report``)."""
     summary = _need(d, "sparse_hsi_summary")
-    out = ["| scene | labelled pixels per class | linear (spectrum) | forest (spectrum) | "
+    out = ["| scene | labelled pixels per class | linear (spectrum) | forest (spectrum) | fhcnn | "
            "**fhcnn** (margin: mean / worst seed) | fhcnn steps | fhcnn train + predict (s) |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---:|---|---:|---:|---:|"]
     for name, s in summary.items():
         scene = name.split("_")[0]
-        steps = next((o.split("=", 1)[1] for o in s["fhcnn"]["overrides"][::-1]
-                      if o.startswith("train.steps=")), "config")
+        overrides = s["fhcnn"]["overrides"]
+        steps = next((o.split("=", 1)[1] for o in overrides[::-1] if o.startswith("train.steps=")), "config")
+        head = next((o.split("=", 1)[1] for o in overrides[::-1] if o.startswith("model.spectral_head=")), "0")
+        variant = f"+ spectral head ({head})" if head != "0" else "network only"
         for n, row in s["by_n"].items():
             f = row.get("fhcnn")
             times = "–" if f is None else (f"{f['train_time_s']['mean']:.0f} + "
                                            f"{f['predict_time_s']['mean']:.0f}")
             out.append(f"| {scene} | {n} | {_sparse_cell(row['linear'], False)} | "
-                       f"{_sparse_cell(row['forest'], False)} | {_sparse_cell(f, True)} | {steps} | {times} |")
+                       f"{_sparse_cell(row['forest'], False)} | {variant} | {_sparse_cell(f, True)} | "
+                       f"{steps} | {times} |")
     return "\n".join(out)
 
 
