@@ -12,6 +12,8 @@ from fhcnn.config import load_config
 from fhcnn.engine import IGNORE, SegmentConfig, build_model, segmentation_metrics, train_segmentation
 from fhcnn.models import SpectralHead
 
+from .test_change_cli import _fails
+
 
 def test_head_reads_the_whole_depth_of_one_pixel_only():
     torch.manual_seed(0)
@@ -81,13 +83,6 @@ def test_head_refused_where_it_cannot_work():
                                cfg, quiet=True)
     with pytest.raises(ValueError, match="spectral_head must be >= 0"):
         load_config(SegmentConfig, "video-tiny", ["model.spectral_head=-1"])
-
-
-def _fails(argv, capsys, match):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
 
 
 def test_cli_change_with_head_and_refusals_before_out(tmp_path, capsys, monkeypatch):

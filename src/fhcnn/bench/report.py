@@ -240,6 +240,62 @@ def _davis(d: Path) -> str:
     return "\n".join(out)
 
 
+def _davis_speed(d: Path) -> str:
+    """DAVIS with the previous ``video`` schedule (``davis_hyperbolic_<seq>.json``) against the
+    current one at 450 and 700 steps (``seg_video_davis_450.json``, ``seg_video_davis_700.json``):
+    held-out mIoU and wall time per sequence, one torch thread each."""
+    old = _davis_runs(d, "davis_hyperbolic")
+    runs = {name: {r["name"]: r for r in rec["results"]} for name in ("450", "700")
+            if (rec := _load(d, f"seg_video_davis_{name}")) is not None}
+    out = ["| sequence | before: 1000 cosine steps, 4 shifts: mIoU, wall (s) | "
+           "450 one-cycle steps, 2 shifts: mIoU, wall (s) | 700 one-cycle steps, 2 shifts: mIoU, wall (s) |",
+           "|---|---:|---:|---:|"]
+
+    def cell(r: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
+        if r is None:
+            return "–"
+        ratio = f" ({r['wall_s'] / base['wall_s']:.0%})" if base else ""
+        return f"{r['miou']:.3f}, {r['wall_s']:.0f}{ratio}"
+
+    for seq in DAVIS_SEQUENCES:
+        base = old.get(seq)
+        out.append(f"| {seq} | {cell(base, None)} | {cell(runs.get('450', {}).get(seq), base)} | "
+                   f"{cell(runs.get('700', {}).get(seq), base)} |")
+    means = [_mean_row(old, len(DAVIS_SEQUENCES))] + [
+        _mean_row(runs.get(k, {}), len(DAVIS_SEQUENCES)) for k in ("450", "700")]
+    out.append("| **mean mIoU** | " + " | ".join(means) + " |")
+    return "\n".join(out)
+
+
+_SPEED_GOALS = {"segment": ("`fhcnn segment`, generated 48×96×160", "≤ 180 s at ≥ 0.98"),
+                "change": ("`fhcnn change`, generated 96×96×32", "≤ 60 s at ≥ 0.928"),
+                "landsat": ("`fhcnn change`, Taizhou 400×400×6 (30 %)", "≤ 60 s at ≥ 0.971")}
+
+
+def _speed_final(d: Path) -> str:
+    """Complete runs of the shipped configs (``speed_final.json``) and the side-by-side sampled
+    DAVIS projection (``speed_davis_sampled.json``) of ``benchmarks/speed.py``."""
+    out = ["| case | goal | wall (s): train + predict | held-out mIoU | steps, threads | load (start / end) |",
+           "|---|---|---:|---:|---|---|"]
+    for r in _need(d, "speed_final")["results"]:
+        name, goal = _SPEED_GOALS[r["case"]]
+        out.append(f"| {name} | {goal} | **{r['wall_s']:.0f}**: {r['train_s']:.0f} + {r['predict_s']:.0f} | "
+                   f"**{r['miou']:.3f}** | {r['steps']}, {r['threads']} | {r['load_before']} / {r['load_after']} |")
+    sampled = _load(d, "speed_davis_sampled")
+    if sampled is not None:
+        rows = {(r["case"], r["variant"]): r for r in sampled["results"]}
+        for case in dict.fromkeys(c for c, _ in rows):
+            b, a = rows.get((case, "before")), rows.get((case, "after"))
+            if b is None or a is None:
+                continue
+            steps = ", ".join(a.get("after_set") or []) or "shipped"
+            out.append(f"| DAVIS {case.split(':', 1)[1]}, scale 0.2, projected from 20 steps (one thread) | "
+                       f"≤ 40 % of before | before {b['projected_wall_s']:.0f}, after ({steps}) "
+                       f"{a['projected_wall_s']:.0f}: **{a['projected_wall_s'] / b['projected_wall_s']:.0%}** | "
+                       f"see the DAVIS table | {b['steps']} → {a['steps']}, 1 | {b['load_before']} / {a['load_after']} |")
+    return "\n".join(out)
+
+
 def _davis_loss(d: Path) -> str:
     ce = {x["name"]: x for x in _need(d, "davis_hyperbolic_crossentropy")["results"]}
     dice = _davis_runs(d, "davis_hyperbolic_dice_balance1")
@@ -405,8 +461,12 @@ def _headline(d: Path) -> str:
     if hyp:
         m = mean(x["miou"] for x in hyp.values())
         c = mean(x["copy_nearest_miou"] for x in hyp.values())
+        pix = _load(d, "davis_pixelwise")
+        forest = ("" if pix is None else ", random forest on each pixel's colour "
+                  f"{mean(r['forest']['miou'] for r in pix['results'].values()):.3f}")
         out.append(f"| DAVIS 2016 video segmentation from 3 labelled frames, mean mIoU over "
-                   f"{len(hyp)} sequences | **{m:.3f}** | copy the nearest labelled mask {c:.3f} |")
+                   f"{len(hyp)} sequences | **{m:.3f}** ({next(iter(hyp.values()))['steps']} steps) | "
+                   f"copy the nearest labelled mask {c:.3f}{forest} |")
     for scene, label in (("generated", "generated 32-band scene"), ("landsat", "Landsat, Taizhou")):
         cur, base = _load(d, f"change_{scene}"), _load(d, f"change_{scene}_baselines")
         if cur is None or base is None:
@@ -418,6 +478,13 @@ def _headline(d: Path) -> str:
         x = cur["results"]["hyperbolic"]
         out.append(f"| change detection, {label}, held-out mIoU | **{x['metrics']['miou']:.3f}** "
                    f"({x['config']['steps']} steps) | {', '.join(others)} |")
+    sparse = _load(d, "sparse_summary")
+    cell = None if sparse is None else sparse.get("taizhou", {}).get("0.01|random", {})
+    if cell and "features+head_300" in cell:
+        f = cell["features+head_300"]
+        best = max(cell[b]["mean"] for b in ("linear", "forest", "linear_dates", "forest_dates"))
+        out.append(f"| change detection, Taizhou, 1 % of the pixels labelled (3 seeds), held-out mIoU | "
+                   f"**{f['mean']:.3f}** | best of 4 pixelwise baselines {best:.3f} |")
     vae = _load(d, "vae_digits")
     if vae is not None:
         h, c = vae["hyperbolic"], vae["conv_vae"]
@@ -448,7 +515,8 @@ _SPARSE_COLUMNS = {
                   ("fhcnn: dates, 100 steps", "default"),
                   ("fhcnn: + features, 100 steps", "features"),
                   ("+ features, 400 steps", "features_400"),
-                  ("**fhcnn**: + features + spectral head, 100 steps", "features+head")],
+                  ("fhcnn: + features + spectral head, 100 steps", "features+head"),
+                  ("**fhcnn**: + features + spectral head, 400 steps (default)", "features+head_400")],
 }
 
 
@@ -500,6 +568,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "gpu": _gpu,
     "davis": _davis,
     "davis_loss": _davis_loss,
+    "davis_speed": _davis_speed,
+    "speed_final": _speed_final,
     "segment_generated": _segment_generated,
     "change": _change,
     "vae_digits": _vae_digits,
