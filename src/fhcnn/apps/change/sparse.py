@@ -50,7 +50,10 @@ def sparse_labels(reference: np.ndarray, density: float, pattern: SparsePattern 
         >>> ref = np.zeros((20, 20), np.uint8); ref[:5] = 1
         >>> train, held = sparse_labels(ref, 0.05, "clustered", seed=0)
         >>> int((train != 255).sum()), sorted(np.unique(train[train != 255]).tolist())
-        (20, [0, 1])
+        (28, [0, 1])
+
+        (20 pixels asked; whole patches of 8, and one more patch for the class the first ones
+        missed.)
     """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
