@@ -240,16 +240,27 @@ def _davis(d: Path) -> str:
     return "\n".join(out)
 
 
+#: (key, result files, column title) of the DAVIS speed table
+_DAVIS_SPEED_COLUMNS = (("450", "seg_video_davis_450.json", "450 one-cycle steps, 2 shifts"),
+                        ("450_teacher", "seg_video_davis_450_teacher_*.json",
+                         "450 steps + mean teacher (`data.unlabelled=teacher`)"),
+                        ("520_onecycle", "seg_video_davis_520_onecycle.json", "520 one-cycle steps"),
+                        ("520_cosine", "seg_video_davis_520_cosine.json", "520 cosine steps at lr 2e-3"),
+                        ("700", "seg_video_davis_700.json", "700 one-cycle steps, 2 shifts"))
+
+
 def _davis_speed(d: Path) -> str:
     """DAVIS with the previous ``video`` schedule (``davis_hyperbolic_<seq>.json``) against the
-    current one at 450 and 700 steps (``seg_video_davis_450.json``, ``seg_video_davis_700.json``):
-    held-out mIoU and wall time per sequence, one torch thread each."""
+    current one (the files of ``_DAVIS_SPEED_COLUMNS``): held-out mIoU and wall time per
+    sequence, one torch thread each."""
     old = _davis_runs(d, "davis_hyperbolic")
-    runs = {name: {r["name"]: r for r in rec["results"]} for name in ("450", "700")
-            if (rec := _load(d, f"seg_video_davis_{name}")) is not None}
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, pattern, _ in _DAVIS_SPEED_COLUMNS:
+        for path in sorted(d.glob(pattern)):
+            runs.setdefault(key, {}).update({r["name"]: r for r in json.loads(path.read_text())["results"]})
     out = ["| sequence | before: 1000 cosine steps, 4 shifts: mIoU, wall (s) | "
-           "450 one-cycle steps, 2 shifts: mIoU, wall (s) | 700 one-cycle steps, 2 shifts: mIoU, wall (s) |",
-           "|---|---:|---:|---:|"]
+           + " | ".join(f"{title}: mIoU, wall (s)" for _, _, title in _DAVIS_SPEED_COLUMNS) + " |",
+           "|---|---:|" + "---:|" * len(_DAVIS_SPEED_COLUMNS)]
 
     def cell(r: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
         if r is None:
@@ -259,10 +270,10 @@ def _davis_speed(d: Path) -> str:
 
     for seq in DAVIS_SEQUENCES:
         base = old.get(seq)
-        out.append(f"| {seq} | {cell(base, None)} | {cell(runs.get('450', {}).get(seq), base)} | "
-                   f"{cell(runs.get('700', {}).get(seq), base)} |")
+        out.append(f"| {seq} | {cell(base, None)} | "
+                   + " | ".join(cell(runs.get(k, {}).get(seq), base) for k, _, _ in _DAVIS_SPEED_COLUMNS) + " |")
     means = [_mean_row(old, len(DAVIS_SEQUENCES))] + [
-        _mean_row(runs.get(k, {}), len(DAVIS_SEQUENCES)) for k in ("450", "700")]
+        _mean_row(runs.get(k, {}), len(DAVIS_SEQUENCES)) for k, _, _ in _DAVIS_SPEED_COLUMNS]
     out.append("| **mean mIoU** | " + " | ".join(means) + " |")
     return "\n".join(out)
 
