@@ -292,8 +292,10 @@ def _speed_final(d: Path) -> str:
         name, goal = _SPEED_GOALS[r["case"]]
         out.append(f"| {name} | {goal} | **{r['wall_s']:.0f}**: {r['train_s']:.0f} + {r['predict_s']:.0f} | "
                    f"**{r['miou']:.3f}** | {r['steps']}, {r['threads']} | {r['load_before']} / {r['load_after']} |")
-    sampled = _load(d, "speed_davis_sampled")
-    if sampled is not None:
+    for tag in ("speed_davis_sampled_450", "speed_davis_sampled"):
+        sampled = _load(d, tag)
+        if sampled is None:
+            continue
         rows = {(r["case"], r["variant"]): r for r in sampled["results"]}
         for case in dict.fromkeys(c for c, _ in rows):
             b, a = rows.get((case, "before")), rows.get((case, "after"))
