@@ -87,8 +87,8 @@ def check_spectral_head(cfg: Any, reduce_depth: bool) -> None:
         return
     if not reduce_depth:
         raise ValueError(f"model.spectral_head={hidden} reads the whole depth axis of each pixel, so it "
-                         "needs one 2D label map for the whole depth (data.reduce_depth, as in "
-                         "fhcnn change); use model.spectral_head=0")
+                         "needs one 2D label map for the whole depth (fhcnn change with "
+                         "change.target=mean; data.reduce_depth in the engine); use model.spectral_head=0")
     if cfg.data.predict_depth > 0:
         raise ValueError(f"model.spectral_head={hidden} needs prediction windows over the whole depth "
                          f"axis, as in training: data.predict_depth=-1 or 0, got {cfg.data.predict_depth}")
@@ -169,7 +169,8 @@ def build_model(cfg: Any, in_channels: int, num_classes: int,
         if depth is None:
             raise ValueError(f"model.spectral_head={cfg.spectral_head} reads the whole depth axis of "
                              "each pixel, so it needs one 2D label map for the whole depth "
-                             "(data.reduce_depth, as in fhcnn change); use model.spectral_head=0")
+                             "(fhcnn change with change.target=mean; data.reduce_depth in the engine); "
+                             "use model.spectral_head=0")
         head = SpectralHead(in_channels, depth, num_classes, cfg.spectral_head)
     if cfg.arch == "unet":
         core: nn.Module = UNet3D(in_channels, num_classes, cfg.unet_base, cfg.unet_levels)
