@@ -246,7 +246,8 @@ _DAVIS_SPEED_COLUMNS = (("450", "seg_video_davis_450.json", "450 one-cycle steps
                          "450 steps + mean teacher (`data.unlabelled=teacher`)"),
                         ("520_onecycle", "seg_video_davis_520_onecycle.json", "520 one-cycle steps"),
                         ("520_cosine", "seg_video_davis_520_cosine.json", "520 cosine steps at lr 2e-3"),
-                        ("700", "seg_video_davis_700.json", "700 one-cycle steps, 2 shifts"))
+                        ("700", "seg_video_davis_700.json", "700 one-cycle steps, 2 shifts"),
+                        ("800_bf16", "seg_video_davis_800_bf16_*.json", "800 one-cycle steps, bf16 autocast"))
 
 
 def _davis_speed(d: Path) -> str:
@@ -292,7 +293,7 @@ def _speed_final(d: Path) -> str:
         name, goal = _SPEED_GOALS[r["case"]]
         out.append(f"| {name} | {goal} | **{r['wall_s']:.0f}**: {r['train_s']:.0f} + {r['predict_s']:.0f} | "
                    f"**{r['miou']:.3f}** | {r['steps']}, {r['threads']} | {r['load_before']} / {r['load_after']} |")
-    for tag in ("speed_davis_sampled_450", "speed_davis_sampled"):
+    for tag in ("speed_davis_sampled_450", "speed_davis_sampled", "speed_davis_sampled_bf16"):
         sampled = _load(d, tag)
         if sampled is None:
             continue
