@@ -24,9 +24,25 @@ def test_info(capsys):
     assert "device" in out and "threads" in out
 
 
-def test_python_dash_m():
+def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fhcnn", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and fhcnn.__version__ in r.stdout
+    # the exit status of the command reaches the shell (through training.exit_program)
+    r = subprocess.run([sys.executable, "-m", "fhcnn", "segment", "missing.npy", "--labels", "missing.npy",
+                        "--out", "never-created"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and not (tmp_path / "never-created").exists()
+
+
+def test_exit_program_after_a_process_group(tmp_path):
+    """After a joined (one-process Gloo) group, exit_program destroys it and exits with the
+    status, output flushed, without the interpreter's teardown."""
+    code = ("import torch.distributed as dist, sys\n"
+            "from fhcnn.training.distributed import exit_program\n"
+            f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'init'}', rank=0, world_size=1)\n"
+            "print('done', flush=False)\n"
+            "exit_program(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stdout.strip() == "done", r.stderr
 
 
 def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):

@@ -10,13 +10,15 @@ same gradient as a run on one process with the same global batch.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "is_main_process", "world_size",
+__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "is_main_process",
+           "world_size",
            "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync"]
 
 
@@ -73,6 +75,20 @@ def cleanup_distributed() -> None:
     """Leave the process group (call once at the very end of a program)."""
     if _initialized():
         dist.destroy_process_group()
+
+
+def exit_program(code: int) -> NoReturn:
+    """End a command-line program with exit status ``code``. After a distributed run (a process
+    group was joined) the group is destroyed and the interpreter's teardown skipped: torch's
+    Gloo threads sometimes abort the process there ("terminate called without an active
+    exception", after every output is written and ``destroy_process_group`` has returned),
+    which would turn a finished run into a failed ``torchrun`` launch."""
+    if not _initialized():
+        sys.exit(code)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def world_size() -> int:
