@@ -23,7 +23,7 @@ is Haar (two taps, no delay needed), ``theta = (pi/3, -pi/12)`` is Daubechies-4 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -83,26 +83,37 @@ def lattice_filters(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
     return h, g
 
 
+#: ``roll(t, axis, step)``: the periodic shift of ``t`` by ``step`` (+-1) along ``axis`` that
+#: the lattice's delay stage applies (a split volume shifts across its slabs instead)
+Roll = Callable[[Tensor, int, int], Tensor]
+
+
+def _periodic_roll(t: Tensor, axis: int, step: int) -> Tensor:
+    return torch.roll(t, shifts=step, dims=axis)
+
+
 def _analysis_1d(x: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
-                 c2: Tensor | float | None, s2: Tensor | float | None) -> Tensor:
+                 c2: Tensor | float | None, s2: Tensor | float | None,
+                 roll: Roll = _periodic_roll) -> Tensor:
     """One level along tensor dimension ``axis``; returns ``cat([lo, hi], dim=1)``."""
     pairs = x.unflatten(axis, (x.shape[axis] // 2, 2))  # even size validated by caller
     xe, xo = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
     a = c1 * xe + s1 * xo
     b = c1 * xo - s1 * xe
     if c2 is not None and s2 is not None:
-        b = torch.roll(b, shifts=-1, dims=axis)
+        b = roll(b, axis, -1)
         a, b = c2 * a + s2 * b, c2 * b - s2 * a
     return torch.cat([a, b], dim=1)
 
 
 def _synthesis_1d(y: Tensor, axis: int, c1: Tensor | float, s1: Tensor | float,
-                  c2: Tensor | float | None, s2: Tensor | float | None) -> Tensor:
+                  c2: Tensor | float | None, s2: Tensor | float | None,
+                  roll: Roll = _periodic_roll) -> Tensor:
     """Exact inverse (= transpose) of :func:`_analysis_1d`."""
     a, b = y.chunk(2, dim=1)
     if c2 is not None and s2 is not None:
         a, b = c2 * a - s2 * b, s2 * a + c2 * b
-        b = torch.roll(b, shifts=1, dims=axis)
+        b = roll(b, axis, 1)
     xe = c1 * a - s1 * b
     xo = s1 * a + c1 * b
     return torch.stack([xe, xo], dim=axis + 1).flatten(axis, axis + 1)
@@ -210,7 +221,7 @@ class WaveletTransform(nn.Module):
         if inverse:
             return self._inverse(x, params)
         self._check(x, "wavelet input")
-        check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} input {tuple(x.shape)}")
+        check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} {self._piece} {tuple(x.shape)}")
         coeffs = self._coefficients(x, params)
         for _ in range(self.levels):
             x = self._level(x, coeffs, inverse=False)
@@ -235,13 +246,21 @@ class WaveletTransform(nn.Module):
 
     def _level(self, x: Tensor, coeffs: tuple, inverse: bool) -> Tensor:
         """One level (analysis, or synthesis if ``inverse``), axis by axis."""
+        c1, s1, c2, s2 = coeffs
         if inverse:
             for axis in reversed(range(2, 2 + self.dim)):
-                x = _synthesis_1d(x, axis, *coeffs)
+                x = _synthesis_1d(x, axis, c1, s1, c2, s2, self._roll)
         else:
             for axis in range(2, 2 + self.dim):
-                x = _analysis_1d(x, axis, *coeffs)
+                x = _analysis_1d(x, axis, c1, s1, c2, s2, self._roll)
         return x
+
+    # what the input is called in size errors, and the delay's periodic shift (both replaced
+    # by fhcnn.spatial.SplitLearnableWavelet, which works on one slab of a split volume)
+    _piece = "input"
+
+    def _roll(self, t: Tensor, axis: int, step: int) -> Tensor:
+        return _periodic_roll(t, axis, step)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, levels={self.levels}"

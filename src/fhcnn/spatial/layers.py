@@ -17,13 +17,13 @@ multiple of ``2**levels``.
 
 from __future__ import annotations
 
-from typing import Mapping, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import _CONV, _CONV_T, SymmetricLayer
-from ..wavelets import LearnableWavelet, check_divisible
+from ..wavelets import LearnableWavelet
 from .halo import HaloExchange, halo_pad
 from .norm import split_norm
 from .split import SpatialSplit
@@ -33,14 +33,18 @@ __all__ = ["SplitLearnableWavelet", "SplitSymmetricLayer"]
 _M = TypeVar("_M", bound=nn.Module)
 
 
-def _clone_as(module: nn.Module, cls: type[_M]) -> _M:
-    """A shallow copy of ``module`` of class ``cls`` with its own module registries, sharing
-    the parameter and buffer tensors (so optimizers built on the original stay valid)."""
+def _clone_as(module: nn.Module, cls: type[_M], split: SpatialSplit, kind: str) -> _M:
+    """A shallow copy of ``module`` (a ``kind`` with the split's spatial dimension) of class
+    ``cls`` on ``split``, with its own module registries, sharing the parameter and buffer
+    tensors (so optimizers built on the original stay valid)."""
+    if split.dim != module.dim:
+        raise ValueError(f"the split is {split.dim}D but the {kind} is {module.dim}D")
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
     new._parameters = dict(module._parameters)
     new._buffers = dict(module._buffers)
     new._modules = dict(module._modules)
+    new.split = split  # type: ignore[assignment]
     return new
 
 
@@ -55,10 +59,7 @@ class SplitSymmetricLayer(SymmetricLayer):
 
     @classmethod
     def from_layer(cls, layer: SymmetricLayer, split: SpatialSplit) -> SplitSymmetricLayer:
-        if split.dim != layer.dim:
-            raise ValueError(f"the split is {split.dim}D but the layer is {layer.dim}D")
-        new = _clone_as(layer, cls)
-        new.split = split  # type: ignore[assignment]
+        new = _clone_as(layer, cls, split, "layer")
         new.norm = split_norm(layer.norm, split)
         return new
 
@@ -106,52 +107,14 @@ class SplitLearnableWavelet(LearnableWavelet):
 
     @classmethod
     def from_wavelet(cls, w: LearnableWavelet, split: SpatialSplit) -> SplitLearnableWavelet:
-        if split.dim != w.dim:
-            raise ValueError(f"the split is {split.dim}D but the wavelet is {w.dim}D")
-        new = _clone_as(w, cls)
-        new.split = split  # type: ignore[assignment]
-        return new
+        return _clone_as(w, cls, split, "wavelet")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, *S_local) -> (N, 2**(dim*levels) C, *S_local / 2**levels)``."""
-        return self.functional(x)
+    _piece = "slab"
 
-    def functional(self, x: Tensor, params: Mapping[str, Tensor] | None = None,
-                   inverse: bool = False) -> Tensor:
-        """:meth:`forward` (or :meth:`inverse`) with the parameter tensors in ``params``
-        (the reversible backward's recomputation); nothing on the module is modified."""
-        if inverse:
-            return self._split_inverse(x, params)
-        self._check(x, "wavelet input")
-        check_divisible(x.shape[2:], self.levels, what=f"{type(self).__name__} slab {tuple(x.shape)}")
-        c1, s1, c2, s2 = self._coefficients(x, params)
-        for _ in range(self.levels):
-            for axis in range(2, 2 + self.dim):
-                pairs = x.unflatten(axis, (x.shape[axis] // 2, 2))
-                xe, xo = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
-                a = c1 * xe + s1 * xo
-                b = _shift(c1 * xo - s1 * xe, axis, self.split, -1)
-                x = torch.cat([c2 * a + s2 * b, c2 * b - s2 * a], dim=1)
-        return x
-
-    def inverse(self, y: Tensor) -> Tensor:
-        """``(N, 2**(dim*levels) C, *S_local) -> (N, C, *S_local * 2**levels)``."""
-        return self._split_inverse(y, None)
-
-    def _split_inverse(self, y: Tensor, params: Mapping[str, Tensor] | None) -> Tensor:
-        self._check(y, "wavelet inverse input")
-        factor = 2 ** (self.dim * self.levels)
-        if y.shape[1] % factor != 0:
-            raise ValueError(f"{type(self).__name__}.inverse: channels={y.shape[1]} must be divisible "
-                             f"by 2**(dim*levels)={factor}")
-        c1, s1, c2, s2 = self._coefficients(y, params)
-        for _ in range(self.levels):
-            for axis in reversed(range(2, 2 + self.dim)):
-                a, b = y.chunk(2, dim=1)
-                a, b = c2 * a - s2 * b, _shift(s2 * a + c2 * b, axis, self.split, +1)
-                xe, xo = c1 * a - s1 * b, s1 * a + c1 * b
-                y = torch.stack([xe, xo], dim=axis + 1).flatten(axis, axis + 1)
-        return y
+    def _roll(self, t: Tensor, axis: int, step: int) -> Tensor:
+        """The delay's shift of the *global* periodic tensor: across the slabs (see module doc);
+        forward, inverse and ``functional`` are the lattice's own, with this shift."""
+        return _shift(t, axis, self.split, step)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
