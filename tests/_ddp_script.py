@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fhcnn.training import TrainConfig, Trainer, TrainingError, seed_everything, unwrap_model  # noqa: E402
+from fhcnn.training.distributed import exit_program  # noqa: E402
 from tests._train_script import batch_fn, build, loss_fn  # noqa: E402
 
 MODES = {"true": True, "block": "block", "false": False}
@@ -69,14 +70,10 @@ def main() -> None:
     except TrainingError as e:
         outcome = str(e)
     (out / f"bypass-rank{rank}.txt").write_text(outcome)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
-    # Every output is written and the group destroyed; skip the interpreter's teardown, where
-    # torch's Gloo threads sometimes abort the process ("terminate called without an active
-    # exception", seen after destroy_process_group had returned on both ranks, under load)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # the group destroyed and the interpreter's teardown skipped (Gloo threads sometimes abort
+    # the process there, after every output is written), as `python -m fhcnn` ends
+    exit_program(0)

@@ -98,7 +98,6 @@ def main() -> None:
     if mode != "split":  # "mesh" (4 processes: 2 replicas x 2 slabs) or "ddp" (2 replicas)
         space = 2 if mode == "mesh" else 1
         assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
-        dist.destroy_process_group()
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
     # the same run stopped after 2 of its 3 steps and resumed (split checkpoints, exact resume):
@@ -119,14 +118,12 @@ def main() -> None:
     if rank == 0:
         torch.save(out, root / "engine-2.pt")
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
+    from fhcnn.training.distributed import exit_program
+
     main()
-    # Every output is written and the group destroyed; skip the interpreter's teardown, where
-    # torch's Gloo threads sometimes abort the process ("terminate called without an active
-    # exception", seen after destroy_process_group had returned on both ranks, under load)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # the group destroyed and the interpreter's teardown skipped (Gloo threads sometimes abort
+    # the process there, after every output is written), as `python -m fhcnn` ends
+    exit_program(0)
