@@ -85,7 +85,7 @@ def exit_program(code: int) -> NoReturn:
     which would turn a finished run into a failed ``torchrun`` launch."""
     if not _initialized():
         sys.exit(code)
-    dist.destroy_process_group()
+    cleanup_distributed()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
