@@ -14,9 +14,10 @@ written to ``benchmarks/results/profile_<case>_<train|predict><tag>.txt``.
 
 ``run``: each case end to end (training + prediction, held-out score) once per variant, the
 variants alternating so both see the same machine load. ``before`` = the settings the package
-shipped before the speed work (the old schedules, one prediction window per forward, torch's
-default thread count), ``after`` = the shipped configs as they are now. ``--compete N`` starts N
-busy-looping processes for the whole run (a busy machine). Writes
+shipped before the speed work (the old schedules and windows, one prediction window per forward,
+torch's default thread count, one-sample convolutions left to PyTorch's slow reference kernel
+instead of :func:`fhcnn.layers.conv`'s two halves), ``after`` = the shipped configs as they are
+now. ``--compete N`` starts N busy-looping processes for the whole run (a busy machine). Writes
 ``benchmarks/results/speed<tag>.json`` and ``speed<tag>.png``; the load (``os.getloadavg``)
 before and after each run is recorded.
 
@@ -47,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: settings of the package before the speed work (issue #16), per config, as ``--set`` overrides
 BEFORE: dict[str, list[str]] = {
-    "video": ["train.steps=1000", "train.warmup_steps=20", "train.schedule=cosine", "train.lr=0.002",
+    "video": ["data.window_depth=16", "train.steps=1000", "train.warmup_steps=20", "train.schedule=cosine",
+              "train.lr=0.002",
               "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
               "data.predict_batch=1", "train.threads=-1"],
     "video-demo": ["train.steps=400", "train.warmup_steps=10", "train.schedule=cosine", "train.lr=0.002",
@@ -229,6 +231,9 @@ def _worker(name: str, variant: str, threads: int, sample: int, after: list[str]
     extra = [f"train.threads={threads}"] if threads else []
     if variant == "after":
         extra += after
+    else:  # the package before #16 sent one-sample convolutions to PyTorch's slow reference kernel
+        import fhcnn.layers
+        fhcnn.layers._one_sample_slow_on_cpu = lambda x, w: False
     try:
         q.put(sampled_case(name, variant, extra, sample) if sample else run_case(name, variant, extra))
     except BaseException as e:  # noqa: BLE001 - reported in the JSON

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fhcnn.layers import SymmetricLayer, frozen_norm_stats
+from fhcnn.layers import SymmetricLayer, conv, frozen_norm_stats
 
 from .conftest import rel_err
 
@@ -60,3 +61,79 @@ def test_bad_options():
         SymmetricLayer(3, activation="swish2")
     with pytest.raises(ValueError, match="kernel_size"):
         SymmetricLayer(3, kernel_size=2)
+
+
+# one 3D sample on the CPU: `conv` runs it as two halves (a batch of 2, PyTorch's oneDNN kernel)
+_ONE_SAMPLE_CASES = [((16, 64, 64), 6, 8, 1),     # the video net's full resolution
+                     ((8, 32, 32), 48, 16, 1),
+                     ((5, 7, 3), 4, 3, 1),        # odd lengths: the second half gets a dummy output
+                     ((3, 4, 9), 2, 2, (0, 1, 1)),  # no padding on one axis (a split layer's halo)
+                     ((6, 6, 6), 3, 2, 0),
+                     ((1, 1, 1), 3, 2, 1)]        # one output: nothing to split
+
+
+@pytest.mark.parametrize("size,cin,cout,padding", _ONE_SAMPLE_CASES)
+def test_conv_of_one_sample_equals_the_direct_convolution(size, cin, cout, padding):
+    x = torch.randn(1, cin, *size, requires_grad=True)
+    w = torch.randn(cout, cin, 3, 3, 3, requires_grad=True)
+    b = torch.randn(cout, requires_grad=True)
+    ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    expected = F.conv3d(*ref, padding=padding)
+    got = conv(x, w, b, padding=padding)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert rel_err(got.double(), expected) < 1e-5
+    g = torch.randn(got.shape, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b), g.float()), torch.autograd.grad(expected, ref, g)):
+        assert rel_err(a.double(), e) < 1e-5
+
+
+def _kernels(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+def test_conv_of_one_sample_avoids_the_slow_reference_kernel():
+    x = torch.randn(1, 6, 16, 32, 32, requires_grad=True)
+    w = torch.randn(8, 6, 3, 3, 3, requires_grad=True)
+    direct = _kernels(lambda: F.conv3d(x, w, padding=1).sum().backward())
+    if not any("slow_conv3d" in k for k in direct):
+        pytest.skip("this torch no longer takes slow_conv3d for one sample")
+    routed = _kernels(lambda: conv(x, w, padding=1).sum().backward())
+    assert not any("slow_conv3d" in k for k in routed), sorted(routed)
+    assert "aten::mkldnn_convolution" in routed
+
+
+def test_conv_of_a_batch_and_of_doubles_is_the_direct_call():
+    for x in (torch.randn(2, 3, 6, 6, 6), torch.randn(1, 3, 6, 6, 6, dtype=torch.float64)):
+        w = torch.randn(4, 3, 3, 3, 3, dtype=x.dtype)
+        assert torch.equal(conv(x, w, padding=1), F.conv3d(x, w, padding=1))
+    x2, w2 = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    assert torch.equal(conv(x2, w2, padding=1), F.conv2d(x2, w2, padding=1))
+
+
+def _saved_bytes(fn) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_conv_of_one_sample_keeps_what_the_direct_call_keeps_and_has_its_second_derivative():
+    x = torch.randn(1, 6, 12, 20, 20, requires_grad=True)
+    w = torch.randn(8, 6, 3, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    assert _saved_bytes(lambda: conv(x, w, b, padding=1)) == _saved_bytes(lambda: F.conv3d(x, w, b, padding=1))
+
+    def second(f):  # d/dw of |d<f(x), g>/dx|^2: a second derivative through the convolution
+        g = torch.ones(1, 8, 12, 20, 20)
+        (gx,) = torch.autograd.grad(f(x, w, b, padding=1), x, g, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), w)[0]
+
+    assert rel_err(second(conv), second(F.conv3d)) < 1e-5

@@ -18,8 +18,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
-__all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "frozen_norm_stats"]
+__all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "conv", "frozen_norm_stats"]
 
 Norm = Literal["none", "batch", "group", "instance"]
 Activation = Literal["relu", "leaky_relu", "tanh", "silu", "gelu", "softplus"]
@@ -36,6 +37,83 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 _CONV = {2: F.conv2d, 3: F.conv3d, 1: F.conv1d}
 _CONV_T = {2: F.conv_transpose2d, 3: F.conv_transpose3d, 1: F.conv_transpose1d}
+
+#: PyTorch's own bound (``ConvParams::use_mkldnn``): with one sample, a 3x3x3 kernel and
+#: ``N * C * D * H`` at most this, a CPU convolution runs in the reference ``slow_conv3d``.
+_ONEDNN_MIN_NCDH = 20480
+
+
+def _one_sample_slow_on_cpu(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``F.conv3d(x, weight)`` would take PyTorch's slow reference kernel: one float32
+    sample on the CPU with few ``C x D x H`` (measured: up to 19x slower per window than the
+    oneDNN kernel it uses for a batch of 2, forward and backward)."""
+    return (x.dim() == 5 and x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+            and x.shape[1] * x.shape[2] * x.shape[3] <= _ONEDNN_MIN_NCDH
+            and not (weight.shape[-1] > 3 and weight.shape[-2] > 3))
+
+
+def conv(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+         padding: int | tuple[int, ...] = 0) -> Tensor:
+    """Stride-1 convolution ``F.conv{1,2,3}d(x, weight, bias, padding=padding)`` (zero padding).
+
+    One 3D sample on the CPU is computed as a batch of two: the two halves of the longest output
+    axis, each cut from the zero-padded input with its ``kernel - 1`` halo, run together (so
+    PyTorch takes the oneDNN kernel, which it uses from a batch of 2 on, instead of its slow
+    reference kernel) and joined. Same values as the direct call (up to float rounding) and the
+    same gradients; autograd keeps the same tensors as for the direct call (``x`` and
+    ``weight``: the backward recomputes the halves), so memory counts do not change. A second
+    derivative (``create_graph=True``) is taken through the direct call.
+
+    Shapes: ``x`` ``(N, C, *S)``, ``weight`` ``(M, C, *k)`` -> ``(N, M, *S_out)``.
+    """
+    dim = x.dim() - 2
+    pads = (padding,) * dim if isinstance(padding, int) else tuple(padding)
+    out = [x.shape[2 + a] + 2 * pads[a] - weight.shape[2 + a] + 1 for a in range(dim)]
+    if not _one_sample_slow_on_cpu(x, weight) or max(out) < 2:
+        return _CONV[dim](x, weight, bias, padding=pads)
+    y: Tensor = _ConvHalves.apply(x, weight, pads)
+    return y if bias is None else y + bias.view(-1, *[1] * dim)
+
+
+def _conv_halves(x: Tensor, weight: Tensor, pads: tuple[int, ...]) -> Tensor:
+    """``F.conv3d(x, weight, padding=pads)`` of one sample ``x`` as a batch of its two halves
+    along the longest output axis (see :func:`conv`)."""
+    k = weight.shape[2:]
+    out = [x.shape[2 + i] + 2 * pads[i] - k[i] + 1 for i in range(3)]
+    a = max(range(3), key=lambda i: out[i])      # split the longest output axis
+    half = (out[a] + 1) // 2                     # outputs per piece (the 2nd may get a dummy)
+    width = [0, 0] * (2 - a) + [pads[a], pads[a] + 2 * half - out[a]]
+    xp = F.pad(x, width) if any(width) else x    # pads along axis a only
+    piece = half + k[a] - 1                      # input length behind `half` outputs
+    both = torch.cat([xp.narrow(2 + a, 0, piece), xp.narrow(2 + a, half, piece)])
+    y = F.conv3d(both, weight, padding=tuple(0 if i == a else pads[i] for i in range(3)))
+    return torch.cat([y[:1], y[1:]], dim=2 + a).narrow(2 + a, 0, out[a])
+
+
+class _ConvHalves(torch.autograd.Function):
+    """:func:`_conv_halves` that saves only ``x`` and ``weight`` (as ``F.conv3d`` does) and
+    recomputes the halves in the backward."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, pads: tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.pads = pads
+        return _conv_halves(x, weight, pads)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
+        if torch.is_grad_enabled():  # create_graph: differentiate the direct call, twice if asked
+            y = F.conv3d(x, weight, padding=ctx.pads)  # type: ignore[attr-defined]
+        else:
+            x, weight = x.detach().requires_grad_(need[0]), weight.detach().requires_grad_(need[1])
+            with torch.enable_grad():
+                y = _conv_halves(x, weight, ctx.pads)  # type: ignore[attr-defined]
+        wanted = [t for t, n in zip((x, weight), need) if n]
+        got = iter(torch.autograd.grad(y, wanted, grad, create_graph=torch.is_grad_enabled()))
+        return (next(got) if need[0] else None, next(got) if need[1] else None, None)
 
 
 def _num_groups(channels: int, target: int = 8) -> int:
@@ -172,14 +250,14 @@ class SymmetricLayer(nn.Module):
     def _conv_with(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``K y + b`` with the given tensors (the one place a subclass changes the padding,
         e.g. :class:`fhcnn.spatial.SplitSymmetricLayer`'s halo exchange)."""
-        return _CONV[self.dim](y, weight, bias, padding=self.kernel_size // 2)
+        return conv(y, weight, bias, padding=self.kernel_size // 2)
 
     def _conv_adjoint_with(self, z: Tensor, weight: Tensor) -> Tensor:
         """``K^T z`` with the given weight (see :meth:`_conv_with`)."""
         pad = self.kernel_size // 2
         if self.adjoint == "conv_transpose":
             return _CONV_T[self.dim](z, weight, padding=pad)
-        return _CONV[self.dim](z, weight.transpose(0, 1).flip(list(range(2, 2 + self.dim))), padding=pad)
+        return conv(z, weight.transpose(0, 1).flip(list(range(2, 2 + self.dim))), padding=pad)
 
     def forward(self, y: Tensor) -> Tensor:
         return -self.neg_forward(y)

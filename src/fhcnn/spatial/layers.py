@@ -22,7 +22,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..layers import _CONV, _CONV_T, SymmetricLayer
+from ..layers import _CONV_T, SymmetricLayer, conv
 from ..wavelets import LearnableWavelet
 from .halo import HaloExchange, halo_pad
 from .norm import split_norm
@@ -70,7 +70,7 @@ class SplitSymmetricLayer(SymmetricLayer):
         """``K y + b`` on the slab: ``(N, C, *S_local) -> (N, M, *S_local)``."""
         p = self.kernel_size // 2
         y = halo_pad(y, self.split, p)
-        return _CONV[self.dim](y, weight, bias, padding=self._padding(p, 0))
+        return conv(y, weight, bias, padding=self._padding(p, 0))
 
     def _conv_adjoint_with(self, z: Tensor, weight: Tensor) -> Tensor:
         """``K^T z`` on the slab: ``(N, M, *S_local) -> (N, C, *S_local)``."""
@@ -80,7 +80,7 @@ class SplitSymmetricLayer(SymmetricLayer):
             # the full transposed convolution of the padded slab, cropped by 2p on split axes
             return _CONV_T[self.dim](z, weight, padding=self._padding(p, 2 * p))
         w = weight.transpose(0, 1).flip(list(range(2, 2 + self.dim)))
-        return _CONV[self.dim](z, w, padding=self._padding(p, 0))
+        return conv(z, w, padding=self._padding(p, 0))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
