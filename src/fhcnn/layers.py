@@ -98,7 +98,7 @@ class _ConvHalves(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, pads: tuple[int, ...]) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.pads = pads
+        ctx.pads = pads  # type: ignore[attr-defined]
         return _conv_halves(x, weight, pads)
 
     @staticmethod
