@@ -245,6 +245,7 @@ _DAVIS_SHIPPED = "seg_video_davis_d8p8s1000_*.json"
 
 #: (key, result files, column title) of the DAVIS speed table
 _DAVIS_SPEED_COLUMNS = (("shipped", _DAVIS_SHIPPED, "**shipped**: 1000 one-cycle steps on 8-frame windows"),
+                        ("shipped_seed1", "seg_video_davis_d8p8s1000seed1_*.json", "shipped, `train.seed=1`"),
                         ("d8_predict16", "seg_video_davis_d8s1000_*.json",
                          "the same, predicted on 16-frame windows"),
                         ("450", "seg_video_davis_450.json", "450 one-cycle steps, 2 shifts"),
