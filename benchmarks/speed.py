@@ -52,7 +52,7 @@ BEFORE: dict[str, list[str]] = {
               "train.lr=0.002",
               "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
               "data.predict_batch=1", "train.threads=-1"],
-    "video-demo": ["train.steps=400", "train.warmup_steps=10", "train.schedule=cosine", "train.lr=0.002",
+    "video-demo": ["data.window_depth=16", "train.steps=400", "train.warmup_steps=10", "train.schedule=cosine", "train.lr=0.002",
                    "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
                    "data.predict_batch=1", "train.threads=-1"],
     "change": ["train.steps=400", "train.warmup_steps=20", "train.schedule=cosine", "train.lr=0.002",
