@@ -103,16 +103,16 @@ def run_fhcnn(case: dict, train: np.ndarray, held: np.ndarray, overrides: list[s
             "window": list(fit["result"].window), "derived": fit.get("derived"), "log": lines}
 
 
-def cmd_run(args: argparse.Namespace, baselines: bool) -> None:
+def cmd_run(args: argparse.Namespace, baselines_only: bool) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     case = load_scene(args.scene)
-    name = "baselines" if baselines else args.variant
+    name = "baselines" if baselines_only else args.variant
     path = RESULTS / f"sparse_{args.scene}_{name}{'@' + args.part if args.part else ''}.json"
     rec = json.loads(path.read_text()) if path.exists() else {"scene": args.scene, "variant": name, "runs": {}}
     rec["description"] = case["description"]
-    if not baselines:
+    if not baselines_only:
         overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
         if rec.get("overrides", overrides) != overrides:
             sys.exit(f"{path} was made with overrides {rec['overrides']}, not {overrides}")
@@ -124,17 +124,16 @@ def cmd_run(args: argparse.Namespace, baselines: bool) -> None:
             continue
         train, held = sparse_labels(case["reference"], density, pattern, seed)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        r = (run_baselines(case, train, held, seed) if baselines
+        r = (run_baselines(case, train, held, seed) if baselines_only
              else run_fhcnn(case, train, held, rec["overrides"]))
         r_common = {"train_pixels": int((train != IGNORE).sum()), "train_changed": int((train == 1).sum())}
-        rec["runs"][k] = {**r, **r_common} if not baselines else {**{m: v for m, v in r.items()}, **r_common}
-        summary = (" ".join(f"{m} {v['miou']:.4f}" for m, v in r.items()) if baselines
+        rec["runs"][k] = {**r, **r_common}
+        summary = (" ".join(f"{m} {v['miou']:.4f}" for m, v in r.items()) if baselines_only
                    else f"miou {r['miou']:.4f} (pos {r['iou_positive']:.3f}) train {r['train_time_s']} s "
                         f"predict {r['predict_time_s']} s")
         print(f"{args.scene} {name} {k}: {summary} [{time.perf_counter() - t0:.0f} s]", flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
-
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.scene is None:
             ap.error("a scene is needed")
-        cmd_run(args, baselines=args.command == "baselines")
+        cmd_run(args, baselines_only=args.command == "baselines")
     return 0
 
 

@@ -123,6 +123,7 @@ def _is_channels_last(t: Tensor) -> bool:
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
     return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
 
+
 def _haar_analysis(x: Tensor, dim: int) -> Tensor:
     """One Haar level on all ``dim`` axes at once: ``(N, C, *S) -> (N, 2**dim C, *S/2)``, the
     same values and channel order as :func:`_analysis_1d` axis by axis, in ``dim`` add/sub
@@ -143,6 +144,7 @@ def _haar_analysis(x: Tensor, dim: int) -> Tensor:
         cur = out
     y = cur.flatten(1 + dim).movedim(-1, 1) if last else cur.flatten(1, 1 + dim)
     return y.mul_(2.0 ** (-dim / 2))
+
 
 def _haar_synthesis(y: Tensor, dim: int) -> Tensor:
     """Exact inverse (= transpose) of :func:`_haar_analysis`."""

@@ -299,7 +299,7 @@ _SPEED_GOALS = {"segment": ("`fhcnn segment`, generated 48×96×160", "≤ 180 s
 
 def _speed_final(d: Path) -> str:
     """Complete runs of the shipped configs (``speed_final.json``) and the side-by-side sampled
-    DAVIS projection (``speed_davis_sampled.json``) of ``benchmarks/speed.py``."""
+    DAVIS projections (``speed_davis_sampled*.json``) of ``benchmarks/speed.py``."""
     out = ["| case | goal | wall (s): train + predict | held-out mIoU | steps, threads | load (start / end) |",
            "|---|---|---:|---:|---|---|"]
     for r in _need(d, "speed_final")["results"]:

@@ -75,6 +75,13 @@ def size_multiple_of(cfg: Any) -> int:
     return 2 ** (int(cfg.pre_levels) + deepest)
 
 
+def _head_needs_map(hidden: int) -> str:
+    """Why a spectral head of ``hidden`` units cannot run without one 2D label map."""
+    return (f"model.spectral_head={hidden} reads the whole depth axis of each pixel, so it needs one 2D "
+            "label map for the whole depth (fhcnn change with change.target=mean; data.reduce_depth in "
+            "the engine); use model.spectral_head=0")
+
+
 def check_spectral_head(cfg: Any, reduce_depth: bool) -> None:
     """Refuse a ``model.spectral_head`` the run cannot use: it needs one 2D label map for the
     whole depth (``reduce_depth``) and prediction windows over the whole depth, as in training.
@@ -86,9 +93,7 @@ def check_spectral_head(cfg: Any, reduce_depth: bool) -> None:
     if hidden <= 0:
         return
     if not reduce_depth:
-        raise ValueError(f"model.spectral_head={hidden} reads the whole depth axis of each pixel, so it "
-                         "needs one 2D label map for the whole depth (fhcnn change with "
-                         "change.target=mean; data.reduce_depth in the engine); use model.spectral_head=0")
+        raise ValueError(_head_needs_map(hidden))
     if cfg.data.predict_depth > 0:
         raise ValueError(f"model.spectral_head={hidden} needs prediction windows over the whole depth "
                          f"axis, as in training: data.predict_depth=-1 or 0, got {cfg.data.predict_depth}")
@@ -167,10 +172,7 @@ def build_model(cfg: Any, in_channels: int, num_classes: int,
     head = None
     if cfg.spectral_head > 0:
         if depth is None:
-            raise ValueError(f"model.spectral_head={cfg.spectral_head} reads the whole depth axis of "
-                             "each pixel, so it needs one 2D label map for the whole depth "
-                             "(fhcnn change with change.target=mean; data.reduce_depth in the engine); "
-                             "use model.spectral_head=0")
+            raise ValueError(_head_needs_map(cfg.spectral_head))
         head = SpectralHead(in_channels, depth, num_classes, cfg.spectral_head)
     if cfg.arch == "unet":
         core: nn.Module = UNet3D(in_channels, num_classes, cfg.unet_base, cfg.unet_levels)

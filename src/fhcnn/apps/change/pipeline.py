@@ -43,6 +43,10 @@ __all__ = ["CHANNEL_COUNT", "build_volume", "change_features", "fit_change", "ru
            "check_setup"]
 
 
+#: channels of the volume for each ``change.channels`` (what :func:`build_volume` stacks)
+CHANNEL_COUNT: dict[str, int] = {"dates": 2, "dates+diff": 3, "dates+diff+ratio+angle": 5}
+
+
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
                  normalize: BandNormalization = "band") -> np.ndarray:
     """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring).
@@ -213,10 +217,6 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     log(f"activation memory {result.activation_bytes / 2**20:.1f} MiB per step, training "
         f"{fit['train_time_s']:.1f} s, prediction {fit['predict_time_s']:.1f} s; outputs in {out}")
     return metrics
-
-
-#: channels of the volume for each ``change.channels``
-CHANNEL_COUNT: dict[str, int] = {"dates": 2, "dates+diff": 3, "dates+diff+ratio+angle": 5}
 
 
 def _scene_settings(before: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
