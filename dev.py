@@ -46,6 +46,11 @@ def setup(extras: str) -> None:
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     # the pin in the same resolve as the project: no dependency can swap in another torch build
     _sh(py, "-m", "pip", "install", "-q", TORCH, "-e", target)
+    pinned = TORCH.split("==")[1]
+    got = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    if got.split("+")[0] != pinned:  # e.g. a resolve that swapped in another (CUDA) build
+        sys.exit(f"error: {VENV} has torch {got}, not the pinned {pinned}; remove {VENV} and retry")
     stamp.write_text(digest)
 
 
