@@ -109,9 +109,10 @@ def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int
                        shift_depth: bool) -> list[tuple[int, ...]]:
     """The window sizes :func:`~fhcnn.engine.inference.predict_volume` evaluates on a volume of
     ``size`` ``(D, H, W)``: one per shifted tiling (:func:`~fhcnn.engine.inference.tiling_sizes`)."""
-    from .inference import tiling_sizes
+    from .sizes import prediction_tilings
 
-    return [tuple(win) for _, _, win in tiling_sizes(size, window, multiple, shifts, shift_depth)]
+    return list(dict.fromkeys(t.window for t in prediction_tilings(size, window, multiple, shifts, shift_depth,
+                                                                  flip=False)))
 
 
 def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, multiple: int) -> str:
@@ -146,8 +147,8 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
     p: ParallelConfig = cfg.parallel
     if p.space == 1:
         return
-    from .inference import prediction_window
     from .models import size_multiple_of
+    from .sizes import prediction_window_of
 
     if cfg.model.arch != "hyperbolic":
         raise InputError(f"parallel.space={p.space}: only the hyperbolic network can be split in "
@@ -184,7 +185,7 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
             key = None if (reduce_depth and a == 0) else "data." + _WINDOW_KEYS[a]
             what = f"training window {tuple(win)}" + (" (the whole depth)" if key is None else "")
             raise InputError(_axis_error(what, key, a, win[a], g, m))
-    pwin = prediction_window(cfg, win)
+    pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce_depth)
     for wins in prediction_windows(shape, pwin, m, d.predict_shifts, not reduce_depth):
         for a, g in zip(p.axes, grid):
             if wins[a] % (g * m):

@@ -33,13 +33,13 @@ from ..options import IGNORE
 from ..training import Trainer
 from ..training.device import CpuThreads
 from .config import SegmentConfig
-from .inference import labels_of, predict_volume, prediction_window
+from .inference import labels_of, predict_volume
 from .losses import SegmentationLoss, UnlabelledTerm, class_weights
 from .metrics import segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, check_spectral_head, size_multiple_of
 from .parallel import SpaceRun
 from .sampling import WindowSampler
-from .sizes import training_window
+from .sizes import prediction_window_of, training_window
 
 __all__ = ["SegmentationResult", "train_segmentation", "prepare_inputs", "activation_bytes",
            "num_classes_of"]
@@ -110,7 +110,9 @@ class SegmentationResult:
     def predict_window(self) -> tuple[int, int, int]:
         """The prediction window ``(d, h, w)``: the config's ``predict_*`` with ``-1`` replaced by
         the training window (``0`` = whole axis)."""
-        return prediction_window(self.config, self.window)
+        d = self.config.data
+        return prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), self.window,
+                                    d.reduce_depth)
 
     def predict_proba(self, volume: np.ndarray | Tensor, shifts: int | None = None) -> Tensor:
         """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained).
