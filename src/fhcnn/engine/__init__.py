@@ -55,11 +55,13 @@ from .maps import MapFit, cube_volume, fit_map
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
 from .parallel import ParallelConfig
+from .plan import DenseInputs, RunPlan, prepare
 from .sizes import prediction_window_of
-from .train import SegmentationResult, activation_bytes, num_classes_of, prepare_inputs, train_segmentation
+from .train import SegmentationResult, activation_bytes, num_classes_of, train, train_segmentation
 
 __all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_segmentation",
-           "predict_volume", "predict_into", "prediction_window_of", "prepare_inputs", "SegmentationResult",
+           "predict_volume", "predict_into", "prediction_window_of", "SegmentationResult",
+           "DenseInputs", "RunPlan", "prepare", "train",
            "segmentation_metrics", "confusion_matrix", "IGNORE", "VolumeSegmenter", "DepthMean",
            "build_model", "parse_units", "size_multiple_of", "num_classes_of", "activation_bytes",
            "class_weights", "segmentation_loss", "ParallelConfig", "MapFit", "cube_volume", "fit_map"]

@@ -13,13 +13,16 @@ chunks in flight stay near the current block. :func:`predict_volume` is the in-m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.lazy import LazyVolume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..spatial import SpatialSplit
 from .sizes import Tiling, chunk_shape, prediction_tilings
 from .store import CACHE_BYTES, BlendStore, Sink, TensorSink, blend_factor
 
@@ -49,7 +52,8 @@ def _jobs(tilings: Sequence[Tiling], size: Sequence[int]) -> list[tuple[int, tup
 @torch.no_grad()
 def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling],
                  store: BlendStore | Callable[[int], BlendStore], *, device: torch.device | str | None = None,
-                 batch: int = 4, each_batch: Callable[[], None] | None = None) -> BlendStore:
+                 batch: int = 4, each_batch: Callable[[], None] | None = None,
+                 split: SpatialSplit | None = None) -> BlendStore:
     """Predict every window of ``tilings`` over ``volume`` (``(C, D, H, W)``) into ``store``
     (or into ``store(K)``, made when the first output shows the number of classes ``K``);
     returns the store.
@@ -59,6 +63,10 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
     of the network is per window) up to floating-point rounding, and on a CPU several times
     faster. ``each_batch`` is called after every network call (e.g. to adjust the CPU threads).
     The model is put in eval mode for the call and restored after.
+
+    With ``split`` (a model split in space, in its :meth:`~fhcnn.engine.parallel.SpaceRun.predicting`
+    mode) each process reads only its slab of every window, and gets the whole window's
+    probabilities back from the model (all-gathered).
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -74,7 +82,14 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
         xs = []
         for i, start in pending:
             t = tilings[i]
-            x = volume.window([s - o for s, o in zip(start, t.offset)], t.window)
+            first = [s - o for s, o in zip(start, t.offset)]
+            size_ = list(t.window)
+            if split is not None:  # this process's slab, in the (possibly mirrored) window's frame
+                for a, sl in enumerate(split.local_slices(t.window)):
+                    lo, hi, _ = sl.indices(t.window[a])
+                    first[a] += t.window[a] - hi if (t.flipped and a == 2) else lo
+                    size_[a] = hi - lo
+            x = volume.window(first, size_)
             xs.append(x[..., ::-1] if t.flipped else x)
         xb = torch.from_numpy(np.ascontiguousarray(np.stack(xs))).to(device)
         prob = torch.softmax(model(xb).float(), 1).cpu().numpy()

@@ -38,7 +38,7 @@ from .metrics import confusion_matrix
 from .sizes import Tiling, resize_back
 
 __all__ = ["Sink", "BlendStore", "LabelSink", "ProbabilitySink", "ConfusionSink", "TensorSink", "Resized",
-           "CACHE_BYTES"]
+           "DepthMeanSink", "CACHE_BYTES"]
 
 #: Default bytes of open chunks a store keeps in memory before it spills to disk.
 CACHE_BYTES = 256 * 2**20
@@ -259,6 +259,22 @@ class Resized:
             return
         full = resize_back(torch.from_numpy(np.ascontiguousarray(prob)), self.size).numpy()
         self.sink.write((box[0], slice(0, self.size[0]), slice(0, self.size[1])), full)
+
+
+class DepthMeanSink:
+    """``target[:, H, W]``: the depth mean of the probabilities (chunks hold the whole depth),
+    resized back from the network's ``scaled`` ``(h, w)`` to ``size`` ``(H, W)`` (chunks then
+    hold whole planes); e.g. ``(K, H, W)`` class probabilities of one 2D label map."""
+
+    def __init__(self, target: Any, size: Sequence[int], scaled: Sequence[int]) -> None:
+        self.target, self.size, self.scaled = target, tuple(int(n) for n in size), tuple(int(n) for n in scaled)
+
+    def write(self, box: Box, prob: np.ndarray) -> None:
+        mean = prob.mean(1)
+        if self.size != self.scaled:
+            mean = resize_back(torch.from_numpy(np.ascontiguousarray(mean)), self.size).numpy()
+            box = (box[0], slice(0, self.size[0]), slice(0, self.size[1]))
+        self.target[(slice(None),) + tuple(box[1:])] = mean
 
 
 def blend_factor(tiling: Tiling, start: Sequence[int], factors: Sequence[dict[int, np.ndarray]]) -> np.ndarray:
