@@ -202,7 +202,8 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, phase in zip(axes, ("train", "predict")):
         for mode in dict.fromkeys(r["mode"] for r in rows):
-            pts = sorted((r["voxels"], r[phase]["peak_rss"] / 2**20) for r in rows if r["mode"] == mode and r["rank"] == 0)
+            pts = sorted((r["voxels"], r[phase]["peak_rss"] / 2**20) for r in rows
+                         if r["mode"] == mode and r["rank"] == 0)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
         ax.set_xscale("log")
         ax.set_xlabel("voxels")
