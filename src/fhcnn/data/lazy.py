@@ -316,9 +316,10 @@ class LabelScan:
         counts: ``(256,)`` int64 voxels of each label value (``counts[ignore]`` = unlabelled).
         slices: for each axis, the indices of the slices (planes across that axis) holding at
             least one labelled voxel.
-        positions: for each class ``c`` in ``0 .. max``, a ``(n_c, ndim)`` int64 array of labelled
-            positions: all of them, or an evenly strided sample of ``max_points`` when there are
-            more (the sample is the same on every call).
+        positions: for each class ``c`` in ``0 .. max``, a ``(n_c, ndim)`` int32 array of labelled
+            positions: all of them, or an evenly strided sample of at most ``max_points`` when
+            there are more (the sample is the same on every call). At most
+            ``12 * max_points`` bytes per class, whatever the volume.
     """
 
     counts: np.ndarray
@@ -330,13 +331,13 @@ class LabelScan:
         return [v for v in np.flatnonzero(self.counts).tolist() if v != ignore]
 
 
-def scan_labels(labels: ArrayLike, ignore: int = 255, max_points: int = 1 << 22,
+def scan_labels(labels: ArrayLike, ignore: int = 255, max_points: int = 1 << 20,
                 max_bytes: int = SLAB_BYTES) -> LabelScan:
     """Stream an integer label volume (any number of axes) once, in slabs along its first axis.
 
-    Values outside ``0..255`` are counted as 0 in ``counts`` and reported by raising
-    :class:`ValueError` (naming one); ``positions`` holds every labelled voxel of a class while
-    it has at most ``max_points`` of them, else every ``ceil(n / max_points)``-th in scan order.
+    A value outside ``0..255``, fractional or NaN raises :class:`ValueError` (naming one);
+    ``positions`` holds every labelled voxel of a class while it has at most ``max_points`` of
+    them, else every ``ceil(n / max_points)``-th in scan order.
     """
     shape = tuple(int(n) for n in labels.shape)
     nd = len(shape)
@@ -369,12 +370,13 @@ def scan_labels(labels: ArrayLike, ignore: int = 255, max_points: int = 1 << 22,
                 hit[axis] |= got
         for c in np.unique(a[mask]).tolist():
             pos = np.argwhere(a == c)
-            pos[:, 0] += sl.start
             first = (-seen[c]) % stride[c]  # keep global indices 0, s, 2s, ... of this class
-            found[c].append(pos[first::stride[c]])
+            kept = pos[first::stride[c]].astype(np.int32)
+            kept[:, 0] += sl.start
+            found[c].append(kept)
             seen[c] += len(pos)
     top = max([c for c in range(256) if c != ignore and counts[c]] or [-1])
-    positions = [np.concatenate(found[c]) if found[c] else np.zeros((0, nd), np.int64) for c in range(top + 1)]
+    positions = [np.concatenate(found[c]) if found[c] else np.zeros((0, nd), np.int32) for c in range(top + 1)]
     return LabelScan(counts, [np.flatnonzero(h) for h in hit], positions)
 
 
