@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhcnn.data.lazy import (AxesView, ChannelView, LazyVolume, copy_to_zarr, read_window, reflect_indices,
-                             scan_labels)
+from fhcnn.data.lazy import AxesView, ChannelView, LazyVolume, copy_to_zarr, reflect_indices, scan_labels
 from fhcnn.engine.sizes import gather
 
 
