@@ -150,6 +150,25 @@ def test_tiff_compressed_tiled_stack(tmp_path):
     assert_windows(v.channels[0], a)
 
 
+def test_tiff_compressed_pages_read_page_by_page_without_zarr3(tmp_path, monkeypatch):
+    from fhcnn.data.volumes import tiff
+
+    monkeypatch.setattr(tiff, "_zarr_view", lambda series: None)  # as with zarr 2 (Python 3.10)
+    a = truth((5, 3, 20, 18), np.uint16)  # Z C Y X
+    tifffile.imwrite(tmp_path / "h.tif", a, imagej=True, compression="zlib", metadata={"axes": "ZCYX"})
+    v = open_volume(str(tmp_path / "h.tif"))
+    assert v.compressed and len(v.channels) == 3
+    assert isinstance(v.channels[0].array, tiff.TiffPages)
+    for c in range(3):
+        assert_windows(v.channels[c], a[:, c])
+    rgb = truth((4, 10, 12, 3), np.uint8)  # pages of RGB samples: S is the channel axis
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", compression="zlib")
+    v = open_volume(str(tmp_path / "rgb.tif"))
+    assert len(v.channels) == 3
+    for c in range(3):
+        assert_windows(v.channels[c], rgb[..., c])
+
+
 def test_tiff_imagej_hyperstack_channels_and_spacing(tmp_path):
     a = truth((7, 2, 20, 18), np.uint8)  # Z C Y X
     tifffile.imwrite(tmp_path / "h.tif", a, imagej=True, resolution=(1 / 0.25, 1 / 0.5),
@@ -276,6 +295,11 @@ def test_segy_cube_crossline_sorted(tmp_path):
     v = open_volume(str(tmp_path / "x.segy"))
     assert v.slab_axis == 1 and v.geometry.attrs["inlines"] == [10, 18, 2]
     assert_windows(v.channels[0], a)
+    cube = v.channels[0]
+    for key in [(2, slice(3, 5), -1), (-1, 0, slice(None)), (Ellipsis, 4)]:
+        np.testing.assert_array_equal(cube[key], a[key])
+    with pytest.raises(IndexError):
+        cube[5, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------- npy

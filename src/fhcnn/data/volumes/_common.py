@@ -145,6 +145,27 @@ def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
     return tuple(key) + (slice(None),) * (ndim - len(key))
 
 
+def window_bounds(key: Any, shape: Sequence[int], what: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    """``[(start, stop)]`` per axis of a basic index (step 1), and the axes indexed by an int
+    (to squeeze from the result). Raises IndexError for other steps or ints out of range."""
+    key = _expand_key(key, len(shape))
+    bounds, drop = [], []
+    for a, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError(f"{what} reads windows with step 1 only")
+            bounds.append((start, max(start, stop)))
+        else:
+            i = int(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {a} of size {n}")
+            i %= n
+            bounds.append((i, i + 1))
+            drop.append(a)
+    return bounds, tuple(drop)
+
+
 @dataclass
 class RawVolume:
     """What a format reader found, before the channel-axis rule (stored axes, any number)."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ._common import RawVolume, _expand_key, require
+from ._common import RawVolume, require, window_bounds
 
 __all__ = ["open_segy", "SegyCube"]
 
@@ -53,13 +53,7 @@ class SegyCube:
             self._f = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = _expand_key(key, 3)
-        drop = tuple(a for a, k in enumerate(key) if not isinstance(k, slice))
-        sl = [slice(k, k + 1 if k != -1 else None) if not isinstance(k, slice) else k for k in key]
-        rng = [range(*s.indices(n)) for s, n in zip(sl, self.shape)]
-        if any(r.step != 1 for r in rng):
-            raise IndexError("SegyCube reads windows with step 1 only")
-        (i0, i1), (j0, j1), (k0, k1) = ((r.start, max(r.start, r.stop)) for r in rng)
+        ((i0, i1), (j0, j1), (k0, k1)), drop = window_bounds(key, self.shape, "SegyCube")
         out = np.empty((i1 - i0, j1 - j0, k1 - k0), dtype=self.dtype)
         if out.size:
             raw = self._file().trace.raw

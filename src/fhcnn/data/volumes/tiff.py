@@ -1,7 +1,8 @@
 """TIFF stacks through tifffile: multi-page stacks, ImageJ hyperstacks, OME-TIFF.
 
 An uncompressed contiguous series is memory-mapped; any other is read through tifffile's
-zarr store (page by page, tile by tile), and is marked ``compressed`` when its pages are.
+zarr store (tile by tile; zarr 3) or, without it, page by page, and is marked
+``compressed`` when its pages are.
 The channel axis is tifffile's ``C`` (or ``S``, samples of RGB pages); spacing comes from
 ImageJ metadata (``spacing`` and the resolution tags) or OME ``PhysicalSize*``.
 """
@@ -12,10 +13,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ...errors import InputError
-from ._common import RawVolume, jsonable, require
+import numpy as np
 
-__all__ = ["open_tiff"]
+from ...errors import InputError
+from ._common import RawVolume, jsonable, require, window_bounds
+
+__all__ = ["open_tiff", "TiffPages"]
 
 _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknown
 
@@ -65,8 +68,11 @@ def open_tiff(path: Path, label: str) -> RawVolume:
             except Exception:
                 contiguous = False
         if not contiguous:
-            zarr = require("zarr", "reading a compressed or tiled TIFF")
-            array = zarr.open(s.aszarr(), mode="r")
+            array = _zarr_view(s) or TiffPages.of(s)
+            if array is None:
+                require("zarr", "reading this TIFF (tiled or compressed, not one plane per page)")
+                raise InputError(f"{label}: reading this TIFF (tiled or compressed, not one plane per page) "
+                                 f"needs zarr 3 (Python 3.11 or newer)")
         if tuple(array.shape) != shape:
             raise InputError(f"{label}: tifffile's series shape {shape} and its array shape "
                              f"{tuple(array.shape)} differ; convert the file to a plain stack")
@@ -83,6 +89,55 @@ def open_tiff(path: Path, label: str) -> RawVolume:
         tif.close()  # the memmap keeps its own mapping
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=compression != 1, slab_axis=0)
+
+
+def _zarr_view(series: Any) -> Any:
+    """tifffile's zarr store of ``series`` opened with zarr 3, or ``None`` without zarr 3."""
+    try:
+        import zarr
+    except ImportError:
+        return None
+    if int(zarr.__version__.split(".")[0]) < 3:
+        return None
+    return zarr.open(series.aszarr(), mode="r")
+
+
+class TiffPages:
+    """A series whose pages are its last two (or three, with samples) axes, read page by
+    page: a window decodes only the pages it crosses.
+
+    Args:
+        series: a tifffile ``TiffPageSeries`` with one page per index of its leading axes.
+    """
+
+    def __init__(self, series: Any, plane: int) -> None:
+        self.pages = series.pages
+        self.shape = tuple(int(n) for n in series.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(series.dtype)
+        self.lead = self.shape[: self.ndim - plane]
+
+    @classmethod
+    def of(cls, series: Any) -> "TiffPages | None":
+        """The reader for ``series``, or ``None`` when its pages are not whole planes of it."""
+        page = series.keyframe
+        plane = len(page.shape)
+        shape = tuple(series.shape)
+        if tuple(page.shape) != shape[len(shape) - plane:] or len(series.pages) != int(np.prod(shape[:-plane])):
+            return None
+        return cls(series, plane)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        bounds, drop = window_bounds(key, self.shape, "TiffPages")
+        nl = len(self.lead)
+        out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
+        inner = tuple(slice(a, b) for a, b in bounds[nl:])
+        if out.size:
+            for idx in np.ndindex(*out.shape[:nl]):
+                at = tuple(i + a for i, (a, _) in zip(idx, bounds))
+                n = int(np.ravel_multi_index(at, self.lead)) if nl else 0
+                out[idx] = self.pages[n].asarray()[inner]
+        return out.squeeze(drop) if drop else out
 
 
 def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, dict[str, Any]]:
