@@ -491,7 +491,7 @@ def test_label_summary_dense_slices_on_two_axes_count_the_rest_exactly():
     lab[5, 7, 4] = 0  # inside one
     s = summarize_labels(lab, 255, max_bytes=100)
     assert s.dense[0] == (2,) and s.dense[1] == (7,) and s.elsewhere == 1
-    assert "axis 0 slices [2]; axis 1 slices [7]; scribbles elsewhere (1 voxels)" in s.describe()
+    assert "axis 0 slices [2]; axis 1 slices [7]; scribbles elsewhere (1 voxel)" in s.describe()
 
 
 def test_label_volume_from_files_float_and_nifti(tmp_path):

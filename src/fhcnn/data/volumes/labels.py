@@ -67,7 +67,7 @@ class LabelSummary:
         if axes:
             line += "; " + "; ".join(axes)
             if self.elsewhere:
-                line += f"; scribbles elsewhere ({self.elsewhere:,} voxels)"
+                line += f"; scribbles elsewhere ({self.elsewhere:,} voxel{'s' if self.elsewhere != 1 else ''})"
         else:
             a = int(np.argmin([len(self.labelled_slices(a)) for a in range(3)]))
             line += f"; scribbles on axis {a} slices {_listed(self.labelled_slices(a), max_listed)}"
