@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhcnn import atomic
 from fhcnn.data.volumes import (
@@ -575,6 +577,18 @@ def test_slabs_cover_every_voxel_once_within_budget(axis, max_bytes):
         hits[box] += 1
         n = int(np.prod([s.stop - s.start for s in box]))
         assert n <= max(max_bytes, shape[2 if axis != 2 else 0])
+    assert (hits == 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(*[st.integers(1, 9)] * 3), st.integers(1, 4), st.integers(1, 800), st.integers(0, 2))
+def test_slabs_tile_any_shape(shape, itemsize, max_bytes, axis):
+    hits = np.zeros(shape, np.int32)
+    row = shape[0] if axis == 2 else shape[2]
+    for box in iter_slabs(shape, itemsize, max_bytes, axis):
+        hits[box] += 1
+        n = int(np.prod([s.stop - s.start for s in box]))
+        assert n * itemsize <= max(max_bytes, itemsize * row) or n == row
     assert (hits == 1).all()
 
 
