@@ -362,6 +362,18 @@ def test_channel_axis_option_decides(tmp_path):
     assert isinstance(v.channels[0], AxisPick)
 
 
+def test_named_axes_without_a_channel_are_not_guessed(tmp_path):
+    a = truth((3, 9, 10, 11), np.uint8)  # T Z Y X: three time points, not three channels
+    tifffile.imwrite(tmp_path / "t.tif", a, imagej=True, metadata={"axes": "TZYX"})
+    msg = refusal(open_volume, str(tmp_path / "t.tif"))
+    assert "('T', 'Z', 'Y', 'X')" in msg and "--channel-axis" in msg
+    v = open_volume(str(tmp_path / "t.tif"), channel_axis=0)
+    assert len(v.channels) == 3
+    assert_windows(v.channels[2], a[2])
+    np.save(tmp_path / "t.npy", a)  # the same shape without names: the shape rule reads channels
+    assert len(open_volume(str(tmp_path / "t.npy")).channels) == 3
+
+
 def test_open_images_channels_in_order_and_shapes_agree(tmp_path):
     a, b = truth(dtype=np.float32, seed=1), truth(dtype=np.int16, seed=2)
     both = truth((2, *SHAPE), np.uint8, seed=3)

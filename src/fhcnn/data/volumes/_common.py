@@ -179,11 +179,12 @@ class RawVolume:
     attrs: dict[str, Any] = field(default_factory=dict)
     compressed: bool = False
     slab_axis: int = 0  # stored axis
+    named: bool = False  # the metadata names every axis (no channel axis guessed from the shape)
 
 
 def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,
-                 channel_axis: int | None = None,
-                 allow_channels: bool = True) -> tuple[int | None, tuple[int, int, int], dict[int, int]]:
+                 channel_axis: int | None = None, allow_channels: bool = True,
+                 named: Sequence[str] | None = None) -> tuple[int | None, tuple[int, int, int], dict[int, int]]:
     """The channel axis and the three spatial axes of a stored shape (the rule of
     ``docs/volume-formats.md``).
 
@@ -194,7 +195,8 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
     3. Else axes of length 1 are dropped; three axes left: one channel; four: the first or
        the last axis is the channel axis when exactly one of the two has at most
        ``MAX_CHANNELS_BY_SHAPE`` entries and the other three all have more; anything else
-       with four axes is ambiguous.
+       with four axes is ambiguous. Not when the file names every axis (``named``, e.g.
+       TIFF ``TZYX``) and none is a channel: four such axes are refused.
 
     Returns:
         ``(channel axis or None, spatial axes, {axis of length 1 or lone channel: 0})``.
@@ -216,6 +218,9 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
     elif meta_channel is not None:
         c = meta_channel
     rest = [ax for ax in range(nd) if ax != c and shape[ax] > 1]
+    if c is None and len(rest) == 4 and named is not None and allow_channels:
+        raise InputError(f"{label} has shape {shape} with axes named {tuple(named)}, none of them a "
+                         f"channel axis; name the channel axis with --channel-axis N")
     if c is None and len(rest) == 4:
         ends = [ax for ax in (rest[0], rest[-1]) if shape[ax] <= MAX_CHANNELS_BY_SHAPE]
         if len(ends) == 1 and all(shape[ax] > MAX_CHANNELS_BY_SHAPE for ax in rest if ax != ends[0]):

@@ -133,7 +133,8 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     huge = _chunk_bytes(chunks, np.dtype(arr.dtype).itemsize) > HUGE_CHUNK
     order = getattr(arr, "order", "C")
     return RawVolume(array=arr, axis_names=names, channel_axis=meta_channel, spacing=spacing,
-                     attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0)
+                     attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0,
+                     named=names is not None and all(n is not None for n in names))
 
 
 # ---------------------------------------------------------------------------------------- HDF5
@@ -186,7 +187,7 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
     attrs = jsonable(attrs) or {}
     huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
     return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
-                     attrs=attrs, compressed=huge, slab_axis=0)
+                     attrs=attrs, compressed=huge, slab_axis=0, named=names is not None)
 
 
 # ---------------------------------------------------------------------------------------- npy

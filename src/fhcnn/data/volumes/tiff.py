@@ -88,7 +88,8 @@ def open_tiff(path: Path, label: str) -> RawVolume:
     if contiguous:
         tif.close()  # the memmap keeps its own mapping
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
-                     attrs=attrs, compressed=compression != 1, slab_axis=0)
+                     attrs=attrs, compressed=compression != 1, slab_axis=0,
+                     named=not any(a in axes for a in "QI"))  # Q: unknown, I: a plain page sequence
 
 
 def _zarr_view(series: Any) -> Any:
