@@ -401,6 +401,9 @@ def _lying_files(d: Path) -> dict[str, str]:
     (d / "short.nii").write_bytes(raw[:-100])
     with gzip.open(d / "short.nii.gz", "wb") as f:
         f.write(raw[:-100])
+    with gzip.open(d / "ok.nii.gz", "wb") as f:
+        f.write(raw)
+    (d / "cut.nii.gz").write_bytes((d / "ok.nii.gz").read_bytes()[:-300])  # the gzip stream cut
     np.save(d / "ok.npy", a)
     (d / "short.npy").write_bytes((d / "ok.npy").read_bytes()[:-4])
     tifffile.imwrite(d / "ok.tif", a)
@@ -409,7 +412,8 @@ def _lying_files(d: Path) -> dict[str, str]:
     sgy = (d / "ok.sgy").read_bytes()
     (d / "lost_traces.sgy").write_bytes(sgy[:-(240 + 80) * 4])  # four whole traces short
     (d / "cut_trace.sgy").write_bytes(sgy[:-10])
-    return {"short.nii": "truncated", "short.nii.gz": "truncated", "short.npy": "truncated",
+    return {"short.nii": "truncated", "short.nii.gz": "truncated", "cut.nii.gz": "damaged or truncated",
+            "short.npy": "truncated",
             "short.tif": "truncated", "lost_traces.sgy": "not a regular 3D cube",
             "cut_trace.sgy": "cannot read"}
 
@@ -430,11 +434,12 @@ def test_bad_files_are_refused_in_one_line(tmp_path):
     np.save(tmp_path / "cplx.npy", np.zeros((4, 5, 6), np.complex64))
     np.save(tmp_path / "flat.npy", np.zeros((40, 50)))
     np.save(tmp_path / "empty.npy", np.zeros((4, 0, 6)))
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w").create_array("vol", shape=(4, 5, 6), dtype="u1")
     cases = {
         "missing.nii.gz": "no such file", "x.abc": "unknown volume format", "garbage.h5": "as HDF5",
         "garbage.nii": "as NIfTI", "plain": "unknown volume format", "plain.zarr": "as zarr",
         "obj.npy": "Python objects", "cplx.npy": "complex64", "flat.npy": "2D", "empty.npy": "empty",
-        "obj.npy:inner": "only zarr and HDF5",
+        "obj.npy:inner": "only zarr and HDF5", "g.zarr:nope": "holds no array or group 'nope' (it holds: vol)",
     }
     for name, words in cases.items():
         msg = refusal(open_volume, str(tmp_path / name))
