@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..bench import BENCHMARKS, load
+    from ..bench import BENCHMARKS, IN_ALL, load
     from ..rundir import prepare_output_dir
 
     device = args.device
