@@ -745,3 +745,45 @@ def test_opening_and_reading_a_window_never_reads_the_whole_volume(tmp_path):
     assert list(grew) == specs
     for spec, g in grew.items():
         assert g < size / 20, f"{spec}: peak memory grew by {g / 2**20:.0f} MiB"
+
+
+_STREAM = textwrap.dedent("""
+    import resource, sys, numpy as np
+    from pathlib import Path
+    from fhcnn.data.lazy import stream_stats
+    from fhcnn.data.volumes import open_volume, prediction_sink
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stream_stats(np.zeros((4, 4, 4)))
+    for spec in sys.argv[2:]:
+        before = peak()
+        v = open_volume(spec)
+        stream_stats(v.channels[0], 8 << 20, v.slab_axis)
+        print(spec, peak() - before)
+    before = peak()
+    v = open_volume(sys.argv[2])
+    with prediction_sink(Path(sys.argv[1]), "npy", v.shape, v.geometry) as sink:
+        for z in range(0, v.shape[0], 4):
+            sink[z:z + 4] = np.ones((min(4, v.shape[0] - z), *v.shape[1:]), np.uint8)
+    print("sink", peak() - before)
+""")
+
+
+def test_streamed_passes_and_writes_leave_no_file_resident(tmp_path):
+    """A pass over a whole memory-mapped file (``.npy``, TIFF) and the writes of a ``.npy``
+    prediction drop their pages as they go: the peak memory grows by the slab buffers, not by
+    the 100 MB file (it did, by the file's size, with plain memory maps)."""
+    shape = (100, 1000, 1000)
+    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
+    tifffile.memmap(tmp_path / "big.tif", shape=shape, dtype=np.uint8).flush()
+    out = tmp_path / "out"
+    out.mkdir()
+    specs = [f"{tmp_path}/big.npy", f"{tmp_path}/big.tif"]
+    r = subprocess.run([sys.executable, "-c", _STREAM, str(out), *specs], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    grew = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in r.stdout.strip().splitlines()}
+    assert list(grew) == [*specs, "sink"]
+    for what, g in grew.items():
+        assert g < 60 * 2**20, f"{what}: peak memory grew by {g / 2**20:.0f} MiB"
+    assert np.load(out / "prediction.npy", mmap_mode="r")[99, 999, 999] == 1

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -32,8 +33,9 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "reflect_indices", "read_window",
-           "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr", "SLAB_BYTES", "MAX_POINTS"]
+__all__ = ["ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+           "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies): the reader's memory bound.
 SLAB_BYTES = 64 * 2**20
@@ -51,6 +53,33 @@ class ArrayLike(Protocol):
     def dtype(self) -> Any: ...
 
     def __getitem__(self, key: Any) -> Any: ...
+
+
+def release_pages(array: Any) -> None:
+    """Drop the pages of a memory-mapped array (``np.memmap``) from this process's resident set:
+    written pages are flushed first, then ``madvise(MADV_DONTNEED)`` (the file's data stays in
+    the page cache). Nothing for other arrays or where the platform lacks ``madvise``."""
+    mm = getattr(array, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if getattr(array, "mode", "r") != "r":
+        mm.flush()
+    mm.madvise(mmap.MADV_DONTNEED)
+
+
+class Unmapped:
+    """A memory-mapped array read by copy: every read is copied out and the mapping's pages
+    released (:func:`release_pages`), so a streamed pass over a large ``.npy`` or TIFF file does
+    not leave the whole file in the process's resident set."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = np.array(self.array[key], copy=True)
+        release_pages(self.array)
+        return out
 
 
 def reflect_indices(start: int, length: int, n: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import Unmapped
 from ._common import DEFAULT_MAX_BYTES, RawVolume, jsonable, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
@@ -229,4 +230,5 @@ def open_npy(path: Path, label: str) -> RawVolume:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {label}: {str(e)[:200]}") from None
-    return RawVolume(array=arr, compressed=False, slab_axis=arr.ndim - 1 if fortran and arr.ndim > 1 else 0)
+    return RawVolume(array=Unmapped(arr), compressed=False,
+                     slab_axis=arr.ndim - 1 if fortran and arr.ndim > 1 else 0)

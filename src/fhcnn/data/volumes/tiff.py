@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import Unmapped
 from ._common import RawVolume, jsonable, require, window_bounds
 
 __all__ = ["open_tiff", "TiffPages"]
@@ -64,7 +65,7 @@ def open_tiff(path: Path, label: str) -> RawVolume:
                                      f"{size:,} bytes (a lying header or a truncated file)")
         if contiguous:
             try:
-                array: Any = tifffile.memmap(str(path), mode="r", series=0)
+                array: Any = Unmapped(tifffile.memmap(str(path), mode="r", series=0))
             except Exception:
                 contiguous = False
         if not contiguous:
