@@ -41,9 +41,9 @@ from .losses import SegmentationLoss, UnlabelledTerm, weights_of_counts
 from .metrics import scores_of_confusion
 from .models import DepthMean, VolumeSegmenter, build_model
 from .parallel import SpaceRun
-from .plan import DenseInputs, RunPlan, class_positions, prepare
+from .plan import CHUNK, DenseInputs, RunPlan, class_positions, prepare
 from .sampling import WindowSampler
-from .sizes import Tiling, prediction_tilings
+from .sizes import Tiling, chunk_shape, prediction_tilings
 from .store import CACHE_BYTES, BlendStore, ConfusionSink, Sink, TensorSink
 
 __all__ = ["SegmentationResult", "train", "train_segmentation", "activation_bytes", "num_classes_of"]
@@ -131,7 +131,7 @@ class SegmentationResult:
         assert plan is not None
         size = volume.spatial
         tilings = self.tilings(size, shifts)
-        chunks = plan.chunks if size == plan.volume.spatial else size
+        chunks = plan.chunks if size == plan.volume.spatial else chunk_shape(size, CHUNK, (d.reduce_depth, False, False))
         origin, shape = owned if owned is not None else ((0, 0, 0), size)
 
         def make(k: int) -> BlendStore:
