@@ -131,7 +131,8 @@ class SegmentationResult:
         assert plan is not None
         size = volume.spatial
         tilings = self.tilings(size, shifts)
-        chunks = plan.chunks if size == plan.volume.spatial else chunk_shape(size, CHUNK, (d.reduce_depth, False, False))
+        chunks = plan.chunks if size == plan.volume.spatial else \
+            chunk_shape(size, CHUNK, (d.reduce_depth, False, False))
         origin, shape = owned if owned is not None else ((0, 0, 0), size)
 
         def make(k: int) -> BlendStore:
