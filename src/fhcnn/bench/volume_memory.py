@@ -227,3 +227,15 @@ if __name__ == "__main__":
         from ..training.distributed import exit_program
 
         exit_program(0)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The markdown table of ``volume_memory.json``: peak RSS (MiB) of each phase by size and mode."""
+    lines = ["| volume (D × H × W) | mode | prepare | train | predict | predict time (s) | held-out mIoU |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        mib = {p: r[p]["peak_rss"] / 2**20 for p in ("prepare", "train", "predict")}
+        mode = r["mode"] + (f", rank {r['rank']}" if r["mode"].endswith("x2") else "")
+        lines.append(f"| {' × '.join(map(str, r['shape']))} | {mode} | {mib['prepare']:.0f} | {mib['train']:.0f} | "
+                     f"{mib['predict']:.0f} | {r['predict']['seconds']:.0f} | {r['miou']:.3f} |")
+    return "\n".join(lines)
