@@ -1,8 +1,9 @@
 """Peak memory of a whole dense run against the volume's size: out of core vs in memory.
 
 For each size (``128^3``, ``512^3`` and ``512 x 1024 x 1024`` voxels; ``--quick``: ``64^3`` and
-``128^3``) a generated ``cells`` volume (:mod:`fhcnn.data.synthetic_volumes`) is written to
-disk as uint8 zarr with sparse labels (a few labelled slices along each axis) and segmented
+``128^3``) a generated ``cells`` volume (:mod:`fhcnn.data.synthetic_volumes`, a ``128^3`` one
+repeated periodically) is written to disk as uint8 zarr with its truth and sparse labels (a few
+labelled slices along each axis) and segmented
 in a fresh process (``python -m fhcnn.bench.volume_memory '<job>'``) by the engine: prepare
 (streamed statistics and label scan), train, predict into an on-disk zarr label volume, score
 against the truth by chunk. The process reports the peak resident set (``VmHWM``) of each phase,
@@ -53,16 +54,33 @@ def work(quick: bool) -> int:
     return sum(1 + (v <= IN_MEMORY_MAX) + 1 for v in (d * h * w for d, h, w in sizes))
 
 
+#: Side of the generated cells volume the measured volumes repeat (generating cells voxel by
+#: voxel costs about a second per 64^3 block; the memory measured does not depend on content).
+TILE = 128
+
+
 def _write_inputs(root: Path, shape: tuple[int, int, int], seed: int = 0) -> dict[str, str]:
-    """The image, truth and sparse labels (``LABELLED_SLICES`` slices along each axis) as zarr."""
+    """The image and truth (a generated ``TILE^3`` cells volume repeated periodically to
+    ``shape``, uint8) and the sparse labels (``LABELLED_SLICES`` slices along each axis) as zarr
+    arrays, written chunk by chunk."""
     import numpy as np
     import zarr
 
-    from ..data.synthetic_volumes import write_volume
+    from ..data.synthetic_volumes import generate_volume
 
     path = root / f"cells-{'x'.join(map(str, shape))}.zarr"
-    written = write_volume("cells", path, shape, seed, dtype="uint8", chunks=(64, 64, 64), overwrite=True)
-    truth = zarr.open_array(str(path / "labels"), mode="r")
+    tile = tuple(min(TILE, n) for n in shape)
+    base_img, base_lab = generate_volume("cells", tile, seed, dtype="uint8")
+    zarr.open_group(str(path), mode="w")
+    img = zarr.open_array(str(path / "image"), mode="w", shape=shape, chunks=(64, 64, 64), dtype=np.uint8)
+    truth = zarr.open_array(str(path / "labels"), mode="w", shape=shape, chunks=(64, 64, 64), dtype=np.uint8)
+    for z in range(0, shape[0], 64):
+        for y in range(0, shape[1], 64):
+            for x in range(0, shape[2], 64):
+                box = (slice(z, min(z + 64, shape[0])), slice(y, min(y + 64, shape[1])),
+                       slice(x, min(x + 64, shape[2])))
+                idx = np.ix_(*(np.arange(b.start, b.stop) % t for b, t in zip(box, tile)))
+                img[box], truth[box] = base_img[idx], base_lab[idx]
     sparse = zarr.open_array(str(path / "sparse"), mode="w", shape=shape, chunks=(64, 64, 64), dtype=np.uint8,
                              fill_value=255)
     for axis, n in enumerate(shape):
@@ -74,7 +92,7 @@ def _write_inputs(root: Path, shape: tuple[int, int, int], seed: int = 0) -> dic
                 for z0 in range(0, shape[0], 64):
                     k2 = (slice(z0, min(z0 + 64, shape[0])),) + key[1:]
                     sparse[k2] = truth[k2]
-    return {"image": written.image, "truth": written.labels, "labels": f"{path}:sparse"}
+    return {"image": f"{path}:image", "truth": f"{path}:labels", "labels": f"{path}:sparse"}
 
 
 def _open(spec: str) -> Any:
