@@ -37,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--size must look like 64x96, got {args.size!r}") from None
     if args.frames < 3 or h < 8 or w < 8:
         raise InputError("--frames must be >= 3 and --size at least 8x8")
-    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(SegmentConfig, args.config, overrides)
-    out = Path(args.out)
-    previous = RunFolder.open(out) if out.is_dir() else None  # the demo's own earlier run is replaced
-    out = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
-                             tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"))
+    previous = RunFolder.open(args.out) if args.out and Path(args.out).is_dir() else None
+    # the demo's own earlier run is replaced
+    out = prepare_output_dir(args.out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
+                             tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"),
+                             resumable=False)
     log.setup(args.quiet)
     run_demo(out, cfg, frames=args.frames, size=(h, w), seed=args.seed, quiet=args.quiet,
              say=log.result, log=lambda s: log.info("   " + s))

@@ -5,14 +5,13 @@ training window in the three gradient modes."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ...atomic import atomic_write_text
+from ...atomic import atomic_write_text, make_dir, remove
 from ...data.video import generate_video
 from ...engine import SegmentConfig, build_model
 from ...memory import saved_tensor_bytes
@@ -43,13 +42,9 @@ def run_demo(out: Path, cfg: SegmentConfig, *, frames: int = 32, size: tuple[int
     inputs = load_video_inputs(seq_f, seq_m, label_frames, seq_m)
     say(f"2. training on the masks of frames {label_frames} only; the other {frames - 3} frames are scored")
     res = out / "segmentation"
-    res.mkdir(exist_ok=True)
-    for stale in ("checkpoints", "metrics.jsonl"):  # the previous demo's run (the demo's own folder)
-        p = res / stale
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    make_dir(res)
+    for stale in ("checkpoints", "metrics.jsonl"):  # the previous demo's run: only fhcnn's own files
+        remove(res / stale)
     metrics = segment_video(inputs, cfg, res, quiet=quiet, log=log)
     say(f"3. held-out mIoU {metrics['miou']:.3f} (per object IoU "
         f"{', '.join(f'{v:.3f}' for v in metrics['iou'][1:] if v is not None)}); copying the "

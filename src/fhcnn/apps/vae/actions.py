@@ -115,18 +115,31 @@ def normality(checkpoint: str, out: str | Path | None, n: int, split: str,
     images = held if split == "eval" else train
     x = images.batch(slice(0, n))
     names = ("normality.png", "normality.json")
-    if out:
+    if out is not None:
         folder = prepare_output_dir(out, overwrite=overwrite, tool="vae-normality", outputs=names,
-                                    roles={"run": run_dir, "data": cfg.data.path})
+                                    roles={"run": run_dir, "data": cfg.data.path}, resumable=False)
     else:
         folder = run_dir / "normality"
+        run = RunFolder.open(run_dir)
+        if run is not None:  # the report is a file of the run: checked, locked and recorded
+            run.lock(run_dir)
+            try:
+                for name in names:
+                    run.check_target(folder / name)
+            except InputError:
+                run.unlock()
+                raise
+        elif folder.is_symlink():
+            raise InputError(f"{folder} is a link; fhcnn never writes through a link it did not "
+                             f"create: give --out DIR")
         for name in names:
             if (folder / name).exists() and not overwrite:
+                if run is not None:
+                    run.unlock()
                 raise InputError(f"{folder / name} exists; pass --overwrite to replace it or "
                                  f"--out DIR for a new folder")
-        run = RunFolder.open(run_dir)
         if run is not None:
-            run.activate()  # the report is recorded as a file of the run
+            run.activate()
     r = normality_report(model, x, folder, seed=cfg.eval.seed)
     return (f"energy distance of {r['n']} {split} latents (dim {r['latent_dim']}) to "
             f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "
