@@ -504,11 +504,14 @@ def _check_name(path: str | os.PathLike[str], what: str) -> Path:
     if not str(text).strip():
         raise InputError(f"{what} is empty; give a folder or file name")
     p = Path(text).expanduser()
-    base = next((q for q in [p.absolute(), *p.absolute().parents] if q.exists()), Path("/"))
-    try:
-        limit = os.pathconf(base if base.is_dir() else base.parent, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
+    limit = 255
+    for q in p.absolute().parents:  # the file system of the nearest existing folder decides
+        try:
+            if q.is_dir():
+                limit = os.pathconf(q, "PC_NAME_MAX")
+                break
+        except (OSError, ValueError, AttributeError):
+            continue
     for part in p.parts:
         if len(os.fsencode(part)) > limit:
             raise InputError(f"{what} {str(text)[:60]}...: the name {part[:40]}... is "

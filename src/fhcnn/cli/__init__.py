@@ -6,7 +6,7 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def add_arguments(parser) -> None           # fill its argparse sub-parser
     def run(args) -> int                        # do the work, return the exit code
 
-Errors: ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
+Errors: a bad command line (argparse) is one line ``error: ...`` with exit code 2; ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
 ``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
 code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) exits with code 1
 (``--debug`` re-raises either to show the traceback).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 __all__ = ["main", "COMMANDS"]
 
@@ -46,10 +46,17 @@ def _load_commands() -> dict[str, object]:
     return mods
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line ``error: ...``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fhcnn",
         description="Fully hyperbolic (end-to-end reversible) CNNs: constant training memory "
                     "in depth, exact inverse. Run 'fhcnn <command> --help' for details.",

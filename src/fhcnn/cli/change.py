@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..apps._setup import config_file_input
     from ..apps.change import ChangeConfig, load_inputs, run_change
     from ..apps.change.pipeline import check_parallel, check_setup
+    from ..data.hyperspectral import input_files
     from ..errors import InputError
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
                              config_file=config_file_input(args.config),
-                             roles={"before": args.before, "after": args.after, "labels": args.labels,
+                             roles={"before": input_files(args.before),
+                                    "after": input_files(args.after) if args.after else None,
+                                    "labels": args.labels,
                                     "changed": args.changed, "unchanged": args.unchanged,
                                     "eval_labels": args.eval_labels},
                              extra={"key": args.key, "label_fraction": args.label_fraction,

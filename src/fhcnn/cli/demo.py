@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .. import log
+    from ..apps._setup import check_resources
     from ..apps.segment.demo import run_demo
     from ..config import load_config
     from ..engine import SegmentConfig
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     cfg = load_config(SegmentConfig, args.config, overrides)
+    check_resources(cfg, 3, 3, (args.frames, h, w))  # threads, steps, memory: before OUT exists
     previous = RunFolder.open(args.out) if args.out and Path(args.out).is_dir() else None
     # the demo's own earlier run is replaced
     out = prepare_output_dir(args.out, overwrite=previous is not None and previous.marker.get("tool") == "demo",

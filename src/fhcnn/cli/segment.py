@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import check_dense_setup, config_file_input
+    from ..apps._setup import check_dense_setup, check_resources, config_file_input
     from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
     from ..apps.segment.pipeline import check_parallel
+    from ..engine.sizes import scaled_size
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
     check_dense_setup(cfg, 3, len(inputs.classes))
     check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
+    t, h, w = inputs.frames.shape[:3]
+    scaled = scaled_size((h, w), cfg.data.scale)
+    check_resources(cfg, 3, len(inputs.classes), (t, *scaled))  # threads, steps, memory
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="segment", config=cfg,
                              config_file=config_file_input(args.config),
                              roles={"video": args.video, "labels": args.labels,

@@ -235,11 +235,13 @@ def _scene_settings(before: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
 def check_setup(inputs: ChangeInputs, cfg: ChangeConfig) -> None:
     """The device and the model of the config (with the derived settings), built on the meta
     device for this scene's channels and band depth; call before the output folder exists."""
-    from .._setup import check_dense_setup
+    from .._setup import check_dense_setup, check_resources
 
     cfg, _, geom = _scene_settings(inputs.before, inputs.train, cfg)
     check_dense_setup(cfg, CHANNEL_COUNT[cfg.change.channels], 2,
                       depth=geom.padded[0] if cfg.change.target == "mean" else None)
+    check_resources(cfg, CHANNEL_COUNT[cfg.change.channels], 2, (geom.depth, *geom.scaled),
+                    whole_depth=cfg.change.target == "mean")  # threads, steps, memory
 
 
 def check_parallel(inputs: ChangeInputs, cfg: ChangeConfig) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,9 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
     """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``. A
     dataset other than the config's gets its own default size (``data.size=null``: a folder is
     then resized only with ``--resize``)."""
+    for flag, v in (("--resize", resize), ("--crop", crop), ("--limit", limit)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
     out: list[str] = []
     if dataset:
         name, *rest = dataset
@@ -63,6 +67,16 @@ def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: An
         seen[key] = what
 
 
+def _check_images(n: int, model: Any, what: str) -> None:
+    """Refuse ``n`` decoded images (and their PNG grid) that cannot fit in memory."""
+    from ...resources import check_memory
+
+    c, (h, w) = model.in_channels, model.image_size
+    scale = max(1, 64 // w)
+    check_memory(n * c * h * w * (4 * 3 + scale * scale), f"{what}: {n} decoded images of {c}x{h}x{w}",
+                 "latents, decodings and the PNG grid")
+
+
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
            npy: str | Path | None = None, overwrite: bool = False) -> str:
     """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
@@ -70,10 +84,11 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
     ``overwrite``."""
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
-    if sigma is not None and sigma <= 0:
-        raise InputError(f"--sigma must be > 0, got {sigma}")
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"--sigma must be a positive number, got {sigma}")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out, "--npy": npy}, overwrite, cfg, run_dir)
+    _check_images(n, model, "--n")
     if sigma is not None:
         model.sigma = sigma
     g = torch.Generator().manual_seed(seed)
@@ -95,6 +110,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
+    _check_images(steps + 2, model, "--steps")
     xa, xb = resolve_image(a, cfg, model), resolve_image(b, cfg, model)
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
