@@ -6,8 +6,8 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def add_arguments(parser) -> None           # fill its argparse sub-parser
     def run(args) -> int                        # do the work, return the exit code
 
-Errors: a bad command line (argparse) is one line ``error: ...`` with exit code 2; ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
-``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
+Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual
+file errors (missing, permission) raised by a command, are one line ``error: <message>``, exit
 code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) exits with code 1
 (``--debug`` re-raises either to show the traceback).
 """
@@ -47,20 +47,15 @@ def _load_commands() -> dict[str, object]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error form: one line ``error: ...``, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
+    def error(self, message: str) -> NoReturn:  # one line ``error: ...``, exit code 2
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     from .. import __version__
 
-    parser = _Parser(
-        prog="fhcnn",
-        description="Fully hyperbolic (end-to-end reversible) CNNs: constant training memory "
-                    "in depth, exact inverse. Run 'fhcnn <command> --help' for details.",
-    )
+    parser = _Parser(prog="fhcnn", description="Fully hyperbolic (end-to-end reversible) CNNs: constant "
+                     "training memory in depth, exact inverse. Run 'fhcnn <command> --help' for details.")
     parser.add_argument("--version", action="version", version=f"fhcnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -87,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _USER_ERRORS as e:
-        from ..rundir import RunFolder
-        RunFolder.abandon()  # a refused run leaves no OUT behind
+        importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
             raise
         print(f"error: {e}", file=sys.stderr)

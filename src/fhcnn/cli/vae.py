@@ -63,14 +63,9 @@ def _train(args: argparse.Namespace) -> int:
     from ..rundir import prepare_output_dir
     from ._options import config_from_args
 
-    if args.threads is not None:
-        from ..resources import check_threads
-
-        check_threads(args.threads, "--threads")
     base = load_config(VAEConfig, args.config)
     args.overrides = dataset_overrides(args.dataset, base.data.dataset, args.resize, args.crop,
-                                       args.limit) + list(args.overrides or []) \
-        + ([f"train.threads={args.threads}"] if args.threads is not None else [])
+                                       args.limit, args.threads, list(args.overrides or []))
     cfg = config_from_args(VAEConfig, args)
     data = prepare_training(cfg)  # images, device, model: checked before --out exists
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="vae", config=cfg,
@@ -89,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     action = getattr(args, "vae_command", None)
     if action is None:
-        from ..errors import InputError
-
-        raise InputError("fhcnn vae needs an action: train, sample, interpolate or normality "
+        raise ValueError("fhcnn vae needs an action: train, sample, interpolate or normality "
                          "(see fhcnn vae --help)")
     if action == "train":
         return _train(args)

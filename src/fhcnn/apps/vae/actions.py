@@ -21,10 +21,16 @@ __all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_sum
 
 
 def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize: int | None = None,
-                      crop: int | None = None, limit: int | None = None) -> list[str]:
-    """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``. A
-    dataset other than the config's gets its own default size (``data.size=null``: a folder is
-    then resized only with ``--resize``)."""
+                      crop: int | None = None, limit: int | None = None, threads: int | None = None,
+                      overrides: Sequence[str] = ()) -> list[str]:
+    """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``,
+    ``--threads`` (``train.threads``), then ``overrides`` (``--set``). A dataset other than the
+    config's gets its own default size (``data.size=null``: a folder is then resized only with
+    ``--resize``)."""
+    from ...resources import check_threads
+
+    if threads is not None:
+        check_threads(threads, "--threads")
     for flag, v in (("--resize", resize), ("--crop", crop), ("--limit", limit)):
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
@@ -49,7 +55,7 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
         out.append(f"data.crop={crop}")
     if limit is not None:
         out.append(f"data.limit={limit}")
-    return out
+    return out + list(overrides) + ([f"train.threads={threads}"] if threads is not None else [])
 
 
 def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: Any, run_dir: Path,
