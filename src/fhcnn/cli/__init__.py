@@ -6,10 +6,9 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def add_arguments(parser) -> None           # fill its argparse sub-parser
     def run(args) -> int                        # do the work, return the exit code
 
-Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual
-file errors (missing, permission) raised by a command, are one line ``error: <message>``, exit
-code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) exits with code 1
-(``--debug`` re-raises either to show the traceback).
+Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual file
+errors raised by a command, are one line ``error: <message>``, exit code 2; a ``TrainingError``
+(e.g. a non-finite loss) exits with code 1 (``--debug`` re-raises either to show the traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
+
+from ._options import OneLineErrors
 
 __all__ = ["main", "COMMANDS"]
 
@@ -46,15 +47,10 @@ def _load_commands() -> dict[str, object]:
     return mods
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line ``error: ...``, exit code 2
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     from .. import __version__
 
-    parser = _Parser(prog="fhcnn", description="Fully hyperbolic (end-to-end reversible) CNNs: constant "
+    parser = OneLineErrors(prog="fhcnn", description="Fully hyperbolic (end-to-end reversible) CNNs: constant "
                      "training memory in depth, exact inverse. Run 'fhcnn <command> --help' for details.")
     parser.add_argument("--version", action="version", version=f"fhcnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -70,7 +66,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, mods = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or the one-line error of a bad command line
+        return int(e.code or 0)
     if not args.command:
         parser.print_help()
         return 0
