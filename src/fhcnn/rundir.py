@@ -1,9 +1,9 @@
 """Output folders of runs: which folder may be written, and what may be replaced there.
 
 A run folder carries ``run.json``, written by fhcnn: the tool, the version, the command, the
-fingerprints of the inputs, a hash of the resolved config, every file fhcnn wrote there (each
-listed *before* it is written, so the list survives a crash) with its size and sha256, and
-every folder it created. Only a folder with that record counts as a run; ``--overwrite``
+fingerprints of the inputs, a hash of the resolved config, every file fhcnn wrote there with
+its size and sha256 (recorded *before* the finished file takes its name, so the record survives
+a crash), and every folder it created. Only a folder with that record counts as a run; ``--overwrite``
 removes only the listed files that still match their record; ``--resume`` is refused when the
 inputs or the config differ from the recorded ones. While a run writes, the folder is locked
 and every write goes through its :class:`RunFolder`: never through a link, never into a folder
@@ -178,10 +178,10 @@ def _foreign_folder_error(p: Path) -> InputError:
 class RunFolder:
     """The record (``run.json``) of one run folder, and the guard of every file operation in it.
 
-    The record lists every file fhcnn wrote (``files``, each listed before it is written), the
-    size and sha256 of each (``written``, recorded just before the finished temporary file
-    replaces it; ``prev`` keeps the hash of the content it replaces, so a crash in between
-    leaves a file that matches one of them) and the folders fhcnn created (``dirs``). A file
+    The record lists every file fhcnn wrote (``files``), the size and sha256 of each
+    (``written``; both are saved just before the finished temporary file replaces the file, and
+    ``prev`` keeps the hash of the content it replaces, so a crash in between leaves a file that
+    matches one of them) and the folders fhcnn created (``dirs``, saved before each is made). A file
     is fhcnn's own only while it still matches its record. A record without ``written``
     (``format`` 1, written by an older fhcnn) lists names only: its listed plain files are
     taken as fhcnn's, and the folders holding them as folders fhcnn created.
@@ -334,10 +334,9 @@ class RunFolder:
         return rel
 
     def before_write(self, dest: Path) -> None:
-        rel = self.check_target(dest, create=True)
-        if rel is not None and rel not in self.files:
-            self.files.add(rel)
-            self._save()
+        # nothing is recorded yet: until the rename only a temporary file exists; the name, size
+        # and hash are saved together just before it (after_write)
+        self.check_target(dest, create=True)
 
     def after_write(self, dest: Path, tmp: Path) -> None:
         rel = self._rel(dest)
