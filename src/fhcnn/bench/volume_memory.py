@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["run", "work", "SIZES", "QUICK_SIZES", "worker"]
+__all__ = ["run", "work", "table", "SIZES", "QUICK_SIZES", "worker", "NAME"]
+
+NAME = "volume_memory"
 
 #: (D, H, W) of the measured volumes.
 SIZES: list[tuple[int, int, int]] = [(128, 128, 128), (512, 512, 512), (512, 1024, 1024)]
@@ -157,8 +159,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         target = zarr.open_array(str(out / "prediction.zarr"), mode="r+")
         sinks = [LabelSink(target)]
     score = ConfusionSink(truth, 3)
-    _phase("predict", rec, lambda: predict(plan, result, [*sinks, score], work=out / f".work-{os.getpid()}",
-                                           ownership="slabs"))
+    _phase("predict", rec, lambda: predict(plan, result, [*sinks, score], work=out, ownership="slabs"))
     matrix = torch.as_tensor(score.matrix)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(matrix)
@@ -189,11 +190,14 @@ def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None, config: str = CONFIG) -> dict[str, Any]:
     """Measure every size and mode; writes ``volume_memory.json`` and ``.png`` into ``out_dir``."""
+    import tempfile
+
     from ._common import environment, pyplot, save_figure, write_json
 
     out = Path(out_dir)
-    scratch = out / "volume_memory_inputs"
-    scratch.mkdir(parents=True, exist_ok=True)
+    # the generated volumes (up to 1 GB) and predictions: scratch in the system's temporary
+    # folder (TMPDIR), removed after each size
+    scratch = Path(tempfile.mkdtemp(prefix="fhcnn-volume-memory-"))
     rows: list[dict[str, Any]] = []
     try:
         for shape in QUICK_SIZES if quick else SIZES:
@@ -211,13 +215,13 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
                     rows.append({"shape": list(shape), "mode": mode, "rank": rank, "generate_s": gen_s, **rec})
                 if tick:
                     tick(f"{'x'.join(map(str, shape))} {mode}")
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir()
+            for p in scratch.iterdir():
+                shutil.rmtree(p, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result = {"config": config, "overrides": OVERRIDES, "labelled_slices_per_axis": LABELLED_SLICES,
               "rows": rows, "environment": environment(device)}
-    write_json(out / "volume_memory.json", result)
+    write_json(out / f"{NAME}.json", result)
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, phase in zip(axes, ("train", "predict")):
@@ -230,7 +234,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         ax.set_ylabel(f"peak RSS while {'training' if phase == 'train' else 'predicting'} (MiB)")
         ax.legend()
     fig.tight_layout()
-    save_figure(fig, out / "volume_memory.png")
+    save_figure(fig, out / f"{NAME}.png")
     return result
 
 

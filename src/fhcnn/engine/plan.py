@@ -15,6 +15,7 @@ memory; the out-of-core path runs at ``data.scale = 1``).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -28,7 +29,7 @@ from .config import SegmentConfig
 from .models import size_multiple_of
 from .sizes import Geometry, Tiling, chunk_shape, prediction_tilings, prediction_window_of, training_window
 
-__all__ = ["DenseInputs", "RunPlan", "prepare", "CHUNK"]
+__all__ = ["DenseInputs", "RunPlan", "prepare", "check_resources", "CHUNK"]
 
 #: Side of the cubic chunks predictions are written in (clipped to the volume).
 CHUNK = 64
@@ -181,15 +182,53 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     return plan
 
 
+def check_resources(cfg: Any, in_channels: int, num_classes: int, train_window: Sequence[int],
+                    predict_windows: Sequence[Sequence[int]]) -> None:
+    """Refuse, before the output folder exists, a run that cannot fit the machine (see
+    :mod:`fhcnn.resources`): ``train.threads`` above the CPUs, ``train.steps`` beyond a year,
+    and a training batch or prediction batch whose least memory exceeds what is available.
+
+    The least memory of a batch counts, in float32 per voxel of its windows: the input channels,
+    the network's state after the opening (``width / 8**pre_levels`` values; ``unet_base`` for the
+    U-Net) twice with its gradient twice (a reversible step holds two states), and the logits
+    with their gradient; prediction counts the input, two states and the probabilities.
+    """
+    from ..resources import check_memory, check_steps, check_threads
+    from ..training.device import resolve_device
+
+    check_threads(cfg.train.threads)
+    check_steps(cfg.train.steps)
+    d = cfg.data
+    state = cfg.model.width / 8 ** cfg.model.pre_levels if cfg.model.arch == "hyperbolic" \
+        else float(cfg.model.unet_base)
+    device = resolve_device(cfg.train.device)
+    win = train_window
+    per_voxel = in_channels + 4 * state + 2 * num_classes
+    check_memory(4 * d.batch_size * math.prod(win) * per_voxel,
+                 f"a training batch of {d.batch_size} window(s) of {win[0]}x{win[1]}x{win[2]} voxels "
+                 f"(data.batch_size, data.window_depth/height/width)",
+                 f"{per_voxel:g} float32 values per voxel: input, network state and logits with "
+                 f"gradients", device)
+    per_voxel = in_channels + 2 * state + num_classes
+    for pred in predict_windows:
+        check_memory(4 * d.predict_batch * math.prod(pred) * per_voxel,
+                     f"a prediction batch of {d.predict_batch} window(s) of {pred[0]}x{pred[1]}x{pred[2]} "
+                     f"voxels (data.predict_batch, data.predict_depth/height/width)",
+                     f"{per_voxel:g} float32 values per voxel: input, network state and probabilities",
+                     device)
+
+
 def _check_setup(plan: RunPlan) -> None:
-    """The device, the model built for these inputs (on the meta device: every shape check, no
-    memory), and the split in space."""
+    """The device, the machine's resources, the model built for these inputs (on the meta
+    device: every shape check, no memory), and the split in space."""
     from ..training.device import resolve_device
     from .models import build_model, check_spectral_head
     from .parallel import check_space_split
 
     cfg = plan.config
     resolve_device(cfg.train.device)
+    check_resources(cfg, plan.volume.shape[0], plan.num_classes, plan.train_window,
+                    list(dict.fromkeys(t.window for t in plan.tilings)))
     try:
         check_spectral_head(cfg, plan.reduce_depth)
         with torch.device("meta"):
