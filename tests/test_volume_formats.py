@@ -617,6 +617,31 @@ def _fill(sink, lab, axis=0, max_bytes=300):
         sink[box] = lab[box]
 
 
+class _Recorder:
+    """A write guard (:class:`fhcnn.atomic.WriteGuard`) that only notes what was written."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def before_write(self, dest: Path) -> None:
+        pass
+
+    def after_write(self, dest: Path, tmp: Path) -> None:
+        self.paths.append(dest)
+
+    def before_append(self, dest: Path, data: bytes) -> None:
+        self.paths.append(dest)
+
+    def make_dir(self, folder: Path) -> bool:
+        return False
+
+    def remove(self, path: Path) -> bool:
+        return False
+
+    def record(self, paths: list[Path]) -> None:
+        self.paths.extend(paths)
+
+
 @pytest.mark.parametrize("header", [nib.Nifti1Image, nib.Nifti2Image])
 def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
     a = truth((9, 10, 11, 2), np.float32)
@@ -627,17 +652,17 @@ def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
     v = open_volume(str(tmp_path / "in.nii"))
     out = tmp_path / "out"
     out.mkdir()
-    seen: list[Path] = []
-    atomic.set_write_observer(lambda *p: seen.extend(p))
+    seen = _Recorder()
+    atomic.set_write_guard(seen)
     try:
         lab = truth(v.shape, np.uint8) % 3
         with prediction_sink(out, v.format, v.shape, v.geometry) as sink:
             _fill(sink, lab, axis=2)
             np.testing.assert_array_equal(sink[2:5, :, 3:4], lab[2:5, :, 3:4])
     finally:
-        atomic.set_write_observer(None)
+        atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.nii.gz"]
-    assert out / "prediction.nii.gz" in seen
+    assert out / "prediction.nii.gz" in seen.paths
     r = nib.load(out / "prediction.nii.gz")
     assert isinstance(r, header) and r.shape == v.shape and r.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(r.dataobj), lab)
@@ -658,14 +683,14 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     v = open_volume(f"{tmp_path}/x.h5:v")
     out = tmp_path / "out"
     out.mkdir()
-    seen: list[Path] = []
-    atomic.set_write_observer(lambda *p: seen.extend(p))
+    seen = _Recorder()
+    atomic.set_write_guard(seen)
     try:
         lab = truth(v.shape, np.uint8) % 4
         with prediction_sink(out, v.format, v.shape, v.geometry, source=v.spec) as sink:
             _fill(sink, lab)
     finally:
-        atomic.set_write_observer(None)
+        atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.zarr"]
     r = zarr.open(str(out / "prediction.zarr"), mode="r")
     np.testing.assert_array_equal(r[:], lab)
@@ -673,7 +698,7 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     assert r.attrs["spacing"] == [2.0, 1.0, 1.0] and r.attrs["sample"] == "mouse 7"
     assert "element_size_um" not in r.attrs and r.attrs["fhcnn_source"] == v.spec
     files = {p for p in (out / "prediction.zarr").rglob("*") if p.is_file()}
-    assert files and files <= set(seen)
+    assert files and files <= set(seen.paths)
     again = open_volume(str(out / "prediction.zarr"))  # opens as a volume with the same spacing
     assert again.geometry.spacing == (2.0, 1.0, 1.0)
     with prediction_sink(out, "segy", v.shape, v.geometry) as sink:  # a resumed run replaces it
