@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .layers import frozen_norm_stats
 from .memory import note_kept
@@ -58,10 +59,39 @@ __all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "inte
 Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
 Params = dict[str, Tensor]
+#: training flags of a module and its submodules, by ``named_modules()`` name
+Modes = dict[str, bool]
 
 
 def _trainable(module: nn.Module) -> Params:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+    """The trainable tensors ``module`` computes with, by the name it reads them under.
+
+    Parameters as they are; a parametrized tensor (``torch.nn.utils.parametrize``: weight
+    norm, spectral norm, ...) as the tensor its parametrization computes now, by the
+    parametrized name (``"weight"``, not ``"parametrizations.weight.original"``), in place of
+    the parametrization's own parameters: the recomputation uses exactly that tensor, and
+    autograd carries its gradient through the parametrization to the originals (the plain
+    path, as for any tensor computed before the Function)."""
+    hidden: set[int] = set()
+    computed: Params = {}
+    for prefix, m in module.named_modules():
+        if parametrize.is_parametrized(m):
+            for name, plist in m.parametrizations.items():  # type: ignore[union-attr]
+                owned = list(plist.parameters())
+                hidden.update(id(t) for t in owned)
+                if any(t.requires_grad for t in owned):
+                    computed[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad and id(p) not in hidden}
+    params.update(computed)
+    return params
+
+
+def _modes(module: nn.Module) -> Modes:
+    return {n: m.training for n, m in module.named_modules()}
+
+
+def _parametrized(module: nn.Module) -> bool:
+    return any(parametrize.is_parametrized(m) for m in module.modules())
 
 
 def _shares_storage(t: Tensor, others: Iterable[Tensor | None]) -> bool:
@@ -103,15 +133,19 @@ def _empty(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
     return torch.empty_like(t, memory_format=torch.preserve_format if fmt is None else fmt)
 
 
-def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None],
-                scale: float = 1.0) -> None:
-    for p, g in zip(params, grads):
+def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Sequence[Tensor | None],
+                scale: float = 1.0, avoid: Sequence[Tensor | None] = ()) -> None:
+    """Add ``scale * grads[i]`` to ``store[id(params[i])]``. A gradient is adopted (and scaled
+    in place) only if it shares storage with none of ``avoid`` (the incoming gradient, the
+    state's gradient from the same vector-Jacobian product: autograd may hand back a tensor
+    itself, e.g. for ``f(y) = tanh(y) + b``) nor with another gradient of ``grads``."""
+    for i, (p, g) in enumerate(zip(params, grads)):
         if g is None:
             continue
         key = id(p)
         if key in store:
             store[key].add_(g, alpha=scale)  # a tensor this backward owns (below)
-        elif _writable(g):
+        elif _writable(g, *avoid, *grads[:i], *grads[i + 1:]):
             store[key] = g.mul_(scale) if scale != 1.0 else g
         else:
             store[key] = g * scale
@@ -145,19 +179,27 @@ class LeapfrogStep:
     def params(self) -> Params:
         return _trainable(self.f)
 
+    def modes(self) -> Modes:
+        return _modes(self.f)
+
+    def parametrized(self) -> bool:
+        return _parametrized(self.f)
+
     def inverted(self) -> LeapfrogStep:
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
-    def _g(self, y: Tensor, params: Params | None = None) -> tuple[Tensor, float, bool]:
+    def _g(self, y: Tensor, params: Params | None = None, modes: Modes | None = None
+           ) -> tuple[Tensor, float, bool]:
         """``(g, a, fresh)`` with ``h2 f(y) = a g``; ``fresh``: ``g`` is a new tensor that
-        nothing else references. ``params`` given: a recomputation with those tensors."""
+        nothing else references. ``params`` given: a recomputation with those tensors, in
+        ``modes`` (those of the forward pass), without updating running statistics."""
         neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
         if neg is not None:
-            return neg(y, params), -self.h2, True
+            return (neg(y) if params is None else neg(y, params, modes)), -self.h2, True
         if params is None:
             g = self.f(y)
         else:
-            with frozen_norm_stats(self.f):
+            with frozen_norm_stats(self.f, modes):
                 g = torch.func.functional_call(self.f, params, (y,), strict=False)
         return g, self.h2, False
 
@@ -173,24 +215,27 @@ class LeapfrogStep:
         new = shared + ((shared - other) + a * g)
         return (new, shared) if self.flip else (shared, new)
 
-    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
+               params: Params | None = None, modes: Modes | None = None) -> Pair:
         """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
-        for bit the same values."""
+        for bit the same values. With ``params`` (and ``modes``): the recomputation of an
+        earlier forward pass with its tensors and modes (see :meth:`_g`)."""
         shared, other = self._split(p, c)
-        g, a, fresh = self._g(shared)
+        g, a, fresh = self._g(shared, params, modes)
         new = torch.sub(shared, other, out=_empty(shared, fmt))
         new += g.mul_(a) if fresh else a * g
         del g
         new += shared
         return (new, shared) if self.flip else (shared, new)
 
-    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
+                 modes: Modes | None = None) -> None:
         """Turn ``st`` (the step's output pair and its gradients) into its input pair and
         gradients, in place.
 
         ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
         and the vector-Jacobian product. Gradients w.r.t. ``params`` (the tensors used in the
-        forward pass) are added to ``grads``, keyed by ``id``.
+        forward pass, which ran in ``modes``) are added to ``grads``, keyed by ``id``.
         """
         i_sh, i_new = (1, 0) if self.flip else (0, 1)
         if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
@@ -205,12 +250,12 @@ class LeapfrogStep:
         local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
             s = shared.detach().requires_grad_(g_new is not None)
-            g, a, fresh = self._g(s, local)
+            g, a, fresh = self._g(s, local, modes)
         v: Tensor | None = None
         if g_new is not None:
             vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_new.to(g.dtype),
                                       allow_unused=True)
-            _accumulate(grads, list(params.values()), vjp[1:], a)
+            _accumulate(grads, list(params.values()), vjp[1:], a, avoid=(g_new, vjp[0]))
             v = vjp[0]
             del vjp
         del s, local
@@ -265,27 +310,41 @@ class TransitionStep:
     def params(self) -> Params:
         return _trainable(self.wavelet)
 
+    def modes(self) -> Modes:
+        return _modes(self.wavelet)
+
+    def parametrized(self) -> bool:
+        return _parametrized(self.wavelet)
+
     def inverted(self) -> TransitionStep:
         return TransitionStep(self.wavelet, not self.inverse)
 
-    def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None,
+             modes: Modes | None = None) -> Tensor:
         """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
-        module (``functional`` if the wavelet has it, else ``torch.func.functional_call``)."""
+        module (``functional`` if the wavelet has it, else ``torch.func.functional_call`` in
+        ``modes``, without updating running statistics)."""
         if params is None:
             return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
         functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
         if functional is not None:
             return functional(x, params, inverse=inverse)
-        return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),
-                                          {f"wavelet.{n}": t for n, t in params.items()}, (x,),
-                                          strict=False)
+        with frozen_norm_stats(self.wavelet, modes):
+            return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),
+                                              {f"wavelet.{n}": t for n, t in params.items()}, (x,),
+                                              strict=False)
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
 
-    apply_ = apply
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
+               params: Params | None = None, modes: Modes | None = None) -> Pair:
+        """:meth:`apply`; with ``params`` (and ``modes``) a recomputation (see :meth:`_map`)."""
+        return (_to(self._map(p, self.inverse, params, modes), fmt),
+                _to(self._map(c, self.inverse, params, modes), fmt))
 
-    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
+                 modes: Modes | None = None) -> None:
         """Like :meth:`LeapfrogStep.backward`: reconstruct (with the parameter tensors the
         forward pass used) and pull the gradients back, one member at a time."""
         for i in range(2):
@@ -294,7 +353,7 @@ class TransitionStep:
                 x, owned = known_input[i], False
             else:
                 with torch.no_grad():
-                    x, owned = _to(self._map(out, not self.inverse, params), st.fmt), True
+                    x, owned = _to(self._map(out, not self.inverse, params, modes), st.fmt), True
             st.pair[i], st.owned[i] = x, owned
             del out
             if g_out is None:
@@ -303,17 +362,17 @@ class TransitionStep:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
-                    st.grad[i] = _to(self._map(g_out, not self.inverse, params), st.fmt)
+                    st.grad[i] = _to(self._map(g_out, not self.inverse, params, modes), st.fmt)
                 st.grad_owned[i] = True
                 continue
             local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
             with torch.enable_grad():
                 xd = x.detach().requires_grad_(True)
-                y = self._map(xd, self.inverse, local)
+                y = self._map(xd, self.inverse, local, modes)
             vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
                                       allow_unused=True)
             del y, xd
-            _accumulate(grads, list(params.values()), vjp[1:])
+            _accumulate(grads, list(params.values()), vjp[1:], avoid=(g_out, vjp[0]))
             st.grad[i] = _to(vjp[0].to(x.dtype), st.fmt)
             st.grad_owned[i] = not _shares_storage(vjp[0], (g_out,))
             del vjp
@@ -350,6 +409,12 @@ class ReversibleFunction(torch.autograd.Function):
     their gradients as ordinary Function-input gradients. The backward is not differentiable
     (no ``create_graph``); it may run again (``retain_graph=True``), recomputing the outputs
     (it releases them the first time) from the inputs, which it keeps.
+
+    Everything the backward evaluates is evaluated with the state of the forward pass: the
+    tensors in ``step_params`` (not the modules' attributes then, which ``functional_call`` or
+    an assignment may have changed) and the training flags the modules had in the forward
+    pass (recorded there; batch norms keep batch or running statistics accordingly). Only the
+    forward pass updates running statistics.
     """
 
     @staticmethod
@@ -359,6 +424,7 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
         ctx.steps, ctx.step_params, ctx.params = steps, step_params, params
+        ctx.modes = [s.modes() for s in steps]
         ctx.param_versions = [t._version for t in params]
         # kept tensors are detached aliases (no reference cycle through grad_fn; released in
         # backward) whose version counters are checked there
@@ -392,7 +458,8 @@ class ReversibleFunction(torch.autograd.Function):
         _check_version(in_c, v_c, "input c")
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
             with torch.no_grad():
-                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt)
+                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt,
+                                        recompute=(ctx.step_params, ctx.modes))
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
@@ -412,7 +479,7 @@ class ReversibleFunction(torch.autograd.Function):
                 known = ctx.kept[i][0] if i in ctx.kept else None
                 # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
                 with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
-                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads)
+                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads, ctx.modes[i])
                 del known
         param_grads = tuple(grads.pop(id(t), None) for t in ctx.params)
         g_in = st.grad
@@ -422,15 +489,21 @@ class ReversibleFunction(torch.autograd.Function):
 
 def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
                      out_fmt: torch.memory_format,
-                     keep: Callable[[int, Tensor, Tensor], None] | None = None) -> Pair:
+                     keep: Callable[[int, Tensor, Tensor], None] | None = None,
+                     recompute: tuple[Sequence[Params], Sequence[Modes]] | None = None) -> Pair:
     """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
-    outputs returned in ``out_fmt`` (the input's), always new tensors."""
+    outputs returned in ``out_fmt`` (the input's), always new tensors. ``recompute``: the
+    tensors and modes of each step in an earlier forward pass, to evaluate it again with them
+    (functionally: no running-statistics update)."""
     x_p, x_c = p, c
     p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
     for i, step in enumerate(steps):
         if keep is not None:
             keep(i, p, c)
-        p, c = step.apply_(p, c, fmt)
+        if recompute is None:
+            p, c = step.apply_(p, c, fmt)
+        else:
+            p, c = step.apply_(p, c, fmt, recompute[0][i], recompute[1][i])
     p, c = p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
     # outputs must be new tensors, never the inputs themselves
     if p is x_p or p is x_c:
@@ -453,9 +526,20 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
     Returns:
         The output pair. Gradients (if needed) equal those of plain autograd up to
         floating-point rounding in the reconstruction.
+
+    A step module with parametrized tensors (``torch.nn.utils.parametrize``) has each computed
+    once for the whole call (``parametrize.cached``), in every mode: the reversible modes pass
+    that tensor to the Function, and a layer uses one weight for ``K`` and ``K^T``.
     """
     if mode is not True and mode is not False and mode != "block":
         raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
+    if any(s.parametrized() for s in steps):
+        with parametrize.cached():
+            return _run_steps(steps, p, c, mode)
+    return _run_steps(steps, p, c, mode)
+
+
+def _run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str) -> Pair:
     step_params = [s.params() for s in steps]
     params = list({id(t): t for sp in step_params for t in sp.values()}.values())
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
