@@ -11,6 +11,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from fhcnn import HyperbolicNetwork
 from fhcnn.memory import saved_tensor_bytes
@@ -420,3 +422,134 @@ def test_custom_step_whose_parameter_gradient_is_the_incoming_gradient(mode, bat
         out[m] = dict(zip("pcab", torch.autograd.grad((yp, yc), [p, c, *params], (gp, gc))))
         assert _digest(gp, gc) == before, m
     _assert_same(out[mode], out[False], 1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# A generated family: random compositions of the uses above, against plain autograd.
+
+class _ConvBN(torch.nn.Module):
+    """A custom step module without ``neg_forward`` (recomputed through ``functional_call``),
+    with a batch norm of its own: ``f(y) = tanh(BN(K y))``, ``K`` a 1x1 convolution."""
+
+    def __init__(self, channels, dim) -> None:
+        super().__init__()
+        conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d}[dim]
+        bn = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d}[dim]
+        # no bias: before a batch norm its gradient is zero up to rounding
+        self.conv, self.bn = conv(channels, channels, 1, bias=False), bn(channels)
+
+    def forward(self, y):
+        return torch.tanh(self.bn(self.conv(y)))
+
+
+class _Composite(torch.nn.Module):
+    """A network's steps with custom leapfrog steps inserted where the state has the input's
+    shape (before the first and after the last step), run by ``run_steps``."""
+
+    def __init__(self, net, customs, where, mode) -> None:
+        super().__init__()
+        self.net, self.customs, self.where, self.mode = net, torch.nn.ModuleList(customs), where, mode
+
+    def forward(self, x):
+        from fhcnn.reversible import LeapfrogStep, run_steps
+
+        steps = self.net._steps()
+        before = [LeapfrogStep(f, h2, flip) for f, (at_end, h2, flip) in zip(self.customs, self.where)
+                  if not at_end]
+        after = [LeapfrogStep(f, h2, flip) for f, (at_end, h2, flip) in zip(self.customs, self.where)
+                 if at_end]
+        return run_steps(before + steps + after, x, x, self.mode)
+
+
+def _build_composite(case, mode):
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(case["seed"])
+    c, dim = 2, case["dim"]
+    net = HyperbolicNetwork(c, case["units"], dim=dim, hidden=4, norm=case["norm"], wavelet=case["wavelet"],
+                            wavelet_init="db2", h=0.5)
+    shape = (1, c, *[8] * dim)
+    customs = [(_TanhShift(shape) if kind == "shift" else _ConvBN(c, dim)) for kind in case["customs"]]
+    model = _Composite(net, customs, case["where"], mode).double()
+    for i, (module, name) in enumerate(case["parametrized"]):
+        target = [*net.layers, *(m.conv for m in customs if isinstance(m, _ConvBN))]
+        owner = target[module % len(target)]
+        if parametrize.is_parametrized(owner, "weight"):
+            continue
+        torch.manual_seed(case["seed"] + i)
+        if name == "weight_norm":
+            parametrizations.weight_norm(owner, "weight")
+        elif name == "spectral_norm":
+            parametrizations.spectral_norm(owner, "weight")
+        else:
+            parametrize.register_parametrization(owner, "weight", _Scaled())
+    with torch.no_grad():  # running statistics unlike any batch's
+        model(torch.randn(3, c, *[8] * dim, dtype=torch.float64) * 2 + 1)
+    model.train(case["training"])
+    return model
+
+
+def _run_case(case, mode):
+    """Gradients and buffers after the case's forward, switch and backward passes; checks
+    that the gradients handed in stay unchanged."""
+    model = _build_composite(case, mode)
+    gen = torch.Generator().manual_seed(case["seed"])
+    shape = (case["batch"], 2, *[8] * case["dim"])
+    x = torch.randn(shape, dtype=torch.float64, generator=gen).requires_grad_()
+    gp, gc = (torch.randn(shape, dtype=torch.float64, generator=gen) for _ in range(2))
+    digest = _digest(gp, gc)
+    leaves = dict(model.named_parameters())
+    if case["functional_call"]:
+        leaves = {n: (p.detach() + 0.2 * torch.randn(p.shape, dtype=p.dtype, generator=gen)).requires_grad_()
+                  for n, p in leaves.items()}
+        yp, yc = torch.func.functional_call(model, leaves, (x,))
+    else:
+        yp, yc = model(x)
+    if case["switch"]:
+        model.train(not case["training"])
+    for k in range(case["backwards"]):
+        torch.autograd.backward((yp, yc), (gp, gc), retain_graph=k < case["backwards"] - 1)
+    assert _digest(gp, gc) == digest
+    grads = {"x": x.grad, **{n: t.grad for n, t in leaves.items()}}
+    return grads, {n: b.clone() for n, b in model.named_buffers()}, {"yp": yp, "yc": yc}
+
+
+_UNITS = [[(1, "down"), (1, "up")], [(2, None)], [(1, "down"), (1, "up"), (1, None)]]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          phases=[Phase.generate],  # a failure names every draw; shrinking would take minutes
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_compositions_equal_plain_autograd(data):
+    """Random compositions of a forward under ``functional_call``, parametrized weights
+    (weight norm, spectral norm, a learnable parametrization), ``train``/``eval`` switches
+    between forward and backward, several backward passes (``retain_graph``) and custom steps
+    (one whose parameter gradient is the incoming gradient, one with a batch norm of its own)
+    in 1D and 2D: reversible and block gradients, running statistics (and spectral norm's
+    vectors) equal plain autograd's, and the gradients handed in are never modified."""
+    n_custom = data.draw(st.integers(0, 2), label="custom steps")
+    case = {
+        "seed": data.draw(st.integers(0, 2**16), label="seed"),
+        "dim": data.draw(st.sampled_from([1, 2]), label="dim"),
+        "units": data.draw(st.sampled_from(_UNITS), label="units"),
+        "norm": data.draw(st.sampled_from(["batch", "group", "none"]), label="norm"),
+        "wavelet": data.draw(st.sampled_from(["learnable", "haar"]), label="wavelet"),
+        "batch": data.draw(st.sampled_from([1, 2]), label="batch"),
+        "customs": data.draw(st.lists(st.sampled_from(["shift", "convbn"]), min_size=n_custom,
+                                      max_size=n_custom), label="custom modules"),
+        "where": data.draw(st.lists(st.tuples(st.booleans(), st.sampled_from([0.25, 0.5]), st.booleans()),
+                                    min_size=n_custom, max_size=n_custom), label="(at end, h2, flip)"),
+        "parametrized": data.draw(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(
+            ["weight_norm", "spectral_norm", "custom"])), max_size=2, unique_by=lambda t: t[0]),
+            label="parametrized weights"),
+        "functional_call": data.draw(st.booleans(), label="functional_call"),
+        "training": data.draw(st.booleans(), label="forward in training mode"),
+        "switch": data.draw(st.booleans(), label="train/eval switch before backward"),
+        "backwards": data.draw(st.integers(1, 3), label="backward passes"),
+        "mode": data.draw(st.sampled_from(MODES), label="mode"),
+    }
+    ref = _run_case(case, False)
+    got = _run_case(case, case["mode"])
+    for g, r in zip(got, ref):
+        _assert_same(g, r)

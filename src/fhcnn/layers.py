@@ -308,10 +308,11 @@ class SymmetricLayer(nn.Module):
             ``(N, C, *S)``; ``forward(y) == -neg_forward(y)`` bit for bit. ``K`` and ``K^T``
             use one weight tensor: a parametrized weight is computed once per call.
         """
+        weight: Tensor
         if params is None:
             weight = self.weight
             return self._conv_adjoint_with(self.act(self.norm(self._conv_with(y, weight, self.bias))), weight)
-        weight: Tensor = params["weight"] if "weight" in params else self.weight
+        weight = params["weight"] if "weight" in params else self.weight
         bias = _get(params, "bias", self, "bias")
         training = None if modes is None else modes.get("norm")
         z = self.act(_functional_norm(self.norm, self._conv_with(y, weight, bias), params, training))

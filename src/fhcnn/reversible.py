@@ -63,31 +63,76 @@ Params = dict[str, Tensor]
 Modes = dict[str, bool]
 
 
-def _trainable(module: nn.Module) -> Params:
-    """The trainable tensors ``module`` computes with, by the name it reads them under.
+def _trainable(module: nn.Module, computed: bool) -> Params:
+    """The trainable tensors ``module`` computes with, by name.
 
-    Parameters as they are; a parametrized tensor (``torch.nn.utils.parametrize``: weight
-    norm, spectral norm, ...) as the tensor its parametrization computes now, by the
-    parametrized name (``"weight"``, not ``"parametrizations.weight.original"``), in place of
-    the parametrization's own parameters: the recomputation uses exactly that tensor, and
-    autograd carries its gradient through the parametrization to the originals (the plain
-    path, as for any tensor computed before the Function)."""
+    ``computed=False``: its parameters (a parametrized tensor's originals included, by their
+    names ``parametrizations.weight.original``, which ``functional_call`` evaluates the
+    parametrization on). ``computed=True`` (a module evaluated through its own functional
+    form, ``neg_forward`` or ``functional``): a parametrized tensor (``torch.nn.utils.
+    parametrize``: weight norm, spectral norm, ...) is given instead as the tensor its
+    parametrization computes now, by the parametrized name (``"weight"``): the backward uses
+    exactly that tensor, and autograd carries its gradient through the parametrization to
+    the originals (the ordinary path, as for any tensor computed before the Function)."""
+    if not computed:
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
     hidden: set[int] = set()
-    computed: Params = {}
+    evaluated: Params = {}
     for prefix, m in module.named_modules():
         if parametrize.is_parametrized(m):
             for name, plist in m.parametrizations.items():  # type: ignore[union-attr]
                 owned = list(plist.parameters())
                 hidden.update(id(t) for t in owned)
                 if any(t.requires_grad for t in owned):
-                    computed[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
-    params = {n: p for n, p in module.named_parameters() if p.requires_grad and id(p) not in hidden}
-    params.update(computed)
+                    evaluated[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
+    params: Params = {n: p for n, p in module.named_parameters() if p.requires_grad and id(p) not in hidden}
+    params.update(evaluated)
     return params
 
 
-def _modes(module: nn.Module) -> Modes:
-    return {n: m.training for n, m in module.named_modules()}
+@dataclass(frozen=True)
+class Recorded:
+    """What a step's module was in the forward pass besides its parameter tensors: the
+    training flags of it and its submodules (``modes``, by ``named_modules()`` name) and, for
+    a module recomputed through ``functional_call``, copies of its parametrizations' buffers
+    after the forward pass (``buffers``, e.g. spectral norm's vectors, by buffer name)."""
+
+    modes: Modes
+    buffers: Params
+
+
+def _parametrization_prefixes(module: nn.Module) -> list[str]:
+    """Names of the ``parametrizations`` containers in ``module`` (with a trailing dot)."""
+    return [f"{n}.parametrizations." if n else "parametrizations."
+            for n, m in module.named_modules() if parametrize.is_parametrized(m)]
+
+
+def _record(module: nn.Module, functional: bool) -> Recorded:
+    modes = {n: m.training for n, m in module.named_modules()}
+    buffers: Params = {}
+    if not functional:
+        prefixes = _parametrization_prefixes(module)
+        if prefixes:
+            buffers = {n: b.clone() for n, b in module.named_buffers() if n.startswith(tuple(prefixes))}
+    return Recorded(modes, buffers)
+
+
+def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: Mapping[str, Tensor],
+                    rec: Recorded | None, args: tuple[Tensor, ...]) -> Tensor:
+    """``target(*args)`` (``target`` is ``module`` or a wrapper holding it as ``prefix``) via
+    ``torch.func.functional_call`` with ``params`` (names in ``module``) and the forward
+    pass's state ``rec``: its modes, running statistics left alone, parametrizations in eval
+    mode (no state update: spectral norm uses the vectors the forward pass ended with, which
+    ``rec.buffers`` holds) so they compute what they computed in the forward pass."""
+    modes: dict[str, bool] | None = None
+    tensors: dict[str, Tensor] = dict(params)
+    if rec is not None:
+        prefixes = tuple(_parametrization_prefixes(module))
+        modes = {n: flag and not f"{n}.".startswith(prefixes) for n, flag in rec.modes.items()}
+        tensors = {**rec.buffers, **tensors}
+    with frozen_norm_stats(module, modes):
+        return torch.func.functional_call(target, {prefix + n: t for n, t in tensors.items()}, args,
+                                          strict=False)
 
 
 def _parametrized(module: nn.Module) -> bool:
@@ -176,11 +221,14 @@ class LeapfrogStep:
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
         self.f, self.h2, self.flip = f, h2, flip
 
-    def params(self) -> Params:
-        return _trainable(self.f)
+    def _functional(self) -> bool:
+        return hasattr(self.f, "neg_forward")
 
-    def modes(self) -> Modes:
-        return _modes(self.f)
+    def params(self) -> Params:
+        return _trainable(self.f, self._functional())
+
+    def record(self) -> Recorded:
+        return _record(self.f, self._functional())
 
     def parametrized(self) -> bool:
         return _parametrized(self.f)
@@ -188,20 +236,17 @@ class LeapfrogStep:
     def inverted(self) -> LeapfrogStep:
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
-    def _g(self, y: Tensor, params: Params | None = None, modes: Modes | None = None
+    def _g(self, y: Tensor, params: Params | None = None, rec: Recorded | None = None
            ) -> tuple[Tensor, float, bool]:
         """``(g, a, fresh)`` with ``h2 f(y) = a g``; ``fresh``: ``g`` is a new tensor that
-        nothing else references. ``params`` given: a recomputation with those tensors, in
-        ``modes`` (those of the forward pass), without updating running statistics."""
+        nothing else references. ``params`` given: a recomputation with those tensors and the
+        forward pass's state ``rec`` (its modes), without updating running statistics."""
         neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
         if neg is not None:
-            return (neg(y) if params is None else neg(y, params, modes)), -self.h2, True
+            return (neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)), -self.h2, True
         if params is None:
-            g = self.f(y)
-        else:
-            with frozen_norm_stats(self.f, modes):
-                g = torch.func.functional_call(self.f, params, (y,), strict=False)
-        return g, self.h2, False
+            return self.f(y), self.h2, False
+        return _recompute_call(self.f, self.f, "", params, rec, (y,)), self.h2, False
 
     def _split(self, p: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return (p, c) if self.flip else (c, p)
@@ -216,12 +261,12 @@ class LeapfrogStep:
         return (new, shared) if self.flip else (shared, new)
 
     def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
-               params: Params | None = None, modes: Modes | None = None) -> Pair:
+               params: Params | None = None, rec: Recorded | None = None) -> Pair:
         """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
-        for bit the same values. With ``params`` (and ``modes``): the recomputation of an
-        earlier forward pass with its tensors and modes (see :meth:`_g`)."""
+        for bit the same values. With ``params`` (and ``rec``): the recomputation of an
+        earlier forward pass with its tensors and state (see :meth:`_g`)."""
         shared, other = self._split(p, c)
-        g, a, fresh = self._g(shared, params, modes)
+        g, a, fresh = self._g(shared, params, rec)
         new = torch.sub(shared, other, out=_empty(shared, fmt))
         new += g.mul_(a) if fresh else a * g
         del g
@@ -229,13 +274,13 @@ class LeapfrogStep:
         return (new, shared) if self.flip else (shared, new)
 
     def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
-                 modes: Modes | None = None) -> None:
+                 rec: Recorded | None = None) -> None:
         """Turn ``st`` (the step's output pair and its gradients) into its input pair and
         gradients, in place.
 
         ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
         and the vector-Jacobian product. Gradients w.r.t. ``params`` (the tensors used in the
-        forward pass, which ran in ``modes``) are added to ``grads``, keyed by ``id``.
+        forward pass, whose state ``rec`` recorded) are added to ``grads``, keyed by ``id``.
         """
         i_sh, i_new = (1, 0) if self.flip else (0, 1)
         if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
@@ -250,7 +295,7 @@ class LeapfrogStep:
         local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
             s = shared.detach().requires_grad_(g_new is not None)
-            g, a, fresh = self._g(s, local, modes)
+            g, a, fresh = self._g(s, local, rec)
         v: Tensor | None = None
         if g_new is not None:
             vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_new.to(g.dtype),
@@ -307,11 +352,14 @@ class TransitionStep:
     def __init__(self, wavelet: nn.Module, inverse: bool = False) -> None:
         self.wavelet, self.inverse = wavelet, inverse
 
-    def params(self) -> Params:
-        return _trainable(self.wavelet)
+    def _functional(self) -> bool:
+        return hasattr(self.wavelet, "functional")
 
-    def modes(self) -> Modes:
-        return _modes(self.wavelet)
+    def params(self) -> Params:
+        return _trainable(self.wavelet, self._functional())
+
+    def record(self) -> Recorded:
+        return _record(self.wavelet, self._functional())
 
     def parametrized(self) -> bool:
         return _parametrized(self.wavelet)
@@ -320,31 +368,29 @@ class TransitionStep:
         return TransitionStep(self.wavelet, not self.inverse)
 
     def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None,
-             modes: Modes | None = None) -> Tensor:
+             rec: Recorded | None = None) -> Tensor:
         """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
-        module (``functional`` if the wavelet has it, else ``torch.func.functional_call`` in
-        ``modes``, without updating running statistics)."""
+        module (``functional`` if the wavelet has it, else ``torch.func.functional_call`` with
+        the forward pass's state ``rec``, see :func:`_recompute_call`)."""
         if params is None:
             return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
         functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
         if functional is not None:
             return functional(x, params, inverse=inverse)
-        with frozen_norm_stats(self.wavelet, modes):
-            return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),
-                                              {f"wavelet.{n}": t for n, t in params.items()}, (x,),
-                                              strict=False)
+        return _recompute_call(self.wavelet, _Method(self.wavelet, "inverse" if inverse else "forward"),
+                               "wavelet.", params, rec, (x,))
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
 
     def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
-               params: Params | None = None, modes: Modes | None = None) -> Pair:
-        """:meth:`apply`; with ``params`` (and ``modes``) a recomputation (see :meth:`_map`)."""
-        return (_to(self._map(p, self.inverse, params, modes), fmt),
-                _to(self._map(c, self.inverse, params, modes), fmt))
+               params: Params | None = None, rec: Recorded | None = None) -> Pair:
+        """:meth:`apply`; with ``params`` (and ``rec``) a recomputation (see :meth:`_map`)."""
+        return (_to(self._map(p, self.inverse, params, rec), fmt),
+                _to(self._map(c, self.inverse, params, rec), fmt))
 
     def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
-                 modes: Modes | None = None) -> None:
+                 rec: Recorded | None = None) -> None:
         """Like :meth:`LeapfrogStep.backward`: reconstruct (with the parameter tensors the
         forward pass used) and pull the gradients back, one member at a time."""
         for i in range(2):
@@ -353,7 +399,7 @@ class TransitionStep:
                 x, owned = known_input[i], False
             else:
                 with torch.no_grad():
-                    x, owned = _to(self._map(out, not self.inverse, params, modes), st.fmt), True
+                    x, owned = _to(self._map(out, not self.inverse, params, rec), st.fmt), True
             st.pair[i], st.owned[i] = x, owned
             del out
             if g_out is None:
@@ -362,13 +408,13 @@ class TransitionStep:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
-                    st.grad[i] = _to(self._map(g_out, not self.inverse, params, modes), st.fmt)
+                    st.grad[i] = _to(self._map(g_out, not self.inverse, params, rec), st.fmt)
                 st.grad_owned[i] = True
                 continue
             local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
             with torch.enable_grad():
                 xd = x.detach().requires_grad_(True)
-                y = self._map(xd, self.inverse, local, modes)
+                y = self._map(xd, self.inverse, local, rec)
             vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
                                       allow_unused=True)
             del y, xd
@@ -424,7 +470,6 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
         ctx.steps, ctx.step_params, ctx.params = steps, step_params, params
-        ctx.modes = [s.modes() for s in steps]
         ctx.param_versions = [t._version for t in params]
         # kept tensors are detached aliases (no reference cycle through grad_fn; released in
         # backward) whose version counters are checked there
@@ -438,6 +483,7 @@ class ReversibleFunction(torch.autograd.Function):
             if i in store:
                 ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
         p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
+        ctx.recorded = [s.record() for s in steps]  # the modes (and buffers) the forward ended with
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
         note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair)])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
@@ -459,7 +505,7 @@ class ReversibleFunction(torch.autograd.Function):
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
             with torch.no_grad():
                 p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt,
-                                        recompute=(ctx.step_params, ctx.modes))
+                                        recompute=(ctx.step_params, ctx.recorded))
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
@@ -479,7 +525,7 @@ class ReversibleFunction(torch.autograd.Function):
                 known = ctx.kept[i][0] if i in ctx.kept else None
                 # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
                 with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
-                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads, ctx.modes[i])
+                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads, ctx.recorded[i])
                 del known
         param_grads = tuple(grads.pop(id(t), None) for t in ctx.params)
         g_in = st.grad
@@ -490,10 +536,10 @@ class ReversibleFunction(torch.autograd.Function):
 def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
                      out_fmt: torch.memory_format,
                      keep: Callable[[int, Tensor, Tensor], None] | None = None,
-                     recompute: tuple[Sequence[Params], Sequence[Modes]] | None = None) -> Pair:
+                     recompute: tuple[Sequence[Params], Sequence[Recorded]] | None = None) -> Pair:
     """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
     outputs returned in ``out_fmt`` (the input's), always new tensors. ``recompute``: the
-    tensors and modes of each step in an earlier forward pass, to evaluate it again with them
+    tensors and state of each step in an earlier forward pass, to evaluate it again with them
     (functionally: no running-statistics update)."""
     x_p, x_c = p, c
     p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
