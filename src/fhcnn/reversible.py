@@ -26,18 +26,28 @@ sees, the incoming gradients and stored block-mode pairs are never modified.
 Correctness under other uses of autograd:
 
 * the parameter tensors the forward pass used are the ones the backward uses (also for the
-  reconstruction through learnable wavelets), so ``torch.func.functional_call`` and other
-  parameter swaps are right;
+  reconstruction through learnable wavelets, and when a second backward recomputes the
+  outputs), so ``torch.func.functional_call`` and other parameter swaps are right;
+* the forward pass records the modules' training flags, and every recomputation runs in
+  them: ``model.eval()``/``.train()`` between forward and backward changes nothing, and
+  running statistics are updated once, by the forward pass, however many backward passes
+  follow;
+* a parametrized tensor (``torch.nn.utils.parametrize``) of a layer or wavelet is captured
+  as the tensor its parametrization computes (once per :func:`run_steps` call) and is an
+  input of the Function, so its gradient reaches the originals through the parametrization;
 * a parameter or an output modified in place between forward and backward raises, as in
   plain autograd (version counters are checked);
 * double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
   penalties or meta-learning;
 * backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
-  are evaluated functionally with the captured tensors (batch norms use batch statistics
-  and leave running statistics alone), so two threads may run backward on one model. Other
-  modules passed to :class:`LeapfrogStep` fall back to ``torch.func.functional_call`` and
-  :func:`fhcnn.layers.frozen_norm_stats`, which swap attributes on the module for the
-  duration of the call and are not thread-safe.
+  are evaluated functionally with the captured tensors and modes (batch norms leave running
+  statistics alone), so two threads may run backward on one model. Other modules passed to
+  :class:`LeapfrogStep` fall back to ``torch.func.functional_call`` and
+  :func:`fhcnn.layers.frozen_norm_stats` (their parametrizations recomputed from the
+  captured originals, in eval mode, with the buffers the forward pass left), which swap
+  attributes on the module for the duration of the call and are not thread-safe;
+* the backward scales and accumulates in place only tensors nothing else references (a
+  parameter gradient autograd hands back may be the incoming gradient itself).
 
 This module knows nothing about network layout; :mod:`fhcnn.network` builds the steps.
 """
@@ -213,9 +223,12 @@ class LeapfrogStep:
 
     Both the forward and the flipped map have the form ``new = 2*shared - other + h2*f(shared)``;
     only the position of ``shared`` and ``new`` in the pair differs. A module with a
-    ``neg_forward(y, params)`` method (``-f(y)``, functional when ``params`` is given, like
+    ``neg_forward(y, params=None, modes=None)`` method (``-f(y)``; with ``params``, purely
+    functional with those tensors, in the training flags ``modes`` (by ``named_modules()``
+    name) and without updating running statistics, like
     :class:`fhcnn.layers.SymmetricLayer`) is evaluated through it: no negation is stored or
-    differentiated, and backward never touches the module.
+    differentiated, and backward never touches the module. Its parametrized tensors are
+    passed to ``neg_forward`` computed, by their parametrized names.
     """
 
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
