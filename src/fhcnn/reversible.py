@@ -73,6 +73,12 @@ Params = dict[str, Tensor]
 Modes = dict[str, bool]
 
 
+def _is_parametrized(m: nn.Module) -> bool:
+    """``parametrize.is_parametrized(m)``, fast when it is not (the attribute lookup that
+    function makes raises and catches an exception on every plain module)."""
+    return "parametrizations" in m._modules and parametrize.is_parametrized(m)
+
+
 def _trainable(module: nn.Module, computed: bool) -> Params:
     """The trainable tensors ``module`` computes with, by name.
 
@@ -84,12 +90,12 @@ def _trainable(module: nn.Module, computed: bool) -> Params:
     parametrization computes now, by the parametrized name (``"weight"``): the backward uses
     exactly that tensor, and autograd carries its gradient through the parametrization to
     the originals (the ordinary path, as for any tensor computed before the Function)."""
-    if not computed:
+    if not computed or not _parametrized(module):
         return {n: p for n, p in module.named_parameters() if p.requires_grad}
     hidden: set[int] = set()
     evaluated: Params = {}
     for prefix, m in module.named_modules():
-        if parametrize.is_parametrized(m):
+        if _is_parametrized(m):
             for name, plist in m.parametrizations.items():  # type: ignore[union-attr]
                 owned = list(plist.parameters())
                 hidden.update(id(t) for t in owned)
@@ -114,7 +120,7 @@ class Recorded:
 def _parametrization_prefixes(module: nn.Module) -> list[str]:
     """Names of the ``parametrizations`` containers in ``module`` (with a trailing dot)."""
     return [f"{n}.parametrizations." if n else "parametrizations."
-            for n, m in module.named_modules() if parametrize.is_parametrized(m)]
+            for n, m in module.named_modules() if _is_parametrized(m)]
 
 
 def _record(module: nn.Module, functional: bool) -> Recorded:
@@ -146,12 +152,16 @@ def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: M
 
 
 def _parametrized(module: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m) for m in module.modules())
+    return any(_is_parametrized(m) for m in module.modules())
+
+
+def _storage(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def _shares_storage(t: Tensor, others: Iterable[Tensor | None]) -> bool:
-    ptr = t.untyped_storage().data_ptr()
-    return any(o is not None and o.untyped_storage().data_ptr() == ptr for o in others)
+    ptr = _storage(t)
+    return any(o is not None and _storage(o) == ptr for o in others)
 
 
 def _writable(t: Tensor, *others: Tensor | None) -> bool:
@@ -194,13 +204,19 @@ def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Sequence[Tensor 
     in place) only if it shares storage with none of ``avoid`` (the incoming gradient, the
     state's gradient from the same vector-Jacobian product: autograd may hand back a tensor
     itself, e.g. for ``f(y) = tanh(y) + b``) nor with another gradient of ``grads``."""
-    for i, (p, g) in enumerate(zip(params, grads)):
+    taken = {_storage(t) for t in avoid if t is not None}
+    seen: set[int] = set()
+    for g in grads:
+        if g is not None:
+            ptr = _storage(g)
+            (taken if ptr in seen else seen).add(ptr)  # shared by two gradients: taken
+    for p, g in zip(params, grads):
         if g is None:
             continue
         key = id(p)
         if key in store:
             store[key].add_(g, alpha=scale)  # a tensor this backward owns (below)
-        elif _writable(g, *avoid, *grads[:i], *grads[i + 1:]):
+        elif _dense(g) and _storage(g) not in taken:
             store[key] = g.mul_(scale) if scale != 1.0 else g
         else:
             store[key] = g * scale
@@ -256,7 +272,8 @@ class LeapfrogStep:
         forward pass's state ``rec`` (its modes), without updating running statistics."""
         neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
         if neg is not None:
-            return (neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)), -self.h2, True
+            g = neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)
+            return g, -self.h2, True
         if params is None:
             return self.f(y), self.h2, False
         return _recompute_call(self.f, self.f, "", params, rec, (y,)), self.h2, False
