@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,7 +143,10 @@ def test_memcnn_gradients_match_ours():
 
 
 def test_cli_bench(tmp_path, capsys):
-    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward"}
+    from fhcnn.bench import IN_ALL
+
+    assert set(IN_ALL) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward"}
+    assert set(BENCHMARKS) == set(IN_ALL) | {"volume_memory"}
     with pytest.raises(ValueError):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
@@ -210,3 +214,24 @@ def test_backward_peak_benchmark(tmp_path):
     assert sum(d["parts_bytes"].values()) == d["peak_bytes"]
     # process RSS above idle (allocator-dependent: a tiny net may fit in pages already held)
     assert r["rows"]["tiny"]["rss"]["plain"]["peak_bytes"] >= 0
+
+
+def test_volume_memory_worker_measures_each_phase(tmp_path):
+    """One run of the volume-memory benchmark in this process (a 48^3 volume on disk, out of
+    core): every phase reports its peak, the prediction reaches the on-disk output and is
+    scored against the truth; the table renders it."""
+    import zarr
+
+    from fhcnn.bench import volume_memory as vm
+
+    inputs = vm._write_inputs(tmp_path, (48, 48, 48))
+    job = {**inputs, "config": "video-tiny", "mode": "out-of-core", "out": str(tmp_path),
+           "overrides": ["train.steps=2", "data.window_depth=16", "data.window_height=16", "data.window_width=16",
+                         "data.predict_shifts=1", "data.predict_flip=false"]}
+    rec = vm.worker(job)
+    assert all(rec[p]["peak_rss"] > 0 for p in ("read", "prepare", "train", "predict"))
+    pred = zarr.open_array(str(tmp_path / "prediction.zarr"), mode="r")[...]
+    assert pred.shape == (48, 48, 48) and set(np.unique(pred)) <= {0, 1, 2}
+    assert 0 <= rec["miou"] <= 1 and rec["voxels"] == 48**3
+    text = vm.table({"rows": [{"shape": [48, 48, 48], "rank": 0, **rec}]})
+    assert "48 × 48 × 48" in text and text.count("\n") == 2
