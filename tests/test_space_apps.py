@@ -134,14 +134,14 @@ def _segment_inputs(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("world,sets,message", [
     ("4", ["parallel.space=4"],
      "spatial axis 0 (D) of size 4 cannot be split into 4 slabs that are whole multiples of 2 "
-     "(2**coarsenings of the network): nearest valid size for 4 slabs: 8 (set data.window_depth=8); "
-     "or split this axis into 2 slab(s) (valid: [2, 1])"),
+     "(2**coarsenings of the network); what works: --set parallel.space=2 with torchrun "
+     "--nproc-per-node 2; or --set parallel.axes=[1]; or --set parallel.axes=[2]"),
     ("2", ["parallel.space=2", "parallel.axes=[1]", "data.predict_height=0"],
      "prediction window (4, 18, 16) (of the volume (6, 16, 24) continued to a multiple of 2, "
      "data.predict_shifts=2): spatial axis 1 (H) of size 18 cannot be split into 2 slabs"),
     ("2", ["parallel.space=2", "parallel.axes=[2]", "data.predict_width=0"],
      "spatial axis 2 (W) of size 26 cannot be split into 2 slabs"),
-    ("1", ["parallel.space=2"], "but this run has 1: launch it with torchrun --nproc-per-node 2"),
+    ("1", ["parallel.space=2"], "but this run has 1; what works: torchrun --nproc-per-node 2"),
     ("3", ["parallel.space=2"], "but this run has 3"),
     ("4", ["parallel.space=2"], "data.batch_size=1 is not divisible by the 2 data-parallel replicas"),
     ("2", ["parallel.space=2", "model.arch=unet"], "model.arch=unet cannot"),
@@ -166,7 +166,7 @@ def test_bad_split_fails_before_out(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_change_bad_band_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """6 bands (whole depth 6) cannot be cut in 2 slabs of a multiple of 2; the error says so
-    and points at the H/W axes."""
+    and offers 3 slabs or the H/W axes."""
     from fhcnn.data.hyperspectral import make_bitemporal_scene
 
     s = make_bitemporal_scene(20, 24, 6, seed=2, field_size=10)
@@ -181,8 +181,9 @@ def test_change_bad_band_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert ("training window (6, 16, 16) (the whole depth): spatial axis 0 (D) of size 6 cannot be split "
-            "into 2 slabs") in err and "nearest valid size for 2 slabs: 8" in err
-    assert "parallel.axes=[1] or [2]" in err
+            "into 2 slabs") in err
+    assert ("what works: --set parallel.space=3 with torchrun --nproc-per-node 3; or --set parallel.axes=[1]; "
+            "or --set parallel.axes=[2]") in err
 
 
 @pytest.mark.parametrize("sets,message", [

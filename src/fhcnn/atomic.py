@@ -73,9 +73,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # mkstemp creates the file 0600; give the result the permissions of an ordinary new file
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        # the permissions of an ordinary new file (umask), set after the writer is done: mkstemp
+        # creates 0600, and some writers (safetensors) replace the file by one of their own
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
