@@ -405,7 +405,7 @@ class SpaceRun:
         from ..training import init_distributed, resolve_device
 
         device = resolve_device(cfg.train.device)
-        info = init_distributed(device.type)
+        info = init_distributed(device.type, float(cfg.train.peer_timeout))
         split = init_spatial(3, tuple(p.axes), p.split_grid, data=info.world_size // p.space,
                              device_type=device.type)
         split_module(seg.core, split)
