@@ -73,8 +73,8 @@ def init_distributed(device_type: str | None = None, timeout: float | None = Non
     collective) before it fails (``train.peer_timeout``; ``None``: torch's default, 30 min).
     Starts the heartbeat that tells a stopped process from a waiting one (:func:`peer_failure`).
     """
-    if _initialized():
-        _start_heartbeat(timeout)
+    if _initialized():  # joined by the caller: its timeout, not ours
+        _start_heartbeat(None)
         return dist_info()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -286,7 +286,7 @@ def peer_failure(e: BaseException) -> PeerLostError | None:
         lost, steps = seen
         who = ", ".join(f"rank {r}" for r in lost) + f" of {world}"
         last = [steps[r] for r in lost if r in steps]
-        who += f" (last completed step {min(last)})" if last else " (before its first step)"
+        who += f" (last completed step {min(last)})" if last else ""
     elif world == 2:
         who = f"rank {1 - rank} of 2"
     else:
