@@ -2,11 +2,15 @@
 
 Write to a temporary file in the destination's folder, flush and fsync it, then
 ``os.replace`` it over the destination (atomic on POSIX and Windows), and fsync the folder.
+A process killed mid-write (SIGKILL) leaves its hidden temporary file behind; the next
+complete write of the same destination removes it (one writer per destination: fhcnn writes
+each output from one process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -69,7 +73,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if _observer is not None:
         _observer(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
+    prefix, suffix = f".{dest.name}.", ".tmp" + dest.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -86,6 +91,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    # leftovers of earlier writes of ``dest`` that were killed (mkstemp: 8 random characters)
+    pattern = glob.escape(prefix) + "?" * 8 + glob.escape(suffix)
+    for stale in dest.parent.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
