@@ -10,7 +10,9 @@ random step in ``1 .. steps - 1``; torchrun then ends the other. The same comman
 ``--resume`` must finish the run (exit 0); its weights (``model.safetensors``), prediction
 (``prediction.npy``) and logged ``(step, loss)`` sequence must equal those of one
 uninterrupted run bit for bit (no step logged twice or missing), its folder must hold the same
-outputs, and its last checkpoint must pass its manifest. Writes ``benchmarks/results/fault_runs.json``: the
+outputs, its last checkpoint must pass its manifest, and it must have resumed (not started
+over) from the last checkpoint written before the kill (or the one before, if the kill came
+while that one was written). Writes ``benchmarks/results/fault_runs.json``: the
 count of runs that finish correctly, and per run the kill (rank, step), the exit status of
 both launches, the step resumed from, and what differed. Not part of the test suite (about
 half a minute per run on a loaded 2-core machine).
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +59,7 @@ def _command(root: Path, out: Path, steps: int, split: str, *extra: str) -> list
         ["--set", "data.batch_size=2"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "fhcnn", "segment", str(root / "video.npy"), "--labels", str(root / "masks.npy"),
-            "--out", str(out), "--config", "video-tiny", "--device", "cpu", "--quiet",
+            "--out", str(out), "--config", "video-tiny", "--device", "cpu",
             "--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--set", f"train.steps={steps}",
             "--set", "train.checkpoint_every=2", "--set", "train.keep_last=2", "--set", "train.log_every=1",
             "--set", "train.peer_timeout=30", *layout, *extra]
@@ -153,10 +156,16 @@ def main() -> None:
                     verify_checkpoint(find_checkpoint(out, "latest"))
                 except CheckpointError as e:
                     problems.append(f"last checkpoint: {e}")
+            # it resumed (did not start over) from the last checkpoint before the kill, or the one
+            # before it if the kill came while that one was written
             log = (root / f"run-{i:02d}-b.log").read_text()
-            resumed = [ln for ln in log.splitlines() if ln.startswith("resuming from")]
+            found = re.search(r"resuming from \S+ \(step (\d+)", log)
+            resumed = int(found.group(1)) if found else None
+            k = first["killed_after_step"] or 0
+            if k >= 4 and (resumed is None or not k // 2 * 2 - 2 <= resumed <= k):
+                problems.append(f"resumed from step {resumed} after a kill after step {k}")
             runs.append({"run": i, "kill_rank": victim, "kill_at_step": at, **first,
-                         "resume_rc": second, "resumed": resumed[0] if resumed else None,
+                         "resume_rc": second, "resumed_from_step": resumed,
                          "correct": not problems, "problems": problems})
             print(f"run {i:2d}: kill rank {victim} after step {first['killed_after_step']} (asked {at}), "
                   f"launch rc {first['rc']}, resume rc {second}: {'ok' if not problems else problems}",
@@ -166,7 +175,8 @@ def main() -> None:
         "what": f"{args.runs} launches of a 2-process fhcnn segment run (video-tiny, {args.steps} SGD steps, "
                 f"checkpoint every 2, split {args.split}), one random rank SIGKILLed at a random step, "
                 f"then --resume; correct = exit 0, weights, prediction and logged losses bit-identical to an "
-                f"uninterrupted run, the same outputs, the last checkpoint intact",
+                f"uninterrupted run, the same outputs, the last checkpoint intact, resumed from the last "
+                f"checkpoint before the kill",
         "correct": sum(r["correct"] for r in runs), "runs": len(runs),
         "load_average_at_end": os.getloadavg(), "cpus": os.cpu_count(),
         "time_s": round(time.time() - t_start, 1), "torch": torch.__version__, "per_run": runs,
