@@ -8,9 +8,8 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
 
 Errors: ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
 ``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
-code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) or another process of
-a multi-process run that stopped answering (``PeerLostError``) exits with code 1 (``--debug``
-re-raises either to show the traceback).
+code 2; a ``TrainingError`` (e.g. a non-finite loss) or a lost process of a multi-process run
+(``PeerLostError``) exits with code 1 (``--debug`` re-raises either to show the traceback).
 """
 
 from __future__ import annotations
@@ -90,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
         from ..training.distributed import peer_failure
-
         lost = peer_failure(e)  # another process stopped answering (in training or after it)
         if not (isinstance(e, TrainingError) or lost is not None) or getattr(args, "debug", False):
             raise
