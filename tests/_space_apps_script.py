@@ -5,8 +5,11 @@
 ROOT holds the tiny inputs the test generated (:func:`make_inputs`). With ``parallel.space=2``
 each run splits the volume over the two processes:
 
-* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same stopped after 2 steps and
-  resumed -> ``ROOT/resumed-2``;
+* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same along D -> ``ROOT/segment-2d``;
+  copies of ``segment-2`` stopped after 2 of the 3 steps (the last checkpoint removed, as if
+  killed before writing it) resumed split along W -> ``ROOT/resumed-2``, along D ->
+  ``ROOT/w-to-d``, and a one-process run stopped likewise (``ROOT/1-to-w``, prepared by the
+  test) resumed split along W; ``ROOT/w-to-1`` is left for the test to resume on one process;
 * ``fhcnn change`` (split along the bands, the depth axis, with a Dice term) -> ``ROOT/change-2``;
 * the engine (``train_segmentation``, split along D, ``memory=block``, held-out scoring every
   2 steps) -> rank 0 saves the weights and the predicted probabilities to ``ROOT/engine-2.pt``.
@@ -48,10 +51,20 @@ def make_inputs(root: Path) -> None:
         np.save(root / f"{name}.npy", getattr(s, name))
 
 
-def segment_args(root: Path, out: Path, space: int) -> list[str]:
-    split = ["--set", f"parallel.space={space}", "--set", "parallel.axes=[2]"] if space > 1 else []
+def segment_args(root: Path, out: Path, space: int, axes: str = "[2]") -> list[str]:
+    """``fhcnn segment`` on ``space`` processes split along ``axes``, a checkpoint every step."""
+    split = ["--set", f"parallel.space={space}", "--set", f"parallel.axes={axes}"] if space > 1 else []
     return ["segment", str(root / "video.npy"), "--labels", str(root / "masks.npy"), "--out", str(out),
-            "--config", "video-tiny", *TRAIN, *split]
+            "--config", "video-tiny", *TRAIN, "--set", "train.checkpoint_every=1", "--set", "train.keep_last=3",
+            *split]
+
+
+def stopped_copy(run: Path, to: Path) -> None:
+    """A copy of the finished run folder ``run`` as if it had been killed after step 2 of 3."""
+    from fhcnn.training.checkpoint import step_dir_name
+
+    shutil.copytree(run, to)
+    shutil.rmtree(to / "checkpoints" / step_dir_name(3))
 
 
 def change_args(root: Path, out: Path, space: int, axes: str = "[0]", head: int = 0) -> list[str]:
@@ -140,18 +153,15 @@ def main() -> None:
         assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
-    # the same run stopped after 2 of its 3 steps and resumed (split checkpoints, exact resume):
-    # the run's last checkpoint removed, as if it had been killed before writing it
-    part = segment_args(root, root / "resumed-2", 2) + ["--set", "train.checkpoint_every=1",
-                                                        "--set", "train.keep_last=3"]
-    assert cli(part) == 0
-    dist.barrier()
+    assert cli(segment_args(root, root / "segment-2d", 2, axes="[0]")) == 0
     if rank == 0:
-        from fhcnn.training.checkpoint import step_dir_name
-
-        shutil.rmtree(root / "resumed-2" / "checkpoints" / step_dir_name(3))
+        for name in ("resumed-2", "w-to-d", "w-to-1"):
+            stopped_copy(root / "segment-2", root / name)
     dist.barrier()
-    assert cli(part + ["--resume"]) == 0
+    # resumed on the same split (bit-identical), along D instead of W, and from one process
+    assert cli(segment_args(root, root / "resumed-2", 2) + ["--resume"]) == 0
+    assert cli(segment_args(root, root / "w-to-d", 2, axes="[0]") + ["--resume"]) == 0
+    assert cli(segment_args(root, root / "1-to-w", 2) + ["--resume"]) == 0
     assert cli(change_args(root, root / "change-2", 2)) == 0
     assert cli(change_args(root, root / "change-head-2", 2, axes="[1]", head=4)) == 0
     out = engine_run(root, 2)

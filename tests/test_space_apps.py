@@ -25,7 +25,7 @@ from fhcnn.cli import main
 from fhcnn.config import load_config
 from fhcnn.engine import SegmentConfig
 from fhcnn.errors import InputError
-from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args
+from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args, stopped_copy
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "lo" if sys.platform.startswith("linux") else None
@@ -68,11 +68,13 @@ def _launch(tmp_path: Path, nproc: int, *args: str, outputs: tuple[str, ...] = (
 @needs_gloo
 def test_split_runs_equal_one_process(tmp_path: Path) -> None:
     make_inputs(tmp_path)
-    _launch(tmp_path, 2, outputs=("segment-2", "change-2", "change-head-2", "resumed-2"))
+    assert main(segment_args(tmp_path, tmp_path / "segment-1", 1)) == 0
+    stopped_copy(tmp_path / "segment-1", tmp_path / "1-to-w")  # resumed split, by the launch
+    _launch(tmp_path, 2, outputs=("segment-2", "segment-2d", "resumed-2", "w-to-d", "w-to-1",
+                                  "change-2", "change-head-2"))
 
     found = {}
     # fhcnn segment, split along W: weights, predicted labels, logged losses
-    assert main(segment_args(tmp_path, tmp_path / "segment-1", 1)) == 0
     one, two = tmp_path / "segment-1", tmp_path / "segment-2"
     w1 = load_file(str(one / "model.safetensors"))
     found["segment weights"] = _max_diff(w1, load_file(str(two / "model.safetensors")))
@@ -84,6 +86,21 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
     assert all(torch.equal(resumed[k], w2[k]) for k in w2), "a resumed split run differs"
     cfg = load_config(SegmentConfig, two / "config.yaml")
     assert cfg.parallel.space == 2 and cfg.parallel.axes == [2]
+
+    # a run stopped after 2 of its 3 steps, resumed on another layout: equal to the run that
+    # layout computes uninterrupted, up to the float rounding of the first 2 steps' sums
+    assert main(segment_args(tmp_path, tmp_path / "w-to-1", 1) + ["--resume"]) == 0
+    for resumed, layout, began in (("w-to-d", "segment-2d", "segment-2"), ("w-to-1", "segment-1", "segment-2"),
+                                   ("1-to-w", "segment-2", "segment-1")):
+        r, u = tmp_path / resumed, tmp_path / layout
+        lines = (r / "metrics.jsonl").read_text().splitlines()
+        # steps 1-2 are those of the stopped run (their times too): it resumed, it did not restart
+        assert lines[:2] == (tmp_path / began / "metrics.jsonl").read_text().splitlines()[:2]
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+        found[f"resumed {resumed} weights"] = _max_diff(load_file(str(u / "model.safetensors")),
+                                                        load_file(str(r / "model.safetensors")))
+        np.testing.assert_array_equal(np.load(r / "prediction.npy"), np.load(u / "prediction.npy"))
+    assert load_config(SegmentConfig, tmp_path / "w-to-d" / "config.yaml").parallel.axes == [0]
 
     # fhcnn change, split along the bands (depth mean of the logits all-reduced), with Dice
     assert main(change_args(tmp_path, tmp_path / "change-1", 1)) == 0
@@ -146,14 +163,14 @@ def _segment_inputs(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("world,sets,message", [
     ("4", ["parallel.space=4"],
      "spatial axis 0 (D) of size 4 cannot be split into 4 slabs that are whole multiples of 2 "
-     "(2**coarsenings of the network): nearest valid size for 4 slabs: 8 (set data.window_depth=8); "
-     "or split this axis into 2 slab(s) (valid: [2, 1])"),
+     "(2**coarsenings of the network); what works: --set parallel.space=2 with torchrun "
+     "--nproc-per-node 2; or --set parallel.axes=[1]; or --set parallel.axes=[2]"),
     ("2", ["parallel.space=2", "parallel.axes=[1]", "data.predict_height=0"],
      "prediction window (4, 18, 16) (of the volume (6, 16, 24) continued to a multiple of 2, "
      "data.predict_shifts=2): spatial axis 1 (H) of size 18 cannot be split into 2 slabs"),
     ("2", ["parallel.space=2", "parallel.axes=[2]", "data.predict_width=0"],
      "spatial axis 2 (W) of size 26 cannot be split into 2 slabs"),
-    ("1", ["parallel.space=2"], "but this run has 1: launch it with torchrun --nproc-per-node 2"),
+    ("1", ["parallel.space=2"], "but this run has 1; what works: torchrun --nproc-per-node 2"),
     ("3", ["parallel.space=2"], "but this run has 3"),
     ("4", ["parallel.space=2"], "data.batch_size=1 is not divisible by the 2 data-parallel replicas"),
     ("2", ["parallel.space=2", "model.arch=unet"], "model.arch=unet cannot"),
@@ -178,7 +195,7 @@ def test_bad_split_fails_before_out(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_change_bad_band_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """6 bands (whole depth 6) cannot be cut in 2 slabs of a multiple of 2; the error says so
-    and points at the H/W axes."""
+    and offers 3 slabs or the H/W axes."""
     from fhcnn.data.hyperspectral import make_bitemporal_scene
 
     s = make_bitemporal_scene(20, 24, 6, seed=2, field_size=10)
@@ -193,8 +210,9 @@ def test_change_bad_band_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert ("training window (6, 16, 16) (the whole depth): spatial axis 0 (D) of size 6 cannot be split "
-            "into 2 slabs") in err and "nearest valid size for 2 slabs: 8" in err
-    assert "parallel.axes=[1] or [2]" in err
+            "into 2 slabs") in err
+    assert ("what works: --set parallel.space=3 with torchrun --nproc-per-node 3; or --set parallel.axes=[1]; "
+            "or --set parallel.axes=[2]") in err
 
 
 @pytest.mark.parametrize("sets,message", [

@@ -7,11 +7,16 @@ Inside a run folder every write, folder creation and removal goes through a :cla
 (the run's record, :class:`fhcnn.rundir.RunFolder`): it refuses a destination behind a link or
 in a folder fhcnn did not create, and records what was written (size and sha256) before the
 temporary file replaces the destination. Outside a run folder (no guard set) nothing is checked.
+
+A process killed mid-write (SIGKILL) leaves its hidden temporary file behind; the next
+complete write of the same destination removes it (one writer per destination: fhcnn writes
+each output from one process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -151,13 +156,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if guard is not None:
         guard.before_write(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
+    prefix, suffix = f".{dest.name}.", ".tmp" + dest.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # mkstemp creates the file 0600; give the result the permissions of an ordinary new file
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        # the permissions of an ordinary new file (umask), set after the writer is done: mkstemp
+        # creates 0600, and some writers (safetensors) replace the file by one of their own
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
@@ -169,6 +176,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    # leftovers of earlier writes of ``dest`` that were killed (mkstemp: 8 random characters)
+    pattern = glob.escape(prefix) + "?" * 8 + glob.escape(suffix)
+    for stale in dest.parent.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

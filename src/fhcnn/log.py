@@ -1,11 +1,13 @@
 """One logging convention for every command: progress and log lines go to stderr (through
 the ``fhcnn`` logger), results go to stdout (:func:`result`), so ``fhcnn ... > result.txt``
-keeps only results.
+keeps only results. Under ``torchrun`` only rank 0 logs; the other ranks print only their
+warnings and errors (a line of their own), not the run's lines a second time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 __all__ = ["logger", "setup", "info", "result"]
@@ -13,8 +15,17 @@ __all__ = ["logger", "setup", "info", "result"]
 logger = logging.getLogger("fhcnn")
 
 
+def _rank() -> int:
+    """This process's rank under ``torchrun`` (environment ``RANK``; 0 without it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def setup(quiet: bool = False) -> None:
-    """Send the ``fhcnn`` logger's messages to stderr (as plain lines); ``quiet``: warnings only."""
+    """Send the ``fhcnn`` logger's messages to stderr (as plain lines); ``quiet``, and every
+    rank but 0 of a multi-process run: warnings only."""
     for h in list(logger.handlers):
         if getattr(h, "_fhcnn", False):
             logger.removeHandler(h)
@@ -22,7 +33,7 @@ def setup(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._fhcnn = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet or _rank() != 0 else logging.INFO)
     logger.propagate = False
 
 

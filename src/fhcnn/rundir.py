@@ -81,16 +81,27 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return "missing"
 
 
+#: Config keys that say where and how a run computes, not what: left out of the run's identity
+#: (``config_digest``), so ``--resume`` may change them. ``parallel`` (the split of the volume
+#: over processes) changes the result only by float rounding: checkpoints hold the unsplit
+#: model's state (``docs/spatial.md``).
+LAYOUT_KEYS = ("threads", "parallel", "train.device", "train.threads", "train.peer_timeout")
+
+
 def config_digest(cfg: Any) -> str:
-    """sha256 of the resolved config, without the keys that do not change the result
-    (``train.device``, ``threads``)."""
+    """sha256 of the resolved config, without the keys of :data:`LAYOUT_KEYS` (the device,
+    the CPU threads, the split over processes and how long to wait for them)."""
     from .config import config_to_dict
 
     d = config_to_dict(cfg) if not isinstance(cfg, Mapping) else dict(cfg)
     d = json.loads(json.dumps(d, default=str))
-    d.pop("threads", None)
-    if isinstance(d.get("train"), dict):
-        d["train"].pop("device", None)
+    for key in LAYOUT_KEYS:
+        *parents, name = key.split(".")
+        section = d
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(name, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -8,7 +8,8 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
 
 Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual file
 errors raised by a command, are one line ``error: <message>``, exit code 2; a ``TrainingError``
-(e.g. a non-finite loss) exits with code 1 (``--debug`` re-raises either to show the traceback).
+(e.g. a non-finite loss) or a lost process of a multi-process run (``PeerLostError``) exits
+with code 1 (``--debug`` re-raises either to show the traceback).
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # a training failure (e.g. non-finite loss): exit 1, one line
+    except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
-
-        if not isinstance(e, TrainingError) or getattr(args, "debug", False):
+        from ..training.distributed import peer_failure
+        lost = peer_failure(e)  # another process stopped answering (in training or after it)
+        if not (isinstance(e, TrainingError) or lost is not None) or getattr(args, "debug", False):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {lost or e}", file=sys.stderr)
         return 1
     finally:
         from ..rundir import RunFolder

@@ -36,8 +36,9 @@ channels, small next to the network's states).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -47,14 +48,14 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..options import IGNORE
 from .losses import SegmentationLoss
-from .sizes import training_window
+from .sizes import round_up, training_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..spatial import SpatialSplit
     from .models import VolumeSegmenter
 
-__all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "check_space_split",
-           "prediction_windows", "follow_prediction"]
+__all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "SplitError", "check_space_split",
+           "fix_sets", "fix_text", "prediction_windows", "follow_prediction"]
 
 _AXES = ("D", "H", "W")
 _WINDOW_KEYS = ("window_depth", "window_height", "window_width")
@@ -109,29 +110,181 @@ class ParallelConfig:
 
 def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
                        shift_depth: bool) -> list[tuple[int, ...]]:
-    """The window sizes :func:`~fhcnn.engine.inference.predict_volume` evaluates on a volume of
-    ``size`` ``(D, H, W)``: one per shifted tiling (:func:`~fhcnn.engine.inference.tiling_sizes`)."""
+    """The distinct window sizes a prediction of a volume of ``size`` ``(D, H, W)`` evaluates
+    (:func:`~fhcnn.engine.sizes.prediction_tilings`)."""
     from .sizes import prediction_tilings
 
     return list(dict.fromkeys(t.window for t in prediction_tilings(size, window, multiple, shifts, shift_depth,
                                                                   flip=False)))
 
 
-def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, multiple: int) -> str:
-    from ..spatial import nearest_valid_split
-
-    near, ok = nearest_valid_split(size, parts, multiple)
-    fix = f" (set {key}={near})" if key else ""
-    alt = (f"; or split this axis into {ok[0]} slab(s) (valid: {ok})" if ok
-           else f"; no number of slabs works for {size}")
-    if key is None:
-        alt += " or split H or W instead (parallel.axes=[1] or [2])"
-    return (f"parallel.space: {what}: spatial axis {axis} ({_AXES[axis]}) of size {size} cannot be "
-            f"split into {parts} slabs that are whole multiples of {multiple} (2**coarsenings of the "
-            f"network): nearest valid size for {parts} slabs: {near}{fix}{alt}")
+#: One change a split error offers: config keys -> values, and ``"processes"``: the number of
+#: processes to launch (``torchrun --nproc-per-node``).
+Fix = dict[str, Any]
 
 
-def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False, plan: Any = None) -> None:
+class SplitError(InputError):
+    """A ``parallel`` section that cannot split this run (one line, :func:`check_space_split`).
+
+    ``fixes``: the changes the message offers, each one checked to pass
+    :func:`check_space_split` when applied alone (config keys -> values; ``"processes"``: the
+    number of processes to launch)."""
+
+    def __init__(self, message: str, fixes: list[Fix]) -> None:
+        super().__init__(message)
+        self.fixes = fixes
+
+
+@dataclass
+class _Problem:
+    """The first thing :func:`check_space_split` refuses: its text, and the candidate fixes in
+    groups (of each group, the first candidate that passes the whole check is offered)."""
+
+    text: str
+    groups: list[list[Fix]] = field(default_factory=list)
+    end: str = ""  # said after the fixes (what else would work)
+
+
+def _value_text(v: Any) -> str:
+    return "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+
+def fix_sets(fix: Fix) -> list[str]:
+    """The config changes of ``fix`` as ``--set`` arguments (``key=value``)."""
+    return [f"{k}={_value_text(v)}" for k, v in fix.items() if k != "processes"]
+
+
+def fix_text(fix: Fix) -> str:
+    """How a user applies ``fix``: ``--set key=value ...`` and/or ``torchrun --nproc-per-node N``."""
+    sets = " ".join(f"--set {s}" for s in fix_sets(fix))
+    launch = f"torchrun --nproc-per-node {fix['processes']}" if "processes" in fix else ""
+    return " with ".join(t for t in (sets, launch) if t)
+
+
+def _apply(cfg: Any, fix: Fix) -> Any | None:
+    """A copy of ``cfg`` with the config keys of ``fix`` set (each changed section rebuilt and
+    validated); ``None`` if a section refuses the values."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in fix.items():
+        if key != "processes":
+            section, name = key.split(".")
+            changes.setdefault(section, {})[name] = value
+    new = copy.copy(cfg)
+    for section, values in changes.items():
+        try:
+            setattr(new, section, replace(getattr(cfg, section), **values))
+        except (ValueError, TypeError):
+            return None
+    return new
+
+
+def _axis_problem(cfg: Any, what: str, key: str | None, axis: int, size: int, asked: int,
+                  world: int, predict: bool) -> _Problem:
+    """A window whose length ``size`` along the split ``axis`` does not cut into the axis's
+    slabs; ``key``: the config key that sets it (``None``: the whole depth, not settable),
+    ``asked``: the value it asked for (candidates are tried nearest to it first)."""
+    from .models import size_multiple_of
+
+    p: ParallelConfig = cfg.parallel
+    m = size_multiple_of(cfg.model)
+    grid = list(p.split_grid)
+    i = list(p.axes).index(axis)
+    parts = grid[i]
+    step = parts * m
+    groups: list[list[Fix]] = []
+    if key is not None:  # another window length: whole multiples of parts * m, the nearest first
+        top = round_up(max(size, asked, 1), step) + step
+        values = list(range(step, top + 1, step)) + ([0] if predict else [])
+        groups.append([{key: v} for v in sorted(values, key=lambda v: (abs((v or size) - asked), v))])
+    if predict and cfg.data.predict_shifts > 1:
+        groups.append([{"data.predict_shifts": 1}])
+    replicas = world // p.space if world % p.space == 0 else 1
+    slabs = []  # another number of slabs along this axis (another number of processes)
+    for k in sorted(range(1, max(size // m, 1) + 1), key=lambda k: (abs(k - parts), k)):
+        g = grid[:i] + [k] + grid[i + 1:]
+        space = math.prod(g)
+        if k == parts or space == 1:
+            continue
+        fix: Fix = {"parallel.space": space, "processes": space * replicas}
+        if len(g) > 1:
+            fix["parallel.grid"] = g
+        slabs.append(fix)
+    groups.append(slabs)
+    if len(p.axes) == 1:  # the same number of slabs along another axis
+        for b in range(3):
+            if b != axis:
+                groups.append([{"parallel.axes": [b]}])
+    return _Problem(f"parallel.space: {what}: spatial axis {axis} ({_AXES[axis]}) of size {size} cannot be "
+                    f"split into {parts} slabs that are whole multiples of {m} (2**coarsenings of "
+                    f"the network)", groups)
+
+
+def _problem(cfg: Any, shape: Sequence[int], reduce_depth: bool, world: int) -> _Problem | None:
+    """The first thing that keeps ``cfg.parallel`` from splitting this run on ``world``
+    processes, or ``None``."""
+    p: ParallelConfig = cfg.parallel
+    if p.space == 1:
+        return None
+    from .models import size_multiple_of
+    from .sizes import prediction_window_of
+
+    axes = list(p.axes)
+    if cfg.model.arch != "hyperbolic":
+        return _Problem(f"parallel.space={p.space}: only the hyperbolic network can be split in "
+                        f"space; model.arch={cfg.model.arch} cannot", [[{"parallel.space": 1}]])
+    if cfg.model.spectral_head > 0 and 0 in axes:
+        other = [[{"parallel.axes": [b if a == 0 else a for a in axes]}] for b in (1, 2) if b not in axes]
+        return _Problem(f"parallel.axes={_value_text(axes)}: model.spectral_head reads the whole depth "
+                        f"axis of each pixel, so the depth axis 0 is not split with it",
+                        other + [[{"model.spectral_head": 0}]])
+    if cfg.data.unlabelled != "none" and cfg.data.unlabelled_weight > 0:
+        return _Problem(f"parallel.space={p.space}: data.unlabelled={cfg.data.unlabelled} is not "
+                        f"supported on a volume split in space", [[{"data.unlabelled": "none"}]])
+    if reduce_depth and 0 in axes and len(axes) > 1:
+        i = axes.index(0)
+        g0 = p.split_grid[i]
+        alone: Fix = {"parallel.axes": [0], "parallel.grid": [], "parallel.space": g0}
+        if world % p.space == 0:
+            alone["processes"] = g0 * (world // p.space)
+        other = [[{"parallel.axes": [b if a == 0 else a for a in axes]}] for b in (1, 2) if b not in axes]
+        return _Problem(f"parallel.axes={_value_text(axes)}: with one 2D label map for the whole depth "
+                        f"(data.reduce_depth, change.target=mean) the depth axis 0 can be split only "
+                        f"alone or not at all", other + [[alone]])
+    m = size_multiple_of(cfg.model)
+    d = cfg.data
+    asked_train = (d.window_depth, d.window_height, d.window_width)
+    win = training_window(asked_train, shape, m, whole_depth=reduce_depth)
+    for a, g in zip(p.axes, p.split_grid):
+        if win[a] % (g * m):
+            key = None if (reduce_depth and a == 0) else "data." + _WINDOW_KEYS[a]
+            what = f"training window {tuple(win)}" + (" (the whole depth)" if key is None else "")
+            return _axis_problem(cfg, what, key, a, win[a], asked_train[a] or win[a], world, False)
+    pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce_depth)
+    for wins in prediction_windows(shape, pwin, m, d.predict_shifts, not reduce_depth):
+        for a, g in zip(p.axes, p.split_grid):
+            if wins[a] % (g * m):
+                return _axis_problem(
+                    cfg, f"prediction window {tuple(wins)} (of the volume {tuple(shape)} continued to a "
+                    f"multiple of {m}, data.predict_shifts={d.predict_shifts})",
+                    "data." + _PREDICT_KEYS[a], a, wins[a], pwin[a] or wins[a], world, True)
+    if world % p.space:
+        return _Problem(f"parallel.space={p.space} splits each volume over {p.space} processes, but "
+                        f"this run has {world}", [[{"processes": p.space}]],
+                        f" (or a multiple of {p.space}, for data-parallel replicas)")
+    replicas = world // p.space
+    if d.batch_size % replicas:
+        return _Problem(f"data.batch_size={d.batch_size} is not divisible by the {replicas} "
+                        f"data-parallel replicas ({world} processes / parallel.space={p.space})",
+                        [[{"data.batch_size": round_up(d.batch_size, replicas)}], [{"processes": p.space}]])
+    return None
+
+
+def _passes(cfg: Any, fix: Fix, shape: Sequence[int], reduce_depth: bool, world: int) -> bool:
+    new = _apply(cfg, fix)
+    return new is not None and _problem(new, shape, reduce_depth, int(fix.get("processes", world))) is None
+
+
+def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False) -> None:
     """Refuse, in one line, a ``parallel`` section that cannot split this run.
 
     Args:
@@ -139,68 +292,28 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
             (:class:`~fhcnn.engine.config.SegmentConfig`, ``ChangeConfig``).
         shape: ``(D, H, W)`` of the volume the network sees (after ``data.scale``).
         reduce_depth: the labels are one 2D map (the loss on the depth-mean logits).
-        plan: the run's :class:`~fhcnn.engine.plan.RunPlan`, whose training window and
-            prediction tilings are checked (else they are worked out from ``cfg``).
 
     Raises:
-        InputError: the U-Net or an unlabelled-voxel term with ``space > 1``; a world size that is not a multiple of
-            ``space``; a batch that the replicas cannot share; a training or prediction
-            window whose slab along a split axis is not a whole multiple of the network's
-            size multiple (naming the axis and the nearest valid size).
+        SplitError: the U-Net or an unlabelled-voxel term with ``space > 1``; a training or
+            prediction window whose slab along a split axis is not a whole multiple of the
+            network's size multiple (naming the axis); a world size that is not a multiple of
+            ``space``; a batch that the replicas cannot share. The message offers what works:
+            only changes that, applied alone, pass this check (``SplitError.fixes``).
     """
-    p: ParallelConfig = cfg.parallel
-    if p.space == 1:
-        return
-    from .models import size_multiple_of
-    from .sizes import prediction_window_of
-
-    if cfg.model.arch != "hyperbolic":
-        raise InputError(f"parallel.space={p.space}: only the hyperbolic network can be split in "
-                         f"space; model.arch={cfg.model.arch} cannot (use parallel.space=1)")
-    if cfg.model.spectral_head > 0 and 0 in p.axes:
-        raise InputError(f"parallel.axes={list(p.axes)}: model.spectral_head reads the whole depth axis "
-                         f"of each pixel, so the depth axis 0 is not split with it (split H or W: "
-                         f"parallel.axes=[1] or [2]; or use model.spectral_head=0)")
-    if cfg.data.unlabelled != "none" and cfg.data.unlabelled_weight > 0:
-        raise InputError(f"parallel.space={p.space}: data.unlabelled={cfg.data.unlabelled} is not "
-                         f"supported on a volume split in space (use data.unlabelled=none)")
     from ..training.distributed import world_size
 
     world = world_size()
-    if world % p.space:
-        raise InputError(f"parallel.space={p.space} splits each volume over {p.space} processes, but "
-                         f"this run has {world}: launch it with torchrun --nproc-per-node {p.space} "
-                         f"(or a multiple of {p.space}, for data-parallel replicas)")
-    replicas = world // p.space
-    if cfg.data.batch_size % replicas:
-        raise InputError(f"data.batch_size={cfg.data.batch_size} is not divisible by the {replicas} "
-                         f"data-parallel replicas ({world} processes / parallel.space={p.space})")
-    if reduce_depth and 0 in p.axes and len(p.axes) > 1:
-        raise InputError(f"parallel.axes={list(p.axes)}: with one 2D label map for the whole depth "
-                         f"(data.reduce_depth, change.target=mean) the depth axis 0 can be split only "
-                         f"alone (parallel.axes=[0]) or not at all (e.g. [1, 2])")
-    m = size_multiple_of(cfg.model)
-    d = cfg.data
-    win = plan.train_window if plan is not None else \
-        training_window((d.window_depth, d.window_height, d.window_width), shape, m, whole_depth=reduce_depth)
-    grid = p.split_grid
-    for a, g in zip(p.axes, grid):
-        if win[a] % (g * m):
-            key = None if (reduce_depth and a == 0) else "data." + _WINDOW_KEYS[a]
-            what = f"training window {tuple(win)}" + (" (the whole depth)" if key is None else "")
-            raise InputError(_axis_error(what, key, a, win[a], g, m))
-    if plan is not None:
-        windows = list(dict.fromkeys(t.window for t in plan.tilings))
-    else:
-        pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce_depth)
-        windows = prediction_windows(shape, pwin, m, d.predict_shifts, not reduce_depth)
-    for wins in windows:
-        for a, g in zip(p.axes, grid):
-            if wins[a] % (g * m):
-                raise InputError(_axis_error(
-                    f"prediction window {tuple(wins)} (of the volume {tuple(shape)} continued to a "
-                    f"multiple of {m}, data.predict_shifts={d.predict_shifts})",
-                    "data." + _PREDICT_KEYS[a], a, wins[a], g, m))
+    problem = _problem(cfg, shape, reduce_depth, world)
+    if problem is None:
+        return
+    fixes = []
+    for group in problem.groups:
+        found = next((f for f in group if _passes(cfg, f, shape, reduce_depth, world)), None)
+        if found is not None and found not in fixes:
+            fixes.append(found)
+    offer = ("; what works: " + "; or ".join(fix_text(f) for f in fixes) + problem.end if fixes
+             else "; no single setting fixes it (see docs/spatial.md, Rules and errors)")
+    raise SplitError(problem.text + offer, fixes)
 
 
 class SplitSegmentationLoss(SegmentationLoss):
@@ -311,7 +424,7 @@ class SpaceRun:
         from ..training import init_distributed, resolve_device
 
         device = resolve_device(cfg.train.device)
-        info = init_distributed(device.type)
+        info = init_distributed(device.type, float(cfg.train.peer_timeout))
         split = init_spatial(3, tuple(p.axes), p.split_grid, data=info.world_size // p.space,
                              device_type=device.type)
         split_module(seg.core, split)

@@ -238,7 +238,7 @@ def _check_setup(plan: RunPlan) -> None:
         raise
     except (ValueError, TypeError, RuntimeError) as e:
         raise InputError(f"the model of the config cannot be built: {e}") from None
-    check_space_split(cfg, plan.volume.spatial, plan.reduce_depth, plan=plan)
+    check_space_split(cfg, plan.volume.spatial, plan.reduce_depth)
 
 
 def split_sizes(plan: RunPlan) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:

@@ -19,7 +19,15 @@ from .checkpoint import (
                          verify_checkpoint,
 )
 from .device import resolve_device
-from .distributed import cleanup_distributed, dist_info, init_distributed, is_main_process, params_in_sync, shard_batch
+from .distributed import (
+                         PeerLostError,
+                         cleanup_distributed,
+                         dist_info,
+                         init_distributed,
+                         is_main_process,
+                         params_in_sync,
+                         shard_batch,
+)
 from .trainer import (
                          NonFiniteLossError,
                          TrainConfig,
@@ -34,7 +42,7 @@ from .trainer import (
 )
 
 __all__ = [
-    "TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError",
+    "TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "PeerLostError",
     "CheckpointError", "CheckpointWarning", "Checkpoint", "CheckpointManager",
     "load_weights", "load_checkpoint", "latest_checkpoint", "verify_checkpoint",
     "resolve_device", "init_distributed", "cleanup_distributed", "dist_info", "is_main_process",

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from ..atomic import atomic_path, atomic_write_text, make_dir, remove
@@ -111,10 +111,13 @@ def _cpu_state(model_or_state: nn.Module | dict[str, Tensor]) -> dict[str, Tenso
 def save_weights(path: str | os.PathLike[str], model: nn.Module | dict[str, Tensor],
                  metadata: dict[str, str] | None = None) -> Path:
     """Write a model's ``state_dict`` (buffers included) as one safetensors file, atomically:
-    the one writer of weights (final models and checkpoints alike)."""
+    the one writer of weights (final models and checkpoints alike). Serialized in memory and
+    written through :func:`~fhcnn.atomic.atomic_path` (``save_file`` would write a temporary
+    file of its own, private and left behind by a killed process)."""
     path = Path(path)
+    data = save(_cpu_state(model), metadata={"format": "pt", **(metadata or {})})
     with atomic_path(path) as tmp:
-        save_file(_cpu_state(model), str(tmp), metadata={"format": "pt", **(metadata or {})})
+        tmp.write_bytes(data)
     return path
 
 

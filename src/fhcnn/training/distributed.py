@@ -5,20 +5,35 @@
 ``gloo`` on CPU). Every rank builds the same global batch from the ``(seed, step)``
 generator and keeps its slice (:func:`shard_batch`), so a run on ``W`` processes computes the
 same gradient as a run on one process with the same global batch.
+
+**A stopped or lost process.** Every wait for another process is bounded by
+``train.peer_timeout`` seconds (``init_process_group(timeout=...)``: Gloo raises when a
+collective gets no data for that long; a process that disappears closes its connections and
+the others' collectives fail at once). :func:`peer_failure` turns that failure into one line
+(:class:`PeerLostError`) naming the process, the last completed step and the last intact
+checkpoint. With two processes the lost one is the other; with more, under ``torchrun``,
+each process beats a counter in the agent's rendezvous store from a background thread, and
+the process whose counter stands still (stopped with SIGSTOP, killed, hung) is told from
+those merely waiting in a collective. (Without ``torchrun`` the store lives in rank 0's
+process, which may be the one that stopped: no heartbeat there.)
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "is_main_process",
-           "world_size",
+           "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync"]
 
 
@@ -49,13 +64,17 @@ def dist_info() -> DistInfo:
     return DistInfo(0, 1, 0)
 
 
-def init_distributed(device_type: str | None = None) -> DistInfo:
+def init_distributed(device_type: str | None = None, timeout: float | None = None) -> DistInfo:
     """Join the process group if launched by ``torchrun`` with ``WORLD_SIZE > 1``.
 
     Does nothing when a group is already initialized (e.g. by the caller) or when the
     environment describes a single process. Backend: ``nccl`` for CUDA, else ``gloo``.
+    ``timeout``: seconds any wait for another process may last (joining the group, every
+    collective) before it fails (``train.peer_timeout``; ``None``: torch's default, 30 min).
+    Starts the heartbeat that tells a stopped process from a waiting one (:func:`peer_failure`).
     """
-    if _initialized():
+    if _initialized():  # joined by the caller: its timeout, not ours
+        _start_heartbeat(None)
         return dist_info()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -67,7 +86,18 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    try:
+        if timeout is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+    except dist.DistError as e:
+        if timeout is None:
+            raise
+        raise PeerLostError(f"the {world} processes did not all join the process group within "
+                            f"train.peer_timeout={timeout:g} s ({_brief(e)}); check that every "
+                            f"process was started") from None
+    _start_heartbeat(timeout)
     return dist_info()
 
 
@@ -82,13 +112,194 @@ def exit_program(code: int) -> NoReturn:
     group was joined) the group is destroyed and the interpreter's teardown skipped: torch's
     Gloo threads sometimes abort the process there ("terminate called without an active
     exception", after every output is written and ``destroy_process_group`` has returned),
-    which would turn a finished run into a failed ``torchrun`` launch."""
+    which would turn a finished run into a failed ``torchrun`` launch. After a lost process
+    (:class:`PeerLostError`) the group is left as it is: tearing it down could wait for it."""
     if not _initialized():
         sys.exit(code)
-    cleanup_distributed()
+    if not _failed:
+        cleanup_distributed()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# ---------------------------------------------------------------- a stopped or lost process
+#: ``train.peer_timeout`` by default: seconds a process waits for another one.
+DEFAULT_PEER_TIMEOUT = 300.0
+
+
+class PeerLostError(RuntimeError):
+    """Another process of the run stopped answering or disappeared; this one stops too (one
+    line: which process, the last completed step, the last intact checkpoint)."""
+
+
+_failed = False  # a PeerLostError was raised in this process
+
+
+@dataclass
+class _Progress:
+    step: int = 0  # the last training step this process completed
+    checkpoints: Path | None = None  # the run's checkpoints folder (rank 0 writes it)
+    timeout: float | None = None
+
+
+_progress = _Progress()
+
+
+def note_progress(step: int, checkpoints: Path | None = None, *, new_run: bool = False) -> None:
+    """Record the last completed training step (and, for a ``new_run``, the run's checkpoints
+    folder) for the message of a :class:`PeerLostError` and for the heartbeat."""
+    _progress.step = int(step)
+    if _heartbeat is not None:
+        _heartbeat.wake.set()  # beat now: the store holds each rank's last completed step
+    if new_run:
+        _progress.checkpoints = Path(checkpoints) if checkpoints is not None else None
+
+
+class _Heartbeat:
+    """A daemon thread that increments ``fhcnn/beat/<rank>`` in the rendezvous store every
+    ``period`` seconds and after every completed step (value ``"<count> <last completed
+    step>"``), through a client of its own with a short timeout. A process stopped (SIGSTOP),
+    killed or hung stops beating; one that waits in a collective keeps beating."""
+
+    def __init__(self, host: str, port: int, rank: int, world: int, period: float) -> None:
+        self.rank, self.world, self.period = rank, world, period
+        self.wait = timedelta(seconds=max(2.0, 2 * period))
+        self.store = dist.TCPStore(host, port, is_master=False, timeout=self.wait,
+                                   wait_for_workers=False)
+        self.count = 0
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fhcnn-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        self.count += 1
+        self.store.set(f"fhcnn/beat/{self.rank}", f"{self.count} {_progress.step}")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._beat()
+            except Exception:  # the store is briefly unreachable: try again next period
+                pass
+            self.wake.wait(self.period)
+            self.wake.clear()
+
+    def _read(self) -> dict[int, tuple[int, int]] | None:
+        """``rank -> (count, step)`` of every rank that has beaten; ``None``: store unreachable."""
+        out = {}
+        try:
+            for r in range(self.world):
+                key = f"fhcnn/beat/{r}"
+                if self.store.check([key]):
+                    count, step = self.store.get(key).decode().split()
+                    out[r] = (int(count), int(step))
+        except Exception:
+            return None
+        return out
+
+    def _observe(self) -> tuple[list[int], dict[int, int]] | None:
+        first = self._read()
+        if first is None:
+            return None
+        time.sleep(3 * self.period)
+        second = self._read()
+        if second is None:
+            return None
+        still = [r for r in range(self.world) if r != self.rank and second.get(r) == first.get(r)]
+        return still, {r: step for r, (_, step) in second.items()}
+
+    def stopped(self) -> tuple[list[int], dict[int, int]] | None:
+        """Watch the counters for three periods: the ranks whose counter stood still, and the
+        last completed step each rank reported; ``None`` if the store does not answer in time."""
+        box: list[tuple[list[int], dict[int, int]] | None] = []
+        watch = threading.Thread(target=lambda: box.append(self._observe()), daemon=True)
+        watch.start()
+        watch.join(3 * self.period + 4 * self.wait.total_seconds())
+        return box[0] if box else None
+
+
+_heartbeat: _Heartbeat | None = None
+
+
+def _start_heartbeat(timeout: float | None) -> None:
+    global _heartbeat
+    if timeout is not None:
+        _progress.timeout = timeout
+    if _heartbeat is not None or not _initialized() or dist.get_world_size() <= 1:
+        return
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return  # no store outside the workers (not torchrun, or file:// / tcp://)
+    period = min(2.0, max(0.2, (timeout or DEFAULT_PEER_TIMEOUT) / 10))
+    try:
+        _heartbeat = _Heartbeat(host, int(port), dist.get_rank(), dist.get_world_size(), period)
+    except Exception:  # pragma: no cover - the store refused a client: failures stay unnamed
+        _heartbeat = None
+
+
+def _brief(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_comm_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a failed wait for, or a broken connection to, another process."""
+    if isinstance(e, dist.DistError):
+        return True
+    if not isinstance(e, RuntimeError):
+        return False
+    text = str(e).lower()
+    return "gloo" in text or "nccl" in text or "connection reset" in text or "connection closed" in text
+
+
+def _intact_checkpoint() -> Path | None:
+    """The newest checkpoint folder under the run's checkpoints folder that passes its manifest."""
+    from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+
+    if _progress.checkpoints is None:
+        return None
+    for _, folder in reversed(list_checkpoints(_progress.checkpoints)):
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError:
+            continue
+        return folder
+    return None
+
+
+def peer_failure(e: BaseException) -> PeerLostError | None:
+    """The one-line :class:`PeerLostError` for ``e`` if it is a collective that failed because
+    another process stopped answering or disappeared (``None`` otherwise, or without a
+    process group). Names that process (the one whose heartbeat stood still), this process's
+    last completed step and the last intact checkpoint; takes about three heartbeat periods."""
+    global _failed
+    if isinstance(e, PeerLostError):
+        return e
+    if not (_initialized() and dist.get_world_size() > 1 and _is_comm_failure(e)):
+        return None
+    _failed = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seen = _heartbeat.stopped() if _heartbeat is not None else None
+    if seen is not None and seen[0]:
+        lost, steps = seen
+        who = ", ".join(f"rank {r}" for r in lost) + f" of {world}"
+        last = [steps[r] for r in lost if r in steps]
+        who += f" (last completed step {min(last)})" if last else ""
+    elif world == 2:
+        who = f"rank {1 - rank} of 2"
+    else:
+        who = f"another of the {world} processes"
+    text = str(e).lower()
+    how = ("its connection closed" if "connection" in text or "closed" in text or "reset" in text
+           else f"no reply within train.peer_timeout={_progress.timeout:g} s" if _progress.timeout
+           else "a wait for it failed")
+    ckpt = _intact_checkpoint()
+    where = (f"the last intact checkpoint is {ckpt}: continue with --resume" if ckpt is not None
+             else "no checkpoint was written yet")
+    return PeerLostError(f"rank {rank}: {who} stopped answering ({how}); this process stops after "
+                         f"step {_progress.step}; {where}")
 
 
 def world_size() -> int:

@@ -31,7 +31,17 @@ from ..atomic import append_text, atomic_write_text, make_dir
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
 from .device import CpuThreads, resolve_device
-from .distributed import all_reduce_mean, barrier, broadcast_object, init_distributed, params_in_sync, shard_batch
+from .distributed import (
+    DEFAULT_PEER_TIMEOUT,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    note_progress,
+    params_in_sync,
+    peer_failure,
+    shard_batch,
+)
 from .progress import Progress
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "step_seed",
@@ -76,6 +86,11 @@ class TrainConfig:
             not kept busy by other processes, re-checked as the load changes, and logged;
             ``N`` = exactly N; ``None`` or ``-1`` = leave torch's setting alone. The thread
             count found at the start is restored at the end.
+        peer_timeout: seconds a process of a multi-process run waits for another (to join the
+            group, in every collective) before the run stops with one line naming the process
+            that stopped answering, the last completed step and the last intact checkpoint
+            (``--resume`` continues from it). Every such wait counts: a validation or a
+            checkpoint on rank 0 that takes longer needs a larger value.
     """
 
     steps: int = 1000
@@ -98,6 +113,7 @@ class TrainConfig:
     best_mode: Literal["min", "max"] = "min"
     find_unused_parameters: bool = False
     threads: int | None = None
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -129,6 +145,9 @@ class TrainConfig:
         need(self.threads is None or (isinstance(self.threads, int) and self.threads >= -1),
              f"threads must be >= 0 (0 = the free physical cores), -1 or null (torch's default), "
              f"got {self.threads!r}")
+        need(isinstance(self.peer_timeout, (int, float)) and math.isfinite(self.peer_timeout)
+             and self.peer_timeout > 0,
+             f"peer_timeout must be a positive number of seconds, got {self.peer_timeout!r}")
 
 
 class TrainingError(RuntimeError):
@@ -380,7 +399,7 @@ class Trainer:
 
         # join torchrun's process group (if any) before choosing the device
         pre = resolve_device(config.device)
-        self.dist = init_distributed(pre.type)
+        self.dist = init_distributed(pre.type, float(config.peer_timeout))
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.dist.is_main
         self.device = resolve_device(config.device, self.dist.local_rank if self.dist.enabled else None)
@@ -601,12 +620,25 @@ class Trainer:
             NonFiniteLossError: the loss became NaN/Inf (the weights are not updated by that
                 step; checkpoints up to the previous ``checkpoint_every`` are intact).
             CheckpointError: ``resume`` but every checkpoint present is corrupt.
+            PeerLostError: another process of a multi-process run stopped answering within
+                ``peer_timeout`` or disappeared (the message names it, the last completed step
+                and the last intact checkpoint).
         """
+        try:
+            return self._fit(resume)
+        except Exception as e:
+            lost = peer_failure(e) if self.dist.enabled else None
+            if lost is None or lost is e:
+                raise
+            raise lost from e
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         if resume and self.out_dir is None:
             raise ValueError("resume=True needs an out_dir")
         if self.out_dir is not None and self.is_main:
             make_dir(self.out_dir)
+        note_progress(0, self.checkpoints.root if self.checkpoints is not None else None, new_run=True)
         with _determinism(cfg.deterministic, self.device):
             if resume:
                 assert self.checkpoints is not None
@@ -614,8 +646,12 @@ class Trainer:
                 if ckpt is not None:
                     self._load_state(ckpt.model_state, ckpt.state)
                     self.last_checkpoint = ckpt.path
+                    note_progress(self.step)
                     if self.is_main and not self.quiet:
-                        print(f"resuming from {ckpt.path} (step {self.step})", file=sys.stderr,
+                        was = int(ckpt.state.get("world_size", self.world_size))
+                        moved = (f"; written by {was} process{'es' if was > 1 else ''}, continued on "
+                                 f"{self.world_size}" if was != self.world_size else "")
+                        print(f"resuming from {ckpt.path} (step {self.step}{moved})", file=sys.stderr,
                               flush=True)
                 elif self.is_main and not self.quiet:
                     print("resume: no checkpoint yet, starting from step 0", file=sys.stderr,
@@ -666,6 +702,7 @@ class Trainer:
                 if self._threads is not None:
                     self._threads.check()
                 self.step = step
+                note_progress(step)
                 sums["loss"] = sums.get("loss", 0.0) + loss
                 for k, v in metrics.items():
                     if k != "loss":  # the trainer's own (rank-averaged) loss is logged as "loss"

@@ -1,0 +1,160 @@
+"""A process of a multi-process run that stops (SIGSTOP) or disappears (SIGKILL) ends the run
+within ``train.peer_timeout``, with one line on the surviving process naming it, the last
+completed step and the last intact checkpoint; ``--resume`` then finishes the run with the
+weights of an uninterrupted one. Only rank 0 prints the run's lines.
+
+``fhcnn segment`` (``video-tiny``, the video split along W over 2 Gloo processes), launched by
+the test: directly (``RANK``/``WORLD_SIZE``/``MASTER_*`` set by the test: a process killed
+outside any launcher) and once under ``torchrun`` (where a heartbeat in the agent's store
+names the stopped process).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from fhcnn.training.checkpoint import verify_checkpoint
+from tests._space_apps_script import make_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 5  # train.peer_timeout of these runs, seconds
+SLACK = 15  # for starting, the heartbeat's look and a loaded 2-core machine
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with Gloo is not available here")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
+
+
+def _args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["segment", str(root / "video.npy"), "--labels", str(root / "masks.npy"), "--out", str(out),
+            "--config", "video-tiny", "--device", "cpu", "--set", "parallel.space=2",
+            "--set", "parallel.axes=[2]", "--set", "train.optimizer=sgd", "--set", "train.lr=0.05",
+            "--set", "train.steps=16", "--set", "train.checkpoint_every=2", "--set", "train.keep_last=2",
+            "--set", f"train.peer_timeout={TIMEOUT}", *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(root: Path, out: Path, name: str, *extra: str) -> list[subprocess.Popen]:
+    """Two processes of one run, started directly (no launcher); rank r writes name-r.out/.err."""
+    port, procs = _free_port(), []
+    for r in range(2):
+        env = dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "fhcnn", *_args(root, out, *extra)], env=env,
+                                      stdout=open(root / f"{name}-{r}.out", "w"),
+                                      stderr=open(root / f"{name}-{r}.err", "w")))
+    return procs
+
+
+def _wait_for_checkpoint(out: Path, step: int, procs: list) -> None:
+    manifest = out / "checkpoints" / f"step-{step:06d}" / "manifest.json"
+    t0 = time.monotonic()
+    while not manifest.exists():
+        assert all(p.poll() is None for p in procs), "the run ended before the process could be stopped"
+        assert time.monotonic() - t0 < 300, f"no {manifest} after 300 s"
+        time.sleep(0.02)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _one_error_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def _checkpoint_named(line: str) -> Path:
+    path = Path(line.split("the last intact checkpoint is ")[1].split(": continue with --resume")[0])
+    verify_checkpoint(path)  # sizes and sha256 sums match its manifest
+    return path
+
+
+def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    make_inputs(tmp_path)
+
+    # 1. the uninterrupted run; only rank 0 prints (the run's lines once)
+    ref = _spawn(tmp_path, tmp_path / "ref", "ref")
+    assert [p.wait(timeout=300) for p in ref] == [0, 0], _read(tmp_path / "ref-0.err") + _read(tmp_path / "ref-1.err")
+    out0 = _read(tmp_path / "ref-0.out") + _read(tmp_path / "ref-0.err")
+    header = ("video: 6 frames", "classes: 3", "trained 16 steps", "held-out frames (3):")
+    assert [out0.count(s) for s in header] == [1] * 4, out0
+    assert _read(tmp_path / "ref-1.out") + _read(tmp_path / "ref-1.err") == ""
+
+    # 2. under torchrun, rank 1 stopped (SIGSTOP) after a checkpoint: rank 0 ends within the timeout
+    out = tmp_path / "run"
+    logs = tmp_path / "torchrun-logs"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(out, 2, [launcher])
+        workers = {c.environ().get("RANK"): c for c in psutil.Process(launcher.pid).children(recursive=True)
+                   if "RANK" in c.environ()}
+        stopped_at = time.monotonic()
+        workers["1"].send_signal(signal.SIGSTOP)
+        workers["0"].wait(timeout=TIMEOUT + SLACK + 60)
+        took = time.monotonic() - stopped_at
+    finally:
+        for w in psutil.Process(launcher.pid).children(recursive=True):
+            w.kill()
+        launcher.wait(timeout=120)
+    err = "".join(_read(p) for p in sorted(logs.rglob("0/stderr.log")))
+    line = _one_error_line(err)
+    assert line.startswith("error: rank 0: rank 1 of 2 (last completed step ") and \
+        f"stopped answering (no reply within train.peer_timeout={TIMEOUT} s)" in line, line
+    assert took < TIMEOUT + SLACK, f"rank 0 ended {took:.1f} s after rank 1 stopped"
+    _checkpoint_named(line)
+
+    # 3. resumed without a launcher; rank 1 killed (SIGKILL) after a later checkpoint
+    procs = _spawn(tmp_path, out, "kill", "--resume")
+    try:
+        _wait_for_checkpoint(out, 6, procs)
+        killed_at = time.monotonic()
+        procs[1].kill()
+        rc = procs[0].wait(timeout=TIMEOUT + SLACK + 60)
+        took = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    line = _one_error_line(_read(tmp_path / "kill-0.err"))
+    assert rc == 1 and line.startswith("error: rank 0: rank 1 of 2 stopped answering (its connection closed); "
+                                       "this process stops after step "), line
+    assert took < TIMEOUT + SLACK, f"rank 0 ended {took:.1f} s after rank 1 was killed"
+    assert _checkpoint_named(line).name >= "step-000006"
+
+    # 4. resumed again: it finishes with the weights and prediction of the uninterrupted run
+    procs = _spawn(tmp_path, out, "resume", "--resume")
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], _read(tmp_path / "resume-0.err")
+    assert "resuming from" in _read(tmp_path / "resume-0.err")
+    want, got = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "ref", out))
+    assert all(torch.equal(want[k], got[k]) for k in want), "the resumed run differs from the uninterrupted one"
+    np.testing.assert_array_equal(np.load(out / "prediction.npy"), np.load(tmp_path / "ref" / "prediction.npy"))
