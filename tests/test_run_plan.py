@@ -72,7 +72,7 @@ def test_the_plan_is_checked_before_the_output_folder_exists(scene: Path, tmp_pa
             "--out", str(out), "--config", "change-tiny", "--quiet"]
     cases = [(base + ["--set", "model.width=0"], "width must be >= 1"),
              (base + ["--set", "model.units=2down,2down,2down,2", "--set", "model.hidden=x"], "hidden"),
-             (base + ["--set", "parallel.space=2"], "parallel.space=2"),
+             (base + ["--set", "parallel.space=2"], "cannot be split into 2 slabs"),
              (["change", str(scene / "nan.npy"), *base[2:]], "NaN")]
     for args, what in cases:
         assert main(args) == 2

@@ -6,10 +6,9 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def add_arguments(parser) -> None           # fill its argparse sub-parser
     def run(args) -> int                        # do the work, return the exit code
 
-Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual file
-errors raised by a command, are one line ``error: <message>``, exit code 2; a ``TrainingError``
-(e.g. a non-finite loss) or a lost process of a multi-process run (``PeerLostError``) exits
-with code 1 (``--debug`` re-raises either to show the traceback).
+Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and file errors
+raised by a command, are one line ``error: <message>``, exit 2; a ``TrainingError`` (a non-finite
+loss, a lost process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
 """
 
 from __future__ import annotations
