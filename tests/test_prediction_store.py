@@ -131,3 +131,26 @@ def test_confusion_sink_scores_like_the_whole_prediction() -> None:
     predict_volume(model, vol, shifts=2, flip=True, window=(4, 8, 4), chunk=4, sinks=[sink])
     want = predict_volume(model, vol, shifts=2, flip=True, window=(4, 8, 4)).argmax(0).numpy()
     np.testing.assert_array_equal(sink.matrix, confusion_matrix(want, truth, 3))
+
+
+def test_resized_sink_passes_any_chunk_through_at_the_same_size_and_resizes_whole_planes() -> None:
+    """``fhcnn segment`` puts its label sink behind :class:`Resized` whatever the scale: at
+    ``data.scale = 1`` chunks smaller than a plane pass through; otherwise whole planes are
+    resized like the whole volume."""
+    from fhcnn.engine.sizes import resize_back
+    from fhcnn.engine.store import Resized, TensorSink
+
+    prob = torch.rand(2, 6, 10, 12)
+    same = TensorSink(2, (6, 10, 12))
+    sink = Resized(same, (10, 12), (10, 12))
+    for d0 in (0, 3):
+        for h0 in (0, 5):
+            box = (slice(d0, d0 + 3), slice(h0, h0 + 5), slice(0, 12))
+            sink.write(box, prob[(slice(None),) + box].numpy())
+    torch.testing.assert_close(same.tensor, prob)
+    big = TensorSink(2, (6, 20, 24))
+    resized = Resized(big, (20, 24), (10, 12))
+    resized.write((slice(0, 6), slice(0, 10), slice(0, 12)), prob.numpy())
+    torch.testing.assert_close(big.tensor, resize_back(prob, (20, 24)))
+    with pytest.raises(ValueError, match="whole"):
+        resized.write((slice(0, 3), slice(0, 5), slice(0, 12)), prob[:, :3, :5].numpy())

@@ -55,6 +55,19 @@ def test_davis_layout_end_to_end(gen, tmp_path):
     assert segmentation_metrics(np.load(out / "prediction.npy"), truth, 3)["miou"] == pytest.approx(m["miou"])
 
 
+def test_frames_wider_than_a_prediction_chunk(tmp_path):
+    """Frames wider than a prediction chunk (64 voxels) at full scale: the prediction is written
+    chunk by chunk into the frames' own size (the demo's 64x96 frames)."""
+    video, masks = generate_video(None, frames=4, height=8, width=80, objects=1, seed=1)
+    np.save(tmp_path / "video.npy", video)
+    np.save(tmp_path / "masks.npy", masks)
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "video.npy"), "--labels", str(tmp_path / "masks.npy"),
+               "--label-frames", "0,3", "--out", str(out)] + TINY)
+    assert rc == 0
+    _check_outputs(out, 4, 8, 80)
+
+
 def test_png_folder_partial_masks_gif_and_npy(gen, tmp_path):
     _, video, masks = gen
     fdir, mdir = tmp_path / "frames", tmp_path / "masks"

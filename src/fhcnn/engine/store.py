@@ -251,17 +251,18 @@ class TensorSink:
 
 class Resized:
     """A sink behind the bilinear resize of whole ``(h, w)`` planes back to ``size`` ``(H, W)``
-    (:func:`~fhcnn.engine.sizes.resize_back`); chunks must hold whole planes."""
+    (:func:`~fhcnn.engine.sizes.resize_back`); chunks must hold whole planes unless the sizes
+    are equal (then chunks pass through as they are)."""
 
     def __init__(self, sink: Sink, size: Sequence[int], scaled: Sequence[int]) -> None:
         self.sink, self.size, self.scaled = sink, tuple(int(n) for n in size), tuple(int(n) for n in scaled)
 
     def write(self, box: Box, prob: np.ndarray) -> None:
-        if (box[1].stop - box[1].start, box[2].stop - box[2].start) != self.scaled:
-            raise ValueError(f"a resized chunk must hold whole {self.scaled} planes, got {box}")
-        if self.size == self.scaled:
+        if self.size == self.scaled:  # nothing to resize: any chunk
             self.sink.write(box, prob)
             return
+        if (box[1].stop - box[1].start, box[2].stop - box[2].start) != self.scaled:
+            raise ValueError(f"a resized chunk must hold whole {self.scaled} planes, got {box}")
         full = resize_back(torch.from_numpy(np.ascontiguousarray(prob)), self.size).numpy()
         self.sink.write((box[0], slice(0, self.size[0]), slice(0, self.size[1])), full)
 
