@@ -149,54 +149,6 @@ def test_cli_bench(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-# --- the generated tables in README.md and docs/ ------------------------------------------
-
-def test_replace_tables_markers():
-    from fhcnn.bench.report import replace_tables
-
-    text = ("intro\n<!-- table:a -->\nold a\n<!-- /table:a -->\nmiddle\n"
-            "<!-- table:b -->\n<!-- /table:b -->\nend\n")
-    out = replace_tables(text, lambda name: f"| {name} |\n")
-    assert out == ("intro\n<!-- table:a -->\n| a |\n<!-- /table:a -->\nmiddle\n"
-                   "<!-- table:b -->\n| b |\n<!-- /table:b -->\nend\n")
-    assert replace_tables(out, lambda name: f"| {name} |") == out  # idempotent
-    assert replace_tables("no markers\n", lambda name: "x") == "no markers\n"
-    for bad in ("<!-- table:a -->\nx\n",                                    # never closed
-                "<!-- /table:a -->\n",                                      # closes nothing
-                "<!-- table:a -->\n<!-- /table:b -->\n",                    # mismatched
-                "<!-- table:a -->\n<!-- table:b -->\n<!-- /table:b -->\n<!-- /table:a -->\n"):
-        with pytest.raises(ValueError):
-            replace_tables(bad, lambda name: "x")
-
-
-def test_report_unknown_table_and_missing_results(tmp_path):
-    from fhcnn.bench.report import render, update_docs
-
-    with pytest.raises(ValueError, match="unknown table"):
-        render("nope", tmp_path)
-    doc = tmp_path / "page.md"
-    doc.write_text("<!-- table:vae_digits -->\n<!-- /table:vae_digits -->\n")
-    with pytest.raises(ValueError, match="vae_digits.json is missing"):
-        update_docs(tmp_path, [doc])
-
-
-def test_docs_tables_match_results():
-    """Every generated table in README.md and docs/*.md equals what fhcnn.bench.report makes
-    from benchmarks/results/ (regenerate: python -m fhcnn.bench.report benchmarks/results
-    --docs README.md docs)."""
-    from pathlib import Path
-
-    from fhcnn.bench.report import update_docs
-
-    root = Path(__file__).resolve().parents[1]
-    results = root / "benchmarks" / "results"
-    if not results.is_dir() or not (root / "docs").is_dir():
-        pytest.skip("no benchmarks/results or docs/ next to the tests (installed package)")
-    stale = update_docs(results, [root / "README.md", root / "docs"], check=True)
-    assert not stale, (f"out of date: {[str(p.relative_to(root)) for p in stale]}; run "
-                       "python -m fhcnn.bench.report benchmarks/results --docs README.md docs")
-
-
 def test_backward_peak_benchmark(tmp_path):
     from fhcnn.bench import backward
 
