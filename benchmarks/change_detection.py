@@ -32,6 +32,7 @@ import numpy as np
 
 from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube, sample_labels
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                  "train_pixels": int((case["train"] != IGNORE).sum()),
                  "scored_pixels": int((case["scored"] != IGNORE).sum()),
                  "shape": list(case["before"].shape), "torch_threads": torch.get_num_threads(),
-                 "results": {}}
+                 "environment": environment(), "results": {}}
     preds = {}
     for method in args.methods.split(","):
         t0 = time.perf_counter()

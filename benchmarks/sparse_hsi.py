@@ -45,6 +45,7 @@ import numpy as np
 from fhcnn.apps.change import ChangeConfig
 from fhcnn.apps.change.sparse import per_class_labels
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, read_cube
 from fhcnn.engine import SegmentConfig, segmentation_metrics
@@ -124,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             if key in rec["runs"]:
                 continue
             train, held = per_class_labels(case["reference"], n, seed)
+            env = environment()  # the machine, its load and the reference workload, before the run
             r = run_baselines(case["cube"], train, held, k, seed)
             r["fhcnn"] = run_fhcnn(case["cube"], train, held, k, overrides, args.bands, fh["band_index"])
             r["train_pixels"] = int((train != IGNORE).sum())
@@ -132,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 f"{m} {v['miou']:.4f}" for m, v in r.items() if isinstance(v, dict))
                 + f" (fhcnn train {r['fhcnn']['train_time_s']} s, predict {r['fhcnn']['predict_time_s']} s)",
                 flush=True)
+            r["environment"] = env
             RESULTS.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fhcnn.apps.vae import VAEConfig, train_vae
     from fhcnn.atomic import atomic_write_text
+    from fhcnn.bench.reference import environment
     from fhcnn.config import load_config
 
     here = Path(__file__).resolve().parent
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "vae_mnist_run"
     if run.exists():
         shutil.rmtree(run)
+    env = environment()  # the machine, its load and the reference workload, before the run
     m = train_vae(cfg, run, quiet=True)
-    result = {"benchmark": "vae_mnist", "device": "cpu", "threads": torch.get_num_threads(),
+    result = {"benchmark": "vae_mnist", "device": "cpu", "threads": torch.get_num_threads(), "environment": env,
               "data": str(data), "overrides": overrides,
               **{k: v for k, v in m.items() if k != "final_train"}}
     atomic_write_text(out / "vae_mnist.json", json.dumps(result, indent=2) + "\n")

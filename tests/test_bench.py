@@ -70,6 +70,51 @@ def test_time_benchmark_keys(tmp_path):
     assert set(row) >= {"depth", "seconds", "median", "ratio"}
     assert set(row["ratio"]) == {"plain", "block", "reversible"} and row["ratio"]["plain"] == 1.0
     assert r["theory"] == pytest.approx(4 / 3)
+    env = _load(tmp_path / "time.json")["environment"]  # times come with the machine they were measured on
+    assert env["reference_s"] > 0 and env["cpu_model"] and env["torch_threads"] == 1
+    assert env["load_1min"] is None or env["load_1min"] >= 0
+
+
+def test_reference_workload_is_one_thread_and_restores_threads():
+    """The reference runs on one thread whatever the caller set, and gives the caller its
+    thread count back (a benchmark measures its own work at its own thread count)."""
+    from fhcnn.bench import reference
+
+    seen = []
+    real = torch.nn.functional.conv3d
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.nn.functional, "conv3d", spy)
+            t = reference.reference_seconds(repeats=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert t > 0 and seen == [1, 1, 1]  # one warm-up and two timed runs, each on one thread
+    env = reference.environment(reference=False)
+    assert "reference_s" not in env and env["cpu_count"] >= 1
+
+
+def test_every_benchmark_that_writes_results_records_the_environment():
+    """A time in benchmarks/results/ is only readable beside the machine it was measured on:
+    every benchmark module of ``fhcnn bench`` and every script in ``benchmarks/`` that writes a
+    result calls ``environment()`` (CPU model, threads, load, the reference workload)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for p in (root / "src" / "fhcnn" / "bench").glob("*.py")
+             if not p.name.startswith("_") and p.name != "reference.py"]
+    files += [p for p in (root / "benchmarks").glob("*.py") if not p.name.startswith("_")]
+    writers = [p for p in files if re.search(r"write_json\(|json\.dumps\(", p.read_text())]
+    assert len(writers) >= 15, [p.name for p in writers]  # the check sees the benchmarks
+    missing = [p.name for p in writers if "environment(" not in p.read_text()]
+    assert not missing, f"benchmarks that write results without environment(): {missing}"
 
 
 def test_drift_benchmark(tmp_path):
