@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhcnn.data.lazy import AxesView, ChannelView, LazyVolume, copy_to_zarr, reflect_indices, scan_labels
+from fhcnn.data.lazy import LazyVolume, copy_to_zarr, iter_slabs, reflect_indices, scan_labels
 from fhcnn.engine.sizes import gather
+from fhcnn.errors import InputError
 
 
 class _Counting:
@@ -51,17 +52,17 @@ def test_windows_equal_the_whole_volume_gathered(shape, starts, sizes) -> None:
     assert all(c.read <= np.prod([min(s, n) for s, n in zip(sizes, shape)]) for c in counted)
 
 
-def test_views_are_lazy_transposes_and_channels() -> None:
-    a = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
-    v = AxesView(a, (3, 1, 0, 2))
-    assert v.shape == (6, 4, 3, 5)
-    np.testing.assert_array_equal(v[1:4, :, 2:3], a.transpose(3, 1, 0, 2)[1:4, :, 2:3])
-    c = ChannelView(a, 3, 2)
-    np.testing.assert_array_equal(c[1:3, :, 4:], a[..., 2][1:3, :, 4:])
-    with pytest.raises(TypeError):
-        v[::2]
-    with pytest.raises(ValueError):
-        AxesView(a, (0, 1, 2))
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), axis=st.integers(0, 3),
+       max_bytes=st.integers(1, 400))
+def test_slabs_cover_every_element_once_within_the_budget(shape, axis, max_bytes) -> None:
+    axis %= len(shape)
+    hits = np.zeros(shape, np.int64)
+    row = shape[-1] if axis != len(shape) - 1 else shape[-2] if len(shape) > 1 else 1
+    for box in iter_slabs(shape, 1, max_bytes, axis):
+        hits[box] += 1
+        assert hits[box].size <= max(max_bytes, 1) or hits[box].size <= row
+    assert (hits == 1).all()
 
 
 def test_coordinate_channels_match_linspace() -> None:
@@ -77,16 +78,16 @@ def test_streamed_statistics_equal_numpy() -> None:
     rng = np.random.default_rng(1)
     a = (rng.standard_normal((40, 9, 11)) * 7 + 1000).astype(np.float32)
     b = rng.integers(0, 65535, (40, 9, 11)).astype(np.uint16)
-    s = LazyVolume([a, b]).channel_stats(max_bytes=9 * 11 * 8 * 3)  # slabs of 3 planes
-    for i, x in enumerate((a, b)):
+    stats = LazyVolume([a, b]).channel_stats(max_bytes=9 * 11 * 8 * 3)  # slabs of 3 planes
+    for s, x in zip(stats, (a, b)):
         x64 = x.astype(np.float64)
-        assert s.mean[i] == pytest.approx(x64.mean(), rel=1e-12)
-        assert s.std[i] == pytest.approx(x64.std(ddof=1), rel=1e-9)
-        assert (s.minimum[i], s.maximum[i]) == (x64.min(), x64.max())
-    assert s.finite.all() and s.count == a.size
+        assert s.mean == pytest.approx(x64.mean(), rel=1e-12)
+        assert s.std == pytest.approx(x64.std(), rel=1e-9)
+        assert (s.min, s.max) == (x64.min(), x64.max())
+        assert s.finite and s.count == a.size
     a[5, 2, 3] = np.nan
-    s = LazyVolume([a]).channel_stats(max_bytes=9 * 11 * 8 * 3)
-    assert not s.finite[0] and np.isfinite(s.mean[0])
+    s = LazyVolume([a]).channel_stats(max_bytes=9 * 11 * 8 * 3)[0]
+    assert not s.finite and s.nonfinite == 1 and s.first_nonfinite == (5, 2, 3) and np.isfinite(s.mean)
 
 
 def test_label_scan_counts_slices_and_sampled_positions() -> None:
@@ -96,17 +97,23 @@ def test_label_scan_counts_slices_and_sampled_positions() -> None:
     lab[:, 4, 5] = 2
     scan = scan_labels(_Counting(lab), max_bytes=6 * 8 * 8 * 2)
     want = np.bincount(lab.ravel(), minlength=256)
+    want[255] = 0
     np.testing.assert_array_equal(scan.counts, want)
-    assert scan.slices[0].tolist() == list(range(10)) and scan.slices[1].tolist() == [0, 1, 2, 3, 4, 5]
+    assert scan.unlabelled == (lab == 255).sum()
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_array_equal(scan.per_slice[axis], (lab != 255).sum(other))
     for c in range(3):
         np.testing.assert_array_equal(scan.positions[c], np.argwhere(lab == c))
-    assert scan.classes(255) == [0, 1, 2]
+    assert scan.classes() == [0, 1, 2] and scan.labelled_slices(1) == [0, 1, 2, 3, 4, 5]
+    # capped: every s-th voxel of the class in scan order, s the smallest power of 2 that fits
     capped = scan_labels(lab, max_points=5, max_bytes=6 * 8 * 8 * 2)
-    np.testing.assert_array_equal(capped.positions[0], np.argwhere(lab == 0)[::10])  # 48 -> every 10th
-    assert len(capped.positions[2]) == 5 and capped.positions[0].dtype == np.int32
-    with pytest.raises(ValueError, match="whole numbers"):
+    np.testing.assert_array_equal(capped.positions[0], np.argwhere(lab == 0)[::16])  # 48 -> every 16th: 3
+    np.testing.assert_array_equal(capped.positions[2], np.argwhere(lab == 2)[::2])   # 10 -> every 2nd: 5
+    assert capped.positions[0].dtype == np.int32
+    with pytest.raises(InputError, match="integers"):
         scan_labels(np.array([[0.5, 1.0]]))
-    with pytest.raises(ValueError, match="outside 0..255"):
+    with pytest.raises(InputError, match=r"value 300 at voxel \(0, 1\)"):
         scan_labels(np.array([[0, 300]]))
 
 

@@ -38,10 +38,12 @@ SIZES: list[tuple[int, int, int]] = [(128, 128, 128), (512, 512, 512), (512, 102
 QUICK_SIZES: list[tuple[int, int, int]] = [(64, 64, 64), (128, 128, 128)]
 #: The in-memory mode runs up to this many voxels.
 IN_MEMORY_MAX = 512**3
-#: The config the runs use, and its overrides (few training steps: training memory is set by
-#: the window, not the steps; one tiling: each tiling costs the same memory).
+#: The config the runs use, and its overrides: few training steps (training memory is set by
+#: the window, not the steps), windows of 32 x 64 x 64 voxels and one tiling (each tiling costs
+#: the same memory; the tiny config's 8^3 windows would take hours on the largest volume).
 CONFIG = "volume-tiny"
-OVERRIDES = ["train.steps=20", "data.predict_shifts=1", "data.predict_flip=false", "train.threads=1"]
+OVERRIDES = ["train.steps=20", "data.window_depth=32", "data.window_height=64", "data.window_width=64",
+             "data.predict_shifts=1", "data.predict_flip=false", "data.predict_batch=2", "train.threads=1"]
 #: Labelled slices along each axis (evenly spread).
 LABELLED_SLICES = 3
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..bench import BENCHMARKS, load
+    from ..bench import BENCHMARKS, IN_ALL, load
     from ..rundir import prepare_output_dir
 
     device = args.device
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    names = list(IN_ALL) if args.which == "all" else [args.which]
     out = prepare_output_dir(args.out, overwrite=args.overwrite, tool="bench",
                              outputs=[f"{n}{e}" for n in BENCHMARKS for e in (".json", ".png")])
     mods = {n: load(n) for n in names}

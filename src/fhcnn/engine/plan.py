@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.lazy import ArrayLike, ChannelStats, LabelScan, LazyVolume, scan_labels
+from ..data.lazy import ArrayLike, LabelScan, LazyVolume, StreamStats, scan_labels
 from ..errors import InputError
 from ..options import IGNORE
 from .config import SegmentConfig
@@ -46,12 +46,14 @@ class DenseInputs:
         num_classes: ``K`` (default: the largest label + 1, at least 2).
         eval_labels: optional truth shaped like ``labels`` (``IGNORE`` = not scored), scored
             during training (``data.eval_every``) and at the end; never trained on.
+        stats: the volume's per-channel statistics if already streamed (else they are).
     """
 
     volume: Any
     labels: Any
     num_classes: int | None = None
     eval_labels: Any = None
+    stats: list[StreamStats] | None = None
 
 
 @dataclass
@@ -66,7 +68,7 @@ class RunPlan:
         labels, eval_labels: at the network's resolution.
         num_classes: ``K``.
         scan: the labels' class counts, labelled slices and sampled positions.
-        stats: the volume's per-channel statistics (the model's input normalization).
+        stats: the statistics of each data channel (the model's input normalization).
         train_window, predict_window: ``(d, h, w)`` (``0`` = whole axis in the latter).
         tilings: the prediction's tilings (:func:`~fhcnn.engine.sizes.prediction_tilings`).
         chunks: the chunk shape predictions are finished in.
@@ -79,7 +81,7 @@ class RunPlan:
     eval_labels: ArrayLike | None
     num_classes: int
     scan: LabelScan
-    stats: ChannelStats
+    stats: list[StreamStats]
     train_window: tuple[int, int, int]
     predict_window: tuple[int, int, int]
     tilings: list[Tiling]
@@ -156,22 +158,19 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
         truth = geom.labels(np.asarray(truth[...]), inputs.num_classes) if truth is not None else None
     else:
         volume = _as_volume(raw, coords=d.coords)
-    try:
-        scan = scan_labels(labels)
-    except ValueError as e:
-        raise InputError(f"labels: {e}") from None
-    top = max((c for c in range(256) if c != IGNORE and scan.counts[c]), default=-1)
+    summary = getattr(inputs.labels, "summary", None)  # a checked label volume brings its scan
+    scan = summary.scan if summary is not None and summary.scan is not None and labels is inputs.labels \
+        else scan_labels(labels, IGNORE, limit=inputs.num_classes or 256)
+    top = max(scan.classes(), default=-1)
     k = inputs.num_classes or max(2, top + 1)
-    if top >= k:
-        bad = [c for c in range(k, 256) if c != IGNORE and scan.counts[c]]
-        raise InputError(f"labels must lie in [0, {k}) or be {IGNORE}; found {bad[:5]}")
     present = [c for c in range(k) if scan.counts[c]]
     if len(present) < 2:
         raise InputError(f"the labels must contain at least two classes; found only {present}")
-    stats = raw.channel_stats()
-    if not stats.finite.all():
-        bad_c = [raw.names[i] for i in np.flatnonzero(~stats.finite)]
-        raise InputError(f"the volume holds NaN or infinite values ({', '.join(bad_c)}): fill or mask them first")
+    stats = inputs.stats if inputs.stats is not None else raw.channel_stats()
+    bad_c = [f"{name} ({s.nonfinite:,} voxels, one at {s.first_nonfinite})"
+             for name, s in zip(raw.names, stats) if not s.finite]
+    if bad_c:
+        raise InputError(f"the volume holds NaN or infinite values in {', '.join(bad_c)}: fill or mask them first")
     win = training_window((d.window_depth, d.window_height, d.window_width), volume.spatial, multiple,
                           whole_depth=reduce)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce)

@@ -240,12 +240,12 @@ class _Evaluator:
 
 
 def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
-    """``(C,)`` mean and standard deviation the model normalizes its input with: the streamed
-    statistics of the data channels, and those of ``linspace(-1, 1, n)`` for the coordinate
-    channels (``data.coords``)."""
+    """``(C,)`` mean and (population) standard deviation the model normalizes its input with: the
+    streamed statistics of the data channels, and those of ``linspace(-1, 1, n)`` over the
+    volume for the coordinate channels (``data.coords``)."""
     vol = plan.volume
-    parts_m = [torch.as_tensor(plan.stats.mean, dtype=torch.float32)]
-    parts_s = [torch.as_tensor(plan.stats.std, dtype=torch.float32)]
+    parts_m = [torch.tensor([s.mean for s in plan.stats], dtype=torch.float32)]
+    parts_s = [torch.tensor([s.std for s in plan.stats], dtype=torch.float32)]
     if vol.coords:  # each value of linspace(-1, 1, n) repeated over the volume's other axes
         total = math.prod(vol.spatial)
         for n in vol.spatial[1:]:
@@ -253,7 +253,7 @@ def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
             m = lin.mean()
             ss = (lin - m).square().sum() * (total // n)
             parts_m.append(m.float()[None])
-            parts_s.append((ss / max(total - 1, 1)).sqrt().float()[None])
+            parts_s.append((ss / total).sqrt().float()[None])
     return torch.cat(parts_m), torch.cat(parts_s)
 
 
