@@ -36,8 +36,10 @@ from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube, sample_labels
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
+
+LANDSAT = DATA / "landsat_cd_taizhou" / "Taizhou"
 
 
 def load_case(mode: str, fraction: float | None, seed: int) -> dict:

@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import RESULTS  # noqa: E402
+
 DEPTHS = (8, 32, 128)
 
 

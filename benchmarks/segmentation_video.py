@@ -37,8 +37,10 @@ from fhcnn.data.video import generate_video
 from fhcnn.engine import IGNORE, SegmentConfig, build_model, confusion_matrix
 from fhcnn.memory import saved_tensor_bytes
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "DAVIS"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
+
+DAVIS = DATA / "davis2016" / "DAVIS"
 LABEL_FRAMES = [0, 23, 47]
 
 

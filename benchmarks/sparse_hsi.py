@@ -52,10 +52,10 @@ from fhcnn.engine import SegmentConfig, segmentation_metrics
 from fhcnn.engine.maps import cube_volume, fit_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
 from _pixelwise import baselines, stats  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hsi_unmixing_samson_jasper"
+HSI = DATA / "hsi_unmixing_samson_jasper"
 SCENES = {"samson": ("Samson.mat", "_EndSamson.mat", ["rock", "tree", "water"]),
           "jasper": ("JasperRidge2_R198.mat", "_EndJasperRidge2_R198.mat", ["tree", "water", "dirt", "road"])}
 BASELINES = ["linear", "forest"]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["run", "report"])
     ap.add_argument("scene", nargs="?", choices=list(SCENES))
-    ap.add_argument("--data", type=Path, default=DATA, help="folder with the .mat files")
+    ap.add_argument("--data", type=Path, default=HSI, help="folder with the .mat files")
     ap.add_argument("--n", default="5,10,20", help="labelled pixels per class")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=150, help="fhcnn training steps")

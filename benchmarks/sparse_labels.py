@@ -45,10 +45,10 @@ from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
 from _pixelwise import baselines, stats  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"
+LANDSAT = DATA / "landsat_cd_taizhou" / "Taizhou"
 SCENES = ("taizhou", "generated")
 BASELINES = ["linear_dates", "forest_dates", "linear", "forest"]
 

@@ -3,8 +3,9 @@ choice, and profiles of a training step and a prediction.
 
     python benchmarks/speed.py run [--cases change,landsat,segment,demo] [--set KEY=VALUE ...]
                                    [--threads 0] [--sample N] [--compete 0] [--tag configs]
+    python benchmarks/speed.py steps [--cases demo,segment,change] [--sample 20] [--repeats 2]
     python benchmarks/speed.py threads [--sample 6] [--repeats 2] [--compete 0]
-    python benchmarks/speed.py profile [--kinds video,change] [--threads 1] [--predict-batch 4]
+    python benchmarks/speed.py profile [--cases segment,change] [--sample 20] [--threads 1]
 
 ``run``: each case end to end (training + prediction, held-out score) with its shipped config
 (plus the ``--set`` overrides), each in a fresh process, one after the other. Writes
@@ -22,11 +23,15 @@ labelled, the rest scored; see ``change_detection.py``), ``landsat`` (Taizhou, 3
 reference trains, 70 % scored), ``demo`` (``fhcnn demo``: its 32x64x96 video, its figures),
 ``davis:<seq>`` (DAVIS 2016, first 48 frames, scale 0.2, scored at full size).
 
+``steps``: seconds per training step (one thread, ``--sample`` steps, ``--repeats`` times) in units
+of the reference workload timed just before and after each run, and one prediction in the same
+units (``speed_steps.json``): a ratio that holds under load, where seconds do not.
+
 ``threads``: seconds per training step of the ``video`` config with torch's default thread
-count and with ``train.threads=0``, alternating (``speed_threads<tag>.json``). ``profile``: a
-``torch.profiler`` table of one training step (after two warm-up steps) and of one prediction
-tiling, for the ``video`` config on the generated 48x96x160 video and the ``change`` config on
-the generated 96x96x32 scene (``profile_<kind>_<train|predict>.txt``).
+count and with ``train.threads=0``, alternating (``speed_threads<tag>.json``). ``profile``: the
+``torch.profiler`` tables (by operator, by input shape, by Python frame) of ``--sample``
+training steps and one prediction tiling of each case, on one thread unless ``--threads``
+(``profile_<case>.txt``).
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import RESULTS  # noqa: E402
+
 
 def _busy() -> None:  # a competing process: one core's worth of pure Python work
     x = 0
@@ -154,8 +160,7 @@ def _config_of(name: str) -> tuple[str, Any]:
 def count_windows(size: list[int], multiple: int, window: list[int], shifts: int, flip: bool,
                   shift_depth: bool) -> int:
     """Network calls of one window that :func:`fhcnn.engine.predict_volume` makes (its tiling)."""
-    from fhcnn.engine.inference import _starts
-    from fhcnn.engine.sizes import round_up
+    from fhcnn.engine.sizes import round_up, window_starts
 
     total = 0
     for o in sorted({int(round(i * multiple / shifts)) % multiple for i in range(shifts)}):
@@ -164,7 +169,7 @@ def count_windows(size: list[int], multiple: int, window: list[int], shifts: int
         win = [p if (w <= 0 or w >= p) else round_up(w, multiple) for w, p in zip(window, padded)]
         n = 1
         for p_, w_ in zip(padded, win):
-            n *= len(_starts(p_, min(w_, p_), multiple))
+            n *= len(window_starts(p_, min(w_, p_), multiple))
         total += n * (2 if flip else 1)
     return total
 
@@ -276,6 +281,34 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- profile
+def steps_case(name: str, overrides: list[str], sample: int, repeats: int) -> dict[str, Any]:
+    """Seconds per training step of case ``name`` on one thread, in units of the reference
+    workload timed just before and just after each of ``repeats`` sampled runs (``sample``
+    steps and one prediction tiling): the ratio holds under load, where seconds do not."""
+    from fhcnn.bench.reference import environment, reference_seconds
+
+    env = environment()
+    rows = []
+    for rep in range(repeats):
+        before = reference_seconds()
+        r = sampled_case(name, ["train.threads=1", *overrides], sample)
+        after = reference_seconds()
+        ref = (before + after) / 2
+        rows.append({"repeat": rep, "s_per_step": r["train_s_per_step"],
+                     "predict_s_one_tiling": r["predict_s_one_tiling"],
+                     "tilings_windows_ratio": r["tilings_windows_ratio"], "steps": r["steps"],
+                     "reference_s_before": round(before, 4), "reference_s_after": round(after, 4),
+                     "step_in_reference": round(r["train_s_per_step"] / ref, 3),
+                     "prediction_in_reference": round(r["predict_s_one_tiling"] * r["tilings_windows_ratio"] / ref, 1),
+                     "load": round(os.getloadavg()[0], 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    ratio = float(np.median([x["step_in_reference"] for x in rows]))
+    pred = float(np.median([x["prediction_in_reference"] for x in rows]))
+    return {"case": name, "overrides": overrides, "sample": sample, "rows": rows, "environment": env,
+            "step_in_reference": round(ratio, 3), "prediction_in_reference": round(pred, 1),
+            "run_in_reference": round(ratio * rows[0]["steps"] + pred)}
+
+
 def _profile_tables(fn: Callable[[], Any], title: str) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -295,81 +328,18 @@ def _profile_tables(fn: Callable[[], Any], title: str) -> str:
             f"## by operator and input shape\n{shapes}\n## by Python frame (top 4 frames)\n{frames}\n")
 
 
-def profile_case(kind: str, tag: str, batch: int) -> None:
-    from fhcnn.apps.segment.pipeline import frames_to_volume
-    from fhcnn.config import load_config
-    from fhcnn.data.hyperspectral import make_bitemporal_scene, sample_labels
-    from fhcnn.data.video import generate_video
-    from fhcnn.engine import SegmentConfig
-    from fhcnn.engine.losses import SegmentationLoss, class_weights
-    from fhcnn.engine.models import DepthMean, build_model
-    from fhcnn.engine.plan import DenseInputs, class_positions, prepare
-    from fhcnn.engine.sampling import WindowSampler
-    from fhcnn.training.trainer import step_generator
-
-    if kind == "video":
-
-        video, masks = generate_video(None, 48, 96, 160, objects=2, seed=0)
-        vol = torch.as_tensor(frames_to_volume(video))
-        lab = torch.full(masks.shape, 255, dtype=torch.long)
-        lab[[0, 23, 47]] = torch.as_tensor(masks[[0, 23, 47]]).long()
-        cfg = load_config(SegmentConfig, "video", [])
-        k, reduce = 3, False
-    else:
-        from fhcnn.apps.change import ChangeConfig, build_volume
-
-        s = make_bitemporal_scene(96, 96, 32, seed=0)
-        train, _ = sample_labels(s.change, 0.088, 0)
-        vol = torch.as_tensor(build_volume(s.before, s.after))
-        lab = torch.as_tensor(train).long()
-        from dataclasses import replace
-
-        ccfg = load_config(ChangeConfig, "change", [])
-        cfg = SegmentConfig(model=ccfg.model, data=replace(ccfg.data, reduce_depth=True), train=ccfg.train)
-        k, reduce = 2, True
-    d = cfg.data
-    seg = build_model(cfg.model, vol.shape[0], k)
-    flat = vol.flatten(1)
-    seg.set_normalization(flat.mean(1), flat.std(1))
-    model: torch.nn.Module = DepthMean(seg) if reduce else seg
-    cfg.data.reduce_depth = reduce
-    plan = prepare(DenseInputs(vol, lab.to(torch.uint8), k), cfg)
-    win = plan.train_window
-    sampler = WindowSampler(plan.volume, plan.labels, win, d, seg.std, class_positions(plan))
-    lossf = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-    def step(s: int) -> None:
-        x, y = sampler(s, step_generator(0, s))
-        loss = lossf(model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-
-    for s in range(2):
-        step(s)
-    t0 = time.perf_counter()
-    step(2)
-    t_step = time.perf_counter() - t0
-    text = _profile_tables(lambda: step(3), f"one training step, {kind} ({cfg.data.batch_size} windows "
-                                            f"of {win}); unprofiled step {t_step:.3f} s")
-    (RESULTS / f"profile_{kind}_train{tag}.txt").write_text(text)
+def profile_case(name: str, overrides: list[str], sample: int, tag: str) -> Path:
+    """``profile_<name><tag>.txt``: the profiler tables of ``sample`` training steps and one
+    prediction tiling of case ``name`` (:func:`sampled_case`), after an unprofiled run of the
+    same (warm-up; its seconds per step and per tiling head the file)."""
+    plain = sampled_case(name, overrides, sample)
+    title = (f"{name}: {sample} training steps and one prediction tiling ({' '.join(overrides) or 'shipped config'}); "
+             f"unprofiled {plain['train_s_per_step']} s a step, {plain['predict_s_one_tiling']} s a tiling")
+    text = _profile_tables(lambda: sampled_case(name, overrides, sample), title)
+    path = RESULTS / f"profile_{name.replace(':', '_')}{tag}.txt"
+    path.write_text(text)
     print(text[:3000])
-    from fhcnn.engine.inference import predict_volume
-    from fhcnn.engine.train import SegmentationResult
-
-    res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win, plan=plan)
-    # one tiling (no shift, no flip): the per-window cost; the full prediction repeats it
-    # predict_shifts * (1 + predict_flip) times
-    kw: dict[str, Any] = dict(shifts=1, flip=False, window=res.predict_window,
-                              shift_depth=not d.reduce_depth, batch=batch)
-    t0 = time.perf_counter()
-    text = _profile_tables(lambda: predict_volume(model, vol, **kw),
-                           f"prediction of the whole volume {tuple(vol.shape)}, {kind} ({kw})")
-    text = text.replace("\n", f"; profiled wall {time.perf_counter() - t0:.1f} s\n", 1)
-    (RESULTS / f"profile_{kind}_predict{tag}.txt").write_text(text)
-    print(text[:3000])
+    return path
 
 
 def threads_case(args: argparse.Namespace) -> None:
@@ -427,25 +397,31 @@ def threads_case(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["profile", "run", "threads"])
-    p.add_argument("--repeats", type=int, default=2, help="threads: alternating repeats")
-    p.add_argument("--cases", default="change,landsat,segment,demo", help="run: comma list")
+    p.add_argument("mode", choices=["profile", "run", "steps", "threads"])
+    p.add_argument("--repeats", type=int, default=2, help="threads, steps: alternating repeats")
+    p.add_argument("--cases", default="change,landsat,segment,demo", help="run, profile: comma list")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="run: an override of the shipped configs (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the package's choice)")
     p.add_argument("--compete", type=int, default=0, help="busy-looping competitor processes")
     p.add_argument("--sample", type=int, default=0,
-                   help="run: train only this many steps, project the wall time (no score)")
-    p.add_argument("--kinds", default="video,change", help="profile: which networks")
+                   help="run: train only this many steps, project the wall time (no score); "
+                        "profile: the steps profiled (default 20)")
     p.add_argument("--tag", default="", help="suffix of the result files (run: speed_<tag>.json, default configs)")
-    p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
     args = p.parse_args()
     if args.mode == "threads":
         threads_case(args)
+    elif args.mode == "steps":
+        torch.set_num_threads(1)
+        out = [steps_case(name, args.overrides, args.sample or 20, args.repeats) for name in args.cases.split(",")]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"speed_steps{'_' + args.tag if args.tag else ''}.json").write_text(
+            json.dumps({"results": out}, indent=1) + "\n")
     elif args.mode == "profile":
         torch.set_num_threads(args.threads or 1)
-        for kind in args.kinds.split(","):
-            profile_case(kind, f"_{args.tag}" if args.tag else "", args.predict_batch)
+        for name in args.cases.split(","):
+            profile_case(name, [f"train.threads={args.threads or 1}", *args.overrides], args.sample or 20,
+                         f"_{args.tag}" if args.tag else "")
     else:
         args.tag = args.tag or "configs"
         run(args)

@@ -31,6 +31,13 @@ def f3(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def ref_units(seconds: float, env: dict[str, Any] | None) -> str:
+    """``seconds`` in units of the reference workload measured in the same run
+    (:mod:`fhcnn.bench.reference`); "–" where the run did not record it."""
+    ref = (env or {}).get("reference_s")
+    return "–" if not ref else f"{seconds / ref:,.0f}"
+
+
 def davis_runs(d: Path, prefix: str) -> dict[str, dict[str, Any]]:
     out = {}
     for seq in DAVIS_SEQUENCES:

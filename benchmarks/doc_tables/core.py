@@ -33,11 +33,14 @@ def memory(r: dict[str, Any]) -> list[str]:
 
 
 def step_time(r: dict[str, Any]) -> list[str]:
-    out = ["| layers | stages | plain (s) | block / plain | reversible / plain |",
-           "|---:|---:|---:|---:|---:|"]
+    ref = r.get("environment", {}).get("reference_s")
+    out = ["| layers | stages | plain (s) | block / plain | reversible / plain |"
+           + (" plain / reference |" if ref else ""),
+           "|---:|---:|---:|---:|---:|" + ("---:|" if ref else "")]
     for row in r["rows"]:
         out.append(f"| {row['depth']} | {row['spec'].get('stages', 0)} | {row['median']['plain']:.3f} | "
-                   f"{row['ratio']['block']:.2f} | {row['ratio']['reversible']:.2f} |")
+                   f"{row['ratio']['block']:.2f} | {row['ratio']['reversible']:.2f} |"
+                   + (f" {row['median']['plain'] / ref:.1f} |" if ref else ""))
     return out + [""]
 
 
@@ -53,6 +56,11 @@ def peers(r: dict[str, Any]) -> list[str]:
                    f"{x.get('peak_vs_reversible', float('nan')):.2f} | "
                    f"{x['median_s']:.3f} | {x['time_vs_reversible']:.2f} | {x['time_vs_plain']:.2f} |")
     out.append(f"\nOne state = {state / 2**20:.2f} MiB.")
+    env = r.get("environment", {})
+    if env.get("reference_s") and "reversible" in rows:
+        out.append(f"Measured on {env['cpu_model']}, {env['torch_threads']} thread(s); the reference workload "
+                   f"took {env['reference_s']:.3f} s, a fully reversible step "
+                   f"{rows['reversible']['median_s'] / env['reference_s']:.1f}× that.")
     return out + [""]
 
 
@@ -158,4 +166,25 @@ def gpu(d: Path) -> str:
             f"{', '.join(map(str, t['label_frames']))}; {t['parameters'] / 1e6:.1f} M parameters): "
             f"held-out mIoU **{t['miou']:.3f}**, J {t['J']:.3f} (copy nearest mask "
             f"{t['copy_nearest_baseline']['miou']:.3f}); prediction {t['predict_time_s']:.0f} s."]
+    return "\n".join(out)
+
+
+def volume_memory(d: Path) -> str:
+    """Peak resident memory and time of each phase of a whole dense run against the volume's
+    size and the mode (``volume_memory.json``, ``fhcnn bench volume_memory``)."""
+    r = need(d, "volume_memory")
+    phases = ("read", "prepare", "train", "predict")
+    out = ["| volume | mode | " + " | ".join(f"{p}: peak MiB, s" for p in phases) + " | held-out mIoU |",
+           "|---|---|" + "---:|" * len(phases) + "---:|"]
+    for row in r["rows"]:
+        if row["rank"] != 0:
+            continue
+        mode = row["mode"] + (" (per process)" if "x2" in row["mode"] else "")
+        cells = [f"{mib(row[p]['peak_rss'])}, {row[p]['seconds']:.0f}" if p in row else "–" for p in phases]
+        out.append(f"| {'×'.join(map(str, row['shape']))} | {mode} | " + " | ".join(cells)
+                   + f" | {row.get('miou', float('nan')):.3f} |")
+    env = r.get("environment", {})
+    if env.get("reference_s"):
+        out.append(f"\nMeasured on {env['cpu_model']} ({env['cpu_count']} cores); the reference workload "
+                   f"took {env['reference_s']:.3f} s.")
     return "\n".join(out)

@@ -61,43 +61,32 @@ def davis(d: Path) -> str:
 #: the shipped ``video`` config on the 8 DAVIS sequences (one file per sequence)
 DAVIS_SHIPPED = "seg_video_davis_d8p8s1000_*.json"
 
-#: (key, result files, column title) of the DAVIS speed table
-_DAVIS_SPEED_COLUMNS = (("shipped", DAVIS_SHIPPED, "**shipped**: 1000 one-cycle steps on 8-frame windows"),
-                        ("shipped_seed1", "seg_video_davis_d8p8s1000seed1_*.json", "shipped, `train.seed=1`"),
-                        ("d8_predict16", "seg_video_davis_d8s1000_*.json",
-                         "the same, predicted on 16-frame windows"),
-                        ("450", "seg_video_davis_450.json", "450 one-cycle steps, 2 shifts"),
-                        ("450_teacher", "seg_video_davis_450_teacher_*.json",
-                         "450 steps + mean teacher (`data.unlabelled=teacher`)"),
-                        ("520_onecycle", "seg_video_davis_520_onecycle.json", "520 one-cycle steps"),
-                        ("520_cosine", "seg_video_davis_520_cosine.json", "520 cosine steps at lr 2e-3"),
-                        ("700", "seg_video_davis_700.json", "700 one-cycle steps, 2 shifts"),
-                        ("800_bf16", "seg_video_davis_800_bf16_*.json", "800 one-cycle steps, bf16 autocast"))
+#: (result files, column title) of the DAVIS schedules table: a glob, or the prefix of
+#: ``<prefix>_<sequence>.json``; ``davis_hyperbolic`` is the schedule of the comparison with the
+#: U-Net and the pixelwise baselines
+_DAVIS_SCHEDULES = (
+    (DAVIS_SHIPPED, "**`video` config**: 1000 one-cycle steps on 8-frame windows"),
+    ("seg_video_davis_d8p8s1000seed1_*.json", "the same, `train.seed=1`"),
+    ("seg_video_davis_d8s1000_*.json", "the same, predicted on 16-frame windows"),
+    ("davis_hyperbolic", "16-frame windows, 1000 cosine steps at lr 2e-3, 4 shifts"),
+    ("seg_video_davis_450.json", "16-frame windows, 450 one-cycle steps"),
+    ("seg_video_davis_450_teacher_*.json", "the same + mean teacher (`data.unlabelled=teacher`)"),
+    ("seg_video_davis_520_onecycle.json", "16-frame windows, 520 one-cycle steps"),
+    ("seg_video_davis_520_cosine.json", "16-frame windows, 520 cosine steps at lr 2e-3"),
+    ("seg_video_davis_700.json", "16-frame windows, 700 one-cycle steps"),
+    ("seg_video_davis_800_bf16_*.json", "16-frame windows, 800 one-cycle steps, bf16 autocast"))
 
 
-def davis_speed(d: Path) -> str:
-    """DAVIS with the previous ``video`` schedule (``davis_hyperbolic_<seq>.json``) against the
-    current one (the files of ``_DAVIS_SPEED_COLUMNS``): held-out mIoU and wall time per
-    sequence, one torch thread each."""
-    old = davis_runs(d, "davis_hyperbolic")
-    runs = {key: davis_glob(d, pattern) for key, pattern, _ in _DAVIS_SPEED_COLUMNS}
-    out = ["| sequence | before: 1000 cosine steps, 4 shifts: mIoU, wall (s) | "
-           + " | ".join(f"{title}: mIoU, wall (s)" for _, _, title in _DAVIS_SPEED_COLUMNS) + " |",
-           "|---|---:|" + "---:|" * len(_DAVIS_SPEED_COLUMNS)]
-
-    def cell(r: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
-        if r is None:
-            return "–"
-        ratio = f" ({r['wall_s'] / base['wall_s']:.0%})" if base else ""
-        return f"{r['miou']:.3f}, {r['wall_s']:.0f}{ratio}"
-
+def davis_schedules(d: Path) -> str:
+    """DAVIS under the shipped ``video`` config and other window depths, schedules and steps:
+    held-out mIoU and wall time (training + prediction) per sequence, one torch thread each."""
+    runs = [davis_glob(d, p) if p.endswith(".json") else davis_runs(d, p) for p, _ in _DAVIS_SCHEDULES]
+    out = ["| sequence | " + " | ".join(f"{title}: mIoU, wall (s)" for _, title in _DAVIS_SCHEDULES) + " |",
+           "|---|" + "---:|" * len(_DAVIS_SCHEDULES)]
     for seq in DAVIS_SEQUENCES:
-        base = old.get(seq)
-        out.append(f"| {seq} | {cell(base, None)} | "
-                   + " | ".join(cell(runs.get(k, {}).get(seq), base) for k, _, _ in _DAVIS_SPEED_COLUMNS) + " |")
-    means = [mean_row(old, len(DAVIS_SEQUENCES))] + [
-        mean_row(runs.get(k, {}), len(DAVIS_SEQUENCES)) for k, _, _ in _DAVIS_SPEED_COLUMNS]
-    out.append("| **mean mIoU** | " + " | ".join(means) + " |")
+        cells = [f"{r[seq]['miou']:.3f}, {r[seq]['wall_s']:.0f}" if seq in r else "–" for r in runs]
+        out.append(f"| {seq} | " + " | ".join(cells) + " |")
+    out.append("| **mean mIoU** | " + " | ".join(mean_row(r, len(DAVIS_SEQUENCES)) for r in runs) + " |")
     return "\n".join(out)
 
 

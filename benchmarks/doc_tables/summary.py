@@ -5,46 +5,39 @@ from __future__ import annotations
 
 from pathlib import Path
 from statistics import mean
+from typing import Callable
 
-from ._files import DAVIS_SEQUENCES, davis_glob, davis_runs, load, mib, need
+from ._files import davis_glob, load, mib, need, ref_units
 from .segment import DAVIS_SHIPPED
 
-_SPEED_GOALS = {"segment": ("`fhcnn segment`, generated 48×96×160", "≤ 180 s at ≥ 0.98"),
-                "change": ("`fhcnn change`, generated 96×96×32", "≤ 60 s at ≥ 0.928"),
-                "landsat": ("`fhcnn change`, Taizhou 400×400×6 (30 %)", "≤ 60 s at ≥ 0.971"),
-                "demo": ("`fhcnn demo`, 32×64×96", "≤ 60 s at ≥ 0.94")}
+_CASES = {"change": "`fhcnn change`, generated 96×96×32 scene",
+          "landsat": "`fhcnn change`, Taizhou 400×400×6, 30 % of the reference labelled",
+          "segment": "`fhcnn segment`, generated 48×96×160 video",
+          "demo": "`fhcnn demo`, 32×64×96 video"}
 
 
-def speed_final(d: Path) -> str:
-    """Complete runs of the shipped configs (``speed_final.json``) and the side-by-side sampled
-    DAVIS projections (``speed_davis_sampled*.json``) of ``benchmarks/speed.py``."""
-    out = ["| case | goal | wall (s): train + predict | held-out mIoU | steps, threads | load (start / end) |",
-           "|---|---|---:|---:|---|---|"]
-    for r in need(d, "speed_final")["results"]:
-        name, goal = _SPEED_GOALS[r["case"]]
-        split = (f"{r['train_s']:.0f} + {r['predict_s']:.0f}" if "predict_s" in r
-                 else f"{r['train_s']:.0f} training")
-        out.append(f"| {name} | {goal} | **{r['wall_s']:.0f}**: {split} | "
-                   f"**{r['miou']:.3f}** | {r['steps']}, {r['threads']} | {r['load_before']} / {r['load_after']} |")
-    # the settings "after" stood for when each file was measured (the shipped config of the day)
-    shipped = {"speed_davis_sampled_d8": "shipped: 1000 steps on 8-frame windows",
-               "speed_davis_sampled_450": "450 steps on 16-frame windows"}
-    for tag in ("speed_davis_sampled_d8", "speed_davis_sampled_450", "speed_davis_sampled",
-                "speed_davis_sampled_bf16"):
-        sampled = load(d, tag)
-        if sampled is None:
-            continue
-        rows = {(r["case"], r["variant"]): r for r in sampled["results"]}
-        for case in dict.fromkeys(c for c, _ in rows):
-            b, a = rows.get((case, "before")), rows.get((case, "after"))
-            if b is None or a is None:
-                continue
-            steps = (", ".join(a.get("after_set") or []) + ", 16-frame windows") if a.get("after_set") else shipped[tag]
-            out.append(f"| DAVIS {case.split(':', 1)[1]}, scale 0.2, projected from 20 steps (one thread) | "
-                       f"≤ 40 % of before | before {b['projected_wall_s']:.0f}, after ({steps}) "
-                       f"{a['projected_wall_s']:.0f}: **{a['projected_wall_s'] / b['projected_wall_s']:.0%}** | "
-                       f"see the DAVIS table | {b['steps']} → {a['steps']}, 1 | {b['load_before']} / {a['load_after']} |")
-    return "\n".join(out)
+def speed_configs(name: str) -> Callable[[Path], str]:
+    """Complete runs of the shipped configs (``<name>.json``, ``benchmarks/speed.py run``):
+    wall time in seconds and in reference units, held-out mIoU, and the machine."""
+    def table(d: Path) -> str:
+        runs = need(d, name)["results"]
+        envs = [r["environment"] for r in runs if "environment" in r]
+        out = ["| case | wall (s): train + predict |" + (" wall / reference |" if envs else "")
+               + " held-out mIoU | steps, threads | load (start / end) |",
+               "|---|---:|" + ("---:|" if envs else "") + "---:|---|---|"]
+        for r in runs:
+            split = (f"{r['train_s']:.0f} + {r['predict_s']:.0f}" if "predict_s" in r
+                     else f"{r['train_s']:.0f} training")
+            out.append(f"| {_CASES.get(r['case'], r['case'])} | **{r['wall_s']:.0f}**: {split} |"
+                       + (f" {ref_units(r['wall_s'], r.get('environment'))} |" if envs else "")
+                       + f" **{r['miou']:.3f}** | {r['steps']}, {r['threads']} | {r['load_before']} / {r['load_after']} |")
+        if envs:
+            refs = sorted(e["reference_s"] for e in envs)
+            out.append(f"\nMeasured on {envs[0]['cpu_model']} ({envs[0]['cpu_count']} cores, torch "
+                       f"{envs[0]['torch']}); the reference workload took {refs[0]:.3f}–{refs[-1]:.3f} s "
+                       "just before the runs.")
+        return "\n".join(out)
+    return table
 
 
 def headline(d: Path) -> str:
@@ -67,9 +60,7 @@ def headline(d: Path) -> str:
             out.append(f"| the paper's video network, {key}, peak on {gpu['gpu']} | "
                        f"**{v['peak_bytes'] / 2**30:.2f} GiB** | plain autograd "
                        f"{p['peak_bytes'] / 2**30:.2f} GiB |")
-    old, hyp = davis_runs(d, "davis_hyperbolic"), davis_glob(d, DAVIS_SHIPPED)
-    if len(hyp) < len(DAVIS_SEQUENCES):
-        old, hyp = {}, old
+    hyp = davis_glob(d, DAVIS_SHIPPED)
     if hyp:
         m = mean(x["miou"] for x in hyp.values())
         c = mean(x["copy_nearest_miou"] for x in hyp.values())
@@ -77,12 +68,9 @@ def headline(d: Path) -> str:
         forest = ("" if pix is None else ", random forest on each pixel's colour "
                   f"{mean(r['forest']['miou'] for r in pix['results'].values()):.3f}")
         first = next(iter(hyp.values()))
-        before = ("" if len(old) < len(DAVIS_SEQUENCES) else
-                  f", the previous schedule {mean(x['miou'] for x in old.values()):.3f} "
-                  f"({next(iter(old.values()))['steps']} steps on {next(iter(old.values()))['window'][0]}-frame windows)")
         out.append(f"| DAVIS 2016 video segmentation from 3 labelled frames, mean mIoU over "
                    f"{len(hyp)} sequences | **{m:.3f}** ({first['steps']} steps on {first['window'][0]}-frame windows) | "
-                   f"copy the nearest labelled mask {c:.3f}{forest}{before} |")
+                   f"copy the nearest labelled mask {c:.3f}{forest} |")
     for scene, label in (("generated", "generated 32-band scene"), ("landsat", "Landsat, Taizhou")):
         cur, base = load(d, f"change_{scene}"), load(d, f"change_{scene}_baselines")
         if cur is None or base is None:
