@@ -187,7 +187,7 @@ def test_memcnn_gradients_match_ours():
 
 
 def test_cli_bench(tmp_path, capsys):
-    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward"}
+    assert set(BENCHMARKS) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward", "volume_memory"}
     with pytest.raises(ValueError):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
