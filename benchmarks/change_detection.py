@@ -32,11 +32,14 @@ import numpy as np
 
 from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube, sample_labels
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
+
+LANDSAT = DATA / "landsat_cd_taizhou" / "Taizhou"
 
 
 def load_case(mode: str, fraction: float | None, seed: int) -> dict:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                  "train_pixels": int((case["train"] != IGNORE).sum()),
                  "scored_pixels": int((case["scored"] != IGNORE).sum()),
                  "shape": list(case["before"].shape), "torch_threads": torch.get_num_threads(),
-                 "results": {}}
+                 "environment": environment(), "results": {}}
     preds = {}
     for method in args.methods.split(","):
         t0 = time.perf_counter()

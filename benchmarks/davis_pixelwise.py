@@ -29,6 +29,7 @@ import torch
 
 from fhcnn.apps.segment import frames_to_volume, held_out_frames, score_held_out
 from fhcnn.atomic import atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.engine import IGNORE
 from fhcnn.engine.sizes import Geometry
 
@@ -53,7 +54,7 @@ def run_sequence(seq: str, root: Path, scale: float, trees: int, forest_pixels: 
     sub = rng.choice(keep, size=min(forest_pixels, keep.size), replace=False)
     held = held_out_frames(inputs)
     out: dict = {"name": seq, "frames": t, "label_frames": inputs.label_frames, "scored_frames": len(held),
-                 "volume": [t, *geom.scaled], "train_pixels": int(keep.size)}
+                 "volume": [t, *geom.scaled], "train_pixels": int(keep.size), "environment": environment()}
     for (name, clf), idx in zip(baselines(seed, trees=trees, max_iter=2000), (keep, sub)):
         t0 = time.perf_counter()
         clf.fit(feats[idx], lab[idx])

@@ -104,6 +104,8 @@ def _interrupted(root: Path, out: Path, steps: int, split: str, at: int, victim:
 
 
 def main() -> None:
+    from fhcnn.bench.reference import environment
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=16)
@@ -180,6 +182,7 @@ def main() -> None:
         "correct": sum(r["correct"] for r in runs), "runs": len(runs),
         "load_average_at_end": os.getloadavg(), "cpus": os.cpu_count(),
         "time_s": round(time.time() - t_start, 1), "torch": torch.__version__, "per_run": runs,
+        "environment": environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

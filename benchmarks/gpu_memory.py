@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import RESULTS  # noqa: E402
+
 DEPTHS = (8, 32, 128)
 
 
@@ -50,15 +52,17 @@ def depth_sweep() -> dict:
 def segment_peak(argv: list[str]) -> dict:
     import torch
 
+    from fhcnn.bench.reference import environment
     from fhcnn.cli import main
 
+    env = environment("cuda")  # the machine, its load and the CPU reference workload, before the run
     t0 = time.time()
     torch.cuda.reset_peak_memory_stats()
     rc = main(argv)
     return {"rc": rc, "wall_s": round(time.time() - t0, 1), "gpu": torch.cuda.get_device_name(0),
             "torch": torch.__version__, "argv": argv,
             "max_memory_allocated_bytes": torch.cuda.max_memory_allocated(),
-            "max_memory_reserved_bytes": torch.cuda.max_memory_reserved()}
+            "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(), "environment": env}
 
 
 def report(run_dir: Path, tag: str) -> Path:
@@ -89,7 +93,8 @@ def report(run_dir: Path, tag: str) -> Path:
               "depth_sweep": depth, "paper_video_memory": cases,
               "paper_video_training": {**{k: train.get(k) for k in keep}, "steps": train_peak["steps"],
                                        "peak_bytes": train_peak["max_memory_allocated_bytes"],
-                                       "video": "DAVIS 2016 blackswan, first 48 frames"}}
+                                       "video": "DAVIS 2016 blackswan, first 48 frames"},
+              "environment": train_peak.get("environment")}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"gpu_{tag}.json"
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")

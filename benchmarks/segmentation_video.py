@@ -31,13 +31,16 @@ import torch
 
 from fhcnn.apps.segment import VideoInputs, load_video_inputs, segment_video
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.video import generate_video
 from fhcnn.engine import IGNORE, SegmentConfig, build_model, confusion_matrix
 from fhcnn.memory import saved_tensor_bytes
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016" / "DAVIS"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
+
+DAVIS = DATA / "davis2016" / "DAVIS"
 LABEL_FRAMES = [0, 23, 47]
 
 
@@ -53,6 +56,7 @@ def memory_of(cfg: SegmentConfig, window: tuple[int, int, int], batch: int, k: i
 
 
 def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: int, name: str) -> dict:
+    env = environment()  # the machine, its load and the reference workload, just before the run
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg)
     cfg.data.scale = scale
@@ -69,7 +73,7 @@ def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: i
            "window": m["train_window"], "batch": cfg.data.batch_size, "volume": m["volume_size"],
            "parameters": m["parameters"], "curve": curve, **_precision_recall(m, inputs, k),
            "activation_bytes": memory_of(cfg, tuple(m["train_window"]), cfg.data.batch_size, k),
-           "model": {k2: getattr(cfg.model, k2) for k2 in vars(cfg.model)}}
+           "model": {k2: getattr(cfg.model, k2) for k2 in vars(cfg.model)}, "environment": env}
     print(f"{name:28s} {cfg.model.arch:10s} mIoU {res['miou']:.4f}"
           + (f" J {res['J']:.4f}" if res["J"] is not None else "")
           + (f" P {res['fg_precision']:.3f} R {res['fg_recall']:.3f}" if "fg_precision" in res else "")

@@ -45,16 +45,17 @@ import numpy as np
 from fhcnn.apps.change import ChangeConfig
 from fhcnn.apps.change.sparse import per_class_labels
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, read_cube
 from fhcnn.engine import SegmentConfig, segmentation_metrics
 from fhcnn.engine.maps import cube_volume, fit_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
 from _pixelwise import baselines, stats  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hsi_unmixing_samson_jasper"
+HSI = DATA / "hsi_unmixing_samson_jasper"
 SCENES = {"samson": ("Samson.mat", "_EndSamson.mat", ["rock", "tree", "water"]),
           "jasper": ("JasperRidge2_R198.mat", "_EndJasperRidge2_R198.mat", ["tree", "water", "dirt", "road"])}
 BASELINES = ["linear", "forest"]
@@ -124,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             if key in rec["runs"]:
                 continue
             train, held = per_class_labels(case["reference"], n, seed)
+            env = environment()  # the machine, its load and the reference workload, before the run
             r = run_baselines(case["cube"], train, held, k, seed)
             r["fhcnn"] = run_fhcnn(case["cube"], train, held, k, overrides, args.bands, fh["band_index"])
             r["train_pixels"] = int((train != IGNORE).sum())
@@ -132,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 f"{m} {v['miou']:.4f}" for m, v in r.items() if isinstance(v, dict))
                 + f" (fhcnn train {r['fhcnn']['train_time_s']} s, predict {r['fhcnn']['predict_time_s']} s)",
                 flush=True)
+            r["environment"] = env
             RESULTS.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["run", "report"])
     ap.add_argument("scene", nargs="?", choices=list(SCENES))
-    ap.add_argument("--data", type=Path, default=DATA, help="folder with the .mat files")
+    ap.add_argument("--data", type=Path, default=HSI, help="folder with the .mat files")
     ap.add_argument("--n", default="5,10,20", help="labelled pixels per class")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=150, help="fhcnn training steps")

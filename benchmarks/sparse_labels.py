@@ -40,14 +40,15 @@ import numpy as np
 from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change
 from fhcnn.apps.change.sparse import sparse_labels
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import IGNORE, labels_from_masks, make_bitemporal_scene, read_cube
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA, RESULTS  # noqa: E402
 from _pixelwise import baselines, stats  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LANDSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat_cd_taizhou" / "Taizhou"
+LANDSAT = DATA / "landsat_cd_taizhou" / "Taizhou"
 SCENES = ("taizhou", "generated")
 BASELINES = ["linear_dates", "forest_dates", "linear", "forest"]
 
@@ -123,11 +124,12 @@ def cmd_run(args: argparse.Namespace, baselines_only: bool) -> None:
         if k in rec["runs"]:
             continue
         train, held = sparse_labels(case["reference"], density, pattern, seed)  # type: ignore[arg-type]
+        env = environment()  # the machine, its load and the reference workload, before the run
         t0 = time.perf_counter()
         r = (run_baselines(case, train, held, seed) if baselines_only
              else run_fhcnn(case, train, held, rec["overrides"]))
         r_common = {"train_pixels": int((train != IGNORE).sum()), "train_changed": int((train == 1).sum())}
-        rec["runs"][k] = {**r, **r_common}
+        rec["runs"][k] = {**r, **r_common, "environment": env}
         summary = (" ".join(f"{m} {v['miou']:.4f}" for m, v in r.items()) if baselines_only
                    else f"miou {r['miou']:.4f} (pos {r['iou_positive']:.3f}) train {r['train_time_s']} s "
                         f"predict {r['predict_time_s']} s")

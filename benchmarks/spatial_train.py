@@ -112,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if rank == 0:
         from safetensors.torch import save_file
 
+        from fhcnn.bench.reference import environment
+
         save_file({k: v.contiguous() for k, v in result["state"].items()}, str(args.out / "model.safetensors"))
         (args.out / "train.json").write_text(json.dumps(
             {"losses": result["losses"], "step_s": result["step_s"], "comm_bytes_rank0": result["comm_bytes"],
-             "split": split.describe()}, indent=1))
+             "split": split.describe(), "environment": environment()}, indent=1))
         print(f"{split.describe()}: losses {[f'{v:.4f}' for v in result['losses']]}")
     if dist.is_initialized():
         dist.destroy_process_group()

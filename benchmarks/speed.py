@@ -1,31 +1,37 @@
-"""CPU speed of ``fhcnn segment`` / ``fhcnn change`` / ``fhcnn demo``: profiles and before/after runs.
+"""CPU time of ``fhcnn segment`` / ``fhcnn change`` / ``fhcnn demo`` end to end, the thread
+choice, and profiles of a training step and a prediction.
 
-    python benchmarks/speed.py profile [--tag _before] [--threads 1] [--predict-batch 1]
+    python benchmarks/speed.py run [--cases change,landsat,segment,demo] [--set KEY=VALUE ...]
+                                   [--threads 0] [--sample N] [--compete 0] [--tag configs]
+    python benchmarks/speed.py steps [--cases demo,segment,change] [--sample 20] [--repeats 2]
     python benchmarks/speed.py threads [--sample 6] [--repeats 2] [--compete 0]
-    python benchmarks/speed.py summary          # speed.json / speed.png from the files above
-    python benchmarks/speed.py run [--cases segment,change,demo] [--variants before,after]
-                                   [--threads 0] [--compete 0] [--tag ""] [--after-set KEY=VALUE]
+    python benchmarks/speed.py profile [--cases segment,change] [--sample 20] [--threads 1]
 
-``profile``: a ``torch.profiler`` table of one training step (after two warm-up steps) and of
-the prediction of the whole volume (one tiling: no shift, no flip), by operator and by Python
-frame, for the ``video`` config
-on the generated 48x96x160 video and the ``change`` config on the generated 96x96x32 scene;
-written to ``benchmarks/results/profile_<case>_<train|predict><tag>.txt``.
-
-``run``: each case end to end (training + prediction, held-out score) once per variant, the
-variants alternating so both see the same machine load. ``before`` = the settings the package
-shipped before the speed work (the old schedules and windows, one prediction window per forward,
-torch's default thread count, one-sample convolutions left to PyTorch's slow reference kernel
-instead of :func:`fhcnn.layers.conv`'s two halves), ``after`` = the shipped configs as they are
-now. ``--compete N`` starts N busy-looping processes for the whole run (a busy machine). Writes
-``benchmarks/results/speed<tag>.json`` and ``speed<tag>.png``; the load (``os.getloadavg``)
-before and after each run is recorded.
+``run``: each case end to end (training + prediction, held-out score) with its shipped config
+(plus the ``--set`` overrides), each in a fresh process, one after the other. Writes
+``benchmarks/results/speed_<tag>.json`` (default ``speed_configs.json``): per run the wall,
+training and prediction seconds, the held-out mIoU, the steps and threads, the load average
+before and after, and :func:`fhcnn.bench.reference.environment` (CPU model, threads, load and
+the seconds of the fixed reference workload, measured in the same process just before the
+run). ``--sample N`` trains only N steps and predicts one tiling, and projects the whole run's
+wall time from them (no score). ``--compete N`` starts N busy-looping processes for the whole
+run (a busy machine).
 
 Cases: ``segment`` (the generated 48x96x160 video, seed 0, labels on frames 0/23/47, the 45
 others scored), ``change`` (``make_bitemporal_scene(96, 96, 32, seed=0)``, 8.8 % of the pixels
 labelled, the rest scored; see ``change_detection.py``), ``landsat`` (Taizhou, 30 % of the
-reference trains, 70 % scored), ``demo`` (the demo's 32x64x96 video), ``davis:<seq>`` (DAVIS
-2016, first 48 frames, scale 0.2, scored at full size).
+reference trains, 70 % scored), ``demo`` (``fhcnn demo``: its 32x64x96 video, its figures),
+``davis:<seq>`` (DAVIS 2016, first 48 frames, scale 0.2, scored at full size).
+
+``steps``: seconds per training step (one thread, ``--sample`` steps, ``--repeats`` times) in units
+of the reference workload timed just before and after each run, and one prediction in the same
+units (``speed_steps.json``): a ratio that holds under load, where seconds do not.
+
+``threads``: seconds per training step of the ``video`` config with torch's default thread
+count and with ``train.threads=0``, alternating (``speed_threads<tag>.json``). ``profile``: the
+``torch.profiler`` tables (by operator, by input shape, by Python frame) of ``--sample``
+training steps and one prediction tiling of each case, on one thread unless ``--threads``
+(``profile_<case>.txt``).
 """
 
 from __future__ import annotations
@@ -43,23 +49,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-#: settings of the package before the speed work (issue #16), per config, as ``--set`` overrides
-BEFORE: dict[str, list[str]] = {
-    "video": ["data.window_depth=16", "train.steps=1000", "train.warmup_steps=20", "train.schedule=cosine",
-              "train.lr=0.002",
-              "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
-              "data.predict_batch=1", "train.threads=-1"],
-    "video-demo": ["data.window_depth=16", "train.steps=400", "train.warmup_steps=10", "train.schedule=cosine",
-                   "train.lr=0.002",
-                   "data.batch_size=2", "data.predict_shifts=4", "data.predict_flip=true",
-                   "data.predict_batch=1", "train.threads=-1"],
-    "change": ["train.steps=400", "train.warmup_steps=20", "train.schedule=cosine", "train.lr=0.002",
-               "data.batch_size=4", "data.predict_shifts=2", "data.predict_flip=true",
-               "data.predict_batch=1", "train.threads=-1"],
-}
+from _paths import RESULTS  # noqa: E402
 
 
 def _busy() -> None:  # a competing process: one core's worth of pure Python work
@@ -99,7 +90,7 @@ def _video_case(config: str, frames: int, height: int, width: int, overrides: li
 def _demo_inputs(frames: int, height: int, width: int) -> Any:
     from fhcnn.apps.segment import VideoInputs
     from fhcnn.data.video import generate_video
-    from fhcnn.options import IGNORE
+    from fhcnn.engine import IGNORE
 
     video, masks = generate_video(None, frames=frames, height=height, width=width, objects=2, seed=0)
     lf = [0, (frames - 1) // 2, frames - 1]
@@ -140,25 +131,20 @@ def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> d
             "threads": torch.get_num_threads()}
 
 
-def run_case(name: str, variant: str, extra: list[str] | None = None) -> dict[str, Any]:
-    """One case with one variant's settings (``extra``: overrides for both variants)."""
-    extra = list(extra or [])
-
-    def ovr(config: str) -> list[str]:
-        return (BEFORE[config] if variant == "before" else []) + extra
-
+def run_case(name: str, overrides: list[str]) -> dict[str, Any]:
+    """One case end to end with its shipped config plus ``overrides``."""
     if name == "segment":
-        return _video_case("video", 48, 96, 160, ovr("video"))
+        return _video_case("video", 48, 96, 160, overrides)
     if name == "demo":
-        return _demo_case(ovr("video-demo"))
+        return _demo_case(overrides)
     if name == "demo-video":  # the demo's pipeline without the demo's extras (sampled runs)
-        return _video_case("video-demo", 32, 64, 96, ovr("video-demo"))
+        return _video_case("video-demo", 32, 64, 96, overrides)
     if name.startswith("davis:"):
-        return _video_case("video", 48, 0, 0, ovr("video"), scale=0.2, davis=name.split(":", 1)[1])
+        return _video_case("video", 48, 0, 0, overrides, scale=0.2, davis=name.split(":", 1)[1])
     if name == "change":
-        return _change_case("generated", ovr("change"))
+        return _change_case("generated", overrides)
     if name == "landsat":
-        return _change_case("landsat", ovr("change"), steps=300 if variant == "before" else None)
+        return _change_case("landsat", overrides)
     raise SystemExit(f"unknown case {name!r}")
 
 
@@ -174,8 +160,7 @@ def _config_of(name: str) -> tuple[str, Any]:
 def count_windows(size: list[int], multiple: int, window: list[int], shifts: int, flip: bool,
                   shift_depth: bool) -> int:
     """Network calls of one window that :func:`fhcnn.engine.predict_volume` makes (its tiling)."""
-    from fhcnn.engine.inference import _starts
-    from fhcnn.engine.sizes import round_up
+    from fhcnn.engine.sizes import round_up, window_starts
 
     total = 0
     for o in sorted({int(round(i * multiple / shifts)) % multiple for i in range(shifts)}):
@@ -184,12 +169,12 @@ def count_windows(size: list[int], multiple: int, window: list[int], shifts: int
         win = [p if (w <= 0 or w >= p) else round_up(w, multiple) for w, p in zip(window, padded)]
         n = 1
         for p_, w_ in zip(padded, win):
-            n *= len(_starts(p_, min(w_, p_), multiple))
+            n *= len(window_starts(p_, min(w_, p_), multiple))
         total += n * (2 if flip else 1)
     return total
 
 
-def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict[str, Any]:
+def sampled_case(name: str, overrides: list[str], sample: int) -> dict[str, Any]:
     """Train only ``sample`` steps and predict one tiling (no shift, no flip); the whole run's
     wall time is projected as ``train_s / sample * steps + predict_s(one tiling) * windows(all
     tilings) / windows(one tiling) + the rest``; the score is not reported."""
@@ -197,9 +182,8 @@ def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict
     from fhcnn.engine import size_multiple_of
 
     config, kind = _config_of(name)
-    base = (BEFORE[config] if variant == "before" else []) + extra
-    full = load_config(kind, config, base)
-    steps = 300 if (name == "landsat" and variant == "before") else full.train.steps
+    full = load_config(kind, config, overrides)
+    steps = full.train.steps
     short = [f"train.steps={sample}", f"train.warmup_steps={min(full.train.warmup_steps, sample)}",
              "data.predict_shifts=1", "data.predict_flip=false"]
     d = full.data
@@ -208,12 +192,13 @@ def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict
 
         case = load_case("generated" if name == "change" else "landsat", None, 0)
         t0 = time.perf_counter()
-        r = run_net(case, "hyperbolic", sample, 0, [o for o in base if not o.startswith("train.steps=")] + short[1:])
+        kept = [o for o in overrides if not o.startswith("train.steps=")]
+        r = run_net(case, "hyperbolic", sample, 0, kept + short[1:])
         wall, train_s, pred_s = time.perf_counter() - t0, r["train_time_s"], r["predict_time_s"]
         h, w, b = case["before"].shape
         size, win, shift_depth = [b, h, w], [0, d.window_height, d.window_width], False
     else:
-        r = run_case("demo-video" if name == "demo" else name, variant, extra + short)
+        r = run_case("demo-video" if name == "demo" else name, overrides + short)
         wall, train_s, pred_s = r["wall_s"], r["train_s"], r.get("predict_s", 0.0)
         size, shift_depth = r["volume"], True
         win = [d.window_depth, d.window_height, d.window_width]
@@ -228,15 +213,14 @@ def sampled_case(name: str, variant: str, extra: list[str], sample: int) -> dict
             "threads": torch.get_num_threads()}
 
 
-def _worker(name: str, variant: str, threads: int, sample: int, after: list[str], q: Any) -> None:
-    extra = [f"train.threads={threads}"] if threads else []
-    if variant == "after":
-        extra += after
-    else:  # the package before #16 sent one-sample convolutions to PyTorch's slow reference kernel
-        import fhcnn.layers
-        fhcnn.layers._one_sample_slow_on_cpu = lambda x, w: False
+def _worker(name: str, threads: int, sample: int, overrides: list[str], q: Any) -> None:
+    from fhcnn.bench.reference import environment
+
+    overrides = ([f"train.threads={threads}"] if threads else []) + overrides
     try:
-        q.put(sampled_case(name, variant, extra, sample) if sample else run_case(name, variant, extra))
+        env = environment()  # the machine, its load and the reference workload, just before the run
+        r = sampled_case(name, overrides, sample) if sample else run_case(name, overrides)
+        q.put({**r, "environment": env})
     except BaseException as e:  # noqa: BLE001 - reported in the JSON
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -247,25 +231,23 @@ def run(args: argparse.Namespace) -> None:
     for p in competitors:
         p.start()
     results: list[dict[str, Any]] = []
-    out = RESULTS / f"speed{args.tag}"
+    out = RESULTS / f"speed_{args.tag}"
     try:
         for name in args.cases.split(","):
-            for variant in args.variants.split(","):
-                load0 = os.getloadavg()[0]
-                q = ctx.Queue()
-                p = ctx.Process(target=_worker, args=(name, variant, args.threads, args.sample,
-                                                       args.after_set, q))
-                p.start()
-                r = q.get()
-                p.join()
-                r.update(case=name, variant=variant, after_set=args.after_set if variant == "after" else [],
-                         load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2), compete=args.compete)
-                results.append(r)
-                print(json.dumps(r), flush=True)
-                payload = {"cpu_count": os.cpu_count(), "torch": torch.__version__,
-                           "compete": args.compete, "results": results}
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                (out.parent / (out.name + ".json")).write_text(json.dumps(payload, indent=1) + "\n")
+            load0 = os.getloadavg()[0]
+            q = ctx.Queue()
+            p = ctx.Process(target=_worker, args=(name, args.threads, args.sample, args.overrides, q))
+            p.start()
+            r = q.get()
+            p.join()
+            r.update(case=name, overrides=args.overrides, load_before=round(load0, 2),
+                     load_after=round(os.getloadavg()[0], 2), compete=args.compete)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            payload = {"cpu_count": os.cpu_count(), "torch": torch.__version__,
+                       "compete": args.compete, "results": results}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (out.parent / (out.name + ".json")).write_text(json.dumps(payload, indent=1) + "\n")
     finally:
         for p in competitors:
             p.terminate()
@@ -273,33 +255,25 @@ def run(args: argparse.Namespace) -> None:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Bars: wall time (measured, or projected from sampled steps) per case and variant,
-    labelled with the held-out mIoU where the run was complete."""
+    """Bars: wall time (measured, or projected from sampled steps) per case, in seconds and in
+    reference units, labelled with the held-out mIoU where the run was complete."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in results if "wall_s" in r or "projected_wall_s" in r]
-    cases = list(dict.fromkeys(f"{r['case']} (+{r['compete']} busy)" for r in ok))
-    variants = list(dict.fromkeys(r["variant"] for r in ok))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases) + 2), 4))
-    wdt = 0.8 / max(1, len(variants))
-    for j, v in enumerate(variants):
-        for i, c in enumerate(cases):
-            rs = [r for r in ok if f"{r['case']} (+{r['compete']} busy)" == c and r["variant"] == v]
-            if not rs:
-                continue
-            wall = float(np.mean([r.get("wall_s", r.get("projected_wall_s")) for r in rs]))
-            ax.bar(i + j * wdt, wall, wdt, color=f"C{j}", label=v if i == 0 else None)
-            if "miou" in rs[0]:
-                ax.text(i + j * wdt, wall, f"{np.mean([r['miou'] for r in rs]):.3f}", ha="center",
-                        va="bottom", fontsize=7)
-    ax.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(cases))], cases, fontsize=8)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(ok) + 2), 4))
+    for i, r in enumerate(ok):
+        wall = r.get("wall_s", r.get("projected_wall_s"))
+        ax.bar(i, wall, 0.7, color="C0")
+        ref = r.get("environment", {}).get("reference_s")
+        label = (f"{r['miou']:.3f}\n" if "miou" in r else "") + (f"{wall / ref:.0f} ref" if ref else "")
+        ax.text(i, wall, label, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(ok)), [f"{r['case']} (+{r['compete']} busy)" for r in ok], fontsize=8)
     ax.set_ylabel("wall time (s): training + prediction\n(measured, or projected from sampled steps)")
-    ax.set_title("CPU speed, before / after side by side per case (the load differs between cases; "
-                 "labels: held-out mIoU)", fontsize=8)
-    ax.legend()
+    cpu = ok[0].get("environment", {}).get("cpu_model", "") if ok else ""
+    ax.set_title(f"CPU time of the shipped configs ({cpu}; labels: held-out mIoU, reference units)", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -307,9 +281,40 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- profile
+def steps_case(name: str, overrides: list[str], sample: int, repeats: int) -> dict[str, Any]:
+    """Seconds per training step of case ``name`` on one thread, in units of the reference
+    workload timed just before and just after each of ``repeats`` sampled runs (``sample``
+    steps and one prediction tiling): the ratio holds under load, where seconds do not."""
+    from fhcnn.bench.reference import environment, reference_seconds
+
+    env = environment()
+    rows = []
+    for rep in range(repeats):
+        before = reference_seconds()
+        r = sampled_case(name, ["train.threads=1", *overrides], sample)
+        after = reference_seconds()
+        ref = (before + after) / 2
+        rows.append({"repeat": rep, "s_per_step": r["train_s_per_step"],
+                     "predict_s_one_tiling": r["predict_s_one_tiling"],
+                     "tilings_windows_ratio": r["tilings_windows_ratio"], "steps": r["steps"],
+                     "reference_s_before": round(before, 4), "reference_s_after": round(after, 4),
+                     "step_in_reference": round(r["train_s_per_step"] / ref, 3),
+                     "prediction_in_reference": round(r["predict_s_one_tiling"] * r["tilings_windows_ratio"] / ref, 1),
+                     "load": round(os.getloadavg()[0], 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    ratio = float(np.median([x["step_in_reference"] for x in rows]))
+    pred = float(np.median([x["prediction_in_reference"] for x in rows]))
+    return {"case": name, "overrides": overrides, "sample": sample, "rows": rows, "environment": env,
+            "step_in_reference": round(ratio, 3), "prediction_in_reference": round(pred, 1),
+            "run_in_reference": round(ratio * rows[0]["steps"] + pred)}
+
+
 def _profile_tables(fn: Callable[[], Any], title: str) -> str:
     from torch.profiler import ProfilerActivity, profile
 
+    from fhcnn.bench.reference import environment
+
+    env = environment()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_stack=True) as prof:
         fn()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=45)
@@ -318,85 +323,23 @@ def _profile_tables(fn: Callable[[], Any], title: str) -> str:
     frames = prof.key_averages(group_by_stack_n=4).table(
         sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=35, max_src_column_width=90)
     return (f"# {title}\n# torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n\n## by operator\n{ops}\n"
+            f"load {env['load_1min']} on {os.cpu_count()} CPUs ({env['cpu_model']}); reference workload "
+            f"{env['reference_s']} s (fhcnn.bench.reference)\n\n## by operator\n{ops}\n"
             f"## by operator and input shape\n{shapes}\n## by Python frame (top 4 frames)\n{frames}\n")
 
 
-def profile_case(kind: str, tag: str, batch: int) -> None:
-    from fhcnn.apps.segment.pipeline import frames_to_volume
-    from fhcnn.config import load_config
-    from fhcnn.data.hyperspectral import make_bitemporal_scene, sample_labels
-    from fhcnn.data.video import generate_video
-    from fhcnn.engine import SegmentConfig
-    from fhcnn.engine.losses import SegmentationLoss, class_weights
-    from fhcnn.engine.models import DepthMean, build_model
-    from fhcnn.engine.plan import DenseInputs, class_positions, prepare
-    from fhcnn.engine.sampling import WindowSampler
-    from fhcnn.training.trainer import step_generator
-
-    if kind == "video":
-
-        video, masks = generate_video(None, 48, 96, 160, objects=2, seed=0)
-        vol = torch.as_tensor(frames_to_volume(video))
-        lab = torch.full(masks.shape, 255, dtype=torch.long)
-        lab[[0, 23, 47]] = torch.as_tensor(masks[[0, 23, 47]]).long()
-        cfg = load_config(SegmentConfig, "video", [])
-        k, reduce = 3, False
-    else:
-        from fhcnn.apps.change import ChangeConfig, build_volume
-
-        s = make_bitemporal_scene(96, 96, 32, seed=0)
-        train, _ = sample_labels(s.change, 0.088, 0)
-        vol = torch.as_tensor(build_volume(s.before, s.after))
-        lab = torch.as_tensor(train).long()
-        from dataclasses import replace
-
-        ccfg = load_config(ChangeConfig, "change", [])
-        cfg = SegmentConfig(model=ccfg.model, data=replace(ccfg.data, reduce_depth=True), train=ccfg.train)
-        k, reduce = 2, True
-    d = cfg.data
-    seg = build_model(cfg.model, vol.shape[0], k)
-    flat = vol.flatten(1)
-    seg.set_normalization(flat.mean(1), flat.std(1))
-    model: torch.nn.Module = DepthMean(seg) if reduce else seg
-    cfg.data.reduce_depth = reduce
-    plan = prepare(DenseInputs(vol, lab.to(torch.uint8), k), cfg)
-    win = plan.train_window
-    sampler = WindowSampler(plan.volume, plan.labels, win, d, seg.std, class_positions(plan))
-    lossf = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-    def step(s: int) -> None:
-        x, y = sampler(s, step_generator(0, s))
-        loss = lossf(model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-
-    for s in range(2):
-        step(s)
-    t0 = time.perf_counter()
-    step(2)
-    t_step = time.perf_counter() - t0
-    text = _profile_tables(lambda: step(3), f"one training step, {kind} ({cfg.data.batch_size} windows "
-                                            f"of {win}); unprofiled step {t_step:.3f} s")
-    (RESULTS / f"profile_{kind}_train{tag}.txt").write_text(text)
+def profile_case(name: str, overrides: list[str], sample: int, tag: str) -> Path:
+    """``profile_<name><tag>.txt``: the profiler tables of ``sample`` training steps and one
+    prediction tiling of case ``name`` (:func:`sampled_case`), after an unprofiled run of the
+    same (warm-up; its seconds per step and per tiling head the file)."""
+    plain = sampled_case(name, overrides, sample)
+    title = (f"{name}: {sample} training steps and one prediction tiling ({' '.join(overrides) or 'shipped config'}); "
+             f"unprofiled {plain['train_s_per_step']} s a step, {plain['predict_s_one_tiling']} s a tiling")
+    text = _profile_tables(lambda: sampled_case(name, overrides, sample), title)
+    path = RESULTS / f"profile_{name.replace(':', '_')}{tag}.txt"
+    path.write_text(text)
     print(text[:3000])
-    from fhcnn.engine.inference import predict_volume
-    from fhcnn.engine.train import SegmentationResult
-
-    res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win, plan=plan)
-    # one tiling (no shift, no flip): the per-window cost; the full prediction repeats it
-    # predict_shifts * (1 + predict_flip) times
-    kw: dict[str, Any] = dict(shifts=1, flip=False, window=res.predict_window,
-                              shift_depth=not d.reduce_depth, batch=batch)
-    t0 = time.perf_counter()
-    text = _profile_tables(lambda: predict_volume(model, vol, **kw),
-                           f"prediction of the whole volume {tuple(vol.shape)}, {kind} ({kw})")
-    text = text.replace("\n", f"; profiled wall {time.perf_counter() - t0:.1f} s\n", 1)
-    (RESULTS / f"profile_{kind}_predict{tag}.txt").write_text(text)
-    print(text[:3000])
+    return path
 
 
 def threads_case(args: argparse.Namespace) -> None:
@@ -414,6 +357,9 @@ def threads_case(args: argparse.Namespace) -> None:
     competitors = [ctx.Process(target=_busy, daemon=True) for _ in range(args.compete)]
     for p in competitors:
         p.start()
+    from fhcnn.bench.reference import environment
+
+    env = environment()
     inp = generated_inputs(0, 48, 96, 160)
     vol = torch.as_tensor(frames_to_volume(inp.frames))
     rows = []
@@ -444,99 +390,40 @@ def threads_case(args: argparse.Namespace) -> None:
         for p in competitors:
             p.terminate()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"speed_threads{args.tag}.json").write_text(json.dumps(
-        {"cpu_count": os.cpu_count(), "default_threads": default, "rows": rows}, indent=1) + "\n")
-
-
-def _load(name: str) -> dict[str, Any]:
-    path = RESULTS / name
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _rows(name: str, case: str, variant: str) -> list[dict[str, Any]]:
-    return [r for r in _load(name).get("results", []) if r.get("case") == case and r.get("variant") == variant]
-
-
-def summarize() -> None:
-    """``speed.json`` / ``speed.png``: one before/after row per goal of issue #16, from the result
-    files the other modes wrote (before-scores of complete runs from the benchmarks' results)."""
-    goals = [  # (goal, case, sampled file, complete after-run file, before score, its source)
-        ("fhcnn segment, generated 48x96x160", "segment", "speed_sampled.json", "speed_after_segment.json",
-         0.984, "docs/segmentation.md (1000 steps, previous video config)"),
-        ("fhcnn change, generated 96x96x32", "change", "speed_sampled_change.json", "speed_after_cd.json",
-         _load("change_generated.json").get("results", {}).get("hyperbolic", {}).get("metrics", {}).get("miou"),
-         "change_generated.json"),
-        ("fhcnn change, Taizhou 400x400x6", "landsat", "speed_sampled_change.json", "speed_after_landsat.json",
-         _load("change_landsat.json").get("results", {}).get("hyperbolic", {}).get("metrics", {}).get("miou"),
-         "change_landsat.json"),
-        ("fhcnn demo, 32x64x96", "demo", "speed_sampled.json", "speed_after_demo320.json", 0.942,
-         "docs/segmentation.md (400 steps, previous video-demo config)"),
-        ("DAVIS goat, scale 0.2", "davis:goat", "", "speed_after_goat.json",
-         _load("davis_hyperbolic_goat.json").get("results", [{}])[0].get("miou"), "davis_hyperbolic_goat.json"),
-    ]
-    out, bars = [], []
-    for goal, case, sampled, after_file, before_miou, source in goals:
-        row: dict[str, Any] = {"goal": goal, "before_miou": before_miou, "before_miou_source": source}
-        for variant in ("before", "after"):
-            rs = _rows(sampled, case, variant) if sampled else []
-            if rs and variant == "after":  # re-projected to the shipped config's steps (it may have moved)
-                from fhcnn.config import load_config
-
-                config, kind = _config_of(case)
-                steps = load_config(kind, config, []).train.steps
-                rs = [{**r, "projected_wall_s": round(r["projected_wall_s"] - r["train_s"]
-                                                      + r["train_s_per_step"] * steps, 1)} for r in rs]
-            if rs:
-                row[f"{variant}_projected_wall_s"] = float(np.mean([r["projected_wall_s"] for r in rs]))
-                row[f"{variant}_load"] = rs[0]["load_before"]
-                bars.append({"case": case, "variant": variant, "compete": 0,
-                             "projected_wall_s": row[f"{variant}_projected_wall_s"],
-                             **({"miou": before_miou} if variant == "before" and before_miou else {})})
-        after = _rows(after_file, case, "after")
-        if after:
-            row.update(after_miou=after[-1]["miou"], after_complete_wall_s=after[-1]["wall_s"],
-                       after_complete_load=after[-1]["load_before"])
-            for b in bars:
-                if b["case"] == case and b["variant"] == "after":
-                    b["miou"] = after[-1]["miou"]
-        if "before_projected_wall_s" in row and "after_projected_wall_s" in row:
-            row["after_over_before"] = round(row["after_projected_wall_s"] / row["before_projected_wall_s"], 3)
-        pair = _load("speed_segment_pair.json").get("results", []) if case == "segment" else []
-        if pair:
-            row["side_by_side_complete_runs"] = pair
-        out.append(row)
-    threads = _load("speed_threads.json")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps({"goals": out, "threads": threads}, indent=1) + "\n")
-    plot(bars, RESULTS / "speed.png")
-    print(json.dumps(out, indent=1))
+    (RESULTS / f"speed_threads{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(
+        {"cpu_count": os.cpu_count(), "default_threads": default, "environment": env, "rows": rows},
+        indent=1) + "\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["profile", "run", "threads", "summary"])
-    p.add_argument("--repeats", type=int, default=2, help="threads: alternating repeats")
-    p.add_argument("--cases", default="segment,change,demo")
-    p.add_argument("--variants", default="before,after")
+    p.add_argument("mode", choices=["profile", "run", "steps", "threads"])
+    p.add_argument("--repeats", type=int, default=2, help="threads, steps: alternating repeats")
+    p.add_argument("--cases", default="change,landsat,segment,demo", help="run, profile: comma list")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="run: an override of the shipped configs (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the package's choice)")
     p.add_argument("--compete", type=int, default=0, help="busy-looping competitor processes")
     p.add_argument("--sample", type=int, default=0,
-                   help="run: train only this many steps, project the wall time (no score)")
-    p.add_argument("--kinds", default="video,change", help="profile: which networks")
-    p.add_argument("--tag", default="")
-    p.add_argument("--after-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="run: an override of the shipped config for the 'after' variant only")
-    p.add_argument("--predict-batch", type=int, default=4, help="profile: windows per network call")
+                   help="run: train only this many steps, project the wall time (no score); "
+                        "profile: the steps profiled (default 20)")
+    p.add_argument("--tag", default="", help="suffix of the result files (run: speed_<tag>.json, default configs)")
     args = p.parse_args()
-    if args.mode == "summary":
-        summarize()
-    elif args.mode == "threads":
+    if args.mode == "threads":
         threads_case(args)
+    elif args.mode == "steps":
+        torch.set_num_threads(1)
+        out = [steps_case(name, args.overrides, args.sample or 20, args.repeats) for name in args.cases.split(",")]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"speed_steps{'_' + args.tag if args.tag else ''}.json").write_text(
+            json.dumps({"results": out}, indent=1) + "\n")
     elif args.mode == "profile":
         torch.set_num_threads(args.threads or 1)
-        for kind in args.kinds.split(","):
-            profile_case(kind, args.tag, args.predict_batch)
+        for name in args.cases.split(","):
+            profile_case(name, [f"train.threads={args.threads or 1}", *args.overrides], args.sample or 20,
+                         f"_{args.tag}" if args.tag else "")
     else:
+        args.tag = args.tag or "configs"
         run(args)
 
 

@@ -26,6 +26,7 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     from fhcnn.apps.vae import BaselineConfig, VAEConfig, grid_array, train_baseline, train_vae
     from fhcnn.atomic import atomic_path, atomic_write_text
+    from fhcnn.bench.reference import environment
     from fhcnn.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
     cfg = load_config(VAEConfig, "vae-digits", overrides)
+    env = environment()  # the machine, its load and the reference workload, before the runs
     if args.reuse:  # a finished `fhcnn vae train --dataset digits` run of the same config
         run = Path(args.reuse)
         ours = json.loads((run / "metrics.json").read_text())
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_time_s", "steps")
     result = {
         "benchmark": "vae_digits",
-        "device": "cpu", "threads": torch.get_num_threads(),
+        "device": "cpu", "threads": torch.get_num_threads(), "environment": env,
         "hyperbolic": {k: v for k, v in ours.items() if k != "final_train"},
         "conv_vae": {k: v for k, v in base.items() if not k.startswith("_")},
         "summary": {name: {k: m.get(k) for k in keys} for name, m in

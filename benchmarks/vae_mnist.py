@@ -1,6 +1,6 @@
 """The paper's MNIST VAE experiment (section 6.2.1) at reduced size, on the real MNIST test split.
 
-    python benchmarks/vae_mnist.py [--data ../shared/data/mnist_t10k] [--out benchmarks/results]
+    python benchmarks/vae_mnist.py [--data $FHCNN_DATA/mnist_t10k] [--out benchmarks/results]
                                    [--steps N] [--set KEY=VALUE ...]
 
 Uses the shipped ``vae-mnist`` configuration (the paper's network: 32x32 inputs, 5 units of
@@ -20,6 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATA  # noqa: E402
+
 REDUCED = ["threads=1", "model.hidden=16", "model.h=0.2", "data.batch_size=64",
            "data.limit=10000", "data.n_eval=2000", "data.split=ordered", "eval.n_eval=2000",
            "train.optimizer=adam", "train.lr=0.002", "train.steps=1500", "loss.alpha=40",
@@ -31,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from fhcnn.apps.vae import VAEConfig, train_vae
     from fhcnn.atomic import atomic_write_text
+    from fhcnn.bench.reference import environment
     from fhcnn.config import load_config
 
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(here.parent.parent / "shared" / "data" / "mnist_t10k"))
+    p.add_argument("--data", default=str(DATA / "mnist_t10k"))
     p.add_argument("--out", default=str(here / "results"))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[])
@@ -52,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "vae_mnist_run"
     if run.exists():
         shutil.rmtree(run)
+    env = environment()  # the machine, its load and the reference workload, before the run
     m = train_vae(cfg, run, quiet=True)
-    result = {"benchmark": "vae_mnist", "device": "cpu", "threads": torch.get_num_threads(),
+    result = {"benchmark": "vae_mnist", "device": "cpu", "threads": torch.get_num_threads(), "environment": env,
               "data": str(data), "overrides": overrides,
               **{k: v for k, v in m.items() if k != "final_train"}}
     atomic_write_text(out / "vae_mnist.json", json.dumps(result, indent=2) + "\n")

@@ -71,6 +71,51 @@ def test_time_benchmark_keys(tmp_path):
     assert set(row) >= {"depth", "seconds", "median", "ratio"}
     assert set(row["ratio"]) == {"plain", "block", "reversible"} and row["ratio"]["plain"] == 1.0
     assert r["theory"] == pytest.approx(4 / 3)
+    env = _load(tmp_path / "time.json")["environment"]  # times come with the machine they were measured on
+    assert env["reference_s"] > 0 and env["cpu_model"] and env["torch_threads"] == 1
+    assert env["load_1min"] is None or env["load_1min"] >= 0
+
+
+def test_reference_workload_is_one_thread_and_restores_threads():
+    """The reference runs on one thread whatever the caller set, and gives the caller its
+    thread count back (a benchmark measures its own work at its own thread count)."""
+    from fhcnn.bench import reference
+
+    seen = []
+    real = torch.nn.functional.conv3d
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.nn.functional, "conv3d", spy)
+            t = reference.reference_seconds(repeats=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert t > 0 and seen == [1, 1, 1]  # one warm-up and two timed runs, each on one thread
+    env = reference.environment(reference=False)
+    assert "reference_s" not in env and env["cpu_count"] >= 1
+
+
+def test_every_benchmark_that_writes_results_records_the_environment():
+    """A time in benchmarks/results/ is only readable beside the machine it was measured on:
+    every benchmark module of ``fhcnn bench`` and every script in ``benchmarks/`` that writes a
+    result calls ``environment()`` (CPU model, threads, load, the reference workload)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for p in (root / "src" / "fhcnn" / "bench").glob("*.py")
+             if not p.name.startswith("_") and p.name != "reference.py"]
+    files += [p for p in (root / "benchmarks").glob("*.py") if not p.name.startswith("_")]
+    writers = [p for p in files if re.search(r"write_json\(|json\.dumps\(", p.read_text())]
+    assert len(writers) >= 15, [p.name for p in writers]  # the check sees the benchmarks
+    missing = [p.name for p in writers if "environment(" not in p.read_text()]
+    assert not missing, f"benchmarks that write results without environment(): {missing}"
 
 
 def test_drift_benchmark(tmp_path):
@@ -153,54 +198,6 @@ def test_cli_bench(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-# --- the generated tables in README.md and docs/ ------------------------------------------
-
-def test_replace_tables_markers():
-    from fhcnn.bench.report import replace_tables
-
-    text = ("intro\n<!-- table:a -->\nold a\n<!-- /table:a -->\nmiddle\n"
-            "<!-- table:b -->\n<!-- /table:b -->\nend\n")
-    out = replace_tables(text, lambda name: f"| {name} |\n")
-    assert out == ("intro\n<!-- table:a -->\n| a |\n<!-- /table:a -->\nmiddle\n"
-                   "<!-- table:b -->\n| b |\n<!-- /table:b -->\nend\n")
-    assert replace_tables(out, lambda name: f"| {name} |") == out  # idempotent
-    assert replace_tables("no markers\n", lambda name: "x") == "no markers\n"
-    for bad in ("<!-- table:a -->\nx\n",                                    # never closed
-                "<!-- /table:a -->\n",                                      # closes nothing
-                "<!-- table:a -->\n<!-- /table:b -->\n",                    # mismatched
-                "<!-- table:a -->\n<!-- table:b -->\n<!-- /table:b -->\n<!-- /table:a -->\n"):
-        with pytest.raises(ValueError):
-            replace_tables(bad, lambda name: "x")
-
-
-def test_report_unknown_table_and_missing_results(tmp_path):
-    from fhcnn.bench.report import render, update_docs
-
-    with pytest.raises(ValueError, match="unknown table"):
-        render("nope", tmp_path)
-    doc = tmp_path / "page.md"
-    doc.write_text("<!-- table:vae_digits -->\n<!-- /table:vae_digits -->\n")
-    with pytest.raises(ValueError, match="vae_digits.json is missing"):
-        update_docs(tmp_path, [doc])
-
-
-def test_docs_tables_match_results():
-    """Every generated table in README.md and docs/*.md equals what fhcnn.bench.report makes
-    from benchmarks/results/ (regenerate: python -m fhcnn.bench.report benchmarks/results
-    --docs README.md docs)."""
-    from pathlib import Path
-
-    from fhcnn.bench.report import update_docs
-
-    root = Path(__file__).resolve().parents[1]
-    results = root / "benchmarks" / "results"
-    if not results.is_dir() or not (root / "docs").is_dir():
-        pytest.skip("no benchmarks/results or docs/ next to the tests (installed package)")
-    stale = update_docs(results, [root / "README.md", root / "docs"], check=True)
-    assert not stale, (f"out of date: {[str(p.relative_to(root)) for p in stale]}; run "
-                       "python -m fhcnn.bench.report benchmarks/results --docs README.md docs")
-
-
 def test_backward_peak_benchmark(tmp_path):
     from fhcnn.bench import backward
 
@@ -219,7 +216,7 @@ def test_backward_peak_benchmark(tmp_path):
 def test_volume_memory_worker_measures_each_phase(tmp_path):
     """One run of the volume-memory benchmark in this process (a 48^3 volume on disk, out of
     core): every phase reports its peak, the prediction reaches the on-disk output and is
-    scored against the truth; the table renders it."""
+    scored against the truth."""
     import zarr
 
     from fhcnn.bench import volume_memory as vm
@@ -233,5 +230,3 @@ def test_volume_memory_worker_measures_each_phase(tmp_path):
     pred = zarr.open_array(str(tmp_path / "prediction.zarr"), mode="r")[...]
     assert pred.shape == (48, 48, 48) and set(np.unique(pred)) <= {0, 1, 2}
     assert 0 <= rec["miou"] <= 1 and rec["voxels"] == 48**3
-    text = vm.table({"rows": [{"shape": [48, 48, 48], "rank": 0, **rec}]})
-    assert "48 × 48 × 48" in text and text.count("\n") == 2

@@ -53,3 +53,64 @@ def test_readme_is_short_and_keeps_the_ci_command():
     text = (ROOT / "README.md").read_text()
     assert len(text.encode()) <= 12 * 1024
     assert "python3 dev.py test" in text
+
+
+# --- the generated tables: benchmarks/report.py --------------------------------------------
+
+def _report():
+    """``benchmarks/report.py``, the docs generator (skips where the repository's benchmarks/
+    folder is not next to the tests, e.g. an installed package)."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "report.py"
+    if not path.exists():
+        pytest.skip("no benchmarks/report.py next to the tests")
+    spec = importlib.util.spec_from_file_location("fhcnn_docs_report", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replace_tables_markers():
+    replace_tables = _report().replace_tables
+    text = ("intro\n<!-- table:a -->\nold a\n<!-- /table:a -->\nmiddle\n"
+            "<!-- table:b -->\n<!-- /table:b -->\nend\n")
+    out = replace_tables(text, lambda name: f"| {name} |\n")
+    assert out == ("intro\n<!-- table:a -->\n| a |\n<!-- /table:a -->\nmiddle\n"
+                   "<!-- table:b -->\n| b |\n<!-- /table:b -->\nend\n")
+    assert replace_tables(out, lambda name: f"| {name} |") == out  # idempotent
+    assert replace_tables("no markers\n", lambda name: "x") == "no markers\n"
+    for bad in ("<!-- table:a -->\nx\n",                                    # never closed
+                "<!-- /table:a -->\n",                                      # closes nothing
+                "<!-- table:a -->\n<!-- /table:b -->\n",                    # mismatched
+                "<!-- table:a -->\n<!-- table:b -->\n<!-- /table:b -->\n<!-- /table:a -->\n"):
+        with pytest.raises(ValueError):
+            replace_tables(bad, lambda name: "x")
+
+
+def test_report_unknown_table_and_missing_results(tmp_path):
+    report = _report()
+    with pytest.raises(ValueError, match="unknown table"):
+        report.render("nope", tmp_path)
+    doc = tmp_path / "page.md"
+    doc.write_text("<!-- table:vae_digits -->\n<!-- /table:vae_digits -->\n")
+    before = doc.read_bytes()
+    with pytest.raises(ValueError, match="vae_digits.json is missing"):
+        report.update_docs(tmp_path, [doc])
+    assert doc.read_bytes() == before
+    assert report.main([str(tmp_path), "--docs", str(doc)]) == 2
+
+
+def test_docs_tables_match_results():
+    """Every generated table in README.md and docs/*.md equals what benchmarks/report.py makes
+    from benchmarks/results/ (regenerate: python benchmarks/report.py --docs README.md docs)."""
+    report = _report()
+    results = ROOT / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("no benchmarks/results next to the tests")
+    stale = report.update_docs(results, [ROOT / "README.md", ROOT / "docs"], check=True)
+    assert not stale, (f"out of date: {[str(p.relative_to(ROOT)) for p in stale]}; run "
+                       "python benchmarks/report.py --docs README.md docs")
+    used = {m.group(1) for page in PAGES for m in re.finditer(r"<!-- table:([\w-]+) -->", page.read_text())}
+    assert used == set(report.TABLES), "every table the generator knows appears in the docs, and only those"

@@ -5,6 +5,10 @@ that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot)
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
 progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|backward|volume_memory|all]
 --out DIR`` or :func:`run_benchmarks` (``all`` runs every one but ``volume_memory``).
+
+The environment every result records (CPU model, threads, load, and the time of a fixed
+reference workload measured in the same process) is :func:`fhcnn.bench.reference.environment`.
+The tables that the docs show are made from these files by ``benchmarks/report.py``.
 """
 
 from __future__ import annotations

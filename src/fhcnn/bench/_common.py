@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +29,7 @@ from torch import Tensor
 from ..atomic import atomic_path, atomic_write_text, make_dir
 from ..network import HyperbolicNetwork
 from ..reversible import LeapfrogStep, TransitionStep, internal_format, run_steps
+from .reference import environment
 
 __all__ = [
     "DTYPES",
@@ -231,20 +231,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
 
 def median(xs: Iterable[float]) -> float:
     return float(statistics.median(list(xs)))
-
-
-def environment(device: str = "cpu") -> dict[str, Any]:
-    from .. import __version__
-
-    env = {
-        "fhcnn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if torch.device(device).type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(0)
-    return env
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["run", "work", "table", "SIZES", "QUICK_SIZES", "worker", "NAME"]
+__all__ = ["run", "work", "SIZES", "QUICK_SIZES", "worker", "NAME"]
 
 NAME = "volume_memory"
 
@@ -192,7 +192,8 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     """Measure every size and mode; writes ``volume_memory.json`` and ``.png`` into ``out_dir``."""
     import tempfile
 
-    from ._common import environment, pyplot, save_figure, write_json
+    from ._common import pyplot, save_figure, write_json
+    from .reference import environment
 
     out = Path(out_dir)
     # the generated volumes (up to 1 GB) and predictions: scratch in the system's temporary
@@ -250,14 +251,3 @@ if __name__ == "__main__":
 
         exit_program(0)
 
-
-def table(result: dict[str, Any]) -> str:
-    """The markdown table of ``volume_memory.json``: peak RSS (MiB) of each phase by size and mode."""
-    lines = ["| volume (D × H × W) | mode | prepare | train | predict | predict time (s) | held-out mIoU |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        mib = {p: r[p]["peak_rss"] / 2**20 for p in ("prepare", "train", "predict")}
-        mode = r["mode"] + (f", rank {r['rank']}" if r["mode"].endswith("x2") else "")
-        lines.append(f"| {' × '.join(map(str, r['shape']))} | {mode} | {mib['prepare']:.0f} | {mib['train']:.0f} | "
-                     f"{mib['predict']:.0f} | {r['predict']['seconds']:.0f} | {r['miou']:.3f} |")
-    return "\n".join(lines)
