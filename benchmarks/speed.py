@@ -330,40 +330,39 @@ def profile_case(kind: str, tag: str, batch: int) -> None:
     from fhcnn.engine import SegmentConfig
     from fhcnn.engine.losses import SegmentationLoss, class_weights
     from fhcnn.engine.models import DepthMean, build_model
+    from fhcnn.engine.plan import DenseInputs, class_positions, prepare
     from fhcnn.engine.sampling import WindowSampler
-    from fhcnn.engine.sizes import training_window
-    from fhcnn.engine.train import prepare_inputs
     from fhcnn.training.trainer import step_generator
 
     if kind == "video":
 
         video, masks = generate_video(None, 48, 96, 160, objects=2, seed=0)
-        vol = prepare_inputs(frames_to_volume(video))
+        vol = torch.as_tensor(frames_to_volume(video))
         lab = torch.full(masks.shape, 255, dtype=torch.long)
         lab[[0, 23, 47]] = torch.as_tensor(masks[[0, 23, 47]]).long()
         cfg = load_config(SegmentConfig, "video", [])
-        k, reduce, present = 3, False, [0, 1, 2]
+        k, reduce = 3, False
     else:
         from fhcnn.apps.change import ChangeConfig, build_volume
 
         s = make_bitemporal_scene(96, 96, 32, seed=0)
         train, _ = sample_labels(s.change, 0.088, 0)
-        vol = prepare_inputs(build_volume(s.before, s.after))
+        vol = torch.as_tensor(build_volume(s.before, s.after))
         lab = torch.as_tensor(train).long()
         from dataclasses import replace
 
         ccfg = load_config(ChangeConfig, "change", [])
         cfg = SegmentConfig(model=ccfg.model, data=replace(ccfg.data, reduce_depth=True), train=ccfg.train)
-        k, reduce, present = 2, True, [0, 1]
+        k, reduce = 2, True
     d = cfg.data
     seg = build_model(cfg.model, vol.shape[0], k)
     flat = vol.flatten(1)
     seg.set_normalization(flat.mean(1), flat.std(1))
     model: torch.nn.Module = DepthMean(seg) if reduce else seg
-    # the shipped config's volume pad (the prediction pads itself)
-    win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
-                          seg.size_multiple, whole_depth=reduce)
-    sampler = WindowSampler(vol, lab, win, d, seg.std, present)
+    cfg.data.reduce_depth = reduce
+    plan = prepare(DenseInputs(vol, lab.to(torch.uint8), k), cfg)
+    win = plan.train_window
+    sampler = WindowSampler(plan.volume, plan.labels, win, d, seg.std, class_positions(plan))
     lossf = SegmentationLoss(class_weights(lab, k, d.balance), d.dice, reduce)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
@@ -387,7 +386,7 @@ def profile_case(kind: str, tag: str, batch: int) -> None:
     from fhcnn.engine.inference import predict_volume
     from fhcnn.engine.train import SegmentationResult
 
-    res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win)
+    res = SegmentationResult(model=model, config=cfg, num_classes=k, window=win, plan=plan)
     # one tiling (no shift, no flip): the per-window cost; the full prediction repeats it
     # predict_shifts * (1 + predict_flip) times
     kw: dict[str, Any] = dict(shifts=1, flip=False, window=res.predict_window,
@@ -410,14 +409,13 @@ def threads_case(args: argparse.Namespace) -> None:
     from fhcnn.apps.segment.pipeline import frames_to_volume
     from fhcnn.config import load_config
     from fhcnn.engine import SegmentConfig, train_segmentation
-    from fhcnn.engine.train import prepare_inputs
 
     ctx = mp.get_context("spawn")
     competitors = [ctx.Process(target=_busy, daemon=True) for _ in range(args.compete)]
     for p in competitors:
         p.start()
     inp = generated_inputs(0, 48, 96, 160)
-    vol = prepare_inputs(frames_to_volume(inp.frames))
+    vol = torch.as_tensor(frames_to_volume(inp.frames))
     rows = []
     default = torch.get_num_threads()
     try:

@@ -43,12 +43,20 @@ def _module_of(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> list[str]:
-    """Every ``fhcnn`` module ``path`` imports, at any depth (function-level imports too)."""
+def _imports(path: Path, submodules: bool = False) -> list[str]:
+    """Every ``fhcnn`` module ``path`` imports, at any depth (function-level imports too, not
+    those under ``if TYPE_CHECKING:``). With ``submodules``, ``from package import name`` names
+    the submodule ``package.name`` where there is one."""
     module = _module_of(path)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names if a.name.split(".")[0] == "fhcnn"]
         elif isinstance(node, ast.ImportFrom):
@@ -59,7 +67,9 @@ def _imports(path: Path) -> list[str]:
             else:
                 target = node.module or ""
             if target.split(".")[0] == "fhcnn":
-                if target == "fhcnn" and node.level:  # ``from .. import log`` names a module
+                if submodules:
+                    out += [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names]
+                elif target == "fhcnn" and node.level:  # ``from .. import log`` names a module
                     out += [f"fhcnn.{a.name}" if a.name in LAYERS else "fhcnn" for a in node.names]
                 else:
                     out.append(target)
@@ -67,6 +77,50 @@ def _imports(path: Path) -> list[str]:
 
 
 FILES = sorted(SRC.rglob("*.py"))
+MODULES = {_module_of(p) for p in FILES}
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph`` (module -> modules it imports): its strongly connected
+    components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                comp.append(w)
+            if comp:
+                out.append(sorted([v, *comp]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_circles_are_found():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle():
+    """No module imports, directly or through others, a module that imports it (function-level
+    imports count: a circle hidden inside a function is still a circle)."""
+    graph = {_module_of(p): {m for m in _imports(p, submodules=True) if m in MODULES} - {_module_of(p)}
+             for p in FILES}
+    assert not _circles(graph), f"import circles: {_circles(graph)}"
 
 
 def test_every_top_level_module_has_a_layer():

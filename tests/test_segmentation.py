@@ -125,12 +125,11 @@ def test_windowed_prediction_blends_to_the_whole_volume_prediction():
 
 
 def test_prediction_window_defaults_to_the_training_window():
-    from fhcnn.engine.inference import prediction_window
+    from fhcnn.engine.sizes import prediction_window_of
 
-    cfg = SegmentConfig()
-    assert prediction_window(cfg, (16, 64, 64)) == (16, 64, 64)
-    cfg.data.predict_height = 0
-    assert prediction_window(cfg, (16, 64, 64)) == (16, 0, 64)
+    assert prediction_window_of((-1, -1, -1), (16, 64, 64), False) == (16, 64, 64)
+    assert prediction_window_of((-1, 0, -1), (16, 64, 64), False) == (16, 0, 64)
+    assert prediction_window_of((-1, -1, 8), (16, 64, 64), True) == (0, 64, 8)
 
 
 def test_unet_shapes():

@@ -12,6 +12,7 @@ from fhcnn.apps.change.pipeline import change_features
 from fhcnn.apps.change.sparse import sparse_labels
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import make_bitemporal_scene
+from fhcnn.data.lazy import LazyVolume
 from fhcnn.engine import DataConfig, class_weights
 from fhcnn.engine.losses import UnlabelledTerm
 from fhcnn.engine.sampling import WindowSampler
@@ -78,18 +79,19 @@ def test_teacher_follows_the_student_slowly():
 
 
 def test_context_windows_keep_one_labelled_window_per_batch():
-    vol = torch.randn(1, 4, 64, 64)
-    lab = torch.full((64, 64), IGNORE)
+    vol = LazyVolume.from_array(np.random.default_rng(0).standard_normal((1, 4, 64, 64), np.float32))
+    lab = np.full((64, 64), IGNORE, np.uint8)
     lab[30, 30], lab[31, 31] = 0, 1
+    positions = [np.array([[30, 30]]), np.array([[31, 31]])]
     data = DataConfig(batch_size=4, reduce_depth=True, context_windows=1.0, jitter=0, noise=0)
-    s = WindowSampler(vol, lab, (4, 8, 8), data, torch.ones(1), [0, 1])
+    s = WindowSampler(vol, lab, (4, 8, 8), data, torch.ones(1), positions)
     assert s.context_count == 3
     gen = torch.Generator().manual_seed(0)
     for step in range(5):
         _, y = s(step, gen)
         assert (y[0] != IGNORE).any()                     # the first window is around a label
-    assert WindowSampler(vol, lab, (4, 8, 8), DataConfig(batch_size=4, context_windows=0.5,
-                                                         reduce_depth=True), torch.ones(1), [0, 1]).context_count == 2
+    half = DataConfig(batch_size=4, context_windows=0.5, reduce_depth=True)
+    assert WindowSampler(vol, lab, (4, 8, 8), half, torch.ones(1), positions).context_count == 2
 
 
 def test_change_features_shapes_and_zeros():

@@ -46,31 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps._setup import config_file_input
-    from ..apps.change import ChangeConfig, load_inputs, run_change
-    from ..apps.change.pipeline import check_parallel, check_setup
-    from ..errors import InputError
-    from ..rundir import prepare_output_dir
+    from ..apps.change import ChangeConfig
+    from ..apps.change.pipeline import change_command
     from ._options import config_from_args
 
-    cfg = config_from_args(ChangeConfig, args)
-    if not args.out:
-        raise InputError("--out DIR is required")
-    inputs = load_inputs(args.before, args.after, key=args.key, labels=args.labels,
-                         changed=args.changed, unchanged=args.unchanged,
-                         label_fraction=args.label_fraction, label_seed=args.label_seed,
-                         eval_labels=args.eval_labels)  # every input check happens before OUT exists
-    check_setup(inputs, cfg)  # device, and the model for this scene's channels and bands
-    check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
-    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="change", config=cfg,
-                             config_file=config_file_input(args.config),
-                             roles={"before": args.before, "after": args.after, "labels": args.labels,
-                                    "changed": args.changed, "unchanged": args.unchanged,
-                                    "eval_labels": args.eval_labels},
-                             extra={"key": args.key, "label_fraction": args.label_fraction,
-                                    "label_seed": args.label_seed})
-    log.setup(args.quiet)
-    metrics = run_change(inputs, cfg, out, label_fraction=args.label_fraction, label_seed=args.label_seed,
-                         eval_labels=args.eval_labels, quiet=args.quiet, resume=args.resume)
+    metrics, out = change_command(
+        args.before, args.after, config_from_args(ChangeConfig, args), args.out, key=args.key, labels=args.labels,
+        changed=args.changed, unchanged=args.unchanged, label_fraction=args.label_fraction,
+        label_seed=args.label_seed, eval_labels=args.eval_labels, resume=args.resume, overwrite=args.overwrite,
+        quiet=args.quiet, config_file=config_file_input(args.config))
     if metrics.get("heldout"):
         log.result(f"held-out mIoU {metrics['miou']:.4f} on {metrics['labels']['scored_pixels']} "
                    f"pixels; outputs in {out}")

@@ -28,24 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import check_dense_setup, config_file_input
-    from ..apps.segment import SegmentConfig, load_video_inputs, segment_video
-    from ..apps.segment.pipeline import check_parallel
-    from ..rundir import prepare_output_dir
+    from ..apps._setup import config_file_input
+    from ..apps.segment import SegmentConfig
+    from ..apps.segment.pipeline import segment_command
     from ._options import config_from_args
 
-    # validate everything (inputs, device, model) before creating --out
-    cfg = config_from_args(SegmentConfig, args)
-    inputs = load_video_inputs(args.video, args.labels, args.label_frames, args.eval_labels)
-    check_dense_setup(cfg, 3, len(inputs.classes))
-    check_parallel(inputs, cfg)  # a parallel.space split that cannot work stops here
-    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="segment", config=cfg,
-                             config_file=config_file_input(args.config),
-                             roles={"video": args.video, "labels": args.labels,
-                                    "eval_labels": args.eval_labels},
-                             extra={"label_frames": inputs.label_frames})
-    log.setup(args.quiet)
-    metrics = segment_video(inputs, cfg, out, quiet=args.quiet, resume=args.resume)
+    metrics, out = segment_command(args.video, args.labels, config_from_args(SegmentConfig, args), args.out,
+                                   label_frames=args.label_frames, eval_labels=args.eval_labels,
+                                   resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                                   config_file=config_file_input(args.config))
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     if "miou" in metrics:

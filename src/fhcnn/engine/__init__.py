@@ -49,16 +49,19 @@ Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspe
 
 from ..options import IGNORE
 from .config import DataConfig, ModelConfig, SegmentConfig, TrainConfig
-from .inference import predict_volume, prediction_window
+from .inference import predict_into, predict_volume
 from .losses import class_weights, segmentation_loss
 from .maps import MapFit, cube_volume, fit_map
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
 from .parallel import ParallelConfig
-from .train import SegmentationResult, activation_bytes, num_classes_of, prepare_inputs, train_segmentation
+from .plan import DenseInputs, RunPlan, prepare
+from .sizes import prediction_window_of
+from .train import SegmentationResult, activation_bytes, num_classes_of, train, train_segmentation
 
 __all__ = ["SegmentConfig", "ModelConfig", "DataConfig", "TrainConfig", "train_segmentation",
-           "predict_volume", "prediction_window", "prepare_inputs", "SegmentationResult",
+           "predict_volume", "predict_into", "prediction_window_of", "SegmentationResult",
+           "DenseInputs", "RunPlan", "prepare", "train",
            "segmentation_metrics", "confusion_matrix", "IGNORE", "VolumeSegmenter", "DepthMean",
            "build_model", "parse_units", "size_multiple_of", "num_classes_of", "activation_bytes",
            "class_weights", "segmentation_loss", "ParallelConfig", "MapFit", "cube_volume", "fit_map"]

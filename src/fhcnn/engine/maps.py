@@ -16,15 +16,21 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from ..data.lazy import LazyVolume
+from ..errors import InputError
 from .config import SegmentConfig
-from .models import size_multiple_of
+from .plan import DenseInputs, RunPlan, prepare
+from .run import WORK_DIR, predict
 from .sizes import Geometry
-from .train import SegmentationResult, num_classes_of, train_segmentation
+from .store import DepthMeanSink
+from .train import SegmentationResult, train
 
-__all__ = ["MapFit", "cube_volume", "fit_map"]
+__all__ = ["MapFit", "cube_volume", "fit_map", "map_config"]
 
 
 def cube_volume(cube: np.ndarray, normalize: bool = True, bands: int = 0, band_index: bool = False
@@ -62,40 +68,52 @@ def cube_volume(cube: np.ndarray, normalize: bool = True, bands: int = 0, band_i
 @dataclass
 class MapFit:
     """What :func:`fit_map` returns: ``pred`` ``(H, W)`` uint8, ``prob`` ``(K, H, W)`` float32
-    (at the input's size), the engine's ``result``, the ``geometry`` and the times."""
+    (at the input's size), the engine's ``result``, the ``plan`` and the times."""
 
     pred: np.ndarray
     prob: np.ndarray
     result: SegmentationResult
-    geometry: Geometry
+    plan: RunPlan
     train_time_s: float
     predict_time_s: float
 
+    @property
+    def geometry(self) -> Geometry:
+        return self.plan.geometry
 
-def fit_map(volume: np.ndarray, labels: np.ndarray, config: SegmentConfig, *,
-            num_classes: int | None = None, quiet: bool = True) -> MapFit:
+
+def map_config(config: SegmentConfig) -> SegmentConfig:
+    """``config`` with ``data.reduce_depth`` set (the labels are one 2D map of the depth mean)."""
+    cfg = copy.deepcopy(config)
+    cfg.data.reduce_depth = True
+    return cfg
+
+
+def fit_map(volume: Any, labels: Any, config: SegmentConfig, *, num_classes: int | None = None,
+            quiet: bool = True, plan: RunPlan | None = None, out_dir: Path | None = None, resume: bool = False,
+            eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None) -> MapFit:
     """Train on ``volume`` ``(C, D, H, W)`` from the 2D ``labels`` ``(H, W)`` (uint8, ``IGNORE`` =
     unlabelled) and predict every pixel's class.
 
     ``config.data.reduce_depth`` is set (the labels are one map for the depth-mean of the
     logits); ``config.data.scale`` resizes ``(H, W)`` for the network and the probabilities
-    are resized back. ``num_classes``: default the largest label + 1.
+    are resized back. ``num_classes``: default the largest label + 1. ``plan``: the run, if
+    already prepared (:func:`~fhcnn.engine.plan.prepare` of :func:`map_config`); ``out_dir``,
+    ``resume``, ``eval_fn``: as :func:`~fhcnn.engine.train.train`.
+
+    Raises:
+        InputError: bad shapes or labels (see :func:`~fhcnn.engine.plan.prepare`).
     """
-    vol = np.asarray(volume)
-    if vol.ndim != 4:
-        raise ValueError(f"volume must have shape (C, D, H, W), got {vol.shape}")
-    lab = np.asarray(labels)
-    if lab.shape != vol.shape[2:]:
-        raise ValueError(f"labels shape {lab.shape} must equal the volume's (H, W) = {vol.shape[2:]}")
-    cfg = copy.deepcopy(config)
-    cfg.data.reduce_depth = True
-    k = num_classes or num_classes_of(lab)
-    geom = Geometry.of(vol.shape, cfg.data.scale, size_multiple_of(cfg.model))
-    v = geom.volume(vol)
+    if plan is None:
+        vol = volume if isinstance(volume, LazyVolume) else np.asarray(volume)
+        if len(vol.shape) != 4:
+            raise InputError(f"volume must have shape (C, D, H, W), got {tuple(vol.shape)}")
+        plan = prepare(DenseInputs(vol, labels, num_classes), map_config(config))
     t0 = time.perf_counter()
-    result = train_segmentation(v, geom.labels(lab, k), cfg, num_classes=k, quiet=quiet)
+    result = train(plan, out_dir, eval_fn=eval_fn, quiet=quiet, resume=resume)
     train_time = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    prob = geom.back(result.predict_proba(v).mean(1)).numpy()        # (K, H, W)
-    return MapFit(prob.argmax(0).astype(np.uint8), prob, result, geom, train_time,
-                  time.perf_counter() - t1)
+    geom = plan.geometry
+    prob = np.zeros((plan.num_classes, *geom.size), np.float32)
+    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled)],
+                      work=out_dir / WORK_DIR if out_dir is not None else None)
+    return MapFit(prob.argmax(0).astype(np.uint8), prob, result, plan, train_time, seconds)

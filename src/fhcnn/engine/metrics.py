@@ -15,7 +15,7 @@ import numpy as np
 
 from ..options import IGNORE
 
-__all__ = ["confusion_matrix", "iou_from_confusion", "segmentation_metrics"]
+__all__ = ["confusion_matrix", "iou_from_confusion", "scores_of_confusion", "segmentation_metrics"]
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int,
@@ -52,14 +52,36 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
+def scores_of_confusion(cm: np.ndarray) -> dict[str, Any]:
+    """JSON-ready scores of a ``(K, K)`` confusion matrix: ``miou``, ``iou`` (per class, ``None``
+    where undefined), ``dice`` (per class), ``accuracy``, ``scored_voxels``, ``confusion``; for
+    two classes also ``J`` (foreground IoU)."""
+    cm = np.asarray(cm, np.int64)
+    iou = iou_from_confusion(cm)
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(cm.sum(0) + cm.sum(1) > 0, 2 * tp / np.maximum(cm.sum(0) + cm.sum(1), 1), np.nan)
+    out: dict[str, Any] = {
+        "miou": _nanmean(iou),
+        "iou": [None if np.isnan(v) else float(v) for v in iou],
+        "dice": [None if np.isnan(v) else float(v) for v in dice],
+        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "scored_voxels": int(cm.sum()),
+        "confusion": cm.tolist(),
+    }
+    if cm.shape[0] == 2:
+        out["J"] = out["iou"][1]
+    return out
+
+
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int | None = None,
                          ignore_index: int = IGNORE, per_frame: bool = True) -> dict[str, Any]:
     """Scores of a label volume ``pred`` against ``truth`` (same shape, e.g. ``(T, H, W)``).
 
-    Returns a JSON-ready dict: ``miou``, ``iou`` (per class, ``None`` where undefined),
-    ``accuracy``, ``scored_voxels``, ``confusion``; for two classes also ``J`` (foreground
-    IoU); with ``per_frame`` (axis 0 = frames) ``per_frame_miou`` and ``per_frame_iou``
-    (per class), ``None`` for frames with no scored voxel.
+    Returns a JSON-ready dict (:func:`scores_of_confusion`): ``miou``, ``iou`` and ``dice``
+    (per class, ``None`` where undefined), ``accuracy``, ``scored_voxels``, ``confusion``; for
+    two classes also ``J`` (foreground IoU); with ``per_frame`` (axis 0 = frames)
+    ``per_frame_miou`` and ``per_frame_iou`` (per class), ``None`` for frames with no scored voxel.
 
     Example:
         >>> t = np.array([[0, 0, 1, 1]]); p = np.array([[0, 1, 1, 1]])
@@ -72,17 +94,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int |
         vals = np.concatenate([np.unique(pred), np.unique(truth[truth != ignore_index])])
         num_classes = int(vals.max()) + 1 if vals.size else 1
         num_classes = max(num_classes, 2)
-    cm = confusion_matrix(pred, truth, num_classes, ignore_index)
-    iou = iou_from_confusion(cm)
-    out: dict[str, Any] = {
-        "miou": _nanmean(iou),
-        "iou": [None if np.isnan(v) else float(v) for v in iou],
-        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-        "scored_voxels": int(cm.sum()),
-        "confusion": cm.tolist(),
-    }
-    if num_classes == 2:
-        out["J"] = out["iou"][1]
+    out = scores_of_confusion(confusion_matrix(pred, truth, num_classes, ignore_index))
     if per_frame and pred.ndim >= 2:
         fm: list[float | None] = []
         fi: list[list[float | None] | None] = []

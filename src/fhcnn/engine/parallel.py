@@ -34,9 +34,10 @@ every process during prediction (``K`` channels, small next to the network's sta
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +110,10 @@ def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int
                        shift_depth: bool) -> list[tuple[int, ...]]:
     """The window sizes :func:`~fhcnn.engine.inference.predict_volume` evaluates on a volume of
     ``size`` ``(D, H, W)``: one per shifted tiling (:func:`~fhcnn.engine.inference.tiling_sizes`)."""
-    from .inference import tiling_sizes
+    from .sizes import prediction_tilings
 
-    return [tuple(win) for _, _, win in tiling_sizes(size, window, multiple, shifts, shift_depth)]
+    return list(dict.fromkeys(t.window for t in prediction_tilings(size, window, multiple, shifts, shift_depth,
+                                                                  flip=False)))
 
 
 def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, multiple: int) -> str:
@@ -128,7 +130,7 @@ def _axis_error(what: str, key: str | None, axis: int, size: int, parts: int, mu
             f"network): nearest valid size for {parts} slabs: {near}{fix}{alt}")
 
 
-def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False) -> None:
+def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False, plan: Any = None) -> None:
     """Refuse, in one line, a ``parallel`` section that cannot split this run.
 
     Args:
@@ -136,6 +138,8 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
             (:class:`~fhcnn.engine.config.SegmentConfig`, ``ChangeConfig``).
         shape: ``(D, H, W)`` of the volume the network sees (after ``data.scale``).
         reduce_depth: the labels are one 2D map (the loss on the depth-mean logits).
+        plan: the run's :class:`~fhcnn.engine.plan.RunPlan`, whose training window and
+            prediction tilings are checked (else they are worked out from ``cfg``).
 
     Raises:
         InputError: the U-Net or an unlabelled-voxel term with ``space > 1``; a world size that is not a multiple of
@@ -146,8 +150,8 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
     p: ParallelConfig = cfg.parallel
     if p.space == 1:
         return
-    from .inference import prediction_window
     from .models import size_multiple_of
+    from .sizes import prediction_window_of
 
     if cfg.model.arch != "hyperbolic":
         raise InputError(f"parallel.space={p.space}: only the hyperbolic network can be split in "
@@ -176,16 +180,20 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
                          f"alone (parallel.axes=[0]) or not at all (e.g. [1, 2])")
     m = size_multiple_of(cfg.model)
     d = cfg.data
-    win = training_window((d.window_depth, d.window_height, d.window_width), shape, m,
-                          whole_depth=reduce_depth)
+    win = plan.train_window if plan is not None else \
+        training_window((d.window_depth, d.window_height, d.window_width), shape, m, whole_depth=reduce_depth)
     grid = p.split_grid
     for a, g in zip(p.axes, grid):
         if win[a] % (g * m):
             key = None if (reduce_depth and a == 0) else "data." + _WINDOW_KEYS[a]
             what = f"training window {tuple(win)}" + (" (the whole depth)" if key is None else "")
             raise InputError(_axis_error(what, key, a, win[a], g, m))
-    pwin = prediction_window(cfg, win)
-    for wins in prediction_windows(shape, pwin, m, d.predict_shifts, not reduce_depth):
+    if plan is not None:
+        windows = list(dict.fromkeys(t.window for t in plan.tilings))
+    else:
+        pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce_depth)
+        windows = prediction_windows(shape, pwin, m, d.predict_shifts, not reduce_depth)
+    for wins in windows:
         for a, g in zip(p.axes, grid):
             if wins[a] % (g * m):
                 raise InputError(_axis_error(
@@ -244,13 +252,15 @@ class SplitSegmentationLoss(SegmentationLoss):
 
 class _WholeWindowsInEval:
     """Forward hooks of the split model: in eval mode it takes whole windows (each process
-    keeps its slab) and returns whole logits (all-gathered); in training mode, slabs."""
+    keeps its slab; or, while ``local_input``, each process's slab already) and returns whole
+    logits (all-gathered); in training mode, slabs."""
 
     def __init__(self, split: SpatialSplit, multiple: int) -> None:
         self.split, self.multiple = split, multiple
+        self.local_input = False
 
     def before(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if module.training:
+        if module.training or self.local_input:
             return None
         return (self.split.scatter(args[0], self.multiple),) + tuple(args[1:])
 
@@ -263,8 +273,23 @@ class _WholeWindowsInEval:
 class SpaceRun:
     """A training run of the dense engine split in space (built by :meth:`start`)."""
 
-    def __init__(self, split: SpatialSplit, multiple: int, reduce_depth: bool) -> None:
+    def __init__(self, split: SpatialSplit, multiple: int, reduce_depth: bool,
+                 hooks: _WholeWindowsInEval | None = None) -> None:
         self.split, self.multiple, self.reduce_depth = split, multiple, reduce_depth
+        self.hooks = hooks
+
+    @contextlib.contextmanager
+    def predicting(self) -> Iterator[None]:
+        """While open, the split model in eval mode takes each process's slab of a window (read
+        by :func:`~fhcnn.engine.inference.predict_into` from disk) instead of whole windows."""
+        if self.hooks is None:
+            yield
+            return
+        self.hooks.local_input = True
+        try:
+            yield
+        finally:
+            self.hooks.local_input = False
 
     @classmethod
     def start(cls, cfg: Any, seg: VolumeSegmenter, shape: Sequence[int],
@@ -281,7 +306,6 @@ class SpaceRun:
         p: ParallelConfig | None = getattr(cfg, "parallel", None)
         if p is None or p.space == 1:
             return None
-        check_space_split(cfg, shape, reduce_depth)
         from ..spatial import init_spatial, split_module
         from ..training import init_distributed, resolve_device
 
@@ -293,7 +317,7 @@ class SpaceRun:
         hooks = _WholeWindowsInEval(split, seg.size_multiple)
         seg.register_forward_pre_hook(hooks.before)
         seg.register_forward_hook(hooks.after)
-        return cls(split, seg.size_multiple, reduce_depth)
+        return cls(split, seg.size_multiple, reduce_depth, hooks)
 
     def shard(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """This process's part of a global batch ``(x (N, C, d, h, w), y)``: its replica's share

@@ -11,14 +11,15 @@ With ``data.context_windows`` a fraction of each batch is placed uniformly at ra
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.lazy import ArrayLike, LazyVolume, read_window
 from .config import DataConfig
-from .sizes import gather
 
 __all__ = ["WindowSampler", "rotate_zoom"]
 
@@ -43,24 +44,29 @@ def rotate_zoom(x: Tensor, y: Tensor, degrees: float, zoom: float) -> tuple[Tens
 class WindowSampler:
     """``sampler(step, generator) -> (x, y)``: a batch of augmented training windows.
 
+    Windows are read from the volume and the labels as they are drawn (nothing else of either
+    is held in memory).
+
     Args:
         volume: ``(C, D, H, W)`` inputs (the first ``data_channels`` are data, the rest e.g.
             coordinate channels that are not jittered).
-        labels: ``(D, H, W)`` labels, or ``(H, W)`` with ``data.reduce_depth``.
+        labels: ``(D, H, W)`` labels, or ``(H, W)`` with ``data.reduce_depth`` (any array-like).
         window: ``(d, h, w)`` window size (see :func:`fhcnn.engine.sizes.training_window`).
         data: the :class:`DataConfig` (batch size, flips, rotation/zoom, jitter, noise).
         std: ``(C_data,)`` per-channel standard deviation of the volume (jitter/noise unit).
+        positions: for each class that has labelled voxels, their ``(n, ndim)`` positions
+            (:func:`~fhcnn.data.lazy.scan_labels`).
 
     Returns (per call): ``x`` ``(N, C, d, h, w)`` float32 and ``y`` ``(N, d, h, w)`` (or
     ``(N, h, w)``) int64, deterministic given the generator's state.
     """
 
-    def __init__(self, volume: Tensor, labels: Tensor, window: Sequence[int], data: DataConfig,
-                 std: Tensor, present: Sequence[int]) -> None:
+    def __init__(self, volume: LazyVolume, labels: ArrayLike, window: Sequence[int], data: DataConfig,
+                 std: Tensor, positions: Sequence[Any]) -> None:
         self.volume, self.labels, self.window, self.data = volume, labels, tuple(window), data
         self.reduce = bool(data.reduce_depth)
         self.lab_axes = (1, 2) if self.reduce else (0, 1, 2)
-        self.by_class = [torch.nonzero(labels == c) for c in present]
+        self.by_class = [torch.as_tensor(p) for p in positions]
         self.std = std.view(-1, 1, 1, 1)
         self.nchan = self.std.shape[0]
 
@@ -71,9 +77,12 @@ class WindowSampler:
         starts = [0, 0, 0]
         for j, a in enumerate(self.lab_axes):
             starts[a] = int(p[j]) - int(torch.randint(self.window[a], (1,), generator=gen))
-        x = gather(self.volume, starts, self.window)
-        y = gather(self.labels, [starts[a] for a in self.lab_axes], [self.window[a] for a in self.lab_axes])
-        return x, y
+        return self._read(starts)
+
+    def _read(self, starts: Sequence[int]) -> tuple[Tensor, Tensor]:
+        x = torch.from_numpy(self.volume.window(starts, self.window))
+        y = read_window(self.labels, [starts[a] for a in self.lab_axes], [self.window[a] for a in self.lab_axes])
+        return x, torch.from_numpy(y.astype(np.int64))
 
     def augment(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Flips, rotation/zoom, brightness/contrast jitter and noise of one window."""
@@ -105,12 +114,10 @@ class WindowSampler:
         """One window at a uniformly random position (mostly unlabelled context)."""
         starts = [0, 0, 0]
         for a in self.lab_axes:
-            n = self.volume.shape[1 + a]
+            n = self.volume.spatial[a]
             centre = int(torch.randint(n, (1,), generator=gen))
             starts[a] = centre - int(torch.randint(self.window[a], (1,), generator=gen))
-        x = gather(self.volume, starts, self.window)
-        y = gather(self.labels, [starts[a] for a in self.lab_axes], [self.window[a] for a in self.lab_axes])
-        return x, y
+        return self._read(starts)
 
     @property
     def context_count(self) -> int:

@@ -7,9 +7,12 @@ A volume is ``(C, D, H, W)``; labels are ``(D, H, W)`` (or one ``(H, W)`` map). 
   the input size (:func:`resize_back`);
 * **pads** by reflection to a multiple of the network's ``size_multiple`` (:func:`padded_shape`,
   :func:`gather`: a window at any start, reflected past either end) and **crops** back;
-* cuts **training windows** (:func:`training_window`) rounded up to that multiple.
+* cuts **training windows** (:func:`training_window`) rounded up to that multiple;
+* lays out the **prediction tilings** (:func:`prediction_tilings`: the shifted, flipped
+  tilings of the padded volume, their windows, blending weights and coverage) and the
+  **chunks** predictions are written in (:func:`chunk_shape`).
 
-Nothing else in the package computes a padded, scaled or window size.
+Nothing else in the package computes a padded, scaled, window or tiling size.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.lazy import reflect_indices as _reflect
 from ..options import IGNORE
 
 __all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "training_window",
-           "scaled_size", "resize_volume", "resize_labels", "resize_back", "Geometry"]
+           "scaled_size", "resize_volume", "resize_labels", "resize_back", "Geometry",
+           "Tiling", "prediction_tilings", "window_starts", "blend_weights_1d", "prediction_window_of",
+           "chunk_shape"]
 
 
 def round_up(n: int, m: int) -> int:
@@ -35,13 +41,8 @@ def round_up(n: int, m: int) -> int:
 
 def reflect_indices(start: int, length: int, n: int) -> Tensor:
     """Indices ``start .. start+length-1`` folded into ``[0, n)`` by reflection (no edge repeat,
-    like ``numpy.pad(mode="reflect")``, for any overshoot)."""
-    idx = torch.arange(start, start + length)
-    if n == 1:
-        return torch.zeros_like(idx)
-    period = 2 * n - 2
-    idx = idx.remainder(period)
-    return torch.where(idx >= n, period - idx, idx)
+    like ``numpy.pad(mode="reflect")``, for any overshoot); see :func:`fhcnn.data.lazy.reflect_indices`."""
+    return torch.from_numpy(_reflect(start, length, n))
 
 
 def gather(x: Tensor, starts: Sequence[int], sizes: Sequence[int]) -> Tensor:
@@ -180,3 +181,129 @@ class Geometry:
     def back(self, prob: Tensor) -> Tensor:
         """Probabilities ``(K, ..., h, w)`` -> ``(K, ..., H, W)``."""
         return resize_back(prob, self.size)
+
+
+def window_starts(padded: int, win: int, multiple: int) -> list[int]:
+    """Prediction window starts along one axis of ``padded`` voxels: overlapping by about half
+    (a stride of half the window, rounded down to ``multiple``, at least ``multiple``), the
+    last one flush with the end."""
+    stride = max(multiple, (win // 2) // multiple * multiple)
+    st = list(range(0, padded - win + 1, stride))
+    if st[-1] != padded - win:
+        st.append(padded - win)
+    return st
+
+
+def blend_weights_1d(win: int, padded: int) -> np.ndarray:
+    """``(win,)`` float64 blending weights of a window along one axis: ``sin(pi (i + 1/2) / win)``
+    where the window cuts the axis (``win < padded``), else ones."""
+    if win >= padded:
+        return np.ones(win)
+    return np.sin(np.pi * (np.arange(win) + 0.5) / win)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """One tiling of a prediction: the volume ``(D, H, W)`` shifted by ``offset`` voxels (a voxel
+    at ``v`` sits at ``v + offset``), continued by reflection to ``padded`` (a multiple of the
+    network's), cut into windows of ``window`` voxels at ``starts`` (one tuple per axis; every
+    combination is a window), in the unflipped coordinates of the padded volume; with
+    ``flipped`` the network sees each window mirrored along W (and its output is mirrored back).
+
+    The tiling's prediction at a voxel is the blend ``sum_k b_k p_k / sum_k b_k`` over the windows
+    ``k`` holding it, with separable weights ``b`` (:func:`blend_weights_1d`); as the weights and
+    the window grid are separable, so is the coverage ``sum_k b_k``, and each window contributes
+    ``p_k * factor(starts)`` on its own.
+    """
+
+    offset: tuple[int, int, int]
+    padded: tuple[int, int, int]
+    window: tuple[int, int, int]
+    flipped: bool
+    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+    @property
+    def count(self) -> int:
+        """Windows in the tiling."""
+        return len(self.starts[0]) * len(self.starts[1]) * len(self.starts[2])
+
+    def coverage(self, axis: int) -> np.ndarray:
+        """``(padded[axis],)`` float64 sum of the windows' weights along ``axis``."""
+        w, p = self.window[axis], self.padded[axis]
+        b = blend_weights_1d(w, p)
+        cov = np.zeros(p)
+        for s in self.starts[axis]:
+            cov[s:s + w] += b
+        return cov
+
+    def factors(self, axis: int) -> dict[int, np.ndarray]:
+        """``{start: (window,) float64}`` weight over coverage of each window start along ``axis``."""
+        w, p = self.window[axis], self.padded[axis]
+        b, cov = blend_weights_1d(w, p), self.coverage(axis)
+        return {s: b / cov[s:s + w] for s in self.starts[axis]}
+
+    def volume_box(self, start: Sequence[int], size: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+        """Per axis ``(lo, hi)`` of the volume voxels (of ``size``) the window at ``start`` covers;
+        ``None`` when it lies wholly in the reflected continuation."""
+        box = []
+        for s, w, o, n in zip(start, self.window, self.offset, size):
+            lo, hi = max(0, s - o), min(int(n), s - o + w)
+            if lo >= hi:
+                return None
+            box.append((lo, hi))
+        return tuple(box)
+
+    def covering(self, axis: int, size: int, edges: Sequence[int]) -> np.ndarray:
+        """``(len(edges) - 1,)`` number of windows along ``axis`` whose volume part meets each
+        interval ``[edges[i], edges[i+1])`` of the volume's axis of ``size`` voxels."""
+        w, o = self.window[axis], self.offset[axis]
+        out = np.zeros(len(edges) - 1, np.int64)
+        for s in self.starts[axis]:
+            lo, hi = max(0, s - o), min(size, s - o + w)
+            for i in range(len(edges) - 1):
+                if lo < hi and lo < edges[i + 1] and edges[i] < hi:
+                    out[i] += 1
+        return out
+
+
+def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
+                       shift_depth: bool, flip: bool) -> list[Tiling]:
+    """The tilings a prediction of a volume of ``size`` ``(D, H, W)`` evaluates: ``shifts``
+    offsets ``i * multiple / shifts`` (rounded, distinct; on every axis, only H and W if not
+    ``shift_depth``), each continued by reflection to a multiple of ``multiple``, cut into
+    windows of ``window`` voxels (``0``, or more than the padded axis: the whole axis; else
+    rounded up to ``multiple``), overlapping by about half (:func:`window_starts`); each also
+    mirrored along W if ``flip``."""
+    m = multiple
+    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
+    out = []
+    for o in offsets:
+        oo = tuple(o if (axis > 0 or shift_depth) else 0 for axis in range(3))
+        padded = tuple(round_up(int(n) + oa, m) for n, oa in zip(size, oo))
+        win = tuple(min(p if (w <= 0 or w >= p) else round_up(w, m), p) for w, p in zip(window, padded))
+        starts = tuple(tuple(window_starts(p, w, m)) for p, w in zip(padded, win))
+        for flipped in ([False, True] if flip else [False]):
+            st = starts
+            if flipped:  # the mirrored tiling's windows, in unflipped coordinates
+                st = (starts[0], starts[1], tuple(sorted(padded[2] - s - win[2] for s in starts[2])))
+            out.append(Tiling(oo, padded, win, flipped, st))  # type: ignore[arg-type]
+    return out
+
+
+def prediction_window_of(asked: Sequence[int], train_window: Sequence[int], reduce_depth: bool
+                         ) -> tuple[int, int, int]:
+    """The prediction window: ``asked`` (``data.predict_*``) with ``-1`` replaced by the
+    training window; with ``reduce_depth`` a ``-1`` depth is ``0`` (the whole axis, as in
+    training: one depth window, so the depth mean is the same at every depth)."""
+    train = (0 if reduce_depth else train_window[0],) + tuple(train_window[1:])
+    d, h, w = (int(t) if a < 0 else int(a) for a, t in zip(asked, train))
+    return d, h, w
+
+
+def chunk_shape(size: Sequence[int], target: int, whole: Sequence[bool] = (False, False, False)
+                ) -> tuple[int, int, int]:
+    """Chunks of prediction output over a volume of ``size`` ``(D, H, W)``: cubes of ``target``
+    voxels a side (clipped to the volume), the whole axis where ``whole`` says so (a depth
+    mean needs every depth of a pixel; resizing back needs whole ``(H, W)`` planes)."""
+    return tuple(int(n) if wh else max(1, min(int(n), int(target)))  # type: ignore[return-value]
+                 for n, wh in zip(size, whole))

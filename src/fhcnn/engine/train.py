@@ -17,32 +17,36 @@ the depth-mean logits broadcast over depth, so :func:`predict_volume` works unch
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import log as _log
+from ..data.lazy import LazyVolume
 from ..memory import SavedTensorCounter
 from ..options import IGNORE
 from ..training import Trainer
 from ..training.device import CpuThreads
 from .config import SegmentConfig
-from .inference import labels_of, predict_volume, prediction_window
-from .losses import SegmentationLoss, UnlabelledTerm, class_weights
-from .metrics import segmentation_metrics
-from .models import DepthMean, VolumeSegmenter, build_model, check_spectral_head, size_multiple_of
+from .inference import labels_of, predict_into
+from .losses import SegmentationLoss, UnlabelledTerm, weights_of_counts
+from .metrics import scores_of_confusion
+from .models import DepthMean, VolumeSegmenter, build_model
 from .parallel import SpaceRun
+from .plan import DenseInputs, RunPlan, class_positions, prepare
 from .sampling import WindowSampler
-from .sizes import training_window
+from .sizes import Tiling, prediction_tilings
+from .store import CACHE_BYTES, BlendStore, ConfusionSink, Sink, TensorSink
 
-__all__ = ["SegmentationResult", "train_segmentation", "prepare_inputs", "activation_bytes",
-           "num_classes_of"]
+__all__ = ["SegmentationResult", "train", "train_segmentation", "activation_bytes", "num_classes_of"]
 
 
 def num_classes_of(labels: np.ndarray | Tensor) -> int:
@@ -50,20 +54,6 @@ def num_classes_of(labels: np.ndarray | Tensor) -> int:
     lab = torch.as_tensor(np.asarray(labels))
     vals = lab[lab != IGNORE]
     return max(2, int(vals.max()) + 1) if vals.numel() else 2
-
-
-def prepare_inputs(volume: np.ndarray | Tensor, coords: bool = False) -> Tensor:
-    """``(C, D, H, W)`` float32 tensor, with two normalized (h, w) coordinate channels appended
-    if ``coords``."""
-    v = torch.as_tensor(np.asarray(volume), dtype=torch.float32)
-    if v.dim() != 4:
-        raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(v.shape)}")
-    if coords:
-        _, d, h, w = v.shape
-        yy = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(1, d, h, w)
-        xx = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(1, d, h, w)
-        v = torch.cat([v, yy, xx], 0)
-    return v
 
 
 def activation_bytes(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
@@ -80,7 +70,7 @@ def activation_bytes(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[
 
 @dataclass
 class SegmentationResult:
-    """What :func:`train_segmentation` returns.
+    """What :func:`train` returns.
 
     Attributes:
         model: the trained :class:`VolumeSegmenter` (on ``device``, eval mode); with
@@ -95,6 +85,8 @@ class SegmentationResult:
         activation_bytes: bytes saved for backward by one training step (one window batch),
             counted during the first training step (no extra forward pass).
         device: where it trained.
+        plan: the :class:`~fhcnn.engine.plan.RunPlan` it trained from.
+        space: the split in space (``parallel.space > 1``), else ``None``.
     """
 
     model: VolumeSegmenter | DepthMean
@@ -105,57 +97,71 @@ class SegmentationResult:
     window: tuple[int, int, int] = (0, 0, 0)
     activation_bytes: int = 0
     device: torch.device = torch.device("cpu")
+    plan: RunPlan | None = None
+    space: SpaceRun | None = None
 
     @property
     def predict_window(self) -> tuple[int, int, int]:
         """The prediction window ``(d, h, w)``: the config's ``predict_*`` with ``-1`` replaced by
         the training window (``0`` = whole axis)."""
-        return prediction_window(self.config, self.window)
+        assert self.plan is not None
+        return self.plan.predict_window
 
-    def predict_proba(self, volume: np.ndarray | Tensor, shifts: int | None = None) -> Tensor:
-        """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained).
+    def tilings(self, size: tuple[int, int, int], shifts: int | None = None) -> list[Tiling]:
+        """The prediction tilings of a volume of ``size`` ``(D, h, w)`` (the plan's for its own
+        volume; ``shifts`` overrides ``data.predict_shifts``)."""
+        plan, d = self.plan, self.config.data
+        assert plan is not None
+        if shifts is None and size == plan.volume.spatial:
+            return plan.tilings
+        return prediction_tilings(size, plan.predict_window, plan.geometry.multiple,
+                                  d.predict_shifts if shifts is None else shifts, not d.reduce_depth, d.predict_flip)
+
+    def predict_into(self, volume: LazyVolume, sinks: Sequence[Sink], *, shifts: int | None = None,
+                     work: Path | None = None, cache_bytes: int = CACHE_BYTES,
+                     owned: tuple[Sequence[int], Sequence[int]] | None = None) -> BlendStore:
+        """Predict ``volume`` (at the network's resolution, channels as trained) chunk by chunk
+        into ``sinks`` (see :mod:`fhcnn.engine.store`), with the config's shifts, flip, window
+        and batch of windows, on a CPU with the config's ``train.threads``.
+
+        ``owned``: ``(origin, shape)`` of the region this process accumulates and finishes (a
+        split run: every process runs every window, each finishes its own region); default
+        the whole volume. Chunks spill to ``work`` beyond ``cache_bytes``."""
+        plan, d = self.plan, self.config.data
+        assert plan is not None
+        size = volume.spatial
+        tilings = self.tilings(size, shifts)
+        chunks = plan.chunks if size == plan.volume.spatial else size
+        origin, shape = owned if owned is not None else ((0, 0, 0), size)
+
+        def make(k: int) -> BlendStore:
+            return BlendStore(shape, k, chunks, tilings, size, sinks, origin=origin, work=work,
+                              cache_bytes=cache_bytes)
+
+        threads = self.config.train.threads if self.device.type == "cpu" else None
+        with CpuThreads(threads, log=_log.info, what=" (prediction)") as t, \
+                (self.space.predicting() if self.space is not None else contextlib.nullcontext()):
+            store = predict_into(self.model, volume, tilings, make, device=self.device, batch=d.predict_batch,
+                                 each_batch=t.check, split=self.space.split if self.space is not None else None)
+        store.close()
+        return store
+
+    def predict_proba(self, volume: np.ndarray | Tensor | LazyVolume, shifts: int | None = None) -> Tensor:
+        """``(K, D, H, W)`` probabilities of a ``(C, D, H, W)`` volume (same channels as trained),
+        in memory.
 
         With ``data.reduce_depth`` every depth slice holds the softmax of the depth-mean logits
         (identical slices unless ``predict_depth`` cuts the depth axis into several windows);
         ``.mean(1)`` gives the ``(K, H, W)`` map :meth:`predict` takes its argmax of."""
-        return self.predict_prepared(prepare_inputs(volume, self.config.data.coords), shifts)
+        vol = volume if isinstance(volume, LazyVolume) else LazyVolume.from_array(volume, self.config.data.coords)
+        sink = TensorSink(self.num_classes, vol.spatial)
+        self.predict_into(vol, [sink], shifts=shifts)
+        return sink.tensor
 
-    def predict_prepared(self, v: Tensor, shifts: int | None = None) -> Tensor:
-        """:meth:`predict_proba` of an input already through :func:`prepare_inputs`, with the
-        config's shifts, flip, window and batch of windows; on a CPU with the config's
-        ``train.threads`` (see :class:`~fhcnn.training.device.CpuThreads`)."""
-        d = self.config.data
-        threads = self.config.train.threads if self.device.type == "cpu" else None
-        with CpuThreads(threads, log=_log.info, what=" (prediction)") as t:
-            return predict_volume(self.model, v, shifts=d.predict_shifts if shifts is None else shifts,
-                                  flip=d.predict_flip, window=self.predict_window,
-                                  shift_depth=not d.reduce_depth, batch=d.predict_batch,
-                                  each_batch=t.check)
-
-    def predict(self, volume: np.ndarray | Tensor) -> np.ndarray:
+    def predict(self, volume: np.ndarray | Tensor | LazyVolume) -> np.ndarray:
         """``(D, H, W)`` uint8 label volume; with ``data.reduce_depth`` the ``(H, W)`` label map
         (argmax of the depth-mean probability), shaped like the labels it was trained on."""
         return labels_of(self.predict_proba(volume), self.config.data.reduce_depth).numpy().astype(np.uint8)
-
-
-def _check_labels(vol: Tensor, lab: Tensor, k: int, reduce: bool) -> list[int]:
-    """Validate labels against the volume; returns the classes present."""
-    if reduce and lab.shape != vol.shape[2:]:
-        raise ValueError(f"labels shape {tuple(lab.shape)} must equal the volume's (H, W) = "
-                         f"{tuple(vol.shape[2:])}: with data.reduce_depth the labels are one 2D "
-                         f"map for the depth-mean of the logits")
-    if not reduce and lab.shape != vol.shape[1:]:
-        hint = (" (2D (H, W) labels need data.reduce_depth=true)"
-                if lab.shape == vol.shape[2:] else "")
-        raise ValueError(f"labels shape {tuple(lab.shape)} must equal the volume's (D, H, W) = "
-                         f"{tuple(vol.shape[1:])}{hint}")
-    bad = (lab != IGNORE) & ((lab < 0) | (lab >= k))
-    if bad.any():
-        raise ValueError(f"labels must lie in [0, {k}) or be {IGNORE}; found {lab[bad].unique()[:5].tolist()}")
-    present = [c for c in range(k) if (lab == c).any()]
-    if len(present) < 2:
-        raise ValueError(f"the labels must contain at least two classes; found only {present}")
-    return present
 
 
 class _StepLoss:
@@ -199,12 +205,17 @@ class _Clock:
 
 
 class _Evaluator:
-    """Scores ``eval_labels`` (and/or calls ``eval_fn``) on the current model into the last
-    history record; its time is excluded from the training clock."""
+    """Scores the plan's evaluation labels (and/or calls ``eval_fn``) on the current model into
+    the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`); its
+    time is excluded from the training clock."""
 
-    def __init__(self, result: SegmentationResult, vol: Tensor, truth: Tensor | None,
-                 eval_fn: Callable[[SegmentationResult], dict[str, float]] | None, clock: _Clock) -> None:
-        self.result, self.vol, self.truth, self.eval_fn, self.clock = result, vol, truth, eval_fn, clock
+    def __init__(self, result: SegmentationResult, eval_fn: Callable[[SegmentationResult], dict[str, float]] | None,
+                 clock: _Clock) -> None:
+        self.result, self.eval_fn, self.clock = result, eval_fn, clock
+
+    @property
+    def truth(self) -> Any:
+        return self.result.plan.eval_labels if self.result.plan is not None else None
 
     @property
     def active(self) -> bool:
@@ -215,8 +226,10 @@ class _Evaluator:
         out: dict[str, float] = {}
         r = self.result
         if self.truth is not None:
-            pred = labels_of(r.predict_prepared(self.vol), r.config.data.reduce_depth)
-            met = segmentation_metrics(pred.numpy(), self.truth.numpy(), r.num_classes, per_frame=False)
+            assert r.plan is not None
+            sink = ConfusionSink(self.truth, r.num_classes, r.config.data.reduce_depth)
+            r.predict_into(r.plan.volume, [sink])
+            met = scores_of_confusion(sink.matrix)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
         if self.eval_fn is not None:
             out.update(self.eval_fn(r))
@@ -224,6 +237,90 @@ class _Evaluator:
             r.history[-1].update(out)
         self.clock.excluded += time.perf_counter() - t0
         return out
+
+
+def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
+    """``(C,)`` mean and standard deviation the model normalizes its input with: the streamed
+    statistics of the data channels, and those of ``linspace(-1, 1, n)`` for the coordinate
+    channels (``data.coords``)."""
+    vol = plan.volume
+    parts_m = [torch.as_tensor(plan.stats.mean, dtype=torch.float32)]
+    parts_s = [torch.as_tensor(plan.stats.std, dtype=torch.float32)]
+    if vol.coords:  # each value of linspace(-1, 1, n) repeated over the volume's other axes
+        total = math.prod(vol.spatial)
+        for n in vol.spatial[1:]:
+            lin = torch.linspace(-1, 1, n, dtype=torch.float64)
+            m = lin.mean()
+            ss = (lin - m).square().sum() * (total // n)
+            parts_m.append(m.float()[None])
+            parts_s.append((ss / max(total - 1, 1)).sqrt().float()[None])
+    return torch.cat(parts_m), torch.cat(parts_s)
+
+
+def train(plan: RunPlan, out_dir: str | Path | None = None, *,
+          eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
+          quiet: bool = False, resume: bool = False) -> SegmentationResult:
+    """Train the plan's model on its volume from its sparse labels.
+
+    Args:
+        plan: from :func:`~fhcnn.engine.plan.prepare` (inputs and config, checked).
+        out_dir: where the trainer writes ``metrics.jsonl`` and ``checkpoints/`` (None: nothing
+            is written).
+        eval_fn: a custom evaluation ``result -> {"name": value}`` called every
+            ``data.eval_every`` steps and at the end (as the plan's ``eval_labels`` are).
+        quiet: no progress output.
+        resume: continue the run in ``out_dir`` from its latest checkpoint.
+
+    Returns:
+        :class:`SegmentationResult` (``.model``, ``.predict(volume)``, ``.history`` ...).
+    """
+    cfg = copy.deepcopy(plan.config)
+    d = cfg.data
+    reduce = plan.reduce_depth
+    k, win, vol = plan.num_classes, plan.train_window, plan.volume
+    torch.manual_seed(cfg.train.seed)
+    seg = build_model(cfg.model, vol.shape[0], k, depth=win[0] if reduce else None)
+    seg.set_normalization(*_normalization(plan))
+    model: VolumeSegmenter | DepthMean = DepthMean(seg) if reduce else seg
+    space = SpaceRun.start(cfg, seg, vol.spatial, reduce)  # parallel.space > 1: split `seg` in place
+    sampler = WindowSampler(vol, plan.labels, win, d, seg.std[:vol.data_channels], class_positions(plan))
+    history: list[dict[str, Any]] = []
+    clock = _Clock()
+    weight = weights_of_counts(torch.as_tensor(plan.class_counts), d.balance)
+    unlabelled = None
+    if d.unlabelled != "none" and d.unlabelled_weight > 0:  # refused with a split (check_space_split)
+        n = cfg.train.steps
+        unlabelled = UnlabelledTerm(d.unlabelled, d.unlabelled_weight, weight, threshold=d.pseudo_threshold,
+                                    ema=d.teacher_ema, start=round(d.unlabelled_start * n),
+                                    full=round(d.unlabelled_full * n), reduce_depth=reduce)
+    seg_loss = SegmentationLoss(weight, d.dice, reduce)
+    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock, unlabelled)
+    result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win,
+                                plan=plan, space=space)
+    evaluate = _Evaluator(result, eval_fn, clock)
+    if evaluate.active and d.eval_every > 0:
+        cfg.train.val_every = d.eval_every
+
+    trainer = Trainer(model, cfg.train, Path(out_dir) if out_dir is not None else None,
+                      batch_fn=sampler, loss_fn=step_loss,
+                      val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
+                      **(space.trainer_options() if space else {}))
+    clock.start = time.perf_counter()
+    trainer.fit(resume=resume)
+    result.device = trainer.device
+    result.train_time_s = clock.now()
+    result.model = model.to(result.device)
+    if step_loss.activation_bytes is None:  # nothing left to train (a finished run resumed)
+        x0, y0 = sampler(0, torch.Generator().manual_seed(0))
+        if space:  # this process's slab
+            x0, y0 = space.shard((x0, y0))
+        step_loss.activation_bytes = activation_bytes(model, x0.to(result.device), y0.to(result.device),
+                                                      step_loss.loss)
+    result.activation_bytes = step_loss.activation_bytes
+    if evaluate.active and (not history or "miou" not in history[-1] or evaluate.truth is None):
+        evaluate()
+    model.eval()
+    return result
 
 
 def train_segmentation(
@@ -238,7 +335,8 @@ def train_segmentation(
     quiet: bool = False,
     resume: bool = False,
 ) -> SegmentationResult:
-    """Train ``config.model`` on one volume from sparse labels.
+    """Train ``config.model`` on one volume from sparse labels: :func:`train` of the
+    :func:`~fhcnn.engine.plan.prepare`-d run.
 
     Args:
         volume: ``(C, D, H, W)`` float (raw values: normalization is learned from the volume
@@ -261,64 +359,9 @@ def train_segmentation(
         :class:`SegmentationResult` (``.model``, ``.predict(volume)``, ``.history`` ...).
 
     Raises:
-        ValueError: bad shapes, labels outside ``[0, K)``, fewer than two labelled classes.
+        InputError: bad shapes, labels outside ``[0, K)``, fewer than two labelled classes (see
+            :func:`~fhcnn.engine.plan.prepare`).
     """
-    cfg = copy.deepcopy(config) if config is not None else SegmentConfig()
-    d = cfg.data
-    reduce = bool(d.reduce_depth)
-    vol = prepare_inputs(volume, d.coords)
-    lab = torch.as_tensor(np.asarray(labels)).long()
-    k = num_classes or num_classes_of(lab)
-    present = _check_labels(vol, lab, k, reduce)
-    truth = torch.as_tensor(np.asarray(eval_labels)).long() if eval_labels is not None else None
-    if truth is not None and truth.shape != lab.shape:
-        raise ValueError(f"eval_labels shape {tuple(truth.shape)} must equal labels shape {tuple(lab.shape)}")
-
-    torch.manual_seed(cfg.train.seed)
-    win = training_window((d.window_depth, d.window_height, d.window_width), vol.shape[1:],
-                          size_multiple_of(cfg.model), whole_depth=reduce)
-    check_spectral_head(cfg, reduce)
-    seg = build_model(cfg.model, vol.shape[0], k, depth=win[0] if reduce else None)
-    flat = vol.flatten(1)
-    seg.set_normalization(flat.mean(1), flat.std(1))
-    model: VolumeSegmenter | DepthMean = DepthMean(seg) if reduce else seg
-    # #17: parallel.space > 1 splits `seg` over the processes in space (None: no split)
-    space = SpaceRun.start(cfg, seg, tuple(vol.shape[1:]), reduce)
-    data_channels = vol.shape[0] - (2 if d.coords else 0)
-    sampler = WindowSampler(vol, lab, win, d, seg.std[:data_channels], present)
-    history: list[dict[str, Any]] = []
-    clock = _Clock()
-    weight = class_weights(lab, k, d.balance)
-    unlabelled = None
-    if d.unlabelled != "none" and d.unlabelled_weight > 0:  # refused with a split (check_space_split)
-        n = cfg.train.steps
-        unlabelled = UnlabelledTerm(d.unlabelled, d.unlabelled_weight, weight, threshold=d.pseudo_threshold,
-                                    ema=d.teacher_ema, start=round(d.unlabelled_start * n),
-                                    full=round(d.unlabelled_full * n), reduce_depth=reduce)
-    seg_loss = SegmentationLoss(weight, d.dice, reduce)
-    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock, unlabelled)
-    result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win)
-    evaluate = _Evaluator(result, vol, truth, eval_fn, clock)
-    if evaluate.active and d.eval_every > 0:
-        cfg.train.val_every = d.eval_every
-
-    trainer = Trainer(model, cfg.train, Path(out_dir) if out_dir is not None else None,
-                      batch_fn=sampler, loss_fn=step_loss,
-                      val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
-                      **(space.trainer_options() if space else {}))
-    clock.start = time.perf_counter()
-    trainer.fit(resume=resume)
-    result.device = trainer.device
-    result.train_time_s = clock.now()
-    result.model = model.to(result.device)
-    if step_loss.activation_bytes is None:  # nothing left to train (a finished run resumed)
-        x0, y0 = sampler(0, torch.Generator().manual_seed(0))
-        if space:  # #17: this process's slab
-            x0, y0 = space.shard((x0, y0))
-        step_loss.activation_bytes = activation_bytes(model, x0.to(result.device), y0.to(result.device),
-                                                      step_loss.loss)
-    result.activation_bytes = step_loss.activation_bytes
-    if evaluate.active and (not history or "miou" not in history[-1] or truth is None):
-        evaluate()
-    model.eval()
-    return result
+    plan = prepare(DenseInputs(volume, labels, num_classes, eval_labels),
+                   config if config is not None else SegmentConfig())
+    return train(plan, out_dir, eval_fn=eval_fn, quiet=quiet, resume=resume)

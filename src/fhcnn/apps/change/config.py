@@ -12,6 +12,7 @@ import torch
 
 from ...engine.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from ...engine.losses import weights_of_counts
+from ...engine.sizes import prediction_tilings, prediction_window_of
 from ...options import BandNormalization, ChangeChannels, ChangeTarget
 
 __all__ = ["ChangeOptions", "ChangeConfig", "DEFAULT_CONFIG", "derive_settings", "SPARSE_DENSITY"]
@@ -86,15 +87,8 @@ PREDICT_CALL = 0.1
 PREDICT_BUDGET = 0.5
 
 
-def _windows_along(n: int, w: int) -> int:
-    """Prediction windows along one axis of ``n`` voxels (windows of ``w``, overlapping by half)."""
-    if w <= 0 or w >= n:
-        return 1
-    return math.ceil((n - w) / max(1, w // 2)) + 1
-
-
-def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_changed: int | None = None
-                    ) -> tuple[ChangeConfig, dict[str, Any]]:
+def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_changed: int | None = None,
+                    *, bands: int = 1, multiple: int = 1) -> tuple[ChangeConfig, dict[str, Any]]:
     """The settings the scene decides, from its size and its label density.
 
     * **Steps** (``train.steps``): at least enough for the training windows to cover the scene
@@ -119,6 +113,8 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
         height, width: the scene's size in pixels (after ``data.scale``).
         n_train: labelled training pixels.
         n_changed: how many of them are changed (for the class weights' record).
+        bands, multiple: the scene's bands and the network's size multiple (the prediction's
+            windows are counted by :func:`~fhcnn.engine.sizes.prediction_tilings`).
 
     Returns:
         ``(config, record)``: the config with the derived values, and ``{name: {"value",
@@ -151,7 +147,9 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
         record["class_weights"] = {"value": [round(x, 3) for x in w],
                                    "why": f"count**-{d.balance:g} of {counts[0]} unchanged and "
                                           f"{counts[1]} changed pixels"}
-    per_pass = _windows_along(height, wh) * _windows_along(width, ww) * PREDICT_CALL / max(1, t.steps)
+    window = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), (0, wh, ww), True)
+    one_tiling = prediction_tilings((bands, height, width), window, multiple, 1, False, False)[0]
+    per_pass = one_tiling.count * PREDICT_CALL / max(1, t.steps)
     options = []
     shifts = d.predict_shifts
     while True:

@@ -29,9 +29,11 @@ import numpy as np
 from torch import Tensor
 
 from ... import log as _log
-from ...engine import SegmentationResult, SegmentConfig, size_multiple_of, train_segmentation
-from ...engine.parallel import check_space_split
-from ...engine.sizes import Geometry
+from ...engine import SegmentationResult, SegmentConfig, size_multiple_of
+from ...engine.maps import fit_map
+from ...engine.plan import DenseInputs, RunPlan, prepare
+from ...engine.sizes import scaled_size
+from ...engine.train import train
 from ...errors import InputError
 from ...options import IGNORE, BandNormalization, ChangeChannels
 from ...training import is_main_process
@@ -39,8 +41,7 @@ from .config import ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["CHANNEL_COUNT", "build_volume", "change_features", "fit_change", "run_change", "check_parallel",
-           "check_setup"]
+__all__ = ["CHANNEL_COUNT", "build_volume", "change_features", "plan_change", "fit_change", "run_change"]
 
 
 #: channels of the volume for each ``change.channels`` (what :func:`build_volume` stacks)
@@ -97,11 +98,42 @@ def change_features(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.stack([standardize(ratio), standardize(angle)], 0).astype(np.float32)
 
 
+def plan_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
+                ) -> tuple[RunPlan, ChangeConfig, dict[str, Any]]:
+    """The run of one bitemporal scene, worked out and checked before any output exists: the
+    settings the scene decides (:func:`~fhcnn.apps.change.config.derive_settings`), the volume
+    (:func:`build_volume`), the labels for ``change.target`` and the engine's plan. Returns
+    ``(plan, config with the derived settings, what was derived)``."""
+    h, w, nb = before.shape
+    multiple = size_multiple_of(cfg.model)
+    scaled = scaled_size((h, w), cfg.data.scale)
+    s2 = cfg.data.scale ** 2
+    labels = np.asarray(train2d)
+    cfg, derived = derive_settings(cfg, *scaled, max(1, round(int((labels != IGNORE).sum()) * s2)),
+                                   round(int((labels == 1).sum()) * s2), bands=nb, multiple=multiple)
+    ch = cfg.change
+    slice_idx = nb // 2 if ch.slice_index < 0 else ch.slice_index
+    if ch.target == "slice" and not 0 <= slice_idx < nb:
+        raise InputError(f"change.slice_index={ch.slice_index} is outside the {nb} bands")
+    if ch.target == "mean":     # one 2D map: the loss on the band-mean logits
+        lab = labels
+    elif ch.target == "all":
+        lab = np.broadcast_to(labels, (nb, h, w))
+    else:
+        lab = np.full((nb, h, w), IGNORE, np.uint8)
+        lab[slice_idx] = labels
+    data = replace(cfg.data, reduce_depth=ch.target == "mean")
+    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel)
+    plan = prepare(DenseInputs(build_volume(before, after, ch.channels, ch.normalize), lab, 2), seg_cfg)
+    return plan, cfg, derived
+
+
 def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig,
                out_dir: Path | None = None, *, log: Callable[[str], None] = _log.info,
                quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
                eval_fn: Callable[[np.ndarray], dict[str, float]] | None = None,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, planned: tuple[RunPlan, ChangeConfig, dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
     """Train on one bitemporal scene and predict its change map (the work of ``fhcnn change``).
 
     Args:
@@ -111,30 +143,20 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
         out_dir: where the trainer writes its checkpoints/metrics (None: nothing written).
         eval_fn: optional ``change probability (H, W) -> dict`` called every
             ``cfg.data.eval_every`` steps.
+        planned: what :func:`plan_change` returned for these inputs (else it is called).
 
     Returns:
         dict with ``pred`` (H, W) uint8, ``prob`` (H, W) float change probability, ``result``
-        (the engine's :class:`SegmentationResult`), ``volume`` (as trained on), ``padded``,
-        ``geometry``, times, ``derived`` (the settings derived from the scene, see
+        (the engine's :class:`SegmentationResult`), ``plan``, ``volume`` (as trained on),
+        ``padded``, ``geometry``, times, ``derived`` (the settings derived from the scene, see
         :func:`~fhcnn.apps.change.config.derive_settings`, each logged) and ``config`` (the
         config with them, as trained).
     """
     h, w, nb = before.shape
-    cfg, derived, geom = _scene_settings(before, train2d, cfg)
-    ch = cfg.change
-    vol = geom.volume(build_volume(before, after, ch.channels, ch.normalize))
-    train_s = geom.labels(train2d, 2)
-    c, nbv, hs, ws = vol.shape
-    slice_idx = (nbv // 2 if ch.slice_index < 0 else ch.slice_index)
-    if ch.target == "slice" and not 0 <= slice_idx < nbv:
-        raise InputError(f"change.slice_index={ch.slice_index} is outside the {nbv} bands")
-    if ch.target == "mean":     # one 2D map: the loss on the band-mean logits
-        lab = train_s
-    elif ch.target == "all":
-        lab = np.broadcast_to(train_s, (nbv, hs, ws)).copy()
-    else:
-        lab = np.full((nbv, hs, ws), IGNORE, np.uint8)
-        lab[slice_idx] = train_s
+    plan, cfg, derived = planned or plan_change(before, after, train2d, cfg)
+    ch, geom = cfg.change, plan.geometry
+    c = plan.volume.shape[0]
+    slice_idx = nb // 2 if ch.slice_index < 0 else ch.slice_index
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     log(f"scene {h}x{w} pixels, {nb} bands; volume (channels, bands, H, W) = {(c, nb, h, w)} "
         f"[{ch.channels}; bands standardized: {ch.normalize}]; " + geom.describe())
@@ -142,8 +164,6 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
         f"of the scene; {n1} changed, {n0} unchanged); scoring {n_scored} other pixels")
     for name, item in derived.items():
         log(f"derived {name} = {item['value']} ({item['why']})")
-    data = replace(cfg.data, reduce_depth=ch.target == "mean")
-    seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel)
 
     def change_probability(prob: Tensor) -> np.ndarray:
         p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
@@ -152,23 +172,29 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     wrapped = None
     if eval_fn is not None:
         def wrapped(res: SegmentationResult) -> dict[str, float]:
-            return eval_fn(change_probability(res.predict_proba(vol, shifts=1)))
-    t0 = time.perf_counter()
-    result = train_segmentation(vol, lab, seg_cfg, out_dir=out_dir, num_classes=2, quiet=quiet,
-                                eval_fn=wrapped, resume=resume)
-    train_time = time.perf_counter() - t0
+            return eval_fn(change_probability(res.predict_proba(plan.volume, shifts=1)))
+    if ch.target == "mean":
+        fit = fit_map(None, None, plan.config, plan=plan, out_dir=out_dir, quiet=quiet, resume=resume,
+                      eval_fn=wrapped)
+        result, train_time, predict_time, p_change = fit.result, fit.train_time_s, fit.predict_time_s, fit.prob[1]
+    else:
+        t0 = time.perf_counter()
+        result = train(plan, out_dir, eval_fn=wrapped, quiet=quiet, resume=resume)
+        train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        p_change = change_probability(result.predict_proba(plan.volume))
+        predict_time = time.perf_counter() - t1
     log(f"training windows {tuple(result.window)}")
-    t1 = time.perf_counter()
-    p_change = change_probability(result.predict_proba(vol))
     pred = (p_change > ch.threshold).astype(np.uint8)
-    return {"pred": pred, "prob": p_change, "result": result, "volume": vol, "padded": geom.padded,
-            "geometry": geom, "train_time_s": train_time, "predict_time_s": time.perf_counter() - t1,
+    return {"pred": pred, "prob": p_change, "result": result, "plan": plan, "volume": plan.volume,
+            "padded": geom.padded, "geometry": geom, "train_time_s": train_time, "predict_time_s": predict_time,
             "derived": derived, "config": cfg}
 
 
 def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_fraction: float | None = None,
                label_seed: int = 0, eval_labels: str | None = None, quiet: bool = False,
-               resume: bool = False, log: Callable[[str], None] = _log.info) -> dict[str, Any]:
+               resume: bool = False, log: Callable[[str], None] = _log.info,
+               planned: tuple[RunPlan, ChangeConfig, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train, predict, score the held-out pixels and write every output into ``out``; returns
     the metrics (``{}`` on a non-zero rank under ``torchrun``: rank 0 writes and reports)."""
     t_start = time.perf_counter()
@@ -179,13 +205,13 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
         d = inputs.dates
         log(f"dates: BEFORE = {d['before']}, AFTER = {d['after']} ({d['order']})")
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
-                     label_source=inputs.label_source, n_scored=n_scored, resume=resume)
+                     label_source=inputs.label_source, n_scored=n_scored, resume=resume, planned=planned)
     if not is_main_process():
         return {}
     result, pred = fit["result"], fit["pred"]
     n0, n1 = int((train2d == 0).sum()), int((train2d == 1).sum())
     metrics: dict[str, Any] = {
-        "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(fit["volume"].shape),
+        "scene": {"height": h, "width": w, "bands": nb, "volume_shape": list(fit["plan"].volume.shape),
                   "padded_shape": list(fit["padded"]), "scale": cfg.data.scale, "dates": inputs.dates},
         "labels": {"source": inputs.label_source, "label_fraction": label_fraction,
                    "label_seed": label_seed, "train_pixels": n0 + n1, "train_changed": n1,
@@ -219,34 +245,27 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     return metrics
 
 
-def _scene_settings(before: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
-                    ) -> tuple[ChangeConfig, dict[str, Any], Geometry]:
-    """The config with the settings derived from the scene (``change.auto``), what was derived,
-    and the geometry of the run."""
-    h, w, nb = before.shape
-    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
-    s2 = cfg.data.scale ** 2
-    labels = np.asarray(train2d)
-    cfg, derived = derive_settings(cfg, *geom.scaled, max(1, round(int((labels != IGNORE).sum()) * s2)),
-                                   round(int((labels == 1).sum()) * s2))
-    return cfg, derived, geom
+def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str | None, *, key: str | None = None,
+                   labels: str | None = None, changed: str | None = None, unchanged: str | None = None,
+                   label_fraction: float | None = None, label_seed: int = 0, eval_labels: str | None = None,
+                   resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                   config_file: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``fhcnn change``: read and check every input and work out the run (each refusal one
+    :class:`~fhcnn.errors.InputError` line, before ``out`` exists), make the run folder, train,
+    predict and write. Returns the metrics (``{}`` on a non-zero rank) and the folder."""
+    from ...rundir import prepare_output_dir
+    from .inputs import load_inputs
 
-
-def check_setup(inputs: ChangeInputs, cfg: ChangeConfig) -> None:
-    """The device and the model of the config (with the derived settings), built on the meta
-    device for this scene's channels and band depth; call before the output folder exists."""
-    from .._setup import check_dense_setup
-
-    cfg, _, geom = _scene_settings(inputs.before, inputs.train, cfg)
-    check_dense_setup(cfg, CHANNEL_COUNT[cfg.change.channels], 2,
-                      depth=geom.padded[0] if cfg.change.target == "mean" else None)
-
-
-def check_parallel(inputs: ChangeInputs, cfg: ChangeConfig) -> None:
-    """Refuse (:class:`~fhcnn.errors.InputError`, one line) a ``parallel`` section that cannot
-    split this scene's volume; call before the output folder is created (#17)."""
-    h, w, nb = inputs.before.shape
-    geom = Geometry.of((nb, h, w), cfg.data.scale, size_multiple_of(cfg.model))
-    data = replace(cfg.data, reduce_depth=cfg.change.target == "mean")
-    check_space_split(SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel),
-                      (nb, *geom.scaled), data.reduce_depth)
+    if not out:
+        raise InputError("--out DIR is required")
+    inputs = load_inputs(before, after, key=key, labels=labels, changed=changed, unchanged=unchanged,
+                         label_fraction=label_fraction, label_seed=label_seed, eval_labels=eval_labels)
+    planned = plan_change(inputs.before, inputs.after, inputs.train, cfg)
+    folder = prepare_output_dir(out, resume, overwrite, tool="change", config=cfg, config_file=config_file,
+                                roles={"before": before, "after": after, "labels": labels, "changed": changed,
+                                       "unchanged": unchanged, "eval_labels": eval_labels},
+                                extra={"key": key, "label_fraction": label_fraction, "label_seed": label_seed})
+    _log.setup(quiet)
+    metrics = run_change(inputs, cfg, folder, label_fraction=label_fraction, label_seed=label_seed,
+                         eval_labels=eval_labels, quiet=quiet, resume=resume, planned=planned)
+    return metrics, folder

@@ -18,15 +18,16 @@ import numpy as np
 from ... import log as _log
 from ...config import save_config
 from ...data.video import frames_to_unit
-from ...engine import SegmentConfig, segmentation_metrics, size_multiple_of, train_segmentation
-from ...engine.parallel import check_space_split, follow_prediction
-from ...engine.sizes import Geometry
+from ...engine import SegmentConfig, segmentation_metrics
+from ...engine.plan import DenseInputs, RunPlan, prepare
+from ...engine.run import run
+from ...engine.store import LabelSink, Resized
 from ...options import IGNORE
 from ...training import is_main_process
 from .inputs import VideoInputs
 from .outputs import write_outputs
 
-__all__ = ["segment_video", "copy_nearest_baseline", "frames_to_volume", "check_parallel",
+__all__ = ["segment_video", "plan_segmentation", "copy_nearest_baseline", "frames_to_volume",
            "held_out_frames", "score_held_out"]
 
 
@@ -67,44 +68,47 @@ def score_held_out(pred: np.ndarray, truth: np.ndarray, held_out: Sequence[int],
     return m
 
 
+def plan_segmentation(inputs: VideoInputs, cfg: SegmentConfig, eval_every: int = 0) -> RunPlan:
+    """The run of ``inputs`` under ``cfg``, worked out and checked (before any output exists):
+    the frames as one ``(3, T, H, W)`` volume, the label frames' masks as labels; with
+    ``eval_every`` the held-out frames' masks are scored every so many steps."""
+    truth = None
+    if eval_every and inputs.eval_labels is not None:
+        truth = inputs.eval_labels.copy()
+        truth[inputs.label_frames] = IGNORE
+        cfg = copy.deepcopy(cfg)
+        cfg.data.eval_every = eval_every
+    return prepare(DenseInputs(frames_to_volume(inputs.frames), inputs.labels, len(inputs.classes), truth), cfg)
+
+
 def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, quiet: bool = False,
-                  resume: bool = False, log: Callable[[str], None] = _log.info, eval_every: int = 0
-                  ) -> dict[str, Any]:
+                  resume: bool = False, log: Callable[[str], None] = _log.info, eval_every: int = 0,
+                  plan: RunPlan | None = None) -> dict[str, Any]:
     """Train on ``inputs`` and write every output into ``out`` (which must exist; ``None``: write
     nothing). Returns the metrics (held-out scores at the input frame size if evaluation masks
     exist). The frames are resized by ``cfg.data.scale`` for the network and the prediction
     resized back (:class:`~fhcnn.engine.sizes.Geometry`). ``eval_every``: also score the
     held-out frames at the training resolution every so many steps (into
-    ``metrics["history"]``, for mIoU-versus-time curves)."""
+    ``metrics["history"]``, for mIoU-versus-time curves). ``plan``: the run, if already
+    worked out by :func:`plan_segmentation`."""
     t, h0, w0 = inputs.frames.shape[:3]
     k = len(inputs.classes)
-    geom = Geometry.of((t, h0, w0), cfg.data.scale, size_multiple_of(cfg.model))
+    plan = plan or plan_segmentation(inputs, cfg, eval_every)
+    cfg, geom = plan.config, plan.geometry
     log(f"video: {t} frames of {h0}x{w0}; " + geom.describe())
     log(f"classes: {k} (mask values {inputs.classes}); training on frames {inputs.label_frames} only"
         + (f"; scoring the other frames with {inputs.eval_source}" if inputs.eval_labels is not None else ""))
-    vol = geom.volume(frames_to_volume(inputs.frames))
-    labels = geom.labels(inputs.labels, k)
     if out is not None:
         save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    ev_small = None
-    if eval_every and inputs.eval_labels is not None:
-        ev_small = geom.labels(inputs.eval_labels, k)
-        ev_small[inputs.label_frames] = IGNORE
-        cfg = copy.deepcopy(cfg)
-        cfg.data.eval_every = eval_every
-    result = train_segmentation(vol, labels, cfg, out, num_classes=k, quiet=quiet, resume=resume,
-                                eval_labels=ev_small)
-    if not is_main_process():  # under torchrun only rank 0 predicts, writes and reports
-        follow_prediction(result, vol)  # #17: ... unless the volume is split (all processes predict)
+    pred = np.zeros((t, h0, w0), np.uint8) if is_main_process() else np.zeros((0, 0, 0), np.uint8)
+    result, predict_s = run(plan, out, lambda r: [Resized(LabelSink(pred), (h0, w0), geom.scaled)],
+                            resume=resume, quiet=quiet)
+    if not is_main_process():  # under torchrun only rank 0 writes and reports
         return {}
     log(f"trained {cfg.train.steps} steps in {result.train_time_s:.0f} s on {result.device}; "
         f"activation memory of one step ({cfg.data.batch_size} windows of {result.window}): "
         f"{result.activation_bytes / 2**20:.1f} MiB")
-    t1 = time.perf_counter()
-    probs = geom.back(result.predict_proba(vol))  # (K, T, H, W)
-    pred = probs.argmax(0).numpy().astype(np.uint8)  # (T, H, W)
-    predict_s = time.perf_counter() - t1
     h, w = geom.scaled
     metrics: dict[str, Any] = {
         "video": inputs.sources, "frames": t, "frame_size": [h0, w0], "scale": cfg.data.scale,
@@ -143,9 +147,20 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     return metrics
 
 
-def check_parallel(inputs: VideoInputs, cfg: SegmentConfig) -> None:
-    """Refuse (:class:`~fhcnn.errors.InputError`, one line) a ``parallel`` section that cannot
-    split this video's volume; call before the output folder is created (#17)."""
-    t, h0, w0 = inputs.frames.shape[:3]
-    geom = Geometry.of((t, h0, w0), cfg.data.scale, size_multiple_of(cfg.model))
-    check_space_split(cfg, (t, *geom.scaled))
+def segment_command(video: str, labels: str, cfg: SegmentConfig, out: str, *, label_frames: str | None = None,
+                    eval_labels: str | None = None, resume: bool = False, overwrite: bool = False,
+                    quiet: bool = False, config_file: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``fhcnn segment``: read and check every input and work out the run (each refusal one
+    :class:`~fhcnn.errors.InputError` line, before ``out`` exists), make the run folder, train,
+    predict and write. Returns the metrics (``{}`` on a non-zero rank) and the folder."""
+    from ... import log as _logging
+    from ...rundir import prepare_output_dir
+    from .inputs import load_video_inputs
+
+    inputs = load_video_inputs(video, labels, label_frames, eval_labels)
+    plan = plan_segmentation(inputs, cfg)
+    folder = prepare_output_dir(out, resume, overwrite, tool="segment", config=cfg, config_file=config_file,
+                                roles={"video": video, "labels": labels, "eval_labels": eval_labels},
+                                extra={"label_frames": inputs.label_frames})
+    _logging.setup(quiet)
+    return segment_video(inputs, cfg, folder, quiet=quiet, resume=resume, plan=plan), folder

@@ -1,0 +1,214 @@
+"""A dense run worked out once: :func:`prepare` turns inputs and a config into a :class:`RunPlan`.
+
+Every setting a run derives, every size it uses (scale, padding, windows, tilings, chunks)
+and every check it needs (labels, statistics, device, model, the split in space) happens
+here, once, before the output folder exists; :func:`fhcnn.engine.run.run` then trains and
+predicts from the plan alone. The applications (``segment``, ``change``, ``volume``) differ
+only in how they read their inputs and write their outputs.
+
+Reading is lazy: the volume is a :class:`~fhcnn.data.lazy.LazyVolume` (an in-memory array is
+the same path), its normalization statistics are streamed and the labels are scanned once;
+nothing here holds a whole volume unless ``data.scale`` resizes it (which needs the volume in
+memory; the out-of-core path runs at ``data.scale = 1``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data.lazy import ArrayLike, ChannelStats, LabelScan, LazyVolume, scan_labels
+from ..errors import InputError
+from ..options import IGNORE
+from .config import SegmentConfig
+from .models import size_multiple_of
+from .sizes import Geometry, Tiling, chunk_shape, prediction_tilings, prediction_window_of, training_window
+
+__all__ = ["DenseInputs", "RunPlan", "prepare", "CHUNK"]
+
+#: Side of the cubic chunks predictions are written in (clipped to the volume).
+CHUNK = 64
+
+
+@dataclass
+class DenseInputs:
+    """What an application hands the engine.
+
+    Attributes:
+        volume: ``(C, D, H, W)`` raw values (normalization is the engine's), a
+            :class:`~fhcnn.data.lazy.LazyVolume` or an in-memory array.
+        labels: ``(D, H, W)`` integers, ``IGNORE`` = unlabelled; one ``(H, W)`` map with
+            ``data.reduce_depth``. An array-like (read by slab) or an array.
+        num_classes: ``K`` (default: the largest label + 1, at least 2).
+        eval_labels: optional truth shaped like ``labels`` (``IGNORE`` = not scored), scored
+            during training (``data.eval_every``) and at the end; never trained on.
+    """
+
+    volume: Any
+    labels: Any
+    num_classes: int | None = None
+    eval_labels: Any = None
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, derived once (see :func:`prepare`).
+
+    Attributes:
+        config: the resolved config the run trains with.
+        geometry: input size, the network's ``(h, w)`` (``data.scale``) and size multiple.
+        volume: the ``(C, D, h, w)`` volume the network sees (coordinate channels appended
+            with ``data.coords``).
+        labels, eval_labels: at the network's resolution.
+        num_classes: ``K``.
+        scan: the labels' class counts, labelled slices and sampled positions.
+        stats: the volume's per-channel statistics (the model's input normalization).
+        train_window, predict_window: ``(d, h, w)`` (``0`` = whole axis in the latter).
+        tilings: the prediction's tilings (:func:`~fhcnn.engine.sizes.prediction_tilings`).
+        chunks: the chunk shape predictions are finished in.
+    """
+
+    config: SegmentConfig
+    geometry: Geometry
+    volume: LazyVolume
+    labels: ArrayLike
+    eval_labels: ArrayLike | None
+    num_classes: int
+    scan: LabelScan
+    stats: ChannelStats
+    train_window: tuple[int, int, int]
+    predict_window: tuple[int, int, int]
+    tilings: list[Tiling]
+    chunks: tuple[int, int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reduce_depth(self) -> bool:
+        return bool(self.config.data.reduce_depth)
+
+    @property
+    def present(self) -> list[int]:
+        """Classes with at least one labelled voxel."""
+        return [c for c in range(self.num_classes) if self.scan.counts[c] > 0]
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """``(K,)`` labelled voxels per class."""
+        return self.scan.counts[:self.num_classes].copy()
+
+    @property
+    def prediction_windows(self) -> int:
+        """Network calls (windows) of one prediction, every tiling together."""
+        return sum(t.count for t in self.tilings)
+
+    def describe(self) -> str:
+        """One log line: scaling, padding, windows and tilings."""
+        t = self.tilings[0]
+        return (self.geometry.describe() + f"; training windows {self.train_window}; prediction: "
+                f"{len(self.tilings)} tiling(s) of {t.count} window(s) of {t.window}")
+
+
+def _as_volume(volume: Any, coords: bool) -> LazyVolume:
+    if isinstance(volume, LazyVolume):
+        if coords and not volume.coords:
+            return LazyVolume(volume.channels, coords=True, names=volume.names)
+        return volume
+    return LazyVolume.from_array(volume, coords=coords)
+
+
+def _labels_array(labels: Any) -> Any:
+    if hasattr(labels, "detach"):
+        return labels.detach().cpu().numpy()
+    return labels if hasattr(labels, "shape") and hasattr(labels, "dtype") else np.asarray(labels)
+
+
+def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
+    """Derive and check a whole run before anything is written.
+
+    Raises:
+        InputError: labels of the wrong shape, values outside ``[0, K)`` and ``IGNORE``, fewer
+            than two labelled classes, a volume with NaN or infinite values, a config whose
+            model cannot be built for these inputs, a split in space that cannot work.
+    """
+    cfg = copy.deepcopy(config)
+    d = cfg.data
+    reduce = bool(d.reduce_depth)
+    raw = _as_volume(inputs.volume, coords=False)
+    multiple = size_multiple_of(cfg.model)
+    geom = Geometry.of(raw.spatial, d.scale, multiple)
+    labels = _labels_array(inputs.labels)
+    want = geom.size if reduce else (geom.depth, *geom.size)
+    if tuple(labels.shape) != tuple(want):
+        hint = (" (2D (H, W) labels need data.reduce_depth=true)"
+                if not reduce and tuple(labels.shape) == geom.size else "")
+        raise InputError(f"labels shape {tuple(labels.shape)} must equal the volume's "
+                         f"{'(H, W)' if reduce else '(D, H, W)'} = {tuple(want)}{hint}")
+    truth = _labels_array(inputs.eval_labels) if inputs.eval_labels is not None else None
+    if truth is not None and tuple(truth.shape) != tuple(labels.shape):
+        raise InputError(f"eval_labels shape {tuple(truth.shape)} must equal labels shape {tuple(labels.shape)}")
+    if geom.scaled != geom.size:  # resizing needs the volume in memory
+        volume = LazyVolume.from_array(geom.volume(raw.read((slice(None),) * 3)), coords=d.coords)
+        labels = geom.labels(np.asarray(labels[...]), inputs.num_classes)
+        truth = geom.labels(np.asarray(truth[...]), inputs.num_classes) if truth is not None else None
+    else:
+        volume = _as_volume(raw, coords=d.coords)
+    try:
+        scan = scan_labels(labels)
+    except ValueError as e:
+        raise InputError(f"labels: {e}") from None
+    top = max((c for c in range(256) if c != IGNORE and scan.counts[c]), default=-1)
+    k = inputs.num_classes or max(2, top + 1)
+    if top >= k:
+        bad = [c for c in range(k, 256) if c != IGNORE and scan.counts[c]]
+        raise InputError(f"labels must lie in [0, {k}) or be {IGNORE}; found {bad[:5]}")
+    present = [c for c in range(k) if scan.counts[c]]
+    if len(present) < 2:
+        raise InputError(f"the labels must contain at least two classes; found only {present}")
+    stats = raw.channel_stats()
+    if not stats.finite.all():
+        bad_c = [raw.names[i] for i in np.flatnonzero(~stats.finite)]
+        raise InputError(f"the volume holds NaN or infinite values ({', '.join(bad_c)}): fill or mask them first")
+    win = training_window((d.window_depth, d.window_height, d.window_width), volume.spatial, multiple,
+                          whole_depth=reduce)
+    pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce)
+    tilings = prediction_tilings(volume.spatial, pwin, multiple, d.predict_shifts, not reduce, d.predict_flip)
+    chunks = chunk_shape(volume.spatial, CHUNK, (reduce, geom.scaled != geom.size, geom.scaled != geom.size))
+    plan = RunPlan(cfg, geom, volume, labels, truth, k, scan, stats, win, pwin, tilings, chunks)
+    _check_setup(plan)
+    return plan
+
+
+def _check_setup(plan: RunPlan) -> None:
+    """The device, the model built for these inputs (on the meta device: every shape check, no
+    memory), and the split in space."""
+    from ..training.device import resolve_device
+    from .models import build_model, check_spectral_head
+    from .parallel import check_space_split
+
+    cfg = plan.config
+    resolve_device(cfg.train.device)
+    try:
+        check_spectral_head(cfg, plan.reduce_depth)
+        with torch.device("meta"):
+            build_model(cfg.model, plan.volume.shape[0], plan.num_classes,
+                        depth=plan.train_window[0] if plan.reduce_depth else None)
+    except InputError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InputError(f"the model of the config cannot be built: {e}") from None
+    check_space_split(cfg, plan.volume.spatial, plan.reduce_depth, plan=plan)
+
+
+def split_sizes(plan: RunPlan) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:
+    """The training window and the distinct prediction windows of ``plan`` (what a split in
+    space must cut into whole slabs)."""
+    return plan.train_window, list(dict.fromkeys(t.window for t in plan.tilings))
+
+
+def class_positions(plan: RunPlan) -> Sequence[np.ndarray]:
+    """Labelled positions of each present class (for window sampling)."""
+    return [plan.scan.positions[c] for c in plan.present]

@@ -1,0 +1,81 @@
+"""Run a prepared plan: train, then predict the whole volume chunk by chunk into sinks.
+
+    plan = prepare(DenseInputs(volume, labels, eval_labels=truth), cfg)   # before OUT exists
+    out = prepare_output_dir(...)                                          # the application's
+    result = run(plan, out, sinks=lambda result: [LabelSink(labels_array)])
+
+Every process of a ``torchrun`` job calls :func:`run`; the model's collective calls (a split in
+space) need them all. Which part of the output a process finishes is ``owned``: the whole
+volume on one process; under ``torchrun`` by default rank 0 finishes everything and the other
+ranks nothing (they still run every window of a split model), or, with ``owned="slabs"``, each
+process of the split finishes its own slab of the volume (its part of a shared on-disk output).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from ..training import is_main_process
+from .plan import RunPlan
+from .store import CACHE_BYTES, Sink
+from .train import SegmentationResult, train
+
+__all__ = ["run", "predict", "owned_region", "WORK_DIR", "Ownership"]
+
+#: Scratch folder (inside OUT) for prediction chunks spilled to disk; removed when done.
+WORK_DIR = ".work"
+
+#: Which part of the output each process finishes (see the module docstring).
+Ownership = Literal["main", "slabs"]
+
+
+def owned_region(plan: RunPlan, result: SegmentationResult, ownership: Ownership = "main"
+                 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(origin, shape)`` of the output region this process finishes.
+
+    ``"main"``: everything on the main process (rank 0, or the only one), nothing elsewhere.
+    ``"slabs"``: with a split in space, this process's slab of the volume along the split axes
+    (the volume cut like a window: :meth:`~fhcnn.spatial.SpatialSplit.local_slices`, edges at
+    multiples of ``chunks`` where they fit); the first data-parallel replica finishes, the
+    others nothing.
+    """
+    size = plan.volume.spatial
+    nothing = ((0, 0, 0), (0, 0, 0))
+    space = result.space
+    if ownership == "slabs" and space is not None:
+        split = space.split
+        if split.data_rank != 0:
+            return nothing
+        origin, shape = [0, 0, 0], list(size)
+        for axis, parts in zip(split.axes, split.grid):
+            n, c = size[axis], plan.chunks[axis]
+            pos = split.coords[split.axes.index(axis)]
+            edges = [min(n, round(i * n / parts / c) * c) for i in range(parts)] + [n]
+            origin[axis], shape[axis] = edges[pos], edges[pos + 1] - edges[pos]
+        return (origin[0], origin[1], origin[2]), (shape[0], shape[1], shape[2])
+    return ((0, 0, 0), size) if is_main_process() else nothing
+
+
+def predict(plan: RunPlan, result: SegmentationResult, sinks: Sequence[Sink], *, work: Path | None = None,
+            ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> float:
+    """Predict the plan's volume into ``sinks`` (this process's ``owned_region``); returns the
+    seconds it took."""
+    t0 = time.perf_counter()
+    result.predict_into(plan.volume, sinks, work=work, cache_bytes=cache_bytes,
+                        owned=owned_region(plan, result, ownership))
+    return time.perf_counter() - t0
+
+
+def run(plan: RunPlan, out: Path | None, sinks: Callable[[SegmentationResult], Sequence[Sink]], *,
+        resume: bool = False, quiet: bool = False,
+        eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
+        ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> tuple[SegmentationResult, float]:
+    """Train on the plan (checkpoints and ``metrics.jsonl`` in ``out``), then predict its volume
+    into ``sinks(result)`` (spilling to ``out/.work``). Returns the result and the prediction's
+    seconds."""
+    result = train(plan, out, eval_fn=eval_fn, quiet=quiet, resume=resume)
+    seconds = predict(plan, result, sinks(result), work=out / WORK_DIR if out is not None else None,
+                      ownership=ownership, cache_bytes=cache_bytes)
+    return result, seconds

@@ -1,0 +1,133 @@
+"""Out-of-core prediction (engine/store.py, engine/inference.py) equals the in-memory blend.
+
+The oracle is the whole-volume algorithm: each tiling's padded volume held whole, every window's
+probabilities times its weight summed into a padded buffer and divided by the summed weights,
+cropped, then averaged over the tilings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fhcnn.data.lazy import LazyVolume
+from fhcnn.engine.inference import predict_volume
+from fhcnn.engine.sizes import gather, prediction_tilings, round_up
+from fhcnn.engine.store import BlendStore, ConfusionSink, LabelSink, ProbabilitySink
+
+
+def _oracle(model, volume, shifts, flip, window, shift_depth=True):
+    m = model.size_multiple
+    _, *size = volume.shape
+    offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
+    acc, runs = None, 0
+    with torch.no_grad():
+        for o in offsets:
+            oo = [o if (a > 0 or shift_depth) else 0 for a in range(3)]
+            padded = [round_up(n + oa, m) for n, oa in zip(size, oo)]
+            win = [min(p if (w <= 0 or w >= p) else round_up(w, m), p) for w, p in zip(window, padded)]
+            x = gather(volume, [-oa for oa in oo], padded)
+            starts = []
+            for p, w in zip(padded, win):
+                stride = max(m, (w // 2) // m * m)
+                st = list(range(0, p - w + 1, stride))
+                if st[-1] != p - w:
+                    st.append(p - w)
+                starts.append(st)
+            weight = torch.ones(())
+            for ax, (w, p) in enumerate(zip(win, padded)):
+                v = torch.sin(math.pi * (torch.arange(w, dtype=torch.float64) + 0.5) / w) if w < p \
+                    else torch.ones(w, dtype=torch.float64)
+                weight = weight[..., None] * v if ax else v
+            for flipped in ([False, True] if flip else [False]):
+                xt = x.flip(-1) if flipped else x
+                out = torch.zeros((0,))
+                cnt = torch.zeros(padded, dtype=torch.float64)
+                for st in itertools.product(*starts):
+                    sl = tuple(slice(s, s + w) for s, w in zip(st, win))
+                    p = torch.softmax(model(xt[(slice(None),) + sl][None]).double(), 1)[0]
+                    if out.numel() == 0:
+                        out = torch.zeros((p.shape[0], *padded), dtype=torch.float64)
+                    out[(slice(None),) + sl] += p * weight
+                    cnt[sl] += weight
+                res = out / cnt
+                if flipped:
+                    res = res.flip(-1)
+                res = res[:, oo[0]:oo[0] + size[0], oo[1]:oo[1] + size[1], oo[2]:oo[2] + size[2]]
+                acc = res if acc is None else acc + res
+                runs += 1
+    return (acc / runs).float()
+
+
+class _Conv(nn.Module):
+    """A small convolutional net that sees its window's context (and its borders)."""
+
+    size_multiple = 4
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(2, 6, 3, padding=1)
+        self.b = nn.Conv3d(6, k, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) * x.mean((2, 3, 4), keepdim=True)[:, :1])
+
+
+@pytest.mark.parametrize("shifts,flip,window,size", [
+    (1, False, (0, 0, 0), (7, 9, 10)),
+    (2, True, (4, 8, 4), (9, 13, 11)),
+    (4, True, (8, 4, 8), (12, 10, 17)),
+    (3, False, (4, 0, 8), (5, 16, 9)),
+])
+def test_chunked_prediction_equals_the_whole_volume_blend(tmp_path, shifts, flip, window, size) -> None:
+    torch.manual_seed(1)
+    model, vol = _Conv(), torch.randn(2, *size)
+    want = _oracle(model, vol, shifts, flip, window)
+    got = predict_volume(model, vol, shifts=shifts, flip=flip, window=window, chunk=3)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # on disk, with a cache so small that nearly every chunk is spilled and read back
+    labels = np.full(size, 77, np.uint8)
+    probs = np.zeros((3, *size), np.float16)
+    predict_volume(model, LazyVolume.from_array(vol.numpy()), shifts=shifts, flip=flip, window=window,
+                   chunk=3, work=tmp_path / "work", cache_bytes=1, sinks=[LabelSink(labels), ProbabilitySink(probs)])
+    np.testing.assert_array_equal(labels, want.argmax(0).numpy())
+    np.testing.assert_allclose(probs, want.numpy(), atol=1e-3)
+    assert not (tmp_path / "work" / "blend.zarr").exists()  # the spill array is removed
+
+
+def test_every_chunk_is_finished_once_and_spills_stay_bounded(tmp_path) -> None:
+    size, k = (16, 16, 16), 2
+    tilings = prediction_tilings(size, (8, 8, 8), 4, 2, True, True)
+    writes: list[tuple] = []
+
+    class Record:
+        def write(self, box, prob):
+            writes.append(tuple((b.start, b.stop) for b in box))
+
+    store = BlendStore(size, k, (4, 4, 4), tilings, size, [Record()], work=tmp_path, cache_bytes=4 * 4**3 * k * 4)
+    model = _Conv(k)
+    model.size_multiple = 4
+    from fhcnn.engine.inference import predict_into
+
+    predict_into(model, LazyVolume.from_array(torch.randn(2, *size).numpy()), tilings, store)
+    store.close()
+    assert len(writes) == len(set(writes)) == 64
+    assert store.peak_open_bytes <= 5 * 4 * 4**3 * k * 4  # the cache bound plus the chunk being opened
+
+
+def test_confusion_sink_scores_like_the_whole_prediction() -> None:
+    from fhcnn.engine.metrics import confusion_matrix
+
+    torch.manual_seed(2)
+    model, vol = _Conv(), torch.randn(2, 6, 10, 9)
+    truth = np.random.default_rng(0).integers(0, 3, (6, 10, 9)).astype(np.uint8)
+    truth[0] = 255
+    sink = ConfusionSink(truth, 3)
+    predict_volume(model, vol, shifts=2, flip=True, window=(4, 8, 4), chunk=4, sinks=[sink])
+    want = predict_volume(model, vol, shifts=2, flip=True, window=(4, 8, 4)).argmax(0).numpy()
+    np.testing.assert_array_equal(sink.matrix, confusion_matrix(want, truth, 3))
