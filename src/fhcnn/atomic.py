@@ -16,17 +16,25 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
-           "set_write_observer"]
+           "set_write_observer", "note_written"]
 
 #: Called with the destination of every atomic write, before the file is created (the run
-#: folder's record of the files fhcnn wrote, :class:`fhcnn.rundir.RunFolder`).
-_observer: Callable[[Path], None] | None = None
+#: folder's record of the files fhcnn wrote, :class:`fhcnn.rundir.RunFolder`); called with
+#: several paths at once by :func:`note_written`.
+_observer: Callable[..., None] | None = None
 
 
-def set_write_observer(fn: Callable[[Path], None] | None) -> None:
+def set_write_observer(fn: Callable[..., None] | None) -> None:
     """Call ``fn(destination)`` before every atomic write (``None``: stop)."""
     global _observer
     _observer = fn
+
+
+def note_written(*paths: str | os.PathLike[str]) -> None:
+    """Tell the observer about files fhcnn writes by other means than :func:`atomic_path`
+    (e.g. the chunk files of a zarr folder, renamed into place as a whole), in one call."""
+    if _observer is not None and paths:
+        _observer(*(Path(p) for p in paths))
 
 
 def _umask() -> int:

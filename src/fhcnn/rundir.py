@@ -122,14 +122,18 @@ class RunFolder:
             if RunFolder.active is self:
                 atomic.set_write_observer(self.record)
 
-    def record(self, path: str | os.PathLike[str]) -> None:
-        """Note ``path`` (inside the folder) as written by fhcnn."""
-        p = Path(path).resolve()
-        if not p.is_relative_to(self.root):
-            return
-        rel = p.relative_to(self.root).as_posix()
-        if rel != RUN_FILE and rel not in self._files:
-            self._files.add(rel)
+    def record(self, *paths: str | os.PathLike[str]) -> None:
+        """Note ``paths`` (inside the folder) as written by fhcnn (one save of the marker)."""
+        new = set()
+        for path in paths:
+            p = Path(path).resolve()
+            if not p.is_relative_to(self.root):
+                continue
+            rel = p.relative_to(self.root).as_posix()
+            if rel != RUN_FILE and rel not in self._files:
+                new.add(rel)
+        if new:
+            self._files |= new
             self._save()
 
     @classmethod

@@ -1,0 +1,40 @@
+"""Volume files for ``fhcnn volume``: read by window, checked, summarized, written back with
+their geometry. The formats and rules are described in ``docs/volume-formats.md``.
+
+* :func:`open_volume`, :func:`open_images` -- NIfTI, TIFF, zarr, HDF5, SEG-Y, ``.npy`` to
+  lazy ``(D, H, W)`` channels (:class:`OpenedVolume`, :class:`VolumeGeometry`).
+* :func:`open_label_volume`, :func:`summarize_labels` -- checked sparse labels and the
+  summary the log prints (:class:`LabelSummary`).
+* :func:`stream_stats`, :func:`image_stats` -- per-channel mean/std/min/max and NaN checks,
+  streamed.
+* :func:`prediction_sink` -- ``prediction.nii.gz`` / ``.zarr`` / ``.npy`` written by boxes.
+* :func:`iter_slabs` -- the boxes of a bounded-memory pass over a volume.
+
+Format libraries (nibabel, zarr, h5py, segyio) are imported when a file needs them; a
+missing one is one :class:`~fhcnn.errors.InputError` line naming ``pip install 'fhcnn[volume]'``.
+"""
+
+from ._common import (
+                      DEFAULT_MAX_BYTES,
+                      MAX_CHANNELS_BY_SHAPE,
+                      ArrayLike,
+                      AxisPick,
+                      OpenedVolume,
+                      VolumeFormat,
+                      VolumeGeometry,
+                      iter_slabs,
+                      resolve_axes,
+)
+from .labels import DENSE_FRACTION, MAX_CLASSES, LabelSummary, LabelVolume, open_label_volume, summarize_labels
+from .opening import SUFFIXES, open_images, open_volume, split_spec, volume_format
+from .sinks import PredictionSink, prediction_name, prediction_sink
+from .stats import StreamStats, image_stats, stream_stats
+
+__all__ = [
+    "ArrayLike", "AxisPick", "OpenedVolume", "VolumeFormat", "VolumeGeometry", "SUFFIXES",
+    "open_volume", "open_images", "split_spec", "volume_format", "resolve_axes",
+    "LabelSummary", "LabelVolume", "open_label_volume", "summarize_labels", "MAX_CLASSES", "DENSE_FRACTION",
+    "StreamStats", "stream_stats", "image_stats",
+    "PredictionSink", "prediction_sink", "prediction_name",
+    "iter_slabs", "DEFAULT_MAX_BYTES", "MAX_CHANNELS_BY_SHAPE",
+]

@@ -1,0 +1,332 @@
+"""What every volume format shares: the opened volume, its geometry, the channel-axis rule,
+lazy views that fix some axes, slabs for streaming passes, and one-line refusals."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator, Literal, Protocol, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+
+__all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
+           "require", "resolve_axes", "iter_slabs", "jsonable", "MAX_CHANNELS_BY_SHAPE",
+           "DEFAULT_MAX_BYTES", "PIP_VOLUME"]
+
+#: The formats ``open_volume`` reads (and ``prediction_sink`` is told about).
+VolumeFormat = Literal["nifti", "tiff", "zarr", "hdf5", "segy", "npy"]
+
+#: Without metadata, a first or last axis of at most this many entries may be the channel axis.
+MAX_CHANNELS_BY_SHAPE = 8
+#: Bytes of one slab in a streaming pass (statistics, label summary, copies).
+DEFAULT_MAX_BYTES = 64 * 2**20
+#: The command that installs every format library.
+PIP_VOLUME = "pip install 'fhcnn[volume]'"
+
+
+class ArrayLike(Protocol):
+    """``shape``, ``dtype``, ``ndim`` and ``__getitem__(tuple of slices) -> np.ndarray``."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    ndim: int
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
+@dataclass
+class VolumeGeometry:
+    """Where the voxels of a volume lie, and what its file said about them.
+
+    Attributes:
+        spacing: voxel size along the returned ``(D, H, W)`` axes (file units: NIfTI mm,
+            TIFF/zarr/HDF5 as written there), or ``None`` when the file does not say.
+        affine: the NIfTI voxel-to-world matrix (4x4), else ``None``.
+        nifti_header: the NIfTI header bytes (348 or 540), else ``None``.
+        attrs: JSON-ready attributes: zarr/HDF5 attributes, ImageJ/OME spacing, the SEG-Y
+            text header and line numbers.
+        axis_names: one name per ``(D, H, W)`` axis (NIfTI orientation codes such as ``R``,
+            TIFF axis letters, zarr dimension names, SEG-Y ``inline, crossline, sample``).
+    """
+
+    spacing: tuple[float, float, float] | None = None
+    affine: np.ndarray | None = None
+    nifti_header: bytes | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    axis_names: tuple[str, str, str] = ("D", "H", "W")
+
+
+@dataclass
+class OpenedVolume:
+    """A volume file opened for reading by window; nothing of its voxels is read yet.
+
+    Attributes:
+        path: the file (or zarr folder).
+        format: which reader opened it.
+        channels: one lazy array-like ``(D, H, W)`` per channel (all of one shape).
+        geometry: see :class:`VolumeGeometry`.
+        compressed: reading a window is slow or sequential (``.nii.gz``, compressed TIFF,
+            huge chunks): make one chunked copy before reading windows at random.
+        slab_axis: the axis along which slabs ``[a:b, :, :]`` (moved to that axis) are
+            contiguous in the file: streaming passes go along it (2 for NIfTI and
+            Fortran-ordered ``.npy``, else 0).
+        names: one name per channel, for messages and logs.
+        spec: what the user wrote (``x.zarr:path`` ...).
+    """
+
+    path: Path
+    format: VolumeFormat
+    channels: list[ArrayLike]
+    geometry: VolumeGeometry
+    compressed: bool = False
+    slab_axis: int = 0
+    names: list[str] = field(default_factory=list)
+    spec: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The spatial shape ``(D, H, W)``."""
+        return tuple(self.channels[0].shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.channels[0].dtype)
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module``, or one line naming the pip command when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"{purpose} needs the Python package {module}, which is not installed: "
+                         f"{PIP_VOLUME}") from None
+
+
+class AxisPick:
+    """A lazy view of an array-like with some axes held at one index (a channel, or an axis
+    of length 1): ``AxisPick(a, {3: 1})[s] == a[..., 1][s]``.
+
+    Args:
+        array: any array-like.
+        fixed: ``{stored axis: index}``; the other axes stay, in their order.
+    """
+
+    def __init__(self, array: ArrayLike, fixed: dict[int, int]) -> None:
+        self.array = array
+        self.fixed = dict(fixed)
+        self.shape = tuple(int(n) for ax, n in enumerate(array.shape) if ax not in self.fixed)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = _expand_key(key, self.ndim)
+        it = iter(key)
+        full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(self.array.ndim))
+        return np.asarray(self.array[full])
+
+    def __repr__(self) -> str:
+        return f"AxisPick({type(self.array).__name__}{tuple(self.array.shape)}, fixed={self.fixed})"
+
+
+def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
+    """A full tuple of ``ndim`` slices/ints from a basic index (slices, ints, one Ellipsis)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > ndim:
+        raise IndexError(f"{len(key)} indices for an array of {ndim} axes")
+    return tuple(key) + (slice(None),) * (ndim - len(key))
+
+
+def window_bounds(key: Any, shape: Sequence[int], what: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    """``[(start, stop)]`` per axis of a basic index (step 1), and the axes indexed by an int
+    (to squeeze from the result). Raises IndexError for other steps or ints out of range."""
+    key = _expand_key(key, len(shape))
+    bounds, drop = [], []
+    for a, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError(f"{what} reads windows with step 1 only")
+            bounds.append((start, max(start, stop)))
+        else:
+            i = int(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {a} of size {n}")
+            i %= n
+            bounds.append((i, i + 1))
+            drop.append(a)
+    return bounds, tuple(drop)
+
+
+@dataclass
+class RawVolume:
+    """What a format reader found, before the channel-axis rule (stored axes, any number)."""
+
+    array: ArrayLike
+    axis_names: Sequence[str | None] | None = None  # per stored axis
+    channel_axis: int | None = None  # named by metadata
+    spacing: Sequence[float | None] | None = None  # per stored axis, or 3 for the spatial axes
+    affine: np.ndarray | None = None
+    nifti_header: bytes | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    compressed: bool = False
+    slab_axis: int = 0  # stored axis
+
+
+def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,
+                 channel_axis: int | None = None,
+                 allow_channels: bool = True) -> tuple[int | None, tuple[int, int, int], dict[int, int]]:
+    """The channel axis and the three spatial axes of a stored shape (the rule of
+    ``docs/volume-formats.md``).
+
+    1. ``channel_axis`` (``--channel-axis``), when given and the array has more than three
+       axes, is the channel axis (negative counts from the end).
+    2. Else metadata names it (``meta_channel``: NIfTI dims 4-5, TIFF ``C``/``S``, zarr/HDF5
+       dimension names ``c``/``channel``).
+    3. Else axes of length 1 are dropped; three axes left: one channel; four: the first or
+       the last axis is the channel axis when exactly one of the two has at most
+       ``MAX_CHANNELS_BY_SHAPE`` entries and the other three all have more; anything else
+       with four axes is ambiguous.
+
+    Returns:
+        ``(channel axis or None, spatial axes, {axis of length 1 or lone channel: 0})``.
+
+    Raises:
+        InputError: an empty array, fewer or more than three spatial axes, an ambiguous
+            channel axis, ``channel_axis`` out of range, channels where none are allowed.
+    """
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    if nd == 0 or math.prod(shape) == 0:
+        raise InputError(f"{label} is empty (shape {shape})")
+    c: int | None = None
+    if channel_axis is not None and nd > 3:
+        if not -nd <= channel_axis < nd:
+            raise InputError(f"--channel-axis {channel_axis} is out of range for {label} of shape "
+                             f"{shape} (axes 0..{nd - 1}, or -1..-{nd})")
+        c = channel_axis % nd
+    elif meta_channel is not None:
+        c = meta_channel
+    rest = [ax for ax in range(nd) if ax != c and shape[ax] > 1]
+    if c is None and len(rest) == 4:
+        ends = [ax for ax in (rest[0], rest[-1]) if shape[ax] <= MAX_CHANNELS_BY_SHAPE]
+        if len(ends) == 1 and all(shape[ax] > MAX_CHANNELS_BY_SHAPE for ax in rest if ax != ends[0]):
+            c = ends[0]
+            rest.remove(c)
+        elif allow_channels:
+            raise InputError(f"{label} has shape {shape}: which axis holds the channels is ambiguous "
+                             f"(without metadata, a first or last axis of at most "
+                             f"{MAX_CHANNELS_BY_SHAPE} entries, all others longer, is the channel "
+                             f"axis); name it with --channel-axis N")
+    if c is not None and shape[c] == 1:
+        c = None
+    if c is not None and not allow_channels:
+        raise InputError(f"{label} has shape {shape} with {shape[c]} channels along axis {c}; a label "
+                         f"volume is one channel of integers")
+    besides = " besides the channel axis" if c is not None else ""
+    if len(rest) < 3:
+        raise InputError(f"{label} has shape {shape}: {len(rest)} axes longer than 1{besides}; a volume "
+                         f"has three (a 2D image is not a volume)")
+    if len(rest) > 3:
+        hint = "" if c is not None else "; name the channel axis with --channel-axis N"
+        raise InputError(f"{label} has shape {shape}: {len(rest)} axes longer than 1{besides}; a volume "
+                         f"has three spatial axes and at most one channel axis{hint}")
+    fixed = {ax: 0 for ax in range(nd) if ax not in rest and ax != c}
+    return c, (rest[0], rest[1], rest[2]), fixed
+
+
+def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = DEFAULT_MAX_BYTES,
+               axis: int = 0) -> Iterator[tuple[slice, slice, slice]]:
+    """Boxes covering a ``(D, H, W)`` volume in storage order, each at most ``max_bytes``
+    (at ``itemsize`` bytes per voxel) but never less than one voxel row.
+
+    Slabs are whole slices along ``axis``, several at a time; when one slice is larger than
+    ``max_bytes`` it is cut along the other axes too (the next one first: for ``axis=0`` rows
+    of axis 1, for ``axis=2`` rows of axis 1).
+    """
+    if len(shape) != 3:
+        raise ValueError(f"iter_slabs needs a 3D shape, got {tuple(shape)}")
+    order = [axis] + [a for a in (1, 0, 2) if a != axis] if axis != 1 else [1, 0, 2]
+    # order[0]: slab axis; then the axis cut next, then the last one
+    budget = max(1, max_bytes // max(1, itemsize))
+    sizes = [int(n) for n in shape]
+    step = sizes.copy()
+    inner = 1
+    for a in reversed(order):  # innermost (cut last) first
+        if inner * sizes[a] <= budget:
+            inner *= sizes[a]
+            continue
+        step[a] = max(1, budget // inner)
+        for b in order[: order.index(a)]:
+            step[b] = 1
+        break
+    ranges = {a: [(s, min(s + step[a], sizes[a])) for s in range(0, sizes[a], step[a])] for a in range(3)}
+    for i in ranges[order[0]]:
+        for j in ranges[order[1]]:
+            for k in ranges[order[2]]:
+                box = [slice(0, 0)] * 3
+                for a, (lo, hi) in zip(order, (i, j, k)):
+                    box[a] = slice(lo, hi)
+                yield box[0], box[1], box[2]
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready copy of an attribute value (numpy scalars and arrays to Python, bytes
+    decoded); ``None`` for what cannot be written (the key is then dropped)."""
+    if depth > 8:
+        return None
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value).decode("latin-1")
+    if isinstance(value, np.generic):
+        return jsonable(value.item(), depth + 1)
+    if isinstance(value, np.ndarray):
+        if value.size > 4096 or value.dtype.kind not in "biufSUO":
+            return None
+        return [jsonable(v, depth + 1) for v in value.ravel().tolist()] if value.ndim != 0 else \
+            jsonable(value.item(), depth + 1)
+    if isinstance(value, dict) or hasattr(value, "items"):
+        out = {}
+        for k, v in value.items():
+            j = jsonable(v, depth + 1)
+            if j is not None:
+                out[str(k)] = j
+        return out
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, depth + 1) for v in value]
+    return None
+
+
+def spatial_spacing(raw: RawVolume, spatial: tuple[int, int, int]) -> tuple[float, float, float] | None:
+    """The spacing along the spatial axes, when the reader found a usable one."""
+    sp = raw.spacing
+    if sp is None:
+        return None
+    nd = raw.array.ndim
+    if len(sp) == nd:
+        picked = [sp[a] for a in spatial]
+    elif len(sp) == 3:
+        picked = list(sp)
+    else:
+        return None
+    try:
+        vals = [float(v) for v in picked]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals[0], vals[1], vals[2]

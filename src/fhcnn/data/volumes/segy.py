@@ -1,0 +1,117 @@
+"""SEG-Y post-stack cubes through segyio, as ``(inline, crossline, sample)`` arrays.
+
+The geometry comes from the inline and crossline numbers in the trace headers (bytes 189
+and 193, segyio's defaults); a file whose traces do not form one regular grid is refused.
+A window reads only the traces it covers (contiguous runs along the file's sorting).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ._common import RawVolume, require, window_bounds
+
+__all__ = ["open_segy", "SegyCube"]
+
+
+class SegyCube:
+    """A regular SEG-Y cube as an array-like ``(n_inlines, n_crosslines, n_samples)`` float32.
+
+    The file is opened on first read (and again after pickling).
+
+    Args:
+        path: the file.
+        shape: ``(inlines, crosslines, samples)``.
+        inline_sorted: traces run along crosslines within an inline (else the reverse).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], inline_sorted: bool, dtype: Any) -> None:
+        self.path = Path(path)
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.ndim = 3
+        self.dtype = np.dtype(dtype)
+        self.inline_sorted = inline_sorted
+        self._f: Any = None
+
+    def _file(self) -> Any:
+        if self._f is None:
+            import segyio
+
+            self._f = segyio.open(str(self.path), "r", ignore_geometry=True)
+        return self._f
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_f": None}
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        ((i0, i1), (j0, j1), (k0, k1)), drop = window_bounds(key, self.shape, "SegyCube")
+        out = np.empty((i1 - i0, j1 - j0, k1 - k0), dtype=self.dtype)
+        if out.size:
+            raw = self._file().trace.raw
+            nil, nxl = self.shape[0], self.shape[1]
+            if self.inline_sorted:
+                if j0 == 0 and j1 == nxl:  # whole inlines: one contiguous run
+                    whole = np.asarray(raw[i0 * nxl:i1 * nxl]).reshape(i1 - i0, nxl, -1)
+                    out[:] = whole[:, :, k0:k1]
+                else:
+                    for i in range(i0, i1):
+                        t = np.asarray(raw[i * nxl + j0:i * nxl + j1]).reshape(j1 - j0, -1)
+                        out[i - i0] = t[:, k0:k1]
+            else:
+                for j in range(j0, j1):
+                    t = np.asarray(raw[j * nil + i0:j * nil + i1]).reshape(i1 - i0, -1)
+                    out[:, j - j0] = t[:, k0:k1]
+        return out.squeeze(drop) if drop else out
+
+
+def open_segy(path: Path, label: str) -> RawVolume:
+    """Open a SEG-Y cube; the trace headers are scanned once (segyio), no samples are read.
+
+    Raises:
+        InputError: not a SEG-Y file segyio reads, a trace count that does not fit the file
+            size or the inline/crossline grid, pre-stack data (several offsets).
+    """
+    segyio = require("segyio", "reading SEG-Y")
+    try:
+        f = segyio.open(str(path), "r")
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        try:
+            with segyio.open(str(path), "r", ignore_geometry=True) as g:
+                n = g.tracecount
+        except Exception:
+            raise InputError(f"cannot read {label} as SEG-Y: {why}") from None
+        raise InputError(f"{label} is not a regular 3D cube: its {n:,} traces do not form one inline x "
+                         f"crossline grid from the trace headers (bytes 189/193): {why}") from None
+    try:
+        if f.unstructured:
+            raise InputError(f"{label} is not a regular 3D cube (segyio finds no inline/crossline grid)")
+        if len(f.offsets) > 1:
+            raise InputError(f"{label} holds {len(f.offsets)} offsets per trace position (pre-stack); "
+                             f"fhcnn volume reads a post-stack cube")
+        ilines, xlines = np.asarray(f.ilines), np.asarray(f.xlines)
+        shape = (len(ilines), len(xlines), len(f.samples))
+        inline_sorted = f.sorting == segyio.TraceSortingFormat.INLINE_SORTING
+        attrs = {
+            "segy_text_header": segyio.tools.wrap(bytes(f.text[0]).decode("ascii", "replace")),
+            "inlines": [int(ilines[0]), int(ilines[-1]), int(ilines[1] - ilines[0]) if len(ilines) > 1 else 1],
+            "crosslines": [int(xlines[0]), int(xlines[-1]), int(xlines[1] - xlines[0]) if len(xlines) > 1 else 1],
+            "sample_interval": float(segyio.tools.dt(f)),
+            "first_sample": float(f.samples[0]),
+            "sorting": "inline" if inline_sorted else "crossline",
+        }
+        dtype = f.dtype
+    finally:
+        f.close()
+    return RawVolume(array=SegyCube(path, shape, inline_sorted, dtype),
+                     axis_names=["inline", "crossline", "sample"], attrs=attrs, compressed=False,
+                     slab_axis=0 if inline_sorted else 1)

@@ -1,0 +1,261 @@
+"""Prediction files that keep the input's geometry, written box by box (never whole in memory).
+
+* NIfTI in -> ``prediction.nii.gz``: the input's header (so its affine, qform and sform,
+  zooms and units) with the data type changed, scaling reset and intent ``label``. Boxes
+  go to an uncompressed ``.nii`` scratch file (memory-mapped) in OUT, gzipped in one
+  streamed pass at :meth:`PredictionSink.close`.
+* zarr, HDF5, TIFF, SEG-Y in -> ``prediction.zarr`` (chunks of 128 voxels per axis), with
+  the input's attributes, ``spacing`` and ``axis_names``.
+* ``.npy`` in -> ``prediction.npy`` (``np.lib.format.open_memmap``).
+
+Everything is written under a temporary name inside OUT and renamed at ``close``; the run
+folder records every file (``fhcnn.atomic``). :meth:`PredictionSink.abort` removes the
+temporary files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ... import atomic
+from ...errors import InputError
+from ._common import VolumeFormat, VolumeGeometry, jsonable, require
+
+__all__ = ["PredictionSink", "prediction_sink", "prediction_name", "OUTPUT_CHUNK"]
+
+#: Chunk edge of ``prediction.zarr``.
+OUTPUT_CHUNK = 128
+_GZIP_LEVEL = 6
+_COPY_BYTES = 16 * 2**20
+#: Attributes of the input that describe its own axes (replaced, not copied).
+_AXIS_ATTRS = ("_ARRAY_DIMENSIONS", "spacing", "element_size_um", "axistags", "multiscales", "ome",
+               "axis_names")
+
+
+def prediction_name(fmt: VolumeFormat) -> str:
+    """The file name of the prediction of a ``fmt`` volume."""
+    return "prediction.nii.gz" if fmt == "nifti" else "prediction.npy" if fmt == "npy" else "prediction.zarr"
+
+
+class PredictionSink:
+    """Where predicted labels go: ``sink[box] = labels`` for boxes of a ``(D, H, W)`` volume
+    (``labels`` of the box's shape, cast to ``dtype``); ``sink[box]`` reads back what was
+    written (0 elsewhere); :meth:`close` puts the file in place and returns its path.
+
+    Use as a context manager: ``close`` on success, ``abort`` on an exception.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+
+    def __setitem__(self, box: tuple[slice, slice, slice], labels: np.ndarray) -> None:
+        self._target()[box] = np.asarray(labels).astype(self.dtype, copy=False)
+
+    def __getitem__(self, box: Any) -> np.ndarray:
+        return np.asarray(self._target()[box])
+
+    def _target(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "PredictionSink":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class NiftiSink(PredictionSink):
+    """``prediction.nii.gz`` with the input's header (see the module docstring)."""
+
+    def __init__(self, out_dir: Path, shape: tuple[int, int, int], geometry: VolumeGeometry,
+                 dtype: np.dtype) -> None:
+        nib = require("nibabel", "writing NIfTI")
+        self.path = out_dir / "prediction.nii.gz"
+        self.shape = shape
+        hdr = _nifti_header(nib, geometry, shape, dtype)
+        self.dtype = np.dtype(dtype)
+        fd, name = tempfile.mkstemp(prefix=".prediction.nii.", suffix=".tmp", dir=out_dir)
+        self._scratch = Path(name)
+        atomic.note_written(self._scratch)  # recorded: a crash leaves nothing unlisted in OUT
+        offset = int(hdr["vox_offset"])
+        with os.fdopen(fd, "wb") as f:
+            block = hdr.binaryblock
+            f.write(block + b"\x00" * (offset - len(block)))  # no extensions
+            f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
+        self._mm: np.memmap | None = np.memmap(self._scratch, dtype=hdr.get_data_dtype(), mode="r+",
+                                               offset=offset, shape=shape, order="F")
+
+    def _target(self) -> Any:
+        if self._mm is None:
+            raise ValueError("the prediction sink is closed")
+        return self._mm
+
+    def close(self) -> Path:
+        if self._mm is not None:
+            self._mm.flush()
+            self._mm = None
+            with atomic.atomic_path(self.path) as tmp:
+                with open(self._scratch, "rb") as src, open(tmp, "wb") as raw, \
+                        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL,
+                                      mtime=0) as dst:
+                    shutil.copyfileobj(src, dst, _COPY_BYTES)
+            self._scratch.unlink()
+        return self.path
+
+    def abort(self) -> None:
+        self._mm = None
+        with contextlib.suppress(FileNotFoundError):
+            self._scratch.unlink()
+
+
+def _nifti_header(nib: Any, geometry: VolumeGeometry, shape: Sequence[int], dtype: Any) -> Any:
+    """The input's header for a 3D ``dtype`` volume of ``shape`` (a fresh one from the affine
+    when the input had none)."""
+    block = geometry.nifti_header
+    if block:
+        klass = nib.Nifti2Header if len(block) >= 540 else nib.Nifti1Header
+        hdr = klass.from_fileobj(io.BytesIO(bytes(block)))
+    else:
+        hdr = nib.Nifti1Header()
+        if geometry.affine is not None:
+            hdr.set_sform(geometry.affine, code="aligned")
+            hdr.set_qform(geometry.affine, code="aligned")
+    zooms = hdr.get_zooms()[:3] if block else (geometry.spacing or (1.0, 1.0, 1.0))
+    hdr.set_data_shape(tuple(int(n) for n in shape))
+    hdr.set_zooms(zooms)
+    hdr.set_data_dtype(np.dtype(dtype))
+    hdr.set_slope_inter(None, None)
+    hdr["cal_min"], hdr["cal_max"] = 0, 0
+    hdr.set_intent("label" if np.dtype(dtype).kind in "biu" else "none", allow_unknown=True)
+    hdr["descrip"] = b"fhcnn prediction"
+    hdr["magic"] = hdr.single_magic
+    hdr["vox_offset"] = hdr.single_vox_offset
+    return hdr
+
+
+class ZarrSink(PredictionSink):
+    """``prediction.zarr``: chunked, attributes of the input plus ``spacing``/``axis_names``."""
+
+    def __init__(self, out_dir: Path, shape: tuple[int, int, int], geometry: VolumeGeometry,
+                 dtype: np.dtype, source: str | None) -> None:
+        zarr = require("zarr", "writing prediction.zarr")
+        self.path = out_dir / "prediction.zarr"
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self._tmp = Path(tempfile.mkdtemp(prefix=".prediction.zarr.", suffix=".tmp", dir=out_dir))
+        chunks = tuple(min(OUTPUT_CHUNK, int(n)) for n in shape)
+        self._arr: Any = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
+                                         dtype=self.dtype, fill_value=0)
+        attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
+        if geometry.spacing is not None:
+            attrs["spacing"] = [float(s) for s in geometry.spacing]
+        attrs["axis_names"] = list(geometry.axis_names)
+        if source is not None:
+            attrs["fhcnn_source"] = source
+        self._arr.attrs.update(jsonable(attrs))
+
+    def _target(self) -> Any:
+        if self._arr is None:
+            raise ValueError("the prediction sink is closed")
+        return self._arr
+
+    def close(self) -> Path:
+        if self._arr is None:
+            return self.path
+        self._arr = None
+        files = [p for p in self._tmp.rglob("*") if p.is_file()]
+        atomic.note_written(*(self.path / p.relative_to(self._tmp) for p in files))
+        old = None
+        if self.path.exists():  # a resumed run's earlier prediction: set it aside, then drop it
+            old = Path(tempfile.mkdtemp(prefix=".prediction.zarr.", suffix=".old", dir=self.path.parent))
+            os.replace(self.path, old / "prediction.zarr")
+        os.replace(self._tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.path
+
+    def abort(self) -> None:
+        self._arr = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class NpySink(PredictionSink):
+    """``prediction.npy`` through ``np.lib.format.open_memmap`` under a temporary name."""
+
+    def __init__(self, out_dir: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.path = out_dir / "prediction.npy"
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic.atomic_path(self.path))
+        self._mm: Any = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+
+    def _target(self) -> Any:
+        if self._mm is None:
+            raise ValueError("the prediction sink is closed")
+        return self._mm
+
+    def close(self) -> Path:
+        if self._mm is not None:
+            self._mm.flush()
+            self._mm = None
+            self._stack.close()  # fsync and rename into place
+        return self.path
+
+    def abort(self) -> None:
+        if self._mm is not None:
+            self._mm = None
+            try:  # atomic_path removes its temporary file when its block raises
+                self._stack.__exit__(_Aborted, _Aborted(), None)
+            except _Aborted:
+                pass
+
+
+class _Aborted(Exception):
+    pass
+
+
+def prediction_sink(out_dir: str | os.PathLike[str], fmt: VolumeFormat, shape: Sequence[int],
+                    geometry: VolumeGeometry, dtype: Any = np.uint8, *,
+                    source: str | None = None) -> PredictionSink:
+    """A sink for the prediction of a ``fmt`` volume of spatial ``shape``, inside ``out_dir``.
+
+    Args:
+        out_dir: the run folder (exists).
+        fmt: the format of the first image (decides the file, see the module docstring).
+        shape: ``(D, H, W)``.
+        geometry: the first image's :class:`VolumeGeometry`.
+        dtype: of the labels (uint8: classes 0..254).
+        source: the input's spec, recorded in ``prediction.zarr``'s attributes.
+
+    Raises:
+        InputError: the library that writes the format is missing; a shape that is not 3D.
+    """
+    out = Path(out_dir)
+    shp = tuple(int(n) for n in shape)
+    if len(shp) != 3 or min(shp) < 1:
+        raise InputError(f"a prediction has a 3D shape, got {shp}")
+    if fmt == "nifti":
+        return NiftiSink(out, shp, geometry, np.dtype(dtype))  # type: ignore[arg-type]
+    if fmt == "npy":
+        return NpySink(out, shp, np.dtype(dtype))  # type: ignore[arg-type]
+    return ZarrSink(out, shp, geometry, np.dtype(dtype), source)  # type: ignore[arg-type]

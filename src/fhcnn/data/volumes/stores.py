@@ -1,0 +1,231 @@
+"""Array stores: zarr (``x.zarr`` or ``x.zarr:path/in/group``), HDF5 (``x.h5:dataset``) and
+``.npy`` (memory-mapped). Their arrays are read as they are; attributes are kept.
+
+Without an inner path, a zarr group or HDF5 file gives its only array of three or more
+axes (an OME-Zarr group its first, full-resolution, dataset). Spacing comes from the
+attributes ``spacing`` or ``element_size_um`` (per stored axis, or three values for the
+spatial axes), or from OME-Zarr scale transforms; axis names from zarr's
+``dimension_names``, xarray's ``_ARRAY_DIMENSIONS``, OME axes or ilastik's ``axistags``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from ._common import DEFAULT_MAX_BYTES, RawVolume, jsonable, require
+
+__all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
+
+#: A chunk larger than this makes reading one window slow: the volume is marked compressed.
+HUGE_CHUNK = DEFAULT_MAX_BYTES
+_CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
+
+
+def _meta_from_names(names: Sequence[str | None] | None) -> int | None:
+    if not names:
+        return None
+    hits = [i for i, n in enumerate(names) if n is not None and str(n).lower() in _CHANNEL_NAMES]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _attr_spacing(attrs: dict[str, Any]) -> list[float] | None:
+    for key in ("spacing", "element_size_um"):
+        v = attrs.get(key)
+        if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
+            return [float(x) for x in v]
+    return None
+
+
+def _chunk_bytes(chunks: Sequence[int] | None, itemsize: int) -> int:
+    return int(np.prod(chunks, dtype=np.int64)) * itemsize if chunks else 0
+
+
+# ---------------------------------------------------------------------------------------- zarr
+
+def _ome(group: Any) -> dict[str, Any] | None:
+    attrs = dict(group.attrs)
+    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    return ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
+
+
+def _arrays(group: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """Every array below ``group`` with three or more axes, by path (depth-limited)."""
+    out = [(f"{prefix}{name}", a) for name, a in group.arrays() if len(a.shape) >= 3]
+    if depth < 6:
+        for name, g in group.groups():
+            out += _arrays(g, f"{prefix}{name}/", depth + 1)
+    return out
+
+
+def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
+    """Open a zarr array (a v2 or v3 store on disk) without reading its chunks.
+
+    Raises:
+        InputError: not a zarr store, no array at ``inner``, a group without exactly one array
+            of three or more axes (the message lists them).
+    """
+    zarr = require("zarr", "reading zarr")
+    try:
+        root = zarr.open(str(path), mode="r")
+    except Exception as e:
+        raise InputError(f"cannot read {label} as zarr: {str(e)[:200]}") from None
+    node, parent, where = root, None, ""
+    if inner:
+        if not isinstance(root, zarr.Group):
+            raise InputError(f"{label}: {path} is a zarr array, not a group; drop ':{inner}'")
+        try:
+            node = root[inner]
+        except (KeyError, ValueError, FileNotFoundError):
+            listed = ", ".join(p for p, _ in _arrays(root)[:6]) or "no array of 3 or more axes"
+            raise InputError(f"{label}: {path} holds no array or group '{inner}' (it holds: {listed})") from None
+        where = inner
+        head = inner.strip("/").rsplit("/", 1)
+        parent = root[head[0]] if len(head) == 2 else root
+    if isinstance(node, zarr.Group):
+        ome = _ome(node)
+        if ome is not None and ome.get("datasets"):
+            first = str(ome["datasets"][0].get("path"))
+            parent, node = node, node[first]
+            where = f"{where}/{first}".strip("/")
+        else:
+            found = _arrays(node)
+            if len(found) != 1:
+                listed = ", ".join(p for p, _ in found[:6]) + (", ..." if len(found) > 6 else "")
+                raise InputError(f"{label}: the zarr group holds {len(found)} arrays of three or more axes"
+                                 f"{' (' + listed + ')' if found else ''}; name one as {path}:PATH")
+            sub, node = found[0]
+            where = f"{where}/{sub}".strip("/")
+            head = where.rsplit("/", 1)
+            parent = root[head[0]] if len(head) == 2 else root
+    arr = node
+    attrs = dict(arr.attrs)
+    nd = len(arr.shape)
+    names: list[str | None] | None = None
+    meta = getattr(arr, "metadata", None)
+    dims = getattr(meta, "dimension_names", None)
+    if dims and len(dims) == nd:
+        names = [None if d is None else str(d) for d in dims]
+    elif isinstance(attrs.get("_ARRAY_DIMENSIONS"), list) and len(attrs["_ARRAY_DIMENSIONS"]) == nd:
+        names = [str(d) for d in attrs["_ARRAY_DIMENSIONS"]]
+    spacing = _attr_spacing(attrs)
+    meta_channel = _meta_from_names(names)
+    ome = _ome(parent) if parent is not None else None
+    if ome is not None:
+        axes = ome.get("axes") or []
+        if len(axes) == nd:
+            names = [str(a.get("name") if isinstance(a, dict) else a) for a in axes]
+            types = [a.get("type") if isinstance(a, dict) else None for a in axes]
+            meta_channel = types.index("channel") if types.count("channel") == 1 else _meta_from_names(names)
+        leaf = where.rsplit("/", 1)[-1]
+        for ds in ome.get("datasets") or []:
+            if str(ds.get("path")) == leaf:
+                for t in ds.get("coordinateTransformations") or []:
+                    if t.get("type") == "scale" and len(t.get("scale") or []) == nd:
+                        spacing = [float(x) for x in t["scale"]]
+    if attrs.get("_ARRAY_DIMENSIONS") is not None:
+        attrs.pop("_ARRAY_DIMENSIONS")
+    chunks = getattr(arr, "chunks", None)
+    huge = _chunk_bytes(chunks, np.dtype(arr.dtype).itemsize) > HUGE_CHUNK
+    order = getattr(arr, "order", "C")
+    return RawVolume(array=arr, axis_names=names, channel_axis=meta_channel, spacing=spacing,
+                     attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0)
+
+
+# ---------------------------------------------------------------------------------------- HDF5
+
+def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
+    """Open an HDF5 dataset without reading it (the file stays open while the array lives).
+
+    Raises:
+        InputError: not an HDF5 file, no dataset at ``inner``, or (without ``inner``) not
+            exactly one dataset of three or more axes.
+    """
+    h5py = require("h5py", "reading HDF5")
+    try:
+        f = h5py.File(str(path), "r")
+    except Exception as e:
+        raise InputError(f"cannot read {label} as HDF5: {str(e)[:200]}") from None
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name)
+                 if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None)
+    if inner:
+        try:
+            ds = f[inner]
+        except (KeyError, ValueError):
+            f.close()
+            raise InputError(f"{label}: {path} holds no dataset '{inner}' (it holds: "
+                             f"{', '.join(found[:6]) or 'no dataset of 3 or more axes'})") from None
+        if not isinstance(ds, h5py.Dataset):
+            f.close()
+            raise InputError(f"{label}: '{inner}' in {path} is a group; name a dataset "
+                             f"({', '.join(found[:6]) or 'none of 3 or more axes'})")
+    else:
+        if len(found) != 1:
+            f.close()
+            listed = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            raise InputError(f"{label}: the HDF5 file holds {len(found)} datasets of three or more axes"
+                             f"{' (' + listed + ')' if found else ''}; name one as {path}:DATASET")
+        ds = f[found[0]]
+    attrs = {k: ds.attrs[k] for k in ds.attrs.keys()}
+    names: list[str | None] | None = None
+    meta_channel = None
+    tags = attrs.get("axistags")
+    if tags is not None:
+        try:
+            keys = [a["key"] for a in json.loads(jsonable(tags))["axes"]]
+            if len(keys) == ds.ndim:
+                names = keys
+                meta_channel = _meta_from_names(keys)
+        except (ValueError, KeyError, TypeError):
+            pass
+    attrs = jsonable(attrs) or {}
+    huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
+    return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
+                     attrs=attrs, compressed=huge, slab_axis=0)
+
+
+# ---------------------------------------------------------------------------------------- npy
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """``(shape, fortran, dtype, data offset)`` from a ``.npy`` header, or ``None``."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            return tuple(shape), bool(fortran), np.dtype(dtype), f.tell()
+    except Exception:
+        return None
+
+
+def open_npy(path: Path, label: str) -> RawVolume:
+    """Memory-map a ``.npy`` file (never loaded whole).
+
+    Raises:
+        InputError: not a ``.npy`` file, Python objects inside, or fewer bytes than the header
+            says (a lying header or a truncated file).
+    """
+    head = _npy_header(path)
+    if head is None:
+        raise InputError(f"cannot read {label}: not a valid .npy array file")
+    shape, fortran, dtype, offset = head
+    if dtype.hasobject:
+        raise InputError(f"cannot read {label}: it holds Python objects, not a plain array")
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < need:
+        raise InputError(f"{label}: the .npy header says shape {shape} of {dtype} ({need:,} bytes with the "
+                         f"header) but the file has {size:,} bytes (a lying header or a truncated file)")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read {label}: {str(e)[:200]}") from None
+    return RawVolume(array=arr, compressed=False, slab_axis=arr.ndim - 1 if fortran and arr.ndim > 1 else 0)
