@@ -30,23 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import log
     from ..apps._setup import config_file_input
-    from ..apps.volume import VolumeConfig, check_setup, load_volume_inputs, segment_volume
-    from ..rundir import prepare_output_dir
+    from ..apps.volume import VolumeConfig, volume_command
     from ._options import config_from_args
 
-    # validate everything (inputs, device, model) before creating --out
-    cfg = config_from_args(VolumeConfig, args)
-    inputs = load_volume_inputs(args.images, args.labels, args.eval_labels, ignore=args.ignore,
-                                channel_axis=args.channel_axis)
-    check_setup(inputs, cfg)
-    roles = {f"image{i}" if i else "image": p for i, p in enumerate(args.images)}
-    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="volume", config=cfg,
-                             config_file=config_file_input(args.config),
-                             roles={**roles, "labels": args.labels, "eval_labels": args.eval_labels},
-                             extra={"ignore": args.ignore, "channel_axis": args.channel_axis,
-                                    "save_probs": args.save_probs})
-    log.setup(args.quiet)
-    metrics = segment_volume(inputs, cfg, out, quiet=args.quiet, resume=args.resume, save_probs=args.save_probs)
+    metrics, out = volume_command(args.images, args.labels, config_from_args(VolumeConfig, args), args.out,
+                                  eval_labels=args.eval_labels, ignore=args.ignore,
+                                  channel_axis=args.channel_axis, save_probs=args.save_probs,
+                                  resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                                  config_file=config_file_input(args.config))
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     if "miou" in metrics:

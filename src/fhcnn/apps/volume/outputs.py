@@ -1,7 +1,7 @@
-"""What ``fhcnn volume`` writes into its run folder: the prediction in a format that keeps the
-input's geometry, optional class probabilities (float16 zarr), ``metrics.json``, ``figure.png``
-(three orthogonal slices through image, annotation and prediction, the paper's Figure 5) and the
-model's weights."""
+"""What ``fhcnn volume`` writes into its run folder besides the prediction file and the
+probabilities (written chunk by chunk by the pipeline's sinks): ``metrics.json``,
+``figure.png`` (three orthogonal slices through image, annotation and prediction, the paper's
+Figure 5) and the model's weights."""
 
 from __future__ import annotations
 
@@ -10,101 +10,56 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from ...atomic import atomic_path, atomic_save_npy, atomic_write_text
+from ...atomic import atomic_path, atomic_write_text
 from ...options import IGNORE
 from ...training.checkpoint import save_weights
 from .inputs import AXIS_NAMES, VolumeInputs
 
-__all__ = ["write_outputs", "write_prediction", "write_probabilities", "slice_figure"]
+__all__ = ["write_outputs", "centre_slices", "slice_figure"]
 
 _COLOURS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                      [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
                     np.float32) / 255
 
 
-def write_prediction(out: Path, inputs: VolumeInputs, pred: np.ndarray) -> Path:
-    """The ``(D, H, W)`` uint8 prediction in the input's geometry format (through the format
-    writers where present: NIfTI in -> ``prediction.nii.gz`` with the input's affine and header;
-    zarr, HDF5, TIFF, SEG-Y in -> ``prediction.zarr``; ``.npy`` in -> ``prediction.npy``)."""
-    if inputs.format != "npy":
-        from ...data.volumes import prediction_sink
-
-        sink = prediction_sink(out, inputs.format, pred.shape, inputs.geometry, dtype=np.uint8)
-        for z in range(0, pred.shape[0], max(1, (1 << 24) // max(1, pred[0].size))):
-            box = (slice(z, min(pred.shape[0], z + max(1, (1 << 24) // max(1, pred[0].size)))),
-                   slice(None), slice(None))
-            sink[box] = pred[box]
-        return Path(sink.close())
-    atomic_save_npy(out / "prediction.npy", pred)
-    return out / "prediction.npy"
+def centre_slices(array: Any, centre: Sequence[int]) -> list[np.ndarray]:
+    """The three orthogonal slices of a ``(D, H, W)`` array-like through ``centre``."""
+    out = []
+    for j in range(3):
+        box: list[Any] = [slice(None)] * 3
+        box[j] = slice(int(centre[j]), int(centre[j]) + 1)
+        out.append(np.take(np.asarray(array[tuple(box)]), 0, axis=j))
+    return out
 
 
-def write_probabilities(out: Path, probs: torch.Tensor) -> Path:
-    """``probabilities.zarr``: ``(K, D, H, W)`` float16, chunked by class and 64^3 blocks."""
-    import shutil
-    import tempfile
-
-    import zarr
-
-    from ...rundir import RunFolder
-
-    path = out / "probabilities.zarr"
-    tmp = Path(tempfile.mkdtemp(prefix=".probabilities.", suffix=".zarr.tmp", dir=out))
-    try:
-        arr = zarr.create_array(str(tmp), shape=tuple(probs.shape), dtype="float16",
-                                chunks=(1, *(min(64, n) for n in probs.shape[1:])), overwrite=True)
-        arr[...] = probs.numpy().astype(np.float16)
-        if RunFolder.active is not None:   # every file is listed in run.json before it appears
-            for f in sorted(q for q in tmp.rglob("*") if q.is_file()):
-                RunFolder.active.record(path / f.relative_to(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
-
-
-def _colour(lab: np.ndarray) -> np.ndarray:
-    rgb = _COLOURS[np.where(lab == IGNORE, 0, lab) % len(_COLOURS)]
-    return rgb
-
-
-def slice_figure(path: Path, image: np.ndarray, labels: np.ndarray, pred: np.ndarray,
-                 truth: np.ndarray | None, centre: Sequence[int], spacing: Sequence[float] | None) -> None:
-    """Three orthogonal slices (through ``centre``, one per axis) of the image (first channel),
-    the annotation (labelled voxels coloured over the image), the prediction and, if given, the
-    truth; drawn with the voxel aspect of ``spacing``."""
+def slice_figure(path: Path, rows: list[tuple[str, list[np.ndarray]]], centre: Sequence[int],
+                 spacing: Sequence[float] | None) -> None:
+    """One column per axis (the slice through ``centre``), one row per entry of ``rows``: the
+    first the image (grey, 1-99 % percentiles), the others label slices coloured over it
+    (``annotation``: every labelled voxel; others: every class but 0), drawn with the voxel
+    aspect of ``spacing``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("image", None), ("annotation", labels), ("prediction", pred)]
-    if truth is not None:
-        rows.append(("truth", truth))
     sp = [1.0, 1.0, 1.0] if spacing is None else [float(s) for s in spacing]
+    image = rows[0][1]
+    lo, hi = np.percentile(np.concatenate([s.ravel() for s in image]), [1, 99])
     fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.1 * len(rows)), squeeze=False)
-    lo, hi = np.percentile(image, [1, 99])
     for j in range(3):
-        cut: list[Any] = [slice(None)] * 3
-        cut[j] = int(centre[j])
-        cut_t = tuple(cut)
         rest = [a for a in range(3) if a != j]
         aspect = sp[rest[0]] / sp[rest[1]]
-        img = np.clip((image[cut_t] - lo) / max(hi - lo, 1e-12), 0, 1)
-        grey = np.repeat(img[..., None], 3, -1)
-        for i, (name, lab) in enumerate(rows):
+        grey = np.repeat(np.clip((image[j] - lo) / max(hi - lo, 1e-12), 0, 1)[..., None], 3, -1)
+        for i, (name, slices) in enumerate(rows):
             ax = axes[i, j]
-            if lab is None:
+            if i == 0:
                 shown = grey
             else:
-                sl = lab[cut_t]
-                a = ((sl != IGNORE) & (sl > 0) if name != "annotation" else sl != IGNORE)[..., None] * 0.55
-                shown = grey * (1 - a) + _colour(sl) * a
+                sl = slices[j]
+                a = ((sl != IGNORE) if name == "annotation" else (sl != IGNORE) & (sl > 0))[..., None] * 0.55
+                shown = grey * (1 - a) + _COLOURS[np.where(sl == IGNORE, 0, sl) % len(_COLOURS)] * a
             ax.imshow(shown, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -119,17 +74,16 @@ def slice_figure(path: Path, image: np.ndarray, labels: np.ndarray, pred: np.nda
     plt.close(fig)
 
 
-def write_outputs(out: Path, inputs: VolumeInputs, pred: np.ndarray, probs: torch.Tensor | None,
-                  result: Any, metrics: dict[str, Any], spacing: Sequence[float] | None) -> None:
-    """Every output of a ``fhcnn volume`` run into ``out``."""
-    path = write_prediction(out, inputs, pred)
-    metrics["prediction_file"] = path.name
-    if probs is not None:
-        metrics["probabilities_file"] = write_probabilities(out, probs).name
-    centre = [n // 2 for n in pred.shape]
-    truth = inputs.eval_labels
-    slice_figure(out / "figure.png", np.asarray(inputs.channels[0], np.float32), inputs.labels, pred,
-                 truth, centre, spacing)
+def write_outputs(out: Path, inputs: VolumeInputs, pred_slices: list[np.ndarray], result: Any,
+                  metrics: dict[str, Any], spacing: Sequence[float] | None) -> None:
+    """``figure.png``, ``model.safetensors`` and ``metrics.json`` of a ``fhcnn volume`` run;
+    ``pred_slices``: the prediction's :func:`centre_slices` through the volume's centre."""
+    centre = [n // 2 for n in inputs.shape]
+    rows = [("image", [s.astype(np.float32) for s in centre_slices(inputs.channels[0], centre)]),
+            ("annotation", centre_slices(inputs.labels, centre)), ("prediction", pred_slices)]
+    if inputs.eval_labels is not None:
+        rows.append(("truth", centre_slices(inputs.eval_labels, centre)))
+    slice_figure(out / "figure.png", rows, centre, spacing)
     save_weights(out / "model.safetensors", result.model,
                  {"num_classes": str(inputs.num_classes), "arch": result.config.model.arch})
     atomic_write_text(out / "metrics.json", json.dumps(
