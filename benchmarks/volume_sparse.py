@@ -6,9 +6,9 @@
     python benchmarks/volume_sparse.py speed [--size 240,240,155] [--slices 8]
 
 Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known truth):
-``cells`` (96^3, two stains as two channels; ``cells-c0`` / ``cells-c1`` one stain each),
+``cells`` (``$VOLUME_SIZE``^3, default 96, two stains as two channels; ``cells-c0`` / ``cells-c1`` one stain each),
 ``seismic`` (96^3, fault voxels), ``layers`` (96^3, four formations), and ``mni`` (the MNI152
-2009 T1 template that ships inside the nilearn wheel, at 2 mm: 98 x 116 x 94, classes
+2009 T1 template that ships inside the nilearn wheel, at ``$MNI_MM`` mm, default 2: 98 x 116 x 94, classes
 0 other / 1 grey matter / 2 white matter from the probability maps above 0.5; read from an
 installed nilearn or from ``--nilearn-wheel``/``$NILEARN_WHEEL``, never downloaded by this
 script).
@@ -46,6 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GENERATED = {"cells": ("cells", 2), "cells-c0": ("cells", 1), "cells-c1": ("cells", 1),
              "seismic": ("seismic", 1), "layers": ("seismic-layers", 1)}
 SIZE = int(os.environ.get("VOLUME_SIZE", "96"))
+MNI_MM = int(os.environ.get("MNI_MM", "2"))
 MNI_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
              "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
              "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
@@ -83,17 +84,19 @@ def load_volume(name: str, wheel: str | None = None) -> dict:
         for key, fname in MNI_FILES.items():
             img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(_mni_bytes(fname, wheel)))
             arrs[key] = np.asarray(img.dataobj, np.float32)
-        # 2 mm: mean of 2x2x2 blocks (the template is 1 mm, 197 x 233 x 189)
+        # MNI_MM mm (default 2): means of f x f x f blocks (the template is 1 mm, 197 x 233 x 189)
+        f = MNI_MM
+
         def down(a: np.ndarray) -> np.ndarray:
-            s = [n // 2 * 2 for n in a.shape]
+            s = [n // f * f for n in a.shape]
             a = a[:s[0], :s[1], :s[2]]
-            return a.reshape(s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2).mean((1, 3, 5))
+            return a.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).mean((1, 3, 5))
         t1, gm, wm = (down(arrs[k]) for k in ("t1", "gm", "wm"))
         truth = np.zeros(t1.shape, np.uint8)
         truth[gm > 0.5] = 1
         truth[wm > 0.5] = 2
-        return {"channels": [t1], "truth": truth, "spacing": (2.0, 2.0, 2.0),
-                "about": "MNI152 2009c T1 at 2 mm; 0 other / 1 GM / 2 WM (maps > 0.5)"}
+        return {"channels": [t1], "truth": truth, "spacing": (float(f),) * 3,
+                "about": f"MNI152 2009c T1 at {f} mm {t1.shape}; 0 other / 1 GM / 2 WM (maps > 0.5)"}
     sys.exit(f"unknown volume {name!r}")
 
 
@@ -240,12 +243,13 @@ def cmd_speed(args: argparse.Namespace) -> None:
     lab, where = annotate(truth, args.slices / size[0], "one", 0)
     cfg = load_config(VolumeConfig, args.config, [f"volume.baselines={args.baselines}", *args.overrides])
     inputs = inputs_from_arrays(chans, lab, truth, name="cells")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m = segment_volume(inputs, cfg, None, quiet=True, log=print)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = {"size": list(size), "channels": 2, "slices": where, "config": args.config, "overrides": args.overrides,
            "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
            "fhcnn_total_s": round(m["train_time_s"] + m["predict_time_s"], 1), "run_total_s": round(total, 1),
+           "run_cpu_s": round(cpu, 1), "load_average": os.getloadavg(),
            "miou": m["fhcnn"]["miou"], "baselines": {b: v["miou"] for b, v in m["baselines"].items()},
            "cpu_count": os.cpu_count()}
     print(json.dumps(rec, indent=1))
