@@ -18,7 +18,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 (``three``: D, H, W, D, ...). Every other voxel is scored against the truth. One torch thread.
 
 ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
-what is there); ``report`` writes ``results/volume_sparse_summary.json`` (mean, spread =
+what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
+than three slices are not spread over three axes); ``report`` writes ``results/volume_sparse_summary.json`` (mean, spread =
 max - min, per-class IoU) and ``results/volume_sparse.png`` and prints the tables.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
 annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
@@ -126,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     vol = load_volume(args.volume, args.nilearn_wheel)
-    path = RESULTS / f"volume_sparse_{args.volume}_{args.tag}.json"
+    part = f"@{args.part}" if args.part else ""
+    path = RESULTS / f"volume_sparse_{args.volume}_{args.tag}{part}.json"
     done = json.loads(path.read_text()) if path.exists() else {"volume": args.volume, "about": vol["about"],
                                                                 "tag": args.tag, "runs": {}}
     overrides = ["train.threads=1", f"volume.baselines={args.baselines}", *args.overrides]
@@ -139,6 +141,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                 key = f"{frac:g}|{axes}|{seed}"
                 if key in done["runs"]:
                     continue
+                if axes == "three" and max(1, int(round(frac * vol["truth"].shape[0]))) < 3:
+                    continue  # fewer than 3 slices cannot be spread over three axes
                 lab, where = annotate(vol["truth"], frac, axes, seed)
                 inputs = inputs_from_arrays(vol["channels"], lab, vol["truth"], spacing=vol["spacing"],
                                             name=args.volume)
@@ -173,11 +177,17 @@ def _stats(v: list[float]) -> dict:
 def cmd_report(args: argparse.Namespace) -> None:
     summary: dict = {}
     lines = []
+    merged: dict = {}
     for path in sorted(RESULTS.glob("volume_sparse_*_*.json")):
         if path.name == "volume_sparse_summary.json":
             continue
         data = json.loads(path.read_text())
         name = f"{data['volume']}/{data['tag']}"
+        if name in merged:
+            merged[name]["runs"].update(data["runs"])
+        else:
+            merged[name] = data
+    for name, data in merged.items():
         table: dict = {}
         groups: dict = {}
         for key, rec in data["runs"].items():
@@ -270,6 +280,8 @@ def main() -> None:
     r.add_argument("--tag", default="default")
     r.add_argument("--baselines", default="copy,forest,unet")
     r.add_argument("--nilearn-wheel", default=None)
+    r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
+                                             "(parallel runs; report merges the parts)")
     sub.add_parser("report")
     s = sub.add_parser("speed")
     s.add_argument("--size", default="240,240,155")

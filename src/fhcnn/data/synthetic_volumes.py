@@ -346,7 +346,7 @@ def write_volume(kind: VolumeKind, path: str | Path, shape: Sequence[int], seed:
     full = _check(kind, shape, dtype)
     if len(chunks) != 3 or any(int(c) < 1 for c in chunks):
         raise ValueError(f"chunks must be three positive sizes, got {tuple(chunks)}")
-    ch = tuple(int(c) for c in chunks)
+    ch = (int(chunks[0]), int(chunks[1]), int(chunks[2]))
     p = Path(path)
     classes = CLASS_NAMES[kind]
     if p.suffix == ".npy":

@@ -134,7 +134,7 @@ def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_
     ``(D, H, W)``, ``labels`` ``(D, H, W)`` uint8 (255 = unlabelled), optional full
     ``eval_labels``; checked like files (every class below the largest labelled)."""
     lab = np.asarray(labels, np.uint8)
-    summary = summarize_labels(lab, IGNORE, what=f"labels of {name}")
+    summary = summarize_labels(lab, IGNORE, what=f"labels of {name}")  # type: ignore[arg-type]
     ev = None if eval_labels is None else np.asarray(eval_labels, np.uint8)
     return VolumeInputs(list(channels), lab, ev, summary.num_classes, summary,
                         None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
