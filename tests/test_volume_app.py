@@ -219,3 +219,16 @@ def test_nifti_prediction_keeps_the_affine_and_anisotropic_spacing_shortens_wind
     from fhcnn.apps.volume import score
 
     assert score(np.asarray(pred.dataobj), held, 3)["miou"] == pytest.approx(m["miou"])
+
+
+def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
+            "--set", "train.checkpoint_every=1"] + TINY
+    assert main(args) == 0
+    first = np.load(out / "prediction.npy")
+    assert main(args + ["--resume"]) == 0          # nothing left to train: the same model predicts again
+    np.testing.assert_array_equal(np.load(out / "prediction.npy"), first)
+    capsys.readouterr()
+    assert main(args + ["--resume", "--set", "train.lr=0.1"]) == 2
+    assert "config" in capsys.readouterr().err
