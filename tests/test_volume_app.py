@@ -232,3 +232,26 @@ def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
     capsys.readouterr()
     assert main(args + ["--resume", "--set", "train.lr=0.1"]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tmp_path):
+    """A generated zarr group (image and labels as inner paths, spacing in the attributes):
+    the prediction is prediction.zarr on the same grid, carrying the spacing."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.synthetic_volumes import write_volume
+
+    w = write_volume("seismic", tmp_path / "cube.zarr", SHAPE, seed=0, dtype="float32", chunks=(8, 8, 8))
+    group = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r+")
+    group["image"].attrs["spacing"] = [1.0, 1.0, 1.0]
+    truth = group["labels"][...]
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[[2, 9, 14]] = truth[[2, 9, 14]]
+    group.create_array("sparse", shape=SHAPE, dtype="uint8")[...] = lab
+    out = tmp_path / "out"
+    rc = main(["volume", w.image, "--labels", f"{tmp_path / 'cube.zarr'}:sparse", "--eval-labels", w.labels,
+               "--out", str(out), "--set", "volume.baselines=copy,forest"] + TINY)
+    assert rc == 0
+    pred = zarr.open_array(str(out / "prediction.zarr"), mode="r")
+    assert pred.shape == SHAPE and pred.dtype == np.uint8 and list(pred.attrs["spacing"]) == [1.0, 1.0, 1.0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["prediction_file"] == "prediction.zarr" and set(m["baselines"]) == {"copy", "forest"}
