@@ -20,7 +20,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
-``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and ``results/volume_sparse.png`` and prints the tables.
+``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
+``results/volume_sparse.png`` and prints the tables.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
 annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
 """
