@@ -4,6 +4,7 @@
         [--seeds 0,1,2] [--config volume] [--set KEY=VALUE ...] [--tag NAME] [--baselines copy,forest,unet]
     python benchmarks/volume_sparse.py report
     python benchmarks/volume_sparse.py speed [--size 240,240,155] [--slices 8]
+    python benchmarks/volume_sparse.py costs [--size 240,240,155]
 
 Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known truth):
 ``cells`` (``$VOLUME_SIZE``^3, default 96, two stains as two channels; ``cells-c0`` / ``cells-c1`` one stain each),
@@ -22,6 +23,8 @@ what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side b
 than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
 ``results/volume_sparse.png`` and prints the tables.
+``costs`` measures the CPU seconds (one thread, process time) of one training step and one
+prediction call of the config and the fhcnn time they add up to for ``--size``.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
 annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
 """
@@ -268,6 +271,56 @@ def cmd_speed(args: argparse.Namespace) -> None:
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
 
 
+def cmd_costs(args: argparse.Namespace) -> None:
+    """CPU seconds (one thread, process time: the machine's load does not enter) of one training
+    step and one prediction call of the config, and the fhcnn time they give for ``--size``
+    (steps x step + prediction calls x call)."""
+    import torch
+
+    from fhcnn.engine import build_model
+    from fhcnn.engine.sizes import prediction_tilings
+
+    torch.set_num_threads(1)
+    size = tuple(int(v) for v in args.size.split(","))
+    cfg = load_config(VolumeConfig, args.config, args.overrides)
+    model = build_model(cfg.model, 2, 3)
+    d = cfg.data
+    win = (d.window_depth, d.window_height, d.window_width)
+    x, y = torch.randn(d.batch_size, 2, *win), torch.randint(0, 3, (d.batch_size, *win))
+    opt = torch.optim.Adam(model.parameters())
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    t = time.process_time()
+    for _ in range(5):
+        step()
+    t_step = (time.process_time() - t) / 5
+    model.eval()
+    xb = torch.randn(d.predict_batch, 2, *win)
+    with torch.no_grad():
+        model(xb)
+        t = time.process_time()
+        for _ in range(5):
+            model(xb)
+        t_call = (time.process_time() - t) / 5
+    tilings = prediction_tilings(size, win, model.size_multiple, d.predict_shifts, True, d.predict_flip)
+    windows = sum(tl.count for tl in tilings)
+    calls = -(-windows // d.predict_batch)
+    rec = {"size": list(size), "channels": 2, "config": args.config, "overrides": args.overrides,
+           "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
+           "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
+           "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
+           "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg()}
+    print(json.dumps(rec, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"volume_costs{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -291,8 +344,13 @@ def main() -> None:
     s.add_argument("--set", dest="overrides", action="append", default=[])
     s.add_argument("--baselines", default="copy,forest")
     s.add_argument("--tag", default="")
+    c = sub.add_parser("costs")
+    c.add_argument("--size", default="240,240,155")
+    c.add_argument("--config", default="volume")
+    c.add_argument("--set", dest="overrides", action="append", default=[])
+    c.add_argument("--tag", default="")
     args = ap.parse_args()
-    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed, "costs": cmd_costs}[args.cmd](args)
 
 
 if __name__ == "__main__":
