@@ -255,3 +255,20 @@ def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tm
     assert pred.shape == SHAPE and pred.dtype == np.uint8 and list(pred.attrs["spacing"]) == [1.0, 1.0, 1.0]
     m = json.loads((out / "metrics.json").read_text())
     assert m["prediction_file"] == "prediction.zarr" and set(m["baselines"]) == {"copy", "forest"}
+
+
+@pytest.mark.parametrize("name", ["volume", "volume-tiny"])
+def test_shipped_volume_configs_build_their_networks(name):
+    import torch
+
+    from fhcnn.config import load_config
+    from fhcnn.engine import build_model, size_multiple_of
+
+    cfg = load_config(VolumeConfig, name, [])
+    for arch in ("hyperbolic", "unet"):
+        cfg.model.arch = arch
+        model = build_model(cfg.model, 2, 3)
+        win = (cfg.data.window_depth, cfg.data.window_height, cfg.data.window_width)
+        assert all(w % size_multiple_of(cfg.model) == 0 for w in win)
+        with torch.no_grad():
+            assert model(torch.rand(1, 2, *win)).shape == (1, 3, *win)
