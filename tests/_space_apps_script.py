@@ -62,12 +62,34 @@ def change_args(root: Path, out: Path, space: int, axes: str = "[0]", head: int 
             "--set", "data.dice=0.5", "--set", f"model.spectral_head={head}", *TRAIN, *split]
 
 
+class _Recorded:
+    """An array-like that records the boxes read from it (depth extent of each)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.depths = array, []
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+
+    def __getitem__(self, key):
+        out = self.array[key]
+        self.depths.append(out.shape[0])
+        return out
+
+
 def engine_run(root: Path, space: int) -> dict[str, Any]:
-    """``train_segmentation`` split along D (block gradients, scoring every 2 steps)."""
+    """``train_segmentation`` split along D (block gradients, scoring every 2 steps); then the
+    prediction of the volume (read through :class:`_Recorded`) into ``ROOT/engine-<space>.zarr``,
+    each process finishing its own slab of the volume (``ownership="slabs"``)."""
+    import zarr
+
     from fhcnn.apps.segment import SegmentConfig
     from fhcnn.apps.segment.pipeline import frames_to_volume
     from fhcnn.config import load_config
+    from fhcnn.data.lazy import LazyVolume
     from fhcnn.engine import train_segmentation
+    from fhcnn.engine.run import predict
+    from fhcnn.engine.store import LabelSink, ProbabilitySink
 
     cfg = load_config(SegmentConfig, "video-tiny", [
         "train.optimizer=sgd", "train.lr=0.05", "train.steps=4", "train.device=cpu",
@@ -77,8 +99,26 @@ def engine_run(root: Path, space: int) -> dict[str, Any]:
     labels[[0, 5]] = masks[[0, 5]]
     vol = frames_to_volume(np.load(root / "video.npy"))
     result = train_segmentation(vol, labels, cfg, num_classes=3, eval_labels=masks, quiet=True)
+    plan = result.plan
+    assert plan is not None
+    rank = int(os.environ.get("RANK", "0"))
+    store = root / f"engine-{space}.zarr"
+    if rank == 0:
+        zarr.open_group(str(store), mode="w")
+        zarr.open_array(str(store / "labels"), mode="w", shape=masks.shape, chunks=plan.chunks, dtype=np.uint8)
+        zarr.open_array(str(store / "probs"), mode="w", shape=(3, *masks.shape), chunks=(3, *plan.chunks),
+                        dtype=np.float32)
+    if space > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    channels = [_Recorded(c) for c in vol]
+    plan.volume = LazyVolume(channels)
+    predict(plan, result, [LabelSink(zarr.open_array(str(store / "labels"), mode="r+")),
+                           ProbabilitySink(zarr.open_array(str(store / "probs"), mode="r+"))], ownership="slabs")
     return {"state": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
-            "prob": result.predict_proba(vol), "history": result.history}
+            "prob": result.predict_proba(vol), "history": result.history,
+            "read_depths": sorted(set(d for c in channels for d in c.depths))}
 
 
 def main() -> None:
@@ -115,8 +155,7 @@ def main() -> None:
     assert cli(change_args(root, root / "change-2", 2)) == 0
     assert cli(change_args(root, root / "change-head-2", 2, axes="[1]", head=4)) == 0
     out = engine_run(root, 2)
-    if rank == 0:
-        torch.save(out, root / "engine-2.pt")
+    torch.save(out, root / f"engine-2-rank{rank}.pt")
     dist.barrier()
 
 

@@ -6,10 +6,13 @@ forward and backward, ``retain_graph``, several threads, ``torch.compile``.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from fhcnn import HyperbolicNetwork
 from fhcnn.memory import saved_tensor_bytes
@@ -198,3 +201,355 @@ def test_torch_compile_layer_and_networks():
             assert rel_err(a, b) < 1e-9, mode
         if mode is True:  # still memory-free: saves exactly what the eager network saves
             assert saved_tensor_bytes(lambda m=compiled: m(x))[0] == saved_tensor_bytes(lambda m=m: m(x))[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Rarer uses: state captured at forward time (parameters, modes), parametrizations, running
+# statistics under a repeated backward, custom steps whose gradients alias the incoming ones.
+
+def _digest(*ts):
+    """A hash of tensors' values (to show that a caller's tensor is unchanged)."""
+    h = hashlib.sha256()
+    for t in ts:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _grads_and_stats(net, x, backwards=1, between=None):
+    """Gradients (input and every parameter, accumulated over ``backwards`` passes with
+    ``retain_graph``) and the buffers after them; ``between(net)`` runs after the forward."""
+    x = x.clone().requires_grad_()
+    loss = _loss(net(x))
+    if between is not None:
+        between(net)
+    for k in range(backwards):
+        loss.backward(retain_graph=k < backwards - 1)
+    grads = {"x": x.grad, **{n: p.grad for n, p in net.named_parameters()}}
+    return grads, {n: b.clone() for n, b in net.named_buffers()}
+
+
+def _assert_same(got, ref, tol=1e-9):
+    assert got.keys() == ref.keys()
+    for name, r in ref.items():
+        g = got[name]
+        assert (g is None) == (r is None), name
+        if r is not None and r.is_floating_point():
+            assert rel_err(g, r) < tol, (name, rel_err(g, r))
+        elif r is not None:
+            assert torch.equal(g, r), (name, g, r)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_functional_call_then_a_second_backward(mode):
+    """Forward under ``functional_call`` with swapped tensors, then two backward passes
+    (``retain_graph``): the second one recomputes the released outputs, with the tensors the
+    forward used (not the module's own, restored when ``functional_call`` returned)."""
+    kw = {"wavelet": "learnable", "wavelet_init": "db2"}
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    for m in (False, mode):
+        net = _net(m, **kw)
+        swapped = {n: (p.detach() + 0.3 * torch.randn(p.shape, generator=g.manual_seed(11 + i),
+                                                       dtype=p.dtype)).requires_grad_()
+                   for i, (n, p) in enumerate(net.named_parameters())}
+        x = _x().requires_grad_()
+        loss = _loss(torch.func.functional_call(net, swapped, (x,)))
+        first = torch.autograd.grad(loss, [x, *swapped.values()], retain_graph=True)
+        second = torch.autograd.grad(loss, [x, *swapped.values()])
+        out[m] = dict(zip(["x", *swapped], first)), dict(zip(["x", *swapped], second))
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parameters_reassigned_between_forward_and_backward(mode):
+    """New Parameter objects assigned to the modules after the forward pass (e.g. loading
+    another state by assignment) change nothing for that forward's gradients, also on a
+    second backward: they go to the tensors the forward used."""
+    out = {}
+    for m in (False, mode):
+        net = _net(m, wavelet="learnable", wavelet_init="db2")
+        used = dict(net.named_parameters())
+        x = _x().requires_grad_()
+        loss = _loss(net(x))
+        for name, p in list(net.named_parameters()):
+            owner, attr = net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+            setattr(owner, attr, torch.nn.Parameter(p.detach() * 1.5 + 0.1))
+        loss.backward(retain_graph=True)
+        loss.backward()
+        out[m] = {"x": x.grad, **{n: p.grad for n, p in used.items()}}
+    _assert_same(out[mode], out[False])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("switch", ["eval", "train"])
+@pytest.mark.parametrize("backwards", [1, 2])
+def test_train_eval_switch_between_forward_and_backward(mode, switch, backwards):
+    """``model.eval()`` (or ``.train()``) between forward and backward: batch norm keeps the
+    statistics of the forward pass (batch or running) in the backward's recomputation, as
+    plain autograd does."""
+    out = {}
+    for m in (False, mode):
+        net = _net(m, norm="batch", wavelet="learnable", wavelet_init="db2")
+        with torch.no_grad():  # running statistics unlike the batch's
+            net(_x(3) * 2 + 1)
+        net.train(switch == "eval")
+        out[m] = _grads_and_stats(net, _x(), backwards, lambda n: getattr(n, switch)())
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("switch", ["eval", "train"])
+def test_train_eval_switch_split_batch_norm(mode, switch):
+    """The same with the split batch norm of :mod:`fhcnn.spatial` (one slab)."""
+    from fhcnn.spatial import SpatialSplit, split_module
+
+    out = {}
+    for m in (False, mode):
+        torch.manual_seed(0)
+        net = HyperbolicNetwork(2, [(1, "down"), (1, "up"), (1, None)], dim=3, hidden=4, norm="batch",
+                                wavelet="learnable", wavelet_init="db2", h=0.5, reversible=m).double()
+        split_module(net, SpatialSplit(3, (0, 2), (1, 1)))
+        x = torch.randn(2, 2, 4, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            net(x * 2 + 1)
+        net.train(switch == "eval")
+        out[m] = _grads_and_stats(net, x, 2, lambda n: getattr(n, switch)())
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+
+
+class _Scaled(torch.nn.Module):
+    """A parametrization with a learnable parameter of its own: ``w -> s * w``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+
+    def forward(self, w):
+        return self.s * w
+
+
+def _parametrize(net, kind):
+    """Parametrize every layer's weight (and, for ``custom``, the wavelet angles too)."""
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(7)  # spectral norm's power-iteration vectors
+    for layer in net.layers:
+        if kind == "weight_norm":
+            parametrizations.weight_norm(layer, "weight")
+        elif kind == "spectral_norm":
+            parametrizations.spectral_norm(layer, "weight")
+        else:
+            parametrize.register_parametrization(layer, "weight", _Scaled())
+    if kind == "custom":
+        for t in net.transitions:
+            if hasattr(t, "theta"):
+                parametrize.register_parametrization(t, "theta", _Scaled())
+    return net
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm", "custom"])
+def test_parametrized_weights_train(mode, kind):
+    """``torch.nn.utils.parametrize`` on the layers' weights (weight norm, spectral norm, a
+    parametrization with parameters of its own, also on the wavelet angles): every original
+    tensor gets plain autograd's gradient (also on a second backward), the power iterations
+    of spectral norm run as often as in plain autograd, and a few optimizer steps give the
+    same weights."""
+    out = {}
+    for m in (False, mode):
+        net = _parametrize(_net(m, wavelet="learnable", wavelet_init="db2"), kind)
+        grads, buffers = _grads_and_stats(net, _x(), backwards=2)
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            _loss(net(_x())).backward()
+            opt.step()
+        out[m] = grads, buffers, {n: p.detach().clone() for n, p in net.named_parameters()}
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in out[mode][0].items()), out[mode][0].keys()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backwards", [2, 3])
+def test_running_statistics_updated_once_under_repeated_backward(mode, backwards):
+    """``retain_graph`` and several backward passes: the running statistics (and
+    ``num_batches_tracked``) are updated once, by the forward pass, as in plain autograd."""
+    out = {}
+    for m in (False, mode):
+        out[m] = _grads_and_stats(_net(m, norm="batch"), _x(), backwards)
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+    assert out[mode][1]["layers.0.norm.num_batches_tracked"].item() == 1
+
+
+class _TanhShift(torch.nn.Module):
+    """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
+    of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
+
+    def __init__(self, shape) -> None:
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.randn(shape, dtype=torch.float64))
+
+    def forward(self, y):
+        return torch.tanh(y) + self.b
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("spatial", [(8,), (4, 4)])
+def test_custom_step_whose_parameter_gradient_is_the_incoming_gradient(mode, batch, spatial):
+    """Custom steps whose parameter gradient aliases the incoming gradient (1D states are
+    computed in the caller's layout, so that is the caller's tensor): gradients equal plain
+    autograd's and the gradients the caller hands in are unchanged."""
+    from fhcnn.reversible import LeapfrogStep, run_steps
+
+    torch.manual_seed(0)
+    shape = (3, *spatial)
+    fs = [_TanhShift((1, *shape)), _TanhShift((1, *shape))]
+    steps = [LeapfrogStep(fs[0], 0.25), LeapfrogStep(fs[1], 0.25, flip=True), LeapfrogStep(fs[0], 0.5)]
+    gen = torch.Generator().manual_seed(1)
+    p0, c0, gp, gc = (torch.randn(batch, *shape, dtype=torch.float64, generator=gen) for _ in range(4))
+    before = _digest(gp, gc)
+    params = [f.b for f in fs]
+    out = {}
+    for m in (False, mode):
+        p, c = p0.clone().requires_grad_(), c0.clone().requires_grad_()
+        yp, yc = run_steps(steps, p, c, m)
+        out[m] = dict(zip("pcab", torch.autograd.grad((yp, yc), [p, c, *params], (gp, gc))))
+        assert _digest(gp, gc) == before, m
+    _assert_same(out[mode], out[False], 1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# A generated family: random compositions of the uses above, against plain autograd.
+
+class _ConvBN(torch.nn.Module):
+    """A custom step module without ``neg_forward`` (recomputed through ``functional_call``),
+    with a batch norm of its own: ``f(y) = tanh(BN(K y))``, ``K`` a 1x1 convolution."""
+
+    def __init__(self, channels, dim) -> None:
+        super().__init__()
+        conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d}[dim]
+        bn = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d}[dim]
+        # no bias: before a batch norm its gradient is zero up to rounding
+        self.conv, self.bn = conv(channels, channels, 1, bias=False), bn(channels)
+
+    def forward(self, y):
+        return torch.tanh(self.bn(self.conv(y)))
+
+
+class _Composite(torch.nn.Module):
+    """A network's steps with custom leapfrog steps inserted where the state has the input's
+    shape (before the first and after the last step), run by ``run_steps``."""
+
+    def __init__(self, net, customs, where, mode) -> None:
+        super().__init__()
+        self.net, self.customs, self.where, self.mode = net, torch.nn.ModuleList(customs), where, mode
+
+    def forward(self, x):
+        from fhcnn.reversible import LeapfrogStep, run_steps
+
+        steps = self.net._steps()
+        before = [LeapfrogStep(f, h2, flip) for f, (at_end, h2, flip) in zip(self.customs, self.where)
+                  if not at_end]
+        after = [LeapfrogStep(f, h2, flip) for f, (at_end, h2, flip) in zip(self.customs, self.where)
+                 if at_end]
+        return run_steps(before + steps + after, x, x, self.mode)
+
+
+def _build_composite(case, mode):
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(case["seed"])
+    c, dim = 2, case["dim"]
+    net = HyperbolicNetwork(c, case["units"], dim=dim, hidden=4, norm=case["norm"], wavelet=case["wavelet"],
+                            wavelet_init="db2", h=0.5)
+    shape = (1, c, *[8] * dim)
+    customs = [(_TanhShift(shape) if kind == "shift" else _ConvBN(c, dim)) for kind in case["customs"]]
+    model = _Composite(net, customs, case["where"], mode).double()
+    for i, (module, name) in enumerate(case["parametrized"]):
+        target = [*net.layers, *(m.conv for m in customs if isinstance(m, _ConvBN))]
+        owner = target[module % len(target)]
+        if parametrize.is_parametrized(owner, "weight"):
+            continue
+        torch.manual_seed(case["seed"] + i)
+        if name == "weight_norm":
+            parametrizations.weight_norm(owner, "weight")
+        elif name == "spectral_norm":
+            parametrizations.spectral_norm(owner, "weight")
+        else:
+            parametrize.register_parametrization(owner, "weight", _Scaled())
+    with torch.no_grad():  # running statistics unlike any batch's
+        model(torch.randn(3, c, *[8] * dim, dtype=torch.float64) * 2 + 1)
+    model.train(case["training"])
+    return model
+
+
+def _run_case(case, mode):
+    """Gradients and buffers after the case's forward, switch and backward passes; checks
+    that the gradients handed in stay unchanged."""
+    model = _build_composite(case, mode)
+    gen = torch.Generator().manual_seed(case["seed"])
+    shape = (case["batch"], 2, *[8] * case["dim"])
+    x = torch.randn(shape, dtype=torch.float64, generator=gen).requires_grad_()
+    gp, gc = (torch.randn(shape, dtype=torch.float64, generator=gen) for _ in range(2))
+    digest = _digest(gp, gc)
+    leaves = dict(model.named_parameters())
+    if case["functional_call"]:
+        leaves = {n: (p.detach() + 0.2 * torch.randn(p.shape, dtype=p.dtype, generator=gen)).requires_grad_()
+                  for n, p in leaves.items()}
+        yp, yc = torch.func.functional_call(model, leaves, (x,))
+    else:
+        yp, yc = model(x)
+    if case["switch"]:
+        model.train(not case["training"])
+    for k in range(case["backwards"]):
+        torch.autograd.backward((yp, yc), (gp, gc), retain_graph=k < case["backwards"] - 1)
+    assert _digest(gp, gc) == digest
+    grads = {"x": x.grad, **{n: t.grad for n, t in leaves.items()}}
+    return grads, {n: b.clone() for n, b in model.named_buffers()}, {"yp": yp, "yc": yc}
+
+
+_UNITS = [[(1, "down"), (1, "up")], [(2, None)], [(1, "down"), (1, "up"), (1, None)]]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          phases=[Phase.generate],  # a failure names every draw; shrinking would take minutes
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_compositions_equal_plain_autograd(data):
+    """Random compositions of a forward under ``functional_call``, parametrized weights
+    (weight norm, spectral norm, a learnable parametrization), ``train``/``eval`` switches
+    between forward and backward, several backward passes (``retain_graph``) and custom steps
+    (one whose parameter gradient is the incoming gradient, one with a batch norm of its own)
+    in 1D and 2D: reversible and block gradients, running statistics (and spectral norm's
+    vectors) equal plain autograd's, and the gradients handed in are never modified."""
+    n_custom = data.draw(st.integers(0, 2), label="custom steps")
+    case = {
+        "seed": data.draw(st.integers(0, 2**16), label="seed"),
+        "dim": data.draw(st.sampled_from([1, 2]), label="dim"),
+        "units": data.draw(st.sampled_from(_UNITS), label="units"),
+        "norm": data.draw(st.sampled_from(["batch", "group", "none"]), label="norm"),
+        "wavelet": data.draw(st.sampled_from(["learnable", "haar"]), label="wavelet"),
+        "batch": data.draw(st.sampled_from([1, 2]), label="batch"),
+        "customs": data.draw(st.lists(st.sampled_from(["shift", "convbn"]), min_size=n_custom,
+                                      max_size=n_custom), label="custom modules"),
+        "where": data.draw(st.lists(st.tuples(st.booleans(), st.sampled_from([0.25, 0.5]), st.booleans()),
+                                    min_size=n_custom, max_size=n_custom), label="(at end, h2, flip)"),
+        "parametrized": data.draw(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(
+            ["weight_norm", "spectral_norm", "custom"])), max_size=2, unique_by=lambda t: t[0]),
+            label="parametrized weights"),
+        "functional_call": data.draw(st.booleans(), label="functional_call"),
+        "training": data.draw(st.booleans(), label="forward in training mode"),
+        "switch": data.draw(st.booleans(), label="train/eval switch before backward"),
+        "backwards": data.draw(st.integers(1, 3), label="backward passes"),
+        "mode": data.draw(st.sampled_from(MODES), label="mode"),
+    }
+    ref = _run_case(case, False)
+    got = _run_case(case, case["mode"])
+    for g, r in zip(got, ref):
+        _assert_same(g, r)

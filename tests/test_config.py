@@ -191,7 +191,9 @@ def test_only_rank_zero_checks_and_writes(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "other.yaml").exists()
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(InputError, match="already holds a run"):
-        prepare_output_dir(run)
+        prepare_output_dir(run, tool="segment")
+    with pytest.raises(InputError, match="holds a run of fhcnn segment"):
+        prepare_output_dir(run, overwrite=True)  # another command's run folder: never
 
 
 def test_errors_blame_the_file_or_the_override(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
-"""Property test of issue 13: ``fhcnn segment`` and ``fhcnn change`` on generated malformed and
-unusual inputs (sizes, dtypes, bit depths, mask encodings, missing and extra files, NaN).
+"""Property tests of issues 13 and 26: ``fhcnn segment`` and ``fhcnn change`` on generated
+malformed and unusual inputs (sizes, dtypes, bit depths, mask encodings, missing and extra files,
+NaN); and ``fhcnn segment`` into run folders with random links, foreign files, hand edits and
+killed runs (below).
 
 Either exit 0 with every documented output valid, or exit 2 with one ``error:`` line; in both
 cases no input file changed, and a refused run leaves no OUT behind.
@@ -7,12 +9,15 @@ cases no input file changed, and a refused run leaves no OUT behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -207,3 +212,169 @@ def test_change_on_generated_inputs(spec: dict) -> None:
             pred = np.load(out / "prediction.npy")
             assert pred.shape == (h, w) and set(np.unique(pred)) <= {0, 1}
             assert (out / "prediction.png").is_file() and (out / "config.yaml").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# Issue 26: random layouts of links, foreign files, hand edits and killed runs in OUT, then
+# `fhcnn segment` with no flag, --overwrite or --resume. Whatever happens, no file that is not
+# fhcnn's own (every file outside OUT, every file the layout put or changed in OUT, every link)
+# changes, by hash; a refusal is one line and leaves OUT exactly as it was.
+# --------------------------------------------------------------------------------------
+LINKABLE = ["masks", "checkpoints", "checkpoints/step-000002", "prediction.npy", "masks/00001.png",
+            "config.yaml"]
+FOREIGN = ["prediction.npy", "notes.txt", "masks/mine.png", "masks/00002.png", "metrics.json",
+           "checkpoints/step-000009/manifest.json", "overlay.gif", "checkpoints/step-000002/extra.bin"]
+UNLISTED = ["notes.txt", "masks/mine.png", "checkpoints/step-000009/manifest.json",
+            "checkpoints/step-000002/extra.bin"]
+EDITABLE = ["prediction.npy", "masks/00001.png", "config.yaml", "checkpoints/step-000002/state.pt"]
+#: what a run killed during training has not written yet
+FINAL = ["prediction.npy", "masks", "overlay.gif", "labelled_frames.png", "training_curves.png",
+         "metrics.json", "model.safetensors"]
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> dict:
+    legacy = draw(st.integers(0, 4)) == 0  # a run.json of an older fhcnn (names only)
+    return {
+        "flag": draw(st.sampled_from(["", "--overwrite", "--resume", "--overwrite", "--resume"])),
+        "killed": draw(st.booleans()),
+        # a link anywhere is refused at once: drawn in a third of the layouts, so the others run
+        "links": draw(st.one_of(st.just([]), st.just([]),
+                                st.lists(st.sampled_from(LINKABLE), min_size=1, max_size=2, unique=True))),
+        # an older record lists names only: it cannot tell a user's file put at a listed name, or
+        # a hand edit, from fhcnn's own (it is trusted), so those layouts are not drawn for it
+        "foreign": draw(st.lists(st.sampled_from(UNLISTED if legacy or draw(st.booleans()) else FOREIGN),
+                                 max_size=2, unique=True)),
+        "edited": [] if legacy else draw(st.lists(st.sampled_from(EDITABLE), max_size=1)),
+        "listed": False if legacy else draw(st.booleans()),
+        "legacy": legacy,
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Inputs and one finished ``fhcnn segment`` run (copied per example)."""
+    root = tmp_path_factory.mktemp("layouts")
+    rng = np.random.default_rng(0)
+    video = (rng.random((6, 16, 16, 3)) * 255).astype(np.uint8)
+    masks = np.zeros((6, 16, 16), np.uint8)
+    masks[:, 4:10, 5:11] = 1
+    video[masks.astype(bool)] //= 3
+    np.save(root / "v.npy", video)
+    np.save(root / "m.npy", masks)
+    rc, err = run_cli(_layout_argv(root, root / "template"))
+    assert rc == 0, err
+    return root, root / "template"
+
+
+def _layout_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return [str(a) for a in ["segment", data / "v.npy", "--labels", data / "m.npy", "--out", out, *TINY,
+                             "--set", "train.checkpoint_every=1", *extra]]
+
+
+def _drop_from_record(out: Path, prefix: str) -> None:
+    marker = json.loads((out / "run.json").read_text())
+    marker["files"] = [f for f in marker["files"] if not (f == prefix or f.startswith(prefix + "/"))]
+    marker.get("written", {}).pop(prefix, None)
+    for f in list(marker.get("written", {})):
+        if f.startswith(prefix + "/"):
+            del marker["written"][f]
+    marker["dirs"] = [d for d in marker.get("dirs", []) if not (d == prefix or d.startswith(prefix + "/"))]
+    (out / "run.json").write_text(json.dumps(marker))
+
+
+def _make_layout(spec: dict, template: Path, root: Path) -> tuple[Path, set[str]]:
+    """Copy the finished run to ``root/out`` and apply ``spec``; returns OUT and the names (in
+    OUT) of everything the layout put there or changed: none of it is fhcnn's own. The links
+    it made go to ``spec["made_links"]``."""
+    out = root / "out"
+    shutil.copytree(template, out, symlinks=True)
+    user = root / "user"
+    (user / "dir" / "step-000002").mkdir(parents=True)
+    (user / "dir" / "00001.png").write_bytes(b"user mask")
+    (user / "dir" / "step-000002" / "manifest.json").write_text("user manifest")
+    (user / "file.npy").write_bytes(b"user file")
+    theirs: set[str] = set()
+    if spec["killed"]:  # killed during training: the final outputs were never written
+        for name in FINAL:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            _drop_from_record(out, name)
+        (out / ".prediction.npy.x1y2.tmp.npy").write_bytes(b"torn")  # a temporary file it left
+    for name in spec["edited"]:
+        p = out / name
+        if p.exists():
+            p.write_bytes(p.read_bytes()[:-1] + b"!")
+            theirs.add(name)
+    for name in spec["foreign"]:
+        p = out / name
+        if p.is_symlink() or p.exists():
+            if p.is_dir():
+                continue
+            p.unlink()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"the user's own " + name.encode())
+        theirs.add(name)
+    for name in spec["links"]:
+        p = out / name
+        if not (p.exists() or p.is_symlink()) or any(name.startswith(t + "/") for t in spec["links"] if t != name):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        os.symlink(user / ("dir" if name.count(".") == 0 else "file.npy"), p)
+        theirs = {t for t in theirs if not t.startswith(name + "/")} | {name}
+        spec["made_links"] = [*spec.get("made_links", []), name]
+    if spec["listed"]:  # run.json lists a file of the user's (damaged or edited by hand)
+        (out / "notes.txt").write_text("listed but mine")
+        marker = json.loads((out / "run.json").read_text())
+        marker["files"].append("notes.txt")
+        (out / "run.json").write_text(json.dumps(marker))
+        theirs.add("notes.txt")
+    if spec["legacy"]:
+        marker = json.loads((out / "run.json").read_text())
+        for key in ("format", "written", "dirs"):
+            marker.pop(key, None)
+        (out / "run.json").write_text(json.dumps(marker))
+    return out, theirs
+
+
+def _hashes(out: Path, names: set[str]) -> dict[str, str]:
+    """Hash (or link target) of each name in OUT and of everything below it."""
+    h: dict[str, str] = {}
+    for name in names:
+        p = out / name
+        if p.is_symlink():
+            h[name] = "link:" + os.readlink(p)
+        elif p.is_dir():
+            h.update({f"{name}/{k}": v for k, v in tree_hash(p).items()})
+        elif p.exists():
+            h[name] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            h[name] = "missing"
+    return h
+
+
+@settings(max_examples=30, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(spec=layouts())
+def test_no_file_but_fhcnns_own_ever_changes(finished_run: tuple[Path, Path], spec: dict) -> None:
+    data, template = finished_run
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        out, theirs = _make_layout(spec, template, root)
+        user_before = tree_hash(root / "user")
+        theirs_before = _hashes(out, theirs)
+        out_before = tree_hash(out)
+        rc, err = run_cli(_layout_argv(data, out, *([spec["flag"]] if spec["flag"] else [])))
+        if os.environ.get("FHCNN_SHOW_CASES"):
+            print(spec, rc, err[-1:])
+        assert rc in (0, 2), (rc, err)
+        assert tree_hash(root / "user") == user_before, "a file outside OUT changed"
+        assert _hashes(out, theirs) == theirs_before, "a file that is not fhcnn's own changed"
+        if rc == 2:
+            assert len(err) == 1 and err[0].startswith("error: "), err
+            assert tree_hash(out) == out_before, "a refused run changed OUT"
+        else:
+            assert spec["flag"] and not spec.get("made_links"), "a link in OUT was not refused"
+            marker = json.loads((out / "run.json").read_text())
+            for name, rec in marker["written"].items():  # the record matches what is there
+                assert hashlib.sha256((out / name).read_bytes()).hexdigest() in (rec["sha256"], rec.get("prev"))

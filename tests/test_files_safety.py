@@ -1,4 +1,4 @@
-"""Issue 13: a user's files are never lost, overwritten or silently misread.
+"""Issues 13 and 26: a user's files are never lost, overwritten or silently misread.
 
 One test (or more) per class of the issue; each fails on the code before the fix. Every
 refusal is one ``error:`` line, exit code 2, and leaves the input files (and a refused OUT)
@@ -11,7 +11,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import signal
+import struct
+import subprocess
 import sys
+import time
+import zlib
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from PIL import Image
 
 from fhcnn.cli import main
 from fhcnn.data.video import generate_video, read_video
+from fhcnn.errors import InputError
 
 TINY = ["--config", "video-tiny", "--quiet", "--set", "train.steps=2"]
 
@@ -425,3 +432,474 @@ def test_13_outputs_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.npy").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "c.txt").stat().st_mode & 0o777 == 0o600
+
+
+# =====================================================================================
+# Issue 26: links, resume, record hashes, other commands' folders, locks; data read at its
+# depth; one line for every crash and unbounded request. Each test fails on the code before.
+# =====================================================================================
+REPO = Path(__file__).resolve().parents[1]
+
+
+def user_folder(root: Path, name: str = "mine") -> Path:
+    """A folder of the user's own files (a mask, a checkpoint step, a normality report)."""
+    u = root / name
+    (u / "step-000002").mkdir(parents=True)
+    (u / "00000.png").write_bytes(b"my mask")
+    (u / "normality.png").write_bytes(b"my report")
+    (u / "step-000002" / "manifest.json").write_text("my manifest")
+    return u
+
+
+def replace_by_link(path: Path, target: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    os.symlink(target.resolve(), path)
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+@pytest.mark.parametrize("sub", ["masks", "checkpoints", "checkpoints/step-000002"])
+def test_26_writes_never_follow_a_link_in_out(data, tmp_path, sub, flag):
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out))[0] == 0
+    mine = user_folder(tmp_path)
+    replace_by_link(out / sub, mine)
+    before, theirs = tree_hash(out), tree_hash(mine)
+    refused(seg(data, out, flag), "is a link")
+    assert tree_hash(mine) == theirs and tree_hash(out) == before
+
+
+def test_26_vae_normality_never_writes_through_a_link(vae_run, tmp_path):
+    run = tmp_path / "vrun"
+    shutil.copytree(vae_run, run, symlinks=True)
+    mine = user_folder(tmp_path)
+    os.symlink(mine.resolve(), run / "normality")
+    theirs = tree_hash(mine)
+    for extra in ([], ["--overwrite"]):
+        refused(["vae", "normality", "--checkpoint", run, "--n", "8", *extra], "link")
+    assert tree_hash(mine) == theirs
+
+
+def test_26_resume_refuses_a_users_file_after_a_kill(data, tmp_path):
+    """A run killed after its first checkpoint; the user puts their own prediction.npy in OUT;
+    --resume must refuse (the "not written by fhcnn" check runs on resume too)."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fhcnn", *map(str, seg(data, out, "--set", "train.steps=400",
+                                                          "--set", "train.checkpoint_every=1"))]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("checkpoints/step-*/manifest.json")) and time.time() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "prediction.npy").exists()
+    np.save(out / "prediction.npy", np.arange(7))
+    theirs = (out / "prediction.npy").read_bytes()
+    refused(seg(data, out, "--resume", "--set", "train.steps=400", "--set", "train.checkpoint_every=1"),
+            "not written by fhcnn")
+    assert (out / "prediction.npy").read_bytes() == theirs
+
+
+def test_26_every_check_comes_before_the_first_deletion(data, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out))[0] == 0
+    shutil.copytree(out / "checkpoints" / "step-000002", out / "checkpoints" / "step-000009")
+    before = tree_hash(out)
+    refused(seg(data, out, "--overwrite"), "checkpoint of another run")
+    assert tree_hash(out) == before  # prediction, masks and model are still there
+
+
+def test_26_overwrite_keeps_hand_edited_outputs_and_listed_foreign_files(data, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out))[0] == 0
+    # a hand-corrected output under its recorded name: never replaced, the run is refused
+    np.save(out / "prediction.npy", np.zeros((6, 16, 24), np.uint8))
+    corrected = (out / "prediction.npy").read_bytes()
+    before = tree_hash(out)
+    refused(seg(data, out, "--overwrite"), "changed after fhcnn wrote it")
+    assert tree_hash(out) == before
+    (out / "prediction.npy").unlink()
+    # a file of the user's listed in run.json (by hand, or by a damaged record): kept, one line
+    (out / "notes.txt").write_text("mine")
+    marker = json.loads((out / "run.json").read_text())
+    marker["files"].append("notes.txt")
+    (out / "run.json").write_text(json.dumps(marker))
+    rc, err = run_cli(seg(data, out, "--overwrite"))
+    assert rc == 0 and len(err) == 1 and "kept 1 file" in err[0] and "notes.txt" in err[0], err
+    assert (out / "notes.txt").read_text() == "mine" and corrected != (out / "prediction.npy").read_bytes()
+    marker = json.loads((out / "run.json").read_text())
+    assert "notes.txt" not in marker["files"]
+    assert marker["written"]["prediction.npy"]["sha256"] == hashlib.sha256(
+        (out / "prediction.npy").read_bytes()).hexdigest()
+
+
+def _fake_bench(monkeypatch, name: str) -> None:
+    """Replace benchmark ``name`` by one that writes its two files at once (the folder logic of
+    ``fhcnn bench`` is what is tested, not the measurement)."""
+    from fhcnn.bench import _common, load
+
+    mod = load(name)
+
+    def run(out_dir, quick=False, device="cpu", tick=None):
+        _common.write_json(Path(out_dir) / f"{mod.NAME}.json", {"benchmark": mod.NAME})
+        with __import__("fhcnn.atomic").atomic.atomic_path(Path(out_dir) / f"{mod.NAME}.png") as tmp:
+            Image.new("L", (4, 4)).save(tmp, format="PNG")
+        return {}
+
+    monkeypatch.setattr(mod, "run", run)
+    monkeypatch.setattr(mod, "work", lambda quick: 0)
+
+
+def test_26_another_commands_run_folder_is_refused(data, vae_run, tmp_path, monkeypatch):
+    for name in ("memory", "drift"):
+        _fake_bench(monkeypatch, name)
+    seg_out = tmp_path / "seg"
+    assert run_cli(seg(data, seg_out))[0] == 0
+    before = tree_hash(seg_out)
+    refused(["bench", "drift", "--out", seg_out, "--overwrite", "--quiet"], "run of fhcnn segment")
+    refused(["vae", "normality", "--checkpoint", vae_run, "--out", seg_out, "--overwrite", "--n", "8"],
+            "run of fhcnn segment")
+    assert tree_hash(seg_out) == before
+    # bench drift --overwrite in a folder of bench memory results: memory's files stay
+    res = tmp_path / "results"
+    assert run_cli(["bench", "memory", "--out", res, "--quiet"])[0] == 0
+    memory_files = tree_hash(res)
+    assert run_cli(["bench", "drift", "--out", res, "--overwrite", "--quiet"])[0] == 0
+    after = tree_hash(res)
+    assert all(after[k] == v for k, v in memory_files.items() if k.startswith("memory"))
+    refused(seg(data, res, "--overwrite"), "run of fhcnn bench")
+    assert tree_hash(res) == after
+
+
+def test_26_the_docs_bench_commands_work(tmp_path, monkeypatch):
+    """docs/core.md: ``fhcnn bench time --out benchmarks/results --overwrite`` (on a copy)."""
+    res = tmp_path / "results"
+    shutil.copytree(REPO / "benchmarks" / "results", res)
+    before = tree_hash(res)
+    _fake_bench(monkeypatch, "time")
+    assert run_cli(["bench", "time", "--out", res, "--overwrite", "--quiet"]) == (0, [])
+    after = tree_hash(res)
+    assert after["time.json"] != before["time.json"]
+    assert {k: v for k, v in after.items() if not k.startswith(("time.", "run.json"))} == \
+        {k: v for k, v in before.items() if not k.startswith(("time.", "run.json"))}
+
+
+def test_26_two_runs_at_once_into_one_out(data, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fhcnn", *map(str, seg(data, out, "--set", "train.steps=100000"))]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        msg = refused(seg(data, out, "--overwrite"), "in use by another fhcnn run")
+        assert str(out) in msg
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_26_run_json_of_an_older_fhcnn_resumes_and_overwrites(data, tmp_path):
+    """Design check (the format is new): a record with names only (format 1) resumes, gets
+    hashes on the way, and --overwrite removes its listed files."""
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out))[0] == 0
+    marker = json.loads((out / "run.json").read_text())
+    for key in ("format", "written", "dirs"):
+        marker.pop(key)
+    (out / "run.json").write_text(json.dumps(marker))
+    assert run_cli(seg(data, out, "--resume"))[0] == 0
+    marker = json.loads((out / "run.json").read_text())
+    assert marker["format"] == 2 and "prediction.npy" in marker["written"] and "masks" in marker["dirs"]
+    marker.pop("written")
+    marker.pop("dirs")
+    (out / "run.json").write_text(json.dumps(marker))
+    (out / "masks" / "mine.png").write_bytes(b"mine")
+    assert run_cli(seg(data, out, "--overwrite"))[0] == 0
+    assert (out / "masks" / "mine.png").read_bytes() == b"mine"
+
+
+# ------------------------------------------------------------------ data read at its depth
+def write_png(path: Path, a: np.ndarray, color_type: int) -> None:
+    """A PNG of any bit depth and colour type, written by hand (Pillow cannot write 16-bit RGB):
+    colour type 0 grey, 2 RGB, 4 grey + alpha, 6 RGBA."""
+    a = np.asarray(a)
+    h, w = a.shape[:2]
+    depth = 16 if a.dtype == np.uint16 else 8
+    raw = b"".join(b"\x00" + a[y].astype(">u2" if depth == 16 else "u1").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["rgb16", "la16"])
+def test_26_16bit_colour_and_grey_alpha_frames_are_refused_naming_the_file(video, tmp_path, kind):
+    v, m = video
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(v):
+        a = (f.astype(np.uint16) * 200 + 1000)
+        if kind == "rgb16":
+            write_png(d / f"{i:05d}.png", a, 2)
+        else:
+            grey = a.mean(-1).astype(np.uint16)
+            write_png(d / f"{i:05d}.png", np.stack([grey, np.full(grey.shape, 65535, np.uint16)], -1), 4)
+    np.save(tmp_path / "m.npy", m)
+    msg = refused(["segment", d, "--labels", tmp_path / "m.npy", "--out", tmp_path / "o", *TINY], "16-bit")
+    assert "00000.png" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_26_vae_reads_16bit_grey_pngs_at_their_depth(tmp_path):
+    from fhcnn.data.images import load_image_folder
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    raw = (20000 + 3000 * rng.random((6, 16, 16))).astype(np.uint16)
+    for i, a in enumerate(raw):
+        write_png(d / f"{i}.png", a, 0)
+    images = load_image_folder(d)
+    x = images.batch()
+    np.testing.assert_allclose(x[:, 0].numpy(), raw / 65535.0, rtol=0, atol=1e-7)
+    rc, err = run_cli(["vae", "train", "--dataset", "folder", d, "--config", "vae-tiny", "--out", tmp_path / "o",
+                       "--quiet", "--set", "train.steps=2", "--set", "data.n_eval=2", "--set", "model.pre_levels=1"])
+    assert rc == 0, err
+
+
+def test_26_masks_mixing_palette_and_rgb_are_refused(data, video, tmp_path):
+    from fhcnn.data.video import davis_palette
+
+    _, m = video
+    md = tmp_path / "masks"
+    md.mkdir()
+    pal = np.array(davis_palette(), np.uint8).reshape(256, 3)
+    for i, mask in enumerate(m):
+        if i % 2:  # the same object in its palette colour, saved as RGB
+            Image.fromarray(pal[mask]).save(md / f"{i:05d}.png")
+        else:
+            im = Image.fromarray(mask, mode="P")
+            im.putpalette(davis_palette())
+            im.save(md / f"{i:05d}.png")
+    msg = refused(["segment", data / "v.npy", "--labels", md, "--out", tmp_path / "o", *TINY], "mix")
+    assert "00000.png" in msg and "00001.png" in msg
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def scene(tmp_path) -> Path:
+    rng = np.random.default_rng(1)
+    d = tmp_path / "scene"
+    d.mkdir()
+    a = rng.random((12, 12, 3)).astype(np.float32)
+    np.save(d / "a.npy", a)
+    np.save(d / "b.npy", a + rng.random((12, 12, 3)).astype(np.float32))
+    return d
+
+
+def test_26_change_refuses_jpeg_masks(scene, tmp_path):
+    mask = np.zeros((12, 12), np.uint8)
+    mask[1:4, 1:4] = 255  # 9 changed pixels; JPEG spreads them over their 8x8 block
+    Image.fromarray(mask).save(tmp_path / "changed.jpg", quality=70)
+    Image.fromarray(mask).save(tmp_path / "jpeg_data.png", format="JPEG", quality=70)
+    base = ["change", scene / "a.npy", scene / "b.npy", "--config", "change-tiny", "--quiet", "--out", tmp_path / "o"]
+    refused([*base, "--changed", tmp_path / "changed.jpg"], "JPEG")
+    refused([*base, "--unchanged", tmp_path / "changed.jpg"], "JPEG")
+    refused([*base, "--changed", tmp_path / "jpeg_data.png"], "JPEG")
+    refused([*base, "--labels", tmp_path / "changed.jpg"], "JPEG")
+    assert not (tmp_path / "o").exists()
+
+
+def test_26_envi_header_with_a_smaller_data_type_is_refused(tmp_path):
+    from fhcnn.data.hyperspectral import read_cube, write_envi
+
+    cube = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
+    header, _ = write_envi(tmp_path / "s", cube)
+    header.write_text(header.read_text().replace("data type = 4", "data type = 1"))  # uint8
+    with pytest.raises(InputError, match="4 bytes per value"):
+        read_cube(header)
+
+
+def test_26_resume_fingerprints_the_envi_raw_data(tmp_path):
+    from fhcnn.data.hyperspectral import write_envi
+
+    rng = np.random.default_rng(0)
+    a = rng.random((10, 10, 3)).astype(np.float32)
+    b = a + rng.random((10, 10, 3)).astype(np.float32)
+    write_envi(tmp_path / "before", a)
+    write_envi(tmp_path / "after", b)
+    np.save(tmp_path / "lab.npy", np.eye(10, dtype=np.uint8))
+    out = tmp_path / "o"
+    argv = ["change", tmp_path / "before.hdr", tmp_path / "after.hdr", "--labels", tmp_path / "lab.npy",
+            "--config", "change-tiny", "--quiet", "--set", "train.steps=2", "--out", out]
+    assert run_cli(argv)[0] == 0
+    write_envi(tmp_path / "before", a[::-1].copy())  # the same header, other raw data
+    before = tree_hash(out)
+    refused([*argv, "--resume"], "before")
+    assert tree_hash(out) == before
+
+
+def test_26_exif_rotated_frames_are_read_upright(video, tmp_path):
+    from fhcnn.data.video import read_video
+
+    v, _ = video
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(v):
+        im = Image.fromarray(f)
+        exif = im.getexif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+        im.save(d / f"{i:05d}.jpg", exif=exif, quality=95)
+    frames, _ = read_video(d)
+    assert frames.shape[1:3] == (v.shape[2], v.shape[1])  # H and W swapped: upright
+    shown = np.rot90(v[0], k=-1)
+    assert np.abs(frames[0].astype(int) - shown.astype(int)).mean() < 8
+
+
+def test_26_negative_envi_offset_and_forged_run_json_are_one_line(tmp_path, data):
+    from fhcnn.data.hyperspectral import write_envi
+
+    cube = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    header, _ = write_envi(tmp_path / "s", cube)
+    header.write_text(header.read_text().replace("header offset = 0", "header offset = -400"))
+    np.save(tmp_path / "b.npy", cube + 1)
+    np.save(tmp_path / "lab.npy", np.eye(8, dtype=np.uint8))
+    refused(["change", header, tmp_path / "b.npy", "--labels", tmp_path / "lab.npy", "--config", "change-tiny",
+             "--quiet", "--out", tmp_path / "c"], "header offset")
+    assert not (tmp_path / "c").exists()
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out))[0] == 0
+    for forged in ({"tool": "segment", "files": [1, 2]}, {"tool": 7, "files": []},
+                   {"tool": "segment", "files": [], "inputs": {"video": 3}}, ["segment"]):
+        (out / "run.json").write_text(json.dumps(forged))
+        before = tree_hash(out)
+        for flag in ("--overwrite", "--resume"):
+            refused(seg(data, out, flag), "damaged")
+        assert tree_hash(out) == before
+
+
+@pytest.mark.parametrize("case", ["loop", "long", "empty"])
+def test_26_unusable_out_names_are_one_line(data, tmp_path, monkeypatch, case):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    if case == "loop":
+        os.symlink("loop", cwd / "loop")
+        out = "loop"
+    else:
+        out = "x" * 300 if case == "long" else ""
+    refused(seg(data, out), {"loop": "loop", "long": "300 bytes", "empty": "empty"}[case])
+    assert sorted(p.name for p in cwd.iterdir()) == (["loop"] if case == "loop" else [])
+
+
+_DRIVER = """
+import io, json, sys
+from contextlib import redirect_stderr
+from fhcnn.cli import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = main(argv)
+    print(json.dumps([rc, err.getvalue().strip().splitlines()]), flush=True)
+"""
+
+
+def _in_a_child(cases: list[list[object]], timeout: float = 240) -> list[tuple[int, list[str]]]:
+    """Run ``fhcnn`` on each argv in one child process with a 16 GiB address-space limit and a
+    timeout: a request that would crash the process, exhaust memory or run for hours fails
+    quickly instead. Returns ``(exit code, stderr lines)`` per case (``-1``: it never finished)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    argvs = [[str(a) for a in argv] for argv in cases]
+    try:
+        p = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs)], capture_output=True,
+                           text=True, timeout=timeout, preexec_fn=limit)
+        lines = p.stdout.splitlines()
+    except subprocess.TimeoutExpired as e:
+        lines = (e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "").splitlines()
+    done = [tuple(json.loads(x)) for x in lines if x.startswith("[")]
+    return done + [(-1, ["did not finish"])] * (len(cases) - len(done))  # type: ignore[misc]
+
+
+def test_26_absurd_requests_are_refused_before_out_exists(data, vae_run, tmp_path):
+    """Each is one line naming the limit, before OUT exists: a thread count that segfaulted,
+    sizes that exhaust memory (naming the available RAM), steps that take years."""
+    out = tmp_path / "o"
+    vae = ["vae", "train", "--dataset", "digits", "--config", "vae-tiny", "--out", out, "--quiet"]
+    cases = {
+        "train.threads=100000": seg(data, out, "--set", "train.threads=100000"),
+        "data.batch_size": seg(data, out, "--config", "video", "--set", "data.batch_size=100000"),
+        "window_depth/height/width": seg(data, out, "--config", "video", "--set", "data.window_height=100000",
+                                         "--set", "data.window_width=100000"),
+        "years": seg(data, out, "--set", "train.steps=1000000000000"),
+        "100000x100000": [*vae, "--resize", "100000"],
+        "--steps": ["vae", "interpolate", "--checkpoint", vae_run, "--a", "0", "--b", "1", "--steps",
+                    "100000000", "--out", tmp_path / "i.png"],
+    }
+    results = _in_a_child(list(cases.values()))
+    for (message, argv), (rc, err) in zip(cases.items(), results):
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+        if message not in ("train.threads=100000", "years"):
+            assert "available RAM" in err[0], err
+    assert not out.exists() and not (tmp_path / "i.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--threads", "-5"], "--threads"),                       # was a traceback
+    (["train", "--limit", "-1"], "--limit must be >= 1"),              # was "all but one"
+    (["interpolate", "--a", "0", "--b", "1", "--steps", "1e8"], "--steps"),
+    (["sample", "--sigma", "nan"], "--sigma"),                         # was a blank image
+])
+def test_26_vae_bad_options_are_one_line(vae_run, tmp_path, argv, message):
+    out = tmp_path / "o"
+    if argv[0] == "train":
+        argv = [*argv, "--dataset", "digits", "--config", "vae-tiny", "--out", out, "--quiet",
+                "--set", "train.steps=2"]
+    else:
+        argv = [*argv, "--checkpoint", vae_run, "--out", out]
+    refused(["vae", *argv], message)
+    assert not out.exists()
+
+
+def test_26_demo_steps_0_is_refused(tmp_path):
+    refused(["demo", "--steps", "0", "--config", "video-tiny", "--frames", "3", "--size", "8x8", "--quiet",
+             "--out", tmp_path / "demo"], "--steps")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_26_commands_without_resume_are_never_told_to_use_it(vae_run, tmp_path, monkeypatch):
+    _fake_bench(monkeypatch, "memory")
+    res = tmp_path / "results"
+    assert run_cli(["bench", "memory", "--out", res, "--quiet"])[0] == 0
+    assert "--resume" not in refused(["bench", "memory", "--out", res, "--quiet"], "--overwrite")
+    norm = tmp_path / "norm"
+    assert run_cli(["vae", "normality", "--checkpoint", vae_run, "--out", norm, "--n", "8"])[0] == 0
+    assert "--resume" not in refused(["vae", "normality", "--checkpoint", vae_run, "--out", norm, "--n", "8"],
+                                     "--overwrite")
+
+
+def test_26_one_thread_key_for_every_command():
+    from fhcnn.apps.vae import VAEConfig
+    from fhcnn.config import load_config
+
+    assert load_config(VAEConfig, "vae-digits").train.threads == 1
+    assert load_config(VAEConfig, "vae-digits", ["threads=1", "train.threads=null"]).train.threads == 1
+    assert load_config(VAEConfig, "vae-digits", ["train.threads=0"]).train.threads == 0
+    with pytest.raises(ValueError, match="train.threads"):
+        load_config(VAEConfig, "vae-digits", ["threads=1", "train.threads=2"])
+
+
+def test_26_resume_is_not_refused_when_only_the_threads_change(data, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(seg(data, out, "--set", "train.threads=1"))[0] == 0
+    rc, err = run_cli(seg(data, out, "--resume", "--set", "train.threads=2"))
+    assert rc == 0, err

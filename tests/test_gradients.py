@@ -189,9 +189,9 @@ def test_f_evaluated_once_per_layer_in_backward(mode, monkeypatch):
     calls = []
     original = SymmetricLayer.neg_forward
 
-    def counting(self, y, params=None):
+    def counting(self, y, params=None, modes=None):
         calls.append(params is not None)
-        return original(self, y, params)
+        return original(self, y, params, modes)
     monkeypatch.setattr(SymmetricLayer, "neg_forward", counting)
     loss = net(_input(2, torch.float32)).square().sum()
     assert calls == [False] * net.depth  # forward: once per layer, with the module's parameters

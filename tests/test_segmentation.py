@@ -198,7 +198,7 @@ def test_engine_errors():
         train_segmentation(vol, truth[:3], cfg, quiet=True)
     with pytest.raises(ValueError, match="at least two classes"):
         train_segmentation(vol, np.zeros_like(truth), cfg, quiet=True)
-    with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"value 7 at voxel \(0, 0, 0\), which is neither a class \(0..1\)"):
         train_segmentation(vol, np.full_like(truth, 7), cfg, num_classes=2, quiet=True)
 
 

@@ -107,7 +107,19 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
 
     # the engine, split along D: weights, probabilities, held-out scores during training
     single = engine_run(tmp_path, 1)
-    split = torch.load(tmp_path / "engine-2.pt")
+    split = torch.load(tmp_path / "engine-2-rank0.pt")
+    import zarr
+
+    # out of core: each process read only its slab of every prediction window (half the
+    # depth) and finished only its slab of the shared output; together they equal one process
+    window_depth = load_config(SegmentConfig, "video-tiny").data.window_depth
+    one_depths = single["read_depths"]
+    for rank in (0, 1):
+        depths = torch.load(tmp_path / f"engine-2-rank{rank}.pt")["read_depths"]
+        assert max(depths) <= max(one_depths) // 2 and max(one_depths) <= window_depth, (depths, one_depths)
+    whole, parts = (zarr.open_group(str(tmp_path / f"engine-{n}.zarr"), mode="r") for n in (1, 2))
+    found["engine slab probabilities"] = float(np.abs(whole["probs"][...] - parts["probs"][...]).max())
+    assert (whole["labels"][...] == parts["labels"][...]).mean() > 0.999
     found["engine weights"] = _max_diff(single["state"], split["state"])
     found["engine probabilities"] = (single["prob"] - split["prob"]).abs().max().item()
     assert [h.get("miou") for h in split["history"]] == pytest.approx([h.get("miou") for h in single["history"]])

@@ -362,6 +362,18 @@ def test_channel_axis_option_decides(tmp_path):
     assert isinstance(v.channels[0], AxisPick)
 
 
+def test_named_axes_without_a_channel_are_not_guessed(tmp_path):
+    a = truth((3, 9, 10, 11), np.uint8)  # T Z Y X: three time points, not three channels
+    tifffile.imwrite(tmp_path / "t.tif", a, imagej=True, metadata={"axes": "TZYX"})
+    msg = refusal(open_volume, str(tmp_path / "t.tif"))
+    assert "('T', 'Z', 'Y', 'X')" in msg and "--channel-axis" in msg
+    v = open_volume(str(tmp_path / "t.tif"), channel_axis=0)
+    assert len(v.channels) == 3
+    assert_windows(v.channels[2], a[2])
+    np.save(tmp_path / "t.npy", a)  # the same shape without names: the shape rule reads channels
+    assert len(open_volume(str(tmp_path / "t.npy")).channels) == 3
+
+
 def test_open_images_channels_in_order_and_shapes_agree(tmp_path):
     a, b = truth(dtype=np.float32, seed=1), truth(dtype=np.int16, seed=2)
     both = truth((2, *SHAPE), np.uint8, seed=3)
@@ -389,6 +401,9 @@ def _lying_files(d: Path) -> dict[str, str]:
     (d / "short.nii").write_bytes(raw[:-100])
     with gzip.open(d / "short.nii.gz", "wb") as f:
         f.write(raw[:-100])
+    with gzip.open(d / "ok.nii.gz", "wb") as f:
+        f.write(raw)
+    (d / "cut.nii.gz").write_bytes((d / "ok.nii.gz").read_bytes()[:-300])  # the gzip stream cut
     np.save(d / "ok.npy", a)
     (d / "short.npy").write_bytes((d / "ok.npy").read_bytes()[:-4])
     tifffile.imwrite(d / "ok.tif", a)
@@ -397,7 +412,8 @@ def _lying_files(d: Path) -> dict[str, str]:
     sgy = (d / "ok.sgy").read_bytes()
     (d / "lost_traces.sgy").write_bytes(sgy[:-(240 + 80) * 4])  # four whole traces short
     (d / "cut_trace.sgy").write_bytes(sgy[:-10])
-    return {"short.nii": "truncated", "short.nii.gz": "truncated", "short.npy": "truncated",
+    return {"short.nii": "truncated", "short.nii.gz": "truncated", "cut.nii.gz": "damaged or truncated",
+            "short.npy": "truncated",
             "short.tif": "truncated", "lost_traces.sgy": "not a regular 3D cube",
             "cut_trace.sgy": "cannot read"}
 
@@ -418,11 +434,12 @@ def test_bad_files_are_refused_in_one_line(tmp_path):
     np.save(tmp_path / "cplx.npy", np.zeros((4, 5, 6), np.complex64))
     np.save(tmp_path / "flat.npy", np.zeros((40, 50)))
     np.save(tmp_path / "empty.npy", np.zeros((4, 0, 6)))
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w").create_array("vol", shape=(4, 5, 6), dtype="u1")
     cases = {
         "missing.nii.gz": "no such file", "x.abc": "unknown volume format", "garbage.h5": "as HDF5",
         "garbage.nii": "as NIfTI", "plain": "unknown volume format", "plain.zarr": "as zarr",
         "obj.npy": "Python objects", "cplx.npy": "complex64", "flat.npy": "2D", "empty.npy": "empty",
-        "obj.npy:inner": "only zarr and HDF5",
+        "obj.npy:inner": "only zarr and HDF5", "g.zarr:nope": "holds no array or group 'nope' (it holds: vol)",
     }
     for name, words in cases.items():
         msg = refusal(open_volume, str(tmp_path / name))
@@ -600,6 +617,31 @@ def _fill(sink, lab, axis=0, max_bytes=300):
         sink[box] = lab[box]
 
 
+class _Recorder:
+    """A write guard (:class:`fhcnn.atomic.WriteGuard`) that only notes what was written."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def before_write(self, dest: Path) -> None:
+        pass
+
+    def after_write(self, dest: Path, tmp: Path) -> None:
+        self.paths.append(dest)
+
+    def before_append(self, dest: Path, data: bytes) -> None:
+        self.paths.append(dest)
+
+    def make_dir(self, folder: Path) -> bool:
+        return False
+
+    def remove(self, path: Path) -> bool:
+        return False
+
+    def record(self, paths: list[Path]) -> None:
+        self.paths.extend(paths)
+
+
 @pytest.mark.parametrize("header", [nib.Nifti1Image, nib.Nifti2Image])
 def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
     a = truth((9, 10, 11, 2), np.float32)
@@ -610,17 +652,17 @@ def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
     v = open_volume(str(tmp_path / "in.nii"))
     out = tmp_path / "out"
     out.mkdir()
-    seen: list[Path] = []
-    atomic.set_write_observer(lambda *p: seen.extend(p))
+    seen = _Recorder()
+    atomic.set_write_guard(seen)
     try:
         lab = truth(v.shape, np.uint8) % 3
         with prediction_sink(out, v.format, v.shape, v.geometry) as sink:
             _fill(sink, lab, axis=2)
             np.testing.assert_array_equal(sink[2:5, :, 3:4], lab[2:5, :, 3:4])
     finally:
-        atomic.set_write_observer(None)
+        atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.nii.gz"]
-    assert out / "prediction.nii.gz" in seen
+    assert out / "prediction.nii.gz" in seen.paths
     r = nib.load(out / "prediction.nii.gz")
     assert isinstance(r, header) and r.shape == v.shape and r.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(r.dataobj), lab)
@@ -641,14 +683,14 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     v = open_volume(f"{tmp_path}/x.h5:v")
     out = tmp_path / "out"
     out.mkdir()
-    seen: list[Path] = []
-    atomic.set_write_observer(lambda *p: seen.extend(p))
+    seen = _Recorder()
+    atomic.set_write_guard(seen)
     try:
         lab = truth(v.shape, np.uint8) % 4
         with prediction_sink(out, v.format, v.shape, v.geometry, source=v.spec) as sink:
             _fill(sink, lab)
     finally:
-        atomic.set_write_observer(None)
+        atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.zarr"]
     r = zarr.open(str(out / "prediction.zarr"), mode="r")
     np.testing.assert_array_equal(r[:], lab)
@@ -656,7 +698,7 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     assert r.attrs["spacing"] == [2.0, 1.0, 1.0] and r.attrs["sample"] == "mouse 7"
     assert "element_size_um" not in r.attrs and r.attrs["fhcnn_source"] == v.spec
     files = {p for p in (out / "prediction.zarr").rglob("*") if p.is_file()}
-    assert files and files <= set(seen)
+    assert files and files <= set(seen.paths)
     again = open_volume(str(out / "prediction.zarr"))  # opens as a volume with the same spacing
     assert again.geometry.spacing == (2.0, 1.0, 1.0)
     with prediction_sink(out, "segy", v.shape, v.geometry) as sink:  # a resumed run replaces it
@@ -728,3 +770,45 @@ def test_opening_and_reading_a_window_never_reads_the_whole_volume(tmp_path):
     assert list(grew) == specs
     for spec, g in grew.items():
         assert g < size / 20, f"{spec}: peak memory grew by {g / 2**20:.0f} MiB"
+
+
+_STREAM = textwrap.dedent("""
+    import resource, sys, numpy as np
+    from pathlib import Path
+    from fhcnn.data.lazy import stream_stats
+    from fhcnn.data.volumes import open_volume, prediction_sink
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stream_stats(np.zeros((4, 4, 4)))
+    for spec in sys.argv[2:]:
+        before = peak()
+        v = open_volume(spec)
+        stream_stats(v.channels[0], 8 << 20, v.slab_axis)
+        print(spec, peak() - before)
+    before = peak()
+    v = open_volume(sys.argv[2])
+    with prediction_sink(Path(sys.argv[1]), "npy", v.shape, v.geometry) as sink:
+        for z in range(0, v.shape[0], 4):
+            sink[z:z + 4] = np.ones((min(4, v.shape[0] - z), *v.shape[1:]), np.uint8)
+    print("sink", peak() - before)
+""")
+
+
+def test_streamed_passes_and_writes_leave_no_file_resident(tmp_path):
+    """A pass over a whole memory-mapped file (``.npy``, TIFF) and the writes of a ``.npy``
+    prediction drop their pages as they go: the peak memory grows by the slab buffers, not by
+    the 100 MB file (it did, by the file's size, with plain memory maps)."""
+    shape = (100, 1000, 1000)
+    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
+    tifffile.memmap(tmp_path / "big.tif", shape=shape, dtype=np.uint8).flush()
+    out = tmp_path / "out"
+    out.mkdir()
+    specs = [f"{tmp_path}/big.npy", f"{tmp_path}/big.tif"]
+    r = subprocess.run([sys.executable, "-c", _STREAM, str(out), *specs], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    grew = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in r.stdout.strip().splitlines()}
+    assert list(grew) == [*specs, "sink"]
+    for what, g in grew.items():
+        assert g < 60 * 2**20, f"{what}: peak memory grew by {g / 2**20:.0f} MiB"
+    assert np.load(out / "prediction.npy", mmap_mode="r")[99, 999, 999] == 1

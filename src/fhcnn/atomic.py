@@ -2,39 +2,72 @@
 
 Write to a temporary file in the destination's folder, flush and fsync it, then
 ``os.replace`` it over the destination (atomic on POSIX and Windows), and fsync the folder.
+
+Inside a run folder every write, folder creation and removal goes through a :class:`WriteGuard`
+(the run's record, :class:`fhcnn.rundir.RunFolder`): it refuses a destination behind a link or
+in a folder fhcnn did not create, and records what was written (size and sha256) before the
+temporary file replaces the destination. Outside a run folder (no guard set) nothing is checked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
-           "set_write_observer", "note_written"]
-
-#: Called with the destination of every atomic write, before the file is created (the run
-#: folder's record of the files fhcnn wrote, :class:`fhcnn.rundir.RunFolder`); called with
-#: several paths at once by :func:`note_written`.
-_observer: Callable[..., None] | None = None
+           "append_text", "make_dir", "remove", "note_written", "WriteGuard", "set_write_guard", "unguarded"]
 
 
-def set_write_observer(fn: Callable[..., None] | None) -> None:
-    """Call ``fn(destination)`` before every atomic write (``None``: stop)."""
-    global _observer
-    _observer = fn
+class WriteGuard(Protocol):
+    """What a run folder checks and records around each file operation (see module doc)."""
+
+    def before_write(self, dest: Path) -> None:
+        """Raise unless ``dest`` may be written; create its missing folders (recorded)."""
+
+    def after_write(self, dest: Path, tmp: Path) -> None:
+        """Record ``tmp``'s size and hash as ``dest``'s, just before it replaces ``dest``."""
+
+    def before_append(self, dest: Path, data: bytes) -> None:
+        """Raise unless ``dest`` may be appended to; record its size and hash with ``data``
+        appended (before it is appended)."""
+
+    def make_dir(self, folder: Path) -> bool:
+        """Create ``folder`` (recorded); ``False`` if it lies outside the run folder."""
+
+    def remove(self, path: Path) -> bool:
+        """Remove the files fhcnn wrote below ``path`` (and folders it made, once empty);
+        ``False`` if ``path`` lies outside the run folder."""
+
+    def record(self, paths: list[Path]) -> None:
+        """Record files fhcnn wrote by other means (size and hash; one save of the record)."""
 
 
-def note_written(*paths: str | os.PathLike[str]) -> None:
-    """Tell the observer about files fhcnn writes by other means than :func:`atomic_path`
-    (e.g. the chunk files of a zarr folder, renamed into place as a whole), in one call."""
-    if _observer is not None and paths:
-        _observer(*(Path(p) for p in paths))
+#: The guard of the active run folder, or ``None``.
+_guard: WriteGuard | None = None
+
+
+def set_write_guard(guard: WriteGuard | None) -> None:
+    """Route every write, :func:`make_dir` and :func:`remove` through ``guard`` (``None``: stop)."""
+    global _guard
+    _guard = guard
+
+
+@contextlib.contextmanager
+def unguarded() -> Iterator[None]:
+    """No guard inside the block (the run folder's own record is written this way)."""
+    global _guard
+    saved, _guard = _guard, None
+    try:
+        yield
+    finally:
+        _guard = saved
 
 
 def _umask() -> int:
@@ -57,6 +90,46 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path`` (a log, e.g. ``metrics.jsonl``): one ``write`` of the
+    whole text; inside a run folder the file's new size and hash are recorded first."""
+    data = text.encode("utf-8")
+    p = Path(path)
+    if _guard is not None:
+        _guard.before_append(p, data)
+    with open(p, "ab") as f:
+        f.write(data)
+        f.flush()
+
+
+def note_written(*paths: str | os.PathLike[str]) -> None:
+    """Record files fhcnn wrote by other means than :func:`atomic_path` (the chunk files of a
+    zarr folder written under a temporary name and renamed into place as a whole): inside a run
+    folder each is recorded with its size and hash, in one save of the record."""
+    if _guard is not None and paths:
+        _guard.record([Path(p) for p in paths])
+
+
+def make_dir(folder: str | os.PathLike[str]) -> Path:
+    """``mkdir -p folder``; inside a run folder the guard checks and records it."""
+    p = Path(folder)
+    if _guard is None or not _guard.make_dir(p):
+        p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def remove(path: str | os.PathLike[str]) -> None:
+    """Remove a file or a folder tree. Inside a run folder only what fhcnn wrote there goes
+    (files still as written, folders it made once empty); anything else stays."""
+    p = Path(path)
+    if _guard is not None and _guard.remove(p):
+        return
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -74,8 +147,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         (3,)
     """
     dest = Path(path)
-    if _observer is not None:
-        _observer(dest)
+    guard = _guard
+    if guard is not None:
+        guard.before_write(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
     os.close(fd)
@@ -87,6 +161,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
+        if guard is not None:
+            guard.after_write(dest, tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:

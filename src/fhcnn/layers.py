@@ -142,14 +142,27 @@ def make_norm(kind: str, channels: int, dim: int) -> nn.Module:
 
 
 @contextlib.contextmanager
-def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+def frozen_norm_stats(module: nn.Module, modes: Mapping[str, bool] | None = None) -> Iterator[None]:
     """Within the block, batch norms in ``module`` use batch statistics (in training mode)
     but do not update their running statistics or ``num_batches_tracked``.
 
     Used when a layer is re-evaluated during a memory-free backward pass, so running
     statistics are updated exactly once per training step.
+
+    Args:
+        module: the module to evaluate within the block.
+        modes: optional training flags by submodule name (as ``module.named_modules()`` names
+            them, ``""`` for ``module`` itself), e.g. those of the forward pass being
+            recomputed: the submodules are in these modes within the block. Every flag and
+            attribute changed is restored on exit.
     """
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    subs = dict(module.named_modules())
+    training = {n: m.training for n, m in subs.items()}
+    if modes is not None:
+        for n, flag in modes.items():
+            if n in subs:
+                subs[n].training = flag
+    bns = [m for m in subs.values() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.track_running_stats for m in bns]
     for m in bns:
         if m.training:
@@ -159,24 +172,35 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, s in zip(bns, saved):
             m.track_running_stats = s
+        for n, flag in training.items():
+            subs[n].training = flag
 
 
-def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+def _get(params: Mapping[str, Tensor], name: str, owner: nn.Module, attr: str) -> Tensor | None:
+    """``params[name]`` if given, else ``owner.<attr>``. Not ``params.get(name, owner.<attr>)``:
+    a parametrized tensor (``torch.nn.utils.parametrize``) is computed on every access, and
+    spectral norm's power iteration would then run again."""
+    return params[name] if name in params else getattr(owner, attr)
+
+
+def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor],
+                     training: bool | None = None) -> Tensor:
     """``norm(z)`` with ``norm.weight``/``norm.bias`` taken from ``params`` (names
-    ``norm.weight``, ``norm.bias``) and no running-statistics update. A normalization module
-    with a ``functional(z, weight, bias)`` method (e.g. the split norms of
-    :mod:`fhcnn.spatial`) computes it itself."""
+    ``norm.weight``, ``norm.bias``) and no running-statistics update. ``training``: the mode
+    to evaluate in (batch statistics or running ones for a batch norm; ``None``: the module's
+    mode now). A normalization module with a ``functional(z, weight, bias, training)`` method
+    (e.g. the split norms of :mod:`fhcnn.spatial`) computes it itself."""
     if isinstance(norm, nn.Identity):
         return z
-    weight: Tensor | None = params.get("norm.weight", norm.weight)  # type: ignore[arg-type]
-    bias: Tensor | None = params.get("norm.bias", norm.bias)  # type: ignore[arg-type]
+    weight = _get(params, "norm.weight", norm, "weight")
+    bias = _get(params, "norm.bias", norm, "bias")
     own: Callable[..., Tensor] | None = getattr(norm, "functional", None)
     if own is not None:
-        return own(z, weight, bias)
+        return own(z, weight, bias, training)
     if isinstance(norm, nn.GroupNorm):
         return F.group_norm(z, norm.num_groups, weight, bias, norm.eps)
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        batch_stats = norm.training or norm.running_mean is None
+        batch_stats = (norm.training if training is None else training) or norm.running_mean is None
         return F.batch_norm(z, None if batch_stats else norm.running_mean,
                             None if batch_stats else norm.running_var, weight, bias,
                             training=batch_stats, momentum=0.0, eps=norm.eps)
@@ -262,27 +286,36 @@ class SymmetricLayer(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         return -self.neg_forward(y)
 
-    def neg_forward(self, y: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    def neg_forward(self, y: Tensor, params: Mapping[str, Tensor] | None = None,
+                    modes: Mapping[str, bool] | None = None) -> Tensor:
         """``-f(y) = K^T sigma(N(K y + b))``, optionally with other parameter tensors.
 
         Args:
             y: ``(N, C, *S)``.
             params: ``None`` (the module's own parameters; batch norms update their running
                 statistics as in :meth:`forward`), or tensors by parameter name (missing names
-                fall back to the module's own). With ``params`` the evaluation is purely
-                functional: nothing on the module is read-modified-written, batch norms use
-                batch statistics in training mode and running statistics in eval mode, and
-                never update them (what a recomputation in a memory-free backward needs;
-                safe to run from several threads at once).
+                fall back to the module's own; a parametrized weight is given by its name,
+                ``"weight"``, as the tensor the parametrization computed). With ``params`` the
+                evaluation is purely functional: nothing on the module is read-modified-written,
+                batch norms never update their running statistics and use batch statistics in
+                training mode, running ones in eval mode (what a recomputation in a memory-free
+                backward needs; safe to run from several threads at once).
+            modes: with ``params``, the training flags by submodule name (as
+                ``named_modules()`` names them) to evaluate in, e.g. those of the forward pass
+                being recomputed (``None``: the modes now). Only the normalization's matters.
 
         Returns:
-            ``(N, C, *S)``; ``forward(y) == -neg_forward(y)`` bit for bit.
+            ``(N, C, *S)``; ``forward(y) == -neg_forward(y)`` bit for bit. ``K`` and ``K^T``
+            use one weight tensor: a parametrized weight is computed once per call.
         """
+        weight: Tensor
         if params is None:
-            return self.conv_adjoint(self.act(self.norm(self.conv(y))))
-        weight = params.get("weight", self.weight)
-        bias = params.get("bias", self.bias)
-        z = self.act(_functional_norm(self.norm, self._conv_with(y, weight, bias), params))
+            weight = self.weight
+            return self._conv_adjoint_with(self.act(self.norm(self._conv_with(y, weight, self.bias))), weight)
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = _get(params, "bias", self, "bias")
+        training = None if modes is None else modes.get("norm")
+        z = self.act(_functional_norm(self.norm, self._conv_with(y, weight, bias), params, training))
         return self._conv_adjoint_with(z, weight)
 
     def extra_repr(self) -> str:

@@ -26,18 +26,28 @@ sees, the incoming gradients and stored block-mode pairs are never modified.
 Correctness under other uses of autograd:
 
 * the parameter tensors the forward pass used are the ones the backward uses (also for the
-  reconstruction through learnable wavelets), so ``torch.func.functional_call`` and other
-  parameter swaps are right;
+  reconstruction through learnable wavelets, and when a second backward recomputes the
+  outputs), so ``torch.func.functional_call`` and other parameter swaps are right;
+* the forward pass records the modules' training flags, and every recomputation runs in
+  them: ``model.eval()``/``.train()`` between forward and backward changes nothing, and
+  running statistics are updated once, by the forward pass, however many backward passes
+  follow;
+* a parametrized tensor (``torch.nn.utils.parametrize``) of a layer or wavelet is captured
+  as the tensor its parametrization computes (once per :func:`run_steps` call) and is an
+  input of the Function, so its gradient reaches the originals through the parametrization;
 * a parameter or an output modified in place between forward and backward raises, as in
   plain autograd (version counters are checked);
 * double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
   penalties or meta-learning;
 * backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
-  are evaluated functionally with the captured tensors (batch norms use batch statistics
-  and leave running statistics alone), so two threads may run backward on one model. Other
-  modules passed to :class:`LeapfrogStep` fall back to ``torch.func.functional_call`` and
-  :func:`fhcnn.layers.frozen_norm_stats`, which swap attributes on the module for the
-  duration of the call and are not thread-safe.
+  are evaluated functionally with the captured tensors and modes (batch norms leave running
+  statistics alone), so two threads may run backward on one model. Other modules passed to
+  :class:`LeapfrogStep` fall back to ``torch.func.functional_call`` and
+  :func:`fhcnn.layers.frozen_norm_stats` (their parametrizations recomputed from the
+  captured originals, in eval mode, with the buffers the forward pass left), which swap
+  attributes on the module for the duration of the call and are not thread-safe;
+* the backward scales and accumulates in place only tensors nothing else references (a
+  parameter gradient autograd hands back may be the incoming gradient itself).
 
 This module knows nothing about network layout; :mod:`fhcnn.network` builds the steps.
 """
@@ -49,6 +59,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .layers import frozen_norm_stats
 from .memory import note_kept
@@ -58,15 +69,99 @@ __all__ = ["LeapfrogStep", "Pair", "ReversibleFunction", "TransitionStep", "inte
 Pair = tuple[Tensor, Tensor]
 _Grads = dict[int, Tensor]
 Params = dict[str, Tensor]
+#: training flags of a module and its submodules, by ``named_modules()`` name
+Modes = dict[str, bool]
 
 
-def _trainable(module: nn.Module) -> Params:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+def _is_parametrized(m: nn.Module) -> bool:
+    """``parametrize.is_parametrized(m)``, fast when it is not (the attribute lookup that
+    function makes raises and catches an exception on every plain module)."""
+    return "parametrizations" in m._modules and parametrize.is_parametrized(m)
+
+
+def _trainable(module: nn.Module, computed: bool) -> Params:
+    """The trainable tensors ``module`` computes with, by name.
+
+    ``computed=False``: its parameters (a parametrized tensor's originals included, by their
+    names ``parametrizations.weight.original``, which ``functional_call`` evaluates the
+    parametrization on). ``computed=True`` (a module evaluated through its own functional
+    form, ``neg_forward`` or ``functional``): a parametrized tensor (``torch.nn.utils.
+    parametrize``: weight norm, spectral norm, ...) is given instead as the tensor its
+    parametrization computes now, by the parametrized name (``"weight"``): the backward uses
+    exactly that tensor, and autograd carries its gradient through the parametrization to
+    the originals (the ordinary path, as for any tensor computed before the Function)."""
+    if not computed or not _parametrized(module):
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
+    hidden: set[int] = set()
+    evaluated: Params = {}
+    for prefix, m in module.named_modules():
+        if _is_parametrized(m):
+            for name, plist in m.parametrizations.items():  # type: ignore[union-attr]
+                owned = list(plist.parameters())
+                hidden.update(id(t) for t in owned)
+                if any(t.requires_grad for t in owned):
+                    evaluated[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
+    params: Params = {n: p for n, p in module.named_parameters() if p.requires_grad and id(p) not in hidden}
+    params.update(evaluated)
+    return params
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a step's module was in the forward pass besides its parameter tensors: the
+    training flags of it and its submodules (``modes``, by ``named_modules()`` name) and, for
+    a module recomputed through ``functional_call``, copies of its parametrizations' buffers
+    after the forward pass (``buffers``, e.g. spectral norm's vectors, by buffer name)."""
+
+    modes: Modes
+    buffers: Params
+
+
+def _parametrization_prefixes(module: nn.Module) -> list[str]:
+    """Names of the ``parametrizations`` containers in ``module`` (with a trailing dot)."""
+    return [f"{n}.parametrizations." if n else "parametrizations."
+            for n, m in module.named_modules() if _is_parametrized(m)]
+
+
+def _record(module: nn.Module, functional: bool) -> Recorded:
+    modes = {n: m.training for n, m in module.named_modules()}
+    buffers: Params = {}
+    if not functional:
+        prefixes = _parametrization_prefixes(module)
+        if prefixes:
+            buffers = {n: b.clone() for n, b in module.named_buffers() if n.startswith(tuple(prefixes))}
+    return Recorded(modes, buffers)
+
+
+def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: Mapping[str, Tensor],
+                    rec: Recorded | None, args: tuple[Tensor, ...]) -> Tensor:
+    """``target(*args)`` (``target`` is ``module`` or a wrapper holding it as ``prefix``) via
+    ``torch.func.functional_call`` with ``params`` (names in ``module``) and the forward
+    pass's state ``rec``: its modes, running statistics left alone, parametrizations in eval
+    mode (no state update: spectral norm uses the vectors the forward pass ended with, which
+    ``rec.buffers`` holds) so they compute what they computed in the forward pass."""
+    modes: dict[str, bool] | None = None
+    tensors: dict[str, Tensor] = dict(params)
+    if rec is not None:
+        prefixes = tuple(_parametrization_prefixes(module))
+        modes = {n: flag and not f"{n}.".startswith(prefixes) for n, flag in rec.modes.items()}
+        tensors = {**rec.buffers, **tensors}
+    with frozen_norm_stats(module, modes):
+        return torch.func.functional_call(target, {prefix + n: t for n, t in tensors.items()}, args,
+                                          strict=False)
+
+
+def _parametrized(module: nn.Module) -> bool:
+    return any(_is_parametrized(m) for m in module.modules())
+
+
+def _storage(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def _shares_storage(t: Tensor, others: Iterable[Tensor | None]) -> bool:
-    ptr = t.untyped_storage().data_ptr()
-    return any(o is not None and o.untyped_storage().data_ptr() == ptr for o in others)
+    ptr = _storage(t)
+    return any(o is not None and _storage(o) == ptr for o in others)
 
 
 def _writable(t: Tensor, *others: Tensor | None) -> bool:
@@ -103,15 +198,25 @@ def _empty(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
     return torch.empty_like(t, memory_format=torch.preserve_format if fmt is None else fmt)
 
 
-def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Iterable[Tensor | None],
-                scale: float = 1.0) -> None:
+def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Sequence[Tensor | None],
+                scale: float = 1.0, avoid: Sequence[Tensor | None] = ()) -> None:
+    """Add ``scale * grads[i]`` to ``store[id(params[i])]``. A gradient is adopted (and scaled
+    in place) only if it shares storage with none of ``avoid`` (the incoming gradient, the
+    state's gradient from the same vector-Jacobian product: autograd may hand back a tensor
+    itself, e.g. for ``f(y) = tanh(y) + b``) nor with another gradient of ``grads``."""
+    taken = {_storage(t) for t in avoid if t is not None}
+    seen: set[int] = set()
+    for g in grads:
+        if g is not None:
+            ptr = _storage(g)
+            (taken if ptr in seen else seen).add(ptr)  # shared by two gradients: taken
     for p, g in zip(params, grads):
         if g is None:
             continue
         key = id(p)
         if key in store:
             store[key].add_(g, alpha=scale)  # a tensor this backward owns (below)
-        elif _writable(g):
+        elif _dense(g) and _storage(g) not in taken:
             store[key] = g.mul_(scale) if scale != 1.0 else g
         else:
             store[key] = g * scale
@@ -134,32 +239,44 @@ class LeapfrogStep:
 
     Both the forward and the flipped map have the form ``new = 2*shared - other + h2*f(shared)``;
     only the position of ``shared`` and ``new`` in the pair differs. A module with a
-    ``neg_forward(y, params)`` method (``-f(y)``, functional when ``params`` is given, like
+    ``neg_forward(y, params=None, modes=None)`` method (``-f(y)``; with ``params``, purely
+    functional with those tensors, in the training flags ``modes`` (by ``named_modules()``
+    name) and without updating running statistics, like
     :class:`fhcnn.layers.SymmetricLayer`) is evaluated through it: no negation is stored or
-    differentiated, and backward never touches the module.
+    differentiated, and backward never touches the module. Its parametrized tensors are
+    passed to ``neg_forward`` computed, by their parametrized names.
     """
 
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
         self.f, self.h2, self.flip = f, h2, flip
 
+    def _functional(self) -> bool:
+        return hasattr(self.f, "neg_forward")
+
     def params(self) -> Params:
-        return _trainable(self.f)
+        return _trainable(self.f, self._functional())
+
+    def record(self) -> Recorded:
+        return _record(self.f, self._functional())
+
+    def parametrized(self) -> bool:
+        return _parametrized(self.f)
 
     def inverted(self) -> LeapfrogStep:
         return LeapfrogStep(self.f, self.h2, not self.flip)
 
-    def _g(self, y: Tensor, params: Params | None = None) -> tuple[Tensor, float, bool]:
+    def _g(self, y: Tensor, params: Params | None = None, rec: Recorded | None = None
+           ) -> tuple[Tensor, float, bool]:
         """``(g, a, fresh)`` with ``h2 f(y) = a g``; ``fresh``: ``g`` is a new tensor that
-        nothing else references. ``params`` given: a recomputation with those tensors."""
+        nothing else references. ``params`` given: a recomputation with those tensors and the
+        forward pass's state ``rec`` (its modes), without updating running statistics."""
         neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
         if neg is not None:
-            return neg(y, params), -self.h2, True
+            g = neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)
+            return g, -self.h2, True
         if params is None:
-            g = self.f(y)
-        else:
-            with frozen_norm_stats(self.f):
-                g = torch.func.functional_call(self.f, params, (y,), strict=False)
-        return g, self.h2, False
+            return self.f(y), self.h2, False
+        return _recompute_call(self.f, self.f, "", params, rec, (y,)), self.h2, False
 
     def _split(self, p: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return (p, c) if self.flip else (c, p)
@@ -173,24 +290,27 @@ class LeapfrogStep:
         new = shared + ((shared - other) + a * g)
         return (new, shared) if self.flip else (shared, new)
 
-    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
+               params: Params | None = None, rec: Recorded | None = None) -> Pair:
         """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
-        for bit the same values."""
+        for bit the same values. With ``params`` (and ``rec``): the recomputation of an
+        earlier forward pass with its tensors and state (see :meth:`_g`)."""
         shared, other = self._split(p, c)
-        g, a, fresh = self._g(shared)
+        g, a, fresh = self._g(shared, params, rec)
         new = torch.sub(shared, other, out=_empty(shared, fmt))
         new += g.mul_(a) if fresh else a * g
         del g
         new += shared
         return (new, shared) if self.flip else (shared, new)
 
-    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
+                 rec: Recorded | None = None) -> None:
         """Turn ``st`` (the step's output pair and its gradients) into its input pair and
         gradients, in place.
 
         ``f(shared)`` is evaluated once, with autograd, and serves both the reconstruction
         and the vector-Jacobian product. Gradients w.r.t. ``params`` (the tensors used in the
-        forward pass) are added to ``grads``, keyed by ``id``.
+        forward pass, whose state ``rec`` recorded) are added to ``grads``, keyed by ``id``.
         """
         i_sh, i_new = (1, 0) if self.flip else (0, 1)
         if st.fmt is not None:  # e.g. the Function's outputs, in the caller's layout
@@ -205,12 +325,12 @@ class LeapfrogStep:
         local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
             s = shared.detach().requires_grad_(g_new is not None)
-            g, a, fresh = self._g(s, local)
+            g, a, fresh = self._g(s, local, rec)
         v: Tensor | None = None
         if g_new is not None:
             vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_new.to(g.dtype),
                                       allow_unused=True)
-            _accumulate(grads, list(params.values()), vjp[1:], a)
+            _accumulate(grads, list(params.values()), vjp[1:], a, avoid=(g_new, vjp[0]))
             v = vjp[0]
             del vjp
         del s, local
@@ -262,30 +382,45 @@ class TransitionStep:
     def __init__(self, wavelet: nn.Module, inverse: bool = False) -> None:
         self.wavelet, self.inverse = wavelet, inverse
 
+    def _functional(self) -> bool:
+        return hasattr(self.wavelet, "functional")
+
     def params(self) -> Params:
-        return _trainable(self.wavelet)
+        return _trainable(self.wavelet, self._functional())
+
+    def record(self) -> Recorded:
+        return _record(self.wavelet, self._functional())
+
+    def parametrized(self) -> bool:
+        return _parametrized(self.wavelet)
 
     def inverted(self) -> TransitionStep:
         return TransitionStep(self.wavelet, not self.inverse)
 
-    def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None,
+             rec: Recorded | None = None) -> Tensor:
         """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
-        module (``functional`` if the wavelet has it, else ``torch.func.functional_call``)."""
+        module (``functional`` if the wavelet has it, else ``torch.func.functional_call`` with
+        the forward pass's state ``rec``, see :func:`_recompute_call`)."""
         if params is None:
             return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
         functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
         if functional is not None:
             return functional(x, params, inverse=inverse)
-        return torch.func.functional_call(_Method(self.wavelet, "inverse" if inverse else "forward"),
-                                          {f"wavelet.{n}": t for n, t in params.items()}, (x,),
-                                          strict=False)
+        return _recompute_call(self.wavelet, _Method(self.wavelet, "inverse" if inverse else "forward"),
+                               "wavelet.", params, rec, (x,))
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
 
-    apply_ = apply
+    def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
+               params: Params | None = None, rec: Recorded | None = None) -> Pair:
+        """:meth:`apply`; with ``params`` (and ``rec``) a recomputation (see :meth:`_map`)."""
+        return (_to(self._map(p, self.inverse, params, rec), fmt),
+                _to(self._map(c, self.inverse, params, rec), fmt))
 
-    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads) -> None:
+    def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,
+                 rec: Recorded | None = None) -> None:
         """Like :meth:`LeapfrogStep.backward`: reconstruct (with the parameter tensors the
         forward pass used) and pull the gradients back, one member at a time."""
         for i in range(2):
@@ -294,7 +429,7 @@ class TransitionStep:
                 x, owned = known_input[i], False
             else:
                 with torch.no_grad():
-                    x, owned = _to(self._map(out, not self.inverse, params), st.fmt), True
+                    x, owned = _to(self._map(out, not self.inverse, params, rec), st.fmt), True
             st.pair[i], st.owned[i] = x, owned
             del out
             if g_out is None:
@@ -303,17 +438,17 @@ class TransitionStep:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
-                    st.grad[i] = _to(self._map(g_out, not self.inverse, params), st.fmt)
+                    st.grad[i] = _to(self._map(g_out, not self.inverse, params, rec), st.fmt)
                 st.grad_owned[i] = True
                 continue
             local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
             with torch.enable_grad():
                 xd = x.detach().requires_grad_(True)
-                y = self._map(xd, self.inverse, local)
+                y = self._map(xd, self.inverse, local, rec)
             vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
                                       allow_unused=True)
             del y, xd
-            _accumulate(grads, list(params.values()), vjp[1:])
+            _accumulate(grads, list(params.values()), vjp[1:], avoid=(g_out, vjp[0]))
             st.grad[i] = _to(vjp[0].to(x.dtype), st.fmt)
             st.grad_owned[i] = not _shares_storage(vjp[0], (g_out,))
             del vjp
@@ -350,6 +485,12 @@ class ReversibleFunction(torch.autograd.Function):
     their gradients as ordinary Function-input gradients. The backward is not differentiable
     (no ``create_graph``); it may run again (``retain_graph=True``), recomputing the outputs
     (it releases them the first time) from the inputs, which it keeps.
+
+    Everything the backward evaluates is evaluated with the state of the forward pass: the
+    tensors in ``step_params`` (not the modules' attributes then, which ``functional_call`` or
+    an assignment may have changed) and the training flags the modules had in the forward
+    pass (recorded there; batch norms keep batch or running statistics accordingly). Only the
+    forward pass updates running statistics.
     """
 
     @staticmethod
@@ -372,6 +513,7 @@ class ReversibleFunction(torch.autograd.Function):
             if i in store:
                 ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
         p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
+        ctx.recorded = [s.record() for s in steps]  # the modes (and buffers) the forward ended with
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
         note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair)])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
@@ -392,7 +534,8 @@ class ReversibleFunction(torch.autograd.Function):
         _check_version(in_c, v_c, "input c")
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
             with torch.no_grad():
-                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt)
+                p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt,
+                                        recompute=(ctx.step_params, ctx.recorded))
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
@@ -412,7 +555,7 @@ class ReversibleFunction(torch.autograd.Function):
                 known = ctx.kept[i][0] if i in ctx.kept else None
                 # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
                 with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
-                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads)
+                    ctx.steps[i].backward(st, known, ctx.step_params[i], grads, ctx.recorded[i])
                 del known
         param_grads = tuple(grads.pop(id(t), None) for t in ctx.params)
         g_in = st.grad
@@ -422,15 +565,21 @@ class ReversibleFunction(torch.autograd.Function):
 
 def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
                      out_fmt: torch.memory_format,
-                     keep: Callable[[int, Tensor, Tensor], None] | None = None) -> Pair:
+                     keep: Callable[[int, Tensor, Tensor], None] | None = None,
+                     recompute: tuple[Sequence[Params], Sequence[Recorded]] | None = None) -> Pair:
     """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
-    outputs returned in ``out_fmt`` (the input's), always new tensors."""
+    outputs returned in ``out_fmt`` (the input's), always new tensors. ``recompute``: the
+    tensors and state of each step in an earlier forward pass, to evaluate it again with them
+    (functionally: no running-statistics update)."""
     x_p, x_c = p, c
     p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
     for i, step in enumerate(steps):
         if keep is not None:
             keep(i, p, c)
-        p, c = step.apply_(p, c, fmt)
+        if recompute is None:
+            p, c = step.apply_(p, c, fmt)
+        else:
+            p, c = step.apply_(p, c, fmt, recompute[0][i], recompute[1][i])
     p, c = p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
     # outputs must be new tensors, never the inputs themselves
     if p is x_p or p is x_c:
@@ -453,9 +602,20 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
     Returns:
         The output pair. Gradients (if needed) equal those of plain autograd up to
         floating-point rounding in the reconstruction.
+
+    A step module with parametrized tensors (``torch.nn.utils.parametrize``) has each computed
+    once for the whole call (``parametrize.cached``), in every mode: the reversible modes pass
+    that tensor to the Function, and a layer uses one weight for ``K`` and ``K^T``.
     """
     if mode is not True and mode is not False and mode != "block":
         raise ValueError(f"mode must be True, False or 'block', got {mode!r}")
+    if any(s.parametrized() for s in steps):
+        with parametrize.cached():
+            return _run_steps(steps, p, c, mode)
+    return _run_steps(steps, p, c, mode)
+
+
+def _run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str) -> Pair:
     step_params = [s.params() for s in steps]
     params = list({id(t): t for sp in step_params for t in sp.values()}.values())
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))

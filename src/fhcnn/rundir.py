@@ -1,21 +1,27 @@
 """Output folders of runs: which folder may be written, and what may be replaced there.
 
 A run folder carries ``run.json``, written by fhcnn: the tool, the version, the command, the
-fingerprints of the inputs, a hash of the resolved config and the list of every file fhcnn
-wrote there (each is recorded *before* it is written, so the list survives a crash). Only a
-folder with that marker counts as a run; ``--overwrite`` removes only the files in its list;
-``--resume`` is refused when the inputs or the config differ from the recorded ones.
+fingerprints of the inputs, a hash of the resolved config, every file fhcnn wrote there with
+its size and sha256 (recorded *before* the finished file takes its name, so the record survives
+a crash), and every folder it created. Only a folder with that record counts as a run; ``--overwrite``
+removes only the listed files that still match their record; ``--resume`` is refused when the
+inputs or the config differ from the recorded ones. While a run writes, the folder is locked
+and every write goes through its :class:`RunFolder`: never through a link, never into a folder
+fhcnn did not create, never over a file that is not fhcnn's own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shlex
+import stat
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import atomic
@@ -25,8 +31,10 @@ from .training.distributed import is_main_process
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS",
            "fingerprint", "config_digest"]
 
-#: The marker file of a run folder.
+#: The record of a run folder.
 RUN_FILE = "run.json"
+#: Format of the record: 1 lists names only; 2 adds ``written`` (size, sha256) and ``dirs``.
+FORMAT = 2
 
 _COMMON = ("config.yaml", "metrics.jsonl", "checkpoints", "metrics.json", "model.safetensors",
            "figure.png")
@@ -87,65 +95,365 @@ def config_digest(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+def _run_digest(cfg: Any) -> tuple[str, set[str]]:
+    """``(digest recorded in run.json, digests a recorded one may equal)``: the config without
+    ``train.threads`` (a thread count never changes the result), and, for run folders written
+    before that rule, the digest with the threads in (as given, and unset)."""
+    from .config import config_to_dict
+
+    d = config_to_dict(cfg) if not isinstance(cfg, Mapping) else dict(cfg)
+    d = json.loads(json.dumps(d, default=str))
+    train = d.get("train") if isinstance(d.get("train"), dict) else None
+    accepted = {config_digest(json.loads(json.dumps(d)))}
+    if train is not None:
+        train["threads"] = None
+        accepted.add(config_digest(json.loads(json.dumps(d))))
+        train.pop("threads")
+    digest = config_digest(d)
+    return digest, accepted | {digest}
+
+
+def _bad_marker(p: Path, why: str) -> InputError:
+    return InputError(f"{p} is damaged ({why}; not a run record written by fhcnn): move it away "
+                      f"or choose another output folder")
+
+
 def _read_marker(out: Path) -> dict[str, Any] | None:
+    """The parsed ``run.json`` of ``out`` (``None`` without one); every entry type-checked."""
     p = out / RUN_FILE
-    if not p.exists():
+    if not os.path.lexists(p):
         return None
+    if p.is_symlink() or not p.is_file():
+        raise _bad_marker(p, "not a plain file")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("files", []), list):
-            raise ValueError("not a run marker")
-    except (OSError, ValueError):
-        raise InputError(f"{p} is damaged (not a run marker written by fhcnn); move it away "
-                         f"or choose another output folder") from None
+    except (OSError, ValueError) as e:
+        raise _bad_marker(p, f"unreadable: {type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise _bad_marker(p, "not a JSON object")
+    files, written, dirs = data.get("files", []), data.get("written", {}), data.get("dirs", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise _bad_marker(p, "'files' is not a list of names")
+    if not isinstance(dirs, list) or not all(isinstance(f, str) for f in dirs):
+        raise _bad_marker(p, "'dirs' is not a list of names")
+    if not isinstance(written, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
+            and isinstance(v.get("sha256"), str) and isinstance(v.get("prev", ""), str)
+            for k, v in written.items()):
+        raise _bad_marker(p, "'written' is not a table of sizes and hashes")
+    for key in ("tool", "config_sha256", "created", "command"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise _bad_marker(p, f"'{key}' is not a string")
+    for key in ("inputs", "options"):
+        if not isinstance(data.get(key, {}) or {}, dict):
+            raise _bad_marker(p, f"'{key}' is not a table")
+    if not all(isinstance(v, dict) for v in (data.get("inputs") or {}).values()):
+        raise _bad_marker(p, "'inputs' holds entries that are not tables")
     return data
 
 
+def _inside(rel: str) -> bool:
+    """``rel`` names a path inside the folder (relative, no ``..``, not empty)."""
+    q = PurePosixPath(rel)
+    return bool(rel) and not q.is_absolute() and ".." not in q.parts and "." not in rel.split("/")
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_error(p: Path) -> InputError:
+    return InputError(f"{p} is a link; fhcnn never writes through a link it did not create: "
+                      f"remove the link or choose another output folder")
+
+
+def _foreign_folder_error(p: Path) -> InputError:
+    return InputError(f"{p} is a folder fhcnn did not create; it never writes into one: move it "
+                      f"away or choose another output folder")
+
+
 class RunFolder:
-    """The marker of one run folder: records every file fhcnn writes there (through
-    :mod:`fhcnn.atomic`) in ``run.json`` before the file is created."""
+    """The record (``run.json``) of one run folder, and the guard of every file operation in it.
+
+    The record lists every file fhcnn wrote (``files``), the size and sha256 of each
+    (``written``; both are saved just before the finished temporary file replaces the file, and
+    ``prev`` keeps the hash of the content it replaces, so a crash in between leaves a file that
+    matches one of them) and the folders fhcnn created (``dirs``, saved before each is made). A file
+    is fhcnn's own only while it still matches its record. A record without ``written``
+    (``format`` 1, written by an older fhcnn) lists names only: its listed plain files are
+    taken as fhcnn's, and the folders holding them as folders fhcnn created.
+
+    While active (:meth:`activate`), :mod:`fhcnn.atomic` asks it before every write, folder and
+    removal inside the folder (:class:`fhcnn.atomic.WriteGuard`).
+    """
 
     active: "RunFolder | None" = None
 
-    def __init__(self, root: Path, marker: dict[str, Any], created: bool = False) -> None:
+    def __init__(self, root: Path, marker: dict[str, Any], created: bool = False,
+                 alias: Path | None = None) -> None:
         self.root = root
         self.marker = marker
         self.created = created  # the folder did not exist before this run
-        self._files: set[str] = set(marker.get("files", []))
+        self.legacy = "written" not in marker and bool(marker.get("files"))
+        self.files: set[str] = set(marker.get("files", []))
+        self.written: dict[str, dict[str, Any]] = dict(marker.get("written", {}))
+        self.dirs: set[str] = set(marker.get("dirs", []))
+        if self.legacy:  # folders holding the listed files count as fhcnn's
+            self.dirs |= {q.as_posix() for f in self.files if _inside(f)
+                          for q in PurePosixPath(f).parents if q.as_posix() != "."}
+        self._bases = [root] + ([alias] if alias is not None and alias != root else [])
+        self._seen: dict[str, tuple[int, int, int]] = {}
+        self._lock_fd: int | None = None
 
+    # ------------------------------------------------------------------ the record
     def _save(self) -> None:
-        self.marker["files"] = sorted(self._files)
-        atomic.set_write_observer(None)  # the marker itself is not a recorded output
-        try:
+        self.marker.pop("files", None)
+        self.marker.update(format=FORMAT, files=sorted(self.files),
+                           written={k: self.written[k] for k in sorted(self.written)},
+                           dirs=sorted(self.dirs))
+        with atomic.unguarded():  # the record itself is not a recorded output
             atomic.atomic_write_text(self.root / RUN_FILE, json.dumps(self.marker, indent=1) + "\n")
-        finally:
-            if RunFolder.active is self:
-                atomic.set_write_observer(self.record)
 
-    def record(self, *paths: str | os.PathLike[str]) -> None:
-        """Note ``paths`` (inside the folder) as written by fhcnn (one save of the marker)."""
-        new = set()
-        for path in paths:
-            p = Path(path).resolve()
-            if not p.is_relative_to(self.root):
+    def _forget(self, rel: str) -> None:
+        self.files.discard(rel)
+        self.written.pop(rel, None)
+        self._seen.pop(rel, None)
+
+    def _rel(self, path: str | os.PathLike[str]) -> str | None:
+        """``path`` relative to the folder ("" for the folder itself), or ``None`` outside it.
+        Links inside the folder are not followed (a path through one is still "inside")."""
+        a = Path(os.path.abspath(path))
+        for base in self._bases:
+            if a == base:
+                return ""
+            if a.is_relative_to(base):
+                return a.relative_to(base).as_posix()
+        try:
+            parent = a.parent.resolve()
+        except (OSError, RuntimeError):
+            return None
+        if parent == self.root or parent.is_relative_to(self.root):
+            return (parent / a.name).relative_to(self.root).as_posix()
+        return None
+
+    def _chain_ok(self, rel: str) -> bool:
+        """Every folder between the run folder and ``rel`` is a real folder (no link)."""
+        cur = self.root
+        for part in PurePosixPath(rel).parts[:-1]:
+            cur = cur / part
+            try:
+                if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def own(self, rel: str) -> bool:
+        """``rel`` is a plain file fhcnn wrote and nobody changed since (by size and sha256)."""
+        if not _inside(rel) or rel == RUN_FILE:
+            return False
+        p = self.root / rel
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or not self._chain_ok(rel):
+            return False
+        if self.legacy:
+            return rel in self.files
+        entry = self.written.get(rel)
+        if entry is None:
+            return False
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._seen.get(rel) == key:
+            return True
+        if st.st_size != entry["size"] and "prev" not in entry:
+            return False
+        if _sha256(p) in (entry["sha256"], entry.get("prev")):
+            self._seen[rel] = key
+            return True
+        return False
+
+    def adopt_legacy(self) -> None:
+        """Turn a format-1 record (names only) into a full one: each listed plain file is
+        recorded with its current size and hash (an older fhcnn's record is trusted)."""
+        if not self.legacy:
+            return
+        for rel in sorted(self.files):
+            if self.own(rel):
+                p = self.root / rel
+                self.written[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        self.dirs = {d for d in self.dirs if (self.root / d).is_dir() and not (self.root / d).is_symlink()}
+        self.legacy = False
+
+    # ------------------------------------------------------------------ the guard
+    def _ensure_dirs(self, rel_dir: str, create: bool = True) -> None:
+        """Every folder of ``rel_dir`` (relative) is a real folder fhcnn created; the missing
+        ones are recorded, then created (``create``)."""
+        cur, so_far = self.root, ""
+        for part in PurePosixPath(rel_dir).parts:
+            cur, so_far = cur / part, f"{so_far}/{part}" if so_far else part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                if create:
+                    if so_far not in self.dirs:
+                        self.dirs.add(so_far)
+                        self._save()  # recorded before it exists
+                    cur.mkdir(exist_ok=True)
                 continue
-            rel = p.relative_to(self.root).as_posix()
-            if rel != RUN_FILE and rel not in self._files:
-                new.add(rel)
-        if new:
-            self._files |= new
-            self._save()
+            if stat.S_ISLNK(st.st_mode):
+                raise _link_error(cur)
+            if not stat.S_ISDIR(st.st_mode):
+                raise InputError(f"{cur} is a file where fhcnn needs a folder; move it away or "
+                                 f"choose another output folder")
+            if so_far not in self.dirs:
+                raise _foreign_folder_error(cur)
 
+    def check_target(self, dest: str | os.PathLike[str], create: bool = False) -> str | None:
+        """Raise unless fhcnn may write ``dest``: no link on the way, only folders fhcnn created,
+        and an existing file only if it is fhcnn's own, unchanged. Returns its name in the
+        folder (``None`` outside)."""
+        rel = self._rel(dest)
+        if rel is None:
+            return None
+        p = self.root / rel
+        if not _inside(rel) or rel == RUN_FILE:
+            raise InputError(f"{p}: fhcnn never writes over a run folder or its record")
+        self._ensure_dirs(PurePosixPath(rel).parent.as_posix() if "/" in rel else "", create)
+        if os.path.lexists(p):
+            if p.is_symlink():
+                raise _link_error(p)
+            if not self.own(rel):
+                raise InputError(f"{p} exists and was not written by this run of fhcnn (or was "
+                                 f"changed since); it is never replaced: move it away or choose "
+                                 f"another output folder")
+        return rel
+
+    def before_write(self, dest: Path) -> None:
+        # nothing is recorded yet: until the rename only a temporary file exists; the name, size
+        # and hash are saved together just before it (after_write)
+        self.check_target(dest, create=True)
+
+    def after_write(self, dest: Path, tmp: Path) -> None:
+        rel = self._rel(dest)
+        if rel is None:
+            return
+        st = os.stat(tmp)
+        entry: dict[str, Any] = {"size": st.st_size, "sha256": _sha256(tmp)}
+        old = self.written.get(rel)
+        if old is not None and old["sha256"] != entry["sha256"]:
+            entry["prev"] = old["sha256"]
+        self.written[rel] = entry
+        self.files.add(rel)
+        self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)  # kept by os.replace
+        self._save()
+
+    def before_append(self, dest: Path, data: bytes) -> None:
+        rel = self.check_target(dest, create=True)
+        if rel is None:
+            return
+        p = self.root / rel
+        h = hashlib.sha256()
+        size = 0
+        if p.exists():
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+                    size += len(chunk)
+        old = self.written.get(rel)
+        h.update(data)
+        entry: dict[str, Any] = {"size": size + len(data), "sha256": h.hexdigest()}
+        if old is not None and size:
+            entry["prev"] = old["sha256"]
+        self.written[rel] = entry
+        self.files.add(rel)
+        self._seen.pop(rel, None)
+        self._save()
+
+    def record(self, paths: list[Path]) -> None:
+        for path in paths:
+            rel = self._rel(path)
+            if rel is None:
+                continue
+            if not _inside(rel) or rel == RUN_FILE or not self._chain_ok(rel) or Path(path).is_symlink():
+                raise InputError(f"{path}: fhcnn records only plain files it wrote inside its run folder")
+            st = os.stat(self.root / rel)
+            self.written[rel] = {"size": st.st_size, "sha256": _sha256(self.root / rel)}
+            self.files.add(rel)
+            self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        self._save()
+
+    def make_dir(self, folder: Path) -> bool:
+        rel = self._rel(folder)
+        if rel is None:
+            return False
+        if rel:
+            self._ensure_dirs(rel)
+        return True
+
+    def remove(self, path: Path) -> bool:
+        rel = self._rel(path)
+        if rel is None:
+            return False
+        p = self.root / rel if rel else self.root
+        if p.is_symlink() or not p.exists():
+            return True  # fhcnn never makes links: a link is not its own
+        if p.is_file():
+            if self.own(rel):
+                p.unlink()
+                self._forget(rel)
+                self._save()
+            return True
+        if rel and rel not in self.dirs:
+            return True  # a folder fhcnn did not create: untouched
+        self._remove_tree(p)
+        self._save()
+        return True
+
+    def _remove_tree(self, p: Path) -> None:
+        for dirpath, _, filenames in os.walk(p, topdown=False, followlinks=False):
+            d = Path(dirpath)
+            for name in filenames:
+                rel = (d / name).relative_to(self.root).as_posix()
+                if self.own(rel):
+                    (d / name).unlink()
+                    self._forget(rel)
+            rel_d = d.relative_to(self.root).as_posix()
+            if d != self.root and rel_d in self.dirs:
+                try:
+                    d.rmdir()  # only once empty
+                    self.dirs.discard(rel_d)
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------------ life cycle
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "RunFolder | None":
-        """The run folder ``root`` if it carries a marker, else ``None``."""
-        r = Path(root).resolve()
+        """The run folder ``root`` if it carries a record, else ``None``."""
+        r = _resolve(Path(root), str(root))
         marker = _read_marker(r) if r.is_dir() else None
-        return cls(r, marker) if marker is not None else None
+        return cls(r, marker, alias=Path(os.path.abspath(root))) if marker is not None else None
+
+    def lock(self, shown: str | os.PathLike[str] | None = None) -> None:
+        """Hold the folder's lock until :meth:`deactivate` (or the process ends): a second run
+        into the same folder is refused meanwhile (POSIX ``flock``; where the file system
+        offers no locks, nothing is locked)."""
+        if self._lock_fd is None:
+            self._lock_fd = _lock(self.root, shown or self.root)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def activate(self) -> None:
         RunFolder.active = self
-        atomic.set_write_observer(self.record)
+        atomic.set_write_guard(self)
 
     @staticmethod
     def abandon() -> None:
@@ -153,43 +461,83 @@ class RunFolder:
         found by the first training step): remove the folder if this run created it (only the
         files fhcnn wrote; a folder that holds anything else stays)."""
         run = RunFolder.active
-        RunFolder.deactivate()
         if run is not None and run.created:
-            _remove_recorded(run.root, [*run._files, RUN_FILE])
-            try:
-                run.root.rmdir()
-            except OSError:
-                pass
+            with atomic.unguarded():
+                run._remove_tree(run.root)
+                try:
+                    (run.root / RUN_FILE).unlink()
+                    run.root.rmdir()
+                except OSError:
+                    pass
+        RunFolder.deactivate()
 
     @staticmethod
     def deactivate() -> None:
+        run = RunFolder.active
         RunFolder.active = None
-        atomic.set_write_observer(None)
+        atomic.set_write_guard(None)
+        if run is not None:
+            run.unlock()
 
 
-def _remove_recorded(out: Path, files: Iterable[str]) -> None:
-    """Remove the files fhcnn recorded (and folders left empty by that); nothing else."""
-    parents: set[Path] = set()
-    for rel in files:
-        p = out / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts \
-                or not p.parent.resolve().is_relative_to(out.resolve()):  # e.g. a folder now a link
-            continue
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        parents.update(q for q in p.parents if q.is_relative_to(out) and q != out)
-    for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
+def _lock(folder: Path, shown: str | os.PathLike[str]) -> int | None:
+    """An open descriptor of ``folder`` holding its exclusive ``flock``; ``InputError`` when
+    another process holds it; ``None`` where locks are not available."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(f"output folder {shown} is in use by another fhcnn run right now (it "
+                         f"holds the folder's lock); wait for it to end or choose another "
+                         f"output folder") from None
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return None
+    return fd
+
+
+def _resolve(p: Path, shown: str) -> Path:
+    """``p`` made absolute with links resolved; a link loop or an unusable name is one line."""
+    try:
+        return p.expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        why = "a link loop" if "loop" in str(e).lower() or getattr(e, "errno", None) == errno.ELOOP \
+            else (getattr(e, "strerror", None) or str(e))
+        raise InputError(f"{shown}: cannot use this path ({why})") from None
+
+
+def _check_name(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an empty path, a name longer than the file system allows, and a link loop."""
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise InputError(f"{what} is empty; give a folder or file name")
+    p = Path(text).expanduser()
+    limit = 255
+    for q in p.absolute().parents:  # the file system of the nearest existing folder decides
         try:
-            d.rmdir()  # only if empty
-        except OSError:
-            pass
+            if q.is_dir():
+                limit = os.pathconf(q, "PC_NAME_MAX")
+                break
+        except (OSError, ValueError, AttributeError):
+            continue
+    for part in p.parts:
+        if len(os.fsencode(part)) > limit:
+            raise InputError(f"{what} {str(text)[:60]}...: the name {part[:40]}... is "
+                             f"{len(os.fsencode(part))} bytes long; this file system allows {limit}")
+    _resolve(p, f"{what} {text}")
+    return p
 
 
 def _check_inputs(out_path: Path, out_abs: Path, inputs: Iterable[Any]) -> None:
     for inp in inputs:
         if inp is None:
             continue
-        ip = Path(inp).expanduser().resolve()
+        ip = _resolve(Path(inp), str(inp))
         folder = ip if ip.is_dir() else ip.parent
         if ip.is_dir() and out_abs.is_relative_to(ip):
             raise InputError(f"output {out_path} is inside the input folder {inp}; "
@@ -204,7 +552,21 @@ def _check_inputs(out_path: Path, out_abs: Path, inputs: Iterable[Any]) -> None:
                              f"choose another output folder")
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def _role_paths(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _role_record(value: Any) -> dict[str, Any]:
+    """``{"path", "fingerprint"}`` of an input; a role of several files (an ENVI header and its
+    raw data) adds ``"also": {path: fingerprint}`` for the others."""
+    first, *rest = _role_paths(value)
+    out: dict[str, Any] = {"path": str(first), "fingerprint": fingerprint(first)}
+    if rest:
+        out["also"] = {str(p): fingerprint(p) for p in rest}
+    return out
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[str]) -> list[str]:
     diff = []
     old_in, new_in = old.get("inputs", {}) or {}, new.get("inputs", {}) or {}
     for role in sorted(set(old_in) | set(new_in)):
@@ -213,13 +575,121 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             diff.append(f"--{role.replace('_', '-')} {'added' if a is None else 'dropped'}")
         elif a.get("fingerprint") != b.get("fingerprint"):
             diff.append(f"{role} ({b.get('path')}) is not the recorded one ({a.get('path')})")
+        elif isinstance(a.get("also"), dict) and isinstance(b.get("also"), dict) \
+                and sorted(map(str, a["also"].values())) != sorted(map(str, b["also"].values())):
+            diff.append(f"{role}: the data of {b.get('path')} "
+                        f"({', '.join(map(str, b['also']))}) is not the recorded data")
     old_opt, new_opt = old.get("options", {}) or {}, new.get("options", {}) or {}
     for k in sorted(set(old_opt) | set(new_opt)):
         if old_opt.get(k) != new_opt.get(k):
             diff.append(f"--{k.replace('_', '-')} {new_opt.get(k)} is not the recorded {old_opt.get(k)}")
-    if old.get("config_sha256") != new.get("config_sha256"):
+    if old.get("config_sha256") != new.get("config_sha256") and old.get("config_sha256") not in accepted:
         diff.append("the resolved config (--config/--set) differs")
     return diff
+
+
+def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resume: bool,
+          overwrite: bool, names: Sequence[str], config_file: str | os.PathLike[str] | None,
+          accepted: set[str], resumable: bool, collect: bool) -> tuple[RunFolder, list[str], list[str]]:
+    """Every check of :func:`prepare_output_dir`, reading only: ``(the new run's record, files to
+    remove, files kept that fhcnn listed but that changed since)``."""
+    alias = Path(os.path.abspath(out_path))
+    if out_abs.exists() and not out_abs.is_dir():
+        raise InputError(f"output {out_path} exists and is not a folder")
+    marker = _read_marker(out_abs) if out_abs.is_dir() else None
+    entries = list(os.scandir(out_abs)) if out_abs.is_dir() else []
+    flags = "--resume to continue it or --overwrite" if resumable else "--overwrite"
+    if marker is not None and marker.get("tool") != tool:
+        raise InputError(f"output folder {out_path} holds a run of fhcnn {marker.get('tool') or '(unknown)'}; "
+                         f"fhcnn {tool} never writes into another command's run folder: choose "
+                         f"another output folder")
+    if marker is not None and not (resume or overwrite or collect):
+        raise InputError(f"output folder {out_path} already holds a run of fhcnn {tool} "
+                         f"({RUN_FILE}); pass {flags} to replace it (only the files fhcnn "
+                         f"wrote there, unchanged, are removed)")
+    if marker is None and resume and out_abs.is_dir():
+        raise InputError(f"--resume: output folder {out_path} holds no fhcnn run to resume "
+                         f"(no {RUN_FILE})")
+    if marker is None and entries and not overwrite:
+        raise InputError(f"output folder {out_path} is not empty and holds no fhcnn run; choose "
+                         f"a new or empty folder")
+    old = RunFolder(out_abs, marker or {}, alias=alias)
+    if resume and marker is not None:
+        diff = _differences(marker, new, accepted)
+        if diff:
+            raise InputError(f"--resume: {out_path} was run with other inputs or config: "
+                             f"{'; '.join(diff)}; resume with the same ones, or start a new run")
+    if config_file is not None:
+        cf = _resolve(Path(config_file), str(config_file))
+        if cf.is_relative_to(out_abs):
+            rel = cf.relative_to(out_abs).as_posix()
+            if not (resume and marker is not None and old.own(rel)):
+                raise InputError(f"--config {config_file} lies inside the output folder {out_path}, "
+                                 f"which this run writes; inputs are never written to: keep "
+                                 f"the config outside (or give the run's own config.yaml "
+                                 f"with --resume)")
+    # what this run writes must be fhcnn's own: no link, no folder or file of anyone else
+    under = [n.rstrip("/") for n in names]
+    mine = [f for f in old.files if _inside(f) and PurePosixPath(f).parts[0] in under]
+    for name in under:
+        p = out_abs / name
+        if p.is_symlink():
+            raise _link_error(out_path / name)
+        if not p.exists():
+            continue
+        if p.is_dir():
+            if name not in old.dirs:
+                raise InputError(f"{out_path / name} exists and was not written by fhcnn; it is "
+                                 f"never replaced or removed: choose another output folder")
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                for n in dirnames + filenames:
+                    q = Path(dirpath) / n
+                    rel = q.relative_to(out_abs).as_posix()
+                    if q.is_symlink() and (rel in old.dirs or rel in old.files):
+                        raise _link_error(out_path / rel)
+        elif not old.own(name):
+            listed = name in old.files
+            raise InputError(f"{out_path / name} exists and was "
+                             f"{'changed after fhcnn wrote it' if listed else 'not written by fhcnn'}; "
+                             f"it is never replaced or removed: move it away or choose another "
+                             f"output folder")
+        elif collect and not overwrite:
+            raise InputError(f"{out_path / name} exists (written by an earlier fhcnn {tool}); "
+                             f"pass --overwrite to replace it")
+    changed = sorted(f for f in mine if os.path.lexists(out_abs / f) and not old.own(f))
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise InputError(f"{out_path / changed[0]}{more} changed after fhcnn wrote it; it is never "
+                         f"replaced or removed: move it away or choose another output folder")
+    ck = out_abs / "checkpoints"
+    if "checkpoints" in under and ck.is_dir() and not ck.is_symlink():
+        for m in sorted(ck.glob("*/manifest.json")):
+            if not old.own(m.relative_to(out_abs).as_posix()):
+                raise InputError(f"{out_path / 'checkpoints' / m.parent.name} holds a checkpoint "
+                                 f"of another run (not written by this run folder's fhcnn); it "
+                                 f"is never removed or resumed from: move it away or choose "
+                                 f"another output folder")
+    # the new record
+    run = RunFolder(out_abs, new, alias=alias)
+    remove: list[str] = []
+    kept: list[str] = []
+    if marker is not None:
+        if resume or collect:
+            old.adopt_legacy()
+            run.files, run.written, run.dirs = set(old.files), dict(old.written), set(old.dirs)
+            run._seen = old._seen
+            if resume:
+                new["created"] = marker.get("created", new["created"])
+        else:
+            run.dirs = {d for d in old.dirs if (out_abs / d).is_dir() and not (out_abs / d).is_symlink()}
+        if overwrite:
+            pool = mine if collect else sorted(old.files)
+            remove = [f for f in pool if old.own(f)]
+            kept = sorted(f for f in old.files if f not in remove and os.path.lexists(out_abs / f)
+                          and (not collect or f in mine) and f != RUN_FILE)
+            for f in remove:
+                run._forget(f)
+    return run, remove, kept
 
 
 def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwrite: bool = False,
@@ -227,95 +697,100 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
                        tool: str = "fhcnn", roles: Mapping[str, Any] | None = None,
                        config: Any = None, config_file: str | os.PathLike[str] | None = None,
                        extra: Mapping[str, Any] | None = None,
-                       outputs: Sequence[str] | None = None) -> Path:
-    """Check and create the output folder of a run and its marker ``run.json``; returns it.
+                       outputs: Sequence[str] | None = None, resumable: bool = True,
+                       collect: bool = False) -> Path:
+    """Check, create and lock the output folder of a run and write its record ``run.json``.
 
     Refused (``InputError``, before anything in ``out`` is created, changed or removed) when:
 
-    * ``out`` is an existing file, or a damaged ``run.json`` is there;
-    * ``out`` holds a run (``run.json``) and neither ``resume`` nor ``overwrite`` is set;
-    * ``resume`` and ``out`` holds no run, or the run's inputs (``roles``: name -> path,
-      fingerprinted) or resolved ``config`` differ from the recorded ones (the message names
-      what differs);
-    * ``out`` holds other files and ``overwrite`` is not set; or, with ``overwrite``, a file
-      or folder named like one of the run's ``outputs`` exists that fhcnn did not write;
+    * ``out`` is empty, a name too long for the file system, a link loop, an existing file,
+      or holds a damaged ``run.json``;
+    * ``out`` holds a run of another command (``tool``): never, with any flag;
+    * ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set (``collect``: a
+      folder that gathers several runs of ``tool``, e.g. benchmark results, is refused only
+      when one of this run's ``outputs`` exists there);
+    * ``resume`` and ``out`` holds no run, or the run's inputs (``roles``: name -> path, or a
+      list of paths, all fingerprinted) or resolved ``config`` differ from the recorded ones
+      (the message names what differs; ``train.threads`` and ``train.device`` never count);
+    * ``out`` holds other files and ``overwrite`` is not set; or one of the run's ``outputs``
+      there is a link, a folder fhcnn did not create, a file fhcnn did not write, a file it
+      wrote but that changed since, or (``checkpoints``) a checkpoint of another run; with
+      ``resume`` too;
     * ``out`` is, or lies inside, an input folder; or is the folder holding an input file;
       or an input lies inside ``out``; or the ``config_file`` (``--config FILE``) lies inside
-      ``out`` (allowed only to ``--resume`` with the run's own recorded ``config.yaml``).
+      ``out`` (allowed only to ``--resume`` with the run's own recorded ``config.yaml``);
+    * another process holds the folder's lock (a run writing there now).
 
     ``extra``: other options that define the run (e.g. ``--label-frames``), compared on resume.
+    ``resumable``: the command has ``--resume`` (refusals advise it only then).
 
-    With ``overwrite`` only the files listed in ``run.json`` are removed; every other file
-    stays. Files written afterwards through :mod:`fhcnn.atomic` are recorded in ``run.json``.
+    With ``overwrite`` only the files listed in ``run.json`` that still match their recorded
+    size and sha256 are removed (with ``collect``, only those among this run's ``outputs``);
+    every other file stays, and the ones fhcnn listed but that changed since are named in one
+    line on stderr. Afterwards, until the run ends, every write, folder and removal through
+    :mod:`fhcnn.atomic` is checked and recorded (:class:`RunFolder`), and the folder is locked.
 
     Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
     creates the folder; the other ranks just return the path.
     """
-    out_path = Path(out).expanduser()
+    out_path = _check_name(out, "--out")
     if not is_main_process():
         return out_path
-    out_abs = out_path.resolve()
+    RunFolder.deactivate()  # one run at a time per process: an earlier one's guard and lock end
+    out_abs = _resolve(out_path, str(out_path))
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
     roles = {k: v for k, v in (roles or {}).items() if v is not None}
-    _check_inputs(out_path, out_abs, [*inputs, *roles.values()])
-    if out_abs.exists() and not out_abs.is_dir():
-        raise InputError(f"output {out_path} exists and is not a folder")
+    _check_inputs(out_path, out_abs, [*inputs, *(p for v in roles.values() for p in _role_paths(v))])
     names = tuple(outputs) if outputs is not None else OUTPUTS.get(tool, _COMMON)
     from . import __version__
 
-    new = {"tool": tool, "version": __version__,
+    digest, accepted = _run_digest(config) if config is not None else (None, set())
+    new = {"format": FORMAT, "tool": tool, "version": __version__,
            "command": " ".join(shlex.quote(a) for a in ["fhcnn", *sys.argv[1:]]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "inputs": {k: {"path": str(v), "fingerprint": fingerprint(v)} for k, v in roles.items()},
-           "config_sha256": config_digest(config) if config is not None else None,
+           "inputs": {k: _role_record(v) for k, v in roles.items()},
+           "config_sha256": digest,
            "options": json.loads(json.dumps(dict(extra or {}), default=str)), "files": []}
-    marker = _read_marker(out_abs) if out_abs.is_dir() else None
-    if out_abs.is_dir():
-        entries = [e.name for e in out_abs.iterdir()]
-        if marker is not None and not (resume or overwrite):
-            raise InputError(f"output folder {out_path} already holds a run of fhcnn "
-                             f"{marker.get('tool', '')} ({RUN_FILE}); pass --resume to continue it "
-                             f"or --overwrite to replace it (only the files fhcnn wrote there are "
-                             f"removed)")
-        if marker is None and resume:
-            raise InputError(f"--resume: output folder {out_path} holds no fhcnn run to resume "
-                             f"(no {RUN_FILE})")
-        if marker is None and entries and not overwrite:
-            raise InputError(f"output folder {out_path} is not empty and holds no fhcnn run; choose "
-                             f"a new or empty folder")
-        if resume and marker is not None:
-            if marker.get("tool") != tool:
-                raise InputError(f"--resume: {out_path} holds a {marker.get('tool')} run, not a {tool} run")
-            diff = _differences(marker, new)
-            if diff:
-                raise InputError(f"--resume: {out_path} was run with other inputs or config: "
-                                 f"{'; '.join(diff)}; resume with the same ones, or start a new run")
-            new["files"] = marker.get("files", [])
-            new["created"] = marker.get("created", new["created"])
-        if config_file is not None:
-            cf = Path(config_file).expanduser().resolve()
-            if cf.is_relative_to(out_abs):
-                rel = cf.relative_to(out_abs).as_posix()
-                if not (resume and marker is not None and rel in marker.get("files", [])):
-                    raise InputError(f"--config {config_file} lies inside the output folder {out_path}, "
-                                     f"which this run writes; inputs are never written to: keep "
-                                     f"the config outside (or give the run's own config.yaml "
-                                     f"with --resume)")
-        owned = {Path(f).parts[0] for f in (marker or {}).get("files", []) if Path(f).parts}
-        clash = [n for n in names if (out_abs / n).exists() and n not in owned]
-        if clash and not resume:
-            raise InputError(f"{out_path / clash[0]} exists and was not written by fhcnn; it is never "
-                             f"replaced or removed: choose another output folder")
-        if overwrite and marker is not None:
-            # fhcnn's own files only, and below a name it wrote that holds other files:
-            # those files stay (a clash above would refuse a foreign one at the top level)
-            _remove_recorded(out_abs, marker.get("files", []))
-    created = not out_abs.exists()
-    out_abs.mkdir(parents=True, exist_ok=True)
-    run = RunFolder(out_abs, new, created)
+    how = dict(tool=tool, resume=resume, overwrite=overwrite, names=names, config_file=config_file,
+               accepted=accepted, resumable=resumable, collect=collect)
+    created = False
+    if not out_abs.exists():
+        _plan(out_path, out_abs, dict(new), **how)  # type: ignore[arg-type]
+        try:
+            out_abs.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise InputError(f"cannot create the output folder {out_path}: {e.strerror or e}") from None
+    fd = _lock(out_abs, out_path)
+    try:
+        run, remove, kept = _plan(out_path, out_abs, new, **how)  # type: ignore[arg-type]
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                out_abs.rmdir()
+        raise
+    run.created, run._lock_fd = created, fd
+    for rel in remove:
+        (out_abs / rel).unlink()
+    for d in sorted({q.as_posix() for f in remove for q in PurePosixPath(f).parents
+                     if q.as_posix() != "."}, key=lambda s: s.count("/"), reverse=True):
+        if d in run.dirs:
+            try:
+                (out_abs / d).rmdir()  # only once empty
+                run.dirs.discard(d)
+            except OSError:
+                pass
     run._save()
     run.activate()
+    if kept:
+        print(f"note: kept {len(kept)} file(s) in {out_path} that fhcnn listed but that changed "
+              f"since it wrote them (or that it never wrote): {', '.join(kept[:5])}"
+              f"{' ...' if len(kept) > 5 else ''}", file=sys.stderr)
     return out_path
 
 
@@ -324,18 +799,18 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
     """Check one output file path (``vae sample --out F``, ``--npy F`` ...): never an existing
     file unless ``overwrite``, never an input, never inside an input folder or a run folder
     (a folder with ``run.json``) or over a file some run recorded as its own."""
-    p = Path(path).expanduser()
+    p = _check_name(path, what)
     pa = p.absolute()
     if pa.is_dir():
         raise InputError(f"{what} {p} is a folder; give a file name")
     for inp in inputs:
         if inp is None:
             continue
-        ip = Path(inp).expanduser().resolve()
+        ip = _resolve(Path(inp), str(inp))
         if pa.resolve() == ip or (ip.is_dir() and pa.resolve().is_relative_to(ip)):
             raise InputError(f"{what} {p} is {'inside ' if ip.is_dir() else ''}the input {inp}; "
                              f"choose another path (inputs are never written to)")
-    for folder in [pa.parent, *pa.parent.parents]:
+    for folder in [pa.parent, *pa.parent.parents, pa.resolve().parent, *pa.resolve().parent.parents]:
         if (folder / RUN_FILE).is_file():
             raise InputError(f"{what} {p} lies inside the run folder {folder}; write it outside "
                              f"(a run's own folder is only written by its run)")

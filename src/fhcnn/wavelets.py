@@ -321,7 +321,8 @@ class LearnableWavelet(WaveletTransform):
         self.theta = nn.Parameter(torch.tensor(angles[init], dtype=torch.get_default_dtype()))
 
     def _coefficients(self, ref: Tensor, params: Mapping[str, Tensor] | None = None) -> tuple:
-        theta = self.theta if params is None else params.get("theta", self.theta)
+        # ``self.theta`` only when not given: a parametrized angle is computed on each access
+        theta = params["theta"] if params is not None and "theta" in params else self.theta
         if theta.dtype != ref.dtype and ref.is_floating_point() and not torch.is_autocast_enabled(ref.device.type):
             theta = theta.to(ref.dtype)
         c, s = torch.cos(theta), torch.sin(theta)

@@ -3,8 +3,8 @@
 Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
 that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
-progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|backward|all] --out DIR``
-or :func:`run_benchmarks`.
+progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|backward|volume_memory|all]
+--out DIR`` or :func:`run_benchmarks` (``all`` runs every one but ``volume_memory``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["BENCHMARKS", "load", "run_benchmarks"]
+__all__ = ["BENCHMARKS", "IN_ALL", "load", "run_benchmarks"]
 
 # name -> module (``time`` lives in ``timing`` so it does not shadow the standard library)
 BENCHMARKS: dict[str, str] = {
@@ -26,7 +26,11 @@ BENCHMARKS: dict[str, str] = {
     "drift": "fhcnn.bench.drift",
     "spatial": "fhcnn.bench.spatial",
     "backward": "fhcnn.bench.backward",
+    "volume_memory": "fhcnn.bench.volume_memory",
 }
+#: Run by ``all`` (``volume_memory`` writes and segments volumes of up to half a billion voxels:
+#: run it by name).
+IN_ALL: tuple[str, ...] = ("memory", "table1", "peers", "time", "drift", "spatial", "backward")
 
 
 def load(name: str) -> ModuleType:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, make_dir
 from ..network import HyperbolicNetwork
 from ..reversible import LeapfrogStep, TransitionStep, internal_format, run_steps
 
@@ -249,7 +249,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
     return path
 
@@ -273,7 +273,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)

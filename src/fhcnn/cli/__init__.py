@@ -6,10 +6,9 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def add_arguments(parser) -> None           # fill its argparse sub-parser
     def run(args) -> int                        # do the work, return the exit code
 
-Errors: ``InputError``, ``ValueError``, ``TypeError``, ``FileNotFoundError`` and
-``PermissionError`` raised by a command become ``error: <message>`` on stderr with exit
-code 2; a ``TrainingError`` (e.g. a non-finite loss, naming the step) exits with code 1
-(``--debug`` re-raises either to show the traceback).
+Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and the usual file
+errors raised by a command, are one line ``error: <message>``, exit code 2; a ``TrainingError``
+(e.g. a non-finite loss) exits with code 1 (``--debug`` re-raises either to show the traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import argparse
 import importlib
 import sys
 from typing import Sequence
+
+from ._options import OneLineErrors
 
 __all__ = ["main", "COMMANDS"]
 
@@ -50,11 +51,8 @@ def _load_commands() -> dict[str, object]:
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="fhcnn",
-        description="Fully hyperbolic (end-to-end reversible) CNNs: constant training memory "
-                    "in depth, exact inverse. Run 'fhcnn <command> --help' for details.",
-    )
+    parser = OneLineErrors(prog="fhcnn", description="Fully hyperbolic (end-to-end reversible) CNNs: constant "
+                     "training memory in depth, exact inverse. Run 'fhcnn <command> --help' for details.")
     parser.add_argument("--version", action="version", version=f"fhcnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -69,7 +67,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, mods = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or the one-line error of a bad command line
+        return int(e.code or 0)
     if not args.command:
         parser.print_help()
         return 0
@@ -81,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _USER_ERRORS as e:
-        from ..rundir import RunFolder
-        RunFolder.abandon()  # a refused run leaves no OUT behind
+        importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
             raise
         print(f"error: {e}", file=sys.stderr)

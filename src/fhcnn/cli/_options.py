@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from ..config import available_configs, field_types, load_config
 
-__all__ = ["add_config_arguments", "config_from_args"]
+__all__ = ["add_config_arguments", "config_from_args", "OneLineErrors"]
 
 T = TypeVar("T")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse with the project's error form: one line ``error: ...``, exit code 2 (its
+    sub-parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,

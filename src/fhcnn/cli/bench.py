@@ -16,7 +16,7 @@ CHOICES = (*BENCHMARKS, "all")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", nargs="?", default="all", choices=CHOICES,
                         help="which benchmark to run (default: all)")
-    parser.add_argument("--out", required=True, type=Path,
+    parser.add_argument("--out", required=True,
                         help="output folder for <name>.json and <name>.png (created if missing)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: everything in a few minutes on 2 CPU cores")
@@ -27,14 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0 keeps torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results of an earlier 'fhcnn bench' in --out")
+                        help="replace this benchmark's results of an earlier 'fhcnn bench' in "
+                             "--out (the other benchmarks' results there stay)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..bench import BENCHMARKS, load
+    from ..bench import IN_ALL, load
     from ..rundir import prepare_output_dir
 
     device = args.device
@@ -48,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(BENCHMARKS) if args.which == "all" else [args.which]
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, tool="bench",
-                             outputs=[f"{n}{e}" for n in BENCHMARKS for e in (".json", ".png")])
+    names = list(IN_ALL) if args.which == "all" else [args.which]
     mods = {n: load(n) for n in names}
+    # a results folder gathers the benchmarks' files: this run's are the only ones it replaces
+    out = Path(prepare_output_dir(args.out, overwrite=args.overwrite, tool="bench", collect=True,
+                                  outputs=[f"{m.NAME}{e}" for m in mods.values() for e in (".json", ".png")],
+                                  resumable=False))
     total = sum(m.work(args.quick) for m in mods.values())
     t0 = time.perf_counter()
     with tqdm(total=total, desc="bench", unit="step", disable=args.quiet, dynamic_ncols=True) as bar:

@@ -22,28 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .. import log
-    from ..apps.segment.demo import run_demo
-    from ..config import load_config
-    from ..engine import SegmentConfig
-    from ..errors import InputError
-    from ..rundir import RunFolder, prepare_output_dir
+    from ..apps.segment.demo import demo_command
 
-    try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise InputError(f"--size must look like 64x96, got {args.size!r}") from None
-    if args.frames < 3 or h < 8 or w < 8:
-        raise InputError("--frames must be >= 3 and --size at least 8x8")
-    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
-    cfg = load_config(SegmentConfig, args.config, overrides)
-    out = Path(args.out)
-    previous = RunFolder.open(out) if out.is_dir() else None  # the demo's own earlier run is replaced
-    out = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
-                             tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"))
-    log.setup(args.quiet)
-    run_demo(out, cfg, frames=args.frames, size=(h, w), seed=args.seed, quiet=args.quiet,
-             say=log.result, log=lambda s: log.info("   " + s))
+    demo_command(args.out, args.config, args.overrides, frames=args.frames, size=args.size, steps=args.steps,
+                 seed=args.seed, quiet=args.quiet, say=log.result, log=lambda s: log.info("   " + s))
     return 0

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     add_config_arguments(t, default_config="vae-digits", out_required=True)
     t.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the config's 'threads', else torch's choice)")
+                   help="torch CPU threads: train.threads (0 = the free physical cores; default: "
+                        "the config's)")
 
     s = sub.add_parser("sample", help="decode samples of the latent prior N(0, s^2 I)")
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
@@ -64,9 +65,8 @@ def _train(args: argparse.Namespace) -> int:
 
     base = load_config(VAEConfig, args.config)
     args.overrides = dataset_overrides(args.dataset, base.data.dataset, args.resize, args.crop,
-                                       args.limit) + list(args.overrides or [])
+                                       args.limit, args.threads, list(args.overrides or []))
     cfg = config_from_args(VAEConfig, args)
-    cfg.threads = args.threads or cfg.threads
     data = prepare_training(cfg)  # images, device, model: checked before --out exists
     out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="vae", config=cfg,
                              config_file=config_file_input(args.config),
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     action = getattr(args, "vae_command", None)
     if action is None:
-        print("usage: fhcnn vae {train,sample,interpolate,normality} ... (see fhcnn vae --help)")
-        return 2
+        raise ValueError("fhcnn vae needs an action: train, sample, interpolate or normality "
+                         "(see fhcnn vae --help)")
     if action == "train":
         return _train(args)
     if action == "sample":

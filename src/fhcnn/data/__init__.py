@@ -6,4 +6,6 @@ Submodules are imported on demand (no heavy imports here):
   scikit-image LFW subset, MNIST IDX files, folders of images.
 * :mod:`fhcnn.data.video` -- video and mask readers for segmentation.
 * :mod:`fhcnn.data.hyperspectral` -- hyperspectral readers for change detection.
+* :mod:`fhcnn.data.volumes` -- 3D volumes (NIfTI, TIFF, zarr, HDF5, SEG-Y, ``.npy``) read by
+  window, label checks and summaries, predictions written back with their geometry.
 """

@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..options import DATASETS, IMAGE_SUFFIXES
 
 __all__ = ["ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
-           "load_image_folder", "load_dataset", "read_image", "DATASETS"]
+           "load_image_folder", "load_dataset", "read_image", "resize_square", "DATASETS"]
 
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtype
@@ -122,6 +122,12 @@ def _resize(x: Tensor, size: int) -> Tensor:
                                            align_corners=False, antialias=True).clamp_(0, 1)
 
 
+def _check_size(nbytes: int, what: str) -> None:
+    from ..resources import check_memory
+
+    check_memory(nbytes, what, "data.size / --resize")
+
+
 # --------------------------------------------------------------------- packaged data sets
 def load_digits(size: int = 16) -> ImageSet:
     """The scikit-learn 8x8 digits (1797, values 0..16 scaled to [0, 1]), zero-padded to
@@ -132,6 +138,7 @@ def load_digits(size: int = 16) -> ImageSet:
         raise InputError("the digits data set needs scikit-learn: pip install 'fhcnn[io]'") from e
     if size < 8:
         raise InputError(f"digits are 8x8; size must be >= 8, got {size}")
+    _check_size(1797 * size * size * 4, f"the 1797 digits padded to {size}x{size}")
     d = _sk_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     return ImageSet(_pad_center(x, size), torch.tensor(d.target, dtype=torch.long), "digits")
@@ -147,6 +154,7 @@ def load_lfw(size: int = 32) -> ImageSet:
         from skimage.data import lfw_subset
     except ImportError as e:  # pragma: no cover
         raise InputError("the lfw data set needs scikit-image: pip install 'fhcnn[io]'") from e
+    _check_size(200 * size * size * 4, f"the 200 LFW faces resized to {size}x{size}")
     x = torch.tensor(np.asarray(lfw_subset(), dtype=np.float32))[:, None]
     return ImageSet(_resize(x, size) if size != x.shape[-1] else x, None, "lfw")
 
@@ -216,6 +224,8 @@ def load_mnist_idx(path: str | Path, size: int = 32, limit: int | None = None) -
         raise InputError(f"{p}: expected images (N, H, W) in the IDX file, got shape {arr.shape}")
     if limit is not None:
         arr = arr[:limit]
+    _check_size(len(arr) * size * size * (1 if arr.dtype == np.uint8 else 4),
+                f"{len(arr)} IDX images at {size}x{size}")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype != torch.uint8:
         x = (x.float() / max(float(x.max()), 1.0)).clamp(0, 1)
@@ -240,22 +250,64 @@ def load_mnist_idx(path: str | Path, size: int = 32, limit: int | None = None) -
 
 
 # ------------------------------------------------------------------------- image folders
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _high_grey(im: object, p: Path) -> np.ndarray:
+    """A 16-bit, 32-bit or float grey image as float32 in [0, 1]: 16-bit (and 32-bit integer
+    images whose values fit 16 bits) divided by 65535, float images kept if already in [0, 1]."""
+    a = np.asarray(im)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise InputError(f"{p}: a floating-point image must hold values in [0, 1] "
+                             f"(found {np.nanmin(a):g}..{np.nanmax(a):g})")
+        return a.astype(np.float32)
+    if a.min() < 0 or a.max() > 65535:
+        raise InputError(f"{p}: a {a.dtype} image with values {a.min()}..{a.max()}; only 8- and "
+                         f"16-bit images (0..65535) are read")
+    return (a.astype(np.float32) / 65535.0).astype(np.float32)
+
+
 def read_image(path: str | Path, mode: Literal["L", "RGB"] | None = None) -> np.ndarray:
-    """One image as ``uint8`` ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB), converted to
-    ``mode`` if given. Raises :class:`InputError` naming the file if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    """One image as ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB), converted to ``mode`` if given,
+    upright by its EXIF orientation: ``uint8`` for 8-bit images, ``float32`` in [0, 1] for
+    16-bit grey ones (value / 65535: the depth is kept). A 16-bit colour PNG (which Pillow
+    can only read at 8 bits) is refused. Raises :class:`InputError` naming the file."""
+    from PIL import UnidentifiedImageError
+
+    from .video import open_image
 
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with open_image(p, "image") as im:
             im.load()
             if mode is None:
-                mode = "L" if im.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
+                mode = "L" if im.mode in _GREY_MODES else "RGB"
+            if im.mode.startswith("I") or im.mode == "F":
+                grey = _high_grey(im, p)
+                return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)
             return np.asarray(im.convert(mode))
     except FileNotFoundError:
         raise InputError(f"{p}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"{p}: cannot read it as an image ({e})") from None
+
+
+def resize_square(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """An image ``(h, w[, C])`` (``uint8``, or ``float32`` in [0, 1]) resized with Lanczos to
+    ``size`` (``int``: a square; ``(H, W)``), in the same type."""
+    from PIL import Image
+
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if a.dtype == np.uint8:
+        return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.Resampling.LANCZOS))
+    chans = [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[2])]
+    out = [np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(
+        (hw[1], hw[0]), Image.Resampling.LANCZOS)) for c in chans]
+    r = out[0] if a.ndim == 2 else np.stack(out, -1)
+    return np.clip(r, 0.0, 1.0).astype(np.float32)
 
 
 def _center_square(a: np.ndarray, crop: int | None) -> np.ndarray:
@@ -282,8 +334,6 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
     Raises:
         InputError: missing/empty folder, unreadable image, or mixed sizes without ``size``.
     """
-    from PIL import Image
-
     folder = Path(path)
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
@@ -295,6 +345,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
         hint = f" (it has sub-folders {subdirs}: point at the one holding the images)" if subdirs else ""
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{hint}")
     if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be >= 1, got {limit}")
         files = files[:limit]
     if color not in ("auto", "rgb", "gray"):
         raise InputError(f"color must be 'auto', 'rgb' or 'gray', got {color!r}")
@@ -302,6 +354,9 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
         raise InputError(f"size must be >= 1, got {size}")
     if crop is not None and crop < 1:
         raise InputError(f"--crop must be >= 1, got {crop}")
+    if size is not None:  # before any image is read: a size that cannot fit is refused now
+        _check_size(len(files) * size * size, f"{len(files)} image(s) resized to {size}x{size} "
+                    f"at one byte per pixel")
     mode: Literal["L", "RGB"] | None = {"rgb": "RGB", "gray": "L"}.get(color)  # type: ignore[assignment]
     if mode is None:
         mode = "L" if read_image(files[0]).ndim == 2 else "RGB"
@@ -320,10 +375,10 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
         else:
             if crop is not None and crop > min(a.shape[:2]):
                 raise InputError(f"--crop {crop} is larger than the image {f} ({a.shape[1]}x{a.shape[0]})")
-            a = _center_square(a, crop)
-            im = Image.fromarray(a)
-            a = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+            a = resize_square(_center_square(a, crop), size)
         out.append(a if a.ndim == 3 else a[:, :, None])
+    if any(a.dtype != np.uint8 for a in out):  # 16-bit images: keep their depth as float
+        out = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in out]
     x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(x, None, f"folder:{folder.name}", [str(f) for f in files])
 
@@ -338,6 +393,10 @@ def load_dataset(kind: str, path: str | Path | None = None, size: int | None = N
         raise InputError(f"dataset {kind!r} needs a PATH")
     if kind in ("digits", "lfw") and path:
         raise InputError(f"dataset {kind!r} takes no PATH (got {path})")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit (data.limit) must be >= 1, got {limit}")
+    if size is not None and size < 1:
+        raise InputError(f"--resize (data.size) must be >= 1, got {size}")
     if kind == "digits":
         s = load_digits(size or 16)
     elif kind == "lfw":

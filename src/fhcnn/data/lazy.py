@@ -2,17 +2,18 @@
 
 An *array-like* is anything with ``.shape``, ``.dtype`` and ``__getitem__`` on a tuple of
 slices that returns a numpy array: ``np.ndarray``, ``np.memmap`` (``.npy`` opened with
-``mmap_mode="r"``), ``zarr.Array``, ``h5py.Dataset``, nibabel's ``img.dataobj``, or the small
-views below (:class:`AxesView`, :class:`ChannelView`). Only basic slices (step 1) are asked
-of it, so what a read costs is what its box holds.
+``mmap_mode="r"``), ``zarr.Array``, ``h5py.Dataset``, nibabel's ``img.dataobj``, or a view of
+:mod:`fhcnn.data.volumes`. Only basic slices (step 1) are asked of it, so what a read costs is
+what its box holds.
 
-:class:`LazyVolume` is a ``(C, D, H, W)`` volume made of ``C`` such arrays of shape
-``(D, H, W)`` (one per channel; a volume held in memory is the same object over an
-``ndarray``). It reads boxes and windows continued by reflection past the volume's ends
-(``numpy.pad(mode="reflect")``), and streams per-channel statistics in bounded memory.
-:func:`scan_labels` streams a label volume once (class counts, labelled slices per axis and a
-capped sample of labelled positions per class); :func:`copy_to_zarr` makes a chunked copy of a
-slow-to-slice array (a compressed NIfTI, a TIFF or a video) in one pass.
+* :class:`LazyVolume`: a ``(C, D, H, W)`` volume over ``C`` array-likes of shape ``(D, H, W)``
+  (a volume held in memory is the same object over an ``ndarray``), read by box or by window
+  continued by reflection past its ends (``numpy.pad(mode="reflect")``).
+* :func:`iter_slabs`: the boxes of a bounded-memory pass over an array, in storage order.
+* :func:`stream_stats`: mean, standard deviation, range and NaN count, streamed by slabs.
+* :func:`scan_labels`: one streamed pass over a label volume: every value checked, class counts,
+  labelled voxels per slice of every axis, and a capped sample of labelled positions per class.
+* :func:`copy_to_zarr`: a chunked copy of a slow-to-slice array in one pass.
 
 Example:
     >>> v = LazyVolume.from_array(np.arange(2 * 4 * 5 * 6, dtype=np.float32).reshape(2, 4, 5, 6))
@@ -23,18 +24,23 @@ Example:
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["ArrayLike", "AxesView", "ChannelView", "LazyVolume", "ChannelStats", "LabelScan",
-           "reflect_indices", "read_window", "iter_slabs", "scan_labels", "copy_to_zarr",
-           "SLAB_BYTES"]
+from ..errors import InputError
+
+__all__ = ["ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+           "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies): the reader's memory bound.
 SLAB_BYTES = 64 * 2**20
+#: Labelled positions kept per class for window sampling (an evenly strided sample beyond).
+MAX_POINTS = 1 << 20
 
 
 class ArrayLike(Protocol):
@@ -49,80 +55,31 @@ class ArrayLike(Protocol):
     def __getitem__(self, key: Any) -> Any: ...
 
 
-def _full_key(key: Any, ndim: int) -> tuple[slice, ...]:
-    """``key`` (a slice or tuple of slices, possibly short) as ``ndim`` step-1 slices."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    if len(key) > ndim or any(not isinstance(k, slice) or k.step not in (None, 1) for k in key):
-        raise TypeError(f"only step-1 slices are supported on a lazy array, got {key!r}")
-    return tuple(key) + (slice(None),) * (ndim - len(key))
+def release_pages(array: Any) -> None:
+    """Drop the pages of a memory-mapped array (``np.memmap``) from this process's resident set:
+    written pages are flushed first, then ``madvise(MADV_DONTNEED)`` (the file's data stays in
+    the page cache). Nothing for other arrays or where the platform lacks ``madvise``."""
+    mm = getattr(array, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if getattr(array, "mode", "r") != "r":
+        mm.flush()
+    mm.madvise(mmap.MADV_DONTNEED)
 
 
-class AxesView:
-    """A lazy transpose: ``AxesView(a, axes)[key] == np.transpose(a, axes)[key]``, reading only
-    the box ``key`` selects from ``a``.
+class Unmapped:
+    """A memory-mapped array read by copy: every read is copied out and the mapping's pages
+    released (:func:`release_pages`), so a streamed pass over a large ``.npy`` or TIFF file does
+    not leave the whole file in the process's resident set."""
 
-    Args:
-        array: any array-like.
-        axes: a permutation of ``range(a.ndim)``: axis ``i`` of the view is axis ``axes[i]`` of
-            ``array``.
-    """
-
-    def __init__(self, array: ArrayLike, axes: Sequence[int]) -> None:
-        axes = tuple(int(a) for a in axes)
-        if sorted(axes) != list(range(len(array.shape))):
-            raise ValueError(f"axes {axes} is not a permutation of the {len(array.shape)} axes of the array")
-        self.array, self.axes = array, axes
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(self.array.shape[a]) for a in self.axes)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.axes)
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), array.ndim
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = _full_key(key, self.ndim)
-        src: list[slice] = [slice(None)] * self.ndim
-        for view_axis, source_axis in enumerate(self.axes):
-            src[source_axis] = key[view_axis]
-        return np.asarray(self.array[tuple(src)]).transpose(self.axes)
-
-
-class ChannelView:
-    """One index along one axis of an array-like, lazily: ``ChannelView(a, axis, i)[key] ==
-    np.take(a, i, axis)[key]``."""
-
-    def __init__(self, array: ArrayLike, axis: int, index: int) -> None:
-        n = len(array.shape)
-        if not -n <= axis < n:
-            raise ValueError(f"axis {axis} is outside the {n} axes of the array")
-        self.array, self.axis, self.index = array, axis % n, int(index)
-        if not 0 <= self.index < array.shape[self.axis]:
-            raise ValueError(f"index {index} is outside axis {axis} of size {array.shape[self.axis]}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        s = tuple(int(n) for n in self.array.shape)
-        return s[:self.axis] + s[self.axis + 1:]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = list(_full_key(key, self.ndim))
-        key.insert(self.axis, slice(self.index, self.index + 1))
-        return np.take(np.asarray(self.array[tuple(key)]), 0, axis=self.axis)
+        out = np.array(self.array[key], copy=True)
+        release_pages(self.array)
+        return out
 
 
 def reflect_indices(start: int, length: int, n: int) -> np.ndarray:
@@ -166,58 +123,107 @@ def read_window(array: ArrayLike, starts: Sequence[int], sizes: Sequence[int], l
     return out
 
 
-def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES, axis: int = 0
-               ) -> list[slice]:
-    """Slabs along ``axis`` of an array of ``shape`` whose reads stay under ``max_bytes``
-    (at least one index each)."""
-    shape = [int(n) for n in shape]
-    per = max(1, itemsize * math.prod(shape) // max(shape[axis], 1))
-    step = max(1, max_bytes // per)
-    return [slice(a, min(a + step, shape[axis])) for a in range(0, shape[axis], step)]
+def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
+               axis: int = 0) -> Iterator[tuple[slice, ...]]:
+    """Boxes covering an array of ``shape`` in storage order, each at most ``max_bytes`` (at
+    ``itemsize`` bytes per element) but never less than one element row.
 
-
-def _slab(axis: int, sl: slice, ndim: int) -> tuple[slice, ...]:
-    key = [slice(None)] * ndim
-    key[axis] = sl
-    return tuple(key)
-
-
-@dataclass
-class ChannelStats:
-    """Per-channel statistics of a volume, streamed (float64 sums; ``std`` with ``n - 1``, as
-    ``torch.std``). ``finite[c]`` is False when channel ``c`` holds a NaN or an infinity (its
-    other statistics are then those of its finite values)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    minimum: np.ndarray
-    maximum: np.ndarray
-    finite: np.ndarray
-    count: int
-
-
-def _channel_stats(array: ArrayLike, max_bytes: int) -> tuple[float, float, float, float, bool, int]:
-    n_all, mean, m2 = 0, 0.0, 0.0
-    lo, hi, finite = math.inf, -math.inf, True
-    shape = tuple(int(n) for n in array.shape)
-    for sl in iter_slabs(shape, max(np.dtype(array.dtype).itemsize, 8), max_bytes):
-        a = np.asarray(array[_slab(0, sl, len(shape))], dtype=np.float64).ravel()
-        ok = np.isfinite(a)
-        if not ok.all():
-            finite = False
-            a = a[ok]
-        if a.size == 0:
+    Slabs are whole slices along ``axis``, several at a time; when one slice is larger than
+    ``max_bytes`` it is cut along the other axes too, the nearest to ``axis`` first (for
+    ``axis=0`` of a 3D array rows of axis 1, for ``axis=2`` rows of axis 1).
+    """
+    sizes = [int(n) for n in shape]
+    nd = len(sizes)
+    if not 0 <= axis < nd:
+        raise ValueError(f"axis {axis} is outside the {nd} axes of shape {tuple(shape)}")
+    order = [axis] + sorted((a for a in range(nd) if a != axis), key=lambda a: abs(a - axis))
+    budget = max(1, max_bytes // max(1, itemsize))
+    step = sizes.copy()
+    inner = 1
+    for a in reversed(order):  # innermost (cut last) first
+        if inner * sizes[a] <= budget:
+            inner *= sizes[a]
             continue
-        n, m = a.size, float(a.mean())
-        s2 = float(np.square(a - m).sum())
-        delta = m - mean
-        total = n_all + n
-        mean += delta * n / total            # Chan et al.: merge the slab's mean and M2
-        m2 += s2 + delta * delta * n_all * n / total
-        n_all = total
-        lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-    std = math.sqrt(m2 / (n_all - 1)) if n_all > 1 else 0.0
-    return mean, std, lo, hi, finite, n_all
+        step[a] = max(1, budget // inner)
+        for b in order[: order.index(a)]:
+            step[b] = 1
+        break
+    ranges = [[slice(s, min(s + max(step[a], 1), sizes[a])) for s in range(0, sizes[a], max(step[a], 1))]
+              for a in range(nd)]
+
+    def boxes(level: int, box: list[slice]) -> Iterator[tuple[slice, ...]]:
+        if level == nd:
+            yield tuple(box)
+            return
+        a = order[level]
+        for sl in ranges[a]:
+            box[a] = sl
+            yield from boxes(level + 1, box)
+
+    yield from boxes(0, [slice(0, 0)] * nd)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Statistics of the finite voxels of one channel.
+
+    Attributes:
+        count: finite voxels.
+        mean, std: over the finite voxels (population std), float64 accumulation.
+        min, max: over the finite voxels (``nan`` when there are none).
+        nonfinite: NaN and inf voxels.
+        first_nonfinite: the position of one of them (the first slab's first), or ``None``.
+    """
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    nonfinite: int = 0
+    first_nonfinite: tuple[int, ...] | None = None
+
+    @property
+    def finite(self) -> bool:
+        return self.nonfinite == 0
+
+
+def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int = 0) -> StreamStats:
+    """Mean, std, min, max and NaN/inf count of an array-like, read slab by slab.
+
+    Slabs hold at most ``max_bytes`` of float64 (the working copy); per-slab means and sums of
+    squared deviations are merged exactly (Chan et al.), so the result equals the whole-array
+    float64 computation to rounding.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
+    lo, hi = math.inf, -math.inf
+    bad, first = 0, None
+    floating = np.dtype(array.dtype).kind in "fc"
+    for box in iter_slabs(array.shape, 8, max_bytes, slab_axis):
+        x = np.asarray(array[box], dtype=np.float64)
+        if floating:
+            ok = np.isfinite(x)
+            nb = int(x.size - np.count_nonzero(ok))
+            if nb:
+                if first is None:
+                    where = np.argwhere(~ok)[0]
+                    first = tuple(int(w + s.start) for w, s in zip(where, box))
+                bad += nb
+                x = x[ok]
+        k = x.size
+        if k == 0:
+            continue
+        mb = float(x.mean())
+        m2b = float(np.square(x - mb).sum())
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+        tot = n + k
+        delta = mb - mean
+        mean += delta * k / tot
+        m2 += m2b + delta * delta * n * k / tot
+        n = tot
+    if n == 0:
+        return StreamStats(0, math.nan, math.nan, math.nan, math.nan, bad, first)
+    return StreamStats(n, mean, math.sqrt(m2 / n), lo, hi, bad, first)
 
 
 class LazyVolume:
@@ -228,14 +234,16 @@ class LazyVolume:
         channels: one array-like ``(D, H, W)`` per channel, all of the same shape.
         coords: append two channels holding each voxel's normalized ``h`` and ``w`` position
             (``-1`` to ``1``, ``torch.linspace``), computed, not stored.
-        names: optional channel names (for logs).
+        names: optional channel names (for messages).
+        slab_axes: per channel, the axis its storage reads fastest by slab (streamed passes go
+            along it; e.g. 2 for a NIfTI file); default 0.
 
     Raises:
         ValueError: no channel, a channel that is not 3D, or channels of different shapes.
     """
 
     def __init__(self, channels: Sequence[ArrayLike], coords: bool = False,
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, slab_axes: Sequence[int] | None = None) -> None:
         if not channels:
             raise ValueError("a volume needs at least one channel")
         shapes = {tuple(int(n) for n in c.shape) for c in channels}
@@ -244,15 +252,22 @@ class LazyVolume:
         self.channels = list(channels)
         self.coords = bool(coords)
         self.names = list(names) if names is not None else [f"channel {i}" for i in range(len(channels))]
+        self.slab_axes = list(slab_axes) if slab_axes is not None else [0] * len(self.channels)
         self._coord_axes: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
-    def from_array(cls, volume: Any, coords: bool = False) -> "LazyVolume":
+    def from_array(cls, volume: Any, coords: bool = False) -> LazyVolume:
         """A volume held in memory: ``(C, D, H, W)`` ndarray or tensor (no copy of an ndarray)."""
         a = volume.detach().cpu().numpy() if hasattr(volume, "detach") else np.asarray(volume)
         if a.ndim != 4:
             raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(a.shape)}")
         return cls(list(a), coords=coords)
+
+    def with_coords(self, coords: bool) -> LazyVolume:
+        """The same channels, with or without the coordinate channels."""
+        if coords == self.coords:
+            return self
+        return LazyVolume(self.channels, coords=coords, names=self.names, slab_axes=self.slab_axes)
 
     @property
     def data_channels(self) -> int:
@@ -282,10 +297,10 @@ class LazyVolume:
 
     def read(self, box: Sequence[slice]) -> np.ndarray:
         """``(C, d, h, w)`` float32 of the box ``(slice_d, slice_h, slice_w)`` (inside the volume)."""
-        key = _full_key(tuple(box), 3)
+        key = tuple(box) + (slice(None),) * (3 - len(box))
         data = [np.asarray(c[key], dtype=np.float32) for c in self.channels]
         if self.coords:
-            d, h, w = self.spatial
+            _, h, w = self.spatial
             (r0, r1, _), (c0, c1, _) = key[1].indices(h), key[2].indices(w)
             data.extend(self._coordinates(np.arange(r0, r1), np.arange(c0, c1), data[0].shape[0]))
         return np.stack(data)
@@ -300,12 +315,9 @@ class LazyVolume:
                                           reflect_indices(starts[2], sizes[2], w), int(sizes[0])))
         return np.stack(data)
 
-    def channel_stats(self, max_bytes: int = SLAB_BYTES) -> ChannelStats:
-        """Mean, standard deviation, range and finiteness of each data channel, streamed in
-        slabs along ``D`` of at most ``max_bytes`` (float64 sums, merged slab by slab)."""
-        rows = [_channel_stats(c, max_bytes) for c in self.channels]
-        m, s, lo, hi, fin, n = (np.array(v) for v in zip(*rows))
-        return ChannelStats(m, s, lo, hi, fin.astype(bool), int(n[0]))
+    def channel_stats(self, max_bytes: int = SLAB_BYTES) -> list[StreamStats]:
+        """:func:`stream_stats` of every data channel (along its slab axis)."""
+        return [stream_stats(c, max_bytes, a) for c, a in zip(self.channels, self.slab_axes)]
 
 
 @dataclass
@@ -313,69 +325,100 @@ class LabelScan:
     """What one streamed pass over a label volume found.
 
     Attributes:
-        counts: ``(256,)`` int64 voxels of each label value (``counts[ignore]`` = unlabelled).
-        slices: for each axis, the indices of the slices (planes across that axis) holding at
-            least one labelled voxel.
-        positions: for each class ``c`` in ``0 .. max``, a ``(n_c, ndim)`` int64 array of labelled
-            positions: all of them, or an evenly strided sample of ``max_points`` when there are
-            more (the sample is the same on every call).
+        counts: ``(limit,)`` int64 labelled voxels of each class value.
+        unlabelled: voxels equal to the ignore value.
+        per_slice: for each axis, the labelled voxels of each slice along it (int64 arrays).
+        positions: for each class ``c`` in ``0 .. max``, an ``(n_c, ndim)`` int32 array of
+            labelled positions: all of them while there are at most ``max_points``, else every
+            ``s``-th in scan order, ``s`` the smallest power of two that brings them under it.
     """
 
     counts: np.ndarray
-    slices: list[np.ndarray]
+    unlabelled: int
+    per_slice: list[np.ndarray]
     positions: list[np.ndarray]
 
-    def classes(self, ignore: int) -> list[int]:
-        """Label values other than ``ignore`` with at least one voxel."""
-        return [v for v in np.flatnonzero(self.counts).tolist() if v != ignore]
+    def classes(self) -> list[int]:
+        """Class values with at least one voxel."""
+        return np.flatnonzero(self.counts).tolist()
+
+    def labelled_slices(self, axis: int) -> list[int]:
+        """Slices along ``axis`` holding at least one labelled voxel."""
+        return [int(i) for i in np.flatnonzero(self.per_slice[axis])]
 
 
-def scan_labels(labels: ArrayLike, ignore: int = 255, max_points: int = 1 << 22,
-                max_bytes: int = SLAB_BYTES) -> LabelScan:
-    """Stream an integer label volume (any number of axes) once, in slabs along its first axis.
+def _first(bad: np.ndarray, x: np.ndarray, box: Sequence[slice]) -> tuple[tuple[int, ...], Any]:
+    where = np.argwhere(bad)[0]
+    v = x[tuple(where)]
+    return tuple(int(w + s.start) for w, s in zip(where, box)), (v.item() if hasattr(v, "item") else v)
 
-    Values outside ``0..255`` are counted as 0 in ``counts`` and reported by raising
-    :class:`ValueError` (naming one); ``positions`` holds every labelled voxel of a class while
-    it has at most ``max_points`` of them, else every ``ceil(n / max_points)``-th in scan order.
+
+def scan_labels(labels: ArrayLike, ignore: int = 255, *, limit: int = 256, max_points: int = MAX_POINTS,
+                max_bytes: int = SLAB_BYTES, slab_axis: int = 0, what: str = "labels") -> LabelScan:
+    """Check and scan an integer label array-like (any number of axes) in one pass of slabs of
+    at most ``max_bytes``.
+
+    Args:
+        labels: integer, bool or float (integral values) labels.
+        ignore: the value of unlabelled voxels.
+        limit: class values run ``0 .. limit - 1``.
+        max_points: labelled positions kept per class (see :class:`LabelScan`).
+        what: the name in messages (``"labels x.nii.gz"``).
+
+    Raises:
+        InputError: a value that is neither a class nor ``ignore`` (a negative, a non-integer, a
+            NaN, one of ``limit`` or more), naming it and its position.
     """
     shape = tuple(int(n) for n in labels.shape)
     nd = len(shape)
-    counts = np.zeros(256, np.int64)
-    hit = [np.zeros(n, bool) for n in shape]
-    slabs = iter_slabs(shape, max(np.dtype(labels.dtype).itemsize, 8), max_bytes)
-    for sl in slabs:  # first pass: counts (to know each class's stride)
-        a = np.asarray(labels[_slab(0, sl, nd)])
-        if a.dtype.kind == "f":
-            if not np.isfinite(a).all() or (a != np.round(a)).any():
-                raise ValueError("labels must be whole numbers (found a fractional or NaN value)")
-        bad = (a < 0) | (a > 255)
+    counts = np.zeros(limit, np.int64)
+    per = [np.zeros(n, np.int64) for n in shape]
+    unlabelled = 0
+    floating = np.dtype(labels.dtype).kind == "f"
+    stride = np.ones(limit, np.int64)
+    seen = np.zeros(limit, np.int64)
+    kept: list[list[np.ndarray]] = [[] for _ in range(limit)]
+    n_kept = np.zeros(limit, np.int64)
+    for box in iter_slabs(shape, 8, max_bytes, slab_axis):
+        x = np.asarray(labels[box])
+        if x.dtype == bool:
+            x = x.view(np.uint8)
+        if floating:
+            bad = ~np.isfinite(x) | (x != np.round(x))
+            if bad.any():
+                pos, v = _first(bad, x, box)
+                raise InputError(f"{what} hold the value {v} at voxel {pos}: labels are integers "
+                                 f"(classes 0, 1, ... and --ignore {ignore}; floats with integral values "
+                                 f"are accepted)")
+        unl = x == ignore
+        lab = ~unl
+        bad = lab & ((x < 0) | (x >= limit))
         if bad.any():
-            raise ValueError(f"label value {a[bad].flat[0]} is outside 0..255")
-        counts += np.bincount(a.astype(np.int64, copy=False).ravel(), minlength=256)[:256]
-    stride = [max(1, -(-int(n) // max_points)) for n in counts]
-    seen = np.zeros(256, np.int64)
-    found: list[list[np.ndarray]] = [[] for _ in range(256)]
-    for sl in slabs:
-        a = np.asarray(labels[_slab(0, sl, nd)]).astype(np.int64, copy=False)
-        mask = a != ignore
-        if not mask.any():
+            pos, v = _first(bad, x, box)
+            raise InputError(f"{what} hold the value {v} at voxel {pos}, which is neither a class "
+                             f"(0..{limit - 1}) nor the --ignore value {ignore}")
+        unlabelled += int(np.count_nonzero(unl))
+        xi = x.astype(np.int64, copy=False)
+        counts += np.bincount(xi[lab], minlength=limit)[:limit]
+        for a in range(nd):
+            other = tuple(b for b in range(nd) if b != a)
+            per[a][box[a]] += np.count_nonzero(lab, axis=other) if other else lab
+        if not lab.any():
             continue
-        for axis in range(nd):
-            others = tuple(k for k in range(nd) if k != axis)
-            got = mask.any(axis=others) if others else mask
-            if axis == 0:
-                hit[0][sl] |= got
-            else:
-                hit[axis] |= got
-        for c in np.unique(a[mask]).tolist():
-            pos = np.argwhere(a == c)
-            pos[:, 0] += sl.start
-            first = (-seen[c]) % stride[c]  # keep global indices 0, s, 2s, ... of this class
-            found[c].append(pos[first::stride[c]])
-            seen[c] += len(pos)
-    top = max([c for c in range(256) if c != ignore and counts[c]] or [-1])
-    positions = [np.concatenate(found[c]) if found[c] else np.zeros((0, nd), np.int64) for c in range(top + 1)]
-    return LabelScan(counts, [np.flatnonzero(h) for h in hit], positions)
+        origin = np.array([s.start for s in box], np.int32)
+        for c in np.unique(xi[lab]).tolist():
+            where = np.argwhere(xi == c)
+            first = (-seen[c]) % stride[c]  # keep the class's voxels number 0, s, 2s, ... in scan order
+            take = where[first::stride[c]].astype(np.int32) + origin
+            kept[c].append(take)
+            n_kept[c] += len(take)
+            seen[c] += len(where)
+            while n_kept[c] > max_points:  # halve the sample: every other kept voxel, twice the stride
+                whole = np.concatenate(kept[c])[::2]
+                kept[c], n_kept[c], stride[c] = [whole], len(whole), 2 * stride[c]
+    top = int(np.flatnonzero(counts).max()) if counts.any() else -1
+    positions = [np.concatenate(kept[c]) if kept[c] else np.zeros((0, nd), np.int32) for c in range(top + 1)]
+    return LabelScan(counts, unlabelled, per, positions)
 
 
 def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis: int = 0,
@@ -393,6 +436,6 @@ def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis
     per = max(1, dt.itemsize * math.prod(shape) // max(shape[axis], 1))
     step *= max(1, max_bytes // (per * step))
     for a in range(0, shape[axis], step):
-        key = _slab(axis, slice(a, min(a + step, shape[axis])), len(shape))
+        key = tuple(slice(a, min(a + step, shape[axis])) if k == axis else slice(None) for k in range(len(shape)))
         out[key] = np.asarray(array[key], dtype=dt)
     return zarr.open_array(str(path), mode="r")

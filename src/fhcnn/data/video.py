@@ -13,9 +13,10 @@ are mapped to classes ``0..K-1`` by :func:`mask_classes` (0 stays background).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -24,9 +25,12 @@ from ..errors import InputError
 from ..options import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ._npy import load_npy
 
-__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "check_mask_encodings",
-           "mask_classes", "apply_classes", "davis_palette", "write_mask_png", "generate_video"]
+if TYPE_CHECKING:
+    from PIL import Image
 
+__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "MaskSet",
+           "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette", "write_mask_png",
+           "generate_video", "open_image", "pil_high_depth"]
 
 
 def _number_key(p: Path) -> tuple:
@@ -95,6 +99,42 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.round(frames_to_unit(f) * 255), 0, 255).astype(np.uint8)
 
 
+def pil_high_depth(im: "Image.Image") -> str | None:
+    """The raw mode (e.g. ``"RGB;16B"``) of an image Pillow would decode to *fewer* bits than
+    the file holds (16-bit colour or grey-with-alpha PNGs become 8-bit), else ``None``. Call it
+    before the image is loaded."""
+    if im.mode.startswith("I") or im.mode == "F":
+        return None
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and ";16" in raw:
+            return raw
+    return None
+
+
+@contextlib.contextmanager
+def open_image(f: Path, what: str) -> Iterator["Image.Image"]:
+    """``PIL.Image.open`` that refuses (naming the file) an image Pillow would read at fewer
+    bits than it holds, and turns it upright by its EXIF orientation (as every viewer shows
+    it); the caller catches reading errors."""
+    from PIL import Image, ImageOps
+
+    with Image.open(f) as im:
+        raw = pil_high_depth(im)
+        if raw is not None:
+            kind = {"RGB": "colour", "RGBA": "colour", "LA": "grey-with-alpha"}.get(raw.split(";")[0], raw)
+            raise InputError(f"{what} {f} is a 16-bit {kind} image, which can only be read at 8 "
+                             f"bits here; save it as a 16-bit TIFF, a 16-bit grey PNG or a .npy "
+                             f"array to keep its depth")
+        upright = ImageOps.exif_transpose(im)
+        if upright is None or upright is im:
+            yield im
+        else:
+            upright.format = im.format  # a rotated copy: keep what the file is
+            yield upright
+
+
 def _read_frame(f: Path) -> np.ndarray:
     """One frame in its own bit depth: ``(H, W, 3)`` or ``(H, W)`` (uint8, uint16, float ...)."""
     if f.suffix.lower() in (".tif", ".tiff"):
@@ -107,13 +147,13 @@ def _read_frame(f: Path) -> np.ndarray:
                 return np.asarray(tifffile.imread(f))
             except Exception as e:
                 raise InputError(f"cannot read frame {f}: {e}") from None
-    from PIL import Image
-
     try:
-        with Image.open(f) as im:
+        with open_image(f, "frame") as im:
             if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: keep the values
                 return np.asarray(im)
             return np.asarray(im.convert("RGB"))
+    except InputError:
+        raise
     except Exception as e:  # PIL raises many kinds
         hint = " (install tifffile to read TIFF frames: pip install tifffile)" \
             if f.suffix.lower() in (".tif", ".tiff") else ""
@@ -211,31 +251,41 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
-def _read_mask_png(f: Path) -> np.ndarray:
-    from PIL import Image
-
+def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
+    """``(raw values, kind)``: palette index or grey value (kind ``"index"``), or each RGB colour
+    as one value ``R * 65536 + G * 256 + B`` (kind ``"colour"``; black = background = 0)."""
     if f.suffix.lower() in LOSSY_SUFFIXES:
         raise InputError(f"mask {f} is a JPEG: lossy compression turns one label value into "
                          f"many; save the masks as PNG")
     try:
-        with Image.open(f) as im:
+        with open_image(f, "mask") as im:
             if im.format == "JPEG":
                 raise InputError(f"mask {f} holds JPEG data: lossy compression turns one label "
                                  f"value into many; save the masks as PNG")
-            if im.mode in ("P", "L", "1", "I", "I;16"):
-                return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64)
+            if im.mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64), "index"
             rgb = np.asarray(im.convert("RGB")).astype(np.int64)
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"cannot read mask {f}: {e}") from None
-    # colour masks: encode each RGB colour as one value (black = background = 0)
-    return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2], "colour"
+
+
+class MaskSet(dict[int, np.ndarray]):
+    """``{frame index: (H, W) int64 raw mask values}`` read by :func:`read_masks`, with the
+    image kind of each mask (``kinds``: ``"index"`` for palette/grey/``.npy`` masks, ``"colour"``
+    for RGB ones, whose values are colour codes) and its file (``files``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[int, str] = {}
+        self.files: dict[int, str] = {}
 
 
 def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[int, int] | None = None
-               ) -> dict[int, np.ndarray]:
-    """Read masks as ``{frame index: (H, W) int64 raw mask values}``.
+               ) -> MaskSet:
+    """Read masks as ``{frame index: (H, W) int64 raw mask values}`` (a :class:`MaskSet`).
 
     A folder's PNGs are matched to frames by name (``00007.png`` <-> frame ``00007``), else by
     the number in the name, else (same count as frames) by order. A ``.npy`` is ``(T, H, W)``
@@ -249,7 +299,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     if not path.exists():
         raise FileNotFoundError(f"masks not found: {path}")
     t = len(frame_names)
-    out: dict[int, np.ndarray] = {}
+    out = MaskSet()
     if path.is_dir():
         folder = _davis_sequence_folder(path, "Annotations")
         files = _image_files(folder)
@@ -272,7 +322,8 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             else:
                 raise InputError(f"mask {f} matches no frame name (frames are named like "
                                  f"{frame_names[0]}..{frame_names[-1]})")
-            out[idx] = _read_mask_png(f)
+            out[idx], out.kinds[idx] = _read_mask_png(f)
+            out.files[idx] = str(f)
     elif path.suffix.lower() == ".npy":
         a = load_npy(path, "masks")
         if a.ndim != 3 or a.shape[0] != t:
@@ -282,7 +333,8 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
                 a = np.where(np.isfinite(a), a, 255)
             else:
                 raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
-        out = {i: a[i].astype(np.int64) for i in range(t)}
+        for i in range(t):
+            out[i], out.kinds[i], out.files[i] = a[i].astype(np.int64), "index", str(path)
     else:
         raise InputError(f"masks must be a folder of PNG masks or a .npy (T, H, W), got {path}")
     if frame_size is not None:
@@ -316,9 +368,26 @@ def check_mask_encodings(mask_sets: Sequence[tuple[str, dict[int, np.ndarray]]],
     """Refuse masks that encode objects differently, e.g. one mask 0/1 and another 0/255
     (given together, 255 would mean "unlabelled" and the 0/255 masks would lose their object).
 
+    Also refuses palette or grey masks (values are indices) mixed with colour masks (values
+    are RGB colours): the same-looking object would become two classes.
+
     ``mask_sets``: ``(source, {frame index: raw mask})`` pairs, e.g. ``--labels`` and
     ``--eval-labels``; every mask of every set is compared with every other.
     """
+    first: dict[str, str] = {}
+    for source, ms in mask_sets:
+        kinds = getattr(ms, "kinds", {})
+        files = getattr(ms, "files", {})
+        for k in sorted(ms):
+            kind = kinds.get(k, "index")
+            if kind == "index" and not ms[k].any():
+                continue  # all background: no object to encode either way
+            first.setdefault(kind, files.get(k, f"{source} frame {frame_names[k]}"))
+    if len(first) > 1:
+        raise InputError(f"masks mix image kinds: {first['index']} is a palette or grey image "
+                         f"(values are label indices) but {first['colour']} is an RGB colour "
+                         f"image (values are colours), so one object would get two classes; save "
+                         f"all masks the same way (e.g. all palette PNGs)")
     only_255: tuple[str, int] | None = None
     other: tuple[str, int, list[int]] | None = None
     for source, ms in mask_sets:

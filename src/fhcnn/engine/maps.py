@@ -25,7 +25,7 @@ from ..data.lazy import LazyVolume
 from ..errors import InputError
 from .config import SegmentConfig
 from .plan import DenseInputs, RunPlan, prepare
-from .run import WORK_DIR, predict
+from .run import predict
 from .sizes import Geometry
 from .store import DepthMeanSink
 from .train import SegmentationResult, train
@@ -114,6 +114,5 @@ def fit_map(volume: Any, labels: Any, config: SegmentConfig, *, num_classes: int
     train_time = time.perf_counter() - t0
     geom = plan.geometry
     prob = np.zeros((plan.num_classes, *geom.size), np.float32)
-    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled)],
-                      work=out_dir / WORK_DIR if out_dir is not None else None)
+    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled)])
     return MapFit(prob.argmax(0).astype(np.uint8), prob, result, plan, train_time, seconds)

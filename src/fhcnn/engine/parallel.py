@@ -16,20 +16,21 @@ data-parallel replicas of ``S`` processes each (replica ``d`` owns ranks ``d*S .
   all-reduced), and :func:`~fhcnn.spatial.reduce_gradients` sums the gradients over the slabs
   and averages them over the replicas instead of DistributedDataParallel (which must not wrap
   a split model). The loss the trainer logs is the replica's whole loss.
-* **Prediction.** In eval mode the split model takes *whole* windows: every process of the
-  space group runs the same tiled prediction (:func:`~fhcnn.engine.inference.predict_volume`,
-  unchanged), keeps its slab of each window and all-gathers the logits, so every process
-  ends with the probabilities of the whole volume (rank 0 writes them). The result equals the
-  single-process prediction.
+* **Prediction.** Every process of the space group runs the same tiled prediction
+  (:func:`~fhcnn.engine.inference.predict_into`): inside :meth:`SpaceRun.predicting` each reads
+  only its slab of every window and the split model all-gathers the window's logits, so every
+  process can finish any part of the output; which part is the caller's choice
+  (:func:`~fhcnn.engine.run.owned_region`: rank 0 everything, or each process its slab). Outside
+  it, the split model in eval mode takes whole windows (each process keeps its slab). The
+  result equals the single-process prediction.
 * **Checks** (:func:`check_space_split`, one line each, before the output folder exists): the
   U-Net cannot be split; the world size must be a multiple of ``S``; every training and
   prediction window must cut into slabs that are whole multiples of the network's
   ``size_multiple`` along the split axes (the error names the axis and the nearest valid size).
 
-Not split: the input volume itself is read whole by every process (the apps read files whole);
-a volume too large for one host would be read slab by slab with
-:meth:`~fhcnn.spatial.SpatialSplit.local_slices`. The window's logits are gathered whole on
-every process during prediction (``K`` channels, small next to the network's states).
+Not split: training windows are read whole by every process (augmentations need the whole
+window), and the window's logits are gathered whole on every process during prediction (``K``
+channels, small next to the network's states).
 """
 
 from __future__ import annotations

@@ -15,20 +15,21 @@ memory; the out-of-core path runs at ``data.scale = 1``).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..data.lazy import ArrayLike, ChannelStats, LabelScan, LazyVolume, scan_labels
+from ..data.lazy import ArrayLike, LabelScan, LazyVolume, StreamStats, scan_labels
 from ..errors import InputError
 from ..options import IGNORE
 from .config import SegmentConfig
 from .models import size_multiple_of
 from .sizes import Geometry, Tiling, chunk_shape, prediction_tilings, prediction_window_of, training_window
 
-__all__ = ["DenseInputs", "RunPlan", "prepare", "CHUNK"]
+__all__ = ["DenseInputs", "RunPlan", "prepare", "check_resources", "CHUNK"]
 
 #: Side of the cubic chunks predictions are written in (clipped to the volume).
 CHUNK = 64
@@ -46,12 +47,14 @@ class DenseInputs:
         num_classes: ``K`` (default: the largest label + 1, at least 2).
         eval_labels: optional truth shaped like ``labels`` (``IGNORE`` = not scored), scored
             during training (``data.eval_every``) and at the end; never trained on.
+        stats: the volume's per-channel statistics if already streamed (else they are).
     """
 
     volume: Any
     labels: Any
     num_classes: int | None = None
     eval_labels: Any = None
+    stats: list[StreamStats] | None = None
 
 
 @dataclass
@@ -66,7 +69,7 @@ class RunPlan:
         labels, eval_labels: at the network's resolution.
         num_classes: ``K``.
         scan: the labels' class counts, labelled slices and sampled positions.
-        stats: the volume's per-channel statistics (the model's input normalization).
+        stats: the statistics of each data channel (the model's input normalization).
         train_window, predict_window: ``(d, h, w)`` (``0`` = whole axis in the latter).
         tilings: the prediction's tilings (:func:`~fhcnn.engine.sizes.prediction_tilings`).
         chunks: the chunk shape predictions are finished in.
@@ -79,7 +82,7 @@ class RunPlan:
     eval_labels: ArrayLike | None
     num_classes: int
     scan: LabelScan
-    stats: ChannelStats
+    stats: list[StreamStats]
     train_window: tuple[int, int, int]
     predict_window: tuple[int, int, int]
     tilings: list[Tiling]
@@ -156,22 +159,19 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
         truth = geom.labels(np.asarray(truth[...]), inputs.num_classes) if truth is not None else None
     else:
         volume = _as_volume(raw, coords=d.coords)
-    try:
-        scan = scan_labels(labels)
-    except ValueError as e:
-        raise InputError(f"labels: {e}") from None
-    top = max((c for c in range(256) if c != IGNORE and scan.counts[c]), default=-1)
+    summary = getattr(inputs.labels, "summary", None)  # a checked label volume brings its scan
+    scan = summary.scan if summary is not None and summary.scan is not None and labels is inputs.labels \
+        else scan_labels(labels, IGNORE, limit=inputs.num_classes or 256)
+    top = max(scan.classes(), default=-1)
     k = inputs.num_classes or max(2, top + 1)
-    if top >= k:
-        bad = [c for c in range(k, 256) if c != IGNORE and scan.counts[c]]
-        raise InputError(f"labels must lie in [0, {k}) or be {IGNORE}; found {bad[:5]}")
     present = [c for c in range(k) if scan.counts[c]]
     if len(present) < 2:
         raise InputError(f"the labels must contain at least two classes; found only {present}")
-    stats = raw.channel_stats()
-    if not stats.finite.all():
-        bad_c = [raw.names[i] for i in np.flatnonzero(~stats.finite)]
-        raise InputError(f"the volume holds NaN or infinite values ({', '.join(bad_c)}): fill or mask them first")
+    stats = inputs.stats if inputs.stats is not None else raw.channel_stats()
+    bad_c = [f"{name} ({s.nonfinite:,} voxels, one at {s.first_nonfinite})"
+             for name, s in zip(raw.names, stats) if not s.finite]
+    if bad_c:
+        raise InputError(f"the volume holds NaN or infinite values in {', '.join(bad_c)}: fill or mask them first")
     win = training_window((d.window_depth, d.window_height, d.window_width), volume.spatial, multiple,
                           whole_depth=reduce)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce)
@@ -182,15 +182,53 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     return plan
 
 
+def check_resources(cfg: Any, in_channels: int, num_classes: int, train_window: Sequence[int],
+                    predict_windows: Sequence[Sequence[int]]) -> None:
+    """Refuse, before the output folder exists, a run that cannot fit the machine (see
+    :mod:`fhcnn.resources`): ``train.threads`` above the CPUs, ``train.steps`` beyond a year,
+    and a training batch or prediction batch whose least memory exceeds what is available.
+
+    The least memory of a batch counts, in float32 per voxel of its windows: the input channels,
+    the network's state after the opening (``width / 8**pre_levels`` values; ``unet_base`` for the
+    U-Net) twice with its gradient twice (a reversible step holds two states), and the logits
+    with their gradient; prediction counts the input, two states and the probabilities.
+    """
+    from ..resources import check_memory, check_steps, check_threads
+    from ..training.device import resolve_device
+
+    check_threads(cfg.train.threads)
+    check_steps(cfg.train.steps)
+    d = cfg.data
+    state = cfg.model.width / 8 ** cfg.model.pre_levels if cfg.model.arch == "hyperbolic" \
+        else float(cfg.model.unet_base)
+    device = resolve_device(cfg.train.device)
+    win = train_window
+    per_voxel = in_channels + 4 * state + 2 * num_classes
+    check_memory(4 * d.batch_size * math.prod(win) * per_voxel,
+                 f"a training batch of {d.batch_size} window(s) of {win[0]}x{win[1]}x{win[2]} voxels "
+                 f"(data.batch_size, data.window_depth/height/width)",
+                 f"{per_voxel:g} float32 values per voxel: input, network state and logits with "
+                 f"gradients", device)
+    per_voxel = in_channels + 2 * state + num_classes
+    for pred in predict_windows:
+        check_memory(4 * d.predict_batch * math.prod(pred) * per_voxel,
+                     f"a prediction batch of {d.predict_batch} window(s) of {pred[0]}x{pred[1]}x{pred[2]} "
+                     f"voxels (data.predict_batch, data.predict_depth/height/width)",
+                     f"{per_voxel:g} float32 values per voxel: input, network state and probabilities",
+                     device)
+
+
 def _check_setup(plan: RunPlan) -> None:
-    """The device, the model built for these inputs (on the meta device: every shape check, no
-    memory), and the split in space."""
+    """The device, the machine's resources, the model built for these inputs (on the meta
+    device: every shape check, no memory), and the split in space."""
     from ..training.device import resolve_device
     from .models import build_model, check_spectral_head
     from .parallel import check_space_split
 
     cfg = plan.config
     resolve_device(cfg.train.device)
+    check_resources(cfg, plan.volume.shape[0], plan.num_classes, plan.train_window,
+                    list(dict.fromkeys(t.window for t in plan.tilings)))
     try:
         check_spectral_head(cfg, plan.reduce_depth)
         with torch.device("meta"):

@@ -22,10 +22,7 @@ from .plan import RunPlan
 from .store import CACHE_BYTES, Sink
 from .train import SegmentationResult, train
 
-__all__ = ["run", "predict", "owned_region", "WORK_DIR", "Ownership"]
-
-#: Scratch folder (inside OUT) for prediction chunks spilled to disk; removed when done.
-WORK_DIR = ".work"
+__all__ = ["run", "predict", "owned_region", "Ownership"]
 
 #: Which part of the output each process finishes (see the module docstring).
 Ownership = Literal["main", "slabs"]
@@ -60,7 +57,8 @@ def owned_region(plan: RunPlan, result: SegmentationResult, ownership: Ownership
 
 def predict(plan: RunPlan, result: SegmentationResult, sinks: Sequence[Sink], *, work: Path | None = None,
             ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> float:
-    """Predict the plan's volume into ``sinks`` (this process's ``owned_region``); returns the
+    """Predict the plan's volume into ``sinks`` (this process's ``owned_region``); chunks beyond
+    ``cache_bytes`` spill to a private folder in ``work`` (default ``TMPDIR``). Returns the
     seconds it took."""
     t0 = time.perf_counter()
     result.predict_into(plan.volume, sinks, work=work, cache_bytes=cache_bytes,
@@ -73,9 +71,8 @@ def run(plan: RunPlan, out: Path | None, sinks: Callable[[SegmentationResult], S
         eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
         ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> tuple[SegmentationResult, float]:
     """Train on the plan (checkpoints and ``metrics.jsonl`` in ``out``), then predict its volume
-    into ``sinks(result)`` (spilling to ``out/.work``). Returns the result and the prediction's
+    into ``sinks(result)`` (see :func:`predict`). Returns the result and the prediction's
     seconds."""
     result = train(plan, out, eval_fn=eval_fn, quiet=quiet, resume=resume)
-    seconds = predict(plan, result, sinks(result), work=out / WORK_DIR if out is not None else None,
-                      ownership=ownership, cache_bytes=cache_bytes)
+    seconds = predict(plan, result, sinks(result), ownership=ownership, cache_bytes=cache_bytes)
     return result, seconds

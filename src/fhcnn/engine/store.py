@@ -2,11 +2,11 @@
 
 A prediction adds each window's blended class probabilities into a :class:`BlendStore`: a grid
 of chunks of a ``(K, D, H, W)`` float32 sum, kept in memory while they are being filled and
-spilled to a zarr array on disk (inside the run's work folder) when more than
-``cache_bytes`` are open. The store knows from the tilings how many windows touch each chunk;
-when the last one has been added, the chunk is *finished*: divided by the number of tilings
-and handed to the sinks, then dropped. Peak memory is therefore set by the windows in flight
-and ``cache_bytes``, never by the volume.
+spilled to a zarr array on disk (a private folder in the system's temporary folder, ``TMPDIR``,
+removed when the prediction ends) when more than ``cache_bytes`` are open. The store knows from
+the tilings how many windows touch each chunk; when the last one has been added, the chunk is
+*finished*: divided by the number of tilings and handed to the sinks, then dropped. Peak
+memory is therefore set by the windows in flight and ``cache_bytes``, never by the volume.
 
 Sinks receive ``(box, prob)``: ``box`` a ``(slice, slice, slice)`` of the output volume and
 ``prob`` its ``(K, d, h, w)`` float32 probabilities:
@@ -69,9 +69,9 @@ class BlendStore:
         volume: ``(D, H, W)`` of the whole volume (the tilings' frame).
         sinks: where finished chunks go, with boxes in volume coordinates.
         origin: the region's first voxel in the volume.
-        work: a folder for spilled chunks (created when first needed and removed by
-            :meth:`close`); ``None`` keeps everything in memory.
-        cache_bytes: open chunks kept in memory before spilling (only with ``work``).
+        work: where the private folder of spilled chunks is made (when first needed; removed
+            by :meth:`close`); default the system's temporary folder (``TMPDIR``).
+        cache_bytes: open chunks kept in memory before spilling to disk.
     """
 
     def __init__(self, shape: Sequence[int], num_classes: int, chunks: Sequence[int],
@@ -91,6 +91,7 @@ class BlendStore:
         self.open: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self.spilled: set[tuple[int, int, int]] = set()
         self._disk: Any = None
+        self._spill_dir: Path | None = None
         self.finished = 0
         self.peak_open_bytes = 0
         for idx in zip(*np.nonzero(self.pending == 0)):  # chunks no window meets (cannot happen
@@ -104,11 +105,12 @@ class BlendStore:
 
     def _disk_array(self) -> Any:
         if self._disk is None:
+            import tempfile
+
             import zarr
 
-            assert self.work is not None
-            self.work.mkdir(parents=True, exist_ok=True)
-            self._disk = zarr.open_array(str(self.work / "blend.zarr"), mode="w", shape=(self.k, *self.shape),
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="fhcnn-blend-", dir=self.work))
+            self._disk = zarr.open_array(str(self._spill_dir / "blend.zarr"), mode="w", shape=(self.k, *self.shape),
                                          chunks=(self.k, *self.chunks), dtype=np.float32, fill_value=0.0)
         return self._disk
 
@@ -135,8 +137,6 @@ class BlendStore:
     def _evict(self) -> None:
         nbytes = self._open_bytes()
         self.peak_open_bytes = max(self.peak_open_bytes, nbytes)
-        if self.work is None:
-            return
         while nbytes > self.cache_bytes and len(self.open) > 1:
             idx, buf = self.open.popitem(last=False)
             self._disk_array()[self._local(self._chunk_box(idx))] = buf
@@ -181,10 +181,15 @@ class BlendStore:
         """Every chunk finished."""
         return self.finished == self.pending.size
 
+    @property
+    def spilled_to(self) -> Path | None:
+        """The private folder of spilled chunks (``None`` while nothing was spilled)."""
+        return self._spill_dir
+
     def close(self) -> None:
-        """Remove the spill folder's array; raises if a chunk was never finished."""
-        if self._disk is not None and self.work is not None:
-            shutil.rmtree(self.work / "blend.zarr", ignore_errors=True)
+        """Remove the spill folder; raises if a chunk was never finished."""
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
             self._disk = None
         if not self.done:
             raise RuntimeError(f"{self.pending.size - self.finished} prediction chunks were never finished")

@@ -41,9 +41,9 @@ from .losses import SegmentationLoss, UnlabelledTerm, weights_of_counts
 from .metrics import scores_of_confusion
 from .models import DepthMean, VolumeSegmenter, build_model
 from .parallel import SpaceRun
-from .plan import DenseInputs, RunPlan, class_positions, prepare
+from .plan import CHUNK, DenseInputs, RunPlan, class_positions, prepare
 from .sampling import WindowSampler
-from .sizes import Tiling, prediction_tilings
+from .sizes import Tiling, chunk_shape, prediction_tilings
 from .store import CACHE_BYTES, BlendStore, ConfusionSink, Sink, TensorSink
 
 __all__ = ["SegmentationResult", "train", "train_segmentation", "activation_bytes", "num_classes_of"]
@@ -131,7 +131,8 @@ class SegmentationResult:
         assert plan is not None
         size = volume.spatial
         tilings = self.tilings(size, shifts)
-        chunks = plan.chunks if size == plan.volume.spatial else size
+        chunks = plan.chunks if size == plan.volume.spatial else \
+            chunk_shape(size, CHUNK, (d.reduce_depth, False, False))
         origin, shape = owned if owned is not None else ((0, 0, 0), size)
 
         def make(k: int) -> BlendStore:
@@ -240,12 +241,12 @@ class _Evaluator:
 
 
 def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
-    """``(C,)`` mean and standard deviation the model normalizes its input with: the streamed
-    statistics of the data channels, and those of ``linspace(-1, 1, n)`` for the coordinate
-    channels (``data.coords``)."""
+    """``(C,)`` mean and (population) standard deviation the model normalizes its input with: the
+    streamed statistics of the data channels, and those of ``linspace(-1, 1, n)`` over the
+    volume for the coordinate channels (``data.coords``)."""
     vol = plan.volume
-    parts_m = [torch.as_tensor(plan.stats.mean, dtype=torch.float32)]
-    parts_s = [torch.as_tensor(plan.stats.std, dtype=torch.float32)]
+    parts_m = [torch.tensor([s.mean for s in plan.stats], dtype=torch.float32)]
+    parts_s = [torch.tensor([s.std for s in plan.stats], dtype=torch.float32)]
     if vol.coords:  # each value of linspace(-1, 1, n) repeated over the volume's other axes
         total = math.prod(vol.spatial)
         for n in vol.spatial[1:]:
@@ -253,7 +254,7 @@ def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
             m = lin.mean()
             ss = (lin - m).square().sum() * (total // n)
             parts_m.append(m.float()[None])
-            parts_s.append((ss / max(total - 1, 1)).sqrt().float()[None])
+            parts_s.append((ss / total).sqrt().float()[None])
     return torch.cat(parts_m), torch.cat(parts_s)
 
 

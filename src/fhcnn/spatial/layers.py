@@ -4,9 +4,10 @@
   halo planes from the neighbours (zeros at the volume's ends) and convolve without padding
   along the split axes, so the result is the global operator on this slab; the normalization
   is the global one (:mod:`fhcnn.spatial.norm`). Being a :class:`~fhcnn.layers.SymmetricLayer`
-  with the same parameter names, it runs unchanged inside the reversible backward
-  (``torch.func.functional_call``), where the exchanges happen again for the reconstruction
-  and, reversed, for the vector-Jacobian product.
+  with the same parameter names, it runs unchanged inside the reversible backward, which
+  evaluates it through its own ``neg_forward(y, params, modes)`` with the tensors and modes
+  of the forward pass; the exchanges happen again for the reconstruction and, reversed, for
+  the vector-Jacobian product.
 * :class:`SplitLearnableWavelet`: the lattice's one-sample delay is a periodic shift of the
   second polyphase channel; along a split axis it takes one plane from the next slab
   (analysis) or the previous one (synthesis), the last slab wrapping to the first.

@@ -52,9 +52,11 @@ class SplitGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         return self.functional(x, self.weight, self.bias)
 
-    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                   training: bool | None = None) -> Tensor:
         """The global group norm with the given affine tensors (used by the reversible
-        backward's recomputation, :func:`fhcnn.layers._functional_norm`)."""
+        backward's recomputation, :func:`fhcnn.layers._functional_norm`); the same in either
+        mode (``training`` is accepted for the common signature)."""
         n, c = x.shape[:2]
         xg = x.reshape(n, self.num_groups, -1)
         count = xg.shape[-1] * self.split.size
@@ -96,12 +98,15 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.dim() < 3:
             raise ValueError(f"expected (N, C, *S) input, got shape {tuple(x.shape)}")
 
-    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                   training: bool | None = None) -> Tensor:
         """The global batch norm with the given affine tensors and no running-statistics update
-        (batch statistics in training mode, running ones in eval mode): the reversible
-        backward's recomputation (:func:`fhcnn.layers._functional_norm`)."""
+        (batch statistics in training mode, running ones in eval mode; ``training``: the mode
+        to evaluate in, ``None`` the module's mode now): the reversible backward's
+        recomputation (:func:`fhcnn.layers._functional_norm`), in the mode of the forward pass."""
         self._check_input_dim(x)
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        training = self.training if training is None else training
+        use_batch = training or (self.running_mean is None and self.running_var is None)
         if not use_batch:
             return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
         dims = (0, *range(2, x.dim()))

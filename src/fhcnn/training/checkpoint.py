@@ -20,11 +20,11 @@ its checksum having been verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, make_dir, remove
 from ..errors import InputError
 
 __all__ = ["CheckpointError", "CheckpointWarning", "Checkpoint", "CheckpointManager",
@@ -126,11 +126,10 @@ def save_checkpoint(folder: str | os.PathLike[str], step: int,
     An existing manifest in ``folder`` is removed first, so a folder being rewritten is
     never mistaken for a complete checkpoint.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dir(folder)
     manifest_path = folder / MANIFEST_FILE
     if manifest_path.exists():
-        manifest_path.unlink()
+        remove(manifest_path)
     files: dict[str, dict[str, Any]] = {}
     save_weights(folder / MODEL_FILE, model, {"step": str(step)})
     with atomic_path(folder / STATE_FILE) as tmp:
@@ -352,7 +351,8 @@ class CheckpointManager:
             if not (p / MANIFEST_FILE).exists() and (current is None or s >= current):
                 continue
             if (p / MANIFEST_FILE).exists() or current is not None:
-                shutil.rmtree(p, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove(p)  # in a run folder: only the files fhcnn wrote there
 
     def latest(self, map_location: str | torch.device = "cpu", max_step: int | None = None
                ) -> Checkpoint | None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import log as _log
-from ..atomic import atomic_write_text
+from ..atomic import append_text, atomic_write_text, make_dir
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
 from .device import CpuThreads, resolve_device
@@ -439,9 +439,7 @@ class Trainer:
     def _log_metrics(self, record: dict[str, Any]) -> None:
         if not self.is_main or self.metrics_path is None:
             return
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
+        append_text(self.metrics_path, json.dumps(record, default=float) + "\n")
 
     def _reset_metrics_file(self, keep_until: int) -> None:
         """Keep only lines of steps <= ``keep_until`` (dropping lines written after the checkpoint
@@ -608,7 +606,7 @@ class Trainer:
         if resume and self.out_dir is None:
             raise ValueError("resume=True needs an out_dir")
         if self.out_dir is not None and self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.out_dir)
         with _determinism(cfg.deterministic, self.device):
             if resume:
                 assert self.checkpoints is not None

@@ -253,6 +253,7 @@ def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str |
     """``fhcnn change``: read and check every input and work out the run (each refusal one
     :class:`~fhcnn.errors.InputError` line, before ``out`` exists), make the run folder, train,
     predict and write. Returns the metrics (``{}`` on a non-zero rank) and the folder."""
+    from ...data.hyperspectral import input_files
     from ...rundir import prepare_output_dir
     from .inputs import load_inputs
 
@@ -262,8 +263,9 @@ def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str |
                          label_fraction=label_fraction, label_seed=label_seed, eval_labels=eval_labels)
     planned = plan_change(inputs.before, inputs.after, inputs.train, cfg)
     folder = prepare_output_dir(out, resume, overwrite, tool="change", config=cfg, config_file=config_file,
-                                roles={"before": before, "after": after, "labels": labels, "changed": changed,
-                                       "unchanged": unchanged, "eval_labels": eval_labels},
+                                roles={"before": input_files(before), "after": input_files(after) if after else None,
+                                       "labels": labels, "changed": changed, "unchanged": unchanged,
+                                       "eval_labels": eval_labels},
                                 extra={"key": key, "label_fraction": label_fraction, "label_seed": label_seed})
     _log.setup(quiet)
     metrics = run_change(inputs, cfg, folder, label_fraction=label_fraction, label_seed=label_seed,

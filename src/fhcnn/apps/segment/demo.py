@@ -5,14 +5,13 @@ training window in the three gradient modes."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ...atomic import atomic_write_text
+from ...atomic import atomic_write_text, make_dir, remove
 from ...data.video import generate_video
 from ...engine import SegmentConfig, build_model
 from ...memory import saved_tensor_bytes
@@ -20,7 +19,7 @@ from ...options import MemoryMode
 from .inputs import load_video_inputs
 from .pipeline import segment_video
 
-__all__ = ["run_demo", "GRADIENT_MODES"]
+__all__ = ["run_demo", "demo_command", "GRADIENT_MODES"]
 
 #: The gradient modes the demo compares, with their display names.
 GRADIENT_MODES: dict[MemoryMode, str] = {"plain": "plain autograd", "block": "block-reversible",
@@ -43,13 +42,9 @@ def run_demo(out: Path, cfg: SegmentConfig, *, frames: int = 32, size: tuple[int
     inputs = load_video_inputs(seq_f, seq_m, label_frames, seq_m)
     say(f"2. training on the masks of frames {label_frames} only; the other {frames - 3} frames are scored")
     res = out / "segmentation"
-    res.mkdir(exist_ok=True)
-    for stale in ("checkpoints", "metrics.jsonl"):  # the previous demo's run (the demo's own folder)
-        p = res / stale
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    make_dir(res)
+    for stale in ("checkpoints", "metrics.jsonl"):  # the previous demo's run: only fhcnn's own files
+        remove(res / stale)
     metrics = segment_video(inputs, cfg, res, quiet=quiet, log=log)
     say(f"3. held-out mIoU {metrics['miou']:.3f} (per object IoU "
         f"{', '.join(f'{v:.3f}' for v in metrics['iou'][1:] if v is not None)}); copying the "
@@ -83,3 +78,38 @@ def window_memory(cfg: SegmentConfig, num_classes: int, window: list[int]) -> di
         model = build_model(cfg.model, 3, num_classes, memory=mode)
         mem[name] = saved_tensor_bytes(lambda: model(x).sum())[0]
     return mem
+
+
+def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 32, size: str = "64x96",
+                 steps: int | None = None, seed: int = 0, quiet: bool = False,
+                 say: Callable[[str], None] = print, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """``fhcnn demo``: check the options and what the run needs of the machine (before ``out``
+    exists), make the run folder (replacing the demo's own earlier run there) and run the demo."""
+    from ... import log as _logging
+    from ...config import load_config
+    from ...engine.models import size_multiple_of
+    from ...engine.plan import check_resources
+    from ...engine.sizes import prediction_tilings, prediction_window_of, training_window
+    from ...errors import InputError
+    from ...rundir import RunFolder, prepare_output_dir
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--size must look like 64x96, got {size!r}") from None
+    if frames < 3 or h < 8 or w < 8:
+        raise InputError("--frames must be >= 3 and --size at least 8x8")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    cfg = load_config(SegmentConfig, config, list(overrides) + ([f"train.steps={steps}"] if steps is not None else []))
+    d, m = cfg.data, size_multiple_of(cfg.model)
+    win = training_window((d.window_depth, d.window_height, d.window_width), (frames, h, w), m)
+    pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, False)
+    tilings = prediction_tilings((frames, h, w), pwin, m, d.predict_shifts, True, d.predict_flip)
+    check_resources(cfg, 3, 3, win, list(dict.fromkeys(t.window for t in tilings)))  # before OUT exists
+    previous = RunFolder.open(out) if out and Path(out).is_dir() else None
+    folder = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
+                                tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"),
+                                resumable=False)
+    _logging.setup(quiet)
+    return run_demo(folder, cfg, frames=frames, size=(h, w), seed=seed, quiet=quiet, say=say, log=log)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,10 +21,19 @@ __all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_sum
 
 
 def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize: int | None = None,
-                      crop: int | None = None, limit: int | None = None) -> list[str]:
-    """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``. A
-    dataset other than the config's gets its own default size (``data.size=null``: a folder is
-    then resized only with ``--resize``)."""
+                      crop: int | None = None, limit: int | None = None, threads: int | None = None,
+                      overrides: Sequence[str] = ()) -> list[str]:
+    """``--set`` strings for ``--dataset NAME [PATH]``, ``--resize``, ``--crop``, ``--limit``,
+    ``--threads`` (``train.threads``), then ``overrides`` (``--set``). A dataset other than the
+    config's gets its own default size (``data.size=null``: a folder is then resized only with
+    ``--resize``)."""
+    from ...resources import check_threads
+
+    if threads is not None:
+        check_threads(threads, "--threads")
+    for flag, v in (("--resize", resize), ("--crop", crop), ("--limit", limit)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
     out: list[str] = []
     if dataset:
         name, *rest = dataset
@@ -45,7 +55,7 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
         out.append(f"data.crop={crop}")
     if limit is not None:
         out.append(f"data.limit={limit}")
-    return out
+    return out + list(overrides) + ([f"train.threads={threads}"] if threads is not None else [])
 
 
 def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: Any, run_dir: Path,
@@ -63,6 +73,16 @@ def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: An
         seen[key] = what
 
 
+def _check_images(n: int, model: Any, what: str) -> None:
+    """Refuse ``n`` decoded images (and their PNG grid) that cannot fit in memory."""
+    from ...resources import check_memory
+
+    c, (h, w) = model.in_channels, model.image_size
+    scale = max(1, 64 // w)
+    check_memory(n * c * h * w * (4 * 3 + scale * scale), f"{what}: {n} decoded images of {c}x{h}x{w}",
+                 "latents, decodings and the PNG grid")
+
+
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
            npy: str | Path | None = None, overwrite: bool = False) -> str:
     """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
@@ -70,10 +90,11 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
     ``overwrite``."""
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
-    if sigma is not None and sigma <= 0:
-        raise InputError(f"--sigma must be > 0, got {sigma}")
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"--sigma must be a positive number, got {sigma}")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out, "--npy": npy}, overwrite, cfg, run_dir)
+    _check_images(n, model, "--n")
     if sigma is not None:
         model.sigma = sigma
     g = torch.Generator().manual_seed(seed)
@@ -95,6 +116,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
+    _check_images(steps + 2, model, "--steps")
     xa, xb = resolve_image(a, cfg, model), resolve_image(b, cfg, model)
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
@@ -115,18 +137,31 @@ def normality(checkpoint: str, out: str | Path | None, n: int, split: str,
     images = held if split == "eval" else train
     x = images.batch(slice(0, n))
     names = ("normality.png", "normality.json")
-    if out:
+    if out is not None:
         folder = prepare_output_dir(out, overwrite=overwrite, tool="vae-normality", outputs=names,
-                                    roles={"run": run_dir, "data": cfg.data.path})
+                                    roles={"run": run_dir, "data": cfg.data.path}, resumable=False)
     else:
         folder = run_dir / "normality"
+        run = RunFolder.open(run_dir)
+        if run is not None:  # the report is a file of the run: checked, locked and recorded
+            run.lock(run_dir)
+            try:
+                for name in names:
+                    run.check_target(folder / name)
+            except InputError:
+                run.unlock()
+                raise
+        elif folder.is_symlink():
+            raise InputError(f"{folder} is a link; fhcnn never writes through a link it did not "
+                             f"create: give --out DIR")
         for name in names:
             if (folder / name).exists() and not overwrite:
+                if run is not None:
+                    run.unlock()
                 raise InputError(f"{folder / name} exists; pass --overwrite to replace it or "
                                  f"--out DIR for a new folder")
-        run = RunFolder.open(run_dir)
         if run is not None:
-            run.activate()  # the report is recorded as a file of the run
+            run.activate()
     r = normality_report(model, x, folder, seed=cfg.eval.seed)
     return (f"energy distance of {r['n']} {split} latents (dim {r['latent_dim']}) to "
             f"N(0, {r['sigma']:g}^2 I): {r['energy_distance']:.4f} (two samples of the prior: "

@@ -59,6 +59,14 @@ class VAEDataConfig:
     split: Literal["random", "ordered"] = "random"
     batch_size: int = 128
 
+    def __post_init__(self) -> None:
+        for name in ("size", "crop", "limit", "n_train"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 (or null), got {v}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
 
 @dataclass
 class VAELossConfig:
@@ -83,8 +91,11 @@ class VAEEvalConfig:
 
 @dataclass
 class VAEConfig:
-    #: torch CPU threads (None: torch's default). The digits net is made of many tiny
-    #: operations: one thread is fastest, and several threads on a busy machine are far slower.
+    """The VAE run. CPU threads are ``train.threads``, as in every command (the digits net is
+    made of many tiny operations: one thread is fastest). ``threads`` is the older name of the
+    same setting, still read: it moves into ``train.threads`` (both given and different: refused).
+    """
+
     threads: int | None = None
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     data: VAEDataConfig = field(default_factory=VAEDataConfig)
@@ -93,6 +104,16 @@ class VAEConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, lr=2e-3, schedule="constant", checkpoint_every=1000, keep_last=1,
         log_every=25, val_every=1000))
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            if self.train.threads is not None and self.train.threads != self.threads:
+                raise ValueError(f"threads={self.threads} (the older name of train.threads) and "
+                                 f"train.threads={self.train.threads} disagree; give train.threads only")
+            if not isinstance(self.threads, int) or self.threads < -1:
+                raise ValueError(f"threads (train.threads) must be >= 0 (0 = the free physical "
+                                 f"cores), -1 or null (torch's default), got {self.threads!r}")
+            self.train.threads, self.threads = self.threads, None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...atomic import atomic_path, atomic_write_text
+from ...atomic import atomic_path, atomic_write_text, make_dir
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from .evaluation import latents
 
@@ -179,7 +179,7 @@ def normality_report(model: HyperbolicAutoencoder, x: Tensor, out_dir: Path | No
                  f"(two prior samples: {floor:.4f}); blue = random projections, orange = dims",
                  fontsize=9)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     with atomic_path(out_dir / "normality.png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

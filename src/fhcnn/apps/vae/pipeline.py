@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ...atomic import atomic_write_text
 from ...config import load_config, save_config
-from ...data.images import ImageSet, load_dataset, read_image
+from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...training import Trainer, load_weights, unwrap_model
@@ -143,12 +143,19 @@ def beta_at(cfg: VAELossConfig, step: int, steps: int) -> float:
 def prepare_training(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
     """Everything :func:`train_vae` checks before its output folder exists: the images (their
     channels and size go into ``cfg.model``), the device, and the model built once."""
+    from ...resources import check_memory, check_steps, check_threads
     from ...training.device import resolve_device
 
+    check_threads(cfg.train.threads)
+    check_steps(cfg.train.steps)
     train, held = load_images(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    bs = min(cfg.data.batch_size, len(train))
+    check_memory(4 * 4 * bs * train.channels * train.size[0] * train.size[1],
+                 f"a training batch of {bs} images of {train.channels}x{train.size[0]}x{train.size[1]}",
+                 "4 float32 copies: the images, the network's state, and their gradients", device)
     try:
         build_model(cfg)
     except InputError:
@@ -166,10 +173,15 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
     ``metrics.json``, ``figure.png``, ``samples.png``, ``reconstructions.png``,
     ``interpolation.png``. Returns the metrics dict.
     """
-    out = Path(out_dir)
+    from ...training.device import CpuThreads
+
+    with CpuThreads(cfg.train.threads):  # the whole run, evaluation included
+        return _train_vae(cfg, Path(out_dir), resume, quiet, log, data)
+
+
+def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
+               data: tuple[ImageSet, ImageSet] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     train, held = data if data is not None else load_images(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
@@ -322,7 +334,6 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder) -> Te
         if not -len(train) <= i < len(train):
             raise InputError(f"image index {i} is out of range: the training set has {len(train)} images")
         return train.batch(slice(i, i + 1 if i != -1 else None))
-    from PIL import Image
 
     p = Path(spec)
     if not p.is_file():
@@ -331,13 +342,13 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder) -> Te
     h, w = a.shape[:2]
     side = min(h, w)
     a = a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-    H, W = model.image_size
-    a = np.asarray(Image.fromarray(a).resize((W, H), Image.Resampling.LANCZOS))
+    a = resize_square(a, (int(model.image_size[0]), int(model.image_size[1])))
     if a.ndim == 2:
         a = a[:, :, None]
     if a.shape[2] != model.in_channels:
         raise InputError(f"{spec}: {a.shape[2]} channel(s), the model takes {model.in_channels}")
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float()
+    return x / 255.0 if a.dtype == np.uint8 else x  # 16-bit images are read as [0, 1] floats
 
 
 def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
@@ -345,10 +356,16 @@ def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
     """Train a :class:`~fhcnn.models.ConvVAE` with ``latent_dim`` on the images of ``cfg`` and
     measure it like :func:`train_vae` (recon MSE of the posterior mean, energy distance of the
     posterior means to the prior, classifier confidence on samples). Returns the metrics."""
+    from ...training.device import CpuThreads
+
+    with CpuThreads(cfg.train.threads):
+        return _train_baseline(cfg, base, latent_dim, out_dir, quiet)
+
+
+def _train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
+                    out_dir: str | Path | None, quiet: bool) -> dict[str, Any]:
     from ...models.autoencoder import ConvVAE
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     train, held = load_images(cfg)
     x = train.batch(slice(0, 5000))
     torch.manual_seed(base.train.seed)

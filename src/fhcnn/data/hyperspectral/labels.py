@@ -43,10 +43,18 @@ def _read_2d(path: Path) -> np.ndarray:
         variables = _mat_variables(path)
         arr = _pick_mat_cube(path, {k: v for k, v in variables.items() if v.ndim == 2}, None, (2,))
     else:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
+        from ..video import open_image
+
+        if suffix in (".jpg", ".jpeg"):
+            raise InputError(f"{path} is a JPEG: lossy compression turns one label value into many "
+                             f"(a mask of 0 and 255 reads as many grey values); save it as PNG")
         try:
-            with Image.open(path) as im:
+            with open_image(path, "label image") as im:
+                if im.format == "JPEG":
+                    raise InputError(f"{path} holds JPEG data: lossy compression turns one label "
+                                     f"value into many; save it as PNG")
                 if im.mode in ("RGB", "RGBA", "LA"):
                     arr = np.asarray(im.convert("RGB"))
                 else:

@@ -31,7 +31,8 @@ import numpy as np
 
 from ...errors import InputError
 
-__all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "read_envi", "read_envi_header", "write_envi"]
+__all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "read_envi", "read_envi_header", "write_envi",
+           "input_files"]
 
 CUBE_SUFFIXES = (".npy", ".mat", ".hdr", ".tif", ".tiff", ".img", ".dat", ".raw", ".bsq",
                  ".bil", ".bip", "(none: ENVI raw file next to a .hdr/.HDR header)")
@@ -115,6 +116,27 @@ def _envi_paths(path: Path) -> tuple[Path, Path]:
     return found, path
 
 
+def _is_envi(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".mat", ".tif", ".tiff"):
+        return False
+    return suffix == ".hdr" or any(Path(str(path) + e).is_file() for e in (".hdr", ".HDR")) or \
+        path.with_suffix(".hdr").is_file() or path.with_suffix(".HDR").is_file()
+
+
+def input_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files an input path stands for: an ENVI header and its raw data file (either may be
+    given, the one given first), else just the path. Used to fingerprint a run's inputs."""
+    p = Path(path)
+    if p.is_file() and _is_envi(p):
+        try:
+            header, data = _envi_paths(p)
+        except InputError:
+            return [p]
+        return [p, data if p == header else header]
+    return [p]
+
+
 def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an ENVI image given its header or its raw data path.
 
@@ -128,8 +150,8 @@ def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
         numeric type (a read-only view of a memory map), ``header`` the parsed header.
 
     Raises:
-        InputError: missing/invalid header, unsupported data type or interleave, data file
-            shorter than the header says.
+        InputError: missing/invalid header, unsupported data type or interleave, a data file
+            whose size is not what the header says (shorter or longer), a negative offset.
     """
     path = Path(path)
     if not path.exists():
@@ -140,6 +162,8 @@ def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
     lines = _header_int(h, "lines", header_path)
     bands = _header_int(h, "bands", header_path)
     offset = _header_int(h, "header offset", header_path, default=0)
+    if offset < 0:
+        raise InputError(f"{header_path}: 'header offset = {offset}' must be >= 0 (bytes before the data)")
     code = _header_int(h, "data type", header_path)
     if code not in _ENVI_DTYPES:
         raise InputError(f"{header_path}: ENVI data type {code} is not supported "
@@ -158,10 +182,17 @@ def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]
                          f"got {samples}/{lines}/{bands}")
     need = offset + samples * lines * bands * dtype.itemsize
     size = data_path.stat().st_size
-    if size < need:
+    if size != need:
+        # a file larger than the header says is as wrong as a shorter one: most often the
+        # header names a smaller data type (or fewer bands) than the file holds
+        hint = ""
+        if size > need and (size - offset) % (samples * lines * bands) == 0:
+            per = (size - offset) // (samples * lines * bands)
+            hint = f" (the file holds {per} bytes per value, the header's data type {code} has {dtype.itemsize})"
         raise InputError(f"{data_path}: file has {size} bytes but the header "
                          f"({header_path.name}: {lines}x{samples}x{bands} {interleave}, "
-                         f"{dtype.name}, offset {offset}) needs {need}")
+                         f"{dtype.name}, offset {offset}) needs exactly {need}{hint}; fix the header "
+                         f"(data type, samples/lines/bands, header offset)")
     raw = np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=shapes[interleave])
     axes = {"bsq": (1, 2, 0), "bil": (0, 2, 1), "bip": (0, 1, 2)}[interleave]
     return raw.transpose(axes), h

@@ -8,11 +8,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Literal, Protocol, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import SLAB_BYTES, ArrayLike, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
            "require", "resolve_axes", "iter_slabs", "jsonable", "MAX_CHANNELS_BY_SHAPE",
@@ -24,19 +25,9 @@ VolumeFormat = Literal["nifti", "tiff", "zarr", "hdf5", "segy", "npy"]
 #: Without metadata, a first or last axis of at most this many entries may be the channel axis.
 MAX_CHANNELS_BY_SHAPE = 8
 #: Bytes of one slab in a streaming pass (statistics, label summary, copies).
-DEFAULT_MAX_BYTES = 64 * 2**20
+DEFAULT_MAX_BYTES = SLAB_BYTES
 #: The command that installs every format library.
 PIP_VOLUME = "pip install 'fhcnn[volume]'"
-
-
-class ArrayLike(Protocol):
-    """``shape``, ``dtype``, ``ndim`` and ``__getitem__(tuple of slices) -> np.ndarray``."""
-
-    shape: tuple[int, ...]
-    dtype: Any
-    ndim: int
-
-    def __getitem__(self, key: Any) -> Any: ...
 
 
 @dataclass
@@ -126,7 +117,7 @@ class AxisPick:
     def __getitem__(self, key: Any) -> np.ndarray:
         key = _expand_key(key, self.ndim)
         it = iter(key)
-        full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(self.array.ndim))
+        full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(len(self.array.shape)))
         return np.asarray(self.array[full])
 
     def __repr__(self) -> str:
@@ -179,11 +170,12 @@ class RawVolume:
     attrs: dict[str, Any] = field(default_factory=dict)
     compressed: bool = False
     slab_axis: int = 0  # stored axis
+    named: bool = False  # the metadata names every axis (no channel axis guessed from the shape)
 
 
 def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,
-                 channel_axis: int | None = None,
-                 allow_channels: bool = True) -> tuple[int | None, tuple[int, int, int], dict[int, int]]:
+                 channel_axis: int | None = None, allow_channels: bool = True,
+                 named: Sequence[str] | None = None) -> tuple[int | None, tuple[int, int, int], dict[int, int]]:
     """The channel axis and the three spatial axes of a stored shape (the rule of
     ``docs/volume-formats.md``).
 
@@ -194,7 +186,8 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
     3. Else axes of length 1 are dropped; three axes left: one channel; four: the first or
        the last axis is the channel axis when exactly one of the two has at most
        ``MAX_CHANNELS_BY_SHAPE`` entries and the other three all have more; anything else
-       with four axes is ambiguous.
+       with four axes is ambiguous. Not when the file names every axis (``named``, e.g.
+       TIFF ``TZYX``) and none is a channel: four such axes are refused.
 
     Returns:
         ``(channel axis or None, spatial axes, {axis of length 1 or lone channel: 0})``.
@@ -216,6 +209,9 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
     elif meta_channel is not None:
         c = meta_channel
     rest = [ax for ax in range(nd) if ax != c and shape[ax] > 1]
+    if c is None and len(rest) == 4 and named is not None and allow_channels:
+        raise InputError(f"{label} has shape {shape} with axes named {tuple(named)}, none of them a "
+                         f"channel axis; name the channel axis with --channel-axis N")
     if c is None and len(rest) == 4:
         ends = [ax for ax in (rest[0], rest[-1]) if shape[ax] <= MAX_CHANNELS_BY_SHAPE]
         if len(ends) == 1 and all(shape[ax] > MAX_CHANNELS_BY_SHAPE for ax in rest if ax != ends[0]):
@@ -241,41 +237,6 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
                          f"has three spatial axes and at most one channel axis{hint}")
     fixed = {ax: 0 for ax in range(nd) if ax not in rest and ax != c}
     return c, (rest[0], rest[1], rest[2]), fixed
-
-
-def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = DEFAULT_MAX_BYTES,
-               axis: int = 0) -> Iterator[tuple[slice, slice, slice]]:
-    """Boxes covering a ``(D, H, W)`` volume in storage order, each at most ``max_bytes``
-    (at ``itemsize`` bytes per voxel) but never less than one voxel row.
-
-    Slabs are whole slices along ``axis``, several at a time; when one slice is larger than
-    ``max_bytes`` it is cut along the other axes too (the next one first: for ``axis=0`` rows
-    of axis 1, for ``axis=2`` rows of axis 1).
-    """
-    if len(shape) != 3:
-        raise ValueError(f"iter_slabs needs a 3D shape, got {tuple(shape)}")
-    order = [axis] + [a for a in (1, 0, 2) if a != axis] if axis != 1 else [1, 0, 2]
-    # order[0]: slab axis; then the axis cut next, then the last one
-    budget = max(1, max_bytes // max(1, itemsize))
-    sizes = [int(n) for n in shape]
-    step = sizes.copy()
-    inner = 1
-    for a in reversed(order):  # innermost (cut last) first
-        if inner * sizes[a] <= budget:
-            inner *= sizes[a]
-            continue
-        step[a] = max(1, budget // inner)
-        for b in order[: order.index(a)]:
-            step[b] = 1
-        break
-    ranges = {a: [(s, min(s + step[a], sizes[a])) for s in range(0, sizes[a], step[a])] for a in range(3)}
-    for i in ranges[order[0]]:
-        for j in ranges[order[1]]:
-            for k in ranges[order[2]]:
-                box = [slice(0, 0)] * 3
-                for a, (lo, hi) in zip(order, (i, j, k)):
-                    box[a] = slice(lo, hi)
-                yield box[0], box[1], box[2]
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:
@@ -316,7 +277,7 @@ def spatial_spacing(raw: RawVolume, spatial: tuple[int, int, int]) -> tuple[floa
     sp = raw.spacing
     if sp is None:
         return None
-    nd = raw.array.ndim
+    nd = len(raw.array.shape)
     if len(sp) == nd:
         picked = [sp[a] for a in spatial]
     elif len(sp) == 3:

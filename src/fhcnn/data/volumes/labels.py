@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ._common import DEFAULT_MAX_BYTES, ArrayLike, OpenedVolume, iter_slabs
+from ..lazy import ArrayLike, LabelScan, iter_slabs, scan_labels
+from ._common import DEFAULT_MAX_BYTES, OpenedVolume
 
 __all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "MAX_CLASSES",
            "DENSE_FRACTION"]
@@ -36,6 +37,8 @@ class LabelSummary:
             of lengths D, H, W).
         dense: for each axis, the slices at least ``DENSE_FRACTION`` labelled.
         elsewhere: labelled voxels outside every dense slice (scribbles, partial slices).
+        scan: the pass it was made from (:func:`~fhcnn.data.lazy.scan_labels`, with the sampled
+            positions training draws windows around), so a run does not read the labels again.
     """
 
     shape: tuple[int, int, int]
@@ -44,6 +47,7 @@ class LabelSummary:
     per_slice: tuple[np.ndarray, np.ndarray, np.ndarray]
     dense: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     elsewhere: int
+    scan: LabelScan | None = None
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +93,9 @@ def _listed(items: list[int], n: int) -> str:
 def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int | None = None,
                      what: str = "labels", slab_axis: int = 0,
                      max_bytes: int = DEFAULT_MAX_BYTES) -> LabelSummary:
-    """Check and summarize a ``(D, H, W)`` label array-like in one pass (two when dense
-    slices lie along more than one axis), by slabs of at most ``max_bytes``.
+    """Check and summarize a ``(D, H, W)`` label array-like in one pass
+    (:func:`~fhcnn.data.lazy.scan_labels`; two when dense slices lie along more than one axis),
+    by slabs of at most ``max_bytes``.
 
     Args:
         labels: integer, bool or float (integral values) labels.
@@ -109,34 +114,8 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
     if len(shape) != 3:
         raise InputError(f"{what} has shape {shape}; a label volume has three axes")
     limit = num_classes if num_classes is not None else MAX_CLASSES
-    counts = np.zeros(limit, dtype=np.int64)
-    per = [np.zeros(n, dtype=np.int64) for n in shape]
-    unlabelled = 0
-    floating = np.dtype(labels.dtype).kind == "f"
-    for box in iter_slabs(shape, 8, max_bytes, slab_axis):
-        x = np.asarray(labels[box])
-        if x.dtype == bool:
-            x = x.view(np.uint8)
-        if floating:
-            bad = ~np.isfinite(x) | (x != np.round(x))
-            if bad.any():
-                pos, v = _first(bad, x, box)
-                raise InputError(f"{what} hold the value {v} at voxel {pos}: labels are integers "
-                                 f"(classes 0, 1, ... and --ignore {ignore}; floats with integral values "
-                                 f"are accepted)")
-        unl = x == ignore
-        lab = ~unl
-        bad = lab & ((x < 0) | (x >= limit))
-        if bad.any():
-            pos, v = _first(bad, x, box)
-            classes = f"0..{num_classes - 1}" if num_classes is not None else f"0, 1, ... (at most {limit})"
-            raise InputError(f"{what} hold the value {v} at voxel {pos}, which is neither a class "
-                             f"({classes}) nor the --ignore value {ignore}")
-        unlabelled += int(np.count_nonzero(unl))
-        counts += np.bincount(x[lab].astype(np.int64, copy=False), minlength=limit)[:limit]
-        for a in range(3):
-            other = tuple(b for b in range(3) if b != a)
-            per[a][box[a]] += np.count_nonzero(lab, axis=other)
+    scan = scan_labels(labels, ignore, limit=limit, max_bytes=max_bytes, slab_axis=slab_axis, what=what)
+    counts, per, unlabelled = scan.counts, scan.per_slice, scan.unlabelled
     nz = np.flatnonzero(counts)
     if nz.size == 0:
         raise InputError(f"{what} hold no labelled voxel (every voxel is the --ignore value {ignore})")
@@ -159,13 +138,8 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
     else:
         elsewhere = _outside(labels, ignore, dense, shape, slab_axis, max_bytes)
     return LabelSummary(shape=shape, counts=tuple(int(c) for c in counts[:k]), unlabelled=unlabelled,  # type: ignore[arg-type]
-                        per_slice=(per[0], per[1], per[2]), dense=dense, elsewhere=elsewhere)  # type: ignore[arg-type]
-
-
-def _first(bad: np.ndarray, x: np.ndarray, box: Sequence[slice]) -> tuple[tuple[int, ...], Any]:
-    where = np.argwhere(bad)[0]
-    v = x[tuple(where)]
-    return tuple(int(w + s.start) for w, s in zip(where, box)), (v.item() if hasattr(v, "item") else v)
+                        per_slice=(per[0], per[1], per[2]), dense=dense, elsewhere=elsewhere,  # type: ignore[arg-type]
+                        scan=scan)
 
 
 def _outside(labels: ArrayLike, ignore: int, dense: Sequence[Sequence[int]], shape: tuple[int, ...],

@@ -137,8 +137,9 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
     dtype = np.dtype(raw.array.dtype)
     if dtype.kind not in "biuf":
         raise InputError(f"{label} has dtype {dtype}; fhcnn volume reads real numbers (bool, integers, floats)")
+    named = [str(n) for n in raw.axis_names or ()] if raw.named else None
     c, spatial, fixed = resolve_axes(raw.array.shape, label, meta_channel=raw.channel_axis,
-                                     channel_axis=channel_axis, allow_channels=allow_channels)
+                                     channel_axis=channel_axis, allow_channels=allow_channels, named=named)
     base = path.name + (f":{inner}" if inner else "")
     if c is None:
         channels: list[ArrayLike] = [AxisPick(raw.array, fixed) if fixed else raw.array]

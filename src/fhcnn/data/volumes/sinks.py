@@ -28,6 +28,7 @@ import numpy as np
 
 from ... import atomic
 from ...errors import InputError
+from ..lazy import release_pages
 from ._common import VolumeFormat, VolumeGeometry, jsonable, require
 
 __all__ = ["PredictionSink", "prediction_sink", "prediction_name", "OUTPUT_CHUNK"]
@@ -46,6 +47,9 @@ def prediction_name(fmt: VolumeFormat) -> str:
     return "prediction.nii.gz" if fmt == "nifti" else "prediction.npy" if fmt == "npy" else "prediction.zarr"
 
 
+#: Bytes written through a memory map between releases of its pages (:func:`release_pages`).
+RELEASE_BYTES = 64 * 2**20
+
 class PredictionSink:
     """Where predicted labels go: ``sink[box] = labels`` for boxes of a ``(D, H, W)`` volume
     (``labels`` of the box's shape, cast to ``dtype``); ``sink[box]`` reads back what was
@@ -59,7 +63,12 @@ class PredictionSink:
     dtype: np.dtype
 
     def __setitem__(self, box: tuple[slice, slice, slice], labels: np.ndarray) -> None:
-        self._target()[box] = np.asarray(labels).astype(self.dtype, copy=False)
+        target = self._target()
+        target[box] = np.asarray(labels).astype(self.dtype, copy=False)
+        self._unreleased = getattr(self, "_unreleased", 0) + int(np.asarray(labels).size) * self.dtype.itemsize
+        if self._unreleased >= RELEASE_BYTES:  # a memory-mapped target: written pages leave the resident set
+            release_pages(target)
+            self._unreleased = 0
 
     def __getitem__(self, box: Any) -> np.ndarray:
         return np.asarray(self._target()[box])

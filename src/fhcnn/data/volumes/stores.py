@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import Unmapped
 from ._common import DEFAULT_MAX_BYTES, RawVolume, jsonable, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
@@ -133,7 +134,8 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     huge = _chunk_bytes(chunks, np.dtype(arr.dtype).itemsize) > HUGE_CHUNK
     order = getattr(arr, "order", "C")
     return RawVolume(array=arr, axis_names=names, channel_axis=meta_channel, spacing=spacing,
-                     attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0)
+                     attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0,
+                     named=names is not None and all(n is not None for n in names))
 
 
 # ---------------------------------------------------------------------------------------- HDF5
@@ -186,7 +188,7 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
     attrs = jsonable(attrs) or {}
     huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
     return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
-                     attrs=attrs, compressed=huge, slab_axis=0)
+                     attrs=attrs, compressed=huge, slab_axis=0, named=names is not None)
 
 
 # ---------------------------------------------------------------------------------------- npy
@@ -228,4 +230,5 @@ def open_npy(path: Path, label: str) -> RawVolume:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {label}: {str(e)[:200]}") from None
-    return RawVolume(array=arr, compressed=False, slab_axis=arr.ndim - 1 if fortran and arr.ndim > 1 else 0)
+    return RawVolume(array=Unmapped(arr), compressed=False,
+                     slab_axis=arr.ndim - 1 if fortran and arr.ndim > 1 else 0)

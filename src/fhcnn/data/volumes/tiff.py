@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import Unmapped
 from ._common import RawVolume, jsonable, require, window_bounds
 
 __all__ = ["open_tiff", "TiffPages"]
@@ -64,7 +65,7 @@ def open_tiff(path: Path, label: str) -> RawVolume:
                                      f"{size:,} bytes (a lying header or a truncated file)")
         if contiguous:
             try:
-                array: Any = tifffile.memmap(str(path), mode="r", series=0)
+                array: Any = Unmapped(tifffile.memmap(str(path), mode="r", series=0))
             except Exception:
                 contiguous = False
         if not contiguous:
@@ -88,7 +89,8 @@ def open_tiff(path: Path, label: str) -> RawVolume:
     if contiguous:
         tif.close()  # the memmap keeps its own mapping
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
-                     attrs=attrs, compressed=compression != 1, slab_axis=0)
+                     attrs=attrs, compressed=compression != 1, slab_axis=0,
+                     named=not any(a in axes for a in "QI"))  # Q: unknown, I: a plain page sequence
 
 
 def _zarr_view(series: Any) -> Any:
