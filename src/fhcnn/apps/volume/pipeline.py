@@ -108,10 +108,9 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
     seg, line = engine_config(cfg, spacing, inputs.shape)
     plan = prepare(DenseInputs(LazyVolume(inputs.channels, names=inputs.names or None), inputs.labels,
                                inputs.num_classes), seg)
-    st = plan.stats
-    if bool(np.all(st.maximum[:plan.volume.data_channels] == st.minimum[:plan.volume.data_channels])):
+    if all(s.max == s.min for s in plan.stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
-                         f"{float(st.minimum[0]):g}: nothing to segment")
+                         f"{plan.stats[0].min:g}: nothing to segment")
     return VolumePlan(plan, spacing, source, line)
 
 
@@ -171,10 +170,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         f"spacing from {vplan.spacing_source}")
     log(vplan.spacing_line)
     log(f"{k} classes; {inputs.summary.describe()}")
-    st = plan.stats
-    for c in range(plan.volume.data_channels):
-        log(f"channel {c}: mean {st.mean[c]:.4g}, std {st.std[c]:.4g}, "
-            f"range [{st.minimum[c]:.4g}, {st.maximum[c]:.4g}]")
+    for c, st in enumerate(plan.stats):
+        log(f"channel {c}: mean {st.mean:.4g}, std {st.std:.4g}, range [{st.min:.4g}, {st.max:.4g}]")
     log(plan.describe())
     if out is not None:
         from ...config import save_config
@@ -281,18 +278,10 @@ class _Outputs:
 
         self.centre = centre_slices(self.prediction, [n // 2 for n in self.inputs.shape])
         if self._probs is not None:
-            import os
-            import shutil
-
+            assert self.out is not None
             from ... import atomic
 
-            assert self.out is not None
-            path = self.out / "probabilities.zarr"
-            atomic.note_written(*(path / p.relative_to(self._tmp) for p in self._tmp.rglob("*") if p.is_file()))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(self._tmp, path)
-            self.probs_path = path
+            self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
         if self.file is not None:
             return Path(self.file.close())
         return None
