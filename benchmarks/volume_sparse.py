@@ -18,7 +18,9 @@ Annotation: ``fraction`` of the slices along axis 0 (D) (at least 1), evenly spa
 seeded offset (``one``), or the same number of slices spread over the three axes in turn
 (``three``: D, H, W, D, ...). Every other voxel is scored against the truth. One torch thread.
 
-``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
+A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
+on the same labels (same volume and size, fraction, axes and seed: the baselines do not depend on
+fhcnn's network). ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
@@ -191,6 +193,14 @@ def cmd_report(args: argparse.Namespace) -> None:
             merged[name]["runs"].update(data["runs"])
         else:
             merged[name] = data
+    for data in merged.values():   # fhcnn-only runs take the baselines of the same labels
+        for key, rec in data["runs"].items():
+            for other in merged.values():
+                if other["about"] == data["about"] and other is not data and key in other["runs"]:
+                    for b in ("copy", "forest", "unet"):
+                        if b not in rec and b in other["runs"][key]:
+                            rec[b] = other["runs"][key][b]
+                            rec.setdefault("baselines_from", other["tag"])
     for name, data in merged.items():
         table: dict = {}
         groups: dict = {}
@@ -210,7 +220,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             row["fhcnn_time_s"] = round(float(np.mean([r["train_time_s"] + r["predict_time_s"] for r in recs])), 1)
             table[g] = row
             lines.append(f"{name:22s} {g:12s} " + "  ".join(
-                f"{m} {row[m]['miou']['mean']:.3f}±{row[m]['miou']['spread'] / 2:.3f} "
+                f"{m} {row[m]['miou']['mean']:.3f}±{row[m]['miou']['spread']:.3f} "
                 f"[{', '.join(f'{v:.2f}' for v in row[m]['iou'])}]" for m in methods))
         summary[name] = {"about": data["about"], "config": data.get("config"),
                          "overrides": data.get("overrides"), "table": table}
