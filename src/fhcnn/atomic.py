@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
-           "append_text", "make_dir", "remove", "note_written", "WriteGuard", "set_write_guard", "unguarded"]
+           "append_text", "make_dir", "remove", "note_written", "place_tree", "WriteGuard", "set_write_guard",
+           "unguarded"]
 
 
 class WriteGuard(Protocol):
@@ -113,6 +114,24 @@ def note_written(*paths: str | os.PathLike[str]) -> None:
     folder each is recorded with its size and hash, in one save of the record."""
     if _guard is not None and paths:
         _guard.record([Path(p) for p in paths])
+
+
+def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Move a folder written under a temporary name (e.g. a zarr array) to ``final``: an earlier
+    ``final`` removed first (:func:`remove`), each folder made (:func:`make_dir`), each file moved
+    in and then recorded with its size and hash (:func:`note_written`), ``tmp`` removed."""
+    src, dest = Path(tmp), Path(final)
+    files = [p.relative_to(src) for p in src.rglob("*") if p.is_file()]
+    dirs = sorted((p.relative_to(src) for p in src.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
+    if dest.exists() or dest.is_symlink():
+        remove(dest)
+    for d in [Path("."), *dirs]:
+        make_dir(dest / d)
+    for f in files:
+        os.replace(src / f, dest / f)
+    note_written(*(dest / f for f in files))
+    shutil.rmtree(src)
+    return dest
 
 
 def make_dir(folder: str | os.PathLike[str]) -> Path:

@@ -45,6 +45,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
                           "training_curves.png"),
     "change": _COMMON + ("prediction.npy", "prediction.png", "change_probability.npy",
                          "labels_train.npy", "labels_scored.npy"),
+    "volume": _COMMON + ("prediction.npy", "prediction.nii.gz", "prediction.zarr", "probabilities.zarr"),
     "vae": _COMMON + ("samples.png", "reconstructions.png", "interpolation.png", "normality"),
 }
 #: Files up to this size are fingerprinted by their sha256, larger ones by size and mtime.

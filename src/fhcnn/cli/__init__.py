@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "fhcnn.cli.demo",
     "segment": "fhcnn.cli.segment",
     "change": "fhcnn.cli.change",
+    "volume": "fhcnn.cli.volume",
     "vae": "fhcnn.cli.vae",
     "bench": "fhcnn.cli.bench",
 }

@@ -191,15 +191,7 @@ class ZarrSink(PredictionSink):
         if self._arr is None:
             return self.path
         self._arr = None
-        files = [p for p in self._tmp.rglob("*") if p.is_file()]
-        atomic.note_written(*(self.path / p.relative_to(self._tmp) for p in files))
-        old = None
-        if self.path.exists():  # a resumed run's earlier prediction: set it aside, then drop it
-            old = Path(tempfile.mkdtemp(prefix=".prediction.zarr.", suffix=".old", dir=self.path.parent))
-            os.replace(self.path, old / "prediction.zarr")
-        os.replace(self._tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old)
+        atomic.place_tree(self._tmp, self.path)   # folders made, files moved in and recorded
         return self.path
 
     def abort(self) -> None:

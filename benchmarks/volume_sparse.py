@@ -1,0 +1,367 @@
+"""Sparse-slice segmentation of 3D volumes: fhcnn against the three baselines of ``fhcnn volume``.
+
+    python benchmarks/volume_sparse.py run VOLUME [--fractions 0.02,0.05,0.1] [--axes one,three]
+        [--seeds 0,1,2] [--config volume] [--set KEY=VALUE ...] [--tag NAME] [--baselines copy,forest,unet]
+    python benchmarks/volume_sparse.py report
+    python benchmarks/volume_sparse.py speed [--size 240,240,155] [--slices 8]
+    python benchmarks/volume_sparse.py costs [--size 240,240,155]
+
+Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known truth):
+``cells`` (``$VOLUME_SIZE``^3, default 96, two stains as two channels; ``cells-c0`` / ``cells-c1`` one stain each),
+``seismic`` (96^3, fault voxels), ``layers`` (96^3, four formations), and ``mni`` (the MNI152
+2009 T1 template that ships inside the nilearn wheel, at ``$MNI_MM`` mm, default 2: 98 x 116 x 94, classes
+0 other / 1 grey matter / 2 white matter from the probability maps above 0.5; read from an
+installed nilearn or from ``--nilearn-wheel``/``$NILEARN_WHEEL``, never downloaded by this
+script).
+
+Annotation: ``fraction`` of the slices along axis 0 (D) (at least 1), evenly spaced from a
+seeded offset (``one``), or the same number of slices spread over the three axes in turn
+(``three``: D, H, W, D, ...). Every other voxel is scored against the truth. One torch thread.
+
+A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
+on the same labels (same volume and size, fraction, axes and seed: the baselines do not depend on
+fhcnn's network). ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
+what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
+than three slices are not spread over three axes); ``report`` writes
+``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
+``results/volume_sparse.png`` and prints the tables.
+``costs`` measures the CPU seconds (one thread, process time) of one training step and one
+prediction call of the config and the fhcnn time they add up to for ``--size``.
+``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
+annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fhcnn.apps.volume import VolumeConfig, segment_volume
+from fhcnn.apps.volume.inputs import inputs_from_arrays
+from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.config import load_config
+from fhcnn.data.synthetic_volumes import generate_volume
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GENERATED = {"cells": ("cells", 2), "cells-c0": ("cells", 1), "cells-c1": ("cells", 1),
+             "seismic": ("seismic", 1), "layers": ("seismic-layers", 1)}
+SIZE = int(os.environ.get("VOLUME_SIZE", "96"))
+MNI_MM = int(os.environ.get("MNI_MM", "2"))
+MNI_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+             "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+             "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
+def _mni_bytes(name: str, wheel: str | None) -> bytes:
+    wheel = wheel or os.environ.get("NILEARN_WHEEL")
+    if wheel:
+        with zipfile.ZipFile(wheel) as z:
+            return z.read(f"nilearn/datasets/data/{name}")
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        sys.exit("the MNI152 template needs nilearn installed, or --nilearn-wheel PATH to its wheel")
+    return (Path(spec.origin).parent / "datasets" / "data" / name).read_bytes()
+
+
+def load_volume(name: str, wheel: str | None = None) -> dict:
+    """``{"channels": [(D, H, W) float32, ...], "truth": (D, H, W) uint8, "spacing", "about"}``."""
+    if name in GENERATED:
+        kind, nch = GENERATED[name]
+        chans = [0, 1] if nch == 2 else [1 if name.endswith("c1") else 0]
+        out = []
+        truth = None
+        for c in chans:
+            img, truth = generate_volume(kind, (SIZE,) * 3, seed=0, channel=c, dtype="float32")  # type: ignore[arg-type]
+            out.append(img)
+        return {"channels": out, "truth": truth, "spacing": None,
+                "about": f"generated {kind} {SIZE}^3, channels {chans}"}
+    if name == "mni":
+        import nibabel as nib
+
+        arrs = {}
+        for key, fname in MNI_FILES.items():
+            img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(_mni_bytes(fname, wheel)))
+            arrs[key] = np.asarray(img.dataobj, np.float32)
+        # MNI_MM mm (default 2): means of f x f x f blocks (the template is 1 mm, 197 x 233 x 189)
+        f = MNI_MM
+
+        def down(a: np.ndarray) -> np.ndarray:
+            s = [n // f * f for n in a.shape]
+            a = a[:s[0], :s[1], :s[2]]
+            return a.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).mean((1, 3, 5))
+        t1, gm, wm = (down(arrs[k]) for k in ("t1", "gm", "wm"))
+        truth = np.zeros(t1.shape, np.uint8)
+        truth[gm > 0.5] = 1
+        truth[wm > 0.5] = 2
+        return {"channels": [t1], "truth": truth, "spacing": (float(f),) * 3,
+                "about": f"MNI152 2009c T1 at {f} mm {t1.shape}; 0 other / 1 GM / 2 WM (maps > 0.5)"}
+    sys.exit(f"unknown volume {name!r}")
+
+
+def annotate(truth: np.ndarray, fraction: float, axes: str, seed: int) -> tuple[np.ndarray, dict]:
+    """Sparse labels: ``fraction`` of the slices of axis 0, evenly spaced from a seeded offset,
+    or the same number spread over the three axes in turn; 255 elsewhere."""
+    n = max(1, int(round(fraction * truth.shape[0])))
+    rng = np.random.default_rng(1000 + seed)
+    per_axis = [n, 0, 0] if axes == "one" else [len(range(a, n, 3)) for a in range(3)]
+    lab = np.full(truth.shape, 255, np.uint8)
+    where: dict[str, list[int]] = {}
+    for a, k in enumerate(per_axis):
+        if not k:
+            continue
+        size = truth.shape[a]
+        u = rng.uniform()
+        idx = sorted({min(size - 1, int((i + u) * size / k)) for i in range(k)})
+        sl: list = [slice(None)] * 3
+        sl[a] = idx
+        lab[tuple(sl)] = truth[tuple(sl)]
+        where["DHW"[a]] = idx
+    return lab, {"slices": n, "where": where}
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    vol = load_volume(args.volume, args.nilearn_wheel)
+    part = f"@{args.part}" if args.part else ""
+    path = RESULTS / f"volume_sparse_{args.volume}_{args.tag}{part}.json"
+    done = json.loads(path.read_text()) if path.exists() else {"volume": args.volume, "about": vol["about"],
+                                                                "tag": args.tag, "runs": {}}
+    overrides = ["train.threads=1", f"volume.baselines={args.baselines}", *args.overrides]
+    cfg = load_config(VolumeConfig, args.config, overrides)
+    done["config"] = args.config
+    done["overrides"] = overrides
+    for frac in (float(f) for f in args.fractions.split(",")):
+        for axes in args.axes.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                key = f"{frac:g}|{axes}|{seed}"
+                if key in done["runs"]:
+                    continue
+                if axes == "three" and max(1, int(round(frac * vol["truth"].shape[0]))) < 3:
+                    continue  # fewer than 3 slices cannot be spread over three axes
+                lab, where = annotate(vol["truth"], frac, axes, seed)
+                inputs = inputs_from_arrays(vol["channels"], lab, vol["truth"], spacing=vol["spacing"],
+                                            name=args.volume)
+                cfg.train.seed = seed
+                cfg.volume.seed = seed
+                t0 = time.perf_counter()
+                m = segment_volume(inputs, cfg, None, quiet=True, log=lambda s: None)
+                rec = {"slices": where, "fhcnn": _short(m["fhcnn"]),
+                       **{b: _short(v) for b, v in m["baselines"].items()},
+                       "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
+                       "unet_train_time_s": m["baselines"].get("unet", {}).get("train_time_s"),
+                       "time_s": round(time.perf_counter() - t0, 1)}
+                done["runs"][key] = rec
+                print(f"{args.volume} {args.tag} {key}: " + "  ".join(
+                    f"{n} {rec[n]['miou']:.3f} [{', '.join(f'{v:.2f}' for v in rec[n]['iou'])}]"
+                    for n in ("fhcnn", *m["baselines"])) + f"  ({rec['time_s']:.0f} s)", flush=True)
+                RESULTS.mkdir(exist_ok=True)
+                atomic_write_text(path, json.dumps(done, indent=1) + "\n")
+
+
+def _short(m: dict) -> dict:
+    return {"miou": round(m["miou"], 4), "iou": [None if v is None else round(v, 4) for v in m["iou"]],
+            "dice": [None if v is None else round(v, 4) for v in m["dice"]]}
+
+
+def _stats(v: list[float]) -> dict:
+    a = np.asarray(v, float)
+    return {"mean": round(float(a.mean()), 4), "spread": round(float(a.max() - a.min()), 4),
+            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(a.size)}
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    summary: dict = {}
+    lines = []
+    merged: dict = {}
+    for path in sorted(RESULTS.glob("volume_sparse_*_*.json")):
+        if path.name == "volume_sparse_summary.json":
+            continue
+        data = json.loads(path.read_text())
+        name = f"{data['volume']}/{data['tag']}"
+        if name in merged:
+            merged[name]["runs"].update(data["runs"])
+        else:
+            merged[name] = data
+    for data in merged.values():   # fhcnn-only runs take the baselines of the same labels
+        for key, rec in data["runs"].items():
+            for other in merged.values():
+                if other["about"] == data["about"] and other is not data and key in other["runs"]:
+                    for b in ("copy", "forest", "unet"):
+                        if b not in rec and b in other["runs"][key]:
+                            rec[b] = other["runs"][key][b]
+                            rec.setdefault("baselines_from", other["tag"])
+    for name, data in merged.items():
+        table: dict = {}
+        groups: dict = {}
+        for key, rec in data["runs"].items():
+            frac, axes, _ = key.split("|")
+            groups.setdefault(f"{frac}|{axes}", []).append(rec)
+        for g, recs in sorted(groups.items(), key=lambda kv: (kv[0].split("|")[1], float(kv[0].split("|")[0]))):
+            methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in recs[0]]
+            row: dict = {"slices": recs[0]["slices"]["slices"], "seeds": len(recs)}
+            for meth in methods:
+                k = len(recs[0][meth]["iou"])
+                row[meth] = {"miou": _stats([r[meth]["miou"] for r in recs]),
+                             "iou": [_stats([r[meth]["iou"][c] or 0.0 for r in recs])["mean"] for c in range(k)]}
+            f = [r["fhcnn"]["miou"] for r in recs]
+            for meth in methods[1:]:
+                row[f"margin_over_{meth}"] = _stats([a - r[meth]["miou"] for a, r in zip(f, recs)])
+            row["fhcnn_time_s"] = round(float(np.mean([r["train_time_s"] + r["predict_time_s"] for r in recs])), 1)
+            table[g] = row
+            lines.append(f"{name:22s} {g:12s} " + "  ".join(
+                f"{m} {row[m]['miou']['mean']:.3f}±{row[m]['miou']['spread']:.3f} "
+                f"[{', '.join(f'{v:.2f}' for v in row[m]['iou'])}]" for m in methods))
+        summary[name] = {"about": data["about"], "config": data.get("config"),
+                         "overrides": data.get("overrides"), "table": table}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / "volume_sparse_summary.json", json.dumps(summary, indent=1) + "\n")
+    print("\n".join(lines))
+    _plot(summary)
+
+
+def _plot(summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        table = summary[name]["table"]
+        groups = list(table)
+        x = np.arange(len(groups))
+        methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in table[groups[0]]]
+        for i, m in enumerate(methods):
+            mean = [table[g][m]["miou"]["mean"] for g in groups]
+            lo = [table[g][m]["miou"]["mean"] - table[g][m]["miou"]["min"] for g in groups]
+            hi = [table[g][m]["miou"]["max"] - table[g][m]["miou"]["mean"] for g in groups]
+            ax.errorbar(x + (i - 1.5) * 0.12, mean, yerr=[lo, hi], fmt="o", label=m, capsize=2)
+        ax.set_xticks(x, [g.replace("|", "\n") for g in groups], fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("held-out mIoU")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(RESULTS / "volume_sparse.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    size = tuple(int(v) for v in args.size.split(","))
+    chans = [generate_volume("cells", size, seed=0, channel=c, dtype="uint8")[0] for c in (0, 1)]
+    _, truth = generate_volume("cells", size, seed=0, channel=0, dtype="uint8")
+    lab, where = annotate(truth, args.slices / size[0], "one", 0)
+    cfg = load_config(VolumeConfig, args.config, [f"volume.baselines={args.baselines}", *args.overrides])
+    inputs = inputs_from_arrays(chans, lab, truth, name="cells")
+    t0, c0 = time.perf_counter(), time.process_time()
+    m = segment_volume(inputs, cfg, None, quiet=True, log=print)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rec = {"size": list(size), "channels": 2, "slices": where, "config": args.config, "overrides": args.overrides,
+           "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
+           "fhcnn_total_s": round(m["train_time_s"] + m["predict_time_s"], 1), "run_total_s": round(total, 1),
+           "run_cpu_s": round(cpu, 1), "load_average": os.getloadavg(),
+           "miou": m["fhcnn"]["miou"], "baselines": {b: v["miou"] for b, v in m["baselines"].items()},
+           "cpu_count": os.cpu_count()}
+    print(json.dumps(rec, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+
+
+def cmd_costs(args: argparse.Namespace) -> None:
+    """CPU seconds (one thread, process time: the machine's load does not enter) of one training
+    step and one prediction call of the config, and the fhcnn time they give for ``--size``
+    (steps x step + prediction calls x call)."""
+    import torch
+
+    from fhcnn.engine import build_model
+    from fhcnn.engine.sizes import prediction_tilings
+
+    torch.set_num_threads(1)
+    size = tuple(int(v) for v in args.size.split(","))
+    cfg = load_config(VolumeConfig, args.config, args.overrides)
+    model = build_model(cfg.model, 2, 3)
+    d = cfg.data
+    win = (d.window_depth, d.window_height, d.window_width)
+    x, y = torch.randn(d.batch_size, 2, *win), torch.randint(0, 3, (d.batch_size, *win))
+    opt = torch.optim.Adam(model.parameters())
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    t = time.process_time()
+    for _ in range(5):
+        step()
+    t_step = (time.process_time() - t) / 5
+    model.eval()
+    xb = torch.randn(d.predict_batch, 2, *win)
+    with torch.no_grad():
+        model(xb)
+        t = time.process_time()
+        for _ in range(5):
+            model(xb)
+        t_call = (time.process_time() - t) / 5
+    tilings = prediction_tilings(size, win, model.size_multiple, d.predict_shifts, True, d.predict_flip)
+    windows = sum(tl.count for tl in tilings)
+    calls = -(-windows // d.predict_batch)
+    rec = {"size": list(size), "channels": 2, "config": args.config, "overrides": args.overrides,
+           "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
+           "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
+           "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
+           "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg()}
+    print(json.dumps(rec, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"volume_costs{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("volume")
+    r.add_argument("--fractions", default="0.02,0.05,0.1")
+    r.add_argument("--axes", default="one,three")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--config", default="volume")
+    r.add_argument("--set", dest="overrides", action="append", default=[])
+    r.add_argument("--tag", default="default")
+    r.add_argument("--baselines", default="copy,forest,unet")
+    r.add_argument("--nilearn-wheel", default=None)
+    r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
+                                             "(parallel runs; report merges the parts)")
+    sub.add_parser("report")
+    s = sub.add_parser("speed")
+    s.add_argument("--size", default="240,240,155")
+    s.add_argument("--slices", type=int, default=8)
+    s.add_argument("--config", default="volume")
+    s.add_argument("--set", dest="overrides", action="append", default=[])
+    s.add_argument("--baselines", default="copy,forest")
+    s.add_argument("--tag", default="")
+    c = sub.add_parser("costs")
+    c.add_argument("--size", default="240,240,155")
+    c.add_argument("--config", default="volume")
+    c.add_argument("--set", dest="overrides", action="append", default=[])
+    c.add_argument("--tag", default="")
+    args = ap.parse_args()
+    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed, "costs": cmd_costs}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Reading and validating the inputs of ``fhcnn volume``: images (one or more channels), the
+sparse label volume, the optional full evaluation labels. Everything is checked here and in the
+run plan (:func:`~fhcnn.apps.volume.pipeline.plan_volume`), before any output exists; each
+refusal is one :class:`~fhcnn.errors.InputError` line.
+
+The files are read by :mod:`fhcnn.data.volumes` (NIfTI, TIFF, zarr, HDF5, SEG-Y, ``.npy``), lazily:
+nothing here holds a whole image. Refused here: images whose spatial shapes differ (from each
+other or from the labels), a channel axis that cannot be told (``--channel-axis`` decides), a
+label value that is neither a class nor ``--ignore``, a non-integer label, a class (below the
+largest one, in the labels or the evaluation labels) without a labelled voxel, fewer than two
+labelled classes, a file whose header promises more data than it holds; in the plan: a
+non-finite voxel; below: a volume of one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...data.volumes import LabelSummary, open_images, open_label_volume, summarize_labels
+from ...errors import InputError
+from ...options import IGNORE
+
+__all__ = ["VolumeInputs", "load_volume_inputs", "inputs_from_arrays", "AXIS_NAMES", "Relabelled", "HeldOut"]
+
+#: Names of the spatial axes (D, H, W) in log lines.
+AXIS_NAMES = ("D", "H", "W")
+
+
+class Relabelled:
+    """A ``(D, H, W)`` label array-like read as uint8 with ``ignore`` turned into ``IGNORE`` (255)."""
+
+    def __init__(self, array: Any, ignore: int) -> None:
+        self.array, self.ignore = array, int(ignore)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        x = np.asarray(self.array[key])
+        if self.ignore == IGNORE and x.dtype == np.uint8:
+            return x
+        return np.where(x == self.ignore, IGNORE, x).astype(np.uint8)
+
+
+class HeldOut:
+    """The evaluation labels where the training labels are unlabelled (``IGNORE`` elsewhere): what
+    every score of a run is computed on. An array-like ``(D, H, W)`` uint8."""
+
+    def __init__(self, labels: Any, truth: Any) -> None:
+        self.labels, self.truth = labels, truth
+        self.shape = tuple(int(n) for n in labels.shape)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.where(np.asarray(self.labels[key]) == IGNORE, np.asarray(self.truth[key]), IGNORE).astype(np.uint8)
+
+
+@dataclass
+class VolumeInputs:
+    """Validated inputs.
+
+    Attributes:
+        channels: ``C`` lazy array-likes ``(D, H, W)``.
+        labels: ``(D, H, W)`` uint8 array-like, classes ``0 .. K-1``, ``255`` = unlabelled
+            (``--ignore`` mapped to 255).
+        eval_labels: like ``labels`` (255 = not scored), or ``None``.
+        num_classes: ``K``.
+        summary: the labels' :class:`~fhcnn.data.volumes.LabelSummary`.
+        spacing: voxel size along (D, H, W) from the file (``None``: the format has none).
+        geometry: the first image's :class:`~fhcnn.data.volumes.VolumeGeometry` (``None`` for
+            in-memory arrays), kept for the prediction.
+        format: the first image's format (``"npy"``, ``"nifti"``, ``"zarr"`` ...).
+        sources: ``{"images": [...], "labels": ..., "eval_labels": ...}``.
+        names: a name per channel (log lines).
+    """
+
+    channels: list[Any]
+    labels: Any
+    eval_labels: Any | None
+    num_classes: int
+    summary: LabelSummary
+    spacing: tuple[float, float, float] | None = None
+    geometry: Any = None
+    format: str = "npy"
+    sources: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.labels.shape)  # type: ignore[return-value]
+
+    def held_out(self) -> HeldOut | None:
+        """The evaluation labels where ``labels`` is unlabelled, or ``None``."""
+        return None if self.eval_labels is None else HeldOut(self.labels, self.eval_labels)
+
+
+def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | None = None, *,
+                       ignore: int = IGNORE, channel_axis: int | None = None) -> VolumeInputs:
+    """Open and check everything ``fhcnn volume`` reads (see the module docstring).
+
+    Raises:
+        InputError: one line naming the problem.
+    """
+    if not 0 <= ignore <= 65535:
+        raise InputError(f"--ignore {ignore}: use a label value 0..65535 (default 255)")
+    channels, geom, opened = open_images(list(images), channel_axis)
+    shape = tuple(int(n) for n in opened[0].shape)
+    lab = open_label_volume(labels, shape, ignore, what="labels")
+    k = lab.summary.num_classes
+    if k > IGNORE:
+        raise InputError(f"labels {labels}: {k} classes; at most {IGNORE} (0..{IGNORE - 1}) fit the prediction")
+    ev = None
+    if eval_labels is not None:
+        ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE)
+        extra = [c for c, n in enumerate(ev.summary.counts) if n and c >= k]
+        if extra:
+            raise InputError(f"labels {labels}: no labelled voxel of class {extra[0]}, which occurs in "
+                             f"--eval-labels {eval_labels} (the labels run 0..{k - 1}): label some voxels "
+                             f"of every class")
+    names = [n for v in opened for n in v.names]
+    return VolumeInputs(channels, Relabelled(lab, ignore), None if ev is None else Relabelled(ev, ignore), k,
+                        lab.summary, geom.spacing, geom, str(opened[0].format),
+                        {"images": list(images), "labels": labels,
+                         **({"eval_labels": eval_labels} if eval_labels else {})}, names)
+
+
+def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,
+                       *, spacing: Sequence[float] | None = None, name: str = "array") -> VolumeInputs:
+    """:class:`VolumeInputs` of in-memory arrays (benchmarks, notebooks): ``channels`` each
+    ``(D, H, W)``, ``labels`` ``(D, H, W)`` uint8 (255 = unlabelled), optional full
+    ``eval_labels``; checked like files (every class below the largest labelled)."""
+    lab = np.asarray(labels, np.uint8)
+    summary = summarize_labels(lab, IGNORE, what=f"labels of {name}")  # type: ignore[arg-type]
+    ev = None if eval_labels is None else np.asarray(eval_labels, np.uint8)
+    return VolumeInputs(list(channels), lab, ev, summary.num_classes, summary,
+                        None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+                        None, "npy", {"images": [name], "labels": name},
+                        [f"{name}[channel {c}]" for c in range(len(channels))])

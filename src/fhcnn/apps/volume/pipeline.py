@@ -1,0 +1,334 @@
+"""Segment one 3D volume from sparse labels: the pipeline behind ``fhcnn volume``.
+
+:func:`plan_volume` works the run out before any output exists: the voxel spacing resolved into
+per-axis windows (:func:`engine_config`), the engine's plan (:func:`fhcnn.engine.plan.prepare`:
+label scan, streamed normalization, NaN check, model and split checks). :func:`segment_volume`
+trains and predicts chunk by chunk into the prediction file (the input's geometry format) and
+scores the prediction and the baselines (:mod:`.baselines`) where the labels are unlabelled and
+``--eval-labels`` has a class; :func:`volume_command` is the whole command.
+
+Every call into the engine goes through :func:`fit_predict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ... import log as _log
+from ...data.lazy import LazyVolume
+from ...engine import SegmentConfig, size_multiple_of
+from ...engine.metrics import confusion_matrix, iou_from_confusion
+from ...engine.plan import DenseInputs, RunPlan, prepare
+from ...engine.run import run
+from ...engine.sizes import round_up
+from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
+from ...errors import InputError
+from ...training import is_main_process
+from .baselines import copy_nearest_label, forest_baseline
+from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
+from .inputs import VolumeInputs
+
+__all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
+           "scores_of", "score", "resolve_spacing"]
+
+
+def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
+    """The voxel spacing used (``volume.spacing`` over the file's) and where it came from."""
+    if cfg.volume.spacing:
+        return parse_spacing(cfg.volume.spacing), "volume.spacing"
+    if inputs.spacing is not None:
+        return tuple(float(s) for s in inputs.spacing), f"the {inputs.format} header"  # type: ignore[return-value]
+    return None, f"none in {inputs.format}: taken as isotropic"
+
+
+def engine_config(cfg: VolumeConfig, spacing: Sequence[float] | None, shape: Sequence[int]
+                  ) -> tuple[SegmentConfig, str]:
+    """The engine's :class:`SegmentConfig` for this volume and one log line saying what was done
+    about the spacing.
+
+    With ``volume.physical_windows`` and anisotropic ``spacing``, the window (training, and a
+    prediction window the config sets) along each axis is the configured one times
+    ``finest spacing / spacing of the axis``, rounded up to the network's size multiple: every
+    window spans about the same physical length on each axis (a 3 mm axis gets a third of the
+    voxels of a 1 mm axis). Windows never exceed the volume (rounded up to the multiple).
+    """
+    d = copy.deepcopy(cfg.data)
+    seg = SegmentConfig(model=copy.deepcopy(cfg.model), data=d, train=copy.deepcopy(cfg.train),
+                        parallel=copy.deepcopy(cfg.parallel))
+    m = size_multiple_of(cfg.model)
+    if spacing is None or len(set(float(s) for s in spacing)) == 1:
+        what = "isotropic voxels" if spacing is None else f"isotropic voxels of {spacing[0]:g}"
+        return seg, f"voxel spacing: {what}; windows as configured"
+    sp = [float(s) for s in spacing]
+    if not cfg.volume.physical_windows:
+        return seg, (f"voxel spacing {tuple(sp)} (anisotropic); windows as configured in voxels "
+                     f"(volume.physical_windows=false)")
+    fine = min(sp)
+    names = (("window_depth", "predict_depth"), ("window_height", "predict_height"),
+             ("window_width", "predict_width"))
+    for a, pair in enumerate(names):
+        f = fine / sp[a]
+        whole = round_up(int(shape[a]), m)
+        for name in pair:
+            v = getattr(d, name)
+            if v > 0:
+                setattr(d, name, min(whole, round_up(max(1, int(round(v * f))), m)))
+    win = (d.window_depth, d.window_height, d.window_width)
+    phys = tuple(round(w * s, 1) for w, s in zip(win, sp))
+    return seg, (f"voxel spacing {tuple(sp)} (anisotropic): training windows {win} voxels, "
+                 f"{phys} in physical units (each axis's window scaled by the finest spacing over "
+                 f"its own, volume.physical_windows)")
+
+
+@dataclass
+class VolumePlan:
+    """A ``fhcnn volume`` run worked out: the engine's plan and what was decided about the spacing."""
+
+    plan: RunPlan
+    spacing: tuple[float, float, float] | None
+    spacing_source: str
+    spacing_line: str
+
+
+def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
+    """Resolve the spacing and prepare the engine's plan (every check, nothing written).
+
+    Raises:
+        InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
+            cannot work ...), or a volume whose every channel holds one value.
+    """
+    spacing, source = resolve_spacing(cfg, inputs)
+    seg, line = engine_config(cfg, spacing, inputs.shape)
+    plan = prepare(DenseInputs(LazyVolume(inputs.channels, names=inputs.names or None), inputs.labels,
+                               inputs.num_classes), seg)
+    if all(s.max == s.min for s in plan.stats):
+        raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
+                         f"{plan.stats[0].min:g}: nothing to segment")
+    return VolumePlan(plan, spacing, source, line)
+
+
+@dataclass
+class Fit:
+    """One trained network on the volume: the engine's result and times."""
+
+    result: Any
+    train_time_s: float
+    predict_time_s: float
+
+
+def fit_predict(plan: RunPlan, out: Path | None, sinks: Callable[[Any], Sequence[Sink]], *,
+                quiet: bool = False, resume: bool = False) -> Fit:
+    """Train the plan and predict its volume chunk by chunk into ``sinks(result)``: the one place
+    this application calls the engine."""
+    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume)
+    return Fit(result, result.train_time_s, seconds)
+
+
+def scores_of(cm: np.ndarray) -> dict[str, Any]:
+    """mIoU, per-class IoU and Dice (``None`` for a class absent from truth and prediction),
+    accuracy and the confusion matrix ``cm[truth, pred]``."""
+    cm = np.asarray(cm, np.int64)
+    iou = iou_from_confusion(cm)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)
+    dice = [None if d == 0 else float(2 * t / d) for t, d in zip(tp, denom)]
+    valid = [v for v in iou if not np.isnan(v)]
+    return {"miou": float(np.mean(valid)) if valid else float("nan"),
+            "iou": [None if np.isnan(v) else float(v) for v in iou], "dice": dice,
+            "accuracy": float(np.trace(cm) / max(int(cm.sum()), 1)), "scored_voxels": int(cm.sum()),
+            "confusion": cm.tolist()}
+
+
+def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """:func:`scores_of` the prediction ``pred`` against ``truth`` (255 = not scored)."""
+    return scores_of(confusion_matrix(pred, truth, num_classes))
+
+
+def _line(name: str, m: dict[str, Any]) -> str:
+    iou = ", ".join("-" if v is None else f"{v:.3f}" for v in m["iou"])
+    return f"{name:7s} mIoU {m['miou']:.4f}  (IoU per class: {iou})"
+
+
+def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *, vplan: VolumePlan | None = None,
+                   quiet: bool = False, resume: bool = False, save_probs: bool = False,
+                   log: Callable[[str], None] = _log.info) -> dict[str, Any]:
+    """Train on ``inputs``, predict, score, write every output into ``out`` (``None``: nothing
+    written, the prediction kept in memory); returns the metrics (``{}`` on a non-zero rank
+    under ``torchrun``)."""
+    t_start = time.perf_counter()
+    vplan = vplan or plan_volume(inputs, cfg)
+    plan = vplan.plan
+    k, shape = inputs.num_classes, inputs.shape
+    log(f"volume: {len(inputs.channels)} channel(s) of (D, H, W) = {shape} ({inputs.format}); "
+        f"spacing from {vplan.spacing_source}")
+    log(vplan.spacing_line)
+    log(f"{k} classes; {inputs.summary.describe()}")
+    for c, st in enumerate(plan.stats):
+        log(f"channel {c}: mean {st.mean:.4g}, std {st.std:.4g}, range [{st.min:.4g}, {st.max:.4g}]")
+    log(plan.describe())
+    if out is not None:
+        from ...config import save_config
+
+        save_config(cfg, out / "config.yaml")
+    held = inputs.held_out()
+    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held)
+    fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume)
+    if not is_main_process():
+        return {}
+    res = fit.result
+    pred_file = outputs.close()
+    seg_cfg = plan.config
+    log(f"fhcnn: trained {seg_cfg.train.steps} steps in {fit.train_time_s:.0f} s on {res.device} "
+        f"(windows {tuple(res.window)}, batch {seg_cfg.data.batch_size}), predicted in "
+        f"{fit.predict_time_s:.0f} s")
+    metrics: dict[str, Any] = {
+        "images": inputs.sources.get("images"), "labels": inputs.sources.get("labels"),
+        "shape": list(shape), "channels": len(inputs.channels), "format": inputs.format,
+        "spacing": list(vplan.spacing) if vplan.spacing else None, "spacing_source": vplan.spacing_source,
+        "spacing_handling": vplan.spacing_line, "num_classes": k, "annotation": inputs.summary.to_json(),
+        "train_window": list(res.window), "predict_window": list(plan.predict_window),
+        "steps": seg_cfg.train.steps, "arch": seg_cfg.model.arch,
+        "train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
+        "activation_bytes": int(res.activation_bytes), "device": str(res.device),
+        "parameters": int(sum(p.numel() for p in res.model.parameters())),
+    }
+    if pred_file is not None:
+        metrics["prediction_file"] = pred_file.name
+        if outputs.probs_path is not None:
+            metrics["probabilities_file"] = outputs.probs_path.name
+    baselines: dict[str, np.ndarray] = {}
+    if outputs.confusion is not None and outputs.confusion.matrix.sum() > 0:
+        ours = scores_of(outputs.confusion.matrix)
+        metrics.update({"eval_labels": inputs.sources.get("eval_labels"), "miou": ours["miou"],
+                        "iou": ours["iou"], "dice": ours["dice"], "fhcnn": ours, "baselines": {}})
+        log(_line("fhcnn", ours))
+        truth = np.asarray(held[...])  # type: ignore[index]
+        for name in parse_baselines(cfg.volume.baselines):
+            t0 = time.perf_counter()
+            bpred, extra = _baseline(name, inputs, plan, cfg.volume, vplan.spacing)
+            m = score(bpred, truth, k)
+            m.update(extra, time_s=round(time.perf_counter() - t0, 2))
+            metrics["baselines"][name] = m
+            baselines[name] = bpred
+            log(_line(name, m))
+    elif held is not None:
+        log("--eval-labels has no class where the labels are unlabelled: nothing to score")
+    metrics["total_time_s"] = round(time.perf_counter() - t_start, 2)
+    metrics["history"] = res.history
+    if out is not None:
+        from .outputs import write_outputs
+
+        write_outputs(out, inputs, outputs.centre, res, metrics, vplan.spacing)
+    else:
+        metrics["prediction"] = outputs.prediction
+    metrics["baseline_predictions"] = baselines
+    return metrics
+
+
+class _Outputs:
+    """The sinks of the fhcnn prediction: the labels (the prediction file in ``out``, or an
+    in-memory array), the held-out confusion matrix, the float16 probabilities."""
+
+    def __init__(self, out: Path | None, inputs: VolumeInputs, k: int, probs: bool, held: Any) -> None:
+        self.out, self.inputs, self.k, self.want_probs, self.held = out, inputs, k, probs, held
+        self.file: Any = None
+        self.prediction: Any = None
+        self.confusion: ConfusionSink | None = None
+        self.probs_path: Path | None = None
+        self._probs: Any = None
+        self.centre: list[np.ndarray] = []
+
+    def sinks(self, result: Any) -> list[Sink]:
+        if self.out is not None and is_main_process():
+            from ...data.volumes import prediction_sink
+
+            self.file = prediction_sink(self.out, self.inputs.format, self.inputs.shape,  # type: ignore[arg-type]
+                                        self.inputs.geometry or _npy_geometry(), np.uint8,
+                                        source=(self.inputs.sources.get("images") or [None])[0])
+            self.prediction = self.file
+        else:
+            self.prediction = np.zeros(self.inputs.shape, np.uint8)
+        out: list[Sink] = [LabelSink(self.prediction)]
+        if self.held is not None:
+            self.confusion = ConfusionSink(self.held, self.k)
+            out.append(self.confusion)
+        if self.want_probs and is_main_process():
+            import tempfile
+
+            import zarr
+
+            assert self.out is not None
+            self._tmp = Path(tempfile.mkdtemp(prefix=".probabilities.zarr.", suffix=".tmp", dir=self.out))
+            self._probs = zarr.open_array(str(self._tmp), mode="w", shape=(self.k, *self.inputs.shape),
+                                          chunks=(1, *(min(64, n) for n in self.inputs.shape)), dtype="float16")
+            out.append(ProbabilitySink(self._probs))
+        return out
+
+    def close(self) -> Path | None:
+        """Put the files in place; returns the prediction file (``None`` in memory). Keeps the
+        prediction's slices through the centre (``centre``, for the figure)."""
+        from .outputs import centre_slices
+
+        self.centre = centre_slices(self.prediction, [n // 2 for n in self.inputs.shape])
+        if self._probs is not None:
+            assert self.out is not None
+            from ... import atomic
+
+            self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
+        if self.file is not None:
+            return Path(self.file.close())
+        return None
+
+
+def _npy_geometry() -> Any:
+    from ...data.volumes import VolumeGeometry
+
+    return VolumeGeometry(spacing=None, affine=None, nifti_header=None, attrs={}, axis_names=("D", "H", "W"))
+
+
+def _baseline(name: str, inputs: VolumeInputs, plan: RunPlan, opt: VolumeOptions,
+              spacing: Sequence[float] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The prediction ``(D, H, W)`` of one baseline on the same labels, and what to record."""
+    labels = np.asarray(inputs.labels[...])
+    if name == "copy":
+        return copy_nearest_label(labels, spacing), {}
+    if name == "forest":
+        return forest_baseline(inputs.channels, labels, inputs.num_classes, trees=opt.forest_trees,
+                               samples=opt.forest_samples, seed=opt.seed, threads=max(1, torch.get_num_threads()))
+    ucfg = copy.deepcopy(plan.config)
+    ucfg.model.arch = "unet"
+    ucfg.parallel.space = 1
+    uplan = prepare(DenseInputs(plan.volume, plan.labels, plan.num_classes), ucfg)
+    pred = np.zeros(inputs.shape, np.uint8)
+    fit = fit_predict(uplan, None, lambda r: [LabelSink(pred)], quiet=True)
+    return pred, {"train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
+                  "parameters": int(sum(p.numel() for p in fit.result.model.parameters()))}
+
+
+def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: str, *,
+                   eval_labels: str | None = None, ignore: int = 255, channel_axis: int | None = None,
+                   save_probs: bool = False, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                   config_file: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``fhcnn volume``: read and check every input and work out the run (each refusal one
+    :class:`~fhcnn.errors.InputError` line, before ``out`` exists), make the run folder, train,
+    predict and write. Returns the metrics (``{}`` on a non-zero rank) and the folder."""
+    from ... import log as _logging
+    from ...rundir import prepare_output_dir
+    from .inputs import load_volume_inputs
+
+    inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis)
+    vplan = plan_volume(inputs, cfg)
+    roles = {f"image{i}" if i else "image": p for i, p in enumerate(images)}
+    folder = prepare_output_dir(out, resume, overwrite, tool="volume", config=cfg, config_file=config_file,
+                                roles={**roles, "labels": labels, "eval_labels": eval_labels},
+                                extra={"ignore": ignore, "channel_axis": channel_axis, "save_probs": save_probs})
+    _logging.setup(quiet)
+    return segment_volume(inputs, cfg, folder, vplan=vplan, quiet=quiet, resume=resume,
+                          save_probs=save_probs), folder

@@ -1,0 +1,274 @@
+"""``fhcnn volume`` end to end on tiny generated volumes, every refusal of bad input (one line,
+exit 2, no output folder), the nearest-label baseline, the label summary and the per-axis
+windows of anisotropic voxels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from fhcnn.apps.volume import VolumeConfig, copy_nearest_label, engine_config
+from fhcnn.cli import main
+from fhcnn.data.synthetic_volumes import generate_volume
+
+TINY = ["--config", "volume-tiny", "--quiet"]
+SHAPE = (16, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def vol(tmp_path_factory):
+    root = tmp_path_factory.mktemp("volcli")
+    c0, truth = generate_volume("cells", SHAPE, seed=1, channel=0, dtype="uint8")
+    c1, _ = generate_volume("cells", SHAPE, seed=1, channel=1, dtype="uint8")
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[[3, 12]] = truth[[3, 12]]
+    lab[:, 8] = truth[:, 8]
+    for name, arr in (("c0", c0), ("c1", c1), ("truth", truth), ("lab", lab),
+                      ("both", np.stack([c0, c1], -1))):
+        np.save(root / f"{name}.npy", arr)
+    return root
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.npy"))}
+
+
+def test_two_channels_end_to_end(vol, tmp_path, capsys):
+    before = _digest(vol)
+    out = tmp_path / "out"
+    rc = main(["volume", str(vol / "c0.npy"), str(vol / "c1.npy"), "--labels", str(vol / "lab.npy"),
+               "--eval-labels", str(vol / "truth.npy"), "--out", str(out), "--save-probs"] + TINY)
+    assert rc == 0
+    assert "mIoU" in capsys.readouterr().out
+    pred = np.load(out / "prediction.npy")
+    assert pred.shape == SHAPE and pred.dtype == np.uint8 and pred.max() < 3
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["channels"] == 2 and m["num_classes"] == 3
+    assert m["annotation"]["dense_slices"] == [[3, 12], [8], []]
+    assert set(m["baselines"]) == {"copy", "forest", "unet"}
+    for entry in [m["fhcnn"], *m["baselines"].values()]:
+        assert 0 <= entry["miou"] <= 1 and len(entry["iou"]) == 3 and len(entry["dice"]) == 3
+    # the scores are those of prediction.npy where the labels are unlabelled
+    from fhcnn.apps.volume import score
+
+    truth, lab = np.load(vol / "truth.npy"), np.load(vol / "lab.npy")
+    held = np.where(lab == 255, truth, 255)
+    assert score(pred, held, 3)["miou"] == pytest.approx(m["miou"])
+    assert m["fhcnn"]["scored_voxels"] == int((lab == 255).sum())
+    import zarr
+
+    probs = zarr.open_array(str(out / "probabilities.zarr"), mode="r")
+    assert probs.shape == (3, *SHAPE) and probs.dtype == np.float16
+    p = np.asarray(probs[...]).astype(np.float32)
+    np.testing.assert_allclose(p.sum(0), 1, atol=3e-3)
+    top2 = np.sort(p, 0)[-2:]
+    clear = top2[1] - top2[0] > 2e-3    # float16 rounding may swap near-ties only
+    np.testing.assert_array_equal(p.argmax(0)[clear], pred[clear])
+    files = json.loads((out / "run.json").read_text())["files"]
+    for name in ("prediction.npy", "metrics.json", "figure.png", "model.safetensors", "config.yaml"):
+        assert name in files and (out / name).is_file()
+    assert any(f.startswith("probabilities.zarr/") for f in files)
+    assert _digest(vol) == before   # inputs unchanged
+    # a second run into the same folder is refused; --overwrite replaces it
+    assert main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out)] + TINY) == 2
+    assert main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
+                 "--overwrite"] + TINY) == 0
+    assert not (out / "probabilities.zarr").exists()
+
+
+def test_one_file_with_a_channel_axis_is_the_same_volume(vol):
+    from fhcnn.apps.volume import load_volume_inputs
+
+    two = load_volume_inputs([str(vol / "c0.npy"), str(vol / "c1.npy")], str(vol / "lab.npy"))
+    one = load_volume_inputs([str(vol / "both.npy")], str(vol / "lab.npy"))       # (D, H, W, 2): axis 3
+    forced = load_volume_inputs([str(vol / "both.npy")], str(vol / "lab.npy"), channel_axis=-1)
+    def whole(inputs):
+        return np.stack([np.asarray(c[:, :, :]) for c in inputs.channels])
+
+    assert len(one.channels) == len(forced.channels) == 2
+    np.testing.assert_array_equal(whole(one), whole(two))
+    np.testing.assert_array_equal(whole(forced), whole(two))
+
+
+def _refused(capsys, tmp_path, args):
+    out = tmp_path / "refused"
+    rc = main(["volume", *args, "--out", str(out)] + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert not out.exists()
+    return err[0]
+
+
+def test_refusals(vol, tmp_path, capsys):
+    lab, c0 = np.load(vol / "lab.npy"), np.load(vol / "c0.npy")
+
+    def save(name, arr):
+        np.save(tmp_path / name, arr)
+        return str(tmp_path / name)
+
+    img, labels = str(vol / "c0.npy"), str(vol / "lab.npy")
+    # shapes that differ: labels vs images, and between images
+    assert "grid" in _refused(capsys, tmp_path, [img, "--labels", save("l.npy", lab[:-1])])
+    assert "one grid" in _refused(capsys, tmp_path, [img, save("c.npy", c0[:, :-1]), "--labels", labels])
+    assert "grid" in _refused(capsys, tmp_path, [img, "--labels", labels, "--eval-labels",
+                                                      save("e.npy", lab[:, :-1])])
+    # a label value that is neither a class nor --ignore
+    bad = lab.astype(np.int32)
+    bad[0, 0, 0] = 300
+    assert "neither a class" in _refused(capsys, tmp_path, [img, "--labels", save("v.npy", bad)])
+    bad[0, 0, 0] = -1
+    assert "neither a class" in _refused(capsys, tmp_path, [img, "--labels", save("v.npy", bad)])
+    assert "integers" in _refused(capsys, tmp_path, [img, "--labels", save("f.npy", lab.astype(np.float32) + 0.5)])
+    # no labelled voxel of some class (2 missing; or only in --eval-labels)
+    gap = lab.copy()
+    gap[gap == 1] = 255
+    msg = _refused(capsys, tmp_path, [img, "--labels", save("g.npy", gap)])
+    assert "no voxel of class 1" in msg
+    only = lab.copy()
+    only[only == 2] = 255
+    msg = _refused(capsys, tmp_path, [img, "--labels", save("o.npy", only), "--eval-labels", str(vol / "truth.npy")])
+    assert "no labelled voxel of class 2" in msg and "eval-labels" in msg
+    one = np.where(lab == 255, 255, 0).astype(np.uint8)
+    assert "only class 0" in _refused(capsys, tmp_path, [img, "--labels", save("one.npy", one)])
+    # a lying header: the .npy header promises more voxels than the file holds
+    raw = (vol / "c0.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(raw[:-100])
+    assert "lying header" in _refused(capsys, tmp_path, [str(tmp_path / "short.npy"), "--labels", labels])
+    # a NaN volume, a volume of one value
+    nan = c0.astype(np.float32)
+    nan[5, 2, 2] = np.nan
+    assert "NaN" in _refused(capsys, tmp_path, [save("nan.npy", nan), "--labels", labels])
+    assert "nothing to segment" in _refused(capsys, tmp_path, [save("flat.npy", np.zeros(SHAPE, np.float32)),
+                                                               "--labels", labels])
+    # a channel axis that cannot be told, or that is not there
+    cube = np.zeros((16, 16, 16, 16), np.float32)
+    assert "--channel-axis" in _refused(capsys, tmp_path, [save("cube.npy", cube), "--labels", labels])
+    # a missing file
+    assert "no such file" in _refused(capsys, tmp_path, [str(tmp_path / "none.npy"), "--labels", labels])
+
+
+def test_ignore_value_marks_unlabelled(vol, tmp_path):
+    lab = np.load(vol / "lab.npy")
+    np.save(tmp_path / "l9.npy", np.where(lab == 255, 9, lab).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["volume", str(vol / "c0.npy"), "--labels", str(tmp_path / "l9.npy"), "--ignore", "9",
+                 "--eval-labels", str(vol / "truth.npy"), "--out", str(out),
+                 "--set", "volume.baselines=copy"] + TINY) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_classes"] == 3 and m["fhcnn"]["scored_voxels"] == int((lab == 255).sum())
+
+
+def test_copy_nearest_label_is_the_nearest_annotated_slice():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (12, 5, 6)).astype(np.uint8)
+    lab = np.full(truth.shape, 255, np.uint8)
+    lab[[1, 7]] = truth[[1, 7]]
+    got = copy_nearest_label(lab)
+    for z in range(12):
+        nearest = 1 if abs(z - 1) < abs(z - 7) else 7 if abs(z - 7) < abs(z - 1) else None
+        if nearest is not None:
+            np.testing.assert_array_equal(got[z], truth[nearest])
+    # slices on two axes: each voxel copies the nearest annotated slice, whichever axis
+    lab2 = np.full(truth.shape, 255, np.uint8)
+    lab2[0] = truth[0]
+    lab2[:, :, 5] = truth[:, :, 5]
+    got2 = copy_nearest_label(lab2)
+    assert got2[9, 2, 4] == truth[9, 2, 5] and got2[1, 2, 0] == truth[0, 2, 0]
+    # the spacing weighs the distance: with D three times coarser, W is nearer
+    assert copy_nearest_label(lab2, (3.0, 1.0, 1.0))[1, 2, 3] == truth[1, 2, 5]
+    assert copy_nearest_label(lab2)[1, 2, 3] == truth[0, 2, 3]
+
+
+def test_anisotropic_spacing_shortens_windows_along_coarse_axes():
+    cfg = VolumeConfig()
+    cfg.data.window_depth = cfg.data.window_height = cfg.data.window_width = 64
+    seg, line = engine_config(cfg, (4.0, 1.0, 1.0), (100, 200, 200))
+    assert (seg.data.window_depth, seg.data.window_height, seg.data.window_width) == (16, 64, 64)
+    assert "anisotropic" in line
+    seg, line = engine_config(cfg, (1.0, 1.0, 1.0), (100, 200, 200))
+    assert seg.data.window_depth == 64 and "isotropic" in line
+    cfg.volume.physical_windows = False
+    seg, _ = engine_config(cfg, (4.0, 1.0, 1.0), (100, 200, 200))
+    assert seg.data.window_depth == 64
+
+
+def test_nifti_prediction_keeps_the_affine_and_anisotropic_spacing_shortens_windows(vol, tmp_path):
+    """A NIfTI volume with 2 x 1 x 1 mm voxels and a rotated, shifted affine: the prediction opens
+    on the same grid (affine and shape equal to the input's), and the windows along the coarse
+    axis are half as long (the log line and metrics say so)."""
+    nib = pytest.importorskip("nibabel")
+    c0, lab, truth = (np.load(vol / f"{n}.npy") for n in ("c0", "lab", "truth"))
+    affine = np.array([[0.0, 0.0, 1.0, -7.5], [0.0, 1.0, 0.0, 3.0], [2.0, 0.0, 0.0, 11.0], [0, 0, 0, 1]])
+    for name, arr in (("img", c0), ("lab", lab), ("truth", truth)):
+        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["volume", str(tmp_path / "img.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"),
+               "--eval-labels", str(tmp_path / "truth.nii.gz"), "--out", str(out),
+               "--set", "volume.baselines=copy", "--set", "data.window_depth=8"] + TINY)
+    assert rc == 0
+    pred = nib.load(out / "prediction.nii.gz")
+    np.testing.assert_allclose(pred.affine, nib.load(tmp_path / "img.nii.gz").affine)
+    assert pred.shape == SHAPE
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["spacing"] == [2.0, 1.0, 1.0] and "anisotropic" in m["spacing_handling"]
+    assert m["train_window"] == [4, 8, 8]
+    held = np.where(lab == 255, truth, 255)
+    from fhcnn.apps.volume import score
+
+    assert score(np.asarray(pred.dataobj), held, 3)["miou"] == pytest.approx(m["miou"])
+
+
+def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
+            "--set", "train.checkpoint_every=1"] + TINY
+    assert main(args) == 0
+    first = np.load(out / "prediction.npy")
+    assert main(args + ["--resume"]) == 0          # nothing left to train: the same model predicts again
+    np.testing.assert_array_equal(np.load(out / "prediction.npy"), first)
+    capsys.readouterr()
+    assert main(args + ["--resume", "--set", "train.lr=0.1"]) == 2
+    assert "config" in capsys.readouterr().err
+
+
+def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tmp_path):
+    """A generated zarr group (image and labels as inner paths, spacing in the attributes):
+    the prediction is prediction.zarr on the same grid, carrying the spacing."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.synthetic_volumes import write_volume
+
+    w = write_volume("seismic", tmp_path / "cube.zarr", SHAPE, seed=0, dtype="float32", chunks=(8, 8, 8))
+    group = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r+")
+    group["image"].attrs["spacing"] = [1.0, 1.0, 1.0]
+    truth = group["labels"][...]
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[[2, 9, 14]] = truth[[2, 9, 14]]
+    group.create_array("sparse", shape=SHAPE, dtype="uint8")[...] = lab
+    out = tmp_path / "out"
+    rc = main(["volume", w.image, "--labels", f"{tmp_path / 'cube.zarr'}:sparse", "--eval-labels", w.labels,
+               "--out", str(out), "--set", "volume.baselines=copy,forest"] + TINY)
+    assert rc == 0
+    pred = zarr.open_array(str(out / "prediction.zarr"), mode="r")
+    assert pred.shape == SHAPE and pred.dtype == np.uint8 and list(pred.attrs["spacing"]) == [1.0, 1.0, 1.0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["prediction_file"] == "prediction.zarr" and set(m["baselines"]) == {"copy", "forest"}
+
+
+@pytest.mark.parametrize("name", ["volume", "volume-tiny"])
+def test_shipped_volume_configs_build_their_networks(name):
+    import torch
+
+    from fhcnn.config import load_config
+    from fhcnn.engine import build_model, size_multiple_of
+
+    cfg = load_config(VolumeConfig, name, [])
+    for arch in ("hyperbolic", "unet"):
+        cfg.model.arch = arch
+        model = build_model(cfg.model, 2, 3)
+        win = (cfg.data.window_depth, cfg.data.window_height, cfg.data.window_width)
+        assert all(w % size_multiple_of(cfg.model) == 0 for w in win)
+        with torch.no_grad():
+            assert model(torch.rand(1, 2, *win)).shape == (1, 3, *win)
