@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,9 +137,48 @@ def test_imports_run_down_the_layers(path: Path):
     assert not up, f"{path.relative_to(SRC)} (layer {LAYERS[mine]}) imports higher layers: {up}"
 
 
-def test_cli_modules_only_parse_and_print():
-    long = {p.name: n for p in (SRC / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) >= 100}
-    assert not long, f"CLI modules of 100 lines or more (move the work into fhcnn.apps): {long}"
+#: Where a command's work lives: a CLI function calls at most one function from these.
+WORK = ("fhcnn.apps", "fhcnn.engine", "fhcnn.bench", "fhcnn.rundir", "fhcnn.training", "fhcnn.data",
+        "fhcnn.config")
+
+
+def _work_calls(path: Path) -> dict[str, set[str]]:
+    """For each function of a CLI module, the names it calls that it imported from :data:`WORK`."""
+    module = _module_of(path)
+    package = module.rsplit(".", 1)[0]
+    out: dict[str, set[str]] = {}
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        imported = set()
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                if target.startswith(WORK):
+                    imported |= {a.asname or a.name for a in node.names}
+        called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        out[fn.name] = called & imported
+    return out
+
+
+def test_cli_modules_hold_no_run_flow():
+    """A CLI module parses arguments, calls one function that does the command's work (an
+    application's, the benchmarks') and prints: no function of it calls two."""
+    flows = {f"{p.name}:{fn}": sorted(names) for p in (SRC / "cli").glob("*.py")
+             for fn, names in _work_calls(p).items() if len(names) > 1}
+    assert not flows, f"CLI functions calling more than one work function (move the flow into fhcnn.apps): {flows}"
+
+
+def test_the_run_flow_check_sees_a_flow(tmp_path, monkeypatch):
+    text = ("def run(args):\n    from ..apps.segment import load_video_inputs, segment_video\n"
+            "    from ._options import config_from_args\n"
+            "    inputs = load_video_inputs(args.video)\n    return segment_video(inputs, config_from_args(args))\n")
+    fake = tmp_path / "fhcnn" / "cli" / "x.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "fhcnn")
+    assert _work_calls(fake) == {"run": {"load_video_inputs", "segment_video"}}
 
 
 def test_nothing_outside_the_cli_imports_it():

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhcnn import atomic
+from fhcnn.data.lazy import Unmapped
 from fhcnn.data.volumes import (
     AxisPick,
     image_stats,
@@ -140,7 +141,7 @@ def test_tiff_stack_memory_mapped(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", a)
     v = open_volume(str(tmp_path / "s.tif"))
     assert v.format == "tiff" and not v.compressed
-    assert isinstance(v.channels[0], np.memmap)
+    assert isinstance(v.channels[0], Unmapped) and isinstance(v.channels[0].array, np.memmap)
     assert_windows(v.channels[0], a)
 
 
@@ -311,7 +312,7 @@ def test_npy_any_dtype(tmp_path, dtype):
     a = truth(dtype=dtype)
     np.save(tmp_path / "a.npy", a)
     v = open_volume(str(tmp_path / "a.npy"))
-    assert isinstance(v.channels[0], np.memmap)
+    assert isinstance(v.channels[0], Unmapped) and isinstance(v.channels[0].array, np.memmap)
     assert_windows(v.channels[0], a)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["BENCHMARKS", "IN_ALL", "load", "run_benchmarks"]
+__all__ = ["BENCHMARKS", "IN_ALL", "load", "run_benchmarks", "run_command"]
 
 # name -> module (``time`` lives in ``timing`` so it does not shadow the standard library)
 BENCHMARKS: dict[str, str] = {
@@ -47,3 +47,48 @@ def run_benchmarks(names: list[str], out_dir: str | Path, quick: bool = False, d
                    tick: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``names`` in order; returns ``{name: result dict}``."""
     return {n: load(n).run(out_dir, quick=quick, device=device, tick=tick) for n in names}
+
+
+def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu", threads: int = 1,
+                quiet: bool = False, overwrite: bool = False) -> Path:
+    """``fhcnn bench``: check the device and threads, make (or gather into) the results folder
+    ``out``, run ``which`` (a name, or ``all``: :data:`IN_ALL`) with a progress bar. Returns the
+    folder."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from ..rundir import prepare_output_dir
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(IN_ALL) if which == "all" else [which]
+    mods = {n: load(n) for n in names}
+    # a results folder gathers the benchmarks' files: this run's are the only ones it replaces
+    folder = Path(prepare_output_dir(out, overwrite=overwrite, tool="bench", collect=True,
+                                     outputs=[f"{m.NAME}{e}" for m in mods.values() for e in (".json", ".png")],
+                                     resumable=False))
+    total = sum(m.work(quick) for m in mods.values())
+    t0 = time.perf_counter()
+    with tqdm(total=total, desc="bench", unit="step", disable=quiet, dynamic_ncols=True) as bar:
+        def tick(msg: str) -> None:
+            bar.set_postfix_str(msg, refresh=False)
+            bar.update(1)
+
+        for name, mod in mods.items():
+            bar.set_description(name)
+            mod.run(folder, quick=quick, device=device if name != "drift" else "cpu", tick=tick)
+            if not quiet:
+                bar.write(f"{name}: wrote {folder / (mod.NAME + '.json')} and {folder / (mod.NAME + '.png')}")
+    if not quiet:
+        print(f"done in {time.perf_counter() - t0:.0f} s")
+    return folder

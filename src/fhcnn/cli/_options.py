@@ -52,9 +52,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
                         help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the config from ``--config`` and ``--set`` (and ``--device`` into ``train.device``,
-    ``--scale`` into ``data.scale``, where the command has them)."""
+def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, plus ``--device`` into ``train.device`` and ``--scale`` into
+    ``data.scale`` (where the command has them) for a config of type ``cls``."""
     overrides = list(getattr(args, "overrides", None) or [])
     if getattr(args, "scale", None) is not None:
         overrides.append(f"data.scale={args.scale}")
@@ -66,4 +66,18 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
             overrides.append(f"train.device={device}")
         elif "device" in hints:
             overrides.append(f"device={device}")
-    return load_config(cls, getattr(args, "config", None), overrides)
+    return overrides
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`)."""
+    return load_config(cls, getattr(args, "config", None), overrides_from_args(cls, args))
+
+
+def config_file_input(config: str | None) -> str | None:
+    """The ``--config`` argument if it is a file (an input: never written to), else ``None``."""
+    from pathlib import Path
+
+    if config and Path(config).expanduser().is_file():
+        return config
+    return None

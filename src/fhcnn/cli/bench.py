@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from ..bench import BENCHMARKS
 
@@ -32,41 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    from ..bench import run_command
 
-    from ..bench import IN_ALL, load
-    from ..rundir import prepare_output_dir
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = list(IN_ALL) if args.which == "all" else [args.which]
-    mods = {n: load(n) for n in names}
-    # a results folder gathers the benchmarks' files: this run's are the only ones it replaces
-    out = Path(prepare_output_dir(args.out, overwrite=args.overwrite, tool="bench", collect=True,
-                                  outputs=[f"{m.NAME}{e}" for m in mods.values() for e in (".json", ".png")],
-                                  resumable=False))
-    total = sum(m.work(args.quick) for m in mods.values())
-    t0 = time.perf_counter()
-    with tqdm(total=total, desc="bench", unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
-        def tick(msg: str) -> None:
-            bar.set_postfix_str(msg, refresh=False)
-            bar.update(1)
-
-        for name, mod in mods.items():
-            bar.set_description(name)
-            mod.run(out, quick=args.quick, device=device if name != "drift" else "cpu", tick=tick)
-            if not args.quiet:
-                bar.write(f"{name}: wrote {out / (name + '.json')} and {out / (name + '.png')}")
-    if not args.quiet:
-        print(f"done in {time.perf_counter() - t0:.0f} s")
+    run_command(args.which, args.out, quick=args.quick, device=args.device, threads=args.threads,
+                quiet=args.quiet, overwrite=args.overwrite)
     return 0

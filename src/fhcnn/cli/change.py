@@ -45,10 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import config_file_input
     from ..apps.change import ChangeConfig
     from ..apps.change.pipeline import change_command
-    from ._options import config_from_args
+    from ._options import config_file_input, config_from_args
 
     metrics, out = change_command(
         args.before, args.after, config_from_args(ChangeConfig, args), args.out, key=args.key, labels=args.labels,

@@ -28,10 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import config_file_input
     from ..apps.segment import SegmentConfig
     from ..apps.segment.pipeline import segment_command
-    from ._options import config_from_args
+    from ._options import config_file_input, config_from_args
 
     metrics, out = segment_command(args.video, args.labels, config_from_args(SegmentConfig, args), args.out,
                                    label_frames=args.label_frames, eval_labels=args.eval_labels,

@@ -55,45 +55,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .. import log
-    from ..apps._setup import config_file_input
-    from ..apps.vae import VAEConfig, dataset_overrides, prepare_training, train_summary, train_vae
-    from ..config import load_config
-    from ..rundir import prepare_output_dir
-    from ._options import config_from_args
+def _train(args: argparse.Namespace) -> str:
+    from ..apps.vae import VAEConfig, train_command
+    from ._options import config_file_input, overrides_from_args
 
-    base = load_config(VAEConfig, args.config)
-    args.overrides = dataset_overrides(args.dataset, base.data.dataset, args.resize, args.crop,
-                                       args.limit, args.threads, list(args.overrides or []))
-    cfg = config_from_args(VAEConfig, args)
-    data = prepare_training(cfg)  # images, device, model: checked before --out exists
-    out = prepare_output_dir(args.out, args.resume, args.overwrite, tool="vae", config=cfg,
-                             config_file=config_file_input(args.config),
-                             roles={"data": cfg.data.path})
-    log.setup(args.quiet)
-    m = train_vae(cfg, out, resume=args.resume, quiet=args.quiet, data=data)
-    if m:  # a non-zero rank under torchrun returns {}: rank 0 reports
-        log.result(train_summary(m, out))
-    return 0
+    return train_command(args.config, overrides_from_args(VAEConfig, args), args.out, dataset=args.dataset,
+                         resize=args.resize, crop=args.crop, limit=args.limit, threads=args.threads,
+                         resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                         config_file=config_file_input(args.config))
+
+
+def _sample(args: argparse.Namespace) -> str:
+    from ..apps.vae import sample
+
+    return sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy,
+                  overwrite=args.overwrite)
+
+
+def _interpolate(args: argparse.Namespace) -> str:
+    from ..apps.vae import interpolate
+
+    return interpolate(args.checkpoint, args.a, args.b, args.steps, args.out, overwrite=args.overwrite)
+
+
+def _normality(args: argparse.Namespace) -> str:
+    from ..apps.vae import normality
+
+    return normality(args.checkpoint, args.out, args.n, args.split, overwrite=args.overwrite)
+
+
+ACTIONS = {"train": _train, "sample": _sample, "interpolate": _interpolate, "normality": _normality}
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps.vae import interpolate, normality, sample
 
     action = getattr(args, "vae_command", None)
     if action is None:
         raise ValueError("fhcnn vae needs an action: train, sample, interpolate or normality "
                          "(see fhcnn vae --help)")
-    if action == "train":
-        return _train(args)
-    if action == "sample":
-        message = sample(args.checkpoint, args.n, args.out, seed=args.seed, sigma=args.sigma, npy=args.npy,
-                         overwrite=args.overwrite)
-    elif action == "interpolate":
-        message = interpolate(args.checkpoint, args.a, args.b, args.steps, args.out, overwrite=args.overwrite)
-    else:
-        message = normality(args.checkpoint, args.out, args.n, args.split, overwrite=args.overwrite)
-    log.result(message)
+    message = ACTIONS[action](args)
+    if message:  # a non-zero rank under torchrun trains silently: rank 0 reports
+        log.result(message)
     return 0

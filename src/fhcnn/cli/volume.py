@@ -29,9 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import log
-    from ..apps._setup import config_file_input
     from ..apps.volume import VolumeConfig, volume_command
-    from ._options import config_from_args
+    from ._options import config_file_input, config_from_args
 
     metrics, out = volume_command(args.images, args.labels, config_from_args(VolumeConfig, args), args.out,
                                   eval_labels=args.eval_labels, ignore=args.ignore,

@@ -4,7 +4,7 @@
     metrics = train_vae(VAEConfig(), "runs/digits")
 """
 
-from .actions import dataset_overrides, interpolate, normality, sample, train_summary
+from .actions import dataset_overrides, interpolate, normality, sample, train_command, train_summary
 from .config import (
                      DEFAULT_CONFIG,
                      BaselineConfig,
@@ -32,4 +32,4 @@ __all__ = ["VAEConfig", "VAEModelConfig", "VAEDataConfig", "VAELossConfig", "VAE
            "build_model", "load_run", "evaluate", "save_grid", "grid_array", "save_figure",
            "digit_classifier", "classifier_confidence", "normality_report", "interpolate_latents",
            "train_baseline", "prepare_training", "dataset_overrides", "sample", "interpolate", "normality",
-           "train_summary"]
+           "train_summary", "train_command"]

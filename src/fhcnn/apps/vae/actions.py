@@ -17,7 +17,7 @@ from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
 from .pipeline import load_images, load_run, resolve_image
 
-__all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary"]
+__all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary", "train_command"]
 
 
 def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize: int | None = None,
@@ -175,3 +175,26 @@ def train_summary(m: dict[str, Any], out: Path) -> str:
             + (f", classifier confidence on samples {m['classifier_confidence_samples']:.3f}"
                if "classifier_confidence_samples" in m else "")
             + f"; {m['train_time_s']:.0f} s; wrote {out}")
+
+
+def train_command(config: str | None, overrides: list[str], out: str, *, dataset: Sequence[str] | None = None,
+                  resize: int | None = None, crop: int | None = None, limit: int | None = None,
+                  threads: int | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                  config_file: str | None = None) -> str:
+    """``fhcnn vae train``: the config with the dataset options, the images, device and model
+    checked (before ``out`` exists), the run folder, the training; returns the summary line
+    (empty on a non-zero rank under ``torchrun``)."""
+    from ... import log
+    from ...config import load_config
+    from .config import VAEConfig
+    from .pipeline import prepare_training, train_vae
+
+    base = load_config(VAEConfig, config)
+    cfg = load_config(VAEConfig, config, dataset_overrides(dataset, base.data.dataset, resize, crop, limit,
+                                                           threads, list(overrides)))
+    data = prepare_training(cfg)  # images, device, model: checked before --out exists
+    folder = prepare_output_dir(out, resume, overwrite, tool="vae", config=cfg, config_file=config_file,
+                                roles={"data": cfg.data.path})
+    log.setup(quiet)
+    m = train_vae(cfg, folder, resume=resume, quiet=quiet, data=data)
+    return train_summary(m, folder) if m else ""
