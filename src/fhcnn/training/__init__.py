@@ -18,7 +18,8 @@ from .checkpoint import (
                          load_weights,
                          verify_checkpoint,
 )
-from .device import resolve_device
+from .config import TrainConfig
+from .device import move_to_device, resolve_device, unwrap_model
 from .distributed import (
                          PeerLostError,
                          cleanup_distributed,
@@ -28,18 +29,9 @@ from .distributed import (
                          params_in_sync,
                          shard_batch,
 )
-from .trainer import (
-                         NonFiniteLossError,
-                         TrainConfig,
-                         Trainer,
-                         TrainingError,
-                         lr_factor,
-                         move_to_device,
-                         seed_everything,
-                         step_generator,
-                         step_seed,
-                         unwrap_model,
-)
+from .optim import lr_factor
+from .seeding import seed_everything, step_generator, step_seed
+from .trainer import NonFiniteLossError, Trainer, TrainingError
 
 __all__ = [
     "TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "PeerLostError",

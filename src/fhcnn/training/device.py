@@ -6,14 +6,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
+from torch import Tensor, nn
 
 from ..errors import InputError
 from .distributed import world_size
 
-__all__ = ["resolve_device", "CpuThreads", "physical_cores"]
+__all__ = ["resolve_device", "CpuThreads", "physical_cores", "unwrap_model", "move_to_device"]
 
 
 def _mps_available() -> bool:
@@ -186,3 +188,26 @@ class CpuThreads:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors (and NumPy arrays, converted) in nested tuples / lists / dicts moved to ``device``
+    (other leaves kept)."""
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(np.ascontiguousarray(batch))
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch

@@ -15,14 +15,12 @@ import contextlib
 import json
 import math
 import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,9 +28,9 @@ from .. import log as _log
 from ..atomic import append_text, atomic_write_text, make_dir
 from ..errors import InputError
 from .checkpoint import MANIFEST_FILE, CheckpointManager, list_checkpoints
-from .device import CpuThreads, resolve_device
+from .config import TrainConfig
+from .device import CpuThreads, move_to_device, resolve_device
 from .distributed import (
-    DEFAULT_PEER_TIMEOUT,
     all_reduce_mean,
     barrier,
     broadcast_object,
@@ -42,112 +40,15 @@ from .distributed import (
     peer_failure,
     shard_batch,
 )
+from .optim import make_optimizer, make_scheduler
 from .progress import Progress
+from .seeding import determinism, rng_state, set_rng_state, step_generator, step_seed
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "TrainingError", "step_seed",
-           "step_generator", "seed_everything", "unwrap_model", "move_to_device",
-           "make_optimizer", "make_scheduler", "lr_factor"]
+__all__ = ["Trainer", "NonFiniteLossError", "TrainingError"]
 
 BatchFn = Callable[[int, torch.Generator], Any]
 LossFn = Callable[[nn.Module, Any], "tuple[Tensor, Mapping[str, float]] | Tensor"]
 ValFn = Callable[[nn.Module], "Mapping[str, float] | None"]
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training loop (the ``train:`` section of every app config).
-
-    Attributes:
-        steps: optimizer steps in total.
-        lr: peak learning rate.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with ``momentum``).
-        weight_decay: L2 (adam, sgd) or decoupled (adamw) weight decay.
-        momentum: SGD momentum.
-        schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"onecycle"`` (linear
-            warm-up from ``lr/25`` over ``warmup_steps``, or 30% of the run if 0, then cosine
-            down to ``lr/1e4``).
-        warmup_steps: linear warm-up from ``lr/warmup_steps`` (constant and cosine schedules).
-        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-        autocast: ``"none"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (CUDA, with loss scaling).
-        seed: seeds the batches (``(seed, step)``) and the per-step RNG.
-        device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
-        deterministic: ``torch.use_deterministic_algorithms`` (warn-only) during ``fit``.
-        log_every: steps between lines in ``metrics.jsonl`` (and progress updates).
-        val_every: steps between validations (``0``: only at the end; needs ``val_fn``).
-        checkpoint_every: steps between checkpoints (``0``: only at the end).
-        keep_last: complete checkpoints to keep (plus the best one).
-        best_metric: metric that picks the best checkpoint: a ``val_fn`` key, else a training
-            metric (``"loss"`` or a ``loss_fn`` key); ``None``: no best tracking.
-        best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
-        find_unused_parameters: passed to DistributedDataParallel (set it if some parameters
-            get no gradient in a step).
-        threads: torch CPU threads during ``fit`` on a CPU (see
-            :class:`~fhcnn.training.device.CpuThreads`): ``0`` = as many as physical cores
-            not kept busy by other processes, re-checked as the load changes, and logged;
-            ``N`` = exactly N; ``None`` or ``-1`` = leave torch's setting alone. The thread
-            count found at the start is restored at the end.
-        peer_timeout: seconds a process of a multi-process run waits for another (to join the
-            group, in every collective) before the run stops with one line naming the process
-            that stopped answering, the last completed step and the last intact checkpoint
-            (``--resume`` continues from it). Every such wait counts: a validation or a
-            checkpoint on rank 0 that takes longer needs a larger value.
-    """
-
-    steps: int = 1000
-    lr: float = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    warmup_steps: int = 0
-    grad_clip: float | None = None
-    autocast: Literal["none", "bf16", "fp16"] = "none"
-    seed: int = 0
-    device: str = "auto"
-    deterministic: bool = True
-    log_every: int = 10
-    val_every: int = 0
-    checkpoint_every: int = 100
-    keep_last: int = 3
-    best_metric: str | None = None
-    best_mode: Literal["min", "max"] = "min"
-    find_unused_parameters: bool = False
-    threads: int | None = None
-    peer_timeout: float = DEFAULT_PEER_TIMEOUT
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
-        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be >= 1, got {self.steps!r}")
-        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-             f"lr must be a positive number, got {self.lr!r}")
-        need(self.optimizer in ("adam", "adamw", "sgd"),
-             f"optimizer must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        need(self.schedule in ("constant", "cosine", "onecycle"),
-             f"schedule must be 'constant', 'cosine' or 'onecycle', got {self.schedule!r}")
-        need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps,
-             f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
-        need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
-             f"grad_clip must be a positive number or null, got {self.grad_clip!r}")
-        need(self.autocast in ("none", "bf16", "fp16"),
-             f"autocast must be 'none', 'bf16' or 'fp16', got {self.autocast!r}")
-        need(isinstance(self.device, str) and self.device.strip() != "",
-             f"device must be a non-empty string, got {self.device!r}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
-        need(self.val_every >= 0, f"val_every must be >= 0 (0 = only at the end), got {self.val_every!r}")
-        need(self.checkpoint_every >= 0,
-             f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every!r}")
-        need(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last!r}")
-        need(self.best_mode in ("min", "max"), f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
-        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= -1),
-             f"threads must be >= 0 (0 = the free physical cores), -1 or null (torch's default), "
-             f"got {self.threads!r}")
-        need(isinstance(self.peer_timeout, (int, float)) and math.isfinite(self.peer_timeout)
-             and self.peer_timeout > 0,
-             f"peer_timeout must be a positive number of seconds, got {self.peer_timeout!r}")
 
 
 class TrainingError(RuntimeError):
@@ -169,148 +70,6 @@ class NonFiniteLossError(TrainingError):
             "; try a lower train.lr or set train.grad_clip"
         super().__init__(f"non-finite {what} ({value}) at step {step}; training stopped before "
                          f"updating the weights{where}{hint}")
-
-
-# ---------------------------------------------------------------- seeding helpers
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A 63-bit seed derived from ``(seed, step, stream)`` (independent streams)."""
-    x = _splitmix64(seed & _MASK64)
-    x = _splitmix64(x ^ (step & _MASK64))
-    x = _splitmix64(x ^ (stream & _MASK64))
-    return x & ((1 << 63) - 1)
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator the trainer passes to ``batch_fn(step, generator)``."""
-    return torch.Generator().manual_seed(step_seed(seed, step, 0))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (all devices): call before building a model."""
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or DataParallel) wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors (and NumPy arrays, converted) in nested tuples / lists / dicts moved to ``device``
-    (other leaves kept)."""
-    if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(np.ascontiguousarray(batch))
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based count of finished steps)."""
-    total, warm = cfg.steps, cfg.warmup_steps
-    if cfg.schedule == "onecycle":
-        warm = warm or max(1, int(0.3 * total))
-        start, end = 1 / 25, 1e-4
-        if step < warm:
-            return start + (1 - start) * step / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
-    if step < warm:
-        return (step + 1) / warm
-    if cfg.schedule == "cosine":
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.5 * (1 + math.cos(math.pi * t))
-    return 1.0
-
-
-class _LRLambda:
-    """Picklable schedule function (so LambdaLR's state_dict stays plain)."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-
-    def __call__(self, step: int) -> float:
-        return lr_factor(self.cfg, step)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _LRLambda(cfg))
-
-
-# ---------------------------------------------------------------- RNG state
-def _rng_state() -> dict[str, Any]:
-    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))  # type: ignore[arg-type]
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
-@contextlib.contextmanager
-def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    prev = (torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
-    prev_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_cudnn
 
 
 def _to_float(v: Any, name: str) -> float:
@@ -484,7 +243,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best": self.best,
             "history": {"train": self.history["train"], "val": self.history["val"]},
             "config": asdict(self.config),
@@ -499,7 +258,7 @@ class Trainer:
         self.scheduler.load_state_dict(sched)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.best = state.get("best")
         hist = state.get("history") or {}
@@ -639,7 +398,7 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             make_dir(self.out_dir)
         note_progress(0, self.checkpoints.root if self.checkpoints is not None else None, new_run=True)
-        with _determinism(cfg.deterministic, self.device):
+        with determinism(cfg.deterministic, self.device):
             if resume:
                 assert self.checkpoints is not None
                 ckpt = self.checkpoints.latest(map_location="cpu", max_step=None)
