@@ -1,8 +1,10 @@
-"""Constants and option types shared by the whole package (one home each).
+"""Constants and option types shared by the library and the engine (one home each).
 
-Every string option of a config or a command is a ``Literal`` type defined here, so a config
-file with a value outside the list is refused when it is loaded (naming the key and the
-allowed values), never later in the middle of a run.
+Every string option of a config or a command is a ``Literal`` type, so a config file with a
+value outside the list is refused when it is loaded (naming the key and the allowed values),
+never later in the middle of a run. The options shared across layers live here; a vocabulary
+one package owns lives in that package (the change channels and targets in
+:mod:`fhcnn.apps.change.config`, the image datasets in :mod:`fhcnn.data.images`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from .layers import Activation, Norm
 
 __all__ = [
     "IGNORE", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Arch", "MemoryMode", "MEMORY_MODES", "Opening",
-    "WaveletKind", "Norm", "Activation", "ChangeChannels", "ChangeTarget",
-    "BandNormalization", "Dataset", "DATASETS",
+    "WaveletKind", "Norm", "Activation",
 ]
 
 #: Label value of an unlabelled (not trained on, not scored) voxel or pixel.
@@ -36,13 +37,3 @@ MEMORY_MODES: dict[str, bool | str] = {"reversible": True, "block": "block", "pl
 Opening = Literal["conv", "zeros"]
 #: Wavelet of the network's transitions.
 WaveletKind = Literal["haar", "learnable"]
-#: Input channels of a change volume: the two dates, + their difference, + the log ratio of the
-#: dates and the spectral angle between them (the features a change analyst would compute).
-ChangeChannels = Literal["dates", "dates+diff", "dates+diff+ratio+angle"]
-#: Where 2D change labels meet the 3D output (see :class:`fhcnn.apps.change.ChangeOptions`).
-ChangeTarget = Literal["mean", "all", "slice"]
-#: Standardization of a hyperspectral scene's bands.
-BandNormalization = Literal["band", "none"]
-#: Image datasets of the autoencoder.
-Dataset = Literal["digits", "lfw", "mnist-idx", "folder"]
-DATASETS: tuple[str, ...] = ("digits", "lfw", "mnist-idx", "folder")

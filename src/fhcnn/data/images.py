@@ -23,17 +23,21 @@ import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..options import DATASETS, IMAGE_SUFFIXES
+from ..options import IMAGE_SUFFIXES
 
-__all__ = ["ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
+__all__ = ["Dataset", "DATASETS", "ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
            "load_image_folder", "load_dataset", "read_image", "resize_square", "DATASETS"]
+
+#: Image datasets of the autoencoder (:func:`load_dataset`).
+Dataset = Literal["digits", "lfw", "mnist-idx", "folder"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
 
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtype

@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ...engine.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from ...engine.losses import weights_of_counts
 from ...engine.sizes import prediction_tilings, prediction_window_of
-from ...options import BandNormalization, ChangeChannels, ChangeTarget
 
-__all__ = ["ChangeOptions", "ChangeConfig", "DEFAULT_CONFIG", "derive_settings", "SPARSE_DENSITY"]
+__all__ = ["ChangeOptions", "ChangeConfig", "ChangeChannels", "ChangeTarget", "BandNormalization",
+           "DEFAULT_CONFIG", "derive_settings", "SPARSE_DENSITY"]
+
+#: Input channels of a change volume, named by what :func:`~fhcnn.apps.change.pipeline.build_volume`
+#: stacks: the two dates, + their difference, + the log ratio of the dates and the spectral
+#: angle between them (the features a change analyst would compute).
+ChangeChannels = Literal["dates", "dates+diff", "dates+diff+ratio+angle"]
+#: Where 2D change labels meet the 3D output (see :class:`ChangeOptions`).
+ChangeTarget = Literal["mean", "all", "slice"]
+#: Standardization of a hyperspectral scene's bands.
+BandNormalization = Literal["band", "none"]
 
 #: The shipped config ``fhcnn change`` starts from (``src/fhcnn/configs/change.yaml``).
 DEFAULT_CONFIG = "change"

@@ -35,35 +35,33 @@ from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.sizes import scaled_size
 from ...engine.train import train
 from ...errors import InputError
-from ...options import IGNORE, BandNormalization, ChangeChannels
+from ...options import IGNORE
 from ...training import is_main_process
-from .config import ChangeConfig, derive_settings
+from .config import BandNormalization, ChangeChannels, ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 
-__all__ = ["CHANNEL_COUNT", "build_volume", "change_features", "plan_change", "fit_change", "run_change"]
-
-
-#: channels of the volume for each ``change.channels`` (what :func:`build_volume` stacks)
-CHANNEL_COUNT: dict[str, int] = {"dates": 2, "dates+diff": 3, "dates+diff+ratio+angle": 5}
+__all__ = ["build_volume", "change_features", "plan_change", "fit_change", "run_change", "change_command"]
 
 
 def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
                  normalize: BandNormalization = "band") -> np.ndarray:
     """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring).
 
-    ``channels``: ``"dates"`` (C = 2: before, after), ``"dates+diff"`` (C = 3: + after - before
-    of the standardized bands) or ``"dates+diff+ratio+angle"`` (C = 5: + the log ratio of the
-    dates and their spectral angle, see :func:`change_features`).
+    ``channels`` names what is stacked, joined by ``+``: ``dates`` (before, after), ``diff``
+    (after - before of the standardized bands), ``ratio+angle`` (the log ratio of the dates and
+    their spectral angle, :func:`change_features`); the choices are
+    :data:`~fhcnn.apps.change.config.ChangeChannels` (C = 2, 3 or 5).
     """
+    parts = channels.split("+")
     x = np.stack([before, after], 0).astype(np.float32)        # (2, H, W, B)
     if normalize == "band":
         mu = x.mean(axis=(0, 1, 2), keepdims=True)
         sd = x.std(axis=(0, 1, 2), keepdims=True)
         x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
-    if channels in ("dates+diff", "dates+diff+ratio+angle"):
+    if "diff" in parts:
         x = np.concatenate([x, x[1:2] - x[0:1]], 0)
-    if channels == "dates+diff+ratio+angle":
+    if "ratio" in parts:
         x = np.concatenate([x, change_features(before, after)], 0)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))       # (C, B, H, W)
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ...atomic import atomic_save_npy
+from ...data.images import DATASETS
 from ...errors import InputError
-from ...options import DATASETS
 from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
 from .pipeline import load_images, load_run, resolve_image

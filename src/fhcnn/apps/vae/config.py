@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...options import Activation, Dataset, Norm, WaveletKind
+from ...data.images import Dataset
+from ...options import Activation, Norm, WaveletKind
 from ...training import TrainConfig
 
 UnitSpec = tuple[int, Literal["down", "up"] | None]
