@@ -48,13 +48,12 @@ Set ``cfg.data.window_depth/height/width`` (0 = whole axis), e.g. for a hyperspe
 """
 
 from ..options import IGNORE
-from .config import DataConfig, ModelConfig, SegmentConfig, TrainConfig
+from .config import DataConfig, ModelConfig, ParallelConfig, SegmentConfig, TrainConfig
 from .inference import predict_into, predict_volume
 from .losses import class_weights, segmentation_loss
 from .maps import MapFit, cube_volume, fit_map
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import DepthMean, VolumeSegmenter, build_model, parse_units, size_multiple_of
-from .parallel import ParallelConfig
 from .plan import DenseInputs, RunPlan, prepare
 from .sizes import prediction_window_of
 from .train import SegmentationResult, activation_bytes, num_classes_of, train, train_segmentation

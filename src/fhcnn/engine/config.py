@@ -7,14 +7,16 @@ Named configs live in ``fhcnn/configs/<name>.yaml`` (``video``, ``video-tiny``, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..options import Activation, Arch, MemoryMode, Norm, Opening, WaveletKind
 from ..training import TrainConfig
-from .parallel import ParallelConfig  # #17: the volume split in space over processes
 
 __all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig", "UnlabelledKind"]
+
+_AXES = ("D", "H", "W")
 
 #: The loss on unlabelled voxels (see :class:`fhcnn.engine.losses.UnlabelledTerm`).
 UnlabelledKind = Literal["none", "entropy", "pseudo", "teacher"]
@@ -166,6 +168,52 @@ class DataConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """The ``parallel:`` section: how one volume is split in space over processes.
+
+    Attributes:
+        space: processes per data-parallel replica that share one volume, each holding one
+            slab (``1``: no split, today's behaviour exactly). The ``torchrun`` world size
+            must be a multiple of it; the quotient is the number of data-parallel replicas.
+        axes: the split spatial axes of the ``(D, H, W)`` volume (``0`` = D: frames of a
+            video, bands of a hyperspectral scene; ``1`` = H; ``2`` = W).
+        grid: processes along each of ``axes`` (product = ``space``); empty: all ``space``
+            processes along the single axis in ``axes``.
+    """
+
+    space: int = 1
+    axes: list[int] = field(default_factory=lambda: [0])
+    grid: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.space < 1:
+            raise ValueError(f"space must be >= 1 (processes per replica), got {self.space}")
+        axes = list(self.axes)
+        if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+            raise ValueError(f"axes must be distinct spatial axes among 0 (D), 1 (H), 2 (W), got {axes}")
+        if self.grid:
+            if len(self.grid) != len(axes) or any(g < 1 for g in self.grid):
+                raise ValueError(f"grid must give a positive number of processes for each of the axes "
+                                 f"{axes}, got {list(self.grid)}")
+            if math.prod(self.grid) != self.space:
+                raise ValueError(f"grid {list(self.grid)} has {math.prod(self.grid)} processes but "
+                                 f"space={self.space}")
+        elif len(axes) > 1 and self.space > 1:
+            raise ValueError(f"with several split axes {axes} give parallel.grid (processes along "
+                             f"each axis, product = space={self.space})")
+
+    @property
+    def split_grid(self) -> tuple[int, ...]:
+        """Processes along each of :attr:`axes`."""
+        if self.grid:
+            return tuple(int(g) for g in self.grid)
+        return (int(self.space),) + (1,) * (len(self.axes) - 1)
+
+    def describe(self) -> str:
+        return " x ".join(f"{_AXES[a]}/{g}" for a, g in zip(self.axes, self.split_grid))
+
+
+@dataclass
 class SegmentConfig:
     """A segmentation run: ``model``, ``data``, ``train`` and ``parallel`` sections."""
 
@@ -174,4 +222,4 @@ class SegmentConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, lr=2e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0, checkpoint_every=0,
         keep_last=1, log_every=10, threads=0))
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # #17: 1 = no split
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # 1 = no split

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..options import IGNORE
+from .config import ParallelConfig
 from .losses import SegmentationLoss
 from .sizes import round_up, training_window
 
@@ -60,52 +61,6 @@ __all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "SplitError", 
 _AXES = ("D", "H", "W")
 _WINDOW_KEYS = ("window_depth", "window_height", "window_width")
 _PREDICT_KEYS = ("predict_depth", "predict_height", "predict_width")
-
-
-@dataclass
-class ParallelConfig:
-    """The ``parallel:`` section: how one volume is split in space over processes.
-
-    Attributes:
-        space: processes per data-parallel replica that share one volume, each holding one
-            slab (``1``: no split, today's behaviour exactly). The ``torchrun`` world size
-            must be a multiple of it; the quotient is the number of data-parallel replicas.
-        axes: the split spatial axes of the ``(D, H, W)`` volume (``0`` = D: frames of a
-            video, bands of a hyperspectral scene; ``1`` = H; ``2`` = W).
-        grid: processes along each of ``axes`` (product = ``space``); empty: all ``space``
-            processes along the single axis in ``axes``.
-    """
-
-    space: int = 1
-    axes: list[int] = field(default_factory=lambda: [0])
-    grid: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.space < 1:
-            raise ValueError(f"space must be >= 1 (processes per replica), got {self.space}")
-        axes = list(self.axes)
-        if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
-            raise ValueError(f"axes must be distinct spatial axes among 0 (D), 1 (H), 2 (W), got {axes}")
-        if self.grid:
-            if len(self.grid) != len(axes) or any(g < 1 for g in self.grid):
-                raise ValueError(f"grid must give a positive number of processes for each of the axes "
-                                 f"{axes}, got {list(self.grid)}")
-            if math.prod(self.grid) != self.space:
-                raise ValueError(f"grid {list(self.grid)} has {math.prod(self.grid)} processes but "
-                                 f"space={self.space}")
-        elif len(axes) > 1 and self.space > 1:
-            raise ValueError(f"with several split axes {axes} give parallel.grid (processes along "
-                             f"each axis, product = space={self.space})")
-
-    @property
-    def split_grid(self) -> tuple[int, ...]:
-        """Processes along each of :attr:`axes`."""
-        if self.grid:
-            return tuple(int(g) for g in self.grid)
-        return (int(self.space),) + (1,) * (len(self.axes) - 1)
-
-    def describe(self) -> str:
-        return " x ".join(f"{_AXES[a]}/{g}" for a, g in zip(self.axes, self.split_grid))
 
 
 def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
