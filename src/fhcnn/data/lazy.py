@@ -37,8 +37,9 @@ __all__ = ["ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "r
            "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "SLAB_BYTES", "MAX_POINTS"]
 
-#: Bytes of one streamed read (statistics, label scans, copies): the reader's memory bound.
-SLAB_BYTES = 64 * 2**20
+#: Bytes of one streamed read (statistics, label scans, copies) in float64: the reader's memory
+#: bound (a pass holds a few such buffers).
+SLAB_BYTES = 16 * 2**20
 #: Labelled positions kept per class for window sampling (an evenly strided sample beyond).
 MAX_POINTS = 1 << 20
 

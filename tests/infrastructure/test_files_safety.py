@@ -438,7 +438,7 @@ def test_13_outputs_get_the_usual_permissions(tmp_path):
 # Issue 26: links, resume, record hashes, other commands' folders, locks; data read at its
 # depth; one line for every crash and unbounded request. Each test fails on the code before.
 # =====================================================================================
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def user_folder(root: Path, name: str = "mine") -> Path:

@@ -108,7 +108,7 @@ def test_every_benchmark_that_writes_results_records_the_environment():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = [p for p in (root / "src" / "fhcnn" / "bench").glob("*.py")
              if not p.name.startswith("_") and p.name != "reference.py"]
     files += [p for p in (root / "benchmarks").glob("*.py") if not p.name.startswith("_")]

@@ -19,7 +19,7 @@ from fhcnn.training import Trainer, seed_everything, shard_batch
 from tests._ddp_script import MODES, ddp_config, val_fn
 from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, beside the worker scripts
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")]

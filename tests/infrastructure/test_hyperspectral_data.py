@@ -22,7 +22,7 @@ from fhcnn.data.hyperspectral import (
 )
 from fhcnn.errors import InputError
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture

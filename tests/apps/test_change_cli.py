@@ -11,7 +11,7 @@ import pytest
 from fhcnn.cli import main
 from fhcnn.data.hyperspectral import IGNORE, make_bitemporal_scene, write_envi
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TINY = ["--config", "change-tiny", "--quiet"]
 
 

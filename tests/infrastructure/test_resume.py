@@ -18,7 +18,7 @@ from fhcnn.training import TrainConfig, Trainer, load_checkpoint, seed_everythin
 from tests._train_script import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, beside the worker scripts
 SCRIPT = HERE / "_train_script.py"
 STEPS = 20
 

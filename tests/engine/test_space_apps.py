@@ -27,7 +27,7 @@ from fhcnn.engine import SegmentConfig
 from fhcnn.errors import InputError
 from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args, stopped_copy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "lo" if sys.platform.startswith("linux") else None
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from fhcnn.training.checkpoint import verify_checkpoint
 from tests._space_apps_script import make_inputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 5  # train.peer_timeout of these runs, seconds
 SLACK = 15  # for starting, the heartbeat's look and a loaded 2-core machine
 
