@@ -1,0 +1,117 @@
+"""Every size decision of the engine (engine/sizes.py): padding, windows, tilings, coverage,
+chunks, scaling and resizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhcnn.engine.sizes import (
+    Geometry,
+    blend_weights_1d,
+    chunk_shape,
+    gather,
+    padded_shape,
+    prediction_tilings,
+    prediction_window_of,
+    resize_back,
+    resize_labels,
+    round_up,
+    scaled_size,
+    training_window,
+    window_starts,
+)
+from fhcnn.options import IGNORE
+
+
+def test_round_up_and_padded_shape() -> None:
+    assert [round_up(n, 8) for n in (1, 8, 9, 16)] == [8, 8, 16, 16]
+    assert padded_shape((5, 16, 17), 4) == (8, 16, 20)
+
+
+def test_training_window_rounds_up_and_takes_whole_axes() -> None:
+    assert training_window((6, 0, 16), (40, 30, 50), 4) == (8, 32, 16)
+    assert training_window((6, 16, 16), (10, 30, 50), 4, whole_depth=True) == (12, 16, 16)
+
+
+def test_prediction_window_defaults_to_the_training_window() -> None:
+    assert prediction_window_of((-1, -1, -1), (8, 64, 64), False) == (8, 64, 64)
+    assert prediction_window_of((-1, 0, 32), (8, 64, 64), False) == (8, 0, 32)
+    assert prediction_window_of((-1, -1, -1), (8, 64, 64), True) == (0, 64, 64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(padded=st.integers(1, 40).map(lambda k: 4 * k), win=st.integers(1, 40).map(lambda k: 4 * k))
+def test_window_starts_cover_the_axis_with_half_overlap(padded: int, win: int) -> None:
+    win = min(win, padded)
+    starts = window_starts(padded, win, 4)
+    assert starts[0] == 0 and starts[-1] == padded - win and starts == sorted(set(starts))
+    assert all(b - a <= max(4, win // 2) for a, b in zip(starts, starts[1:]))  # no gap, about half overlap
+    assert all(s % 4 == 0 for s in starts[:-1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20)),
+       window=st.tuples(st.sampled_from([0, 4, 8, 12]), st.sampled_from([0, 4, 8]), st.sampled_from([0, 4, 8, 16])),
+       shifts=st.integers(1, 4), shift_depth=st.booleans(), flip=st.booleans())
+def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_depth, flip) -> None:
+    """Every tiling's windows cover every voxel of the volume; the weights over the coverage of
+    the windows holding a voxel sum to one (each tiling is a proper blend)."""
+    m = 4
+    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip)
+    offsets = {t.offset for t in tilings}
+    assert len(tilings) == len(offsets) * (2 if flip else 1) and all(t.offset[0] == 0 for t in tilings
+                                                                     if not shift_depth)
+    for t in tilings:
+        assert all(p % m == 0 and p >= n + o for p, n, o in zip(t.padded, size, t.offset))
+        assert all(w <= p for w, p in zip(t.window, t.padded))
+        for a in range(3):
+            total = np.zeros(t.padded[a])
+            for s, f in t.factors(a).items():
+                total[s:s + t.window[a]] += f
+            covered = slice(t.offset[a], t.offset[a] + size[a])
+            np.testing.assert_allclose(total[covered], 1.0, rtol=1e-12)
+
+
+def test_covering_counts_the_windows_meeting_each_chunk() -> None:
+    t = prediction_tilings((10, 4, 4), (4, 0, 0), 2, 2, True, False)[1]  # shifted by 1
+    edges = [0, 3, 6, 10]
+    counts = t.covering(0, 10, edges)
+    want = [sum(1 for s in t.starts[0] if max(0, s - 1) < min(10, s - 1 + 4) and max(0, s - 1) < e1
+                and e0 < min(10, s - 1 + 4)) for e0, e1 in zip(edges, edges[1:])]
+    assert counts.tolist() == want
+
+
+def test_blend_weights_are_sines_where_the_window_cuts() -> None:
+    np.testing.assert_allclose(blend_weights_1d(4, 8), np.sin(np.pi * (np.arange(4) + 0.5) / 4))
+    assert (blend_weights_1d(8, 8) == 1).all()
+
+
+def test_chunks_take_whole_axes_where_asked() -> None:
+    assert chunk_shape((100, 30, 200), 64) == (64, 30, 64)
+    assert chunk_shape((100, 30, 200), 64, (True, False, True)) == (100, 30, 200)
+
+
+def test_gather_reflects_past_both_ends() -> None:
+    x = torch.arange(5.0)
+    assert gather(x, [-2], [9]).tolist() == [2, 1, 0, 1, 2, 3, 4, 3, 2]
+
+
+def test_geometry_scales_pads_and_describes() -> None:
+    g = Geometry.of((3, 48, 96, 160), 0.5, 8)
+    assert (g.depth, g.size, g.scaled, g.padded) == (48, (96, 160), (48, 80), (48, 48, 80))
+    assert "resized to 48x80" in g.describe() and scaled_size((3, 3), 0.1) == (1, 1)
+
+
+def test_resize_labels_never_drops_a_sparse_label() -> None:
+    lab = np.full((1, 20, 20), IGNORE, np.uint8)
+    lab[0, 3, 4], lab[0, 15, 17] = 1, 2
+    small = resize_labels(lab, (5, 5), 3)
+    assert sorted(np.unique(small).tolist()) == [1, 2, IGNORE]
+    prob = torch.softmax(torch.randn(3, 2, 5, 5), 0)
+    back = resize_back(prob, (20, 13))
+    assert back.shape == (3, 2, 20, 13) and resize_back(prob, (5, 5)) is prob
+    # bilinear weights sum to one: probabilities stay probabilities
+    torch.testing.assert_close(back.sum(0), torch.ones(2, 20, 13))
