@@ -34,7 +34,7 @@ from fhcnn.spatial import (
 )
 from tests.conftest import rel_err
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # loopback only on Linux: the tests must not depend on how the machine resolves its host name
 LOOPBACK = "lo" if sys.platform.startswith("linux") else None
 TOL = {"float32": 1e-5, "float64": 1e-10}
