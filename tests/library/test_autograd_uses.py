@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from fhcnn import HyperbolicNetwork
 from fhcnn.memory import saved_tensor_bytes
-
-from .conftest import rel_err
+from tests.conftest import rel_err
 
 UNITS = [(2, "down"), (1, "down"), (1, "up"), (2, "up")]
 MODES = [True, "block"]

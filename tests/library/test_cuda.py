@@ -13,8 +13,8 @@ import torch
 
 from fhcnn import HyperbolicNetwork
 from fhcnn.memory import cuda_peak_bytes
+from tests.conftest import rel_err
 
-from .conftest import rel_err
 from .test_gradients import _grads
 from .test_wavelets import _transforms
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from fhcnn import HyperbolicNetwork
-
-from .conftest import rel_err, taylor_slopes
+from tests.conftest import rel_err, taylor_slopes
 
 UNITS_2D = [(3, "down"), (3, "down"), (2, None), (3, "up"), (3, "up")]
 UNITS_3D = [(2, "down"), (2, "down"), (2, "up"), (2, "up")]

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fhcnn.layers import SymmetricLayer, conv, frozen_norm_stats
-
-from .conftest import rel_err
+from tests.conftest import rel_err
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from fhcnn import HyperbolicNetwork
-
-from .conftest import rel_err
+from tests.conftest import rel_err
 
 DEEP_3D = [(20, "down"), (20, "down"), (20, "up"), (20, "up"), (20, None)]  # 100 layers
 

@@ -11,8 +11,7 @@ from fhcnn.cli import main
 from fhcnn.config import load_config
 from fhcnn.engine import IGNORE, SegmentConfig, build_model, segmentation_metrics, train_segmentation
 from fhcnn.models import SpectralHead
-
-from .test_change_cli import _fails
+from tests.apps.test_change_cli import _fails
 
 
 def test_head_reads_the_whole_depth_of_one_pixel_only():

@@ -9,8 +9,7 @@ import torch
 
 from fhcnn import HaarDWT, LearnableWavelet
 from fhcnn.wavelets import WaveletTransform, check_divisible, lattice_filters, nearest_valid_size
-
-from .conftest import rel_err
+from tests.conftest import rel_err
 
 SHAPES = {1: (2, 3, 16), 2: (2, 3, 8, 12), 3: (2, 3, 8, 4, 6)}
 
