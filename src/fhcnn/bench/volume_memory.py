@@ -193,11 +193,13 @@ def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
         env["GLOO_SOCKET_IFNAME"] = "lo"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "fhcnn.bench.volume_memory", json.dumps(job)]
+    results = [Path(job["out"]) / f"result-{rank}.json" for rank in range(nproc)]
+    for p in results:
+        p.unlink(missing_ok=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or len(rows) != nproc:
+    if proc.returncode != 0 or not all(p.exists() for p in results):
         raise RuntimeError(f"volume_memory worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return rows
+    return [json.loads(p.read_text()) for p in results]
 
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
@@ -257,7 +259,7 @@ if __name__ == "__main__":
 
     job = json.loads(sys.argv[1])
     rec = worker(job)  # a split run joins its process group when training starts
-    print("RESULT " + json.dumps(rec), flush=True)
+    Path(job["out"], f"result-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(rec))
     if dist.is_initialized():
         dist.barrier()
         from ..training.distributed import exit_program
