@@ -45,7 +45,8 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
                           "training_curves.png"),
     "change": _COMMON + ("prediction.npy", "prediction.png", "change_probability.npy",
                          "labels_train.npy", "labels_scored.npy"),
-    "volume": _COMMON + ("prediction.npy", "prediction.nii.gz", "prediction.zarr", "probabilities.zarr"),
+    "volume": _COMMON + ("prediction.npy", "prediction.nii.gz", "prediction.zarr", "probabilities.zarr",
+                         "inputs"),
     "vae": _COMMON + ("samples.png", "reconstructions.png", "interpolation.png", "normality"),
 }
 #: Files up to this size are fingerprinted by their sha256, larger ones by size and mtime.

@@ -221,6 +221,30 @@ def test_nifti_prediction_keeps_the_affine_and_anisotropic_spacing_shortens_wind
     assert score(np.asarray(pred.dataobj), held, 3)["miou"] == pytest.approx(m["miou"])
 
 
+def test_compressed_inputs_are_read_from_one_chunked_copy_and_predict_the_same(vol, tmp_path):
+    """A ``.nii.gz`` image, labels and truth (slow to read by window) are copied once into
+    ``OUT/inputs/*.zarr`` (recorded in run.json) and the run reads its windows from the copies:
+    the prediction equals that of the same volume given as uncompressed ``.nii`` files."""
+    nib = pytest.importorskip("nibabel")
+    c0, lab, truth = (np.load(vol / f"{n}.npy") for n in ("c0", "lab", "truth"))
+    runs = {}
+    for ext in ("nii", "nii.gz"):
+        for name, arr in (("img", c0), ("lab", lab), ("truth", truth)):
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.{ext}")
+        out = tmp_path / f"out-{ext}"
+        rc = main(["volume", str(tmp_path / f"img.{ext}"), "--labels", str(tmp_path / f"lab.{ext}"),
+                   "--eval-labels", str(tmp_path / f"truth.{ext}"), "--out", str(out),
+                   "--set", "volume.baselines=copy"] + TINY)
+        assert rc == 0
+        runs[ext] = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    copies = sorted(p.name for p in (tmp_path / "out-nii.gz" / "inputs").iterdir())
+    assert copies == ["eval_labels.zarr", "image0.zarr", "labels.zarr"]
+    assert not (tmp_path / "out-nii" / "inputs").exists()
+    record = json.loads((tmp_path / "out-nii.gz" / "run.json").read_text())
+    assert any(f.startswith("inputs/image0.zarr/") for f in record["files"])
+    np.testing.assert_array_equal(runs["nii"], runs["nii.gz"])
+
+
 def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),

@@ -48,6 +48,8 @@ class DenseInputs:
         eval_labels: optional truth shaped like ``labels`` (``IGNORE`` = not scored), scored
             during training (``data.eval_every``) and at the end; never trained on.
         stats: the volume's per-channel statistics if already streamed (else they are).
+        label_scan: the labels' :func:`~fhcnn.data.lazy.scan_labels` if already made (a checked
+            label volume's), so the labels are read once.
     """
 
     volume: Any
@@ -55,6 +57,7 @@ class DenseInputs:
     num_classes: int | None = None
     eval_labels: Any = None
     stats: list[StreamStats] | None = None
+    label_scan: LabelScan | None = None
 
 
 @dataclass
@@ -159,8 +162,7 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
         truth = geom.labels(np.asarray(truth[...]), inputs.num_classes) if truth is not None else None
     else:
         volume = _as_volume(raw, coords=d.coords)
-    summary = getattr(inputs.labels, "summary", None)  # a checked label volume brings its scan
-    scan = summary.scan if summary is not None and summary.scan is not None and labels is inputs.labels \
+    scan = inputs.label_scan if inputs.label_scan is not None and labels is inputs.labels \
         else scan_labels(labels, IGNORE, limit=inputs.num_classes or 256)
     top = max(scan.classes(), default=-1)
     k = inputs.num_classes or max(2, top + 1)

@@ -76,6 +76,10 @@ class VolumeInputs:
         format: the first image's format (``"npy"``, ``"nifti"``, ``"zarr"`` ...).
         sources: ``{"images": [...], "labels": ..., "eval_labels": ...}``.
         names: a name per channel (log lines).
+        slab_axes: per channel, the axis its file reads fastest by slab.
+        compressed: per channel, and then for the labels and the evaluation labels, whether the
+            file is slow to read by window (compressed or sequential: copied once into the run
+            folder before training).
     """
 
     channels: list[Any]
@@ -88,6 +92,8 @@ class VolumeInputs:
     format: str = "npy"
     sources: dict[str, Any] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    slab_axes: list[int] = field(default_factory=list)
+    compressed: list[bool] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -125,7 +131,10 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
     return VolumeInputs(channels, Relabelled(lab, ignore), None if ev is None else Relabelled(ev, ignore), k,
                         lab.summary, geom.spacing, geom, str(opened[0].format),
                         {"images": list(images), "labels": labels,
-                         **({"eval_labels": eval_labels} if eval_labels else {})}, names)
+                         **({"eval_labels": eval_labels} if eval_labels else {})}, names,
+                        [v.slab_axis for v in opened for _ in v.channels],
+                        [v.compressed for v in opened for _ in v.channels]
+                        + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []))
 
 
 def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,

@@ -106,8 +106,8 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
-    plan = prepare(DenseInputs(LazyVolume(inputs.channels, names=inputs.names or None), inputs.labels,
-                               inputs.num_classes), seg)
+    volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
+    plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, label_scan=inputs.summary.scan), seg)
     if all(s.max == s.min for s in plan.stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
                          f"{plan.stats[0].min:g}: nothing to segment")
@@ -330,5 +330,48 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
                                 roles={**roles, "labels": labels, "eval_labels": eval_labels},
                                 extra={"ignore": ignore, "channel_axis": channel_axis, "save_probs": save_probs})
     _logging.setup(quiet)
+    local_copies(vplan.plan, inputs, folder)
     return segment_volume(inputs, cfg, folder, vplan=vplan, quiet=quiet, resume=resume,
                           save_probs=save_probs), folder
+
+
+def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callable[[str], None] = _log.info) -> None:
+    """Copy every input that is slow to read by window (a compressed NIfTI, a compressed TIFF) once,
+    in one streamed pass along the axis its file reads fastest, into a chunked zarr array in the
+    run folder (``inputs/``, recorded in ``run.json``), and point the plan at the copies: training
+    and prediction then read windows from them."""
+    from ... import atomic
+    from ...data.lazy import copy_to_zarr
+
+    slow = inputs.compressed
+    if not any(slow):
+        return
+    n = len(inputs.channels)
+    arrays: dict[str, Any] = {f"image{i}": c for i, c in enumerate(inputs.channels)}
+    arrays["labels"] = inputs.labels
+    if inputs.eval_labels is not None:
+        arrays["eval_labels"] = inputs.eval_labels
+    axes = list(inputs.slab_axes or [0] * n) + [0, 0]
+    copies: dict[str, Any] = {}
+    for (name, array), is_slow, axis in zip(arrays.items(), slow, axes):
+        if not is_slow:
+            continue
+        final = folder / "inputs" / f"{name}.zarr"
+        tmp = folder / f".{name}.zarr.tmp"
+        copy_to_zarr(array, tmp, (64, 64, 64), axis=axis)
+        atomic.place_tree(tmp, final)
+        copies[name] = zarr_array(final)
+        log(f"{name}: read by window from a chunked copy made once in {final} (its file is compressed)")
+    plan.volume = LazyVolume([copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)],
+                             coords=plan.volume.coords, names=plan.volume.names)
+    if "labels" in copies and plan.labels is inputs.labels:
+        plan.labels = copies["labels"]
+    if "eval_labels" in copies:
+        inputs.eval_labels = copies["eval_labels"]
+
+
+def zarr_array(path: Path) -> Any:
+    """A zarr array opened for reading."""
+    import zarr
+
+    return zarr.open_array(str(path), mode="r")
