@@ -46,6 +46,7 @@ import numpy as np
 from fhcnn.apps.volume import VolumeConfig, segment_volume
 from fhcnn.apps.volume.inputs import inputs_from_arrays
 from fhcnn.atomic import atomic_path, atomic_write_text
+from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.synthetic_volumes import generate_volume
 
@@ -165,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print(f"{args.volume} {args.tag} {key}: " + "  ".join(
                     f"{n} {rec[n]['miou']:.3f} [{', '.join(f'{v:.2f}' for v in rec[n]['iou'])}]"
                     for n in ("fhcnn", *m["baselines"])) + f"  ({rec['time_s']:.0f} s)", flush=True)
+                done["environment"] = environment()
                 RESULTS.mkdir(exist_ok=True)
                 atomic_write_text(path, json.dumps(done, indent=1) + "\n")
 
@@ -275,7 +277,7 @@ def cmd_speed(args: argparse.Namespace) -> None:
            "fhcnn_total_s": round(m["train_time_s"] + m["predict_time_s"], 1), "run_total_s": round(total, 1),
            "run_cpu_s": round(cpu, 1), "load_average": os.getloadavg(),
            "miou": m["fhcnn"]["miou"], "baselines": {b: v["miou"] for b, v in m["baselines"].items()},
-           "cpu_count": os.cpu_count()}
+           "cpu_count": os.cpu_count(), "environment": environment()}
     print(json.dumps(rec, indent=1))
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
@@ -325,7 +327,8 @@ def cmd_costs(args: argparse.Namespace) -> None:
            "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
            "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
            "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
-           "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg()}
+           "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg(),
+           "environment": environment()}
     print(json.dumps(rec, indent=1))
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"volume_costs{args.tag}.json", json.dumps(rec, indent=1) + "\n")

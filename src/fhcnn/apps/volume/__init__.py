@@ -14,11 +14,10 @@ from .pipeline import (
                        fit_predict,
                        plan_volume,
                        score,
-                       scores_of,
                        segment_volume,
                        volume_command,
 )
 
 __all__ = ["VolumeConfig", "VolumeOptions", "DEFAULT_CONFIG", "VolumeInputs", "load_volume_inputs",
            "inputs_from_arrays", "segment_volume", "volume_command", "plan_volume", "VolumePlan",
-           "engine_config", "fit_predict", "score", "scores_of", "copy_nearest_label", "forest_baseline"]
+           "engine_config", "fit_predict", "score", "copy_nearest_label", "forest_baseline"]

@@ -24,7 +24,7 @@ import torch
 from ... import log as _log
 from ...data.lazy import LazyVolume
 from ...engine import SegmentConfig, size_multiple_of
-from ...engine.metrics import confusion_matrix, iou_from_confusion
+from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import run
 from ...engine.sizes import round_up
@@ -36,7 +36,7 @@ from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
-           "scores_of", "score", "resolve_spacing"]
+           "score", "resolve_spacing"]
 
 
 def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
@@ -131,24 +131,10 @@ def fit_predict(plan: RunPlan, out: Path | None, sinks: Callable[[Any], Sequence
     return Fit(result, result.train_time_s, seconds)
 
 
-def scores_of(cm: np.ndarray) -> dict[str, Any]:
-    """mIoU, per-class IoU and Dice (``None`` for a class absent from truth and prediction),
-    accuracy and the confusion matrix ``cm[truth, pred]``."""
-    cm = np.asarray(cm, np.int64)
-    iou = iou_from_confusion(cm)
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(0) + cm.sum(1)
-    dice = [None if d == 0 else float(2 * t / d) for t, d in zip(tp, denom)]
-    valid = [v for v in iou if not np.isnan(v)]
-    return {"miou": float(np.mean(valid)) if valid else float("nan"),
-            "iou": [None if np.isnan(v) else float(v) for v in iou], "dice": dice,
-            "accuracy": float(np.trace(cm) / max(int(cm.sum()), 1)), "scored_voxels": int(cm.sum()),
-            "confusion": cm.tolist()}
-
-
 def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """:func:`scores_of` the prediction ``pred`` against ``truth`` (255 = not scored)."""
-    return scores_of(confusion_matrix(pred, truth, num_classes))
+    """:func:`~fhcnn.engine.metrics.scores_of_confusion` of the prediction ``pred`` against
+    ``truth`` (255 = not scored)."""
+    return scores_of_confusion(confusion_matrix(pred, truth, num_classes))
 
 
 def _line(name: str, m: dict[str, Any]) -> str:
@@ -205,7 +191,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
             metrics["probabilities_file"] = outputs.probs_path.name
     baselines: dict[str, np.ndarray] = {}
     if outputs.confusion is not None and outputs.confusion.matrix.sum() > 0:
-        ours = scores_of(outputs.confusion.matrix)
+        ours = scores_of_confusion(outputs.confusion.matrix)
         metrics.update({"eval_labels": inputs.sources.get("eval_labels"), "miou": ours["miou"],
                         "iou": ours["iou"], "dice": ours["dice"], "fhcnn": ours, "baselines": {}})
         log(_line("fhcnn", ours))
