@@ -50,6 +50,7 @@ def prediction_name(fmt: VolumeFormat) -> str:
 #: Bytes written through a memory map between releases of its pages (:func:`release_pages`).
 RELEASE_BYTES = 64 * 2**20
 
+
 class PredictionSink:
     """Where predicted labels go: ``sink[box] = labels`` for boxes of a ``(D, H, W)`` volume
     (``labels`` of the box's shape, cast to ``dtype``); ``sink[box]`` reads back what was
@@ -61,11 +62,14 @@ class PredictionSink:
     path: Path
     shape: tuple[int, int, int]
     dtype: np.dtype
+    #: The open array boxes are written to (a memory map or a zarr array); ``None`` once closed.
+    _array: Any = None
+    _unreleased = 0
 
     def __setitem__(self, box: tuple[slice, slice, slice], labels: np.ndarray) -> None:
         target = self._target()
         target[box] = np.asarray(labels).astype(self.dtype, copy=False)
-        self._unreleased = getattr(self, "_unreleased", 0) + int(np.asarray(labels).size) * self.dtype.itemsize
+        self._unreleased += int(np.asarray(labels).size) * self.dtype.itemsize
         if self._unreleased >= RELEASE_BYTES:  # a memory-mapped target: written pages leave the resident set
             release_pages(target)
             self._unreleased = 0
@@ -74,7 +78,9 @@ class PredictionSink:
         return np.asarray(self._target()[box])
 
     def _target(self) -> Any:
-        raise NotImplementedError
+        if self._array is None:
+            raise ValueError("the prediction sink is closed")
+        return self._array
 
     def close(self) -> Path:
         raise NotImplementedError
@@ -110,18 +116,13 @@ class NiftiSink(PredictionSink):
             block = hdr.binaryblock
             f.write(block + b"\x00" * (offset - len(block)))  # no extensions
             f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
-        self._mm: np.memmap | None = np.memmap(self._scratch, dtype=hdr.get_data_dtype(), mode="r+",
-                                               offset=offset, shape=shape, order="F")
-
-    def _target(self) -> Any:
-        if self._mm is None:
-            raise ValueError("the prediction sink is closed")
-        return self._mm
+        self._array = np.memmap(self._scratch, dtype=hdr.get_data_dtype(), mode="r+", offset=offset,
+                                shape=shape, order="F")
 
     def close(self) -> Path:
-        if self._mm is not None:
-            self._mm.flush()
-            self._mm = None
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
             with atomic.atomic_path(self.path) as tmp:
                 with open(self._scratch, "rb") as src, open(tmp, "wb") as raw, \
                         gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL,
@@ -131,7 +132,7 @@ class NiftiSink(PredictionSink):
         return self.path
 
     def abort(self) -> None:
-        self._mm = None
+        self._array = None
         with contextlib.suppress(FileNotFoundError):
             self._scratch.unlink()
 
@@ -172,30 +173,25 @@ class ZarrSink(PredictionSink):
         self.dtype = np.dtype(dtype)
         self._tmp = Path(tempfile.mkdtemp(prefix=".prediction.zarr.", suffix=".tmp", dir=out_dir))
         chunks = tuple(min(OUTPUT_CHUNK, int(n)) for n in shape)
-        self._arr: Any = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
-                                         dtype=self.dtype, fill_value=0)
+        self._array = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
+                                      dtype=self.dtype, fill_value=0)
         attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
         if geometry.spacing is not None:
             attrs["spacing"] = [float(s) for s in geometry.spacing]
         attrs["axis_names"] = list(geometry.axis_names)
         if source is not None:
             attrs["fhcnn_source"] = source
-        self._arr.attrs.update(jsonable(attrs))
-
-    def _target(self) -> Any:
-        if self._arr is None:
-            raise ValueError("the prediction sink is closed")
-        return self._arr
+        self._array.attrs.update(jsonable(attrs))
 
     def close(self) -> Path:
-        if self._arr is None:
+        if self._array is None:
             return self.path
-        self._arr = None
+        self._array = None
         atomic.place_tree(self._tmp, self.path)   # folders made, files moved in and recorded
         return self.path
 
     def abort(self) -> None:
-        self._arr = None
+        self._array = None
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -208,23 +204,18 @@ class NpySink(PredictionSink):
         self.dtype = np.dtype(dtype)
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic.atomic_path(self.path))
-        self._mm: Any = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
-
-    def _target(self) -> Any:
-        if self._mm is None:
-            raise ValueError("the prediction sink is closed")
-        return self._mm
+        self._array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
 
     def close(self) -> Path:
-        if self._mm is not None:
-            self._mm.flush()
-            self._mm = None
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
             self._stack.close()  # fsync and rename into place
         return self.path
 
     def abort(self) -> None:
-        if self._mm is not None:
-            self._mm = None
+        if self._array is not None:
+            self._array = None
             try:  # atomic_path removes its temporary file when its block raises
                 self._stack.__exit__(_Aborted, _Aborted(), None)
             except _Aborted:
