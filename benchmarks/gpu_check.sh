@@ -8,7 +8,7 @@ set -u
 DAVIS=$1; S=${2:-blackswan}; RUN=${3:-runs/gpu_check}
 mkdir -p "$RUN"
 V=$DAVIS/JPEGImages/480p/$S; M=$DAVIS/Annotations/480p/$S
-python -m pytest -q tests/test_cuda.py | tee "$RUN/pytest_cuda.txt"
+python -m pytest -q tests/library/test_cuda.py | tee "$RUN/pytest_cuda.txt"
 python benchmarks/gpu_memory.py depth "$RUN/depth.json"
 COMMON="segment $V --labels $M --label-frames 0,23,47 --eval-labels $M --scale 0.5 --config paper-video --device cuda --quiet"
 FAST="--set train.warmup_steps=1 --set train.checkpoint_every=100000 --set data.predict_shifts=1 --set data.predict_flip=false"

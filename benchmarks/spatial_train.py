@@ -3,7 +3,7 @@
 Every process holds one slab of every volume (and of every state of the network); with
 ``--data`` > 1 the processes also form data-parallel replicas (a ``data x space`` mesh), each
 replica taking its share of the global batch. The same command on one process is the
-reference: the weights after training agree to rounding (``tests/test_spatial.py``).
+reference: the weights after training agree to rounding (``tests/library/spatial/test_network_split.py``).
 
     # 4 processes: 2 replicas x 2 slabs along D (Gloo on CPUs)
     torchrun --standalone --nproc-per-node 4 benchmarks/spatial_train.py \\

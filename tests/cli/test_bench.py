@@ -222,7 +222,7 @@ def test_volume_memory_worker_measures_each_phase(tmp_path):
     from fhcnn.bench import volume_memory as vm
 
     inputs = vm._write_inputs(tmp_path, (48, 48, 48))
-    job = {**inputs, "config": "video-tiny", "mode": "out-of-core", "out": str(tmp_path),
+    job = {**inputs, "config": "video-tiny", "mode": "out-of-core", "out": str(tmp_path), "threads": 1,
            "overrides": ["train.steps=2", "data.window_depth=16", "data.window_height=16", "data.window_width=16",
                          "data.predict_shifts=1", "data.predict_flip=false"]}
     rec = vm.worker(job)

@@ -48,7 +48,7 @@ IN_MEMORY_MAX = 128**3
 #: the same memory; the tiny config's 8^3 windows would take hours on the largest volume).
 CONFIG = "volume-tiny"
 OVERRIDES = ["train.steps=20", "data.window_depth=32", "data.window_height=64", "data.window_width=64",
-             "data.predict_shifts=1", "data.predict_flip=false", "data.predict_batch=2", "train.threads=1"]
+             "data.predict_shifts=1", "data.predict_flip=false", "data.predict_batch=2"]
 #: Labelled slices along each axis (evenly spread).
 LABELLED_SLICES = 3
 
@@ -137,8 +137,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     from ..training import is_main_process
     from ._worker import peak_rss
 
-    torch.set_num_threads(1)
-    rec: dict[str, Any] = {"mode": job["mode"], "start_rss": peak_rss()}
+    torch.set_num_threads(job["threads"])
+    rec: dict[str, Any] = {"mode": job["mode"], "threads": job["threads"], "start_rss": peak_rss()}
     if job["config"].startswith("volume"):  # fhcnn volume's config: its engine sections
         from ..apps.volume import VolumeConfig
         from ..apps.volume.pipeline import engine_config
@@ -186,7 +186,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MALLOC_MMAP_THRESHOLD_="65536", PYTHONUNBUFFERED="1")
     if nproc == 1:
         cmd = [sys.executable, "-m", "fhcnn.bench.volume_memory", json.dumps(job)]
     else:
@@ -203,9 +203,15 @@ def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
 
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
-        tick: Callable[[str], None] | None = None, config: str = CONFIG) -> dict[str, Any]:
-    """Measure every size and mode; writes ``volume_memory.json`` and ``.png`` into ``out_dir``."""
+        tick: Callable[[str], None] | None = None, config: str = CONFIG,
+        sizes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """Measure every size (``sizes``, default :data:`SIZES`) and mode; writes
+    ``volume_memory.json`` and ``.png`` into ``out_dir`` (``volume_memory_CONFIG.*`` for another
+    config than :data:`CONFIG`, with its own windows and one tiling). Each run's processes share
+    the torch threads of this one (``fhcnn bench --threads``)."""
     import tempfile
+
+    import torch
 
     from ._common import pyplot, save_figure, write_json
     from .reference import environment
@@ -216,22 +222,25 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     scratch = Path(tempfile.mkdtemp(prefix="fhcnn-volume-memory-"))
     rows: list[dict[str, Any]] = []
     env = environment(device)
-    result = {"config": config, "overrides": OVERRIDES, "labelled_slices_per_axis": LABELLED_SLICES,
+    stem = NAME if config == CONFIG else f"{NAME}_{config}"
+    overrides = OVERRIDES if config == CONFIG else [o for o in OVERRIDES if not o.startswith("data.window_")]
+    result = {"config": config, "overrides": overrides, "labelled_slices_per_axis": LABELLED_SLICES,
               "rows": rows, "environment": env}
     try:
-        for shape in QUICK_SIZES if quick else SIZES:
+        for shape in sizes or (QUICK_SIZES if quick else SIZES):
             t0 = time.perf_counter()
             inputs = _write_inputs(scratch, shape)
             gen_s = round(time.perf_counter() - t0, 1)
             voxels = shape[0] * shape[1] * shape[2]
             for mode, nproc in _modes(voxels):
                 split = [f"parallel.space={nproc}", "parallel.axes=[1]"] if nproc > 1 else []
+                threads = max(1, torch.get_num_threads() // nproc)
                 job = {**inputs, "config": config, "mode": mode.split(" ")[0], "out": str(scratch),
-                       "overrides": OVERRIDES + split}
+                       "threads": threads, "overrides": overrides + split + [f"train.threads={threads}"]}
                 shutil.rmtree(scratch / "prediction.zarr", ignore_errors=True)
                 for rank, rec in enumerate(_launch(job, nproc)):
                     rows.append({"shape": list(shape), "mode": mode, "rank": rank, "generate_s": gen_s, **rec})
-                write_json(out / f"{NAME}.json", result)  # what is measured so far
+                write_json(out / f"{stem}.json", result)  # what is measured so far
                 if tick:
                     tick(f"{'x'.join(map(str, shape))} {mode}")
             for p in scratch.iterdir():
@@ -250,7 +259,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         ax.set_ylabel(f"peak RSS while {'training' if phase == 'train' else 'predicting'} (MiB)")
         ax.legend()
     fig.tight_layout()
-    save_figure(fig, out / f"{NAME}.png")
+    save_figure(fig, out / f"{stem}.png")
     return result
 
 
