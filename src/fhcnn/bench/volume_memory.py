@@ -239,7 +239,8 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
                        "threads": threads, "overrides": overrides + split + [f"train.threads={threads}"]}
                 shutil.rmtree(scratch / "prediction.zarr", ignore_errors=True)
                 for rank, rec in enumerate(_launch(job, nproc)):
-                    rows.append({"shape": list(shape), "mode": mode, "rank": rank, "generate_s": gen_s, **rec})
+                    rows.append({**rec, "shape": list(shape), "mode": mode, "processes": nproc, "rank": rank,
+                                 "generate_s": gen_s})
                 write_json(out / f"{stem}.json", result)  # what is measured so far
                 if tick:
                     tick(f"{'x'.join(map(str, shape))} {mode}")

@@ -20,13 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from ..data.lazy import LazyVolume
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..spatial import SpatialSplit
 from .sizes import Tiling, chunk_shape, prediction_tilings
 from .store import CACHE_BYTES, BlendStore, Sink, TensorSink, blend_factor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..spatial import SpatialSplit
+
 __all__ = ["predict_volume", "predict_into", "labels_of"]
+
 
 def _jobs(tilings: Sequence[Tiling], size: Sequence[int]) -> list[tuple[int, tuple[int, int, int]]]:
     """``(tiling index, window start)`` of every window that holds a voxel of the volume, in
