@@ -107,6 +107,11 @@ class RunPlan:
         return self.scan.counts[:self.num_classes].copy()
 
     @property
+    def distinct_windows(self) -> list[tuple[int, int, int]]:
+        """The distinct window shapes of the prediction's tilings."""
+        return list(dict.fromkeys(t.window for t in self.tilings))
+
+    @property
     def prediction_windows(self) -> int:
         """Network calls (windows) of one prediction, every tiling together."""
         return sum(t.count for t in self.tilings)
@@ -229,8 +234,7 @@ def _check_setup(plan: RunPlan) -> None:
 
     cfg = plan.config
     resolve_device(cfg.train.device)
-    check_resources(cfg, plan.volume.shape[0], plan.num_classes, plan.train_window,
-                    list(dict.fromkeys(t.window for t in plan.tilings)))
+    check_resources(cfg, plan.volume.shape[0], plan.num_classes, plan.train_window, plan.distinct_windows)
     try:
         check_spectral_head(cfg, plan.reduce_depth)
         with torch.device("meta"):
@@ -241,12 +245,6 @@ def _check_setup(plan: RunPlan) -> None:
     except (ValueError, TypeError, RuntimeError) as e:
         raise InputError(f"the model of the config cannot be built: {e}") from None
     check_space_split(cfg, plan.volume.spatial, plan.reduce_depth)
-
-
-def split_sizes(plan: RunPlan) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:
-    """The training window and the distinct prediction windows of ``plan`` (what a split in
-    space must cut into whole slabs)."""
-    return plan.train_window, list(dict.fromkeys(t.window for t in plan.tilings))
 
 
 def class_positions(plan: RunPlan) -> Sequence[np.ndarray]:
