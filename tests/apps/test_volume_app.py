@@ -296,3 +296,32 @@ def test_shipped_volume_configs_build_their_networks(name):
         assert all(w % size_multiple_of(cfg.model) == 0 for w in win)
         with torch.no_grad():
             assert model(torch.rand(1, 2, *win)).shape == (1, 3, *win)
+
+
+def test_baselines_that_would_not_fit_are_refused_before_out_exists(tmp_path, monkeypatch, capsys):
+    """The baselines hold whole volumes (fhcnn's prediction does not): scoring them on a volume
+    whose arrays exceed the available memory is refused with one line naming the way out, before
+    OUT exists; without them the same run goes ahead."""
+    import fhcnn.resources
+    from fhcnn.apps.volume.baselines import baseline_bytes
+
+    shape = (32, 32, 32)
+    image, truth = generate_volume("cells", shape, seed=2, channel=0, dtype="uint8")
+    lab = np.full(shape, 255, np.uint8)
+    lab[[4, 20]] = truth[[4, 20]]
+    for name, arr in (("img", image), ("lab", lab), ("truth", truth)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    need = baseline_bytes(32**3, ["copy", "forest", "unet"])
+    assert need == 32**3 * 18
+    # room for the training and prediction batches of volume-tiny, not for the baselines
+    monkeypatch.setattr(fhcnn.resources, "available_memory", lambda: (need - 1, "test RAM"))
+    args = ["volume", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--eval-labels",
+            str(tmp_path / "truth.npy"), *TINY]
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "baselines (copy,forest,unet)" in err[0] and "volume.baselines=" in err[0], err
+    assert not out.exists()
+    assert main([*args, "--out", str(out), "--set", "volume.baselines="]) == 0
+    assert (out / "prediction.npy").exists()

@@ -21,7 +21,15 @@ import numpy as np
 
 from ...options import IGNORE
 
-__all__ = ["copy_nearest_label", "forest_baseline"]
+__all__ = ["copy_nearest_label", "forest_baseline", "baseline_bytes"]
+
+
+def baseline_bytes(voxels: int, names: Sequence[str]) -> int:
+    """Least memory of scoring the baselines ``names`` on a volume of ``voxels``: unlike fhcnn's
+    prediction they hold whole volumes (the labels and the truth, every baseline's prediction:
+    a byte a voxel each; ``copy``'s distance transform: its mask and three int32 indices of the
+    nearest labelled voxel, 13 bytes a voxel)."""
+    return voxels * (2 + len(names) + (13 if "copy" in names else 0))
 
 
 def copy_nearest_label(labels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ Every call into the engine goes through :func:`fit_predict`.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from ...engine.run import run
 from ...engine.sizes import round_up
 from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
 from ...errors import InputError
+from ...resources import check_memory
 from ...training import is_main_process
-from .baselines import copy_nearest_label, forest_baseline
+from .baselines import baseline_bytes, copy_nearest_label, forest_baseline
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import VolumeInputs
 
@@ -102,7 +104,8 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
 
     Raises:
         InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
-            cannot work ...), or a volume whose every channel holds one value.
+            cannot work ...), a volume whose every channel holds one value, or baselines to score
+            (``--eval-labels``) whose whole-volume arrays exceed the available memory.
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
@@ -111,6 +114,11 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
     if all(s.max == s.min for s in plan.stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
                          f"{plan.stats[0].min:g}: nothing to segment")
+    names = parse_baselines(cfg.volume.baselines) if inputs.eval_labels is not None else []
+    if names:
+        voxels = math.prod(inputs.shape)
+        check_memory(baseline_bytes(voxels, names), f"scoring the baselines ({','.join(names)}) on {voxels:,} voxels",
+                     "they hold whole volumes; --set volume.baselines= scores fhcnn alone, out of core")
     return VolumePlan(plan, spacing, source, line)
 
 
