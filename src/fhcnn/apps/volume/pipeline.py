@@ -203,8 +203,9 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         metrics.update({"eval_labels": inputs.sources.get("eval_labels"), "miou": ours["miou"],
                         "iou": ours["iou"], "dice": ours["dice"], "fhcnn": ours, "baselines": {}})
         log(_line("fhcnn", ours))
-        truth = np.asarray(held[...])  # type: ignore[index]
-        for name in parse_baselines(cfg.volume.baselines):
+        names = parse_baselines(cfg.volume.baselines)
+        truth = np.asarray(held[...]) if names else np.empty(0, np.uint8)  # type: ignore[index]
+        for name in names:  # whole volumes (plan_volume checked they fit)
             t0 = time.perf_counter()
             bpred, extra = _baseline(name, inputs, plan, cfg.volume, vplan.spacing)
             m = score(bpred, truth, k)
