@@ -213,7 +213,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
 
     import torch
 
-    from ._common import pyplot, save_figure, write_json
+    from ._common import write_json
     from .reference import environment
 
     out = Path(out_dir)
@@ -248,6 +248,15 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
                 shutil.rmtree(p, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    plot(result, out / f"{stem}.png")
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Peak RSS of training and of prediction against the voxels, a line per mode, from zero."""
+    from ._common import pyplot, save_figure
+
+    rows = result["rows"]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, phase in zip(axes, ("train", "predict")):
@@ -258,10 +267,10 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         ax.set_xscale("log")
         ax.set_xlabel("voxels")
         ax.set_ylabel(f"peak RSS while {'training' if phase == 'train' else 'predicting'} (MiB)")
+        ax.set_ylim(bottom=0)
         ax.legend()
     fig.tight_layout()
-    save_figure(fig, out / f"{stem}.png")
-    return result
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
