@@ -20,7 +20,6 @@ from fhcnn import atomic
 from fhcnn.data.lazy import Unmapped
 from fhcnn.data.volumes import (
     AxisPick,
-    image_stats,
     iter_slabs,
     open_images,
     open_label_volume,
@@ -582,8 +581,16 @@ def test_nan_and_inf_volumes_are_refused(tmp_path):
     assert s.nonfinite == 2 and s.count == a.size - 2
     ok = np.isfinite(a)
     np.testing.assert_allclose(s.mean, a[ok].astype(np.float64).mean(), rtol=1e-12)
-    msg = refusal(image_stats, [open_volume(str(tmp_path / "n.npy"))])
-    assert "2 NaN or infinite" in msg and "(4, 5, 6)" in msg
+    # a run on the opened file is refused before anything is written, naming count and position
+    from fhcnn.data.lazy import LazyVolume
+    from fhcnn.engine import SegmentConfig
+    from fhcnn.engine.plan import DenseInputs, prepare
+
+    v = open_volume(str(tmp_path / "n.npy"))
+    labels = np.full(a.shape, 255, np.uint8)
+    labels[0, 0, :2] = [0, 1]
+    msg = refusal(prepare, DenseInputs(LazyVolume(v.channels, names=v.names), labels, 2), SegmentConfig())
+    assert "NaN or infinite" in msg and "2 voxels" in msg and "(4, 5, 6)" in msg
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -5,8 +5,8 @@ their geometry. The formats and rules are described in ``docs/volume-formats.md`
   lazy ``(D, H, W)`` channels (:class:`OpenedVolume`, :class:`VolumeGeometry`).
 * :func:`open_label_volume`, :func:`summarize_labels` -- checked sparse labels and the
   summary the log prints (:class:`LabelSummary`).
-* :func:`stream_stats`, :func:`image_stats` -- per-channel mean/std/min/max and NaN checks,
-  streamed.
+* :func:`stream_stats` -- mean/std/min/max and NaN count of a channel, streamed
+  (:mod:`fhcnn.data.lazy`; a run refuses NaN volumes in :func:`fhcnn.engine.plan.prepare`).
 * :func:`prediction_sink` -- ``prediction.nii.gz`` / ``.zarr`` / ``.npy`` written by boxes.
 * :func:`iter_slabs` -- the boxes of a bounded-memory pass over a volume.
 
@@ -14,8 +14,8 @@ Format libraries (nibabel, zarr, h5py, segyio) are imported when a file needs th
 missing one is one :class:`~fhcnn.errors.InputError` line naming ``pip install 'fhcnn[volume]'``.
 """
 
+from ..lazy import StreamStats, stream_stats
 from ._common import (
-                      DEFAULT_MAX_BYTES,
                       MAX_CHANNELS_BY_SHAPE,
                       ArrayLike,
                       AxisPick,
@@ -28,13 +28,12 @@ from ._common import (
 from .labels import DENSE_FRACTION, MAX_CLASSES, LabelSummary, LabelVolume, open_label_volume, summarize_labels
 from .opening import SUFFIXES, open_images, open_volume, split_spec, volume_format
 from .sinks import PredictionSink, prediction_name, prediction_sink
-from .stats import StreamStats, image_stats, stream_stats
 
 __all__ = [
     "ArrayLike", "AxisPick", "OpenedVolume", "VolumeFormat", "VolumeGeometry", "SUFFIXES",
     "open_volume", "open_images", "split_spec", "volume_format", "resolve_axes",
     "LabelSummary", "LabelVolume", "open_label_volume", "summarize_labels", "MAX_CLASSES", "DENSE_FRACTION",
-    "StreamStats", "stream_stats", "image_stats",
+    "StreamStats", "stream_stats",
     "PredictionSink", "prediction_sink", "prediction_name",
-    "iter_slabs", "DEFAULT_MAX_BYTES", "MAX_CHANNELS_BY_SHAPE",
+    "iter_slabs", "MAX_CHANNELS_BY_SHAPE",
 ]

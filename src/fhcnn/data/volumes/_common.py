@@ -13,19 +13,17 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import SLAB_BYTES, ArrayLike, iter_slabs
+from ..lazy import ArrayLike, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
            "require", "resolve_axes", "iter_slabs", "jsonable", "MAX_CHANNELS_BY_SHAPE",
-           "DEFAULT_MAX_BYTES", "PIP_VOLUME"]
+           "PIP_VOLUME"]
 
 #: The formats ``open_volume`` reads (and ``prediction_sink`` is told about).
 VolumeFormat = Literal["nifti", "tiff", "zarr", "hdf5", "segy", "npy"]
 
 #: Without metadata, a first or last axis of at most this many entries may be the channel axis.
 MAX_CHANNELS_BY_SHAPE = 8
-#: Bytes of one slab in a streaming pass (statistics, label summary, copies).
-DEFAULT_MAX_BYTES = SLAB_BYTES
 #: The command that installs every format library.
 PIP_VOLUME = "pip install 'fhcnn[volume]'"
 

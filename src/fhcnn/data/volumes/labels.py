@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import ArrayLike, LabelScan, iter_slabs, scan_labels
-from ._common import DEFAULT_MAX_BYTES, OpenedVolume
+from ..lazy import SLAB_BYTES, ArrayLike, LabelScan, iter_slabs, scan_labels
+from ._common import OpenedVolume
 
 __all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "MAX_CLASSES",
            "DENSE_FRACTION"]
@@ -92,7 +92,7 @@ def _listed(items: list[int], n: int) -> str:
 
 def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int | None = None,
                      what: str = "labels", slab_axis: int = 0,
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> LabelSummary:
+                     max_bytes: int = SLAB_BYTES) -> LabelSummary:
     """Check and summarize a ``(D, H, W)`` label array-like in one pass
     (:func:`~fhcnn.data.lazy.scan_labels`; two when dense slices lie along more than one axis),
     by slabs of at most ``max_bytes``.
@@ -184,7 +184,7 @@ class LabelVolume:
 
 
 def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num_classes: int | None = None,
-                      what: str = "labels", max_bytes: int = DEFAULT_MAX_BYTES) -> LabelVolume:
+                      what: str = "labels", max_bytes: int = SLAB_BYTES) -> LabelVolume:
     """Open, check and summarize a label volume for images of spatial ``shape``.
 
     Args:

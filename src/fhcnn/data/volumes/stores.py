@@ -17,13 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import Unmapped
-from ._common import DEFAULT_MAX_BYTES, RawVolume, jsonable, require
+from ..lazy import SLAB_BYTES, Unmapped
+from ._common import RawVolume, jsonable, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
 
 #: A chunk larger than this makes reading one window slow: the volume is marked compressed.
-HUGE_CHUNK = DEFAULT_MAX_BYTES
+HUGE_CHUNK = SLAB_BYTES
 _CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
 
 
