@@ -64,13 +64,12 @@ _PREDICT_KEYS = ("predict_depth", "predict_height", "predict_width")
 
 
 def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
-                       shift_depth: bool) -> list[tuple[int, ...]]:
+                       shift_depth: bool) -> list[tuple[int, int, int]]:
     """The distinct window sizes a prediction of a volume of ``size`` ``(D, H, W)`` evaluates
     (:func:`~fhcnn.engine.sizes.prediction_tilings`)."""
-    from .sizes import prediction_tilings
+    from .sizes import distinct_windows, prediction_tilings
 
-    return list(dict.fromkeys(t.window for t in prediction_tilings(size, window, multiple, shifts, shift_depth,
-                                                                  flip=False)))
+    return distinct_windows(prediction_tilings(size, window, multiple, shifts, shift_depth, flip=False))
 
 
 #: One change a split error offers: config keys -> values, and ``"processes"``: the number of

@@ -27,7 +27,15 @@ from ..errors import InputError
 from ..options import IGNORE
 from .config import SegmentConfig
 from .models import size_multiple_of
-from .sizes import Geometry, Tiling, chunk_shape, prediction_tilings, prediction_window_of, training_window
+from .sizes import (
+    Geometry,
+    Tiling,
+    chunk_shape,
+    distinct_windows,
+    prediction_tilings,
+    prediction_window_of,
+    training_window,
+)
 
 __all__ = ["DenseInputs", "RunPlan", "prepare", "check_resources", "CHUNK"]
 
@@ -109,7 +117,7 @@ class RunPlan:
     @property
     def distinct_windows(self) -> list[tuple[int, int, int]]:
         """The distinct window shapes of the prediction's tilings."""
-        return list(dict.fromkeys(t.window for t in self.tilings))
+        return distinct_windows(self.tilings)
 
     @property
     def prediction_windows(self) -> int:

@@ -31,7 +31,7 @@ from ..options import IGNORE
 __all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "training_window",
            "scaled_size", "resize_volume", "resize_labels", "resize_back", "Geometry",
            "Tiling", "prediction_tilings", "window_starts", "blend_weights_1d", "prediction_window_of",
-           "chunk_shape"]
+           "chunk_shape", "distinct_windows"]
 
 
 def round_up(n: int, m: int) -> int:
@@ -288,6 +288,12 @@ def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int
                 st = (starts[0], starts[1], tuple(sorted(padded[2] - s - win[2] for s in starts[2])))
             out.append(Tiling(oo, padded, win, flipped, st))  # type: ignore[arg-type]
     return out
+
+
+def distinct_windows(tilings: Sequence[Tiling]) -> list[tuple[int, int, int]]:
+    """The distinct window shapes of ``tilings``, in order (what a prediction evaluates: the
+    memory checks and a split in space need each once)."""
+    return list(dict.fromkeys(t.window for t in tilings))
 
 
 def prediction_window_of(asked: Sequence[int], train_window: Sequence[int], reduce_depth: bool

@@ -89,7 +89,7 @@ def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 3
     from ...config import load_config
     from ...engine.models import size_multiple_of
     from ...engine.plan import check_resources
-    from ...engine.sizes import prediction_tilings, prediction_window_of, training_window
+    from ...engine.sizes import distinct_windows, prediction_tilings, prediction_window_of, training_window
     from ...errors import InputError
     from ...rundir import RunFolder, prepare_output_dir
 
@@ -106,7 +106,7 @@ def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 3
     win = training_window((d.window_depth, d.window_height, d.window_width), (frames, h, w), m)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, False)
     tilings = prediction_tilings((frames, h, w), pwin, m, d.predict_shifts, True, d.predict_flip)
-    check_resources(cfg, 3, 3, win, list(dict.fromkeys(t.window for t in tilings)))  # before OUT exists
+    check_resources(cfg, 3, 3, win, distinct_windows(tilings))  # before OUT exists
     previous = RunFolder.open(out) if out and Path(out).is_dir() else None
     folder = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",
                                 tool="demo", config=cfg, outputs=("video", "segmentation", "demo.json"),
