@@ -5,7 +5,8 @@
 ROOT holds the tiny inputs the test generated (:func:`make_inputs`). With ``parallel.space=2``
 each run splits the volume over the two processes:
 
-* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same along D -> ``ROOT/segment-2d``;
+* ``fhcnn segment`` (split along W) -> ``ROOT/segment-2``; the same frames as a folder of PNGs
+  (copied once by rank 0 into the run folder) along D -> ``ROOT/segment-2d``;
   copies of ``segment-2`` stopped after 2 of the 3 steps (the last checkpoint removed, as if
   killed before writing it) resumed split along W -> ``ROOT/resumed-2``, along D ->
   ``ROOT/w-to-d``, and a one-process run stopped likewise (``ROOT/1-to-w``, prepared by the
@@ -40,21 +41,26 @@ TRAIN = ["--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--device", "
 
 
 def make_inputs(root: Path) -> None:
+    from PIL import Image
+
     from fhcnn.data.hyperspectral import make_bitemporal_scene
     from fhcnn.data.video import generate_video
 
     video, masks = generate_video(root / "davis", frames=6, height=16, width=24, objects=2, seed=5)
     np.save(root / "video.npy", video)
+    (root / "frames").mkdir()
+    for i, frame in enumerate(video):  # the same frames, lossless, decoded one by one
+        Image.fromarray(frame).save(root / "frames" / f"{i:05d}.png")
     np.save(root / "masks.npy", masks)
     s = make_bitemporal_scene(20, 24, 8, seed=2, field_size=10)
     for name in ("before", "after", "change"):
         np.save(root / f"{name}.npy", getattr(s, name))
 
 
-def segment_args(root: Path, out: Path, space: int, axes: str = "[2]") -> list[str]:
-    """``fhcnn segment`` on ``space`` processes split along ``axes``, a checkpoint every step."""
+def segment_args(root: Path, out: Path, space: int, axes: str = "[2]", video: str = "video.npy") -> list[str]:
+    """``fhcnn segment`` of ``root/video`` on ``space`` processes split along ``axes``, a checkpoint every step."""
     split = ["--set", f"parallel.space={space}", "--set", f"parallel.axes={axes}"] if space > 1 else []
-    return ["segment", str(root / "video.npy"), "--labels", str(root / "masks.npy"), "--out", str(out),
+    return ["segment", str(root / video), "--labels", str(root / "masks.npy"), "--out", str(out),
             "--config", "video-tiny", *TRAIN, "--set", "train.checkpoint_every=1", "--set", "train.keep_last=3",
             *split]
 
@@ -153,7 +159,8 @@ def main() -> None:
         assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
-    assert cli(segment_args(root, root / "segment-2d", 2, axes="[0]")) == 0
+    # from the folder of PNG frames: rank 0 copies them once into OUT/inputs/video.zarr
+    assert cli(segment_args(root, root / "segment-2d", 2, axes="[0]", video="frames")) == 0
     if rank == 0:
         for name in ("resumed-2", "w-to-d", "w-to-1"):
             stopped_copy(root / "segment-2", root / name)

@@ -29,7 +29,7 @@ from .errors import InputError
 from .training.distributed import is_main_process
 
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS",
-           "fingerprint", "config_digest"]
+           "fingerprint", "config_digest", "copy_input"]
 
 #: The record of a run folder.
 RUN_FILE = "run.json"
@@ -42,7 +42,7 @@ _COMMON = ("config.yaml", "metrics.jsonl", "checkpoints", "metrics.json", "model
 #: without the marker is never written over where one of these exists.
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "segment": _COMMON + ("prediction.npy", "masks", "overlay.gif", "labelled_frames.png",
-                          "training_curves.png"),
+                          "training_curves.png", "inputs"),
     "change": _COMMON + ("prediction.npy", "prediction.png", "change_probability.npy",
                          "labels_train.npy", "labels_scored.npy"),
     "volume": _COMMON + ("prediction.npy", "prediction.nii.gz", "prediction.zarr", "probabilities.zarr",
@@ -829,3 +829,41 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
     if pa.exists() and not overwrite:
         raise InputError(f"{what} {p} exists; choose a new file name or pass --overwrite")
     return p
+
+
+def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis: int = 0, *,
+               device: str = "cpu", peer_timeout: float | None = None) -> Any:
+    """The one-time chunked copy of an input that is slow to read by window (compressed or
+    sequential files), inside a run folder: :func:`~fhcnn.data.lazy.copy_to_zarr` along ``axis``
+    into ``folder/inputs/<name>.zarr``, written under a temporary name and moved in (every file
+    recorded in ``run.json``). Returns the copy, opened for reading.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the processes join their group here
+    (``peer_timeout``: ``train.peer_timeout``; ``device``: the run's device type) and rank 0
+    alone copies while the others wait at a barrier, then every process opens the copy; a copy
+    that takes longer than ``peer_timeout`` stops the run with :class:`PeerLostError` (one line
+    that says to raise it).
+    """
+    import zarr
+
+    from .data.lazy import copy_to_zarr
+    from .training.distributed import init_distributed
+
+    final = Path(folder) / "inputs" / f"{name}.zarr"
+    info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    if is_main_process():
+        tmp = Path(folder) / f".{name}.zarr.tmp"
+        copy_to_zarr(array, tmp, chunks, axis=axis)
+        atomic.place_tree(tmp, final)
+    if info is not None and info.world_size > 1:
+        import torch.distributed as dist
+
+        from .training.distributed import PeerLostError
+
+        try:
+            dist.barrier()
+        except dist.DistError as e:
+            raise PeerLostError(f"the copy of {name} into {final} was not finished by rank 0 within "
+                                f"train.peer_timeout={peer_timeout} s ({str(e).splitlines()[0][:120]}); "
+                                f"raise train.peer_timeout for a large compressed or sequential input") from None
+    return zarr.open_array(str(final), mode="r")

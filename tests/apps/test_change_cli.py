@@ -154,3 +154,93 @@ def test_change_reads_real_landsat_pair_bad_label_size(tmp_path, capsys):
     _fails(["change", str(d / "2000TM.HDR"), str(d / "2003TM"), "--labels", str(tmp_path / "lab.npy"),
             "--out", str(tmp_path / "o"), *TINY], capsys, "but the scene is 400x400")
     assert not (tmp_path / "o").exists()
+
+
+def _whole_scene_volume(before, after, channels, normalize):
+    """The change volume computed on the whole scene at once (the formulas of
+    fhcnn.apps.change.volume, written out on whole arrays)."""
+    b64, a64 = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    x = np.stack([b64, a64], 0)
+    if normalize == "band":
+        mu = x.mean(axis=(0, 1, 2), keepdims=True)
+        sd = x.std(axis=(0, 1, 2), keepdims=True)
+        x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
+    parts = [x[0], x[1]]
+    if "diff" in channels:
+        parts.append(x[1] - x[0])
+    if "ratio" in channels:
+        b, a = np.clip(b64, 0, None), np.clip(a64, 0, None)
+        level = np.concatenate([b, a]).mean(axis=(0, 1))
+        eps = 0.01 * np.where(level > 0, level, 1.0)
+        ratio = np.log((a + eps) / (b + eps))
+        norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+        dot = (a * b).sum(-1)
+        angle = np.arccos(np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0), -1, 1))
+        angle = np.broadcast_to(angle[..., None], ratio.shape)
+        for f in (ratio, angle):
+            parts.append((f - f.mean()) / f.std() if f.std() > 1e-12 else np.zeros_like(f))
+    return np.stack(parts).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", ["dates", "dates+diff", "dates+diff+ratio+angle"])
+@pytest.mark.parametrize("normalize", ["band", "none"])
+def test_change_volume_read_by_box_equals_the_whole_scene(channels, normalize):
+    """The change volume is computed box by box from the two dates, with statistics streamed over
+    slabs of rows (some slabs one row): every box equals the whole-scene computation (1e-5),
+    including pixels whose spectra are all zero."""
+    import fhcnn.apps.change.volume as cv
+
+    rng = np.random.default_rng(3)
+    before = rng.gamma(2.0, 50.0, (23, 17, 6)).astype(np.float32)
+    after = (before * rng.uniform(0.8, 1.3, before.shape)).astype(np.float32)
+    before[3, 4] = 0
+    after[5, 6] = 0
+    want = _whole_scene_volume(before, after, channels, normalize)
+    for max_bytes in (cv.SLAB_BYTES, 1):
+        slabs = list(cv.row_slabs(before.shape, max_bytes=max_bytes))
+        assert len(slabs) == (1 if max_bytes > 1 else 23)
+        original = cv.SLAB_BYTES
+        cv.SLAB_BYTES = max_bytes  # every streamed pass one row at a time
+        try:
+            from fhcnn.apps.change.volume import change_volume
+
+            vol = change_volume(before, after, channels, normalize)
+        finally:
+            cv.SLAB_BYTES = original
+        assert vol.shape == want.shape
+        np.testing.assert_allclose(vol.read((slice(None),) * 3), want, rtol=1e-5, atol=1e-5)
+        for _ in range(5):
+            lo = [int(rng.integers(0, n)) for n in want.shape[1:]]
+            box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, want.shape[1:]))
+            np.testing.assert_allclose(vol.read(box), want[(slice(None),) + box], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(vol.channels[-1][2, 3], want[-1, 2, 3], rtol=1e-5, atol=1e-5)
+
+
+def test_change_reads_its_dates_on_demand_and_predicts_as_from_memory(scene, tmp_path):
+    """Dates given as memory-mapped files (``.npy``, ENVI) and as a MATLAB v7.3 (HDF5) file are
+    opened, not loaded, and the run predicts exactly what it predicts from the same dates held
+    in memory (float32 arrays)."""
+    h5py = pytest.importorskip("h5py")
+    from fhcnn.apps.change import ChangeConfig, fit_change
+    from fhcnn.apps.change.inputs import load_inputs
+    from fhcnn.config import load_config
+
+    d, s = scene
+    write_envi(tmp_path / "t1", s.before.astype(np.float32), interleave="bil")
+    with h5py.File(tmp_path / "pair.mat", "w") as f:   # MATLAB stores (H, W, B) as (B, W, H)
+        f["T1"] = s.before.astype(np.float32).T
+        f["T2"] = s.after.astype(np.float32).T
+    cfg = load_config(ChangeConfig, "change-tiny", [])
+    runs = {}
+    for name, args in (("npy", (d / "before.npy", d / "after.npy")), ("envi", (tmp_path / "t1.hdr", d / "after.npy")),
+                       ("mat", (tmp_path / "pair.mat", None))):
+        inputs = load_inputs(*args, labels=str(d / "truth.npy"), label_fraction=0.3)
+        assert not isinstance(inputs.before, np.ndarray)   # a view read on demand
+        np.testing.assert_array_equal(np.asarray(inputs.before), s.before.astype(np.float32))
+        box = inputs.before[3:9, 2:20, 1:5]
+        np.testing.assert_array_equal(box, s.before.astype(np.float32)[3:9, 2:20, 1:5])
+        runs[name] = fit_change(inputs.before, inputs.after, inputs.train, cfg, quiet=True)
+    memory = fit_change(s.before.astype(np.float32), s.after.astype(np.float32), inputs.train, cfg, quiet=True)
+    for fit in runs.values():
+        np.testing.assert_array_equal(fit["pred"], memory["pred"])
+        np.testing.assert_allclose(fit["prob"], memory["prob"], atol=1e-6)

@@ -99,6 +99,59 @@ def test_png_folder_partial_masks_gif_and_npy(gen, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["label_frames"] == [1, 5]
 
 
+def test_frames_decoded_one_by_one_are_read_from_one_chunked_copy(gen, tmp_path):
+    """A folder of frames and a GIF (decoded frame by frame) are copied once into
+    ``OUT/inputs/video.zarr`` (recorded in run.json) and the run reads its windows from the copy;
+    a ``.npy`` video is read through a memory map (no copy). At full size and at ``--scale 1.5``
+    (every frame resized as it is read) the folder and the GIF predict exactly what the same
+    frames given as ``.npy`` predict, and the memory-mapped frames what the frames held in
+    memory predict."""
+    from fhcnn.apps.segment import SegmentConfig, segment_video
+    from fhcnn.apps.segment.inputs import load_video_inputs
+    from fhcnn.config import load_config
+
+    _, video, masks = gen
+    fdir = tmp_path / "frames"
+    fdir.mkdir()
+    for i, f in enumerate(video):
+        Image.fromarray(f).save(fdir / f"{i:05d}.png")
+    ims = [Image.fromarray(f) for f in video]
+    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
+    np.save(tmp_path / "v.npy", video)
+    np.save(tmp_path / "g.npy", np.stack([np.asarray(fr.convert("RGB")) for fr in _gif_frames(tmp_path / "v.gif")]))
+    np.save(tmp_path / "m.npy", masks)
+    for scale in ("1", "1.5"):
+        preds = {}
+        for name in ("frames", "v.npy", "v.gif", "g.npy"):
+            out = tmp_path / f"out-{name}-{scale}"
+            assert main(["segment", str(tmp_path / name), "--labels", str(tmp_path / "m.npy"), "--out", str(out),
+                         "--label-frames", "0,5", "--scale", scale] + TINY) == 0
+            preds[name] = (np.load(out / "prediction.npy"), json.loads((out / "metrics.json").read_text())["miou"])
+            record = json.loads((out / "run.json").read_text())
+            copied = any(f.startswith("inputs/video.zarr/") for f in record["files"])
+            assert copied == name.endswith(("frames", ".gif")) and (out / "inputs" / "video.zarr").is_dir() == copied
+        for copy_, same in (("frames", "v.npy"), ("v.gif", "g.npy")):
+            np.testing.assert_array_equal(preds[copy_][0], preds[same][0])
+            assert preds[copy_][1] == preds[same][1]
+    cfg = load_config(SegmentConfig, "video-tiny", ["data.scale=1.5"])
+    runs = []
+    for in_memory in (False, True):
+        inputs = load_video_inputs(tmp_path / "v.npy", tmp_path / "m.npy", "0,5")
+        assert in_memory or type(inputs.frames.source).__name__ == "Unmapped"
+        if in_memory:
+            inputs.frames = video
+        runs.append(segment_video(inputs, cfg, None, quiet=True))
+    np.testing.assert_array_equal(runs[0]["prediction"], runs[1]["prediction"])
+    assert runs[0]["miou"] == runs[1]["miou"]
+
+
+def _gif_frames(path):
+    from PIL import ImageSequence
+
+    with Image.open(path) as im:
+        return [fr.copy() for fr in ImageSequence.Iterator(im)]
+
+
 @pytest.fixture
 def inputs(gen, tmp_path):
     _, video, masks = gen

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fhcnn.engine.sizes import (
     Geometry,
+    ResizedPlanes,
     blend_weights_1d,
     chunk_shape,
     gather,
@@ -18,6 +19,7 @@ from fhcnn.engine.sizes import (
     prediction_window_of,
     resize_back,
     resize_labels,
+    resize_volume,
     round_up,
     scaled_size,
     training_window,
@@ -115,3 +117,29 @@ def test_resize_labels_never_drops_a_sparse_label() -> None:
     assert back.shape == (3, 2, 20, 13) and resize_back(prob, (5, 5)) is prob
     # bilinear weights sum to one: probabilities stay probabilities
     torch.testing.assert_close(back.sum(0), torch.ones(2, 20, 13))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([(9, 13, 5, 7), (6, 8, 12, 16), (7, 7, 7, 7)]),
+       st.integers(0, 2**31 - 1), st.integers(0, 3))
+def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed, cache_planes) -> None:
+    """Any box read through the lazy per-plane view equals the same box of the whole array
+    resized at once (values and labels), whatever the cache holds (down to one plane)."""
+    h, w, th, tw = sizes
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(size=(depth, h, w)).astype(np.float32)
+    lab = rng.integers(0, 3, (depth, h, w)).astype(np.uint8)
+    lab[rng.random(lab.shape) < 0.6] = IGNORE
+    whole_v = resize_volume(vol[None], (th, tw))[0]
+    whole_l = resize_labels(lab, (th, tw), 3)
+    view_v = ResizedPlanes(vol, (th, tw), cache_bytes=cache_planes * th * tw * 4)
+    view_l = ResizedPlanes(lab, (th, tw), labels=True, num_classes=3, cache_bytes=cache_planes * th * tw)
+    assert view_v.shape == whole_v.shape and view_l.shape == whole_l.shape and view_l.dtype == np.uint8
+    for _ in range(6):
+        d0, h0, w0 = (int(rng.integers(0, n)) for n in (depth, th, tw))
+        box = (slice(d0, int(rng.integers(d0 + 1, depth + 1))), slice(h0, int(rng.integers(h0 + 1, th + 1))),
+               slice(w0, int(rng.integers(w0 + 1, tw + 1))))
+        np.testing.assert_array_equal(view_v[box], whole_v[box])
+        np.testing.assert_array_equal(view_l[box], whole_l[box])
+    np.testing.assert_array_equal(view_v[depth - 1, 1:3], whole_v[depth - 1, 1:3])
+    np.testing.assert_array_equal(view_l[:], whole_l)

@@ -101,6 +101,8 @@ def test_split_runs_equal_one_process(tmp_path: Path) -> None:
                                                         load_file(str(r / "model.safetensors")))
         np.testing.assert_array_equal(np.load(r / "prediction.npy"), np.load(u / "prediction.npy"))
     assert load_config(SegmentConfig, tmp_path / "w-to-d" / "config.yaml").parallel.axes == [0]
+    record = json.loads((tmp_path / "segment-2d" / "run.json").read_text())   # the frames' copy, made once
+    assert any(f.startswith("inputs/video.zarr/") for f in record["files"])
 
     # fhcnn change, split along the bands (depth mean of the logits all-reduced), with Dice
     assert main(change_args(tmp_path, tmp_path / "change-1", 1)) == 0

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fhcnn.apps.change import ChangeConfig, build_volume, fit_change
-from fhcnn.apps.change.pipeline import change_features
 from fhcnn.apps.change.sparse import sparse_labels
 from fhcnn.config import load_config
 from fhcnn.data.hyperspectral import make_bitemporal_scene
@@ -95,16 +94,21 @@ def test_context_windows_keep_one_labelled_window_per_batch():
 
 
 def test_change_features_shapes_and_zeros():
+    """The log-ratio and spectral-angle channels of the change volume: standardized, the angle the
+    same on every band, zero for constant features and for no change."""
     rng = np.random.default_rng(0)
     b, a = rng.uniform(0, 1, (5, 6, 4)), rng.uniform(0, 1, (5, 6, 4))
-    f = change_features(b, a)
-    assert f.shape == (2, 5, 6, 4) and f.dtype == np.float32
+
+    def features(before, after):  # (2, B, H, W): ratio, angle
+        return build_volume(before, after, "dates+diff+ratio+angle")[3:]
+
+    f = features(b, a)
+    assert f.shape == (2, 4, 5, 6) and f.dtype == np.float32
     np.testing.assert_allclose(f.reshape(2, -1).mean(1), 0, atol=1e-5)    # standardized
-    assert (f[1] == f[1][..., :1]).all()                                  # angle: same on every band
-    z = change_features(np.zeros((5, 6, 4)), np.zeros((5, 6, 4)))
+    assert (f[1] == f[1][:1]).all()                                       # angle: same on every band
+    z = features(np.zeros((5, 6, 4)), np.zeros((5, 6, 4)))
     assert np.isfinite(z).all() and (z == 0).all()                        # constant features -> 0
-    same = change_features(b, b)
-    assert (same == 0).all()                                              # no change: zero ratio/angle
+    assert (features(b, b) == 0).all()                                    # no change: zero ratio/angle
     vol = build_volume(b.astype(np.float32), a.astype(np.float32), "dates+diff+ratio+angle")
     assert vol.shape == (5, 4, 5, 6) and np.isfinite(vol).all()
     np.testing.assert_allclose(vol[2], vol[1] - vol[0], atol=1e-6)

@@ -11,6 +11,7 @@ from fhcnn.data.video import (
     davis_palette,
     generate_video,
     mask_classes,
+    open_video,
     read_masks,
     read_video,
     write_mask_png,
@@ -119,3 +120,74 @@ def test_bad_inputs(tmp_path):
         read_masks(tmp_path / "m.npy", ["a", "b"], (5, 4))
     with pytest.raises(InputError, match="shape"):
         read_masks(tmp_path / "m.npy", ["a", "b", "c"])
+
+
+def _video_files(tmp_path, video):
+    """The same frames as a folder of PNGs, a GIF, an RGB, a grey and an RGBA ``.npy``, and an MP4
+    where the video reader is installed."""
+    fdir = tmp_path / "frames"
+    fdir.mkdir()
+    for i, f in enumerate(video):
+        Image.fromarray(f).save(fdir / f"{i:03d}.png")
+    ims = [Image.fromarray(f) for f in video]
+    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
+    np.save(tmp_path / "v.npy", video)
+    np.save(tmp_path / "grey.npy", video[..., 0].astype(np.uint16) * 200)
+    np.save(tmp_path / "rgba.npy", np.concatenate([video, video[..., :1]], -1))
+    paths = [fdir, tmp_path / "v.gif", tmp_path / "v.npy", tmp_path / "grey.npy", tmp_path / "rgba.npy"]
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401
+
+        with imageio.get_writer(tmp_path / "v.mp4", fps=10, format="FFMPEG", macro_block_size=1) as w:
+            for f in video:
+                w.append_data(f)
+        paths.append(tmp_path / "v.mp4")
+    except ImportError:
+        pass
+    return paths
+
+
+def test_open_video_reads_on_demand_what_read_video_reads(tmp_path, tiny):
+    """Every format opened lazily: any box of frames, rows, columns and colours, one frame, one
+    colour channel and the planar (colour-first) view equal the whole video read at once; only
+    image files, GIFs and video files are marked to be copied once (``sequential``)."""
+    from fhcnn.data.lazy import read_window
+
+    _, video, _ = tiny
+    rng = np.random.default_rng(0)
+    for path in _video_files(tmp_path, video):
+        whole, names = read_video(path)
+        frames = open_video(path)
+        assert frames.shape == whole.shape and frames.dtype == whole.dtype and frames.names == names
+        assert frames.sequential == (path.suffix != ".npy")
+        np.testing.assert_array_equal(np.asarray(frames), whole)
+        for _ in range(5):
+            lo = [int(rng.integers(0, n)) for n in whole.shape[:3]]
+            box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, whole.shape[:3]))
+            np.testing.assert_array_equal(frames[box], whole[box])
+            c = int(rng.integers(0, 3))
+            np.testing.assert_array_equal(frames[box + (c,)], whole[box + (c,)])
+            np.testing.assert_array_equal(frames.channel(c)[box], whole[box + (c,)])
+            np.testing.assert_array_equal(frames.planar()[(slice(None),) + box], np.moveaxis(whole[box], -1, 0))
+        np.testing.assert_array_equal(frames[3], whole[3])
+        np.testing.assert_array_equal(read_window(frames.channel(1), (-2, 20, 5), (4, 8, 8)),
+                                      read_window(whole[..., 1], (-2, 20, 5), (4, 8, 8)))
+
+
+def test_frame_labels_read_as_the_label_volume():
+    """Masks of some frames read as the ``(T, H, W)`` volume with ``IGNORE`` elsewhere."""
+    from fhcnn.apps.segment.inputs import FrameLabels
+    from fhcnn.options import IGNORE
+
+    rng = np.random.default_rng(1)
+    masks = {1: rng.integers(0, 3, (5, 7)).astype(np.uint8), 4: rng.integers(0, 3, (5, 7)).astype(np.uint8)}
+    whole = np.full((6, 5, 7), IGNORE, np.uint8)
+    for k, m in masks.items():
+        whole[k] = m
+    lab = FrameLabels((6, 5, 7), masks)
+    np.testing.assert_array_equal(np.asarray(lab), whole)
+    for box in [(slice(0, 6), slice(1, 4), slice(2, 7)), (slice(3, 5),), (4, slice(0, 2)), (0,), (-2, 3)]:
+        np.testing.assert_array_equal(lab[box], whole[box])
+    dropped = np.where(np.arange(6)[:, None, None] == 4, IGNORE, whole)
+    np.testing.assert_array_equal(np.asarray(lab.without([4])), dropped)

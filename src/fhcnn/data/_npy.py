@@ -21,7 +21,8 @@ def load_npy(path: str | Path, what: str = "input", **kwargs: Any) -> np.ndarray
     except (ValueError, OSError, EOFError) as e:
         with open(path, "rb") as f:
             magic = f.read(6) == b"\x93NUMPY"
-        why = "it holds Python objects, not a plain array" if magic and "pickle" in str(e) else \
+        objects = magic and ("pickle" in str(e) or "Python objects" in str(e))
+        why = "it holds Python objects, not a plain array" if objects else \
             "not a valid .npy array file"
         raise InputError(f"cannot read {what} {path}: {why}") from None
     if not isinstance(a, np.ndarray):

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+__all__ = ["ChannelView", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "SLAB_BYTES", "MAX_POINTS"]
 
@@ -81,6 +81,28 @@ class Unmapped:
         out = np.array(self.array[key], copy=True)
         release_pages(self.array)
         return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+class ChannelView:
+    """Channel ``index`` of an array-like that holds its channels along ``axis``, as an array-like
+    without that axis (e.g. one colour of ``(T, H, W, 3)`` frames, one channel of a ``(C, D, H, W)``
+    zarr array); reads take basic slices of the remaining axes."""
+
+    def __init__(self, array: Any, index: int, axis: int = 0) -> None:
+        self.array, self.index = array, int(index)
+        self.axis = axis % len(array.shape)
+        self.shape = tuple(int(n) for k, n in enumerate(array.shape) if k != self.axis)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        return np.asarray(self.array[key[:self.axis] + (self.index,) + key[self.axis:]])
 
 
 def reflect_indices(start: int, length: int, n: int) -> np.ndarray:

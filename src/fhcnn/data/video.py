@@ -14,9 +14,10 @@ are mapped to classes ``0..K-1`` by :func:`mask_classes` (0 stays background).
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,7 +29,8 @@ from ._npy import load_npy
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["read_video", "frames_to_unit", "frames_to_uint8", "read_masks", "MaskSet",
+__all__ = ["read_video", "open_video", "VideoFrames", "frames_to_unit", "frames_to_uint8", "frames_for_display",
+           "read_masks", "MaskSet",
            "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette", "write_mask_png",
            "generate_video", "open_image", "pil_high_depth"]
 
@@ -183,14 +185,157 @@ def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> 
             numbers[k] = p
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Read a video as ``(T, H, W, 3)`` frames in their own bit depth (uint8, uint16 PNG/TIFF/
-    ``.npy``, float ...; see :func:`frames_to_unit`) and their names (file stems or indices).
+def _to_rgb_values(block: np.ndarray, grey: bool) -> np.ndarray:
+    """Raw frames ``(..., C)`` (C = 1, 3, 4), or ``(...)`` when ``grey``, as ``(..., 3)`` in their
+    own type (booleans as 0 / 255)."""
+    if grey:
+        block = block[..., None]
+    if block.shape[-1] == 1:
+        block = np.repeat(block, 3, -1)
+    block = block[..., :3]
+    if block.dtype == np.bool_:
+        block = block.astype(np.uint8) * 255
+    return block
+
+
+class _FrameFiles:
+    """Numbered image files as a ``(T, H, W[, C])`` array-like: each read decodes the frames
+    of its range (:func:`_read_frame`) and checks them against the first frame's size and type."""
+
+    def __init__(self, files: list[Path], first: np.ndarray) -> None:
+        self.files, self.first = files, first
+        self.shape = (len(files), *first.shape)
+        self.dtype = first.dtype
+
+    def _frame(self, i: int) -> np.ndarray:
+        f = self.files[i]
+        a = _read_frame(f)
+        if a.shape[:2] != self.first.shape[:2]:
+            raise InputError(f"frame {f} has size {a.shape[:2]}, but {self.files[0].name} "
+                             f"has {self.first.shape[:2]}: all frames must have the same size")
+        if a.dtype != self.first.dtype or a.ndim != self.first.ndim:
+            raise InputError(f"frame {f} is {a.dtype} {a.shape}, but {self.files[0].name} is "
+                             f"{self.first.dtype} {self.first.shape}: all frames must have the "
+                             f"same bit depth and channels")
+        return a
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        t, rest = key[0], key[1:]
+        if isinstance(t, (int, np.integer)):
+            return self._frame(int(t))[rest]
+        return np.stack([self._frame(i)[rest] for i in range(*t.indices(self.shape[0]))])
+
+
+class _DecodedFrames:
+    """A GIF or a video file as a ``(T, H, W, 3)`` array-like: a read decodes its range of frames
+    in order (``decode(start, stop)``); the count and size come from one decoding pass."""
+
+    def __init__(self, decode: Callable[[int, int], Iterator[np.ndarray]], shape: tuple[int, ...],
+                 dtype: Any) -> None:
+        self.decode, self.shape, self.dtype = decode, shape, np.dtype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        t, rest = key[0], key[1:]
+        if isinstance(t, (int, np.integer)):
+            i = int(t) % self.shape[0]
+            return next(iter(self.decode(i, i + 1)))[rest]
+        a, b, _ = t.indices(self.shape[0])
+        frames = [f[rest] for f in self.decode(a, max(a, b))]
+        return np.stack(frames) if frames else np.zeros((0, *self.shape[1:]), self.dtype)
+
+
+class VideoFrames:
+    """A video's frames, ``(T, H, W, 3)`` in their own bit depth, read on demand.
+
+    Reads take an integer or a basic slice per axis (the colour axis too) and return an array.
+    ``np.asarray(frames)`` reads every frame. :meth:`channel` is one colour as a ``(T, H, W)``
+    array-like (what the engine's :class:`~fhcnn.data.lazy.LazyVolume` takes).
+
+    Attributes:
+        source: the raw ``(T, H, W)`` / ``(T, H, W, C)`` array-like (a memory map, image files,
+            a decoder).
+        names: one name per frame (file stems or ``00000`` ...).
+        path: where the frames come from.
+        sequential: decoded frame by frame (image files, GIF, video files): a run reads them once
+            into a chunked copy (:func:`fhcnn.data.lazy.copy_to_zarr`) and windows from there.
+    """
+
+    def __init__(self, source: Any, names: list[str], path: str, sequential: bool) -> None:
+        self.source, self.names, self.path, self.sequential = source, names, path, sequential
+        self._grey = len(source.shape) == 3
+        dt = np.dtype(source.dtype)
+        self.dtype = np.dtype(np.uint8) if dt == np.bool_ else dt
+        self.shape: tuple[int, int, int, int] = (*(int(n) for n in source.shape[:3]), 3)  # type: ignore[assignment]
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if key and key[-1] is Ellipsis:
+            key = key[:-1]
+        spatial, colour = key[:3], (key[3] if len(key) > 3 else slice(None))
+        return _to_rgb_values(np.asarray(self.source[spatial]), self._grey)[..., colour]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def planar(self) -> Any:
+        """The frames as a ``(3, T, H, W)`` array-like (colour first; for a chunked copy)."""
+        return _Planar(self)
+
+    def channel(self, c: int) -> Any:
+        """Colour ``c`` as a ``(T, H, W)`` array-like."""
+        from .lazy import ChannelView
+
+        return ChannelView(self, c, axis=3)
+
+
+class _Planar:
+    """``(T, H, W, 3)`` frames read as ``(3, T, H, W)``."""
+
+    def __init__(self, frames: VideoFrames) -> None:
+        self.frames = frames
+        self.shape = (3, *frames.shape[:3])
+        self.dtype = frames.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (4 - len(key))
+        block = self.frames[tuple(key[1:]) + (key[0],)]
+        return block if isinstance(key[0], (int, np.integer)) else np.moveaxis(block, -1, 0)
+
+
+def frames_for_display(frames: Any) -> Callable[[int], np.ndarray]:
+    """Frame ``i`` of ``(T, H, W, 3)`` frames as 8-bit RGB for figures, read one frame at a time:
+    the values of :func:`frames_to_uint8` of the whole video (8-bit frames as they are, others
+    scaled from the video's own range, found in one pass)."""
+    if np.dtype(frames.dtype) == np.uint8:
+        return lambda i: np.asarray(frames[i])
+    lo, hi = math.inf, -math.inf
+    for i in range(frames.shape[0]):
+        f = np.asarray(frames[i], np.float32)
+        lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
+    if np.dtype(frames.dtype).kind == "f" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    scale = 255.0 / max(hi - lo, 1e-12)
+    return lambda i: np.clip(np.round((np.asarray(frames[i], np.float32) - lo) * scale), 0, 255).astype(np.uint8)
+
+
+def open_video(path: str | Path) -> VideoFrames:
+    """Open a video for reading on demand (see :class:`VideoFrames`): a folder of numbered
+    frames, a GIF, a video file (one decoding pass counts and checks its frames) or a ``.npy``
+    array ``(T, H, W, 3)`` / ``(T, H, W)`` (memory-mapped).
 
     Raises:
         FileNotFoundError: the path does not exist.
         InputError: unreadable file, no frames, frames of different sizes or bit depths, an
-            unnumbered image among numbered frames, a broken link, unknown format.
+            unnumbered image among numbered frames, a broken link, unknown format, an array
+            that is not frames.
     """
     path = Path(path)
     if not path.exists():
@@ -201,50 +346,107 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
         if not files:
             raise InputError(f"no image frames ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in folder {folder}")
         _check_frame_files(folder, files)
-        frames = []
-        for f in files:
-            frames.append(_read_frame(f))
-            if frames[-1].shape[:2] != frames[0].shape[:2]:
-                raise InputError(f"frame {f} has size {frames[-1].shape[:2]}, but {files[0].name} "
-                                 f"has {frames[0].shape[:2]}: all frames must have the same size")
-            if frames[-1].dtype != frames[0].dtype or frames[-1].ndim != frames[0].ndim:
-                raise InputError(f"frame {f} is {frames[-1].dtype} {frames[-1].shape}, but "
-                                 f"{files[0].name} is {frames[0].dtype} {frames[0].shape}: all "
-                                 f"frames must have the same bit depth and channels")
-        return _to_rgb(np.stack(frames), str(folder)), [f.stem for f in files]
+        source = _FrameFiles(files, _read_frame(files[0]))
+        for i in range(1, len(files)):  # one decoding pass: every frame's size and type
+            source._frame(i)
+        return _checked(VideoFrames(source, [f.stem for f in files], str(folder), True))
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            a = load_npy(path, "video")
-        elif suffix == ".gif":
-            from PIL import Image, ImageSequence
+            from .lazy import Unmapped
 
-            with Image.open(path) as im:
-                a = np.stack([np.asarray(fr.convert("RGB")) for fr in ImageSequence.Iterator(im)])
-        elif suffix in VIDEO_SUFFIXES:
-            import imageio.v2 as imageio
-
-            try:
-                reader = imageio.get_reader(path, format="FFMPEG")
-            except (ImportError, ValueError, RuntimeError) as e:
-                if "ffmpeg" in str(e).lower() and "could not find" not in str(e).lower():
-                    raise InputError(f"cannot read {path}: {e} (install the video reader: "
-                                     "pip install 'fhcnn[io]' or imageio-ffmpeg)") from None
-                raise
-            with reader:
-                a = np.stack([np.asarray(fr) for fr in reader])  # type: ignore[attr-defined]
-        elif suffix in IMAGE_SUFFIXES:
+            a = load_npy(path, "video", mmap_mode="r")
+            frames = VideoFrames(Unmapped(a) if isinstance(a, np.memmap) else a,
+                                 [f"{i:05d}" for i in range(a.shape[0] if a.ndim else 0)], str(path), False)
+            if not (3 <= a.ndim <= 4) or (a.ndim == 4 and a.shape[-1] not in (1, 3, 4)):
+                raise InputError(f"{path}: expected frames (T, H, W, 3) or (T, H, W), got shape {a.shape}")
+            return _checked(frames)
+        if suffix == ".gif":
+            return _checked(_open_gif(path))
+        if suffix in VIDEO_SUFFIXES:
+            return _checked(_open_video_file(path))
+        if suffix in IMAGE_SUFFIXES:
             raise InputError(f"{path} is a single image; give the folder of frames instead")
-        else:
-            raise InputError(f"unknown video format {suffix!r} of {path}: use a folder of frames, "
-                             f".gif, {', '.join(VIDEO_SUFFIXES)} or .npy (T, H, W, 3)")
+        raise InputError(f"unknown video format {suffix!r} of {path}: use a folder of frames, "
+                         f".gif, {', '.join(VIDEO_SUFFIXES)} or .npy (T, H, W, 3)")
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"cannot read video {path}: {type(e).__name__}: {e}") from None
-    if a.ndim < 3 or a.shape[0] == 0:
-        raise InputError(f"{path}: no frames (array shape {a.shape})")
-    return _to_rgb(a, str(path)), [f"{i:05d}" for i in range(a.shape[0])]
+
+
+def _checked(frames: VideoFrames) -> VideoFrames:
+    if frames.shape[0] == 0:
+        raise InputError(f"{frames.path}: no frames (array shape {tuple(frames.source.shape)})")
+    if frames.dtype.kind not in "iuf":
+        raise InputError(f"{frames.path}: frames must be numbers, got dtype {frames.dtype}")
+    return frames
+
+
+def _open_gif(path: Path) -> VideoFrames:
+    from PIL import Image, ImageSequence
+
+    def decode(a: int, b: int) -> Iterator[np.ndarray]:
+        with Image.open(path) as im:
+            for i, fr in enumerate(ImageSequence.Iterator(im)):
+                if i >= b:
+                    break
+                if i >= a:
+                    yield np.asarray(fr.convert("RGB"))
+
+    n, first = 0, None
+    for fr in decode(0, 2**62):
+        first = fr if first is None else first
+        n += 1
+    if first is None:
+        raise InputError(f"{path}: no frames")
+    return VideoFrames(_DecodedFrames(decode, (n, *first.shape), first.dtype),
+                       [f"{i:05d}" for i in range(n)], str(path), True)
+
+
+def _open_video_file(path: Path) -> VideoFrames:
+    import imageio.v2 as imageio
+
+    def reader() -> Any:
+        try:
+            return imageio.get_reader(path, format="FFMPEG")
+        except (ImportError, ValueError, RuntimeError) as e:
+            if "ffmpeg" in str(e).lower() and "could not find" not in str(e).lower():
+                raise InputError(f"cannot read {path}: {e} (install the video reader: "
+                                 "pip install 'fhcnn[io]' or imageio-ffmpeg)") from None
+            raise
+
+    def decode(a: int, b: int) -> Iterator[np.ndarray]:
+        with reader() as r:
+            for i, fr in enumerate(r):  # type: ignore[attr-defined]
+                if i >= b:
+                    break
+                if i >= a:
+                    yield np.asarray(fr)
+
+    n, first = 0, None
+    for fr in decode(0, 2**62):
+        if first is not None and fr.shape != first.shape:
+            raise InputError(f"{path}: frame {n} has shape {fr.shape}, frame 0 {first.shape}")
+        first = fr if first is None else first
+        n += 1
+    if first is None:
+        raise InputError(f"{path}: no frames")
+    return VideoFrames(_DecodedFrames(decode, (n, *first.shape), first.dtype),
+                       [f"{i:05d}" for i in range(n)], str(path), True)
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read a whole video as ``(T, H, W, 3)`` frames in their own bit depth (uint8, uint16 PNG/TIFF/
+    ``.npy``, float ...; see :func:`frames_to_unit`) and their names (file stems or indices);
+    :func:`open_video` reads on demand.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        InputError: as :func:`open_video`, and NaN or infinite values.
+    """
+    frames = open_video(path)
+    return _to_rgb(np.asarray(frames.source[:]), frames.path), frames.names
 
 
 #: Lossy image formats: never read as masks.

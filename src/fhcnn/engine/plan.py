@@ -8,8 +8,8 @@ only in how they read their inputs and write their outputs.
 
 Reading is lazy: the volume is a :class:`~fhcnn.data.lazy.LazyVolume` (an in-memory array is
 the same path), its normalization statistics are streamed and the labels are scanned once;
-nothing here holds a whole volume unless ``data.scale`` resizes it (which needs the volume in
-memory; the out-of-core path runs at ``data.scale = 1``).
+nothing here holds a whole volume; with ``data.scale`` every plane is resized as it is read
+(:class:`~fhcnn.engine.sizes.ResizedPlanes`).
 """
 
 from __future__ import annotations
@@ -124,6 +124,17 @@ class RunPlan:
         """Network calls (windows) of one prediction, every tiling together."""
         return sum(t.count for t in self.tilings)
 
+    def read_from(self, channels: Sequence[ArrayLike]) -> None:
+        """Read the volume from other arrays holding the same raw ``(D, H, W)`` channels (e.g. a
+        chunked copy in the run folder); resized on read as before with ``data.scale``."""
+        g = self.geometry
+        if any(tuple(c.shape) != (g.depth, *g.size) for c in channels) or len(channels) != self.volume.data_channels:
+            raise ValueError(f"read_from: {len(channels)} channel(s) of shapes {[tuple(c.shape) for c in channels]} "
+                             f"cannot replace {self.volume.data_channels} of {(g.depth, *g.size)}")
+        if g.scaled != g.size:
+            channels = [g.lazy_planes(c) for c in channels]
+        self.volume = LazyVolume(channels, coords=self.volume.coords, names=self.volume.names)
+
     def describe(self) -> str:
         """One log line: scaling, padding, windows and tilings."""
         t = self.tilings[0]
@@ -169,10 +180,11 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     truth = _labels_array(inputs.eval_labels) if inputs.eval_labels is not None else None
     if truth is not None and tuple(truth.shape) != tuple(labels.shape):
         raise InputError(f"eval_labels shape {tuple(truth.shape)} must equal labels shape {tuple(labels.shape)}")
-    if geom.scaled != geom.size:  # resizing needs the volume in memory
-        volume = LazyVolume.from_array(geom.volume(raw.read((slice(None),) * 3)), coords=d.coords)
-        labels = geom.labels(np.asarray(labels[...]), inputs.num_classes)
-        truth = geom.labels(np.asarray(truth[...]), inputs.num_classes) if truth is not None else None
+    if geom.scaled != geom.size:  # every plane resized on read, never the whole volume at once
+        volume = LazyVolume([geom.lazy_planes(c) for c in raw.channels], coords=d.coords, names=raw.names)
+        labels, truth = (None if a is None else geom.labels(np.asarray(a[...]), inputs.num_classes) if reduce
+                         else geom.lazy_planes(a, labels=True, num_classes=inputs.num_classes)
+                         for a in (labels, truth))
     else:
         volume = _as_volume(raw, coords=d.coords)
     scan = inputs.label_scan if inputs.label_scan is not None and labels is inputs.labels \

@@ -17,8 +17,10 @@ Nothing else in the package computes a padded, scaled, window or tiling size.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from ..data.lazy import reflect_indices as _reflect
 from ..options import IGNORE
 
 __all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "training_window",
-           "scaled_size", "resize_volume", "resize_labels", "resize_back", "Geometry",
+           "scaled_size", "resize_volume", "resize_labels", "resize_back", "ResizedPlanes", "Geometry",
            "Tiling", "prediction_tilings", "window_starts", "blend_weights_1d", "prediction_window_of",
            "chunk_shape", "distinct_windows"]
 
@@ -124,6 +126,76 @@ def resize_labels(labels: np.ndarray, size: Sequence[int], num_classes: int | No
     return out.reshape(*lead, th, tw)
 
 
+class ResizedPlanes:
+    """A ``(D, H, W)`` array-like seen as ``(D, h, w)``: every plane resized on read, by
+    :func:`resize_volume` (float32 values) or :func:`resize_labels` (uint8 labels). Planes are
+    resized independently, so a read equals the same box of the whole array resized at once.
+
+    Reads take basic slices (step 1) or integers per axis. The missing planes of a read come
+    from the source in one box of whole planes; the last planes resized are kept, up to
+    ``cache_bytes``, so windows that share frames resize them once.
+    """
+
+    def __init__(self, source: Any, size: Sequence[int], *, labels: bool = False,
+                 num_classes: int | None = None, cache_bytes: int = 64 * 2**20) -> None:
+        d = int(source.shape[0])
+        if len(source.shape) != 3:
+            raise ValueError(f"ResizedPlanes needs a (D, H, W) array, got shape {tuple(source.shape)}")
+        self.source, self.labels, self.num_classes = source, labels, num_classes
+        self.size = (int(size[0]), int(size[1]))
+        self.shape = (d, *self.size)
+        self.dtype = np.dtype(np.uint8 if labels else np.float32)
+        self.ndim = 3
+        per_plane = self.dtype.itemsize * self.size[0] * self.size[1]
+        self._keep = max(1, cache_bytes // per_plane)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _resize(self, block: np.ndarray) -> np.ndarray:
+        if self.labels:
+            return resize_labels(block, self.size, self.num_classes)
+        return resize_volume(block[None], self.size)[0]
+
+    def _planes(self, lo: int, hi: int) -> list[np.ndarray]:
+        with self._lock:
+            missing = [i for i in range(lo, hi) if i not in self._cache]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            a, b = missing[0], missing[-1] + 1
+            block = self._resize(np.asarray(self.source[a:b]))
+            fresh = {a + j: block[j] for j in range(b - a)}
+        with self._lock:
+            out = [self._cache[i] if i in self._cache else fresh[i] for i in range(lo, hi)]
+            for i, plane in zip(range(lo, hi), out):
+                self._cache[i] = plane
+                self._cache.move_to_end(i)
+            while len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        boxes, squeeze = [], []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + (n if k < 0 else 0)
+                boxes.append((i, i + 1))
+                squeeze.append(True)
+            else:
+                lo, hi, step = k.indices(n)
+                if step != 1:
+                    raise IndexError("ResizedPlanes reads boxes (slices of step 1)")
+                boxes.append((lo, max(lo, hi)))
+                squeeze.append(False)
+        (d0, d1), (h0, h1), (w0, w1) = boxes
+        if d1 > d0:
+            out = np.stack([p[h0:h1, w0:w1] for p in self._planes(d0, d1)])
+        else:
+            out = np.zeros((0, h1 - h0, w1 - w0), self.dtype)
+        return out[tuple(0 if s else slice(None) for s in squeeze)]
+
+
 def resize_back(prob: Tensor, size: Sequence[int]) -> Tensor:
     """Probabilities ``(K, ..., h, w)`` resized bilinearly to ``(K, ..., H, W)`` = ``size``."""
     if tuple(prob.shape[-2:]) == tuple(size):
@@ -173,6 +245,11 @@ class Geometry:
     def volume(self, volume: np.ndarray | Tensor) -> np.ndarray:
         """``(C, D, H, W)`` input -> ``(C, D, h, w)`` float32."""
         return resize_volume(volume, self.scaled)
+
+    def lazy_planes(self, array: Any, *, labels: bool = False, num_classes: int | None = None) -> ResizedPlanes:
+        """A ``(D, H, W)`` array-like (a channel, or labels) seen at ``(D, h, w)``, each plane
+        resized as it is read (:class:`ResizedPlanes`: equal to :meth:`volume` / :meth:`labels`)."""
+        return ResizedPlanes(array, self.scaled, labels=labels, num_classes=num_classes)
 
     def labels(self, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
         """Labels ``(..., H, W)`` -> ``(..., h, w)`` (see :func:`resize_labels`)."""

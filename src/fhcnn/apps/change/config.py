@@ -37,7 +37,7 @@ class ChangeOptions:
     Attributes:
         channels: ``"dates"`` (2 channels: before, after), ``"dates+diff"`` (3: + after - before)
             or ``"dates+diff+ratio+angle"`` (5: + the log ratio and the spectral angle of the
-            dates, :func:`~fhcnn.apps.change.pipeline.change_features`).
+            dates, :class:`~fhcnn.apps.change.volume.ChangeChannel`).
         target: where the 2D labels meet the 3D output ``(2, B, H, W)``: ``"mean"`` (default):
             the loss is taken on the band-mean of the logits (a 2D x-y map), the prediction is
             the softmax of that mean (the engine's ``data.reduce_depth``, which this option

@@ -1,13 +1,16 @@
 """Reading and validating the inputs of ``fhcnn change``: the two dates and the labels.
-Everything is checked here, before any output is created."""
+Everything is checked here, before any output is created. The dates are opened, not loaded
+(:func:`~fhcnn.data.hyperspectral.open_cube`: memory maps and HDF5 datasets are read on
+demand); the label maps are 2D."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ...data.hyperspectral import check_labels, labels_from_masks, read_change_map, read_cube, read_pair, sample_labels
+from ...data.hyperspectral import check_labels, labels_from_masks, open_cube, open_pair, read_change_map, sample_labels
 from ...errors import InputError
 from ...options import IGNORE
 
@@ -16,12 +19,12 @@ __all__ = ["ChangeInputs", "load_inputs"]
 
 @dataclass
 class ChangeInputs:
-    """Validated inputs: the two dates ``(H, W, B)`` float32, the full label map, the training
-    labels and the held-out labels to score (``(H, W)`` uint8, 255 = none), and where the labels
-    came from."""
+    """Validated inputs: the two dates ``(H, W, B)`` (array-likes in the files' numeric type, read
+    on demand), the full label map, the training labels and the held-out labels to score
+    (``(H, W)`` uint8, 255 = none), and where the labels came from."""
 
-    before: np.ndarray
-    after: np.ndarray
+    before: Any
+    after: Any
     labels: np.ndarray
     train: np.ndarray
     scored: np.ndarray
@@ -36,15 +39,15 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
     """Read and validate every input (nothing is written). Raises InputError/FileNotFoundError."""
     dates: dict[str, str] = {}
     if after_path is None:
-        before, after = read_pair(before_path, key=key, sources=dates)
+        before, after = open_pair(before_path, key=key, sources=dates)
         dates = {k: (f"{before_path}: {v}" if k != "order" else v) for k, v in dates.items()}
     else:
         dates = {"before": str(before_path), "after": str(after_path)}
-        before, after = read_cube(before_path, key=key), read_cube(after_path, key=key)
+        before, after = open_cube(before_path, key=key), open_cube(after_path, key=key)
         if before.shape != after.shape:
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
-    if np.array_equal(before, after):
+    if _identical(before, after):
         raise InputError(f"BEFORE and AFTER are identical ({before_path}"
                          f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "
                          f"to detect; give two different dates")
@@ -70,3 +73,11 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
         held = eval_map.copy()
         held[train != IGNORE] = IGNORE
     return ChangeInputs(before, after, lab, train, held, source, dates)
+
+
+def _identical(before: Any, after: Any) -> bool:
+    """Whether two dates of one shape hold the same values, compared slab by slab of rows."""
+    from .volume import row_slabs
+
+    return all(np.array_equal(np.asarray(before[rows], np.float32), np.asarray(after[rows], np.float32))
+               for rows in row_slabs(before.shape))

@@ -40,63 +40,29 @@ from ...training import is_main_process
 from .config import BandNormalization, ChangeChannels, ChangeConfig, derive_settings
 from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
+from .volume import change_volume
 
-__all__ = ["build_volume", "change_features", "plan_change", "fit_change", "run_change", "change_command"]
+__all__ = ["build_volume", "plan_change", "fit_change", "run_change", "change_command"]
 
 
-def build_volume(before: np.ndarray, after: np.ndarray, channels: ChangeChannels = "dates",
+def build_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
                  normalize: BandNormalization = "band") -> np.ndarray:
-    """``(C, B, H, W)`` float32 volume from two ``(H, W, B)`` cubes (see the module docstring).
+    """``(C, B, H, W)`` float32 volume of two ``(H, W, B)`` cubes, in memory: the whole of
+    :func:`~fhcnn.apps.change.volume.change_volume` (``fhcnn change`` reads it on demand).
 
     ``channels`` names what is stacked, joined by ``+``: ``dates`` (before, after), ``diff``
-    (after - before of the standardized bands), ``ratio+angle`` (the log ratio of the dates and
-    their spectral angle, :func:`change_features`); the choices are
+    (after - before of the standardized bands), ``ratio+angle`` (the standardized log ratio of
+    the dates and their spectral angle); the choices are
     :data:`~fhcnn.apps.change.config.ChangeChannels` (C = 2, 3 or 5).
-    """
-    parts = channels.split("+")
-    x = np.stack([before, after], 0).astype(np.float32)        # (2, H, W, B)
-    if normalize == "band":
-        mu = x.mean(axis=(0, 1, 2), keepdims=True)
-        sd = x.std(axis=(0, 1, 2), keepdims=True)
-        x = (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
-    if "diff" in parts:
-        x = np.concatenate([x, x[1:2] - x[0:1]], 0)
-    if "ratio" in parts:
-        x = np.concatenate([x, change_features(before, after)], 0)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))       # (C, B, H, W)
-
-
-def change_features(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """``(2, H, W, B)`` float32: the standardized log ratio of the dates, band by band, and the
-    standardized spectral angle between them (one value per pixel, repeated over the bands).
-
-    On the raw values (clipped at 0): ``log((after + e) / (before + e))`` with ``e`` 1 % of the
-    band's mean level over both dates (finite for zeros), and
-    ``arccos(<before, after> / (|before| |after|))`` (0 where a spectrum is all zeros).
-    Each is standardized over the scene (a constant feature becomes 0).
 
     Example:
-        >>> change_features(np.zeros((4, 5, 3)), np.ones((4, 5, 3))).shape
-        (2, 4, 5, 3)
+        >>> build_volume(np.zeros((4, 5, 3)), np.ones((4, 5, 3)), "dates+diff+ratio+angle").shape
+        (5, 3, 4, 5)
     """
-    b = np.clip(np.asarray(before, np.float64), 0, None)
-    a = np.clip(np.asarray(after, np.float64), 0, None)
-    level = np.concatenate([b, a]).mean(axis=(0, 1))
-    eps = 0.01 * np.where(level > 0, level, 1.0)
-    ratio = np.log((a + eps) / (b + eps))
-    dot = (a * b).sum(-1)
-    norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    angle = np.arccos(np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0), -1.0, 1.0))
-    angle = np.broadcast_to(angle[..., None], ratio.shape)
-
-    def standardize(f: np.ndarray) -> np.ndarray:
-        sd = f.std()
-        return (f - f.mean()) / sd if sd > 1e-12 else np.zeros_like(f)
-
-    return np.stack([standardize(ratio), standardize(angle)], 0).astype(np.float32)
+    return change_volume(before, after, channels, normalize).read((slice(None),) * 3)
 
 
-def plan_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig
+def plan_change(before: Any, after: Any, train2d: np.ndarray, cfg: ChangeConfig
                 ) -> tuple[RunPlan, ChangeConfig, dict[str, Any]]:
     """The run of one bitemporal scene, worked out and checked before any output exists: the
     settings the scene decides (:func:`~fhcnn.apps.change.config.derive_settings`), the volume
@@ -122,11 +88,11 @@ def plan_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg:
         lab[slice_idx] = labels
     data = replace(cfg.data, reduce_depth=ch.target == "mean")
     seg_cfg = SegmentConfig(model=cfg.model, data=data, train=cfg.train, parallel=cfg.parallel)
-    plan = prepare(DenseInputs(build_volume(before, after, ch.channels, ch.normalize), lab, 2), seg_cfg)
+    plan = prepare(DenseInputs(change_volume(before, after, ch.channels, ch.normalize), lab, 2), seg_cfg)
     return plan, cfg, derived
 
 
-def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: ChangeConfig,
+def fit_change(before: Any, after: Any, train2d: np.ndarray, cfg: ChangeConfig,
                out_dir: Path | None = None, *, log: Callable[[str], None] = _log.info,
                quiet: bool = False, label_source: str = "labels", n_scored: int = 0,
                eval_fn: Callable[[np.ndarray], dict[str, float]] | None = None,
@@ -135,7 +101,7 @@ def fit_change(before: np.ndarray, after: np.ndarray, train2d: np.ndarray, cfg: 
     """Train on one bitemporal scene and predict its change map (the work of ``fhcnn change``).
 
     Args:
-        before, after: ``(H, W, B)`` float32 cubes.
+        before, after: ``(H, W, B)`` cubes (array-likes, read on demand).
         train2d: ``(H, W)`` uint8 training labels (0, 1, 255 = unlabelled).
         cfg: a :class:`ChangeConfig`.
         out_dir: where the trainer writes its checkpoints/metrics (None: nothing written).

@@ -1,33 +1,99 @@
 """Reading and validating the inputs of ``fhcnn segment``: frames, label masks, label frames,
-evaluation masks. Everything is checked here, before any output is created."""
+evaluation masks. Everything is checked here, before any output is created.
+
+The frames are opened, not loaded (:func:`~fhcnn.data.video.open_video`: a memory-mapped
+``.npy``, or image files, a GIF or a video file decoded on demand); labels and evaluation masks
+are :class:`FrameLabels`, which hold the masks of the frames that have one and read as a
+``(T, H, W)`` label volume.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from ...data.video import apply_classes, check_mask_encodings, mask_classes, read_masks, read_video
+from ...data.lazy import ChannelView, LazyVolume, StreamStats
+from ...data.video import VideoFrames, apply_classes, check_mask_encodings, mask_classes, open_video, read_masks
 from ...errors import InputError
 from ...options import IGNORE
 
-__all__ = ["VideoInputs", "load_video_inputs", "parse_frames"]
+__all__ = ["VideoInputs", "FrameLabels", "frames_volume", "load_video_inputs", "parse_frames"]
+
+
+class FrameLabels:
+    """A ``(T, H, W)`` uint8 label volume held as the class masks of some frames (``IGNORE``
+    everywhere else): reads take an integer or a basic slice per axis.
+
+    Example:
+        >>> lab = FrameLabels((4, 2, 3), {1: np.ones((2, 3), np.uint8)})
+        >>> lab[0:2, 0].tolist()
+        [[255, 255, 255], [1, 1, 1]]
+    """
+
+    def __init__(self, shape: tuple[int, int, int], masks: Mapping[int, np.ndarray]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.masks = {int(k): np.asarray(m, np.uint8) for k, m in masks.items()}
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def without(self, frames: Any) -> FrameLabels:
+        """The same masks but those of ``frames``."""
+        drop = set(int(k) for k in frames)
+        return FrameLabels(self.shape, {k: m for k, m in self.masks.items() if k not in drop})  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        t, rest = key[0], key[1:]
+        if isinstance(t, (int, np.integer)):
+            k = int(t) % self.shape[0]
+            m = self.masks.get(k)
+            return m[rest].copy() if m is not None else np.full(self.shape[1:], IGNORE, np.uint8)[rest]
+        a, b, step = t.indices(self.shape[0])
+        frames = range(a, b, step)
+        out = np.full((len(frames), *self.shape[1:]), IGNORE, np.uint8)[(slice(None),) + rest].copy()
+        for j, k in enumerate(frames):
+            if k in self.masks:
+                out[j] = self.masks[k][rest]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+
+COLOURS = ("red", "green", "blue")
+
+
+def frames_volume(frames: Any) -> LazyVolume:
+    """``(T, H, W, 3)`` frames (:class:`~fhcnn.data.video.VideoFrames` or an array) as the engine's
+    ``(3, T, H, W)`` volume of raw values, read on demand (no copy)."""
+    if isinstance(frames, VideoFrames):
+        channels = [frames.channel(c) for c in range(3)]
+    else:
+        channels = [ChannelView(np.asarray(frames), c, axis=3) for c in range(3)]
+    return LazyVolume(channels, names=[f"the {c} channel of the frames" for c in COLOURS])
 
 
 @dataclass
 class VideoInputs:
-    """Validated inputs: frames ``(T, H, W, 3)`` in their own bit depth, per-frame class masks ``(T, H, W)`` uint8
-    (255 = no label), the training frames, optional evaluation masks, class values."""
+    """Validated inputs: frames ``(T, H, W, 3)`` in their own bit depth (:class:`~fhcnn.data.video.VideoFrames`
+    or an array), per-frame class masks ``(T, H, W)`` uint8 (255 = no label; :class:`FrameLabels` or an
+    array), the training frames, optional evaluation masks, class values, and the statistics of
+    the three colour channels (streamed once; ``None``: the engine streams them)."""
 
-    frames: np.ndarray
+    frames: Any
     names: list[str]
-    labels: np.ndarray
+    labels: Any
     label_frames: list[int]
-    eval_labels: np.ndarray | None
+    eval_labels: Any
     eval_source: str | None
     classes: list[int]
     sources: dict[str, str] = field(default_factory=dict)
+    stats: list[StreamStats] | None = None
 
 
 def parse_frames(text: str | None, t: int) -> list[int] | None:
@@ -59,11 +125,17 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     a mask size different from the frame size, a label frame out of range or without a mask,
     labels without foreground (or without background).
     """
-    frames, names = read_video(video)
+    frames = open_video(video)
+    names = frames.names
     t, h, w = frames.shape[:3]
-    if frames.min() == frames.max():
-        raise InputError(f"every pixel of every frame of {video} has the value {frames.flat[0]}: "
-                         f"nothing to segment")
+    stats = frames_volume(frames).channel_stats()  # one streamed pass over the frames
+    bad = [f"{c} ({st.nonfinite:,} values, one at frame {st.first_nonfinite[0]})"
+           for c, st in zip(COLOURS, stats) if not st.finite and st.first_nonfinite is not None]
+    if bad:
+        raise InputError(f"{frames.path}: frames contain NaN or infinite values in {', '.join(bad)}")
+    if all(st.min == st.max for st in stats):
+        raise InputError(f"every pixel of every frame of {video} has the same colour "
+                         f"({', '.join(f'{st.min:g}' for st in stats)}): nothing to segment")
     lab_raw = read_masks(masks, names, (h, w))
     ev_raw = read_masks(eval_labels, names, (h, w)) if eval_labels is not None else None
     check_mask_encodings([(str(masks), lab_raw)] + ([(str(eval_labels), ev_raw)] if ev_raw else []),
@@ -81,10 +153,8 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     classes = mask_classes({k: lab_raw[k] for k in chosen}, *( [ev_raw] if ev_raw else []))
     if len(classes) > 255:
         raise InputError(f"too many distinct mask values ({len(classes)}) in {masks}")
-    labels = np.full((t, h, w), IGNORE, np.uint8)
-    for k in chosen:
-        labels[k] = apply_classes(lab_raw[k], classes)
-    present = set(np.unique(labels[chosen]).tolist()) - {IGNORE}
+    labels = FrameLabels((t, h, w), {k: apply_classes(lab_raw[k], classes) for k in chosen})
+    present = set().union(*(np.unique(m).tolist() for m in labels.masks.values())) - {IGNORE}
     if not present - {0}:
         raise InputError(f"the label frames {chosen} of {masks} hold no foreground (every mask value is 0)")
     if 0 not in present:
@@ -92,15 +162,11 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     ev = None
     ev_source = None
     if ev_raw is not None:
-        ev = np.full((t, h, w), IGNORE, np.uint8)
-        for k, m in ev_raw.items():
-            ev[k] = apply_classes(m, classes)
+        ev = FrameLabels((t, h, w), {k: apply_classes(m, classes) for k, m in ev_raw.items()})
         ev_source = str(eval_labels)
     elif len(set(lab_raw) - set(chosen)) > 0:  # masks of other frames: score them (never trained on)
-        ev = np.full((t, h, w), IGNORE, np.uint8)
-        for k, m in lab_raw.items():
-            ev[k] = apply_classes(m, classes)
+        ev = FrameLabels((t, h, w), {k: apply_classes(m, classes) for k, m in lab_raw.items()})
         ev_source = f"{masks} (frames not in --label-frames)"
     return VideoInputs(frames, names, labels, chosen, ev, ev_source, classes,
                        {"video": str(video), "labels": str(masks),
-                        **({"eval_labels": str(eval_labels)} if eval_labels is not None else {})})
+                        **({"eval_labels": str(eval_labels)} if eval_labels is not None else {})}, stats)

@@ -1,5 +1,6 @@
-"""What ``fhcnn segment`` writes: the prediction (``.npy`` and per-frame PNG masks), an overlay
-GIF, figures, the model's weights and ``metrics.json``."""
+"""What ``fhcnn segment`` writes besides ``prediction.npy`` (written chunk by chunk during the
+prediction): per-frame PNG masks, an overlay GIF (at most :data:`GIF_FRAMES` frames, evenly
+spaced), figures, the model's weights and ``metrics.json``; everything read frame by frame."""
 
 from __future__ import annotations
 
@@ -9,37 +10,41 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import atomic_path, atomic_save_npy, atomic_write_text
-from ...data.video import davis_palette, frames_to_uint8, write_mask_png
+from ...atomic import atomic_path, atomic_write_text
+from ...data.video import davis_palette, frames_for_display, write_mask_png
 from ...options import IGNORE
 from ...training.checkpoint import save_weights
 from .inputs import VideoInputs
 
-__all__ = ["write_outputs"]
+__all__ = ["write_outputs", "GIF_FRAMES"]
+
+#: Frames of the overlay GIF at most (a GIF is assembled in memory).
+GIF_FRAMES = 400
 
 
-def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any, metrics: dict) -> None:
-    """Write every output of a segmentation into ``out``."""
+def write_outputs(out: Path, inputs: VideoInputs, pred: Any, result: Any, metrics: dict) -> None:
+    """Write the outputs of a segmentation into ``out`` (``pred``: the ``(T, H, W)`` labels, read
+    frame by frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    atomic_save_npy(out / "prediction.npy", pred)
-    shown = frames_to_uint8(inputs.frames)
+    shown = frames_for_display(inputs.frames)
     for i, name in enumerate(inputs.names):
-        write_mask_png(out / "masks" / f"{name}.png", pred[i])
+        write_mask_png(out / "masks" / f"{name}.png", np.asarray(pred[i]))
     # overlay GIF (frames at most 480 pixels wide)
     pal = np.asarray(davis_palette(), np.float32).reshape(256, 3)
     t, h, w = pred.shape
     f = min(1.0, 480 / w)
     size = (max(1, int(w * f)), max(1, int(h * f)))
     ims = []
-    for i in range(t):
-        fr = shown[i].astype(np.float32)
-        col = pal[pred[i]]
-        a = (pred[i] > 0)[..., None] * 0.5
+    for i in np.unique(np.linspace(0, t - 1, min(t, GIF_FRAMES)).round().astype(int)):
+        fr = shown(i).astype(np.float32)
+        p = np.asarray(pred[i])
+        col = pal[p]
+        a = (p > 0)[..., None] * 0.5
         ov = (fr * (1 - a) + col * a).clip(0, 255).astype(np.uint8)
         small = Image.fromarray(ov).resize(size, Image.Resampling.BILINEAR)
         ims.append(small.convert("P", palette=Image.Palette.ADAPTIVE))
@@ -49,9 +54,9 @@ def write_outputs(out: Path, inputs: VideoInputs, pred: np.ndarray, result: Any,
     lf = inputs.label_frames
     fig, axes = plt.subplots(2, len(lf), figsize=(3.2 * len(lf), 4.6), squeeze=False)
     for j, kf in enumerate(lf):
-        axes[0, j].imshow(shown[kf])
+        axes[0, j].imshow(shown(kf))
         axes[0, j].set_title(f"frame {inputs.names[kf]} (labelled)", fontsize=9)
-        lab = inputs.labels[kf]
+        lab = np.asarray(inputs.labels[kf])
         axes[1, j].imshow(pal[np.where(lab == IGNORE, 0, lab)].astype(np.uint8))
         for a in axes[:, j]:
             a.axis("off")

@@ -1,13 +1,18 @@
 """Video object segmentation from a few labelled frames (the pipeline behind ``fhcnn segment``).
 
-:func:`~fhcnn.apps.segment.inputs.load_video_inputs` reads and validates everything (before any
-output is created); :func:`segment_video` makes one ``(3, T, H, W)`` volume of the frames,
-trains on the labelled frames only (the engine scales, pads and crops), predicts every frame,
-maps the prediction back to the input frame size and writes the outputs.
+:func:`~fhcnn.apps.segment.inputs.load_video_inputs` opens and validates everything (before any
+output is created); :func:`segment_video` sees the frames as one ``(3, T, H, W)`` volume of
+raw values (:func:`frames_volume`, nothing read: the engine streams the statistics it
+normalizes with), trains on the labelled frames only (the engine scales, pads and crops),
+predicts every frame chunk by chunk into ``prediction.npy`` (memory-mapped), maps the
+prediction back to the input frame size and writes the outputs. Frames that are decoded one by
+one (image files, GIF, video files) are copied once into the run folder (``inputs/video.zarr``)
+and read by window from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -17,18 +22,21 @@ import numpy as np
 
 from ... import log as _log
 from ...config import save_config
-from ...data.video import frames_to_unit
-from ...engine import SegmentConfig, segmentation_metrics
+from ...data.lazy import ChannelView
+from ...data.video import VideoFrames, frames_to_unit
+from ...data.volumes.sinks import NpySink
+from ...engine import SegmentConfig
+from ...engine.metrics import confusion_matrix, iou_from_confusion, scores_of_confusion
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import run
 from ...engine.store import LabelSink, Resized
 from ...options import IGNORE
 from ...training import is_main_process
-from .inputs import VideoInputs
+from .inputs import FrameLabels, VideoInputs, frames_volume
 from .outputs import write_outputs
 
-__all__ = ["segment_video", "plan_segmentation", "copy_nearest_baseline", "frames_to_volume",
-           "held_out_frames", "score_held_out"]
+__all__ = ["segment_video", "plan_segmentation", "copy_nearest_baseline", "frames_to_volume", "frames_volume",
+           "held_out_frames", "score_held_out", "local_copy"]
 
 
 def frames_to_volume(frames: np.ndarray) -> np.ndarray:
@@ -38,13 +46,25 @@ def frames_to_volume(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames_to_unit(frames).transpose(3, 0, 1, 2))
 
 
-def copy_nearest_baseline(labels: np.ndarray, label_frames: Sequence[int]) -> np.ndarray:
+class NearestLabelled:
+    """The trivial baseline, read frame by frame: every frame gets the mask of the nearest
+    labelled frame (``np.asarray`` gives the whole ``(T, H, W)`` volume)."""
+
+    def __init__(self, labels: Any, label_frames: Sequence[int]) -> None:
+        self.labels, self.label_frames = labels, np.asarray(sorted(label_frames))
+        self.shape = tuple(labels.shape)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.asarray(self.labels[int(self.label_frames[np.argmin(np.abs(self.label_frames - k))])])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.stack([self[k] for k in range(self.shape[0])])
+        return out if dtype is None else out.astype(dtype)
+
+
+def copy_nearest_baseline(labels: Any, label_frames: Sequence[int]) -> np.ndarray:
     """The trivial baseline: every frame gets the mask of the nearest labelled frame."""
-    lf = np.asarray(sorted(label_frames))
-    out = np.empty_like(labels)
-    for k in range(labels.shape[0]):
-        out[k] = labels[lf[np.argmin(np.abs(lf - k))]]
-    return out
+    return np.asarray(NearestLabelled(labels, label_frames))
 
 
 def held_out_frames(inputs: VideoInputs) -> list[int]:
@@ -56,29 +76,72 @@ def held_out_frames(inputs: VideoInputs) -> list[int]:
             and (inputs.eval_labels[i] != IGNORE).any()]
 
 
-def score_held_out(pred: np.ndarray, truth: np.ndarray, held_out: Sequence[int], k: int) -> dict[str, Any]:
+def score_held_out(pred: Any, truth: Any, held_out: Sequence[int], k: int) -> dict[str, Any]:
     """Scores of ``pred`` ``(T, H, W)`` against ``truth`` on the ``held_out`` frames only (the
-    held-out mIoU every ``fhcnn segment`` result and its baselines report)."""
-    tr = truth.copy()
-    keep = np.zeros(tr.shape[0], bool)
-    keep[list(held_out)] = True
-    tr[~keep] = IGNORE
-    m = segmentation_metrics(pred, tr, k)
+    held-out mIoU every ``fhcnn segment`` result and its baselines report), read frame by frame:
+    ``miou``, ``iou``, ``dice``, ``accuracy``, ``scored_voxels`` (``J`` for two classes), and
+    ``per_frame_miou`` / ``per_frame_iou`` (``None`` for frames not scored)."""
+    held = set(int(i) for i in held_out)
+    cm = np.zeros((k, k), np.int64)
+    per_miou: list[float | None] = []
+    per_iou: list[list[float | None] | None] = []
+    for i in range(int(pred.shape[0])):
+        cmk = confusion_matrix(np.asarray(pred[i]), np.asarray(truth[i]), k) if i in held else None
+        if cmk is None or cmk.sum() == 0:
+            per_miou.append(None)
+            per_iou.append(None)
+            continue
+        cm += cmk
+        iou = iou_from_confusion(cmk)
+        per_miou.append(float(np.nanmean(iou)) if np.isfinite(iou).any() else None)
+        per_iou.append([None if np.isnan(v) else float(v) for v in iou])
+    m = scores_of_confusion(cm)
     m.pop("confusion", None)
+    m["per_frame_miou"], m["per_frame_iou"] = per_miou, per_iou
     return m
 
 
 def plan_segmentation(inputs: VideoInputs, cfg: SegmentConfig, eval_every: int = 0) -> RunPlan:
     """The run of ``inputs`` under ``cfg``, worked out and checked (before any output exists):
     the frames as one ``(3, T, H, W)`` volume, the label frames' masks as labels; with
-    ``eval_every`` the held-out frames' masks are scored every so many steps."""
+    ``eval_every`` the held-out frames' masks are scored every so many steps.
+
+    Raises:
+        InputError: as :func:`~fhcnn.engine.plan.prepare`.
+    """
     truth = None
     if eval_every and inputs.eval_labels is not None:
-        truth = inputs.eval_labels.copy()
-        truth[inputs.label_frames] = IGNORE
+        ev = inputs.eval_labels
+        truth = (ev.without(inputs.label_frames) if isinstance(ev, FrameLabels)
+                 else _blank_frames(ev, inputs.label_frames))
         cfg = copy.deepcopy(cfg)
         cfg.data.eval_every = eval_every
-    return prepare(DenseInputs(frames_to_volume(inputs.frames), inputs.labels, len(inputs.classes), truth), cfg)
+    return prepare(DenseInputs(frames_volume(inputs.frames), inputs.labels, len(inputs.classes), truth,
+                               stats=inputs.stats), cfg)
+
+
+def _blank_frames(labels: Any, frames: Sequence[int]) -> np.ndarray:
+    out = np.array(labels, copy=True)
+    out[list(frames)] = IGNORE
+    return out
+
+
+def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[str], None] = _log.info) -> None:
+    """Frames decoded one by one (image files, GIF, video files) are copied once, in one pass,
+    into the run folder (``inputs/video.zarr``, chunks of 64 frames x 64 x 64 pixels per colour,
+    recorded in ``run.json``), and the plan reads its windows from the copy."""
+    frames = inputs.frames
+    if not (isinstance(frames, VideoFrames) and frames.sequential):
+        return
+    from ...rundir import copy_input
+    from ...training.device import resolve_device
+
+    copy_ = copy_input(folder, "video", frames.planar(), (1, 64, 64, 64), axis=1,
+                       device=resolve_device(plan.config.train.device).type,
+                       peer_timeout=plan.config.train.peer_timeout)
+    plan.read_from([ChannelView(copy_, c, axis=0) for c in range(3)])
+    log(f"frames: read by window from a chunked copy made once in {folder / 'inputs' / 'video.zarr'} "
+        f"({frames.path} is decoded frame by frame)")
 
 
 def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, quiet: bool = False,
@@ -101,11 +164,28 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     if out is not None:
         save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    pred = np.zeros((t, h0, w0), np.uint8) if is_main_process() else np.zeros((0, 0, 0), np.uint8)
-    result, predict_s = run(plan, out, lambda r: [Resized(LabelSink(pred), (h0, w0), geom.scaled)],
-                            resume=resume, quiet=quiet)
-    if not is_main_process():  # under torchrun only rank 0 writes and reports
-        return {}
+    with contextlib.ExitStack() as stack:
+        pred: Any = np.zeros((0, 0, 0), np.uint8)
+        if is_main_process():
+            pred = np.zeros((t, h0, w0), np.uint8) if out is None else \
+                stack.enter_context(NpySink(out, (t, h0, w0), np.dtype(np.uint8)))
+        result, predict_s = run(plan, out, lambda r: [Resized(LabelSink(pred), (h0, w0), geom.scaled)],
+                                resume=resume, quiet=quiet)
+        if not is_main_process():  # under torchrun only rank 0 writes and reports
+            return {}
+        metrics = _report(inputs, plan, pred, result, predict_s, t0, log)
+        if out is not None:
+            write_outputs(out, inputs, pred, result, metrics)
+    metrics["prediction"] = np.load(out / "prediction.npy", mmap_mode="r") if out is not None else pred
+    return metrics
+
+
+def _report(inputs: VideoInputs, plan: RunPlan, pred: Any, result: Any, predict_s: float, t0: float,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """The metrics of a finished run (held-out scores frame by frame) and their log lines."""
+    cfg, geom = plan.config, plan.geometry
+    t, h0, w0 = inputs.frames.shape[:3]
+    k = len(inputs.classes)
     log(f"trained {cfg.train.steps} steps in {result.train_time_s:.0f} s on {result.device}; "
         f"activation memory of one step ({cfg.data.batch_size} windows of {result.window}): "
         f"{result.activation_bytes / 2**20:.1f} MiB")
@@ -119,7 +199,7 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
         "activation_bytes": result.activation_bytes, "train_window": list(result.window),
         "device": str(result.device), "arch": cfg.model.arch,
         "parameters": sum(p.numel() for p in result.model.parameters()),
-        "predicted_fraction": [float((pred == c).mean()) for c in range(k)],
+        "predicted_fraction": _fractions(pred, k),
     }
     held = held_out_frames(inputs)
     if inputs.eval_labels is not None and not held:
@@ -127,8 +207,7 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
         log("no held-out frames to score (every frame with a mask is a label frame)")
     elif inputs.eval_labels is not None:
         ours = score_held_out(pred, inputs.eval_labels, held, k)
-        base_pred = copy_nearest_baseline(inputs.labels, inputs.label_frames)
-        base = score_held_out(base_pred, inputs.eval_labels, held, k)
+        base = score_held_out(NearestLabelled(inputs.labels, inputs.label_frames), inputs.eval_labels, held, k)
         metrics.update({
             "eval_labels": inputs.eval_source, "scored_frames": held,
             "miou": ours["miou"], "iou": ours["iou"], **({"J": ours["J"]} if "J" in ours else {}),
@@ -141,10 +220,15 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
             + (f", J {ours['J']:.4f}" if "J" in ours and ours["J"] is not None else "")
             + f"  (copy-nearest-labelled-mask baseline: mIoU {base['miou']:.4f})")
     metrics["history"] = result.history
-    if out is not None:
-        write_outputs(out, inputs, pred, result, metrics)
-    metrics["prediction"] = pred
     return metrics
+
+
+def _fractions(pred: Any, k: int) -> list[float]:
+    """The fraction of the voxels predicted as each class, counted frame by frame."""
+    counts = np.zeros(k, np.int64)
+    for i in range(pred.shape[0]):
+        counts += np.bincount(np.asarray(pred[i]).ravel(), minlength=k)[:k]
+    return (counts / max(1, int(np.prod(pred.shape)))).tolist()
 
 
 def segment_command(video: str, labels: str, cfg: SegmentConfig, out: str, *, label_frames: str | None = None,
@@ -163,4 +247,5 @@ def segment_command(video: str, labels: str, cfg: SegmentConfig, out: str, *, la
                                 roles={"video": video, "labels": labels, "eval_labels": eval_labels},
                                 extra={"label_frames": inputs.label_frames})
     _logging.setup(quiet)
+    local_copy(plan, inputs, folder)
     return segment_video(inputs, cfg, folder, quiet=quiet, resume=resume, plan=plan), folder

@@ -335,8 +335,8 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
     in one streamed pass along the axis its file reads fastest, into a chunked zarr array in the
     run folder (``inputs/``, recorded in ``run.json``), and point the plan at the copies: training
     and prediction then read windows from them."""
-    from ... import atomic
-    from ...data.lazy import copy_to_zarr
+    from ...rundir import copy_input
+    from ...training.device import resolve_device
 
     slow = inputs.compressed
     if not any(slow):
@@ -348,25 +348,16 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
         arrays["eval_labels"] = inputs.eval_labels
     axes = list(inputs.slab_axes or [0] * n) + [0, 0]
     copies: dict[str, Any] = {}
+    device = resolve_device(plan.config.train.device).type
     for (name, array), is_slow, axis in zip(arrays.items(), slow, axes):
         if not is_slow:
             continue
-        final = folder / "inputs" / f"{name}.zarr"
-        tmp = folder / f".{name}.zarr.tmp"
-        copy_to_zarr(array, tmp, (64, 64, 64), axis=axis)
-        atomic.place_tree(tmp, final)
-        copies[name] = zarr_array(final)
-        log(f"{name}: read by window from a chunked copy made once in {final} (its file is compressed)")
-    plan.volume = LazyVolume([copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)],
-                             coords=plan.volume.coords, names=plan.volume.names)
+        copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, device=device,
+                                  peer_timeout=plan.config.train.peer_timeout)
+        log(f"{name}: read by window from a chunked copy made once in {folder / 'inputs' / name}.zarr "
+            f"(its file is compressed)")
+    plan.read_from([copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)])
     if "labels" in copies and plan.labels is inputs.labels:
         plan.labels = copies["labels"]
     if "eval_labels" in copies:
         inputs.eval_labels = copies["eval_labels"]
-
-
-def zarr_array(path: Path) -> Any:
-    """A zarr array opened for reading."""
-    import zarr
-
-    return zarr.open_array(str(path), mode="r")

@@ -10,6 +10,8 @@ from .labels import check_labels, labels_from_masks, read_change_map, sample_lab
 from .readers import (
     CUBE_SUFFIXES,
     input_files,
+    open_cube,
+    open_pair,
     read_cube,
     read_envi,
     read_envi_header,
@@ -24,7 +26,7 @@ from .synthetic import (
 )
 
 __all__ = [
-    "IGNORE", "CUBE_SUFFIXES", "read_cube", "read_pair", "read_envi", "read_envi_header",
+    "IGNORE", "CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
     "write_envi", "input_files", "read_change_map", "labels_from_masks", "sample_labels", "check_labels",
     "BitemporalScene", "make_bitemporal_scene", "spectral_library", "false_color", "MATERIALS",
 ]

@@ -31,8 +31,8 @@ import numpy as np
 
 from ...errors import InputError
 
-__all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "read_envi", "read_envi_header", "write_envi",
-           "input_files"]
+__all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
+           "write_envi", "input_files"]
 
 CUBE_SUFFIXES = (".npy", ".mat", ".hdr", ".tif", ".tiff", ".img", ".dat", ".raw", ".bsq",
                  ".bil", ".bip", "(none: ENVI raw file next to a .hdr/.HDR header)")
@@ -238,17 +238,42 @@ def _is_hdf5(path: Path) -> bool:
     return b"\x89HDF\r\n\x1a\n" in head[:8] or head[512:520] == b"\x89HDF\r\n\x1a\n"
 
 
-def _mat_variables(path: Path) -> dict[str, np.ndarray]:
+class _MatlabDataset:
+    """A >= 3D array of a MATLAB v7.3 (HDF5) file, read on demand with its axes reversed back to
+    MATLAB's order (the file is opened for each read)."""
+
+    def __init__(self, path: Path, name: str, shape: Sequence[int], dtype: Any) -> None:
+        self.path, self.name = path, name
+        self.shape = tuple(int(n) for n in reversed(tuple(shape)))
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import h5py
+
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[self.name][tuple(reversed(key))]).T
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[()]
+        return a if dtype is None else a.astype(dtype)
+
+
+def _mat_variables(path: Path) -> dict[str, Any]:
     """All numeric arrays of a .mat file, in (MATLAB) ``(rows, cols, ...)`` order."""
     if _is_hdf5(path):
         import h5py
 
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {}
         with h5py.File(path, "r") as f:
             for name, obj in f.items():
                 if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and not name.startswith("#"):
                     # HDF5 stores MATLAB's column-major arrays with the axis order reversed
-                    out[name] = np.asarray(obj[()]).T
+                    out[name] = _MatlabDataset(path, name, obj.shape, obj.dtype) if obj.ndim >= 3 \
+                        else np.asarray(obj[()]).T
         return out
     import scipy.io
 
@@ -273,6 +298,7 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
                              f"(variables: {sorted(variables)}); pass the variable name")
         arr = max(cands.values(), key=lambda v: v.size)
     if arr.ndim == 2 and "nRow" in variables and "nCol" in variables:
+        arr = np.asarray(arr)
         # unmixing layout: (bands, rows*cols), pixels in MATLAB column-major order
         rows, cols = int(np.squeeze(variables["nRow"])), int(np.squeeze(variables["nCol"]))
         if arr.shape[1] == rows * cols:
@@ -326,16 +352,30 @@ def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
                      ".npy, .mat (v5 and v7.3), ENVI (.hdr/.HDR header or raw file), .tif/.tiff")
 
 
-def _finish(arr: np.ndarray, path: Path, what: str = "cube") -> np.ndarray:
+def _checked(arr: Any, path: Path, what: str = "cube") -> Any:
+    """``arr`` (an ``(H, W, B)`` array-like, not read) after one streamed pass that refuses NaN
+    and infinite values, naming the first."""
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{path}: {what} has non-numeric type {arr.dtype}")
-    out = np.array(arr, dtype=np.float32, order="C")   # a writable copy (inputs may be memory maps)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{path}: {what} contains {int(bad.sum())} NaN/inf value(s) "
-                         f"(first at index {idx}); fill or mask them before training")
-    return out
+    if arr.dtype.kind == "f":
+        h, w = int(arr.shape[0]), int(arr.shape[1])
+        rows = max(1, (16 * 2**20) // max(1, 8 * w * int(np.prod(arr.shape[2:]))))
+        count, first = 0, None
+        for r in range(0, h, rows):
+            bad = ~np.isfinite(np.asarray(arr[r:r + rows]))
+            if bad.any():
+                count += int(bad.sum())
+                if first is None:
+                    where = np.argwhere(bad)[0]
+                    first = (int(where[0]) + r, *(int(i) for i in where[1:]))
+        if count:
+            raise InputError(f"{path}: {what} contains {count} NaN/inf value(s) "
+                             f"(first at index {first}); fill or mask them before training")
+    if isinstance(arr, np.memmap):  # read by copy: the map's pages do not stay resident
+        from ..lazy import Unmapped
+
+        return Unmapped(arr)
+    return arr
 
 
 def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
@@ -354,19 +394,38 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
         >>> read_cube(p).shape
         (4, 5, 3)
     """
+    return np.array(open_cube(path, key), dtype=np.float32, order="C")
+
+
+def open_cube(path: str | os.PathLike[str], key: str | None = None) -> Any:
+    """Open one hyperspectral image as an ``(H, W, B)`` array-like in the file's numeric type,
+    read on demand where the format allows (``.npy``, ENVI: memory maps; ``.mat`` v7.3: the HDF5
+    dataset; ``.mat`` v5 and TIFF are read whole). One streamed pass refuses NaN/inf values.
+
+    Raises:
+        FileNotFoundError, InputError: as :func:`read_cube`.
+    """
     path = Path(path)
     arr = _load_any(path, key, (2, 3))
     if arr.ndim == 2:
-        arr = arr[:, :, None]
+        arr = np.asarray(arr)[:, :, None]
     if arr.ndim != 3:
         raise InputError(f"{path}: expected one image (H, W, bands), got shape {tuple(arr.shape)}"
                          + ("; a 4D file holds both dates: give it alone as BEFORE" if arr.ndim == 4 else ""))
-    return _finish(arr, path)
+    return _checked(arr, path)
 
 
 def read_pair(path: str | os.PathLike[str], key: str | None = None,
               sources: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read both dates from one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``.
+    """Read both dates from one file as float32 ``(H, W, B)`` arrays (see :func:`open_pair`)."""
+    a, b = open_pair(path, key, sources)
+    return np.array(a, dtype=np.float32, order="C"), np.array(b, dtype=np.float32, order="C")
+
+
+def open_pair(path: str | os.PathLike[str], key: str | None = None,
+              sources: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """Open both dates of one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``, as two
+    ``(H, W, B)`` array-likes read on demand where the format allows (see :func:`open_cube`).
 
     A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
     as the pair in name order, or in the order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
@@ -395,15 +454,15 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
                 sources.update(before=f"variable {k1}", after=f"variable {k2}",
                                order="as --key says" if key is not None
                                else f"taken in name order; --key {k2},{k1} swaps them")
-            return _finish(a, path, k1), _finish(b, path, k2)
+            return _checked(a, path, k1), _checked(b, path, k2)
     arr = _load_any(path, key, (4,))
     if arr.ndim != 4:
         raise InputError(f"{path}: a single input must be 4D (2, H, W, bands) holding both dates, "
                          f"got shape {tuple(arr.shape)}; otherwise give BEFORE and AFTER")
     if arr.shape[0] == 2:
-        a, b = arr[0], arr[1]
+        a, b = (arr[i] if isinstance(arr, np.ndarray) else np.asarray(arr)[i] for i in (0, 1))
     elif arr.shape[-1] == 2:
-        a, b = arr[..., 0], arr[..., 1]
+        a, b = (arr[..., i] if isinstance(arr, np.ndarray) else np.asarray(arr)[..., i] for i in (0, 1))
     else:
         raise InputError(f"{path}: a 4D input needs a date axis of length 2 first or last, "
                          f"got shape {tuple(arr.shape)}")
@@ -412,4 +471,4 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
         sources.update(before="index 0 of the " + ("first" if first else "last") + " axis",
                        after="index 1 of the " + ("first" if first else "last") + " axis",
                        order="the date axis of the 4D array")
-    return _finish(a, path, "date 1"), _finish(b, path, "date 2")
+    return _checked(a, path, "date 1"), _checked(b, path, "date 2")

@@ -1,0 +1,189 @@
+"""The engine's volume of a bitemporal scene, computed from the two dates as it is read.
+
+Two ``(H, W, B)`` cubes (memory maps, HDF5 datasets or arrays) become a ``(C, B, H, W)``
+:class:`~fhcnn.data.lazy.LazyVolume` whose channels are :class:`ChangeChannel` views: the
+dates with every band standardized over both dates (``normalize="band"``), their difference,
+and the standardized log ratio and spectral angle (:data:`~fhcnn.apps.change.config.ChangeChannels`).
+The statistics these need are streamed over slabs of rows (:func:`scene_moments`), so nothing
+holds a whole cube; a window read computes its channels from the two dates' box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+
+from ...data.lazy import SLAB_BYTES, LazyVolume
+from .config import BandNormalization, ChangeChannels
+
+__all__ = ["ChangeChannel", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
+
+#: What one channel of the change volume holds.
+ChannelKind = Literal["before", "after", "diff", "ratio", "angle"]
+
+
+def row_slabs(shape: Sequence[int], cubes: int = 2, max_bytes: int | None = None) -> Iterator[slice]:
+    """Slices of rows of an ``(H, W, B)`` scene, each at most ``max_bytes`` (default
+    :data:`~fhcnn.data.lazy.SLAB_BYTES`) of float64 over ``cubes`` cubes (at least one row)."""
+    h, w, b = (int(n) for n in shape)
+    rows = max(1, (SLAB_BYTES if max_bytes is None else max_bytes) // max(1, 8 * cubes * w * b))
+    for r in range(0, h, rows):
+        yield slice(r, min(h, r + rows))
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations merged slab by slab (Chan et al.), per band
+    (``axis`` reduces every other axis) or over everything (``axis=None``)."""
+
+    def __init__(self) -> None:
+        self.n: Any = 0
+        self.mean: Any = 0.0
+        self.m2: Any = 0.0
+
+    def add(self, x: np.ndarray, per_band: bool) -> None:
+        x = x.reshape(-1, x.shape[-1]) if per_band else x.reshape(-1)
+        k = x.shape[0]
+        if k == 0:
+            return
+        mb = x.mean(0)
+        m2b = np.square(x - mb).sum(0)
+        tot = self.n + k
+        delta = mb - self.mean
+        self.mean = self.mean + delta * k / tot
+        self.m2 = self.m2 + m2b + delta * delta * self.n * k / tot
+        self.n = tot
+
+    @property
+    def std(self) -> Any:
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+
+@dataclass(frozen=True)
+class SceneMoments:
+    """What the channels of a scene need, streamed once (float64).
+
+    Attributes:
+        band_mean, band_std: ``(B,)`` over both dates (the ``"band"`` standardization).
+        eps: ``(B,)`` the log ratio's offset: 1 % of the band's mean level over both dates
+            (values clipped at 0; 1 % of 1 where that level is 0).
+        ratio_mean, ratio_std, angle_mean, angle_std: of the log ratio over the scene and of
+            the spectral angle over the pixels (``nan`` unless asked for).
+    """
+
+    band_mean: np.ndarray
+    band_std: np.ndarray
+    eps: np.ndarray
+    ratio_mean: float = math.nan
+    ratio_std: float = math.nan
+    angle_mean: float = math.nan
+    angle_std: float = math.nan
+
+
+def _ratio(b: np.ndarray, a: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    return np.log((np.clip(a, 0, None) + eps) / (np.clip(b, 0, None) + eps))
+
+
+def _angle(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``(..., B)`` -> ``(...)`` spectral angle of the clipped spectra (0 where one is all zeros)."""
+    b, a = np.clip(b, 0, None), np.clip(a, 0, None)
+    dot = (a * b).sum(-1)
+    norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    return np.arccos(np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 1.0), -1.0, 1.0))
+
+
+def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMoments:
+    """Stream the statistics of a scene (see :class:`SceneMoments`): one pass over slabs of rows
+    of both dates, a second one for the log ratio and the spectral angle when ``features``."""
+    bands, level = _Moments(), _Moments()
+    for rows in row_slabs(before.shape):
+        b = np.asarray(before[rows], np.float64)
+        a = np.asarray(after[rows], np.float64)
+        both = np.concatenate([b, a])
+        bands.add(both, per_band=True)
+        level.add(np.clip(both, 0, None), per_band=True)
+    lev = np.asarray(level.mean, np.float64)
+    eps = 0.01 * np.where(lev > 0, lev, 1.0)
+    if not features:
+        return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps)
+    ratio, angle = _Moments(), _Moments()
+    for rows in row_slabs(before.shape):
+        b = np.asarray(before[rows], np.float64)
+        a = np.asarray(after[rows], np.float64)
+        ratio.add(_ratio(b, a, eps), per_band=False)
+        angle.add(_angle(b, a), per_band=False)
+    return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps, float(ratio.mean), float(ratio.std),
+                        float(angle.mean), float(angle.std))
+
+
+def _standardize(f: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return (f - mean) / std if std > 1e-12 else np.zeros_like(f)
+
+
+class ChangeChannel:
+    """One ``(B, H, W)`` float32 channel of the change volume, computed from the two ``(H, W, B)``
+    dates on read (basic slices or integers per axis).
+
+    ``kind``: ``"before"`` / ``"after"`` (the date, its bands standardized with ``normalize="band"``),
+    ``"diff"`` (after minus before, each standardized as the dates are), ``"ratio"`` (the
+    standardized log ratio ``log((after + eps) / (before + eps))`` of the clipped values) or
+    ``"angle"`` (the standardized spectral angle of each pixel, repeated over the bands).
+    """
+
+    def __init__(self, before: Any, after: Any, kind: ChannelKind, moments: SceneMoments,
+                 normalize: BandNormalization = "band") -> None:
+        self.before, self.after, self.kind, self.moments, self.normalize = before, after, kind, moments, normalize
+        h, w, b = (int(n) for n in before.shape)
+        self.shape = (b, h, w)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def _dates(self, x: np.ndarray, bands: slice) -> np.ndarray:
+        if self.normalize != "band":
+            return x
+        mu, sd = self.moments.band_mean[bands], self.moments.band_std[bands]
+        return (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        squeeze = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in key)
+        band_key, rows, cols = (slice(int(k), int(k) + 1 if int(k) != -1 else None)
+                                if isinstance(k, (int, np.integer)) else k for k in key)
+        all_bands = slice(None)
+        bands = all_bands if self.kind == "angle" else band_key
+        m = self.moments
+        if self.kind in ("before", "after"):
+            src = self.before if self.kind == "before" else self.after
+            out = self._dates(np.asarray(src[rows, cols, bands], np.float64), bands)
+        else:
+            b = np.asarray(self.before[rows, cols, bands], np.float64)
+            a = np.asarray(self.after[rows, cols, bands], np.float64)
+            if self.kind == "diff":
+                out = self._dates(a, bands) - self._dates(b, bands)
+            elif self.kind == "ratio":
+                out = _standardize(_ratio(b, a, m.eps[bands]), m.ratio_mean, m.ratio_std)
+            else:
+                ang = _standardize(_angle(b, a), m.angle_mean, m.angle_std)
+                n = len(range(*band_key.indices(self.shape[0])))
+                out = np.broadcast_to(ang[..., None], (*ang.shape, n))
+        return np.ascontiguousarray(np.moveaxis(out, -1, 0), np.float32)[squeeze]
+
+
+def change_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
+                  normalize: BandNormalization = "band", moments: SceneMoments | None = None) -> LazyVolume:
+    """The ``(C, B, H, W)`` volume of two ``(H, W, B)`` dates, read on demand (C = 2, 3 or 5; see
+    the module docstring); ``moments``: the scene's, if already streamed."""
+    parts = channels.split("+")
+    features = "ratio" in parts
+    if moments is None or (features and math.isnan(moments.ratio_std)):
+        moments = scene_moments(before, after, features)
+    kinds: list[ChannelKind] = ["before", "after"]
+    if "diff" in parts:
+        kinds.append("diff")
+    if features:
+        kinds += ["ratio", "angle"]
+    return LazyVolume([ChangeChannel(before, after, k, moments, normalize) for k in kinds],
+                      names=[f"the {k} channel" for k in kinds])
