@@ -11,6 +11,7 @@ holds a whole cube; a window read computes its channels from the two dates' box.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
@@ -19,7 +20,7 @@ import numpy as np
 from ...data.lazy import SLAB_BYTES, LazyVolume
 from .config import BandNormalization, ChangeChannels
 
-__all__ = ["ChangeChannel", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
+__all__ = ["ChangeChannel", "TwoDates", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
 
 #: What one channel of the change volume holds.
 ChannelKind = Literal["before", "after", "diff", "ratio", "angle"]
@@ -122,6 +123,28 @@ def _standardize(f: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (f - mean) / std if std > 1e-12 else np.zeros_like(f)
 
 
+class TwoDates:
+    """The two ``(H, W, B)`` dates of a scene, read together as float64: the last box read is
+    kept, so the channels of one window read it once."""
+
+    def __init__(self, before: Any, after: Any) -> None:
+        self.before, self.after = before, after
+        self.shape = tuple(int(n) for n in before.shape)
+        self._last: tuple[Any, tuple[np.ndarray, np.ndarray]] | None = None
+        self._lock = threading.Lock()
+
+    def read(self, rows: slice, cols: slice, bands: slice) -> tuple[np.ndarray, np.ndarray]:
+        key = tuple(k.indices(n) for k, n in zip((rows, cols, bands), self.shape))
+        with self._lock:
+            if self._last is not None and self._last[0] == key:
+                return self._last[1]
+        box = (rows, cols, bands)
+        pair = (np.asarray(self.before[box], np.float64), np.asarray(self.after[box], np.float64))
+        with self._lock:
+            self._last = (key, pair)
+        return pair
+
+
 class ChangeChannel:
     """One ``(B, H, W)`` float32 channel of the change volume, computed from the two ``(H, W, B)``
     dates on read (basic slices or integers per axis).
@@ -130,12 +153,13 @@ class ChangeChannel:
     ``"diff"`` (after minus before, each standardized as the dates are), ``"ratio"`` (the
     standardized log ratio ``log((after + eps) / (before + eps))`` of the clipped values) or
     ``"angle"`` (the standardized spectral angle of each pixel, repeated over the bands).
+    The channels of one volume share their :class:`TwoDates`.
     """
 
-    def __init__(self, before: Any, after: Any, kind: ChannelKind, moments: SceneMoments,
+    def __init__(self, dates: TwoDates, kind: ChannelKind, moments: SceneMoments,
                  normalize: BandNormalization = "band") -> None:
-        self.before, self.after, self.kind, self.moments, self.normalize = before, after, kind, moments, normalize
-        h, w, b = (int(n) for n in before.shape)
+        self.dates, self.kind, self.moments, self.normalize = dates, kind, moments, normalize
+        h, w, b = dates.shape
         self.shape = (b, h, w)
         self.dtype = np.dtype(np.float32)
         self.ndim = 3
@@ -155,12 +179,10 @@ class ChangeChannel:
         all_bands = slice(None)
         bands = all_bands if self.kind == "angle" else band_key
         m = self.moments
+        b, a = self.dates.read(rows, cols, bands)
         if self.kind in ("before", "after"):
-            src = self.before if self.kind == "before" else self.after
-            out = self._dates(np.asarray(src[rows, cols, bands], np.float64), bands)
+            out = self._dates(b if self.kind == "before" else a, bands)
         else:
-            b = np.asarray(self.before[rows, cols, bands], np.float64)
-            a = np.asarray(self.after[rows, cols, bands], np.float64)
             if self.kind == "diff":
                 out = self._dates(a, bands) - self._dates(b, bands)
             elif self.kind == "ratio":
@@ -185,5 +207,6 @@ def change_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
         kinds.append("diff")
     if features:
         kinds += ["ratio", "angle"]
-    return LazyVolume([ChangeChannel(before, after, k, moments, normalize) for k in kinds],
+    dates = TwoDates(before, after)
+    return LazyVolume([ChangeChannel(dates, k, moments, normalize) for k in kinds],
                       names=[f"the {k} channel" for k in kinds])
