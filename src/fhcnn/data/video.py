@@ -14,6 +14,7 @@ are mapped to classes ``0..K-1`` by :func:`mask_classes` (0 stays background).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import re
 from pathlib import Path
@@ -383,25 +384,34 @@ def _checked(frames: VideoFrames) -> VideoFrames:
     return frames
 
 
-def _open_gif(path: Path) -> VideoFrames:
-    from PIL import Image, ImageSequence
+def _sequential(path: Path, frames: Callable[[], Iterator[np.ndarray]]) -> VideoFrames:
+    """Frames decoded in order (``frames()`` yields every frame from the first): one decoding pass
+    counts them and checks that every frame has the first one's shape; a read decodes its range."""
 
     def decode(a: int, b: int) -> Iterator[np.ndarray]:
-        with Image.open(path) as im:
-            for i, fr in enumerate(ImageSequence.Iterator(im)):
-                if i >= b:
-                    break
-                if i >= a:
-                    yield np.asarray(fr.convert("RGB"))
+        return itertools.islice(frames(), a, b)
 
     n, first = 0, None
-    for fr in decode(0, 2**62):
+    for fr in frames():
+        if first is not None and fr.shape != first.shape:
+            raise InputError(f"{path}: frame {n} has shape {fr.shape}, frame 0 {first.shape}")
         first = fr if first is None else first
         n += 1
     if first is None:
         raise InputError(f"{path}: no frames")
     return VideoFrames(_DecodedFrames(decode, (n, *first.shape), first.dtype),
                        [f"{i:05d}" for i in range(n)], str(path), True)
+
+
+def _open_gif(path: Path) -> VideoFrames:
+    from PIL import Image, ImageSequence
+
+    def frames() -> Iterator[np.ndarray]:
+        with Image.open(path) as im:
+            for fr in ImageSequence.Iterator(im):
+                yield np.asarray(fr.convert("RGB"))
+
+    return _sequential(path, frames)
 
 
 def _open_video_file(path: Path) -> VideoFrames:
@@ -416,24 +426,12 @@ def _open_video_file(path: Path) -> VideoFrames:
                                  "pip install 'fhcnn[io]' or imageio-ffmpeg)") from None
             raise
 
-    def decode(a: int, b: int) -> Iterator[np.ndarray]:
+    def frames() -> Iterator[np.ndarray]:
         with reader() as r:
-            for i, fr in enumerate(r):  # type: ignore[attr-defined]
-                if i >= b:
-                    break
-                if i >= a:
-                    yield np.asarray(fr)
+            for fr in r:  # type: ignore[attr-defined]
+                yield np.asarray(fr)
 
-    n, first = 0, None
-    for fr in decode(0, 2**62):
-        if first is not None and fr.shape != first.shape:
-            raise InputError(f"{path}: frame {n} has shape {fr.shape}, frame 0 {first.shape}")
-        first = fr if first is None else first
-        n += 1
-    if first is None:
-        raise InputError(f"{path}: no frames")
-    return VideoFrames(_DecodedFrames(decode, (n, *first.shape), first.dtype),
-                       [f"{i:05d}" for i in range(n)], str(path), True)
+    return _sequential(path, frames)
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
