@@ -30,7 +30,7 @@ from ._npy import load_npy
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["read_video", "open_video", "VideoFrames", "frames_to_unit", "frames_to_uint8", "frames_for_display",
+__all__ = ["read_video", "open_video", "VideoFrames", "frames_to_unit", "frames_for_display",
            "read_masks", "MaskSet",
            "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette", "write_mask_png",
            "generate_video", "open_image", "pil_high_depth"]
@@ -62,17 +62,12 @@ def _davis_sequence_folder(folder: Path, kind: str) -> Path:
 
 
 def _to_rgb(a: np.ndarray, what: str) -> np.ndarray:
-    """``(T, H, W[, C])`` -> ``(T, H, W, 3)`` in the frames' own type (uint8, uint16, float ...)."""
-    if a.ndim == 3:
-        a = np.repeat(a[..., None], 3, -1)
-    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
+    """``(T, H, W[, C])`` -> ``(T, H, W, 3)`` in the frames' own type (uint8, uint16, float ...),
+    NaN/inf and non-numeric frames refused."""
+    if not (a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (1, 3, 4))):
         raise InputError(f"{what}: expected frames (T, H, W, 3) or (T, H, W), got shape {a.shape}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, -1)
-    a = a[..., :3]
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype.kind == "f":
+    a = _to_rgb_values(a, grey=a.ndim == 3)
+    if a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise InputError(f"{what}: frames contain NaN or infinite values")
     elif a.dtype.kind not in "iu":
@@ -80,26 +75,37 @@ def _to_rgb(a: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _to_rgb_values(block: np.ndarray, grey: bool) -> np.ndarray:
+    """Raw frames ``(..., C)`` (C = 1, 3, 4), or ``(...)`` when ``grey``, as ``(..., 3)`` in their
+    own type (booleans as 0 / 255)."""
+    if grey:
+        block = block[..., None]
+    if block.shape[-1] == 1:
+        block = np.repeat(block, 3, -1)
+    block = block[..., :3]
+    if block.dtype == np.bool_:
+        block = block.astype(np.uint8) * 255
+    return block
+
+
+def _unit_range(dtype: Any, lo: float, hi: float) -> tuple[float, float]:
+    """The values a video of ``dtype`` whose values run from ``lo`` to ``hi`` maps to 0 and 1:
+    0 and 255 for 8-bit frames, 0 and 1 for float frames already in [0, 1], else its own range."""
+    if np.dtype(dtype) == np.uint8:
+        return 0.0, 255.0
+    if np.dtype(dtype).kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    return lo, hi
+
+
 def frames_to_unit(frames: np.ndarray) -> np.ndarray:
     """Frames of any bit depth -> float32 in [0, 1]: 8-bit frames are divided by 255, float
     frames already in [0, 1] are kept, anything else (16-bit, 12-bit in uint16, float in
-    other units) is scaled from the video's own minimum and maximum."""
+    other units) is scaled from the video's own minimum and maximum (:func:`_unit_range`)."""
     f = np.asarray(frames)
-    if f.dtype == np.uint8:
-        return f.astype(np.float32) / 255.0
     v = f.astype(np.float32)
-    lo, hi = float(v.min()), float(v.max())
-    if f.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return v
-    return (v - lo) / max(hi - lo, 1e-12)
-
-
-def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Frames of any bit depth as 8-bit for figures (:func:`frames_to_unit` times 255)."""
-    f = np.asarray(frames)
-    if f.dtype == np.uint8:
-        return f
-    return np.clip(np.round(frames_to_unit(f) * 255), 0, 255).astype(np.uint8)
+    lo, hi = _unit_range(f.dtype, *((0.0, 0.0) if f.dtype == np.uint8 else (float(v.min()), float(v.max()))))
+    return v if (lo, hi) == (0.0, 1.0) else (v - lo) / max(hi - lo, 1e-12)
 
 
 def pil_high_depth(im: "Image.Image") -> str | None:
@@ -184,19 +190,6 @@ def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> 
             if k in numbers:
                 raise InputError(f"{what}s {numbers[k]} and {p} have the same frame number {k}")
             numbers[k] = p
-
-
-def _to_rgb_values(block: np.ndarray, grey: bool) -> np.ndarray:
-    """Raw frames ``(..., C)`` (C = 1, 3, 4), or ``(...)`` when ``grey``, as ``(..., 3)`` in their
-    own type (booleans as 0 / 255)."""
-    if grey:
-        block = block[..., None]
-    if block.shape[-1] == 1:
-        block = np.repeat(block, 3, -1)
-    block = block[..., :3]
-    if block.dtype == np.bool_:
-        block = block.astype(np.uint8) * 255
-    return block
 
 
 class _FrameFiles:
@@ -313,18 +306,21 @@ class _Planar:
 
 def frames_for_display(frames: Any) -> Callable[[int], np.ndarray]:
     """Frame ``i`` of ``(T, H, W, 3)`` frames as 8-bit RGB for figures, read one frame at a time:
-    the values of :func:`frames_to_uint8` of the whole video (8-bit frames as they are, others
-    scaled from the video's own range, found in one pass)."""
+    :func:`frames_to_unit` of the whole video times 255 (8-bit frames as they are; the range of
+    other frames found in one pass)."""
     if np.dtype(frames.dtype) == np.uint8:
         return lambda i: np.asarray(frames[i])
     lo, hi = math.inf, -math.inf
     for i in range(frames.shape[0]):
         f = np.asarray(frames[i], np.float32)
         lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
-    if np.dtype(frames.dtype).kind == "f" and lo >= 0.0 and hi <= 1.0:
-        lo, hi = 0.0, 1.0
-    scale = 255.0 / max(hi - lo, 1e-12)
-    return lambda i: np.clip(np.round((np.asarray(frames[i], np.float32) - lo) * scale), 0, 255).astype(np.uint8)
+    lo, hi = _unit_range(frames.dtype, lo, hi)
+
+    def show(i: int) -> np.ndarray:
+        v = np.asarray(frames[i], np.float32)
+        return np.clip(np.round((v - lo) / max(hi - lo, 1e-12) * 255), 0, 255).astype(np.uint8)
+
+    return show
 
 
 def open_video(path: str | Path) -> VideoFrames:
