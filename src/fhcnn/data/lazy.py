@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ChannelView", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+__all__ = ["ChannelView", "Moments", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "SLAB_BYTES", "MAX_POINTS"]
 
@@ -211,6 +211,35 @@ class StreamStats:
         return self.nonfinite == 0
 
 
+class Moments:
+    """Count, mean and sum of squared deviations merged slab by slab (Chan et al.): over every
+    value, or per band (``per_band``: one value per entry of the last axis)."""
+
+    def __init__(self) -> None:
+        self.n: int = 0
+        self.mean: Any = 0.0
+        self.m2: Any = 0.0
+
+    def add(self, x: np.ndarray, per_band: bool = False) -> None:
+        if per_band:
+            x = x.reshape(-1, x.shape[-1])
+        k = x.shape[0] if per_band else x.size
+        if k == 0:
+            return
+        mb = x.mean(0) if per_band else x.mean()
+        m2b = np.square(x - mb).sum(0) if per_band else np.square(x - mb).sum()
+        tot = self.n + k
+        delta = mb - self.mean
+        self.mean = self.mean + delta * k / tot
+        self.m2 = self.m2 + (m2b + delta * delta * self.n * k / tot)
+        self.n = tot
+
+    @property
+    def std(self) -> Any:
+        """Population standard deviation."""
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+
 def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int = 0) -> StreamStats:
     """Mean, std, min, max and NaN/inf count of an array-like, read slab by slab.
 
@@ -218,7 +247,7 @@ def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int =
     squared deviations are merged exactly (Chan et al.), so the result equals the whole-array
     float64 computation to rounding.
     """
-    n, mean, m2 = 0, 0.0, 0.0
+    moments = Moments()
     lo, hi = math.inf, -math.inf
     bad, first = 0, None
     floating = np.dtype(array.dtype).kind in "fc"
@@ -233,20 +262,13 @@ def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int =
                     first = tuple(int(w + s.start) for w, s in zip(where, box))
                 bad += nb
                 x = x[ok]
-        k = x.size
-        if k == 0:
+        if x.size == 0:
             continue
-        mb = float(x.mean())
-        m2b = float(np.square(x - mb).sum())
+        moments.add(x)
         lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-        tot = n + k
-        delta = mb - mean
-        mean += delta * k / tot
-        m2 += m2b + delta * delta * n * k / tot
-        n = tot
-    if n == 0:
+    if moments.n == 0:
         return StreamStats(0, math.nan, math.nan, math.nan, math.nan, bad, first)
-    return StreamStats(n, mean, math.sqrt(m2 / n), lo, hi, bad, first)
+    return StreamStats(moments.n, float(moments.mean), float(moments.std), lo, hi, bad, first)
 
 
 class LazyVolume:

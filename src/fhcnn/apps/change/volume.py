@@ -17,7 +17,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ...data.lazy import SLAB_BYTES, LazyVolume
+from ...data.lazy import SLAB_BYTES, LazyVolume, Moments
 from .config import BandNormalization, ChangeChannels
 
 __all__ = ["ChangeChannel", "TwoDates", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
@@ -33,33 +33,6 @@ def row_slabs(shape: Sequence[int], cubes: int = 2, max_bytes: int | None = None
     rows = max(1, (SLAB_BYTES if max_bytes is None else max_bytes) // max(1, 8 * cubes * w * b))
     for r in range(0, h, rows):
         yield slice(r, min(h, r + rows))
-
-
-class _Moments:
-    """Count, mean and sum of squared deviations merged slab by slab (Chan et al.), per band
-    (``axis`` reduces every other axis) or over everything (``axis=None``)."""
-
-    def __init__(self) -> None:
-        self.n: Any = 0
-        self.mean: Any = 0.0
-        self.m2: Any = 0.0
-
-    def add(self, x: np.ndarray, per_band: bool) -> None:
-        x = x.reshape(-1, x.shape[-1]) if per_band else x.reshape(-1)
-        k = x.shape[0]
-        if k == 0:
-            return
-        mb = x.mean(0)
-        m2b = np.square(x - mb).sum(0)
-        tot = self.n + k
-        delta = mb - self.mean
-        self.mean = self.mean + delta * k / tot
-        self.m2 = self.m2 + m2b + delta * delta * self.n * k / tot
-        self.n = tot
-
-    @property
-    def std(self) -> Any:
-        return np.sqrt(self.m2 / max(self.n, 1))
 
 
 @dataclass(frozen=True)
@@ -98,7 +71,7 @@ def _angle(b: np.ndarray, a: np.ndarray) -> np.ndarray:
 def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMoments:
     """Stream the statistics of a scene (see :class:`SceneMoments`): one pass over slabs of rows
     of both dates, a second one for the log ratio and the spectral angle when ``features``."""
-    bands, level = _Moments(), _Moments()
+    bands, level = Moments(), Moments()
     for rows in row_slabs(before.shape):
         b = np.asarray(before[rows], np.float64)
         a = np.asarray(after[rows], np.float64)
@@ -109,7 +82,7 @@ def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMomen
     eps = 0.01 * np.where(lev > 0, lev, 1.0)
     if not features:
         return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps)
-    ratio, angle = _Moments(), _Moments()
+    ratio, angle = Moments(), Moments()
     for rows in row_slabs(before.shape):
         b = np.asarray(before[rows], np.float64)
         a = np.asarray(after[rows], np.float64)
