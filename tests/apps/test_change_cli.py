@@ -244,3 +244,28 @@ def test_change_reads_its_dates_on_demand_and_predicts_as_from_memory(scene, tmp
     for fit in runs.values():
         np.testing.assert_array_equal(fit["pred"], memory["pred"])
         np.testing.assert_allclose(fit["prob"], memory["prob"], atol=1e-6)
+
+
+@pytest.mark.parametrize("target,scale", [("all", 1.0), ("slice", 0.5), ("mean", 0.5)])
+def test_change_predicts_its_map_chunk_by_chunk_for_every_target(scene, target, scale, monkeypatch):
+    """Whatever ``change.target``, the change map is built from chunks of the probability volume
+    (4 bands deep, so the band axis is cut, except for the band mean of the logits) and equals the band mean (or the one band) of
+    the whole in-memory probability volume, resized back."""
+    import torch
+
+    import fhcnn.engine.plan as plan_module
+    from fhcnn.apps.change import ChangeConfig, fit_change
+    from fhcnn.config import load_config
+
+    monkeypatch.setattr(plan_module, "CHUNK", 4)
+    d, s = scene
+    train = np.where(np.random.default_rng(0).random(s.change.shape) < 0.3, s.change, IGNORE).astype(np.uint8)
+    cfg = load_config(ChangeConfig, "change-tiny", [f"change.target={target}", f"data.scale={scale}",
+                                                     "change.slice_index=2"])
+    fit = fit_change(s.before, s.after, train, cfg, quiet=True, log=lambda *a: None)
+    # the band mean of the logits (target mean) needs every band of a pixel in one chunk
+    assert (fit["plan"].chunks[0] < s.before.shape[2]) == (target != "mean")
+    whole = fit["result"].predict_proba(fit["plan"].volume)[1]
+    plane = whole[2] if target == "slice" else whole.mean(0)
+    want = fit["geometry"].back(plane[None])[0]
+    torch.testing.assert_close(torch.from_numpy(fit["prob"]), want, atol=1e-5, rtol=0)

@@ -156,3 +156,22 @@ def test_resized_sink_passes_any_chunk_through_at_the_same_size_and_resizes_whol
     torch.testing.assert_close(big.tensor, resize_back(prob, (20, 24)))
     with pytest.raises(ValueError, match="whole"):
         resized.write((slice(0, 3), slice(0, 5), slice(0, 12)), prob[:, :3, :5].numpy())
+
+
+@pytest.mark.parametrize("index", [None, 4])
+@pytest.mark.parametrize("scaled", [(10, 12), (5, 6)])
+def test_depth_mean_sink_adds_chunks_of_any_depth_up_to_the_mean_or_one_slice(index, scaled) -> None:
+    """A change scene's band mean (or one band) is built from chunks that cut the depth: it
+    equals the mean (or the slice) of the whole probability volume, resized once."""
+    from fhcnn.engine.sizes import resize_back
+    from fhcnn.engine.store import DepthMeanSink
+
+    size = (10, 12)
+    prob = torch.rand(2, 9, *scaled)
+    target = np.zeros((2, *size), np.float32)
+    sink = DepthMeanSink(target, size, scaled, depth=9, index=index)
+    for d0 in (0, 4, 8):  # depth chunks of 4, 4 and 1, whole planes
+        box = (slice(d0, min(9, d0 + 4)), slice(0, scaled[0]), slice(0, scaled[1]))
+        sink.write(box, prob[(slice(None),) + box].numpy())
+    plane = prob.mean(1) if index is None else prob[:, index]
+    torch.testing.assert_close(torch.from_numpy(target), resize_back(plane, size), atol=1e-6, rtol=0)

@@ -114,5 +114,5 @@ def fit_map(volume: Any, labels: Any, config: SegmentConfig, *, num_classes: int
     train_time = time.perf_counter() - t0
     geom = plan.geometry
     prob = np.zeros((plan.num_classes, *geom.size), np.float32)
-    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled)])
+    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled, plan.volume.spatial[0])])
     return MapFit(prob.argmax(0).astype(np.uint8), prob, result, plan, train_time, seconds)

@@ -271,19 +271,33 @@ class Resized:
 
 
 class DepthMeanSink:
-    """``target[:, H, W]``: the depth mean of the probabilities (chunks hold the whole depth),
-    resized back from the network's ``scaled`` ``(h, w)`` to ``size`` ``(H, W)`` (chunks then
-    hold whole planes); e.g. ``(K, H, W)`` class probabilities of one 2D label map."""
+    """``target[:, H, W] += `` each chunk's share of the mean over the ``depth`` depth slices of
+    the probabilities (``target`` starts at zero; chunks of any depth add up to the mean), or
+    with ``index`` the probabilities of that one depth slice; resized back from the network's
+    ``scaled`` ``(h, w)`` to ``size`` ``(H, W)`` (chunks then hold whole planes; the resize is
+    linear, so resizing each share equals resizing the mean). E.g. ``(K, H, W)`` class
+    probabilities of one 2D label map, or of a change scene's band mean or one band."""
 
-    def __init__(self, target: Any, size: Sequence[int], scaled: Sequence[int]) -> None:
+    def __init__(self, target: Any, size: Sequence[int], scaled: Sequence[int], depth: int,
+                 index: int | None = None) -> None:
         self.target, self.size, self.scaled = target, tuple(int(n) for n in size), tuple(int(n) for n in scaled)
+        self.depth, self.index = int(depth), index
 
     def write(self, box: Box, prob: np.ndarray) -> None:
-        mean = prob.mean(1)
+        if self.index is None:
+            plane = prob.sum(1, dtype=np.float64).astype(np.float32) / np.float32(self.depth)
+        elif box[0].start <= self.index < box[0].stop:
+            plane = prob[:, self.index - box[0].start]
+        else:
+            return
         if self.size != self.scaled:
-            mean = resize_back(torch.from_numpy(np.ascontiguousarray(mean)), self.size).numpy()
+            plane = resize_back(torch.from_numpy(np.ascontiguousarray(plane)), self.size).numpy()
             box = (box[0], slice(0, self.size[0]), slice(0, self.size[1]))
-        self.target[(slice(None),) + tuple(box[1:])] = mean
+        key = (slice(None),) + tuple(box[1:])
+        if self.index is None:
+            self.target[key] += plane
+        else:
+            self.target[key] = plane
 
 
 def blend_factor(tiling: Tiling, start: Sequence[int], factors: Sequence[dict[int, np.ndarray]]) -> np.ndarray:

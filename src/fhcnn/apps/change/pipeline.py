@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from torch import Tensor
 
 from ... import log as _log
 from ...engine import SegmentationResult, SegmentConfig, size_multiple_of
-from ...engine.maps import fit_map
 from ...engine.plan import DenseInputs, RunPlan, prepare
+from ...engine.run import run
 from ...engine.sizes import scaled_size
-from ...engine.train import train
+from ...engine.store import DepthMeanSink
 from ...errors import InputError
 from ...options import IGNORE
 from ...training import is_main_process
@@ -129,25 +128,23 @@ def fit_change(before: Any, after: Any, train2d: np.ndarray, cfg: ChangeConfig,
     for name, item in derived.items():
         log(f"derived {name} = {item['value']} ({item['why']})")
 
-    def change_probability(prob: Tensor) -> np.ndarray:
-        p = prob[1].mean(0) if ch.target in ("all", "mean") else prob[1, slice_idx]
-        return geom.back(p[None])[0].numpy()
+    depth, index = plan.volume.spatial[0], None if ch.target in ("all", "mean") else slice_idx
+
+    def change_sink(prob: np.ndarray) -> DepthMeanSink:
+        """Into ``prob`` (2, H, W): the band mean of the probabilities, or the one band of
+        ``change.target="slice"``, chunk by chunk (never the whole volume)."""
+        return DepthMeanSink(prob, geom.size, geom.scaled, depth, index)
 
     wrapped = None
     if eval_fn is not None:
         def wrapped(res: SegmentationResult) -> dict[str, float]:
-            return eval_fn(change_probability(res.predict_proba(plan.volume, shifts=1)))
-    if ch.target == "mean":
-        fit = fit_map(None, None, plan.config, plan=plan, out_dir=out_dir, quiet=quiet, resume=resume,
-                      eval_fn=wrapped)
-        result, train_time, predict_time, p_change = fit.result, fit.train_time_s, fit.predict_time_s, fit.prob[1]
-    else:
-        t0 = time.perf_counter()
-        result = train(plan, out_dir, eval_fn=wrapped, quiet=quiet, resume=resume)
-        train_time = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        p_change = change_probability(result.predict_proba(plan.volume))
-        predict_time = time.perf_counter() - t1
+            prob = np.zeros((2, *geom.size), np.float32)
+            res.predict_into(plan.volume, [change_sink(prob)], shifts=1)
+            return eval_fn(prob[1])
+    prob = np.zeros((2, *geom.size), np.float32)
+    result, predict_time = run(plan, out_dir, lambda r: [change_sink(prob)], eval_fn=wrapped, quiet=quiet,
+                               resume=resume)
+    train_time, p_change = result.train_time_s, prob[1]
     log(f"training windows {tuple(result.window)}")
     pred = (p_change > ch.threshold).astype(np.uint8)
     return {"pred": pred, "prob": p_change, "result": result, "plan": plan, "volume": plan.volume,
