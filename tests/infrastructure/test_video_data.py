@@ -191,3 +191,50 @@ def test_frame_labels_read_as_the_label_volume():
         np.testing.assert_array_equal(lab[box], whole[box])
     dropped = np.where(np.arange(6)[:, None, None] == 4, IGNORE, whole)
     np.testing.assert_array_equal(np.asarray(lab.without([4])), dropped)
+
+
+def test_masks_are_read_on_demand_and_decoded_masks_stay_bounded(tmp_path, monkeypatch):
+    """``read_masks`` checks each mask in one pass and keeps none: a mask is read when asked for,
+    from its PNG or one frame of the memory-mapped ``.npy``. :class:`FrameLabels` built on such
+    readers reads as the dense label volume and keeps at most its cache's worth of frames."""
+    import fhcnn.apps.segment.inputs as inputs_module
+    from fhcnn.apps.segment.inputs import FrameLabels
+    from fhcnn.data.video import MaskSet
+    from fhcnn.options import IGNORE
+
+    rng = np.random.default_rng(3)
+    masks = rng.integers(0, 3, (7, 5, 6)).astype(np.uint8)
+    masks[2] = 0
+    (tmp_path / "m").mkdir()
+    for i in (0, 2, 5):
+        Image.fromarray(masks[i]).save(tmp_path / "m" / f"{i:05d}.png")
+    floats = masks.astype(np.float32)
+    floats[6, 0, 0] = np.nan
+    np.save(tmp_path / "m.npy", floats)
+    names = [f"{i:05d}" for i in range(7)]
+    png, npy = read_masks(tmp_path / "m", names, (5, 6)), read_masks(tmp_path / "m.npy", names, (5, 6))
+    assert isinstance(png, MaskSet) and sorted(png) == [0, 2, 5] and sorted(npy) == list(range(7))
+    assert isinstance(npy._read[0].args[0], np.memmap)  # one frame read per access, not the file
+    np.testing.assert_array_equal(png.distinct[2], [0])
+    assert npy[6][0, 0] == 255 and npy.distinct[6].tolist() == [0, 1, 2, 255]  # NaN = unlabelled
+    for k in png:
+        np.testing.assert_array_equal(png[k], masks[k])
+    reads: list[int] = []
+
+    def reader(k):
+        def read():
+            reads.append(k)
+            return masks[k]
+        return read
+
+    monkeypatch.setattr(inputs_module, "KEEP_FRAMES", 2)
+    lab = FrameLabels((7, 5, 6), {k: reader(k) for k in (0, 2, 5, 6)}, cache_bytes=0)
+    whole = np.full((7, 5, 6), IGNORE, np.uint8)
+    whole[[0, 2, 5, 6]] = masks[[0, 2, 5, 6]]
+    np.testing.assert_array_equal(np.asarray(lab), whole)
+    assert sorted(reads) == [0, 2, 5, 6] and len(lab._cache) == 2  # the last two kept
+    np.testing.assert_array_equal(lab[5:7, 1:3], whole[5:7, 1:3])
+    assert sorted(reads) == [0, 2, 5, 6]  # frames 5 and 6 came from the cache
+    np.testing.assert_array_equal(lab[0], whole[0])
+    assert reads.count(0) == 2 and list(lab._cache) == [6, 0]
+    assert lab.frames == [0, 2, 5, 6] and lab.without([2]).frames == [0, 5, 6]

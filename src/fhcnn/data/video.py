@@ -18,7 +18,7 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["read_video", "open_video", "VideoFrames", "frames_to_unit", "frames_for_display",
-           "read_masks", "MaskSet",
+           "read_masks", "MaskSet", "distinct_values",
            "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette", "write_mask_png",
            "generate_video", "open_image", "pil_high_depth"]
 
@@ -468,34 +468,87 @@ def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
     return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2], "colour"
 
 
-class MaskSet(dict[int, np.ndarray]):
-    """``{frame index: (H, W) int64 raw mask values}`` read by :func:`read_masks`, with the
-    image kind of each mask (``kinds``: ``"index"`` for palette/grey/``.npy`` masks, ``"colour"``
-    for RGB ones, whose values are colour codes) and its file (``files``)."""
+class MaskSet(Mapping[int, np.ndarray]):
+    """``{frame index: (H, W) int64 raw mask values}`` found by :func:`read_masks`, read on
+    demand (one file, or one frame of a memory-mapped ``.npy``, per access), with what the one
+    checking pass learned of each mask: its image kind (``kinds``: ``"index"`` for
+    palette/grey/``.npy`` masks, ``"colour"`` for RGB ones, whose values are colour codes), its
+    file (``files``) and its sorted distinct raw values (``distinct``)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._read: dict[int, Callable[[], np.ndarray]] = {}
         self.kinds: dict[int, str] = {}
         self.files: dict[int, str] = {}
+        self.distinct: dict[int, np.ndarray] = {}
+
+    def add(self, k: int, read: Callable[[], np.ndarray], kind: str, file: str, distinct: np.ndarray) -> None:
+        self._read[k], self.kinds[k], self.files[k], self.distinct[k] = read, kind, file, distinct
+
+    def only(self, frames: Sequence[int]) -> MaskSet:
+        """The masks of ``frames`` (each must have one)."""
+        out = MaskSet()
+        for k in frames:
+            out.add(k, self._read[k], self.kinds[k], self.files[k], self.distinct[k])
+        return out
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self._read[k]()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._read)
+
+    def __len__(self) -> int:
+        return len(self._read)
+
+
+def distinct_values(masks: Mapping[int, np.ndarray], k: int) -> np.ndarray:
+    """Sorted distinct raw values of mask ``k`` (from a :class:`MaskSet`'s checking pass, or
+    computed)."""
+    return masks.distinct[k] if isinstance(masks, MaskSet) else np.unique(masks[k])
+
+
+def _mask_png_values(f: Path) -> np.ndarray:
+    return _read_mask_png(f)[0]
+
+
+def _npy_mask(a: np.ndarray, i: int, path: Path) -> np.ndarray:
+    """Frame ``i`` of a ``(T, H, W)`` mask array as int64 raw values (whole-number floats taken
+    as integers, NaN = 255 = unlabelled)."""
+    m = np.asarray(a[i])
+    if np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.bool_):
+        return m.astype(np.int64)
+    fin = np.isfinite(m)
+    if not np.issubdtype(m.dtype, np.floating) or not np.all(m[fin] == np.round(m[fin])):
+        raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
+    return np.where(fin, m, 255).astype(np.int64)
 
 
 def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[int, int] | None = None
                ) -> MaskSet:
-    """Read masks as ``{frame index: (H, W) int64 raw mask values}`` (a :class:`MaskSet`).
+    """Find and check the masks: ``{frame index: (H, W) int64 raw mask values}`` (a
+    :class:`MaskSet`, read on demand; the checking pass reads one mask at a time).
 
     A folder's PNGs are matched to frames by name (``00007.png`` <-> frame ``00007``), else by
     the number in the name, else (same count as frames) by order. A ``.npy`` is ``(T, H, W)``
-    (value 255 = unlabelled there is kept and means "not labelled").
+    (memory-mapped; value 255 = unlabelled there is kept and means "not labelled").
 
     Raises:
         InputError: unreadable, no masks, a mask that matches no frame, or a size that differs
             from ``frame_size``.
     """
+    from functools import partial
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"masks not found: {path}")
     t = len(frame_names)
     out = MaskSet()
+
+    def check_size(i: int, m: np.ndarray) -> None:
+        if frame_size is not None and m.shape != tuple(frame_size):
+            raise InputError(f"mask of frame {frame_names[i]} in {path} has size {m.shape[0]}x{m.shape[1]}, "
+                             f"but the frames are {frame_size[0]}x{frame_size[1]}")
+
     if path.is_dir():
         folder = _davis_sequence_folder(path, "Annotations")
         files = _image_files(folder)
@@ -518,30 +571,26 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             else:
                 raise InputError(f"mask {f} matches no frame name (frames are named like "
                                  f"{frame_names[0]}..{frame_names[-1]})")
-            out[idx], out.kinds[idx] = _read_mask_png(f)
-            out.files[idx] = str(f)
+            m, kind = _read_mask_png(f)
+            check_size(idx, m)
+            out.add(idx, partial(_mask_png_values, f), kind, str(f), np.unique(m))
     elif path.suffix.lower() == ".npy":
-        a = load_npy(path, "masks")
+        a = load_npy(path, "masks", mmap_mode="r")
         if a.ndim != 3 or a.shape[0] != t:
             raise InputError(f"masks {path} must have shape (T={t}, H, W), got {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
-            if np.issubdtype(a.dtype, np.floating) and np.all(a[np.isfinite(a)] == np.round(a[np.isfinite(a)])):
-                a = np.where(np.isfinite(a), a, 255)
-            else:
-                raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)
+                or np.issubdtype(a.dtype, np.floating)):
+            raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
         for i in range(t):
-            out[i], out.kinds[i], out.files[i] = a[i].astype(np.int64), "index", str(path)
+            m = _npy_mask(a, i, path)
+            check_size(i, m)
+            out.add(i, partial(_npy_mask, a, i, path), "index", str(path), np.unique(m))
     else:
         raise InputError(f"masks must be a folder of PNG masks or a .npy (T, H, W), got {path}")
-    if frame_size is not None:
-        for i, m in out.items():
-            if m.shape != tuple(frame_size):
-                raise InputError(f"mask of frame {frame_names[i]} in {path} has size {m.shape[0]}x{m.shape[1]}, "
-                                 f"but the frames are {frame_size[0]}x{frame_size[1]}")
     return out
 
 
-def mask_classes(*mask_sets: dict[int, np.ndarray], ignore: int = 255, binary_255: bool = True
+def mask_classes(*mask_sets: Mapping[int, np.ndarray], ignore: int = 255, binary_255: bool = True
                  ) -> list[int]:
     """Sorted raw mask values that become classes ``0..K-1`` (0 first).
 
@@ -551,15 +600,15 @@ def mask_classes(*mask_sets: dict[int, np.ndarray], ignore: int = 255, binary_25
     """
     vals: set[int] = {0}
     for ms in mask_sets:
-        for m in ms.values():
-            vals.update(int(v) for v in np.unique(m))
+        for k in ms:
+            vals.update(int(v) for v in distinct_values(ms, k))
     objects = sorted(v for v in vals if v != 0)
     if ignore in objects and len(objects) > 1:
         objects.remove(ignore)
     return [0] + objects
 
 
-def check_mask_encodings(mask_sets: Sequence[tuple[str, dict[int, np.ndarray]]],
+def check_mask_encodings(mask_sets: Sequence[tuple[str, Mapping[int, np.ndarray]]],
                          frame_names: Sequence[str], ignore: int = 255) -> None:
     """Refuse masks that encode objects differently, e.g. one mask 0/1 and another 0/255
     (given together, 255 would mean "unlabelled" and the 0/255 masks would lose their object).
@@ -576,7 +625,7 @@ def check_mask_encodings(mask_sets: Sequence[tuple[str, dict[int, np.ndarray]]],
         files = getattr(ms, "files", {})
         for k in sorted(ms):
             kind = kinds.get(k, "index")
-            if kind == "index" and not ms[k].any():
+            if kind == "index" and not distinct_values(ms, k).any():
                 continue  # all background: no object to encode either way
             first.setdefault(kind, files.get(k, f"{source} frame {frame_names[k]}"))
     if len(first) > 1:
@@ -587,8 +636,8 @@ def check_mask_encodings(mask_sets: Sequence[tuple[str, dict[int, np.ndarray]]],
     only_255: tuple[str, int] | None = None
     other: tuple[str, int, list[int]] | None = None
     for source, ms in mask_sets:
-        for k, m in sorted(ms.items()):
-            vals = [int(v) for v in np.unique(m) if v != 0]
+        for k in sorted(ms):
+            vals = [int(v) for v in distinct_values(ms, k) if v != 0]
             if vals == [ignore]:
                 only_255 = only_255 or (source, k)
             elif vals and ignore not in vals:

@@ -9,23 +9,45 @@ are :class:`FrameLabels`, which hold the masks of the frames that have one and r
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ...data.lazy import ChannelView, LazyVolume, StreamStats
-from ...data.video import VideoFrames, apply_classes, check_mask_encodings, mask_classes, open_video, read_masks
+from ...data.video import (
+    MaskSet,
+    VideoFrames,
+    apply_classes,
+    check_mask_encodings,
+    distinct_values,
+    mask_classes,
+    open_video,
+    read_masks,
+)
 from ...errors import InputError
 from ...options import IGNORE
 
 __all__ = ["VideoInputs", "FrameLabels", "frames_volume", "load_video_inputs", "parse_frames"]
 
 
+#: Bytes of class masks a :class:`FrameLabels` keeps decoded (at least :data:`KEEP_FRAMES` frames).
+MASK_CACHE_BYTES = 64 * 2**20
+#: Frames a :class:`FrameLabels` keeps decoded at least: one prediction chunk's depth.
+KEEP_FRAMES = 64
+
+
 class FrameLabels:
-    """A ``(T, H, W)`` uint8 label volume held as the class masks of some frames (``IGNORE``
+    """A ``(T, H, W)`` uint8 label volume made of the class masks of some frames (``IGNORE``
     everywhere else): reads take an integer or a basic slice per axis.
+
+    ``masks`` maps a frame to its ``(H, W)`` mask, or to a function that reads it (a mask file
+    decoded on demand); read masks are kept, least recently used first out, up to
+    ``cache_bytes`` (at least :data:`KEEP_FRAMES` frames), so memory does not grow with the
+    number of frames.
 
     Example:
         >>> lab = FrameLabels((4, 2, 3), {1: np.ones((2, 3), np.uint8)})
@@ -33,31 +55,55 @@ class FrameLabels:
         [[255, 255, 255], [1, 1, 1]]
     """
 
-    def __init__(self, shape: tuple[int, int, int], masks: Mapping[int, np.ndarray]) -> None:
+    def __init__(self, shape: tuple[int, int, int], masks: Mapping[int, np.ndarray | Callable[[], np.ndarray]],
+                 cache_bytes: int = MASK_CACHE_BYTES) -> None:
         self.shape = tuple(int(n) for n in shape)
-        self.masks = {int(k): np.asarray(m, np.uint8) for k, m in masks.items()}
+        self._masks = {int(k): m if callable(m) else np.asarray(m, np.uint8) for k, m in masks.items()}
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._keep = max(KEEP_FRAMES, cache_bytes // max(1, self.shape[1] * self.shape[2]))
+        self.cache_bytes = cache_bytes
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+
+    @property
+    def frames(self) -> list[int]:
+        """The frames that have a mask."""
+        return sorted(self._masks)
+
+    def mask(self, k: int) -> np.ndarray | None:
+        """The ``(H, W)`` mask of frame ``k`` (``None``: it has none)."""
+        m = self._masks.get(k)
+        if m is None or isinstance(m, np.ndarray):
+            return m
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        a = np.asarray(m(), np.uint8)
+        self._cache[k] = a
+        while len(self._cache) > self._keep:
+            self._cache.popitem(last=False)
+        return a
 
     def without(self, frames: Any) -> FrameLabels:
         """The same masks but those of ``frames``."""
         drop = set(int(k) for k in frames)
-        return FrameLabels(self.shape, {k: m for k, m in self.masks.items() if k not in drop})  # type: ignore[arg-type]
+        return FrameLabels(self.shape, {k: m for k, m in self._masks.items() if k not in drop},  # type: ignore[arg-type]
+                           self.cache_bytes)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
         t, rest = key[0], key[1:]
         if isinstance(t, (int, np.integer)):
-            k = int(t) % self.shape[0]
-            m = self.masks.get(k)
+            m = self.mask(int(t) % self.shape[0])
             return m[rest].copy() if m is not None else np.full(self.shape[1:], IGNORE, np.uint8)[rest]
         a, b, step = t.indices(self.shape[0])
         frames = range(a, b, step)
         out = np.full((len(frames), *self.shape[1:]), IGNORE, np.uint8)[(slice(None),) + rest].copy()
         for j, k in enumerate(frames):
-            if k in self.masks:
-                out[j] = self.masks[k][rest]
+            m = self.mask(k)
+            if m is not None:
+                out[j] = m[rest]
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -150,11 +196,12 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     if missing:
         raise InputError(f"no mask for label frame(s) {', '.join(names[k] for k in missing)} in {masks} "
                          f"(it has masks for {len(lab_raw)} frame(s))")
-    classes = mask_classes({k: lab_raw[k] for k in chosen}, *( [ev_raw] if ev_raw else []))
+    classes = mask_classes(lab_raw.only(chosen), *([ev_raw] if ev_raw else []))
     if len(classes) > 255:
         raise InputError(f"too many distinct mask values ({len(classes)}) in {masks}")
-    labels = FrameLabels((t, h, w), {k: apply_classes(lab_raw[k], classes) for k in chosen})
-    present = set().union(*(np.unique(m).tolist() for m in labels.masks.values())) - {IGNORE}
+    labels = _frame_labels((t, h, w), lab_raw.only(chosen), classes)
+    index = {v: i for i, v in enumerate(classes)}
+    present = {index[int(v)] for k in chosen for v in distinct_values(lab_raw, k) if int(v) in index}
     if not present - {0}:
         raise InputError(f"the label frames {chosen} of {masks} hold no foreground (every mask value is 0)")
     if 0 not in present:
@@ -162,11 +209,20 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     ev = None
     ev_source = None
     if ev_raw is not None:
-        ev = FrameLabels((t, h, w), {k: apply_classes(m, classes) for k, m in ev_raw.items()})
+        ev = _frame_labels((t, h, w), ev_raw, classes)
         ev_source = str(eval_labels)
     elif len(set(lab_raw) - set(chosen)) > 0:  # masks of other frames: score them (never trained on)
-        ev = FrameLabels((t, h, w), {k: apply_classes(m, classes) for k, m in lab_raw.items()})
+        ev = _frame_labels((t, h, w), lab_raw, classes)
         ev_source = f"{masks} (frames not in --label-frames)"
     return VideoInputs(frames, names, labels, chosen, ev, ev_source, classes,
                        {"video": str(video), "labels": str(masks),
                         **({"eval_labels": str(eval_labels)} if eval_labels is not None else {})}, stats)
+
+
+def _classes_of(raw: MaskSet, k: int, classes: Sequence[int]) -> np.ndarray:
+    return apply_classes(raw[k], classes)
+
+
+def _frame_labels(shape: tuple[int, int, int], raw: MaskSet, classes: Sequence[int]) -> FrameLabels:
+    """The class masks of ``raw``'s frames, each read (and mapped to classes) when first needed."""
+    return FrameLabels(shape, {k: partial(_classes_of, raw, k, classes) for k in raw})
