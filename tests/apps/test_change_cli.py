@@ -249,8 +249,8 @@ def test_change_reads_its_dates_on_demand_and_predicts_as_from_memory(scene, tmp
 @pytest.mark.parametrize("target,scale", [("all", 1.0), ("slice", 0.5), ("mean", 0.5)])
 def test_change_predicts_its_map_chunk_by_chunk_for_every_target(scene, target, scale, monkeypatch):
     """Whatever ``change.target``, the change map is built from chunks of the probability volume
-    (4 bands deep, so the band axis is cut, except for the band mean of the logits) and equals the band mean (or the one band) of
-    the whole in-memory probability volume, resized back."""
+    (4 bands deep, so the band axis is cut, except for the band mean of the logits) and equals
+    the band mean (or the one band) of the whole in-memory probability volume, resized back."""
     import torch
 
     import fhcnn.engine.plan as plan_module

@@ -182,6 +182,56 @@ def test_copy_nearest_label_is_the_nearest_annotated_slice():
     assert copy_nearest_label(lab2)[1, 2, 3] == truth[0, 2, 3]
 
 
+@pytest.mark.parametrize("spacing", [None, (2.0, 1.0, 0.5)])
+def test_copy_is_the_nearest_labelled_voxel_read_box_by_box(spacing):
+    """The copy baseline, read by any box, is the label of a nearest labelled voxel: its distance
+    equals scipy's exact Euclidean distance transform (the oracle) everywhere, and the boxes
+    agree with the whole; scored slab by slab it gives the whole volume's confusion matrix."""
+    from scipy import ndimage
+
+    from fhcnn.apps.volume.baselines import NearestLabel, confusion_by_slabs, labelled_voxels
+    from fhcnn.engine.metrics import confusion_matrix
+
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 3, (11, 9, 10)).astype(np.uint8)
+    lab = np.full(truth.shape, 255, np.uint8)
+    lab[2] = truth[2]
+    lab[:, :, 7] = truth[:, :, 7]
+    scribble = rng.random(truth.shape) < 0.02
+    lab[scribble] = truth[scribble]
+    near = NearestLabel(lab, spacing)
+    whole = near[:, :, :]
+    sp = np.ones(3) if spacing is None else np.asarray(spacing)
+    want = ndimage.distance_transform_edt(lab == 255, sampling=tuple(sp))
+    idx, values = labelled_voxels(lab)
+    coords = np.stack(np.unravel_index(idx, lab.shape), 1)
+    # the label copied is the label of some labelled voxel at exactly the nearest distance
+    for p in np.ndindex(lab.shape):
+        d = np.sqrt((((coords - p) * sp) ** 2).sum(1))
+        assert whole[p] in values[np.isclose(d, want[p], rtol=0, atol=1e-9)]
+    np.testing.assert_array_equal(whole[lab != 255], lab[lab != 255])
+    for box in [(slice(1, 6), slice(0, 9, 2), slice(3, 4)), (4,), (slice(None), 3, slice(2, 8)), (-1, -2, -3)]:
+        np.testing.assert_array_equal(near[box], whole[box])
+    held = np.where(lab == 255, truth, 255).astype(np.uint8)
+    np.testing.assert_array_equal(confusion_by_slabs(near, held, 3, slab_voxels=100),
+                                  confusion_matrix(whole, held, 3))
+
+
+def test_forest_predicts_any_box_as_the_whole_and_samples_per_class():
+    from fhcnn.apps.volume.baselines import ForestPrediction, forest_baseline
+
+    image, truth = generate_volume("cells", (16, 20, 18), seed=3, channel=0)
+    lab = np.full(truth.shape, 255, np.uint8)
+    lab[[3, 11]] = truth[[3, 11]]
+    whole, costs = forest_baseline([image, image ** 2], lab, 3, trees=5, samples=300, seed=1)
+    forest = ForestPrediction([image, image ** 2], lab, 3, trees=5, samples=300, seed=1, slab_voxels=700)
+    per_class = sum(min(int((lab == k).sum()), 100) for k in range(3))  # 100 of each class, or all it has
+    assert costs["fit_voxels"] == forest.fit_voxels == per_class < 300
+    for box in [(slice(0, 16), slice(2, 9), slice(0, 18)), (slice(5, 6),), (slice(1, 15, 3), slice(4, 5))]:
+        np.testing.assert_array_equal(forest[box], whole[box])
+    assert set(np.unique(whole).tolist()) == {0, 1, 2}
+
+
 def test_anisotropic_spacing_shortens_windows_along_coarse_axes():
     cfg = VolumeConfig()
     cfg.data.window_depth = cfg.data.window_height = cfg.data.window_width = 64
@@ -299,11 +349,11 @@ def test_shipped_volume_configs_build_their_networks(name):
 
 
 def test_baselines_that_would_not_fit_are_refused_before_out_exists(tmp_path, monkeypatch, capsys):
-    """The baselines hold whole volumes (fhcnn's prediction does not): scoring them on a volume
-    whose arrays exceed the available memory is refused with one line naming the way out, before
-    OUT exists; without them the same run goes ahead."""
+    """The baselines keep every labelled voxel (fhcnn's prediction keeps none): scoring them when
+    that exceeds the available memory is refused with one line naming the way out, before OUT
+    exists; without them the same run goes ahead."""
     import fhcnn.resources
-    from fhcnn.apps.volume.baselines import baseline_bytes
+    from fhcnn.apps.volume.baselines import SLAB_VOXELS, baseline_bytes
 
     shape = (32, 32, 32)
     image, truth = generate_volume("cells", shape, seed=2, channel=0, dtype="uint8")
@@ -311,8 +361,9 @@ def test_baselines_that_would_not_fit_are_refused_before_out_exists(tmp_path, mo
     lab[[4, 20]] = truth[[4, 20]]
     for name, arr in (("img", image), ("lab", lab), ("truth", truth)):
         np.save(tmp_path / f"{name}.npy", arr)
-    need = baseline_bytes(32**3, ["copy", "forest", "unet"])
-    assert need == 32**3 * 18
+    need = baseline_bytes(2 * 32 * 32, ["copy", "forest", "unet"])
+    assert need == 2 * 32 * 32 * 57 + SLAB_VOXELS * 64
+    assert baseline_bytes(2 * 32 * 32, ["forest"]) == 2 * 32 * 32 * 9 + SLAB_VOXELS * 64
     # room for the training and prediction batches of volume-tiny, not for the baselines
     monkeypatch.setattr(fhcnn.resources, "available_memory", lambda: (need - 1, "test RAM"))
     args = ["volume", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--eval-labels",
@@ -321,7 +372,8 @@ def test_baselines_that_would_not_fit_are_refused_before_out_exists(tmp_path, mo
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "baselines (copy,forest,unet)" in err[0] and "volume.baselines=" in err[0], err
+    assert len(err) == 1 and "baselines (copy,forest,unet) on 2,048 labelled voxels" in err[0] \
+        and "volume.baselines=" in err[0], err
     assert not out.exists()
     assert main([*args, "--out", str(out), "--set", "volume.baselines="]) == 0
     assert (out / "prediction.npy").exists()

@@ -1,108 +1,196 @@
 """The baselines every scored ``fhcnn volume`` run reports beside fhcnn, on the same annotation.
 
 ``copy``: each unlabelled voxel takes the label of the nearest labelled voxel (Euclidean distance
-in physical units: the voxel spacing applied; ties go to the lower index, as
-:func:`scipy.ndimage.distance_transform_edt` returns them). With complete annotated slices this is
-copying the nearest annotated slice: a voxel takes the label at its own in-plane position on the
-annotated slice nearest to it, whichever axis that slice is on.
+in physical units: the voxel spacing applied; of two equally near, the one first in C order).
+With complete annotated slices this is copying the nearest annotated slice: a voxel takes the
+label at its own in-plane position on the annotated slice nearest to it, whichever axis that
+slice is on.
 
 ``forest``: a random forest (scikit-learn) on each voxel's channels (standardized), fitted on a
-class-balanced sample of the labelled voxels and predicted slab by slab (bounded memory).
+class-balanced sample of the labelled voxels.
 
 ``unet``: the 3D U-Net (``model.arch=unet``) trained by the same engine on the same labels with
 the same windows, steps and schedule (in :mod:`.pipeline`, which owns the engine calls).
+
+Like fhcnn's prediction, none holds a volume: ``copy`` and ``forest`` are array-likes read box by
+box (:class:`NearestLabel`, :class:`ForestPrediction`), scored slab by slab
+(:func:`confusion_by_slabs`); their memory is set by the labelled voxels
+(:func:`baseline_bytes`) and the slab.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from ...engine.metrics import confusion_matrix
 from ...options import IGNORE
 
-__all__ = ["copy_nearest_label", "forest_baseline", "baseline_bytes"]
+__all__ = ["NearestLabel", "ForestPrediction", "copy_nearest_label", "forest_baseline", "labelled_voxels",
+           "confusion_by_slabs", "baseline_bytes", "SLAB_VOXELS"]
+
+#: Voxels of one slab the baselines read, predict and score at a time.
+SLAB_VOXELS = 1 << 20
 
 
-def baseline_bytes(voxels: int, names: Sequence[str]) -> int:
-    """Least memory of scoring the baselines ``names`` on a volume of ``voxels``: unlike fhcnn's
-    prediction they hold whole volumes (the labels and the truth, every baseline's prediction:
-    a byte a voxel each; ``copy``'s distance transform: its mask and three int32 indices of the
-    nearest labelled voxel, 13 bytes a voxel)."""
-    return voxels * (2 + len(names) + (13 if "copy" in names else 0))
+def baseline_bytes(labelled: int, names: Sequence[str]) -> int:
+    """Least memory of the baselines ``names`` for ``labelled`` labelled voxels: the labelled
+    voxels' flat indices and labels (9 bytes each), with ``copy`` their coordinates and the
+    k-d tree over them (about 48 bytes each more); the slabs add :data:`SLAB_VOXELS` voxels'
+    worth of channels, features and queries."""
+    return labelled * (9 + (48 if "copy" in names else 0)) + SLAB_VOXELS * 64
 
 
-def copy_nearest_label(labels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """``(D, H, W)`` uint8: every voxel gets the label of the nearest labelled voxel (itself if
-    labelled); ``spacing`` the voxel size along (D, H, W) (default isotropic).
-
-    Example:
-        >>> lab = np.full((5, 1, 2), 255, np.uint8); lab[0] = [[0, 1]]; lab[4] = [[1, 1]]
-        >>> copy_nearest_label(lab)[:, 0].tolist()
-        [[0, 1], [0, 1], [0, 1], [1, 1], [1, 1]]
-    """
-    from scipy import ndimage
-
-    unl = labels == IGNORE
-    if not unl.any():
-        return labels.copy()
-    idx = ndimage.distance_transform_edt(unl, sampling=None if spacing is None else tuple(spacing),
-                                         return_distances=False, return_indices=True)
-    return labels[tuple(idx)]
-
-
-def _slabs(shape: Sequence[int], voxels: int) -> list[slice]:
+def slabs(shape: Sequence[int], voxels: int = SLAB_VOXELS) -> list[slice]:
+    """Slabs of whole ``(H, W)`` planes along axis 0 of about ``voxels`` voxels each."""
     step = max(1, voxels // max(1, int(shape[1]) * int(shape[2])))
     return [slice(z, min(int(shape[0]), z + step)) for z in range(0, int(shape[0]), step)]
 
 
-def forest_baseline(channels: Sequence[Any], labels: np.ndarray, num_classes: int, *, trees: int = 100,
-                    samples: int = 20000, seed: int = 0, threads: int = 1,
-                    slab_voxels: int = 1 << 20) -> tuple[np.ndarray, dict[str, Any]]:
-    """A pixelwise random forest: ``C`` channels (array-likes ``(D, H, W)``, read by slabs) and
-    ``labels`` ``(D, H, W)`` (255 = unlabelled) -> ``(D, H, W)`` uint8 labels.
-
-    Fitted on up to ``samples`` labelled voxels (the same number from each class where it has
-    that many, drawn with ``seed``), ``trees`` trees (balanced subsamples, leaves of at least 2),
-    features the channel values standardized over the volume; predicted ``slab_voxels`` voxels at
-    a time. Returns the labels and ``{"fit_voxels", "fit_time_s", "predict_time_s"}``.
-    """
-    import time
-
-    from sklearn.ensemble import RandomForestClassifier
-
-    rng = np.random.default_rng(seed)
+def labelled_voxels(labels: Any, slab_voxels: int = SLAB_VOXELS) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat indices int64, labels uint8)`` of every labelled voxel (not ``IGNORE``) of the
+    ``(D, H, W)`` array-like ``labels``, in C order, read slab by slab."""
     shape = tuple(int(n) for n in labels.shape)
-    flat_lab = labels.reshape(-1)
-    per = max(1, samples // num_classes)
-    pick = []
-    for k in range(num_classes):
-        where = np.flatnonzero(flat_lab == k)
-        if where.size:
-            pick.append(where if where.size <= per else rng.choice(where, per, replace=False))
-    idx = np.sort(np.concatenate(pick))
     plane = shape[1] * shape[2]
-    feats = np.empty((idx.size, len(channels)), np.float32)
-    s1 = np.zeros(len(channels))
-    s2 = np.zeros(len(channels))
-    for sl in _slabs(shape, slab_voxels):
-        lo, hi = np.searchsorted(idx, [sl.start * plane, sl.stop * plane])
-        for c, ch in enumerate(channels):
-            x = np.asarray(ch[sl, :, :], np.float64).reshape(-1)
-            s1[c] += x.sum()
-            s2[c] += (x * x).sum()
-            feats[lo:hi, c] = x[idx[lo:hi] - sl.start * plane]
-    n = float(np.prod(shape))
-    mu = s1 / n
-    sd = np.sqrt(np.maximum(s2 / n - mu * mu, 0)) + 1e-12
-    t0 = time.perf_counter()
-    rf = RandomForestClassifier(trees, class_weight="balanced_subsample", n_jobs=threads, random_state=seed,
-                                min_samples_leaf=2)
-    rf.fit((feats - mu) / sd, flat_lab[idx])
-    t1 = time.perf_counter()
-    out = np.empty(shape, np.uint8)
-    for sl in _slabs(shape, slab_voxels):
-        x = np.stack([np.asarray(ch[sl, :, :], np.float64).reshape(-1) for ch in channels], 1)
-        out[sl] = rf.classes_[rf.predict_proba((x - mu) / sd).argmax(1)].reshape(-1, *shape[1:])
-    return out, {"fit_voxels": int(idx.size), "fit_time_s": round(t1 - t0, 2),
-                 "predict_time_s": round(time.perf_counter() - t1, 2)}
+    idx, val = [], []
+    for sl in slabs(shape, slab_voxels):
+        lab = np.asarray(labels[sl]).reshape(-1)
+        where = np.flatnonzero(lab != IGNORE)
+        idx.append(where + sl.start * plane)
+        val.append(lab[where].astype(np.uint8))
+    return np.concatenate(idx), np.concatenate(val)
+
+
+class NearestLabel:
+    """``copy`` as a ``(D, H, W)`` uint8 array-like: every voxel gets the label of the nearest
+    labelled voxel of ``labels`` (itself if labelled; distances in units of ``spacing``, default
+    isotropic; of two equally near, the first in C order), computed for the box asked for
+    from a k-d tree over the labelled voxels (scipy).
+
+    Example:
+        >>> lab = np.full((5, 1, 2), 255, np.uint8); lab[0] = [[0, 1]]; lab[4] = [[1, 1]]
+        >>> NearestLabel(lab)[:, 0].tolist()
+        [[0, 1], [0, 1], [0, 1], [1, 1], [1, 1]]
+    """
+
+    def __init__(self, labels: Any, spacing: Sequence[float] | None = None,
+                 voxels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        from scipy.spatial import cKDTree
+
+        self.shape = tuple(int(n) for n in labels.shape)
+        self.dtype, self.ndim = np.dtype(np.uint8), 3
+        self.scale = np.ones(3) if spacing is None else np.asarray(spacing, np.float64)
+        idx, self.values = voxels if voxels is not None else labelled_voxels(labels)
+        if not idx.size:
+            raise ValueError("no labelled voxel to copy from")
+        self.tree = cKDTree(np.stack(np.unravel_index(idx, self.shape), 1) * self.scale)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        ranges = [range(*k.indices(n)) if isinstance(k, slice) else range(int(k) % n, int(k) % n + 1)
+                  for k, n in zip(key, self.shape)]
+        grid = np.stack(np.meshgrid(*[np.asarray(r, np.float64) for r in ranges], indexing="ij"), -1)
+        points = grid.reshape(-1, 3) * self.scale
+        k = min(2, self.tree.n)
+        dist, near = self.tree.query(points, k=k)
+        if k == 2:  # the first in C order of two equally near (the tree's points are in C order)
+            near = np.where(dist[:, 0] == dist[:, 1], near.min(1), near[:, 0])
+        out = self.values[near].reshape([len(r) for r in ranges])
+        return out[tuple(slice(None) if isinstance(k, slice) else 0 for k in key)]
+
+
+def copy_nearest_label(labels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """``(D, H, W)`` uint8: the whole of :class:`NearestLabel` (every voxel gets the label of the
+    nearest labelled voxel)."""
+    return NearestLabel(labels, spacing)[:, :, :]
+
+
+class ForestPrediction:
+    """``forest`` as a ``(D, H, W)`` uint8 array-like: a random forest fitted on up to ``samples``
+    labelled voxels (the same number from each class where it has that many, drawn with
+    ``seed``; ``trees`` trees on balanced subsamples, leaves of at least 2), features the
+    channel values standardized over the volume (streamed slab by slab); the box asked for is
+    predicted from its channels. ``fit_voxels``, ``fit_time_s`` and ``predict_time_s`` (summed
+    over the boxes read) say what it cost.
+
+    Args:
+        channels: ``C`` array-likes ``(D, H, W)``.
+        labels: ``(D, H, W)`` array-like, ``IGNORE`` = unlabelled.
+        voxels: :func:`labelled_voxels` of ``labels``, if already read.
+    """
+
+    def __init__(self, channels: Sequence[Any], labels: Any, num_classes: int, *, trees: int = 100,
+                 samples: int = 20000, seed: int = 0, threads: int = 1, slab_voxels: int = SLAB_VOXELS,
+                 voxels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        self.channels = list(channels)
+        self.shape = tuple(int(n) for n in labels.shape)
+        self.dtype, self.ndim = np.dtype(np.uint8), 3
+        flat_idx, flat_val = voxels if voxels is not None else labelled_voxels(labels, slab_voxels)
+        rng = np.random.default_rng(seed)
+        per = max(1, samples // num_classes)
+        pick = []
+        for k in range(num_classes):
+            where = flat_idx[flat_val == k]
+            if where.size:
+                pick.append(where if where.size <= per else rng.choice(where, per, replace=False))
+        idx = np.sort(np.concatenate(pick))
+        target = flat_val[np.searchsorted(flat_idx, idx)]
+        plane = self.shape[1] * self.shape[2]
+        feats = np.empty((idx.size, len(self.channels)), np.float32)
+        s1 = np.zeros(len(self.channels))
+        s2 = np.zeros(len(self.channels))
+        for sl in slabs(self.shape, slab_voxels):
+            lo, hi = np.searchsorted(idx, [sl.start * plane, sl.stop * plane])
+            for c, ch in enumerate(self.channels):
+                x = np.asarray(ch[sl, :, :], np.float64).reshape(-1)
+                s1[c] += x.sum()
+                s2[c] += (x * x).sum()
+                feats[lo:hi, c] = x[idx[lo:hi] - sl.start * plane]
+        n = float(np.prod(self.shape))
+        self.mu = s1 / n
+        self.sd = np.sqrt(np.maximum(s2 / n - self.mu * self.mu, 0)) + 1e-12
+        t0 = time.perf_counter()
+        self.forest = RandomForestClassifier(trees, class_weight="balanced_subsample", n_jobs=threads,
+                                             random_state=seed, min_samples_leaf=2)
+        self.forest.fit((feats - self.mu) / self.sd, target)
+        self.fit_voxels, self.fit_time_s, self.predict_time_s = int(idx.size), time.perf_counter() - t0, 0.0
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        blocks = [np.asarray(ch[key], np.float64) for ch in self.channels]
+        x = np.stack([b.reshape(-1) for b in blocks], 1)
+        out = self.forest.classes_[self.forest.predict_proba((x - self.mu) / self.sd).argmax(1)]
+        self.predict_time_s += time.perf_counter() - t0
+        return out.astype(np.uint8).reshape(blocks[0].shape)
+
+    def costs(self) -> dict[str, Any]:
+        return {"fit_voxels": self.fit_voxels, "fit_time_s": round(self.fit_time_s, 2),
+                "predict_time_s": round(self.predict_time_s, 2)}
+
+
+def forest_baseline(channels: Sequence[Any], labels: Any, num_classes: int, **options: Any
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The whole of :class:`ForestPrediction` ``(D, H, W)`` uint8, predicted slab by slab, and
+    its costs."""
+    forest = ForestPrediction(channels, labels, num_classes, **options)
+    out = np.empty(forest.shape, np.uint8)
+    for sl in slabs(forest.shape):
+        out[sl] = forest[sl]
+    return out, forest.costs()
+
+
+def confusion_by_slabs(pred: Any, truth: Any, num_classes: int, slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
+    """``(K, K)`` confusion matrix of the array-like prediction ``pred`` against ``truth``
+    (``IGNORE`` = not scored), slab by slab; slabs with nothing to score are not predicted."""
+    shape = tuple(int(n) for n in truth.shape)
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    for sl in slabs(shape, slab_voxels):
+        t = np.asarray(truth[sl])
+        if (t != IGNORE).any():
+            matrix += confusion_matrix(np.asarray(pred[sl]), t, num_classes)
+    return matrix

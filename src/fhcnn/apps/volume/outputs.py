@@ -87,4 +87,4 @@ def write_outputs(out: Path, inputs: VolumeInputs, pred_slices: list[np.ndarray]
     save_weights(out / "model.safetensors", result.model,
                  {"num_classes": str(inputs.num_classes), "arch": result.config.model.arch})
     atomic_write_text(out / "metrics.json", json.dumps(
-        {k: v for k, v in metrics.items() if k not in ("prediction", "baseline_predictions")}, indent=1) + "\n")
+        {k: v for k, v in metrics.items() if k != "prediction"}, indent=1) + "\n")

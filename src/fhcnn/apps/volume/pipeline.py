@@ -13,7 +13,6 @@ Every call into the engine goes through :func:`fit_predict`.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
 from ...errors import InputError
 from ...resources import check_memory
 from ...training import is_main_process
-from .baselines import baseline_bytes, copy_nearest_label, forest_baseline
+from .baselines import ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import VolumeInputs
 
@@ -116,9 +115,10 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
                          f"{plan.stats[0].min:g}: nothing to segment")
     names = parse_baselines(cfg.volume.baselines) if inputs.eval_labels is not None else []
     if names:
-        voxels = math.prod(inputs.shape)
-        check_memory(baseline_bytes(voxels, names), f"scoring the baselines ({','.join(names)}) on {voxels:,} voxels",
-                     "they hold whole volumes; --set volume.baselines= scores fhcnn alone, out of core")
+        labelled = inputs.summary.labelled
+        check_memory(baseline_bytes(labelled, names),
+                     f"scoring the baselines ({','.join(names)}) on {labelled:,} labelled voxels",
+                     "they keep every labelled voxel; --set volume.baselines= scores fhcnn alone")
     return VolumePlan(plan, spacing, source, line)
 
 
@@ -197,21 +197,19 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         metrics["prediction_file"] = pred_file.name
         if outputs.probs_path is not None:
             metrics["probabilities_file"] = outputs.probs_path.name
-    baselines: dict[str, np.ndarray] = {}
     if outputs.confusion is not None and outputs.confusion.matrix.sum() > 0:
         ours = scores_of_confusion(outputs.confusion.matrix)
         metrics.update({"eval_labels": inputs.sources.get("eval_labels"), "miou": ours["miou"],
                         "iou": ours["iou"], "dice": ours["dice"], "fhcnn": ours, "baselines": {}})
         log(_line("fhcnn", ours))
         names = parse_baselines(cfg.volume.baselines)
-        truth = np.asarray(held[...]) if names else np.empty(0, np.uint8)  # type: ignore[index]
-        for name in names:  # whole volumes (plan_volume checked they fit)
+        voxels = labelled_voxels(inputs.labels) if {"copy", "forest"} & set(names) else None
+        for name in names:  # box by box (plan_volume checked what they keep fits)
             t0 = time.perf_counter()
-            bpred, extra = _baseline(name, inputs, plan, cfg.volume, vplan.spacing)
-            m = score(bpred, truth, k)
+            matrix, extra = _baseline(name, inputs, plan, cfg.volume, vplan.spacing, held, voxels)
+            m = scores_of_confusion(matrix)
             m.update(extra, time_s=round(time.perf_counter() - t0, 2))
             metrics["baselines"][name] = m
-            baselines[name] = bpred
             log(_line(name, m))
     elif held is not None:
         log("--eval-labels has no class where the labels are unlabelled: nothing to score")
@@ -223,7 +221,6 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         write_outputs(out, inputs, outputs.centre, res, metrics, vplan.spacing)
     else:
         metrics["prediction"] = outputs.prediction
-    metrics["baseline_predictions"] = baselines
     return metrics
 
 
@@ -288,23 +285,26 @@ def _npy_geometry() -> Any:
     return VolumeGeometry(spacing=None, affine=None, nifti_header=None, attrs={}, axis_names=("D", "H", "W"))
 
 
-def _baseline(name: str, inputs: VolumeInputs, plan: RunPlan, opt: VolumeOptions,
-              spacing: Sequence[float] | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The prediction ``(D, H, W)`` of one baseline on the same labels, and what to record."""
-    labels = np.asarray(inputs.labels[...])
+def _baseline(name: str, inputs: VolumeInputs, plan: RunPlan, opt: VolumeOptions, spacing: Sequence[float] | None,
+              held: Any, voxels: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The confusion matrix of one baseline on the same labels against ``held`` (scored box by
+    box), and what to record; ``voxels``: the labelled voxels (:func:`.baselines.labelled_voxels`)."""
+    k = inputs.num_classes
     if name == "copy":
-        return copy_nearest_label(labels, spacing), {}
+        return confusion_by_slabs(NearestLabel(inputs.labels, spacing, voxels), held, k), {}
     if name == "forest":
-        return forest_baseline(inputs.channels, labels, inputs.num_classes, trees=opt.forest_trees,
-                               samples=opt.forest_samples, seed=opt.seed, threads=max(1, torch.get_num_threads()))
+        forest = ForestPrediction(inputs.channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
+                                  seed=opt.seed, threads=max(1, torch.get_num_threads()), voxels=voxels)
+        matrix = confusion_by_slabs(forest, held, k)
+        return matrix, forest.costs()
     ucfg = copy.deepcopy(plan.config)
     ucfg.model.arch = "unet"
     ucfg.parallel.space = 1
     uplan = prepare(DenseInputs(plan.volume, plan.labels, plan.num_classes), ucfg)
-    pred = np.zeros(inputs.shape, np.uint8)
-    fit = fit_predict(uplan, None, lambda r: [LabelSink(pred)], quiet=True)
-    return pred, {"train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
-                  "parameters": int(sum(p.numel() for p in fit.result.model.parameters()))}
+    sink = ConfusionSink(held, k)
+    fit = fit_predict(uplan, None, lambda r: [sink], quiet=True)
+    return sink.matrix, {"train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
+                         "parameters": int(sum(p.numel() for p in fit.result.model.parameters()))}
 
 
 def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: str, *,
@@ -333,8 +333,8 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
 def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callable[[str], None] = _log.info) -> None:
     """Copy every input that is slow to read by window (a compressed NIfTI, a compressed TIFF) once,
     in one streamed pass along the axis its file reads fastest, into a chunked zarr array in the
-    run folder (``inputs/``, recorded in ``run.json``), and point the plan at the copies: training
-    and prediction then read windows from them."""
+    run folder (``inputs/``, recorded in ``run.json``), and point the plan and ``inputs`` at the
+    copies: training, prediction, the baselines and the figure then read from them."""
     from ...rundir import copy_input
     from ...training.device import resolve_device
 
@@ -356,8 +356,11 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
                                   peer_timeout=plan.config.train.peer_timeout)
         log(f"{name}: read by window from a chunked copy made once in {folder / 'inputs' / name}.zarr "
             f"(its file is compressed)")
-    plan.read_from([copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)])
-    if "labels" in copies and plan.labels is inputs.labels:
-        plan.labels = copies["labels"]
+    inputs.channels = [copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)]
+    plan.read_from(inputs.channels)
+    if "labels" in copies:
+        if plan.labels is inputs.labels:
+            plan.labels = copies["labels"]
+        inputs.labels = copies["labels"]
     if "eval_labels" in copies:
         inputs.eval_labels = copies["eval_labels"]
