@@ -111,14 +111,30 @@ def _open(spec: str) -> Any:
     return zarr.open_array(path + ".zarr/" + inner, mode="r")
 
 
-def _phase(name: str, record: dict[str, Any], fn: Callable[[], Any]) -> Any:
+class _Counted:
+    """An array-like that counts the voxels read from it (``voxels``)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.voxels = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        out = self.array[key]
+        self.voxels += int(getattr(out, "size", 1))
+        return out
+
+
+def _phase(name: str, record: dict[str, Any], fn: Callable[[], Any], counted: _Counted | None = None) -> Any:
     from ._worker import _reset_peak, peak_rss
 
     gc.collect()
     _reset_peak()
+    before = counted.voxels if counted is not None else 0
     t0 = time.perf_counter()
     out = fn()
     record[name] = {"peak_rss": peak_rss(), "seconds": round(time.perf_counter() - t0, 2)}
+    if counted is not None:
+        record[name]["voxels_read"] = counted.voxels - before
     return out
 
 
@@ -155,8 +171,9 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         return image, labels, truth
 
     image, labels, truth = _phase("read", rec, load)
-    plan = _phase("prepare", rec, lambda: prepare(DenseInputs(LazyVolume([image]), labels, 3), cfg))
-    result = _phase("train", rec, lambda: train(plan, None, quiet=True))
+    counted = _Counted(image)  # the image voxels each phase reads
+    plan = _phase("prepare", rec, lambda: prepare(DenseInputs(LazyVolume([counted]), labels, 3), cfg), counted)
+    result = _phase("train", rec, lambda: train(plan, None, quiet=True), counted)
     out = Path(job["out"])
     if in_memory:
         target: Any = np.zeros(plan.volume.spatial, np.uint8)
@@ -172,7 +189,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         target = zarr.open_array(str(out / "prediction.zarr"), mode="r+")
         sinks = [LabelSink(target)]
     score = ConfusionSink(truth, 3)
-    _phase("predict", rec, lambda: predict(plan, result, [*sinks, score], work=out, ownership="slabs"))
+    _phase("predict", rec, lambda: predict(plan, result, [*sinks, score], work=out, ownership="slabs"), counted)
+    from ..engine.run import owned_region
+
+    rec["owned_voxels"] = int(np.prod(owned_region(plan, result, "slabs")[1]))
     matrix = torch.as_tensor(score.matrix)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(matrix)
@@ -204,10 +224,12 @@ def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None, config: str = CONFIG,
-        sizes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+        sizes: list[tuple[int, int, int]] | None = None, stem: str | None = None) -> dict[str, Any]:
     """Measure every size (``sizes``, default :data:`SIZES`) and mode; writes
     ``volume_memory.json`` and ``.png`` into ``out_dir`` (``volume_memory_CONFIG.*`` for another
-    config than :data:`CONFIG`, with its own windows and one tiling). Each run's processes share
+    config than :data:`CONFIG`, with its own windows and one tiling; ``stem``: another name). Each
+    run records the image voxels each phase reads and the output voxels the process finishes
+    (``owned_voxels``). Its processes share
     the torch threads of this one (``fhcnn bench --threads``)."""
     import tempfile
 
@@ -222,7 +244,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     scratch = Path(tempfile.mkdtemp(prefix="fhcnn-volume-memory-"))
     rows: list[dict[str, Any]] = []
     env = environment(device)
-    stem = NAME if config == CONFIG else f"{NAME}_{config}"
+    stem = stem or (NAME if config == CONFIG else f"{NAME}_{config}")
     overrides = OVERRIDES if config == CONFIG else [o for o in OVERRIDES if not o.startswith("data.window_")]
     result = {"config": config, "overrides": overrides, "labelled_slices_per_axis": LABELLED_SLICES,
               "rows": rows, "environment": env}
