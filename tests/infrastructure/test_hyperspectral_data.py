@@ -120,15 +120,42 @@ def test_mat_unmixing_layout(tmp_path, cube):
     np.testing.assert_array_equal(read_cube(tmp_path / "u.mat"), cube)
 
 
-@pytest.mark.parametrize("planar", [True, False])
-def test_tiff(tmp_path, cube, planar):
+@pytest.mark.parametrize("planar,compression", [(True, None), (False, None), (True, "zlib")])
+def test_tiff(tmp_path, cube, planar, compression):
+    """Band-first (GeoTIFF-style) or band-last TIFF reads as the cube; uncompressed it is memory
+    mapped and any box reads as the same box of the cube (band-first through a lazy axis
+    move); compressed it is read whole."""
     tifffile = pytest.importorskip("tifffile")
+    from fhcnn.data.hyperspectral import open_cube
+    from fhcnn.data.lazy import MovedAxes
+
     if planar:   # GeoTIFF-style band-first
         tifffile.imwrite(tmp_path / "c.tif", np.moveaxis(cube, -1, 0), planarconfig="separate",
-                         photometric="minisblack")
+                         photometric="minisblack", compression=compression)
     else:
         tifffile.imwrite(tmp_path / "c.tif", cube, planarconfig="contig", photometric="minisblack")
     np.testing.assert_array_equal(read_cube(tmp_path / "c.tif"), cube)
+    opened = open_cube(tmp_path / "c.tif")
+    assert opened.shape == cube.shape and (isinstance(opened, MovedAxes) == planar)
+    inner = opened
+    while hasattr(inner, "array"):
+        inner = inner.array
+    assert isinstance(inner, np.memmap) == (compression is None)  # mapped, not loaded
+    for box in [(slice(1, 4), slice(0, 5), slice(1, 3)), (2,), (slice(None), 3), (0, 1, 2), (Ellipsis, 1)]:
+        np.testing.assert_array_equal(np.asarray(opened[box]), cube[box])
+
+
+def test_tiff_pair_dates_first(tmp_path, cube):
+    """A ``(2, B, H, W)`` TIFF holds both dates; each is read by box, not loaded."""
+    tifffile = pytest.importorskip("tifffile")
+    from fhcnn.data.hyperspectral import open_pair
+
+    pair = np.stack([cube, cube * 2])
+    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(pair, -1, 1), photometric="minisblack")
+    a, b = open_pair(tmp_path / "p.tif")
+    assert not isinstance(a, np.ndarray) and a.shape == cube.shape
+    np.testing.assert_array_equal(np.asarray(b), cube * 2)
+    np.testing.assert_array_equal(a[1:3, 2, :2], cube[1:3, 2, :2])
 
 
 def test_npy_and_pair(tmp_path, cube):

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ChannelView", "Moments", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+__all__ = ["MovedAxes", "ChannelView", "Moments", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped",
+           "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "SLAB_BYTES", "MAX_POINTS"]
 
@@ -103,6 +104,38 @@ class ChannelView:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
         return np.asarray(self.array[key[:self.axis] + (self.index,) + key[self.axis:]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[(slice(None),) * self.ndim]
+        return out if dtype is None else out.astype(dtype)
+
+
+class MovedAxes:
+    """An array-like with its axes in another order, read on demand: ``MovedAxes(a, order)[key]``
+    equals ``np.transpose(a, order)[key]`` for a basic index (slices and ints per axis), and
+    reads only that box of ``a`` (e.g. a band-first ``(B, H, W)`` TIFF as ``(H, W, B)``)."""
+
+    def __init__(self, array: Any, order: Sequence[int]) -> None:
+        self.array, self.order = array, tuple(int(o) for o in order)
+        self.shape = tuple(int(array.shape[o]) for o in self.order)
+        self.dtype, self.ndim = np.dtype(array.dtype), len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        stored: list[Any] = [None] * self.ndim
+        for k, o in zip(key, self.order):
+            stored[o] = k
+        out = np.asarray(self.array[tuple(stored)])
+        kept = [o for k, o in zip(key, self.order) if isinstance(k, slice)]  # in this view's order
+        return out.transpose([sorted(kept).index(o) for o in kept])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
 
 
 def reflect_indices(start: int, length: int, n: int) -> np.ndarray:

@@ -308,22 +308,22 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
     return arr
 
 
-def _tiff_cube(path: Path) -> np.ndarray:
-    try:
-        import tifffile
-    except ImportError:
-        raise InputError(f"{path}: reading TIFF needs the tifffile package (pip install tifffile)") from None
+def _tiff_cube(path: Path) -> Any:
+    """The TIFF's one image series, band axis last: memory-mapped when its pixels are stored
+    uncompressed in one block, else read whole (decoding whole pages for every window would be
+    slow)."""
+    from ..lazy import MovedAxes, Unmapped
+    from ..volumes.tiff import open_tiff
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            arr, axes = series.asarray(), series.axes
-    except Exception as e:
-        raise InputError(f"{path}: cannot read as TIFF ({e})") from None
-    if arr.ndim == 3 and axes.endswith("YX"):   # band-first (planar / multi-page)
-        arr = np.moveaxis(arr, 0, -1)
-    elif arr.ndim == 4 and axes.endswith("YX"):  # (T, B, H, W) -> (T, H, W, B)
-        arr = np.moveaxis(arr, 1, -1)
+    raw = open_tiff(path, str(path))
+    arr = raw.array
+    if raw.compressed or not isinstance(arr, Unmapped):
+        arr = np.asarray(arr[...])
+    names = "".join(str(n) for n in raw.axis_names or ())
+    if arr.ndim == 3 and names.endswith("YX"):   # band-first (planar / multi-page)
+        return MovedAxes(arr, (1, 2, 0))
+    if arr.ndim == 4 and names.endswith("YX"):  # (T, B, H, W) -> (T, H, W, B)
+        return MovedAxes(arr, (0, 2, 3, 1))
     return arr
 
 
@@ -400,7 +400,8 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
 def open_cube(path: str | os.PathLike[str], key: str | None = None) -> Any:
     """Open one hyperspectral image as an ``(H, W, B)`` array-like in the file's numeric type,
     read on demand where the format allows (``.npy``, ENVI: memory maps; ``.mat`` v7.3: the HDF5
-    dataset; ``.mat`` v5 and TIFF are read whole). One streamed pass refuses NaN/inf values.
+    dataset; uncompressed TIFF: a memory map; ``.mat`` v5 and compressed TIFF are read
+    whole). One streamed pass refuses NaN/inf values.
 
     Raises:
         FileNotFoundError, InputError: as :func:`read_cube`.
@@ -459,10 +460,12 @@ def open_pair(path: str | os.PathLike[str], key: str | None = None,
     if arr.ndim != 4:
         raise InputError(f"{path}: a single input must be 4D (2, H, W, bands) holding both dates, "
                          f"got shape {tuple(arr.shape)}; otherwise give BEFORE and AFTER")
+    from ..lazy import ChannelView
+
     if arr.shape[0] == 2:
-        a, b = (arr[i] if isinstance(arr, np.ndarray) else np.asarray(arr)[i] for i in (0, 1))
+        a, b = (arr[i] if isinstance(arr, np.ndarray) else ChannelView(arr, i, 0) for i in (0, 1))
     elif arr.shape[-1] == 2:
-        a, b = (arr[..., i] if isinstance(arr, np.ndarray) else np.asarray(arr)[..., i] for i in (0, 1))
+        a, b = (arr[..., i] if isinstance(arr, np.ndarray) else ChannelView(arr, i, -1) for i in (0, 1))
     else:
         raise InputError(f"{path}: a 4D input needs a date axis of length 2 first or last, "
                          f"got shape {tuple(arr.shape)}")
