@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ._files import load, mib, need
 
 
@@ -169,10 +171,15 @@ def gpu(d: Path) -> str:
     return "\n".join(out)
 
 
-def volume_memory(d: Path) -> str:
+def volume_memory(stem: str) -> Callable[[Path], str]:
+    """The table of :func:`volume_memory_table` for ``results/<stem>.json``."""
+    return lambda d: volume_memory_table(d, stem)
+
+
+def volume_memory_table(d: Path, stem: str = "volume_memory") -> str:
     """Peak resident memory and time of each phase of a whole dense run against the volume's
     size and the mode (``volume_memory.json``, ``fhcnn bench volume_memory``)."""
-    r = need(d, "volume_memory")
+    r = need(d, stem)
     phases = ("read", "prepare", "train", "predict")
     out = ["| volume | mode | " + " | ".join(f"{p}: peak MiB, s" for p in phases) + " | held-out mIoU |",
            "|---|---|" + "---:|" * len(phases) + "---:|"]
@@ -187,4 +194,19 @@ def volume_memory(d: Path) -> str:
     if env.get("reference_s"):
         out.append(f"\nMeasured on {env['cpu_model']} ({env['cpu_count']} cores); the reference workload "
                    f"took {env['reference_s']:.3f} s.")
+    return "\n".join(out)
+
+
+def volume_reads(d: Path) -> str:
+    """Image voxels each process reads in each phase and output voxels it finishes, one process
+    against a split in two (``volume_memory_split.json``)."""
+    r = need(d, "volume_memory_split")
+    out = ["| mode | process | prepare: voxels read | train: voxels read | predict: voxels read | "
+           "output voxels finished | predict: peak MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        reads = [f"{row[p]['voxels_read']:,}" for p in ("prepare", "train", "predict")]
+        out.append(f"| {row['mode']} | {row['rank']} | " + " | ".join(reads)
+                   + f" | {row['owned_voxels']:,} | {mib(row['predict']['peak_rss'])} |")
+    shape = r["rows"][0]["shape"]
+    out.append(f"\n{'×'.join(map(str, shape))} voxels ({int(np.prod(shape)):,}), `{r['config']}`.")
     return "\n".join(out)
