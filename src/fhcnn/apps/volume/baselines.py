@@ -67,7 +67,7 @@ class NearestLabel:
     """``copy`` as a ``(D, H, W)`` uint8 array-like: every voxel gets the label of the nearest
     labelled voxel of ``labels`` (itself if labelled; distances in units of ``spacing``, default
     isotropic; of two equally near, the first in C order), computed for the box asked for
-    from a k-d tree over the labelled voxels (scipy).
+    from a k-d tree over the labelled voxels (scipy; queried on ``threads`` threads).
 
     Example:
         >>> lab = np.full((5, 1, 2), 255, np.uint8); lab[0] = [[0, 1]]; lab[4] = [[1, 1]]
@@ -76,7 +76,7 @@ class NearestLabel:
     """
 
     def __init__(self, labels: Any, spacing: Sequence[float] | None = None,
-                 voxels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 voxels: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1) -> None:
         from scipy.spatial import cKDTree
 
         self.shape = tuple(int(n) for n in labels.shape)
@@ -86,6 +86,7 @@ class NearestLabel:
         if not idx.size:
             raise ValueError("no labelled voxel to copy from")
         self.tree = cKDTree(np.stack(np.unravel_index(idx, self.shape), 1) * self.scale)
+        self.threads = int(threads)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -95,7 +96,7 @@ class NearestLabel:
         grid = np.stack(np.meshgrid(*[np.asarray(r, np.float64) for r in ranges], indexing="ij"), -1)
         points = grid.reshape(-1, 3) * self.scale
         k = min(2, self.tree.n)
-        dist, near = self.tree.query(points, k=k)
+        dist, near = self.tree.query(points, k=k, workers=self.threads)
         if k == 2:  # the first in C order of two equally near (the tree's points are in C order)
             near = np.where(dist[:, 0] == dist[:, 1], near.min(1), near[:, 0])
         out = self.values[near].reshape([len(r) for r in ranges])

@@ -291,7 +291,8 @@ def _baseline(name: str, inputs: VolumeInputs, plan: RunPlan, opt: VolumeOptions
     box), and what to record; ``voxels``: the labelled voxels (:func:`.baselines.labelled_voxels`)."""
     k = inputs.num_classes
     if name == "copy":
-        return confusion_by_slabs(NearestLabel(inputs.labels, spacing, voxels), held, k), {}
+        near = NearestLabel(inputs.labels, spacing, voxels, threads=max(1, torch.get_num_threads()))
+        return confusion_by_slabs(near, held, k), {}
     if name == "forest":
         forest = ForestPrediction(inputs.channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
                                   seed=opt.seed, threads=max(1, torch.get_num_threads()), voxels=voxels)
