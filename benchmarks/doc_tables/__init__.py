@@ -21,6 +21,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory_headline": core.memory_headline,
     "gpu": core.gpu,
     "volume_memory": core.volume_memory("volume_memory"),
+    "volume_memory_volume": core.volume_memory("volume_memory_volume"),
     "volume_reads": core.volume_reads,
     "davis": segment.davis,
     "davis_loss": segment.davis_loss,
