@@ -44,7 +44,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "segment": _COMMON + ("prediction.npy", "masks", "overlay.gif", "labelled_frames.png",
                           "training_curves.png", "inputs"),
     "change": _COMMON + ("prediction.npy", "prediction.png", "change_probability.npy",
-                         "labels_train.npy", "labels_scored.npy"),
+                         "labels_train.npy", "labels_scored.npy", "inputs"),
     "volume": _COMMON + ("prediction.npy", "prediction.nii.gz", "prediction.zarr", "probabilities.zarr",
                          "inputs"),
     "vae": _COMMON + ("samples.png", "reconstructions.png", "interpolation.png", "normality"),

@@ -269,3 +269,47 @@ def test_change_predicts_its_map_chunk_by_chunk_for_every_target(scene, target, 
     plane = whole[2] if target == "slice" else whole.mean(0)
     want = fit["geometry"].back(plane[None])[0]
     torch.testing.assert_close(torch.from_numpy(fit["prob"]), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["two files", "one pair file"])
+def test_compressed_tiff_dates_are_copied_once_and_predict_as_npy(scene, tmp_path, layout, monkeypatch):
+    """Compressed TIFF dates are decoded once, page by page, into a private copy (so every check
+    and statistic before OUT exists reads by window), then copied into the run folder
+    (``inputs/``, recorded in ``run.json``) and read from there; the private copies are gone
+    after the run, and the run predicts exactly what the same dates as ``.npy`` predict."""
+    tifffile = pytest.importorskip("tifffile")
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    d, s = scene
+    if layout == "two files":
+        for name, cube in (("before", s.before), ("after", s.after)):
+            tifffile.imwrite(tmp_path / f"{name}.tif", np.moveaxis(cube, -1, 0), photometric="minisblack",
+                             compression="zlib")
+        dates = [str(tmp_path / "before.tif"), str(tmp_path / "after.tif")]
+        copies = {"inputs/before.zarr", "inputs/after.zarr"}
+    else:
+        tifffile.imwrite(tmp_path / "pair.tif", np.moveaxis(np.stack([s.before, s.after]), -1, 1),
+                         photometric="minisblack", compression="zlib")
+        dates = [str(tmp_path / "pair.tif")]
+        copies = {"inputs/dates.zarr"}
+    common = ["--labels", str(d / "truth.npy"), "--label-fraction", "0.3", *TINY]
+    assert main(["change", *dates, "--out", str(tmp_path / "tif"), *common]) == 0
+    assert main(["change", str(d / "before.npy"), str(d / "after.npy"), "--out", str(tmp_path / "npy"), *common]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "tif" / "prediction.npy"),
+                                  np.load(tmp_path / "npy" / "prediction.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "tif" / "change_probability.npy"),
+                               np.load(tmp_path / "npy" / "change_probability.npy"), atol=1e-6)
+    files = json.loads((tmp_path / "tif" / "run.json").read_text())["files"]
+    assert {c for c in copies if any(f.startswith(c + "/") for f in files)} == copies, files
+    assert not any(f.startswith("inputs/") for f in json.loads((tmp_path / "npy" / "run.json").read_text())["files"])
+    assert not any((tmp_path / "tmp").iterdir())  # the private copies are removed
+    np.save(tmp_path / "small.npy", s.change[:5])  # a refused run: nothing in OUT, no private copy left
+    assert main(["change", *dates, "--out", str(tmp_path / "refused"), "--labels", str(tmp_path / "small.npy"),
+                 *TINY]) == 2
+    import gc
+
+    gc.collect()
+    assert not (tmp_path / "refused").exists() and not any((tmp_path / "tmp").iterdir())

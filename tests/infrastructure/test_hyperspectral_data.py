@@ -124,10 +124,10 @@ def test_mat_unmixing_layout(tmp_path, cube):
 def test_tiff(tmp_path, cube, planar, compression):
     """Band-first (GeoTIFF-style) or band-last TIFF reads as the cube; uncompressed it is memory
     mapped and any box reads as the same box of the cube (band-first through a lazy axis
-    move); compressed it is read whole."""
+    move); compressed it is decoded once, page by page, into a private chunked copy."""
     tifffile = pytest.importorskip("tifffile")
     from fhcnn.data.hyperspectral import open_cube
-    from fhcnn.data.lazy import MovedAxes
+    from fhcnn.data.lazy import MovedAxes, StagedCopy
 
     if planar:   # GeoTIFF-style band-first
         tifffile.imwrite(tmp_path / "c.tif", np.moveaxis(cube, -1, 0), planarconfig="separate",
@@ -136,7 +136,8 @@ def test_tiff(tmp_path, cube, planar, compression):
         tifffile.imwrite(tmp_path / "c.tif", cube, planarconfig="contig", photometric="minisblack")
     np.testing.assert_array_equal(read_cube(tmp_path / "c.tif"), cube)
     opened = open_cube(tmp_path / "c.tif")
-    assert opened.shape == cube.shape and (isinstance(opened, MovedAxes) == planar)
+    assert opened.shape == cube.shape and isinstance(opened, MovedAxes) == (planar and compression is None)
+    assert isinstance(opened, StagedCopy) == (compression is not None)
     inner = opened
     while hasattr(inner, "array"):
         inner = inner.array

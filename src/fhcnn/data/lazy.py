@@ -33,10 +33,9 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["MovedAxes", "ChannelView", "Moments", "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped",
-           "release_pages",
-           "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
-           "SLAB_BYTES", "MAX_POINTS"]
+__all__ = ["MovedAxes", "StagedCopy", "staged_copies", "ChannelView", "Moments", "ArrayLike", "LazyVolume",
+           "StreamStats", "LabelScan", "Unmapped", "release_pages", "reflect_indices", "read_window",
+           "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr", "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies) in float64: the reader's memory
 #: bound (a pass holds a few such buffers).
@@ -517,3 +516,51 @@ def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis
         key = tuple(slice(a, min(a + step, shape[axis])) if k == axis else slice(None) for k in range(len(shape)))
         out[key] = np.asarray(array[key], dtype=dt)
     return zarr.open_array(str(path), mode="r")
+
+
+class StagedCopy:
+    """An array-like that is slow to read by window (a compressed file decoded page by page),
+    copied once, in one streamed pass of slabs along ``axis`` (:func:`copy_to_zarr`), into a
+    zarr array in a private folder of the system's temporary folder (``TMPDIR``), and read from
+    that copy: before a run folder exists, every check and statistic reads it fast. The run then
+    makes its own copy (in the run folder, listed in ``run.json``) and adopts it
+    (:meth:`adopt`); the private folder is removed then, or when this object is collected, or when the process ends.
+    """
+
+    def __init__(self, source: ArrayLike, axis: int, chunks: Sequence[int], dtype: Any = None) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        folder = tempfile.mkdtemp(prefix="fhcnn-staged-")
+        self._remove = weakref.finalize(self, shutil.rmtree, folder, True)
+        self.folder = Path(folder)
+        self.array: Any = copy_to_zarr(source, self.folder / "copy.zarr", chunks, axis=axis, dtype=dtype)
+        self.shape, self.dtype, self.ndim = tuple(self.array.shape), np.dtype(self.array.dtype), self.array.ndim
+
+    def adopt(self, copy: ArrayLike) -> None:
+        """Read ``copy`` (the same values) from now on and remove the private folder."""
+        if tuple(copy.shape) != self.shape:
+            raise ValueError(f"the adopted copy is {tuple(copy.shape)}, not {self.shape}")
+        self.array = copy
+        self._remove()
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def staged_copies(*arrays: Any) -> list[StagedCopy]:
+    """The distinct :class:`StagedCopy` objects behind ``arrays`` (found through the ``.array``
+    of views such as :class:`ChannelView` and :class:`MovedAxes`)."""
+    found: dict[int, StagedCopy] = {}
+    for a in arrays:
+        while a is not None:
+            if isinstance(a, StagedCopy):
+                found.setdefault(id(a), a)
+                break
+            a = getattr(a, "array", None)
+    return list(found.values())

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...atomic import atomic_path, atomic_save_npy, atomic_write_text
-from ...data.hyperspectral import false_color
+from ...data.hyperspectral.colour import false_color, read_bands
 from ...engine import segmentation_metrics
 from ...options import IGNORE
 from ...training.checkpoint import save_weights
@@ -35,7 +35,7 @@ def write_figure(path: Path, before: Any, after: Any, truth: Any, pred: Any, sco
 
     b = before.shape[-1]
     bands = [min(b - 1, int(b * f)) for f in (0.75, 0.5, 0.25)] if b >= 3 else [0, 0, 0]
-    both = np.concatenate([before[..., bands], after[..., bands]], 0)
+    both = np.concatenate([read_bands(before, bands), read_bands(after, bands)], 0)
     lo_hi = (np.percentile(both, 2, axis=(0, 1)), np.percentile(both, 98, axis=(0, 1)))
     truth_img = np.full(truth.shape + (3,), 0.5)
     truth_img[truth == 0] = 0.0

@@ -41,7 +41,7 @@ from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 from .volume import change_volume
 
-__all__ = ["build_volume", "plan_change", "fit_change", "run_change", "change_command"]
+__all__ = ["build_volume", "plan_change", "fit_change", "run_change", "change_command", "local_copies"]
 
 
 def build_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
@@ -229,6 +229,27 @@ def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str |
                                        "eval_labels": eval_labels},
                                 extra={"key": key, "label_fraction": label_fraction, "label_seed": label_seed})
     _log.setup(quiet)
+    local_copies(inputs, folder, cfg)
     metrics = run_change(inputs, cfg, folder, label_fraction=label_fraction, label_seed=label_seed,
                          eval_labels=eval_labels, quiet=quiet, resume=resume, planned=planned)
     return metrics, folder
+
+
+def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Callable[[str], None] = _log.info) -> None:
+    """Dates that were decoded once into a private copy (a compressed TIFF,
+    :class:`~fhcnn.data.lazy.StagedCopy`) are copied into the run folder (``inputs/before.zarr``,
+    ``after.zarr``, or ``dates.zarr`` for one file holding both; recorded in ``run.json``) and
+    read from there; the private copies are removed."""
+    from ...data.lazy import staged_copies
+    from ...rundir import copy_input
+    from ...training.device import resolve_device
+
+    before, after = staged_copies(inputs.before), staged_copies(inputs.after)
+    named = {"dates": before[0]} if before and after and before[0] is after[0] else \
+        {**({"before": before[0]} if before else {}), **({"after": after[0]} if after else {})}
+    for name, staged in named.items():
+        copy = copy_input(folder, name, staged.array, staged.array.chunks, axis=0,
+                          device=resolve_device(cfg.train.device).type, peer_timeout=cfg.train.peer_timeout)
+        staged.adopt(copy)
+        log(f"{name}: read by window from a chunked copy made once in {folder / 'inputs' / name}.zarr "
+            f"(its file is compressed)")

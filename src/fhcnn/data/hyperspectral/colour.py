@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["false_color"]
+__all__ = ["false_color", "read_bands"]
 
 
-def false_color(cube: np.ndarray, bands: Sequence[int] | None = None,
+def read_bands(cube: Any, bands: Sequence[int]) -> np.ndarray:
+    """``(H, W, len(bands))`` float64: the ``bands`` of an ``(H, W, B)`` array-like, read one at
+    a time (any array-like: a memory map, an HDF5 dataset, a zarr array)."""
+    return np.stack([np.asarray(cube[:, :, int(k)], np.float64) for k in bands], -1)
+
+
+def false_color(cube: Any, bands: Sequence[int] | None = None,
                 lo_hi: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(H, W, 3)`` float image in [0, 1] from three bands (default: near 3/4, 1/2, 1/4 of
     the band range, i.e. a NIR-red-green style composite), 2-98 % stretched per band.
@@ -17,7 +23,7 @@ def false_color(cube: np.ndarray, bands: Sequence[int] | None = None,
     b = cube.shape[-1]
     if bands is None:
         bands = [min(b - 1, int(b * f)) for f in (0.75, 0.5, 0.25)] if b >= 3 else [0] * 3
-    rgb = cube[..., list(bands)].astype(np.float64)
+    rgb = read_bands(cube, bands)
     if lo_hi is None:
         lo_hi = (np.percentile(rgb, 2, axis=(0, 1)), np.percentile(rgb, 98, axis=(0, 1)))
     lo, hi = lo_hi

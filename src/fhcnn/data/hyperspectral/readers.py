@@ -310,20 +310,21 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
 
 def _tiff_cube(path: Path) -> Any:
     """The TIFF's one image series, band axis last: memory-mapped when its pixels are stored
-    uncompressed in one block, else read whole (decoding whole pages for every window would be
-    slow)."""
-    from ..lazy import MovedAxes, Unmapped
+    uncompressed in one block; a compressed one is decoded once, page by page, into a private
+    chunked copy (:class:`~fhcnn.data.lazy.StagedCopy`; ``fhcnn change`` moves it into its run
+    folder) instead of decoding whole pages for every window."""
+    from ..lazy import MovedAxes, StagedCopy
     from ..volumes.tiff import open_tiff
 
     raw = open_tiff(path, str(path))
-    arr = raw.array
-    if raw.compressed or not isinstance(arr, Unmapped):
-        arr = np.asarray(arr[...])
+    arr: Any = raw.array
     names = "".join(str(n) for n in raw.axis_names or ())
-    if arr.ndim == 3 and names.endswith("YX"):   # band-first (planar / multi-page)
-        return MovedAxes(arr, (1, 2, 0))
-    if arr.ndim == 4 and names.endswith("YX"):  # (T, B, H, W) -> (T, H, W, B)
-        return MovedAxes(arr, (0, 2, 3, 1))
+    planar = arr.ndim in (3, 4) and names.endswith("YX")   # band-first: (B, H, W) or (T, B, H, W)
+    if planar:
+        arr = MovedAxes(arr, (1, 2, 0) if arr.ndim == 3 else (0, 2, 3, 1))
+    if raw.compressed:   # streamed along the axis the file decodes by: bands of a planar file, else rows
+        axis = arr.ndim - 1 if planar else arr.ndim - 3
+        arr = StagedCopy(arr, axis, (64, 64, 64) if arr.ndim == 3 else (1, 64, 64, 64))
     return arr
 
 
@@ -400,8 +401,8 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
 def open_cube(path: str | os.PathLike[str], key: str | None = None) -> Any:
     """Open one hyperspectral image as an ``(H, W, B)`` array-like in the file's numeric type,
     read on demand where the format allows (``.npy``, ENVI: memory maps; ``.mat`` v7.3: the HDF5
-    dataset; uncompressed TIFF: a memory map; ``.mat`` v5 and compressed TIFF are read
-    whole). One streamed pass refuses NaN/inf values.
+    dataset; uncompressed TIFF: a memory map; compressed TIFF: a private chunked copy made in
+    one pass; ``.mat`` v5 is read whole). One streamed pass refuses NaN/inf values.
 
     Raises:
         FileNotFoundError, InputError: as :func:`read_cube`.
