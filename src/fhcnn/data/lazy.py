@@ -33,9 +33,10 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["MovedAxes", "StagedCopy", "staged_copies", "ChannelView", "Moments", "ArrayLike", "LazyVolume",
-           "StreamStats", "LabelScan", "Unmapped", "release_pages", "reflect_indices", "read_window",
-           "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr", "SLAB_BYTES", "MAX_POINTS"]
+__all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
+           "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
+           "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies) in float64: the reader's memory
 #: bound (a pass holds a few such buffers).
@@ -87,22 +88,52 @@ class Unmapped:
         return out if dtype is None else out.astype(dtype)
 
 
-class ChannelView:
-    """Channel ``index`` of an array-like that holds its channels along ``axis``, as an array-like
-    without that axis (e.g. one colour of ``(T, H, W, 3)`` frames, one channel of a ``(C, D, H, W)``
-    zarr array); reads take basic slices of the remaining axes."""
+class AxisPick:
+    """A lazy view of an array-like with some axes held at one index (a channel, or an axis
+    of length 1): ``AxisPick(a, {3: 1})[s] == a[..., 1][s]``.
 
-    def __init__(self, array: Any, index: int, axis: int = 0) -> None:
-        self.array, self.index = array, int(index)
-        self.axis = axis % len(array.shape)
-        self.shape = tuple(int(n) for k, n in enumerate(array.shape) if k != self.axis)
-        self.dtype = np.dtype(array.dtype)
+    Args:
+        array: any array-like.
+        fixed: ``{stored axis: index}``; the other axes stay, in their order.
+    """
+
+    def __init__(self, array: ArrayLike, fixed: dict[int, int]) -> None:
+        self.array = array
+        self.fixed = dict(fixed)
+        self.shape = tuple(int(n) for ax, n in enumerate(array.shape) if ax not in self.fixed)
         self.ndim = len(self.shape)
+        self.dtype = np.dtype(array.dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (self.ndim - len(key))
-        return np.asarray(self.array[key[:self.axis] + (self.index,) + key[self.axis:]])
+        key = expand_key(key, self.ndim)
+        it = iter(key)
+        full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(len(self.array.shape)))
+        return np.asarray(self.array[full])
+
+    def __repr__(self) -> str:
+        return f"AxisPick({type(self.array).__name__}{tuple(self.array.shape)}, fixed={self.fixed})"
+
+
+def expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
+    """A full tuple of ``ndim`` slices/ints from a basic index (slices, ints, one Ellipsis)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > ndim:
+        raise IndexError(f"{len(key)} indices for an array of {ndim} axes")
+    return tuple(key) + (slice(None),) * (ndim - len(key))
+
+
+class ChannelView(AxisPick):
+    """Channel ``index`` of an array-like that holds its channels along ``axis``, as an array-like
+    without that axis (e.g. one colour of ``(T, H, W, 3)`` frames, one channel of a ``(C, D, H, W)``
+    zarr array): an :class:`AxisPick` of one axis."""
+
+    def __init__(self, array: Any, index: int, axis: int = 0) -> None:
+        super().__init__(array, {axis % len(array.shape): int(index)})
+        self.index, self.axis = int(index), axis % len(array.shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[(slice(None),) * self.ndim]
@@ -120,11 +151,7 @@ class MovedAxes:
         self.dtype, self.ndim = np.dtype(array.dtype), len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
-        key = key + (slice(None),) * (self.ndim - len(key))
+        key = expand_key(key, self.ndim)
         stored: list[Any] = [None] * self.ndim
         for k, o in zip(key, self.order):
             stored[o] = k

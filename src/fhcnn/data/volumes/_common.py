@@ -13,7 +13,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import ArrayLike, iter_slabs
+from ..lazy import ArrayLike, AxisPick, expand_key, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
            "require", "resolve_axes", "iter_slabs", "jsonable", "MAX_CHANNELS_BY_SHAPE",
@@ -96,48 +96,10 @@ def require(module: str, purpose: str) -> ModuleType:
                          f"{PIP_VOLUME}") from None
 
 
-class AxisPick:
-    """A lazy view of an array-like with some axes held at one index (a channel, or an axis
-    of length 1): ``AxisPick(a, {3: 1})[s] == a[..., 1][s]``.
-
-    Args:
-        array: any array-like.
-        fixed: ``{stored axis: index}``; the other axes stay, in their order.
-    """
-
-    def __init__(self, array: ArrayLike, fixed: dict[int, int]) -> None:
-        self.array = array
-        self.fixed = dict(fixed)
-        self.shape = tuple(int(n) for ax, n in enumerate(array.shape) if ax not in self.fixed)
-        self.ndim = len(self.shape)
-        self.dtype = np.dtype(array.dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = _expand_key(key, self.ndim)
-        it = iter(key)
-        full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(len(self.array.shape)))
-        return np.asarray(self.array[full])
-
-    def __repr__(self) -> str:
-        return f"AxisPick({type(self.array).__name__}{tuple(self.array.shape)}, fixed={self.fixed})"
-
-
-def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
-    """A full tuple of ``ndim`` slices/ints from a basic index (slices, ints, one Ellipsis)."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is Ellipsis for k in key):
-        i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
-    if len(key) > ndim:
-        raise IndexError(f"{len(key)} indices for an array of {ndim} axes")
-    return tuple(key) + (slice(None),) * (ndim - len(key))
-
-
 def window_bounds(key: Any, shape: Sequence[int], what: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
     """``[(start, stop)]`` per axis of a basic index (step 1), and the axes indexed by an int
     (to squeeze from the result). Raises IndexError for other steps or ints out of range."""
-    key = _expand_key(key, len(shape))
+    key = expand_key(key, len(shape))
     bounds, drop = [], []
     for a, (k, n) in enumerate(zip(key, shape)):
         if isinstance(k, slice):
