@@ -310,10 +310,10 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
 
 def _tiff_cube(path: Path) -> Any:
     """The TIFF's one image series, band axis last: memory-mapped when its pixels are stored
-    uncompressed in one block; a compressed one is decoded once, page by page, into a private
-    chunked copy (:class:`~fhcnn.data.lazy.StagedCopy`; ``fhcnn change`` moves it into its run
-    folder) instead of decoding whole pages for every window."""
-    from ..lazy import MovedAxes, StagedCopy
+    uncompressed in one block; otherwise (compressed, or in separate strips) decoded once, page by
+    page, into a private chunked copy (:class:`~fhcnn.data.lazy.StagedCopy`; ``fhcnn change``
+    moves it into its run folder) instead of decoding whole pages for every window."""
+    from ..lazy import MovedAxes, StagedCopy, Unmapped
     from ..volumes.tiff import open_tiff
 
     raw = open_tiff(path, str(path))
@@ -322,7 +322,8 @@ def _tiff_cube(path: Path) -> Any:
     planar = arr.ndim in (3, 4) and names.endswith("YX")   # band-first: (B, H, W) or (T, B, H, W)
     if planar:
         arr = MovedAxes(arr, (1, 2, 0) if arr.ndim == 3 else (0, 2, 3, 1))
-    if raw.compressed:   # streamed along the axis the file decodes by: bands of a planar file, else rows
+    if not isinstance(raw.array, Unmapped):   # decoded by page or strip (compressed, or not one block):
+        # copied once, streamed along the axis the file decodes by: bands of a planar file, else rows
         axis = arr.ndim - 1 if planar else arr.ndim - 3
         arr = StagedCopy(arr, axis, (64, 64, 64) if arr.ndim == 3 else (1, 64, 64, 64))
     return arr
