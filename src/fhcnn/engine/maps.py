@@ -14,7 +14,6 @@ padding, resizing back), the same path ``fhcnn change`` takes with ``change.targ
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +24,10 @@ from ..data.lazy import LazyVolume
 from ..errors import InputError
 from .config import SegmentConfig
 from .plan import DenseInputs, RunPlan, prepare
-from .run import predict
+from .run import run
 from .sizes import Geometry
 from .store import DepthMeanSink
-from .train import SegmentationResult, train
+from .train import SegmentationResult
 
 __all__ = ["MapFit", "cube_volume", "fit_map", "map_config"]
 
@@ -109,10 +108,8 @@ def fit_map(volume: Any, labels: Any, config: SegmentConfig, *, num_classes: int
         if len(vol.shape) != 4:
             raise InputError(f"volume must have shape (C, D, H, W), got {tuple(vol.shape)}")
         plan = prepare(DenseInputs(vol, labels, num_classes), map_config(config))
-    t0 = time.perf_counter()
-    result = train(plan, out_dir, eval_fn=eval_fn, quiet=quiet, resume=resume)
-    train_time = time.perf_counter() - t0
     geom = plan.geometry
     prob = np.zeros((plan.num_classes, *geom.size), np.float32)
-    seconds = predict(plan, result, [DepthMeanSink(prob, geom.size, geom.scaled, plan.volume.spatial[0])])
-    return MapFit(prob.argmax(0).astype(np.uint8), prob, result, plan, train_time, seconds)
+    sink = DepthMeanSink(prob, geom.size, geom.scaled, plan.volume.spatial[0])
+    result, seconds = run(plan, out_dir, lambda r: [sink], eval_fn=eval_fn, quiet=quiet, resume=resume)
+    return MapFit(prob.argmax(0).astype(np.uint8), prob, result, plan, result.train_time_s, seconds)
