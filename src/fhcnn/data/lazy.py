@@ -110,6 +110,10 @@ class AxisPick:
         full = tuple(self.fixed[ax] if ax in self.fixed else next(it) for ax in range(len(self.array.shape)))
         return np.asarray(self.array[full])
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
     def __repr__(self) -> str:
         return f"AxisPick({type(self.array).__name__}{tuple(self.array.shape)}, fixed={self.fixed})"
 
@@ -134,10 +138,6 @@ class ChannelView(AxisPick):
     def __init__(self, array: Any, index: int, axis: int = 0) -> None:
         super().__init__(array, {axis % len(array.shape): int(index)})
         self.index, self.axis = int(index), axis % len(array.shape)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[(slice(None),) * self.ndim]
-        return out if dtype is None else out.astype(dtype)
 
 
 class MovedAxes:
@@ -551,7 +551,8 @@ class StagedCopy:
     zarr array in a private folder of the system's temporary folder (``TMPDIR``), and read from
     that copy: before a run folder exists, every check and statistic reads it fast. The run then
     makes its own copy (in the run folder, listed in ``run.json``) and adopts it
-    (:meth:`adopt`); the private folder is removed then, or when this object is collected, or when the process ends.
+    (:meth:`adopt`); the private folder is removed then, or when this object is collected, or
+    when the process ends.
     """
 
     def __init__(self, source: ArrayLike, axis: int, chunks: Sequence[int], dtype: Any = None) -> None:
