@@ -19,8 +19,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 (``three``: D, H, W, D, ...). Every other voxel is scored against the truth. One torch thread.
 
 A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
-on the same labels (same volume and size, fraction, axes and seed: the baselines do not depend on
-fhcnn's network). ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
+on the same labels (same volume and size, fraction, axes and seed) and the same settings apart
+from fhcnn's network (``model.*``): the baselines do not depend on that network. ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
@@ -182,6 +182,14 @@ def _stats(v: list[float]) -> dict:
             "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(a.size)}
 
 
+def _baseline_settings(data: dict) -> list[str]:
+    """The overrides a baseline depends on: all but fhcnn's network (``model.*`` other than the
+    U-Net's), its threads and the baselines run."""
+    return sorted(o for o in data.get("overrides") or []
+                  if not o.startswith(("train.threads=", "volume.baselines="))
+                  and (not o.startswith("model.") or o.startswith("model.unet_")))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     summary: dict = {}
     lines = []
@@ -195,10 +203,11 @@ def cmd_report(args: argparse.Namespace) -> None:
             merged[name]["runs"].update(data["runs"])
         else:
             merged[name] = data
-    for data in merged.values():   # fhcnn-only runs take the baselines of the same labels
+    for data in merged.values():   # fhcnn-only runs take the baselines of the same labels and training
         for key, rec in data["runs"].items():
             for other in merged.values():
-                if other["about"] == data["about"] and other is not data and key in other["runs"]:
+                if (other["about"] == data["about"] and other is not data and key in other["runs"]
+                        and _baseline_settings(other) == _baseline_settings(data)):
                     for b in ("copy", "forest", "unet"):
                         if b not in rec and b in other["runs"][key]:
                             rec[b] = other["runs"][key][b]
