@@ -10,7 +10,8 @@ choice, and profiles of a training step and a prediction.
 ``run``: each case end to end (training + prediction, held-out score) with its shipped config
 (plus the ``--set`` overrides), each in a fresh process, one after the other. Writes
 ``benchmarks/results/speed_<tag>.json`` (default ``speed_configs.json``): per run the wall,
-training and prediction seconds, the held-out mIoU, the steps and threads, the load average
+training and prediction seconds, the held-out mIoU, the steps, the ``train.threads`` setting
+(0: the free cores, chosen during the run), the load average
 before and after, and :func:`fhcnn.bench.reference.environment` (CPU model, threads, load and
 the seconds of the fixed reference workload, measured in the same process just before the
 run). ``--sample N`` trains only N steps and predicts one tiling, and projects the whole run's
@@ -84,7 +85,7 @@ def _video_case(config: str, frames: int, height: int, width: int, overrides: li
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": m["train_time_s"],
             "predict_s": m["predict_time_s"], "miou": m["miou"], "steps": cfg.train.steps,
             "volume": m["volume_size"],
-            "threads": torch.get_num_threads()}
+            "train_threads": cfg.train.threads}
 
 
 def _demo_inputs(frames: int, height: int, width: int) -> Any:
@@ -112,7 +113,7 @@ def _demo_case(overrides: list[str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         s = run_demo(Path(tmp), cfg, quiet=True, say=lambda m: None)
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": s["train_time_s"],
-            "miou": s["miou"], "steps": cfg.train.steps, "threads": torch.get_num_threads()}
+            "miou": s["miou"], "steps": cfg.train.steps, "train_threads": cfg.train.threads}
 
 
 def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def _change_case(mode: str, overrides: list[str], steps: int | None = None) -> d
     r = run_net(case, "hyperbolic", n, 0, [o for o in overrides if not o.startswith("train.steps=")])
     return {"wall_s": round(time.perf_counter() - t0, 1), "train_s": round(r["train_time_s"], 2),
             "predict_s": round(r["predict_time_s"], 2), "miou": r["metrics"]["miou"], "steps": n,
-            "threads": torch.get_num_threads()}
+            "train_threads": cfg.train.threads}
 
 
 def run_case(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def sampled_case(name: str, overrides: list[str], sample: int) -> dict[str, Any]
             "predict_s": round(pred_s * ratio, 1), "tilings_windows_ratio": round(ratio, 2),
             "sample_wall_s": round(wall, 1),
             "projected_wall_s": round(train_s / sample * steps + pred_s * ratio + (wall - train_s - pred_s), 1),
-            "threads": torch.get_num_threads()}
+            "train_threads": full.train.threads}
 
 
 def _worker(name: str, threads: int, sample: int, overrides: list[str], q: Any) -> None:
