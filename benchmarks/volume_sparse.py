@@ -20,7 +20,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 
 A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
 on the same labels (same volume and size, fraction, axes and seed) and the same settings apart
-from fhcnn's network (``model.*``): the baselines do not depend on that network. ``run`` appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
+from fhcnn's network (``model.*``): the baselines do not depend on that network. ``run``
+appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
