@@ -20,7 +20,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 
 A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
 on the same labels (same volume and size, fraction, axes and seed) and the same settings apart
-from fhcnn's network (``model.*``): the baselines do not depend on that network. ``run``
+from fhcnn's network (``model.*``) and the device (``train.device``, recorded in each run):
+the baselines do not depend on them. ``run``
 appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
@@ -162,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                        **{b: _short(v) for b, v in m["baselines"].items()},
                        "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
                        "unet_train_time_s": m["baselines"].get("unet", {}).get("train_time_s"),
-                       "time_s": round(time.perf_counter() - t0, 1)}
+                       "time_s": round(time.perf_counter() - t0, 1), "device": m["device"]}
                 done["runs"][key] = rec
                 print(f"{args.volume} {args.tag} {key}: " + "  ".join(
                     f"{n} {rec[n]['miou']:.3f} [{', '.join(f'{v:.2f}' for v in rec[n]['iou'])}]"
@@ -185,9 +186,9 @@ def _stats(v: list[float]) -> dict:
 
 def _baseline_settings(data: dict) -> list[str]:
     """The overrides a baseline depends on: all but fhcnn's network (``model.*`` other than the
-    U-Net's), its threads and the baselines run."""
+    U-Net's), its threads and device and the baselines run."""
     return sorted(o for o in data.get("overrides") or []
-                  if not o.startswith(("train.threads=", "volume.baselines="))
+                  if not o.startswith(("train.threads=", "train.device=", "volume.baselines="))
                   and (not o.startswith("model.") or o.startswith("model.unet_")))
 
 
