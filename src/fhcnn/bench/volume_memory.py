@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 __all__ = ["run", "work", "SIZES", "QUICK_SIZES", "worker", "NAME"]
 
@@ -224,10 +224,12 @@ def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
 
 def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
         tick: Callable[[str], None] | None = None, config: str = CONFIG,
-        sizes: list[tuple[int, int, int]] | None = None, stem: str | None = None) -> dict[str, Any]:
+        sizes: list[tuple[int, int, int]] | None = None, stem: str | None = None,
+        overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Measure every size (``sizes``, default :data:`SIZES`) and mode; writes
     ``volume_memory.json`` and ``.png`` into ``out_dir`` (``volume_memory_CONFIG.*`` for another
-    config than :data:`CONFIG`, with its own windows and one tiling; ``stem``: another name). Each
+    config than :data:`CONFIG`, with its own windows and one tiling; ``stem``: another name;
+    ``overrides``: ``KEY=VALUE`` settings applied after the benchmark's own). Each
     run records the image voxels each phase reads and the output voxels the process finishes
     (``owned_voxels``). Its processes share
     the torch threads of this one (``fhcnn bench --threads``)."""
@@ -245,7 +247,8 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     rows: list[dict[str, Any]] = []
     env = environment(device)
     stem = stem or (NAME if config == CONFIG else f"{NAME}_{config}")
-    overrides = OVERRIDES if config == CONFIG else [o for o in OVERRIDES if not o.startswith("data.window_")]
+    overrides = [*(OVERRIDES if config == CONFIG else [o for o in OVERRIDES if not o.startswith("data.window_")]),
+                 *overrides]
     result = {"config": config, "overrides": overrides, "labelled_slices_per_axis": LABELLED_SLICES,
               "rows": rows, "environment": env}
     try:
