@@ -26,7 +26,7 @@ appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun sk
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
-``results/volume_sparse.png`` and prints the tables.
+``results/volume_sparse.png`` (the shipped config's tables: ``--plot TAG,...``) and prints the tables.
 ``costs`` measures the CPU seconds (one thread, process time) of one training step and one
 prediction call of the config and the fhcnn time they add up to for ``--size``.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
@@ -240,22 +240,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "volume_sparse_summary.json", json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))
-    _plot(summary)
+    _plot(summary, args.plot.split(","))
 
 
-def _plot(summary: dict) -> None:
+def _plot(summary: dict, tags: list[str]) -> None:
+    """One panel a volume: each annotation's row from the first of ``tags`` that has it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
-    if not names:
+    panels: dict[str, dict] = {}
+    for tag in tags:
+        for name, entry in summary.items():
+            volume, t = name.split("/", 1)
+            if t == tag:
+                for g, row in entry["table"].items():
+                    panels.setdefault(volume, {}).setdefault(g, row)
+    if not panels:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        table = summary[name]["table"]
-        groups = list(table)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, table) in zip(axes[0], panels.items()):
+        groups = sorted(table, key=lambda g: (g.split("|")[1], float(g.split("|")[0])))
         x = np.arange(len(groups))
         methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in table[groups[0]]]
         for i, m in enumerate(methods):
@@ -360,7 +366,10 @@ def main() -> None:
     r.add_argument("--nilearn-wheel", default=None)
     r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
                                              "(parallel runs; report merges the parts)")
-    sub.add_parser("report")
+    rp = sub.add_parser("report")
+    rp.add_argument("--plot", default="g_p0w8u2,d2",
+                    help="the tags whose tables volume_sparse.png shows, one panel a volume (an "
+                         "annotation's row from the first tag that has it)")
     s = sub.add_parser("speed")
     s.add_argument("--size", default="240,240,155")
     s.add_argument("--slices", type=int, default=8)
