@@ -41,17 +41,14 @@ from safetensors.torch import load_file
 from fhcnn.atomic import atomic_write_text
 from fhcnn.data.video import generate_video
 from fhcnn.training.checkpoint import CheckpointError, find_checkpoint, verify_checkpoint
+from fhcnn.training.distributed import launch_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    return env
+    return launch_env(pythonpath=[REPO / "src"])
 
 
 def _command(root: Path, out: Path, steps: int, split: str, *extra: str) -> list[str]:

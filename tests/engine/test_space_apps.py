@@ -9,7 +9,6 @@ It skips where ``torch.distributed``/Gloo is missing or the processes cannot joi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,10 +24,10 @@ from fhcnn.cli import main
 from fhcnn.config import load_config
 from fhcnn.engine import SegmentConfig
 from fhcnn.errors import InputError
+from fhcnn.training.distributed import launch_env
 from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args, stopped_copy
 
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = "lo" if sys.platform.startswith("linux") else None
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with Gloo is not available here")
@@ -41,10 +40,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _launch(tmp_path: Path, nproc: int, *args: str, outputs: tuple[str, ...] = ()) -> None:
     """Run the worker under torchrun; skip when the processes cannot join a Gloo group."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    if LOOPBACK:
-        env["GLOO_SOCKET_IFNAME"] = LOOPBACK
+    env = launch_env(pythonpath=[REPO / "src"])
     # --standalone: torchrun picks a free port itself (other runs may use the machine at once)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            str(REPO / "tests" / "_space_apps_script.py"), str(tmp_path), *args]

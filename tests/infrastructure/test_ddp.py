@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from fhcnn.training import Trainer, seed_everything, shard_batch
+from fhcnn.training.distributed import launch_env
 from tests._ddp_script import MODES, ddp_config, val_fn
 from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
 
@@ -26,8 +26,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
-    # loopback only: the test must not depend on how the machine resolves its host name
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GLOO_SOCKET_IFNAME="lo")
+    env = launch_env()   # Gloo on the loopback: not how the machine resolves its host name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(HERE / "_ddp_script.py"), str(tmp_path)]
     # A launch sometimes dies at once with "terminate called without an active exception" in a

@@ -11,7 +11,6 @@ names the stopped process).
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from fhcnn.training.checkpoint import verify_checkpoint
+from fhcnn.training.distributed import launch_env
 from tests._space_apps_script import make_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,11 +38,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    return env
+    return launch_env(pythonpath=[REPO / "src"])
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:

@@ -206,11 +206,12 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _launch(job: dict[str, Any], nproc: int = 1) -> list[dict[str, Any]]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MALLOC_MMAP_THRESHOLD_="65536", PYTHONUNBUFFERED="1")
+    from ..training.distributed import launch_env
+
+    env = launch_env(job["threads"], MALLOC_MMAP_THRESHOLD_="65536")
     if nproc == 1:
         cmd = [sys.executable, "-m", "fhcnn.bench.volume_memory", json.dumps(job)]
     else:
-        env["GLOO_SOCKET_IFNAME"] = "lo"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "fhcnn.bench.volume_memory", json.dumps(job)]
     results = [Path(job["out"]) / f"result-{rank}.json" for rank in range(nproc)]

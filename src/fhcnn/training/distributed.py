@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -99,6 +99,19 @@ def init_distributed(device_type: str | None = None, timeout: float | None = Non
                             f"process was started") from None
     _start_heartbeat(timeout)
     return dist_info()
+
+
+def launch_env(threads: int = 1, *, pythonpath: Sequence[str | Path] = (), **extra: str) -> dict[str, str]:
+    """The environment of processes this one starts under ``torchrun`` on this machine: the
+    caller's, with ``threads`` OpenMP/torch threads each, unbuffered output, Gloo on the
+    loopback interface on Linux (a local run must not depend on how the machine resolves its
+    host name), ``pythonpath`` in front of ``PYTHONPATH``, and ``extra`` as given."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", **extra)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), os.environ.get("PYTHONPATH", "")])
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
 
 
 def cleanup_distributed() -> None:

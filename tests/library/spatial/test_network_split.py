@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from fhcnn.spatial import (
     size_multiple,
     split_module,
 )
+from fhcnn.training.distributed import launch_env
 from tests.conftest import rel_err
 
 REPO = Path(__file__).resolve().parents[3]
@@ -92,13 +92,10 @@ def test_training_under_torchrun_equals_one_process(tmp_path: Path) -> None:
         import spatial_train
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = launch_env(pythonpath=[REPO / "src"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
            str(REPO / "benchmarks" / "spatial_train.py"), "--data", "2", "--grid", "2", "--axes", "0",
            "--out", str(tmp_path)]
-    if LOOPBACK:
-        env["GLOO_SOCKET_IFNAME"] = LOOPBACK
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     split = SpatialSplit(3, (0,), (1,))
