@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--config volume] [--set KEY=VALUE ...] [--tag NAME] [--baselines copy,forest,unet]
     python benchmarks/volume_sparse.py report
     python benchmarks/volume_sparse.py speed [--size 240,240,155] [--slices 8]
-    python benchmarks/volume_sparse.py costs [--size 240,240,155]
+    python benchmarks/volume_sparse.py costs [--size 240,240,155] [--layouts [--rounds 3]]
 
 Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known truth):
 ``cells`` (``$VOLUME_SIZE``^3, default 96, two stains as two channels; ``cells-c0`` / ``cells-c1`` one stain each),
@@ -28,7 +28,8 @@ than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
 ``results/volume_sparse.png`` (the shipped config's tables: ``--plot TAG,...``) and prints the tables.
 ``costs`` measures the CPU seconds (one thread, process time) of one training step and one
-prediction call of the config and the fhcnn time they add up to for ``--size``.
+prediction call of the config and the fhcnn time they add up to for ``--size``; ``costs --layouts``
+those of the layouts compared in docs/volume.md, in turn, ``--rounds`` times.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
 annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
 """
@@ -300,18 +301,22 @@ def cmd_speed(args: argparse.Namespace) -> None:
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
 
 
-def cmd_costs(args: argparse.Namespace) -> None:
-    """CPU seconds (one thread, process time: the machine's load does not enter) of one training
-    step and one prediction call of the config, and the fhcnn time they give for ``--size``
-    (steps x step + prediction calls x call)."""
+#: The layouts of docs/volume.md's table: ``--set`` overrides of the ``volume`` config.
+LAYOUTS = {"shipped": [], "1down": ["model.units=1down,4up,2"],
+           "pre1w64": ["model.pre_levels=1", "model.width=64", "model.units=4up,2", "model.hidden=32,8"],
+           "w16": ["model.width=16", "model.hidden=16,32,16"], "unet": ["model.arch=unet"]}
+
+
+def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
+    """CPU seconds (one thread, process time) of one training step and one prediction call of the
+    config, and the fhcnn time they give for ``size`` (steps x step + prediction calls x call)."""
     import torch
 
     from fhcnn.engine import build_model
     from fhcnn.engine.sizes import prediction_tilings
 
     torch.set_num_threads(1)
-    size = tuple(int(v) for v in args.size.split(","))
-    cfg = load_config(VolumeConfig, args.config, args.overrides)
+    cfg = load_config(VolumeConfig, config, overrides)
     model = build_model(cfg.model, 2, 3)
     d = cfg.data
     win = (d.window_depth, d.window_height, d.window_width)
@@ -340,15 +345,43 @@ def cmd_costs(args: argparse.Namespace) -> None:
     tilings = prediction_tilings(size, win, model.size_multiple, d.predict_shifts, True, d.predict_flip)
     windows = sum(tl.count for tl in tilings)
     calls = -(-windows // d.predict_batch)
-    rec = {"size": list(size), "channels": 2, "config": args.config, "overrides": args.overrides,
-           "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
-           "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
-           "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
-           "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg(),
-           "environment": environment()}
-    print(json.dumps(rec, indent=1))
+    return {"size": list(size), "channels": 2, "config": config, "overrides": overrides,
+            "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
+            "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
+            "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
+            "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg()}
+
+
+def cmd_costs(args: argparse.Namespace) -> None:
+    """The costs of the config (``results/volume_costs<tag>.json``), or with ``--layouts`` those of
+    every layout of :data:`LAYOUTS` in turn, ``--rounds`` times, with each one's cost relative to
+    the shipped layout's in the same round (the machine's speed drifts between minutes; the
+    medians over rounds go to ``results/volume_costs_layouts.json``)."""
+    size = tuple(int(v) for v in args.size.split(","))
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"volume_costs{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+    if not args.layouts:
+        rec = {**_costs(args.config, args.overrides, size), "environment": environment()}
+        print(json.dumps(rec, indent=1))
+        atomic_write_text(RESULTS / f"volume_costs{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+        return
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        rounds.append({name: _costs(args.config, sets, size) for name, sets in LAYOUTS.items()})
+        print(f"round {r}: " + ", ".join(f"{n} {c['train_step_cpu_s']}/{c['predict_call_cpu_s']}"
+                                         for n, c in rounds[-1].items()), flush=True)
+
+    def median(name: str, key: str, relative: bool) -> float:
+        v = [rd[name][key] / (rd["shipped"][key] if relative else 1.0) for rd in rounds]
+        return round(float(np.median(v)), 3)
+
+    layouts = {name: {"overrides": sets, **{f"{k}{'_relative' if rel else ''}": median(name, k, rel)
+                                             for k in ("train_step_cpu_s", "predict_call_cpu_s", "fhcnn_cpu_s")
+                                             for rel in (False, True)}}
+               for name, sets in LAYOUTS.items()}
+    rec = {"size": list(size), "config": args.config, "rounds": rounds, "median": layouts,
+           "environment": environment()}
+    print(json.dumps(layouts, indent=1))
+    atomic_write_text(RESULTS / "volume_costs_layouts.json", json.dumps(rec, indent=1) + "\n")
 
 
 def main() -> None:
@@ -382,6 +415,8 @@ def main() -> None:
     c.add_argument("--config", default="volume")
     c.add_argument("--set", dest="overrides", action="append", default=[])
     c.add_argument("--tag", default="")
+    c.add_argument("--layouts", action="store_true", help="every layout of LAYOUTS in turn (docs/volume.md)")
+    c.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     {"run": cmd_run, "report": cmd_report, "speed": cmd_speed, "costs": cmd_costs}[args.cmd](args)
 
