@@ -185,6 +185,12 @@ def _stats(v: list[float]) -> dict:
             "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(a.size)}
 
 
+def _annotation_order(group: str) -> tuple[str, float]:
+    """Sort key of a ``"fraction|axes"`` group: one axis before three, then by fraction."""
+    frac, axes = group.split("|")
+    return axes, float(frac)
+
+
 def _baseline_settings(data: dict) -> list[str]:
     """The overrides a baseline depends on: all but fhcnn's network (``model.*`` other than the
     U-Net's), its threads and device and the baselines run."""
@@ -221,7 +227,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         for key, rec in data["runs"].items():
             frac, axes, _ = key.split("|")
             groups.setdefault(f"{frac}|{axes}", []).append(rec)
-        for g, recs in sorted(groups.items(), key=lambda kv: (kv[0].split("|")[1], float(kv[0].split("|")[0]))):
+        for g, recs in sorted(groups.items(), key=lambda kv: _annotation_order(kv[0])):
             methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in recs[0]]
             row: dict = {"slices": recs[0]["slices"]["slices"], "seeds": len(recs)}
             for meth in methods:
@@ -262,7 +268,7 @@ def _plot(summary: dict, tags: list[str]) -> None:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (name, table) in zip(axes[0], panels.items()):
-        groups = sorted(table, key=lambda g: (g.split("|")[1], float(g.split("|")[0])))
+        groups = sorted(table, key=_annotation_order)
         x = np.arange(len(groups))
         methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in table[groups[0]]]
         for i, m in enumerate(methods):
