@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhcnn.data.lazy import LazyVolume, copy_to_zarr, iter_slabs, reflect_indices, scan_labels
+from fhcnn.data.lazy import LazyVolume, copy_to_zarr, iter_slabs, reflect_indices, scan_labels, whole_slabs
 from fhcnn.engine.sizes import gather
 from fhcnn.errors import InputError
 
@@ -62,6 +62,21 @@ def test_slabs_cover_every_element_once_within_the_budget(shape, axis, max_bytes
     for box in iter_slabs(shape, 1, max_bytes, axis):
         hits[box] += 1
         assert hits[box].size <= max(max_bytes, 1) or hits[box].size <= row
+    assert (hits == 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), itemsize=st.integers(1, 8),
+       max_bytes=st.integers(1, 400))
+def test_whole_slabs_cover_axis_0_once_within_the_budget(shape, itemsize, max_bytes) -> None:
+    per_slice = itemsize * int(np.prod(shape[1:]))
+    hits = np.zeros(shape[0], np.int64)
+    for sl in whole_slabs(shape, itemsize, max_bytes):
+        hits[sl] += 1
+        n = sl.stop - sl.start
+        assert n == 1 or n * per_slice <= max_bytes
+        # as many slices as the budget allows: only the last slab may be shorter
+        assert n == max(1, max_bytes // per_slice) or sl.stop == shape[0]
     assert (hits == 1).all()
 
 

@@ -35,7 +35,7 @@ from ..errors import InputError
 
 __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
-           "reflect_indices", "read_window", "iter_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies) in float64: the reader's memory
@@ -203,6 +203,16 @@ def read_window(array: ArrayLike, starts: Sequence[int], sizes: Sequence[int], l
         if pick is not None:
             out = np.take(out, pick, axis=lead + k)
     return out
+
+
+def whole_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES) -> list[slice]:
+    """Slices along axis 0 of an array of ``shape``, every other axis whole, each at most
+    ``max_bytes`` at ``itemsize`` bytes per element but never less than one slice (unlike
+    :func:`iter_slabs`, which cuts a slice larger than the budget)."""
+    n = int(shape[0])
+    per_slice = max(1, int(itemsize) * int(np.prod([int(k) for k in shape[1:]], dtype=np.int64)))
+    step = max(1, int(max_bytes) // per_slice)
+    return [slice(z, min(n, z + step)) for z in range(0, n, step)]
 
 
 def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ...data.lazy import SLAB_BYTES, LazyVolume, Moments
+from ...data.lazy import SLAB_BYTES, LazyVolume, Moments, whole_slabs
 from .config import BandNormalization, ChangeChannels
 
 __all__ = ["ChangeChannel", "TwoDates", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
@@ -29,10 +29,7 @@ ChannelKind = Literal["before", "after", "diff", "ratio", "angle"]
 def row_slabs(shape: Sequence[int], cubes: int = 2, max_bytes: int | None = None) -> Iterator[slice]:
     """Slices of rows of an ``(H, W, B)`` scene, each at most ``max_bytes`` (default
     :data:`~fhcnn.data.lazy.SLAB_BYTES`) of float64 over ``cubes`` cubes (at least one row)."""
-    h, w, b = (int(n) for n in shape)
-    rows = max(1, (SLAB_BYTES if max_bytes is None else max_bytes) // max(1, 8 * cubes * w * b))
-    for r in range(0, h, rows):
-        yield slice(r, min(h, r + rows))
+    yield from whole_slabs(shape, 8 * cubes, SLAB_BYTES if max_bytes is None else max_bytes)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...data.lazy import whole_slabs
 from ...engine.metrics import confusion_matrix
 from ...options import IGNORE
 
@@ -44,9 +45,9 @@ def baseline_bytes(labelled: int, names: Sequence[str]) -> int:
 
 
 def slabs(shape: Sequence[int], voxels: int = SLAB_VOXELS) -> list[slice]:
-    """Slabs of whole ``(H, W)`` planes along axis 0 of about ``voxels`` voxels each."""
-    step = max(1, voxels // max(1, int(shape[1]) * int(shape[2])))
-    return [slice(z, min(int(shape[0]), z + step)) for z in range(0, int(shape[0]), step)]
+    """Slabs of whole ``(H, W)`` planes along axis 0 of at most ``voxels`` voxels each (at
+    least one plane)."""
+    return whole_slabs(shape, 1, voxels)
 
 
 def labelled_voxels(labels: Any, slab_voxels: int = SLAB_VOXELS) -> tuple[np.ndarray, np.ndarray]:
