@@ -22,11 +22,14 @@ import stat
 import sys
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from . import atomic
 from .errors import InputError
 from .training.distributed import is_main_process
+
+if TYPE_CHECKING:
+    from .training.config import TrainConfig
 
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS",
            "fingerprint", "config_digest", "copy_input"]
@@ -832,23 +835,25 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
 
 
 def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis: int = 0, *,
-               device: str = "cpu", peer_timeout: float | None = None) -> Any:
+               train: TrainConfig, why: str, log: Callable[[str], None]) -> Any:
     """The one-time chunked copy of an input that is slow to read by window (compressed or
     sequential files), inside a run folder: :func:`~fhcnn.data.lazy.copy_to_zarr` along ``axis``
     into ``folder/inputs/<name>.zarr``, written under a temporary name and moved in (every file
-    recorded in ``run.json``). Returns the copy, opened for reading.
+    recorded in ``run.json``). Returns the copy, opened for reading, and logs one line naming
+    the copy and ``why`` it was made.
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) the processes join their group here
-    (``peer_timeout``: ``train.peer_timeout``; ``device``: the run's device type) and rank 0
-    alone copies while the others wait at a barrier, then every process opens the copy; a copy
-    that takes longer than ``peer_timeout`` stops the run with :class:`PeerLostError` (one line
-    that says to raise it).
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the processes join their group here (on the device
+    type of ``train.device``) and rank 0 alone copies while the others wait at a barrier, then
+    every process opens the copy; a copy that takes longer than ``train.peer_timeout`` stops the
+    run with :class:`PeerLostError` (one line that says to raise it).
     """
     import zarr
 
     from .data.lazy import copy_to_zarr
+    from .training.device import resolve_device
     from .training.distributed import init_distributed
 
+    device, peer_timeout = resolve_device(train.device).type, train.peer_timeout
     final = Path(folder) / "inputs" / f"{name}.zarr"
     info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     if is_main_process():
@@ -866,4 +871,5 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
             raise PeerLostError(f"the copy of {name} into {final} was not finished by rank 0 within "
                                 f"train.peer_timeout={peer_timeout} s ({str(e).splitlines()[0][:120]}); "
                                 f"raise train.peer_timeout for a large compressed or sequential input") from None
+    log(f"{name}: read by window from a chunked copy made once in {final} ({why})")
     return zarr.open_array(str(final), mode="r")

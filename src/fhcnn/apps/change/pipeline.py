@@ -242,14 +242,10 @@ def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Cal
     read from there; the private copies are removed."""
     from ...data.lazy import staged_copies
     from ...rundir import copy_input
-    from ...training.device import resolve_device
 
     before, after = staged_copies(inputs.before), staged_copies(inputs.after)
     named = {"dates": before[0]} if before and after and before[0] is after[0] else \
         {**({"before": before[0]} if before else {}), **({"after": after[0]} if after else {})}
     for name, staged in named.items():
-        copy = copy_input(folder, name, staged.array, staged.array.chunks, axis=0,
-                          device=resolve_device(cfg.train.device).type, peer_timeout=cfg.train.peer_timeout)
-        staged.adopt(copy)
-        log(f"{name}: read by window from a chunked copy made once in {folder / 'inputs' / name}.zarr "
-            f"(its file is compressed)")
+        staged.adopt(copy_input(folder, name, staged.array, staged.array.chunks, axis=0, train=cfg.train,
+                                why="its file is compressed", log=log))

@@ -134,14 +134,10 @@ def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[
     if not (isinstance(frames, VideoFrames) and frames.sequential):
         return
     from ...rundir import copy_input
-    from ...training.device import resolve_device
 
-    copy_ = copy_input(folder, "video", frames.planar(), (1, 64, 64, 64), axis=1,
-                       device=resolve_device(plan.config.train.device).type,
-                       peer_timeout=plan.config.train.peer_timeout)
+    copy_ = copy_input(folder, "video", frames.planar(), (1, 64, 64, 64), axis=1, train=plan.config.train,
+                       why=f"{frames.path} is decoded frame by frame", log=log)
     plan.read_from([ChannelView(copy_, c, axis=0) for c in range(3)])
-    log(f"frames: read by window from a chunked copy made once in {folder / 'inputs' / 'video.zarr'} "
-        f"({frames.path} is decoded frame by frame)")
 
 
 def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, quiet: bool = False,

@@ -337,7 +337,6 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
     run folder (``inputs/``, recorded in ``run.json``), and point the plan and ``inputs`` at the
     copies: training, prediction, the baselines and the figure then read from them."""
     from ...rundir import copy_input
-    from ...training.device import resolve_device
 
     slow = inputs.compressed
     if not any(slow):
@@ -349,14 +348,11 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
         arrays["eval_labels"] = inputs.eval_labels
     axes = list(inputs.slab_axes or [0] * n) + [0, 0]
     copies: dict[str, Any] = {}
-    device = resolve_device(plan.config.train.device).type
     for (name, array), is_slow, axis in zip(arrays.items(), slow, axes):
         if not is_slow:
             continue
-        copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, device=device,
-                                  peer_timeout=plan.config.train.peer_timeout)
-        log(f"{name}: read by window from a chunked copy made once in {folder / 'inputs' / name}.zarr "
-            f"(its file is compressed)")
+        copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, train=plan.config.train,
+                                  why="its file is compressed", log=log)
     inputs.channels = [copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)]
     plan.read_from(inputs.channels)
     if "labels" in copies:
