@@ -250,6 +250,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def save_result(out_dir: str | Path, name: str, result: dict[str, Any],
+                plot: Callable[[dict[str, Any], Path], Any]) -> dict[str, Any]:
+    """Write ``out_dir/<name>.json`` and its figure ``out_dir/<name>.png`` (drawn by ``plot``);
+    returns ``result``."""
+    out = Path(out_dir)
+    write_json(out / f"{name}.json", result)
+    plot(result, out / f"{name}.png")
+    return result
+
+
 def clean(x: float | None) -> float | None:
     """NaN/inf -> None (JSON null)."""
     return None if x is None or not math.isfinite(x) else float(x)

@@ -45,8 +45,8 @@ from ._common import (
     measured_activation_peaks,
     pyplot,
     save_figure,
+    save_result,
     state_numel,
-    write_json,
 )
 from .peers import configs as peer_configs
 
@@ -135,10 +135,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
               "notes": "decomposition: LiveBytesTracker (allocator events, deterministic), one "
                        "reversible training step, relative to before the forward pass; rss: peak "
                        "resident memory above the idle process (fresh process per method)"}
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
-    return result
+    return save_result(out_dir, NAME, result, plot)
 
 
 PARTS = ("saved_pair", "gradient_pair", "layer_internals", "parameter_gradients", "everything_else")

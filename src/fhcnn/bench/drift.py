@@ -35,8 +35,8 @@ from ._common import (
     net_steps,
     pyplot,
     save_figure,
+    save_result,
     step_params,
-    write_json,
 )
 
 __all__ = ["THRESHOLD", "run", "settings", "usable_depth", "work"]
@@ -175,10 +175,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
               "spec": spec, "hs": st["hs"], "threshold": THRESHOLD, "inverse": inverse,
               "gradient": gradient, "init_scale_sweep": {"h": 0.2, "dtype": "float32", "runs": scales},
               "first_depth_above_threshold": first_above}
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
-    return result
+    return save_result(out_dir, NAME, result, plot)
 
 
 def _loglog(ax: Any, title: str, ylabel: str, thr: float | None = THRESHOLD) -> None:

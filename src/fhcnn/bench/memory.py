@@ -39,11 +39,11 @@ from ._common import (
     measured_activation_peaks,
     pyplot,
     save_figure,
+    save_result,
     spatial_of,
     spec_units,
     state_numel,
     unit_levels,
-    write_json,
 )
 
 __all__ = ["METHODS", "analytic_saved", "paper_model_bytes", "run", "sweeps", "work"]
@@ -202,10 +202,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     result["peak_method"] = ("cuda max_memory_allocated during the step" if device.startswith("cuda")
                              else "CPU peak RSS (VmHWM) of a fresh process above its idle baseline, "
                                   "MALLOC_MMAP_THRESHOLD_=65536")
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
-    return result
+    return save_result(out_dir, NAME, result, plot)
 
 
 COLORS = {"plain": "tab:red", "block": "tab:orange", "reversible": "tab:blue",

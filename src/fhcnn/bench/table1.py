@@ -34,8 +34,8 @@ from ._common import (
     measured_activation_peaks,
     pyplot,
     save_figure,
+    save_result,
     state_numel,
-    write_json,
 )
 from .memory import analytic_saved
 
@@ -140,10 +140,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
                   "count with M = C; our reversible network saves exactly 2 states, and its peak "
                   "adds the transient memory of one layer's backward."),
     }
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
-    return result
+    return save_result(out_dir, NAME, result, plot)
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:

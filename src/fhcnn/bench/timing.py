@@ -23,9 +23,9 @@ from ._common import (
     median,
     pyplot,
     save_figure,
+    save_result,
     time_interleaved,
     train_step,
-    write_json,
 )
 
 __all__ = ["METHODS", "TARGET", "configs", "run", "work"]
@@ -73,10 +73,7 @@ def run(out_dir: str | Path, quick: bool = False, device: str = "cpu",
     result = {"benchmark": NAME, "quick": quick, "environment": environment(device),
               "methods": list(METHODS), "repeats": repeats, "theory": 4 / 3, "target": TARGET,
               "rows": rows}
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"{NAME}.json", result)
-    plot(result, out_dir / f"{NAME}.png")
-    return result
+    return save_result(out_dir, NAME, result, plot)
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
