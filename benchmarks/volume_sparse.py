@@ -37,6 +37,7 @@ annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -145,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = load_config(VolumeConfig, args.config, overrides)
     done["config"] = args.config
     done["overrides"] = overrides
+    done["model"] = dataclasses.asdict(cfg.model)  # the network as resolved (configs change)
     for frac in (float(f) for f in args.fractions.split(",")):
         for axes in args.axes.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
