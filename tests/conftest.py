@@ -28,6 +28,22 @@ def taylor_slopes(f, x, dx, g, hs):
     return [math.log2(a / b) for a, b in zip(r, r[1:])]
 
 
+def write_video_files(folder: Path, video) -> tuple[Path, Path, Path]:
+    """The frames of ``video`` (``(T, H, W, 3)`` uint8) as a folder of PNGs (``frames/``), a GIF
+    (``v.gif``) and an ``.npy`` (``v.npy``) in ``folder``; returns the three paths."""
+    import numpy as np
+    from PIL import Image
+
+    fdir = folder / "frames"
+    fdir.mkdir()
+    for i, f in enumerate(video):
+        Image.fromarray(f).save(fdir / f"{i:05d}.png")
+    ims = [Image.fromarray(f) for f in video]
+    ims[0].save(folder / "v.gif", save_all=True, append_images=ims[1:])
+    np.save(folder / "v.npy", video)
+    return fdir, folder / "v.gif", folder / "v.npy"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from fhcnn.cli import main
 from fhcnn.data.video import generate_video
+from tests.conftest import write_video_files
 
 TINY = ["--config", "video-tiny", "--quiet"]
 
@@ -111,13 +112,7 @@ def test_frames_decoded_one_by_one_are_read_from_one_chunked_copy(gen, tmp_path)
     from fhcnn.config import load_config
 
     _, video, masks = gen
-    fdir = tmp_path / "frames"
-    fdir.mkdir()
-    for i, f in enumerate(video):
-        Image.fromarray(f).save(fdir / f"{i:05d}.png")
-    ims = [Image.fromarray(f) for f in video]
-    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
-    np.save(tmp_path / "v.npy", video)
+    fdir, _, _ = write_video_files(tmp_path, video)
     np.save(tmp_path / "g.npy", np.stack([np.asarray(fr.convert("RGB")) for fr in _gif_frames(tmp_path / "v.gif")]))
     np.save(tmp_path / "m.npy", masks)
     for scale in ("1", "1.5"):

@@ -17,6 +17,7 @@ from fhcnn.data.video import (
     write_mask_png,
 )
 from fhcnn.errors import InputError
+from tests.conftest import write_video_files
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,7 @@ def test_bad_inputs(tmp_path):
 def _video_files(tmp_path, video):
     """The same frames as a folder of PNGs, a GIF, an RGB, a grey and an RGBA ``.npy``, and an MP4
     where the video reader is installed."""
-    fdir = tmp_path / "frames"
-    fdir.mkdir()
-    for i, f in enumerate(video):
-        Image.fromarray(f).save(fdir / f"{i:03d}.png")
-    ims = [Image.fromarray(f) for f in video]
-    ims[0].save(tmp_path / "v.gif", save_all=True, append_images=ims[1:])
-    np.save(tmp_path / "v.npy", video)
+    fdir, _, _ = write_video_files(tmp_path, video)
     np.save(tmp_path / "grey.npy", video[..., 0].astype(np.uint16) * 200)
     np.save(tmp_path / "rgba.npy", np.concatenate([video, video[..., :1]], -1))
     paths = [fdir, tmp_path / "v.gif", tmp_path / "v.npy", tmp_path / "grey.npy", tmp_path / "rgba.npy"]
