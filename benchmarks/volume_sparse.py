@@ -168,12 +168,12 @@ def cmd_run(args: argparse.Namespace) -> None:
                        "unet_train_time_s": m["baselines"].get("unet", {}).get("train_time_s"),
                        "time_s": round(time.perf_counter() - t0, 1), "device": m["device"]}
                 done["runs"][key] = rec
+                done["environment"] = environment()
+                RESULTS.mkdir(exist_ok=True)
+                atomic_write_text(path, json.dumps(done, indent=1) + "\n")  # then say so
                 print(f"{args.volume} {args.tag} {key}: " + "  ".join(
                     f"{n} {rec[n]['miou']:.3f} [{', '.join(f'{v:.2f}' for v in rec[n]['iou'])}]"
                     for n in ("fhcnn", *m["baselines"])) + f"  ({rec['time_s']:.0f} s)", flush=True)
-                done["environment"] = environment()
-                RESULTS.mkdir(exist_ok=True)
-                atomic_write_text(path, json.dumps(done, indent=1) + "\n")
 
 
 def _short(m: dict) -> dict:
@@ -274,6 +274,8 @@ def _plot(summary: dict, tags: list[str]) -> None:
         x = np.arange(len(groups))
         methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in table[groups[0]]]
         for i, m in enumerate(methods):
+            if not all(m in table[g] for g in groups):
+                continue  # a baseline not run on every annotation of the panel
             mean = [table[g][m]["miou"]["mean"] for g in groups]
             lo = [table[g][m]["miou"]["mean"] - table[g][m]["miou"]["min"] for g in groups]
             hi = [table[g][m]["miou"]["max"] - table[g][m]["miou"]["mean"] for g in groups]
@@ -408,7 +410,7 @@ def main() -> None:
     r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
                                              "(parallel runs; report merges the parts)")
     rp = sub.add_parser("report")
-    rp.add_argument("--plot", default="g_p0w8u2,d2",
+    rp.add_argument("--plot", default="d3",
                     help="the tags whose tables volume_sparse.png shows, one panel a volume (an "
                          "annotation's row from the first tag that has it)")
     s = sub.add_parser("speed")
