@@ -272,10 +272,9 @@ def _plot(summary: dict, tags: list[str]) -> None:
     for ax, (name, table) in zip(axes[0], panels.items()):
         groups = sorted(table, key=_annotation_order)
         x = np.arange(len(groups))
-        methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in table[groups[0]]]
+        # the methods run on every annotation of the panel
+        methods = [m for m in ("fhcnn", "copy", "forest", "unet") if all(m in table[g] for g in groups)]
         for i, m in enumerate(methods):
-            if not all(m in table[g] for g in groups):
-                continue  # a baseline not run on every annotation of the panel
             mean = [table[g][m]["miou"]["mean"] for g in groups]
             lo = [table[g][m]["miou"]["mean"] - table[g][m]["miou"]["min"] for g in groups]
             hi = [table[g][m]["miou"]["max"] - table[g][m]["miou"]["mean"] for g in groups]
