@@ -304,7 +304,7 @@ def cmd_speed(args: argparse.Namespace) -> None:
            "fhcnn_total_s": round(m["train_time_s"] + m["predict_time_s"], 1), "run_total_s": round(total, 1),
            "run_cpu_s": round(cpu, 1), "load_average": os.getloadavg(),
            "miou": m["fhcnn"]["miou"], "baselines": {b: v["miou"] for b, v in m["baselines"].items()},
-           "cpu_count": os.cpu_count(), "environment": environment()}
+           "cpu_count": os.cpu_count(), "model": dataclasses.asdict(cfg.model), "environment": environment()}
     print(json.dumps(rec, indent=1))
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
