@@ -834,13 +834,39 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
     return p
 
 
+def _reusable_copy(final: Path, array: Any) -> bool:
+    """``final`` is a complete chunked copy this run made of ``array`` and nobody changed since:
+    every file below it is the active run folder's own (size and sha256 as recorded), every file
+    the record lists below it is there, and its shape and dtype are ``array``'s."""
+    import numpy as np
+    import zarr
+
+    run = RunFolder.active
+    if run is None or not final.is_dir() or final.is_symlink():
+        return False
+    prefix = run._rel(final)
+    found = {run._rel(p) for p in final.rglob("*") if not p.is_dir()}
+    recorded = {f for f in run.files if prefix and f.startswith(prefix + "/")}
+    if not found or found != recorded or not all(f is not None and run.own(f) for f in found):
+        return False
+    try:
+        copy = zarr.open_array(str(final), mode="r")
+    except Exception:  # noqa: BLE001 - an unreadable copy is made again
+        return False
+    return tuple(copy.shape) == tuple(array.shape) and np.dtype(copy.dtype) == np.dtype(array.dtype)
+
+
 def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis: int = 0, *,
-               train: TrainConfig, why: str, log: Callable[[str], None]) -> Any:
+               train: TrainConfig, why: str, log: Callable[[str], None], resume: bool = False) -> Any:
     """The one-time chunked copy of an input that is slow to read by window (compressed or
     sequential files), inside a run folder: :func:`~fhcnn.data.lazy.copy_to_zarr` along ``axis``
     into ``folder/inputs/<name>.zarr``, written under a temporary name and moved in (every file
     recorded in ``run.json``). Returns the copy, opened for reading, and logs one line naming
     the copy and ``why`` it was made.
+
+    With ``resume`` (the run's inputs are fingerprinted as unchanged) a copy the run made before
+    is read again instead of made again, if it is complete and unchanged
+    (:func:`_reusable_copy`); otherwise it is made again.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the processes join their group here (on the device
     type of ``train.device``) and rank 0 alone copies while the others wait at a barrier, then
@@ -856,7 +882,8 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     device, peer_timeout = resolve_device(train.device).type, train.peer_timeout
     final = Path(folder) / "inputs" / f"{name}.zarr"
     info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
-    if is_main_process():
+    reused = resume and is_main_process() and _reusable_copy(final, array)
+    if is_main_process() and not reused:
         tmp = Path(folder) / f".{name}.zarr.tmp"
         copy_to_zarr(array, tmp, chunks, axis=axis)
         atomic.place_tree(tmp, final)
@@ -871,5 +898,6 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
             raise PeerLostError(f"the copy of {name} into {final} was not finished by rank 0 within "
                                 f"train.peer_timeout={peer_timeout} s ({str(e).splitlines()[0][:120]}); "
                                 f"raise train.peer_timeout for a large compressed or sequential input") from None
-    log(f"{name}: read by window from a chunked copy made once in {final} ({why})")
+    log(f"{name}: read by window from a chunked copy made once in {final} ({why})"
+        + ("; the copy of the interrupted run, unchanged, is read again" if reused else ""))
     return zarr.open_array(str(final), mode="r")

@@ -295,6 +295,46 @@ def test_compressed_inputs_are_read_from_one_chunked_copy_and_predict_the_same(v
     np.testing.assert_array_equal(runs["nii"], runs["nii.gz"])
 
 
+def test_resume_reads_the_runs_chunked_copies_again_unless_changed(vol, tmp_path, capsys):
+    """``--resume`` of a run with a compressed input reads the copies in ``OUT/inputs`` again
+    (not a byte rewritten) and predicts the same; a copy that lost a file is made again from the
+    input; one with a changed file is neither read nor replaced (exit 2, naming the file)."""
+    nib = pytest.importorskip("nibabel")
+    c0, lab = (np.load(vol / f"{n}.npy") for n in ("c0", "lab"))
+    for name, arr in (("img", c0), ("lab", lab)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    args = ["volume", str(tmp_path / "img.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"), "--out", str(out),
+            "--set", "volume.baselines=copy", "--set", "train.checkpoint_every=1"] + TINY[:2]  # logged
+    assert main(args) == 0
+    first = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    copy = out / "inputs" / "image0.zarr"
+
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {p.relative_to(copy).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+                for p in copy.rglob("*") if p.is_file()}
+
+    before = stamps()
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert capsys.readouterr().err.count("is read again") == 2  # image0 and labels
+    assert stamps() == before
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "prediction.nii.gz").dataobj), first)
+
+    chunk = sorted(p for p in copy.rglob("*") if p.is_file() and "zarr" not in p.name)[0]
+    chunk.unlink()                                           # a copy with a file missing: made again
+    assert main(args + ["--resume"]) == 0
+    assert capsys.readouterr().err.count("is read again") == 1  # labels only
+    assert chunk.is_file() and set(stamps()) == set(before)
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "prediction.nii.gz").dataobj), first)
+
+    labels = out / "inputs" / "labels.zarr"
+    changed = sorted(p for p in labels.rglob("*") if p.is_file() and "zarr" not in p.name)[0]
+    changed.write_bytes(changed.read_bytes()[::-1])
+    assert main(args + ["--resume"]) == 2                     # a changed file: never read, never replaced
+    assert "labels.zarr" in (err := capsys.readouterr().err) and "changed after fhcnn wrote it" in err
+
+
 def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),

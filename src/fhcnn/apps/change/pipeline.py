@@ -229,13 +229,14 @@ def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str |
                                        "eval_labels": eval_labels},
                                 extra={"key": key, "label_fraction": label_fraction, "label_seed": label_seed})
     _log.setup(quiet)
-    local_copies(inputs, folder, cfg)
+    local_copies(inputs, folder, cfg, resume=resume)
     metrics = run_change(inputs, cfg, folder, label_fraction=label_fraction, label_seed=label_seed,
                          eval_labels=eval_labels, quiet=quiet, resume=resume, planned=planned)
     return metrics, folder
 
 
-def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Callable[[str], None] = _log.info) -> None:
+def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Callable[[str], None] = _log.info,
+                 resume: bool = False) -> None:
     """Dates that were decoded once into a private copy (a compressed TIFF,
     :class:`~fhcnn.data.lazy.StagedCopy`) are copied into the run folder (``inputs/before.zarr``,
     ``after.zarr``, or ``dates.zarr`` for one file holding both; recorded in ``run.json``) and
@@ -248,4 +249,4 @@ def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Cal
         {**({"before": before[0]} if before else {}), **({"after": after[0]} if after else {})}
     for name, staged in named.items():
         staged.adopt(copy_input(folder, name, staged.array, staged.array.chunks, axis=0, train=cfg.train,
-                                why="its file is compressed", log=log))
+                                why="its file is compressed", log=log, resume=resume))

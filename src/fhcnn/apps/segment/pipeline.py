@@ -126,7 +126,8 @@ def _blank_frames(labels: Any, frames: Sequence[int]) -> np.ndarray:
     return out
 
 
-def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[str], None] = _log.info) -> None:
+def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[str], None] = _log.info,
+               resume: bool = False) -> None:
     """Frames decoded one by one (image files, GIF, video files) are copied once, in one pass,
     into the run folder (``inputs/video.zarr``, chunks of 64 frames x 64 x 64 pixels per colour,
     recorded in ``run.json``), and the plan reads its windows from the copy."""
@@ -136,7 +137,7 @@ def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[
     from ...rundir import copy_input
 
     copy_ = copy_input(folder, "video", frames.planar(), (1, 64, 64, 64), axis=1, train=plan.config.train,
-                       why=f"{frames.path} is decoded frame by frame", log=log)
+                       why=f"{frames.path} is decoded frame by frame", log=log, resume=resume)
     plan.read_from([ChannelView(copy_, c, axis=0) for c in range(3)])
 
 
@@ -243,5 +244,5 @@ def segment_command(video: str, labels: str, cfg: SegmentConfig, out: str, *, la
                                 roles={"video": video, "labels": labels, "eval_labels": eval_labels},
                                 extra={"label_frames": inputs.label_frames})
     _logging.setup(quiet)
-    local_copy(plan, inputs, folder)
+    local_copy(plan, inputs, folder, resume=resume)
     return segment_video(inputs, cfg, folder, quiet=quiet, resume=resume, plan=plan), folder

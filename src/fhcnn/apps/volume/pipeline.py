@@ -326,16 +326,18 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
                                 roles={**roles, "labels": labels, "eval_labels": eval_labels},
                                 extra={"ignore": ignore, "channel_axis": channel_axis, "save_probs": save_probs})
     _logging.setup(quiet)
-    local_copies(vplan.plan, inputs, folder)
+    local_copies(vplan.plan, inputs, folder, resume=resume)
     return segment_volume(inputs, cfg, folder, vplan=vplan, quiet=quiet, resume=resume,
                           save_probs=save_probs), folder
 
 
-def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callable[[str], None] = _log.info) -> None:
+def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callable[[str], None] = _log.info,
+                 resume: bool = False) -> None:
     """Copy every input that is slow to read by window (a compressed NIfTI, a compressed TIFF) once,
     in one streamed pass along the axis its file reads fastest, into a chunked zarr array in the
     run folder (``inputs/``, recorded in ``run.json``), and point the plan and ``inputs`` at the
-    copies: training, prediction, the baselines and the figure then read from them."""
+    copies: training, prediction, the baselines and the figure then read from them. With ``resume``
+    the copies the interrupted run made are read again where they are complete and unchanged."""
     from ...rundir import copy_input
 
     slow = inputs.compressed
@@ -352,7 +354,7 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
         if not is_slow:
             continue
         copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, train=plan.config.train,
-                                  why="its file is compressed", log=log)
+                                  why="its file is compressed", log=log, resume=resume)
     inputs.channels = [copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)]
     plan.read_from(inputs.channels)
     if "labels" in copies:
