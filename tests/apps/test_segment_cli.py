@@ -100,6 +100,26 @@ def test_png_folder_partial_masks_gif_and_npy(gen, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["label_frames"] == [1, 5]
 
 
+def test_resume_reads_the_copy_of_decoded_frames_again(gen, tmp_path, capsys):
+    """``--resume`` of a run on a folder of frames reads ``OUT/inputs/video.zarr`` again (no file
+    rewritten) instead of decoding the frames again, and predicts the same."""
+    _, video, masks = gen
+    fdir, _, _ = write_video_files(tmp_path, video)
+    np.save(tmp_path / "m.npy", masks)
+    out = tmp_path / "out"
+    args = ["segment", str(fdir), "--labels", str(tmp_path / "m.npy"), "--out", str(out), "--label-frames", "0,5",
+            "--set", "train.checkpoint_every=1"] + TINY[:2]
+    assert main(args) == 0
+    first = np.load(out / "prediction.npy")
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "inputs").rglob("*") if p.is_file()}
+    assert any("video.zarr" in str(p) for p in stamps)
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "is read again" in capsys.readouterr().err
+    assert stamps == {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "inputs").rglob("*") if p.is_file()}
+    np.testing.assert_array_equal(np.load(out / "prediction.npy"), first)
+
+
 def test_frames_decoded_one_by_one_are_read_from_one_chunked_copy(gen, tmp_path):
     """A folder of frames and a GIF (decoded frame by frame) are copied once into
     ``OUT/inputs/video.zarr`` (recorded in run.json) and the run reads its windows from the copy;
