@@ -193,12 +193,15 @@ def _annotation_order(group: str) -> tuple[str, float]:
     return axes, float(frac)
 
 
-def _baseline_settings(data: dict) -> list[str]:
-    """The overrides a baseline depends on: all but fhcnn's network (``model.*`` other than the
-    U-Net's), its threads and device and the baselines run."""
-    return sorted(o for o in data.get("overrides") or []
-                  if not o.startswith(("train.threads=", "train.device=", "volume.baselines="))
-                  and (not o.startswith("model.") or o.startswith("model.unet_")))
+def _baseline_settings(data: dict, baseline: str) -> list[str]:
+    """The overrides ``baseline`` depends on. The U-Net: all but fhcnn's network (``model.*``
+    other than the U-Net's), the threads, the device and the baselines run; the copy and the
+    forest (no network): the ``volume.*`` settings but the baselines run, and the seed."""
+    keep = [o for o in data.get("overrides") or []
+            if not o.startswith(("train.threads=", "train.device=", "volume.baselines="))]
+    if baseline != "unet":
+        return sorted(o for o in keep if o.startswith(("volume.", "train.seed=")))
+    return sorted(o for o in keep if not o.startswith("model.") or o.startswith("model.unet_"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -217,12 +220,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     for data in merged.values():   # fhcnn-only runs take the baselines of the same labels and training
         for key, rec in data["runs"].items():
             for other in merged.values():
-                if (other["about"] == data["about"] and other is not data and key in other["runs"]
-                        and _baseline_settings(other) == _baseline_settings(data)):
-                    for b in ("copy", "forest", "unet"):
-                        if b not in rec and b in other["runs"][key]:
-                            rec[b] = other["runs"][key][b]
-                            rec.setdefault("baselines_from", other["tag"])
+                if other["about"] != data["about"] or other is data or key not in other["runs"]:
+                    continue
+                for b in ("copy", "forest", "unet"):
+                    if (b not in rec and b in other["runs"][key]
+                            and _baseline_settings(other, b) == _baseline_settings(data, b)):
+                        rec[b] = other["runs"][key][b]
+                        rec.setdefault("baselines_from", other["tag"])
     for name, data in merged.items():
         table: dict = {}
         groups: dict = {}
