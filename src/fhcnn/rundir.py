@@ -882,8 +882,9 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     device, peer_timeout = resolve_device(train.device).type, train.peer_timeout
     final = Path(folder) / "inputs" / f"{name}.zarr"
     info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
-    reused = resume and is_main_process() and _reusable_copy(final, array)
-    if is_main_process() and not reused:
+    main = is_main_process()
+    reused = resume and main and _reusable_copy(final, array)
+    if main and not reused:
         tmp = Path(folder) / f".{name}.zarr.tmp"
         copy_to_zarr(array, tmp, chunks, axis=axis)
         atomic.place_tree(tmp, final)
