@@ -403,6 +403,16 @@ class RunFolder:
             self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
         self._save()
 
+    def owns_tree(self, folder: Path) -> bool:
+        """``folder`` is a real folder inside the run holding at least one file, every file below
+        it is fhcnn's own (:meth:`own`) and every file the record lists below it is there."""
+        rel = self._rel(folder)
+        if not rel or folder.is_symlink() or not folder.is_dir():
+            return False
+        found = {self._rel(p) for p in folder.rglob("*") if not p.is_dir()}
+        recorded = {f for f in self.files if f.startswith(rel + "/")}
+        return bool(found) and found == recorded and all(f is not None and self.own(f) for f in found)
+
     def make_dir(self, folder: Path) -> bool:
         rel = self._rel(folder)
         if rel is None:
@@ -836,18 +846,13 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
 
 def _reusable_copy(final: Path, array: Any) -> bool:
     """``final`` is a complete chunked copy this run made of ``array`` and nobody changed since:
-    every file below it is the active run folder's own (size and sha256 as recorded), every file
-    the record lists below it is there, and its shape and dtype are ``array``'s."""
+    the active run folder owns the whole tree (:meth:`RunFolder.owns_tree`: sizes and sha256 as
+    recorded, no recorded file missing) and its shape and dtype are ``array``'s."""
     import numpy as np
     import zarr
 
     run = RunFolder.active
-    if run is None or not final.is_dir() or final.is_symlink():
-        return False
-    prefix = run._rel(final)
-    found = {run._rel(p) for p in final.rglob("*") if not p.is_dir()}
-    recorded = {f for f in run.files if prefix and f.startswith(prefix + "/")}
-    if not found or found != recorded or not all(f is not None and run.own(f) for f in found):
+    if run is None or not run.owns_tree(final):
         return False
     try:
         copy = zarr.open_array(str(final), mode="r")
