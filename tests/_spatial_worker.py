@@ -45,7 +45,7 @@ CASES: dict[int, list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ..
                             tuple[str, ...]]]] = {
     2: [("D/2 haar group", (0,), (2,), (8, 8, 4), "haar-group", BOTH),
         ("W/2 learnable batch", (2,), (2,), (8, 8, 8), "learnable-batch", BOTH),
-        ("D/2 dense model", (0,), (2,), (8, 4, 4), "dense", FP64),
+        ("D/2 dense model, conv head", (0,), (2,), (8, 4, 4), "dense", FP64),
         ("2D W/2 learnable group", (1,), (2,), (8, 8), "learnable-group", FP64),
         ("D/2 kernel 5, conv_transpose adjoint", (0,), (2,), (16, 4, 4), "k5-transpose", FP64)],
     4: [("D/4 haar group", (0,), (4,), (16, 4, 4), "haar-group", BOTH),
@@ -64,7 +64,7 @@ def build(kind: str, dtype: torch.dtype, dim: int = 3) -> torch.nn.Module:
     if kind == "dense":
         model: torch.nn.Module = DenseHyperbolicModel(
             2, 3, 16, [(1, "down"), (1, "up"), (1, "up"), (1, None)], dim=3, pre_levels=1,
-            opening="conv", hidden=4, h=0.5)
+            opening="conv", hidden=4, h=0.5, head_channels=3)
     elif kind == "k5-transpose":  # 2-plane halos; K^T as a transposed convolution
         model = HyperbolicNetwork(2, [(1, "down"), (1, "up"), (1, None)], dim=3, hidden=4, h=0.5,
                                   kernel_size=5)

@@ -29,9 +29,35 @@ def test_reversible_model_memory_independent_of_depth():
     assert sizes[0] == sizes[1]
 
 
+def test_conv_head_gradients_equal_autograd_and_memory_independent_of_depth():
+    """The 3x3x3 head (``head_channels``) reads the last state: the reversible network's
+    gradients equal plain autograd's through it, and what it stores does not grow with depth."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64)
+    sizes = []
+    for depth in (1, 3):
+        m = DenseHyperbolicModel(2, 3, 8, [(depth, "down"), (depth, "up")], dim=3, opening="conv",
+                                 head_channels=5).double()
+        assert m.conv_head is not None and m.conv_head[0].weight.shape == (5, 8, 3, 3, 3)
+        assert m.classifier.weight.shape == (3, 5, 1, 1, 1)
+        grads = {}
+        for mode in (True, False):
+            m.net.reversible = mode
+            m.zero_grad()
+            nbytes, y = saved_tensor_bytes(lambda: m(x))
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+            grads[mode] = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
+            if mode is True:
+                sizes.append(nbytes)
+        assert torch.allclose(grads[True], grads[False], rtol=1e-10, atol=1e-12)
+    assert sizes[0] == sizes[1]
+
+
 def test_errors():
     with pytest.raises(ValueError, match="end at the input resolution"):
         DenseHyperbolicModel(3, 2, 16, [(2, "down")], dim=2)
+    with pytest.raises(ValueError, match="head_channels must be >= 0"):
+        DenseHyperbolicModel(3, 2, 8, [(1, "down"), (1, "up")], dim=2, head_channels=-1)
     with pytest.raises(ValueError, match="smaller than the 24 channels"):
         DenseHyperbolicModel(6, 2, 16, [(1, "up")], dim=2, pre_levels=1)
     m = DenseHyperbolicModel(3, 2, 8, [(1, "down"), (1, "up")], dim=2)
@@ -39,3 +65,16 @@ def test_errors():
         m(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="axis 0 has size 7"):
         m(torch.randn(1, 3, 7, 8))
+
+
+def test_config_conv_head():
+    from fhcnn.apps.volume import VolumeConfig
+    from fhcnn.config import load_config
+    from fhcnn.engine.models import build_model
+
+    cfg = load_config(VolumeConfig, "volume-tiny", ["model.conv_head=6"])
+    inner = build_model(cfg.model, 2, 3).core
+    assert isinstance(inner, DenseHyperbolicModel) and inner.conv_head[0].out_channels == 6
+    assert build_model(load_config(VolumeConfig, "volume-tiny").model, 2, 3).core.conv_head is None
+    with pytest.raises(ValueError, match="conv_head must be >= 0"):
+        load_config(VolumeConfig, "volume-tiny", ["model.conv_head=-1"])

@@ -29,6 +29,8 @@ class ModelConfig:
     ``units`` like ``"5up,6up,8"`` (the paper's Table 2); ``arch="unet"``: the 3D U-Net
     baseline (``unet_base`` channels, ``unet_levels`` poolings). ``memory`` is the gradient
     mode of the hyperbolic net (``reversible``: memory-free; ``block``; ``plain`` autograd).
+    ``conv_head``: channels of a 3x3x3 convolution and ReLU between the hyperbolic net's last
+    state and its 1x1 classifier (0 = the classifier alone).
     ``spectral_head``: hidden units of a :class:`fhcnn.models.SpectralHead` whose per-pixel
     logits (from every channel's whole depth axis) are added to the network's; only with 2D
     labels over the whole depth (``data.reduce_depth``; ``fhcnn change``), 0 = none."""
@@ -47,6 +49,7 @@ class ModelConfig:
     memory: MemoryMode = "reversible"
     unet_base: int = 16
     unet_levels: int = 2
+    conv_head: int = 0          # channels of a 3x3x3 conv + ReLU before the 1x1 classifier (0 = none)
     spectral_head: int = 0      # hidden units of a per-pixel MLP over the whole depth (0 = none)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pre_levels < 0:
             raise ValueError(f"pre_levels must be >= 0, got {self.pre_levels}")
+        if self.conv_head < 0:
+            raise ValueError(f"conv_head must be >= 0 (0 = the 1x1 classifier alone), got {self.conv_head}")
         if self.spectral_head < 0:
             raise ValueError(f"spectral_head must be >= 0 (0 = none), got {self.spectral_head}")
         if not self.h > 0:

@@ -179,9 +179,9 @@ def build_model(cfg: Any, in_channels: int, num_classes: int,
     elif cfg.arch == "hyperbolic":
         core = DenseHyperbolicModel(
             in_channels, num_classes, cfg.width, parse_units(cfg.units), dim=3,
-            pre_levels=cfg.pre_levels, opening=cfg.opening, reversible=MEMORY_MODES[memory],
-            hidden=parse_hidden(cfg.hidden), h=cfg.h, norm=cfg.norm, activation=cfg.activation,
-            wavelet=cfg.wavelet, init_scale=cfg.init_scale)
+            pre_levels=cfg.pre_levels, opening=cfg.opening, head_channels=cfg.conv_head,
+            reversible=MEMORY_MODES[memory], hidden=parse_hidden(cfg.hidden), h=cfg.h, norm=cfg.norm,
+            activation=cfg.activation, wavelet=cfg.wavelet, init_scale=cfg.init_scale)
     else:
         raise ValueError(f"model.arch must be 'hyperbolic' or 'unet', got {cfg.arch!r}")
     return VolumeSegmenter(core, in_channels, head)

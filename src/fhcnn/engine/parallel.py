@@ -9,8 +9,9 @@ data-parallel replicas of ``S`` processes each (replica ``d`` owns ranks ``d*S .
   replica its slab of every window (:meth:`SpaceRun.shard`). The network
   (:class:`~fhcnn.engine.models.VolumeSegmenter` around a
   :class:`~fhcnn.models.DenseHyperbolicModel`) is converted by
-  :func:`~fhcnn.spatial.split_module`: halos are exchanged, normalization sums all-reduced.
-  Input normalization, opening, classifier and the loss are pointwise and stay local: each
+  :func:`~fhcnn.spatial.split_module`: halos are exchanged (by the layers and the conv head),
+  normalization sums all-reduced. Input normalization, opening, 1x1 classifier and the loss
+  are pointwise and stay local: each
   process back-propagates its *part* of the replica's loss (:class:`SplitSegmentationLoss`:
   its labelled voxels' weighted cross entropy over the replica's total weight, the Dice sums
   all-reduced), and :func:`~fhcnn.spatial.reduce_gradients` sums the gradients over the slabs

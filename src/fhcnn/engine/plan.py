@@ -217,8 +217,9 @@ def check_resources(cfg: Any, in_channels: int, num_classes: int, train_window: 
 
     The least memory of a batch counts, in float32 per voxel of its windows: the input channels,
     the network's state after the opening (``width / 8**pre_levels`` values; ``unet_base`` for the
-    U-Net) twice with its gradient twice (a reversible step holds two states), and the logits
-    with their gradient; prediction counts the input, two states and the probabilities.
+    U-Net) twice with its gradient twice (a reversible step holds two states), the conv head's
+    channels (``model.conv_head``) with their gradient, and the logits with their gradient;
+    prediction counts the input, two states, the conv head and the probabilities.
     """
     from ..resources import check_memory, check_steps, check_threads
     from ..training.device import resolve_device
@@ -228,15 +229,16 @@ def check_resources(cfg: Any, in_channels: int, num_classes: int, train_window: 
     d = cfg.data
     state = cfg.model.width / 8 ** cfg.model.pre_levels if cfg.model.arch == "hyperbolic" \
         else float(cfg.model.unet_base)
+    head = cfg.model.conv_head if cfg.model.arch == "hyperbolic" else 0
     device = resolve_device(cfg.train.device)
     win = train_window
-    per_voxel = in_channels + 4 * state + 2 * num_classes
+    per_voxel = in_channels + 4 * state + 2 * head + 2 * num_classes
     check_memory(4 * d.batch_size * math.prod(win) * per_voxel,
                  f"a training batch of {d.batch_size} window(s) of {win[0]}x{win[1]}x{win[2]} voxels "
                  f"(data.batch_size, data.window_depth/height/width)",
                  f"{per_voxel:g} float32 values per voxel: input, network state and logits with "
                  f"gradients", device)
-    per_voxel = in_channels + 2 * state + num_classes
+    per_voxel = in_channels + 2 * state + head + num_classes
     for pred in predict_windows:
         check_memory(4 * d.predict_batch * math.prod(pred) * per_voxel,
                      f"a prediction batch of {d.predict_batch} window(s) of {pred[0]}x{pred[1]}x{pred[2]} "

@@ -4,6 +4,7 @@
       -> k Haar transforms            (N, c * 2**(dim k), *S / 2**k)     exact, no parameters
       -> open to the network width     zero-pad channels ("zeros") or a 1x1 conv ("conv")
       -> HyperbolicNetwork             must return to full resolution S
+      [-> 3x3(x3) conv + ReLU          (N, head_channels, *S)       with ``head_channels > 0``]
       -> 1x1 classifier                (N, num_classes, *S)
 
 The paper's Table 2 nets: ``pre_levels=2`` 3D Haar transforms of the 6-channel input give
@@ -36,6 +37,10 @@ class DenseHyperbolicModel(nn.Module):
         pre_levels: ``k`` Haar transforms applied to the input before the network.
         opening: ``"zeros"`` (append zero channels: exact, parameter-free) or ``"conv"``
             (a learned 1x1 convolution).
+        head_channels: ``0``: the 1x1 classifier reads the network's last state; ``> 0``: a
+            3x3 (2D) or 3x3x3 (3D) convolution to this many channels and a ReLU come first (a
+            decision from each voxel's neighbourhood; not reversible, like the classifier: its
+            activations are stored, ``head_channels`` values a voxel).
         network_options: keyword options for :class:`HyperbolicNetwork` (``h``, ``norm``,
             ``hidden``, ``reversible``, ...).
 
@@ -52,6 +57,7 @@ class DenseHyperbolicModel(nn.Module):
         dim: int = 3,
         pre_levels: int = 0,
         opening: Literal["zeros", "conv"] = "zeros",
+        head_channels: int = 0,
         **network_options: Any,
     ) -> None:
         super().__init__()
@@ -59,6 +65,8 @@ class DenseHyperbolicModel(nn.Module):
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         if pre_levels < 0:
             raise ValueError(f"pre_levels must be >= 0, got {pre_levels}")
+        if head_channels < 0:
+            raise ValueError(f"head_channels must be >= 0 (0 = the 1x1 classifier alone), got {head_channels}")
         if opening not in ("zeros", "conv"):
             raise ValueError(f"opening must be 'zeros' or 'conv', got {opening!r}")
         self.in_channels, self.num_classes, self.dim = in_channels, num_classes, dim
@@ -77,7 +85,10 @@ class DenseHyperbolicModel(nn.Module):
                 f"the network must end at the input resolution: {pre_levels} pre-transform(s) "
                 f"need {pre_levels} more 'up' than 'down' transitions, got "
                 f"{-self.net.out_level} (units={list(units)})")
-        self.classifier = conv(self.net.out_channels, num_classes, 1)
+        c = self.net.out_channels
+        self.conv_head = (nn.Sequential(conv(c, head_channels, 3, padding=1), nn.ReLU())
+                     if head_channels else None)
+        self.classifier = conv(head_channels or c, num_classes, 1)
 
     @property
     def size_multiple(self) -> int:
@@ -101,4 +112,5 @@ class DenseHyperbolicModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes, *S)``."""
-        return self.classifier(self.features(x))
+        y = self.features(x)
+        return self.classifier(y if self.conv_head is None else self.conv_head(y))

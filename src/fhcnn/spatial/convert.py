@@ -2,8 +2,9 @@
 
 :func:`split_module` replaces, anywhere inside a module, every
 :class:`~fhcnn.layers.SymmetricLayer` and :class:`~fhcnn.wavelets.LearnableWavelet` by its
-split counterpart (sharing the parameters). Haar transforms and pointwise parts (1x1
-openings and classifiers, activations) need no change. A :class:`~fhcnn.HyperbolicNetwork`
+split counterpart (sharing the parameters), and every stride-1 "same" convolution (a dense
+model's conv head) by a :class:`~fhcnn.spatial.layers.SplitConv`. Haar transforms and
+pointwise parts (1x1 openings and classifiers, activations) need no change. A :class:`~fhcnn.HyperbolicNetwork`
 or :class:`~fhcnn.models.DenseHyperbolicModel` then runs on slabs: ``forward``, ``inverse``
 and all three gradient modes.
 
@@ -21,7 +22,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from ..layers import SymmetricLayer
 from ..wavelets import LearnableWavelet
 from .halo import COMM
-from .layers import SplitLearnableWavelet, SplitSymmetricLayer
+from .layers import SplitConv, SplitLearnableWavelet, SplitSymmetricLayer, splittable_conv
 from .split import SpatialSplit
 
 __all__ = ["global_sum", "reduce_gradients", "size_multiple", "split_module"]
@@ -30,12 +31,14 @@ _KNOWN_NORMS = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 def _convert(m: nn.Module, split: SpatialSplit) -> nn.Module:
-    if isinstance(m, (SplitSymmetricLayer, SplitLearnableWavelet)):
+    if isinstance(m, (SplitSymmetricLayer, SplitLearnableWavelet, SplitConv)):
         return m
     if isinstance(m, SymmetricLayer):
         return SplitSymmetricLayer.from_layer(m, split)
     if isinstance(m, LearnableWavelet):
         return SplitLearnableWavelet.from_wavelet(m, split)
+    if splittable_conv(m) and any(k > 1 for k in m.kernel_size):  # type: ignore[union-attr]
+        return SplitConv(m, split)  # type: ignore[arg-type]
     return m
 
 
@@ -50,7 +53,8 @@ def split_module(module: nn.Module, split: SpatialSplit) -> nn.Module:
     Raises:
         ValueError: when the module's spatial dimension differs from the split's.
         TypeError: for a normalization or a neighbour-looking module this package cannot
-            split (a convolution with a kernel larger than 1 outside a symmetric layer).
+            split (a convolution with a kernel larger than 1, outside a symmetric layer, that
+            is not stride-1 with an odd cubic kernel and "same" zero padding).
     """
     new = _convert(module, split)
     if new is not module:
@@ -59,7 +63,8 @@ def split_module(module: nn.Module, split: SpatialSplit) -> nn.Module:
         if isinstance(child, _KNOWN_NORMS) and not isinstance(module, (SymmetricLayer,)):
             raise TypeError(f"{name}: a normalization outside a symmetric layer is not split; "
                             f"apply fhcnn.spatial.split_norm to it explicitly")
-        if isinstance(child, nn.modules.conv._ConvNd) and any(k > 1 for k in child.kernel_size):
+        if (isinstance(child, nn.modules.conv._ConvNd) and any(k > 1 for k in child.kernel_size)
+                and not splittable_conv(child)):
             raise TypeError(f"{name}: a {child.kernel_size} convolution outside a symmetric layer "
                             f"looks at neighbours and is not split")
         converted = split_module(child, split)

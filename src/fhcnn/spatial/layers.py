@@ -8,6 +8,8 @@
   evaluates it through its own ``neg_forward(y, params, modes)`` with the tensors and modes
   of the forward pass; the exchanges happen again for the reconstruction and, reversed, for
   the vector-Jacobian product.
+* :class:`SplitConv`: a stride-1 convolution with "same" zero padding (the conv head of a dense
+  model) pads the slab with ``kernel_size // 2`` halo planes the same way.
 * :class:`SplitLearnableWavelet`: the lattice's one-sample delay is a periodic shift of the
   second polyphase channel; along a split axis it takes one plane from the next slab
   (analysis) or the previous one (synthesis), the last slab wrapping to the first.
@@ -22,14 +24,15 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
-from ..layers import _CONV_T, SymmetricLayer, conv
+from ..layers import _CONV, _CONV_T, SymmetricLayer, conv
 from ..wavelets import LearnableWavelet
 from .halo import HaloExchange, halo_pad
 from .norm import split_norm
 from .split import SpatialSplit
 
-__all__ = ["SplitLearnableWavelet", "SplitSymmetricLayer"]
+__all__ = ["SplitConv", "SplitLearnableWavelet", "SplitSymmetricLayer", "splittable_conv"]
 
 _M = TypeVar("_M", bound=nn.Module)
 
@@ -85,6 +88,77 @@ class SplitSymmetricLayer(SymmetricLayer):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
+
+
+def splittable_conv(m: nn.Module) -> bool:
+    """Whether ``m`` is a convolution :class:`SplitConv` computes on slabs: stride 1, no
+    dilation, an odd cubic kernel and "same" zero padding."""
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or isinstance(m, SplitConv):
+        return False
+    k = set(m.kernel_size)
+    return (len(k) == 1 and k.pop() % 2 == 1 and set(m.stride) == {1} and set(m.dilation) == {1}
+            and m.padding_mode == "zeros" and m.padding == tuple(n // 2 for n in m.kernel_size))
+
+
+class SplitConv(nn.Module):
+    """A stride-1 "same" convolution (:func:`splittable_conv`) on one slab of a split volume:
+    halo planes from the neighbours (zeros at the volume's ends), no padding along the split
+    axes. Shares the convolution's ``weight`` and ``bias`` (same state-dict names).
+
+    Shapes: ``(N, C_in, *S_local) -> (N, C_out, *S_local)``.
+    """
+
+    def __init__(self, module: nn.Conv1d | nn.Conv2d | nn.Conv3d, split: SpatialSplit) -> None:
+        super().__init__()
+        if not splittable_conv(module):
+            raise TypeError(f"{module}: only a stride-1 convolution with an odd cubic kernel and 'same' "
+                            f"zero padding is split")
+        self.dim = len(module.kernel_size)
+        if split.dim != self.dim:
+            raise ValueError(f"the split is {split.dim}D but the convolution is {self.dim}D")
+        self.weight, self.bias = module.weight, module.bias
+        self.groups, self.split = module.groups, split
+        self.pad = module.kernel_size[0] // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _HaloConv.apply(x, self.weight, self.bias, self)  # type: ignore[no-any-return]
+
+    def padded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The convolution of the slab ``x`` padded with its halo planes."""
+        y = halo_pad(x, self.split, self.pad)
+        padding = tuple(0 if a in self.split.axes else self.pad for a in range(self.dim))
+        if self.groups == 1:
+            return conv(y, weight, bias, padding=padding)
+        return _CONV[self.dim](y, weight, bias, padding=padding, groups=self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel {self.weight.shape[2]}, "
+                f"split={self.split.grid} on axes {self.split.axes}")
+
+
+class _HaloConv(torch.autograd.Function):
+    """:meth:`SplitConv.padded_conv` that keeps only the slab (as the convolution of the whole
+    volume keeps the volume, so the bytes kept split with the volume) and, in the backward,
+    exchanges the halo again (every process of the split runs the same backward)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                module: SplitConv) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)  # type: ignore[arg-type]
+        ctx.module = module  # type: ignore[attr-defined]
+        with torch.no_grad():
+            return module.padded_conv(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        ins = [t.detach().requires_grad_(n) if t is not None else None for t, n in zip((x, weight, bias), need)]
+        with torch.enable_grad():
+            y = ctx.module.padded_conv(*ins)  # type: ignore[attr-defined]
+        wanted = [t for t, n in zip(ins, need) if n and t is not None]
+        got = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
+        return (*(next(got) if n and t is not None else None for t, n in zip(ins, need)), None)
 
 
 def _shift(b: Tensor, axis: int, split: SpatialSplit, step: int) -> Tensor:
