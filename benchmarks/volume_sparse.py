@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import os
 import sys
@@ -94,8 +95,8 @@ def load_volume(name: str, wheel: str | None = None) -> dict:
 
         arrs = {}
         for key, fname in MNI_FILES.items():
-            img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(_mni_bytes(fname, wheel)))
-            arrs[key] = np.asarray(img.dataobj, np.float32)
+            nifti = nib.Nifti1Image.from_bytes(gzip.decompress(_mni_bytes(fname, wheel)))
+            arrs[key] = np.asarray(nifti.dataobj, np.float32)
         # MNI_MM mm (default 2): means of f x f x f blocks (the template is 1 mm, 197 x 233 x 189)
         f = MNI_MM
 
