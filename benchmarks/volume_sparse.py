@@ -318,7 +318,8 @@ def cmd_speed(args: argparse.Namespace) -> None:
 #: The layouts of docs/volume.md's table: ``--set`` overrides of the ``volume`` config.
 LAYOUTS = {"shipped": [], "1down": ["model.units=1down,4up,2"],
            "pre1w64": ["model.pre_levels=1", "model.width=64", "model.units=4up,2", "model.hidden=32,8"],
-           "w16": ["model.width=16", "model.hidden=16,32,16"], "unet": ["model.arch=unet"]}
+           "w16": ["model.width=16", "model.hidden=16,32,16"], "conv32": ["model.conv_head=32"],
+           "unet": ["model.arch=unet"]}
 
 
 def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
