@@ -87,7 +87,7 @@ class DenseHyperbolicModel(nn.Module):
                 f"{-self.net.out_level} (units={list(units)})")
         c = self.net.out_channels
         self.conv_head = (nn.Sequential(conv(c, head_channels, 3, padding=1), nn.ReLU())
-                     if head_channels else None)
+                          if head_channels else None)
         self.classifier = conv(head_channels or c, num_classes, 1)
 
     @property

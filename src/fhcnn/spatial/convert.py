@@ -4,9 +4,9 @@
 :class:`~fhcnn.layers.SymmetricLayer` and :class:`~fhcnn.wavelets.LearnableWavelet` by its
 split counterpart (sharing the parameters), and every stride-1 "same" convolution (a dense
 model's conv head) by a :class:`~fhcnn.spatial.layers.SplitConv`. Haar transforms and
-pointwise parts (1x1 openings and classifiers, activations) need no change. A :class:`~fhcnn.HyperbolicNetwork`
-or :class:`~fhcnn.models.DenseHyperbolicModel` then runs on slabs: ``forward``, ``inverse``
-and all three gradient modes.
+pointwise parts (1x1 openings and classifiers, activations) need no change. A
+:class:`~fhcnn.HyperbolicNetwork` or :class:`~fhcnn.models.DenseHyperbolicModel` then runs on
+slabs: ``forward``, ``inverse`` and all three gradient modes.
 
 Parameters are replicated on every process; each process's gradient is its slab's part of
 the sum, so :func:`reduce_gradients` all-reduces (sums) them over the space group and
