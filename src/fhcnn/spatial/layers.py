@@ -93,7 +93,7 @@ class SplitSymmetricLayer(SymmetricLayer):
 def splittable_conv(m: nn.Module) -> bool:
     """Whether ``m`` is a convolution :class:`SplitConv` computes on slabs: stride 1, no
     dilation, an odd cubic kernel and "same" zero padding."""
-    if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or isinstance(m, SplitConv):
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return False
     k = set(m.kernel_size)
     return (len(k) == 1 and k.pop() % 2 == 1 and set(m.stride) == {1} and set(m.dilation) == {1}
