@@ -68,7 +68,7 @@ class SplitSymmetricLayer(SymmetricLayer):
         return new
 
     def _padding(self, pad: int, split_pad: int) -> tuple[int, ...]:
-        return tuple(split_pad if a in self.split.axes else pad for a in range(self.dim))
+        return _axis_padding(self.split, self.dim, pad, split_pad)
 
     def _conv_with(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``K y + b`` on the slab: ``(N, C, *S_local) -> (N, M, *S_local)``."""
@@ -88,6 +88,12 @@ class SplitSymmetricLayer(SymmetricLayer):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", split={self.split.grid} on axes {self.split.axes}"
+
+
+def _axis_padding(split: SpatialSplit, dim: int, pad: int, split_pad: int = 0) -> tuple[int, ...]:
+    """A convolution's padding on a slab: ``split_pad`` along the split axes (whose halo planes
+    came from the neighbours), ``pad`` along the others."""
+    return tuple(split_pad if a in split.axes else pad for a in range(dim))
 
 
 def splittable_conv(m: nn.Module) -> bool:
@@ -126,7 +132,7 @@ class SplitConv(nn.Module):
     def padded_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The convolution of the slab ``x`` padded with its halo planes."""
         y = halo_pad(x, self.split, self.pad)
-        padding = tuple(0 if a in self.split.axes else self.pad for a in range(self.dim))
+        padding = _axis_padding(self.split, self.dim, self.pad)
         if self.groups == 1:
             return conv(y, weight, bias, padding=padding)
         return _CONV[self.dim](y, weight, bias, padding=padding, groups=self.groups)
