@@ -28,7 +28,8 @@ than three slices are not spread over three axes); ``report`` writes
 ``results/volume_sparse_summary.json`` (mean, spread = max - min, per-class IoU) and
 ``results/volume_sparse.png`` (the shipped config's tables: ``--plot TAG,...``) and prints the tables.
 ``costs`` measures the CPU seconds (one thread, process time) of one training step and one
-prediction call of the config and the fhcnn time they add up to for ``--size``; ``costs --layouts``
+prediction call of the config, the fhcnn time they add up to for ``--size`` and the float32 values
+a voxel of a training window autograd keeps for the backward; ``costs --layouts``
 those of the layouts compared in docs/volume.md, in turn, ``--rounds`` times.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
 annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
@@ -258,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def _plot(summary: dict, tags: list[str]) -> None:
-    """One panel a volume: each annotation's row from the first of ``tags`` that has it."""
+    """One panel a volume that has baselines: its table from the first of ``tags`` that has the
+    volume."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,9 +270,8 @@ def _plot(summary: dict, tags: list[str]) -> None:
     for tag in tags:
         for name, entry in summary.items():
             volume, t = name.split("/", 1)
-            if t == tag:
-                for g, row in entry["table"].items():
-                    panels.setdefault(volume, {}).setdefault(g, row)
+            if t == tag and volume not in panels and any("copy" in row for row in entry["table"].values()):
+                panels[volume] = entry["table"]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
@@ -315,19 +316,21 @@ def cmd_speed(args: argparse.Namespace) -> None:
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
 
 
-#: The layouts of docs/volume.md's table: ``--set`` overrides of the ``volume`` config.
-LAYOUTS = {"shipped": [], "1down": ["model.units=1down,4up,2"],
-           "pre1w64": ["model.pre_levels=1", "model.width=64", "model.units=4up,2", "model.hidden=32,8"],
-           "w16": ["model.width=16", "model.hidden=16,32,16"], "conv32": ["model.conv_head=32"],
-           "unet": ["model.arch=unet"]}
+#: The layouts of docs/volume.md's table: ``--set`` overrides of the ``volume`` config (the
+#: networks compared there without the conv head carry ``model.conv_head=0``).
+_NO_HEAD = ["model.conv_head=0"]
+LAYOUTS = {"shipped": [], "nohead": _NO_HEAD, "1down": [*_NO_HEAD, "model.units=1down,4up,2"],
+           "pre1w64": [*_NO_HEAD, "model.pre_levels=1", "model.width=64", "model.units=4up,2", "model.hidden=32,8"],
+           "w16": [*_NO_HEAD, "model.width=16", "model.hidden=16,32,16"], "unet": ["model.arch=unet"]}
 
 
 def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
     """CPU seconds (one thread, process time) of one training step and one prediction call of the
-    config, and the fhcnn time they give for ``size`` (steps x step + prediction calls x call)."""
+    config, the fhcnn time they give for ``size`` (steps x step + prediction calls x call), and
+    the float32 values a voxel of a training window that autograd keeps for the backward."""
     import torch
 
-    from fhcnn.engine import build_model
+    from fhcnn.engine import activation_bytes, build_model
     from fhcnn.engine.sizes import prediction_tilings
 
     torch.set_num_threads(1)
@@ -344,6 +347,7 @@ def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
         loss.backward()
         opt.step()
 
+    kept = activation_bytes(model, x, y, torch.nn.functional.cross_entropy) / 4 / x[:, 0].numel()
     step()
     t = time.process_time()
     for _ in range(5):
@@ -362,6 +366,7 @@ def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
     calls = -(-windows // d.predict_batch)
     return {"size": list(size), "channels": 2, "config": config, "overrides": overrides,
             "train_step_cpu_s": round(t_step, 3), "predict_call_cpu_s": round(t_call, 3),
+            "kept_float32_per_voxel": round(kept, 1),
             "steps": cfg.train.steps, "prediction_windows": windows, "prediction_calls": calls,
             "train_cpu_s": round(cfg.train.steps * t_step, 1), "predict_cpu_s": round(calls * t_call, 1),
             "fhcnn_cpu_s": round(cfg.train.steps * t_step + calls * t_call, 1), "load_average": os.getloadavg()}
@@ -389,9 +394,9 @@ def cmd_costs(args: argparse.Namespace) -> None:
         v = [rd[name][key] / (rd["shipped"][key] if relative else 1.0) for rd in rounds]
         return round(float(np.median(v)), 3)
 
-    layouts = {name: {"overrides": sets, **{f"{k}{'_relative' if rel else ''}": median(name, k, rel)
-                                             for k in ("train_step_cpu_s", "predict_call_cpu_s", "fhcnn_cpu_s")
-                                             for rel in (False, True)}}
+    layouts = {name: {"overrides": sets, "kept_float32_per_voxel": rounds[0][name]["kept_float32_per_voxel"],
+                      **{f"{k}{'_relative' if rel else ''}": median(name, k, rel)
+                         for k in ("train_step_cpu_s", "predict_call_cpu_s", "fhcnn_cpu_s") for rel in (False, True)}}
                for name, sets in LAYOUTS.items()}
     rec = {"size": list(size), "config": args.config, "rounds": rounds, "median": layouts,
            "environment": environment()}
@@ -415,9 +420,9 @@ def main() -> None:
     r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
                                              "(parallel runs; report merges the parts)")
     rp = sub.add_parser("report")
-    rp.add_argument("--plot", default="d3",
-                    help="the tags whose tables volume_sparse.png shows, one panel a volume (an "
-                         "annotation's row from the first tag that has it)")
+    rp.add_argument("--plot", default="x_ch32,d3",
+                    help="the tags whose tables volume_sparse.png shows, one panel a volume with "
+                         "baselines (its table from the first tag that has it)")
     s = sub.add_parser("speed")
     s.add_argument("--size", default="240,240,155")
     s.add_argument("--slices", type=int, default=8)
