@@ -92,7 +92,9 @@ def test_whole_width_prediction_window_suggests_a_width_that_passes() -> None:
     (["parallel.space=4"], (6, 16, 24), 4, {"parallel.space": 2, "processes": 2}),
     (["parallel.space=2"], (6, 16, 24), 3, {"processes": 2}),
     (["parallel.space=2"], (6, 16, 24), 4, {"data.batch_size": 2}),
-    (["parallel.space=2", "model.arch=unet"], (6, 16, 24), 2, {"parallel.space": 1}),
+    # unsplit, every process is a data-parallel replica: video-tiny's batch of 1 becomes 2
+    (["parallel.space=2", "model.arch=unet"], (6, 16, 24), 2, {"parallel.space": 1, "data.batch_size": 2}),
+    (["parallel.space=2", "model.arch=unet", "data.batch_size=2"], (6, 16, 24), 2, {"parallel.space": 1}),
     (["parallel.space=2", "parallel.axes=[1]", "data.window_height=10"], (6, 16, 24), 2,
      {"data.window_height": 8}),
 ])

@@ -11,13 +11,17 @@ small fraction of the volume.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..options import IGNORE
 
-__all__ = ["class_weights", "weights_of_counts", "segmentation_loss", "SegmentationLoss", "UnlabelledTerm"]
+__all__ = ["class_weights", "weights_of_counts", "segmentation_loss", "SegmentationLoss", "BatchShare",
+           "shared_segmentation_loss", "UnlabelledTerm"]
 
 
 def class_weights(labels: Tensor, num_classes: int, balance: float) -> Tensor:
@@ -63,6 +67,64 @@ class SegmentationLoss:
 
     def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
         return segmentation_loss(logits.mean(2) if self.reduce_depth else logits, y, self.weight, self.dice)
+
+
+@dataclass(frozen=True)
+class BatchShare:
+    """How one process's part of a training batch makes up the whole batch of a multi-process
+    run (``torchrun``): ``processes`` hold disjoint parts of it (data-parallel replicas, each
+    possibly split in space), and the optimizer applies the gradients summed within a replica
+    and averaged over the ``replicas`` (DistributedDataParallel averages over every process).
+
+    Attributes:
+        replicas: ``R``, the replicas the gradients are averaged over.
+        processes: ``W``, every process holding a part of the batch.
+        total: the sum of a tensor over the ``W`` processes, detached (a constant of the loss).
+        summed: the same sum, differentiable (its adjoint sums the output gradients).
+    """
+
+    replicas: int
+    processes: int
+    total: Callable[[Tensor], Tensor]
+    summed: Callable[[Tensor], Tensor]
+
+
+def shared_segmentation_loss(logits: Tensor, y: Tensor, weight: Tensor, dice: float, share: BatchShare,
+                             replicated: int = 1) -> Tensor:
+    """This process's part of :func:`segmentation_loss` of the whole batch of a multi-process run.
+
+    Cross entropy: the weighted sum over this process's labelled voxels divided by the total
+    weight of the whole batch's (summed over the processes: a constant); soft Dice: the
+    per-class sums summed over the processes (differentiably), divided by ``replicated`` where
+    every voxel is held that many times. Each part is scaled so that the gradients the optimizer
+    applies (summed within a replica, averaged over the replicas) are those of the whole batch's
+    loss on one process: the cross-entropy part by ``R``, the Dice term by ``R / W``.
+
+    Args:
+        logits: ``(n, K, *S)`` float32 (depth-reduced already where the labels are 2D).
+        y: ``(n, *S)`` labels (``IGNORE`` skipped).
+
+    Returns:
+        a scalar whose *value* is the whole batch's loss (the same on every process: for
+        logging and the non-finite check) and whose *gradient* is this process's part.
+    """
+    k = logits.shape[1]
+    w = weight.to(logits.device)
+    keep = y != IGNORE
+    nll = F.cross_entropy(logits, y, weight=w, ignore_index=IGNORE, reduction="sum")
+    total_weight = share.total(w[y.clamp(0, k - 1)][keep].sum())
+    part = nll / total_weight * share.replicas
+    if dice > 0:
+        keep1 = keep.unsqueeze(1)
+        prob = torch.softmax(logits, 1) * keep1
+        onehot = (F.one_hot(y.clamp(0, k - 1), k).movedim(-1, 1) * keep1).to(prob.dtype)
+        dims = (0,) + tuple(range(2, logits.dim()))
+        sums = torch.stack([(prob * onehot).sum(dims), (prob + onehot).sum(dims), onehot.sum(dims)])
+        inter, total, count = share.summed(sums) / replicated
+        d = 1 - (2 * inter + 1) / (total + 1)
+        part = part + dice * d[count.detach() > 0].mean() * share.replicas / share.processes
+    whole = share.total(part.detach()) / share.replicas
+    return part + (whole - part).detach()
 
 
 def _reduce(logits: Tensor, reduce_depth: bool) -> Tensor:
@@ -124,20 +186,28 @@ class UnlabelledTerm:
                 tb.copy_(sb)
         return self.teacher
 
-    def __call__(self, model: torch.nn.Module, x: Tensor, logits: Tensor, y: Tensor, step: int) -> Tensor:
+    def __call__(self, model: torch.nn.Module, x: Tensor, logits: Tensor, y: Tensor, step: int,
+                 share: BatchShare | None = None) -> Tensor:
+        """The term of this batch; with ``share`` (data-parallel processes), this process's part
+        of the whole batch's term (means over the whole batch's unlabelled voxels, scaled as in
+        :func:`shared_segmentation_loss`; the value is the whole term on every process)."""
         if self.kind == "teacher":
             teacher = self._update_teacher(model)   # kept up to date from the first step on
         w = self.ramp(step)
         unl = y == IGNORE
-        if w == 0 or not unl.any():
+        if w == 0 or (share is None and not unl.any()):
             self.last = {}
             return logits.sum() * 0
         z = _reduce(logits, self.reduce_depth).float()
         if self.kind == "entropy":
             logp = torch.log_softmax(z, 1)
             ent = -(logp.exp() * logp).sum(1)
-            self.last = {"unlabelled_entropy": float(ent[unl].mean().detach())}
-            return w * ent[unl].mean()
+            if share is None:
+                self.last = {"unlabelled_entropy": float(ent[unl].mean().detach())}
+                return w * ent[unl].mean()
+            n = share.total(unl.sum().double())
+            self.last = {"unlabelled_entropy": float(share.total(ent[unl].sum().detach().double()) / n.clamp_min(1))}
+            return _whole(w * ent[unl].sum() / n.clamp_min(1).float() * share.replicas, share)
         if self.kind == "pseudo":
             ref = torch.softmax(z.detach(), 1)
         else:
@@ -145,8 +215,22 @@ class UnlabelledTerm:
                 ref = torch.softmax(_reduce(teacher(x.flip(-1)), self.reduce_depth).float(), 1).flip(-1)
         conf, target = ref.max(1)
         use = unl & (conf > self.threshold)
-        self.last = {"pseudo_fraction": float(use.sum()) / max(1, int(unl.sum()))}
-        if not use.any():
-            return logits.sum() * 0
+        if share is None:
+            self.last = {"pseudo_fraction": float(use.sum()) / max(1, int(unl.sum()))}
+            if not use.any():
+                return logits.sum() * 0
+            target = torch.where(use, target, torch.full_like(target, IGNORE))
+            return w * F.cross_entropy(z, target, weight=self.class_weight.to(z.device), ignore_index=IGNORE)
+        counts = share.total(torch.stack([use.sum(), unl.sum()]).double())
+        self.last = {"pseudo_fraction": float(counts[0] / counts[1].clamp_min(1))}
+        cw = self.class_weight.to(z.device)
         target = torch.where(use, target, torch.full_like(target, IGNORE))
-        return w * F.cross_entropy(z, target, weight=self.class_weight.to(z.device), ignore_index=IGNORE)
+        nll = F.cross_entropy(z, target, weight=cw, ignore_index=IGNORE, reduction="sum")
+        total_weight = share.total(cw[target.clamp(0, z.shape[1] - 1)][use].sum())
+        return _whole(w * nll / total_weight.clamp_min(1e-12) * share.replicas, share)
+
+
+def _whole(part: Tensor, share: BatchShare) -> Tensor:
+    """``part`` with the value of the whole batch's term (the parts summed, over the replicas)."""
+    whole = share.total(part.detach()) / share.replicas
+    return part + (whole - part).detach()

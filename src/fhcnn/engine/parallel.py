@@ -42,22 +42,20 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..options import IGNORE
 from .config import ParallelConfig
-from .losses import SegmentationLoss
+from .losses import BatchShare, SegmentationLoss, shared_segmentation_loss
 from .sizes import round_up, training_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..spatial import SpatialSplit
     from .models import VolumeSegmenter
 
-__all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "SplitError", "check_space_split",
-           "fix_sets", "fix_text", "prediction_windows", "follow_prediction"]
+__all__ = ["ParallelConfig", "SpaceRun", "SplitSegmentationLoss", "mesh_share", "world_share", "data_parallel_loss",
+           "SplitError", "check_space_split", "fix_sets", "fix_text", "prediction_windows", "follow_prediction"]
 
 _AXES = ("D", "H", "W")
 _WINDOW_KEYS = ("window_depth", "window_height", "window_width")
@@ -179,6 +177,9 @@ def _problem(cfg: Any, shape: Sequence[int], reduce_depth: bool, world: int) -> 
     processes, or ``None``."""
     p: ParallelConfig = cfg.parallel
     if p.space == 1:
+        if world > 1 and cfg.data.batch_size % world:  # every process a data-parallel replica
+            return _Problem(f"data.batch_size={cfg.data.batch_size} is not divisible by the {world} "
+                            f"data-parallel processes", [[{"data.batch_size": round_up(cfg.data.batch_size, world)}]])
         return None
     from .models import size_multiple_of
     from .sizes import prediction_window_of
@@ -186,7 +187,9 @@ def _problem(cfg: Any, shape: Sequence[int], reduce_depth: bool, world: int) -> 
     axes = list(p.axes)
     if cfg.model.arch != "hyperbolic":
         return _Problem(f"parallel.space={p.space}: only the hyperbolic network can be split in "
-                        f"space; model.arch={cfg.model.arch} cannot", [[{"parallel.space": 1}]])
+                        f"space; model.arch={cfg.model.arch} cannot",
+                        [[{"parallel.space": 1}, {"parallel.space": 1,
+                                                  "data.batch_size": round_up(cfg.data.batch_size, world)}]])
     if cfg.model.spectral_head > 0 and 0 in axes:
         other = [[{"parallel.axes": [b if a == 0 else a for a in axes]}] for b in (1, 2) if b not in axes]
         return _Problem(f"parallel.axes={_value_text(axes)}: model.spectral_head reads the whole depth "
@@ -290,7 +293,7 @@ class SplitSegmentationLoss(SegmentationLoss):
         self.split, self.depth_split = split, depth_split
 
     def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
-        from ..spatial import all_reduce_sum, global_sum
+        from ..spatial import all_reduce_sum
 
         split = self.split
         lo = logits.float()
@@ -300,23 +303,62 @@ class SplitSegmentationLoss(SegmentationLoss):
             if self.depth_split:  # the slabs' depth means -> the global one, on every process
                 lo = all_reduce_sum(lo, split) / split.size
                 replicated = split.size
-        k = lo.shape[1]
-        weight = self.weight.to(lo.device)
-        keep = y != IGNORE
-        nll = F.cross_entropy(lo, y, weight=weight, ignore_index=IGNORE, reduction="sum")
-        total_weight = global_sum(weight[y.clamp(0, k - 1)][keep].sum(), split)
-        part = nll / total_weight
-        if self.dice > 0:
-            keep1 = keep.unsqueeze(1)
-            prob = torch.softmax(lo, 1) * keep1
-            onehot = (F.one_hot(y.clamp(0, k - 1), k).movedim(-1, 1) * keep1).to(prob.dtype)
-            dims = (0,) + tuple(range(2, lo.dim()))
-            sums = torch.stack([(prob * onehot).sum(dims), (prob + onehot).sum(dims), onehot.sum(dims)])
-            inter, total, count = all_reduce_sum(sums, split) / replicated
-            dice = 1 - (2 * inter + 1) / (total + 1)
-            part = part + self.dice * dice[count.detach() > 0].mean() / split.size
-        whole = global_sum(part, split)
-        return part + (whole - part).detach()
+        return shared_segmentation_loss(lo, y, self.weight, self.dice, mesh_share(split), replicated)
+
+
+def mesh_share(split: SpatialSplit) -> BatchShare:
+    """The :class:`~fhcnn.engine.losses.BatchShare` of a ``data x space`` mesh: sums over the
+    space group, then over the data group; ``R`` = the data replicas, ``W`` = every process."""
+    from ..spatial import all_reduce_sum
+    from ..spatial.halo import AllReduceSum
+
+    def summed(x: Tensor) -> Tensor:
+        x = all_reduce_sum(x, split)
+        return AllReduceSum.apply(x, split.data_group) if split.data_size > 1 else x
+
+    def total(x: Tensor) -> Tensor:
+        out = x.detach().clone()
+        for group, size in ((split.group, split.size), (split.data_group, split.data_size)):
+            if size > 1:
+                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    return BatchShare(split.data_size, split.data_size * split.size, total, summed)
+
+
+def world_share() -> BatchShare | None:
+    """The :class:`~fhcnn.engine.losses.BatchShare` of data-parallel processes (every process a
+    replica: DistributedDataParallel, no split in space), or ``None`` on one process."""
+    from ..spatial.halo import AllReduceSum
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return None
+
+    def total(x: Tensor) -> Tensor:
+        out = x.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    return BatchShare(world, world, total, lambda x: AllReduceSum.apply(x, None))
+
+
+def data_parallel_loss(base: SegmentationLoss) -> SegmentationLoss:
+    """``base`` for a run whose processes are data-parallel replicas (DistributedDataParallel,
+    no split in space): on more than one process (:func:`world_share`), each takes its part of
+    the whole batch's loss (:func:`~fhcnn.engine.losses.shared_segmentation_loss`), so the
+    averaged gradients are those of one process with the same global batch; on one process,
+    ``base``'s value exactly."""
+    return _DataParallelLoss(base.weight, base.dice, base.reduce_depth)
+
+
+class _DataParallelLoss(SegmentationLoss):
+    def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
+        share = world_share()
+        if share is None:
+            return super().__call__(logits, y)
+        lo = logits.float().mean(2) if self.reduce_depth else logits.float()
+        return shared_segmentation_loss(lo, y, self.weight, self.dice, share)
 
 
 class _WholeWindowsInEval:

@@ -40,7 +40,7 @@ from .inference import labels_of, predict_into
 from .losses import SegmentationLoss, UnlabelledTerm, weights_of_counts
 from .metrics import scores_of_confusion
 from .models import DepthMean, VolumeSegmenter, build_model
-from .parallel import SpaceRun
+from .parallel import SpaceRun, data_parallel_loss, world_share
 from .plan import CHUNK, DenseInputs, RunPlan, class_positions, prepare
 from .sampling import WindowSampler
 from .sizes import Tiling, chunk_shape, prediction_tilings
@@ -187,7 +187,7 @@ class _StepLoss:
             loss = self.loss(logits, y)
         extra: dict[str, float] = {}
         if self.unlabelled is not None:
-            loss = loss + self.unlabelled(model, x, logits, y, self.step)
+            loss = loss + self.unlabelled(model, x, logits, y, self.step, world_share())  # not split in space
             extra = self.unlabelled.last
         self.step += 1
         value = float(loss.detach())
@@ -295,7 +295,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
                                     ema=d.teacher_ema, start=round(d.unlabelled_start * n),
                                     full=round(d.unlabelled_full * n), reduce_depth=reduce)
     seg_loss = SegmentationLoss(weight, d.dice, reduce)
-    step_loss = _StepLoss(space.loss(seg_loss) if space else seg_loss, history, clock, unlabelled)
+    step_loss = _StepLoss(space.loss(seg_loss) if space else data_parallel_loss(seg_loss), history, clock, unlabelled)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win,
                                 plan=plan, space=space)
     evaluate = _Evaluator(result, eval_fn, clock)

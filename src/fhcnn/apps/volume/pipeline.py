@@ -32,12 +32,13 @@ from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
 from ...errors import InputError
 from ...resources import check_memory
 from ...training import is_main_process
+from ...training.distributed import broadcast_object
 from .baselines import ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
-           "score", "resolve_spacing"]
+           "score", "resolve_spacing", "unet_plan"]
 
 
 def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
@@ -96,6 +97,7 @@ class VolumePlan:
     spacing: tuple[float, float, float] | None
     spacing_source: str
     spacing_line: str
+    unet: RunPlan | None = None  # the U-Net baseline's (scored with --eval-labels)
 
 
 def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
@@ -119,7 +121,28 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
         check_memory(baseline_bytes(labelled, names),
                      f"scoring the baselines ({','.join(names)}) on {labelled:,} labelled voxels",
                      "they keep every labelled voxel; --set volume.baselines= scores fhcnn alone")
-    return VolumePlan(plan, spacing, source, line)
+    unet = unet_plan(plan) if "unet" in names else None
+    return VolumePlan(plan, spacing, source, line, unet)
+
+
+def unet_plan(plan: RunPlan) -> RunPlan:
+    """The plan of the 3D U-Net baseline: ``plan``'s config with ``model.arch=unet``, not split in
+    space (under ``torchrun`` it trains data parallel over every process), on the same volume,
+    labels, statistics and label scan.
+
+    Raises:
+        InputError: what keeps the U-Net from this run (e.g. a batch the processes cannot share),
+            naming the baseline and how to leave it out.
+    """
+    ucfg = copy.deepcopy(plan.config)
+    ucfg.model.arch = "unet"
+    ucfg.parallel.space = 1
+    try:
+        return prepare(DenseInputs(plan.volume, plan.labels, plan.num_classes, stats=plan.stats,
+                                   label_scan=plan.scan), ucfg)
+    except InputError as e:
+        raise InputError(f"the U-Net baseline (volume.baselines, model.arch=unet, not split in space): {e}; "
+                         f"or --set volume.baselines=copy,forest") from None
 
 
 @dataclass
@@ -174,6 +197,11 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     held = inputs.held_out()
     outputs = _Outputs(out, inputs, k, save_probs and out is not None, held)
     fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume)
+    # whether there is anything to score: rank 0's sinks know; every process must agree, since
+    # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
+    scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
+    names = parse_baselines(cfg.volume.baselines) if scored else []
+    unet = _unet_baseline(vplan.unet or unet_plan(plan), held, k) if "unet" in names else None
     if not is_main_process():
         return {}
     res = fit.result
@@ -197,18 +225,22 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         metrics["prediction_file"] = pred_file.name
         if outputs.probs_path is not None:
             metrics["probabilities_file"] = outputs.probs_path.name
-    if outputs.confusion is not None and outputs.confusion.matrix.sum() > 0:
+    if scored:
+        assert outputs.confusion is not None
         ours = scores_of_confusion(outputs.confusion.matrix)
         metrics.update({"eval_labels": inputs.sources.get("eval_labels"), "miou": ours["miou"],
                         "iou": ours["iou"], "dice": ours["dice"], "fhcnn": ours, "baselines": {}})
         log(_line("fhcnn", ours))
-        names = parse_baselines(cfg.volume.baselines)
         voxels = labelled_voxels(inputs.labels) if {"copy", "forest"} & set(names) else None
         for name in names:  # box by box (plan_volume checked what they keep fits)
-            t0 = time.perf_counter()
-            matrix, extra = _baseline(name, inputs, plan, cfg.volume, vplan.spacing, held, voxels)
-            m = scores_of_confusion(matrix)
-            m.update(extra, time_s=round(time.perf_counter() - t0, 2))
+            if name == "unet":
+                assert unet is not None
+                m = unet
+            else:
+                t0 = time.perf_counter()
+                matrix, extra = _baseline(name, inputs, cfg.volume, vplan.spacing, held, voxels)
+                m = scores_of_confusion(matrix)
+                m.update(extra, time_s=round(time.perf_counter() - t0, 2))
             metrics["baselines"][name] = m
             log(_line(name, m))
     elif held is not None:
@@ -285,27 +317,34 @@ def _npy_geometry() -> Any:
     return VolumeGeometry(spacing=None, affine=None, nifti_header=None, attrs={}, axis_names=("D", "H", "W"))
 
 
-def _baseline(name: str, inputs: VolumeInputs, plan: RunPlan, opt: VolumeOptions, spacing: Sequence[float] | None,
-              held: Any, voxels: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The confusion matrix of one baseline on the same labels against ``held`` (scored box by
-    box), and what to record; ``voxels``: the labelled voxels (:func:`.baselines.labelled_voxels`)."""
+def _baseline(name: str, inputs: VolumeInputs, opt: VolumeOptions, spacing: Sequence[float] | None, held: Any,
+              voxels: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The confusion matrix of the ``copy`` or ``forest`` baseline on the same labels against
+    ``held`` (scored box by box), and what to record; ``voxels``: the labelled voxels
+    (:func:`.baselines.labelled_voxels`). Rank 0 alone computes them."""
     k = inputs.num_classes
     if name == "copy":
         near = NearestLabel(inputs.labels, spacing, voxels, threads=max(1, torch.get_num_threads()))
         return confusion_by_slabs(near, held, k), {}
-    if name == "forest":
-        forest = ForestPrediction(inputs.channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
-                                  seed=opt.seed, threads=max(1, torch.get_num_threads()), voxels=voxels)
-        matrix = confusion_by_slabs(forest, held, k)
-        return matrix, forest.costs()
-    ucfg = copy.deepcopy(plan.config)
-    ucfg.model.arch = "unet"
-    ucfg.parallel.space = 1
-    uplan = prepare(DenseInputs(plan.volume, plan.labels, plan.num_classes), ucfg)
+    forest = ForestPrediction(inputs.channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
+                              seed=opt.seed, threads=max(1, torch.get_num_threads()), voxels=voxels)
+    matrix = confusion_by_slabs(forest, held, k)
+    return matrix, forest.costs()
+
+
+def _unet_baseline(uplan: RunPlan, held: Any, k: int) -> dict[str, Any]:
+    """The 3D U-Net of :func:`unet_plan` trained and predicted, scored against ``held``: what the
+    scores of :func:`score` hold, with its times and parameters. Every process of the run calls
+    it: under ``torchrun`` it trains data parallel like fhcnn (the same global batch), and rank 0
+    predicts and scores it (the other processes' scores are empty)."""
+    t0 = time.perf_counter()
     sink = ConfusionSink(held, k)
     fit = fit_predict(uplan, None, lambda r: [sink], quiet=True)
-    return sink.matrix, {"train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
-                         "parameters": int(sum(p.numel() for p in fit.result.model.parameters()))}
+    m = scores_of_confusion(sink.matrix)
+    m.update(train_time_s=round(fit.train_time_s, 2), predict_time_s=round(fit.predict_time_s, 2),
+             parameters=int(sum(p.numel() for p in fit.result.model.parameters())),
+             time_s=round(time.perf_counter() - t0, 2))
+    return m
 
 
 def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: str, *,
