@@ -96,15 +96,16 @@ def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) ->
     assert not any(p.name.startswith("rank") for p in out.iterdir())  # one folder, written by rank 0
 
 
-def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path, monkeypatch, capsys) -> None:
+def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path) -> None:
     # 4 processes, the volume split over 2: fhcnn's 2 replicas share a batch of 2, but the U-Net
     # baseline (never split) trains on all 4 processes
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "0")
     out = tmp_path / "out"
-    args = _args(vol, out) + ["--set", "data.batch_size=2", "--set", "parallel.space=2"]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the U-Net baseline" in err[0] and "data.batch_size=4" in err[0], err
-    assert "volume.baselines=copy,forest" in err[0]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m", "fhcnn",
+           *_args(vol, out), "--set", "data.batch_size=2", "--set", "parallel.space=2"]
+    proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = {line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, errors  # the same one line from every process
+    line = errors.pop()
+    assert "the U-Net baseline" in line and "data.batch_size=4" in line and "volume.baselines=copy,forest" in line
     assert not out.exists()

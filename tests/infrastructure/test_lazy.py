@@ -9,7 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhcnn.data.lazy import LazyVolume, copy_to_zarr, iter_slabs, reflect_indices, scan_labels, whole_slabs
+from fhcnn.data.lazy import (
+    LazyVolume,
+    PassShare,
+    copy_to_zarr,
+    iter_slabs,
+    reflect_indices,
+    scan_labels,
+    stream_stats,
+    whole_slabs,
+)
+from fhcnn.data.volumes import summarize_labels
 from fhcnn.engine.sizes import gather
 from fhcnn.errors import InputError
 
@@ -130,6 +140,95 @@ def test_label_scan_counts_slices_and_sampled_positions() -> None:
         scan_labels(np.array([[0.5, 1.0]]))
     with pytest.raises(InputError, match=r"value 300 at voxel \(0, 1\)"):
         scan_labels(np.array([[0, 300]]))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _shared(fn, processes: int) -> list:
+    """``fn(share)`` on each of ``processes`` simulated processes, in rounds: a process's call
+    stops at the first gather whose parts are not all in yet (its own part kept), and is made
+    again once they are, until every process's call returns."""
+    if processes == 1:  # nothing to gather
+        return [fn(PassShare())]
+    rounds: list[dict[int, object]] = []
+    while True:
+        results = {}
+        for r in range(processes):
+            calls = iter(range(1000))
+
+            def gather(part, r=r, calls=calls):
+                k = next(calls)
+                if k < len(rounds) and len(rounds[k]) == processes:
+                    return [rounds[k][i] for i in range(processes)]
+                if k == len(rounds):
+                    rounds.append({})
+                rounds[k][r] = part
+                raise _Stop
+            try:
+                results[r] = fn(PassShare(r, processes, gather))
+            except _Stop:
+                pass
+        if len(results) == processes:
+            return [results[r] for r in range(processes)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 7), st.integers(1, 6)), axis=st.integers(0, 2),
+       processes=st.integers(1, 5), max_points=st.integers(1, 40), seed=st.integers(0, 99),
+       slab_voxels=st.integers(1, 60))
+def test_passes_shared_by_processes_equal_one_process(shape, axis, processes, max_points, seed, slab_voxels) -> None:
+    """Each process reads only its block of slabs, and every process gets the one-process
+    statistics (bit for bit) and label scan (counts, slices and the capped positions)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 2.0, shape).astype(np.float32)
+    x[rng.random(shape) < 0.05] = np.nan
+    lab = rng.choice(np.array([0, 1, 2, 255], np.uint8), shape, p=[0.3, 0.1, 0.1, 0.5])
+    kw = {"max_bytes": slab_voxels * 8}
+    one = stream_stats(x, slab_axis=axis, **kw)
+    for st_ in _shared(lambda share: stream_stats(x, slab_axis=axis, share=share, **kw), processes):
+        assert st_ == one or (np.isnan(one.mean) and st_.count == one.count == 0 and st_.nonfinite == one.nonfinite)
+    scan = scan_labels(lab, max_points=max_points, slab_axis=axis, **kw)
+    for got in _shared(lambda share: scan_labels(lab, max_points=max_points, slab_axis=axis, share=share, **kw),
+                       processes):
+        np.testing.assert_array_equal(got.counts, scan.counts)
+        assert got.unlabelled == scan.unlabelled
+        for a in range(3):
+            np.testing.assert_array_equal(got.per_slice[a], scan.per_slice[a])
+        assert len(got.positions) == len(scan.positions)
+        for p, q in zip(got.positions, scan.positions):
+            np.testing.assert_array_equal(p, q)
+    slabs = len(list(iter_slabs(shape, 8, kw["max_bytes"], axis)))
+    for p, c in zip(scan.positions, range(3)):  # a sample of the class, capped (one a slab at least)
+        assert len(p) <= max(max_points, slabs) and (lab[tuple(p.T)] == c).all()
+        if (lab == c).sum() <= max_points:  # all of them (in the slabs' order)
+            np.testing.assert_array_equal(np.unique(p, axis=0), np.argwhere(lab == c))
+
+
+def test_shared_scan_refuses_the_first_bad_value_on_every_process() -> None:
+    lab = np.full((8, 4, 4), 255, np.uint8)
+    lab[1] = 0
+    lab[2, 0, 0] = 1
+    lab[5, 1, 2] = 7   # in the third of four processes' blocks
+    lab[7, 3, 3] = 9
+    with pytest.raises(InputError) as one:
+        scan_labels(lab, limit=3, max_bytes=16 * 8)
+    # only the third of 4 processes reads the 7 at (5, 1, 2); every process raises the
+    # one-process message (the 7, not the 9 of the fourth)
+    with pytest.raises(InputError) as many:
+        _shared(lambda share: scan_labels(lab, limit=3, max_bytes=16 * 8, share=share), 4)
+    assert str(many.value) == str(one.value) and "(5, 1, 2)" in str(one.value)
+
+
+def test_shared_label_summary_counts_voxels_outside_dense_slices() -> None:
+    lab = np.full((6, 8, 8), 255, np.uint8)
+    lab[2] = 0
+    lab[:, 3] = 1
+    lab[4, 6, 6] = 0   # outside both dense slices
+    one = summarize_labels(lab, max_bytes=64 * 8)
+    for got in _shared(lambda share: summarize_labels(lab, max_bytes=64 * 8, share=share), 3):
+        assert got.elsewhere == one.elsewhere == 1 and got.dense == one.dense and got.counts == one.counts
 
 
 def test_copy_to_zarr_round_trips_in_slabs(tmp_path) -> None:

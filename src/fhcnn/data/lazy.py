@@ -10,6 +10,9 @@ what its box holds.
   (a volume held in memory is the same object over an ``ndarray``), read by box or by window
   continued by reflection past its ends (``numpy.pad(mode="reflect")``).
 * :func:`iter_slabs`: the boxes of a bounded-memory pass over an array, in storage order.
+* :class:`PassShare`: the slabs one process of several reads in a pass they make together
+  (``torchrun``): each reads a contiguous block, and every process gets the result of the whole
+  pass, equal to one process's.
 * :func:`stream_stats`: mean, standard deviation, range and NaN count, streamed by slabs.
 * :func:`scan_labels`: one streamed pass over a label volume: every value checked, class counts,
   labelled voxels per slice of every axis, and a capped sample of labelled positions per class.
@@ -27,7 +30,7 @@ import math
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -36,6 +39,7 @@ from ..errors import InputError
 __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "PassShare", "ONE_PROCESS",
            "SLAB_BYTES", "MAX_POINTS"]
 
 #: Bytes of one streamed read (statistics, label scans, copies) in float64: the reader's memory
@@ -256,6 +260,34 @@ def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
 
 
 @dataclass(frozen=True)
+class PassShare:
+    """One process's share of a streamed pass (statistics, label scan) that several processes
+    make together: of the pass's ``n`` slabs, process ``rank`` of ``processes`` reads the
+    contiguous block :meth:`block`; ``gather`` hands every process's partial result, in rank
+    order, to every process (e.g. ``torch.distributed.all_gather_object``), which merges them
+    in slab order: the result is the one process's, bit for bit. The default is one process.
+    """
+
+    rank: int = 0
+    processes: int = 1
+    gather: Callable[[Any], list[Any]] | None = None
+
+    def block(self, n: int) -> range:
+        """This process's slabs of ``n``."""
+        return range(n * self.rank // self.processes, n * (self.rank + 1) // self.processes)
+
+    def combine(self, part: Any) -> list[Any]:
+        """Every process's ``part``, in rank order."""
+        if self.processes == 1:
+            return [part]
+        assert self.gather is not None, "a pass shared by several processes needs gather"
+        return self.gather(part)
+
+
+ONE_PROCESS = PassShare()
+
+
+@dataclass(frozen=True)
 class StreamStats:
     """Statistics of the finite voxels of one channel.
 
@@ -297,6 +329,12 @@ class Moments:
             return
         mb = x.mean(0) if per_band else x.mean()
         m2b = np.square(x - mb).sum(0) if per_band else np.square(x - mb).sum()
+        self.add_part(k, mb, m2b)
+
+    def add_part(self, k: int, mb: Any, m2b: Any) -> None:
+        """Merge the count, mean and sum of squared deviations of ``k`` more values."""
+        if k == 0:
+            return
         tot = self.n + k
         delta = mb - self.mean
         self.mean = self.mean + delta * k / tot
@@ -309,35 +347,46 @@ class Moments:
         return np.sqrt(self.m2 / max(self.n, 1))
 
 
-def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int = 0) -> StreamStats:
+def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int = 0,
+                 share: PassShare = ONE_PROCESS) -> StreamStats:
     """Mean, std, min, max and NaN/inf count of an array-like, read slab by slab.
 
     Slabs hold at most ``max_bytes`` of float64 (the working copy); per-slab means and sums of
-    squared deviations are merged exactly (Chan et al.), so the result equals the whole-array
-    float64 computation to rounding.
+    squared deviations are merged exactly (Chan et al.) in slab order, so the result equals the
+    whole-array float64 computation to rounding. With ``share``, this process reads only its
+    block of the slabs and the result is the same as one process's, bit for bit.
     """
-    moments = Moments()
-    lo, hi = math.inf, -math.inf
-    bad, first = 0, None
+    boxes = list(iter_slabs(array.shape, 8, max_bytes, slab_axis))
     floating = np.dtype(array.dtype).kind in "fc"
-    for box in iter_slabs(array.shape, 8, max_bytes, slab_axis):
+    parts = []
+    for i in share.block(len(boxes)):
+        box = boxes[i]
         x = np.asarray(array[box], dtype=np.float64)
+        nb, first = 0, None
         if floating:
             ok = np.isfinite(x)
             nb = int(x.size - np.count_nonzero(ok))
             if nb:
-                if first is None:
-                    where = np.argwhere(~ok)[0]
-                    first = tuple(int(w + s.start) for w, s in zip(where, box))
-                bad += nb
+                where = np.argwhere(~ok)[0]
+                first = tuple(int(w + s.start) for w, s in zip(where, box))
                 x = x[ok]
         if x.size == 0:
+            parts.append((0, 0.0, 0.0, math.inf, -math.inf, nb, first))
             continue
-        moments.add(x)
-        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+        mb = x.mean()
+        parts.append((x.size, mb, np.square(x - mb).sum(), float(x.min()), float(x.max()), nb, first))
+    moments = Moments()
+    lo, hi = math.inf, -math.inf
+    bad, first_bad = 0, None
+    for k, mb, m2b, plo, phi, nb, first in (p for part in share.combine(parts) for p in part):
+        bad += nb
+        first_bad = first_bad if first_bad is not None else first
+        if k:
+            moments.add_part(k, mb, m2b)
+            lo, hi = min(lo, plo), max(hi, phi)
     if moments.n == 0:
-        return StreamStats(0, math.nan, math.nan, math.nan, math.nan, bad, first)
-    return StreamStats(moments.n, float(moments.mean), float(moments.std), lo, hi, bad, first)
+        return StreamStats(0, math.nan, math.nan, math.nan, math.nan, bad, first_bad)
+    return StreamStats(moments.n, float(moments.mean), float(moments.std), lo, hi, bad, first_bad)
 
 
 class LazyVolume:
@@ -429,9 +478,9 @@ class LazyVolume:
                                           reflect_indices(starts[2], sizes[2], w), int(sizes[0])))
         return np.stack(data)
 
-    def channel_stats(self, max_bytes: int = SLAB_BYTES) -> list[StreamStats]:
+    def channel_stats(self, max_bytes: int = SLAB_BYTES, share: PassShare = ONE_PROCESS) -> list[StreamStats]:
         """:func:`stream_stats` of every data channel (along its slab axis)."""
-        return [stream_stats(c, max_bytes, a) for c, a in zip(self.channels, self.slab_axes)]
+        return [stream_stats(c, max_bytes, a, share) for c, a in zip(self.channels, self.slab_axes)]
 
 
 @dataclass
@@ -443,8 +492,10 @@ class LabelScan:
         unlabelled: voxels equal to the ignore value.
         per_slice: for each axis, the labelled voxels of each slice along it (int64 arrays).
         positions: for each class ``c`` in ``0 .. max``, an ``(n_c, ndim)`` int32 array of
-            labelled positions: all of them while there are at most ``max_points``, else every
-            ``s``-th in scan order, ``s`` the smallest power of two that brings them under it.
+            labelled positions in scan order: all of them while there are at most
+            ``max_points``, else every ``s``-th of the class within each slab of the pass (the
+            first of the slab included), ``s`` the smallest power of two that brings them under it
+            (or, where more slabs than ``max_points`` hold the class, that keeps one a slab).
     """
 
     counts: np.ndarray
@@ -468,7 +519,8 @@ def _first(bad: np.ndarray, x: np.ndarray, box: Sequence[slice]) -> tuple[tuple[
 
 
 def scan_labels(labels: ArrayLike, ignore: int = 255, *, limit: int = 256, max_points: int = MAX_POINTS,
-                max_bytes: int = SLAB_BYTES, slab_axis: int = 0, what: str = "labels") -> LabelScan:
+                max_bytes: int = SLAB_BYTES, slab_axis: int = 0, what: str = "labels",
+                share: PassShare = ONE_PROCESS) -> LabelScan:
     """Check and scan an integer label array-like (any number of axes) in one pass of slabs of
     at most ``max_bytes``.
 
@@ -478,22 +530,43 @@ def scan_labels(labels: ArrayLike, ignore: int = 255, *, limit: int = 256, max_p
         limit: class values run ``0 .. limit - 1``.
         max_points: labelled positions kept per class (see :class:`LabelScan`).
         what: the name in messages (``"labels x.nii.gz"``).
+        share: this process's share of a pass several processes make (:class:`PassShare`); the
+            scan, and the first bad value refused, are those of one process.
 
     Raises:
         InputError: a value that is neither a class nor ``ignore`` (a negative, a non-integer, a
-            NaN, one of ``limit`` or more), naming it and its position.
+            NaN, one of ``limit`` or more), naming it and its position (the first in slab order).
     """
     shape = tuple(int(n) for n in labels.shape)
+    boxes = list(iter_slabs(shape, 8, max_bytes, slab_axis))
+    part = _scan_slabs(labels, boxes, share.block(len(boxes)), ignore, limit, max_points, what)
+    return _merge_scans(share.combine(part), shape, limit, max_points)
+
+
+@dataclass
+class _ScanPart:
+    """What one process's block of slabs holds: the sums of :class:`LabelScan`, the kept positions
+    of each class per slab (``(slab, positions)``, every ``stride[c]``-th labelled voxel of the
+    class within the slab, in scan order) and the first refused value (``(slab, message)``)."""
+
+    counts: np.ndarray
+    unlabelled: int
+    per: list[np.ndarray]
+    kept: list[list[tuple[int, np.ndarray]]]
+    stride: np.ndarray
+    error: tuple[int, str] | None = None
+
+
+def _scan_slabs(labels: ArrayLike, boxes: Sequence[tuple[slice, ...]], block: range, ignore: int, limit: int,
+                max_points: int, what: str) -> _ScanPart:
+    shape = tuple(int(n) for n in labels.shape)
     nd = len(shape)
-    counts = np.zeros(limit, np.int64)
-    per = [np.zeros(n, np.int64) for n in shape]
-    unlabelled = 0
-    floating = np.dtype(labels.dtype).kind == "f"
-    stride = np.ones(limit, np.int64)
-    seen = np.zeros(limit, np.int64)
-    kept: list[list[np.ndarray]] = [[] for _ in range(limit)]
+    part = _ScanPart(np.zeros(limit, np.int64), 0, [np.zeros(n, np.int64) for n in shape],
+                     [[] for _ in range(limit)], np.ones(limit, np.int64))
     n_kept = np.zeros(limit, np.int64)
-    for box in iter_slabs(shape, 8, max_bytes, slab_axis):
+    floating = np.dtype(labels.dtype).kind == "f"
+    for i in block:
+        box = boxes[i]
         x = np.asarray(labels[box])
         if x.dtype == bool:
             x = x.view(np.uint8)
@@ -501,38 +574,59 @@ def scan_labels(labels: ArrayLike, ignore: int = 255, *, limit: int = 256, max_p
             bad = ~np.isfinite(x) | (x != np.round(x))
             if bad.any():
                 pos, v = _first(bad, x, box)
-                raise InputError(f"{what} hold the value {v} at voxel {pos}: labels are integers "
-                                 f"(classes 0, 1, ... and --ignore {ignore}; floats with integral values "
-                                 f"are accepted)")
+                part.error = (i, f"{what} hold the value {v} at voxel {pos}: labels are integers (classes 0, 1, "
+                                 f"... and --ignore {ignore}; floats with integral values are accepted)")
+                break
         unl = x == ignore
         lab = ~unl
         bad = lab & ((x < 0) | (x >= limit))
         if bad.any():
             pos, v = _first(bad, x, box)
-            raise InputError(f"{what} hold the value {v} at voxel {pos}, which is neither a class "
+            part.error = (i, f"{what} hold the value {v} at voxel {pos}, which is neither a class "
                              f"(0..{limit - 1}) nor the --ignore value {ignore}")
-        unlabelled += int(np.count_nonzero(unl))
+            break
+        part.unlabelled += int(np.count_nonzero(unl))
         xi = x.astype(np.int64, copy=False)
-        counts += np.bincount(xi[lab], minlength=limit)[:limit]
+        part.counts += np.bincount(xi[lab], minlength=limit)[:limit]
         for a in range(nd):
             other = tuple(b for b in range(nd) if b != a)
-            per[a][box[a]] += np.count_nonzero(lab, axis=other) if other else lab
+            part.per[a][box[a]] += np.count_nonzero(lab, axis=other) if other else lab
         if not lab.any():
             continue
         origin = np.array([s.start for s in box], np.int32)
         for c in np.unique(xi[lab]).tolist():
-            where = np.argwhere(xi == c)
-            first = (-seen[c]) % stride[c]  # keep the class's voxels number 0, s, 2s, ... in scan order
-            take = where[first::stride[c]].astype(np.int32) + origin
-            kept[c].append(take)
+            take = np.argwhere(xi == c)[::part.stride[c]].astype(np.int32) + origin
+            part.kept[c].append((i, take))
             n_kept[c] += len(take)
-            seen[c] += len(where)
-            while n_kept[c] > max_points:  # halve the sample: every other kept voxel, twice the stride
-                whole = np.concatenate(kept[c])[::2]
-                kept[c], n_kept[c], stride[c] = [whole], len(whole), 2 * stride[c]
+            while n_kept[c] > max_points and any(len(p) > 1 for _, p in part.kept[c]):
+                # every other kept voxel of each slab (its first stays): twice the stride
+                part.kept[c] = [(j, p[::2]) for j, p in part.kept[c]]
+                part.stride[c] *= 2
+                n_kept[c] = sum(len(p) for _, p in part.kept[c])
+    return part
+
+
+def _merge_scans(parts: Sequence[_ScanPart], shape: tuple[int, ...], limit: int, max_points: int) -> LabelScan:
+    """The :class:`LabelScan` of the processes' parts, in slab order: the first refused value,
+    the sums, and each class's positions at the smallest power-of-two stride (at least every
+    part's) that keeps at most ``max_points``."""
+    errors = [p.error for p in parts if p.error is not None]
+    if errors:
+        raise InputError(min(errors)[1])
+    counts = np.sum([p.counts for p in parts], axis=0)
+    per = [np.sum([p.per[a] for p in parts], axis=0) for a in range(len(shape))]
     top = int(np.flatnonzero(counts).max()) if counts.any() else -1
-    positions = [np.concatenate(kept[c]) if kept[c] else np.zeros((0, nd), np.int32) for c in range(top + 1)]
-    return LabelScan(counts, unlabelled, per, positions)
+    positions = []
+    for c in range(top + 1):
+        stride = max(int(p.stride[c]) for p in parts)
+        while True:
+            taken = [(j, pos[::stride // int(p.stride[c])]) for p in parts for j, pos in p.kept[c]]
+            if sum(len(t) for _, t in taken) <= max_points or all(len(t) <= 1 for _, t in taken):
+                break
+            stride *= 2
+        arrays = [t for _, t in sorted(taken, key=lambda jt: jt[0])]
+        positions.append(np.concatenate(arrays) if arrays else np.zeros((0, len(shape)), np.int32))
+    return LabelScan(counts, int(sum(p.unlabelled for p in parts)), per, positions)
 
 
 def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis: int = 0,

@@ -27,14 +27,17 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
 
+if TYPE_CHECKING:
+    from ..data.lazy import PassShare
+
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "is_main_process",
            "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
-           "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync"]
+           "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync", "pass_share"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,24 @@ def is_main_process() -> bool:
         return int(os.environ.get("RANK", "0")) == 0
     except ValueError:
         return True
+
+
+def pass_share() -> PassShare:
+    """This process's :class:`~fhcnn.data.lazy.PassShare` of a streamed pass over a volume
+    (statistics, label scans): with a joined group of several processes, its block of the
+    slabs, the parts gathered over the group (``all_gather_object``); else the whole pass."""
+    from ..data.lazy import ONE_PROCESS, PassShare
+
+    if not (_initialized() and dist.get_world_size() > 1):
+        return ONE_PROCESS
+    world = dist.get_world_size()
+
+    def gather(part: Any) -> list[Any]:
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, part)
+        return parts
+
+    return PassShare(dist.get_rank(), world, gather)
 
 
 def barrier() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...data.lazy import ONE_PROCESS, PassShare
 from ...data.volumes import LabelSummary, open_images, open_label_volume, summarize_labels
 from ...errors import InputError
 from ...options import IGNORE
@@ -105,8 +106,10 @@ class VolumeInputs:
 
 
 def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | None = None, *,
-                       ignore: int = IGNORE, channel_axis: int | None = None) -> VolumeInputs:
-    """Open and check everything ``fhcnn volume`` reads (see the module docstring).
+                       ignore: int = IGNORE, channel_axis: int | None = None,
+                       share: PassShare = ONE_PROCESS) -> VolumeInputs:
+    """Open and check everything ``fhcnn volume`` reads (see the module docstring); ``share``:
+    this process's share of the label scans (under ``torchrun``, :class:`~fhcnn.data.lazy.PassShare`).
 
     Raises:
         InputError: one line naming the problem.
@@ -115,13 +118,13 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
         raise InputError(f"--ignore {ignore}: use a label value 0..65535 (default 255)")
     channels, geom, opened = open_images(list(images), channel_axis)
     shape = tuple(int(n) for n in opened[0].shape)
-    lab = open_label_volume(labels, shape, ignore, what="labels")
+    lab = open_label_volume(labels, shape, ignore, what="labels", share=share)
     k = lab.summary.num_classes
     if k > IGNORE:
         raise InputError(f"labels {labels}: {k} classes; at most {IGNORE} (0..{IGNORE - 1}) fit the prediction")
     ev = None
     if eval_labels is not None:
-        ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE)
+        ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE, share=share)
         extra = [c for c, n in enumerate(ev.summary.counts) if n and c >= k]
         if extra:
             raise InputError(f"labels {labels}: no labelled voxel of class {extra[0]}, which occurs in "

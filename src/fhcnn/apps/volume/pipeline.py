@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ... import log as _log
-from ...data.lazy import LazyVolume
+from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.plan import DenseInputs, RunPlan, prepare
@@ -100,8 +100,9 @@ class VolumePlan:
     unet: RunPlan | None = None  # the U-Net baseline's (scored with --eval-labels)
 
 
-def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
-    """Resolve the spacing and prepare the engine's plan (every check, nothing written).
+def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_PROCESS) -> VolumePlan:
+    """Resolve the spacing and prepare the engine's plan (every check, nothing written);
+    ``share``: this process's share of the statistics pass (under ``torchrun``).
 
     Raises:
         InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
@@ -111,7 +112,9 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig) -> VolumePlan:
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
-    plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, label_scan=inputs.summary.scan), seg)
+    stats = volume.channel_stats(share=share)
+    plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=stats, label_scan=inputs.summary.scan),
+                   seg)
     if all(s.max == s.min for s in plan.stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
                          f"{plan.stats[0].min:g}: nothing to segment")
@@ -358,8 +361,9 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     from ...rundir import prepare_output_dir
     from .inputs import load_volume_inputs
 
-    inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis)
-    vplan = plan_volume(inputs, cfg)
+    share = _join_processes(cfg)
+    inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis, share=share)
+    vplan = plan_volume(inputs, cfg, share)
     roles = {f"image{i}" if i else "image": p for i, p in enumerate(images)}
     folder = prepare_output_dir(out, resume, overwrite, tool="volume", config=cfg, config_file=config_file,
                                 roles={**roles, "labels": labels, "eval_labels": eval_labels},
@@ -368,6 +372,18 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     local_copies(vplan.plan, inputs, folder, resume=resume)
     return segment_volume(inputs, cfg, folder, vplan=vplan, quiet=quiet, resume=resume,
                           save_probs=save_probs), folder
+
+
+def _join_processes(cfg: VolumeConfig) -> PassShare:
+    """Under ``torchrun``, join the process group now (``train.peer_timeout`` bounds every wait),
+    so the processes share the passes that check and summarize the inputs: each reads a block of
+    the slabs (:func:`~fhcnn.training.distributed.pass_share`). One process: the whole pass."""
+    from ...training.device import resolve_device
+    from ...training.distributed import init_distributed, pass_share, world_size
+
+    if world_size() > 1:
+        init_distributed(resolve_device(cfg.train.device).type, float(cfg.train.peer_timeout))
+    return pass_share()
 
 
 def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callable[[str], None] = _log.info,

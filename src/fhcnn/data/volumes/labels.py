@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import SLAB_BYTES, ArrayLike, LabelScan, iter_slabs, scan_labels
+from ..lazy import ONE_PROCESS, SLAB_BYTES, ArrayLike, LabelScan, PassShare, iter_slabs, scan_labels
 from ._common import OpenedVolume
 
 __all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "MAX_CLASSES",
@@ -92,7 +92,7 @@ def _listed(items: list[int], n: int) -> str:
 
 def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int | None = None,
                      what: str = "labels", slab_axis: int = 0,
-                     max_bytes: int = SLAB_BYTES) -> LabelSummary:
+                     max_bytes: int = SLAB_BYTES, share: PassShare = ONE_PROCESS) -> LabelSummary:
     """Check and summarize a ``(D, H, W)`` label array-like in one pass
     (:func:`~fhcnn.data.lazy.scan_labels`; two when dense slices lie along more than one axis),
     by slabs of at most ``max_bytes``.
@@ -104,6 +104,8 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
             evaluation labels); ``None``: ``K`` is the largest class + 1, at least 2, and
             every class below it must have a voxel (training labels).
         what: the name in messages (``"labels x.nii.gz"``).
+        share: this process's share of the passes several processes make together
+            (:class:`~fhcnn.data.lazy.PassShare`); the summary is one process's.
 
     Raises:
         InputError: a value that is neither a class nor ``ignore`` (a negative, a non-integer,
@@ -114,7 +116,8 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
     if len(shape) != 3:
         raise InputError(f"{what} has shape {shape}; a label volume has three axes")
     limit = num_classes if num_classes is not None else MAX_CLASSES
-    scan = scan_labels(labels, ignore, limit=limit, max_bytes=max_bytes, slab_axis=slab_axis, what=what)
+    scan = scan_labels(labels, ignore, limit=limit, max_bytes=max_bytes, slab_axis=slab_axis, what=what,
+                       share=share)
     counts, per, unlabelled = scan.counts, scan.per_slice, scan.unlabelled
     nz = np.flatnonzero(counts)
     if nz.size == 0:
@@ -136,28 +139,29 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
     elif len(axes) == 1:
         elsewhere = labelled - int(per[axes[0]][list(dense[axes[0]])].sum())
     else:
-        elsewhere = _outside(labels, ignore, dense, shape, slab_axis, max_bytes)
+        elsewhere = _outside(labels, ignore, dense, shape, slab_axis, max_bytes, share)
     return LabelSummary(shape=shape, counts=tuple(int(c) for c in counts[:k]), unlabelled=unlabelled,  # type: ignore[arg-type]
                         per_slice=(per[0], per[1], per[2]), dense=dense, elsewhere=elsewhere,  # type: ignore[arg-type]
                         scan=scan)
 
 
 def _outside(labels: ArrayLike, ignore: int, dense: Sequence[Sequence[int]], shape: tuple[int, ...],
-             slab_axis: int, max_bytes: int) -> int:
-    """Labelled voxels outside the union of the dense slices (a second pass)."""
+             slab_axis: int, max_bytes: int, share: PassShare) -> int:
+    """Labelled voxels outside the union of the dense slices (a second pass, shared as the first)."""
     masks = []
     for a in range(3):
         m = np.zeros(shape[a], dtype=bool)
         m[list(dense[a])] = True
         masks.append(m)
     n = 0
-    for box in iter_slabs(shape, 8, max_bytes, slab_axis):
+    boxes = list(iter_slabs(shape, 8, max_bytes, slab_axis))
+    for box in (boxes[i] for i in share.block(len(boxes))):
         x = np.asarray(labels[box])
         if x.dtype == bool:
             x = x.view(np.uint8)
         inside = masks[0][box[0], None, None] | masks[1][None, box[1], None] | masks[2][None, None, box[2]]
         n += int(np.count_nonzero((x != ignore) & ~inside))
-    return n
+    return sum(share.combine(n))
 
 
 class LabelVolume:
@@ -184,7 +188,8 @@ class LabelVolume:
 
 
 def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num_classes: int | None = None,
-                      what: str = "labels", max_bytes: int = SLAB_BYTES) -> LabelVolume:
+                      what: str = "labels", max_bytes: int = SLAB_BYTES, share: PassShare = ONE_PROCESS
+                      ) -> LabelVolume:
     """Open, check and summarize a label volume for images of spatial ``shape``.
 
     Args:
@@ -193,6 +198,7 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
         ignore, num_classes: see :func:`summarize_labels` (``--eval-labels``: pass the
             training labels' ``num_classes``).
         what: the role in messages (``"labels"``, ``"--eval-labels"``).
+        share: this process's share of the summary's passes (:func:`summarize_labels`).
 
     Raises:
         InputError: as :func:`open_volume`; several channels; a shape other than ``shape``
@@ -205,5 +211,5 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
         raise InputError(f"{what} {spec} have shape {v.shape} but the images have {tuple(shape)}; "
                          f"labels share the images' grid")
     summary = summarize_labels(v.channels[0], ignore, num_classes=num_classes, what=f"{what} {spec}",
-                               slab_axis=v.slab_axis, max_bytes=max_bytes)
+                               slab_axis=v.slab_axis, max_bytes=max_bytes, share=share)
     return LabelVolume(v, summary)
