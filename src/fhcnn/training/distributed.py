@@ -4,7 +4,10 @@
 ``MASTER_PORT``; :func:`init_distributed` then joins the process group (``nccl`` on CUDA,
 ``gloo`` on CPU). Every rank builds the same global batch from the ``(seed, step)``
 generator and keeps its slice (:func:`shard_batch`), so a run on ``W`` processes computes the
-same gradient as a run on one process with the same global batch.
+same gradient as a run on one process with the same global batch, for a loss that is a mean over
+the batch's samples. A loss normalized by totals of the batch (a class-weighted mean over labelled
+voxels, a Dice term) must take the whole batch's totals on every process, as
+:func:`fhcnn.engine.losses.shared_segmentation_loss` does.
 
 **A stopped or lost process.** Every wait for another process is bounded by
 ``train.peer_timeout`` seconds (``init_process_group(timeout=...)``: Gloo raises when a
