@@ -4,6 +4,10 @@ Unlabelled voxels (``IGNORE``) get no gradient; a class absent from a batch adds
 Class weights ``count**-balance`` (normalized to average 1 over the present classes) keep a
 rare foreground from sinking into "all background".
 
+Several processes (``torchrun``) hold parts of one batch: :func:`shared_segmentation_loss` (and
+:class:`UnlabelledTerm` with a :class:`BatchShare`) gives each its part of the whole batch's loss,
+so that the gradients the optimizer applies are one process's with the same batch.
+
 :class:`UnlabelledTerm` adds a loss on the unlabelled voxels (entropy minimization, confident
 pseudo-labels, or a mean teacher's confident predictions), for scenes where the labels are a
 small fraction of the volume.
@@ -123,6 +127,11 @@ def shared_segmentation_loss(logits: Tensor, y: Tensor, weight: Tensor, dice: fl
         inter, total, count = share.summed(sums) / replicated
         d = 1 - (2 * inter + 1) / (total + 1)
         part = part + dice * d[count.detach() > 0].mean() * share.replicas / share.processes
+    return _whole(part, share)
+
+
+def _whole(part: Tensor, share: BatchShare) -> Tensor:
+    """``part`` with the value of the whole batch's term (the parts summed, over the replicas)."""
     whole = share.total(part.detach()) / share.replicas
     return part + (whole - part).detach()
 
@@ -228,9 +237,3 @@ class UnlabelledTerm:
         nll = F.cross_entropy(z, target, weight=cw, ignore_index=IGNORE, reduction="sum")
         total_weight = share.total(cw[target.clamp(0, z.shape[1] - 1)][use].sum())
         return _whole(w * nll / total_weight.clamp_min(1e-12) * share.replicas, share)
-
-
-def _whole(part: Tensor, share: BatchShare) -> Tensor:
-    """``part`` with the value of the whole batch's term (the parts summed, over the replicas)."""
-    whole = share.total(part.detach()) / share.replicas
-    return part + (whole - part).detach()

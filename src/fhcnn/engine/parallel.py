@@ -11,12 +11,15 @@ data-parallel replicas of ``S`` processes each (replica ``d`` owns ranks ``d*S .
   :class:`~fhcnn.models.DenseHyperbolicModel`) is converted by
   :func:`~fhcnn.spatial.split_module`: halos are exchanged (by the layers and the conv head),
   normalization sums all-reduced. Input normalization, opening, 1x1 classifier and the loss
-  are pointwise and stay local: each
-  process back-propagates its *part* of the replica's loss (:class:`SplitSegmentationLoss`:
-  its labelled voxels' weighted cross entropy over the replica's total weight, the Dice sums
-  all-reduced), and :func:`~fhcnn.spatial.reduce_gradients` sums the gradients over the slabs
-  and averages them over the replicas instead of DistributedDataParallel (which must not wrap
-  a split model). The loss the trainer logs is the replica's whole loss.
+  are pointwise and stay local: each process back-propagates its *part* of the whole batch's
+  loss (:class:`SplitSegmentationLoss`: its labelled voxels' weighted cross entropy over the
+  total weight of the whole batch's, the Dice sums all-reduced over every process, scaled by
+  :func:`~fhcnn.engine.losses.shared_segmentation_loss`), and
+  :func:`~fhcnn.spatial.reduce_gradients` sums the gradients over the slabs and averages them
+  over the replicas instead of DistributedDataParallel (which must not wrap a split model):
+  the gradient of the whole batch's loss on one process. The loss the trainer logs is the whole
+  batch's. Without a split, :func:`data_parallel_loss` does the same for the replicas of
+  DistributedDataParallel.
 * **Prediction.** Every process of the space group runs the same tiled prediction
   (:func:`~fhcnn.engine.inference.predict_into`): inside :meth:`SpaceRun.predicting` each reads
   only its slab of every window and the split model all-gathers the window's logits, so every
@@ -275,16 +278,19 @@ def check_space_split(cfg: Any, shape: Sequence[int], reduce_depth: bool = False
 
 
 class SplitSegmentationLoss(SegmentationLoss):
-    """This process's part of :class:`~fhcnn.engine.losses.SegmentationLoss` on its slab.
+    """This process's part of :class:`~fhcnn.engine.losses.SegmentationLoss` of the whole batch,
+    on its slab of its replica's windows (:func:`~fhcnn.engine.losses.shared_segmentation_loss`
+    over the mesh, :func:`mesh_share`).
 
     Cross entropy: the weighted sum over this slab's labelled voxels divided by the total
-    weight of the replica's labelled voxels (all-reduced, a constant); soft Dice: the per-class
-    sums all-reduced (differentiably) and the term divided among the processes. The parts sum
-    to the replica's loss and their gradients, summed over the slabs, to its gradient. With
-    ``reduce_depth`` and the depth axis split, the depth mean of the logits is all-reduced
-    first; the 2D map is then the same on every process and each takes ``1/S`` of the loss.
+    weight of the whole batch's labelled voxels (all-reduced over every process, a constant);
+    soft Dice: the per-class sums all-reduced over every process (differentiably). The parts,
+    their gradients summed over the slabs and averaged over the replicas, give the whole
+    batch's loss and its gradient. With ``reduce_depth`` and the depth axis split, the depth
+    mean of the logits is all-reduced first; the 2D map is then the same on every process of
+    the replica, and its sums count each pixel once a process.
 
-    Returns a tensor whose *value* is the replica's whole loss (for logging and the non-finite
+    Returns a tensor whose *value* is the whole batch's loss (for logging and the non-finite
     check) and whose *gradient* is this process's part.
     """
 

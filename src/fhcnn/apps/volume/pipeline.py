@@ -97,7 +97,6 @@ class VolumePlan:
     spacing: tuple[float, float, float] | None
     spacing_source: str
     spacing_line: str
-    unet: RunPlan | None = None  # the U-Net baseline's (scored with --eval-labels)
 
 
 def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_PROCESS) -> VolumePlan:
@@ -106,8 +105,9 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
 
     Raises:
         InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
-            cannot work ...), a volume whose every channel holds one value, or baselines to score
-            (``--eval-labels``) whose whole-volume arrays exceed the available memory.
+            cannot work ...), a volume whose every channel holds one value, baselines to score
+            (``--eval-labels``) whose whole-volume arrays exceed the available memory, or a U-Net
+            baseline that cannot run (:func:`unet_plan`).
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
@@ -124,8 +124,9 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
         check_memory(baseline_bytes(labelled, names),
                      f"scoring the baselines ({','.join(names)}) on {labelled:,} labelled voxels",
                      "they keep every labelled voxel; --set volume.baselines= scores fhcnn alone")
-    unet = unet_plan(plan) if "unet" in names else None
-    return VolumePlan(plan, spacing, source, line, unet)
+    if "unet" in names:  # checked now; made again where it trains (the volume may be a local copy by then)
+        unet_plan(plan)
+    return VolumePlan(plan, spacing, source, line)
 
 
 def unet_plan(plan: RunPlan) -> RunPlan:
@@ -204,7 +205,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
     scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
     names = parse_baselines(cfg.volume.baselines) if scored else []
-    unet = _unet_baseline(vplan.unet or unet_plan(plan), held, k) if "unet" in names else None
+    unet = _unet_baseline(unet_plan(plan), held, k) if "unet" in names else None
     if not is_main_process():
         return {}
     res = fit.result
