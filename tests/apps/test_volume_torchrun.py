@@ -97,15 +97,15 @@ def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) ->
 
 
 def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path) -> None:
-    # 4 processes, the volume split over 2: fhcnn's 2 replicas share a batch of 2, but the U-Net
-    # baseline (never split) trains on all 4 processes
+    # 2 processes splitting the volume: fhcnn is one replica with a batch of 1, but the U-Net
+    # baseline (never split) trains data parallel on both processes
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m", "fhcnn",
-           *_args(vol, out), "--set", "data.batch_size=2", "--set", "parallel.space=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fhcnn",
+           *_args(vol, out), "--set", "data.batch_size=1", "--set", "parallel.space=2"]
     proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     errors = {line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")}
     assert len(errors) == 1, errors  # the same one line from every process
     line = errors.pop()
-    assert "the U-Net baseline" in line and "data.batch_size=4" in line and "volume.baselines=copy,forest" in line
+    assert "the U-Net baseline" in line and "data.batch_size=2" in line and "volume.baselines=copy,forest" in line
     assert not out.exists()
