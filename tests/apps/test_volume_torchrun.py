@@ -81,6 +81,7 @@ def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) ->
     ref, got = load_file(str(single / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(ref) == set(got)
     diff = max(float(np.abs(ref[k].astype(np.float64) - got[k]).max()) for k in ref)
+    print(f"{nproc} processes {split + extra}: max |weight difference| {diff:.2e}")
     assert diff < 1e-6, f"{nproc} processes: weights differ from one process by {diff:.3e}"
     pa, pb = np.load(single / "prediction.npy"), np.load(out / "prediction.npy")
     assert np.mean(pa == pb) >= 0.999  # argmax ties may flip under float32 rounding, nothing more
