@@ -600,7 +600,7 @@ def _scan_slabs(labels: ArrayLike, boxes: Sequence[tuple[slice, ...]], block: ra
             n_kept[c] += len(take)
             while n_kept[c] > max_points and any(len(p) > 1 for _, p in part.kept[c]):
                 # every other kept voxel of each slab (its first stays): twice the stride
-                part.kept[c] = [(j, p[::2].copy()) for j, p in part.kept[c]]  # copies: the halves are freed
+                part.kept[c] = [(j, p[::2].copy()) for j, p in part.kept[c]]  # copies, so the longer arrays are freed
                 part.stride[c] *= 2
                 n_kept[c] = sum(len(p) for _, p in part.kept[c])
     return part
