@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from safetensors.numpy import load_file
 from fhcnn.cli import main
 from fhcnn.data.synthetic_volumes import generate_volume
 from fhcnn.training.distributed import launch_env
+from tests._launch import torchrun
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -49,22 +49,6 @@ def _args(vol: Path, out: Path) -> list[str]:
             "--eval-labels", str(vol / "truth.npy"), "--out", str(out), "--config", "volume-tiny", "--quiet", *SETS]
 
 
-def _torchrun(nproc: int, args: list[str], out: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "fhcnn", *args]
-    # a Gloo launch now and then dies at start under load (see tests/infrastructure/test_ddp.py):
-    # up to 3 launches on a fresh output folder, every failure reported
-    failures = []
-    for _ in range(3):
-        proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            return
-        failures.append(proc.stdout[-2000:] + proc.stderr[-2000:])
-        shutil.rmtree(out, ignore_errors=True)
-        time.sleep(1.0)
-    raise AssertionError("\n--- retry ---\n".join(failures))
-
-
 UNLABELLED = ["--set", "data.unlabelled_start=0", "--set", "data.unlabelled_full=0"]
 
 
@@ -77,7 +61,7 @@ UNLABELLED = ["--set", "data.unlabelled_start=0", "--set", "data.unlabelled_full
 def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) -> None:
     single, out = tmp_path / "single", tmp_path / "out"
     assert main(_args(vol, single) + extra) == 0
-    _torchrun(nproc, _args(vol, out) + split + extra, out)
+    torchrun(nproc, ["-m", "fhcnn", *_args(vol, out), *split, *extra], clean=lambda: shutil.rmtree(out, True))
     ref, got = load_file(str(single / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(ref) == set(got)
     diff = max(float(np.abs(ref[k].astype(np.float64) - got[k]).max()) for k in ref)

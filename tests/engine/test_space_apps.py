@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from fhcnn.config import load_config
 from fhcnn.engine import SegmentConfig
 from fhcnn.errors import InputError
 from fhcnn.training.distributed import launch_env
+from tests._launch import torchrun
 from tests._space_apps_script import change_args, engine_run, make_inputs, segment_args, stopped_copy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,22 +39,13 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _launch(tmp_path: Path, nproc: int, *args: str, outputs: tuple[str, ...] = ()) -> None:
     """Run the worker under torchrun; skip when the processes cannot join a Gloo group."""
-    env = launch_env(pythonpath=[REPO / "src"])
-    # --standalone: torchrun picks a free port itself (other runs may use the machine at once)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(REPO / "tests" / "_space_apps_script.py"), str(tmp_path), *args]
-    # a worker sometimes aborts at once ("terminate called without an active exception" in a
-    # Gloo thread; seen on a loaded machine, not reproduced in reruns): up to 3 launches on
-    # fresh outputs, every failed one reported
-    failures = []
-    for _ in range(3):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode == 0 or list(tmp_path.glob("skip-*.txt")):
-            break
-        failures.append(proc.stdout[-2000:] + proc.stderr[-2000:])
+    def clean() -> None:
         for old in outputs:
             shutil.rmtree(tmp_path / old, ignore_errors=True)
-    assert proc.returncode == 0 or list(tmp_path.glob("skip-*.txt")), "\n--- retry ---\n".join(failures)
+
+    torchrun(nproc, [str(REPO / "tests" / "_space_apps_script.py"), str(tmp_path), *args], clean=clean,
+             env=launch_env(pythonpath=[REPO / "src"]), timeout=600,
+             done=lambda proc: proc.returncode == 0 or bool(list(tmp_path.glob("skip-*.txt"))))
     skips = sorted(tmp_path.glob("skip-*.txt"))
     if skips:
         pytest.skip(f"cannot start Gloo processes here: {skips[0].read_text()[:300]}")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +12,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from fhcnn.training import Trainer, seed_everything, shard_batch
-from fhcnn.training.distributed import launch_env
 from tests._ddp_script import MODES, ddp_config, val_fn
+from tests._launch import torchrun
 from tests._train_script import batch_fn, build, loss_fn, one_thread  # noqa: F401
 
 HERE = Path(__file__).resolve().parents[1]  # tests/, beside the worker scripts
@@ -26,22 +23,11 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
-    env = launch_env()   # Gloo on the loopback: not how the machine resolves its host name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "_ddp_script.py"), str(tmp_path)]
-    # A launch sometimes dies at once with "terminate called without an active exception" in a
-    # Gloo worker thread (seen under load and once in a CI-style run; not reproduced in 6
-    # concurrent reruns): up to 3 launches on fresh outputs, every failed one reported.
-    failures = []
-    for _ in range(3):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            break
-        failures.append(proc.stdout[-2000:] + proc.stderr[-2000:])
-        for child in tmp_path.iterdir():  # a retry must not meet the failed launch's checkpoints
+    def clean() -> None:  # a retry must not meet the failed launch's checkpoints
+        for child in tmp_path.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-        time.sleep(1.0)
-    assert proc.returncode == 0, "\n--- retry ---\n".join(failures)
+
+    torchrun(2, [str(HERE / "_ddp_script.py"), str(tmp_path)], clean=clean)
 
     diffs = {}
     for name, mode in MODES.items():
