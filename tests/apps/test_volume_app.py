@@ -13,23 +13,12 @@ import pytest
 from fhcnn.apps.volume import VolumeConfig, copy_nearest_label, engine_config
 from fhcnn.cli import main
 from fhcnn.data.synthetic_volumes import generate_volume
+from tests.apps._volumes import SHAPE, write_tiny_volume
 
 TINY = ["--config", "volume-tiny", "--quiet"]
-SHAPE = (16, 16, 16)
-
-
 @pytest.fixture(scope="module")
 def vol(tmp_path_factory):
-    root = tmp_path_factory.mktemp("volcli")
-    c0, truth = generate_volume("cells", SHAPE, seed=1, channel=0, dtype="uint8")
-    c1, _ = generate_volume("cells", SHAPE, seed=1, channel=1, dtype="uint8")
-    lab = np.full(SHAPE, 255, np.uint8)
-    lab[[3, 12]] = truth[[3, 12]]
-    lab[:, 8] = truth[:, 8]
-    for name, arr in (("c0", c0), ("c1", c1), ("truth", truth), ("lab", lab),
-                      ("both", np.stack([c0, c1], -1))):
-        np.save(root / f"{name}.npy", arr)
-    return root
+    return write_tiny_volume(tmp_path_factory.mktemp("volcli"))
 
 
 def _digest(folder):

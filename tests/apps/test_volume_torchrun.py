@@ -19,13 +19,12 @@ import torch.distributed as dist
 from safetensors.numpy import load_file
 
 from fhcnn.cli import main
-from fhcnn.data.synthetic_volumes import generate_volume
 from fhcnn.training.distributed import launch_env
 from tests._launch import torchrun
+from tests.apps._volumes import write_tiny_volume
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
-SHAPE = (16, 16, 16)
 # class weights (balance) and the Dice term: both differ between a per-process mean and the
 # whole batch's loss when the processes hold different numbers of labelled voxels of each class
 SETS = ["--set", "data.dice=1", "--set", "data.balance=0.5", "--set", "data.batch_size=4"]
@@ -33,15 +32,7 @@ SETS = ["--set", "data.dice=1", "--set", "data.balance=0.5", "--set", "data.batc
 
 @pytest.fixture(scope="module")
 def vol(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voltorchrun")
-    c0, truth = generate_volume("cells", SHAPE, seed=1, channel=0, dtype="uint8")
-    c1, _ = generate_volume("cells", SHAPE, seed=1, channel=1, dtype="uint8")
-    lab = np.full(SHAPE, 255, np.uint8)
-    lab[[3, 12]] = truth[[3, 12]]
-    lab[:, 8] = truth[:, 8]
-    for name, arr in (("c0", c0), ("c1", c1), ("truth", truth), ("lab", lab)):
-        np.save(root / f"{name}.npy", arr)
-    return root
+    return write_tiny_volume(tmp_path_factory.mktemp("voltorchrun"))
 
 
 def _args(vol: Path, out: Path) -> list[str]:
