@@ -69,8 +69,12 @@ class SegmentationLoss:
     def __init__(self, weight: Tensor, dice: float, reduce_depth: bool = False) -> None:
         self.weight, self.dice, self.reduce_depth = weight, dice, reduce_depth
 
+    def reduced(self, logits: Tensor) -> Tensor:
+        """``logits`` averaged over depth with ``reduce_depth``, else as they are."""
+        return _reduce(logits, self.reduce_depth)
+
     def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
-        return segmentation_loss(logits.mean(2) if self.reduce_depth else logits, y, self.weight, self.dice)
+        return segmentation_loss(self.reduced(logits), y, self.weight, self.dice)
 
 
 @dataclass(frozen=True)

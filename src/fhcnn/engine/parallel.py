@@ -43,7 +43,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -322,13 +322,7 @@ def mesh_share(split: SpatialSplit) -> BatchShare:
         x = all_reduce_sum(x, split)
         return AllReduceSum.apply(x, split.data_group) if split.data_size > 1 else x
 
-    def total(x: Tensor) -> Tensor:
-        out = x.detach().clone()
-        for group, size in ((split.group, split.size), (split.data_group, split.data_size)):
-            if size > 1:
-                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
-
+    total = _summed_without_gradient(((split.group, split.size), (split.data_group, split.data_size)))
     return BatchShare(split.data_size, split.data_size * split.size, total, summed)
 
 
@@ -341,12 +335,22 @@ def world_share() -> BatchShare | None:
     if world == 1:
         return None
 
+    total = _summed_without_gradient(((None, world),))
+    return BatchShare(world, world, total, lambda x: AllReduceSum.apply(x, None))
+
+
+def _summed_without_gradient(groups: Sequence[tuple[Any, int]]) -> Callable[[Tensor], Tensor]:
+    """``total`` of a :class:`~fhcnn.engine.losses.BatchShare`: a detached copy of ``x``
+    summed over each ``(group, size)`` in turn (``None`` the default group; size 1 skipped)."""
+
     def total(x: Tensor) -> Tensor:
         out = x.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        for group, size in groups:
+            if size > 1:
+                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
-    return BatchShare(world, world, total, lambda x: AllReduceSum.apply(x, None))
+    return total
 
 
 def data_parallel_loss(base: SegmentationLoss) -> SegmentationLoss:
@@ -363,8 +367,7 @@ class _DataParallelLoss(SegmentationLoss):
         share = world_share()
         if share is None:
             return super().__call__(logits, y)
-        lo = logits.float().mean(2) if self.reduce_depth else logits.float()
-        return shared_segmentation_loss(lo, y, self.weight, self.dice, share)
+        return shared_segmentation_loss(self.reduced(logits.float()), y, self.weight, self.dice, share)
 
 
 class _WholeWindowsInEval:
