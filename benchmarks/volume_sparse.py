@@ -149,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     done["config"] = args.config
     done["overrides"] = overrides
     done["model"] = dataclasses.asdict(cfg.model)  # the network as resolved (configs change)
+    done["train"] = dataclasses.asdict(cfg.train)  # the training as resolved (its steps decide the U-Net's)
     for frac in (float(f) for f in args.fractions.split(",")):
         for axes in args.axes.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -203,7 +204,18 @@ def _baseline_settings(data: dict, baseline: str) -> list[str]:
             if not o.startswith(("train.threads=", "train.device=", "volume.baselines="))]
     if baseline != "unet":
         return sorted(o for o in keep if o.startswith(("volume.", "train.seed=")))
+    keep = [o for o in keep if not o.startswith("train.steps=")] + [f"train.steps={_train_steps(data)}"]
     return sorted(o for o in keep if not o.startswith("model.") or o.startswith("model.unet_"))
+
+
+def _train_steps(data: dict) -> int:
+    """The training steps of a result file's runs: as resolved (``train``), else its
+    ``train.steps`` override, else 600 (the shipped ``volume`` config's steps when the results
+    recorded neither)."""
+    if "train" in data:
+        return int(data["train"]["steps"])
+    given = [o.split("=", 1)[1] for o in data.get("overrides") or [] if o.startswith("train.steps=")]
+    return int(given[-1]) if given else 600
 
 
 def cmd_report(args: argparse.Namespace) -> None:
