@@ -21,7 +21,8 @@ seeded offset (``one``), or the same number of slices spread over the three axes
 A run with ``--baselines none`` (fhcnn alone) is reported with the baselines of another tag
 on the same labels (same volume and size, fraction, axes and seed) and the same settings apart
 from fhcnn's network (``model.*``) and the device (``train.device``, recorded in each run):
-the baselines do not depend on them. ``run``
+the baselines do not depend on them; a U-Net only from runs of as many training steps (each
+file records its training as resolved, ``train``). ``run``
 appends each result to ``results/volume_sparse_<volume>_<tag>.json`` (a rerun skips
 what is there; ``--part P`` writes ``..._<tag>@P.json`` instead, for runs side by side; fewer
 than three slices are not spread over three axes); ``report`` writes
@@ -282,8 +283,9 @@ def _plot(summary: dict, tags: list[str]) -> None:
     for tag in tags:
         for name, entry in summary.items():
             volume, t = name.split("/", 1)
-            if t == tag and volume not in panels and any("copy" in row for row in entry["table"].values()):
-                panels[volume] = entry["table"]
+            if t == tag and not any(p.split("/")[0] == volume for p in panels) and any(
+                    "copy" in row for row in entry["table"].values()):
+                panels[name] = entry["table"]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
@@ -322,7 +324,8 @@ def cmd_speed(args: argparse.Namespace) -> None:
            "fhcnn_total_s": round(m["train_time_s"] + m["predict_time_s"], 1), "run_total_s": round(total, 1),
            "run_cpu_s": round(cpu, 1), "load_average": os.getloadavg(),
            "miou": m["fhcnn"]["miou"], "baselines": {b: v["miou"] for b, v in m["baselines"].items()},
-           "cpu_count": os.cpu_count(), "model": dataclasses.asdict(cfg.model), "environment": environment()}
+           "cpu_count": os.cpu_count(), "model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+           "environment": environment()}
     print(json.dumps(rec, indent=1))
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
@@ -432,7 +435,7 @@ def main() -> None:
     r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
                                              "(parallel runs; report merges the parts)")
     rp = sub.add_parser("report")
-    rp.add_argument("--plot", default="x_ch32,d3",
+    rp.add_argument("--plot", default="x_ch32s1000,x_ch32",
                     help="the tags whose tables volume_sparse.png shows, one panel a volume with "
                          "baselines (its table from the first tag that has it)")
     s = sub.add_parser("speed")

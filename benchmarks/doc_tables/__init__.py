@@ -4,7 +4,8 @@ Each entry of :data:`TABLES` takes the results folder (``benchmarks/results``) a
 markdown that ``benchmarks/report.py`` writes between ``<!-- table:NAME -->`` and
 ``<!-- /table:NAME -->``. The tables are grouped by the scripts that write their JSON:
 :mod:`.core` (``fhcnn bench``, ``gpu_memory.py``), :mod:`.segment`, :mod:`.change`, :mod:`.vae`,
-and :mod:`.summary` (the README's headline, the shipped configs' complete runs).
+:mod:`.volume` (``fhcnn volume``'s sparse slices) and :mod:`.summary` (the README's headline,
+the shipped configs' complete runs).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import change, core, segment, summary, vae
+from . import change, core, segment, summary, vae, volume
 
 __all__ = ["TABLES"]
 
@@ -35,4 +36,5 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "sparse_taizhou": change.sparse("taizhou"),
     "sparse_generated": change.sparse("generated"),
     "sparse_hsi": change.sparse_hsi,
+    "volume_sparse": volume.volume_sparse,
 }

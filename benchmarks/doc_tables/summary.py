@@ -9,6 +9,7 @@ from typing import Callable
 
 from ._files import davis_glob, load, mib, need, ref_units
 from .segment import DAVIS_SHIPPED
+from .volume import volume_headline
 
 _CASES = {"change": "`fhcnn change`, generated 96×96×32 scene",
           "landsat": "`fhcnn change`, Taizhou 400×400×6, 30 % of the reference labelled",
@@ -71,6 +72,9 @@ def headline(d: Path) -> str:
         out.append(f"| DAVIS 2016 video segmentation from 3 labelled frames, mean mIoU over "
                    f"{len(hyp)} sequences | **{m:.3f}** ({first['steps']} steps on {first['window'][0]}-frame windows) | "
                    f"copy the nearest labelled mask {c:.3f}{forest} |")
+    vol = volume_headline(d) if load(d, "volume_sparse_summary") is not None else None
+    if vol is not None:
+        out.append(f"| {vol[0]} | {vol[1]} |")
     for scene, label in (("generated", "generated 32-band scene"), ("landsat", "Landsat, Taizhou")):
         cur, base = load(d, f"change_{scene}"), load(d, f"change_{scene}_baselines")
         if cur is None or base is None:

@@ -1,0 +1,85 @@
+"""The sparse-slice tables of ``fhcnn volume`` (``benchmarks/volume_sparse.py report`` writes
+``volume_sparse_summary.json``): the shipped config against the three baselines of the same
+labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._files import need
+
+#: the results of the shipped ``volume`` config (1000 steps) and of the same network at 600 steps
+SHIPPED, SHORTER = "x_ch32s1000", "x_ch32"
+VOLUMES = (("cells", "cells 48³, 2 channels"), ("seismic", "seismic 48³, faults"),
+           ("layers", "seismic 48³, four formations"), ("mni", "MNI152 T1 at 3 mm"))
+_METHODS = ("fhcnn", "unet", "copy", "forest")
+
+
+def _annotation(group: str, slices: int) -> str:
+    frac, axes = group.split("|")
+    pct = f"{float(frac) * 100:g} %"
+    if axes == "three":
+        return f"{slices} slices over the three axes ({pct})"
+    return f"{pct} of axis 0 ({slices} slice{'s' if slices > 1 else ''})"
+
+
+def _order(group: str) -> tuple[str, float]:
+    frac, axes = group.split("|")
+    return axes, float(frac)
+
+
+def _cell(row: dict[str, Any], method: str, best: bool) -> str:
+    if method not in row:
+        return "–"
+    m = row[method]["miou"]
+    text = f"{m['mean']:.3f} ± {m['spread']:.3f}"
+    return (f"**{text}**" if best else text) + f" [{', '.join(f'{v:.2f}' for v in row[method]['iou'])}]"
+
+
+def _signed(x: float) -> str:
+    text = f"{x:+.3f}"
+    return "0.000" if text in ("+0.000", "-0.000") else text
+
+
+def _rows(d: Path) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None]]:
+    summary = need(d, "volume_sparse_summary")
+    out = []
+    for volume, label in VOLUMES:
+        table = summary.get(f"{volume}/{SHIPPED}", {}).get("table", {})
+        shorter = summary.get(f"{volume}/{SHORTER}", {}).get("table", {})
+        for group in sorted(table, key=_order):
+            row = table[group]
+            out.append((label, _annotation(group, row["slices"]), row, shorter.get(group)))
+    return out
+
+
+def volume_sparse(d: Path) -> str:
+    """One row a benchmark: fhcnn (the shipped config) and the 3D U-Net, both 1000 steps, the
+    copy and the forest, mean ± spread over the seeds with per-class IoU; fhcnn's margin over the
+    U-Net a seed; and the means of both networks at 600 steps."""
+    out = ["| volume, annotation | seeds | fhcnn (`volume`) | 3D U-Net | fhcnn − U-Net a seed | "
+           "copy nearest | random forest | 600 steps: fhcnn / U-Net |",
+           "|---|---|---|---|---|---|---|---|"]
+    for label, annotation, row, shorter in _rows(d):
+        best = max(row[m]["miou"]["mean"] for m in _METHODS if m in row)
+        margin = row.get("margin_over_unet")
+        gap = "–" if margin is None else f"{_signed(margin['min'])} to {_signed(margin['max'])}"
+        short = "–" if not shorter or "unet" not in shorter else (
+            f"{shorter['fhcnn']['miou']['mean']:.3f} / {shorter['unet']['miou']['mean']:.3f}")
+        fh, un, co, fo = (_cell(row, m, m in row and row[m]["miou"]["mean"] == best) for m in _METHODS)
+        out.append(f"| {label}, {annotation} | {row['seeds']} | {fh} | {un} | {gap} | {co} | {fo} | {short} |")
+    return "\n".join(out)
+
+
+def volume_headline(d: Path) -> tuple[str, str] | None:
+    """The README headline's row: the template annotated on one slice."""
+    for label, annotation, row, _ in _rows(d):
+        if label.startswith("MNI") and annotation.startswith("2 %") and "unet" in row:
+            others = ", ".join(f"{name} {row[m]['miou']['mean']:.3f}" for m, name in
+                               (("copy", "copy the nearest labelled slice"), ("forest", "random forest"),
+                                ("unet", "3D U-Net")) if m in row)
+            return (f"3D volume from 1 labelled slice, MNI152 T1 at 3 mm, grey/white matter "
+                    f"({row['seeds']} seeds), held-out mIoU",
+                    f"**{row['fhcnn']['miou']['mean']:.3f}** (1000 steps) | {others} (1000 steps)")
+    return None
