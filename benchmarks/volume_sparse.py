@@ -264,7 +264,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"{m} {row[m]['miou']['mean']:.3f}±{row[m]['miou']['spread']:.3f} "
                 f"[{', '.join(f'{v:.2f}' for v in row[m]['iou'])}]" for m in methods))
         summary[name] = {"about": data["about"], "config": data.get("config"),
-                         "overrides": data.get("overrides"), "table": table}
+                         "overrides": data.get("overrides"), "steps": _train_steps(data), "table": table}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "volume_sparse_summary.json", json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))

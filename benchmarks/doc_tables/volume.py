@@ -9,7 +9,7 @@ from typing import Any
 
 from ._files import need
 
-#: the results of the shipped ``volume`` config (1000 steps) and of the same network at 600 steps
+#: the results of the shipped ``volume`` config and of the same network trained fewer steps
 SHIPPED, SHORTER = "x_ch32s1000", "x_ch32"
 VOLUMES = (("cells", "cells 48³, 2 channels"), ("seismic", "seismic 48³, faults"),
            ("layers", "seismic 48³, four formations"), ("mni", "MNI152 T1 at 3 mm"))
@@ -42,8 +42,15 @@ def _signed(x: float) -> str:
     return "0.000" if text in ("+0.000", "-0.000") else text
 
 
-def _rows(d: Path) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None]]:
-    summary = need(d, "volume_sparse_summary")
+def _steps(summary: dict[str, Any], tag: str) -> int:
+    """The training steps of ``tag``'s results (the same for every volume that has them)."""
+    steps = {entry["steps"] for name, entry in summary.items() if name.endswith(f"/{tag}")}
+    if len(steps) != 1:
+        raise ValueError(f"the results of {tag} trained {sorted(steps)} steps, not one number")
+    return steps.pop()
+
+
+def _rows(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None]]:
     out = []
     for volume, label in VOLUMES:
         table = summary.get(f"{volume}/{SHIPPED}", {}).get("table", {})
@@ -55,13 +62,14 @@ def _rows(d: Path) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None
 
 
 def volume_sparse(d: Path) -> str:
-    """One row a benchmark: fhcnn (the shipped config) and the 3D U-Net, both 1000 steps, the
+    """One row a benchmark: fhcnn (the shipped config) and the 3D U-Net trained as long, the
     copy and the forest, mean ± spread over the seeds with per-class IoU; fhcnn's margin over the
-    U-Net a seed; and the means of both networks at 600 steps."""
+    U-Net a seed; and the means of both networks trained fewer steps (``SHORTER``)."""
+    summary = need(d, "volume_sparse_summary")
     out = ["| volume, annotation | seeds | fhcnn (`volume`) | 3D U-Net | fhcnn − U-Net a seed | "
-           "copy nearest | random forest | 600 steps: fhcnn / U-Net |",
+           f"copy nearest | random forest | {_steps(summary, SHORTER)} steps: fhcnn / U-Net |",
            "|---|---|---|---|---|---|---|---|"]
-    for label, annotation, row, shorter in _rows(d):
+    for label, annotation, row, shorter in _rows(summary):
         best = max(row[m]["miou"]["mean"] for m in _METHODS if m in row)
         margin = row.get("margin_over_unet")
         gap = "–" if margin is None else f"{_signed(margin['min'])} to {_signed(margin['max'])}"
@@ -74,12 +82,14 @@ def volume_sparse(d: Path) -> str:
 
 def volume_headline(d: Path) -> tuple[str, str] | None:
     """The README headline's row: the template annotated on one slice."""
-    for label, annotation, row, _ in _rows(d):
+    summary = need(d, "volume_sparse_summary")
+    steps = _steps(summary, SHIPPED)
+    for label, annotation, row, _ in _rows(summary):
         if label.startswith("MNI") and annotation.startswith("2 %") and "unet" in row:
             others = ", ".join(f"{name} {row[m]['miou']['mean']:.3f}" for m, name in
                                (("copy", "copy the nearest labelled slice"), ("forest", "random forest"),
                                 ("unet", "3D U-Net")) if m in row)
             return (f"3D volume from 1 labelled slice, MNI152 T1 at 3 mm, grey/white matter "
                     f"({row['seeds']} seeds), held-out mIoU",
-                    f"**{row['fhcnn']['miou']['mean']:.3f}** (1000 steps) | {others} (1000 steps)")
+                    f"**{row['fhcnn']['miou']['mean']:.3f}** ({steps} steps) | {others} ({steps} steps)")
     return None
