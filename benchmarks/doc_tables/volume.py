@@ -24,11 +24,6 @@ def _annotation(group: str, slices: int) -> str:
     return f"{pct} of axis 0 ({slices} slice{'s' if slices > 1 else ''})"
 
 
-def _order(group: str) -> tuple[str, float]:
-    frac, axes = group.split("|")
-    return axes, float(frac)
-
-
 def _cell(row: dict[str, Any], method: str, best: bool) -> str:
     if method not in row:
         return "–"
@@ -55,8 +50,7 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[
     for volume, label in VOLUMES:
         table = summary.get(f"{volume}/{SHIPPED}", {}).get("table", {})
         shorter = summary.get(f"{volume}/{SHORTER}", {}).get("table", {})
-        for group in sorted(table, key=_order):
-            row = table[group]
+        for group, row in table.items():  # in the report's order: one axis first, then by fraction
             out.append((label, _annotation(group, row["slices"]), row, shorter.get(group)))
     return out
 
