@@ -72,7 +72,7 @@ def headline(d: Path) -> str:
         out.append(f"| DAVIS 2016 video segmentation from 3 labelled frames, mean mIoU over "
                    f"{len(hyp)} sequences | **{m:.3f}** ({first['steps']} steps on {first['window'][0]}-frame windows) | "
                    f"copy the nearest labelled mask {c:.3f}{forest} |")
-    vol = volume_headline(d) if load(d, "volume_sparse_summary") is not None else None
+    vol = volume_headline(d)
     if vol is not None:
         out.append(f"| {vol[0]} | {vol[1]} |")
     for scene, label in (("generated", "generated 32-band scene"), ("landsat", "Landsat, Taizhou")):
