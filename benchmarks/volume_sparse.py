@@ -4,6 +4,7 @@
         [--seeds 0,1,2] [--config volume] [--set KEY=VALUE ...] [--tag NAME] [--baselines copy,forest,unet]
     python benchmarks/volume_sparse.py report
     python benchmarks/volume_sparse.py speed [--size 240,240,155] [--slices 8]
+    python benchmarks/volume_sparse.py predict-modes [--size 240,240,155] [--modes 0.5+flip,0.5,0.25,0]
     python benchmarks/volume_sparse.py costs [--size 240,240,155] [--layouts [--rounds 3]]
 
 Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known truth):
@@ -33,7 +34,9 @@ prediction call of the config, the fhcnn time they add up to for ``--size`` and 
 a voxel of a training window autograd keeps for the backward; ``costs --layouts``
 those of the layouts compared in docs/volume.md, in turn, ``--rounds`` times.
 ``speed`` times the shipped ``volume`` config on a generated two-channel volume of ``--size``
-annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores).
+annotated on ``--slices`` slices of axis 0 (threads chosen as by default: free cores);
+``predict-modes`` trains on that case once and predicts it with each prediction mode
+(``data.predict_overlap``, with or without the mirror tiling): seconds and held-out mIoU.
 """
 
 from __future__ import annotations
@@ -245,9 +248,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     for name, data in merged.items():
         table: dict = {}
         groups: dict = {}
+        seeds: dict = {}
         for key, rec in data["runs"].items():
-            frac, axes, _ = key.split("|")
+            frac, axes, seed = key.split("|")
             groups.setdefault(f"{frac}|{axes}", []).append(rec)
+            seeds.setdefault(f"{frac}|{axes}", []).append(seed)
         for g, recs in sorted(groups.items(), key=lambda kv: _annotation_order(kv[0])):
             methods = [m for m in ("fhcnn", "copy", "forest", "unet") if m in recs[0]]
             row: dict = {"slices": recs[0]["slices"]["slices"], "seeds": len(recs)}
@@ -256,6 +261,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                 row[meth] = {"miou": _stats([r[meth]["miou"] for r in recs]),
                              "iou": [_stats([r[meth]["iou"][c] or 0.0 for r in recs])["mean"] for c in range(k)]}
             f = [r["fhcnn"]["miou"] for r in recs]
+            row["fhcnn"]["by_seed"] = dict(sorted(zip(seeds[g], f), key=lambda sv: int(sv[0])))
             for meth in methods[1:]:
                 row[f"margin_over_{meth}"] = _stats([a - r[meth]["miou"] for a, r in zip(f, recs)])
             row["fhcnn_time_s"] = round(float(np.mean([r["train_time_s"] + r["predict_time_s"] for r in recs])), 1)
@@ -310,10 +316,7 @@ def _plot(summary: dict, tags: list[str]) -> None:
 
 
 def cmd_speed(args: argparse.Namespace) -> None:
-    size = tuple(int(v) for v in args.size.split(","))
-    chans = [generate_volume("cells", size, seed=0, channel=c, dtype="uint8")[0] for c in (0, 1)]
-    _, truth = generate_volume("cells", size, seed=0, channel=0, dtype="uint8")
-    lab, where = annotate(truth, args.slices / size[0], "one", 0)
+    size, chans, lab, truth, where = _speed_case(args)
     cfg = load_config(VolumeConfig, args.config, [f"volume.baselines={args.baselines}", *args.overrides])
     inputs = inputs_from_arrays(chans, lab, truth, name="cells")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -329,6 +332,68 @@ def cmd_speed(args: argparse.Namespace) -> None:
     print(json.dumps(rec, indent=1))
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"volume_speed{args.tag}.json", json.dumps(rec, indent=1) + "\n")
+
+
+def _speed_case(args: argparse.Namespace) -> tuple[tuple[int, ...], list[np.ndarray], np.ndarray, np.ndarray, dict]:
+    """The speed case: two stains of generated cells of ``--size``, annotated on ``--slices``
+    slices of axis 0: ``(size, channels, labels, truth, where)``."""
+    size = tuple(int(v) for v in args.size.split(","))
+    chans = [generate_volume("cells", size, seed=0, channel=c, dtype="uint8")[0] for c in (0, 1)]
+    _, truth = generate_volume("cells", size, seed=0, channel=0, dtype="uint8")
+    lab, where = annotate(truth, args.slices / size[0], "one", 0)
+    return size, chans, lab, truth, where
+
+
+def _parse_modes(text: str) -> list[tuple[float, bool]]:
+    """``"0.5+flip,0.25,0"`` -> ``[(0.5, True), (0.25, False), (0.0, False)]``."""
+    out = []
+    for item in text.split(","):
+        overlap, _, flip = item.partition("+")
+        if flip not in ("", "flip"):
+            raise SystemExit(f"--modes: {item!r} is not OVERLAP or OVERLAP+flip")
+        out.append((float(overlap), flip == "flip"))
+    return out
+
+
+def cmd_predict_modes(args: argparse.Namespace) -> None:
+    """Train the config once on the speed case, then predict it with each prediction mode
+    (window overlap, mirror tiling): seconds and held-out mIoU of each
+    (``results/volume_predict_modes<tag>.json``)."""
+    from fhcnn.apps.volume.pipeline import plan_volume
+    from fhcnn.engine.metrics import scores_of_confusion
+    from fhcnn.engine.run import predict
+    from fhcnn.engine.sizes import prediction_tilings
+    from fhcnn.engine.store import ConfusionSink
+    from fhcnn.engine.train import train
+
+    size, chans, lab, truth, where = _speed_case(args)
+    cfg = load_config(VolumeConfig, args.config, ["volume.baselines=none", *args.overrides])
+    inputs = inputs_from_arrays(chans, lab, truth, name="cells")
+    plan = plan_volume(inputs, cfg).plan
+    result = train(plan, None, quiet=True)
+    held = inputs.held_out()
+    modes = []
+    for overlap, flip in _parse_modes(args.modes):
+        d = dataclasses.replace(plan.config.data, predict_overlap=overlap, predict_flip=flip)
+        tilings = prediction_tilings(plan.volume.spatial, plan.predict_window, plan.geometry.multiple,
+                                     d.predict_shifts, not d.reduce_depth, flip, overlap)
+        mode_plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, data=d), tilings=tilings)
+        result.plan, result.config = mode_plan, mode_plan.config
+        sink = ConfusionSink(held, inputs.num_classes)
+        seconds = predict(mode_plan, result, [sink])
+        m = scores_of_confusion(sink.matrix)
+        windows = sum(t.count for t in tilings)
+        per_voxel = windows * float(np.prod(plan.predict_window)) / float(np.prod(size))
+        modes.append({"overlap": overlap, "flip": flip, "windows": windows, "windows_per_voxel": round(per_voxel, 2),
+                      "predict_time_s": round(seconds, 1), "miou": round(m["miou"], 4),
+                      "iou": [round(v, 4) for v in m["iou"]]})
+        print(json.dumps(modes[-1]), flush=True)
+    rec = {"size": list(size), "channels": 2, "slices": where, "config": args.config, "overrides": args.overrides,
+           "train_time_s": round(result.train_time_s, 1), "modes": modes, "load_average": os.getloadavg(),
+           "cpu_count": os.cpu_count(), "model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+           "environment": environment()}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"volume_predict_modes{args.tag}.json", json.dumps(rec, indent=1) + "\n")
 
 
 #: The layouts of docs/volume.md's table: ``--set`` overrides of the ``volume`` config (the
@@ -445,6 +510,14 @@ def main() -> None:
     s.add_argument("--set", dest="overrides", action="append", default=[])
     s.add_argument("--baselines", default="copy,forest")
     s.add_argument("--tag", default="")
+    pm = sub.add_parser("predict-modes")
+    pm.add_argument("--size", default="240,240,155")
+    pm.add_argument("--slices", type=int, default=8)
+    pm.add_argument("--config", default="volume")
+    pm.add_argument("--set", dest="overrides", action="append", default=[])
+    pm.add_argument("--modes", default="0.5+flip,0.5,0.25+flip,0.25,0+flip,0",
+                    help="prediction modes: OVERLAP (data.predict_overlap) or OVERLAP+flip (and the mirror tiling)")
+    pm.add_argument("--tag", default="")
     c = sub.add_parser("costs")
     c.add_argument("--size", default="240,240,155")
     c.add_argument("--config", default="volume")
@@ -453,7 +526,8 @@ def main() -> None:
     c.add_argument("--layouts", action="store_true", help="every layout of LAYOUTS in turn (docs/volume.md)")
     c.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed, "costs": cmd_costs}[args.cmd](args)
+    {"run": cmd_run, "report": cmd_report, "speed": cmd_speed, "predict-modes": cmd_predict_modes,
+     "costs": cmd_costs}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from fhcnn.engine.sizes import gather, prediction_tilings, round_up
 from fhcnn.engine.store import BlendStore, ConfusionSink, LabelSink, ProbabilitySink
 
 
-def _oracle(model, volume, shifts, flip, window, shift_depth=True):
+def _oracle(model, volume, shifts, flip, window, shift_depth=True, overlap=0.5):
     m = model.size_multiple
     _, *size = volume.shape
     offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
@@ -34,7 +34,7 @@ def _oracle(model, volume, shifts, flip, window, shift_depth=True):
             x = gather(volume, [-oa for oa in oo], padded)
             starts = []
             for p, w in zip(padded, win):
-                stride = max(m, (w // 2) // m * m)
+                stride = max(m, int(w * (1 - overlap)) // m * m)
                 st = list(range(0, p - w + 1, stride))
                 if st[-1] != p - w:
                     st.append(p - w)
@@ -78,23 +78,26 @@ class _Conv(nn.Module):
         return self.b(torch.tanh(self.a(x)) * x.mean((2, 3, 4), keepdim=True)[:, :1])
 
 
-@pytest.mark.parametrize("shifts,flip,window,size", [
-    (1, False, (0, 0, 0), (7, 9, 10)),
-    (2, True, (4, 8, 4), (9, 13, 11)),
-    (4, True, (8, 4, 8), (9, 10, 13)),
-    (3, False, (4, 0, 8), (5, 16, 9)),
+@pytest.mark.parametrize("shifts,flip,window,size,overlap", [
+    (1, False, (0, 0, 0), (7, 9, 10), 0.5),
+    (2, True, (4, 8, 4), (9, 13, 11), 0.5),
+    (4, True, (8, 4, 8), (9, 10, 13), 0.5),
+    (3, False, (4, 0, 8), (5, 16, 9), 0.5),
+    (1, True, (8, 8, 8), (13, 17, 11), 0.0),
+    (2, False, (8, 12, 8), (11, 19, 14), 0.25),
 ])
-def test_chunked_prediction_equals_the_whole_volume_blend(tmp_path, shifts, flip, window, size) -> None:
+def test_chunked_prediction_equals_the_whole_volume_blend(tmp_path, shifts, flip, window, size, overlap) -> None:
     torch.manual_seed(1)
     model, vol = _Conv(), torch.randn(2, *size)
-    want = _oracle(model, vol, shifts, flip, window)
-    got = predict_volume(model, vol, shifts=shifts, flip=flip, window=window, chunk=3)
+    want = _oracle(model, vol, shifts, flip, window, overlap=overlap)
+    got = predict_volume(model, vol, shifts=shifts, flip=flip, window=window, overlap=overlap, chunk=3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # on disk, with a cache of a few chunks: most chunks are spilled and read back
     labels = np.full(size, 77, np.uint8)
     probs = np.zeros((3, *size), np.float16)
     predict_volume(model, LazyVolume.from_array(vol.numpy()), shifts=shifts, flip=flip, window=window,
-                   chunk=3, work=tmp_path, cache_bytes=8000, sinks=[LabelSink(labels), ProbabilitySink(probs)])
+                   overlap=overlap, chunk=3, work=tmp_path, cache_bytes=8000,
+                   sinks=[LabelSink(labels), ProbabilitySink(probs)])
     np.testing.assert_array_equal(labels, want.argmax(0).numpy())
     np.testing.assert_allclose(probs, want.numpy(), atol=1e-3)
     assert list(tmp_path.iterdir()) == []  # chunks were spilled to a private folder, removed at the end

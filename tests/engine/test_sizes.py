@@ -4,10 +4,12 @@ chunks, scaling and resizing."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fhcnn.apps.volume.config import VolumeConfig
 from fhcnn.engine.sizes import (
     Geometry,
     ResizedPlanes,
@@ -54,15 +56,36 @@ def test_window_starts_cover_the_axis_with_half_overlap(padded: int, win: int) -
     assert all(s % 4 == 0 for s in starts[:-1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(padded=st.integers(1, 40).map(lambda k: 4 * k), win=st.integers(1, 40).map(lambda k: 4 * k),
+       overlap=st.sampled_from([0.0, 0.25, 0.5, 0.75]))
+def test_window_starts_overlap_by_the_fraction_asked(padded: int, win: int, overlap: float) -> None:
+    win = min(win, padded)
+    starts = window_starts(padded, win, 4, overlap)
+    stride = max(4, int(win * (1 - overlap)) // 4 * 4)
+    assert starts[0] == 0 and starts[-1] == padded - win and starts == sorted(set(starts))
+    assert all(b - a == stride for a, b in zip(starts[:-1], starts[1:-1]))  # flush end aside
+    assert 0 < starts[-1] - starts[-2] <= stride if len(starts) > 1 else padded == win
+    if overlap == 0 and padded % win == 0:  # side by side: every voxel in exactly one window
+        assert starts == list(range(0, padded, win))
+
+
+def test_window_starts_refuse_an_overlap_outside_0_to_1() -> None:
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="overlap"):
+            window_starts(32, 8, 4, bad)
+
+
 @settings(max_examples=40, deadline=None)
 @given(size=st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20)),
        window=st.tuples(st.sampled_from([0, 4, 8, 12]), st.sampled_from([0, 4, 8]), st.sampled_from([0, 4, 8, 16])),
-       shifts=st.integers(1, 4), shift_depth=st.booleans(), flip=st.booleans())
-def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_depth, flip) -> None:
+       shifts=st.integers(1, 4), shift_depth=st.booleans(), flip=st.booleans(),
+       overlap=st.sampled_from([0.0, 0.25, 0.5]))
+def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_depth, flip, overlap) -> None:
     """Every tiling's windows cover every voxel of the volume; the weights over the coverage of
-    the windows holding a voxel sum to one (each tiling is a proper blend)."""
+    the windows holding a voxel sum to one (each tiling is a proper blend), at any overlap."""
     m = 4
-    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip)
+    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip, overlap)
     offsets = {t.offset for t in tilings}
     assert len(tilings) == len(offsets) * (2 if flip else 1) and all(t.offset[0] == 0 for t in tilings
                                                                      if not shift_depth)
@@ -143,3 +166,27 @@ def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed, cache_
         np.testing.assert_array_equal(view_l[box], whole_l[box])
     np.testing.assert_array_equal(view_v[depth - 1, 1:3], whole_v[depth - 1, 1:3])
     np.testing.assert_array_equal(view_l[:], whole_l)
+
+
+def test_the_configured_overlap_sets_the_prediction_windows_of_a_run() -> None:
+    """``data.predict_overlap`` reaches the run's tilings: half overlap puts a voxel of a 48³
+    volume in 2 windows of 16 an axis (5 starts), side by side in one (3 starts)."""
+    from fhcnn.apps.volume.inputs import inputs_from_arrays
+    from fhcnn.apps.volume.pipeline import plan_volume
+    from fhcnn.config import load_config
+    from fhcnn.engine.config import DataConfig
+
+    with pytest.raises(ValueError, match="predict_overlap"):
+        DataConfig(predict_overlap=1.0)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(48, 48, 48)).astype(np.float32)
+    labels = np.full((48, 48, 48), 255, np.uint8)
+    labels[10, :24], labels[10, 24:] = 0, 1
+    starts = {}
+    for overlap in (0.5, 0.0):
+        cfg = load_config(VolumeConfig, "volume-tiny", [f"data.predict_overlap={overlap}",
+                                                      "volume.physical_windows=false", "data.window_depth=16",
+                                                      "data.window_height=16", "data.window_width=16"])
+        plan = plan_volume(inputs_from_arrays([image], labels), cfg).plan
+        starts[overlap] = {t.starts for t in plan.tilings}
+    assert starts[0.5] == {((0, 8, 16, 24, 32),) * 3} and starts[0.0] == {((0, 16, 32),) * 3}

@@ -83,7 +83,10 @@ class DataConfig:
     chosen labelled voxel (class-balanced choice), the volume continued by reflection, so
     every labelled voxel is seen at every position modulo the network's stride.
     Prediction averages the probabilities over ``predict_shifts`` shifted tilings
-    (and a horizontal flip if ``predict_flip``). Prediction windows (``predict_depth`` ...)
+    (and a horizontal flip if ``predict_flip``), each of windows overlapping by about
+    ``predict_overlap`` of a window along every axis (0.5: each voxel in about 2 windows an
+    axis, 8 in 3D; 0: side by side, each voxel in one window of a tiling: the fastest, with the
+    window's edges unblended). Prediction windows (``predict_depth`` ...)
     default to the training window (``-1``): group normalization takes its statistics over
     the window, so a net trained on small windows sees different statistics on the whole
     volume (``0`` = whole axis).
@@ -126,6 +129,7 @@ class DataConfig:
     coords: bool = False        # append normalized (h, w) coordinates as input channels
     predict_shifts: int = 4
     predict_flip: bool = True
+    predict_overlap: float = 0.5  # fraction of a prediction window its neighbours overlap
     predict_depth: int = -1     # prediction window (-1 = the training window, 0 = whole axis)
     predict_height: int = -1
     predict_width: int = -1
@@ -156,6 +160,8 @@ class DataConfig:
             raise ValueError(f"predict_batch must be >= 1, got {self.predict_batch}")
         if self.predict_shifts < 1:
             raise ValueError(f"predict_shifts must be >= 1, got {self.predict_shifts}")
+        if not 0 <= self.predict_overlap < 1:
+            raise ValueError(f"predict_overlap must be in [0, 1), got {self.predict_overlap}")
         for name in ("rotate", "zoom", "jitter", "noise", "balance", "dice"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

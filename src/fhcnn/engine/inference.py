@@ -125,7 +125,8 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
 
 
 def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int = 1, flip: bool = False,
-                   window: Sequence[int] = (0, 0, 0), device: torch.device | str | None = None,
+                   window: Sequence[int] = (0, 0, 0), overlap: float = 0.5,
+                   device: torch.device | str | None = None,
                    shift_depth: bool = True, batch: int = 4,
                    each_batch: Callable[[], None] | None = None, work: Path | None = None,
                    cache_bytes: int = CACHE_BYTES, sinks: Sequence[Sink] = (), chunk: int = 64
@@ -133,7 +134,8 @@ def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int
     """Class probabilities ``(K, D, H, W)`` (float32, CPU) of a whole volume ``(C, D, H, W)``.
 
     The volume is continued by reflection to a multiple of ``model.size_multiple`` (any size
-    works), cut into windows of ``window`` voxels (0 = whole axis; overlapping by half, blended
+    works), cut into windows of ``window`` voxels (0 = whole axis; overlapping by ``overlap``
+    of a window, about half by default, blended
     with weights ``sin(pi (i + 1/2) / w)`` along each cut axis, so a voxel's prediction comes
     mostly from windows that hold it near their centre, where the net sees its context), and
     the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
@@ -150,7 +152,7 @@ def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int
         raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(vol.shape)}")
     m = int(getattr(model, "size_multiple", 1))
     size = vol.spatial
-    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip)
+    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip, overlap)
     collect: list[TensorSink] = []
 
     def make(k: int) -> BlendStore:

@@ -260,11 +260,13 @@ class Geometry:
         return resize_back(prob, self.size)
 
 
-def window_starts(padded: int, win: int, multiple: int) -> list[int]:
-    """Prediction window starts along one axis of ``padded`` voxels: overlapping by about half
-    (a stride of half the window, rounded down to ``multiple``, at least ``multiple``), the
-    last one flush with the end."""
-    stride = max(multiple, (win // 2) // multiple * multiple)
+def window_starts(padded: int, win: int, multiple: int, overlap: float = 0.5) -> list[int]:
+    """Prediction window starts along one axis of ``padded`` voxels: overlapping by about
+    ``overlap`` of the window (a stride of ``(1 - overlap) * win`` rounded down to ``multiple``,
+    at least ``multiple``; ``0``: side by side), the last one flush with the end."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    stride = max(multiple, int(win * (1 - overlap) + 1e-9) // multiple * multiple)
     st = list(range(0, padded - win + 1, stride))
     if st[-1] != padded - win:
         st.append(padded - win)
@@ -344,13 +346,13 @@ class Tiling:
 
 
 def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
-                       shift_depth: bool, flip: bool) -> list[Tiling]:
+                       shift_depth: bool, flip: bool, overlap: float = 0.5) -> list[Tiling]:
     """The tilings a prediction of a volume of ``size`` ``(D, H, W)`` evaluates: ``shifts``
     offsets ``i * multiple / shifts`` (rounded, distinct; on every axis, only H and W if not
     ``shift_depth``), each continued by reflection to a multiple of ``multiple``, cut into
     windows of ``window`` voxels (``0``, or more than the padded axis: the whole axis; else
-    rounded up to ``multiple``), overlapping by about half (:func:`window_starts`); each also
-    mirrored along W if ``flip``."""
+    rounded up to ``multiple``), overlapping by about ``overlap`` (:func:`window_starts`); each
+    also mirrored along W if ``flip``."""
     m = multiple
     offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
     out = []
@@ -358,7 +360,7 @@ def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int
         oo = tuple(o if (axis > 0 or shift_depth) else 0 for axis in range(3))
         padded = tuple(round_up(int(n) + oa, m) for n, oa in zip(size, oo))
         win = tuple(min(p if (w <= 0 or w >= p) else round_up(w, m), p) for w, p in zip(window, padded))
-        starts = tuple(tuple(window_starts(p, w, m)) for p, w in zip(padded, win))
+        starts = tuple(tuple(window_starts(p, w, m, overlap)) for p, w in zip(padded, win))
         for flipped in ([False, True] if flip else [False]):
             st = starts
             if flipped:  # the mirrored tiling's windows, in unflipped coordinates

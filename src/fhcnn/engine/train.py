@@ -115,7 +115,8 @@ class SegmentationResult:
         if shifts is None and size == plan.volume.spatial:
             return plan.tilings
         return prediction_tilings(size, plan.predict_window, plan.geometry.multiple,
-                                  d.predict_shifts if shifts is None else shifts, not d.reduce_depth, d.predict_flip)
+                                  d.predict_shifts if shifts is None else shifts, not d.reduce_depth, d.predict_flip,
+                                  d.predict_overlap)
 
     def predict_into(self, volume: LazyVolume, sinks: Sequence[Sink], *, shifts: int | None = None,
                      work: Path | None = None, cache_bytes: int = CACHE_BYTES,
