@@ -259,9 +259,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             for meth in methods:
                 k = len(recs[0][meth]["iou"])
                 row[meth] = {"miou": _stats([r[meth]["miou"] for r in recs]),
-                             "iou": [_stats([r[meth]["iou"][c] or 0.0 for r in recs])["mean"] for c in range(k)]}
+                             "iou": [_stats([r[meth]["iou"][c] or 0.0 for r in recs])["mean"] for c in range(k)],
+                             "by_seed": dict(sorted(zip(seeds[g], [r[meth]["miou"] for r in recs]),
+                                                    key=lambda sv: int(sv[0])))}
             f = [r["fhcnn"]["miou"] for r in recs]
-            row["fhcnn"]["by_seed"] = dict(sorted(zip(seeds[g], f), key=lambda sv: int(sv[0])))
             for meth in methods[1:]:
                 row[f"margin_over_{meth}"] = _stats([a - r[meth]["miou"] for a, r in zip(f, recs)])
             row["fhcnn_time_s"] = round(float(np.mean([r["train_time_s"] + r["predict_time_s"] for r in recs])), 1)

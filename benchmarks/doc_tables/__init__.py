@@ -37,4 +37,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "sparse_generated": change.sparse("generated"),
     "sparse_hsi": change.sparse_hsi,
     "volume_sparse": volume.volume_sparse,
+    "volume_stains": volume.volume_stains,
+    "volume_predict_modes": volume.volume_predict_modes,
+    "volume_formations": volume.volume_formations,
 }

@@ -74,6 +74,44 @@ def volume_sparse(d: Path) -> str:
     return "\n".join(out)
 
 
+#: the cells annotated on 5 % of axis 0 with both stains, and with each stain alone
+STAINS = (("cells", "both stains (2 channels)"), ("cells-c0", "the first stain alone (`cells-c0`)"),
+          ("cells-c1", "the second stain alone (`cells-c1`)"))
+_STAINS_GROUP = "0.05|one"
+
+
+def volume_stains(d: Path) -> str:
+    """The two stains of the cells against each one alone (5 % of axis 0, the shipped config):
+    mIoU mean ± spread with per-class IoU, each seed's mIoU, the margin of both stains over the
+    better single stain a seed, and the means trained fewer steps (``SHORTER``)."""
+    summary = need(d, "volume_sparse_summary")
+    found = {volume: summary.get(f"{volume}/{SHIPPED}", {}).get("table", {}).get(_STAINS_GROUP)
+             for volume, _ in STAINS}
+    missing = [volume for volume, row in found.items() if row is None]
+    if missing:
+        raise ValueError(f"volume_sparse_summary has no {SHIPPED} results of {_STAINS_GROUP} for "
+                         f"{', '.join(missing)}")
+    rows: dict[str, dict[str, Any]] = {volume: row for volume, row in found.items() if row is not None}
+    by_seed = {volume: row["fhcnn"]["by_seed"] for volume, row in rows.items()}
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())), key=int)
+    out = [f"| channels | fhcnn ({_steps(summary, SHIPPED)} steps) | "
+           + " | ".join(f"seed {s}" for s in seeds)
+           + f" | both − better single a seed | {_steps(summary, SHORTER)} steps |",
+           "|---|---|" + "---|" * len(seeds) + "---|---|"]
+    for volume, label in STAINS:
+        row = rows[volume]
+        if volume == STAINS[0][0]:
+            margins = [by_seed[volume][s] - max(by_seed[v][s] for v, _ in STAINS[1:]) for s in seeds]
+            gap = f"{_signed(min(margins))} to {_signed(max(margins))}"
+        else:
+            gap = ""
+        shorter = summary.get(f"{volume}/{SHORTER}", {}).get("table", {}).get(_STAINS_GROUP)
+        short = "–" if shorter is None else f"{shorter['fhcnn']['miou']['mean']:.3f}"
+        out.append(f"| {label} | {_cell(row, 'fhcnn', False)} | "
+                   + " | ".join(f"{by_seed[volume][s]:.3f}" for s in seeds) + f" | {gap} | {short} |")
+    return "\n".join(out)
+
+
 def volume_headline(d: Path) -> tuple[str, str] | None:
     """The README headline's row: the template annotated on one slice (``None`` without it)."""
     summary = load(d, "volume_sparse_summary") or {}
@@ -87,3 +125,50 @@ def volume_headline(d: Path) -> tuple[str, str] | None:
     return (f"3D volume from 1 labelled slice, MNI152 T1 at 3 mm, grey/white matter "
             f"({row['seeds']} seeds), held-out mIoU",
             f"**{row['fhcnn']['miou']['mean']:.3f}** ({steps} steps) | {others} ({steps} steps)")
+
+
+def volume_predict_modes(d: Path) -> str:
+    """The speed case trained once and predicted in each mode (``volume_sparse.py
+    predict-modes``): windows a voxel, seconds (and relative to the shipped mode, the first),
+    held-out mIoU with per-class IoU."""
+    rec = need(d, "volume_predict_modes")
+    modes = rec["modes"]
+    first = modes[0]
+    out = ["| `data.predict_overlap` | mirror tiling (`predict_flip`) | windows a voxel | predict s | "
+           "time / shipped | held-out mIoU [per class] |", "|---|---|---|---|---|---|"]
+    for m in modes:
+        out.append(f"| {m['overlap']:g} | {'yes' if m['flip'] else 'no'} | {m['windows_per_voxel']:.1f} | "
+                   f"{m['predict_time_s']:.0f} | {m['predict_time_s'] / first['predict_time_s']:.2f} | "
+                   f"{m['miou']:.4f} [{', '.join(f'{v:.2f}' for v in m['iou'])}] |")
+    return "\n".join(out)
+
+
+#: networks tried on the four formations at 5 % of axis 0, trained as long as the shipped one:
+#: (tag, what, ``--set``)
+FORMATIONS = ((SHIPPED, "shipped", ""),
+              ("s1000", "without the conv head", "`model.conv_head=0`"),
+              ("q_l2", "a second coarsening, the same cost",
+               "`model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"))
+
+
+def volume_formations(d: Path) -> str:
+    """The four formations at 5 % of axis 0: each network of :data:`FORMATIONS` (those with
+    results) against the U-Net of the same labels and steps: mIoU mean ± spread with per-class
+    IoU, each seed's mIoU, and the margin over the U-Net a seed."""
+    summary = need(d, "volume_sparse_summary")
+    out = ["| network | `--set` | fhcnn | mIoU a seed (seed: mIoU) | fhcnn − U-Net a seed |", "|---|---|---|---|---|"]
+    unet = None
+    for tag, what, sets in FORMATIONS:
+        row = summary.get(f"layers/{tag}", {}).get("table", {}).get("0.05|one")
+        if row is None:
+            continue
+        unet = unet or row.get("unet")
+        margin = row.get("margin_over_unet")
+        gap = "–" if margin is None else f"{_signed(margin['min'])} to {_signed(margin['max'])}"
+        seeds = ", ".join(f"{s}: {v:.3f}" for s, v in row["fhcnn"]["by_seed"].items())
+        out.append(f"| {what} | {sets} | {_cell(row, 'fhcnn', False)} | {seeds} | {gap} |")
+    if unet is not None:
+        seeds = ", ".join(f"{s}: {v:.3f}" for s, v in unet["by_seed"].items())
+        out.append(f"| the 3D U-Net of the baselines | `model.arch=unet` | {_cell({'unet': unet}, 'unet', False)} | "
+                   f"{seeds} | |")
+    return "\n".join(out)
