@@ -148,7 +148,9 @@ def volume_predict_modes(d: Path) -> str:
 FORMATIONS = ((SHIPPED, "shipped", ""),
               ("s1000", "without the conv head", "`model.conv_head=0`"),
               ("q_l2", "a second coarsening, the same cost",
-               "`model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"))
+               "`model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"),
+              ("q_nh48", "without the conv head, hidden width 48 at half resolution, a quarter overlap",
+               "`model.conv_head=0 model.hidden=8,48,8 data.predict_overlap=0.25`"))
 
 
 def volume_formations(d: Path) -> str:
