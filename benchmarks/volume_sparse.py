@@ -363,7 +363,6 @@ def cmd_predict_modes(args: argparse.Namespace) -> None:
     from fhcnn.apps.volume.pipeline import plan_volume
     from fhcnn.engine.metrics import scores_of_confusion
     from fhcnn.engine.run import predict
-    from fhcnn.engine.sizes import prediction_tilings
     from fhcnn.engine.store import ConfusionSink
     from fhcnn.engine.train import train
 
@@ -376,10 +375,10 @@ def cmd_predict_modes(args: argparse.Namespace) -> None:
     modes = []
     for overlap, flip in _parse_modes(args.modes):
         d = dataclasses.replace(plan.config.data, predict_overlap=overlap, predict_flip=flip)
-        tilings = prediction_tilings(plan.volume.spatial, plan.predict_window, plan.geometry.multiple,
-                                     d.predict_shifts, not d.reduce_depth, flip, overlap)
-        mode_plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, data=d), tilings=tilings)
-        result.plan, result.config = mode_plan, mode_plan.config
+        result.config = dataclasses.replace(plan.config, data=d)
+        tilings = result.tilings(size, shifts=d.predict_shifts)  # from result.config, not the plan's
+        mode_plan = dataclasses.replace(plan, config=result.config, tilings=tilings)
+        result.plan = mode_plan
         sink = ConfusionSink(held, inputs.num_classes)
         seconds = predict(mode_plan, result, [sink])
         m = scores_of_confusion(sink.matrix)

@@ -37,6 +37,11 @@ def _signed(x: float) -> str:
     return "0.000" if text in ("+0.000", "-0.000") else text
 
 
+def _table(summary: dict[str, Any], volume: str, tag: str) -> dict[str, Any]:
+    """The rows of ``volume``'s results under ``tag`` by annotation group (``{}`` without them)."""
+    return summary.get(f"{volume}/{tag}", {}).get("table", {})
+
+
 def _steps(summary: dict[str, Any], tag: str) -> int:
     """The training steps of ``tag``'s results (the same for every volume that has them)."""
     steps = {entry["steps"] for name, entry in summary.items() if name.endswith(f"/{tag}")}
@@ -48,8 +53,7 @@ def _steps(summary: dict[str, Any], tag: str) -> int:
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None]]:
     out = []
     for volume, label in VOLUMES:
-        table = summary.get(f"{volume}/{SHIPPED}", {}).get("table", {})
-        shorter = summary.get(f"{volume}/{SHORTER}", {}).get("table", {})
+        table, shorter = _table(summary, volume, SHIPPED), _table(summary, volume, SHORTER)
         for group, row in table.items():  # in the report's order: one axis first, then by fraction
             out.append((label, _annotation(group, row["slices"]), row, shorter.get(group)))
     return out
@@ -85,13 +89,11 @@ def volume_stains(d: Path) -> str:
     mIoU mean ± spread with per-class IoU, each seed's mIoU, the margin of both stains over the
     better single stain a seed, and the means trained fewer steps (``SHORTER``)."""
     summary = need(d, "volume_sparse_summary")
-    found = {volume: summary.get(f"{volume}/{SHIPPED}", {}).get("table", {}).get(_STAINS_GROUP)
-             for volume, _ in STAINS}
-    missing = [volume for volume, row in found.items() if row is None]
+    missing = [volume for volume, _ in STAINS if _STAINS_GROUP not in _table(summary, volume, SHIPPED)]
     if missing:
         raise ValueError(f"volume_sparse_summary has no {SHIPPED} results of {_STAINS_GROUP} for "
                          f"{', '.join(missing)}")
-    rows: dict[str, dict[str, Any]] = {volume: row for volume, row in found.items() if row is not None}
+    rows = {volume: _table(summary, volume, SHIPPED)[_STAINS_GROUP] for volume, _ in STAINS}
     by_seed = {volume: row["fhcnn"]["by_seed"] for volume, row in rows.items()}
     seeds = sorted(set.intersection(*(set(v) for v in by_seed.values())), key=int)
     out = [f"| channels | fhcnn ({_steps(summary, SHIPPED)} steps) | "
@@ -105,7 +107,7 @@ def volume_stains(d: Path) -> str:
             gap = f"{_signed(min(margins))} to {_signed(max(margins))}"
         else:
             gap = ""
-        shorter = summary.get(f"{volume}/{SHORTER}", {}).get("table", {}).get(_STAINS_GROUP)
+        shorter = _table(summary, volume, SHORTER).get(_STAINS_GROUP)
         short = "–" if shorter is None else f"{shorter['fhcnn']['miou']['mean']:.3f}"
         out.append(f"| {label} | {_cell(row, 'fhcnn', False)} | "
                    + " | ".join(f"{by_seed[volume][s]:.3f}" for s in seeds) + f" | {gap} | {short} |")
@@ -115,7 +117,7 @@ def volume_stains(d: Path) -> str:
 def volume_headline(d: Path) -> tuple[str, str] | None:
     """The README headline's row: the template annotated on one slice (``None`` without it)."""
     summary = load(d, "volume_sparse_summary") or {}
-    row = summary.get(f"mni/{SHIPPED}", {}).get("table", {}).get("0.02|one")
+    row = _table(summary, "mni", SHIPPED).get("0.02|one")
     if row is None or "unet" not in row:
         return None
     steps = _steps(summary, SHIPPED)
@@ -161,7 +163,7 @@ def volume_formations(d: Path) -> str:
     out = ["| network | `--set` | fhcnn | mIoU a seed (seed: mIoU) | fhcnn − U-Net a seed |", "|---|---|---|---|---|"]
     unet = None
     for tag, what, sets in FORMATIONS:
-        row = summary.get(f"layers/{tag}", {}).get("table", {}).get("0.05|one")
+        row = _table(summary, "layers", tag).get("0.05|one")
         if row is None:
             continue
         unet = unet or row.get("unet")
