@@ -69,7 +69,10 @@ def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) ->
     for name in ("copy", "forest"):
         assert mn["baselines"][name]["iou"] == m1["baselines"][name]["iou"]
     assert mn["baselines"]["unet"]["miou"] == pytest.approx(m1["baselines"]["unet"]["miou"], abs=2e-3)
+    # the held-out scores of the whole volume (split: each process scored its own slab, summed)
+    assert mn["miou"] == pytest.approx(m1["miou"], abs=2e-3)
     assert not any(p.name.startswith("rank") for p in out.iterdir())  # one folder, written by rank 0
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no scratch array left
 
 
 def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path) -> None:
@@ -85,3 +88,46 @@ def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path)
     line = errors.pop()
     assert "the U-Net baseline" in line and "data.batch_size=2" in line and "volume.baselines=copy,forest" in line
     assert not out.exists()
+
+
+def test_a_split_run_finishes_each_slab_on_its_process(tmp_path) -> None:
+    # 80 voxels deep: two slabs along D at a multiple of the 64-voxel output chunks, [0, 64) and
+    # [64, 80); each process writes its slab of the prediction and of the probabilities, rank 0
+    # puts prediction.nii.gz together with the input's affine; the files and the held-out scores
+    # equal one process's
+    nib = pytest.importorskip("nibabel")
+    import zarr
+
+    from fhcnn.data.synthetic_volumes import generate_volume
+
+    shape = (80, 16, 16)
+    image, truth = generate_volume("cells", shape, seed=2, dtype="uint8")
+    labels = np.full(shape, 255, np.uint8)
+    labels[[5, 40, 70]] = truth[[5, 40, 70]]
+    affine = np.diag([0.5, 0.8, 0.8, 1.0])
+    affine[:3, 3] = (-10.0, 4.0, 7.5)
+    for name, arr in (("img", image), ("lab", labels), ("truth", truth)):
+        nib.save(nib.Nifti1Image(arr, affine), str(tmp_path / f"{name}.nii.gz"))
+    single, out = tmp_path / "single", tmp_path / "out"
+
+    def args(folder: Path) -> list[str]:
+        return ["volume", str(tmp_path / "img.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"),
+                "--eval-labels", str(tmp_path / "truth.nii.gz"), "--out", str(folder), "--config", "volume-tiny",
+                "--quiet", "--save-probs", "--set", "volume.baselines=copy"]
+
+    assert main(args(single)) == 0
+    torchrun(2, ["-m", "fhcnn", *args(out), "--set", "parallel.space=2"], clean=lambda: shutil.rmtree(out, True))
+    m1, mn = (json.loads((f / "metrics.json").read_text()) for f in (single, out))
+    assert "prediction_slabs" not in m1
+    assert mn["prediction_slabs"] == [{"origin": [0, 0, 0], "shape": [64, 16, 16]},
+                                      {"origin": [64, 0, 0], "shape": [16, 16, 16]}]
+    pa, pb = (nib.load(str(f / "prediction.nii.gz")) for f in (single, out))
+    stored = nib.load(str(tmp_path / "img.nii.gz")).affine  # the input's, as its header holds it
+    assert np.array_equal(pb.affine, stored) and np.array_equal(pa.affine, stored) and pb.shape == shape
+    assert np.mean(np.asarray(pa.dataobj) == np.asarray(pb.dataobj)) >= 0.999
+    assert mn["miou"] == pytest.approx(m1["miou"], abs=2e-3)
+    assert mn["baselines"]["copy"]["iou"] == m1["baselines"]["copy"]["iou"]
+    qa, qb = (np.asarray(zarr.open_array(str(f / "probabilities.zarr"), mode="r"), np.float32) for f in (single, out))
+    assert qa.shape == qb.shape == (3, *shape) and np.abs(qa - qb).max() < 2e-3
+    assert qb[:, 64:].max() > 0  # the second process's slab is there
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no scratch array left

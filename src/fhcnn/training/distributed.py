@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "is_main_process",
            "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
-           "shard_batch", "all_reduce_mean", "broadcast_object", "barrier", "params_in_sync", "pass_share"]
+           "shard_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier", "params_in_sync",
+           "pass_share"]
 
 
 @dataclass(frozen=True)
@@ -418,6 +419,14 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     if _initialized() and dist.get_world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= dist.get_world_size()
+    return out
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over all ranks (a copy without a group). Returns a new tensor."""
+    out = values.detach().clone()
+    if _initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 

@@ -5,7 +5,8 @@ per-axis windows (:func:`engine_config`), the engine's plan (:func:`fhcnn.engine
 label scan, streamed normalization, NaN check, model and split checks). :func:`segment_volume`
 trains and predicts chunk by chunk into the prediction file (the input's geometry format) and
 scores the prediction and the baselines (:mod:`.baselines`) where the labels are unlabelled and
-``--eval-labels`` has a class; :func:`volume_command` is the whole command.
+``--eval-labels`` has a class; :func:`volume_command` is the whole command. Split in space
+(``parallel.space``), each process finishes its own slab of the prediction (``_Outputs``).
 
 Every call into the engine goes through :func:`fit_predict`.
 """
@@ -13,6 +14,7 @@ Every call into the engine goes through :func:`fit_predict`.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +28,13 @@ from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.plan import DenseInputs, RunPlan, prepare
-from ...engine.run import run
+from ...engine.run import Ownership, run
 from ...engine.sizes import round_up
 from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
 from ...errors import InputError
 from ...resources import check_memory
 from ...training import is_main_process
-from ...training.distributed import broadcast_object
+from ...training.distributed import all_reduce_sum, barrier, broadcast_object, pass_share
 from .baselines import ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import VolumeInputs
@@ -159,10 +161,11 @@ class Fit:
 
 
 def fit_predict(plan: RunPlan, out: Path | None, sinks: Callable[[Any], Sequence[Sink]], *,
-                quiet: bool = False, resume: bool = False) -> Fit:
-    """Train the plan and predict its volume chunk by chunk into ``sinks(result)``: the one place
-    this application calls the engine."""
-    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume)
+                quiet: bool = False, resume: bool = False, ownership: Ownership = "main") -> Fit:
+    """Train the plan and predict its volume chunk by chunk into ``sinks(result)`` (the part of
+    the volume ``ownership`` gives this process, :func:`fhcnn.engine.run.owned_region`): the one
+    place this application calls the engine."""
+    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume, ownership=ownership)
     return Fit(result, result.train_time_s, seconds)
 
 
@@ -199,8 +202,11 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
 
         save_config(cfg, out / "config.yaml")
     held = inputs.held_out()
-    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held)
-    fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume)
+    # a run folder of a run split in space: each process of the split finishes its own slab
+    slabs = out is not None and plan.config.parallel.space > 1
+    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, slabs)
+    fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume, ownership="slabs" if slabs else "main")
+    outputs.gather()
     # whether there is anything to score: rank 0's sinks know; every process must agree, since
     # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
     scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
@@ -225,6 +231,10 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         "activation_bytes": int(res.activation_bytes), "device": str(res.device),
         "parameters": int(sum(p.numel() for p in res.model.parameters())),
     }
+    if outputs.regions:
+        metrics["prediction_slabs"] = outputs.regions
+        log(f"prediction: {len(outputs.regions)} processes of the split each finished a slab of the volume: "
+            + ", ".join(f"{r['shape']} at {r['origin']}" for r in outputs.regions))
     if pred_file is not None:
         metrics["prediction_file"] = pred_file.name
         if outputs.probs_path is not None:
@@ -262,24 +272,42 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
 
 class _Outputs:
     """The sinks of the fhcnn prediction: the labels (the prediction file in ``out``, or an
-    in-memory array), the held-out confusion matrix, the float16 probabilities."""
+    in-memory array), the held-out confusion matrix, the float16 probabilities.
 
-    def __init__(self, out: Path | None, inputs: VolumeInputs, k: int, probs: bool, held: Any) -> None:
+    With ``slabs`` (a run split in space) every process of the split finishes its own slab
+    (:func:`fhcnn.engine.run.owned_region`, edges at multiples of ``chunks``) into arrays the
+    processes share in ``out``: the labels into a scratch zarr array of ``chunks``, which rank 0
+    copies into the prediction file once every slab is written (:meth:`close`), the
+    probabilities straight into ``probabilities.zarr``'s temporary folder (chunks of ``chunks``,
+    so no two processes write one chunk); :meth:`gather` sums the held-out confusion matrices."""
+
+    def __init__(self, out: Path | None, inputs: VolumeInputs, k: int, probs: bool, held: Any,
+                 chunks: Sequence[int], slabs: bool = False) -> None:
         self.out, self.inputs, self.k, self.want_probs, self.held = out, inputs, k, probs, held
+        self.chunks, self.slabs = tuple(int(c) for c in chunks), slabs
         self.file: Any = None
         self.prediction: Any = None
         self.confusion: ConfusionSink | None = None
         self.probs_path: Path | None = None
         self._probs: Any = None
+        self._tmp: Path | None = None
+        self._scratch: Path | None = None
         self.centre: list[np.ndarray] = []
+        #: ``(origin, shape)`` of the region this process finished; after :meth:`gather`, on
+        #: rank 0, those of every process that finished one (``slabs`` only)
+        self.owned: Any = None
+        self.regions: list[Any] = []
 
     def sinks(self, result: Any) -> list[Sink]:
-        if self.out is not None and is_main_process():
-            from ...data.volumes import prediction_sink
+        """Called on every process (the shared arrays are made by rank 0, then opened by all)."""
+        if self.slabs:
+            from ...engine.run import owned_region
 
-            self.file = prediction_sink(self.out, self.inputs.format, self.inputs.shape,  # type: ignore[arg-type]
-                                        self.inputs.geometry or _npy_geometry(), np.uint8,
-                                        source=(self.inputs.sources.get("images") or [None])[0])
+            self.owned = owned_region(result.plan, result, "slabs")
+            self._scratch = self._shared(".prediction-slabs.", self.inputs.shape, self.chunks, "uint8")
+            self.prediction = _open_zarr(self._scratch)
+        elif self.out is not None and is_main_process():
+            self.file = self._prediction_file()
             self.prediction = self.file
         else:
             self.prediction = np.zeros(self.inputs.shape, np.uint8)
@@ -287,32 +315,80 @@ class _Outputs:
         if self.held is not None:
             self.confusion = ConfusionSink(self.held, self.k)
             out.append(self.confusion)
-        if self.want_probs and is_main_process():
-            import tempfile
-
-            import zarr
-
-            assert self.out is not None
-            self._tmp = Path(tempfile.mkdtemp(prefix=".probabilities.zarr.", suffix=".tmp", dir=self.out))
-            self._probs = zarr.open_array(str(self._tmp), mode="w", shape=(self.k, *self.inputs.shape),
-                                          chunks=(1, *(min(64, n) for n in self.inputs.shape)), dtype="float16")
+        if self.want_probs and (self.slabs or is_main_process()):
+            self._tmp = self._shared(".probabilities.zarr.", (self.k, *self.inputs.shape), (1, *self.chunks),
+                                     "float16")
+            self._probs = _open_zarr(self._tmp)
             out.append(ProbabilitySink(self._probs))
         return out
 
+    def _shared(self, prefix: str, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> Path:
+        """A zarr array in ``out`` under a temporary name, made by rank 0; its path on every
+        process of the split (one process: made here)."""
+        import tempfile
+
+        import zarr
+
+        assert self.out is not None
+        path = None
+        if is_main_process():
+            path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=self.out))
+            zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0)
+        return Path(broadcast_object(path)) if self.slabs else path  # type: ignore[return-value]
+
+    def _prediction_file(self) -> Any:
+        from ...data.volumes import prediction_sink
+
+        assert self.out is not None
+        return prediction_sink(self.out, self.inputs.format, self.inputs.shape,  # type: ignore[arg-type]
+                               self.inputs.geometry or _npy_geometry(), np.uint8,
+                               source=(self.inputs.sources.get("images") or [None])[0])
+
+    def gather(self) -> None:
+        """After the prediction, on every process: with ``slabs``, the held-out confusion matrix
+        summed over the processes (each scored the slab it finished), and every slab written
+        before rank 0 reads them."""
+        if not self.slabs:
+            return
+        if self.confusion is not None:
+            self.confusion.matrix = all_reduce_sum(torch.as_tensor(self.confusion.matrix)).numpy()
+        regions = pass_share().combine(self.owned)
+        self.regions = [{"origin": list(o), "shape": list(n)} for o, n in regions if min(n) > 0]
+        barrier()
+
     def close(self) -> Path | None:
-        """Put the files in place; returns the prediction file (``None`` in memory). Keeps the
-        prediction's slices through the centre (``centre``, for the figure)."""
+        """On rank 0: put the files in place; returns the prediction file (``None`` in memory).
+        Keeps the prediction's slices through the centre (``centre``, for the figure)."""
         from .outputs import centre_slices
 
+        if self._scratch is not None:  # the slabs, copied box by box into the input's format
+            import shutil
+
+            from ...data.volumes.sinks import OUTPUT_CHUNK
+
+            self.file = self._prediction_file()
+            shape = self.inputs.shape
+            for start in itertools.product(*(range(0, n, OUTPUT_CHUNK) for n in shape)):
+                box = tuple(slice(s, min(s + OUTPUT_CHUNK, n)) for s, n in zip(start, shape))
+                self.file[box] = np.asarray(self.prediction[box])
+            shutil.rmtree(self._scratch)
+            self._scratch = None
+            self.prediction = self.file
         self.centre = centre_slices(self.prediction, [n // 2 for n in self.inputs.shape])
         if self._probs is not None:
-            assert self.out is not None
+            assert self.out is not None and self._tmp is not None
             from ... import atomic
 
             self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
         if self.file is not None:
             return Path(self.file.close())
         return None
+
+
+def _open_zarr(path: Path) -> Any:
+    import zarr
+
+    return zarr.open_array(str(path), mode="r+")
 
 
 def _npy_geometry() -> Any:
