@@ -293,8 +293,8 @@ class _Outputs:
         self._tmp: Path | None = None
         self._scratch: Path | None = None
         self.centre: list[np.ndarray] = []
-        #: ``(origin, shape)`` of the region this process finished; after :meth:`gather`, on
-        #: rank 0, those of every process that finished one (``slabs`` only)
+        #: ``(origin, shape)`` of the region this process finished; after :meth:`gather`, those
+        #: of every process that finished one, in rank order (``slabs`` only)
         self.owned: Any = None
         self.regions: list[Any] = []
 
