@@ -415,9 +415,8 @@ def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over all ranks (identity without a group). Returns a new tensor."""
-    out = values.detach().clone()
+    out = all_reduce_sum(values)
     if _initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= dist.get_world_size()
     return out
 
