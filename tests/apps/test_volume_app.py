@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -406,3 +407,18 @@ def test_baselines_that_would_not_fit_are_refused_before_out_exists(tmp_path, mo
     assert not out.exists()
     assert main([*args, "--out", str(out), "--set", "volume.baselines="]) == 0
     assert (out / "prediction.npy").exists()
+
+
+def test_the_forest_baseline_without_scikit_learn_is_refused_before_out_exists(vol, tmp_path, monkeypatch, capsys):
+    """The forest baseline is a default of ``--eval-labels``: without scikit-learn the run is
+    refused with one line naming the install and the way out, before OUT exists (not after
+    training); leaving the forest out, the same run goes ahead."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn.ensemble: ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.ensemble", None)
+    args = [str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--eval-labels", str(vol / "truth.npy")]
+    msg = _refused(capsys, tmp_path, args)
+    assert "forest baseline" in msg and "scikit-learn" in msg and "fhcnn[volume]" in msg \
+        and "volume.baselines=copy,unet" in msg, msg
+    out = tmp_path / "out"
+    assert main(["volume", *args, "--out", str(out), *TINY, "--set", "volume.baselines=copy"]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())["baselines"]) == {"copy"}

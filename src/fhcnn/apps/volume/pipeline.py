@@ -108,8 +108,8 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     Raises:
         InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
             cannot work ...), a volume whose every channel holds one value, baselines to score
-            (``--eval-labels``) whose whole-volume arrays exceed the available memory, or a U-Net
-            baseline that cannot run (:func:`unet_plan`).
+            (``--eval-labels``) whose whole-volume arrays exceed the available memory, the forest
+            baseline without scikit-learn, or a U-Net baseline that cannot run (:func:`unet_plan`).
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
@@ -126,6 +126,12 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
         check_memory(baseline_bytes(labelled, names),
                      f"scoring the baselines ({','.join(names)}) on {labelled:,} labelled voxels",
                      "they keep every labelled voxel; --set volume.baselines= scores fhcnn alone")
+    if "forest" in names:
+        try:
+            import sklearn.ensemble  # noqa: F401
+        except ImportError:
+            raise InputError("the forest baseline (volume.baselines) needs scikit-learn, which is not installed: "
+                             "pip install 'fhcnn[volume]', or --set volume.baselines=copy,unet") from None
     if "unet" in names:  # checked now; made again where it trains (the volume may be a local copy by then)
         unet_plan(plan)
     return VolumePlan(plan, spacing, source, line)

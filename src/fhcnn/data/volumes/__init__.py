@@ -10,7 +10,7 @@ their geometry. The formats and rules are described in ``docs/volume-formats.md`
 * :func:`prediction_sink` -- ``prediction.nii.gz`` / ``.zarr`` / ``.npy`` written by boxes.
 * :func:`iter_slabs` -- the boxes of a bounded-memory pass over a volume.
 
-Format libraries (nibabel, zarr, h5py, segyio) are imported when a file needs them; a
+Format libraries are imported when a file needs them (nibabel, h5py, segyio: ``fhcnn[volume]``); a
 missing one is one :class:`~fhcnn.errors.InputError` line naming ``pip install 'fhcnn[volume]'``.
 """
 
