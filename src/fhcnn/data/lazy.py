@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
+           "Standardized", "float32_safe", "standardize_channels",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
            "PassShare", "ONE_PROCESS",
@@ -310,6 +311,72 @@ class StreamStats:
     @property
     def finite(self) -> bool:
         return self.nonfinite == 0
+
+
+#: Windows are read as float32 (24 significant bits). A channel whose values lie more than this
+#: many standard deviations from zero (a large offset: float64 ``1e9 + noise``, int64 counts near
+#: ``2**40``) would lose its contrast in that cast, and is standardized in float64 first.
+FLOAT32_SPREAD = 2.0**12
+#: Magnitudes beyond this (float32 ends near 3.4e38; the augmentation scales values further) or
+#: standard deviations below ``FLOAT32_TINY`` (subnormal float32) are standardized too.
+FLOAT32_HUGE = 1e30
+FLOAT32_TINY = 1e-30
+
+
+class Standardized:
+    """A ``(D, H, W)`` channel read as float32 ``(x - offset) / scale``, computed in float64, so
+    that the float32 windows keep the contrast of a float64 or 64-bit integer volume."""
+
+    def __init__(self, array: Any, offset: float, scale: float) -> None:
+        self.array, self.offset, self.scale = array, float(offset), float(scale)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        x = np.asarray(self.array[key], dtype=np.float64)
+        return ((x - self.offset) / self.scale).astype(np.float32)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def stats(self, s: StreamStats) -> StreamStats:
+        """The statistics of this view from those ``s`` of the stored channel."""
+        def f(v: float) -> float:
+            return (v - self.offset) / self.scale
+
+        return StreamStats(s.count, f(s.mean), s.std / self.scale, f(s.min), f(s.max), s.nonfinite, s.first_nonfinite)
+
+
+def float32_safe(s: StreamStats) -> bool:
+    """Whether a channel of statistics ``s`` keeps its contrast when read as float32 (see
+    :data:`FLOAT32_SPREAD`); a channel with NaN or infinite values is refused elsewhere."""
+    if not s.finite or s.count == 0:
+        return True
+    big = max(abs(s.min), abs(s.max))
+    if big > FLOAT32_HUGE:
+        return False
+    if s.std == 0:
+        return True
+    return s.std >= FLOAT32_TINY and big <= FLOAT32_SPREAD * s.std
+
+
+def standardize_channels(channels: Sequence[Any], stats: Sequence[StreamStats]
+                         ) -> tuple[list[Any], list[StreamStats]]:
+    """The channels with every one that is not :func:`float32_safe` read through
+    :class:`Standardized` (offset its mean, scale its standard deviation, or 1 for a channel of
+    one value), and the statistics of what is then read (the others unchanged)."""
+    out, out_stats = [], []
+    for c, s in zip(channels, stats):
+        if np.dtype(c.dtype).itemsize > 2 and not float32_safe(s):
+            view = Standardized(c, s.mean, s.std if s.std > 0 else 1.0)
+            out.append(view)
+            out_stats.append(view.stats(s))
+        else:
+            out.append(c)
+            out_stats.append(s)
+    return out, out_stats
 
 
 class Moments:

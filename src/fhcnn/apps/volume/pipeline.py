@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ... import log as _log
-from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
+from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare, standardize_channels
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.plan import DenseInputs, RunPlan, prepare
@@ -99,6 +99,8 @@ class VolumePlan:
     spacing: tuple[float, float, float] | None
     spacing_source: str
     spacing_line: str
+    #: the statistics of the channels as stored (``plan.stats``: as read, some standardized)
+    raw_stats: list[Any] | None = None
 
 
 def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_PROCESS) -> VolumePlan:
@@ -114,12 +116,18 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
-    stats = volume.channel_stats(share=share)
+    raw_stats = volume.channel_stats(share=share)
+    # a channel whose contrast a float32 read would lose (a large offset, a huge or tiny range) is
+    # read standardized in float64 by the network and the baselines alike
+    channels, stats = standardize_channels(inputs.channels, raw_stats)
+    if any(a is not b for a, b in zip(channels, inputs.channels)):
+        inputs.channels = channels
+        volume = LazyVolume(channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
     plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=stats, label_scan=inputs.summary.scan),
                    seg)
-    if all(s.max == s.min for s in plan.stats):
+    if all(s.max == s.min for s in raw_stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
-                         f"{plan.stats[0].min:g}: nothing to segment")
+                         f"{raw_stats[0].min:g}: nothing to segment")
     names = parse_baselines(cfg.volume.baselines) if inputs.eval_labels is not None else []
     if names:
         labelled = inputs.summary.labelled
@@ -134,7 +142,7 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
                              "pip install 'fhcnn[volume]', or --set volume.baselines=copy,unet") from None
     if "unet" in names:  # checked now; made again where it trains (the volume may be a local copy by then)
         unet_plan(plan)
-    return VolumePlan(plan, spacing, source, line)
+    return VolumePlan(plan, spacing, source, line, raw_stats)
 
 
 def unet_plan(plan: RunPlan) -> RunPlan:
@@ -200,7 +208,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         f"spacing from {vplan.spacing_source}")
     log(vplan.spacing_line)
     log(f"{k} classes; {inputs.summary.describe()}")
-    for c, st in enumerate(plan.stats):
+    for c, st in enumerate(vplan.raw_stats or plan.stats):
         log(f"channel {c}: mean {st.mean:.4g}, std {st.std:.4g}, range [{st.min:.4g}, {st.max:.4g}]")
     log(plan.describe())
     if out is not None:
@@ -211,7 +219,12 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # a run folder of a run split in space: each process of the split finishes its own slab
     slabs = out is not None and plan.config.parallel.space > 1
     outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, slabs)
-    fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume, ownership="slabs" if slabs else "main")
+    try:
+        fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
+                          ownership="slabs" if slabs else "main")
+    except BaseException:
+        outputs.abort()  # no temporary prediction file is left in OUT (a refused run removes OUT)
+        raise
     outputs.gather()
     # whether there is anything to score: rank 0's sinks know; every process must agree, since
     # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
@@ -361,6 +374,19 @@ class _Outputs:
         regions = pass_share().combine(self.owned)
         self.regions = [{"origin": list(o), "shape": list(n)} for o, n in regions if min(n) > 0]
         barrier()
+
+    def abort(self) -> None:
+        """Remove the temporary files of the prediction (training or prediction failed)."""
+        import shutil
+
+        if self.file is not None:
+            self.file.abort()
+            self.file = None
+        if is_main_process():
+            for tmp in (self._tmp, self._scratch):
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        self._tmp = self._scratch = None
 
     def close(self) -> Path | None:
         """On rank 0: put the files in place; returns the prediction file (``None`` in memory).

@@ -84,10 +84,10 @@ class LabelSummary:
                 "labelled_slices": [self.labelled_slices(a) for a in range(3)]}
 
 
-def _listed(items: list[int], n: int) -> str:
+def _listed(items: list[int], n: int, noun: str = "slices") -> str:
     if len(items) <= n:
         return "[" + ", ".join(map(str, items)) + "]"
-    return "[" + ", ".join(map(str, items[:n])) + f", ... ({len(items)} slices)]"
+    return "[" + ", ".join(map(str, items[:n])) + f", ... ({len(items)} {noun})]"
 
 
 def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int | None = None,
@@ -126,8 +126,10 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
     if num_classes is None:
         missing = [c for c in range(k) if counts[c] == 0]
         if missing:
-            raise InputError(f"{what} have no voxel of class {_listed(missing, 6)[1:-1]} (the classes run "
-                             f"0..{k - 1}): every class below the largest needs labelled voxels")
+            why = (f"; --ignore {ignore} is one of them: the classes are 0..K-1, so the value of unlabelled "
+                   f"voxels lies above the largest class (e.g. 255)") if ignore in missing else ""
+            raise InputError(f"{what} have no voxel of class {_listed(missing, 6, 'classes')[1:-1]} (the classes "
+                             f"run 0..{k - 1}): every class below the largest needs labelled voxels{why}")
         if k < 2:
             raise InputError(f"{what} hold only class 0; at least two classes need labelled voxels")
     size = [int(np.prod(shape, dtype=np.int64)) // n for n in shape]

@@ -9,6 +9,8 @@ ImageJ metadata (``spacing`` and the resolution tags) or OME ``PhysicalSize*``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,31 @@ __all__ = ["open_tiff", "TiffPages"]
 _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknown
 
 
+@contextlib.contextmanager
+def _tifffile_quiet() -> Any:
+    """tifffile logs what it finds wrong in a file (a page offset past the end, damaged ImageJ
+    metadata) as warnings on stderr; while a file is opened they are held back, so that a
+    refusal stays one ``error:`` line (the refusal names what is wrong)."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def open_tiff(path: Path, label: str) -> RawVolume:
     """Open the one image series of a TIFF file without reading its pixels.
 
     Raises:
         InputError: not a TIFF, several series, or strips/tiles past the end of the file.
     """
+    with _tifffile_quiet():
+        return _open_tiff(path, label)
+
+
+def _open_tiff(path: Path, label: str) -> RawVolume:
     tifffile = require("tifffile", "reading TIFF")
     try:
         tif = tifffile.TiffFile(str(path))
@@ -48,6 +69,11 @@ def open_tiff(path: Path, label: str) -> RawVolume:
         axes = str(s.axes)
         shape = tuple(int(n) for n in s.shape)
         size = path.stat().st_size
+        images = _imagej_images(tif)
+        planes = int(np.prod([n for n, a in zip(shape, axes) if a not in "YXS"], dtype=np.int64))
+        if images > planes:
+            raise InputError(f"{label}: its ImageJ header describes {images:,} images but tifffile finds "
+                             f"{planes:,} (series {shape} {axes}); a truncated or damaged file")
         compression = int(getattr(s.keyframe, "compression", 1))
         contiguous = s.dataoffset is not None and compression == 1
         if contiguous:
@@ -91,6 +117,15 @@ def open_tiff(path: Path, label: str) -> RawVolume:
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=compression != 1, slab_axis=0,
                      named=not any(a in axes for a in "QI"))  # Q: unknown, I: a plain page sequence
+
+
+def _imagej_images(tif: Any) -> int:
+    """The number of images (planes) an ImageJ header promises (0 without one)."""
+    try:
+        meta = tif.imagej_metadata if tif.is_imagej else None
+        return int(meta.get("images") or 0) if meta else 0
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 def _zarr_view(series: Any) -> Any:

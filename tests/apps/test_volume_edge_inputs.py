@@ -1,0 +1,149 @@
+"""``fhcnn volume`` on odd but valid inputs and on refusals that came out wrong: float64 and
+64-bit integer volumes whose contrast a float32 read would lose (a large offset, values past the
+float32 range, a tiny range), a truncated ImageJ TIFF (one ``error:`` line, no tifffile warnings),
+a run refused during its prediction (no temporary file, no OUT left), and the message naming
+classes without a labelled voxel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fhcnn.apps.volume import VolumeConfig, plan_volume
+from fhcnn.apps.volume.inputs import load_volume_inputs
+from fhcnn.cli import main
+from fhcnn.config import load_config
+
+TINY = ["--config", "volume-tiny", "--quiet", "--set", "volume.baselines="]
+SHAPE = (8, 10, 12)
+
+
+def _volume(tmp_path, image):
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[4] = (np.arange(SHAPE[2]) >= SHAPE[2] // 2)[None, :].astype(np.uint8)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", lab)
+    return str(tmp_path / "img.npy"), str(tmp_path / "lab.npy")
+
+
+@pytest.mark.parametrize("scale, offset, dtype", [(1.0, 1e9, np.float64), (1e-50, 0.0, np.float64),
+                                                  (1e40, 0.0, np.float64), (1000.0, 2.0**40, np.int64)])
+def test_float32_reads_keep_the_contrast(tmp_path, scale, offset, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=SHAPE)
+    image = (x * scale + offset).astype(dtype)
+    img, lab = _volume(tmp_path, image)
+    inputs = load_volume_inputs([img], lab)
+    vplan = plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", []))
+    read = vplan.plan.volume.read((slice(None), slice(None), slice(None)))[0]
+    assert np.isfinite(read).all()
+    # what the network sees, normalized with the plan's statistics, is the image standardized
+    st = vplan.plan.stats[0]
+    z = (read.astype(np.float64) - st.mean) / st.std
+    want = (image.astype(np.float64) - image.astype(np.float64).mean()) / image.astype(np.float64).std()
+    np.testing.assert_allclose(z, want, atol=1e-3)
+    # the log and metrics still name the stored values
+    assert vplan.raw_stats is not None and vplan.raw_stats[0].mean == pytest.approx(image.astype(np.float64).mean())
+
+
+def test_an_ordinary_float32_channel_is_read_as_stored(tmp_path):
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    inputs = load_volume_inputs([img], lab)
+    vplan = plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", []))
+    np.testing.assert_array_equal(vplan.plan.volume.read((slice(None),) * 3)[0], image)
+
+
+def test_a_float64_volume_far_from_zero_trains(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=SHAPE)
+    img, lab = _volume(tmp_path, x + 1e9)
+    out = tmp_path / "out"
+    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 0
+    img, lab = _volume(tmp_path, x * 1e40)
+    assert main(["volume", img, "--labels", lab, "--out", str(tmp_path / "out2")] + TINY) == 0
+
+
+def test_a_truncated_imagej_tiff_is_one_line(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    tifffile.imwrite(tmp_path / "full.tif", image, imagej=True, metadata={"axes": "ZYX"})
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    _, lab = _volume(tmp_path, image)
+    out = tmp_path / "out"
+    # in a process of its own: pytest's logging capture would hide tifffile's warnings
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fhcnn
+
+    env = {**os.environ, "PYTHONPATH": str(Path(fhcnn.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "fhcnn", "volume", str(tmp_path / "cut.tif"), "--labels", lab,
+                           "--out", str(out)] + TINY, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "truncated" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
+def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
+    """The prediction file is open under a temporary name in OUT while the network trains and
+    predicts: a refusal then removes it, and with it the run folder (files.md)."""
+    import fhcnn.apps.volume.pipeline as pipeline
+    from fhcnn.errors import InputError
+
+    image = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    path = tmp_path / f"img.{suffix}"
+    if suffix == "npy":
+        np.save(path, image)
+    elif suffix == "zarr":
+        zarr = pytest.importorskip("zarr")
+        zarr.open_array(str(path), mode="w", shape=image.shape, dtype="f4")[:] = image
+    else:
+        nib = pytest.importorskip("nibabel")
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(path))
+    seen = []
+
+    def refused(plan, out, sinks, **kw):  # trained: the engine makes the sinks (temporary files)
+        sinks(None)
+        seen.extend(p.name for p in out.iterdir() if p.name.startswith("."))
+        raise InputError("refused while predicting")
+
+    monkeypatch.setattr(pipeline, "fit_predict", refused)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", str(path), "--labels", lab, "--out", str(out), "--save-probs"] + TINY) == 2
+    assert any(".tmp" in name for name in seen), seen
+    assert capsys.readouterr().err.strip().splitlines() == ["error: refused while predicting"]
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_missing_classes_are_listed_as_classes(tmp_path, capsys):
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, _ = _volume(tmp_path, image)
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[0, 0, 0], lab[0, 0, 1] = 0, 200
+    np.save(tmp_path / "l.npy", lab)
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", str(tmp_path / "l.npy"), "--out", str(tmp_path / "o")] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "(199 classes)" in err and "slices" not in err
+
+
+def test_an_ignore_value_among_the_classes_is_named(tmp_path, capsys):
+    """Classes are 0..K-1: ``--ignore 0`` leaves class 0 without a voxel, and the refusal says why."""
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, _ = _volume(tmp_path, image)
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[2, :5], lab[5, :5] = 1, 2
+    np.save(tmp_path / "l.npy", lab)
+    capsys.readouterr()
+    args = ["volume", img, "--labels", str(tmp_path / "l.npy"), "--ignore", "0", "--out", str(tmp_path / "o")]
+    assert main(args + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no voxel of class 0" in err[0] and "--ignore 0 is one of them" in err[0], err
+    assert not (tmp_path / "o").exists()
