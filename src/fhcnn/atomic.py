@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
-           "append_text", "make_dir", "remove", "note_written", "place_tree", "WriteGuard", "set_write_guard",
-           "unguarded"]
+           "append_text", "make_dir", "remove", "note_written", "note_removed", "place_tree", "remove_stale",
+           "WriteGuard", "set_write_guard", "unguarded"]
 
 
 class WriteGuard(Protocol):
@@ -53,6 +53,9 @@ class WriteGuard(Protocol):
 
     def record(self, paths: list[Path]) -> None:
         """Record files fhcnn wrote by other means (size and hash; one save of the record)."""
+
+    def forget(self, paths: list[Path]) -> None:
+        """Drop from the record files fhcnn wrote by other means and has removed itself."""
 
 
 #: The guard of the active run folder, or ``None``.
@@ -116,6 +119,14 @@ def note_written(*paths: str | os.PathLike[str]) -> None:
         _guard.record([Path(p) for p in paths])
 
 
+def note_removed(*paths: str | os.PathLike[str]) -> None:
+    """Say that files :func:`note_written` recorded (e.g. a scratch file written in place, whose
+    hash the record no longer matches) were removed by fhcnn: inside a run folder they leave the
+    record, so that it lists what the folder holds."""
+    if _guard is not None and paths:
+        _guard.forget([Path(p) for p in paths])
+
+
 def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
     """Move a folder written under a temporary name (e.g. a zarr array) to ``final``: an earlier
     ``final`` removed first (:func:`remove`), each folder made (:func:`make_dir`), each file moved
@@ -132,6 +143,20 @@ def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Pa
     note_written(*(dest / f for f in files))
     shutil.rmtree(src)
     return dest
+
+
+def remove_stale(folder: str | os.PathLike[str], prefix: str, suffix: str = ".tmp") -> None:
+    """Remove the leftovers of killed writes in ``folder``: the files and folders named
+    ``PREFIX`` + 8 characters + ``SUFFIX`` (``tempfile.mkstemp`` / ``mkdtemp``'s temporary names,
+    e.g. a zarr array written under ``.probabilities.zarr.XXXXXXXX.tmp``). Call it after a
+    complete write of what they were temporary names of; never follows a link."""
+    for stale in Path(folder).glob(glob.escape(prefix) + "?" * 8 + glob.escape(suffix)):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+            note_removed(stale)
 
 
 def make_dir(folder: str | os.PathLike[str]) -> Path:

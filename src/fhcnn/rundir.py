@@ -403,6 +403,13 @@ class RunFolder:
             self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
         self._save()
 
+    def forget(self, paths: list[Path]) -> None:
+        for path in paths:
+            rel = self._rel(path)
+            if rel is not None and not Path(path).exists():
+                self._forget(rel)
+        self._save()
+
     def owns_tree(self, folder: Path) -> bool:
         """``folder`` is a real folder inside the run holding at least one file, every file below
         it is fhcnn's own (:meth:`own`) and every file the record lists below it is there."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -259,6 +260,11 @@ def test_nifti_prediction_keeps_the_affine_and_anisotropic_spacing_shortens_wind
     from fhcnn.apps.volume import score
 
     assert score(np.asarray(pred.dataobj), held, 3)["miou"] == pytest.approx(m["miou"])
+    # run.json lists what the folder holds: the prediction's scratch .nii, written in place and
+    # removed once gzipped, has left the record too
+    record = json.loads((out / "run.json").read_text())
+    held_files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "run.json"}
+    assert set(record["files"]) == held_files == set(record["written"]), sorted(set(record["files"]) ^ held_files)
 
 
 def test_compressed_inputs_are_read_from_one_chunked_copy_and_predict_the_same(vol, tmp_path):
@@ -336,6 +342,52 @@ def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
     capsys.readouterr()
     assert main(args + ["--resume", "--set", "train.lr=0.1"]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path):
+    # the unlabelled-voxel term's ramp (and the records of metrics.json) follow the run's step:
+    # resumed at step 2 of 6, the ramp went on from step 3 (it started again at step 1: the
+    # resumed run ended with other weights), and the records are those of steps 3..6 (were 1..4)
+    from safetensors.numpy import load_file
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--set", "train.steps=6",
+            "--set", "train.checkpoint_every=2", "--set", "train.keep_last=5", "--set", "data.unlabelled=entropy",
+            "--set", "data.unlabelled_start=0.3", "--set", "data.unlabelled_full=0.6"] + TINY
+    assert main(args + ["--out", str(full)]) == 0
+    shutil.copytree(full, cut)
+    for step in (4, 6):  # the run stopped after its checkpoint of step 2
+        shutil.rmtree(cut / "checkpoints" / f"step-{step:06d}")
+    assert main(args + ["--out", str(cut), "--resume"]) == 0
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical, as docs/training.md promises
+    history = json.loads((cut / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [3, 4, 5, 6]
+    whole = {h["step"]: h for h in json.loads((full / "metrics.json").read_text())["history"]}
+    assert [h["loss"] for h in history] == [whole[s]["loss"] for s in (3, 4, 5, 6)]
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_finished_run_removes_the_scratch_arrays_of_a_killed_one(vol, tmp_path, flag):
+    # a run killed while it predicts (e.g. torchrun's launcher sent SIGTERM to a run split in
+    # space) leaves its scratch zarr arrays in OUT: the slabs of the prediction, the
+    # probabilities; the next run that completes those outputs removes them, as it removes a
+    # killed write's temporary file (they stayed, unlisted in run.json, through --resume and
+    # --overwrite, split or not)
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
+            "--save-probs"] + TINY
+    assert main(args) == 0
+    stale = [out / ".prediction-slabs.k1ll3d00.tmp", out / ".probabilities.zarr.k1ll3d00.tmp"]
+    for folder in stale:
+        (folder / "c" / "0").mkdir(parents=True)
+        (folder / "zarr.json").write_text("{}")
+        (folder / "c" / "0" / "0").write_bytes(b"chunk")
+    mine = out / ".prediction-slabs.notmine.tmp"  # not a temporary name of fhcnn's: kept
+    mine.mkdir()
+    assert main(args + [flag]) == 0
+    assert not any(f.exists() for f in stale)
+    assert mine.is_dir()
 
 
 def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tmp_path):

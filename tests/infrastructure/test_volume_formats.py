@@ -649,6 +649,9 @@ class _Recorder:
     def record(self, paths: list[Path]) -> None:
         self.paths.extend(paths)
 
+    def forget(self, paths: list[Path]) -> None:
+        self.paths = [p for p in self.paths if p not in paths]
+
 
 @pytest.mark.parametrize("header", [nib.Nifti1Image, nib.Nifti2Image])
 def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):

@@ -176,6 +176,17 @@ class _StepLoss:
         self.step = 0
         self.activation_bytes: int | None = None
 
+    def batches(self, sampler: Callable[[int, torch.Generator], Any]) -> Callable[[int, torch.Generator], Any]:
+        """The trainer's ``batch_fn``: ``sampler``'s batch of each step, the step noted first, so
+        that the records and the unlabelled term's ramp count the run's steps (a resumed run
+        continues at its checkpoint's step, not at 1)."""
+
+        def batch(step: int, gen: torch.Generator) -> Any:
+            self.step = step - 1
+            return sampler(step, gen)
+
+        return batch
+
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
         if self.activation_bytes is None:
@@ -304,7 +315,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
         cfg.train.val_every = d.eval_every
 
     trainer = Trainer(model, cfg.train, Path(out_dir) if out_dir is not None else None,
-                      batch_fn=sampler, loss_fn=step_loss,
+                      batch_fn=step_loss.batches(sampler), loss_fn=step_loss,
                       val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
                       **(space.trainer_options() if space else {}))
     clock.start = time.perf_counter()

@@ -412,8 +412,14 @@ class _Outputs:
             from ... import atomic
 
             self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
+            atomic.remove_stale(self.out, ".probabilities.zarr.")  # those of a killed run
         if self.file is not None:
-            return Path(self.file.close())
+            path = Path(self.file.close())
+            if self.out is not None:  # the scratch arrays of a killed split run (this one split or not)
+                from ... import atomic
+
+                atomic.remove_stale(self.out, ".prediction-slabs.")
+            return path
         return None
 
 

@@ -129,12 +129,15 @@ class NiftiSink(PredictionSink):
                                       mtime=0) as dst:
                     shutil.copyfileobj(src, dst, _COPY_BYTES)
             self._scratch.unlink()
+            atomic.note_removed(self._scratch)
+            atomic.remove_stale(self.path.parent, ".prediction.nii.")  # those of a killed run
         return self.path
 
     def abort(self) -> None:
         self._array = None
         with contextlib.suppress(FileNotFoundError):
             self._scratch.unlink()
+        atomic.note_removed(self._scratch)
 
 
 def _nifti_header(nib: Any, geometry: VolumeGeometry, shape: Sequence[int], dtype: Any) -> Any:
@@ -188,6 +191,7 @@ class ZarrSink(PredictionSink):
             return self.path
         self._array = None
         atomic.place_tree(self._tmp, self.path)   # folders made, files moved in and recorded
+        atomic.remove_stale(self.path.parent, ".prediction.zarr.")  # those of a killed run
         return self.path
 
     def abort(self) -> None:
