@@ -474,3 +474,31 @@ def test_the_forest_baseline_without_scikit_learn_is_refused_before_out_exists(v
     out = tmp_path / "out"
     assert main(["volume", *args, "--out", str(out), *TINY, "--set", "volume.baselines=copy"]) == 0
     assert set(json.loads((out / "metrics.json").read_text())["baselines"]) == {"copy"}
+
+
+def test_a_split_refusal_offers_window_sizes_to_set_on_anisotropic_voxels(monkeypatch):
+    """With anisotropic voxels the engine's windows are the configured ones scaled by the
+    spacing; a split the window cannot take is refused offering the configured size that works
+    (docs/spatial.md: each change offered passes the whole check, applied alone), not the
+    engine's scaled size (``--set data.window_height=4`` became a window of 2, refused again)."""
+    import fhcnn.training.distributed
+    from fhcnn.apps.volume import plan_volume
+    from fhcnn.apps.volume.inputs import inputs_from_arrays
+    from fhcnn.config import load_config
+    from fhcnn.engine.parallel import SplitError, fix_sets
+
+    monkeypatch.setattr(fhcnn.training.distributed, "world_size", lambda: 2)  # as under torchrun
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(16, 24, 24)).astype(np.float32)
+    lab = np.full(image.shape, 255, np.uint8)
+    lab[8] = rng.random((24, 24)) > 0.5
+    inputs = inputs_from_arrays([image], lab)
+    sets = ["volume.spacing=0.5,0.8,0.8", "parallel.space=2", "parallel.axes=[1]"]
+    with pytest.raises(SplitError) as refused:
+        plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", sets))
+    window = [f for f in refused.value.fixes if "data.window_height" in f]
+    assert window == [{"data.window_height": 6}]  # 6 x 0.5/0.8 -> 4 voxels, 2 a slab
+    assert "--set data.window_height=6" in str(refused.value)
+    for fix in refused.value.fixes:
+        if "processes" not in fix:
+            plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", sets + fix_sets(fix)))  # passes

@@ -27,6 +27,7 @@ from ... import log as _log
 from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare, standardize_channels
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
+from ...engine.parallel import SplitError, fix_text
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import Ownership, run
 from ...engine.sizes import round_up
@@ -52,6 +53,11 @@ def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[floa
     return None, f"none in {inputs.format}: taken as isotropic"
 
 
+#: The ``data`` sizes :func:`engine_config` scales, by axis (D, H, W).
+WINDOW_KEYS = (("window_depth", "predict_depth"), ("window_height", "predict_height"),
+               ("window_width", "predict_width"))
+
+
 def engine_config(cfg: VolumeConfig, spacing: Sequence[float] | None, shape: Sequence[int]
                   ) -> tuple[SegmentConfig, str]:
     """The engine's :class:`SegmentConfig` for this volume and one log line saying what was done
@@ -75,9 +81,7 @@ def engine_config(cfg: VolumeConfig, spacing: Sequence[float] | None, shape: Seq
         return seg, (f"voxel spacing {tuple(sp)} (anisotropic); windows as configured in voxels "
                      f"(volume.physical_windows=false)")
     fine = min(sp)
-    names = (("window_depth", "predict_depth"), ("window_height", "predict_height"),
-             ("window_width", "predict_width"))
-    for a, pair in enumerate(names):
+    for a, pair in enumerate(WINDOW_KEYS):
         f = fine / sp[a]
         whole = round_up(int(shape[a]), m)
         for name in pair:
@@ -123,8 +127,11 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     if any(a is not b for a, b in zip(channels, inputs.channels)):
         inputs.channels = channels
         volume = LazyVolume(channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
-    plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=stats, label_scan=inputs.summary.scan),
-                   seg)
+    try:
+        plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=stats,
+                                   label_scan=inputs.summary.scan), seg)
+    except SplitError as e:  # its window sizes are the scaled ones: offered as the ones to --set
+        raise configured_split_error(e, cfg, spacing, inputs.shape) from None
     if all(s.max == s.min for s in raw_stats):
         raise InputError(f"every voxel of {', '.join(inputs.sources.get('images', []))} has the value "
                          f"{raw_stats[0].min:g}: nothing to segment")
@@ -143,6 +150,44 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     if "unet" in names:  # checked now; made again where it trains (the volume may be a local copy by then)
         unet_plan(plan)
     return VolumePlan(plan, spacing, source, line, raw_stats)
+
+
+def configured_split_error(error: SplitError, cfg: VolumeConfig, spacing: Sequence[float] | None,
+                           shape: Sequence[int]) -> SplitError:
+    """``error`` with each window size it offers (``data.window_*``, ``data.predict_*``: sizes
+    :func:`engine_config` made from the configured ones, scaled by the spacing) replaced by the
+    configured size that :func:`engine_config` turns into it, the nearest to the unscaled value:
+    the change to ``--set``. Unchanged where no size is scaled."""
+    text, fixes = str(error), []
+    for fix in error.fixes:
+        mine = dict(fix)
+        for key, want in fix.items():
+            name = key.removeprefix("data.")
+            if key == name or not any(name in pair for pair in WINDOW_KEYS):
+                continue
+            given = [u for u in range(1, 4 * int(want) + 64) if _scaled(cfg, name, u, spacing, shape) == want]
+            if given:
+                mine[key] = min(given, key=lambda u: (abs(u - want * _factor(name, spacing)), u))
+        if mine != fix:
+            text = text.replace(fix_text(fix), fix_text(mine))
+        fixes.append(mine)
+    return SplitError(text, fixes)
+
+
+def _factor(name: str, spacing: Sequence[float] | None) -> float:
+    """Spacing of the axis of the window size ``name`` over the finest spacing (1 without)."""
+    if not spacing:
+        return 1.0
+    axis = next(a for a, pair in enumerate(WINDOW_KEYS) if name in pair)
+    return float(spacing[axis]) / min(float(s) for s in spacing)
+
+
+def _scaled(cfg: VolumeConfig, name: str, value: int, spacing: Sequence[float] | None,
+            shape: Sequence[int]) -> int:
+    """The engine's ``data.NAME`` when the configured one is ``value``."""
+    trial = copy.deepcopy(cfg)
+    setattr(trial.data, name, value)
+    return int(getattr(engine_config(trial, spacing, shape)[0].data, name))
 
 
 def unet_plan(plan: RunPlan) -> RunPlan:
