@@ -344,16 +344,19 @@ def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
     assert "config" in capsys.readouterr().err
 
 
-def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path):
+@pytest.mark.parametrize("unlabelled", ["entropy", "teacher"])
+def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path, unlabelled):
     # the unlabelled-voxel term's ramp (and the records of metrics.json) follow the run's step:
     # resumed at step 2 of 6, the ramp went on from step 3 (it started again at step 1: the
-    # resumed run ended with other weights), and the records are those of steps 3..6 (were 1..4)
+    # resumed run ended with other weights), and the records are those of steps 3..6 (were 1..4);
+    # the mean teacher goes on from the checkpoint's (it was made again from the student)
     from safetensors.numpy import load_file
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--set", "train.steps=6",
-            "--set", "train.checkpoint_every=2", "--set", "train.keep_last=5", "--set", "data.unlabelled=entropy",
-            "--set", "data.unlabelled_start=0.3", "--set", "data.unlabelled_full=0.6"] + TINY
+            "--set", "train.checkpoint_every=2", "--set", "train.keep_last=5", "--set", f"data.unlabelled={unlabelled}",
+            "--set", "data.unlabelled_start=0.3", "--set", "data.unlabelled_full=0.6",
+            "--set", "data.pseudo_threshold=0.01"] + TINY  # the teacher's every guess counts
     assert main(args + ["--out", str(full)]) == 0
     shutil.copytree(full, cut)
     for step in (4, 6):  # the run stopped after its checkpoint of step 2

@@ -16,7 +16,7 @@ small fraction of the volume.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -174,7 +174,19 @@ class UnlabelledTerm:
         self.threshold, self.ema, self.start, self.full = threshold, ema, start, max(full, start)
         self.reduce_depth = reduce_depth
         self.teacher: torch.nn.Module | None = None
+        self._restored: dict[str, Tensor] | None = None  # the teacher of a checkpoint, until made
         self.last: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps to continue exactly: the mean teacher's weights (once made)."""
+        if self.teacher is None:
+            return {}
+        return {"teacher": {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the teacher is made from the checkpoint's weights
+        at the next step, then updated as every step updates it."""
+        self._restored = state.get("teacher")
 
     def ramp(self, step: int) -> float:
         """The weight at ``step``: 0 before ``start``, ``weight`` from ``full`` on, linear between."""
@@ -186,13 +198,17 @@ class UnlabelledTerm:
 
     @torch.no_grad()
     def _update_teacher(self, model: torch.nn.Module) -> torch.nn.Module:
+        made = self.teacher is None
         if self.teacher is None:
             import copy
 
             self.teacher = copy.deepcopy(model).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        else:
+        if self._restored is not None:  # resumed: the checkpoint's teacher, then this step's update
+            self.teacher.load_state_dict(self._restored)
+            self._restored, made = None, False
+        if not made:
             for t, s in zip(self.teacher.parameters(), model.parameters()):
                 t.mul_(self.ema).add_(s.detach(), alpha=1 - self.ema)
             for tb, sb in zip(self.teacher.buffers(), model.buffers()):

@@ -176,6 +176,14 @@ class _StepLoss:
         self.step = 0
         self.activation_bytes: int | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The unlabelled term's state (the mean teacher), kept in the trainer's checkpoints."""
+        return {"unlabelled": self.unlabelled.state_dict()} if self.unlabelled is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.unlabelled is not None and "unlabelled" in state:
+            self.unlabelled.load_state_dict(state["unlabelled"])
+
     def batches(self, sampler: Callable[[int, torch.Generator], Any]) -> Callable[[int, torch.Generator], Any]:
         """The trainer's ``batch_fn``: ``sampler``'s batch of each step, the step noted first, so
         that the records and the unlabelled term's ramp count the run's steps (a resumed run

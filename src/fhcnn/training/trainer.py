@@ -248,6 +248,8 @@ class Trainer:
             "history": {"train": self.history["train"], "val": self.history["val"]},
             "config": asdict(self.config),
             "world_size": self.world_size,
+            # a loss with a state of its own (e.g. a mean teacher): ``loss_fn.state_dict()``
+            "loss_fn": self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else {},
         }
 
     def _load_state(self, model_state: dict[str, Tensor], state: dict[str, Any]) -> None:
@@ -259,6 +261,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if state.get("loss_fn") and hasattr(self.loss_fn, "load_state_dict"):
+            self.loss_fn.load_state_dict(state["loss_fn"])
         self.step = int(state["step"])
         self.best = state.get("best")
         hist = state.get("history") or {}
