@@ -334,6 +334,11 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     return metrics
 
 
+#: Temporary names of the arrays ``_Outputs`` shares in ``out``: the labels of a split run's
+#: slabs, the probabilities (``mkdtemp(prefix=...)``).
+_SLABS, _PROBS = ".prediction-slabs.", ".probabilities.zarr."
+
+
 class _Outputs:
     """The sinks of the fhcnn prediction: the labels (the prediction file in ``out``, or an
     in-memory array), the held-out confusion matrix, the float16 probabilities.
@@ -368,7 +373,7 @@ class _Outputs:
             from ...engine.run import owned_region
 
             self.owned = owned_region(result.plan, result, "slabs")
-            self._scratch = self._shared(".prediction-slabs.", self.inputs.shape, self.chunks, "uint8")
+            self._scratch = self._shared(_SLABS, self.inputs.shape, self.chunks, "uint8")
             self.prediction = _open_zarr(self._scratch)
         elif self.out is not None and is_main_process():
             self.file = self._prediction_file()
@@ -380,7 +385,7 @@ class _Outputs:
             self.confusion = ConfusionSink(self.held, self.k)
             out.append(self.confusion)
         if self.want_probs and (self.slabs or is_main_process()):
-            self._tmp = self._shared(".probabilities.zarr.", (self.k, *self.inputs.shape), (1, *self.chunks),
+            self._tmp = self._shared(_PROBS, (self.k, *self.inputs.shape), (1, *self.chunks),
                                      "float16")
             self._probs = _open_zarr(self._tmp)
             out.append(ProbabilitySink(self._probs))
@@ -436,6 +441,7 @@ class _Outputs:
     def close(self) -> Path | None:
         """On rank 0: put the files in place; returns the prediction file (``None`` in memory).
         Keeps the prediction's slices through the centre (``centre``, for the figure)."""
+        from ... import atomic
         from .outputs import centre_slices
 
         if self._scratch is not None:  # the slabs, copied box by box into the input's format
@@ -454,18 +460,12 @@ class _Outputs:
         self.centre = centre_slices(self.prediction, [n // 2 for n in self.inputs.shape])
         if self._probs is not None:
             assert self.out is not None and self._tmp is not None
-            from ... import atomic
-
             self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
-            atomic.remove_stale(self.out, ".probabilities.zarr.")  # those of a killed run
-        if self.file is not None:
-            path = Path(self.file.close())
-            if self.out is not None:  # the scratch arrays of a killed split run (this one split or not)
-                from ... import atomic
-
-                atomic.remove_stale(self.out, ".prediction-slabs.")
-            return path
-        return None
+        path = Path(self.file.close()) if self.file is not None else None
+        if self.out is not None:  # the arrays a killed run left (split or not, with probabilities or not)
+            for prefix in (_SLABS, _PROBS):
+                atomic.remove_stale(self.out, prefix)
+        return path
 
 
 def _open_zarr(path: Path) -> Any:
