@@ -105,6 +105,8 @@ def checks(rank: int) -> dict[str, float]:
 
 
 def worker(rank: int, init_file: str, folder: str) -> None:
+    from fhcnn.training.distributed import end_spawned_worker
+
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
@@ -119,6 +121,7 @@ def worker(rank: int, init_file: str, folder: str) -> None:
     except Exception:  # noqa: BLE001 -- any failure goes to the parent test
         result = {"error": traceback.format_exc()}
     Path(folder, f"result-{rank}.json").write_text(json.dumps(result))
+    end_spawned_worker()
 
 
 if __name__ == "__main__":

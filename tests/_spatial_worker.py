@@ -32,6 +32,7 @@ from fhcnn.spatial import (
     size_multiple,
     split_module,
 )
+from fhcnn.training.distributed import end_spawned_worker
 
 MODES: dict[str, Any] = {"true": True, "block": "block", "false": False}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -171,6 +172,7 @@ def worker(rank: int, world: int, init_file: str, out: str) -> None:
         result = {"error": traceback.format_exc()}
     if rank == 0 or "error" in result:
         Path(out, f"result-{rank}.json").write_text(json.dumps(result))
+    end_spawned_worker()
 
 
 if __name__ == "__main__":  # manual run: python tests/_spatial_worker.py WORLD

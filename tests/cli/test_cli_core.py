@@ -39,10 +39,25 @@ def test_exit_program_after_a_process_group(tmp_path):
     code = ("import torch.distributed as dist, sys\n"
             "from fhcnn.training.distributed import exit_program\n"
             f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'init'}', rank=0, world_size=1)\n"
+            "import atexit; atexit.register(lambda: print('teardown'))\n"
             "print('done', flush=False)\n"
             "exit_program(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3 and r.stdout.strip() == "done", r.stderr
+
+
+def test_end_spawned_worker_skips_the_teardown(tmp_path):
+    """A spawned worker whose group is destroyed ends with status 0, output flushed, and no
+    interpreter teardown (where Gloo's threads can abort it): the atexit handler never runs."""
+    code = ("import atexit, torch.distributed as dist\n"
+            "from fhcnn.training.distributed import end_spawned_worker\n"
+            f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'init'}', rank=0, world_size=1)\n"
+            "dist.destroy_process_group()\n"
+            "atexit.register(lambda: print('teardown'))\n"
+            "print('done', flush=False)\n"
+            "end_spawned_worker()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "done", (r.stdout, r.stderr)
 
 
 def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):

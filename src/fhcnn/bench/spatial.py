@@ -96,6 +96,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, cfg: dict[str, Any]
         size_multiple,
         split_module,
     )
+    from ..training.distributed import end_spawned_worker
 
     torch.set_num_threads(1)
     if world > 1:
@@ -136,6 +137,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, cfg: dict[str, Any]
             "local_volume": list(split.local_shape(volume))}))
     if world > 1:
         dist.destroy_process_group()
+        end_spawned_worker()  # a spawned process: no interpreter teardown (Gloo's threads)
 
 
 def _measure(cfg: dict[str, Any], volume: tuple[int, ...], n: int) -> dict[str, Any]:

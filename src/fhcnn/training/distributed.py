@@ -38,7 +38,8 @@ import torch.distributed as dist
 if TYPE_CHECKING:
     from ..data.lazy import PassShare
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "is_main_process",
+__all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
+           "is_main_process",
            "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier", "params_in_sync",
            "pass_share"]
@@ -141,6 +142,16 @@ def exit_program(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def end_spawned_worker() -> NoReturn:
+    """End a process started by ``torch.multiprocessing.spawn`` once its results are written
+    and its process group destroyed: exit status 0 without the interpreter's teardown, where
+    torch's Gloo threads sometimes abort the process ("terminate called without an active
+    exception", as in :func:`exit_program`) and turn a finished worker into a failed spawn."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------- a stopped or lost process
