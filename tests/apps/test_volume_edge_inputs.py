@@ -1,8 +1,8 @@
 """``fhcnn volume`` on odd but valid inputs and on refusals that came out wrong: float64 and
 64-bit integer volumes whose contrast a float32 read would lose (a large offset, values past the
 float32 range, a tiny range), a truncated ImageJ TIFF (one ``error:`` line, no tifffile warnings),
-a run refused during its prediction (no temporary file, no OUT left), and the message naming
-classes without a labelled voxel."""
+a run refused during its prediction (no temporary file, no OUT left), the message naming
+classes without a labelled voxel, and volumes (windows) of one voxel at the network's coarsest level."""
 
 from __future__ import annotations
 
@@ -147,3 +147,23 @@ def test_an_ignore_value_among_the_classes_is_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no voxel of class 0" in err[0] and "--ignore 0 is one of them" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("shape, window", [((2, 2, 2), []), ((2, 8, 8), ["data.window_depth=2", "data.window_height=2",
+                                                                           "data.window_width=2"])])
+def test_a_volume_or_window_of_one_coarse_voxel_is_segmented(tmp_path, shape, window):
+    """A 2 x 2 x 2 volume (or windows of 2 asked on a larger one) would reach the network's
+    coarsest level as one voxel, where its group norm has one value a channel and PyTorch
+    refuses it; the engine continues such a volume (window) along W and the run finishes."""
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    lab = np.full(shape, 255, np.uint8)
+    lab[0] = x[0] > 0.5
+    lab[0].flat[:2] = [0, 1]
+    np.save(tmp_path / "img.npy", x)
+    np.save(tmp_path / "lab.npy", lab)
+    sets = [a for kv in window for a in ("--set", kv)]
+    out = tmp_path / "out"
+    assert main(["volume", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--out", str(out)]
+                + TINY + sets) == 0
+    pred = np.load(out / "prediction.npy")
+    assert pred.shape == shape and set(np.unique(pred)) <= {0, 1}

@@ -71,6 +71,31 @@ def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):
     assert err.strip() == "error: input.npy: contains NaN"
 
 
+def test_an_error_line_is_one_write(monkeypatch):
+    """The processes of a torchrun launch share stderr: each error line goes out in one write
+    (print's separate newline let the ranks' lines run together on one line)."""
+    import fhcnn.cli.info as info
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    def boom(args):
+        raise ValueError("input.npy: contains NaN")
+    monkeypatch.setattr(info, "run", boom)
+    err = Recorder()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["info"]) == 2
+    assert err.writes == ["error: input.npy: contains NaN\n"]
+
+
 def test_training_failure_exits_1_with_one_line(monkeypatch, capsys):
     import fhcnn.cli.info as info
     from fhcnn.training import NonFiniteLossError

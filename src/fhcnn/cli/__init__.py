@@ -65,6 +65,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, mods
 
 
+def _line(text: str) -> None:
+    """One line to stderr in one write: the processes of a ``torchrun`` launch share the
+    terminal, and ``print`` writes the text and its newline separately, so their lines ran
+    together."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, mods = build_parser()
     try:
@@ -79,13 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fhcnn info | head -1`
         return 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _line("interrupted")
         return 130
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
@@ -93,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lost = peer_failure(e)  # another process stopped answering (in training or after it)
         if not (isinstance(e, TrainingError) or lost is not None) or getattr(args, "debug", False):
             raise
-        print(f"error: {lost or e}", file=sys.stderr)
+        _line(f"error: {lost or e}")
         return 1
     finally:
         from ..rundir import RunFolder

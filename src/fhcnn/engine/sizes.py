@@ -30,7 +30,7 @@ from torch import Tensor
 from ..data.lazy import reflect_indices as _reflect
 from ..options import IGNORE
 
-__all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "training_window",
+__all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "beyond_one_coarse_voxel", "training_window",
            "scaled_size", "resize_volume", "resize_labels", "resize_back", "ResizedPlanes", "Geometry",
            "Tiling", "prediction_tilings", "window_starts", "blend_weights_1d", "prediction_window_of",
            "chunk_shape", "distinct_windows"]
@@ -58,18 +58,41 @@ def gather(x: Tensor, starts: Sequence[int], sizes: Sequence[int]) -> Tensor:
 
 
 def padded_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
-    """Each size rounded up to ``multiple`` (what the network is given; cropped back after)."""
-    return tuple(round_up(int(n), multiple) for n in shape)
+    """Each size rounded up to ``multiple`` (what the network is given; cropped back after).
+    A shape the network would see as one voxel at its coarsest level (every size within one
+    multiple) has its last axis at two multiples: a normalization there would have one value
+    a channel, which it refuses.
+
+    Example:
+        >>> padded_shape((5, 9, 2), 4), padded_shape((2, 2, 2), 2)
+        ((8, 12, 4), (2, 2, 4))
+    """
+    return beyond_one_coarse_voxel([round_up(int(n), multiple) for n in shape], multiple)
+
+
+def beyond_one_coarse_voxel(sizes: Sequence[int], multiple: int,
+                            limits: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``sizes`` (multiples of ``multiple``), or, if the network would see them as one voxel at
+    its coarsest level (every size within one multiple), the last axis whose limit allows it
+    (``limits``, default none) at two multiples."""
+    out = [int(n) for n in sizes]
+    if all(n <= multiple for n in out):
+        ok = [a for a in range(len(out)) if limits is None or limits[a] >= 2 * multiple]
+        if ok:
+            out[ok[-1]] = 2 * multiple
+    return tuple(out)
 
 
 def training_window(window: Sequence[int], shape: Sequence[int], multiple: int,
                     whole_depth: bool = False) -> tuple[int, int, int]:
     """The training window ``(d, h, w)``: ``window`` (0 = the whole axis) rounded up to
-    ``multiple``; with ``whole_depth`` the depth is always the whole (rounded-up) axis."""
+    ``multiple``; with ``whole_depth`` the depth is always the whole (rounded-up) axis; never
+    one voxel at the network's coarsest level (:func:`beyond_one_coarse_voxel`)."""
     win = [round_up(w if w > 0 else n, multiple) for w, n in zip(window, shape)]
     if whole_depth:
         win[0] = round_up(int(shape[0]), multiple)
-    return int(win[0]), int(win[1]), int(win[2])
+    d, h, w = beyond_one_coarse_voxel(win, multiple)
+    return d, h, w
 
 
 def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
@@ -351,15 +374,16 @@ def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int
     offsets ``i * multiple / shifts`` (rounded, distinct; on every axis, only H and W if not
     ``shift_depth``), each continued by reflection to a multiple of ``multiple``, cut into
     windows of ``window`` voxels (``0``, or more than the padded axis: the whole axis; else
-    rounded up to ``multiple``), overlapping by about ``overlap`` (:func:`window_starts`); each
-    also mirrored along W if ``flip``."""
+    rounded up to ``multiple``; never one voxel at the network's coarsest level), overlapping by
+    about ``overlap`` (:func:`window_starts`); each also mirrored along W if ``flip``."""
     m = multiple
     offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
     out = []
     for o in offsets:
         oo = tuple(o if (axis > 0 or shift_depth) else 0 for axis in range(3))
-        padded = tuple(round_up(int(n) + oa, m) for n, oa in zip(size, oo))
-        win = tuple(min(p if (w <= 0 or w >= p) else round_up(w, m), p) for w, p in zip(window, padded))
+        padded = padded_shape([int(n) + oa for n, oa in zip(size, oo)], m)
+        win = beyond_one_coarse_voxel([min(p if (w <= 0 or w >= p) else round_up(w, m), p)
+                                       for w, p in zip(window, padded)], m, padded)
         starts = tuple(tuple(window_starts(p, w, m, overlap)) for p, w in zip(padded, win))
         for flipped in ([False, True] if flip else [False]):
             st = starts
