@@ -38,6 +38,21 @@ def _check_outputs(out, t, h, w, eval_=True):
     return m
 
 
+def test_void_pixels_in_a_label_frame(tmp_path):
+    """A void (255) area in a label frame: the run finishes and the copy baseline is scored
+    (it copied the 255s as predictions and the run stopped after training)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", (rng.random((6, 16, 16, 3)) * 255).astype(np.uint8))
+    m = np.zeros((6, 16, 16), np.uint8)
+    m[:, 4:10, 4:10] = 1
+    m[0, :3, :3] = 255
+    np.save(tmp_path / "m.npy", m)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "v.npy"), "--labels", str(tmp_path / "m.npy"), "--out", str(out)]
+                + TINY) == 0
+    assert _check_outputs(out, 6, 16, 16)["copy_nearest_baseline"]["miou"] > 0.9
+
+
 def test_davis_layout_end_to_end(gen, tmp_path):
     root, video, masks = gen
     out = tmp_path / "out"

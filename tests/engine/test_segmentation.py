@@ -208,6 +208,16 @@ def test_copy_nearest_baseline():
     assert copy_nearest_baseline(lab, [0, 4]).ravel().tolist() == [1, 1, 1, 2, 2]
 
 
+def test_copy_nearest_baseline_labels_the_void_pixels_of_a_mask():
+    """A void (255) pixel of the nearest mask takes the next nearest frame's label there; a
+    pixel void in every label frame its nearest labelled pixel's (the baseline is scored)."""
+    lab = np.full((4, 1, 3), IGNORE, np.uint8)
+    lab[0] = [[1, IGNORE, IGNORE]]
+    lab[3] = [[2, 0, IGNORE]]
+    got = copy_nearest_baseline(lab, [0, 3])
+    assert got[:, 0].tolist() == [[1, 0, 0], [1, 0, 0], [2, 0, 0], [2, 0, 0]]
+
+
 def test_rotate_zoom_is_rigid_and_keeps_labels():
     from fhcnn.engine.sampling import rotate_zoom as _rotate_zoom
 

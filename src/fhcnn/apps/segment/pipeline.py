@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from ... import log as _log
 from ...config import save_config
@@ -48,14 +49,28 @@ def frames_to_volume(frames: np.ndarray) -> np.ndarray:
 
 class NearestLabelled:
     """The trivial baseline, read frame by frame: every frame gets the mask of the nearest
-    labelled frame (``np.asarray`` gives the whole ``(T, H, W)`` volume)."""
+    labelled frame (``np.asarray`` gives the whole ``(T, H, W)`` volume). A pixel that mask
+    leaves unlabelled (``IGNORE``, void) takes the label of the next nearest frame labelled
+    there, and one no label frame labels takes its nearest labelled pixel's in the frame: the
+    baseline labels every pixel with a class."""
 
     def __init__(self, labels: Any, label_frames: Sequence[int]) -> None:
         self.labels, self.label_frames = labels, np.asarray(sorted(label_frames))
         self.shape = tuple(labels.shape)
 
     def __getitem__(self, k: int) -> np.ndarray:
-        return np.asarray(self.labels[int(self.label_frames[np.argmin(np.abs(self.label_frames - k))])])
+        order = self.label_frames[np.argsort(np.abs(self.label_frames - k), kind="stable")]
+        out = np.array(self.labels[int(order[0])])
+        for f in order[1:]:
+            void = out == IGNORE
+            if not void.any():
+                break
+            out[void] = np.asarray(self.labels[int(f)])[void]
+        void = out == IGNORE
+        if void.any() and not void.all():
+            nearest = ndimage.distance_transform_edt(void, return_distances=False, return_indices=True)
+            out = out[tuple(nearest)]
+        return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.stack([self[k] for k in range(self.shape[0])])
