@@ -137,6 +137,11 @@ def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
     _fails(["change", str(tmp_path / "nan.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
            "NaN")
     _fails(["change", b, a, "--out", str(out), *TINY], capsys, "no labels")
+    unc = np.zeros(s.change.shape, np.uint8)
+    unc[::3, ::3] = 1  # a few known unchanged pixels: alone they must not make the rest "changed"
+    np.save(tmp_path / "unc.npy", unc)
+    _fails(["change", b, a, "--unchanged", str(tmp_path / "unc.npy"), "--out", str(out), *TINY], capsys,
+           "without --changed")
     _fails(["change", b, a, "--labels", t, "--out", str(out), "--set", "data.scale=0", *TINY], capsys,
            "scale")
     assert not out.exists()

@@ -710,7 +710,8 @@ def test_26_change_refuses_jpeg_masks(scene, tmp_path):
     Image.fromarray(mask).save(tmp_path / "jpeg_data.png", format="JPEG", quality=70)
     base = ["change", scene / "a.npy", scene / "b.npy", "--config", "change-tiny", "--quiet", "--out", tmp_path / "o"]
     refused([*base, "--changed", tmp_path / "changed.jpg"], "JPEG")
-    refused([*base, "--unchanged", tmp_path / "changed.jpg"], "JPEG")
+    Image.fromarray(mask).save(tmp_path / "ok.png")
+    refused([*base, "--changed", tmp_path / "ok.png", "--unchanged", tmp_path / "changed.jpg"], "JPEG")
     refused([*base, "--changed", tmp_path / "jpeg_data.png"], "JPEG")
     refused([*base, "--labels", tmp_path / "changed.jpg"], "JPEG")
     assert not (tmp_path / "o").exists()

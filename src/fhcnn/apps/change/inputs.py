@@ -54,6 +54,9 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
     shape = before.shape[:2]
     if labels and (changed or unchanged):
         raise InputError("give either --labels or --changed/--unchanged, not both")
+    if unchanged and not changed:
+        raise InputError(f"--unchanged {unchanged} without --changed: give the known changed pixels "
+                         f"too (--changed MASK), or a full map as --labels MAP")
     if labels:
         lab = read_change_map(labels, shape)
         source = str(labels)
