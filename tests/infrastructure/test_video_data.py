@@ -53,6 +53,27 @@ def test_davis_layout_roundtrip(tiny):
     assert Image.open(ann / "00000.png").mode == "P"
 
 
+@pytest.mark.parametrize("frames, masks, refused", [
+    ([f"{i:05d}" for i in range(6)], [f"{i:05d}" for i in range(1, 7)], "00006.png matches no frame"),
+    (["00000", "00001", "00002", "00004", "00005", "00010"], [f"{i:05d}" for i in range(6)],
+     "00003.png matches no frame"),
+    ([f"{i:05d}" for i in range(3)], ["m10", "m11", "m12"], None),   # nothing in common: by order
+])
+def test_masks_pair_with_frames_by_name_or_number_else_all_by_order(tmp_path, frames, masks, refused):
+    """A mask folder whose names partly match the frames is refused (with as many masks as
+    frames, the unmatched one was paired by its place in the folder and replaced another's
+    frame); by order only when no mask matches a frame by name or number."""
+    (tmp_path / "m").mkdir()
+    for k, name in enumerate(masks):
+        Image.fromarray(np.full((4, 5), 255 * (k % 2), np.uint8)).save(tmp_path / "m" / f"{name}.png")
+    if refused:
+        with pytest.raises(InputError, match=refused):
+            read_masks(tmp_path / "m", frames, (4, 5))
+    else:
+        ms = read_masks(tmp_path / "m", frames, (4, 5))
+        assert sorted(ms) == [0, 1, 2] and [int(ms[i].max()) for i in range(3)] == [0, 255, 0]
+
+
 def test_numbered_png_folder_partial_masks_gif_npy(tmp_path, tiny):
     _, video, masks = tiny
     (tmp_path / "f").mkdir()

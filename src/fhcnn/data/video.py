@@ -529,7 +529,8 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     :class:`MaskSet`, read on demand; the checking pass reads one mask at a time).
 
     A folder's PNGs are matched to frames by name (``00007.png`` <-> frame ``00007``), else by
-    the number in the name, else (same count as frames) by order. A ``.npy`` is ``(T, H, W)``
+    the number in the name; only if no mask matches a frame so, and there are as many masks as
+    frames, by order. A mask that matches no frame is refused. A ``.npy`` is ``(T, H, W)``
     (memory-mapped; value 255 = unlabelled there is kept and means "not labelled").
 
     Raises:
@@ -561,16 +562,23 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             nums = re.findall(r"\d+", n)
             if nums:
                 by_num.setdefault(int(nums[-1]), i)
-        for f in files:
+
+        def match(f: Path) -> int | None:
             if f.stem in by_name:
-                idx = by_name[f.stem]
-            elif re.findall(r"\d+", f.stem) and int(re.findall(r"\d+", f.stem)[-1]) in by_num:
-                idx = by_num[int(re.findall(r"\d+", f.stem)[-1])]
-            elif len(files) == t:
-                idx = files.index(f)
-            else:
+                return by_name[f.stem]
+            nums = re.findall(r"\d+", f.stem)
+            return by_num.get(int(nums[-1])) if nums else None
+
+        found = [match(f) for f in files]
+        if all(i is None for i in found) and len(files) == t:
+            found = list(range(t))  # no name or number in common: the masks in the frames' order
+        paired: dict[int, Path] = {}
+        for f, idx in zip(files, found):
+            if idx is None:
                 raise InputError(f"mask {f} matches no frame name (frames are named like "
                                  f"{frame_names[0]}..{frame_names[-1]})")
+            paired[idx] = f  # one mask a frame: two masks of one number are refused above
+        for idx, f in paired.items():
             m, kind = _read_mask_png(f)
             check_size(idx, m)
             out.add(idx, partial(_mask_png_values, f), kind, str(f), np.unique(m))
