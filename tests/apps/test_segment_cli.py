@@ -53,6 +53,31 @@ def test_void_pixels_in_a_label_frame(tmp_path):
     assert _check_outputs(out, 6, 16, 16)["copy_nearest_baseline"]["miou"] > 0.9
 
 
+def test_float64_frames_far_from_zero_segment_as_near_zero(tmp_path, capsys):
+    """Float64 frames 1e9 + x are read standardized in float64 (the engine's prepare): the
+    prediction equals that of x (a float32 read steps by 64 at 1e9: the object was lost).
+    Values past 1e150, whose statistics overflow float64, are one line before OUT exists."""
+    rng = np.random.default_rng(1)
+    m = np.zeros((8, 16, 16), np.uint8)
+    m[:, 4:10, 4:10] = 1
+    v = rng.random((8, 16, 16, 3)) * 0.2 + 0.5 * m[..., None]
+    np.save(tmp_path / "m.npy", m)
+    preds = []
+    for name, x in (("clean", v), ("offset", v + 1e9)):
+        np.save(tmp_path / f"{name}.npy", x)
+        out = tmp_path / name
+        assert main(["segment", str(tmp_path / f"{name}.npy"), "--labels", str(tmp_path / "m.npy"), "--out",
+                     str(out), *TINY, "--set", "train.steps=20"]) == 0
+        preds.append(np.load(out / "prediction.npy"))
+    np.testing.assert_array_equal(preds[0], preds[1])
+    np.save(tmp_path / "huge.npy", v * 1e300)
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "huge.npy"), "--labels", str(tmp_path / "m.npy"), "--out",
+                 str(tmp_path / "huge"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "overflow float64" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "huge").exists()
+
+
 def test_davis_layout_end_to_end(gen, tmp_path):
     root, video, masks = gen
     out = tmp_path / "out"

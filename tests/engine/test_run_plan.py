@@ -79,3 +79,41 @@ def test_the_plan_is_checked_before_the_output_folder_exists(scene: Path, tmp_pa
         err = capsys.readouterr().err
         assert what in err and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_a_channel_float32_would_flatten_is_read_standardized_and_read_from_keeps_it() -> None:
+    """``prepare`` reads a float64 channel far from zero standardized in float64 (every app);
+    ``read_from`` (the run folder's copy of the same values) reads it the same way."""
+    from fhcnn.engine import SegmentConfig
+    from fhcnn.engine.plan import DenseInputs, prepare
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 8, 8, 8))
+    labels = np.full((8, 8, 8), 255, np.uint8)
+    labels[0, :4], labels[0, 4:] = 0, 1
+    cfg = SegmentConfig()
+    near = prepare(DenseInputs(x, labels, 2), cfg)
+    far = prepare(DenseInputs(x + 1e9, labels, 2), cfg)
+    assert near.standardized == [None] and far.standardized[0] is not None
+    w_near = near.volume.window((0, 0, 0), (8, 8, 8))
+    w_far = far.volume.window((0, 0, 0), (8, 8, 8))
+    # the same values up to the standardization: correlation 1 (a float32 read at 1e9: steps of 64)
+    assert np.corrcoef(w_near.ravel(), w_far.ravel())[0, 1] > 0.999999
+    far.read_from([(x + 1e9)[0].copy()])
+    np.testing.assert_array_equal(far.volume.window((0, 0, 0), (8, 8, 8)), w_far)
+
+
+def test_change_dates_equal_only_as_float32_are_not_identical(tmp_path, capsys) -> None:
+    """Two float64 dates differing by 1 at 1e9 are different dates (a float32 comparison
+    equated them and refused the pair as identical)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 16, 4))
+    b = a.copy()
+    b[4:9, 4:9] += 1
+    np.save(tmp_path / "a.npy", a + 1e9)
+    np.save(tmp_path / "b.npy", b + 1e9)
+    lab = np.full((16, 16), 255, np.uint8)
+    lab[4:6, 4:6], lab[12:, 12:] = 1, 0
+    np.save(tmp_path / "l.npy", lab)
+    assert main(["change", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--labels", str(tmp_path / "l.npy"),
+                 "--config", "change-tiny", "--quiet", "--out", str(tmp_path / "o")]) == 0

@@ -321,6 +321,8 @@ FLOAT32_SPREAD = 2.0**12
 #: standard deviations below ``FLOAT32_TINY`` (subnormal float32) are standardized too.
 FLOAT32_HUGE = 1e30
 FLOAT32_TINY = 1e-30
+#: Magnitudes beyond this overflow the float64 statistics (squares past 1e308): refused.
+FLOAT64_HUGE = 1e150
 
 
 class Standardized:
@@ -362,13 +364,22 @@ def float32_safe(s: StreamStats) -> bool:
     return s.std >= FLOAT32_TINY and big <= FLOAT32_SPREAD * s.std
 
 
-def standardize_channels(channels: Sequence[Any], stats: Sequence[StreamStats]
-                         ) -> tuple[list[Any], list[StreamStats]]:
+def standardize_channels(channels: Sequence[Any], stats: Sequence[StreamStats],
+                         names: Sequence[str] | None = None) -> tuple[list[Any], list[StreamStats]]:
     """The channels with every one that is not :func:`float32_safe` read through
     :class:`Standardized` (offset its mean, scale its standard deviation, or 1 for a channel of
-    one value), and the statistics of what is then read (the others unchanged)."""
+    one value), and the statistics of what is then read (the others unchanged).
+
+    Raises:
+        InputError: a channel with values beyond :data:`FLOAT64_HUGE` (its statistics overflow).
+    """
     out, out_stats = [], []
-    for c, s in zip(channels, stats):
+    for i, (c, s) in enumerate(zip(channels, stats)):
+        big = max(abs(s.min), abs(s.max)) if s.count else 0.0
+        if s.finite and big > FLOAT64_HUGE:
+            name = names[i] if names else f"channel {i}"
+            raise InputError(f"{name} holds values up to {big:.3g}: beyond {FLOAT64_HUGE:.0e} its "
+                             f"statistics overflow float64; rescale it first")
         if np.dtype(c.dtype).itemsize > 2 and not float32_safe(s):
             view = Standardized(c, s.mean, s.std if s.std > 0 else 1.0)
             out.append(view)
@@ -423,6 +434,11 @@ def stream_stats(array: ArrayLike, max_bytes: int = SLAB_BYTES, slab_axis: int =
     whole-array float64 computation to rounding. With ``share``, this process reads only its
     block of the slabs and the result is the same as one process's, bit for bit.
     """
+    with np.errstate(over="ignore", invalid="ignore"):  # values past FLOAT64_HUGE: refused by their max
+        return _stream_stats(array, max_bytes, slab_axis, share)
+
+
+def _stream_stats(array: ArrayLike, max_bytes: int, slab_axis: int, share: PassShare) -> StreamStats:
     boxes = list(iter_slabs(array.shape, 8, max_bytes, slab_axis))
     floating = np.dtype(array.dtype).kind in "fc"
     parts = []

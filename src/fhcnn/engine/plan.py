@@ -22,7 +22,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.lazy import ArrayLike, LabelScan, LazyVolume, StreamStats, scan_labels
+from ..data.lazy import (
+    ArrayLike,
+    LabelScan,
+    LazyVolume,
+    Standardized,
+    StreamStats,
+    scan_labels,
+    standardize_channels,
+)
 from ..errors import InputError
 from ..options import IGNORE
 from .config import SegmentConfig
@@ -84,6 +92,9 @@ class RunPlan:
         train_window, predict_window: ``(d, h, w)`` (``0`` = whole axis in the latter).
         tilings: the prediction's tilings (:func:`~fhcnn.engine.sizes.prediction_tilings`).
         chunks: the chunk shape predictions are finished in.
+        standardized: per data channel, the ``(offset, scale)`` it is read through
+            (:class:`~fhcnn.data.lazy.Standardized`: a channel whose contrast a float32 read
+            would lose), or ``None``.
     """
 
     config: SegmentConfig
@@ -99,6 +110,7 @@ class RunPlan:
     tilings: list[Tiling]
     chunks: tuple[int, int, int]
     notes: list[str] = field(default_factory=list)
+    standardized: list[tuple[float, float] | None] = field(default_factory=list)
 
     @property
     def reduce_depth(self) -> bool:
@@ -131,6 +143,8 @@ class RunPlan:
         if any(tuple(c.shape) != (g.depth, *g.size) for c in channels) or len(channels) != self.volume.data_channels:
             raise ValueError(f"read_from: {len(channels)} channel(s) of shapes {[tuple(c.shape) for c in channels]} "
                              f"cannot replace {self.volume.data_channels} of {(g.depth, *g.size)}")
+        channels = [c if how is None else Standardized(c, *how)
+                    for c, how in zip(channels, self.standardized or [None] * len(channels))]
         if g.scaled != g.size:
             channels = [g.lazy_planes(c) for c in channels]
         self.volume = LazyVolume(channels, coords=self.volume.coords, names=self.volume.names)
@@ -168,6 +182,13 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     d = cfg.data
     reduce = bool(d.reduce_depth)
     raw = _as_volume(inputs.volume, coords=False)
+    stats = inputs.stats if inputs.stats is not None else raw.channel_stats()
+    # a channel whose contrast a float32 read would lose (float64 1e9 + noise, int64 near 2**40,
+    # magnitudes past 1e30) is read standardized in float64
+    channels, stats = standardize_channels(raw.channels, stats, raw.names)
+    standardized = [(c.offset, c.scale) if isinstance(c, Standardized) else None for c in channels]
+    if any(standardized):
+        raw = LazyVolume(channels, names=raw.names, slab_axes=raw.slab_axes)
     multiple = size_multiple_of(cfg.model)
     geom = Geometry.of(raw.spatial, d.scale, multiple)
     labels = _labels_array(inputs.labels)
@@ -194,7 +215,6 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     present = [c for c in range(k) if scan.counts[c]]
     if len(present) < 2:
         raise InputError(f"the labels must contain at least two classes; found only {present}")
-    stats = inputs.stats if inputs.stats is not None else raw.channel_stats()
     bad_c = [f"{name} ({s.nonfinite:,} voxels, one at {s.first_nonfinite})"
              for name, s in zip(raw.names, stats) if not s.finite]
     if bad_c:
@@ -205,7 +225,8 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     tilings = prediction_tilings(volume.spatial, pwin, multiple, d.predict_shifts, not reduce, d.predict_flip,
                                  d.predict_overlap)
     chunks = chunk_shape(volume.spatial, CHUNK, (reduce, geom.scaled != geom.size, geom.scaled != geom.size))
-    plan = RunPlan(cfg, geom, volume, labels, truth, k, scan, stats, win, pwin, tilings, chunks)
+    plan = RunPlan(cfg, geom, volume, labels, truth, k, scan, stats, win, pwin, tilings, chunks,
+                   standardized=standardized)
     _check_setup(plan)
     return plan
 

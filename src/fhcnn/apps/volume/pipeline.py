@@ -123,7 +123,7 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     raw_stats = volume.channel_stats(share=share)
     # a channel whose contrast a float32 read would lose (a large offset, a huge or tiny range) is
     # read standardized in float64 by the network and the baselines alike
-    channels, stats = standardize_channels(inputs.channels, raw_stats)
+    channels, stats = standardize_channels(inputs.channels, raw_stats, volume.names)
     if any(a is not b for a, b in zip(channels, inputs.channels)):
         inputs.channels = channels
         volume = LazyVolume(channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
