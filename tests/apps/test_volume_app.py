@@ -348,7 +348,7 @@ def test_resume_continues_only_the_same_run(vol, tmp_path, capsys):
 def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path, unlabelled):
     # the unlabelled-voxel term's ramp (and the records of metrics.json) follow the run's step:
     # resumed at step 2 of 6, the ramp went on from step 3 (it started again at step 1: the
-    # resumed run ended with other weights), and the records are those of steps 3..6 (were 1..4);
+    # resumed run ended with other weights), and the records of steps 3..6 were numbered 1..4;
     # the mean teacher goes on from the checkpoint's (it was made again from the student)
     from safetensors.numpy import load_file
 
@@ -364,10 +364,17 @@ def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path, unlab
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical, as docs/training.md promises
+    # metrics.json reports the whole run: steps 1..6 (the checkpoint keeps the records and the
+    # training time so far; it held only the resumed process's steps, and none at all when a
+    # finished run was resumed)
     history = json.loads((cut / "metrics.json").read_text())["history"]
-    assert [h["step"] for h in history] == [3, 4, 5, 6]
-    whole = {h["step"]: h for h in json.loads((full / "metrics.json").read_text())["history"]}
-    assert [h["loss"] for h in history] == [whole[s]["loss"] for s in (3, 4, 5, 6)]
+    whole = json.loads((full / "metrics.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in history] == [h["loss"] for h in whole["history"]]
+    assert main(args + ["--out", str(full), "--resume"]) == 0   # finished: nothing left to train
+    again = json.loads((full / "metrics.json").read_text())
+    assert again["history"] == whole["history"]
+    assert again["train_time_s"] >= whole["history"][-1]["time_s"]  # every step's training time
 
 
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite", "--overwrite without --save-probs"])

@@ -177,12 +177,20 @@ class _StepLoss:
         self.activation_bytes: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The unlabelled term's state (the mean teacher), kept in the trainer's checkpoints."""
-        return {"unlabelled": self.unlabelled.state_dict()} if self.unlabelled is not None else {}
+        """What the trainer's checkpoints keep of the loss: the history records and training
+        time so far (a resumed run reports every step, not only its own) and the unlabelled
+        term's state (the mean teacher)."""
+        state: dict[str, Any] = {"history": [dict(r) for r in self.history], "time_s": self.clock.now()}
+        if self.unlabelled is not None:
+            state["unlabelled"] = self.unlabelled.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.unlabelled is not None and "unlabelled" in state:
             self.unlabelled.load_state_dict(state["unlabelled"])
+        if "history" in state:
+            self.history[:] = [dict(r) for r in state["history"]]
+            self.clock.continue_from(float(state.get("time_s", 0.0)))
 
     def batches(self, sampler: Callable[[int, torch.Generator], Any]) -> Callable[[int, torch.Generator], Any]:
         """The trainer's ``batch_fn``: ``sampler``'s batch of each step, the step noted first, so
@@ -223,6 +231,10 @@ class _Clock:
 
     def now(self) -> float:
         return time.perf_counter() - self.start - self.excluded
+
+    def continue_from(self, seconds: float) -> None:
+        """Count on from ``seconds`` (the training time of a checkpoint being resumed)."""
+        self.start, self.excluded = time.perf_counter() - seconds, 0.0
 
 
 class _Evaluator:
