@@ -318,3 +318,21 @@ def test_compressed_tiff_dates_are_copied_once_and_predict_as_npy(scene, tmp_pat
 
     gc.collect()
     assert not (tmp_path / "refused").exists() and not any((tmp_path / "tmp").iterdir())
+
+
+def test_float64_dates_far_from_zero_detect_change_as_near_zero(tmp_path):
+    """Float64 dates 1e9 + x: each band is standardized with a floor set by the dates' dtype
+    (float64 rounds at 2e-16 of the level), so the map equals that of x (a float32-sized floor,
+    1e-6 of 1e9, divided every band by 1000 whatever its range)."""
+    s = make_bitemporal_scene(20, 24, 6, seed=2, field_size=10)
+    np.save(tmp_path / "truth.npy", s.change.astype(np.uint8))
+    gain = 10.0 ** np.arange(-3, 3)  # bands of very different ranges: the per-band std matters
+    maps = []
+    for name, shift in (("near", 0.0), ("far", 1e9)):
+        np.save(tmp_path / f"{name}-a.npy", s.before.astype(np.float64) * gain + shift)
+        np.save(tmp_path / f"{name}-b.npy", s.after.astype(np.float64) * gain + shift)
+        out = tmp_path / name
+        assert main(["change", str(tmp_path / f"{name}-a.npy"), str(tmp_path / f"{name}-b.npy"), "--labels",
+                     str(tmp_path / "truth.npy"), "--label-fraction", "0.2", "--out", str(out), *TINY]) == 0
+        maps.append(np.load(out / "prediction.npy"))
+    np.testing.assert_array_equal(maps[0], maps[1])

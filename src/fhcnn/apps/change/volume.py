@@ -100,6 +100,12 @@ class TwoDates:
     def __init__(self, before: Any, after: Any) -> None:
         self.before, self.after = before, after
         self.shape = tuple(int(n) for n in before.shape)
+        #: a band's least standard deviation, relative to its mean level, that is signal and not
+        #: the rounding of its storage: 1e-6 for float32, scaled by the machine epsilon of the
+        #: coarser date's dtype (integers and float64 are read exactly: float64's)
+        eps = max(np.finfo(d).eps if np.issubdtype(d, np.floating) else np.finfo(np.float64).eps
+                  for d in (np.dtype(before.dtype), np.dtype(after.dtype)))
+        self.resolution = 1e-6 * float(eps) / float(np.finfo(np.float32).eps)
         self._last: tuple[Any, tuple[np.ndarray, np.ndarray]] | None = None
         self._lock = threading.Lock()
 
@@ -138,7 +144,7 @@ class ChangeChannel:
         if self.normalize != "band":
             return x
         mu, sd = self.moments.band_mean[bands], self.moments.band_std[bands]
-        return (x - mu) / np.maximum(sd, 1e-6 * np.maximum(np.abs(mu), 1e-12))
+        return (x - mu) / np.maximum(sd, self.dates.resolution * np.maximum(np.abs(mu), 1e-12))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
