@@ -24,3 +24,12 @@ def test_demo_tiny(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "other"), "--frames", "6", "--size", "16x24",
                  "--config", "video-tiny", "--quiet"]) == 2  # never writes into a user's folder
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["mine.txt"]
+
+
+def test_demo_refuses_a_video_without_a_frame_to_score(tmp_path, capsys):
+    """3 frames are all label frames: nothing is held out, and the demo stopped with a
+    traceback (KeyError 'miou') after training; now one line, exit 2, no folder."""
+    out = tmp_path / "d3"
+    assert main(["demo", "--out", str(out), "--frames", "3", "--size", "8x8", "--config", "video-tiny",
+                 "--steps", "2", "--quiet"]) == 2
+    assert "--frames must be >= 4" in capsys.readouterr().err and not out.exists()

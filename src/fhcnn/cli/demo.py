@@ -11,7 +11,7 @@ HELP = "segment a generated video from 3 labelled frames (a few minutes on a CPU
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="fhcnn-demo", help="output folder (default ./fhcnn-demo; "
                                                              "a previous demo there is replaced)")
-    parser.add_argument("--frames", type=int, default=32, help="frames of the generated video (default 32)")
+    parser.add_argument("--frames", type=int, default=32, help="frames of the generated video, at least 4 (default 32)")
     parser.add_argument("--size", default="64x96", help="frame size HxW (default 64x96)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
     parser.add_argument("--config", default="video-demo", help="network/training config (default video-demo)")

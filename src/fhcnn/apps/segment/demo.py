@@ -97,8 +97,9 @@ def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 3
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise InputError(f"--size must look like 64x96, got {size!r}") from None
-    if frames < 3 or h < 8 or w < 8:
-        raise InputError("--frames must be >= 3 and --size at least 8x8")
+    if frames < 4 or h < 8 or w < 8:  # 3 label frames and at least one frame to score
+        raise InputError("--frames must be >= 4 (3 frames are labelled, the others scored) and --size at "
+                         "least 8x8")
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
     cfg = load_config(SegmentConfig, config, list(overrides) + ([f"train.steps={steps}"] if steps is not None else []))
