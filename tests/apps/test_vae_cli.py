@@ -114,6 +114,32 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "no such" in err
 
 
+def test_non_finite_idx_and_bad_config_values_are_refused_before_out(tmp_path, capsys):
+    """NaN/Inf in a float IDX file (a NaN loss blamed on the learning rate, or NaN metrics) and
+    config values that cannot work (eval.n_eval=0 stopped inside the evaluation after an
+    --overwrite had removed the previous run) are one line, exit 2, the folder as it was."""
+    import struct
+
+    for value in (np.nan, np.inf):
+        a = np.random.default_rng(0).random((10, 8, 8)).astype(np.float32)
+        a[3, 2, 2] = value
+        f = tmp_path / f"x{value}.idx"
+        f.write_bytes(bytes([0, 0, 0x0D, 3]) + b"".join(struct.pack(">i", d) for d in a.shape)
+                      + a.astype(">f4").tobytes())
+        err = _error(["vae", "train", "--dataset", "mnist-idx", str(f), "--config", "vae-tiny",
+                      "--out", str(tmp_path / "o")], capsys)
+        assert "NaN or infinite" in err and f.name in err and not (tmp_path / "o").exists()
+    out = tmp_path / "run"
+    assert main(["vae", "train", "--config", "vae-tiny", "--set", "train.steps=2", "--out", str(out), "--quiet"]) == 0
+    before = sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    for bad in ("eval.n_eval=0", "eval.n_samples=0", "data.n_eval=0", "data.n_eval=1.5", "loss.alpha=-1",
+                "loss.energy_start=2"):
+        err = _error(["vae", "train", "--config", "vae-tiny", "--set", "train.steps=2", "--set", bad,
+                      "--out", str(out), "--overwrite"], capsys)
+        assert bad.split("=")[0].split(".")[1] in err
+    assert sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in out.rglob("*") if p.is_file()) == before
+
+
 def test_folder_size_not_fitting_the_network(tmp_path, capsys):
     folder = tmp_path / "odd"
     folder.mkdir()

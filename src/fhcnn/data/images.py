@@ -169,7 +169,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     dimensions), ``DD`` big-endian int32 sizes, then the data.
 
     Raises:
-        InputError: the file is missing, not IDX (wrong magic), or too short/long.
+        InputError: the file is missing, not IDX (wrong magic), too short/long, has negative
+            sizes, or holds NaN or infinite values.
     """
     p = Path(path)
     if not p.is_file():
@@ -187,11 +188,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < head:
         raise InputError(f"{p}: IDX header truncated ({len(raw)} bytes, {head} needed)")
     shape = tuple(int(v) for v in np.frombuffer(raw[4:head], dtype=">i4"))
+    if min(shape) < 0:
+        raise InputError(f"{p}: IDX header gives negative sizes {shape}")
     need = head + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != need:
         raise InputError(f"{p}: IDX data has {len(raw) - head} bytes, but the header "
                          f"{shape} of {dtype.name} needs {need - head}")
-    return np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
+    out = np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = ~np.isfinite(out)
+        raise InputError(f"{p}: holds NaN or infinite values ({int(bad.sum()):,}, one at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}): fill or remove them first")
+    return out
 
 
 def _is_gzip(p: Path) -> bool:

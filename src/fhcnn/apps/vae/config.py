@@ -67,6 +67,8 @@ class VAEDataConfig:
                 raise ValueError(f"{name} must be >= 1 (or null), got {v}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (0 < self.n_eval < 1 or (self.n_eval >= 1 and float(self.n_eval).is_integer())):
+            raise ValueError(f"n_eval must be a fraction in (0, 1) or a whole count >= 1, got {self.n_eval}")
 
 
 @dataclass
@@ -79,6 +81,14 @@ class VAELossConfig:
     energy_ramp: float = 0.2         # fraction of the run over which beta ramps up
     prox_weight: float = 1.0         # proximal step tau = lr * prox_weight after each step
 
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "prox_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("energy_start", "energy_ramp"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a fraction of the run in [0, 1], got {getattr(self, name)}")
+
 
 @dataclass
 class VAEEvalConfig:
@@ -88,6 +98,11 @@ class VAEEvalConfig:
     n_samples: int = 500             # generated samples for the classifier check
     classifier: bool = True          # digits / labelled MNIST: classify generated samples
     seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for name in ("n_eval", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
