@@ -196,6 +196,11 @@ def test_cli_bench(tmp_path, capsys):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
     assert "error:" in capsys.readouterr().err
+    from fhcnn.resources import logical_cpus
+
+    out = tmp_path / "many"  # more threads than CPUs: every parallel region waits (17x slower)
+    assert main(["bench", "drift", "--quick", "--out", str(out), "--threads", str(logical_cpus() + 1)]) == 2
+    assert "more than the" in capsys.readouterr().err and not out.exists()
 
 
 def test_backward_peak_benchmark(tmp_path):

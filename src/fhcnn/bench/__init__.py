@@ -59,6 +59,7 @@ def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu
     import torch
     from tqdm import tqdm
 
+    from ..resources import check_threads
     from ..rundir import prepare_output_dir
 
     if device == "auto":
@@ -69,6 +70,7 @@ def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
     if threads < 0:
         raise ValueError(f"--threads must be >= 0, got {threads}")
+    check_threads(threads, "--threads")  # not more than the CPUs this process may use
     if threads:
         torch.set_num_threads(threads)
     names = list(IN_ALL) if which == "all" else [which]
