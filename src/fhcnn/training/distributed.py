@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "is_main_process",
            "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
-           "shard_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier", "params_in_sync",
+           "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
+           "params_in_sync",
            "pass_share"]
 
 
@@ -438,6 +439,24 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if _initialized() and dist.get_world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """The whole batch of a per-sample tensor ``x`` (``(n, ...)``, this rank's contiguous share,
+    as :func:`shard_batch` cut it): every rank's share concatenated in rank order, with
+    gradients (the backward sums every rank's gradient of its share); ``x`` without a group.
+    For a loss term that is not a mean over samples (an energy distance): computed on the
+    gathered batch it is the one-process term on every rank, and DistributedDataParallel's
+    average of the gradients is its gradient."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return x
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # torch 2.13 points to a private module in its place
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), 0)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -35,6 +35,8 @@ from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...training import Trainer, load_weights, unwrap_model
+from ...training.distributed import gather_batch
+from ...training.seeding import step_seed
 from .config import BaselineConfig, VAEConfig, VAELossConfig, VAEModelConfig
 from .evaluation import (
     classifier_confidence,
@@ -219,9 +221,12 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
         gn = ae.group_norm()
         loss = recon + lc.alpha * gn
         e_val = float("nan")
-        if beta > 0 and z.shape[0] > 1 and z.shape[1] > 0:
-            prior = torch.randn(z.shape, device=z.device, dtype=z.dtype) * ae.sigma
-            e = energy_distance(z, prior)
+        z_all = gather_batch(z)  # under torchrun the energy distance is the whole batch's
+        if beta > 0 and z_all.shape[0] > 1 and z_all.shape[1] > 0:
+            # the prior sample of one process: drawn from the step's seed of rank 0, whole batch
+            g = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, 1))
+            prior = torch.randn(z_all.shape, generator=g, dtype=z.dtype).to(z.device) * ae.sigma
+            e = energy_distance(z_all, prior)
             loss = loss + beta * e
             e_val = float(e.detach())
         return loss, {"recon": float(recon.detach()), "mse": float(err.detach().square().mean()),
