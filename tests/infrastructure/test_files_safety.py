@@ -872,7 +872,7 @@ def test_26_vae_bad_options_are_one_line(vae_run, tmp_path, argv, message):
 
 
 def test_26_demo_steps_0_is_refused(tmp_path):
-    refused(["demo", "--steps", "0", "--config", "video-tiny", "--frames", "3", "--size", "8x8", "--quiet",
+    refused(["demo", "--steps", "0", "--config", "video-tiny", "--frames", "4", "--size", "8x8", "--quiet",
              "--out", tmp_path / "demo"], "--steps")
     assert not (tmp_path / "demo").exists()
 
