@@ -129,6 +129,22 @@ def test_non_finite_idx_and_bad_config_values_are_refused_before_out(tmp_path, c
         err = _error(["vae", "train", "--dataset", "mnist-idx", str(f), "--config", "vae-tiny",
                       "--out", str(tmp_path / "o")], capsys)
         assert "NaN or infinite" in err and f.name in err and not (tmp_path / "o").exists()
+    neg = tmp_path / "neg.idx"  # negative values were clamped to 0 without a word
+    a = -np.random.default_rng(0).random((10, 8, 8)).astype(np.float32)
+    neg.write_bytes(bytes([0, 0, 0x0D, 3]) + b"".join(struct.pack(">i", d) for d in a.shape)
+                    + a.astype(">f4").tobytes())
+    err = _error(["vae", "train", "--dataset", "mnist-idx", str(neg), "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o")], capsys)
+    assert "must be >= 0" in err and not (tmp_path / "o").exists()
+    folder = tmp_path / "floats"  # a NaN in a float TIFF is named as such (was a [0, 1] range line)
+    folder.mkdir()
+    for i in range(3):
+        im = np.full((8, 8), 0.5, np.float32)
+        im[0, 0] = np.nan if i == 1 else 0.25
+        PIL.fromarray(im, mode="F").save(folder / f"{i}.tif")
+    err = _error(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny",
+                  "--out", str(tmp_path / "o")], capsys)
+    assert "NaN" in err and "1.tif" in err
     out = tmp_path / "run"
     assert main(["vae", "train", "--config", "vae-tiny", "--set", "train.steps=2", "--out", str(out), "--quiet"]) == 0
     before = sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in out.rglob("*") if p.is_file())

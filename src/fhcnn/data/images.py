@@ -238,6 +238,9 @@ def load_mnist_idx(path: str | Path, size: int = 32, limit: int | None = None) -
         arr = arr[:limit]
     _check_size(len(arr) * size * size * (1 if arr.dtype == np.uint8 else 4),
                 f"{len(arr)} IDX images at {size}x{size}")
+    if arr.dtype != np.uint8 and arr.size and arr.min() < 0:  # scaled by the largest value: no sign
+        raise InputError(f"{p}: IDX images of {arr.dtype} must be >= 0 (found {arr.min():g}); they are "
+                         f"divided by their largest value")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype != torch.uint8:
         x = (x.float() / max(float(x.max()), 1.0)).clamp(0, 1)
@@ -270,7 +273,10 @@ def _high_grey(im: object, p: Path) -> np.ndarray:
     images whose values fit 16 bits) divided by 65535, float images kept if already in [0, 1]."""
     a = np.asarray(im)
     if a.dtype.kind == "f":
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        if not np.isfinite(a).all():
+            raise InputError(f"{p}: holds NaN or infinite values ({int((~np.isfinite(a)).sum()):,}): fill or "
+                             f"remove them first")
+        if a.min() < 0 or a.max() > 1:
             raise InputError(f"{p}: a floating-point image must hold values in [0, 1] "
                              f"(found {np.nanmin(a):g}..{np.nanmax(a):g})")
         return a.astype(np.float32)
