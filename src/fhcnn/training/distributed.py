@@ -140,9 +140,7 @@ def exit_program(code: int) -> NoReturn:
         sys.exit(code)
     if not _failed:
         cleanup_distributed()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _exit_without_teardown(code)
 
 
 def end_spawned_worker() -> NoReturn:
@@ -150,9 +148,13 @@ def end_spawned_worker() -> NoReturn:
     and its process group destroyed: exit status 0 without the interpreter's teardown, where
     torch's Gloo threads sometimes abort the process ("terminate called without an active
     exception", as in :func:`exit_program`) and turn a finished worker into a failed spawn."""
+    _exit_without_teardown(0)
+
+
+def _exit_without_teardown(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 # ---------------------------------------------------------------- a stopped or lost process

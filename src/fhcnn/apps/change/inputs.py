@@ -82,5 +82,5 @@ def _identical(before: Any, after: Any) -> bool:
     """Whether two dates of one shape hold the same values, compared slab by slab of rows."""
     from .volume import row_slabs
 
-    return all(np.array_equal(np.asarray(before[rows]), np.asarray(after[rows]))  # as stored: a
-               for rows in row_slabs(before.shape))                               # float32 cast equates more
+    # as stored: a float32 cast equates dates that differ (1e9 and 1e9 + 1)
+    return all(np.array_equal(np.asarray(before[rows]), np.asarray(after[rows])) for rows in row_slabs(before.shape))
