@@ -167,3 +167,26 @@ def test_a_volume_or_window_of_one_coarse_voxel_is_segmented(tmp_path, shape, wi
                 + TINY + sets) == 0
     pred = np.load(out / "prediction.npy")
     assert pred.shape == shape and set(np.unique(pred)) <= {0, 1}
+
+
+def test_a_float64_volume_far_from_zero_in_a_compressed_file_is_read_the_same_from_its_copy(tmp_path):
+    """A compressed NIfTI is read from a chunked copy in the run folder: the copy holds the
+    stored values, and the plan reads it standardized once, as it read the file (it was
+    standardized twice: the network trained on values near -4e9)."""
+    nib = pytest.importorskip("nibabel")
+    from fhcnn.apps.volume.pipeline import local_copies
+
+    x = np.random.default_rng(0).normal(size=SHAPE)
+    _, lab = _volume(tmp_path, x)
+    nib.save(nib.Nifti1Image(x + 1e9, np.eye(4)), str(tmp_path / "img.nii.gz"))
+    inputs = load_volume_inputs([str(tmp_path / "img.nii.gz")], lab)
+    vplan = plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", []))
+    whole = (slice(None),) * 3
+    before = vplan.plan.volume.read(whole)[0]
+    np.testing.assert_allclose(before, (x - x.mean()) / x.std(), atol=1e-4)
+    (tmp_path / "run").mkdir()
+    local_copies(vplan.plan, inputs, tmp_path / "run", log=lambda _: None)
+    assert (tmp_path / "run" / "inputs" / "image0.zarr").exists()
+    np.testing.assert_allclose(vplan.plan.volume.read(whole)[0], before, atol=1e-4)
+    # the baselines and the figure read the copy as the network does
+    np.testing.assert_allclose(vplan.plan.as_read(inputs.channels)[0][...], before, atol=1e-4)

@@ -101,6 +101,15 @@ def test_a_channel_float32_would_flatten_is_read_standardized_and_read_from_keep
     assert np.corrcoef(w_near.ravel(), w_far.ravel())[0, 1] > 0.999999
     far.read_from([(x + 1e9)[0].copy()])
     np.testing.assert_array_equal(far.volume.window((0, 0, 0), (8, 8, 8)), w_far)
+    # a volume handed to prepare already read through a view: read_from takes the values the
+    # view reads and does not standardize them again
+    from fhcnn.data.lazy import LazyVolume, Standardized
+
+    view = Standardized((x + 1e9)[0], 1e9, 1.0)
+    given = prepare(DenseInputs(LazyVolume([view]), labels, 2), cfg)
+    assert given.standardized == [None]
+    given.read_from([view[...]])
+    np.testing.assert_allclose(given.volume.window((0, 0, 0), (8, 8, 8)), view[...][None], atol=1e-6)
 
 
 def test_change_dates_equal_only_as_float32_are_not_identical(tmp_path, capsys) -> None:

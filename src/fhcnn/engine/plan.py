@@ -143,11 +143,17 @@ class RunPlan:
         if any(tuple(c.shape) != (g.depth, *g.size) for c in channels) or len(channels) != self.volume.data_channels:
             raise ValueError(f"read_from: {len(channels)} channel(s) of shapes {[tuple(c.shape) for c in channels]} "
                              f"cannot replace {self.volume.data_channels} of {(g.depth, *g.size)}")
-        channels = [c if how is None else Standardized(c, *how)
-                    for c, how in zip(channels, self.standardized or [None] * len(channels))]
+        channels = self.as_read(channels)
         if g.scaled != g.size:
             channels = [g.lazy_planes(c) for c in channels]
         self.volume = LazyVolume(channels, coords=self.volume.coords, names=self.volume.names)
+
+    def as_read(self, channels: Sequence[ArrayLike]) -> list[Any]:
+        """The raw ``(D, H, W)`` data channels ``channels`` (as stored, or a copy of them) as this
+        plan reads them: each one ``prepare`` standardized (:attr:`standardized`) through
+        :class:`~fhcnn.data.lazy.Standardized`, the others unchanged; at the stored resolution."""
+        return [c if how is None else Standardized(c, *how)
+                for c, how in zip(channels, self.standardized or [None] * len(channels))]
 
     def describe(self) -> str:
         """One log line: scaling, padding, windows and tilings."""
@@ -186,7 +192,8 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     # a channel whose contrast a float32 read would lose (float64 1e9 + noise, int64 near 2**40,
     # magnitudes past 1e30) is read standardized in float64
     channels, stats = standardize_channels(raw.channels, stats, raw.names)
-    standardized = [(c.offset, c.scale) if isinstance(c, Standardized) else None for c in channels]
+    standardized = [(c.offset, c.scale) if isinstance(c, Standardized) and c is not r else None
+                    for c, r in zip(channels, raw.channels)]
     if any(standardized):
         raw = LazyVolume(channels, names=raw.names, slab_axes=raw.slab_axes)
     multiple = size_multiple_of(cfg.model)

@@ -74,12 +74,13 @@ def slice_figure(path: Path, rows: list[tuple[str, list[np.ndarray]]], centre: S
     plt.close(fig)
 
 
-def write_outputs(out: Path, inputs: VolumeInputs, pred_slices: list[np.ndarray], result: Any,
+def write_outputs(out: Path, inputs: VolumeInputs, image: Any, pred_slices: list[np.ndarray], result: Any,
                   metrics: dict[str, Any], spacing: Sequence[float] | None) -> None:
     """``figure.png``, ``model.safetensors`` and ``metrics.json`` of a ``fhcnn volume`` run;
-    ``pred_slices``: the prediction's :func:`centre_slices` through the volume's centre."""
+    ``image``: the first channel ``(D, H, W)`` as the network reads it; ``pred_slices``: the
+    prediction's :func:`centre_slices` through the volume's centre."""
     centre = [n // 2 for n in inputs.shape]
-    rows = [("image", [s.astype(np.float32) for s in centre_slices(inputs.channels[0], centre)]),
+    rows = [("image", [s.astype(np.float32) for s in centre_slices(image, centre)]),
             ("annotation", centre_slices(inputs.labels, centre)), ("prediction", pred_slices)]
     if inputs.eval_labels is not None:
         rows.append(("truth", centre_slices(inputs.eval_labels, centre)))

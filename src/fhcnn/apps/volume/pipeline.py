@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ... import log as _log
-from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare, standardize_channels
+from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.parallel import SplitError, fix_text
@@ -121,14 +121,8 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     seg, line = engine_config(cfg, spacing, inputs.shape)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
     raw_stats = volume.channel_stats(share=share)
-    # a channel whose contrast a float32 read would lose (a large offset, a huge or tiny range) is
-    # read standardized in float64 by the network and the baselines alike
-    channels, stats = standardize_channels(inputs.channels, raw_stats, volume.names)
-    if any(a is not b for a, b in zip(channels, inputs.channels)):
-        inputs.channels = channels
-        volume = LazyVolume(channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
-    try:
-        plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=stats,
+    try:  # a channel whose contrast a float32 read would lose is read standardized (plan.as_read)
+        plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=raw_stats,
                                    label_scan=inputs.summary.scan), seg)
     except SplitError as e:  # its window sizes are the scaled ones: offered as the ones to --set
         raise configured_split_error(e, cfg, spacing, inputs.shape) from None
@@ -316,7 +310,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
                 m = unet
             else:
                 t0 = time.perf_counter()
-                matrix, extra = _baseline(name, inputs, cfg.volume, vplan.spacing, held, voxels)
+                matrix, extra = _baseline(name, inputs, plan.as_read(inputs.channels), cfg.volume, vplan.spacing,
+                                          held, voxels)
                 m = scores_of_confusion(matrix)
                 m.update(extra, time_s=round(time.perf_counter() - t0, 2))
             metrics["baselines"][name] = m
@@ -328,7 +323,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     if out is not None:
         from .outputs import write_outputs
 
-        write_outputs(out, inputs, outputs.centre, res, metrics, vplan.spacing)
+        write_outputs(out, inputs, plan.as_read(inputs.channels[:1])[0], outputs.centre, res, metrics, vplan.spacing)
     else:
         metrics["prediction"] = outputs.prediction
     return metrics
@@ -480,16 +475,18 @@ def _npy_geometry() -> Any:
     return VolumeGeometry(spacing=None, affine=None, nifti_header=None, attrs={}, axis_names=("D", "H", "W"))
 
 
-def _baseline(name: str, inputs: VolumeInputs, opt: VolumeOptions, spacing: Sequence[float] | None, held: Any,
+def _baseline(name: str, inputs: VolumeInputs, channels: Sequence[Any], opt: VolumeOptions,
+              spacing: Sequence[float] | None, held: Any,
               voxels: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, dict[str, Any]]:
     """The confusion matrix of the ``copy`` or ``forest`` baseline on the same labels against
-    ``held`` (scored box by box), and what to record; ``voxels``: the labelled voxels
+    ``held`` (scored box by box), and what to record; ``channels``: the image as the network
+    reads it (``plan.as_read``); ``voxels``: the labelled voxels
     (:func:`.baselines.labelled_voxels`). Rank 0 alone computes them."""
     k = inputs.num_classes
     if name == "copy":
         near = NearestLabel(inputs.labels, spacing, voxels, threads=max(1, torch.get_num_threads()))
         return confusion_by_slabs(near, held, k), {}
-    forest = ForestPrediction(inputs.channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
+    forest = ForestPrediction(channels, inputs.labels, k, trees=opt.forest_trees, samples=opt.forest_samples,
                               seed=opt.seed, threads=max(1, torch.get_num_threads()), voxels=voxels)
     matrix = confusion_by_slabs(forest, held, k)
     return matrix, forest.costs()
