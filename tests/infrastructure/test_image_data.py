@@ -136,3 +136,33 @@ def test_imageset_split_and_dispatch():
         load_dataset("folder")
     with pytest.raises(InputError, match="must be one of"):
         load_dataset("cifar")
+
+
+def _png16_rgb(path: Path, h: int = 4, w: int = 5) -> Path:
+    """A 16-bit colour PNG written by hand (Pillow writes none)."""
+    import zlib
+
+    rows = np.arange(h * w * 3, dtype=">u2").reshape(h, w * 3) * 1000
+    raw = b"".join(b"\x00" + r.tobytes() for r in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_16_bit_colour_png_is_refused_with_a_way_the_reader_takes(tmp_path):
+    """The folder reader (``fhcnn vae --dataset folder``) reads no ``.npy``: its refusal of a
+    16-bit colour PNG names what it does read; the frame reader (``fhcnn segment``) keeps its own."""
+    from fhcnn.data.images import read_image
+    from fhcnn.data.video import _read_frame
+
+    p = _png16_rgb(tmp_path / "a.png")
+    with pytest.raises(InputError, match="16-bit colour") as e:
+        read_image(p)
+    assert ".npy" not in str(e.value) and "16-bit grey PNG or TIFF" in str(e.value)
+    with pytest.raises(InputError, match=r"16-bit colour.*\.npy"):
+        _read_frame(p)

@@ -297,7 +297,8 @@ def read_image(path: str | Path, mode: Literal["L", "RGB"] | None = None) -> np.
 
     p = Path(path)
     try:
-        with open_image(p, "image") as im:
+        with open_image(p, "image", "save it as 8-bit colour, or as a 16-bit grey PNG or TIFF to keep "
+                        "its depth") as im:
             im.load()
             if mode is None:
                 mode = "L" if im.mode in _GREY_MODES else "RGB"

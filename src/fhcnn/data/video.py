@@ -123,10 +123,12 @@ def pil_high_depth(im: "Image.Image") -> str | None:
 
 
 @contextlib.contextmanager
-def open_image(f: Path, what: str) -> Iterator["Image.Image"]:
-    """``PIL.Image.open`` that refuses (naming the file) an image Pillow would read at fewer
-    bits than it holds, and turns it upright by its EXIF orientation (as every viewer shows
-    it); the caller catches reading errors."""
+def open_image(f: Path, what: str, keep_depth: str = "save it as a 16-bit TIFF, a 16-bit grey PNG or "
+               "a .npy array to keep its depth") -> Iterator["Image.Image"]:
+    """``PIL.Image.open`` that refuses (naming the file, and saying ``keep_depth``: how the
+    caller reads it at its depth) an image Pillow would read at fewer bits than it holds, and
+    turns it upright by its EXIF orientation (as every viewer shows it); the caller catches
+    reading errors."""
     from PIL import Image, ImageOps
 
     with Image.open(f) as im:
@@ -134,8 +136,7 @@ def open_image(f: Path, what: str) -> Iterator["Image.Image"]:
         if raw is not None:
             kind = {"RGB": "colour", "RGBA": "colour", "LA": "grey-with-alpha"}.get(raw.split(";")[0], raw)
             raise InputError(f"{what} {f} is a 16-bit {kind} image, which can only be read at 8 "
-                             f"bits here; save it as a 16-bit TIFF, a 16-bit grey PNG or a .npy "
-                             f"array to keep its depth")
+                             f"bits here; {keep_depth}")
         upright = ImageOps.exif_transpose(im)
         if upright is None or upright is im:
             yield im
