@@ -312,3 +312,28 @@ def test_progress_modes() -> None:
         p.update(1, loss=0.25, miou=0.5)
     p.close()
     assert "10/10" in tty.getvalue() and "loss=0.25" in tty.getvalue() and "miou=0.5" in tty.getvalue()
+
+
+def test_a_metric_measured_on_some_steps_is_averaged_over_them_and_logged_as_strict_json(tmp_path: Path) -> None:
+    """A metric a step does not measure (NaN, e.g. the VAE's energy before its term starts) is
+    left out of that step's average: the window that never measured it logs ``null`` (strict
+    JSON, not ``NaN``), the window that measured it on some steps logs their mean."""
+    batch, loss = _linear_problem()
+
+    def loss_late(model, b):
+        value, m = loss(model, b)
+        step = len(seen) + 1
+        seen.append(step)
+        return value, {**m, "late": float(step) if step >= 8 else math.nan}
+
+    seen: list[int] = []
+    seed_everything(0)
+    Trainer(nn.Linear(3, 1), _cfg(steps=10), tmp_path, batch, loss_late, quiet=True).fit()
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    recs = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [5, 10]
+    assert recs[0]["late"] is None and recs[1]["late"] == pytest.approx(9.0)
+    assert all(math.isfinite(r["mae"]) for r in recs)

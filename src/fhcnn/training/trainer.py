@@ -102,7 +102,9 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> (loss, {"metric": float, ...})`` or just ``loss``.
             The loss must be a *mean* over the batch (so DDP's gradient averaging equals the
             one-process gradient). ``model`` may be the DDP wrapper: call ``model(...)``
-            (its ``forward``) for everything that needs gradients.
+            (its ``forward``) for everything that needs gradients. A metric that is NaN or
+            infinite at a step was not measured there: the logged value is the mean over the
+            steps (and processes) that measured it, ``null`` in ``metrics.jsonl`` if none did.
         val_fn: ``val_fn(model) -> {"metric": float, ...}`` run every ``val_every`` steps and
             at the end, in eval mode without gradients, on rank 0 (``model`` is unwrapped).
         quiet: no progress output (also none when stderr is not a terminal, except a few
@@ -217,6 +219,8 @@ class Trainer:
     def _log_metrics(self, record: dict[str, Any]) -> None:
         if not self.is_main or self.metrics_path is None:
             return
+        # strict JSON: a metric no step of the window measured (NaN) is written as null
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         append_text(self.metrics_path, json.dumps(record, default=float) + "\n")
 
     def _reset_metrics_file(self, keep_until: int) -> None:
@@ -454,6 +458,7 @@ class Trainer:
         start = self.step
         self._progress = Progress(cfg.steps, start, quiet=self.quiet or not self.is_main)
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         count = 0
         t_last, step_last = time.perf_counter(), start
         val: dict[str, float] = dict(self.history.get("val") or {})
@@ -467,11 +472,15 @@ class Trainer:
                 self.step = step
                 note_progress(step)
                 sums["loss"] = sums.get("loss", 0.0) + loss
-                for k, v in metrics.items():
-                    if k != "loss":  # the trainer's own (rank-averaged) loss is logged as "loss"
-                        sums[k] = sums.get(k, 0.0) + v
+                # a metric is averaged over the steps (and processes) that measured it: a NaN or
+                # infinite value is a step that did not (e.g. a loss term that starts later)
+                step_values = {k: v for k, v in metrics.items() if k != "loss"}  # "loss": the trainer's
                 if grad_norm is not None:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                    step_values["grad_norm"] = grad_norm
+                for k, v in step_values.items():
+                    measured = math.isfinite(v)
+                    sums[k] = sums.get(k, 0.0) + (v if measured else 0.0)
+                    counts[k] = counts.get(k, 0) + measured
                 count += 1
                 last = step == cfg.steps
                 if self.dist.enabled and (step == start + 1 or step % cfg.log_every == 0 or last) \
@@ -482,10 +491,11 @@ class Trainer:
                         f"by calling model(...) (its forward), not unwrap_model(model) or other "
                         f"methods, so that DistributedDataParallel averages the gradients")
                 if step % cfg.log_every == 0 or last:
-                    names = sorted(sums)
-                    local = torch.tensor([sums[k] / count for k in names], dtype=torch.float64)
-                    avg = all_reduce_mean(local.to(self.device) if self.device.type == "cuda" else local)
-                    train_avg = {k: float(v) for k, v in zip(names, avg.tolist())}
+                    names = sorted(counts)
+                    local = torch.tensor([sums[k] for k in names] + [counts[k] for k in names], dtype=torch.float64)
+                    avg = all_reduce_mean(local.to(self.device) if self.device.type == "cuda" else local).tolist()
+                    n = len(names)
+                    train_avg = {k: avg[i] / avg[n + i] if avg[n + i] else math.nan for i, k in enumerate(names)}
                     # "loss" is already averaged over ranks each step
                     train_avg["loss"] = sums["loss"] / count
                     train_avg["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -504,7 +514,7 @@ class Trainer:
                         k0 = cfg.best_metric if cfg.best_metric in val else next(iter(val))
                         shown["val_" + k0] = val[k0]
                     self._progress.update(0, **shown)
-                    sums, count = {}, 0
+                    sums, counts, count = {}, {}, 0
                 self._progress.update(1)
                 improved = False
                 if self.val_fn is not None and ((cfg.val_every and step % cfg.val_every == 0) or last):
