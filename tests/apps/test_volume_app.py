@@ -426,6 +426,41 @@ def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tm
     assert m["prediction_file"] == "prediction.zarr" and set(m["baselines"]) == {"copy", "forest"}
 
 
+def test_a_zarr_store_is_an_input_out_may_not_enter_and_resume_checks(tmp_path, capsys):
+    """An image or labels given as ``x.zarr:array`` stand for the store: OUT inside it, or the
+    array's folder itself, was written into the user's store (no check matched the spec to a
+    path), and --resume fingerprinted the spec as "missing" (labels changed since, or another
+    array of the store, resumed without a word)."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.synthetic_volumes import write_volume
+
+    store = tmp_path / "cube.zarr"
+    w = write_volume("seismic", store, SHAPE, seed=0, dtype="float32", chunks=(8, 8, 8))
+    group = zarr.open_group(str(store), mode="r+")
+    truth = group["labels"][...]
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[[2, 9, 14]] = truth[[2, 9, 14]]
+    group.create_array("sparse", shape=SHAPE, dtype="uint8")[...] = lab
+    args = ["volume", w.image, "--labels", f"{store}:sparse", "--set", "volume.baselines="] + TINY
+    listing = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    for out in (store / "run", store, store / "sparse"):
+        assert main(args + ["--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "inside the input folder" in err
+        assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == listing
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 0
+    lab[5] = truth[5]
+    group["sparse"][...] = lab           # the labels changed since
+    assert main(args + ["--out", str(out), "--resume"]) == 2
+    assert "labels" in capsys.readouterr().err
+    again = ["--out", str(tmp_path / "again")]
+    assert main([*args[:3], f"{store}:labels", *args[4:]] + again) == 0  # ... another array of the store
+    capsys.readouterr()
+    assert main(args + again + ["--resume"]) == 2
+    assert "'labels': 'sparse'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["volume", "volume-tiny"])
 def test_shipped_volume_configs_build_their_networks(name):
     import torch
