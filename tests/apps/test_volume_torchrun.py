@@ -131,3 +131,14 @@ def test_a_split_run_finishes_each_slab_on_its_process(tmp_path) -> None:
     assert qa.shape == qb.shape == (3, *shape) and np.abs(qa - qb).max() < 2e-3
     assert qb[:, 64:].max() > 0  # the second process's slab is there
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no scratch array left
+
+
+def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(vol, tmp_path) -> None:
+    # with nothing left to train, the activation memory was measured on the whole global batch
+    # instead of this process's share: metrics.json said twice the uninterrupted run's bytes
+    out = tmp_path / "out"
+    args = ["-m", "fhcnn", *_args(vol, out), "--set", "volume.baselines="]
+    torchrun(2, args, clean=lambda: shutil.rmtree(out, True))
+    first = json.loads((out / "metrics.json").read_text())["activation_bytes"]
+    torchrun(2, [*args, "--resume"], clean=lambda: None)
+    assert json.loads((out / "metrics.json").read_text())["activation_bytes"] == first

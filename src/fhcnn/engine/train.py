@@ -35,6 +35,7 @@ from ..memory import SavedTensorCounter
 from ..options import IGNORE
 from ..training import Trainer
 from ..training.device import CpuThreads
+from ..training.distributed import shard_batch
 from .config import SegmentConfig
 from .inference import labels_of, predict_into
 from .losses import SegmentationLoss, UnlabelledTerm, weights_of_counts
@@ -347,6 +348,8 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
         x0, y0 = sampler(0, torch.Generator().manual_seed(0))
         if space:  # this process's slab
             x0, y0 = space.shard((x0, y0))
+        elif trainer.world_size > 1:  # this process's share of the batch, as each step takes it
+            x0, y0 = shard_batch((x0, y0), trainer.rank, trainer.world_size)
         step_loss.activation_bytes = activation_bytes(model, x0.to(result.device), y0.to(result.device),
                                                       step_loss.loss)
     result.activation_bytes = step_loss.activation_bytes
