@@ -796,6 +796,8 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
             pass
         except OSError as e:
             raise InputError(f"cannot create the output folder {out_path}: {e.strerror or e}") from None
+    if not out_abs.is_dir():  # before the lock: a file is no run's folder, whoever holds a lock on it
+        raise InputError(f"output {out_path} exists and is not a folder")
     fd = _lock(out_abs, out_path)
     try:
         run, remove, kept = _plan(out_path, out_abs, new, **how)  # type: ignore[arg-type]

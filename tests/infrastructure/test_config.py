@@ -178,6 +178,13 @@ def test_prepare_output_dir(tmp_path: Path) -> None:
         prepare_output_dir(tmp_path, inputs=[data / "video.npy"])
     with pytest.raises(InputError, match="exists and is not a folder"):
         prepare_output_dir(data / "video.npy")
+    # a file someone holds a lock on (an HDF5 file open in h5py, say) is a file, not a run at work
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "other.h5").write_bytes(b"x")
+    with open(tmp_path / "other.h5", "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="exists and is not a folder"):
+            prepare_output_dir(tmp_path / "other.h5")
 
 
 def test_only_rank_zero_checks_and_writes(tmp_path: Path, monkeypatch) -> None:
