@@ -550,3 +550,15 @@ def test_a_split_refusal_offers_window_sizes_to_set_on_anisotropic_voxels(monkey
     for fix in refused.value.fixes:
         if "processes" not in fix:
             plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", sets + fix_sets(fix)))  # passes
+
+
+@pytest.mark.parametrize("k", [2, 10, 11, 20, 256])
+def test_every_class_has_a_colour_of_its_own_in_the_figure(k):
+    """The figure coloured class c and c + 10 alike (ten colours, repeated): with 20 classes
+    half of them could not be told apart, and class 10 was drawn black as the background."""
+    from fhcnn.apps.volume.outputs import class_colours
+
+    colours = class_colours(k)
+    assert colours.shape == (k, 3) and colours.min() >= 0 and colours.max() <= 1
+    assert len({tuple(np.round(c, 4)) for c in colours}) == k
+    assert np.array_equal(colours[0], [0, 0, 0]) and (colours[1:].max(1) > 0).all()

@@ -16,11 +16,24 @@ from ...options import IGNORE
 from ...training.checkpoint import save_weights
 from .inputs import AXIS_NAMES, VolumeInputs
 
-__all__ = ["write_outputs", "centre_slices", "slice_figure"]
+__all__ = ["write_outputs", "centre_slices", "slice_figure", "class_colours"]
 
 _COLOURS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                      [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
                     np.float32) / 255
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """``(K, 3)`` RGB in [0, 1], one distinct colour a class: class 0 black, the nine after it
+    the fixed colours of :data:`_COLOURS`, more classes evenly spaced hues (alternately bright
+    and dark) after them."""
+    if num_classes <= len(_COLOURS):
+        return _COLOURS[:max(num_classes, 1)]
+    from matplotlib.colors import hsv_to_rgb
+
+    n = num_classes - len(_COLOURS)
+    hsv = np.stack([np.arange(n) / n, np.ones(n), np.where(np.arange(n) % 2, 0.6, 1.0)], 1)
+    return np.concatenate([_COLOURS, hsv_to_rgb(hsv).astype(np.float32)])
 
 
 def centre_slices(array: Any, centre: Sequence[int]) -> list[np.ndarray]:
@@ -34,17 +47,18 @@ def centre_slices(array: Any, centre: Sequence[int]) -> list[np.ndarray]:
 
 
 def slice_figure(path: Path, rows: list[tuple[str, list[np.ndarray]]], centre: Sequence[int],
-                 spacing: Sequence[float] | None) -> None:
+                 spacing: Sequence[float] | None, num_classes: int) -> None:
     """One column per axis (the slice through ``centre``), one row per entry of ``rows``: the
     first the image (grey, 1-99 % percentiles), the others label slices coloured over it
-    (``annotation``: every labelled voxel; others: every class but 0), drawn with the voxel
-    aspect of ``spacing``."""
+    (``annotation``: every labelled voxel; others: every class but 0; a colour a class,
+    :func:`class_colours`), drawn with the voxel aspect of ``spacing``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sp = [1.0, 1.0, 1.0] if spacing is None else [float(s) for s in spacing]
+    colours = class_colours(num_classes)
     image = rows[0][1]
     lo, hi = np.percentile(np.concatenate([s.ravel() for s in image]), [1, 99])
     fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.1 * len(rows)), squeeze=False)
@@ -59,7 +73,7 @@ def slice_figure(path: Path, rows: list[tuple[str, list[np.ndarray]]], centre: S
             else:
                 sl = slices[j]
                 a = ((sl != IGNORE) if name == "annotation" else (sl != IGNORE) & (sl > 0))[..., None] * 0.55
-                shown = grey * (1 - a) + _COLOURS[np.where(sl == IGNORE, 0, sl) % len(_COLOURS)] * a
+                shown = grey * (1 - a) + colours[np.where(sl == IGNORE, 0, sl) % len(colours)] * a
             ax.imshow(shown, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -84,7 +98,7 @@ def write_outputs(out: Path, inputs: VolumeInputs, image: Any, pred_slices: list
             ("annotation", centre_slices(inputs.labels, centre)), ("prediction", pred_slices)]
     if inputs.eval_labels is not None:
         rows.append(("truth", centre_slices(inputs.eval_labels, centre)))
-    slice_figure(out / "figure.png", rows, centre, spacing)
+    slice_figure(out / "figure.png", rows, centre, spacing, inputs.num_classes)
     save_weights(out / "model.safetensors", result.model,
                  {"num_classes": str(inputs.num_classes), "arch": result.config.model.arch})
     atomic_write_text(out / "metrics.json", json.dumps(
