@@ -88,6 +88,40 @@ def test_a_truncated_imagej_tiff_is_one_line(tmp_path):
     assert not out.exists()
 
 
+def test_a_refusal_after_nibabel_fixed_a_header_is_one_line(tmp_path):
+    """nibabel corrects a negative or zero ``pixdim`` as it reads a header and says so on stderr
+    through its own log handler; a refusal that followed was two lines (that note, then the
+    ``error:``). The note is held back while the header is read."""
+    nib = pytest.importorskip("nibabel")
+    import struct
+
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    bad = np.load(lab).astype(np.int16)
+    bad[0, 0, 0] = -1
+    np.save(tmp_path / "bad.npy", bad)
+    nib.save(nib.Nifti1Image(image, np.diag([2.0, 1.0, 1.0, 1.0])), str(tmp_path / "img.nii"))
+    data = bytearray((tmp_path / "img.nii").read_bytes())
+    struct.pack_into("<f", data, 80, -2.0)  # pixdim[1]
+    (tmp_path / "img.nii").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fhcnn
+
+    env = {**os.environ, "PYTHONPATH": str(Path(fhcnn.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "fhcnn", "volume", str(tmp_path / "img.nii"), "--labels",
+                           str(tmp_path / "bad.npy"), "--out", str(out)] + TINY, capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "-1" in err[0], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
 def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
     """The prediction file is open under a temporary name in OUT while the network trains and

@@ -3,12 +3,14 @@ lazy views that fix some axes, slabs for streaming passes, and one-line refusals
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -16,7 +18,7 @@ from ...errors import InputError
 from ..lazy import ArrayLike, AxisPick, expand_key, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
-           "require", "resolve_axes", "iter_slabs", "jsonable", "MAX_CHANNELS_BY_SHAPE",
+           "require", "resolve_axes", "iter_slabs", "jsonable", "quiet_logger", "MAX_CHANNELS_BY_SHAPE",
            "PIP_VOLUME"]
 
 #: The formats ``open_volume`` reads (and ``prediction_sink`` is told about).
@@ -94,6 +96,21 @@ def require(module: str, purpose: str) -> ModuleType:
     except ImportError:
         raise InputError(f"{purpose} needs the Python package {module}, which is not installed: "
                          f"{PIP_VOLUME}") from None
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Hold back what the logger ``name`` reports while a file is opened: format libraries
+    (tifffile, nibabel) log what they find wrong in a header (a page offset past the end, a
+    negative ``pixdim`` they correct) on stderr, which would make a refusal more than one
+    ``error:`` line (the refusal names what is wrong)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def window_bounds(key: Any, shape: Sequence[int], what: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:

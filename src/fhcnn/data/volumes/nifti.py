@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ._common import RawVolume, require
+from ._common import RawVolume, quiet_logger, require
 
 __all__ = ["open_nifti", "NiftiArray"]
 
@@ -56,7 +56,8 @@ def open_nifti(path: Path, label: str) -> RawVolume:
     """
     nib = require("nibabel", "reading NIfTI")
     try:
-        img = nib.load(str(path), keep_file_open=True)
+        with quiet_logger("nibabel.global"):  # its notes on the header it corrects (a negative pixdim)
+            img = nib.load(str(path), keep_file_open=True)
     except Exception as e:  # nibabel raises many types for a bad header
         raise InputError(f"cannot read {label} as NIfTI: {_short(e)}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

@@ -9,8 +9,6 @@ ImageJ metadata (``spacing`` and the resolution tags) or OME ``PhysicalSize*``.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -19,25 +17,11 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import Unmapped
-from ._common import RawVolume, jsonable, require, window_bounds
+from ._common import RawVolume, jsonable, quiet_logger, require, window_bounds
 
 __all__ = ["open_tiff", "TiffPages"]
 
 _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknown
-
-
-@contextlib.contextmanager
-def _tifffile_quiet() -> Any:
-    """tifffile logs what it finds wrong in a file (a page offset past the end, damaged ImageJ
-    metadata) as warnings on stderr; while a file is opened they are held back, so that a
-    refusal stays one ``error:`` line (the refusal names what is wrong)."""
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def open_tiff(path: Path, label: str) -> RawVolume:
@@ -46,7 +30,7 @@ def open_tiff(path: Path, label: str) -> RawVolume:
     Raises:
         InputError: not a TIFF, several series, or strips/tiles past the end of the file.
     """
-    with _tifffile_quiet():
+    with quiet_logger("tifffile"):  # its warnings about a damaged file: the refusal says it
         return _open_tiff(path, label)
 
 
