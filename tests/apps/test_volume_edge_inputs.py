@@ -122,6 +122,39 @@ def test_a_refusal_after_nibabel_fixed_a_header_is_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("role", ["image", "labels"])
+def test_a_tiff_whose_compression_tifffile_cannot_decode_is_refused_naming_it(tmp_path, role, capsys):
+    """An LZW TIFF (Fiji's usual compression) without imagecodecs: tifffile failed in the middle
+    of the first pass over the volume, with an error that named no file (and, for the labels,
+    zarr's unretrieved tasks printed their tracebacks after it); it is refused when opened."""
+    tifffile = pytest.importorskip("tifffile")
+    try:
+        tifffile.TIFF.DECOMPRESSORS[5]
+        pytest.skip("imagecodecs is installed: tifffile decodes LZW")
+    except KeyError:
+        pass
+    import struct
+
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    data = image if role == "image" else np.load(lab)
+    tifffile.imwrite(tmp_path / "z.tif", data, compression="zlib")
+    with tifffile.TiffFile(tmp_path / "z.tif") as tif:
+        at = [page.tags["Compression"].valueoffset for page in tif.pages]
+    raw = bytearray((tmp_path / "z.tif").read_bytes())
+    for offset in at:
+        struct.pack_into("<H", raw, offset, 5)  # LZW
+    (tmp_path / "lzw.tif").write_bytes(bytes(raw))
+    spec = str(tmp_path / "lzw.tif")
+    img, lab = (spec, lab) if role == "image" else (img, spec)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: ") and "imagecodecs" in err[0], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
 def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
     """The prediction file is open under a temporary name in OUT while the network trains and

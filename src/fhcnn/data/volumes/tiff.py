@@ -59,6 +59,10 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
             raise InputError(f"{label}: its ImageJ header describes {images:,} images but tifffile finds "
                              f"{planes:,} (series {shape} {axes}); a truncated or damaged file")
         compression = int(getattr(s.keyframe, "compression", 1))
+        why = _undecodable(tifffile, s.keyframe)
+        if why:
+            raise InputError(f"{label}: tifffile cannot decode its pages: {why} (pip install imagecodecs, "
+                             f"or save the stack uncompressed or with zlib)")
         contiguous = s.dataoffset is not None and compression == 1
         if contiguous:
             end = int(s.dataoffset) + int(s.size) * s.dtype.itemsize
@@ -101,6 +105,19 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=compression != 1, slab_axis=0,
                      named=not any(a in axes for a in "QI"))  # Q: unknown, I: a plain page sequence
+
+
+def _undecodable(tifffile: Any, page: Any) -> str | None:
+    """Why tifffile cannot decode the data of ``page`` (its compression or predictor needs the
+    package imagecodecs, or is unknown), or ``None``: found when the file is opened, not in the
+    middle of a pass over the volume (where the error named no file)."""
+    for codecs, value in ((tifffile.TIFF.DECOMPRESSORS, getattr(page, "compression", 1)),
+                          (tifffile.TIFF.UNPREDICTORS, getattr(page, "predictor", 1))):
+        try:
+            codecs[value]
+        except KeyError as e:
+            return str(e.args[0] if e.args else value)
+    return None
 
 
 def _imagej_images(tif: Any) -> int:
