@@ -155,6 +155,31 @@ def test_a_tiff_whose_compression_tifffile_cannot_decode_is_refused_naming_it(tm
     assert not out.exists()
 
 
+@pytest.mark.parametrize("role", ["image", "labels"])
+def test_an_hdf5_dataset_whose_filter_is_not_available_is_refused_naming_it(tmp_path, role, capsys):
+    """A dataset compressed by an HDF5 plugin h5py cannot load (blosc, 32001, without its plugin):
+    the first read failed with an OSError and its traceback (exit 1) in the middle of the first
+    pass; it is refused when the file is opened."""
+    h5py = pytest.importorskip("h5py")
+    if h5py.h5z.filter_avail(32001):
+        pytest.skip("the blosc filter is available here")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    data = image if role == "image" else np.load(lab)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        ds = f.create_dataset("x", shape=SHAPE, dtype=data.dtype, chunks=SHAPE, compression=32001,
+                              allow_unknown_filter=True)
+        ds.id.write_direct_chunk((0, 0, 0), data.tobytes())
+    spec = str(tmp_path / "x.h5")
+    img, lab = (spec, lab) if role == "image" else (img, spec)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: ") and "filter 32001" in err[0], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
 def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
     """The prediction file is open under a temporary name in OUT while the network trains and

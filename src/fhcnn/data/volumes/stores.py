@@ -173,6 +173,12 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
             raise InputError(f"{label}: the HDF5 file holds {len(found)} datasets of three or more axes"
                              f"{' (' + listed + ')' if found else ''}; name one as {path}:DATASET")
         ds = f[found[0]]
+    missing = _missing_filter(h5py, ds)
+    if missing:
+        f.close()
+        raise InputError(f"{label}: its data is compressed with HDF5 filter {missing}, which h5py cannot load "
+                         f"(a plugin such as blosc, zstd or bitshuffle: set HDF5_PLUGIN_PATH to its folder, or "
+                         f"save the dataset with gzip)")
     attrs = {k: ds.attrs[k] for k in ds.attrs.keys()}
     names: list[str | None] | None = None
     meta_channel = None
@@ -189,6 +195,19 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
     huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
     return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
                      attrs=attrs, compressed=huge, slab_axis=0, named=names is not None)
+
+
+def _missing_filter(h5py: Any, ds: Any) -> str | None:
+    """The first filter of the dataset ``ds`` that HDF5 cannot load (``"32001"``, with its name
+    when the file gives one), or ``None``: found when the file is opened, not by the first read
+    (an OSError with a traceback, in the middle of a pass)."""
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(i)
+        if not h5py.h5z.filter_avail(code):
+            named = bytes(name).decode("ascii", "replace").strip("\x00 ")
+            return f"{code} ({named})" if named else str(code)
+    return None
 
 
 # ---------------------------------------------------------------------------------------- npy
