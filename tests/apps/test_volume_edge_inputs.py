@@ -282,3 +282,23 @@ def test_a_float64_volume_far_from_zero_in_a_compressed_file_is_read_the_same_fr
     np.testing.assert_allclose(vplan.plan.volume.read(whole)[0], before, atol=1e-4)
     # the baselines and the figure read the copy as the network does
     np.testing.assert_allclose(vplan.plan.as_read(inputs.channels)[0][...], before, atol=1e-4)
+
+
+def test_segy_line_numbers_with_a_gap_are_kept_whole(tmp_path):
+    """Inline numbers 100, 101, 103, ...: the geometry (copied into prediction.zarr's attributes)
+    said ``inlines [100, 115, 1]``, the first, last and step of the first two, which places
+    every line after the gap at the wrong number; the step is now ``None`` and every number listed."""
+    segyio = pytest.importorskip("segyio")
+    from fhcnn.data.volumes import open_volume
+
+    ilines, xlines = [100, 101, 103, 104], [7, 9, 11]
+    spec = segyio.spec()
+    spec.format, spec.samples, spec.sorting = 5, list(range(6)), segyio.TraceSortingFormat.INLINE_SORTING
+    spec.ilines, spec.xlines = ilines, xlines
+    with segyio.create(str(tmp_path / "gap.sgy"), spec) as f:
+        for t, (il, xl) in enumerate((il, xl) for il in ilines for xl in xlines):
+            f.header[t] = {segyio.su.iline: il, segyio.su.xline: xl}
+            f.trace[t] = np.full(6, t, np.float32)
+    attrs = open_volume(str(tmp_path / "gap.sgy")).geometry.attrs
+    assert attrs["inlines"] == [100, 104, None] and attrs["inline_numbers"] == ilines
+    assert attrs["crosslines"] == [7, 11, 2] and "crossline_numbers" not in attrs

@@ -73,6 +73,17 @@ class SegyCube:
         return out.squeeze(drop) if drop else out
 
 
+def _line_numbers(name: str, numbers: np.ndarray) -> dict[str, Any]:
+    """``{"inlines": [first, last, step]}`` (``name`` ``"inline"``) of evenly spaced line
+    numbers; unevenly spaced ones (``100, 101, 103``) have step ``None`` and are listed whole
+    (``"inline_numbers"``): a first, last and step of the first two would place every line
+    after a gap at the wrong number."""
+    v = [int(n) for n in numbers]
+    steps = {b - a for a, b in zip(v, v[1:])}
+    step = steps.pop() if len(steps) == 1 else 1 if len(v) == 1 else None
+    return {f"{name}s": [v[0], v[-1], step], **({f"{name}_numbers": v} if step is None else {})}
+
+
 def open_segy(path: Path, label: str) -> RawVolume:
     """Open a SEG-Y cube; the trace headers are scanned once (segyio), no samples are read.
 
@@ -103,8 +114,7 @@ def open_segy(path: Path, label: str) -> RawVolume:
         inline_sorted = f.sorting == segyio.TraceSortingFormat.INLINE_SORTING
         attrs = {
             "segy_text_header": segyio.tools.wrap(bytes(f.text[0]).decode("ascii", "replace")),
-            "inlines": [int(ilines[0]), int(ilines[-1]), int(ilines[1] - ilines[0]) if len(ilines) > 1 else 1],
-            "crosslines": [int(xlines[0]), int(xlines[-1]), int(xlines[1] - xlines[0]) if len(xlines) > 1 else 1],
+            **_line_numbers("inline", ilines), **_line_numbers("crossline", xlines),
             "sample_interval": float(segyio.tools.dt(f)),
             "first_sample": float(f.samples[0]),
             "sorting": "inline" if inline_sorted else "crossline",
