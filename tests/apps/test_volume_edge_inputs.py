@@ -302,3 +302,27 @@ def test_segy_line_numbers_with_a_gap_are_kept_whole(tmp_path):
     attrs = open_volume(str(tmp_path / "gap.sgy")).geometry.attrs
     assert attrs["inlines"] == [100, 104, None] and attrs["inline_numbers"] == ilines
     assert attrs["crosslines"] == [7, 11, 2] and "crossline_numbers" not in attrs
+
+
+def test_a_segy_trace_out_of_the_grids_order_is_refused(tmp_path, capsys):
+    """segyio infers the grid from a few traces, and the cube is read by trace position: an inline
+    written with its crosslines reversed was read mirrored without a word."""
+    segyio = pytest.importorskip("segyio")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    spec = segyio.spec()
+    spec.format, spec.samples, spec.sorting = 5, list(range(SHAPE[2])), segyio.TraceSortingFormat.INLINE_SORTING
+    spec.ilines, spec.xlines = list(range(SHAPE[0])), list(range(SHAPE[1]))
+    with segyio.create(str(tmp_path / "c.sgy"), spec) as f:
+        t = 0
+        for i in range(SHAPE[0]):
+            for j in (range(SHAPE[1]) if i != 3 else reversed(range(SHAPE[1]))):
+                f.header[t] = {segyio.su.iline: i, segyio.su.xline: j}
+                f.trace[t] = image[i, j]
+                t += 1
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", str(tmp_path / "c.sgy"), "--labels", lab, "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a regular 3D cube: trace 30 is inline 3, crossline 9" in err[0], err
+    assert not out.exists()

@@ -84,12 +84,38 @@ def _line_numbers(name: str, numbers: np.ndarray) -> dict[str, Any]:
     return {f"{name}s": [v[0], v[-1], step], **({f"{name}_numbers": v} if step is None else {})}
 
 
+def _check_trace_order(f: Any, segyio: Any, ilines: np.ndarray, xlines: np.ndarray, inline_sorted: bool,
+                       label: str) -> None:
+    """Every trace header names the inline and crossline the grid's order puts there. segyio
+    infers the grid from a few traces; :class:`SegyCube` reads traces by position, so a trace
+    out of that order (an inline written with its crosslines reversed) was read at the wrong
+    place without a word.
+
+    Raises:
+        InputError: the first trace out of place, with what its header says and where it lies.
+    """
+    il = np.asarray(f.attributes(segyio.TraceField.INLINE_3D)[:]).ravel()
+    xl = np.asarray(f.attributes(segyio.TraceField.CROSSLINE_3D)[:]).ravel()
+    if inline_sorted:
+        want_il, want_xl = np.repeat(ilines, len(xlines)), np.tile(xlines, len(ilines))
+    else:
+        want_il, want_xl = np.tile(ilines, len(xlines)), np.repeat(xlines, len(ilines))
+    off = np.flatnonzero((il != want_il) | (xl != want_xl))
+    if off.size:
+        t = int(off[0])
+        raise InputError(f"{label} is not a regular 3D cube: trace {t} is inline {il[t]}, crossline {xl[t]} in "
+                         f"its header (bytes 189/193), but the {'inline' if inline_sorted else 'crossline'}-"
+                         f"sorted grid of the file puts inline {want_il[t]}, crossline {want_xl[t]} there "
+                         f"({off.size:,} traces out of order)")
+
+
 def open_segy(path: Path, label: str) -> RawVolume:
     """Open a SEG-Y cube; the trace headers are scanned once (segyio), no samples are read.
 
     Raises:
         InputError: not a SEG-Y file segyio reads, a trace count that does not fit the file
-            size or the inline/crossline grid, pre-stack data (several offsets).
+            size or the inline/crossline grid, pre-stack data (several offsets), a trace whose
+            header places it elsewhere than the grid's order.
     """
     segyio = require("segyio", "reading SEG-Y")
     try:
@@ -112,6 +138,7 @@ def open_segy(path: Path, label: str) -> RawVolume:
         ilines, xlines = np.asarray(f.ilines), np.asarray(f.xlines)
         shape = (len(ilines), len(xlines), len(f.samples))
         inline_sorted = f.sorting == segyio.TraceSortingFormat.INLINE_SORTING
+        _check_trace_order(f, segyio, ilines, xlines, inline_sorted, label)
         attrs = {
             "segy_text_header": segyio.tools.wrap(bytes(f.text[0]).decode("ascii", "replace")),
             **_line_numbers("inline", ilines), **_line_numbers("crossline", xlines),
