@@ -180,6 +180,32 @@ def test_an_hdf5_dataset_whose_filter_is_not_available_is_refused_naming_it(tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("role", ["image", "labels"])
+def test_a_damaged_compressed_chunk_is_refused_naming_the_file(tmp_path, role, capsys):
+    """A chunk whose compressed bytes are damaged opened fine and failed in the middle of the first
+    pass over the volume with the library's traceback (h5py's OSError, exit 1; numcodecs'
+    RuntimeError, zlib's error through tifffile likewise)."""
+    h5py = pytest.importorskip("h5py")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    data = image if role == "image" else np.load(lab)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("x", data=data, chunks=(4, 5, 6), compression="gzip")
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        at = f["x"].id.get_chunk_info(3).byte_offset
+    raw = bytearray((tmp_path / "x.h5").read_bytes())
+    raw[at:at + 8] = b"\x00" * 8
+    (tmp_path / "x.h5").write_bytes(bytes(raw))
+    spec = str(tmp_path / "x.h5")
+    img, lab = (spec, lab) if role == "image" else (img, spec)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: its data cannot be read at ["), err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
 def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
     """The prediction file is open under a temporary name in OUT while the network trains and

@@ -160,7 +160,7 @@ def test_tiff_compressed_pages_read_page_by_page_without_zarr3(tmp_path, monkeyp
     tifffile.imwrite(tmp_path / "h.tif", a, imagej=True, compression="zlib", metadata={"axes": "ZCYX"})
     v = open_volume(str(tmp_path / "h.tif"))
     assert v.compressed and len(v.channels) == 3
-    assert isinstance(v.channels[0].array, tiff.TiffPages)
+    assert isinstance(v.channels[0].array.array, tiff.TiffPages)  # AxisPick(Decoded(TiffPages))
     for c in range(3):
         assert_windows(v.channels[c], a[:, c])
     rgb = truth((4, 10, 12, 3), np.uint8)  # pages of RGB samples: S is the channel axis

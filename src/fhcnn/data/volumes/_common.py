@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,7 @@ from ...errors import InputError
 from ..lazy import ArrayLike, AxisPick, expand_key, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
-           "require", "resolve_axes", "iter_slabs", "jsonable", "quiet_logger", "MAX_CHANNELS_BY_SHAPE",
+           "require", "resolve_axes", "iter_slabs", "jsonable", "quiet_logger", "Decoded", "MAX_CHANNELS_BY_SHAPE",
            "PIP_VOLUME"]
 
 #: The formats ``open_volume`` reads (and ``prediction_sink`` is told about).
@@ -111,6 +112,39 @@ def quiet_logger(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+#: What format libraries raise when stored data cannot be decoded: h5py (OSError), numcodecs
+#: (RuntimeError), zlib through tifffile, a compressed stream that ends early.
+DECODE_ERRORS = (OSError, RuntimeError, EOFError, zlib.error)
+
+
+class Decoded:
+    """``array`` (a file's stored axes) whose reads that fail to decode (a damaged compressed
+    chunk, tile or page) raise one :class:`InputError` naming the file and the window, instead
+    of the library's traceback in the middle of a pass over the volume."""
+
+    def __init__(self, array: Any, label: str) -> None:
+        self.array, self.label = array, label
+        self.shape = tuple(int(n) for n in array.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except DECODE_ERRORS as e:
+            box = ", ".join(f"{k.start}:{k.stop}" if isinstance(k, slice) else str(k)
+                            for k in expand_key(key, self.ndim))
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            kind = type(e).__name__ if type(e).__module__ == "builtins" else \
+                f"{type(e).__module__}.{type(e).__name__}"
+            raise InputError(f"{self.label}: its data cannot be read at [{box}] (a damaged file?): "
+                             f"{kind}: {why}") from None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
 
 
 def window_bounds(key: Any, shape: Sequence[int], what: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:

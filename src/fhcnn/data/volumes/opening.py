@@ -9,9 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import Unmapped
 from ._common import (
     ArrayLike,
     AxisPick,
+    Decoded,
     OpenedVolume,
     RawVolume,
     VolumeFormat,
@@ -141,12 +143,14 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
     c, spatial, fixed = resolve_axes(raw.array.shape, label, meta_channel=raw.channel_axis,
                                      channel_axis=channel_axis, allow_channels=allow_channels, named=named)
     base = path.name + (f":{inner}" if inner else "")
+    # a memory map decodes nothing (and its size was checked): read as it is
+    array = raw.array if isinstance(raw.array, Unmapped) else Decoded(raw.array, label)
     if c is None:
-        channels: list[ArrayLike] = [AxisPick(raw.array, fixed) if fixed else raw.array]
+        channels: list[ArrayLike] = [AxisPick(array, fixed) if fixed else array]
         names = [base]
     else:
         n = int(raw.array.shape[c])
-        channels = [AxisPick(raw.array, {**fixed, c: i}) for i in range(n)]
+        channels = [AxisPick(array, {**fixed, c: i}) for i in range(n)]
         names = [f"{base}[channel {i}]" for i in range(n)]
     axis_names = tuple(
         str(raw.axis_names[a]) if raw.axis_names is not None and raw.axis_names[a] is not None else dflt
