@@ -206,6 +206,37 @@ def test_a_damaged_compressed_chunk_is_refused_naming_the_file(tmp_path, role, c
     assert not out.exists()
 
 
+def test_a_zarr_of_damaged_chunks_is_one_line(tmp_path):
+    """zarr reads the chunks of a window in asyncio tasks: when one fails to decode, the others are
+    left pending or failed, and asyncio reported each of them on stderr as the process exited
+    ("Task was destroyed but it is pending!", "Task exception was never retrieved"), after the
+    refusal's line."""
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    store = tmp_path / "img.zarr"
+    zarr.open_array(str(store), mode="w", shape=SHAPE, chunks=(2, 2, 2), dtype="f4")[:] = image
+    chunks = [p for p in store.rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json"))]
+    assert len(chunks) > 10
+    for p in chunks:
+        p.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fhcnn
+
+    env = {**os.environ, "PYTHONPATH": str(Path(fhcnn.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "fhcnn", "volume", str(store), "--labels", lab, "--out", str(out)]
+                          + TINY, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: image {store}: its data cannot be read"), err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("suffix", ["npy", "zarr", "nii"])
 def test_a_run_refused_in_its_prediction_leaves_no_output_folder(tmp_path, suffix, monkeypatch, capsys):
     """The prediction file is open under a temporary name in OUT while the network trains and

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         _line(f"error: {e}")
+        # zarr reads chunks in asyncio tasks; those a refused read left behind (a damaged chunk:
+        # the others still pending or failed) are reported by asyncio's logger as the process
+        # exits, after the one line of the refusal
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
