@@ -94,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
             raise
-        _line(f"error: {e}")
         # zarr reads chunks in asyncio tasks; those a refused read left behind (a damaged chunk:
-        # the others still pending or failed) are reported by asyncio's logger as the process
-        # exits, after the one line of the refusal
+        # the others still pending or failed) are reported by asyncio's logger when they are
+        # collected, after the one line of the refusal (the rest at exit: exit_program)
         logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+        _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
