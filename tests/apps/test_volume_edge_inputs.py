@@ -383,3 +383,19 @@ def test_a_segy_trace_out_of_the_grids_order_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a regular 3D cube: trace 30 is inline 3, crossline 9" in err[0], err
     assert not out.exists()
+
+
+def test_an_ome_zarr_dataset_at_a_nested_path_keeps_its_scale(tmp_path):
+    """An OME-Zarr image whose first dataset lies at "s0/data" (a path relative to the image group):
+    its scale was looked up under the last part of the path ("data") alone and lost (the volume
+    counted as isotropic, the prediction had no spacing)."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.volumes import open_volume
+
+    group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w")
+    group.create_group("s0").create_array("data", shape=SHAPE, dtype="f4")[:] = 1.0
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": "space"} for n in "zyx"],
+                                   "datasets": [{"path": "s0/data", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    v = open_volume(str(tmp_path / "img.zarr"))
+    assert v.geometry.spacing == (2.0, 0.5, 0.5) and v.geometry.axis_names == ("z", "y", "x")

@@ -76,6 +76,7 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     except Exception as e:
         raise InputError(f"cannot read {label} as zarr: {str(e)[:200]}") from None
     node, parent, where = root, None, ""
+    in_ome: str | None = None  # the array's path inside its OME-Zarr group, when it is a dataset of it
     if inner:
         if not isinstance(root, zarr.Group):
             raise InputError(f"{label}: {path} is a zarr array, not a group; drop ':{inner}'")
@@ -91,7 +92,7 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
         ome = _ome(node)
         if ome is not None and ome.get("datasets"):
             first = str(ome["datasets"][0].get("path"))
-            parent, node = node, node[first]
+            parent, node, in_ome = node, node[first], first
             where = f"{where}/{first}".strip("/")
         else:
             found = _arrays(node)
@@ -122,7 +123,7 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
             names = [str(a.get("name") if isinstance(a, dict) else a) for a in axes]
             types = [a.get("type") if isinstance(a, dict) else None for a in axes]
             meta_channel = types.index("channel") if types.count("channel") == 1 else _meta_from_names(names)
-        leaf = where.rsplit("/", 1)[-1]
+        leaf = in_ome if in_ome is not None else where.rsplit("/", 1)[-1]  # a dataset path may hold "/"
         for ds in ome.get("datasets") or []:
             if str(ds.get("path")) == leaf:
                 for t in ds.get("coordinateTransformations") or []:
