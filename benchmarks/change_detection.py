@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, write_figure
+from fhcnn.apps.change import ChangeConfig, build_volume, change_metrics, fit_change, held_out_scores, write_figure
 from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
@@ -78,14 +78,8 @@ def run_linear(case: dict) -> dict:
 def run_net(case: dict, arch: str, steps: int, eval_every: int, overrides: list[str]) -> dict:
     cfg = load_config(ChangeConfig, "change", [f"model.arch={arch}", f"train.steps={steps}",
                                                f"data.eval_every={eval_every}", *overrides])
-    scored = case["scored"]
-
-    def ev(prob: np.ndarray) -> dict:
-        m = change_metrics((prob > cfg.change.threshold).astype(np.uint8), scored)
-        return {"miou": m["miou"], "iou_positive": m["iou_positive"], "iou_negative": m["iou_negative"]}
-
     fit = fit_change(case["before"], case["after"], case["train"], cfg, None, quiet=True,
-                     log=lambda *a: None, eval_fn=ev)
+                     log=lambda *a: None, eval_fn=held_out_scores(case["scored"], cfg.change.threshold))
     res = fit["result"]
     curve = [{"step": h["step"], "time_s": h["time_s"], "miou": h["miou"]} for h in res.history if "miou" in h]
     return {"metrics": change_metrics(fit["pred"], scored), "train_time_s": fit["train_time_s"],

@@ -60,7 +60,8 @@ def run_one(inputs: VideoInputs, cfg: SegmentConfig, scale: float, eval_every: i
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg)
     cfg.data.scale = scale
-    m = segment_video(inputs, cfg, None, quiet=True, eval_every=eval_every,
+    cfg.data.eval_every = eval_every
+    m = segment_video(inputs, cfg, None, quiet=True,
                       log=lambda s: print("   " + s, file=sys.stderr, flush=True))
     curve = [{"step": r["step"], "time_s": r["time_s"], "miou": r["miou"]} for r in m["history"] if "miou" in r]
     k = len(inputs.classes)

@@ -9,9 +9,9 @@
 from .config import DEFAULT_CONFIG, ChangeConfig, ChangeOptions
 from .inputs import ChangeInputs, load_inputs
 from .outputs import change_metrics, write_figure, write_outputs
-from .pipeline import build_volume, change_command, fit_change, plan_change, run_change
+from .pipeline import build_volume, change_command, fit_change, held_out_scores, plan_change, run_change
 
 __all__ = ["ChangeConfig", "ChangeOptions", "DEFAULT_CONFIG", "ChangeInputs", "load_inputs",
-           "build_volume", "fit_change", "plan_change", "run_change", "change_command",
+           "build_volume", "fit_change", "held_out_scores", "plan_change", "run_change", "change_command",
            "change_metrics", "write_figure",
            "write_outputs"]

@@ -41,7 +41,8 @@ from .inputs import ChangeInputs
 from .outputs import change_metrics, write_outputs
 from .volume import change_volume
 
-__all__ = ["build_volume", "plan_change", "fit_change", "run_change", "change_command", "local_copies"]
+__all__ = ["build_volume", "plan_change", "fit_change", "held_out_scores", "run_change", "change_command",
+           "local_copies"]
 
 
 def build_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
@@ -152,12 +153,23 @@ def fit_change(before: Any, after: Any, train2d: np.ndarray, cfg: ChangeConfig,
             "derived": derived, "config": cfg}
 
 
+def held_out_scores(scored: np.ndarray, threshold: float) -> Callable[[np.ndarray], dict[str, float]]:
+    """The ``eval_fn`` of :func:`fit_change` that scores a change probability map ``(H, W)``
+    (changed above ``threshold``) on the held-out pixels of ``scored`` (``IGNORE``: not scored):
+    ``miou``, ``iou_positive``, ``iou_negative``."""
+    def scores(prob: np.ndarray) -> dict[str, float]:
+        m = change_metrics((prob > threshold).astype(np.uint8), scored)
+        return {"miou": m["miou"], "iou_positive": m["iou_positive"], "iou_negative": m["iou_negative"]}
+    return scores
+
+
 def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_fraction: float | None = None,
                label_seed: int = 0, eval_labels: str | None = None, quiet: bool = False,
                resume: bool = False, log: Callable[[str], None] = _log.info,
                planned: tuple[RunPlan, ChangeConfig, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train, predict, score the held-out pixels and write every output into ``out``; returns
-    the metrics (``{}`` on a non-zero rank under ``torchrun``: rank 0 writes and reports)."""
+    """Train, predict, score the held-out pixels (also every ``data.eval_every`` steps, into the
+    history) and write every output into ``out``; returns the metrics (``{}`` on a non-zero rank
+    under ``torchrun``: rank 0 writes and reports)."""
     t_start = time.perf_counter()
     before, after, train2d, scored = inputs.before, inputs.after, inputs.train, inputs.scored
     h, w, nb = before.shape
@@ -165,8 +177,10 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
     if inputs.dates.get("order"):
         d = inputs.dates
         log(f"dates: BEFORE = {d['before']}, AFTER = {d['after']} ({d['order']})")
+    eval_fn = held_out_scores(scored, cfg.change.threshold) if cfg.data.eval_every and n_scored else None
     fit = fit_change(before, after, train2d, cfg, out_dir=out, log=log, quiet=quiet,
-                     label_source=inputs.label_source, n_scored=n_scored, resume=resume, planned=planned)
+                     label_source=inputs.label_source, n_scored=n_scored, eval_fn=eval_fn, resume=resume,
+                     planned=planned)
     if not is_main_process():
         return {}
     result, pred = fit["result"], fit["pred"]
@@ -222,6 +236,9 @@ def change_command(before: str, after: str | None, cfg: ChangeConfig, out: str |
         raise InputError("--out DIR is required")
     inputs = load_inputs(before, after, key=key, labels=labels, changed=changed, unchanged=unchanged,
                          label_fraction=label_fraction, label_seed=label_seed, eval_labels=eval_labels)
+    if cfg.data.eval_every and not (inputs.scored != IGNORE).any():
+        raise InputError(f"data.eval_every={cfg.data.eval_every} scores the held-out pixels during training: "
+                         f"give --eval-labels or --label-fraction, or leave it 0")
     planned = plan_change(inputs.before, inputs.after, inputs.train, cfg)
     folder = prepare_output_dir(out, resume, overwrite, tool="change", config=cfg, config_file=config_file,
                                 roles={"before": input_files(before), "after": input_files(after) if after else None,

@@ -13,7 +13,6 @@ and read by window from there.
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +30,7 @@ from ...engine.metrics import confusion_matrix, iou_from_confusion, scores_of_co
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import run
 from ...engine.store import LabelSink, Resized
+from ...errors import InputError
 from ...options import IGNORE
 from ...training import is_main_process
 from .inputs import FrameLabels, VideoInputs, frames_volume
@@ -116,21 +116,23 @@ def score_held_out(pred: Any, truth: Any, held_out: Sequence[int], k: int) -> di
     return m
 
 
-def plan_segmentation(inputs: VideoInputs, cfg: SegmentConfig, eval_every: int = 0) -> RunPlan:
+def plan_segmentation(inputs: VideoInputs, cfg: SegmentConfig) -> RunPlan:
     """The run of ``inputs`` under ``cfg``, worked out and checked (before any output exists):
     the frames as one ``(3, T, H, W)`` volume, the label frames' masks as labels; with
-    ``eval_every`` the held-out frames' masks are scored every so many steps.
+    ``data.eval_every`` the held-out frames' masks are scored every so many steps.
 
     Raises:
-        InputError: as :func:`~fhcnn.engine.plan.prepare`.
+        InputError: as :func:`~fhcnn.engine.plan.prepare`; ``data.eval_every`` without
+            evaluation masks.
     """
     truth = None
-    if eval_every and inputs.eval_labels is not None:
+    if cfg.data.eval_every:
         ev = inputs.eval_labels
+        if ev is None:
+            raise InputError(f"data.eval_every={cfg.data.eval_every} scores the held-out frames during "
+                             f"training: give their masks with --eval-labels, or leave it 0")
         truth = (ev.without(inputs.label_frames) if isinstance(ev, FrameLabels)
                  else _blank_frames(ev, inputs.label_frames))
-        cfg = copy.deepcopy(cfg)
-        cfg.data.eval_every = eval_every
     return prepare(DenseInputs(frames_volume(inputs.frames), inputs.labels, len(inputs.classes), truth,
                                stats=inputs.stats), cfg)
 
@@ -157,18 +159,18 @@ def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[
 
 
 def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, quiet: bool = False,
-                  resume: bool = False, log: Callable[[str], None] = _log.info, eval_every: int = 0,
+                  resume: bool = False, log: Callable[[str], None] = _log.info,
                   plan: RunPlan | None = None) -> dict[str, Any]:
     """Train on ``inputs`` and write every output into ``out`` (which must exist; ``None``: write
     nothing). Returns the metrics (held-out scores at the input frame size if evaluation masks
     exist). The frames are resized by ``cfg.data.scale`` for the network and the prediction
-    resized back (:class:`~fhcnn.engine.sizes.Geometry`). ``eval_every``: also score the
-    held-out frames at the training resolution every so many steps (into
+    resized back (:class:`~fhcnn.engine.sizes.Geometry`). With ``data.eval_every`` the
+    held-out frames are also scored at the training resolution every so many steps (into
     ``metrics["history"]``, for mIoU-versus-time curves). ``plan``: the run, if already
     worked out by :func:`plan_segmentation`."""
     t, h0, w0 = inputs.frames.shape[:3]
     k = len(inputs.classes)
-    plan = plan or plan_segmentation(inputs, cfg, eval_every)
+    plan = plan or plan_segmentation(inputs, cfg)
     cfg, geom = plan.config, plan.geometry
     log(f"video: {t} frames of {h0}x{w0}; " + geom.describe())
     log(f"classes: {k} (mask values {inputs.classes}); training on frames {inputs.label_frames} only"

@@ -38,7 +38,7 @@ from ...training import is_main_process
 from ...training.distributed import all_reduce_sum, barrier, broadcast_object, pass_share
 from .baselines import ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
-from .inputs import VolumeInputs
+from .inputs import HeldOut, VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
            "score", "resolve_spacing", "unet_plan"]
@@ -113,16 +113,21 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
 
     Raises:
         InputError: as :func:`fhcnn.engine.plan.prepare` (NaN voxels, a model or split that
-            cannot work ...), a volume whose every channel holds one value, baselines to score
-            (``--eval-labels``) whose whole-volume arrays exceed the available memory, the forest
-            baseline without scikit-learn, or a U-Net baseline that cannot run (:func:`unet_plan`).
+            cannot work ...), ``data.eval_every`` without ``--eval-labels``, a volume whose
+            every channel holds one value, baselines to score (``--eval-labels``) whose
+            whole-volume arrays exceed the available memory, the forest baseline without
+            scikit-learn, or a U-Net baseline that cannot run (:func:`unet_plan`).
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
+    if seg.data.eval_every and inputs.eval_labels is None:
+        raise InputError(f"data.eval_every={seg.data.eval_every} scores the held-out voxels during training: "
+                         f"give the complete labels with --eval-labels, or leave it 0")
     raw_stats = volume.channel_stats(share=share)
+    held = inputs.held_out() if seg.data.eval_every else None  # scored every data.eval_every steps
     try:  # a channel whose contrast a float32 read would lose is read standardized (plan.as_read)
-        plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, stats=raw_stats,
+        plan = prepare(DenseInputs(volume, inputs.labels, inputs.num_classes, held, stats=raw_stats,
                                    label_scan=inputs.summary.scan), seg)
     except SplitError as e:  # its window sizes are the scaled ones: offered as the ones to --set
         raise configured_split_error(e, cfg, spacing, inputs.shape) from None
@@ -582,3 +587,5 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
         inputs.labels = copies["labels"]
     if "eval_labels" in copies:
         inputs.eval_labels = copies["eval_labels"]
+    if isinstance(plan.eval_labels, HeldOut) and {"labels", "eval_labels"} & set(copies):
+        plan.eval_labels = inputs.held_out()  # scored during training (data.eval_every): from the copies
