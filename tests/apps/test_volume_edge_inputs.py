@@ -399,3 +399,33 @@ def test_an_ome_zarr_dataset_at_a_nested_path_keeps_its_scale(tmp_path):
                                        {"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
     v = open_volume(str(tmp_path / "img.zarr"))
     assert v.geometry.spacing == (2.0, 0.5, 0.5) and v.geometry.axis_names == ("z", "y", "x")
+
+
+def test_compressed_labels_are_copied_along_the_axis_their_file_reads_fastest(tmp_path, monkeypatch):
+    """A gzipped NIfTI is stored W fastest-varying last (Fortran order): its copy streams slabs
+    along its slab axis. The labels were copied along axis 0, which decompresses the whole
+    stream again for every slab (a 1024^3 label volume: some 16 passes)."""
+    nib = pytest.importorskip("nibabel")
+    import fhcnn.rundir
+    from fhcnn.apps.volume.pipeline import local_copies
+
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, x)
+    nib.save(nib.Nifti1Image(x, np.eye(4)), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(np.load(lab), np.eye(4)), str(tmp_path / "lab.nii.gz"))
+    nib.save(nib.Nifti1Image(np.load(lab), np.eye(4)), str(tmp_path / "truth.nii.gz"))
+    inputs = load_volume_inputs([str(tmp_path / "img.nii.gz")], str(tmp_path / "lab.nii.gz"),
+                                str(tmp_path / "truth.nii.gz"))
+    vplan = plan_volume(inputs, load_config(VolumeConfig, "volume-tiny", ["volume.baselines="]))
+    axes = {}
+    copy_input = fhcnn.rundir.copy_input
+
+    def recorded(folder, name, array, chunks, axis=0, **kw):
+        axes[name] = axis
+        return copy_input(folder, name, array, chunks, axis=axis, **kw)
+
+    monkeypatch.setattr(fhcnn.rundir, "copy_input", recorded)
+    (tmp_path / "run").mkdir()
+    local_copies(vplan.plan, inputs, tmp_path / "run", log=lambda _: None)
+    assert inputs.slab_axes == [2] and axes == {"image0": 2, "labels": 2, "eval_labels": 2}
+    np.testing.assert_array_equal(inputs.labels[...], np.load(lab))

@@ -81,6 +81,8 @@ class VolumeInputs:
         compressed: per channel, and then for the labels and the evaluation labels, whether the
             file is slow to read by window (compressed or sequential: copied once into the run
             folder before training).
+        label_slab_axes: for the labels, and then the evaluation labels, the axis their file
+            reads fastest by slab (what a copy of a compressed one streams along).
     """
 
     channels: list[Any]
@@ -95,6 +97,7 @@ class VolumeInputs:
     names: list[str] = field(default_factory=list)
     slab_axes: list[int] = field(default_factory=list)
     compressed: list[bool] = field(default_factory=list)
+    label_slab_axes: list[int] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -137,7 +140,8 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                          **({"eval_labels": eval_labels} if eval_labels else {})}, names,
                         [v.slab_axis for v in opened for _ in v.channels],
                         [v.compressed for v in opened for _ in v.channels]
-                        + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []))
+                        + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []),
+                        [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []))
 
 
 def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,

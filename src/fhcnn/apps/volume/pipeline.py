@@ -572,7 +572,7 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
     arrays["labels"] = inputs.labels
     if inputs.eval_labels is not None:
         arrays["eval_labels"] = inputs.eval_labels
-    axes = list(inputs.slab_axes or [0] * n) + [0, 0]
+    axes = list(inputs.slab_axes or [0] * n) + list(inputs.label_slab_axes or [0, 0])
     copies: dict[str, Any] = {}
     for (name, array), is_slow, axis in zip(arrays.items(), slow, axes):
         if not is_slow:
