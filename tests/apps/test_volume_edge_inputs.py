@@ -429,3 +429,36 @@ def test_compressed_labels_are_copied_along_the_axis_their_file_reads_fastest(tm
     local_copies(vplan.plan, inputs, tmp_path / "run", log=lambda _: None)
     assert inputs.slab_axes == [2] and axes == {"image0": 2, "labels": 2, "eval_labels": 2}
     np.testing.assert_array_equal(inputs.labels[...], np.load(lab))
+
+
+@pytest.mark.parametrize("role", ["labels", "--eval-labels", "image"])
+def test_nifti_files_on_another_grid_are_refused(tmp_path, capsys, role):
+    """Labels (or a second channel) whose NIfTI affine places the voxels elsewhere (here the
+    image's grid flipped along D, the voxels flipped to match in the world) trained as if the
+    same voxel index were the same place: one line, exit 2, no OUT. Affines equal to float32
+    rounding of the header pass."""
+    nib = pytest.importorskip("nibabel")
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, x)
+    labels = np.load(lab)
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-90.3, 12.1, 7.7]
+    flipped = affine.copy()
+    flipped[0, 0], flipped[0, 3] = -2.0, affine[0, 3] + 2.0 * (SHAPE[0] - 1)
+    nib.save(nib.Nifti1Image(x, affine), str(tmp_path / "img.nii.gz"))
+    same = {"labels": (labels, affine), "--eval-labels": (labels, affine), "image": (x, affine)}
+    other = {**same, role: (same[role][0][::-1].copy(), flipped)}
+    paths = {}
+    for name, (a, aff) in other.items():
+        paths[name] = str(tmp_path / f"{name.strip('-')}.nii.gz")
+        nib.save(nib.Nifti1Image(a, aff), paths[name])
+    out = tmp_path / "out"
+    argv = ["volume", str(tmp_path / "img.nii.gz"), paths["image"], "--labels", paths["labels"],
+            "--eval-labels", paths["--eval-labels"], "--out", str(out)] + TINY
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {role} ") and "another grid" in err[0], err
+    assert not out.exists()
+    # the same grid (the image's affine) is accepted
+    nib.save(nib.Nifti1Image(same[role][0], affine), paths[role])
+    assert main(argv) == 0

@@ -121,13 +121,14 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
         raise InputError(f"--ignore {ignore}: use a label value 0..65535 (default 255)")
     channels, geom, opened = open_images(list(images), channel_axis)
     shape = tuple(int(n) for n in opened[0].shape)
-    lab = open_label_volume(labels, shape, ignore, what="labels", share=share)
+    lab = open_label_volume(labels, shape, ignore, what="labels", share=share, grid=opened[0])
     k = lab.summary.num_classes
     if k > IGNORE:
         raise InputError(f"labels {labels}: {k} classes; at most {IGNORE} (0..{IGNORE - 1}) fit the prediction")
     ev = None
     if eval_labels is not None:
-        ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE, share=share)
+        ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE, share=share,
+                               grid=opened[0])
         extra = [c for c, n in enumerate(ev.summary.counts) if n and c >= k]
         if extra:
             raise InputError(f"labels {labels}: no labelled voxel of class {extra[0]}, which occurs in "

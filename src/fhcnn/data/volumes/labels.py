@@ -190,8 +190,8 @@ class LabelVolume:
 
 
 def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num_classes: int | None = None,
-                      what: str = "labels", max_bytes: int = SLAB_BYTES, share: PassShare = ONE_PROCESS
-                      ) -> LabelVolume:
+                      what: str = "labels", max_bytes: int = SLAB_BYTES, share: PassShare = ONE_PROCESS,
+                      grid: OpenedVolume | None = None) -> LabelVolume:
     """Open, check and summarize a label volume for images of spatial ``shape``.
 
     Args:
@@ -201,17 +201,22 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
             training labels' ``num_classes``).
         what: the role in messages (``"labels"``, ``"--eval-labels"``).
         share: this process's share of the summary's passes (:func:`summarize_labels`).
+        grid: the (first) image's file: labels placed elsewhere in the world are refused
+            (:func:`~fhcnn.data.volumes.opening.check_same_grid`) before they are read.
 
     Raises:
         InputError: as :func:`open_volume`; several channels; a shape other than ``shape``
-            (naming both); a non-numeric dtype; any value :func:`summarize_labels` refuses.
+            (naming both); another grid than ``grid``'s; a non-numeric dtype; any value
+            :func:`summarize_labels` refuses.
     """
-    from .opening import open_volume
+    from .opening import check_same_grid, open_volume
 
     v = open_volume(spec, what=what, allow_channels=False)
     if tuple(v.shape) != tuple(int(n) for n in shape):
         raise InputError(f"{what} {spec} have shape {v.shape} but the images have {tuple(shape)}; "
                          f"labels share the images' grid")
+    if grid is not None:
+        check_same_grid(grid, v, what)
     summary = summarize_labels(v.channels[0], ignore, num_classes=num_classes, what=f"{what} {spec}",
                                slab_axis=v.slab_axis, max_bytes=max_bytes, share=share)
     return LabelVolume(v, summary)

@@ -23,7 +23,7 @@ from ._common import (
     spatial_spacing,
 )
 
-__all__ = ["open_volume", "open_images", "split_spec", "volume_format", "SUFFIXES"]
+__all__ = ["open_volume", "open_images", "check_same_grid", "split_spec", "volume_format", "SUFFIXES"]
 
 #: File name endings of each format (a folder holding zarr metadata is zarr whatever its name).
 SUFFIXES: dict[VolumeFormat, tuple[str, ...]] = {
@@ -163,6 +163,31 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
                         compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec))
 
 
+def check_same_grid(first: OpenedVolume, other: OpenedVolume, what: str) -> None:
+    """Refuse ``other`` (the file of ``what``: ``"image"``, ``"labels"``, ``"--eval-labels"``)
+    when both it and the image ``first`` say where their voxels lie in the world (NIfTI affines)
+    and say it differently by more than a thousandth of a voxel: the same voxel indices would
+    then be different places (a flipped, shifted or rescaled grid), trained on without a word.
+
+    Raises:
+        InputError: one line with both affines and what to do.
+    """
+    a, b = first.geometry.affine, other.geometry.affine
+    if a is None or b is None:
+        return
+    voxel = float(np.linalg.norm(np.asarray(a)[:3, :3], axis=0).min())
+    if float(np.abs(np.asarray(a)[:3] - np.asarray(b)[:3]).max()) <= 1e-3 * max(voxel, 1e-12):
+        return
+
+    def rows(m: np.ndarray) -> str:
+        return "[" + "; ".join(" ".join(f"{v:.4g}" for v in r) for r in np.asarray(m)[:3]) + "]"
+
+    raise InputError(f"{what} {other.spec}: another grid than image {first.spec}'s (NIfTI affine "
+                     f"{rows(b)} against {rows(a)}), so the same voxel is another place in each; "
+                     f"resample the file onto the image's grid, or save it with the image's affine if "
+                     f"its voxels do match the image's")
+
+
 def open_images(specs: Sequence[str], channel_axis: int | None = None
                 ) -> tuple[list[ArrayLike], VolumeGeometry, list[OpenedVolume]]:
     """Open the image channels of one run: several co-registered single-channel files,
@@ -184,6 +209,7 @@ def open_images(specs: Sequence[str], channel_axis: int | None = None
         if v.shape != first.shape:
             raise InputError(f"image {v.spec} has spatial shape {v.shape} but image {first.spec} has "
                              f"{first.shape}; co-registered images share one grid")
+        check_same_grid(first, v, "image")
     if first.format in ("tiff", "zarr", "hdf5", "segy"):
         require("zarr", f"writing the prediction of a {first.format} volume (prediction.zarr)")
     channels = [c for v in opened for c in v.channels]
