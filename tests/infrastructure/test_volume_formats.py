@@ -252,6 +252,23 @@ def test_hdf5_dataset_path_attrs_and_spacing(tmp_path):
         json.dumps(v.geometry.attrs)
 
 
+def test_hdf5_dimension_scales_are_not_copied_as_attributes(tmp_path):
+    """Dimension scales attach object references to the dataset (DIMENSION_LIST): nothing a
+    prediction could use (they reached prediction.zarr as [[null], [null], [null]]); the
+    dimension labels, plain strings, stay."""
+    a = truth()
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        d = f.create_dataset("v", data=a)
+        for i, n in enumerate(a.shape):
+            f[f"axis{i}"] = np.arange(n, dtype=np.float64)
+            f[f"axis{i}"].make_scale(f"axis{i}")
+            d.dims[i].attach_scale(f[f"axis{i}"])
+            d.dims[i].label = "zyx"[i]
+    v = open_volume(f"{tmp_path}/x.h5:v")
+    assert "DIMENSION_LIST" not in v.geometry.attrs and v.geometry.attrs["DIMENSION_LABELS"] == ["z", "y", "x"]
+    json.dumps(v.geometry.attrs)
+
+
 def test_hdf5_several_datasets_need_a_name(tmp_path):
     with h5py.File(tmp_path / "two.hdf5", "w") as f:
         f["a"] = np.zeros((4, 5, 6))

@@ -34,6 +34,11 @@ def _meta_from_names(names: Sequence[str | None] | None) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+#: HDF5's dimension-scale bookkeeping: object references into the file, which mean nothing
+#: beside a prediction (they were written to ``prediction.zarr`` as ``[[null], [null], [null]]``).
+HDF5_REFERENCE_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST")
+
+
 def _attr_spacing(attrs: dict[str, Any]) -> list[float] | None:
     for key in ("spacing", "element_size_um"):
         v = attrs.get(key)
@@ -180,7 +185,7 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
         raise InputError(f"{label}: its data is compressed with HDF5 filter {missing}, which h5py cannot load "
                          f"(a plugin such as blosc, zstd or bitshuffle: set HDF5_PLUGIN_PATH to its folder, or "
                          f"save the dataset with gzip)")
-    attrs = {k: ds.attrs[k] for k in ds.attrs.keys()}
+    attrs = {k: ds.attrs[k] for k in ds.attrs.keys() if k not in HDF5_REFERENCE_ATTRS}
     names: list[str | None] | None = None
     meta_channel = None
     tags = attrs.get("axistags")
