@@ -598,6 +598,11 @@ def _role_record(value: Any) -> dict[str, Any]:
     return out
 
 
+#: What a run records beside its command-line options (``run.json``'s ``options``), as named
+#: when ``--resume`` finds it changed.
+_RECORDED_NOT_OPTIONS = {"arrays": "the arrays read inside the input stores (x.zarr:path, x.h5:path)"}
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[str]) -> list[str]:
     diff = []
     old_in, new_in = old.get("inputs", {}) or {}, new.get("inputs", {}) or {}
@@ -614,7 +619,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[s
     old_opt, new_opt = old.get("options", {}) or {}, new.get("options", {}) or {}
     for k in sorted(set(old_opt) | set(new_opt)):
         if old_opt.get(k) != new_opt.get(k):
-            diff.append(f"--{k.replace('_', '-')} {new_opt.get(k)} is not the recorded {old_opt.get(k)}")
+            what = _RECORDED_NOT_OPTIONS.get(k, f"--{k.replace('_', '-')}")
+            diff.append(f"{what} {new_opt.get(k)} is not the recorded {old_opt.get(k)}")
     if old.get("config_sha256") != new.get("config_sha256") and old.get("config_sha256") not in accepted:
         diff.append("the resolved config (--config/--set) differs")
     return diff
