@@ -365,6 +365,14 @@ def test_channel_axis_rule_refusals(shape, words):
     assert all(w in msg for w in words), msg
 
 
+def test_a_channel_axis_of_length_1_is_named_as_the_problem():
+    """(t, c, z, y, x) = (1, 2, 9, 10, 11) with --channel-axis 0 (the length-1 t axis): the
+    refusal asked for --channel-axis N, which the user had just given."""
+    msg = refusal(resolve_axes, (1, 2, 9, 10, 11), "image x", channel_axis=0)
+    assert "--channel-axis 0 names an axis of length 1" in msg, msg
+    assert resolve_axes((1, 2, 9, 10, 11), "image x", channel_axis=1)[:2] == (1, (2, 3, 4))
+
+
 def test_channel_axis_option_decides(tmp_path):
     a = truth((3, 5, 10, 11), np.float32)
     np.save(tmp_path / "a.npy", a)

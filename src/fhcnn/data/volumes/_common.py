@@ -244,6 +244,9 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
                          f"has three (a 2D image is not a volume)")
     if len(rest) > 3:
         hint = "" if c is not None else "; name the channel axis with --channel-axis N"
+        if c is None and channel_axis is not None:  # it named an axis of length 1
+            hint = (f"; --channel-axis {channel_axis} names an axis of length 1: name the axis that holds "
+                    f"the channels")
         raise InputError(f"{label} has shape {shape}: {len(rest)} axes longer than 1{besides}; a volume "
                          f"has three spatial axes and at most one channel axis{hint}")
     fixed = {ax: 0 for ax in range(nd) if ax not in rest and ax != c}
