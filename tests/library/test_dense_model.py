@@ -78,3 +78,27 @@ def test_config_conv_head():
     assert build_model(load_config(VolumeConfig, "volume-tiny").model, 2, 3).core.conv_head is None
     with pytest.raises(ValueError, match="conv_head must be >= 0"):
         load_config(VolumeConfig, "volume-tiny", ["model.conv_head=-1"])
+
+
+def test_one_dimensional_model():
+    """``dim=1`` (as the network and the wavelets accept) builds 1D convolutions: shapes,
+    and the reversible gradients equal plain autograd's."""
+    torch.manual_seed(0)
+    m = DenseHyperbolicModel(2, 3, 8, [(1, "down"), (1, "up"), (1, "up")], dim=1, pre_levels=1,
+                             opening="conv", head_channels=4).double()
+    assert m.open.weight.shape == (8, 4, 1) and m.classifier.weight.shape == (3, 4, 1)
+    x = torch.randn(2, 2, 16, dtype=torch.float64)
+    grads = {}
+    for mode in (True, False):
+        m.net.reversible = mode
+        m.zero_grad()
+        y = m(x)
+        assert y.shape == (2, 3, 16)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads[mode] = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
+    assert torch.allclose(grads[True], grads[False], rtol=1e-10, atol=1e-12)
+    assert m(x[:1]).shape == (1, 3, 16)
+    with pytest.raises(ValueError, match=r"input must be \(N, 2, L\)"):
+        m(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
+        DenseHyperbolicModel(2, 3, 8, [(1, None)], dim=4)

@@ -33,7 +33,7 @@ class DenseHyperbolicModel(nn.Module):
         width: channels of the network's first state (after the pre-transforms and opening).
         units: the network's units (see :class:`HyperbolicNetwork`); their net refinement must
             equal ``pre_levels`` so the output is at full resolution.
-        dim: 2 or 3.
+        dim: 1, 2 or 3.
         pre_levels: ``k`` Haar transforms applied to the input before the network.
         opening: ``"zeros"`` (append zero channels: exact, parameter-free) or ``"conv"``
             (a learned 1x1 convolution).
@@ -61,6 +61,8 @@ class DenseHyperbolicModel(nn.Module):
         **network_options: Any,
     ) -> None:
         super().__init__()
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         if pre_levels < 0:
@@ -76,7 +78,7 @@ class DenseHyperbolicModel(nn.Module):
         if opening == "zeros" and width < pre_channels:
             raise ValueError(f"width={width} is smaller than the {pre_channels} channels after "
                              f"{pre_levels} Haar transform(s); use opening='conv' or a larger width")
-        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
         self.open = conv(pre_channels, width, 1) if opening == "conv" else None
         self.pre_channels = pre_channels
         self.net = HyperbolicNetwork(width, units, dim=dim, **network_options)
@@ -98,8 +100,8 @@ class DenseHyperbolicModel(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """The network's last state ``(N, C_out, *S)``."""
         if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"input must be (N, {self.in_channels}, {'D, H, W' if self.dim == 3 else 'H, W'}),"
-                             f" got {tuple(x.shape)}")
+            axes = {1: "L", 2: "H, W", 3: "D, H, W"}[self.dim]
+            raise ValueError(f"input must be (N, {self.in_channels}, {axes}), got {tuple(x.shape)}")
         levels = self.pre_levels + self.net.max_level
         check_divisible(x.shape[2:], levels, what=f"input {tuple(x.shape)}")
         if self.pre is not None:
