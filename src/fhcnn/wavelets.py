@@ -205,6 +205,8 @@ class WaveletTransform(nn.Module):
     def _check(self, x: Tensor, name: str) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
         if x.dim() != self.dim + 2:
             raise ValueError(
                 f"{name} must have shape (N, C, {', '.join(f'S{i}' for i in range(1, self.dim + 1))})"

@@ -102,3 +102,11 @@ def test_one_dimensional_model():
         m(torch.randn(2, 16))
     with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
         DenseHyperbolicModel(2, 3, 8, [(1, None)], dim=4)
+
+
+def test_integer_input_rejected_with_message():
+    m = DenseHyperbolicModel(3, 2, 16, [(1, "down"), (1, "up"), (1, "up")], dim=2, pre_levels=1)
+    with pytest.raises(TypeError, match="input must be a floating-point torch.Tensor, got Tensor of dtype torch.int64"):
+        m(torch.ones(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="got list"):
+        m([1.0])

@@ -126,6 +126,17 @@ def test_bad_sizes_rejected_with_message(T):
         HaarDWT(2, levels=2)(torch.randn(1, 1, 8, 6))
 
 
+@pytest.mark.parametrize("T", [HaarDWT(2), LearnableWavelet(2)])
+def test_integer_input_rejected_with_message(T):
+    """An integer tensor is refused by name (Haar failed inside PyTorch, the learnable
+    wavelet silently returned floats)."""
+    x = torch.ones(1, 1, 4, 4, dtype=torch.long)
+    with pytest.raises(TypeError, match="wavelet input must be a floating-point tensor, got dtype torch.int64"):
+        T(x)
+    with pytest.raises(TypeError, match="wavelet inverse input must be a floating-point tensor"):
+        T.inverse(torch.ones(1, 4, 2, 2, dtype=torch.uint8))
+
+
 def test_helpers_and_options():
     assert nearest_valid_size(7, 4) == 8 and nearest_valid_size(9, 4) == 8 and nearest_valid_size(1, 4) == 4
     check_divisible((8, 16), 3)

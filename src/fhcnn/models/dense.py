@@ -99,6 +99,9 @@ class DenseHyperbolicModel(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The network's last state ``(N, C_out, *S)``."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point torch.Tensor, got {type(x).__name__}"
+                            + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
         if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
             axes = {1: "L", 2: "H, W", 3: "D, H, W"}[self.dim]
             raise ValueError(f"input must be (N, {self.in_channels}, {axes}), got {tuple(x.shape)}")
