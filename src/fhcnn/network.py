@@ -232,8 +232,14 @@ class HyperbolicNetwork(nn.Module):
         self._check_input(x)
         if x_cur is None:
             x_cur = x
-        elif x_cur.shape != x.shape:
-            raise ValueError(f"x_cur shape {tuple(x_cur.shape)} differs from x shape {tuple(x.shape)}")
+        else:
+            if not isinstance(x_cur, Tensor):
+                raise TypeError(f"x_cur must be a torch.Tensor, got {type(x_cur).__name__}")
+            if x_cur.shape != x.shape:
+                raise ValueError(f"x_cur shape {tuple(x_cur.shape)} differs from x shape {tuple(x.shape)}")
+            if x_cur.dtype != x.dtype or x_cur.device != x.device:
+                raise ValueError(f"x_cur ({x_cur.dtype}, {x_cur.device}) differs from x "
+                                 f"({x.dtype}, {x.device}) in dtype or device")
         return run_steps(self._steps(), x, x_cur, self.reversible)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -252,6 +258,9 @@ class HyperbolicNetwork(nn.Module):
             self._check_input(t, channels=self.out_channels, what=f"inverse {name}", inverse=True)
         if y_prev.shape != y_cur.shape:
             raise ValueError(f"y_prev {tuple(y_prev.shape)} and y_cur {tuple(y_cur.shape)} differ")
+        if y_prev.dtype != y_cur.dtype or y_prev.device != y_cur.device:
+            raise ValueError(f"y_prev ({y_prev.dtype}, {y_prev.device}) and y_cur ({y_cur.dtype}, "
+                             f"{y_cur.device}) differ in dtype or device")
         steps = [s.inverted() for s in reversed(self._steps())]
         p, c = run_steps(steps, y_prev, y_cur, self.reversible)
         return (p, c) if return_pair else c

@@ -100,6 +100,13 @@ def test_clear_errors_for_bad_inputs_and_options():
         net.inverse(torch.randn(1, 4, 16, 18), torch.randn(1, 4, 16, 18))
     with pytest.raises(ValueError, match="differ"):
         net.inverse(torch.randn(1, 4, 16, 16), torch.randn(2, 4, 16, 16))
+    x = torch.randn(1, 4, 16, 16)
+    with pytest.raises(TypeError, match="x_cur must be a torch.Tensor, got list"):
+        net.forward_pair(x, [1.0])
+    with pytest.raises(ValueError, match="x_cur .*float64.* differs from x .*float32.* in dtype"):
+        net.forward_pair(x, x.double())
+    with pytest.raises(ValueError, match="y_prev .*float64.* and y_cur .*float32.* differ in dtype"):
+        net.inverse(x.double(), x)
     with pytest.raises(ValueError, match="divisible by 2\\*\\*dim"):
         HyperbolicNetwork(6, [(1, "up")], dim=2)
     with pytest.raises(ValueError, match="unit"):
