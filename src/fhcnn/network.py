@@ -9,6 +9,7 @@ invertible, so any earlier pair (and finally ``X``) can be recomputed from the l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -92,7 +93,7 @@ class HyperbolicNetwork(nn.Module):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if dim not in (1, 2, 3):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim not in (1, 2, 3):
             raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -100,7 +101,9 @@ class HyperbolicNetwork(nn.Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if wavelet not in ("haar", "learnable"):
             raise ValueError(f"wavelet must be 'haar' or 'learnable', got {wavelet!r}")
-        if not (isinstance(h, (int, float)) and h > 0):
+        if wavelet_init not in ("haar", "db2"):
+            raise ValueError(f"wavelet_init must be 'haar' or 'db2', got {wavelet_init!r}")
+        if not (isinstance(h, (int, float)) and not isinstance(h, bool) and 0 < h < math.inf):
             raise ValueError(f"h must be a positive number, got {h!r}")
         units = [tuple(u) for u in units]  # type: ignore[misc]
         if not units:
@@ -111,6 +114,8 @@ class HyperbolicNetwork(nn.Module):
                     f"each unit must be (n_layers >= 0, 'down' | 'up' | None), got {u!r}")
         if sum(u[0] for u in units) < 1:
             raise ValueError("the network needs at least one layer")
+        if isinstance(hidden, str):
+            raise ValueError(f"hidden must be None, an int or one int per unit, got {hidden!r}")
         if isinstance(hidden, Sequence) and len(hidden) != len(units):
             raise ValueError(f"hidden has {len(hidden)} entries but there are {len(units)} units")
         self.channels, self.dim, self.h = channels, dim, float(h)

@@ -115,6 +115,15 @@ def test_clear_errors_for_bad_inputs_and_options():
         HyperbolicNetwork(4, [(0, "down")])
     with pytest.raises(ValueError, match="h must be"):
         HyperbolicNetwork(4, [(1, None)], h=0)
+    for h in (float("inf"), True):
+        with pytest.raises(ValueError, match="h must be"):
+            HyperbolicNetwork(4, [(1, None)], h=h)
+    with pytest.raises(ValueError, match="dim must be 1, 2 or 3, got 2.0"):
+        HyperbolicNetwork(4, [(1, "down")], dim=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="wavelet_init must be 'haar' or 'db2', got 'db4'"):
+        HyperbolicNetwork(4, [(1, "down")], wavelet_init="db4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hidden must be None, an int or one int per unit"):
+        HyperbolicNetwork(4, [(1, None)], hidden="8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hidden has 1 entries"):
         HyperbolicNetwork(4, [(1, None), (1, None)], hidden=[3])
 
