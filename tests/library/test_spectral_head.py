@@ -24,8 +24,10 @@ def test_head_reads_the_whole_depth_of_one_pixel_only():
     x2[1, 2, 7, 4, 5] += 1.0  # one value of one pixel, at the last depth
     changed = (head(x2) - y).abs().sum(1)[:, 0] > 0
     assert changed[1, 4, 5] and changed.sum() == 1
-    with pytest.raises(ValueError, match=r"\(N, C, 8, H, W\).*got \(2, 3, 6, 6, 7\)"):
+    with pytest.raises(ValueError, match=r"\(N, 3, 8, H, W\).*got \(2, 3, 6, 6, 7\)"):
         head(x[:, :, :6])
+    with pytest.raises(ValueError, match=r"\(N, 3, 8, H, W\).*got \(2, 2, 8, 6, 7\)"):
+        head(x[:, :2])
     with pytest.raises(ValueError, match="must be >= 1"):
         SpectralHead(3, 0, 2, 5)
 

@@ -32,16 +32,16 @@ class SpectralHead(nn.Module):
         if min(in_channels, depth, num_classes, hidden) < 1:
             raise ValueError(f"in_channels, depth, num_classes and hidden must be >= 1, got "
                              f"{in_channels}, {depth}, {num_classes}, {hidden}")
-        self.depth = depth
+        self.in_channels, self.depth = in_channels, depth
         self.spectrum = nn.Conv3d(in_channels, hidden, (depth, 1, 1))
         self.act = nn.ReLU()
         self.out = nn.Conv3d(hidden, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 5 or x.shape[2] != self.depth:
-            raise ValueError(f"SpectralHead: input must be (N, C, {self.depth}, H, W) (the whole depth "
-                             f"axis it was built for), got {tuple(x.shape)}")
+        if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.depth:
+            raise ValueError(f"SpectralHead: input must be (N, {self.in_channels}, {self.depth}, H, W) (the "
+                             f"channels and whole depth axis it was built for), got {tuple(x.shape)}")
         return self.out(self.act(self.spectrum(x)))
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}"
+        return f"in_channels={self.in_channels}, depth={self.depth}"
