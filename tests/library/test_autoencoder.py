@@ -226,3 +226,9 @@ def test_conv_vae_baseline_shapes_and_loss():
     loss.backward()
     assert vae.encode(x).shape == (5, 6) and vae.decode(torch.randn(3, 6)).shape == (3, 1, 16, 16)
     assert vae.sample(4).shape == (4, 1, 16, 16) and parts["kl"] >= 0
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 16, 16\), got \(5, 1, 8, 8\)"):
+        vae.encode(torch.rand(5, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 16, 16\), got \(5, 3, 16, 16\)"):
+        vae.loss(torch.rand(5, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"latents must have shape \(N, 6\), got \(3, 4\)"):
+        vae.decode(torch.randn(3, 4))

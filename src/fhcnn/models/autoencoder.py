@@ -475,6 +475,10 @@ class ConvVAE(nn.Module):
         return self._latent_dim
 
     def stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        want = (self.in_channels, *self.image_size)
+        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), got "
+                             + (f"{tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__))
         mu, logvar = self.to_stats(self.encoder((x - self.mean) / self.std)).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 6)
 
@@ -482,6 +486,8 @@ class ConvVAE(nn.Module):
         return self.stats(x)[0]
 
     def decode(self, z: Tensor) -> Tensor:
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"latents must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
         y = self.decoder(self.from_latent(z).view(z.shape[0], *self.feat))
         return y * self.std + self.mean
 
