@@ -135,6 +135,12 @@ def test_prediction_window_defaults_to_the_training_window():
 def test_unet_shapes():
     net = UNet3D(3, 4, base=4, levels=2)
     assert net(torch.rand(1, 3, 4, 8, 12)).shape == (1, 4, 4, 8, 12) and net.size_multiple == 4
+    with pytest.raises(ValueError, match=r"UNet3D input \(1, 3, 6, 8, 12\) \(2 poolings\): spatial axis 0 has size 6"):
+        net(torch.rand(1, 3, 6, 8, 12))
+    with pytest.raises(ValueError, match=r"input must be \(N, 3, D, H, W\), got \(1, 2, 4, 8, 12\)"):
+        net(torch.rand(1, 2, 4, 8, 12))
+    with pytest.raises(ValueError, match=r"got \(3, 4, 8, 12\)"):
+        net(torch.rand(3, 4, 8, 12))
 
 
 def _toy(d=8, h=16, w=16):

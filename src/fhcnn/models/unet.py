@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..wavelets import check_divisible
+
 __all__ = ["UNet3D"]
 
 
@@ -32,7 +34,7 @@ class UNet3D(nn.Module):
         super().__init__()
         if levels < 1 or base < 1:
             raise ValueError(f"levels and base must be >= 1, got {levels}, {base}")
-        self.levels = levels
+        self.in_channels, self.levels = in_channels, levels
         ch = [base * 2**k for k in range(levels + 1)]
         self.down = nn.ModuleList([_Block(in_channels, ch[0])] +
                                   [_Block(ch[k - 1], ch[k]) for k in range(1, levels + 1)])
@@ -46,6 +48,10 @@ class UNet3D(nn.Module):
         return 2**self.levels
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet3D: input must be (N, {self.in_channels}, D, H, W), got "
+                             + (f"{tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__))
+        check_divisible(x.shape[2:], self.levels, what=f"UNet3D input {tuple(x.shape)} ({self.levels} poolings)")
         skips = []
         for k, block in enumerate(self.down):
             if k:
