@@ -563,3 +563,37 @@ def test_every_class_has_a_colour_of_its_own_in_the_figure(k):
     assert colours.shape == (k, 3) and colours.min() >= 0 and colours.max() <= 1
     assert len({tuple(np.round(c, 4)) for c in colours}) == k
     assert np.array_equal(colours[0], [0, 0, 0]) and (colours[1:].max(1) > 0).all()
+
+
+class _LargestRead:
+    """An array-like that keeps the most voxels one read handed out."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a, self.shape, self.dtype, self.largest = a, a.shape, a.dtype, 0
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        self.largest = max(self.largest, out.size)
+        return out
+
+
+def test_figure_slices_of_a_large_volume_are_subsampled_and_read_in_blocks() -> None:
+    """figure.png's centre slices (image, labels, prediction, truth) are drawn every s-th voxel
+    along an axis longer than FIGURE_SIDE and read in blocks of rows: a flat volume whose slice is
+    the whole volume is never read, or drawn, whole (the figure's memory does not grow with it)."""
+    from fhcnn.apps.volume.outputs import _SLICE_BLOCK, FIGURE_SIDE, centre_slices, figure_steps
+
+    a = np.random.default_rng(0).integers(0, 255, (3, 1300, 2100)).astype(np.uint8)
+    arr = _LargestRead(a)
+    centre = [1, 650, 1050]
+    steps = figure_steps(a.shape)
+    got = centre_slices(arr, centre)
+    assert steps == (1, 3, 5)
+    assert arr.largest <= 2 * _SLICE_BLOCK < a[1].size, arr.largest
+    assert all(max(s.shape) <= FIGURE_SIDE for s in got), [s.shape for s in got]
+    np.testing.assert_array_equal(got[0], a[1, ::3, ::5])
+    np.testing.assert_array_equal(got[1], a[:, 650, ::5])
+    np.testing.assert_array_equal(got[2], a[:, ::3, 1050])
+    small = np.arange(4 * 5 * 6).reshape(4, 5, 6)  # below FIGURE_SIDE: the slices themselves
+    for s, want in zip(centre_slices(small, [2, 2, 3]), (small[2], small[:, 2], small[:, :, 3])):
+        np.testing.assert_array_equal(s, want)
