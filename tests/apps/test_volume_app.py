@@ -597,3 +597,21 @@ def test_figure_slices_of_a_large_volume_are_subsampled_and_read_in_blocks() -> 
     small = np.arange(4 * 5 * 6).reshape(4, 5, 6)  # below FIGURE_SIDE: the slices themselves
     for s, want in zip(centre_slices(small, [2, 2, 3]), (small[2], small[:, 2], small[:, :, 3])):
         np.testing.assert_array_equal(s, want)
+
+
+def test_baselines_are_scored_in_boxes_of_at_most_a_slab_even_where_a_plane_is_larger() -> None:
+    """confusion_by_slabs (the copy and forest baselines' scoring pass, ~100 bytes a voxel of a
+    box for the copy's queries) cuts a plane larger than the slab into rows: a flat volume's
+    plane, or a whole flat volume, is never predicted at once."""
+    from fhcnn.apps.volume.baselines import NearestLabel, confusion_by_slabs
+    from fhcnn.engine.metrics import confusion_matrix
+
+    rng = np.random.default_rng(1)
+    lab = np.full((2, 300, 200), 255, np.uint8)
+    lab[0, ::50] = rng.integers(0, 3, (6, 200))
+    truth = rng.integers(0, 3, lab.shape).astype(np.uint8)
+    truth[0, ::50] = 255
+    pred, held = _LargestRead(NearestLabel(lab)[:, :, :]), _LargestRead(truth)
+    got = confusion_by_slabs(pred, held, 3, slab_voxels=5000)
+    np.testing.assert_array_equal(got, confusion_matrix(pred.a, truth, 3))
+    assert max(pred.largest, held.largest) <= 5000 < 300 * 200, (pred.largest, held.largest)

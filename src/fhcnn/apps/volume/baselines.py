@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...data.lazy import whole_slabs
+from ...data.lazy import iter_slabs, whole_slabs
 from ...engine.metrics import confusion_matrix
 from ...options import IGNORE
 
@@ -188,11 +188,13 @@ def forest_baseline(channels: Sequence[Any], labels: Any, num_classes: int, **op
 
 def confusion_by_slabs(pred: Any, truth: Any, num_classes: int, slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
     """``(K, K)`` confusion matrix of the array-like prediction ``pred`` against ``truth``
-    (``IGNORE`` = not scored), slab by slab; slabs with nothing to score are not predicted."""
+    (``IGNORE`` = not scored), box by box: slabs of at most ``slab_voxels`` voxels, planes cut
+    into rows where one is larger (:func:`~fhcnn.data.lazy.iter_slabs`); boxes with nothing to
+    score are not predicted."""
     shape = tuple(int(n) for n in truth.shape)
     matrix = np.zeros((num_classes, num_classes), np.int64)
-    for sl in slabs(shape, slab_voxels):
-        t = np.asarray(truth[sl])
+    for box in iter_slabs(shape, 1, slab_voxels):
+        t = np.asarray(truth[box])
         if (t != IGNORE).any():
-            matrix += confusion_matrix(np.asarray(pred[sl]), t, num_classes)
+            matrix += confusion_matrix(np.asarray(pred[box]), t, num_classes)
     return matrix
