@@ -26,6 +26,19 @@ def _volume(tmp_path, image):
     return str(tmp_path / "img.npy"), str(tmp_path / "lab.npy")
 
 
+def _refused_naming(tmp_path, capsys, role, spec, img, lab, words):
+    """``fhcnn volume`` with ``spec`` as its ``role`` (``"image"`` or ``"labels"``, the other
+    being ``img`` or ``lab``): one ``error:`` line naming ``role``, ``spec`` and ``words``, exit 2,
+    no OUT."""
+    img, lab = (spec, lab) if role == "image" else (img, spec)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: ") and words in err[0], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("scale, offset, dtype", [(1.0, 1e9, np.float64), (1e-50, 0.0, np.float64),
                                                   (1e40, 0.0, np.float64), (1000.0, 2.0**40, np.int64)])
 def test_float32_reads_keep_the_contrast(tmp_path, scale, offset, dtype):
@@ -146,13 +159,7 @@ def test_a_tiff_whose_compression_tifffile_cannot_decode_is_refused_naming_it(tm
         struct.pack_into("<H", raw, offset, 5)  # LZW
     (tmp_path / "lzw.tif").write_bytes(bytes(raw))
     spec = str(tmp_path / "lzw.tif")
-    img, lab = (spec, lab) if role == "image" else (img, spec)
-    out = tmp_path / "out"
-    capsys.readouterr()
-    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: ") and "imagecodecs" in err[0], err
-    assert not out.exists()
+    _refused_naming(tmp_path, capsys, role, spec, img, lab, "imagecodecs")
 
 
 @pytest.mark.parametrize("role", ["image", "labels"])
@@ -171,13 +178,7 @@ def test_an_hdf5_dataset_whose_filter_is_not_available_is_refused_naming_it(tmp_
                               allow_unknown_filter=True)
         ds.id.write_direct_chunk((0, 0, 0), data.tobytes())
     spec = str(tmp_path / "x.h5")
-    img, lab = (spec, lab) if role == "image" else (img, spec)
-    out = tmp_path / "out"
-    capsys.readouterr()
-    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: ") and "filter 32001" in err[0], err
-    assert not out.exists()
+    _refused_naming(tmp_path, capsys, role, spec, img, lab, "filter 32001")
 
 
 @pytest.mark.parametrize("role", ["image", "labels"])
@@ -197,13 +198,7 @@ def test_a_damaged_compressed_chunk_is_refused_naming_the_file(tmp_path, role, c
     raw[at:at + 8] = b"\x00" * 8
     (tmp_path / "x.h5").write_bytes(bytes(raw))
     spec = str(tmp_path / "x.h5")
-    img, lab = (spec, lab) if role == "image" else (img, spec)
-    out = tmp_path / "out"
-    capsys.readouterr()
-    assert main(["volume", img, "--labels", lab, "--out", str(out)] + TINY) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {role} {spec}: its data cannot be read at ["), err
-    assert not out.exists()
+    _refused_naming(tmp_path, capsys, role, spec, img, lab, "its data cannot be read at [")
 
 
 def test_a_zarr_of_damaged_chunks_is_one_line(tmp_path):
