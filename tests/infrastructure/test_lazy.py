@@ -237,28 +237,3 @@ def test_copy_to_zarr_round_trips_in_slabs(tmp_path) -> None:
     z = copy_to_zarr(src, tmp_path / "c.zarr", (4, 8, 8), axis=1, max_bytes=5 * 7 * 8)
     np.testing.assert_array_equal(z[...], a)
     assert src.read == a.size  # one pass
-
-
-class _Largest(_Counting):
-    """A :class:`_Counting` array-like that also keeps the largest box it handed out."""
-
-    largest = 0
-
-    def __getitem__(self, key):
-        out = super().__getitem__(key)
-        self.largest = max(self.largest, out.size)
-        return out
-
-
-@pytest.mark.parametrize("shape, axis", [((6, 40, 40), 0), ((40, 40, 6), 2), ((3, 50, 64), 1), ((2, 64, 64), 0)])
-def test_copy_to_zarr_of_a_short_axis_reads_at_most_the_budget(tmp_path, shape, axis) -> None:
-    """A volume whose slab axis is shorter than a chunk (a flat stack, a NIfTI of few slices) or
-    whose slices exceed the budget is copied in boxes of at most ``max_bytes``, not in one read
-    of the whole volume (a slab one chunk thick)."""
-    a = np.random.default_rng(3).integers(0, 255, shape).astype(np.uint8)
-    src = _Largest(a)
-    budget = 40 * 40
-    z = copy_to_zarr(src, tmp_path / "c.zarr", (64, 64, 64), axis=axis, max_bytes=budget)
-    np.testing.assert_array_equal(z[...], a)
-    assert src.read == a.size  # one pass
-    assert src.largest <= budget, (src.largest, budget)

@@ -716,24 +716,15 @@ def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis
                  max_bytes: int = SLAB_BYTES, dtype: Any = None) -> Any:
     """Copy ``array`` into a new zarr array at ``path`` (chunked ``chunks``) in one pass of slabs
     along ``axis`` (the axis the source reads fastest by slab: the last one of a NIfTI file, the
-    first of a TIFF stack or a video), each at most ``max_bytes``: where a slab one chunk thick
-    would exceed it, the chunks are thinner along ``axis`` (and where one slice exceeds it, the
-    boxes of :func:`iter_slabs`). Returns the zarr array (opened read-only)."""
+    first of a TIFF stack or a video). Returns the zarr array (opened read-only)."""
     import zarr
 
     shape = tuple(int(n) for n in array.shape)
     dt = np.dtype(dtype if dtype is not None else array.dtype)
-    per = max(1, dt.itemsize * math.prod(shape) // max(shape[axis], 1))  # bytes of one slice along axis
     chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape))
-    # a slab one chunk thick over the budget (large slices, or a short axis: the whole volume):
-    # chunks as thin along axis as the budget needs (every chunk still written once, whole)
-    chunks = tuple(max(1, min(c, max_bytes // per)) if k == axis else c for k, c in enumerate(chunks))
     out = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dt)
-    if per > max_bytes:  # one slice is over the budget: boxes of at most max_bytes, in storage order
-        for key in iter_slabs(shape, dt.itemsize, max_bytes, axis):
-            out[key] = np.asarray(array[key], dtype=dt)
-        return zarr.open_array(str(path), mode="r")
     step = max(chunks[axis], 1)
+    per = max(1, dt.itemsize * math.prod(shape) // max(shape[axis], 1))
     step *= max(1, max_bytes // (per * step))
     for a in range(0, shape[axis], step):
         key = tuple(slice(a, min(a + step, shape[axis])) if k == axis else slice(None) for k in range(len(shape)))
