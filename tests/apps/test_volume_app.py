@@ -223,6 +223,45 @@ def test_forest_predicts_any_box_as_the_whole_and_samples_per_class():
     assert set(np.unique(whole).tolist()) == {0, 1, 2}
 
 
+class _Largest:
+    """An array-like that keeps the size of the largest box read from it."""
+
+    def __init__(self, a):
+        self.a, self.largest = a, 0
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        self.largest = max(self.largest, out.size)
+        return out
+
+
+def test_baselines_read_boxes_smaller_than_a_plane():
+    """The labelled voxels and the forest's statistics pass are read in boxes of at most
+    ``slab_voxels`` even where one plane is larger (a flat, wide volume), with the results of
+    reading whole slabs."""
+    from fhcnn.apps.volume.baselines import ForestPrediction, labelled_voxels
+
+    image, truth = generate_volume("cells", (6, 40, 30), seed=2, channel=0)
+    lab = np.full(truth.shape, 255, np.uint8)
+    lab[[1, 4]] = truth[[1, 4]]
+    lab[:, 7, 3] = truth[:, 7, 3]
+    want = labelled_voxels(lab, slab_voxels=10**9)
+    np.testing.assert_array_equal(want[0], np.flatnonzero(lab != 255))
+    read = _Largest(lab)
+    got = labelled_voxels(read, slab_voxels=100)
+    assert read.largest <= 100 < 40 * 30
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    whole = ForestPrediction([image], lab, 3, trees=3, samples=200, seed=0, slab_voxels=10**9)
+    channel = _Largest(image)
+    boxed = ForestPrediction([channel], lab, 3, trees=3, samples=200, seed=0, slab_voxels=100, voxels=got)
+    assert channel.largest <= 100
+    np.testing.assert_allclose(boxed.mu, whole.mu, rtol=1e-12)
+    np.testing.assert_allclose(boxed.sd, whole.sd, rtol=1e-9)
+    np.testing.assert_array_equal(boxed[:, :, :], whole[:, :, :])
+
+
 def test_anisotropic_spacing_shortens_windows_along_coarse_axes():
     cfg = VolumeConfig()
     cfg.data.window_depth = cfg.data.window_height = cfg.data.window_width = 64

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fhcnn.data.lazy import (
     LazyVolume,
     PassShare,
+    chunk_boxes,
     copy_to_zarr,
     iter_slabs,
     reflect_indices,
@@ -237,3 +238,53 @@ def test_copy_to_zarr_round_trips_in_slabs(tmp_path) -> None:
     z = copy_to_zarr(src, tmp_path / "c.zarr", (4, 8, 8), axis=1, max_bytes=5 * 7 * 8)
     np.testing.assert_array_equal(z[...], a)
     assert src.read == a.size  # one pass
+
+
+class _Boxes(_Counting):
+    """A :class:`_Counting` array-like that also keeps every box it handed out."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        super().__init__(a)
+        self.boxes: list[tuple[slice, ...]] = []
+
+    def __getitem__(self, key):
+        self.boxes.append(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 40, 40), 0), ((40, 40, 6), 2), ((3, 50, 64), 1), ((40, 40, 40), 0),
+                                         ((5, 30, 7), 1)])
+@pytest.mark.parametrize("budget", [40 * 40 * 3, 40 * 8, 100])
+def test_copy_to_zarr_keeps_its_chunks_and_reads_forward_within_the_budget(tmp_path, shape, axis, budget) -> None:
+    """Whatever the budget: the copy has the chunks asked for (what later reads cost), the
+    source is read once, in boxes of at most ``max_bytes`` (a flat stack or large slices are
+    not read one chunk thick), each box whole along the axes inner to the one it is cut along
+    and in storage order (a compressed stream is never read backwards), and nothing is left
+    beside the copy."""
+    a = np.random.default_rng(3).integers(0, 255, shape).astype(np.uint8)
+    src = _Boxes(a)
+    chunks = (16, 16, 16)
+    z = copy_to_zarr(src, tmp_path / "c.zarr", chunks, axis=axis, max_bytes=budget)
+    assert z.chunks == tuple(min(c, n) for c, n in zip(chunks, shape))
+    np.testing.assert_array_equal(z[...], a)
+    assert src.read == a.size  # one pass
+    assert max(a[b].size for b in src.boxes) <= budget
+    order = [axis] + sorted((k for k in range(3) if k != axis), key=lambda k: abs(k - axis))
+    starts = [tuple(b[k].start for k in order) for b in src.boxes]
+    assert starts == sorted(starts)
+    for b in src.boxes:  # cut along one axis at most, whole along the ones inside it
+        cut = [i for i, k in enumerate(order) if b[k].stop - b[k].start < shape[k]]
+        assert not cut or all(b[k].stop - b[k].start == shape[k] for k in order[cut[-1] + 1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_chunk_boxes_cover_whole_chunks_within_the_budget() -> None:
+    shape, chunks = (37, 21, 50), (8, 8, 16)
+    for budget in (8 * 8 * 16, 3000, 10**9):
+        seen = np.zeros(shape, np.int32)
+        for box in chunk_boxes(shape, chunks, 1, budget, axis=0):
+            seen[box] += 1
+            assert all(s.start % c == 0 and (s.stop % c == 0 or s.stop == n)
+                       for s, c, n in zip(box, chunks, shape))
+            assert seen[box].size <= max(budget, 8 * 8 * 16)
+        assert (seen == 1).all()

@@ -40,6 +40,7 @@ __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key",
            "Standardized", "float32_safe", "standardize_channels",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
+           "chunk_boxes",
            "PassShare", "ONE_PROCESS",
            "SLAB_BYTES", "MAX_POINTS"]
 
@@ -712,23 +713,90 @@ def _merge_scans(parts: Sequence[_ScanPart], shape: tuple[int, ...], limit: int,
     return LabelScan(counts, int(sum(p.unlabelled for p in parts)), per, positions)
 
 
+def chunk_boxes(shape: Sequence[int], chunks: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
+                axis: int = 0) -> Iterator[tuple[slice, ...]]:
+    """Boxes of whole chunks of the grid ``chunks`` covering an array of ``shape``, in storage
+    order along ``axis`` like :func:`iter_slabs` (slabs along ``axis``, cut along the other axes,
+    the nearest to ``axis`` first, only where a slab one chunk thick exceeds the budget), each
+    at most ``max_bytes`` at ``itemsize`` bytes per element but never less than one chunk.
+    Writing such boxes to a zarr array chunked ``chunks`` writes every chunk once, whole.
+
+    Example:
+        >>> [b[0] for b in chunk_boxes((10, 4, 4), (2, 4, 4), 1, max_bytes=64)]
+        [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
+    """
+    sizes = [int(n) for n in shape]
+    grid = [max(1, min(int(c), n)) for c, n in zip(chunks, sizes)]
+    nd = len(sizes)
+    if not 0 <= axis < nd:
+        raise ValueError(f"axis {axis} is outside the {nd} axes of shape {tuple(shape)}")
+    order = [axis] + sorted((a for a in range(nd) if a != axis), key=lambda a: abs(a - axis))
+    budget = max(1, max_bytes // max(1, itemsize))
+    step = grid.copy()
+    box = math.prod(grid)
+    for a in reversed(order):  # the innermost axes (cut last) grow first, in whole chunks
+        others = box // step[a]
+        whole = others * sizes[a] <= budget
+        step[a] = sizes[a] if whole else min(sizes[a], grid[a] * max(1, budget // (others * grid[a])))
+        box = others * step[a]
+        if step[a] < sizes[a]:
+            break
+
+    def boxes(level: int, box: list[slice]) -> Iterator[tuple[slice, ...]]:
+        if level == nd:
+            yield tuple(box)
+            return
+        a = order[level]
+        for s in range(0, sizes[a], step[a]):
+            box[a] = slice(s, min(s + step[a], sizes[a]))
+            yield from boxes(level + 1, box)
+
+    yield from boxes(0, [slice(0, 0)] * nd)
+
+
 def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis: int = 0,
                  max_bytes: int = SLAB_BYTES, dtype: Any = None) -> Any:
-    """Copy ``array`` into a new zarr array at ``path`` (chunked ``chunks``) in one pass of slabs
-    along ``axis`` (the axis the source reads fastest by slab: the last one of a NIfTI file, the
-    first of a TIFF stack or a video). Returns the zarr array (opened read-only)."""
+    """Copy ``array`` into a new zarr array at ``path`` chunked ``chunks`` (each chunk written
+    once, whole), reading the source once, in storage order along ``axis`` (the axis the
+    source reads fastest by slab: the last one of a NIfTI file, the first of a TIFF stack or a
+    video), in boxes of at most ``max_bytes``. Returns the zarr array (opened read-only).
+
+    Where a slab one chunk thick along ``axis`` fits in ``max_bytes`` the copy is one pass of
+    such slabs. Where it does not (large slices, or fewer slices than a chunk) the source is read
+    in the boxes of :func:`iter_slabs` into a raw staging file beside ``path``
+    (``<path>.staging``, in that storage order: disk for the whole volume uncompressed, for the
+    length of the copy), copied from there box by box of whole chunks (:func:`chunk_boxes`), and the
+    staging file removed. The copy's chunks are the same either way, so what reads it later
+    costs the same; the staging costs a second write and read of the volume (in the page cache,
+    not this process's memory: :func:`release_pages` after every box).
+    """
     import zarr
 
     shape = tuple(int(n) for n in array.shape)
     dt = np.dtype(dtype if dtype is not None else array.dtype)
     chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape))
     out = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dt)
-    step = max(chunks[axis], 1)
-    per = max(1, dt.itemsize * math.prod(shape) // max(shape[axis], 1))
-    step *= max(1, max_bytes // (per * step))
-    for a in range(0, shape[axis], step):
-        key = tuple(slice(a, min(a + step, shape[axis])) if k == axis else slice(None) for k in range(len(shape)))
-        out[key] = np.asarray(array[key], dtype=dt)
+    if dt.itemsize * math.prod(shape) // max(shape[axis], 1) * chunks[axis] <= max_bytes:
+        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, axis):
+            out[box] = np.asarray(array[box], dtype=dt)
+        return zarr.open_array(str(path), mode="r")
+    staging = Path(f"{path}.staging")
+    # the storage order of iter_slabs and chunk_boxes: their boxes are contiguous runs of it
+    layout = [axis] + sorted((a for a in range(len(shape)) if a != axis), key=lambda a: abs(a - axis))
+    back = tuple(int(a) for a in np.argsort(layout))
+    try:
+        raw = np.memmap(staging, dtype=dt, mode="w+", shape=tuple(shape[a] for a in layout))
+        view = raw.transpose(back)
+        for box in iter_slabs(shape, dt.itemsize, max_bytes, axis):
+            view[box] = np.asarray(array[box], dtype=dt)
+            release_pages(view)
+        del raw, view
+        stage = Unmapped(np.memmap(staging, dtype=dt, mode="r", shape=tuple(shape[a] for a in layout)).transpose(back))
+        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, axis):
+            out[box] = stage[box]
+        del stage
+    finally:
+        staging.unlink(missing_ok=True)
     return zarr.open_array(str(path), mode="r")
 
 

@@ -20,12 +20,13 @@ box (:class:`NearestLabel`, :class:`ForestPrediction`), scored slab by slab
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
-from ...data.lazy import iter_slabs, whole_slabs
+from ...data.lazy import iter_slabs
 from ...engine.metrics import confusion_matrix
 from ...options import IGNORE
 
@@ -44,22 +45,22 @@ def baseline_bytes(labelled: int, names: Sequence[str]) -> int:
     return labelled * (9 + (48 if "copy" in names else 0)) + SLAB_VOXELS * 64
 
 
-def slabs(shape: Sequence[int], voxels: int = SLAB_VOXELS) -> list[slice]:
-    """Slabs of whole ``(H, W)`` planes along axis 0 of at most ``voxels`` voxels each (at
-    least one plane)."""
-    return whole_slabs(shape, 1, voxels)
+def _flat_start(box: tuple[slice, ...], shape: Sequence[int]) -> int:
+    """The C-order flat index of the first voxel of ``box``."""
+    return int(np.ravel_multi_index(tuple(sl.start for sl in box), tuple(shape)))
 
 
 def labelled_voxels(labels: Any, slab_voxels: int = SLAB_VOXELS) -> tuple[np.ndarray, np.ndarray]:
     """``(flat indices int64, labels uint8)`` of every labelled voxel (not ``IGNORE``) of the
-    ``(D, H, W)`` array-like ``labels``, in C order, read slab by slab."""
+    ``(D, H, W)`` array-like ``labels``, in C order, read in boxes of at most ``slab_voxels``
+    voxels (:func:`~fhcnn.data.lazy.iter_slabs`: slabs along axis 0, planes cut into rows where
+    one is larger; each box a contiguous run of C order)."""
     shape = tuple(int(n) for n in labels.shape)
-    plane = shape[1] * shape[2]
     idx, val = [], []
-    for sl in slabs(shape, slab_voxels):
-        lab = np.asarray(labels[sl]).reshape(-1)
+    for box in iter_slabs(shape, 1, slab_voxels):
+        lab = np.asarray(labels[box]).reshape(-1)
         where = np.flatnonzero(lab != IGNORE)
-        idx.append(where + sl.start * plane)
+        idx.append(where + _flat_start(box, shape))
         val.append(lab[where].astype(np.uint8))
     return np.concatenate(idx), np.concatenate(val)
 
@@ -142,17 +143,17 @@ class ForestPrediction:
                 pick.append(where if where.size <= per else rng.choice(where, per, replace=False))
         idx = np.sort(np.concatenate(pick))
         target = flat_val[np.searchsorted(flat_idx, idx)]
-        plane = self.shape[1] * self.shape[2]
         feats = np.empty((idx.size, len(self.channels)), np.float32)
         s1 = np.zeros(len(self.channels))
         s2 = np.zeros(len(self.channels))
-        for sl in slabs(self.shape, slab_voxels):
-            lo, hi = np.searchsorted(idx, [sl.start * plane, sl.stop * plane])
+        for box in iter_slabs(self.shape, 1, slab_voxels):  # contiguous runs of C order
+            start = _flat_start(box, self.shape)
+            lo, hi = np.searchsorted(idx, [start, start + math.prod(sl.stop - sl.start for sl in box)])
             for c, ch in enumerate(self.channels):
-                x = np.asarray(ch[sl, :, :], np.float64).reshape(-1)
+                x = np.asarray(ch[box], np.float64).reshape(-1)
                 s1[c] += x.sum()
                 s2[c] += (x * x).sum()
-                feats[lo:hi, c] = x[idx[lo:hi] - sl.start * plane]
+                feats[lo:hi, c] = x[idx[lo:hi] - start]
         n = float(np.prod(self.shape))
         self.mu = s1 / n
         self.sd = np.sqrt(np.maximum(s2 / n - self.mu * self.mu, 0)) + 1e-12
@@ -181,8 +182,8 @@ def forest_baseline(channels: Sequence[Any], labels: Any, num_classes: int, **op
     its costs."""
     forest = ForestPrediction(channels, labels, num_classes, **options)
     out = np.empty(forest.shape, np.uint8)
-    for sl in slabs(forest.shape):
-        out[sl] = forest[sl]
+    for box in iter_slabs(forest.shape, 1, SLAB_VOXELS):
+        out[box] = forest[box]
     return out, forest.costs()
 
 
