@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from .wavelets import check_count, check_dim
+
 __all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "conv", "frozen_norm_stats"]
 
 Norm = Literal["none", "batch", "group", "instance"]
@@ -240,17 +242,15 @@ class SymmetricLayer(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-        if kernel_size % 2 != 1 or kernel_size < 1:
+        check_dim(dim)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size % 2 != 1 or kernel_size < 1:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if adjoint not in ("conv", "conv_transpose"):
             raise ValueError(f"adjoint must be 'conv' or 'conv_transpose', got {adjoint!r}")
-        hidden = channels if hidden is None else hidden
-        if channels < 1 or hidden < 1:
-            raise ValueError(f"channels and hidden must be >= 1, got {channels}, {hidden}")
+        check_count("channels", channels)
+        hidden = channels if hidden is None else check_count("hidden", hidden)
         self.channels, self.hidden, self.dim = channels, hidden, dim
         self.kernel_size, self.adjoint = kernel_size, adjoint
         self.norm_kind, self.activation_kind = norm, activation

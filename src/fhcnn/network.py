@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
-from .wavelets import HaarDWT, LearnableWavelet, check_divisible
+from .wavelets import HaarDWT, LearnableWavelet, check_count, check_dim, check_divisible
 
 __all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
 
@@ -91,10 +91,8 @@ class HyperbolicNetwork(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        check_count("channels", channels)
+        check_dim(dim)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if activation not in ACTIVATIONS:
@@ -109,7 +107,8 @@ class HyperbolicNetwork(nn.Module):
         if not units:
             raise ValueError("units must hold at least one (n_layers, transition) pair")
         for u in units:
-            if len(u) != 2 or not isinstance(u[0], int) or u[0] < 0 or u[1] not in ("down", "up", None):
+            if (len(u) != 2 or isinstance(u[0], bool) or not isinstance(u[0], int) or u[0] < 0
+                    or u[1] not in ("down", "up", None)):
                 raise ValueError(
                     f"each unit must be (n_layers >= 0, 'down' | 'up' | None), got {u!r}")
         if sum(u[0] for u in units) < 1:
@@ -118,6 +117,9 @@ class HyperbolicNetwork(nn.Module):
             raise ValueError(f"hidden must be None, an int or one int per unit, got {hidden!r}")
         if isinstance(hidden, Sequence) and len(hidden) != len(units):
             raise ValueError(f"hidden has {len(hidden)} entries but there are {len(units)} units")
+        for width in hidden if isinstance(hidden, Sequence) else [hidden]:
+            if width is not None:
+                check_count("hidden", width)
         self.channels, self.dim, self.h = channels, dim, float(h)
         self.units = units
         self.reversible = reversible

@@ -33,6 +33,8 @@ __all__ = [
     "HaarDWT",
     "LearnableWavelet",
     "WaveletTransform",
+    "check_count",
+    "check_dim",
     "check_divisible",
     "lattice_filters",
     "nearest_valid_size",
@@ -49,6 +51,26 @@ def nearest_valid_size(size: int, factor: int) -> int:
     if down == 0:
         return up
     return down if size - down < up - size else up
+
+
+def check_dim(dim: object) -> int:
+    """``dim`` if it is the int 1, 2 or 3 (not ``True``, not ``2.0``); otherwise a ``ValueError``."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (1, 2, 3):
+        raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+    return dim
+
+
+def check_count(name: str, value: object, least: int = 1, why: str = "") -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) of at least ``least``; otherwise a
+    ``ValueError`` naming ``name``, the bound and ``why``.
+
+    Example:
+        >>> check_count("levels", 2)
+        2
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
+    return value
 
 
 def check_divisible(spatial: Sequence[int], levels: int, what: str = "input") -> None:
@@ -190,12 +212,8 @@ class WaveletTransform(nn.Module):
 
     def __init__(self, dim: int, levels: int = 1) -> None:
         super().__init__()
-        if dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-        if not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"levels must be a positive int, got {levels!r}")
-        self.dim = dim
-        self.levels = levels
+        self.dim = check_dim(dim)
+        self.levels = check_count("levels", levels)
 
     # subclasses return (c1, s1, c2, s2); c2/s2 None means "no delay stage" (Haar);
     # ``params`` (by parameter name) replaces the module's own parameters where given

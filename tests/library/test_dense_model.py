@@ -56,7 +56,7 @@ def test_conv_head_gradients_equal_autograd_and_memory_independent_of_depth():
 def test_errors():
     with pytest.raises(ValueError, match="end at the input resolution"):
         DenseHyperbolicModel(3, 2, 16, [(2, "down")], dim=2)
-    with pytest.raises(ValueError, match="head_channels must be >= 0"):
+    with pytest.raises(ValueError, match="head_channels must be an int >= 0"):
         DenseHyperbolicModel(3, 2, 8, [(1, "down"), (1, "up")], dim=2, head_channels=-1)
     with pytest.raises(ValueError, match="smaller than the 24 channels"):
         DenseHyperbolicModel(6, 2, 16, [(1, "up")], dim=2, pre_levels=1)

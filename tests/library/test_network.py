@@ -128,6 +128,35 @@ def test_clear_errors_for_bad_inputs_and_options():
         HyperbolicNetwork(4, [(1, None), (1, None)], hidden=[3])
 
 
+def test_counts_are_ints_not_booleans_or_floats():
+    """Every count the library's modules take (dims, levels, channels, widths, layers) refuses
+    ``True`` and ``2.0`` in one line naming it, instead of building a module with one channel
+    or one level."""
+    from fhcnn import HaarDWT
+    from fhcnn.layers import SymmetricLayer
+    from fhcnn.models import ConvVAE, DenseHyperbolicModel, SpectralHead, UNet3D
+
+    cases = [
+        (lambda v: HaarDWT(2, levels=v), "levels"),
+        (lambda v: HaarDWT(v), "dim"),
+        (lambda v: HyperbolicNetwork(v, [(1, None)]), "channels"),
+        (lambda v: HyperbolicNetwork(4, [(v, None)]), "each unit"),
+        (lambda v: HyperbolicNetwork(4, [(1, None)], hidden=v), "hidden"),
+        (lambda v: HyperbolicNetwork(4, [(1, None), (1, None)], hidden=[4, v]), "hidden"),
+        (lambda v: SymmetricLayer(4, v), "hidden"),
+        (lambda v: SymmetricLayer(4, dim=2, kernel_size=v), "kernel_size"),
+        (lambda v: DenseHyperbolicModel(1, v, 8, [(1, None)], dim=2), "num_classes"),
+        (lambda v: DenseHyperbolicModel(1, 2, 8, [(1, None)], dim=2, head_channels=v), "head_channels"),
+        (lambda v: SpectralHead(3, 8, 2, v), "hidden"),
+        (lambda v: UNet3D(1, 2, levels=v), "levels"),
+        (lambda v: ConvVAE(1, (8, 8), v), "latent_dim"),
+    ]
+    for build, name in cases:
+        for bad in (True, 2.0):
+            with pytest.raises(ValueError, match=f"^{name} .*got .*{bad!r}"):
+                build(bad)
+
+
 def test_hidden_width_per_unit():
     net = HyperbolicNetwork(4, [(1, "down"), (1, "up")], dim=2, hidden=[6, 10])
     assert [layer.hidden for layer in net.layers] == [6, 10]

@@ -28,7 +28,7 @@ def test_head_reads_the_whole_depth_of_one_pixel_only():
         head(x[:, :, :6])
     with pytest.raises(ValueError, match=r"\(N, 3, 8, H, W\).*got \(2, 2, 8, 6, 7\)"):
         head(x[:, :2])
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match="depth must be an int >= 1, got 0"):
         SpectralHead(3, 0, 2, 5)
 
 

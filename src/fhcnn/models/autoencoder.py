@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from ..network import HyperbolicNetwork, Unit
-from ..wavelets import HaarDWT, check_divisible
+from ..wavelets import HaarDWT, check_count, check_divisible
 
 __all__ = [
     "HyperbolicAutoencoder",
@@ -188,13 +188,10 @@ class HyperbolicAutoencoder(nn.Module):
         **network_options: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        check_count("in_channels", in_channels)
         if len(image_size) != 2:
             raise ValueError(f"image_size must be (H, W), got {image_size!r}")
-        if not isinstance(pre_levels, int) or pre_levels < 1:
-            raise ValueError(f"pre_levels must be an int >= 1 (the split needs an even number "
-                             f"of channels), got {pre_levels!r}")
+        check_count("pre_levels", pre_levels, why=" (the split needs an even number of channels)")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")
         if p_init not in ("identity", "orthogonal"):
@@ -445,6 +442,9 @@ class ConvVAE(nn.Module):
                  width: int = 32, levels: int = 2, sigma: float = 1.0,
                  mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("latent_dim", latent_dim), ("width", width),
+                            ("levels", levels)):
+            check_count(name, value)
         h, w = (int(s) for s in image_size)
         check_divisible((h, w), levels, what=f"ConvVAE image_size {(h, w)}")
         self.in_channels, self.image_size, self.sigma = in_channels, (h, w), float(sigma)

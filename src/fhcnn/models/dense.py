@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..network import HyperbolicNetwork, Unit
-from ..wavelets import HaarDWT, check_divisible
+from ..wavelets import HaarDWT, check_count, check_dim, check_divisible
 
 __all__ = ["DenseHyperbolicModel"]
 
@@ -61,14 +61,12 @@ class DenseHyperbolicModel(nn.Module):
         **network_options: Any,
     ) -> None:
         super().__init__()
-        if dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-        if in_channels < 1 or num_classes < 1:
-            raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
-        if pre_levels < 0:
-            raise ValueError(f"pre_levels must be >= 0, got {pre_levels}")
-        if head_channels < 0:
-            raise ValueError(f"head_channels must be >= 0 (0 = the 1x1 classifier alone), got {head_channels}")
+        check_dim(dim)
+        check_count("in_channels", in_channels)
+        check_count("num_classes", num_classes)
+        check_count("width", width)
+        check_count("pre_levels", pre_levels, least=0)
+        check_count("head_channels", head_channels, least=0, why=" (0 = the 1x1 classifier alone)")
         if opening not in ("zeros", "conv"):
             raise ValueError(f"opening must be 'zeros' or 'conv', got {opening!r}")
         self.in_channels, self.num_classes, self.dim = in_channels, num_classes, dim

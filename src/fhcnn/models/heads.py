@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..wavelets import check_count
+
 __all__ = ["SpectralHead"]
 
 
@@ -29,9 +31,9 @@ class SpectralHead(nn.Module):
 
     def __init__(self, in_channels: int, depth: int, num_classes: int, hidden: int) -> None:
         super().__init__()
-        if min(in_channels, depth, num_classes, hidden) < 1:
-            raise ValueError(f"in_channels, depth, num_classes and hidden must be >= 1, got "
-                             f"{in_channels}, {depth}, {num_classes}, {hidden}")
+        for name, value in (("in_channels", in_channels), ("depth", depth), ("num_classes", num_classes),
+                            ("hidden", hidden)):
+            check_count(name, value)
         self.in_channels, self.depth = in_channels, depth
         self.spectrum = nn.Conv3d(in_channels, hidden, (depth, 1, 1))
         self.act = nn.ReLU()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..wavelets import check_divisible
+from ..wavelets import check_count, check_divisible
 
 __all__ = ["UNet3D"]
 
@@ -32,8 +32,9 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, base: int = 16, levels: int = 2) -> None:
         super().__init__()
-        if levels < 1 or base < 1:
-            raise ValueError(f"levels and base must be >= 1, got {levels}, {base}")
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base", base),
+                            ("levels", levels)):
+            check_count(name, value)
         self.in_channels, self.levels = in_channels, levels
         ch = [base * 2**k for k in range(levels + 1)]
         self.down = nn.ModuleList([_Block(in_channels, ch[0])] +

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..wavelets import check_dim
+
 __all__ = ["AXIS_NAMES", "SpatialSplit", "init_spatial", "nearest_valid_split"]
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -74,8 +76,7 @@ class SpatialSplit:
 
     def __post_init__(self) -> None:
         self.axes, self.grid = tuple(int(a) for a in self.axes), tuple(int(g) for g in self.grid)
-        if self.dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {self.dim!r}")
+        check_dim(self.dim)
         if not self.axes or len(set(self.axes)) != len(self.axes) or any(
                 not 0 <= a < self.dim for a in self.axes):
             raise ValueError(f"axes must be distinct spatial axes in 0..{self.dim - 1}, got {self.axes}")
