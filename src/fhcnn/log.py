@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-__all__ = ["logger", "setup", "info", "result"]
+__all__ = ["logger", "setup", "info", "result", "silence_abandoned_work"]
 
 logger = logging.getLogger("fhcnn")
 
@@ -45,3 +45,18 @@ def info(message: str) -> None:
 def result(message: str) -> None:
     """A result line (stdout, always)."""
     print(message, flush=True)
+
+
+def silence_abandoned_work(teardown: bool = False) -> None:
+    """After a refusal's one line (exit status 2), print nothing more about the work the
+    refusal abandoned: a read of a damaged zarr chunk leaves zarr's other asyncio reads behind,
+    which asyncio's logger reports when they are collected (silenced here), and which the
+    interpreter's teardown reports at exit ("Exception ignored in: <coroutine ...>: Event loop
+    is closed", "coroutine ... was never awaited", "Task was destroyed but it is pending!"):
+    with ``teardown`` (a process about to exit) those are dropped too."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    if teardown:
+        import warnings
+
+        sys.unraisablehook = lambda unraisable: None
+        warnings.simplefilter("ignore")

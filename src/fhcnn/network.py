@@ -27,6 +27,15 @@ Unit = tuple[int, Transition]
 ReversibleMode = bool | Literal["block"]
 
 
+def _check_pair(first: str, a: Tensor, second: str, b: Tensor) -> None:
+    """Raise a ``ValueError`` unless the two members of a pair agree in shape, dtype and device."""
+    if a.shape != b.shape:
+        raise ValueError(f"{first} {tuple(a.shape)} and {second} {tuple(b.shape)} differ in shape")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"{first} ({a.dtype}, {a.device}) and {second} ({b.dtype}, {b.device}) "
+                         f"differ in dtype or device")
+
+
 @dataclass(frozen=True)
 class _Stage:
     """Resolution bookkeeping for one unit (for ``describe`` and validation)."""
@@ -242,11 +251,7 @@ class HyperbolicNetwork(nn.Module):
         else:
             if not isinstance(x_cur, Tensor):
                 raise TypeError(f"x_cur must be a torch.Tensor, got {type(x_cur).__name__}")
-            if x_cur.shape != x.shape:
-                raise ValueError(f"x_cur shape {tuple(x_cur.shape)} differs from x shape {tuple(x.shape)}")
-            if x_cur.dtype != x.dtype or x_cur.device != x.device:
-                raise ValueError(f"x_cur ({x_cur.dtype}, {x_cur.device}) differs from x "
-                                 f"({x.dtype}, {x.device}) in dtype or device")
+            _check_pair("x", x, "x_cur", x_cur)
         return run_steps(self._steps(), x, x_cur, self.reversible)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -263,11 +268,7 @@ class HyperbolicNetwork(nn.Module):
         """
         for name, t in (("y_prev", y_prev), ("y_cur", y_cur)):
             self._check_input(t, channels=self.out_channels, what=f"inverse {name}", inverse=True)
-        if y_prev.shape != y_cur.shape:
-            raise ValueError(f"y_prev {tuple(y_prev.shape)} and y_cur {tuple(y_cur.shape)} differ")
-        if y_prev.dtype != y_cur.dtype or y_prev.device != y_cur.device:
-            raise ValueError(f"y_prev ({y_prev.dtype}, {y_prev.device}) and y_cur ({y_cur.dtype}, "
-                             f"{y_cur.device}) differ in dtype or device")
+        _check_pair("y_prev", y_prev, "y_cur", y_cur)
         steps = [s.inverted() for s in reversed(self._steps())]
         p, c = run_steps(steps, y_prev, y_cur, self.reversible)
         return (p, c) if return_pair else c

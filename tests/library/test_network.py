@@ -98,14 +98,16 @@ def test_clear_errors_for_bad_inputs_and_options():
         net([1, 2, 3])
     with pytest.raises(ValueError, match=r"inverse y_prev .*axis 1 has size 18"):
         net.inverse(torch.randn(1, 4, 16, 18), torch.randn(1, 4, 16, 18))
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match=r"y_prev \(1, 4, 16, 16\) and y_cur \(2, 4, 16, 16\) differ in shape"):
         net.inverse(torch.randn(1, 4, 16, 16), torch.randn(2, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"x \(1, 4, 16, 16\) and x_cur \(2, 4, 16, 16\) differ in shape"):
+        net.forward_pair(torch.randn(1, 4, 16, 16), torch.randn(2, 4, 16, 16))
     x = torch.randn(1, 4, 16, 16)
     with pytest.raises(TypeError, match="x_cur must be a torch.Tensor, got list"):
         net.forward_pair(x, [1.0])
-    with pytest.raises(ValueError, match="x_cur .*float64.* differs from x .*float32.* in dtype"):
+    with pytest.raises(ValueError, match=r"x \(torch.float32.* and x_cur \(torch.float64.* differ in dtype"):
         net.forward_pair(x, x.double())
-    with pytest.raises(ValueError, match="y_prev .*float64.* and y_cur .*float32.* differ in dtype"):
+    with pytest.raises(ValueError, match=r"y_prev \(torch.float64.* and y_cur \(torch.float32.* differ in dtype"):
         net.inverse(x.double(), x)
     with pytest.raises(ValueError, match="divisible by 2\\*\\*dim"):
         HyperbolicNetwork(6, [(1, "up")], dim=2)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import Sequence
 
@@ -94,10 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
             raise
-        # zarr reads chunks in asyncio tasks; those a refused read left behind (a damaged chunk:
-        # the others still pending or failed) are reported by asyncio's logger when they are
-        # collected, after the one line of the refusal (the rest at exit: exit_program)
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+        # before the line: zarr's asyncio reads a refused read left behind are reported when collected
+        importlib.import_module("fhcnn.log").silence_abandoned_work()
         _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line

@@ -138,25 +138,13 @@ def exit_program(code: int) -> NoReturn:
     (:class:`PeerLostError`) the group is left as it is: tearing it down could wait for it."""
     if not _initialized():
         if code == 2:
-            _quiet_teardown()
+            from ..log import silence_abandoned_work
+
+            silence_abandoned_work(teardown=True)
         sys.exit(code)
     if not _failed:
         cleanup_distributed()
     _exit_without_teardown(code)
-
-
-def _quiet_teardown() -> None:
-    """A refused command (exit status 2) prints its one ``error:`` line and nothing after it: what
-    the interpreter's teardown reports of the work the refusal abandoned is dropped (a read of a
-    damaged zarr chunk leaves zarr's other asyncio reads behind: "Exception ignored in: <coroutine
-    ...>: Event loop is closed", "coroutine ... was never awaited", "Task was destroyed but it is
-    pending!")."""
-    import logging
-    import warnings
-
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-    sys.unraisablehook = lambda unraisable: None
-    warnings.simplefilter("ignore")
 
 
 def end_spawned_worker() -> NoReturn:
