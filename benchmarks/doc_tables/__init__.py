@@ -24,6 +24,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "volume_memory": core.volume_memory("volume_memory"),
     "volume_memory_volume": core.volume_memory("volume_memory_volume"),
     "volume_reads": core.volume_reads,
+    "copy_memory": core.copy_memory,
     "davis": segment.davis,
     "davis_loss": segment.davis_loss,
     "davis_schedules": segment.davis_schedules,

@@ -197,6 +197,25 @@ def volume_memory_table(d: Path, stem: str = "volume_memory") -> str:
     return "\n".join(out)
 
 
+def copy_memory(d: Path) -> str:
+    """Peak resident memory and time of the one-time chunked copy of a compressed input
+    (``copy_memory.json``, ``fhcnn bench copy_memory``)."""
+    r = need(d, "copy_memory")
+    out = ["| file | stored shape | uncompressed MiB | slices along | through the staging file | "
+           "copy's peak above its start, MiB | s |",
+           "|---|---|---:|---|---|---:|---:|"]
+    for row in r["rows"]:
+        along = "pages" if row["format"] == "tif" else "Z"
+        out.append(f"| {row['dtype']} `.{row['format']}` | {'×'.join(map(str, row['stored_shape']))} | "
+                   f"{row['volume_bytes'] / 2**20:.0f} | {along} | {'yes' if row['staged'] else 'no'} | "
+                   f"{mib(row['peak_rss'] - row['rss_before'])} | {row['seconds']:.1f} |")
+    env = r.get("environment", {})
+    if env.get("reference_s"):
+        out.append(f"\nMeasured on {env['cpu_model']} ({env['cpu_count']} cores); the reference workload "
+                   f"took {env['reference_s']:.3f} s.")
+    return "\n".join(out)
+
+
 def volume_reads(d: Path) -> str:
     """Image voxels each process reads in each phase and output voxels it finishes, one process
     against a split in two (``volume_memory_split.json``)."""

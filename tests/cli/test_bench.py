@@ -191,7 +191,7 @@ def test_cli_bench(tmp_path, capsys):
     from fhcnn.bench import IN_ALL
 
     assert set(IN_ALL) == {"memory", "table1", "peers", "time", "drift", "spatial", "backward"}
-    assert set(BENCHMARKS) == set(IN_ALL) | {"volume_memory"}
+    assert set(BENCHMARKS) == set(IN_ALL) | {"volume_memory", "copy_memory"}
     with pytest.raises(ValueError):
         load("nope")
     assert main(["bench", "memory", "--out", str(tmp_path), "--device", "tpu"]) == 2
@@ -239,3 +239,31 @@ def test_volume_memory_worker_measures_each_phase(tmp_path):
     pred = zarr.open_array(str(tmp_path / "prediction.zarr"), mode="r")[...]
     assert pred.shape == (48, 48, 48) and set(np.unique(pred)) <= {0, 1, 2}
     assert 0 <= rec["miou"] <= 1 and rec["voxels"] == 48**3
+
+
+def test_copy_memory_benchmark_copies_exactly_and_reports_the_staged_copy(tmp_path):
+    """The copy benchmark's quick cases: each file is copied exactly (the chunks of 64 kept),
+    the flat NIfTI whose slab one chunk thick exceeds the read budget goes through the staging
+    file, the cube does not, and every case reports a peak above its start."""
+    from fhcnn.bench import copy_memory as cm
+
+    r = cm.run(tmp_path, quick=True)
+    assert (tmp_path / "copy_memory.png").stat().st_size > 0
+    rows = {(row["format"], tuple(row["stored_shape"])): row for row in _load(tmp_path / "copy_memory.json")["rows"]}
+    assert len(rows) == len(cm.QUICK_CASES) == len(r["rows"])
+    flat, cube = rows[("nii.gz", (1024, 1024, 8))], rows[("nii.gz", (64, 64, 64))]
+    assert flat["staged"] and not cube["staged"]
+    assert flat["chunks"] == [64, 64, 8] and cube["chunks"] == [64, 64, 64]
+    for row in rows.values():
+        assert row["peak_rss"] >= row["rss_before"] > 0 and row["compressed"]
+    path = tmp_path / "one.nii.gz"
+    cm._write(path, "nii.gz", (70, 65, 9))
+    rec = cm.worker({"file": str(path), "out": str(tmp_path)})
+    import nibabel as nib
+    import zarr
+
+    from fhcnn.data.volumes import open_volume
+
+    want = np.asarray(open_volume(str(path)).channels[0][...])
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "copy.zarr"), mode="r")[...], want)
+    assert want.shape == tuple(rec["shape"]) and nib.load(str(path)).shape == (70, 65, 9)

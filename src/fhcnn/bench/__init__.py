@@ -3,8 +3,9 @@
 Each benchmark is a module with ``run(out_dir, quick=False, device="cpu", tick=None) -> dict``
 that writes ``<name>.json`` (raw numbers, environment) and ``<name>.png`` (plot) into
 ``out_dir``, and ``work(quick) -> int``, the number of ``tick`` calls it makes (for a
-progress bar). Run them with ``fhcnn bench [memory|time|drift|table1|peers|spatial|backward|volume_memory|all]
---out DIR`` or :func:`run_benchmarks` (``all`` runs every one but ``volume_memory``).
+progress bar). Run them with ``fhcnn bench NAME --out DIR`` (NAME: memory, time, drift, table1,
+peers, spatial, backward, volume_memory, copy_memory or all) or :func:`run_benchmarks` (``all``
+runs every one but ``volume_memory`` and ``copy_memory``).
 
 The environment every result records (CPU model, threads, load, and the time of a fixed
 reference workload measured in the same process) is :func:`fhcnn.bench.reference.environment`.
@@ -31,9 +32,10 @@ BENCHMARKS: dict[str, str] = {
     "spatial": "fhcnn.bench.spatial",
     "backward": "fhcnn.bench.backward",
     "volume_memory": "fhcnn.bench.volume_memory",
+    "copy_memory": "fhcnn.bench.copy_memory",
 }
-#: Run by ``all`` (``volume_memory`` writes and segments volumes of up to half a billion voxels:
-#: run it by name).
+#: Run by ``all`` (``volume_memory`` writes and segments volumes of up to half a billion voxels,
+#: ``copy_memory`` writes compressed volumes of up to 256 MiB: run them by name).
 IN_ALL: tuple[str, ...] = ("memory", "table1", "peers", "time", "drift", "spatial", "backward")
 
 
