@@ -208,6 +208,34 @@ def test_copy_is_the_nearest_labelled_voxel_read_box_by_box(spacing):
                                   confusion_matrix(whole, held, 3))
 
 
+@pytest.mark.parametrize("spacing", [None, (2.0, 1.0, 0.5)])
+def test_copy_takes_the_first_in_c_order_of_all_equally_near(spacing):
+    """Of several labelled voxels equally near (common between slices along three axes: a voxel
+    can be as near to four or more), the copy takes the label of the first in C order, as a
+    brute-force search over every labelled voxel does (exact distances: integer coordinates
+    and powers of two)."""
+    from fhcnn.apps.volume.baselines import NearestLabel, labelled_voxels
+
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, 4, (13, 12, 14)).astype(np.uint8)
+    lab = np.full(truth.shape, 255, np.uint8)
+    for key in [(slice(2, 3),), (slice(10, 11),), (slice(None), slice(6, 7)), (slice(None), slice(None), slice(3, 4)),
+                (slice(None), slice(None), slice(11, 12)), (slice(6, 7), slice(2, 3), slice(8, 9))]:
+        lab[key] = truth[key]
+    idx, values = labelled_voxels(lab)
+    sp = np.ones(3) if spacing is None else np.asarray(spacing)
+    coords = np.stack(np.unravel_index(idx, lab.shape), 1) * sp
+    want = np.empty(lab.shape, np.uint8)
+    ties = 0
+    for p in np.ndindex(lab.shape):
+        d2 = ((coords - np.asarray(p) * sp) ** 2).sum(1)
+        nearest = np.flatnonzero(d2 == d2.min())
+        ties += nearest.size > 2
+        want[p] = values[nearest[0]]
+    assert ties >= 20  # voxels with three or more equally near: the case that matters
+    np.testing.assert_array_equal(NearestLabel(lab, spacing)[:, :, :], want)
+
+
 def test_forest_predicts_any_box_as_the_whole_and_samples_per_class():
     from fhcnn.apps.volume.baselines import ForestPrediction, forest_baseline
 

@@ -1,7 +1,7 @@
 """The baselines every scored ``fhcnn volume`` run reports beside fhcnn, on the same annotation.
 
 ``copy``: each unlabelled voxel takes the label of the nearest labelled voxel (Euclidean distance
-in physical units: the voxel spacing applied; of two equally near, the one first in C order).
+in physical units: the voxel spacing applied; of several equally near, the one first in C order).
 With complete annotated slices this is copying the nearest annotated slice: a voxel takes the
 label at its own in-plane position on the annotated slice nearest to it, whichever axis that
 slice is on.
@@ -68,7 +68,7 @@ def labelled_voxels(labels: Any, slab_voxels: int = SLAB_VOXELS) -> tuple[np.nda
 class NearestLabel:
     """``copy`` as a ``(D, H, W)`` uint8 array-like: every voxel gets the label of the nearest
     labelled voxel of ``labels`` (itself if labelled; distances in units of ``spacing``, default
-    isotropic; of two equally near, the first in C order), computed for the box asked for
+    isotropic; of several equally near, the first in C order), computed for the box asked for
     from a k-d tree over the labelled voxels (scipy; queried on ``threads`` threads).
 
     Example:
@@ -87,7 +87,10 @@ class NearestLabel:
         idx, self.values = voxels if voxels is not None else labelled_voxels(labels)
         if not idx.size:
             raise ValueError("no labelled voxel to copy from")
-        self.tree = cKDTree(np.stack(np.unravel_index(idx, self.shape), 1) * self.scale)
+        # an unbalanced tree with leaves of 64 answers these queries (points on a few planes)
+        # about twice as fast as scipy's default
+        self.tree = cKDTree(np.stack(np.unravel_index(idx, self.shape), 1) * self.scale, leafsize=64,
+                            balanced_tree=False)
         self.threads = int(threads)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -97,12 +100,30 @@ class NearestLabel:
                   for k, n in zip(key, self.shape)]
         grid = np.stack(np.meshgrid(*[np.asarray(r, np.float64) for r in ranges], indexing="ij"), -1)
         points = grid.reshape(-1, 3) * self.scale
-        k = min(2, self.tree.n)
-        dist, near = self.tree.query(points, k=k, workers=self.threads)
-        if k == 2:  # the first in C order of two equally near (the tree's points are in C order)
-            near = np.where(dist[:, 0] == dist[:, 1], near.min(1), near[:, 0])
+        dist, near = self.tree.query(points, k=min(2, self.tree.n), workers=self.threads)
+        if near.ndim == 2:
+            tied = dist[:, 0] == dist[:, 1]
+            near = near[:, 0]
+            if tied.any():
+                near[tied] = self._first_of_equally_near(points[tied])
         out = self.values[near].reshape([len(r) for r in ranges])
         return out[tuple(slice(None) if isinstance(k, slice) else 0 for k in key)]
+
+    def _first_of_equally_near(self, points: np.ndarray) -> np.ndarray:
+        """The index (the first in C order: the tree's points are in C order) of the first of
+        all the labelled voxels equally nearest to each of ``points``: the ``k`` nearest,
+        ``k`` growing eightfold for the points whose ``k`` nearest are all equally near."""
+        out = np.empty(len(points), np.int64)
+        todo = np.arange(len(points))
+        k = 8
+        while todo.size:
+            k = min(k, self.tree.n)
+            dist, near = self.tree.query(points[todo], k=k, workers=self.threads)
+            equal = dist == dist[:, :1]
+            out[todo] = np.where(equal, near, self.tree.n).min(1)
+            todo = todo[equal[:, -1]] if k < self.tree.n else todo[:0]
+            k *= 8
+        return out
 
 
 def copy_nearest_label(labels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
