@@ -254,3 +254,32 @@ def test_masks_are_read_on_demand_and_decoded_masks_stay_bounded(tmp_path, monke
     np.testing.assert_array_equal(lab[0], whole[0])
     assert reads.count(0) == 2 and list(lab._cache) == [6, 0]
     assert lab.frames == [0, 2, 5, 6] and lab.without([2]).frames == [0, 5, 6]
+
+
+def test_decoded_frames_read_in_order_decode_each_frame_once(tmp_path):
+    """The one-time copy of a GIF or video file reads it slab by slab (several slabs per frame
+    where a frame is larger than the read budget): reads in order go on with the same decoder,
+    so every frame is decoded once (after the counting pass), not once per read from the first
+    frame on; a read further back starts again and still gives the right frames."""
+    from fhcnn.data.lazy import copy_to_zarr
+    from fhcnn.data.video import _sequential
+
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (12, 20, 24, 3)).astype(np.uint8)
+    decoded = []
+
+    def frames():
+        for i, f in enumerate(video):
+            decoded.append(i)
+            yield f
+
+    source = _sequential(tmp_path / "clip.gif", frames)
+    assert len(decoded) == 12  # the counting pass
+    decoded.clear()
+    copy = copy_to_zarr(source.planar(), tmp_path / "c.zarr", (1, 4, 8, 8), axis=1, max_bytes=3 * 20 * 24 // 2)
+    np.testing.assert_array_equal(copy[...], np.moveaxis(video, -1, 0))
+    assert decoded == list(range(12))  # each frame once, in order
+    decoded.clear()
+    np.testing.assert_array_equal(source.source[3:5], video[3:5])  # back: a new decoder (from frame 0 on)
+    np.testing.assert_array_equal(source.source[7], video[7])      # forward: the same decoder goes on
+    assert decoded == list(range(8))

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import math
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -224,20 +225,55 @@ class _FrameFiles:
 
 class _DecodedFrames:
     """A GIF or a video file as a ``(T, H, W, 3)`` array-like: a read decodes its range of frames
-    in order (``decode(start, stop)``); the count and size come from one decoding pass."""
+    in order (``decode(start, stop)``); the count and size come from one decoding pass.
+
+    The decoder of the last read and its last frame are kept: a read that starts at that frame
+    or after it goes on from there, so reads in order (the one-time copy's slabs, several to a
+    frame where a frame is larger than a slab) decode every frame once in all; a read further
+    back starts a new decoder at its first frame.
+    """
 
     def __init__(self, decode: Callable[[int, int], Iterator[np.ndarray]], shape: tuple[int, ...],
                  dtype: Any) -> None:
         self.decode, self.shape, self.dtype = decode, shape, np.dtype(dtype)
+        self._lock = threading.Lock()
+        self._decoder: Iterator[np.ndarray] | None = None
+        self._next = 0  # the frame ``_decoder`` yields next
+        self._last: tuple[int, np.ndarray] | None = None  # the last frame decoded, and its index
+
+    def _range(self, a: int, b: int) -> list[np.ndarray]:
+        """Frames ``a`` to ``b`` (``a <= b``), decoded."""
+        with self._lock:
+            frames: list[np.ndarray] = []
+            if self._last is not None and self._last[0] == a < b:  # a frame read again (by rows)
+                frames.append(self._last[1])
+                a += 1
+            if a < b:
+                if self._decoder is None or a < self._next:
+                    close = getattr(self._decoder, "close", None)
+                    if close is not None:
+                        close()
+                    self._decoder, self._next = iter(self.decode(a, self.shape[0])), a
+                try:
+                    for _ in range(a - self._next):  # frames between the last read and this one
+                        next(self._decoder)
+                    frames += itertools.islice(self._decoder, b - a)
+                except BaseException:
+                    self._decoder = None  # where it stopped is unknown: the next read starts anew
+                    raise
+                self._next = b
+            if frames:
+                self._last = (self._next - 1 if a < b else a - 1, frames[-1])
+            return frames
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         t, rest = key[0], key[1:]
         if isinstance(t, (int, np.integer)):
             i = int(t) % self.shape[0]
-            return next(iter(self.decode(i, i + 1)))[rest]
+            return self._range(i, i + 1)[0][rest]
         a, b, _ = t.indices(self.shape[0])
-        frames = [f[rest] for f in self.decode(a, max(a, b))]
+        frames = [f[rest] for f in self._range(a, max(a, b))]
         return np.stack(frames) if frames else np.zeros((0, *self.shape[1:]), self.dtype)
 
 
