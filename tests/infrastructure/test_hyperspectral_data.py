@@ -299,3 +299,34 @@ def test_real_landsat_envi():
 def test_real_unmixing_mat():
     c = read_cube(DATA / "hsi_unmixing_samson_jasper" / "Samson.mat", key="Y")
     assert c.shape == (95, 95, 156)
+
+
+def test_compressed_planar_tiff_is_staged_by_rows_of_its_pages(tmp_path, cube, monkeypatch):
+    """A compressed band-first TIFF is copied in its storage order: band by band, whole rows
+    (it was copied in column boxes, each decoding every strip of its band: 33.5 s instead of
+    20.7 s for 3x8000x8000 uint16)."""
+    tifffile = pytest.importorskip("tifffile")
+    import fhcnn.data.lazy as lazy
+    from fhcnn.data.hyperspectral import open_cube
+
+    tifffile.imwrite(tmp_path / "c.tif", np.moveaxis(cube, -1, 0), planarconfig="separate",
+                     photometric="minisblack", compression="zlib")
+    boxes, copy = [], lazy.copy_to_zarr
+
+    class Seen:
+        def __init__(self, a):
+            self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+
+        def __getitem__(self, key):
+            boxes.append(key)
+            return self.a[key]
+
+    def two_rows(a, *args, **kw):
+        return copy(Seen(a), *args, **{**kw, "max_bytes": 2 * 7 * 4})
+
+    monkeypatch.setattr(lazy, "copy_to_zarr", two_rows)
+    opened = open_cube(tmp_path / "c.tif")
+    np.testing.assert_array_equal(np.asarray(opened), cube)
+    w = cube.shape[1]
+    assert len(boxes) > 3 and all(b[1] == slice(0, w) for b in boxes)  # (H, W, B): whole rows
+    assert [b[2].start for b in boxes] == sorted(b[2].start for b in boxes)  # band by band

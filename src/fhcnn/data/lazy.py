@@ -26,8 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -40,7 +43,7 @@ __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key",
            "Standardized", "float32_safe", "standardize_channels",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
-           "chunk_boxes",
+           "chunk_boxes", "storage_order",
            "PassShare", "ONE_PROCESS",
            "SLAB_BYTES", "MAX_POINTS"]
 
@@ -221,20 +224,35 @@ def whole_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES
     return [slice(z, min(n, z + step)) for z in range(0, n, step)]
 
 
+def storage_order(shape: Sequence[int], axis: int | Sequence[int]) -> list[int]:
+    """Every axis of ``shape``, slowest first, for a pass in storage order along ``axis``: an
+    axis (the others by their distance from it, the nearest first: C order for ``axis=0``,
+    Fortran order for the last axis), or the whole order itself (e.g. ``(2, 0, 1)`` for a
+    band-first ``(B, H, W)`` file read as ``(H, W, B)``)."""
+    nd = len(shape)
+    if isinstance(axis, (int, np.integer)):
+        if not 0 <= axis < nd:
+            raise ValueError(f"axis {axis} is outside the {nd} axes of shape {tuple(shape)}")
+        return [int(axis)] + sorted((a for a in range(nd) if a != axis), key=lambda a: abs(a - axis))
+    order = [int(a) for a in axis]
+    if sorted(order) != list(range(nd)):
+        raise ValueError(f"axis order {tuple(order)} is not an order of the {nd} axes of shape {tuple(shape)}")
+    return order
+
+
 def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
-               axis: int = 0) -> Iterator[tuple[slice, ...]]:
+               axis: int | Sequence[int] = 0) -> Iterator[tuple[slice, ...]]:
     """Boxes covering an array of ``shape`` in storage order, each at most ``max_bytes`` (at
     ``itemsize`` bytes per element) but never less than one element row.
 
     Slabs are whole slices along ``axis``, several at a time; when one slice is larger than
     ``max_bytes`` it is cut along the other axes too, the nearest to ``axis`` first (for
-    ``axis=0`` of a 3D array rows of axis 1, for ``axis=2`` rows of axis 1).
+    ``axis=0`` of a 3D array rows of axis 1, for ``axis=2`` rows of axis 1), or in the order
+    given (``axis`` a sequence of every axis, slowest first: :func:`storage_order`).
     """
     sizes = [int(n) for n in shape]
     nd = len(sizes)
-    if not 0 <= axis < nd:
-        raise ValueError(f"axis {axis} is outside the {nd} axes of shape {tuple(shape)}")
-    order = [axis] + sorted((a for a in range(nd) if a != axis), key=lambda a: abs(a - axis))
+    order = storage_order(sizes, axis)
     budget = max(1, max_bytes // max(1, itemsize))
     step = sizes.copy()
     inner = 1
@@ -714,7 +732,7 @@ def _merge_scans(parts: Sequence[_ScanPart], shape: tuple[int, ...], limit: int,
 
 
 def chunk_boxes(shape: Sequence[int], chunks: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
-                axis: int = 0) -> Iterator[tuple[slice, ...]]:
+                axis: int | Sequence[int] = 0) -> Iterator[tuple[slice, ...]]:
     """Boxes of whole chunks of the grid ``chunks`` covering an array of ``shape``, in storage
     order along ``axis`` like :func:`iter_slabs` (slabs along ``axis``, cut along the other axes,
     the nearest to ``axis`` first, only where a slab one chunk thick exceeds the budget), each
@@ -728,9 +746,7 @@ def chunk_boxes(shape: Sequence[int], chunks: Sequence[int], itemsize: int, max_
     sizes = [int(n) for n in shape]
     grid = [max(1, min(int(c), n)) for c, n in zip(chunks, sizes)]
     nd = len(sizes)
-    if not 0 <= axis < nd:
-        raise ValueError(f"axis {axis} is outside the {nd} axes of shape {tuple(shape)}")
-    order = [axis] + sorted((a for a in range(nd) if a != axis), key=lambda a: abs(a - axis))
+    order = storage_order(sizes, axis)
     budget = max(1, max_bytes // max(1, itemsize))
     step = grid.copy()
     box = math.prod(grid)
@@ -754,50 +770,78 @@ def chunk_boxes(shape: Sequence[int], chunks: Sequence[int], itemsize: int, max_
     yield from boxes(0, [slice(0, 0)] * nd)
 
 
-def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis: int = 0,
+def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis: int | Sequence[int] = 0,
                  max_bytes: int = SLAB_BYTES, dtype: Any = None) -> Any:
     """Copy ``array`` into a new zarr array at ``path`` chunked ``chunks`` (each chunk written
     once, whole), reading the source once, in storage order along ``axis`` (the axis the
     source reads fastest by slab: the last one of a NIfTI file, the first of a TIFF stack or a
-    video), in boxes of at most ``max_bytes``. Returns the zarr array (opened read-only).
+    video; or the whole order, slowest axis first, where the source is a view with its axes
+    moved: :func:`storage_order`), in boxes of at most ``max_bytes``. Returns the zarr array
+    (opened read-only).
 
     Where a slab one chunk thick along ``axis`` fits in ``max_bytes`` the copy is one pass of
     such slabs. Where it does not (large slices, or fewer slices than a chunk) the source is read
     in the boxes of :func:`iter_slabs` into a raw staging file beside ``path``
     (``<path>.staging``, in that storage order: disk for the whole volume uncompressed, for the
-    length of the copy), copied from there box by box of whole chunks (:func:`chunk_boxes`), and the
-    staging file removed. The copy's chunks are the same either way, so what reads it later
-    costs the same; the staging costs a second write and read of the volume (in the page cache,
-    not this process's memory: :func:`release_pages` after every box).
+    length of the copy; its space is reserved first, so a full disk is an :class:`InputError`
+    naming it, not a crash of the process in the middle of the copy), copied from there box by
+    box of whole chunks (:func:`chunk_boxes`), and the staging file removed. The copy's chunks
+    are the same either way, so what reads it later costs the same; the staging costs a second
+    write and read of the volume (in the page cache, not this process's memory:
+    :func:`release_pages` after every box).
     """
     import zarr
 
     shape = tuple(int(n) for n in array.shape)
     dt = np.dtype(dtype if dtype is not None else array.dtype)
     chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape))
+    # the storage order of iter_slabs and chunk_boxes: their boxes are contiguous runs of it
+    layout = storage_order(shape, axis)
+    slow = layout[0]
     out = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dt)
-    if dt.itemsize * math.prod(shape) // max(shape[axis], 1) * chunks[axis] <= max_bytes:
-        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, axis):
+    if dt.itemsize * math.prod(shape) // max(shape[slow], 1) * chunks[slow] <= max_bytes:
+        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, layout):
             out[box] = np.asarray(array[box], dtype=dt)
         return zarr.open_array(str(path), mode="r")
     staging = Path(f"{path}.staging")
-    # the storage order of iter_slabs and chunk_boxes: their boxes are contiguous runs of it
-    layout = [axis] + sorted((a for a in range(len(shape)) if a != axis), key=lambda a: abs(a - axis))
     back = tuple(int(a) for a in np.argsort(layout))
     try:
-        raw = np.memmap(staging, dtype=dt, mode="w+", shape=tuple(shape[a] for a in layout))
+        _reserve(staging, dt.itemsize * math.prod(shape))
+        raw = np.memmap(staging, dtype=dt, mode="r+", shape=tuple(shape[a] for a in layout))
         view = raw.transpose(back)
-        for box in iter_slabs(shape, dt.itemsize, max_bytes, axis):
+        for box in iter_slabs(shape, dt.itemsize, max_bytes, layout):
             view[box] = np.asarray(array[box], dtype=dt)
             release_pages(view)
         del raw, view
         stage = Unmapped(np.memmap(staging, dtype=dt, mode="r", shape=tuple(shape[a] for a in layout)).transpose(back))
-        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, axis):
+        for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, layout):
             out[box] = stage[box]
         del stage
     finally:
         staging.unlink(missing_ok=True)
     return zarr.open_array(str(path), mode="r")
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes of disk reserved (``posix_fallocate``): writing a
+    memory map of a sparse file on a full disk kills the process with ``SIGBUS`` (no error,
+    no clean-up), so a disk without room for it is refused here, in one line naming it."""
+    with open(path, "wb") as f:
+        if size <= 0:
+            return
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except AttributeError:  # no posix_fallocate (macOS): a sparse file, as before
+            f.truncate(size)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                f.truncate(size)  # a file system without fallocate: a sparse file, as before
+                return
+            free = shutil.disk_usage(path.parent).free
+            raise InputError(f"no room for the staging file {path} of the one-time copy: it needs "
+                             f"{size / 2**30:.2f} GiB (the volume uncompressed, besides the copy), "
+                             f"{free / 2**30:.2f} GiB are free there; free space on that disk "
+                             f"({e.strerror or e})") from None
 
 
 class StagedCopy:
@@ -810,8 +854,7 @@ class StagedCopy:
     when the process ends.
     """
 
-    def __init__(self, source: ArrayLike, axis: int, chunks: Sequence[int], dtype: Any = None) -> None:
-        import shutil
+    def __init__(self, source: ArrayLike, axis: int | Sequence[int], chunks: Sequence[int], dtype: Any = None) -> None:
         import tempfile
         import weakref
 

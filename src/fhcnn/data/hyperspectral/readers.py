@@ -323,9 +323,10 @@ def _tiff_cube(path: Path) -> Any:
     if planar:
         arr = MovedAxes(arr, (1, 2, 0) if arr.ndim == 3 else (0, 2, 3, 1))
     if not isinstance(raw.array, Unmapped):   # decoded by page or strip (compressed, or not one block):
-        # copied once, streamed along the axis the file decodes by: bands of a planar file, else rows
-        axis = arr.ndim - 1 if planar else arr.ndim - 3
-        arr = StagedCopy(arr, axis, (64, 64, 64) if arr.ndim == 3 else (1, 64, 64, 64))
+        # copied once, streamed in the file's storage order: pages (bands of a planar file), then
+        # their rows (never columns of a band-first page, which would decode every strip per box)
+        order = tuple(int(a) for a in np.argsort(arr.order)) if planar else tuple(range(arr.ndim))
+        arr = StagedCopy(arr, order, (64, 64, 64) if arr.ndim == 3 else (1, 64, 64, 64))
     return arr
 
 
