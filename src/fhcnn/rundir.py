@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import stat
 import sys
 import time
@@ -906,7 +907,11 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     reused = resume and main and _reusable_copy(final, array)
     if main and not reused:
         tmp = Path(folder) / f".{name}.zarr.tmp"
-        copy_to_zarr(array, tmp, chunks, axis=axis)
+        try:
+            copy_to_zarr(array, tmp, chunks, axis=axis)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a copy that stopped leaves nothing behind
+            raise
         atomic.place_tree(tmp, final)
     if info is not None and info.world_size > 1:
         import torch.distributed as dist

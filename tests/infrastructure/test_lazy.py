@@ -328,3 +328,24 @@ def test_copy_to_zarr_refuses_a_disk_without_room_for_its_staging_file(tmp_path,
     with pytest.raises(InputError, match=r"no room for the staging file .*c\.zarr\.staging.*GiB"):
         copy_to_zarr(a, tmp_path / "c.zarr", (16, 16, 16), axis=0, max_bytes=40 * 40 * 4)
     assert not (tmp_path / "c.zarr.staging").exists()
+
+
+def test_a_run_copy_that_stops_leaves_nothing_in_the_run_folder(tmp_path) -> None:
+    """A source that fails in the middle of the one-time copy into a run folder (a damaged
+    page, a full disk): the error reaches the caller and neither the copy's temporary folder nor
+    its staging file stays behind."""
+    from fhcnn.rundir import copy_input
+    from fhcnn.training import TrainConfig
+
+    class _Failing(_Counting):
+        def __getitem__(self, key):
+            if self.read > 0:
+                raise OSError("damaged page")
+            return super().__getitem__(key)
+
+    # 32 MiB each: two slabs of one pass, and through the staging file (two slices thicker than 16 MiB)
+    for shape in ((128, 256, 256), (2, 2048, 2048)):
+        with pytest.raises(OSError, match="damaged page"):
+            copy_input(tmp_path, "image0", _Failing(np.zeros(shape, np.float32)), (64, 64, 64), axis=0,
+                       train=TrainConfig(), why="test", log=lambda line: None)
+        assert list(tmp_path.iterdir()) == []
