@@ -831,11 +831,11 @@ def _reserve(path: Path, size: int) -> None:
             return
         try:
             os.posix_fallocate(f.fileno(), 0, size)
-        except AttributeError:  # no posix_fallocate (macOS): a sparse file, as before
+        except AttributeError:  # no posix_fallocate (macOS): a sparse file, unreserved
             f.truncate(size)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                f.truncate(size)  # a file system without fallocate: a sparse file, as before
+                f.truncate(size)  # a file system without fallocate: a sparse file, unreserved
                 return
             free = shutil.disk_usage(path.parent).free
             raise InputError(f"no room for the staging file {path} of the one-time copy: it needs "
