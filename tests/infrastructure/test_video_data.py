@@ -266,12 +266,15 @@ def test_decoded_frames_read_in_order_decode_each_frame_once(tmp_path):
 
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, (12, 20, 24, 3)).astype(np.uint8)
-    decoded = []
+    decoded, closed = [], []
 
     def frames():
-        for i, f in enumerate(video):
-            decoded.append(i)
-            yield f
+        try:
+            for i, f in enumerate(video):
+                decoded.append(i)
+                yield f
+        finally:
+            closed.append(True)
 
     source = _sequential(tmp_path / "clip.gif", frames)
     assert len(decoded) == 12  # the counting pass
@@ -279,6 +282,7 @@ def test_decoded_frames_read_in_order_decode_each_frame_once(tmp_path):
     copy = copy_to_zarr(source.planar(), tmp_path / "c.zarr", (1, 4, 8, 8), axis=1, max_bytes=3 * 20 * 24 // 2)
     np.testing.assert_array_equal(copy[...], np.moveaxis(video, -1, 0))
     assert decoded == list(range(12))  # each frame once, in order
+    assert len(closed) == 2  # the counting pass's decoder and the copy's, closed at the last frame
     decoded.clear()
     np.testing.assert_array_equal(source.source[3:5], video[3:5])  # back: a new decoder (from frame 0 on)
     np.testing.assert_array_equal(source.source[7], video[7])      # forward: the same decoder goes on

@@ -250,9 +250,7 @@ class _DecodedFrames:
                 a += 1
             if a < b:
                 if self._decoder is None or a < self._next:
-                    close = getattr(self._decoder, "close", None)
-                    if close is not None:
-                        close()
+                    self._close()
                     self._decoder, self._next = iter(self.decode(a, self.shape[0])), a
                 try:
                     for _ in range(a - self._next):  # frames between the last read and this one
@@ -262,9 +260,17 @@ class _DecodedFrames:
                     self._decoder = None  # where it stopped is unknown: the next read starts anew
                     raise
                 self._next = b
+                if b >= self.shape[0]:  # at the end: the decoder (an ffmpeg process, a file) is closed now
+                    self._close()
             if frames:
                 self._last = (self._next - 1 if a < b else a - 1, frames[-1])
             return frames
+
+    def _close(self) -> None:
+        close = getattr(self._decoder, "close", None)
+        if close is not None:
+            close()
+        self._decoder = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
