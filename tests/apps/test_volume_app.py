@@ -682,3 +682,25 @@ def test_baselines_are_scored_in_boxes_of_at_most_a_slab_even_where_a_plane_is_l
     got = confusion_by_slabs(pred, held, 3, slab_voxels=5000)
     np.testing.assert_array_equal(got, confusion_matrix(pred.a, truth, 3))
     assert max(pred.largest, held.largest) <= 5000 < 300 * 200, (pred.largest, held.largest)
+
+
+def test_inputs_from_arrays_are_checked_like_files():
+    """The API's in-memory inputs get the checks of the command's files before anything is
+    trained: eval labels holding a class the sparse labels never label (the deepest formation
+    missing from the two annotated slices: a traceback from the scoring after training and
+    prediction), and shapes that differ."""
+    from fhcnn.apps.volume.inputs import inputs_from_arrays
+    from fhcnn.errors import InputError
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, (8, 9, 10)).astype(np.uint8)
+    lab = np.full(truth.shape, 255, np.uint8)
+    lab[2] = np.minimum(truth[2], 2)
+    image = rng.random(truth.shape).astype(np.float32)
+    with pytest.raises(InputError, match="no labelled voxel of class 3, which occurs in the eval labels"):
+        inputs_from_arrays([image], lab, truth)
+    with pytest.raises(InputError, match=r"eval labels of array have shape \(8, 9, 9\)"):
+        inputs_from_arrays([image], lab, truth[:, :, :9])
+    with pytest.raises(InputError, match=r"channel 1 of array has shape \(8, 9, 9\)"):
+        inputs_from_arrays([image, image[:, :, :9]], lab)
+    assert inputs_from_arrays([image], lab, np.minimum(truth, 2)).num_classes == 3

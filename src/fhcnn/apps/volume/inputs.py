@@ -129,11 +129,7 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
     if eval_labels is not None:
         ev = open_label_volume(eval_labels, shape, ignore, what="--eval-labels", num_classes=IGNORE, share=share,
                                grid=opened[0])
-        extra = [c for c, n in enumerate(ev.summary.counts) if n and c >= k]
-        if extra:
-            raise InputError(f"labels {labels}: no labelled voxel of class {extra[0]}, which occurs in "
-                             f"--eval-labels {eval_labels} (the labels run 0..{k - 1}): label some voxels "
-                             f"of every class")
+        _check_eval_classes(ev.summary, k, f"labels {labels}", f"--eval-labels {eval_labels}")
     names = [n for v in opened for n in v.names]
     return VolumeInputs(channels, Relabelled(lab, ignore), None if ev is None else Relabelled(ev, ignore), k,
                         lab.summary, geom.spacing, geom, str(opened[0].format),
@@ -145,14 +141,36 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                         [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []))
 
 
+def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels: str) -> None:
+    """Refuse evaluation labels (their :class:`LabelSummary`) holding a class the ``k`` classes
+    of the training labels do not reach: the network would never predict it."""
+    extra = [c for c, n in enumerate(summary.counts) if n and c >= k]
+    if extra:
+        raise InputError(f"{labels}: no labelled voxel of class {extra[0]}, which occurs in {eval_labels} "
+                         f"(the labels run 0..{k - 1}): label some voxels of every class")
+
+
 def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,
                        *, spacing: Sequence[float] | None = None, name: str = "array") -> VolumeInputs:
     """:class:`VolumeInputs` of in-memory arrays (benchmarks, notebooks): ``channels`` each
     ``(D, H, W)``, ``labels`` ``(D, H, W)`` uint8 (255 = unlabelled), optional full
-    ``eval_labels``; checked like files (every class below the largest labelled)."""
+    ``eval_labels``; checked like files: one shape, every class below the largest labelled,
+    and no class in ``eval_labels`` that the labels do not reach.
+
+    Raises:
+        InputError: one line naming the problem.
+    """
     lab = np.asarray(labels, np.uint8)
+    for c, ch in enumerate(channels):
+        if tuple(ch.shape) != lab.shape:
+            raise InputError(f"channel {c} of {name} has shape {tuple(ch.shape)}, the labels {lab.shape}")
     summary = summarize_labels(lab, IGNORE, what=f"labels of {name}")  # type: ignore[arg-type]
     ev = None if eval_labels is None else np.asarray(eval_labels, np.uint8)
+    if ev is not None:
+        if ev.shape != lab.shape:
+            raise InputError(f"the eval labels of {name} have shape {ev.shape}, the labels {lab.shape}")
+        _check_eval_classes(summarize_labels(ev, IGNORE, num_classes=IGNORE, what=f"eval labels of {name}"),
+                            summary.num_classes, f"labels of {name}", f"the eval labels of {name}")
     return VolumeInputs(list(channels), lab, ev, summary.num_classes, summary,
                         None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                         None, "npy", {"images": [name], "labels": name},
