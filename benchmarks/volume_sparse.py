@@ -59,6 +59,7 @@ from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
 from fhcnn.data.synthetic_volumes import generate_volume
+from fhcnn.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GENERATED = {"cells": ("cells", 2), "cells-c0": ("cells", 1), "cells-c1": ("cells", 1),
@@ -163,8 +164,12 @@ def cmd_run(args: argparse.Namespace) -> None:
                 if axes == "three" and max(1, int(round(frac * vol["truth"].shape[0]))) < 3:
                     continue  # fewer than 3 slices cannot be spread over three axes
                 lab, where = annotate(vol["truth"], frac, axes, seed)
-                inputs = inputs_from_arrays(vol["channels"], lab, vol["truth"], spacing=vol["spacing"],
-                                            name=args.volume)
+                try:
+                    inputs = inputs_from_arrays(vol["channels"], lab, vol["truth"], spacing=vol["spacing"],
+                                                name=args.volume)
+                except InputError as e:  # e.g. the annotated slices miss a class: `fhcnn volume` refuses it
+                    print(f"{key}: refused, not run: {e}", file=sys.stderr)
+                    continue
                 cfg.train.seed = seed
                 cfg.volume.seed = seed
                 t0 = time.perf_counter()
