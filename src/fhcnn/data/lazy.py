@@ -243,40 +243,15 @@ def storage_order(shape: Sequence[int], axis: int | Sequence[int]) -> list[int]:
 def iter_slabs(shape: Sequence[int], itemsize: int, max_bytes: int = SLAB_BYTES,
                axis: int | Sequence[int] = 0) -> Iterator[tuple[slice, ...]]:
     """Boxes covering an array of ``shape`` in storage order, each at most ``max_bytes`` (at
-    ``itemsize`` bytes per element) but never less than one element row.
+    ``itemsize`` bytes per element) but never less than one element: the boxes of
+    :func:`chunk_boxes` with chunks of one element.
 
     Slabs are whole slices along ``axis``, several at a time; when one slice is larger than
     ``max_bytes`` it is cut along the other axes too, the nearest to ``axis`` first (for
     ``axis=0`` of a 3D array rows of axis 1, for ``axis=2`` rows of axis 1), or in the order
     given (``axis`` a sequence of every axis, slowest first: :func:`storage_order`).
     """
-    sizes = [int(n) for n in shape]
-    nd = len(sizes)
-    order = storage_order(sizes, axis)
-    budget = max(1, max_bytes // max(1, itemsize))
-    step = sizes.copy()
-    inner = 1
-    for a in reversed(order):  # innermost (cut last) first
-        if inner * sizes[a] <= budget:
-            inner *= sizes[a]
-            continue
-        step[a] = max(1, budget // inner)
-        for b in order[: order.index(a)]:
-            step[b] = 1
-        break
-    ranges = [[slice(s, min(s + max(step[a], 1), sizes[a])) for s in range(0, sizes[a], max(step[a], 1))]
-              for a in range(nd)]
-
-    def boxes(level: int, box: list[slice]) -> Iterator[tuple[slice, ...]]:
-        if level == nd:
-            yield tuple(box)
-            return
-        a = order[level]
-        for sl in ranges[a]:
-            box[a] = sl
-            yield from boxes(level + 1, box)
-
-    yield from boxes(0, [slice(0, 0)] * nd)
+    yield from chunk_boxes(shape, [1] * len(shape), itemsize, max_bytes, axis)
 
 
 @dataclass(frozen=True)
