@@ -242,14 +242,14 @@ class SymmetricLayer(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        check_dim(dim)
+        dim = check_dim(dim)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size % 2 != 1 or kernel_size < 1:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if adjoint not in ("conv", "conv_transpose"):
             raise ValueError(f"adjoint must be 'conv' or 'conv_transpose', got {adjoint!r}")
-        check_count("channels", channels)
+        channels = check_count("channels", channels)
         hidden = channels if hidden is None else check_count("hidden", hidden)
         self.channels, self.hidden, self.dim = channels, hidden, dim
         self.kernel_size, self.adjoint = kernel_size, adjoint

@@ -100,8 +100,8 @@ class HyperbolicNetwork(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        check_count("channels", channels)
-        check_dim(dim)
+        channels = check_count("channels", channels)
+        dim = check_dim(dim)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if activation not in ACTIVATIONS:

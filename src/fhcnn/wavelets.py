@@ -23,6 +23,7 @@ is Haar (two taps, no delay needed), ``theta = (pi/3, -pi/12)`` is Daubechies-4 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -54,23 +55,24 @@ def nearest_valid_size(size: int, factor: int) -> int:
 
 
 def check_dim(dim: object) -> int:
-    """``dim`` if it is the int 1, 2 or 3 (not ``True``, not ``2.0``); otherwise a ``ValueError``."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (1, 2, 3):
+    """``dim`` as an ``int`` if it is the integer 1, 2 or 3 (a Python or numpy integer; not
+    ``True``, not ``2.0``); otherwise a ``ValueError``."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or int(dim) not in (1, 2, 3):
         raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-    return dim
+    return int(dim)
 
 
 def check_count(name: str, value: object, least: int = 1, why: str = "") -> int:
-    """``value`` if it is an ``int`` (not a ``bool``) of at least ``least``; otherwise a
-    ``ValueError`` naming ``name``, the bound and ``why``.
+    """``value`` as an ``int`` if it is an integer (a Python or numpy integer, not a ``bool``)
+    of at least ``least``; otherwise a ``ValueError`` naming ``name``, the bound and ``why``.
 
     Example:
         >>> check_count("levels", 2)
         2
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
         raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_divisible(spatial: Sequence[int], levels: int, what: str = "input") -> None:

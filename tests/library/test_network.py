@@ -157,6 +157,11 @@ def test_counts_are_ints_not_booleans_or_floats():
         for bad in (True, 2.0):
             with pytest.raises(ValueError, match=f"^{name} .*got .*{bad!r}"):
                 build(bad)
+    import numpy as np  # numpy integers are integers
+
+    layer = SymmetricLayer(np.int64(4), np.int64(6), dim=np.int64(2))
+    assert (layer.channels, layer.hidden, layer.dim) == (4, 6, 2) and type(layer.hidden) is int
+    assert HaarDWT(2, levels=np.int32(2)).levels == 2
 
 
 def test_hidden_width_per_unit():

@@ -188,10 +188,10 @@ class HyperbolicAutoencoder(nn.Module):
         **network_options: Any,
     ) -> None:
         super().__init__()
-        check_count("in_channels", in_channels)
+        in_channels = check_count("in_channels", in_channels)
         if len(image_size) != 2:
             raise ValueError(f"image_size must be (H, W), got {image_size!r}")
-        check_count("pre_levels", pre_levels, why=" (the split needs an even number of channels)")
+        pre_levels = check_count("pre_levels", pre_levels, why=" (the split needs an even number of channels)")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")
         if p_init not in ("identity", "orthogonal"):

@@ -61,12 +61,12 @@ class DenseHyperbolicModel(nn.Module):
         **network_options: Any,
     ) -> None:
         super().__init__()
-        check_dim(dim)
-        check_count("in_channels", in_channels)
-        check_count("num_classes", num_classes)
-        check_count("width", width)
-        check_count("pre_levels", pre_levels, least=0)
-        check_count("head_channels", head_channels, least=0, why=" (0 = the 1x1 classifier alone)")
+        dim = check_dim(dim)
+        in_channels = check_count("in_channels", in_channels)
+        num_classes = check_count("num_classes", num_classes)
+        width = check_count("width", width)
+        pre_levels = check_count("pre_levels", pre_levels, least=0)
+        head_channels = check_count("head_channels", head_channels, least=0, why=" (0 = the 1x1 classifier alone)")
         if opening not in ("zeros", "conv"):
             raise ValueError(f"opening must be 'zeros' or 'conv', got {opening!r}")
         self.in_channels, self.num_classes, self.dim = in_channels, num_classes, dim
