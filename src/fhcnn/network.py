@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
-from .wavelets import HaarDWT, LearnableWavelet, check_count, check_dim, check_divisible
+from .wavelets import HaarDWT, LearnableWavelet, check_count, check_dim, check_divisible, is_count
 
 __all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
 
@@ -116,8 +116,7 @@ class HyperbolicNetwork(nn.Module):
         if not units:
             raise ValueError("units must hold at least one (n_layers, transition) pair")
         for u in units:
-            if (len(u) != 2 or isinstance(u[0], bool) or not isinstance(u[0], int) or u[0] < 0
-                    or u[1] not in ("down", "up", None)):
+            if len(u) != 2 or not is_count(u[0], least=0) or u[1] not in ("down", "up", None):
                 raise ValueError(
                     f"each unit must be (n_layers >= 0, 'down' | 'up' | None), got {u!r}")
         if sum(u[0] for u in units) < 1:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ __all__ = [
     "WaveletTransform",
     "check_count",
     "check_dim",
+    "is_count",
     "check_divisible",
     "lattice_filters",
     "nearest_valid_size",
@@ -70,9 +71,15 @@ def check_count(name: str, value: object, least: int = 1, why: str = "") -> int:
         >>> check_count("levels", 2)
         2
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
+    if not is_count(value, least):
         raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
-    return int(value)
+    return int(cast(numbers.Integral, value))
+
+
+def is_count(value: object, least: int = 1) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy integer, not a ``bool``) of at least
+    ``least``: what :func:`check_count` accepts."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and int(value) >= least
 
 
 def check_divisible(spatial: Sequence[int], levels: int, what: str = "input") -> None:

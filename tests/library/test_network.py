@@ -162,6 +162,9 @@ def test_counts_are_ints_not_booleans_or_floats():
     layer = SymmetricLayer(np.int64(4), np.int64(6), dim=np.int64(2))
     assert (layer.channels, layer.hidden, layer.dim) == (4, 6, 2) and type(layer.hidden) is int
     assert HaarDWT(2, levels=np.int32(2)).levels == 2
+    assert len(HyperbolicNetwork(4, [(np.int64(2), None)], dim=2).layers) == 2
+    unet = UNet3D(np.int64(1), 2, levels=np.int64(1))
+    assert type(unet.levels) is int and type(unet.in_channels) is int
 
 
 def test_hidden_width_per_unit():

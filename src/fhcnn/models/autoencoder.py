@@ -442,9 +442,10 @@ class ConvVAE(nn.Module):
                  width: int = 32, levels: int = 2, sigma: float = 1.0,
                  mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("latent_dim", latent_dim), ("width", width),
-                            ("levels", levels)):
-            check_count(name, value)
+        in_channels = check_count("in_channels", in_channels)
+        latent_dim = check_count("latent_dim", latent_dim)
+        width = check_count("width", width)
+        levels = check_count("levels", levels)
         h, w = (int(s) for s in image_size)
         check_divisible((h, w), levels, what=f"ConvVAE image_size {(h, w)}")
         self.in_channels, self.image_size, self.sigma = in_channels, (h, w), float(sigma)

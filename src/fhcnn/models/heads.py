@@ -31,9 +31,10 @@ class SpectralHead(nn.Module):
 
     def __init__(self, in_channels: int, depth: int, num_classes: int, hidden: int) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("depth", depth), ("num_classes", num_classes),
-                            ("hidden", hidden)):
-            check_count(name, value)
+        in_channels = check_count("in_channels", in_channels)
+        depth = check_count("depth", depth)
+        num_classes = check_count("num_classes", num_classes)
+        hidden = check_count("hidden", hidden)
         self.in_channels, self.depth = in_channels, depth
         self.spectrum = nn.Conv3d(in_channels, hidden, (depth, 1, 1))
         self.act = nn.ReLU()

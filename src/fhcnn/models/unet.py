@@ -32,9 +32,10 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, base: int = 16, levels: int = 2) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base", base),
-                            ("levels", levels)):
-            check_count(name, value)
+        in_channels = check_count("in_channels", in_channels)
+        num_classes = check_count("num_classes", num_classes)
+        base = check_count("base", base)
+        levels = check_count("levels", levels)
         self.in_channels, self.levels = in_channels, levels
         ch = [base * 2**k for k in range(levels + 1)]
         self.down = nn.ModuleList([_Block(in_channels, ch[0])] +
