@@ -10,7 +10,11 @@ temporary file replaces the destination. Outside a run folder (no guard set) not
 
 A process killed mid-write (SIGKILL) leaves its hidden temporary file behind; the next
 complete write of the same destination removes it (one writer per destination: fhcnn writes
-each output from one process).
+each output from one process). Larger temporary files and folders that live for a while (a
+zarr array written under a temporary name, a staging file) are *scratch* (:func:`scratch`,
+:func:`begin_scratch`): inside a run folder each is recorded before it is made and forgotten
+once it is gone, so whatever a killed run left under such a name is removed by the next run of
+that folder (``--resume`` or ``--overwrite``), and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,8 +32,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_npy",
-           "append_text", "make_dir", "remove", "note_written", "note_removed", "place_tree", "remove_stale",
-           "WriteGuard", "set_write_guard", "unguarded"]
+           "append_text", "make_dir", "remove", "note_written", "place_tree",
+           "scratch", "scratch_name", "begin_scratch", "end_scratch", "WriteGuard", "set_write_guard", "unguarded"]
 
 
 class WriteGuard(Protocol):
@@ -54,8 +59,12 @@ class WriteGuard(Protocol):
     def record(self, paths: list[Path]) -> None:
         """Record files fhcnn wrote by other means (size and hash; one save of the record)."""
 
-    def forget(self, paths: list[Path]) -> None:
-        """Drop from the record files fhcnn wrote by other means and has removed itself."""
+    def begin_scratch(self, path: Path) -> None:
+        """Raise unless ``path`` may be made (as :meth:`before_write`); record it as scratch
+        before it exists, removing what a killed run left under that recorded name first."""
+
+    def end_scratch(self, path: Path) -> None:
+        """Drop ``path`` (removed or moved into place) from the scratch of the record."""
 
 
 #: The guard of the active run folder, or ``None``.
@@ -119,12 +128,49 @@ def note_written(*paths: str | os.PathLike[str]) -> None:
         _guard.record([Path(p) for p in paths])
 
 
-def note_removed(*paths: str | os.PathLike[str]) -> None:
-    """Say that files :func:`note_written` recorded (e.g. a scratch file written in place, whose
-    hash the record no longer matches) were removed by fhcnn: inside a run folder they leave the
-    record, so that it lists what the folder holds."""
-    if _guard is not None and paths:
-        _guard.forget([Path(p) for p in paths])
+def scratch_name(folder: str | os.PathLike[str], prefix: str, suffix: str = ".tmp") -> Path:
+    """A name for scratch in ``folder`` that nothing there has yet: ``PREFIX`` + 8 random
+    characters + ``SUFFIX`` (made by the caller, after :func:`begin_scratch`)."""
+    while True:
+        p = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        if not os.path.lexists(p):
+            return p
+
+
+def begin_scratch(path: str | os.PathLike[str]) -> Path:
+    """Say that fhcnn is about to make ``path``, a temporary file or folder that it removes (or
+    moves into place) itself, with :func:`end_scratch`. Inside a run folder it is checked like a
+    write (no link on the way, in a folder fhcnn made, nobody else's file there) and recorded
+    before it exists, so that a run killed before :func:`end_scratch` leaves nothing the next
+    run of the folder does not remove. Returns ``path``."""
+    p = Path(path)
+    if _guard is not None:
+        _guard.begin_scratch(p)
+    return p
+
+
+def end_scratch(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` if it is still there (a file, or a folder with what is inside; a link is
+    never followed) and drop it from the run folder's record."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    if _guard is not None:
+        _guard.end_scratch(p)
+
+
+@contextlib.contextmanager
+def scratch(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """:func:`begin_scratch` around the block and :func:`end_scratch` after it, however it
+    ends: ``path`` is gone afterwards unless the block moved it into place."""
+    p = begin_scratch(path)
+    try:
+        yield p
+    finally:
+        end_scratch(p)
 
 
 def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
@@ -143,20 +189,6 @@ def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Pa
     note_written(*(dest / f for f in files))
     shutil.rmtree(src)
     return dest
-
-
-def remove_stale(folder: str | os.PathLike[str], prefix: str, suffix: str = ".tmp") -> None:
-    """Remove the leftovers of killed writes in ``folder``: the files and folders named
-    ``PREFIX`` + 8 characters + ``SUFFIX`` (``tempfile.mkstemp`` / ``mkdtemp``'s temporary names,
-    e.g. a zarr array written under ``.probabilities.zarr.XXXXXXXX.tmp``). Call it after a
-    complete write of what they were temporary names of; never follows a link."""
-    for stale in Path(folder).glob(glob.escape(prefix) + "?" * 8 + glob.escape(suffix)):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-            note_removed(stale)
 
 
 def make_dir(folder: str | os.PathLike[str]) -> Path:

@@ -3,11 +3,13 @@
 A run folder carries ``run.json``, written by fhcnn: the tool, the version, the command, the
 fingerprints of the inputs, a hash of the resolved config, every file fhcnn wrote there with
 its size and sha256 (recorded *before* the finished file takes its name, so the record survives
-a crash), and every folder it created. Only a folder with that record counts as a run; ``--overwrite``
-removes only the listed files that still match their record; ``--resume`` is refused when the
-inputs or the config differ from the recorded ones. While a run writes, the folder is locked
-and every write goes through its :class:`RunFolder`: never through a link, never into a folder
-fhcnn did not create, never over a file that is not fhcnn's own.
+a crash), every folder it created, and the scratch it is making (temporary files and folders,
+recorded before they exist and forgotten once gone). Only a folder with that record counts as
+a run; ``--overwrite`` removes only the listed files that still match their record and the
+scratch a killed run left (``--resume`` too removes that scratch); ``--resume`` is refused
+when the inputs or the config differ from the recorded ones. While a run writes, the folder is
+locked and every write goes through its :class:`RunFolder`: never through a link, never into a
+folder fhcnn did not create, never over a file that is not fhcnn's own.
 """
 
 from __future__ import annotations
@@ -198,7 +200,9 @@ class RunFolder:
     The record lists every file fhcnn wrote (``files``), the size and sha256 of each
     (``written``; both are saved just before the finished temporary file replaces the file, and
     ``prev`` keeps the hash of the content it replaces, so a crash in between leaves a file that
-    matches one of them) and the folders fhcnn created (``dirs``, saved before each is made). A file
+    matches one of them), the folders fhcnn created (``dirs``, saved before each is made) and the
+temporary files and folders it is making (``scratch``: saved before each is made, dropped once
+it is gone; what a killed run left there is removed by the next run of the folder). A file
     is fhcnn's own only while it still matches its record. A record without ``written``
     (``format`` 1, written by an older fhcnn) lists names only: its listed plain files are
     taken as fhcnn's, and the folders holding them as folders fhcnn created.
@@ -218,6 +222,7 @@ class RunFolder:
         self.files: set[str] = set(marker.get("files", []))
         self.written: dict[str, dict[str, Any]] = dict(marker.get("written", {}))
         self.dirs: set[str] = set(marker.get("dirs", []))
+        self.scratch: set[str] = set(marker.get("scratch", []))
         if self.legacy:  # folders holding the listed files count as fhcnn's
             self.dirs |= {q.as_posix() for f in self.files if _inside(f)
                           for q in PurePosixPath(f).parents if q.as_posix() != "."}
@@ -230,7 +235,7 @@ class RunFolder:
         self.marker.pop("files", None)
         self.marker.update(format=FORMAT, files=sorted(self.files),
                            written={k: self.written[k] for k in sorted(self.written)},
-                           dirs=sorted(self.dirs))
+                           dirs=sorted(self.dirs), scratch=sorted(self.scratch))
         with atomic.unguarded():  # the record itself is not a recorded output
             atomic.atomic_write_text(self.root / RUN_FILE, json.dumps(self.marker, indent=1) + "\n")
 
@@ -404,12 +409,34 @@ class RunFolder:
             self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
         self._save()
 
-    def forget(self, paths: list[Path]) -> None:
-        for path in paths:
-            rel = self._rel(path)
-            if rel is not None and not Path(path).exists():
-                self._forget(rel)
+    def begin_scratch(self, path: Path) -> None:
+        rel = self._rel(path)
+        if rel is None:
+            return
+        if rel in self.scratch:
+            self.drop_scratch(rel)  # what a killed run left under this name
+        self.check_target(path, create=True)
+        self.scratch.add(rel)
         self._save()
+
+    def end_scratch(self, path: Path) -> None:
+        rel = self._rel(path)
+        if rel is not None and rel in self.scratch:
+            self.scratch.discard(rel)
+            self._save()
+
+    def drop_scratch(self, rel: str) -> None:
+        """Remove the recorded scratch ``rel`` (a file, or a folder with what is inside), where a
+        killed run left it, and forget it (saved with the next change of the record). A link in
+        its place, or on the way to it, is not fhcnn's: left alone."""
+        p = self.root / rel
+        if _inside(rel) and rel != RUN_FILE and self._chain_ok(rel) and not p.is_symlink():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        self.scratch.discard(rel)
 
     def owns_tree(self, folder: Path) -> bool:
         """``folder`` is a real folder inside the run holding at least one file, every file below
@@ -496,6 +523,8 @@ class RunFolder:
         run = RunFolder.active
         if run is not None and run.created:
             with atomic.unguarded():
+                for rel in sorted(run.scratch):
+                    run.drop_scratch(rel)
                 run._remove_tree(run.root)
                 try:
                     (run.root / RUN_FILE).unlink()
@@ -710,6 +739,7 @@ def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resu
                                  f"another output folder")
     # the new record
     run = RunFolder(out_abs, new, alias=alias)
+    run.scratch = set(old.scratch)  # removed by prepare_output_dir once every check has passed
     remove: list[str] = []
     kept: list[str] = []
     if marker is not None:
@@ -766,7 +796,9 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     With ``overwrite`` only the files listed in ``run.json`` that still match their recorded
     size and sha256 are removed (with ``collect``, only those among this run's ``outputs``);
     every other file stays, and the ones fhcnn listed but that changed since are named in one
-    line on stderr. Afterwards, until the run ends, every write, folder and removal through
+    line on stderr. With ``overwrite`` or ``resume`` the scratch the record lists (temporary
+    files and folders of a run killed while it made them) is removed. Afterwards, until the run
+    ends, every write, folder and removal through
     :mod:`fhcnn.atomic` is checked and recorded (:class:`RunFolder`), and the folder is locked.
 
     Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
@@ -816,6 +848,8 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
                 out_abs.rmdir()
         raise
     run.created, run._lock_fd = created, fd
+    for rel in sorted(run.scratch):  # what a killed run was making
+        run.drop_scratch(rel)
     for rel in remove:
         (out_abs / rel).unlink()
     for d in sorted({q.as_posix() for f in remove for q in PurePosixPath(f).parents
@@ -906,13 +940,10 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     main = is_main_process()
     reused = resume and main and _reusable_copy(final, array)
     if main and not reused:
-        tmp = Path(folder) / f".{name}.zarr.tmp"
-        try:
+        # scratch: a copy that stops, or a run killed while it copies, leaves nothing behind
+        with atomic.scratch(Path(folder) / f".{name}.zarr.tmp") as tmp:
             copy_to_zarr(array, tmp, chunks, axis=axis)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # a copy that stopped leaves nothing behind
-            raise
-        atomic.place_tree(tmp, final)
+            atomic.place_tree(tmp, final)
     if info is not None and info.world_size > 1:
         import torch.distributed as dist
 

@@ -444,32 +444,6 @@ def test_a_resumed_run_counts_its_steps_from_the_checkpoint(vol, tmp_path, unlab
     assert again["train_time_s"] >= whole["history"][-1]["time_s"]  # every step's training time
 
 
-@pytest.mark.parametrize("flag", ["--resume", "--overwrite", "--overwrite without --save-probs"])
-def test_a_finished_run_removes_the_scratch_arrays_of_a_killed_one(vol, tmp_path, flag):
-    # a run killed while it predicts (e.g. torchrun's launcher sent SIGTERM to a run split in
-    # space) leaves its scratch zarr arrays in OUT: the slabs of the prediction, the
-    # probabilities; the next run that completes those outputs removes them, as it removes a
-    # killed write's temporary file (they stayed, unlisted in run.json, through --resume and
-    # --overwrite, split or not)
-    out = tmp_path / "out"
-    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
-            "--save-probs"] + TINY
-    assert main(args) == 0
-    stale = [out / ".prediction-slabs.k1ll3d00.tmp", out / ".probabilities.zarr.k1ll3d00.tmp"]
-    for folder in stale:
-        (folder / "c" / "0").mkdir(parents=True)
-        (folder / "zarr.json").write_text("{}")
-        (folder / "c" / "0" / "0").write_bytes(b"chunk")
-    mine = out / ".prediction-slabs.notmine.tmp"  # not a temporary name of fhcnn's: kept
-    mine.mkdir()
-    again = args + [flag.split()[0]]
-    if "without" in flag:  # the probabilities' leftovers go even when this run writes none
-        again.remove("--save-probs")
-    assert main(again) == 0
-    assert not any(f.exists() for f in stale)
-    assert mine.is_dir()
-
-
 def test_zarr_volume_from_write_volume_gives_prediction_zarr_with_its_spacing(tmp_path):
     """A generated zarr group (image and labels as inner paths, spacing in the attributes):
     the prediction is prediction.zarr on the same grid, carrying the spacing."""

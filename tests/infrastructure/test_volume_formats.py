@@ -655,6 +655,8 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
+        self.begun: list[Path] = []    # scratch begun
+        self.scratch: list[Path] = []  # scratch begun and not yet ended
 
     def before_write(self, dest: Path) -> None:
         pass
@@ -674,8 +676,12 @@ class _Recorder:
     def record(self, paths: list[Path]) -> None:
         self.paths.extend(paths)
 
-    def forget(self, paths: list[Path]) -> None:
-        self.paths = [p for p in self.paths if p not in paths]
+    def begin_scratch(self, path: Path) -> None:
+        self.begun.append(path)
+        self.scratch.append(path)
+
+    def end_scratch(self, path: Path) -> None:
+        self.scratch.remove(path)
 
 
 @pytest.mark.parametrize("header", [nib.Nifti1Image, nib.Nifti2Image])
@@ -699,6 +705,7 @@ def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
         atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.nii.gz"]
     assert out / "prediction.nii.gz" in seen.paths
+    assert seen.begun and not seen.scratch  # the uncompressed scratch file, recorded, then gone
     r = nib.load(out / "prediction.nii.gz")
     assert isinstance(r, header) and r.shape == v.shape and r.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(r.dataobj), lab)
@@ -729,6 +736,7 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
         atomic.set_write_guard(None)
     assert sorted(p.name for p in out.iterdir()) == ["prediction.zarr"]
     r = zarr.open(str(out / "prediction.zarr"), mode="r")
+    assert seen.begun and not seen.scratch  # the temporary folder, recorded, then moved into place
     np.testing.assert_array_equal(r[:], lab)
     assert r.dtype == np.uint8
     assert r.attrs["spacing"] == [2.0, 1.0, 1.0] and r.attrs["sample"] == "mouse 7"

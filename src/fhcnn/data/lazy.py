@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..errors import InputError
 
 __all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
@@ -778,9 +779,8 @@ def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis
         for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, layout):
             out[box] = np.asarray(array[box], dtype=dt)
         return zarr.open_array(str(path), mode="r")
-    staging = Path(f"{path}.staging")
     back = tuple(int(a) for a in np.argsort(layout))
-    try:
+    with atomic.scratch(f"{path}.staging") as staging:  # in a run folder: recorded while it exists
         _reserve(staging, dt.itemsize * math.prod(shape))
         raw = np.memmap(staging, dtype=dt, mode="r+", shape=tuple(shape[a] for a in layout))
         view = raw.transpose(back)
@@ -792,8 +792,6 @@ def copy_to_zarr(array: ArrayLike, path: str | Path, chunks: Sequence[int], axis
         for box in chunk_boxes(shape, chunks, dt.itemsize, max_bytes, layout):
             out[box] = stage[box]
         del stage
-    finally:
-        staging.unlink(missing_ok=True)
     return zarr.open_array(str(path), mode="r")
 
 

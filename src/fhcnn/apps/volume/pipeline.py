@@ -334,8 +334,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     return metrics
 
 
-#: Temporary names of the arrays ``_Outputs`` shares in ``out``: the labels of a split run's
-#: slabs, the probabilities (``mkdtemp(prefix=...)``).
+#: Temporary names of the arrays ``_Outputs`` shares in ``out`` (scratch of the run folder,
+#: :func:`fhcnn.atomic.scratch_name`): the labels of a split run's slabs, the probabilities.
 _SLABS, _PROBS = ".prediction-slabs.", ".probabilities.zarr."
 
 
@@ -392,16 +392,16 @@ class _Outputs:
         return out
 
     def _shared(self, prefix: str, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> Path:
-        """A zarr array in ``out`` under a temporary name, made by rank 0; its path on every
-        process of the split (one process: made here)."""
-        import tempfile
-
+        """A zarr array in ``out`` under a temporary name (scratch of the run folder), made by
+        rank 0; its path on every process of the split (one process: made here)."""
         import zarr
+
+        from ... import atomic
 
         assert self.out is not None
         path = None
         if is_main_process():
-            path = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=self.out))
+            path = atomic.begin_scratch(atomic.scratch_name(self.out, prefix))
             zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0)
         return Path(broadcast_object(path)) if self.slabs else path  # type: ignore[return-value]
 
@@ -427,7 +427,7 @@ class _Outputs:
 
     def abort(self) -> None:
         """Remove the temporary files of the prediction (training or prediction failed)."""
-        import shutil
+        from ... import atomic
 
         if self.file is not None:
             self.file.abort()
@@ -435,7 +435,7 @@ class _Outputs:
         if is_main_process():
             for tmp in (self._tmp, self._scratch):
                 if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    atomic.end_scratch(tmp)
         self._tmp = self._scratch = None
 
     def close(self) -> Path | None:
@@ -445,8 +445,6 @@ class _Outputs:
         from .outputs import centre_slices
 
         if self._scratch is not None:  # the slabs, copied box by box into the input's format
-            import shutil
-
             from ...data.volumes.sinks import OUTPUT_CHUNK
 
             self.file = self._prediction_file()
@@ -454,18 +452,16 @@ class _Outputs:
             for start in itertools.product(*(range(0, n, OUTPUT_CHUNK) for n in shape)):
                 box = tuple(slice(s, min(s + OUTPUT_CHUNK, n)) for s, n in zip(start, shape))
                 self.file[box] = np.asarray(self.prediction[box])
-            shutil.rmtree(self._scratch)
+            atomic.end_scratch(self._scratch)
             self._scratch = None
             self.prediction = self.file
         self.centre = centre_slices(self.prediction, [n // 2 for n in self.inputs.shape])
         if self._probs is not None:
             assert self.out is not None and self._tmp is not None
             self.probs_path = atomic.place_tree(self._tmp, self.out / "probabilities.zarr")
-        path = Path(self.file.close()) if self.file is not None else None
-        if self.out is not None:  # the arrays a killed run left (split or not, with probabilities or not)
-            for prefix in (_SLABS, _PROBS):
-                atomic.remove_stale(self.out, prefix)
-        return path
+            atomic.end_scratch(self._tmp)
+            self._tmp = None
+        return Path(self.file.close()) if self.file is not None else None
 
 
 def _open_zarr(path: Path) -> Any:

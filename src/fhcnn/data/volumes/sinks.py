@@ -20,7 +20,6 @@ import gzip
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,11 +107,10 @@ class NiftiSink(PredictionSink):
         self.shape = shape
         hdr = _nifti_header(nib, geometry, shape, dtype)
         self.dtype = np.dtype(dtype)
-        fd, name = tempfile.mkstemp(prefix=".prediction.nii.", suffix=".tmp", dir=out_dir)
-        self._scratch = Path(name)
-        atomic.note_written(self._scratch)  # recorded: a crash leaves nothing unlisted in OUT
+        # recorded as scratch: a run killed before it is compressed leaves nothing unlisted in OUT
+        self._scratch = atomic.begin_scratch(atomic.scratch_name(out_dir, ".prediction.nii."))
         offset = int(hdr["vox_offset"])
-        with os.fdopen(fd, "wb") as f:
+        with open(self._scratch, "xb") as f:
             block = hdr.binaryblock
             f.write(block + b"\x00" * (offset - len(block)))  # no extensions
             f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
@@ -128,16 +126,12 @@ class NiftiSink(PredictionSink):
                         gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL,
                                       mtime=0) as dst:
                     shutil.copyfileobj(src, dst, _COPY_BYTES)
-            self._scratch.unlink()
-            atomic.note_removed(self._scratch)
-            atomic.remove_stale(self.path.parent, ".prediction.nii.")  # those of a killed run
+            atomic.end_scratch(self._scratch)
         return self.path
 
     def abort(self) -> None:
         self._array = None
-        with contextlib.suppress(FileNotFoundError):
-            self._scratch.unlink()
-        atomic.note_removed(self._scratch)
+        atomic.end_scratch(self._scratch)
 
 
 def _nifti_header(nib: Any, geometry: VolumeGeometry, shape: Sequence[int], dtype: Any) -> Any:
@@ -174,7 +168,7 @@ class ZarrSink(PredictionSink):
         self.path = out_dir / "prediction.zarr"
         self.shape = shape
         self.dtype = np.dtype(dtype)
-        self._tmp = Path(tempfile.mkdtemp(prefix=".prediction.zarr.", suffix=".tmp", dir=out_dir))
+        self._tmp = atomic.begin_scratch(atomic.scratch_name(out_dir, ".prediction.zarr."))
         chunks = tuple(min(OUTPUT_CHUNK, int(n)) for n in shape)
         self._array = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
                                       dtype=self.dtype, fill_value=0)
@@ -191,12 +185,12 @@ class ZarrSink(PredictionSink):
             return self.path
         self._array = None
         atomic.place_tree(self._tmp, self.path)   # folders made, files moved in and recorded
-        atomic.remove_stale(self.path.parent, ".prediction.zarr.")  # those of a killed run
+        atomic.end_scratch(self._tmp)
         return self.path
 
     def abort(self) -> None:
         self._array = None
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        atomic.end_scratch(self._tmp)
 
 
 class NpySink(PredictionSink):

@@ -1,0 +1,172 @@
+"""Scratch of a run folder (temporary files and folders fhcnn makes there and removes itself):
+recorded in ``run.json`` before it exists, so that what a run killed with SIGKILL leaves is
+removed by the next run of the folder (``--resume`` or ``--overwrite``, whatever that run
+writes), and nothing of anyone else's is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhcnn import atomic
+from fhcnn.cli import main
+from fhcnn.errors import InputError
+from fhcnn.rundir import RunFolder, prepare_output_dir
+from tests.apps._volumes import write_tiny_volume
+
+TINY = ["--config", "volume-tiny", "--quiet"]
+
+# Runs ``fhcnn volume`` and kills its own process (SIGKILL: no finally block, no atexit) at one
+# point: "copy" in the one-time copy of a compressed input, once the staging file holds its
+# first box (the copy is forced through the staging file); "predict" once the prediction's
+# sinks (prediction file, probabilities) exist.
+_KILLER = r"""
+import os, signal, sys
+import fhcnn.data.lazy as lazy
+from fhcnn.cli import main
+
+where, argv = sys.argv[1], sys.argv[2:]
+if where == "copy":
+    copy = lazy.copy_to_zarr
+    lazy.copy_to_zarr = lambda *a, **k: copy(*a, **{**k, "max_bytes": 1024})
+    lazy.release_pages = lambda view: os.kill(os.getpid(), signal.SIGKILL)
+else:
+    import fhcnn.apps.volume.pipeline as pipeline
+    sinks = pipeline._Outputs.sinks
+    def killed(self, result):
+        made = sinks(self, result)
+        os.kill(os.getpid(), signal.SIGKILL)
+    pipeline._Outputs.sinks = killed
+sys.exit(main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def vol(tmp_path_factory):
+    root = write_tiny_volume(tmp_path_factory.mktemp("scratch"))
+    nib = pytest.importorskip("nibabel")
+    for name in ("c0", "lab"):
+        nib.save(nib.Nifti1Image(np.load(root / f"{name}.npy"), np.eye(4)), str(root / f"{name}.nii.gz"))
+    return root
+
+
+def _killed_run(where: str, args: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _KILLER, where, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def _hidden(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock")
+
+
+@pytest.mark.parametrize("again", ["--resume", "--overwrite with another input"])
+def test_a_run_killed_in_the_one_time_copy_leaves_nothing_after_the_next_run(vol, tmp_path, again):
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.nii.gz"), "--labels", str(vol / "lab.nii.gz"), "--out", str(out)] + TINY
+    _killed_run("copy", args)
+    left = _hidden(out)
+    assert any(n.endswith(".zarr.tmp.staging") for n in left) and any(n.endswith(".zarr.tmp") for n in left), left
+    assert set(json.loads((out / "run.json").read_text())["scratch"]) == set(left)
+    mine = out / ".c0.zarr.tmp.notes"  # a file of the user's beside them: never removed
+    mine.write_text("mine")
+    if again == "--resume":
+        assert main(args + ["--resume"]) == 0
+    else:  # an uncompressed input: this run makes no copy at all
+        assert main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out),
+                     "--overwrite"] + TINY) == 0
+    assert _hidden(out) == [mine.name]
+    assert json.loads((out / "run.json").read_text())["scratch"] == []
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite", "--overwrite without --save-probs"])
+def test_a_run_killed_while_it_predicts_leaves_nothing_after_the_next_run(vol, tmp_path, flag):
+    # the prediction file under its temporary name (an uncompressed .nii, memory-mapped) and the
+    # probabilities' zarr folder; the next run removes them, even one that writes no probabilities
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.nii.gz"), "--labels", str(vol / "lab.nii.gz"), "--out", str(out),
+            "--save-probs"] + TINY
+    _killed_run("predict", args)
+    left = _hidden(out)
+    assert [n for n in left if n.startswith(".prediction.nii.")] and \
+        [n for n in left if n.startswith(".probabilities.zarr.")], left
+    again = args + [flag.split()[0]]
+    if "without" in flag:
+        again.remove("--save-probs")
+    assert main(again) == 0
+    assert _hidden(out) == []
+    assert (out / "prediction.nii.gz").is_file()
+
+
+def _run_folder(out: Path, **flags) -> RunFolder:
+    prepare_output_dir(out, tool="volume", **flags)
+    run = RunFolder.active
+    assert run is not None
+    return run
+
+
+def test_scratch_is_recorded_before_it_exists_and_forgotten_once_gone(tmp_path):
+    out = tmp_path / "out"
+    run = _run_folder(out)
+    try:
+        with atomic.scratch(out / ".a.tmp") as p:
+            assert json.loads((out / "run.json").read_text())["scratch"] == [".a.tmp"]
+            assert not p.exists()  # recorded first, made by the caller
+            p.mkdir()
+            (p / "chunk").write_bytes(b"x")
+        assert not p.exists() and run.scratch == set()
+        assert json.loads((out / "run.json").read_text())["scratch"] == []
+        name = atomic.scratch_name(out, ".b.")
+        assert name.parent == out and name.name.startswith(".b.") and name.name.endswith(".tmp")
+        assert len(name.name) == len(".b.") + 8 + len(".tmp")
+    finally:
+        RunFolder.deactivate()
+
+
+def test_only_recorded_scratch_is_removed_and_never_through_a_link(tmp_path):
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    run = _run_folder(out)
+    for name in (".killed.tmp", ".linked.tmp"):
+        atomic.begin_scratch(out / name)  # a run killed before end_scratch
+    (out / ".killed.tmp").mkdir()
+    (out / ".killed.tmp" / "chunk").write_bytes(b"x")
+    (out / ".linked.tmp").symlink_to(elsewhere, target_is_directory=True)  # put there by someone
+    (out / ".theirs.tmp").write_text("theirs")  # a temporary name, but never recorded
+    RunFolder.deactivate()
+    assert run.scratch == {".killed.tmp", ".linked.tmp"}
+    _run_folder(out, overwrite=True)
+    RunFolder.deactivate()
+    assert not (out / ".killed.tmp").exists()
+    assert (out / ".linked.tmp").is_symlink() and (elsewhere / "keep").read_text() == "keep"
+    assert (out / ".theirs.tmp").read_text() == "theirs"
+    assert json.loads((out / "run.json").read_text())["scratch"] == []
+
+
+def test_scratch_never_takes_the_name_of_a_file_fhcnn_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    _run_folder(out)
+    try:
+        (out / ".theirs.tmp").write_text("theirs")
+        with pytest.raises(InputError, match="not written by this run"):
+            atomic.begin_scratch(out / ".theirs.tmp")
+        assert (out / ".theirs.tmp").read_text() == "theirs"
+        assert json.loads((out / "run.json").read_text())["scratch"] == []
+    finally:
+        RunFolder.deactivate()
+
+
+def test_scratch_outside_a_run_folder_is_only_removed(tmp_path):
+    with atomic.scratch(tmp_path / "s.tmp") as p:
+        p.write_bytes(b"x")
+    assert not p.exists()
