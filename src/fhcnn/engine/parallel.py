@@ -432,7 +432,7 @@ class SpaceRun:
         device = resolve_device(cfg.train.device)
         info = init_distributed(device.type, float(cfg.train.peer_timeout))
         split = init_spatial(3, tuple(p.axes), p.split_grid, data=info.world_size // p.space,
-                             device_type=device.type, timeout=float(cfg.train.peer_timeout))
+                             timeout=float(cfg.train.peer_timeout))
         split_module(seg.core, split)
         hooks = _WholeWindowsInEval(split, seg.size_multiple)
         seg.register_forward_pre_hook(hooks.before)

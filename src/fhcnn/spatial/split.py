@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -222,25 +221,25 @@ class SpatialSplit:
 
 
 def init_spatial(dim: int, axes: Sequence[int], grid: Sequence[int], data: int = 1,
-                 device_type: str = "cpu", timeout: float | None = None) -> SpatialSplit:
-    """Build a ``data x space`` :class:`~torch.distributed.device_mesh.DeviceMesh` over the whole
-    world (the default group must be initialized, e.g. by ``torchrun`` +
-    ``dist.init_process_group``) and return this process's :class:`SpatialSplit`.
+                 timeout: float | None = None) -> SpatialSplit:
+    """Lay the whole world out as a ``data x space`` mesh (the default group must be initialized,
+    e.g. by ``torchrun`` + ``dist.init_process_group``) and return this process's
+    :class:`SpatialSplit`: its space group and, with ``data > 1``, its data group.
 
     Ranks are laid out row-major: ranks ``d*S .. d*S + S-1`` form replica ``d``'s space group
-    (``S = prod(grid)``), so a space group's processes are neighbours in rank order.
+    (``S = prod(grid)``), so a space group's processes are neighbours in rank order; the data
+    group of position ``s`` holds ranks ``s, S + s, 2S + s, ...``. The groups are PyTorch's own
+    (``dist.new_subgroups_by_enumeration``, on the default group's backend), the same as a
+    ``DeviceMesh`` of shape ``(data, S)`` gives (:meth:`SpatialSplit.from_mesh`).
 
-    ``timeout``: seconds a collective of the mesh's groups waits for another process (e.g.
-    ``train.peer_timeout``, the default group's own). Without it the groups the mesh makes (the
-    space groups of several data replicas, the data groups) wait PyTorch's default of 30 minutes,
-    whatever timeout the default group was given.
+    ``timeout``: seconds a collective of these groups waits for another process (e.g.
+    ``train.peer_timeout``, the default group's own). Without it they wait PyTorch's default of
+    30 minutes, whatever timeout the default group was given.
 
     Raises:
         ValueError: when ``data * prod(grid)`` is not the world size.
     """
     from datetime import timedelta
-
-    from torch.distributed.device_mesh import init_device_mesh
 
     space = math.prod(int(g) for g in grid)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -249,13 +248,11 @@ def init_spatial(dim: int, axes: Sequence[int], grid: Sequence[int], data: int =
                          f"world has {world}")
     if world == 1:
         return SpatialSplit(dim, tuple(axes), tuple(grid))
-    override: Any = None
-    if timeout is not None:  # the groups' options carry the timeout (DeviceMesh passes it on)
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        options: Any = (dist.ProcessGroupNCCL.Options() if backend == "nccl"
-                        else dist.ProcessGroupGloo._Options())  # type: ignore[attr-defined]
-        options._timeout = timedelta(seconds=float(timeout))
-        override = {"data": (backend, options), "space": (backend, options)}
-    mesh = init_device_mesh(device_type, (data, space), mesh_dim_names=("data", "space"),
-                            backend_override=override)
-    return SpatialSplit.from_mesh(mesh, dim, axes, grid, "space", "data" if data > 1 else None)
+    wait = timedelta(seconds=float(timeout)) if timeout is not None else None
+    rows = [[d * space + s for s in range(space)] for d in range(data)]
+    group, _ = dist.new_subgroups_by_enumeration(rows, timeout=wait)
+    data_group = None
+    if data > 1:
+        columns = [[d * space + s for d in range(data)] for s in range(space)]
+        data_group, _ = dist.new_subgroups_by_enumeration(columns, timeout=wait)
+    return SpatialSplit(dim, tuple(axes), tuple(grid), group=group, data_group=data_group)

@@ -35,6 +35,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=TIMEOUT))
         split = init_spatial(3, (0,), (2,), data=2, timeout=TIMEOUT)
+        # the mesh's layout: replica d owns ranks 2d, 2d + 1; position s's data group is s, 2 + s
+        result["ranks"] = [dist.get_process_group_ranks(split.group),
+                           dist.get_process_group_ranks(split.data_group)]
         if rank == 3:  # a process that stopped answering
             time.sleep(ABSENT)
             return
@@ -42,9 +45,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         try:
             for group in (split.group, split.data_group):  # rank 2 waits for rank 3 in its space group
                 dist.all_reduce(torch.ones(1), group=group)
-            result = {"failed": False, "seconds": time.monotonic() - t0}
+            result.update(failed=False, seconds=time.monotonic() - t0)
         except Exception as e:  # noqa: BLE001 -- the wait for rank 3 failed, as it must
-            result = {"failed": True, "seconds": time.monotonic() - t0, "what": str(e)[:200]}
+            result.update(failed=True, seconds=time.monotonic() - t0, what=str(e)[:200])
     except Exception:  # noqa: BLE001 -- reported by the test
         result = {"error": traceback.format_exc()}
     Path(out, f"result-{rank}.json").write_text(json.dumps(result))
@@ -68,6 +71,7 @@ def test_mesh_groups_of_several_replicas_wait_the_given_timeout(tmp_path, monkey
     got = json.loads((tmp_path / "result-2.json").read_text())
     assert "error" not in got, got["error"]
     assert got["failed"] and got["seconds"] < TIMEOUT + 10, got
+    assert got["ranks"] == [[2, 3], [0, 2]], got
 
 
 def test_a_split_run_gives_the_mesh_its_peer_timeout(monkeypatch) -> None:
