@@ -154,6 +154,9 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
         raise _bad_marker(p, "'files' is not a list of names")
     if not isinstance(dirs, list) or not all(isinstance(f, str) for f in dirs):
         raise _bad_marker(p, "'dirs' is not a list of names")
+    scratch = data.get("scratch", [])  # removed whole by the next run: only a list of names
+    if not isinstance(scratch, list) or not all(isinstance(f, str) for f in scratch):
+        raise _bad_marker(p, "'scratch' is not a list of names")
     if not isinstance(written, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
             and isinstance(v.get("sha256"), str) and isinstance(v.get("prev", ""), str)

@@ -170,3 +170,20 @@ def test_scratch_outside_a_run_folder_is_only_removed(tmp_path):
     with atomic.scratch(tmp_path / "s.tmp") as p:
         p.write_bytes(b"x")
     assert not p.exists()
+
+
+@pytest.mark.parametrize("scratch", ["ab", 5, [5], {"a": 1}])
+def test_a_record_whose_scratch_is_not_a_list_of_names_is_damaged_and_nothing_is_removed(tmp_path, scratch):
+    # "ab" read as a list would name the files a and b: files of the user's, never recorded
+    out = tmp_path / "out"
+    _run_folder(out)
+    RunFolder.deactivate()
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "scratch": scratch}))
+    for name in ("a", "b"):
+        (out / name).write_text("mine")
+    for flags in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(InputError, match="damaged.*'scratch' is not a list of names"):
+            _run_folder(out, **flags)
+        RunFolder.deactivate()
+        assert (out / "a").read_text() == "mine" and (out / "b").read_text() == "mine"
