@@ -26,7 +26,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,8 +56,9 @@ class WriteGuard(Protocol):
         """Remove the files fhcnn wrote below ``path`` (and folders it made, once empty);
         ``False`` if ``path`` lies outside the run folder."""
 
-    def record(self, paths: list[Path]) -> None:
-        """Record files fhcnn wrote by other means (size and hash; one save of the record)."""
+    def record(self, paths: list[Path], sources: list[Path] | None = None) -> None:
+        """Record files fhcnn wrote by other means (size and hash; one save of the record);
+        with ``sources``, the content of each is that of its source, about to be moved in."""
 
     def begin_scratch(self, path: Path) -> None:
         """Raise unless ``path`` may be made (as :meth:`before_write`); record it as scratch
@@ -120,12 +121,15 @@ def append_text(path: str | os.PathLike[str], text: str) -> None:
         f.flush()
 
 
-def note_written(*paths: str | os.PathLike[str]) -> None:
+def note_written(*paths: str | os.PathLike[str],
+                 sources: Sequence[str | os.PathLike[str]] | None = None) -> None:
     """Record files fhcnn wrote by other means than :func:`atomic_path` (the chunk files of a
     zarr folder written under a temporary name and renamed into place as a whole): inside a run
-    folder each is recorded with its size and hash, in one save of the record."""
+    folder each is recorded with its size and hash, in one save of the record. ``sources``: the
+    files (one per path) about to be moved to ``paths``, recorded with their content before the
+    move, so that a process killed while they move leaves no file the record does not list."""
     if _guard is not None and paths:
-        _guard.record([Path(p) for p in paths])
+        _guard.record([Path(p) for p in paths], None if sources is None else [Path(q) for q in sources])
 
 
 def scratch_name(folder: str | os.PathLike[str], prefix: str, suffix: str = ".tmp") -> Path:
@@ -175,8 +179,10 @@ def scratch(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
     """Move a folder written under a temporary name (e.g. a zarr array) to ``final``: an earlier
-    ``final`` removed first (:func:`remove`), each folder made (:func:`make_dir`), each file moved
-    in and then recorded with its size and hash (:func:`note_written`), ``tmp`` removed."""
+    ``final`` removed first (:func:`remove`), each folder made (:func:`make_dir`), each file
+    recorded with its size and hash (:func:`note_written`, one save) and then moved in, ``tmp``
+    removed. A process killed while the files move leaves none in ``final`` that the run
+    folder's record does not list (so the next run of the folder removes them)."""
     src, dest = Path(tmp), Path(final)
     files = [p.relative_to(src) for p in src.rglob("*") if p.is_file()]
     dirs = sorted((p.relative_to(src) for p in src.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
@@ -184,9 +190,9 @@ def place_tree(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Pa
         remove(dest)
     for d in [Path("."), *dirs]:
         make_dir(dest / d)
+    note_written(*(dest / f for f in files), sources=[src / f for f in files])
     for f in files:
         os.replace(src / f, dest / f)
-    note_written(*(dest / f for f in files))
     shutil.rmtree(src)
     return dest
 

@@ -399,15 +399,16 @@ it is gone; what a killed run left there is removed by the next run of the folde
         self._seen.pop(rel, None)
         self._save()
 
-    def record(self, paths: list[Path]) -> None:
-        for path in paths:
+    def record(self, paths: list[Path], sources: list[Path] | None = None) -> None:
+        for i, path in enumerate(paths):
             rel = self._rel(path)
             if rel is None:
                 continue
             if not _inside(rel) or rel == RUN_FILE or not self._chain_ok(rel) or Path(path).is_symlink():
                 raise InputError(f"{path}: fhcnn records only plain files it wrote inside its run folder")
-            st = os.stat(self.root / rel)
-            self.written[rel] = {"size": st.st_size, "sha256": _sha256(self.root / rel)}
+            content = sources[i] if sources is not None else self.root / rel  # moved in after
+            st = os.stat(content)  # the move (os.replace) keeps its size, mtime and inode
+            self.written[rel] = {"size": st.st_size, "sha256": _sha256(content)}
             self.files.add(rel)
             self._seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
         self._save()

@@ -187,3 +187,38 @@ def test_a_record_whose_scratch_is_not_a_list_of_names_is_damaged_and_nothing_is
             _run_folder(out, **flags)
         RunFolder.deactivate()
         assert (out / "a").read_text() == "mine" and (out / "b").read_text() == "mine"
+
+
+def test_a_folder_moved_into_place_is_recorded_before_its_files_take_their_names(tmp_path, monkeypatch):
+    # a zarr array written under a temporary name (the one-time copy, the probabilities) is moved
+    # in file by file; a process that stops after the first move leaves no file the record does
+    # not list, so the next --overwrite removes it (before: left in OUT, unlisted, for good)
+    out = tmp_path / "out"
+    _run_folder(out)
+    tmp = out / ".probabilities.zarr.abcd1234.tmp"
+    try:
+        atomic.begin_scratch(tmp)
+        for name in ("zarr.json", "c/0/0", "c/1/0"):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(name)
+        replace, moved = os.replace, []
+
+        def killed(src, dst):  # the run's record is written with os.replace too
+            if Path(src).is_relative_to(tmp):
+                if moved:
+                    raise KeyboardInterrupt
+                moved.append(dst)
+            replace(src, dst)
+
+        monkeypatch.setattr(atomic.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            atomic.place_tree(tmp, out / "probabilities.zarr")
+    finally:
+        RunFolder.deactivate()
+    monkeypatch.undo()
+    written = json.loads((out / "run.json").read_text())["written"]
+    there = [p for p in (out / "probabilities.zarr").rglob("*") if p.is_file()]
+    assert there and all(p.relative_to(out).as_posix() in written for p in there), written
+    _run_folder(out, overwrite=True)
+    RunFolder.deactivate()
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name not in ("run.json",)]

@@ -673,7 +673,7 @@ class _Recorder:
     def remove(self, path: Path) -> bool:
         return False
 
-    def record(self, paths: list[Path]) -> None:
+    def record(self, paths: list[Path], sources: list[Path] | None = None) -> None:
         self.paths.extend(paths)
 
     def begin_scratch(self, path: Path) -> None:
