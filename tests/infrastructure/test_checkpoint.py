@@ -181,3 +181,19 @@ def test_atomic_path_is_used(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(fhcnn.atomic, "atomic_path", spy)
     CheckpointManager(tmp_path).save(1, _model(0), {}, best={"metric": "x", "value": 1.0})
     assert seen == ["model.safetensors", "state.pt", "manifest.json", "best.json"]
+
+
+def test_the_same_weights_make_the_same_file(tmp_path):
+    # safetensors writes its metadata in a hash map's order, which changes from save to save:
+    # a resumed run's model.safetensors differed by its bytes from an uninterrupted one's
+    from safetensors import safe_open
+
+    from fhcnn.training.checkpoint import save_weights
+
+    model = torch.nn.Linear(3, 2)
+    meta = {"num_classes": "3", "arch": "hyperbolic", "step": "7", "z": "é"}
+    files = [save_weights(tmp_path / f"m{i}.safetensors", model, meta).read_bytes() for i in range(12)]
+    assert len(set(files)) == 1
+    with safe_open(str(tmp_path / "m0.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", **meta}
+        assert torch.equal(f.get_tensor("weight"), model.weight.detach())

@@ -108,6 +108,23 @@ def _cpu_state(model_or_state: nn.Module | dict[str, Tensor]) -> dict[str, Tenso
     return out
 
 
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its ``__metadata__`` in key order. safetensors writes
+    the metadata from a hash map, in an order that changes from one save to the next, so the same
+    weights made files that differ in their bytes (and sha256). The header keeps its length
+    (padded with spaces, as safetensors pads it), so the tensors' data stays where it was."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict):
+        return data
+    text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+    if len(text) > n:
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n:]
+
+
 def save_weights(path: str | os.PathLike[str], model: nn.Module | dict[str, Tensor],
                  metadata: dict[str, str] | None = None) -> Path:
     """Write a model's ``state_dict`` (buffers included) as one safetensors file, atomically:
@@ -115,7 +132,7 @@ def save_weights(path: str | os.PathLike[str], model: nn.Module | dict[str, Tens
     written through :func:`~fhcnn.atomic.atomic_path` (``save_file`` would write a temporary
     file of its own, private and left behind by a killed process)."""
     path = Path(path)
-    data = save(_cpu_state(model), metadata={"format": "pt", **(metadata or {})})
+    data = _sorted_metadata(save(_cpu_state(model), metadata={"format": "pt", **(metadata or {})}))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
