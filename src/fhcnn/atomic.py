@@ -8,13 +8,13 @@ Inside a run folder every write, folder creation and removal goes through a :cla
 in a folder fhcnn did not create, and records what was written (size and sha256) before the
 temporary file replaces the destination. Outside a run folder (no guard set) nothing is checked.
 
-A process killed mid-write (SIGKILL) leaves its hidden temporary file behind; the next
-complete write of the same destination removes it (one writer per destination: fhcnn writes
-each output from one process). Larger temporary files and folders that live for a while (a
-zarr array written under a temporary name, a staging file) are *scratch* (:func:`scratch`,
-:func:`begin_scratch`): inside a run folder each is recorded before it is made and forgotten
-once it is gone, so whatever a killed run left under such a name is removed by the next run of
-that folder (``--resume`` or ``--overwrite``), and nothing else.
+Temporary files and folders are *scratch* (:func:`scratch`, :func:`begin_scratch`; the
+temporary file of every write, a zarr array written under a temporary name, a staging file):
+inside a run folder each is recorded before it is made and forgotten once it is gone, so
+whatever a process killed mid-write (SIGKILL) left under such a name is removed by the next run
+of that folder (``--resume`` or ``--overwrite``), and nothing else. Outside a run folder the
+next complete write of the same destination removes the hidden temporary files of earlier
+killed writes of it (one writer per destination: fhcnn writes each output from one process).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import glob
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
@@ -239,13 +238,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         guard.before_write(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix, suffix = f".{dest.name}.", ".tmp" + dest.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # scratch: inside a run folder recorded before it exists, so that a process killed while
+    # it writes leaves nothing the next run of the folder does not remove
+    tmp = begin_scratch(scratch_name(dest.parent, prefix, suffix))
     try:
+        with open(tmp, "xb"):
+            pass
         yield tmp
-        # the permissions of an ordinary new file (umask), set after the writer is done: mkstemp
-        # creates 0600, and some writers (safetensors) replace the file by one of their own
+        # the permissions of an ordinary new file (umask), set after the writer is done: some
+        # writers (safetensors) replace the file by one of their own
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             f.flush()
@@ -254,15 +255,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             guard.after_write(dest, tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    # leftovers of earlier writes of ``dest`` that were killed (mkstemp: 8 random characters)
-    pattern = glob.escape(prefix) + "?" * 8 + glob.escape(suffix)
-    for stale in dest.parent.glob(pattern):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+    finally:
+        end_scratch(tmp)  # gone already when it replaced ``dest``
+    if guard is None:  # outside a run folder: the leftovers of earlier killed writes of ``dest``
+        for stale in dest.parent.glob(glob.escape(prefix) + "?" * 8 + glob.escape(suffix)):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -106,6 +106,20 @@ def test_a_run_killed_while_it_predicts_leaves_nothing_after_the_next_run(vol, t
     assert (out / "prediction.nii.gz").is_file()
 
 
+def test_a_run_killed_while_it_writes_prediction_npy_leaves_nothing_after_an_overwrite(vol, tmp_path):
+    # prediction.npy is written in place under its temporary name (a memory map as large as the
+    # volume); an --overwrite whose prediction is another file (a NIfTI input) removes it
+    out = tmp_path / "out"
+    _killed_run("predict", ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out)]
+                + TINY)
+    left = _hidden(out)
+    assert [n for n in left if n.startswith(".prediction.npy.") and n.endswith(".tmp.npy")], left
+    assert main(["volume", str(vol / "c0.nii.gz"), "--labels", str(vol / "lab.nii.gz"), "--out", str(out),
+                 "--overwrite"] + TINY) == 0
+    assert _hidden(out) == []
+    assert not (out / "prediction.npy").exists() and (out / "prediction.nii.gz").is_file()
+
+
 def _run_folder(out: Path, **flags) -> RunFolder:
     prepare_output_dir(out, tool="volume", **flags)
     run = RunFolder.active
@@ -161,6 +175,24 @@ def test_scratch_never_takes_the_name_of_a_file_fhcnn_did_not_write(tmp_path):
         with pytest.raises(InputError, match="not written by this run"):
             atomic.begin_scratch(out / ".theirs.tmp")
         assert (out / ".theirs.tmp").read_text() == "theirs"
+        assert json.loads((out / "run.json").read_text())["scratch"] == []
+    finally:
+        RunFolder.deactivate()
+
+
+def test_every_write_in_a_run_folder_is_scratch_until_it_takes_its_name(tmp_path):
+    out = tmp_path / "out"
+    _run_folder(out)
+    try:
+        with atomic.atomic_path(out / "metrics.json") as tmp:
+            assert json.loads((out / "run.json").read_text())["scratch"] == [tmp.name]
+            tmp.write_text("{}")
+        assert (out / "metrics.json").read_text() == "{}" and not tmp.exists()
+        assert json.loads((out / "run.json").read_text())["scratch"] == []
+        with pytest.raises(ValueError), atomic.atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text("torn")
+            raise ValueError
+        assert not tmp.exists() and (out / "metrics.json").read_text() == "{}"
         assert json.loads((out / "run.json").read_text())["scratch"] == []
     finally:
         RunFolder.deactivate()
