@@ -387,6 +387,21 @@ def test_channel_axis_option_decides(tmp_path):
     assert isinstance(v.channels[0], AxisPick)
 
 
+def test_nifti_volume_lies_in_its_first_three_dims(tmp_path):
+    """A NIfTI file's affine and pixdim describe dims 1-3 (axes 0, 1, 2): --channel-axis naming
+    one of them made the volume axes (1, 2, 3), read as isotropic, and its prediction.nii.gz
+    carried the affine and voxel size of the other axes, exit 0."""
+    a = truth((3, 9, 10, 11), np.float32)
+    nib.save(nib.Nifti1Image(a, np.diag([0.5, 1.0, 2.0, 1.0])), tmp_path / "cfirst.nii")
+    for axis in (0, 1, -4):
+        msg = refusal(open_volume, str(tmp_path / "cfirst.nii"), channel_axis=axis)
+        assert "axes (0, 1, 2)" in msg and "dim 4 or 5" in msg, msg
+    nib.save(nib.Nifti1Image(a[:1], np.eye(4)), tmp_path / "one.nii")  # (1, 9, 10, 11)
+    assert "axes (1, 2, 3)" in refusal(open_volume, str(tmp_path / "one.nii"), channel_axis=0)
+    v = open_volume(str(tmp_path / "cfirst.nii"), channel_axis=3)  # dim 4 still holds channels
+    assert len(v.channels) == 11 and v.shape == (3, 9, 10)
+
+
 def test_named_axes_without_a_channel_are_not_guessed(tmp_path):
     a = truth((3, 9, 10, 11), np.uint8)  # T Z Y X: three time points, not three channels
     tifffile.imwrite(tmp_path / "t.tif", a, imagej=True, metadata={"axes": "TZYX"})

@@ -142,6 +142,13 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
     named = [str(n) for n in raw.axis_names or ()] if raw.named else None
     c, spatial, fixed = resolve_axes(raw.array.shape, label, meta_channel=raw.channel_axis,
                                      channel_axis=channel_axis, allow_channels=allow_channels, named=named)
+    if fmt == "nifti" and spatial != (0, 1, 2):
+        # the affine and pixdim place dims 1-3: any other three axes would be written into
+        # prediction.nii.gz with a grid (and voxel size) that is not theirs
+        raise InputError(f"{label} has shape {tuple(int(n) for n in raw.array.shape)}: its volume would lie "
+                         f"along axes {spatial}, but a NIfTI file's affine and voxel size describe axes "
+                         f"(0, 1, 2) (dims 1-3); its channels lie along dim 4 or 5 (--channel-axis 3 or 4), "
+                         f"or save the file with the volume in its first three dims")
     base = path.name + (f":{inner}" if inner else "")
     # a memory map decodes nothing (and its size was checked): read as it is
     array = raw.array if isinstance(raw.array, Unmapped) else Decoded(raw.array, label)
