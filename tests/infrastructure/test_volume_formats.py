@@ -235,6 +235,25 @@ def test_zarr_v2_array_and_ome_zarr_channels(tmp_path):
     assert_windows(v.channels[1], a[1].astype(np.float32))
 
 
+def test_ome_zarr_scale_of_the_whole_multiscale_applies_after_the_datasets(tmp_path):
+    """NGFF 0.4/0.5: a multiscale's own coordinateTransformations apply after each dataset's. Its
+    scale was ignored: the volume read with spacing (1, 1, 1) instead of (4, 0.5, 0.5), and
+    prediction.zarr recorded that wrong spacing."""
+    axes = [{"name": n, "type": "space"} for n in "zyx"]
+    for fmt, key in ((2, None), (3, "ome")):
+        g = zarr.open_group(str(tmp_path / f"g{fmt}.zarr"), mode="w", zarr_format=fmt)
+        g.create_array("s0", shape=(9, 10, 11), dtype="f4")[:] = truth((9, 10, 11), np.float32)
+        g.create_array("s1", shape=(5, 5, 6), dtype="f4")
+        ms = [{"version": "0.4", "axes": axes,
+               "datasets": [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 2]}]},
+                            {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [2, 2, 4]}]}],
+               "coordinateTransformations": [{"type": "scale", "scale": [4.0, 0.5, 0.25]}]}]
+        g.attrs.update({"multiscales": ms} if key is None else {key: {"version": "0.5", "multiscales": ms}})
+        for spec in (f"g{fmt}.zarr", f"g{fmt}.zarr:s0"):
+            assert open_volume(str(tmp_path / spec)).geometry.spacing == (4.0, 0.5, 0.5), spec
+        assert open_volume(str(tmp_path / f"g{fmt}.zarr:s1")).geometry.spacing == (8.0, 1.0, 1.0)
+
+
 # ---------------------------------------------------------------------------------------- HDF5
 
 def test_hdf5_dataset_path_attrs_and_spacing(tmp_path):

@@ -59,6 +59,15 @@ def _ome(group: Any) -> dict[str, Any] | None:
     return ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
 
 
+def _ome_scale(node: dict[str, Any], nd: int) -> list[float] | None:
+    """The ``scale`` among the ``coordinateTransformations`` of an OME-Zarr dataset or
+    multiscale, when it has one value per axis."""
+    for t in node.get("coordinateTransformations") or []:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale") or []) == nd:
+            return [float(x) for x in t["scale"]]
+    return None
+
+
 def _arrays(group: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
     """Every array below ``group`` with three or more axes, by path (depth-limited)."""
     out = [(f"{prefix}{name}", a) for name, a in group.arrays() if len(a.shape) >= 3]
@@ -131,9 +140,10 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
         leaf = in_ome if in_ome is not None else where.rsplit("/", 1)[-1]  # a dataset path may hold "/"
         for ds in ome.get("datasets") or []:
             if str(ds.get("path")) == leaf:
-                for t in ds.get("coordinateTransformations") or []:
-                    if t.get("type") == "scale" and len(t.get("scale") or []) == nd:
-                        spacing = [float(x) for x in t["scale"]]
+                # a scale of the whole multiscale applies after each dataset's (NGFF 0.4, 0.5)
+                scales = [sc for sc in (_ome_scale(ds, nd), _ome_scale(ome, nd)) if sc is not None]
+                if scales:
+                    spacing = [float(np.prod(v)) for v in zip(*scales)]
     if attrs.get("_ARRAY_DIMENSIONS") is not None:
         attrs.pop("_ARRAY_DIMENSIONS")
     chunks = getattr(arr, "chunks", None)
