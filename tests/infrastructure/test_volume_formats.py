@@ -192,6 +192,23 @@ def test_ome_tiff_spacing(tmp_path):
     np.testing.assert_allclose(v.geometry.spacing, (4.0, 0.5, 0.5))
 
 
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_pyramidal_ome_tiff_reads_its_full_resolution(tmp_path, compression):
+    """A pyramidal OME-TIFF (reduced levels in SubIFDs) was refused, compressed or not, with
+    "'Group' object has no attribute 'shape'": tifffile's zarr store of a series with levels is
+    a group of them."""
+    a = truth((5, 32, 48), np.uint16)
+    with tifffile.TiffWriter(tmp_path / "p.ome.tif") as t:
+        t.write(a, subifds=1, tile=(16, 16), compression=compression,
+                metadata={"axes": "ZYX", "PhysicalSizeZ": 4.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+        t.write(a[:, ::2, ::2], subfiletype=1, tile=(16, 16), compression=compression)
+    v = open_volume(str(tmp_path / "p.ome.tif"))
+    assert v.shape == a.shape
+    assert_windows(v.channels[0], a)
+    np.testing.assert_allclose(v.geometry.spacing, (4.0, 0.5, 0.5))
+
+
 # ---------------------------------------------------------------------------------------- zarr
 
 def test_zarr_group_path_attrs_and_names(tmp_path):

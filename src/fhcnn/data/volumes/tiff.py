@@ -137,7 +137,7 @@ def _zarr_view(series: Any) -> Any:
         return None
     if int(zarr.__version__.split(".")[0]) < 3:
         return None
-    return zarr.open(series.aszarr(), mode="r")
+    return zarr.open(series.aszarr(level=0), mode="r")  # a pyramid: its full resolution
 
 
 class TiffPages:
