@@ -209,6 +209,33 @@ def test_pyramidal_ome_tiff_reads_its_full_resolution(tmp_path, compression):
     np.testing.assert_allclose(v.geometry.spacing, (4.0, 0.5, 0.5))
 
 
+
+def test_spacing_in_different_length_units_is_converted_to_one(tmp_path):
+    """OME gives each axis's unit: X and Y in nm and Z in micrometres were taken as they stand,
+    so Z counted 1000 times finer than it is (spacing (1, 300, 300)): the physical windows then
+    shrank Y and X to almost nothing, and the prediction recorded that spacing."""
+    a = truth((5, 12, 14), np.uint16)
+    tifffile.imwrite(tmp_path / "u.ome.tif", a, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeZ": 1.5, "PhysicalSizeZUnit": "\u00b5m", "PhysicalSizeY": 300,
+        "PhysicalSizeYUnit": "nm", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm"})
+    v = open_volume(str(tmp_path / "u.ome.tif"))
+    assert v.geometry.spacing == (1500.0, 300.0, 250.0)
+    assert v.geometry.attrs["ome_units"] == {"X": "nm", "Y": "nm", "Z": "nm"}
+    tifffile.imwrite(tmp_path / "d.ome.tif", a, ome=True,  # no unit: OME's micrometre, unchanged
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+    v = open_volume(str(tmp_path / "d.ome.tif"))
+    assert v.geometry.spacing == (2.0, 0.5, 0.5) and "ome_units" not in v.geometry.attrs
+    g = zarr.open_group(str(tmp_path / "u.zarr"), mode="w")
+    g.create_array("0", shape=(2, *a.shape), dtype="u2")[:] = np.stack([a, a])
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 2.0, 300, 300]}]}]}]
+    v = open_volume(str(tmp_path / "u.zarr"))
+    assert len(v.channels) == 2 and v.geometry.spacing == (2000.0, 300.0, 300.0)
+    assert v.geometry.attrs["spacing_unit"] == "nanometer"
+
+
 # ---------------------------------------------------------------------------------------- zarr
 
 def test_zarr_group_path_attrs_and_names(tmp_path):

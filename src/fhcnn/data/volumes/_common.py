@@ -286,6 +286,27 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     return None
 
 
+#: Metres per length unit, by the names OME-TIFF (symbols) and OME-Zarr (UDUNITS names) use.
+LENGTH_UNITS = {
+    "km": 1e3, "kilometer": 1e3, "m": 1.0, "meter": 1.0, "cm": 1e-2, "centimeter": 1e-2,
+    "mm": 1e-3, "millimeter": 1e-3, "\u00b5m": 1e-6, "\u03bcm": 1e-6, "um": 1e-6, "micrometer": 1e-6,
+    "micron": 1e-6, "nm": 1e-9, "nanometer": 1e-9, "\u00c5": 1e-10, "angstrom": 1e-10, "pm": 1e-12,
+    "picometer": 1e-12, "in": 0.0254, "inch": 0.0254, "ft": 0.3048, "foot": 0.3048,
+}
+
+
+def one_length_unit(values: Sequence[float], units: Sequence[str]) -> tuple[list[float], str] | None:
+    """``values`` (the voxel size along some axes, each in its own length unit) in one unit, the
+    smallest of ``units``, and that unit; ``None`` when they already share one or a unit is not
+    a known length (left as they are). A file may give X and Y in nm and Z in \u00b5m: taken as
+    they stand, Z would count 1000 times finer than it is."""
+    if len(set(units)) < 2 or not all(u in LENGTH_UNITS for u in units):
+        return None
+    to = min(units, key=lambda u: LENGTH_UNITS[u])
+    # 12 significant digits: 1 um is 1000 nm, not 999.9999999999999
+    return [float(f"{float(v) * LENGTH_UNITS[u] / LENGTH_UNITS[to]:.12g}") for v, u in zip(values, units)], to
+
+
 def spatial_spacing(raw: RawVolume, spatial: tuple[int, int, int]) -> tuple[float, float, float] | None:
     """The spacing along the spatial axes, when the reader found a usable one."""
     sp = raw.spacing

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import SLAB_BYTES, Unmapped
-from ._common import RawVolume, jsonable, require
+from ._common import RawVolume, jsonable, one_length_unit, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
 
@@ -66,6 +66,15 @@ def _ome_scale(node: dict[str, Any], nd: int) -> list[float] | None:
         if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale") or []) == nd:
             return [float(x) for x in t["scale"]]
     return None
+
+
+def _ome_units(axes: Sequence[Any], nd: int) -> dict[int, str]:
+    """``{axis: unit}`` of the OME-Zarr axes of type ``space`` (or without a type) that name a
+    unit, when the axes describe every one of the ``nd`` axes."""
+    if len(axes) != nd:
+        return {}
+    return {a: str(ax["unit"]) for a, ax in enumerate(axes)
+            if isinstance(ax, dict) and ax.get("unit") and ax.get("type") in ("space", None)}
 
 
 def _arrays(group: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
@@ -144,6 +153,13 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
                 scales = [sc for sc in (_ome_scale(ds, nd), _ome_scale(ome, nd)) if sc is not None]
                 if scales:
                     spacing = [float(np.prod(v)) for v in zip(*scales)]
+        units = _ome_units(ome.get("axes") or [], nd)
+        if spacing is not None and len(spacing) == nd and units:  # spatial axes in nm and micrometer: in one
+            same = one_length_unit([spacing[a] for a in units], list(units.values()))
+            if same is not None:
+                for a, v in zip(units, same[0]):
+                    spacing[a] = v
+                attrs["spacing_unit"] = same[1]
     if attrs.get("_ARRAY_DIMENSIONS") is not None:
         attrs.pop("_ARRAY_DIMENSIONS")
     chunks = getattr(arr, "chunks", None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import Unmapped
-from ._common import RawVolume, jsonable, quiet_logger, require, window_bounds
+from ._common import RawVolume, jsonable, one_length_unit, quiet_logger, require, window_bounds
 
 __all__ = ["open_tiff", "TiffPages"]
 
@@ -195,13 +195,21 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, dict[str, 
         try:
             root = ET.fromstring(tif.ome_metadata)
             pix = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            units: dict[str, str] = {}
+            explicit = False
             for letter in "XYZ":
                 v = pix.get(f"PhysicalSize{letter}")
                 if v is not None:
                     per_letter[letter] = float(v)
-                    unit = pix.get(f"PhysicalSize{letter}Unit")
-                    if unit:
-                        attrs.setdefault("ome_units", {})[letter] = unit
+                    given = pix.get(f"PhysicalSize{letter}Unit")
+                    units[letter] = given or "\u00b5m"  # OME's default
+                    explicit = explicit or bool(given)
+            same = one_length_unit([per_letter[k] for k in units], list(units.values()))
+            if same is not None:  # e.g. X and Y in nm, Z in \u00b5m: all in nm
+                per_letter.update(zip(units, same[0]))
+                units = dict.fromkeys(units, same[1])
+            if explicit:
+                attrs["ome_units"] = units  # the units of the spacing
         except (ET.ParseError, StopIteration, ValueError):
             per_letter = {}
     if not per_letter:
