@@ -315,6 +315,24 @@ def test_hdf5_dataset_path_attrs_and_spacing(tmp_path):
         json.dumps(v.geometry.attrs)
 
 
+def test_hdf5_dimension_labels_name_the_axes(tmp_path):
+    """An HDF5 dimension labelled c holds the channels (docs/volume-formats.md, rule 2): the
+    labels were not read, so a (4, 12, 14, 9) dataset labelled z, y, x, c was taken by the shape
+    rule as 4 channels of (12, 14, 9)."""
+    a = truth((4, 12, 14, 9), np.float32)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        d = f.create_dataset("v", data=a)
+        for i, n in enumerate("zyxc"):
+            d.dims[i].label = n
+        d = f.create_dataset("t", data=a)  # named, no channel: not guessed
+        for i, n in enumerate("tzyx"):
+            d.dims[i].label = n
+    v = open_volume(f"{tmp_path}/x.h5:v")
+    assert len(v.channels) == 9 and v.shape == (4, 12, 14) and v.geometry.axis_names == ("z", "y", "x")
+    assert_windows(v.channels[8], a[..., 8])
+    assert "--channel-axis" in refusal(open_volume, f"{tmp_path}/x.h5:t")
+
+
 def test_hdf5_dimension_scales_are_not_copied_as_attributes(tmp_path):
     """Dimension scales attach object references to the dataset (DIMENSION_LIST): nothing a
     prediction could use (they reached prediction.zarr as [[null], [null], [null]]); the

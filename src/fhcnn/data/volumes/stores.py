@@ -223,10 +223,16 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
                 meta_channel = _meta_from_names(keys)
         except (ValueError, KeyError, TypeError):
             pass
+    if names is None:  # HDF5 dimension labels (h5py ds.dims[i].label; netCDF-4, xarray)
+        labels = [str(d.label) for d in ds.dims]
+        if any(labels):
+            names = [lab or None for lab in labels]
+            meta_channel = _meta_from_names(names)
     attrs = jsonable(attrs) or {}
     huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
     return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
-                     attrs=attrs, compressed=huge, slab_axis=0, named=names is not None)
+                     attrs=attrs, compressed=huge, slab_axis=0,
+                     named=names is not None and all(n is not None for n in names))
 
 
 def _missing_filter(h5py: Any, ds: Any) -> str | None:
