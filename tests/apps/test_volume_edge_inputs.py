@@ -6,6 +6,8 @@ classes without a labelled voxel, and volumes (windows) of one voxel at the netw
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from fhcnn.apps.volume import VolumeConfig, plan_volume
 from fhcnn.apps.volume.inputs import load_volume_inputs
 from fhcnn.cli import main
 from fhcnn.config import load_config
+from fhcnn.errors import InputError
 
 TINY = ["--config", "volume-tiny", "--quiet", "--set", "volume.baselines="]
 SHAPE = (8, 10, 12)
@@ -457,3 +460,114 @@ def test_nifti_files_on_another_grid_are_refused(tmp_path, capsys, role):
     # the same grid (the image's affine) is accepted
     nib.save(nib.Nifti1Image(same[role][0], affine), paths[role])
     assert main(argv) == 0
+
+
+def _geometry_file(path, array, kind, geo):
+    """``array`` saved as ``kind`` carrying the geometry ``geo`` (``{}``: none); returns its spec.
+    ``zarr``: attributes; ``ome``: an OME-Zarr 0.4 group (``scale``, ``translation``, ``unit``);
+    ``h5``: dataset attributes; ``tif``: OME-TIFF ``PhysicalSize*``; ``sgy``: inline numbers
+    from ``geo["first"]``."""
+    if kind == "zarr":
+        zarr = pytest.importorskip("zarr")
+        z = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype)
+        z[:] = array
+        z.attrs.update(geo)
+        return str(path)
+    if kind == "ome":
+        zarr = pytest.importorskip("zarr")
+        g = zarr.open_group(str(path), mode="w", zarr_format=2)
+        g.create_array("0", shape=array.shape, dtype=array.dtype)[:] = array
+        moves = [{"type": "scale", "scale": geo.get("scale", [1.0, 1.0, 1.0])}]
+        moves += [{"type": "translation", "translation": geo["translation"]}] if "translation" in geo else []
+        axes = [{"name": n, "type": "space", **({"unit": geo["unit"]} if "unit" in geo else {})} for n in "zyx"]
+        g.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
+                                   "datasets": [{"path": "0", "coordinateTransformations": moves}]}]
+        return str(path)
+    if kind == "h5":
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(path, "w") as f:
+            f["v"] = array
+            f["v"].attrs.update(geo)
+        return f"{path}:v"
+    if kind == "tif":
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(path, array, ome=True, metadata={"axes": "ZYX", **geo})
+        return str(path)
+    segyio = pytest.importorskip("segyio")
+    spec = segyio.spec()
+    spec.format, spec.samples, spec.sorting = 5, list(range(array.shape[2])), segyio.TraceSortingFormat.INLINE_SORTING
+    first = geo.get("first", 1)
+    spec.ilines, spec.xlines = list(range(first, first + array.shape[0])), list(range(1, array.shape[1] + 1))
+    with segyio.create(str(path), spec) as f:
+        for t, (i, j) in enumerate(np.ndindex(*array.shape[:2])):
+            f.header[t] = {segyio.su.iline: spec.ilines[i], segyio.su.xline: spec.xlines[j]}
+            f.trace[t] = array[i, j].astype(np.float32)
+    return str(path)
+
+
+#: (format, the image's geometry, another grid's, words the refusal names)
+OTHER_GRIDS = {
+    "segy inline numbers": ("sgy", {"first": 1}, {"first": 11}, "inline numbers 11..18 step 1 against 1..8"),
+    "zarr spacing": ("zarr", {"spacing": [2.0, 1.0, 1.0]}, {"spacing": [1.0, 1.0, 1.0]}, "voxel spacing"),
+    "OME-Zarr scale": ("ome", {"scale": [2.0, 0.5, 0.5]}, {"scale": [2.0, 1.0, 1.0]}, "voxel spacing"),
+    "OME-Zarr translation": ("ome", {"scale": [2.0, 0.5, 0.5], "translation": [10.0, 0.0, 0.0]},
+                             {"scale": [2.0, 0.5, 0.5], "translation": [0.0, 0.0, 0.0]}, "origin"),
+    "HDF5 element_size_um": ("h5", {"element_size_um": [3.0, 0.7, 0.7]}, {"element_size_um": [1.0, 0.7, 0.7]},
+                             "voxel spacing (1, 0.7, 0.7) micrometer against (3, 0.7, 0.7) micrometer"),
+    "OME-TIFF PhysicalSize": ("tif", {"PhysicalSizeZ": 4.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5},
+                              {"PhysicalSizeZ": 4.0, "PhysicalSizeY": 0.25, "PhysicalSizeX": 0.25}, "voxel spacing"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_GRIDS))
+def test_files_on_another_grid_are_refused_in_every_geometry_format(tmp_path, capsys, case):
+    """SEG-Y labels with other inline numbers, zarr/HDF5/OME labels with another spacing or origin
+    were trained on as if the same voxel index were the same place (only NIfTI affines were
+    compared): one line naming both files and both grids, exit 2, no OUT. The same grid passes."""
+    kind, mine, other, words = OTHER_GRIDS[case]
+    sfx = {"ome": "zarr"}.get(kind, kind)
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    labels = np.load(lab)
+    img = _geometry_file(tmp_path / f"img.{sfx}", image, kind, mine)
+    for role in (("labels", "--eval-labels", "image") if kind == "zarr" else ("labels",)):
+        paths = {"labels": _geometry_file(tmp_path / f"lab.{sfx}", labels, kind, mine),
+                 "--eval-labels": _geometry_file(tmp_path / f"ev.{sfx}", labels, kind, mine),
+                 "image": _geometry_file(tmp_path / f"img2.{sfx}", image, kind, mine)}
+        base = paths[role].split(":")[0].replace(f".{sfx}", f"-other.{sfx}")
+        paths[role] = _geometry_file(Path(base), image if role == "image" else labels, kind, other)
+        out = tmp_path / "out"
+        capsys.readouterr()
+        argv = ["volume", img, paths["image"], "--labels", paths["labels"], "--eval-labels", paths["--eval-labels"],
+                "--out", str(out)] + TINY
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {role} {paths[role]}: another grid than image {img}'s")
+        assert words in err[0], err
+        assert not out.exists()
+    # the image's own grid is accepted
+    load_volume_inputs([img], _geometry_file(tmp_path / f"same.{sfx}", labels, kind, mine))
+
+
+def test_only_what_both_files_state_is_compared(tmp_path):
+    """A label file that carries no geometry (a plain .npy or zarr, a TIFF without resolution tags,
+    an OME-Zarr without translation) beside an image that does is accepted; one that states its
+    spacing in another length unit is compared in one unit."""
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    labels = np.load(lab)
+    img = _geometry_file(tmp_path / "img.zarr", image, "ome",
+                         {"scale": [2.0, 0.5, 0.5], "translation": [10.0, 4.0, 0.0], "unit": "micrometer"})
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "plain.tif", labels)  # resolution tags 1 pixel per unit, no unit
+    tifffile.imwrite(tmp_path / "ij.tif", labels, imagej=True, metadata={"axes": "ZYX"})
+    for spec in (lab, _geometry_file(tmp_path / "plain.zarr", labels, "zarr", {}), str(tmp_path / "plain.tif"),
+                 str(tmp_path / "ij.tif"),
+                 _geometry_file(tmp_path / "ome.zarr", labels, "ome", {"scale": [2.0, 0.5, 0.5]}),
+                 _geometry_file(tmp_path / "nm.zarr", labels, "ome",
+                                {"scale": [2000.0, 500.0, 500.0], "translation": [1e4, 4e3, 0.0], "unit": "nanometer"}),
+                 _geometry_file(tmp_path / "um.h5", labels, "h5", {"element_size_um": [2.0, 0.5, 0.5]})):
+        load_volume_inputs([img], spec)
+    nm = _geometry_file(tmp_path / "nm2.zarr", labels, "ome", {"scale": [2000.0, 250.0, 250.0], "unit": "nanometer"})
+    with pytest.raises(InputError, match=r"voxel spacing \(2000, 250, 250\) nanometer against \(2, 0.5, 0.5\)"):
+        load_volume_inputs([img], nm)

@@ -20,7 +20,7 @@ from ..lazy import ArrayLike, AxisPick, expand_key, iter_slabs
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
            "require", "resolve_axes", "iter_slabs", "jsonable", "quiet_logger", "Decoded", "MAX_CHANNELS_BY_SHAPE",
-           "PIP_VOLUME"]
+           "PIP_VOLUME", "LENGTH_UNITS", "length_unit"]
 
 #: The formats ``open_volume`` reads (and ``prediction_sink`` is told about).
 VolumeFormat = Literal["nifti", "tiff", "zarr", "hdf5", "segy", "npy"]
@@ -44,6 +44,12 @@ class VolumeGeometry:
             text header and line numbers.
         axis_names: one name per ``(D, H, W)`` axis (NIfTI orientation codes such as ``R``,
             TIFF axis letters, zarr dimension names, SEG-Y ``inline, crossline, sample``).
+        spacing_stated: which of the ``(D, H, W)`` axes' spacing the file states (a TIFF's
+            unstated axes hold 1); only those are compared with another file's.
+        unit: the length unit of ``spacing`` and ``origin`` where the file names one
+            (``micrometer``, ``nm`` ...: a key of ``LENGTH_UNITS``), else ``None``.
+        origin: where voxel ``(0, 0, 0)`` lies along ``(D, H, W)``, in ``unit`` (OME-Zarr
+            ``translation``), or ``None`` when the file does not say.
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -51,6 +57,9 @@ class VolumeGeometry:
     nifti_header: bytes | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     axis_names: tuple[str, str, str] = ("D", "H", "W")
+    spacing_stated: tuple[bool, bool, bool] = (True, True, True)
+    unit: str | None = None
+    origin: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -182,6 +191,9 @@ class RawVolume:
     compressed: bool = False
     slab_axis: int = 0  # stored axis
     named: bool = False  # the metadata names every axis (no channel axis guessed from the shape)
+    spacing_stated: Sequence[bool] | None = None  # like spacing; None: every value of spacing is stated
+    unit: str | None = None  # length unit of spacing and origin (see VolumeGeometry)
+    origin: Sequence[float] | None = None  # per stored axis, or 3 for the spatial axes
 
 
 def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,
@@ -307,17 +319,29 @@ def one_length_unit(values: Sequence[float], units: Sequence[str]) -> tuple[list
     return [float(f"{float(v) * LENGTH_UNITS[u] / LENGTH_UNITS[to]:.12g}") for v, u in zip(values, units)], to
 
 
+def length_unit(name: Any) -> str | None:
+    """``name`` when it is a known length unit (a key of ``LENGTH_UNITS``; ImageJ's ``\\u00B5m``
+    read as ``\u00b5m``), else ``None`` (``pixel``, a time, nothing)."""
+    if not isinstance(name, str):
+        return None
+    name = name.replace("\\u00B5", "\u00b5").replace("\\u00b5", "\u00b5")
+    return name if name in LENGTH_UNITS else None
+
+
+def spatial_values(values: Sequence[Any] | None, nd: int, spatial: tuple[int, int, int]) -> list[Any] | None:
+    """The three values of ``values`` (one per stored axis of ``nd``, or three already) along
+    the ``spatial`` axes, or ``None`` when it has another length."""
+    if values is None:
+        return None
+    if len(values) == nd:
+        return [values[a] for a in spatial]
+    return list(values) if len(values) == 3 else None
+
+
 def spatial_spacing(raw: RawVolume, spatial: tuple[int, int, int]) -> tuple[float, float, float] | None:
     """The spacing along the spatial axes, when the reader found a usable one."""
-    sp = raw.spacing
-    if sp is None:
-        return None
-    nd = len(raw.array.shape)
-    if len(sp) == nd:
-        picked = [sp[a] for a in spatial]
-    elif len(sp) == 3:
-        picked = list(sp)
-    else:
+    picked = spatial_values(raw.spacing, len(raw.array.shape), spatial)
+    if picked is None:
         return None
     try:
         vals = [float(v) for v in picked]  # type: ignore[arg-type]

@@ -202,7 +202,7 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
         what: the role in messages (``"labels"``, ``"--eval-labels"``).
         share: this process's share of the summary's passes (:func:`summarize_labels`).
         grid: the (first) image's file: labels placed elsewhere in the world are refused
-            (:func:`~fhcnn.data.volumes.opening.check_same_grid`) before they are read.
+            (:func:`~fhcnn.data.volumes.grid.check_same_grid`) before they are read.
 
     Raises:
         InputError: as :func:`open_volume`; several channels; a shape other than ``shape``

@@ -21,7 +21,9 @@ from ._common import (
     require,
     resolve_axes,
     spatial_spacing,
+    spatial_values,
 )
+from .grid import check_same_grid
 
 __all__ = ["open_volume", "open_images", "check_same_grid", "split_spec", "volume_format", "SUFFIXES"]
 
@@ -162,37 +164,18 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
     axis_names = tuple(
         str(raw.axis_names[a]) if raw.axis_names is not None and raw.axis_names[a] is not None else dflt
         for a, dflt in zip(spatial, ("D", "H", "W")))
+    nd = len(raw.array.shape)
+    stated = spatial_values(raw.spacing_stated, nd, spatial) or [True] * 3
+    origin = spatial_values(raw.origin, nd, spatial)
     geometry = VolumeGeometry(spacing=spatial_spacing(raw, spatial), affine=raw.affine,
                               nifti_header=raw.nifti_header, attrs=dict(raw.attrs),
-                              axis_names=axis_names)  # type: ignore[arg-type]
+                              axis_names=axis_names,  # type: ignore[arg-type]
+                              spacing_stated=tuple(bool(b) for b in stated),  # type: ignore[arg-type]
+                              unit=raw.unit,
+                              origin=tuple(float(o) for o in origin) if origin is not None else None)  # type: ignore[arg-type]
     slab = spatial.index(raw.slab_axis) if raw.slab_axis in spatial else 0
     return OpenedVolume(path=path, format=fmt, channels=channels, geometry=geometry,
                         compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec))
-
-
-def check_same_grid(first: OpenedVolume, other: OpenedVolume, what: str) -> None:
-    """Refuse ``other`` (the file of ``what``: ``"image"``, ``"labels"``, ``"--eval-labels"``)
-    when both it and the image ``first`` say where their voxels lie in the world (NIfTI affines)
-    and say it differently by more than a thousandth of a voxel: the same voxel indices would
-    then be different places (a flipped, shifted or rescaled grid), trained on without a word.
-
-    Raises:
-        InputError: one line with both affines and what to do.
-    """
-    a, b = first.geometry.affine, other.geometry.affine
-    if a is None or b is None:
-        return
-    voxel = float(np.linalg.norm(np.asarray(a)[:3, :3], axis=0).min())
-    if float(np.abs(np.asarray(a)[:3] - np.asarray(b)[:3]).max()) <= 1e-3 * max(voxel, 1e-12):
-        return
-
-    def rows(m: np.ndarray) -> str:
-        return "[" + "; ".join(" ".join(f"{v:.4g}" for v in r) for r in np.asarray(m)[:3]) + "]"
-
-    raise InputError(f"{what} {other.spec}: another grid than image {first.spec}'s (NIfTI affine "
-                     f"{rows(b)} against {rows(a)}), so the same voxel is another place in each; "
-                     f"resample the file onto the image's grid, or save it with the image's affine if "
-                     f"its voxels do match the image's")
 
 
 def open_images(specs: Sequence[str], channel_axis: int | None = None

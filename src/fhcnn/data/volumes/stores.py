@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import SLAB_BYTES, Unmapped
-from ._common import RawVolume, jsonable, one_length_unit, require
+from ._common import LENGTH_UNITS, RawVolume, jsonable, length_unit, one_length_unit, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
 
@@ -39,12 +39,16 @@ def _meta_from_names(names: Sequence[str | None] | None) -> int | None:
 HDF5_REFERENCE_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST")
 
 
-def _attr_spacing(attrs: dict[str, Any]) -> list[float] | None:
+def _attr_spacing(attrs: dict[str, Any]) -> tuple[list[float] | None, str | None]:
+    """The spacing the attributes ``spacing`` or ``element_size_um`` give, and its length unit
+    (micrometre for ``element_size_um``; for ``spacing`` the attribute ``spacing_unit``, which
+    fhcnn writes beside it, else ``None``)."""
     for key in ("spacing", "element_size_um"):
         v = attrs.get(key)
         if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
-            return [float(x) for x in v]
-    return None
+            unit = "micrometer" if key == "element_size_um" else length_unit(jsonable(attrs.get("spacing_unit")))
+            return [float(x) for x in v], unit
+    return None, None
 
 
 def _chunk_bytes(chunks: Sequence[int] | None, itemsize: int) -> int:
@@ -54,18 +58,40 @@ def _chunk_bytes(chunks: Sequence[int] | None, itemsize: int) -> int:
 # ---------------------------------------------------------------------------------------- zarr
 
 def _ome(group: Any) -> dict[str, Any] | None:
+    """The first multiscale of an OME-Zarr group (NGFF 0.4 ``multiscales``, 0.5 under ``ome``)
+    with its NGFF version as ``version``, or ``None``."""
     attrs = dict(group.attrs)
-    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    return ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
+    ome: dict[str, Any] = attrs["ome"] if isinstance(attrs.get("ome"), dict) else {}
+    ms = attrs.get("multiscales") or ome.get("multiscales")
+    if not (isinstance(ms, list) and ms and isinstance(ms[0], dict)):
+        return None
+    return {**ms[0], "version": str(ome.get("version") or ms[0].get("version") or "0.4")}
 
 
-def _ome_scale(node: dict[str, Any], nd: int) -> list[float] | None:
-    """The ``scale`` among the ``coordinateTransformations`` of an OME-Zarr dataset or
-    multiscale, when it has one value per axis."""
+def _ome_transform(node: dict[str, Any], kind: str, nd: int) -> list[float] | None:
+    """The ``kind`` (``scale`` or ``translation``) among the ``coordinateTransformations`` of an
+    OME-Zarr dataset or multiscale, when it has one value per axis."""
     for t in node.get("coordinateTransformations") or []:
-        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale") or []) == nd:
-            return [float(x) for x in t["scale"]]
+        if isinstance(t, dict) and t.get("type") == kind and len(t.get(kind) or []) == nd:
+            return [float(x) for x in t[kind]]
     return None
+
+
+def _ome_place(ome: dict[str, Any], leaf: str, nd: int) -> tuple[list[float] | None, list[float] | None]:
+    """``(scale, translation)`` per stored axis of the dataset ``leaf`` of the multiscale ``ome``:
+    NGFF 0.4/0.5 apply the multiscale's own transformations after the dataset's, so a voxel
+    ``i`` lies at ``(i * s_d + t_d) * s_m + t_m``: scale ``s_d * s_m``, translation
+    ``t_d * s_m + t_m`` (``None``: not given)."""
+    for ds in ome.get("datasets") or []:
+        if isinstance(ds, dict) and str(ds.get("path")) == leaf:
+            s_d, t_d = _ome_transform(ds, "scale", nd), _ome_transform(ds, "translation", nd)
+            s_m, t_m = _ome_transform(ome, "scale", nd), _ome_transform(ome, "translation", nd)
+            scale = None if s_d is None and s_m is None else \
+                [a * b for a, b in zip(s_d or [1.0] * nd, s_m or [1.0] * nd)]
+            shift = None if t_d is None and t_m is None else \
+                [a * b + c for a, b, c in zip(t_d or [0.0] * nd, s_m or [1.0] * nd, t_m or [0.0] * nd)]
+            return scale, shift
+    return None, None
 
 
 def _ome_units(axes: Sequence[Any], nd: int) -> dict[int, str]:
@@ -137,9 +163,10 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
         names = [None if d is None else str(d) for d in dims]
     elif isinstance(attrs.get("_ARRAY_DIMENSIONS"), list) and len(attrs["_ARRAY_DIMENSIONS"]) == nd:
         names = [str(d) for d in attrs["_ARRAY_DIMENSIONS"]]
-    spacing = _attr_spacing(attrs)
+    spacing, unit = _attr_spacing(attrs)
     meta_channel = _meta_from_names(names)
     ome = _ome(parent) if parent is not None else None
+    origin: list[float] | None = None
     if ome is not None:
         axes = ome.get("axes") or []
         if len(axes) == nd:
@@ -147,19 +174,20 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
             types = [a.get("type") if isinstance(a, dict) else None for a in axes]
             meta_channel = types.index("channel") if types.count("channel") == 1 else _meta_from_names(names)
         leaf = in_ome if in_ome is not None else where.rsplit("/", 1)[-1]  # a dataset path may hold "/"
-        for ds in ome.get("datasets") or []:
-            if str(ds.get("path")) == leaf:
-                # a scale of the whole multiscale applies after each dataset's (NGFF 0.4, 0.5)
-                scales = [sc for sc in (_ome_scale(ds, nd), _ome_scale(ome, nd)) if sc is not None]
-                if scales:
-                    spacing = [float(np.prod(v)) for v in zip(*scales)]
-        units = _ome_units(ome.get("axes") or [], nd)
+        scale, origin = _ome_place(ome, leaf, nd)
+        spacing = scale if scale is not None else spacing
+        units = _ome_units(axes, nd)
+        if units:
+            unit = length_unit(next(iter(units.values()))) if len(set(units.values())) == 1 else None
         if spacing is not None and len(spacing) == nd and units:  # spatial axes in nm and micrometer: in one
             same = one_length_unit([spacing[a] for a in units], list(units.values()))
             if same is not None:
-                for a, v in zip(units, same[0]):
-                    spacing[a] = v
-                attrs["spacing_unit"] = same[1]
+                for a in units:  # the translation is in each axis's unit too
+                    factor = LENGTH_UNITS[units[a]] / LENGTH_UNITS[same[1]]
+                    spacing[a] = float(f"{spacing[a] * factor:.12g}")
+                    if origin is not None:
+                        origin[a] = float(f"{origin[a] * factor:.12g}")
+                attrs["spacing_unit"] = unit = same[1]
     if attrs.get("_ARRAY_DIMENSIONS") is not None:
         attrs.pop("_ARRAY_DIMENSIONS")
     chunks = getattr(arr, "chunks", None)
@@ -167,7 +195,8 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     order = getattr(arr, "order", "C")
     return RawVolume(array=arr, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0,
-                     named=names is not None and all(n is not None for n in names))
+                     named=names is not None and all(n is not None for n in names), unit=unit,
+                     origin=origin)
 
 
 # ---------------------------------------------------------------------------------------- HDF5
@@ -230,9 +259,10 @@ def open_hdf5(path: Path, inner: str | None, label: str) -> RawVolume:
             meta_channel = _meta_from_names(names)
     attrs = jsonable(attrs) or {}
     huge = ds.chunks is not None and _chunk_bytes(ds.chunks, ds.dtype.itemsize) > HUGE_CHUNK
-    return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=_attr_spacing(attrs),
+    spacing, unit = _attr_spacing(attrs)
+    return RawVolume(array=ds, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=huge, slab_axis=0,
-                     named=names is not None and all(n is not None for n in names))
+                     named=names is not None and all(n is not None for n in names), unit=unit)
 
 
 def _missing_filter(h5py: Any, ds: Any) -> str | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import Unmapped
-from ._common import RawVolume, jsonable, one_length_unit, quiet_logger, require, window_bounds
+from ._common import RawVolume, jsonable, length_unit, one_length_unit, quiet_logger, require, window_bounds
 
 __all__ = ["open_tiff", "TiffPages"]
 
@@ -93,7 +93,7 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
                              f"{tuple(array.shape)} differ; convert the file to a plain stack")
         meta_channel = next((axes.index(a) for a in "CS" if a in axes), None)
         names = [_SPATIAL_NAMES.get(a, a) for a in axes]
-        spacing, attrs = _spacing(tif, axes)
+        spacing, stated, unit, attrs = _spacing(tif, axes)
     except InputError:
         tif.close()
         raise
@@ -104,7 +104,8 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
         tif.close()  # the memmap keeps its own mapping
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=compression != 1, slab_axis=0,
-                     named=not any(a in axes for a in "QI"))  # Q: unknown, I: a plain page sequence
+                     named=not any(a in axes for a in "QI"),  # Q: unknown, I: a plain page sequence
+                     spacing_stated=stated, unit=unit)
 
 
 def _undecodable(tifffile: Any, page: Any) -> str | None:
@@ -178,10 +179,18 @@ class TiffPages:
         return out.squeeze(drop) if drop else out
 
 
-def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, dict[str, Any]]:
-    """Spacing per stored axis from ImageJ or OME metadata (``None`` without either)."""
+def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool] | None, str | None,
+                                           dict[str, Any]]:
+    """Spacing per stored axis from ImageJ or OME metadata (``None`` without either), which of
+    those axes the file states it for, its length unit, and the attributes to keep.
+
+    Stated: an OME ``PhysicalSize*``; ImageJ's ``spacing`` (Z); resolution tags other than
+    1 pixel per unit without a unit (what tifffile and most writers put in when told nothing).
+    The other spatial axes hold 1."""
     attrs: dict[str, Any] = {}
     per_letter: dict[str, float] = {}
+    said: set[str] = set()
+    unit: str | None = None
     if tif.is_imagej and tif.imagej_metadata:
         meta = tif.imagej_metadata
         attrs["imagej"] = jsonable({k: v for k, v in meta.items()
@@ -189,8 +198,12 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, dict[str, 
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
         xres, yres = page.resolution if hasattr(page, "resolution") else (1.0, 1.0)
         per_letter["Z"] = float(meta.get("spacing", 1.0) or 1.0)
+        said |= {"Z"} if meta.get("spacing") else set()
         if xres and yres:
             per_letter["X"], per_letter["Y"] = 1.0 / float(xres), 1.0 / float(yres)
+            if (float(xres), float(yres)) != (1.0, 1.0) or int(getattr(page, "resolutionunit", 1)) != 1:
+                said |= {"X", "Y"}
+        unit = length_unit(meta.get("unit"))
     elif tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
@@ -210,10 +223,12 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, dict[str, 
                 units = dict.fromkeys(units, same[1])
             if explicit:
                 attrs["ome_units"] = units  # the units of the spacing
+            said = set(units)
+            unit = length_unit(next(iter(units.values()))) if len(set(units.values())) == 1 else None
         except (ET.ParseError, StopIteration, ValueError):
             per_letter = {}
     if not per_letter:
-        return None, attrs
+        return None, None, None, attrs
     names = [_SPATIAL_NAMES.get(a, a) for a in axes]
     spacing = [per_letter.get(n, 1.0) if n in "XYZ" else None for n in names]
-    return spacing, attrs
+    return spacing, [n in said for n in names], unit, attrs
