@@ -847,6 +847,55 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["prediction.zarr"]
 
 
+@pytest.mark.parametrize("fmt, version", [(2, "0.4"), (3, "0.5")])
+def test_ome_zarr_prediction_is_an_ome_zarr_image_on_the_inputs_grid(tmp_path, fmt, version):
+    """The prediction of an OME-Zarr input had ``spacing``/``axis_names`` attributes but no OME
+    metadata (OME-Zarr viewers could not place it) and lost the input's translation. It is now a
+    single-level OME-Zarr image of the input's NGFF version: the spatial axes, their scale and
+    translation (dataset and multiscale transforms combined, nm and micrometre in one unit), read
+    back by fhcnn's reader as the input's spacing and origin."""
+    from fhcnn.data.volumes.grid import check_same_grid
+
+    a = truth((2, 9, 10, 11), np.uint16)
+    g = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=fmt)
+    g.create_array("s0", shape=a.shape, chunks=(1, 4, 4, 4), dtype=a.dtype)[:] = a
+    axes = [{"name": "c", "type": "channel"}, {"name": "z", "type": "space", "unit": "micrometer"},
+            {"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}]
+    ms = [{"axes": axes, "datasets": [{"path": "s0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1, 2.0, 150, 150]}, {"type": "translation", "translation": [0, 1.5, 30, -60]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 2, 2]},
+                                      {"type": "translation", "translation": [0, 10, 0, 0]}]}]
+    g.attrs.update({"multiscales": [{"version": version, **ms[0]}]} if fmt == 2 else
+                   {"ome": {"version": version, "multiscales": ms}})
+    v = open_volume(str(tmp_path / "in.zarr"))
+    assert v.geometry.spacing == (2000.0, 300.0, 300.0) and v.geometry.unit == "nanometer"
+    assert v.geometry.origin == (11500.0, 60.0, -120.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    lab = truth(v.shape, np.uint8) % 3
+    with prediction_sink(out, v.format, v.shape, v.geometry, source=v.spec) as sink:
+        _fill(sink, lab)
+    group = zarr.open_group(str(out / "prediction.zarr"), mode="r")
+    assert group.metadata.zarr_format == fmt
+    attrs = dict(group.attrs)
+    meta = attrs["ome"] if fmt == 3 else attrs
+    assert (meta["version"] if fmt == 3 else meta["multiscales"][0]["version"]) == version
+    (m,) = meta["multiscales"]
+    assert m["axes"] == [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    assert m["datasets"] == [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [2000.0, 300.0, 300.0]},
+        {"type": "translation", "translation": [11500.0, 60.0, -120.0]}]}]
+    assert "image-label" in meta
+    if fmt == 3:
+        assert list(group["0"].metadata.dimension_names) == ["z", "y", "x"]
+    np.testing.assert_array_equal(group["0"][:], lab)
+    again = open_volume(str(out / "prediction.zarr"))  # fhcnn's own reader places it on the input's grid
+    assert again.geometry.spacing == v.geometry.spacing and again.geometry.origin == v.geometry.origin
+    assert again.geometry.unit == "nanometer" and again.geometry.axis_names == ("z", "y", "x")
+    check_same_grid(v, again, "labels")
+    assert group["0"].attrs["fhcnn_source"] == v.spec and group["0"].attrs["spacing"] == [2000.0, 300.0, 300.0]
+
+
 def test_npy_prediction_and_abort_leave_nothing_behind(tmp_path):
     np.save(tmp_path / "a.npy", truth())
     v = open_volume(str(tmp_path / "a.npy"))

@@ -50,6 +50,9 @@ class VolumeGeometry:
             (``micrometer``, ``nm`` ...: a key of ``LENGTH_UNITS``), else ``None``.
         origin: where voxel ``(0, 0, 0)`` lies along ``(D, H, W)``, in ``unit`` (OME-Zarr
             ``translation``), or ``None`` when the file does not say.
+        ome: of an OME-Zarr input, ``{"version": "0.4", "axes": [3 NGFF axis dicts]}`` of its
+            ``(D, H, W)`` axes (its prediction is written as an OME-Zarr image of that version),
+            else ``None``.
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -60,6 +63,7 @@ class VolumeGeometry:
     spacing_stated: tuple[bool, bool, bool] = (True, True, True)
     unit: str | None = None
     origin: tuple[float, float, float] | None = None
+    ome: dict[str, Any] | None = None
 
 
 @dataclass
@@ -194,6 +198,7 @@ class RawVolume:
     spacing_stated: Sequence[bool] | None = None  # like spacing; None: every value of spacing is stated
     unit: str | None = None  # length unit of spacing and origin (see VolumeGeometry)
     origin: Sequence[float] | None = None  # per stored axis, or 3 for the spatial axes
+    ome: dict[str, Any] | None = None  # {"version", "axes": one NGFF axis dict per stored axis}
 
 
 def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,

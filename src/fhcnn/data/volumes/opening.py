@@ -167,12 +167,15 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
     nd = len(raw.array.shape)
     stated = spatial_values(raw.spacing_stated, nd, spatial) or [True] * 3
     origin = spatial_values(raw.origin, nd, spatial)
+    ome_axes = spatial_values((raw.ome or {}).get("axes"), nd, spatial)
     geometry = VolumeGeometry(spacing=spatial_spacing(raw, spatial), affine=raw.affine,
                               nifti_header=raw.nifti_header, attrs=dict(raw.attrs),
                               axis_names=axis_names,  # type: ignore[arg-type]
                               spacing_stated=tuple(bool(b) for b in stated),  # type: ignore[arg-type]
                               unit=raw.unit,
-                              origin=tuple(float(o) for o in origin) if origin is not None else None)  # type: ignore[arg-type]
+                              origin=tuple(float(o) for o in origin) if origin is not None else None,  # type: ignore[arg-type]
+                              ome={"version": raw.ome["version"], "axes": ome_axes}
+                              if raw.ome is not None and ome_axes is not None else None)
     slab = spatial.index(raw.slab_axis) if raw.slab_axis in spatial else 0
     return OpenedVolume(path=path, format=fmt, channels=channels, geometry=geometry,
                         compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec))

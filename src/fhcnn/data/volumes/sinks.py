@@ -5,7 +5,9 @@
   go to an uncompressed ``.nii`` scratch file (memory-mapped) in OUT, gzipped in one
   streamed pass at :meth:`PredictionSink.close`.
 * zarr, HDF5, TIFF, SEG-Y in -> ``prediction.zarr`` (chunks of 128 voxels per axis), with
-  the input's attributes, ``spacing`` and ``axis_names``.
+  the input's attributes, ``spacing`` and ``axis_names``. An OME-Zarr input's is itself a
+  single-level OME-Zarr image (labels) of the input's NGFF version (0.5 in zarr v3, else 0.4
+  in zarr v2): its array ``0`` has those attributes, the group its axes, scale and translation.
 * ``.npy`` in -> ``prediction.npy`` (``np.lib.format.open_memmap``).
 
 Everything is written under a temporary name inside OUT and renamed at ``close``; the run
@@ -30,7 +32,7 @@ from ...errors import InputError
 from ..lazy import release_pages
 from ._common import VolumeFormat, VolumeGeometry, jsonable, require
 
-__all__ = ["PredictionSink", "prediction_sink", "prediction_name", "OUTPUT_CHUNK"]
+__all__ = ["PredictionSink", "prediction_sink", "prediction_name", "prediction_attrs", "ome_image", "OUTPUT_CHUNK"]
 
 #: Chunk edge of ``prediction.zarr``.
 OUTPUT_CHUNK = 128
@@ -159,8 +161,48 @@ def _nifti_header(nib: Any, geometry: VolumeGeometry, shape: Sequence[int], dtyp
     return hdr
 
 
+def prediction_attrs(geometry: VolumeGeometry, source: str | None) -> dict[str, Any]:
+    """The attributes of ``prediction.zarr``'s array: the input's (less those describing its own
+    axes), ``spacing`` (where the input gives one), ``axis_names`` and ``fhcnn_source``."""
+    attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
+    if geometry.spacing is not None:
+        attrs["spacing"] = [float(s) for s in geometry.spacing]
+    attrs["axis_names"] = list(geometry.axis_names)
+    if source is not None:
+        attrs["fhcnn_source"] = source
+    return jsonable(attrs)
+
+
+def ome_image(geometry: VolumeGeometry, name: str = "prediction") -> tuple[int, dict[str, Any]]:
+    """``(zarr format, group attributes)`` of a single-level OME-Zarr image of the ``(D, H, W)``
+    axes of ``geometry`` (an OME-Zarr input's, ``geometry.ome``), its one dataset at path ``0``:
+    NGFF 0.5 (zarr v3, under ``ome``) for a 0.5 input, else 0.4 (zarr v2). The axes are the
+    input's (name, type, unit: the one unit the spacing was converted to, where it was); the
+    dataset's ``scale`` is the spacing, its ``translation`` the origin (where the input had one),
+    so voxel ``i`` lies where the input's voxel ``i`` lies. Marked ``image-label`` (a viewer
+    shows it as labels)."""
+    assert geometry.ome is not None
+    version = "0.5" if str(geometry.ome.get("version", "")).startswith("0.5") else "0.4"
+    axes = []
+    for ax, axis_name in zip(geometry.ome["axes"], geometry.axis_names):
+        a = {k: v for k, v in ax.items() if k in ("type", "unit")}
+        a["name"] = axis_name
+        if geometry.unit and a.get("unit") and a.get("type") in ("space", None):
+            a["unit"] = geometry.unit
+        axes.append(a)
+    moves: list[dict[str, Any]] = [{"type": "scale", "scale": [float(s) for s in geometry.spacing or (1, 1, 1)]}]
+    if geometry.origin is not None:
+        moves.append({"type": "translation", "translation": [float(o) for o in geometry.origin]})
+    ms = {"name": name, "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": moves}]}
+    label = {"version": version}
+    if version == "0.5":
+        return 3, {"ome": {"version": version, "multiscales": [ms], "image-label": label}}
+    return 2, {"multiscales": [{"version": version, **ms}], "image-label": label}
+
+
 class ZarrSink(PredictionSink):
-    """``prediction.zarr``: chunked, attributes of the input plus ``spacing``/``axis_names``."""
+    """``prediction.zarr``: chunked, attributes of the input plus ``spacing``/``axis_names``
+    (:func:`prediction_attrs`); of an OME-Zarr input, an OME-Zarr image (:func:`ome_image`)."""
 
     def __init__(self, out_dir: Path, shape: tuple[int, int, int], geometry: VolumeGeometry,
                  dtype: np.dtype, source: str | None) -> None:
@@ -170,15 +212,17 @@ class ZarrSink(PredictionSink):
         self.dtype = np.dtype(dtype)
         self._tmp = atomic.begin_scratch(atomic.scratch_name(out_dir, ".prediction.zarr."))
         chunks = tuple(min(OUTPUT_CHUNK, int(n)) for n in shape)
-        self._array = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
-                                      dtype=self.dtype, fill_value=0)
-        attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
-        if geometry.spacing is not None:
-            attrs["spacing"] = [float(s) for s in geometry.spacing]
-        attrs["axis_names"] = list(geometry.axis_names)
-        if source is not None:
-            attrs["fhcnn_source"] = source
-        self._array.attrs.update(jsonable(attrs))
+        if geometry.ome is None:
+            self._array = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
+                                          dtype=self.dtype, fill_value=0)
+        else:
+            fmt, meta = ome_image(geometry)
+            group = zarr.open_group(str(self._tmp), mode="w", zarr_format=fmt)
+            group.attrs.update(meta)
+            named = {"dimension_names": list(geometry.axis_names)} if fmt == 3 else {}
+            self._array = group.create_array("0", shape=shape, chunks=chunks, dtype=self.dtype, fill_value=0,
+                                             **named)
+        self._array.attrs.update(prediction_attrs(geometry, source))
 
     def close(self) -> Path:
         if self._array is None:

@@ -167,12 +167,15 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     meta_channel = _meta_from_names(names)
     ome = _ome(parent) if parent is not None else None
     origin: list[float] | None = None
+    ome_axes: dict[str, Any] | None = None
     if ome is not None:
         axes = ome.get("axes") or []
         if len(axes) == nd:
             names = [str(a.get("name") if isinstance(a, dict) else a) for a in axes]
             types = [a.get("type") if isinstance(a, dict) else None for a in axes]
             meta_channel = types.index("channel") if types.count("channel") == 1 else _meta_from_names(names)
+            ome_axes = {"version": ome["version"],
+                        "axes": [dict(a) if isinstance(a, dict) else {"name": str(a)} for a in axes]}
         leaf = in_ome if in_ome is not None else where.rsplit("/", 1)[-1]  # a dataset path may hold "/"
         scale, origin = _ome_place(ome, leaf, nd)
         spacing = scale if scale is not None else spacing
@@ -196,7 +199,7 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
     return RawVolume(array=arr, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=jsonable(attrs) or {}, compressed=huge, slab_axis=nd - 1 if order == "F" else 0,
                      named=names is not None and all(n is not None for n in names), unit=unit,
-                     origin=origin)
+                     origin=origin, ome=ome_axes)
 
 
 # ---------------------------------------------------------------------------------------- HDF5
