@@ -678,3 +678,52 @@ def test_inputs_from_arrays_are_checked_like_files():
     with pytest.raises(InputError, match=r"channel 1 of array has shape \(8, 9, 9\)"):
         inputs_from_arrays([image, image[:, :, :9]], lab)
     assert inputs_from_arrays([image], lab, np.minimum(truth, 2)).num_classes == 3
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "ome-zarr"])
+def test_probabilities_carry_the_geometry_of_the_prediction(vol, tmp_path, kind):
+    """probabilities.zarr ((K, D, H, W) float16, --save-probs) carried no geometry: no spacing, no
+    axis names, no source, so it could not be placed beside the image. It now has the prediction's
+    spacing, axis names after a leading ``class`` axis and source (and the input's attributes); of
+    an OME-Zarr image it is, like the prediction, an OME-Zarr image on the input's grid (a channel
+    axis ``class`` before the spatial axes), read back by fhcnn's reader with the input's spacing
+    and origin."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.volumes import open_volume
+
+    image = np.load(vol / "c0.npy")
+    if kind == "hdf5":
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "img.h5", "w") as f:
+            f["raw"] = image
+            f["raw"].attrs.update({"element_size_um": [2.0, 0.5, 0.5], "sample": "mouse 7"})
+        img = f"{tmp_path / 'img.h5'}:raw"
+    else:
+        g = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
+        g.create_array("0", shape=image.shape, dtype=image.dtype)[:] = image
+        g.attrs["multiscales"] = [{"version": "0.4", "axes": [
+            {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [2.0, 0.5, 0.5]},
+                {"type": "translation", "translation": [5.0, -1.0, 3.0]}]}]}]
+        img = str(tmp_path / "img.zarr")
+    out = tmp_path / "out"
+    assert main(["volume", img, "--labels", str(vol / "lab.npy"), "--out", str(out), "--save-probs",
+                 "--set", "volume.baselines="] + TINY) == 0
+    source = open_volume(img).geometry
+    probs = open_volume(str(out / "probabilities.zarr"))
+    pred = open_volume(str(out / "prediction.zarr"))
+    assert len(probs.channels) == 3 and probs.dtype == np.float16 and probs.shape == SHAPE
+    for g in (probs.geometry, pred.geometry):  # both placed where the image is
+        assert g.spacing == (2.0, 0.5, 0.5) == source.spacing and g.origin == source.origin
+    array = zarr.open_array(str(out / "probabilities.zarr" / ("0" if kind == "ome-zarr" else "")), mode="r")
+    assert array.shape == (3, *SHAPE) and array.attrs["spacing"] == [2.0, 0.5, 0.5]
+    assert array.attrs["axis_names"] == ["class", *source.axis_names] and array.attrs["fhcnn_source"] == img
+    if kind == "hdf5":
+        assert array.attrs["sample"] == "mouse 7"
+    else:
+        (m,) = zarr.open_group(str(out / "probabilities.zarr"), mode="r").attrs["multiscales"]
+        assert m["axes"][0] == {"name": "class", "type": "channel"} and probs.geometry.origin == (5.0, -1.0, 3.0)
+        assert m["datasets"][0]["coordinateTransformations"] == [
+            {"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]},
+            {"type": "translation", "translation": [0.0, 5.0, -1.0, 3.0]}]

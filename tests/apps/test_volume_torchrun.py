@@ -130,6 +130,9 @@ def test_a_split_run_finishes_each_slab_on_its_process(tmp_path) -> None:
     qa, qb = (np.asarray(zarr.open_array(str(f / "probabilities.zarr"), mode="r"), np.float32) for f in (single, out))
     assert qa.shape == qb.shape == (3, *shape) and np.abs(qa - qb).max() < 2e-3
     assert qb[:, 64:].max() > 0  # the second process's slab is there
+    placed = zarr.open_array(str(out / "probabilities.zarr"), mode="r").attrs  # the shared array keeps the grid
+    assert placed["affine"] == stored.tolist() and placed["spacing"] == pytest.approx([0.5, 0.8, 0.8])
+    assert placed["axis_names"][0] == "class"
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no scratch array left
 
 

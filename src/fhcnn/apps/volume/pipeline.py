@@ -25,6 +25,7 @@ import torch
 
 from ... import log as _log
 from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
+from ...data.volumes.sinks import volume_array_path, volume_store
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.parallel import SplitError, fix_text
@@ -373,7 +374,7 @@ class _Outputs:
             from ...engine.run import owned_region
 
             self.owned = owned_region(result.plan, result, "slabs")
-            self._scratch = self._shared(_SLABS, self.inputs.shape, self.chunks, "uint8")
+            self._scratch = self._shared(_SLABS, lambda path: _zarr_array(path, self.inputs.shape, self.chunks))
             self.prediction = _open_zarr(self._scratch)
         elif self.out is not None and is_main_process():
             self.file = self._prediction_file()
@@ -385,33 +386,40 @@ class _Outputs:
             self.confusion = ConfusionSink(self.held, self.k)
             out.append(self.confusion)
         if self.want_probs and (self.slabs or is_main_process()):
-            self._tmp = self._shared(_PROBS, (self.k, *self.inputs.shape), (1, *self.chunks),
-                                     "float16")
-            self._probs = _open_zarr(self._tmp)
+            # on the input's grid like the prediction: its spacing, axis names after "class", source
+            # (and, of an OME-Zarr input, an OME-Zarr image with a channel axis "class")
+            self._tmp = self._shared(_PROBS, lambda path: volume_store(
+                path, self._geometry(), (self.k, *self.inputs.shape), (1, *self.chunks), "float16", self._source(),
+                leading="class"))
+            self._probs = _open_zarr(volume_array_path(self._tmp, self._geometry()))
             out.append(ProbabilitySink(self._probs))
         return out
 
-    def _shared(self, prefix: str, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> Path:
-        """A zarr array in ``out`` under a temporary name (scratch of the run folder), made by
-        rank 0; its path on every process of the split (one process: made here)."""
-        import zarr
-
+    def _shared(self, prefix: str, make: Callable[[Path], Any]) -> Path:
+        """A zarr store in ``out`` under a temporary name (scratch of the run folder), made by
+        rank 0 (``make(path)``); its path on every process of the split (one process: made here)."""
         from ... import atomic
 
         assert self.out is not None
         path = None
         if is_main_process():
             path = atomic.begin_scratch(atomic.scratch_name(self.out, prefix))
-            zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0)
+            make(path)
         return Path(broadcast_object(path)) if self.slabs else path  # type: ignore[return-value]
+
+    def _geometry(self) -> Any:
+        """The first image's :class:`~fhcnn.data.volumes.VolumeGeometry` (none for arrays)."""
+        return self.inputs.geometry or _npy_geometry()
+
+    def _source(self) -> str | None:
+        return (self.inputs.sources.get("images") or [None])[0]
 
     def _prediction_file(self) -> Any:
         from ...data.volumes import prediction_sink
 
         assert self.out is not None
         return prediction_sink(self.out, self.inputs.format, self.inputs.shape,  # type: ignore[arg-type]
-                               self.inputs.geometry or _npy_geometry(), np.uint8,
-                               source=(self.inputs.sources.get("images") or [None])[0])
+                               self._geometry(), np.uint8, source=self._source())
 
     def gather(self) -> None:
         """After the prediction, on every process: with ``slabs``, the held-out confusion matrix
@@ -468,6 +476,13 @@ def _open_zarr(path: Path) -> Any:
     import zarr
 
     return zarr.open_array(str(path), mode="r+")
+
+
+def _zarr_array(path: Path, shape: Sequence[int], chunks: Sequence[int]) -> Any:
+    """A uint8 zarr array of 0 at ``path`` (the labels of a split run's slabs)."""
+    import zarr
+
+    return zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="uint8", fill_value=0)
 
 
 def _npy_geometry() -> Any:

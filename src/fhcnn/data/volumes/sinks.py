@@ -32,7 +32,8 @@ from ...errors import InputError
 from ..lazy import release_pages
 from ._common import VolumeFormat, VolumeGeometry, jsonable, require
 
-__all__ = ["PredictionSink", "prediction_sink", "prediction_name", "prediction_attrs", "ome_image", "OUTPUT_CHUNK"]
+__all__ = ["PredictionSink", "prediction_sink", "prediction_name", "prediction_attrs", "ome_image", "volume_store",
+           "volume_array_path", "OUTPUT_CHUNK", "OME_DATASET"]
 
 #: Chunk edge of ``prediction.zarr``.
 OUTPUT_CHUNK = 128
@@ -161,43 +162,82 @@ def _nifti_header(nib: Any, geometry: VolumeGeometry, shape: Sequence[int], dtyp
     return hdr
 
 
-def prediction_attrs(geometry: VolumeGeometry, source: str | None) -> dict[str, Any]:
-    """The attributes of ``prediction.zarr``'s array: the input's (less those describing its own
-    axes), ``spacing`` (where the input gives one), ``axis_names`` and ``fhcnn_source``."""
+#: The path of the one dataset of an OME-Zarr image fhcnn writes (:func:`volume_store`).
+OME_DATASET = "0"
+
+
+def prediction_attrs(geometry: VolumeGeometry, source: str | None, leading: str | None = None) -> dict[str, Any]:
+    """The attributes of an output array on the input's grid (``prediction.zarr``,
+    ``probabilities.zarr``): the input's (less those describing its own axes), ``spacing`` of
+    the ``(D, H, W)`` axes (where the input gives one), ``axis_names`` (``leading`` first: the
+    name of an axis before the spatial ones, e.g. ``class``), a NIfTI input's ``affine`` (4x4,
+    voxel to world) and ``fhcnn_source``."""
     attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
     if geometry.spacing is not None:
         attrs["spacing"] = [float(s) for s in geometry.spacing]
-    attrs["axis_names"] = list(geometry.axis_names)
+    attrs["axis_names"] = ([leading] if leading else []) + list(geometry.axis_names)
+    if geometry.affine is not None:
+        attrs["affine"] = np.asarray(geometry.affine, dtype=np.float64).tolist()
     if source is not None:
         attrs["fhcnn_source"] = source
     return jsonable(attrs)
 
 
-def ome_image(geometry: VolumeGeometry, name: str = "prediction") -> tuple[int, dict[str, Any]]:
+def ome_image(geometry: VolumeGeometry, leading: str | None = None,
+              name: str = "prediction") -> tuple[int, dict[str, Any]]:
     """``(zarr format, group attributes)`` of a single-level OME-Zarr image of the ``(D, H, W)``
-    axes of ``geometry`` (an OME-Zarr input's, ``geometry.ome``), its one dataset at path ``0``:
-    NGFF 0.5 (zarr v3, under ``ome``) for a 0.5 input, else 0.4 (zarr v2). The axes are the
-    input's (name, type, unit: the one unit the spacing was converted to, where it was); the
-    dataset's ``scale`` is the spacing, its ``translation`` the origin (where the input had one),
-    so voxel ``i`` lies where the input's voxel ``i`` lies. Marked ``image-label`` (a viewer
-    shows it as labels)."""
+    axes of ``geometry`` (an OME-Zarr input's, ``geometry.ome``), preceded by a channel axis
+    named ``leading`` when given, its one dataset at :data:`OME_DATASET`: NGFF 0.5 (zarr v3,
+    under ``ome``) for a 0.5 input, else 0.4 (zarr v2). The spatial axes are the input's (name,
+    type, unit: the one unit the spacing was converted to, where it was); the dataset's
+    ``scale`` is the spacing, its ``translation`` the origin (where the input had one), so voxel
+    ``i`` lies where the input's voxel ``i`` lies. Without ``leading`` it is marked
+    ``image-label`` (a viewer shows it as labels)."""
     assert geometry.ome is not None
     version = "0.5" if str(geometry.ome.get("version", "")).startswith("0.5") else "0.4"
-    axes = []
+    axes: list[dict[str, Any]] = [{"name": leading, "type": "channel"}] if leading else []
     for ax, axis_name in zip(geometry.ome["axes"], geometry.axis_names):
         a = {k: v for k, v in ax.items() if k in ("type", "unit")}
         a["name"] = axis_name
         if geometry.unit and a.get("unit") and a.get("type") in ("space", None):
             a["unit"] = geometry.unit
         axes.append(a)
-    moves: list[dict[str, Any]] = [{"type": "scale", "scale": [float(s) for s in geometry.spacing or (1, 1, 1)]}]
+    lead = [1.0] if leading else []
+    moves: list[dict[str, Any]] = [
+        {"type": "scale", "scale": lead + [float(s) for s in geometry.spacing or (1, 1, 1)]}]
     if geometry.origin is not None:
-        moves.append({"type": "translation", "translation": [float(o) for o in geometry.origin]})
-    ms = {"name": name, "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": moves}]}
-    label = {"version": version}
+        moves.append({"type": "translation", "translation": [0.0] * len(lead) + [float(o) for o in geometry.origin]})
+    ms = {"name": name, "axes": axes, "datasets": [{"path": OME_DATASET, "coordinateTransformations": moves}]}
+    extra = {} if leading else {"image-label": {"version": version}}
     if version == "0.5":
-        return 3, {"ome": {"version": version, "multiscales": [ms], "image-label": label}}
-    return 2, {"multiscales": [{"version": version, **ms}], "image-label": label}
+        return 3, {"ome": {"version": version, "multiscales": [ms], **extra}}
+    return 2, {"multiscales": [{"version": version, **ms}], **extra}
+
+
+def volume_store(path: Path, geometry: VolumeGeometry, shape: Sequence[int], chunks: Sequence[int], dtype: Any,
+                 source: str | None, leading: str | None = None) -> Any:
+    """A new zarr array at ``path`` for an output on the input's grid (``shape``: the ``(D, H, W)``
+    of ``geometry``, after an axis named ``leading`` where given), filled with 0 and carrying
+    :func:`prediction_attrs`; of an OME-Zarr input, an OME-Zarr image at ``path``
+    (:func:`ome_image`) whose dataset is that array (:func:`volume_array_path`). Returns the array."""
+    zarr = require("zarr", "writing zarr outputs")
+    shape, chunks = tuple(int(n) for n in shape), tuple(int(n) for n in chunks)
+    if geometry.ome is None:
+        array = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    else:
+        fmt, meta = ome_image(geometry, leading, name="probabilities" if leading else "prediction")
+        group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+        group.attrs.update(meta)
+        names = ([leading] if leading else []) + list(geometry.axis_names)
+        named = {"dimension_names": names} if fmt == 3 else {}
+        array = group.create_array(OME_DATASET, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **named)
+    array.attrs.update(prediction_attrs(geometry, source, leading))
+    return array
+
+
+def volume_array_path(path: Path, geometry: VolumeGeometry) -> Path:
+    """Where the array of the :func:`volume_store` at ``path`` lies."""
+    return path / OME_DATASET if geometry.ome is not None else path
 
 
 class ZarrSink(PredictionSink):
@@ -206,23 +246,13 @@ class ZarrSink(PredictionSink):
 
     def __init__(self, out_dir: Path, shape: tuple[int, int, int], geometry: VolumeGeometry,
                  dtype: np.dtype, source: str | None) -> None:
-        zarr = require("zarr", "writing prediction.zarr")
+        require("zarr", "writing prediction.zarr")
         self.path = out_dir / "prediction.zarr"
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self._tmp = atomic.begin_scratch(atomic.scratch_name(out_dir, ".prediction.zarr."))
         chunks = tuple(min(OUTPUT_CHUNK, int(n)) for n in shape)
-        if geometry.ome is None:
-            self._array = zarr.open_array(str(self._tmp), mode="w", shape=shape, chunks=chunks,
-                                          dtype=self.dtype, fill_value=0)
-        else:
-            fmt, meta = ome_image(geometry)
-            group = zarr.open_group(str(self._tmp), mode="w", zarr_format=fmt)
-            group.attrs.update(meta)
-            named = {"dimension_names": list(geometry.axis_names)} if fmt == 3 else {}
-            self._array = group.create_array("0", shape=shape, chunks=chunks, dtype=self.dtype, fill_value=0,
-                                             **named)
-        self._array.attrs.update(prediction_attrs(geometry, source))
+        self._array = volume_store(self._tmp, geometry, shape, chunks, self.dtype, source)
 
     def close(self) -> Path:
         if self._array is None:
