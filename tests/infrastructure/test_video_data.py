@@ -287,3 +287,29 @@ def test_decoded_frames_read_in_order_decode_each_frame_once(tmp_path):
     np.testing.assert_array_equal(source.source[3:5], video[3:5])  # back: a new decoder (from frame 0 on)
     np.testing.assert_array_equal(source.source[7], video[7])      # forward: the same decoder goes on
     assert decoded == list(range(8))
+
+
+def test_rgb_masks_keep_a_pure_blue_object(tmp_path):
+    """An RGB mask's colour (0, 0, 255) is an object, not the void value 255: a red and a blue
+    object give three classes, and a frame holding only the blue one is not refused."""
+    from fhcnn.apps.segment.inputs import load_video_inputs
+
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (4, 8, 12, 3), dtype=np.uint8)
+    np.save(tmp_path / "v.npy", video)
+    truth = np.zeros((4, 8, 12), np.uint8)
+    truth[:, 1:3, 1:4] = 1
+    truth[:, 5:7, 6:10] = 2
+    truth[3, 1:3, 1:4] = 0  # the last frame: only the blue object
+    colours = np.array([(0, 0, 0), (255, 0, 0), (0, 0, 255)], np.uint8)
+    md = tmp_path / "masks"
+    md.mkdir()
+    for t, m in enumerate(truth):
+        Image.fromarray(colours[m]).save(md / f"{t:05d}.png")
+    inputs = load_video_inputs(tmp_path / "v.npy", md, label_frames="0,1,3")
+    assert len(inputs.classes) == 3
+    blue = inputs.classes.index(int(read_masks(md, [f"{t:05d}" for t in range(4)])[0][5, 6]))
+    red = inputs.classes.index(int(read_masks(md, [f"{t:05d}" for t in range(4)])[0][1, 1]))
+    expected = np.select([truth == 1, truth == 2], [red, blue], 0)
+    for t in (0, 1, 3):
+        np.testing.assert_array_equal(inputs.labels[t], expected[t])

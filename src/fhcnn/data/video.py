@@ -490,9 +490,16 @@ def read_video(path: str | Path) -> tuple[np.ndarray, list[str]]:
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
+#: Added to the code ``R * 65536 + G * 256 + B`` of every colour but black in an RGB mask, so no
+#: colour code is a label index: pure blue (0, 0, 255) would be 255, "void" in masks with several
+#: objects, and its object would be dropped from training without a word.
+COLOUR_CODE_OFFSET = 1 << 24
+
+
 def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
     """``(raw values, kind)``: palette index or grey value (kind ``"index"``), or each RGB colour
-    as one value ``R * 65536 + G * 256 + B`` (kind ``"colour"``; black = background = 0)."""
+    as one value ``R * 65536 + G * 256 + B``, plus :data:`COLOUR_CODE_OFFSET` but for black
+    (kind ``"colour"``; black = background = 0)."""
     if f.suffix.lower() in LOSSY_SUFFIXES:
         raise InputError(f"mask {f} is a JPEG: lossy compression turns one label value into "
                          f"many; save the masks as PNG")
@@ -508,7 +515,8 @@ def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
         raise
     except Exception as e:
         raise InputError(f"cannot read mask {f}: {e}") from None
-    return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2], "colour"
+    code = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    return np.where(code > 0, code + COLOUR_CODE_OFFSET, 0), "colour"
 
 
 class MaskSet(Mapping[int, np.ndarray]):
