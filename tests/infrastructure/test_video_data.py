@@ -313,3 +313,28 @@ def test_rgb_masks_keep_a_pure_blue_object(tmp_path):
     expected = np.select([truth == 1, truth == 2], [red, blue], 0)
     for t in (0, 1, 3):
         np.testing.assert_array_equal(inputs.labels[t], expected[t])
+
+
+def test_grey_masks_with_alpha_are_label_indices(tmp_path):
+    """A grey-with-alpha (LA) mask holds label indices like a grey one: 255 is void among several
+    objects, not a class, and LA masks mix with grey ones."""
+    from fhcnn.apps.segment.inputs import load_video_inputs
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", rng.integers(0, 255, (4, 8, 12, 3), dtype=np.uint8))
+    truth = np.zeros((4, 8, 12), np.uint8)
+    truth[:, 1:3, 1:4] = 1
+    truth[:, 5:7, 6:10] = 2
+    truth[:, 0, :] = 255  # void
+    md = tmp_path / "masks"
+    md.mkdir()
+    for t, m in enumerate(truth):
+        if t % 2:
+            Image.fromarray(m, "L").save(md / f"{t:05d}.png")
+        else:
+            Image.fromarray(np.stack([m, np.full_like(m, 255)], -1), "LA").save(md / f"{t:05d}.png")
+    assert Image.open(md / "00000.png").mode == "LA"
+    inputs = load_video_inputs(tmp_path / "v.npy", md, label_frames="0,1,2")
+    assert inputs.classes == [0, 1, 2]
+    for t in (0, 1, 2):
+        np.testing.assert_array_equal(inputs.labels[t], truth[t])

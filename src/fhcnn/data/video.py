@@ -497,7 +497,8 @@ COLOUR_CODE_OFFSET = 1 << 24
 
 
 def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
-    """``(raw values, kind)``: palette index or grey value (kind ``"index"``), or each RGB colour
+    """``(raw values, kind)``: palette index or grey value (kind ``"index"``; the alpha channel of
+    a grey or palette image with alpha is left out), or each RGB colour
     as one value ``R * 65536 + G * 256 + B``, plus :data:`COLOUR_CODE_OFFSET` but for black
     (kind ``"colour"``; black = background = 0)."""
     if f.suffix.lower() in LOSSY_SUFFIXES:
@@ -510,6 +511,8 @@ def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
                                  f"value into many; save the masks as PNG")
             if im.mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
                 return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64), "index"
+            if im.mode in ("LA", "PA"):  # grey or palette with alpha: the values are indices
+                return np.asarray(im.getchannel(0)).astype(np.int64), "index"
             rgb = np.asarray(im.convert("RGB")).astype(np.int64)
     except InputError:
         raise
