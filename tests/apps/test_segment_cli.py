@@ -223,6 +223,7 @@ def inputs(gen, tmp_path):
     ("missing", "not found"),
     ("no_mask_for_frame", "no mask for label frame"),
     ("bad_set", "model.widht"),
+    ("negative_mask", "negative value -1"),
 ])
 def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
     v, m = inputs / "v.npy", inputs / "m.npy"
@@ -246,6 +247,10 @@ def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
         extra = ["--label-frames", "0,3"]
     elif case == "bad_set":
         extra = ["--set", "model.widht=3"]
+    elif case == "negative_mask":  # -1 meant as "unlabelled" would become a class of its own
+        labels = np.load(m).astype(np.int16)
+        labels[:, :2] = -1
+        np.save(m, labels)
     out = inputs / "out"
     rc = main(["segment", str(v), "--labels", str(m), "--out", str(out)] + extra + TINY)
     err = capsys.readouterr().err.strip().splitlines()

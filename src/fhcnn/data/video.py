@@ -588,8 +588,8 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     (memory-mapped; value 255 = unlabelled there is kept and means "not labelled").
 
     Raises:
-        InputError: unreadable, no masks, a mask that matches no frame, or a size that differs
-            from ``frame_size``.
+        InputError: unreadable, no masks, a mask that matches no frame, a size that differs
+            from ``frame_size``, a negative value.
     """
     from functools import partial
 
@@ -599,10 +599,17 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     t = len(frame_names)
     out = MaskSet()
 
-    def check_size(i: int, m: np.ndarray) -> None:
+    def check_size(i: int, m: np.ndarray) -> np.ndarray:
+        """``m``'s sorted distinct values, after checking its size and that none is negative."""
         if frame_size is not None and m.shape != tuple(frame_size):
             raise InputError(f"mask of frame {frame_names[i]} in {path} has size {m.shape[0]}x{m.shape[1]}, "
                              f"but the frames are {frame_size[0]}x{frame_size[1]}")
+        values = np.unique(m)
+        if values.size and values[0] < 0:  # e.g. -1 meant as "unlabelled": it would become a class
+            raise InputError(f"mask of frame {frame_names[i]} in {path} holds the negative value "
+                             f"{int(values[0])}; mask values are 0 (background), objects > 0 and "
+                             f"255 (unlabelled among several objects)")
+        return values
 
     if path.is_dir():
         folder = _davis_sequence_folder(path, "Annotations")
@@ -634,8 +641,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             paired[idx] = f  # one mask a frame: two masks of one number are refused above
         for idx, f in paired.items():
             m, kind = _read_mask_png(f)
-            check_size(idx, m)
-            out.add(idx, partial(_mask_png_values, f), kind, str(f), np.unique(m))
+            out.add(idx, partial(_mask_png_values, f), kind, str(f), check_size(idx, m))
     elif path.suffix.lower() == ".npy":
         a = load_npy(path, "masks", mmap_mode="r")
         if a.ndim != 3 or a.shape[0] != t:
@@ -645,8 +651,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
         for i in range(t):
             m = _npy_mask(a, i, path)
-            check_size(i, m)
-            out.add(i, partial(_npy_mask, a, i, path), "index", str(path), np.unique(m))
+            out.add(i, partial(_npy_mask, a, i, path), "index", str(path), check_size(i, m))
     else:
         raise InputError(f"masks must be a folder of PNG masks or a .npy (T, H, W), got {path}")
     return out
