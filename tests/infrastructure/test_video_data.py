@@ -338,3 +338,25 @@ def test_grey_masks_with_alpha_are_label_indices(tmp_path):
     assert inputs.classes == [0, 1, 2]
     for t in (0, 1, 2):
         np.testing.assert_array_equal(inputs.labels[t], truth[t])
+
+
+def test_npy_masks_with_unlabelled_frames(tmp_path):
+    """A ``.npy`` label array filled with 255 (or NaN) but for a few labelled frames: those frames
+    are the masks (the default label frames), not a 0/255 encoding at odds with the others."""
+    from fhcnn.apps.segment.inputs import load_video_inputs
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", rng.integers(0, 255, (6, 8, 12, 3), dtype=np.uint8))
+    truth = np.zeros((6, 8, 12), np.uint8)
+    truth[:, 1:3, 1:4] = 1
+    truth[:, 5:7, 6:10] = 2
+    for fill, dtype in ((255, np.uint8), (np.nan, np.float32)):
+        labels = np.full(truth.shape, fill, dtype)
+        labels[[1, 4]] = truth[[1, 4]]
+        np.save(tmp_path / "m.npy", labels)
+        inputs = load_video_inputs(tmp_path / "v.npy", tmp_path / "m.npy")
+        assert inputs.label_frames == [1, 4] and inputs.classes == [0, 1, 2] and inputs.eval_labels is None
+        np.testing.assert_array_equal(inputs.labels[4], truth[4])
+    np.save(tmp_path / "m.npy", np.full(truth.shape, 255, np.uint8))
+    with pytest.raises(InputError, match="label no pixel"):
+        load_video_inputs(tmp_path / "v.npy", tmp_path / "m.npy")

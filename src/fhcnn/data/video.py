@@ -585,7 +585,8 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     A folder's PNGs are matched to frames by name (``00007.png`` <-> frame ``00007``), else by
     the number in the name; only if no mask matches a frame so, and there are as many masks as
     frames, by order. A mask that matches no frame is refused. A ``.npy`` is ``(T, H, W)``
-    (memory-mapped; value 255 = unlabelled there is kept and means "not labelled").
+    (memory-mapped; value 255 = unlabelled there is kept and means "not labelled"; a frame
+    whose every value is 255 or NaN has no mask).
 
     Raises:
         InputError: unreadable, no masks, a mask that matches no frame, a size that differs
@@ -651,7 +652,12 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             raise InputError(f"masks {path} must hold integer labels, got dtype {a.dtype}")
         for i in range(t):
             m = _npy_mask(a, i, path)
-            out.add(i, partial(_npy_mask, a, i, path), "index", str(path), check_size(i, m))
+            values = check_size(i, m)
+            if values.tolist() == [255]:  # every pixel unlabelled (255 or NaN): the frame has no mask
+                continue
+            out.add(i, partial(_npy_mask, a, i, path), "index", str(path), values)
+        if not out:
+            raise InputError(f"masks {path} label no pixel: every value is 255 or NaN (unlabelled)")
     else:
         raise InputError(f"masks must be a folder of PNG masks or a .npy (T, H, W), got {path}")
     return out
