@@ -360,3 +360,20 @@ def test_npy_masks_with_unlabelled_frames(tmp_path):
     np.save(tmp_path / "m.npy", np.full(truth.shape, 255, np.uint8))
     with pytest.raises(InputError, match="label no pixel"):
         load_video_inputs(tmp_path / "v.npy", tmp_path / "m.npy")
+
+
+def test_tiff_frames_stored_plane_by_plane(tmp_path):
+    """An RGB TIFF frame stored plane by plane (planar configuration 'separate', which tifffile
+    reads as (3, H, W)) is read as (H, W, 3); a frame of three grey pages is refused, naming it."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (3, 8, 12, 3), dtype=np.uint8)
+    for name, kw in (("planar", dict(photometric="rgb", planarconfig="separate")),
+                     ("pages", dict(photometric="minisblack"))):
+        d = tmp_path / name
+        d.mkdir()
+        for t, frame in enumerate(video):
+            tifffile.imwrite(d / f"{t:05d}.tif", np.moveaxis(frame, -1, 0), **kw)
+    np.testing.assert_array_equal(read_video(tmp_path / "planar")[0], video)
+    with pytest.raises(InputError, match="00000.tif holds an array of shape"):
+        open_video(tmp_path / "pages")

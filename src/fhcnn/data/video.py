@@ -155,9 +155,17 @@ def _read_frame(f: Path) -> np.ndarray:
             tifffile = None  # type: ignore[assignment]
         if tifffile is not None:
             try:
-                return np.asarray(tifffile.imread(f))
+                with tifffile.TiffFile(f) as tif:
+                    series = tif.series[0]
+                    a, axes = np.asarray(series.asarray()), str(series.axes)
             except Exception as e:
                 raise InputError(f"cannot read frame {f}: {e}") from None
+            if a.ndim == 3 and axes.endswith("SYX"):  # an RGB(A) TIFF stored plane by plane
+                a = np.moveaxis(a, 0, -1)
+            if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4))):
+                raise InputError(f"frame {f} holds an array of shape {a.shape} (axes {axes}), not one "
+                                 f"grey or RGB image (H, W) or (H, W, 3)")
+            return a
     try:
         with open_image(f, "frame") as im:
             if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: keep the values
