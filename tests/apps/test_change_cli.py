@@ -336,3 +336,27 @@ def test_float64_dates_far_from_zero_detect_change_as_near_zero(tmp_path):
                      str(tmp_path / "truth.npy"), "--label-fraction", "0.2", "--out", str(out), *TINY]) == 0
         maps.append(np.load(out / "prediction.npy"))
     np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_change_refuses_dates_whose_envi_bands_differ(scene, tmp_path, capsys):
+    """ENVI dates of one shape whose headers list their bands in another order (or shifted by a
+    band) would pair different bands as one: refused in one line. Centres a little apart, or in
+    other units, pass."""
+    d, s = scene
+    nm = np.array([450.0, 550.0, 650.0, 750.0, 850.0, 950.0])
+    write_envi(tmp_path / "t1", s.before.astype(np.float32), wavelength=nm)
+    cases = {"reversed": (s.after[..., ::-1], nm[::-1], None),
+             "shifted": (s.after, nm + 100.0, None),
+             "near": (s.after, nm + 12.0, None),
+             "micrometres": (s.after, nm / 1000.0, "Micrometers")}
+    for name, (cube, wl, units) in cases.items():
+        header, _ = write_envi(tmp_path / name, cube.astype(np.float32), wavelength=wl)
+        if units:
+            header.write_text(header.read_text() + f"wavelength units = {units}\n")
+    out = tmp_path / "out"
+    base = ["--labels", str(d / "truth.npy"), "--out", str(out), *TINY]
+    for name in ("reversed", "shifted"):
+        _fails(["change", str(tmp_path / "t1.hdr"), str(tmp_path / name), *base], capsys, "the dates' bands differ")
+        assert not out.exists()
+    for name in ("near", "micrometres"):
+        assert main(["change", str(tmp_path / "t1.hdr"), str(tmp_path / name), *base, "--overwrite"]) == 0

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from ...data.hyperspectral import check_labels, labels_from_masks, open_cube, open_pair, read_change_map, sample_labels
+from ...data.hyperspectral import (
+    check_labels,
+    check_same_bands,
+    labels_from_masks,
+    open_cube,
+    open_pair,
+    read_change_map,
+    sample_labels,
+)
 from ...errors import InputError
 from ...options import IGNORE
 
@@ -47,6 +55,7 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
         if before.shape != after.shape:
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
+        check_same_bands(before_path, after_path)
     if _identical(before, after):
         raise InputError(f"BEFORE and AFTER are identical ({before_path}"
                          f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "

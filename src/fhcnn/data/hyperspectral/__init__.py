@@ -9,6 +9,8 @@ from .colour import false_color
 from .labels import check_labels, labels_from_masks, read_change_map, sample_labels
 from .readers import (
     CUBE_SUFFIXES,
+    band_wavelengths,
+    check_same_bands,
     input_files,
     open_cube,
     open_pair,
@@ -27,6 +29,7 @@ from .synthetic import (
 
 __all__ = [
     "IGNORE", "CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
-    "write_envi", "input_files", "read_change_map", "labels_from_masks", "sample_labels", "check_labels",
+    "write_envi", "input_files", "band_wavelengths", "check_same_bands",
+    "read_change_map", "labels_from_masks", "sample_labels", "check_labels",
     "BitemporalScene", "make_bitemporal_scene", "spectral_library", "false_color", "MATERIALS",
 ]

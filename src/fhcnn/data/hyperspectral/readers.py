@@ -32,7 +32,7 @@ import numpy as np
 from ...errors import InputError
 
 __all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
-           "write_envi", "input_files"]
+           "write_envi", "input_files", "band_wavelengths", "check_same_bands"]
 
 CUBE_SUFFIXES = (".npy", ".mat", ".hdr", ".tif", ".tiff", ".img", ".dat", ".raw", ".bsq",
                  ".bil", ".bip", "(none: ENVI raw file next to a .hdr/.HDR header)")
@@ -135,6 +135,45 @@ def input_files(path: str | os.PathLike[str]) -> list[Path]:
             return [p]
         return [p, data if p == header else header]
     return [p]
+
+
+#: ENVI ``wavelength units`` -> nanometres per unit (other or no units: the numbers as they stand)
+_WAVELENGTH_UNITS = {"nanometers": 1.0, "nanometres": 1.0, "nm": 1.0, "micrometers": 1e3, "micrometres": 1e3,
+                     "microns": 1e3, "um": 1e3, "millimeters": 1e6, "millimetres": 1e6, "mm": 1e6}
+
+
+def band_wavelengths(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The band centres of an ENVI image (its header's ``wavelength``, in nanometres when
+    ``wavelength units`` names a length), or ``None``: not ENVI, or no usable list (missing, not
+    numbers, not one per band)."""
+    p = Path(path)
+    if not (p.is_file() and _is_envi(p)):
+        return None
+    try:
+        h = read_envi_header(_envi_paths(p)[0])
+        values = np.array([float(v) for v in h.get("wavelength") or []], np.float64)
+        bands = int(str(h.get("bands", -1)).strip())
+    except (InputError, ValueError):
+        return None
+    if values.size == 0 or values.size != bands or not np.isfinite(values).all():
+        return None
+    return values * _WAVELENGTH_UNITS.get(str(h.get("wavelength units", "")).strip().lower(), 1.0)
+
+
+def check_same_bands(before: str | os.PathLike[str], after: str | os.PathLike[str]) -> None:
+    """Refuse two dates whose headers list different bands: where both give wavelengths, band
+    ``i`` of AFTER must lie nearer band ``i`` of BEFORE than any other band (a reversed or shifted
+    band list pairs different bands as one; a sensor's small shifts of the centres pass)."""
+    wb, wa = band_wavelengths(before), band_wavelengths(after)
+    if wb is None or wa is None or wb.size != wa.size:
+        return
+    nearest = np.abs(wa[:, None] - wb[None, :]).argmin(1)
+    wrong = np.flatnonzero(nearest != np.arange(wa.size))
+    if wrong.size:
+        i = int(wrong[0])
+        raise InputError(f"the dates' bands differ: band {i} of AFTER {after} is at wavelength {wa[i]:g} "
+                         f"but band {i} of BEFORE {before} is at {wb[i]:g} (nearest: its band {int(nearest[i])}); "
+                         f"give both dates with the same bands in the same order")
 
 
 def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
