@@ -377,3 +377,24 @@ def test_tiff_frames_stored_plane_by_plane(tmp_path):
     np.testing.assert_array_equal(read_video(tmp_path / "planar")[0], video)
     with pytest.raises(InputError, match="00000.tif holds an array of shape"):
         open_video(tmp_path / "pages")
+
+
+def test_float_tiff_masks_are_label_indices(tmp_path):
+    """A float32 TIFF mask of whole numbers holds label indices (255 void among several objects),
+    like an integer one; one with fractions is refused, naming the file."""
+    tifffile = pytest.importorskip("tifffile")
+    truth = np.zeros((3, 8, 12), np.float32)
+    truth[:, 1:3, 1:4] = 1
+    truth[:, 5:7, 6:10] = 2
+    truth[:, 0] = 255
+    d = tmp_path / "masks"
+    d.mkdir()
+    for t, m in enumerate(truth):
+        tifffile.imwrite(d / f"{t:05d}.tif", m)
+    names = [f"{t:05d}" for t in range(3)]
+    masks = read_masks(d, names, (8, 12))
+    assert mask_classes(masks) == [0, 1, 2]
+    np.testing.assert_array_equal(masks[1], truth[1])
+    tifffile.imwrite(d / "00001.tif", truth[1] + 0.5)
+    with pytest.raises(InputError, match="00001.tif holds values that are not whole numbers"):
+        read_masks(d, names, (8, 12))

@@ -521,6 +521,13 @@ def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
                 return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64), "index"
             if im.mode in ("LA", "PA"):  # grey or palette with alpha: the values are indices
                 return np.asarray(im.getchannel(0)).astype(np.int64), "index"
+            if im.mode == "F":  # a float grey image (TIFF): whole numbers are indices
+                v = np.asarray(im)
+                if not (np.isfinite(v).all() and np.array_equal(v, np.round(v))):
+                    raise InputError(f"mask {f} holds values that are not whole numbers "
+                                     f"(e.g. {v[~(np.isfinite(v) & (v == np.round(v)))][0]:g}); "
+                                     f"masks hold label indices")
+                return v.astype(np.int64), "index"
             rgb = np.asarray(im.convert("RGB")).astype(np.int64)
     except InputError:
         raise
