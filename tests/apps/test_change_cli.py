@@ -360,3 +360,36 @@ def test_change_refuses_dates_whose_envi_bands_differ(scene, tmp_path, capsys):
         assert not out.exists()
     for name in ("near", "micrometres"):
         assert main(["change", str(tmp_path / "t1.hdr"), str(tmp_path / name), *base, "--overwrite"]) == 0
+
+
+def test_change_refuses_dates_on_different_pixel_grids(scene, tmp_path, capsys):
+    """Two GeoTIFF or ENVI dates of one size whose georeferencing puts their pixels at other
+    places (an origin 3 pixels off, another pixel size) are refused in one line; the same grid,
+    told through another reference pixel, runs."""
+    tifffile = pytest.importorskip("tifffile")
+    d, s = scene
+    keys = (1, 1, 0, 1, 3072, 0, 1, 32651)  # GeoKey directory: projected, UTM 51N
+
+    def geotiff(name, cube, tie, scale=(30.0, 30.0, 0.0)):
+        tifffile.imwrite(tmp_path / name, cube.astype(np.float32), photometric="minisblack",
+                         planarconfig="contig", extratags=[(33550, "d", 3, scale, True),
+                                                           (33922, "d", 6, tie, True), (34735, "H", 8, keys, True)])
+
+    geotiff("b.tif", s.before, (0, 0, 0, 203325.0, 3604935.0, 0))
+    geotiff("same.tif", s.after, (2, 1, 0, 203385.0, 3604905.0, 0))       # pixel (2, 1): the same grid
+    geotiff("shifted.tif", s.after, (0, 0, 0, 203415.0, 3604935.0, 0))   # 3 pixels east
+    geotiff("coarser.tif", s.after, (0, 0, 0, 203325.0, 3604935.0, 0), (60.0, 60.0, 0.0))
+    info = "map info = {{UTM, {}, {}, {}, 3604935.0, 30.0, 30.0, 51, North, WGS-84, units=Meters}}\n"
+    for name, cube, line in (("e1", s.before, info.format(1, 1, 203325.0)),
+                             ("e_same", s.after, info.format(3, 1, 203385.0)),
+                             ("e_shifted", s.after, info.format(1, 1, 203415.0))):
+        header, _ = write_envi(tmp_path / name, cube.astype(np.float32))
+        header.write_text(header.read_text() + line)
+    out = tmp_path / "out"
+    base = ["--labels", str(d / "truth.npy"), "--out", str(out), *TINY]
+    for b, a, why in (("b.tif", "shifted.tif", "+3 pixels across"), ("b.tif", "coarser.tif", "another pixel size"),
+                      ("e1.hdr", "e_shifted", "+3 pixels across")):
+        _fails(["change", str(tmp_path / b), str(tmp_path / a), *base], capsys, why)
+        assert not out.exists()
+    for b, a in (("b.tif", "same.tif"), ("e1.hdr", "e_same")):
+        assert main(["change", str(tmp_path / b), str(tmp_path / a), *base, "--overwrite"]) == 0

@@ -13,6 +13,7 @@ import numpy as np
 from ...data.hyperspectral import (
     check_labels,
     check_same_bands,
+    check_same_grid,
     labels_from_masks,
     open_cube,
     open_pair,
@@ -56,6 +57,7 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
         check_same_bands(before_path, after_path)
+        check_same_grid(before_path, after_path)
     if _identical(before, after):
         raise InputError(f"BEFORE and AFTER are identical ({before_path}"
                          f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "

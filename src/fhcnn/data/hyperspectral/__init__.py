@@ -11,9 +11,11 @@ from .readers import (
     CUBE_SUFFIXES,
     band_wavelengths,
     check_same_bands,
+    check_same_grid,
     input_files,
     open_cube,
     open_pair,
+    pixel_grid,
     read_cube,
     read_envi,
     read_envi_header,
@@ -29,7 +31,7 @@ from .synthetic import (
 
 __all__ = [
     "IGNORE", "CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
-    "write_envi", "input_files", "band_wavelengths", "check_same_bands",
+    "write_envi", "input_files", "band_wavelengths", "check_same_bands", "pixel_grid", "check_same_grid",
     "read_change_map", "labels_from_masks", "sample_labels", "check_labels",
     "BitemporalScene", "make_bitemporal_scene", "spectral_library", "false_color", "MATERIALS",
 ]

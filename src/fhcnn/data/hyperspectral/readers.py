@@ -32,7 +32,8 @@ import numpy as np
 from ...errors import InputError
 
 __all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
-           "write_envi", "input_files", "band_wavelengths", "check_same_bands"]
+           "write_envi", "input_files", "band_wavelengths", "check_same_bands", "pixel_grid",
+           "check_same_grid"]
 
 CUBE_SUFFIXES = (".npy", ".mat", ".hdr", ".tif", ".tiff", ".img", ".dat", ".raw", ".bsq",
                  ".bil", ".bip", "(none: ENVI raw file next to a .hdr/.HDR header)")
@@ -174,6 +175,78 @@ def check_same_bands(before: str | os.PathLike[str], after: str | os.PathLike[st
         raise InputError(f"the dates' bands differ: band {i} of AFTER {after} is at wavelength {wa[i]:g} "
                          f"but band {i} of BEFORE {before} is at {wb[i]:g} (nearest: its band {int(nearest[i])}); "
                          f"give both dates with the same bands in the same order")
+
+
+def _envi_grid(path: Path) -> tuple[tuple[str, ...], float, float, float, float] | None:
+    """ENVI ``map info = {projection, ref x, ref y, easting, northing, dx, dy, ...}`` (reference
+    pixel 1-based, (1, 1) the upper-left corner of the first pixel) as a pixel grid."""
+    try:
+        info = read_envi_header(_envi_paths(path)[0]).get("map info")
+    except InputError:
+        return None
+    if not isinstance(info, list) or len(info) < 7:
+        return None
+    try:
+        rx, ry, e, n, dx, dy = (float(v) for v in info[1:7])
+    except ValueError:
+        return None
+    crs = tuple(str(v).strip().lower().replace(" ", "") for v in [info[0], *info[7:]])
+    return crs, e - (rx - 1) * dx, n + (ry - 1) * dy, dx, dy
+
+
+def _tiff_grid(path: Path) -> tuple[tuple[str, ...], float, float, float, float] | None:
+    """A GeoTIFF's pixel grid: the first tie point and the pixel scale (or the model
+    transformation), and its GeoKey directory as the coordinate system."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            tags = tif.pages[0].tags
+            keys = tags.get(34735)
+            crs = tuple(str(v) for v in (keys.value if keys is not None else ()))
+            scale, tie, matrix = tags.get(33550), tags.get(33922), tags.get(34264)
+            if scale is not None and tie is not None and len(tie.value) >= 6:
+                sx, sy = float(scale.value[0]), float(scale.value[1])
+                i, j, x, y = (float(tie.value[k]) for k in (0, 1, 3, 4))
+                return crs, x - i * sx, y + j * sy, sx, sy
+            if matrix is not None and len(matrix.value) >= 8:
+                m = [float(v) for v in matrix.value]
+                return crs + (f"{m[1]:g}", f"{m[4]:g}"), m[3], m[7], m[0], -m[5]
+    except Exception:  # not a GeoTIFF the reader understands: nothing to compare
+        return None
+    return None
+
+
+def pixel_grid(path: str | os.PathLike[str]) -> tuple[tuple[str, ...], float, float, float, float] | None:
+    """Where an image's pixels lie on the ground: ``(coordinate system, x, y of the upper-left
+    corner of the first pixel, pixel width, pixel height)`` from an ENVI header's ``map info`` or a
+    GeoTIFF's tags; ``None`` when it has none."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix.lower() in (".tif", ".tiff"):
+        return _tiff_grid(p)
+    return _envi_grid(p) if _is_envi(p) else None
+
+
+def check_same_grid(before: str | os.PathLike[str], after: str | os.PathLike[str]) -> None:
+    """Refuse two dates that both say where they lie and lie on different pixel grids (another
+    origin, by a hundredth of a pixel or more, another pixel size or coordinate system): the same
+    row and column would be two places."""
+    gb, ga = pixel_grid(before), pixel_grid(after)
+    if gb is None or ga is None:
+        return
+    (cb, xb, yb, dxb, dyb), (ca, xa, ya, dxa, dya) = gb, ga
+    same_size = np.isclose(dxa, dxb, rtol=1e-6, atol=0) and np.isclose(dya, dyb, rtol=1e-6, atol=0)
+    if cb == ca and same_size and abs(xa - xb) <= 0.01 * abs(dxb) and abs(ya - yb) <= 0.01 * abs(dyb):
+        return
+    why = "another coordinate system" if cb != ca else (
+        "another pixel size" if not same_size else
+        f"an origin {(xa - xb) / dxb:+g} pixels across and {(yb - ya) / dyb:+g} pixels down")
+    raise InputError(f"the dates lie on different pixel grids: BEFORE {before}'s first pixel is at "
+                     f"({xb:g}, {yb:g}) with pixels of {dxb:g} x {dyb:g}, AFTER {after}'s at ({xa:g}, "
+                     f"{ya:g}) with {dxa:g} x {dya:g} ({why}), so one row and column are two places; "
+                     f"resample both onto one grid first")
 
 
 def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
