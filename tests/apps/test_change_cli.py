@@ -393,3 +393,30 @@ def test_change_refuses_dates_on_different_pixel_grids(scene, tmp_path, capsys):
         assert not out.exists()
     for b, a in (("b.tif", "same.tif"), ("e1.hdr", "e_same")):
         assert main(["change", str(tmp_path / b), str(tmp_path / a), *base, "--overwrite"]) == 0
+
+
+def test_change_refuses_a_label_map_on_another_pixel_grid(scene, tmp_path, capsys):
+    """A GeoTIFF label map whose georeferencing puts it elsewhere than the GeoTIFF dates (2 pixels
+    south) is refused in one line; on the same grid, or with no georeferencing, it runs."""
+    tifffile = pytest.importorskip("tifffile")
+    d, s = scene
+    keys = (1, 1, 0, 1, 3072, 0, 1, 32651)
+
+    def geotiff(name, a, north):
+        tifffile.imwrite(tmp_path / name, a, photometric="minisblack", planarconfig="contig",
+                         extratags=[(33550, "d", 3, (30.0, 30.0, 0.0), True),
+                                    (33922, "d", 6, (0, 0, 0, 203325.0, north, 0), True), (34735, "H", 8, keys, True)])
+
+    geotiff("b.tif", s.before.astype(np.float32), 3604935.0)
+    geotiff("a.tif", s.after.astype(np.float32), 3604935.0)
+    geotiff("lab_same.tif", s.change.astype(np.uint8), 3604935.0)
+    geotiff("lab_south.tif", s.change.astype(np.uint8), 3604875.0)
+    out = tmp_path / "out"
+    dates = ["change", str(tmp_path / "b.tif"), str(tmp_path / "a.tif"), "--out", str(out), *TINY]
+    _fails([*dates, "--labels", str(tmp_path / "lab_south.tif")], capsys, "BEFORE and --labels map lie on different")
+    _fails([*dates, "--changed", str(tmp_path / "lab_south.tif")], capsys, "+2 pixels down")
+    _fails([*dates, "--labels", str(d / "truth.npy"), "--eval-labels", str(tmp_path / "lab_south.tif")], capsys,
+           "--eval-labels map")
+    assert not out.exists()
+    assert main([*dates, "--labels", str(tmp_path / "lab_same.tif")]) == 0
+    assert main([*dates, "--labels", str(d / "truth.npy"), "--overwrite"]) == 0

@@ -68,6 +68,10 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
     if unchanged and not changed:
         raise InputError(f"--unchanged {unchanged} without --changed: give the known changed pixels "
                          f"too (--changed MASK), or a full map as --labels MAP")
+    for flag, path in (("--labels", labels), ("--changed", changed), ("--unchanged", unchanged),
+                       ("--eval-labels", eval_labels)):
+        if path:
+            check_same_grid(before_path, path, f"{flag} map")
     if labels:
         lab = read_change_map(labels, shape)
         source = str(labels)

@@ -229,10 +229,10 @@ def pixel_grid(path: str | os.PathLike[str]) -> tuple[tuple[str, ...], float, fl
     return _envi_grid(p) if _is_envi(p) else None
 
 
-def check_same_grid(before: str | os.PathLike[str], after: str | os.PathLike[str]) -> None:
-    """Refuse two dates that both say where they lie and lie on different pixel grids (another
-    origin, by a hundredth of a pixel or more, another pixel size or coordinate system): the same
-    row and column would be two places."""
+def check_same_grid(before: str | os.PathLike[str], after: str | os.PathLike[str], what: str = "AFTER") -> None:
+    """Refuse two images of a scene (BEFORE and ``what``: AFTER, or a label map) that both say
+    where they lie and lie on different pixel grids (another origin, by a hundredth of a pixel or
+    more, another pixel size or coordinate system): the same row and column would be two places."""
     gb, ga = pixel_grid(before), pixel_grid(after)
     if gb is None or ga is None:
         return
@@ -243,10 +243,10 @@ def check_same_grid(before: str | os.PathLike[str], after: str | os.PathLike[str
     why = "another coordinate system" if cb != ca else (
         "another pixel size" if not same_size else
         f"an origin {(xa - xb) / dxb:+g} pixels across and {(yb - ya) / dyb:+g} pixels down")
-    raise InputError(f"the dates lie on different pixel grids: BEFORE {before}'s first pixel is at "
-                     f"({xb:g}, {yb:g}) with pixels of {dxb:g} x {dyb:g}, AFTER {after}'s at ({xa:g}, "
-                     f"{ya:g}) with {dxa:g} x {dya:g} ({why}), so one row and column are two places; "
-                     f"resample both onto one grid first")
+    raise InputError(f"{'the dates' if what == 'AFTER' else 'BEFORE and ' + what} lie on different pixel "
+                     f"grids: BEFORE {before}'s first pixel is at ({xb:g}, {yb:g}) with pixels of {dxb:g} x "
+                     f"{dyb:g}, {what} {after}'s at ({xa:g}, {ya:g}) with {dxa:g} x {dya:g} ({why}), so one "
+                     f"row and column are two places; resample both onto one grid first")
 
 
 def read_envi(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
