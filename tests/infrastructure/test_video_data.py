@@ -398,3 +398,20 @@ def test_float_tiff_masks_are_label_indices(tmp_path):
     tifffile.imwrite(d / "00001.tif", truth[1] + 0.5)
     with pytest.raises(InputError, match="00001.tif holds values that are not whole numbers"):
         read_masks(d, names, (8, 12))
+
+
+def test_frames_whose_numbers_disagree_on_their_order_are_refused(tmp_path):
+    """Frames are ordered by the last number in their names; time-stamped names whose other
+    numbers order them differently (12-31-01 before 12-30-20 by seconds alone) are refused, not
+    shuffled. Names whose numbers agree keep their order."""
+    stamps = ["12-30-00", "12-30-20", "12-30-40", "12-31-01", "12-31-21"]
+    for folder, names in (("stamps", [f"2020-01-05_{s}" for s in stamps]),
+                          ("agree", [f"cam2_frame{k}" for k in (1, 2, 10, 11, 30)])):
+        (tmp_path / folder).mkdir()
+        for k, name in enumerate(names):
+            Image.fromarray(np.full((4, 5, 3), 40 * k, np.uint8)).save(tmp_path / folder / f"{name}.png")
+    with pytest.raises(InputError, match="12-31-01.png and 2020-01-05_12-30-20.png"):
+        open_video(tmp_path / "stamps")
+    video = open_video(tmp_path / "agree")
+    assert video.names == [f"cam2_frame{k}" for k in (1, 2, 10, 11, 30)]
+    assert [int(video[t][0, 0, 0]) for t in range(5)] == [0, 40, 80, 120, 160]

@@ -200,6 +200,15 @@ def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> 
             if k in numbers:
                 raise InputError(f"{what}s {numbers[k]} and {p} have the same frame number {k}")
             numbers[k] = p
+    if what == "frame":  # frames are ordered by their last number: other numbers must agree
+        by_all = sorted(files, key=lambda p: (tuple(int(n) for n in re.findall(r"\d+", p.stem)), p.name))
+        rank = {p: i for i, p in enumerate(by_all)}
+        for a, b in zip(files, files[1:]):
+            if rank[a] > rank[b]:
+                raise InputError(f"frames {a.name} and {b.name} in {folder}: frames are ordered by the last number "
+                                 f"in their names ({_number_key(a)[0]} before {_number_key(b)[0]}), but the "
+                                 f"other numbers order them the other way (e.g. a time stamp); name them by "
+                                 f"frame number (00000.png, ...)")
 
 
 class _FrameFiles:
