@@ -420,3 +420,29 @@ def test_change_refuses_a_label_map_on_another_pixel_grid(scene, tmp_path, capsy
     assert not out.exists()
     assert main([*dates, "--labels", str(tmp_path / "lab_same.tif")]) == 0
     assert main([*dates, "--labels", str(d / "truth.npy"), "--overwrite"]) == 0
+
+
+def test_geotiff_coordinate_systems_are_compared_by_their_codes_not_their_citations(tmp_path):
+    """Two writers name one coordinate system in other words (a citation, text in GeoAsciiParams
+    whose length moves the directory's counts): the same EPSG code is the same grid; another
+    code, or other projection parameters (GeoDoubleParams), is another."""
+    tifffile = pytest.importorskip("tifffile")
+    from fhcnn.data.hyperspectral import pixel_grid
+
+    def geotiff(name, epsg, citation, doubles=None):
+        keys = [1, 1, 0, 2, 3072, 0, 1, epsg, 3073, 34737, len(citation) + 1, 0]
+        tags = [(33550, "d", 3, (30.0, 30.0, 0.0), True), (33922, "d", 6, (0, 0, 0, 203325.0, 3604935.0, 0), True),
+                (34737, "s", 0, citation + "|", True)]
+        if doubles is not None:
+            keys[3] += 1
+            keys += [3081, 34736, len(doubles), 0]  # a projection parameter
+            tags.append((34736, "d", len(doubles), doubles, True))
+        tags.append((34735, "H", len(keys), tuple(keys), True))
+        tifffile.imwrite(tmp_path / name, np.zeros((4, 5), np.float32), extratags=tags)
+        return pixel_grid(tmp_path / name)
+
+    one = geotiff("a.tif", 32651, "WGS 84 / UTM zone 51N")
+    assert one is not None and one[1:] == (203325.0, 3604935.0, 30.0, 30.0)
+    assert geotiff("b.tif", 32651, "UTM Zone 51, Northern Hemisphere") == one
+    assert geotiff("c.tif", 32650, "WGS 84 / UTM zone 51N") != one
+    assert geotiff("d.tif", 32651, "x", (120.0,)) != geotiff("e.tif", 32651, "x", (123.0,))

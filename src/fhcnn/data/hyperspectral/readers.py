@@ -194,16 +194,35 @@ def _envi_grid(path: Path) -> tuple[tuple[str, ...], float, float, float, float]
     return crs, e - (rx - 1) * dx, n + (ry - 1) * dy, dx, dy
 
 
+def _geokeys(directory: Any, doubles: Any) -> tuple[str, ...]:
+    """The coordinate system a GeoTIFF's GeoKey directory (tag 34735) states: each key with a
+    number (model and raster type, EPSG codes, units, held in the directory) or numbers (from
+    GeoDoubleParams, tag 34736), as ``"key=value"``, by key. Text keys (citations) are left out:
+    two writers name one coordinate system in other words."""
+    d = [int(v) for v in directory or ()]
+    dbl = [float(v) for v in doubles or ()]
+    out = []
+    for k in range(4, 4 + 4 * (d[3] if len(d) >= 4 else 0), 4):
+        if k + 3 >= len(d):
+            break
+        key, where, count, value = d[k:k + 4]
+        if where == 0:
+            out.append(f"{key}={value}")
+        elif where == 34736:
+            out.append(f"{key}=" + ",".join(f"{v:.12g}" for v in dbl[value:value + count]))
+    return tuple(sorted(out))
+
+
 def _tiff_grid(path: Path) -> tuple[tuple[str, ...], float, float, float, float] | None:
     """A GeoTIFF's pixel grid: the first tie point and the pixel scale (or the model
-    transformation), and its GeoKey directory as the coordinate system."""
+    transformation), and the coordinate system its GeoKeys state (:func:`_geokeys`)."""
     try:
         import tifffile
 
         with tifffile.TiffFile(str(path)) as tif:
             tags = tif.pages[0].tags
-            keys = tags.get(34735)
-            crs = tuple(str(v) for v in (keys.value if keys is not None else ()))
+            keys, doubles = tags.get(34735), tags.get(34736)
+            crs = _geokeys(keys.value if keys is not None else (), doubles.value if doubles is not None else ())
             scale, tie, matrix = tags.get(33550), tags.get(33922), tags.get(34264)
             if scale is not None and tie is not None and len(tie.value) >= 6:
                 sx, sy = float(scale.value[0]), float(scale.value[1])
