@@ -10,11 +10,14 @@ HELP = "segment a video from a few labelled frames with a fully reversible 3D ne
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._options import add_config_arguments
 
-    parser.add_argument("video", help="folder of frames (DAVIS JPEGImages/480p/<seq> or numbered "
-                                      "JPEG/PNG), .gif, .mp4/.avi, or .npy (T, H, W, 3)")
+    parser.add_argument("video", help="folder of numbered frames (DAVIS JPEGImages/480p/<seq>; "
+                                      "PNG, JPEG, BMP, TIFF, WebP), .gif, a video file "
+                                      "(.mp4, .m4v, .avi, .mov, .mkv, .webm), or .npy (T, H, W, 3) or (T, H, W)")
     parser.add_argument("--labels", required=True, metavar="MASKS",
-                        help="folder of PNG masks named like the frames (0 = background; other "
-                             "palette indices or 255 = objects), or .npy (T, H, W)")
+                        help="folder of masks (PNG, TIFF, BMP) named like the frames: label indices "
+                             "(0 = background, other palette or grey values = objects, 255 = void "
+                             "beside several objects) or RGB colours (one class each, black = "
+                             "background); or .npy (T, H, W) of whole numbers (255 or NaN = unlabelled)")
     parser.add_argument("--label-frames", default=None, metavar="I,J,K",
                         help="frames whose masks are used for training, 0-based; negative counts from "
                              "the end (-1 = the last frame). Default: first, middle, last; or the "
