@@ -109,12 +109,14 @@ def _trainable(module: nn.Module, computed: bool) -> Params:
 @dataclass(frozen=True)
 class Recorded:
     """What a step's module was in the forward pass besides its parameter tensors: the
-    training flags of it and its submodules (``modes``, by ``named_modules()`` name) and, for
-    a module recomputed through ``functional_call``, copies of its parametrizations' buffers
-    after the forward pass (``buffers``, e.g. spectral norm's vectors, by buffer name)."""
+    training flags of it and its submodules (``modes``, by ``named_modules()`` name), for a
+    module recomputed through ``functional_call``, copies of its parametrizations' buffers
+    after the forward pass (``buffers``, e.g. spectral norm's vectors, by buffer name), and
+    whether the forward pass evaluated it through its own functional form (``functional``)."""
 
     modes: Modes
     buffers: Params
+    functional: bool = True
 
 
 def _parametrization_prefixes(module: nn.Module) -> list[str]:
@@ -130,7 +132,7 @@ def _record(module: nn.Module, functional: bool) -> Recorded:
         prefixes = _parametrization_prefixes(module)
         if prefixes:
             buffers = {n: b.clone() for n, b in module.named_buffers() if n.startswith(tuple(prefixes))}
-    return Recorded(modes, buffers)
+    return Recorded(modes, buffers, functional)
 
 
 def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: Mapping[str, Tensor],
@@ -149,6 +151,13 @@ def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: M
     with frozen_norm_stats(module, modes):
         return torch.func.functional_call(target, {prefix + n: t for n, t in tensors.items()}, args,
                                           strict=False)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule has forward (pre-)hooks or module backward hooks
+    (``register_forward_hook`` and the like): calls that only a module call runs."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in module.modules())
 
 
 def _parametrized(module: nn.Module) -> bool:
@@ -244,14 +253,18 @@ class LeapfrogStep:
     name) and without updating running statistics, like
     :class:`fhcnn.layers.SymmetricLayer`) is evaluated through it: no negation is stored or
     differentiated, and backward never touches the module. Its parametrized tensors are
-    passed to ``neg_forward`` computed, by their parametrized names.
+    passed to ``neg_forward`` computed, by their parametrized names. A module with hooks (on
+    it or a submodule, e.g. ``register_forward_hook``) is called as a module instead, in the
+    forward pass and in the recomputation alike, so its hooks run (and may change outputs) as
+    with plain autograd.
     """
 
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
         self.f, self.h2, self.flip = f, h2, flip
 
     def _functional(self) -> bool:
-        return hasattr(self.f, "neg_forward")
+        # ``neg_forward`` with given tensors evaluates the norm functionally, past its hooks
+        return hasattr(self.f, "neg_forward") and not _hooked(self.f)
 
     def params(self) -> Params:
         return _trainable(self.f, self._functional())
@@ -270,7 +283,8 @@ class LeapfrogStep:
         """``(g, a, fresh)`` with ``h2 f(y) = a g``; ``fresh``: ``g`` is a new tensor that
         nothing else references. ``params`` given: a recomputation with those tensors and the
         forward pass's state ``rec`` (its modes), without updating running statistics."""
-        neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None)
+        functional = self._functional() if rec is None else rec.functional
+        neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None) if functional else None
         if neg is not None:
             g = neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)
             return g, -self.h2, True

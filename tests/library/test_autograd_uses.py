@@ -385,6 +385,29 @@ def test_running_statistics_updated_once_under_repeated_backward(mode, backwards
     assert out[mode][1]["layers.0.norm.num_batches_tracked"].item() == 1
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_forward_hooks_on_layers_run_and_count_in_the_gradient(mode, norm):
+    """Forward hooks on a layer and on its normalization run in every mode (a hook on
+    ``net.layers[i]`` used never to run) and one that changes the norm's output changes the
+    function the reversible backward differentiates too: gradients and running statistics
+    equal plain autograd's, and the inverse stays exact."""
+    out, seen = {}, {}
+    for m in (False, mode):
+        net = _net(m, norm=norm)
+        net.layers[1].norm.register_forward_hook(lambda mod, inp, o: 1.5 * o + 0.1)
+        calls = seen.setdefault(m, [])
+        net.layers[2].register_forward_hook(lambda mod, inp, o, calls=calls: calls.append(o.shape))
+        out[m] = _grads_and_stats(net, _x(), backwards=2)
+        with torch.no_grad():
+            net.eval()
+            x = _x()
+            assert rel_err(net.inverse(*net.forward_pair(x)), x) < 1e-12
+    for got, ref in zip(out[mode], out[False]):
+        _assert_same(got, ref)
+    assert seen[False] and seen[mode]
+
+
 class _TanhShift(torch.nn.Module):
     """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
     of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
