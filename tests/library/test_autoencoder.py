@@ -138,6 +138,24 @@ def test_pruned_state_dict_loads_into_a_fresh_model():
         assert torch.allclose(fresh.encode(x), ae.encode(x))
 
 
+def test_pruned_float64_state_dict_loads_in_the_models_dtype():
+    """A float64 model loading a pruned checkpoint (or one with a mean image) keeps float64:
+    ``P`` and ``mean`` were remade in the default dtype, rounding ``P`` to float32 and then
+    failing in ``encode`` with a dtype mismatch."""
+    ae = _ae(mean=torch.rand(1, 16, 16).tolist()).double()
+    with torch.no_grad():
+        ae.P[:, 10:] = 0
+    ae.prox_step(0.0)
+    ae.prune()
+    fresh = _ae().double()
+    fresh.load_state_dict(ae.state_dict())
+    assert fresh.P.dtype == fresh.mean.dtype == torch.float64
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(fresh.P, ae.P) and torch.equal(fresh.mean, ae.mean)
+        assert torch.equal(fresh.encode(x), ae.encode(x))
+
+
 # ------------------------------------------------------------------ energy distance
 def _energy_numpy(x: np.ndarray, y: np.ndarray) -> float:
     def d(a, b):

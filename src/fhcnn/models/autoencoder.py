@@ -310,7 +310,7 @@ class HyperbolicAutoencoder(nn.Module):
         # a mean image or per-channel mean: adopt the checkpoint's shape
         mkey = prefix + "mean"
         if mkey in state_dict and state_dict[mkey].shape != self.mean.shape:
-            self.mean = torch.empty_like(state_dict[mkey], device=self.mean.device)
+            self.mean = torch.empty_like(state_dict[mkey], dtype=self.mean.dtype, device=self.mean.device)
         # a pruned checkpoint has a rectangular P: adopt its shape before loading
         key = prefix + "P"
         if key in state_dict and state_dict[key].shape != self.P.shape:
@@ -319,7 +319,7 @@ class HyperbolicAutoencoder(nn.Module):
                 error_msgs.append(f"P has {state_dict[key].shape[0]} rows in the checkpoint, "
                                   f"the model expects {self.full_dim}")
             else:
-                self.P = nn.Parameter(torch.empty(self.full_dim, k, device=self.P.device))
+                self.P = nn.Parameter(torch.empty(self.full_dim, k, dtype=self.P.dtype, device=self.P.device))
                 self.alive = torch.ones(k, dtype=torch.bool, device=self.P.device)
                 self.column_ids = torch.zeros(k, dtype=torch.long, device=self.P.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
