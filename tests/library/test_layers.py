@@ -62,6 +62,14 @@ def test_bad_options():
         SymmetricLayer(3, kernel_size=2)
 
 
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), -1.0, "1", True])
+def test_bad_init_scale_is_refused(scale):
+    """``init_scale=inf`` gave infinite weights and a NaN network without an error; a negative
+    or NaN scale failed inside ``normal_`` ("normal expects std >= 0.0")."""
+    with pytest.raises(ValueError, match="init_scale must be a finite number >= 0"):
+        SymmetricLayer(3, init_scale=scale)
+
+
 # one 3D sample on the CPU: `conv` runs it as two halves (a batch of 2, PyTorch's oneDNN kernel)
 _ONE_SAMPLE_CASES = [((16, 64, 64), 6, 8, 1),     # the video net's full resolution
                      ((8, 32, 32), 48, 16, 1),
