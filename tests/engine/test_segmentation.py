@@ -19,6 +19,7 @@ from fhcnn.engine import (
     segmentation_metrics,
     train_segmentation,
 )
+from fhcnn.engine.models import parse_hidden
 from fhcnn.engine.sizes import reflect_indices
 from fhcnn.models import UNet3D
 
@@ -62,6 +63,18 @@ def test_parse_units():
     assert parse_units([[1, "down"], [2, None]]) == [(1, "down"), (2, None)]
     with pytest.raises(ValueError, match="bad unit"):
         parse_units("5sideways")
+    # a list is checked like the string: no layer count truncated (2.7 -> 2) or taken from a bool
+    assert parse_units([(np.int64(3), "up")]) == [(3, "up")]
+    for bad in ([[2.7, "up"]], [[True, None]], [[-1, None]]):
+        with pytest.raises(ValueError, match="layers of a unit must be an int >= 0"):
+            parse_units(bad)
+
+
+def test_parse_hidden_takes_counts_only():
+    assert parse_hidden(32) == 32 and parse_hidden(np.int64(8)) == 8 and parse_hidden([64, 16, 8]) == [64, 16, 8]
+    for bad in (True, 2.5, 0, [64, 2.5], [True, 8]):
+        with pytest.raises(ValueError, match="hidden must be an int >= 1"):
+            parse_hidden(bad)
 
 
 def test_shipped_configs_build():

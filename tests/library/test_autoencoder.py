@@ -250,3 +250,11 @@ def test_conv_vae_baseline_shapes_and_loss():
         vae.loss(torch.rand(5, 3, 16, 16))
     with pytest.raises(ValueError, match=r"latents must have shape \(N, 6\), got \(3, 4\)"):
         vae.decode(torch.randn(3, 4))
+
+
+def test_image_size_takes_whole_numbers_only():
+    from fhcnn.models import HyperbolicAutoencoder
+
+    for bad in ((16.7, 16), (16, True)):
+        with pytest.raises(ValueError, match="image_size must be an int >= 1"):
+            HyperbolicAutoencoder(1, bad, [(1, "down"), (1, None)])

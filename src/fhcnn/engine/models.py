@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..models import DenseHyperbolicModel, SpectralHead, UNet3D
 from ..network import Unit
 from ..options import MEMORY_MODES, MemoryMode
+from ..wavelets import check_count
 
 __all__ = ["parse_units", "parse_hidden", "VolumeSegmenter", "DepthMean", "build_model",
            "check_spectral_head", "size_multiple_of"]
@@ -37,17 +38,20 @@ def parse_units(spec: str | Sequence[Any]) -> list[Unit]:
                                  "(layers, then an optional 'up' or 'down' transition)")
             out.append((int(m.group(1)), m.group(2)))  # type: ignore[arg-type]
         return out
-    units = [(int(n), t) for n, t in spec]  # type: ignore[misc,str-unpack]
-    for _, t in units:
+    units: list[Unit] = []
+    for n, t in spec:  # type: ignore[str-unpack]
         if t not in ("up", "down", None):
             raise ValueError(f"bad transition {t!r} in units={spec!r}")
-    return units  # type: ignore[return-value]
+        units.append((check_count("layers of a unit", n, 0, f" in units={spec!r}"), t))  # type: ignore[arg-type]
+    return units
 
 
 def parse_hidden(spec: str | int | Sequence[int] | None) -> int | list[int] | None:
     """``""`` -> None (the state's width), ``"32"`` -> 32, ``"64,16,8"`` -> ``[64, 16, 8]``."""
-    if spec is None or isinstance(spec, int):
+    if spec is None:
         return spec
+    if not isinstance(spec, (str, Sequence)):
+        return check_count("hidden", spec)
     if isinstance(spec, str):
         text = spec.strip()
         if not text:
@@ -60,7 +64,7 @@ def parse_hidden(spec: str | int | Sequence[int] | None) -> int | list[int] | No
         if any(v < 1 for v in values):
             raise ValueError(f"hidden={spec!r}: widths must be >= 1")
         return values if "," in text else values[0]
-    return [int(v) for v in spec]
+    return [check_count("hidden", v) for v in spec]
 
 
 def size_multiple_of(cfg: Any) -> int:

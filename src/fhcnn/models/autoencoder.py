@@ -198,7 +198,7 @@ class HyperbolicAutoencoder(nn.Module):
             raise ValueError(f"p_init must be 'identity' or 'orthogonal', got {p_init!r}")
         if prune_threshold < 0:
             raise ValueError(f"prune_threshold must be >= 0, got {prune_threshold!r}")
-        h, w = (int(s) for s in image_size)
+        h, w = (check_count("image_size", s) for s in image_size)
         self.in_channels, self.image_size = in_channels, (h, w)
         self.pre_levels, self.sigma = pre_levels, float(sigma)
         self.prune_threshold = float(prune_threshold)
@@ -446,7 +446,7 @@ class ConvVAE(nn.Module):
         latent_dim = check_count("latent_dim", latent_dim)
         width = check_count("width", width)
         levels = check_count("levels", levels)
-        h, w = (int(s) for s in image_size)
+        h, w = (check_count("image_size", s) for s in image_size)
         check_divisible((h, w), levels, what=f"ConvVAE image_size {(h, w)}")
         self.in_channels, self.image_size, self.sigma = in_channels, (h, w), float(sigma)
         self._latent_dim = latent_dim
