@@ -149,3 +149,33 @@ def test_resume_skips_corrupt_latest_checkpoint(tmp_path: Path, bad: str, capsys
     assert err.count("warning:") == 1
     for (k, a), b in zip(ref.model.state_dict().items(), t.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_first_log_line_after_resume_averages_the_whole_window(tmp_path: Path) -> None:
+    """log_every not a multiple of checkpoint_every: the checkpoint falls inside a log window.
+    The resumed run's first metrics.jsonl line must average the same steps (those before the
+    checkpoint included) as the uninterrupted run's, not only the steps after it."""
+    import shutil
+
+    from tests._train_script import batch_fn, build, loss_fn
+
+    def run(out: Path, resume: bool = False) -> None:
+        seed_everything(5)
+        cfg = TrainConfig(steps=12, lr=1e-2, seed=5, device="cpu", checkpoint_every=4,
+                          log_every=3, keep_last=5)
+        Trainer(build(), cfg, out, batch_fn, loss_fn, quiet=True).fit(resume=resume)
+
+    run(tmp_path / "ref")
+    run(tmp_path / "run")
+    # as if killed after the checkpoint of step 4 (inside the window of steps 4-6)
+    for step in (8, 12):
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / f"step-{step:06d}")
+    run(tmp_path / "run", resume=True)
+
+    def lines(out: Path) -> list[dict]:
+        recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")} for r in recs]
+
+    ref, res = lines(tmp_path / "ref"), lines(tmp_path / "run")
+    assert [r["step"] for r in res] == [r["step"] for r in ref] == [3, 6, 9, 12]
+    assert res == ref

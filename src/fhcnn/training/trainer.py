@@ -183,6 +183,10 @@ class Trainer:
                                               log=self._warn)
                             if self.out_dir is not None else None)
         self._progress: Progress | None = None
+        # the steps since the last metrics.jsonl line (sums and counts of their metrics): kept in
+        # checkpoints, so that the first line after a resume averages the same steps as it would
+        # have in an uninterrupted run
+        self._window: dict[str, Any] = {"sums": {}, "counts": {}, "count": 0}
         self._threads: CpuThreads | None = None
 
     # --------------------------------------------------------------- properties
@@ -254,6 +258,8 @@ class Trainer:
             "world_size": self.world_size,
             # a loss with a state of its own (e.g. a mean teacher): ``loss_fn.state_dict()``
             "loss_fn": self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else {},
+            "log_window": {"sums": dict(self._window["sums"]), "counts": dict(self._window["counts"]),
+                           "count": int(self._window["count"])},
         }
 
     def _load_state(self, model_state: dict[str, Tensor], state: dict[str, Any]) -> None:
@@ -268,6 +274,10 @@ class Trainer:
         if state.get("loss_fn") and hasattr(self.loss_fn, "load_state_dict"):
             self.loss_fn.load_state_dict(state["loss_fn"])
         self.step = int(state["step"])
+        window = state.get("log_window") or {}  # absent in checkpoints of older versions
+        self._window = {"sums": {str(k): float(v) for k, v in dict(window.get("sums") or {}).items()},
+                        "counts": {str(k): int(v) for k, v in dict(window.get("counts") or {}).items()},
+                        "count": int(window.get("count") or 0)}
         self.best = state.get("best")
         hist = state.get("history") or {}
         self.history.update(step=self.step, train=dict(hist.get("train", {})),
@@ -457,9 +467,10 @@ class Trainer:
         model.train()
         start = self.step
         self._progress = Progress(cfg.steps, start, quiet=self.quiet or not self.is_main)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        count = 0
+        # a resumed run continues the window of steps its checkpoint had not logged yet
+        sums: dict[str, float] = dict(self._window["sums"])
+        counts: dict[str, int] = dict(self._window["counts"])
+        count = int(self._window["count"])
         t_last, step_last = time.perf_counter(), start
         val: dict[str, float] = dict(self.history.get("val") or {})
         train_avg: dict[str, float] = dict(self.history.get("train") or {})
@@ -530,6 +541,7 @@ class Trainer:
                     if (periodic or last) and cfg.best_metric in train_avg:
                         improved = self._update_best(train_avg) or improved
                 if periodic or last or improved:
+                    self._window = {"sums": dict(sums), "counts": dict(counts), "count": count}
                     self._save_checkpoint({"train": train_avg, "val": val}, best=improved)
         finally:
             self._progress.close()
