@@ -15,6 +15,7 @@ folder fhcnn did not create, never over a file that is not fhcnn's own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -637,6 +638,9 @@ def _role_record(value: Any) -> dict[str, Any]:
 _RECORDED_NOT_OPTIONS = {"arrays": "the arrays read inside the input stores (x.zarr:path, x.h5:path)"}
 
 
+CONFIG_DIFFERS = "the resolved config (--config/--set) differs"
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[str]) -> list[str]:
     diff = []
     old_in, new_in = old.get("inputs", {}) or {}, new.get("inputs", {}) or {}
@@ -656,13 +660,41 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[s
             what = _RECORDED_NOT_OPTIONS.get(k, f"--{k.replace('_', '-')}")
             diff.append(f"{what} {new_opt.get(k)} is not the recorded {old_opt.get(k)}")
     if old.get("config_sha256") != new.get("config_sha256") and old.get("config_sha256") not in accepted:
-        diff.append("the resolved config (--config/--set) differs")
+        diff.append(CONFIG_DIFFERS)
     return diff
+
+
+def _config_changes(run: "RunFolder", config: Any) -> list[str]:
+    """``key: recorded -> new`` for every config value that differs between the run's own
+    ``config.yaml`` (only if unchanged since the run wrote it) and ``config`` (a config
+    dataclass), the keys of :data:`LAYOUT_KEYS` left out; empty when it cannot tell."""
+    from .config import config_to_dict, load_config
+
+    if config is None or not dataclasses.is_dataclass(config) or not run.own("config.yaml"):
+        return []
+    try:
+        old = config_to_dict(load_config(type(config), run.root / "config.yaml"))
+    except Exception:  # a config this version no longer reads: the generic line
+        return []
+    new = json.loads(json.dumps(config_to_dict(config), default=str))
+    old = json.loads(json.dumps(old, default=str))
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif a != b and key not in LAYOUT_KEYS:
+            out.append(f"{key}: {json.dumps(a)} -> {json.dumps(b)}")
+
+    walk(old, new, "")
+    return out
 
 
 def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resume: bool,
           overwrite: bool, names: Sequence[str], config_file: str | os.PathLike[str] | None,
-          accepted: set[str], resumable: bool, collect: bool) -> tuple[RunFolder, list[str], list[str]]:
+          accepted: set[str], resumable: bool, collect: bool,
+          config: Any = None) -> tuple[RunFolder, list[str], list[str]]:
     """Every check of :func:`prepare_output_dir`, reading only: ``(the new run's record, files to
     remove, files kept that fhcnn listed but that changed since)``."""
     alias = Path(os.path.abspath(out_path))
@@ -688,6 +720,10 @@ def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resu
     old = RunFolder(out_abs, marker or {}, alias=alias)
     if resume and marker is not None:
         diff = _differences(marker, new, accepted)
+        changes = _config_changes(old, config) if CONFIG_DIFFERS in diff else []
+        if changes:  # name the keys
+            diff[diff.index(CONFIG_DIFFERS)] = (f"the resolved config (--config/--set) differs: "
+                                                f"{', '.join(changes)}")
         if diff:
             raise InputError(f"--resume: {out_path} was run with other inputs or config: "
                              f"{'; '.join(diff)}; resume with the same ones, or start a new run")
@@ -828,7 +864,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
            "config_sha256": digest,
            "options": json.loads(json.dumps(dict(extra or {}), default=str)), "files": []}
     how = dict(tool=tool, resume=resume, overwrite=overwrite, names=names, config_file=config_file,
-               accepted=accepted, resumable=resumable, collect=collect)
+               accepted=accepted, resumable=resumable, collect=collect, config=config)
     created = False
     if not out_abs.exists():
         _plan(out_path, out_abs, dict(new), **how)  # type: ignore[arg-type]

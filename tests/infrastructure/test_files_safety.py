@@ -285,8 +285,9 @@ def test_7_dangling_symlink_frame_is_refused(data, video, tmp_path):
 
 # ------------------------------------------------------ 8. resume of another run
 @pytest.mark.parametrize("change, message", [
-    ("video", "video"), ("labels", "labels"), ("config", "config"), ("model", "config"),
-    ("label_frames", "label-frames"),
+    ("video", "video"), ("labels", "labels"), ("label_frames", "label-frames"),
+    # a changed config names each changed key with the recorded and the new value
+    ("config", "config (--config/--set) differs: train.lr: "), ("model", "differs: model.width: "),
 ])
 def test_8_resume_with_other_inputs_or_config_is_refused(data, tmp_path, change, message):
     out = tmp_path / "run"
