@@ -96,6 +96,26 @@ def test_folder_same_size_and_resize(tmp_path):
     assert g.images.shape == (3, 1, 8, 8)
 
 
+@pytest.mark.parametrize("size", [None, 8])
+def test_folder_whose_first_image_is_grey_keeps_the_colour_of_the_others(tmp_path, size):
+    """color="auto" took the first file's mode for all: a grey first image made every colour
+    image of the folder grey, without a word. Now grey images are repeated to RGB instead."""
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+    colour = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(2)]
+    _save(tmp_path / "0.png", grey)
+    for i, c in enumerate(colour, 1):
+        _save(tmp_path / f"{i}.png", c)
+    s = load_image_folder(tmp_path, size=size)
+    assert s.channels == 3
+    if size is None:
+        assert torch.equal(s.images[0], torch.from_numpy(np.repeat(grey[None], 3, 0)))
+        assert torch.equal(s.images[1], torch.from_numpy(colour[0]).permute(2, 0, 1))
+    else:
+        assert not torch.equal(s.images[1, 0], s.images[1, 1])  # still in colour
+    assert load_image_folder(tmp_path, size=size, color="gray").channels == 1
+
+
 def test_folder_center_crop_is_centered(tmp_path):
     a = np.zeros((10, 30), np.uint8)
     a[:, 10:20] = 255  # the centre square is white, the sides black

@@ -347,7 +347,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
             an int: each image is centre-cropped to a square and resized to ``size x size``
             (CelebA-style; e.g. ``crop=140, size=64`` for the aligned 178x218 CelebA faces).
         crop: side of the centred square cut before resizing (default: the largest).
-        color: ``"rgb"``, ``"gray"``, or ``"auto"`` (RGB if the first image is in colour).
+        color: ``"rgb"``, ``"gray"``, or ``"auto"`` (RGB if any image is in colour: grey
+            images are then repeated to three channels; never a colour image made grey).
         limit: keep only the first ``limit`` files.
 
     Raises:
@@ -376,9 +377,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
     if size is not None:  # before any image is read: a size that cannot fit is refused now
         _check_size(len(files) * size * size, f"{len(files)} image(s) resized to {size}x{size} "
                     f"at one byte per pixel")
+    # "auto": each image as it is, then grey ones repeated to RGB if any image is in colour
     mode: Literal["L", "RGB"] | None = {"rgb": "RGB", "gray": "L"}.get(color)  # type: ignore[assignment]
-    if mode is None:
-        mode = "L" if read_image(files[0]).ndim == 2 else "RGB"
     out: list[np.ndarray] = []
     first_shape: tuple[int, int] | None = None
     for f in files:
@@ -396,6 +396,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
                 raise InputError(f"--crop {crop} is larger than the image {f} ({a.shape[1]}x{a.shape[0]})")
             a = resize_square(_center_square(a, crop), size)
         out.append(a if a.ndim == 3 else a[:, :, None])
+    if any(a.shape[2] == 3 for a in out):
+        out = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in out]
     if any(a.dtype != np.uint8 for a in out):  # 16-bit images: keep their depth as float
         out = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in out]
     x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
