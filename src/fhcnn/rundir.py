@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .training.config import TrainConfig
 
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS",
-           "fingerprint", "config_digest", "copy_input"]
+           "fingerprint", "config_digest", "copy_input", "check_own_checkpoint"]
 
 #: The record of a run folder.
 RUN_FILE = "run.json"
@@ -932,6 +932,25 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
     if pa.exists() and not overwrite:
         raise InputError(f"{what} {p} exists; choose a new file name or pass --overwrite")
     return p
+
+
+def check_own_checkpoint(step_folder: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a checkpoint (``checkpoints/step-N``) that lies in a run folder but
+    that the folder's record does not list as its own (copied in from another run, or changed
+    since it was written): weights loaded "from a run" must be that run's. A checkpoint outside
+    any run folder is not checked."""
+    from .training.checkpoint import MANIFEST_FILE
+
+    folder = Path(os.path.abspath(step_folder))
+    for root in folder.parents:
+        if (root / RUN_FILE).is_file():
+            run = RunFolder.open(root)
+            rel = (folder / MANIFEST_FILE).relative_to(root).as_posix()
+            if run is not None and not run.own(rel):
+                raise InputError(f"{step_folder} is not a checkpoint of the run in {root} (its {RUN_FILE} does "
+                                 f"not list it as written there, or it changed since); give the checkpoint "
+                                 f"folder itself to load it anyway, or remove it")
+            return
 
 
 def _reusable_copy(final: Path, array: Any) -> bool:

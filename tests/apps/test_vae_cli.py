@@ -193,3 +193,24 @@ def test_two_processes_train_as_one(tmp_path):
     a, b = weights(tmp_path / "one"), weights(two)
     assert max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a if a[k].dtype.kind == "f") < 1e-4
     assert len(energies(two)) >= 10 and energies(two) == pytest.approx(energies(tmp_path / "one"), rel=1e-3)
+
+
+def test_a_run_folder_never_lends_the_weights_of_another_run(run_dir, tmp_path, capsys):
+    """A checkpoint copied into a run folder from elsewhere (or changed since) is not that run's:
+    loading the run refuses it in one line instead of sampling another run's model; the copied
+    folder given itself still loads."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    foreign = latest.parent / "step-999999"
+    shutil.copytree(latest, foreign)  # not in run.json: another run's, as far as the folder knows
+    capsys.readouterr()
+    out = tmp_path / "s.png"
+    for cmd in (["sample", "--n", "4", "--out", str(out)], ["normality", "--out", str(tmp_path / "n"), "--n", "8"]):
+        assert main(["vae", cmd[0], "--checkpoint", str(run), *cmd[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not a checkpoint of the run" in err[0], err
+    assert not out.exists()
+    assert main(["vae", "sample", "--checkpoint", str(foreign), "--n", "4", "--out", str(out)]) == 0

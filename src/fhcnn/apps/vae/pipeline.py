@@ -34,7 +34,9 @@ from ...config import load_config, save_config
 from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
+from ...rundir import check_own_checkpoint
 from ...training import Trainer, load_weights, unwrap_model
+from ...training.checkpoint import MANIFEST_FILE, find_checkpoint
 from ...training.distributed import gather_batch
 from ...training.seeding import step_seed
 from .config import BaselineConfig, VAEConfig, VAELossConfig, VAEModelConfig
@@ -324,6 +326,9 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[VAEConfig, Hyperbol
     cfg_path = _find_config(p)
     cfg = load_config(VAEConfig, cfg_path)
     model = build_model(cfg)
+    if p.is_dir() and not (p / MANIFEST_FILE).exists():  # fhcnn picks the run's latest checkpoint
+        p = find_checkpoint(p, "latest")
+        check_own_checkpoint(p)
     load_weights(model, p, which="latest")
     model.prune()
     model.to(device).eval()
