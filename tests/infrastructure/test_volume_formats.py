@@ -402,6 +402,49 @@ def test_segy_cube_crossline_sorted(tmp_path):
         cube[5, 0, 0]
 
 
+class _CountedTraces:
+    """A segyio file whose ``trace.raw`` records how many traces each read asks for."""
+
+    def __init__(self, f):
+        self.f, self.reads = f, []
+        self.trace = self
+
+    @property
+    def raw(self):
+        return self
+
+    def __getitem__(self, key):
+        self.reads.append(len(range(*key.indices(self.f.tracecount))) if isinstance(key, slice) else 1)
+        return self.f.trace.raw[key]
+
+
+@pytest.mark.parametrize("sorting", ["inline", "crossline"])
+def test_segy_box_of_few_samples_reads_traces_in_batches(tmp_path, monkeypatch, sorting):
+    # segyio reads whole traces: a time slice through a cube (the figure's centre slice, a slab of
+    # samples) read every trace of the box at once, the whole cube for a slice through every trace
+    # (4 bytes a voxel). Now at most READ_BYTES of whole traces are held at a time.
+    from fhcnn.data.volumes import segy
+
+    a = truth((6, 7, 30), np.float32)
+    path = tmp_path / "c.sgy"
+    if sorting == "inline":
+        segyio.tools.from_array3D(str(path), a, dt=2000)
+        a = segyio.tools.cube(str(path))  # IBM floats: segyio's own read is the truth
+    else:
+        _segy_crossline_sorted(path, a)
+    cube = open_volume(str(path)).channels[0]
+    monkeypatch.setattr(segy, "READ_BYTES", 3 * 30 * 4, raising=False)  # three traces
+    raw = cube.array  # the SegyCube inside its Decoded
+    assert isinstance(raw, segy.SegyCube)
+    counted = _CountedTraces(raw._file())
+    raw._f = counted
+    for key in [(slice(None), slice(None), 15), (slice(None), slice(None), slice(3, 5)),
+                (slice(1, 5), slice(2, 7), slice(0, 30)), (2, slice(None), slice(None)), (slice(None), 3, 7)]:
+        np.testing.assert_array_equal(cube[key], a[key])
+    assert counted.reads and max(counted.reads) <= 3
+    assert sum(counted.reads) >= 6 * 7  # the whole slice was read, three traces at a time
+
+
 # ---------------------------------------------------------------------------------------- npy
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64, bool])

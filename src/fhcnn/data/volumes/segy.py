@@ -2,7 +2,8 @@
 
 The geometry comes from the inline and crossline numbers in the trace headers (bytes 189
 and 193, segyio's defaults); a file whose traces do not form one regular grid is refused.
-A window reads only the traces it covers (contiguous runs along the file's sorting).
+A window reads only the traces it covers (contiguous runs along the file's sorting), at most
+:data:`READ_BYTES` of whole traces at a time, keeping only the samples it asks for.
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ..lazy import SLAB_BYTES
 from ._common import RawVolume, require, window_bounds
 
-__all__ = ["open_segy", "SegyCube"]
+__all__ = ["open_segy", "SegyCube", "READ_BYTES"]
+
+#: Bytes of whole traces one read from the file holds: segyio reads every sample of a trace, so a
+#: box of a few samples (a time slice through the cube) is read in batches of traces, each cut
+#: to its samples before the next (never every trace of the box at once).
+READ_BYTES = SLAB_BYTES
 
 
 class SegyCube:
@@ -60,17 +67,22 @@ class SegyCube:
             nil, nxl = self.shape[0], self.shape[1]
             if self.inline_sorted:
                 if j0 == 0 and j1 == nxl:  # whole inlines: one contiguous run
-                    whole = np.asarray(raw[i0 * nxl:i1 * nxl]).reshape(i1 - i0, nxl, -1)
-                    out[:] = whole[:, :, k0:k1]
+                    self._read(raw, i0 * nxl, out.reshape((i1 - i0) * nxl, k1 - k0), k0, k1)
                 else:
                     for i in range(i0, i1):
-                        t = np.asarray(raw[i * nxl + j0:i * nxl + j1]).reshape(j1 - j0, -1)
-                        out[i - i0] = t[:, k0:k1]
+                        self._read(raw, i * nxl + j0, out[i - i0], k0, k1)
             else:
                 for j in range(j0, j1):
-                    t = np.asarray(raw[j * nil + i0:j * nil + i1]).reshape(i1 - i0, -1)
-                    out[:, j - j0] = t[:, k0:k1]
+                    self._read(raw, j * nil + i0, out[:, j - j0], k0, k1)
         return out.squeeze(drop) if drop else out
+
+    def _read(self, raw: Any, first: int, dest: np.ndarray, k0: int, k1: int) -> None:
+        """Samples ``k0:k1`` of the ``len(dest)`` traces from trace ``first`` into ``dest``, read
+        :data:`READ_BYTES` of whole traces at a time."""
+        per = max(1, READ_BYTES // max(1, self.shape[2] * self.dtype.itemsize))
+        for a in range(0, len(dest), per):
+            b = min(len(dest), a + per)
+            dest[a:b] = np.asarray(raw[first + a:first + b]).reshape(b - a, -1)[:, k0:k1]
 
 
 def _line_numbers(name: str, numbers: np.ndarray) -> dict[str, Any]:
