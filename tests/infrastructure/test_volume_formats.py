@@ -445,6 +445,57 @@ def test_segy_box_of_few_samples_reads_traces_in_batches(tmp_path, monkeypatch, 
     assert sum(counted.reads) >= 6 * 7  # the whole slice was read, three traces at a time
 
 
+class _CountedHeaders:
+    """A segyio file whose ``attributes(field)`` records how many trace headers each read asks for."""
+
+    def __init__(self, f, reads):
+        self.f, self.reads = f, reads
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def attributes(self, field):
+        attrs, reads, n = self.f.attributes(field), self.reads, self.f.tracecount
+
+        class _Read:
+            def __getitem__(self, key):
+                reads.append(len(range(*key.indices(n))) if isinstance(key, slice) else 1)
+                return attrs[key]
+        return _Read()
+
+
+def test_segy_trace_order_check_reads_headers_in_blocks(tmp_path, monkeypatch):
+    # the check of every trace's inline/crossline read all the headers at once (about 20 bytes a
+    # trace held, growing with the cube's traces); now HEADER_BLOCK traces at a time, and a trace
+    # out of order is still found, the first one named, all of them counted
+    from fhcnn.data.volumes import segy
+
+    shape = (6, 7, 10)
+    a = truth(shape, np.float32)
+    spec = segyio.spec()
+    spec.format, spec.samples, spec.sorting = 5, list(range(shape[2])), segyio.TraceSortingFormat.INLINE_SORTING
+    spec.ilines, spec.xlines = list(range(shape[0])), list(range(shape[1]))
+    for name, bad in (("ok.sgy", None), ("bad.sgy", 3)):
+        with segyio.create(str(tmp_path / name), spec) as f:
+            t = 0
+            for i in range(shape[0]):
+                for j in (reversed(range(shape[1])) if i == bad else range(shape[1])):
+                    f.header[t] = {segyio.su.iline: i, segyio.su.xline: j}
+                    f.trace[t] = a[i, j]
+                    t += 1
+    reads = []
+    real_open = segyio.open
+    monkeypatch.setattr(segyio, "open", lambda *args, **kw: _CountedHeaders(real_open(*args, **kw), reads))
+    monkeypatch.setattr(segy, "HEADER_BLOCK", 5, raising=False)
+    v = open_volume(str(tmp_path / "ok.sgy"))
+    np.testing.assert_array_equal(v.channels[0][...], a)
+    assert reads and max(reads) <= 5 and sum(reads) == 2 * 42
+    reads.clear()
+    msg = refusal(open_volume, str(tmp_path / "bad.sgy"))
+    assert "trace 21 is inline 3, crossline 6" in msg and "inline 3, crossline 0 there (6 traces out of order)" in msg
+    assert max(reads) <= 5
+
+
 # ---------------------------------------------------------------------------------------- npy
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64, bool])

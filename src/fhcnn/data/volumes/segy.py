@@ -17,7 +17,7 @@ from ...errors import InputError
 from ..lazy import SLAB_BYTES
 from ._common import RawVolume, require, window_bounds
 
-__all__ = ["open_segy", "SegyCube", "READ_BYTES"]
+__all__ = ["open_segy", "SegyCube", "READ_BYTES", "HEADER_BLOCK"]
 
 #: Bytes of whole traces one read from the file holds: segyio reads every sample of a trace, so a
 #: box of a few samples (a time slice through the cube) is read in batches of traces, each cut
@@ -96,29 +96,41 @@ def _line_numbers(name: str, numbers: np.ndarray) -> dict[str, Any]:
     return {f"{name}s": [v[0], v[-1], step], **({f"{name}_numbers": v} if step is None else {})}
 
 
+#: Trace headers :func:`_check_trace_order` reads at a time (a few bytes each held).
+HEADER_BLOCK = 1 << 18
+
+
 def _check_trace_order(f: Any, segyio: Any, ilines: np.ndarray, xlines: np.ndarray, inline_sorted: bool,
                        label: str) -> None:
     """Every trace header names the inline and crossline the grid's order puts there. segyio
     infers the grid from a few traces; :class:`SegyCube` reads traces by position, so a trace
     out of that order (an inline written with its crosslines reversed) was read at the wrong
-    place without a word.
+    place without a word. The headers are read :data:`HEADER_BLOCK` traces at a time.
 
     Raises:
         InputError: the first trace out of place, with what its header says and where it lies.
     """
-    il = np.asarray(f.attributes(segyio.TraceField.INLINE_3D)[:]).ravel()
-    xl = np.asarray(f.attributes(segyio.TraceField.CROSSLINE_3D)[:]).ravel()
-    if inline_sorted:
-        want_il, want_xl = np.repeat(ilines, len(xlines)), np.tile(xlines, len(ilines))
-    else:
-        want_il, want_xl = np.tile(ilines, len(xlines)), np.repeat(xlines, len(ilines))
-    off = np.flatnonzero((il != want_il) | (xl != want_xl))
-    if off.size:
-        t = int(off[0])
-        raise InputError(f"{label} is not a regular 3D cube: trace {t} is inline {il[t]}, crossline {xl[t]} in "
+    slow, fast = (ilines, xlines) if inline_sorted else (xlines, ilines)
+    n = len(slow) * len(fast)
+    bad, first = 0, None
+    for t0 in range(0, n, HEADER_BLOCK):
+        t1 = min(n, t0 + HEADER_BLOCK)
+        il = np.asarray(f.attributes(segyio.TraceField.INLINE_3D)[t0:t1]).ravel()
+        xl = np.asarray(f.attributes(segyio.TraceField.CROSSLINE_3D)[t0:t1]).ravel()
+        t = np.arange(t0, t1)
+        want_slow, want_fast = slow[t // len(fast)], fast[t % len(fast)]
+        want_il, want_xl = (want_slow, want_fast) if inline_sorted else (want_fast, want_slow)
+        off = np.flatnonzero((il != want_il) | (xl != want_xl))
+        if off.size and first is None:
+            o = int(off[0])
+            first = (t0 + o, il[o], xl[o], want_il[o], want_xl[o])
+        bad += int(off.size)
+    if first is not None:
+        at, got_il, got_xl, w_il, w_xl = first
+        raise InputError(f"{label} is not a regular 3D cube: trace {at} is inline {got_il}, crossline {got_xl} in "
                          f"its header (bytes 189/193), but the {'inline' if inline_sorted else 'crossline'}-"
-                         f"sorted grid of the file puts inline {want_il[t]}, crossline {want_xl[t]} there "
-                         f"({off.size:,} traces out of order)")
+                         f"sorted grid of the file puts inline {w_il}, crossline {w_xl} there "
+                         f"({bad:,} traces out of order)")
 
 
 def open_segy(path: Path, label: str) -> RawVolume:
