@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ..units import LENGTH_UNITS
 
 __all__ = ["CUBE_SUFFIXES", "read_cube", "read_pair", "open_cube", "open_pair", "read_envi", "read_envi_header",
            "write_envi", "input_files", "band_wavelengths", "check_same_bands", "pixel_grid",
@@ -138,11 +139,6 @@ def input_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-#: ENVI ``wavelength units`` -> nanometres per unit (other or no units: the numbers as they stand)
-_WAVELENGTH_UNITS = {"nanometers": 1.0, "nanometres": 1.0, "nm": 1.0, "micrometers": 1e3, "micrometres": 1e3,
-                     "microns": 1e3, "um": 1e3, "millimeters": 1e6, "millimetres": 1e6, "mm": 1e6}
-
-
 def band_wavelengths(path: str | os.PathLike[str]) -> np.ndarray | None:
     """The band centres of an ENVI image (its header's ``wavelength``, in nanometres when
     ``wavelength units`` names a length), or ``None``: not ENVI, or no usable list (missing, not
@@ -158,7 +154,8 @@ def band_wavelengths(path: str | os.PathLike[str]) -> np.ndarray | None:
         return None
     if values.size == 0 or values.size != bands or not np.isfinite(values).all():
         return None
-    return values * _WAVELENGTH_UNITS.get(str(h.get("wavelength units", "")).strip().lower(), 1.0)
+    unit = LENGTH_UNITS.get(str(h.get("wavelength units", "")).strip().lower())
+    return values * (unit / LENGTH_UNITS["nm"] if unit is not None else 1.0)  # other units: as they stand
 
 
 def check_same_bands(before: str | os.PathLike[str], after: str | os.PathLike[str]) -> None:

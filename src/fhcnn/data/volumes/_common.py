@@ -17,6 +17,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import ArrayLike, AxisPick, expand_key, iter_slabs
+from ..units import LENGTH_UNITS
 
 __all__ = ["VolumeFormat", "VolumeGeometry", "OpenedVolume", "ArrayLike", "AxisPick", "RawVolume",
            "require", "resolve_axes", "iter_slabs", "jsonable", "quiet_logger", "Decoded", "MAX_CHANNELS_BY_SHAPE",
@@ -301,15 +302,6 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v, depth + 1) for v in value]
     return None
-
-
-#: Metres per length unit, by the names OME-TIFF (symbols) and OME-Zarr (UDUNITS names) use.
-LENGTH_UNITS = {
-    "km": 1e3, "kilometer": 1e3, "m": 1.0, "meter": 1.0, "cm": 1e-2, "centimeter": 1e-2,
-    "mm": 1e-3, "millimeter": 1e-3, "\u00b5m": 1e-6, "\u03bcm": 1e-6, "um": 1e-6, "micrometer": 1e-6,
-    "micron": 1e-6, "nm": 1e-9, "nanometer": 1e-9, "\u00c5": 1e-10, "angstrom": 1e-10, "pm": 1e-12,
-    "picometer": 1e-12, "in": 0.0254, "inch": 0.0254, "ft": 0.3048, "foot": 0.3048,
-}
 
 
 def one_length_unit(values: Sequence[float], units: Sequence[str]) -> tuple[list[float], str] | None:
