@@ -214,3 +214,13 @@ def test_a_run_folder_never_lends_the_weights_of_another_run(run_dir, tmp_path, 
         assert len(err) == 1 and "is not a checkpoint of the run" in err[0], err
     assert not out.exists()
     assert main(["vae", "sample", "--checkpoint", str(foreign), "--n", "4", "--out", str(out)]) == 0
+
+
+def test_images_are_png_and_say_so(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    for cmd in (["sample", "--n", "4"], ["interpolate", "--a", "0", "--b", "1", "--steps", "2"]):
+        out = tmp_path / "grid.jpg"
+        assert main(["vae", cmd[0], "--checkpoint", str(run_dir), *cmd[1:], "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "ending in .png" in err[0], err
+        assert not out.exists()

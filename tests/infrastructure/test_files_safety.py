@@ -141,12 +141,12 @@ def vae_run(tmp_path_factory) -> Path:
 
 def test_2_vae_outputs_never_replace_existing_files(vae_run, tmp_path):
     before = tree_hash(vae_run)
-    text = tmp_path / "notes.txt"
+    text = tmp_path / "notes.png"  # a file of the user's, under a name the images could take
     text.write_text("mine")
     ck = ["--checkpoint", vae_run]
     refused(["vae", "sample", *ck, "--n", "4", "--out", text], "exists")
     refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", text], "exists")
-    refused(["vae", "sample", *ck, "--n", "4", "--out", vae_run / "config.yaml", "--overwrite"],
+    refused(["vae", "sample", *ck, "--n", "4", "--out", vae_run / "figure.png", "--overwrite"],
             "inside the")
     refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", vae_run / "metrics.json"],
             "inside the")

@@ -83,6 +83,12 @@ def _check_images(n: int, model: Any, what: str) -> None:
                  "latents, decodings and the PNG grid")
 
 
+def _check_png(out: str | Path) -> None:
+    """The grid is written as PNG: ``--out`` must say so (``x.jpg`` would hold PNG data)."""
+    if Path(out).suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the image is written as PNG; give a file name ending in .png")
+
+
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
            npy: str | Path | None = None, overwrite: bool = False) -> str:
     """Decode ``n`` samples of the prior into a PNG grid at ``out`` (and a ``(N, C, H, W)``
@@ -92,6 +98,7 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
         raise InputError(f"--n must be >= 1, got {n}")
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
         raise InputError(f"--sigma must be a positive number, got {sigma}")
+    _check_png(out)
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out, "--npy": npy}, overwrite, cfg, run_dir)
     _check_images(n, model, "--n")
@@ -114,6 +121,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
     result line."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
+    _check_png(out)
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     _check_images(steps + 2, model, "--steps")
