@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import SLAB_BYTES, Unmapped
-from ._common import LENGTH_UNITS, RawVolume, jsonable, length_unit, one_length_unit, require
+from ._common import RawVolume, jsonable, length_unit, one_length_unit, require
 
 __all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
 
@@ -185,11 +185,12 @@ def open_zarr(path: Path, inner: str | None, label: str) -> RawVolume:
         if spacing is not None and len(spacing) == nd and units:  # spatial axes in nm and micrometer: in one
             same = one_length_unit([spacing[a] for a in units], list(units.values()))
             if same is not None:
-                for a in units:  # the translation is in each axis's unit too
-                    factor = LENGTH_UNITS[units[a]] / LENGTH_UNITS[same[1]]
-                    spacing[a] = float(f"{spacing[a] * factor:.12g}")
-                    if origin is not None:
-                        origin[a] = float(f"{origin[a] * factor:.12g}")
+                for a, v in zip(units, same[0]):
+                    spacing[a] = v
+                moved = None if origin is None else one_length_unit([origin[a] for a in units], list(units.values()))
+                if origin is not None and moved is not None:  # the translation is in each axis's unit too
+                    for a, v in zip(units, moved[0]):
+                        origin[a] = v
                 attrs["spacing_unit"] = unit = same[1]
     if attrs.get("_ARRAY_DIMENSIONS") is not None:
         attrs.pop("_ARRAY_DIMENSIONS")
