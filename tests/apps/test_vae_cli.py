@@ -224,3 +224,22 @@ def test_images_are_png_and_say_so(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "ending in .png" in err[0], err
         assert not out.exists()
+
+
+def test_a_resumed_run_reports_the_training_time_of_the_whole_run(tmp_path):
+    """metrics.json's train_time_s of a resumed run counts the steps before the stop too (the
+    time its checkpoint counted): it was the resumed part alone, here 1 step of 6."""
+    import shutil
+
+    import torch
+
+    out = tmp_path / "run"
+    args = ["vae", "train", "--config", "vae-tiny", "--out", str(out), "--quiet", "--set", "train.steps=6",
+            "--set", "train.checkpoint_every=5", "--set", "train.keep_last=5"]
+    assert main(args) == 0
+    shutil.rmtree(out / "checkpoints" / "step-000006")  # as if killed after the checkpoint of step 5
+    before = torch.load(out / "checkpoints" / "step-000005" / "state.pt", weights_only=True)["train_time_s"]
+    assert main(args + ["--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())["train_time_s"]
+    after = torch.load(out / "checkpoints" / "step-000006" / "state.pt", weights_only=True)["train_time_s"]
+    assert 0 < before < after <= resumed

@@ -179,3 +179,40 @@ def test_first_log_line_after_resume_averages_the_whole_window(tmp_path: Path) -
     ref, res = lines(tmp_path / "ref"), lines(tmp_path / "run")
     assert [r["step"] for r in res] == [r["step"] for r in ref] == [3, 6, 9, 12]
     assert res == ref
+
+
+def test_a_resumed_run_reports_the_training_time_of_the_whole_run(tmp_path: Path) -> None:
+    """train_time_s is the whole run's: a resumed run counts on from the time its checkpoint
+    had counted (it restarted at 0 and reported only the resumed part: the time of metrics.json
+    of every app after a --resume); validation time is not training time."""
+    import shutil
+
+    from tests._train_script import batch_fn, build, loss_fn
+
+    pause = 0.05
+
+    def slow_batch(step: int, gen: torch.Generator):
+        time.sleep(pause)  # every step takes at least this long
+        return batch_fn(step, gen)
+
+    def slow_val(model) -> dict:
+        time.sleep(1.0)
+        return {"v": 1.0}
+
+    def run(out: Path, resume: bool = False) -> Trainer:
+        cfg = TrainConfig(steps=8, lr=1e-2, seed=2, device="cpu", checkpoint_every=4, keep_last=5,
+                          val_every=4)
+        t = Trainer(build(), cfg, out, slow_batch, loss_fn, val_fn=slow_val, quiet=True)
+        t.fit(resume=resume)
+        return t
+
+    whole = run(tmp_path / "run")
+    assert 8 * pause <= whole.train_time_s < 8 * pause + 1.0  # the two validations' 2 s left out
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000008")  # as if killed after step 4
+    before = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000004").state["train_time_s"]
+    assert before >= 4 * pause
+    resumed = run(tmp_path / "run", resume=True)
+    assert resumed.train_time_s >= before + 4 * pause  # steps 1-4 counted, then steps 5-8
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000008").state["train_time_s"]
+    assert final == pytest.approx(resumed.train_time_s, abs=0.2)
+    assert run(tmp_path / "run", resume=True).train_time_s == pytest.approx(final, abs=0.05)  # finished

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -81,7 +80,8 @@ class SegmentationResult:
         num_classes: ``K``.
         history: per-step dicts ``{"step", "loss", "time_s"}`` (training time, evaluation
             excluded) and, at evaluations, ``"miou"`` etc.
-        train_time_s: wall time of training (evaluations excluded).
+        train_time_s: wall time of training of the whole run (evaluations excluded; a resumed
+            run's includes the time before it was stopped, as its checkpoint counted it).
         window: the training window ``(d, h, w)`` actually used.
         activation_bytes: bytes saved for backward by one training step (one window batch),
             counted during the first training step (no extra forward pass).
@@ -169,19 +169,24 @@ class SegmentationResult:
 
 class _StepLoss:
     """The trainer's ``loss_fn``: the loss of one batch, a history record per step, and the
-    activation memory counted during the first step (no extra forward pass)."""
+    activation memory counted during the first step (no extra forward pass).
 
-    def __init__(self, loss: SegmentationLoss, history: list[dict[str, Any]], clock: "_Clock",
+    ``clock()`` is the run's training time so far, each record's ``time_s``: the trainer's
+    :attr:`~fhcnn.training.Trainer.train_time_s` (set once the trainer is made; it keeps the time
+    in its checkpoints and leaves its validations, the evaluations, out)."""
+
+    def __init__(self, loss: SegmentationLoss, history: list[dict[str, Any]],
                  unlabelled: UnlabelledTerm | None = None) -> None:
-        self.loss, self.history, self.clock, self.unlabelled = loss, history, clock, unlabelled
+        self.loss, self.history, self.unlabelled = loss, history, unlabelled
+        self.clock: Callable[[], float] = lambda: 0.0
         self.step = 0
         self.activation_bytes: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """What the trainer's checkpoints keep of the loss: the history records and training
-        time so far (a resumed run reports every step, not only its own) and the unlabelled
-        term's state (the mean teacher)."""
-        state: dict[str, Any] = {"history": [dict(r) for r in self.history], "time_s": self.clock.now()}
+        """What the trainer's checkpoints keep of the loss: the history records so far (a resumed
+        run reports every step, not only its own) and the unlabelled term's state (the mean
+        teacher)."""
+        state: dict[str, Any] = {"history": [dict(r) for r in self.history]}
         if self.unlabelled is not None:
             state["unlabelled"] = self.unlabelled.state_dict()
         return state
@@ -191,7 +196,6 @@ class _StepLoss:
             self.unlabelled.load_state_dict(state["unlabelled"])
         if "history" in state:
             self.history[:] = [dict(r) for r in state["history"]]
-            self.clock.continue_from(float(state.get("time_s", 0.0)))
 
     def batches(self, sampler: Callable[[int, torch.Generator], Any]) -> Callable[[int, torch.Generator], Any]:
         """The trainer's ``batch_fn``: ``sampler``'s batch of each step, the step noted first, so
@@ -220,32 +224,18 @@ class _StepLoss:
             extra = self.unlabelled.last
         self.step += 1
         value = float(loss.detach())
-        self.history.append({"step": self.step, "loss": value, "time_s": round(self.clock.now(), 3), **extra})
+        self.history.append({"step": self.step, "loss": value, "time_s": round(self.clock(), 3), **extra})
         return loss, {"loss": value}
-
-
-class _Clock:
-    """Training wall time with evaluations excluded."""
-
-    def __init__(self) -> None:
-        self.start, self.excluded = time.perf_counter(), 0.0
-
-    def now(self) -> float:
-        return time.perf_counter() - self.start - self.excluded
-
-    def continue_from(self, seconds: float) -> None:
-        """Count on from ``seconds`` (the training time of a checkpoint being resumed)."""
-        self.start, self.excluded = time.perf_counter() - seconds, 0.0
 
 
 class _Evaluator:
     """Scores the plan's evaluation labels (and/or calls ``eval_fn``) on the current model into
-    the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`); its
-    time is excluded from the training clock."""
+    the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`); as the
+    trainer's validation its time is not training time."""
 
-    def __init__(self, result: SegmentationResult, eval_fn: Callable[[SegmentationResult], dict[str, float]] | None,
-                 clock: _Clock) -> None:
-        self.result, self.eval_fn, self.clock = result, eval_fn, clock
+    def __init__(self, result: SegmentationResult,
+                 eval_fn: Callable[[SegmentationResult], dict[str, float]] | None) -> None:
+        self.result, self.eval_fn = result, eval_fn
 
     @property
     def truth(self) -> Any:
@@ -256,7 +246,6 @@ class _Evaluator:
         return self.truth is not None or self.eval_fn is not None
 
     def __call__(self, model: nn.Module | None = None) -> dict[str, float]:
-        t0 = time.perf_counter()
         out: dict[str, float] = {}
         r = self.result
         if self.truth is not None:
@@ -269,7 +258,6 @@ class _Evaluator:
             out.update(self.eval_fn(r))
         if r.history:
             r.history[-1].update(out)
-        self.clock.excluded += time.perf_counter() - t0
         return out
 
 
@@ -319,7 +307,6 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
     space = SpaceRun.start(cfg, seg, vol.spatial, reduce)  # parallel.space > 1: split `seg` in place
     sampler = WindowSampler(vol, plan.labels, win, d, seg.std[:vol.data_channels], class_positions(plan))
     history: list[dict[str, Any]] = []
-    clock = _Clock()
     weight = weights_of_counts(torch.as_tensor(plan.class_counts), d.balance)
     unlabelled = None
     if d.unlabelled != "none" and d.unlabelled_weight > 0:  # refused with a split (check_space_split)
@@ -328,10 +315,10 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
                                     ema=d.teacher_ema, start=round(d.unlabelled_start * n),
                                     full=round(d.unlabelled_full * n), reduce_depth=reduce)
     seg_loss = SegmentationLoss(weight, d.dice, reduce)
-    step_loss = _StepLoss(space.loss(seg_loss) if space else data_parallel_loss(seg_loss), history, clock, unlabelled)
+    step_loss = _StepLoss(space.loss(seg_loss) if space else data_parallel_loss(seg_loss), history, unlabelled)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win,
                                 plan=plan, space=space)
-    evaluate = _Evaluator(result, eval_fn, clock)
+    evaluate = _Evaluator(result, eval_fn)
     if evaluate.active and d.eval_every > 0:
         cfg.train.val_every = d.eval_every
 
@@ -339,10 +326,10 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
                       batch_fn=step_loss.batches(sampler), loss_fn=step_loss,
                       val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
                       **(space.trainer_options() if space else {}))
-    clock.start = time.perf_counter()
+    step_loss.clock = lambda: trainer.train_time_s
     trainer.fit(resume=resume)
     result.device = trainer.device
-    result.train_time_s = clock.now()
+    result.train_time_s = trainer.train_time_s
     result.model = model.to(result.device)
     if step_loss.activation_bytes is None:  # nothing left to train (a finished run resumed)
         x0, y0 = sampler(0, torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -188,12 +188,26 @@ class Trainer:
         # have in an uninterrupted run
         self._window: dict[str, Any] = {"sums": {}, "counts": {}, "count": 0}
         self._threads: CpuThreads | None = None
+        # training time of the run: the seconds of the steps before this process (from the
+        # checkpoint resumed) plus those of this process's loop (validation excluded)
+        self._time_before = 0.0
+        self._time_start: float | None = None
 
     # --------------------------------------------------------------- properties
     @property
     def model(self) -> nn.Module:
         """The trained model (not wrapped by DDP)."""
         return self._model
+
+    @property
+    def train_time_s(self) -> float:
+        """Seconds of training of the whole run so far: the time its checkpoint had counted
+        when this process resumed it (so a killed and resumed run reports about what an
+        uninterrupted one does, not only its own part) plus this process's training loop,
+        validation excluded. Frozen when :meth:`fit` returns."""
+        if self._time_start is None:
+            return self._time_before
+        return self._time_before + time.perf_counter() - self._time_start
 
     @property
     def metrics_path(self) -> Path | None:
@@ -248,6 +262,7 @@ class Trainer:
         """Everything except the weights needed to continue exactly (see checkpoints)."""
         return {
             "step": self.step,
+            "train_time_s": self.train_time_s,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
             "scaler": self.scaler.state_dict(),
@@ -274,6 +289,7 @@ class Trainer:
         if state.get("loss_fn") and hasattr(self.loss_fn, "load_state_dict"):
             self.loss_fn.load_state_dict(state["loss_fn"])
         self.step = int(state["step"])
+        self._time_before = float(state.get("train_time_s") or 0.0)  # absent in older checkpoints
         window = state.get("log_window") or {}  # absent in checkpoints of older versions
         self._window = {"sums": {str(k): float(v) for k, v in dict(window.get("sums") or {}).items()},
                         "counts": {str(k): int(v) for k, v in dict(window.get("counts") or {}).items()},
@@ -352,6 +368,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, metrics, grad_norm
 
+    @contextlib.contextmanager
+    def _not_timed(self) -> Iterator[None]:
+        """Keep the time of the block (a validation) out of :attr:`train_time_s`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._time_start is not None:
+                self._time_start += time.perf_counter() - t0
+
     def _validate(self) -> dict[str, float]:
         if self.val_fn is None:
             return {}
@@ -390,8 +416,9 @@ class Trainer:
         Returns:
             ``{"step": int, "train": {"loss": ..., "lr": ..., <loss_fn metrics>},
             "val": {<val_fn metrics>}, "best": {"metric", "value", "mode", "step"} | None,
-            "checkpoint": str | None}``: the last logged training metrics (averaged over the
-            last ``log_every`` steps and all ranks) and the last validation.
+            "checkpoint": str | None, "train_time_s": float}``: the last logged training
+            metrics (averaged over the last ``log_every`` steps and all ranks), the last
+            validation, and :attr:`train_time_s` (the whole run's, a resumed one's included).
 
         Raises:
             NonFiniteLossError: the loss became NaN/Inf (the weights are not updated by that
@@ -472,6 +499,7 @@ class Trainer:
         counts: dict[str, int] = dict(self._window["counts"])
         count = int(self._window["count"])
         t_last, step_last = time.perf_counter(), start
+        self._time_start = t_last
         val: dict[str, float] = dict(self.history.get("val") or {})
         train_avg: dict[str, float] = dict(self.history.get("train") or {})
         try:
@@ -529,7 +557,8 @@ class Trainer:
                 self._progress.update(1)
                 improved = False
                 if self.val_fn is not None and ((cfg.val_every and step % cfg.val_every == 0) or last):
-                    val = self._validate()
+                    with self._not_timed():
+                        val = self._validate()
                     self._log_metrics({"step": step, "split": "val", **val, "time": time.time()})
                     self.history["val"] = dict(val)
                     improved = self._update_best(val)
@@ -546,9 +575,11 @@ class Trainer:
         finally:
             self._progress.close()
             self._progress = None
+            self._time_before, self._time_start = self.train_time_s, None
         barrier()
         self.history.update(step=self.step, train=dict(train_avg), val=dict(val), best=self.best,
-                            checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None)
+                            checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+                            train_time_s=self.train_time_s)
         if self.step == start and start > 0 and self.val_fn is not None and not val:
             self.history["val"] = self._validate()
         return dict(self.history)

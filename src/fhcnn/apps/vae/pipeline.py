@@ -240,10 +240,9 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
 
     trainer = Trainer(model, cfg.train, out, batch_fn=batch_fn, loss_fn=loss_fn, val_fn=val_fn,
                       quiet=quiet)
-    t_fit = time.perf_counter()
     with _ProxHook(trainer.model, lc.prox_weight):  # type: ignore[arg-type]
         history = trainer.fit(resume=resume)
-    fit_time = time.perf_counter() - t_fit
+    fit_time = trainer.train_time_s  # the whole run's, a resumed one's included
     if not trainer.is_main:  # under torchrun only rank 0 evaluates and writes outputs
         return {}
     model = trainer.model  # type: ignore[assignment]
@@ -390,9 +389,8 @@ def _train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
         return unwrap_model(m).loss(xb, base.kl_weight, base.noise_scale)  # type: ignore[operator]
 
     trainer = Trainer(vae, base.train, out_dir, batch_fn=batch_fn, loss_fn=loss_fn, quiet=quiet)
-    t0 = time.perf_counter()
     trainer.fit()
-    fit_time = time.perf_counter() - t0
+    fit_time = trainer.train_time_s
     vae = trainer.model.cpu().eval()  # type: ignore[assignment]
     ev = cfg.eval
     x_eval = held.batch(slice(0, ev.n_eval))
