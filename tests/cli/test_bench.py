@@ -267,3 +267,27 @@ def test_copy_memory_benchmark_copies_exactly_and_reports_the_staged_copy(tmp_pa
     want = np.asarray(open_volume(str(path)).channels[0][...])
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "copy.zarr"), mode="r")[...], want)
     assert want.shape == tuple(rec["shape"]) and nib.load(str(path)).shape == (70, 65, 9)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_quiet_bench_still_names_the_files_it_wrote(tmp_path, capsys, monkeypatch, quiet):
+    """--quiet hides the progress, not the results: it hid the "wrote PATH" lines too, so a
+    quiet run said nothing of what it wrote. (A benchmark of one tick in place of table1's
+    minute of work: what is checked is the command's reporting.)"""
+    import types
+
+    import fhcnn.bench
+
+    def run(out_dir, quick=False, device="cpu", tick=None):
+        for ext in (".json", ".png"):
+            (out_dir / f"table1{ext}").write_text("{}")
+        tick("done")
+        return {}
+
+    fake = types.SimpleNamespace(NAME="table1", work=lambda quick: 1, run=run)
+    monkeypatch.setattr(fhcnn.bench, "load", lambda name: fake)
+    out = tmp_path / "res"
+    assert main(["bench", "table1", "--quick", "--out", str(out)] + (["--quiet"] if quiet else [])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"table1: wrote {out / 'table1.json'} and {out / 'table1.png'}" in lines
+    assert any(line.startswith("done in") for line in lines) is not quiet

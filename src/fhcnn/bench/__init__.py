@@ -54,8 +54,9 @@ def run_benchmarks(names: list[str], out_dir: str | Path, quick: bool = False, d
 def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu", threads: int = 1,
                 quiet: bool = False, overwrite: bool = False) -> Path:
     """``fhcnn bench``: check the device and threads, make (or gather into) the results folder
-    ``out``, run ``which`` (a name, or ``all``: :data:`IN_ALL`) with a progress bar. Returns the
-    folder."""
+    ``out``, run ``which`` (a name, or ``all``: :data:`IN_ALL`) with a progress bar (none with
+    ``quiet``), and print a line naming the files of each benchmark (``quiet`` too). Returns
+    the folder."""
     import time
 
     import torch
@@ -91,8 +92,8 @@ def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu
         for name, mod in mods.items():
             bar.set_description(name)
             mod.run(folder, quick=quick, device=device if name != "drift" else "cpu", tick=tick)
-            if not quiet:
-                bar.write(f"{name}: wrote {folder / (mod.NAME + '.json')} and {folder / (mod.NAME + '.png')}")
+            # a result, shown with --quiet too (it hides the progress, not what was written)
+            bar.write(f"{name}: wrote {folder / (mod.NAME + '.json')} and {folder / (mod.NAME + '.png')}")
     if not quiet:
         print(f"done in {time.perf_counter() - t0:.0f} s")
     return folder

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: stable timings on a shared machine; "
                              "0 keeps torch's default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (the lines naming the files written stay)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace this benchmark's results of an earlier 'fhcnn bench' in "
                              "--out (the other benchmarks' results there stay)")
