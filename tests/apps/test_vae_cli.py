@@ -243,3 +243,19 @@ def test_a_resumed_run_reports_the_training_time_of_the_whole_run(tmp_path):
     resumed = json.loads((out / "metrics.json").read_text())["train_time_s"]
     after = torch.load(out / "checkpoints" / "step-000006" / "state.pt", weights_only=True)["train_time_s"]
     assert 0 < before < after <= resumed
+
+
+def test_quiet_train_prints_the_result_line_only(tmp_path, capsys):
+    """Log lines go to stderr and --quiet hides them: the "vae: NAME: N training / M held-out
+    images" line and the network's description were printed to stdout, with --quiet too (and by
+    every process under torchrun); stdout holds the result line only."""
+    args = ["vae", "train", "--config", "vae-tiny", "--set", "train.steps=2"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--quiet"]) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latent_dim ") and lines[0].endswith(f"wrote {tmp_path / 'a'}")
+    assert "held-out" not in cap.err
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.splitlines()) == 1 and "HyperbolicNetwork" not in cap.out
+    assert "digits: 100 training / 20 held-out images" in cap.err and "HyperbolicNetwork" in cap.err

@@ -204,5 +204,6 @@ def train_command(config: str | None, overrides: list[str], out: str, *, dataset
     folder = prepare_output_dir(out, resume, overwrite, tool="vae", config=cfg, config_file=config_file,
                                 roles={"data": cfg.data.path})
     log.setup(quiet)
-    m = train_vae(cfg, folder, resume=resume, quiet=quiet, data=data)
+    # its log lines as every command's: stderr, rank 0 only, none with --quiet
+    m = train_vae(cfg, folder, resume=resume, quiet=quiet, log=log.info, data=data)
     return train_summary(m, folder) if m else ""

@@ -175,7 +175,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | Path, resume: bool = False, quiet: 
 
     Writes ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/`` (Trainer),
     ``metrics.json``, ``figure.png``, ``samples.png``, ``reconstructions.png``,
-    ``interpolation.png``. Returns the metrics dict.
+    ``interpolation.png``. Returns the metrics dict. ``log`` takes the log lines (the data, and
+    the network unless ``quiet``; ``fhcnn vae train`` passes :func:`fhcnn.log.info`).
     """
     from ...training.device import CpuThreads
 
