@@ -1,7 +1,8 @@
 """One logging convention for every command: progress and log lines go to stderr (through
 the ``fhcnn`` logger), results go to stdout (:func:`result`), so ``fhcnn ... > result.txt``
 keeps only results. Under ``torchrun`` only rank 0 logs; the other ranks print only their
-warnings and errors (a line of their own), not the run's lines a second time.
+warnings and the errors of a failed run (a line of their own), not the run's lines a second
+time; a refusal (bad input, exit code 2, the same on every rank) is printed by rank 0 alone.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import logging
 import os
 import sys
 
-__all__ = ["logger", "setup", "info", "result", "silence_abandoned_work"]
+__all__ = ["logger", "rank", "setup", "info", "result", "silence_abandoned_work"]
 
 logger = logging.getLogger("fhcnn")
 
 
-def _rank() -> int:
+def rank() -> int:
     """This process's rank under ``torchrun`` (environment ``RANK``; 0 without it)."""
     try:
         return int(os.environ.get("RANK", "0"))
@@ -33,7 +34,7 @@ def setup(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._fhcnn = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet or _rank() != 0 else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet or rank() != 0 else logging.INFO)
     logger.propagate = False
 
 

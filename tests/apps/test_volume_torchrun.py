@@ -145,3 +145,23 @@ def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(vol, tm
     first = json.loads((out / "metrics.json").read_text())["activation_bytes"]
     torchrun(2, [*args, "--resume"], clean=lambda: None)
     assert json.loads((out / "metrics.json").read_text())["activation_bytes"] == first
+
+
+def test_a_refusal_under_torchrun_is_one_line_and_exit_code_2_on_every_rank(vol, tmp_path, monkeypatch,
+                                                                             capsys) -> None:
+    # every process refused the missing input with the same line: the user read it twice (once
+    # per process); rank 0 prints it, the others exit 2 without a word
+    out = tmp_path / "out"
+    args = _args(vol, out)
+    args[1] = str(vol / "missing.npy")
+    for rank, lines in (("1", 0), ("0", 1)):  # the launch's environment, in this process
+        monkeypatch.setenv("RANK", rank)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == lines and not out.exists()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "fhcnn", *args], env=launch_env(), capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert [line for line in text.splitlines() if line.startswith("error:")] == \
+        [f"error: image {vol / 'missing.npy'}: no such file or folder"]
+    assert text.count("exitcode  : 2") == 2 and not out.exists()  # torchrun's report of both ranks

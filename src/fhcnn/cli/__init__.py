@@ -7,7 +7,8 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def run(args) -> int                        # do the work, return the exit code
 
 Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and file errors
-raised by a command, are one line ``error: <message>``, exit 2; a ``TrainingError`` (a non-finite
+raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` every process
+exits 2 and rank 0 prints the line); a ``TrainingError`` (a non-finite
 loss, a lost process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
 """
 
@@ -94,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         # before the line: zarr's asyncio reads a refused read left behind are reported when collected
-        importlib.import_module("fhcnn.log").silence_abandoned_work()
-        _line(f"error: {e}")
+        log = importlib.import_module("fhcnn.log")
+        log.silence_abandoned_work()
+        if log.rank() == 0:  # under torchrun every process refuses the same input: one line
+            _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
