@@ -258,4 +258,33 @@ def test_quiet_train_prints_the_result_line_only(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     cap = capsys.readouterr()
     assert len(cap.out.splitlines()) == 1 and "HyperbolicNetwork" not in cap.out
-    assert "digits: 100 training / 20 held-out images" in cap.err and "HyperbolicNetwork" in cap.err
+    assert "digits: 102 training / 18 held-out images" in cap.err and "HyperbolicNetwork" in cap.err
+
+
+def test_held_out_images_leave_most_images_to_train_on(tmp_path, capsys):
+    """vae-tiny held out a fixed 20 images, capped at all but 2: on a folder of 10 it held out 8
+    and trained on 2, on one of 21 it held out 19. Now it holds out a fraction (0.15, at least 2),
+    and a count of more than half the images is refused in one line before --out exists."""
+    from fhcnn.apps.vae import VAEConfig, load_images
+    from fhcnn.apps.vae.actions import dataset_overrides
+    from fhcnn.config import load_config
+
+    for n, split in ((5, (3, 2)), (10, (8, 2)), (21, (18, 3))):
+        folder = tmp_path / f"f{n}"
+        folder.mkdir()
+        for i in range(n):
+            PIL.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(folder / f"{i}.png")
+        cfg = load_config(VAEConfig, "vae-tiny", dataset_overrides(["folder", str(folder)], "digits"))
+        train, held = load_images(cfg)
+        assert (len(train), len(held)) == split, n
+    out = tmp_path / "o"
+    for count, held_out in (("20", 20), ("11", 11)):
+        err = _error(["vae", "train", "--dataset", "folder", str(tmp_path / "f21"), "--config", "vae-tiny",
+                      "--set", f"data.n_eval={count}", "--out", str(out)], capsys)
+        assert f"holds out {held_out} of its 21 images" in err and "at most half (10)" in err
+        assert len(err.splitlines()) == 1 and not out.exists()
+    err = _error(["vae", "train", "--config", "vae-tiny", "--set", "data.n_eval=0.6", "--out", str(out)], capsys)
+    assert "(0, 0.5]" in err and not out.exists()
+    assert main(["vae", "train", "--dataset", "folder", str(tmp_path / "f21"), "--config", "vae-tiny",
+                 "--set", "data.n_eval=10", "--set", "train.steps=1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_train"] == 11

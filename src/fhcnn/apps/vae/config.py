@@ -56,7 +56,7 @@ class VAEDataConfig:
     crop: int | None = None          # folder: centre square cut before resizing (None: largest)
     limit: int | None = None         # use only the first N images
     n_train: int | None = None       # None: all but n_eval
-    n_eval: float = 0.15             # held-out images (a fraction < 1, or a count)
+    n_eval: float = 0.15             # held-out images: a fraction <= 0.5, or a count (at most half)
     split: Literal["random", "ordered"] = "random"
     batch_size: int = 128
 
@@ -67,8 +67,9 @@ class VAEDataConfig:
                 raise ValueError(f"{name} must be >= 1 (or null), got {v}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (0 < self.n_eval < 1 or (self.n_eval >= 1 and float(self.n_eval).is_integer())):
-            raise ValueError(f"n_eval must be a fraction in (0, 1) or a whole count >= 1, got {self.n_eval}")
+        if not (0 < self.n_eval <= 0.5 or (self.n_eval >= 1 and float(self.n_eval).is_integer())):
+            raise ValueError(f"n_eval must be a fraction in (0, 0.5] (at most half of the images are held "
+                             f"out) or a whole count >= 1, got {self.n_eval}")
 
 
 @dataclass
