@@ -114,3 +114,19 @@ def test_docs_tables_match_results():
                        "python benchmarks/report.py --docs README.md docs")
     used = {m.group(1) for page in PAGES for m in re.finditer(r"<!-- table:([\w-]+) -->", page.read_text())}
     assert used == set(report.TABLES), "every table the generator knows appears in the docs, and only those"
+
+
+def test_vae_docs_say_the_prior_vs_prior_energy_distance_can_be_negative():
+    """energy_distance_prior_vs_prior (metrics.json, normality.json) is an unbiased estimate of
+    0: about half of the draws are negative, which read as a bug where the docs did not say so."""
+    import torch
+
+    from fhcnn.models.autoencoder import energy_distance
+
+    g = torch.Generator().manual_seed(0)
+    draws = [float(energy_distance(torch.randn(20, 8, generator=g, dtype=torch.float64),
+                                   torch.randn(20, 8, generator=g, dtype=torch.float64))) for _ in range(200)]
+    assert 60 < sum(d < 0 for d in draws) < 140
+    text = " ".join((ROOT / "docs" / "vae.md").read_text().split())
+    bullet = text[text.index("`energy_distance_prior_vs_prior` (both files)") - 300:][:700]
+    assert "may be **negative**" in bullet and "as often negative as positive" in bullet

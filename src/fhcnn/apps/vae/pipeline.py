@@ -280,7 +280,8 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
     untrained.prune()
     metrics["energy_distance_before_same_dim"] = prior_energy(latents(untrained, x_eval),
                                                                model.sigma, ev.seed)
-    # noise floor: two independent prior samples of the same size
+    # noise floor: two independent prior samples of the same size (unbiased, 0 in expectation:
+    # about half of the draws are negative, see docs/vae.md)
     g = torch.Generator().manual_seed(ev.seed + 1)
     metrics["energy_distance_prior_vs_prior"] = float(energy_distance(
         torch.randn(len(x_eval), model.latent_dim, generator=g, dtype=torch.float64) * model.sigma,
