@@ -71,6 +71,24 @@ def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):
     assert err.strip() == "error: input.npy: contains NaN"
 
 
+def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
+    """Under torchrun rank 0 alone prints a refusal of the input (every process meets it alike);
+    an error of one process's own work (a file it could not write) is printed by that process,
+    or the user would learn only that it stopped answering."""
+    import fhcnn.cli.info as info
+    from fhcnn.errors import InputError
+
+    monkeypatch.setenv("RANK", "1")
+    for error, printed in ((InputError("input.npy: contains NaN"), ""),
+                           (PermissionError("out/slab.zarr: permission denied"),
+                            "error: out/slab.zarr: permission denied")):
+        def boom(args, error=error):
+            raise error
+        monkeypatch.setattr(info, "run", boom)
+        assert main(["info"]) == 2
+        assert capsys.readouterr().err.strip() == printed
+
+
 def test_an_error_line_is_one_write(monkeypatch):
     """The processes of a torchrun launch share stderr: each error line goes out in one write
     (print's separate newline let the ranks' lines run together on one line)."""

@@ -8,7 +8,7 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
 
 Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and file errors
 raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` every process
-exits 2 and rank 0 prints the line); a ``TrainingError`` (a non-finite
+exits 2; rank 0 alone prints an ``InputError``, which every process meets alike); a ``TrainingError`` (a non-finite
 loss, a lost process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
 """
 
@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before the line: zarr's asyncio reads a refused read left behind are reported when collected
         log = importlib.import_module("fhcnn.log")
         log.silence_abandoned_work()
-        if log.rank() == 0:  # under torchrun every process refuses the same input: one line
+        # under torchrun every process refuses the same input (an InputError): rank 0 says it once;
+        # another error (a file error of this process's own writes) is said by the process it met
+        if log.rank() == 0 or not isinstance(e, importlib.import_module("fhcnn.errors").InputError):
             _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
