@@ -153,11 +153,21 @@ def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: M
                                           strict=False)
 
 
+def _global_hooks() -> bool:
+    """Whether global module hooks are registered (``torch.nn.modules.module.
+    register_module_forward_hook``, ``register_module_forward_pre_hook``,
+    ``register_module_full_backward_hook`` and the like): they run on every module call."""
+    g = nn.modules.module
+    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks)
+
+
 def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or a submodule has forward (pre-)hooks or module backward hooks
-    (``register_forward_hook`` and the like): calls that only a module call runs."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in module.modules())
+    """Whether a call of ``module`` runs hooks: forward (pre-)hooks or module backward hooks
+    (``register_forward_hook`` and the like) on it or a submodule, or global module hooks
+    (:func:`_global_hooks`). Only a module call runs them."""
+    return _global_hooks() or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                  or m._backward_pre_hooks for m in module.modules())
 
 
 def _parametrized(module: nn.Module) -> bool:
@@ -254,9 +264,10 @@ class LeapfrogStep:
     :class:`fhcnn.layers.SymmetricLayer`) is evaluated through it: no negation is stored or
     differentiated, and backward never touches the module. Its parametrized tensors are
     passed to ``neg_forward`` computed, by their parametrized names. A module with hooks (on
-    it or a submodule, e.g. ``register_forward_hook``) is called as a module instead, in the
-    forward pass and in the recomputation alike, so its hooks run (and may change outputs) as
-    with plain autograd.
+    it or a submodule, e.g. ``register_forward_hook``, or global module hooks such as
+    ``torch.nn.modules.module.register_module_forward_hook``) is called as a module instead,
+    in the forward pass and in the recomputation alike, so its hooks run (and may change
+    outputs) as with plain autograd.
     """
 
     def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:

@@ -6,6 +6,7 @@ forward and backward, ``retain_graph``, several threads, ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 
@@ -406,6 +407,47 @@ def test_forward_hooks_on_layers_run_and_count_in_the_gradient(mode, norm):
     for got, ref in zip(out[mode], out[False]):
         _assert_same(got, ref)
     assert seen[False] and seen[mode]
+
+
+@contextlib.contextmanager
+def _global_hooks(*registrations):
+    """Global module hooks (``(register_module_..., hook)`` pairs) for the block, then removed."""
+    handles = [register(hook) for register, hook in registrations]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_global_module_hooks_on_layers_count_in_the_gradient(mode):
+    """Global module hooks (``register_module_forward_hook`` and its pre-hook) run on every
+    module call: one that changes the output of each group norm and one that changes the
+    input of each layer change the function the reversible backward differentiates (they were
+    skipped by the layers' functional path and the recomputation): gradients equal plain
+    autograd's and the inverse stays exact."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    from fhcnn.layers import SymmetricLayer
+
+    def norm_out(mod, inp, o):
+        return 1.5 * o + 0.1 if isinstance(mod, torch.nn.GroupNorm) else None
+
+    def layer_in(mod, inp):
+        return (1.2 * inp[0],) if isinstance(mod, SymmetricLayer) else None
+
+    out = {}
+    with _global_hooks((register_module_forward_hook, norm_out), (register_module_forward_pre_hook, layer_in)):
+        for m in (False, mode):
+            net = _net(m)
+            out[m] = _grads_and_stats(net, _x())[0]
+            with torch.no_grad():
+                x = _x()
+                assert rel_err(net.inverse(*net.forward_pair(x)), x) < 1e-12
+    plain = _grads_and_stats(_net(False), _x())[0]
+    _assert_same(out[mode], out[False])
+    assert rel_err(plain["layers.0.weight"], out[False]["layers.0.weight"]) > 0.01  # the hooks matter
 
 
 class _TanhShift(torch.nn.Module):
