@@ -352,10 +352,14 @@ class LeapfrogStep:
             s = shared.detach().requires_grad_(g_new is not None)
             g, a, fresh = self._g(s, local, rec)
         v: Tensor | None = None
+        # ``neg_forward``'s product is scaled afterwards; a module call is differentiated with
+        # the gradient plain autograd hands it, ``a g_new``, which its backward hooks see
+        scale = a if fresh else 1.0
         if g_new is not None:
-            vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_new.to(g.dtype),
-                                      allow_unused=True)
-            _accumulate(grads, list(params.values()), vjp[1:], a, avoid=(g_new, vjp[0]))
+            g_out = g_new.to(g.dtype) if fresh else (a * g_new).to(g.dtype)
+            vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_out, allow_unused=True)
+            del g_out
+            _accumulate(grads, list(params.values()), vjp[1:], scale, avoid=(g_new, vjp[0]))
             v = vjp[0]
             del vjp
         del s, local
@@ -382,7 +386,10 @@ class LeapfrogStep:
         g_shared_in: Tensor | None = None
         if v is not None:
             v = v.to(shared.dtype)
-            g_shared_in = v.mul_(a) if _writable(v, g_new, g_shared) else a * v
+            if _writable(v, g_new, g_shared):
+                g_shared_in = v.mul_(scale) if scale != 1.0 else v
+            else:
+                g_shared_in = scale * v
         del v
         for t, alpha in ((g_new, 2.0), (g_shared, 1.0)):
             if t is None:

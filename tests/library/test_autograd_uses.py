@@ -450,6 +450,32 @@ def test_global_module_hooks_on_layers_count_in_the_gradient(mode):
     assert rel_err(plain["layers.0.weight"], out[False]["layers.0.weight"]) > 0.01  # the hooks matter
 
 
+def _clamped(grads):
+    """A backward hook's result: each gradient clamped (not linear, so scaling matters)."""
+    return tuple(None if g is None else g.clamp(-1e-3, 1e-3) for g in grads)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_hooks_on_layers_see_plain_autograds_gradients(mode):
+    """Module backward hooks on a layer, its norm and its activation run in the reversible
+    backward (through the recomputation's module call) with the gradients plain autograd hands
+    them: the layer's output gradient is ``h^2`` times the next state's (it used to be handed
+    the latter, unscaled), so a hook that clamps a gradient or reads it saw other values and
+    gradients differed from plain autograd's."""
+    out, seen = {}, {}
+    for m in (False, mode):
+        net = _net(m)
+        log = seen.setdefault(m, [])
+        net.layers[1].register_full_backward_hook(lambda mod, gi, go: _clamped(gi))
+        net.layers[2].norm.register_full_backward_pre_hook(lambda mod, go: _clamped(go))
+        net.layers[3].act.register_full_backward_hook(
+            lambda mod, gi, go, log=log: log.append((gi[0].norm().item(), go[0].norm().item())))
+        out[m] = _grads_and_stats(net, _x())[0]
+    _assert_same(out[mode], out[False])
+    assert len(seen[mode]) == len(seen[False]) == 1
+    assert seen[mode][0] == pytest.approx(seen[False][0], rel=1e-12)
+
+
 class _TanhShift(torch.nn.Module):
     """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
     of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
