@@ -185,7 +185,7 @@ class HyperbolicNetwork(nn.Module):
             if kind == "layer":
                 out.append(LeapfrogStep(self.layers[i], h2))
             else:
-                out.append(TransitionStep(self.transitions[i], inverse=(kind == "up")))
+                out.append(TransitionStep(self.transitions[i], inverse=(kind == "up"), name=f"transitions.{i}"))
         return out
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:

@@ -174,6 +174,12 @@ def _parametrized(module: nn.Module) -> bool:
     return any(_is_parametrized(m) for m in module.modules())
 
 
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` have the same shape, dtype and values (NaN equal to NaN)."""
+    return (a.shape == b.shape and a.dtype == b.dtype
+            and bool(((a == b) | (a.isnan() & b.isnan())).all()))
+
+
 def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -409,10 +415,19 @@ class LeapfrogStep:
 
 
 class TransitionStep:
-    """``(p, c) -> (W p, W c)`` with ``W`` an orthogonal wavelet (``inverse=False``) or ``W^-1``."""
+    """``(p, c) -> (W p, W c)`` with ``W`` an orthogonal wavelet (``inverse=False``) or ``W^-1``.
 
-    def __init__(self, wavelet: nn.Module, inverse: bool = False) -> None:
-        self.wavelet, self.inverse = wavelet, inverse
+    ``W`` is a module call (``wavelet(x)``: its hooks run, as in plain autograd), ``W^-1`` the
+    wavelet's ``inverse`` method (no hooks run). The reversible backward reconstructs a
+    step's input from its output by the inverse map, so in the reversible forward pass a hook
+    that changes the input or output of ``W`` (a pre-hook returning another input or
+    modifying it in place, a forward hook returning another output or modifying it in place;
+    the wavelet's own or a global one) is refused with a ``RuntimeError`` naming the step
+    (``name``, e.g. ``"transitions.0"``); hooks that change nothing run as usual.
+    """
+
+    def __init__(self, wavelet: nn.Module, inverse: bool = False, name: str = "") -> None:
+        self.wavelet, self.inverse, self.name = wavelet, inverse, name
 
     def _functional(self) -> bool:
         return hasattr(self.wavelet, "functional")
@@ -427,7 +442,26 @@ class TransitionStep:
         return _parametrized(self.wavelet)
 
     def inverted(self) -> TransitionStep:
-        return TransitionStep(self.wavelet, not self.inverse)
+        return TransitionStep(self.wavelet, not self.inverse, self.name)
+
+    def _call(self, x: Tensor) -> Tensor:
+        """``W x`` in the reversible forward pass: a module call (its hooks run), refused if a
+        hook changed ``x`` or the output, which must be exactly the bare transform of ``x``
+        for the backward's reconstruction ``x = W^-1 (W x)`` to hold."""
+        if not _hooked(self.wavelet):
+            return self.wavelet(x)
+        expected = self.wavelet.forward(x)  # no hooks
+        version = x._version
+        y = self.wavelet(x)
+        if x._version != version or not isinstance(y, Tensor) or not _same_values(y, expected):
+            what = f"{self.name} ({type(self.wavelet).__name__})" if self.name else type(self.wavelet).__name__
+            raise RuntimeError(
+                f"{what}: a hook changed the input or output of this wavelet transition (a forward "
+                f"pre-hook or forward hook, its own or a global one, returned another tensor or "
+                f"modified one in place). The reversible backward reconstructs the transition's "
+                f"input from its output by the inverse transform, which would then be wrong: "
+                f"remove the hook, make it change nothing, or use reversible=False")
+        return y
 
     def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None,
              rec: Recorded | None = None) -> Tensor:
@@ -447,7 +481,10 @@ class TransitionStep:
 
     def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
                params: Params | None = None, rec: Recorded | None = None) -> Pair:
-        """:meth:`apply`; with ``params`` (and ``rec``) a recomputation (see :meth:`_map`)."""
+        """:meth:`apply` in the reversible forward pass (hooks that change ``W`` refused, see
+        :meth:`_call`); with ``params`` (and ``rec``) a recomputation (see :meth:`_map`)."""
+        if params is None and not self.inverse:
+            return _to(self._call(p), fmt), _to(self._call(c), fmt)
         return (_to(self._map(p, self.inverse, params, rec), fmt),
                 _to(self._map(c, self.inverse, params, rec), fmt))
 

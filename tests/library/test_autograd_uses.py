@@ -476,6 +476,71 @@ def test_backward_hooks_on_layers_see_plain_autograds_gradients(mode):
     assert seen[mode][0] == pytest.approx(seen[False][0], rel=1e-12)
 
 
+def _transition_hooks():
+    """Hooks that change what a wavelet transition computes: ``(name, register(net))``."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    def scaled(mod, inp, o):
+        return 1.5 * o
+
+    def add_to_input(mod, inp, o):
+        inp[0].add_(1)
+
+    return [
+        ("forward hook", lambda net: net.transitions[0].register_forward_hook(scaled)),
+        ("pre-hook", lambda net: net.transitions[0].register_forward_pre_hook(lambda mod, inp: (1.2 * inp[0],))),
+        ("in place", lambda net: net.transitions[0].register_forward_hook(lambda mod, inp, o: o.mul_(1.5))),
+        ("input in place", lambda net: net.transitions[0].register_forward_hook(add_to_input)),
+        ("global", lambda net: register_module_forward_hook(scaled)),
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wavelet", ["haar", "learnable"])
+@pytest.mark.parametrize("case", range(5))
+def test_hook_that_changes_a_wavelet_transition_is_refused(mode, wavelet, case):
+    """The backward reconstructs a transition's input by the inverse transform (block mode
+    differentiates the bare transform): a hook that changes its input or output made the
+    gradients wrong by ~30% without a word. The forward pass now refuses it, naming the
+    transition; plain autograd runs it."""
+    what, register = _transition_hooks()[case]
+    net = _net(mode, wavelet=wavelet)
+    handle = register(net)
+    try:
+        x = _x().requires_grad_()
+        with pytest.raises(RuntimeError, match=r"^transitions\.0 \((HaarDWT|LearnableWavelet)\): a hook changed "
+                                               r"the input or output of this wavelet transition.*reversible=False"):
+            net(x)
+        net.reversible = False
+        if "place" not in what:  # plain autograd refuses some changes in place itself
+            net(x).sum().backward()
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hooks_that_change_nothing_on_wavelet_transitions_run(mode):
+    """Hooks on transitions that change nothing run in the forward pass (once per call, like
+    plain autograd) and gradients equal plain autograd's. A hook on an "up" transition does not
+    run in any mode (it evaluates the wavelet's ``inverse``), but in ``net.inverse`` it runs and
+    one that changes the output is refused there."""
+    out, calls = {}, {}
+    for m in (False, mode):
+        net = _net(m, wavelet="learnable", wavelet_init="db2")
+        seen = calls.setdefault(m, [])
+        for t in net.transitions:
+            t.register_forward_pre_hook(lambda mod, inp, seen=seen: seen.append(("pre", inp[0].shape)))
+            t.register_forward_hook(lambda mod, inp, o, seen=seen: seen.append(("out", o.shape)))
+        out[m] = _grads_and_stats(net, _x())[0]
+    _assert_same(out[mode], out[False])
+    assert calls[mode] == calls[False] and len(calls[False]) == 8  # 2 down transitions x 2 members
+    net = _net(mode)
+    net.transitions[3].register_forward_hook(lambda mod, inp, o: 2 * o)
+    yp, yc = net.forward_pair(_x())
+    with pytest.raises(RuntimeError, match=r"^transitions\.3 \(HaarDWT\): a hook changed"):
+        net.inverse(yp.requires_grad_(), yc)
+
+
 class _TanhShift(torch.nn.Module):
     """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
     of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
