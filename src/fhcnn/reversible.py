@@ -170,6 +170,14 @@ def _hooked(module: nn.Module) -> bool:
                                   or m._backward_pre_hooks for m in module.modules())
 
 
+def _backward_hooked(module: nn.Module) -> bool:
+    """Whether a call of ``module`` runs module backward hooks (``register_full_backward_hook``
+    and the like, on it or a submodule, or global ones)."""
+    g = nn.modules.module
+    return bool(g._global_backward_hooks or g._global_backward_pre_hooks) or any(
+        m._backward_hooks or m._backward_pre_hooks for m in module.modules())
+
+
 def _parametrized(module: nn.Module) -> bool:
     return any(_is_parametrized(m) for m in module.modules())
 
@@ -430,7 +438,13 @@ class TransitionStep:
         self.wavelet, self.inverse, self.name = wavelet, inverse, name
 
     def _functional(self) -> bool:
-        return hasattr(self.wavelet, "functional")
+        return hasattr(self.wavelet, "functional") and not self._vjp_by_call()
+
+    def _vjp_by_call(self) -> bool:
+        """Whether the backward differentiates ``W`` through a module call: a step applying
+        ``W`` (a module call in the forward pass) whose wavelet has module backward hooks (its
+        own or global ones), which plain autograd runs with the gradients of ``W``."""
+        return not self.inverse and _backward_hooked(self.wavelet)
 
     def params(self) -> Params:
         return _trainable(self.wavelet, self._functional())
@@ -464,17 +478,18 @@ class TransitionStep:
         return y
 
     def _map(self, x: Tensor, inverse: bool, params: Mapping[str, Tensor] | None = None,
-             rec: Recorded | None = None) -> Tensor:
+             rec: Recorded | None = None, hooks: bool = False) -> Tensor:
         """``W x`` or ``W^-1 x``; with ``params``, with those tensors and without touching the
-        module (``functional`` if the wavelet has it, else ``torch.func.functional_call`` with
-        the forward pass's state ``rec``, see :func:`_recompute_call`)."""
+        module (``functional`` if the forward pass used it, else ``torch.func.functional_call``
+        with the forward pass's state ``rec``, see :func:`_recompute_call`; ``W`` as a module
+        call, which runs its hooks, if ``hooks``, else the bare ``forward``)."""
         if params is None:
             return self.wavelet.inverse(x) if inverse else self.wavelet(x)  # type: ignore[operator]
-        functional: Callable[..., Tensor] | None = getattr(self.wavelet, "functional", None)
-        if functional is not None:
-            return functional(x, params, inverse=inverse)
-        return _recompute_call(self.wavelet, _Method(self.wavelet, "inverse" if inverse else "forward"),
-                               "wavelet.", params, rec, (x,))
+        functional = self._functional() if rec is None else rec.functional
+        if functional:
+            return self.wavelet.functional(x, params, inverse=inverse)  # type: ignore[operator]
+        method = "inverse" if inverse else "__call__" if hooks else "forward"
+        return _recompute_call(self.wavelet, _Method(self.wavelet, method), "wavelet.", params, rec, (x,))
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
@@ -503,7 +518,8 @@ class TransitionStep:
             del out
             if g_out is None:
                 continue
-            if not params:
+            call = self._vjp_by_call()
+            if not params and not call:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
@@ -513,7 +529,7 @@ class TransitionStep:
             local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
             with torch.enable_grad():
                 xd = x.detach().requires_grad_(True)
-                y = self._map(xd, self.inverse, local, rec)
+                y = self._map(xd, self.inverse, local, rec, hooks=call)
             vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
                                       allow_unused=True)
             del y, xd
@@ -524,7 +540,8 @@ class TransitionStep:
 
 
 class _Method(nn.Module):
-    """``wavelet.<method>`` as a module's forward (for ``functional_call``)."""
+    """``wavelet.<method>`` as a module's forward (for ``functional_call``); ``"__call__"``:
+    the module call, which runs the wavelet's hooks."""
 
     def __init__(self, wavelet: nn.Module, method: str) -> None:
         super().__init__()

@@ -541,6 +541,30 @@ def test_hooks_that_change_nothing_on_wavelet_transitions_run(mode):
         net.inverse(yp.requires_grad_(), yc)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wavelet", ["haar", "learnable"])
+def test_backward_hooks_on_wavelet_transitions_run(mode, wavelet):
+    """Module backward hooks on a "down" transition (its own, or global ones on every module)
+    run in the reversible backward as in plain autograd, with the same gradients: the backward
+    differentiated the bare transform (or took its adjoint), so they never ran and a hook that
+    clamps a gradient was ignored (gradients off by orders of magnitude)."""
+    from torch.nn.modules.module import register_module_full_backward_hook
+
+    out, seen = {}, {}
+    for m in (False, mode):
+        net = _net(m, wavelet=wavelet, wavelet_init="db2")
+        log = seen.setdefault(m, [])
+        net.transitions[0].register_full_backward_hook(lambda mod, gi, go: _clamped(gi))
+        net.transitions[1].register_full_backward_pre_hook(
+            lambda mod, go, log=log: log.append(round(go[0].norm().item(), 9)))
+        out[m] = _grads_and_stats(net, _x())[0]
+        with _global_hooks((register_module_full_backward_hook, lambda mod, gi, go: _clamped(gi))):
+            out[m, "global"] = _grads_and_stats(net, _x())[0]
+    for key in (mode, (mode, "global")):
+        _assert_same(out[key], out[False if key == mode else (False, "global")])
+    assert sorted(seen[mode]) == sorted(seen[False]) and len(seen[False]) == 4  # 2 members x 2 passes
+
+
 class _TanhShift(torch.nn.Module):
     """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
     of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
