@@ -183,7 +183,7 @@ class HyperbolicNetwork(nn.Module):
         out: list[LeapfrogStep | TransitionStep] = []
         for kind, i in self._schedule:
             if kind == "layer":
-                out.append(LeapfrogStep(self.layers[i], h2))
+                out.append(LeapfrogStep(self.layers[i], h2, name=f"layers.{i}"))
             else:
                 out.append(TransitionStep(self.transitions[i], inverse=(kind == "up"), name=f"transitions.{i}"))
         return out

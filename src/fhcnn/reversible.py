@@ -284,8 +284,8 @@ class LeapfrogStep:
     outputs) as with plain autograd.
     """
 
-    def __init__(self, f: nn.Module, h2: float, flip: bool = False) -> None:
-        self.f, self.h2, self.flip = f, h2, flip
+    def __init__(self, f: nn.Module, h2: float, flip: bool = False, name: str = "") -> None:
+        self.f, self.h2, self.flip, self.name = f, h2, flip, name
 
     def _functional(self) -> bool:
         # ``neg_forward`` with given tensors evaluates the norm functionally, past its hooks
@@ -301,7 +301,7 @@ class LeapfrogStep:
         return _parametrized(self.f)
 
     def inverted(self) -> LeapfrogStep:
-        return LeapfrogStep(self.f, self.h2, not self.flip)
+        return LeapfrogStep(self.f, self.h2, not self.flip, self.name)
 
     def _g(self, y: Tensor, params: Params | None = None, rec: Recorded | None = None
            ) -> tuple[Tensor, float, bool]:
@@ -716,8 +716,29 @@ def _run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str) ->
         store: frozenset[int] = frozenset()
     else:
         store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
+    for s in steps:
+        _refuse_legacy_spectral_norm(s.f if isinstance(s, LeapfrogStep) else s.wavelet, s.name)
     out = _apply_eagerly(steps, step_params, store, p, c, params)
     return out[0], out[1]
+
+
+def _refuse_legacy_spectral_norm(module: nn.Module, name: str) -> None:
+    """A ``RuntimeError`` if ``module`` or a submodule has the legacy spectral norm
+    (``torch.nn.utils.spectral_norm``, a forward pre-hook): in training mode it runs a power
+    iteration on every call, so the recomputation in the reversible backward would divide by
+    another sigma (and update its vectors again). Its parametrization
+    (``torch.nn.utils.parametrizations.spectral_norm``) is computed once per forward pass and
+    is right."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    for sub, m in module.named_modules():
+        if any(isinstance(h, SpectralNorm) for h in m._forward_pre_hooks.values()):
+            what = ".".join(n for n in (name, sub) if n) or type(module).__name__
+            raise RuntimeError(
+                f"{what} ({type(m).__name__}): torch.nn.utils.spectral_norm runs its power "
+                f"iteration again when the reversible backward recomputes the module, so the "
+                f"gradient would be wrong; use torch.nn.utils.parametrizations.spectral_norm, "
+                f"or reversible=False")
 
 
 @torch.compiler.disable

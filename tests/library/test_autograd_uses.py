@@ -565,6 +565,30 @@ def test_backward_hooks_on_wavelet_transitions_run(mode, wavelet):
     assert sorted(seen[mode]) == sorted(seen[False]) and len(seen[False]) == 4  # 2 members x 2 passes
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_legacy_spectral_norm_is_refused_and_its_parametrization_is_right(mode):
+    """``torch.nn.utils.spectral_norm`` (a forward pre-hook) runs a power iteration on every
+    call in training mode, the recomputation in the backward too: gradients were ~30% off
+    plain autograd's. The reversible forward refuses it, naming the layer; plain autograd
+    runs it; ``parametrizations.spectral_norm`` gives plain autograd's gradients."""
+    from torch.nn.utils import parametrizations, spectral_norm
+
+    net = _net(mode)
+    spectral_norm(net.layers[2])
+    x = _x().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"^layers\.2 \(SymmetricLayer\): torch\.nn\.utils\.spectral_norm "
+                                           r".*parametrizations\.spectral_norm, or reversible=False"):
+        net(x)
+    net.reversible = False
+    net(x).sum().backward()
+    out = {}
+    for m in (False, mode):
+        net = _net(m)
+        parametrizations.spectral_norm(net.layers[2])
+        out[m] = _grads_and_stats(net, _x())[0]
+    _assert_same(out[mode], out[False])
+
+
 class _TanhShift(torch.nn.Module):
     """``f(y) = tanh(y) + b`` with ``b`` shaped like one sample ``(1, C, *S)``: with a batch
     of one, autograd hands back the incoming gradient itself as the gradient w.r.t. ``b``."""
