@@ -1,8 +1,10 @@
 """TIFF stacks through tifffile: multi-page stacks, ImageJ hyperstacks, OME-TIFF.
 
-An uncompressed contiguous series is memory-mapped; any other is read through tifffile's
-zarr store (tile by tile; zarr 3) or, without it, page by page, and is marked
-``compressed`` when its pages are.
+An uncompressed contiguous series is memory-mapped; a series of strip-organized pages (not
+tiled) page by page (:class:`TiffPages`: an uncompressed page reads only the rows a window
+needs, however many rows a strip holds; a compressed one is decoded whole, one page held at a
+time); a tiled one through tifffile's zarr store (tile by tile; zarr 3) or, without it, page
+by page. A series is marked ``compressed`` when its pages are.
 The channel axis is tifffile's ``C`` (or ``S``, samples of RGB pages); spacing comes from
 ImageJ metadata (``spacing`` and the resolution tags) or OME ``PhysicalSize*``.
 """
@@ -82,8 +84,8 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
                 array: Any = Unmapped(tifffile.memmap(str(path), mode="r", series=0))
             except Exception:
                 contiguous = False
-        if not contiguous:
-            array = _zarr_view(s) or TiffPages.of(s)
+        if not contiguous:  # strips page by page (a strip may be a whole page); tiles by zarr 3
+            array = (TiffPages.of(s) if not s.keyframe.is_tiled else None) or _zarr_view(s) or TiffPages.of(s)
             if array is None:
                 require("zarr", "reading this TIFF (tiled or compressed, not one plane per page)")
                 raise InputError(f"{label}: reading this TIFF (tiled or compressed, not one plane per page) "
@@ -143,10 +145,19 @@ def _zarr_view(series: Any) -> Any:
 
 class TiffPages:
     """A series whose pages are its last two (or three, with samples) axes, read page by
-    page: a window decodes only the pages it crosses.
+    page: a window reads only the pages it crosses, and of a page of strips only the strips
+    that hold its rows.
+
+    An uncompressed strip is read from the file row by row (a window reads its own rows, even
+    of a page stored as one strip); a compressed strip is decoded whole, and the last one
+    decoded is kept (a pass that reads a strip in several blocks of rows decodes it once): of
+    a page stored as one compressed strip that is the whole page, one page held at a time.
+    Pages of another layout (tiles, samples stored plane by plane) are decoded whole, the last
+    one kept.
 
     Args:
         series: a tifffile ``TiffPageSeries`` with one page per index of its leading axes.
+        plane: the page's axes (2, or 3 with samples).
     """
 
     def __init__(self, series: Any, plane: int) -> None:
@@ -155,6 +166,13 @@ class TiffPages:
         self.ndim = len(self.shape)
         self.dtype = np.dtype(series.dtype)
         self.lead = self.shape[: self.ndim - plane]
+        self._key = series.keyframe
+        self._fh = self._key.parent.filehandle
+        self._strips = _strip_layout(self._key)
+        self._raw = int(getattr(self._key, "compression", 1)) == 1 and _plain_samples(self._key, self.dtype)
+        self._stored = self.dtype.newbyteorder(self._key.parent.byteorder)
+        #: ``(page, strip or None, decoded)``: the last strip (or whole page) decoded
+        self._kept: tuple[int, int | None, np.ndarray] | None = None
 
     @classmethod
     def of(cls, series: Any) -> "TiffPages | None":
@@ -175,8 +193,73 @@ class TiffPages:
             for idx in np.ndindex(*out.shape[:nl]):
                 at = tuple(i + a for i, (a, _) in zip(idx, bounds))
                 n = int(np.ravel_multi_index(at, self.lead)) if nl else 0
-                out[idx] = self.pages[n].asarray()[inner]
+                if self._strips is None:
+                    out[idx] = self._decoded(n, None)[inner]
+                else:
+                    out[idx] = self._rows(n, *bounds[nl])[(slice(None),) + inner[1:]]
         return out.squeeze(drop) if drop else out
+
+    def _rows(self, n: int, r0: int, r1: int) -> np.ndarray:
+        """Rows ``[r0, r1)`` of page ``n`` (a page of strips), ``(r1 - r0, W[, S])``."""
+        per_strip, row_shape = self._strips  # type: ignore[misc]
+        out = np.empty((r1 - r0, *row_shape), self.dtype)
+        row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
+        for s in range(r0 // per_strip, (r1 - 1) // per_strip + 1):
+            a, b = max(r0, s * per_strip), min(r1, (s + 1) * per_strip)
+            if self._raw:  # uncompressed: only these rows, from the file
+                data = self._read(int(self.pages[n].dataoffsets[s]) + (a - s * per_strip) * row_bytes,
+                                  (b - a) * row_bytes)
+                out[a - r0:b - r0] = np.frombuffer(data, self._stored).reshape(b - a, *row_shape)
+            else:
+                out[a - r0:b - r0] = self._decoded(n, s)[a - s * per_strip:b - s * per_strip]
+        return out
+
+    def _decoded(self, n: int, strip: int | None) -> np.ndarray:
+        """Strip ``strip`` of page ``n`` decoded (``(rows, W[, S])``), or with ``None`` the whole
+        page; kept until another is decoded (the one kept goes first: one at a time)."""
+        if self._kept is None or self._kept[:2] != (n, strip):
+            self._kept = None
+            if strip is None:
+                decoded = np.asarray(self.pages[n].asarray())
+            else:
+                page = self.pages[n]
+                data = self._read(int(page.dataoffsets[strip]), int(page.databytecounts[strip]))
+                segment = self._key.decode(data, strip, jpegtables=getattr(self._key, "jpegtables", None))[0]
+                decoded = np.asarray(segment).reshape(-1, *self._strips[1])  # type: ignore[index]
+            self._kept = (n, strip, decoded)
+        return self._kept[2]
+
+    def _read(self, offset: int, size: int) -> bytes:
+        with self._fh.lock:
+            self._fh.seek(offset)
+            data = self._fh.read(size)
+        if len(data) != size:
+            raise ValueError(f"the file ends within the {size:,} bytes at {offset:,}")
+        return bytes(data)
+
+
+def _strip_layout(page: Any) -> tuple[int, tuple[int, ...]] | None:
+    """``(rows per strip, shape of a row)`` of a page stored in strips of whole rows with its
+    samples interleaved (what :class:`TiffPages` reads strip by strip), or ``None``."""
+    shape = tuple(int(n) for n in page.shape)
+    samples = int(getattr(page, "samplesperpixel", 1))
+    interleaved = (samples == 1 and len(shape) == 2) or (int(getattr(page, "planarconfig", 1)) == 1
+                                                         and len(shape) == 3 and shape[2] == samples)
+    offsets = getattr(page, "dataoffsets", None)
+    if page.is_tiled or not interleaved or not offsets:
+        return None
+    height = shape[0]
+    per_strip = min(int(getattr(page, "rowsperstrip", 0) or height), height)
+    if len(offsets) != -(-height // per_strip):
+        return None
+    return per_strip, shape[1:]
+
+
+def _plain_samples(page: Any, dtype: np.dtype) -> bool:
+    """Samples stored as the array holds them (whole bytes of ``dtype``, no predictor, no
+    reversed bit order): an uncompressed strip's bytes are its rows."""
+    return (int(getattr(page, "predictor", 1)) == 1 and int(getattr(page, "fillorder", 1)) == 1
+            and int(getattr(page, "bitspersample", 0)) == 8 * dtype.itemsize and dtype.kind in "uif")
 
 
 def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool] | None, str | None,
