@@ -727,3 +727,33 @@ def test_probabilities_carry_the_geometry_of_the_prediction(vol, tmp_path, kind)
         assert m["datasets"][0]["coordinateTransformations"] == [
             {"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]},
             {"type": "translation", "translation": [0.0, 5.0, -1.0, 3.0]}]
+
+
+def test_data_scale_predicts_and_scores_at_the_inputs_size(vol, tmp_path):
+    """With --set data.scale=0.5 the network's (D, h, w) chunks went to the outputs unresized:
+    the prediction filled the first h x w of each plane of prediction.npy (0 elsewhere), the
+    probabilities likewise, and fhcnn and the U-Net were scored on those chunks against the
+    truth at the same (wrong) positions, the U-Net on a volume resized twice (scale 0.25); exit 0.
+    Each chunk is now resized back to (H, W), and the U-Net trains on fhcnn's resized volume."""
+    out = tmp_path / "out"
+    rc = main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--eval-labels",
+               str(vol / "truth.npy"), "--out", str(out), "--save-probs", "--set", "data.scale=0.5",
+               "--set", "volume.baselines=unet"] + TINY)
+    assert rc == 0
+    import zarr
+
+    from fhcnn.apps.volume import score
+
+    pred = np.load(out / "prediction.npy")
+    p = np.asarray(zarr.open_array(str(out / "probabilities.zarr"), mode="r")[...]).astype(np.float32)
+    assert p.shape == (3, *SHAPE)
+    np.testing.assert_allclose(p.sum(0), 1, atol=3e-3)  # every voxel predicted
+    top2 = np.sort(p, 0)[-2:]
+    clear = top2[1] - top2[0] > 2e-3
+    np.testing.assert_array_equal(p.argmax(0)[clear], pred[clear])
+    m = json.loads((out / "metrics.json").read_text())
+    truth, lab = np.load(vol / "truth.npy"), np.load(vol / "lab.npy")
+    held = np.where(lab == 255, truth, 255)
+    assert score(pred, held, 3)["miou"] == pytest.approx(m["miou"])
+    for entry in (m["fhcnn"], m["baselines"]["unet"]):
+        assert entry["scored_voxels"] == int((lab == 255).sum())

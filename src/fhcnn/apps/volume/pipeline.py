@@ -31,8 +31,8 @@ from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.parallel import SplitError, fix_text
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import Ownership, run
-from ...engine.sizes import round_up
-from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Sink
+from ...engine.sizes import Geometry, round_up
+from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Resized, Sink
 from ...errors import InputError
 from ...resources import check_memory
 from ...training import is_main_process
@@ -42,7 +42,7 @@ from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import HeldOut, VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
-           "score", "resolve_spacing", "unet_plan"]
+           "score", "resolve_spacing", "unet_plan", "at_input_size"]
 
 
 def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
@@ -193,7 +193,8 @@ def _scaled(cfg: VolumeConfig, name: str, value: int, spacing: Sequence[float] |
 def unet_plan(plan: RunPlan) -> RunPlan:
     """The plan of the 3D U-Net baseline: ``plan``'s config with ``model.arch=unet``, not split in
     space (under ``torchrun`` it trains data parallel over every process), on the same volume,
-    labels, statistics and label scan.
+    labels, statistics and label scan, at the same size (``plan.volume`` already has
+    ``data.scale``: not resized again).
 
     Raises:
         InputError: what keeps the U-Net from this run (e.g. a batch the processes cannot share),
@@ -202,6 +203,7 @@ def unet_plan(plan: RunPlan) -> RunPlan:
     ucfg = copy.deepcopy(plan.config)
     ucfg.model.arch = "unet"
     ucfg.parallel.space = 1
+    ucfg.data.scale = 1.0  # plan.volume and plan.labels are at the network's size already
     try:
         return prepare(DenseInputs(plan.volume, plan.labels, plan.num_classes, stats=plan.stats,
                                    label_scan=plan.scan), ucfg)
@@ -275,7 +277,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
     scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
     names = parse_baselines(cfg.volume.baselines) if scored else []
-    unet = _unet_baseline(unet_plan(plan), held, k) if "unet" in names else None
+    unet = _unet_baseline(unet_plan(plan), held, k, plan.geometry) if "unet" in names else None
     if not is_main_process():
         return {}
     res = fit.result
@@ -393,7 +395,7 @@ class _Outputs:
                 leading="class"))
             self._probs = _open_zarr(volume_array_path(self._tmp, self._geometry()))
             out.append(ProbabilitySink(self._probs))
-        return out
+        return at_input_size(result.plan.geometry, out)
 
     def _shared(self, prefix: str, make: Callable[[Path], Any]) -> Path:
         """A zarr store in ``out`` under a temporary name (scratch of the run folder), made by
@@ -472,6 +474,14 @@ class _Outputs:
         return Path(self.file.close()) if self.file is not None else None
 
 
+def at_input_size(g: Geometry, sinks: Sequence[Sink]) -> list[Sink]:
+    """``sinks`` of the input's ``(D, H, W)`` (the prediction file, the probabilities, the
+    held-out scores) behind the bilinear resize back from the network's ``(h, w)``
+    (:class:`~fhcnn.engine.store.Resized`) where ``data.scale`` resized the volume; as they are
+    otherwise (``g``: the plan's :class:`~fhcnn.engine.sizes.Geometry`)."""
+    return list(sinks) if g.scaled == g.size else [Resized(s, g.size, g.scaled) for s in sinks]
+
+
 def _open_zarr(path: Path) -> Any:
     import zarr
 
@@ -508,14 +518,15 @@ def _baseline(name: str, inputs: VolumeInputs, channels: Sequence[Any], opt: Vol
     return matrix, forest.costs()
 
 
-def _unet_baseline(uplan: RunPlan, held: Any, k: int) -> dict[str, Any]:
+def _unet_baseline(uplan: RunPlan, held: Any, k: int, geometry: Geometry) -> dict[str, Any]:
     """The 3D U-Net of :func:`unet_plan` trained and predicted, scored against ``held``: what the
     scores of :func:`score` hold, with its times and parameters. Every process of the run calls
     it: under ``torchrun`` it trains data parallel like fhcnn (the same global batch), and rank 0
-    predicts and scores it (the other processes' scores are empty)."""
+    predicts and scores it (the other processes' scores are empty); ``geometry``: fhcnn's
+    plan's, whose ``data.scale`` the U-Net's volume already has (resized back to score)."""
     t0 = time.perf_counter()
     sink = ConfusionSink(held, k)
-    fit = fit_predict(uplan, None, lambda r: [sink], quiet=True)
+    fit = fit_predict(uplan, None, lambda r: at_input_size(geometry, [sink]), quiet=True)
     m = scores_of_confusion(sink.matrix)
     m.update(train_time_s=round(fit.train_time_s, 2), predict_time_s=round(fit.predict_time_s, 2),
              parameters=int(sum(p.numel() for p in fit.result.model.parameters())),
