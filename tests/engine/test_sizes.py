@@ -124,6 +124,15 @@ def test_chunks_take_whole_axes_where_asked() -> None:
     assert chunk_shape((100, 30, 200), 64, (True, False, True)) == (100, 30, 200)
 
 
+def test_chunks_of_whole_planes_hold_no_more_than_a_cube() -> None:
+    # resizing back needs whole (H, W) planes: a chunk 64 planes deep held 64 planes however
+    # large (64 x 1024^2 voxels: 256 MiB a class of float32), growing with the planes
+    assert chunk_shape((1000, 1024, 1024), 64, (False, True, True)) == (1, 1024, 1024)
+    assert chunk_shape((1000, 128, 128), 64, (False, True, True)) == (16, 128, 128)
+    assert chunk_shape((10, 32, 32), 64, (False, True, True)) == (10, 32, 32)
+    assert chunk_shape((3, 4096, 4096), 64, (True, True, True)) == (3, 4096, 4096)  # a depth mean: every depth
+
+
 def test_gather_reflects_past_both_ends() -> None:
     x = torch.arange(5.0)
     assert gather(x, [-2], [9]).tolist() == [2, 1, 0, 1, 2, 3, 4, 3, 2]

@@ -413,6 +413,10 @@ def chunk_shape(size: Sequence[int], target: int, whole: Sequence[bool] = (False
                 ) -> tuple[int, int, int]:
     """Chunks of prediction output over a volume of ``size`` ``(D, H, W)``: cubes of ``target``
     voxels a side (clipped to the volume), the whole axis where ``whole`` says so (a depth
-    mean needs every depth of a pixel; resizing back needs whole ``(H, W)`` planes)."""
-    return tuple(int(n) if wh else max(1, min(int(n), int(target)))  # type: ignore[return-value]
-                 for n, wh in zip(size, whole))
+    mean needs every depth of a pixel; resizing back needs whole ``(H, W)`` planes). Chunks
+    of whole planes are as deep as ``target**3`` voxels allow (at least one plane), so a
+    chunk holds no more than a cube's voxels however large the planes (or one plane)."""
+    out = [int(n) if wh else max(1, min(int(n), int(target))) for n, wh in zip(size, whole)]
+    if whole[1] and whole[2] and not whole[0]:
+        out[0] = max(1, min(out[0], int(target) ** 3 // max(1, out[1] * out[2])))
+    return tuple(out)  # type: ignore[return-value]
