@@ -19,7 +19,7 @@ from typing import Callable, Literal, Sequence
 
 from ..training import is_main_process
 from .plan import RunPlan
-from .store import CACHE_BYTES, Sink
+from .store import CACHE_BYTES, Sink, spill_folder
 from .train import SegmentationResult, train
 
 __all__ = ["run", "predict", "owned_region", "Ownership"]
@@ -69,10 +69,13 @@ def predict(plan: RunPlan, result: SegmentationResult, sinks: Sequence[Sink], *,
 def run(plan: RunPlan, out: Path | None, sinks: Callable[[SegmentationResult], Sequence[Sink]], *,
         resume: bool = False, quiet: bool = False,
         eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
-        ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> tuple[SegmentationResult, float]:
+        ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES,
+        spill_in: Path | None = None) -> tuple[SegmentationResult, float]:
     """Train on the plan (checkpoints and ``metrics.jsonl`` in ``out``), then predict its volume
-    into ``sinks(result)`` (see :func:`predict`). Returns the result and the prediction's
-    seconds."""
+    into ``sinks(result)`` (see :func:`predict`), spilling into a scratch folder of the run folder
+    ``spill_in`` (default ``out``; :func:`~fhcnn.engine.store.spill_folder`, made by rank 0 for
+    every process; neither: ``TMPDIR``). Returns the result and the prediction's seconds."""
     result = train(plan, out, eval_fn=eval_fn, quiet=quiet, resume=resume)
-    seconds = predict(plan, result, sinks(result), ownership=ownership, cache_bytes=cache_bytes)
+    with spill_folder(spill_in if spill_in is not None else out, every_process=True) as work:
+        seconds = predict(plan, result, sinks(result), work=work, ownership=ownership, cache_bytes=cache_bytes)
     return result, seconds

@@ -2,8 +2,9 @@
 
 A prediction adds each window's blended class probabilities into a :class:`BlendStore`: a grid
 of chunks of a ``(K, D, H, W)`` float32 sum, kept in memory while they are being filled and
-spilled to a zarr array on disk (a private folder in the system's temporary folder, ``TMPDIR``,
-removed when the prediction ends) when more than ``cache_bytes`` are open. The store knows from
+spilled to a zarr array on disk (a private folder, removed when the prediction ends) when more
+than ``cache_bytes`` are open: inside the run folder (:func:`spill_folder`, scratch of the run)
+when there is one, else in the system's temporary folder (``TMPDIR``). The store knows from
 the tilings how many windows touch each chunk; when the last one has been added, the chunk is
 *finished*: divided by the number of tilings and handed to the sinks, then dropped. Peak
 memory is therefore set by the windows in flight and ``cache_bytes``, never by the volume.
@@ -24,21 +25,24 @@ input's ``(H, W)`` (``data.scale``; chunks then hold whole planes).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
+from .. import atomic
 from ..options import IGNORE
+from ..training.distributed import barrier, broadcast_object, is_main_process
 from .metrics import confusion_matrix
 from .sizes import Tiling, resize_back
 
 __all__ = ["Sink", "BlendStore", "LabelSink", "ProbabilitySink", "ConfusionSink", "TensorSink", "Resized",
-           "DepthMeanSink", "CACHE_BYTES"]
+           "DepthMeanSink", "CACHE_BYTES", "spill_folder", "SPILL_PREFIX"]
 
 #: Default bytes of open chunks a store keeps in memory before it spills to disk. The open
 #: chunks form a front about one chunk thick across the volume's cross-section (3 classes, windows
@@ -46,7 +50,42 @@ __all__ = ["Sink", "BlendStore", "LabelSink", "ProbabilitySink", "ConfusionSink"
 #: volume spills; a spilled chunk is written and read back a few times, small against the network.
 CACHE_BYTES = 64 * 2**20
 
+#: Name of a prediction's spill folder in a run folder: ``.spill.`` + 8 random characters +
+#: ``.tmp`` (:func:`fhcnn.atomic.scratch_name`).
+SPILL_PREFIX = ".spill."
+
 Box = tuple[slice, slice, slice]
+
+
+@contextlib.contextmanager
+def spill_folder(out: Path | None, *, every_process: bool = False) -> Iterator[Path | None]:
+    """The ``work`` folder of the stores of one prediction (:class:`BlendStore`) in the run
+    folder ``out``: a hidden scratch folder (:data:`SPILL_PREFIX`, :func:`fhcnn.atomic.begin_scratch`)
+    recorded in ``run.json`` before it exists and removed when the block ends, or, if the run is
+    killed meanwhile, by the next ``--resume`` or ``--overwrite`` of ``out``. Each store makes its
+    own private folder inside it, so the processes of a run split in space never share one.
+
+    ``every_process``: every process of a ``torchrun`` job enters the block (a prediction all of
+    them take part in): rank 0 makes the folder and sends its path to the others, and removes it
+    once every process has left the block. Otherwise only rank 0 gets a folder.
+    ``None`` (no run folder, or a process that gets none): the stores spill to ``TMPDIR``."""
+    if out is None:
+        yield None
+        return
+    main = is_main_process()
+    path: Path | None = None
+    if main:
+        path = atomic.begin_scratch(atomic.scratch_name(out, SPILL_PREFIX))
+        path.mkdir()
+    try:
+        if every_process:
+            path = broadcast_object(path)
+        yield path
+        if every_process:
+            barrier()  # every process's stores are closed before rank 0 removes the folder
+    finally:
+        if main and path is not None:
+            atomic.end_scratch(path)
 
 
 class Sink(Protocol):
@@ -73,7 +112,8 @@ class BlendStore:
         sinks: where finished chunks go, with boxes in volume coordinates.
         origin: the region's first voxel in the volume.
         work: where the private folder of spilled chunks is made (when first needed; removed
-            by :meth:`close`); default the system's temporary folder (``TMPDIR``).
+            by :meth:`close`): in a run folder its :func:`spill_folder`; default the system's
+            temporary folder (``TMPDIR``).
         cache_bytes: open chunks kept in memory before spilling to disk.
     """
 

@@ -44,7 +44,7 @@ from .parallel import SpaceRun, data_parallel_loss, world_share
 from .plan import CHUNK, DenseInputs, RunPlan, class_positions, prepare
 from .sampling import WindowSampler
 from .sizes import Tiling, chunk_shape, prediction_tilings
-from .store import CACHE_BYTES, BlendStore, ConfusionSink, Sink, TensorSink
+from .store import CACHE_BYTES, BlendStore, ConfusionSink, Sink, TensorSink, spill_folder
 
 __all__ = ["SegmentationResult", "train", "train_segmentation", "activation_bytes", "num_classes_of"]
 
@@ -230,12 +230,13 @@ class _StepLoss:
 
 class _Evaluator:
     """Scores the plan's evaluation labels (and/or calls ``eval_fn``) on the current model into
-    the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`); as the
-    trainer's validation its time is not training time."""
+    the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`,
+    spilling into a scratch folder of the run folder ``out``); as the trainer's validation its
+    time is not training time."""
 
-    def __init__(self, result: SegmentationResult,
-                 eval_fn: Callable[[SegmentationResult], dict[str, float]] | None) -> None:
-        self.result, self.eval_fn = result, eval_fn
+    def __init__(self, result: SegmentationResult, eval_fn: Callable[[SegmentationResult], dict[str, float]] | None,
+                 out: Path | None = None) -> None:
+        self.result, self.eval_fn, self.out = result, eval_fn, out
 
     @property
     def truth(self) -> Any:
@@ -251,7 +252,9 @@ class _Evaluator:
         if self.truth is not None:
             assert r.plan is not None
             sink = ConfusionSink(self.truth, r.num_classes, r.config.data.reduce_depth)
-            r.predict_into(r.plan.volume, [sink])
+            # in the run folder's scratch; every process of a split takes part in the prediction
+            with spill_folder(self.out, every_process=r.space is not None) as work:
+                r.predict_into(r.plan.volume, [sink], work=work)
             met = scores_of_confusion(sink.matrix)
             out = {"miou": met["miou"], **{f"iou_{c}": v for c, v in enumerate(met["iou"]) if v is not None}}
         if self.eval_fn is not None:
@@ -318,7 +321,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
     step_loss = _StepLoss(space.loss(seg_loss) if space else data_parallel_loss(seg_loss), history, unlabelled)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win,
                                 plan=plan, space=space)
-    evaluate = _Evaluator(result, eval_fn)
+    evaluate = _Evaluator(result, eval_fn, Path(out_dir) if out_dir is not None else None)
     if evaluate.active and d.eval_every > 0:
         cfg.train.val_every = d.eval_every
 

@@ -32,7 +32,7 @@ from ...engine import SegmentationResult, SegmentConfig, size_multiple_of
 from ...engine.plan import DenseInputs, RunPlan, prepare
 from ...engine.run import run
 from ...engine.sizes import scaled_size
-from ...engine.store import DepthMeanSink
+from ...engine.store import DepthMeanSink, spill_folder
 from ...errors import InputError
 from ...options import IGNORE
 from ...training import is_main_process
@@ -140,7 +140,8 @@ def fit_change(before: Any, after: Any, train2d: np.ndarray, cfg: ChangeConfig,
     if eval_fn is not None:
         def wrapped(res: SegmentationResult) -> dict[str, float]:
             prob = np.zeros((2, *geom.size), np.float32)
-            res.predict_into(plan.volume, [change_sink(prob)], shifts=1)
+            with spill_folder(out_dir, every_process=res.space is not None) as work:
+                res.predict_into(plan.volume, [change_sink(prob)], shifts=1, work=work)
             return eval_fn(prob[1])
     prob = np.zeros((2, *geom.size), np.float32)
     result, predict_time = run(plan, out_dir, lambda r: [change_sink(prob)], eval_fn=wrapped, quiet=quiet,

@@ -222,11 +222,13 @@ class Fit:
 
 
 def fit_predict(plan: RunPlan, out: Path | None, sinks: Callable[[Any], Sequence[Sink]], *,
-                quiet: bool = False, resume: bool = False, ownership: Ownership = "main") -> Fit:
+                quiet: bool = False, resume: bool = False, ownership: Ownership = "main",
+                spill_in: Path | None = None) -> Fit:
     """Train the plan and predict its volume chunk by chunk into ``sinks(result)`` (the part of
-    the volume ``ownership`` gives this process, :func:`fhcnn.engine.run.owned_region`): the one
-    place this application calls the engine."""
-    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume, ownership=ownership)
+    the volume ``ownership`` gives this process, :func:`fhcnn.engine.run.owned_region`; spilled
+    into scratch of the run folder ``spill_in``, default ``out``): the one place this
+    application calls the engine."""
+    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume, ownership=ownership, spill_in=spill_in)
     return Fit(result, result.train_time_s, seconds)
 
 
@@ -277,7 +279,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
     scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
     names = parse_baselines(cfg.volume.baselines) if scored else []
-    unet = _unet_baseline(unet_plan(plan), held, k, plan.geometry) if "unet" in names else None
+    unet = _unet_baseline(unet_plan(plan), held, k, plan.geometry, out) if "unet" in names else None
     if not is_main_process():
         return {}
     res = fit.result
@@ -518,15 +520,17 @@ def _baseline(name: str, inputs: VolumeInputs, channels: Sequence[Any], opt: Vol
     return matrix, forest.costs()
 
 
-def _unet_baseline(uplan: RunPlan, held: Any, k: int, geometry: Geometry) -> dict[str, Any]:
+def _unet_baseline(uplan: RunPlan, held: Any, k: int, geometry: Geometry, out: Path | None = None
+                   ) -> dict[str, Any]:
     """The 3D U-Net of :func:`unet_plan` trained and predicted, scored against ``held``: what the
     scores of :func:`score` hold, with its times and parameters. Every process of the run calls
     it: under ``torchrun`` it trains data parallel like fhcnn (the same global batch), and rank 0
     predicts and scores it (the other processes' scores are empty); ``geometry``: fhcnn's
-    plan's, whose ``data.scale`` the U-Net's volume already has (resized back to score)."""
+    plan's, whose ``data.scale`` the U-Net's volume already has (resized back to score).
+    Nothing of it is written; its prediction spills into scratch of the run folder ``out``."""
     t0 = time.perf_counter()
     sink = ConfusionSink(held, k)
-    fit = fit_predict(uplan, None, lambda r: at_input_size(geometry, [sink]), quiet=True)
+    fit = fit_predict(uplan, None, lambda r: at_input_size(geometry, [sink]), quiet=True, spill_in=out)
     m = scores_of_confusion(sink.matrix)
     m.update(train_time_s=round(fit.train_time_s, 2), predict_time_s=round(fit.predict_time_s, 2),
              parameters=int(sum(p.numel() for p in fit.result.model.parameters())),
