@@ -892,9 +892,13 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
         run.drop_scratch(rel)
     for rel in remove:
         (out_abs / rel).unlink()
-    for d in sorted({q.as_posix() for f in remove for q in PurePosixPath(f).parents
-                     if q.as_posix() != "."}, key=lambda s: s.count("/"), reverse=True):
-        if d in run.dirs:
+    # the folders fhcnn made that are empty now: with --overwrite every one (those of outputs
+    # the new run no longer writes too, and those a killed run made before any file was moved
+    # in); gathering several runs (collect), those that held the removed files
+    made = set(run.dirs) if overwrite and not collect else \
+        {q.as_posix() for f in remove for q in PurePosixPath(f).parents} & run.dirs
+    for d in sorted(made, key=lambda s: s.count("/"), reverse=True):
+        if run._chain_ok(d) and not (out_abs / d).is_symlink():  # never through a link
             try:
                 (out_abs / d).rmdir()  # only once empty
                 run.dirs.discard(d)

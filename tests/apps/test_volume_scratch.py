@@ -25,7 +25,8 @@ TINY = ["--config", "volume-tiny", "--quiet"]
 # Runs ``fhcnn volume`` and kills its own process (SIGKILL: no finally block, no atexit) at one
 # point: "copy" in the one-time copy of a compressed input, once the staging file holds its
 # first box (the copy is forced through the staging file); "predict" once the prediction's
-# sinks (prediction file, probabilities) exist.
+# sinks (prediction file, probabilities) exist; "place" once the first file of the
+# probabilities has been moved into probabilities.zarr (its folders made and recorded).
 _KILLER = r"""
 import os, signal, sys
 import fhcnn.data.lazy as lazy
@@ -36,6 +37,13 @@ if where == "copy":
     copy = lazy.copy_to_zarr
     lazy.copy_to_zarr = lambda *a, **k: copy(*a, **{**k, "max_bytes": 1024})
     lazy.release_pages = lambda view: os.kill(os.getpid(), signal.SIGKILL)
+elif where == "place":
+    replace = os.replace
+    def killed(src, dst):
+        replace(src, dst)
+        if os.sep + "probabilities.zarr" + os.sep in str(dst):
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = killed
 else:
     import fhcnn.apps.volume.pipeline as pipeline
     sinks = pipeline._Outputs.sinks
@@ -104,6 +112,24 @@ def test_a_run_killed_while_it_predicts_leaves_nothing_after_the_next_run(vol, t
     assert main(again) == 0
     assert _hidden(out) == []
     assert (out / "prediction.nii.gz").is_file()
+
+
+def test_an_overwrite_removes_the_empty_folders_fhcnn_made_and_no_other(vol, tmp_path):
+    # a run killed while it moves the probabilities into probabilities.zarr: its folders are made
+    # (and recorded), one file is in. An --overwrite without --save-probs removed that file and
+    # the folders that held it, and left the other (empty) folders of probabilities.zarr for good
+    out = tmp_path / "out"
+    args = ["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--out", str(out)] + TINY
+    _killed_run("place", args + ["--save-probs"])
+    made = [p for p in (out / "probabilities.zarr").rglob("*") if p.is_dir()]
+    assert len(made) >= 3 and len([p for p in (out / "probabilities.zarr").rglob("*") if p.is_file()]) == 1
+    (out / "my-empty").mkdir()  # the user's empty folders, beside and inside a folder fhcnn made
+    (out / "checkpoints" / "my-empty").mkdir()
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "probabilities.zarr").exists()
+    assert (out / "my-empty").is_dir() and (out / "checkpoints" / "my-empty").is_dir()
+    dirs = json.loads((out / "run.json").read_text())["dirs"]
+    assert not [d for d in dirs if d.startswith("probabilities.zarr")] and "checkpoints" in dirs
 
 
 def test_a_run_killed_while_it_writes_prediction_npy_leaves_nothing_after_an_overwrite(vol, tmp_path):
@@ -254,3 +280,23 @@ def test_a_folder_moved_into_place_is_recorded_before_its_files_take_their_names
     _run_folder(out, overwrite=True)
     RunFolder.deactivate()
     assert not [p for p in out.rglob("*") if p.is_file() and p.name not in ("run.json",)]
+
+
+def test_an_overwrite_removes_no_empty_folder_through_a_link(tmp_path):
+    # folders fhcnn made, recorded; one of them replaced by a link to a folder of the user's
+    # that holds an empty folder of the same name as a recorded one: never removed through it
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    _run_folder(out)
+    try:
+        atomic.make_dir(out / "a" / "b")
+        atomic.make_dir(out / "c" / "d")
+    finally:
+        RunFolder.deactivate()
+    (elsewhere / "b").mkdir(parents=True)
+    (out / "a" / "b").rmdir()
+    (out / "a").rmdir()
+    (out / "a").symlink_to(elsewhere, target_is_directory=True)
+    _run_folder(out, overwrite=True)
+    RunFolder.deactivate()
+    assert (elsewhere / "b").is_dir() and (out / "a").is_symlink()
+    assert not (out / "c").exists()
