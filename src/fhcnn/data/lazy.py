@@ -31,6 +31,7 @@ import math
 import mmap
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -40,7 +41,8 @@ import numpy as np
 from .. import atomic
 from ..errors import InputError
 
-__all__ = ["MovedAxes", "StagedCopy", "staged_copies", "AxisPick", "expand_key", "ChannelView", "Moments",
+__all__ = ["MovedAxes", "StagedCopy", "staged_copies", "remove_stale_staged", "AxisPick", "expand_key",
+           "ChannelView", "Moments",
            "Standardized", "float32_safe", "standardize_channels",
            "ArrayLike", "LazyVolume", "StreamStats", "LabelScan", "Unmapped", "release_pages",
            "reflect_indices", "read_window", "iter_slabs", "whole_slabs", "stream_stats", "scan_labels", "copy_to_zarr",
@@ -817,22 +819,103 @@ def _reserve(path: Path, size: int) -> None:
                              f"({e.strerror or e})") from None
 
 
+#: Name of a :class:`StagedCopy`'s private folder (+ random characters), and of the lock file
+#: its process holds there while it lives.
+STAGED_PREFIX, STAGED_LOCK = "fhcnn-staged-", "owner.lock"
+
+
+def _hold(folder: Path) -> int | None:
+    """An open descriptor holding the exclusive ``flock`` of ``folder/STAGED_LOCK``, which marks
+    ``folder`` as this process's for as long as the descriptor is open: the kernel releases the
+    lock when the process ends, however it ends (SIGKILL too). The file is locked under a
+    temporary name first and then renamed, so it never exists unlocked while its process lives.
+    ``None`` where there are no locks (the folder is then never taken for a stale one)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    tmp = folder / f".{STAGED_LOCK}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        tmp.unlink()
+        return None
+    os.rename(tmp, folder / STAGED_LOCK)
+    return fd
+
+
+def _release(folder: str, fd: int | None) -> None:
+    """Remove a private folder, then let go of its lock."""
+    shutil.rmtree(folder, True)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stale_staged(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the private folders of :class:`StagedCopy` that processes which ended without
+    removing them (killed, SIGKILL) left in ``root`` (default the system's temporary folder,
+    ``TMPDIR``); returns them. A folder goes only when fhcnn can prove it is such a leftover:
+    named ``fhcnn-staged-*``, a real folder (no link) of this user, holding the lock file
+    :data:`STAGED_LOCK`, and that lock is free (a living process holds the lock of each of its
+    folders; the kernel releases it when the process ends). Anything else stays: a folder
+    without the lock file, another user's, a living process's."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: nothing can be proved
+        return []
+    import glob
+    import tempfile
+
+    removed = []
+    for folder in sorted(Path(root if root is not None else tempfile.gettempdir()).glob(
+            glob.escape(STAGED_PREFIX) + "*")):
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(folder / STAGED_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # still the folder's lock file (not one another cleaner removed meanwhile)
+            if os.fstat(fd).st_ino == os.lstat(folder / STAGED_LOCK).st_ino:
+                shutil.rmtree(folder, True)
+                removed.append(folder)
+        except OSError:  # held: its process lives (or no locks here)
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 class StagedCopy:
     """An array-like that is slow to read by window (a compressed file decoded page by page),
     copied once, in one streamed pass of slabs along ``axis`` (:func:`copy_to_zarr`), into a
-    zarr array in a private folder of the system's temporary folder (``TMPDIR``), and read from
-    that copy: before a run folder exists, every check and statistic reads it fast. The run then
-    makes its own copy (in the run folder, listed in ``run.json``) and adopts it
-    (:meth:`adopt`); the private folder is removed then, or when this object is collected, or
-    when the process ends.
+    zarr array in a private folder of the system's temporary folder (``TMPDIR``,
+    ``fhcnn-staged-*``), and read from that copy: before a run folder exists, every check and
+    statistic reads it fast. The run then makes its own copy (in the run folder, listed in
+    ``run.json``) and adopts it (:meth:`adopt`); the private folder is removed then, or when this
+    object is collected, or when the process ends. A process killed before that leaves its
+    folder: the next :class:`StagedCopy` (of any fhcnn process of the same user) first removes
+    such folders of processes that have ended (:func:`remove_stale_staged`; the process holds a
+    lock in its folder while it lives).
     """
 
     def __init__(self, source: ArrayLike, axis: int | Sequence[int], chunks: Sequence[int], dtype: Any = None) -> None:
         import tempfile
         import weakref
 
-        folder = tempfile.mkdtemp(prefix="fhcnn-staged-")
-        self._remove = weakref.finalize(self, shutil.rmtree, folder, True)
+        remove_stale_staged()
+        folder = tempfile.mkdtemp(prefix=STAGED_PREFIX)
+        try:
+            fd = _hold(Path(folder))
+        except BaseException:
+            shutil.rmtree(folder, True)
+            raise
+        self._remove = weakref.finalize(self, _release, folder, fd)
         self.folder = Path(folder)
         self.array: Any = copy_to_zarr(source, self.folder / "copy.zarr", chunks, axis=axis, dtype=dtype)
         self.shape, self.dtype, self.ndim = tuple(self.array.shape), np.dtype(self.array.dtype), self.array.ndim
