@@ -152,6 +152,18 @@ def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
     assert _outputs(out) == {"mine.txt"} and (out / "mine.txt").read_text() == "keep"
 
 
+def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
+    """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
+    majority vote leaves only unchanged: the refusal names the scale and the size it gives."""
+    d, _ = scene
+    out = tmp_path / "out"
+    _fails(["change", str(d / "before.npy"), str(d / "after.npy"), "--labels", str(d / "truth.npy"),
+            "--scale", "0.01", "--out", str(out), *TINY], capsys,
+           "data.scale=0.01 (--scale) resizes the 20x24 (H x W) input to 1x1, where the labels keep only "
+           "class 0 (at full size they hold classes [0, 1])")
+    assert not out.exists()
+
+
 @pytest.mark.skipif(not (DATA / "landsat_cd_taizhou").is_dir(), reason="shared data not present")
 def test_change_reads_real_landsat_pair_bad_label_size(tmp_path, capsys):
     d = DATA / "landsat_cd_taizhou" / "Taizhou"

@@ -224,6 +224,7 @@ def inputs(gen, tmp_path):
     ("no_mask_for_frame", "no mask for label frame"),
     ("bad_set", "model.widht"),
     ("negative_mask", "negative value -1"),
+    ("scale_leaves_one_class", "data.scale=0.01 (--scale) resizes the 16x24 (H x W) input to 1x1"),
 ])
 def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
     v, m = inputs / "v.npy", inputs / "m.npy"
@@ -251,6 +252,8 @@ def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
         labels = np.load(m).astype(np.int16)
         labels[:, :2] = -1
         np.save(m, labels)
+    elif case == "scale_leaves_one_class":  # the labels hold both classes; the resize leaves one
+        extra = ["--scale", "0.01"]
     out = inputs / "out"
     rc = main(["segment", str(v), "--labels", str(m), "--out", str(out)] + extra + TINY)
     err = capsys.readouterr().err.strip().splitlines()

@@ -198,7 +198,7 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
         raw = LazyVolume(channels, names=raw.names, slab_axes=raw.slab_axes)
     multiple = size_multiple_of(cfg.model)
     geom = Geometry.of(raw.spatial, d.scale, multiple)
-    labels = _labels_array(inputs.labels)
+    labels = full_labels = _labels_array(inputs.labels)
     want = geom.size if reduce else (geom.depth, *geom.size)
     if tuple(labels.shape) != tuple(want):
         hint = (" (2D (H, W) labels need data.reduce_depth=true)"
@@ -221,6 +221,15 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     k = inputs.num_classes or max(2, top + 1)
     present = [c for c in range(k) if scan.counts[c]]
     if len(present) < 2:
+        if geom.scaled != geom.size:  # did the resize leave too few? (then say so, not just "one class")
+            full = inputs.label_scan if inputs.label_scan is not None else \
+                scan_labels(full_labels, IGNORE, limit=inputs.num_classes or 256)
+            if len(full.classes()) >= 2:
+                (h0, w0), (h, w) = geom.size, geom.scaled
+                raise InputError(f"data.scale={d.scale:g} (--scale) resizes the {h0}x{w0} (H x W) input to "
+                                 f"{h}x{w}, where the labels keep "
+                                 + (f"only class {present[0]}" if present else "no labelled pixel")
+                                 + f" (at full size they hold classes {full.classes()}); use a larger scale")
         raise InputError(f"the labels must contain at least two classes; found only {present}")
     bad_c = [f"{name} ({s.nonfinite:,} voxels, one at {s.first_nonfinite})"
              for name, s in zip(raw.names, stats) if not s.finite]
