@@ -152,6 +152,22 @@ def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
     assert _outputs(out) == {"mine.txt"} and (out / "mine.txt").read_text() == "keep"
 
 
+def test_a_mat_date_with_two_largest_variables_needs_key(scene, tmp_path, capsys):
+    """Each .mat date holds two cubes of one size (e.g. radiance and reflectance): without
+    --key one of them was read without a word; now the run is refused naming both."""
+    import scipy.io
+
+    d, s = scene
+    for name, x in (("t1.mat", s.before), ("t2.mat", s.after)):
+        scipy.io.savemat(tmp_path / name, {"radiance": x, "reflectance": x * 0.5})
+    out = tmp_path / "out"
+    _fails(["change", str(tmp_path / "t1.mat"), str(tmp_path / "t2.mat"), "--labels", str(d / "truth.npy"),
+            "--out", str(out), *TINY], capsys,
+           "2 variables are the largest arrays of 2880 values (radiance (20, 24, 6), reflectance (20, 24, 6)), "
+           "so which one to read is not clear; give --key NAME")
+    assert not out.exists()
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

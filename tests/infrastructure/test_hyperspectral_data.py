@@ -112,6 +112,29 @@ def test_mat_v5_and_v73_agree(tmp_path, cube):
         read_cube(tmp_path / "v5.mat", key="nope")
 
 
+def test_mat_with_two_largest_variables_is_refused_naming_them(tmp_path, cube):
+    """Two 3D variables of one size (v5 and v7.3) and two 2D label maps of one size: which is
+    the image is not clear, so no pick is made without a word; ``key`` still picks one."""
+    scipy_io = pytest.importorskip("scipy.io")
+    h5py = pytest.importorskip("h5py")
+    scipy_io.savemat(tmp_path / "v5.mat", {"radiance": cube, "reflectance": cube + 1, "small": cube[:2]})
+    with h5py.File(tmp_path / "v73.mat", "w", userblock_size=512) as f:
+        f.create_dataset("radiance", data=cube.T)
+        f.create_dataset("reflectance", data=(cube + 1).T)
+    for name in ("v5.mat", "v73.mat"):
+        with pytest.raises(InputError, match=r"2 variables are the largest arrays of 105 values \(radiance "
+                                             r"\(5, 7, 3\), reflectance \(5, 7, 3\)\).*give --key NAME"):
+            read_cube(tmp_path / name)
+        np.testing.assert_array_equal(read_cube(tmp_path / name, key="reflectance"), cube + 1)
+    lab = np.zeros((5, 7), np.uint8)
+    lab[1] = 1
+    scipy_io.savemat(tmp_path / "lab.mat", {"gt": lab, "gt_old": 1 - lab})
+    with pytest.raises(InputError, match=r"gt \(5, 7\), gt_old \(5, 7\)\).*save the label map alone"):
+        read_change_map(tmp_path / "lab.mat")
+    scipy_io.savemat(tmp_path / "lab1.mat", {"gt": lab, "valid": np.ones((2, 7))})
+    np.testing.assert_array_equal(read_change_map(tmp_path / "lab1.mat"), lab)
+
+
 def test_mat_unmixing_layout(tmp_path, cube):
     scipy_io = pytest.importorskip("scipy.io")
     h, w, b = cube.shape

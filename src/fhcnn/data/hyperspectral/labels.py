@@ -41,7 +41,8 @@ def _read_2d(path: Path) -> np.ndarray:
             raise InputError(f"{path}: cannot read as TIFF ({e})") from None
     elif suffix == ".mat":
         variables = _mat_variables(path)
-        arr = _pick_mat_cube(path, {k: v for k, v in variables.items() if v.ndim == 2}, None, (2,))
+        arr = _pick_mat_cube(path, {k: v for k, v in variables.items() if v.ndim == 2}, None, (2,),
+                             "save the label map alone in its .mat file (--key is for the dates)")
     else:
         from PIL import UnidentifiedImageError
 

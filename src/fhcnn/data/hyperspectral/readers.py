@@ -7,7 +7,8 @@ layout on disk:
 format             how it is read
 =================  ===========================================================================
 ``.npy``           ``(H, W, B)``; a 4D ``(2, H, W, B)`` array holds both dates (:func:`read_pair`)
-``.mat`` (v4-7)    ``scipy.io.loadmat``; the variable ``key`` or the only/largest >= 2D array,
+``.mat`` (v4-7)    ``scipy.io.loadmat``; the variable ``key`` or the only/largest >= 2D array
+                   (two or more of the largest size are refused, naming them),
                    MATLAB's ``(rows, cols, bands)`` is already ``(H, W, B)``
 ``.mat`` (v7.3)    HDF5 through ``h5py``; HDF5 shows MATLAB arrays with the axes *reversed*
                    (``(B, W, H)``), so they are transposed back to ``(H, W, B)``
@@ -414,7 +415,13 @@ def _mat_variables(path: Path) -> dict[str, Any]:
 
 
 def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None,
-                   ndim: tuple[int, ...] = (2, 3)) -> np.ndarray:
+                   ndim: tuple[int, ...] = (2, 3), choose: str = "give --key NAME") -> np.ndarray:
+    """The variable ``key``, or else the largest ``ndim``-D one (of more than one value).
+
+    Raises:
+        InputError: no variable ``key``; no candidate; two or more candidates of the largest
+            size (which is the image is not clear: ``choose`` says what to do, e.g. ``--key``).
+    """
     if key is not None:
         if key not in variables:
             raise InputError(f"{path}: no numeric variable '{key}' (variables: {sorted(variables)})")
@@ -424,7 +431,13 @@ def _pick_mat_cube(path: Path, variables: dict[str, np.ndarray], key: str | None
         if not cands:
             raise InputError(f"{path}: no {'/'.join(map(str, ndim))}-D numeric variable "
                              f"(variables: {sorted(variables)}); pass the variable name")
-        arr = max(cands.values(), key=lambda v: v.size)
+        largest = max(v.size for v in cands.values())
+        tied = sorted(k for k, v in cands.items() if v.size == largest)
+        if len(tied) > 1:
+            raise InputError(f"{path}: {len(tied)} variables are the largest arrays of {largest} values ("
+                             + ", ".join(f"{k} {tuple(cands[k].shape)}" for k in tied)
+                             + f"), so which one to read is not clear; {choose}")
+        arr = cands[tied[0]]
     if arr.ndim == 2 and "nRow" in variables and "nCol" in variables:
         arr = np.asarray(arr)
         # unmixing layout: (bands, rows*cols), pixels in MATLAB column-major order
@@ -514,7 +527,8 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
 
     Args:
         path: ``.npy``, ``.mat``, ENVI header or raw file, ``.tif``/``.tiff``.
-        key: variable name inside a ``.mat`` file (default: the only/largest 2-3D array).
+        key: variable name inside a ``.mat`` file (default: the only/largest 2-3D array; a tie
+            for the largest is refused).
 
     Raises:
         FileNotFoundError, InputError: unreadable file, wrong rank, NaN/inf values.
