@@ -168,6 +168,35 @@ def test_a_mat_date_with_two_largest_variables_needs_key(scene, tmp_path, capsys
     assert not out.exists()
 
 
+def test_key_for_dates_without_variables_is_refused(scene, tmp_path, capsys):
+    """--key names a .mat variable: given for .npy, TIFF or ENVI dates (or a 4D .npy pair) it
+    selected nothing and was ignored without a word; now refused naming the input. Beside one .mat
+    date it names that date's variable."""
+    import scipy.io
+    import tifffile
+
+    from fhcnn.apps.change.inputs import load_inputs
+
+    d, s = scene
+    b, a, t = str(d / "before.npy"), str(d / "after.npy"), str(d / "truth.npy")
+    out = tmp_path / "out"
+    tifffile.imwrite(tmp_path / "t2.tif", s.after.astype(np.float32), planarconfig="contig", photometric="minisblack")
+    write_envi(tmp_path / "t3", s.after.astype(np.float32))
+    np.save(tmp_path / "pair.npy", np.stack([s.before, s.after]))
+    for dates, named in (([b, a], b), ([str(tmp_path / "t2.tif"), a], str(tmp_path / "t2.tif")),
+                         ([str(tmp_path / "t3.hdr"), a], str(tmp_path / "t3.hdr")),
+                         ([str(tmp_path / "pair.npy")], str(tmp_path / "pair.npy"))):
+        kind = {".npy": "a .npy", ".tif": "a TIFF", ".hdr": "an ENVI"}[Path(named).suffix]
+        _fails(["change", *dates, "--key", "img", "--labels", t, "--out", str(out), *TINY], capsys,
+               f"{named}: --key img names a variable of a .mat file, but this is {kind} file")
+    assert not out.exists()
+    scipy.io.savemat(tmp_path / "t1.mat", {"radiance": s.before * 2, "reflectance": s.before})
+    for dates in ((str(tmp_path / "t1.mat"), a), (a, str(tmp_path / "t1.mat"))):
+        got = load_inputs(*dates, key="reflectance", labels=t)
+        mat = got.before if dates[0].endswith(".mat") else got.after
+        np.testing.assert_array_equal(np.asarray(mat), s.before)
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

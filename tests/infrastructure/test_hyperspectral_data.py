@@ -135,6 +135,21 @@ def test_mat_with_two_largest_variables_is_refused_naming_them(tmp_path, cube):
     np.testing.assert_array_equal(read_change_map(tmp_path / "lab1.mat"), lab)
 
 
+def test_key_is_refused_for_formats_without_variables(tmp_path, cube):
+    tifffile = pytest.importorskip("tifffile")
+    np.save(tmp_path / "c.npy", cube)
+    tifffile.imwrite(tmp_path / "c.tif", cube, planarconfig="contig", photometric="minisblack")
+    header, raw = write_envi(tmp_path / "c", cube)
+    np.save(tmp_path / "pair.npy", np.stack([cube, cube + 1]))
+    for path, kind in (("c.npy", "a .npy"), ("c.tif", "a TIFF"), ("c.hdr", "an ENVI"), ("c", "an ENVI")):
+        with pytest.raises(InputError, match=f"--key img names a variable of a .mat file, but this is {kind} file"):
+            read_cube(tmp_path / path, key="img")
+        np.testing.assert_array_equal(read_cube(tmp_path / path), cube)
+    for key in ("img", "T1,T2"):
+        with pytest.raises(InputError, match=f"--key {key} names a variable of a .mat file, but this is a .npy"):
+            read_pair(tmp_path / "pair.npy", key=key)
+
+
 def test_mat_unmixing_layout(tmp_path, cube):
     scipy_io = pytest.importorskip("scipy.io")
     h, w, b = cube.shape

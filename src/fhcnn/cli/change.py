@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OUT gets prediction.npy/.png, figure.png, metrics.json, config.yaml and the checkpoint.")
     parser.add_argument("before", metavar="BEFORE", help="date-1 image, or one 4D file with both dates")
     parser.add_argument("after", metavar="AFTER", nargs="?", help="date-2 image (same H, W, bands)")
-    parser.add_argument("--key", help="variable name inside .mat inputs (default: the largest array; two of that size "
-                        "are refused); for one .mat "
+    parser.add_argument("--key", help="variable name inside .mat dates, not label maps (default: the largest array; "
+                        "two of that size are refused; refused for dates of other formats); for one .mat "
                         "holding both dates: BEFORE_VAR,AFTER_VAR (default: the two 3D arrays in "
                         "name order, printed)")
     g = parser.add_argument_group("labels")

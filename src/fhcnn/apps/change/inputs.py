@@ -6,6 +6,7 @@ demand); the label maps are 2D."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,12 +48,17 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
                 eval_labels: str | None = None) -> ChangeInputs:
     """Read and validate every input (nothing is written). Raises InputError/FileNotFoundError."""
     dates: dict[str, str] = {}
+    if key is not None and after_path is not None and _is_mat(before_path) != _is_mat(after_path):
+        # one .mat date and one of a format without variables: --key names the .mat date's variable
+        key_before, key_after = (key, None) if _is_mat(before_path) else (None, key)
+    else:   # given for dates without variables, the readers refuse it
+        key_before = key_after = key
     if after_path is None:
         before, after = open_pair(before_path, key=key, sources=dates)
         dates = {k: (f"{before_path}: {v}" if k != "order" else v) for k, v in dates.items()}
     else:
         dates = {"before": str(before_path), "after": str(after_path)}
-        before, after = open_cube(before_path, key=key), open_cube(after_path, key=key)
+        before, after = open_cube(before_path, key=key_before), open_cube(after_path, key=key_after)
         if before.shape != after.shape:
             raise InputError(f"BEFORE {before_path} is {before.shape} (H, W, bands) but AFTER "
                              f"{after_path} is {after.shape}; both dates must have the same size and bands")
@@ -91,6 +97,11 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
         held = eval_map.copy()
         held[train != IGNORE] = IGNORE
     return ChangeInputs(before, after, lab, train, held, source, dates)
+
+
+def _is_mat(path: str) -> bool:
+    """Whether a date is a ``.mat`` file (the one format whose variables ``--key`` names)."""
+    return Path(path).suffix.lower() == ".mat"
 
 
 def _identical(before: Any, after: Any) -> bool:

@@ -471,7 +471,16 @@ def _tiff_cube(path: Path) -> Any:
     return arr
 
 
+def _no_key(path: Path, key: str | None, kind: str) -> None:
+    """Refuse a ``key`` for a file of a format without variables (it would select nothing)."""
+    if key is not None:
+        raise InputError(f"{path}: --key {key} names a variable of a .mat file, but this is {kind} file, "
+                         f"which holds one array and no variables; leave --key out")
+
+
 def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
+    """The array of a file of any supported format; ``key`` (a ``.mat`` variable) is refused for
+    the formats without variables."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
@@ -481,14 +490,17 @@ def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
         if suffix == ".npy":
             from .._npy import load_npy
 
+            _no_key(path, key, "a .npy")
             return load_npy(path, "cube", mmap_mode="r")
         if suffix == ".mat":
             return _pick_mat_cube(path, _mat_variables(path), key, ndim)
         if suffix in (".tif", ".tiff"):
+            _no_key(path, key, "a TIFF")
             return _tiff_cube(path)
         if suffix == ".hdr" or suffix in _ENVI_DATA_EXTS or any(
                 Path(str(path) + e).is_file() for e in (".hdr", ".HDR")) or \
                 path.with_suffix(".hdr").is_file() or path.with_suffix(".HDR").is_file():
+            _no_key(path, key, "an ENVI")
             return read_envi(path)[0]
     except PermissionError as e:
         raise InputError(f"{path}: permission denied ({e.strerror})") from None
@@ -528,7 +540,7 @@ def read_cube(path: str | os.PathLike[str], key: str | None = None) -> np.ndarra
     Args:
         path: ``.npy``, ``.mat``, ENVI header or raw file, ``.tif``/``.tiff``.
         key: variable name inside a ``.mat`` file (default: the only/largest 2-3D array; a tie
-            for the largest is refused).
+            for the largest is refused); refused for the other formats, which have no variables.
 
     Raises:
         FileNotFoundError, InputError: unreadable file, wrong rank, NaN/inf values.
