@@ -197,6 +197,33 @@ def test_key_for_dates_without_variables_is_refused(scene, tmp_path, capsys):
         np.testing.assert_array_equal(np.asarray(mat), s.before)
 
 
+def test_eval_labels_of_one_class_are_refused(scene, tmp_path, capsys):
+    """--eval-labels must score both classes: a 0/255 map marking change with 255 (= unlabelled)
+    read as 'every scored pixel unchanged', and a map whose pixels outside the training labels are
+    of one class (or none), ran and reported an mIoU of another class set, or none at all."""
+    d, s = scene
+    b, a, t = str(d / "before.npy"), str(d / "after.npy"), str(d / "truth.npy")
+    out = tmp_path / "out"
+    white = tmp_path / "white.npy"
+    np.save(white, np.where(s.change == 1, 255, 0).astype(np.uint8))
+    _fails(["change", b, a, "--labels", t, "--label-fraction", "0.2", "--eval-labels", str(white), "--out",
+            str(out), *TINY], capsys,
+           f"--eval-labels {white}: only unchanged (0) pixels are labelled (384) (255 means unlabelled, not "
+           f"changed: mark changed pixels with 1); scoring needs both changed and unchanged examples")
+    train = np.full(s.change.shape, IGNORE, np.uint8)   # every changed pixel and one row of unchanged
+    train[s.change == 1] = 1
+    row = np.flatnonzero((s.change == 0).all(1))[0]
+    train[row] = 0
+    np.save(tmp_path / "train.npy", train)
+    for name, ev in (("same.npy", train), ("no_change_left.npy", s.change)):
+        np.save(tmp_path / name, ev)
+        _fails(["change", b, a, "--labels", str(tmp_path / "train.npy"), "--eval-labels", str(tmp_path / name),
+                "--out", str(out), *TINY], capsys,
+               f"--eval-labels {tmp_path / name} outside the training pixels: "
+               + ("no labelled pixels" if name == "same.npy" else "only unchanged (0) pixels are labelled"))
+    assert not out.exists()
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

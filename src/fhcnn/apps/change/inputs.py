@@ -96,6 +96,9 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
     if eval_map is not None:
         held = eval_map.copy()
         held[train != IGNORE] = IGNORE
+        # a map of one class (e.g. 0/255 with change marked 255 = unlabelled) scores another class set
+        check_labels(eval_map, f"--eval-labels {eval_labels}", "scoring")
+        check_labels(held, f"--eval-labels {eval_labels} outside the training pixels", "scoring")
     return ChangeInputs(before, after, lab, train, held, source, dates)
 
 

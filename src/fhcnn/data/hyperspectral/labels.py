@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -142,14 +143,22 @@ def labels_from_masks(changed: str | os.PathLike[str] | None, unchanged: str | o
     return (~maps["unchanged"]).astype(np.uint8)
 
 
-def check_labels(labels: np.ndarray, what: str = "labels") -> dict[str, int]:
-    """Raise ``InputError`` unless both classes have labelled pixels; return the counts."""
+def check_labels(labels: np.ndarray, what: str = "labels",
+                 use: Literal["training", "scoring"] = "training") -> dict[str, int]:
+    """Raise ``InputError`` unless both classes have labelled pixels; return the counts.
+
+    ``use`` names what needs them in the message: ``"training"`` (the training labels) or
+    ``"scoring"`` (the held-out pixels of ``--eval-labels``: with one class, the IoU of the other
+    counts only false alarms, and the mIoU compares another class set than the model's).
+    """
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     if n0 + n1 == 0:
         raise InputError(f"{what}: no labelled pixels (every pixel is 255/NaN = unlabelled)")
     if n0 == 0 or n1 == 0:
         only = "changed (1)" if n0 == 0 else "unchanged (0)"
-        raise InputError(f"{what}: only {only} pixels are labelled ({n0 + n1}); training needs "
+        hint = " (255 means unlabelled, not changed: mark changed pixels with 1)" \
+            if n1 == 0 and (labels == IGNORE).any() else ""
+        raise InputError(f"{what}: only {only} pixels are labelled ({n0 + n1}){hint}; {use} needs "
                          "both changed and unchanged examples")
     return {"unchanged": n0, "changed": n1}
 
