@@ -225,6 +225,10 @@ def inputs(gen, tmp_path):
     ("bad_set", "model.widht"),
     ("negative_mask", "negative value -1"),
     ("scale_leaves_one_class", "data.scale=0.01 (--scale) resizes the 16x24 (H x W) input to 1x1"),
+    ("eval_extra_class", "ev.npy frame 00003 holds mask value 3, which no label frame (00000, 00002, 00005) of"),
+    ("eval_binary_beside_objects", "hold mask values 0, 1, 2 but the masks of"),
+    ("other_frame_extra_class", "(frames not in --label-frames) frame 00003 holds mask value 3, which no label "
+                                "frame (00000, 00005) of"),
 ])
 def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
     v, m = inputs / "v.npy", inputs / "m.npy"
@@ -254,6 +258,19 @@ def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
         np.save(m, labels)
     elif case == "scale_leaves_one_class":  # the labels hold both classes; the resize leaves one
         extra = ["--scale", "0.01"]
+    elif case.startswith("eval_"):  # scores over another class set than the label frames'
+        ev = np.load(m)
+        if case == "eval_extra_class":  # an object the network never learns: a class of IoU 0
+            ev[3, :2, :2] = 3
+        else:  # binary masks beside two objects: object 2's pixels scored as object 1
+            ev = (ev > 0).astype(np.uint8)
+        np.save(inputs / "ev.npy", ev)
+        extra = ["--eval-labels", str(inputs / "ev.npy")]
+    elif case == "other_frame_extra_class":  # its pixels were left out of the score without a word
+        labels = np.load(m)
+        labels[3, :2, :2] = 3
+        np.save(m, labels)
+        extra = ["--label-frames", "0,5"]
     out = inputs / "out"
     rc = main(["segment", str(v), "--labels", str(m), "--out", str(out)] + extra + TINY)
     err = capsys.readouterr().err.strip().splitlines()

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...data.lazy import ChannelView, LazyVolume, StreamStats
 from ...data.video import (
+    COLOUR_CODE_OFFSET,
     MaskSet,
     VideoFrames,
     apply_classes,
@@ -196,6 +197,10 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     if missing:
         raise InputError(f"no mask for label frame(s) {', '.join(names[k] for k in missing)} in {masks} "
                          f"(it has masks for {len(lab_raw)} frame(s))")
+    others = [k for k in lab_raw if k not in chosen]
+    _check_scored_classes(lab_raw.only(chosen), ev_raw if ev_raw is not None else lab_raw.only(others),
+                          str(eval_labels) if ev_raw is not None else f"{masks} (frames not in --label-frames)",
+                          str(masks), names, explicit=ev_raw is not None)
     classes = mask_classes(lab_raw.only(chosen), *([ev_raw] if ev_raw else []))
     if len(classes) > 255:
         raise InputError(f"too many distinct mask values ({len(classes)}) in {masks}")
@@ -217,6 +222,40 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
     return VideoInputs(frames, names, labels, chosen, ev, ev_source, classes,
                        {"video": str(video), "labels": str(masks),
                         **({"eval_labels": str(eval_labels)} if eval_labels is not None else {})}, stats)
+
+
+def _value_name(v: int) -> str:
+    """A raw mask value as a user wrote it: an index, or an RGB mask's colour."""
+    if v >= COLOUR_CODE_OFFSET:
+        c = v - COLOUR_CODE_OFFSET
+        return f"colour ({c >> 16}, {(c >> 8) & 255}, {c & 255})"
+    return str(v)
+
+
+def _check_scored_classes(train: MaskSet, scored: MaskSet, source: str, masks: str, names: Sequence[str],
+                          explicit: bool) -> None:
+    """Refuse scores over another class set than the label frames': a scored mask value that no
+    label frame holds (the network never learns it; as evaluation masks it would be a class of
+    IoU 0, in the other frames of ``--labels`` its pixels would be left out of the score), and
+    evaluation masks (``explicit``) that lack an object the label frames hold (a binary mask
+    beside several objects: the pixels of one object would be scored as another's)."""
+    have = mask_classes(train)
+    got = mask_classes(scored)
+    extra = [v for v in got if v not in have]
+    if extra:
+        frame = next(k for k in sorted(scored) if extra[0] in distinct_values(scored, k))
+        raise InputError(f"{source} frame {names[frame]} holds mask value {_value_name(extra[0])}, which no label "
+                         f"frame ({', '.join(names[k] for k in sorted(train))}) of {masks} holds: the network never "
+                         f"learns that class, so the scores would be over another class set; give label "
+                         f"frames that show it (--label-frames)"
+                         + (" or evaluation masks with the labels' values" if explicit else ""))
+    missing = [v for v in have if v not in got]
+    if explicit and missing:
+        raise InputError(f"the label frames of {masks} hold mask values "
+                         f"{', '.join(map(_value_name, have))} but the masks of {source} only "
+                         f"{', '.join(map(_value_name, got))}: evaluation masks with fewer objects than the "
+                         f"labels (e.g. a binary mask beside several objects) score one object's pixels as "
+                         f"another's; give evaluation masks with the labels' values")
 
 
 def _classes_of(raw: MaskSet, k: int, classes: Sequence[int]) -> np.ndarray:
