@@ -254,6 +254,20 @@ def test_change_map_formats(tmp_path):
         read_change_map(tmp_path / "b.npy")
 
 
+def test_palette_masks_are_read_by_index_not_colour(tmp_path):
+    """As docs/change.md says: a palette mask whose index 0 is white and index 1 black marks
+    the pixels of index 1 (shown black), not the white ones."""
+    from PIL import Image
+
+    idx = np.zeros((3, 4), np.uint8)
+    idx[1, 1:3] = 1
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+    im.save(tmp_path / "changed.png")
+    np.testing.assert_array_equal(labels_from_masks(tmp_path / "changed.png", None, (3, 4)), idx)
+    np.testing.assert_array_equal(read_change_map(tmp_path / "changed.png", (3, 4)), idx)
+
+
 def test_masks_partial_and_full(tmp_path):
     from PIL import Image
 

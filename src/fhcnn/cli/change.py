@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("labels")
     g.add_argument("--labels", metavar="MAP", help="2D change map .npy/.png/.bmp/.tif: 1 changed, "
                    "0 unchanged, 255 (or NaN) unlabelled")
-    g.add_argument("--changed", metavar="MASK", help="mask of known changed pixels (nonzero); alone "
-                   "it is a full binary map (zero = unchanged)")
+    g.add_argument("--changed", metavar="MASK", help="mask of known changed pixels (nonzero; a palette "
+                   "image by its palette index, not its colour); alone it is a full binary map (zero = unchanged)")
     g.add_argument("--unchanged", metavar="MASK", help="mask of known unchanged pixels (nonzero)")
     g.add_argument("--label-fraction", type=float, metavar="F",
                    help="train on a stratified random fraction F of the labelled pixels and score "
