@@ -224,6 +224,18 @@ def test_eval_labels_of_one_class_are_refused(scene, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_date_with_pixels_at_its_no_data_value_is_refused(scene, tmp_path, capsys):
+    d, s = scene
+    holes = s.after.astype(np.float32)
+    holes[5, 6, :] = -9999
+    header, _ = write_envi(tmp_path / "t2", holes)
+    header.write_text(header.read_text() + "data ignore value = -9999\n")
+    out = tmp_path / "out"
+    _fails(["change", str(d / "before.npy"), str(header), "--labels", str(d / "truth.npy"), "--out", str(out),
+            *TINY], capsys, "cube holds 6 value(s) equal to -9999, the no-data value its ENVI header's")
+    assert not out.exists()
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

@@ -86,6 +86,34 @@ def test_envi_errors(tmp_path, cube):
         read_cube(tmp_path / "c.hdr")
 
 
+def test_pixels_at_the_declared_no_data_value_are_refused(tmp_path, cube):
+    """An ENVI 'data ignore value' or a GeoTIFF GDAL_NODATA tag marks pixels that are not
+    measurements; they were read as data (-9999 among reflectances) without a word."""
+    tifffile = pytest.importorskip("tifffile")
+    holes = cube.copy()
+    holes[2, 3, :] = -9999
+    holes[4, 0, 1] = -9999
+    header, _ = write_envi(tmp_path / "s", holes)
+    np.testing.assert_array_equal(read_cube(header), holes)    # no declared value: data as it stands
+    header.write_text(header.read_text() + "data ignore value = -9999\n")
+    with pytest.raises(InputError, match=r"cube holds 4 value\(s\) equal to -9999, the no-data value its ENVI "
+                                         r"header's 'data ignore value' declares \(first at index \(2, 3, 0\)\)"):
+        read_cube(tmp_path / "s")
+    counts = (np.arange(5 * 7 * 3).reshape(5, 7, 3) % 50 + 1).astype(np.uint16)   # no 0 among them
+    header, _ = write_envi(tmp_path / "u", counts)
+    header.write_text(header.read_text() + "data ignore value = 0\n")
+    np.testing.assert_array_equal(read_cube(header), counts)
+    counts[0, 0, 0] = 0
+    write_envi(tmp_path / "u", counts)
+    header.write_text(header.read_text() + "data ignore value = 0\n")
+    with pytest.raises(InputError, match=r"holds 1 value\(s\) equal to 0, the no-data value"):
+        read_cube(header)
+    tifffile.imwrite(tmp_path / "g.tif", holes, planarconfig="contig", photometric="minisblack",
+                     extratags=[(42113, "s", 0, "-9999", True)])
+    with pytest.raises(InputError, match=r"holds 4 value\(s\) equal to -9999, the no-data value its GDAL_NODATA tag"):
+        read_cube(tmp_path / "g.tif")
+
+
 def test_envi_matches_spectral_package(tmp_path, cube):
     envi = pytest.importorskip("spectral.io.envi")
     for inter in ("bsq", "bil", "bip"):

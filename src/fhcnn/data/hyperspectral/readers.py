@@ -508,25 +508,57 @@ def _load_any(path: Path, key: str | None, ndim: tuple[int, ...]) -> np.ndarray:
                      ".npy, .mat (v5 and v7.3), ENVI (.hdr/.HDR header or raw file), .tif/.tiff")
 
 
+def _nodata(path: Path) -> tuple[float, str] | None:
+    """The no-data value a file's metadata declares and where: an ENVI header's ``data ignore
+    value``, a GeoTIFF's ``GDAL_NODATA`` tag (42113); ``None`` when it declares none (or one that
+    is not a number)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                tag = tif.pages[0].tags.get(42113)
+                text, where = (tag.value if tag is not None else None), "GDAL_NODATA tag"
+        elif path.suffix.lower() not in (".npy", ".mat") and _is_envi(path):
+            text = read_envi_header(_envi_paths(path)[0]).get("data ignore value")
+            where = "ENVI header's 'data ignore value'"
+        else:
+            return None
+        return None if text is None else (float(str(text).strip().strip("\x00")), where)
+    except (InputError, ValueError, OSError):
+        return None
+
+
 def _checked(arr: Any, path: Path, what: str = "cube") -> Any:
     """``arr`` (an ``(H, W, B)`` array-like, not read) after one streamed pass that refuses NaN
-    and infinite values, naming the first."""
+    and infinite values, and values equal to the no-data value the file declares
+    (:func:`_nodata`), naming the first."""
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{path}: {what} has non-numeric type {arr.dtype}")
-    if arr.dtype.kind == "f":
+    nodata = _nodata(path)
+    if nodata is not None and not np.isfinite(nodata[0]):
+        nodata = None   # NaN/inf: refused as such below
+    if arr.dtype.kind == "f" or nodata is not None:
         h, w = int(arr.shape[0]), int(arr.shape[1])
         rows = max(1, (16 * 2**20) // max(1, 8 * w * int(np.prod(arr.shape[2:]))))
-        count, first = 0, None
+        counts: list[int] = [0, 0]                      # NaN/inf, no-data
+        firsts: list[tuple[int, ...] | None] = [None, None]
         for r in range(0, h, rows):
-            bad = ~np.isfinite(np.asarray(arr[r:r + rows]))
-            if bad.any():
-                count += int(bad.sum())
-                if first is None:
-                    where = np.argwhere(bad)[0]
-                    first = (int(where[0]) + r, *(int(i) for i in where[1:]))
-        if count:
-            raise InputError(f"{path}: {what} contains {count} NaN/inf value(s) "
-                             f"(first at index {first}); fill or mask them before training")
+            block = np.asarray(arr[r:r + rows])
+            for kind, bad in enumerate((~np.isfinite(block) if block.dtype.kind == "f" else None,
+                                        block == nodata[0] if nodata is not None else None)):
+                if bad is not None and bad.any():
+                    counts[kind] += int(bad.sum())
+                    if firsts[kind] is None:
+                        where = np.argwhere(bad)[0]
+                        firsts[kind] = (int(where[0]) + r, *(int(i) for i in where[1:]))
+        if counts[0]:
+            raise InputError(f"{path}: {what} contains {counts[0]} NaN/inf value(s) "
+                             f"(first at index {firsts[0]}); fill or mask them before training")
+        if counts[1] and nodata is not None:
+            raise InputError(f"{path}: {what} holds {counts[1]} value(s) equal to {nodata[0]:g}, the no-data value "
+                             f"its {nodata[1]} declares (first at index {firsts[1]}): those are not "
+                             f"measurements; fill or mask them (or crop them away) before training")
     if isinstance(arr, np.memmap):  # read by copy: the map's pages do not stay resident
         from ..lazy import Unmapped
 
@@ -558,7 +590,9 @@ def open_cube(path: str | os.PathLike[str], key: str | None = None) -> Any:
     """Open one hyperspectral image as an ``(H, W, B)`` array-like in the file's numeric type,
     read on demand where the format allows (``.npy``, ENVI: memory maps; ``.mat`` v7.3: the HDF5
     dataset; uncompressed TIFF: a memory map; compressed TIFF: a private chunked copy made in
-    one pass; ``.mat`` v5 is read whole). One streamed pass refuses NaN/inf values.
+    one pass; ``.mat`` v5 is read whole). One streamed pass refuses NaN/inf values and values
+    equal to the no-data value the file declares (ENVI ``data ignore value``, GeoTIFF
+    ``GDAL_NODATA``).
 
     Raises:
         FileNotFoundError, InputError: as :func:`read_cube`.
