@@ -227,6 +227,7 @@ def inputs(gen, tmp_path):
     ("scale_leaves_one_class", "data.scale=0.01 (--scale) resizes the 16x24 (H x W) input to 1x1"),
     ("eval_extra_class", "ev.npy frame 00003 holds mask value 3, which no label frame (00000, 00002, 00005) of"),
     ("eval_binary_beside_objects", "hold mask values 0, 1, 2 but the masks of"),
+    ("multipage_mask", "holds 2 images (pages or animation frames), of which only the first would be read"),
     ("other_frame_extra_class", "(frames not in --label-frames) frame 00003 holds mask value 3, which no label "
                                 "frame (00000, 00005) of"),
 ])
@@ -266,6 +267,16 @@ def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
             ev = (ev > 0).astype(np.uint8)
         np.save(inputs / "ev.npy", ev)
         extra = ["--eval-labels", str(inputs / "ev.npy")]
+    elif case == "multipage_mask":  # page 2 holds the object: reading page 1 alone lost it
+        import tifffile
+
+        mdir = inputs / "mk"
+        mdir.mkdir()
+        masks = np.load(m)
+        for k in range(6):
+            tifffile.imwrite(mdir / f"{k:05d}.tif", masks[k] * 0 if k else np.stack([masks[k] * 0, masks[k]]),
+                             photometric="minisblack")
+        m = mdir
     elif case == "other_frame_extra_class":  # its pixels were left out of the score without a word
         labels = np.load(m)
         labels[3, :2, :2] = 3

@@ -296,6 +296,19 @@ def test_palette_masks_are_read_by_index_not_colour(tmp_path):
     np.testing.assert_array_equal(read_change_map(tmp_path / "changed.png", (3, 4)), idx)
 
 
+def test_a_label_image_of_several_images_is_refused(tmp_path):
+    """An animated PNG whose second frame marks the change: Pillow reads the first alone, which
+    read as 'nothing changed'."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.zeros((3, 4), np.uint8)), Image.fromarray(np.eye(3, 4, dtype=np.uint8))]
+    frames[0].save(tmp_path / "changed.png", save_all=True, append_images=frames[1:])
+    for read in (lambda p: labels_from_masks(p, None, (3, 4)), lambda p: read_change_map(p, (3, 4))):
+        with pytest.raises(InputError, match=r"label image .*changed.png holds 2 images \(pages or animation "
+                                             r"frames\), of which only the first would be read"):
+            read(tmp_path / "changed.png")
+
+
 def test_masks_partial_and_full(tmp_path):
     from PIL import Image
 

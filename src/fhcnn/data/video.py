@@ -127,12 +127,17 @@ def pil_high_depth(im: "Image.Image") -> str | None:
 def open_image(f: Path, what: str, keep_depth: str = "save it as a 16-bit TIFF, a 16-bit grey PNG or "
                "a .npy array to keep its depth") -> Iterator["Image.Image"]:
     """``PIL.Image.open`` that refuses (naming the file, and saying ``keep_depth``: how the
-    caller reads it at its depth) an image Pillow would read at fewer bits than it holds, and
-    turns it upright by its EXIF orientation (as every viewer shows it); the caller catches
-    reading errors."""
+    caller reads it at its depth) an image Pillow would read at fewer bits than it holds, and a
+    file of several images (a multi-page TIFF, an animated PNG or GIF: Pillow reads the first
+    alone), and turns it upright by its EXIF orientation (as every viewer shows it); the caller
+    catches reading errors."""
     from PIL import Image, ImageOps
 
     with Image.open(f) as im:
+        n = int(getattr(im, "n_frames", 1))
+        if n > 1:
+            raise InputError(f"{what} {f} holds {n} images (pages or animation frames), of which only the "
+                             f"first would be read; save each {what} as a file of one image")
         raw = pil_high_depth(im)
         if raw is not None:
             kind = {"RGB": "colour", "RGBA": "colour", "LA": "grey-with-alpha"}.get(raw.split(";")[0], raw)
