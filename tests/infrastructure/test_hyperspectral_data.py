@@ -309,6 +309,15 @@ def test_a_label_image_of_several_images_is_refused(tmp_path):
             read(tmp_path / "changed.png")
 
 
+def test_nan_in_a_full_changed_mask_is_unlabelled(tmp_path):
+    """--changed alone is a full map; its NaN pixels (the label maps' 'unlabelled') were read
+    as unchanged training pixels."""
+    m = np.array([[0, 1, np.nan], [np.nan, 0, 2]])
+    np.save(tmp_path / "changed.npy", m)
+    np.testing.assert_array_equal(labels_from_masks(tmp_path / "changed.npy", None, (2, 3)),
+                                  [[0, 1, IGNORE], [IGNORE, 0, 1]])
+
+
 def test_masks_partial_and_full(tmp_path):
     from PIL import Image
 

@@ -114,18 +114,18 @@ def labels_from_masks(changed: str | os.PathLike[str] | None, unchanged: str | o
 
     ``changed`` and ``unchanged`` given: pixels nonzero in ``changed`` are 1, nonzero in
     ``unchanged`` are 0, the rest unlabelled (a pixel in both raises). Only ``changed``
-    given: it is a *full* binary map (nonzero = changed, zero = unchanged). Only
-    ``unchanged`` given: full map with the roles swapped.
+    given: it is a *full* binary map (nonzero = changed, zero = unchanged, NaN = unlabelled, as
+    in a label map). Only ``unchanged`` given: full map with the roles swapped.
     """
     if changed is None and unchanged is None:
         raise InputError("give --changed and/or --unchanged masks")
-    maps = {}
+    maps, unknown = {}, {}
     for name, p in (("changed", changed), ("unchanged", unchanged)):
         if p is not None:
             arr = _read_2d(Path(p))
             _check_shape(arr, shape, Path(p))
             a = arr.astype(np.float64)
-            maps[name] = np.isfinite(a) & (a != 0)
+            maps[name], unknown[name] = np.isfinite(a) & (a != 0), np.isnan(a)
     if changed is not None and unchanged is not None:
         if maps["changed"].shape != maps["unchanged"].shape:
             raise InputError(f"--changed {changed} is {maps['changed'].shape} but --unchanged "
@@ -138,9 +138,10 @@ def labels_from_masks(changed: str | os.PathLike[str] | None, unchanged: str | o
         out[maps["unchanged"]] = 0
         out[maps["changed"]] = 1
         return out
-    if changed is not None:
-        return maps["changed"].astype(np.uint8)
-    return (~maps["unchanged"]).astype(np.uint8)
+    name = "changed" if changed is not None else "unchanged"
+    out = (maps[name] if changed is not None else ~maps[name]).astype(np.uint8)
+    out[unknown[name]] = IGNORE   # a full map's NaN is unlabelled, not the other class
+    return out
 
 
 def check_labels(labels: np.ndarray, what: str = "labels",
