@@ -178,6 +178,17 @@ def test_key_is_refused_for_formats_without_variables(tmp_path, cube):
             read_pair(tmp_path / "pair.npy", key=key)
 
 
+def test_mat_pair_orders_numbers_in_names_by_value(tmp_path, cube):
+    """T9 and T10: as text T10 sorted first and became BEFORE."""
+    scipy_io = pytest.importorskip("scipy.io")
+    scipy_io.savemat(tmp_path / "pair.mat", {"T10": cube + 1, "T9": cube})
+    src: dict[str, str] = {}
+    before, after = read_pair(tmp_path / "pair.mat", sources=src)
+    np.testing.assert_array_equal(before, cube)
+    np.testing.assert_array_equal(after, cube + 1)
+    assert src["before"] == "variable T9" and src["after"] == "variable T10" and "--key T10,T9" in src["order"]
+
+
 def test_mat_unmixing_layout(tmp_path, cube):
     scipy_io = pytest.importorskip("scipy.io")
     h, w, b = cube.shape

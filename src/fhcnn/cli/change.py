@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="variable name inside .mat dates, not label maps (default: the largest array; "
                         "two of that size are refused; refused for dates of other formats); for one .mat "
                         "holding both dates: BEFORE_VAR,AFTER_VAR (default: the two 3D arrays in "
-                        "name order, printed)")
+                        "name order, numbers by value, printed)")
     g = parser.add_argument_group("labels")
     g.add_argument("--labels", metavar="MAP", help="2D change map .npy/.png/.bmp/.tif: 1 changed, "
                    "0 unchanged, 255 (or NaN) unlabelled")

@@ -25,6 +25,7 @@ TIFF / GeoTIFF     ``tifffile``; the page series' axes decide the layout (``SYX`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -614,13 +615,20 @@ def read_pair(path: str | os.PathLike[str], key: str | None = None,
     return np.array(a, dtype=np.float32, order="C"), np.array(b, dtype=np.float32, order="C")
 
 
+def _name_order(name: str) -> list[Any]:
+    """Sort key of a variable name with its numbers compared by value: ``T9`` before ``T10``
+    (as text, ``T10`` came first and became BEFORE)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def open_pair(path: str | os.PathLike[str], key: str | None = None,
               sources: dict[str, str] | None = None) -> tuple[Any, Any]:
     """Open both dates of one 4D file: ``(2, H, W, B)`` (dates first) or ``(H, W, B, 2)``, as two
     ``(H, W, B)`` array-likes read on demand where the format allows (see :func:`open_cube`).
 
     A ``.mat`` file holding exactly two 3D arrays of equal shape (e.g. ``T1``, ``T2``) is read
-    as the pair in name order, or in the order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
+    as the pair in name order (numbers in the names by value: ``T9`` before ``T10``), or in the
+    order ``key="BEFORE_VAR,AFTER_VAR"`` says. ``sources``
     (a dict, if given) gets what became each date, e.g. ``{"before": "variable T1", ...}``.
     TIFF: ``(2, B, H, W)`` pages series.
     """
@@ -638,14 +646,14 @@ def open_pair(path: str | os.PathLike[str], key: str | None = None,
             if not (len(threes) == 2 and not any(v.ndim == 4 for v in variables.values())):
                 threes = {}
             if threes:
-                (k1, a), (k2, b) = sorted(threes.items())
+                (k1, a), (k2, b) = sorted(threes.items(), key=lambda kv: _name_order(kv[0]))
         if key is not None or threes:
             if a.shape != b.shape:
                 raise InputError(f"{path}: variables {k1} {a.shape} and {k2} {b.shape} differ in shape")
             if sources is not None:
                 sources.update(before=f"variable {k1}", after=f"variable {k2}",
                                order="as --key says" if key is not None
-                               else f"taken in name order; --key {k2},{k1} swaps them")
+                               else f"taken in name order (numbers by value); --key {k2},{k1} swaps them")
             return _checked(a, path, k1), _checked(b, path, k2)
     arr = _load_any(path, key, (4,))
     if arr.ndim != 4:
