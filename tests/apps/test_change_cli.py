@@ -236,6 +236,20 @@ def test_a_date_with_pixels_at_its_no_data_value_is_refused(scene, tmp_path, cap
     assert not out.exists()
 
 
+def test_band_first_npy_dates_are_named_as_such(scene, tmp_path, capsys):
+    """(bands, H, W) .npy dates (as rasterio gives them) read as a 6 x 20 scene of 24 bands; the
+    refusal of the 20 x 24 label map now says the dates look band-first."""
+    d, s = scene
+    for name, x in (("b1.npy", s.before), ("b2.npy", s.after)):
+        np.save(tmp_path / name, np.moveaxis(x, -1, 0))
+    out = tmp_path / "out"
+    _fails(["change", str(tmp_path / "b1.npy"), str(tmp_path / "b2.npy"), "--labels", str(d / "truth.npy"),
+            "--out", str(out), *TINY], capsys,
+           "label map is 20x24 (H x W) but the scene is 6x20; the dates, read as (H, W, bands) = (6, 20, 24), "
+           "look band-first (bands, H, W): save them as (H, W, bands)")
+    assert not out.exists()
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

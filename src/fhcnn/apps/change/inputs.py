@@ -68,7 +68,7 @@ def load_inputs(before_path: str, after_path: str | None = None, *, key: str | N
         raise InputError(f"BEFORE and AFTER are identical ({before_path}"
                          f"{'' if after_path is None else ', ' + str(after_path)}): there is no change "
                          f"to detect; give two different dates")
-    shape = before.shape[:2]
+    shape = tuple(before.shape)   # (H, W, bands): a label map checks (H, W)
     if labels and (changed or unchanged):
         raise InputError("give either --labels or --changed/--unchanged, not both")
     if unchanged and not changed:

@@ -74,19 +74,26 @@ def _read_2d(path: Path) -> np.ndarray:
     return arr
 
 
-def _check_shape(arr: np.ndarray, shape: tuple[int, int] | None, path: Path) -> None:
-    if shape is not None and tuple(arr.shape) != tuple(shape):
+def _check_shape(arr: np.ndarray, shape: tuple[int, ...] | None, path: Path) -> None:
+    """Refuse a map of another size than the scene's ``(H, W)`` (``shape``: ``(H, W)`` or the
+    dates' ``(H, W, bands)``; then a map of the dates' last two sizes says they look band-first)."""
+    if shape is not None and tuple(arr.shape) != tuple(shape[:2]):
+        hint = ""
+        if len(shape) == 3 and tuple(arr.shape) == tuple(shape[1:]):
+            hint = (f"; the dates, read as (H, W, bands) = {tuple(int(n) for n in shape)}, look band-first "
+                    f"(bands, H, W): save them as (H, W, bands)")
         raise InputError(f"{path}: label map is {arr.shape[0]}x{arr.shape[1]} (H x W) but the "
-                         f"scene is {shape[0]}x{shape[1]}")
+                         f"scene is {shape[0]}x{shape[1]}{hint}")
 
 
-def read_change_map(path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_change_map(path: str | os.PathLike[str], shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read a change map: ``1`` changed, ``0`` unchanged, ``255`` or NaN unlabelled.
 
     Args:
         path: ``.npy`` (any numeric type; NaN = unlabelled), PNG/BMP/TIFF (8-bit grey or
             palette) or ``.mat``.
-        shape: expected ``(H, W)``; a different size raises ``InputError``.
+        shape: expected ``(H, W)`` (or the dates' ``(H, W, bands)``); a different size raises
+            ``InputError``.
 
     Returns:
         uint8 ``(H, W)`` with values in {0, 1, 255}.
@@ -109,7 +116,7 @@ def read_change_map(path: str | os.PathLike[str], shape: tuple[int, int] | None 
 
 
 def labels_from_masks(changed: str | os.PathLike[str] | None, unchanged: str | os.PathLike[str] | None,
-                      shape: tuple[int, int] | None = None) -> np.ndarray:
+                      shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Labels from partial-reference masks (nonzero = member of that class).
 
     ``changed`` and ``unchanged`` given: pixels nonzero in ``changed`` are 1, nonzero in
