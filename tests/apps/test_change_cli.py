@@ -137,6 +137,9 @@ def test_change_bad_inputs_leave_out_untouched(scene, tmp_path, capsys):
     _fails(["change", str(tmp_path / "nan.npy"), a, "--labels", t, "--out", str(out), *TINY], capsys,
            "NaN")
     _fails(["change", b, a, "--out", str(out), *TINY], capsys, "no labels")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 24, 6), np.float32))   # was called 'identical' to AFTER
+    _fails(["change", str(tmp_path / "empty.npy"), str(tmp_path / "empty.npy"), "--labels", t, "--out", str(out),
+            *TINY], capsys, "empty.npy: cube is empty (shape (0, 24, 6)): it holds no pixels")
     unc = np.zeros(s.change.shape, np.uint8)
     unc[::3, ::3] = 1  # a few known unchanged pixels: alone they must not make the rest "changed"
     np.save(tmp_path / "unc.npy", unc)

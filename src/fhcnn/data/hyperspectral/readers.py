@@ -533,9 +533,11 @@ def _nodata(path: Path) -> tuple[float, str] | None:
 def _checked(arr: Any, path: Path, what: str = "cube") -> Any:
     """``arr`` (an ``(H, W, B)`` array-like, not read) after one streamed pass that refuses NaN
     and infinite values, and values equal to the no-data value the file declares
-    (:func:`_nodata`), naming the first."""
+    (:func:`_nodata`), naming the first; an empty array is refused before."""
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{path}: {what} has non-numeric type {arr.dtype}")
+    if 0 in tuple(arr.shape):
+        raise InputError(f"{path}: {what} is empty (shape {tuple(int(n) for n in arr.shape)}): it holds no pixels")
     nodata = _nodata(path)
     if nodata is not None and not np.isfinite(nodata[0]):
         nodata = None   # NaN/inf: refused as such below
