@@ -228,6 +228,7 @@ def inputs(gen, tmp_path):
     ("eval_extra_class", "ev.npy frame 00003 holds mask value 3, which no label frame (00000, 00002, 00005) of"),
     ("eval_binary_beside_objects", "hold mask values 0, 1, 2 but the masks of"),
     ("multipage_mask", "holds 2 images (pages or animation frames), of which only the first would be read"),
+    ("copied_mask", "masks 00003 (1).png and 00003.png in"),
     ("other_frame_extra_class", "(frames not in --label-frames) frame 00003 holds mask value 3, which no label "
                                 "frame (00000, 00005) of"),
 ])
@@ -276,6 +277,14 @@ def test_bad_inputs_clear_error_out_untouched(inputs, capsys, case, message):
         for k in range(6):
             tifffile.imwrite(mdir / f"{k:05d}.tif", masks[k] * 0 if k else np.stack([masks[k] * 0, masks[k]]),
                              photometric="minisblack")
+        m = mdir
+    elif case == "copied_mask":  # '00003 (1).png' went by its last number: frame 1's mask (trained on)
+        mdir = inputs / "mk"
+        mdir.mkdir()
+        masks = np.load(m)
+        for k in (0, 3, 5):
+            Image.fromarray(masks[k]).save(mdir / f"{k:05d}.png")
+        Image.fromarray(masks[3]).save(mdir / "00003 (1).png")
         m = mdir
     elif case == "other_frame_extra_class":  # its pixels were left out of the score without a word
         labels = np.load(m)

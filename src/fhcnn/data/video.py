@@ -185,8 +185,10 @@ def _read_frame(f: Path) -> np.ndarray:
 
 
 def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> None:
-    """Refuse a broken link among the images, an unnumbered image beside numbered ones, and two
-    files with the same number (each would shift or drop frames silently)."""
+    """Refuse a broken link among the images, an unnumbered image beside numbered ones, two
+    files with the same number, and names whose other numbers order them otherwise than their
+    last number (a time stamp; a copy named ``00003 (1).png``, which would be frame 1's mask):
+    each would shift, drop or misplace frames or masks silently."""
     for p in sorted(folder.iterdir()):
         if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_SUFFIXES:
             raise InputError(f"{what} {p} is a broken link (its target does not exist)")
@@ -205,15 +207,15 @@ def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> 
             if k in numbers:
                 raise InputError(f"{what}s {numbers[k]} and {p} have the same frame number {k}")
             numbers[k] = p
-    if what == "frame":  # frames are ordered by their last number: other numbers must agree
-        by_all = sorted(files, key=lambda p: (tuple(int(n) for n in re.findall(r"\d+", p.stem)), p.name))
-        rank = {p: i for i, p in enumerate(by_all)}
-        for a, b in zip(files, files[1:]):
-            if rank[a] > rank[b]:
-                raise InputError(f"frames {a.name} and {b.name} in {folder}: frames are ordered by the last number "
-                                 f"in their names ({_number_key(a)[0]} before {_number_key(b)[0]}), but the "
-                                 f"other numbers order them the other way (e.g. a time stamp); name them by "
-                                 f"frame number (00000.png, ...)")
+    # frames (and the masks matched to them) go by their last number: other numbers must agree
+    by_all = sorted(files, key=lambda p: (tuple(int(n) for n in re.findall(r"\d+", p.stem)), p.name))
+    rank = {p: i for i, p in enumerate(by_all)}
+    for a, b in zip(files, files[1:]):
+        if rank[a] > rank[b]:
+            raise InputError(f"{what}s {a.name} and {b.name} in {folder}: {what}s are ordered by the last number "
+                             f"in their names ({_number_key(a)[0]} before {_number_key(b)[0]}), but the "
+                             f"other numbers order them the other way (e.g. a time stamp, or a copy named "
+                             f"'00003 (1)'); name them by frame number (00000.png, ...)")
 
 
 class _FrameFiles:
