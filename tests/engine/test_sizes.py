@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +21,12 @@ from fhcnn.engine.sizes import (
     prediction_tilings,
     prediction_window_of,
     resize_back,
+    resize_box,
     resize_labels,
     resize_volume,
     round_up,
     scaled_size,
+    source_box,
     training_window,
     window_starts,
 )
@@ -158,10 +161,10 @@ def test_resize_labels_never_drops_a_sparse_label() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 6), st.sampled_from([(9, 13, 5, 7), (6, 8, 12, 16), (7, 7, 7, 7)]),
-       st.integers(0, 2**31 - 1), st.integers(0, 3))
-def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed, cache_planes) -> None:
+       st.integers(0, 2**31 - 1))
+def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed) -> None:
     """Any box read through the lazy per-plane view equals the same box of the whole array
-    resized at once (values and labels), whatever the cache holds (down to one plane)."""
+    resized at once (values and labels)."""
     h, w, th, tw = sizes
     rng = np.random.default_rng(seed)
     vol = rng.normal(size=(depth, h, w)).astype(np.float32)
@@ -169,8 +172,8 @@ def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed, cache_
     lab[rng.random(lab.shape) < 0.6] = IGNORE
     whole_v = resize_volume(vol[None], (th, tw))[0]
     whole_l = resize_labels(lab, (th, tw), 3)
-    view_v = ResizedPlanes(vol, (th, tw), cache_bytes=cache_planes * th * tw * 4)
-    view_l = ResizedPlanes(lab, (th, tw), labels=True, num_classes=3, cache_bytes=cache_planes * th * tw)
+    view_v = ResizedPlanes(vol, (th, tw))
+    view_l = ResizedPlanes(lab, (th, tw), labels=True, num_classes=3)
     assert view_v.shape == whole_v.shape and view_l.shape == whole_l.shape and view_l.dtype == np.uint8
     for _ in range(6):
         d0, h0, w0 = (int(rng.integers(0, n)) for n in (depth, th, tw))
@@ -180,6 +183,78 @@ def test_resized_planes_equal_the_whole_array_resized(depth, sizes, seed, cache_
         np.testing.assert_array_equal(view_l[box], whole_l[box])
     np.testing.assert_array_equal(view_v[depth - 1, 1:3], whole_v[depth - 1, 1:3])
     np.testing.assert_array_equal(view_l[:], whole_l)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 60), st.integers(1, 60), st.integers(0, 2**31 - 1),
+       st.sampled_from([1.0, 1e3, 1e-3]))
+def test_a_box_of_planes_resized_from_its_source_box_alone(h, w, th, tw, seed, magnitude) -> None:
+    """Any box of planes resized to any size (shrinking, enlarging, one axis of each, down to
+    ``1 x 1``) is computed from the source rows and columns :func:`source_box` names alone (the
+    rest of the planes is NaN here) and equals the box of the whole planes resized: bit for bit
+    torch's area averaging when shrinking, the labels' votes and centres; bilinear enlarging
+    equals torch's to the float32 rounding of its source coordinate (``eps`` times the size)."""
+    rng = np.random.default_rng(seed)
+    vol = (rng.normal(size=(3, h, w)) * magnitude).astype(np.float32)
+    lab = rng.integers(0, 4, (3, h, w)).astype(np.uint8)
+    lab[rng.random(lab.shape) < 0.5] = IGNORE
+    h0, w0 = int(rng.integers(0, th)), int(rng.integers(0, tw))
+    box = ((h0, int(rng.integers(h0 + 1, th + 1))), (w0, int(rng.integers(w0 + 1, tw + 1))))
+    cut = (slice(None), slice(*box[0]), slice(*box[1]))
+    for labels, source in ((False, vol), (True, lab)):
+        (r0, r1), (c0, c1) = source_box((h, w), (th, tw), box, labels)
+        assert 0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w
+        block = source[:, r0:r1, c0:c1]
+        if labels:
+            masked = np.full_like(lab, 7)  # a class no box of the source holds: any use of it shows
+            masked[:, r0:r1, c0:c1] = block
+            np.testing.assert_array_equal(resize_labels(masked, (th, tw), 8)[cut],
+                                          resize_labels(lab, (th, tw), 8)[cut])
+            np.testing.assert_array_equal(resize_labels(block, (th, tw), 4, box, (h, w)),
+                                          resize_labels(lab, (th, tw), 4)[cut])
+            continue
+        masked = np.full_like(vol, np.nan)
+        masked[:, r0:r1, c0:c1] = block
+        got = resize_box(block, (h, w), (th, tw), box)
+        np.testing.assert_array_equal(got, resize_volume(vol[None], (th, tw))[0][cut])
+        np.testing.assert_array_equal(resize_volume(masked[None], (th, tw))[0][cut], got)
+        torch_ = F.interpolate(torch.from_numpy(vol)[:, None], size=(th, tw),
+                               mode="area" if th * tw < h * w else "bilinear",
+                               **({} if th * tw < h * w else {"align_corners": False}))[:, 0].numpy()[cut]
+        if th * tw < h * w or (th, tw) == (h, w):
+            np.testing.assert_array_equal(got, torch_)
+        else:
+            eps = float(np.finfo(np.float32).eps)
+            np.testing.assert_allclose(got, torch_, rtol=0, atol=4 * eps * (max(h, w) + 1) * np.abs(vol).max())
+
+
+def test_a_window_of_resized_planes_reads_only_its_part_of_the_source() -> None:
+    """A window read through ``data.scale`` reads the source rows and columns it needs (its box
+    at the source's size and the interpolation's margin), not whole source planes: a
+    ``4 x 24 x 24`` window of ``512 x 512`` planes resized to ``256 x 256`` (area) or ``1024 x
+    1024`` (bilinear) reads at most ``50 x 50`` or ``14 x 14`` pixels a plane, and its labels at
+    most ``48 x 48`` or ``13 x 13``."""
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(6, 512, 512)).astype(np.float32)
+    lab = rng.integers(0, 3, (6, 512, 512)).astype(np.uint8)
+    reads: list[tuple[int, ...]] = []
+
+    class Counted:
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+        def __getitem__(self, key):
+            out = self.a[key]
+            reads.append(out.shape)
+            return out
+
+    for size, most, most_labels in (((256, 256), 50, 48), ((1024, 1024), 14, 13)):
+        for labels, a, bound in ((False, src, most), (True, lab, most_labels)):
+            reads.clear()
+            view = ResizedPlanes(Counted(a), size, labels=labels, num_classes=3)
+            whole = resize_labels(a, size, 3) if labels else resize_volume(a[None], size)[0]
+            np.testing.assert_array_equal(view[1:5, 100:124, 37:61], whole[1:5, 100:124, 37:61])
+            assert reads and all(r[0] <= 4 and r[1] <= bound and r[2] <= bound for r in reads), reads
 
 
 def test_the_configured_overlap_sets_the_prediction_windows_of_a_run() -> None:

@@ -17,8 +17,6 @@ Nothing else in the package computes a padded, scaled, window or tiling size.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,7 +29,8 @@ from ..data.lazy import reflect_indices as _reflect
 from ..options import IGNORE
 
 __all__ = ["round_up", "reflect_indices", "gather", "padded_shape", "beyond_one_coarse_voxel", "training_window",
-           "scaled_size", "resize_volume", "resize_labels", "resize_back", "ResizedPlanes", "Geometry",
+           "scaled_size", "source_box", "resize_box", "resize_volume", "resize_labels", "resize_back", "ResizedPlanes",
+           "Geometry",
            "Tiling", "prediction_tilings", "window_starts", "blend_weights_1d", "prediction_window_of",
            "chunk_shape", "distinct_windows"]
 
@@ -101,100 +100,178 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
+def _shrinks(source: Sequence[int], size: Sequence[int]) -> bool:
+    """Whether a ``source`` ``(H, W)`` plane resized to ``size`` is area averaged (fewer pixels)."""
+    return int(size[0]) * int(size[1]) < int(source[0]) * int(source[1])
+
+
+def _area_bins(n: int, m: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source ``[start, end)`` of the outputs ``lo .. hi-1`` of ``n`` pixels area averaged to ``m``
+    (torch's adaptive average pooling: ``floor(i n / m)`` to ``ceil((i + 1) n / m)``)."""
+    i = np.arange(lo, hi, dtype=np.int64)
+    return (i * n) // m, -((-(i + 1) * n) // m)
+
+
+def _linear_taps(n: int, m: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two source pixels and their weights of the outputs ``lo .. hi-1`` of ``n`` pixels
+    resized bilinearly to ``m`` (``align_corners=False``, torch's: source ``(i + 1/2) n / m - 1/2``
+    clamped at 0; the upper tap is the last pixel again at the end), in float32."""
+    if n == m:  # the pixel itself (no second tap: any box reads only itself)
+        i = np.arange(lo, hi, dtype=np.int64)
+        return i, i, np.ones(hi - lo, np.float32), np.zeros(hi - lo, np.float32)
+    scale = np.float32(n) / np.float32(m)
+    src = np.maximum(scale * (np.arange(lo, hi).astype(np.float32) + np.float32(0.5)) - np.float32(0.5),
+                     np.float32(0))
+    i0 = src.astype(np.int64)
+    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    return i0, np.minimum(i0 + 1, n - 1), np.float32(1) - l1, l1
+
+
+def _label_taps(n: int, m: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the label cells ``lo .. hi-1`` of ``n`` pixels resized to ``m``: the first and last + 1
+    source pixel voting for each (pixel ``y`` votes for cell ``y m // n``; empty when enlarging
+    leaves a cell none) and the pixel at each cell's centre (``(i + 1/2) n / m``)."""
+    i = np.arange(lo, hi, dtype=np.int64)
+    centre = np.minimum(((i + 0.5) * n / m).astype(np.int64), n - 1)
+    return -((-i * n) // m), -((-(i + 1) * n) // m), centre
+
+
+def source_box(source: Sequence[int], size: Sequence[int], box: Sequence[tuple[int, int]],
+               labels: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Per axis ``(lo, hi)`` of the source ``(H, W)`` pixels the ``box`` (per axis ``(lo, hi)``,
+    non-empty) of a plane resized to ``size`` depends on: the area bins or bilinear taps of its
+    pixels (:func:`resize_volume`), or its cells' voters and centres (:func:`resize_labels`)."""
+    out = []
+    for n, m, (lo, hi) in zip(source, size, box):
+        n, m = int(n), int(m)
+        if n == m:
+            out.append((lo, hi))
+        elif labels:
+            first, end, centre = _label_taps(n, m, lo, hi)
+            out.append((int(min(first.min(), centre.min())), int(max(end.max(), centre.max() + 1))))
+        elif _shrinks(source, size):
+            start, end = _area_bins(n, m, lo, hi)
+            out.append((int(start.min()), int(end.max())))
+        else:
+            i0, i1, _, _ = _linear_taps(n, m, lo, hi)
+            out.append((int(i0.min()), int(i1.max()) + 1))
+    return out[0], out[1]
+
+
+def resize_box(block: np.ndarray, source: Sequence[int], size: Sequence[int],
+               box: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The ``box`` (per axis ``(lo, hi)``) of float planes ``(..., H, W)`` = ``source`` resized to
+    ``size`` (:func:`resize_volume`), from ``block``: the planes' :func:`source_box` alone.
+
+    Area averaging reproduces torch's (each pixel the float32 sum of its bin in row-major order,
+    divided by the bin's height then width; a ``1 x 1`` result is torch's mean): the same bits as
+    resizing the whole planes. Bilinear (enlarging) is this function's own, the taps and weights
+    of torch's in float32 (torch's kernels differ from it and among themselves by rounding)."""
+    (h0, h1), (w0, w1) = ((int(a), int(b)) for a, b in box)
+    (r0, _), (c0, _) = source_box(source, size, box)
+    x = np.asarray(block, np.float32)
+    if tuple(int(n) for n in source) == tuple(int(n) for n in size):
+        return x.copy()
+    if _shrinks(source, size):
+        if tuple(size) == (1, 1):
+            return torch.from_numpy(np.ascontiguousarray(x)).mean((-2, -1), keepdim=True).numpy()
+        ys, ye = _area_bins(int(source[0]), int(size[0]), h0, h1)
+        xs, xe = _area_bins(int(source[1]), int(size[1]), w0, w1)
+        acc = np.zeros((*x.shape[:-2], h1 - h0, w1 - w0), np.float32)
+        for a in range(int((ye - ys).max())):
+            rows, rok = np.minimum(ys + a, ye - 1) - r0, ys + a < ye
+            for b in range(int((xe - xs).max())):
+                cols, cok = np.minimum(xs + b, xe - 1) - c0, xs + b < xe
+                acc += np.where(rok[:, None] & cok[None, :], x[..., rows[:, None], cols[None, :]], np.float32(0))
+        return acc / (ye - ys).astype(np.float32)[:, None] / (xe - xs).astype(np.float32)[None, :]
+    y0, y1, a0, a1 = _linear_taps(int(source[0]), int(size[0]), h0, h1)
+    x0, x1, b0, b1 = _linear_taps(int(source[1]), int(size[1]), w0, w1)
+
+    def row(r: np.ndarray) -> np.ndarray:
+        plane = x[..., r - r0, :]
+        return plane[..., x0 - c0] * b0 + plane[..., x1 - c0] * b1
+
+    return row(y0) * a0[:, None] + row(y1) * a1[:, None]
+
+
 def resize_volume(volume: np.ndarray | Tensor, size: Sequence[int]) -> np.ndarray:
     """``(C, D, H, W)`` float volume with ``(H, W)`` resized to ``size``: area averaging when
-    shrinking, bilinear when enlarging; unchanged (float32) at the same size."""
+    shrinking (torch's), bilinear when enlarging (:func:`resize_box`'s); unchanged (float32) at
+    the same size. Any box of the result is :func:`resize_box` of its :func:`source_box`."""
     v = torch.as_tensor(np.asarray(volume), dtype=torch.float32)
     if tuple(v.shape[2:]) == tuple(size):
         return v.numpy()
+    if not _shrinks(v.shape[2:], size):
+        whole = ((0, int(size[0])), (0, int(size[1])))
+        (r0, r1), (c0, c1) = source_box(v.shape[2:], size, whole)
+        return resize_box(v.numpy()[..., r0:r1, c0:c1], v.shape[2:], size, whole)
     c, d = v.shape[:2]
-    flat = v.reshape(c * d, 1, *v.shape[2:])
-    if size[0] * size[1] < v.shape[2] * v.shape[3]:
-        out = F.interpolate(flat, size=tuple(size), mode="area")
-    else:
-        out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
+    out = F.interpolate(v.reshape(c * d, 1, *v.shape[2:]), size=tuple(size), mode="area")
     return out.reshape(c, d, *size).contiguous().numpy()
 
 
-def resize_labels(labels: np.ndarray, size: Sequence[int], num_classes: int | None = None) -> np.ndarray:
+def resize_labels(labels: np.ndarray, size: Sequence[int], num_classes: int | None = None,
+                  box: Sequence[tuple[int, int]] | None = None, source: Sequence[int] | None = None
+                  ) -> np.ndarray:
     """Labels ``(..., H, W)`` (``IGNORE`` = unlabelled) on a ``size`` grid: every labelled pixel
     votes for the target cell it falls in and the majority wins (ties stay unlabelled), so
     sparse labels are never dropped by a nearest-neighbour pick; a cell no pixel falls in
-    (when enlarging) takes the label of the pixel at its centre."""
+    (when enlarging) takes the label of the pixel at its centre.
+
+    With ``box`` (per axis ``(lo, hi)`` of the result) and ``source`` (the planes' ``(H, W)``),
+    ``labels`` holds only the planes' :func:`source_box` and the result is that box (each cell
+    depends on its voters and centre alone: the same labels as cutting the whole result)."""
     lab = np.asarray(labels)
-    if lab.shape[-2:] == tuple(size):
+    src = tuple(int(n) for n in (source if source is not None else lab.shape[-2:]))
+    (h0, h1), (w0, w1) = box if box is not None else ((0, int(size[0])), (0, int(size[1])))
+    if src == tuple(int(n) for n in size):
         return lab.astype(np.uint8, copy=True)
+    (r0, _), (c0, _) = source_box(src, size, ((h0, h1), (w0, w1)), labels=True)
     lead = lab.shape[:-2]
     flat = lab.reshape(-1, *lab.shape[-2:])
-    h, w = flat.shape[1:]
     th, tw = int(size[0]), int(size[1])
     valid = flat != IGNORE
     k = num_classes or (int(flat[valid].max()) + 1 if valid.any() else 1)
-    ty = np.minimum((np.arange(h) * th) // h, th - 1)
-    tx = np.minimum((np.arange(w) * tw) // w, tw - 1)
-    cy = np.minimum(((np.arange(th) + 0.5) * h / th).astype(int), h - 1)
-    cx = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(int), w - 1)
-    out = np.full((flat.shape[0], th, tw), IGNORE, np.uint8)
+    ty = (np.arange(r0, r0 + flat.shape[1]) * th) // src[0] - h0  # each pixel's cell in the box
+    tx = (np.arange(c0, c0 + flat.shape[2]) * tw) // src[1] - w0
+    yfirst, yend, cy = _label_taps(src[0], th, h0, h1)
+    xfirst, xend, cx = _label_taps(src[1], tw, w0, w1)
+    hit = (yend > yfirst)[:, None] & (xend > xfirst)[None, :]
+    inside = ((ty >= 0) & (ty < h1 - h0))[:, None] & ((tx >= 0) & (tx < w1 - w0))[None, :]
+    out = np.full((flat.shape[0], h1 - h0, w1 - w0), IGNORE, np.uint8)
     for i, sl in enumerate(flat):
-        votes = np.zeros((k, th, tw), np.int64)
-        yy, xx = np.nonzero(sl != IGNORE)
+        votes = np.zeros((k, h1 - h0, w1 - w0), np.int64)
+        yy, xx = np.nonzero((sl != IGNORE) & inside)
         np.add.at(votes, (sl[yy, xx].astype(np.int64), ty[yy], tx[xx]), 1)
         best = votes.argmax(0)
         top = np.take_along_axis(votes, best[None], 0)[0]
         won = (top > 0) & ((votes == top[None]).sum(0) == 1)
         out[i][won] = best[won]
-        hit = np.zeros((th, tw), bool)
-        hit[np.ix_(np.unique(ty), np.unique(tx))] = True
-        out[i][~hit] = sl[np.ix_(cy, cx)][~hit]
-    return out.reshape(*lead, th, tw)
+        out[i][~hit] = sl[np.ix_(cy - r0, cx - c0)][~hit]
+    return out.reshape(*lead, h1 - h0, w1 - w0)
 
 
 class ResizedPlanes:
     """A ``(D, H, W)`` array-like seen as ``(D, h, w)``: every plane resized on read, by
-    :func:`resize_volume` (float32 values) or :func:`resize_labels` (uint8 labels). Planes are
-    resized independently, so a read equals the same box of the whole array resized at once.
+    :func:`resize_volume` (float32 values) or :func:`resize_labels` (uint8 labels).
 
-    Reads take basic slices (step 1) or integers per axis. The missing planes of a read come
-    from the source in one box of whole planes; the last planes resized are kept, up to
-    ``cache_bytes``, so windows that share frames resize them once.
+    Reads take basic slices (step 1) or integers per axis. A read reads from the source only
+    the rows and columns its box depends on (:func:`source_box`: the area bins, bilinear taps or
+    label voters of its pixels) and resizes them (:func:`resize_box`, :func:`resize_labels`), so
+    its memory is set by the box, never by the planes; it equals the same box of the whole
+    array resized at once.
     """
 
     def __init__(self, source: Any, size: Sequence[int], *, labels: bool = False,
-                 num_classes: int | None = None, cache_bytes: int = 64 * 2**20) -> None:
-        d = int(source.shape[0])
+                 num_classes: int | None = None) -> None:
         if len(source.shape) != 3:
             raise ValueError(f"ResizedPlanes needs a (D, H, W) array, got shape {tuple(source.shape)}")
         self.source, self.labels, self.num_classes = source, labels, num_classes
+        self.source_size = (int(source.shape[1]), int(source.shape[2]))
         self.size = (int(size[0]), int(size[1]))
-        self.shape = (d, *self.size)
+        self.shape = (int(source.shape[0]), *self.size)
         self.dtype = np.dtype(np.uint8 if labels else np.float32)
         self.ndim = 3
-        per_plane = self.dtype.itemsize * self.size[0] * self.size[1]
-        self._keep = max(1, cache_bytes // per_plane)
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _resize(self, block: np.ndarray) -> np.ndarray:
-        if self.labels:
-            return resize_labels(block, self.size, self.num_classes)
-        return resize_volume(block[None], self.size)[0]
-
-    def _planes(self, lo: int, hi: int) -> list[np.ndarray]:
-        with self._lock:
-            missing = [i for i in range(lo, hi) if i not in self._cache]
-        fresh: dict[int, np.ndarray] = {}
-        if missing:
-            a, b = missing[0], missing[-1] + 1
-            block = self._resize(np.asarray(self.source[a:b]))
-            fresh = {a + j: block[j] for j in range(b - a)}
-        with self._lock:
-            out = [self._cache[i] if i in self._cache else fresh[i] for i in range(lo, hi)]
-            for i, plane in zip(range(lo, hi), out):
-                self._cache[i] = plane
-                self._cache.move_to_end(i)
-            while len(self._cache) > self._keep:
-                self._cache.popitem(last=False)
-        return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -212,10 +289,13 @@ class ResizedPlanes:
                 boxes.append((lo, max(lo, hi)))
                 squeeze.append(False)
         (d0, d1), (h0, h1), (w0, w1) = boxes
-        if d1 > d0:
-            out = np.stack([p[h0:h1, w0:w1] for p in self._planes(d0, d1)])
+        if d1 > d0 and h1 > h0 and w1 > w0:
+            (r0, r1), (c0, c1) = source_box(self.source_size, self.size, boxes[1:], self.labels)
+            block = np.asarray(self.source[d0:d1, r0:r1, c0:c1])
+            out = (resize_labels(block, self.size, self.num_classes, boxes[1:], self.source_size) if self.labels
+                   else resize_box(block, self.source_size, self.size, boxes[1:]))
         else:
-            out = np.zeros((0, h1 - h0, w1 - w0), self.dtype)
+            out = np.zeros((d1 - d0, h1 - h0, w1 - w0), self.dtype)
         return out[tuple(0 if s else slice(None) for s in squeeze)]
 
 
