@@ -17,6 +17,8 @@ Nothing else in the package computes a padded, scaled, window or tiling size.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -255,15 +257,19 @@ class ResizedPlanes:
     """A ``(D, H, W)`` array-like seen as ``(D, h, w)``: every plane resized on read, by
     :func:`resize_volume` (float32 values) or :func:`resize_labels` (uint8 labels).
 
-    Reads take basic slices (step 1) or integers per axis. A read reads from the source only
-    the rows and columns its box depends on (:func:`source_box`: the area bins, bilinear taps or
-    label voters of its pixels) and resizes them (:func:`resize_box`, :func:`resize_labels`), so
-    its memory is set by the box, never by the planes; it equals the same box of the whole
-    array resized at once.
+    Reads take basic slices (step 1) or integers per axis; every read equals the same box of
+    the whole array resized at once. Where the whole source planes a read spans fit in
+    ``cache_bytes`` (as float32), they are read and resized whole, and the last planes resized
+    are kept up to ``cache_bytes``, so windows that share planes resize them once (fast: the
+    windows of a video at ``--scale 0.2``). Larger planes are never read whole: such a read
+    reads from the source only the rows and columns its box depends on (:func:`source_box`:
+    the area bins, bilinear taps or label voters of its pixels) and resizes them
+    (:func:`resize_box`, :func:`resize_labels`). Either way a read holds at most about
+    ``cache_bytes`` besides its box and the box's source.
     """
 
     def __init__(self, source: Any, size: Sequence[int], *, labels: bool = False,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, cache_bytes: int = 64 * 2**20) -> None:
         if len(source.shape) != 3:
             raise ValueError(f"ResizedPlanes needs a (D, H, W) array, got shape {tuple(source.shape)}")
         self.source, self.labels, self.num_classes = source, labels, num_classes
@@ -272,6 +278,39 @@ class ResizedPlanes:
         self.shape = (int(source.shape[0]), *self.size)
         self.dtype = np.dtype(np.uint8 if labels else np.float32)
         self.ndim = 3
+        self.cache_bytes = int(cache_bytes)
+        self._keep = self.cache_bytes // (self.dtype.itemsize * self.size[0] * self.size[1])
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _whole(self, planes: int) -> bool:
+        """Whether ``planes`` whole source planes (as float32) fit in ``cache_bytes``, and one
+        resized plane in the cache."""
+        return self._keep >= 1 and planes * 4 * self.source_size[0] * self.source_size[1] <= self.cache_bytes
+
+    def _resize(self, block: np.ndarray) -> np.ndarray:
+        if self.labels:
+            return resize_labels(block, self.size, self.num_classes)
+        return resize_volume(block[None], self.size)[0]
+
+    def _planes(self, lo: int, hi: int) -> list[np.ndarray]:
+        """Planes ``lo .. hi-1`` resized whole: the missing ones read in one block of whole
+        planes; the last ``cache_bytes`` of resized planes kept."""
+        with self._lock:
+            missing = [i for i in range(lo, hi) if i not in self._cache]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            a, b = missing[0], missing[-1] + 1
+            block = self._resize(np.asarray(self.source[a:b]))
+            fresh = {a + j: block[j] for j in range(b - a)}
+        with self._lock:
+            out = [self._cache[i] if i in self._cache else fresh[i] for i in range(lo, hi)]
+            for i, plane in zip(range(lo, hi), out):
+                self._cache[i] = plane
+                self._cache.move_to_end(i)
+            while len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
+        return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -289,7 +328,9 @@ class ResizedPlanes:
                 boxes.append((lo, max(lo, hi)))
                 squeeze.append(False)
         (d0, d1), (h0, h1), (w0, w1) = boxes
-        if d1 > d0 and h1 > h0 and w1 > w0:
+        if d1 > d0 and h1 > h0 and w1 > w0 and self._whole(d1 - d0):
+            out = np.stack([p[h0:h1, w0:w1] for p in self._planes(d0, d1)])
+        elif d1 > d0 and h1 > h0 and w1 > w0:
             (r0, r1), (c0, c1) = source_box(self.source_size, self.size, boxes[1:], self.labels)
             block = np.asarray(self.source[d0:d1, r0:r1, c0:c1])
             out = (resize_labels(block, self.size, self.num_classes, boxes[1:], self.source_size) if self.labels
