@@ -267,7 +267,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     held = inputs.held_out()
     # a run folder of a run split in space: each process of the split finishes its own slab
     slabs = out is not None and plan.config.parallel.space > 1
-    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, slabs)
+    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, plan.geometry, slabs)
     try:
         fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
                           ownership="slabs" if slabs else "main")
@@ -353,12 +353,14 @@ class _Outputs:
     processes share in ``out``: the labels into a scratch zarr array of ``chunks``, which rank 0
     copies into the prediction file once every slab is written (:meth:`close`), the
     probabilities straight into ``probabilities.zarr``'s temporary folder (chunks of ``chunks``,
-    so no two processes write one chunk); :meth:`gather` sums the held-out confusion matrices."""
+    so no two processes write one chunk); :meth:`gather` sums the held-out confusion matrices.
+    Every sink is at the input's size: behind the resize back from the network's where
+    ``geometry`` (the plan's) resizes the volume (:func:`at_input_size`)."""
 
     def __init__(self, out: Path | None, inputs: VolumeInputs, k: int, probs: bool, held: Any,
-                 chunks: Sequence[int], slabs: bool = False) -> None:
+                 chunks: Sequence[int], geometry: Geometry, slabs: bool = False) -> None:
         self.out, self.inputs, self.k, self.want_probs, self.held = out, inputs, k, probs, held
-        self.chunks, self.slabs = tuple(int(c) for c in chunks), slabs
+        self.chunks, self.geometry, self.slabs = tuple(int(c) for c in chunks), geometry, slabs
         self.file: Any = None
         self.prediction: Any = None
         self.confusion: ConfusionSink | None = None
@@ -397,7 +399,7 @@ class _Outputs:
                 leading="class"))
             self._probs = _open_zarr(volume_array_path(self._tmp, self._geometry()))
             out.append(ProbabilitySink(self._probs))
-        return at_input_size(result.plan.geometry, out)
+        return at_input_size(self.geometry, out)
 
     def _shared(self, prefix: str, make: Callable[[Path], Any]) -> Path:
         """A zarr store in ``out`` under a temporary name (scratch of the run folder), made by
