@@ -165,3 +165,67 @@ def test_a_refusal_under_torchrun_is_one_line_and_exit_code_2_on_every_rank(vol,
     assert [line for line in text.splitlines() if line.startswith("error:")] == \
         [f"error: image {vol / 'missing.npy'}: no such file or folder"]
     assert text.count("exitcode  : 2") == 2 and not out.exists()  # torchrun's report of both ranks
+
+
+# Records, in the file sys.argv[1], every training (the network's class) and every prediction of a
+# trained network (its arch, its spill folder) with the rank of the process that made it.
+_RECORDER = r"""
+import importlib, json, os, sys
+from pathlib import Path
+from fhcnn.training import Trainer
+engine_train = importlib.import_module("fhcnn.engine.train")
+record, argv = Path(sys.argv[1]), sys.argv[2:]
+fit, predict_into = Trainer.fit, engine_train.SegmentationResult.predict_into
+
+def note(**what):
+    with open(record, "a") as f:
+        f.write(json.dumps({"rank": os.environ["RANK"], **what}) + "\n")
+
+def fitting(self, *args, **kwargs):
+    note(what="train", parameters=sum(p.numel() for p in self.model.parameters()))
+    return fit(self, *args, **kwargs)
+
+def predicting(self, *args, **kwargs):
+    note(what="predict", arch=self.config.model.arch, work=str(kwargs.get("work")))
+    return predict_into(self, *args, **kwargs)
+
+Trainer.fit, engine_train.SegmentationResult.predict_into = fitting, predicting
+from fhcnn.cli import main
+sys.exit(main(argv))
+"""
+
+
+def test_data_parallel_ranks_other_than_0_train_and_predict_nothing(vol, tmp_path) -> None:
+    # 2 data-parallel processes: rank 1 ran, after training, the end-of-training evaluation of
+    # the whole volume (spilling into TMPDIR; its scores went nowhere) and every window of
+    # fhcnn's and the U-Net's predictions, of which it finished nothing. Now both train fhcnn and
+    # the U-Net, rank 0 alone predicts: the held-out scoring at steps 2 and 3, fhcnn, the U-Net;
+    # the scores equal one process's, nothing is left in TMPDIR or OUT's scratch
+    single, out, record, tmpdir = tmp_path / "single", tmp_path / "out", tmp_path / "record.jsonl", tmp_path / "tmp"
+    tmpdir.mkdir()
+    every = ["--set", "data.eval_every=2"]
+    assert main(_args(vol, single) + every) == 0
+    script = tmp_path / "recorder.py"
+    script.write_text(_RECORDER)
+    root = Path(__file__).parents[2]
+    env = launch_env(pythonpath=[root / "src", root], TMPDIR=str(tmpdir))
+
+    def clean() -> None:
+        shutil.rmtree(out, True)
+        record.unlink(missing_ok=True)
+
+    torchrun(2, [str(script), str(record), *_args(vol, out), *every], clean=clean, env=env)
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    trained = [(s["rank"], s["parameters"]) for s in seen if s["what"] == "train"]
+    by_rank = {r: sorted(n for q, n in trained if q == r) for r in ("0", "1")}
+    assert by_rank["0"] == by_rank["1"] and len(set(by_rank["0"])) == 2, trained  # fhcnn and the U-Net
+    predicted = [s for s in seen if s["what"] == "predict"]
+    assert [(s["rank"], s["arch"]) for s in predicted] == [("0", "hyperbolic")] * 3 + [("0", "unet")], predicted
+    assert all(Path(s["work"]).parent == out for s in predicted), predicted  # OUT's scratch, not TMPDIR
+    assert not [p.name for p in tmpdir.iterdir() if p.name.startswith("fhcnn-")]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    m1, mn = (json.loads((f / "metrics.json").read_text()) for f in (single, out))
+    assert [h.get("miou") for h in mn["history"]] == pytest.approx([h.get("miou") for h in m1["history"]], abs=2e-3)
+    assert mn["miou"] == pytest.approx(m1["miou"], abs=2e-3)
+    assert mn["baselines"]["unet"]["miou"] == pytest.approx(m1["baselines"]["unet"]["miou"], abs=2e-3)
+    assert mn["baselines"]["unet"]["train_time_s"] > 0 and mn["baselines"]["unet"]["time_s"] > 0

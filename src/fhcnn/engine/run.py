@@ -9,6 +9,8 @@ space) need them all. Which part of the output a process finishes is ``owned``: 
 volume on one process; under ``torchrun`` by default rank 0 finishes everything and the other
 ranks nothing (they still run every window of a split model), or, with ``owned="slabs"``, each
 process of the split finishes its own slab of the volume (its part of a shared on-disk output).
+A model that is not split is predicted by rank 0 alone (:func:`predicts`): the other processes
+of a data-parallel run are done once it is trained and wait for nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .plan import RunPlan
 from .store import CACHE_BYTES, Sink, spill_folder
 from .train import SegmentationResult, train
 
-__all__ = ["run", "predict", "owned_region", "Ownership"]
+__all__ = ["run", "predict", "predict_run", "predicts", "owned_region", "Ownership"]
 
 #: Which part of the output each process finishes (see the module docstring).
 Ownership = Literal["main", "slabs"]
@@ -55,6 +57,13 @@ def owned_region(plan: RunPlan, result: SegmentationResult, ownership: Ownership
     return ((0, 0, 0), size) if is_main_process() else nothing
 
 
+def predicts(result: SegmentationResult) -> bool:
+    """Whether this process takes part in predicting ``result``: every process of a model split
+    in space (each runs every window), else the main process alone (a data-parallel replica
+    other than rank 0 would run every window for nothing: it finishes no region)."""
+    return result.space is not None or is_main_process()
+
+
 def predict(plan: RunPlan, result: SegmentationResult, sinks: Sequence[Sink], *, work: Path | None = None,
             ownership: Ownership = "main", cache_bytes: int = CACHE_BYTES) -> float:
     """Predict the plan's volume into ``sinks`` (this process's ``owned_region``); chunks beyond
@@ -76,6 +85,21 @@ def run(plan: RunPlan, out: Path | None, sinks: Callable[[SegmentationResult], S
     ``spill_in`` (default ``out``; :func:`~fhcnn.engine.store.spill_folder`, made by rank 0 for
     every process; neither: ``TMPDIR``). Returns the result and the prediction's seconds."""
     result = train(plan, out, eval_fn=eval_fn, quiet=quiet, resume=resume)
-    with spill_folder(spill_in if spill_in is not None else out, every_process=True) as work:
-        seconds = predict(plan, result, sinks(result), work=work, ownership=ownership, cache_bytes=cache_bytes)
+    seconds = predict_run(plan, result, spill_in if spill_in is not None else out, sinks, ownership=ownership,
+                          cache_bytes=cache_bytes)
     return result, seconds
+
+
+def predict_run(plan: RunPlan, result: SegmentationResult, out: Path | None,
+                sinks: Callable[[SegmentationResult], Sequence[Sink]], *, ownership: Ownership = "main",
+                cache_bytes: int = CACHE_BYTES) -> float:
+    """Predict the trained ``result`` into ``sinks(result)`` (see :func:`predict`), spilling
+    into a scratch folder of the run folder ``out`` (:func:`~fhcnn.engine.store.spill_folder`;
+    ``None``: ``TMPDIR``), on the processes that take part (:func:`predicts`; a split model: all
+    of them, rank 0 makes the folder for every one). Another process returns ``0.0`` at once:
+    neither ``sinks`` is called nor any window run, and it waits for no other process. Returns
+    the prediction's seconds."""
+    if not predicts(result):
+        return 0.0
+    with spill_folder(out, every_process=result.space is not None) as work:
+        return predict(plan, result, sinks(result), work=work, ownership=ownership, cache_bytes=cache_bytes)

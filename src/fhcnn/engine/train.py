@@ -343,7 +343,10 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
         step_loss.activation_bytes = activation_bytes(model, x0.to(result.device), y0.to(result.device),
                                                       step_loss.loss)
     result.activation_bytes = step_loss.activation_bytes
-    if evaluate.active and (not history or "miou" not in history[-1] or evaluate.truth is None):
+    # where the trainer validates (rank 0; every process of a split model): a data-parallel
+    # replica's score would go nowhere, its prediction of the volume wasted
+    if evaluate.active and (trainer.is_main or trainer.val_all_ranks) and \
+            (not history or "miou" not in history[-1] or evaluate.truth is None):
         evaluate()
     model.eval()
     return result

@@ -8,7 +8,11 @@ scores the prediction and the baselines (:mod:`.baselines`) where the labels are
 ``--eval-labels`` has a class; :func:`volume_command` is the whole command. Split in space
 (``parallel.space``), each process finishes its own slab of the prediction (``_Outputs``).
 
-Every call into the engine goes through :func:`fit_predict`.
+Under ``torchrun`` every process trains fhcnn and then the U-Net baseline; only then is anything
+predicted: by every process of a split model, else by rank 0 alone, while the other processes,
+done, end (none waits on rank 0's prediction, outputs or baselines).
+
+fhcnn's network goes through :func:`fit_predict`, the U-Net baseline's through :class:`_UNet`.
 """
 
 from __future__ import annotations
@@ -24,20 +28,22 @@ import numpy as np
 import torch
 
 from ... import log as _log
-from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare
+from ...data.lazy import ONE_PROCESS, LazyVolume, PassShare, iter_slabs
 from ...data.volumes.sinks import volume_array_path, volume_store
 from ...engine import SegmentConfig, size_multiple_of
 from ...engine.metrics import confusion_matrix, scores_of_confusion
 from ...engine.parallel import SplitError, fix_text
 from ...engine.plan import DenseInputs, RunPlan, prepare
-from ...engine.run import Ownership, run
+from ...engine.run import Ownership, predict_run
 from ...engine.sizes import Geometry, round_up
 from ...engine.store import ConfusionSink, LabelSink, ProbabilitySink, Resized, Sink
+from ...engine.train import train
 from ...errors import InputError
+from ...options import IGNORE
 from ...resources import check_memory
 from ...training import is_main_process
 from ...training.distributed import all_reduce_sum, barrier, broadcast_object, pass_share
-from .baselines import ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
+from .baselines import SLAB_VOXELS, ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import HeldOut, VolumeInputs
 
@@ -214,22 +220,29 @@ def unet_plan(plan: RunPlan) -> RunPlan:
 
 @dataclass
 class Fit:
-    """One trained network on the volume: the engine's result and times."""
+    """One trained network on the volume: the engine's result and times (``then``: what
+    :func:`fit_predict`'s ``then()`` returned)."""
 
     result: Any
     train_time_s: float
     predict_time_s: float
+    then: Any = None
 
 
 def fit_predict(plan: RunPlan, out: Path | None, sinks: Callable[[Any], Sequence[Sink]], *,
                 quiet: bool = False, resume: bool = False, ownership: Ownership = "main",
-                spill_in: Path | None = None) -> Fit:
-    """Train the plan and predict its volume chunk by chunk into ``sinks(result)`` (the part of
-    the volume ``ownership`` gives this process, :func:`fhcnn.engine.run.owned_region`; spilled
-    into scratch of the run folder ``spill_in``, default ``out``): the one place this
-    application calls the engine."""
-    result, seconds = run(plan, out, sinks, quiet=quiet, resume=resume, ownership=ownership, spill_in=spill_in)
-    return Fit(result, result.train_time_s, seconds)
+                then: Callable[[], Any] | None = None) -> Fit:
+    """Train the plan (every process of a ``torchrun`` job), call ``then()`` (what every process
+    still takes part in before the prediction: the U-Net baseline's training) and predict its
+    volume chunk by chunk into ``sinks(result)`` (the part of the volume ``ownership`` gives this
+    process, :func:`fhcnn.engine.run.owned_region`; spilled into scratch of the run folder
+    ``out``) on the processes that predict (:func:`fhcnn.engine.run.predicts`: every process of
+    a split model, else rank 0 alone; another's ``predict_time_s`` is 0 and ``sinks`` is not
+    called)."""
+    result = train(plan, out, quiet=quiet, resume=resume)
+    after = then() if then is not None else None
+    seconds = predict_run(plan, result, out, sinks, ownership=ownership)
+    return Fit(result, result.train_time_s, seconds, after)
 
 
 def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -268,20 +281,22 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # a run folder of a run split in space: each process of the split finishes its own slab
     slabs = out is not None and plan.config.parallel.space > 1
     outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, plan.geometry, slabs)
+    # the U-Net baseline trains on every process (data parallel, as fhcnn) before anything is
+    # predicted, and only where there is something to score it on
+    wanted = held is not None and "unet" in parse_baselines(cfg.volume.baselines)
+    unet = _UNet(unet_plan(plan)) if wanted and held_out_voxels(held, pass_share()) else None
     try:
         fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
-                          ownership="slabs" if slabs else "main")
+                          ownership="slabs" if slabs else "main", then=unet.train if unet else None)
     except BaseException:
         outputs.abort()  # no temporary prediction file is left in OUT (a refused run removes OUT)
         raise
     outputs.gather()
-    # whether there is anything to score: rank 0's sinks know; every process must agree, since
-    # each takes its part in training the U-Net baseline (as in training fhcnn under torchrun)
-    scored = bool(broadcast_object(outputs.confusion is not None and outputs.confusion.matrix.sum() > 0))
-    names = parse_baselines(cfg.volume.baselines) if scored else []
-    unet = _unet_baseline(unet_plan(plan), held, k, plan.geometry, out) if "unet" in names else None
     if not is_main_process():
         return {}
+    # whether there is anything to score: the held-out confusion matrix of the whole volume
+    scored = outputs.confusion is not None and outputs.confusion.matrix.sum() > 0
+    names = parse_baselines(cfg.volume.baselines) if scored else []
     res = fit.result
     pred_file = outputs.close()
     seg_cfg = plan.config
@@ -316,8 +331,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         voxels = labelled_voxels(inputs.labels) if {"copy", "forest"} & set(names) else None
         for name in names:  # box by box (plan_volume checked what they keep fits)
             if name == "unet":
-                assert unet is not None
-                m = unet
+                assert unet is not None  # trained: held_out_voxels counted what the matrix holds
+                m = unet.score(held, k, plan.geometry, out)
             else:
                 t0 = time.perf_counter()
                 matrix, extra = _baseline(name, inputs, plan.as_read(inputs.channels), cfg.volume, vplan.spacing,
@@ -375,7 +390,8 @@ class _Outputs:
         self.regions: list[Any] = []
 
     def sinks(self, result: Any) -> list[Sink]:
-        """Called on every process (the shared arrays are made by rank 0, then opened by all)."""
+        """Called on every process that predicts (:func:`fhcnn.engine.run.predicts`; split in space:
+        every process, the shared arrays made by rank 0, then opened by all)."""
         if self.slabs:
             from ...engine.run import owned_region
 
@@ -522,22 +538,43 @@ def _baseline(name: str, inputs: VolumeInputs, channels: Sequence[Any], opt: Vol
     return matrix, forest.costs()
 
 
-def _unet_baseline(uplan: RunPlan, held: Any, k: int, geometry: Geometry, out: Path | None = None
-                   ) -> dict[str, Any]:
-    """The 3D U-Net of :func:`unet_plan` trained and predicted, scored against ``held``: what the
-    scores of :func:`score` hold, with its times and parameters. Every process of the run calls
-    it: under ``torchrun`` it trains data parallel like fhcnn (the same global batch), and rank 0
-    predicts and scores it (the other processes' scores are empty); ``geometry``: fhcnn's
-    plan's, whose ``data.scale`` the U-Net's volume already has (resized back to score).
-    Nothing of it is written; its prediction spills into scratch of the run folder ``out``."""
-    t0 = time.perf_counter()
-    sink = ConfusionSink(held, k)
-    fit = fit_predict(uplan, None, lambda r: at_input_size(geometry, [sink]), quiet=True, spill_in=out)
-    m = scores_of_confusion(sink.matrix)
-    m.update(train_time_s=round(fit.train_time_s, 2), predict_time_s=round(fit.predict_time_s, 2),
-             parameters=int(sum(p.numel() for p in fit.result.model.parameters())),
-             time_s=round(time.perf_counter() - t0, 2))
-    return m
+def held_out_voxels(held: Any, share: PassShare = ONE_PROCESS) -> int:
+    """Voxels the array-like ``held`` (``(D, H, W)``, ``IGNORE`` = not scored) scores, counted
+    box by box (:func:`~fhcnn.data.lazy.iter_slabs`); ``share``: this process's block of the
+    boxes (under ``torchrun`` the processes count together)."""
+    boxes = list(iter_slabs(tuple(int(n) for n in held.shape), 1, SLAB_VOXELS))
+    mine = sum(int(np.count_nonzero(np.asarray(held[boxes[i]]) != IGNORE)) for i in share.block(len(boxes)))
+    return int(sum(share.combine(mine)))
+
+
+class _UNet:
+    """The 3D U-Net baseline of :func:`unet_plan`: :meth:`train` on every process of the run
+    (under ``torchrun`` data parallel like fhcnn, the same global batch), then :meth:`score` on
+    rank 0 alone (the model is never split in space: no other process takes part). Nothing of
+    it is written; its prediction spills into scratch of the run folder."""
+
+    def __init__(self, uplan: RunPlan) -> None:
+        self.plan = uplan
+        self.result: Any = None
+        self.train_wall_s = 0.0
+
+    def train(self) -> None:
+        t0 = time.perf_counter()
+        self.result = train(self.plan, None, quiet=True)
+        self.train_wall_s = time.perf_counter() - t0
+
+    def score(self, held: Any, k: int, geometry: Geometry, out: Path | None) -> dict[str, Any]:
+        """The trained U-Net predicted and scored against ``held``: what the scores of
+        :func:`score` hold, with its times and parameters; ``geometry``: fhcnn's plan's, whose
+        ``data.scale`` the U-Net's volume already has (resized back to score)."""
+        t0 = time.perf_counter()
+        sink = ConfusionSink(held, k)
+        seconds = predict_run(self.plan, self.result, out, lambda r: at_input_size(geometry, [sink]))
+        m = scores_of_confusion(sink.matrix)
+        m.update(train_time_s=round(self.result.train_time_s, 2), predict_time_s=round(seconds, 2),
+                 parameters=int(sum(p.numel() for p in self.result.model.parameters())),
+                 time_s=round(self.train_wall_s + time.perf_counter() - t0, 2))
+        return m
 
 
 def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: str, *,
