@@ -368,3 +368,24 @@ def test_held_out_frames_and_their_score():
     assert m["miou"] == 1.0 and m["scored_voxels"] == 2 * 16
     pred[2, 0, 0] = 0                                          # one wrong pixel on a held-out frame
     assert score_held_out(pred, truth, [1, 2], 2)["miou"] < 1.0
+
+
+@pytest.mark.parametrize("every, steps_scored", [(2, [2, 3]), (3, [3]), (0, [3])])
+def test_a_custom_evaluation_runs_once_a_scored_step(every, steps_scored):
+    # with data.eval_every, the trainer's validation of the last step called eval_fn, and train()
+    # called it again at the end (each call a prediction of the whole volume: fhcnn change
+    # predicted its scene twice at the end of every run with data.eval_every)
+    vol, truth = _toy()
+    lab = np.full_like(truth, IGNORE)
+    lab[[0, 7]] = truth[[0, 7]]
+    cfg = load_config(SegmentConfig, "video-tiny", ["train.steps=3", "data.window_depth=4", "data.window_height=8",
+                                                    "data.window_width=8", f"data.eval_every={every}"])
+    calls: list[int] = []
+
+    def eval_fn(result):
+        calls.append(result.history[-1]["step"])
+        return {"score": float(len(calls))}
+
+    r = train_segmentation(vol, lab, cfg, eval_fn=eval_fn, quiet=True)
+    assert calls == steps_scored
+    assert [h["step"] for h in r.history if "score" in h] == steps_scored and r.history[-1]["score"] == len(calls)

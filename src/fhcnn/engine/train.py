@@ -232,11 +232,12 @@ class _Evaluator:
     """Scores the plan's evaluation labels (and/or calls ``eval_fn``) on the current model into
     the last history record, chunk by chunk (:class:`~fhcnn.engine.store.ConfusionSink`,
     spilling into a scratch folder of the run folder ``out``); as the trainer's validation its
-    time is not training time."""
+    time is not training time. ``scored_step``: the step of the record it last scored."""
 
     def __init__(self, result: SegmentationResult, eval_fn: Callable[[SegmentationResult], dict[str, float]] | None,
                  out: Path | None = None) -> None:
         self.result, self.eval_fn, self.out = result, eval_fn, out
+        self.scored_step: int | None = None
 
     @property
     def truth(self) -> Any:
@@ -245,6 +246,13 @@ class _Evaluator:
     @property
     def active(self) -> bool:
         return self.truth is not None or self.eval_fn is not None
+
+    def done(self, history: Sequence[dict[str, Any]]) -> bool:
+        """Whether the last record of ``history`` is scored: by this evaluator (the trainer's
+        validation of the last step), or, of the plan's evaluation labels, by the run a
+        checkpoint continues (its ``miou``)."""
+        return bool(history) and (self.scored_step == history[-1]["step"]
+                                  or (self.truth is not None and "miou" in history[-1]))
 
     def __call__(self, model: nn.Module | None = None) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -261,6 +269,7 @@ class _Evaluator:
             out.update(self.eval_fn(r))
         if r.history:
             r.history[-1].update(out)
+            self.scored_step = r.history[-1]["step"]
         return out
 
 
@@ -345,8 +354,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
     result.activation_bytes = step_loss.activation_bytes
     # where the trainer validates (rank 0; every process of a split model): a data-parallel
     # replica's score would go nowhere, its prediction of the volume wasted
-    if evaluate.active and (trainer.is_main or trainer.val_all_ranks) and \
-            (not history or "miou" not in history[-1] or evaluate.truth is None):
+    if evaluate.active and (trainer.is_main or trainer.val_all_ranks) and not evaluate.done(history):
         evaluate()
     model.eval()
     return result
