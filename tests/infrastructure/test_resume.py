@@ -216,3 +216,23 @@ def test_a_resumed_run_reports_the_training_time_of_the_whole_run(tmp_path: Path
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000008").state["train_time_s"]
     assert final == pytest.approx(resumed.train_time_s, abs=0.2)
     assert run(tmp_path / "run", resume=True).train_time_s == pytest.approx(final, abs=0.05)  # finished
+
+
+def test_a_side_training_leaves_the_runs_progress_for_a_lost_process_message(tmp_path: Path) -> None:
+    """A lost process's message names the run's last completed step and last intact checkpoint.
+    A baseline trained beside the run (the U-Net of fhcnn volume: no folder, no checkpoints)
+    started a new record: a process lost during it said "no checkpoint was written yet" while
+    the run's checkpoint could be resumed. With ``reports_progress=False`` the run's record stays."""
+    from fhcnn.training import distributed
+    from tests._train_script import batch_fn, build, loss_fn
+
+    cfg = TrainConfig(steps=4, device="cpu", checkpoint_every=2)
+    Trainer(build(), cfg, tmp_path / "run", batch_fn, loss_fn, quiet=True).fit()
+    assert (distributed._progress.step, distributed._intact_checkpoint()) == \
+        (4, tmp_path / "run" / "checkpoints" / "step-000004")
+    Trainer(build(), TrainConfig(steps=3, device="cpu"), None, batch_fn, loss_fn, quiet=True,
+            reports_progress=False).fit()
+    assert (distributed._progress.step, distributed._intact_checkpoint()) == \
+        (4, tmp_path / "run" / "checkpoints" / "step-000004")
+    Trainer(build(), TrainConfig(steps=3, device="cpu"), None, batch_fn, loss_fn, quiet=True).fit()
+    assert (distributed._progress.step, distributed._intact_checkpoint()) == (3, None)  # a run of its own

@@ -293,7 +293,7 @@ def _normalization(plan: RunPlan) -> tuple[Tensor, Tensor]:
 
 def train(plan: RunPlan, out_dir: str | Path | None = None, *,
           eval_fn: Callable[[SegmentationResult], dict[str, float]] | None = None,
-          quiet: bool = False, resume: bool = False) -> SegmentationResult:
+          quiet: bool = False, resume: bool = False, reports_progress: bool = True) -> SegmentationResult:
     """Train the plan's model on its volume from its sparse labels.
 
     Args:
@@ -304,6 +304,8 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
             ``data.eval_every`` steps and at the end (as the plan's ``eval_labels`` are).
         quiet: no progress output.
         resume: continue the run in ``out_dir`` from its latest checkpoint.
+        reports_progress: see :class:`~fhcnn.training.Trainer` (``False``: a baseline's training
+            beside the run's, whose steps and checkpoints a lost process's message names).
 
     Returns:
         :class:`SegmentationResult` (``.model``, ``.predict(volume)``, ``.history`` ...).
@@ -337,7 +339,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
     trainer = Trainer(model, cfg.train, Path(out_dir) if out_dir is not None else None,
                       batch_fn=step_loss.batches(sampler), loss_fn=step_loss,
                       val_fn=evaluate if evaluate.active and d.eval_every > 0 else None, quiet=quiet,
-                      **(space.trainer_options() if space else {}))
+                      reports_progress=reports_progress, **(space.trainer_options() if space else {}))
     step_loss.clock = lambda: trainer.train_time_s
     trainer.fit(resume=resume)
     result.device = trainer.device

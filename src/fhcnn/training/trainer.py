@@ -117,6 +117,9 @@ class Trainer:
             wrapped in DistributedDataParallel.
         val_all_ranks: run ``val_fn`` on every rank (a model split over processes needs them
             all); rank 0's result is used.
+        reports_progress: whether a lost process's message (:class:`~fhcnn.training.PeerLostError`)
+            names this training's last step and checkpoints; ``False`` for a side training of a
+            run that writes no checkpoints (a baseline), so the message names the run's own.
 
     After :meth:`fit`, :attr:`model` is the trained (unwrapped) model on :attr:`device`.
 
@@ -141,7 +144,7 @@ class Trainer:
                  batch_fn: BatchFn, loss_fn: LossFn, val_fn: ValFn | None = None,
                  quiet: bool = False, *, shard_fn: Callable[[Any], Any] | None = None,
                  grad_reduce: Callable[[nn.Module], None] | None = None,
-                 val_all_ranks: bool = False) -> None:
+                 val_all_ranks: bool = False, reports_progress: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -153,7 +156,7 @@ class Trainer:
             raise TypeError(f"val_fn must be callable or None, got {type(val_fn).__name__}")
         self.config = config
         self.batch_fn, self.loss_fn, self.val_fn = batch_fn, loss_fn, val_fn
-        self.quiet = quiet
+        self.quiet, self.reports_progress = quiet, reports_progress
         self.out_dir = Path(out_dir) if out_dir is not None else None
         # space-parallel runs (#17, fhcnn.engine.parallel): own sharding and gradient reduction
         self.shard_fn, self.grad_reduce, self.val_all_ranks = shard_fn, grad_reduce, val_all_ranks
@@ -436,13 +439,21 @@ class Trainer:
                 raise
             raise lost from e
 
+    def _note(self, step: int, new_run: bool = False) -> None:
+        """Record this training's progress for the message of a lost process (its last completed
+        step and, from a new run, its checkpoints folder), unless it does not report progress: a
+        side training of a run (a baseline, no checkpoints) leaves the run's own record, so the
+        message names the run's last intact checkpoint, not "no checkpoint was written yet"."""
+        if self.reports_progress:
+            note_progress(step, self.checkpoints.root if self.checkpoints is not None else None, new_run=new_run)
+
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         if resume and self.out_dir is None:
             raise ValueError("resume=True needs an out_dir")
         if self.out_dir is not None and self.is_main:
             make_dir(self.out_dir)
-        note_progress(0, self.checkpoints.root if self.checkpoints is not None else None, new_run=True)
+        self._note(0, new_run=True)
         with determinism(cfg.deterministic, self.device):
             if resume:
                 assert self.checkpoints is not None
@@ -450,7 +461,7 @@ class Trainer:
                 if ckpt is not None:
                     self._load_state(ckpt.model_state, ckpt.state)
                     self.last_checkpoint = ckpt.path
-                    note_progress(self.step)
+                    self._note(self.step)
                     if self.is_main and not self.quiet:
                         was = int(ckpt.state.get("world_size", self.world_size))
                         moved = (f"; written by {was} process{'es' if was > 1 else ''}, continued on "
@@ -509,7 +520,7 @@ class Trainer:
                 if self._threads is not None:
                     self._threads.check()
                 self.step = step
-                note_progress(step)
+                self._note(step)
                 sums["loss"] = sums.get("loss", 0.0) + loss
                 # a metric is averaged over the steps (and processes) that measured it: a NaN or
                 # infinite value is a step that did not (e.g. a loss term that starts later)

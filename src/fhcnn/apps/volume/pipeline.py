@@ -560,7 +560,8 @@ class _UNet:
 
     def train(self) -> None:
         t0 = time.perf_counter()
-        self.result = train(self.plan, None, quiet=True)
+        # a lost process's message names fhcnn's last step and checkpoint, not the U-Net's
+        self.result = train(self.plan, None, quiet=True, reports_progress=False)
         self.train_wall_s = time.perf_counter() - t0
 
     def score(self, held: Any, k: int, geometry: Geometry, out: Path | None) -> dict[str, Any]:
