@@ -762,3 +762,19 @@ def test_data_scale_predicts_and_scores_at_the_inputs_size(vol, tmp_path):
     assert score(pred, held, 3)["miou"] == pytest.approx(m["miou"])
     for entry in (m["fhcnn"], m["baselines"]["unet"]):
         assert entry["scored_voxels"] == int((lab == 255).sum())
+
+
+def test_a_slab_of_a_resized_volume_is_reported_on_the_inputs_grid():
+    """prediction_slabs (metrics.json of a split run) names each process's slab of the input:
+    with data.scale a slab of the network's (D, h, w) volume was reported as it stood (a
+    16 x 8 x 8 slab of a 16^3 input), not on the input's grid its files are on."""
+    from fhcnn.apps.volume.pipeline import region_at_input_size
+    from fhcnn.engine.sizes import Geometry
+
+    g = Geometry(depth=16, size=(16, 16), scaled=(8, 8), multiple=8)
+    assert region_at_input_size(g, ((0, 0, 0), (16, 8, 8))) == ((0, 0, 0), (16, 16, 16))
+    assert region_at_input_size(g, ((8, 0, 0), (8, 8, 8))) == ((8, 0, 0), (8, 16, 16))
+    odd = Geometry(depth=10, size=(15, 7), scaled=(8, 4), multiple=4)
+    assert region_at_input_size(odd, ((0, 0, 0), (10, 8, 4))) == ((0, 0, 0), (10, 15, 7))
+    same = Geometry(depth=10, size=(15, 7), scaled=(15, 7), multiple=1)
+    assert region_at_input_size(same, ((2, 3, 1), (4, 5, 6))) == ((2, 3, 1), (4, 5, 6))

@@ -48,7 +48,7 @@ from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import HeldOut, VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
-           "score", "resolve_spacing", "unet_plan", "at_input_size"]
+           "score", "resolve_spacing", "unet_plan", "at_input_size", "region_at_input_size"]
 
 
 def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
@@ -395,7 +395,7 @@ class _Outputs:
         if self.slabs:
             from ...engine.run import owned_region
 
-            self.owned = owned_region(result.plan, result, "slabs")
+            self.owned = region_at_input_size(self.geometry, owned_region(result.plan, result, "slabs"))
             self._scratch = self._shared(_SLABS, lambda path: _zarr_array(path, self.inputs.shape, self.chunks))
             self.prediction = _open_zarr(self._scratch)
         elif self.out is not None and is_main_process():
@@ -500,6 +500,20 @@ def at_input_size(g: Geometry, sinks: Sequence[Sink]) -> list[Sink]:
     (:class:`~fhcnn.engine.store.Resized`) where ``data.scale`` resized the volume; as they are
     otherwise (``g``: the plan's :class:`~fhcnn.engine.sizes.Geometry`)."""
     return list(sinks) if g.scaled == g.size else [Resized(s, g.size, g.scaled) for s in sinks]
+
+
+def region_at_input_size(g: Geometry, region: tuple[Sequence[int], Sequence[int]]
+                         ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(origin, shape)`` of a region of the network's ``(D, h, w)`` volume (a slab a process
+    finishes) on the input's ``(D, H, W)`` grid, where ``data.scale`` resized the planes (``g``:
+    the plan's :class:`~fhcnn.engine.sizes.Geometry`): along ``H`` and ``W`` its edges scaled
+    (chunks then hold whole planes, so the edges are 0 and the plane's size)."""
+    (o, n) = region
+    sizes = (g.depth, *g.size)
+    scaled = (g.depth, *g.scaled)
+    lo = [int(round(int(a) * s / t)) for a, s, t in zip(o, sizes, scaled)]
+    hi = [int(round((int(a) + int(b)) * s / t)) for a, b, s, t in zip(o, n, sizes, scaled)]
+    return (lo[0], lo[1], lo[2]), (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2])
 
 
 def _open_zarr(path: Path) -> Any:
