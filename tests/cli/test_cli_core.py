@@ -72,21 +72,26 @@ def test_user_errors_exit_2_without_traceback(monkeypatch, capsys):
 
 
 def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
-    """Under torchrun rank 0 alone prints a refusal of the input (every process meets it alike);
-    an error of one process's own work (a file it could not write) is printed by that process,
-    or the user would learn only that it stopped answering."""
+    """Under torchrun a process other than rank 0 waits before it prints a refusal of the input
+    (every process meets it alike, and rank 0 says it), but prints it: the launcher ends the
+    processes once one exits, so a rank-0-only line was lost whenever another exited first. An
+    error of one process's own work (a file it could not write) is printed at once."""
+    import fhcnn.cli as cli
     import fhcnn.cli.info as info
     from fhcnn.errors import InputError
 
-    monkeypatch.setenv("RANK", "1")
-    for error, printed in ((InputError("input.npy: contains NaN"), ""),
-                           (PermissionError("out/slab.zarr: permission denied"),
-                            "error: out/slab.zarr: permission denied")):
+    waits: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    for rank, error, waited in (("1", InputError("input.npy: contains NaN"), [cli.REFUSAL_GRACE_S]),
+                                ("1", PermissionError("out/slab.zarr: permission denied"), []),
+                                ("0", InputError("input.npy: contains NaN"), [])):
         def boom(args, error=error):
             raise error
+        monkeypatch.setenv("RANK", rank)
         monkeypatch.setattr(info, "run", boom)
+        waits.clear()
         assert main(["info"]) == 2
-        assert capsys.readouterr().err.strip() == printed
+        assert waits == waited and capsys.readouterr().err.strip() == f"error: {error}"
 
 
 def test_an_error_line_is_one_write(monkeypatch):

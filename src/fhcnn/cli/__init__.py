@@ -7,9 +7,10 @@ Each command lives in its own module ``fhcnn.cli.<name>`` exposing::
     def run(args) -> int                        # do the work, return the exit code
 
 Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` and file errors
-raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` every process
-exits 2; rank 0 alone prints an ``InputError``, which every process meets alike); a ``TrainingError`` (a non-finite
-loss, a lost process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
+raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` the other
+processes wait :data:`REFUSAL_GRACE_S` before they print an ``InputError``, which every process
+meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finite loss, a lost
+process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from typing import Sequence
 
 from ._options import OneLineErrors
@@ -33,6 +35,13 @@ COMMANDS: dict[str, str] = {
     "vae": "fhcnn.cli.vae",
     "bench": "fhcnn.cli.bench",
 }
+
+#: Seconds a process of a ``torchrun`` launch other than rank 0 waits before it prints a refusal
+#: of the input (an ``InputError``, which every process meets alike): rank 0 prints it and exits,
+#: the launcher then ends the other processes, and the user reads the line once. A process that
+#: meets a refusal alone still prints it, after the wait. (Rank 0 alone printing lost the line
+#: whenever another process exited first: the launcher ended rank 0 before it printed.)
+REFUSAL_GRACE_S = 3.0
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError, FileExistsError)
@@ -97,10 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before the line: zarr's asyncio reads a refused read left behind are reported when collected
         log = importlib.import_module("fhcnn.log")
         log.silence_abandoned_work()
-        # under torchrun every process refuses the same input (an InputError): rank 0 says it once;
-        # another error (a file error of this process's own writes) is said by the process it met
-        if log.rank() == 0 or not isinstance(e, importlib.import_module("fhcnn.errors").InputError):
-            _line(f"error: {e}")
+        if log.rank() != 0 and isinstance(e, importlib.import_module("fhcnn.errors").InputError):
+            time.sleep(REFUSAL_GRACE_S)  # rank 0 says it (see REFUSAL_GRACE_S)
+        _line(f"error: {e}")
         return 2
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
