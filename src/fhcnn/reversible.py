@@ -25,9 +25,10 @@ sees, the incoming gradients and stored block-mode pairs are never modified.
 
 Correctness under other uses of autograd:
 
-* the parameter tensors the forward pass used are the ones the backward uses (also for the
-  reconstruction through learnable wavelets, and when a second backward recomputes the
-  outputs), so ``torch.func.functional_call`` and other parameter swaps are right;
+* the parameter tensors the forward pass used, trainable or frozen, are the ones the
+  backward uses (also for the reconstruction through learnable wavelets, and when a second
+  backward recomputes the outputs), so ``torch.func.functional_call`` and other parameter
+  swaps are right, also with tensors that need no gradient;
 * the forward pass records the modules' training flags, and every recomputation runs in
   them: ``model.eval()``/``.train()`` between forward and backward changes nothing, and
   running statistics are updated once, by the forward pass, however many backward passes
@@ -79,8 +80,11 @@ def _is_parametrized(m: nn.Module) -> bool:
     return "parametrizations" in m._modules and parametrize.is_parametrized(m)
 
 
-def _trainable(module: nn.Module, computed: bool) -> Params:
-    """The trainable tensors ``module`` computes with, by name.
+def _tensors(module: nn.Module, computed: bool) -> Params:
+    """The parameter tensors ``module`` computes with now, by name, trainable or frozen
+    (``requires_grad=False``): the backward recomputes with exactly these, so a tensor
+    swapped in by ``torch.func.functional_call`` is used there even when it needs no
+    gradient (the module's own, restored by then, would give another function).
 
     ``computed=False``: its parameters (a parametrized tensor's originals included, by their
     names ``parametrizations.weight.original``, which ``functional_call`` evaluates the
@@ -88,20 +92,19 @@ def _trainable(module: nn.Module, computed: bool) -> Params:
     form, ``neg_forward`` or ``functional``): a parametrized tensor (``torch.nn.utils.
     parametrize``: weight norm, spectral norm, ...) is given instead as the tensor its
     parametrization computes now, by the parametrized name (``"weight"``): the backward uses
-    exactly that tensor, and autograd carries its gradient through the parametrization to
-    the originals (the ordinary path, as for any tensor computed before the Function)."""
+    exactly that tensor (never computing it again: spectral norm's power iteration would
+    run again), and autograd carries its gradient through the parametrization to the
+    originals (the ordinary path, as for any tensor computed before the Function)."""
     if not computed or not _parametrized(module):
-        return {n: p for n, p in module.named_parameters() if p.requires_grad}
+        return dict(module.named_parameters())
     hidden: set[int] = set()
     evaluated: Params = {}
     for prefix, m in module.named_modules():
         if _is_parametrized(m):
             for name, plist in m.parametrizations.items():  # type: ignore[union-attr]
-                owned = list(plist.parameters())
-                hidden.update(id(t) for t in owned)
-                if any(t.requires_grad for t in owned):
-                    evaluated[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
-    params: Params = {n: p for n, p in module.named_parameters() if p.requires_grad and id(p) not in hidden}
+                hidden.update(id(t) for t in plist.parameters())
+                evaluated[f"{prefix}.{name}" if prefix else name] = getattr(m, name)
+    params: Params = {n: p for n, p in module.named_parameters() if id(p) not in hidden}
     params.update(evaluated)
     return params
 
@@ -180,6 +183,11 @@ def _backward_hooked(module: nn.Module) -> bool:
 
 def _parametrized(module: nn.Module) -> bool:
     return any(_is_parametrized(m) for m in module.modules())
+
+
+def _requiring_grad(params: Params) -> Params:
+    """The tensors of ``params`` that need a gradient (frozen ones are used, not differentiated)."""
+    return {n: t for n, t in params.items() if t.requires_grad}
 
 
 def _same_values(a: Tensor, b: Tensor) -> bool:
@@ -292,7 +300,7 @@ class LeapfrogStep:
         return hasattr(self.f, "neg_forward") and not _hooked(self.f)
 
     def params(self) -> Params:
-        return _trainable(self.f, self._functional())
+        return _tensors(self.f, self._functional())
 
     def record(self) -> Recorded:
         return _record(self.f, self._functional())
@@ -361,7 +369,7 @@ class LeapfrogStep:
                 st.grad[i_new], st.grad_owned[i_new] = _to(t, st.fmt), True
             del t
         shared, g_new, g_shared = st.pair[i_sh], st.grad[i_new], st.grad[i_sh]
-        local = {n: t.detach().requires_grad_(g_new is not None) for n, t in params.items()}
+        local = {n: t.detach().requires_grad_(g_new is not None and t.requires_grad) for n, t in params.items()}
         with torch.enable_grad() if g_new is not None else torch.no_grad():
             s = shared.detach().requires_grad_(g_new is not None)
             g, a, fresh = self._g(s, local, rec)
@@ -371,9 +379,11 @@ class LeapfrogStep:
         scale = a if fresh else 1.0
         if g_new is not None:
             g_out = g_new.to(g.dtype) if fresh else (a * g_new).to(g.dtype)
-            vjp = torch.autograd.grad(g, [s, *local.values()], grad_outputs=g_out, allow_unused=True)
+            trained = _requiring_grad(params)
+            vjp = torch.autograd.grad(g, [s, *(local[n] for n in trained)], grad_outputs=g_out,
+                                      allow_unused=True)
             del g_out
-            _accumulate(grads, list(params.values()), vjp[1:], scale, avoid=(g_new, vjp[0]))
+            _accumulate(grads, list(trained.values()), vjp[1:], scale, avoid=(g_new, vjp[0]))
             v = vjp[0]
             del vjp
         del s, local
@@ -447,7 +457,7 @@ class TransitionStep:
         return not self.inverse and _backward_hooked(self.wavelet)
 
     def params(self) -> Params:
-        return _trainable(self.wavelet, self._functional())
+        return _tensors(self.wavelet, self._functional())
 
     def record(self) -> Recorded:
         return _record(self.wavelet, self._functional())
@@ -519,21 +529,22 @@ class TransitionStep:
             if g_out is None:
                 continue
             call = self._vjp_by_call()
-            if not params and not call:
+            trained = _requiring_grad(params)
+            if not trained and not call:
                 # W is orthogonal: its adjoint is its inverse
                 with torch.no_grad():
                     st.grad[i] = None
                     st.grad[i] = _to(self._map(g_out, not self.inverse, params, rec), st.fmt)
                 st.grad_owned[i] = True
                 continue
-            local = {n: t.detach().requires_grad_(True) for n, t in params.items()}
+            local = {n: t.detach().requires_grad_(t.requires_grad) for n, t in params.items()}
             with torch.enable_grad():
                 xd = x.detach().requires_grad_(True)
                 y = self._map(xd, self.inverse, local, rec, hooks=call)
-            vjp = torch.autograd.grad(y, [xd, *local.values()], grad_outputs=g_out.to(y.dtype),
+            vjp = torch.autograd.grad(y, [xd, *(local[n] for n in trained)], grad_outputs=g_out.to(y.dtype),
                                       allow_unused=True)
             del y, xd
-            _accumulate(grads, list(params.values()), vjp[1:], avoid=(g_out, vjp[0]))
+            _accumulate(grads, list(trained.values()), vjp[1:], avoid=(g_out, vjp[0]))
             st.grad[i] = _to(vjp[0].to(x.dtype), st.fmt)
             st.grad_owned[i] = not _shares_storage(vjp[0], (g_out,))
             del vjp
@@ -566,9 +577,10 @@ def _check_version(t: Tensor, expected: int, what: str) -> None:
 class ReversibleFunction(torch.autograd.Function):
     """Runs ``steps`` keeping only the final pair (and the input pairs of ``store`` steps).
 
-    ``apply(steps, step_params, store, p, c, *params)``: ``step_params[i]`` are the trainable
-    tensors step ``i`` uses (by name), ``params`` all of them, de-duplicated; they receive
-    their gradients as ordinary Function-input gradients. The backward is not differentiable
+    ``apply(steps, step_params, store, p, c, *params)``: ``step_params[i]`` are the parameter
+    tensors step ``i`` uses (by name, frozen ones included), ``params`` all of them,
+    de-duplicated; those that require grad receive their gradients as ordinary
+    Function-input gradients. The backward is not differentiable
     (no ``create_graph``); it may run again (``retain_graph=True``), recomputing the outputs
     (it releases them the first time) from the inputs, which it keeps.
 
@@ -704,7 +716,8 @@ def run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str = Tr
 def _run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str) -> Pair:
     step_params = [s.params() for s in steps]
     params = list({id(t): t for sp in step_params for t in sp.values()}.values())
-    needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad or bool(params))
+    needs_grad = torch.is_grad_enabled() and (p.requires_grad or c.requires_grad
+                                              or any(t.requires_grad for t in params))
     if mode is False or not needs_grad:
         # same layouts as the reversible path: computed channels-last, returned as given
         fmt, out_fmt = internal_format(c), _layout(c)

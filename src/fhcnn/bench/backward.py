@@ -101,7 +101,8 @@ def decompose(spec: Spec, device: str = "cpu") -> dict[str, Any]:
     later: dict[int, torch.Tensor] = {}
     for s in schedule[index + 1:]:
         for w in s.params().values():
-            later[id(w)] = w
+            if w.requires_grad:
+                later[id(w)] = w
     param_grads = sum(w.numel() * w.element_size() for w in later.values())
     parts = {"saved_pair": 2 * state, "gradient_pair": (1 if first else 2) * state,
              "layer_internals": peak - at_start, "parameter_gradients": param_grads}
