@@ -189,24 +189,29 @@ def _get(params: Mapping[str, Tensor], name: str, owner: nn.Module, attr: str) -
 def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor],
                      training: bool | None = None) -> Tensor:
     """``norm(z)`` with ``norm.weight``/``norm.bias`` taken from ``params`` (names
-    ``norm.weight``, ``norm.bias``) and no running-statistics update. ``training``: the mode
-    to evaluate in (batch statistics or running ones for a batch norm; ``None``: the module's
-    mode now). A normalization module with a ``functional(z, weight, bias, training)`` method
-    (e.g. the split norms of :mod:`fhcnn.spatial`) computes it itself."""
+    ``norm.weight``, ``norm.bias``; a batch norm's running statistics too, ``norm.running_mean``
+    and ``norm.running_var``, where given) and no running-statistics update. ``training``: the
+    mode to evaluate in (batch statistics or running ones for a batch norm; ``None``: the
+    module's mode now). A normalization module with a ``functional(z, weight, bias,
+    training)`` method (e.g. the split norms of :mod:`fhcnn.spatial`; a batch norm's also
+    takes ``stats``, the running mean and variance) computes it itself."""
     if isinstance(norm, nn.Identity):
         return z
     weight = _get(params, "norm.weight", norm, "weight")
     bias = _get(params, "norm.bias", norm, "bias")
     own: Callable[..., Tensor] | None = getattr(norm, "functional", None)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        mean = _get(params, "norm.running_mean", norm, "running_mean")
+        var = _get(params, "norm.running_var", norm, "running_var")
+        if own is not None:
+            return own(z, weight, bias, training, stats=(mean, var))
+        batch_stats = (norm.training if training is None else training) or mean is None
+        return F.batch_norm(z, None if batch_stats else mean, None if batch_stats else var, weight, bias,
+                            training=batch_stats, momentum=0.0, eps=norm.eps)
     if own is not None:
         return own(z, weight, bias, training)
     if isinstance(norm, nn.GroupNorm):
         return F.group_norm(z, norm.num_groups, weight, bias, norm.eps)
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        batch_stats = (norm.training if training is None else training) or norm.running_mean is None
-        return F.batch_norm(z, None if batch_stats else norm.running_mean,
-                            None if batch_stats else norm.running_var, weight, bias,
-                            training=batch_stats, momentum=0.0, eps=norm.eps)
     raise TypeError(f"no functional form for normalization {type(norm).__name__}")
 
 
@@ -304,7 +309,8 @@ class SymmetricLayer(nn.Module):
             params: ``None`` (the module's own parameters; batch norms update their running
                 statistics as in :meth:`forward`), or tensors by parameter name (missing names
                 fall back to the module's own; a parametrized weight is given by its name,
-                ``"weight"``, as the tensor the parametrization computed). With ``params`` the
+                ``"weight"``, as the tensor the parametrization computed; a batch norm's running
+                statistics may be given too, ``"norm.running_mean"``). With ``params`` the
                 evaluation is purely functional: nothing on the module is read-modified-written,
                 batch norms never update their running statistics and use batch statistics in
                 training mode, running ones in eval mode (what a recomputation in a memory-free

@@ -56,7 +56,7 @@ This module knows nothing about network layout; :mod:`fhcnn.network` builds the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -115,11 +115,16 @@ class Recorded:
     training flags of it and its submodules (``modes``, by ``named_modules()`` name), for a
     module recomputed through ``functional_call``, copies of its parametrizations' buffers
     after the forward pass (``buffers``, e.g. spectral norm's vectors, by buffer name), and
-    whether the forward pass evaluated it through its own functional form (``functional``)."""
+    whether the forward pass evaluated it through its own functional form (``functional``),
+    and copies of the running statistics its batch norms in eval mode normalized with
+    (``stats``, by buffer name, e.g. ``norm.running_mean``): the recomputation normalizes with
+    these, not with the module's buffers then (swapped by ``functional_call`` in the forward
+    pass, or updated since by a forward pass in training mode, or loaded)."""
 
     modes: Modes
     buffers: Params
     functional: bool = True
+    stats: Params = field(default_factory=dict)
 
 
 def _parametrization_prefixes(module: nn.Module) -> list[str]:
@@ -135,7 +140,14 @@ def _record(module: nn.Module, functional: bool) -> Recorded:
         prefixes = _parametrization_prefixes(module)
         if prefixes:
             buffers = {n: b.clone() for n, b in module.named_buffers() if n.startswith(tuple(prefixes))}
-    return Recorded(modes, buffers, functional)
+    stats: Params = {}
+    for n, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training:
+            for k in ("running_mean", "running_var"):
+                t = getattr(m, k)
+                if t is not None:
+                    stats[f"{n}.{k}" if n else k] = t.clone()
+    return Recorded(modes, buffers, functional, stats)
 
 
 def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: Mapping[str, Tensor],
@@ -150,7 +162,7 @@ def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: M
     if rec is not None:
         prefixes = tuple(_parametrization_prefixes(module))
         modes = {n: flag and not f"{n}.".startswith(prefixes) for n, flag in rec.modes.items()}
-        tensors = {**rec.buffers, **tensors}
+        tensors = {**rec.buffers, **rec.stats, **tensors}
     with frozen_norm_stats(module, modes):
         return torch.func.functional_call(target, {prefix + n: t for n, t in tensors.items()}, args,
                                           strict=False)
@@ -319,7 +331,10 @@ class LeapfrogStep:
         functional = self._functional() if rec is None else rec.functional
         neg: Callable[..., Tensor] | None = getattr(self.f, "neg_forward", None) if functional else None
         if neg is not None:
-            g = neg(y) if params is None else neg(y, params, None if rec is None else rec.modes)
+            if params is not None and rec is not None:
+                g = neg(y, {**rec.stats, **params}, rec.modes)
+            else:
+                g = neg(y) if params is None else neg(y, params)
             return g, -self.h2, True
         if params is None:
             return self.f(y), self.h2, False
@@ -613,7 +628,8 @@ class ReversibleFunction(torch.autograd.Function):
         p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
         ctx.recorded = [s.record() for s in steps]  # the modes (and buffers) the forward ended with
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
-        note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair)])
+        note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair),
+                   *(t for r in ctx.recorded for t in r.stats.values())])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
         return p, c
 

@@ -801,3 +801,63 @@ def test_frozen_spectral_norm_weight_is_not_computed_again(mode):
         out[m] = _grads_and_stats(net, _x())
     for got, ref in zip(out[mode], out[False]):
         _assert_same(got, ref)
+
+
+# ------------------------------------------------------------------------------------------
+# Running statistics: an eval-mode batch norm is recomputed with the statistics it used.
+
+def _bn_net(mode, split):
+    """A batch-norm network with running statistics unlike any batch's, in eval mode;
+    ``split``: with the split batch norm of :mod:`fhcnn.spatial` (one slab)."""
+    from fhcnn.spatial import SpatialSplit, split_module
+
+    torch.manual_seed(0)
+    net = HyperbolicNetwork(4, UNITS, dim=2, norm="batch", wavelet="learnable", reversible=mode).double()
+    if split:
+        split_module(net, SpatialSplit(2, (0,), (1,)))
+    with torch.no_grad():
+        net(_x(3) * 2 + 1)
+    return net.eval()
+
+
+def _grads(net, x, loss):
+    """``loss.backward()``; the gradients of ``x`` and of every parameter."""
+    loss.backward()
+    return {"x": x.grad, **{n: p.grad for n, p in net.named_parameters()}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("split", [False, True])
+def test_functional_call_with_swapped_running_statistics(mode, split):
+    """``functional_call(net, (params, buffers))`` with other running statistics, in eval mode
+    (the ``torch.func`` way of evaluating a model with given state): the backward normalized
+    with the module's own statistics, so gradients were 5-70% off plain autograd's."""
+    out = {}
+    for m in (False, mode):
+        net = _bn_net(m, split)
+        buffers = {n: b * 1.7 + 0.3 if b.is_floating_point() else b for n, b in net.named_buffers()}
+        x = _x().requires_grad_()
+        y = torch.func.functional_call(net, (dict(net.named_parameters()), buffers), (x,))
+        out[m] = _grads(net, x, _loss(y))
+    _assert_same(out[mode], out[False])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("split", [False, True])
+def test_running_statistics_updated_between_forward_and_backward(mode, split):
+    """An eval-mode forward, then a training-mode forward (which updates the running
+    statistics in place), then the first forward's backward: the recomputation normalized with
+    the updated statistics (the input's gradient 4% off). It now uses those of its forward pass: the
+    gradients are those of a backward right after it. (Plain autograd reads the updated
+    statistics too, without a word: 27% off.)"""
+    x0 = _x()
+    net = _bn_net(False, split)
+    x = x0.clone().requires_grad_()
+    ref = _grads(net, x, _loss(net(x)))
+    net = _bn_net(mode, split)
+    x = x0.clone().requires_grad_()
+    loss = _loss(net(x))
+    net.train()
+    with torch.no_grad():
+        net(_x(3) * 3)
+    _assert_same(_grads(net, x, loss), ref)

@@ -99,16 +99,20 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected (N, C, *S) input, got shape {tuple(x.shape)}")
 
     def functional(self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                   training: bool | None = None) -> Tensor:
+                   training: bool | None = None,
+                   stats: tuple[Tensor | None, Tensor | None] | None = None) -> Tensor:
         """The global batch norm with the given affine tensors and no running-statistics update
         (batch statistics in training mode, running ones in eval mode; ``training``: the mode
-        to evaluate in, ``None`` the module's mode now): the reversible backward's
-        recomputation (:func:`fhcnn.layers._functional_norm`), in the mode of the forward pass."""
+        to evaluate in, ``None`` the module's mode now; ``stats``: the running mean and
+        variance to use, ``None`` the module's): the reversible backward's recomputation
+        (:func:`fhcnn.layers._functional_norm`), in the mode and with the statistics of the
+        forward pass."""
         self._check_input_dim(x)
         training = self.training if training is None else training
-        use_batch = training or (self.running_mean is None and self.running_var is None)
+        mean, var = (self.running_mean, self.running_var) if stats is None else stats
+        use_batch = training or (mean is None and var is None)
         if not use_batch:
-            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         dims = (0, *range(2, x.dim()))
         count = math.prod(x.shape[d] for d in dims) * self.split.size
         _, dev, var = _moments(x, self.split, dims, count)
