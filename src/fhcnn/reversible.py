@@ -36,8 +36,10 @@ Correctness under other uses of autograd:
 * a parametrized tensor (``torch.nn.utils.parametrize``) of a layer or wavelet is captured
   as the tensor its parametrization computes (once per :func:`run_steps` call) and is an
   input of the Function, so its gradient reaches the originals through the parametrization;
-* a parameter or an output modified in place between forward and backward raises, as in
-  plain autograd (version counters are checked);
+* a parameter or an input modified in place between forward and backward raises, as in
+  plain autograd (version counters are checked); an output modified in place (``y.add_(1)``
+  before ``backward()``) is recomputed from the input, as after a first backward: the
+  backward needs the values the forward pass computed, not the caller's new ones;
 * double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
   penalties or meta-learning;
 * backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
@@ -597,7 +599,8 @@ class ReversibleFunction(torch.autograd.Function):
     de-duplicated; those that require grad receive their gradients as ordinary
     Function-input gradients. The backward is not differentiable
     (no ``create_graph``); it may run again (``retain_graph=True``), recomputing the outputs
-    (it releases them the first time) from the inputs, which it keeps.
+    (it releases them the first time) from the inputs, which it keeps; so it does when the
+    caller has modified an output in place.
 
     Everything the backward evaluates is evaluated with the state of the forward pass: the
     tensors in ``step_params`` (not the modules' attributes then, which ``functional_call`` or
@@ -646,6 +649,10 @@ class ReversibleFunction(torch.autograd.Function):
         (in_p, in_c), (v_p, v_c) = ctx.inp
         _check_version(in_p, v_p, "input p")
         _check_version(in_c, v_c, "input c")
+        if ctx.out is not None and any(t._version != v for t, v in zip(*ctx.out)):
+            # the caller modified an output in place (``y.add_(1)``): its old values are gone,
+            # and what autograd hands in is the gradient w.r.t. them; recompute them
+            ctx.out = None
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
             with torch.no_grad():
                 p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt,
@@ -653,9 +660,7 @@ class ReversibleFunction(torch.autograd.Function):
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
-        (out_p, out_c), (v_p, v_c) = ctx.out
-        _check_version(out_p, v_p, "output Y_prev")
-        _check_version(out_c, v_c, "output Y_cur")
+        (out_p, out_c), _ = ctx.out
         for (kp, kc), (vp, vc) in ctx.kept.values():
             _check_version(kp, vp, "a stored pair (block mode)")
             _check_version(kc, vc, "a stored pair (block mode)")
