@@ -752,6 +752,7 @@ def _run_steps(steps: Sequence[Step], p: Tensor, c: Tensor, mode: bool | str) ->
         store = frozenset(i for i, s in enumerate(steps) if isinstance(s, TransitionStep))
     for s in steps:
         _refuse_legacy_spectral_norm(s.f if isinstance(s, LeapfrogStep) else s.wavelet, s.name)
+    _refuse_inference_tensors(steps, step_params, p, c)
     out = _apply_eagerly(steps, step_params, store, p, c, params)
     return out[0], out[1]
 
@@ -773,6 +774,23 @@ def _refuse_legacy_spectral_norm(module: nn.Module, name: str) -> None:
                 f"iteration again when the reversible backward recomputes the module, so the "
                 f"gradient would be wrong; use torch.nn.utils.parametrizations.spectral_norm, "
                 f"or reversible=False")
+
+
+def _refuse_inference_tensors(steps: Sequence[Step], step_params: Sequence[Params], p: Tensor, c: Tensor
+                              ) -> None:
+    """A ``RuntimeError`` naming the tensor if the input pair or a step's tensor is an
+    inference tensor (made under ``torch.inference_mode``): the backward keeps it and checks
+    that it is unchanged, and such a tensor has no version counter. Plain autograd cannot save
+    it for backward either."""
+    named = [("the input", p), ("the input", c)]
+    named += [(f"{s.name}.{n}" if s.name else n, t) for s, sp in zip(steps, step_params) for n, t in sp.items()]
+    for what, t in named:
+        if t.is_inference():
+            raise RuntimeError(
+                f"{what} is an inference tensor (made under torch.inference_mode), which the reversible "
+                f"backward cannot keep for the gradient (nor can plain autograd save it): make it, "
+                f"or clone it (x.clone()), outside inference mode, or run the network under "
+                f"torch.inference_mode or torch.no_grad if no gradient is needed")
 
 
 @torch.compiler.disable

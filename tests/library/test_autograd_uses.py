@@ -883,3 +883,35 @@ def test_running_statistics_updated_between_forward_and_backward(mode, split):
     with torch.no_grad():
         net(_x(3) * 3)
     _assert_same(_grads(net, x, loss), ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("which", ["input", "parameter"])
+def test_inference_tensor_is_refused_naming_it(mode, which):
+    """An input (or a parameter) made under ``torch.inference_mode``, then a forward pass with
+    gradients: plain autograd refuses to save it; the reversible forward failed with
+    'Inference tensors do not track version counter', which names neither the tensor nor the
+    fix. The error now names both. A forward under ``inference_mode`` or ``no_grad`` first
+    changes nothing for the gradient-enabled one after it."""
+    net = _net(mode, norm="batch")
+    with torch.inference_mode():
+        x = _x()
+        net(x)
+    if which == "parameter":
+        with torch.inference_mode():
+            net.layers[1].weight = torch.nn.Parameter(net.layers[1].weight.clone())
+        x = x.clone()
+    with pytest.raises(RuntimeError, match=r"^(the input|layers\.1\.weight) is an inference tensor .*clone it"):
+        net(x)
+    with torch.no_grad():
+        net(_x())
+    out = {}
+    for m in (False, mode):
+        net = _net(m, norm="batch")
+        with torch.inference_mode():
+            net(_x(3))
+        with torch.no_grad():
+            net(_x(3) * 2)
+        x = _x().requires_grad_()
+        out[m] = _grads(net, x, _loss(net(x)))
+    _assert_same(out[mode], out[False])
