@@ -915,3 +915,66 @@ def test_inference_tensor_is_refused_naming_it(mode, which):
         x = _x().requires_grad_()
         out[m] = _grads(net, x, _loss(net(x)))
     _assert_same(out[mode], out[False])
+
+
+def _checkpointed(net, x, reentrant):
+    import torch.utils.checkpoint as cp
+
+    return cp.checkpoint(net, x, use_reentrant=reentrant)
+
+
+_WRAPPED_USES = {
+    "checkpoint": lambda net, x: _loss(_checkpointed(net, x, False)),
+    "checkpoint, reentrant": lambda net, x: _loss(_checkpointed(net, x, True)),
+    "anomaly detection": lambda net, x: _loss(net(x)),
+    "applied twice, output used twice": lambda net, x: _loss(net(x)) + _loss(net(net(x) + x)) + net(x).sum(),
+    "a view, non-contiguous": lambda net, x: _loss(net(torch.cat([x, x], 3)[..., ::2].transpose(2, 3))),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("use", list(_WRAPPED_USES))
+def test_wrapping_uses_equal_plain_autograd(mode, use):
+    """``torch.utils.checkpoint`` around the network, anomaly detection, one network applied
+    twice in one graph (weights tied, its output used twice and as its input) and a
+    non-contiguous view as input: input and parameter gradients equal plain autograd's."""
+    out = {}
+    for m in (False, mode):
+        net = _net(m, wavelet="learnable", wavelet_init="db2")
+        x = _x().requires_grad_()
+        with torch.autograd.detect_anomaly() if use == "anomaly detection" else contextlib.nullcontext():
+            out[m] = _grads(net, x, _WRAPPED_USES[use](net, x))
+    _assert_same(out[mode], out[False])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deepcopy_replicas_equal_plain_autograd(mode):
+    """``copy.deepcopy`` replicas (as ``DataParallel`` makes) each get their own gradients."""
+    import copy
+
+    out = {}
+    for m in (False, mode):
+        net = _net(m, wavelet="learnable")
+        replica = copy.deepcopy(net)
+        x = _x().requires_grad_()
+        (_loss(net(x[:1])) + 2 * _loss(replica(x[1:]))).backward()
+        out[m] = {"x": x.grad, **{n: p.grad for n, p in net.named_parameters()},
+                  **{"replica." + n: p.grad for n, p in replica.named_parameters()}}
+    _assert_same(out[mode], out[False])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_functorch_transforms_and_forward_ad_are_refused(mode):
+    """``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ``jacrev``) and forward-mode AD
+    raise (PyTorch's errors: the reversible Function defines no ``setup_context`` or ``jvp``)
+    instead of returning a wrong derivative."""
+    import torch.autograd.forward_ad as fwad
+
+    net = _net(mode)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda ps, x: _loss(torch.func.functional_call(net, ps, (x,))))(params, _x())
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.jvp(net, (_x(),), (_x(),))
+    with fwad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        net(fwad.make_dual(_x(), _x()))
