@@ -128,3 +128,20 @@ def test_training_failure_exits_1_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(info, "run", boom)
     assert main(["info"]) == 1
     assert "step 2" in capsys.readouterr().err
+
+
+def test_change_help_names_every_label_map_format(tmp_path, capsys):
+    """`fhcnn change --help` names each format a change map (--labels) is read from: a .mat map
+    (its largest 2D array) is read like the others, and a user choosing a format reads the help."""
+    import numpy as np
+    import scipy.io
+
+    from fhcnn.data.hyperspectral.labels import read_change_map
+
+    truth = np.array([[0, 1, 255], [1, 0, 0]], np.uint8)
+    scipy.io.savemat(tmp_path / "map.mat", {"gt": truth})
+    np.testing.assert_array_equal(read_change_map(tmp_path / "map.mat", (2, 3)), truth)
+    assert main(["change", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    labels = text[text.index("--labels MAP 2D"):][:120]
+    assert all(s in labels for s in (".npy", ".png", ".bmp", ".tif", ".mat")), labels

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "holding both dates: BEFORE_VAR,AFTER_VAR (default: the two 3D arrays in "
                         "name order, numbers by value, printed)")
     g = parser.add_argument_group("labels")
-    g.add_argument("--labels", metavar="MAP", help="2D change map .npy/.png/.bmp/.tif: 1 changed, "
+    g.add_argument("--labels", metavar="MAP", help="2D change map .npy/.png/.bmp/.tif/.mat: 1 changed, "
                    "0 unchanged, 255 (or NaN) unlabelled")
     g.add_argument("--changed", metavar="MASK", help="mask of known changed pixels (nonzero; a palette "
                    "image by its palette index, not its colour); alone it is a full binary map (zero = unchanged)")
