@@ -173,6 +173,29 @@ def test_a_refusal_under_torchrun_is_one_line_and_exit_code_2_on_every_rank(vol,
     assert "exitcode  : 2" in text and not out.exists()
 
 
+
+def test_a_process_that_waits_to_be_ended_after_a_refusal_ends_without_a_word(vol, tmp_path, monkeypatch,
+                                                                              capsys) -> None:
+    # under torchrun a process that has started training answers SIGTERM with a line naming the
+    # checkpoint; one that meets a refusal waits for torchrun to end it after rank 0's line, and
+    # then goes without a second line: SIGTERM's default action again
+    import signal
+
+    import fhcnn.cli as cli
+    from fhcnn.training import distributed
+
+    args = _args(vol, tmp_path / "out")
+    args[1] = str(vol / "missing.npy")
+    monkeypatch.setattr(cli, "REFUSAL_GRACE_S", 0.0)
+    monkeypatch.setenv("RANK", "1")
+    previous = signal.signal(signal.SIGTERM, distributed._on_terminate)  # as a run under torchrun sets it
+    try:
+        assert main(args) == 2
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
 # Records, in the file sys.argv[1], every training (the network's class) and every prediction of a
 # trained network (its arch, its spill folder) with the rank of the process that made it.
 _RECORDER = r"""

@@ -154,3 +154,36 @@ def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path:
     want, got = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "ref", out))
     assert all(torch.equal(want[k], got[k]) for k in want), "the resumed run differs from the uninterrupted one"
     np.testing.assert_array_equal(np.load(out / "prediction.npy"), np.load(tmp_path / "ref" / "prediction.npy"))
+
+
+def test_a_process_killed_under_torchrun_leaves_a_line_on_the_others(tmp_path: Path) -> None:
+    # torchrun ends the other processes (SIGTERM) as soon as one is killed, while their waits
+    # for it fail: rank 0 vanished without a word (or in the middle of naming rank 1), and the
+    # user read torchrun's report alone, which names no checkpoint to --resume from. Rank 0 now
+    # says it in one line: the lost process it was naming, or that torchrun ended it
+    make_inputs(tmp_path)
+    out, logs = tmp_path / "run", tmp_path / "torchrun-logs"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(out, 2, [launcher])
+        workers = {c.environ().get("RANK"): c for c in psutil.Process(launcher.pid).children(recursive=True)
+                   if "RANK" in c.environ()}
+        killed_at = time.monotonic()
+        workers["1"].kill()
+        rc = launcher.wait(timeout=TIMEOUT + SLACK + 60)
+        took = time.monotonic() - killed_at
+    finally:
+        for w in psutil.Process(launcher.pid).children(recursive=True) if launcher.poll() is None else []:
+            w.kill()
+        launcher.wait(timeout=120)
+    assert rc != 0 and took < SLACK, f"torchrun ended {took:.1f} s after rank 1 was killed"  # not its 30 s grace
+    line = _one_error_line("".join(_read(p) for p in sorted(logs.rglob("0/stderr.log"))))
+    assert line.startswith(("error: rank 0: ended by SIGTERM (torchrun's, as another of the 2 processes failed "
+                            "or was killed: its report names it; or the launch was stopped); "
+                            "this process stops after step ",
+                            "error: rank 0: rank 1 of 2 (last completed step ")), line
+    assert "this process stops after step " in line
+    assert _checkpoint_named(line).name >= "step-000002"

@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = importlib.import_module("fhcnn.log")
         log.silence_abandoned_work()
         if log.rank() != 0 and isinstance(e, importlib.import_module("fhcnn.errors").InputError):
+            from ..training.distributed import end_silently_on_terminate
+
+            end_silently_on_terminate()  # torchrun ends this process in its wait: no second line
             time.sleep(REFUSAL_GRACE_S)  # rank 0 says it (see REFUSAL_GRACE_S)
         _line(f"error: {e}")
         return 2

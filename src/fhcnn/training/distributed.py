@@ -18,12 +18,16 @@ checkpoint. With two processes the lost one is the other; with more, under ``tor
 each process beats a counter in the agent's rendezvous store from a background thread, and
 the process whose counter stands still (stopped with SIGSTOP, killed, hung) is told from
 those merely waiting in a collective. (Without ``torchrun`` the store lives in rank 0's
-process, which may be the one that stopped: no heartbeat there.)
+process, which may be the one that stopped: no heartbeat there.) A process that fails or is
+killed under ``torchrun`` makes ``torchrun`` end the others with SIGTERM at once, before their
+collectives could fail: once training has started, each then prints the same kind of line
+(:func:`_on_terminate`) instead of vanishing without a word.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from ..data.lazy import PassShare
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
-           "is_main_process",
+           "is_main_process", "end_silently_on_terminate",
            "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
            "params_in_sync",
@@ -192,6 +196,7 @@ def note_progress(step: int, checkpoints: Path | None = None, *, new_run: bool =
         _heartbeat.wake.set()  # beat now: the store holds each rank's last completed step
     if new_run:
         _progress.checkpoints = Path(checkpoints) if checkpoints is not None else None
+        _report_terminate()
 
 
 class _Heartbeat:
@@ -333,11 +338,51 @@ def peer_failure(e: BaseException) -> PeerLostError | None:
     how = ("its connection closed" if "connection" in text or "closed" in text or "reset" in text
            else f"no reply within train.peer_timeout={_progress.timeout:g} s" if _progress.timeout
            else "a wait for it failed")
+    return PeerLostError(f"rank {rank}: {who} stopped answering ({how}); {_where_it_stops()}")
+
+
+def _where_it_stops() -> str:
+    """The end of a lost process's line: this process's last completed step and the run's last
+    intact checkpoint (to ``--resume`` from), or that none was written yet."""
     ckpt = _intact_checkpoint()
     where = (f"the last intact checkpoint is {ckpt}: continue with --resume" if ckpt is not None
              else "no checkpoint was written yet")
-    return PeerLostError(f"rank {rank}: {who} stopped answering ({how}); this process stops after "
-                         f"step {_progress.step}; {where}")
+    return f"this process stops after step {_progress.step}; {where}"
+
+
+def _report_terminate() -> None:
+    """Once a run's training starts under ``torchrun`` (a process group of several, the main
+    thread, SIGTERM not handled otherwise): answer SIGTERM with :func:`_on_terminate`. (Before,
+    SIGTERM ends the process without a word: a refusal of the input is rank 0's line.)"""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not _initialized() or dist.get_world_size() <= 1 \
+            or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_terminate)
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    """SIGTERM under ``torchrun``: another process failed or was killed (or the launch was
+    interrupted), and ``torchrun`` ends this one before any wait for that process could fail.
+    One line (as :func:`peer_failure`'s: this process's last completed step and the last intact
+    checkpoint) and exit status 1, without the interpreter's teardown; nothing when this process
+    is already ending with its own line (a lost process it is naming)."""
+    global _failed
+    if _failed:
+        return
+    _failed = True
+    rank, world = dist_info().rank, dist_info().world_size
+    sys.stderr.write(f"error: rank {rank}: ended by SIGTERM (torchrun's, as another of the {world} processes "
+                     f"failed or was killed: its report names it; or the launch was stopped); "
+                     f"{_where_it_stops()}\n")
+    _exit_without_teardown(1)
+
+
+def end_silently_on_terminate() -> None:
+    """SIGTERM ends this process without a word again (a process that waits for ``torchrun`` to
+    end it after rank 0 printed the line that matters: a refused input)."""
+    if signal.getsignal(signal.SIGTERM) is _on_terminate:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def world_size() -> int:
