@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -258,3 +259,52 @@ def test_data_parallel_ranks_other_than_0_train_and_predict_nothing(vol, tmp_pat
     assert mn["miou"] == pytest.approx(m1["miou"], abs=2e-3)
     assert mn["baselines"]["unet"]["miou"] == pytest.approx(m1["baselines"]["unet"]["miou"], abs=2e-3)
     assert mn["baselines"]["unet"]["train_time_s"] > 0 and mn["baselines"]["unet"]["time_s"] > 0
+
+
+# Runs fhcnn (sys.argv[1:]); the process of rank 1 kills itself (SIGKILL) as it joins the
+# processes' sum of the held-out scores after its slab of a split prediction.
+_KILLED_IN_GATHER = r"""
+import os, signal, sys
+from fhcnn.apps.volume import pipeline
+from fhcnn.cli import main
+from fhcnn.training.distributed import exit_program
+gather = pipeline._Outputs.gather
+
+def killed(self):
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return gather(self)
+
+pipeline._Outputs.gather = killed
+exit_program(main(sys.argv[1:]))
+"""
+
+
+def test_a_process_lost_after_a_split_prediction_leaves_no_scratch(vol, tmp_path) -> None:
+    # split in space, rank 1 lost after its slab of the prediction, as the processes sum their
+    # scores: rank 0 stopped with its line but left the slabs' scratch array (and the
+    # probabilities' folder) in OUT, a prediction's size of hidden files, for good unless the run
+    # was resumed; a lost process during the prediction itself left nothing
+    out, script = tmp_path / "out", tmp_path / "killed.py"
+    script.write_text(_KILLED_IN_GATHER)
+    root = Path(__file__).parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*_args(vol, out), "--save-probs", "--set", "parallel.space=2", "--set", "data.batch_size=2",
+            "--set", "volume.baselines=copy", "--set", "train.peer_timeout=10"]
+    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=launch_env(pythonpath=[root / "src"], RANK=str(r), LOCAL_RANK=str(r),
+                                                        WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
+    try:
+        rc0, (_, err0) = procs[0].wait(timeout=120), procs[0].communicate()
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert rc0 == 1 and procs[1].returncode == -9
+    (line,) = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: rank 0: rank 1 of 2 stopped answering") and "step-000003" in line, line
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
+    assert json.loads((out / "run.json").read_text())["scratch"] == []

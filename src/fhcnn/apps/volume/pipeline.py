@@ -288,10 +288,10 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     try:
         fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
                           ownership="slabs" if slabs else "main", then=unet.train if unet else None)
+        outputs.gather()  # a split run's processes meet again: one may be lost there too
     except BaseException:
         outputs.abort()  # no temporary prediction file is left in OUT (a refused run removes OUT)
         raise
-    outputs.gather()
     if not is_main_process():
         return {}
     # whether there is anything to score: the held-out confusion matrix of the whole volume
@@ -456,7 +456,7 @@ class _Outputs:
         barrier()
 
     def abort(self) -> None:
-        """Remove the temporary files of the prediction (training or prediction failed)."""
+        """Remove the temporary files of the prediction (training, prediction or :meth:`gather` failed)."""
         from ... import atomic
 
         if self.file is not None:
