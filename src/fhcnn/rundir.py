@@ -1010,13 +1010,15 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     if info is not None and info.world_size > 1:
         import torch.distributed as dist
 
-        from .training.distributed import PeerLostError
+        from .training.distributed import PeerLostError, waited_too_long
 
         try:
             dist.barrier()
-        except dist.DistError as e:
+        except Exception as e:  # Gloo's are RuntimeErrors; another loss: the CLI's lost-process line
+            if main or not waited_too_long(e):
+                raise
             raise PeerLostError(f"the copy of {name} into {final} was not finished by rank 0 within "
-                                f"train.peer_timeout={peer_timeout} s ({str(e).splitlines()[0][:120]}); "
+                                f"train.peer_timeout={peer_timeout:g} s ({str(e).splitlines()[0][:120]}); "
                                 f"raise train.peer_timeout for a large compressed or sequential input") from None
     log(f"{name}: read by window from a chunked copy made once in {final} ({why})"
         + ("; the copy of the interrupted run, unchanged, is read again" if reused else ""))

@@ -187,3 +187,53 @@ def test_a_process_killed_under_torchrun_leaves_a_line_on_the_others(tmp_path: P
                             "error: rank 0: rank 1 of 2 (last completed step ")), line
     assert "this process stops after step " in line
     assert _checkpoint_named(line).name >= "step-000002"
+
+
+# Runs fhcnn (sys.argv[1:]); rank 0's copy of a compressed input takes 3 s longer.
+_SLOW_COPY = r"""
+import os, sys, time
+import fhcnn.data.lazy as lazy
+from fhcnn.cli import main
+from fhcnn.training.distributed import exit_program
+copy = lazy.copy_to_zarr
+
+def slow(*args, **kwargs):
+    time.sleep(3)
+    return copy(*args, **kwargs)
+
+lazy.copy_to_zarr = slow
+exit_program(main(sys.argv[1:]))
+"""
+
+
+def test_a_copy_longer_than_the_peer_timeout_says_to_raise_it(tmp_path: Path) -> None:
+    # rank 0 copies a compressed input once while the others wait at a barrier; Gloo's timeout
+    # there is a plain RuntimeError, which the copy's own line (raise train.peer_timeout) missed:
+    # rank 1 said rank 0 "stopped answering" and to --resume, which copies again and fails again
+    nib = pytest.importorskip("nibabel")
+    from tests.apps._volumes import write_tiny_volume
+
+    write_tiny_volume(tmp_path)
+    for name in ("c0", "lab"):
+        nib.save(nib.Nifti1Image(np.load(tmp_path / f"{name}.npy"), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    script, out = tmp_path / "slow.py", tmp_path / "out"
+    script.write_text(_SLOW_COPY)
+    port = _free_port()
+    args = ["volume", str(tmp_path / "c0.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"), "--out", str(out),
+            "--config", "volume-tiny", "--quiet", "--set", "data.batch_size=2", "--set", "volume.baselines=",
+            "--set", "train.peer_timeout=1"]
+    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
+    try:
+        rc1, (_, err1) = procs[1].wait(timeout=120), procs[1].communicate()
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert rc1 == 1, err1
+    line = _one_error_line(err1)
+    assert line.startswith(f"error: the copy of image0 into {out / 'inputs' / 'image0.zarr'} was not finished by "
+                           "rank 0 within train.peer_timeout=1 s (") and \
+        line.endswith("); raise train.peer_timeout for a large compressed or sequential input"), line

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "is_main_process", "end_silently_on_terminate",
-           "world_size", "PeerLostError", "peer_failure", "note_progress", "DEFAULT_PEER_TIMEOUT",
+           "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
            "params_in_sync",
            "pass_share"]
@@ -297,6 +297,20 @@ def _is_comm_failure(e: BaseException) -> bool:
     return "gloo" in text or "nccl" in text or "connection reset" in text or "connection closed" in text
 
 
+def _connection_lost(e: BaseException) -> bool:
+    """Whether the failed wait ``e`` met a closed connection (the other process is gone), not
+    the end of ``train.peer_timeout``."""
+    text = str(e).lower()
+    return "connection" in text or "closed" in text or "reset" in text
+
+
+def waited_too_long(e: BaseException) -> bool:
+    """Whether ``e`` is a wait for another process that got no reply within
+    ``train.peer_timeout`` (Gloo raises a plain ``RuntimeError``, not a ``DistError``), the other
+    process still there as far as this one knows (stopped, hung, or busy for that long)."""
+    return _is_comm_failure(e) and not _connection_lost(e)
+
+
 def _intact_checkpoint() -> Path | None:
     """The newest checkpoint folder under the run's checkpoints folder that passes its manifest."""
     from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
@@ -334,8 +348,7 @@ def peer_failure(e: BaseException) -> PeerLostError | None:
         who = f"rank {1 - rank} of 2"
     else:
         who = f"another of the {world} processes"
-    text = str(e).lower()
-    how = ("its connection closed" if "connection" in text or "closed" in text or "reset" in text
+    how = ("its connection closed" if _connection_lost(e)
            else f"no reply within train.peer_timeout={_progress.timeout:g} s" if _progress.timeout
            else "a wait for it failed")
     return PeerLostError(f"rank {rank}: {who} stopped answering ({how}); {_where_it_stops()}")
