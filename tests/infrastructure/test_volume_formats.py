@@ -1168,3 +1168,18 @@ def test_tiff_strips_of_rows_samples_and_predictor_read_by_strip(tmp_path, compr
     big = truth((4, 30, 20), np.uint16).astype(">u2")  # big-endian, one strip a page
     _pages_tiff(tmp_path / "be.tif", big, byteorder=">", rowsperstrip=30, compression=compression)
     assert_windows(open_volume(str(tmp_path / "be.tif")).channels[0], big.astype(np.uint16))
+
+
+def test_a_tiff_of_several_series_is_refused_for_every_command(tmp_path) -> None:
+    """A TIFF holding two image series (two stacks of other shapes in one file) is refused,
+    naming the count and the shapes, in words that fit whichever command reads it (fhcnn change
+    reads TIFF dates through the same reader: the line named fhcnn volume)."""
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), metadata=None)
+    tifffile.imwrite(path, np.ones((2, 5, 5), np.uint8), metadata=None, append=True)
+    assert len(tifffile.TiffFile(path).series) == 2
+    with pytest.raises(InputError) as e:
+        open_volume(str(path))
+    text = str(e.value)
+    assert "2 image series ((3, 8, 8), (2, 5, 5))" in text and "fhcnn volume" not in text
+    assert "save the series to use as its own file" in text

@@ -49,8 +49,8 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
         if len(series) > 1:
             shapes = ", ".join(str(tuple(s.shape)) for s in series[:4])
             more = ", ..." if len(series) > 4 else ""
-            raise InputError(f"{label} holds {len(series)} image series ({shapes}{more}); fhcnn volume "
-                             f"reads a file with one stack")
+            raise InputError(f"{label} holds {len(series)} image series ({shapes}{more}); fhcnn "
+                             f"reads a file with one stack: save the series to use as its own file")
         s = series[0]
         axes = str(s.axes)
         shape = tuple(int(n) for n in s.shape)
