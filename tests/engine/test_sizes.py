@@ -229,6 +229,18 @@ def test_a_box_of_planes_resized_from_its_source_box_alone(h, w, th, tw, seed, m
             np.testing.assert_allclose(got, torch_, rtol=0, atol=4 * eps * (max(h, w) + 1) * np.abs(vol).max())
 
 
+class _Counted:
+    """An array that records the shape of every read into ``reads``."""
+
+    def __init__(self, reads: list[tuple[int, ...]], a: np.ndarray) -> None:
+        self.reads, self.a, self.shape, self.dtype = reads, a, a.shape, a.dtype
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        self.reads.append(out.shape)
+        return out
+
+
 def test_a_window_of_resized_planes_reads_only_its_part_of_the_source() -> None:
     """A window read through ``data.scale`` whose whole source planes do not fit the budget
     (here 1 MiB) reads the source rows and columns it needs (its box at the source's size and
@@ -240,19 +252,10 @@ def test_a_window_of_resized_planes_reads_only_its_part_of_the_source() -> None:
     lab = rng.integers(0, 3, (6, 512, 512)).astype(np.uint8)
     reads: list[tuple[int, ...]] = []
 
-    class Counted:
-        def __init__(self, a: np.ndarray) -> None:
-            self.a, self.shape, self.dtype = a, a.shape, a.dtype
-
-        def __getitem__(self, key):
-            out = self.a[key]
-            reads.append(out.shape)
-            return out
-
     for size, most, most_labels in (((256, 256), 50, 48), ((1024, 1024), 14, 13)):
         for labels, a, bound in ((False, src, most), (True, lab, most_labels)):
             reads.clear()
-            view = ResizedPlanes(Counted(a), size, labels=labels, num_classes=3, cache_bytes=2**20)
+            view = ResizedPlanes(_Counted(reads, a), size, labels=labels, num_classes=3, cache_bytes=2**20)
             whole = resize_labels(a, size, 3) if labels else resize_volume(a[None], size)[0]
             np.testing.assert_array_equal(view[1:5, 100:124, 37:61], whole[1:5, 100:124, 37:61])
             assert reads and all(r[0] <= 4 and r[1] <= bound and r[2] <= bound for r in reads), reads
@@ -267,16 +270,7 @@ def test_small_resized_planes_are_read_whole_once_and_kept() -> None:
     src = rng.normal(size=(12, 60, 80)).astype(np.float32)
     reads: list[tuple[int, ...]] = []
 
-    class Counted:
-        def __init__(self, a: np.ndarray) -> None:
-            self.a, self.shape, self.dtype = a, a.shape, a.dtype
-
-        def __getitem__(self, key):
-            out = self.a[key]
-            reads.append(out.shape)
-            return out
-
-    view = ResizedPlanes(Counted(src), (12, 16), cache_bytes=60 * 80 * 4 * 4)
+    view = ResizedPlanes(_Counted(reads, src), (12, 16), cache_bytes=60 * 80 * 4 * 4)
     whole = resize_volume(src[None], (12, 16))[0]
     np.testing.assert_array_equal(view[2:6, 3:9, 4:10], whole[2:6, 3:9, 4:10])
     np.testing.assert_array_equal(view[3:7, 0:12, 0:16], whole[3:7])

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -92,6 +93,21 @@ def _checkpoint_named(line: str) -> Path:
     return path
 
 
+def _torchrun(tmp_path: Path, out: Path, logs: Path) -> subprocess.Popen:
+    """The run of :func:`_args` under ``torchrun`` (2 processes; their output in ``logs``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _workers_after_a_checkpoint(launcher: subprocess.Popen, out: Path) -> dict[str, Any]:
+    """The launch's processes by rank, once the run has written its step-2 checkpoint."""
+    _wait_for_checkpoint(out, 2, [launcher])
+    return {c.environ().get("RANK"): c for c in psutil.Process(launcher.pid).children(recursive=True)
+            if "RANK" in c.environ()}
+
+
 def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
     make_inputs(tmp_path)
 
@@ -106,14 +122,9 @@ def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path:
     # 2. under torchrun, rank 1 stopped (SIGSTOP) after a checkpoint: rank 0 ends within the timeout
     out = tmp_path / "run"
     logs = tmp_path / "torchrun-logs"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = _torchrun(tmp_path, out, logs)
     try:
-        _wait_for_checkpoint(out, 2, [launcher])
-        workers = {c.environ().get("RANK"): c for c in psutil.Process(launcher.pid).children(recursive=True)
-                   if "RANK" in c.environ()}
+        workers = _workers_after_a_checkpoint(launcher, out)
         stopped_at = time.monotonic()
         workers["1"].send_signal(signal.SIGSTOP)
         workers["0"].wait(timeout=TIMEOUT + SLACK + 60)
@@ -163,14 +174,9 @@ def test_a_process_killed_under_torchrun_leaves_a_line_on_the_others(tmp_path: P
     # says it in one line: the lost process it was naming, or that torchrun ended it
     make_inputs(tmp_path)
     out, logs = tmp_path / "run", tmp_path / "torchrun-logs"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = _torchrun(tmp_path, out, logs)
     try:
-        _wait_for_checkpoint(out, 2, [launcher])
-        workers = {c.environ().get("RANK"): c for c in psutil.Process(launcher.pid).children(recursive=True)
-                   if "RANK" in c.environ()}
+        workers = _workers_after_a_checkpoint(launcher, out)
         killed_at = time.monotonic()
         workers["1"].kill()
         rc = launcher.wait(timeout=TIMEOUT + SLACK + 60)
