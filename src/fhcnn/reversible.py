@@ -40,6 +40,11 @@ Correctness under other uses of autograd:
   plain autograd (version counters are checked); an output modified in place (``y.add_(1)``
   before ``backward()``) is recomputed from the input, as after a first backward: the
   backward needs the values the forward pass computed, not the caller's new ones;
+* a step that draws random numbers in the forward pass (dropout in a custom step module, a
+  hook calling ``torch.rand``) draws the same ones when the backward recomputes it: the
+  generators' states before such a step are kept and restored for its recomputation (as
+  ``torch.utils.checkpoint`` does), and the caller's random stream continues after the
+  backward where the forward pass left it; steps that draw nothing keep nothing;
 * double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
   penalties or meta-learning;
 * backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
@@ -57,7 +62,8 @@ This module knows nothing about network layout; :mod:`fhcnn.network` builds the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +133,62 @@ class Recorded:
     buffers: Params
     functional: bool = True
     stats: Params = field(default_factory=dict)
+
+
+class _RandomDraws:
+    """The random number generators' states before each step that drew random numbers in the
+    forward pass (by step index), so that recomputing the step draws the same numbers.
+
+    The generators are the CPU one and, for a state pair on an accelerator, that device's.
+    :meth:`recording` wraps one step of the forward pass and keeps the states it started
+    from only if the step changed them; :meth:`replaying` restores the caller's states on exit.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device if device.type != "cpu" else None
+        self.before: dict[int, tuple[Tensor, ...]] = {}
+
+    def _states(self) -> tuple[Tensor, ...]:
+        if self.device is None:
+            return (torch.get_rng_state(),)
+        module = torch.get_device_module(self.device.type)
+        return torch.get_rng_state(), module.get_rng_state(self.device)
+
+    def _set(self, states: tuple[Tensor, ...]) -> None:
+        torch.set_rng_state(states[0])
+        if self.device is not None:
+            torch.get_device_module(self.device.type).set_rng_state(states[1], self.device)
+
+    @contextmanager
+    def recording(self, i: int) -> Iterator[None]:
+        """Around step ``i`` of the forward pass: keeps the states it started from if it drew
+        random numbers."""
+        start = self._states()
+        yield
+        if not all(torch.equal(a, b) for a, b in zip(start, self._states())):
+            self.before[i] = start
+
+    def restore(self, i: int) -> None:
+        """Set the generators to the states step ``i`` started from, if it drew random
+        numbers (call inside :meth:`replaying`)."""
+        if i in self.before:
+            self._set(self.before[i])
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Around a recomputation: the generators' states are those of the caller again
+        afterwards. Without recorded draws, nothing is touched."""
+        if not self.before:
+            yield
+            return
+        saved = self._states()
+        try:
+            yield
+        finally:
+            self._set(saved)
+
+    def kept(self) -> list[Tensor]:
+        return [t for states in self.before.values() for t in states]
 
 
 def _parametrization_prefixes(module: nn.Module) -> list[str]:
@@ -358,9 +420,19 @@ class LeapfrogStep:
                params: Params | None = None, rec: Recorded | None = None) -> Pair:
         """:meth:`apply` without autograd, one new tensor (in layout ``fmt``) allocated; bit
         for bit the same values. With ``params`` (and ``rec``): the recomputation of an
-        earlier forward pass with its tensors and state (see :meth:`_g`)."""
+        earlier forward pass with its tensors and state (see :meth:`_g`). A module that
+        modifies its input in place (``nn.ReLU(inplace=True)`` as its first operation) is
+        refused: the backward reconstructs the earlier states from that input."""
         shared, other = self._split(p, c)
+        version = shared._version
         g, a, fresh = self._g(shared, params, rec)
+        if shared._version != version:
+            what = self.name or type(self.f).__name__
+            raise RuntimeError(
+                f"{what} ({type(self.f).__name__}) modified its input in place (e.g. "
+                f"nn.ReLU(inplace=True) as its first operation): the reversible backward "
+                f"reconstructs the earlier states from that input; make the operation out of "
+                f"place, or use reversible=False")
         new = torch.sub(shared, other, out=_empty(shared, fmt))
         new += g.mul_(a) if fresh else a * g
         del g
@@ -628,11 +700,12 @@ class ReversibleFunction(torch.autograd.Function):
         def keep(i: int, p: Tensor, c: Tensor) -> None:
             if i in store:
                 ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
-        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep)
+        ctx.draws = _RandomDraws(p.device)
+        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep, draws=ctx.draws)
         ctx.recorded = [s.record() for s in steps]  # the modes (and buffers) the forward ended with
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
         note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair),
-                   *(t for r in ctx.recorded for t in r.stats.values())])
+                   *(t for r in ctx.recorded for t in r.stats.values()), *ctx.draws.kept()])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
         return p, c
 
@@ -654,9 +727,9 @@ class ReversibleFunction(torch.autograd.Function):
             # and what autograd hands in is the gradient w.r.t. them; recompute them
             ctx.out = None
         if ctx.out is None:  # a second backward: recompute the outputs the first one released
-            with torch.no_grad():
+            with torch.no_grad(), ctx.draws.replaying():
                 p, c = _forward_no_grad(ctx.steps, in_p, in_c, ctx.fmt, ctx.out_fmt,
-                                        recompute=(ctx.step_params, ctx.recorded))
+                                        recompute=(ctx.step_params, ctx.recorded), draws=ctx.draws)
             ctx.out = ((p, c), (p._version, c._version))
             del p, c
         del in_p, in_c
@@ -669,8 +742,9 @@ class ReversibleFunction(torch.autograd.Function):
         del out_p, out_c, g_p, g_c
         grads: _Grads = {}
         device_type, enabled, dtype = ctx.autocast
-        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled), ctx.draws.replaying():
             for i in reversed(range(len(ctx.steps))):
+                ctx.draws.restore(i)
                 known = ctx.kept[i][0] if i in ctx.kept else None
                 # named ranges for torch.profiler (fhcnn.memory.LiveBytesTracker reads them)
                 with torch.profiler.record_function(f"fhcnn.backward.step:{i}"):
@@ -685,19 +759,25 @@ class ReversibleFunction(torch.autograd.Function):
 def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.memory_format | None,
                      out_fmt: torch.memory_format,
                      keep: Callable[[int, Tensor, Tensor], None] | None = None,
-                     recompute: tuple[Sequence[Params], Sequence[Recorded]] | None = None) -> Pair:
+                     recompute: tuple[Sequence[Params], Sequence[Recorded]] | None = None,
+                     draws: _RandomDraws | None = None) -> Pair:
     """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
     outputs returned in ``out_fmt`` (the input's), always new tensors. ``recompute``: the
     tensors and state of each step in an earlier forward pass, to evaluate it again with them
-    (functionally: no running-statistics update)."""
+    (functionally: no running-statistics update). ``draws``: without ``recompute``, records
+    the random number generators' states of steps that draw random numbers; with it, restores
+    them before each such step (the caller restores its own states afterwards)."""
     x_p, x_c = p, c
     p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
     for i, step in enumerate(steps):
         if keep is not None:
             keep(i, p, c)
         if recompute is None:
-            p, c = step.apply_(p, c, fmt)
+            with draws.recording(i) if draws is not None else nullcontext():
+                p, c = step.apply_(p, c, fmt)
         else:
+            if draws is not None:
+                draws.restore(i)
             p, c = step.apply_(p, c, fmt, recompute[0][i], recompute[1][i])
     p, c = p.contiguous(memory_format=out_fmt), c.contiguous(memory_format=out_fmt)
     # outputs must be new tensors, never the inputs themselves

@@ -431,6 +431,59 @@ def test_forward_hooks_on_layers_run_and_count_in_the_gradient(mode, norm):
     assert seen[False] and seen[mode]
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("where", ["hook", "step"])
+def test_random_draws_in_a_step_are_drawn_again_the_same(mode, where):
+    """A step that draws random numbers in the forward pass (dropout in a hook on a layer's
+    norm, or an ``nn.Dropout`` in a custom step module): the backward's recomputation draws
+    the same numbers, so gradients (a second backward included) equal plain autograd's; they
+    were 30-50 % off, as the recomputed masks differed. The caller's random stream continues
+    after the backward where plain autograd leaves it."""
+    from fhcnn.reversible import LeapfrogStep, run_steps
+
+    out = {}
+    for m in (False, mode):
+        torch.manual_seed(0)
+        if where == "hook":
+            net = _net(m)
+            net.layers[1].norm.register_forward_hook(
+                lambda mod, inp, o: torch.nn.functional.dropout(o, 0.5, training=True))
+            x = _x().requires_grad_()
+            loss = _loss(net(x))
+            params = dict(net.named_parameters())
+        else:
+            f = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Tanh(),
+                                    torch.nn.Dropout(0.5)).double()
+            steps = [LeapfrogStep(f, 0.5, name=f"s{i}") for i in range(3)]
+            x = _x().requires_grad_()
+            yp, yc = run_steps(steps, x, x, m)
+            loss = _loss(yc) + (yp * yc).sum()
+            params = dict(f.named_parameters())
+        loss.backward(retain_graph=True)
+        loss.backward()
+        out[m] = {"x": x.grad, **{n: t.grad for n, t in params.items()}}, torch.rand(5)
+    _assert_same(out[mode][0], out[False][0])
+    assert torch.equal(out[mode][1], out[False][1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_step_module_that_modifies_its_input_in_place_is_refused(mode):
+    """``nn.ReLU(inplace=True)`` first in a custom step changes the state the backward
+    reconstructs the earlier states from (the backward failed with PyTorch's "a leaf Variable
+    that requires grad is being used in an in-place operation", naming nothing): refused in
+    the forward pass, naming the step and the fix. Plain autograd (``mode=False``) runs it as
+    written."""
+    from fhcnn.reversible import LeapfrogStep, run_steps
+
+    f = torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Conv2d(4, 4, 3, padding=1)).double()
+    steps = [LeapfrogStep(f, 0.5, name=f"s{i}") for i in range(2)]
+    x = _x().requires_grad_()
+    yp, _ = run_steps(steps, x * 1, x * 1, False)
+    yp.sum().backward()
+    with pytest.raises(RuntimeError, match=r"^s0 \(Sequential\) modified its input in place"):
+        run_steps(steps, x * 1, x * 1, mode)
+
+
 @contextlib.contextmanager
 def _global_hooks(*registrations):
     """Global module hooks (``(register_module_..., hook)`` pairs) for the block, then removed."""
