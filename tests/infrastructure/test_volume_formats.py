@@ -402,6 +402,25 @@ def test_segy_cube_crossline_sorted(tmp_path):
         cube[5, 0, 0]
 
 
+@pytest.mark.parametrize("fmt, dtype", [(5, np.float32), (3, np.int16)])
+def test_segy_little_endian_cube_is_read_as_written(tmp_path, fmt, dtype):
+    """segyio reads big-endian unless told otherwise: a little-endian cube (SEG-Y rev 2) was
+    refused as 'trace count inconsistent with file size'. Its sample format code says its order."""
+    a = truth((4, 6, 9), dtype)
+    spec = segyio.spec()
+    spec.sorting, spec.format, spec.endian = segyio.TraceSortingFormat.INLINE_SORTING, fmt, "little"
+    spec.samples, spec.ilines, spec.xlines = list(range(a.shape[2])), [5, 6, 7, 8], list(range(20, 26))
+    with segyio.create(str(tmp_path / "le.sgy"), spec) as f:
+        for t, (il, xl) in enumerate((il, xl) for il in spec.ilines for xl in spec.xlines):
+            f.header[t] = {segyio.su.iline: il, segyio.su.xline: xl, segyio.su.offset: 1}
+            f.trace[t] = a[t // 6, t % 6]
+        f.bin.update(tsort=segyio.TraceSortingFormat.INLINE_SORTING, hdt=4000)
+    v = open_volume(str(tmp_path / "le.sgy"))
+    assert_windows(v.channels[0], a)
+    assert v.geometry.attrs["inlines"] == [5, 8, 1] and v.geometry.attrs["crosslines"] == [20, 25, 1]
+    assert v.geometry.attrs["sample_interval"] == 4000.0
+
+
 class _CountedTraces:
     """A segyio file whose ``trace.raw`` records how many traces each read asks for."""
 

@@ -2,6 +2,8 @@
 
 The geometry comes from the inline and crossline numbers in the trace headers (bytes 189
 and 193, segyio's defaults); a file whose traces do not form one regular grid is refused.
+Big- and little-endian files are both read (:func:`byte_order`: segyio reads the order it is
+told, big-endian unless told otherwise).
 A window reads only the traces it covers (contiguous runs along the file's sorting), at most
 :data:`READ_BYTES` of whole traces at a time, keeping only the samples it asks for.
 """
@@ -9,7 +11,7 @@ A window reads only the traces it covers (contiguous runs along the file's sorti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -17,12 +19,35 @@ from ...errors import InputError
 from ..lazy import SLAB_BYTES
 from ._common import RawVolume, require, window_bounds
 
-__all__ = ["open_segy", "SegyCube", "READ_BYTES", "HEADER_BLOCK"]
+__all__ = ["open_segy", "SegyCube", "byte_order", "READ_BYTES", "HEADER_BLOCK"]
 
 #: Bytes of whole traces one read from the file holds: segyio reads every sample of a trace, so a
 #: box of a few samples (a time slice through the cube) is read in batches of traces, each cut
 #: to its samples before the next (never every trace of the box at once).
 READ_BYTES = SLAB_BYTES
+
+
+#: A SEG-Y file's byte order, as segyio's ``endian`` takes it.
+Endian = Literal["big", "little"]
+#: The data sample format codes of the binary header (bytes 3225-3226): 1 (IBM float) to 16
+#: (unsigned char); 13 and 14 are unassigned.
+_SAMPLE_FORMATS = frozenset(range(1, 17)) - {13, 14}
+
+
+def byte_order(path: Path) -> Endian:
+    """The byte order of the SEG-Y file ``path``, from its binary header's data sample format
+    code (bytes 3225-3226, written in the file's order, as the SEG-Y rev 2 byte-order marker
+    is): ``"little"`` when only the little-endian reading is a format code, else ``"big"`` (the
+    standard's order). segyio reads big-endian unless told otherwise: a little-endian file (SEG-Y
+    rev 2 allows it; some processing packages write it) was refused as a "trace count inconsistent
+    with file size", its sample count read byte-swapped."""
+    with open(path, "rb") as f:
+        f.seek(3224)
+        code = f.read(2)
+    if len(code) == 2 and int.from_bytes(code, "big") not in _SAMPLE_FORMATS \
+            and int.from_bytes(code, "little") in _SAMPLE_FORMATS:
+        return "little"
+    return "big"
 
 
 class SegyCube:
@@ -34,10 +59,13 @@ class SegyCube:
         path: the file.
         shape: ``(inlines, crosslines, samples)``.
         inline_sorted: traces run along crosslines within an inline (else the reverse).
+        endian: the file's byte order (:func:`byte_order`).
     """
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], inline_sorted: bool, dtype: Any) -> None:
+    def __init__(self, path: Path, shape: tuple[int, int, int], inline_sorted: bool, dtype: Any,
+                 endian: Endian = "big") -> None:
         self.path = Path(path)
+        self.endian = endian
         self.shape: tuple[int, ...] = tuple(shape)
         self.ndim = 3
         self.dtype = np.dtype(dtype)
@@ -48,7 +76,7 @@ class SegyCube:
         if self._f is None:
             import segyio
 
-            self._f = segyio.open(str(self.path), "r", ignore_geometry=True)
+            self._f = segyio.open(str(self.path), "r", ignore_geometry=True, endian=self.endian)
         return self._f
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,12 +170,13 @@ def open_segy(path: Path, label: str) -> RawVolume:
             header places it elsewhere than the grid's order.
     """
     segyio = require("segyio", "reading SEG-Y")
+    endian = byte_order(path)
     try:
-        f = segyio.open(str(path), "r")
+        f = segyio.open(str(path), "r", endian=endian)
     except Exception as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         try:
-            with segyio.open(str(path), "r", ignore_geometry=True) as g:
+            with segyio.open(str(path), "r", ignore_geometry=True, endian=endian) as g:
                 n = g.tracecount
         except Exception:
             raise InputError(f"cannot read {label} as SEG-Y: {why}") from None
@@ -173,6 +202,6 @@ def open_segy(path: Path, label: str) -> RawVolume:
         dtype = f.dtype
     finally:
         f.close()
-    return RawVolume(array=SegyCube(path, shape, inline_sorted, dtype),
+    return RawVolume(array=SegyCube(path, shape, inline_sorted, dtype, endian),
                      axis_names=["inline", "crossline", "sample"], attrs=attrs, compressed=False,
                      slab_axis=0 if inline_sorted else 1)
