@@ -30,6 +30,7 @@ from fhcnn.data.volumes import (
     stream_stats,
     summarize_labels,
 )
+from fhcnn.data.volumes.grid import check_same_grid
 from fhcnn.errors import InputError
 
 nib = pytest.importorskip("nibabel")
@@ -952,8 +953,17 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     assert "element_size_um" not in r.attrs and r.attrs["fhcnn_source"] == v.spec
     files = {p for p in (out / "prediction.zarr").rglob("*") if p.is_file()}
     assert files and files <= set(seen.paths)
-    again = open_volume(str(out / "prediction.zarr"))  # opens as a volume with the same spacing
+    again = open_volume(str(out / "prediction.zarr"))  # opens as a volume with the same spacing, in µm
     assert again.geometry.spacing == (2.0, 1.0, 1.0)
+    # element_size_um was replaced by a spacing without its unit: the prediction, used as labels
+    # beside the same image stored in nanometres, was refused as another grid (2 against 2000)
+    assert r.attrs["spacing_unit"] == "micrometer" and again.geometry.unit == "micrometer"
+    g = zarr.open_group(str(tmp_path / "nm.zarr"), mode="w")
+    g.create_array("0", shape=v.shape, dtype="f4")
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": "space", "unit": "nanometer"}
+                                                          for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2000, 1000, 1000]}]}]}]
+    check_same_grid(open_volume(str(tmp_path / "nm.zarr")), again, "labels")
     with prediction_sink(out, "segy", v.shape, v.geometry) as sink:  # a resumed run replaces it
         sink[:, :, :] = lab + 1
     np.testing.assert_array_equal(zarr.open(str(out / "prediction.zarr"), mode="r")[:], lab + 1)
@@ -967,8 +977,6 @@ def test_ome_zarr_prediction_is_an_ome_zarr_image_on_the_inputs_grid(tmp_path, f
     single-level OME-Zarr image of the input's NGFF version: the spatial axes, their scale and
     translation (dataset and multiscale transforms combined, nm and micrometre in one unit), read
     back by fhcnn's reader as the input's spacing and origin."""
-    from fhcnn.data.volumes.grid import check_same_grid
-
     a = truth((2, 9, 10, 11), np.uint16)
     g = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=fmt)
     g.create_array("s0", shape=a.shape, chunks=(1, 4, 4, 4), dtype=a.dtype)[:] = a

@@ -169,12 +169,16 @@ OME_DATASET = "0"
 def prediction_attrs(geometry: VolumeGeometry, source: str | None, leading: str | None = None) -> dict[str, Any]:
     """The attributes of an output array on the input's grid (``prediction.zarr``,
     ``probabilities.zarr``): the input's (less those describing its own axes), ``spacing`` of
-    the ``(D, H, W)`` axes (where the input gives one), ``axis_names`` (``leading`` first: the
+    the ``(D, H, W)`` axes (where the input gives one) and ``spacing_unit``, its length unit
+    (where the input names one: ``element_size_um`` is in micrometres, an ImageJ ``unit``, OME
+    units), read back with it, ``axis_names`` (``leading`` first: the
     name of an axis before the spatial ones, e.g. ``class``), a NIfTI input's ``affine`` (4x4,
     voxel to world) and ``fhcnn_source``."""
     attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
     if geometry.spacing is not None:
         attrs["spacing"] = [float(s) for s in geometry.spacing]
+        if geometry.unit is not None:
+            attrs["spacing_unit"] = geometry.unit
     attrs["axis_names"] = ([leading] if leading else []) + list(geometry.axis_names)
     if geometry.affine is not None:
         attrs["affine"] = np.asarray(geometry.affine, dtype=np.float64).tolist()
