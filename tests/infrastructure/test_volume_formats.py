@@ -554,6 +554,7 @@ def test_channel_axis_rule(shape, axis):
     ((9, 10, 1), ["2D"]),
     ((2, 3, 9, 10, 11), ["5 axes"]),
     ((0, 10, 10), ["empty"]),
+    ((), ["a single value", "not a volume"]),  # an HDF5 scalar was called empty
 ])
 def test_channel_axis_rule_refusals(shape, words):
     msg = refusal(resolve_axes, shape, "image x")

@@ -222,12 +222,14 @@ def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None =
         ``(channel axis or None, spatial axes, {axis of length 1 or lone channel: 0})``.
 
     Raises:
-        InputError: an empty array, fewer or more than three spatial axes, an ambiguous
+        InputError: a scalar, an empty array, fewer or more than three spatial axes, an ambiguous
             channel axis, ``channel_axis`` out of range, channels where none are allowed.
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
-    if nd == 0 or math.prod(shape) == 0:
+    if nd == 0:  # an HDF5 or zarr scalar (a stored setting): not empty, one value
+        raise InputError(f"{label} is a single value (a scalar, shape ()), not a volume")
+    if math.prod(shape) == 0:
         raise InputError(f"{label} is empty (shape {shape})")
     c: int | None = None
     if channel_axis is not None and nd > 3:
