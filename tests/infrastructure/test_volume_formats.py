@@ -184,6 +184,24 @@ def test_tiff_imagej_hyperstack_channels_and_spacing(tmp_path):
     np.testing.assert_allclose(v.geometry.spacing, (2.0, 0.5, 0.25), rtol=1e-6)
 
 
+def test_a_tiff_of_channels_of_one_plane_is_refused_saying_how_to_save_slices(tmp_path):
+    """tifffile writes a 3D array with imagej=True and no axes as 'CYX' (ImageJ opens it as
+    channels): refused, but the line said only '2 axes longer than 1 besides the channel axis'.
+    Channels of RGB planes ('CYXS') were read as a volume (Y, X, 3), the samples a spatial axis."""
+    tifffile.imwrite(tmp_path / "c.tif", truth((6, 12, 14), np.uint16), imagej=True)
+    msg = refusal(open_volume, str(tmp_path / "c.tif"))
+    assert "'CYX'" in msg and "6 channels of one 2D image" in msg and "metadata={'axes': 'ZYX'}" in msg, msg
+    from fhcnn.data.volumes.tiff import open_tiff  # fhcnn change reads it: 6 bands of one date
+
+    assert open_tiff(tmp_path / "c.tif", "c.tif").array.shape == (6, 12, 14)
+    tifffile.imwrite(tmp_path / "rgb.tif", truth((4, 12, 14, 3), np.uint8), photometric="rgb",
+                     metadata={"axes": "CYXS"})
+    msg = refusal(open_volume, str(tmp_path / "rgb.tif"))
+    assert "'CYXS'" in msg and "4 channels of one 2D image" in msg and "'ZYXS'" in msg, msg
+    tifffile.imwrite(tmp_path / "z.tif", a := truth((6, 12, 14), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    assert_windows(open_volume(str(tmp_path / "z.tif")).channels[0], a)  # as the line says: a volume
+
+
 def test_ome_tiff_spacing(tmp_path):
     a = truth((5, 12, 14), np.uint16)
     tifffile.imwrite(tmp_path / "o.ome.tif", a, ome=True,

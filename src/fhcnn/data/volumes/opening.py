@@ -138,6 +138,10 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
         raise InputError(f"{label}: {'a folder' if path.is_dir() else 'a file'}, not a {fmt} "
                          f"{'file' if fmt != 'zarr' else 'folder'}")
     raw = _raw(fmt, path, inner, label)
+    if fmt == "tiff":
+        from .tiff import refuse_planes_of_channels
+
+        refuse_planes_of_channels("".join(str(n) for n in raw.axis_names or ()), raw.array.shape, label)
     dtype = np.dtype(raw.array.dtype)
     if dtype.kind not in "biuf":
         raise InputError(f"{label} has dtype {dtype}; fhcnn volume reads real numbers (bool, integers, floats)")

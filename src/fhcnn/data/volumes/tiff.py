@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from ...errors import InputError
 from ..lazy import Unmapped
 from ._common import RawVolume, jsonable, length_unit, one_length_unit, quiet_logger, require, window_bounds
 
-__all__ = ["open_tiff", "TiffPages"]
+__all__ = ["open_tiff", "TiffPages", "refuse_planes_of_channels"]
 
 _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknown
 
@@ -108,6 +108,26 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
                      attrs=attrs, compressed=compression != 1, slab_axis=0,
                      named=not any(a in axes for a in "QI"),  # Q: unknown, I: a plain page sequence
                      spacing_stated=stated, unit=unit)
+
+
+def refuse_planes_of_channels(axes: str, shape: Sequence[int], label: str) -> None:
+    """Refuse, as a volume, a series whose only axes beside the plane are channels (``CYX``,
+    ``CYXS``): one 2D image of several channels (``fhcnn change`` reads such a file as bands of
+    one date: :func:`open_tiff` keeps it). tifffile writes a 3D array as ``CYX`` with
+    ``imagej=True`` and no axes; the refusal said only '2 axes longer than 1 besides the channel
+    axis', not which axis nor how to save the stack as slices. ``CYXS`` (RGB planes) was worse:
+    with ``C`` the channel axis, the samples ``S`` counted as a third spatial axis, and the 2D
+    image was read without a word as a volume ``(Y, X, 3)``.
+
+    Raises:
+        InputError: naming the axes, the channel count and how to name the axis ``Z``.
+    """
+    long = "".join(a for a, n in zip(axes, shape) if n > 1)
+    if long in ("CYX", "CYXS"):
+        n, slices, dims = int(shape[axes.index("C")]), "Z" + long[1:], tuple(int(k) for k in shape)
+        raise InputError(f"{label} has axes '{axes}' {dims}: {n} channels of one 2D image, not a volume; "
+                         f"if the {n} planes are the slices of a volume, save the file with them as slices "
+                         f"(axes '{slices}': tifffile.imwrite(..., imagej=True, metadata={{'axes': '{slices}'}}))")
 
 
 def _undecodable(tifffile: Any, page: Any) -> str | None:
