@@ -946,6 +946,30 @@ def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
         assert len(f.read()) == r.dataobj.offset + lab.size
 
 
+@pytest.mark.parametrize("xyz, unit", [("micron", "micrometer"), ("mm", "millimeter"), ("unknown", None)])
+def test_nifti_length_unit_is_written_beside_the_spacing_of_probabilities(tmp_path, xyz, unit):
+    """probabilities.zarr of a NIfTI input had its ``spacing`` (pixdim) but not the unit of its
+    header's ``xyzt_units``: voxels of 0.8 micrometre read as 0.8 of nothing. The unit is now
+    ``spacing_unit`` beside it (none for ``unknown``), and the file opens again with that unit."""
+    from fhcnn.data.volumes.sinks import volume_store
+
+    img = nib.Nifti1Image(truth((9, 10, 11), np.float32), np.diag([0.8, 1.2, 3.0, 1.0]))
+    img.header.set_xyzt_units(xyz, "sec")
+    nib.save(img, tmp_path / "in.nii")
+    v = open_volume(str(tmp_path / "in.nii"))
+    assert v.geometry.unit == unit
+    probs = volume_store(tmp_path / "probabilities.zarr", v.geometry, (3, *v.shape), (3, 4, 4, 4), np.float16,
+                         v.spec, leading="class")
+    probs[:] = 0.5
+    attrs = dict(zarr.open_array(str(tmp_path / "probabilities.zarr"), mode="r").attrs)
+    assert attrs["spacing"] == pytest.approx([0.8, 1.2, 3.0]) and attrs.get("spacing_unit") == unit
+    assert attrs["axis_names"][0] == "class"
+    with prediction_sink(tmp_path, "zarr", v.shape, v.geometry, source=v.spec) as sink:
+        sink[:, :, :] = np.zeros(v.shape, np.uint8)
+    again = open_volume(str(tmp_path / "prediction.zarr"))
+    assert again.geometry.unit == unit and again.geometry.spacing == pytest.approx((0.8, 1.2, 3.0))
+
+
 def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     a = truth(dtype=np.float32)
     with h5py.File(tmp_path / "x.h5", "w") as f:
@@ -969,6 +993,7 @@ def test_zarr_prediction_keeps_attrs_and_spacing(tmp_path):
     np.testing.assert_array_equal(r[:], lab)
     assert r.dtype == np.uint8
     assert r.attrs["spacing"] == [2.0, 1.0, 1.0] and r.attrs["sample"] == "mouse 7"
+    assert r.attrs["spacing_unit"] == "micrometer"  # element_size_um's unit
     assert "element_size_um" not in r.attrs and r.attrs["fhcnn_source"] == v.spec
     files = {p for p in (out / "prediction.zarr").rglob("*") if p.is_file()}
     assert files and files <= set(seen.paths)

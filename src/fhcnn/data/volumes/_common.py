@@ -37,8 +37,8 @@ class VolumeGeometry:
     """Where the voxels of a volume lie, and what its file said about them.
 
     Attributes:
-        spacing: voxel size along the returned ``(D, H, W)`` axes (file units: NIfTI mm,
-            TIFF/zarr/HDF5 as written there), or ``None`` when the file does not say.
+        spacing: voxel size along the returned ``(D, H, W)`` axes (file units: NIfTI its
+            ``xyzt_units``, TIFF/zarr/HDF5 as written there), or ``None`` when the file does not say.
         affine: the NIfTI voxel-to-world matrix (4x4), else ``None``.
         nifti_header: the NIfTI header bytes (348 or 540), else ``None``.
         attrs: JSON-ready attributes: zarr/HDF5 attributes, ImageJ/OME spacing, the SEG-Y

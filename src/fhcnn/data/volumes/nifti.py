@@ -3,7 +3,8 @@
 The array keeps the file's voxel axes ``(i, j, k)`` (so the affine maps it to world space
 unchanged); dims 4 and 5 are channels. Data is stored with ``i`` fastest (Fortran order),
 so streaming passes go by slabs of ``k`` (``slab_axis=2``); a ``.nii.gz`` is read through
-one kept-open gzip stream, forwards.
+one kept-open gzip stream, forwards. The voxel size (``pixdim``) is in the length unit of
+the header's ``xyzt_units`` (``unit``, where it names one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import numpy as np
 from ...errors import InputError
 from ._common import RawVolume, quiet_logger, require
 
-__all__ = ["open_nifti", "NiftiArray"]
+__all__ = ["open_nifti", "NiftiArray", "NIFTI_LENGTH_UNITS"]
+
+#: The length units of the NIfTI header's ``xyzt_units`` (as nibabel names them), by the names
+#: the zarr outputs give a spacing's unit (``spacing_unit``; ``unknown`` names none).
+NIFTI_LENGTH_UNITS = {"meter": "meter", "mm": "millimeter", "micron": "micrometer"}
 
 
 class NiftiArray:
@@ -102,7 +107,8 @@ def open_nifti(path: Path, label: str) -> RawVolume:
     zooms = [float(z) for z in hdr.get_zooms()[:3]]
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel,
                      spacing=zooms + [None] * (nd - 3), affine=affine,
-                     nifti_header=bytes(hdr.binaryblock), attrs={}, compressed=gz, slab_axis=2)
+                     nifti_header=bytes(hdr.binaryblock), attrs={}, compressed=gz, slab_axis=2,
+                     unit=NIFTI_LENGTH_UNITS.get(str(hdr.get_xyzt_units()[0])))
 
 
 def _short(e: BaseException) -> str:

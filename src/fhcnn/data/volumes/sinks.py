@@ -40,8 +40,8 @@ OUTPUT_CHUNK = 128
 _GZIP_LEVEL = 6
 _COPY_BYTES = 16 * 2**20
 #: Attributes of the input that describe its own axes (replaced, not copied).
-_AXIS_ATTRS = ("_ARRAY_DIMENSIONS", "spacing", "element_size_um", "axistags", "multiscales", "ome",
-               "axis_names")
+_AXIS_ATTRS = ("_ARRAY_DIMENSIONS", "spacing", "spacing_unit", "element_size_um", "axistags", "multiscales",
+               "ome", "axis_names")
 
 
 def prediction_name(fmt: VolumeFormat) -> str:
@@ -169,11 +169,10 @@ OME_DATASET = "0"
 def prediction_attrs(geometry: VolumeGeometry, source: str | None, leading: str | None = None) -> dict[str, Any]:
     """The attributes of an output array on the input's grid (``prediction.zarr``,
     ``probabilities.zarr``): the input's (less those describing its own axes), ``spacing`` of
-    the ``(D, H, W)`` axes (where the input gives one) and ``spacing_unit``, its length unit
-    (where the input names one: ``element_size_um`` is in micrometres, an ImageJ ``unit``, OME
-    units), read back with it, ``axis_names`` (``leading`` first: the
-    name of an axis before the spatial ones, e.g. ``class``), a NIfTI input's ``affine`` (4x4,
-    voxel to world) and ``fhcnn_source``."""
+    the ``(D, H, W)`` axes (where the input gives one) with its length unit ``spacing_unit``
+    (where the input names one: a NIfTI ``xyzt_units``, ``element_size_um``, OME units, ImageJ's
+    unit), ``axis_names`` (``leading`` first: the name of an axis before the spatial ones, e.g.
+    ``class``), a NIfTI input's ``affine`` (4x4, voxel to world) and ``fhcnn_source``."""
     attrs = {k: v for k, v in (geometry.attrs or {}).items() if k not in _AXIS_ATTRS}
     if geometry.spacing is not None:
         attrs["spacing"] = [float(s) for s in geometry.spacing]
