@@ -813,6 +813,80 @@ def test_label_refusals(tmp_path):
     assert "0..1" in refusal(open_label_volume, str(tmp_path / "big.npy"), lab.shape, 255, num_classes=2)
 
 
+def _slice_labels(shape=(12, 14, 10)) -> np.ndarray:
+    """Slice 5 along the last axis annotated (classes 0 and 1), every other voxel 255."""
+    lab = np.full(shape, 255, np.uint8)
+    lab[:, :, 5] = (np.arange(shape[0] * shape[1]).reshape(shape[:2]) % 3 == 0).astype(np.uint8)
+    return lab
+
+
+def _garble(files) -> int:
+    """Replace every chunk file by bytes no codec decodes; returns how many."""
+    n = 0
+    for p in files:
+        p.write_bytes(b"not a chunk")
+        n += 1
+    return n
+
+
+def test_label_chunks_never_written_that_read_as_a_class_are_named(tmp_path):
+    """A user who wrote a few annotated slices into a fresh zarr array (fill value 0, zarr's
+    default; or null, read as 0) got every chunk never written read as class 0 without a word.
+    The labels now come with one line naming the file, the chunks (or shards) never written out
+    of how many, the fill value they read as, and how to mark them unlabelled; counted from the
+    store's keys (the written chunks are garbled: never read) or the HDF5 chunk index. A fill
+    value equal to --ignore, and arrays with every chunk written, say nothing."""
+    from fhcnn.apps.volume import load_volume_inputs
+    from fhcnn.data.volumes.labels import unwritten_note
+    from fhcnn.data.volumes.stores import never_written
+
+    lab = _slice_labels()  # chunks (4, 4, 4): 3 x 4 x 3 = 36, slice 5 touches 12 of them
+    cases = {}
+    for name, fmt, fill in (("v3.zarr", 3, 0), ("v2.zarr", 2, None), ("ignored.zarr", 3, 255)):
+        a = zarr.create_array(str(tmp_path / name), shape=lab.shape, chunks=(4, 4, 4), dtype=np.uint8,
+                              fill_value=fill, zarr_format=fmt)
+        a[:, :, 5] = lab[:, :, 5]
+        cases[name] = a
+    sharded = zarr.create_array(str(tmp_path / "shards.zarr"), shape=lab.shape, chunks=(4, 4, 4), shards=(8, 8, 8),
+                                dtype=np.uint8, fill_value=0)
+    sharded[:, :, 5] = lab[:, :, 5]  # shards 2 x 2 x 2: slice 5 lies in the first of the last axis
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f.create_dataset("chunked", shape=lab.shape, chunks=(4, 4, 4), dtype=np.uint8)[:, :, 5] = lab[:, :, 5]
+        f.create_dataset("plain", data=np.where(lab == 255, 0, lab))  # contiguous: no chunks
+    want = {
+        "v3.zarr": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0, which is "
+                   "class 0; if those voxels are unlabelled, set the array's fill value to the --ignore value 255 "
+                   "(fill_value in its zarr.json)",
+        "v2.zarr": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0 (its fill value "
+                   "null), which is class 0; if those voxels are unlabelled, set the array's fill value to the "
+                   "--ignore value 255 (fill_value in its .zarray)",
+        "shards.zarr": "4 of its 8 shards were never written (about 50 % of the volume) and read as 0, which is "
+                       "class 0;",
+        "l.h5:chunked": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0, which is "
+                        "class 0; if those voxels are unlabelled, set the array's fill value to the --ignore value 255 "
+                        "(an HDF5 dataset's is fixed when it is made: write the dataset anew with fillvalue=255)",
+    }
+    assert _garble(p for p in (tmp_path / "v3.zarr" / "c").rglob("*") if p.is_file()) == 12
+    assert _garble(p for p in (tmp_path / "v2.zarr").rglob("*") if p.is_file() and not p.name.startswith(".")) == 12
+    for spec, line in want.items():
+        v = open_volume(str(tmp_path / spec), what="labels", allow_channels=False)
+        note = unwritten_note(v, 255, f"labels {spec}")
+        assert note is not None and note.startswith(f"labels {spec}: {line}"), note
+    gap = never_written(cases["v2.zarr"])
+    assert (gap.missing, gap.total, gap.unit, gap.fill, gap.stated) == (24, 36, "chunks", 0, None)
+    for spec in ("ignored.zarr", "l.h5:plain"):
+        assert unwritten_note(open_volume(str(tmp_path / spec), what="labels"), 255, spec) is None
+    full = zarr.create_array(str(tmp_path / "full.zarr"), shape=lab.shape, chunks=(4, 4, 4), dtype=np.uint8,
+                             fill_value=0, config={"write_empty_chunks": True})
+    full[:] = np.where(lab == 255, 0, lab)
+    assert never_written(full) is None
+    # through the run's inputs (sharded: readable), on the log lines of the run
+    np.save(tmp_path / "img.npy", truth(lab.shape, np.float32))
+    inputs = load_volume_inputs([str(tmp_path / "img.npy")], str(tmp_path / "shards.zarr"))
+    assert len(inputs.notes) == 1 and inputs.notes[0].startswith("labels " + str(tmp_path / "shards.zarr") + ": 4 of")
+    assert inputs.summary.counts[0] > lab.size // 2  # what the note is about: the unwritten shards are class 0
+
+
 # ---------------------------------------------------------------------------------------- statistics
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])

@@ -83,6 +83,8 @@ class VolumeInputs:
             folder before training).
         label_slab_axes: for the labels, and then the evaluation labels, the axis their file
             reads fastest by slab (what a copy of a compressed one streams along).
+        notes: lines for the log about what the label files may not mean (chunks never written,
+            read as a class: :func:`~fhcnn.data.volumes.labels.unwritten_note`).
     """
 
     channels: list[Any]
@@ -98,6 +100,7 @@ class VolumeInputs:
     slab_axes: list[int] = field(default_factory=list)
     compressed: list[bool] = field(default_factory=list)
     label_slab_axes: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -138,7 +141,8 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                         [v.slab_axis for v in opened for _ in v.channels],
                         [v.compressed for v in opened for _ in v.channels]
                         + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []),
-                        [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []))
+                        [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []),
+                        [x.note for x in (lab, ev) if x is not None and x.note])
 
 
 def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels: str) -> None:

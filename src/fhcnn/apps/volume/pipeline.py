@@ -270,6 +270,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         f"spacing from {vplan.spacing_source}")
     log(vplan.spacing_line)
     log(f"{k} classes; {inputs.summary.describe()}")
+    for note in inputs.notes:
+        log(note)
     for c, st in enumerate(vplan.raw_stats or plan.stats):
         log(f"channel {c}: mean {st.mean:.4g}, std {st.std:.4g}, range [{st.min:.4g}, {st.max:.4g}]")
     log(plan.describe())

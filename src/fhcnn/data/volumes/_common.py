@@ -83,6 +83,8 @@ class OpenedVolume:
             Fortran-ordered ``.npy``, else 0).
         names: one name per channel, for messages and logs.
         spec: what the user wrote (``x.zarr:path`` ...).
+        stored: the file's array of stored axes as its library opened it (a zarr array, an
+            h5py dataset ...), for questions about its storage (:func:`~fhcnn.data.volumes.stores.never_written`).
     """
 
     path: Path
@@ -93,6 +95,7 @@ class OpenedVolume:
     slab_axis: int = 0
     names: list[str] = field(default_factory=list)
     spec: str = ""
+    stored: Any = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

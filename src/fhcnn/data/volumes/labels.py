@@ -16,8 +16,8 @@ from ...errors import InputError
 from ..lazy import ONE_PROCESS, SLAB_BYTES, ArrayLike, LabelScan, PassShare, iter_slabs, scan_labels
 from ._common import OpenedVolume
 
-__all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "MAX_CLASSES",
-           "DENSE_FRACTION"]
+__all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "unwritten_note",
+           "MAX_CLASSES", "DENSE_FRACTION"]
 
 #: Label values at or above this (other than the ignore value) are refused.
 MAX_CLASSES = 256
@@ -173,12 +173,15 @@ class LabelVolume:
     Attributes:
         opened: the file (``opened.compressed``, ``opened.geometry`` ...).
         summary: the summary of :func:`summarize_labels`.
+        note: a line for the log about what the file may not mean (chunks never written, read
+            as a class: :func:`unwritten_note`), or ``None``.
     """
 
-    def __init__(self, opened: OpenedVolume, summary: LabelSummary) -> None:
+    def __init__(self, opened: OpenedVolume, summary: LabelSummary, note: str | None = None) -> None:
         self.opened = opened
         self.array = opened.channels[0]
         self.summary = summary
+        self.note = note
         self.shape = tuple(int(n) for n in self.array.shape)
         self.ndim = 3
         kind = np.dtype(self.array.dtype).kind
@@ -219,4 +222,33 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
         check_same_grid(grid, v, what)
     summary = summarize_labels(v.channels[0], ignore, num_classes=num_classes, what=f"{what} {spec}",
                                slab_axis=v.slab_axis, max_bytes=max_bytes, share=share)
-    return LabelVolume(v, summary)
+    return LabelVolume(v, summary, unwritten_note(v, ignore, f"{what} {spec}"))
+
+
+def unwritten_note(v: OpenedVolume, ignore: int, what: str) -> str | None:
+    """A line naming the chunks of the label file ``v`` (zarr or HDF5) that were never written
+    when they read as a class: their fill value is not ``ignore`` (zarr's default fill value 0
+    and its ``null``, read as 0, are class 0), or ``None``. Counted from the store's keys or
+    the dataset's chunk index, not from the data (:func:`~fhcnn.data.volumes.stores.never_written`).
+
+    A note, not a refusal: zarr 3 does not write a chunk that holds only the fill value
+    (``write_empty_chunks`` is off by default), so dense labels whose background chunks are
+    class 0 lack those chunks too, and are right; labels written as a few annotated slices
+    into a fresh array are not, and only their author knows which they are."""
+    if v.format not in ("zarr", "hdf5"):
+        return None
+    from .stores import never_written
+
+    gap = never_written(v.stored)
+    if gap is None or gap.fill == ignore:
+        return None
+    fill = f"{gap.fill:g}" + (" (its fill value null)" if gap.stated is None else "")
+    how = (f"fill_value in its {'zarr.json' if _zarr_format(v.stored) == 3 else '.zarray'}" if v.format == "zarr"
+           else f"an HDF5 dataset's is fixed when it is made: write the dataset anew with fillvalue={ignore}")
+    return (f"{what}: {gap.missing:,} of its {gap.total:,} {gap.unit} were never written (about "
+            f"{100 * gap.missing / gap.total:.2g} % of the volume) and read as {fill}, which is class {gap.fill:g}; "
+            f"if those voxels are unlabelled, set the array's fill value to the --ignore value {ignore} ({how})")
+
+
+def _zarr_format(array: Any) -> int:
+    return int(getattr(getattr(array, "metadata", None), "zarr_format", 2))

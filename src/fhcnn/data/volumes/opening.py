@@ -182,7 +182,8 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
                               if raw.ome is not None and ome_axes is not None else None)
     slab = spatial.index(raw.slab_axis) if raw.slab_axis in spatial else 0
     return OpenedVolume(path=path, format=fmt, channels=channels, geometry=geometry,
-                        compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec))
+                        compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec),
+                        stored=raw.array)
 
 
 def open_images(specs: Sequence[str], channel_axis: int | None = None

@@ -11,6 +11,8 @@ spatial axes), or from OME-Zarr scale transforms; axis names from zarr's
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +22,7 @@ from ...errors import InputError
 from ..lazy import SLAB_BYTES, Unmapped
 from ._common import RawVolume, jsonable, length_unit, one_length_unit, require
 
-__all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK"]
+__all__ = ["open_zarr", "open_hdf5", "open_npy", "HUGE_CHUNK", "NeverWritten", "never_written"]
 
 #: A chunk larger than this makes reading one window slow: the volume is marked compressed.
 HUGE_CHUNK = SLAB_BYTES
@@ -280,6 +282,57 @@ def _missing_filter(h5py: Any, ds: Any) -> str | None:
             named = bytes(name).decode("ascii", "replace").strip("\x00 ")
             return f"{code} ({named})" if named else str(code)
     return None
+
+
+# ------------------------------------------------------------------------- chunks never written
+
+@dataclass(frozen=True)
+class NeverWritten:
+    """The chunks of a zarr array or HDF5 dataset that were never written: they are read as the
+    array's fill value.
+
+    Attributes:
+        missing: how many were never written (``> 0``).
+        total: how many the array has.
+        unit: ``"chunks"``, or ``"shards"`` for a sharded zarr array (counted by shard: a shard
+            written in part may lack inner chunks too).
+        fill: the value they read as.
+        stated: the fill value as the file states it (``None``: zarr's ``null``, read as 0).
+    """
+
+    missing: int
+    total: int
+    unit: str
+    fill: float
+    stated: float | None
+
+
+def never_written(array: Any) -> NeverWritten | None:
+    """What :class:`NeverWritten` says of ``array`` (a zarr array: v2 or v3, sharded or not; an
+    h5py dataset stored in chunks), or ``None``: every chunk written, or another kind of array (a
+    contiguous HDF5 dataset, a memory map). Nothing of the data is read: zarr lists the store's
+    keys, HDF5 counts the chunks its index holds (``get_num_chunks``)."""
+    import zarr
+
+    if isinstance(array, zarr.Array):
+        shards = getattr(array, "shards", None)
+        grid = tuple(int(c) for c in (shards or array.chunks))
+        total = math.prod(-(-int(n) // c) for n, c in zip(array.shape, grid))
+        # zarr counts a written shard as all its inner chunks
+        per_shard = math.prod(-(-s // int(c)) for s, c in zip(grid, array.chunks)) if shards else 1
+        written = int(array.nchunks_initialized) // per_shard
+        stated, unit = array.fill_value, "shards" if shards else "chunks"
+    elif type(array).__module__.startswith("h5py") and getattr(array, "chunks", None):
+        total = math.prod(-(-int(n) // int(c)) for n, c in zip(array.shape, array.chunks))
+        written = int(array.id.get_num_chunks())
+        stated, unit = array.fillvalue, "chunks"
+    else:
+        return None
+    if written >= total:
+        return None
+    stated = None if stated is None else np.asarray(stated).item()
+    return NeverWritten(missing=total - written, total=total, unit=unit, fill=0 if stated is None else stated,
+                        stated=stated)
 
 
 # ---------------------------------------------------------------------------------------- npy
