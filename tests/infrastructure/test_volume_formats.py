@@ -1315,6 +1315,33 @@ def test_tiff_strips_of_rows_samples_and_predictor_read_by_strip(tmp_path, compr
     assert_windows(open_volume(str(tmp_path / "be.tif")).channels[0], big.astype(np.uint16))
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_multi_file_ome_tiff_is_read_whole_or_refused(tmp_path, compression):
+    """A multi-file OME-TIFF (the first file's OME-XML names the others) was read with every
+    plane's bytes taken from the first file: the planes of the second file came back as other
+    bytes of the first, without a word. Each plane is now read from its own file; a file of the
+    series that is missing (tifffile reads its planes as zeros) is refused in one line naming it."""
+    import uuid
+
+    a = truth((6, 16, 20), np.uint16)
+    ids = {name: f"urn:uuid:{uuid.uuid4()}" for name in ("a.ome.tif", "b.ome.tif")}
+    for i, name in enumerate(ids):
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+               f'UUID="{ids[name]}"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+               f'SizeX="20" SizeY="16" SizeZ="6" SizeC="1" SizeT="1" PhysicalSizeZ="2.0"><Channel ID="Channel:0:0" '
+               f'SamplesPerPixel="1"/>' + "".join(
+                   f'<TiffData FirstZ="{3 * j}" IFD="0" PlaneCount="3"><UUID FileName="{n}">{u}</UUID></TiffData>'
+                   for j, (n, u) in enumerate(ids.items())) + "</Pixels></Image></OME>")
+        tifffile.imwrite(tmp_path / name, a[3 * i:3 * i + 3], description=xml, metadata=None,
+                         photometric="minisblack", compression=compression, rowsperstrip=5)
+    v = open_volume(str(tmp_path / "a.ome.tif"))
+    assert v.shape == a.shape and v.geometry.spacing == (2.0, 1.0, 1.0)
+    assert_windows(v.channels[0], a)
+    (tmp_path / "b.ome.tif").rename(tmp_path / "elsewhere.tif")
+    msg = refusal(open_volume, str(tmp_path / "a.ome.tif"))
+    assert "3 of the 6 planes" in msg and "(b.ome.tif)" in msg and "keep all its files" in msg, msg
+
+
 def test_a_tiff_of_several_series_is_refused_for_every_command(tmp_path) -> None:
     """A TIFF holding two image series (two stacks of other shapes in one file) is refused,
     naming the count and the shapes, in words that fit whichever command reads it (fhcnn change

@@ -72,13 +72,18 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
                 raise InputError(f"{label}: the TIFF tags place {shape} {s.dtype} pixels up to byte {end:,} "
                                  f"but the file has {size:,} bytes (a lying header or a truncated file)")
         else:
+            absent = sum(page is None for page in s.pages)
+            if absent:  # tifffile reads them as zeros
+                raise InputError(f"{label}: {absent:,} of the {len(s.pages):,} planes its OME-XML names lie in "
+                                 f"other files that cannot be read ({_absent_files(tif, path)}); a multi-file "
+                                 f"OME-TIFF is read whole: keep all its files in the folder of {path.name}")
             for page in s.pages:
-                if page is None:
-                    continue
                 ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)]
-                if ends and max(ends) > size:
-                    raise InputError(f"{label}: a TIFF page's data reaches byte {max(ends):,} but the file has "
-                                     f"{size:,} bytes (a lying header or a truncated file)")
+                held = int(page.parent.filehandle.size)  # a multi-file OME-TIFF: the page's own file
+                if ends and max(ends) > held:
+                    raise InputError(f"{label}: a TIFF page's data reaches byte {max(ends):,} but "
+                                     f"{'the file' if page.parent is tif else page.parent.filename} has "
+                                     f"{held:,} bytes (a lying header or a truncated file)")
         if contiguous:
             try:
                 array: Any = Unmapped(tifffile.memmap(str(path), mode="r", series=0))
@@ -128,6 +133,17 @@ def refuse_planes_of_channels(axes: str, shape: Sequence[int], label: str) -> No
         raise InputError(f"{label} has axes '{axes}' {dims}: {n} channels of one 2D image, not a volume; "
                          f"if the {n} planes are the slices of a volume, save the file with them as slices "
                          f"(axes '{slices}': tifffile.imwrite(..., imagej=True, metadata={{'axes': '{slices}'}}))")
+
+
+def _absent_files(tif: Any, path: Path) -> str:
+    """The files the OME-XML of ``tif`` (``path``) names (``UUID FileName``) that are not beside
+    it, listed for a message; ``"files it does not name"`` when every named one is there."""
+    try:
+        named = {el.get("FileName") for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("UUID")}
+    except (ET.ParseError, TypeError):
+        named = set()
+    gone = sorted(n for n in named if n and not (path.parent / n).is_file())
+    return ", ".join(gone[:4]) + (", ..." if len(gone) > 4 else "") if gone else "files it does not name"
 
 
 def _undecodable(tifffile: Any, page: Any) -> str | None:
@@ -187,10 +203,8 @@ class TiffPages:
         self.dtype = np.dtype(series.dtype)
         self.lead = self.shape[: self.ndim - plane]
         self._key = series.keyframe
-        self._fh = self._key.parent.filehandle
         self._strips = _strip_layout(self._key)
         self._raw = int(getattr(self._key, "compression", 1)) == 1 and _plain_samples(self._key, self.dtype)
-        self._stored = self.dtype.newbyteorder(self._key.parent.byteorder)
         #: ``(page, strip or None, decoded)``: the last strip (or whole page) decoded
         self._kept: tuple[int, int | None, np.ndarray] | None = None
 
@@ -227,9 +241,11 @@ class TiffPages:
         for s in range(r0 // per_strip, (r1 - 1) // per_strip + 1):
             a, b = max(r0, s * per_strip), min(r1, (s + 1) * per_strip)
             if self._raw:  # uncompressed: only these rows, from the file
-                data = self._read(int(self.pages[n].dataoffsets[s]) + (a - s * per_strip) * row_bytes,
+                page = self.pages[n]
+                data = self._read(page, int(page.dataoffsets[s]) + (a - s * per_strip) * row_bytes,
                                   (b - a) * row_bytes)
-                out[a - r0:b - r0] = np.frombuffer(data, self._stored).reshape(b - a, *row_shape)
+                stored = self.dtype.newbyteorder(page.parent.byteorder)
+                out[a - r0:b - r0] = np.frombuffer(data, stored).reshape(b - a, *row_shape)
             else:
                 out[a - r0:b - r0] = self._decoded(n, s)[a - s * per_strip:b - s * per_strip]
         return out
@@ -240,22 +256,35 @@ class TiffPages:
         if self._kept is None or self._kept[:2] != (n, strip):
             self._kept = None
             if strip is None:
+                _opened(self.pages[n])
                 decoded = np.asarray(self.pages[n].asarray())
             else:
                 page = self.pages[n]
-                data = self._read(int(page.dataoffsets[strip]), int(page.databytecounts[strip]))
+                data = self._read(page, int(page.dataoffsets[strip]), int(page.databytecounts[strip]))
                 segment = self._key.decode(data, strip, jpegtables=getattr(self._key, "jpegtables", None))[0]
                 decoded = np.asarray(segment).reshape(-1, *self._strips[1])  # type: ignore[index]
             self._kept = (n, strip, decoded)
         return self._kept[2]
 
-    def _read(self, offset: int, size: int) -> bytes:
-        with self._fh.lock:
-            self._fh.seek(offset)
-            data = self._fh.read(size)
+    def _read(self, page: Any, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the file of ``page`` (of a multi-file OME-TIFF, its own)."""
+        fh = _opened(page)
+        with fh.lock:
+            fh.seek(offset)
+            data = fh.read(size)
         if len(data) != size:
             raise ValueError(f"the file ends within the {size:,} bytes at {offset:,}")
         return bytes(data)
+
+
+def _opened(page: Any) -> Any:
+    """The file handle of ``page``, opened again where tifffile closed it (the other files of a
+    multi-file OME-TIFF, closed once their pages are parsed); kept open from then on."""
+    fh = page.parent.filehandle
+    if fh.closed:
+        with fh.lock:
+            fh.open()
+    return fh
 
 
 def _strip_layout(page: Any) -> tuple[int, tuple[int, ...]] | None:
