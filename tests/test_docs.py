@@ -1,4 +1,6 @@
-"""The documentation's relative links point at files (and headings) that exist in the repository."""
+"""The documentation states what is: relative links resolve, generated tables match the results,
+command lines parse, config keys, shipped configs, Python names and tests exist, and the option
+tables give the code's defaults."""
 
 from __future__ import annotations
 
@@ -130,3 +132,197 @@ def test_vae_docs_say_the_prior_vs_prior_energy_distance_can_be_negative():
     text = " ".join((ROOT / "docs" / "vae.md").read_text().split())
     bullet = text[text.index("`energy_distance_prior_vs_prior` (both files)") - 300:][:700]
     assert "may be **negative**" in bullet and "as often negative as positive" in bullet
+
+
+# --- command lines, config keys, names and defaults the pages state ----------------------------
+
+_BLOCK = re.compile(r"^```\w*\n(.*?)^```", re.S | re.M)
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    """``(page, argv)`` of every ``fhcnn <command> ...`` line in the pages' code blocks (also after
+    ``-m fhcnn``), continuation lines joined, comments dropped; in a usage line ``[--opt X]`` is
+    ``--opt X``, ``IMAGE ...`` one ``IMAGE`` and ``a|b|FILE`` the first choice ``a``."""
+    import shlex
+
+    out = []
+    for page in PAGES:
+        for block in _BLOCK.findall(page.read_text()):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                m = re.match(r"^\s*(?:.*-m fhcnn|fhcnn)\s+(.*)$", line)
+                if not m:
+                    continue
+                text = re.sub(r"\s#.*$", "", m.group(1)).replace("...", "")
+                text = re.sub(r"\[(-[^\]]*)\]", r"\1", text)
+                argv = [tok.split("|")[0] if "|" in tok else tok for tok in shlex.split(text)]
+                out.append((page.name, argv))
+    return out
+
+
+def _app_configs() -> dict[str, type]:
+    from fhcnn.apps.change import ChangeConfig
+    from fhcnn.apps.segment import SegmentConfig
+    from fhcnn.apps.vae import VAEConfig
+    from fhcnn.apps.volume import VolumeConfig
+
+    return {"segment": SegmentConfig, "demo": SegmentConfig, "change": ChangeConfig,
+            "volume": VolumeConfig, "train": VAEConfig}
+
+
+def test_docs_command_lines_parse_and_their_configs_load():
+    """Every ``fhcnn ...`` command line of the pages parses with the current command line, and
+    its ``--config`` and ``--set`` make a valid config of that command."""
+    from fhcnn.cli import build_parser
+    from fhcnn.cli._options import overrides_from_args
+    from fhcnn.config import load_config
+
+    lines = _command_lines()
+    assert len(lines) >= 25  # the extraction finds the pages' commands
+    configs, bad = _app_configs(), []
+    for page, argv in lines:
+        parser, _ = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            bad.append(f"{page}: fhcnn {' '.join(argv)}: does not parse")
+            continue
+        cls = configs.get(getattr(args, "vae_command", None) or args.command)
+        if cls is not None:
+            try:
+                load_config(cls, args.config, overrides_from_args(cls, args))
+            except ValueError as e:
+                bad.append(f"{page}: fhcnn {' '.join(argv)}: {e}")
+    assert not bad, "\n".join(bad)
+
+
+def _config_keys() -> set[str]:
+    """Every key path (sections and leaves) of the applications' configs: ``train.lr``, ``model``."""
+    import dataclasses
+
+    from fhcnn.config import field_types
+
+    def walk(cls: type, prefix: str):
+        for f in dataclasses.fields(cls):
+            yield prefix + f.name
+            tp = field_types(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, prefix + f.name + ".")
+    return {k for cls in _app_configs().values() for k in walk(cls, "")}
+
+
+def test_docs_config_keys_and_names_exist():
+    """Every ``--set KEY=...`` and every ``section.key`` the pages name (``data.window_depth``) is a
+    key of an application's config, and every ``--config NAME`` a shipped config."""
+    from fhcnn.config import available_configs
+
+    keys, names, bad = _config_keys(), set(available_configs()), []
+    sections = sorted({k.split(".")[0] for k in keys if "." in k})
+    dotted = re.compile(rf"(?<![\w./'-])((?:{'|'.join(sections)})\.[a-z_]+(?:\.[a-z_]+)?)\b(?![.(/\-])")
+    for page in PAGES:
+        text = page.read_text()
+        for m in re.finditer(r"--set\s+\"?([a-z_.]+)=", text):
+            if m.group(1) not in keys:
+                bad.append(f"{page.name}: --set {m.group(1)}")
+        for m in dotted.finditer(text):
+            key = m.group(1)
+            if key not in keys and not re.fullmatch(r"\w+\.(md|py|json|png|yaml|npy|safetensors|bmp)", key):
+                bad.append(f"{page.name}: {key}")
+        for m in re.finditer(r"--config\s+([\w-]+)(?=[\s|`)])", text):
+            if m.group(1) not in names and m.group(1) not in ("NAME", "FILE"):
+                bad.append(f"{page.name}: --config {m.group(1)}")
+    assert not bad, "not a config key or shipped config: " + "; ".join(sorted(set(bad)))
+
+
+def test_docs_python_names_and_test_paths_resolve():
+    """Every ``fhcnn.module.Name`` the pages mention imports (an attribute a class sets in its
+    ``__init__`` counts), and every ``tests/...py[::test]`` exists."""
+    import importlib
+    import inspect
+
+    bad = []
+    for page in PAGES:
+        text = page.read_text()
+        for name in sorted(set(re.findall(r"`(fhcnn(?:\.[A-Za-z_]\w*)+)[`(]", text))):
+            parts, obj, i = name.split("."), None, 0
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ModuleNotFoundError:
+                    continue
+            for j, attr in enumerate(parts[i:]):
+                if hasattr(obj, attr):
+                    obj = getattr(obj, attr)
+                elif inspect.isclass(obj) and j == len(parts) - i - 1 and \
+                        re.search(rf"self\.{attr}\s*[:=]", inspect.getsource(obj)):
+                    break
+                else:
+                    bad.append(f"{page.name}: {name}")
+                    break
+        for path, test in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", text):
+            if not (ROOT / path).is_file():
+                bad.append(f"{page.name}: {path}")
+            elif test and not re.search(rf"def {test}\b", (ROOT / path).read_text()):
+                bad.append(f"{page.name}: {path}::{test}")
+    assert not bad, "no such name or test: " + "; ".join(bad)
+
+
+def _doc_value(cell: str, value: object) -> bool:
+    """Whether a table cell (``1``, ``0.5``, ``true``, `` `cosine` ``, ``null``, ``[]``) states ``value``."""
+    import yaml
+
+    text = cell.strip().strip("`").replace("−", "-")
+    if isinstance(value, bool) or value is None:
+        return text == {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    if isinstance(value, str):
+        return text == value or (value == "" and text == '""')
+    return yaml.safe_load(text) == yaml.safe_load(yaml.safe_dump(value))
+
+
+def test_docs_key_tables_state_the_code_defaults():
+    """The option tables (``| key | default | ... |``) of training.md, segmentation.md,
+    volume.md and vae.md give every key's default as the dataclasses have it, and the values of
+    the shipped config a column names (`` `video` config``) as that config has them."""
+    import dataclasses
+    from dataclasses import dataclass, field
+
+    from fhcnn.config import load_config
+    from fhcnn.training import TrainConfig
+
+    @dataclass
+    class _Train:
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+    apps = _app_configs()
+    pages = {"training.md": _Train, "segmentation.md": apps["segment"], "volume.md": apps["volume"],
+             "vae.md": apps["train"]}
+    checked, bad = 0, []
+    for name, cls in pages.items():
+        text = _FENCE.sub("", (ROOT / "docs" / name).read_text())
+        for m in re.finditer(r"((?:^(?!\|).*\n)*)^\| key \| (.*) \|\n\|[-|]+\|\n((?:^\|.*\n)+)", text, re.M):
+            before, header, rows = m.group(1), m.group(2).split(" | "), m.group(3)
+            marker = re.findall(r"`(?:--set )?(\w+)(?:\.\*|\.KEY|:)", before)
+            section = marker[-1] + "." if marker else ""
+            columns = [(i, cls()) for i, h in enumerate(header) if h.startswith("default")]
+            columns += [(i, load_config(cls, n)) for i, h in enumerate(header)
+                        for n in re.findall(r"`([\w-]+)` config", h)]
+            for row in rows.splitlines():
+                cells = row.strip("|").split(" | ")
+                keys = [section + k if "." not in k else k for k in re.findall(r"`([\w.]+)`", cells[0])]
+                for i, cfg in columns:
+                    values = [cells[i + 1]] if len(keys) == 1 else cells[i + 1].split(", ")
+                    values = values * len(keys) if len(values) == 1 else values
+                    for key, cell in zip(keys, values, strict=True):
+                        value = cfg
+                        for part in key.split("."):
+                            value = getattr(value, part)
+                        if dataclasses.is_dataclass(value) or not _doc_value(cell, value):
+                            bad.append(f"{name}: {key} = {value!r}, the table says {cell.strip()}")
+                        checked += 1
+    assert checked >= 100, checked
+    assert not bad, "\n".join(bad)
