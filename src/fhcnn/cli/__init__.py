@@ -10,7 +10,9 @@ Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` an
 raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` the other
 processes wait :data:`REFUSAL_GRACE_S` before they print an ``InputError``, which every process
 meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finite loss, a lost
-process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback).
+process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback). Ctrl-C
+(SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
+last intact checkpoint and ``--resume``, exit 130.
 """
 
 from __future__ import annotations
@@ -96,8 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(mods[args.command].run(args) or 0)  # type: ignore[attr-defined]
     except BrokenPipeError:  # e.g. `fhcnn info | head -1`
         return 0
-    except KeyboardInterrupt:
-        _line("interrupted")
+    except KeyboardInterrupt:  # Ctrl-C: what happened and, in a run folder, where to go on from
+        from ..rundir import RunFolder
+        from ..training.distributed import interrupted_line
+
+        run = RunFolder.active
+        _line(interrupted_line(run.root if run is not None else None, hasattr(args, "resume")))
         return 130
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..data.lazy import PassShare
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
-           "is_main_process", "end_silently_on_terminate",
+           "is_main_process", "end_silently_on_terminate", "interrupted_line",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
            "params_in_sync",
@@ -311,13 +311,15 @@ def waited_too_long(e: BaseException) -> bool:
     return _is_comm_failure(e) and not _connection_lost(e)
 
 
-def _intact_checkpoint() -> Path | None:
-    """The newest checkpoint folder under the run's checkpoints folder that passes its manifest."""
+def _intact_checkpoint(root: Path | None = None) -> Path | None:
+    """The newest checkpoint folder under ``root`` (the run's checkpoints folder by default)
+    that passes its manifest."""
     from .checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 
-    if _progress.checkpoints is None:
+    root = _progress.checkpoints if root is None else root
+    if root is None:
         return None
-    for _, folder in reversed(list_checkpoints(_progress.checkpoints)):
+    for _, folder in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(folder)
         except CheckpointError:
@@ -361,6 +363,21 @@ def _where_it_stops() -> str:
     where = (f"the last intact checkpoint is {ckpt}: continue with --resume" if ckpt is not None
              else "no checkpoint was written yet")
     return f"this process stops after step {_progress.step}; {where}"
+
+
+def interrupted_line(run_folder: Path | None, resumable: bool = True) -> str:
+    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``): what happened
+    and, once its run folder ``run_folder`` exists and the command has ``--resume``
+    (``resumable``), how to go on: the last training step this process completed in that folder
+    (where its training had started), the folder's last intact checkpoint, ``--resume``."""
+    if run_folder is None or not resumable:
+        return "interrupted (SIGINT)"
+    folder = Path(run_folder) / "checkpoints"
+    mine = _progress.checkpoints is not None and os.path.realpath(_progress.checkpoints) == os.path.realpath(folder)
+    ckpt = _intact_checkpoint(_progress.checkpoints if mine else folder)
+    at = f" after step {_progress.step}" if mine else ""
+    where = f"the last intact checkpoint is {ckpt}" if ckpt is not None else "no checkpoint was written yet"
+    return f"interrupted (SIGINT){at}; {where}: continue with --resume"
 
 
 def _report_terminate() -> None:

@@ -1,0 +1,121 @@
+"""Ctrl-C (SIGINT) in each phase of a one-process ``fhcnn volume`` run: one line saying what
+happened and where to go on from (the last completed step, the last intact checkpoint,
+``--resume``), exit code 130, no traceback, nothing outside OUT changed and no scratch left in
+it; ``--resume`` then ends with the weights and prediction of a run never interrupted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhcnn.cli import main
+from tests.apps._volumes import write_tiny_volume
+
+# 6 steps, a checkpoint every 2; the U-Net baseline trains too (--eval-labels)
+RUN = ["--config", "volume-tiny", "--quiet", "--set", "train.steps=6", "--set", "train.checkpoint_every=2",
+       "--set", "volume.baselines=unet"]
+
+# phase -> (what is interrupted at its n-th call, n)
+PHASES = {
+    "statistics": ("fhcnn.data.lazy.LazyVolume.channel_stats", 1),
+    "one-time copy": ("fhcnn.rundir.copy_input", 2),
+    "training": ("fhcnn.training.trainer.Trainer._train_step", 4),
+    "U-Net": ("fhcnn.apps.volume.pipeline._UNet.train", 1),
+    "prediction": ("fhcnn.apps.volume.pipeline.predict_run", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    nib = pytest.importorskip("nibabel")
+    root = write_tiny_volume(tmp_path_factory.mktemp("interrupt-inputs"))
+    for name in ("c0", "lab", "truth"):  # compressed: copied once into OUT/inputs
+        nib.save(nib.Nifti1Image(np.load(root / f"{name}.npy"), np.eye(4)), str(root / f"{name}.nii.gz"))
+    return root
+
+
+def _args(root: Path, out: Path) -> list[str]:
+    return ["volume", str(root / "c0.nii.gz"), "--labels", str(root / "lab.nii.gz"),
+            "--eval-labels", str(root / "truth.nii.gz"), "--out", str(out)] + RUN
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("interrupt-reference") / "out"
+    assert main(_args(inputs, out)) == 0
+    return out
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _interrupt_at(monkeypatch, target: str, n: int) -> None:
+    """SIGINT to this process at the ``n``-th call of ``target`` (``module.attr`` or
+    ``module.Class.method``), as Ctrl-C sends it."""
+    import importlib
+
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name)
+        break
+    original, calls = getattr(owner, parts[-1]), []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*a, **k)
+
+    monkeypatch.setattr(owner, parts[-1], interrupted)
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler (Ctrl-C raises ``KeyboardInterrupt``) during the test."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_ctrl_c_in_each_phase_says_where_to_go_on_and_resume_ends_as_never_interrupted(
+        inputs, uninterrupted, tmp_path, monkeypatch, capsys, ctrl_c, phase):
+    out = tmp_path / "out"
+    before = _tree(inputs)
+    _interrupt_at(monkeypatch, *PHASES[phase])
+    assert main(_args(inputs, out)) == 130
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    ckpt = {"training": 2, "U-Net": 6, "prediction": 6}.get(phase)
+    where = (f"the last intact checkpoint is {out.resolve() / 'checkpoints' / f'step-{ckpt:06d}'}" if ckpt
+             else "no checkpoint was written yet")
+    step = {"training": 3, "U-Net": 6, "prediction": 6}.get(phase)
+    want = ("interrupted (SIGINT)" if phase == "statistics"
+            else f"interrupted (SIGINT){f' after step {step}' if step else ''}; {where}: continue with --resume")
+    assert err.strip() == want
+    assert _tree(inputs) == before and sorted(p.name for p in tmp_path.iterdir()) == (["out"] if out.exists() else [])
+    if phase == "statistics":  # before OUT exists: nothing written, the same command starts the run
+        assert not out.exists()
+        assert main(_args(inputs, out)) == 0
+    else:
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+        assert json.loads((out / "run.json").read_text()).get("scratch", []) == []
+        assert main(_args(inputs, out) + ["--resume"]) == 0
+    for name in ("model.safetensors", "prediction.nii.gz"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+    got, want_m = (json.loads((o / "metrics.json").read_text()) for o in (out, uninterrupted))
+    assert got["miou"] == want_m["miou"] and got["baselines"]["unet"]["miou"] == want_m["baselines"]["unet"]["miou"]
