@@ -17,9 +17,10 @@ import pytest
 from fhcnn.cli import main
 from tests.apps._volumes import write_tiny_volume
 
-# 6 steps, a checkpoint every 2; the U-Net baseline trains too (--eval-labels)
+# 6 steps, a checkpoint every 2; the U-Net baseline trains too (--eval-labels); the probabilities
+# are written too (a temporary folder until the prediction file is in place)
 RUN = ["--config", "volume-tiny", "--quiet", "--set", "train.steps=6", "--set", "train.checkpoint_every=2",
-       "--set", "volume.baselines=unet"]
+       "--set", "volume.baselines=unet", "--save-probs"]
 
 # phase -> (what is interrupted at its n-th call, n)
 PHASES = {
@@ -28,6 +29,7 @@ PHASES = {
     "training": ("fhcnn.training.trainer.Trainer._train_step", 4),
     "U-Net": ("fhcnn.apps.volume.pipeline._UNet.train", 1),
     "prediction": ("fhcnn.apps.volume.pipeline.predict_run", 1),
+    "writing the prediction": ("fhcnn.data.volumes.sinks.NiftiSink.close", 1),
 }
 
 
@@ -100,10 +102,10 @@ def test_ctrl_c_in_each_phase_says_where_to_go_on_and_resume_ends_as_never_inter
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    ckpt = {"training": 2, "U-Net": 6, "prediction": 6}.get(phase)
+    ckpt = {"training": 2, "U-Net": 6, "prediction": 6, "writing the prediction": 6}.get(phase)
     where = (f"the last intact checkpoint is {out.resolve() / 'checkpoints' / f'step-{ckpt:06d}'}" if ckpt
              else "no checkpoint was written yet")
-    step = {"training": 3, "U-Net": 6, "prediction": 6}.get(phase)
+    step = {"training": 3, "U-Net": 6, "prediction": 6, "writing the prediction": 6}.get(phase)
     want = ("interrupted (SIGINT)" if phase == "statistics"
             else f"interrupted (SIGINT){f' after step {step}' if step else ''}; {where}: continue with --resume")
     assert err.strip() == want

@@ -291,16 +291,16 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
                           ownership="slabs" if slabs else "main", then=unet.train if unet else None)
         outputs.gather()  # a split run's processes meet again: one may be lost there too
+        if not is_main_process():
+            return {}
+        pred_file = outputs.close()  # e.g. compressing a NIfTI: long, and may be interrupted too
     except BaseException:
         outputs.abort()  # no temporary prediction file is left in OUT (a refused run removes OUT)
         raise
-    if not is_main_process():
-        return {}
     # whether there is anything to score: the held-out confusion matrix of the whole volume
     scored = outputs.confusion is not None and outputs.confusion.matrix.sum() > 0
     names = parse_baselines(cfg.volume.baselines) if scored else []
     res = fit.result
-    pred_file = outputs.close()
     seg_cfg = plan.config
     log(f"fhcnn: trained {seg_cfg.train.steps} steps in {fit.train_time_s:.0f} s on {res.device} "
         f"(windows {tuple(res.window)}, batch {seg_cfg.data.batch_size}), predicted in "
