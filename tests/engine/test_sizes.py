@@ -145,6 +145,12 @@ def test_geometry_scales_pads_and_describes() -> None:
     g = Geometry.of((3, 48, 96, 160), 0.5, 8)
     assert (g.depth, g.size, g.scaled, g.padded) == (48, (96, 160), (48, 80), (48, 48, 80))
     assert "resized to 48x80" in g.describe() and scaled_size((3, 3), 0.1) == (1, 1)
+    # padded only where a size is not a multiple: a volume of such sizes is not said to be continued
+    assert g.describe() == ("(D, H, W) = (48, 96, 160) resized to 48x80; sizes the network takes as they are "
+                            "(multiples of 8); predictions resized back to 96x160")
+    assert Geometry.of((16, 60, 107), 1.0, 2).describe() == (
+        "(D, H, W) = (16, 60, 107) at full size; continued by reflection to (16, 60, 108) for the network "
+        "(sizes must be multiples of 2) and cropped back")
 
 
 def test_resize_labels_never_drops_a_sparse_label() -> None:

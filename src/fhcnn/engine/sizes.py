@@ -379,12 +379,17 @@ class Geometry:
         return padded_shape((self.depth, *self.scaled), self.multiple)
 
     def describe(self) -> str:
-        """One log line: scaling, padding and cropping."""
+        """One log line: scaling, padding and cropping (padding only where a size is not a
+        multiple of the network's)."""
         (h0, w0), (h, w) = self.size, self.scaled
         scaled = f"resized to {h}x{w}" if (h, w) != (h0, w0) else "at full size"
-        return (f"(D, H, W) = ({self.depth}, {h0}, {w0}) {scaled}; continued by reflection to "
-                f"{self.padded} for the network (sizes must be multiples of {self.multiple}) and "
-                f"cropped back" + (f"; predictions resized back to {h0}x{w0}" if (h, w) != (h0, w0) else ""))
+        if self.padded == (self.depth, h, w):
+            fit = f"sizes the network takes as they are (multiples of {self.multiple})"
+        else:
+            fit = (f"continued by reflection to {self.padded} for the network (sizes must be multiples of "
+                   f"{self.multiple}) and cropped back")
+        return (f"(D, H, W) = ({self.depth}, {h0}, {w0}) {scaled}; {fit}"
+                + (f"; predictions resized back to {h0}x{w0}" if (h, w) != (h0, w0) else ""))
 
     def volume(self, volume: np.ndarray | Tensor) -> np.ndarray:
         """``(C, D, H, W)`` input -> ``(C, D, h, w)`` float32."""
