@@ -75,6 +75,22 @@ def test_two_channels_end_to_end(vol, tmp_path, capsys):
     assert not (out / "probabilities.zarr").exists()
 
 
+def test_the_log_names_the_unet_training_and_the_time_of_each_baseline(vol, tmp_path, capsys):
+    # the U-Net baseline trains after fhcnn, without a progress bar: before, its only line was a
+    # second "torch threads" line, and the baselines' lines gave no time, so a long wait there
+    # (the shipped config trains it 1000 steps) was nowhere in the log
+    out = tmp_path / "out"
+    assert main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--eval-labels",
+                 str(vol / "truth.npy"), "--out", str(out), "--config", "volume-tiny"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    m = json.loads((out / "metrics.json").read_text())
+    said = err.index("unet baseline (volume.baselines): training 3 steps before fhcnn predicts")
+    assert said < next(i for i, line in enumerate(err) if line.startswith("fhcnn: trained"))
+    for name, b in m["baselines"].items():
+        line = next(line for line in err if line.startswith(f"{name:7s} mIoU"))
+        assert line.endswith(f" in {b['time_s']:.0f} s"), line
+
+
 def test_one_file_with_a_channel_axis_is_the_same_volume(vol):
     from fhcnn.apps.volume import load_volume_inputs
 

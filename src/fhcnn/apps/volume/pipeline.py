@@ -252,8 +252,11 @@ def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, An
 
 
 def _line(name: str, m: dict[str, Any]) -> str:
+    """One log line of scores: a baseline's with the seconds it took (``time_s``; fhcnn's times
+    have their own line)."""
     iou = ", ".join("-" if v is None else f"{v:.3f}" for v in m["iou"])
-    return f"{name:7s} mIoU {m['miou']:.4f}  (IoU per class: {iou})"
+    took = f" in {m['time_s']:.0f} s" if "time_s" in m else ""
+    return f"{name:7s} mIoU {m['miou']:.4f}  (IoU per class: {iou}){took}"
 
 
 def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *, vplan: VolumePlan | None = None,
@@ -286,7 +289,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     # the U-Net baseline trains on every process (data parallel, as fhcnn) before anything is
     # predicted, and only where there is something to score it on
     wanted = held is not None and "unet" in parse_baselines(cfg.volume.baselines)
-    unet = _UNet(unet_plan(plan)) if wanted and held_out_voxels(held, pass_share()) else None
+    unet = _UNet(unet_plan(plan), log) if wanted and held_out_voxels(held, pass_share()) else None
     try:
         fit = fit_predict(plan, out, outputs.sinks, quiet=quiet, resume=resume,
                           ownership="slabs" if slabs else "main", then=unet.train if unet else None)
@@ -569,13 +572,17 @@ class _UNet:
     rank 0 alone (the model is never split in space: no other process takes part). Nothing of
     it is written; its prediction spills into scratch of the run folder."""
 
-    def __init__(self, uplan: RunPlan) -> None:
+    def __init__(self, uplan: RunPlan, log: Callable[[str], None] = _log.info) -> None:
         self.plan = uplan
+        self.log = log
         self.result: Any = None
         self.train_wall_s = 0.0
 
     def train(self) -> None:
         t0 = time.perf_counter()
+        if is_main_process():  # no progress bar of its own: the wait is named
+            self.log(f"unet baseline (volume.baselines): training {self.plan.config.train.steps} steps before "
+                     f"fhcnn predicts")
         # a lost process's message names fhcnn's last step and checkpoint, not the U-Net's
         self.result = train(self.plan, None, quiet=True, reports_progress=False)
         self.train_wall_s = time.perf_counter() - t0
