@@ -1002,6 +1002,7 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     main = is_main_process()
     reused = resume and main and _reusable_copy(final, array)
+    t0 = time.perf_counter()
     if main and not reused:
         # scratch: a copy that stops, or a run killed while it copies, leaves nothing behind
         with atomic.scratch(Path(folder) / f".{name}.zarr.tmp") as tmp:
@@ -1021,5 +1022,6 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
                                 f"train.peer_timeout={peer_timeout:g} s ({str(e).splitlines()[0][:120]}); "
                                 f"raise train.peer_timeout for a large compressed or sequential input") from None
     log(f"{name}: read by window from a chunked copy made once in {final} ({why})"
-        + ("; the copy of the interrupted run, unchanged, is read again" if reused else ""))
+        + ("; the copy of the interrupted run, unchanged, is read again" if reused
+           else f"; copied in {time.perf_counter() - t0:.0f} s"))
     return zarr.open_array(str(final), mode="r")

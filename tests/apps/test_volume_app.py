@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -75,12 +76,15 @@ def test_two_channels_end_to_end(vol, tmp_path, capsys):
     assert not (out / "probabilities.zarr").exists()
 
 
-def test_the_log_names_the_unet_training_and_the_time_of_each_baseline(vol, tmp_path, capsys):
+def test_the_log_names_the_unet_training_and_the_time_of_each_phase(vol, tmp_path, capsys):
     # the U-Net baseline trains after fhcnn, without a progress bar: before, its only line was a
     # second "torch threads" line, and the baselines' lines gave no time, so a long wait there
-    # (the shipped config trains it 1000 steps) was nowhere in the log
+    # (the shipped config trains it 1000 steps) was nowhere in the log; nor were the times of
+    # the pass over the inputs and of the one-time copy of a compressed input
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(np.load(vol / "c0.npy"), np.eye(4)), str(tmp_path / "c0.nii.gz"))
     out = tmp_path / "out"
-    assert main(["volume", str(vol / "c0.npy"), "--labels", str(vol / "lab.npy"), "--eval-labels",
+    assert main(["volume", str(tmp_path / "c0.nii.gz"), "--labels", str(vol / "lab.npy"), "--eval-labels",
                  str(vol / "truth.npy"), "--out", str(out), "--config", "volume-tiny"]) == 0
     err = capsys.readouterr().err.splitlines()
     m = json.loads((out / "metrics.json").read_text())
@@ -89,6 +93,10 @@ def test_the_log_names_the_unet_training_and_the_time_of_each_baseline(vol, tmp_
     for name, b in m["baselines"].items():
         line = next(line for line in err if line.startswith(f"{name:7s} mIoU"))
         assert line.endswith(f" in {b['time_s']:.0f} s"), line
+    assert (f"inputs read, checked and summarized (labels scanned, channel statistics) in "
+            f"{m['inputs_time_s']:.0f} s") in err
+    copied = [line for line in err if line.startswith("image0: read by window from a chunked copy")]
+    assert len(copied) == 1 and re.search(r"\(its file is compressed\); copied in \d+ s$", copied[0]), copied
 
 
 def test_one_file_with_a_channel_axis_is_the_same_volume(vol):

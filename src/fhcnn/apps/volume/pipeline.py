@@ -112,6 +112,9 @@ class VolumePlan:
     spacing_line: str
     #: the statistics of the channels as stored (``plan.stats``: as read, some standardized)
     raw_stats: list[Any] | None = None
+    #: seconds the inputs took to read, check and summarize (labels scanned, channel statistics),
+    #: where :func:`volume_command` measured it
+    read_time_s: float | None = None
 
 
 def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_PROCESS) -> VolumePlan:
@@ -277,6 +280,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         log(note)
     for c, st in enumerate(vplan.raw_stats or plan.stats):
         log(f"channel {c}: mean {st.mean:.4g}, std {st.std:.4g}, range [{st.min:.4g}, {st.max:.4g}]")
+    if vplan.read_time_s is not None:
+        log(f"inputs read, checked and summarized (labels scanned, channel statistics) in {vplan.read_time_s:.0f} s")
     log(plan.describe())
     if out is not None:
         from ...config import save_config
@@ -315,6 +320,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         "spacing_handling": vplan.spacing_line, "num_classes": k, "annotation": inputs.summary.to_json(),
         "train_window": list(res.window), "predict_window": list(plan.predict_window),
         "steps": seg_cfg.train.steps, "arch": seg_cfg.model.arch,
+        **({"inputs_time_s": round(vplan.read_time_s, 2)} if vplan.read_time_s is not None else {}),
         "train_time_s": round(fit.train_time_s, 2), "predict_time_s": round(fit.predict_time_s, 2),
         "activation_bytes": int(res.activation_bytes), "device": str(res.device),
         "parameters": int(sum(p.numel() for p in res.model.parameters())),
@@ -614,8 +620,10 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     from .inputs import load_volume_inputs
 
     share = _join_processes(cfg)
+    t0 = time.perf_counter()
     inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis, share=share)
     vplan = plan_volume(inputs, cfg, share)
+    vplan.read_time_s = time.perf_counter() - t0
     specs = {**{f"image{i}" if i else "image": p for i, p in enumerate(images)}, "labels": labels,
              "eval_labels": eval_labels}
     # a zarr or HDF5 spec (x.zarr:raw) stands for its store: that is what is fingerprinted and what
