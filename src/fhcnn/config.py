@@ -425,7 +425,7 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: Iterable[str]) -
 
 
 def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None,
-                overrides: Sequence[str] = ()) -> T:
+                overrides: Sequence[str] = (), start: str | None = None) -> T:
     """Load, override and validate a configuration.
 
     Args:
@@ -433,6 +433,10 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
         path_or_name: a ``.yaml``/``.yml``/``.toml``/``.json`` file, a shipped name
             (``"paper-video"``, see :func:`available_configs`) or ``None`` for the defaults.
         overrides: ``"key.path=value"`` strings (``--set``), applied after the file.
+        start: a shipped config that a config *file* is read over (the commands pass their
+            default config): the file then lists only what differs from it, and a key it
+            leaves out has ``start``'s value, not the dataclass default. A complete file (the
+            ``config.yaml`` a run writes) reads the same either way. Not used for a shipped name.
 
     Returns:
         A validated ``cls`` instance.
@@ -455,6 +459,8 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
     if path_or_name is not None:
         source = resolve_config(path_or_name)
         data = read_config_file(source)
+        if start is not None and source.parent != CONFIG_DIR:
+            data = _read_over(cls, read_config_file(resolve_config(start)), data)
     merged = apply_overrides(cls, data, overrides)
     try:
         return config_from_dict(cls, merged)
@@ -470,6 +476,22 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
         if overrides:
             raise InputError(f"--set {' '.join(overrides)}: {e}") from e
         raise
+
+
+def _read_over(cls: type, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config file's) read over ``base``: a section of ``cls`` (a nested dataclass)
+    given in both is merged key by key, any other value of ``data`` replaces ``base``'s whole
+    (a list or a mapping value included)."""
+    hints = _hints(cls)
+    out = dict(base)
+    for k, v in data.items():
+        tp = hints.get(k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and isinstance(tp, type) \
+                and dataclasses.is_dataclass(tp):
+            out[k] = _read_over(tp, out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def dump_config(cfg: Any) -> str:

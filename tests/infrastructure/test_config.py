@@ -212,3 +212,41 @@ def test_errors_blame_the_file_or_the_override(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"bad.yaml: config train: lr must be a positive"):
         load_config(AppCfg, bad, ["train.steps=3"])
     assert load_config(AppCfg, bad, ["train.lr=0.5"]).train.lr == 0.5  # --set repairs the file
+
+
+def test_a_config_file_of_a_command_is_read_over_its_default_config(tmp_path: Path, monkeypatch) -> None:
+    """``fhcnn volume --config mine.yaml`` with a file that sets only ``train.steps`` ran the
+    dataclasses' defaults for every other key (a width-192 video network with 16 x 64 x 64
+    windows instead of the volume network); a command's config file is read over its default
+    config, section by section, so it lists only what differs. A complete file (a run's
+    ``config.yaml``) reads back equal, and ``fhcnn vae train`` and ``fhcnn demo`` do the same."""
+    from fhcnn.apps.volume import VolumeConfig
+    from fhcnn.cli import build_parser, main
+    from fhcnn.engine import SegmentConfig
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("train:\n  steps: 7\ndata:\n  window_depth: 48\n")
+    parser, _ = build_parser()
+    args = parser.parse_args(["volume", "img.npy", "--labels", "lab.npy", "--out", str(tmp_path / "o"),
+                              "--config", str(f), "--set", "model.hidden=8,16,8"])
+    expected = load_config(VolumeConfig, "volume", ["train.steps=7", "data.window_depth=48", "model.hidden=8,16,8"])
+    assert config_from_args(VolumeConfig, args) == expected
+    assert load_config(VolumeConfig, f) != expected  # the library's load_config alone: dataclass defaults
+
+    # a complete file: the same config whatever it is read over
+    for cls, name, shipped in ((SegmentConfig, "video", "paper-video"), (VolumeConfig, "volume", "volume-tiny")):
+        run = load_config(cls, shipped, ["train.steps=300"])
+        full = save_config(run, tmp_path / f"{name}.yaml")
+        assert load_config(cls, full, start=name) == load_config(cls, full) == run
+
+    # vae train and demo hand their default config to load_config
+    seen = []
+
+    def spy(cls, path_or_name=None, overrides=(), start=None):
+        seen.append(start)
+        raise InputError("stop here")
+
+    monkeypatch.setattr("fhcnn.config.load_config", spy)
+    assert main(["vae", "train", "--out", str(tmp_path / "v"), "--config", str(f)]) == 2
+    assert main(["demo", "--out", str(tmp_path / "d"), "--config", str(f)]) == 2
+    assert seen == ["vae-digits", "video-demo"]

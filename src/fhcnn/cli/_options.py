@@ -33,8 +33,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
     ``--out DIR``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device DEVICE``.
     """
     names = ", ".join(available_configs())
+    parser.set_defaults(start_config=default_config)  # a config file is read over it
     parser.add_argument("--config", default=default_config, metavar="NAME|FILE",
-                        help="a YAML/TOML config file or the name of a shipped one"
+                        help="a YAML/TOML config file (read over the default config: it lists what differs) or the "
+                             "name of a shipped one"
                              + (f" ({names})" if names else "")
                              + (f"; default {default_config}" if default_config else ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,8 +72,10 @@ def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`)."""
-    return load_config(cls, getattr(args, "config", None), overrides_from_args(cls, args))
+    """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`); a
+    config file is read over the command's default config."""
+    return load_config(cls, getattr(args, "config", None), overrides_from_args(cls, args),
+                       start=getattr(args, "start_config", None))
 
 
 def config_file_input(config: str | None) -> str | None:

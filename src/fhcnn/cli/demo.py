@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+#: The config ``fhcnn demo`` runs by default; a ``--config`` file is read over it.
+DEMO_CONFIG = "video-demo"
+
 HELP = "segment a generated video from 3 labelled frames (a few minutes on a CPU) and compare memory"
 
 
@@ -14,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames of the generated video, at least 4 (default 32)")
     parser.add_argument("--size", default="64x96", help="frame size HxW (default 64x96)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
-    parser.add_argument("--config", default="video-demo", help="network/training config (default video-demo)")
+    parser.add_argument("--config", default=DEMO_CONFIG, help=f"network/training config: a shipped name or a file "
+                                                              f"read over {DEMO_CONFIG} (default {DEMO_CONFIG})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated video")
@@ -26,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.segment.demo import demo_command
 
     demo_command(args.out, args.config, args.overrides, frames=args.frames, size=args.size, steps=args.steps,
-                 seed=args.seed, quiet=args.quiet, say=log.result, log=lambda s: log.info("   " + s))
+                 seed=args.seed, quiet=args.quiet, start=DEMO_CONFIG, say=log.result, log=lambda s: log.info("   " + s))
     return 0

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> str:
     return train_command(args.config, overrides_from_args(VAEConfig, args), args.out, dataset=args.dataset,
                          resize=args.resize, crop=args.crop, limit=args.limit, threads=args.threads,
                          resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                         config_file=config_file_input(args.config))
+                         config_file=config_file_input(args.config), start=args.start_config)
 
 
 def _sample(args: argparse.Namespace) -> str:

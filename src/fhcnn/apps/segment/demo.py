@@ -81,10 +81,11 @@ def window_memory(cfg: SegmentConfig, num_classes: int, window: list[int]) -> di
 
 
 def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 32, size: str = "64x96",
-                 steps: int | None = None, seed: int = 0, quiet: bool = False,
+                 steps: int | None = None, seed: int = 0, quiet: bool = False, start: str | None = None,
                  say: Callable[[str], None] = print, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """``fhcnn demo``: check the options and what the run needs of the machine (before ``out``
-    exists), make the run folder (replacing the demo's own earlier run there) and run the demo."""
+    exists), make the run folder (replacing the demo's own earlier run there) and run the demo.
+    ``start``: the shipped config a ``config`` file is read over (see :func:`fhcnn.config.load_config`)."""
     from ... import log as _logging
     from ...config import load_config
     from ...engine.models import size_multiple_of
@@ -102,7 +103,8 @@ def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 3
                          "least 8x8")
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
-    cfg = load_config(SegmentConfig, config, list(overrides) + ([f"train.steps={steps}"] if steps is not None else []))
+    cfg = load_config(SegmentConfig, config, list(overrides) + ([f"train.steps={steps}"] if steps is not None else []),
+                      start=start)
     d, m = cfg.data, size_multiple_of(cfg.model)
     win = training_window((d.window_depth, d.window_height, d.window_width), (frames, h, w), m)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, False)

@@ -188,18 +188,19 @@ def train_summary(m: dict[str, Any], out: Path) -> str:
 def train_command(config: str | None, overrides: list[str], out: str, *, dataset: Sequence[str] | None = None,
                   resize: int | None = None, crop: int | None = None, limit: int | None = None,
                   threads: int | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-                  config_file: str | None = None) -> str:
+                  config_file: str | None = None, start: str | None = None) -> str:
     """``fhcnn vae train``: the config with the dataset options, the images, device and model
     checked (before ``out`` exists), the run folder, the training; returns the summary line
-    (empty on a non-zero rank under ``torchrun``)."""
+    (empty on a non-zero rank under ``torchrun``). ``start``: the shipped config a ``config``
+    file is read over (see :func:`fhcnn.config.load_config`)."""
     from ... import log
     from ...config import load_config
     from .config import VAEConfig
     from .pipeline import prepare_training, train_vae
 
-    base = load_config(VAEConfig, config)
+    base = load_config(VAEConfig, config, start=start)
     cfg = load_config(VAEConfig, config, dataset_overrides(dataset, base.data.dataset, resize, crop, limit,
-                                                           threads, list(overrides)))
+                                                           threads, list(overrides)), start=start)
     data = prepare_training(cfg)  # images, device, model: checked before --out exists
     folder = prepare_output_dir(out, resume, overwrite, tool="vae", config=cfg, config_file=config_file,
                                 roles={"data": cfg.data.path})
