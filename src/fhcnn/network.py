@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
 from .wavelets import HaarDWT, LearnableWavelet, check_count, check_dim, check_divisible, is_count
 
-__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
+__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit", "check_like_parameters"]
 
 Transition = Literal["down", "up"] | None
 Unit = tuple[int, Transition]
@@ -34,6 +35,23 @@ def _check_pair(first: str, a: Tensor, second: str, b: Tensor) -> None:
     if a.dtype != b.dtype or a.device != b.device:
         raise ValueError(f"{first} ({a.dtype}, {a.device}) and {second} ({b.dtype}, {b.device}) "
                          f"differ in dtype or device")
+
+
+def check_like_parameters(module: nn.Module, x: Tensor, what: str = "input") -> None:
+    """Raise a ``ValueError`` unless ``x`` is on the device of every parameter of ``module`` and,
+    outside ``torch.autocast`` (which casts inside each operation), of its dtype: a float64
+    batch into a float32 network, or a CPU batch into a CUDA one, is named here instead of
+    failing deep inside a convolution (``expected scalar type Double but found Float``).
+    Parameters swapped in by ``torch.func.functional_call`` are the ones compared."""
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+    owner = type(module).__name__
+    for name, p in module.named_parameters():
+        if p.device != x.device:
+            raise ValueError(f"{what} is on {x.device}, but {owner}'s parameter {name} is on {p.device}: "
+                             f"move one to the other (.to({str(x.device)!r}) or .to({str(p.device)!r}))")
+        if p.dtype != x.dtype and not autocast:
+            raise ValueError(f"{what} is {x.dtype}, but {owner}'s parameter {name} is {p.dtype}: "
+                             f"convert one to the other (.to({x.dtype}) or .to({p.dtype}))")
 
 
 @dataclass(frozen=True)
@@ -251,6 +269,7 @@ class HyperbolicNetwork(nn.Module):
             if not isinstance(x_cur, Tensor):
                 raise TypeError(f"x_cur must be a torch.Tensor, got {type(x_cur).__name__}")
             _check_pair("x", x, "x_cur", x_cur)
+        check_like_parameters(self, x)
         return run_steps(self._steps(), x, x_cur, self.reversible)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -268,6 +287,7 @@ class HyperbolicNetwork(nn.Module):
         for name, t in (("y_prev", y_prev), ("y_cur", y_cur)):
             self._check_input(t, channels=self.out_channels, what=f"inverse {name}", inverse=True)
         _check_pair("y_prev", y_prev, "y_cur", y_cur)
+        check_like_parameters(self, y_prev, "inverse y_prev")
         steps = [s.inverted() for s in reversed(self._steps())]
         p, c = run_steps(steps, y_prev, y_cur, self.reversible)
         return (p, c) if return_pair else c

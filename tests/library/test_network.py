@@ -171,3 +171,35 @@ def test_hidden_width_per_unit():
     net = HyperbolicNetwork(4, [(1, "down"), (1, "up")], dim=2, hidden=[6, 10])
     assert [layer.hidden for layer in net.layers] == [6, 10]
     assert net.layers[1].channels == 16
+
+
+def test_dtype_and_device_mixes_are_named_before_any_convolution():
+    """A float64 batch into a float32 network (or a batch on another device) is one ValueError
+    naming the input and a parameter, not PyTorch's ``expected scalar type Double but found
+    Float`` from inside a convolution; under autocast the input's dtype is free, as in PyTorch."""
+    from fhcnn.models import DenseHyperbolicModel, HyperbolicAutoencoder
+
+    net = HyperbolicNetwork(4, [(1, "down"), (1, "up")], dim=2)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"^input is torch.float64, but HyperbolicNetwork's parameter "
+                                         r"layers.0.weight is torch.float32: convert one to the other"):
+        net(x.double())
+    with pytest.raises(ValueError, match=r"^inverse y_prev is torch.float64, but .* layers.0.weight is torch.float32"):
+        net.inverse(x.double(), x.double())
+    with pytest.raises(ValueError, match=r"^input is on meta, but .*'s parameter layers.0.weight is on cpu"):
+        net(x.to("meta"))
+    net.layers[1].double()  # one layer converted: named
+    with pytest.raises(ValueError, match=r"^input is torch.float32, but .* layers.1.weight is torch.float64"):
+        net.forward_pair(x)
+    net.double()
+    assert net(x.double()).dtype == torch.float64
+    net.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(x.bfloat16()).dtype == torch.bfloat16
+
+    model = DenseHyperbolicModel(2, 3, 8, [(1, "down"), (1, "up")], dim=2, opening="conv")
+    with pytest.raises(ValueError, match=r"^input is torch.float64, but DenseHyperbolicModel's parameter open.weight"):
+        model(torch.randn(1, 2, 8, 8, dtype=torch.float64))
+    ae = HyperbolicAutoencoder(1, (8, 8), [(1, "down"), (1, None)])
+    with pytest.raises(ValueError, match=r"^input is torch.float64, but HyperbolicNetwork's parameter"):
+        ae.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64))

@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..network import HyperbolicNetwork, Unit
+from ..network import HyperbolicNetwork, Unit, check_like_parameters
 from ..wavelets import HaarDWT, check_count, check_dim, check_divisible
 
 __all__ = ["DenseHyperbolicModel"]
@@ -105,6 +105,7 @@ class DenseHyperbolicModel(nn.Module):
             raise ValueError(f"input must be (N, {self.in_channels}, {axes}), got {tuple(x.shape)}")
         levels = self.pre_levels + self.net.max_level
         check_divisible(x.shape[2:], levels, what=f"input {tuple(x.shape)}")
+        check_like_parameters(self, x)
         if self.pre is not None:
             x = self.pre(x)
         if self.open is not None:
