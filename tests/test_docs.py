@@ -326,3 +326,60 @@ def test_docs_key_tables_state_the_code_defaults():
                         checked += 1
     assert checked >= 100, checked
     assert not bad, "\n".join(bad)
+
+
+# --- the library's examples ---------------------------------------------------------------
+
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_SHAPE_COMMENT = re.compile(r"^(\w+) = .*#\s*\((\d+(?:,\s*\d+)*)\)\s*$")
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/library.md", "docs/core.md"])
+def test_library_pages_python_blocks_run_and_give_the_shapes_they_state(name):
+    """The ``python`` blocks of the pages that present the library run as written (a page's
+    blocks in order, in one namespace, as a reader pastes them), and every ``y = ...  # (1, 24,
+    8, 32, 32)`` comment gives the shape ``y`` gets there."""
+    import ast
+
+    import torch
+
+    page = ROOT / name
+    if not page.exists():
+        pytest.skip("no README/docs next to the tests")
+    torch.manual_seed(0)
+    namespace: dict = {}
+    checked = 0
+    for block in _PYTHON_BLOCK.findall(page.read_text()):
+        lines = block.splitlines()
+        for stmt in ast.parse(block).body:
+            exec(compile(ast.Module([stmt], []), name, "exec"), namespace)
+            m = _SHAPE_COMMENT.match(lines[stmt.lineno - 1])
+            if m:
+                want = tuple(int(s) for s in m.group(2).split(","))
+                assert tuple(namespace[m.group(1)].shape) == want, f"{name}: {lines[stmt.lineno - 1]}"
+                checked += 1
+    assert name != "docs/library.md" or checked >= 1
+
+
+def test_library_docstring_examples_run():
+    """Every ``>>>`` example in the library's modules (wavelets, layers, network, reversible,
+    memory, models, spatial) runs and prints what it shows."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    import fhcnn
+
+    names = ["wavelets", "layers", "network", "reversible", "memory", "options"]
+    for sub in ("models", "spatial"):
+        package = importlib.import_module(f"fhcnn.{sub}")
+        names += [f"{sub}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    tried, failed = 0, []
+    for mod in names:
+        result = doctest.testmod(importlib.import_module(f"fhcnn.{mod}"), report=False,
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        tried += result.attempted
+        if result.failed:
+            failed.append(f"fhcnn.{mod}: {result.failed} of {result.attempted}")
+    assert fhcnn.HyperbolicNetwork.__doc__ and tried >= 20, tried
+    assert not failed, "doctest failures (python -m doctest -v): " + "; ".join(failed)

@@ -94,6 +94,8 @@ class HyperbolicNetwork(nn.Module):
         ``forward``: ``(N, C, *S) -> (N, C_out, *S * 2**(ups - downs))``.
 
     Example:
+        >>> import torch
+        >>> from fhcnn import HyperbolicNetwork
         >>> net = HyperbolicNetwork(8, [(2, "down"), (2, "up"), (2, None)], dim=2)
         >>> x = torch.randn(1, 8, 16, 16)
         >>> yp, yc = net.forward_pair(x)

@@ -339,6 +339,19 @@ class LearnableWavelet(WaveletTransform):
         init: ``"haar"`` (Haar up to a one-sample shift of the high band) or ``"db2"``
             (Daubechies-4; taps equal PyWavelets' ``db2`` dec_lo reversed).
         levels: number of levels (all share the same filters).
+
+    Shapes: ``(N, C, *S) -> (N, 2**(dim*levels) C, *S / 2**levels)``; ``inverse`` the reverse.
+
+    Example:
+        >>> import torch
+        >>> T = LearnableWavelet(2, init="db2")
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> T(x).shape
+        torch.Size([1, 12, 4, 4])
+        >>> torch.allclose(T.inverse(T(x)), x, atol=1e-5)
+        True
+        >>> [round(t, 4) for t in T.filters().tolist()]   # db2's low-pass taps
+        [0.483, 0.8365, 0.2241, -0.1294]
     """
 
     def __init__(self, dim: int, init: Literal["haar", "db2"] = "haar", levels: int = 1) -> None:

@@ -46,6 +46,16 @@ class DenseHyperbolicModel(nn.Module):
 
     Shapes: ``(N, c, *S) -> (N, num_classes, *S)``; every ``S_i`` divisible by
     ``2**(pre_levels + network coarsenings)``.
+
+    Example:
+        >>> import torch
+        >>> from fhcnn.models import DenseHyperbolicModel
+        >>> model = DenseHyperbolicModel(3, 2, width=32, units=[(2, "down"), (2, "up"), (1, "up")],
+        ...                              dim=2, pre_levels=1)
+        >>> model(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 2, 16, 16])
+        >>> model.size_multiple
+        4
     """
 
     def __init__(
