@@ -10,7 +10,7 @@ invertible, so any earlier pair (and finally ``X``) can be recomputed from the l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +52,14 @@ def check_like_parameters(module: nn.Module, x: Tensor, what: str = "input") -> 
         if p.dtype != x.dtype and not autocast:
             raise ValueError(f"{what} is {x.dtype}, but {owner}'s parameter {name} is {p.dtype}: "
                              f"convert one to the other (.to({x.dtype}) or .to({p.dtype}))")
+
+
+def _check_step(h: object, where: str = "") -> None:
+    """Raise a ``ValueError`` unless ``h`` is a positive real number (not a ``bool``) whose square,
+    the factor of ``f`` in every layer, is a finite float."""
+    if not (isinstance(h, (int, float)) and not isinstance(h, bool) and 0 < h
+            and math.isfinite(float(h) * float(h))):
+        raise ValueError(f"h must be a positive number whose square is finite, got {h!r}{where}")
 
 
 @dataclass(frozen=True)
@@ -130,15 +138,18 @@ class HyperbolicNetwork(nn.Module):
             raise ValueError(f"wavelet must be 'haar' or 'learnable', got {wavelet!r}")
         if wavelet_init not in ("haar", "db2"):
             raise ValueError(f"wavelet_init must be 'haar' or 'db2', got {wavelet_init!r}")
-        if not (isinstance(h, (int, float)) and not isinstance(h, bool) and 0 < h < math.inf):
-            raise ValueError(f"h must be a positive number, got {h!r}")
-        units = [tuple(u) for u in units]  # type: ignore[misc]
+        _check_step(h)
+        if isinstance(units, (str, bytes)) or not isinstance(units, Iterable):
+            raise ValueError(f"units must be a list of (n_layers, transition) pairs, got {units!r}")
+        units = list(units)
         if not units:
             raise ValueError("units must hold at least one (n_layers, transition) pair")
         for u in units:
-            if len(u) != 2 or not is_count(u[0], least=0) or u[1] not in ("down", "up", None):
+            if (isinstance(u, (str, bytes)) or not isinstance(u, Sequence) or len(u) != 2
+                    or not is_count(u[0], least=0) or u[1] not in ("down", "up", None)):
                 raise ValueError(
                     f"each unit must be (n_layers >= 0, 'down' | 'up' | None), got {u!r}")
+        units = [tuple(u) for u in units]  # type: ignore[misc]
         if sum(u[0] for u in units) < 1:
             raise ValueError("the network needs at least one layer")
         if isinstance(hidden, str):
@@ -199,6 +210,7 @@ class HyperbolicNetwork(nn.Module):
         return len(self.layers)
 
     def _steps(self) -> list[LeapfrogStep | TransitionStep]:
+        _check_step(self.h, " (net.h, set after construction)")
         h2 = self.h**2
         out: list[LeapfrogStep | TransitionStep] = []
         for kind, i in self._schedule:

@@ -203,3 +203,21 @@ def test_dtype_and_device_mixes_are_named_before_any_convolution():
     ae = HyperbolicAutoencoder(1, (8, 8), [(1, "down"), (1, None)])
     with pytest.raises(ValueError, match=r"^input is torch.float64, but HyperbolicNetwork's parameter"):
         ae.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64))
+
+
+def test_units_not_a_list_of_pairs_and_a_step_whose_square_overflows_are_named():
+    """``units`` as one flat list, a string or ``None``, and ``h`` too large to square (or set to
+    0 after construction), are one ValueError naming them, not ``'int' object is not iterable``,
+    a unit per character of ``"down"``, an ``OverflowError`` in the first call or a network that
+    silently computes the identity."""
+    for units, shown in (([2, None], "got 2"), ("down", "units must be a list of .* got 'down'"),
+                         (None, "units must be a list of .* got None"), ([(1, None), "up"], "got 'up'")):
+        with pytest.raises(ValueError, match=shown):
+            HyperbolicNetwork(4, units)  # type: ignore[arg-type]
+    assert HyperbolicNetwork(4, [[1, "down"], (1, "up")]).units == [(1, "down"), (1, "up")]
+    with pytest.raises(ValueError, match="h must be a positive number whose square is finite, got 1e"):
+        HyperbolicNetwork(4, [(1, None)], h=1e200)
+    net = HyperbolicNetwork(4, [(1, None)])
+    net.h = 0.0
+    with pytest.raises(ValueError, match=r"got 0.0 \(net.h, set after construction\)"):
+        net(torch.randn(1, 4, 8, 8))
