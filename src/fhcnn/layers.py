@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from .wavelets import check_count, check_dim
+from .wavelets import check_count, check_dim, check_like_parameters
 
 __all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "conv", "frozen_norm_stats"]
 
@@ -298,6 +298,16 @@ class SymmetricLayer(nn.Module):
         return conv(z, weight.transpose(0, 1).flip(list(range(2, 2 + self.dim))), padding=pad)
 
     def forward(self, y: Tensor) -> Tensor:
+        """``f(y)``: ``(N, C, *S) -> (N, C, *S)``; an input of another rank, channel count, dtype
+        or device than the layer's is a ``TypeError`` or ``ValueError`` naming it."""
+        if not isinstance(y, Tensor) or not y.is_floating_point():
+            raise TypeError("SymmetricLayer input must be a floating-point torch.Tensor, got "
+                            + (f"dtype {y.dtype}" if isinstance(y, Tensor) else type(y).__name__))
+        if y.dim() != self.dim + 2 or y.shape[1] != self.channels:
+            axes = {1: "L", 2: "H, W", 3: "D, H, W"}[self.dim]
+            raise ValueError(f"SymmetricLayer input must be (N, {self.channels}, {axes}) for channels="
+                             f"{self.channels}, dim={self.dim}, got {tuple(y.shape)}")
+        check_like_parameters(self, y)
         return -self.neg_forward(y)
 
     def neg_forward(self, y: Tensor, params: Mapping[str, Tensor] | None = None,

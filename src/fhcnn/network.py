@@ -14,14 +14,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
 from .reversible import LeapfrogStep, TransitionStep, run_steps
-from .wavelets import HaarDWT, LearnableWavelet, check_count, check_dim, check_divisible, is_count
+from .wavelets import (
+    HaarDWT,
+    LearnableWavelet,
+    check_count,
+    check_dim,
+    check_divisible,
+    check_like_parameters,
+    is_count,
+)
 
-__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit", "check_like_parameters"]
+__all__ = ["HyperbolicNetwork", "ReversibleMode", "Transition", "Unit"]
 
 Transition = Literal["down", "up"] | None
 Unit = tuple[int, Transition]
@@ -35,23 +42,6 @@ def _check_pair(first: str, a: Tensor, second: str, b: Tensor) -> None:
     if a.dtype != b.dtype or a.device != b.device:
         raise ValueError(f"{first} ({a.dtype}, {a.device}) and {second} ({b.dtype}, {b.device}) "
                          f"differ in dtype or device")
-
-
-def check_like_parameters(module: nn.Module, x: Tensor, what: str = "input") -> None:
-    """Raise a ``ValueError`` unless ``x`` is on the device of every parameter of ``module`` and,
-    outside ``torch.autocast`` (which casts inside each operation), of its dtype: a float64
-    batch into a float32 network, or a CPU batch into a CUDA one, is named here instead of
-    failing deep inside a convolution (``expected scalar type Double but found Float``).
-    Parameters swapped in by ``torch.func.functional_call`` are the ones compared."""
-    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
-    owner = type(module).__name__
-    for name, p in module.named_parameters():
-        if p.device != x.device:
-            raise ValueError(f"{what} is on {x.device}, but {owner}'s parameter {name} is on {p.device}: "
-                             f"move one to the other (.to({str(x.device)!r}) or .to({str(p.device)!r}))")
-        if p.dtype != x.dtype and not autocast:
-            raise ValueError(f"{what} is {x.dtype}, but {owner}'s parameter {name} is {p.dtype}: "
-                             f"convert one to the other (.to({x.dtype}) or .to({p.dtype}))")
 
 
 def _check_step(h: object, where: str = "") -> None:

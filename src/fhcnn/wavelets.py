@@ -38,6 +38,7 @@ __all__ = [
     "check_dim",
     "is_count",
     "check_divisible",
+    "check_like_parameters",
     "lattice_filters",
     "nearest_valid_size",
 ]
@@ -101,6 +102,23 @@ def check_divisible(spatial: Sequence[int], levels: int, what: str = "input") ->
                 f"2**{levels}={factor} (needed for {levels} wavelet level(s)); nearest valid "
                 f"size is {nearest_valid_size(size, factor)}. Pad or crop the input."
             )
+
+
+def check_like_parameters(module: nn.Module, x: Tensor, what: str = "input") -> None:
+    """Raise a ``ValueError`` unless ``x`` is on the device of every parameter of ``module`` and,
+    outside ``torch.autocast`` (which casts inside each operation), of its dtype: a float64
+    batch into a float32 network, or a CPU batch into a CUDA one, is named here instead of
+    failing deep inside a convolution (``expected scalar type Double but found Float``).
+    Parameters swapped in by ``torch.func.functional_call`` are the ones compared."""
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+    owner = type(module).__name__
+    for name, p in module.named_parameters():
+        if p.device != x.device:
+            raise ValueError(f"{what} is on {x.device}, but {owner}'s parameter {name} is on {p.device}: "
+                             f"move one to the other (.to({str(x.device)!r}) or .to({str(p.device)!r}))")
+        if p.dtype != x.dtype and not autocast:
+            raise ValueError(f"{what} is {x.dtype}, but {owner}'s parameter {name} is {p.dtype}: "
+                             f"convert one to the other (.to({x.dtype}) or .to({p.dtype}))")
 
 
 def lattice_filters(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:

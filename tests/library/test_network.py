@@ -201,7 +201,7 @@ def test_dtype_and_device_mixes_are_named_before_any_convolution():
     with pytest.raises(ValueError, match=r"^input is torch.float64, but DenseHyperbolicModel's parameter open.weight"):
         model(torch.randn(1, 2, 8, 8, dtype=torch.float64))
     ae = HyperbolicAutoencoder(1, (8, 8), [(1, "down"), (1, None)])
-    with pytest.raises(ValueError, match=r"^input is torch.float64, but HyperbolicNetwork's parameter"):
+    with pytest.raises(ValueError, match=r"^the image batch is torch.float64, but HyperbolicAutoencoder's parameter"):
         ae.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64))
 
 
@@ -221,3 +221,35 @@ def test_units_not_a_list_of_pairs_and_a_step_whose_square_overflows_are_named()
     net.h = 0.0
     with pytest.raises(ValueError, match=r"got 0.0 \(net.h, set after construction\)"):
         net(torch.randn(1, 4, 8, 8))
+
+
+def test_the_library_modules_name_a_bad_input_themselves():
+    """SymmetricLayer, SpectralHead, the autoencoders' decoders and ConvVAE named as one
+    TypeError or ValueError an input of the wrong rank, channel count, dtype or device, instead of
+    ``IndexError: tuple index out of range``, ``Given groups=1, weight of size ...``, ``expected
+    m1 and m2 to have the same dtype`` or ``Input type (double) and bias type (float)``."""
+    from fhcnn.layers import SymmetricLayer
+    from fhcnn.models import ConvVAE, HyperbolicAutoencoder, SpectralHead
+
+    layer = SymmetricLayer(4, dim=2)
+    x = torch.randn(1, 4, 8, 8)
+    assert torch.equal(layer(x), -layer.neg_forward(x))
+    for bad, shown in ((torch.randn(1, 4, 8, 8, 8), r"\(N, 4, H, W\) for channels=4, dim=2, got \(1, 4, 8, 8, 8\)"),
+                       (torch.randn(1, 3, 8, 8), r"\(N, 4, H, W\) .* got \(1, 3, 8, 8\)"),
+                       (x.double(), "input is torch.float64, but SymmetricLayer's parameter weight is torch.float32")):
+        with pytest.raises(ValueError, match=shown):
+            layer(bad)
+    with pytest.raises(TypeError, match="floating-point torch.Tensor, got dtype torch.int64"):
+        layer(x.long())
+    with pytest.raises(ValueError, match="input is torch.float64, but SpectralHead's parameter spectrum.weight"):
+        SpectralHead(2, 3, 2, 4)(torch.randn(1, 2, 3, 4, 4, dtype=torch.float64))
+    ae = HyperbolicAutoencoder(1, (8, 8), [(1, "down"), (1, None)])
+    with pytest.raises(ValueError, match="latents is torch.float64, but HyperbolicAutoencoder's parameter P"):
+        ae.decode(torch.randn(2, 64, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"F\(X\) is torch.float64"):
+        ae.untransform(torch.randn(2, 64, dtype=torch.float64))
+    vae = ConvVAE(1, (8, 8), 4)
+    with pytest.raises(ValueError, match="the image batch is torch.float64, but ConvVAE's parameter"):
+        vae(torch.rand(2, 1, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="latents is torch.float64, but ConvVAE's parameter"):
+        vae.decode(torch.randn(2, 4, dtype=torch.float64))

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from ..network import HyperbolicNetwork, Unit
-from ..wavelets import HaarDWT, check_count, check_divisible
+from ..wavelets import HaarDWT, check_count, check_divisible, check_like_parameters
 
 __all__ = [
     "HyperbolicAutoencoder",
@@ -334,6 +334,7 @@ class HyperbolicAutoencoder(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), "
                              f"got {tuple(x.shape)}")
+        check_like_parameters(self, x, "the image batch")
 
     def transform(self, x: Tensor) -> Tensor:
         """``F(X)``: images ``(N, C, H, W)`` (data units) -> ``(N, D)``, an exact bijection."""
@@ -348,6 +349,7 @@ class HyperbolicAutoencoder(nn.Module):
         """``F^-1``: ``(N, D) -> (N, C, H, W)`` in data units."""
         if f.ndim != 2 or f.shape[1] != self.full_dim:
             raise ValueError(f"expected (N, {self.full_dim}), got {tuple(f.shape)}")
+        check_like_parameters(self, f, "F(X)")
         y = f.reshape(f.shape[0], *self.latent_shape)
         position, velocity = y.chunk(2, dim=1)
         h = self.net.h
@@ -365,6 +367,7 @@ class HyperbolicAutoencoder(nn.Module):
         """``X_hat = F^-1(P Z)``: ``(N, latent_dim) -> (N, C, H, W)``."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        check_like_parameters(self, z, "latents")
         return self.untransform(z @ self.active_P().T)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -480,6 +483,7 @@ class ConvVAE(nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), got "
                              + (f"{tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__))
+        check_like_parameters(self, x, "the image batch")
         mu, logvar = self.to_stats(self.encoder((x - self.mean) / self.std)).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 6)
 
@@ -489,6 +493,7 @@ class ConvVAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        check_like_parameters(self, z, "latents")
         y = self.decoder(self.from_latent(z).view(z.shape[0], *self.feat))
         return y * self.std + self.mean
 

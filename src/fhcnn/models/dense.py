@@ -18,8 +18,8 @@ from typing import Any, Literal, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..network import HyperbolicNetwork, Unit, check_like_parameters
-from ..wavelets import HaarDWT, check_count, check_dim, check_divisible
+from ..network import HyperbolicNetwork, Unit
+from ..wavelets import HaarDWT, check_count, check_dim, check_divisible, check_like_parameters
 
 __all__ = ["DenseHyperbolicModel"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..wavelets import check_count
+from ..wavelets import check_count, check_like_parameters
 
 __all__ = ["SpectralHead"]
 
@@ -44,6 +44,7 @@ class SpectralHead(nn.Module):
         if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.depth:
             raise ValueError(f"SpectralHead: input must be (N, {self.in_channels}, {self.depth}, H, W) (the "
                              f"channels and whole depth axis it was built for), got {tuple(x.shape)}")
+        check_like_parameters(self, x)
         return self.out(self.act(self.spectrum(x)))
 
     def extra_repr(self) -> str:
