@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from .wavelets import check_count, check_dim, check_like_parameters
+from .wavelets import check_count, check_dim, check_like_parameters, check_number
 
 __all__ = ["ACTIVATIONS", "NORMS", "Activation", "Norm", "SymmetricLayer", "conv", "frozen_norm_stats"]
 
@@ -215,12 +214,6 @@ def _functional_norm(norm: nn.Module, z: Tensor, params: Mapping[str, Tensor],
     raise TypeError(f"no functional form for normalization {type(norm).__name__}")
 
 
-def _finite_nonnegative(value: object) -> bool:
-    """Whether ``value`` is a real number (not a ``bool``) in ``[0, inf)``."""
-    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
-            and 0 <= float(value) < math.inf)
-
-
 class SymmetricLayer(nn.Module):
     """``f(Y) = -K^T sigma(N(K Y + b))`` with ``K^T`` the adjoint of ``K`` (same weights).
 
@@ -261,8 +254,7 @@ class SymmetricLayer(nn.Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if adjoint not in ("conv", "conv_transpose"):
             raise ValueError(f"adjoint must be 'conv' or 'conv_transpose', got {adjoint!r}")
-        if not _finite_nonnegative(init_scale):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        init_scale = check_number("init_scale", init_scale)
         channels = check_count("channels", channels)
         hidden = channels if hidden is None else check_count("hidden", hidden)
         self.channels, self.hidden, self.dim = channels, hidden, dim

@@ -39,6 +39,7 @@ __all__ = [
     "is_count",
     "check_divisible",
     "check_like_parameters",
+    "check_number",
     "lattice_filters",
     "nearest_valid_size",
 ]
@@ -75,6 +76,20 @@ def check_count(name: str, value: object, least: int = 1, why: str = "") -> int:
     if not is_count(value, least):
         raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
     return int(cast(numbers.Integral, value))
+
+
+def check_number(name: str, value: object, positive: bool = False) -> float:
+    """``value`` as a ``float`` if it is a finite real number (a Python or numpy number, not a
+    ``bool``) ``>= 0`` (``> 0`` with ``positive``); otherwise a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_number("sigma", 0.5, positive=True)
+        0.5
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
+            or float(value) < 0 or (positive and float(value) == 0)):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
 
 
 def is_count(value: object, least: int = 1) -> bool:

@@ -258,3 +258,26 @@ def test_image_size_takes_whole_numbers_only():
     for bad in ((16.7, 16), (16, True)):
         with pytest.raises(ValueError, match="image_size must be an int >= 1"):
             HyperbolicAutoencoder(1, bad, [(1, "down"), (1, None)])
+
+
+def test_scalar_options_that_would_give_nans_or_never_prune_are_refused():
+    """``sigma="1"`` failed with ``'>' not supported between instances of 'str' and 'int'``,
+    ``image_size=8`` with ``object of type 'int' has no len()``; ``prune_threshold=nan`` was
+    accepted and never pruned a column, ``std=nan`` or ``mean=inf`` gave a model whose every
+    output is NaN. Each is one ValueError naming the option."""
+    from fhcnn.models import HyperbolicAutoencoder
+
+    units = [(1, "down"), (1, None)]
+    cases = [({"sigma": "1"}, "sigma must be a finite number > 0, got '1'"),
+             ({"sigma": float("inf")}, "sigma must be a finite number > 0"),
+             ({"sigma": 0.0}, "sigma must be a finite number > 0"),
+             ({"prune_threshold": float("nan")}, "prune_threshold must be a finite number >= 0, got nan"),
+             ({"std": float("nan")}, "std must be finite and > 0"),
+             ({"mean": [0.0, float("inf"), 0.0]}, "mean must be finite")]
+    for options, shown in cases:
+        with pytest.raises(ValueError, match=shown):
+            HyperbolicAutoencoder(3, (8, 8), units, **options)
+    with pytest.raises(ValueError, match=r"image_size must be \(H, W\), got 8"):
+        HyperbolicAutoencoder(1, 8, units)  # type: ignore[arg-type]
+    ae = HyperbolicAutoencoder(3, (8, 8), units, sigma=np.float64(0.5), prune_threshold=0)
+    assert ae.sigma == 0.5 and ae.prune_threshold == 0.0

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from ..network import HyperbolicNetwork, Unit
-from ..wavelets import HaarDWT, check_count, check_divisible, check_like_parameters
+from ..wavelets import HaarDWT, check_count, check_divisible, check_like_parameters, check_number
 
 __all__ = [
     "HyperbolicAutoencoder",
@@ -189,15 +189,13 @@ class HyperbolicAutoencoder(nn.Module):
     ) -> None:
         super().__init__()
         in_channels = check_count("in_channels", in_channels)
-        if len(image_size) != 2:
+        if isinstance(image_size, (str, bytes)) or not isinstance(image_size, Sequence) or len(image_size) != 2:
             raise ValueError(f"image_size must be (H, W), got {image_size!r}")
         pre_levels = check_count("pre_levels", pre_levels, why=" (the split needs an even number of channels)")
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        sigma = check_number("sigma", sigma, positive=True)
         if p_init not in ("identity", "orthogonal"):
             raise ValueError(f"p_init must be 'identity' or 'orthogonal', got {p_init!r}")
-        if prune_threshold < 0:
-            raise ValueError(f"prune_threshold must be >= 0, got {prune_threshold!r}")
+        prune_threshold = check_number("prune_threshold", prune_threshold)
         h, w = (check_count("image_size", s) for s in image_size)
         self.in_channels, self.image_size = in_channels, (h, w)
         self.pre_levels, self.sigma = pre_levels, float(sigma)
@@ -226,8 +224,10 @@ class HyperbolicAutoencoder(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if std_t.numel() not in (1, in_channels):
             raise ValueError(f"std must have 1 or {in_channels} values, got {std_t.numel()}")
-        if (std_t <= 0).any():
-            raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+        if not (torch.isfinite(std_t) & (std_t > 0)).all():
+            raise ValueError(f"std must be finite and > 0, got {std_t.tolist()}")
+        if not torch.isfinite(mean_t).all():
+            raise ValueError("mean must be finite, got NaN or infinite values")
         if mean_t.ndim == 3:  # a mean image (C, H, W)
             if tuple(mean_t.shape) != (in_channels, h, w):
                 raise ValueError(f"a mean image must have shape {(in_channels, h, w)}, "
