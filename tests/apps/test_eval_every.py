@@ -75,4 +75,11 @@ def test_change(tmp_path, capsys):
     assert main([*base, "--label-fraction", "0.2", "--out", str(out)]) == 0
     val = _val_lines(out)
     assert [r["step"] for r in val] == [2, 4] and all(0 <= r["miou"] <= 1 for r in val)
+    m = json.loads((out / "metrics.json").read_text())
+    scored = [r for r in m["history"] if "miou" in r]
+    assert [(r["step"], r["miou"], r["iou_positive"]) for r in scored] == \
+        [(r["step"], r["miou"], r["iou_positive"]) for r in val]
+    assert [r["step"] for r in m["history"]] == [1, 2, 3, 4]
+    # change-tiny predicts with one tiling, as the scoring during training: the same score
+    assert val[-1]["miou"] == pytest.approx(m["miou"], abs=1e-6)
     _refused([*base, "--out", str(tmp_path / "none")], tmp_path / "none", capsys, "--label-fraction")

@@ -203,6 +203,7 @@ def run_change(inputs: ChangeInputs, cfg: ChangeConfig, out: Path, *, label_frac
         "device": str(result.device), "steps": int(fit["config"].train.steps),
         "derived": fit["derived"],
         "loss_curve": [[r["step"], round(r["loss"], 5)] for r in result.history],
+        "history": result.history,   # per step: loss, time_s; the held-out scores of data.eval_every
     }
     if metrics["heldout"]:
         hm = metrics["heldout"]
