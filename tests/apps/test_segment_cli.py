@@ -323,3 +323,26 @@ def test_davis_real_sequence(shared_data, tmp_path):
     m = _check_outputs(out, 6, 480, 854)
     assert m["classes"] == [0, 255] and m["volume_size"] == [6, 24, 43]
     assert 0.4 < m["copy_nearest_baseline"]["miou"] <= 1
+
+
+def test_rgb_mask_classes_are_named_by_their_colours(tmp_path, capsys):
+    """RGB masks: the log line and metrics.json's ``classes`` (the mask value of each class index
+    of ``prediction.npy`` and ``masks/``) give each class's colour, not the internal colour code
+    (``classes: 3 (mask values [0, 16777471, 33488896])`` told a user nothing)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", (rng.random((4, 16, 16, 3)) * 255).astype(np.uint8))
+    md = tmp_path / "masks"
+    md.mkdir()
+    for t in range(4):
+        rgb = np.zeros((16, 16, 3), np.uint8)
+        rgb[2:6, 2:6] = (255, 0, 0)
+        rgb[9:14, 8:13] = (0, 0, 255)
+        Image.fromarray(rgb).save(md / f"{t:05d}.png")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "v.npy"), "--labels", str(md), "--label-frames", "0,3", "--out",
+                 str(out), "--config", "video-tiny", "--set", "train.steps=2"]) == 0
+    err = capsys.readouterr().err
+    assert "classes: 3 (mask values 0, colour (0, 0, 255), colour (255, 0, 0)); training on frames [0, 3]" in err
+    m = _check_outputs(out, 4, 16, 16)
+    assert m["classes"] == [0, [0, 0, 255], [255, 0, 0]]

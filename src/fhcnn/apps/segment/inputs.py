@@ -32,7 +32,8 @@ from ...data.video import (
 from ...errors import InputError
 from ...options import IGNORE
 
-__all__ = ["VideoInputs", "FrameLabels", "frames_volume", "load_video_inputs", "parse_frames"]
+__all__ = ["VideoInputs", "FrameLabels", "frames_volume", "load_video_inputs", "parse_frames", "mask_value",
+           "value_name"]
 
 
 #: Bytes of class masks a :class:`FrameLabels` keeps decoded (at least :data:`KEEP_FRAMES` frames).
@@ -224,12 +225,24 @@ def load_video_inputs(video: str | Path, masks: str | Path, label_frames: str | 
                         **({"eval_labels": str(eval_labels)} if eval_labels is not None else {})}, stats)
 
 
-def _value_name(v: int) -> str:
-    """A raw mask value as a user wrote it: an index, or an RGB mask's colour."""
+def mask_value(v: int) -> int | list[int]:
+    """A raw mask value as a user wrote it: an index, or an RGB mask's colour ``[R, G, B]``
+    (raw values of RGB masks are colour codes, see :data:`~fhcnn.data.video.COLOUR_CODE_OFFSET`).
+
+    Example:
+        >>> mask_value(255), mask_value(COLOUR_CODE_OFFSET + 0xFF0080)
+        (255, [255, 0, 128])
+    """
     if v >= COLOUR_CODE_OFFSET:
         c = v - COLOUR_CODE_OFFSET
-        return f"colour ({c >> 16}, {(c >> 8) & 255}, {c & 255})"
-    return str(v)
+        return [c >> 16, (c >> 8) & 255, c & 255]
+    return int(v)
+
+
+def value_name(v: int) -> str:
+    """A raw mask value in words, as a user wrote it: ``"255"``, or ``"colour (255, 0, 0)"``."""
+    shown = mask_value(v)
+    return f"colour ({', '.join(map(str, shown))})" if isinstance(shown, list) else str(shown)
 
 
 def _check_scored_classes(train: MaskSet, scored: MaskSet, source: str, masks: str, names: Sequence[str],
@@ -244,7 +257,7 @@ def _check_scored_classes(train: MaskSet, scored: MaskSet, source: str, masks: s
     extra = [v for v in got if v not in have]
     if extra:
         frame = next(k for k in sorted(scored) if extra[0] in distinct_values(scored, k))
-        raise InputError(f"{source} frame {names[frame]} holds mask value {_value_name(extra[0])}, which no label "
+        raise InputError(f"{source} frame {names[frame]} holds mask value {value_name(extra[0])}, which no label "
                          f"frame ({', '.join(names[k] for k in sorted(train))}) of {masks} holds: the network never "
                          f"learns that class, so the scores would be over another class set; give label "
                          f"frames that show it (--label-frames)"
@@ -252,8 +265,8 @@ def _check_scored_classes(train: MaskSet, scored: MaskSet, source: str, masks: s
     missing = [v for v in have if v not in got]
     if explicit and missing:
         raise InputError(f"the label frames of {masks} hold mask values "
-                         f"{', '.join(map(_value_name, have))} but the masks of {source} only "
-                         f"{', '.join(map(_value_name, got))}: evaluation masks with fewer objects than the "
+                         f"{', '.join(map(value_name, have))} but the masks of {source} only "
+                         f"{', '.join(map(value_name, got))}: evaluation masks with fewer objects than the "
                          f"labels (e.g. a binary mask beside several objects) score one object's pixels as "
                          f"another's; give evaluation masks with the labels' values")
 

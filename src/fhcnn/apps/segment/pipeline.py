@@ -33,7 +33,7 @@ from ...engine.store import LabelSink, Resized
 from ...errors import InputError
 from ...options import IGNORE
 from ...training import is_main_process
-from .inputs import FrameLabels, VideoInputs, frames_volume
+from .inputs import FrameLabels, VideoInputs, frames_volume, mask_value, value_name
 from .outputs import write_outputs
 
 __all__ = ["segment_video", "plan_segmentation", "copy_nearest_baseline", "frames_to_volume", "frames_volume",
@@ -173,7 +173,8 @@ def segment_video(inputs: VideoInputs, cfg: SegmentConfig, out: Path | None, *, 
     plan = plan or plan_segmentation(inputs, cfg)
     cfg, geom = plan.config, plan.geometry
     log(f"video: {t} frames of {h0}x{w0}; " + geom.describe())
-    log(f"classes: {k} (mask values {inputs.classes}); training on frames {inputs.label_frames} only"
+    log(f"classes: {k} (mask values {', '.join(map(value_name, inputs.classes))}); "
+        f"training on frames {inputs.label_frames} only"
         + (f"; scoring the other frames with {inputs.eval_source}" if inputs.eval_labels is not None else ""))
     if out is not None:
         save_config(cfg, out / "config.yaml")
@@ -207,7 +208,7 @@ def _report(inputs: VideoInputs, plan: RunPlan, pred: Any, result: Any, predict_
     metrics: dict[str, Any] = {
         "video": inputs.sources, "frames": t, "frame_size": [h0, w0], "scale": cfg.data.scale,
         "volume_size": [t, h, w], "padded_size": list(geom.padded), "size_multiple": geom.multiple,
-        "classes": inputs.classes,
+        "classes": [mask_value(v) for v in inputs.classes],   # class k of the prediction: the k-th
         "label_frames": inputs.label_frames, "train_time_s": round(result.train_time_s, 2),
         "predict_time_s": round(predict_s, 2), "total_time_s": round(time.perf_counter() - t0, 2),
         "activation_bytes": result.activation_bytes, "train_window": list(result.window),
