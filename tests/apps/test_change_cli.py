@@ -559,3 +559,14 @@ def test_geotiff_coordinate_systems_are_compared_by_their_codes_not_their_citati
     assert geotiff("b.tif", 32651, "UTM Zone 51, Northern Hemisphere") == one
     assert geotiff("c.tif", 32650, "WGS 84 / UTM zone 51N") != one
     assert geotiff("d.tif", 32651, "x", (120.0,)) != geotiff("e.tif", 32651, "x", (123.0,))
+
+
+def test_a_negative_label_seed_is_named(scene, tmp_path, capsys):
+    """``--label-seed -1`` was numpy's bare 'error: expected non-negative integer', naming neither
+    the option nor the value; it is one line naming both, before OUT exists."""
+    d, _ = scene
+    out = tmp_path / "out"
+    _fails(["change", str(d / "before.npy"), str(d / "after.npy"), "--labels", str(d / "truth.npy"),
+            "--label-fraction", "0.3", "--label-seed", "-1", "--out", str(out), *TINY], capsys,
+           "--label-seed must be a non-negative integer, got -1")
+    assert not out.exists()

@@ -183,6 +183,8 @@ def sample_labels(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     """
     if not 0 < fraction <= 1:
         raise InputError(f"--label-fraction must be in (0, 1], got {fraction}")
+    if seed < 0:   # numpy's own refusal named neither the option nor the value
+        raise InputError(f"--label-seed must be a non-negative integer, got {seed}")
     rng = np.random.default_rng(seed)
     flat = labels.reshape(-1)
     train = np.full(flat.shape, IGNORE, np.uint8)
