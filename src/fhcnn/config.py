@@ -425,7 +425,8 @@ def apply_overrides(cls: type, data: dict[str, Any], overrides: Iterable[str]) -
 
 
 def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None,
-                overrides: Sequence[str] = (), start: str | None = None) -> T:
+                overrides: Sequence[str] = (), start: str | None = None, *,
+                given: Sequence[str] | None = None) -> T:
     """Load, override and validate a configuration.
 
     Args:
@@ -437,6 +438,8 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
             default config): the file then lists only what differs from it, and a key it
             leaves out has ``start``'s value, not the dataclass default. A complete file (the
             ``config.yaml`` a run writes) reads the same either way. Not used for a shipped name.
+        given: the overrides as the command line gave them, one each (``"--scale 0.5"`` for
+            ``data.scale=0.5``), for the line refusing a bad value (default ``--set`` each).
 
     Returns:
         A validated ``cls`` instance.
@@ -474,7 +477,7 @@ def load_config(cls: type[T], path_or_name: str | os.PathLike[str] | None = None
         if blame_file:
             raise InputError(f"{source}: {e}") from e
         if overrides:
-            raise InputError(f"--set {' '.join(overrides)}: {e}") from e
+            raise InputError(f"{' '.join(given or [f'--set {o}' for o in overrides])}: {e}") from e
         raise
 
 

@@ -346,3 +346,22 @@ def test_rgb_mask_classes_are_named_by_their_colours(tmp_path, capsys):
     assert "classes: 3 (mask values 0, colour (0, 0, 255), colour (255, 0, 0)); training on frames [0, 3]" in err
     m = _check_outputs(out, 4, 16, 16)
     assert m["classes"] == [0, [0, 0, 255], [255, 0, 0]]
+
+
+def test_a_bad_scale_is_named_as_typed(tmp_path, capsys):
+    """``--scale 9`` was refused as 'error: --set data.scale=9.0: ...' (with ``--device cpu``:
+    '--set data.scale=9.0 train.device=cpu'), options the user never typed; the line names the
+    options as given, before OUT exists."""
+    np.save(tmp_path / "v.npy", np.zeros((4, 16, 16, 3), np.uint8) + np.arange(16, dtype=np.uint8)[:, None, None])
+    m = np.full((4, 16, 16), 255, np.uint8)
+    m[0] = 0
+    m[0, 4:8, 4:8] = 1
+    np.save(tmp_path / "m.npy", m)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "v.npy"), "--labels", str(tmp_path / "m.npy"), "--out", str(out),
+                 *TINY, "--set", "train.steps=2", "--scale", "9", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --set train.steps=2 --scale 9 --device cpu: config data: scale must be in (0, 4], " \
+                  "got 9.0\n"
+    assert not out.exists()

@@ -54,28 +54,37 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
                         help="auto | cpu | cuda | cuda:N | mps (overrides train.device)")
 
 
-def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides, plus ``--device`` into ``train.device`` and ``--scale`` into
-    ``data.scale`` (where the command has them) for a config of type ``cls``."""
-    overrides = list(getattr(args, "overrides", None) or [])
+def command_line_overrides(cls: type, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(override, as given)`` pairs: each ``--set KEY=VALUE``, ``--scale S`` as ``data.scale=S``
+    and ``--device D`` as ``train.device=D`` (where the command has them) for a config of type
+    ``cls``, with the option the user typed (for an error line that names it)."""
+    pairs = [(o, f"--set {o}") for o in getattr(args, "overrides", None) or []]
     if getattr(args, "scale", None) is not None:
-        overrides.append(f"data.scale={args.scale}")
+        pairs.append((f"data.scale={args.scale}", f"--scale {args.scale:g}"))
     device = getattr(args, "device", None)
     if device is not None:
         hints = field_types(cls)
         if "train" in hints and dataclasses.is_dataclass(hints["train"]) and \
                 "device" in {f.name for f in dataclasses.fields(hints["train"])}:
-            overrides.append(f"train.device={device}")
+            pairs.append((f"train.device={device}", f"--device {device}"))
         elif "device" in hints:
-            overrides.append(f"device={device}")
-    return overrides
+            pairs.append((f"device={device}", f"--device {device}"))
+    return pairs
+
+
+def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, plus ``--device`` into ``train.device`` and ``--scale`` into
+    ``data.scale`` (where the command has them) for a config of type ``cls``."""
+    return [o for o, _ in command_line_overrides(cls, args)]
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`); a
-    config file is read over the command's default config."""
-    return load_config(cls, getattr(args, "config", None), overrides_from_args(cls, args),
-                       start=getattr(args, "start_config", None))
+    config file is read over the command's default config; a bad value is refused naming the
+    options as typed (``--scale 9``, not ``--set data.scale=9.0``)."""
+    pairs = command_line_overrides(cls, args)
+    return load_config(cls, getattr(args, "config", None), [o for o, _ in pairs],
+                       start=getattr(args, "start_config", None), given=[g for _, g in pairs])
 
 
 def config_file_input(config: str | None) -> str | None:
