@@ -253,6 +253,25 @@ def test_band_first_npy_dates_are_named_as_such(scene, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_tiff_dates_of_one_row_a_page_are_named_as_such(scene, tmp_path, capsys):
+    """An (H, W, bands) cube saved with tifffile.imwrite is stored as H pages of W x bands, so
+    the date reads as H bands of a W x bands scene; the refusal of the H x W label map said only
+    'label map is 20x24 (H x W) but the scene is 24x6' and now says how the file was stored and
+    how to save it."""
+    import tifffile
+
+    d, s = scene
+    for name, x in (("t1.tif", s.before), ("t2.tif", s.after)):
+        tifffile.imwrite(tmp_path / name, x)
+    out = tmp_path / "out"
+    _fails(["change", str(tmp_path / "t1.tif"), str(tmp_path / "t2.tif"), "--labels", str(d / "truth.npy"),
+            "--out", str(out), *TINY], capsys,
+           "label map is 20x24 (H x W) but the scene is 24x6; the dates, read as (H, W, bands) = (24, 6, 20), "
+           "look like a (20, 24, 6) cube stored one row a page (as tifffile.imwrite writes an (H, W, bands) "
+           "array): save it band-first, tifffile.imwrite(path, cube.transpose(2, 0, 1))")
+    assert not out.exists()
+
+
 def test_a_scale_that_leaves_one_labelled_class_is_named(scene, tmp_path, capsys):
     """The labels hold both classes; --scale 0.01 resizes the 20x24 scene to 1x1, where the
     majority vote leaves only unchanged: the refusal names the scale and the size it gives."""

@@ -76,12 +76,20 @@ def _read_2d(path: Path) -> np.ndarray:
 
 def _check_shape(arr: np.ndarray, shape: tuple[int, ...] | None, path: Path) -> None:
     """Refuse a map of another size than the scene's ``(H, W)`` (``shape``: ``(H, W)`` or the
-    dates' ``(H, W, bands)``; then a map of the dates' last two sizes says they look band-first)."""
+    dates' ``(H, W, bands)``; then a map of the dates' last two sizes says they look band-first,
+    and one of their bands and rows that they look like an ``(H, W, bands)`` array stored one
+    row a page: ``tifffile.imwrite`` of such a cube writes ``H`` pages of ``W x bands``, which
+    read as ``H`` bands of ``W x bands`` pixels)."""
     if shape is not None and tuple(arr.shape) != tuple(shape[:2]):
         hint = ""
+        dims = tuple(int(n) for n in shape)
         if len(shape) == 3 and tuple(arr.shape) == tuple(shape[1:]):
-            hint = (f"; the dates, read as (H, W, bands) = {tuple(int(n) for n in shape)}, look band-first "
+            hint = (f"; the dates, read as (H, W, bands) = {dims}, look band-first "
                     f"(bands, H, W): save them as (H, W, bands)")
+        elif len(shape) == 3 and tuple(arr.shape) == (shape[2], shape[0]):
+            hint = (f"; the dates, read as (H, W, bands) = {dims}, look like a ({dims[2]}, {dims[0]}, "
+                    f"{dims[1]}) cube stored one row a page (as tifffile.imwrite writes an (H, W, bands) "
+                    f"array): save it band-first, tifffile.imwrite(path, cube.transpose(2, 0, 1))")
         raise InputError(f"{path}: label map is {arr.shape[0]}x{arr.shape[1]} (H x W) but the "
                          f"scene is {shape[0]}x{shape[1]}{hint}")
 
