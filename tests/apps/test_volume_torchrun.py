@@ -45,16 +45,93 @@ def _args(vol: Path, out: Path) -> list[str]:
 UNLABELLED = ["--set", "data.unlabelled_start=0", "--set", "data.unlabelled_full=0"]
 
 
-@pytest.mark.parametrize("nproc, split, extra", [
-    (4, ["--set", "parallel.space=2"], []),
-    (2, [], ["--set", "data.unlabelled=entropy", *UNLABELLED]),
-    (2, [], ["--set", "data.unlabelled=pseudo", "--set", "data.pseudo_threshold=0.4", *UNLABELLED]),
-], ids=["2 replicas x space 2", "2, unlabelled entropy", "2, unlabelled pseudo-labels"])
-def test_processes_train_and_score_as_one(vol, tmp_path, nproc, split, extra) -> None:
+EVERY = ["--set", "data.eval_every=2"]
+# the runs of the one 2-process launch (:func:`launched`): name -> fhcnn's arguments past _args
+RUNS: dict[str, list[str]] = {
+    "entropy": ["--set", "data.unlabelled=entropy", *UNLABELLED],
+    "pseudo": ["--set", "data.unlabelled=pseudo", "--set", "data.pseudo_threshold=0.4", *UNLABELLED],
+    "recorded": EVERY,
+    "finished": ["--set", "volume.baselines="],
+}
+
+# Runs fhcnn once per run of the JSON file sys.argv[1] ([name, out, argv] triples) in one process
+# group, in order; records, in the run's record-<name>.jsonl beside the JSON file, every training
+# (the network's class) and every prediction of a trained network (its arch, its spill folder)
+# with the rank of the process that made it; rank 0 keeps a copy of each run's metrics.json as
+# metrics-<name>.json (a later run may resume the same folder).
+_LAUNCH = r"""
+import importlib, json, os, shutil, sys
+from pathlib import Path
+import torch.distributed as dist
+from fhcnn.training import Trainer
+from fhcnn.training.distributed import exit_program
+engine_train = importlib.import_module("fhcnn.engine.train")
+runs_file = Path(sys.argv[1])
+fit, predict_into = Trainer.fit, engine_train.SegmentationResult.predict_into
+current = [""]
+
+def note(**what):
+    with open(runs_file.parent / f"record-{current[0]}.jsonl", "a") as f:
+        f.write(json.dumps({"rank": os.environ["RANK"], **what}) + "\n")
+
+def fitting(self, *args, **kwargs):
+    note(what="train", parameters=sum(p.numel() for p in self.model.parameters()))
+    return fit(self, *args, **kwargs)
+
+def predicting(self, *args, **kwargs):
+    note(what="predict", arch=self.config.model.arch, work=str(kwargs.get("work")))
+    return predict_into(self, *args, **kwargs)
+
+Trainer.fit, engine_train.SegmentationResult.predict_into = fitting, predicting
+from fhcnn.cli import main
+for name, out, argv in json.loads(runs_file.read_text()):
+    current[0] = name
+    assert main(argv) == 0, name
+    if os.environ["RANK"] == "0":
+        shutil.copy(Path(out) / "metrics.json", runs_file.parent / f"metrics-{name}.json")
+    dist.barrier()
+exit_program(0)
+"""
+
+
+@pytest.fixture(scope="module")
+def launched(vol, tmp_path_factory) -> Path:
+    """One ``torchrun`` launch of 2 data-parallel processes that runs, in one process group, each
+    run of :data:`RUNS` into ``ROOT/<name>`` and then ``finished`` again with ``--resume``
+    (``ROOT/metrics-finished.json`` keeps its first metrics.json): one launch's startup (seconds
+    on a loaded machine) instead of one per run; ``TMPDIR`` is ``ROOT/tmp``. The tests read it."""
+    root = tmp_path_factory.mktemp("launched")
+    (root / "tmp").mkdir()
+    runs = [[name, str(root / name), _args(vol, root / name) + extra] for name, extra in RUNS.items()]
+    runs.append(["resumed", str(root / "finished"), runs[-1][2] + ["--resume"]])
+    (root / "runs.json").write_text(json.dumps(runs))
+    (root / "launch.py").write_text(_LAUNCH)
+    repo = Path(__file__).parents[2]
+    env = launch_env(pythonpath=[repo / "src", repo], TMPDIR=str(root / "tmp"))
+
+    def clean() -> None:
+        for name in RUNS:
+            shutil.rmtree(root / name, True)
+        for p in [*root.glob("record-*.jsonl"), *root.glob("metrics-*.json")]:
+            p.unlink()
+
+    torchrun(2, [str(root / "launch.py"), str(root / "runs.json")], clean=clean, env=env)
+    return root
+
+
+def test_replicas_of_a_split_train_and_score_as_one(vol, tmp_path) -> None:
     single, out = tmp_path / "single", tmp_path / "out"
-    assert main(_args(vol, single) + extra) == 0
-    torchrun(nproc, ["-m", "fhcnn", *_args(vol, out), *split, *extra], clean=lambda: shutil.rmtree(out, True))
-    _assert_as_one(single, out, f"{nproc} processes {split + extra}")
+    assert main(_args(vol, single)) == 0
+    split = ["--set", "parallel.space=2"]
+    torchrun(4, ["-m", "fhcnn", *_args(vol, out), *split], clean=lambda: shutil.rmtree(out, True))
+    _assert_as_one(single, out, f"4 processes {split}")
+
+
+@pytest.mark.parametrize("name", ["entropy", "pseudo"], ids=["2, unlabelled entropy", "2, unlabelled pseudo-labels"])
+def test_processes_train_and_score_as_one(vol, launched, tmp_path, name) -> None:
+    single = tmp_path / "single"
+    assert main(_args(vol, single) + RUNS[name]) == 0
+    _assert_as_one(single, launched / name, f"2 processes {RUNS[name]}")
 
 
 def _assert_as_one(single: Path, out: Path, what: str) -> None:
@@ -146,15 +223,13 @@ def test_a_split_run_finishes_each_slab_on_its_process(tmp_path) -> None:
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no scratch array left
 
 
-def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(vol, tmp_path) -> None:
+def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(launched) -> None:
     # with nothing left to train, the activation memory was measured on the whole global batch
     # instead of this process's share: metrics.json said twice the uninterrupted run's bytes
-    out = tmp_path / "out"
-    args = ["-m", "fhcnn", *_args(vol, out), "--set", "volume.baselines="]
-    torchrun(2, args, clean=lambda: shutil.rmtree(out, True))
-    first = json.loads((out / "metrics.json").read_text())["activation_bytes"]
-    torchrun(2, [*args, "--resume"], clean=lambda: None)
-    assert json.loads((out / "metrics.json").read_text())["activation_bytes"] == first
+    first = json.loads((launched / "metrics-finished.json").read_text())
+    again = json.loads((launched / "metrics-resumed.json").read_text())
+    assert first["activation_bytes"] > 0
+    assert again["activation_bytes"] == first["activation_bytes"]
 
 
 def test_a_refusal_under_torchrun_is_printed_by_rank_0_and_after_a_wait_by_the_others(vol, tmp_path, monkeypatch,
@@ -198,54 +273,16 @@ def test_a_process_that_waits_to_be_ended_after_a_refusal_ends_without_a_word(vo
         signal.signal(signal.SIGTERM, previous)
     assert len(capsys.readouterr().err.splitlines()) == 1
 
-# Records, in the file sys.argv[1], every training (the network's class) and every prediction of a
-# trained network (its arch, its spill folder) with the rank of the process that made it.
-_RECORDER = r"""
-import importlib, json, os, sys
-from pathlib import Path
-from fhcnn.training import Trainer
-engine_train = importlib.import_module("fhcnn.engine.train")
-record, argv = Path(sys.argv[1]), sys.argv[2:]
-fit, predict_into = Trainer.fit, engine_train.SegmentationResult.predict_into
-
-def note(**what):
-    with open(record, "a") as f:
-        f.write(json.dumps({"rank": os.environ["RANK"], **what}) + "\n")
-
-def fitting(self, *args, **kwargs):
-    note(what="train", parameters=sum(p.numel() for p in self.model.parameters()))
-    return fit(self, *args, **kwargs)
-
-def predicting(self, *args, **kwargs):
-    note(what="predict", arch=self.config.model.arch, work=str(kwargs.get("work")))
-    return predict_into(self, *args, **kwargs)
-
-Trainer.fit, engine_train.SegmentationResult.predict_into = fitting, predicting
-from fhcnn.cli import main
-sys.exit(main(argv))
-"""
-
-
-def test_data_parallel_ranks_other_than_0_train_and_predict_nothing(vol, tmp_path) -> None:
+def test_data_parallel_ranks_other_than_0_train_and_predict_nothing(vol, launched, tmp_path) -> None:
     # 2 data-parallel processes: rank 1 ran, after training, the end-of-training evaluation of
     # the whole volume (spilling into TMPDIR; its scores went nowhere) and every window of
     # fhcnn's and the U-Net's predictions, of which it finished nothing. Now both train fhcnn and
     # the U-Net, rank 0 alone predicts: the held-out scoring at steps 2 and 3, fhcnn, the U-Net;
     # the scores equal one process's, nothing is left in TMPDIR or OUT's scratch
-    single, out, record, tmpdir = tmp_path / "single", tmp_path / "out", tmp_path / "record.jsonl", tmp_path / "tmp"
-    tmpdir.mkdir()
-    every = ["--set", "data.eval_every=2"]
-    assert main(_args(vol, single) + every) == 0
-    script = tmp_path / "recorder.py"
-    script.write_text(_RECORDER)
-    root = Path(__file__).parents[2]
-    env = launch_env(pythonpath=[root / "src", root], TMPDIR=str(tmpdir))
-
-    def clean() -> None:
-        shutil.rmtree(out, True)
-        record.unlink(missing_ok=True)
-
-    torchrun(2, [str(script), str(record), *_args(vol, out), *every], clean=clean, env=env)
+    # (the launch's TMPDIR served every run of it: none left anything there)
+    single, out, record, tmpdir = tmp_path / "single", launched / "recorded", launched / "record-recorded.jsonl", \
+        launched / "tmp"
+    assert main(_args(vol, single) + EVERY) == 0
     seen = [json.loads(line) for line in record.read_text().splitlines()]
     trained = [(s["rank"], s["parameters"]) for s in seen if s["what"] == "train"]
     by_rank = {r: sorted(n for q, n in trained if q == r) for r in ("0", "1")}
