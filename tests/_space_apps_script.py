@@ -15,9 +15,11 @@ each run splits the volume over the two processes:
 * the engine (``train_segmentation``, split along D, ``memory=block``, held-out scoring every
   2 steps) -> rank 0 saves the weights and the predicted probabilities to ``ROOT/engine-2.pt``.
 
-The test runs the same commands on one process and compares. With a second argument
-``mesh`` (4 processes) or ``ddp`` (2 processes) it runs only ``fhcnn segment`` with a batch of 2
-windows: 2 data-parallel replicas x 2 slabs, or plain data parallelism -> ``ROOT/<mode>``.
+* ``fhcnn segment`` with a batch of 2 windows, plain data parallelism (no split) -> ``ROOT/ddp``.
+
+The test runs the same commands on one process and compares. With a second argument ``mesh``
+(4 processes) it runs only ``fhcnn segment`` with a batch of 2 windows as 2 data-parallel
+replicas x 2 slabs -> ``ROOT/mesh``, to compare with ``ROOT/ddp``.
 A process that cannot join the Gloo group writes ``ROOT/skip-<rank>.txt`` and exits 0 (the test then skips).
 """
 
@@ -156,9 +158,8 @@ def main() -> None:
     except Exception as e:  # the platform cannot start Gloo processes
         (root / f"skip-{rank}.txt").write_text(f"{type(e).__name__}: {e}")
         return
-    if mode != "split":  # "mesh" (4 processes: 2 replicas x 2 slabs) or "ddp" (2 replicas)
-        space = 2 if mode == "mesh" else 1
-        assert cli(segment_args(root, root / mode, space) + ["--set", "data.batch_size=2"]) == 0
+    if mode == "mesh":  # 4 processes: 2 replicas x 2 slabs
+        assert cli(segment_args(root, root / "mesh", 2) + ["--set", "data.batch_size=2"]) == 0
         return
     assert cli(segment_args(root, root / "segment-2", 2)) == 0
     # from the folder of PNG frames: rank 0 copies them once into OUT/inputs/video.zarr
@@ -176,6 +177,8 @@ def main() -> None:
     out = engine_run(root, 2)
     torch.save(out, root / f"engine-2-rank{rank}.pt")
     dist.barrier()
+    # plain data parallelism (2 replicas), for the test of the 4-process mesh
+    assert cli(segment_args(root, root / "ddp", 1) + ["--set", "data.batch_size=2"]) == 0
 
 
 if __name__ == "__main__":

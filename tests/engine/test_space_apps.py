@@ -1,8 +1,9 @@
 """``fhcnn segment`` / ``fhcnn change`` with ``parallel.space``: the volume split in space over
 processes (``fhcnn.engine.parallel``, issue #17).
 
-One ``torchrun`` launch of 2 Gloo processes (``tests/_space_apps_script.py``) runs the split
-commands; the test runs the same on one process and compares weights, predictions and losses.
+One ``torchrun`` launch of 2 Gloo processes (``tests/_space_apps_script.py``, a module fixture)
+runs the split commands and plain data parallelism; the tests run the same on one process (or
+on 4 processes as 2 replicas x 2 slabs) and compare weights, predictions and losses.
 It skips where ``torch.distributed``/Gloo is missing or the processes cannot join a group.
 """
 
@@ -51,14 +52,25 @@ def _launch(tmp_path: Path, nproc: int, *args: str, outputs: tuple[str, ...] = (
         pytest.skip(f"cannot start Gloo processes here: {skips[0].read_text()[:300]}")
 
 
-@needs_gloo
-def test_split_runs_equal_one_process(tmp_path: Path) -> None:
-    make_inputs(tmp_path)
-    assert main(segment_args(tmp_path, tmp_path / "segment-1", 1)) == 0
-    stopped_copy(tmp_path / "segment-1", tmp_path / "1-to-w")  # resumed split, by the launch
-    _launch(tmp_path, 2, outputs=("segment-2", "segment-2d", "resumed-2", "w-to-d", "w-to-1",
-                                  "change-2", "change-head-2"))
+@pytest.fixture(scope="module")
+def split_launch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the one 2-process launch (``_space_apps_script.py``): the split runs, and
+    the plain data-parallel run ``ddp`` that :func:`test_data_by_space_mesh_equals_data_parallel`
+    compares with (one launch instead of two: each costs seconds of startup)."""
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with Gloo is not available here")
+    root = tmp_path_factory.mktemp("space-apps")
+    make_inputs(root)
+    assert main(segment_args(root, root / "segment-1", 1)) == 0
+    stopped_copy(root / "segment-1", root / "1-to-w")  # resumed split, by the launch
+    _launch(root, 2, outputs=("segment-2", "segment-2d", "resumed-2", "w-to-d", "w-to-1",
+                              "change-2", "change-head-2", "ddp"))
+    return root
 
+
+@needs_gloo
+def test_split_runs_equal_one_process(split_launch: Path) -> None:
+    tmp_path = split_launch
     found = {}
     # fhcnn segment, split along W: weights, predicted labels, logged losses
     one, two = tmp_path / "segment-1", tmp_path / "segment-2"
@@ -228,18 +240,18 @@ def test_default_is_no_split() -> None:
 
 
 @needs_gloo
-def test_data_by_space_mesh_equals_data_parallel(tmp_path: Path) -> None:
+def test_data_by_space_mesh_equals_data_parallel(split_launch: Path, tmp_path: Path) -> None:
     """The same command on 4 processes with parallel.space=2 (2 replicas x 2 slabs) ends with the
-    weights of plain data parallelism on 2 processes (DistributedDataParallel)."""
+    weights of plain data parallelism on 2 processes (DistributedDataParallel; ``ddp``, run by
+    the 2-process launch of :func:`split_launch`)."""
     make_inputs(tmp_path)
     _launch(tmp_path, 4, "mesh", outputs=("mesh",))
-    _launch(tmp_path, 2, "ddp", outputs=("ddp",))
-    mesh, ddp = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("mesh", "ddp"))
+    mesh, ddp = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "mesh", split_launch / "ddp"))
     diff = _max_diff(mesh, ddp)
     print(f"data 2 x space 2 vs data-parallel 2 processes: max |weight difference| {diff:.1e}")
     assert diff < 1e-5
     np.testing.assert_array_equal(np.load(tmp_path / "mesh" / "prediction.npy"),
-                                  np.load(tmp_path / "ddp" / "prediction.npy"))
+                                  np.load(split_launch / "ddp" / "prediction.npy"))
 
 
 @pytest.mark.parametrize("size,window,shifts,shift_depth", [
