@@ -873,9 +873,14 @@ def _refuse_inference_tensors(steps: Sequence[Step], step_params: Sequence[Param
                 f"torch.inference_mode or torch.no_grad if no gradient is needed")
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, but torch._dynamo is imported at the first call
 def _apply_eagerly(steps: Sequence[Step], step_params: Sequence[Params], store: frozenset[int],
                    p: Tensor, c: Tensor, params: Sequence[Tensor]) -> Pair:
     """Under ``torch.compile`` the Function runs eagerly (one graph break): its forward and
-    backward manage buffers by hand, which tracing would neither speed up nor keep."""
+    backward manage buffers by hand, which tracing would neither speed up nor keep.
+
+    ``torch.compiler.disable`` imported ``torch._dynamo`` when this module was imported: 1.3 s
+    of the 2.9 s that ``import fhcnn`` took, paid by every ``fhcnn`` command that never runs a
+    network (a refusal, ``--help``, a worker that only copies or waits). PyTorch's lazy form
+    imports it at the first call instead."""
     return ReversibleFunction.apply(steps, step_params, store, p, c, *params)
