@@ -873,14 +873,16 @@ def _refuse_inference_tensors(steps: Sequence[Step], step_params: Sequence[Param
                 f"torch.inference_mode or torch.no_grad if no gradient is needed")
 
 
-@torch._disable_dynamo  # torch.compiler.disable, but torch._dynamo is imported at the first call
+#: ``torch.compiler.disable`` imports ``torch._dynamo`` where it is applied (1.3 s of the 2.9 s of
+#: ``import fhcnn``, paid by every command that never runs a network: a refusal, ``--help``, a
+#: worker that only copies or waits); PyTorch's lazy form of it imports that at the first call
+#: (private: where a torch lacks it, the public decorator)
+_run_eagerly = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
+
+@_run_eagerly
 def _apply_eagerly(steps: Sequence[Step], step_params: Sequence[Params], store: frozenset[int],
                    p: Tensor, c: Tensor, params: Sequence[Tensor]) -> Pair:
     """Under ``torch.compile`` the Function runs eagerly (one graph break): its forward and
-    backward manage buffers by hand, which tracing would neither speed up nor keep.
-
-    ``torch.compiler.disable`` imported ``torch._dynamo`` when this module was imported: 1.3 s
-    of the 2.9 s that ``import fhcnn`` took, paid by every ``fhcnn`` command that never runs a
-    network (a refusal, ``--help``, a worker that only copies or waits). PyTorch's lazy form
-    imports it at the first call instead."""
+    backward manage buffers by hand, which tracing would neither speed up nor keep."""
     return ReversibleFunction.apply(steps, step_params, store, p, c, *params)
