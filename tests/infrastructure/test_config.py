@@ -250,3 +250,27 @@ def test_a_config_file_of_a_command_is_read_over_its_default_config(tmp_path: Pa
     assert main(["vae", "train", "--out", str(tmp_path / "v"), "--config", str(f)]) == 2
     assert main(["demo", "--out", str(tmp_path / "d"), "--config", str(f)]) == 2
     assert seen == ["vae-digits", "video-demo"]
+
+
+def test_a_copy_of_a_shipped_config_runs_as_the_shipped_config(tmp_path: Path) -> None:
+    """Users copy a shipped config to edit it; the copy is a file, read over its command's
+    default config, so every shipped config states each value in which it differs from that
+    default (``volume-tiny`` without ``conv_head: 0`` would have gained the volume config's conv
+    head when copied). Every shipped config belongs to one command here (a new one must too)."""
+    import shutil
+
+    from fhcnn.apps.change import ChangeConfig
+    from fhcnn.apps.vae import VAEConfig
+    from fhcnn.apps.volume import VolumeConfig
+    from fhcnn.engine import SegmentConfig
+
+    command = {"video": (SegmentConfig, "video"), "video-tiny": (SegmentConfig, "video"),
+               "paper-video": (SegmentConfig, "video"), "video-demo": (SegmentConfig, "video"),
+               "change": (ChangeConfig, "change"), "change-tiny": (ChangeConfig, "change"),
+               "paper-hyperspectral": (ChangeConfig, "change"),
+               "volume": (VolumeConfig, "volume"), "volume-tiny": (VolumeConfig, "volume"),
+               **{n: (VAEConfig, "vae-digits") for n in ("vae-digits", "vae-tiny", "vae-mnist", "vae-celeba")}}
+    assert set(available_configs()) == set(command)
+    for name, (cls, start) in command.items():
+        copy = Path(shutil.copy(resolve_config(name), tmp_path / f"{name}.yaml"))
+        assert load_config(cls, copy, start=start) == load_config(cls, name), name
