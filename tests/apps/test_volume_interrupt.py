@@ -1,7 +1,8 @@
 """Ctrl-C (SIGINT) in each phase of a one-process ``fhcnn volume`` run: one line saying what
 happened and where to go on from (the last completed step, the last intact checkpoint,
 ``--resume``), exit code 130, no traceback, nothing outside OUT changed and no scratch left in
-it; ``--resume`` then ends with the weights and prediction of a run never interrupted."""
+it; ``--resume`` then ends with the weights and prediction of a run never interrupted. Under
+``torchrun`` (2 processes, Ctrl-C in training) the line is rank 0's alone."""
 
 from __future__ import annotations
 
@@ -121,3 +122,59 @@ def test_ctrl_c_in_each_phase_says_where_to_go_on_and_resume_ends_as_never_inter
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     got, want_m = (json.loads((o / "metrics.json").read_text()) for o in (out, uninterrupted))
     assert got["miou"] == want_m["miou"] and got["baselines"]["unet"]["miou"] == want_m["baselines"]["unet"]["miou"]
+
+
+# Runs fhcnn (sys.argv[1:]) as a process of a torchrun launch; at its 4th training step rank 0
+# presses Ctrl-C: SIGINT to torchrun's process group, as a terminal sends it (torchrun passes it
+# on to every process), and waits for it.
+_CTRL_C_IN_TRAINING = r"""
+import os, signal, sys, time
+from fhcnn.cli import main
+from fhcnn.training.distributed import exit_program
+from fhcnn.training.trainer import Trainer
+step, calls = Trainer._train_step, []
+
+def pressed(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4 and os.environ["RANK"] == "0":
+        os.killpg(os.getpgid(os.getppid()), signal.SIGINT)
+        time.sleep(60)
+    return step(self, *args, **kwargs)
+
+Trainer._train_step = pressed
+exit_program(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_under_torchrun_is_one_line_from_rank_0(inputs, tmp_path):
+    # torchrun passes Ctrl-C on to every process: each printed its line, rank 1's a bare
+    # "interrupted (SIGINT)" (rank 0 alone holds the run folder) beside rank 0's, which names the
+    # checkpoint to --resume from; the others now end without a word
+    dist = pytest.importorskip("torch.distributed")
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with Gloo is not available here")
+    import subprocess
+    import sys
+
+    from fhcnn.training.distributed import launch_env
+
+    out, logs, script = tmp_path / "out", tmp_path / "logs", tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_IN_TRAINING)
+    args = _args(inputs, out) + ["--set", "data.batch_size=2", "--set", "volume.baselines="]
+    before = _tree(inputs)
+    repo = Path(__file__).parents[2]
+    launcher = subprocess.run(  # a session of its own: the test's process is not the terminal's
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir", str(logs),
+         "--redirects", "3", str(script), *args], env=launch_env(pythonpath=[repo / "src"]), capture_output=True,
+        text=True, timeout=120, start_new_session=True)
+    assert launcher.returncode != 0 and "ChildFailedError" not in launcher.stderr, launcher.stderr
+    err = {r: next(logs.rglob(f"{r}/stderr.log")).read_text() for r in (0, 1)}
+    ckpt = out.resolve() / "checkpoints" / "step-000002"
+    want = f"interrupted (SIGINT) after step 3; the last intact checkpoint is {ckpt}: continue with --resume"
+    assert err[0] == want + "\n"  # rank 0's line, once
+    assert err[1] == ""
+    assert _tree(inputs) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert main(args + ["--resume"]) == 0  # on one process: the number of processes may change
+    assert (out / "model.safetensors").exists() and json.loads((out / "run.json").read_text()).get("scratch", []) == []
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]

@@ -12,7 +12,8 @@ processes wait :data:`REFUSAL_GRACE_S` before they print an ``InputError``, whic
 meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finite loss, a lost
 process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback). Ctrl-C
 (SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
-last intact checkpoint and ``--resume``, exit 130.
+last intact checkpoint and ``--resume``, exit 130 (under ``torchrun``, which passes Ctrl-C on to
+every process, rank 0 prints it; the others end with exit 130 without a word).
 """
 
 from __future__ import annotations
@@ -100,10 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # Ctrl-C: what happened and, in a run folder, where to go on from
         from ..rundir import RunFolder
-        from ..training.distributed import interrupted_line
+        from ..training.distributed import interrupted_line, is_main_process
 
-        run = RunFolder.active
-        _line(interrupted_line(run.root if run is not None else None, hasattr(args, "resume")))
+        if is_main_process():  # under torchrun every process gets it: rank 0 says it, once
+            run = RunFolder.active
+            _line(interrupted_line(run.root if run is not None else None, hasattr(args, "resume")))
         return 130
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
