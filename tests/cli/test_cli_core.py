@@ -155,3 +155,62 @@ def test_change_help_names_every_label_map_format(tmp_path, capsys):
     text = " ".join(capsys.readouterr().out.split())
     labels = text[text.index("--labels MAP 2D"):][:120]
     assert all(s in labels for s in (".npy", ".png", ".bmp", ".tif", ".mat")), labels
+
+
+def _shipped_in_help(capsys, argv: list[str]) -> list[str]:
+    """The shipped configs ``fhcnn ARGV --help`` lists for ``--config``."""
+    import re
+
+    assert main(argv + ["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    listed = re.search(r"name of a shipped one \(([^)]*)\)", text)
+    assert listed, text
+    return [n for n in re.sub(r"-\s+", "-", listed.group(1)).split(", ")]
+
+
+def test_help_lists_only_the_shipped_configs_a_command_loads(monkeypatch, capsys):
+    """Each command's ``--config`` help lists exactly the shipped configs its config loads from:
+    `fhcnn volume --help` listed the vae-* and change-* configs too, which it then refuses."""
+    from fhcnn.apps.change import ChangeConfig
+    from fhcnn.apps.segment import SegmentConfig
+    from fhcnn.apps.vae import VAEConfig
+    from fhcnn.apps.volume import VolumeConfig
+    from fhcnn.config import available_configs, load_config
+    from fhcnn.errors import InputError
+
+    def loads(cls: type, name: str) -> bool:
+        try:
+            load_config(cls, name)
+        except InputError:
+            return False
+        return True
+
+    monkeypatch.setenv("COLUMNS", "400")
+    for argv, cls in ((["volume"], VolumeConfig), (["segment"], SegmentConfig), (["change"], ChangeConfig),
+                      (["vae", "train"], VAEConfig)):
+        listed = _shipped_in_help(capsys, argv)
+        assert listed == [n for n in available_configs() if loads(cls, n)], argv
+    assert _shipped_in_help(capsys, ["vae", "train"]) == ["vae-celeba", "vae-digits", "vae-mnist", "vae-tiny"]
+    volume = _shipped_in_help(capsys, ["volume"])
+    assert {"volume", "volume-tiny"} <= set(volume) and not any(n.startswith(("vae", "change")) for n in volume)
+
+
+def test_another_commands_shipped_config_is_refused_naming_its_command(tmp_path, capsys):
+    """``--config`` naming another command's shipped config is one line naming the command(s) it
+    is a config of and this command's own, exit 2, before OUT exists (it was the loader's
+    'unknown config key' line, blaming the shipped file)."""
+    import numpy as np
+
+    np.save(tmp_path / "img.npy", np.zeros((8, 8, 8), np.float32))
+    np.save(tmp_path / "lab.npy", np.zeros((8, 8, 8), np.uint8))
+    out = tmp_path / "out"
+    volume = ", ".join(["paper-video", "video", "video-demo", "video-tiny", "volume", "volume-tiny"])
+    assert main(["volume", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
+                 "--config", "vae-tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("error: --config vae-tiny: vae-tiny is a config of fhcnn vae train, "
+                                       f"not of fhcnn volume (its shipped configs: {volume})\n")
+    assert main(["vae", "train", "--config", "video-tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "error: --config video-tiny: video-tiny is a config of fhcnn segment, fhcnn change and fhcnn volume, "
+        "not of fhcnn vae train (its shipped configs: vae-celeba, vae-digits, vae-mnist, vae-tiny)\n")
+    assert not out.exists()

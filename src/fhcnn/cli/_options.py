@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar, cast
 
-from ..config import available_configs, field_types, load_config
+from ..config import CONFIG_DIR, available_configs, field_types, load_config, resolve_config
+from ..errors import InputError
 
-__all__ = ["add_config_arguments", "config_from_args", "OneLineErrors"]
+__all__ = ["add_config_arguments", "config_from_args", "check_shipped_config", "OneLineErrors"]
 
 T = TypeVar("T")
+
+#: The config class (a function importing it) of each command that takes ``--config``, by the
+#: command's name (``fhcnn vae train``), as :func:`add_config_arguments` met them: the line
+#: refusing another command's shipped config names the command it is a config of.
+_CONFIG_CLASSES: dict[str, Callable[[], type]] = {}
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -25,20 +31,54 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class _ConfigOption(argparse.Action):
+    """``--config``: stored like a plain option; its help names the shipped configs the command's
+    config class loads from, found when the help is shown (building the parser of every command
+    imports no config class and reads no config file)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.listed = False  # no list while argparse checks the help text as the option is added
+        self.config_class: Callable[[], type] | None = None
+
+    @property  # type: ignore[override]
+    def help(self) -> str | None:
+        if self._help is None or not self.listed:
+            return None if self._help is None else self._help.replace("{names}", "")
+        names = ", ".join(available_configs(self.config_class() if self.config_class else None))
+        return self._help.replace("{names}", f" ({names})" if names else "")
+
+    @help.setter
+    def help(self, text: str | None) -> None:
+        self._help = text
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
-                         out_required: bool = False) -> None:
+                         out_required: bool = False, config_class: Callable[[], type] | None = None) -> None:
     """Add the common run options to an argparse parser.
 
     ``--config NAME|FILE``, ``--set KEY=VALUE`` (repeatable, stored in ``args.overrides``),
     ``--out DIR``, ``--resume``, ``--overwrite``, ``--quiet``, ``--device DEVICE``.
+
+    Args:
+        config_class: a function returning the command's config dataclass (it imports it when
+            called): ``--help`` lists only the shipped configs of that class, and
+            :func:`check_shipped_config` names the command another one is of. ``None``: every
+            shipped config is listed.
     """
-    names = ", ".join(available_configs())
-    parser.set_defaults(start_config=default_config)  # a config file is read over it
-    parser.add_argument("--config", default=default_config, metavar="NAME|FILE",
-                        help="a YAML/TOML config file (read over the default config: it lists what differs) or the "
-                             "name of a shipped one"
-                             + (f" ({names})" if names else "")
-                             + (f"; default {default_config}" if default_config else ""))
+    parser.set_defaults(start_config=default_config, config_command=parser.prog)  # a file is read over start_config
+    option = parser.add_argument(
+        "--config", action=_ConfigOption, default=default_config, metavar="NAME|FILE",
+        help="a YAML/TOML config file (read over the default config: it lists what differs) or the "
+             "name of a shipped one{names}" + (f"; default {default_config}" if default_config else ""))
+    option = cast(_ConfigOption, option)
+    option.config_class, option.listed = config_class, True
+    if config_class is not None:
+        _CONFIG_CLASSES[parser.prog] = config_class
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--out", required=out_required, metavar="DIR",
@@ -78,10 +118,36 @@ def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
     return [o for o, _ in command_line_overrides(cls, args)]
 
 
+def check_shipped_config(cls: type, args: argparse.Namespace) -> None:
+    """Refuse a ``--config NAME`` that is another command's shipped config (a ``cls`` config does
+    not load from it), naming the command(s) it is a config of and this command's own.
+
+    Raises:
+        InputError: e.g. ``--config vae-tiny: vae-tiny is a config of fhcnn vae train, not of
+            fhcnn volume (its shipped configs: ...)``; or the name is neither a file nor a
+            shipped config (:func:`fhcnn.config.resolve_config`'s line).
+    """
+    given = getattr(args, "config", None)
+    if given is None:
+        return
+    path = resolve_config(given)
+    if path.resolve().parent != CONFIG_DIR or path.stem in available_configs(cls):
+        return
+    command = getattr(args, "config_command", None) or "this command"
+    owners = [prog for prog, of in _CONFIG_CLASSES.items() if path.stem in available_configs(of())]
+    of_whom = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
+    own = ", ".join(available_configs(cls))
+    raise InputError(f"--config {given}: {path.stem} is "
+                     + (f"a config of {of_whom}, not" if owners else "not a config")
+                     + f" of {command}" + (f" (its shipped configs: {own})" if own else ""))
+
+
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`); a
     config file is read over the command's default config; a bad value is refused naming the
-    options as typed (``--scale 9``, not ``--set data.scale=9.0``)."""
+    options as typed (``--scale 9``, not ``--set data.scale=9.0``), another command's shipped
+    config naming its command (:func:`check_shipped_config`)."""
+    check_shipped_config(cls, args)
     pairs = command_line_overrides(cls, args)
     return load_config(cls, getattr(args, "config", None), [o for o, _ in pairs],
                        start=getattr(args, "start_config", None), given=[g for _, g in pairs])

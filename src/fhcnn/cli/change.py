@@ -7,6 +7,13 @@ import argparse
 HELP = "detect change between two hyperspectral images from a few labelled pixels"
 
 
+def _config_class() -> type:
+    """The config class of ``--config`` (imported when the help lists its shipped configs)."""
+    from ..apps.change import ChangeConfig
+
+    return ChangeConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._options import add_config_arguments
 
@@ -41,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resize the scene by this factor before training (data.scale); "
                              "below 1 a held-out pixel can share a downscaled cell with a "
                              "training pixel, so held-out scores are optimistic")
-    add_config_arguments(parser, default_config="change")
+    add_config_arguments(parser, default_config="change", config_class=_config_class)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,13 @@ import argparse
 HELP = "segment a video from a few labelled frames with a fully reversible 3D network"
 
 
+def _config_class() -> type:
+    """The config class of ``--config`` (imported when the help lists its shipped configs)."""
+    from ..apps.segment import SegmentConfig
+
+    return SegmentConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._options import add_config_arguments
 
@@ -26,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="masks to score the result on the other frames (never trained on)")
     parser.add_argument("--scale", type=float, default=None,
                         help="resize factor of the frames before training (data.scale, default 1)")
-    add_config_arguments(parser, default_config="video", out_required=True)
+    add_config_arguments(parser, default_config="video", out_required=True, config_class=_config_class)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,13 @@ import argparse
 HELP = "hyperbolic autoencoder/VAE: train, sample, interpolate, normality (paper section 4)"
 
 
+def _config_class() -> type:
+    """The config class of ``--config`` (imported when the help lists its shipped configs)."""
+    from ..apps.vae import VAEConfig
+
+    return VAEConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._options import add_config_arguments
 
@@ -25,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--crop", type=int, metavar="PIXELS",
                    help="folders: side of the centred square cut before resizing (CelebA: 140)")
     t.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
-    add_config_arguments(t, default_config="vae-digits", out_required=True)
+    add_config_arguments(t, default_config="vae-digits", out_required=True, config_class=_config_class)
     t.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads: train.threads (0 = the free physical cores; default: "
                         "the config's)")
@@ -57,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> str:
     from ..apps.vae import VAEConfig, train_command
-    from ._options import config_file_input, overrides_from_args
+    from ._options import check_shipped_config, config_file_input, overrides_from_args
 
+    check_shipped_config(VAEConfig, args)
     return train_command(args.config, overrides_from_args(VAEConfig, args), args.out, dataset=args.dataset,
                          resize=args.resize, crop=args.crop, limit=args.limit, threads=args.threads,
                          resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,

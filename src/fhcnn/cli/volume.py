@@ -7,6 +7,13 @@ import argparse
 HELP = "segment a 3D volume (CT/MRI, microscopy, seismic) from a few labelled slices or scribbles"
 
 
+def _config_class() -> type:
+    """The config class of ``--config`` (imported when the help lists its shipped configs)."""
+    from ..apps.volume import VolumeConfig
+
+    return VolumeConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._options import add_config_arguments
 
@@ -24,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the channel axis of a single multi-channel IMAGE, where it is ambiguous")
     parser.add_argument("--save-probs", action="store_true",
                         help="also write the class probabilities (probabilities.zarr, float16)")
-    add_config_arguments(parser, default_config="volume", out_required=True)
+    add_config_arguments(parser, default_config="volume", out_required=True, config_class=_config_class)
 
 
 def run(args: argparse.Namespace) -> int:
