@@ -211,9 +211,19 @@ class HyperbolicNetwork(nn.Module):
         return out
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """Shape of ``forward(x)`` for ``x`` of ``input_shape`` (validated)."""
-        self._check_input(None, input_shape)
-        n, _, *spatial = input_shape
+        """Shape of ``forward(x)`` for ``x`` of ``input_shape`` ``(N, C, *S)`` (validated).
+
+        Raises:
+            TypeError: ``input_shape`` is not a sequence.
+            ValueError: a size is not an int (``N >= 0``, the others ``>= 1``), or the shape does
+                not fit the network (see :meth:`forward`).
+        """
+        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+            raise TypeError(f"input_shape must be a sequence of ints (N, C, *S), got {input_shape!r}")
+        shape = tuple(check_count(f"input_shape[{i}]", s, least=0 if i == 0 else 1)
+                      for i, s in enumerate(input_shape))
+        self._check_input(None, shape)
+        n, _, *spatial = shape
         scale = 2.0 ** (-self.out_level)
         return (n, self.out_channels, *[int(s * scale) for s in spatial])
 

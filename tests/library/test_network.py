@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -165,6 +167,25 @@ def test_counts_are_ints_not_booleans_or_floats():
     assert len(HyperbolicNetwork(4, [(np.int64(2), None)], dim=2).layers) == 2
     unet = UNet3D(np.int64(1), 2, levels=np.int64(1))
     assert type(unet.levels) is int and type(unet.in_channels) is int
+
+
+def test_output_shape_takes_whole_sizes_only():
+    """``output_shape`` names a size that is not a whole number in one line: it gave back
+    ``(1.5, 4, 8, 8)`` for a batch of 1.5, ``(True, ...)`` for ``True`` and a negative size."""
+    import numpy as np
+
+    net = HyperbolicNetwork(4, [(1, "down"), (1, None)], dim=2)
+    assert net.output_shape((2, 4, 8, 8)) == net.output_shape(torch.Size([2, 4, 8, 8])) == (2, 16, 4, 4)
+    shape = net.output_shape((np.int64(2), np.int32(4), 8, 8))  # numpy integers are integers
+    assert shape == (2, 16, 4, 4) and all(type(s) is int for s in shape)
+    for bad, name, least in (((1.5, 4, 8, 8), "input_shape[0]", 0), ((True, 4, 8, 8), "input_shape[0]", 0),
+                             ((1, 4, 8.0, 8), "input_shape[2]", 1), ((1, 4, -8, 8), "input_shape[2]", 1),
+                             ((-1, 4, 8, 8), "input_shape[0]", 0)):
+        with pytest.raises(ValueError, match=rf"^{re.escape(name)} must be an int >= {least}, got "):
+            net.output_shape(bad)
+    for bad in ("abcd", 5, None):
+        with pytest.raises(TypeError, match=r"^input_shape must be a sequence of ints \(N, C, \*S\), got "):
+            net.output_shape(bad)
 
 
 def test_hidden_width_per_unit():
