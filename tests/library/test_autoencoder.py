@@ -252,6 +252,18 @@ def test_conv_vae_baseline_shapes_and_loss():
         vae.decode(torch.randn(3, 4))
 
 
+def test_sample_counts_are_named():
+    """``sample(n)`` and ``prior_sample(n)`` of both autoencoders name a bad ``n`` in one line
+    (``sample(-1)`` raised PyTorch's 'Trying to create tensor with negative dimension -1')."""
+    vae = ConvVAE(1, (16, 16), latent_dim=6, width=8)
+    for model in (_ae(), vae):
+        assert model.sample(0).shape == (0, 1, 16, 16)
+        for method in (model.sample, model.prior_sample):
+            for bad in (-1, 2.5, True):
+                with pytest.raises(ValueError, match=rf"^n must be an int >= 0, got {bad!r}$"):
+                    method(bad)
+
+
 def test_image_size_takes_whole_numbers_only():
     from fhcnn.models import HyperbolicAutoencoder
 

@@ -376,12 +376,20 @@ class HyperbolicAutoencoder(nn.Module):
         return self.decode(z), z
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode ``n`` latents drawn from ``N(0, sigma^2 I)``: ``(n, C, H, W)``."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.P) * self.sigma
-        return self.decode(z)
+        """Decode ``n`` latents drawn from ``N(0, sigma^2 I)``: ``(n, C, H, W)``.
+
+        Raises:
+            ValueError: ``n`` is not an int >= 0.
+        """
+        return self.decode(self.prior_sample(n, generator))
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples of the prior ``N(0, sigma^2 I)`` in the latent space, ``(n, k)``."""
+        """``n`` samples of the prior ``N(0, sigma^2 I)`` in the latent space, ``(n, k)``.
+
+        Raises:
+            ValueError: ``n`` is not an int >= 0.
+        """
+        n = check_count("n", n, least=0)
         return torch.randn(n, self.latent_dim, generator=generator).to(self.P) * self.sigma
 
     def loss(self, x: Tensor, alpha: float = 0.0, beta: float = 0.0,
@@ -502,10 +510,12 @@ class ConvVAE(nn.Module):
         return self.decode(mu), mu
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.mean) * self.sigma
-        return self.decode(z)
+        """As :meth:`HyperbolicAutoencoder.sample`."""
+        return self.decode(self.prior_sample(n, generator))
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """As :meth:`HyperbolicAutoencoder.prior_sample`."""
+        n = check_count("n", n, least=0)
         return torch.randn(n, self.latent_dim, generator=generator).to(self.mean) * self.sigma
 
     def loss(self, x: Tensor, kl_weight: float = 1.0, noise_scale: float = 1.0,
