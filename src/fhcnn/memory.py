@@ -26,7 +26,13 @@ __all__ = [
 
 
 def tensor_bytes(t: Tensor) -> int:
-    """Bytes of the storage behind ``t`` (what keeping ``t`` alive costs)."""
+    """Bytes of the storage behind ``t`` (what keeping ``t`` alive costs).
+
+    Raises:
+        TypeError: ``t`` is not a ``torch.Tensor``.
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
     return t.untyped_storage().nbytes()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fhcnn import HyperbolicNetwork
@@ -50,6 +51,16 @@ def test_counter_counts_unique_storages():
         y = (x * x).sum()  # x saved twice, one storage
     assert c.bytes == 400 and c.count == 2
     y.backward()
+
+
+def test_tensor_bytes_names_what_is_not_a_tensor():
+    """``tensor_bytes([1])`` said ``'list' object has no attribute 'untyped_storage'``."""
+    from fhcnn.memory import tensor_bytes
+
+    assert tensor_bytes(torch.zeros(3)) == 12 and tensor_bytes(torch.zeros(8)[2:4]) == 32
+    for bad in ([1], None):
+        with pytest.raises(TypeError, match=rf"^t must be a torch.Tensor, got {type(bad).__name__}$"):
+            tensor_bytes(bad)
 
 
 def test_backward_peak_decomposition_is_constant_in_depth():
