@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from .layers import ACTIVATIONS, NORMS, Activation, Norm, SymmetricLayer
@@ -42,6 +43,21 @@ def _check_pair(first: str, a: Tensor, second: str, b: Tensor) -> None:
     if a.dtype != b.dtype or a.device != b.device:
         raise ValueError(f"{first} ({a.dtype}, {a.device}) and {second} ({b.dtype}, {b.device}) "
                          f"differ in dtype or device")
+
+
+def _check_autocast_state(x: Tensor, what: str) -> None:
+    """Raise a ``ValueError`` if ``x`` is a 16-bit float other than the dtype ``torch.autocast``
+    computes in on its device (``float16`` under ``bfloat16``, or the reverse): each layer's
+    ``f`` then returns the autocast dtype, and the update ``2 Y_cur - Y_prev + h**2 f(Y_cur)``
+    mixes two 16-bit types, which plain autograd promotes to ``float32`` while the reversible
+    pass keeps the state's dtype, so the modes would differ in the output's dtype and values."""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return
+    computes = torch.get_autocast_dtype(device)
+    if x.is_floating_point() and x.dtype.itemsize == 2 and computes.itemsize == 2 and x.dtype != computes:
+        raise ValueError(f"{what} is {x.dtype}, but torch.autocast computes in {computes}: the state update "
+                         f"would mix the two 16-bit types; give a {computes} or torch.float32 {what}")
 
 
 def _check_step(h: object, where: str = "") -> None:
@@ -284,6 +300,7 @@ class HyperbolicNetwork(nn.Module):
                 raise TypeError(f"x_cur must be a torch.Tensor, got {type(x_cur).__name__}")
             _check_pair("x", x, "x_cur", x_cur)
         check_like_parameters(self, x)
+        _check_autocast_state(x, "input")
         return run_steps(self._steps(), x, x_cur, self.reversible)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -302,6 +319,7 @@ class HyperbolicNetwork(nn.Module):
             self._check_input(t, channels=self.out_channels, what=f"inverse {name}", inverse=True)
         _check_pair("y_prev", y_prev, "y_cur", y_cur)
         check_like_parameters(self, y_prev, "inverse y_prev")
+        _check_autocast_state(y_prev, "inverse y_prev")
         steps = [s.inverted() for s in reversed(self._steps())]
         p, c = run_steps(steps, y_prev, y_cur, self.reversible)
         return (p, c) if return_pair else c

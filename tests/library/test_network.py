@@ -226,6 +226,25 @@ def test_dtype_and_device_mixes_are_named_before_any_convolution():
         ae.encode(torch.rand(2, 1, 8, 8, dtype=torch.float64))
 
 
+def test_a_16_bit_state_other_than_the_autocast_dtype_is_refused_in_every_mode():
+    """Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float16 input made the reversible
+    network return float16 and ``reversible=False`` float32 (``2c - p + h**2 f(c)`` mixes float16
+    and bfloat16: plain autograd promotes, the reversible pass keeps the state's dtype). The mix is
+    one ValueError in every mode, forward and inverse; the autocast dtype and float32 stay free."""
+    net = HyperbolicNetwork(4, [(1, "down"), (1, "up")], dim=2)
+    x = torch.randn(1, 4, 8, 8)
+    for mode in (True, "block", False):
+        net.reversible = mode
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.raises(ValueError, match=r"^input is torch.float16, but torch.autocast computes in "
+                                                 r"torch.bfloat16: .*; give a torch.bfloat16 or torch.float32 input$"):
+                net(x.half())
+            with pytest.raises(ValueError, match=r"^inverse y_prev is torch.float16, but torch.autocast"):
+                net.inverse(x.half(), x.half())
+            assert net(x.bfloat16()).dtype == torch.bfloat16 and net(x).dtype == torch.float32
+    assert net(x.half().float()).dtype == torch.float32  # outside autocast nothing changes
+
+
 def test_units_not_a_list_of_pairs_and_a_step_whose_square_overflows_are_named():
     """``units`` as one flat list, a string or ``None``, and ``h`` too large to square (or set to
     0 after construction), are one ValueError naming them, not ``'int' object is not iterable``,
