@@ -40,7 +40,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
@@ -50,7 +50,7 @@ from .errors import InputError
 __all__ = [
     "load_config", "save_config", "config_from_dict", "config_to_dict", "dump_config",
     "apply_overrides", "resolve_config", "available_configs", "read_config_file", "CONFIG_DIR",
-    "field_types",
+    "field_types", "check_shipped_config",
 ]
 
 T = TypeVar("T")
@@ -117,6 +117,29 @@ def available_configs(cls: type | None = None) -> list[str]:
             return False
         return True
     return [n for n in names if loads(n)]
+
+
+def check_shipped_config(cls: type, name_or_path: str | os.PathLike[str], command: str,
+                         commands: Mapping[str, Callable[[], type]]) -> None:
+    """Refuse a shipped config that a ``cls`` config does not load from (another command's),
+    naming the commands of ``commands`` (``{command name: a function returning its config
+    class}``) it is a config of, and ``command``'s own; a file, or a shipped config of ``cls``,
+    passes.
+
+    Raises:
+        InputError: e.g. ``--config vae-tiny: vae-tiny is a config of fhcnn vae train, not of
+            fhcnn volume (its shipped configs: ...)``; or the name is neither a file nor a
+            shipped config (:func:`resolve_config`'s line).
+    """
+    path = resolve_config(name_or_path)
+    if path.resolve().parent != CONFIG_DIR or path.stem in available_configs(cls):
+        return
+    owners = [prog for prog, of in commands.items() if path.stem in available_configs(of())]
+    of_whom = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
+    own = ", ".join(available_configs(cls))
+    raise InputError(f"--config {name_or_path}: {path.stem} is "
+                     + (f"a config of {of_whom}, not" if owners else "not a config")
+                     + f" of {command}" + (f" (its shipped configs: {own})" if own else ""))
 
 
 def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:

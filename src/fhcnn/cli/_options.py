@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 from typing import Any, Callable, NoReturn, Sequence, TypeVar, cast
 
-from ..config import CONFIG_DIR, available_configs, field_types, load_config, resolve_config
-from ..errors import InputError
+from ..config import available_configs, field_types, load_config
+from ..config import check_shipped_config as shipped_config_of
 
 __all__ = ["add_config_arguments", "config_from_args", "check_shipped_config", "OneLineErrors"]
 
@@ -119,27 +119,12 @@ def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
 
 
 def check_shipped_config(cls: type, args: argparse.Namespace) -> None:
-    """Refuse a ``--config NAME`` that is another command's shipped config (a ``cls`` config does
-    not load from it), naming the command(s) it is a config of and this command's own.
-
-    Raises:
-        InputError: e.g. ``--config vae-tiny: vae-tiny is a config of fhcnn vae train, not of
-            fhcnn volume (its shipped configs: ...)``; or the name is neither a file nor a
-            shipped config (:func:`fhcnn.config.resolve_config`'s line).
-    """
+    """Refuse a ``--config NAME`` that is another command's shipped config, naming the commands
+    it is a config of (:func:`fhcnn.config.check_shipped_config`, with the commands this
+    parser met)."""
     given = getattr(args, "config", None)
-    if given is None:
-        return
-    path = resolve_config(given)
-    if path.resolve().parent != CONFIG_DIR or path.stem in available_configs(cls):
-        return
-    command = getattr(args, "config_command", None) or "this command"
-    owners = [prog for prog, of in _CONFIG_CLASSES.items() if path.stem in available_configs(of())]
-    of_whom = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
-    own = ", ".join(available_configs(cls))
-    raise InputError(f"--config {given}: {path.stem} is "
-                     + (f"a config of {of_whom}, not" if owners else "not a config")
-                     + f" of {command}" + (f" (its shipped configs: {own})" if own else ""))
+    if given is not None:
+        shipped_config_of(cls, given, getattr(args, "config_command", None) or "this command", _CONFIG_CLASSES)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
