@@ -291,3 +291,22 @@ def test_a_quiet_bench_still_names_the_files_it_wrote(tmp_path, capsys, monkeypa
     lines = capsys.readouterr().out.splitlines()
     assert f"table1: wrote {out / 'table1.json'} and {out / 'table1.png'}" in lines
     assert any(line.startswith("done in") for line in lines) is not quiet
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cudax", "cuda:3"])
+def test_bench_refuses_a_cuda_device_it_cannot_use_before_out_exists(tmp_path, capsys, monkeypatch, device):
+    """With CUDA present, --device was checked only for starting with 'cuda': 'cuda:x', 'cudax'
+    and an index past the visible GPUs made the results folder and then failed in the first
+    benchmark with a traceback. They are one line, exit 2, and no --out."""
+    import fhcnn.bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    ran = []
+    monkeypatch.setattr(fhcnn.bench, "load", lambda name: ran.append(name))
+    out = tmp_path / "res"
+    assert main(["bench", "drift", "--quick", "--quiet", "--out", str(out), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: device ")
+    assert ("not understood" in err[0]) if device != "cuda:3" else ("only 1 CUDA device(s)" in err[0])
+    assert not out.exists() and ran == []

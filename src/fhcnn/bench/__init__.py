@@ -64,6 +64,7 @@ def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu
 
     from ..resources import check_threads
     from ..rundir import prepare_output_dir
+    from ..training.device import resolve_device
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,6 +72,8 @@ def run_command(which: str, out: str, *, quick: bool = False, device: str = "cpu
         raise ValueError(f"--device {device}: CUDA is not available here")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if device.startswith("cuda"):  # 'cuda:x', 'cudax', an index past the GPUs: one line, before --out
+        device = str(resolve_device(device, local_rank=0))
     if threads < 0:
         raise ValueError(f"--threads must be >= 0, got {threads}")
     check_threads(threads, "--threads")  # not more than the CPUs this process may use
