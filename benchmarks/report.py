@@ -72,8 +72,12 @@ def replace_tables(text: str, table: Callable[[str], str]) -> str:
 
 
 def _markdown_files(paths: list[str | Path]) -> list[Path]:
+    """The markdown files of ``paths`` (a folder: its ``*.md``). Raises ValueError naming a
+    path that is neither a file nor a folder."""
     files: list[Path] = []
     for p in map(Path, paths):
+        if not p.is_dir() and not p.is_file():
+            raise ValueError(f"{p}: no such markdown file or folder")
         files += sorted(p.glob("*.md")) if p.is_dir() else [p]
     return files
 
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", nargs="+", metavar="PATH", help="markdown files or folders to update")
     p.add_argument("--check", action="store_true", help="only say which files are out of date")
     args = p.parse_args(argv)
+    if not Path(args.results).is_dir():
+        print(f"error: {args.results}: no such results folder", file=sys.stderr)
+        return 2
     if not args.docs:
         print(markdown(args.results))
         return 0

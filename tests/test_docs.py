@@ -104,6 +104,24 @@ def test_report_unknown_table_and_missing_results(tmp_path):
     assert report.main([str(tmp_path), "--docs", str(doc)]) == 2
 
 
+def test_report_names_a_missing_page_or_results_folder(tmp_path, capsys):
+    """``--docs`` naming a page that does not exist ended in a FileNotFoundError traceback, and
+    a results folder that does not exist printed nothing with exit code 0 (no table, no word
+    why). Each is one ``error:`` line naming the path, exit code 2, and no page is written."""
+    report = _report()
+    page = tmp_path / "page.md"
+    page.write_text("<!-- table:vae_digits -->\nmine\n<!-- /table:vae_digits -->\n")
+    before = page.read_bytes()
+    results = ROOT / "benchmarks" / "results"
+    for argv, named in (([str(results), "--docs", str(tmp_path / "nope.md")], "nope.md"),
+                        ([str(tmp_path / "none")], "none"),
+                        ([str(tmp_path / "none"), "--docs", str(page)], "none")):
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / named) in err[0]
+    assert page.read_bytes() == before
+
+
 def test_docs_tables_match_results():
     """Every generated table in README.md and docs/*.md equals what benchmarks/report.py makes
     from benchmarks/results/ (regenerate: python benchmarks/report.py --docs README.md docs)."""
