@@ -85,8 +85,9 @@ def _markdown_files(paths: list[str | Path]) -> list[Path]:
 def update_docs(results: str | Path, paths: list[str | Path], check: bool = False) -> list[Path]:
     """Regenerate the marked tables in ``paths`` (markdown files, or folders of them) from the
     JSON in ``results``. Returns the files whose text changed (with ``check``, would change;
-    nothing is written)."""
-    changed = []
+    nothing is written). Every page is rendered before the first is written: a page that
+    fails (ValueError naming it) leaves all of them as they were."""
+    new_texts: dict[Path, str] = {}
     for f in _markdown_files(paths):
         text = f.read_text()
         try:
@@ -94,10 +95,11 @@ def update_docs(results: str | Path, paths: list[str | Path], check: bool = Fals
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise ValueError(f"{f}: {e}") from e
         if new != text:
-            changed.append(f)
-            if not check:
-                f.write_text(new)
-    return changed
+            new_texts[f] = new
+    if not check:
+        for f, new in new_texts.items():
+            f.write_text(new)
+    return list(new_texts)
 
 
 def main(argv: list[str] | None = None) -> int:

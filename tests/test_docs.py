@@ -122,6 +122,24 @@ def test_report_names_a_missing_page_or_results_folder(tmp_path, capsys):
     assert page.read_bytes() == before
 
 
+def test_report_writes_no_page_when_one_fails(tmp_path):
+    """``--docs`` wrote each page as soon as it was rendered: a later page that failed (a table
+    whose results are missing) left the earlier ones regenerated and the rest not, docs from
+    two sets of results. Every page is rendered first; a failure writes none."""
+    report = _report()
+    results = ROOT / "benchmarks" / "results"
+    if not (results / "drift.json").exists():
+        pytest.skip("no benchmarks/results next to the tests")
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    a.write_text("<!-- table:drift -->\nstale\n<!-- /table:drift -->\n")
+    b.write_text("<!-- table:drift -->\n<!-- /table:drift -->\n<!-- table:nope -->\n<!-- /table:nope -->\n")
+    before = {p: p.read_bytes() for p in (a, b)}
+    with pytest.raises(ValueError, match="b.md: unknown table 'nope'"):
+        report.update_docs(results, [tmp_path])
+    assert {p: p.read_bytes() for p in (a, b)} == before
+    assert report.update_docs(results, [a]) == [a] and "stale" not in a.read_text()
+
+
 def test_docs_tables_match_results():
     """Every generated table in README.md and docs/*.md equals what benchmarks/report.py makes
     from benchmarks/results/ (regenerate: python benchmarks/report.py --docs README.md docs)."""
