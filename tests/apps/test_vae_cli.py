@@ -288,3 +288,30 @@ def test_held_out_images_leave_most_images_to_train_on(tmp_path, capsys):
     assert main(["vae", "train", "--dataset", "folder", str(tmp_path / "f21"), "--config", "vae-tiny",
                  "--set", "data.n_eval=10", "--set", "train.steps=1", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["n_train"] == 11
+
+
+def test_a_run_folder_of_another_command_is_named_as_such(tmp_path, capsys):
+    """A run folder of ``fhcnn volume`` given to sample/interpolate/normality (the folder, its
+    ``checkpoints/``, a step or its weights) was refused as "unknown config key 'volume'", as if
+    the user had mistyped a config: it is one line naming the command that made the folder,
+    exit 2, nothing written."""
+    from tests.apps._volumes import write_tiny_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tiny_volume(data)
+    vol = tmp_path / "vol"
+    assert main(["volume", str(data / "c0.npy"), "--labels", str(data / "lab.npy"), "--config", "volume-tiny",
+                 "--set", "train.steps=1", "--out", str(vol), "--quiet"]) == 0
+    step = sorted((vol / "checkpoints").glob("step-*"))[-1]
+    capsys.readouterr()
+    out = tmp_path / "s.png"
+    for given in (vol, vol / "checkpoints", step, step / "model.safetensors"):
+        for cmd in (["sample", "--n", "4", "--out", str(out)],
+                    ["interpolate", "--a", "0", "--b", "1", "--out", str(out)],
+                    ["normality", "--out", str(tmp_path / "n")]):
+            assert main(["vae", cmd[0], "--checkpoint", str(given), *cmd[1:]]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"error: {given}: {vol} is a run folder of fhcnn volume, not of fhcnn vae; "
+                           f"give a run folder written by 'fhcnn vae train'"], err
+    assert not out.exists() and not (tmp_path / "n").exists()

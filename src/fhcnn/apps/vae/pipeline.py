@@ -34,7 +34,7 @@ from ...config import load_config, save_config
 from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
-from ...rundir import check_own_checkpoint
+from ...rundir import RunFolder, check_own_checkpoint
 from ...training import Trainer, load_weights, unwrap_model
 from ...training.checkpoint import MANIFEST_FILE, find_checkpoint
 from ...training.distributed import gather_batch
@@ -321,8 +321,16 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
 
 # ------------------------------------------------------------------------ loading runs
 def _find_config(path: Path) -> Path:
+    """The ``config.yaml`` of the run that holds ``path`` (``path`` or up to three folders
+    above it). A run folder of another command (its ``run.json`` names the command) is refused
+    in one line: its config is not a VAE's."""
     for folder in [path if path.is_dir() else path.parent, *list(path.parents)[:3]]:
         if (folder / "config.yaml").is_file():
+            run = RunFolder.open(folder)
+            tool = run.marker.get("tool") if run is not None else None
+            if tool not in (None, "vae"):
+                raise InputError(f"{path}: {folder} is a run folder of fhcnn {tool}, not of "
+                                 f"fhcnn vae; give a run folder written by 'fhcnn vae train'")
             return folder / "config.yaml"
     raise InputError(f"{path}: no config.yaml found in it or the folders above it "
                      f"(expected a run folder written by 'fhcnn vae train')")
