@@ -315,3 +315,20 @@ def test_a_run_folder_of_another_command_is_named_as_such(tmp_path, capsys):
             assert err == [f"error: {given}: {vol} is a run folder of fhcnn volume, not of fhcnn vae; "
                            f"give a run folder written by 'fhcnn vae train'"], err
     assert not out.exists() and not (tmp_path / "n").exists()
+
+
+def test_a_bad_value_is_refused_naming_the_options_as_typed(tmp_path, capsys):
+    """With --dataset, --resize or --threads, a bad --set value was refused as "--set
+    data.size=null --set data.crop=null --set data.dataset=folder --set data.path=F ...: ...",
+    options the user never typed; the line now names the options as typed, --dataset once."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "o"
+    err = _error(["vae", "train", "--dataset", "folder", str(folder), "--resize", "8", "--threads", "1",
+                  "--config", "vae-tiny", "--set", "data.n_eval=0.6", "--out", str(out)], capsys)
+    assert err.splitlines() == [
+        f"error: --dataset folder {folder} --resize 8 --set data.n_eval=0.6 --threads 1: config data: n_eval must "
+        f"be a fraction in (0, 0.5] (at most half of the images are held out) or a whole count >= 1, got 0.6"]
+    assert not out.exists()

@@ -64,13 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> str:
     from ..apps.vae import VAEConfig, train_command
-    from ._options import check_shipped_config, config_file_input, overrides_from_args
+    from ._options import check_shipped_config, command_line_overrides, config_file_input
 
     check_shipped_config(VAEConfig, args)
-    return train_command(args.config, overrides_from_args(VAEConfig, args), args.out, dataset=args.dataset,
+    pairs = command_line_overrides(VAEConfig, args)
+    return train_command(args.config, [o for o, _ in pairs], args.out, dataset=args.dataset,
                          resize=args.resize, crop=args.crop, limit=args.limit, threads=args.threads,
                          resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                         config_file=config_file_input(args.config), start=args.start_config)
+                         config_file=config_file_input(args.config), start=args.start_config,
+                         given=[g for _, g in pairs])
 
 
 def _sample(args: argparse.Namespace) -> str:

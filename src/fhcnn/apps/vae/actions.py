@@ -27,6 +27,16 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
     ``--threads`` (``train.threads``), then ``overrides`` (``--set``). A dataset other than the
     config's gets its own default size (``data.size=null``: a folder is then resized only with
     ``--resize``)."""
+    return [o for o, _ in _dataset_pairs(dataset, config_dataset, resize, crop, limit, threads,
+                                         [(o, f"--set {o}") for o in overrides])]
+
+
+def _dataset_pairs(dataset: Sequence[str] | None, config_dataset: str, resize: int | None,
+                   crop: int | None, limit: int | None, threads: int | None,
+                   overrides: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """:func:`dataset_overrides` as ``(override, the option as the user typed it)`` pairs (the
+    ``data.*`` keys of ``--dataset folder PATH`` all as ``--dataset folder PATH``), for the
+    line refusing a bad value; ``overrides`` are pairs already."""
     from ...resources import check_threads
 
     if threads is not None:
@@ -34,28 +44,30 @@ def dataset_overrides(dataset: Sequence[str] | None, config_dataset: str, resize
     for flag, v in (("--resize", resize), ("--crop", crop), ("--limit", limit)):
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     if dataset:
         name, *rest = dataset
+        typed = f"--dataset {' '.join(dataset)}"
         if name != config_dataset:
-            out += ["data.size=null", "data.crop=null"]
+            out += [("data.size=null", typed), ("data.crop=null", typed)]
         if name not in DATASETS:
             raise InputError(f"--dataset must be digits, lfw, mnist-idx PATH or folder PATH, got {name!r}")
         if name in ("mnist-idx", "folder"):
             if len(rest) != 1:
                 raise InputError(f"--dataset {name} needs exactly one PATH")
-            out += [f"data.dataset={name}", f"data.path={rest[0]}"]
+            out += [(f"data.dataset={name}", typed), (f"data.path={rest[0]}", typed)]
         else:
             if rest:
                 raise InputError(f"--dataset {name} takes no PATH (got {' '.join(rest)})")
-            out += [f"data.dataset={name}", "data.path=null"]
-    if resize is not None:
-        out.append(f"data.size={resize}")
-    if crop is not None:
-        out.append(f"data.crop={crop}")
-    if limit is not None:
-        out.append(f"data.limit={limit}")
-    return out + list(overrides) + ([f"train.threads={threads}"] if threads is not None else [])
+            out += [(f"data.dataset={name}", typed), ("data.path=null", typed)]
+    for key, flag, v in (("data.size", "--resize", resize), ("data.crop", "--crop", crop),
+                         ("data.limit", "--limit", limit)):
+        if v is not None:
+            out.append((f"{key}={v}", f"{flag} {v}"))
+    out += list(overrides)
+    if threads is not None:
+        out.append((f"train.threads={threads}", f"--threads {threads}"))
+    return out
 
 
 def _check_files(outputs: dict[str, str | Path | None], overwrite: bool, cfg: Any, run_dir: Path,
@@ -188,19 +200,24 @@ def train_summary(m: dict[str, Any], out: Path) -> str:
 def train_command(config: str | None, overrides: list[str], out: str, *, dataset: Sequence[str] | None = None,
                   resize: int | None = None, crop: int | None = None, limit: int | None = None,
                   threads: int | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-                  config_file: str | None = None, start: str | None = None) -> str:
+                  config_file: str | None = None, start: str | None = None,
+                  given: Sequence[str] | None = None) -> str:
     """``fhcnn vae train``: the config with the dataset options, the images, device and model
     checked (before ``out`` exists), the run folder, the training; returns the summary line
     (empty on a non-zero rank under ``torchrun``). ``start``: the shipped config a ``config``
-    file is read over (see :func:`fhcnn.config.load_config`)."""
+    file is read over (see :func:`fhcnn.config.load_config`). ``given``: ``overrides`` as the
+    command line gave them, one each (default ``--set`` each), for the line refusing a bad
+    value."""
     from ... import log
     from ...config import load_config
     from .config import VAEConfig
     from .pipeline import prepare_training, train_vae
 
     base = load_config(VAEConfig, config, start=start)
-    cfg = load_config(VAEConfig, config, dataset_overrides(dataset, base.data.dataset, resize, crop, limit,
-                                                           threads, list(overrides)), start=start)
+    typed = list(given) if given is not None else [f"--set {o}" for o in overrides]
+    pairs = _dataset_pairs(dataset, base.data.dataset, resize, crop, limit, threads, list(zip(overrides, typed)))
+    given = list(dict.fromkeys(g for _, g in pairs))  # --dataset once for its four keys
+    cfg = load_config(VAEConfig, config, [o for o, _ in pairs], start=start, given=given)
     data = prepare_training(cfg)  # images, device, model: checked before --out exists
     folder = prepare_output_dir(out, resume, overwrite, tool="vae", config=cfg, config_file=config_file,
                                 roles={"data": cfg.data.path})
