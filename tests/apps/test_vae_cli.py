@@ -332,3 +332,32 @@ def test_a_bad_value_is_refused_naming_the_options_as_typed(tmp_path, capsys):
         f"error: --dataset folder {folder} --resize 8 --set data.n_eval=0.6 --threads 1: config data: n_eval must "
         f"be a fraction in (0, 0.5] (at most half of the images are held out) or a whole count >= 1, got 0.6"]
     assert not out.exists()
+
+
+def test_the_run_images_must_be_the_recorded_ones(tmp_path, capsys):
+    """normality and interpolate's indices read the run's images again from data.path. After an
+    image was added to the folder, the split came out otherwise and normality scored as
+    "held-out" images the run had trained on, silently. The folder's fingerprint must match
+    run.json's: otherwise one line, exit 2, nothing written; image files still interpolate."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
+                 "--out", str(run), "--quiet"]) == 0
+    PIL.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "8.png")
+    capsys.readouterr()
+    line = (f"error: {folder}: the run's images (folder {folder}) changed since it was trained (its run.json records "
+            f"other contents), so its training and held-out images are no longer known; restore them (interpolate "
+            f"also takes image files)")
+    out = tmp_path / "i.png"
+    for cmd in (["normality", "--out", str(tmp_path / "n")],
+                ["interpolate", "--a", "0", "--b", "1", "--out", str(out)]):
+        assert main(["vae", cmd[0], "--checkpoint", str(run), *cmd[1:]]) == 2
+        assert capsys.readouterr().err.splitlines() == [line]
+    assert not out.exists() and not (tmp_path / "n").exists()
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(folder / "0.png"), "--b",
+                 str(folder / "8.png"), "--out", str(out)]) == 0
+    (folder / "8.png").unlink()
+    assert main(["vae", "normality", "--checkpoint", str(run), "--out", str(tmp_path / "n")]) == 0

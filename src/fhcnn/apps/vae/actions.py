@@ -15,7 +15,7 @@ from ...data.images import DATASETS
 from ...errors import InputError
 from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
-from .pipeline import load_images, load_run, resolve_image
+from .pipeline import load_run, load_run_images, resolve_image
 
 __all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary", "train_command"]
 
@@ -137,7 +137,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     _check_images(steps + 2, model, "--steps")
-    xa, xb = resolve_image(a, cfg, model), resolve_image(b, cfg, model)
+    xa, xb = resolve_image(a, cfg, model, run_dir), resolve_image(b, cfg, model, run_dir)
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
     save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
@@ -153,7 +153,7 @@ def normality(checkpoint: str, out: str | Path | None, n: int, split: str,
     if n < 2:
         raise InputError(f"--n must be >= 2, got {n}")
     cfg, model, run_dir = load_run(checkpoint)
-    train, held = load_images(cfg)
+    train, held = load_run_images(cfg, run_dir)
     images = held if split == "eval" else train
     x = images.batch(slice(0, n))
     names = ("normality.png", "normality.json")

@@ -34,7 +34,7 @@ from ...config import load_config, save_config
 from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
-from ...rundir import RunFolder, check_own_checkpoint
+from ...rundir import RunFolder, check_own_checkpoint, fingerprint
 from ...training import Trainer, load_weights, unwrap_model
 from ...training.checkpoint import MANIFEST_FILE, find_checkpoint
 from ...training.distributed import gather_batch
@@ -52,8 +52,8 @@ from .evaluation import (
 )
 from .outputs import interpolate_latents, save_figure, save_grid
 
-__all__ = ["load_images", "prepare_training", "build_model", "beta_at", "train_vae", "load_run", "resolve_image",
-           "train_baseline"]
+__all__ = ["load_images", "load_run_images", "prepare_training", "build_model", "beta_at", "train_vae", "load_run",
+           "resolve_image", "train_baseline"]
 
 
 # ------------------------------------------------------------------------------ data
@@ -355,11 +355,30 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[VAEConfig, Hyperbol
     return cfg, model, cfg_path.parent
 
 
-def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder) -> Tensor:
-    """``spec``: an integer index into the run's training images, or an image file (converted
-    to the model's channels, centre-cropped to a square and resized to the model's size)."""
+def load_run_images(cfg: VAEConfig, run_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+    """:func:`load_images` of a trained run: ``(train, eval)`` as the run split them. The
+    images at ``data.path`` must still be those the run recorded in its ``run.json`` (their
+    fingerprint): images added, removed or changed since (or another folder of that name from
+    another working directory) split otherwise, and the "held-out" images would hold images
+    the run trained on. Refused in one line; a run without a record is not checked."""
+    path = cfg.data.path
+    run = RunFolder.open(run_dir) if run_dir is not None and path is not None else None
+    recorded = ((run.marker.get("inputs") or {}).get("data") or {}) if run is not None else {}
+    now = fingerprint(path) if path is not None and recorded.get("fingerprint") else None
+    if now not in (None, "missing", recorded.get("fingerprint")):  # missing: load_images says so
+        raise InputError(f"{path}: the run's images ({cfg.data.dataset} {recorded.get('path')}) changed "
+                         f"since it was trained (its run.json records other contents), so its training and "
+                         f"held-out images are no longer known; restore them (interpolate also takes image files)")
+    return load_images(cfg)
+
+
+def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
+                  run_dir: Path | None = None) -> Tensor:
+    """``spec``: an integer index into the run's training images (checked to be the run's
+    when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
+    model's channels, centre-cropped to a square and resized to the model's size)."""
     if spec.strip().lstrip("-").isdigit():
-        train, _ = load_images(cfg)
+        train, _ = load_run_images(cfg, run_dir)
         i = int(spec)
         if not -len(train) <= i < len(train):
             raise InputError(f"image index {i} is out of range: the training set has {len(train)} images")
