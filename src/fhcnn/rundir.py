@@ -648,6 +648,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[s
         a, b = old_in.get(role), new_in.get(role)
         if a is None or b is None:
             diff.append(f"--{role.replace('_', '-')} {'added' if a is None else 'dropped'}")
+        elif a.get("fingerprint") != b.get("fingerprint") and a.get("path") == b.get("path"):
+            diff.append(f"{role} ({b.get('path')}) changed since the run (its contents differ from the recorded ones)")
         elif a.get("fingerprint") != b.get("fingerprint"):
             diff.append(f"{role} ({b.get('path')}) is not the recorded one ({a.get('path')})")
         elif isinstance(a.get("also"), dict) and isinstance(b.get("also"), dict) \

@@ -361,3 +361,25 @@ def test_the_run_images_must_be_the_recorded_ones(tmp_path, capsys):
                  str(folder / "8.png"), "--out", str(out)]) == 0
     (folder / "8.png").unlink()
     assert main(["vae", "normality", "--checkpoint", str(run), "--out", str(tmp_path / "n")]) == 0
+
+
+def test_resume_names_a_data_folder_changed_in_place(tmp_path, capsys):
+    """--resume after an image was added to the run's folder said "data (F) is not the recorded
+    one (F)", the same path twice, as if another folder had been given; it now says the folder
+    changed since the run. The run folder stays as it was."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    argv = ["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
+            "--out", str(run), "--quiet"]
+    assert main(argv) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    PIL.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "6.png")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --resume: {run} was run with other inputs or config: data ({folder}) changed since the run (its "
+        f"contents differ from the recorded ones); resume with the same ones, or start a new run"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
