@@ -383,3 +383,16 @@ def test_resume_names_a_data_folder_changed_in_place(tmp_path, capsys):
         f"error: --resume: {run} was run with other inputs or config: data ({folder}) changed since the run (its "
         f"contents differ from the recorded ones); resume with the same ones, or start a new run"]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_interpolate_names_an_argument_that_is_neither_index_nor_file(run_dir, tmp_path, capsys):
+    """--a=--3 or --a ² passed str.isdigit once the dashes were stripped and int() refused them:
+    the line was Python's "invalid literal for int() with base 10: '--3'", naming neither --a
+    nor what it takes. They are now read as file names: one line naming both choices."""
+    out = tmp_path / "i.png"
+    for spec in ("--3", "²"):
+        err = _error(["vae", "interpolate", "--checkpoint", str(run_dir), f"--a={spec}", "--b", "1",
+                      "--out", str(out)], capsys)
+        assert err.splitlines() == [f"error: {spec}: neither an image file nor an index into the training set"]
+    assert not out.exists()
+    assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "-1", "--b", " 2", "--out", str(out)]) == 0

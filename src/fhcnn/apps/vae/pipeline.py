@@ -21,6 +21,7 @@ Training recipe (one optimizer for the network ``theta`` and ``P``):
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -377,7 +378,7 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
     model's channels, centre-cropped to a square and resized to the model's size)."""
-    if spec.strip().lstrip("-").isdigit():
+    if re.fullmatch(r"\s*-?[0-9]+\s*", spec):  # not str.isdigit: '--3' and '²' are no index
         train, _ = load_run_images(cfg, run_dir)
         i = int(spec)
         if not -len(train) <= i < len(train):
