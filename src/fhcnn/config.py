@@ -108,15 +108,16 @@ def available_configs(cls: type | None = None) -> list[str]:
     names = sorted({p.stem for p in CONFIG_DIR.iterdir() if p.suffix in _SUFFIXES})
     if cls is None:
         return names
+    return [n for n in names if _loads(cls, resolve_config(n))]
 
-    def loads(name: str) -> bool:
-        path = next(CONFIG_DIR / (name + s) for s in _SUFFIXES if (CONFIG_DIR / (name + s)).is_file())
-        try:
-            config_from_dict(cls, read_config_file(path))
-        except InputError:
-            return False
-        return True
-    return [n for n in names if loads(n)]
+
+def _loads(cls: type, path: Path) -> bool:
+    """Whether a ``cls`` config loads from the config file ``path``."""
+    try:
+        config_from_dict(cls, read_config_file(path))
+    except InputError:
+        return False
+    return True
 
 
 def check_shipped_config(cls: type, name_or_path: str | os.PathLike[str], command: str,
@@ -132,7 +133,7 @@ def check_shipped_config(cls: type, name_or_path: str | os.PathLike[str], comman
             shipped config (:func:`resolve_config`'s line).
     """
     path = resolve_config(name_or_path)
-    if path.resolve().parent != CONFIG_DIR or path.stem in available_configs(cls):
+    if path.resolve().parent != CONFIG_DIR or _loads(cls, path):  # one file read, not every shipped one
         return
     owners = [prog for prog, of in commands.items() if path.stem in available_configs(of())]
     of_whom = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else "".join(owners)
