@@ -209,8 +209,7 @@ def test_docs_command_lines_parse_and_their_configs_load():
     """Every ``fhcnn ...`` command line of the pages parses with the current command line, and
     its ``--config`` and ``--set`` make a valid config of that command."""
     from fhcnn.cli import build_parser
-    from fhcnn.cli._options import overrides_from_args
-    from fhcnn.config import load_config
+    from fhcnn.cli._options import config_from_args
 
     lines = _command_lines()
     assert len(lines) >= 25  # the extraction finds the pages' commands
@@ -225,7 +224,7 @@ def test_docs_command_lines_parse_and_their_configs_load():
         cls = configs.get(getattr(args, "vae_command", None) or args.command)
         if cls is not None:
             try:
-                load_config(cls, args.config, overrides_from_args(cls, args))
+                config_from_args(cls, args)  # as the command builds it
             except ValueError as e:
                 bad.append(f"{page}: fhcnn {' '.join(argv)}: {e}")
     assert not bad, "\n".join(bad)

@@ -112,12 +112,6 @@ def command_line_overrides(cls: type, args: argparse.Namespace) -> list[tuple[st
     return pairs
 
 
-def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides, plus ``--device`` into ``train.device`` and ``--scale`` into
-    ``data.scale`` (where the command has them) for a config of type ``cls``."""
-    return [o for o, _ in command_line_overrides(cls, args)]
-
-
 def check_shipped_config(cls: type, args: argparse.Namespace) -> None:
     """Refuse a ``--config NAME`` that is another command's shipped config, naming the commands
     it is a config of (:func:`fhcnn.config.check_shipped_config`, with the commands this
@@ -128,7 +122,7 @@ def check_shipped_config(cls: type, args: argparse.Namespace) -> None:
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the config from ``--config`` and ``--set`` (see :func:`overrides_from_args`); a
+    """Build the config from ``--config`` and ``--set`` (see :func:`command_line_overrides`); a
     config file is read over the command's default config; a bad value is refused naming the
     options as typed (``--scale 9``, not ``--set data.scale=9.0``), another command's shipped
     config naming its command (:func:`check_shipped_config`)."""
