@@ -860,8 +860,8 @@ def test_label_chunks_never_written_that_read_as_a_class_are_named(tmp_path):
         "v2.zarr": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0 (its fill value "
                    "null), which is class 0; if those voxels are unlabelled, set the array's fill value to the "
                    "--ignore value 255 (fill_value in its .zarray)",
-        "shards.zarr": "4 of its 8 shards were never written (about 50 % of the volume) and read as 0, which is "
-                       "class 0;",
+        "shards.zarr": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0, which is "
+                       "class 0;",  # the inner chunks, from each shard's index
         "l.h5:chunked": "24 of its 36 chunks were never written (about 67 % of the volume) and read as 0, which is "
                         "class 0; if those voxels are unlabelled, set the array's fill value to the --ignore value 255 "
                         "(an HDF5 dataset's is fixed when it is made: write the dataset anew with fillvalue=255)",
@@ -883,8 +883,42 @@ def test_label_chunks_never_written_that_read_as_a_class_are_named(tmp_path):
     # through the run's inputs (sharded: readable), on the log lines of the run
     np.save(tmp_path / "img.npy", truth(lab.shape, np.float32))
     inputs = load_volume_inputs([str(tmp_path / "img.npy")], str(tmp_path / "shards.zarr"))
-    assert len(inputs.notes) == 1 and inputs.notes[0].startswith("labels " + str(tmp_path / "shards.zarr") + ": 4 of")
+    assert len(inputs.notes) == 1 and inputs.notes[0].startswith("labels " + str(tmp_path / "shards.zarr") + ": 24 of")
     assert inputs.summary.counts[0] > lab.size // 2  # what the note is about: the unwritten shards are class 0
+
+
+def test_inner_chunks_never_written_inside_a_shard_are_counted_from_its_index(tmp_path, monkeypatch):
+    """Of a sharded zarr v3 label array the note counted whole shards: a shard holding one
+    annotated slice counted as written, so labels annotated on one slice of every shard said
+    nothing at all, though most of their chunks read as class 0. The inner chunks are now counted
+    from each written shard's index (the chunks' data garbled here: never read), those past the
+    array's edge left out; a zarr that does not expose the index counts shards as before."""
+    from fhcnn.data.volumes import stores
+    from fhcnn.data.volumes.labels import unwritten_note
+
+    shape = (13, 17, 11)  # inner chunks 4 x 5 x 3 = 60; shards 2 x 3 x 3, the last ones in part
+    a = zarr.create_array(str(tmp_path / "s.zarr"), shape=shape, chunks=(4, 4, 4), shards=(8, 8, 4),
+                          dtype=np.uint8, fill_value=0)
+    a[:, :, 5] = 1  # inner chunk 1 of the last axis: 4 x 5 = 20 written, in the 6 shards holding it
+    assert a.nchunks_initialized == 6 * 4  # zarr counts every inner chunk of a written shard
+    index = 16 * 4 + 4  # (offset, length) a chunk and a checksum, at the shard's end
+    shards = [p for p in (tmp_path / "s.zarr" / "c").rglob("*") if p.is_file()]
+    for p in shards:
+        data = p.read_bytes()
+        p.write_bytes(b"\xff" * (len(data) - index) + data[-index:])
+    assert len(shards) == 6
+    gap = stores.never_written(zarr.open_array(str(tmp_path / "s.zarr"), mode="r"))
+    assert (gap.missing, gap.total, gap.unit) == (40, 60, "chunks")
+    v = open_volume(str(tmp_path / "s.zarr"), what="labels", allow_channels=False)
+    assert unwritten_note(v, 255, "labels s.zarr").startswith(
+        "labels s.zarr: 40 of its 60 chunks were never written (about 67 % of the volume)")
+    full = zarr.create_array(str(tmp_path / "f.zarr"), shape=shape, chunks=(4, 4, 4), shards=(8, 8, 4),
+                             dtype=np.uint8, fill_value=0, config={"write_empty_chunks": True})
+    full[:] = 1
+    assert stores.never_written(full) is None  # the inner chunks past the edge are not missing
+    monkeypatch.setattr(stores, "_inner_chunks_written", lambda array: None)
+    gap = stores.never_written(zarr.open_array(str(tmp_path / "s.zarr"), mode="r"))
+    assert (gap.missing, gap.total, gap.unit) == (12, 18, "shards")
 
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -228,8 +228,9 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
 def unwritten_note(v: OpenedVolume, ignore: int, what: str) -> str | None:
     """A line naming the chunks of the label file ``v`` (zarr or HDF5) that were never written
     when they read as a class: their fill value is not ``ignore`` (zarr's default fill value 0
-    and its ``null``, read as 0, are class 0), or ``None``. Counted from the store's keys or
-    the dataset's chunk index, not from the data (:func:`~fhcnn.data.volumes.stores.never_written`).
+    and its ``null``, read as 0, are class 0), or ``None``. Counted from the store's keys (and
+    each shard's index), or the dataset's chunk index, not from the data
+    (:func:`~fhcnn.data.volumes.stores.never_written`).
 
     A note, not a refusal: zarr 3 does not write a chunk that holds only the fill value
     (``write_empty_chunks`` is off by default), so dense labels whose background chunks are

@@ -294,8 +294,9 @@ class NeverWritten:
     Attributes:
         missing: how many were never written (``> 0``).
         total: how many the array has.
-        unit: ``"chunks"``, or ``"shards"`` for a sharded zarr array (counted by shard: a shard
-            written in part may lack inner chunks too).
+        unit: ``"chunks"`` (of a sharded zarr array, its inner chunks), or ``"shards"`` for a
+            sharded zarr array whose shard indexes this zarr cannot read (counted by shard: a
+            shard written in part may lack inner chunks too).
         fill: the value they read as.
         stated: the fill value as the file states it (``None``: zarr's ``null``, read as 0).
     """
@@ -311,17 +312,21 @@ def never_written(array: Any) -> NeverWritten | None:
     """What :class:`NeverWritten` says of ``array`` (a zarr array: v2 or v3, sharded or not; an
     h5py dataset stored in chunks), or ``None``: every chunk written, or another kind of array (a
     contiguous HDF5 dataset, a memory map). Nothing of the data is read: zarr lists the store's
-    keys, HDF5 counts the chunks its index holds (``get_num_chunks``)."""
+    keys (of a sharded array, then reads the index of each shard written: :func:`_inner_chunks_written`),
+    HDF5 counts the chunks its index holds (``get_num_chunks``)."""
     import zarr
 
     if isinstance(array, zarr.Array):
         shards = getattr(array, "shards", None)
-        grid = tuple(int(c) for c in (shards or array.chunks))
+        inner = _inner_chunks_written(array) if shards else None
+        grid = tuple(int(c) for c in (shards if shards and inner is None else array.chunks))
         total = math.prod(-(-int(n) // c) for n, c in zip(array.shape, grid))
-        # zarr counts a written shard as all its inner chunks
-        per_shard = math.prod(-(-s // int(c)) for s, c in zip(grid, array.chunks)) if shards else 1
-        written = int(array.nchunks_initialized) // per_shard
-        stated, unit = array.fill_value, "shards" if shards else "chunks"
+        if inner is not None:
+            written, unit = inner, "chunks"
+        else:  # zarr counts a written shard as all its inner chunks
+            per_shard = math.prod(-(-s // int(c)) for s, c in zip(grid, array.chunks)) if shards else 1
+            written, unit = int(array.nchunks_initialized) // per_shard, "shards" if shards else "chunks"
+        stated = array.fill_value
     elif type(array).__module__.startswith("h5py") and getattr(array, "chunks", None):
         total = math.prod(-(-int(n) // int(c)) for n, c in zip(array.shape, array.chunks))
         written = int(array.id.get_num_chunks())
@@ -333,6 +338,50 @@ def never_written(array: Any) -> NeverWritten | None:
     stated = None if stated is None else np.asarray(stated).item()
     return NeverWritten(missing=total - written, total=total, unit=unit, fill=0 if stated is None else stated,
                         stated=stated)
+
+
+def _inner_chunks_written(array: Any) -> int | None:
+    """The inner chunks of the sharded zarr v3 ``array`` that its shards hold, counted from the
+    index of each shard written (16 bytes an inner chunk, at the shard's end or start; the
+    chunks' data is not read), those of a shard past the array's edge left out; ``None`` where
+    this zarr does not expose the shard index (its sharding codec's ``_load_shard_index_maybe``,
+    zarr 3.1): the caller counts whole shards then."""
+    try:
+        from zarr.codecs.sharding import ShardingCodec
+        from zarr.core.common import concurrent_map
+        from zarr.core.config import config
+        from zarr.core.sync import sync
+
+        codec = next(c for c in array.metadata.codecs if isinstance(c, ShardingCodec))
+        load, where = codec._load_shard_index_maybe, array.store_path
+        shards, chunks = tuple(int(s) for s in array.shards), tuple(int(c) for c in array.chunks)
+        per_shard = tuple(s // c for s, c in zip(shards, chunks))
+        inside = tuple(-(-int(n) // c) for n, c in zip(array.shape, chunks))  # inner chunks per axis
+        grid = tuple(-(-int(n) // s) for n, s in zip(array.shape, shards))
+    except (ImportError, AttributeError, StopIteration, TypeError):
+        return None
+    try:
+        stored = {str(k) for k in sync(_listed(where))}
+        keys = [(at, key) for at in np.ndindex(*grid)
+                if (key := array.metadata.encode_chunk_key(at)) in stored]
+        indexes = sync(concurrent_map([(where / key, per_shard) for _, key in keys], load,
+                                      int(config.get("async.concurrency") or 10)))
+    except Exception:  # a damaged index (its checksum): a note is not where a file is refused
+        return None
+    written = 0
+    for (at, _), index in zip(keys, indexes):
+        if index is None:
+            continue
+        held = index.get_full_chunk_map()
+        ends = [max(0, min(p, n - a * p)) for a, p, n in zip(at, per_shard, inside)]  # inner chunks inside the array
+        written += int(np.count_nonzero(held[tuple(slice(0, e) for e in ends)]))
+    return written
+
+
+async def _listed(where: Any) -> list[str]:
+    """The keys below the store path ``where``, relative to it."""
+    prefix = where.path.rstrip("/") + "/" if where.path else ""
+    return [key[len(prefix):] async for key in where.store.list_prefix(prefix)]
 
 
 # ---------------------------------------------------------------------------------------- npy
