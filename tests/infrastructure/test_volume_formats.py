@@ -212,6 +212,46 @@ def test_ome_tiff_spacing(tmp_path):
 
 
 
+def test_plain_tiff_resolution_tags_give_the_in_plane_spacing(tmp_path):
+    """A plain TIFF stack (neither ImageJ nor OME) whose XResolution/YResolution are in pixels per
+    centimetre or inch gave no spacing: anisotropic pixels were trained on as square, and the
+    prediction carried no spacing. They now give the in-plane spacing, in micrometres, stated
+    (compared with another file's); the slice spacing is not stated: the voxels are taken as
+    cubes along Z (as without tags) and the run's log says so. Tags without a unit, or tifffile's
+    default 1 pixel per unit, say nothing."""
+    from fhcnn.apps.volume import VolumeConfig, load_volume_inputs
+    from fhcnn.apps.volume.pipeline import resolve_spacing
+
+    a = truth((5, 12, 14), np.uint16)
+    tifffile.imwrite(tmp_path / "cm.tif", a, resolution=(10000 / 0.65, 10000 / 0.5), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "in.tif", a, resolution=(96, 96), resolutionunit="INCH")
+    tifffile.imwrite(tmp_path / "none.tif", a, resolution=(4, 2), resolutionunit="NONE")
+    tifffile.imwrite(tmp_path / "plain.tif", a)
+    v = open_volume(str(tmp_path / "cm.tif"))
+    assert_windows(v.channels[0], a)
+    g = v.geometry
+    assert (g.spacing, g.spacing_stated, g.unit) == ((0.5, 0.5, 0.65), (False, True, True), "micrometer")
+    g = open_volume(str(tmp_path / "in.tif")).geometry
+    assert (g.spacing, g.spacing_stated, g.unit) == ((264.583333333,) * 3, (False, True, True), "micrometer")
+    for name in ("none.tif", "plain.tif"):
+        g = open_volume(str(tmp_path / name)).geometry
+        assert (g.spacing, g.unit) == (None, None), name
+    # stated in-plane: labels with other tags are another grid, labels without tags are not compared
+    msg = refusal(check_same_grid, open_volume(str(tmp_path / "cm.tif")), open_volume(str(tmp_path / "in.tif")),
+                  "labels")
+    assert "voxel spacing (-, 264.583, 264.583) micrometer against (-, 0.5, 0.65) micrometer" in msg, msg
+    check_same_grid(open_volume(str(tmp_path / "cm.tif")), open_volume(str(tmp_path / "plain.tif")), "labels")
+    # what the run does with it, and says
+    lab = np.full(a.shape, 255, np.uint8)
+    lab[2] = np.arange(a[2].size).reshape(a[2].shape) % 2
+    np.save(tmp_path / "lab.npy", lab)
+    inputs = load_volume_inputs([str(tmp_path / "cm.tif")], str(tmp_path / "lab.npy"))
+    spacing, source = resolve_spacing(VolumeConfig(), inputs)
+    assert spacing == (0.5, 0.5, 0.65)
+    assert source == ("the tiff header, in micrometer; it states none along D: taken as 0.5, unknown "
+                      "(--set volume.spacing=D,H,W gives it)")
+
+
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_pyramidal_ome_tiff_reads_its_full_resolution(tmp_path, compression):
     """A pyramidal OME-TIFF (reduced levels in SubIFDs) was refused, compressed or not, with

@@ -45,18 +45,30 @@ from ...training import is_main_process
 from ...training.distributed import all_reduce_sum, barrier, broadcast_object, pass_share
 from .baselines import SLAB_VOXELS, ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
-from .inputs import HeldOut, VolumeInputs
+from .inputs import AXIS_NAMES, HeldOut, VolumeInputs
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
            "score", "resolve_spacing", "unet_plan", "at_input_size", "region_at_input_size"]
 
 
 def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[float, float, float] | None, str]:
-    """The voxel spacing used (``volume.spacing`` over the file's) and where it came from."""
+    """The voxel spacing used (``volume.spacing`` over the file's) and where it came from: of
+    the file's, its length unit where it names one, and the axes whose spacing it does not
+    state with what they hold (``VolumeGeometry.spacing_stated``: a TIFF's slice axis without
+    ImageJ ``spacing`` or ``PhysicalSizeZ``), so that no spacing is taken without a word."""
     if cfg.volume.spacing:
         return parse_spacing(cfg.volume.spacing), "volume.spacing"
     if inputs.spacing is not None:
-        return tuple(float(s) for s in inputs.spacing), f"the {inputs.format} header"  # type: ignore[return-value]
+        spacing = tuple(float(s) for s in inputs.spacing)
+        g = inputs.geometry
+        unit = f", in {g.unit}" if g is not None and g.unit else ""
+        unstated = [a for a, said in enumerate(g.spacing_stated if g is not None else (True,) * 3) if not said]
+        if unstated:
+            axes = ", ".join(AXIS_NAMES[a] for a in unstated)
+            held = ", ".join(f"{spacing[a]:g}" for a in unstated)
+            unit += (f"; it states none along {axes}: taken as {held}, unknown (--set volume.spacing=D,H,W "
+                     f"gives it)")
+        return spacing, f"the {inputs.format} header{unit}"  # type: ignore[return-value]
     return None, f"none in {inputs.format}: taken as isotropic"
 
 

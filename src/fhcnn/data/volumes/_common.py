@@ -317,8 +317,13 @@ def one_length_unit(values: Sequence[float], units: Sequence[str]) -> tuple[list
     if len(set(units)) < 2 or not all(u in LENGTH_UNITS for u in units):
         return None
     to = min(units, key=lambda u: LENGTH_UNITS[u])
-    # 12 significant digits: 1 um is 1000 nm, not 999.9999999999999
-    return [float(f"{float(v) * LENGTH_UNITS[u] / LENGTH_UNITS[to]:.12g}") for v, u in zip(values, units)], to
+    return [in_length_unit(v, u, to) for v, u in zip(values, units)], to
+
+
+def in_length_unit(value: float, unit: str, to: str) -> float:
+    """``value`` (a length in ``unit``) in ``to`` (both keys of ``LENGTH_UNITS``), to 12
+    significant digits: 1 um is 1000 nm, not 999.9999999999999."""
+    return float(f"{float(value) * LENGTH_UNITS[unit] / LENGTH_UNITS[to]:.12g}")
 
 
 def length_unit(name: Any) -> str | None:

@@ -76,7 +76,7 @@ def statements(g: VolumeGeometry) -> dict[str, Statement]:
       voxel size is not compared with other formats' spacings.
     * ``spacing``: the voxel size along ``(D, H, W)`` the file states (zarr/HDF5 ``spacing``,
       ``element_size_um``, OME-Zarr ``scale``, OME-TIFF ``PhysicalSize*``, ImageJ spacing and
-      resolution), ``None`` on axes it leaves out.
+      resolution, a plain TIFF's resolution in a length unit), ``None`` on axes it leaves out.
     * ``origin``: where voxel ``(0, 0, 0)`` lies (OME-Zarr ``translation``).
     * ``inline``, ``crossline``: SEG-Y line numbers; ``samples``: SEG-Y first sample and
       sample interval.

@@ -6,7 +6,8 @@ needs, however many rows a strip holds; a compressed one is decoded whole, one p
 time); a tiled one through tifffile's zarr store (tile by tile; zarr 3) or, without it, page
 by page. A series is marked ``compressed`` when its pages are.
 The channel axis is tifffile's ``C`` (or ``S``, samples of RGB pages); spacing comes from
-ImageJ metadata (``spacing`` and the resolution tags) or OME ``PhysicalSize*``.
+ImageJ metadata (``spacing`` and the resolution tags), OME ``PhysicalSize*``, or, in a plain
+TIFF, the resolution tags in a length unit (in-plane only).
 """
 
 from __future__ import annotations
@@ -19,11 +20,25 @@ import numpy as np
 
 from ...errors import InputError
 from ..lazy import Unmapped
-from ._common import RawVolume, jsonable, length_unit, one_length_unit, quiet_logger, require, window_bounds
+from ._common import (
+    RawVolume,
+    in_length_unit,
+    jsonable,
+    length_unit,
+    one_length_unit,
+    quiet_logger,
+    require,
+    window_bounds,
+)
 
 __all__ = ["open_tiff", "TiffPages", "refuse_planes_of_channels"]
 
 _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknown
+#: The TIFF ``ResolutionUnit`` values that name a length (2 inch, 3 centimetre; 4 and 5 are
+#: tifffile's millimetre and micrometre); 1 (none) says nothing of the pixel's size.
+_RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}
+#: The unit a plain TIFF's resolution is converted to (microscopy's; 72 pixels an inch is 352.8).
+_PLAIN_UNIT = "micrometer"
 
 
 def open_tiff(path: Path, label: str) -> RawVolume:
@@ -317,8 +332,13 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
     those axes the file states it for, its length unit, and the attributes to keep.
 
     Stated: an OME ``PhysicalSize*``; ImageJ's ``spacing`` (Z); resolution tags other than
-    1 pixel per unit without a unit (what tifffile and most writers put in when told nothing).
-    The other spatial axes hold 1."""
+    1 pixel per unit without a unit (what tifffile and most writers put in when told nothing);
+    of a plain TIFF (neither ImageJ nor OME), resolution tags whose ``ResolutionUnit`` is a
+    length (:data:`_RESOLUTION_UNITS`), X and Y only, in micrometres. The other spatial axes
+    hold 1 (ImageJ's voxel depth when it writes none), but a plain TIFF's slice axis holds its
+    finer in-plane spacing: its voxels are taken as cubes, as those of a TIFF without
+    resolution tags are (1 inch or 1 cm would make the slices thousands of times coarser than
+    the pixels); the run's log names the axes a file does not state and what they hold."""
     attrs: dict[str, Any] = {}
     per_letter: dict[str, float] = {}
     said: set[str] = set()
@@ -359,6 +379,14 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
             unit = length_unit(next(iter(units.values()))) if len(set(units.values())) == 1 else None
         except (ET.ParseError, StopIteration, ValueError):
             per_letter = {}
+    else:
+        page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+        tagged = _RESOLUTION_UNITS.get(int(getattr(page, "resolutionunit", 1) or 1))
+        xres, yres = (float(r) for r in getattr(page, "resolution", (1.0, 1.0)))
+        if tagged is not None and all(np.isfinite(r) and r > 0 for r in (xres, yres)):
+            per_letter["X"], per_letter["Y"] = (in_length_unit(1.0 / r, tagged, _PLAIN_UNIT) for r in (xres, yres))
+            per_letter["Z"] = min(per_letter["X"], per_letter["Y"])
+            said, unit = {"X", "Y"}, _PLAIN_UNIT
     if not per_letter:
         return None, None, None, attrs
     names = [_SPATIAL_NAMES.get(a, a) for a in axes]
