@@ -758,6 +758,44 @@ def test_probabilities_carry_the_geometry_of_the_prediction(vol, tmp_path, kind)
             {"type": "translation", "translation": [0.0, 5.0, -1.0, 3.0]}]
 
 
+@pytest.mark.parametrize("kind", ["zarr without spacing", "hdf5 in micrometres"])
+def test_the_spacing_set_by_volume_spacing_is_recorded_in_the_outputs(vol, tmp_path, kind):
+    """--set volume.spacing trained with the spacing given, but prediction.zarr and
+    probabilities.zarr copied the input's grid attributes only: of an input without spacing they
+    carried none (a viewer showed the anisotropic volume as cubes), and of one whose header
+    misstates it nothing said the run used another. Where the input states none, the outputs'
+    ``spacing`` is the one used; where it states one, ``spacing`` stays the input's (the grid:
+    the outputs still lie on the input's) and ``fhcnn_spacing`` says what the run used."""
+    zarr = pytest.importorskip("zarr")
+    from fhcnn.data.volumes import open_volume
+    from fhcnn.data.volumes.grid import check_same_grid
+
+    image = np.load(vol / "c0.npy")
+    if kind == "hdf5 in micrometres":
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "img.h5", "w") as f:
+            f["raw"] = image
+            f["raw"].attrs["element_size_um"] = [2.0, 0.5, 0.5]
+        img, placed, used = f"{tmp_path / 'img.h5'}:raw", [2.0, 0.5, 0.5], [1.0, 1.0, 1.0]
+    else:
+        zarr.create_array(str(tmp_path / "img.zarr"), shape=image.shape, dtype=image.dtype)[:] = image
+        img, placed, used = str(tmp_path / "img.zarr"), [2.0, 1.0, 1.0], None
+    out = tmp_path / "out"
+    assert main(["volume", img, "--labels", str(vol / "lab.npy"), "--out", str(out), "--save-probs",
+                 "--set", "volume.baselines=", "--set", f"volume.spacing={'1,1,1' if used else '2,1,1'}"] + TINY) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["spacing"] == (used or placed) and m["spacing_source"] == "volume.spacing"
+    source = open_volume(img)
+    for name in ("prediction.zarr", "probabilities.zarr"):
+        attrs = zarr.open_array(str(out / name), mode="r").attrs
+        assert attrs["spacing"] == placed and attrs.get("fhcnn_spacing") == used, (name, dict(attrs))
+        assert attrs.get("spacing_unit") == ("micrometer" if used else None)
+        again = open_volume(str(out / name))
+        assert again.geometry.spacing == tuple(placed)
+        check_same_grid(source, again, "labels")  # on the input's grid
+        check_same_grid(again, source, "image")
+
+
 def test_data_scale_predicts_and_scores_at_the_inputs_size(vol, tmp_path):
     """With --set data.scale=0.5 the network's (D, h, w) chunks went to the outputs unresized:
     the prediction filled the first h x w of each plane of prediction.npy (0 elsewhere), the

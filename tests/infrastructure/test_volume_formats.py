@@ -1061,6 +1061,50 @@ class _Recorder:
         self.scratch.remove(path)
 
 
+def test_outputs_keep_the_spacing_a_file_states_and_record_the_one_used_elsewhere(tmp_path):
+    """The spacing a run used (``volume.spacing``, or what it took for an axis the file leaves
+    out) in the outputs: along the axes the input states, its spacing stays (the grid); along the
+    others the one used; where the one used differs from that, ``fhcnn_spacing`` (a NIfTI's
+    ``descrip``, whose affine and zooms stay the input's). An input's own ``fhcnn_spacing`` (a
+    prediction read again) is not copied."""
+    from fhcnn.data.volumes.sinks import output_spacing
+
+    a = truth((5, 12, 14), np.uint16)
+    tifffile.imwrite(tmp_path / "cm.tif", a, resolution=(10000 / 0.65, 10000 / 0.5), resolutionunit="CENTIMETER")
+    v = open_volume(str(tmp_path / "cm.tif"))  # Y and X stated (0.5, 0.65 micrometre), Z not
+    assert output_spacing(v.geometry, None) == (v.geometry.spacing, None)
+    assert output_spacing(v.geometry, (3, 0.5, 0.65)) == ((3.0, 0.5, 0.65), None)
+    assert output_spacing(v.geometry, (3, 1, 1)) == ((3.0, 0.5, 0.65), (3.0, 1.0, 1.0))
+    lab = truth(v.shape, np.uint8) % 3
+    for name, used, recorded in (("a", (3, 0.5, 0.65), None), ("b", (3, 1, 1), [3.0, 1.0, 1.0])):
+        (tmp_path / name).mkdir()
+        with prediction_sink(tmp_path / name, v.format, v.shape, v.geometry, spacing=used) as sink:
+            _fill(sink, lab)
+        attrs = zarr.open_array(str(tmp_path / name / "prediction.zarr"), mode="r").attrs
+        assert attrs["spacing"] == [3.0, 0.5, 0.65] and attrs["spacing_unit"] == "micrometer"
+        assert attrs.get("fhcnn_spacing") == recorded
+        check_same_grid(v, open_volume(str(tmp_path / name / "prediction.zarr")), "labels")
+    again = open_volume(str(tmp_path / "b" / "prediction.zarr"))  # read as an input, predicted without override
+    (tmp_path / "c").mkdir()
+    g = again.geometry
+    with prediction_sink(tmp_path / "c", again.format, again.shape, g, spacing=g.spacing) as sink:
+        _fill(sink, lab)
+    attrs = zarr.open_array(str(tmp_path / "c" / "prediction.zarr"), mode="r").attrs
+    assert attrs["spacing"] == [3.0, 0.5, 0.65] and "fhcnn_spacing" not in attrs
+    img = nib.Nifti1Image(truth((9, 10, 11), np.float32), oblique_affine())
+    nib.save(img, tmp_path / "in.nii")
+    n = open_volume(str(tmp_path / "in.nii"))
+    for name, used, descrip in (("d", (1, 1, 1), b"fhcnn prediction; fhcnn_spacing 1,1,1"),
+                                ("e", n.geometry.spacing, b"fhcnn prediction")):
+        (tmp_path / name).mkdir()
+        with prediction_sink(tmp_path / name, "nifti", n.shape, n.geometry, spacing=used) as sink:
+            _fill(sink, truth(n.shape, np.uint8) % 3, axis=2)
+        pred = nib.load(tmp_path / name / "prediction.nii.gz")
+        np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
+        assert pred.header.get_zooms() == img.header.get_zooms()
+        assert pred.header["descrip"].item() == descrip
+
+
 @pytest.mark.parametrize("header", [nib.Nifti1Image, nib.Nifti2Image])
 def test_nifti_prediction_keeps_affine_and_header(tmp_path, header):
     a = truth((9, 10, 11, 2), np.float32)

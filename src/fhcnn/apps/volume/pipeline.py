@@ -302,7 +302,8 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     held = inputs.held_out()
     # a run folder of a run split in space: each process of the split finishes its own slab
     slabs = out is not None and plan.config.parallel.space > 1
-    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, plan.geometry, slabs)
+    outputs = _Outputs(out, inputs, k, save_probs and out is not None, held, plan.chunks, plan.geometry, slabs,
+                       vplan.spacing)
     # the U-Net baseline trains on every process (data parallel, as fhcnn) before anything is
     # predicted, and only where there is something to score it on
     wanted = held is not None and "unet" in parse_baselines(cfg.volume.baselines)
@@ -396,9 +397,13 @@ class _Outputs:
     ``geometry`` (the plan's) resizes the volume (:func:`at_input_size`)."""
 
     def __init__(self, out: Path | None, inputs: VolumeInputs, k: int, probs: bool, held: Any,
-                 chunks: Sequence[int], geometry: Geometry, slabs: bool = False) -> None:
+                 chunks: Sequence[int], geometry: Geometry, slabs: bool = False,
+                 spacing: Sequence[float] | None = None) -> None:
         self.out, self.inputs, self.k, self.want_probs, self.held = out, inputs, k, probs, held
         self.chunks, self.geometry, self.slabs = tuple(int(c) for c in chunks), geometry, slabs
+        #: the spacing the run used (:func:`resolve_spacing`), recorded in the outputs where the
+        #: input states none or another (:func:`~fhcnn.data.volumes.sinks.output_spacing`)
+        self.spacing = spacing
         self.file: Any = None
         self.prediction: Any = None
         self.confusion: ConfusionSink | None = None
@@ -435,7 +440,7 @@ class _Outputs:
             # (and, of an OME-Zarr input, an OME-Zarr image with a channel axis "class")
             self._tmp = self._shared(_PROBS, lambda path: volume_store(
                 path, self._geometry(), (self.k, *self.inputs.shape), (1, *self.chunks), "float16", self._source(),
-                leading="class"))
+                leading="class", spacing=self.spacing))
             self._probs = _open_zarr(volume_array_path(self._tmp, self._geometry()))
             out.append(ProbabilitySink(self._probs))
         return at_input_size(self.geometry, out)
@@ -464,7 +469,7 @@ class _Outputs:
 
         assert self.out is not None
         return prediction_sink(self.out, self.inputs.format, self.inputs.shape,  # type: ignore[arg-type]
-                               self._geometry(), np.uint8, source=self._source())
+                               self._geometry(), np.uint8, source=self._source(), spacing=self.spacing)
 
     def gather(self) -> None:
         """After the prediction, on every process: with ``slabs``, the held-out confusion matrix
