@@ -246,6 +246,12 @@ def test_a_config_file_of_a_command_is_read_over_its_default_config(tmp_path: Pa
         seen.append(start)
         raise InputError("stop here")
 
+    # modules that bind load_config at import are imported first: one imported under the spy
+    # would keep it for every later test in this process (seen under pytest-xdist's order)
+    import fhcnn.apps.vae.pipeline  # noqa: F401
+    import fhcnn.cli.demo  # noqa: F401
+    import fhcnn.cli.vae  # noqa: F401
+
     monkeypatch.setattr("fhcnn.config.load_config", spy)
     assert main(["vae", "train", "--out", str(tmp_path / "v"), "--config", str(f)]) == 2
     assert main(["demo", "--out", str(tmp_path / "d"), "--config", str(f)]) == 2
