@@ -35,7 +35,7 @@ from .training.distributed import is_main_process
 if TYPE_CHECKING:
     from .training.config import TrainConfig
 
-__all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS",
+__all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS", "resolve_path",
            "fingerprint", "config_digest", "copy_input", "check_own_checkpoint"]
 
 #: The record of a run folder.
@@ -500,7 +500,7 @@ it is gone; what a killed run left there is removed by the next run of the folde
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "RunFolder | None":
         """The run folder ``root`` if it carries a record, else ``None``."""
-        r = _resolve(Path(root), str(root))
+        r = resolve_path(Path(root), str(root))
         marker = _read_marker(r) if r.is_dir() else None
         return cls(r, marker, alias=Path(os.path.abspath(root))) if marker is not None else None
 
@@ -568,7 +568,7 @@ def _lock(folder: Path, shown: str | os.PathLike[str]) -> int | None:
     return fd
 
 
-def _resolve(p: Path, shown: str) -> Path:
+def resolve_path(p: Path, shown: str) -> Path:
     """``p`` made absolute with links resolved; a link loop or an unusable name is one line."""
     try:
         return p.expanduser().resolve()
@@ -596,7 +596,7 @@ def _check_name(path: str | os.PathLike[str], what: str) -> Path:
         if len(os.fsencode(part)) > limit:
             raise InputError(f"{what} {str(text)[:60]}...: the name {part[:40]}... is "
                              f"{len(os.fsencode(part))} bytes long; this file system allows {limit}")
-    _resolve(p, f"{what} {text}")
+    resolve_path(p, f"{what} {text}")
     return p
 
 
@@ -604,7 +604,7 @@ def _check_inputs(out_path: Path, out_abs: Path, inputs: Iterable[Any]) -> None:
     for inp in inputs:
         if inp is None:
             continue
-        ip = _resolve(Path(inp), str(inp))
+        ip = resolve_path(Path(inp), str(inp))
         folder = ip if ip.is_dir() else ip.parent
         if ip.is_dir() and out_abs.is_relative_to(ip):
             raise InputError(f"output {out_path} is inside the input folder {inp}; "
@@ -730,7 +730,7 @@ def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resu
             raise InputError(f"--resume: {out_path} was run with other inputs or config: "
                              f"{'; '.join(diff)}; resume with the same ones, or start a new run")
     if config_file is not None:
-        cf = _resolve(Path(config_file), str(config_file))
+        cf = resolve_path(Path(config_file), str(config_file))
         if cf.is_relative_to(out_abs):
             rel = cf.relative_to(out_abs).as_posix()
             if not (resume and marker is not None and old.own(rel)):
@@ -850,7 +850,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     if not is_main_process():
         return out_path
     RunFolder.deactivate()  # one run at a time per process: an earlier one's guard and lock end
-    out_abs = _resolve(out_path, str(out_path))
+    out_abs = resolve_path(out_path, str(out_path))
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
     roles = {k: v for k, v in (roles or {}).items() if v is not None}
@@ -927,7 +927,7 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
     for inp in inputs:
         if inp is None:
             continue
-        ip = _resolve(Path(inp), str(inp))
+        ip = resolve_path(Path(inp), str(inp))
         if pa.resolve() == ip or (ip.is_dir() and pa.resolve().is_relative_to(ip)):
             raise InputError(f"{what} {p} is {'inside ' if ip.is_dir() else ''}the input {inp}; "
                              f"choose another path (inputs are never written to)")

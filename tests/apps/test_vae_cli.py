@@ -396,3 +396,32 @@ def test_interpolate_names_an_argument_that_is_neither_index_nor_file(run_dir, t
         assert err.splitlines() == [f"error: {spec}: neither an image file nor an index into the training set"]
     assert not out.exists()
     assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "-1", "--b", " 2", "--out", str(out)]) == 0
+
+
+def test_the_run_finds_its_images_from_any_folder(tmp_path, monkeypatch, capsys):
+    """data.path was kept as typed: a run trained with --dataset folder imgs from one folder
+    looked for imgs/ in the working directory of normality and interpolate, "imgs: no such
+    folder" from anywhere else (or another folder of that name, refused as changed). The run
+    records the absolute path: the same report and the same images from another folder."""
+    import yaml
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    for base, value in ((work, 0), (elsewhere, 255)):  # a decoy imgs/ in the other folder
+        (base / "imgs").mkdir(parents=True)
+        for i in range(8):
+            PIL.fromarray(np.full((8, 8), value + (-1) ** value * 20 * i, np.uint8)).save(base / "imgs" / f"{i}.png")
+    monkeypatch.chdir(work)
+    assert main(["vae", "train", "--dataset", "folder", "imgs", "--config", "vae-tiny", "--set", "train.steps=1",
+                 "--out", "run", "--quiet"]) == 0
+    cfg = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert cfg["data"]["path"] == str(work / "imgs")
+    assert json.loads((work / "run" / "run.json").read_text())["inputs"]["data"]["path"] == str(work / "imgs")
+    assert main(["vae", "normality", "--checkpoint", "run", "--out", "n"]) == 0
+    assert main(["vae", "interpolate", "--checkpoint", "run", "--a", "0", "--b", "1", "--out", "i.png"]) == 0
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["vae", "normality", "--checkpoint", str(work / "run"), "--out", "n"]) == 0, capsys.readouterr().err
+    assert main(["vae", "interpolate", "--checkpoint", str(work / "run"), "--a", "0", "--b", "1",
+                 "--out", "i.png"]) == 0
+    assert (elsewhere / "n" / "normality.json").read_text() == (work / "n" / "normality.json").read_text()
+    assert np.array_equal(_png(elsewhere / "i.png"), _png(work / "i.png"))

@@ -35,7 +35,7 @@ from ...config import load_config, save_config
 from ...data.images import ImageSet, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
-from ...rundir import RunFolder, check_own_checkpoint, fingerprint
+from ...rundir import RunFolder, check_own_checkpoint, fingerprint, resolve_path
 from ...training import Trainer, load_weights, unwrap_model
 from ...training.checkpoint import MANIFEST_FILE, find_checkpoint
 from ...training.distributed import gather_batch
@@ -53,8 +53,8 @@ from .evaluation import (
 )
 from .outputs import interpolate_latents, save_figure, save_grid
 
-__all__ = ["load_images", "load_run_images", "prepare_training", "build_model", "beta_at", "train_vae", "load_run",
-           "resolve_image", "train_baseline"]
+__all__ = ["load_images", "absolute_data_path", "load_run_images", "prepare_training", "build_model", "beta_at",
+           "train_vae", "load_run", "resolve_image", "train_baseline"]
 
 
 # ------------------------------------------------------------------------------ data
@@ -82,6 +82,15 @@ def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
     if d.n_train is not None:
         train = train.subset(slice(0, d.n_train))
     return train, held
+
+
+def absolute_data_path(cfg: VAEConfig) -> None:
+    """Make ``data.path`` absolute (links resolved) in ``cfg``, as the run records it
+    (``config.yaml``, ``run.json``): sample, interpolate and normality read the run's images
+    again from it, from whatever folder they run in. Called once the images were read (a
+    missing path is named as given)."""
+    if cfg.data.path is not None:
+        cfg.data.path = str(resolve_path(Path(cfg.data.path), cfg.data.path))
 
 
 def _required_factor(cfg: VAEModelConfig) -> int:
@@ -165,6 +174,7 @@ def prepare_training(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
     check_threads(cfg.train.threads)
     check_steps(cfg.train.steps)
     train, held = load_images(cfg)
+    absolute_data_path(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
     device = resolve_device(cfg.train.device)
@@ -200,6 +210,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
                data: tuple[ImageSet, ImageSet] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     train, held = data if data is not None else load_images(cfg)
+    absolute_data_path(cfg)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
     save_config(cfg, out / "config.yaml")
