@@ -425,3 +425,28 @@ def test_the_run_finds_its_images_from_any_folder(tmp_path, monkeypatch, capsys)
                  "--out", "i.png"]) == 0
     assert (elsewhere / "n" / "normality.json").read_text() == (work / "n" / "normality.json").read_text()
     assert np.array_equal(_png(elsewhere / "i.png"), _png(work / "i.png"))
+
+
+def test_more_training_images_than_remain_are_refused(tmp_path, capsys):
+    """data.n_train larger than the images left after the held-out ones silently trained on all
+    of them (26 of 30 for data.n_train=40, metrics.json saying n_train 26). One line names the
+    option, the images, the held-out count and the most it may be; exit 2 before --out exists."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(30):
+        PIL.fromarray(np.full((8, 8), 8 * i, np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "o"
+    args = ["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
+            "--out", str(out), "--quiet"]
+    for n_train in ("27", "40"):  # round(30 * 0.15) = 4 held out, 26 remain
+        err = _error([*args, "--set", f"data.n_train={n_train}"], capsys)
+        assert err.splitlines() == [
+            f"error: folder:imgs: data.n_train={n_train} asks for more training images than there are: of its 30 "
+            f"images 4 are held out (data.n_eval=0.15), leaving 26; set data.n_train to at most 26 (or null: all of "
+            f"them)"]
+        assert not out.exists()
+    err = _error(["vae", "train", "--config", "vae-tiny", "--set", "data.n_train=103", "--out", str(out)], capsys)
+    assert "of its 120 images (data.limit=120) 18 are held out (data.n_eval=0.15), leaving 102;" in err
+    assert not out.exists()
+    assert main([*args, "--set", "data.n_train=26"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_train"] == 26

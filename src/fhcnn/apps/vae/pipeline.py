@@ -65,7 +65,8 @@ def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
     count; at least 2 and at most half of the images (the energy distance needs two latents,
     and most images train). A count of more than half the images is refused (a count meant for
     a large dataset, e.g. ``vae-tiny``'s former 20 on a folder of 10 images, held out 8 and
-    trained on 2)."""
+    trained on 2). ``data.n_train`` (the first of the remaining images) may not ask for more
+    than remain: refused in one line, not silently all of them."""
     d = cfg.data
     images = load_dataset(d.dataset, d.path, d.size, d.crop, d.limit)
     n = len(images)
@@ -78,6 +79,11 @@ def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
                          f"{n - k} to train on; at most half ({n // 2}) may be held out: set a smaller count or "
                          f"a fraction (--set data.n_eval=0.15)")
     k = max(2, k)
+    if d.n_train is not None and d.n_train > n - k:
+        cut = f" (data.limit={d.limit})" if d.limit is not None and n == d.limit else ""
+        raise InputError(f"{images.name}: data.n_train={d.n_train} asks for more training images than there are: "
+                         f"of its {n} images{cut} {k} are held out (data.n_eval={n_eval:g}), leaving {n - k}; "
+                         f"set data.n_train to at most {n - k} (or null: all of them)")
     train, held = images.split(k, seed=cfg.train.seed, shuffle=d.split == "random")
     if d.n_train is not None:
         train = train.subset(slice(0, d.n_train))
