@@ -450,3 +450,22 @@ def test_more_training_images_than_remain_are_refused(tmp_path, capsys):
     assert not out.exists()
     assert main([*args, "--set", "data.n_train=26"]) == 0
     assert json.loads((out / "metrics.json").read_text())["n_train"] == 26
+
+
+def test_npy_names_a_npy_file(run_dir, tmp_path, capsys):
+    """--npy wrote the array under whatever name it was given: --npy samples wrote .npy data to
+    "samples" (np.load("samples.npy") then found nothing, or an older array), --npy notes.txt into
+    a .txt, and --npy "" wrote nothing, silently. A name not ending in .npy is one line, exit 2,
+    before anything is written (--out's PNG neither); a file of the user's stays as it was."""
+    out = tmp_path / "s.png"
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine\n")
+    capsys.readouterr()
+    for npy in (str(tmp_path / "samples"), str(mine), ""):
+        assert main(["vae", "sample", "--checkpoint", str(run_dir), "--n", "4", "--out", str(out), "--npy", npy]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: --npy {npy}: the array is written as .npy; give a file name ending in .npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and mine.read_text() == "mine\n"
+    assert main(["vae", "sample", "--checkpoint", str(run_dir), "--n", "4", "--out", str(out), "--npy",
+                 str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)

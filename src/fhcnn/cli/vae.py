@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="PNG file (a grid of the samples)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sigma", type=float, default=None, help="prior std (default: the model's)")
-    s.add_argument("--npy", default=None, help="also save the samples as a .npy array (N, C, H, W)")
+    s.add_argument("--npy", default=None, metavar="F.npy",
+                   help="also save the samples as a .npy array (N, C, H, W); the name must end in .npy")
 
     i = sub.add_parser("interpolate", help="decode the straight line between two latents")
     i.add_argument("--a", required=True, metavar="IMG",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -95,10 +95,13 @@ def _check_images(n: int, model: Any, what: str) -> None:
                  "latents, decodings and the PNG grid")
 
 
-def _check_png(out: str | Path) -> None:
-    """The grid is written as PNG: ``--out`` must say so (``x.jpg`` would hold PNG data)."""
-    if Path(out).suffix.lower() != ".png":
-        raise InputError(f"--out {out}: the image is written as PNG; give a file name ending in .png")
+def _check_suffix(flag: str, path: str | Path, suffix: Literal[".png", ".npy"]) -> None:
+    """The file ``flag`` names must say what it holds: ``--out`` a PNG grid (``x.jpg`` would
+    hold PNG data), ``--npy`` a NumPy array (``x`` or ``x.txt`` would hold ``.npy`` data
+    that ``np.load("x.npy")`` does not find)."""
+    if Path(path).suffix.lower() != suffix:
+        what = "the image is written as PNG" if suffix == ".png" else "the array is written as .npy"
+        raise InputError(f"{flag} {path}: {what}; give a file name ending in {suffix}")
 
 
 def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: float | None = None,
@@ -110,7 +113,9 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
         raise InputError(f"--n must be >= 1, got {n}")
     if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
         raise InputError(f"--sigma must be a positive number, got {sigma}")
-    _check_png(out)
+    _check_suffix("--out", out, ".png")
+    if npy is not None:
+        _check_suffix("--npy", npy, ".npy")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out, "--npy": npy}, overwrite, cfg, run_dir)
     _check_images(n, model, "--n")
@@ -121,7 +126,7 @@ def sample(checkpoint: str, n: int, out: str | Path, *, seed: int = 0, sigma: fl
         x = model.sample(n, generator=g).clamp(0, 1)
     scale = max(1, 64 // model.image_size[1])
     save_grid(x, out, ncol=min(n, int(np.ceil(np.sqrt(n)))), scale=scale)
-    if npy:
+    if npy is not None:
         atomic_save_npy(npy, x.numpy())
     return f"wrote {n} samples (latent dim {model.latent_dim}, s = {model.sigma:g}) to {out}"
 
@@ -133,7 +138,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
     result line."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
-    _check_png(out)
+    _check_suffix("--out", out, ".png")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     _check_images(steps + 2, model, "--steps")
