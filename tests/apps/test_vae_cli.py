@@ -469,3 +469,26 @@ def test_npy_names_a_npy_file(run_dir, tmp_path, capsys):
     assert main(["vae", "sample", "--checkpoint", str(run_dir), "--n", "4", "--out", str(out), "--npy",
                  str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+
+
+def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
+    """A run trained with --crop (CelebA: --resize 64 --crop 140) saw the centred 140-pixel
+    square of each image; an image file given to interpolate was cut to the largest square
+    instead, so the same face came out smaller and the line ran between other latents, silently.
+    The file is now cut as the run's images were: a training image given as a file gives the
+    same row as its index."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        PIL.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["vae", "train", "--dataset", "folder", str(folder), "--resize", "8", "--crop", "8", "--config",
+                 "vae-tiny", "--set", "data.split=ordered", "--set", "train.steps=1", "--out", str(run),
+                 "--quiet"]) == 0  # ordered: the training images are 0.png ... 5.png
+    by_index, by_file = tmp_path / "index.png", tmp_path / "file.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", "1", "--b", "4", "--steps", "3",
+                 "--out", str(by_index)]) == 0
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(folder / "1.png"), "--b",
+                 str(folder / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
+    assert np.array_equal(_png(by_file), _png(by_index))

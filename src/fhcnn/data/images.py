@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..options import IMAGE_SUFFIXES
 
 __all__ = ["Dataset", "DATASETS", "ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
-           "load_image_folder", "load_dataset", "read_image", "resize_square", "DATASETS"]
+           "load_image_folder", "load_dataset", "read_image", "resize_square", "center_square", "DATASETS"]
 
 #: Image datasets of the autoencoder (:func:`load_dataset`).
 Dataset = Literal["digits", "lfw", "mnist-idx", "folder"]
@@ -329,7 +329,9 @@ def resize_square(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.clip(r, 0.0, 1.0).astype(np.float32)
 
 
-def _center_square(a: np.ndarray, crop: int | None) -> np.ndarray:
+def center_square(a: np.ndarray, crop: int | None) -> np.ndarray:
+    """The centred square of an image ``(h, w[, C])``: ``crop`` pixels a side (at most the
+    shorter side), or the largest (``None``). A view."""
     h, w = a.shape[:2]
     side = min(h, w) if crop is None else min(crop, h, w)
     top, left = (h - side) // 2, (w - side) // 2
@@ -394,7 +396,7 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
         else:
             if crop is not None and crop > min(a.shape[:2]):
                 raise InputError(f"--crop {crop} is larger than the image {f} ({a.shape[1]}x{a.shape[0]})")
-            a = resize_square(_center_square(a, crop), size)
+            a = resize_square(center_square(a, crop), size)
         out.append(a if a.ndim == 3 else a[:, :, None])
     if any(a.shape[2] == 3 for a in out):
         out = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in out]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...atomic import atomic_write_text
 from ...config import load_config, save_config
-from ...data.images import ImageSet, load_dataset, read_image, resize_square
+from ...data.images import ImageSet, center_square, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...rundir import RunFolder, check_own_checkpoint, fingerprint, resolve_path
@@ -394,7 +394,8 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
                   run_dir: Path | None = None) -> Tensor:
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
-    model's channels, centre-cropped to a square and resized to the model's size)."""
+    model's channels, centre-cropped to a square as the run's folder images were, ``data.crop``
+    pixels a side or the largest, and resized to the model's size)."""
     if re.fullmatch(r"\s*-?[0-9]+\s*", spec):  # not str.isdigit: '--3' and '²' are no index
         train, _ = load_run_images(cfg, run_dir)
         i = int(spec)
@@ -406,10 +407,9 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     if not p.is_file():
         raise InputError(f"{spec}: neither an image file nor an index into the training set")
     a = read_image(p, "L" if model.in_channels == 1 else "RGB")
-    h, w = a.shape[:2]
-    side = min(h, w)
-    a = a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-    a = resize_square(a, (int(model.image_size[0]), int(model.image_size[1])))
+    d = cfg.data  # the centred square the run's folder images were cut to (--crop), else the largest
+    crop = d.crop if d.dataset == "folder" and d.size is not None else None
+    a = resize_square(center_square(a, crop), (int(model.image_size[0]), int(model.image_size[1])))
     if a.ndim == 2:
         a = a[:, :, None]
     if a.shape[2] != model.in_channels:
