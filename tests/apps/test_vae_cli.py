@@ -492,3 +492,25 @@ def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
     assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(folder / "1.png"), "--b",
                  str(folder / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
     assert np.array_equal(_png(by_file), _png(by_index))
+
+
+def test_a_crop_that_would_be_ignored_is_refused(tmp_path, capsys):
+    """--crop is cut only from a folder's images before --resize: a folder of 16x16 images with
+    --crop 8 and no --resize trained on the whole 16x16 images (config.yaml saying crop: 8), and
+    --crop with digits was ignored too, silently. Both are one line, exit 2, before --out exists."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "o"
+    err = _error(["vae", "train", "--dataset", "folder", str(folder), "--crop", "8", "--config", "vae-tiny",
+                  "--out", str(out)], capsys)
+    assert err.splitlines() == ["error: --crop (data.crop) 8 is cut only before --resize SIZE (data.size); without "
+                                "it the images would keep their whole size: add --resize 8 to keep the 8x8 crops"]
+    err = _error(["vae", "train", "--config", "vae-tiny", "--set", "data.crop=4", "--out", str(out)], capsys)
+    assert err.splitlines() == ["error: --crop (data.crop) 4 cuts a folder's images only; the digits images are "
+                                "never cut: leave it out"]
+    assert not out.exists()
+    assert main(["vae", "train", "--dataset", "folder", str(folder), "--crop", "8", "--resize", "8", "--config",
+                 "vae-tiny", "--set", "train.steps=1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["full_dim"] == 64

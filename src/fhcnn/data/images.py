@@ -409,7 +409,8 @@ def load_image_folder(path: str | Path, size: int | None = None, crop: int | Non
 def load_dataset(kind: str, path: str | Path | None = None, size: int | None = None,
                  crop: int | None = None, limit: int | None = None) -> ImageSet:
     """Dispatch: ``digits`` (size default 16), ``lfw`` (32), ``mnist-idx PATH`` (32),
-    ``folder PATH`` (``size`` = resize, ``None`` = keep)."""
+    ``folder PATH`` (``size`` = resize, ``None`` = keep). ``crop`` is cut only from a folder's
+    images before they are resized: given otherwise it would be ignored, and is refused."""
     if kind not in DATASETS:
         raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {kind!r}")
     if kind in ("mnist-idx", "folder") and not path:
@@ -420,6 +421,12 @@ def load_dataset(kind: str, path: str | Path | None = None, size: int | None = N
         raise InputError(f"--limit (data.limit) must be >= 1, got {limit}")
     if size is not None and size < 1:
         raise InputError(f"--resize (data.size) must be >= 1, got {size}")
+    if crop is not None and kind != "folder":
+        raise InputError(f"--crop (data.crop) {crop} cuts a folder's images only; the {kind} images are never "
+                         f"cut: leave it out")
+    if crop is not None and size is None:
+        raise InputError(f"--crop (data.crop) {crop} is cut only before --resize SIZE (data.size); without it the "
+                         f"images would keep their whole size: add --resize {crop} to keep the {crop}x{crop} crops")
     if kind == "digits":
         s = load_digits(size or 16)
     elif kind == "lfw":
