@@ -514,3 +514,34 @@ def test_a_crop_that_would_be_ignored_is_refused(tmp_path, capsys):
     assert main(["vae", "train", "--dataset", "folder", str(folder), "--crop", "8", "--resize", "8", "--config",
                  "vae-tiny", "--set", "train.steps=1", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["full_dim"] == 64
+
+
+def test_images_no_longer_at_data_path_are_named_as_the_runs(tmp_path, monkeypatch, capsys):
+    """After the run's image folder was moved, normality said only "F: no such folder", as if
+    the user had given F; the line now says it is the run's data.path, read again to split the
+    images as the run did. A run of an older version that kept a relative path says so."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
+                 "--out", str(run), "--quiet"]) == 0
+    folder.rename(tmp_path / "moved")
+    capsys.readouterr()
+    out = tmp_path / "i.png"
+    for cmd in (["normality"], ["interpolate", "--a", "0", "--b", "1", "--out", str(out)]):
+        assert main(["vae", cmd[0], "--checkpoint", str(run), *cmd[1:]]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {folder}: not found; the run's images (data.path of its config.yaml) are read again to split "
+            f"them as the run did: restore them there (interpolate also takes image files)"]
+    assert not out.exists() and not (run / "normality").exists()
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["path"] = "imgs"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["vae", "normality", "--checkpoint", str(run)]) == 2
+    assert "(data.path of its config.yaml, a path relative to the folder the run was trained in: run from there)" \
+        in capsys.readouterr().err

@@ -378,8 +378,14 @@ def load_run_images(cfg: VAEConfig, run_dir: Path | None) -> tuple[ImageSet, Ima
     images at ``data.path`` must still be those the run recorded in its ``run.json`` (their
     fingerprint): images added, removed or changed since (or another folder of that name from
     another working directory) split otherwise, and the "held-out" images would hold images
-    the run trained on. Refused in one line; a run without a record is not checked."""
+    the run trained on. Refused in one line, as are images no longer at ``data.path``; a run
+    without a record is not checked."""
     path = cfg.data.path
+    if path is not None and not Path(path).expanduser().exists():
+        where = "" if Path(path).expanduser().is_absolute() else \
+            ", a path relative to the folder the run was trained in: run from there"
+        raise InputError(f"{path}: not found; the run's images (data.path of its config.yaml{where}) are read "
+                         f"again to split them as the run did: restore them there (interpolate also takes image files)")
     run = RunFolder.open(run_dir) if run_dir is not None and path is not None else None
     recorded = ((run.marker.get("inputs") or {}).get("data") or {}) if run is not None else {}
     now = fingerprint(path) if path is not None and recorded.get("fingerprint") else None
