@@ -393,7 +393,7 @@ def test_interpolate_names_an_argument_that_is_neither_index_nor_file(run_dir, t
     for spec in ("--3", "²"):
         err = _error(["vae", "interpolate", "--checkpoint", str(run_dir), f"--a={spec}", "--b", "1",
                       "--out", str(out)], capsys)
-        assert err.splitlines() == [f"error: {spec}: neither an image file nor an index into the training set"]
+        assert err.splitlines() == [f"error: --a {spec}: neither an image file nor an index into the training set"]
     assert not out.exists()
     assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "-1", "--b", " 2", "--out", str(out)]) == 0
 
@@ -545,3 +545,16 @@ def test_images_no_longer_at_data_path_are_named_as_the_runs(tmp_path, monkeypat
     assert main(["vae", "normality", "--checkpoint", str(run)]) == 2
     assert "(data.path of its config.yaml, a path relative to the folder the run was trained in: run from there)" \
         in capsys.readouterr().err
+
+
+def test_an_index_out_of_range_names_its_option(run_dir, tmp_path, capsys):
+    """--b 102 on a run of 102 training images was refused as "image index 102 is out of range",
+    naming neither --b nor the indices that exist; the line now names both."""
+    out = tmp_path / "i.png"
+    for flag, spec in (("--b", "102"), ("--a", "-103")):
+        args = {"--a": "0", "--b": "1", flag: spec}
+        err = _error(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", args["--a"], "--b", args["--b"],
+                      "--out", str(out)], capsys)
+        assert err.splitlines() == [f"error: {flag} {spec}: image index {spec} is out of range: the run's training "
+                                    f"set has 102 images (0 to 101, or -102 to -1 from the end)"]
+    assert not out.exists()

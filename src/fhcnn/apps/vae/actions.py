@@ -142,7 +142,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     _check_images(steps + 2, model, "--steps")
-    xa, xb = resolve_image(a, cfg, model, run_dir), resolve_image(b, cfg, model, run_dir)
+    xa, xb = resolve_image(a, cfg, model, run_dir, "--a"), resolve_image(b, cfg, model, run_dir, "--b")
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
     save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))

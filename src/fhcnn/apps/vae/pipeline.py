@@ -397,21 +397,24 @@ def load_run_images(cfg: VAEConfig, run_dir: Path | None) -> tuple[ImageSet, Ima
 
 
 def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
-                  run_dir: Path | None = None) -> Tensor:
+                  run_dir: Path | None = None, flag: str | None = None) -> Tensor:
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
     model's channels, centre-cropped to a square as the run's folder images were, ``data.crop``
-    pixels a side or the largest, and resized to the model's size)."""
+    pixels a side or the largest, and resized to the model's size). ``flag`` (``--a``): the
+    option that gave ``spec``, named by a refusal."""
+    shown = f"{flag} {spec}" if flag else spec
     if re.fullmatch(r"\s*-?[0-9]+\s*", spec):  # not str.isdigit: '--3' and '²' are no index
         train, _ = load_run_images(cfg, run_dir)
-        i = int(spec)
-        if not -len(train) <= i < len(train):
-            raise InputError(f"image index {i} is out of range: the training set has {len(train)} images")
+        i, n = int(spec), len(train)
+        if not -n <= i < n:
+            raise InputError(f"{shown}: image index {i} is out of range: the run's training set has {n} images "
+                             f"(0 to {n - 1}, or -{n} to -1 from the end)")
         return train.batch(slice(i, i + 1 if i != -1 else None))
 
     p = Path(spec)
     if not p.is_file():
-        raise InputError(f"{spec}: neither an image file nor an index into the training set")
+        raise InputError(f"{shown}: neither an image file nor an index into the training set")
     a = read_image(p, "L" if model.in_channels == 1 else "RGB")
     d = cfg.data  # the centred square the run's folder images were cut to (--crop), else the largest
     crop = d.crop if d.dataset == "folder" and d.size is not None else None
