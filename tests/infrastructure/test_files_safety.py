@@ -143,17 +143,20 @@ def test_2_vae_outputs_never_replace_existing_files(vae_run, tmp_path):
     before = tree_hash(vae_run)
     text = tmp_path / "notes.png"  # a file of the user's, under a name the images could take
     text.write_text("mine")
+    array = tmp_path / "notes.npy"  # and one under a name the array could take
+    array.write_text("mine")
     ck = ["--checkpoint", vae_run]
     refused(["vae", "sample", *ck, "--n", "4", "--out", text], "exists")
-    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", text], "exists")
+    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", array], "exists")
     refused(["vae", "sample", *ck, "--n", "4", "--out", vae_run / "figure.png", "--overwrite"],
             "inside the")
-    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", vae_run / "metrics.json"],
+    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "s.png", "--npy", vae_run / "samples.npy"],
             "inside the")
     refused(["vae", "interpolate", *ck, "--a", "0", "--b", "1", "--out", text], "exists")
-    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "x.png", "--npy", tmp_path / "x.png"],
+    (tmp_path / "x.npy").symlink_to(tmp_path / "x.png")  # --npy (named .npy) and --out one file
+    refused(["vae", "sample", *ck, "--n", "4", "--out", tmp_path / "x.png", "--npy", tmp_path / "x.npy"],
             "same file")
-    assert text.read_text() == "mine" and tree_hash(vae_run) == before
+    assert text.read_text() == "mine" and array.read_text() == "mine" and tree_hash(vae_run) == before
     # --overwrite replaces a file outside any run or input
     assert run_cli(["vae", "sample", *ck, "--n", "4", "--out", text, "--overwrite"])[0] == 0
     assert text.read_bytes().startswith(b"\x89PNG")
