@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="folders: centre-crop each image to a square and resize to SIZE x SIZE "
                         "(needed when the images have different sizes)")
     t.add_argument("--crop", type=int, metavar="PIXELS",
-                   help="folders: side of the centred square cut before resizing (CelebA: 140)")
+                   help="folders, with --resize: side of the centred square cut before resizing "
+                        "(CelebA: 140)")
     t.add_argument("--limit", type=int, metavar="N", help="use only the first N images")
     add_config_arguments(t, default_config="vae-digits", out_required=True, config_class=_config_class)
     t.add_argument("--threads", type=int, default=None,
