@@ -558,3 +558,37 @@ def test_an_index_out_of_range_names_its_option(run_dir, tmp_path, capsys):
         assert err.splitlines() == [f"error: {flag} {spec}: image index {spec} is out of range: the run's training "
                                     f"set has 102 images (0 to 101, or -102 to -1 from the end)"]
     assert not out.exists()
+
+
+def test_a_run_that_kept_a_relative_path_still_resumes(tmp_path, monkeypatch, capsys):
+    """Runs written before data.path was kept absolute recorded it as typed ("imgs"): resumed
+    from the folder they were trained in, the path now made absolute was "the resolved config
+    differs: data.path", refusing every such run. It keeps its record where it names the same
+    images; from another folder holding other images of that name it is refused as before."""
+    import shutil
+
+    import fhcnn.apps.vae.pipeline as pipeline
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["vae", "train", "--dataset", "folder", "imgs", "--config", "vae-tiny", "--out", "run", "--quiet",
+            "--set", "train.steps=6", "--set", "train.checkpoint_every=5", "--set", "train.keep_last=5"]
+    with monkeypatch.context() as m:  # as the earlier versions: the path as typed
+        m.setattr(pipeline, "absolute_data_path", lambda cfg, resumed=None: None)
+        assert main(args) == 0
+    assert "path: imgs," in (tmp_path / "run" / "config.yaml").read_text()
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000006")  # as if killed after step 5
+    (tmp_path / "other" / "imgs").mkdir(parents=True)
+    for i in range(6):
+        PIL.fromarray(np.full((8, 8), 255 - 20 * i, np.uint8)).save(tmp_path / "other" / "imgs" / f"{i}.png")
+    monkeypatch.chdir(tmp_path / "other")
+    args[args.index("run")] = str(tmp_path / "run")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "data (imgs) changed since the run" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "step-000006").is_dir()
+    assert "path: imgs," in (tmp_path / "run" / "config.yaml").read_text()

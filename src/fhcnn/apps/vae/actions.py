@@ -223,7 +223,7 @@ def train_command(config: str | None, overrides: list[str], out: str, *, dataset
     pairs = _dataset_pairs(dataset, base.data.dataset, resize, crop, limit, threads, list(zip(overrides, typed)))
     given = list(dict.fromkeys(g for _, g in pairs))  # --dataset once for its four keys
     cfg = load_config(VAEConfig, config, [o for o, _ in pairs], start=start, given=given)
-    data = prepare_training(cfg)  # images, device, model: checked before --out exists
+    data = prepare_training(cfg, Path(out) if resume else None)  # images, device, model: before --out exists
     folder = prepare_output_dir(out, resume, overwrite, tool="vae", config=cfg, config_file=config_file,
                                 roles={"data": cfg.data.path})
     log.setup(quiet)

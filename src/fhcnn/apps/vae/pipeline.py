@@ -90,13 +90,24 @@ def load_images(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
     return train, held
 
 
-def absolute_data_path(cfg: VAEConfig) -> None:
+def absolute_data_path(cfg: VAEConfig, resumed: Path | None = None) -> None:
     """Make ``data.path`` absolute (links resolved) in ``cfg``, as the run records it
     (``config.yaml``, ``run.json``): sample, interpolate and normality read the run's images
     again from it, from whatever folder they run in. Called once the images were read (a
-    missing path is named as given)."""
-    if cfg.data.path is not None:
-        cfg.data.path = str(resolve_path(Path(cfg.data.path), cfg.data.path))
+    missing path is named as given). ``resumed``: the run folder ``--resume`` continues; a run
+    written before paths were kept absolute recorded ``data.path`` as typed, and keeps that
+    record where it names the same path from here (its config would differ otherwise, refusing
+    it; the run folder's checks then compare the images with the recorded ones)."""
+    if cfg.data.path is None:
+        return
+    cfg.data.path = str(resolve_path(Path(cfg.data.path), cfg.data.path))
+    try:
+        old = load_config(VAEConfig, resumed / "config.yaml").data.path if resumed is not None else None
+    except Exception:  # no run there, or a config this version does not read: the folder checks say why
+        return
+    if old is not None and not Path(old).expanduser().is_absolute() and \
+            str(resolve_path(Path(old), old)) == cfg.data.path:
+        cfg.data.path = old
 
 
 def _required_factor(cfg: VAEModelConfig) -> int:
@@ -171,16 +182,17 @@ def beta_at(cfg: VAELossConfig, step: int, steps: int) -> float:
     return cfg.beta * min(1.0, max(0.0, (t - cfg.energy_start) / cfg.energy_ramp))
 
 
-def prepare_training(cfg: VAEConfig) -> tuple[ImageSet, ImageSet]:
+def prepare_training(cfg: VAEConfig, resumed: Path | None = None) -> tuple[ImageSet, ImageSet]:
     """Everything :func:`train_vae` checks before its output folder exists: the images (their
-    channels and size go into ``cfg.model``), the device, and the model built once."""
+    channels and size go into ``cfg.model``, their path made absolute: :func:`absolute_data_path`
+    with ``resumed``), the device, and the model built once."""
     from ...resources import check_memory, check_steps, check_threads
     from ...training.device import resolve_device
 
     check_threads(cfg.train.threads)
     check_steps(cfg.train.steps)
     train, held = load_images(cfg)
-    absolute_data_path(cfg)
+    absolute_data_path(cfg, resumed)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
     device = resolve_device(cfg.train.device)
@@ -216,7 +228,8 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, quiet: bool, log: Any,
                data: tuple[ImageSet, ImageSet] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     train, held = data if data is not None else load_images(cfg)
-    absolute_data_path(cfg)
+    if data is None:  # else prepare_training did
+        absolute_data_path(cfg, out if resume else None)
     cfg.model.in_channels = train.channels
     cfg.model.image_size = train.size
     save_config(cfg, out / "config.yaml")
