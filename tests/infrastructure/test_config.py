@@ -246,11 +246,9 @@ def test_a_config_file_of_a_command_is_read_over_its_default_config(tmp_path: Pa
         seen.append(start)
         raise InputError("stop here")
 
-    # modules that bind load_config at import are imported first: one imported under the spy
+    # a module that binds load_config at import is imported first: imported under the spy it
     # would keep it for every later test in this process (seen under pytest-xdist's order)
     import fhcnn.apps.vae.pipeline  # noqa: F401
-    import fhcnn.cli.demo  # noqa: F401
-    import fhcnn.cli.vae  # noqa: F401
 
     monkeypatch.setattr("fhcnn.config.load_config", spy)
     assert main(["vae", "train", "--out", str(tmp_path / "v"), "--config", str(f)]) == 2
