@@ -1,4 +1,3 @@
-from .cli import main
-from .training.distributed import exit_program
+from .cli import program
 
-exit_program(main())
+program()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 import fhcnn
@@ -31,6 +35,50 @@ def test_python_dash_m(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fhcnn", "segment", "missing.npy", "--labels", "missing.npy",
                         "--out", "never-created"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and not (tmp_path / "never-created").exists()
+
+
+# sitecustomize.py of the test below: SIGINT to this process (Ctrl-C) as module INTERRUPT_AT is
+# imported, and again at every import after it (more Ctrl-C while the first is answered)
+_INTERRUPT_AT_IMPORT = r"""
+import os, signal, sys
+
+class _Interrupt:
+    started = False
+
+    def find_spec(self, name, path=None, target=None):
+        if self.started or name == os.environ["INTERRUPT_AT"]:
+            self.started = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, _Interrupt())
+"""
+
+
+@pytest.mark.parametrize("entry, at", [("python -m fhcnn", "torch.nn"), ("python -m fhcnn", "fhcnn.cli.bench"),
+                                       ("console script", "torch")],
+                         ids=["-m, in torch's import", "-m, as the commands are imported", "console script"])
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, entry, at):
+    # Ctrl-C in the first seconds (torch and the commands being imported: `import fhcnn` imported
+    # torch before the command line was read) printed Python's KeyboardInterrupt traceback; and
+    # after an interrupted import of torch, the line of an interrupted command imported it again,
+    # which failed with a traceback of its own (a partially initialized module) or crashed
+    site, work, tmp = tmp_path / "site", tmp_path / "work", tmp_path / "tmp"
+    for folder in (site, work, tmp):
+        folder.mkdir()
+    (site / "sitecustomize.py").write_text(_INTERRUPT_AT_IMPORT)
+    if entry == "console script":  # as pip's wrapper of [project.scripts] runs it
+        pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+        module, func = re.findall(r'^fhcnn = "([\w.]+):(\w+)"$', pyproject, re.M)[0]
+        cmd = [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())"]
+    else:
+        cmd = [sys.executable, "-m", "fhcnn"]
+    env = dict(os.environ, INTERRUPT_AT=at, TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), str(Path(fhcnn.__file__).parents[1])]))
+    r = subprocess.run([*cmd, "volume", "c0.npy", "--labels", "lab.npy", "--out", "out", "--config", "volume-tiny"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "interrupted (SIGINT)\n")
+    assert list(work.iterdir()) == [] and list(tmp.iterdir()) == []
 
 
 def test_importing_fhcnn_leaves_torch_dynamo_unimported():

@@ -14,19 +14,23 @@ process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback
 (SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
 last intact checkpoint and ``--resume``, exit 130 (under ``torchrun``, which passes Ctrl-C on to
 every process, rank 0 prints it; the others end with exit 130 without a word).
+
+The program (the ``fhcnn`` console script and ``python -m fhcnn``) is :func:`program`: it
+answers Ctrl-C from its first moment, while torch and the commands are imported too, and
+this module imports nothing heavy before it does.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
-from typing import Sequence
+from types import FrameType, ModuleType
+from typing import NoReturn, Sequence
 
-from ._options import OneLineErrors
-
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "program", "COMMANDS"]
 
 # command name -> module; a module that is not present (yet) is simply not offered
 COMMANDS: dict[str, str] = {
@@ -46,6 +50,9 @@ COMMANDS: dict[str, str] = {
 #: whenever another process exited first: the launcher ended rank 0 before it printed.)
 REFUSAL_GRACE_S = 3.0
 
+#: The exit status of a command ended by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
+INTERRUPTED = 130
+
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError, FileExistsError)
 
@@ -63,6 +70,7 @@ def _load_commands() -> dict[str, object]:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     from .. import __version__
+    from ._options import OneLineErrors
 
     parser = OneLineErrors(prog="fhcnn", description="Fully hyperbolic (end-to-end reversible) CNNs: constant "
                      "training memory in depth, exact inverse. Run 'fhcnn <command> --help' for details.")
@@ -100,13 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fhcnn info | head -1`
         return 0
     except KeyboardInterrupt:  # Ctrl-C: what happened and, in a run folder, where to go on from
-        from ..rundir import RunFolder
-        from ..training.distributed import interrupted_line, is_main_process
-
-        if is_main_process():  # under torchrun every process gets it: rank 0 says it, once
-            run = RunFolder.active
-            _line(interrupted_line(run.root if run is not None else None, hasattr(args, "resume")))
-        return 130
+        return _interrupted(hasattr(args, "resume"))
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
@@ -130,5 +132,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         _line(f"error: {lost or e}")
         return 1
     finally:
-        from ..rundir import RunFolder
-        RunFolder.deactivate()
+        rundir = _imported("fhcnn.rundir")
+        if rundir is not None:
+            rundir.RunFolder.deactivate()
+
+
+def _imported(name: str) -> ModuleType | None:
+    """Module ``name`` if it was imported, else None (not imported here). After Ctrl-C only what
+    was imported before it is used: importing torch again after an import of it was cut short
+    fails with an ``ImportError`` (a partially initialized module) or crashes the interpreter."""
+    return sys.modules.get(name)
+
+
+def _interrupted(resumable: bool) -> int:
+    """The end of a command interrupted by Ctrl-C (``KeyboardInterrupt``): its one line, by rank
+    0 alone under ``torchrun`` (which passes SIGINT on to every process), and exit status 130.
+    In an active run folder, ``training.distributed.interrupted_line`` (the last step, the last
+    intact checkpoint, ``--resume`` when the command is ``resumable``); before one, or where
+    torch's import was cut short, ``interrupted (SIGINT)``."""
+    from ..log import rank
+
+    rundir = _imported("fhcnn.rundir")  # it imports torch: a run folder was made after torch's import
+    run = rundir.RunFolder.active if rundir is not None else None
+    if run is None:
+        if rank() == 0:
+            _line("interrupted (SIGINT)")
+        return INTERRUPTED
+    from ..training.distributed import interrupted_line, is_main_process
+
+    if is_main_process():
+        _line(interrupted_line(run.root, resumable))
+    return INTERRUPTED
+
+
+def program() -> NoReturn:
+    """The ``fhcnn`` program (the console script and ``python -m fhcnn``): :func:`main` on
+    ``sys.argv``, ended with its exit status (``training.distributed.exit_program``).
+
+    Ctrl-C (SIGINT) at any moment is one line and exit status 130: in a command's run,
+    :func:`main`'s line (the run folder, the last checkpoint); before it (while torch and the
+    commands are imported, which takes seconds) or after it, ``interrupted (SIGINT)``, where
+    Python printed its ``KeyboardInterrupt`` traceback. The first SIGINT raises
+    ``KeyboardInterrupt``, later ones are ignored: a second Ctrl-C cuts neither the line short
+    nor the removal of what the interrupted run was writing."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        code = main()
+        if code != INTERRUPTED:  # after Ctrl-C nothing is imported (see _imported)
+            from ..training.distributed import exit_program
+
+            exit_program(code)
+    except KeyboardInterrupt:  # outside a command's run: the imports, the command line, the exit
+        code = _interrupted(False)
+    distributed = _imported("fhcnn.training.distributed")  # after a run, it ends the process group
+    if distributed is not None:
+        distributed.exit_program(code)
+    sys.exit(code)
+
+
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    """:func:`program`'s SIGINT handler: ``KeyboardInterrupt`` the first time, then none."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
