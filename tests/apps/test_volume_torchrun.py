@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from safetensors.numpy import load_file
 
 from fhcnn.cli import main
 from fhcnn.training.distributed import launch_env
-from tests._launch import torchrun
+from tests._launch import started_ranks, torchrun, torchrun_command
 from tests.apps._volumes import write_tiny_volume
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
@@ -164,8 +162,8 @@ def test_a_batch_the_unet_processes_cannot_share_is_refused_first(vol, tmp_path)
     # 2 processes splitting the volume: fhcnn is one replica with a batch of 1, but the U-Net
     # baseline (never split) trains data parallel on both processes
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fhcnn",
-           *_args(vol, out), "--set", "data.batch_size=1", "--set", "parallel.space=2"]
+    cmd = torchrun_command(2, ["-m", "fhcnn", *_args(vol, out), "--set", "data.batch_size=1",
+                               "--set", "parallel.space=2"])
     proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
@@ -323,22 +321,10 @@ def test_a_process_lost_after_a_split_prediction_leaves_no_scratch(vol, tmp_path
     # was resumed; a lost process during the prediction itself left nothing
     out, script = tmp_path / "out", tmp_path / "killed.py"
     script.write_text(_KILLED_IN_GATHER)
-    root = Path(__file__).parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = [*_args(vol, out), "--save-probs", "--set", "parallel.space=2", "--set", "data.batch_size=2",
             "--set", "volume.baselines=copy", "--set", "train.peer_timeout=10"]
-    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=launch_env(pythonpath=[root / "src"], RANK=str(r), LOCAL_RANK=str(r),
-                                                        WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for r in range(2)]
-    try:
+    with started_ranks([str(script), *args]) as procs:
         rc0, (_, err0) = procs[0].wait(timeout=120), procs[0].communicate()
-    finally:
-        for p in procs:
-            p.kill()
-            p.communicate()
     assert rc0 == 1 and procs[1].returncode == -9
     (line,) = [line for line in err0.splitlines() if line.startswith("error:")]
     assert line.startswith("error: rank 0: rank 1 of 2 stopped answering") and "step-000003" in line, line

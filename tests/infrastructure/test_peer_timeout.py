@@ -12,12 +12,10 @@ names the stopped process).
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import psutil
@@ -28,18 +26,14 @@ from safetensors.torch import load_file
 
 from fhcnn.training.checkpoint import verify_checkpoint
 from fhcnn.training.distributed import launch_env
+from tests._launch import SRC, started_ranks, torchrun_command
 from tests._space_apps_script import make_inputs
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 5  # train.peer_timeout of these runs, seconds
 SLACK = 15  # for starting, the heartbeat's look and a loaded 2-core machine
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with Gloo is not available here")
-
-
-def _env() -> dict[str, str]:
-    return launch_env(pythonpath=[REPO / "src"])
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -50,22 +44,9 @@ def _args(root: Path, out: Path, *extra: str) -> list[str]:
             "--set", f"train.peer_timeout={TIMEOUT}", *extra]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(root: Path, out: Path, name: str, *extra: str) -> list[subprocess.Popen]:
+def _spawn(root: Path, out: Path, name: str, *extra: str) -> ContextManager[list[subprocess.Popen]]:
     """Two processes of one run, started directly (no launcher); rank r writes name-r.out/.err."""
-    port, procs = _free_port(), []
-    for r in range(2):
-        env = dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "fhcnn", *_args(root, out, *extra)], env=env,
-                                      stdout=open(root / f"{name}-{r}.out", "w"),
-                                      stderr=open(root / f"{name}-{r}.err", "w")))
-    return procs
+    return started_ranks(["-m", "fhcnn", *_args(root, out, *extra)], logs=root / name)
 
 
 def _wait_for_checkpoint(out: Path, step: int, procs: list) -> None:
@@ -96,9 +77,8 @@ def _checkpoint_named(line: str) -> Path:
 def _torchrun(tmp_path: Path, out: Path, logs: Path) -> subprocess.Popen:
     """The run of :func:`_args` under ``torchrun`` (2 processes; their output in ``logs``)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        torchrun_command(2, ["--log-dir", str(logs), "--redirects", "3", "-m", "fhcnn", *_args(tmp_path, out)]),
+        env=launch_env(pythonpath=[SRC]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _workers_after_a_checkpoint(launcher: subprocess.Popen, out: Path) -> dict[str, Any]:
@@ -112,8 +92,9 @@ def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path:
     make_inputs(tmp_path)
 
     # 1. the uninterrupted run; only rank 0 prints (the run's lines once)
-    ref = _spawn(tmp_path, tmp_path / "ref", "ref")
-    assert [p.wait(timeout=300) for p in ref] == [0, 0], _read(tmp_path / "ref-0.err") + _read(tmp_path / "ref-1.err")
+    with _spawn(tmp_path, tmp_path / "ref", "ref") as ref:
+        assert [p.wait(timeout=300) for p in ref] == [0, 0], \
+            _read(tmp_path / "ref-0.err") + _read(tmp_path / "ref-1.err")
     out0 = _read(tmp_path / "ref-0.out") + _read(tmp_path / "ref-0.err")
     header = ("video: 6 frames", "classes: 3", "trained 16 steps", "held-out frames (3):")
     assert [out0.count(s) for s in header] == [1] * 4, out0
@@ -141,17 +122,12 @@ def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path:
     _checkpoint_named(line)
 
     # 3. resumed without a launcher; rank 1 killed (SIGKILL) after a later checkpoint
-    procs = _spawn(tmp_path, out, "kill", "--resume")
-    try:
+    with _spawn(tmp_path, out, "kill", "--resume") as procs:
         _wait_for_checkpoint(out, 6, procs)
         killed_at = time.monotonic()
         procs[1].kill()
         rc = procs[0].wait(timeout=TIMEOUT + SLACK + 60)
         took = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
     line = _one_error_line(_read(tmp_path / "kill-0.err"))
     assert rc == 1 and line.startswith("error: rank 0: rank 1 of 2 stopped answering (its connection closed); "
                                        "this process stops after step "), line
@@ -159,8 +135,8 @@ def test_stopped_or_killed_process_ends_the_run_and_resume_finishes_it(tmp_path:
     assert _checkpoint_named(line).name >= "step-000006"
 
     # 4. resumed again: it finishes with the weights and prediction of the uninterrupted run
-    procs = _spawn(tmp_path, out, "resume", "--resume")
-    assert [p.wait(timeout=300) for p in procs] == [0, 0], _read(tmp_path / "resume-0.err")
+    with _spawn(tmp_path, out, "resume", "--resume") as procs:
+        assert [p.wait(timeout=300) for p in procs] == [0, 0], _read(tmp_path / "resume-0.err")
     assert "resuming from" in _read(tmp_path / "resume-0.err")
     want, got = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "ref", out))
     assert all(torch.equal(want[k], got[k]) for k in want), "the resumed run differs from the uninterrupted one"
@@ -224,20 +200,11 @@ def test_a_copy_longer_than_the_peer_timeout_says_to_raise_it(tmp_path: Path) ->
         nib.save(nib.Nifti1Image(np.load(tmp_path / f"{name}.npy"), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
     script, out = tmp_path / "slow.py", tmp_path / "out"
     script.write_text(_SLOW_COPY)
-    port = _free_port()
     args = ["volume", str(tmp_path / "c0.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"), "--out", str(out),
             "--config", "volume-tiny", "--quiet", "--set", "data.batch_size=2", "--set", "volume.baselines=",
             "--set", "train.peer_timeout=1"]
-    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for r in range(2)]
-    try:
+    with started_ranks([str(script), *args]) as procs:
         rc1, (_, err1) = procs[1].wait(timeout=120), procs[1].communicate()
-    finally:
-        for p in procs:
-            p.kill()
-            p.communicate()
     assert rc1 == 1, err1
     line = _one_error_line(err1)
     assert line.startswith(f"error: the copy of image0 into {out / 'inputs' / 'image0.zarr'} was not finished by "
