@@ -81,6 +81,17 @@ def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, entry, at):
     assert list(work.iterdir()) == [] and list(tmp.iterdir()) == []
 
 
+def test_ctrl_c_as_the_program_exits_changes_nothing(tmp_path):
+    # Ctrl-C in the interpreter's teardown after a finished command (up to a second after a
+    # run) printed "Exception ignored in atexit callback" with a KeyboardInterrupt traceback
+    # (or, later in the teardown, ended the process as killed by SIGINT, without a line)
+    (tmp_path / "sitecustomize.py").write_text(  # the first atexit callback registered: the last run
+        "import atexit, os, signal\natexit.register(os.kill, os.getpid(), signal.SIGINT)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(fhcnn.__file__).parents[1])]))
+    r = subprocess.run([sys.executable, "-m", "fhcnn", "info"], env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "") and fhcnn.__version__ in r.stdout
+
+
 def test_importing_fhcnn_leaves_torch_dynamo_unimported():
     """torch._dynamo (1.3 s of the 2.9 s ``import fhcnn`` took) is imported by the first
     reversible forward or optimizer, not by the import: a command that refuses its input, or a

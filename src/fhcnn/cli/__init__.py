@@ -174,10 +174,14 @@ def program() -> NoReturn:
     commands are imported, which takes seconds) or after it, ``interrupted (SIGINT)``, where
     Python printed its ``KeyboardInterrupt`` traceback. The first SIGINT raises
     ``KeyboardInterrupt``, later ones are ignored: a second Ctrl-C cuts neither the line short
-    nor the removal of what the interrupted run was writing."""
+    nor the removal of what the interrupted run was writing. Once :func:`main` has returned,
+    SIGINT is ignored: the interpreter's teardown after a run takes up to a second, in which
+    Ctrl-C printed an ``Exception ignored in atexit callback`` traceback or ended the finished
+    command as killed by SIGINT, without a line."""
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
         code = main()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command has ended: its status stands
         if code != INTERRUPTED:  # after Ctrl-C nothing is imported (see _imported)
             from ..training.distributed import exit_program
 
