@@ -310,3 +310,43 @@ def test_bench_refuses_a_cuda_device_it_cannot_use_before_out_exists(tmp_path, c
     assert len(err) == 1 and err[0].startswith("error: device ")
     assert ("not understood" in err[0]) if device != "cuda:3" else ("only 1 CUDA device(s)" in err[0])
     assert not out.exists() and ran == []
+
+
+def test_ctrl_c_while_spatial_workers_run_is_one_line(tmp_path):
+    # the terminal sends Ctrl-C to every process of the program: each worker of `fhcnn bench
+    # spatial` (torch.multiprocessing.spawn, most often still importing torch) printed its own
+    # KeyboardInterrupt traceback around the program's line. They never take SIGINT now: the
+    # program alone does, and ends them
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from fhcnn.training.distributed import launch_env
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fhcnn", "bench", "spatial", "--quick", "--out", str(out),
+                             "--quiet"], env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's command has
+    try:
+        t0, workers = time.monotonic(), []
+        while len(workers) < 2:  # the workers of the 2-process measurement, started
+            assert proc.poll() is None and time.monotonic() - t0 < 120, "no spatial workers within 120 s"
+            time.sleep(0.05)
+            workers = [c for c in psutil.Process(proc.pid).children()
+                       if any("spawn_main" in a for a in c.cmdline())]
+        for w in workers:  # SIGINT blocked in them from their start
+            blocked = next(line for line in open(f"/proc/{w.pid}/status") if line.startswith("SigBlk:"))
+            assert int(blocked.split()[1], 16) >> (signal.SIGINT - 1) & 1, blocked
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert (proc.returncode, err) == (130, "interrupted (SIGINT)\n")
+    assert not any(w.is_running() for w in workers)  # ended by the program
+    assert [p.name for p in out.iterdir()] == ["run.json"]  # no result

@@ -141,7 +141,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, cfg: dict[str, Any]
 
 
 def _measure(cfg: dict[str, Any], volume: tuple[int, ...], n: int) -> dict[str, Any]:
-    import torch.multiprocessing as mp
+    from ..training.distributed import spawn_workers
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
@@ -150,7 +150,7 @@ def _measure(cfg: dict[str, Any], volume: tuple[int, ...], n: int) -> dict[str, 
         if n == 1:
             _worker(0, 1, "", out, cfg, volume)
         else:
-            mp.spawn(_worker, args=(n, os.path.join(tmp, "store"), out, cfg, volume), nprocs=n, join=True)
+            spawn_workers(_worker, (n, os.path.join(tmp, "store"), out, cfg, volume), n)
         return json.loads(Path(out).read_text())
 
 

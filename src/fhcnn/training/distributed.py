@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..data.lazy import PassShare
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
+           "spawn_workers",
            "is_main_process", "end_silently_on_terminate", "interrupted_line",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
@@ -157,6 +158,43 @@ def end_spawned_worker() -> NoReturn:
     torch's Gloo threads sometimes abort the process ("terminate called without an active
     exception", as in :func:`exit_program`) and turn a finished worker into a failed spawn."""
     _exit_without_teardown(0)
+
+
+def spawn_workers(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -> None:
+    """``torch.multiprocessing.spawn(fn, args, nprocs)`` (``fn(rank, *args)`` in each of
+    ``nprocs`` fresh processes, waited for; a worker's failure raised here), from the main
+    thread, whose workers never take SIGINT: it is blocked in the thread that starts them, and
+    a process keeps that mask from its start, through its import of torch. Ctrl-C, which the
+    terminal sends to every process of the program, is then this process's alone: it ends the
+    workers (SIGTERM, waited for) and raises on; one during the start is answered after it.
+    (Each worker printed its own ``KeyboardInterrupt`` traceback, mostly from the middle of its
+    import of torch, around the program's one line.)"""
+    from multiprocessing import resource_tracker
+
+    import torch.multiprocessing as mp
+
+    # multiprocessing's resource tracker, started with the first worker otherwise, unblocks
+    # SIGINT in this thread as it starts (bpo-33613): the workers after it took SIGINT
+    resource_tracker.ensure_running()
+    pressed: list[int] = []  # SIGINT during the start (another thread of this process may take it)
+    answer = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, answer)
+    try:
+        if pressed:  # answered now, as this process answers SIGINT (KeyboardInterrupt)
+            signal.raise_signal(signal.SIGINT)
+        while not context.join():
+            pass
+    except KeyboardInterrupt:
+        for p in context.processes:
+            p.terminate()
+        for p in context.processes:
+            p.join()
+        raise
 
 
 def _exit_without_teardown(code: int) -> NoReturn:
