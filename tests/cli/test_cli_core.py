@@ -81,6 +81,18 @@ def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, entry, at):
     assert list(work.iterdir()) == [] and list(tmp.iterdir()) == []
 
 
+def test_a_program_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
+    # a background job of a script (or nohup) starts with SIGINT ignored, so that a Ctrl-C meant
+    # for the command in the foreground leaves it running: Python keeps that, and so does fhcnn
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_AT_IMPORT)
+    env = dict(os.environ, INTERRUPT_AT="torch",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(fhcnn.__file__).parents[1])]))
+    ignored = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+               "os.execv(sys.executable, [sys.executable, '-m', 'fhcnn', 'info'])")
+    r = subprocess.run([sys.executable, "-c", ignored], env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "") and fhcnn.__version__ in r.stdout
+
+
 def test_ctrl_c_as_the_program_exits_changes_nothing(tmp_path):
     # Ctrl-C in the interpreter's teardown after a finished command (up to a second after a
     # run) printed "Exception ignored in atexit callback" with a KeyboardInterrupt traceback

@@ -177,8 +177,10 @@ def program() -> NoReturn:
     nor the removal of what the interrupted run was writing. Once :func:`main` has returned,
     SIGINT is ignored: the interpreter's teardown after a run takes up to a second, in which
     Ctrl-C printed an ``Exception ignored in atexit callback`` traceback or ended the finished
-    command as killed by SIGINT, without a line."""
-    signal.signal(signal.SIGINT, _interrupt_once)
+    command as killed by SIGINT, without a line. A program started with SIGINT ignored (a
+    background job of a script, ``nohup``), which Python keeps, keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         code = main()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command has ended: its status stands
