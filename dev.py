@@ -28,14 +28,39 @@ def _bin(name: str) -> Path:
     return VENV / ("Scripts" if os.name == "nt" else "bin") / name
 
 
+_interrupted = False  # Ctrl-C reached this process
+
+
+def _call(*cmd: str | Path, cwd: Path | None = None) -> int:
+    """Run ``cmd`` and return its exit status. Ctrl-C reaches it too (the terminal sends it to
+    every process of the command line) and it answers for itself (``fhcnn``: one line, exit 130;
+    pytest: its summary): this process waits for its end instead of printing a traceback."""
+    global _interrupted
+    with subprocess.Popen([str(c) for c in cmd], cwd=cwd) as proc:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                _interrupted = True
+
+
 def _sh(*cmd: str | Path) -> None:
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True)
+    code = _call(*cmd)
+    if code and _interrupted:  # e.g. pip's "Operation cancelled by user"
+        raise KeyboardInterrupt
+    if code:
+        raise subprocess.CalledProcessError(code, [str(c) for c in cmd])
+
+
+def installed_digest() -> str:
+    """What the stamp of an installed environment holds: it is installed again when it changes."""
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
 
 
 def setup(extras: str) -> None:
     stamp = VENV / f".fhcnn-installed-{extras or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    digest = installed_digest()
     if stamp.exists() and stamp.read_text() == digest:
         return
     if not _bin("python").exists():
@@ -61,17 +86,21 @@ def main(argv: list[str]) -> int:
     what, rest = argv[0], argv[1:]
     if what == "test":
         setup("dev")
-        return subprocess.call([str(_bin("python")), "-m", "pytest", *rest], cwd=ROOT)
+        return _call(_bin("python"), "-m", "pytest", *rest, cwd=ROOT)
     if what == "lint":
         setup("dev")
         py = str(_bin("python"))
-        ruff = subprocess.call([py, "-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py"], cwd=ROOT)
-        mypy = subprocess.call([py, "-m", "mypy"], cwd=ROOT)
+        ruff = _call(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py", cwd=ROOT)
+        mypy = _call(py, "-m", "mypy", cwd=ROOT)
         return ruff or mypy
     setup("io")
     args = ["demo", *rest] if what == "demo" else rest
-    return subprocess.call([str(_bin("fhcnn")), *args])
+    return _call(_bin("fhcnn"), *args)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # while it sets up the environment (venv, pip)
+        print("interrupted (SIGINT)", file=sys.stderr)
+        sys.exit(130)
