@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -35,13 +36,19 @@ def _call(*cmd: str | Path, cwd: Path | None = None) -> int:
     """Run ``cmd`` and return its exit status. Ctrl-C reaches it too (the terminal sends it to
     every process of the command line) and it answers for itself (``fhcnn``: one line, exit 130;
     pytest: its summary): this process waits for its end instead of printing a traceback."""
-    global _interrupted
-    with subprocess.Popen([str(c) for c in cmd], cwd=cwd) as proc:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:
-                _interrupted = True
+    def pressed(signum: int, frame: object) -> None:
+        global _interrupted
+        _interrupted = True
+
+    # noted, not raised, from before the command starts until it ended: a KeyboardInterrupt
+    # inside Popen's start would leave the command unwaited for, and print this line before its
+    answer = signal.signal(signal.SIGINT, pressed) if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else None
+    try:
+        with subprocess.Popen([str(c) for c in cmd], cwd=cwd) as proc:
+            return proc.wait()
+    finally:
+        if answer is not None:
+            signal.signal(signal.SIGINT, answer)
 
 
 def _sh(*cmd: str | Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ import torch
 # Tiny tensors: one intra-op thread is much faster than two (and avoids oversubscription
 # when tests start subprocesses, e.g. the DDP and resume tests).
 torch.set_num_threads(1)
+
+# pytest-xdist's workers ignore SIGINT (the controller alone answers Ctrl-C), and a process
+# inherits that: the tests' `fhcnn` processes would ignore the SIGINT the Ctrl-C tests send them
+# (fhcnn keeps SIGINT ignored when started so, as a background job needs). Answered as Python
+# answers it by default, in the workers as in a run without them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
