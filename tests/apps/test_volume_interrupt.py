@@ -1,8 +1,10 @@
 """Ctrl-C (SIGINT) in each phase of a one-process ``fhcnn volume`` run: one line saying what
 happened and where to go on from (the last completed step, the last intact checkpoint,
 ``--resume``), exit code 130, no traceback, nothing outside OUT changed and no scratch left in
-it; ``--resume`` then ends with the weights and prediction of a run never interrupted. Under
-``torchrun`` (2 processes, Ctrl-C in training) the line is rank 0's alone."""
+it; ``--resume`` then ends with the weights and prediction of a run never interrupted. SIGTERM
+(a batch scheduler's) in training of ``python -m fhcnn volume``: the same, ``terminated
+(SIGTERM)``, exit code 143. Under ``torchrun`` (2 processes, Ctrl-C in training) the line is
+rank 0's alone."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fhcnn
 from fhcnn.cli import main
 from tests.apps._volumes import write_tiny_volume
 
@@ -111,7 +116,14 @@ def test_ctrl_c_in_each_phase_says_where_to_go_on_and_resume_ends_as_never_inter
             else f"interrupted (SIGINT){f' after step {step}' if step else ''}; {where}: continue with --resume")
     assert err.strip() == want
     assert _tree(inputs) == before and sorted(p.name for p in tmp_path.iterdir()) == (["out"] if out.exists() else [])
-    if phase == "statistics":  # before OUT exists: nothing written, the same command starts the run
+    _goes_on_as_never_interrupted(inputs, out, uninterrupted, started=phase != "statistics")
+
+
+def _goes_on_as_never_interrupted(inputs: Path, out: Path, uninterrupted: Path, started: bool) -> None:
+    """After an interrupted run: no scratch left in OUT (a ``started`` run's), and the same
+    command (``--resume`` once OUT exists) ends with the weights, prediction and scores of the
+    ``uninterrupted`` run."""
+    if not started:  # before OUT exists: nothing written, the same command starts the run
         assert not out.exists()
         assert main(_args(inputs, out)) == 0
     else:
@@ -124,11 +136,64 @@ def test_ctrl_c_in_each_phase_says_where_to_go_on_and_resume_ends_as_never_inter
     assert got["miou"] == want_m["miou"] and got["baselines"]["unet"]["miou"] == want_m["baselines"]["unet"]["miou"]
 
 
+# sitecustomize.py of the test below: SIGTERM to this process as its 4th training step starts, as
+# a batch scheduler sends it at its time limit (or `kill PID`)
+_SIGTERM_IN_TRAINING = r"""
+import importlib.machinery, os, signal, sys
+
+class _TerminateAtStep4:
+    def find_spec(self, name, path=None, target=None):
+        if name != "fhcnn.training.trainer":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            step, calls = module.Trainer._train_step, []
+
+            def terminated(self, *args, **kwargs):
+                calls.append(1)
+                if len(calls) == 4:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return step(self, *args, **kwargs)
+
+            module.Trainer._train_step = terminated
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _TerminateAtStep4())
+"""
+
+
+def test_sigterm_in_training_says_where_to_go_on_and_resume_ends_as_never_interrupted(inputs, uninterrupted,
+                                                                                       tmp_path):
+    # a batch scheduler (SLURM at its time limit, Kubernetes, `kill PID`) stops a run with
+    # SIGTERM: the run ended without a word (killed by the signal) and left its scratch in OUT
+    site, tmp, out = tmp_path / "site", tmp_path / "tmp", tmp_path / "out"
+    for folder in (site, tmp):
+        folder.mkdir()
+    (site / "sitecustomize.py").write_text(_SIGTERM_IN_TRAINING)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), str(Path(fhcnn.__file__).parents[1])]))
+    before = _tree(inputs)
+    r = subprocess.run([sys.executable, "-m", "fhcnn", *_args(inputs, out)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    ckpt = out.resolve() / "checkpoints" / "step-000002"
+    want = f"terminated (SIGTERM) after step 3; the last intact checkpoint is {ckpt}: continue with --resume\n"
+    assert (r.returncode, r.stdout, r.stderr) == (143, "", want)
+    assert _tree(inputs) == before and list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "site", "tmp"]
+    _goes_on_as_never_interrupted(inputs, out, uninterrupted, started=True)
+
+
 # Runs fhcnn (sys.argv[1:]) as a process of a torchrun launch; at its 4th training step rank 0
 # presses Ctrl-C: SIGINT to torchrun's process group, as a terminal sends it (torchrun passes it
 # on to every process), and waits for it.
 _CTRL_C_IN_TRAINING = r"""
 import os, signal, sys, time
+import fhcnn
 from fhcnn.cli import main
 from fhcnn.training.distributed import exit_program
 from fhcnn.training.trainer import Trainer

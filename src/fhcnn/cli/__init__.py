@@ -13,7 +13,10 @@ meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finit
 process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback). Ctrl-C
 (SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
 last intact checkpoint and ``--resume``, exit 130 (under ``torchrun``, which passes Ctrl-C on to
-every process, rank 0 prints it; the others end with exit 130 without a word).
+every process, rank 0 prints it; the others end with exit 130 without a word). SIGTERM (a batch
+scheduler at its time limit, ``kill PID``) is answered alike outside ``torchrun``: ``terminated
+(SIGTERM)``, exit 143; under ``torchrun``, which sends it to the other processes when one fails,
+``training.distributed`` answers it.
 
 The program (the ``fhcnn`` console script and ``python -m fhcnn``) is :func:`program`: it
 answers Ctrl-C from its first moment, while torch and the commands are imported too, and
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import time
@@ -52,6 +56,16 @@ REFUSAL_GRACE_S = 3.0
 
 #: The exit status of a command ended by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
 INTERRUPTED = 130
+
+#: The exit status of a command ended by SIGTERM: 128 + 15, as a shell reports it.
+TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler at its time limit, Kubernetes, ``kill PID``) in the program,
+    raised by :func:`program`'s handler: a ``KeyboardInterrupt``, so that whatever answers
+    Ctrl-C (a run removing the scratch it was writing, spawned workers ended) answers it too;
+    its line says ``terminated (SIGTERM)`` and its exit status is :data:`TERMINATED`."""
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError, FileExistsError)
@@ -107,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(mods[args.command].run(args) or 0)  # type: ignore[attr-defined]
     except BrokenPipeError:  # e.g. `fhcnn info | head -1`
         return 0
-    except KeyboardInterrupt:  # Ctrl-C: what happened and, in a run folder, where to go on from
-        return _interrupted(hasattr(args, "resume"))
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: what happened and, in a run folder, where to go on from
+        return _interrupted(hasattr(args, "resume"), e)
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT
         if getattr(args, "debug", False):
@@ -144,25 +158,28 @@ def _imported(name: str) -> ModuleType | None:
     return sys.modules.get(name)
 
 
-def _interrupted(resumable: bool) -> int:
-    """The end of a command interrupted by Ctrl-C (``KeyboardInterrupt``): its one line, by rank
-    0 alone under ``torchrun`` (which passes SIGINT on to every process), and exit status 130.
-    In an active run folder, ``training.distributed.interrupted_line`` (the last step, the last
-    intact checkpoint, ``--resume`` when the command is ``resumable``); before one, or where
-    torch's import was cut short, ``interrupted (SIGINT)``."""
+def _interrupted(resumable: bool, e: KeyboardInterrupt) -> int:
+    """The end of a command interrupted by Ctrl-C (``KeyboardInterrupt``) or SIGTERM
+    (:class:`Terminated`, ``e``): its one line, by rank 0 alone under ``torchrun`` (which passes
+    SIGINT on to every process), and exit status 130 (143). In an active run folder,
+    ``training.distributed.interrupted_line`` (the last step, the last intact checkpoint,
+    ``--resume`` when the command is ``resumable``); before one, or where torch's import was cut
+    short, ``interrupted (SIGINT)`` (``terminated (SIGTERM)``)."""
     from ..log import rank
 
+    ended, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(e, Terminated) \
+        else ("interrupted (SIGINT)", INTERRUPTED)
     rundir = _imported("fhcnn.rundir")  # it imports torch: a run folder was made after torch's import
     run = rundir.RunFolder.active if rundir is not None else None
     if run is None:
         if rank() == 0:
-            _line("interrupted (SIGINT)")
-        return INTERRUPTED
+            _line(ended)
+        return code
     from ..training.distributed import interrupted_line, is_main_process
 
     if is_main_process():
-        _line(interrupted_line(run.root, resumable))
-    return INTERRUPTED
+        _line(interrupted_line(run.root, resumable, ended))
+    return code
 
 
 def program() -> NoReturn:
@@ -178,25 +195,44 @@ def program() -> NoReturn:
     SIGINT is ignored: the interpreter's teardown after a run takes up to a second, in which
     Ctrl-C printed an ``Exception ignored in atexit callback`` traceback or ended the finished
     command as killed by SIGINT, without a line. A program started with SIGINT ignored (a
-    background job of a script, ``nohup``), which Python keeps, keeps ignoring it."""
+    background job of a script, ``nohup``), which Python keeps, keeps ignoring it.
+
+    SIGTERM (a batch scheduler at its time limit, ``kill PID``) is answered as Ctrl-C is
+    (:class:`Terminated`): one line ``terminated (SIGTERM)`` with the same run information, the
+    scratch removed, exit status 143; either signal then ignores both. Not under ``torchrun``
+    (``TORCHELASTIC_RUN_ID``), which ends the other processes with SIGTERM when one fails: there
+    a process that refuses its input ends without a word and one in training says so in a line
+    of its own (``training.distributed``); nor where SIGTERM was not ``SIG_DFL`` at the start."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt_once)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and "TORCHELASTIC_RUN_ID" not in os.environ:
+        signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         code = main()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command has ended: its status stands
-        if code != INTERRUPTED:  # after Ctrl-C nothing is imported (see _imported)
+        for signum in _ANSWERED:  # the command has ended: its status stands
+            if signum == signal.SIGINT or signal.getsignal(signum) is _interrupt_once:
+                signal.signal(signum, signal.SIG_IGN)
+        if code not in (INTERRUPTED, TERMINATED):  # after Ctrl-C nothing is imported (see _imported)
             from ..training.distributed import exit_program
 
             exit_program(code)
-    except KeyboardInterrupt:  # outside a command's run: the imports, the command line, the exit
-        code = _interrupted(False)
+    except KeyboardInterrupt as e:  # outside a command's run: the imports, the command line, the exit
+        code = _interrupted(False, e)
     distributed = _imported("fhcnn.training.distributed")  # after a run, it ends the process group
     if distributed is not None:
         distributed.exit_program(code)
     sys.exit(code)
 
 
+#: The signals :func:`program` answers with :func:`_interrupt_once`.
+_ANSWERED = (signal.SIGINT, signal.SIGTERM)
+
+
 def _interrupt_once(signum: int, frame: FrameType | None) -> None:
-    """:func:`program`'s SIGINT handler: ``KeyboardInterrupt`` the first time, then none."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """:func:`program`'s handler of SIGINT and SIGTERM: ``KeyboardInterrupt`` (SIGTERM:
+    :class:`Terminated`) the first time, then neither signal again (each that it answers is
+    ignored from then on)."""
+    for answered in _ANSWERED:
+        if signal.getsignal(answered) is _interrupt_once:
+            signal.signal(answered, signal.SIG_IGN)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt

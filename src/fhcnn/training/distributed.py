@@ -403,19 +403,20 @@ def _where_it_stops() -> str:
     return f"this process stops after step {_progress.step}; {where}"
 
 
-def interrupted_line(run_folder: Path | None, resumable: bool = True) -> str:
-    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``): what happened
-    and, once its run folder ``run_folder`` exists and the command has ``--resume``
-    (``resumable``), how to go on: the last training step this process completed in that folder
-    (where its training had started), the folder's last intact checkpoint, ``--resume``."""
+def interrupted_line(run_folder: Path | None, resumable: bool = True, ended: str = "interrupted (SIGINT)") -> str:
+    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``) or SIGTERM:
+    what happened (``ended``: ``interrupted (SIGINT)``, ``terminated (SIGTERM)``) and, once its
+    run folder ``run_folder`` exists and the command has ``--resume`` (``resumable``), how to go
+    on: the last training step this process completed in that folder (where its training had
+    started), the folder's last intact checkpoint, ``--resume``."""
     if run_folder is None or not resumable:
-        return "interrupted (SIGINT)"
+        return ended
     folder = Path(run_folder) / "checkpoints"
     mine = _progress.checkpoints is not None and os.path.realpath(_progress.checkpoints) == os.path.realpath(folder)
     ckpt = _intact_checkpoint(_progress.checkpoints if mine else folder)
     at = f" after step {_progress.step}" if mine else ""
     where = f"the last intact checkpoint is {ckpt}" if ckpt is not None else "no checkpoint was written yet"
-    return f"interrupted (SIGINT){at}; {where}: continue with --resume"
+    return f"{ended}{at}; {where}: continue with --resume"
 
 
 def _report_terminate() -> None:
