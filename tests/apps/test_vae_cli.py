@@ -494,6 +494,36 @@ def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
     assert np.array_equal(_png(by_file), _png(by_index))
 
 
+@pytest.mark.parametrize("dataset", ["digits", "mnist-idx"])
+def test_interpolate_pads_an_image_file_of_the_data_set_s_size_as_the_run_padded_its_images(tmp_path, dataset):
+    """The digits (8x8) and MNIST's images (28x28) are zero-padded to the model's size (16,
+    32); an image file of that size given to interpolate was resized to it instead, so a digit
+    came out at twice the scale of the training digits and the line ran between other latents,
+    silently. A training image given as a file now gives the same row as its index. (A digit
+    is k/16: a 16-bit grey PNG holds it to 1/131070, an 8-bit one only to 1/510.)"""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        images, size, source = load_digits().images[:8] / 16, 16, []
+        files = [PIL.fromarray(np.round(a * 65535).astype(np.uint16)) for a in images]
+    else:
+        images, size = (np.random.default_rng(0).random((8, 28, 28)) * 255).astype(np.uint8), 32
+        source = [str(tmp_path / "train-images-idx3-ubyte")]
+        Path(source[0]).write_bytes(bytes([0, 0, 8, 3]) + np.array(images.shape, ">i4").tobytes() + images.tobytes())
+        files = [PIL.fromarray(a) for a in images]
+    for i in (1, 4):
+        files[i].save(tmp_path / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["vae", "train", "--dataset", dataset, *source, "--config", "vae-tiny", "--set", f"data.size={size}",
+                 "--set", "data.split=ordered", "--set", "train.steps=1", "--out", str(run), "--quiet"]) == 0
+    by_index, by_file = tmp_path / "index.png", tmp_path / "file.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", "1", "--b", "4", "--steps", "3",
+                 "--out", str(by_index)]) == 0
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(tmp_path / "1.png"), "--b",
+                 str(tmp_path / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
+    assert np.array_equal(_png(by_file), _png(by_index))
+
+
 def test_a_crop_that_would_be_ignored_is_refused(tmp_path, capsys):
     """--crop is cut only from a folder's images before --resize: a folder of 16x16 images with
     --crop 8 and no --resize trained on the whole 16x16 images (config.yaml saying crop: 8), and

@@ -32,12 +32,17 @@ from torch import Tensor
 from ..errors import InputError
 from ..options import IMAGE_SUFFIXES
 
-__all__ = ["Dataset", "DATASETS", "ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
-           "load_image_folder", "load_dataset", "read_image", "resize_square", "center_square", "DATASETS"]
+__all__ = ["Dataset", "DATASETS", "NATIVE_SIDES", "ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
+           "load_image_folder", "load_dataset", "fit_to_size", "read_image", "resize_square", "center_square",
+           "DATASETS"]
 
 #: Image datasets of the autoencoder (:func:`load_dataset`).
 Dataset = Literal["digits", "lfw", "mnist-idx", "folder"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
+
+#: The side of the images of the data sets that :func:`fit_to_size` brings to the model's size
+#: (zero-padded, centred): the 8x8 digits, MNIST's 28x28 IDX images.
+NATIVE_SIDES: dict[str, int] = {"digits": 8, "mnist-idx": 28}
 
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtype
@@ -120,6 +125,17 @@ def _pad_center(x: Tensor, size: int) -> Tensor:
     return out
 
 
+def fit_to_size(x: Tensor, size: int) -> Tensor:
+    """``(N, C, h, w)`` images brought to ``(N, C, size, size)`` as :func:`load_digits` and
+    :func:`load_mnist_idx` bring theirs: zero-padded (centred) when they fit, else resized
+    (bilinear, antialiased; ``uint8`` stays ``uint8``, rounded)."""
+    if size >= max(x.shape[-2:]):
+        return _pad_center(x, size)
+    if x.dtype == torch.uint8:
+        return (_resize(x.float() / 255.0, size) * 255).round().to(torch.uint8)
+    return _resize(x, size)
+
+
 def _resize(x: Tensor, size: int) -> Tensor:
     """Bilinear (antialiased) resize of float ``(N, C, h, w)`` to ``size x size``."""
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
@@ -145,7 +161,7 @@ def load_digits(size: int = 16) -> ImageSet:
     _check_size(1797 * size * size * 4, f"the 1797 digits padded to {size}x{size}")
     d = _sk_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    return ImageSet(_pad_center(x, size), torch.tensor(d.target, dtype=torch.long), "digits")
+    return ImageSet(fit_to_size(x, size), torch.tensor(d.target, dtype=torch.long), "digits")
 
 
 def load_lfw(size: int = 32) -> ImageSet:
@@ -244,13 +260,7 @@ def load_mnist_idx(path: str | Path, size: int = 32, limit: int | None = None) -
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype != torch.uint8:
         x = (x.float() / max(float(x.max()), 1.0)).clamp(0, 1)
-    x = x[:, None]
-    h, w = x.shape[-2:]
-    if size >= max(h, w):
-        x = _pad_center(x, size)
-    else:
-        x = (_resize(x.float() / 255.0, size) * 255).round().to(torch.uint8) if x.dtype == torch.uint8 \
-            else _resize(x, size)
+    x = fit_to_size(x[:, None], size)
     labels = None
     prefix = p.name.split("images")[0]
     lab = next((f for f in sorted(p.parent.glob(prefix + "labels-idx1-ubyte*"))), None)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...atomic import atomic_write_text
 from ...config import load_config, save_config
-from ...data.images import ImageSet, center_square, load_dataset, read_image, resize_square
+from ...data.images import NATIVE_SIDES, ImageSet, center_square, fit_to_size, load_dataset, read_image, resize_square
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...rundir import RunFolder, check_own_checkpoint, fingerprint, resolve_path
@@ -413,9 +413,11 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
                   run_dir: Path | None = None, flag: str | None = None) -> Tensor:
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
-    model's channels, centre-cropped to a square as the run's folder images were, ``data.crop``
-    pixels a side or the largest, and resized to the model's size). ``flag`` (``--a``): the
-    option that gave ``spec``, named by a refusal."""
+    model's channels; of the native size of the run's ``digits`` (8x8) or ``mnist-idx`` (28x28)
+    images, brought to the model's size as they were, zero-padded; else centre-cropped to a
+    square as the run's folder images were, ``data.crop`` pixels a side or the largest, and
+    resized to the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a
+    refusal."""
     shown = f"{flag} {spec}" if flag else spec
     if re.fullmatch(r"\s*-?[0-9]+\s*", spec):  # not str.isdigit: '--3' and '²' are no index
         train, _ = load_run_images(cfg, run_dir)
@@ -429,15 +431,20 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     if not p.is_file():
         raise InputError(f"{shown}: neither an image file nor an index into the training set")
     a = read_image(p, "L" if model.in_channels == 1 else "RGB")
-    d = cfg.data  # the centred square the run's folder images were cut to (--crop), else the largest
-    crop = d.crop if d.dataset == "folder" and d.size is not None else None
-    a = resize_square(center_square(a, crop), (int(model.image_size[0]), int(model.image_size[1])))
+    d, size = cfg.data, (int(model.image_size[0]), int(model.image_size[1]))
+    side = NATIVE_SIDES.get(d.dataset)
+    native = a.shape[:2] == (side, side) and size[0] == size[1]  # as the training images: padded
+    if not native:  # the centred square the run's folder images were cut to (--crop), else the largest
+        crop = d.crop if d.dataset == "folder" and d.size is not None else None
+        a = resize_square(center_square(a, crop), size)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.shape[2] != model.in_channels:
         raise InputError(f"{spec}: {a.shape[2]} channel(s), the model takes {model.in_channels}")
-    x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float()
-    return x / 255.0 if a.dtype == np.uint8 else x  # 16-bit images are read as [0, 1] floats
+    x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None]
+    if native:
+        x = fit_to_size(x, size[0])
+    return x.float() / 255.0 if a.dtype == np.uint8 else x  # 16-bit images are read as [0, 1] floats
 
 
 def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
