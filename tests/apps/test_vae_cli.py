@@ -54,16 +54,21 @@ def test_sample(run_dir, tmp_path, capsys):
     assert "9 samples" in capsys.readouterr().out
 
 
-def test_interpolate_by_index_and_by_file(run_dir, tmp_path):
+def test_interpolate_by_index_and_by_file(run_dir, tmp_path, capsys):
+    # the result line names the two images (it did not say which images the indices picked)
     out = tmp_path / "i.png"
     assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "0", "--b", "5",
                  "--steps", "4", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == (f"wrote [a, 4 interpolated decodings, b] to {out} "
+                                       f"(a: training image 0, b: training image 5)\n")
     row = _png(out)
     img = tmp_path / "digit.png"
     PIL.fromarray((np.random.default_rng(0).random((20, 24)) * 255).astype(np.uint8)).save(img)
     out2 = tmp_path / "i2.png"
     assert main(["vae", "interpolate", "--checkpoint", str(run_dir / "checkpoints"), "--a", str(img),
                  "--b", "3", "--steps", "4", "--out", str(out2)]) == 0
+    assert capsys.readouterr().out == (f"wrote [a, 4 interpolated decodings, b] to {out2} "
+                                       f"(a: {img}, b: training image 3)\n")
     assert _png(out2).shape == row.shape
     assert row.shape[1] > 5 * row.shape[0]  # one row of 6 images
 

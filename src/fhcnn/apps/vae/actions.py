@@ -15,7 +15,7 @@ from ...data.images import DATASETS
 from ...errors import InputError
 from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
-from .pipeline import load_run, load_run_images, resolve_image
+from .pipeline import image_index, load_run, load_run_images, resolve_image
 
 __all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary", "train_command"]
 
@@ -135,7 +135,7 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
                 overwrite: bool = False) -> str:
     """Decode ``steps`` points on the line between the latents of images ``a`` and ``b`` (files,
     or indices into the run's training images) into a PNG row ``[a, points..., b]``; returns the
-    result line."""
+    result line, which names the two images (the files as given, the indices)."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
     _check_suffix("--out", out, ".png")
@@ -146,7 +146,9 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
     save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
-    return f"wrote [a, {steps} interpolated decodings, b] to {out}"
+    picked = ", ".join(f"{name}: " + (spec if image_index(spec) is None else f"training image {image_index(spec)}")
+                       for name, spec in (("a", a), ("b", b)))
+    return f"wrote [a, {steps} interpolated decodings, b] to {out} ({picked})"
 
 
 def normality(checkpoint: str, out: str | Path | None, n: int, split: str,

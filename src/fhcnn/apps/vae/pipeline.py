@@ -54,7 +54,7 @@ from .evaluation import (
 from .outputs import interpolate_latents, save_figure, save_grid
 
 __all__ = ["load_images", "absolute_data_path", "load_run_images", "prepare_training", "build_model", "beta_at",
-           "train_vae", "load_run", "resolve_image", "train_baseline"]
+           "train_vae", "load_run", "image_index", "resolve_image", "train_baseline"]
 
 
 # ------------------------------------------------------------------------------ data
@@ -409,6 +409,12 @@ def load_run_images(cfg: VAEConfig, run_dir: Path | None) -> tuple[ImageSet, Ima
     return load_images(cfg)
 
 
+def image_index(spec: str) -> int | None:
+    """The index into the run's training images that ``spec`` (``--a``, ``--b``) gives, or
+    ``None`` where it names an image file (not ``str.isdigit``: '--3' and '²' are no index)."""
+    return int(spec) if re.fullmatch(r"\s*-?[0-9]+\s*", spec) else None
+
+
 def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
                   run_dir: Path | None = None, flag: str | None = None) -> Tensor:
     """``spec``: an integer index into the run's training images (checked to be the run's
@@ -419,9 +425,10 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     resized to the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a
     refusal."""
     shown = f"{flag} {spec}" if flag else spec
-    if re.fullmatch(r"\s*-?[0-9]+\s*", spec):  # not str.isdigit: '--3' and '²' are no index
+    i = image_index(spec)
+    if i is not None:
         train, _ = load_run_images(cfg, run_dir)
-        i, n = int(spec), len(train)
+        n = len(train)
         if not -n <= i < n:
             raise InputError(f"{shown}: image index {i} is out of range: the run's training set has {n} images "
                              f"(0 to {n - 1}, or -{n} to -1 from the end)")
