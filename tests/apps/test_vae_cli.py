@@ -23,6 +23,15 @@ def run_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _grey_folder(folder: Path, values: list[int], side: int = 8) -> Path:
+    """``folder`` (made, with its parents) holding ``0.png, 1.png, ...``: grey ``side x side``
+    PNGs, image ``i`` all ``values[i]``."""
+    folder.mkdir(parents=True)
+    for i, value in enumerate(values):
+        PIL.fromarray(np.full((side, side), value, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def _png(path: Path) -> np.ndarray:
     with PIL.open(path) as im:
         im.load()
@@ -162,10 +171,7 @@ def test_non_finite_idx_and_bad_config_values_are_refused_before_out(tmp_path, c
 
 
 def test_folder_size_not_fitting_the_network(tmp_path, capsys):
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((10, 10), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "odd", [20 * i for i in range(6)], side=10)
     err = _error(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny",
                   "--set", "data.n_eval=2", "--out", str(tmp_path / "o")], capsys)
     assert "divisible by 4" in err and "--resize" in err
@@ -275,10 +281,7 @@ def test_held_out_images_leave_most_images_to_train_on(tmp_path, capsys):
     from fhcnn.config import load_config
 
     for n, split in ((5, (3, 2)), (10, (8, 2)), (21, (18, 3))):
-        folder = tmp_path / f"f{n}"
-        folder.mkdir()
-        for i in range(n):
-            PIL.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(folder / f"{i}.png")
+        folder = _grey_folder(tmp_path / f"f{n}", [10 * i for i in range(n)])
         cfg = load_config(VAEConfig, "vae-tiny", dataset_overrides(["folder", str(folder)], "digits"))
         train, held = load_images(cfg)
         assert (len(train), len(held)) == split, n
@@ -326,10 +329,7 @@ def test_a_bad_value_is_refused_naming_the_options_as_typed(tmp_path, capsys):
     """With --dataset, --resize or --threads, a bad --set value was refused as "--set
     data.size=null --set data.crop=null --set data.dataset=folder --set data.path=F ...: ...",
     options the user never typed; the line now names the options as typed, --dataset once."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [10 * i for i in range(6)])
     out = tmp_path / "o"
     err = _error(["vae", "train", "--dataset", "folder", str(folder), "--resize", "8", "--threads", "1",
                   "--config", "vae-tiny", "--set", "data.n_eval=0.6", "--out", str(out)], capsys)
@@ -344,10 +344,7 @@ def test_the_run_images_must_be_the_recorded_ones(tmp_path, capsys):
     image was added to the folder, the split came out otherwise and normality scored as
     "held-out" images the run had trained on, silently. The folder's fingerprint must match
     run.json's: otherwise one line, exit 2, nothing written; image files still interpolate."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(8):
-        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [20 * i for i in range(8)])
     run = tmp_path / "run"
     assert main(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
                  "--out", str(run), "--quiet"]) == 0
@@ -372,10 +369,7 @@ def test_resume_names_a_data_folder_changed_in_place(tmp_path, capsys):
     """--resume after an image was added to the run's folder said "data (F) is not the recorded
     one (F)", the same path twice, as if another folder had been given; it now says the folder
     changed since the run. The run folder stays as it was."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [20 * i for i in range(6)])
     run = tmp_path / "run"
     argv = ["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
             "--out", str(run), "--quiet"]
@@ -412,9 +406,7 @@ def test_the_run_finds_its_images_from_any_folder(tmp_path, monkeypatch, capsys)
 
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     for base, value in ((work, 0), (elsewhere, 255)):  # a decoy imgs/ in the other folder
-        (base / "imgs").mkdir(parents=True)
-        for i in range(8):
-            PIL.fromarray(np.full((8, 8), value + (-1) ** value * 20 * i, np.uint8)).save(base / "imgs" / f"{i}.png")
+        _grey_folder(base / "imgs", [value + (-1) ** value * 20 * i for i in range(8)])
     monkeypatch.chdir(work)
     assert main(["vae", "train", "--dataset", "folder", "imgs", "--config", "vae-tiny", "--set", "train.steps=1",
                  "--out", "run", "--quiet"]) == 0
@@ -436,10 +428,7 @@ def test_more_training_images_than_remain_are_refused(tmp_path, capsys):
     """data.n_train larger than the images left after the held-out ones silently trained on all
     of them (26 of 30 for data.n_train=40, metrics.json saying n_train 26). One line names the
     option, the images, the held-out count and the most it may be; exit 2 before --out exists."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(30):
-        PIL.fromarray(np.full((8, 8), 8 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [8 * i for i in range(30)])
     out = tmp_path / "o"
     args = ["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
             "--out", str(out), "--quiet"]
@@ -476,6 +465,17 @@ def test_npy_names_a_npy_file(run_dir, tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
 
 
+def _same_row_by_file_as_by_index(run: Path, folder: Path, tmp_path: Path) -> None:
+    """Training images 1 and 4 of ``run`` given to interpolate as the files ``folder/1.png`` and
+    ``folder/4.png`` give the same row as their indices."""
+    by_index, by_file = tmp_path / "index.png", tmp_path / "file.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", "1", "--b", "4", "--steps", "3",
+                 "--out", str(by_index)]) == 0
+    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(folder / "1.png"), "--b",
+                 str(folder / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
+    assert np.array_equal(_png(by_file), _png(by_index))
+
+
 def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
     """A run trained with --crop (CelebA: --resize 64 --crop 140) saw the centred 140-pixel
     square of each image; an image file given to interpolate was cut to the largest square
@@ -491,12 +491,7 @@ def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
     assert main(["vae", "train", "--dataset", "folder", str(folder), "--resize", "8", "--crop", "8", "--config",
                  "vae-tiny", "--set", "data.split=ordered", "--set", "train.steps=1", "--out", str(run),
                  "--quiet"]) == 0  # ordered: the training images are 0.png ... 5.png
-    by_index, by_file = tmp_path / "index.png", tmp_path / "file.png"
-    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", "1", "--b", "4", "--steps", "3",
-                 "--out", str(by_index)]) == 0
-    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(folder / "1.png"), "--b",
-                 str(folder / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
-    assert np.array_equal(_png(by_file), _png(by_index))
+    _same_row_by_file_as_by_index(run, folder, tmp_path)
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist-idx"])
@@ -521,22 +516,14 @@ def test_interpolate_pads_an_image_file_of_the_data_set_s_size_as_the_run_padded
     run = tmp_path / "run"
     assert main(["vae", "train", "--dataset", dataset, *source, "--config", "vae-tiny", "--set", f"data.size={size}",
                  "--set", "data.split=ordered", "--set", "train.steps=1", "--out", str(run), "--quiet"]) == 0
-    by_index, by_file = tmp_path / "index.png", tmp_path / "file.png"
-    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", "1", "--b", "4", "--steps", "3",
-                 "--out", str(by_index)]) == 0
-    assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(tmp_path / "1.png"), "--b",
-                 str(tmp_path / "4.png"), "--steps", "3", "--out", str(by_file)]) == 0
-    assert np.array_equal(_png(by_file), _png(by_index))
+    _same_row_by_file_as_by_index(run, tmp_path, tmp_path)
 
 
 def test_a_crop_that_would_be_ignored_is_refused(tmp_path, capsys):
     """--crop is cut only from a folder's images before --resize: a folder of 16x16 images with
     --crop 8 and no --resize trained on the whole 16x16 images (config.yaml saying crop: 8), and
     --crop with digits was ignored too, silently. Both are one line, exit 2, before --out exists."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [20 * i for i in range(6)], side=16)
     out = tmp_path / "o"
     err = _error(["vae", "train", "--dataset", "folder", str(folder), "--crop", "8", "--config", "vae-tiny",
                   "--out", str(out)], capsys)
@@ -555,10 +542,7 @@ def test_images_no_longer_at_data_path_are_named_as_the_runs(tmp_path, monkeypat
     """After the run's image folder was moved, normality said only "F: no such folder", as if
     the user had given F; the line now says it is the run's data.path, read again to split the
     images as the run did. A run of an older version that kept a relative path says so."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    folder = _grey_folder(tmp_path / "imgs", [20 * i for i in range(6)])
     run = tmp_path / "run"
     assert main(["vae", "train", "--dataset", "folder", str(folder), "--config", "vae-tiny", "--set", "train.steps=1",
                  "--out", str(run), "--quiet"]) == 0
@@ -604,9 +588,7 @@ def test_a_run_that_kept_a_relative_path_still_resumes(tmp_path, monkeypatch, ca
 
     import fhcnn.apps.vae.pipeline as pipeline
 
-    (tmp_path / "imgs").mkdir()
-    for i in range(6):
-        PIL.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    _grey_folder(tmp_path / "imgs", [20 * i for i in range(6)])
     monkeypatch.chdir(tmp_path)
     args = ["vae", "train", "--dataset", "folder", "imgs", "--config", "vae-tiny", "--out", "run", "--quiet",
             "--set", "train.steps=6", "--set", "train.checkpoint_every=5", "--set", "train.keep_last=5"]
@@ -615,9 +597,7 @@ def test_a_run_that_kept_a_relative_path_still_resumes(tmp_path, monkeypatch, ca
         assert main(args) == 0
     assert "path: imgs," in (tmp_path / "run" / "config.yaml").read_text()
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000006")  # as if killed after step 5
-    (tmp_path / "other" / "imgs").mkdir(parents=True)
-    for i in range(6):
-        PIL.fromarray(np.full((8, 8), 255 - 20 * i, np.uint8)).save(tmp_path / "other" / "imgs" / f"{i}.png")
+    _grey_folder(tmp_path / "other" / "imgs", [255 - 20 * i for i in range(6)])
     monkeypatch.chdir(tmp_path / "other")
     args[args.index("run")] = str(tmp_path / "run")
     capsys.readouterr()

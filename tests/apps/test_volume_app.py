@@ -709,6 +709,16 @@ def test_inputs_from_arrays_are_checked_like_files():
     assert inputs_from_arrays([image], lab, np.minimum(truth, 2)).num_classes == 3
 
 
+def _hdf5_image(folder: Path, image: np.ndarray, **attrs: object) -> str:
+    """``image`` as the dataset ``raw`` of ``folder/img.h5``, with the attributes ``attrs`` (the
+    test is skipped without h5py): its ``FILE:raw``."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(folder / "img.h5", "w") as f:
+        f["raw"] = image
+        f["raw"].attrs.update(attrs)
+    return f"{folder / 'img.h5'}:raw"
+
+
 @pytest.mark.parametrize("kind", ["hdf5", "ome-zarr"])
 def test_probabilities_carry_the_geometry_of_the_prediction(vol, tmp_path, kind):
     """probabilities.zarr ((K, D, H, W) float16, --save-probs) carried no geometry: no spacing, no
@@ -722,11 +732,7 @@ def test_probabilities_carry_the_geometry_of_the_prediction(vol, tmp_path, kind)
 
     image = np.load(vol / "c0.npy")
     if kind == "hdf5":
-        h5py = pytest.importorskip("h5py")
-        with h5py.File(tmp_path / "img.h5", "w") as f:
-            f["raw"] = image
-            f["raw"].attrs.update({"element_size_um": [2.0, 0.5, 0.5], "sample": "mouse 7"})
-        img = f"{tmp_path / 'img.h5'}:raw"
+        img = _hdf5_image(tmp_path, image, element_size_um=[2.0, 0.5, 0.5], sample="mouse 7")
     else:
         g = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
         g.create_array("0", shape=image.shape, dtype=image.dtype)[:] = image
@@ -772,11 +778,8 @@ def test_the_spacing_set_by_volume_spacing_is_recorded_in_the_outputs(vol, tmp_p
 
     image = np.load(vol / "c0.npy")
     if kind == "hdf5 in micrometres":
-        h5py = pytest.importorskip("h5py")
-        with h5py.File(tmp_path / "img.h5", "w") as f:
-            f["raw"] = image
-            f["raw"].attrs["element_size_um"] = [2.0, 0.5, 0.5]
-        img, placed, used = f"{tmp_path / 'img.h5'}:raw", [2.0, 0.5, 0.5], [1.0, 1.0, 1.0]
+        img = _hdf5_image(tmp_path, image, element_size_um=[2.0, 0.5, 0.5])
+        placed, used = [2.0, 0.5, 0.5], [1.0, 1.0, 1.0]
     else:
         zarr.create_array(str(tmp_path / "img.zarr"), shape=image.shape, dtype=image.dtype)[:] = image
         img, placed, used = str(tmp_path / "img.zarr"), [2.0, 1.0, 1.0], None
