@@ -633,6 +633,29 @@ def _role_record(value: Any) -> dict[str, Any]:
     return out
 
 
+def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The record (:func:`_role_record`: path and fingerprint) of every input role of ``roles``
+    (name -> path, or a list of paths), refused (``InputError`` on every process) when a process of
+    the joined process group reads other contents there than rank 0: a file replaced between the
+    processes' reads, a path that names another copy on another machine. Each process would train
+    on its own data, averaged into one run recorded with rank 0's fingerprints. Without a group
+    of several processes: the records, nothing compared."""
+    records = {k: _role_record(v) for k, v in roles.items()}
+    from .training.distributed import all_gather_objects
+
+    everyone = all_gather_objects(records)
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for role, mine in everyone[0].items():
+            other = theirs.get(role, {})
+            if (other.get("fingerprint"), other.get("also")) != (mine["fingerprint"], mine.get("also")):
+                raise InputError(f"{role} {mine['path']}: rank {rank} of {len(everyone)} reads other contents "
+                                 f"there than rank 0 (the file changed between their reads, or the path names "
+                                 f"another copy on its machine): every process of the run must read the same "
+                                 f"files; give paths on a file system they all share, unchanged while the run "
+                                 f"starts")
+    return records
+
+
 #: What a run records beside its command-line options (``run.json``'s ``options``), as named
 #: when ``--resume`` finds it changed.
 _RECORDED_NOT_OPTIONS = {"arrays": "the arrays read inside the input stores (x.zarr:path, x.h5:path)"}
@@ -844,17 +867,21 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     :mod:`fhcnn.atomic` is checked and recorded (:class:`RunFolder`), and the folder is locked.
 
     Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
-    creates the folder; the other ranks just return the path.
+    creates the folder; the other ranks just return the path. With a joined process group every
+    process fingerprints the inputs (rank 0 once its checks of them passed), and a process that
+    reads other contents than rank 0 is refused on every process (:func:`same_inputs_everywhere`).
     """
     out_path = _check_name(out, "--out")
+    roles = {k: v for k, v in (roles or {}).items() if v is not None}
     if not is_main_process():
+        same_inputs_everywhere(roles)  # as rank 0 does once its own checks of the inputs passed
         return out_path
     RunFolder.deactivate()  # one run at a time per process: an earlier one's guard and lock end
     out_abs = resolve_path(out_path, str(out_path))
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
-    roles = {k: v for k, v in (roles or {}).items() if v is not None}
     _check_inputs(out_path, out_abs, [*inputs, *(p for v in roles.values() for p in _role_paths(v))])
+    records = same_inputs_everywhere(roles)
     names = tuple(outputs) if outputs is not None else OUTPUTS.get(tool, _COMMON)
     from . import __version__
 
@@ -862,7 +889,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     new = {"format": FORMAT, "tool": tool, "version": __version__,
            "command": " ".join(shlex.quote(a) for a in ["fhcnn", *sys.argv[1:]]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "inputs": {k: _role_record(v) for k, v in roles.items()},
+           "inputs": records,
            "config_sha256": digest,
            "options": json.loads(json.dumps(dict(extra or {}), default=str)), "files": []}
     how = dict(tool=tool, resume=resume, overwrite=overwrite, names=names, config_file=config_file,

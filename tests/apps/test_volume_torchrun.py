@@ -52,11 +52,13 @@ RUNS: dict[str, list[str]] = {
     "finished": ["--set", "volume.baselines="],
 }
 
-# Runs fhcnn once per run of the JSON file sys.argv[1] ([name, out, argv] triples) in one process
-# group, in order; records, in the run's record-<name>.jsonl beside the JSON file, every training
-# (the network's class) and every prediction of a trained network (its arch, its spill folder)
-# with the rank of the process that made it; rank 0 keeps a copy of each run's metrics.json as
-# metrics-<name>.json (a later run may resume the same folder).
+# Runs fhcnn once per run of the JSON file sys.argv[1] ([name, out, argv, cwd] lists) in one process
+# group, in order, each process in the folder cwd with {rank} replaced by its rank (null: where it
+# runs); records, in the run's record-<name>.jsonl beside the JSON file, every training
+# (the network's class), every prediction of a trained network (its arch, its spill folder) and
+# the exit code, with the rank of the process that made it; rank 0 keeps a copy of each finished
+# run's metrics.json as metrics-<name>.json (a later run may resume the same folder). A refusal is
+# printed by every process at once (no wait for torchrun to end the others: the launch goes on).
 _LAUNCH = r"""
 import importlib, json, os, shutil, sys
 from pathlib import Path
@@ -81,11 +83,16 @@ def predicting(self, *args, **kwargs):
     return predict_into(self, *args, **kwargs)
 
 Trainer.fit, engine_train.SegmentationResult.predict_into = fitting, predicting
+import fhcnn.cli
 from fhcnn.cli import main
-for name, out, argv in json.loads(runs_file.read_text()):
+fhcnn.cli.REFUSAL_GRACE_S = 0.0
+home = os.getcwd()
+for name, out, argv, cwd in json.loads(runs_file.read_text()):
     current[0] = name
-    assert main(argv) == 0, name
-    if os.environ["RANK"] == "0":
+    os.chdir(cwd.format(rank=os.environ["RANK"]) if cwd else home)
+    code = main(argv)
+    note(what="exit", code=code)
+    if os.environ["RANK"] == "0" and code == 0:
         shutil.copy(Path(out) / "metrics.json", runs_file.parent / f"metrics-{name}.json")
     dist.barrier()
 exit_program(0)
@@ -100,20 +107,32 @@ def launched(vol, tmp_path_factory) -> Path:
     on a loaded machine) instead of one per run; ``TMPDIR`` is ``ROOT/tmp``. The tests read it."""
     root = tmp_path_factory.mktemp("launched")
     (root / "tmp").mkdir()
-    runs = [[name, str(root / name), _args(vol, root / name) + extra] for name, extra in RUNS.items()]
-    runs.append(["resumed", str(root / "finished"), runs[-1][2] + ["--resume"]])
+    runs = [[name, str(root / name), _args(vol, root / name) + extra, None] for name, extra in RUNS.items()]
+    runs.append(["resumed", str(root / "finished"), runs[-1][2] + ["--resume"], None])
+    # labels named by a relative path that is another file for rank 1 (its copy on another
+    # machine, or the file replaced between the processes' reads): 40 voxels of class 1 are 2
+    labels = np.load(vol / "lab.npy")
+    for rank in (0, 1):
+        (root / f"rank{rank}").mkdir()
+        if rank:
+            labels[tuple(np.argwhere(labels == 1)[:40].T)] = 2
+        np.save(root / f"rank{rank}" / "lab.npy", labels)
+    mixed = _args(vol, root / "mixed")
+    mixed[mixed.index("--labels") + 1] = "lab.npy"
+    runs.append(["mixed", str(root / "mixed"), mixed, str(root / "rank{rank}")])
     (root / "runs.json").write_text(json.dumps(runs))
     (root / "launch.py").write_text(_LAUNCH)
     repo = Path(__file__).parents[2]
     env = launch_env(pythonpath=[repo / "src", repo], TMPDIR=str(root / "tmp"))
 
     def clean() -> None:
-        for name in RUNS:
+        for name in [*RUNS, "mixed"]:
             shutil.rmtree(root / name, True)
         for p in [*root.glob("record-*.jsonl"), *root.glob("metrics-*.json")]:
             p.unlink()
 
-    torchrun(2, [str(root / "launch.py"), str(root / "runs.json")], clean=clean, env=env)
+    proc = torchrun(2, [str(root / "launch.py"), str(root / "runs.json")], clean=clean, env=env)
+    (root / "launch.err").write_text(proc.stderr)
     return root
 
 
@@ -228,6 +247,17 @@ def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(launche
     again = json.loads((launched / "metrics-resumed.json").read_text())
     assert first["activation_bytes"] > 0
     assert again["activation_bytes"] == first["activation_bytes"]
+
+
+def test_processes_that_read_other_inputs_are_refused_before_out_exists(launched) -> None:
+    # rank 1 read other labels at the same path than rank 0: the run trained on both (the label
+    # scan and the batches mixed), recorded rank 0's fingerprints and finished with exit code 0,
+    # another network than either file's. Every process refuses it now, before OUT exists
+    codes = [json.loads(line) for line in (launched / "record-mixed.jsonl").read_text().splitlines()]
+    assert sorted((c["rank"], c["what"], c.get("code")) for c in codes) == [("0", "exit", 2), ("1", "exit", 2)]
+    assert not (launched / "mixed").exists()
+    assert "error: labels lab.npy: rank 1 of 2 reads other contents there than rank 0 (" \
+        in (launched / "launch.err").read_text()
 
 
 def test_a_refusal_under_torchrun_is_printed_by_rank_0_and_after_a_wait_by_the_others(vol, tmp_path, monkeypatch,

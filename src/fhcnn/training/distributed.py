@@ -46,7 +46,8 @@ __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "
            "spawn_workers",
            "is_main_process", "end_silently_on_terminate", "interrupted_line",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
-           "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "barrier",
+           "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "all_gather_objects",
+           "barrier",
            "params_in_sync",
            "pass_share"]
 
@@ -484,14 +485,16 @@ def pass_share() -> PassShare:
 
     if not (_initialized() and dist.get_world_size() > 1):
         return ONE_PROCESS
-    world = dist.get_world_size()
+    return PassShare(dist.get_rank(), dist.get_world_size(), all_gather_objects)
 
-    def gather(part: Any) -> list[Any]:
-        parts: list[Any] = [None] * world
-        dist.all_gather_object(parts, part)
-        return parts
 
-    return PassShare(dist.get_rank(), world, gather)
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order: ``[obj]`` without a group of several."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def barrier() -> None:
