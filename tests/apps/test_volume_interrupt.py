@@ -188,6 +188,37 @@ def test_sigterm_in_training_says_where_to_go_on_and_resume_ends_as_never_interr
     _goes_on_as_never_interrupted(inputs, out, uninterrupted, started=True)
 
 
+def test_a_full_disk_is_one_line_naming_the_checkpoint_and_resume_ends_as_never_interrupted(
+        inputs, uninterrupted, tmp_path, monkeypatch, capsys):
+    # the file system of OUT filled up as the checkpoint of step 4 was written (ENOSPC; a
+    # read-only one is EROFS): the run ended in a traceback of OSError, naming neither the
+    # checkpoint to go on from nor that --resume continues once there is room
+    import errno
+
+    from fhcnn.training import checkpoint
+
+    out, save, calls = tmp_path / "out", checkpoint.save_weights, []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_weights", full)
+    assert main(_args(inputs, out)) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    step2 = out.resolve() / "checkpoints" / "step-000002"
+    assert err == (f"error: cannot write in {out.resolve()}: {os.strerror(errno.ENOSPC)} (ENOSPC); this run "
+                   f"stopped after step 4; the last intact checkpoint is {step2}: free space on that file "
+                   f"system (or make it writable), then continue with --resume\n")
+    assert json.loads((out / "run.json").read_text()).get("scratch", []) == []
+    assert main(_args(inputs, out) + ["--resume"]) == 0
+    for name in ("model.safetensors", "prediction.nii.gz"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
 # Runs fhcnn (sys.argv[1:]) as a process of a torchrun launch; at its 4th training step rank 0
 # presses Ctrl-C: SIGINT to torchrun's process group, as a terminal sends it (torchrun passes it
 # on to every process), and waits for it.

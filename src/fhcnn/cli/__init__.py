@@ -10,7 +10,9 @@ Errors: a bad command line, and ``InputError``, ``ValueError``, ``TypeError`` an
 raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun`` the other
 processes wait :data:`REFUSAL_GRACE_S` before they print an ``InputError``, which every process
 meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finite loss, a lost
-process: ``PeerLostError``) exits 1 (``--debug`` re-raises to show the traceback). Ctrl-C
+process: ``PeerLostError``) and a file system that takes no more writes (full, over quota,
+read-only: :data:`_DISK_ERRNOS`; the line names the last intact checkpoint to ``--resume`` from
+once there is room) exit 1 (``--debug`` re-raises to show the traceback). Ctrl-C
 (SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
 last intact checkpoint and ``--resume``, exit 130 (under ``torchrun``, which passes Ctrl-C on to
 every process, rank 0 prints it; the others end with exit 130 without a word). SIGTERM (a batch
@@ -26,6 +28,7 @@ this module imports nothing heavy before it does.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -66,6 +69,11 @@ class Terminated(KeyboardInterrupt):
     raised by :func:`program`'s handler: a ``KeyboardInterrupt``, so that whatever answers
     Ctrl-C (a run removing the scratch it was writing, spawned workers ended) answers it too;
     its line says ``terminated (SIGTERM)`` and its exit status is :data:`TERMINATED`."""
+
+
+#: ``OSError`` numbers of a file system that takes no more writes (full, over quota, read-only):
+#: one line (what failed, the checkpoint to ``--resume`` from once there is room), not a traceback.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError, FileExistsError)
@@ -137,6 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(REFUSAL_GRACE_S)  # rank 0 says it (see REFUSAL_GRACE_S)
         _line(f"error: {e}")
         return 2
+    except OSError as e:  # a full or read-only file system while the run writes: exit 1, one line
+        if e.errno not in _DISK_ERRNOS or getattr(args, "debug", False):
+            raise
+        from ..rundir import RunFolder
+        from ..training.distributed import stopped_line
+
+        run = RunFolder.active
+        where = f" {e.filename}" if e.filename else f" in {run.root}" if run is not None else ""
+        _line(f"error: cannot write{where}: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '')}); "
+              + stopped_line("this run stopped", run.root if run is not None else None, hasattr(args, "resume"),
+                             then="free space on that file system (or make it writable), then continue"))
+        return 1
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
         from ..training.distributed import peer_failure

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "spawn_workers",
-           "is_main_process", "end_silently_on_terminate", "interrupted_line",
+           "is_main_process", "end_silently_on_terminate", "interrupted_line", "stopped_line",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "all_gather_objects",
            "barrier",
@@ -405,19 +405,26 @@ def _where_it_stops() -> str:
 
 
 def interrupted_line(run_folder: Path | None, resumable: bool = True, ended: str = "interrupted (SIGINT)") -> str:
-    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``) or SIGTERM:
-    what happened (``ended``: ``interrupted (SIGINT)``, ``terminated (SIGTERM)``) and, once its
-    run folder ``run_folder`` exists and the command has ``--resume`` (``resumable``), how to go
-    on: the last training step this process completed in that folder (where its training had
-    started), the folder's last intact checkpoint, ``--resume``."""
+    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``) or SIGTERM
+    (``ended``: ``interrupted (SIGINT)``, ``terminated (SIGTERM)``): what happened and how to go
+    on (:func:`stopped_line`)."""
+    return stopped_line(ended, run_folder, resumable)
+
+
+def stopped_line(what: str, run_folder: Path | None, resumable: bool = True, then: str = "continue") -> str:
+    """The one line of a command stopped in its run by ``what`` (``"interrupted (SIGINT)"``, a
+    full disk) and, once its run folder ``run_folder`` exists and the command has ``--resume``
+    (``resumable``), how to go on: the last training step this process completed in that folder
+    (where its training had started), the folder's last intact checkpoint, ``then`` ``--resume``
+    (``"free space, then continue"``)."""
     if run_folder is None or not resumable:
-        return ended
+        return what
     folder = Path(run_folder) / "checkpoints"
     mine = _progress.checkpoints is not None and os.path.realpath(_progress.checkpoints) == os.path.realpath(folder)
     ckpt = _intact_checkpoint(_progress.checkpoints if mine else folder)
     at = f" after step {_progress.step}" if mine else ""
     where = f"the last intact checkpoint is {ckpt}" if ckpt is not None else "no checkpoint was written yet"
-    return f"{ended}{at}; {where}: continue with --resume"
+    return f"{what}{at}; {where}: {then} with --resume"
 
 
 def _report_terminate() -> None:
