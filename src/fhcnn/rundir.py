@@ -34,6 +34,7 @@ from .training.distributed import is_main_process
 
 if TYPE_CHECKING:
     from .training.config import TrainConfig
+    from .training.distributed import DistInfo
 
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS", "resolve_path",
            "fingerprint", "config_digest", "copy_input", "check_own_checkpoint"]
@@ -633,6 +634,18 @@ def _role_record(value: Any) -> dict[str, Any]:
     return out
 
 
+def join_processes(train: TrainConfig) -> DistInfo | None:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``) join the process group now, if not yet joined:
+    on the device type of ``train.device``, every wait bounded by ``train.peer_timeout``
+    (:func:`~fhcnn.training.distributed.init_distributed`). ``None`` for one process."""
+    from .training.device import resolve_device
+    from .training.distributed import init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return init_distributed(resolve_device(train.device).type, float(train.peer_timeout))
+
+
 def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The record (:func:`_role_record`: path and fingerprint) of every input role of ``roles``
     (name -> path, or a list of paths), refused (``InputError`` on every process) when a process of
@@ -873,6 +886,8 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     """
     out_path = _check_name(out, "--out")
     roles = {k: v for k, v in (roles or {}).items() if v is not None}
+    if roles and getattr(config, "train", None) is not None:
+        join_processes(config.train)  # to compare what every process reads
     if not is_main_process():
         same_inputs_everywhere(roles)  # as rank 0 does once its own checks of the inputs passed
         return out_path
@@ -1023,12 +1038,10 @@ def copy_input(folder: Path, name: str, array: Any, chunks: Sequence[int], axis:
     import zarr
 
     from .data.lazy import copy_to_zarr
-    from .training.device import resolve_device
-    from .training.distributed import init_distributed
 
-    device, peer_timeout = resolve_device(train.device).type, train.peer_timeout
+    peer_timeout = train.peer_timeout
     final = Path(folder) / "inputs" / f"{name}.zarr"
-    info = init_distributed(device, peer_timeout) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    info = join_processes(train)
     main = is_main_process()
     reused = resume and main and _reusable_copy(final, array)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +366,44 @@ def test_a_bad_scale_is_named_as_typed(tmp_path, capsys):
     assert err == "error: --set train.steps=2 --scale 9 --device cpu: config data: scale must be in (0, 4], " \
                   "got 9.0\n"
     assert not out.exists()
+
+
+# Runs fhcnn (sys.argv[2:]) as a process of a torchrun launch, in the folder sys.argv[1] with
+# {rank} replaced by the process's rank.
+_IN_ITS_FOLDER = r"""
+import os, sys
+os.chdir(sys.argv[1].format(rank=os.environ["RANK"]))
+from fhcnn.cli import main
+from fhcnn.training.distributed import exit_program
+exit_program(main(sys.argv[2:]))
+"""
+
+
+def test_processes_that_read_other_masks_are_refused_before_out_exists(gen, tmp_path):
+    # under torchrun the masks named masks.npy were another file for rank 1 (its copy on another
+    # machine, or replaced between the processes' reads): fhcnn segment joined its processes
+    # only to train, after rank 0 alone had fingerprinted the inputs, and trained on both,
+    # with exit code 0. Now they join before OUT exists, compare, and refuse in one line
+    from fhcnn.training.distributed import launch_env
+    from tests._launch import torchrun
+
+    root, video, masks = gen
+    np.save(tmp_path / "video.npy", video)
+    for rank in (0, 1):
+        (tmp_path / f"rank{rank}").mkdir()
+        other = masks.copy()
+        other[0, :4, :4] = rank  # rank 0: class 0 there, rank 1: class 1
+        np.save(tmp_path / f"rank{rank}" / "masks.npy", other)
+    (tmp_path / "launch.py").write_text(_IN_ITS_FOLDER)
+    out, repo = tmp_path / "out", Path(__file__).parents[2]
+    proc = torchrun(2, [str(tmp_path / "launch.py"), str(tmp_path / "rank{rank}"), "segment",
+                        str(tmp_path / "video.npy"), "--labels", "masks.npy", "--out", str(out), *TINY,
+                        "--device", "cpu", "--set", "data.batch_size=2"],
+                    clean=lambda: shutil.rmtree(out, True), env=launch_env(pythonpath=[repo / "src", repo]),
+                    done=lambda p: p.returncode == 0 or "reads other contents" in p.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: labels masks.npy: rank 1 of 2 reads other contents there than rank 0 (the file "
+                      "changed between their reads, or the path names another copy on its machine): every "
+                      "process of the run must read the same files; give paths on a file system they all "
+                      "share, unchanged while the run starts"], proc.stderr[-3000:]
+    assert proc.returncode != 0 and not out.exists()
