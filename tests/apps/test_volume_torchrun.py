@@ -111,23 +111,28 @@ def launched(vol, tmp_path_factory) -> Path:
     runs.append(["resumed", str(root / "finished"), runs[-1][2] + ["--resume"], None])
     # labels named by a relative path that is another file for rank 1 (its copy on another
     # machine, or the file replaced between the processes' reads): 40 voxels of class 1 are 2
+    # (mixed), every voxel of class 1 is 2 (mixed-classes)
     labels = np.load(vol / "lab.npy")
-    for rank in (0, 1):
-        (root / f"rank{rank}").mkdir()
-        if rank:
-            labels[tuple(np.argwhere(labels == 1)[:40].T)] = 2
-        np.save(root / f"rank{rank}" / "lab.npy", labels)
-    mixed = _args(vol, root / "mixed")
-    mixed[mixed.index("--labels") + 1] = "lab.npy"
-    runs.append(["mixed", str(root / "mixed"), mixed, str(root / "rank{rank}")])
+    for name, relabel in (("mixed", 40), ("mixed-classes", None)):
+        for rank in (0, 1):
+            (root / name / f"rank{rank}").mkdir(parents=True)
+            other = labels.copy()
+            if rank:
+                other[tuple(np.argwhere(labels == 1)[:relabel].T)] = 2
+            np.save(root / name / f"rank{rank}" / "lab.npy", other)
+        mixed = _args(vol, root / name / "out")
+        mixed[mixed.index("--labels") + 1] = "lab.npy"
+        runs.append([name, str(root / name / "out"), mixed, str(root / name / "rank{rank}")])
     (root / "runs.json").write_text(json.dumps(runs))
     (root / "launch.py").write_text(_LAUNCH)
     repo = Path(__file__).parents[2]
     env = launch_env(pythonpath=[repo / "src", repo], TMPDIR=str(root / "tmp"))
 
     def clean() -> None:
-        for name in [*RUNS, "mixed"]:
+        for name in RUNS:
             shutil.rmtree(root / name, True)
+        for out in root.glob("mixed*/out"):
+            shutil.rmtree(out)
         for p in [*root.glob("record-*.jsonl"), *root.glob("metrics-*.json")]:
             p.unlink()
 
@@ -249,15 +254,20 @@ def test_a_finished_run_resumed_measures_each_process_share_of_the_batch(launche
     assert again["activation_bytes"] == first["activation_bytes"]
 
 
-def test_processes_that_read_other_inputs_are_refused_before_out_exists(launched) -> None:
+@pytest.mark.parametrize("name", ["mixed", "mixed-classes"])
+def test_processes_that_read_other_inputs_are_refused_before_out_exists(launched, name) -> None:
     # rank 1 read other labels at the same path than rank 0: the run trained on both (the label
     # scan and the batches mixed), recorded rank 0's fingerprints and finished with exit code 0,
-    # another network than either file's. Every process refuses it now, before OUT exists
-    codes = [json.loads(line) for line in (launched / "record-mixed.jsonl").read_text().splitlines()]
+    # another network than either file's (mixed). Every process refuses it now, before OUT exists,
+    # and before the shared label scan: rank 1's labels without class 1 were refused as rank 0's
+    # lab.npy having "no voxel of class 1", true of neither file (mixed-classes)
+    codes = [json.loads(line) for line in (launched / f"record-{name}.jsonl").read_text().splitlines()]
     assert sorted((c["rank"], c["what"], c.get("code")) for c in codes) == [("0", "exit", 2), ("1", "exit", 2)]
-    assert not (launched / "mixed").exists()
-    assert "error: labels lab.npy: rank 1 of 2 reads other contents there than rank 0 (" \
-        in (launched / "launch.err").read_text()
+    assert not (launched / name / "out").exists()
+    errors = [line for line in (launched / "launch.err").read_text().splitlines()
+              if line.startswith("error: labels lab.npy")]
+    assert len(errors) == 4 and all(line.startswith("error: labels lab.npy: rank 1 of 2 reads other contents there "
+                                                    "than rank 0 (") for line in errors), errors
 
 
 def test_a_refusal_under_torchrun_is_printed_by_rank_0_and_after_a_wait_by_the_others(vol, tmp_path, monkeypatch,

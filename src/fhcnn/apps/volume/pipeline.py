@@ -633,22 +633,25 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     predict and write. Returns the metrics (``{}`` on a non-zero rank) and the folder."""
     from ... import log as _logging
     from ...data.volumes import split_spec
-    from ...rundir import prepare_output_dir
+    from ...rundir import prepare_output_dir, same_inputs_everywhere
     from .inputs import load_volume_inputs
 
-    share = _join_processes(cfg)
-    t0 = time.perf_counter()
-    inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis, share=share)
-    vplan = plan_volume(inputs, cfg, share)
-    vplan.read_time_s = time.perf_counter() - t0
     specs = {**{f"image{i}" if i else "image": p for i, p in enumerate(images)}, "labels": labels,
              "eval_labels": eval_labels}
     # a zarr or HDF5 spec (x.zarr:raw) stands for its store: that is what is fingerprinted and what
     # OUT may neither be, lie in nor contain; the array inside it is part of the run's identity
     split = {role: split_spec(spec) for role, spec in specs.items() if spec is not None}
     arrays = {role: inner for role, (_, inner) in split.items() if inner is not None}
+    roles = {role: path for role, (path, _) in split.items()}
+    share = _join_processes(cfg)
+    if share.processes > 1:  # before the shared passes mix what each process reads into one summary
+        same_inputs_everywhere(roles)
+    t0 = time.perf_counter()
+    inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis, share=share)
+    vplan = plan_volume(inputs, cfg, share)
+    vplan.read_time_s = time.perf_counter() - t0
     folder = prepare_output_dir(out, resume, overwrite, tool="volume", config=cfg, config_file=config_file,
-                                roles={role: path for role, (path, _) in split.items()},
+                                roles=roles,
                                 extra={"ignore": ignore, "channel_axis": channel_axis, "save_probs": save_probs,
                                        **({"arrays": arrays} if arrays else {})})
     _logging.setup(quiet)
