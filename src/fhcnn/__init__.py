@@ -23,12 +23,15 @@ __all__ = ["HaarDWT", "LearnableWavelet", "HyperbolicNetwork", "__version__"]
 _HOMES = {"HaarDWT": ".wavelets", "LearnableWavelet": ".wavelets", "HyperbolicNetwork": ".network"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
-    globals()[name] = value  # once: later uses are plain attribute reads
-    return value
+if not TYPE_CHECKING:  # a type checker sees the imports above, not a module __getattr__: one
+    # would make it take every attribute of fhcnn (a misspelt fhcnn.HyperbolicNetwrok) as Any
+
+    def __getattr__(name: str) -> Any:
+        if name not in _HOMES:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+        globals()[name] = value  # once: later uses are plain attribute reads
+        return value
 
 
 def __dir__() -> list[str]:

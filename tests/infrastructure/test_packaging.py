@@ -6,6 +6,7 @@ command on plain inputs) is a dependency, never only an extra."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from pathlib import Path
@@ -64,3 +65,20 @@ def test_every_imported_module_is_declared_and_the_engines_are_dependencies():
         assert dist in deps | extras, f"{module} (imported by {sorted(files)}) is not in pyproject.toml"
         engine = sorted(f for f in files if f.startswith(ENGINE))
         assert not engine or dist in deps, f"{module} is imported by the engine ({engine}) but is only an extra"
+
+
+def test_a_type_checker_refuses_a_misspelt_public_name(tmp_path):
+    # `import fhcnn` imports its public names when first used (a module __getattr__); a type
+    # checker that saw that __getattr__ took every attribute of fhcnn as Any, a typo included
+    api = pytest.importorskip("mypy.api")
+    user = tmp_path / "user.py"
+    user.write_text("import fhcnn\nfrom fhcnn import HaarDWT, LearnableWavelet\n\nnet: fhcnn.HyperbolicNetwork\n"
+                    "haar: HaarDWT = fhcnn.HaarDWT(2)\nfhcnn.HyperbolicNetwrok\n")
+    ini = tmp_path / "mypy.ini"  # fhcnn of this checkout; torch's own code is not what is checked
+    ini.write_text(f"[mypy]\nmypy_path = {SRC.parent}\nignore_missing_imports = True\n"
+                   "[mypy-torch.*]\nfollow_imports = skip\n")
+    out, err, status = api.run([str(user), "--config-file", str(ini), "--no-incremental", "--cache-dir", os.devnull,
+                                "--no-error-summary", "--hide-error-context"])
+    assert (out.strip(), err, status) == (
+        f'{user}:6: error: Module has no attribute "HyperbolicNetwrok"; maybe "HyperbolicNetwork"?  [attr-defined]',
+        "", 1)
