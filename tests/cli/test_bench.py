@@ -350,3 +350,45 @@ def test_ctrl_c_while_spatial_workers_run_is_one_line(tmp_path):
     assert (proc.returncode, err) == (130, "interrupted (SIGINT)\n")
     assert not any(w.is_running() for w in workers)  # ended by the program
     assert [p.name for p in out.iterdir()] == ["run.json"]  # no result
+
+
+def _sleeping_worker(rank: int, seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_sigterm_as_workers_start_ends_them(monkeypatch):
+    """SIGTERM answered in Python (the program's Terminated) that lands while spawn_workers
+    starts its workers raised out of the start: the workers already started were left running
+    (and the program waited for them as it exited). It is answered after the start, as Ctrl-C
+    is: the workers are ended and waited for, Terminated raised on."""
+    import multiprocessing
+    import os
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from fhcnn.cli import Terminated, _interrupt_once
+    from fhcnn.training.distributed import spawn_workers
+
+    start = mp.start_processes
+
+    def start_then_sigterm(*args, **kwargs):  # SIGTERM at the end of the start
+        context = start(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return context
+
+    monkeypatch.setattr(mp, "start_processes", start_then_sigterm)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    try:
+        with pytest.raises(Terminated):
+            spawn_workers(_sleeping_worker, (60.0,), 2)
+        assert multiprocessing.active_children() == []  # ended and waited for
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for p in multiprocessing.active_children():
+            p.kill()
+            p.join()

@@ -169,7 +169,9 @@ def spawn_workers(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -
     terminal sends to every process of the program, is then this process's alone: it ends the
     workers (SIGTERM, waited for) and raises on; one during the start is answered after it.
     (Each worker printed its own ``KeyboardInterrupt`` traceback, mostly from the middle of its
-    import of torch, around the program's one line.)"""
+    import of torch, around the program's one line.) So is a SIGTERM this process answers in
+    Python (``fhcnn.cli.program``'s :class:`~fhcnn.cli.Terminated`): the workers it had
+    started would otherwise be left running, and the program waited for them as it exited."""
     from multiprocessing import resource_tracker
 
     import torch.multiprocessing as mp
@@ -177,17 +179,21 @@ def spawn_workers(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -
     # multiprocessing's resource tracker, started with the first worker otherwise, unblocks
     # SIGINT in this thread as it starts (bpo-33613): the workers after it took SIGINT
     resource_tracker.ensure_running()
-    pressed: list[int] = []  # SIGINT during the start (another thread of this process may take it)
-    answer = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    pressed: list[int] = []  # SIGINT (SIGTERM) during the start (another thread of this process may take it)
+    # SIGTERM is noted, not blocked (the workers would keep it blocked: terminate() could not
+    # end them), where a Python handler answers it; SIG_DFL (it ends the process) stays
+    noted = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))
+    answers = {s: signal.signal(s, lambda signum, frame: pressed.append(signum)) for s in noted}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signal.signal(signal.SIGINT, answer)
+        for s, answer in answers.items():
+            signal.signal(s, answer)
     try:
-        if pressed:  # answered now, as this process answers SIGINT (KeyboardInterrupt)
-            signal.raise_signal(signal.SIGINT)
+        if pressed:  # answered now, as this process answers it (KeyboardInterrupt, Terminated)
+            signal.raise_signal(pressed[0])
         while not context.join():
             pass
     except KeyboardInterrupt:
