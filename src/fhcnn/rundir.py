@@ -91,6 +91,44 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return "missing"
 
 
+#: Blocks of a file over ``HASH_LIMIT`` that :func:`content_print` reads, and their size.
+SAMPLED_BLOCKS, SAMPLED_BLOCK_BYTES = 32, 1 << 16
+
+
+def _sampled_print(p: Path, blocks: int) -> str:
+    st = p.stat()
+    if st.st_size <= HASH_LIMIT and blocks == SAMPLED_BLOCKS:
+        return _file_print(p)
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        last = max(st.st_size - SAMPLED_BLOCK_BYTES, 0)
+        for i in range(blocks):
+            f.seek(last * i // max(blocks - 1, 1))
+            h.update(f.read(SAMPLED_BLOCK_BYTES))
+    return f"{st.st_size}:sampled:{h.hexdigest()}"
+
+
+def content_print(path: str | os.PathLike[str]) -> str:
+    """A fingerprint of an input's contents that, unlike :func:`fingerprint`, does not depend on
+    where and when the file was written: another copy of it on another machine (a node's local
+    disk) has the same one. Files up to ``HASH_LIMIT`` bytes by their sha256, larger ones by
+    size and the sha256 of :data:`SAMPLED_BLOCKS` blocks spread over them (the first and the last
+    included); a folder's files by relative name, of a folder larger than ``HASH_LIMIT`` each by
+    its size and first and last block."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return _sampled_print(p, SAMPLED_BLOCKS)
+    if p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.is_file())
+        small = sum(f.stat().st_size for f in files) <= HASH_LIMIT
+        h = hashlib.sha256()
+        for f in files:
+            what = _file_print(f) if small else _sampled_print(f, 2)
+            h.update(f"{f.relative_to(p).as_posix()}={what}\n".encode())
+        return f"dir:sha256:{h.hexdigest()}"
+    return "missing"
+
+
 #: Config keys that say where and how a run computes, not what: left out of the run's identity
 #: (``config_digest``), so ``--resume`` may change them. ``parallel`` (the split of the volume
 #: over processes) changes the result only by float rounding: checkpoints hold the unsplit
@@ -654,18 +692,21 @@ def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]
     on its own data, averaged into one run recorded with rank 0's fingerprints. Without a group
     of several processes: the records, nothing compared."""
     records = {k: _role_record(v) for k, v in roles.items()}
-    from .training.distributed import all_gather_objects
+    from .training.distributed import all_gather_objects, world_size
 
-    everyone = all_gather_objects(records)
+    if world_size() <= 1:
+        return records
+    # by content, not by fingerprint: a file over HASH_LIMIT has its modification time in its
+    # fingerprint, which differs between copies of it on the machines' own disks
+    everyone = all_gather_objects({k: [content_print(p) for p in _role_paths(v)] for k, v in roles.items()})
     for rank, theirs in enumerate(everyone[1:], 1):
         for role, mine in everyone[0].items():
-            other = theirs.get(role, {})
-            if (other.get("fingerprint"), other.get("also")) != (mine["fingerprint"], mine.get("also")):
-                raise InputError(f"{role} {mine['path']}: rank {rank} of {len(everyone)} reads other contents "
+            if theirs.get(role) != mine:
+                raise InputError(f"{role} {records[role]['path']}: rank {rank} of {len(everyone)} reads other contents "
                                  f"there than rank 0 (the file changed between their reads, or the path names "
-                                 f"another copy on its machine): every process of the run must read the same "
-                                 f"files; give paths on a file system they all share, unchanged while the run "
-                                 f"starts")
+                                 f"a copy with other contents on its machine): every process of the run must "
+                                 f"read the same contents; give paths on a file system they all share, or "
+                                 f"identical copies, unchanged while the run starts")
     return records
 
 

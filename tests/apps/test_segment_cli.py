@@ -403,7 +403,7 @@ def test_processes_that_read_other_masks_are_refused_before_out_exists(gen, tmp_
                     done=lambda p: p.returncode == 0 or "reads other contents" in p.stderr)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: labels masks.npy: rank 1 of 2 reads other contents there than rank 0 (the file "
-                      "changed between their reads, or the path names another copy on its machine): every "
-                      "process of the run must read the same files; give paths on a file system they all "
-                      "share, unchanged while the run starts"], proc.stderr[-3000:]
+                      "changed between their reads, or the path names a copy with other contents on its "
+                      "machine): every process of the run must read the same contents; give paths on a file "
+                      "system they all share, or identical copies, unchanged while the run starts"], proc.stderr[-3000:]
     assert proc.returncode != 0 and not out.exists()

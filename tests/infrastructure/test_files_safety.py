@@ -908,3 +908,47 @@ def test_26_resume_is_not_refused_when_only_the_threads_change(data, tmp_path):
     assert run_cli(seg(data, out, "--set", "train.threads=1"))[0] == 0
     rc, err = run_cli(seg(data, out, "--resume", "--set", "train.threads=2"))
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("layout", ["file", "folder"])
+def test_processes_compare_their_inputs_by_content_not_by_modification_time(tmp_path, monkeypatch, layout):
+    """Under torchrun every process's inputs are compared with rank 0's. They were compared by
+    fingerprint, which for a file over HASH_LIMIT is its size and modification time: identical
+    copies of a large input on each machine's own disk (written at other times) were refused as
+    other contents. They are compared by content (size and blocks spread over the file), and a
+    copy that differs in a block is still refused."""
+    import fhcnn.rundir as rundir
+    import fhcnn.training.distributed as distributed
+
+    monkeypatch.setattr(rundir, "HASH_LIMIT", 2**20)  # "large" from 1 MiB, to keep the test small
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    data = np.random.default_rng(0).integers(0, 255, 3 * 2**20, dtype=np.uint8).tobytes()
+
+    def write(root: Path, blob: bytes, mtime: int) -> Path:
+        path = root / "frames" if layout == "folder" else root / "lab.raw"
+        files = [path / f"{i}.raw" for i in range(3)] if layout == "folder" else [path]
+        for i, f in enumerate(files):
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(blob[i * 2**20:(i + 1) * 2**20] if layout == "folder" else blob)
+            os.utime(f, ns=(mtime, mtime))
+        return path
+
+    def sent_by(path: Path) -> object:  # what a process gives the gather
+        sent: list[object] = []
+        monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: sent.append(obj) or [obj])
+        rundir.same_inputs_everywhere({"labels": path})
+        return sent[0]
+
+    mine = write(tmp_path / "node0", data, 10**18)
+    copy = write(tmp_path / "node1", data, 2 * 10**18)  # another disk, copied later
+    assert rundir.fingerprint(mine) != rundir.fingerprint(copy)
+    other = sent_by(copy)
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, other])
+    assert rundir.same_inputs_everywhere({"labels": mine})["labels"]["fingerprint"] == rundir.fingerprint(mine)
+
+    changed = bytearray(data)
+    changed[5] ^= 1  # in the first block (of the first file)
+    other = sent_by(write(tmp_path / "node2", bytes(changed), 10**18))
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, other])
+    with pytest.raises(InputError, match="rank 1 of 2 reads other contents"):
+        rundir.same_inputs_everywhere({"labels": mine})
