@@ -91,42 +91,20 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return "missing"
 
 
-#: Blocks of a file over ``HASH_LIMIT`` that :func:`content_print` reads, and their size.
-SAMPLED_BLOCKS, SAMPLED_BLOCK_BYTES = 32, 1 << 16
-
-
-def _sampled_print(p: Path, blocks: int) -> str:
-    st = p.stat()
-    if st.st_size <= HASH_LIMIT and blocks == SAMPLED_BLOCKS:
-        return _file_print(p)
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        last = max(st.st_size - SAMPLED_BLOCK_BYTES, 0)
-        for i in range(blocks):
-            f.seek(last * i // max(blocks - 1, 1))
-            h.update(f.read(SAMPLED_BLOCK_BYTES))
-    return f"{st.st_size}:sampled:{h.hexdigest()}"
-
-
-def content_print(path: str | os.PathLike[str]) -> str:
-    """A fingerprint of an input's contents that, unlike :func:`fingerprint`, does not depend on
-    where and when the file was written: another copy of it on another machine (a node's local
-    disk) has the same one. Files up to ``HASH_LIMIT`` bytes by their sha256, larger ones by
-    size and the sha256 of :data:`SAMPLED_BLOCKS` blocks spread over them (the first and the last
-    included); a folder's files by relative name, of a folder larger than ``HASH_LIMIT`` each by
-    its size and first and last block."""
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 of everything an input holds (of a folder, its files by relative name), read
+    whole: unlike :func:`fingerprint` it does not depend on where and when the files were written,
+    so another copy on another machine's disk has the same one."""
     p = Path(path).expanduser()
-    if p.is_file():
-        return _sampled_print(p, SAMPLED_BLOCKS)
-    if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file())
-        small = sum(f.stat().st_size for f in files) <= HASH_LIMIT
-        h = hashlib.sha256()
-        for f in files:
-            what = _file_print(f) if small else _sampled_print(f, 2)
-            h.update(f"{f.relative_to(p).as_posix()}={what}\n".encode())
-        return f"dir:sha256:{h.hexdigest()}"
-    return "missing"
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    h = hashlib.sha256()
+    for f in files:
+        one = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                one.update(chunk)
+        h.update(f"{f.relative_to(p).as_posix() if p.is_dir() else ''}={one.hexdigest()}\n".encode())
+    return f"sha256:{h.hexdigest()}" if files else "missing"
 
 
 #: Config keys that say where and how a run computes, not what: left out of the run's identity
@@ -696,11 +674,18 @@ def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]
 
     if world_size() <= 1:
         return records
-    # by content, not by fingerprint: a file over HASH_LIMIT has its modification time in its
-    # fingerprint, which differs between copies of it on the machines' own disks
-    everyone = all_gather_objects({k: [content_print(p) for p in _role_paths(v)] for k, v in roles.items()})
-    for rank, theirs in enumerate(everyone[1:], 1):
-        for role, mine in everyone[0].items():
+    everyone = all_gather_objects(records)
+    # a fingerprint of a file over HASH_LIMIT holds its modification time, which differs between
+    # identical copies on the machines' own disks: where one differs, every process compares
+    # what those inputs hold, read whole (each process takes part: the gather is collective)
+    differ = sorted(role for role in records if any(
+        (theirs.get(role, {}).get("fingerprint"), theirs.get(role, {}).get("also"))
+        != (everyone[0][role]["fingerprint"], everyone[0][role].get("also")) for theirs in everyone[1:]))
+    if not differ:
+        return records
+    contents = all_gather_objects({k: [content_digest(p) for p in _role_paths(roles[k])] for k in differ})
+    for rank, theirs in enumerate(contents[1:], 1):
+        for role, mine in contents[0].items():
             if theirs.get(role) != mine:
                 raise InputError(f"{role} {records[role]['path']}: rank {rank} of {len(everyone)} reads other contents "
                                  f"there than rank 0 (the file changed between their reads, or the path names "

@@ -915,13 +915,26 @@ def test_processes_compare_their_inputs_by_content_not_by_modification_time(tmp_
     """Under torchrun every process's inputs are compared with rank 0's. They were compared by
     fingerprint, which for a file over HASH_LIMIT is its size and modification time: identical
     copies of a large input on each machine's own disk (written at other times) were refused as
-    other contents. They are compared by content (size and blocks spread over the file), and a
-    copy that differs in a block is still refused."""
+    other contents. Where the fingerprints differ the processes compare what the files hold: the
+    copies are accepted, a copy with one byte changed (anywhere: a stale copy of labels annotated
+    further) is refused on both processes. Two threads stand for the two processes."""
+    import threading
+
     import fhcnn.rundir as rundir
     import fhcnn.training.distributed as distributed
 
     monkeypatch.setattr(rundir, "HASH_LIMIT", 2**20)  # "large" from 1 MiB, to keep the test small
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    meeting, slots, me = threading.Barrier(2, timeout=30), [None, None], threading.local()
+
+    def gather(obj):  # all_gather_objects of a group of the two threads
+        slots[me.rank] = obj
+        meeting.wait()
+        got = list(slots)
+        meeting.wait()
+        return got
+
+    monkeypatch.setattr(distributed, "all_gather_objects", gather)
     data = np.random.default_rng(0).integers(0, 255, 3 * 2**20, dtype=np.uint8).tobytes()
 
     def write(root: Path, blob: bytes, mtime: int) -> Path:
@@ -933,22 +946,30 @@ def test_processes_compare_their_inputs_by_content_not_by_modification_time(tmp_
             os.utime(f, ns=(mtime, mtime))
         return path
 
-    def sent_by(path: Path) -> object:  # what a process gives the gather
-        sent: list[object] = []
-        monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: sent.append(obj) or [obj])
-        rundir.same_inputs_everywhere({"labels": path})
-        return sent[0]
+    def run(paths: list[Path]) -> list[object]:
+        results: list[object] = [None, None]
+
+        def process(rank: int) -> None:
+            me.rank = rank
+            try:
+                results[rank] = rundir.same_inputs_everywhere({"labels": paths[rank]})
+            except InputError as e:
+                results[rank] = e
+
+        threads = [threading.Thread(target=process, args=(r,)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
 
     mine = write(tmp_path / "node0", data, 10**18)
     copy = write(tmp_path / "node1", data, 2 * 10**18)  # another disk, copied later
     assert rundir.fingerprint(mine) != rundir.fingerprint(copy)
-    other = sent_by(copy)
-    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, other])
-    assert rundir.same_inputs_everywhere({"labels": mine})["labels"]["fingerprint"] == rundir.fingerprint(mine)
+    got = run([mine, copy])
+    assert [r["labels"]["fingerprint"] for r in got] == [rundir.fingerprint(mine), rundir.fingerprint(copy)]
 
     changed = bytearray(data)
-    changed[5] ^= 1  # in the first block (of the first file)
-    other = sent_by(write(tmp_path / "node2", bytes(changed), 10**18))
-    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, other])
-    with pytest.raises(InputError, match="rank 1 of 2 reads other contents"):
-        rundir.same_inputs_everywhere({"labels": mine})
+    changed[2**20 + 12345] ^= 1  # one byte in the middle
+    got = run([mine, write(tmp_path / "node2", bytes(changed), 3 * 10**18)])
+    assert all(isinstance(r, InputError) and "rank 1 of 2 reads other contents" in str(r) for r in got), got
