@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fhcnn.errors import InputError
+from fhcnn.models import DenseHyperbolicModel
 from fhcnn.training import (
     NonFiniteLossError,
     TrainConfig,
@@ -337,3 +338,37 @@ def test_a_metric_measured_on_some_steps_is_averaged_over_them_and_logged_as_str
     assert [r["step"] for r in recs] == [5, 10]
     assert recs[0]["late"] is None and recs[1]["late"] == pytest.approx(9.0)
     assert all(math.isfinite(r["mae"]) for r in recs)
+
+
+def test_deterministic_training_writes_no_nan_into_new_tensors_and_keeps_the_weights() -> None:
+    """``train.deterministic`` leaves PyTorch's NaN filling of every new tensor off during
+    ``fit`` (waste: the kernels overwrite them whole) and restores it after; the weights equal
+    those of a run with the filling on, bit for bit (a 3D reversible network with wavelets)."""
+    fill = torch.utils.deterministic
+    seen: list[bool] = []
+
+    def batch(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(2, 2, 8, 8, 8, generator=gen)
+        return x, (x[:, 0] > 0.2).long() + (x[:, 1] > 0.5).long()
+
+    def loss(model: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]):
+        seen.append(fill.fill_uninitialized_memory)
+        return F.cross_entropy(model(b[0]), b[1]), {}
+
+    def run(deterministic: bool) -> dict:
+        seed_everything(0)
+        model = DenseHyperbolicModel(2, 3, 4, [(1, "down"), (1, "up"), (1, None)], dim=3)
+        Trainer(model, _cfg(steps=3, deterministic=deterministic), None, batch, loss, quiet=True).fit()
+        return model.state_dict()
+
+    assert fill.fill_uninitialized_memory
+    new = run(True)
+    assert seen == [False] * 3 and fill.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # the old way: filled with NaN
+    try:
+        seen.clear()
+        old = run(False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert seen == [True] * 3
+    assert all(torch.equal(old[k], new[k]) for k in old)

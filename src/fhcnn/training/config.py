@@ -29,7 +29,8 @@ class TrainConfig:
         autocast: ``"none"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (CUDA, with loss scaling).
         seed: seeds the batches (``(seed, step)``) and the per-step RNG.
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
-        deterministic: ``torch.use_deterministic_algorithms`` (warn-only) during ``fit``.
+        deterministic: ``torch.use_deterministic_algorithms`` (warn-only, new tensors not filled with
+            NaN) during ``fit``.
         log_every: steps between lines in ``metrics.jsonl`` (and progress updates).
         val_every: steps between validations (``0``: only at the end; needs ``val_fn``).
         checkpoint_every: steps between checkpoints (``0``: only at the end).
