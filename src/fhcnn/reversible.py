@@ -315,6 +315,17 @@ def _empty(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
     return torch.empty_like(t, memory_format=torch.preserve_format if fmt is None else fmt)
 
 
+def _step_sum(shared: Tensor, other: Tensor, g: Tensor, a: float, fresh: bool,
+              fmt: torch.memory_format | None) -> Tensor:
+    """A leapfrog step's new state ``shared + ((shared - other) + a g)`` in one new tensor (in
+    layout ``fmt``), bit for bit the out-of-place expression's values (each sum rounded as
+    there); ``g`` is scaled in place if ``fresh`` (nothing else references it)."""
+    new = torch.sub(shared, other, out=_empty(shared, fmt))
+    new += g.mul_(a) if fresh else a * g
+    new += shared
+    return new
+
+
 def _accumulate(store: _Grads, params: Sequence[Tensor], grads: Sequence[Tensor | None],
                 scale: float = 1.0, avoid: Sequence[Tensor | None] = ()) -> None:
     """Add ``scale * grads[i]`` to ``store[id(params[i])]``. A gradient is adopted (and scaled
@@ -408,12 +419,17 @@ class LeapfrogStep:
         return (p, c) if self.flip else (c, p)
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
-        """The step with out-of-place operations (plain autograd records it)."""
+        """The step with out-of-place operations (plain autograd records it); with autograd
+        off (a prediction) the same values computed as :meth:`apply_` does, in one new tensor
+        (in layout ``fmt``) instead of four."""
         shared, other = self._split(p, c)
-        g, a, _ = self._g(shared)
-        # ``c + ((c - p) + h2 f(c))`` equals ``2c - p + h2 f(c)``; the difference of two nearby
-        # states is exact in floating point, so this form rounds slightly less.
-        new = shared + ((shared - other) + a * g)
+        g, a, fresh = self._g(shared)
+        if torch.is_grad_enabled():
+            # ``c + ((c - p) + h2 f(c))`` equals ``2c - p + h2 f(c)``; the difference of two
+            # nearby states is exact in floating point, so this form rounds slightly less.
+            new = shared + ((shared - other) + a * g)
+        else:
+            new = _step_sum(shared, other, g, a, fresh, fmt)
         return (new, shared) if self.flip else (shared, new)
 
     def apply_(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None,
@@ -433,10 +449,8 @@ class LeapfrogStep:
                 f"nn.ReLU(inplace=True) as its first operation): the reversible backward "
                 f"reconstructs the earlier states from that input; make the operation out of "
                 f"place, or use reversible=False")
-        new = torch.sub(shared, other, out=_empty(shared, fmt))
-        new += g.mul_(a) if fresh else a * g
+        new = _step_sum(shared, other, g, a, fresh, fmt)
         del g
-        new += shared
         return (new, shared) if self.flip else (shared, new)
 
     def backward(self, st: _State, known_input: Pair | None, params: Params, grads: _Grads,

@@ -293,3 +293,28 @@ def test_the_library_modules_name_a_bad_input_themselves():
         vae(torch.rand(2, 1, 8, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="latents is torch.float64, but ConvVAE's parameter"):
         vae.decode(torch.randn(2, 4, dtype=torch.float64))
+
+
+def test_a_forward_without_autograd_keeps_the_values_in_one_new_tensor_a_step() -> None:
+    """With autograd off (a prediction) a leapfrog step's ``c + ((c - p) + h2 f(c))`` is summed
+    in one new tensor: the values are those of the out-of-place form plain autograd records,
+    bit for bit (steps of both orientations, around a coarsening), and the live bytes peak at
+    about 4 states (p, c, the new state and f's output) where the out-of-place form held 6."""
+    from fhcnn.memory import live_bytes_peak
+
+    torch.manual_seed(0)
+    net = HyperbolicNetwork(2, [(2, "down"), (2, "up"), (1, None)], dim=3, hidden=4, norm="group")
+    x = torch.randn(2, 2, 8, 8, 8)
+    with torch.no_grad():
+        fast = net(x)
+    plain = HyperbolicNetwork(2, [(2, "down"), (2, "up"), (1, None)], dim=3, hidden=4, norm="group",
+                              reversible=False)
+    plain.load_state_dict(net.state_dict())
+    slow = plain(x.clone().requires_grad_(True))  # the out-of-place form, recorded by autograd
+    assert slow.grad_fn is not None and torch.equal(fast, slow.detach())
+
+    one = HyperbolicNetwork(8, [(3, None)], dim=3, hidden=1).eval()  # f's own buffers small
+    x = torch.randn(2, 8, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        peak, _ = live_bytes_peak(lambda: one(x))
+    assert peak <= 4.5 * x.numel() * x.element_size()
