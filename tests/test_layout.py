@@ -1,6 +1,6 @@
 """The package's layout is its architecture: imports only run down the layers.
 
-    0  errors, atomic, log                       plumbing
+    0  errors, atomic, log, signals              plumbing
     1  wavelets, layers, reversible, network,    the library (and the option types beside it)
        memory, models, options, spatial
     2  config, rundir, data, training,           infrastructure
@@ -22,7 +22,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "fhcnn"
 
 LAYERS = {
-    "errors": 0, "atomic": 0, "log": 0,
+    "errors": 0, "atomic": 0, "log": 0, "signals": 0,
     "fhcnn": 1, "wavelets": 1, "layers": 1, "reversible": 1, "network": 1, "memory": 1,
     "models": 1, "options": 1, "spatial": 1,
     "config": 2, "rundir": 2, "data": 2, "training": 2, "resources": 2,

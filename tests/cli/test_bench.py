@@ -369,7 +369,7 @@ def test_sigterm_as_workers_start_ends_them(monkeypatch):
 
     import torch.multiprocessing as mp
 
-    from fhcnn.cli import Terminated, _interrupt_once
+    from fhcnn.signals import Terminated, interrupt_once
     from fhcnn.training.distributed import spawn_workers
 
     start = mp.start_processes
@@ -381,7 +381,7 @@ def test_sigterm_as_workers_start_ends_them(monkeypatch):
 
     monkeypatch.setattr(mp, "start_processes", start_then_sigterm)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
     try:
         with pytest.raises(Terminated):
             spawn_workers(_sleeping_worker, (60.0,), 2)

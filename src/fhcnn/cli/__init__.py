@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import os
-import signal
 import sys
 import time
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import NoReturn, Sequence
+
+from ..signals import INTERRUPTED, TERMINATED, answer_signals, ended_by, ignore_signals
 
 __all__ = ["main", "program", "COMMANDS"]
 
@@ -56,20 +56,6 @@ COMMANDS: dict[str, str] = {
 #: meets a refusal alone still prints it, after the wait. (Rank 0 alone printing lost the line
 #: whenever another process exited first: the launcher ended rank 0 before it printed.)
 REFUSAL_GRACE_S = 3.0
-
-#: The exit status of a command ended by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
-INTERRUPTED = 130
-
-#: The exit status of a command ended by SIGTERM: 128 + 15, as a shell reports it.
-TERMINATED = 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler at its time limit, Kubernetes, ``kill PID``) in the program,
-    raised by :func:`program`'s handler: a ``KeyboardInterrupt``, so that whatever answers
-    Ctrl-C (a run removing the scratch it was writing, spawned workers ended) answers it too;
-    its line says ``terminated (SIGTERM)`` and its exit status is :data:`TERMINATED`."""
-
 
 #: ``OSError`` numbers of a file system that takes no more writes (full, over quota, read-only):
 #: one line (what failed, the checkpoint to ``--resume`` from once there is room), not a traceback.
@@ -180,15 +166,15 @@ def _imported(name: str) -> ModuleType | None:
 
 def _interrupted(resumable: bool, e: KeyboardInterrupt) -> int:
     """The end of a command interrupted by Ctrl-C (``KeyboardInterrupt``) or SIGTERM
-    (:class:`Terminated`, ``e``): its one line, by rank 0 alone under ``torchrun`` (which passes
+    (:class:`~fhcnn.signals.Terminated`, ``e``): its one line, by rank 0 alone under
+    ``torchrun`` (which passes
     SIGINT on to every process), and exit status 130 (143). In an active run folder,
     ``training.distributed.interrupted_line`` (the last step, the last intact checkpoint,
     ``--resume`` when the command is ``resumable``); before one, or where torch's import was cut
     short, ``interrupted (SIGINT)`` (``terminated (SIGTERM)``)."""
     from ..log import rank
 
-    ended, code = ("terminated (SIGTERM)", TERMINATED) if isinstance(e, Terminated) \
-        else ("interrupted (SIGINT)", INTERRUPTED)
+    ended, code = ended_by(e)
     rundir = _imported("fhcnn.rundir")  # it imports torch: a run folder was made after torch's import
     run = rundir.RunFolder.active if rundir is not None else None
     if run is None:
@@ -218,20 +204,16 @@ def program() -> NoReturn:
     background job of a script, ``nohup``), which Python keeps, keeps ignoring it.
 
     SIGTERM (a batch scheduler at its time limit, ``kill PID``) is answered as Ctrl-C is
-    (:class:`Terminated`): one line ``terminated (SIGTERM)`` with the same run information, the
-    scratch removed, exit status 143; either signal then ignores both. Not under ``torchrun``
-    (``TORCHELASTIC_RUN_ID``), which ends the other processes with SIGTERM when one fails: there
-    a process that refuses its input ends without a word and one in training says so in a line
-    of its own (``training.distributed``); nor where SIGTERM was not ``SIG_DFL`` at the start."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt_once)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and "TORCHELASTIC_RUN_ID" not in os.environ:
-        signal.signal(signal.SIGTERM, _interrupt_once)
+    (:class:`~fhcnn.signals.Terminated`): one line ``terminated (SIGTERM)`` with the same run
+    information, the scratch removed, exit status 143; either signal then ignores both. Not
+    under ``torchrun`` (``TORCHELASTIC_RUN_ID``), which ends the other processes with SIGTERM
+    when one fails: there a process that refuses its input ends without a word and one in
+    training says so in a line of its own (``training.distributed``); nor where SIGTERM was not
+    ``SIG_DFL`` at the start (:func:`fhcnn.signals.answer_signals`)."""
+    answer_signals()
     try:
         code = main()
-        for signum in _ANSWERED:  # the command has ended: its status stands
-            if signum == signal.SIGINT or signal.getsignal(signum) is _interrupt_once:
-                signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()  # the command has ended: its status stands
         if code not in (INTERRUPTED, TERMINATED):  # after Ctrl-C nothing is imported (see _imported)
             from ..training.distributed import exit_program
 
@@ -242,17 +224,3 @@ def program() -> NoReturn:
     if distributed is not None:
         distributed.exit_program(code)
     sys.exit(code)
-
-
-#: The signals :func:`program` answers with :func:`_interrupt_once`.
-_ANSWERED = (signal.SIGINT, signal.SIGTERM)
-
-
-def _interrupt_once(signum: int, frame: FrameType | None) -> None:
-    """:func:`program`'s handler of SIGINT and SIGTERM: ``KeyboardInterrupt`` (SIGTERM:
-    :class:`Terminated`) the first time, then neither signal again (each that it answers is
-    ignored from then on)."""
-    for answered in _ANSWERED:
-        if signal.getsignal(answered) is _interrupt_once:
-            signal.signal(answered, signal.SIG_IGN)
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
