@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from .training.distributed import DistInfo
 
 __all__ = ["prepare_output_dir", "check_output_file", "RunFolder", "RUN_FILE", "OUTPUTS", "resolve_path",
-           "fingerprint", "config_digest", "copy_input", "check_own_checkpoint"]
+           "fingerprint", "config_digest", "copy_input", "check_own_checkpoint", "stopped_run_line",
+           "unwritable_line", "UNWRITABLE_ERRNOS"]
 
 #: The record of a run folder.
 RUN_FILE = "run.json"
@@ -650,6 +651,31 @@ def _role_record(value: Any) -> dict[str, Any]:
     return out
 
 
+#: ``OSError`` numbers of a file system that takes no more writes (full, over quota, read-only).
+UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def stopped_run_line(what: str, resumable: bool, then: str = "continue") -> str:
+    """The one line of a command stopped by ``what`` (``interrupted (SIGINT)``, ...) in the
+    active run folder, if any: :func:`~fhcnn.training.distributed.stopped_line` (the last step,
+    the last intact checkpoint, ``then`` ``--resume`` where the command is ``resumable``)."""
+    from .training.distributed import stopped_line
+
+    run = RunFolder.active
+    return stopped_line(what, run.root if run is not None else None, resumable, then)
+
+
+def unwritable_line(e: OSError, resumable: bool) -> str:
+    """The one line of a run whose file system took no more writes (``e.errno`` one of
+    :data:`UNWRITABLE_ERRNOS`): what could not be written, and where to go on from once there is
+    room (:func:`stopped_run_line`)."""
+    run = RunFolder.active
+    where = f" {e.filename}" if e.filename else f" in {run.root}" if run is not None else ""
+    return (f"error: cannot write{where}: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '')}); "
+            + stopped_run_line("this run stopped", resumable,
+                               then="free space on that file system (or make it writable), then continue"))
+
+
 def join_processes(train: TrainConfig) -> DistInfo | None:
     """Under ``torchrun`` (``WORLD_SIZE > 1``) join the process group now, if not yet joined:
     on the device type of ``train.device``, every wait bounded by ``train.peer_timeout``
@@ -871,7 +897,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
                        config: Any = None, config_file: str | os.PathLike[str] | None = None,
                        extra: Mapping[str, Any] | None = None,
                        outputs: Sequence[str] | None = None, resumable: bool = True,
-                       collect: bool = False) -> Path:
+                       collect: bool = False, records: Mapping[str, dict[str, Any]] | None = None) -> Path:
     """Check, create and lock the output folder of a run and write its record ``run.json``.
 
     Refused (``InputError``, before anything in ``out`` is created, changed or removed) when:
@@ -908,21 +934,24 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
     creates the folder; the other ranks just return the path. With a joined process group every
     process fingerprints the inputs (rank 0 once its checks of them passed), and a process that
-    reads other contents than rank 0 is refused on every process (:func:`same_inputs_everywhere`).
+    reads other contents than rank 0 is refused on every process (:func:`same_inputs_everywhere`);
+    ``records``: what it returned for ``roles`` where the caller compared them already (read and
+    compared once, not again here).
     """
     out_path = _check_name(out, "--out")
     roles = {k: v for k, v in (roles or {}).items() if v is not None}
     if roles and getattr(config, "train", None) is not None:
         join_processes(config.train)  # to compare what every process reads
     if not is_main_process():
-        same_inputs_everywhere(roles)  # as rank 0 does once its own checks of the inputs passed
+        if records is None:
+            same_inputs_everywhere(roles)  # as rank 0 does once its own checks of the inputs passed
         return out_path
     RunFolder.deactivate()  # one run at a time per process: an earlier one's guard and lock end
     out_abs = resolve_path(out_path, str(out_path))
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
     _check_inputs(out_path, out_abs, [*inputs, *(p for v in roles.values() for p in _role_paths(v))])
-    records = same_inputs_everywhere(roles)
+    records = same_inputs_everywhere(roles) if records is None else records
     names = tuple(outputs) if outputs is not None else OUTPUTS.get(tool, _COMMON)
     from . import __version__
 

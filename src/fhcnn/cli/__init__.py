@@ -11,7 +11,7 @@ raised by a command, are one line ``error: <message>``, exit 2 (under ``torchrun
 processes wait :data:`REFUSAL_GRACE_S` before they print an ``InputError``, which every process
 meets alike, so rank 0's line is the one read); a ``TrainingError`` (a non-finite loss, a lost
 process: ``PeerLostError``) and a file system that takes no more writes (full, over quota,
-read-only: :data:`_DISK_ERRNOS`; the line names the last intact checkpoint to ``--resume`` from
+read-only: ``rundir.UNWRITABLE_ERRNOS``; the line names the last intact checkpoint to ``--resume`` from
 once there is room) exit 1 (``--debug`` re-raises to show the traceback). Ctrl-C
 (SIGINT) is one line ``interrupted (SIGINT)``, in a run folder with the last completed step, the
 last intact checkpoint and ``--resume``, exit 130 (under ``torchrun``, which passes Ctrl-C on to
@@ -28,7 +28,6 @@ this module imports nothing heavy before it does.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 import time
@@ -56,10 +55,6 @@ COMMANDS: dict[str, str] = {
 #: meets a refusal alone still prints it, after the wait. (Rank 0 alone printing lost the line
 #: whenever another process exited first: the launcher ended rank 0 before it printed.)
 REFUSAL_GRACE_S = 3.0
-
-#: ``OSError`` numbers of a file system that takes no more writes (full, over quota, read-only):
-#: one line (what failed, the checkpoint to ``--resume`` from once there is room), not a traceback.
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError, FileExistsError)
@@ -132,16 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _line(f"error: {e}")
         return 2
     except OSError as e:  # a full or read-only file system while the run writes: exit 1, one line
-        if e.errno not in _DISK_ERRNOS or getattr(args, "debug", False):
+        folders = importlib.import_module("fhcnn.rundir")
+        if e.errno not in folders.UNWRITABLE_ERRNOS or getattr(args, "debug", False):
             raise
-        from ..rundir import RunFolder
-        from ..training.distributed import stopped_line
-
-        run = RunFolder.active
-        where = f" {e.filename}" if e.filename else f" in {run.root}" if run is not None else ""
-        _line(f"error: cannot write{where}: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '')}); "
-              + stopped_line("this run stopped", run.root if run is not None else None, hasattr(args, "resume"),
-                             then="free space on that file system (or make it writable), then continue"))
+        _line(folders.unwritable_line(e, hasattr(args, "resume")))
         return 1
     except Exception as e:  # a training failure (e.g. non-finite loss, a lost process): exit 1, one line
         from ..training import TrainingError
@@ -167,24 +156,16 @@ def _imported(name: str) -> ModuleType | None:
 def _interrupted(resumable: bool, e: KeyboardInterrupt) -> int:
     """The end of a command interrupted by Ctrl-C (``KeyboardInterrupt``) or SIGTERM
     (:class:`~fhcnn.signals.Terminated`, ``e``): its one line, by rank 0 alone under
-    ``torchrun`` (which passes
-    SIGINT on to every process), and exit status 130 (143). In an active run folder,
-    ``training.distributed.interrupted_line`` (the last step, the last intact checkpoint,
+    ``torchrun`` (which passes SIGINT on to every process), and exit status 130 (143). In an
+    active run folder, ``rundir.stopped_run_line`` (the last step, the last intact checkpoint,
     ``--resume`` when the command is ``resumable``); before one, or where torch's import was cut
     short, ``interrupted (SIGINT)`` (``terminated (SIGTERM)``)."""
     from ..log import rank
 
     ended, code = ended_by(e)
     rundir = _imported("fhcnn.rundir")  # it imports torch: a run folder was made after torch's import
-    run = rundir.RunFolder.active if rundir is not None else None
-    if run is None:
-        if rank() == 0:
-            _line(ended)
-        return code
-    from ..training.distributed import interrupted_line, is_main_process
-
-    if is_main_process():
-        _line(interrupted_line(run.root, resumable, ended))
+    if rank() == 0:
+        _line(rundir.stopped_run_line(ended, resumable) if rundir is not None else ended)
     return code
 
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "spawn_workers",
-           "is_main_process", "end_silently_on_terminate", "interrupted_line", "stopped_line",
+           "is_main_process", "end_silently_on_terminate", "stopped_line",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "all_gather_objects",
            "barrier",
@@ -408,13 +408,6 @@ def _where_it_stops() -> str:
     where = (f"the last intact checkpoint is {ckpt}: continue with --resume" if ckpt is not None
              else "no checkpoint was written yet")
     return f"this process stops after step {_progress.step}; {where}"
-
-
-def interrupted_line(run_folder: Path | None, resumable: bool = True, ended: str = "interrupted (SIGINT)") -> str:
-    """The one line of a command ended by SIGINT (Ctrl-C: ``KeyboardInterrupt``) or SIGTERM
-    (``ended``: ``interrupted (SIGINT)``, ``terminated (SIGTERM)``): what happened and how to go
-    on (:func:`stopped_line`)."""
-    return stopped_line(ended, run_folder, resumable)
 
 
 def stopped_line(what: str, run_folder: Path | None, resumable: bool = True, then: str = "continue") -> str:

@@ -644,14 +644,14 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     arrays = {role: inner for role, (_, inner) in split.items() if inner is not None}
     roles = {role: path for role, (path, _) in split.items()}
     share = _join_processes(cfg)
-    if share.processes > 1:  # before the shared passes mix what each process reads into one summary
-        same_inputs_everywhere(roles)
+    # compared before the shared passes mix what each process reads into one summary
+    records = same_inputs_everywhere(roles) if share.processes > 1 else None
     t0 = time.perf_counter()
     inputs = load_volume_inputs(images, labels, eval_labels, ignore=ignore, channel_axis=channel_axis, share=share)
     vplan = plan_volume(inputs, cfg, share)
     vplan.read_time_s = time.perf_counter() - t0
     folder = prepare_output_dir(out, resume, overwrite, tool="volume", config=cfg, config_file=config_file,
-                                roles=roles,
+                                roles=roles, records=records,
                                 extra={"ignore": ignore, "channel_axis": channel_axis, "save_probs": save_probs,
                                        **({"arrays": arrays} if arrays else {})})
     _logging.setup(quiet)
@@ -664,11 +664,10 @@ def _join_processes(cfg: VolumeConfig) -> PassShare:
     """Under ``torchrun``, join the process group now (``train.peer_timeout`` bounds every wait),
     so the processes share the passes that check and summarize the inputs: each reads a block of
     the slabs (:func:`~fhcnn.training.distributed.pass_share`). One process: the whole pass."""
-    from ...training.device import resolve_device
-    from ...training.distributed import init_distributed, pass_share, world_size
+    from ...rundir import join_processes
+    from ...training.distributed import pass_share
 
-    if world_size() > 1:
-        init_distributed(resolve_device(cfg.train.device).type, float(cfg.train.peer_timeout))
+    join_processes(cfg.train)
     return pass_share()
 
 
