@@ -45,6 +45,12 @@ Correctness under other uses of autograd:
   generators' states before such a step are kept and restored for its recomputation (as
   ``torch.utils.checkpoint`` does), and the caller's random stream continues after the
   backward where the forward pass left it; steps that draw nothing keep nothing;
+* a custom step module's other buffers (neither running statistics of a batch norm nor a
+  parametrization's) are recomputed with the values its forward pass began with: a buffer the
+  forward pass changes (a running average of a custom norm, a counter) is copied before the
+  step and each recomputation changes only a copy (updated once, by the forward pass, as
+  plain autograd does); one the forward pass leaves alone is read where it is, and modifying
+  it in place before the backward raises (version counters are checked);
 * double backward (``create_graph=True``) raises: use ``reversible=False`` for gradient
   penalties or meta-learning;
 * backward never modifies a module: :class:`fhcnn.layers.SymmetricLayer` and the wavelets
@@ -64,7 +70,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -133,6 +139,61 @@ class Recorded:
     buffers: Params
     functional: bool = True
     stats: Params = field(default_factory=dict)
+    entry: EntryBuffers | None = None
+
+
+def _other_buffers(module: nn.Module) -> Params:
+    """The buffers of ``module`` (by ``named_buffers()`` name) that neither the batch-norm
+    handling (running statistics, left alone by recomputations, see
+    :func:`fhcnn.layers.frozen_norm_stats`) nor the parametrization handling (``Recorded.buffers``)
+    covers: what a custom module may read and change as it likes (a running average, a counter,
+    a constant filter)."""
+    skip = set(_parametrization_prefixes(module))
+    for n, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            skip |= {f"{n}.{k}" if n else k for k in ("running_mean", "running_var", "num_batches_tracked")}
+    return {n: b for n, b in module.named_buffers() if n not in skip and not n.startswith(tuple(skip))}
+
+
+@dataclass(frozen=True)
+class EntryBuffers:
+    """The other buffers (:func:`_other_buffers`) of a step's module, recomputed through
+    ``functional_call``, as its forward pass began: ``same`` holds those the forward pass left
+    alone (the tensor and its version counter then), ``copies`` a copy of each one it changed
+    (in place, or by assigning another tensor)."""
+
+    same: dict[str, tuple[Tensor, int]]
+    copies: Params
+
+    @staticmethod
+    def before(module: nn.Module) -> tuple[Params, dict[str, int], Params]:
+        """Just before the step's forward pass: the buffers, their versions and copies."""
+        now = _other_buffers(module)
+        return now, {n: b._version for n, b in now.items()}, {n: b.clone() for n, b in now.items()}
+
+    @classmethod
+    def after(cls, module: nn.Module, began: tuple[Params, dict[str, int], Params]) -> EntryBuffers:
+        """Just after it: a copy is kept only of the buffers the forward pass changed."""
+        bufs, versions, copies = began
+        now = _other_buffers(module)
+        same = {n: (b, versions[n]) for n, b in bufs.items() if now.get(n) is b and b._version == versions[n]}
+        return cls(same, {n: t for n, t in copies.items() if n not in same})
+
+    def tensors(self, what: str) -> Params:
+        """The values for a recomputation (a fresh copy of each changed one, which the
+        recomputation may change in its turn). A buffer modified in place since the forward pass
+        raises: its values then are gone, and the backward would recompute with others."""
+        for n, (t, v) in self.same.items():
+            if t._version != v:
+                raise RuntimeError(
+                    f"buffer {n!r} of {what} was modified in place between the forward pass and "
+                    f"the backward (version {t._version}, expected {v}): the reversible backward "
+                    f"recomputes the step with the values its forward pass read, which are gone; "
+                    f"change it after backward(), or use reversible=False")
+        return {**{n: t for n, (t, _) in self.same.items()}, **{n: t.clone() for n, t in self.copies.items()}}
+
+    def kept(self) -> list[Tensor]:
+        return list(self.copies.values())
 
 
 class _RandomDraws:
@@ -215,18 +276,20 @@ def _record(module: nn.Module, functional: bool) -> Recorded:
 
 
 def _recompute_call(module: nn.Module, target: nn.Module, prefix: str, params: Mapping[str, Tensor],
-                    rec: Recorded | None, args: tuple[Tensor, ...]) -> Tensor:
+                    rec: Recorded | None, args: tuple[Tensor, ...], what: str = "") -> Tensor:
     """``target(*args)`` (``target`` is ``module`` or a wrapper holding it as ``prefix``) via
     ``torch.func.functional_call`` with ``params`` (names in ``module``) and the forward
     pass's state ``rec``: its modes, running statistics left alone, parametrizations in eval
     mode (no state update: spectral norm uses the vectors the forward pass ended with, which
-    ``rec.buffers`` holds) so they compute what they computed in the forward pass."""
+    ``rec.buffers`` holds), other buffers as the step's forward pass began (``rec.entry``) so
+    they compute what they computed in the forward pass. ``what`` names the step in errors."""
     modes: dict[str, bool] | None = None
     tensors: dict[str, Tensor] = dict(params)
     if rec is not None:
         prefixes = tuple(_parametrization_prefixes(module))
         modes = {n: flag and not f"{n}.".startswith(prefixes) for n, flag in rec.modes.items()}
-        tensors = {**rec.buffers, **rec.stats, **tensors}
+        entry = rec.entry.tensors(what or type(module).__name__) if rec.entry is not None else {}
+        tensors = {**rec.buffers, **rec.stats, **entry, **tensors}
     with frozen_norm_stats(module, modes):
         return torch.func.functional_call(target, {prefix + n: t for n, t in tensors.items()}, args,
                                           strict=False)
@@ -392,6 +455,11 @@ class LeapfrogStep:
     def record(self) -> Recorded:
         return _record(self.f, self._functional())
 
+    def module(self) -> nn.Module | None:
+        """The module a recomputation evaluates through ``functional_call`` (``None`` when it
+        is evaluated through its own functional form)."""
+        return None if self._functional() else self.f
+
     def parametrized(self) -> bool:
         return _parametrized(self.f)
 
@@ -413,7 +481,8 @@ class LeapfrogStep:
             return g, -self.h2, True
         if params is None:
             return self.f(y), self.h2, False
-        return _recompute_call(self.f, self.f, "", params, rec, (y,)), self.h2, False
+        what = f"{self.name} ({type(self.f).__name__})" if self.name else type(self.f).__name__
+        return _recompute_call(self.f, self.f, "", params, rec, (y,), what), self.h2, False
 
     def _split(self, p: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return (p, c) if self.flip else (c, p)
@@ -565,6 +634,10 @@ class TransitionStep:
     def record(self) -> Recorded:
         return _record(self.wavelet, self._functional())
 
+    def module(self) -> nn.Module | None:
+        """As :meth:`LeapfrogStep.module`."""
+        return None if self._functional() else self.wavelet
+
     def parametrized(self) -> bool:
         return _parametrized(self.wavelet)
 
@@ -602,7 +675,8 @@ class TransitionStep:
         if functional:
             return self.wavelet.functional(x, params, inverse=inverse)  # type: ignore[operator]
         method = "inverse" if inverse else "__call__" if hooks else "forward"
-        return _recompute_call(self.wavelet, _Method(self.wavelet, method), "wavelet.", params, rec, (x,))
+        what = f"{self.name} ({type(self.wavelet).__name__})" if self.name else type(self.wavelet).__name__
+        return _recompute_call(self.wavelet, _Method(self.wavelet, method), "wavelet.", params, rec, (x,), what)
 
     def apply(self, p: Tensor, c: Tensor, fmt: torch.memory_format | None = None) -> Pair:
         return _to(self._map(p, self.inverse), fmt), _to(self._map(c, self.inverse), fmt)
@@ -715,11 +789,14 @@ class ReversibleFunction(torch.autograd.Function):
             if i in store:
                 ctx.kept[i] = ((p.detach(), c.detach()), (p._version, c._version))
         ctx.draws = _RandomDraws(p.device)
-        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep, draws=ctx.draws)
-        ctx.recorded = [s.record() for s in steps]  # the modes (and buffers) the forward ended with
+        entries: list[EntryBuffers | None] = []
+        p, c = _forward_no_grad(steps, p, c, ctx.fmt, ctx.out_fmt, keep, draws=ctx.draws, entries=entries)
+        # the modes (and buffers) the forward ended with; other buffers as each step began
+        ctx.recorded = [replace(s.record(), entry=e) for s, e in zip(steps, entries)]
         ctx.out = ((p.detach(), c.detach()), (p._version, c._version))
         note_kept([p, c, *ctx.inp[0], *(t for pair, _ in ctx.kept.values() for t in pair),
-                   *(t for r in ctx.recorded for t in r.stats.values()), *ctx.draws.kept()])
+                   *(t for r in ctx.recorded for t in r.stats.values()),
+                   *(t for e in entries if e is not None for t in e.kept()), *ctx.draws.kept()])
         ctx.set_materialize_grads(False)  # an unused output (often Y_prev) costs no zero tensor
         return p, c
 
@@ -774,21 +851,29 @@ def _forward_no_grad(steps: Sequence[Step], p: Tensor, c: Tensor, fmt: torch.mem
                      out_fmt: torch.memory_format,
                      keep: Callable[[int, Tensor, Tensor], None] | None = None,
                      recompute: tuple[Sequence[Params], Sequence[Recorded]] | None = None,
-                     draws: _RandomDraws | None = None) -> Pair:
+                     draws: _RandomDraws | None = None,
+                     entries: list[EntryBuffers | None] | None = None) -> Pair:
     """The forward pass inside :class:`ReversibleFunction`: steps computed in layout ``fmt``,
     outputs returned in ``out_fmt`` (the input's), always new tensors. ``recompute``: the
     tensors and state of each step in an earlier forward pass, to evaluate it again with them
     (functionally: no running-statistics update). ``draws``: without ``recompute``, records
     the random number generators' states of steps that draw random numbers; with it, restores
-    them before each such step (the caller restores its own states afterwards)."""
+    them before each such step (the caller restores its own states afterwards). ``entries``:
+    without ``recompute``, gets each step's :class:`EntryBuffers` (``None`` for a step evaluated
+    through its own functional form, or whose module has no other buffers)."""
     x_p, x_c = p, c
     p, c = (_to(p, fmt), _to(c, fmt)) if p is not c else (_to(p, fmt),) * 2
     for i, step in enumerate(steps):
         if keep is not None:
             keep(i, p, c)
         if recompute is None:
+            module = step.module() if entries is not None else None
+            began = EntryBuffers.before(module) if module is not None else None
             with draws.recording(i) if draws is not None else nullcontext():
                 p, c = step.apply_(p, c, fmt)
+            if entries is not None:
+                entries.append(EntryBuffers.after(module, began) if module is not None and began
+                               and began[0] else None)
         else:
             if draws is not None:
                 draws.restore(i)
