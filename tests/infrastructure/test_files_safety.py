@@ -973,3 +973,17 @@ def test_processes_compare_their_inputs_by_content_not_by_modification_time(tmp_
     changed[2**20 + 12345] ^= 1  # one byte in the middle
     got = run([mine, write(tmp_path / "node2", bytes(changed), 3 * 10**18)])
     assert all(isinstance(r, InputError) and "rank 1 of 2 reads other contents" in str(r) for r in got), got
+
+
+def test_5_antialiased_masks_are_refused_before_out(data, tmp_path):
+    """Grey masks with antialiased edges (a 0/255 disc resized smoothly): one line, exit 2,
+    before OUT exists (they trained 76 classes without the object, exit 0)."""
+    md = tmp_path / "aa"
+    md.mkdir()
+    yy, xx = np.mgrid[:64, :96]
+    disc = (np.hypot(yy - 32, xx - 48) < 20).astype(np.uint8) * 255
+    for i in range(2):
+        Image.fromarray(disc).resize((48, 32), Image.Resampling.BILINEAR).resize((24, 16), Image.Resampling.BILINEAR) \
+            .save(md / f"{i:05d}.png")
+    refused(["segment", data / "v.npy", "--labels", md, "--out", tmp_path / "o", *TINY], "antialiased")
+    assert not (tmp_path / "o").exists()

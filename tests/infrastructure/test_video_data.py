@@ -415,3 +415,58 @@ def test_frames_whose_numbers_disagree_on_their_order_are_refused(tmp_path):
     video = open_video(tmp_path / "agree")
     assert video.names == [f"cam2_frame{k}" for k in (1, 2, 10, 11, 30)]
     assert [int(video[t][0, 0, 0]) for t in range(5)] == [0, 40, 80, 120, 160]
+
+
+def _drawn_mask(size, resample, colour=None):
+    """A mask drawn at 512x512 with hard edges (an ellipse and a bar, 255 on 0), resized to
+    ``size`` with ``resample`` (``Image.NEAREST`` keeps hard edges); ``colour``: drawn in that
+    RGB colour on black instead."""
+    from PIL import ImageDraw
+
+    big = Image.new("RGB" if colour else "L", (512, 512), 0)
+    fill = colour or 255
+    ImageDraw.Draw(big).ellipse([100, 120, 400, 380], fill=fill)
+    ImageDraw.Draw(big).rectangle([20, 20, 90, 200], fill=fill)
+    return big.resize((size, size), resample)
+
+
+@pytest.mark.parametrize("resample", ["BILINEAR", "LANCZOS", "BICUBIC", "BOX"])
+@pytest.mark.parametrize("size", [64, 480])
+@pytest.mark.parametrize("colour", [None, (200, 30, 30)])
+def test_antialiased_masks_are_refused(tmp_path, resample, size, colour):
+    """A grey or RGB mask resized smoothly (or drawn with antialiasing) holds dozens of edge
+    shades between 0 and 255: each became a class of its own and the object (255, "unlabelled"
+    among several values) was left out of training, exit 0 (76 classes from a 0/255 circle).
+    Refused in one line naming the file, the shades and the fix; the same masks resized
+    nearest-neighbour are read as two classes."""
+    names = [f"{t:05d}" for t in range(2)]
+    for mode, exact in ((resample, False), ("NEAREST", True)):
+        md = tmp_path / mode
+        md.mkdir()
+        for n in names:
+            _drawn_mask(size, getattr(Image.Resampling, mode), colour).save(md / f"{n}.png")
+        if exact:
+            masks = read_masks(md, names, (size, size))
+            assert len(mask_classes(masks)) == 2
+        else:
+            with pytest.raises(InputError, match=rf"^mask {md}/00000.png: \d+ of its \d+ values \(.*\) lie only "
+                                                 r"between other values on the edges of regions, .* antialiased"):
+                read_masks(md, names, (size, size))
+
+
+def test_masks_with_thin_classes_are_not_blends(tmp_path):
+    """What the blend check must leave alone: a thin boundary class between background and
+    foreground (one value that lies between two others), 1-pixel scribbles on unlabelled 255,
+    and touching objects of a palette mask."""
+    boundary = np.zeros((32, 32), np.uint8)
+    boundary[8:24, 8:24] = 2
+    boundary[7, 7:25] = boundary[24, 7:25] = boundary[7:25, 7] = boundary[7:25, 24] = 1
+    scribbles = np.full((32, 32), 255, np.uint8)
+    scribbles[4, 2:30], scribbles[12, 2:30], scribbles[20, 2:30], scribbles[2:30, 16] = 0, 1, 2, 3
+    touching = np.zeros((32, 32), np.uint8)
+    touching[4:20, 4:14], touching[4:20, 14:24], touching[20:28, 4:24] = 1, 2, 3
+    for name, m, classes in (("boundary", boundary, 3), ("scribbles", scribbles, 4), ("touching", touching, 4)):
+        d = tmp_path / name
+        d.mkdir()
+        write_mask_png(d / "00000.png", m)
+        assert len(mask_classes(read_masks(d, ["00000"], (32, 32)))) == classes, name

@@ -608,6 +608,35 @@ def _npy_mask(a: np.ndarray, i: int, path: Path) -> np.ndarray:
     return np.where(fin, m, 255).astype(np.int64)
 
 
+#: A value whose pixels lie this often between their neighbours' values is a blend (below).
+_BLEND_SHARE = 0.9
+
+
+def blended_values(m: np.ndarray, kind: str) -> np.ndarray:
+    """The raw values of the ``(H, W)`` mask ``m`` (of image kind ``kind``, see
+    :func:`_read_mask_png`) that are blends: at least 90 % of their pixels lie strictly between
+    the values of their 4-neighbours (for colour codes: within the neighbours' range in every
+    RGB channel and strictly inside it in one), as the pixels on the edges of an antialiased or
+    smoothly resized mask do. A value that labels a region has inner pixels, whose neighbours
+    hold the value itself; a thin class between two others (a boundary class) is one blend."""
+    if m.ndim != 2 or m.size == 0:
+        return np.zeros(0, np.int64)
+    if kind == "colour":
+        code = np.where(m > 0, m - COLOUR_CODE_OFFSET, 0)
+        ch = np.stack([code >> 16, (code >> 8) & 255, code & 255], -1)
+    else:
+        ch = m[..., None]
+    p = np.pad(ch, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    around = np.stack([p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+    lo, hi = around.min(0), around.max(0)
+    between = ((lo <= ch) & (ch <= hi)).all(-1) & ((lo < ch) & (ch < hi)).any(-1)
+    values, where = np.unique(m, return_inverse=True)
+    where = where.ravel()
+    share = np.bincount(where, weights=between.ravel(), minlength=len(values)) / np.bincount(
+        where, minlength=len(values))
+    return values[share >= _BLEND_SHARE]
+
+
 def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[int, int] | None = None
                ) -> MaskSet:
     """Find and check the masks: ``{frame index: (H, W) int64 raw mask values}`` (a
@@ -621,7 +650,9 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
 
     Raises:
         InputError: unreadable, no masks, a mask that matches no frame, a size that differs
-            from ``frame_size``, a negative value.
+            from ``frame_size``, a negative value, two or more blended values
+            (:func:`blended_values`: an antialiased or smoothly resized mask, each of whose edge
+            shades would become a class and whose object value 255 would mean "unlabelled").
     """
     from functools import partial
 
@@ -631,8 +662,9 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
     t = len(frame_names)
     out = MaskSet()
 
-    def check_size(i: int, m: np.ndarray) -> np.ndarray:
-        """``m``'s sorted distinct values, after checking its size and that none is negative."""
+    def check_size(i: int, m: np.ndarray, kind: str = "index", file: str | None = None) -> np.ndarray:
+        """``m``'s sorted distinct values, after checking its size, that none is negative and
+        that it is not a blend of hard edges (:func:`blended_values`)."""
         if frame_size is not None and m.shape != tuple(frame_size):
             raise InputError(f"mask of frame {frame_names[i]} in {path} has size {m.shape[0]}x{m.shape[1]}, "
                              f"but the frames are {frame_size[0]}x{frame_size[1]}")
@@ -641,6 +673,15 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             raise InputError(f"mask of frame {frame_names[i]} in {path} holds the negative value "
                              f"{int(values[0])}; mask values are 0 (background), objects > 0 and "
                              f"255 (unlabelled among several objects)")
+        blends = blended_values(m, kind)
+        if len(blends) >= 2:  # one may be a thin class between two others (a boundary class)
+            shown = (", ".join(str(int(v)) for v in blends[:4]) if kind == "index"
+                     else ", ".join(f"#{int(v) - COLOUR_CODE_OFFSET:06x}" for v in blends[:4]))
+            raise InputError(f"mask {file or f'of frame {frame_names[i]} in {path}'}: {len(blends)} of its "
+                             f"{len(values)} values ({shown}{', ...' if len(blends) > 4 else ''}) lie only "
+                             f"between other values on the edges of regions, as the shades of an antialiased "
+                             f"or smoothly resized mask do, and each would become a class; save the masks "
+                             f"with hard edges (no antialiasing, nearest-neighbour resizing) or threshold them")
         return values
 
     if path.is_dir():
@@ -673,7 +714,7 @@ def read_masks(path: str | Path, frame_names: Sequence[str], frame_size: tuple[i
             paired[idx] = f  # one mask a frame: two masks of one number are refused above
         for idx, f in paired.items():
             m, kind = _read_mask_png(f)
-            out.add(idx, partial(_mask_png_values, f), kind, str(f), check_size(idx, m))
+            out.add(idx, partial(_mask_png_values, f), kind, str(f), check_size(idx, m, kind, str(f)))
     elif path.suffix.lower() == ".npy":
         a = load_npy(path, "masks", mmap_mode="r")
         if a.ndim != 3 or a.shape[0] != t:
