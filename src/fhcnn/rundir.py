@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from . import atomic
 from .errors import InputError
 from .training.distributed import is_main_process
+from .training.trainer import TrainingError
 
 if TYPE_CHECKING:
     from .training.config import TrainConfig
@@ -251,6 +252,9 @@ it is gone; what a killed run left there is removed by the next run of the folde
         self._bases = [root] + ([alias] if alias is not None and alias != root else [])
         self._seen: dict[str, tuple[int, int, int]] = {}
         self._lock_fd: int | None = None
+        #: the inputs this run reads from their files (role -> (path or paths, record at the start),
+        #: see :func:`check_inputs_unchanged`); an input copied into the run folder leaves it
+        self.read_inputs: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ the record
     def _save(self) -> None:
@@ -721,6 +725,58 @@ def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]
     return records
 
 
+class InputsChangedError(TrainingError):
+    """An input file changed while the run was reading it (:func:`check_inputs_unchanged`)."""
+
+
+def _changed_roles(run: RunFolder, roles: Iterable[str] | None = None) -> list[str]:
+    return [role for role, (paths, record) in run.read_inputs.items()
+            if (roles is None or role in roles) and _role_record(paths) != record]
+
+
+def _changed_line(run: RunFolder, changed: Sequence[str], when: str) -> str:
+    what = ", ".join(f"{role} {run.read_inputs[role][1]['path']}" for role in changed)
+    return (f"{what} changed {when} (its contents differ from those recorded when the run started), "
+            f"so what the run read of it after the change is not what it started from; keep the inputs "
+            f"of a run unchanged until it ends, and run it again with --overwrite")
+
+
+def check_inputs_unchanged(when: str, collective: bool = False) -> None:
+    """Refuse to go on when an input the active run reads from its file (:attr:`RunFolder.
+    read_inputs`: memory-mapped, read by window) has other contents than when the run started
+    (its fingerprint: sha256 up to ``HASH_LIMIT``, else size and mtime): the model or the
+    prediction would mix what it held before and after, recorded as the run of the inputs at
+    the start. ``when``: ``"during training"``, ``"during the prediction"``. ``collective``:
+    every process of the joined group calls it, and all raise what rank 0 (which holds the run
+    folder) found. Without an active run folder nothing is compared.
+
+    Raises:
+        InputsChangedError: one line naming the changed inputs (the CLI's exit status 1).
+    """
+    run = RunFolder.active
+    changed = _changed_roles(run) if run is not None else []
+    line = _changed_line(run, changed, when) if run is not None and changed else None
+    if collective:
+        from .training.distributed import broadcast_object, world_size
+
+        if world_size() > 1:
+            line = broadcast_object(line)
+    if line is not None:
+        raise InputsChangedError(line)
+
+
+def stop_watching_input(role: str) -> None:
+    """The active run reads input ``role`` (a role of ``run.json``) from a copy it made
+    (:func:`copy_input`) from now on: a change of the file no longer reaches it, so it is
+    compared now, once the copy is made, and no longer afterwards. Every process may call it
+    (only the main one holds the run folder)."""
+    run = RunFolder.active
+    if run is not None and role in run.read_inputs:
+        if _changed_roles(run, [role]):
+            raise InputsChangedError(_changed_line(run, [role], "before the run copied it"))
+        del run.read_inputs[role]
+
+
 #: What a run records beside its command-line options (``run.json``'s ``options``), as named
 #: when ``--resume`` finds it changed.
 _RECORDED_NOT_OPTIONS = {"arrays": "the arrays read inside the input stores (x.zarr:path, x.h5:path)"}
@@ -1004,6 +1060,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
             except OSError:
                 pass
     run._save()
+    run.read_inputs = {k: (roles[k], records[k]) for k in roles if k in records}
     run.activate()
     if kept:
         print(f"note: kept {len(kept)} file(s) in {out_path} that fhcnn listed but that changed "

@@ -300,3 +300,45 @@ def test_an_overwrite_removes_no_empty_folder_through_a_link(tmp_path):
     RunFolder.deactivate()
     assert (elsewhere / "b").is_dir() and (out / "a").is_symlink()
     assert not (out / "c").exists()
+
+
+def test_an_input_changed_during_the_prediction_stops_the_run_and_leaves_no_scratch(vol, tmp_path, monkeypatch):
+    """``fhcnn volume``'s labels (memory-mapped) saved again while the volume is predicted: one
+    line naming them, exit 1; the prediction's scratch is removed and no prediction file is
+    left in OUT. The image, a compressed NIfTI read from its copy in ``OUT/inputs``, may change
+    after the copy is made: the run reading it alone ends as usual."""
+    import nibabel as nib
+
+    import fhcnn.engine.run as engine_run
+    from fhcnn.rundir import RunFolder as Folder
+
+    nib.save(nib.Nifti1Image(np.load(vol / "c0.npy"), np.eye(4)), tmp_path / "c0.nii.gz")
+    predict = engine_run.predict
+
+    def touched(target):
+        def run(*args, **kwargs):
+            seconds = predict(*args, **kwargs)
+            if target.suffix == ".npy":
+                a = np.load(target)
+                a[0, 0, 0] = 1 - a[0, 0, 0] if a[0, 0, 0] < 2 else 0
+                np.save(target, a)
+            else:
+                nib.save(nib.Nifti1Image(np.load(vol / "c1.npy"), np.eye(4)), target)
+            return seconds
+        return run
+
+    labels = tmp_path / "lab.npy"
+    labels.write_bytes((vol / "lab.npy").read_bytes())
+    out = tmp_path / "o"
+    monkeypatch.setattr(engine_run, "predict", touched(labels))
+    assert main([str(a) for a in ["volume", tmp_path / "c0.nii.gz", "--labels", labels, "--out", out, *TINY]]) == 1
+    marker = json.loads((out / "run.json").read_text())
+    assert not marker["scratch"], marker["scratch"]
+    assert not [p for p in out.iterdir() if p.name.startswith(("prediction", "probabilities", "."))]
+    assert Folder.active is None
+
+    labels.write_bytes((vol / "lab.npy").read_bytes())
+    monkeypatch.setattr(engine_run, "predict", touched(tmp_path / "c0.nii.gz"))
+    again = tmp_path / "p"
+    assert main([str(a) for a in ["volume", tmp_path / "c0.nii.gz", "--labels", labels, "--out", again, *TINY]]) == 0
+    assert (again / "prediction.nii.gz").exists()

@@ -987,3 +987,68 @@ def test_5_antialiased_masks_are_refused_before_out(data, tmp_path):
             .save(md / f"{i:05d}.png")
     refused(["segment", data / "v.npy", "--labels", md, "--out", tmp_path / "o", *TINY], "antialiased")
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------- 27. an input changed while the run reads it
+def _change_after(monkeypatch, target: str, path: Path) -> None:
+    """Patch ``target`` (``module:Class.method`` or ``module:function``) to flip one value of
+    the ``.npy`` (or one pixel of the image file) ``path`` right after it returns."""
+    import importlib
+
+    mod_name, attr = target.split(":")
+    owner: object = importlib.import_module(mod_name)
+    *outer, name = attr.split(".")
+    for part in outer:
+        owner = getattr(owner, part)
+    original = getattr(owner, name)
+
+    def change() -> None:
+        if path.suffix == ".npy":
+            a = np.load(path)
+            a.flat[0] = (int(a.flat[0]) + 1) % 2
+            np.save(path, a)
+        else:
+            im = np.asarray(Image.open(path)).copy()
+            im[0, 0] = 255 - im[0, 0]
+            Image.fromarray(im).save(path)
+
+    def wrapped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        change()
+        return out
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+@pytest.mark.parametrize("which, when, target", [
+    ("m.npy", "during training", "fhcnn.training.trainer:Trainer.fit"),
+    ("v.npy", "during the prediction", "fhcnn.engine.run:predict"),
+])
+def test_27_an_input_changed_while_the_run_reads_it_stops_the_run(data, tmp_path, monkeypatch, which, when, target):
+    """The labels rewritten while the network trains, or the video while it is predicted (both
+    memory-mapped, read by window through the whole run): the run trained or predicted on a mix
+    of the old and new contents, recorded as the run of the old ones, exit 0. It stops with one
+    line naming the input, exit 1."""
+    out = tmp_path / "o"
+    _change_after(monkeypatch, target, data / which)
+    rc, err = run_cli(seg(data, out))
+    assert rc == 1, err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {'labels' if which == 'm.npy' else 'video'} {data / which} changed {when} "
+                             f"(its contents differ from those recorded when the run started)"), err
+    assert "--overwrite" in err[0]
+    assert not (out / "prediction.npy").exists()  # stopped before the prediction is written
+
+
+def test_27_an_input_the_run_copied_may_change_afterwards(tmp_path, monkeypatch, video):
+    """Frames decoded one by one are copied into the run folder and read from there: a frame
+    file changed during training changes nothing the run reads, and the run ends as usual."""
+    v, m = video
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(v):
+        Image.fromarray(f).save(frames / f"{i:05d}.png")
+    np.save(tmp_path / "m.npy", m)
+    _change_after(monkeypatch, "fhcnn.training.trainer:Trainer.fit", frames / "00000.png")
+    rc, err = run_cli(["segment", frames, "--labels", tmp_path / "m.npy", "--out", tmp_path / "o", *TINY])
+    assert rc == 0, err

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from ..rundir import check_inputs_unchanged
 from ..training import is_main_process
 from .plan import RunPlan
 from .store import CACHE_BYTES, Sink, spill_folder
@@ -102,4 +103,7 @@ def predict_run(plan: RunPlan, result: SegmentationResult, out: Path | None,
     if not predicts(result):
         return 0.0
     with spill_folder(out, every_process=result.space is not None) as work:
-        return predict(plan, result, sinks(result), work=work, ownership=ownership, cache_bytes=cache_bytes)
+        seconds = predict(plan, result, sinks(result), work=work, ownership=ownership, cache_bytes=cache_bytes)
+    # the processes that predict (all of a split model, else rank 0 alone) say it together
+    check_inputs_unchanged("during the prediction", collective=result.space is not None)
+    return seconds

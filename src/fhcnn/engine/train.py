@@ -32,6 +32,7 @@ from .. import log as _log
 from ..data.lazy import LazyVolume
 from ..memory import SavedTensorCounter
 from ..options import IGNORE
+from ..rundir import check_inputs_unchanged
 from ..training import Trainer
 from ..training.device import CpuThreads
 from ..training.distributed import shard_batch
@@ -342,6 +343,7 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
                       reports_progress=reports_progress, **(space.trainer_options() if space else {}))
     step_loss.clock = lambda: trainer.train_time_s
     trainer.fit(resume=resume)
+    check_inputs_unchanged("during training", collective=True)  # every process trains: all say it
     result.device = trainer.device
     result.train_time_s = trainer.train_time_s
     result.model = model.to(result.device)

@@ -261,7 +261,7 @@ def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Cal
     ``after.zarr``, or ``dates.zarr`` for one file holding both; recorded in ``run.json``) and
     read from there; the private copies are removed."""
     from ...data.lazy import staged_copies
-    from ...rundir import copy_input
+    from ...rundir import copy_input, stop_watching_input
 
     before, after = staged_copies(inputs.before), staged_copies(inputs.after)
     named = {"dates": before[0]} if before and after and before[0] is after[0] else \
@@ -269,3 +269,5 @@ def local_copies(inputs: ChangeInputs, folder: Path, cfg: ChangeConfig, log: Cal
     for name, staged in named.items():
         staged.adopt(copy_input(folder, name, staged.array, staged.array.chunks, axis=0, train=cfg.train,
                                 why="its file is compressed", log=log, resume=resume))
+        for role in ("before", "after") if name == "dates" else (name,):
+            stop_watching_input(role)  # decoded whole before the run began: read from the copy

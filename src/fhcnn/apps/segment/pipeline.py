@@ -151,10 +151,11 @@ def local_copy(plan: RunPlan, inputs: VideoInputs, folder: Path, log: Callable[[
     frames = inputs.frames
     if not (isinstance(frames, VideoFrames) and frames.sequential):
         return
-    from ...rundir import copy_input
+    from ...rundir import copy_input, stop_watching_input
 
     copy_ = copy_input(folder, "video", frames.planar(), (1, 64, 64, 64), axis=1, train=plan.config.train,
                        why=f"{frames.path} is decoded frame by frame", log=log, resume=resume)
+    stop_watching_input("video")  # read from the copy from now on
     plan.read_from([ChannelView(copy_, c, axis=0) for c in range(3)])
 
 

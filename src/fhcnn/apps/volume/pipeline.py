@@ -624,6 +624,11 @@ class _UNet:
         return m
 
 
+def image_role(i: int) -> str:
+    """The name of the ``i``-th IMAGE among the run's inputs (``run.json``): ``image``, ``image1`` ..."""
+    return f"image{i}" if i else "image"
+
+
 def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: str, *,
                    eval_labels: str | None = None, ignore: int = 255, channel_axis: int | None = None,
                    save_probs: bool = False, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -636,7 +641,7 @@ def volume_command(images: Sequence[str], labels: str, cfg: VolumeConfig, out: s
     from ...rundir import prepare_output_dir, same_inputs_everywhere
     from .inputs import load_volume_inputs
 
-    specs = {**{f"image{i}" if i else "image": p for i, p in enumerate(images)}, "labels": labels,
+    specs = {**{image_role(i): p for i, p in enumerate(images)}, "labels": labels,
              "eval_labels": eval_labels}
     # a zarr or HDF5 spec (x.zarr:raw) stands for its store: that is what is fingerprinted and what
     # OUT may neither be, lie in nor contain; the array inside it is part of the run's identity
@@ -678,7 +683,7 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
     run folder (``inputs/``, recorded in ``run.json``), and point the plan and ``inputs`` at the
     copies: training, prediction, the baselines and the figure then read from them. With ``resume``
     the copies the interrupted run made are read again where they are complete and unchanged."""
-    from ...rundir import copy_input
+    from ...rundir import copy_input, stop_watching_input
 
     slow = inputs.compressed
     if not any(slow):
@@ -695,6 +700,12 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
             continue
         copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, train=plan.config.train,
                                   why="its file is compressed", log=log, resume=resume)
+    # from now on the run reads the copies: the files of those inputs may change without harm
+    images = [image_role(i) for i in range(len(inputs.sources.get("images", [])))]
+    roles = [role for role in images if all(f"image{i}" in copies for i in range(n))] \
+        + [role for role in ("labels", "eval_labels") if role in copies]
+    for role in roles:
+        stop_watching_input(role)
     inputs.channels = [copies.get(f"image{i}", c) for i, c in enumerate(inputs.channels)]
     plan.read_from(inputs.channels)
     if "labels" in copies:
