@@ -93,6 +93,17 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return "missing"
 
 
+def by_time(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`fingerprint` of ``path`` holds modification times (a file, or the files of
+    a folder, over ``HASH_LIMIT`` bytes): then it differs between identical copies."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.stat().st_size > HASH_LIMIT
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) > HASH_LIMIT
+    return False
+
+
 def content_digest(path: str | os.PathLike[str]) -> str:
     """The sha256 of everything an input holds (of a folder, its files by relative name), read
     whole: unlike :func:`fingerprint` it does not depend on where and when the files were written,
@@ -655,6 +666,32 @@ def _role_record(value: Any) -> dict[str, Any]:
     return out
 
 
+def _print_of(record: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What identifies an input's contents in its record as read now: its fingerprints."""
+    return record.get("fingerprint"), record.get("also")
+
+
+def _add_contents(records: Mapping[str, dict[str, Any]], roles: Mapping[str, Any]) -> None:
+    """Add ``"content"`` (the :func:`content_digest` of each of its files, in order) to the
+    record of every input whose fingerprint holds modification times (:func:`by_time`), so that
+    ``--resume`` accepts an identical copy of it, made later or elsewhere (read whole once)."""
+    for role, record in records.items():
+        paths = _role_paths(roles[role])
+        if "content" not in record and any(by_time(q) for q in paths):
+            record["content"] = [content_digest(q) for q in paths]
+
+
+def _same_contents(old: Mapping[str, Any], new: dict[str, Any], paths: Sequence[Any]) -> bool:
+    """Whether an input whose fingerprint differs from the recorded one (another modification
+    time, another path) holds the recorded contents: compared by the digests the run recorded
+    (``"content"``, read whole now; then kept in ``new``); ``False`` without them."""
+    recorded = old.get("content")
+    if not isinstance(recorded, list) or len(recorded) != len(paths):
+        return False
+    new["content"] = new.get("content") or [content_digest(q) for q in paths]
+    return bool(new["content"] == recorded)
+
+
 #: ``OSError`` numbers of a file system that takes no more writes (full, over quota, read-only).
 UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
@@ -731,7 +768,7 @@ class InputsChangedError(TrainingError):
 
 def _changed_roles(run: RunFolder, roles: Iterable[str] | None = None) -> list[str]:
     return [role for role, (paths, record) in run.read_inputs.items()
-            if (roles is None or role in roles) and _role_record(paths) != record]
+            if (roles is None or role in roles) and _print_of(_role_record(paths)) != _print_of(record)]
 
 
 def _changed_line(run: RunFolder, changed: Sequence[str], when: str) -> str:
@@ -785,11 +822,21 @@ _RECORDED_NOT_OPTIONS = {"arrays": "the arrays read inside the input stores (x.z
 CONFIG_DIFFERS = "the resolved config (--config/--set) differs"
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[str]) -> list[str]:
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], accepted: set[str],
+                 roles: Mapping[str, Any] | None = None) -> list[str]:
+    """What differs between the recorded run ``old`` and the run ``new`` would be (``run.json``
+    records). An input over ``HASH_LIMIT`` whose fingerprint differs (a copy made later, or at
+    another path) but that holds the contents the run recorded is the same input (read whole to
+    tell; its new record keeps those contents); with the same fingerprint it keeps them too."""
     diff = []
     old_in, new_in = old.get("inputs", {}) or {}, new.get("inputs", {}) or {}
     for role in sorted(set(old_in) | set(new_in)):
         a, b = old_in.get(role), new_in.get(role)
+        if a is not None and b is not None and "content" in a:
+            if _print_of(a) == _print_of(b):
+                b.setdefault("content", a["content"])
+            elif roles is not None and role in roles and _same_contents(a, b, _role_paths(roles[role])):
+                continue
         if a is None or b is None:
             diff.append(f"--{role.replace('_', '-')} {'added' if a is None else 'dropped'}")
         elif a.get("fingerprint") != b.get("fingerprint") and a.get("path") == b.get("path"):
@@ -840,7 +887,7 @@ def _config_changes(run: "RunFolder", config: Any) -> list[str]:
 def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resume: bool,
           overwrite: bool, names: Sequence[str], config_file: str | os.PathLike[str] | None,
           accepted: set[str], resumable: bool, collect: bool,
-          config: Any = None) -> tuple[RunFolder, list[str], list[str]]:
+          config: Any = None, roles: Mapping[str, Any] | None = None) -> tuple[RunFolder, list[str], list[str]]:
     """Every check of :func:`prepare_output_dir`, reading only: ``(the new run's record, files to
     remove, files kept that fhcnn listed but that changed since)``."""
     alias = Path(os.path.abspath(out_path))
@@ -865,7 +912,7 @@ def _plan(out_path: Path, out_abs: Path, new: dict[str, Any], *, tool: str, resu
                          f"a new or empty folder")
     old = RunFolder(out_abs, marker or {}, alias=alias)
     if resume and marker is not None:
-        diff = _differences(marker, new, accepted)
+        diff = _differences(marker, new, accepted, roles)
         changes = _config_changes(old, config) if CONFIG_DIFFERS in diff else []
         if changes:  # name the keys
             diff[diff.index(CONFIG_DIFFERS)] = (f"the resolved config (--config/--set) differs: "
@@ -1019,7 +1066,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
            "config_sha256": digest,
            "options": json.loads(json.dumps(dict(extra or {}), default=str)), "files": []}
     how = dict(tool=tool, resume=resume, overwrite=overwrite, names=names, config_file=config_file,
-               accepted=accepted, resumable=resumable, collect=collect, config=config)
+               accepted=accepted, resumable=resumable, collect=collect, config=config, roles=roles)
     created = False
     if not out_abs.exists():
         _plan(out_path, out_abs, dict(new), **how)  # type: ignore[arg-type]
@@ -1059,6 +1106,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
                 run.dirs.discard(d)
             except OSError:
                 pass
+    _add_contents(records, roles)  # once every check passed: inputs over HASH_LIMIT read whole
     run._save()
     run.read_inputs = {k: (roles[k], records[k]) for k in roles if k in records}
     run.activate()

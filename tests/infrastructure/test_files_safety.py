@@ -1052,3 +1052,38 @@ def test_27_an_input_the_run_copied_may_change_afterwards(tmp_path, monkeypatch,
     _change_after(monkeypatch, "fhcnn.training.trainer:Trainer.fit", frames / "00000.png")
     rc, err = run_cli(["segment", frames, "--labels", tmp_path / "m.npy", "--out", tmp_path / "o", *TINY])
     assert rc == 0, err
+
+
+# ------------------------------------- 28. --resume from an identical copy of a large input
+def test_28_resume_accepts_an_identical_copy_of_a_large_input(data, tmp_path, monkeypatch):
+    """Inputs over HASH_LIMIT are fingerprinted by size and modification time: ``--resume`` from
+    a copy of them (made later, e.g. on another machine's disk, or at another path) was refused
+    as "changed since the run", though nothing had. The run records their contents (sha256, read
+    whole once), and ``--resume`` reads a copy whose fingerprint differs and accepts it when its
+    contents are the recorded ones; a copy with one byte changed (same size) is refused."""
+    import shutil
+
+    from fhcnn import rundir
+
+    monkeypatch.setattr(rundir, "HASH_LIMIT", 1024)  # every input of the tiny run is "large"
+    out = tmp_path / "o"
+    assert run_cli(seg(data, out, "--set", "train.steps=4", "--set", "train.checkpoint_every=2"))[0] == 0
+    marker = json.loads((out / "run.json").read_text())
+    assert marker["inputs"]["video"]["fingerprint"].split(":")[1] == "mtime"
+    assert marker["inputs"]["video"]["content"] == [rundir.content_digest(data / "v.npy")]
+    copies = tmp_path / "node2"
+    copies.mkdir()
+    for name in ("v.npy", "m.npy"):
+        shutil.copyfile(data / name, copies / name)  # new files: other mtimes
+        os.utime(copies / name, ns=(10**18, 10**18))
+    assert rundir.fingerprint(copies / "v.npy") != marker["inputs"]["video"]["fingerprint"]
+    rc, err = run_cli(seg(copies, out, "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--resume"))
+    assert rc == 0, err
+    resumed = json.loads((out / "run.json").read_text())["inputs"]["video"]
+    assert resumed["path"] == str(copies / "v.npy") and resumed["content"] == marker["inputs"]["video"]["content"]
+    a = bytearray((copies / "m.npy").read_bytes())
+    a[-1] ^= 1  # one label of the last frame
+    (copies / "m.npy").write_bytes(bytes(a))
+    line = refused(seg(copies, out, "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--resume"),
+                   "--resume")
+    assert f"labels ({copies / 'm.npy'}) changed since the run" in line, line
