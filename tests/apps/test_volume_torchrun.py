@@ -76,7 +76,12 @@ def note(**what):
 
 def fitting(self, *args, **kwargs):
     note(what="train", parameters=sum(p.numel() for p in self.model.parameters()))
-    return fit(self, *args, **kwargs)
+    out = fit(self, *args, **kwargs)
+    if current[0] == "changed" and os.environ["RANK"] == "0":  # the labels saved again meanwhile
+        import numpy as np
+        labels = runs_file.parent / "changed-input" / "lab.npy"
+        np.save(labels, np.where(np.load(labels) == 1, 2, np.load(labels)).astype("uint8"))
+    return out
 
 def predicting(self, *args, **kwargs):
     note(what="predict", arch=self.config.model.arch, work=str(kwargs.get("work")))
@@ -123,19 +128,26 @@ def launched(vol, tmp_path_factory) -> Path:
         mixed = _args(vol, root / name / "out")
         mixed[mixed.index("--labels") + 1] = "lab.npy"
         runs.append([name, str(root / name / "out"), mixed, str(root / name / "rank{rank}")])
+    # labels rank 0 saves again once the network is trained (the launch script does it)
+    (root / "changed-input").mkdir()
+    changed = _args(vol, root / "changed")
+    changed[changed.index("--labels") + 1] = str(root / "changed-input" / "lab.npy")
+    runs.append(["changed", str(root / "changed"), changed, None])
     (root / "runs.json").write_text(json.dumps(runs))
     (root / "launch.py").write_text(_LAUNCH)
     repo = Path(__file__).parents[2]
     env = launch_env(pythonpath=[repo / "src", repo], TMPDIR=str(root / "tmp"))
 
     def clean() -> None:
-        for name in RUNS:
+        for name in [*RUNS, "changed"]:
             shutil.rmtree(root / name, True)
+        shutil.copyfile(vol / "lab.npy", root / "changed-input" / "lab.npy")
         for out in root.glob("mixed*/out"):
             shutil.rmtree(out)
         for p in [*root.glob("record-*.jsonl"), *root.glob("metrics-*.json")]:
             p.unlink()
 
+    clean()
     proc = torchrun(2, [str(root / "launch.py"), str(root / "runs.json")], clean=clean, env=env)
     (root / "launch.err").write_text(proc.stderr)
     return root
@@ -268,6 +280,20 @@ def test_processes_that_read_other_inputs_are_refused_before_out_exists(launched
               if line.startswith("error: labels lab.npy")]
     assert len(errors) == 4 and all(line.startswith("error: labels lab.npy: rank 1 of 2 reads other contents there "
                                                     "than rank 0 (") for line in errors), errors
+
+
+def test_labels_saved_again_during_training_stop_every_process(launched) -> None:
+    # rank 0 saved the labels again once the network was trained: the processes went on to the
+    # baseline and the prediction with the new labels, exit 0. Every process stops after the
+    # training (rank 0 compared them and said so to the others), exit 1, with one line
+    codes = [json.loads(line) for line in (launched / "record-changed.jsonl").read_text().splitlines()]
+    assert sorted((c["rank"], c["what"], c.get("code")) for c in codes if c["what"] != "train") == \
+        [("0", "exit", 1), ("1", "exit", 1)]
+    assert sum(c["what"] == "train" for c in codes) == 2  # the U-Net baseline was never trained
+    errors = [line for line in (launched / "launch.err").read_text().splitlines() if "changed during" in line]
+    assert len(errors) == 2 and all(line.startswith(f"error: labels {launched / 'changed-input' / 'lab.npy'} "
+                                                    f"changed during training") for line in errors), errors
+    assert not (launched / "changed" / "prediction.npy").exists()
 
 
 def test_a_refusal_under_torchrun_is_printed_by_rank_0_and_after_a_wait_by_the_others(vol, tmp_path, monkeypatch,

@@ -160,18 +160,21 @@ def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
     import fhcnn.cli as cli
     import fhcnn.cli.info as info
     from fhcnn.errors import InputError
+    from fhcnn.rundir import InputsChangedError
 
     waits: list[float] = []
     monkeypatch.setattr(cli.time, "sleep", waits.append)
-    for rank, error, waited in (("1", InputError("input.npy: contains NaN"), [cli.REFUSAL_GRACE_S]),
-                                ("1", PermissionError("out/slab.zarr: permission denied"), []),
-                                ("0", InputError("input.npy: contains NaN"), [])):
+    changed = InputsChangedError("labels lab.npy changed during training")  # every process finds it
+    for rank, error, waited, code in (("1", InputError("input.npy: contains NaN"), [cli.REFUSAL_GRACE_S], 2),
+                                      ("1", PermissionError("out/slab.zarr: permission denied"), [], 2),
+                                      ("0", InputError("input.npy: contains NaN"), [], 2),
+                                      ("1", changed, [cli.REFUSAL_GRACE_S], 1), ("0", changed, [], 1)):
         def boom(args, error=error):
             raise error
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setattr(info, "run", boom)
         waits.clear()
-        assert main(["info"]) == 2
+        assert main(["info"]) == code
         assert waits == waited and capsys.readouterr().err.strip() == f"error: {error}"
 
 
