@@ -294,8 +294,10 @@ def test_change_map_formats(tmp_path):
 
 
 def test_palette_masks_are_read_by_index_not_colour(tmp_path):
-    """As docs/change.md says: a palette mask whose index 0 is white and index 1 black marks
-    the pixels of index 1 (shown black), not the white ones."""
+    """As docs/change.md says: a palette label map is read by index (0 unchanged, 1 changed)
+    whatever colours its palette shows. A palette mask of members (``--changed``) whose index 0
+    shows white and index 1 black marked the black pixels as changed, the opposite of what it
+    shows, without a word: refused, naming the colours; with index 0 black it is read by index."""
     from PIL import Image
 
     idx = np.zeros((3, 4), np.uint8)
@@ -303,8 +305,14 @@ def test_palette_masks_are_read_by_index_not_colour(tmp_path):
     im = Image.fromarray(idx, mode="P")
     im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
     im.save(tmp_path / "changed.png")
-    np.testing.assert_array_equal(labels_from_masks(tmp_path / "changed.png", None, (3, 4)), idx)
     np.testing.assert_array_equal(read_change_map(tmp_path / "changed.png", (3, 4)), idx)
+    for changed, unchanged in ((tmp_path / "changed.png", None), (None, tmp_path / "changed.png")):
+        with pytest.raises(InputError, match=r"^--(un)?changed .*changed.png: its palette shows index 0 as "
+                                             r"\(255, 255, 255\) and index 1 black"):
+            labels_from_masks(changed, unchanged, (3, 4))
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 0 black, 1 red
+    im.save(tmp_path / "red.png")
+    np.testing.assert_array_equal(labels_from_masks(tmp_path / "red.png", None, (3, 4)), idx)
 
 
 def test_a_label_image_of_several_images_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,7 +22,25 @@ from .readers import _mat_variables, _pick_mat_cube
 __all__ = ["read_change_map", "labels_from_masks", "sample_labels", "check_labels"]
 
 
-def _read_2d(path: Path) -> np.ndarray:
+def _inverted_palette(im: Any, arr: np.ndarray) -> tuple[tuple[int, ...], int] | None:
+    """``(colour of index 0, a used index shown black)`` where the palette image ``im`` shows
+    index 0 in a colour and another index it uses in black: read by index (nonzero = member) it
+    marks the opposite of what it shows."""
+    pal = im.getpalette() or []
+
+    def colour(i: int) -> tuple[int, ...]:
+        return tuple(pal[3 * i:3 * i + 3])
+
+    if len(pal) < 3 or colour(0) == (0, 0, 0):
+        return None
+    black = [int(v) for v in np.unique(arr) if v != 0 and colour(int(v)) == (0, 0, 0)]
+    return (colour(0), black[0]) if black else None
+
+
+def _read_2d(path: Path, marks: str | None = None) -> np.ndarray:
+    """The 2D map or mask ``path`` holds (by value: a palette image by index). ``marks``: the
+    option of a mask of members (``--changed``), whose palette may not show index 0 in a colour
+    and a used index in black (:func:`_inverted_palette`)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
@@ -61,6 +79,12 @@ def _read_2d(path: Path) -> np.ndarray:
                     arr = np.asarray(im.convert("RGB"))
                 else:
                     arr = np.asarray(im)
+                inverted = _inverted_palette(im, arr) if marks is not None and im.mode in ("P", "PA") else None
+                if inverted is not None:
+                    raise InputError(f"{marks} {path}: its palette shows index 0 as {inverted[0]} and index "
+                                     f"{inverted[1]} black, and a mask is read by index (nonzero = member): it "
+                                     f"would mark the opposite of what it shows; save it as a grey image "
+                                     f"(black 0 = not a member)")
         except (UnidentifiedImageError, OSError) as e:
             raise InputError(f"{path}: cannot read as an image ({e})") from None
     arr = np.asarray(arr)
@@ -137,7 +161,7 @@ def labels_from_masks(changed: str | os.PathLike[str] | None, unchanged: str | o
     maps, unknown = {}, {}
     for name, p in (("changed", changed), ("unchanged", unchanged)):
         if p is not None:
-            arr = _read_2d(Path(p))
+            arr = _read_2d(Path(p), marks=f"--{name}")
             _check_shape(arr, shape, Path(p))
             a = arr.astype(np.float64)
             maps[name], unknown[name] = np.isfinite(a) & (a != 0), np.isnan(a)
