@@ -6,6 +6,7 @@ classes without a labelled voxel, and volumes (windows) of one voxel at the netw
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -571,3 +572,46 @@ def test_only_what_both_files_state_is_compared(tmp_path):
     nm = _geometry_file(tmp_path / "nm2.zarr", labels, "ome", {"scale": [2000.0, 250.0, 250.0], "unit": "nanometer"})
     with pytest.raises(InputError, match=r"voxel spacing \(2000, 250, 250\) nanometer against \(2, 0.5, 0.5\)"):
         load_volume_inputs([img], nm)
+
+
+@pytest.mark.parametrize("kind", ["nan", "minus-one"])
+def test_nan_and_a_negative_ignore_value_mark_unlabelled_voxels(tmp_path, kind):
+    """Float labels with NaN for unlabelled voxels (as segment's and change's label arrays read
+    them) were refused ("labels are integers"), and signed labels with -1 could not say so
+    (--ignore took 0..65535 only). Both run, with the prediction and scores of the same labels
+    written with 255."""
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[:, :, SHAPE[2] // 2:] = 1
+    np.save(tmp_path / "truth.npy", truth)
+    labels = np.load(lab)
+    if kind == "nan":
+        other, extra = np.where(labels == 255, np.nan, labels).astype(np.float32), []
+    else:
+        other, extra = np.where(labels == 255, -1, labels.astype(np.int16)), ["--ignore", "-1"]
+    np.save(tmp_path / "other.npy", other)
+    runs = {}
+    for name, spec, flags in (("255", lab, []), (kind, str(tmp_path / "other.npy"), extra)):
+        out = tmp_path / name
+        assert main(["volume", img, "--labels", spec, "--eval-labels", str(tmp_path / "truth.npy"),
+                     "--out", str(out), *flags] + TINY) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        runs[name] = (np.load(out / "prediction.npy"), {k: metrics[k] for k in ("miou", "iou", "dice")})
+    np.testing.assert_array_equal(runs[kind][0], runs["255"][0])
+    assert runs[kind][1] == runs["255"][1]
+
+
+def test_an_infinite_label_and_an_ignore_value_out_of_range_are_refused(tmp_path, capsys):
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, lab = _volume(tmp_path, image)
+    labels = np.load(lab).astype(np.float32)
+    labels[0, 0, 0] = np.inf
+    np.save(tmp_path / "inf.npy", labels)
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", str(tmp_path / "inf.npy"), "--out", str(tmp_path / "o")] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: labels {tmp_path / 'inf.npy'} hold the value inf at voxel (0, 0, 0): labels are integers "
+                   f"(classes 0, 1, ... and --ignore 255 or NaN; floats with integral values are accepted)"], err
+    assert main(["volume", img, "--labels", lab, "--ignore", "70000", "--out", str(tmp_path / "o")] + TINY) == 2
+    assert "--ignore 70000: use a label value" in capsys.readouterr().err

@@ -598,6 +598,15 @@ def _first(bad: np.ndarray, x: np.ndarray, box: Sequence[slice]) -> tuple[tuple[
     return tuple(int(w + s.start) for w, s in zip(where, box)), (v.item() if hasattr(v, "item") else v)
 
 
+def unlabelled(x: np.ndarray, ignore: int) -> np.ndarray:
+    """The voxels of a block ``x`` of labels that are unlabelled: equal to ``ignore``, or NaN
+    in float labels (as the label maps and masks of the other commands read it)."""
+    out = x == ignore
+    if x.dtype.kind == "f":
+        out |= np.isnan(x)
+    return np.asarray(out)
+
+
 def scan_labels(labels: ArrayLike, ignore: int = 255, *, limit: int = 256, max_points: int = MAX_POINTS,
                 max_bytes: int = SLAB_BYTES, slab_axis: int = 0, what: str = "labels",
                 share: PassShare = ONE_PROCESS) -> LabelScan:
@@ -651,13 +660,13 @@ def _scan_slabs(labels: ArrayLike, boxes: Sequence[tuple[slice, ...]], block: ra
         if x.dtype == bool:
             x = x.view(np.uint8)
         if floating:
-            bad = ~np.isfinite(x) | (x != np.round(x))
+            bad = np.isinf(x) | (np.isfinite(x) & (x != np.round(x)))
             if bad.any():
                 pos, v = _first(bad, x, box)
                 part.error = (i, f"{what} hold the value {v} at voxel {pos}: labels are integers (classes 0, 1, "
-                                 f"... and --ignore {ignore}; floats with integral values are accepted)")
+                                 f"... and --ignore {ignore} or NaN; floats with integral values are accepted)")
                 break
-        unl = x == ignore
+        unl = unlabelled(x, ignore)
         lab = ~unl
         bad = lab & ((x < 0) | (x >= limit))
         if bad.any():
@@ -666,7 +675,7 @@ def _scan_slabs(labels: ArrayLike, boxes: Sequence[tuple[slice, ...]], block: ra
                              f"(0..{limit - 1}) nor the --ignore value {ignore}")
             break
         part.unlabelled += int(np.count_nonzero(unl))
-        xi = x.astype(np.int64, copy=False)
+        xi = np.where(unl, -1, x).astype(np.int64, copy=False) if floating else x.astype(np.int64, copy=False)
         part.counts += np.bincount(xi[lab], minlength=limit)[:limit]
         for a in range(nd):
             other = tuple(b for b in range(nd) if b != a)

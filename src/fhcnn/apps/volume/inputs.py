@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...data.lazy import ONE_PROCESS, PassShare
+from ...data.lazy import ONE_PROCESS, PassShare, unlabelled
 from ...data.volumes import LabelSummary, open_images, open_label_volume, summarize_labels
 from ...errors import InputError
 from ...options import IGNORE
@@ -31,7 +31,8 @@ AXIS_NAMES = ("D", "H", "W")
 
 
 class Relabelled:
-    """A ``(D, H, W)`` label array-like read as uint8 with ``ignore`` turned into ``IGNORE`` (255)."""
+    """A ``(D, H, W)`` label array-like read as uint8 with ``ignore`` (and NaN in float labels)
+    turned into ``IGNORE`` (255)."""
 
     def __init__(self, array: Any, ignore: int) -> None:
         self.array, self.ignore = array, int(ignore)
@@ -43,7 +44,7 @@ class Relabelled:
         x = np.asarray(self.array[key])
         if self.ignore == IGNORE and x.dtype == np.uint8:
             return x
-        return np.where(x == self.ignore, IGNORE, x).astype(np.uint8)
+        return np.where(unlabelled(x, self.ignore), IGNORE, x).astype(np.uint8)
 
 
 class HeldOut:
@@ -120,8 +121,9 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
     Raises:
         InputError: one line naming the problem.
     """
-    if not 0 <= ignore <= 65535:
-        raise InputError(f"--ignore {ignore}: use a label value 0..65535 (default 255)")
+    if not -2**31 <= ignore <= 65535:
+        raise InputError(f"--ignore {ignore}: use a label value -2147483648..65535 (default 255; e.g. -1 for "
+                         f"signed labels)")
     channels, geom, opened = open_images(list(images), channel_axis)
     shape = tuple(int(n) for n in opened[0].shape)
     lab = open_label_volume(labels, shape, ignore, what="labels", share=share, grid=opened[0])

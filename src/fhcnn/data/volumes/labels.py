@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..lazy import ONE_PROCESS, SLAB_BYTES, ArrayLike, LabelScan, PassShare, iter_slabs, scan_labels
+from ..lazy import ONE_PROCESS, SLAB_BYTES, ArrayLike, LabelScan, PassShare, iter_slabs, scan_labels, unlabelled
 from ._common import OpenedVolume
 
 __all__ = ["LabelSummary", "LabelVolume", "summarize_labels", "open_label_volume", "unwritten_note",
@@ -162,13 +162,13 @@ def _outside(labels: ArrayLike, ignore: int, dense: Sequence[Sequence[int]], sha
         if x.dtype == bool:
             x = x.view(np.uint8)
         inside = masks[0][box[0], None, None] | masks[1][None, box[1], None] | masks[2][None, None, box[2]]
-        n += int(np.count_nonzero((x != ignore) & ~inside))
+        n += int(np.count_nonzero(~unlabelled(x, ignore) & ~inside))
     return sum(share.combine(n))
 
 
 class LabelVolume:
     """A checked label volume: an array-like ``(D, H, W)`` of integers (floats with integral
-    values come back as int32, bool as uint8) with its :class:`LabelSummary`.
+    values come back as int32, their NaN as ``ignore``; bool as uint8) with its :class:`LabelSummary`.
 
     Attributes:
         opened: the file (``opened.compressed``, ``opened.geometry`` ...).
@@ -177,8 +177,10 @@ class LabelVolume:
             as a class: :func:`unwritten_note`), or ``None``.
     """
 
-    def __init__(self, opened: OpenedVolume, summary: LabelSummary, note: str | None = None) -> None:
+    def __init__(self, opened: OpenedVolume, summary: LabelSummary, note: str | None = None,
+                 ignore: int = 255) -> None:
         self.opened = opened
+        self.ignore = int(ignore)  # what NaN (unlabelled) of float labels comes back as
         self.array = opened.channels[0]
         self.summary = summary
         self.note = note
@@ -189,7 +191,10 @@ class LabelVolume:
             else np.dtype(self.array.dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.array[key]).astype(self.dtype, copy=False)
+        x = np.asarray(self.array[key])
+        if x.dtype.kind == "f":
+            x = np.where(np.isnan(x), self.ignore, x)
+        return x.astype(self.dtype, copy=False)
 
 
 def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num_classes: int | None = None,
@@ -222,7 +227,7 @@ def open_label_volume(spec: str, shape: Sequence[int], ignore: int = 255, *, num
         check_same_grid(grid, v, what)
     summary = summarize_labels(v.channels[0], ignore, num_classes=num_classes, what=f"{what} {spec}",
                                slab_axis=v.slab_axis, max_bytes=max_bytes, share=share)
-    return LabelVolume(v, summary, unwritten_note(v, ignore, f"{what} {spec}"))
+    return LabelVolume(v, summary, unwritten_note(v, ignore, f"{what} {spec}"), ignore)
 
 
 def unwritten_note(v: OpenedVolume, ignore: int, what: str) -> str | None:
