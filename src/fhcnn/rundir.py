@@ -246,6 +246,9 @@ it is gone; what a killed run left there is removed by the next run of the folde
     """
 
     active: "RunFolder | None" = None
+    #: on a process of a ``torchrun`` launch other than rank 0: the folder of the run it takes
+    #: part in (rank 0 holds it, as :attr:`active`), for the lines that name where to go on from
+    joined: Path | None = None
 
     def __init__(self, root: Path, marker: dict[str, Any], created: bool = False,
                  alias: Path | None = None) -> None:
@@ -574,7 +577,7 @@ it is gone; what a killed run left there is removed by the next run of the folde
     @staticmethod
     def deactivate() -> None:
         run = RunFolder.active
-        RunFolder.active = None
+        RunFolder.active = RunFolder.joined = None
         atomic.set_write_guard(None)
         if run is not None:
             run.unlock()
@@ -696,25 +699,41 @@ def _same_contents(old: Mapping[str, Any], new: dict[str, Any], paths: Sequence[
 UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
+def _run_root() -> Path | None:
+    """The folder of the run this process takes part in: the active run folder (rank 0, one
+    process), or the one rank 0 holds for the run of a ``torchrun`` launch (:attr:`RunFolder.joined`)."""
+    run = RunFolder.active
+    return run.root if run is not None else RunFolder.joined
+
+
 def stopped_run_line(what: str, resumable: bool, then: str = "continue") -> str:
     """The one line of a command stopped by ``what`` (``interrupted (SIGINT)``, ...) in the
-    active run folder, if any: :func:`~fhcnn.training.distributed.stopped_line` (the last step,
-    the last intact checkpoint, ``then`` ``--resume`` where the command is ``resumable``)."""
+    run folder of this process's run, if any (:func:`_run_root`):
+    :func:`~fhcnn.training.distributed.stopped_line` (the last step, the last intact checkpoint,
+    ``then`` ``--resume`` where the command is ``resumable``)."""
     from .training.distributed import stopped_line
 
-    run = RunFolder.active
-    return stopped_line(what, run.root if run is not None else None, resumable, then)
+    return stopped_line(what, _run_root(), resumable, then)
+
+
+#: What a run stopped by a file system that takes no more writes advises before ``--resume``.
+_MAKE_ROOM = "free space on that file system (or make it writable), then continue"
 
 
 def unwritable_line(e: OSError, resumable: bool) -> str:
     """The one line of a run whose file system took no more writes (``e.errno`` one of
     :data:`UNWRITABLE_ERRNOS`): what could not be written, and where to go on from once there is
-    room (:func:`stopped_run_line`)."""
-    run = RunFolder.active
-    where = f" {e.filename}" if e.filename else f" in {run.root}" if run is not None else ""
-    return (f"error: cannot write{where}: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '')}); "
-            + stopped_run_line("this run stopped", resumable,
-                               then="free space on that file system (or make it writable), then continue"))
+    room (:func:`stopped_run_line`). Under ``torchrun`` the other processes of the run are told
+    too (:func:`~fhcnn.training.distributed.tell_others`): the wait for this process that fails
+    in each of them, or ``torchrun``'s SIGTERM, is then a line naming this cause and the same
+    checkpoint, not a process that merely stopped answering."""
+    from .training.distributed import tell_others
+
+    root = _run_root()
+    where = f" {e.filename}" if e.filename else f" in {root}" if root is not None else ""
+    cause = f"cannot write{where}: {e.strerror or e} ({errno.errorcode.get(e.errno or 0, '')})"
+    tell_others(cause, _MAKE_ROOM if resumable else None)
+    return f"error: {cause}; " + stopped_run_line("this run stopped", resumable, then=_MAKE_ROOM)
 
 
 def join_processes(train: TrainConfig) -> DistInfo | None:
@@ -1035,9 +1054,10 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     :mod:`fhcnn.atomic` is checked and recorded (:class:`RunFolder`), and the folder is locked.
 
     Under multi-process training (``torchrun``: environment ``RANK``) only rank 0 checks and
-    creates the folder; the other ranks just return the path. With a joined process group every
-    process fingerprints the inputs (rank 0 once its checks of them passed), and a process that
-    reads other contents than rank 0 is refused on every process (:func:`same_inputs_everywhere`);
+    creates the folder; the other ranks just return the path (noted as :attr:`RunFolder.joined`).
+    With a joined process group every process fingerprints the inputs (rank 0 once its checks of
+    them passed), and a process that reads other contents than rank 0 is refused on every
+    process (:func:`same_inputs_everywhere`);
     ``records``: what it returned for ``roles`` where the caller compared them already (read and
     compared once, not again here).
     """
@@ -1048,6 +1068,7 @@ def prepare_output_dir(out: str | os.PathLike[str], resume: bool = False, overwr
     if not is_main_process():
         if records is None:
             same_inputs_everywhere(roles)  # as rank 0 does once its own checks of the inputs passed
+        RunFolder.joined = resolve_path(out_path, str(out_path))
         return out_path
     RunFolder.deactivate()  # one run at a time per process: an earlier one's guard and lock end
     out_abs = resolve_path(out_path, str(out_path))

@@ -7,7 +7,9 @@ is refused in one line before the folder exists."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -396,3 +398,87 @@ def test_a_process_lost_after_a_split_prediction_leaves_no_scratch(vol, tmp_path
     assert line.startswith("error: rank 0: rank 1 of 2 stopped answering") and "step-000003" in line, line
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
     assert json.loads((out / "run.json").read_text())["scratch"] == []
+
+
+
+# Runs fhcnn (sys.argv[1:]); with FULL set, the file system of OUT fills up (ENOSPC) as the process
+# of rank 1 writes its slab of a split prediction into the array the processes share there
+# (FULL=busy: as rank 1 opens that array, while rank 0 spends a minute in no wait for it).
+_FULL_IN_SLAB = r"""
+import errno, os, sys, time
+from fhcnn.apps.volume import pipeline
+from fhcnn.cli import main
+from fhcnn.engine import store
+from fhcnn.training.distributed import exit_program
+write, sinks = store.LabelSink.write, pipeline._Outputs.sinks
+
+def full(self, box, prob):
+    if os.environ.get("FULL") and os.environ["RANK"] == "1":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write(self, box, prob)
+
+def busy(self, result):
+    made = sinks(self, result)
+    if os.environ["RANK"] == "1":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    time.sleep(60)
+    return made
+
+store.LabelSink.write = full
+if os.environ.get("FULL") == "busy":
+    pipeline._Outputs.sinks = busy
+exit_program(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_in_a_split_prediction_names_the_cause_and_checkpoint_on_every_process(vol, tmp_path,
+                                                                                          monkeypatch) -> None:
+    # rank 1 of a run split in space met a full disk writing its slab: its line named no
+    # checkpoint to go on from ("cannot write: No space left on device (ENOSPC); this run
+    # stopped": only rank 0 holds the run folder), and rank 0's named rank 1 as a process that
+    # stopped answering, not the full disk. Each names both now, and --resume (once there is
+    # room) ends as a run never stopped
+    script, out, whole = tmp_path / "full.py", tmp_path / "out", tmp_path / "whole"
+    script.write_text(_FULL_IN_SLAB)
+
+    def run(folder: Path, *more: str) -> list[tuple[int, str]]:
+        args = [*_args(vol, folder), "--set", "parallel.space=2", "--set", "data.batch_size=2",
+                "--set", "volume.baselines=", "--set", "train.peer_timeout=20", *more]
+        with started_ranks([str(script), *args]) as procs:
+            return [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+
+    assert [rc for rc, _ in run(whole)] == [0, 0]
+    monkeypatch.setenv("FULL", "1")
+    (rc0, err0), (rc1, err1) = run(out)
+    monkeypatch.delenv("FULL")
+    full, ckpt = f"cannot write in {out.resolve()}: {os.strerror(errno.ENOSPC)} (ENOSPC)", \
+        out.resolve() / "checkpoints" / "step-000003"
+    room = "free space on that file system (or make it writable), then continue with --resume"
+    assert (rc1, err1) == (1, f"error: {full}; this run stopped after step 3; the last intact checkpoint is "
+                              f"{ckpt}: {room}\n")
+    assert (rc0, err0) == (1, f"error: rank 0: rank 1 of 2 stopped: {full}; this process stops after step 3; "
+                              f"the last intact checkpoint is {ckpt}: {room}\n")
+    assert json.loads((out / "run.json").read_text())["scratch"] == []
+    assert not (out / "prediction.npy").exists()
+    assert [rc for rc, _ in run(out, "--resume")] == [0, 0]
+    for name in ("model.safetensors", "prediction.npy"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_a_process_torchrun_ends_after_a_full_disk_on_another_names_the_cause_and_checkpoint(vol, tmp_path) -> None:
+    # torchrun ended rank 0 (SIGTERM) as rank 1 failed on a full disk, rank 0 busy in no wait
+    # for it: its line said another process "failed or was killed", not that the disk was full
+    script, out = tmp_path / "full.py", tmp_path / "out"
+    script.write_text(_FULL_IN_SLAB)
+    args = [*_args(vol, out), "--set", "parallel.space=2", "--set", "data.batch_size=2",
+            "--set", "volume.baselines=", "--set", "train.peer_timeout=20"]
+    repo = Path(__file__).parents[2]
+    proc = torchrun(2, [str(script), *args], env=launch_env(pythonpath=[repo / "src", repo], FULL="busy"),
+                    clean=lambda: shutil.rmtree(out, True), done=lambda p: "ended by SIGTERM" in p.stderr)
+    full, ckpt = f"cannot write in {out.resolve()}: {os.strerror(errno.ENOSPC)} (ENOSPC)", \
+        out.resolve() / "checkpoints" / "step-000003"
+    room = "free space on that file system (or make it writable), then continue with --resume"
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {full}; this run stopped after step 3; the last intact checkpoint is {ckpt}: {room}",
+                     f"error: rank 0: ended by SIGTERM (torchrun's, as rank 1 of 2 stopped: {full}); this process "
+                     f"stops after step 3; the last intact checkpoint is {ckpt}: {room}"], lines

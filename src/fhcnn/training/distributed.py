@@ -21,11 +21,14 @@ those merely waiting in a collective. (Without ``torchrun`` the store lives in r
 process, which may be the one that stopped: no heartbeat there.) A process that fails or is
 killed under ``torchrun`` makes ``torchrun`` end the others with SIGTERM at once, before their
 collectives could fail: once training has started, each then prints the same kind of line
-(:func:`_on_terminate`) instead of vanishing without a word.
+(:func:`_on_terminate`) instead of vanishing without a word. A process that stops for a cause of
+its own (a full file system) leaves it in the group's store first (:func:`tell_others`): the
+others' lines name that cause, not a process that stopped answering.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "spawn_workers",
-           "is_main_process", "end_silently_on_terminate", "stopped_line",
+           "is_main_process", "end_silently_on_terminate", "stopped_line", "tell_others",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "all_gather_objects",
            "barrier",
@@ -385,6 +388,10 @@ def peer_failure(e: BaseException) -> PeerLostError | None:
         return None
     _failed = True
     rank, world = dist.get_rank(), dist.get_world_size()
+    told = _told()
+    if told is not None:  # it said why it stopped (tell_others): that is the line
+        other, cause, then = told
+        return PeerLostError(f"rank {rank}: rank {other} of {world} stopped: {cause}; {_where_it_stops(then)}")
     seen = _heartbeat.stopped() if _heartbeat is not None else None
     if seen is not None and seen[0]:
         lost, steps = seen
@@ -401,13 +408,68 @@ def peer_failure(e: BaseException) -> PeerLostError | None:
     return PeerLostError(f"rank {rank}: {who} stopped answering ({how}); {_where_it_stops()}")
 
 
-def _where_it_stops() -> str:
+def _where_it_stops(then: str | None = "continue") -> str:
     """The end of a lost process's line: this process's last completed step and the run's last
-    intact checkpoint (to ``--resume`` from), or that none was written yet."""
+    intact checkpoint (``then`` ``--resume`` from it; ``None``: not resumable), or that none was
+    written yet."""
     ckpt = _intact_checkpoint()
-    where = (f"the last intact checkpoint is {ckpt}: continue with --resume" if ckpt is not None
-             else "no checkpoint was written yet")
+    where = ("no checkpoint was written yet" if ckpt is None else f"the last intact checkpoint is {ckpt}"
+             + (f": {then} with --resume" if then is not None else ""))
     return f"this process stops after step {_progress.step}; {where}"
+
+
+#: Seconds a process waits for the store to take (or give) what stopped a process (tell_others).
+_TELL_WAIT_S = 2.0
+
+
+def _in_store(do: Callable[[Any], Any]) -> Any:
+    """``do(store)`` on the process group's store, given up after :data:`_TELL_WAIT_S` (the
+    store lives in ``torchrun``'s agent, else in rank 0's process, which may be gone or
+    stopped); ``None`` where it failed, timed out, or there is no group of several."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return None
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(do(dist.distributed_c10d._get_default_store()))
+        except Exception:  # the store is gone (its process ended): nothing told
+            pass
+
+    thread = threading.Thread(target=run, name="fhcnn-tell", daemon=True)
+    thread.start()
+    thread.join(_TELL_WAIT_S)
+    return box[0] if box else None
+
+
+def tell_others(cause: str, then: str | None) -> None:
+    """Leave what stops this process (``cause``: ``cannot write in OUT: No space left on device
+    (ENOSPC)``) and what to do before ``--resume`` (``then``; ``None``: not resumable) in the
+    process group's store, read back before this process ends: the wait for this process that
+    then fails in the others (:func:`peer_failure`), or ``torchrun``'s SIGTERM
+    (:func:`_on_terminate`), is a line naming this cause instead of a process that stopped
+    answering. Nothing without a group of several; best effort (a store that does not answer)."""
+    key, value = f"fhcnn/stopped/{dist_info().rank}", json.dumps([cause, then])
+
+    def put(store: Any) -> bytes:
+        store.set(key, value)
+        return bytes(store.get(key))  # once read back, the store holds it before this process ends
+
+    _in_store(put)
+
+
+def _told() -> tuple[int, str, str | None] | None:
+    """``(rank, cause, then)`` of another process that said why it stopped (:func:`tell_others`)."""
+    me, world = dist_info().rank, dist_info().world_size
+
+    def read(store: Any) -> tuple[int, str, str | None] | None:
+        for r in range(world):
+            if r != me and store.check([f"fhcnn/stopped/{r}"]):
+                cause, then = json.loads(store.get(f"fhcnn/stopped/{r}"))
+                return r, str(cause), then
+        return None
+
+    return _in_store(read)  # type: ignore[no-any-return]
 
 
 def stopped_line(what: str, run_folder: Path | None, resumable: bool = True, then: str = "continue") -> str:
@@ -448,6 +510,12 @@ def _on_terminate(signum: int, frame: Any) -> None:
         return
     _failed = True
     rank, world = dist_info().rank, dist_info().world_size
+    told = _told()
+    if told is not None:  # the process that failed said why (tell_others)
+        other, cause, then = told
+        sys.stderr.write(f"error: rank {rank}: ended by SIGTERM (torchrun's, as rank {other} of {world} "
+                         f"stopped: {cause}); {_where_it_stops(then)}\n")
+        _exit_without_teardown(1)
     sys.stderr.write(f"error: rank {rank}: ended by SIGTERM (torchrun's, as another of the {world} processes "
                      f"failed or was killed: its report names it; or the launch was stopped); "
                      f"{_where_it_stops()}\n")
