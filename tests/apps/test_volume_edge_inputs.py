@@ -615,3 +615,25 @@ def test_an_infinite_label_and_an_ignore_value_out_of_range_are_refused(tmp_path
                    f"(classes 0, 1, ... and --ignore 255 or NaN; floats with integral values are accepted)"], err
     assert main(["volume", img, "--labels", lab, "--ignore", "70000", "--out", str(tmp_path / "o")] + TINY) == 2
     assert "--ignore 70000: use a label value" in capsys.readouterr().err
+
+
+def test_tiff_labels_at_an_image_writers_72_dpi_lie_on_an_imagej_images_grid(tmp_path, capsys):
+    # labels saved by an image editor (a plain TIFF at 72 pixels an inch, read as 352.8 um
+    # pixels) beside the microscope's ImageJ stack at 0.5 um: refused as "another grid". The
+    # run takes the image's spacing now and its log says what the labels' tags were taken as
+    import json
+
+    tifffile = pytest.importorskip("tifffile")
+    image = np.random.default_rng(0).integers(0, 255, SHAPE, dtype=np.uint8)
+    _, lab = _volume(tmp_path, image)
+    img, lab72 = str(tmp_path / "img.tif"), str(tmp_path / "lab72.tif")
+    tifffile.imwrite(img, image, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX", "spacing": 0.5,
+                                                                               "unit": "um"})
+    tifffile.imwrite(lab72, np.load(lab), resolution=(72, 72), resolutionunit="INCH")
+    out = tmp_path / "out"
+    assert main(["volume", img, "--labels", lab72, "--out", str(out), *TINY[:2], *TINY[3:]]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["spacing"], metrics["spacing_source"]) == ([0.5, 0.5, 0.5], "the tiff header, in um")
+    err = capsys.readouterr().err
+    assert (f"labels {lab72}: its resolution tags hold 72 pixels an inch, an image writer's default, taken as no "
+            f"spacing (not compared with image {img}'s)") in err, err

@@ -218,13 +218,14 @@ def test_plain_tiff_resolution_tags_give_the_in_plane_spacing(tmp_path):
     prediction carried no spacing. They now give the in-plane spacing, in micrometres, stated
     (compared with another file's); the slice spacing is not stated: the voxels are taken as
     cubes along Z (as without tags) and the run's log says so. Tags without a unit, or tifffile's
-    default 1 pixel per unit, say nothing."""
+    default 1 pixel per unit, say nothing (nor do an image writer's 72 or 96 pixels an inch:
+    test_an_image_writers_default_resolution_states_no_spacing)."""
     from fhcnn.apps.volume import VolumeConfig, load_volume_inputs
     from fhcnn.apps.volume.pipeline import resolve_spacing
 
     a = truth((5, 12, 14), np.uint16)
     tifffile.imwrite(tmp_path / "cm.tif", a, resolution=(10000 / 0.65, 10000 / 0.5), resolutionunit="CENTIMETER")
-    tifffile.imwrite(tmp_path / "in.tif", a, resolution=(96, 96), resolutionunit="INCH")
+    tifffile.imwrite(tmp_path / "in.tif", a, resolution=(300, 300), resolutionunit="INCH")
     tifffile.imwrite(tmp_path / "none.tif", a, resolution=(4, 2), resolutionunit="NONE")
     tifffile.imwrite(tmp_path / "plain.tif", a)
     v = open_volume(str(tmp_path / "cm.tif"))
@@ -232,14 +233,15 @@ def test_plain_tiff_resolution_tags_give_the_in_plane_spacing(tmp_path):
     g = v.geometry
     assert (g.spacing, g.spacing_stated, g.unit) == ((0.5, 0.5, 0.65), (False, True, True), "micrometer")
     g = open_volume(str(tmp_path / "in.tif")).geometry
-    assert (g.spacing, g.spacing_stated, g.unit) == ((264.583333333,) * 3, (False, True, True), "micrometer")
+    assert (g.spacing, g.spacing_stated, g.unit) == ((84.6666666667,) * 3, (False, True, True), "micrometer")
+    assert g.spacing_note is None
     for name in ("none.tif", "plain.tif"):
         g = open_volume(str(tmp_path / name)).geometry
         assert (g.spacing, g.unit) == (None, None), name
     # stated in-plane: labels with other tags are another grid, labels without tags are not compared
     msg = refusal(check_same_grid, open_volume(str(tmp_path / "cm.tif")), open_volume(str(tmp_path / "in.tif")),
                   "labels")
-    assert "voxel spacing (-, 264.583, 264.583) micrometer against (-, 0.5, 0.65) micrometer" in msg, msg
+    assert "voxel spacing (-, 84.6667, 84.6667) micrometer against (-, 0.5, 0.65) micrometer" in msg, msg
     check_same_grid(open_volume(str(tmp_path / "cm.tif")), open_volume(str(tmp_path / "plain.tif")), "labels")
     # what the run does with it, and says
     lab = np.full(a.shape, 255, np.uint8)
@@ -250,6 +252,44 @@ def test_plain_tiff_resolution_tags_give_the_in_plane_spacing(tmp_path):
     assert spacing == (0.5, 0.5, 0.65)
     assert source == ("the tiff header, in micrometer; it states none along D: taken as 0.5, unknown "
                       "(--set volume.spacing=D,H,W gives it)")
+
+
+def test_an_image_writers_default_resolution_states_no_spacing(tmp_path):
+    """A plain TIFF at 72 or 96 pixels an inch (what Photoshop, GIMP, Pillow or Windows write
+    when told nothing) was read as 352.8 or 264.6 micrometre pixels: labels saved by such a tool
+    were refused as another grid than their microscope image's, and an image's stack took that
+    spacing (its slices too) into its outputs. Those values, in inch or without a unit, state
+    no spacing now, and the file says what it holds for the run's log."""
+    from fhcnn.apps.volume import VolumeConfig, load_volume_inputs
+    from fhcnn.apps.volume.pipeline import resolve_spacing
+
+    a = truth((5, 12, 14), np.uint16)
+    tifffile.imwrite(tmp_path / "cm.tif", a, resolution=(10000 / 0.65, 10000 / 0.5), resolutionunit="CENTIMETER")
+    for dpi, unit, words in ((72, "INCH", "72 pixels an inch"), (96, "INCH", "96 pixels an inch"),
+                             (72, "NONE", "72 pixels per unit, no unit")):
+        tifffile.imwrite(tmp_path / "d.tif", a, resolution=(dpi, dpi), resolutionunit=unit)
+        g = open_volume(str(tmp_path / "d.tif")).geometry
+        assert (g.spacing, g.unit) == (None, None), dpi
+        assert g.spacing_note == f"its resolution tags hold {words}, an image writer's default, taken as no spacing"
+        check_same_grid(open_volume(str(tmp_path / "cm.tif")), open_volume(str(tmp_path / "d.tif")), "labels")
+    # the run: a 72-dpi image is taken as isotropic, and its spacing line says why
+    tifffile.imwrite(tmp_path / "d.tif", a, resolution=(72, 72), resolutionunit="INCH")
+    lab = np.full(a.shape, 255, np.uint8)
+    lab[2] = np.arange(a[2].size).reshape(a[2].shape) % 2
+    np.save(tmp_path / "lab.npy", lab)
+    inputs = load_volume_inputs([str(tmp_path / "d.tif")], str(tmp_path / "lab.npy"))
+    assert resolve_spacing(VolumeConfig(), inputs) == (None, "none in tiff (its resolution tags hold 72 pixels an "
+                                                             "inch, an image writer's default, taken as no spacing): "
+                                                             "taken as isotropic")
+    assert inputs.notes == []
+    # other resolutions are read as stated: 300 an inch, 72 a centimetre, 96 an inch in X only
+    for res, unit, want in (((300, 300), "INCH", 84.6666666667), ((72, 72), "CENTIMETER", 138.888888889),
+                            ((96, 72), "INCH", None)):
+        tifffile.imwrite(tmp_path / "s.tif", a, resolution=res, resolutionunit=unit)
+        g = open_volume(str(tmp_path / "s.tif")).geometry
+        assert g.spacing_stated == (False, True, True) and g.spacing_note is None, res
+        assert g.spacing[1:] == pytest.approx((25400 / res[1], 25400 / res[0])) if want is None \
+            else g.spacing == pytest.approx((want,) * 3), res
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])

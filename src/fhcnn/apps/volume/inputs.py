@@ -85,7 +85,9 @@ class VolumeInputs:
         label_slab_axes: for the labels, and then the evaluation labels, the axis their file
             reads fastest by slab (what a copy of a compressed one streams along).
         notes: lines for the log about what the label files may not mean (chunks never written,
-            read as a class: :func:`~fhcnn.data.volumes.labels.unwritten_note`).
+            read as a class: :func:`~fhcnn.data.volumes.labels.unwritten_note`), and about what
+            a file other than the first image holds that is taken as no spacing
+            (``VolumeGeometry.spacing_note``).
     """
 
     channels: list[Any]
@@ -136,6 +138,11 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                                grid=opened[0])
         _check_eval_classes(ev.summary, k, f"labels {labels}", f"--eval-labels {eval_labels}")
     names = [n for v in opened for n in v.names]
+    # what the other files hold that is taken as no spacing (the first image's: the spacing line)
+    files = [("image", v) for v in opened[1:]] + [("labels", lab.opened)] \
+        + ([("--eval-labels", ev.opened)] if ev is not None else [])
+    unstated = [f"{role} {v.spec}: {v.geometry.spacing_note} (not compared with image {opened[0].spec}'s)"
+                for role, v in files if v.geometry.spacing_note]
     return VolumeInputs(channels, Relabelled(lab, ignore), None if ev is None else Relabelled(ev, ignore), k,
                         lab.summary, geom.spacing, geom, str(opened[0].format),
                         {"images": list(images), "labels": labels,
@@ -144,7 +151,7 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                         [v.compressed for v in opened for _ in v.channels]
                         + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []),
                         [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []),
-                        [x.note for x in (lab, ev) if x is not None and x.note])
+                        [x.note for x in (lab, ev) if x is not None and x.note] + unstated)
 
 
 def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels: str) -> None:

@@ -55,7 +55,8 @@ def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[floa
     """The voxel spacing used (``volume.spacing`` over the file's) and where it came from: of
     the file's, its length unit where it names one, and the axes whose spacing it does not
     state with what they hold (``VolumeGeometry.spacing_stated``: a TIFF's slice axis without
-    ImageJ ``spacing`` or ``PhysicalSizeZ``), so that no spacing is taken without a word."""
+    ImageJ ``spacing`` or ``PhysicalSizeZ``), so that no spacing is taken without a word; of a
+    file without one, what it holds that is taken as none (``VolumeGeometry.spacing_note``)."""
     if cfg.volume.spacing:
         return parse_spacing(cfg.volume.spacing), "volume.spacing"
     if inputs.spacing is not None:
@@ -69,7 +70,8 @@ def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[floa
             unit += (f"; it states none along {axes}: taken as {held}, unknown (--set volume.spacing=D,H,W "
                      f"gives it)")
         return spacing, f"the {inputs.format} header{unit}"  # type: ignore[return-value]
-    return None, f"none in {inputs.format}: taken as isotropic"
+    note = inputs.geometry.spacing_note if inputs.geometry is not None else None
+    return None, f"none in {inputs.format}{f' ({note})' if note else ''}: taken as isotropic"
 
 
 #: The ``data`` sizes :func:`engine_config` scales, by axis (D, H, W).

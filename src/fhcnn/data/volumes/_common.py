@@ -54,6 +54,9 @@ class VolumeGeometry:
         ome: of an OME-Zarr input, ``{"version": "0.4", "axes": [3 NGFF axis dicts]}`` of its
             ``(D, H, W)`` axes (its prediction is written as an OME-Zarr image of that version),
             else ``None``.
+        spacing_note: what the file holds that looks like a spacing but is taken as none, for
+            the run's log (a plain TIFF's 72 or 96 pixels an inch, an image writer's default),
+            else ``None``.
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -65,6 +68,7 @@ class VolumeGeometry:
     unit: str | None = None
     origin: tuple[float, float, float] | None = None
     ome: dict[str, Any] | None = None
+    spacing_note: str | None = None
 
 
 @dataclass
@@ -203,6 +207,7 @@ class RawVolume:
     unit: str | None = None  # length unit of spacing and origin (see VolumeGeometry)
     origin: Sequence[float] | None = None  # per stored axis, or 3 for the spatial axes
     ome: dict[str, Any] | None = None  # {"version", "axes": one NGFF axis dict per stored axis}
+    spacing_note: str | None = None  # see VolumeGeometry
 
 
 def resolve_axes(shape: Sequence[int], label: str, *, meta_channel: int | None = None,

@@ -7,7 +7,8 @@ time); a tiled one through tifffile's zarr store (tile by tile; zarr 3) or, with
 by page. A series is marked ``compressed`` when its pages are.
 The channel axis is tifffile's ``C`` (or ``S``, samples of RGB pages); spacing comes from
 ImageJ metadata (``spacing`` and the resolution tags), OME ``PhysicalSize*``, or, in a plain
-TIFF, the resolution tags in a length unit (in-plane only).
+TIFF, the resolution tags in a length unit (in-plane only; not an image writer's default of 72
+or 96 pixels an inch).
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ _SPATIAL_NAMES = {"I": "Z", "Q": "Z"}  # tifffile's letters for "pages" / unknow
 #: The TIFF ``ResolutionUnit`` values that name a length (2 inch, 3 centimetre; 4 and 5 are
 #: tifffile's millimetre and micrometre); 1 (none) says nothing of the pixel's size.
 _RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}
-#: The unit a plain TIFF's resolution is converted to (microscopy's; 72 pixels an inch is 352.8).
+#: The unit a plain TIFF's resolution is converted to (microscopy's).
 _PLAIN_UNIT = "micrometer"
+#: The resolutions (pixels an inch, X and Y alike) that image editors and libraries write when
+#: told none: 72 (Photoshop, GIMP, Pillow), 96 (Windows). A plain TIFF's are no pixel size
+#: (read as one, 352.8 or 264.6 micrometres): not stated.
+WRITER_DEFAULT_DPI = (72.0, 96.0)
 
 
 def open_tiff(path: Path, label: str) -> RawVolume:
@@ -115,7 +120,7 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
                              f"{tuple(array.shape)} differ; convert the file to a plain stack")
         meta_channel = next((axes.index(a) for a in "CS" if a in axes), None)
         names = [_SPATIAL_NAMES.get(a, a) for a in axes]
-        spacing, stated, unit, attrs = _spacing(tif, axes)
+        spacing, stated, unit, attrs, note = _spacing(tif, axes)
     except InputError:
         tif.close()
         raise
@@ -127,7 +132,7 @@ def _open_tiff(path: Path, label: str) -> RawVolume:
     return RawVolume(array=array, axis_names=names, channel_axis=meta_channel, spacing=spacing,
                      attrs=attrs, compressed=compression != 1, slab_axis=0,
                      named=not any(a in axes for a in "QI"),  # Q: unknown, I: a plain page sequence
-                     spacing_stated=stated, unit=unit)
+                     spacing_stated=stated, unit=unit, spacing_note=note)
 
 
 def refuse_planes_of_channels(axes: str, shape: Sequence[int], label: str) -> None:
@@ -327,19 +332,22 @@ def _plain_samples(page: Any, dtype: np.dtype) -> bool:
 
 
 def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool] | None, str | None,
-                                           dict[str, Any]]:
+                                           dict[str, Any], str | None]:
     """Spacing per stored axis from ImageJ or OME metadata (``None`` without either), which of
-    those axes the file states it for, its length unit, and the attributes to keep.
+    those axes the file states it for, its length unit, the attributes to keep, and a note on
+    resolution tags it holds that state no spacing (``VolumeGeometry.spacing_note``).
 
     Stated: an OME ``PhysicalSize*``; ImageJ's ``spacing`` (Z); resolution tags other than
     1 pixel per unit without a unit (what tifffile and most writers put in when told nothing);
     of a plain TIFF (neither ImageJ nor OME), resolution tags whose ``ResolutionUnit`` is a
-    length (:data:`_RESOLUTION_UNITS`), X and Y only, in micrometres. The other spatial axes
-    hold 1 (ImageJ's voxel depth when it writes none), but a plain TIFF's slice axis holds its
-    finer in-plane spacing: its voxels are taken as cubes, as those of a TIFF without
+    length (:data:`_RESOLUTION_UNITS`), X and Y only, in micrometres, but for an image writer's
+    default (:data:`WRITER_DEFAULT_DPI` in inch or without a unit: the note says so). The other
+    spatial axes hold 1 (ImageJ's voxel depth when it writes none), but a plain TIFF's slice axis
+    holds its finer in-plane spacing: its voxels are taken as cubes, as those of a TIFF without
     resolution tags are (1 inch or 1 cm would make the slices thousands of times coarser than
     the pixels); the run's log names the axes a file does not state and what they hold."""
     attrs: dict[str, Any] = {}
+    note: str | None = None
     per_letter: dict[str, float] = {}
     said: set[str] = set()
     unit: str | None = None
@@ -381,14 +389,19 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
             per_letter = {}
     else:
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-        tagged = _RESOLUTION_UNITS.get(int(getattr(page, "resolutionunit", 1) or 1))
+        code = int(getattr(page, "resolutionunit", 1) or 1)
+        tagged = _RESOLUTION_UNITS.get(code)
         xres, yres = (float(r) for r in getattr(page, "resolution", (1.0, 1.0)))
+        if xres == yres and xres in WRITER_DEFAULT_DPI and code in (1, 2):  # 2: inch
+            note = (f"its resolution tags hold {xres:g} pixels {'an inch' if code == 2 else 'per unit, no unit'}, "
+                    f"an image writer's default, taken as no spacing")
+            tagged = None
         if tagged is not None and all(np.isfinite(r) and r > 0 for r in (xres, yres)):
             per_letter["X"], per_letter["Y"] = (in_length_unit(1.0 / r, tagged, _PLAIN_UNIT) for r in (xres, yres))
             per_letter["Z"] = min(per_letter["X"], per_letter["Y"])
             said, unit = {"X", "Y"}, _PLAIN_UNIT
     if not per_letter:
-        return None, None, None, attrs
+        return None, None, None, attrs, note
     names = [_SPATIAL_NAMES.get(a, a) for a in axes]
     spacing = [per_letter.get(n, 1.0) if n in "XYZ" else None for n in names]
-    return spacing, [n in said for n in names], unit, attrs
+    return spacing, [n in said for n in names], unit, attrs, note
