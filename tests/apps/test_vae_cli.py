@@ -494,20 +494,24 @@ def test_interpolate_cuts_an_image_file_as_the_run_cut_its_images(tmp_path):
     _same_row_by_file_as_by_index(run, folder, tmp_path)
 
 
-@pytest.mark.parametrize("dataset", ["digits", "mnist-idx"])
-def test_interpolate_pads_an_image_file_of_the_data_set_s_size_as_the_run_padded_its_images(tmp_path, dataset):
+@pytest.mark.parametrize("dataset, side", [("digits", (8, 8)), ("mnist-idx", (28, 28)), ("mnist-idx", (20, 20)),
+                                           ("mnist-idx", (20, 24))])
+def test_interpolate_pads_an_image_file_of_the_data_set_s_size_as_the_run_padded_its_images(tmp_path, dataset,
+                                                                                           side, capsys):
     """The digits (8x8) and MNIST's images (28x28) are zero-padded to the model's size (16,
     32); an image file of that size given to interpolate was resized to it instead, so a digit
     came out at twice the scale of the training digits and the line ran between other latents,
     silently. A training image given as a file now gives the same row as its index. (A digit
-    is k/16: a 16-bit grey PNG holds it to 1/131070, an 8-bit one only to 1/510.)"""
+    is k/16: a 16-bit grey PNG holds it to 1/131070, an 8-bit one only to 1/510.) So for an IDX
+    file of other images than MNIST's 28x28 (20x20, 20x24), which training pads as it pads
+    MNIST's: a file of their size was resized (and a 20x24 one cut square) as if of a folder."""
     if dataset == "digits":
         from sklearn.datasets import load_digits
 
         images, size, source = load_digits().images[:8] / 16, 16, []
         files = [PIL.fromarray(np.round(a * 65535).astype(np.uint16)) for a in images]
     else:
-        images, size = (np.random.default_rng(0).random((8, 28, 28)) * 255).astype(np.uint8), 32
+        images, size = (np.random.default_rng(0).random((8, *side)) * 255).astype(np.uint8), 32
         source = [str(tmp_path / "train-images-idx3-ubyte")]
         Path(source[0]).write_bytes(bytes([0, 0, 8, 3]) + np.array(images.shape, ">i4").tobytes() + images.tobytes())
         files = [PIL.fromarray(a) for a in images]
@@ -517,6 +521,16 @@ def test_interpolate_pads_an_image_file_of_the_data_set_s_size_as_the_run_padded
     assert main(["vae", "train", "--dataset", dataset, *source, "--config", "vae-tiny", "--set", f"data.size={size}",
                  "--set", "data.split=ordered", "--set", "train.steps=1", "--out", str(run), "--quiet"]) == 0
     _same_row_by_file_as_by_index(run, tmp_path, tmp_path)
+    if source:  # the IDX file moved: its images' size is not known, which the line says
+        Path(source[0]).rename(tmp_path / "moved")
+        out = tmp_path / "after.png"
+        assert main(["vae", "interpolate", "--checkpoint", str(run), "--a", str(tmp_path / "1.png"), "--b", "0",
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --a {tmp_path / '1.png'}: the size of the run's IDX images is needed to bring the file to the "
+            f"model's size as they were, but {source[0]}: no such file; restore data.path of its config.yaml, or "
+            f"give an index into its training images\n")
+        assert not out.exists()
 
 
 def test_a_crop_that_would_be_ignored_is_refused(tmp_path, capsys):

@@ -32,7 +32,8 @@ from torch import Tensor
 from ..errors import InputError
 from ..options import IMAGE_SUFFIXES
 
-__all__ = ["Dataset", "DATASETS", "NATIVE_SIDES", "ImageSet", "load_digits", "load_lfw", "read_idx", "load_mnist_idx",
+__all__ = ["Dataset", "DATASETS", "NATIVE_SIDES", "ImageSet", "load_digits", "load_lfw", "read_idx", "idx_image_shape",
+           "load_mnist_idx",
            "load_image_folder", "load_dataset", "fit_to_size", "read_image", "resize_square", "center_square",
            "DATASETS"]
 
@@ -41,7 +42,8 @@ Dataset = Literal["digits", "lfw", "mnist-idx", "folder"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
 
 #: The side of the images of the data sets that :func:`fit_to_size` brings to the model's size
-#: (zero-padded, centred): the 8x8 digits, MNIST's 28x28 IDX images.
+#: (zero-padded, centred): the 8x8 digits, MNIST's 28x28 IDX images (an IDX file's own may be
+#: of any size: :func:`idx_image_shape`).
 NATIVE_SIDES: dict[str, int] = {"digits": 8, "mnist-idx": 28}
 
 
@@ -195,6 +197,26 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = gzip.decompress(p.read_bytes()) if _is_gzip(p) else p.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise InputError(f"{p}: cannot read it as a gzip file ({e})") from None
+    shape, dtype, head = _idx_header(raw, p)
+    need = head + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != need:
+        raise InputError(f"{p}: IDX data has {len(raw) - head} bytes, but the header "
+                         f"{shape} of {dtype.name} needs {need - head}")
+    out = np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = ~np.isfinite(out)
+        raise InputError(f"{p}: holds NaN or infinite values ({int(bad.sum()):,}, one at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}): fill or remove them first")
+    return out
+
+
+def _idx_header(raw: bytes, p: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, the (big-endian) dtype and the header's length of the IDX file ``p`` that
+    begins with ``raw`` (its header at least).
+
+    Raises:
+        InputError: not IDX (wrong magic), the header truncated or giving negative sizes.
+    """
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] < 1:
         magic = raw[:4].hex() if len(raw) >= 4 else raw.hex()
         raise InputError(f"{p}: not an IDX file (magic number 0x{magic}; expected 0x0000TTDD with "
@@ -206,16 +228,38 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(v) for v in np.frombuffer(raw[4:head], dtype=">i4"))
     if min(shape) < 0:
         raise InputError(f"{p}: IDX header gives negative sizes {shape}")
-    need = head + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != need:
-        raise InputError(f"{p}: IDX data has {len(raw) - head} bytes, but the header "
-                         f"{shape} of {dtype.name} needs {need - head}")
-    out = np.frombuffer(raw, dtype=dtype, offset=head).reshape(shape).astype(dtype.newbyteorder("="))
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
-        bad = ~np.isfinite(out)
-        raise InputError(f"{p}: holds NaN or infinite values ({int(bad.sum()):,}, one at index "
-                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}): fill or remove them first")
-    return out
+    return shape, dtype, head
+
+
+def idx_image_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of the images of an IDX file, or of the ``*images-idx3-ubyte[.gz]`` file of a
+    folder, as :func:`load_mnist_idx` reads them, from the header alone.
+
+    Raises:
+        InputError: as :func:`read_idx` (of the header), or the file holds no ``(N, H, W)`` images.
+    """
+    p = _idx_images_file(Path(path))
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        with (gzip.open(p, "rb") if _is_gzip(p) else open(p, "rb")) as f:
+            raw = f.read(4 + 4 * 255)  # the longest header there is
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"{p}: cannot read it ({e})") from None
+    shape, _, _ = _idx_header(raw, p)
+    if len(shape) != 3:
+        raise InputError(f"{p}: expected images (N, H, W) in the IDX file, got shape {shape}")
+    return shape[1], shape[2]
+
+
+def _idx_images_file(p: Path) -> Path:
+    """``p``, or the ``*images-idx3-ubyte[.gz]`` file of the folder ``p`` (refused without one)."""
+    if not p.is_dir():
+        return p
+    found = _find_idx(p, "images")
+    if found is None:
+        raise InputError(f"{p}: no '*images-idx3-ubyte[.gz]' file in this folder")
+    return found
 
 
 def _is_gzip(p: Path) -> bool:
@@ -232,21 +276,17 @@ def _find_idx(folder: Path, kind: str) -> Path | None:
 def load_mnist_idx(path: str | Path, size: int = 32, limit: int | None = None) -> ImageSet:
     """MNIST-style images from an IDX file, or a folder holding ``*images-idx3-ubyte[.gz]``.
 
-    The 28x28 images are zero-padded (centred) to ``size x size`` (``size >= 28``; smaller
-    sizes are resized). Labels come from ``*labels-idx1-ubyte[.gz]`` next to the images
-    (same prefix, e.g. ``t10k-``) when it exists and matches in length.
+    The 28x28 images (or those of the file's size) are zero-padded (centred) to ``size x size``
+    (``size`` at least their side; smaller sizes are resized: :func:`fit_to_size`). Labels come
+    from ``*labels-idx1-ubyte[.gz]`` next to the images (same prefix, e.g. ``t10k-``) when it
+    exists and matches in length.
 
     Args:
         path: the images file or a folder.
         size: output side (default 32, the paper's MNIST size).
         limit: keep only the first ``limit`` images.
     """
-    p = Path(path)
-    if p.is_dir():
-        found = _find_idx(p, "images")
-        if found is None:
-            raise InputError(f"{p}: no '*images-idx3-ubyte[.gz]' file in this folder")
-        p = found
+    p = _idx_images_file(Path(path))
     arr = read_idx(p)
     if arr.ndim != 3:
         raise InputError(f"{p}: expected images (N, H, W) in the IDX file, got shape {arr.shape}")

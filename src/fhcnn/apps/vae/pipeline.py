@@ -32,7 +32,16 @@ from torch import Tensor
 
 from ...atomic import atomic_write_text
 from ...config import load_config, save_config
-from ...data.images import NATIVE_SIDES, ImageSet, center_square, fit_to_size, load_dataset, read_image, resize_square
+from ...data.images import (
+    NATIVE_SIDES,
+    ImageSet,
+    center_square,
+    fit_to_size,
+    idx_image_shape,
+    load_dataset,
+    read_image,
+    resize_square,
+)
 from ...errors import InputError
 from ...models.autoencoder import HyperbolicAutoencoder, energy_distance
 from ...rundir import RunFolder, check_own_checkpoint, fingerprint, resolve_path
@@ -419,11 +428,11 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
                   run_dir: Path | None = None, flag: str | None = None) -> Tensor:
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
-    model's channels; of the native size of the run's ``digits`` (8x8) or ``mnist-idx`` (28x28)
-    images, brought to the model's size as they were, zero-padded; else centre-cropped to a
-    square as the run's folder images were, ``data.crop`` pixels a side or the largest, and
-    resized to the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a
-    refusal."""
+    model's channels; of the native size of the run's ``digits`` (8x8) or ``mnist-idx`` images
+    (their IDX file's, read from its header: :func:`_native_shape`), brought to the model's size
+    as they were (:func:`~fhcnn.data.images.fit_to_size`); else centre-cropped to a square as
+    the run's folder images were, ``data.crop`` pixels a side or the largest, and resized to
+    the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a refusal."""
     shown = f"{flag} {spec}" if flag else spec
     i = image_index(spec)
     if i is not None:
@@ -439,8 +448,7 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
         raise InputError(f"{shown}: neither an image file nor an index into the training set")
     a = read_image(p, "L" if model.in_channels == 1 else "RGB")
     d, size = cfg.data, (int(model.image_size[0]), int(model.image_size[1]))
-    side = NATIVE_SIDES.get(d.dataset)
-    native = a.shape[:2] == (side, side) and size[0] == size[1]  # as the training images: padded
+    native = a.shape[:2] == _native_shape(cfg, shown) and size[0] == size[1]  # as the training images
     if not native:  # the centred square the run's folder images were cut to (--crop), else the largest
         crop = d.crop if d.dataset == "folder" and d.size is not None else None
         a = resize_square(center_square(a, crop), size)
@@ -452,6 +460,29 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     if native:
         x = fit_to_size(x, size[0])
     return x.float() / 255.0 if a.dtype == np.uint8 else x  # 16-bit images are read as [0, 1] floats
+
+
+def _native_shape(cfg: VAEConfig, shown: str) -> tuple[int, int] | None:
+    """``(H, W)`` of the run's images as its data set holds them, where it brings them to the
+    model's size with :func:`~fhcnn.data.images.fit_to_size` (zero-padded where they fit, else
+    resized): the digits' 8x8; of ``mnist-idx``, its IDX file's (28x28 for MNIST, another size
+    for another IDX file), read from the header at ``data.path``. ``None``: a folder, LFW.
+
+    Raises:
+        InputError: the run's IDX file cannot be read (moved, removed): without its images' size
+            an image file cannot be brought to the model's size as they were (``shown``: the
+            option and file, as the line names them).
+    """
+    d = cfg.data
+    if d.dataset == "mnist-idx" and d.path is not None:
+        try:
+            return idx_image_shape(Path(d.path).expanduser())
+        except InputError as e:
+            raise InputError(f"{shown}: the size of the run's IDX images is needed to bring the file to the "
+                             f"model's size as they were, but {e}; restore data.path of its config.yaml, or "
+                             f"give an index into its training images") from None
+    side = NATIVE_SIDES.get(d.dataset)
+    return (side, side) if side is not None else None
 
 
 def train_baseline(cfg: VAEConfig, base: BaselineConfig, latent_dim: int,
