@@ -82,6 +82,19 @@ def test_interpolate_by_index_and_by_file(run_dir, tmp_path, capsys):
     assert row.shape[1] > 5 * row.shape[0]  # one row of 6 images
 
 
+def test_a_negative_index_is_named_as_the_image_it_picks(run_dir, tmp_path, capsys):
+    # --a -1 picked the last training image, but the result line said "training image -1"; it
+    # names the index of the image now (the run has 102 training images), the row that of 101
+    by_end, by_index = tmp_path / "end.png", tmp_path / "index.png"
+    assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "-1", "--b", "-102", "--steps", "2",
+                 "--out", str(by_end)]) == 0
+    assert capsys.readouterr().out == (f"wrote [a, 2 interpolated decodings, b] to {by_end} "
+                                       f"(a: training image 101, b: training image 0)\n")
+    assert main(["vae", "interpolate", "--checkpoint", str(run_dir), "--a", "101", "--b", "0", "--steps", "2",
+                 "--out", str(by_index)]) == 0
+    assert np.array_equal(_png(by_end), _png(by_index))
+
+
 def test_normality(run_dir, tmp_path):
     assert main(["vae", "normality", "--checkpoint", str(run_dir), "--out", str(tmp_path / "n"),
                  "--n", "20"]) == 0

@@ -15,7 +15,7 @@ from ...data.images import DATASETS
 from ...errors import InputError
 from ...rundir import RunFolder, check_output_file, prepare_output_dir
 from .outputs import interpolate_latents, normality_report, save_grid
-from .pipeline import image_index, load_run, load_run_images, resolve_image
+from .pipeline import load_run, load_run_images, resolve_image
 
 __all__ = ["dataset_overrides", "sample", "interpolate", "normality", "train_summary", "train_command"]
 
@@ -135,20 +135,20 @@ def interpolate(checkpoint: str, a: str, b: str, steps: int, out: str | Path,
                 overwrite: bool = False) -> str:
     """Decode ``steps`` points on the line between the latents of images ``a`` and ``b`` (files,
     or indices into the run's training images) into a PNG row ``[a, points..., b]``; returns the
-    result line, which names the two images (the files as given, the indices)."""
+    result line, which names the two images (the files as given, the training images' indices,
+    a negative one counted from the end)."""
     if steps < 2:
         raise InputError(f"--steps must be >= 2 (the endpoints), got {steps}")
     _check_suffix("--out", out, ".png")
     cfg, model, run_dir = load_run(checkpoint)
     _check_files({"--out": out}, overwrite, cfg, run_dir, [a, b])
     _check_images(steps + 2, model, "--steps")
-    xa, xb = resolve_image(a, cfg, model, run_dir, "--a"), resolve_image(b, cfg, model, run_dir, "--b")
+    (xa, named_a), (xb, named_b) = (resolve_image(a, cfg, model, run_dir, "--a"),
+                                    resolve_image(b, cfg, model, run_dir, "--b"))
     line = interpolate_latents(model, xa, xb, steps).clamp(0, 1)
     row = torch.cat([xa, line, xb])
     save_grid(row, out, ncol=len(row), scale=max(1, 64 // model.image_size[1]))
-    picked = ", ".join(f"{name}: " + (spec if image_index(spec) is None else f"training image {image_index(spec)}")
-                       for name, spec in (("a", a), ("b", b)))
-    return f"wrote [a, {steps} interpolated decodings, b] to {out} ({picked})"
+    return f"wrote [a, {steps} interpolated decodings, b] to {out} (a: {named_a}, b: {named_b})"
 
 
 def normality(checkpoint: str, out: str | Path | None, n: int, split: str,

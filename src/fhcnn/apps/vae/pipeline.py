@@ -425,14 +425,16 @@ def image_index(spec: str) -> int | None:
 
 
 def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
-                  run_dir: Path | None = None, flag: str | None = None) -> Tensor:
+                  run_dir: Path | None = None, flag: str | None = None) -> tuple[Tensor, str]:
     """``spec``: an integer index into the run's training images (checked to be the run's
     when ``run_dir`` is given, :func:`load_run_images`), or an image file (converted to the
     model's channels; of the native size of the run's ``digits`` (8x8) or ``mnist-idx`` images
     (their IDX file's, read from its header: :func:`_native_shape`), brought to the model's size
     as they were (:func:`~fhcnn.data.images.fit_to_size`); else centre-cropped to a square as
     the run's folder images were, ``data.crop`` pixels a side or the largest, and resized to
-    the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a refusal."""
+    the model's size). ``flag`` (``--a``): the option that gave ``spec``, named by a refusal.
+    Returns the image ``(1, C, H, W)`` and what it is, as a result line names it: the file as
+    given, or ``training image I`` (a negative index counted from the end: the index it names)."""
     shown = f"{flag} {spec}" if flag else spec
     i = image_index(spec)
     if i is not None:
@@ -441,7 +443,8 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
         if not -n <= i < n:
             raise InputError(f"{shown}: image index {i} is out of range: the run's training set has {n} images "
                              f"(0 to {n - 1}, or -{n} to -1 from the end)")
-        return train.batch(slice(i, i + 1 if i != -1 else None))
+        i %= n  # -1: the last
+        return train.batch(slice(i, i + 1)), f"training image {i}"
 
     p = Path(spec)
     if not p.is_file():
@@ -459,7 +462,7 @@ def resolve_image(spec: str, cfg: VAEConfig, model: HyperbolicAutoencoder,
     x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None]
     if native:
         x = fit_to_size(x, size[0])
-    return x.float() / 255.0 if a.dtype == np.uint8 else x  # 16-bit images are read as [0, 1] floats
+    return (x.float() / 255.0 if a.dtype == np.uint8 else x), spec  # 16-bit images are read as [0, 1] floats
 
 
 def _native_shape(cfg: VAEConfig, shown: str) -> tuple[int, int] | None:
