@@ -589,3 +589,22 @@ def test_a_negative_label_seed_is_named(scene, tmp_path, capsys):
             "--label-fraction", "0.3", "--label-seed", "-1", "--out", str(out), *TINY], capsys,
            "--label-seed must be a non-negative integer, got -1")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("factor", [100.0, 1e-4])
+def test_dates_in_different_units_are_refused(scene, tmp_path, capsys, factor):
+    """One date in reflectance, the other in percent (x100) or scaled digital numbers (the
+    inverse of x10,000): the bands, standardized over both dates together, made the lower date
+    nearly constant and every pixel of it 'changed', exit 0. Refused in one line with both
+    levels, before OUT exists; the same dates in one unit run."""
+    d, s = scene
+    np.save(tmp_path / "after.npy", (s.after * factor).astype(np.float32))
+    out = tmp_path / "out"
+    args = ["change", str(d / "before.npy"), str(tmp_path / "after.npy"), "--labels", str(d / "truth.npy"),
+            "--label-fraction", "0.3", "--out", str(out), *TINY]
+    _fails(args, capsys, "the dates look like they hold different units: the median band of the first date averages")
+    assert not out.exists()
+    scaled = tmp_path / "before.npy"
+    np.save(scaled, (s.before * factor).astype(np.float32))
+    args[1] = str(scaled)
+    assert main(args) == 0

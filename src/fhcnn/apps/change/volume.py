@@ -18,6 +18,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from ...data.lazy import SLAB_BYTES, LazyVolume, Moments, whole_slabs
+from ...errors import InputError
 from .config import BandNormalization, ChangeChannels
 
 __all__ = ["ChangeChannel", "TwoDates", "SceneMoments", "scene_moments", "change_volume", "row_slabs"]
@@ -42,6 +43,7 @@ class SceneMoments:
             (values clipped at 0; 1 % of 1 where that level is 0).
         ratio_mean, ratio_std, angle_mean, angle_std: of the log ratio over the scene and of
             the spectral angle over the pixels (``nan`` unless asked for).
+        levels: ``(2, B)`` each date's mean level of each band (values clipped at 0), or ``None``.
     """
 
     band_mean: np.ndarray
@@ -51,6 +53,37 @@ class SceneMoments:
     ratio_std: float = math.nan
     angle_mean: float = math.nan
     angle_std: float = math.nan
+    levels: np.ndarray | None = None
+
+
+#: A ratio of the two dates' mean levels (the median over the bands) from which they are taken
+#: to hold different units: percent and fractions differ 100 times, scaled digital numbers and
+#: reflectance 10,000 times; a change of the land itself moves the median band far less.
+UNITS_RATIO = 50.0
+
+
+def check_same_units(m: SceneMoments) -> None:
+    """Refuse two dates whose bands differ in level :data:`UNITS_RATIO` times or more (the
+    median over the bands both hold above 0): different units (reflectance and percent or
+    digital numbers), which the standardization over both dates would turn into one date near
+    constant, all of it read as changed.
+
+    Raises:
+        InputError: one line with both levels and the factor.
+    """
+    if m.levels is None:
+        return
+    before, after = m.levels
+    both = (before > 0) & (after > 0)
+    if not both.any():
+        return
+    ratio = float(np.median(after[both] / before[both]))
+    if max(ratio, 1 / ratio) >= UNITS_RATIO:
+        mb, ma = float(np.median(before[both])), float(np.median(after[both]))
+        raise InputError(f"the dates look like they hold different units: the median band of the first date "
+                         f"averages {mb:.4g} and of the second {ma:.4g} ({max(ratio, 1 / ratio):,.0f} times as "
+                         f"much); bring both to one unit (e.g. reflectance), as the bands are standardized over "
+                         f"both dates together")
 
 
 def _ratio(b: np.ndarray, a: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -68,17 +101,20 @@ def _angle(b: np.ndarray, a: np.ndarray) -> np.ndarray:
 def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMoments:
     """Stream the statistics of a scene (see :class:`SceneMoments`): one pass over slabs of rows
     of both dates, a second one for the log ratio and the spectral angle when ``features``."""
-    bands, level = Moments(), Moments()
+    bands, level, dated = Moments(), Moments(), (Moments(), Moments())
     for rows in row_slabs(before.shape):
         b = np.asarray(before[rows], np.float64)
         a = np.asarray(after[rows], np.float64)
         both = np.concatenate([b, a])
         bands.add(both, per_band=True)
         level.add(np.clip(both, 0, None), per_band=True)
+        dated[0].add(np.clip(b, 0, None), per_band=True)
+        dated[1].add(np.clip(a, 0, None), per_band=True)
     lev = np.asarray(level.mean, np.float64)
     eps = 0.01 * np.where(lev > 0, lev, 1.0)
+    levels = np.stack([np.asarray(d.mean, np.float64) for d in dated])
     if not features:
-        return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps)
+        return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps, levels=levels)
     ratio, angle = Moments(), Moments()
     for rows in row_slabs(before.shape):
         b = np.asarray(before[rows], np.float64)
@@ -86,7 +122,7 @@ def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMomen
         ratio.add(_ratio(b, a, eps), per_band=False)
         angle.add(_angle(b, a), per_band=False)
     return SceneMoments(np.asarray(bands.mean), np.asarray(bands.std), eps, float(ratio.mean), float(ratio.std),
-                        float(angle.mean), float(angle.std))
+                        float(angle.mean), float(angle.std), levels)
 
 
 def _standardize(f: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -178,6 +214,7 @@ def change_volume(before: Any, after: Any, channels: ChangeChannels = "dates",
     features = "ratio" in parts
     if moments is None or (features and math.isnan(moments.ratio_std)):
         moments = scene_moments(before, after, features)
+    check_same_units(moments)
     kinds: list[ChannelKind] = ["before", "after"]
     if "diff" in parts:
         kinds.append("diff")
