@@ -921,9 +921,10 @@ def test_processes_compare_their_inputs_by_content_not_by_modification_time(tmp_
     import threading
 
     import fhcnn.rundir as rundir
+    import fhcnn.rundir.identity as identity
     import fhcnn.training.distributed as distributed
 
-    monkeypatch.setattr(rundir, "HASH_LIMIT", 2**20)  # "large" from 1 MiB, to keep the test small
+    monkeypatch.setattr(identity, "HASH_LIMIT", 2**20)  # "large" from 1 MiB, to keep the test small
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     meeting, slots, me = threading.Barrier(2, timeout=30), [None, None], threading.local()
 
@@ -1064,8 +1065,9 @@ def test_28_resume_accepts_an_identical_copy_of_a_large_input(data, tmp_path, mo
     import shutil
 
     from fhcnn import rundir
+    from fhcnn.rundir import identity
 
-    monkeypatch.setattr(rundir, "HASH_LIMIT", 1024)  # every input of the tiny run is "large"
+    monkeypatch.setattr(identity, "HASH_LIMIT", 1024)  # every input of the tiny run is "large"
     out = tmp_path / "o"
     assert run_cli(seg(data, out, "--set", "train.steps=4", "--set", "train.checkpoint_every=2"))[0] == 0
     marker = json.loads((out / "run.json").read_text())
