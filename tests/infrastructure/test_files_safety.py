@@ -1089,3 +1089,37 @@ def test_28_resume_accepts_an_identical_copy_of_a_large_input(data, tmp_path, mo
     line = refused(seg(copies, out, "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--resume"),
                    "--resume")
     assert f"labels ({copies / 'm.npy'}) changed since the run" in line, line
+
+
+def test_27_a_large_input_touched_during_the_run_is_compared_by_its_contents(data, tmp_path, monkeypatch):
+    """An input over HASH_LIMIT is fingerprinted by size and mtime: touched during training (or
+    saved again unchanged by the tool that holds it open) it stopped the run as changed. Its
+    contents, recorded when the run started, are compared: the same, the run ends as usual and
+    run.json records the new fingerprint; one label changed, the run stops."""
+    import fhcnn.rundir.identity as identity
+
+    monkeypatch.setattr(identity, "HASH_LIMIT", 1024)  # every input of the tiny run is "large"
+    import fhcnn.training.trainer as trainer
+
+    fit = trainer.Trainer.fit
+    touch = {"change": False, "n": 0}
+
+    def touched(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        labels = data / "m.npy"
+        if touch["change"]:
+            a = np.load(labels)
+            a.flat[0] = 1 - a.flat[0]
+            np.save(labels, a)
+        touch["n"] += 1
+        os.utime(labels, ns=(10**18 + touch["n"],) * 2)  # another mtime, whatever the contents
+        return out
+
+    monkeypatch.setattr(trainer.Trainer, "fit", touched)
+    rc, err = run_cli(seg(data, tmp_path / "same"))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "same" / "run.json").read_text())["inputs"]["labels"]["fingerprint"] \
+        == identity.fingerprint(data / "m.npy")
+    touch["change"] = True
+    rc, err = run_cli(seg(data, tmp_path / "other"))
+    assert rc == 1 and err[0].startswith(f"error: labels {data / 'm.npy'} changed during training"), err

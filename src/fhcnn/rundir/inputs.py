@@ -112,8 +112,22 @@ class InputsChangedError(TrainingError):
 
 
 def _changed_roles(run: RunFolder, roles: Iterable[str] | None = None) -> list[str]:
-    return [role for role, (paths, record) in run.read_inputs.items()
-            if (roles is None or role in roles) and _print_of(_role_record(paths)) != _print_of(record)]
+    """The inputs of ``run.read_inputs`` (of ``roles``) whose contents differ from those at the
+    start. A fingerprint by modification time that differs (the file touched, or saved again
+    unchanged by the tool that holds it open) is compared by the contents the run recorded
+    (read whole); where they are the same, the record takes the new fingerprint."""
+    changed = []
+    for role, (paths, record) in run.read_inputs.items():
+        if roles is not None and role not in roles:
+            continue
+        now = _role_record(paths)
+        if _print_of(now) == _print_of(record):
+            continue
+        if _same_contents(record, dict(now), _role_paths(paths)):
+            record.update({k: v for k, v in now.items() if k in ("fingerprint", "also")})
+            continue
+        changed.append(role)
+    return changed
 
 
 def _changed_line(run: RunFolder, changed: Sequence[str], when: str) -> str:
