@@ -637,3 +637,21 @@ def test_tiff_labels_at_an_image_writers_72_dpi_lie_on_an_imagej_images_grid(tmp
     err = capsys.readouterr().err
     assert (f"labels {lab72}: its resolution tags hold 72 pixels an inch, an image writer's default, taken as no "
             f"spacing (not compared with image {img}'s)") in err, err
+
+
+def test_labels_of_grey_levels_are_refused_naming_them(tmp_path, capsys):
+    """A label volume of a 0/255 ball with soft (smoothed) edges: its many shades left most
+    values below the largest without a voxel, and the refusal listed them as missing classes
+    without saying why; it says they look like grey levels of an antialiased mask."""
+    from scipy.ndimage import gaussian_filter
+
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    img, _ = _volume(tmp_path, image)
+    zz, yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    ball = (np.hypot(np.hypot(zz - 4, yy - 5), xx - 6) < 3.5).astype(np.float64) * 255
+    np.save(tmp_path / "soft.npy", np.clip(gaussian_filter(ball, 0.8), 0, 254).round().astype(np.uint8))
+    capsys.readouterr()
+    assert main(["volume", img, "--labels", str(tmp_path / "soft.npy"), "--out", str(tmp_path / "o")] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "have no voxel of class" in err[0], err
+    assert "look like grey levels (an antialiased" in err[0], err

@@ -128,6 +128,10 @@ def summarize_labels(labels: ArrayLike, ignore: int = 255, *, num_classes: int |
         if missing:
             why = (f"; --ignore {ignore} is one of them: the classes are 0..K-1, so the value of unlabelled "
                    f"voxels lies above the largest class (e.g. 255)") if ignore in missing else ""
+            if not why and len(missing) > k // 2 and k > 16:  # values spread thin: not class indices
+                why = (f"; {k - len(missing)} values spread over 0..{k - 1} look like grey levels (an antialiased "
+                       f"or smoothly resized mask, or an image) rather than classes 0..K-1: save the labels "
+                       f"as class indices with hard edges")
             raise InputError(f"{what} have no voxel of class {_listed(missing, 6, 'classes')[1:-1]} (the classes "
                              f"run 0..{k - 1}): every class below the largest needs labelled voxels{why}")
         if k < 2:
