@@ -30,13 +30,14 @@ TINY = ["--config", "volume-tiny", "--quiet"]
 _KILLER = r"""
 import os, signal, sys
 import fhcnn.data.lazy as lazy
+import fhcnn.data.lazy.copies as copies
 from fhcnn.cli import main
 
 where, argv = sys.argv[1], sys.argv[2:]
 if where == "copy":
     copy = lazy.copy_to_zarr
-    lazy.copy_to_zarr = lambda *a, **k: copy(*a, **{**k, "max_bytes": 1024})
-    lazy.release_pages = lambda view: os.kill(os.getpid(), signal.SIGKILL)
+    lazy.copy_to_zarr = lambda *a, **k: copy(*a, **{**k, "max_bytes": 1024})  # copy_input imports it when called
+    copies.release_pages = lambda view: os.kill(os.getpid(), signal.SIGKILL)  # where copy_to_zarr reads it
 elif where == "place":
     replace = os.replace
     def killed(src, dst):

@@ -427,12 +427,12 @@ def test_compressed_planar_tiff_is_staged_by_rows_of_its_pages(tmp_path, cube, m
     (it was copied in column boxes, each decoding every strip of its band: 33.5 s instead of
     20.7 s for 3x8000x8000 uint16)."""
     tifffile = pytest.importorskip("tifffile")
-    import fhcnn.data.lazy as lazy
+    import fhcnn.data.lazy.copies as copies
     from fhcnn.data.hyperspectral import open_cube
 
     tifffile.imwrite(tmp_path / "c.tif", np.moveaxis(cube, -1, 0), planarconfig="separate",
                      photometric="minisblack", compression="zlib")
-    boxes, copy = [], lazy.copy_to_zarr
+    boxes, copy = [], copies.copy_to_zarr
 
     class Seen:
         def __init__(self, a):
@@ -445,7 +445,7 @@ def test_compressed_planar_tiff_is_staged_by_rows_of_its_pages(tmp_path, cube, m
     def two_rows(a, *args, **kw):
         return copy(Seen(a), *args, **{**kw, "max_bytes": 2 * 7 * 4})
 
-    monkeypatch.setattr(lazy, "copy_to_zarr", two_rows)
+    monkeypatch.setattr(copies, "copy_to_zarr", two_rows)  # where StagedCopy reads it
     opened = open_cube(tmp_path / "c.tif")
     np.testing.assert_array_equal(np.asarray(opened), cube)
     w = cube.shape[1]

@@ -1,4 +1,4 @@
-"""Volumes read by window (fhcnn/data/lazy.py): every read equals the same read of the whole
+"""Volumes read by window (fhcnn/data/lazy/): every read equals the same read of the whole
 array in memory, statistics and label scans stream, and nothing reads more than it needs."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ SRC = ROOT / "src" / "fhcnn"
 #: Import names whose distribution is named otherwise.
 DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
 #: The engine every command runs on (paths under src/fhcnn).
-ENGINE = ("engine/", "training/", "data/lazy.py", "rundir/", "atomic.py", "config.py", "resources.py")
+ENGINE = ("engine/", "training/", "data/lazy/", "rundir/", "atomic.py", "config.py", "resources.py")
 #: Peers the benchmarks compare with when they are installed (never needed).
 OPTIONAL_PEERS = {"memcnn", "iunets"}
 
