@@ -65,16 +65,10 @@ def _read_2d(path: Path, marks: str | None = None) -> np.ndarray:
     else:
         from PIL import UnidentifiedImageError
 
-        from ..video import open_image
+        from ..video import open_label_image
 
-        if suffix in (".jpg", ".jpeg"):
-            raise InputError(f"{path} is a JPEG: lossy compression turns one label value into many "
-                             f"(a mask of 0 and 255 reads as many grey values); save it as PNG")
         try:
-            with open_image(path, "label image") as im:
-                if im.format == "JPEG":
-                    raise InputError(f"{path} holds JPEG data: lossy compression turns one label "
-                                     f"value into many; save it as PNG")
+            with open_label_image(path, "label image", str(path), "save it as PNG") as im:
                 if im.mode in ("RGB", "RGBA", "LA"):
                     arr = np.asarray(im.convert("RGB"))
                 else:

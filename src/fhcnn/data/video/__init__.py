@@ -25,7 +25,7 @@ The package holds one idea per module:
 from .frames import VideoFrames, frames_for_display, frames_to_unit, open_video, read_video
 from .frames import _read_frame as _read_frame  # tests read one frame file
 from .frames import _sequential as _sequential  # tests decode frames in order
-from .image_files import open_image, pil_high_depth
+from .image_files import open_image, open_label_image, pil_high_depth
 from .masks import (
                     COLOUR_CODE_OFFSET,
                     MaskSet,
@@ -41,4 +41,4 @@ from .synthetic import generate_video
 __all__ = ["read_video", "open_video", "VideoFrames", "frames_to_unit", "frames_for_display",
            "read_masks", "MaskSet", "distinct_values",
            "check_mask_encodings", "mask_classes", "apply_classes", "davis_palette", "write_mask_png",
-           "generate_video", "open_image", "pil_high_depth", "COLOUR_CODE_OFFSET"]
+           "generate_video", "open_image", "open_label_image", "pil_high_depth", "COLOUR_CODE_OFFSET"]

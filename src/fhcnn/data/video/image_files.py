@@ -88,6 +88,23 @@ def open_image(f: Path, what: str, keep_depth: str = "save it as a 16-bit TIFF, 
             yield upright
 
 
+#: Suffixes of lossy image files (JPEG): never a file of label values.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+@contextlib.contextmanager
+def open_label_image(f: Path, what: str, shown: str, save: str) -> Iterator["Image.Image"]:
+    """:func:`open_image` for an image of label values (a mask, a label map), refusing a JPEG by
+    its name or by its data (lossy compression turns one label value into many): the line names
+    ``shown`` and says ``save`` (how to save it instead)."""
+    if f.suffix.lower() in LOSSY_SUFFIXES:
+        raise InputError(f"{shown} is a JPEG: lossy compression turns one label value into many; {save}")
+    with open_image(f, what) as im:
+        if im.format == "JPEG":
+            raise InputError(f"{shown} holds JPEG data: lossy compression turns one label value into many; {save}")
+        yield im
+
+
 def _check_frame_files(folder: Path, files: list[Path], what: str = "frame") -> None:
     """Refuse a broken link among the images, an unnumbered image beside numbered ones, two
     files with the same number, and names whose other numbers order them otherwise than their

@@ -15,10 +15,9 @@ import numpy as np
 
 from ...errors import InputError
 from .._npy import load_npy
-from .image_files import _check_frame_files, _davis_sequence_folder, _image_files, open_image
+from .image_files import _check_frame_files, _davis_sequence_folder, _image_files, open_label_image
 
 #: Lossy image formats: never read as masks.
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 #: Added to the code ``R * 65536 + G * 256 + B`` of every colour but black in an RGB mask, so no
@@ -32,14 +31,8 @@ def _read_mask_png(f: Path) -> tuple[np.ndarray, str]:
     a grey or palette image with alpha is left out), or each RGB colour
     as one value ``R * 65536 + G * 256 + B``, plus :data:`COLOUR_CODE_OFFSET` but for black
     (kind ``"colour"``; black = background = 0)."""
-    if f.suffix.lower() in LOSSY_SUFFIXES:
-        raise InputError(f"mask {f} is a JPEG: lossy compression turns one label value into "
-                         f"many; save the masks as PNG")
     try:
-        with open_image(f, "mask") as im:
-            if im.format == "JPEG":
-                raise InputError(f"mask {f} holds JPEG data: lossy compression turns one label "
-                                 f"value into many; save the masks as PNG")
+        with open_label_image(f, "mask", f"mask {f}", "save the masks as PNG") as im:
             if im.mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
                 return np.asarray(im if im.mode != "1" else im.convert("L")).astype(np.int64), "index"
             if im.mode in ("LA", "PA"):  # grey or palette with alpha: the values are indices
