@@ -655,3 +655,26 @@ def test_labels_of_grey_levels_are_refused_naming_them(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "have no voxel of class" in err[0], err
     assert "look like grey levels (an antialiased" in err[0], err
+
+
+def test_in_memory_labels_are_checked_before_they_become_uint8():
+    """inputs_from_arrays (benchmarks, notebooks) cast the labels to uint8 first: a class 300
+    became 44, -1 became 255 (unlabelled), 0.5 became class 0 and NaN an arbitrary class, with
+    no word. They are checked as the files are (NaN unlabelled), then cast."""
+    from fhcnn.apps.volume.inputs import inputs_from_arrays
+
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[4] = (np.arange(SHAPE[2]) >= SHAPE[2] // 2)[None, :].astype(np.uint8)
+    nan = np.where(lab == 255, np.nan, lab).astype(np.float32)
+    got = inputs_from_arrays([image], nan, eval_labels=nan)
+    np.testing.assert_array_equal(got.labels, lab)
+    np.testing.assert_array_equal(got.eval_labels, lab)
+    assert got.labels.dtype == np.uint8 and got.num_classes == 2
+    for value, words in ((300, "300"), (-1, "-1"), (0.5, "0.5")):
+        bad = lab.astype(np.float64 if value == 0.5 else np.int16)
+        bad[4, 0, 0] = value
+        with pytest.raises(InputError, match=rf"labels of array hold the value {words} at voxel \(4, 0, 0\)"):
+            inputs_from_arrays([image], bad)
+        with pytest.raises(InputError, match=rf"eval labels of array hold the value {words} at voxel \(4, 0, 0\)"):
+            inputs_from_arrays([image], lab, eval_labels=bad)

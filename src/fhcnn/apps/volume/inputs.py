@@ -166,24 +166,30 @@ def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels:
 def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,
                        *, spacing: Sequence[float] | None = None, name: str = "array") -> VolumeInputs:
     """:class:`VolumeInputs` of in-memory arrays (benchmarks, notebooks): ``channels`` each
-    ``(D, H, W)``, ``labels`` ``(D, H, W)`` uint8 (255 = unlabelled), optional full
-    ``eval_labels``; checked like files: one shape, every class below the largest labelled,
-    and no class in ``eval_labels`` that the labels do not reach.
+    ``(D, H, W)``, ``labels`` ``(D, H, W)`` of classes ``0..K-1`` and 255 (or NaN) = unlabelled,
+    any integer or float dtype, optional full ``eval_labels``; checked like files, before they
+    become uint8: one shape, no value that is neither a class nor 255 (a negative, a fraction,
+    one of 256 or more), every class below the largest labelled, and no class in
+    ``eval_labels`` that the labels do not reach.
 
     Raises:
         InputError: one line naming the problem.
     """
-    lab = np.asarray(labels, np.uint8)
+    raw = np.asarray(labels)
     for c, ch in enumerate(channels):
-        if tuple(ch.shape) != lab.shape:
-            raise InputError(f"channel {c} of {name} has shape {tuple(ch.shape)}, the labels {lab.shape}")
-    summary = summarize_labels(lab, IGNORE, what=f"labels of {name}")  # type: ignore[arg-type]
-    ev = None if eval_labels is None else np.asarray(eval_labels, np.uint8)
-    if ev is not None:
-        if ev.shape != lab.shape:
-            raise InputError(f"the eval labels of {name} have shape {ev.shape}, the labels {lab.shape}")
-        _check_eval_classes(summarize_labels(ev, IGNORE, num_classes=IGNORE, what=f"eval labels of {name}"),
+        if tuple(ch.shape) != raw.shape:
+            raise InputError(f"channel {c} of {name} has shape {tuple(ch.shape)}, the labels {raw.shape}")
+    summary = summarize_labels(raw, IGNORE, what=f"labels of {name}")  # type: ignore[arg-type]
+    lab = Relabelled(raw, IGNORE)[...]
+    ev = None
+    if eval_labels is not None:
+        ev_raw = np.asarray(eval_labels)
+        if ev_raw.shape != raw.shape:
+            raise InputError(f"the eval labels of {name} have shape {ev_raw.shape}, the labels {raw.shape}")
+        _check_eval_classes(summarize_labels(ev_raw, IGNORE, num_classes=IGNORE,  # type: ignore[arg-type]
+                                             what=f"eval labels of {name}"),
                             summary.num_classes, f"labels of {name}", f"the eval labels of {name}")
+        ev = Relabelled(ev_raw, IGNORE)[...]
     return VolumeInputs(list(channels), lab, ev, summary.num_classes, summary,
                         None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                         None, "npy", {"images": [name], "labels": name},
