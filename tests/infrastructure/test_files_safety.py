@@ -1123,3 +1123,38 @@ def test_27_a_large_input_touched_during_the_run_is_compared_by_its_contents(dat
     touch["change"] = True
     rc, err = run_cli(seg(data, tmp_path / "other"))
     assert rc == 1 and err[0].startswith(f"error: labels {data / 'm.npy'} changed during training"), err
+
+
+def test_27_files_a_file_browser_writes_into_an_input_folder_change_nothing(data, video, tmp_path, monkeypatch):
+    """A desktop shows the masks folder while the run trains and writes its own files there
+    (Finder's .DS_Store and ._ files, Windows' Thumbs.db): the folder's fingerprint took them in,
+    so the run stopped as 'changed' and --resume was refused. They are left out; a mask file
+    added among them still counts."""
+    from fhcnn.data.video import write_mask_png
+
+    _, m = video
+    md = tmp_path / "masks"
+    md.mkdir()
+    for i, mask in enumerate(m[:3]):
+        write_mask_png(md / f"{i:05d}.png", mask)
+    import fhcnn.training.trainer as trainer
+
+    fit = trainer.Trainer.fit
+    extra = {"names": [".DS_Store", "Thumbs.db"]}
+
+    def browsed(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        for name in extra["names"]:
+            (md / name).write_bytes(b"\0\1junk")
+        return out
+
+    monkeypatch.setattr(trainer.Trainer, "fit", browsed)
+    out = tmp_path / "o"
+    rc, err = run_cli(seg(data, out, labels=str(md)))
+    assert rc == 0, err
+    (md / "._00000.png").write_bytes(b"AppleDouble")
+    extra["names"] = []
+    rc, err = run_cli(seg(data, out, "--resume", labels=str(md)))
+    assert rc == 0, err
+    write_mask_png(md / "00003.png", m[3])  # a mask of one more frame: other labels
+    refused(seg(data, out, "--resume", labels=str(md)), f"labels ({md}) changed since the run")

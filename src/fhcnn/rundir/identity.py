@@ -19,6 +19,18 @@ from typing import Any, Mapping
 HASH_LIMIT = 64 * 2**20
 
 
+#: Files a desktop's file browser writes into any folder it shows (Finder's ``.DS_Store`` and
+#: ``._`` AppleDouble files, Windows' ``Thumbs.db`` and ``desktop.ini``, KDE's ``.directory``):
+#: never an input's contents, so never part of a folder's identity.
+OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
+
+
+def _folder_files(p: Path) -> list[Path]:
+    """The files below the folder ``p`` that make its contents (sorted; :data:`OS_FILES` and
+    ``._*`` left out)."""
+    return sorted(q for q in p.rglob("*") if q.is_file() and q.name not in OS_FILES and not q.name.startswith("._"))
+
+
 def _file_print(p: Path) -> str:
     st = p.stat()
     if st.st_size <= HASH_LIMIT:
@@ -31,14 +43,14 @@ def _file_print(p: Path) -> str:
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
-    """A fingerprint of an input file or folder (every file below it, by relative name):
+    """A fingerprint of an input file or folder (every file below it but :data:`OS_FILES`, by relative name):
     size and sha256 of a file up to ``HASH_LIMIT`` bytes (of every file of a folder whose
     files add up to at most that), else size and mtime."""
     p = Path(path).expanduser()
     if p.is_file():
         return _file_print(p)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file())
+        files = _folder_files(p)
         small = sum(f.stat().st_size for f in files) <= HASH_LIMIT  # else size and mtime per file
         h = hashlib.sha256()
         for f in files:
@@ -56,7 +68,7 @@ def by_time(path: str | os.PathLike[str]) -> bool:
     if p.is_file():
         return p.stat().st_size > HASH_LIMIT
     if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) > HASH_LIMIT
+        return sum(f.stat().st_size for f in _folder_files(p)) > HASH_LIMIT
     return False
 
 
@@ -65,7 +77,7 @@ def content_digest(path: str | os.PathLike[str]) -> str:
     whole: unlike :func:`fingerprint` it does not depend on where and when the files were written,
     so another copy on another machine's disk has the same one."""
     p = Path(path).expanduser()
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    files = _folder_files(p) if p.is_dir() else [p] if p.is_file() else []
     h = hashlib.sha256()
     for f in files:
         one = hashlib.sha256()
