@@ -91,8 +91,7 @@ def same_inputs_everywhere(roles: Mapping[str, Any]) -> dict[str, dict[str, Any]
     # identical copies on the machines' own disks: where one differs, every process compares
     # what those inputs hold, read whole (each process takes part: the gather is collective)
     differ = sorted(role for role in records if any(
-        (theirs.get(role, {}).get("fingerprint"), theirs.get(role, {}).get("also"))
-        != (everyone[0][role]["fingerprint"], everyone[0][role].get("also")) for theirs in everyone[1:]))
+        _print_of(theirs.get(role, {})) != _print_of(everyone[0][role]) for theirs in everyone[1:]))
     if not differ:
         return records
     contents = all_gather_objects({k: [content_digest(p) for p in _role_paths(roles[k])] for k in differ})
