@@ -159,11 +159,12 @@ def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
     error of one process's own work (a file it could not write) is printed at once."""
     import fhcnn.cli as cli
     import fhcnn.cli.info as info
+    import fhcnn.training.distributed as distributed
     from fhcnn.errors import InputError
     from fhcnn.rundir import InputsChangedError
 
     waits: list[float] = []
-    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    monkeypatch.setattr(distributed.time, "sleep", waits.append)
     changed = InputsChangedError("labels lab.npy changed during training")  # every process finds it
     for rank, error, waited, code in (("1", InputError("input.npy: contains NaN"), [cli.REFUSAL_GRACE_S], 2),
                                       ("1", PermissionError("out/slab.zarr: permission denied"), [], 2),

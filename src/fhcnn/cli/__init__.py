@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 from types import ModuleType
 from typing import NoReturn, Sequence
 
@@ -120,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = importlib.import_module("fhcnn.log")
         log.silence_abandoned_work()
         if isinstance(e, importlib.import_module("fhcnn.errors").InputError):
-            _let_rank_0_say_it(log.rank())
+            from ..training.distributed import leave_it_to_rank_0
+
+            leave_it_to_rank_0(REFUSAL_GRACE_S)  # every process meets it: rank 0 says it
         _line(f"error: {e}")
         return 2
     except OSError as e:  # a full or read-only file system while the run writes: exit 1, one line
@@ -136,24 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (isinstance(e, TrainingError) or lost is not None) or getattr(args, "debug", False):
             raise
         if isinstance(e, importlib.import_module("fhcnn.rundir").InputsChangedError):
-            _let_rank_0_say_it(importlib.import_module("fhcnn.log").rank())  # every process found it
+            from ..training.distributed import leave_it_to_rank_0
+
+            leave_it_to_rank_0(REFUSAL_GRACE_S)  # every process found it: rank 0 says it
         _line(f"error: {lost or e}")
         return 1
     finally:
         rundir = _imported("fhcnn.rundir")
         if rundir is not None:
             rundir.RunFolder.deactivate()
-
-
-def _let_rank_0_say_it(rank: int) -> None:
-    """Before the line of an error every process of a ``torchrun`` launch meets alike (a refusal
-    of the input, an input changed during the run): a process other than rank 0 waits
-    :data:`REFUSAL_GRACE_S`, in which the launcher ends it once rank 0 has said it."""
-    if rank != 0:
-        from ..training.distributed import end_silently_on_terminate
-
-        end_silently_on_terminate()  # torchrun ends this process in its wait: no second line
-        time.sleep(REFUSAL_GRACE_S)  # rank 0 says it (see REFUSAL_GRACE_S)
 
 
 def _imported(name: str) -> ModuleType | None:

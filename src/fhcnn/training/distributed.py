@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "cleanup_distributed", "exit_program", "end_spawned_worker",
            "spawn_workers",
-           "is_main_process", "end_silently_on_terminate", "stopped_line", "tell_others",
+           "is_main_process", "end_silently_on_terminate", "leave_it_to_rank_0", "stopped_line", "tell_others",
            "world_size", "PeerLostError", "peer_failure", "waited_too_long", "note_progress", "DEFAULT_PEER_TIMEOUT",
            "shard_batch", "gather_batch", "all_reduce_mean", "all_reduce_sum", "broadcast_object", "all_gather_objects",
            "barrier",
@@ -527,6 +527,16 @@ def end_silently_on_terminate() -> None:
     end it after rank 0 printed the line that matters: a refused input)."""
     if signal.getsignal(signal.SIGTERM) is _on_terminate:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def leave_it_to_rank_0(grace_s: float) -> None:
+    """Before the line of an error every process of a ``torchrun`` launch meets alike (a refused
+    input, an input changed during the run): a process other than rank 0 ends without a word on
+    SIGTERM and waits ``grace_s``, in which the launcher ends it once rank 0 has said it (a
+    process that meets the error alone still says it, after the wait). Rank 0 goes on at once."""
+    if not is_main_process():
+        end_silently_on_terminate()  # torchrun ends this process in its wait: no second line
+        time.sleep(grace_s)
 
 
 def world_size() -> int:
