@@ -292,6 +292,49 @@ def test_an_image_writers_default_resolution_states_no_spacing(tmp_path):
             else g.spacing == pytest.approx((want,) * 3), res
 
 
+def test_imagej_resolution_tags_read_as_imagej_reads_them(tmp_path):
+    """An ImageJ stack at 72 pixels an inch (ImageJ's description kept, the tags set by an image
+    editor or a writer's default) was read as pixels of 1/72 of the description's unit: beside
+    its 2 um slices, 144 times finer than ImageJ shows them (1 um), and the run scaled its
+    windows to that. ImageJ reads 72 pixels an inch as no pixel size: so does fhcnn, and says
+    so. Without a unit in the description ImageJ takes the tags' unit (inch), as fhcnn does."""
+    from fhcnn.apps.volume import VolumeConfig, load_volume_inputs
+    from fhcnn.apps.volume.pipeline import resolve_spacing
+
+    a = truth((5, 12, 14), np.uint16)
+    meta = {"axes": "ZYX", "spacing": 2.0, "unit": "um"}
+    tifffile.imwrite(tmp_path / "d.tif", a, imagej=True, resolution=(72, 72), resolutionunit="INCH", metadata=meta)
+    v = open_volume(str(tmp_path / "d.tif"))
+    assert_windows(v.channels[0], a)
+    g = v.geometry
+    assert (g.spacing, g.spacing_stated, g.unit) == ((2.0, 1.0, 1.0), (True, False, False), "um")
+    note = "its resolution tags hold 72 pixels an inch, which ImageJ reads as no pixel size: no in-plane spacing"
+    assert g.spacing_note == note
+    # beside an image at 0.5 um in-plane: its slices are compared, its pixels are not
+    tifffile.imwrite(tmp_path / "img.tif", a, imagej=True, resolution=(2, 2), metadata=meta)
+    check_same_grid(open_volume(str(tmp_path / "img.tif")), open_volume(str(tmp_path / "d.tif")), "labels")
+    tifffile.imwrite(tmp_path / "z3.tif", a, imagej=True, resolution=(72, 72), resolutionunit="INCH",
+                     metadata={**meta, "spacing": 3.0})
+    msg = refusal(check_same_grid, open_volume(str(tmp_path / "img.tif")), open_volume(str(tmp_path / "z3.tif")),
+                  "labels")
+    assert "voxel spacing (3, -, -) um against (2, 0.5, 0.5) um" in msg, msg
+    # the run's spacing line says what it took and why
+    lab = np.full(a.shape, 255, np.uint8)
+    lab[2] = np.arange(a[2].size).reshape(a[2].shape) % 2
+    np.save(tmp_path / "lab.npy", lab)
+    inputs = load_volume_inputs([str(tmp_path / "d.tif")], str(tmp_path / "lab.npy"))
+    assert resolve_spacing(VolumeConfig(), inputs) == (
+        (2.0, 1.0, 1.0), f"the tiff header, in um; it states none along H, W: taken as 1, 1, unknown "
+                         f"(--set volume.spacing=D,H,W gives it); {note}")
+    # other resolutions in inch are ImageJ's calibration in inch, unless the description names a unit
+    for res, meta_unit, want, unit in ((96, {}, 1 / 96, "inch"), (300, {"unit": "um"}, 1 / 300, "um")):
+        tifffile.imwrite(tmp_path / "s.tif", a, imagej=True, resolution=(res, res), resolutionunit="INCH",
+                         metadata={"axes": "ZYX", "spacing": 2.0, **meta_unit})
+        g = open_volume(str(tmp_path / "s.tif")).geometry
+        assert g.spacing == pytest.approx((2.0, want, want)) and g.unit == unit and g.spacing_note is None, res
+        assert g.spacing_stated == (True, True, True), res
+
+
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_pyramidal_ome_tiff_reads_its_full_resolution(tmp_path, compression):
     """A pyramidal OME-TIFF (reduced levels in SubIFDs) was refused, compressed or not, with

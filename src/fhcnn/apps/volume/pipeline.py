@@ -69,6 +69,8 @@ def resolve_spacing(cfg: VolumeConfig, inputs: VolumeInputs) -> tuple[tuple[floa
             held = ", ".join(f"{spacing[a]:g}" for a in unstated)
             unit += (f"; it states none along {axes}: taken as {held}, unknown (--set volume.spacing=D,H,W "
                      f"gives it)")
+        if g is not None and g.spacing_note:  # e.g. an ImageJ stack's 72 pixels an inch
+            unit += f"; {g.spacing_note}"
         return spacing, f"the {inputs.format} header{unit}"  # type: ignore[return-value]
     note = inputs.geometry.spacing_note if inputs.geometry is not None else None
     return None, f"none in {inputs.format}{f' ({note})' if note else ''}: taken as isotropic"

@@ -55,8 +55,8 @@ class VolumeGeometry:
             ``(D, H, W)`` axes (its prediction is written as an OME-Zarr image of that version),
             else ``None``.
         spacing_note: what the file holds that looks like a spacing but is taken as none, for
-            the run's log (a plain TIFF's 72 or 96 pixels an inch, an image writer's default),
-            else ``None``.
+            the run's log (a plain TIFF's 72 or 96 pixels an inch, an image writer's default;
+            an ImageJ file's 72 pixels an inch, which ImageJ reads as pixels of 1), else ``None``.
     """
 
     spacing: tuple[float, float, float] | None = None

@@ -6,9 +6,10 @@ needs, however many rows a strip holds; a compressed one is decoded whole, one p
 time); a tiled one through tifffile's zarr store (tile by tile; zarr 3) or, without it, page
 by page. A series is marked ``compressed`` when its pages are.
 The channel axis is tifffile's ``C`` (or ``S``, samples of RGB pages); spacing comes from
-ImageJ metadata (``spacing`` and the resolution tags), OME ``PhysicalSize*``, or, in a plain
-TIFF, the resolution tags in a length unit (in-plane only; not an image writer's default of 72
-or 96 pixels an inch).
+ImageJ metadata (``spacing`` and the resolution tags, read as ImageJ reads them: 72 pixels an
+inch is no pixel size, the unit is the description's or else the tags' inch or centimetre), OME
+``PhysicalSize*``, or, in a plain TIFF, the resolution tags in a length unit (in-plane only; not
+an image writer's default of 72 or 96 pixels an inch).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ _PLAIN_UNIT = "micrometer"
 #: told none: 72 (Photoshop, GIMP, Pillow), 96 (Windows). A plain TIFF's are no pixel size
 #: (read as one, 352.8 or 264.6 micrometres): not stated.
 WRITER_DEFAULT_DPI = (72.0, 96.0)
+#: ImageJ reads an X resolution of 72 pixels an inch as no calibration (pixels of 1, in the
+#: description's unit if it names one): an ImageJ file's resolution tags are read as ImageJ
+#: shows them.
+IMAGEJ_UNCALIBRATED_DPI = 72.0
 
 
 def open_tiff(path: Path, label: str) -> RawVolume:
@@ -337,8 +342,9 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
     those axes the file states it for, its length unit, the attributes to keep, and a note on
     resolution tags it holds that state no spacing (``VolumeGeometry.spacing_note``).
 
-    Stated: an OME ``PhysicalSize*``; ImageJ's ``spacing`` (Z); resolution tags other than
-    1 pixel per unit without a unit (what tifffile and most writers put in when told nothing);
+    Stated: an OME ``PhysicalSize*``; ImageJ's ``spacing`` (Z); of an ImageJ file, resolution
+    tags other than 1 pixel per unit without a unit (what tifffile and most writers put in when
+    told nothing) and other than :data:`IMAGEJ_UNCALIBRATED_DPI` in inch (ImageJ's pixels of 1);
     of a plain TIFF (neither ImageJ nor OME), resolution tags whose ``ResolutionUnit`` is a
     length (:data:`_RESOLUTION_UNITS`), X and Y only, in micrometres, but for an image writer's
     default (:data:`WRITER_DEFAULT_DPI` in inch or without a unit: the note says so). The other
@@ -357,13 +363,20 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
                                     if k in ("spacing", "unit", "channels", "slices", "frames")})
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
         xres, yres = page.resolution if hasattr(page, "resolution") else (1.0, 1.0)
+        code = int(getattr(page, "resolutionunit", 1) or 1)
         per_letter["Z"] = float(meta.get("spacing", 1.0) or 1.0)
         said |= {"Z"} if meta.get("spacing") else set()
+        if code == 2 and float(xres) == IMAGEJ_UNCALIBRATED_DPI:  # as ImageJ reads it: pixels of 1
+            note = (f"its resolution tags hold {xres:g} pixels an inch, which ImageJ reads as no pixel size: "
+                    f"no in-plane spacing")
+            xres = yres = 1.0
+        elif xres and yres:
+            if (float(xres), float(yres)) != (1.0, 1.0) or code != 1:
+                said |= {"X", "Y"}
         if xres and yres:
             per_letter["X"], per_letter["Y"] = 1.0 / float(xres), 1.0 / float(yres)
-            if (float(xres), float(yres)) != (1.0, 1.0) or int(getattr(page, "resolutionunit", 1)) != 1:
-                said |= {"X", "Y"}
-        unit = length_unit(meta.get("unit"))
+        # ImageJ's unit: the description's, else the resolution tags' (inch, centimetre)
+        unit = length_unit(meta.get("unit")) or length_unit(_RESOLUTION_UNITS.get(code) if code in (2, 3) else None)
     elif tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
