@@ -467,7 +467,8 @@ def _geometry_file(path, array, kind, geo):
     """``array`` saved as ``kind`` carrying the geometry ``geo`` (``{}``: none); returns its spec.
     ``zarr``: attributes; ``ome``: an OME-Zarr 0.4 group (``scale``, ``translation``, ``unit``);
     ``h5``: dataset attributes; ``tif``: OME-TIFF ``PhysicalSize*``; ``sgy``: inline numbers
-    from ``geo["first"]``."""
+    from ``geo["first"]``, CDP X/Y from ``geo["xy"]`` at the first trace (inlines 25 apart along
+    X, crosslines 12.5 along Y; stored in hundredths, coordinate scalar -100), none without it."""
     if kind == "zarr":
         zarr = pytest.importorskip("zarr")
         z = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype)
@@ -502,6 +503,10 @@ def _geometry_file(path, array, kind, geo):
     with segyio.create(str(path), spec) as f:
         for t, (i, j) in enumerate(np.ndindex(*array.shape[:2])):
             f.header[t] = {segyio.su.iline: spec.ilines[i], segyio.su.xline: spec.xlines[j]}
+            if "xy" in geo:
+                x, y = geo["xy"][0] + 25.0 * i, geo["xy"][1] + 12.5 * j
+                f.header[t].update({segyio.su.scalco: -100, segyio.su.cdpx: round(100 * x),
+                                    segyio.su.cdpy: round(100 * y)})
             f.trace[t] = array[i, j].astype(np.float32)
     return str(path)
 
@@ -509,6 +514,10 @@ def _geometry_file(path, array, kind, geo):
 #: (format, the image's geometry, another grid's, words the refusal names)
 OTHER_GRIDS = {
     "segy inline numbers": ("sgy", {"first": 1}, {"first": 11}, "inline numbers 11..18 step 1 against 1..8"),
+    "segy trace coordinates": ("sgy", {"xy": [456000.5, 6780000.25]}, {"xy": [456025.5, 6780000.25]},
+                               "trace coordinates (CDP X/Y) inline/crossline 1/1 (456025.5, 6780000.25), 1/10 "
+                               "(456025.5, 6780112.75), 8/1 (456200.5, 6780000.25) against inline/crossline 1/1 "
+                               "(456000.5, 6780000.25), 1/10 (456000.5, 6780112.75), 8/1 (456175.5, 6780000.25)"),
     "zarr spacing": ("zarr", {"spacing": [2.0, 1.0, 1.0]}, {"spacing": [1.0, 1.0, 1.0]}, "voxel spacing"),
     "OME-Zarr scale": ("ome", {"scale": [2.0, 0.5, 0.5]}, {"scale": [2.0, 1.0, 1.0]}, "voxel spacing"),
     "OME-Zarr translation": ("ome", {"scale": [2.0, 0.5, 0.5], "translation": [10.0, 0.0, 0.0]},
@@ -572,6 +581,33 @@ def test_only_what_both_files_state_is_compared(tmp_path):
     nm = _geometry_file(tmp_path / "nm2.zarr", labels, "ome", {"scale": [2000.0, 250.0, 250.0], "unit": "nanometer"})
     with pytest.raises(InputError, match=r"voxel spacing \(2000, 250, 250\) nanometer against \(2, 0.5, 0.5\)"):
         load_volume_inputs([img], nm)
+
+
+def test_segy_trace_coordinates_travel_with_the_prediction_and_zero_coordinates_are_not_compared(tmp_path, capsys):
+    """SEG-Y files were compared by line numbers only: a cube of another survey numbered 1..N was
+    trained on. The CDP X/Y of the corner traces are compared (a thousandth of a bin: 0.01 m off
+    a 12.5 m bin passes); labels whose corners hold 0, 0 (an export without coordinates) state
+    none and are accepted. prediction.zarr carries them: given back as labels it compares fine
+    with its SEG-Y image, and is refused beside a cube one bin away."""
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    _, lab = _volume(tmp_path, image)
+    labels = np.load(lab)
+    xy = [456000.5, 6780000.25]
+    img = _geometry_file(tmp_path / "img.sgy", image, "sgy", {"xy": xy})
+    bare = _geometry_file(tmp_path / "bare.sgy", labels, "sgy", {})
+    near = _geometry_file(tmp_path / "near.sgy", labels, "sgy", {"xy": [xy[0] + 0.01, xy[1]]})
+    out = tmp_path / "out"
+    assert main(["volume", img, "--labels", bare, "--eval-labels", near, "--out", str(out)] + TINY) == 0
+    attrs = zarr.open_array(str(out / "prediction.zarr"), mode="r").attrs
+    assert attrs["corner_xy"] == [[456000.5, 6780000.25], [456000.5, 6780112.75], [456175.5, 6780000.25]]
+    assert attrs["corner_lines"] == [[1, 1], [1, 10], [8, 1]] and attrs["inlines"] == [1, 8, 1]
+    back = load_volume_inputs([img], str(out / "prediction.zarr"))
+    assert back.geometry.attrs["corner_xy"] == attrs["corner_xy"]
+    away = _geometry_file(tmp_path / "away.sgy", image, "sgy", {"xy": [xy[0], xy[1] + 12.5]})
+    with pytest.raises(InputError, match=r"labels .*prediction\.zarr: another grid than image .*away\.sgy's \(trace "
+                                         r"coordinates \(CDP X/Y\) inline/crossline 1/1 \(456000\.5, 6780000\.25\)"):
+        load_volume_inputs([away], str(out / "prediction.zarr"))
 
 
 @pytest.mark.parametrize("kind", ["nan", "minus-one"])

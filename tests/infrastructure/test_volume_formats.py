@@ -563,6 +563,35 @@ def test_segy_little_endian_cube_is_read_as_written(tmp_path, fmt, dtype):
     assert v.geometry.attrs["sample_interval"] == 4000.0
 
 
+@pytest.mark.parametrize("scalar, sorting", [(-100, "inline"), (10, "crossline"), (0, "inline")])
+def test_segy_corner_coordinates_are_scaled_by_the_coordinate_scalar(tmp_path, scalar, sorting):
+    # the CDP X/Y (bytes 181/185) of voxels (0, 0), (0, -1), (-1, 0), scaled by bytes 71-72
+    # (negative: divide, positive: multiply, 0: 1), with their line numbers; whatever the sorting
+    a = truth((4, 6, 5), np.float32)
+    spec = segyio.spec()
+    spec.format, spec.samples = 5, list(range(a.shape[2]))
+    spec.ilines, spec.xlines = [5, 6, 7, 8], list(range(20, 26))
+    spec.sorting = getattr(segyio.TraceSortingFormat, f"{sorting.upper()}_SORTING")
+    pairs = [(i, j) for i in range(4) for j in range(6)] if sorting == "inline" else \
+        [(i, j) for j in range(6) for i in range(4)]
+    for name, coords in (("xy.sgy", True), ("none.sgy", False)):
+        with segyio.create(str(tmp_path / name), spec) as f:
+            for t, (i, j) in enumerate(pairs):
+                f.header[t] = {segyio.su.iline: spec.ilines[i], segyio.su.xline: spec.xlines[j],
+                               segyio.su.scalco: scalar, segyio.su.cdpx: (70001 + 2500 * i) * coords,
+                               segyio.su.cdpy: (-3 + 1250 * j) * coords}
+                f.trace[t] = a[i, j]
+            f.bin.update(tsort=spec.sorting)
+    v = open_volume(str(tmp_path / "xy.sgy"))
+    np.testing.assert_array_equal(v.channels[0][...], a)
+    assert v.geometry.attrs["sorting"] == sorting
+    assert v.geometry.attrs["corner_lines"] == [[5, 20], [5, 25], [8, 20]]
+    want = [[70001, -3], [70001, -3 + 1250 * 5], [70001 + 2500 * 3, -3]]
+    scaled = {-100: lambda w: w / 100, 10: lambda w: w * 10, 0: lambda w: w}[scalar]
+    assert v.geometry.attrs["corner_xy"] == [[scaled(w) for w in p] for p in want]
+    assert "corner_xy" not in open_volume(str(tmp_path / "none.sgy")).geometry.attrs  # 0, 0: states none
+
+
 class _CountedTraces:
     """A segyio file whose ``trace.raw`` records how many traces each read asks for."""
 

@@ -1,7 +1,7 @@
 """Whether two volume files lie on one grid: what each says about where its voxels are
-(a NIfTI affine, a voxel spacing, an origin, SEG-Y line numbers and sample times), compared
-where both say the same kind of thing. The one check every image, label and evaluation-label
-file of a run goes through (:func:`check_same_grid`)."""
+(a NIfTI affine, a voxel spacing, an origin, SEG-Y line numbers, trace coordinates and sample
+times), compared where both say the same kind of thing. The one check every image, label and
+evaluation-label file of a run goes through (:func:`check_same_grid`)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,28 @@ def _line_numbers(attrs: dict[str, Any], name: str) -> tuple[int, ...] | None:
     return None
 
 
+def _corner_xy(attrs: dict[str, Any]) -> tuple[float, ...] | None:
+    """The SEG-Y ``corner_xy`` (three ``[x, y]``: the CDP X/Y of voxels ``(0, 0)``, ``(0, -1)``,
+    ``(-1, 0)`` along the first two axes) as six numbers; ``None`` when the attributes hold none
+    (a file whose corners all hold 0, 0)."""
+    xy = attrs.get("corner_xy")
+    if isinstance(xy, list) and len(xy) == 3 and all(
+            isinstance(p, list) and len(p) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p) for p in xy):
+        return tuple(float(v) for p in xy for v in p)
+    return None
+
+
+def _corners_shown(xy: Sequence[float], attrs: dict[str, Any]) -> str:
+    """``inline/crossline 1/1 (x, y), 1/10 (x, y), 8/1 (x, y)`` (the ``corner_lines`` where the
+    attributes give them)."""
+    pts = [f"({xy[k]:.10g}, {xy[k + 1]:.10g})" for k in (0, 2, 4)]
+    lines = attrs.get("corner_lines")
+    if isinstance(lines, list) and len(lines) == 3 and all(isinstance(p, list) and len(p) == 2 for p in lines):
+        return "inline/crossline " + ", ".join(f"{il}/{xl} {p}" for (il, xl), p in zip(lines, pts))
+    return ", ".join(pts)
+
+
 def _lines_shown(v: Sequence[int]) -> str:
     steps = {b - a for a, b in zip(v, v[1:])}
     if len(steps) <= 1:
@@ -80,6 +102,8 @@ def statements(g: VolumeGeometry) -> dict[str, Statement]:
     * ``origin``: where voxel ``(0, 0, 0)`` lies (OME-Zarr ``translation``).
     * ``inline``, ``crossline``: SEG-Y line numbers; ``samples``: SEG-Y first sample and
       sample interval.
+    * ``coordinates``: the CDP X/Y of a SEG-Y grid's corner traces (``corner_xy``), ``tol`` a
+      thousandth of the smaller bin (the distance between corners over the lines between them).
     """
     out: dict[str, Statement] = {}
     if g.affine is not None:
@@ -97,11 +121,21 @@ def statements(g: VolumeGeometry) -> dict[str, Statement]:
         out["origin"] = Statement("origin (translation)", tuple(float(o) for o in g.origin),
                                   tuple(GRID_TOLERANCE * e for e in edge), g.unit, _numbers(g.origin, g.unit))
     attrs = g.attrs or {}
+    counts: dict[str, int] = {}
     for name in ("inline", "crossline"):
         lines = _line_numbers(attrs, name)
         if lines is not None:
+            counts[name] = len(lines)
             out[name] = Statement(f"{name} numbers", tuple(float(v) for v in lines), (0.0,) * len(lines), None,
                                   _lines_shown(lines))
+    xy = _corner_xy(attrs)
+    if xy is not None:
+        c = np.asarray(xy).reshape(3, 2)
+        bins = [float(np.linalg.norm(c[k] - c[0])) / (counts[name] - 1)
+                for k, name in ((1, "crossline"), (2, "inline")) if counts.get(name, 1) > 1]
+        bin_size = min((b for b in bins if b > 0), default=0.0)
+        out["coordinates"] = Statement("trace coordinates (CDP X/Y)", xy, (GRID_TOLERANCE * bin_size,) * 6, None,
+                                       _corners_shown(xy, attrs))
     first, dt = attrs.get("first_sample"), attrs.get("sample_interval")
     if isinstance(first, (int, float)) and isinstance(dt, (int, float)) and dt > 0:
         out["samples"] = Statement("samples (first sample, interval)", (float(first), float(dt)),
@@ -124,8 +158,8 @@ def _differs(mine: Statement, theirs: Statement) -> bool:
 def check_same_grid(first: OpenedVolume, other: OpenedVolume, what: str) -> None:
     """Refuse ``other`` (the file of ``what``: ``"image"``, ``"labels"``, ``"--eval-labels"``)
     when it and the image ``first`` both say where their voxels lie in the same terms
-    (:func:`statements`: a NIfTI affine, a spacing, an origin, SEG-Y lines or samples) and say
-    it differently: the same voxel indices would be different places (a flipped, shifted or
+    (:func:`statements`: a NIfTI affine, a spacing, an origin, SEG-Y lines, coordinates or
+    samples) and say it differently: the same voxel indices would be different places (a flipped, shifted or
     rescaled grid), trained on without a word. What only one of them says is not compared (a
     label file written by a tool that keeps no spacing).
 

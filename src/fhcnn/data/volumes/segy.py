@@ -1,7 +1,8 @@
 """SEG-Y post-stack cubes through segyio, as ``(inline, crossline, sample)`` arrays.
 
 The geometry comes from the inline and crossline numbers in the trace headers (bytes 189
-and 193, segyio's defaults); a file whose traces do not form one regular grid is refused.
+and 193, segyio's defaults); a file whose traces do not form one regular grid is refused. The
+CDP X/Y of three corner traces place the grid on the map (:func:`_corner_coordinates`).
 Big- and little-endian files are both read (:func:`byte_order`: segyio reads the order it is
 told, big-endian unless told otherwise).
 A window reads only the traces it covers (contiguous runs along the file's sorting), at most
@@ -124,6 +125,24 @@ def _line_numbers(name: str, numbers: np.ndarray) -> dict[str, Any]:
     return {f"{name}s": [v[0], v[-1], step], **({f"{name}_numbers": v} if step is None else {})}
 
 
+def _corner_coordinates(f: Any, segyio: Any, ilines: np.ndarray, xlines: np.ndarray, inline_sorted: bool
+                        ) -> dict[str, Any]:
+    """``{"corner_lines": [[inline, crossline], ...], "corner_xy": [[x, y], ...]}`` of the grid's
+    corner traces (first inline and first crossline, first inline and last crossline, last inline
+    and first crossline: voxels ``(0, 0)``, ``(0, -1)``, ``(-1, 0)`` along the first two axes): their
+    CDP X/Y (trace header bytes 181/185) scaled by their coordinate scalar (bytes 71-72: negative
+    divides by its magnitude, positive multiplies, 0 is 1). Three headers are read, no samples.
+    ``{}`` when all three hold 0, 0 (a writer that fills no coordinates, as many label exports)."""
+    tf, nil, nxl = segyio.TraceField, len(ilines), len(xlines)
+    lines, xy = [], []
+    for i, j in ((0, 0), (0, nxl - 1), (nil - 1, 0)):
+        h = f.header[i * nxl + j if inline_sorted else j * nil + i]
+        s = int(h[tf.SourceGroupScalar])
+        xy.append([float(h[c] / -s if s < 0 else h[c] * (s or 1)) for c in (tf.CDP_X, tf.CDP_Y)])
+        lines.append([int(ilines[i]), int(xlines[j])])
+    return {} if not any(v for p in xy for v in p) else {"corner_lines": lines, "corner_xy": xy}
+
+
 #: Trace headers :func:`_check_trace_order` reads at a time (a few bytes each held).
 HEADER_BLOCK = 1 << 18
 
@@ -198,6 +217,7 @@ def open_segy(path: Path, label: str) -> RawVolume:
             "sample_interval": float(segyio.tools.dt(f)),
             "first_sample": float(f.samples[0]),
             "sorting": "inline" if inline_sorted else "crossline",
+            **_corner_coordinates(f, segyio, ilines, xlines, inline_sorted),
         }
         dtype = f.dtype
     finally:
