@@ -585,8 +585,9 @@ def test_only_what_both_files_state_is_compared(tmp_path):
 
 def test_segy_trace_coordinates_travel_with_the_prediction_and_zero_coordinates_are_not_compared(tmp_path, capsys):
     """SEG-Y files were compared by line numbers only: a cube of another survey numbered 1..N was
-    trained on. The CDP X/Y of the corner traces are compared (a thousandth of a bin: 0.01 m off
-    a 12.5 m bin passes); labels whose corners hold 0, 0 (an export without coordinates) state
+    trained on. The CDP X/Y of the corner traces are compared (to a tenth of a bin: coordinates
+    rounded to whole metres beside a 12.5 m bin pass, 2 m off do not); labels whose corners hold
+    0, 0 (an export without coordinates) state
     none and are accepted. prediction.zarr carries them: given back as labels it compares fine
     with its SEG-Y image, and is refused beside a cube one bin away."""
     zarr = pytest.importorskip("zarr")
@@ -596,7 +597,10 @@ def test_segy_trace_coordinates_travel_with_the_prediction_and_zero_coordinates_
     xy = [456000.5, 6780000.25]
     img = _geometry_file(tmp_path / "img.sgy", image, "sgy", {"xy": xy})
     bare = _geometry_file(tmp_path / "bare.sgy", labels, "sgy", {})
-    near = _geometry_file(tmp_path / "near.sgy", labels, "sgy", {"xy": [xy[0] + 0.01, xy[1]]})
+    near = _geometry_file(tmp_path / "near.sgy", labels, "sgy", {"xy": [456000.0, 6780000.0]})  # whole metres
+    far = _geometry_file(tmp_path / "far.sgy", labels, "sgy", {"xy": [xy[0], xy[1] + 2.0]})
+    with pytest.raises(InputError, match=r"labels .*far\.sgy: another grid than image .*img\.sgy's"):
+        load_volume_inputs([img], far)
     out = tmp_path / "out"
     assert main(["volume", img, "--labels", bare, "--eval-labels", near, "--out", str(out)] + TINY) == 0
     attrs = zarr.open_array(str(out / "prediction.zarr"), mode="r").attrs

@@ -13,11 +13,15 @@ import numpy as np
 from ...errors import InputError
 from ._common import LENGTH_UNITS, OpenedVolume, VolumeGeometry
 
-__all__ = ["check_same_grid", "Statement", "statements", "GRID_TOLERANCE"]
+__all__ = ["check_same_grid", "Statement", "statements", "GRID_TOLERANCE", "COORDINATE_TOLERANCE"]
 
 #: Two files place a voxel at the same place when they differ by at most this fraction of a voxel
 #: (a spacing by this fraction of itself).
 GRID_TOLERANCE = 1e-3
+#: Two SEG-Y files' trace coordinates are the same place when they differ by at most this
+#: fraction of the smaller bin: exporters round CDP X/Y (to whole metres, to their coordinate
+#: scalar), while another survey or a grid shifted by a line is a bin or more away.
+COORDINATE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,9 @@ def statements(g: VolumeGeometry) -> dict[str, Statement]:
     * ``origin``: where voxel ``(0, 0, 0)`` lies (OME-Zarr ``translation``).
     * ``inline``, ``crossline``: SEG-Y line numbers; ``samples``: SEG-Y first sample and
       sample interval.
-    * ``coordinates``: the CDP X/Y of a SEG-Y grid's corner traces (``corner_xy``), ``tol`` a
-      thousandth of the smaller bin (the distance between corners over the lines between them).
+    * ``coordinates``: the CDP X/Y of a SEG-Y grid's corner traces (``corner_xy``), ``tol``
+      :data:`COORDINATE_TOLERANCE` of the smaller bin (the distance between corners over the
+      lines between them).
     """
     out: dict[str, Statement] = {}
     if g.affine is not None:
@@ -134,7 +139,7 @@ def statements(g: VolumeGeometry) -> dict[str, Statement]:
         bins = [float(np.linalg.norm(c[k] - c[0])) / (counts[name] - 1)
                 for k, name in ((1, "crossline"), (2, "inline")) if counts.get(name, 1) > 1]
         bin_size = min((b for b in bins if b > 0), default=0.0)
-        out["coordinates"] = Statement("trace coordinates (CDP X/Y)", xy, (GRID_TOLERANCE * bin_size,) * 6, None,
+        out["coordinates"] = Statement("trace coordinates (CDP X/Y)", xy, (COORDINATE_TOLERANCE * bin_size,) * 6, None,
                                        _corners_shown(xy, attrs))
     first, dt = attrs.get("first_sample"), attrs.get("sample_interval")
     if isinstance(first, (int, float)) and isinstance(dt, (int, float)) and dt > 0:
