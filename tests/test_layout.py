@@ -4,7 +4,7 @@
     1  wavelets, layers, reversible, network,    the library (and the option types beside it)
        memory, models, options, spatial
     2  config, rundir, data, training,           infrastructure
-       resources
+       resources, outcome
     3  engine                                    the dense engine
     4  apps                                      segment, change, vae
     5  cli, bench, __main__                      command line and benchmarks
@@ -25,7 +25,7 @@ LAYERS = {
     "errors": 0, "atomic": 0, "log": 0, "signals": 0,
     "fhcnn": 1, "wavelets": 1, "layers": 1, "reversible": 1, "network": 1, "memory": 1,
     "models": 1, "options": 1, "spatial": 1,
-    "config": 2, "rundir": 2, "data": 2, "training": 2, "resources": 2,
+    "config": 2, "rundir": 2, "data": 2, "training": 2, "resources": 2, "outcome": 2,
     "engine": 3,
     "apps": 4,
     "cli": 5, "bench": 5, "__main__": 5,

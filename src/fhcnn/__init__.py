@@ -4,7 +4,7 @@ Public contract: :class:`HaarDWT`, :class:`LearnableWavelet`, :class:`Hyperbolic
 
 The names are imported (with torch) when first used: ``import fhcnn`` itself imports nothing
 else, so that the ``fhcnn`` program (which enters through this package) answers Ctrl-C from
-its first moment, torch's import included (see :func:`fhcnn.cli.program`).
+its first moment, torch's import included (see :func:`fhcnn.outcome.run_program`).
 """
 
 from __future__ import annotations

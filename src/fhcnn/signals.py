@@ -3,7 +3,7 @@ limit, Kubernetes, ``kill PID``): the first raises ``KeyboardInterrupt`` (SIGTER
 :class:`Terminated`, one), so that whatever answers Ctrl-C in a run (removing the scratch it was
 writing, ending spawned workers) answers both; later ones are ignored, so that a second signal
 cuts neither the run's last line short nor that removal. Imports only the standard library: the
-program installs this before torch is imported (:func:`fhcnn.cli.program`)."""
+program installs this before torch is imported (:func:`fhcnn.outcome.run_program`)."""
 
 from __future__ import annotations
 

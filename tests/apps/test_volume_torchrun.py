@@ -90,9 +90,9 @@ def predicting(self, *args, **kwargs):
     return predict_into(self, *args, **kwargs)
 
 Trainer.fit, engine_train.SegmentationResult.predict_into = fitting, predicting
-import fhcnn.cli
+import fhcnn.outcome
 from fhcnn.cli import main
-fhcnn.cli.REFUSAL_GRACE_S = 0.0
+fhcnn.outcome.REFUSAL_GRACE_S = 0.0
 home = os.getcwd()
 for name, out, argv, cwd in json.loads(runs_file.read_text()):
     current[0] = name
@@ -305,9 +305,9 @@ def test_a_refusal_under_torchrun_is_printed_by_rank_0_and_after_a_wait_by_the_o
     out = tmp_path / "out"
     args = _args(vol, out)
     args[1] = str(vol / "missing.npy")
-    import fhcnn.cli as cli
+    import fhcnn.outcome as outcome
 
-    monkeypatch.setattr(cli, "REFUSAL_GRACE_S", 0.2)
+    monkeypatch.setattr(outcome, "REFUSAL_GRACE_S", 0.2)
     for rank, wait in (("1", 0.2), ("0", 0.0)):  # the launch's environment, in this process
         monkeypatch.setenv("RANK", rank)
         t0 = time.perf_counter()
@@ -324,12 +324,12 @@ def test_a_process_that_waits_to_be_ended_after_a_refusal_ends_without_a_word(vo
     # then goes without a second line: SIGTERM's default action again
     import signal
 
-    import fhcnn.cli as cli
+    import fhcnn.outcome as outcome
     from fhcnn.training import distributed
 
     args = _args(vol, tmp_path / "out")
     args[1] = str(vol / "missing.npy")
-    monkeypatch.setattr(cli, "REFUSAL_GRACE_S", 0.0)
+    monkeypatch.setattr(outcome, "REFUSAL_GRACE_S", 0.0)
     monkeypatch.setenv("RANK", "1")
     previous = signal.signal(signal.SIGTERM, distributed._on_terminate)  # as a run under torchrun sets it
     try:

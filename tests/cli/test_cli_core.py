@@ -157,8 +157,8 @@ def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
     (every process meets it alike, and rank 0 says it), but prints it: the launcher ends the
     processes once one exits, so a rank-0-only line was lost whenever another exited first. An
     error of one process's own work (a file it could not write) is printed at once."""
-    import fhcnn.cli as cli
     import fhcnn.cli.info as info
+    import fhcnn.outcome as outcome
     import fhcnn.training.distributed as distributed
     from fhcnn.errors import InputError
     from fhcnn.rundir import InputsChangedError
@@ -166,10 +166,10 @@ def test_a_process_of_a_launch_says_its_own_errors(monkeypatch, capsys):
     waits: list[float] = []
     monkeypatch.setattr(distributed.time, "sleep", waits.append)
     changed = InputsChangedError("labels lab.npy changed during training")  # every process finds it
-    for rank, error, waited, code in (("1", InputError("input.npy: contains NaN"), [cli.REFUSAL_GRACE_S], 2),
+    for rank, error, waited, code in (("1", InputError("input.npy: contains NaN"), [outcome.REFUSAL_GRACE_S], 2),
                                       ("1", PermissionError("out/slab.zarr: permission denied"), [], 2),
                                       ("0", InputError("input.npy: contains NaN"), [], 2),
-                                      ("1", changed, [cli.REFUSAL_GRACE_S], 1), ("0", changed, [], 1)):
+                                      ("1", changed, [outcome.REFUSAL_GRACE_S], 1), ("0", changed, [], 1)):
         def boom(args, error=error):
             raise error
         monkeypatch.setenv("RANK", rank)

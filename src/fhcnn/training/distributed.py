@@ -173,7 +173,7 @@ def spawn_workers(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -
     workers (SIGTERM, waited for) and raises on; one during the start is answered after it.
     (Each worker printed its own ``KeyboardInterrupt`` traceback, mostly from the middle of its
     import of torch, around the program's one line.) So is a SIGTERM this process answers in
-    Python (``fhcnn.cli.program``'s :class:`~fhcnn.signals.Terminated`): the workers it had
+    Python (``fhcnn.outcome.run_program``'s :class:`~fhcnn.signals.Terminated`): the workers it had
     started would otherwise be left running, and the program waited for them as it exited."""
     from multiprocessing import resource_tracker
 
