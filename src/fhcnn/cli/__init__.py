@@ -18,9 +18,9 @@ import argparse
 import importlib
 from typing import NoReturn, Sequence
 
-from ..outcome import REFUSAL_GRACE_S, exit_status, run_program  # the constant lives there: set it there
+from ..outcome import exit_status, run_program
 
-__all__ = ["main", "program", "COMMANDS", "REFUSAL_GRACE_S"]
+__all__ = ["main", "program", "COMMANDS"]
 
 # command name -> module; a module that is not present (yet) is simply not offered
 COMMANDS: dict[str, str] = {
@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "vae": "fhcnn.cli.vae",
     "bench": "fhcnn.cli.bench",
 }
+
 
 def _load_commands() -> dict[str, object]:
     mods: dict[str, object] = {}
