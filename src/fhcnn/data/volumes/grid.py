@@ -164,8 +164,8 @@ def check_same_grid(first: OpenedVolume, other: OpenedVolume, what: str) -> None
     """Refuse ``other`` (the file of ``what``: ``"image"``, ``"labels"``, ``"--eval-labels"``)
     when it and the image ``first`` both say where their voxels lie in the same terms
     (:func:`statements`: a NIfTI affine, a spacing, an origin, SEG-Y lines, coordinates or
-    samples) and say it differently: the same voxel indices would be different places (a flipped, shifted or
-    rescaled grid), trained on without a word. What only one of them says is not compared (a
+    samples) and say it differently: the same voxel indices would be different places (a
+    flipped, shifted or rescaled grid), trained on without a word. What only one of them says is not compared (a
     label file written by a tool that keeps no spacing).
 
     Raises:

@@ -370,9 +370,8 @@ def _spacing(tif: Any, axes: str) -> tuple[list[float | None] | None, list[bool]
             note = (f"its resolution tags hold {xres:g} pixels an inch, which ImageJ reads as no pixel size: "
                     f"no in-plane spacing")
             xres = yres = 1.0
-        elif xres and yres:
-            if (float(xres), float(yres)) != (1.0, 1.0) or code != 1:
-                said |= {"X", "Y"}
+        elif xres and yres and ((float(xres), float(yres)) != (1.0, 1.0) or code != 1):
+            said |= {"X", "Y"}
         if xres and yres:
             per_letter["X"], per_letter["Y"] = 1.0 / float(xres), 1.0 / float(yres)
         # ImageJ's unit: the description's, else the resolution tags' (inch, centimetre)
