@@ -105,11 +105,11 @@ def scene_moments(before: Any, after: Any, features: bool = False) -> SceneMomen
     for rows in row_slabs(before.shape):
         b = np.asarray(before[rows], np.float64)
         a = np.asarray(after[rows], np.float64)
-        both = np.concatenate([b, a])
-        bands.add(both, per_band=True)
-        level.add(np.clip(both, 0, None), per_band=True)
-        dated[0].add(np.clip(b, 0, None), per_band=True)
-        dated[1].add(np.clip(a, 0, None), per_band=True)
+        bands.add(np.concatenate([b, a]), per_band=True)
+        clipped = np.clip(b, 0, None), np.clip(a, 0, None)
+        level.add(np.concatenate(clipped), per_band=True)
+        for d, c in zip(dated, clipped):
+            d.add(c, per_band=True)
     lev = np.asarray(level.mean, np.float64)
     eps = 0.01 * np.where(lev > 0, lev, 1.0)
     levels = np.stack([np.asarray(d.mean, np.float64) for d in dated])

@@ -705,8 +705,9 @@ def local_copies(plan: RunPlan, inputs: VolumeInputs, folder: Path, log: Callabl
         copies[name] = copy_input(folder, name, array, (64, 64, 64), axis=axis, train=plan.config.train,
                                   why="its file is compressed", log=log, resume=resume)
     # from now on the run reads the copies: the files of those inputs may change without harm
+    # (the image files, once every channel is read from a copy: which file holds which is not kept)
     images = [image_role(i) for i in range(len(inputs.sources.get("images", [])))]
-    roles = [role for role in images if all(f"image{i}" in copies for i in range(n))] \
+    roles = (images if all(f"image{i}" in copies for i in range(n)) else []) \
         + [role for role in ("labels", "eval_labels") if role in copies]
     for role in roles:
         stop_watching_input(role)
