@@ -13,7 +13,9 @@ Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known tru
 2009 T1 template that ships inside the nilearn wheel, at ``$MNI_MM`` mm, default 2: 98 x 116 x 94, classes
 0 other / 1 grey matter / 2 white matter from the probability maps above 0.5; read from an
 installed nilearn or from ``--nilearn-wheel``/``$NILEARN_WHEEL``, never downloaded by this
-script).
+script). The seismic volumes state their depth (axis 0) as the vertical axis, as a SEG-Y cube's
+samples do (``fhcnn.data.synthetic_volumes.VERTICAL_AXIS``): training windows are not flipped
+along it (``volume.vertical_axis``).
 
 Annotation: ``fraction`` of the slices along axis 0 (D) (at least 1), evenly spaced from a
 seeded offset (``one``), or the same number of slices spread over the three axes in turn
@@ -58,7 +60,7 @@ from fhcnn.apps.volume.inputs import inputs_from_arrays
 from fhcnn.atomic import atomic_path, atomic_write_text
 from fhcnn.bench.reference import environment
 from fhcnn.config import load_config
-from fhcnn.data.synthetic_volumes import generate_volume
+from fhcnn.data.synthetic_volumes import VERTICAL_AXIS, generate_volume
 from fhcnn.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,7 +96,7 @@ def load_volume(name: str, wheel: str | None = None) -> dict:
         for c in chans:
             img, truth = generate_volume(kind, (SIZE,) * 3, seed=0, channel=c, dtype="float32")  # type: ignore[arg-type]
             out.append(img)
-        return {"channels": out, "truth": truth, "spacing": None,
+        return {"channels": out, "truth": truth, "spacing": None, "vertical_axis": VERTICAL_AXIS[kind],
                 "about": f"generated {kind} {SIZE}^3, channels {chans}"}
     if name == "mni":
         import nibabel as nib
@@ -114,7 +116,7 @@ def load_volume(name: str, wheel: str | None = None) -> dict:
         truth = np.zeros(t1.shape, np.uint8)
         truth[gm > 0.5] = 1
         truth[wm > 0.5] = 2
-        return {"channels": [t1], "truth": truth, "spacing": (float(f),) * 3,
+        return {"channels": [t1], "truth": truth, "spacing": (float(f),) * 3, "vertical_axis": None,
                 "about": f"MNI152 2009c T1 at {f} mm {t1.shape}; 0 other / 1 GM / 2 WM (maps > 0.5)"}
     sys.exit(f"unknown volume {name!r}")
 
@@ -166,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 lab, where = annotate(vol["truth"], frac, axes, seed)
                 try:
                     inputs = inputs_from_arrays(vol["channels"], lab, vol["truth"], spacing=vol["spacing"],
-                                                name=args.volume)
+                                                vertical_axis=vol["vertical_axis"], name=args.volume)
                 except InputError as e:  # e.g. the annotated slices miss a class: `fhcnn volume` refuses it
                     print(f"{key}: refused, not run: {e}", file=sys.stderr)
                     continue
@@ -178,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                        **{b: _short(v) for b, v in m["baselines"].items()},
                        "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
                        "unet_train_time_s": m["baselines"].get("unet", {}).get("train_time_s"),
-                       "time_s": round(time.perf_counter() - t0, 1), "device": m["device"]}
+                       "time_s": round(time.perf_counter() - t0, 1), "device": m["device"], "flips": m["flips"]}
                 done["runs"][key] = rec
                 done["environment"] = environment()
                 RESULTS.mkdir(exist_ok=True)
@@ -208,11 +210,13 @@ def _annotation_order(group: str) -> tuple[str, float]:
 def _baseline_settings(data: dict, baseline: str) -> list[str]:
     """The overrides ``baseline`` depends on. The U-Net: all but fhcnn's network (``model.*``
     other than the U-Net's), the threads, the device and the baselines run; the copy and the
-    forest (no network): the ``volume.*`` settings but the baselines run, and the seed."""
+    forest (no network, no training windows): the ``volume.*`` settings but the baselines run
+    and the vertical axis (which only rules out flips of training windows), and the seed."""
     keep = [o for o in data.get("overrides") or []
             if not o.startswith(("train.threads=", "train.device=", "volume.baselines="))]
     if baseline != "unet":
-        return sorted(o for o in keep if o.startswith(("volume.", "train.seed=")))
+        return sorted(o for o in keep if o.startswith(("volume.", "train.seed="))
+                      and not o.startswith("volume.vertical_axis="))
     keep = [o for o in keep if not o.startswith("train.steps=")] + [f"train.steps={_train_steps(data)}"]
     return sorted(o for o in keep if not o.startswith("model.") or o.startswith("model.unet_"))
 
@@ -446,7 +450,7 @@ def _costs(config: str, overrides: list[str], size: tuple[int, ...]) -> dict:
         for _ in range(5):
             model(xb)
         t_call = (time.process_time() - t) / 5
-    tilings = prediction_tilings(size, win, model.size_multiple, d.predict_shifts, True, d.predict_flip)
+    tilings = prediction_tilings(size, win, model.size_multiple, d.predict_shifts, True, d.prediction_mirror)
     windows = sum(tl.count for tl in tilings)
     calls = -(-windows // d.predict_batch)
     return {"size": list(size), "channels": 2, "config": config, "overrides": overrides,
@@ -505,7 +509,7 @@ def main() -> None:
     r.add_argument("--part", default="", help="write results/volume_sparse_<volume>_<tag>@PART.json "
                                              "(parallel runs; report merges the parts)")
     rp = sub.add_parser("report")
-    rp.add_argument("--plot", default="x_ch32s1000,x_ch32",
+    rp.add_argument("--plot", default="v_vert,x_ch32s1000,x_ch32",
                     help="the tags whose tables volume_sparse.png shows, one panel a volume with "
                          "baselines (its table from the first tag that has it)")
     s = sub.add_parser("speed")

@@ -11,6 +11,17 @@ from ._files import load, need
 
 #: the results of the shipped ``volume`` config and of the same network trained fewer steps
 SHIPPED, SHORTER = "x_ch32s1000", "x_ch32"
+#: the same of the seismic volumes, which state their vertical axis (never flipped in training)
+SEISMIC_SHIPPED, SEISMIC_SHORTER = "v_vert", "v_vert600"
+SEISMIC = ("seismic", "layers")
+
+
+def shipped(volume: str, shorter: bool = False) -> str:
+    """The tag of ``volume``'s results of the shipped config (``shorter``: trained fewer steps)."""
+    if volume in SEISMIC:
+        return SEISMIC_SHORTER if shorter else SEISMIC_SHIPPED
+    return SHORTER if shorter else SHIPPED
+
 VOLUMES = (("cells", "cells 48³, 2 channels"), ("seismic", "seismic 48³, faults"),
            ("layers", "seismic 48³, four formations"), ("mni", "MNI152 T1 at 3 mm"))
 _METHODS = ("fhcnn", "unet", "copy", "forest")
@@ -53,7 +64,7 @@ def _steps(summary: dict[str, Any], tag: str) -> int:
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any] | None]]:
     out = []
     for volume, label in VOLUMES:
-        table, shorter = _table(summary, volume, SHIPPED), _table(summary, volume, SHORTER)
+        table, shorter = _table(summary, volume, shipped(volume)), _table(summary, volume, shipped(volume, True))
         for group, row in table.items():  # in the report's order: one axis first, then by fraction
             out.append((label, _annotation(group, row["slices"]), row, shorter.get(group)))
     return out
@@ -147,32 +158,34 @@ def volume_predict_modes(d: Path) -> str:
 
 #: networks tried on the four formations at 5 % of axis 0, trained as long as the shipped one:
 #: (tag, what, ``--set``)
-FORMATIONS = ((SHIPPED, "shipped", ""),
-              ("s1000", "without the conv head", "`model.conv_head=0`"),
-              ("q_l2", "a second coarsening, the same cost",
-               "`model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"),
-              ("q_nh48", "without the conv head, hidden width 48 at half resolution, a quarter overlap",
-               "`model.conv_head=0 model.hidden=8,48,8 data.predict_overlap=0.25`"))
+FORMATIONS = ((SEISMIC_SHIPPED, "shipped (never flipped along the vertical axis)", ""),
+              (SHIPPED, "flipped along the vertical axis too", "`volume.vertical_axis=none`"),
+              ("s1000", "flipped too, without the conv head", "`volume.vertical_axis=none model.conv_head=0`"),
+              ("q_l2", "flipped too, a second coarsening at the same cost",
+               "`volume.vertical_axis=none model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"),
+              ("q_nh48", "flipped too, without the conv head, hidden width 48 at half resolution, a quarter "
+               "overlap", "`volume.vertical_axis=none model.conv_head=0 model.hidden=8,48,8 "
+               "data.predict_overlap=0.25`"),
+              ("q_wd48", "flipped too, training windows as deep as the cube", "`volume.vertical_axis=none "
+               "data.window_depth=48`"))
 
 
 def volume_formations(d: Path) -> str:
-    """The four formations at 5 % of axis 0: each network of :data:`FORMATIONS` (those with
-    results) against the U-Net of the same labels and steps: mIoU mean ± spread with per-class
-    IoU, each seed's mIoU, and the margin over the U-Net a seed."""
+    """The four formations at 5 % of axis 0: each setting of :data:`FORMATIONS` (those with
+    results): fhcnn's mIoU mean ± spread with per-class IoU and each seed's mIoU, and the U-Net
+    trained with the same flips on the same labels and steps (a network's setting does not
+    change it), likewise, with fhcnn's margin over it a seed."""
     summary = need(d, "volume_sparse_summary")
-    out = ["| network | `--set` | fhcnn | mIoU a seed (seed: mIoU) | fhcnn − U-Net a seed |", "|---|---|---|---|---|"]
-    unet = None
+    out = ["| setting | `--set` | fhcnn | fhcnn a seed | 3D U-Net of the same runs | U-Net a seed | "
+           "fhcnn − U-Net a seed |", "|---|---|---|---|---|---|---|"]
     for tag, what, sets in FORMATIONS:
         row = _table(summary, "layers", tag).get("0.05|one")
         if row is None:
             continue
-        unet = unet or row.get("unet")
         margin = row.get("margin_over_unet")
         gap = "–" if margin is None else f"{_signed(margin['min'])} to {_signed(margin['max'])}"
-        seeds = ", ".join(f"{s}: {v:.3f}" for s, v in row["fhcnn"]["by_seed"].items())
-        out.append(f"| {what} | {sets} | {_cell(row, 'fhcnn', False)} | {seeds} | {gap} |")
-    if unet is not None:
-        seeds = ", ".join(f"{s}: {v:.3f}" for s, v in unet["by_seed"].items())
-        out.append(f"| the 3D U-Net of the baselines | `model.arch=unet` | {_cell({'unet': unet}, 'unet', False)} | "
-                   f"{seeds} | |")
+        by_seed = [", ".join(f"{s}: {v:.3f}" for s, v in row[m]["by_seed"].items()) if m in row else "–"
+                   for m in ("fhcnn", "unet")]
+        out.append(f"| {what} | {sets} | {_cell(row, 'fhcnn', False)} | {by_seed[0]} | {_cell(row, 'unet', False)} | "
+                   f"{by_seed[1]} | {gap} |")
     return "\n".join(out)

@@ -105,7 +105,7 @@ def test_chunked_prediction_equals_the_whole_volume_blend(tmp_path, shifts, flip
 
 def test_every_chunk_is_finished_once_and_spills_stay_bounded(tmp_path) -> None:
     size, k = (12, 12, 12), 2
-    tilings = prediction_tilings(size, (8, 8, 8), 4, 2, True, True)
+    tilings = prediction_tilings(size, (8, 8, 8), 4, 2, True, 2)
     writes: list[tuple] = []
 
     class Record:

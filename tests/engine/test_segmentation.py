@@ -127,6 +127,33 @@ class _Pointwise(torch.nn.Module):
         return self.conv(x)
 
 
+class _Neighbourhood(torch.nn.Module):
+    """A 3x3x3 convolution with a random kernel: its mirror image is another function."""
+
+    size_multiple = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_the_mirrored_tiling_mirrors_along_its_axis(axis):
+    # one whole-volume window (no blending, no padding): the prediction is the mean of the
+    # network's softmax and the mirror image of its softmax of the mirrored volume
+    torch.manual_seed(0)
+    model, vol = _Neighbourhood(), torch.rand(3, 8, 12, 4)
+    got = predict_volume(model, vol, flip=True, mirror_axis=axis, window=(0, 0, 0))
+    with torch.no_grad():
+        plain = torch.softmax(model(vol[None]), 1)[0]
+        mirrored = torch.softmax(model(vol.flip(axis + 1)[None]), 1)[0].flip(axis + 1)
+    torch.testing.assert_close(got, (plain + mirrored) / 2)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the mirror is not the same function
+
+
 def test_windowed_prediction_blends_to_the_whole_volume_prediction():
     # windows overlap and are blended with centre-peaked weights: for a model without context
     # the result must equal one pass over the whole volume (weights normalized exactly)

@@ -86,15 +86,15 @@ def test_window_starts_refuse_an_overlap_outside_0_to_1() -> None:
 @settings(max_examples=40, deadline=None)
 @given(size=st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20)),
        window=st.tuples(st.sampled_from([0, 2, 4, 8, 12]), st.sampled_from([0, 4, 8]), st.sampled_from([0, 4, 8, 16])),
-       shifts=st.integers(1, 4), shift_depth=st.booleans(), flip=st.booleans(),
+       shifts=st.integers(1, 4), shift_depth=st.booleans(), mirror=st.sampled_from([None, 0, 1, 2]),
        overlap=st.sampled_from([0.0, 0.25, 0.5]))
-def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_depth, flip, overlap) -> None:
+def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_depth, mirror, overlap) -> None:
     """Every tiling's windows cover every voxel of the volume; the weights over the coverage of
     the windows holding a voxel sum to one (each tiling is a proper blend), at any overlap."""
     m = 4
-    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip, overlap)
+    tilings = prediction_tilings(size, window, m, shifts, shift_depth, mirror, overlap)
     offsets = {t.offset for t in tilings}
-    assert len(tilings) == len(offsets) * (2 if flip else 1) and all(t.offset[0] == 0 for t in tilings
+    assert len(tilings) == len(offsets) * (1 if mirror is None else 2) and all(t.offset[0] == 0 for t in tilings
                                                                      if not shift_depth)
     for t in tilings:
         assert all(p % m == 0 and p >= n + o for p, n, o in zip(t.padded, size, t.offset))
@@ -108,8 +108,26 @@ def test_tilings_cover_the_volume_and_blend_to_one(size, window, shifts, shift_d
             np.testing.assert_allclose(total[covered], 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("mirror", [0, 1, 2])
+def test_a_mirrored_tiling_mirrors_its_windows_along_its_axis_only(mirror) -> None:
+    """The mirrored tiling's windows are the plain tiling's reflected in the padded volume along
+    ``mirror`` (in unflipped coordinates) and the same along the other axes."""
+    plain, mirrored = prediction_tilings((13, 11, 9), (8, 4, 4), 4, 1, True, mirror, 0.25)
+    assert plain.mirror is None and mirrored.mirror == mirror
+    for a in range(3):
+        want = plain.starts[a] if a != mirror else \
+            tuple(sorted(plain.padded[a] - s - plain.window[a] for s in plain.starts[a]))
+        assert mirrored.starts[a] == want
+
+
+@pytest.mark.parametrize("bad", [True, False, 3, -1])
+def test_tilings_refuse_a_mirror_that_is_not_an_axis(bad) -> None:
+    with pytest.raises(ValueError, match="mirror"):
+        prediction_tilings((8, 8, 8), (4, 4, 4), 4, 1, True, bad)
+
+
 def test_covering_counts_the_windows_meeting_each_chunk() -> None:
-    t = prediction_tilings((10, 4, 4), (4, 0, 0), 2, 2, True, False)[1]  # shifted by 1
+    t = prediction_tilings((10, 4, 4), (4, 0, 0), 2, 2, True, None)[1]  # shifted by 1
     edges = [0, 3, 6, 10]
     counts = t.covering(0, 10, edges)
     want = [sum(1 for s in t.starts[0] if max(0, s - 1) < min(10, s - 1 + 4) and max(0, s - 1) < e1

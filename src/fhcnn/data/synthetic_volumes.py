@@ -43,8 +43,8 @@ from typing import Literal, Sequence, get_args
 
 import numpy as np
 
-__all__ = ["VolumeKind", "KINDS", "CLASS_NAMES", "generate_volume", "volume_block", "write_volume",
-           "WrittenVolume"]
+__all__ = ["VolumeKind", "KINDS", "CLASS_NAMES", "VERTICAL_AXIS", "generate_volume", "volume_block",
+           "write_volume", "WrittenVolume"]
 
 #: The kinds of generated volume.
 VolumeKind = Literal["cells", "seismic", "seismic-layers"]
@@ -55,6 +55,8 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "seismic": ("rock", "fault"),
     "seismic-layers": ("layer 0", "layer 1", "layer 2", "layer 3"),
 }
+#: The axis of each kind that points down (the seismic kinds' depth; ``None``: no such axis).
+VERTICAL_AXIS: dict[str, int | None] = {"cells": None, "seismic": 0, "seismic-layers": 0}
 Box = tuple[slice, slice, slice]
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)

@@ -83,7 +83,7 @@ class DataConfig:
     chosen labelled voxel (class-balanced choice), the volume continued by reflection, so
     every labelled voxel is seen at every position modulo the network's stride.
     Prediction averages the probabilities over ``predict_shifts`` shifted tilings
-    (and a horizontal flip if ``predict_flip``), each of windows overlapping by about
+    (and, with ``predict_flip``, each tiling mirrored along :attr:`mirror_axis`), each of windows overlapping by about
     ``predict_overlap`` of a window along every axis (0.5: each voxel in about 2 windows an
     axis, 8 in 3D; 0: side by side, each voxel in one window of a tiling: the fastest, with the
     window's edges unblended). Prediction windows (``predict_depth`` ...)
@@ -176,6 +176,25 @@ class DataConfig:
             raise ValueError(f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+    @property
+    def mirror_axis(self) -> int | None:
+        """The spatial axis (0 = D, 1 = H, 2 = W) that the mirrored prediction tiling
+        (``predict_flip``) and the mean teacher's second view flip: W where training windows are
+        flipped along W (``flip_width``), else H (``flip_height``), else D (``reverse_depth``,
+        not with ``reduce_depth``); ``None`` where training flips none (the network never sees a
+        mirror image, so none is predicted)."""
+        for axis, flips in ((2, self.flip_width), (1, self.flip_height),
+                            (0, self.reverse_depth and not self.reduce_depth)):
+            if flips:
+                return axis
+        return None
+
+    @property
+    def prediction_mirror(self) -> int | None:
+        """The axis the prediction's mirrored tilings flip: :attr:`mirror_axis` with
+        ``predict_flip``, else ``None`` (no mirrored tiling)."""
+        return self.mirror_axis if self.predict_flip else None
 
 
 @dataclass

@@ -88,10 +88,10 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
             if split is not None:  # this process's slab, in the (possibly mirrored) window's frame
                 for a, sl in enumerate(split.local_slices(t.window)):
                     lo, hi, _ = sl.indices(t.window[a])
-                    first[a] += t.window[a] - hi if (t.flipped and a == 2) else lo
+                    first[a] += t.window[a] - hi if a == t.mirror else lo
                     size_[a] = hi - lo
             x = volume.window(first, size_)
-            xs.append(x[..., ::-1] if t.flipped else x)
+            xs.append(x if t.mirror is None else np.flip(x, t.mirror - 3))
         xb = torch.from_numpy(np.ascontiguousarray(np.stack(xs))).to(device)
         prob = torch.softmax(model(xb).float(), 1).cpu().numpy()
         if each_batch is not None:
@@ -100,8 +100,8 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
             made.append(store(prob.shape[1]))  # type: ignore[operator]
         for (i, start), p in zip(pending, prob):
             t = tilings[i]
-            if t.flipped:
-                p = p[..., ::-1]
+            if t.mirror is not None:
+                p = np.flip(p, t.mirror - 3)
             box = t.volume_box(start, size)
             assert box is not None
             inner = tuple(slice(lo - (s - o), hi - (s - o)) for (lo, hi), s, o in zip(box, start, t.offset))
@@ -125,6 +125,7 @@ def predict_into(model: nn.Module, volume: LazyVolume, tilings: Sequence[Tiling]
 
 
 def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int = 1, flip: bool = False,
+                   mirror_axis: int = 2,
                    window: Sequence[int] = (0, 0, 0), overlap: float = 0.5,
                    device: torch.device | str | None = None,
                    shift_depth: bool = True, batch: int = 4,
@@ -139,9 +140,9 @@ def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int
     with weights ``sin(pi (i + 1/2) / w)`` along each cut axis, so a voxel's prediction comes
     mostly from windows that hold it near their centre, where the net sees its context), and
     the softmax averaged over ``shifts`` tilings offset by ``i * multiple / shifts`` voxels on
-    every axis (only H and W if not ``shift_depth``; and over a flip of the last axis if
-    ``flip``); cropped back to ``(D, H, W)``. See :func:`predict_into` for ``batch`` and
-    ``each_batch``.
+    every axis (only H and W if not ``shift_depth``; and, if ``flip``, over their mirror images
+    along the spatial axis ``mirror_axis``: 0 = D, 1 = H, 2 = W); cropped back to ``(D, H, W)``.
+    See :func:`predict_into` for ``batch`` and ``each_batch``.
 
     With ``sinks`` the finished chunks (of ``chunk`` voxels a side) go to them and nothing is
     returned (``None``): spilled to ``work`` beyond ``cache_bytes`` of open chunks, so memory
@@ -152,7 +153,7 @@ def predict_volume(model: nn.Module, volume: Tensor | LazyVolume, *, shifts: int
         raise ValueError(f"volume must have shape (C, D, H, W), got {tuple(vol.shape)}")
     m = int(getattr(model, "size_multiple", 1))
     size = vol.spatial
-    tilings = prediction_tilings(size, window, m, shifts, shift_depth, flip, overlap)
+    tilings = prediction_tilings(size, window, m, shifts, shift_depth, mirror_axis if flip else None, overlap)
     collect: list[TensorSink] = []
 
     def make(k: int) -> BlendStore:

@@ -154,8 +154,9 @@ class UnlabelledTerm:
         ``"pseudo"``: confident pseudo-labels from the same forward pass: where the detached
             softmax exceeds ``threshold``, class-weighted cross entropy against its argmax.
         ``"teacher"``: mean teacher: an exponential moving average (decay ``ema``) of the
-            model's weights predicts the batch flipped along the last axis (a second view of
-            the window, flipped back); where it is confident (``> threshold``), class-weighted
+            model's weights predicts the batch mirrored along the spatial axis ``mirror`` (0 = D,
+            1 = H, 2 = W: a second view of the window, mirrored back; ``None``: the batch as it
+            is); where it is confident (``> threshold``), class-weighted
             cross entropy of the student against the teacher's argmax. One extra forward pass
             without gradient per step.
 
@@ -167,12 +168,13 @@ class UnlabelledTerm:
     """
 
     def __init__(self, kind: str, weight: float, class_weight: Tensor, *, threshold: float = 0.9,
-                 ema: float = 0.99, start: int = 0, full: int = 0, reduce_depth: bool = False) -> None:
+                 ema: float = 0.99, start: int = 0, full: int = 0, reduce_depth: bool = False,
+                 mirror: int | None = 2) -> None:
         if kind not in ("entropy", "pseudo", "teacher"):
             raise ValueError(f"kind must be 'entropy', 'pseudo' or 'teacher', got {kind!r}")
         self.kind, self.weight, self.class_weight = kind, weight, class_weight
         self.threshold, self.ema, self.start, self.full = threshold, ema, start, max(full, start)
-        self.reduce_depth = reduce_depth
+        self.reduce_depth, self.mirror = reduce_depth, mirror
         self.teacher: torch.nn.Module | None = None
         self._restored: dict[str, Tensor] | None = None  # the teacher of a checkpoint, until made
         self.last: dict[str, float] = {}
@@ -241,7 +243,8 @@ class UnlabelledTerm:
             ref = torch.softmax(z.detach(), 1)
         else:
             with torch.no_grad():
-                ref = torch.softmax(_reduce(teacher(x.flip(-1)), self.reduce_depth).float(), 1).flip(-1)
+                dims = [] if self.mirror is None else [self.mirror - 3]
+                ref = torch.softmax(_reduce(teacher(x.flip(dims)), self.reduce_depth).float(), 1).flip(dims)
         conf, target = ref.max(1)
         use = unl & (conf > self.threshold)
         if share is None:

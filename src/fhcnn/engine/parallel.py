@@ -71,7 +71,7 @@ def prediction_windows(size: Sequence[int], window: Sequence[int], multiple: int
     (:func:`~fhcnn.engine.sizes.prediction_tilings`)."""
     from .sizes import distinct_windows, prediction_tilings
 
-    return distinct_windows(prediction_tilings(size, window, multiple, shifts, shift_depth, flip=False))
+    return distinct_windows(prediction_tilings(size, window, multiple, shifts, shift_depth, None))
 
 
 #: One change a split error offers: config keys -> values, and ``"processes"``: the number of

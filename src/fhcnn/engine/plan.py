@@ -238,7 +238,7 @@ def prepare(inputs: DenseInputs, config: SegmentConfig) -> RunPlan:
     win = training_window((d.window_depth, d.window_height, d.window_width), volume.spatial, multiple,
                           whole_depth=reduce)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, reduce)
-    tilings = prediction_tilings(volume.spatial, pwin, multiple, d.predict_shifts, not reduce, d.predict_flip,
+    tilings = prediction_tilings(volume.spatial, pwin, multiple, d.predict_shifts, not reduce, d.prediction_mirror,
                                  d.predict_overlap)
     chunks = chunk_shape(volume.spatial, CHUNK, (reduce, geom.scaled != geom.size, geom.scaled != geom.size))
     plan = RunPlan(cfg, geom, volume, labels, truth, k, scan, stats, win, pwin, tilings, chunks,

@@ -436,7 +436,8 @@ class Tiling:
     at ``v`` sits at ``v + offset``), continued by reflection to ``padded`` (a multiple of the
     network's), cut into windows of ``window`` voxels at ``starts`` (one tuple per axis; every
     combination is a window), in the unflipped coordinates of the padded volume; with
-    ``flipped`` the network sees each window mirrored along W (and its output is mirrored back).
+    ``mirror`` (a spatial axis: 0 = D, 1 = H, 2 = W) the network sees each window mirrored
+    along that axis (and its output is mirrored back).
 
     The tiling's prediction at a voxel is the blend ``sum_k b_k p_k / sum_k b_k`` over the windows
     ``k`` holding it, with separable weights ``b`` (:func:`blend_weights_1d`); as the weights and
@@ -447,7 +448,7 @@ class Tiling:
     offset: tuple[int, int, int]
     padded: tuple[int, int, int]
     window: tuple[int, int, int]
-    flipped: bool
+    mirror: int | None
     starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
     @property
@@ -495,13 +496,17 @@ class Tiling:
 
 
 def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int, shifts: int,
-                       shift_depth: bool, flip: bool, overlap: float = 0.5) -> list[Tiling]:
+                       shift_depth: bool, mirror: int | None, overlap: float = 0.5) -> list[Tiling]:
     """The tilings a prediction of a volume of ``size`` ``(D, H, W)`` evaluates: ``shifts``
     offsets ``i * multiple / shifts`` (rounded, distinct; on every axis, only H and W if not
     ``shift_depth``), each continued by reflection to a multiple of ``multiple``, cut into
     windows of ``window`` voxels (``0``, or more than the padded axis: the whole axis; else
     rounded up to ``multiple``; never one voxel at the network's coarsest level), overlapping by
-    about ``overlap`` (:func:`window_starts`); each also mirrored along W if ``flip``."""
+    about ``overlap`` (:func:`window_starts`); each also mirrored along the spatial axis
+    ``mirror`` (0 = D, 1 = H, 2 = W; ``None``: none), as
+    :attr:`~fhcnn.engine.config.DataConfig.mirror_axis` chooses it."""
+    if isinstance(mirror, bool) or mirror not in (None, 0, 1, 2):
+        raise ValueError(f"mirror must be a spatial axis 0, 1, 2 or None, got {mirror!r}")
     m = multiple
     offsets = sorted({int(round(i * m / max(shifts, 1))) % m for i in range(max(shifts, 1))})
     out = []
@@ -511,11 +516,11 @@ def prediction_tilings(size: Sequence[int], window: Sequence[int], multiple: int
         win = beyond_one_coarse_voxel([min(p if (w <= 0 or w >= p) else round_up(w, m), p)
                                        for w, p in zip(window, padded)], m, padded)
         starts = tuple(tuple(window_starts(p, w, m, overlap)) for p, w in zip(padded, win))
-        for flipped in ([False, True] if flip else [False]):
-            st = starts
-            if flipped:  # the mirrored tiling's windows, in unflipped coordinates
-                st = (starts[0], starts[1], tuple(sorted(padded[2] - s - win[2] for s in starts[2])))
-            out.append(Tiling(oo, padded, win, flipped, st))  # type: ignore[arg-type]
+        for axis in ([None, mirror] if mirror is not None else [None]):
+            st = list(starts)
+            if axis is not None:  # the mirrored tiling's windows, in unflipped coordinates
+                st[axis] = tuple(sorted(padded[axis] - s - win[axis] for s in starts[axis]))
+            out.append(Tiling(oo, padded, win, axis, tuple(st)))  # type: ignore[arg-type]
     return out
 
 

@@ -117,8 +117,8 @@ class SegmentationResult:
         if shifts is None and size == plan.volume.spatial:
             return plan.tilings
         return prediction_tilings(size, plan.predict_window, plan.geometry.multiple,
-                                  d.predict_shifts if shifts is None else shifts, not d.reduce_depth, d.predict_flip,
-                                  d.predict_overlap)
+                                  d.predict_shifts if shifts is None else shifts, not d.reduce_depth,
+                                  d.prediction_mirror, d.predict_overlap)
 
     def predict_into(self, volume: LazyVolume, sinks: Sequence[Sink], *, shifts: int | None = None,
                      work: Path | None = None, cache_bytes: int = CACHE_BYTES,
@@ -328,7 +328,8 @@ def train(plan: RunPlan, out_dir: str | Path | None = None, *,
         n = cfg.train.steps
         unlabelled = UnlabelledTerm(d.unlabelled, d.unlabelled_weight, weight, threshold=d.pseudo_threshold,
                                     ema=d.teacher_ema, start=round(d.unlabelled_start * n),
-                                    full=round(d.unlabelled_full * n), reduce_depth=reduce)
+                                    full=round(d.unlabelled_full * n), reduce_depth=reduce,
+                                    mirror=d.mirror_axis)
     seg_loss = SegmentationLoss(weight, d.dice, reduce)
     step_loss = _StepLoss(space.loss(seg_loss) if space else data_parallel_loss(seg_loss), history, unlabelled)
     result = SegmentationResult(model=model, config=cfg, num_classes=k, history=history, window=win,

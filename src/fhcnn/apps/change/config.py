@@ -157,16 +157,16 @@ def derive_settings(cfg: ChangeConfig, height: int, width: int, n_train: int, n_
                                    "why": f"count**-{d.balance:g} of {counts[0]} unchanged and "
                                           f"{counts[1]} changed pixels"}
     window = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), (0, wh, ww), True)
-    one_tiling = prediction_tilings((bands, height, width), window, multiple, 1, False, False, d.predict_overlap)[0]
+    one_tiling = prediction_tilings((bands, height, width), window, multiple, 1, False, None, d.predict_overlap)[0]
     per_pass = one_tiling.count * PREDICT_CALL / max(1, t.steps)
     options = []
-    shifts = d.predict_shifts
+    shifts, mirrored = d.predict_shifts, d.prediction_mirror is not None
     while True:
-        options.append((shifts, d.predict_flip))
+        options.append((shifts, mirrored))
         if shifts == 1:
             break
         shifts = max(1, shifts // 2)
-    if d.predict_flip:
+    if mirrored:
         options.append((1, False))
     chosen = options[-1]
     for sh, fl in options:

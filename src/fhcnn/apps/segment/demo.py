@@ -108,7 +108,8 @@ def demo_command(out: str, config: str, overrides: list[str], *, frames: int = 3
     d, m = cfg.data, size_multiple_of(cfg.model)
     win = training_window((d.window_depth, d.window_height, d.window_width), (frames, h, w), m)
     pwin = prediction_window_of((d.predict_depth, d.predict_height, d.predict_width), win, False)
-    tilings = prediction_tilings((frames, h, w), pwin, m, d.predict_shifts, True, d.predict_flip, d.predict_overlap)
+    tilings = prediction_tilings((frames, h, w), pwin, m, d.predict_shifts, True, d.prediction_mirror,
+                                 d.predict_overlap)
     check_resources(cfg, 3, 3, win, distinct_windows(tilings))  # before OUT exists
     previous = RunFolder.open(out) if out and Path(out).is_dir() else None
     folder = prepare_output_dir(out, overwrite=previous is not None and previous.marker.get("tool") == "demo",

@@ -8,7 +8,8 @@ from typing import Literal
 
 from ...engine.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
 
-__all__ = ["VolumeOptions", "VolumeConfig", "DEFAULT_CONFIG", "Baseline", "BASELINES", "parse_baselines"]
+__all__ = ["VolumeOptions", "VolumeConfig", "DEFAULT_CONFIG", "Baseline", "BASELINES", "parse_baselines",
+           "VerticalAxis", "VERTICAL_AXES"]
 
 #: The shipped config ``fhcnn volume`` starts from (``src/fhcnn/configs/volume.yaml``).
 DEFAULT_CONFIG = "volume"
@@ -16,6 +17,11 @@ DEFAULT_CONFIG = "volume"
 #: The baselines a scored run trains and scores beside fhcnn, on the same annotation.
 Baseline = Literal["copy", "forest", "unet"]
 BASELINES: tuple[str, ...] = ("copy", "forest", "unet")
+
+
+#: ``volume.vertical_axis``: the axis that points down (``auto``: the one the input states).
+VerticalAxis = Literal["auto", "none", "D", "H", "W"]
+VERTICAL_AXES: tuple[str, ...] = ("auto", "none", "D", "H", "W")
 
 
 def parse_baselines(text: str) -> list[str]:
@@ -48,6 +54,12 @@ class VolumeOptions:
         physical_windows: with anisotropic spacing, shorten the window along the coarse axes
             so each window spans about the same physical length on every axis (the window of
             the config is the one of the finest axis); ``false``: windows as configured.
+        vertical_axis: the axis of the volume that points down (``D``, ``H`` or ``W``), along
+            which training windows are never flipped: upside down, layers ordered in depth (the
+            formations of a seismic cube) come in the reverse order, and normal faults look like
+            reverse ones. ``auto``: the axis the input states (a SEG-Y cube's samples, ``W``;
+            NIfTI, TIFF, zarr, HDF5 and ``.npy`` state none); ``none``: no such axis (flips
+            along every axis the ``data`` section flips).
         seed: seed of the forest baseline's sample and trees.
     """
 
@@ -56,6 +68,7 @@ class VolumeOptions:
     forest_samples: int = 20000
     spacing: str = ""
     physical_windows: bool = True
+    vertical_axis: VerticalAxis = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +79,8 @@ class VolumeOptions:
             raise ValueError(f"forest_samples must be >= 2, got {self.forest_samples}")
         if self.spacing:
             parse_spacing(self.spacing)
+        if self.vertical_axis not in VERTICAL_AXES:
+            raise ValueError(f"vertical_axis must be one of {', '.join(VERTICAL_AXES)}, got {self.vertical_axis!r}")
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:

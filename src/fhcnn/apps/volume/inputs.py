@@ -84,6 +84,8 @@ class VolumeInputs:
             folder before training).
         label_slab_axes: for the labels, and then the evaluation labels, the axis their file
             reads fastest by slab (what a copy of a compressed one streams along).
+        vertical_axis: the ``(D, H, W)`` axis that points down where the input says which (a
+            SEG-Y cube's samples; ``vertical_axis`` of :func:`inputs_from_arrays`), else ``None``.
         notes: lines for the log about what the label files may not mean (chunks never written,
             read as a class: :func:`~fhcnn.data.volumes.labels.unwritten_note`), and about what
             a file other than the first image holds that is taken as no spacing
@@ -104,6 +106,7 @@ class VolumeInputs:
     compressed: list[bool] = field(default_factory=list)
     label_slab_axes: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    vertical_axis: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -151,7 +154,7 @@ def load_volume_inputs(images: Sequence[str], labels: str, eval_labels: str | No
                         [v.compressed for v in opened for _ in v.channels]
                         + [lab.opened.compressed] + ([ev.opened.compressed] if ev is not None else []),
                         [lab.opened.slab_axis] + ([ev.opened.slab_axis] if ev is not None else []),
-                        [x.note for x in (lab, ev) if x is not None and x.note] + unstated)
+                        [x.note for x in (lab, ev) if x is not None and x.note] + unstated, geom.vertical_axis)
 
 
 def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels: str) -> None:
@@ -164,17 +167,22 @@ def _check_eval_classes(summary: LabelSummary, k: int, labels: str, eval_labels:
 
 
 def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_labels: np.ndarray | None = None,
-                       *, spacing: Sequence[float] | None = None, name: str = "array") -> VolumeInputs:
+                       *, spacing: Sequence[float] | None = None, vertical_axis: int | None = None,
+                       name: str = "array") -> VolumeInputs:
     """:class:`VolumeInputs` of in-memory arrays (benchmarks, notebooks): ``channels`` each
     ``(D, H, W)``, ``labels`` ``(D, H, W)`` of classes ``0..K-1`` and 255 (or NaN) = unlabelled,
     any integer or float dtype, optional full ``eval_labels``; checked like files, before they
     become uint8: one shape, no value that is neither a class nor 255 (a negative, a fraction,
     one of 256 or more), every class below the largest labelled, and no class in
-    ``eval_labels`` that the labels do not reach.
+    ``eval_labels`` that the labels do not reach. ``vertical_axis``: the axis that points down
+    (0, 1, 2), where the arrays have one (a seismic cube's time or depth), as a SEG-Y file's
+    samples say it.
 
     Raises:
         InputError: one line naming the problem.
     """
+    if isinstance(vertical_axis, bool) or vertical_axis not in (None, 0, 1, 2):
+        raise ValueError(f"vertical_axis must be 0, 1, 2 or None, got {vertical_axis!r}")
     raw = np.asarray(labels)
     for c, ch in enumerate(channels):
         if tuple(ch.shape) != raw.shape:
@@ -193,4 +201,4 @@ def inputs_from_arrays(channels: Sequence[np.ndarray], labels: np.ndarray, eval_
     return VolumeInputs(list(channels), lab, ev, summary.num_classes, summary,
                         None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                         None, "npy", {"images": [name], "labels": name},
-                        [f"{name}[channel {c}]" for c in range(len(channels))])
+                        [f"{name}[channel {c}]" for c in range(len(channels))], vertical_axis=vertical_axis)

@@ -46,6 +46,7 @@ from ...training.distributed import all_reduce_sum, barrier, broadcast_object, p
 from .baselines import SLAB_VOXELS, ForestPrediction, NearestLabel, baseline_bytes, confusion_by_slabs, labelled_voxels
 from .config import VolumeConfig, VolumeOptions, parse_baselines, parse_spacing
 from .inputs import AXIS_NAMES, HeldOut, VolumeInputs
+from .vertical import keep_upright, vertical_axis
 
 __all__ = ["segment_volume", "volume_command", "plan_volume", "VolumePlan", "engine_config", "fit_predict",
            "score", "resolve_spacing", "unet_plan", "at_input_size", "region_at_input_size"]
@@ -131,6 +132,10 @@ class VolumePlan:
     #: seconds the inputs took to read, check and summarize (labels scanned, channel statistics),
     #: where :func:`volume_command` measured it
     read_time_s: float | None = None
+    #: the vertical axis (0 = D, 1 = H, 2 = W; :mod:`.vertical`), or ``None``
+    vertical: int | None = None
+    #: the log line on the vertical axis and the flips training and prediction use
+    vertical_line: str = ""
 
 
 def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_PROCESS) -> VolumePlan:
@@ -146,6 +151,8 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
+    vertical, vertical_source = vertical_axis(cfg, inputs)
+    vertical_line = keep_upright(seg.data, vertical, vertical_source)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
     if seg.data.eval_every and inputs.eval_labels is None:
         raise InputError(f"data.eval_every={seg.data.eval_every} scores the held-out voxels during training: "
@@ -174,7 +181,7 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
                              "pip install 'fhcnn[volume]', or --set volume.baselines=copy,unet") from None
     if "unet" in names:  # checked now; made again where it trains (the volume may be a local copy by then)
         unet_plan(plan)
-    return VolumePlan(plan, spacing, source, line, raw_stats)
+    return VolumePlan(plan, spacing, source, line, raw_stats, vertical=vertical, vertical_line=vertical_line)
 
 
 def configured_split_error(error: SplitError, cfg: VolumeConfig, spacing: Sequence[float] | None,
@@ -291,6 +298,7 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
     log(f"volume: {len(inputs.channels)} channel(s) of (D, H, W) = {shape} ({inputs.format}); "
         f"spacing from {vplan.spacing_source}")
     log(vplan.spacing_line)
+    log(vplan.vertical_line)
     log(f"{k} classes; {inputs.summary.describe()}")
     for note in inputs.notes:
         log(note)
@@ -334,7 +342,9 @@ def segment_volume(inputs: VolumeInputs, cfg: VolumeConfig, out: Path | None, *,
         "images": inputs.sources.get("images"), "labels": inputs.sources.get("labels"),
         "shape": list(shape), "channels": len(inputs.channels), "format": inputs.format,
         "spacing": list(vplan.spacing) if vplan.spacing else None, "spacing_source": vplan.spacing_source,
-        "spacing_handling": vplan.spacing_line, "num_classes": k, "annotation": inputs.summary.to_json(),
+        "spacing_handling": vplan.spacing_line,
+        "vertical_axis": AXIS_NAMES[vplan.vertical] if vplan.vertical is not None else None,
+        "flips": vplan.vertical_line, "num_classes": k, "annotation": inputs.summary.to_json(),
         "train_window": list(res.window), "predict_window": list(plan.predict_window),
         "steps": seg_cfg.train.steps, "arch": seg_cfg.model.arch,
         **({"inputs_time_s": round(vplan.read_time_s, 2)} if vplan.read_time_s is not None else {}),

@@ -57,6 +57,8 @@ class VolumeGeometry:
         spacing_note: what the file holds that looks like a spacing but is taken as none, for
             the run's log (a plain TIFF's 72 or 96 pixels an inch, an image writer's default;
             an ImageJ file's 72 pixels an inch, which ImageJ reads as pixels of 1), else ``None``.
+        vertical_axis: the ``(D, H, W)`` axis that points down, where the format says which (a
+            SEG-Y cube's samples: two-way time or depth), else ``None``.
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -69,6 +71,7 @@ class VolumeGeometry:
     origin: tuple[float, float, float] | None = None
     ome: dict[str, Any] | None = None
     spacing_note: str | None = None
+    vertical_axis: int | None = None
 
 
 @dataclass

@@ -180,7 +180,8 @@ def open_volume(spec: str, *, channel_axis: int | None = None, what: str = "imag
                               origin=tuple(float(o) for o in origin) if origin is not None else None,  # type: ignore[arg-type]
                               ome={"version": raw.ome["version"], "axes": ome_axes}
                               if raw.ome is not None and ome_axes is not None else None,
-                              spacing_note=raw.spacing_note)
+                              spacing_note=raw.spacing_note,
+                              vertical_axis=axis_names.index("sample") if fmt == "segy" else None)
     slab = spatial.index(raw.slab_axis) if raw.slab_axis in spatial else 0
     return OpenedVolume(path=path, format=fmt, channels=channels, geometry=geometry,
                         compressed=raw.compressed, slab_axis=slab, names=names, spec=str(spec),
