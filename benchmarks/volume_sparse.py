@@ -13,9 +13,9 @@ Volumes (generated ones from :mod:`fhcnn.data.synthetic_volumes`, with known tru
 2009 T1 template that ships inside the nilearn wheel, at ``$MNI_MM`` mm, default 2: 98 x 116 x 94, classes
 0 other / 1 grey matter / 2 white matter from the probability maps above 0.5; read from an
 installed nilearn or from ``--nilearn-wheel``/``$NILEARN_WHEEL``, never downloaded by this
-script). The seismic volumes state their depth (axis 0) as the vertical axis, as a SEG-Y cube's
-samples do (``fhcnn.data.synthetic_volumes.VERTICAL_AXIS``): training windows are not flipped
-along it (``volume.vertical_axis``).
+script). The seismic volumes state their depth (axis 0) as their vertical axis, as a SEG-Y cube's
+samples do (``fhcnn.data.synthetic_volumes.VERTICAL_AXIS``): only along it are the labels checked
+for layers, which are kept upright in training (``volume.vertical_axis``).
 
 Annotation: ``fraction`` of the slices along axis 0 (D) (at least 1), evenly spaced from a
 seeded offset (``one``), or the same number of slices spread over the three axes in turn

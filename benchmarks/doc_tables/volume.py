@@ -11,15 +11,16 @@ from ._files import load, need
 
 #: the results of the shipped ``volume`` config and of the same network trained fewer steps
 SHIPPED, SHORTER = "x_ch32s1000", "x_ch32"
-#: the same of the seismic volumes, which state their vertical axis (never flipped in training)
-SEISMIC_SHIPPED, SEISMIC_SHORTER = "v_vert", "v_vert600"
-SEISMIC = ("seismic", "layers")
+#: the same of the volumes whose labels are layers along an axis (kept upright in training since
+#: ``volume.vertical_axis``; the results of the others are the same with or without it)
+LAYERED_SHIPPED, LAYERED_SHORTER = "v_vert", "v_vert600"
+LAYERED = ("layers",)
 
 
 def shipped(volume: str, shorter: bool = False) -> str:
     """The tag of ``volume``'s results of the shipped config (``shorter``: trained fewer steps)."""
-    if volume in SEISMIC:
-        return SEISMIC_SHORTER if shorter else SEISMIC_SHIPPED
+    if volume in LAYERED:
+        return LAYERED_SHORTER if shorter else LAYERED_SHIPPED
     return SHORTER if shorter else SHIPPED
 
 VOLUMES = (("cells", "cells 48³, 2 channels"), ("seismic", "seismic 48³, faults"),
@@ -158,15 +159,15 @@ def volume_predict_modes(d: Path) -> str:
 
 #: networks tried on the four formations at 5 % of axis 0, trained as long as the shipped one:
 #: (tag, what, ``--set``)
-FORMATIONS = ((SEISMIC_SHIPPED, "shipped (never flipped along the vertical axis)", ""),
-              (SHIPPED, "flipped along the vertical axis too", "`volume.vertical_axis=none`"),
-              ("s1000", "flipped too, without the conv head", "`volume.vertical_axis=none model.conv_head=0`"),
-              ("q_l2", "flipped too, a second coarsening at the same cost",
+FORMATIONS = ((LAYERED_SHIPPED, "shipped (kept upright along D, the axis the labels are layers along)", ""),
+              (SHIPPED, "flipped along D too", "`volume.vertical_axis=none`"),
+              ("s1000", "flipped along D too, without the conv head", "`volume.vertical_axis=none model.conv_head=0`"),
+              ("q_l2", "flipped along D too, a second coarsening at the same cost",
                "`volume.vertical_axis=none model.units=2down,1down,2up,1up,2 model.hidden=8,32,32,32,8`"),
-              ("q_nh48", "flipped too, without the conv head, hidden width 48 at half resolution, a quarter "
+              ("q_nh48", "flipped along D too, without the conv head, hidden width 48 at half resolution, a quarter "
                "overlap", "`volume.vertical_axis=none model.conv_head=0 model.hidden=8,48,8 "
                "data.predict_overlap=0.25`"),
-              ("q_wd48", "flipped too, training windows as deep as the cube", "`volume.vertical_axis=none "
+              ("q_wd48", "flipped along D too, training windows as deep as the cube", "`volume.vertical_axis=none "
                "data.window_depth=48`"))
 
 

@@ -19,7 +19,7 @@ Baseline = Literal["copy", "forest", "unet"]
 BASELINES: tuple[str, ...] = ("copy", "forest", "unet")
 
 
-#: ``volume.vertical_axis``: the axis that points down (``auto``: the one the input states).
+#: ``volume.vertical_axis``: the axis kept upright (``auto``: the one the labels are layers along).
 VerticalAxis = Literal["auto", "none", "D", "H", "W"]
 VERTICAL_AXES: tuple[str, ...] = ("auto", "none", "D", "H", "W")
 
@@ -54,12 +54,12 @@ class VolumeOptions:
         physical_windows: with anisotropic spacing, shorten the window along the coarse axes
             so each window spans about the same physical length on every axis (the window of
             the config is the one of the finest axis); ``false``: windows as configured.
-        vertical_axis: the axis of the volume that points down (``D``, ``H`` or ``W``), along
-            which training windows are never flipped: upside down, layers ordered in depth (the
-            formations of a seismic cube) come in the reverse order, and normal faults look like
-            reverse ones. ``auto``: the axis the input states (a SEG-Y cube's samples, ``W``;
-            NIfTI, TIFF, zarr, HDF5 and ``.npy`` state none); ``none``: no such axis (flips
-            along every axis the ``data`` section flips).
+        vertical_axis: the axis (``D``, ``H`` or ``W``) along which training windows are never
+            flipped: turned over along it, classes that are layers ordered along it (the
+            formations of a seismic cube, in depth) come in the reverse order.
+            ``auto``: the axis the labels are layers along, if any
+            (:func:`~fhcnn.apps.volume.vertical.label_order`; of a SEG-Y cube only its samples
+            are checked); ``none``: flips along every axis the ``data`` section flips.
         seed: seed of the forest baseline's sample and trees.
     """
 

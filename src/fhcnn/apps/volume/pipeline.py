@@ -151,7 +151,7 @@ def plan_volume(inputs: VolumeInputs, cfg: VolumeConfig, share: PassShare = ONE_
     """
     spacing, source = resolve_spacing(cfg, inputs)
     seg, line = engine_config(cfg, spacing, inputs.shape)
-    vertical, vertical_source = vertical_axis(cfg, inputs)
+    vertical, vertical_source = vertical_axis(cfg, inputs, seg.data)
     vertical_line = keep_upright(seg.data, vertical, vertical_source)
     volume = LazyVolume(inputs.channels, names=inputs.names or None, slab_axes=inputs.slab_axes or None)
     if seg.data.eval_every and inputs.eval_labels is None:
