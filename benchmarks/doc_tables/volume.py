@@ -11,8 +11,8 @@ from ._files import load, need
 
 #: the results of the shipped ``volume`` config and of the same network trained fewer steps
 SHIPPED, SHORTER = "x_ch32s1000", "x_ch32"
-#: the same of the volumes whose labels are layers along an axis (kept upright in training since
-#: ``volume.vertical_axis``; the results of the others are the same with or without it)
+#: the same of the volumes whose labels are layers along an axis (kept upright in training,
+#: ``volume.vertical_axis``; the others' results are the same with or without it)
 LAYERED_SHIPPED, LAYERED_SHORTER = "v_vert", "v_vert600"
 LAYERED = ("layers",)
 
