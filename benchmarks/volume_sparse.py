@@ -48,6 +48,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import sys
 import time
 import zipfile
@@ -180,7 +181,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                        **{b: _short(v) for b, v in m["baselines"].items()},
                        "train_time_s": m["train_time_s"], "predict_time_s": m["predict_time_s"],
                        "unet_train_time_s": m["baselines"].get("unet", {}).get("train_time_s"),
-                       "time_s": round(time.perf_counter() - t0, 1), "device": m["device"], "flips": m["flips"]}
+                       "time_s": round(time.perf_counter() - t0, 1), "device": m["device"],
+                       "upright": m["vertical_axis"], "flips": m["flips"]}
                 done["runs"][key] = rec
                 done["environment"] = environment()
                 RESULTS.mkdir(exist_ok=True)
@@ -221,6 +223,17 @@ def _baseline_settings(data: dict, baseline: str) -> list[str]:
     return sorted(o for o in keep if not o.startswith("model.") or o.startswith("model.unet_"))
 
 
+def _upright(rec: dict) -> str | None:
+    """The axis a run kept upright in training (``volume.vertical_axis``; the U-Net of another
+    run is its baseline only if trained with the same flips): ``upright``, else read from the
+    ``flips`` line (runs that recorded no ``upright``), else ``None`` (runs that recorded
+    neither flipped every axis the config flips)."""
+    if "upright" in rec:
+        return rec["upright"]
+    found = re.match(r"(?:kept upright along|vertical axis) ([DHW])\b", rec.get("flips", ""))
+    return found.group(1) if found else None
+
+
 def _train_steps(data: dict) -> int:
     """The training steps of a result file's runs: as resolved (``train``), else its
     ``train.steps`` override, else 600 (the shipped ``volume`` config's steps when the results
@@ -251,7 +264,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                     continue
                 for b in ("copy", "forest", "unet"):
                     if (b not in rec and b in other["runs"][key]
-                            and _baseline_settings(other, b) == _baseline_settings(data, b)):
+                            and _baseline_settings(other, b) == _baseline_settings(data, b)
+                            and (b != "unet" or _upright(other["runs"][key]) == _upright(rec))):
                         rec[b] = other["runs"][key][b]
                         rec.setdefault("baselines_from", other["tag"])
     for name, data in merged.items():

@@ -418,3 +418,24 @@ def test_library_docstring_examples_run():
             failed.append(f"fhcnn.{mod}: {result.failed} of {result.attempted}")
     assert fhcnn.HyperbolicNetwork.__doc__ and tried >= 20, tried
     assert not failed, "doctest failures (python -m doctest -v): " + "; ".join(failed)
+
+
+def test_the_volume_report_takes_a_unet_only_from_runs_with_the_same_flips():
+    """A fhcnn-only run of the sparse-slice benchmark takes the U-Net of another run of the same
+    labels and settings only if both kept the same axis upright (recorded, or read from the
+    ``flips`` line of runs that recorded it there; neither: every axis flipped)."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "volume_sparse.py"
+    if not path.exists():
+        pytest.skip("no benchmarks/volume_sparse.py next to the tests")
+    spec = importlib.util.spec_from_file_location("fhcnn_volume_sparse", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench._upright({"upright": "D", "flips": "no axis kept upright (x)"}) == "D"
+    assert bench._upright({"upright": None, "flips": "kept upright along W (y)"}) is None
+    assert bench._upright({"flips": "kept upright along W (the labels are layers along it: ...); ..."}) == "W"
+    assert bench._upright({"flips": "vertical axis D (stated by the input); training windows ..."}) == "D"
+    assert bench._upright({"flips": "no axis kept upright (the labels are layers along none of D)"}) is None
+    assert bench._upright({}) is None
