@@ -59,19 +59,24 @@ def test_readme_is_short_and_keeps_the_ci_command():
 
 # --- the generated tables: benchmarks/report.py --------------------------------------------
 
-def _report():
-    """``benchmarks/report.py``, the docs generator (skips where the repository's benchmarks/
-    folder is not next to the tests, e.g. an installed package)."""
+def _benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (skips where the repository's benchmarks/ folder is
+    not next to the tests, e.g. an installed package)."""
     import importlib.util
 
-    path = ROOT / "benchmarks" / "report.py"
+    path = ROOT / "benchmarks" / f"{name}.py"
     if not path.exists():
-        pytest.skip("no benchmarks/report.py next to the tests")
-    spec = importlib.util.spec_from_file_location("fhcnn_docs_report", path)
+        pytest.skip(f"no benchmarks/{name}.py next to the tests")
+    spec = importlib.util.spec_from_file_location(f"fhcnn_benchmark_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _report():
+    """``benchmarks/report.py``, the docs generator."""
+    return _benchmark("report")
 
 
 def test_replace_tables_markers():
@@ -424,15 +429,7 @@ def test_the_volume_report_takes_a_unet_only_from_runs_with_the_same_flips():
     """A fhcnn-only run of the sparse-slice benchmark takes the U-Net of another run of the same
     labels and settings only if both kept the same axis upright (recorded, or read from the
     ``flips`` line of runs that recorded it there; neither: every axis flipped)."""
-    import importlib.util
-
-    path = ROOT / "benchmarks" / "volume_sparse.py"
-    if not path.exists():
-        pytest.skip("no benchmarks/volume_sparse.py next to the tests")
-    spec = importlib.util.spec_from_file_location("fhcnn_volume_sparse", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("volume_sparse")
     assert bench._upright({"upright": "D", "flips": "no axis kept upright (x)"}) == "D"
     assert bench._upright({"upright": None, "flips": "kept upright along W (y)"}) is None
     assert bench._upright({"flips": "kept upright along W (the labels are layers along it: ...); ..."}) == "W"
