@@ -65,6 +65,9 @@ def exit_status(run: Callable[[Namespace], int | None], args: Namespace) -> int:
     except BrokenPipeError:  # e.g. `fhcnn info | head -1`
         return 0
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: what happened and, in a run folder, where to go on from
+        # the process ends: a read through zarr's event loop that the signal cut short leaves
+        # coroutines behind, reported as warnings when collected (as soon as this handler ends)
+        importlib.import_module("fhcnn.log").silence_abandoned_work(teardown=True)
         return _interrupted(hasattr(args, "resume"), e)
     except _USER_ERRORS as e:
         importlib.import_module("fhcnn.rundir").RunFolder.abandon()  # a refused run leaves no OUT

@@ -104,6 +104,36 @@ def test_ctrl_c_as_the_program_exits_changes_nothing(tmp_path):
     assert (r.returncode, r.stderr) == (0, "") and fhcnn.__version__ in r.stdout
 
 
+_ABANDONED_READ = r"""
+import sys
+from argparse import Namespace
+
+from fhcnn.outcome import exit_status
+
+
+async def read():
+    return 0
+
+
+def run(args):
+    pending = read()  # what Ctrl-C leaves of a read through zarr's event loop
+    raise KeyboardInterrupt
+
+
+sys.exit(exit_status(run, Namespace()))
+"""
+
+
+def test_ctrl_c_in_a_read_through_an_event_loop_is_one_line(tmp_path):
+    # a process of a torchrun launch stopped by Ctrl-C inside a zarr read printed Python's
+    # "coroutine ... was never awaited" warnings when the read's coroutines were collected
+    script = tmp_path / "abandoned.py"
+    script.write_text(_ABANDONED_READ)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(fhcnn.__file__).parents[1])})
+    assert (r.returncode, r.stderr) == (130, "interrupted (SIGINT)\n")
+
+
 def test_importing_fhcnn_leaves_torch_dynamo_unimported():
     """torch._dynamo (1.3 s of the 2.9 s ``import fhcnn`` took) is imported by the first
     reversible forward or optimizer, not by the import: a command that refuses its input, or a
