@@ -100,9 +100,10 @@ class _Recorded:
 
 def engine_run(root: Path, space: int) -> dict[str, Any]:
     """``train_segmentation`` split along D (block gradients, a 3x3x3 conv head exchanging its own
-    halos, scoring every 2 steps); then the prediction of the volume (read through
-    :class:`_Recorded`) into ``ROOT/engine-<space>.zarr``, each process finishing its own slab of
-    the volume (``ownership="slabs"``)."""
+    halos, scoring every 2 steps; windows flipped along D only); then the prediction of the
+    volume (read through :class:`_Recorded`), with the tilings mirrored along D (the split axis:
+    each process reads its slab of the mirrored window), into ``ROOT/engine-<space>.zarr``, each
+    process finishing its own slab of the volume (``ownership="slabs"``)."""
     import zarr
 
     from fhcnn.apps.segment import SegmentConfig
@@ -116,7 +117,8 @@ def engine_run(root: Path, space: int) -> dict[str, Any]:
     cfg = load_config(SegmentConfig, "video-tiny", [
         "train.optimizer=sgd", "train.lr=0.05", "train.steps=4", "train.device=cpu",
         "model.memory=block", "model.conv_head=3", "data.eval_every=2", f"parallel.space={space}",
-        "parallel.axes=[0]"])
+        "parallel.axes=[0]", "data.flip_width=false", "data.reverse_depth=true", "data.predict_flip=true"])
+    assert cfg.data.prediction_mirror == 0
     masks = np.load(root / "masks.npy")
     labels = np.full_like(masks, 255)
     labels[[0, 5]] = masks[[0, 5]]
