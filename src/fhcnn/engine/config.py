@@ -14,7 +14,11 @@ from typing import Literal
 from ..options import Activation, Arch, MemoryMode, Norm, Opening, WaveletKind
 from ..training import TrainConfig
 
-__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig", "UnlabelledKind"]
+__all__ = ["ModelConfig", "DataConfig", "SegmentConfig", "TrainConfig", "ParallelConfig", "UnlabelledKind",
+           "FLIP_KEYS"]
+
+#: The ``data`` flag that turns a training window over along each spatial axis (0 = D, 1 = H, 2 = W).
+FLIP_KEYS = ("reverse_depth", "flip_height", "flip_width")
 
 _AXES = ("D", "H", "W")
 
@@ -83,7 +87,8 @@ class DataConfig:
     chosen labelled voxel (class-balanced choice), the volume continued by reflection, so
     every labelled voxel is seen at every position modulo the network's stride.
     Prediction averages the probabilities over ``predict_shifts`` shifted tilings
-    (and, with ``predict_flip``, each tiling mirrored along :attr:`mirror_axis`), each of windows overlapping by about
+    (and, with ``predict_flip``, each tiling mirrored along :attr:`mirror_axis`), each of windows
+    overlapping by about
     ``predict_overlap`` of a window along every axis (0.5: each voxel in about 2 windows an
     axis, 8 in 3D; 0: side by side, each voxel in one window of a tiling: the fastest, with the
     window's edges unblended). Prediction windows (``predict_depth`` ...)
@@ -178,17 +183,20 @@ class DataConfig:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
 
     @property
+    def flipped_axes(self) -> list[int]:
+        """The spatial axes (0 = D, 1 = H, 2 = W) training windows are flipped along, in order
+        (:data:`FLIP_KEYS`; D never with ``reduce_depth``, which keeps the band order)."""
+        return [a for a, key in enumerate(FLIP_KEYS) if getattr(self, key) and not (a == 0 and self.reduce_depth)]
+
+    @property
     def mirror_axis(self) -> int | None:
         """The spatial axis (0 = D, 1 = H, 2 = W) that the mirrored prediction tiling
-        (``predict_flip``) and the mean teacher's second view flip: W where training windows are
-        flipped along W (``flip_width``), else H (``flip_height``), else D (``reverse_depth``,
-        not with ``reduce_depth``); ``None`` where training flips none (the network never sees a
-        mirror image, so none is predicted)."""
-        for axis, flips in ((2, self.flip_width), (1, self.flip_height),
-                            (0, self.reverse_depth and not self.reduce_depth)):
-            if flips:
-                return axis
-        return None
+        (``predict_flip``) and the mean teacher's second view flip: the last of
+        :attr:`flipped_axes` (W where training windows are flipped along W, else H, else D);
+        ``None`` where training flips none (the network never sees a mirror image, so none is
+        predicted)."""
+        flipped = self.flipped_axes
+        return flipped[-1] if flipped else None
 
     @property
     def prediction_mirror(self) -> int | None:

@@ -21,16 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...data.lazy import SLAB_BYTES
-from ...engine.config import DataConfig
+from ...engine.config import FLIP_KEYS, DataConfig
 from ...options import IGNORE
 from .config import VolumeConfig
 from .inputs import AXIS_NAMES, VolumeInputs
 
-__all__ = ["LabelOrder", "label_order", "vertical_axis", "keep_upright", "FLIP_KEYS", "LAYERED_SHARE",
-           "LAYERED_CHANCE"]
+__all__ = ["LabelOrder", "label_order", "vertical_axis", "keep_upright", "LAYERED_SHARE", "LAYERED_CHANCE"]
 
-#: The ``data`` flip that turns a training window over along each axis (D, H, W).
-FLIP_KEYS = ("reverse_depth", "flip_height", "flip_width")
 #: The share of the class changes along an axis that go one way, at least, for layers along it
 #: (cells, faults and the brain template in the benchmarks: 50 % to 87 %; formations in depth: 97 %
 #: to 100 %).
@@ -120,7 +117,7 @@ def vertical_axis(cfg: VolumeConfig, inputs: VolumeInputs, data: DataConfig) -> 
         return None, "volume.vertical_axis=none"
     if chosen != "auto":
         return AXIS_NAMES.index(chosen), "volume.vertical_axis"
-    flipped = [a for a in range(3) if getattr(data, FLIP_KEYS[a])]
+    flipped = data.flipped_axes
     candidates = [a for a in flipped if inputs.vertical_axis in (None, a)]
     if not candidates:
         return None, "no flipped axis to check"
@@ -140,7 +137,7 @@ def keep_upright(data: DataConfig, axis: int | None, source: str) -> str:
     training and the mirrored prediction tiling use."""
     if axis is not None:
         setattr(data, FLIP_KEYS[axis], False)
-    flips = [AXIS_NAMES[a] for a in range(3) if getattr(data, FLIP_KEYS[a])]
+    flips = [AXIS_NAMES[a] for a in data.flipped_axes]
     mirror = data.prediction_mirror
     head = f"kept upright along {AXIS_NAMES[axis]} ({source})" if axis is not None else \
         f"no axis kept upright ({source})"
